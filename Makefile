@@ -1,0 +1,36 @@
+# Every target installs what it needs into .venv when it is missing,
+# so a fresh clone needs nothing but python3 >= 3.11 and make.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test bench lint format clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m batcher.demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/bench -o addopts="" -s
+
+lint: $(STAMP)
+	$(BIN)/ruff check batcher tests
+	$(BIN)/ruff format --check batcher tests
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix batcher tests
+	$(BIN)/ruff format batcher tests
+
+clean:
+	rm -rf $(VENV) .batcher .pytest_cache build *.egg-info

@@ -1,0 +1,58 @@
+"""Pieces every command shares: provider options and turning errors into exit codes."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from batcher.config import PROFILES, ProviderSettings, provider_settings
+from batcher.errors import BatcherError, ExitCode
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fail(message: str, code: int) -> None:
+    """Print one line to stderr and exit; never a traceback."""
+    click.echo(f"batcher: error: {message}", err=True)
+    sys.exit(int(code))
+
+
+def handle_errors(func: F) -> F:
+    """Turn BatcherError into a one-line message and its exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except BatcherError as exc:
+            fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            fail("interrupted", ExitCode.INCOMPLETE)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def provider_options(func: F) -> F:
+    """--provider and --base-url. The API key is read from the environment only."""
+    func = click.option(
+        "--base-url",
+        default=None,
+        help="API root, e.g. https://api-stage.ugift.me/api/v1/business "
+        "(or UGIFTME_BASE_URL / GIFQ_BASE_URL). A bare host gets the API path appended.",
+    )(func)
+    func = click.option(
+        "--provider",
+        type=click.Choice(sorted(PROFILES), case_sensitive=False),
+        default="ugiftme",
+        show_default=True,
+        help="Gift-card provider.",
+    )(func)
+    return func
+
+
+def resolve_settings(provider: str, base_url: str | None) -> ProviderSettings:
+    return provider_settings(provider, base_url=base_url)
