@@ -1,0 +1,158 @@
+"""The small interface the pipeline speaks to. One implementation per provider.
+
+The runner never names a provider: it asks the provider to encode a chunk of
+items into exact bytes (stored in the ledger before sending, so a resend is
+byte-identical), to submit those bytes under an idempotency key, to poll an
+order request, and to report catalog, balances, transactions and orders.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Literal, Protocol, runtime_checkable
+
+from batcher.models import AccountInfo, Balance, Product, WalletTransaction
+
+
+@dataclass(frozen=True)
+class OrderItem:
+    """One row's order, as the runner hands it to a provider."""
+
+    row_key: str
+    product_code: str
+    merchant: str
+    currency: str
+    amount: Decimal
+    recipient_email: str
+    recipient_name: str = ""
+    message: str = ""
+    country: str = ""
+    payment_currency: str = ""
+
+
+ItemStatus = Literal["succeeded", "failed", "pending"]
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    """The provider's answer for one item, already mapped back to its row."""
+
+    row_key: str
+    status: ItemStatus
+    order_id: str | None = None
+    transaction_id: str | None = None
+    cost: Decimal | None = None  # what the wallet was charged, in `cost_currency`
+    cost_currency: str | None = None
+    voucher_code: str | None = None  # bearer credential: never logged, masked in reports
+    redemption_url: str | None = None  # bearer credential too
+    provider_status: str = ""
+    error_code: str = ""
+    error_message: str = ""
+    request_id: str | None = None  # provider's request id for a failure (GIFQ 422)
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+SubmitKind = Literal["accepted", "completed", "rejected", "insufficient_funds"]
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    """A definite answer to a submission.
+
+    - accepted: an order request exists (`request_id`); poll it.
+    - completed: results are known now (`items`: one per item, none missing).
+    - rejected: a definite 4xx; nothing was created; the chunk's rows are released.
+    - insufficient_funds: nothing was created; stop sending in `currency`.
+    """
+
+    kind: SubmitKind
+    request_id: str | None = None
+    items: tuple[ItemResult, ...] = ()
+    error_code: str = ""
+    error_message: str = ""
+    currency: str | None = None
+    required: Decimal | None = None
+    available: Decimal | None = None
+    provider_request_id: str | None = None  # e.g. GIFQ's 422 request_id
+
+
+PollKind = Literal["pending", "completed", "failed"]
+
+
+@dataclass(frozen=True)
+class PollResult:
+    kind: PollKind
+    items: tuple[ItemResult, ...] = ()
+    error_code: str = ""
+    error_message: str = ""
+    provider_status: str = ""
+
+
+@dataclass(frozen=True)
+class ProviderOrder:
+    """An order as the provider lists it, for three-way reconciliation."""
+
+    order_id: str
+    product_code: str
+    currency: str
+    face_value: Decimal
+    status: str
+    created_at: datetime | None
+    recipient_email: str = ""
+    recipient_name: str = ""
+    transaction_id: str | None = None
+    reference: str | None = None
+    cost: Decimal | None = None
+
+
+class OutcomeUnknown(Exception):
+    """The request may or may not have been acted on (timeout, reset, 5xx, 409).
+
+    The only safe next step is to resend the same key with the same bytes.
+    `reason` is safe to log: it never contains a key or a payload.
+    """
+
+    def __init__(self, reason: str, *, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+@runtime_checkable
+class Provider(Protocol):
+    name: str
+    #: the most items one submission may carry (bulk 100, single 1, payout 1000)
+    submit_limit: int
+    #: "header" when the key travels as Idempotency-Key, "body" when it is a reference
+    idempotency_carrier: Literal["header", "body"]
+
+    def account(self) -> AccountInfo: ...
+    def catalog(self) -> list[Product]: ...
+    def balances(self) -> list[Balance]: ...
+    def transactions(self, since: datetime | None = None) -> list[WalletTransaction]: ...
+    def orders(self, since: datetime, until: datetime | None = None) -> list[ProviderOrder]: ...
+
+    def encode(self, key: str, items: Sequence[OrderItem]) -> bytes:
+        """The exact request body for these items. Pure and deterministic."""
+        ...
+
+    def submit(self, key: str, payload: bytes, items: Sequence[OrderItem]) -> SubmitResult:
+        """Send `payload` under `key`. Raises OutcomeUnknown when no definite answer came."""
+        ...
+
+    def poll(self, request_id: str, items: Sequence[OrderItem]) -> PollResult:
+        """Check an accepted order request. Raises OutcomeUnknown on transport trouble."""
+        ...
+
+    def lookup(self, key: str, items: Sequence[OrderItem]) -> SubmitResult | None:
+        """Find what an earlier, unanswered submission did, without sending it again.
+
+        None means the provider cannot tell (or nothing was created) and the
+        caller must resend the same key and bytes, which the provider deduplicates.
+        """
+        ...
+
+    def close(self) -> None: ...
