@@ -1,0 +1,917 @@
+"""The SQLite ledger: the single source of truth and the only module that writes state.
+
+One database per state directory holds every batch, so a row that succeeded in
+an earlier batch can be recognised. WAL mode, `synchronous=FULL`: a commit is on
+disk before the HTTP request it guards leaves. Every transition appends to the
+`events` table, which is never updated or deleted.
+
+Row states (DESIGN.md): invalid · pending → planned → sending → accepted →
+succeeded | failed · skipped; a `sending` row that meets a crash becomes `unknown`.
+Money is stored as TEXT and read back as Decimal.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import sqlite3
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from batcher.errors import BatchLocked, ConfigError
+
+ROW_STATES = (
+    "invalid",
+    "pending",
+    "planned",
+    "sending",
+    "unknown",
+    "accepted",
+    "succeeded",
+    "failed",
+    "skipped",
+)
+#: row states whose chunk has been sent and is frozen
+IN_FLIGHT_STATES = ("sending", "unknown", "accepted")
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS batches (
+    batch TEXT PRIMARY KEY,
+    provider TEXT NOT NULL,
+    account_id TEXT NOT NULL,
+    source_path TEXT NOT NULL,
+    source_sha256 TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    batch TEXT NOT NULL REFERENCES batches(batch),
+    command TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    host TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    exit_code INTEGER,
+    summary TEXT
+);
+CREATE TABLE IF NOT EXISTS rows (
+    batch TEXT NOT NULL REFERENCES batches(batch),
+    row_key TEXT NOT NULL,
+    source_row INTEGER NOT NULL,
+    in_sheet INTEGER NOT NULL DEFAULT 1,
+    reference TEXT,
+    content_hash TEXT NOT NULL,
+    fields TEXT NOT NULL,            -- JSON: canonical order fields as text
+    passthrough TEXT NOT NULL,       -- JSON: the sheet's other columns
+    currency TEXT NOT NULL,
+    face_value TEXT NOT NULL,
+    est_cost TEXT,
+    state TEXT NOT NULL,
+    attempt INTEGER NOT NULL DEFAULT 1,
+    retry_group TEXT NOT NULL DEFAULT '',
+    failure_kind TEXT,               -- retryable | permanent
+    error_code TEXT,
+    error_message TEXT,
+    provider_request_id TEXT,
+    conflict TEXT,                   -- set when the sheet changed a row after it succeeded
+    chunk_key TEXT,
+    order_request_id TEXT,
+    order_id TEXT,
+    transaction_id TEXT,
+    cost TEXT,
+    cost_currency TEXT,
+    voucher_last4 TEXT,              -- never the code itself: codes stay at the provider
+    provider_status TEXT,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    succeeded_at TEXT,
+    PRIMARY KEY (batch, row_key)
+);
+CREATE INDEX IF NOT EXISTS rows_by_state ON rows(batch, state);
+CREATE INDEX IF NOT EXISTS rows_by_reference ON rows(reference, state);
+CREATE TABLE IF NOT EXISTS chunks (
+    chunk_key TEXT PRIMARY KEY,
+    batch TEXT NOT NULL REFERENCES batches(batch),
+    currency TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    state TEXT NOT NULL,             -- planned|sending|unknown|accepted|succeeded|failed
+    payload BLOB NOT NULL,           -- the exact bytes; frozen once sent
+    row_count INTEGER NOT NULL,
+    request_id TEXT,
+    send_count INTEGER NOT NULL DEFAULT 0,
+    poll_count INTEGER NOT NULL DEFAULT 0,
+    error_code TEXT,
+    error_message TEXT,
+    created_at TEXT NOT NULL,
+    first_sent_at TEXT,
+    last_sent_at TEXT,
+    accepted_at TEXT,
+    finished_at TEXT
+);
+CREATE INDEX IF NOT EXISTS chunks_by_state ON chunks(batch, state);
+CREATE TABLE IF NOT EXISTS chunk_rows (
+    chunk_key TEXT NOT NULL REFERENCES chunks(chunk_key),
+    row_key TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    PRIMARY KEY (chunk_key, row_key)
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts TEXT NOT NULL,
+    batch TEXT NOT NULL,
+    run_id TEXT,
+    kind TEXT NOT NULL,
+    chunk_key TEXT,
+    row_key TEXT,
+    detail TEXT
+);
+CREATE TRIGGER IF NOT EXISTS events_append_only_update BEFORE UPDATE ON events
+BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS events_append_only_delete BEFORE DELETE ON events
+BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
+"""
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_ts(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+@dataclass(frozen=True)
+class SheetRow:
+    """A row of the current sheet, as the runner hands it to the ledger."""
+
+    row_key: str
+    source_row: int
+    reference: str | None
+    content_hash: str
+    fields: dict[str, str]
+    passthrough: dict[str, str]
+    currency: str
+    face_value: Decimal
+    est_cost: Decimal | None
+    valid: bool
+    error_code: str = ""
+    error_message: str = ""
+
+
+@dataclass
+class RowRecord:
+    batch: str
+    row_key: str
+    source_row: int
+    in_sheet: bool
+    reference: str | None
+    content_hash: str
+    fields: dict[str, str]
+    passthrough: dict[str, str]
+    currency: str
+    face_value: Decimal
+    est_cost: Decimal | None
+    state: str
+    attempt: int
+    retry_group: str
+    failure_kind: str | None
+    error_code: str | None
+    error_message: str | None
+    provider_request_id: str | None
+    conflict: str | None
+    chunk_key: str | None
+    order_request_id: str | None
+    order_id: str | None
+    transaction_id: str | None
+    cost: Decimal | None
+    cost_currency: str | None
+    voucher_last4: str | None
+    provider_status: str | None
+    created_at: str
+    updated_at: str
+    succeeded_at: str | None
+
+    @classmethod
+    def from_sql(cls, row: sqlite3.Row) -> RowRecord:
+        data = dict(row)
+        data["in_sheet"] = bool(data["in_sheet"])
+        data["fields"] = json.loads(data["fields"])
+        data["passthrough"] = json.loads(data["passthrough"])
+        for money in ("face_value", "est_cost", "cost"):
+            data[money] = Decimal(data[money]) if data[money] is not None else None
+        return cls(**data)
+
+
+@dataclass
+class ChunkRecord:
+    chunk_key: str
+    batch: str
+    currency: str
+    attempt: int
+    state: str
+    payload: bytes
+    row_count: int
+    request_id: str | None
+    send_count: int
+    poll_count: int
+    error_code: str | None
+    error_message: str | None
+    created_at: str
+    first_sent_at: str | None
+    last_sent_at: str | None
+    accepted_at: str | None
+    finished_at: str | None
+    row_keys: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_sql(cls, row: sqlite3.Row, row_keys: list[str]) -> ChunkRecord:
+        data = dict(row)
+        data["payload"] = bytes(data["payload"])
+        return cls(**data, row_keys=row_keys)
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    new: int = 0
+    unchanged: int = 0
+    changed: int = 0
+    conflicts: int = 0
+    skipped_elsewhere: int = 0
+    gone: int = 0
+
+
+@dataclass(frozen=True)
+class RowOutcome:
+    """What a provider said about one row, as the ledger records it."""
+
+    row_key: str
+    state: str  # succeeded | failed | pending | accepted
+    failure_kind: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    provider_request_id: str | None = None
+    order_id: str | None = None
+    transaction_id: str | None = None
+    cost: Decimal | None = None
+    cost_currency: str | None = None
+    voucher_last4: str | None = None
+    provider_status: str | None = None
+    #: for released rows: retry as attempt+1, grouped with the chunk that released them
+    release: bool = False
+
+
+class Ledger:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, timeout=30.0)
+        except sqlite3.Error as exc:
+            raise ConfigError(f"cannot open ledger {path}: {exc}") from None
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.execute("PRAGMA busy_timeout=30000")
+        self._db.executescript(_SCHEMA)  # idempotent: IF NOT EXISTS everywhere
+        self._db.execute(
+            "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
+            (str(SCHEMA_VERSION),),
+        )
+        self.run_id: str | None = None
+
+    @classmethod
+    def open(cls, state_dir: Path) -> Ledger:
+        return cls(state_dir / "ledger.sqlite")
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        else:
+            self._db.execute("COMMIT")
+
+    def _event(
+        self,
+        batch: str,
+        kind: str,
+        *,
+        chunk_key: str | None = None,
+        row_key: str | None = None,
+        **detail: Any,
+    ) -> None:
+        self._db.execute(
+            "INSERT INTO events(ts, batch, run_id, kind, chunk_key, row_key, detail)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                utc_now(),
+                batch,
+                self.run_id,
+                kind,
+                chunk_key,
+                row_key,
+                json.dumps(detail, default=str, sort_keys=True) if detail else None,
+            ),
+        )
+
+    # ------------------------------------------------------------------ batches & runs
+
+    def ensure_batch(
+        self, batch: str, *, provider: str, account_id: str, source_path: str, source_sha256: str
+    ) -> None:
+        now = utc_now()
+        with self._tx() as db:
+            existing = db.execute(
+                "SELECT provider, account_id FROM batches WHERE batch = ?", (batch,)
+            ).fetchone()
+            if existing and (existing["provider"], existing["account_id"]) != (
+                provider,
+                account_id,
+            ):
+                raise ConfigError(
+                    f"batch {batch!r} belongs to provider {existing['provider']} account "
+                    f"{existing['account_id']}",
+                    hint="use another --batch name for a different provider or account",
+                )
+            db.execute(
+                "INSERT INTO batches(batch, provider, account_id, source_path, source_sha256,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT(batch) DO UPDATE SET source_path = excluded.source_path,"
+                " source_sha256 = excluded.source_sha256, updated_at = excluded.updated_at",
+                (batch, provider, account_id, source_path, source_sha256, now, now),
+            )
+
+    def batch_info(self, batch: str) -> dict[str, Any] | None:
+        row = self._db.execute("SELECT * FROM batches WHERE batch = ?", (batch,)).fetchone()
+        return dict(row) if row else None
+
+    def batches(self) -> list[dict[str, Any]]:
+        return [
+            dict(r) for r in self._db.execute("SELECT * FROM batches ORDER BY updated_at DESC")
+        ]
+
+    def start_run(self, batch: str, command: str) -> str:
+        run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO runs(run_id, batch, command, pid, host, started_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (run_id, batch, command, os.getpid(), socket.gethostname(), utc_now()),
+            )
+            self.run_id = run_id
+            self._event(batch, "run_started", command=command)
+        return run_id
+
+    def finish_run(self, run_id: str, batch: str, exit_code: int, summary: dict[str, Any]) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE runs SET finished_at = ?, exit_code = ?, summary = ? WHERE run_id = ?",
+                (utc_now(), exit_code, json.dumps(summary, default=str), run_id),
+            )
+            self._event(batch, "run_finished", exit_code=exit_code)
+
+    def runs(self, batch: str, limit: int = 10) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT run_id, command, pid, host, started_at, finished_at, exit_code FROM runs"
+            " WHERE batch = ? ORDER BY started_at DESC LIMIT ?",
+            (batch, limit),
+        )
+        return [dict(r) for r in rows]
+
+    def events(self, batch: str, kind: str | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT * FROM events WHERE batch = ?"
+        params: list[Any] = [batch]
+        if kind:
+            sql += " AND kind = ?"
+            params.append(kind)
+        return [dict(r) for r in self._db.execute(sql + " ORDER BY id", params)]
+
+    # ------------------------------------------------------------------ rows
+
+    def sync_rows(self, batch: str, sheet_rows: Sequence[SheetRow], *, retry_failed: bool) -> SyncReport:
+        """Bring the ledger in line with the current sheet, without losing history.
+
+        - new rows are inserted as pending (or invalid);
+        - a row whose reference already succeeded in another batch is skipped;
+        - a changed row that had not been sent is updated; one that failed is
+          released for a new attempt; one that succeeded is flagged as a conflict
+          and never ordered again;
+        - rows no longer in the sheet stay in the ledger with in_sheet = 0.
+        """
+        now = utc_now()
+        counts = dict.fromkeys(
+            ("new", "unchanged", "changed", "conflicts", "skipped_elsewhere", "gone"), 0
+        )
+        existing = {
+            r["row_key"]: r
+            for r in self._db.execute(
+                "SELECT row_key, content_hash, state, failure_kind, attempt, in_sheet, source_row"
+                " FROM rows WHERE batch = ?",
+                (batch,),
+            )
+        }
+        done_elsewhere = self._references_succeeded_elsewhere(
+            batch, [r.reference for r in sheet_rows if r.reference]
+        )
+        with self._tx() as db:
+            db.execute("UPDATE rows SET in_sheet = 0 WHERE batch = ?", (batch,))
+            for row in sheet_rows:
+                old = existing.get(row.row_key)
+                if old is None:
+                    state = "pending" if row.valid else "invalid"
+                    if row.valid and row.reference and row.reference in done_elsewhere:
+                        state = "skipped"
+                        counts["skipped_elsewhere"] += 1
+                    counts["new"] += 1
+                    self._insert_row(db, batch, row, state, now)
+                    self._event(batch, "row_added", row_key=row.row_key, state=state)
+                    continue
+                self._sync_existing(db, batch, row, old, retry_failed, counts, now)
+            counts["gone"] = db.execute(
+                "SELECT COUNT(*) FROM rows WHERE batch = ? AND in_sheet = 0", (batch,)
+            ).fetchone()[0]
+        return SyncReport(**counts)
+
+    def _references_succeeded_elsewhere(self, batch: str, references: list[str]) -> set[str]:
+        found: set[str] = set()
+        for start in range(0, len(references), 500):
+            part = references[start : start + 500]
+            marks = ",".join("?" * len(part))
+            found.update(
+                r[0]
+                for r in self._db.execute(
+                    f"SELECT reference FROM rows WHERE reference IN ({marks})"
+                    " AND state = 'succeeded' AND batch != ?",
+                    (*part, batch),
+                )
+            )
+        return found
+
+    def _insert_row(
+        self, db: sqlite3.Connection, batch: str, row: SheetRow, state: str, now: str
+    ) -> None:
+        db.execute(
+            "INSERT INTO rows(batch, row_key, source_row, in_sheet, reference, content_hash,"
+            " fields, passthrough, currency, face_value, est_cost, state, error_code,"
+            " error_message, failure_kind, created_at, updated_at)"
+            " VALUES (?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                batch,
+                row.row_key,
+                row.source_row,
+                row.reference,
+                row.content_hash,
+                json.dumps(row.fields, ensure_ascii=False),
+                json.dumps(row.passthrough, ensure_ascii=False),
+                row.currency,
+                str(row.face_value),
+                None if row.est_cost is None else str(row.est_cost),
+                state,
+                row.error_code or None,
+                row.error_message or None,
+                "permanent" if state == "invalid" else None,
+                now,
+                now,
+            ),
+        )
+
+    def _sync_existing(
+        self,
+        db: sqlite3.Connection,
+        batch: str,
+        row: SheetRow,
+        old: sqlite3.Row,
+        retry_failed: bool,
+        counts: dict[str, int],
+        now: str,
+    ) -> None:
+        key = row.row_key
+        state = old["state"]
+        changed = old["content_hash"] != row.content_hash
+        common = (
+            "source_row = ?, in_sheet = 1, passthrough = ?, updated_at = ?",
+            [row.source_row, json.dumps(row.passthrough, ensure_ascii=False), now],
+        )
+        if not changed:
+            counts["unchanged"] += 1
+            db.execute(
+                f"UPDATE rows SET {common[0]} WHERE batch = ? AND row_key = ?",
+                (*common[1], batch, key),
+            )
+            if state == "invalid" and row.valid:
+                # The same content is valid now (the catalog changed): give it a chance.
+                self._set_row_state(db, batch, key, "pending", clear_error=True)
+            elif state == "failed" and old["failure_kind"] == "permanent" and retry_failed:
+                self._release_for_retry(db, batch, key, reason="--retry-failed")
+            return
+        counts["changed"] += 1
+        if state in ("succeeded", "skipped"):
+            counts["conflicts"] += 1
+            db.execute(
+                f"UPDATE rows SET {common[0]}, conflict = ? WHERE batch = ? AND row_key = ?",
+                (
+                    *common[1],
+                    "the sheet changed this row after it was ordered; it will not be ordered again",
+                    batch,
+                    key,
+                ),
+            )
+            self._event(batch, "row_conflict", row_key=key, new_content_hash=row.content_hash)
+            return
+        if state in IN_FLIGHT_STATES:
+            # Frozen: the sent bytes decide. Record the change but order what was sent.
+            counts["conflicts"] += 1
+            db.execute(
+                f"UPDATE rows SET {common[0]}, conflict = ? WHERE batch = ? AND row_key = ?",
+                (
+                    *common[1],
+                    "the sheet changed this row while its order was in flight",
+                    batch,
+                    key,
+                ),
+            )
+            self._event(batch, "row_conflict", row_key=key, new_content_hash=row.content_hash)
+            return
+        # pending, planned, failed or invalid: take the new content.
+        new_state = "pending" if row.valid else "invalid"
+        attempt = old["attempt"] + 1 if state == "failed" else old["attempt"]
+        db.execute(
+            f"UPDATE rows SET {common[0]}, content_hash = ?, fields = ?, currency = ?,"
+            " face_value = ?, est_cost = ?, state = ?, attempt = ?, retry_group = '',"
+            " failure_kind = ?, error_code = ?, error_message = ?, chunk_key = NULL,"
+            " conflict = NULL WHERE batch = ? AND row_key = ?",
+            (
+                *common[1],
+                row.content_hash,
+                json.dumps(row.fields, ensure_ascii=False),
+                row.currency,
+                str(row.face_value),
+                None if row.est_cost is None else str(row.est_cost),
+                new_state,
+                attempt,
+                "permanent" if new_state == "invalid" else None,
+                row.error_code or None,
+                row.error_message or None,
+                batch,
+                key,
+            ),
+        )
+        self._event(batch, "row_changed", row_key=key, state=new_state, attempt=attempt)
+
+    def _set_row_state(
+        self, db: sqlite3.Connection, batch: str, row_key: str, state: str, *, clear_error: bool
+    ) -> None:
+        extra = ", error_code = NULL, error_message = NULL, failure_kind = NULL" if clear_error else ""
+        db.execute(
+            f"UPDATE rows SET state = ?, updated_at = ?{extra} WHERE batch = ? AND row_key = ?",
+            (state, utc_now(), batch, row_key),
+        )
+        self._event(batch, "row_state", row_key=row_key, state=state)
+
+    def _release_for_retry(self, db: sqlite3.Connection, batch: str, row_key: str, reason: str) -> None:
+        db.execute(
+            "UPDATE rows SET state = 'pending', attempt = attempt + 1,"
+            " retry_group = COALESCE(chunk_key, ''), chunk_key = NULL,"
+            " updated_at = ? WHERE batch = ? AND row_key = ?",
+            (utc_now(), batch, row_key),
+        )
+        self._event(batch, "row_released", row_key=row_key, reason=reason)
+
+    def release_retryable(self, batch: str) -> int:
+        """Failed rows whose failure is retryable become pending for the next attempt."""
+        with self._tx() as db:
+            keys = [
+                r[0]
+                for r in db.execute(
+                    "SELECT row_key FROM rows WHERE batch = ? AND in_sheet = 1 AND state = 'failed'"
+                    " AND failure_kind = 'retryable'",
+                    (batch,),
+                )
+            ]
+            for key in keys:
+                self._release_for_retry(db, batch, key, reason="retryable failure")
+        return len(keys)
+
+    def rows(self, batch: str, *, in_sheet_only: bool = True) -> list[RowRecord]:
+        sql = "SELECT * FROM rows WHERE batch = ?"
+        if in_sheet_only:
+            sql += " AND in_sheet = 1"
+        return [RowRecord.from_sql(r) for r in self._db.execute(sql + " ORDER BY source_row", (batch,))]
+
+    def rows_by_key(self, batch: str, keys: Iterable[str]) -> dict[str, RowRecord]:
+        wanted = list(keys)
+        found: dict[str, RowRecord] = {}
+        for start in range(0, len(wanted), 500):
+            part = wanted[start : start + 500]
+            marks = ",".join("?" * len(part))
+            for r in self._db.execute(
+                f"SELECT * FROM rows WHERE batch = ? AND row_key IN ({marks})", (batch, *part)
+            ):
+                found[r["row_key"]] = RowRecord.from_sql(r)
+        return found
+
+    def count_by_state(self, batch: str) -> dict[str, int]:
+        counts = dict.fromkeys(ROW_STATES, 0)
+        for r in self._db.execute(
+            "SELECT state, COUNT(*) FROM rows WHERE batch = ? AND in_sheet = 1 GROUP BY state",
+            (batch,),
+        ):
+            counts[r[0]] = r[1]
+        return counts
+
+    def mark_pending_reason(self, batch: str, currency: str, code: str, message: str) -> int:
+        """Annotate the pending rows of a currency (e.g. insufficient funds) without sending."""
+        with self._tx() as db:
+            cursor = db.execute(
+                "UPDATE rows SET error_code = ?, error_message = ?, failure_kind = 'retryable',"
+                " updated_at = ? WHERE batch = ? AND currency = ? AND in_sheet = 1"
+                " AND state = 'pending'",
+                (code, message, utc_now(), batch, currency),
+            )
+            self._event(batch, "rows_held", currency=currency, code=code, count=cursor.rowcount)
+            return cursor.rowcount
+
+    # ------------------------------------------------------------------ chunks
+
+    def discard_unsent_plans(self, batch: str, currency: str | None = None) -> int:
+        """Planned chunks that never left can be re-planned freely: nothing was sent."""
+        sql = "SELECT chunk_key FROM chunks WHERE batch = ? AND state = 'planned'"
+        params: tuple[str, ...] = (batch,)
+        if currency is not None:
+            sql, params = sql + " AND currency = ?", (batch, currency)
+        with self._tx() as db:
+            keys = [r[0] for r in db.execute(sql, params)]
+            for key in keys:
+                db.execute(
+                    "UPDATE rows SET state = 'pending', chunk_key = NULL, updated_at = ?"
+                    " WHERE batch = ? AND chunk_key = ? AND state = 'planned'",
+                    (utc_now(), batch, key),
+                )
+                db.execute("DELETE FROM chunk_rows WHERE chunk_key = ?", (key,))
+                db.execute("DELETE FROM chunks WHERE chunk_key = ?", (key,))
+                self._event(batch, "chunk_discarded", chunk_key=key)
+        return len(keys)
+
+    def recover_after_crash(self, batch: str) -> int:
+        """A chunk left `sending` by a dead run may or may not have reached the provider."""
+        with self._tx() as db:
+            keys = [
+                r[0]
+                for r in db.execute(
+                    "SELECT chunk_key FROM chunks WHERE batch = ? AND state = 'sending'", (batch,)
+                )
+            ]
+            for key in keys:
+                self._set_chunk_state(db, batch, key, "unknown", row_state="unknown")
+                self._event(batch, "chunk_unknown_after_crash", chunk_key=key)
+        return len(keys)
+
+    def save_plan(self, batch: str, chunks: Sequence[tuple[str, str, int, Sequence[str], bytes]]) -> None:
+        """Record planned chunks (key, currency, attempt, row keys, payload) and their rows."""
+        now = utc_now()
+        with self._tx() as db:
+            for key, currency, attempt, keys, payload in chunks:
+                existing = db.execute(
+                    "SELECT state, payload FROM chunks WHERE chunk_key = ?", (key,)
+                ).fetchone()
+                if existing is not None:
+                    # The same rows and attempt were planned before: the key is a promise
+                    # to the provider, so the bytes must match what may have been sent.
+                    if bytes(existing["payload"]) != payload:
+                        raise RuntimeError(f"chunk {key} re-planned with different bytes")
+                    continue
+                db.execute(
+                    "INSERT INTO chunks(chunk_key, batch, currency, attempt, state, payload,"
+                    " row_count, created_at) VALUES (?, ?, ?, ?, 'planned', ?, ?, ?)",
+                    (key, batch, currency, attempt, payload, len(keys), now),
+                )
+                db.executemany(
+                    "INSERT INTO chunk_rows(chunk_key, row_key, position) VALUES (?, ?, ?)",
+                    [(key, rk, i) for i, rk in enumerate(keys)],
+                )
+                marks = ",".join("?" * len(keys))
+                db.execute(
+                    f"UPDATE rows SET state = 'planned', chunk_key = ?, updated_at = ?"
+                    f" WHERE batch = ? AND row_key IN ({marks})",
+                    (key, now, batch, *keys),
+                )
+                self._event(batch, "chunk_planned", chunk_key=key, rows=len(keys), attempt=attempt)
+
+    def chunk(self, chunk_key: str) -> ChunkRecord:
+        row = self._db.execute("SELECT * FROM chunks WHERE chunk_key = ?", (chunk_key,)).fetchone()
+        if row is None:
+            raise KeyError(chunk_key)
+        keys = [
+            r[0]
+            for r in self._db.execute(
+                "SELECT row_key FROM chunk_rows WHERE chunk_key = ? ORDER BY position", (chunk_key,)
+            )
+        ]
+        return ChunkRecord.from_sql(row, keys)
+
+    def chunks(self, batch: str, states: Sequence[str]) -> list[ChunkRecord]:
+        marks = ",".join("?" * len(states))
+        keys = [
+            r[0]
+            for r in self._db.execute(
+                f"SELECT chunk_key FROM chunks WHERE batch = ? AND state IN ({marks})"
+                " ORDER BY created_at, chunk_key",
+                (batch, *states),
+            )
+        ]
+        return [self.chunk(k) for k in keys]
+
+    def _set_chunk_state(
+        self,
+        db: sqlite3.Connection,
+        batch: str,
+        chunk_key: str,
+        state: str,
+        *,
+        row_state: str | None = None,
+        **columns: Any,
+    ) -> None:
+        sets = ["state = ?"] + [f"{c} = ?" for c in columns]
+        db.execute(
+            f"UPDATE chunks SET {', '.join(sets)} WHERE chunk_key = ?",
+            (state, *columns.values(), chunk_key),
+        )
+        if row_state:
+            db.execute(
+                "UPDATE rows SET state = ?, updated_at = ? WHERE batch = ? AND chunk_key = ?"
+                " AND state NOT IN ('succeeded', 'failed')",
+                (row_state, utc_now(), batch, chunk_key),
+            )
+
+    def mark_sending(self, batch: str, chunk_key: str) -> None:
+        """Committed before the HTTP request leaves: a crash now means 'unknown', not 'lost'."""
+        now = utc_now()
+        with self._tx() as db:
+            db.execute(
+                "UPDATE chunks SET send_count = send_count + 1, last_sent_at = ?,"
+                " first_sent_at = COALESCE(first_sent_at, ?) WHERE chunk_key = ?",
+                (now, now, chunk_key),
+            )
+            self._set_chunk_state(db, batch, chunk_key, "sending", row_state="sending")
+            self._event(batch, "chunk_sending", chunk_key=chunk_key)
+
+    def mark_unknown(self, batch: str, chunk_key: str, reason: str) -> None:
+        with self._tx() as db:
+            self._set_chunk_state(
+                db, batch, chunk_key, "unknown", row_state="unknown", error_message=reason
+            )
+            self._event(batch, "chunk_unknown", chunk_key=chunk_key, reason=reason)
+
+    def mark_accepted(self, batch: str, chunk_key: str, request_id: str) -> None:
+        now = utc_now()
+        with self._tx() as db:
+            self._set_chunk_state(
+                db,
+                batch,
+                chunk_key,
+                "accepted",
+                row_state="accepted",
+                request_id=request_id,
+                accepted_at=now,
+                error_message=None,
+            )
+            db.execute(
+                "UPDATE rows SET order_request_id = ? WHERE batch = ? AND chunk_key = ?",
+                (request_id, batch, chunk_key),
+            )
+            self._event(batch, "chunk_accepted", chunk_key=chunk_key, request_id=request_id)
+
+    def count_poll(self, chunk_key: str) -> None:
+        self._db.execute(
+            "UPDATE chunks SET poll_count = poll_count + 1 WHERE chunk_key = ?", (chunk_key,)
+        )
+
+    def settle_chunk(
+        self,
+        batch: str,
+        chunk_key: str,
+        chunk_state: str,
+        outcomes: Sequence[RowOutcome],
+        *,
+        error_code: str | None = None,
+        error_message: str | None = None,
+    ) -> None:
+        """Record a definite answer for a chunk and each of its rows, atomically."""
+        now = utc_now()
+        with self._tx() as db:
+            self._set_chunk_state(
+                db,
+                batch,
+                chunk_key,
+                chunk_state,
+                finished_at=now,
+                error_code=error_code,
+                error_message=error_message,
+            )
+            for out in outcomes:
+                attempt_sql = ", attempt = attempt + 1, retry_group = ?" if out.release else ""
+                attempt_params: tuple[Any, ...] = (chunk_key,) if out.release else ()
+                db.execute(
+                    "UPDATE rows SET state = ?, failure_kind = ?, error_code = ?,"
+                    " error_message = ?, provider_request_id = ?, order_id = ?,"
+                    " transaction_id = ?, cost = ?, cost_currency = ?, voucher_last4 = ?,"
+                    " provider_status = ?, updated_at = ?,"
+                    " succeeded_at = CASE WHEN ? = 'succeeded' THEN ? ELSE succeeded_at END,"
+                    f" chunk_key = CASE WHEN ? THEN NULL ELSE chunk_key END{attempt_sql}"
+                    " WHERE batch = ? AND row_key = ?",
+                    (
+                        out.state,
+                        out.failure_kind,
+                        out.error_code,
+                        out.error_message,
+                        out.provider_request_id,
+                        out.order_id,
+                        out.transaction_id,
+                        None if out.cost is None else str(out.cost),
+                        out.cost_currency,
+                        out.voucher_last4,
+                        out.provider_status,
+                        now,
+                        out.state,
+                        now,
+                        out.release,
+                        *attempt_params,
+                        batch,
+                        out.row_key,
+                    ),
+                )
+                self._event(
+                    batch,
+                    "row_settled",
+                    chunk_key=chunk_key,
+                    row_key=out.row_key,
+                    state=out.state,
+                    code=out.error_code,
+                    order_id=out.order_id,
+                )
+            self._event(batch, "chunk_settled", chunk_key=chunk_key, state=chunk_state)
+
+
+# ---------------------------------------------------------------------- the batch lock
+
+
+class BatchLock:
+    """One run per batch. flock dies with its process, so a crashed run never blocks."""
+
+    def __init__(self, state_dir: Path, batch: str) -> None:
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in batch)
+        self.path = state_dir / "locks" / f"{safe}.lock"
+        self._fd: int | None = None
+        self.batch = batch
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 4096).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise BatchLocked(
+                f"batch {self.batch!r} is locked by {holder}",
+                hint="wait for that run to finish; a dead run's lock is released automatically",
+            ) from None
+        os.ftruncate(fd, 0)
+        holder = f"pid {os.getpid()} on {socket.gethostname()} since {utc_now()}"
+        os.write(fd, holder.encode())
+        os.fsync(fd)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> BatchLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

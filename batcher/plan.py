@@ -1,0 +1,178 @@
+"""Row keys, chunk keys and chunking. Pure functions: no I/O, no clock, no randomness.
+
+The same pending rows always give the same chunks and the same idempotency keys,
+on any machine, with or without a ledger (DESIGN.md, "Row identity and
+idempotency keys"). That is what lets the provider's own deduplication protect
+the company even when the ledger is lost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+
+KEY_VERSION = "b1"
+_ROW_KEY_LENGTH = 32  # hex chars: 128 bits
+_CHUNK_KEY_LENGTH = 40  # hex chars: 160 bits; the whole key stays far below 255
+
+
+def _digest(*parts: str) -> str:
+    # A unit separator between parts, so ("ab", "c") and ("a", "bc") differ.
+    return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()
+
+
+def _norm_text(value: str) -> str:
+    """Unicode NFC, trimmed, inner whitespace collapsed: what a person sees as 'the same'."""
+    return " ".join(unicodedata.normalize("NFC", value).split())
+
+
+@dataclass(frozen=True)
+class RowFields:
+    """The order-defining fields of a row, already validated and normalised."""
+
+    recipient_email: str
+    product_code: str
+    amount: Decimal
+    currency: str
+    recipient_name: str = ""
+    message: str = ""
+    country: str = ""
+    payment_currency: str = ""
+
+    def canonical(self) -> tuple[str, ...]:
+        return (
+            self.recipient_email.strip().lower(),
+            self.product_code.strip().upper(),
+            # normalize() so 50, 50.0 and 50.00 are the same order
+            format(self.amount.normalize(), "f"),
+            self.currency.strip().upper(),
+            _norm_text(self.recipient_name),
+            _norm_text(self.message),
+        )
+
+    def content_hash(self) -> str:
+        """Everything that, if changed, makes it a different order."""
+        extra = (self.country.strip().upper(), self.payment_currency.strip().upper())
+        return _digest("content", *self.canonical(), *extra)[:_ROW_KEY_LENGTH]
+
+
+def reference_row_key(reference: str) -> str:
+    return "r" + _digest("ref", _norm_text(reference))[: _ROW_KEY_LENGTH - 1]
+
+
+def fields_row_key(fields: RowFields, occurrence: int) -> str:
+    """Key of a row without a reference: its fields plus its rank among identical rows."""
+    if occurrence < 1:
+        raise ValueError("occurrence counts from 1")
+    return "f" + _digest("fields", *fields.canonical(), str(occurrence))[: _ROW_KEY_LENGTH - 1]
+
+
+def row_keys(rows: Sequence[tuple[str | None, RowFields]]) -> list[str]:
+    """Row keys for (reference, fields) pairs given in source order.
+
+    Only the relative order of identical rows matters (for their occurrence
+    number); inserting or reordering other rows never changes a key.
+    """
+    seen: Counter[tuple[str, ...]] = Counter()
+    keys: list[str] = []
+    for reference, fields in rows:
+        if reference is not None and reference.strip():
+            keys.append(reference_row_key(reference))
+            continue
+        canonical = fields.canonical()
+        seen[canonical] += 1
+        keys.append(fields_row_key(fields, seen[canonical]))
+    return keys
+
+
+# ---------------------------------------------------------------------------
+# Chunks
+
+
+@dataclass(frozen=True)
+class PlanRow:
+    """A row ready to be planned into a chunk."""
+
+    row_key: str
+    currency: str
+    attempt: int
+    #: the key of the chunk that released this row, so a failed chunk is retried as a unit
+    retry_group: str
+    #: (product, amount, email, name): a chunk may hold each only once
+    match_fields: tuple[str, str, str, str]
+
+
+@dataclass(frozen=True)
+class PlannedChunk:
+    key: str
+    currency: str
+    attempt: int
+    row_keys: tuple[str, ...]
+
+
+def chunk_key(provider: str, account: str, batch: str, row_keys: Iterable[str], attempt: int) -> str:
+    """sha256(provider | account | batch | sorted row keys | attempt), shortened and versioned."""
+    ordered = sorted(row_keys)
+    if not ordered:
+        raise ValueError("a chunk holds at least one row")
+    digest = _digest(provider, account, batch, ",".join(ordered), str(attempt))
+    return f"{KEY_VERSION}-{digest[:_CHUNK_KEY_LENGTH]}"
+
+
+def match_fields(product_code: str, amount: Decimal, email: str, name: str) -> tuple[str, str, str, str]:
+    """The fields a bulk result is mapped back by (ugiftme.md: no item index)."""
+    return (
+        product_code.strip().upper(),
+        format(amount.normalize(), "f"),
+        email.strip().lower(),
+        _norm_text(name),
+    )
+
+
+def plan_chunks(
+    rows: Iterable[PlanRow],
+    *,
+    provider: str,
+    account: str,
+    batch: str,
+    chunk_size: int,
+) -> list[PlannedChunk]:
+    """Split rows into chunks: one currency and one attempt per chunk, and no two
+    rows with the same match fields in one chunk. Deterministic in the *set* of rows.
+    """
+    if chunk_size < 1:
+        raise ValueError("chunk size must be at least 1")
+    groups: dict[tuple[str, int, str], list[PlanRow]] = {}
+    for row in rows:
+        groups.setdefault((row.currency, row.attempt, row.retry_group), []).append(row)
+
+    chunks: list[PlannedChunk] = []
+    for (currency, attempt, _group), members in sorted(groups.items()):
+        for keys in _fill(sorted(members, key=lambda r: r.row_key), chunk_size):
+            key = chunk_key(provider, account, batch, keys, attempt)
+            chunks.append(PlannedChunk(key, currency, attempt, tuple(sorted(keys))))
+    return chunks
+
+
+def _fill(members: list[PlanRow], chunk_size: int) -> list[list[str]]:
+    """First-fit: each row goes into the first chunk with room and no clash."""
+    bins: list[tuple[list[str], set[tuple[str, str, str, str]]]] = []
+    open_from = 0  # bins before this index are full; keeps the common case linear
+    for row in members:
+        placed = False
+        for index in range(open_from, len(bins)):
+            keys, seen = bins[index]
+            if len(keys) < chunk_size and row.match_fields not in seen:
+                keys.append(row.row_key)
+                seen.add(row.match_fields)
+                placed = True
+                break
+        if not placed:
+            bins.append(([row.row_key], {row.match_fields}))
+        while open_from < len(bins) and len(bins[open_from][0]) >= chunk_size:
+            open_from += 1
+    return [keys for keys, _ in bins]

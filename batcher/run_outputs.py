@@ -1,0 +1,130 @@
+"""What every run leaves behind for the operator: summary.json and rows.csv.
+
+Written after every run, whether it ended well or not. One line per input row;
+every cell goes through `safe_cell` so a report cannot run formulas in Excel.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Iterable, Sequence
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from batcher.cells import safe_cell
+from batcher.ledger import ROW_STATES, RowRecord
+from batcher.money import money_str
+
+ROWS_CSV_COLUMNS = (
+    "source_row",
+    "row_key",
+    "state",
+    "attempts",
+    "idempotency_key",
+    "order_id",
+    "order_request_id",
+    "transaction_id",
+    "error_code",
+    "error_message",
+    "provider_request_id",
+    "failure_kind",
+    "conflict",
+    "reference",
+    "recipient_email",
+    "recipient_name",
+    "product_code",
+    "amount",
+    "currency",
+    "cost",
+    "cost_currency",
+)
+
+
+def totals_by_currency(rows: Iterable[RowRecord]) -> dict[str, dict[str, str | int]]:
+    """Face value and cost of succeeded rows, per currency, as exact decimal text."""
+    face: dict[str, Decimal] = {}
+    cost: dict[str, Decimal] = {}
+    orders: dict[str, int] = {}
+    for row in rows:
+        if row.state != "succeeded":
+            continue
+        face[row.currency] = face.get(row.currency, Decimal(0)) + row.face_value
+        orders[row.currency] = orders.get(row.currency, 0) + 1
+        charged_in = row.cost_currency or row.currency
+        if row.cost is not None:
+            cost[charged_in] = cost.get(charged_in, Decimal(0)) + row.cost
+    result: dict[str, dict[str, str | int]] = {}
+    for currency in sorted(set(face) | set(cost)):
+        result[currency] = {
+            "orders": orders.get(currency, 0),
+            "face_value": money_str(face.get(currency, Decimal(0)), currency),
+            "cost": money_str(cost.get(currency, Decimal(0)), currency),
+        }
+    return result
+
+
+def count_states(rows: Iterable[RowRecord]) -> dict[str, int]:
+    counts = dict.fromkeys(ROW_STATES, 0)
+    for row in rows:
+        counts[row.state] += 1
+    return counts
+
+
+def row_line(row: RowRecord, passthrough_headers: Sequence[str]) -> list[str]:
+    f = row.fields
+    values: list[Any] = [
+        row.source_row,
+        row.row_key,
+        row.state,
+        row.attempt,
+        row.chunk_key or "",
+        row.order_id or "",
+        row.order_request_id or "",
+        row.transaction_id or "",
+        row.error_code or "",
+        row.error_message or "",
+        row.provider_request_id or "",
+        row.failure_kind or "",
+        row.conflict or "",
+        row.reference or "",
+        f.get("recipient_email", ""),
+        f.get("recipient_name", ""),
+        f.get("product_code", ""),
+        f.get("amount", str(row.face_value)),
+        row.currency,
+        "" if row.cost is None else str(row.cost),
+        row.cost_currency or "",
+    ]
+    values.extend(row.passthrough.get(h, "") for h in passthrough_headers)
+    return [safe_cell(str(v)) for v in values]
+
+
+def passthrough_headers(rows: Sequence[RowRecord]) -> list[str]:
+    headers: list[str] = []
+    for row in rows:
+        for header in row.passthrough:
+            if header not in headers:
+                headers.append(header)
+    return headers
+
+
+def write_rows_csv(path: Path, rows: Sequence[RowRecord]) -> Path:
+    extra = passthrough_headers(rows)
+    tmp = path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow([*ROWS_CSV_COLUMNS, *(safe_cell(h) for h in extra)])
+        for row in sorted(rows, key=lambda r: r.source_row):
+            writer.writerow(row_line(row, extra))
+    os.replace(tmp, path)
+    return path
+
+
+def write_json(path: Path, data: dict[str, Any]) -> Path:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,535 @@
+"""The submit/poll loop over the ledger.
+
+Order of work in a run (DESIGN.md, issue "The nightly run"):
+1. chunks whose outcome is unknown are resolved first, with the same key and bytes;
+2. accepted order requests are polled (exponential backoff with jitter, capped);
+3. planned chunks are submitted, each committed as `sending` before it leaves.
+
+Every request goes through the provider's shared rate limiter. Polls never use
+more of the budget than submits while there is still something to submit.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Protocol
+
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
+
+from batcher.ledger import ChunkRecord, Ledger, RowOutcome, RowRecord, SheetRow
+from batcher.models import Balance
+from batcher.plan import PlanRow, match_fields, plan_chunks
+from batcher.providers.base import (
+    ItemResult,
+    OrderItem,
+    OutcomeUnknown,
+    PollResult,
+    Provider,
+    SubmitResult,
+)
+
+_RETRYABLE_CODES = {
+    "insufficient_funds",
+    "server_error",
+    "upstream_error",
+    "request_failed",
+    "out_of_stock",
+    "rate_limited",
+    "timeout",
+    "stock_exhausted",
+}
+_RETRYABLE_WORDS = re.compile(
+    r"insufficient|out of stock|stock|upstream|temporar|try again|timeout|unavailable|supplier",
+    re.IGNORECASE,
+)
+
+
+def failure_kind(code: str | None, message: str | None) -> str:
+    """'retryable' failures are retried by the next run with a new attempt; 'permanent'
+    ones only with --retry-failed or when the row changes in the sheet."""
+    if code and code in _RETRYABLE_CODES:
+        return "retryable"
+    if message and _RETRYABLE_WORDS.search(message):
+        return "retryable"
+    return "permanent"
+
+
+def voucher_last4(code: str | None) -> str | None:
+    """Enough to tell codes apart in a report, never enough to redeem one."""
+    if not code:
+        return None
+    tail = re.sub(r"[^0-9A-Za-z]", "", code)[-4:]
+    return tail or None
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    chunk_size: int | None = None  # None: the provider's submit limit
+    retry_failed: bool = False
+    deadline_seconds: float | None = None
+    max_send_attempts: int = 8  # per unknown chunk per run, then the run stops (exit 3)
+    initial_poll_delay: float = 1.0
+    max_poll_delay: float = 30.0
+
+
+@dataclass(frozen=True)
+class PlanSummary:
+    rows_total: int
+    rows_to_send: int
+    new_chunks: int
+    unknown_chunks: int
+    accepted_chunks: int
+    cost_by_currency: dict[str, Decimal]
+    face_by_currency: dict[str, Decimal]
+    rows_by_state: dict[str, int]
+
+
+@dataclass
+class RunStats:
+    submits: int = 0
+    polls: int = 0
+    unknown_outcomes: int = 0
+    lookups: int = 0
+    blocked_currencies: dict[str, str] = field(default_factory=dict)
+    stopped: str | None = None  # deadline | interrupted | provider_unavailable
+    submit_started: float | None = None
+    submit_finished: float | None = None
+    started: float = 0.0
+    finished: float = 0.0
+
+    @property
+    def submit_seconds(self) -> float:
+        if self.submit_started is None or self.submit_finished is None:
+            return 0.0
+        return max(0.0, self.submit_finished - self.submit_started)
+
+
+class RunListener(Protocol):
+    def message(self, text: str) -> None: ...
+    def advance(self, rows_settled: int) -> None: ...
+
+
+class SilentListener:
+    def message(self, text: str) -> None:
+        pass
+
+    def advance(self, rows_settled: int) -> None:
+        pass
+
+
+class _Stopped(Exception):
+    pass
+
+
+def order_item(row: RowRecord) -> OrderItem:
+    f = row.fields
+    return OrderItem(
+        row_key=row.row_key,
+        product_code=f.get("product_code", ""),
+        merchant=f.get("merchant", ""),
+        currency=row.currency,
+        amount=row.face_value,
+        recipient_email=f.get("recipient_email", ""),
+        recipient_name=f.get("recipient_name", ""),
+        message=f.get("message", ""),
+        country=f.get("country", ""),
+        payment_currency=f.get("payment_currency", ""),
+    )
+
+
+class Runner:
+    def __init__(
+        self,
+        provider: Provider,
+        ledger: Ledger,
+        batch: str,
+        account_id: str,
+        options: RunOptions,
+        *,
+        listener: RunListener | None = None,
+        stop: threading.Event | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.provider = provider
+        self.ledger = ledger
+        self.batch = batch
+        self.account_id = account_id
+        self.options = options
+        self.listener = listener or SilentListener()
+        self.stop = stop or threading.Event()
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.stats = RunStats()
+        self._deadline: float | None = None
+        self._learned_poll_delay = options.initial_poll_delay
+
+    # ------------------------------------------------------------------ planning
+
+    def prepare(self, sheet_rows: Sequence[SheetRow]) -> PlanSummary:
+        """Bring the ledger in line with the sheet and plan what this run will send."""
+        recovered = self.ledger.recover_after_crash(self.batch)
+        if recovered:
+            self.listener.message(f"{recovered} chunk(s) were in flight when a run died; resolving first")
+        self.ledger.sync_rows(self.batch, sheet_rows, retry_failed=self.options.retry_failed)
+        self.ledger.release_retryable(self.batch)
+        self.ledger.discard_unsent_plans(self.batch)
+        pending = [r for r in self.ledger.rows(self.batch) if r.state == "pending"]
+        chunk_size = min(self.options.chunk_size or self.provider.submit_limit, self.provider.submit_limit)
+        planned = plan_chunks(
+            (
+                PlanRow(
+                    row_key=r.row_key,
+                    currency=r.currency,
+                    attempt=r.attempt,
+                    retry_group=r.retry_group,
+                    match_fields=match_fields(
+                        r.fields.get("product_code", ""),
+                        r.face_value,
+                        r.fields.get("recipient_email", ""),
+                        r.fields.get("recipient_name", ""),
+                    ),
+                )
+                for r in pending
+            ),
+            provider=self.provider.name,
+            account=self.account_id,
+            batch=self.batch,
+            chunk_size=chunk_size,
+        )
+        by_key = {r.row_key: r for r in pending}
+        records = []
+        for chunk in planned:
+            items = [order_item(by_key[k]) for k in chunk.row_keys]
+            payload = self.provider.encode(chunk.key, items)
+            records.append((chunk.key, chunk.currency, chunk.attempt, chunk.row_keys, payload))
+        self.ledger.save_plan(self.batch, records)
+
+        cost: dict[str, Decimal] = {}
+        face: dict[str, Decimal] = {}
+        for r in pending:
+            face[r.currency] = face.get(r.currency, Decimal(0)) + r.face_value
+            cost[r.currency] = cost.get(r.currency, Decimal(0)) + (r.est_cost or r.face_value)
+        by_state = self.ledger.count_by_state(self.batch)
+        return PlanSummary(
+            rows_total=sum(by_state.values()),
+            rows_to_send=len(pending),
+            new_chunks=len(planned),
+            unknown_chunks=len(self.ledger.chunks(self.batch, ["unknown"])),
+            accepted_chunks=len(self.ledger.chunks(self.batch, ["accepted"])),
+            cost_by_currency=cost,
+            face_by_currency=face,
+            rows_by_state=by_state,
+        )
+
+    # ------------------------------------------------------------------ execution
+
+    def execute(self) -> RunStats:
+        self.stats.started = self.clock()
+        if self.options.deadline_seconds is not None:
+            self._deadline = self.stats.started + self.options.deadline_seconds
+        try:
+            self._resolve_unknown()
+            self._submit_and_poll()
+        except _Stopped:
+            pass
+        self.stats.finished = self.clock()
+        if self.stats.submit_started is not None and self.stats.submit_finished is None:
+            self.stats.submit_finished = self.stats.finished
+        return self.stats
+
+    def _check_stop(self) -> None:
+        if self.stop.is_set():
+            self.stats.stopped = self.stats.stopped or "interrupted"
+            raise _Stopped
+        if self._deadline is not None and self.clock() >= self._deadline:
+            self.stats.stopped = self.stats.stopped or "deadline"
+            raise _Stopped
+
+    def _sleep(self, seconds: float) -> None:
+        """Sleep, but wake for a stop request or the deadline."""
+        if self._deadline is not None:
+            seconds = min(seconds, max(0.0, self._deadline - self.clock()))
+        if seconds > 0:
+            self.stop.wait(seconds)
+        self._check_stop()
+
+    def _resolve_unknown(self) -> None:
+        for chunk in self.ledger.chunks(self.batch, ["unknown"]):
+            self._check_stop()
+            if chunk.currency in self.stats.blocked_currencies:
+                continue
+            self._send(chunk)
+
+    def _submit_and_poll(self) -> None:
+        queue = [c.chunk_key for c in self.ledger.chunks(self.batch, ["planned"])]
+        queue.reverse()  # pop() from the end keeps planned order
+        polls: list[tuple[float, str]] = []
+        delays: dict[str, float] = {}
+        accepted_at: dict[str, float] = {}
+        now = self.clock()
+        for chunk in self.ledger.chunks(self.batch, ["accepted"]):
+            heapq.heappush(polls, (now, chunk.chunk_key))
+            delays[chunk.chunk_key] = self.options.initial_poll_delay
+            accepted_at[chunk.chunk_key] = now
+
+        while queue or polls:
+            self._check_stop()
+            now = self.clock()
+            poll_due = bool(polls) and polls[0][0] <= now
+            # Polls may not outspend submits while there is still something to submit.
+            poll_allowed = not queue or self.stats.polls < self.stats.submits
+            if poll_due and poll_allowed:
+                _, key = heapq.heappop(polls)
+                self._poll_one(key, polls, delays, accepted_at)
+                continue
+            if queue:
+                key = queue.pop()
+                chunk = self.ledger.chunk(key)
+                if chunk.currency in self.stats.blocked_currencies:
+                    continue
+                if self.stats.submit_started is None:
+                    self.stats.submit_started = self.clock()
+                result = self._send(chunk)
+                if not queue:
+                    self.stats.submit_finished = self.clock()
+                if result is not None and result.kind == "accepted":
+                    delay = max(self._learned_poll_delay, self.options.initial_poll_delay)
+                    delays[key] = delay
+                    accepted_at[key] = self.clock()
+                    heapq.heappush(polls, (self.clock() + self._jitter(delay), key))
+                continue
+            self._sleep(polls[0][0] - now)
+
+    def _jitter(self, delay: float) -> float:
+        return delay * self.rng.uniform(0.9, 1.1)
+
+    # ------------------------------------------------------------------ sending
+
+    def _items(self, chunk: ChunkRecord) -> list[OrderItem]:
+        rows = self.ledger.rows_by_key(self.batch, chunk.row_keys)
+        return [order_item(rows[k]) for k in chunk.row_keys]
+
+    def _send(self, chunk: ChunkRecord) -> SubmitResult | None:
+        """Send a chunk until the provider gives a definite answer, then record it.
+
+        Resends carry the same key and the exact stored bytes. Returns None when
+        no definite answer came (the chunk stays `unknown` for the next run).
+        """
+        items = self._items(chunk)
+        if chunk.state == "unknown":
+            try:
+                self.stats.lookups += 1
+                found = self.provider.lookup(chunk.chunk_key, items)
+            except OutcomeUnknown:
+                found = None
+            if found is not None:
+                self._apply_submit(chunk, found)
+                return found
+
+        def wait(state: RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            hinted = exc.retry_after if isinstance(exc, OutcomeUnknown) else None
+            backoff = min(30.0, 0.5 * 2 ** (state.attempt_number - 1)) * self.rng.uniform(0.5, 1.0)
+            return max(backoff, hinted or 0.0)
+
+        retrying = Retrying(
+            retry=retry_if_exception_type(OutcomeUnknown),
+            stop=stop_after_attempt(self.options.max_send_attempts),
+            wait=wait,
+            sleep=self._sleep,
+            reraise=True,
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    self._check_stop()
+                    self.ledger.mark_sending(self.batch, chunk.chunk_key)
+                    self.stats.submits += 1
+                    try:
+                        result = self.provider.submit(chunk.chunk_key, chunk.payload, items)
+                    except OutcomeUnknown as exc:
+                        self.stats.unknown_outcomes += 1
+                        self.ledger.mark_unknown(self.batch, chunk.chunk_key, exc.reason)
+                        raise
+        except OutcomeUnknown as exc:
+            self.listener.message(
+                f"chunk {chunk.chunk_key}: no definite answer after "
+                f"{self.options.max_send_attempts} tries ({exc.reason}); stopping, rerun to resolve"
+            )
+            self.stats.stopped = "provider_unavailable"
+            raise _Stopped from None
+        self._apply_submit(chunk, result)
+        return result
+
+    def _apply_submit(self, chunk: ChunkRecord, result: SubmitResult) -> None:
+        key = chunk.chunk_key
+        if result.kind == "accepted":
+            if not result.request_id:
+                raise RuntimeError("provider accepted a chunk without an order request id")
+            self.ledger.mark_accepted(self.batch, key, result.request_id)
+        elif result.kind == "completed":
+            self._settle_items(chunk, result.items, "succeeded")
+        elif result.kind == "insufficient_funds":
+            self._block_currency(chunk, result)
+        else:  # rejected: a definite 4xx; nothing was created
+            kind = failure_kind(result.error_code, result.error_message)
+            outcomes = [
+                RowOutcome(
+                    row_key=k,
+                    state="failed",
+                    failure_kind=kind,
+                    error_code=result.error_code or "rejected",
+                    error_message=result.error_message,
+                    provider_request_id=result.provider_request_id,
+                )
+                for k in chunk.row_keys
+            ]
+            self.ledger.settle_chunk(
+                self.batch,
+                key,
+                "failed",
+                outcomes,
+                error_code=result.error_code,
+                error_message=result.error_message,
+            )
+            self.listener.advance(len(outcomes))
+
+    def _block_currency(self, chunk: ChunkRecord, result: SubmitResult) -> None:
+        """A 402 stops every further send in its currency; the rows wait for a top-up."""
+        currency = result.currency or chunk.currency
+        message = "insufficient funds"
+        if result.required is not None and result.available is not None:
+            message = (
+                f"insufficient funds in the {currency} wallet: needed {result.required}, "
+                f"available {result.available}"
+            )
+        outcomes = [
+            RowOutcome(
+                row_key=k,
+                state="pending",
+                failure_kind="retryable",
+                error_code="insufficient_funds",
+                error_message=message,
+                release=True,
+            )
+            for k in chunk.row_keys
+        ]
+        self.ledger.settle_chunk(
+            self.batch,
+            chunk.chunk_key,
+            "failed",
+            outcomes,
+            error_code="insufficient_funds",
+            error_message=message,
+        )
+        self.ledger.discard_unsent_plans(self.batch, currency)
+        self.ledger.mark_pending_reason(self.batch, currency, "insufficient_funds", message)
+        self.stats.blocked_currencies[currency] = message
+        self.listener.message(f"{message}; no more {currency} orders this run")
+
+    # ------------------------------------------------------------------ polling
+
+    def _poll_one(
+        self,
+        key: str,
+        polls: list[tuple[float, str]],
+        delays: dict[str, float],
+        accepted_at: dict[str, float],
+    ) -> None:
+        chunk = self.ledger.chunk(key)
+        assert chunk.request_id is not None
+        self.stats.polls += 1
+        self.ledger.count_poll(key)
+        try:
+            result: PollResult = self.provider.poll(chunk.request_id, self._items(chunk))
+        except OutcomeUnknown:
+            result = PollResult(kind="pending")
+        if result.kind == "pending":
+            delay = min(self.options.max_poll_delay, delays.get(key, 1.0) * 2)
+            delays[key] = delay
+            heapq.heappush(polls, (self.clock() + self._jitter(delay), key))
+            return
+        # Learn how long the provider takes, so the next first poll lands after completion.
+        elapsed = self.clock() - accepted_at.get(key, self.clock())
+        self._learned_poll_delay = min(
+            self.options.max_poll_delay, 0.7 * self._learned_poll_delay + 0.3 * elapsed
+        )
+        if result.kind == "completed":
+            self._settle_items(chunk, result.items, "succeeded")
+            return
+        kind = failure_kind(result.error_code or "request_failed", result.error_message)
+        outcomes = [
+            RowOutcome(
+                row_key=k,
+                state="failed",
+                failure_kind=kind,
+                error_code=result.error_code or "request_failed",
+                error_message=result.error_message,
+                provider_status=result.provider_status,
+            )
+            for k in chunk.row_keys
+        ]
+        self.ledger.settle_chunk(
+            self.batch,
+            key,
+            "failed",
+            outcomes,
+            error_code=result.error_code or "request_failed",
+            error_message=result.error_message,
+        )
+        self.listener.advance(len(outcomes))
+
+    def _settle_items(self, chunk: ChunkRecord, items: Sequence[ItemResult], state: str) -> None:
+        by_key: Mapping[str, ItemResult] = {i.row_key: i for i in items}
+        outcomes: list[RowOutcome] = []
+        for row_key in chunk.row_keys:
+            item = by_key.get(row_key)
+            if item is None or item.status == "pending":
+                # Never guess: a row the provider did not answer for stays unresolved.
+                outcomes.append(
+                    RowOutcome(
+                        row_key=row_key,
+                        state="unknown",
+                        error_code="no_result",
+                        error_message="the provider's result did not account for this row",
+                    )
+                )
+            elif item.status == "succeeded":
+                outcomes.append(
+                    RowOutcome(
+                        row_key=row_key,
+                        state="succeeded",
+                        order_id=item.order_id,
+                        transaction_id=item.transaction_id,
+                        cost=item.cost,
+                        cost_currency=item.cost_currency,
+                        voucher_last4=voucher_last4(item.voucher_code),
+                        provider_status=item.provider_status,
+                    )
+                )
+            else:
+                outcomes.append(
+                    RowOutcome(
+                        row_key=row_key,
+                        state="failed",
+                        failure_kind=failure_kind(item.error_code, item.error_message),
+                        error_code=item.error_code or "item_rejected",
+                        error_message=item.error_message,
+                        provider_request_id=item.request_id,
+                        provider_status=item.provider_status,
+                    )
+                )
+        self.ledger.settle_chunk(self.batch, chunk.chunk_key, state, outcomes)
+        self.listener.advance(len(outcomes))
+
+
+def balances_by_currency(balances: Sequence[Balance]) -> dict[str, Balance]:
+    return {b.currency: b for b in balances}
