@@ -1,0 +1,305 @@
+"""One `batcher run`, end to end: read → validate → ledger → plan → submit/poll → outputs.
+
+This is the library entry point the CLI wraps; a Python caller can use it directly
+with its own `RunUI`. It never prints: everything the operator sees goes through the UI.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Protocol
+
+from batcher.config import ProviderSettings
+from batcher.errors import BatcherError, ExitCode
+from batcher.ledger import BatchLock, Ledger, RowRecord, SheetRow, utc_now
+from batcher.models import Balance
+from batcher.money import format_money, money_str
+from batcher.providers import connect
+from batcher.providers.base import Provider
+from batcher.rows import sheet_rows_from_validation
+from batcher.run_outputs import count_states, totals_by_currency, write_json, write_rows_csv
+from batcher.runner import PlanSummary, RunListener, RunOptions, Runner, RunStats
+from batcher.sheets import read_sheet
+from batcher.validate import ValidationResult, validate_rows
+
+UNFINISHED_STATES = ("pending", "planned", "sending", "unknown", "accepted")
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    sheet: Path
+    batch: str | None = None
+    sheet_name: str | None = None
+    mapping: dict[str, str] = field(default_factory=dict)
+    allow_duplicates: bool = False
+    skip_invalid: bool = False
+    max_rate: float | None = None
+    max_total: dict[str, Decimal] = field(default_factory=dict)
+    state_dir: Path = Path(".batcher")
+    report_dir: Path = Path("reports")
+    run: RunOptions = field(default_factory=RunOptions)
+
+    @property
+    def batch_name(self) -> str:
+        return self.batch or self.sheet.stem
+
+
+class RunUI(Protocol):
+    listener: RunListener
+
+    def validation_failed(self, result: ValidationResult, report_path: Path | None) -> None: ...
+    def show_plan(self, plan: PlanSummary, balances: dict[str, Balance]) -> None: ...
+    def confirm(self, plan: PlanSummary) -> bool: ...
+
+
+@dataclass
+class BatchResult:
+    exit_code: ExitCode
+    summary: dict[str, Any]
+    report_dir: Path
+    message: str = ""
+
+
+def exit_code_for(rows: list[RowRecord], stats: RunStats) -> ExitCode:
+    states = count_states(rows)
+    if stats.stopped or stats.blocked_currencies or any(states[s] for s in UNFINISHED_STATES):
+        return ExitCode.INCOMPLETE
+    if states["failed"] or states["invalid"]:
+        return ExitCode.SOME_FAILED
+    return ExitCode.OK
+
+
+def run_batch(
+    settings: ProviderSettings,
+    options: BatchOptions,
+    ui: RunUI,
+    *,
+    stop: threading.Event | None = None,
+    connect_provider: Callable[..., Provider] = connect,
+) -> BatchResult:
+    stop = stop or threading.Event()
+    batch = options.batch_name
+    out_dir = options.report_dir / batch
+    started_at = utc_now()
+    provider = connect_provider(settings, max_rate=options.max_rate)
+    try:
+        account = provider.account()
+        sheet = read_sheet(options.sheet, sheet=options.sheet_name, mapping=options.mapping)
+        catalog = provider.catalog()
+        balances = {b.currency: b for b in provider.balances()}
+        result = validate_rows(
+            sheet, catalog, list(balances.values()), allow_duplicates=options.allow_duplicates
+        )
+        if result.invalid_rows and not options.skip_invalid:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            report_path = write_validation_outputs(out_dir, result)
+            ui.validation_failed(result, report_path)
+            summary = _summary_without_run(
+                batch, settings, account.account_id, result, started_at, ExitCode.USAGE
+            )
+            write_json(out_dir / "summary.json", summary)
+            return BatchResult(ExitCode.USAGE, summary, out_dir, "validation failed; nothing was sent")
+        sheet_rows = sheet_rows_from_validation(result)
+        options.state_dir.mkdir(parents=True, exist_ok=True)
+        with BatchLock(options.state_dir, batch):
+            ledger = Ledger.open(options.state_dir)
+            try:
+                return _run_locked(
+                    ledger, provider, settings, options, ui, stop, account.account_id,
+                    sheet_rows, sheet, balances, started_at,
+                )  # fmt: skip
+            finally:
+                ledger.close()
+    finally:
+        provider.close()
+
+
+def _run_locked(
+    ledger: Ledger,
+    provider: Provider,
+    settings: ProviderSettings,
+    options: BatchOptions,
+    ui: RunUI,
+    stop: threading.Event,
+    account_id: str,
+    sheet_rows: list[SheetRow],
+    sheet: Any,
+    balances: dict[str, Balance],
+    started_at: str,
+) -> BatchResult:
+    batch = options.batch_name
+    ledger.ensure_batch(
+        batch,
+        provider=settings.provider,
+        account_id=account_id,
+        source_path=str(options.sheet),
+        source_sha256=sheet.sha256,
+    )
+    run_id = ledger.start_run(batch, "run")
+    runner = Runner(provider, ledger, batch, account_id, options.run, listener=ui.listener, stop=stop)
+    plan = runner.prepare(sheet_rows)
+    ui.show_plan(plan, balances)
+
+    refusal = guardrail_refusal(plan, options.max_total)
+    if refusal is None and not ui.confirm(plan):
+        refusal = "cancelled at the confirmation prompt; nothing was sent"
+    if refusal is not None:
+        return _finish(ledger, run_id, settings, options, account_id, sheet, started_at,
+                       RunStats(), plan, ExitCode.USAGE, refusal)  # fmt: skip
+
+    try:
+        stats = runner.execute()
+    except BatcherError as exc:
+        # The provider went away mid-run: everything in flight is in the ledger.
+        runner.stats.stopped = f"provider error: {exc}"
+        stats = runner.stats
+    rows = ledger.rows(batch)
+    code = exit_code_for(rows, stats)
+    message = stats.stopped or ", ".join(stats.blocked_currencies.values())
+    return _finish(ledger, run_id, settings, options, account_id, sheet, started_at,
+                   stats, plan, code, message, provider=provider)  # fmt: skip
+
+
+def guardrail_refusal(plan: PlanSummary, max_total: dict[str, Decimal]) -> str | None:
+    for currency, limit in sorted(max_total.items()):
+        planned = plan.cost_by_currency.get(currency, Decimal(0))
+        if planned > limit:
+            return (
+                f"the plan would spend {format_money(planned, currency)} in {currency}, over the "
+                f"--max-total limit of {format_money(limit, currency)}; nothing was sent"
+            )
+    return None
+
+
+def _finish(
+    ledger: Ledger,
+    run_id: str,
+    settings: ProviderSettings,
+    options: BatchOptions,
+    account_id: str,
+    sheet: Any,
+    started_at: str,
+    stats: RunStats,
+    plan: PlanSummary,
+    code: ExitCode,
+    message: str,
+    provider: Provider | None = None,
+) -> BatchResult:
+    batch = options.batch_name
+    rows = ledger.rows(batch)
+    summary = build_summary(
+        batch=batch,
+        provider=settings.provider,
+        account_id=account_id,
+        run_id=run_id,
+        sheet=sheet,
+        rows=rows,
+        stats=stats,
+        plan=plan,
+        exit_code=code,
+        message=message,
+        started_at=started_at,
+        throttle=_throttle_stats(provider),
+    )
+    out_dir = options.report_dir / batch
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "summary.json", summary)
+    write_rows_csv(out_dir / "rows.csv", rows)
+    ledger.finish_run(run_id, batch, int(code), summary)
+    return BatchResult(code, summary, out_dir, message)
+
+
+def _throttle_stats(provider: Provider | None) -> dict[str, Any]:
+    stats = getattr(provider, "request_stats", None)
+    return dict(stats()) if callable(stats) else {}
+
+
+def build_summary(
+    *,
+    batch: str,
+    provider: str,
+    account_id: str,
+    run_id: str,
+    sheet: Any,
+    rows: list[RowRecord],
+    stats: RunStats,
+    plan: PlanSummary,
+    exit_code: ExitCode,
+    message: str,
+    started_at: str,
+    throttle: dict[str, Any],
+) -> dict[str, Any]:
+    submit_seconds = stats.submit_seconds
+    submit_rate = stats.submits / submit_seconds if submit_seconds > 0 else None
+    wall = max(0.0, stats.finished - stats.started)
+    return {
+        "batch": batch,
+        "provider": provider,
+        "account_id": account_id,
+        "run_id": run_id,
+        "source_file": str(sheet.path),
+        "source_sha256": sheet.sha256,
+        "rows_total": len(rows),
+        "by_state": count_states(rows),
+        "totals_by_currency": totals_by_currency(rows),
+        "conflicts": sum(1 for r in rows if r.conflict),
+        "plan": {
+            "rows_to_send": plan.rows_to_send,
+            "new_chunks": plan.new_chunks,
+            "unknown_chunks": plan.unknown_chunks,
+            "accepted_chunks": plan.accepted_chunks,
+            "estimated_cost": {c: money_str(v, c) for c, v in plan.cost_by_currency.items()},
+        },
+        "requests": {
+            "submits": stats.submits,
+            "polls": stats.polls,
+            "lookups": stats.lookups,
+            "unknown_outcomes": stats.unknown_outcomes,
+            "submit_phase_seconds": round(submit_seconds, 3),
+            "submit_rate_per_second": None if submit_rate is None else round(submit_rate, 3),
+            "run_seconds": round(wall, 3),
+            **throttle,
+        },
+        "blocked_currencies": stats.blocked_currencies,
+        "stopped": stats.stopped,
+        "message": message,
+        "exit_code": int(exit_code),
+        "started_at": started_at,
+        "finished_at": utc_now(),
+    }
+
+
+def _summary_without_run(
+    batch: str,
+    settings: ProviderSettings,
+    account_id: str,
+    result: ValidationResult,
+    started_at: str,
+    code: ExitCode,
+) -> dict[str, Any]:
+    invalid = len(result.invalid_rows)
+    return {
+        "batch": batch,
+        "provider": settings.provider,
+        "account_id": account_id,
+        "source_file": str(result.sheet.path),
+        "source_sha256": result.sheet.sha256,
+        "rows_total": result.rows_total,
+        "by_state": {"invalid": invalid, "pending": result.rows_total - invalid},
+        "totals_by_currency": {},
+        "message": "validation failed; nothing was sent (fix the sheet or use --skip-invalid)",
+        "exit_code": int(code),
+        "started_at": started_at,
+        "finished_at": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+    }
+
+
+def write_validation_outputs(out_dir: Path, result: ValidationResult) -> Path:
+    from batcher.validate import write_validation_csv
+
+    return write_validation_csv(result, out_dir / "validation.csv")

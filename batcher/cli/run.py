@@ -1,0 +1,282 @@
+"""`batcher run` and `batcher status`: thin Click shells over batcher.batch and the ledger."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import click
+
+from batcher.cli.common import fail, handle_errors, provider_options, resolve_settings
+from batcher.config import limits_from_config, load_file_config
+from batcher.errors import ExitCode, UsageError
+from batcher.models import Balance
+from batcher.money import format_money
+from batcher.runner import PlanSummary, RunOptions
+
+
+class ConsoleListener:
+    """A progress bar on a TTY; plain timestamped log lines otherwise (cron, CI)."""
+
+    def __init__(self, total: int = 0) -> None:
+        self.tty = sys.stderr.isatty()
+        self.total = total
+        self.done = 0
+        self._bar: Any = None
+        self._last_logged = -1
+
+    def start(self, total: int) -> None:
+        self.total = total
+        if self.tty and total:
+            self._bar = click.progressbar(length=total, label="ordering", file=sys.stderr)
+            self._bar.__enter__()
+
+    def stop(self) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+            self._bar = None
+
+    def message(self, text: str) -> None:
+        if self._bar is not None:
+            click.echo("", err=True)
+        log(text)
+
+    def advance(self, rows_settled: int) -> None:
+        self.done += rows_settled
+        if self._bar is not None:
+            self._bar.update(rows_settled)
+            return
+        # Without a TTY, one line per ~10% keeps cron logs readable.
+        step = max(1, self.total // 10) if self.total else 1
+        if self.done // step != self._last_logged or self.done >= self.total:
+            self._last_logged = self.done // step
+            log(f"settled {self.done}/{self.total} rows")
+
+
+def log(text: str) -> None:
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    click.echo(f"{stamp} {text}", err=True)
+
+
+class ConsoleUI:
+    def __init__(self, assume_yes: bool) -> None:
+        self.assume_yes = assume_yes
+        self.listener = ConsoleListener()
+
+    def validation_failed(self, result: Any, report_path: Path | None) -> None:
+        from batcher.cli.validate import print_validation_summary
+
+        print_validation_summary(result)
+        if report_path:
+            click.echo(f"every error is listed in {report_path}", err=True)
+        click.echo(
+            "nothing was sent: fix the sheet, or rerun with --skip-invalid to order the valid rows",
+            err=True,
+        )
+
+    def show_plan(self, plan: PlanSummary, balances: dict[str, Balance]) -> None:
+        click.echo(
+            f"plan: {plan.rows_total} rows in the sheet, {plan.rows_to_send} to order in "
+            f"{plan.new_chunks} chunk(s); {plan.unknown_chunks} unresolved and "
+            f"{plan.accepted_chunks} accepted chunk(s) from earlier runs"
+        )
+        currencies = sorted(set(plan.cost_by_currency) | set(balances))
+        for currency in currencies:
+            cost = plan.cost_by_currency.get(currency, Decimal(0))
+            face = plan.face_by_currency.get(currency, Decimal(0))
+            balance = balances.get(currency)
+            available = format_money(balance.available, currency) if balance else "no wallet"
+            click.echo(
+                f"  {currency}: face {format_money(face, currency)}, "
+                f"cost {format_money(cost, currency)}, available {available}"
+            )
+        self.listener.start(plan.rows_to_send)
+
+    def confirm(self, plan: PlanSummary) -> bool:
+        if self.assume_yes or not sys.stdin.isatty() or plan.rows_to_send == 0:
+            return True
+        self.listener.stop()
+        answer = click.confirm("send these orders?", default=False)
+        self.listener.start(plan.rows_to_send)
+        return answer
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[threading.Event]:
+    """Ctrl-C or SIGTERM: stop new sends, let the request in flight finish, exit 3."""
+    stop = threading.Event()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if not stop.is_set():
+            log(f"received {signal.Signals(signum).name}: finishing the request in flight")
+        stop.set()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def parse_max_total(values: tuple[str, ...]) -> dict[str, Decimal]:
+    limits: dict[str, Decimal] = {}
+    for value in values:
+        currency, _, amount = value.partition("=")
+        try:
+            limits[currency.strip().upper()] = Decimal(amount.strip())
+        except InvalidOperation:
+            raise UsageError(
+                f"--max-total {value!r} is not CUR=AMOUNT", hint="for example --max-total GBP=5000"
+            ) from None
+        if len(currency.strip()) != 3:
+            raise UsageError(f"--max-total {value!r}: {currency!r} is not a currency code")
+    return limits
+
+
+def parse_mapping(values: tuple[str, ...]) -> dict[str, str]:
+    mapping: dict[str, str] = {}
+    for value in values:
+        field, sep, header = value.partition("=")
+        if not sep or not field.strip() or not header.strip():
+            raise UsageError(f"--map {value!r} is not FIELD=HEADER", hint="e.g. --map amount='Value (£)'")
+        mapping[field.strip()] = header.strip()
+    return mapping
+
+
+@click.command()
+@click.argument("sheet", type=click.Path(path_type=Path))
+@click.option("--batch", default=None, help="Batch name (default: the sheet's file stem).")
+@provider_options
+@click.option("--sheet", "sheet_name", default=None, help="XLSX worksheet name (default: first).")
+@click.option("--map", "mapping", multiple=True, help="FIELD=HEADER column mapping override.")
+@click.option("--allow-duplicates", is_flag=True, help="Allow identical rows.")
+@click.option("--chunk-size", type=click.IntRange(1, 10_000), default=None, help="Items per bulk order.")
+@click.option("--skip-invalid", is_flag=True, help="Order the valid rows even if some are invalid.")
+@click.option("--retry-failed", is_flag=True, help="Also retry permanently failed rows.")
+@click.option("--deadline", type=click.FloatRange(min=0), default=None, help="Stop after SECONDS (exit 3).")
+@click.option("--max-rate", type=click.FloatRange(min=0.01), default=None, help="Never exceed R requests/s.")
+@click.option("--max-total", multiple=True, help="CUR=AMOUNT spend guardrail (repeatable).")
+@click.option("--state-dir", type=click.Path(path_type=Path), envvar="BATCHER_STATE_DIR",
+              default=Path(".batcher"), show_default=True, help="Ledger folder.")  # fmt: skip
+@click.option("--report-dir", type=click.Path(path_type=Path), default=Path("reports"),
+              show_default=True, help="Report folder.")  # fmt: skip
+@click.option("--yes", "assume_yes", is_flag=True, help="Do not ask for confirmation.")
+@handle_errors
+def run(
+    sheet: Path,
+    batch: str | None,
+    provider: str,
+    base_url: str | None,
+    sheet_name: str | None,
+    mapping: tuple[str, ...],
+    allow_duplicates: bool,
+    chunk_size: int | None,
+    skip_invalid: bool,
+    retry_failed: bool,
+    deadline: float | None,
+    max_rate: float | None,
+    max_total: tuple[str, ...],
+    state_dir: Path,
+    report_dir: Path,
+    assume_yes: bool,
+) -> None:
+    """Order every valid row of SHEET exactly once; safe to rerun."""
+    from batcher.batch import BatchOptions, run_batch
+
+    limits = limits_from_config(load_file_config()).max_total
+    limits.update(parse_max_total(max_total))
+    settings = resolve_settings(provider, base_url)
+    options = BatchOptions(
+        sheet=sheet,
+        batch=batch,
+        sheet_name=sheet_name,
+        mapping=parse_mapping(mapping),
+        allow_duplicates=allow_duplicates,
+        skip_invalid=skip_invalid,
+        max_rate=max_rate,
+        max_total=limits,
+        state_dir=state_dir,
+        report_dir=report_dir,
+        run=RunOptions(chunk_size=chunk_size, retry_failed=retry_failed, deadline_seconds=deadline),
+    )
+    ui = ConsoleUI(assume_yes)
+    with stop_on_signals() as stop:
+        try:
+            result = run_batch(settings, options, ui, stop=stop)
+        finally:
+            ui.listener.stop()
+    summary = result.summary
+    states = ", ".join(f"{k} {v}" for k, v in summary.get("by_state", {}).items() if v)
+    click.echo(f"batch {summary['batch']}: {states or 'no rows'}")
+    for currency, totals in summary.get("totals_by_currency", {}).items():
+        click.echo(f"  {currency}: {totals['orders']} orders, face {totals['face_value']}, cost {totals['cost']}")
+    click.echo(f"summary: {result.report_dir / 'summary.json'}")
+    if result.exit_code != ExitCode.OK and result.message:
+        click.echo(f"batcher: {_exit_meaning(result.exit_code)}: {result.message}", err=True)
+    sys.exit(int(result.exit_code))
+
+
+def _exit_meaning(code: ExitCode) -> str:
+    return {
+        ExitCode.SOME_FAILED: "finished, some rows failed",
+        ExitCode.USAGE: "not started",
+        ExitCode.INCOMPLETE: "incomplete, rerun to continue",
+        ExitCode.CANNOT_START: "cannot start",
+    }.get(code, "done")
+
+
+@click.command()
+@click.argument("batch", required=False)
+@click.option("--state-dir", type=click.Path(path_type=Path), envvar="BATCHER_STATE_DIR",
+              default=Path(".batcher"), show_default=True)  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@handle_errors
+def status(batch: str | None, state_dir: Path, as_json: bool) -> None:
+    """Row counts by state and the last runs, read from the ledger (no network)."""
+    from batcher.ledger import Ledger
+
+    if not (state_dir / "ledger.sqlite").exists():
+        fail(f"no ledger in {state_dir}: nothing has run here yet", ExitCode.USAGE)
+    ledger = Ledger.open(state_dir)
+    try:
+        if batch is None:
+            batches = ledger.batches()
+            if as_json:
+                click.echo(json.dumps(batches, indent=2))
+                return
+            for info in batches:
+                counts = ledger.count_by_state(info["batch"])
+                states = ", ".join(f"{k} {v}" for k, v in counts.items() if v)
+                click.echo(f"{info['batch']}  ({info['provider']})  {states}")
+            return
+        info = ledger.batch_info(batch)
+        if info is None:
+            fail(f"no batch named {batch!r} in {state_dir}", ExitCode.USAGE)
+        counts = ledger.count_by_state(batch)
+        runs = ledger.runs(batch)
+        if as_json:
+            click.echo(json.dumps({"batch": info, "by_state": counts, "runs": runs}, indent=2))
+            return
+        click.echo(f"batch {batch} ({info['provider']}, account {info['account_id']})")
+        click.echo(f"source {info['source_path']} sha256 {info['source_sha256'][:12]}…")
+        for state, count in counts.items():
+            if count:
+                click.echo(f"  {state:<10} {count}")
+        click.echo("runs:")
+        for r in runs:
+            click.echo(
+                f"  {r['run_id']}  started {r['started_at']}  finished {r['finished_at'] or '-'}"
+                f"  exit {r['exit_code'] if r['exit_code'] is not None else '-'}"
+            )
+    finally:
+        ledger.close()

@@ -1,0 +1,70 @@
+"""`make demo`: start the local UGiftMe sandbox on a free port and run the nightly job against it.
+
+It shows, in order: `auth`, `catalog`, `wallet`, `validate` on a clean and a broken
+sheet, the full `run` over samples/recipients.xlsx, a rerun (which orders nothing),
+and where the reports are. Each step is the real CLI in a subprocess, exactly as
+an operator would type it.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from batcher.sandbox.server import running_sandbox
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "samples"
+
+
+def step(title: str, args: list[str], env: dict[str, str], *, expect: set[int]) -> int:
+    print(f"\n\033[1m== {title}\033[0m\n$ batcher {shlex.join(args)}", flush=True)
+    code = subprocess.call([sys.executable, "-m", "batcher", *args], env=env, cwd=ROOT)
+    if code not in expect:
+        print(f"demo: step {title!r} exited {code}, expected {sorted(expect)}", file=sys.stderr)
+        sys.exit(1)
+    return code
+
+
+def main() -> None:
+    state_dir = Path(tempfile.mkdtemp(prefix="batcher-demo-state-"))
+    report_dir = ROOT / "reports" / "demo"
+    with running_sandbox("ugiftme", async_delay=0.3) as sandbox:
+        print(f"UGiftMe sandbox running at {sandbox.base_url}")
+        env = {
+            **os.environ,
+            "UGIFTME_API_KEY": sandbox.api_key,
+            "UGIFTME_BASE_URL": sandbox.base_url,
+            "BATCHER_STATE_DIR": str(state_dir),
+        }
+        env.pop("BATCHER_CONFIG", None)
+        step("check the API key", ["auth"], env, expect={0})
+        step("browse the catalog (GBP)", ["catalog", "--currency", "GBP"], env, expect={0})
+        step("wallet balances", ["wallet"], env, expect={0})
+        report = ["--report-dir", str(report_dir)]
+        step("validate a clean sheet", ["validate", "samples/recipients.xlsx", *report], env, expect={0})
+        step(
+            "validate a sheet with errors (exit 2 is expected)",
+            ["validate", "samples/recipients-with-errors.xlsx", *report],
+            env,
+            expect={2},
+        )
+        run = ["run", "samples/recipients.xlsx", "--batch", "demo-nightly", "--yes", *report]
+        step("the nightly run", run, env, expect={0})
+        step("rerun: nothing is ordered twice", run, env, expect={0})
+        step("status from the ledger", ["status", "demo-nightly"], env, expect={0})
+        step("wallet after the run", ["wallet"], env, expect={0})
+    out = report_dir / "demo-nightly"
+    print(f"\nsummary:        {out / 'summary.json'}")
+    print(f"rows:           {out / 'rows.csv'}")
+    workbook = out / "reconciliation.xlsx"
+    if workbook.exists():
+        print(f"reconciliation: {workbook}")
+
+
+if __name__ == "__main__":
+    main()
