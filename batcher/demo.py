@@ -33,7 +33,7 @@ def step(title: str, args: list[str], env: dict[str, str], *, expect: set[int]) 
 def main() -> None:
     state_dir = Path(tempfile.mkdtemp(prefix="batcher-demo-state-"))
     report_dir = ROOT / "reports" / "demo"
-    with running_sandbox("ugiftme", async_delay=0.3) as sandbox:
+    with running_sandbox("ugiftme", async_delay_seconds=0.3) as sandbox:
         print(f"UGiftMe sandbox running at {sandbox.base_url}")
         env = {
             **os.environ,

@@ -1,0 +1,152 @@
+"""Helpers for end-to-end tests: sheets that match the sandbox catalog, and the real CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Open-range, active products (any amount in range with 2 decimals is allowed).
+OPEN_PRODUCTS = {
+    "GBP": [("AMAZON_UK_STD", "GB"), ("TESCO_UK", "GB"), ("JOHNLEWIS_UK", "GB")],
+    "EUR": [("AMAZON_DE_STD", "DE"), ("ZALANDO_EU", "DE")],
+    "USD": [("AMAZON_US_STD", "US"), ("TARGET_US", "US")],
+}
+HEADER = ["Reference", "Email", "Name", "Product", "Amount", "Currency", "Country", "Cost centre"]
+
+
+@dataclass
+class SheetSpec:
+    rows: list[dict[str, str]]
+    path: Path
+
+    def write(self) -> Path:
+        with self.path.open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=HEADER)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        return self.path
+
+
+def make_rows(
+    n: int, *, currencies: tuple[str, ...] = ("GBP",), seed: int = 7, prefix: str = "RW"
+) -> list[dict[str, str]]:
+    rnd = random.Random(seed)
+    rows = []
+    for i in range(n):
+        currency = currencies[i % len(currencies)]
+        product, country = rnd.choice(OPEN_PRODUCTS[currency])
+        amount = Decimal(rnd.randrange(1000, 6000)) / 100  # 10.00 .. 59.99
+        rows.append(
+            {
+                "Reference": f"{prefix}-{i:06d}",
+                "Email": f"person{i}@example.com",
+                "Name": f"Person {i}",
+                "Product": product,
+                "Amount": str(amount),
+                "Currency": currency,
+                "Country": country,
+                "Cost centre": f"CC-{i % 7}",
+            }
+        )
+    return rows
+
+
+def write_sheet(path: Path, rows: list[dict[str, str]]) -> Path:
+    return SheetSpec(rows, path).write()
+
+
+def cli_env(sandbox: Any, state_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("UGIFTME_", "GIFQ_", "BATCHER_"))}
+    env.update(
+        UGIFTME_API_KEY=sandbox.api_key,
+        UGIFTME_BASE_URL=sandbox.base_url,
+        BATCHER_STATE_DIR=str(state_dir),
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+def batcher(args: list[str], env: dict[str, str], *, timeout: float = 180, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "batcher", *args],
+        env=env,
+        cwd=cwd or ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def start_batcher(args: list[str], env: dict[str, str], *, cwd: Path | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "batcher", *args],
+        env=env,
+        cwd=cwd or ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+
+
+def sandbox_orders(sandbox: Any) -> list[dict[str, Any]]:
+    return sandbox.control("GET", "/orders")["orders"]
+
+
+def orders_by_email(sandbox: Any) -> Counter[str]:
+    return Counter(o["giftOrder"]["recipientEmail"] for o in sandbox_orders(sandbox))
+
+
+def wallet_debits(sandbox: Any, currency: str) -> Decimal:
+    """Sum of purchase transactions minus refunds, read from the public API with Decimal."""
+    total = Decimal(0)
+    page = 1
+    with httpx.Client(base_url=sandbox.base_url, headers={"X-API-Key": sandbox.api_key}) as client:
+        while True:
+            response = client.get("/wallet/transactions", params={"page": page, "limit": 100})
+            response.raise_for_status()
+            body = json.loads(response.text, parse_float=Decimal)
+            for tx in body["transactions"]:
+                if tx["currency"] != currency:
+                    continue
+                if tx["transactionType"] == "purchase":
+                    total += Decimal(tx["transactionValue"])
+                elif tx["transactionType"] == "refund":
+                    total -= Decimal(tx["transactionValue"])
+            if page >= body["pagination"]["totalPages"]:
+                return total
+            page += 1
+
+
+def read_summary(report_dir: Path, batch: str) -> dict[str, Any]:
+    return json.loads((report_dir / batch / "summary.json").read_text())
+
+
+def read_rows_csv(report_dir: Path, batch: str) -> list[dict[str, str]]:
+    with (report_dir / batch / "rows.csv").open(newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def wait_for(predicate: Any, timeout: float = 20.0, interval: float = 0.05) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False
