@@ -128,6 +128,8 @@ def parse_amount(raw: str, *, decimal_comma: bool = False) -> Decimal:
     text = _SPACES.sub("", raw.strip())
     if not text:
         raise AmountError("the amount is empty")
+    if not any(ch.isdigit() for ch in text):
+        raise AmountError(f"{raw.strip()!r} is not a number")  # 'NaN', 'inf', 'fifty
     negative = False
     if text.startswith("(") and text.endswith(")"):
         negative, text = True, text[1:-1]
@@ -175,4 +177,34 @@ def _normalise_separators(text: str, *, decimal_comma: bool, raw: str) -> str:
         if all(len(g) == 3 for g in groups[1:]):
             return text.replace(".", "")  # 1.000.000 written European style
         raise AmountError(f"{raw.strip()!r} has more than one decimal point")
+    if decimal_comma and re.fullmatch(r"\d{1,3}\.\d{3}", text):
+        # In a file that writes decimals with a comma, 1.000 is most likely one
+        # thousand, but it could be one. Refuse to guess with money.
+        raise AmountError(
+            f"{raw.strip()!r} is ambiguous in a file with decimal commas "
+            f"(one thousand or one?); write {text.replace('.', '')} or {text.replace('.', ',')}"
+        )
     return text
+
+
+# Symbols (and codes) people type next to an amount, and the currencies each may mean.
+SYMBOL_CURRENCIES: dict[str, frozenset[str]] = {
+    "£": frozenset({"GBP"}),
+    "€": frozenset({"EUR"}),
+    "¥": frozenset({"JPY", "CNY"}),
+    "$": frozenset({"USD", "CAD", "AUD", "NZD", "SGD", "HKD", "MXN"}),
+}
+_MARKER = re.compile(r"^\s*[-+(]?\s*([£€$¥]|[A-Za-z]{3})|([£€$¥]|[A-Za-z]{3})\s*\)?\s*$")
+
+
+def currencies_marked(raw: str) -> frozenset[str] | None:
+    """The currencies a symbol or ISO code typed with an amount allows ('£50' -> {GBP}).
+
+    None when the amount carries no marker. Lets validation catch '£50' on a EUR row,
+    which `parse_amount` alone would silently read as 50.
+    """
+    match = _MARKER.search(raw)
+    if not match:
+        return None
+    marker = match.group(1) or match.group(2)
+    return SYMBOL_CURRENCIES.get(marker, frozenset({marker.upper()}))

@@ -176,3 +176,15 @@ def _fill(members: list[PlanRow], chunk_size: int) -> list[list[str]]:
         while open_from < len(bins) and len(bins[open_from][0]) >= chunk_size:
             open_from += 1
     return [keys for keys, _ in bins]
+
+
+def invalid_row_keys(raw_rows: Sequence[tuple[str, ...]]) -> list[str]:
+    """Keys for rows that failed validation: their raw cells plus their rank among
+    identical raw rows. They are never ordered; the key only tracks them in the ledger."""
+    seen: Counter[tuple[str, ...]] = Counter()
+    keys = []
+    for cells in raw_rows:
+        normal = tuple(_norm_text(c) for c in cells)
+        seen[normal] += 1
+        keys.append("x" + _digest("invalid", *normal, str(seen[normal]))[: _ROW_KEY_LENGTH - 1])
+    return keys

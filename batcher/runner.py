@@ -292,8 +292,11 @@ class Runner:
                 continue
             if queue:
                 key = queue.pop()
-                chunk = self.ledger.chunk(key)
-                if chunk.currency in self.stats.blocked_currencies:
+                try:
+                    chunk = self.ledger.chunk(key)
+                except KeyError:
+                    continue  # discarded unsent after its currency ran out of funds
+                if chunk.state != "planned" or chunk.currency in self.stats.blocked_currencies:
                     continue
                 if self.stats.submit_started is None:
                     self.stats.submit_started = self.clock()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -32,6 +33,14 @@ def handle_errors(func: F) -> F:
             fail(str(exc), exc.exit_code)
         except KeyboardInterrupt:
             fail("interrupted", ExitCode.INCOMPLETE)
+        except Exception as exc:  # a bug: say so in one line; the ledger keeps the state
+            if os.environ.get("BATCHER_DEBUG"):
+                raise
+            fail(
+                f"internal error ({type(exc).__name__}); the ledger is intact, rerun to "
+                "continue, or set BATCHER_DEBUG=1 to see the traceback",
+                ExitCode.INCOMPLETE,
+            )
 
     return wrapper  # type: ignore[return-value]
 

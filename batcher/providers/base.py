@@ -46,8 +46,9 @@ class ItemResult:
     transaction_id: str | None = None
     cost: Decimal | None = None  # what the wallet was charged, in `cost_currency`
     cost_currency: str | None = None
-    voucher_code: str | None = None  # bearer credential: never logged, masked in reports
-    redemption_url: str | None = None  # bearer credential too
+    # Bearer credentials: never logged, masked in reports, and kept out of repr().
+    voucher_code: str | None = field(default=None, repr=False)
+    redemption_url: str | None = field(default=None, repr=False)
     provider_status: str = ""
     error_code: str = ""
     error_message: str = ""
@@ -119,6 +120,19 @@ class OutcomeUnknown(Exception):
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
+
+
+class IncompleteResult(OutcomeUnknown):
+    """The provider answered, but its answer does not account for every item.
+
+    `items` holds only the results that are certain (say, orders matched exactly to
+    their rows); every other item's outcome is unknown, exactly as for
+    OutcomeUnknown, and is resolved by resending the same key and bytes.
+    """
+
+    def __init__(self, reason: str, *, items: Sequence[ItemResult] = ()) -> None:
+        super().__init__(reason)
+        self.items = tuple(items)
 
 
 @runtime_checkable

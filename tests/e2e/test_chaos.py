@@ -16,6 +16,7 @@ from batcher.sandbox.server import running_sandbox
 from tests.e2e.runkit import batcher, cli_env, make_rows, sandbox_orders, start_batcher, write_sheet
 
 KILL_CYCLES = 30
+VALID_ROWS = 600
 
 
 def test_chaos_sigkill_cycles_end_exactly_once(tmp_path: Path) -> None:
@@ -33,16 +34,23 @@ def test_chaos_sigkill_cycles_end_exactly_once(tmp_path: Path) -> None:
         "burst_seconds": 0.3,
     }
     with running_sandbox(
-        "ugiftme", seed=seed, rate_limit=100_000, async_delay_seconds=0.05, **faults
+        "ugiftme",
+        seed=seed,
+        # 20 req/s: slow enough that most kills land while chunks are in flight
+        rate_limit=20,
+        rate_window_seconds=1,
+        async_delay_seconds=0.05,
+        funding={"GBP": "50000.00", "EUR": "50000.00"},
+        **faults,
     ) as sandbox:
-        rows = make_rows(300, currencies=("GBP", "EUR"))
+        rows = make_rows(VALID_ROWS, currencies=("GBP", "EUR"))
         invalid = [dict(rows[i], Reference=f"BAD-{i}", Product="NO_SUCH_PRODUCT") for i in range(5)]
         for i, row in enumerate(invalid):
             row["Email"] = f"invalid{i}@example.com"
         sheet = write_sheet(tmp_path / "chaos.csv", rows + invalid)
         state = tmp_path / "state"
         env = cli_env(sandbox, state)
-        args = ["run", str(sheet), "--yes", "--skip-invalid", "--chunk-size", "10",
+        args = ["run", str(sheet), "--yes", "--skip-invalid", "--chunk-size", "5",
                 "--report-dir", str(tmp_path / "reports")]  # fmt: skip
 
         kills = 0
@@ -88,4 +96,4 @@ def test_chaos_sigkill_cycles_end_exactly_once(tmp_path: Path) -> None:
                 "SELECT state, COUNT(*) FROM rows WHERE batch = 'chaos' AND in_sheet = 1 GROUP BY state"
             ).fetchall()
         )
-        assert states == {"succeeded": 300, "invalid": 5}, f"seed {seed}: {states}"
+        assert states == {"succeeded": VALID_ROWS, "invalid": 5}, f"seed {seed}: {states}"

@@ -35,7 +35,8 @@ def run_args(sheet: Path, report_dir: Path, *extra: str) -> list[str]:
 
 @pytest.mark.parametrize("async_mode", [True, False], ids=["async", "sync"])
 def test_happy_path_1000_rows(tmp_path: Path, async_mode: bool) -> None:
-    with running_sandbox("ugiftme", async_mode=async_mode, **FAST) as sandbox:
+    funding = {"GBP": "50000.00", "EUR": "50000.00"}
+    with running_sandbox("ugiftme", async_mode=async_mode, funding=funding, **FAST) as sandbox:
         sheet = write_sheet(tmp_path / "rewards.csv", make_rows(1000, currencies=("GBP", "EUR")))
         env = cli_env(sandbox, tmp_path / "state")
         result = batcher(run_args(sheet, tmp_path / "reports"), env)
@@ -111,7 +112,11 @@ def test_funds_run_out_then_top_up(tmp_path: Path) -> None:
 
 def test_throttle_zero_429s_over_200_chunks(tmp_path: Path) -> None:
     with running_sandbox(
-        "ugiftme", rate_limit=60, rate_window_seconds=2, async_delay_seconds=0.05
+        "ugiftme",
+        rate_limit=60,
+        rate_window_seconds=2,
+        async_delay_seconds=0.05,
+        funding={"GBP": "50000.00"},
     ) as sandbox:
         sheet = write_sheet(tmp_path / "pace.csv", make_rows(400))
         env = cli_env(sandbox, tmp_path / "state")
@@ -146,7 +151,7 @@ def test_retry_after_is_honoured_under_429_bursts(tmp_path: Path) -> None:
         too_soon = []
         for previous, following in zip(api, api[1:], strict=False):
             if previous["status"] == 429:
-                gap = following["t"] - previous["t"]
+                gap = float(following["t"]) - float(previous["t"])
                 if gap + 0.01 < float(previous["retryAfter"]):
                     too_soon.append((previous, following, gap))
         assert any(e["status"] == 429 for e in api), "the fault never fired"

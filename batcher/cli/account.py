@@ -1,0 +1,245 @@
+"""`batcher auth`, `batcher catalog` and `batcher wallet`: look at an account before a run.
+
+The API key comes from the environment only (UGIFTME_API_KEY / GIFQ_API_TOKEN),
+never from a flag. Every failure is one line on stderr with exit code 4.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from decimal import Decimal
+from typing import Any
+
+import click
+
+from batcher.cli.common import handle_errors, provider_options, resolve_settings
+from batcher.errors import ConfigError
+from batcher.models import Balance, Product, WalletTransaction
+from batcher.money import money_str
+from batcher.providers import connect
+from batcher.providers.base import Provider
+
+
+@contextmanager
+def _open_provider(provider: str, base_url: str | None) -> Iterator[Provider]:
+    settings = resolve_settings(provider, base_url)
+    try:
+        client = connect(settings)
+    except NotImplementedError as exc:  # a provider whose client is not built yet
+        raise ConfigError(str(exc)) from None
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+# ---------------------------------------------------------------------------
+# Commands
+
+
+@click.command()
+@provider_options
+@handle_errors
+def auth(provider: str, base_url: str | None) -> None:
+    """Check the API key and show which account it belongs to."""
+    with _open_provider(provider, base_url) as client:
+        account = client.account()
+    click.echo(f"Account: {account.name or '-'} ({account.account_id})")
+    if account.email:
+        click.echo(f"Email:   {account.email}")
+    click.echo(f"Plan:    {account.plan or '-'}")
+    click.echo(f"Status:  {account.status or '-'}")
+
+
+@click.command()
+@click.option(
+    "--search", default=None, help="Only products whose code, name or merchant contain TEXT."
+)
+@click.option("--currency", default=None, help="Only products in this currency, e.g. GBP.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@provider_options
+@handle_errors
+def catalog(
+    search: str | None, currency: str | None, as_json: bool, provider: str, base_url: str | None
+) -> None:
+    """List the products this account can order."""
+    with _open_provider(provider, base_url) as client:
+        products = filter_products(client.catalog(), search=search, currency=currency)
+    if as_json:
+        _echo_json([_product_json(product) for product in products])
+    elif not products:
+        click.echo("No products match.", err=True)
+    else:
+        click.echo(render_table(_PRODUCT_HEADERS, [_product_row(p) for p in products]))
+
+
+@click.command()
+@click.option("--transactions", is_flag=True, help="List wallet movements instead of balances.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@provider_options
+@handle_errors
+def wallet(transactions: bool, as_json: bool, provider: str, base_url: str | None) -> None:
+    """Show wallet balances per currency, or the wallet's transactions."""
+    with _open_provider(provider, base_url) as client:
+        if transactions:
+            _print_transactions(client.transactions(), as_json=as_json)
+        else:
+            _print_balances(client.balances(), as_json=as_json)
+
+
+# ---------------------------------------------------------------------------
+# Catalog
+
+
+_PRODUCT_HEADERS = ("CODE", "NAME", "MERCHANT", "CUR", "VALUES", "DISCOUNT", "ACTIVE")
+
+
+def filter_products(
+    products: Sequence[Product], *, search: str | None, currency: str | None
+) -> list[Product]:
+    needle = (search or "").strip().casefold()
+    wanted_currency = (currency or "").strip().upper()
+
+    def keep(product: Product) -> bool:
+        if wanted_currency and product.currency.upper() != wanted_currency:
+            return False
+        haystack = f"{product.product_code} {product.name} {product.merchant}".casefold()
+        return needle in haystack
+
+    return [product for product in products if keep(product)]
+
+
+def product_values(product: Product) -> str:
+    """Denominations when fixed, otherwise the allowed range."""
+    if product.denominations:
+        return ", ".join(money_str(value, product.currency) for value in product.denominations)
+    low = money_str(product.min_value, product.currency) if product.min_value is not None else "?"
+    high = money_str(product.max_value, product.currency) if product.max_value is not None else "?"
+    return f"{low}–{high}"
+
+
+def _product_row(product: Product) -> tuple[str, ...]:
+    return (
+        product.product_code,
+        product.name,
+        product.merchant,
+        product.currency,
+        product_values(product),
+        f"{product.discount.normalize():f}%",
+        "yes" if product.is_active else "no",
+    )
+
+
+def _product_json(product: Product) -> dict[str, Any]:
+    return {
+        "productCode": product.product_code,
+        "name": product.name,
+        "merchant": product.merchant,
+        "currency": product.currency,
+        "countries": list(product.countries),
+        "category": product.category,
+        "minValue": _decimal_text(product.min_value),
+        "maxValue": _decimal_text(product.max_value),
+        "denominations": [_decimal_text(value) for value in product.denominations],
+        "discount": _decimal_text(product.discount),
+        "isActive": product.is_active,
+    }
+
+
+# ---------------------------------------------------------------------------
+# Wallet
+
+
+def _print_balances(balances: Sequence[Balance], *, as_json: bool) -> None:
+    if as_json:
+        _echo_json(
+            [
+                {
+                    "currency": balance.currency,
+                    "balance": money_str(balance.balance, balance.currency),
+                    "available": money_str(balance.available, balance.currency),
+                }
+                for balance in balances
+            ]
+        )
+        return
+    if not balances:
+        click.echo("No wallets.", err=True)
+        return
+    rows = [
+        (
+            balance.currency,
+            money_str(balance.balance, balance.currency),
+            money_str(balance.available, balance.currency),
+        )
+        for balance in balances
+    ]
+    click.echo(render_table(("CURRENCY", "BALANCE", "AVAILABLE"), rows, right_align={1, 2}))
+
+
+def _print_transactions(transactions: Sequence[WalletTransaction], *, as_json: bool) -> None:
+    if as_json:
+        _echo_json([_transaction_json(transaction) for transaction in transactions])
+        return
+    if not transactions:
+        click.echo("No transactions.", err=True)
+        return
+    rows = [
+        (
+            transaction.timestamp.isoformat(timespec="seconds") if transaction.timestamp else "",
+            transaction.transaction_type,
+            money_str(transaction.amount, transaction.currency),
+            transaction.currency,
+            transaction.order_id or "",
+            transaction.description,
+        )
+        for transaction in transactions
+    ]
+    headers = ("TIME", "TYPE", "AMOUNT", "CUR", "ORDER", "DESCRIPTION")
+    click.echo(render_table(headers, rows, right_align={2}))
+
+
+def _transaction_json(transaction: WalletTransaction) -> dict[str, Any]:
+    return {
+        "timestamp": transaction.timestamp.isoformat() if transaction.timestamp else None,
+        "type": transaction.transaction_type,
+        "amount": money_str(transaction.amount, transaction.currency),
+        "currency": transaction.currency,
+        "orderId": transaction.order_id,
+        "transactionId": transaction.transaction_id,
+        "description": transaction.description,
+    }
+
+
+# ---------------------------------------------------------------------------
+# Output helpers
+
+
+def render_table(
+    headers: Sequence[str], rows: Sequence[Sequence[str]], *, right_align: set[int] | None = None
+) -> str:
+    """Columns padded to their widest cell; numbers right-aligned so decimals line up."""
+    right = right_align or set()
+    widths = [len(header) for header in headers]
+    for row in rows:
+        widths = [max(width, len(cell)) for width, cell in zip(widths, row, strict=True)]
+
+    def line(cells: Sequence[str]) -> str:
+        padded = [
+            cell.rjust(width) if index in right else cell.ljust(width)
+            for index, (cell, width) in enumerate(zip(cells, widths, strict=True))
+        ]
+        return "  ".join(padded).rstrip()
+
+    return "\n".join([line(headers), *(line(row) for row in rows)])
+
+
+def _decimal_text(value: Decimal | None) -> str | None:
+    """Exact decimal text for JSON output: money never becomes a float."""
+    return None if value is None else f"{value:f}"
+
+
+def _echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, ensure_ascii=False))

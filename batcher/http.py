@@ -1,0 +1,327 @@
+"""HTTP plumbing shared by every provider client.
+
+`ApiClient` wraps one `httpx.Client` and adds what every provider needs:
+
+- the key's shared `RateLimiter` is acquired before each request and fed the
+  response headers after it;
+- a 429 is waited out and resent, for any method: a 429 means "not processed",
+  so resending the very same bytes is safe;
+- GETs are retried on transport errors and 5xx (exponential backoff + jitter;
+  `Retry-After` is enforced by the limiter, so no retry comes sooner);
+- POSTs are never retried here on a transport error, timeout, 5xx, 408 or 409:
+  those raise `OutcomeUnknown`, and the runner decides, with its ledger, when to
+  resend the same key and bytes;
+- JSON is parsed with `parse_float=Decimal`, so money never passes through float;
+- error messages are built from chosen facts only (method, path, host, status,
+  the provider's error text with the key scrubbed out): never headers, bodies
+  or the key.
+
+Failures map to typed exceptions: 401/403 → `AuthError`; a GET that cannot get
+an answer → `ProviderUnavailable` (one line naming the host); a POST without a
+definite answer → `OutcomeUnknown`. Every other status is returned to the
+provider client, which knows what it means.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import ssl
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import httpx
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+
+from batcher import __version__
+from batcher.errors import AuthError, ProviderUnavailable
+from batcher.providers.base import OutcomeUnknown
+from batcher.throttle import RateLimiter, parse_retry_after
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = f"batcher/{__version__}"
+#: Connecting should be quick; a bulk order may take a while to answer.
+DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
+#: Statuses after which a POST may or may not have been acted on.
+_UNKNOWN_OUTCOME_STATUSES = {408, 409}
+_MAX_ERROR_TEXT = 200
+
+Params = Mapping[str, str | int]
+
+
+@dataclass(frozen=True)
+class ApiResponse:
+    """A response the provider client must interpret. `data` is None when the body is not JSON."""
+
+    status_code: int
+    headers: httpx.Headers
+    data: Any
+
+    @property
+    def is_success(self) -> bool:
+        return 200 <= self.status_code < 300
+
+
+class _RetryableGet(Exception):
+    """A GET failed in a way that may pass: transport error or 5xx."""
+
+    def __init__(self, description: str, *, connect_failure: bool = False) -> None:
+        super().__init__(description)
+        self.description = description
+        self.connect_failure = connect_failure
+
+
+class _StillThrottled(Exception):
+    """The provider kept answering 429 past our patience."""
+
+
+def parse_json(content: bytes) -> Any:
+    """JSON with every non-integer number as Decimal. Raises ValueError on bad JSON."""
+    return json.loads(content, parse_float=Decimal)
+
+
+def canonical_json(value: Any) -> bytes:
+    """Deterministic compact UTF-8 JSON: sorted keys, no spaces, Decimals as written.
+
+    The same value always gives the same bytes, which is what lets a resend under
+    an idempotency key be byte-identical. A Decimal is written with exactly the
+    digits it carries (quantize it first); a float is refused.
+    """
+    return _canonical(value).encode("utf-8")
+
+
+def _canonical(value: Any) -> str:
+    if value is None or isinstance(value, bool | int | str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            raise ValueError("a non-finite Decimal cannot be written as JSON")
+        return format(value, "f")
+    if isinstance(value, Mapping):
+        fields = sorted(((str(key), item) for key, item in value.items()), key=lambda kv: kv[0])
+        return "{" + ",".join(f"{_canonical(key)}:{_canonical(item)}" for key, item in fields) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(_canonical(item) for item in value) + "]"
+    raise TypeError(f"refusing to write {type(value).__name__} into a request body")
+
+
+def provider_error_text(data: Any) -> str:
+    """The provider's own error text from a JSON error body (`error`, `message`, `reason`)."""
+    if not isinstance(data, Mapping):
+        return ""
+    parts: list[str] = []
+    for field in ("error", "message", "reason"):
+        value = data.get(field)
+        if isinstance(value, str) and value.strip() and value.strip() not in parts:
+            parts.append(value.strip())
+    return ": ".join(parts)
+
+
+def describe_transport_error(exc: httpx.HTTPError) -> str:
+    """A short, safe phrase for a transport failure (never the request or its headers)."""
+    if isinstance(exc, httpx.ConnectTimeout):
+        return "connection timed out"
+    if isinstance(exc, httpx.TimeoutException):
+        return "timed out waiting for the answer"
+    if isinstance(exc, httpx.ConnectError):
+        return _describe_connect_error(exc)
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return "the server closed the connection"
+    if isinstance(exc, httpx.NetworkError):
+        return "the connection broke"
+    if isinstance(exc, httpx.DecodingError):
+        return "the answer could not be decoded"
+    return "transport error"
+
+
+def _describe_connect_error(exc: BaseException) -> str:
+    for cause in _exception_chain(exc):
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(cause, socket.gaierror):
+            return "host name not found"
+        if isinstance(cause, ssl.SSLError):
+            return "TLS handshake failed"
+    text = str(exc).lower()
+    if "refused" in text:
+        return "connection refused"
+    if "name or service not known" in text or "nodename nor servname" in text:
+        return "host name not found"
+    return "could not connect"
+
+
+def _exception_chain(exc: BaseException) -> Iterable[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+class ApiClient:
+    """One provider connection: throttled, typed failures, secret-free messages."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        auth_headers: Mapping[str, str],
+        limiter: RateLimiter,
+        auth_hint: str | None = None,
+        transport: httpx.BaseTransport | None = None,
+        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        get_attempts: int = 3,
+        max_throttled_retries: int = 8,
+        retry_sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._secrets = tuple(value for value in auth_headers.values() if value)
+        self._limiter = limiter
+        self._auth_hint = auth_hint
+        self._get_attempts = get_attempts
+        self._max_throttled_retries = max_throttled_retries
+        self._retry_sleep = retry_sleep
+        self._client = httpx.Client(
+            base_url=base_url,
+            headers={"User-Agent": USER_AGENT, "Accept": "application/json", **auth_headers},
+            timeout=timeout,
+            transport=transport,
+            follow_redirects=False,  # a redirect could carry the key to another host
+        )
+        self.host = self._client.base_url.netloc.decode("ascii")
+
+    @property
+    def limiter(self) -> RateLimiter:
+        return self._limiter
+
+    def close(self) -> None:
+        self._client.close()
+
+    # ------------------------------------------------------------------ verbs
+
+    def get(self, path: str, *, params: Params | None = None) -> ApiResponse:
+        """GET with retries. Raises ProviderUnavailable when no answer can be had."""
+        request = self._client.build_request("GET", path, params=params)
+        retrying = Retrying(
+            stop=stop_after_attempt(self._get_attempts),
+            wait=wait_exponential_jitter(multiplier=0.5, max=8.0, jitter=0.5),
+            retry=retry_if_exception_type(_RetryableGet),
+            sleep=self._retry_sleep,
+            reraise=True,
+        )
+        try:
+            return retrying(self._get_once, request, path)
+        except _RetryableGet as exc:
+            if exc.connect_failure:
+                message = f"cannot reach {self.host}: {exc.description}"
+            else:
+                message = f"{self.host}: GET {path} failed: {exc.description}"
+            raise ProviderUnavailable(message) from None
+        except _StillThrottled:
+            raise ProviderUnavailable(
+                f"{self.host}: GET {path} is still rate limited after "
+                f"{self._max_throttled_retries} retries"
+            ) from None
+
+    def post(
+        self, path: str, *, content: bytes, headers: Mapping[str, str] | None = None
+    ) -> ApiResponse:
+        """POST exactly `content`. Never retried here, except a 429 (not processed).
+
+        Raises OutcomeUnknown when the request may or may not have been acted on.
+        """
+        request = self._client.build_request("POST", path, content=content, headers=headers)
+        try:
+            response = self._send_throttled(request)
+        except httpx.HTTPError as exc:
+            raise OutcomeUnknown(f"POST {path}: {describe_transport_error(exc)}") from None
+        except _StillThrottled:
+            raise OutcomeUnknown(
+                f"POST {path}: still rate limited after {self._max_throttled_retries} retries"
+            ) from None
+        self._raise_for_auth(response, "POST", path)
+        status = response.status_code
+        if status >= 500 or status in _UNKNOWN_OUTCOME_STATUSES:
+            raise OutcomeUnknown(
+                self._status_message("POST", path, response), retry_after=_retry_after(response)
+            )
+        data = self._json_or_none(response)
+        if response.is_success and data is None:
+            raise OutcomeUnknown(f"POST {path}: HTTP {status} with an unreadable body")
+        return ApiResponse(status, response.headers, data)
+
+    # -------------------------------------------------------------- internals
+
+    def _get_once(self, request: httpx.Request, path: str) -> ApiResponse:
+        try:
+            response = self._send_throttled(request)
+        except httpx.HTTPError as exc:
+            connect_failure = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+            raise _RetryableGet(
+                describe_transport_error(exc), connect_failure=connect_failure
+            ) from None
+        self._raise_for_auth(response, "GET", path)
+        if response.status_code >= 500:
+            raise _RetryableGet(f"HTTP {response.status_code}")
+        data = self._json_or_none(response)
+        if response.is_success and data is None:
+            raise ProviderUnavailable(
+                f"{self.host}: GET {path} answered HTTP {response.status_code} "
+                "with a body that is not JSON"
+            )
+        return ApiResponse(response.status_code, response.headers, data)
+
+    def _send_throttled(self, request: httpx.Request) -> httpx.Response:
+        """Send through the limiter; wait out and resend 429s (the same bytes)."""
+        for _ in range(self._max_throttled_retries + 1):
+            self._limiter.acquire()
+            try:
+                response = self._client.send(request)
+            except BaseException:
+                self._limiter.release()
+                raise
+            self._limiter.observe(response.status_code, response.headers)
+            log.debug("%s %s -> %s", request.method, request.url.path, response.status_code)
+            if response.status_code != 429:
+                return response
+            log.info("%s answered 429; waiting as told before resending", self.host)
+        raise _StillThrottled()
+
+    def _raise_for_auth(self, response: httpx.Response, method: str, path: str) -> None:
+        if response.status_code in (401, 403):
+            detail = self.scrub(provider_error_text(self._json_or_none(response)))
+            what = "refused the API key" if response.status_code == 401 else "denied access"
+            message = f"{self.host} {what} (HTTP {response.status_code} on {method} {path}"
+            message += f": {detail})" if detail else ")"
+            raise AuthError(message, hint=self._auth_hint)
+
+    def _status_message(self, method: str, path: str, response: httpx.Response) -> str:
+        detail = self.scrub(provider_error_text(self._json_or_none(response)))
+        message = f"{method} {path}: HTTP {response.status_code}"
+        return f"{message}: {detail}" if detail else message
+
+    def _json_or_none(self, response: httpx.Response) -> Any:
+        if not response.content:
+            return None
+        try:
+            return parse_json(response.content)
+        except ValueError:
+            return None
+
+    def scrub(self, text: str) -> str:
+        """Provider text, on one line, shortened, and with any of our secrets blanked out."""
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        text = " ".join(text.split())
+        if len(text) > _MAX_ERROR_TEXT:
+            text = text[: _MAX_ERROR_TEXT - 1] + "…"
+        return text
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    return parse_retry_after(response.headers.get("retry-after"), now_epoch=time.time())

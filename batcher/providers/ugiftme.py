@@ -1,0 +1,678 @@
+"""UGiftMe Business API client (contract: /work/shared/api/ugiftme.md).
+
+Orders go in bulk (`POST /orders/bulk`, up to 100 items) under an
+`Idempotency-Key` header. A bulk answer carries no item indexes, so created
+orders are matched back to rows by (productCode, valuePurchased,
+recipientEmail, recipientName); the planner guarantees a chunk never holds two
+items equal on those four fields, and `encode` refuses such a chunk.
+
+Choices where the contract is silent:
+
+- A rejection (`rejectedOrders`) names only a productCode. It marks the first
+  item, in chunk order, with that productCode that no created order matched.
+  Which items failed is then exact, but when several items of one product are
+  rejected in one chunk, their reasons may be swapped among them.
+- A result that does not account for every item exactly (an item neither
+  created nor rejected, a created order that matches no item, a rejection with
+  no candidate) raises `IncompleteResult`, an `OutcomeUnknown` carrying only
+  the certain successes. A row is never dropped and never guessed.
+- A 404 on an order request we were told exists raises `OutcomeUnknown`: the
+  safe move is to resend the same key and bytes, which the provider replays
+  (or, if the request truly vanished, processes once). Marking it failed would
+  release rows whose orders may exist.
+- The cost of a created order is computed from the catalog discount
+  (`money.cost_after_discount`), because a UGiftMe order does not carry what
+  the wallet was charged; `ItemResult.extra["cost_source"]` says so, and
+  reconciliation checks it against the wallet transaction (`transactionId`).
+- A failed order request whose error mentions an insufficient balance gets
+  error_code `insufficient_funds`; any other failure gets `request_failed`.
+
+Voucher codes and redemption URLs are bearer credentials: they go into
+`ItemResult` and nowhere else (no log line, no exception message).
+"""
+
+from __future__ import annotations
+
+import logging
+import unicodedata
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, Literal, TypeVar
+from urllib.parse import quote
+
+import httpx
+
+from batcher.config import ProviderSettings
+from batcher.errors import AuthError, ProviderUnavailable
+from batcher.http import ApiClient, ApiResponse, Params, canonical_json, provider_error_text
+from batcher.models import AccountInfo, Balance, Product, WalletTransaction
+from batcher.money import cost_after_discount, fits_currency, quantum, to_decimal
+from batcher.providers.base import (
+    IncompleteResult,
+    ItemResult,
+    OrderItem,
+    OutcomeUnknown,
+    PollResult,
+    ProviderOrder,
+    SubmitResult,
+)
+from batcher.throttle import RateLimiter, limiter_for
+
+log = logging.getLogger(__name__)
+
+PAGE_LIMIT = 100
+_MAX_PAGES = 10_000  # a guard against a provider that never says "last page"
+_MAX_IDEMPOTENCY_KEY = 255
+_ASYNC_HEADERS = ("X-Business-Orders-Async", "X-Account-Orders-Async")
+_PENDING_STATUSES = {"queued", "processing"}
+_DEBIT_TYPES = {"purchase"}
+_CREDIT_TYPES = {"funding", "refund"}
+
+T = TypeVar("T")
+MatchKey = tuple[str, Decimal, str, str]
+CostOf = Callable[[str, Decimal, str], Decimal | None]
+
+
+class UGiftMeProvider:
+    """The Provider protocol over the UGiftMe Business API."""
+
+    name = "ugiftme"
+    submit_limit = 100
+    idempotency_carrier: Literal["header", "body"] = "header"
+    page_limit = PAGE_LIMIT  # records per page when listing
+
+    def __init__(
+        self,
+        settings: ProviderSettings,
+        *,
+        max_rate: float | None = None,
+        transport: httpx.BaseTransport | None = None,
+        limiter: RateLimiter | None = None,
+    ) -> None:
+        if limiter is None:
+            limiter = limiter_for(
+                settings.api_key,
+                rate_per_second=settings.profile.default_rate_per_second,
+                max_rate=max_rate,
+            )
+        self._api = ApiClient(
+            settings.base_url,
+            auth_headers={"X-API-Key": settings.api_key.get_secret_value()},
+            limiter=limiter,
+            auth_hint=f"check {settings.profile.api_key_env}",
+            transport=transport,
+        )
+        self._discounts: dict[str, Decimal] | None = None  # productCode -> discount %
+
+    @property
+    def limiter(self) -> RateLimiter:
+        return self._api.limiter
+
+    def close(self) -> None:
+        self._api.close()
+
+    # ------------------------------------------------------------------ reads
+
+    def account(self) -> AccountInfo:
+        return _read("/auth", parse_account, self._get_object("/auth"))
+
+    def catalog(self) -> list[Product]:
+        records = self._pages("/products", {}, "products")
+        products = [_read("/products", parse_product, record) for record in records]
+        self._discounts = {product.product_code: product.discount for product in products}
+        return products
+
+    def balances(self) -> list[Balance]:
+        response = self._get("/wallet")
+        if not isinstance(response.data, list):
+            raise self._bad_shape("/wallet")
+        wallets = [wallet for wallet in response.data if isinstance(wallet, Mapping)]
+        return [_read("/wallet", parse_balance, wallet) for wallet in wallets]
+
+    def transactions(self, since: datetime | None = None) -> list[WalletTransaction]:
+        """Wallet movements, newest first, stopping at the first one older than `since`."""
+        cutoff = _aware(since) if since else None
+        found: list[WalletTransaction] = []
+        for record in self._pages("/wallet/transactions", {}, "transactions"):
+            transaction = _read("/wallet/transactions", parse_transaction, record)
+            if cutoff and transaction.timestamp and transaction.timestamp < cutoff:
+                break  # newest first: everything after this is older still
+            found.append(transaction)
+        return found
+
+    def orders(self, since: datetime, until: datetime | None = None) -> list[ProviderOrder]:
+        params: dict[str, str | int] = {
+            "startDate": _iso(since),
+            "sortBy": "createdAt",
+            "order": "desc",
+        }
+        if until is not None:
+            params["endDate"] = _iso(until)
+        records = self._pages("/orders/search", params, "orders")
+        return [_read("/orders/search", parse_provider_order, record) for record in records]
+
+    # ---------------------------------------------------------------- writes
+
+    def encode(self, key: str, items: Sequence[OrderItem]) -> bytes:
+        """`{"orders":[...]}` as canonical JSON. The key travels in a header, not here."""
+        check_chunk(items, self.submit_limit)
+        return canonical_json({"orders": [order_item_body(item) for item in items]})
+
+    def submit(self, key: str, payload: bytes, items: Sequence[OrderItem]) -> SubmitResult:
+        check_idempotency_key(key)
+        self._ensure_discounts()
+        response = self._api.post(
+            "/orders/bulk",
+            content=payload,
+            headers={"Idempotency-Key": key, "Content-Type": "application/json"},
+        )
+        _log_async_mode(response)
+        return self._submit_result(response, items)
+
+    def poll(self, request_id: str, items: Sequence[OrderItem]) -> PollResult:
+        path = f"/orders/order-requests/{quote(request_id, safe='')}"
+        self._ensure_discounts()
+        try:
+            response = self._api.get(path)
+        except AuthError:
+            raise
+        except ProviderUnavailable as exc:  # for the runner, a failed poll is just "not yet"
+            raise OutcomeUnknown(exc.message) from None
+        if response.status_code == 404:
+            raise OutcomeUnknown(f"order request {request_id} is unknown to UGiftMe (HTTP 404)")
+        if not response.is_success or not isinstance(response.data, Mapping):
+            raise OutcomeUnknown(self._status_text("GET", path, response))
+        return self._poll_result(response.data, items)
+
+    def lookup(self, key: str, items: Sequence[OrderItem]) -> SubmitResult | None:
+        """UGiftMe cannot look an order up by idempotency key: resend the same bytes."""
+        return None
+
+    # ------------------------------------------------------------- internals
+
+    def _submit_result(self, response: ApiResponse, items: Sequence[OrderItem]) -> SubmitResult:
+        status, data = response.status_code, response.data
+        if status == 202:
+            return SubmitResult(kind="accepted", request_id=_request_id(data))
+        if status in (200, 201):
+            return SubmitResult(kind="completed", items=self._map(data, items))
+        if status == 402:
+            return self._insufficient_funds(data, items)
+        if 400 <= status < 500:
+            return SubmitResult(
+                kind="rejected",
+                error_code=rejection_code(status, data),
+                error_message=self._error_message(data) or f"HTTP {status}",
+            )
+        raise OutcomeUnknown(f"POST /orders/bulk: unexpected HTTP {status}")
+
+    def _insufficient_funds(self, data: Any, items: Sequence[OrderItem]) -> SubmitResult:
+        body = data if isinstance(data, Mapping) else {}
+        return SubmitResult(
+            kind="insufficient_funds",
+            error_code="insufficient_funds",
+            error_message=self._error_message(body) or "Insufficient funds",
+            currency=_text(body.get("currency")) or (items[0].currency if items else None),
+            required=_optional_money(body.get("required")),
+            available=_optional_money(body.get("available")),
+        )
+
+    def _poll_result(self, data: Mapping[str, Any], items: Sequence[OrderItem]) -> PollResult:
+        status = _text(data.get("status"))
+        if status == "succeeded":
+            result = data.get("result")
+            return PollResult(
+                kind="completed", items=self._map(result, items), provider_status=status
+            )
+        if status == "failed":
+            error = self._api.scrub(_text(data.get("error"))) or "order request failed"
+            code = "insufficient_funds" if "insufficient" in error.lower() else "request_failed"
+            return PollResult(
+                kind="failed", error_code=code, error_message=error, provider_status=status
+            )
+        if status not in _PENDING_STATUSES:
+            log.warning("order request in unexpected status %r; treating it as pending", status)
+        return PollResult(kind="pending", provider_status=status)
+
+    def _map(self, result: Any, items: Sequence[OrderItem]) -> tuple[ItemResult, ...]:
+        """Map a bulk (or single) result to items; unreadable data is an unknown outcome."""
+        if not isinstance(result, Mapping):
+            raise OutcomeUnknown("the order result is missing or not an object")
+        try:
+            return map_order_result(result, items, cost_of=self._cost_of)
+        except (ValueError, TypeError, ArithmeticError) as exc:
+            raise OutcomeUnknown(f"the order result is unreadable ({type(exc).__name__})") from None
+
+    def _ensure_discounts(self) -> None:
+        """Load the catalog once, before sending, so costs can be computed from it."""
+        if self._discounts is not None:
+            return
+        try:
+            self.catalog()
+        except ProviderUnavailable as exc:
+            if isinstance(exc, AuthError):
+                raise
+            log.warning("catalog unavailable, order costs left blank: %s", exc.message)
+            self._discounts = {}
+
+    def _cost_of(self, product_code: str, face_value: Decimal, currency: str) -> Decimal | None:
+        discount = (self._discounts or {}).get(product_code)
+        if discount is None:
+            return None
+        return cost_after_discount(face_value, discount, currency)
+
+    def _get(self, path: str, params: Params | None = None) -> ApiResponse:
+        response = self._api.get(path, params=params)
+        if not response.is_success:
+            raise ProviderUnavailable(self._status_text("GET", path, response))
+        return response
+
+    def _get_object(self, path: str, params: Params | None = None) -> Mapping[str, Any]:
+        data = self._get(path, params).data
+        if not isinstance(data, Mapping):
+            raise self._bad_shape(path)
+        return data
+
+    def _pages(self, path: str, params: Params, list_key: str) -> Iterator[Mapping[str, Any]]:
+        """Every record of a paged list, fetching pages only as they are consumed."""
+        for page in range(1, _MAX_PAGES + 1):
+            data = self._get_object(path, {**params, "page": page, "limit": self.page_limit})
+            records = data.get(list_key)
+            if not isinstance(records, list):
+                raise self._bad_shape(path)
+            yield from (record for record in records if isinstance(record, Mapping))
+            total_pages = _total_pages(data)
+            if not records or total_pages is None or page >= total_pages:
+                return
+
+    def _status_text(self, method: str, path: str, response: ApiResponse) -> str:
+        detail = self._error_message(response.data)
+        message = f"{self._api.host}: {method} {path} answered HTTP {response.status_code}"
+        return f"{message}: {detail}" if detail else message
+
+    def _error_message(self, data: Any) -> str:
+        text = provider_error_text(data)
+        details = data.get("details") if isinstance(data, Mapping) else None
+        if details:
+            text = f"{text} ({_compact(details)})" if text else _compact(details)
+        return self._api.scrub(text)
+
+    def _bad_shape(self, path: str) -> ProviderUnavailable:
+        return ProviderUnavailable(f"{self._api.host}: GET {path} answered in an unexpected shape")
+
+
+# ---------------------------------------------------------------------------
+# Encoding (pure).
+
+
+def check_chunk(items: Sequence[OrderItem], limit: int) -> None:
+    """Refuse a chunk the bulk endpoint or the result mapping cannot handle."""
+    if not items:
+        raise ValueError("a chunk needs at least one item")
+    if len(items) > limit:
+        raise ValueError(f"a chunk holds at most {limit} items, not {len(items)}")
+    currencies = {item.currency for item in items}
+    if len(currencies) > 1:
+        raise ValueError(f"a bulk order takes one currency, not {sorted(currencies)}")
+    seen: set[MatchKey] = set()
+    for item in items:
+        key = item_match_key(item)
+        if key in seen:
+            raise ValueError(
+                f"row {item.row_key} repeats the product, amount, email and name of another "
+                "item in its chunk; results could not be mapped back"
+            )
+        seen.add(key)
+
+
+def order_item_body(item: OrderItem) -> dict[str, Any]:
+    """One bulk item. Empty optional fields are always omitted, never sent as ""."""
+    body: dict[str, Any] = {
+        "productCode": item.product_code,
+        "merchant": item.merchant,
+        "currency": item.currency,
+        "valuePurchased": amount_literal(item.amount, item.currency),
+    }
+    optional = {
+        "recipientEmail": item.recipient_email,
+        "recipientName": item.recipient_name,
+        "giftMessage": item.message,
+    }
+    body.update({name: value for name, value in optional.items() if value})
+    return body
+
+
+def amount_literal(amount: Decimal, currency: str) -> Decimal:
+    """The amount with exactly the currency's decimals (50 -> 50.00, JPY 1000 -> 1000)."""
+    if not amount.is_finite() or amount <= 0:
+        raise ValueError(f"{amount} is not a positive amount")
+    if not fits_currency(amount, currency):
+        raise ValueError(f"{amount} has more decimals than {currency} allows")
+    return amount.quantize(quantum(currency))
+
+
+def check_idempotency_key(key: str) -> None:
+    if not key or len(key) > _MAX_IDEMPOTENCY_KEY or not key.isascii() or not key.isprintable():
+        raise ValueError("an idempotency key must be 1-255 printable ASCII characters")
+
+
+# ---------------------------------------------------------------------------
+# Result mapping (pure).
+
+
+def _norm_code(code: str) -> str:
+    return code.strip().upper()
+
+
+def _norm_name(name: str) -> str:
+    return " ".join(unicodedata.normalize("NFC", name).split())
+
+
+def match_key(product_code: str, amount: Decimal, email: str, name: str) -> MatchKey:
+    """What identifies an item within a chunk. Decimal compares by value: 50 == 50.00."""
+    return (_norm_code(product_code), amount, email.strip().lower(), _norm_name(name))
+
+
+def item_match_key(item: OrderItem) -> MatchKey:
+    return match_key(item.product_code, item.amount, item.recipient_email, item.recipient_name)
+
+
+def order_match_key(order: Mapping[str, Any]) -> MatchKey:
+    gift = order.get("giftOrder")
+    recipient = gift if isinstance(gift, Mapping) else order
+    return match_key(
+        _text(order.get("productCode")),
+        to_decimal(order.get("valuePurchased")),
+        _text(recipient.get("recipientEmail")),
+        _text(recipient.get("recipientName")),
+    )
+
+
+def map_order_result(
+    result: Mapping[str, Any],
+    items: Sequence[OrderItem],
+    *,
+    cost_of: CostOf | None = None,
+) -> tuple[ItemResult, ...]:
+    """One ItemResult per item, in item order, from a bulk result (or a single order).
+
+    Raises IncompleteResult, carrying the exact matches, when the result does not
+    account for every item exactly.
+    """
+    orders, rejections = _orders_and_rejections(result)
+    by_key = {item_match_key(item): item for item in items}
+    succeeded: dict[str, ItemResult] = {}
+    stray_orders = 0
+    for order in orders:
+        item = by_key.get(order_match_key(order))
+        if item is None or item.row_key in succeeded:
+            stray_orders += 1
+            continue
+        succeeded[item.row_key] = _succeeded(item, order, cost_of)
+
+    failed: dict[str, ItemResult] = {}
+    stray_rejections = 0
+    for product_code, reason in rejections:
+        item = _first_unsettled(items, product_code, succeeded, failed)
+        if item is None:
+            stray_rejections += 1
+            continue
+        failed[item.row_key] = _rejected(item, reason)
+
+    outcomes = {**succeeded, **failed}
+    unaccounted = sum(1 for item in items if item.row_key not in outcomes)
+    if unaccounted or stray_orders or stray_rejections:
+        # Only exact matches are certain; rejections were assigned by elimination.
+        certain = tuple(succeeded[item.row_key] for item in items if item.row_key in succeeded)
+        raise IncompleteResult(
+            f"the provider's result does not add up: {unaccounted} of {len(items)} items "
+            f"unaccounted for, {stray_orders} created orders and {stray_rejections} "
+            "rejections matching no item",
+            items=certain,
+        )
+    return tuple(outcomes[item.row_key] for item in items)
+
+
+def _orders_and_rejections(
+    result: Mapping[str, Any],
+) -> tuple[list[Mapping[str, Any]], list[tuple[str, str]]]:
+    if "orders" not in result and "_id" in result:
+        return [result], []  # a single-order request's result is the order itself
+    raw_orders = result.get("orders") or []
+    raw_rejections = result.get("rejectedOrders") or []
+    if not isinstance(raw_orders, list) or not isinstance(raw_rejections, list):
+        raise TypeError("orders and rejectedOrders must be lists")
+    orders = [order for order in raw_orders if isinstance(order, Mapping)]
+    if len(orders) != len(raw_orders):
+        raise TypeError("an order is not an object")
+    rejections = [
+        (_text(entry.get("productCode")), _rejection_reason(entry))
+        for entry in raw_rejections
+        if isinstance(entry, Mapping)
+    ]
+    if len(rejections) != len(raw_rejections):
+        raise TypeError("a rejection is not an object")
+    return orders, rejections
+
+
+def _rejection_reason(entry: Mapping[str, Any]) -> str:
+    for field in ("reason", "error", "message"):
+        value = entry.get(field)
+        if isinstance(value, str) and value.strip():
+            return " ".join(value.split())
+    return "rejected by the provider"
+
+
+def _first_unsettled(
+    items: Sequence[OrderItem],
+    product_code: str,
+    succeeded: Mapping[str, ItemResult],
+    failed: Mapping[str, ItemResult],
+) -> OrderItem | None:
+    """The first item, in chunk order, of this product that has no outcome yet."""
+    wanted = _norm_code(product_code)
+    for item in items:
+        settled = item.row_key in succeeded or item.row_key in failed
+        if not settled and _norm_code(item.product_code) == wanted:
+            return item
+    return None
+
+
+def _succeeded(item: OrderItem, order: Mapping[str, Any], cost_of: CostOf | None) -> ItemResult:
+    merchant = order.get("merchant")
+    credentials = merchant if isinstance(merchant, Mapping) else {}
+    currency = _text(order.get("currency")) or item.currency
+    face_value = to_decimal(order.get("valuePurchased"))
+    cost = cost_of(item.product_code, face_value, currency) if cost_of else None
+    return ItemResult(
+        row_key=item.row_key,
+        status="succeeded",
+        order_id=_text(order.get("_id")) or None,
+        transaction_id=_text(order.get("transactionId")) or None,
+        cost=cost,
+        cost_currency=currency if cost is not None else None,
+        voucher_code=_text(credentials.get("voucherCode")) or None,
+        redemption_url=_text(credentials.get("redemptionUrl")) or None,
+        provider_status=_text(order.get("status")),
+        extra={"cost_source": "catalog_discount"} if cost is not None else {},
+    )
+
+
+def _rejected(item: OrderItem, reason: str) -> ItemResult:
+    return ItemResult(
+        row_key=item.row_key,
+        status="failed",
+        provider_status="rejected",
+        error_code="item_rejected",
+        error_message=reason,
+    )
+
+
+def rejection_code(status: int, data: Any) -> str:
+    """A stable error code for a definite 4xx refusal of the whole request."""
+    text = provider_error_text(data).lower()
+    if "idempotency" in text and ("reused" in text or "different payload" in text):
+        return "idempotency_key_reused"  # a bug on our side: same key, different bytes
+    if status == 404:
+        return "not_found"
+    if status in (400, 422):
+        return "validation_error"
+    return f"http_{status}"
+
+
+def _request_id(data: Any) -> str:
+    request_id = _text(data.get("orderRequestId")) if isinstance(data, Mapping) else ""
+    if not request_id:
+        raise OutcomeUnknown("the provider accepted the order request but gave no id")
+    return request_id
+
+
+def _log_async_mode(response: ApiResponse) -> None:
+    """Diagnostic only: whether the account processes orders asynchronously."""
+    for header in _ASYNC_HEADERS:
+        value = response.headers.get(header)
+        if value is not None:
+            log.debug("%s: %s", header, value)
+            return
+
+
+# ---------------------------------------------------------------------------
+# Parsing records (pure). Each raises ValueError/TypeError on malformed data.
+
+
+def parse_account(record: Mapping[str, Any]) -> AccountInfo:
+    return AccountInfo(
+        account_id=_required_text(record, "businessId"),
+        name=_text(record.get("name")),
+        email=_text(record.get("email")),
+        plan=_text(record.get("plan")),
+        status=_text(record.get("verificationStatus")),
+    )
+
+
+def parse_product(record: Mapping[str, Any]) -> Product:
+    merchant = record.get("merchant")
+    if isinstance(merchant, Mapping):  # a string in the catalog, an object on orders
+        merchant = merchant.get("name")
+    denominations = record.get("denominations") or []
+    countries = record.get("countries") or []
+    return Product(
+        product_code=_required_text(record, "productCode"),
+        name=_text(record.get("name")),
+        merchant=_text(merchant),
+        currency=_required_text(record, "currency"),
+        countries=tuple(_text(country) for country in countries),
+        category=_text(record.get("category")),
+        min_value=_optional_money(record.get("minValue")),
+        max_value=_optional_money(record.get("maxValue")),
+        denominations=tuple(to_decimal(value) for value in denominations),
+        discount=_optional_money(record.get("discount")) or Decimal(0),
+        is_active=record.get("isActive") is not False,
+    )
+
+
+def parse_balance(wallet: Mapping[str, Any]) -> Balance:
+    balance = to_decimal(wallet.get("balance"))
+    available = _optional_money(wallet.get("availableBalance"))
+    return Balance(
+        currency=_required_text(wallet, "currency"),
+        balance=balance,
+        available=balance if available is None else available,
+    )
+
+
+def parse_transaction(record: Mapping[str, Any]) -> WalletTransaction:
+    kind = _text(record.get("transactionType"))
+    value = to_decimal(record.get("transactionValue"))
+    if kind in _DEBIT_TYPES:
+        amount = -abs(value)
+    elif kind in _CREDIT_TYPES:
+        amount = abs(value)
+    else:
+        amount = value  # an unknown type: keep whatever sign the provider sent
+    details = record.get("details")
+    details = details if isinstance(details, Mapping) else {}
+    return WalletTransaction(
+        transaction_type=kind,
+        amount=amount,
+        currency=_text(record.get("currency")) or _text(details.get("currency")),
+        order_id=_text(record.get("orderID")) or None,
+        transaction_id=_text(record.get("transactionId") or record.get("_id")) or None,
+        timestamp=_parse_time(record.get("timestamp")),
+        description=_text(details.get("description")),
+    )
+
+
+def parse_provider_order(record: Mapping[str, Any]) -> ProviderOrder:
+    gift = record.get("giftOrder")
+    recipient = gift if isinstance(gift, Mapping) else {}
+    return ProviderOrder(
+        order_id=_required_text(record, "_id"),
+        product_code=_text(record.get("productCode")),
+        currency=_text(record.get("currency")),
+        face_value=to_decimal(record.get("valuePurchased")),
+        status=_text(record.get("status")),
+        created_at=_parse_time(record.get("createdAt")),
+        recipient_email=_text(recipient.get("recipientEmail")),
+        recipient_name=_text(recipient.get("recipientName")),
+        transaction_id=_text(record.get("transactionId")) or None,
+    )
+
+
+def _read(path: str, parse: Callable[[Mapping[str, Any]], T], record: Mapping[str, Any]) -> T:
+    """Parse one record; malformed provider data becomes a one-line operator error."""
+    try:
+        return parse(record)
+    except (ValueError, TypeError, ArithmeticError):
+        raise ProviderUnavailable(f"UGiftMe sent data batcher cannot read from {path}") from None
+
+
+def _text(value: Any) -> str:
+    return value.strip() if isinstance(value, str) else ""
+
+
+def _required_text(record: Mapping[str, Any], field: str) -> str:
+    value = _text(record.get(field))
+    if not value:
+        raise ValueError(f"missing {field}")
+    return value
+
+
+def _optional_money(value: Any) -> Decimal | None:
+    return None if value is None else to_decimal(value)
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        return _aware(datetime.fromisoformat(value.strip()))
+    except ValueError:
+        return None
+
+
+def _aware(moment: datetime) -> datetime:
+    """Naive datetimes are taken as UTC, so comparisons never mix the two."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _iso(moment: datetime) -> str:
+    return _aware(moment).astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _total_pages(data: Mapping[str, Any]) -> int | None:
+    pagination = data.get("pagination")
+    source = pagination if isinstance(pagination, Mapping) else data
+    value = source.get("totalPages")
+    return value if isinstance(value, int) else None
+
+
+def _compact(details: Any) -> str:
+    """Validation details on one line (the caller scrubs and shortens them)."""
+    if isinstance(details, str):
+        return details
+    try:
+        return canonical_json(details).decode("utf-8")
+    except (TypeError, ValueError):
+        return "unreadable details"

@@ -1,0 +1,633 @@
+"""Provider-agnostic sandbox machinery, shared by every provider simulator.
+
+Everything here is synchronous and free of `await` on purpose: uvicorn runs one
+event loop, so a read-modify-write that never yields is atomic. The only async
+pieces are the delayed-task scheduler and the connection-dropping response,
+which touch no shared state while suspended.
+
+- `FixedWindowRateLimiter`: one fixed window per bucket (an API key or an IP).
+- `FaultInjector`: seeded fault rolls from one `random.Random`, plus 429 bursts.
+- `IdempotencyStore`: per-scope keys with TTL, payload fingerprints, in-flight marks.
+- `encode_json` / `decode_json`: Decimal-exact JSON in both directions.
+- `DroppedResponse`: commits nothing itself; it starts a response and cuts it short,
+  so the client sees a transport error after the server has committed.
+- `RequestLog`: what every client did, with monotonic timestamps, for assertions.
+- `DelayedTaskScheduler`: runs callbacks at due times from one asyncio task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import heapq
+import itertools
+import json
+import math
+import os
+import random
+import secrets
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from enum import Enum
+from typing import Any
+
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+Clock = Callable[[], float]
+
+# ---------------------------------------------------------------------------
+# JSON with exact Decimals.
+
+
+class JsonDecodeError(ValueError):
+    """A request body that is not acceptable JSON."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise JsonDecodeError(f"{name} is not valid JSON")
+
+
+def decode_json(raw: bytes | str) -> Any:
+    """Parse JSON with every non-integer number as Decimal; NaN/Infinity refused."""
+    try:
+        return json.loads(raw, parse_float=Decimal, parse_constant=_refuse_constant)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise JsonDecodeError(str(exc)) from None
+
+
+def decimal_literal(value: Decimal) -> str:
+    """A Decimal as a JSON number literal, in plain notation ('1E+2' -> '100')."""
+    if not value.is_finite():
+        raise ValueError(f"{value} cannot be written as JSON")
+    return format(value, "f")
+
+
+def encode_json(value: Any, *, sort_keys: bool = False, allow_floats: bool = False) -> bytes:
+    """Serialise to compact UTF-8 JSON; Decimals are written raw, never via float.
+
+    Floats are refused unless `allow_floats` (for settings such as delays and
+    rates in control calls, never for money in API answers).
+    """
+    parts: list[str] = []
+    _encode_into(value, parts, sort_keys, allow_floats)
+    return "".join(parts).encode("utf-8")
+
+
+def _encode_into(value: Any, out: list[str], sort_keys: bool, allow_floats: bool) -> None:
+    if value is None or isinstance(value, bool | int | str):
+        out.append(json.dumps(value, ensure_ascii=False))
+    elif isinstance(value, Decimal):
+        out.append(decimal_literal(value))
+    elif isinstance(value, float):
+        if not allow_floats or not math.isfinite(value):
+            raise TypeError("refusing to serialise a float; use Decimal for money")
+        out.append(repr(value))
+    elif isinstance(value, Mapping):
+        items = sorted(value.items()) if sort_keys else value.items()
+        out.append("{")
+        for index, (key, item) in enumerate(items):
+            if index:
+                out.append(",")
+            out.append(json.dumps(str(key), ensure_ascii=False))
+            out.append(":")
+            _encode_into(item, out, sort_keys, allow_floats)
+        out.append("}")
+    elif isinstance(value, list | tuple):
+        out.append("[")
+        for index, item in enumerate(value):
+            if index:
+                out.append(",")
+            _encode_into(item, out, sort_keys, allow_floats)
+        out.append("]")
+    elif isinstance(value, Enum):
+        _encode_into(value.value, out, sort_keys, allow_floats)
+    else:
+        raise TypeError(f"cannot serialise {type(value).__name__} as JSON")
+
+
+def canonical_json(value: Any) -> bytes:
+    """Canonical form for payload comparison: sorted keys, no spaces, numbers normalised.
+
+    50, 50.0 and 50.00 are the same JSON number, so they compare equal.
+    """
+    return encode_json(_normalise_numbers(value), sort_keys=True)
+
+
+def _normalise_numbers(value: Any) -> Any:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | Decimal):
+        return Decimal(value).normalize()  # written in plain notation by encode_json
+    if isinstance(value, Mapping):
+        return {str(k): _normalise_numbers(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_normalise_numbers(v) for v in value]
+    return value
+
+
+class DecimalJSONResponse(Response):
+    """A JSON response that writes Decimals as exact number literals."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return encode_json(content)
+
+
+# ---------------------------------------------------------------------------
+# Ids and timestamps.
+
+_OBJECT_ID_COUNTER = itertools.count(secrets.randbelow(0xFFFFFF))
+_OBJECT_ID_PROCESS = os.urandom(5)
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def object_id() -> str:
+    """A 24-hex id shaped like a MongoDB ObjectId: time, process, counter."""
+    seconds = int(time.time()).to_bytes(4, "big")
+    counter = (next(_OBJECT_ID_COUNTER) & 0xFFFFFF).to_bytes(3, "big")
+    return (seconds + _OBJECT_ID_PROCESS + counter).hex()
+
+
+def ulid() -> str:
+    """26 Crockford base32 characters: 48-bit milliseconds then 80 random bits."""
+    number = (int(time.time() * 1000) << 80) | secrets.randbits(80)
+    chars = []
+    for _ in range(26):
+        number, digit = divmod(number, 32)
+        chars.append(_CROCKFORD[digit])
+    return "".join(reversed(chars))
+
+
+def iso_now() -> str:
+    return iso_timestamp(datetime.now(UTC))
+
+
+def iso_timestamp(moment: datetime) -> str:
+    """ISO-8601 UTC with milliseconds and a Z: 2025-01-15T09:30:00.123Z."""
+    return (
+        moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    )
+
+
+# ---------------------------------------------------------------------------
+# Rate limiting.
+
+
+@dataclass(frozen=True)
+class RateDecision:
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_seconds: int  # whole seconds until the window resets, rounded up
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "RateLimit-Limit": str(self.limit),
+            "RateLimit-Remaining": str(self.remaining),
+            "RateLimit-Reset": str(self.reset_seconds),
+        }
+
+
+@dataclass
+class _Window:
+    started: float
+    count: int = 0
+
+
+class FixedWindowRateLimiter:
+    """A fixed window per bucket, opened by the first request after the last one closed.
+
+    Every request counts, including refused ones, as in express-rate-limit.
+    """
+
+    def __init__(self, limit: int, window_seconds: float, clock: Clock = time.monotonic) -> None:
+        self._clock = clock
+        self._windows: dict[str, _Window] = {}
+        self.limit = limit
+        self.window_seconds = window_seconds
+        self.configure(limit, window_seconds)
+
+    def configure(self, limit: int, window_seconds: float) -> None:
+        if limit < 1 or window_seconds <= 0:
+            raise ValueError("the rate limit needs at least 1 request per positive window")
+        self.limit = limit
+        self.window_seconds = window_seconds
+        self._windows.clear()
+
+    def hit(self, bucket: str) -> RateDecision:
+        """Count one request in the bucket and say whether it is allowed."""
+        now = self._clock()
+        window = self._current_window(bucket, now)
+        window.count += 1
+        return self._decision(window, now)
+
+    def peek(self, bucket: str) -> RateDecision:
+        """The bucket's state without counting a request."""
+        now = self._clock()
+        return self._decision(self._current_window(bucket, now), now)
+
+    def _current_window(self, bucket: str, now: float) -> _Window:
+        window = self._windows.get(bucket)
+        if window is None or now >= window.started + self.window_seconds:
+            window = _Window(started=now)
+            self._windows[bucket] = window
+        return window
+
+    def _decision(self, window: _Window, now: float) -> RateDecision:
+        reset = max(1, math.ceil(window.started + self.window_seconds - now))
+        return RateDecision(
+            allowed=window.count <= self.limit,
+            limit=self.limit,
+            remaining=max(0, self.limit - window.count),
+            reset_seconds=reset,
+        )
+
+    def reset(self) -> None:
+        self._windows.clear()
+
+
+# ---------------------------------------------------------------------------
+# Fault injection.
+
+FAULT_KINDS = ("500", "429", "latency", "drop", "reject_item", "async_fail")
+
+
+@dataclass
+class FaultSettings:
+    """Probabilities in [0, 1] for each fault, plus the knobs that shape them."""
+
+    rates: dict[str, float] = field(default_factory=lambda: dict.fromkeys(FAULT_KINDS, 0.0))
+    latency_ms: int = 250
+    burst_seconds: float = 1.0  # how long a 429 burst keeps refusing a key
+    seed: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "rates": {kind: Decimal(str(rate)) for kind, rate in self.rates.items()},
+            "latencyMs": self.latency_ms,
+            "burstSeconds": Decimal(str(self.burst_seconds)),
+            "seed": self.seed,
+        }
+
+
+class FaultInjector:
+    """Rolls every fault from a single seeded `random.Random`, so a run can be replayed.
+
+    A zero rate never consumes randomness, so switching one fault on leaves the
+    sequence of the others unchanged from run to run.
+    """
+
+    def __init__(self, settings: FaultSettings, clock: Clock = time.monotonic) -> None:
+        self._clock = clock
+        self._bursts: dict[str, float] = {}  # bucket -> monotonic time the burst ends
+        self.settings = settings
+        self.counts: Counter[str] = Counter()
+        self._rng = random.Random(settings.seed)
+
+    def update(
+        self,
+        rates: Mapping[str, float] | None = None,
+        *,
+        latency_ms: int | None = None,
+        burst_seconds: float | None = None,
+        seed: int | None = None,
+        reseed: bool = False,
+    ) -> None:
+        for kind, rate in (rates or {}).items():
+            if kind not in FAULT_KINDS:
+                raise ValueError(f"unknown fault {kind!r}; known: {', '.join(FAULT_KINDS)}")
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"fault rate for {kind!r} must be within 0..1")
+            self.settings.rates[kind] = rate
+        if latency_ms is not None:
+            if latency_ms < 0:
+                raise ValueError("latency must not be negative")
+            self.settings.latency_ms = latency_ms
+        if burst_seconds is not None:
+            if burst_seconds <= 0:
+                raise ValueError("the 429 burst must last a positive time")
+            self.settings.burst_seconds = burst_seconds
+        if reseed:
+            self.settings.seed = seed
+            self._rng = random.Random(seed)
+
+    def roll(self, kind: str) -> bool:
+        rate = self.settings.rates.get(kind, 0.0)
+        if rate <= 0.0:
+            return False
+        hit = rate >= 1.0 or self._rng.random() < rate
+        if hit:
+            self.counts[kind] += 1
+        return hit
+
+    def burst_retry_after(self, bucket: str) -> int | None:
+        """Seconds a bucket must wait when it is inside a 429 burst (or a new one starts)."""
+        now = self._clock()
+        ends = self._bursts.get(bucket)
+        if ends is not None and now < ends:
+            self.counts["429_burst_followup"] += 1
+            return max(1, math.ceil(ends - now))
+        if self.roll("429"):
+            ends = now + self.settings.burst_seconds
+            self._bursts[bucket] = ends
+            return max(1, math.ceil(ends - now))
+        return None
+
+    @property
+    def latency_seconds(self) -> float:
+        return self.settings.latency_ms / 1000.0
+
+    def reset(self, settings: FaultSettings) -> None:
+        self.settings = settings
+        self._rng = random.Random(settings.seed)
+        self._bursts.clear()
+        self.counts.clear()
+
+
+# ---------------------------------------------------------------------------
+# Idempotency.
+
+
+@dataclass
+class StoredResponse:
+    status_code: int
+    body: bytes
+    headers: dict[str, str]
+
+
+@dataclass
+class IdempotencyRecord:
+    fingerprint: str
+    created_at: float
+    response: StoredResponse | None = None  # None while the first request is in flight
+
+    @property
+    def in_flight(self) -> bool:
+        return self.response is None
+
+
+class IdemOutcome(Enum):
+    STARTED = "started"  # the caller owns the key now and must finish or abandon it
+    REPLAY = "replay"
+    MISMATCH = "mismatch"
+    IN_FLIGHT = "in_flight"
+
+
+@dataclass(frozen=True)
+class IdemBegin:
+    outcome: IdemOutcome
+    response: StoredResponse | None = None
+
+
+def fingerprint(method: str, path: str, payload: Any) -> str:
+    """Hash of the route and the canonical payload; equal JSON values hash equal."""
+    digest = hashlib.sha256()
+    digest.update(f"{method.upper()} {path}\n".encode())
+    digest.update(canonical_json(payload))
+    return digest.hexdigest()
+
+
+class IdempotencyStore:
+    """Idempotency keys scoped per account (API key), kept for `ttl_seconds` from first use.
+
+    A payload mismatch is checked before the in-flight state: a different payload
+    is a definite client error even while the first request is still running.
+    """
+
+    PURGE_EVERY = 1024  # begins between sweeps of expired records
+
+    def __init__(self, ttl_seconds: float, clock: Clock = time.monotonic) -> None:
+        self.ttl_seconds = ttl_seconds
+        self._clock = clock
+        self._records: dict[tuple[str, str], IdempotencyRecord] = {}
+        self._begins = 0
+
+    def begin(self, scope: str, key: str, print_: str) -> IdemBegin:
+        self._begins += 1
+        if self._begins % self.PURGE_EVERY == 0:
+            self.purge_expired()  # keeps a long-running sandbox's memory flat
+        now = self._clock()
+        record = self._live_record(scope, key, now)
+        if record is None:
+            self._records[(scope, key)] = IdempotencyRecord(fingerprint=print_, created_at=now)
+            return IdemBegin(IdemOutcome.STARTED)
+        if record.fingerprint != print_:
+            return IdemBegin(IdemOutcome.MISMATCH)
+        if record.response is None:
+            return IdemBegin(IdemOutcome.IN_FLIGHT)
+        return IdemBegin(IdemOutcome.REPLAY, record.response)
+
+    def complete(self, scope: str, key: str, response: StoredResponse) -> None:
+        record = self._records.get((scope, key))
+        if record is not None and record.response is None:
+            record.response = response
+
+    def abandon(self, scope: str, key: str) -> None:
+        """Forget an in-flight key, so a retry is handled afresh (used for 5xx)."""
+        record = self._records.get((scope, key))
+        if record is not None and record.response is None:
+            del self._records[(scope, key)]
+
+    def _live_record(self, scope: str, key: str, now: float) -> IdempotencyRecord | None:
+        record = self._records.get((scope, key))
+        if record is None:
+            return None
+        if record.response is not None and now >= record.created_at + self.ttl_seconds:
+            del self._records[(scope, key)]
+            return None
+        return record
+
+    def purge_expired(self) -> int:
+        now = self._clock()
+        expired = [
+            k
+            for k, r in self._records.items()
+            if r.response is not None and now >= r.created_at + self.ttl_seconds
+        ]
+        for k in expired:
+            del self._records[k]
+        return len(expired)
+
+    def keys_for(self, scope: str) -> list[str]:
+        return [key for (owner, key) in self._records if owner == scope]
+
+    def clear(self) -> None:
+        self._records.clear()
+
+
+# ---------------------------------------------------------------------------
+# Dropping a connection after the server committed.
+
+
+class DroppedResponse(Response):
+    """Starts a response, sends part of the body, then returns without finishing.
+
+    The Content-Length promises more bytes than are sent, so the server closes
+    the connection and the client sees a protocol error, although everything
+    the request did has already been committed.
+    """
+
+    def __init__(self, body: bytes, status_code: int, headers: Mapping[str, str]) -> None:
+        super().__init__(content=body, status_code=status_code, headers=dict(headers))
+        self.headers["content-length"] = str(len(body) + 64)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        await send(
+            {
+                "type": "http.response.body",
+                "body": self.body[: len(self.body) // 2],
+                "more_body": True,
+            }
+        )
+        # Returning here leaves the response incomplete; the server closes the socket.
+
+
+DROPPED_CONNECTION_LOG_MESSAGE = "ASGI callable returned without completing response."
+
+
+# ---------------------------------------------------------------------------
+# Request log.
+
+
+@dataclass(frozen=True)
+class LoggedRequest:
+    seq: int
+    at: float  # monotonic seconds since the sandbox started
+    bucket: str  # the API key, or "ip:<address>" for unauthenticated calls
+    method: str
+    path: str
+    status: int
+    retry_after: int | None
+    fault: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "t": Decimal(f"{self.at:.6f}"),
+            "apiKey": self.bucket,
+            "method": self.method,
+            "path": self.path,
+            "status": self.status,
+            "retryAfter": self.retry_after,
+            "fault": self.fault,
+        }
+
+
+class RequestLog:
+    """A bounded log of API requests plus counters that never roll over."""
+
+    def __init__(self, capacity: int = 200_000, clock: Clock = time.monotonic) -> None:
+        self._clock = clock
+        self._origin = clock()
+        self._entries: deque[LoggedRequest] = deque(maxlen=capacity)
+        self._seq = itertools.count(1)
+        self.requests_by_bucket: Counter[str] = Counter()
+        self.too_many_by_bucket: Counter[str] = Counter()
+        self.status_counts: Counter[int] = Counter()
+
+    def record(
+        self,
+        bucket: str,
+        method: str,
+        path: str,
+        status: int,
+        retry_after: int | None,
+        fault: str | None,
+    ) -> None:
+        at = self._clock() - self._origin
+        self._entries.append(
+            LoggedRequest(next(self._seq), at, bucket, method, path, status, retry_after, fault)
+        )
+        self.requests_by_bucket[bucket] += 1
+        self.status_counts[status] += 1
+        if status == 429:
+            self.too_many_by_bucket[bucket] += 1
+
+    def entries(self, since_seq: int = 0) -> list[LoggedRequest]:
+        return [entry for entry in self._entries if entry.seq > since_seq]
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.requests_by_bucket.clear()
+        self.too_many_by_bucket.clear()
+        self.status_counts.clear()
+
+
+# ---------------------------------------------------------------------------
+# Delayed work on the event loop.
+
+
+@dataclass(order=True)
+class _Scheduled:
+    due: float
+    seq: int
+    callback: Callable[[], None] = field(compare=False)
+
+
+class DelayedTaskScheduler:
+    """Runs plain callbacks at monotonic due times from one asyncio task.
+
+    Callbacks run on the event loop without awaiting, so each is atomic with
+    respect to request handlers.
+    """
+
+    def __init__(self, clock: Clock = time.monotonic) -> None:
+        self._clock = clock
+        self._heap: list[_Scheduled] = []
+        self._seq = itertools.count()
+        self._wake: asyncio.Event | None = None
+        self.errors: list[str] = []
+
+    def call_later(self, delay_seconds: float, callback: Callable[[], None]) -> None:
+        heapq.heappush(
+            self._heap,
+            _Scheduled(self._clock() + max(0.0, delay_seconds), next(self._seq), callback),
+        )
+        if self._wake is not None:
+            self._wake.set()
+
+    def clear(self) -> None:
+        self._heap.clear()
+
+    def pending(self) -> int:
+        return len(self._heap)
+
+    async def run(self) -> None:
+        self._wake = asyncio.Event()
+        while True:
+            self._run_due()
+            timeout = self._heap[0].due - self._clock() if self._heap else None
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):  # a timeout just means work is due
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    def _run_due(self) -> None:
+        now = self._clock()
+        while self._heap and self._heap[0].due <= now:
+            task = heapq.heappop(self._heap)
+            try:
+                task.callback()
+            except Exception as exc:  # keep the worker alive; surface the bug in stats
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+
+
+def parse_bool(raw: str | None) -> bool | None:
+    """Query-string booleans: true/false/1/0, case-insensitive; None when absent."""
+    if raw is None:
+        return None
+    lowered = raw.strip().lower()
+    if lowered in {"true", "1", "yes"}:
+        return True
+    if lowered in {"false", "0", "no"}:
+        return False
+    raise ValueError(f"{raw!r} is not a boolean")

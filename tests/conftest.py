@@ -1,0 +1,52 @@
+"""Shared fixtures. `ugiftme_sandbox` gives every test a real sandbox on a free port.
+
+Use the plain fixture, parametrise it indirectly, or build several with the factory:
+
+    def test_x(ugiftme_sandbox): ...
+
+    @pytest.mark.parametrize("ugiftme_sandbox", [{"async_mode": False}], indirect=True)
+    def test_sync(ugiftme_sandbox): ...
+
+    def test_two(make_ugiftme_sandbox):
+        sandbox = make_ugiftme_sandbox(async_mode=False, fault_drop=0.1, seed=3)
+
+Overrides are `UGiftMeSandboxConfig` fields. The fixtures make tests quick by
+default: `async_delay_seconds=0.05` and `webhook_time_scale=0.001`; everything
+else is the sandbox default (async mode, 120 requests / 60 s, 10,000 per wallet).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from typing import Any
+
+import pytest
+
+from batcher.sandbox.server import SandboxHandle, running_sandbox
+
+FAST_UGIFTME_DEFAULTS: dict[str, Any] = {
+    "async_delay_seconds": 0.05,
+    "webhook_time_scale": 0.001,
+}
+
+
+@pytest.fixture
+def make_ugiftme_sandbox() -> Iterator[Callable[..., SandboxHandle]]:
+    """A factory: each call starts one more sandbox; all stop when the test ends."""
+    with ExitStack() as stack:
+
+        def make(**overrides: Any) -> SandboxHandle:
+            config = {**FAST_UGIFTME_DEFAULTS, **overrides}
+            return stack.enter_context(running_sandbox("ugiftme", **config))
+
+        yield make
+
+
+@pytest.fixture
+def ugiftme_sandbox(
+    request: pytest.FixtureRequest, make_ugiftme_sandbox: Callable[..., SandboxHandle]
+) -> SandboxHandle:
+    """A running UGiftMe sandbox; overrides come from indirect parametrisation."""
+    overrides: dict[str, Any] = getattr(request, "param", None) or {}
+    return make_ugiftme_sandbox(**overrides)

@@ -1,0 +1,67 @@
+"""Fixtures for the sandbox's own tests (helpers live in ugiftme_kit.py)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from ugiftme_kit import Api, Received, WebhookReceiver
+
+from batcher.sandbox.server import SandboxHandle
+
+
+@pytest.fixture
+def api_for() -> Iterator[Callable[..., Api]]:
+    """A factory: api_for(sandbox, api_key=None) -> Api; clients close after the test."""
+    made: list[Api] = []
+
+    def make(sandbox: SandboxHandle, api_key: str | None = None) -> Api:
+        api = Api(sandbox, api_key)
+        made.append(api)
+        return api
+
+    yield make
+    for api in made:
+        api.close()
+
+
+@pytest.fixture
+def api(ugiftme_sandbox: SandboxHandle, api_for: Callable[..., Api]) -> Api:
+    return api_for(ugiftme_sandbox)
+
+
+@pytest.fixture
+def sync_api(
+    make_ugiftme_sandbox: Callable[..., SandboxHandle], api_for: Callable[..., Api]
+) -> Api:
+    return api_for(make_ugiftme_sandbox(async_mode=False))
+
+
+@pytest.fixture
+def webhook_receiver() -> Iterator[WebhookReceiver]:
+    receiver = WebhookReceiver(url="")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            with receiver.lock:
+                status = 500 if receiver.fail_first > 0 else 200
+                receiver.fail_first -= 1 if status == 500 else 0
+                receiver.received.append(Received(dict(self.headers.items()), body, status))
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    receiver.url = f"http://127.0.0.1:{server.server_address[1]}/hooks"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield receiver
+    server.shutdown()
+    server.server_close()

@@ -1,0 +1,141 @@
+"""Helpers for the sandbox tests: a small Decimal-exact API client, order items, a webhook sink."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import httpx
+
+from batcher.sandbox.common import decode_json, encode_json
+from batcher.sandbox.server import SandboxHandle
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: httpx.Headers
+    body: Any
+    raw: bytes
+
+
+class Api:
+    """httpx against the sandbox API: Decimal-exact JSON in and out."""
+
+    def __init__(self, sandbox: SandboxHandle, api_key: str | None = None) -> None:
+        self.sandbox = sandbox
+        self.api_key = api_key or sandbox.api_key
+        self.client = httpx.Client(
+            base_url=sandbox.base_url,
+            headers={"X-API-Key": self.api_key},
+            timeout=10.0,
+            trust_env=False,
+        )
+
+    def get(self, path: str, **params: Any) -> Reply:
+        return self._reply(self.client.get(path, params=params))
+
+    def send(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Reply:
+        extra = {"Content-Type": "application/json", **(headers or {})}
+        if key is not None:
+            extra["Idempotency-Key"] = key
+        content = encode_json(body) if body is not None else None
+        return self._reply(self.client.request(method, path, content=content, headers=extra))
+
+    def post(self, path: str, body: Any, *, key: str | None = None) -> Reply:
+        return self.send("POST", path, body, key=key)
+
+    @staticmethod
+    def _reply(response: httpx.Response) -> Reply:
+        body = decode_json(response.content) if response.content else None
+        return Reply(response.status_code, response.headers, body, response.content)
+
+    def wallet(self, currency: str) -> dict[str, Any]:
+        wallets = {w["currency"]: w for w in self.get("/wallet").body}
+        return wallets[currency]
+
+    def wait_for_request(self, request_id: str, statuses: set[str], timeout: float = 5.0) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            body = self.get(f"/orders/order-requests/{request_id}").body
+            if body["status"] in statuses or time.monotonic() > deadline:
+                return body
+            time.sleep(0.01)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def item(
+    code: str = "AMAZON_UK_STD",
+    value: str | int = "10.00",
+    email: str = "ann@example.com",
+    *,
+    merchant: str | None = None,
+    currency: str | None = None,
+    name: str = "Ann Example",
+    message: str | None = "Thank you!",
+) -> dict[str, Any]:
+    """One order item for the shipped catalog (defaults: a £10 Amazon UK card)."""
+    merchants = {
+        "AMAZON_UK_STD": ("Amazon UK", "GBP"),
+        "TESCO_UK": ("Tesco", "GBP"),
+        "ARGOS_UK": ("Argos", "GBP"),
+        "SPOTIFY_UK": ("Spotify", "GBP"),
+        "HMV_UK": ("HMV", "GBP"),
+        "ZALANDO_EU": ("Zalando", "EUR"),
+        "AMAZON_US_STD": ("Amazon US", "USD"),
+    }
+    known_merchant, known_currency = merchants.get(code, ("Unknown", "GBP"))
+    body: dict[str, Any] = {
+        "productCode": code,
+        "merchant": merchant or known_merchant,
+        "currency": currency or known_currency,
+        "valuePurchased": Decimal(value) if isinstance(value, str) else value,
+        "recipientEmail": email,
+        "recipientName": name,
+    }
+    if message is not None:
+        body["giftMessage"] = message
+    return body
+
+
+# ---------------------------------------------------------------------------
+# A webhook receiver on a free port.
+
+
+@dataclass
+class Received:
+    headers: dict[str, str]
+    body: bytes
+    status_sent: int
+
+
+@dataclass
+class WebhookReceiver:
+    url: str
+    fail_first: int = 0  # answer 500 to this many deliveries first
+    received: list[Received] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def wait_for(self, count: int, timeout: float = 5.0) -> list[Received]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if len(self.received) >= count:
+                    return list(self.received)
+            time.sleep(0.01)
+        with self.lock:
+            return list(self.received)
