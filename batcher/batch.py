@@ -141,6 +141,8 @@ def _run_locked(
         account_id=account_id,
         source_path=str(options.sheet),
         source_sha256=sheet.sha256,
+        sheet_headers=list(sheet.headers),
+        sheet_columns=dict(sheet.columns),
     )
     run_id = ledger.start_run(batch, "run")
     runner = Runner(provider, ledger, batch, account_id, options.run, listener=ui.listener, stop=stop)
@@ -164,7 +166,8 @@ def _run_locked(
     code = exit_code_for(rows, stats)
     message = stats.stopped or ", ".join(stats.blocked_currencies.values())
     return _finish(ledger, run_id, settings, options, account_id, sheet, started_at,
-                   stats, plan, code, message, provider=provider)  # fmt: skip
+                   stats, plan, code, message, provider=provider,
+                   balances_before=balances)  # fmt: skip
 
 
 def guardrail_refusal(plan: PlanSummary, max_total: dict[str, Decimal]) -> str | None:
@@ -191,9 +194,11 @@ def _finish(
     code: ExitCode,
     message: str,
     provider: Provider | None = None,
+    balances_before: dict[str, Balance] | None = None,
 ) -> BatchResult:
     batch = options.batch_name
     rows = ledger.rows(batch)
+    balances_after = _balances_now(provider) if stats.submits else balances_before
     summary = build_summary(
         batch=batch,
         provider=settings.provider,
@@ -208,6 +213,8 @@ def _finish(
         started_at=started_at,
         throttle=_throttle_stats(provider),
     )
+    summary["balances_before"] = _balances_json(balances_before)
+    summary["balances_after"] = _balances_json(balances_after)
     out_dir = options.report_dir / batch
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "summary.json", summary)
@@ -216,9 +223,37 @@ def _finish(
     return BatchResult(code, summary, out_dir, message)
 
 
+def _balances_now(provider: Provider | None) -> dict[str, Balance] | None:
+    if provider is None:
+        return None
+    try:
+        return {b.currency: b for b in provider.balances()}
+    except (BatcherError, OSError):
+        return None  # the summary says "unknown" rather than failing the run's bookkeeping
+
+
+def _balances_json(balances: dict[str, Balance] | None) -> dict[str, dict[str, str]] | None:
+    if balances is None:
+        return None
+    return {
+        c: {"balance": money_str(b.balance, c), "available": money_str(b.available, c)}
+        for c, b in sorted(balances.items())
+    }
+
+
 def _throttle_stats(provider: Provider | None) -> dict[str, Any]:
-    stats = getattr(provider, "request_stats", None)
-    return dict(stats()) if callable(stats) else {}
+    limiter = getattr(provider, "limiter", None)
+    if limiter is None:
+        return {}
+    stats = limiter.stats()
+    rate = stats.achieved_rate
+    return {
+        "http_requests": stats.requests,
+        "http_429s": stats.throttled,
+        "throttle_wait_seconds": round(stats.waited_seconds, 3),
+        "advertised_limit": stats.limit,
+        "achieved_request_rate": None if rate is None else round(rate, 3),
+    }
 
 
 def build_summary(

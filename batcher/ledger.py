@@ -51,6 +51,8 @@ CREATE TABLE IF NOT EXISTS batches (
     account_id TEXT NOT NULL,
     source_path TEXT NOT NULL,
     source_sha256 TEXT NOT NULL,
+    sheet_headers TEXT NOT NULL DEFAULT '[]',   -- JSON: the sheet's headers in file order
+    sheet_columns TEXT NOT NULL DEFAULT '{}',   -- JSON: canonical field -> the user's header
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL
 );
@@ -337,7 +339,15 @@ class Ledger:
     # ------------------------------------------------------------------ batches & runs
 
     def ensure_batch(
-        self, batch: str, *, provider: str, account_id: str, source_path: str, source_sha256: str
+        self,
+        batch: str,
+        *,
+        provider: str,
+        account_id: str,
+        source_path: str,
+        source_sha256: str,
+        sheet_headers: Sequence[str] = (),
+        sheet_columns: dict[str, str] | None = None,
     ) -> None:
         now = utc_now()
         with self._tx() as db:
@@ -355,19 +365,44 @@ class Ledger:
                 )
             db.execute(
                 "INSERT INTO batches(batch, provider, account_id, source_path, source_sha256,"
-                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                " sheet_headers, sheet_columns, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT(batch) DO UPDATE SET source_path = excluded.source_path,"
-                " source_sha256 = excluded.source_sha256, updated_at = excluded.updated_at",
-                (batch, provider, account_id, source_path, source_sha256, now, now),
+                " source_sha256 = excluded.source_sha256, sheet_headers = excluded.sheet_headers,"
+                " sheet_columns = excluded.sheet_columns, updated_at = excluded.updated_at",
+                (
+                    batch,
+                    provider,
+                    account_id,
+                    source_path,
+                    source_sha256,
+                    json.dumps(list(sheet_headers), ensure_ascii=False),
+                    json.dumps(sheet_columns or {}, ensure_ascii=False),
+                    now,
+                    now,
+                ),
             )
 
     def batch_info(self, batch: str) -> dict[str, Any] | None:
         row = self._db.execute("SELECT * FROM batches WHERE batch = ?", (batch,)).fetchone()
-        return dict(row) if row else None
+        if row is None:
+            return None
+        info = dict(row)
+        info["sheet_headers"] = json.loads(info["sheet_headers"])
+        info["sheet_columns"] = json.loads(info["sheet_columns"])
+        return info
+
+    def run_summary(self, run_id: str) -> dict[str, Any] | None:
+        row = self._db.execute("SELECT summary FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return json.loads(row[0]) if row and row[0] else None
 
     def batches(self) -> list[dict[str, Any]]:
         return [
-            dict(r) for r in self._db.execute("SELECT * FROM batches ORDER BY updated_at DESC")
+            dict(r)
+            for r in self._db.execute(
+                "SELECT batch, provider, account_id, source_path, source_sha256, created_at,"
+                " updated_at FROM batches ORDER BY updated_at DESC"
+            )
         ]
 
     def start_run(self, batch: str, command: str) -> str:
