@@ -20,7 +20,7 @@ from batcher.ledger import BatchLock, Ledger, RowRecord, SheetRow, utc_now
 from batcher.models import Balance
 from batcher.money import format_money, money_str
 from batcher.providers import connect
-from batcher.providers.base import Provider
+from batcher.providers.base import Provider, ProviderOptions
 from batcher.rows import sheet_rows_from_validation
 from batcher.run_outputs import count_states, totals_by_currency, write_json, write_rows_csv
 from batcher.runner import PlanSummary, RunListener, RunOptions, Runner, RunStats
@@ -43,6 +43,7 @@ class BatchOptions:
     state_dir: Path = Path(".batcher")
     report_dir: Path = Path("reports")
     run: RunOptions = field(default_factory=RunOptions)
+    provider_options: ProviderOptions = field(default_factory=ProviderOptions)
 
     @property
     def batch_name(self) -> str:
@@ -88,10 +89,18 @@ def run_batch(
     batch = options.batch_name
     out_dir = options.report_dir / batch
     started_at = utc_now()
-    provider = connect_provider(settings, max_rate=options.max_rate)
+    provider = connect_provider(
+        settings, max_rate=options.max_rate, options=options.provider_options
+    )
     try:
         account = provider.account()
-        sheet = read_sheet(options.sheet, sheet=options.sheet_name, mapping=options.mapping)
+        provider.preflight()
+        sheet = read_sheet(
+            options.sheet,
+            sheet=options.sheet_name,
+            mapping=options.mapping,
+            required=provider.required_fields,
+        )
         catalog = provider.catalog()
         balances = {b.currency: b for b in provider.balances()}
         result = validate_rows(

@@ -21,6 +21,7 @@ from batcher.config import limits_from_config, load_file_config
 from batcher.errors import ExitCode, UsageError
 from batcher.models import Balance
 from batcher.money import format_money
+from batcher.providers.base import ProviderOptions
 from batcher.runner import PlanSummary, RunOptions
 
 
@@ -143,6 +144,16 @@ def parse_max_total(values: tuple[str, ...]) -> dict[str, Decimal]:
     return limits
 
 
+def provider_mode(payouts: bool, campaign: str | None, expires_in_days: int | None) -> ProviderOptions:
+    if not payouts:
+        if campaign or expires_in_days:
+            raise UsageError("--campaign and --expires-in-days go with --payouts")
+        return ProviderOptions()
+    if not campaign:
+        raise UsageError("--payouts needs --campaign ID", hint="list campaigns with the provider")
+    return ProviderOptions(mode="payouts", campaign_id=campaign, expires_in_days=expires_in_days or 30)
+
+
 def parse_mapping(values: tuple[str, ...]) -> dict[str, str]:
     mapping: dict[str, str] = {}
     for value in values:
@@ -171,6 +182,10 @@ def parse_mapping(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--report-dir", type=click.Path(path_type=Path), default=Path("reports"),
               show_default=True, help="Report folder.")  # fmt: skip
 @click.option("--yes", "assume_yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--payouts", is_flag=True, help="GIFQ payouts mode: recipients choose their card.")
+@click.option("--campaign", default=None, help="Payout campaign id (with --payouts).")
+@click.option("--expires-in-days", type=click.IntRange(1, 3650), default=None,
+              help="How long recipients have to choose (with --payouts).")  # fmt: skip
 @handle_errors
 def run(
     sheet: Path,
@@ -189,6 +204,9 @@ def run(
     state_dir: Path,
     report_dir: Path,
     assume_yes: bool,
+    payouts: bool,
+    campaign: str | None,
+    expires_in_days: int | None,
 ) -> None:
     """Order every valid row of SHEET exactly once; safe to rerun."""
     from batcher.batch import BatchOptions, run_batch
@@ -208,6 +226,7 @@ def run(
         state_dir=state_dir,
         report_dir=report_dir,
         run=RunOptions(chunk_size=chunk_size, retry_failed=retry_failed, deadline_seconds=deadline),
+        provider_options=provider_mode(payouts, campaign, expires_in_days),
     )
     ui = ConsoleUI(assume_yes)
     with stop_on_signals() as stop:

@@ -135,15 +135,32 @@ class IncompleteResult(OutcomeUnknown):
         self.items = tuple(items)
 
 
+@dataclass(frozen=True)
+class ProviderOptions:
+    """How the run uses the provider: ordinary orders, or payouts (recipients choose)."""
+
+    mode: Literal["orders", "payouts"] = "orders"
+    campaign_id: str | None = None
+    expires_in_days: int | None = None
+
+
 @runtime_checkable
 class Provider(Protocol):
     name: str
+    #: sheet columns this provider/mode needs (see batcher.sheets.BASE_REQUIRED)
+    required_fields: frozenset[str]
+    #: False when rows are not tied to catalog products (payouts)
+    validates_catalog: bool
     #: the most items one submission may carry (bulk 100, single 1, payout 1000)
     submit_limit: int
     #: "header" when the key travels as Idempotency-Key, "body" when it is a reference
     idempotency_carrier: Literal["header", "body"]
 
     def account(self) -> AccountInfo: ...
+    def preflight(self) -> None:
+        """Checks before validation (e.g. the payout campaign is active). Raises UsageError."""
+        ...
+
     def catalog(self) -> list[Product]: ...
     def balances(self) -> list[Balance]: ...
     def transactions(self, since: datetime | None = None) -> list[WalletTransaction]: ...

@@ -57,6 +57,7 @@ from batcher.providers.base import (
     ProviderOrder,
     SubmitResult,
 )
+from batcher.sheets import BASE_REQUIRED
 from batcher.throttle import RateLimiter, limiter_for
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,8 @@ class UGiftMeProvider:
     name = "ugiftme"
     submit_limit = 100
     idempotency_carrier: Literal["header", "body"] = "header"
+    required_fields = BASE_REQUIRED
+    validates_catalog = True
     page_limit = PAGE_LIMIT  # records per page when listing
 
     def __init__(
@@ -113,6 +116,9 @@ class UGiftMeProvider:
         self._api.close()
 
     # ------------------------------------------------------------------ reads
+
+    def preflight(self) -> None:
+        """Nothing to check beyond the key, which account() already proves."""
 
     def account(self) -> AccountInfo:
         return _read("/auth", parse_account, self._get_object("/auth"))
