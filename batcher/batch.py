@@ -23,7 +23,7 @@ from batcher.providers import connect
 from batcher.providers.base import Provider, ProviderOptions
 from batcher.rows import sheet_rows_from_validation
 from batcher.run_outputs import count_states, totals_by_currency, write_json, write_rows_csv
-from batcher.runner import PlanSummary, RunListener, RunOptions, Runner, RunStats
+from batcher.runner import PlanSummary, RunListener, Runner, RunOptions, RunStats
 from batcher.sheets import read_sheet
 from batcher.validate import ValidationResult, validate_rows
 
@@ -114,7 +114,9 @@ def run_batch(
                 batch, settings, account.account_id, result, started_at, ExitCode.USAGE
             )
             write_json(out_dir / "summary.json", summary)
-            return BatchResult(ExitCode.USAGE, summary, out_dir, "validation failed; nothing was sent")
+            return BatchResult(
+                ExitCode.USAGE, summary, out_dir, "validation failed; nothing was sent"
+            )
         sheet_rows = sheet_rows_from_validation(result)
         options.state_dir.mkdir(parents=True, exist_ok=True)
         with BatchLock(options.state_dir, batch):
@@ -154,7 +156,9 @@ def _run_locked(
         sheet_columns=dict(sheet.columns),
     )
     run_id = ledger.start_run(batch, "run")
-    runner = Runner(provider, ledger, batch, account_id, options.run, listener=ui.listener, stop=stop)
+    runner = Runner(
+        provider, ledger, batch, account_id, options.run, listener=ui.listener, stop=stop
+    )
     plan = runner.prepare(sheet_rows)
     ui.show_plan(plan, balances)
 

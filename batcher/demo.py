@@ -46,7 +46,12 @@ def main() -> None:
         step("browse the catalog (GBP)", ["catalog", "--currency", "GBP"], env, expect={0})
         step("wallet balances", ["wallet"], env, expect={0})
         report = ["--report-dir", str(report_dir)]
-        step("validate a clean sheet", ["validate", "samples/recipients.xlsx", *report], env, expect={0})
+        step(
+            "validate a clean sheet",
+            ["validate", "samples/recipients.xlsx", *report],
+            env,
+            expect={0},
+        )
         step(
             "validate a sheet with errors (exit 2 is expected)",
             ["validate", "samples/recipients-with-errors.xlsx", *report],

@@ -443,7 +443,9 @@ class Ledger:
 
     # ------------------------------------------------------------------ rows
 
-    def sync_rows(self, batch: str, sheet_rows: Sequence[SheetRow], *, retry_failed: bool) -> SyncReport:
+    def sync_rows(
+        self, batch: str, sheet_rows: Sequence[SheetRow], *, retry_failed: bool
+    ) -> SyncReport:
         """Bring the ledger in line with the current sheet, without losing history.
 
         - new rows are inserted as pending (or invalid);
@@ -616,14 +618,18 @@ class Ledger:
     def _set_row_state(
         self, db: sqlite3.Connection, batch: str, row_key: str, state: str, *, clear_error: bool
     ) -> None:
-        extra = ", error_code = NULL, error_message = NULL, failure_kind = NULL" if clear_error else ""
+        extra = (
+            ", error_code = NULL, error_message = NULL, failure_kind = NULL" if clear_error else ""
+        )
         db.execute(
             f"UPDATE rows SET state = ?, updated_at = ?{extra} WHERE batch = ? AND row_key = ?",
             (state, utc_now(), batch, row_key),
         )
         self._event(batch, "row_state", row_key=row_key, state=state)
 
-    def _release_for_retry(self, db: sqlite3.Connection, batch: str, row_key: str, reason: str) -> None:
+    def _release_for_retry(
+        self, db: sqlite3.Connection, batch: str, row_key: str, reason: str
+    ) -> None:
         db.execute(
             "UPDATE rows SET state = 'pending', attempt = attempt + 1,"
             " retry_group = COALESCE(chunk_key, ''), chunk_key = NULL,"
@@ -651,7 +657,9 @@ class Ledger:
         sql = "SELECT * FROM rows WHERE batch = ?"
         if in_sheet_only:
             sql += " AND in_sheet = 1"
-        return [RowRecord.from_sql(r) for r in self._db.execute(sql + " ORDER BY source_row", (batch,))]
+        return [
+            RowRecord.from_sql(r) for r in self._db.execute(sql + " ORDER BY source_row", (batch,))
+        ]
 
     def rows_by_key(self, batch: str, keys: Iterable[str]) -> dict[str, RowRecord]:
         wanted = list(keys)
@@ -721,7 +729,9 @@ class Ledger:
                 self._event(batch, "chunk_unknown_after_crash", chunk_key=key)
         return len(keys)
 
-    def save_plan(self, batch: str, chunks: Sequence[tuple[str, str, int, Sequence[str], bytes]]) -> None:
+    def save_plan(
+        self, batch: str, chunks: Sequence[tuple[str, str, int, Sequence[str], bytes]]
+    ) -> None:
         """Record planned chunks (key, currency, attempt, row keys, payload) and their rows."""
         now = utc_now()
         with self._tx() as db:

@@ -114,7 +114,9 @@ class PlannedChunk:
     row_keys: tuple[str, ...]
 
 
-def chunk_key(provider: str, account: str, batch: str, row_keys: Iterable[str], attempt: int) -> str:
+def chunk_key(
+    provider: str, account: str, batch: str, row_keys: Iterable[str], attempt: int
+) -> str:
     """sha256(provider | account | batch | sorted row keys | attempt), shortened and versioned."""
     ordered = sorted(row_keys)
     if not ordered:
@@ -123,7 +125,9 @@ def chunk_key(provider: str, account: str, batch: str, row_keys: Iterable[str], 
     return f"{KEY_VERSION}-{digest[:_CHUNK_KEY_LENGTH]}"
 
 
-def match_fields(product_code: str, amount: Decimal, email: str, name: str) -> tuple[str, str, str, str]:
+def match_fields(
+    product_code: str, amount: Decimal, email: str, name: str
+) -> tuple[str, str, str, str]:
     """The fields a bulk result is mapped back by (ugiftme.md: no item index)."""
     return (
         product_code.strip().upper(),

@@ -35,7 +35,9 @@ def sheet_rows_from_validation(result: ValidationResult) -> list[SheetRow]:
         )
         for r in valid
     ]
-    keys = row_keys([(_text(r["reference"]) or None, f) for r, f in zip(valid, fields, strict=True)])
+    keys = row_keys(
+        [(_text(r["reference"]) or None, f) for r, f in zip(valid, fields, strict=True)]
+    )
     rows: list[SheetRow] = []
     for record, row_fields, key in zip(valid, fields, keys, strict=True):
         rows.append(

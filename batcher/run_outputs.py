@@ -125,6 +125,8 @@ def write_rows_csv(path: Path, rows: Sequence[RowRecord]) -> Path:
 
 def write_json(path: Path, data: dict[str, Any]) -> Path:
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
+    tmp.write_text(
+        json.dumps(data, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8"
+    )
     os.replace(tmp, path)
     return path

@@ -27,6 +27,7 @@ from batcher.ledger import ChunkRecord, Ledger, RowOutcome, RowRecord, SheetRow
 from batcher.models import Balance
 from batcher.plan import PlanRow, match_fields, plan_chunks
 from batcher.providers.base import (
+    IncompleteResult,
     ItemResult,
     OrderItem,
     OutcomeUnknown,
@@ -77,6 +78,8 @@ class RunOptions:
     max_send_attempts: int = 8  # per unknown chunk per run, then the run stops (exit 3)
     initial_poll_delay: float = 1.0
     max_poll_delay: float = 30.0
+    #: consecutive failed polls before a chunk is handed back to unknown-resolution
+    max_poll_failures: int = 6
 
 
 @dataclass(frozen=True)
@@ -170,6 +173,8 @@ class Runner:
         self.stats = RunStats()
         self._deadline: float | None = None
         self._learned_poll_delay = options.initial_poll_delay
+        self._poll_failures: dict[str, int] = {}
+        self._poll_due: dict[str, float] = {}
 
     # ------------------------------------------------------------------ planning
 
@@ -177,12 +182,16 @@ class Runner:
         """Bring the ledger in line with the sheet and plan what this run will send."""
         recovered = self.ledger.recover_after_crash(self.batch)
         if recovered:
-            self.listener.message(f"{recovered} chunk(s) were in flight when a run died; resolving first")
+            self.listener.message(
+                f"{recovered} chunk(s) were in flight when a run died; resolving first"
+            )
         self.ledger.sync_rows(self.batch, sheet_rows, retry_failed=self.options.retry_failed)
         self.ledger.release_retryable(self.batch)
         self.ledger.discard_unsent_plans(self.batch)
         pending = [r for r in self.ledger.rows(self.batch) if r.state == "pending"]
-        chunk_size = min(self.options.chunk_size or self.provider.submit_limit, self.provider.submit_limit)
+        chunk_size = min(
+            self.options.chunk_size or self.provider.submit_limit, self.provider.submit_limit
+        )
         planned = plan_chunks(
             (
                 PlanRow(
@@ -307,9 +316,14 @@ class Runner:
                     delay = max(self._learned_poll_delay, self.options.initial_poll_delay)
                     delays[key] = delay
                     accepted_at[key] = self.clock()
-                    heapq.heappush(polls, (self.clock() + self._jitter(delay), key))
+                    self._schedule(polls, key, delay)
                 continue
             self._sleep(polls[0][0] - now)
+
+    def _schedule(self, polls: list[tuple[float, str]], key: str, delay: float) -> None:
+        due = self.clock() + self._jitter(delay)
+        self._poll_due[key] = due
+        heapq.heappush(polls, (due, key))
 
     def _jitter(self, delay: float) -> float:
         return delay * self.rng.uniform(0.9, 1.1)
@@ -358,6 +372,9 @@ class Runner:
                     self.stats.submits += 1
                     try:
                         result = self.provider.submit(chunk.chunk_key, chunk.payload, items)
+                    except IncompleteResult as exc:
+                        self._settle_items(chunk, exc.items, "succeeded")
+                        return None
                     except OutcomeUnknown as exc:
                         self.stats.unknown_outcomes += 1
                         self.ledger.mark_unknown(self.batch, chunk.chunk_key, exc.reason)
@@ -451,20 +468,40 @@ class Runner:
         assert chunk.request_id is not None
         self.stats.polls += 1
         self.ledger.count_poll(key)
+        polled_at = self.clock()
         try:
             result: PollResult = self.provider.poll(chunk.request_id, self._items(chunk))
-        except OutcomeUnknown:
+        except IncompleteResult as exc:
+            # The provider answered but did not account for every row: record what is
+            # certain; the rest stays unknown for a person to look at. Never guess.
+            self._settle_items(chunk, exc.items, "succeeded")
+            return
+        except OutcomeUnknown as exc:
+            failures = self._poll_failures.get(key, 0) + 1
+            self._poll_failures[key] = failures
+            if failures >= self.options.max_poll_failures:
+                # e.g. the provider no longer knows the request: resolve it next run by
+                # resending the same key and bytes, which the provider deduplicates.
+                self.ledger.mark_unknown(self.batch, key, f"polling failed: {exc.reason}")
+                self.listener.message(
+                    f"chunk {key}: polling failed {failures} times ({exc.reason})"
+                )
+                return
             result = PollResult(kind="pending")
+        else:
+            self._poll_failures.pop(key, None)
         if result.kind == "pending":
             delay = min(self.options.max_poll_delay, delays.get(key, 1.0) * 2)
             delays[key] = delay
-            heapq.heappush(polls, (self.clock() + self._jitter(delay), key))
+            self._schedule(polls, key, delay)
             return
-        # Learn how long the provider takes, so the next first poll lands after completion.
-        elapsed = self.clock() - accepted_at.get(key, self.clock())
-        self._learned_poll_delay = min(
-            self.options.max_poll_delay, 0.7 * self._learned_poll_delay + 0.3 * elapsed
-        )
+        # Learn how long the provider takes, so the next first poll lands after
+        # completion; only from polls that ran on time (a deferred poll overstates it).
+        if polled_at - self._poll_due.get(key, polled_at) < 0.5:
+            elapsed = polled_at - accepted_at.get(key, polled_at)
+            self._learned_poll_delay = min(
+                self.options.max_poll_delay, 0.7 * self._learned_poll_delay + 0.3 * elapsed
+            )
         if result.kind == "completed":
             self._settle_items(chunk, result.items, "succeeded")
             return

@@ -13,7 +13,9 @@ from batcher.errors import BatchLocked
 from batcher.ledger import BatchLock, Ledger, RowOutcome, SheetRow
 
 
-def sheet_row(key: str, n: int, *, content: str = "c", valid: bool = True, ref: str | None = None) -> SheetRow:
+def sheet_row(
+    key: str, n: int, *, content: str = "c", valid: bool = True, ref: str | None = None
+) -> SheetRow:
     return SheetRow(
         row_key=key,
         source_row=n,
@@ -41,7 +43,9 @@ def plan_one(ledger: Ledger, key: str, rows: list[str]) -> None:
 
 
 def test_sync_inserts_and_counts(ledger: Ledger) -> None:
-    report = ledger.sync_rows("b", [sheet_row("k1", 2), sheet_row("k2", 3, valid=False)], retry_failed=False)
+    report = ledger.sync_rows(
+        "b", [sheet_row("k1", 2), sheet_row("k2", 3, valid=False)], retry_failed=False
+    )
     assert report.new == 2
     counts = ledger.count_by_state("b")
     assert counts["pending"] == 1 and counts["invalid"] == 1
@@ -102,7 +106,10 @@ def test_retryable_failures_are_released_with_their_chunk_as_group(ledger: Ledge
         "b",
         "c1",
         "failed",
-        [RowOutcome(k, "failed", failure_kind="retryable", error_code="request_failed") for k in ("k1", "k2")],
+        [
+            RowOutcome(k, "failed", failure_kind="retryable", error_code="request_failed")
+            for k in ("k1", "k2")
+        ],
     )
     assert ledger.release_retryable("b") == 2
     rows = ledger.rows("b")
@@ -114,7 +121,9 @@ def test_reference_succeeded_in_another_batch_is_skipped(ledger: Ledger) -> None
     plan_one(ledger, "c1", ["k1"])
     ledger.mark_sending("b", "c1")
     ledger.settle_chunk("b", "c1", "succeeded", [RowOutcome("k1", "succeeded", order_id="o1")])
-    ledger.ensure_batch("b2", provider="p", account_id="a", source_path="s2.csv", source_sha256="1" * 64)
+    ledger.ensure_batch(
+        "b2", provider="p", account_id="a", source_path="s2.csv", source_sha256="1" * 64
+    )
     report = ledger.sync_rows("b2", [sheet_row("k1", 2, ref="R-1")], retry_failed=False)
     assert report.skipped_elsewhere == 1
     assert ledger.count_by_state("b2")["skipped"] == 1
@@ -129,7 +138,9 @@ def test_events_are_append_only(ledger: Ledger, tmp_path: Path) -> None:
         db.execute("UPDATE events SET kind = 'x'")
 
 
-def _hold_lock(state_dir: str, ready: multiprocessing.Event, release: multiprocessing.Event) -> None:  # type: ignore[valid-type]
+def _hold_lock(
+    state_dir: str, ready: multiprocessing.Event, release: multiprocessing.Event
+) -> None:  # type: ignore[valid-type]
     with BatchLock(Path(state_dir), "nightly"):
         ready.set()
         release.wait(10)

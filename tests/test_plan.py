@@ -125,7 +125,9 @@ def test_chunk_key_is_versioned_and_order_free() -> None:
 def test_chunking_invariants(n: int, size: int, clash_every: int, rnd: random.Random) -> None:
     rows = _plan_rows(n, clash_every=clash_every) + _plan_rows(3, currency="EUR")
     # Give EUR rows distinct keys from GBP ones.
-    rows = rows[:n] + [PlanRow("e" + r.row_key[1:], r.currency, 1, "", r.match_fields) for r in rows[n:]]
+    rows = rows[:n] + [
+        PlanRow("e" + r.row_key[1:], r.currency, 1, "", r.match_fields) for r in rows[n:]
+    ]
     plan = plan_chunks(rows, provider="p", account="a", batch="b", chunk_size=size)
     shuffled = list(rows)
     rnd.shuffle(shuffled)

@@ -144,14 +144,18 @@ def parse_max_total(values: tuple[str, ...]) -> dict[str, Decimal]:
     return limits
 
 
-def provider_mode(payouts: bool, campaign: str | None, expires_in_days: int | None) -> ProviderOptions:
+def provider_mode(
+    payouts: bool, campaign: str | None, expires_in_days: int | None
+) -> ProviderOptions:
     if not payouts:
         if campaign or expires_in_days:
             raise UsageError("--campaign and --expires-in-days go with --payouts")
         return ProviderOptions()
     if not campaign:
         raise UsageError("--payouts needs --campaign ID", hint="list campaigns with the provider")
-    return ProviderOptions(mode="payouts", campaign_id=campaign, expires_in_days=expires_in_days or 30)
+    return ProviderOptions(
+        mode="payouts", campaign_id=campaign, expires_in_days=expires_in_days or 30
+    )
 
 
 def parse_mapping(values: tuple[str, ...]) -> dict[str, str]:
@@ -159,7 +163,9 @@ def parse_mapping(values: tuple[str, ...]) -> dict[str, str]:
     for value in values:
         field, sep, header = value.partition("=")
         if not sep or not field.strip() or not header.strip():
-            raise UsageError(f"--map {value!r} is not FIELD=HEADER", hint="e.g. --map amount='Value (£)'")
+            raise UsageError(
+                f"--map {value!r} is not FIELD=HEADER", hint="e.g. --map amount='Value (£)'"
+            )
         mapping[field.strip()] = header.strip()
     return mapping
 
@@ -171,11 +177,17 @@ def parse_mapping(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--sheet", "sheet_name", default=None, help="XLSX worksheet name (default: first).")
 @click.option("--map", "mapping", multiple=True, help="FIELD=HEADER column mapping override.")
 @click.option("--allow-duplicates", is_flag=True, help="Allow identical rows.")
-@click.option("--chunk-size", type=click.IntRange(1, 10_000), default=None, help="Items per bulk order.")
+@click.option(
+    "--chunk-size", type=click.IntRange(1, 10_000), default=None, help="Items per bulk order."
+)
 @click.option("--skip-invalid", is_flag=True, help="Order the valid rows even if some are invalid.")
 @click.option("--retry-failed", is_flag=True, help="Also retry permanently failed rows.")
-@click.option("--deadline", type=click.FloatRange(min=0), default=None, help="Stop after SECONDS (exit 3).")
-@click.option("--max-rate", type=click.FloatRange(min=0.01), default=None, help="Never exceed R requests/s.")
+@click.option(
+    "--deadline", type=click.FloatRange(min=0), default=None, help="Stop after SECONDS (exit 3)."
+)
+@click.option(
+    "--max-rate", type=click.FloatRange(min=0.01), default=None, help="Never exceed R requests/s."
+)
 @click.option("--max-total", multiple=True, help="CUR=AMOUNT spend guardrail (repeatable).")
 @click.option("--state-dir", type=click.Path(path_type=Path), envvar="BATCHER_STATE_DIR",
               default=Path(".batcher"), show_default=True, help="Ledger folder.")  # fmt: skip
@@ -238,7 +250,9 @@ def run(
     states = ", ".join(f"{k} {v}" for k, v in summary.get("by_state", {}).items() if v)
     click.echo(f"batch {summary['batch']}: {states or 'no rows'}")
     for currency, totals in summary.get("totals_by_currency", {}).items():
-        click.echo(f"  {currency}: {totals['orders']} orders, face {totals['face_value']}, cost {totals['cost']}")
+        click.echo(
+            f"  {currency}: {totals['orders']} orders, face {totals['face_value']}, cost {totals['cost']}"
+        )
     click.echo(f"summary: {result.report_dir / 'summary.json'}")
     if result.exit_code != ExitCode.OK and result.message:
         click.echo(f"batcher: {_exit_meaning(result.exit_code)}: {result.message}", err=True)

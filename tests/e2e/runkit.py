@@ -70,7 +70,9 @@ def write_sheet(path: Path, rows: list[dict[str, str]]) -> Path:
 
 
 def cli_env(sandbox: Any, state_dir: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("UGIFTME_", "GIFQ_", "BATCHER_"))}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("UGIFTME_", "GIFQ_", "BATCHER_"))
+    }
     env.update(
         UGIFTME_API_KEY=sandbox.api_key,
         UGIFTME_BASE_URL=sandbox.base_url,
@@ -81,7 +83,9 @@ def cli_env(sandbox: Any, state_dir: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def batcher(args: list[str], env: dict[str, str], *, timeout: float = 180, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def batcher(
+    args: list[str], env: dict[str, str], *, timeout: float = 180, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "batcher", *args],
         env=env,
@@ -93,7 +97,9 @@ def batcher(args: list[str], env: dict[str, str], *, timeout: float = 180, cwd: 
     )
 
 
-def start_batcher(args: list[str], env: dict[str, str], *, cwd: Path | None = None) -> subprocess.Popen[str]:
+def start_batcher(
+    args: list[str], env: dict[str, str], *, cwd: Path | None = None
+) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "batcher", *args],
         env=env,

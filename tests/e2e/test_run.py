@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import signal
@@ -107,7 +108,9 @@ def test_funds_run_out_then_top_up(tmp_path: Path) -> None:
         counts = orders_by_email(sandbox)
         assert len(counts) == 60 and max(counts.values()) == 1
         summary = read_summary(tmp_path / "reports", "funds")
-        assert Decimal(summary["totals_by_currency"]["GBP"]["cost"]) == wallet_debits(sandbox, "GBP")
+        assert Decimal(summary["totals_by_currency"]["GBP"]["cost"]) == wallet_debits(
+            sandbox, "GBP"
+        )
 
 
 def test_throttle_zero_429s_over_200_chunks(tmp_path: Path) -> None:
@@ -120,7 +123,9 @@ def test_throttle_zero_429s_over_200_chunks(tmp_path: Path) -> None:
     ) as sandbox:
         sheet = write_sheet(tmp_path / "pace.csv", make_rows(400))
         env = cli_env(sandbox, tmp_path / "state")
-        result = batcher(run_args(sheet, tmp_path / "reports", "--chunk-size", "2"), env, timeout=300)
+        result = batcher(
+            run_args(sheet, tmp_path / "reports", "--chunk-size", "2"), env, timeout=300
+        )
         assert result.returncode == 0, result.stderr
         stats = sandbox.control("GET", "/stats?log=false")
         assert read_summary(tmp_path / "reports", "pace")["requests"]["submits"] >= 200
@@ -139,9 +144,7 @@ def _count_429s(stats: dict) -> int:
 
 
 def test_retry_after_is_honoured_under_429_bursts(tmp_path: Path) -> None:
-    with running_sandbox(
-        "ugiftme", fault_429=0.15, seed=11, burst_seconds=1.0, **FAST
-    ) as sandbox:
+    with running_sandbox("ugiftme", fault_429=0.15, seed=11, burst_seconds=1.0, **FAST) as sandbox:
         sheet = write_sheet(tmp_path / "bursts.csv", make_rows(120))
         env = cli_env(sandbox, tmp_path / "state")
         result = batcher(run_args(sheet, tmp_path / "reports", "--chunk-size", "4"), env)
@@ -149,7 +152,7 @@ def test_retry_after_is_honoured_under_429_bursts(tmp_path: Path) -> None:
         log = sandbox.control("GET", "/stats")["log"]
         api = [e for e in log if not e["path"].startswith("/__sandbox")]
         too_soon = []
-        for previous, following in zip(api, api[1:], strict=False):
+        for previous, following in itertools.pairwise(api):
             if previous["status"] == 429:
                 gap = float(following["t"]) - float(previous["t"])
                 if gap + 0.01 < float(previous["retryAfter"]):
@@ -160,9 +163,7 @@ def test_retry_after_is_honoured_under_429_bursts(tmp_path: Path) -> None:
 
 
 def test_deadline_leaves_rows_accepted_and_rerun_resumes_polling(tmp_path: Path) -> None:
-    with running_sandbox(
-        "ugiftme", rate_limit=100_000, async_delay_seconds=2.0
-    ) as sandbox:
+    with running_sandbox("ugiftme", rate_limit=100_000, async_delay_seconds=2.0) as sandbox:
         sheet = write_sheet(tmp_path / "slow.csv", make_rows(30))
         env = cli_env(sandbox, tmp_path / "state")
         args = run_args(sheet, tmp_path / "reports", "--chunk-size", "10")
