@@ -1,0 +1,287 @@
+"""Benchmark scenarios. Each runs in its own process (so peak RSS is its own) and
+prints one JSON object: its timings, its baseline measured in the same process,
+and its own figures. `python -m tests.bench.scenarios NAME DATA_DIR`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+GBP_PRODUCTS = ["AMAZON_UK_STD", "TESCO_UK", "JOHNLEWIS_UK", "MANDS_UK", "SAINSBURYS_UK"]
+HEADER = ["Reference", "Email", "Name", "Product", "Amount", "Currency", "Country", "Cost centre"]
+
+
+def sheet_rows(n: int, seed: int = 1) -> list[list[str]]:
+    rnd = random.Random(seed)
+    rows = []
+    for i in range(n):
+        amount = Decimal(rnd.randrange(1000, 6000)) / 100
+        rows.append(
+            [
+                f"RW-{i:07d}",
+                f"person{i}@example.com",
+                f"Person {i}",
+                rnd.choice(GBP_PRODUCTS),
+                str(amount),
+                "GBP",
+                "GB",
+                f"CC-{i % 17}",
+            ]
+        )
+    return rows
+
+
+def write_csv(path: Path, n: int) -> Path:
+    if not path.exists():
+        tmp = path.with_suffix(".tmp")
+        with tmp.open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(HEADER)
+            writer.writerows(sheet_rows(n))
+        tmp.replace(path)
+    return path
+
+
+def write_xlsx(path: Path, n: int) -> Path:
+    if not path.exists():
+        from openpyxl import Workbook
+
+        wb = Workbook(write_only=True)
+        ws = wb.create_sheet("Recipients")
+        ws.append(HEADER)
+        for row in sheet_rows(n):
+            row[4] = float(row[4])  # type: ignore[call-overload]  # Excel stores numbers
+            ws.append(row)
+        tmp = path.with_suffix(".tmp.xlsx")
+        wb.save(tmp)
+        tmp.replace(path)
+    return path
+
+
+def catalog_and_balances() -> tuple[list[Any], list[Any]]:
+    """The sandbox's real catalog, fetched once over HTTP (not timed)."""
+    from batcher.config import provider_settings
+    from batcher.providers import connect
+    from batcher.sandbox.server import running_sandbox
+
+    with running_sandbox("ugiftme", funding={"GBP": "100000000"}) as sandbox:
+        settings = provider_settings(
+            "ugiftme", base_url=sandbox.base_url, environ={"UGIFTME_API_KEY": sandbox.api_key}
+        )
+        provider = connect(settings)
+        try:
+            return provider.catalog(), provider.balances()
+        finally:
+            provider.close()
+
+
+def timed(fn: Any) -> tuple[float, Any]:
+    start = time.perf_counter()
+    value = fn()
+    return time.perf_counter() - start, value
+
+
+# ---------------------------------------------------------------------------
+
+
+def csv_validate(data: Path) -> dict[str, Any]:
+    import polars as pl
+
+    from batcher.sheets import read_sheet
+    from batcher.validate import validate_rows
+
+    rows = 1_000_000
+    path = write_csv(data / "bench-1m.csv", rows)
+    catalog, balances = catalog_and_balances()
+    baseline, frame = timed(lambda: pl.read_csv(path, infer_schema=False))
+    assert frame.height == rows
+    seconds, result = timed(
+        lambda: validate_rows(read_sheet(path), catalog, balances, allow_duplicates=False)
+    )
+    assert result.valid.height == rows, result.errors.head(5)
+    return {
+        "rows": rows,
+        "seconds": seconds,
+        "baseline_seconds": baseline,
+        "baseline": "polars.read_csv (all columns as text)",
+        "rows_per_second": rows / seconds,
+        "ratio": seconds / baseline,
+        "target": "ratio <= 3.0",
+        "met": seconds / baseline <= 3.0,
+    }
+
+
+def xlsx_validate(data: Path) -> dict[str, Any]:
+    import polars as pl
+    from openpyxl import load_workbook
+
+    from batcher.sheets import read_sheet
+    from batcher.validate import validate_rows
+
+    rows = 100_000
+    path = write_xlsx(data / "bench-100k.xlsx", rows)
+    catalog, balances = catalog_and_balances()
+    baseline, frame = timed(lambda: pl.read_excel(path, engine="calamine"))
+    assert frame.height == rows
+
+    def openpyxl_read() -> int:
+        wb = load_workbook(path, read_only=True, data_only=True)
+        count = sum(1 for _ in wb.active.iter_rows(values_only=True))
+        wb.close()
+        return count
+
+    openpyxl_seconds, _ = timed(openpyxl_read)
+    seconds, result = timed(lambda: validate_rows(read_sheet(path), catalog, balances))
+    assert result.valid.height == rows, result.errors.head(5)
+    return {
+        "rows": rows,
+        "seconds": seconds,
+        "baseline_seconds": baseline,
+        "baseline": "polars.read_excel (calamine)",
+        "openpyxl_cell_by_cell_seconds": openpyxl_seconds,
+        "rows_per_second": rows / seconds,
+        "ratio": seconds / baseline,
+        "target": "report rows/s and the ratio (no fixed target)",
+        "met": True,
+    }
+
+
+def _cli(args: list[str], env: dict[str, str], logs: Path) -> tuple[float, int, int, str]:
+    """Run the real CLI; return wall seconds, its peak RSS (KiB), exit code and stderr."""
+    logs.mkdir(parents=True, exist_ok=True)
+    out, err = logs / "stdout.txt", logs / "stderr.txt"
+    start = time.perf_counter()
+    with out.open("w") as stdout, err.open("w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "batcher", *args],
+            env=env,
+            cwd=ROOT,
+            stdout=stdout,
+            stderr=stderr,
+        )
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    return wall, usage.ru_maxrss, os.waitstatus_to_exitcode(status), err.read_text()
+
+
+def e2e_ugiftme(data: Path) -> dict[str, Any]:
+    """20,000 rows, async, bulk 100, 600 requests / 60 s; then a rerun of the finished batch."""
+    from batcher.sandbox.server import running_sandbox
+
+    rows, chunk, limit, window = 20_000, 100, 600, 60.0
+    rate = limit / window
+    path = data / "bench-20k.csv"
+    if not path.exists():
+        with path.open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(HEADER)
+            writer.writerows(sheet_rows(rows, seed=2))
+    state = data / "e2e-state"
+    reports = data / "e2e-reports"
+    shutil.rmtree(state, ignore_errors=True)
+    shutil.rmtree(reports, ignore_errors=True)
+    with running_sandbox(
+        "ugiftme",
+        rate_limit=limit,
+        rate_window_seconds=window,
+        async_mode=True,
+        async_delay_seconds=0.5,
+        funding={"GBP": "10000000.00"},
+    ) as sandbox:
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("UGIFTME_", "BATCHER_"))},
+            "UGIFTME_API_KEY": sandbox.api_key,
+            "UGIFTME_BASE_URL": sandbox.base_url,
+            "BATCHER_STATE_DIR": str(state),
+        }
+        args = ["run", str(path), "--yes", "--chunk-size", str(chunk), "--report-dir", str(reports)]
+        wall, rss, code, stderr = _cli(args, env, data / "logs-run")
+        if code != 0:
+            raise RuntimeError(f"run exited {code}: {stderr[-2000:]}")
+        summary = json.loads((reports / path.stem / "summary.json").read_text())
+        stats = sandbox.control("GET", "/stats?log=false")
+        orders = sandbox.control("GET", "/orders")["total"]
+        resume_wall, resume_rss, resume_code, _ = _cli(args, env, data / "logs-resume")
+        resumed = json.loads((reports / path.stem / "summary.json").read_text())
+        stats_after = sandbox.control("GET", "/stats?log=false")
+        orders_after = sandbox.control("GET", "/orders")["total"]
+    req = summary["requests"]
+    submits, polls = req["submits"], req["polls"]
+    min_calls = 2 * (rows // chunk)  # one submit and at least one poll per chunk
+    lower_bound = min_calls / rate
+    http_total = req.get("http_requests")
+    resume_calls = resumed["requests"].get("http_requests")
+    return {
+        "e2e": {
+            "rows": rows,
+            "orders_created": orders,
+            "seconds": wall,
+            "peak_rss_kib": rss,
+            "orders_per_second": rows / wall,
+            "submit_calls_per_order": submits / rows,
+            "poll_calls_per_order": polls / rows,
+            "calls_per_order": (submits + polls) / rows,
+            "all_http_calls": http_total,
+            "all_http_calls_per_order": None if http_total is None else http_total / rows,
+            "http_429s": req.get("http_429s"),
+            "sandbox_429s": stats["tooManyRequestsTotal"],
+            "achieved_request_rate": req.get("achieved_request_rate"),
+            "advertised_rate": rate,
+            "rate_fraction": None
+            if req.get("achieved_request_rate") is None
+            else req["achieved_request_rate"] / rate,
+            "lower_bound_seconds": lower_bound,
+            "wall_over_lower_bound": wall / lower_bound,
+            "baseline": f"lower bound: {min_calls} calls at {rate:g} req/s",
+            "baseline_seconds": lower_bound,
+            "target": "0 429s, <= 0.02 calls/order, wall <= 1.25x lower bound",
+            "met": stats["tooManyRequestsTotal"] == 0
+            and (submits + polls) / rows <= 0.02
+            and wall <= 1.25 * lower_bound,
+        },
+        "resume": {
+            "rows": rows,
+            "seconds": resume_wall,
+            "peak_rss_kib": resume_rss,
+            "exit_code": resume_code,
+            "new_orders": orders_after - orders,
+            "api_calls": resume_calls,
+            "submits": resumed["requests"]["submits"],
+            "polls": resumed["requests"]["polls"],
+            "baseline": "none (target is absolute)",
+            "baseline_seconds": None,
+            "target": "< 5 s, no orders, calls ~ 0",
+            "met": resume_wall < 5 and orders_after == orders and resume_code == 0,
+            "sandbox_requests_during_resume": sum(stats_after["requests"].values())
+            - sum(stats["requests"].values()),
+        },
+    }
+
+
+SCENARIOS = {
+    "csv_validate": csv_validate,
+    "xlsx_validate": xlsx_validate,
+    "e2e_ugiftme": e2e_ugiftme,
+}
+
+
+def main() -> None:
+    name, data = sys.argv[1], Path(sys.argv[2])
+    data.mkdir(parents=True, exist_ok=True)
+    result = SCENARIOS[name](data)
+    print("BENCH-RESULT " + json.dumps(result, default=str))
+
+
+if __name__ == "__main__":
+    main()
