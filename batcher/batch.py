@@ -14,6 +14,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
 
+from batcher.checking import check_sheet
 from batcher.config import ProviderSettings
 from batcher.errors import BatcherError, ExitCode
 from batcher.ledger import BatchLock, Ledger, RowRecord, SheetRow, utc_now
@@ -22,10 +23,15 @@ from batcher.money import format_money, money_str
 from batcher.providers import connect
 from batcher.providers.base import Provider, ProviderOptions
 from batcher.rows import sheet_rows_from_validation
-from batcher.run_outputs import count_states, totals_by_currency, write_json, write_rows_csv
+from batcher.run_outputs import (
+    count_states,
+    totals_by_currency,
+    write_json,
+    write_rows_csv,
+    write_validation_csv,
+)
 from batcher.runner import PlanSummary, RunListener, Runner, RunOptions, RunStats
-from batcher.sheets import read_sheet
-from batcher.validate import ValidationResult, validate_rows
+from batcher.validate import ValidationResult
 
 UNFINISHED_STATES = ("pending", "planned", "sending", "unknown", "accepted")
 
@@ -94,18 +100,15 @@ def run_batch(
     )
     try:
         account = provider.account()
-        provider.preflight()
-        sheet = read_sheet(
+        check = check_sheet(
+            provider,
             options.sheet,
-            sheet=options.sheet_name,
+            sheet_name=options.sheet_name,
             mapping=options.mapping,
-            required=provider.required_fields,
+            allow_duplicates=options.allow_duplicates,
         )
-        catalog = provider.catalog()
-        balances = {b.currency: b for b in provider.balances()}
-        result = validate_rows(
-            sheet, catalog, list(balances.values()), allow_duplicates=options.allow_duplicates
-        )
+        result, balances = check.result, check.balances
+        sheet = result.sheet
         if result.invalid_rows and not options.skip_invalid:
             out_dir.mkdir(parents=True, exist_ok=True)
             report_path = write_validation_outputs(out_dir, result)
@@ -339,8 +342,8 @@ def _summary_without_run(
         "account_id": account_id,
         "source_file": str(result.sheet.path),
         "source_sha256": result.sheet.sha256,
-        "rows_total": result.rows_total,
-        "by_state": {"invalid": invalid, "pending": result.rows_total - invalid},
+        "rows_total": result.rows_read,
+        "by_state": {"invalid": invalid, "pending": result.rows_read - invalid},
         "totals_by_currency": {},
         "message": "validation failed; nothing was sent (fix the sheet or use --skip-invalid)",
         "exit_code": int(code),
@@ -350,6 +353,4 @@ def _summary_without_run(
 
 
 def write_validation_outputs(out_dir: Path, result: ValidationResult) -> Path:
-    from batcher.validate import write_validation_csv
-
     return write_validation_csv(result, out_dir / "validation.csv")

@@ -17,6 +17,7 @@ from typing import Any
 from batcher.cells import safe_cell
 from batcher.ledger import ROW_STATES, RowRecord
 from batcher.money import money_str
+from batcher.validate import REPORT_COLUMNS, ValidationResult, report_records
 
 ROWS_CSV_COLUMNS = (
     "source_row",
@@ -129,4 +130,15 @@ def write_json(path: Path, data: dict[str, Any]) -> Path:
         json.dumps(data, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8"
     )
     os.replace(tmp, path)
+    return path
+
+
+def write_validation_csv(result: ValidationResult, path: Path) -> Path:
+    """Every validation error, one per line; cells neutralised so Excel never runs them."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8-sig") as handle:  # BOM: Excel reads UTF-8
+        writer = csv.writer(handle)
+        writer.writerow(REPORT_COLUMNS)
+        for record in report_records(result):
+            writer.writerow([safe_cell(record[column]) for column in REPORT_COLUMNS])
     return path

@@ -821,9 +821,8 @@ def detect_delimiter(sample: str, *, truncated: bool = False) -> str:
     best: tuple[float, int, int] | None = None
     chosen = ","
     for preference, delimiter in enumerate(reversed(_DELIMITERS)):
-        records = [r for r in _sample_records(sample, delimiter, truncated=truncated) if any(r)][
-            :50
-        ]
+        parsed = _sample_records(sample, delimiter, truncated=truncated)
+        records = [record for record in parsed if any(record)][:50]
         if not records:
             continue
         widths = [len(r) for r in records]

@@ -187,10 +187,9 @@ def catalog_frame(products: Sequence[Product]) -> pl.DataFrame:
     `cat_has_countries`, `cat_discount` (decimal text).
     """
     unique = _unique_products(products)
-    fold = _case_folds_safely(unique)
     rows = [
         {
-            "product_key": p.product_code.upper() if fold else p.product_code,
+            "product_key": _product_key(p, products),
             "cat_code": p.product_code,
             "cat_merchant": p.merchant,
             "cat_currency": p.currency.upper(),
@@ -215,16 +214,34 @@ def catalog_frame(products: Sequence[Product]) -> pl.DataFrame:
 
 
 def _unique_products(products: Sequence[Product]) -> list[Product]:
-    seen: dict[str, Product] = {}
+    seen: dict[tuple[str, str], Product] = {}
+    by_currency = _keys_by_currency(products)
     for product in products:
-        seen.setdefault(product.product_code, product)  # a code listed twice: first wins
+        key = (product.product_code, product.currency.upper() if by_currency else "")
+        seen.setdefault(key, product)  # a code listed twice: first wins
     return list(seen.values())
+
+
+def _keys_by_currency(products: Sequence[Product]) -> bool:
+    """Some providers (GIFQ) sell one brand code in several currencies: then a row
+    is matched on (code, currency) rather than on the code alone."""
+    currencies: dict[str, str] = {}
+    for product in products:
+        seen = currencies.setdefault(product.product_code.upper(), product.currency.upper())
+        if seen != product.currency.upper():
+            return True
+    return False
+
+
+def _product_key(product: Product, products: Sequence[Product]) -> str:
+    code = product.product_code.upper() if _case_folds_safely(products) else product.product_code
+    return f"{code}|{product.currency.upper()}" if _keys_by_currency(products) else code
 
 
 def _case_folds_safely(products: Sequence[Product]) -> bool:
     """Match codes case-insensitively unless two catalog codes differ only in case."""
-    codes = [p.product_code.upper() for p in products]
-    return len(codes) == len(set(codes))
+    codes = {p.product_code for p in products}
+    return len(codes) == len({c.upper() for c in codes})
 
 
 def _scaled_bound(value: Decimal | None, *, upper: bool) -> int | None:
@@ -240,9 +257,8 @@ def _plain(value: Decimal) -> str:
 
 
 def _denomination_frame(products: Sequence[Product], catalog: pl.DataFrame) -> pl.DataFrame:
-    keys = dict(zip(catalog["cat_code"], catalog["product_key"], strict=True))
     rows = [
-        (keys[p.product_code], int(d.scaleb(_AMOUNT_SCALE)))
+        (_product_key(p, products), int(d.scaleb(_AMOUNT_SCALE)))
         for p in _unique_products(products)
         for d in p.denominations
         if d.scaleb(_AMOUNT_SCALE) == d.scaleb(_AMOUNT_SCALE).to_integral_value()
@@ -253,9 +269,8 @@ def _denomination_frame(products: Sequence[Product], catalog: pl.DataFrame) -> p
 
 
 def _country_frame(products: Sequence[Product], catalog: pl.DataFrame) -> pl.DataFrame:
-    keys = dict(zip(catalog["cat_code"], catalog["product_key"], strict=True))
     rows = [
-        (keys[p.product_code], country.upper())
+        (_product_key(p, products), country.upper())
         for p in _unique_products(products)
         for country in p.countries
     ]
@@ -491,6 +506,8 @@ def _join_catalog(
     """Attach each order's catalog product, and whether its amount and country are offered."""
     code = pl.col("product_code")
     key = code.str.to_uppercase() if _case_folds_safely(products) else code
+    if _keys_by_currency(products):
+        key = pl.concat_str([key, pl.lit("|"), pl.col("currency")])
     work = orders.with_columns(key.alias("product_key")).join(
         catalog_df, on="product_key", how="left", maintain_order="left"
     )

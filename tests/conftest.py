@@ -13,6 +13,11 @@ Use the plain fixture, parametrise it indirectly, or build several with the fact
 Overrides are `UGiftMeSandboxConfig` fields. The fixtures make tests quick by
 default: `async_delay_seconds=0.05` and `webhook_time_scale=0.001`; everything
 else is the sandbox default (async mode, 120 requests / 60 s, 10,000 per wallet).
+
+`gifq_sandbox` / `make_gifq_sandbox` do the same for GIFQ (`GifqSandboxConfig`
+fields): `async_delay_seconds=0.05`, otherwise the real 10 requests / 1 s per
+token and 5,000 USD/GBP/EUR. `handle.base_url` ends in `/api`; controls are at
+`/api/__sandbox` (`handle.control(...)` adds the prefix).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ FAST_UGIFTME_DEFAULTS: dict[str, Any] = {
     "async_delay_seconds": 0.05,
     "webhook_time_scale": 0.001,
 }
+FAST_GIFQ_DEFAULTS: dict[str, Any] = {"async_delay_seconds": 0.05}
 
 
 @pytest.fixture
@@ -50,3 +56,24 @@ def ugiftme_sandbox(
     """A running UGiftMe sandbox; overrides come from indirect parametrisation."""
     overrides: dict[str, Any] = getattr(request, "param", None) or {}
     return make_ugiftme_sandbox(**overrides)
+
+
+@pytest.fixture
+def make_gifq_sandbox() -> Iterator[Callable[..., SandboxHandle]]:
+    """A factory: each call starts one more GIFQ sandbox; all stop when the test ends."""
+    with ExitStack() as stack:
+
+        def make(**overrides: Any) -> SandboxHandle:
+            config = {**FAST_GIFQ_DEFAULTS, **overrides}
+            return stack.enter_context(running_sandbox("gifq", **config))
+
+        yield make
+
+
+@pytest.fixture
+def gifq_sandbox(
+    request: pytest.FixtureRequest, make_gifq_sandbox: Callable[..., SandboxHandle]
+) -> SandboxHandle:
+    """A running GIFQ sandbox; overrides come from indirect parametrisation."""
+    overrides: dict[str, Any] = getattr(request, "param", None) or {}
+    return make_gifq_sandbox(**overrides)

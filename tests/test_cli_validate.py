@@ -240,6 +240,17 @@ def test_map_option_reads_a_renamed_column(sandbox: SandboxHandle, tmp_path: Pat
     assert "1 row read, 1 valid, 0 invalid" in result.stdout
 
 
+def test_unwritable_report_dir_exits_4(sandbox: SandboxHandle, tmp_path: Path) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the report folder should go")
+    result = batcher_validate(
+        sandbox, tmp_path, str(SAMPLES / "recipients.csv"), "--report-dir", str(blocker / "sub")
+    )
+    assert result.returncode == 4
+    assert result.stderr.startswith("batcher: error: cannot write the report in ")
+    assert_clean_failure(result)
+
+
 def test_parse_mappings() -> None:
     assert parse_mappings(["amount=Card value", " Currency = CCY "]) == {
         "amount": "Card value",

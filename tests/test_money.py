@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
@@ -19,6 +20,7 @@ from batcher.money import (
 )
 
 CURRENCIES = ["GBP", "EUR", "USD", "JPY", "KWD", "CLF"]
+Style = Callable[[Decimal], str]  # how a person might type an amount
 NBSP = "\u00a0"
 
 
@@ -73,12 +75,12 @@ COMMA_STYLES = [style_decimal_comma, style_european, style_french]
 
 
 @given(amounts(), st.sampled_from(POINT_STYLES))
-def test_parse_amount_reads_back_point_styles(value: Decimal, style) -> None:  # type: ignore[no-untyped-def]
+def test_parse_amount_reads_back_point_styles(value: Decimal, style: Style) -> None:
     assert parse_amount(style(value)) == value
 
 
 @given(amounts(), st.sampled_from(COMMA_STYLES))
-def test_parse_amount_reads_back_decimal_comma_styles(value: Decimal, style) -> None:  # type: ignore[no-untyped-def]
+def test_parse_amount_reads_back_decimal_comma_styles(value: Decimal, style: Style) -> None:
     assert parse_amount(style(value), decimal_comma=True) == value
 
 

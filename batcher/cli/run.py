@@ -74,11 +74,9 @@ class ConsoleUI:
         self.listener = ConsoleListener()
 
     def validation_failed(self, result: Any, report_path: Path | None) -> None:
-        from batcher.cli.validate import print_validation_summary
+        from batcher.cli.validate import render_summary
 
-        print_validation_summary(result)
-        if report_path:
-            click.echo(f"every error is listed in {report_path}", err=True)
+        click.echo(render_summary(result.sheet, result, report_path or Path("-")), err=True)
         click.echo(
             "nothing was sent: fix the sheet, or rerun with --skip-invalid to order the valid rows",
             err=True,

@@ -47,13 +47,43 @@ def _parse_funding(
     return funding
 
 
+def _parse_fx_rates(
+    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> dict[str, Decimal]:
+    """('GBP/USD=1.27',) -> {'GBP/USD': Decimal('1.27')}."""
+    rates: dict[str, Decimal] = {}
+    for value in values:
+        pair, sep, raw = value.partition("=")
+        base, slash, quote = pair.strip().upper().partition("/")
+        if not sep or not slash or len(base) != 3 or len(quote) != 3 or base == quote:
+            raise click.BadParameter(f"{value!r}: use FROM/TO=RATE, for example GBP/USD=1.27")
+        try:
+            rate = Decimal(raw.strip())
+        except InvalidOperation:
+            raise click.BadParameter(f"{value!r}: {raw!r} is not a rate") from None
+        if not rate.is_finite() or rate <= 0:
+            raise click.BadParameter(f"{value!r}: the rate must be positive")
+        rates[f"{base}/{quote}"] = rate
+    return rates
+
+
+# Options only one provider's sandbox understands: config field -> (flag, providers).
+_PROVIDER_ONLY = {
+    "async_mode": ("--sync/--async", {"ugiftme"}),
+    "bulk_limit": ("--bulk-limit", {"ugiftme"}),
+    "webhook_time_scale": ("--webhook-time-scale", {"ugiftme"}),
+    "fx_rates": ("--fx-rate", {"gifq"}),
+    "fault_payout_fail": ("--fault-payout-fail", {"gifq"}),
+}
+
 _FAULT_HELP = {
     "500": "answer 500 before doing anything (per API request)",
     "429": "start a 429 burst for the key (per API request)",
     "latency": "sleep --latency-ms before handling (per API request)",
     "drop": "commit, then cut the connection (per order-creating POST)",
-    "reject-item": 'reject a valid bulk item as "Out of stock" (per item)',
-    "async-fail": "fail an order request upstream, releasing its hold (per request)",
+    "reject-item": 'reject a valid item as "Out of stock" (per bulk item; GIFQ: per order, 422)',
+    "async-fail": "fail an order request upstream, releasing its hold (GIFQ: an order, refunded)",
+    "payout-fail": "GIFQ only: fail a payout order, refunding it (per payout order)",
 }
 
 
@@ -87,12 +117,12 @@ def sandbox() -> None:
 )  # fmt: skip
 @click.option(
     "--api-key", "api_keys", multiple=True,
-    help="A sandbox API key (repeatable; each key is its own business account). "
-    "Default: $UGIFTME_API_KEY, else a generated key that is printed once.",
+    help="A sandbox API key or token (repeatable; each is its own account). Default: "
+    "$UGIFTME_API_KEY or $GIFQ_API_TOKEN, else a generated key that is printed once.",
 )  # fmt: skip
 @click.option(
     "--rate-limit", callback=_parse_rate_limit, default=None, metavar="N/SECONDS",
-    help="Fixed-window limit per API key.  [default: 120/60]",
+    help="Fixed-window limit per API key.  [default: 120/60 UGiftMe, 10/1 GIFQ]",
 )  # fmt: skip
 @click.option(
     "--sync/--async", "sync_mode", default=None,
@@ -100,7 +130,8 @@ def sandbox() -> None:
 )  # fmt: skip
 @click.option(
     "--async-delay", type=click.FloatRange(0.0), default=None, metavar="SECONDS",
-    help="Time an order request spends queued, then again processing.  [default: 1]",
+    help="Time an order request (GIFQ: an order, a payout order step) spends queued, "
+    "then again processing.  [default: 1]",
 )  # fmt: skip
 @click.option(
     "--idempotency-ttl", type=click.FloatRange(0.0, min_open=True), default=None,
@@ -112,7 +143,8 @@ def sandbox() -> None:
 )  # fmt: skip
 @click.option(
     "--fund", "funding", multiple=True, callback=_parse_funding, metavar="CUR=AMOUNT",
-    help="Starting balance of a wallet (repeatable); GBP, EUR and USD otherwise start at 10,000.",
+    help="Starting balance of a wallet (repeatable); GBP, EUR and USD otherwise start "
+    "at 10,000 (GIFQ: 5,000).",
 )  # fmt: skip
 @click.option("--seed", type=int, default=None, help="Seed for the fault injector.")
 @_rate("500")
@@ -125,6 +157,11 @@ def sandbox() -> None:
 @_rate("drop")
 @_rate("reject-item")
 @_rate("async-fail")
+@_rate("payout-fail")
+@click.option(
+    "--fx-rate", "fx_rates", multiple=True, callback=_parse_fx_rates, metavar="FROM/TO=RATE",
+    help="GIFQ only: one FROM costs RATE TO (repeatable; also sets the inverse).",
+)  # fmt: skip
 @click.option(
     "--webhook-time-scale", type=click.FloatRange(0.0, min_open=True), default=None,
     metavar="X", help="Multiply webhook retry delays (1 min ... 4 h) by X.  [default: 1]",
@@ -148,11 +185,14 @@ def serve_command(
     fault_drop: float | None,
     fault_reject_item: float | None,
     fault_async_fail: float | None,
+    fault_payout_fail: float | None,
+    fx_rates: dict[str, Decimal],
     webhook_time_scale: float | None,
 ) -> None:
     """Serve a provider sandbox until Ctrl-C or SIGTERM.
 
-    Controls for tests and demos live under /__sandbox/ on the same host.
+    Controls for tests and demos live under /__sandbox/ on the same host
+    (GIFQ: /api/__sandbox/).
     """
     spec = sandbox_provider(provider)
     keys, notices = _resolve_keys(api_keys, spec.api_key_env)
@@ -171,11 +211,15 @@ def serve_command(
         "fault_drop": fault_drop,
         "fault_reject_item": fault_reject_item,
         "fault_async_fail": fault_async_fail,
+        "fault_payout_fail": fault_payout_fail,
+        "fx_rates": fx_rates or None,
         "webhook_time_scale": webhook_time_scale,
     }
     if rate_limit is not None:
         overrides["rate_limit"], overrides["rate_window_seconds"] = rate_limit
-    app = spec.build({name: value for name, value in overrides.items() if value is not None})
+    given = {name: value for name, value in overrides.items() if value is not None}
+    _refuse_foreign_options(spec.name, spec.display_name, given)
+    app = spec.build(given)
     serve(
         app,
         host,
@@ -185,6 +229,13 @@ def serve_command(
         notices=notices,
     )
     click.echo(f"{spec.display_name} sandbox stopped.")
+
+
+def _refuse_foreign_options(provider: str, display_name: str, given: dict[str, Any]) -> None:
+    for name in given:
+        flag, providers = _PROVIDER_ONLY.get(name, ("", {provider}))
+        if provider not in providers:
+            raise click.UsageError(f"{flag} does not apply to the {display_name} sandbox")
 
 
 def _resolve_keys(given: tuple[str, ...], env_name: str) -> tuple[tuple[str, ...], list[str]]:

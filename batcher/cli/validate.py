@@ -11,7 +11,6 @@ unreadable sheet; 4 the provider cannot be reached or refuses the key.
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 from collections.abc import Sequence
@@ -19,18 +18,17 @@ from pathlib import Path
 
 import click
 
-from batcher.cells import safe_cell
+from batcher.checking import check_sheet
 from batcher.cli.common import handle_errors, provider_options, resolve_settings
+from batcher.cli.run import provider_mode
 from batcher.errors import ConfigError, ExitCode, UsageError
-from batcher.models import Balance, Product
 from batcher.money import format_money
 from batcher.providers import connect
-from batcher.sheets import Sheet, read_sheet, required_fields
+from batcher.run_outputs import write_validation_csv
+from batcher.sheets import Sheet
 from batcher.validate import (
-    REPORT_COLUMNS,
     ValidationResult,
     report_records,
-    validate_rows,
     validation_document,
 )
 
@@ -67,6 +65,9 @@ ERRORS_SHOWN = 20  # the terminal shows the first ones; the report has them all
     help="Where REPORT_DIR/<sheet name>/validation.csv is written.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON on stdout.")
+@click.option("--payouts", is_flag=True, help="GIFQ payouts mode: rows need no product.")
+@click.option("--campaign", default=None, help="Payout campaign id (with --payouts).")
+@click.option("--expires-in-days", type=click.IntRange(1, 3650), default=None, hidden=True)
 @handle_errors
 def validate(
     sheet_path: Path,
@@ -77,24 +78,40 @@ def validate(
     allow_duplicates: bool,
     report_dir: Path,
     as_json: bool,
+    payouts: bool,
+    campaign: str | None,
+    expires_in_days: int | None,
 ) -> None:
     """Check SHEET against the provider's catalog and wallets; order nothing."""
     mapping = parse_mappings(mappings)
-    sheet = read_sheet(
-        sheet_path, sheet=worksheet, mapping=mapping, required=required_fields(provider)
+    client = connect(
+        resolve_settings(provider, base_url),
+        options=provider_mode(payouts, campaign, expires_in_days),
     )
-    catalog, balances = _fetch_catalog_and_balances(provider, base_url)
-    result = validate_rows(sheet, catalog, balances, allow_duplicates=allow_duplicates)
+    try:
+        result = check_sheet(
+            client,
+            sheet_path,
+            sheet_name=worksheet,
+            mapping=mapping,
+            allow_duplicates=allow_duplicates,
+        ).result
+    finally:
+        client.close()
+    sheet = result.sheet
 
     folder = report_dir / sheet.path.stem
-    csv_path = write_validation_csv(result, folder / "validation.csv")
-    if as_json:
-        document = validation_document(sheet, result)
-        text = json.dumps(document, ensure_ascii=False, indent=2)
-        (folder / "validation.json").write_text(text + "\n", encoding="utf-8")
-        click.echo(text)
-    else:
-        click.echo(render_summary(sheet, result, csv_path))
+    document = json.dumps(validation_document(sheet, result), ensure_ascii=False, indent=2)
+    try:
+        csv_path = write_validation_csv(result, folder / "validation.csv")
+        if as_json:
+            (folder / "validation.json").write_text(document + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write the report in {folder} ({exc.strerror})",
+            hint="choose another folder with --report-dir",
+        ) from None
+    click.echo(document if as_json else render_summary(sheet, result, csv_path))
     sys.exit(int(ExitCode.OK if result.ok else ExitCode.USAGE))
 
 
@@ -107,31 +124,6 @@ def parse_mappings(mappings: Sequence[str]) -> dict[str, str]:
             raise UsageError(f"--map {item!r} is not FIELD=HEADER", hint="e.g. --map amount=Value")
         parsed[name.strip().lower()] = header.strip()
     return parsed
-
-
-def _fetch_catalog_and_balances(
-    provider: str, base_url: str | None
-) -> tuple[list[Product], list[Balance]]:
-    settings = resolve_settings(provider, base_url)
-    try:
-        client = connect(settings)
-    except NotImplementedError as exc:  # a provider whose client is not built yet
-        raise ConfigError(str(exc)) from None
-    try:
-        return client.catalog(), client.balances()
-    finally:
-        client.close()
-
-
-def write_validation_csv(result: ValidationResult, path: Path) -> Path:
-    """Every error, one per line; cells neutralised so Excel never runs them as formulas."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8-sig") as handle:  # BOM: Excel reads UTF-8
-        writer = csv.writer(handle)
-        writer.writerow(REPORT_COLUMNS)
-        for record in report_records(result):
-            writer.writerow([safe_cell(record[column]) for column in REPORT_COLUMNS])
-    return path
 
 
 def render_summary(sheet: Sheet, result: ValidationResult, report: Path) -> str:

@@ -109,6 +109,18 @@ class ProviderOrder:
     cost: Decimal | None = None
 
 
+@dataclass(frozen=True)
+class Redemption:
+    """How a recipient redeems one order: a bearer credential, for `--reveal-codes` only.
+
+    Never logged, never stored in the ledger, and kept out of repr().
+    """
+
+    order_id: str
+    voucher_code: str | None = field(default=None, repr=False)
+    redemption_url: str | None = field(default=None, repr=False)
+
+
 class OutcomeUnknown(Exception):
     """The request may or may not have been acted on (timeout, reset, 5xx, 409).
 
@@ -165,6 +177,13 @@ class Provider(Protocol):
     def balances(self) -> list[Balance]: ...
     def transactions(self, since: datetime | None = None) -> list[WalletTransaction]: ...
     def orders(self, since: datetime, until: datetime | None = None) -> list[ProviderOrder]: ...
+
+    def redemption(self, order_id: str) -> Redemption | None:
+        """The voucher code and redemption URL of one order; None when there is no such order.
+
+        Only `batcher report --reveal-codes` asks for these: they are bearer credentials.
+        """
+        ...
 
     def encode(self, key: str, items: Sequence[OrderItem]) -> bytes:
         """The exact request body for these items. Pure and deterministic."""

@@ -55,6 +55,7 @@ from batcher.providers.base import (
     OutcomeUnknown,
     PollResult,
     ProviderOrder,
+    Redemption,
     SubmitResult,
 )
 from batcher.sheets import BASE_REQUIRED
@@ -157,6 +158,18 @@ class UGiftMeProvider:
             params["endDate"] = _iso(until)
         records = self._pages("/orders/search", params, "orders")
         return [_read("/orders/search", parse_provider_order, record) for record in records]
+
+    def redemption(self, order_id: str) -> Redemption | None:
+        """`GET /orders/{id}`: the one read that carries the voucher code (a bearer credential)."""
+        path = f"/orders/{quote(order_id, safe='')}"
+        response = self._api.get(path)
+        if response.status_code == 404:
+            return None
+        if not response.is_success:
+            raise ProviderUnavailable(self._status_text("GET", "/orders/{id}", response))
+        if not isinstance(response.data, Mapping):
+            raise self._bad_shape("/orders/{id}")
+        return parse_redemption(order_id, response.data)
 
     # ---------------------------------------------------------------- writes
 
@@ -623,6 +636,16 @@ def parse_provider_order(record: Mapping[str, Any]) -> ProviderOrder:
         recipient_email=_text(recipient.get("recipientEmail")),
         recipient_name=_text(recipient.get("recipientName")),
         transaction_id=_text(record.get("transactionId")) or None,
+    )
+
+
+def parse_redemption(order_id: str, record: Mapping[str, Any]) -> Redemption:
+    merchant = record.get("merchant")
+    credentials = merchant if isinstance(merchant, Mapping) else {}
+    return Redemption(
+        order_id=_text(record.get("_id")) or order_id,
+        voucher_code=_text(credentials.get("voucherCode")) or None,
+        redemption_url=_text(credentials.get("redemptionUrl")) or None,
     )
 
 

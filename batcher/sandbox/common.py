@@ -300,9 +300,10 @@ class FaultInjector:
         seed: int | None = None,
         reseed: bool = False,
     ) -> None:
+        known = self.settings.rates  # a provider may add kinds of its own to its settings
         for kind, rate in (rates or {}).items():
-            if kind not in FAULT_KINDS:
-                raise ValueError(f"unknown fault {kind!r}; known: {', '.join(FAULT_KINDS)}")
+            if kind not in known:
+                raise ValueError(f"unknown fault {kind!r}; known: {', '.join(known)}")
             if not 0.0 <= rate <= 1.0:
                 raise ValueError(f"fault rate for {kind!r} must be within 0..1")
             self.settings.rates[kind] = rate
@@ -509,6 +510,7 @@ class LoggedRequest:
     status: int
     retry_after: int | None
     fault: str | None
+    query: str = ""  # the raw query string, e.g. "page=2&limit=20"
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -517,6 +519,7 @@ class LoggedRequest:
             "apiKey": self.bucket,
             "method": self.method,
             "path": self.path,
+            "query": self.query,
             "status": self.status,
             "retryAfter": self.retry_after,
             "fault": self.fault,
@@ -543,10 +546,13 @@ class RequestLog:
         status: int,
         retry_after: int | None,
         fault: str | None,
+        query: str = "",
     ) -> None:
         at = self._clock() - self._origin
         self._entries.append(
-            LoggedRequest(next(self._seq), at, bucket, method, path, status, retry_after, fault)
+            LoggedRequest(
+                next(self._seq), at, bucket, method, path, status, retry_after, fault, query
+            )
         )
         self.requests_by_bucket[bucket] += 1
         self.status_counts[status] += 1

@@ -44,6 +44,7 @@ class SandboxProvider:
     api_root: str
     api_key_env: str  # where the CLI looks for a key when none is given
     build: Callable[[Mapping[str, Any]], Starlette]  # config overrides -> app
+    control_root: str = CONTROL_ROOT  # where the `/__sandbox` controls are mounted
 
 
 def _build_ugiftme(overrides: Mapping[str, Any]) -> Starlette:
@@ -52,7 +53,13 @@ def _build_ugiftme(overrides: Mapping[str, Any]) -> Starlette:
     return create_app(UGiftMeSandboxConfig(**overrides))
 
 
-# A GIFQ sandbox registers here, next to UGiftMe, and the CLI picks it up.
+def _build_gifq(overrides: Mapping[str, Any]) -> Starlette:
+    from batcher.sandbox.gifq import GifqSandboxConfig, create_app
+
+    return create_app(GifqSandboxConfig(**overrides))
+
+
+# Each provider's sandbox registers here and the CLI picks it up.
 PROVIDERS: dict[str, SandboxProvider] = {
     "ugiftme": SandboxProvider(
         name="ugiftme",
@@ -60,6 +67,14 @@ PROVIDERS: dict[str, SandboxProvider] = {
         api_root="/api/v1/business",
         api_key_env="UGIFTME_API_KEY",
         build=_build_ugiftme,
+    ),
+    "gifq": SandboxProvider(
+        name="gifq",
+        display_name="GIFQ",
+        api_root="/api",
+        api_key_env="GIFQ_API_TOKEN",
+        build=_build_gifq,
+        control_root="/api/__sandbox",
     ),
 }
 
@@ -211,6 +226,7 @@ class SandboxHandle:
     base_url: str  # the API root, e.g. http://127.0.0.1:PORT/api/v1/business
     api_keys: tuple[str, ...]
     app: Starlette
+    control_root: str = CONTROL_ROOT  # "/__sandbox" (UGiftMe) or "/api/__sandbox" (GIFQ)
 
     @property
     def api_key(self) -> str:
@@ -231,10 +247,15 @@ class SandboxHandle:
         """Call a `/__sandbox` endpoint; `path` may omit the `/__sandbox` prefix.
 
         Money in `json` may be Decimal or str; it is sent exactly. Settings such
-        as delays and fault rates may be floats.
+        as delays and fault rates may be floats. The provider's control root is
+        added (`/__sandbox` for UGiftMe, `/api/__sandbox` for GIFQ).
         """
-        if not path.startswith(CONTROL_ROOT):
-            path = CONTROL_ROOT + (path if path.startswith("/") else f"/{path}")
+        path = path if path.startswith("/") else f"/{path}"
+        for prefix in (self.control_root, CONTROL_ROOT):
+            if path == prefix or path.startswith(prefix + "/"):
+                path = path[len(prefix) :]
+                break
+        path = self.control_root + path
         headers = {"Content-Type": "application/json"}
         if api_key is not None:
             headers["X-API-Key"] = api_key
@@ -270,6 +291,7 @@ def running_sandbox(provider: str = "ugiftme", **config_overrides: Any) -> Itera
             base_url=host_url + spec.api_root,
             api_keys=tuple(app.state.sandbox.api_keys),
             app=app,
+            control_root=spec.control_root,
         )
     finally:
         server.stop()

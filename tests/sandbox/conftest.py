@@ -1,4 +1,4 @@
-"""Fixtures for the sandbox's own tests (helpers live in ugiftme_kit.py)."""
+"""Fixtures for the sandbox's own tests (helpers live in ugiftme_kit.py and gifq_kit.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from gifq_kit import ROOMY_RATE_LIMIT, GifqApi
 from ugiftme_kit import Api, Received, WebhookReceiver
 
 from batcher.sandbox.server import SandboxHandle
@@ -65,3 +66,32 @@ def webhook_receiver() -> Iterator[WebhookReceiver]:
     yield receiver
     server.shutdown()
     server.server_close()
+
+
+# -- GIFQ (helpers live in gifq_kit.py) ----------------------------------------
+
+
+@pytest.fixture
+def gifq_api_for() -> Iterator[Callable[..., GifqApi]]:
+    """A factory: gifq_api_for(sandbox, token=None) -> GifqApi; clients close after the test."""
+    made: list[GifqApi] = []
+
+    def make(sandbox: SandboxHandle, token: str | None = None) -> GifqApi:
+        api = GifqApi(sandbox, token)
+        made.append(api)
+        return api
+
+    yield make
+    for api in made:
+        api.close()
+
+
+@pytest.fixture
+def gifq(make_gifq_sandbox: Callable[..., SandboxHandle]) -> SandboxHandle:
+    """A GIFQ sandbox whose rate limit stays out of the way (the limit has its own tests)."""
+    return make_gifq_sandbox(rate_limit=ROOMY_RATE_LIMIT)
+
+
+@pytest.fixture
+def gifq_api(gifq: SandboxHandle, gifq_api_for: Callable[..., GifqApi]) -> GifqApi:
+    return gifq_api_for(gifq)

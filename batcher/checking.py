@@ -1,0 +1,69 @@
+"""The one validation path that both `batcher validate` and `batcher run` take.
+
+A dry run can never pass a row the real run would reject, because both call
+`check_sheet` with the same provider, the same catalog and the same rules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from decimal import Decimal
+from pathlib import Path
+
+import polars as pl
+
+from batcher.models import Balance, Product
+from batcher.money import quantum
+from batcher.providers.base import Provider
+from batcher.sheets import Sheet, read_sheet
+from batcher.validate import ValidationResult, validate_rows
+
+#: Payout rows name no product: they are validated against one open "product" per
+#: wallet currency, so the amount, currency and funds rules still apply.
+PAYOUT_PRODUCT = "PAYOUT"
+
+
+def payout_catalog(balances: list[Balance]) -> list[Product]:
+    return [
+        Product(
+            product_code=PAYOUT_PRODUCT,
+            name="payout (recipient chooses)",
+            currency=b.currency,
+            min_value=quantum(b.currency),
+            max_value=Decimal("1000000"),
+        )
+        for b in balances
+    ]
+
+
+@dataclasses.dataclass(frozen=True)
+class SheetCheck:
+    result: ValidationResult
+    balances: dict[str, Balance]  # as fetched for the funds check, so a run need not ask again
+
+
+def check_sheet(
+    provider: Provider,
+    path: Path,
+    *,
+    sheet_name: str | None = None,
+    mapping: Mapping[str, str] | None = None,
+    allow_duplicates: bool = False,
+) -> SheetCheck:
+    """Read `path` and validate every row against the provider's catalog and wallets."""
+    provider.preflight()
+    sheet = read_sheet(path, sheet=sheet_name, mapping=mapping, required=provider.required_fields)
+    balances = provider.balances()
+    if provider.validates_catalog:
+        catalog = provider.catalog()
+    else:
+        catalog = payout_catalog(balances)
+        sheet = _as_payout_rows(sheet)
+    result = validate_rows(sheet, catalog, balances, allow_duplicates=allow_duplicates)
+    return SheetCheck(result, {b.currency: b for b in balances})
+
+
+def _as_payout_rows(sheet: Sheet) -> Sheet:
+    frame = sheet.frame.with_columns(pl.lit(PAYOUT_PRODUCT).alias("product_code"))
+    return dataclasses.replace(sheet, frame=frame)

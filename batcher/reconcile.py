@@ -1,0 +1,703 @@
+"""Three-way reconciliation: sheet rows ↔ ledger ↔ provider orders ↔ wallet transactions.
+
+Pure functions over data the caller has already fetched; no I/O. Money is
+Decimal from end to end and every comparison is exact, to the cent.
+
+The scope is one batch: every order the ledger holds for it, over the time
+windows of the batch's runs. Three legs:
+
+- **sheet ↔ ledger**: the row counts by state add up to the rows in the sheet.
+- **ledger ↔ provider orders**: each of the batch's orders is listed by the
+  provider with the same currency and face value; a provider order created in
+  a run window that no batch in the ledger placed is an **orphan** (say, a
+  double order made outside batcher).
+- **orders ↔ wallet**: each order has its wallet debit (matched by order id, or
+  by transaction id), equal to the ledger's cost; a debit that matches no order
+  is flagged, and so is an order with no debit. Each run's balance movement
+  must be explained by the transactions in its window.
+
+When the listings were not fetched (`ReconcileInputs.provider is None`), the
+orders ↔ wallet leg falls back to the balances: the wallet must have moved, run
+by run, by exactly the ledger's costs. `balances_explain_costs` says whether
+that holds, so a caller can decide to fetch the listings when it does not.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Literal
+
+from batcher.ledger import IN_FLIGHT_STATES, ROW_STATES, RowRecord, parse_ts
+from batcher.models import WalletTransaction
+from batcher.money import format_money
+from batcher.providers.base import ProviderOrder
+
+RECONCILED = "RECONCILED"
+MISMATCH = "MISMATCH"
+ZERO = Decimal(0)
+
+Verdict = Literal["RECONCILED", "MISMATCH"]
+Evidence = Literal["transactions", "balances", "unavailable"]
+#: rows whose order may exist at the provider although the ledger has no order id yet
+UNSETTLED_STATES = ("planned", *IN_FLIGHT_STATES)
+
+# Wallet line statuses. Flagged ones make their currency MISMATCH.
+MATCHED = "matched"
+COST_DIFFERS = "cost differs"
+NO_TRANSACTION = "order has no wallet transaction"
+NO_ORDER = "debit matches no order"
+ORPHAN = "orphan order"
+OTHER_BATCH = "another batch"
+CREDIT = "credit"
+FLAGGED_STATUSES = frozenset({COST_DIFFERS, NO_TRANSACTION, NO_ORDER, ORPHAN})
+
+
+@dataclass(frozen=True)
+class Window:
+    """A closed time interval, in aware UTC datetimes."""
+
+    start: datetime
+    end: datetime
+
+    def contains(self, moment: datetime | None) -> bool:
+        """A moment the provider did not give is taken as inside: it cannot be ruled out."""
+        return moment is None or self.start <= moment <= self.end
+
+
+@dataclass(frozen=True)
+class RunWindow:
+    """One run of the batch: its window and the balances read at its start and end.
+
+    `after` is None when the run did not read the balances again at its end.
+    """
+
+    run_id: str
+    window: Window
+    before: Mapping[str, Decimal] | None = None
+    after: Mapping[str, Decimal] | None = None
+
+
+@dataclass(frozen=True)
+class ProviderData:
+    """What the provider listed for the batch's time span (with a margin)."""
+
+    orders: Sequence[ProviderOrder]
+    transactions: Sequence[WalletTransaction]
+
+
+@dataclass(frozen=True)
+class ReconcileInputs:
+    rows: Sequence[RowRecord]  # every ledger row of the batch, in the sheet or not
+    runs: Sequence[RunWindow]
+    provider: ProviderData | None = None  # None: the listings were not fetched
+    sheet_rows: int | None = None  # rows in the source sheet, when known
+    other_batches: Mapping[str, str] = field(default_factory=dict)  # order id -> batch
+    provider_error: str | None = None  # why the provider's data is missing
+
+
+@dataclass(frozen=True)
+class OrderCheck:
+    """One of the batch's orders, as the provider and the wallet see it."""
+
+    row_key: str
+    listed: bool  # the provider listed the order
+    debit: Decimal | None  # net wallet debit for the order (purchases less refunds)
+    debit_currency: str | None
+    problems: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class WalletLine:
+    """A wallet transaction in the window, or an order with no transaction at all."""
+
+    status: str
+    currency: str
+    transaction: WalletTransaction | None = None
+    row: RowRecord | None = None
+    ledger_cost: Decimal | None = None
+    difference: Decimal | None = None  # wallet debit - ledger cost, for the order
+    note: str = ""
+
+    @property
+    def flagged(self) -> bool:
+        return self.status in FLAGGED_STATUSES
+
+    @property
+    def order_id(self) -> str | None:
+        if self.transaction is not None and self.transaction.order_id:
+            return self.transaction.order_id
+        return self.row.order_id if self.row is not None else None
+
+    @property
+    def timestamp(self) -> datetime | None:
+        if self.transaction is not None:
+            return self.transaction.timestamp
+        return parse_ts(self.row.succeeded_at) if self.row is not None else None
+
+
+@dataclass(frozen=True)
+class Orphan:
+    order: ProviderOrder
+    debit: Decimal | None
+    note: str
+
+
+@dataclass(frozen=True)
+class CurrencyReconciliation:
+    currency: str
+    orders: int
+    face_value: Decimal
+    cost: Decimal  # what the ledger says the wallet was charged
+    wallet_debits: Decimal | None  # what the provider's transactions (or balances) say
+    discount: Decimal  # face value - cost: positive a discount, negative a fee
+    balance_before: Decimal | None
+    balance_after: Decimal | None
+    orphans: int
+    orphan_value: Decimal
+    verdict: Verdict
+    reason: str
+
+    @property
+    def difference(self) -> Decimal | None:
+        """Ledger cost minus wallet debits: zero when they agree to the cent."""
+        return None if self.wallet_debits is None else self.cost - self.wallet_debits
+
+
+@dataclass(frozen=True)
+class Reconciliation:
+    evidence: Evidence
+    state_counts: Mapping[str, int]
+    rows_in_sheet: int
+    sheet_rows: int | None
+    currencies: Sequence[CurrencyReconciliation]
+    checks: Mapping[str, OrderCheck]  # row key -> check, for the batch's orders
+    wallet_lines: Sequence[WalletLine]
+    orphans: Sequence[Orphan]
+    provider_error: str | None = None
+
+    @property
+    def counts_add_up(self) -> bool:
+        counted = sum(self.state_counts.values())
+        return counted == self.rows_in_sheet and (
+            self.sheet_rows is None or counted == self.sheet_rows
+        )
+
+    @property
+    def verdict(self) -> Verdict:
+        if self.provider_error or not self.counts_add_up:
+            return MISMATCH
+        if any(c.verdict == MISMATCH for c in self.currencies):
+            return MISMATCH
+        return RECONCILED
+
+    @property
+    def reason(self) -> str:
+        if self.provider_error:
+            return f"the provider's data could not be read: {self.provider_error}"
+        if not self.counts_add_up:
+            return (
+                f"the row counts ({sum(self.state_counts.values())}) do not add up to the "
+                f"rows in the sheet ({self.sheet_rows if self.sheet_rows is not None else '?'})"
+            )
+        bad = [c.currency for c in self.currencies if c.verdict == MISMATCH]
+        if bad:
+            return "mismatch in " + ", ".join(bad)
+        return "every currency reconciles to the cent"
+
+
+# ---------------------------------------------------------------------------
+# Entry points.
+
+
+def reconcile(inputs: ReconcileInputs) -> Reconciliation:
+    """Reconcile one batch. Never raises on odd provider data: oddities become reasons."""
+    in_sheet = [r for r in inputs.rows if r.in_sheet]
+    counts = count_states(in_sheet)
+    ordered = ordered_rows(inputs.rows)
+    if inputs.provider is None:
+        evidence: Evidence = "unavailable" if inputs.provider_error else "balances"
+        checks: dict[str, OrderCheck] = {}
+        lines: list[WalletLine] = []
+        orphans: list[Orphan] = []
+    else:
+        evidence = "transactions"
+        checks, lines, orphans = _match(inputs, ordered)
+    currencies = [
+        _currency(currency, inputs, ordered, checks, lines, orphans, evidence)
+        for currency in _currencies(inputs.rows, lines, orphans)
+    ]
+    return Reconciliation(
+        evidence=evidence,
+        state_counts=counts,
+        rows_in_sheet=len(in_sheet),
+        sheet_rows=inputs.sheet_rows,
+        currencies=currencies,
+        checks=checks,
+        wallet_lines=lines,
+        orphans=orphans,
+        provider_error=inputs.provider_error,
+    )
+
+
+def balances_explain_costs(rows: Sequence[RowRecord], runs: Sequence[RunWindow]) -> bool:
+    """Do the runs' balance movements add up exactly to the ledger's costs, per currency?
+
+    True means no money moved in any run window except for the batch's own orders, so
+    the transaction-level listings would only confirm it. It needs every run that may
+    have moved money to have read its balances at both ends.
+    """
+    costs = _costs_by_currency(ordered_rows(rows))
+    movement: dict[str, Decimal] = defaultdict(lambda: ZERO)
+    for run in runs:
+        if run.before is None or run.after is None:
+            return False
+        for currency in set(run.before) | set(run.after):
+            if currency not in run.before or currency not in run.after:
+                return False
+            movement[currency] += run.before[currency] - run.after[currency]
+    currencies = set(costs) | {c for c, v in movement.items() if v}
+    return all(costs.get(c, ZERO) == movement.get(c, ZERO) for c in currencies) and all(
+        r.cost is not None for r in ordered_rows(rows)
+    )
+
+
+# ---------------------------------------------------------------------------
+# Small helpers shared with the reports.
+
+
+def count_states(rows: Iterable[RowRecord]) -> dict[str, int]:
+    counts = dict.fromkeys(ROW_STATES, 0)
+    for row in rows:
+        counts[row.state] = counts.get(row.state, 0) + 1
+    return counts
+
+
+def ordered_rows(rows: Iterable[RowRecord]) -> list[RowRecord]:
+    """The batch's orders: rows that succeeded here, in the sheet or no longer in it."""
+    return [r for r in rows if r.state == "succeeded" and r.order_id]
+
+
+def charged_currency(row: RowRecord) -> str:
+    return row.cost_currency or row.currency
+
+
+def match_key(product_code: str, amount: Decimal, email: str, name: str) -> tuple[str, ...]:
+    """How a provider order is recognised as a row's, when the ledger has no order id."""
+    return (
+        product_code.strip().upper(),
+        str(amount.normalize()),
+        email.strip().lower(),
+        " ".join(name.split()),
+    )
+
+
+def row_match_key(row: RowRecord) -> tuple[str, ...]:
+    f = row.fields
+    return match_key(
+        f.get("product_code", ""), row.face_value, f.get("recipient_email", ""),
+        f.get("recipient_name", ""),
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------
+# Matching (the transaction-level evidence).
+
+
+@dataclass
+class _Index:
+    """The provider's data, indexed for matching."""
+
+    orders: dict[str, ProviderOrder]
+    by_order: dict[str, list[WalletTransaction]]
+    by_txid: dict[str, list[WalletTransaction]]
+
+    @classmethod
+    def of(cls, data: ProviderData) -> _Index:
+        by_order: dict[str, list[WalletTransaction]] = defaultdict(list)
+        by_txid: dict[str, list[WalletTransaction]] = defaultdict(list)
+        for tx in data.transactions:
+            if tx.order_id:
+                by_order[tx.order_id].append(tx)
+            elif tx.transaction_id:
+                by_txid[tx.transaction_id].append(tx)
+        return cls({o.order_id: o for o in data.orders}, by_order, by_txid)
+
+    def transactions_for(self, row: RowRecord) -> list[WalletTransaction]:
+        found = self.by_order.get(row.order_id or "")
+        if found:
+            return found
+        return self.by_txid.get(row.transaction_id or "", [])
+
+
+def _in_runs(runs: Sequence[RunWindow], moment: datetime | None) -> bool:
+    return any(run.window.contains(moment) for run in runs)
+
+
+def _net_debit(transactions: Iterable[WalletTransaction]) -> Decimal:
+    """Purchases are negative amounts, refunds positive: the debit is minus their sum."""
+    return -sum((tx.amount for tx in transactions), ZERO)
+
+
+def _match(
+    inputs: ReconcileInputs, ordered: Sequence[RowRecord]
+) -> tuple[dict[str, OrderCheck], list[WalletLine], list[Orphan]]:
+    assert inputs.provider is not None
+    index = _Index.of(inputs.provider)
+    checks: dict[str, OrderCheck] = {}
+    lines: list[WalletLine] = []
+    used: set[int] = set()
+    for row in ordered:
+        transactions = index.transactions_for(row)
+        used.update(id(tx) for tx in transactions)
+        check = _check_order(row, index.orders.get(row.order_id or ""), transactions)
+        checks[row.row_key] = check
+        lines.extend(_order_lines(row, check, transactions))
+    orphans = _orphans(inputs, index, {r.order_id for r in ordered})
+    orphan_ids = {o.order.order_id for o in orphans}
+    for tx in inputs.provider.transactions:
+        if id(tx) not in used:
+            line = _other_line(tx, inputs, orphan_ids)
+            if line is not None:
+                lines.append(line)
+    lines.sort(key=_line_sort_key)
+    return checks, lines, orphans
+
+
+def _check_order(
+    row: RowRecord, listed: ProviderOrder | None, transactions: Sequence[WalletTransaction]
+) -> OrderCheck:
+    problems: list[str] = []
+    if listed is None:
+        problems.append("not listed by the provider in the window")
+    elif listed.currency != row.currency or listed.face_value != row.face_value:
+        problems.append(
+            f"the provider has {format_money(listed.face_value, listed.currency or row.currency)}"
+            f" {listed.currency}, the ledger {format_money(row.face_value, row.currency)}"
+        )
+    debit = _net_debit(transactions) if transactions else None
+    currency = transactions[0].currency if transactions else None
+    if debit is None:
+        problems.append("no wallet transaction")
+    elif row.cost is None:
+        problems.append("the ledger has no cost for this order")
+    elif debit != row.cost or currency != charged_currency(row):
+        problems.append(
+            f"wallet debit {format_money(debit, currency or row.currency)} "
+            f"≠ ledger cost {format_money(row.cost, charged_currency(row))}"
+        )
+    return OrderCheck(row.row_key, listed is not None, debit, currency, tuple(problems))
+
+
+def _order_lines(
+    row: RowRecord, check: OrderCheck, transactions: Sequence[WalletTransaction]
+) -> list[WalletLine]:
+    currency = charged_currency(row)
+    if not transactions:
+        return [WalletLine(NO_TRANSACTION, currency, row=row, ledger_cost=row.cost)]
+    differs = check.debit != row.cost or check.debit_currency != currency
+    difference = None if row.cost is None or check.debit is None else check.debit - row.cost
+    status = COST_DIFFERS if differs else MATCHED
+    return [
+        WalletLine(
+            status, tx.currency, transaction=tx, row=row, ledger_cost=row.cost,
+            difference=difference if i == 0 else None,
+        )
+        for i, tx in enumerate(transactions)
+    ]  # fmt: skip
+
+
+def _orphans(
+    inputs: ReconcileInputs, index: _Index, ours: set[str | None]
+) -> list[Orphan]:
+    """Provider orders no batch in the ledger placed, created (or charged) in a run window."""
+    unsettled = _unsettled_by_key(inputs.rows)
+    found: list[Orphan] = []
+    for order in index.orders.values():
+        if order.order_id in ours or order.order_id in inputs.other_batches:
+            continue
+        transactions = index.by_order.get(order.order_id, [])
+        charged_in_window = any(_in_runs(inputs.runs, tx.timestamp) for tx in transactions)
+        if not (_in_runs(inputs.runs, order.created_at) or charged_in_window):
+            continue
+        debit = _net_debit(transactions) if transactions else None
+        found.append(Orphan(order, debit, _orphan_note(order, unsettled)))
+    found.sort(key=lambda o: (o.order.created_at is None, o.order.created_at, o.order.order_id))
+    return found
+
+
+def _unsettled_by_key(rows: Sequence[RowRecord]) -> dict[tuple[str, ...], RowRecord]:
+    return {row_match_key(r): r for r in rows if r.state in UNSETTLED_STATES}
+
+
+def _orphan_note(order: ProviderOrder, unsettled: Mapping[tuple[str, ...], RowRecord]) -> str:
+    key = match_key(
+        order.product_code, order.face_value, order.recipient_email, order.recipient_name
+    )
+    row = unsettled.get(key)
+    if row is not None:
+        return (
+            f"looks like row {row.source_row}, whose order is still unconfirmed ({row.state}): "
+            "rerun the batch to settle it"
+        )
+    return "not placed by batcher: an order made outside batcher (a double order?)"
+
+
+def _other_line(
+    tx: WalletTransaction, inputs: ReconcileInputs, orphan_ids: set[str]
+) -> WalletLine | None:
+    """A transaction that is not one of the batch's orders' (None: outside every window)."""
+    if tx.order_id and tx.order_id in orphan_ids:
+        return WalletLine(ORPHAN, tx.currency, transaction=tx, note="see the Orphans sheet")
+    if not _in_runs(inputs.runs, tx.timestamp):
+        return None
+    if tx.order_id and tx.order_id in inputs.other_batches:
+        batch = inputs.other_batches[tx.order_id]
+        return WalletLine(OTHER_BATCH, tx.currency, transaction=tx, note=f"batch {batch}")
+    if tx.amount > 0:
+        return WalletLine(CREDIT, tx.currency, transaction=tx, note=tx.transaction_type)
+    note = f"order {tx.order_id} is unknown" if tx.order_id else "no order id"
+    return WalletLine(NO_ORDER, tx.currency, transaction=tx, note=note)
+
+
+def _line_sort_key(line: WalletLine) -> tuple[bool, datetime | str, str]:
+    moment = line.timestamp
+    return (moment is None, moment or "", line.order_id or "")
+
+
+# ---------------------------------------------------------------------------
+# Per-currency totals and verdicts.
+
+
+def _currencies(
+    rows: Sequence[RowRecord], lines: Sequence[WalletLine], orphans: Sequence[Orphan]
+) -> list[str]:
+    found = {r.currency for r in rows if r.state != "invalid" and r.currency}
+    found |= {charged_currency(r) for r in ordered_rows(rows)}
+    found |= {line.currency for line in lines if line.flagged and line.currency}
+    found |= {o.order.currency for o in orphans if o.order.currency}
+    return sorted(found)
+
+
+def _costs_by_currency(ordered: Iterable[RowRecord]) -> dict[str, Decimal]:
+    costs: dict[str, Decimal] = defaultdict(lambda: ZERO)
+    for row in ordered:
+        if row.cost is not None:
+            costs[charged_currency(row)] += row.cost
+    return dict(costs)
+
+
+@dataclass
+class _Tally:
+    """The figures and the reasons for one currency, built up step by step."""
+
+    currency: str
+    orders: int = 0
+    face: Decimal = ZERO
+    cost: Decimal = ZERO
+    discount: Decimal = ZERO
+    debits: Decimal | None = None
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def money(self, amount: Decimal) -> str:
+        return format_money(amount, self.currency)
+
+
+def _currency(
+    currency: str,
+    inputs: ReconcileInputs,
+    ordered: Sequence[RowRecord],
+    checks: Mapping[str, OrderCheck],
+    lines: Sequence[WalletLine],
+    orphans: Sequence[Orphan],
+    evidence: Evidence,
+) -> CurrencyReconciliation:
+    tally = _Tally(currency)
+    _tally_ledger(tally, ordered)
+    mine = [o for o in orphans if o.order.currency == currency]
+    if evidence == "transactions":
+        _tally_transactions(tally, ordered, checks, lines)
+        _tally_orphans(tally, mine)
+        _tally_balance_movement(tally, inputs)
+    elif evidence == "balances":
+        _tally_balances_only(tally, inputs.runs)
+    else:
+        tally.problems.append("the provider's data could not be read, so nothing was verified")
+    _tally_unsettled(tally, inputs.rows)
+    before, after = _first_before(inputs.runs, currency), _last_after(inputs.runs, currency)
+    return CurrencyReconciliation(
+        currency=currency,
+        orders=tally.orders,
+        face_value=tally.face,
+        cost=tally.cost,
+        wallet_debits=tally.debits,
+        discount=tally.discount,
+        balance_before=before,
+        balance_after=after,
+        orphans=len(mine),
+        orphan_value=sum((o.order.face_value for o in mine), ZERO),
+        verdict=MISMATCH if tally.problems else RECONCILED,
+        reason=_reason(tally, evidence),
+    )
+
+
+def _tally_ledger(tally: _Tally, ordered: Sequence[RowRecord]) -> None:
+    missing_cost = 0
+    for row in ordered:
+        if row.currency == tally.currency:
+            tally.orders += 1
+            tally.face += row.face_value
+        if charged_currency(row) != tally.currency:
+            continue
+        if row.cost is None:
+            missing_cost += 1
+            continue
+        tally.cost += row.cost
+        if row.currency == tally.currency:
+            tally.discount += row.face_value - row.cost
+    if missing_cost:
+        tally.problems.append(f"{missing_cost} order(s) have no cost in the ledger")
+
+
+def _tally_transactions(
+    tally: _Tally,
+    ordered: Sequence[RowRecord],
+    checks: Mapping[str, OrderCheck],
+    lines: Sequence[WalletLine],
+) -> None:
+    mine = [r for r in ordered if charged_currency(r) == tally.currency]
+    tally.debits = sum(
+        (
+            -line.transaction.amount
+            for line in lines
+            if line.row is not None and line.transaction is not None
+            and line.currency == tally.currency
+        ),
+        ZERO,
+    )  # fmt: skip
+    if tally.debits != tally.cost:
+        tally.problems.append(
+            f"ledger cost {tally.money(tally.cost)} ≠ wallet debits {tally.money(tally.debits)}"
+            f" (difference {tally.money(tally.cost - tally.debits)})"
+        )
+    _count_problem(tally, mine, checks, lambda c: not c.listed, "not listed by the provider")
+    _count_problem(tally, mine, checks, lambda c: c.debit is None, "have no wallet transaction")
+    _count_problem(
+        tally, mine, checks,
+        lambda c: c.debit is not None and any(p.startswith("wallet debit") for p in c.problems),
+        "were charged differently from the ledger's cost",
+    )  # fmt: skip
+    _count_problem(
+        tally, mine, checks,
+        lambda c: any(p.startswith("the provider has") for p in c.problems),
+        "differ from the provider's record (currency or face value)",
+    )  # fmt: skip
+    stray = [x for x in lines if x.status == NO_ORDER and x.currency == tally.currency]
+    if stray:
+        value = sum((-x.transaction.amount for x in stray if x.transaction), ZERO)
+        tally.problems.append(f"{len(stray)} wallet debit(s) worth {tally.money(value)} match no order")
+
+
+def _count_problem(
+    tally: _Tally,
+    rows: Sequence[RowRecord],
+    checks: Mapping[str, OrderCheck],
+    test: object,
+    text: str,
+) -> None:
+    assert callable(test)
+    count = sum(1 for r in rows if r.row_key in checks and test(checks[r.row_key]))
+    if count:
+        tally.problems.append(f"{count} order(s) {text}")
+
+
+def _tally_orphans(tally: _Tally, orphans: Sequence[Orphan]) -> None:
+    if not orphans:
+        return
+    value = sum((o.order.face_value for o in orphans), ZERO)
+    tally.problems.append(
+        f"{len(orphans)} orphan order(s) worth {tally.money(value)} at the provider are not in "
+        "the ledger (see Orphans)"
+    )
+
+
+def _tally_balance_movement(tally: _Tally, inputs: ReconcileInputs) -> None:
+    """Each run's balance change must equal the sum of the transactions in its window."""
+    assert inputs.provider is not None
+    for run in inputs.runs:
+        if run.before is None or run.after is None:
+            continue
+        if tally.currency not in run.before or tally.currency not in run.after:
+            continue
+        moved = run.after[tally.currency] - run.before[tally.currency]
+        explained = sum(
+            (
+                tx.amount
+                for tx in inputs.provider.transactions
+                if tx.currency == tally.currency and tx.timestamp is not None
+                and run.window.contains(tx.timestamp)
+            ),
+            ZERO,
+        )  # fmt: skip
+        if moved != explained:
+            tally.problems.append(
+                f"in run {run.run_id} the balance moved by {tally.money(moved)} but the wallet "
+                f"transactions account for {tally.money(explained)}"
+            )
+
+
+def _tally_balances_only(tally: _Tally, runs: Sequence[RunWindow]) -> None:
+    moved = ZERO
+    for run in runs:
+        if run.before is None or run.after is None:
+            tally.problems.append(f"run {run.run_id} has no balances to verify against")
+            return
+        moved += run.before.get(tally.currency, ZERO) - run.after.get(tally.currency, ZERO)
+    tally.debits = moved
+    if moved != tally.cost:
+        tally.problems.append(
+            f"ledger cost {tally.money(tally.cost)} ≠ wallet balance movement "
+            f"{tally.money(moved)} (difference {tally.money(tally.cost - moved)})"
+        )
+
+
+def _tally_unsettled(tally: _Tally, rows: Sequence[RowRecord]) -> None:
+    count = sum(
+        1 for r in rows if r.state in UNSETTLED_STATES and r.currency == tally.currency
+    )
+    if count:
+        tally.notes.append(f"{count} row(s) still unconfirmed: rerun the batch to settle them")
+
+
+def _reason(tally: _Tally, evidence: Evidence) -> str:
+    if tally.problems:
+        return "; ".join(tally.problems + tally.notes)
+    if evidence == "balances":
+        text = (
+            f"ledger cost {tally.money(tally.cost)} equals the wallet's balance movement over "
+            f"{tally.orders} order(s); run `batcher report` for transaction-level matching"
+        )
+    else:
+        text = (
+            f"ledger cost {tally.money(tally.cost)} equals the wallet debits for "
+            f"{tally.orders} order(s); no orphans"
+        )
+    return "; ".join([text, *tally.notes])
+
+
+def _first_before(runs: Sequence[RunWindow], currency: str) -> Decimal | None:
+    for run in sorted(runs, key=lambda r: r.window.start):
+        if run.before is not None and currency in run.before:
+            return run.before[currency]
+    return None
+
+
+def _last_after(runs: Sequence[RunWindow], currency: str) -> Decimal | None:
+    for run in sorted(runs, key=lambda r: r.window.start, reverse=True):
+        if run.after is not None and currency in run.after:
+            return run.after[currency]
+    return None

@@ -1,0 +1,555 @@
+"""GIFQ client: encoding and result mapping (pure), poll economy over a mock transport,
+and everything else against the real GIFQ sandbox."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from typing import Any
+from urllib.parse import parse_qs
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from batcher.config import PROFILES, ProviderSettings
+from batcher.errors import AuthError
+from batcher.http import canonical_json, parse_json
+from batcher.providers.base import IncompleteResult, OrderItem, ProviderOptions
+from batcher.providers.gifq import (
+    PAGE_LIMIT,
+    GifqOrders,
+    GifqPayouts,
+    OrderBoard,
+    Redemption,
+    account_fingerprint,
+    amount_text,
+    connect_gifq,
+    is_last_page,
+    map_payouts,
+    order_body,
+    order_cost,
+    order_result,
+    page_params,
+    parse_brand,
+    parse_redemption,
+    parse_transaction,
+    payout_order_body,
+    rejection_code,
+    shortfall,
+)
+from batcher.throttle import RateLimiter, forget_limiters
+
+SECRET = "GIFQ-SECRET-TOKEN-7c1d2e3f"
+KEY = "b1-" + "a" * 40
+
+
+@pytest.fixture(autouse=True)
+def _fresh_limiters() -> Iterator[None]:
+    forget_limiters()
+    yield
+    forget_limiters()
+
+
+def item(
+    n: int = 1,
+    *,
+    brand: str = "amazon",
+    amount: str = "25",
+    currency: str = "GBP",
+    country: str = "GB",
+    paying: str = "",
+    email: str | None = None,
+    name: str | None = None,
+) -> OrderItem:
+    return OrderItem(
+        row_key=f"row{n}",
+        product_code=brand,
+        merchant="",
+        currency=currency,
+        amount=Decimal(amount),
+        recipient_email=email if email is not None else f"person{n}@example.com",
+        recipient_name=name if name is not None else f"Person {n}",
+        country=country,
+        payment_currency=paying,
+    )
+
+
+def settings(base_url: str = "http://127.0.0.1:9/api", token: str = SECRET) -> ProviderSettings:
+    return ProviderSettings("gifq", base_url, SecretStr(token), PROFILES["gifq"])
+
+
+def fast_limiter() -> RateLimiter:
+    return RateLimiter(10_000.0)
+
+
+# ---------------------------------------------------------------------------
+# Encoding
+
+
+def test_an_order_is_canonical_json_with_the_key_as_reference() -> None:
+    body = GifqOrders(settings(), limiter=fast_limiter()).encode(KEY, [item(amount="50")])
+    assert body == (
+        b'{"brand":"amazon","country":"GB","currency":"GBP","face_value":"50.00",'
+        b'"reference":"' + KEY.encode() + b'"}'
+    )
+    assert json.loads(body)["face_value"] == "50.00"
+
+
+def test_face_value_has_exactly_the_currency_decimals() -> None:
+    assert amount_text(Decimal("50"), "GBP") == "50.00"
+    assert amount_text(Decimal("12.5"), "EUR") == "12.50"
+    assert amount_text(Decimal("1000"), "JPY") == "1000"
+    assert amount_text(Decimal("1.234"), "KWD") == "1.234"
+    with pytest.raises(ValueError, match="more decimals"):
+        amount_text(Decimal("10.005"), "GBP")
+    with pytest.raises(ValueError, match="positive"):
+        amount_text(Decimal("0"), "GBP")
+
+
+def test_payment_currency_is_sent_only_when_it_differs() -> None:
+    assert "payment_currency" not in order_body(KEY, item(paying=""))
+    assert "payment_currency" not in order_body(KEY, item(paying="gbp"))
+    body = order_body(KEY, item(paying="usd"))
+    assert body["payment_currency"] == "USD"
+
+
+def test_an_order_holds_exactly_one_item_and_needs_a_country() -> None:
+    client = GifqOrders(settings(), limiter=fast_limiter())
+    with pytest.raises(ValueError, match="exactly one"):
+        client.encode(KEY, [item(1), item(2)])
+    with pytest.raises(ValueError, match="country"):
+        client.encode(KEY, [item(country="")])
+    with pytest.raises(ValueError, match="reference"):
+        client.encode("", [item()])
+
+
+def test_encoding_is_deterministic() -> None:
+    client = GifqOrders(settings(), limiter=fast_limiter())
+    assert client.encode(KEY, [item(paying="EUR")]) == client.encode(KEY, [item(paying="EUR")])
+
+
+def test_a_payout_order_lists_recipients_in_chunk_order() -> None:
+    items = [item(2, amount="10"), item(1, amount="20.5", name="  Ann   Lee "), item(3, name="")]
+    body = payout_order_body("cmp_1", items, 14)
+    assert body == {
+        "campaign_id": "cmp_1",
+        "wallet_currency": "GBP",
+        "expires_in_days": 14,
+        "recipients": [
+            {"email": "person2@example.com", "name": "Person 2", "amount": "10.00", "currency": "GBP"},
+            {"email": "person1@example.com", "name": "Ann Lee", "amount": "20.50", "currency": "GBP"},
+            {"email": "person3@example.com", "amount": "25.00", "currency": "GBP"},
+        ],
+    }
+
+
+def test_a_payout_order_refuses_what_it_cannot_carry() -> None:
+    with pytest.raises(ValueError, match="at most 2"):
+        payout_order_body("c", [item(1), item(2), item(3)], 30, limit=2)
+    with pytest.raises(ValueError, match="one wallet"):
+        payout_order_body("c", [item(1), item(2, currency="EUR")], 30)
+    with pytest.raises(ValueError, match="payment_currency"):
+        payout_order_body("c", [item(1, paying="USD")], 30)
+
+
+def test_payout_encode_uses_the_campaign_and_expiry_from_the_options() -> None:
+    options = ProviderOptions(mode="payouts", campaign_id="cmp_9", expires_in_days=7)
+    client = GifqPayouts(settings(), options=options, limiter=fast_limiter())
+    body = json.loads(client.encode(KEY, [item()]))
+    assert (body["campaign_id"], body["expires_in_days"]) == ("cmp_9", 7)
+    assert KEY not in json.dumps(body)  # the key travels in the Idempotency-Key header
+
+
+def test_connect_picks_the_mode() -> None:
+    orders = connect_gifq(settings(), options=ProviderOptions())
+    payouts = connect_gifq(
+        settings(), options=ProviderOptions(mode="payouts", campaign_id="c", expires_in_days=3)
+    )
+    try:
+        assert (orders.submit_limit, orders.idempotency_carrier) == (1, "body")
+        assert orders.required_fields >= {"country", "product_code"}
+        assert orders.validates_catalog
+        assert (payouts.submit_limit, payouts.idempotency_carrier) == (1000, "header")
+        assert payouts.required_fields == {"recipient_email", "amount", "currency"}
+        assert not payouts.validates_catalog
+    finally:
+        orders.close()
+        payouts.close()
+
+
+# ---------------------------------------------------------------------------
+# Paging
+
+
+def test_a_page_never_asks_for_more_than_twenty() -> None:
+    assert page_params(3, 20, {"payout_order_id": "po_1"}) == {
+        "payout_order_id": "po_1",
+        "page": 3,
+        "limit": 20,
+    }
+    with pytest.raises(ValueError, match="1-20"):
+        page_params(1, 21)
+    with pytest.raises(ValueError):
+        page_params(0, 20)
+
+
+def test_the_last_page_comes_from_the_headers_or_a_short_page() -> None:
+    assert is_last_page(2, 20, 20, {"total-pages": "2"})
+    assert not is_last_page(1, 20, 20, {"total-pages": "2"})
+    assert not is_last_page(1, 20, 20, {})
+    assert is_last_page(1, 7, 20, {})
+
+
+# ---------------------------------------------------------------------------
+# Result mapping
+
+
+def order(**fields: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "id": "ord_1",
+        "reference": KEY,
+        "status": "completed",
+        "brand": "amazon",
+        "currency": "GBP",
+        "face_value": Decimal("50.00"),
+        "country": "GB",
+        "price": Decimal("48.75"),
+        "discount": Decimal("2.5"),
+        "payment_currency": "GBP",
+        "created_at": "2025-01-01T10:00:00Z",
+    }
+    base.update(fields)
+    return base
+
+
+def test_a_completed_order_costs_its_price() -> None:
+    result = order_result(item(amount="50"), order())
+    assert (result.status, result.order_id) == ("succeeded", "ord_1")
+    assert (result.cost, result.cost_currency) == (Decimal("48.75"), "GBP")
+    assert result.voucher_code is None  # the list carries no redemption
+
+
+def test_a_cross_currency_order_costs_the_total_charged_in_the_payment_currency() -> None:
+    fx = {
+        "rate": Decimal("1.2700"),
+        "fee_percentage": Decimal("1"),
+        "fee_amount": Decimal("0.62"),
+        "total_charged": Decimal("62.53"),
+        "currency": "USD",
+    }
+    result = order_result(item(amount="50", paying="USD"), order(payment_currency="USD", fx_fee=fx))
+    assert (result.cost, result.cost_currency) == (Decimal("62.53"), "USD")
+    assert result.extra["fx_fee_amount"] == "0.62" and result.extra["price_currency"] == "GBP"
+
+
+def test_without_a_total_the_fx_cost_is_converted_price_plus_fee() -> None:
+    fx = {"rate": Decimal("1.27"), "fee_amount": Decimal("0.62"), "currency": "USD"}
+    cost = order_cost(order(price=Decimal("48.75"), fx_fee=fx))
+    assert cost == (Decimal("61.91") + Decimal("0.62"), "USD")  # 48.75 x 1.27 = 61.9125
+
+
+def test_the_redemption_of_a_single_order_is_kept_out_of_repr() -> None:
+    full = order(redemption={"code": "CODE-1234-5678", "pin": "9876", "link": "https://r/x"})
+    result = order_result(item(), full)
+    assert result.voucher_code == "CODE-1234-5678"
+    assert "CODE-1234" not in repr(result) and "https://r/x" not in repr(result)
+    redemption = parse_redemption(full)
+    assert redemption.fields == {"code": "CODE-1234-5678", "pin": "9876", "link": "https://r/x"}
+    assert "CODE" not in repr(redemption) and "9876" not in repr(redemption)
+    assert isinstance(redemption, Redemption)
+
+
+def test_failed_and_pending_orders() -> None:
+    failed = order_result(item(), order(status="failed", failure_reason="Supplier timeout"))
+    assert (failed.status, failed.error_code, failed.error_message) == (
+        "failed",
+        "request_failed",
+        "Supplier timeout",
+    )
+    pending = order_result(item(), order(status="pending", price=None))
+    assert pending.status == "pending" and pending.cost is None
+
+
+@pytest.mark.parametrize(
+    ("status", "message", "code"),
+    [
+        (422, "Insufficient balance in USD wallet", "insufficient_funds"),
+        (422, "Reference already used with different parameters", "idempotency_key_reused"),
+        (422, "Out of stock for this face value", "out_of_stock"),
+        (422, "No product matches brand, country, currency and face value", "validation_error"),
+        (404, "Not found", "not_found"),
+        (418, "teapot", "http_418"),
+    ],
+)
+def test_rejection_codes(status: int, message: str, code: str) -> None:
+    assert rejection_code(status, message) == code
+
+
+def payout(n: int, amount: str, status: str = "sent", email: str | None = None) -> dict[str, Any]:
+    return {
+        "id": f"pay_{n}",
+        "payout_order_id": "po_1",
+        "email": email or f"PERSON{n}@example.com",
+        "amount": Decimal(amount),
+        "currency": "GBP",
+        "status": status,
+        "created_at": f"2025-01-01T10:00:{n:02d}Z",
+    }
+
+
+def test_payouts_map_back_by_email_and_amount() -> None:
+    items = [item(1, amount="10"), item(2, amount="20"), item(3, amount="30")]
+    payouts = [payout(3, "30.00", "redeemed"), payout(1, "10"), payout(2, "20.0", "failed")]
+    mapped = map_payouts(payouts, items, wallet_currency="GBP")
+    assert [r.row_key for r in mapped] == ["row1", "row2", "row3"]
+    assert [(r.status, r.provider_status, r.order_id) for r in mapped] == [
+        ("succeeded", "sent", "pay_1"),
+        ("failed", "failed", "pay_2"),
+        ("succeeded", "redeemed", "pay_3"),
+    ]
+    assert (mapped[0].cost, mapped[0].cost_currency) == (Decimal("10"), "GBP")
+
+
+def test_payouts_equal_on_email_and_amount_prefer_the_same_name_then_pair_in_order() -> None:
+    same = "twin@example.com"
+    items = [item(1, email=same, name="Ann"), item(2, email=same, name="Bo")]
+    unnamed = [payout(7, "25", email=same), payout(8, "25", email=same)]
+    mapped = map_payouts(unnamed, items, wallet_currency="GBP")
+    assert [r.order_id for r in mapped] == ["pay_7", "pay_8"]  # listing order
+    named = [dict(unnamed[0], name="bo"), dict(unnamed[1], name="Ann ")]
+    mapped = map_payouts(named, items, wallet_currency="GBP")
+    assert [r.order_id for r in mapped] == ["pay_8", "pay_7"]
+
+
+def test_the_shortfall_is_read_from_the_balance_message() -> None:
+    message = "Insufficient balance: 1,062.53 USD required, 10.00 USD available"
+    assert shortfall(message) == ("USD", Decimal("1062.53"), Decimal("10.00"))
+    assert shortfall("Insufficient balance") is None
+
+
+def test_payouts_that_do_not_add_up_are_incomplete() -> None:
+    items = [item(1, amount="10"), item(2, amount="20")]
+    with pytest.raises(IncompleteResult) as caught:
+        map_payouts([payout(1, "10"), payout(9, "99")], items, wallet_currency="GBP")
+    assert [r.row_key for r in caught.value.items] == ["row1"]
+
+
+# ---------------------------------------------------------------------------
+# Parsing
+
+
+def test_each_brand_option_is_a_product() -> None:
+    brand = {
+        "brand": "apple",
+        "title": "Apple",
+        "categories": ["tech"],
+        "countries": ["US", "GB"],
+        "products": [
+            {"id": 1, "min_face_value": Decimal("25.00"), "max_face_value": Decimal("25.00"),
+             "currency": "USD", "discount": Decimal("3.0"), "stock_count": None, "countries": ["US"]},
+            {"id": 2, "min_face_value": "5", "max_face_value": "100", "currency": "gbp",
+             "discount": -2, "stock_count": 0, "countries": []},
+        ],
+    }  # fmt: skip
+    fixed, ranged = parse_brand(brand)
+    assert (fixed.product_code, fixed.currency, fixed.denominations) == (
+        "apple",
+        "USD",
+        (Decimal("25.00"),),
+    )
+    assert fixed.countries == ("US",) and fixed.is_active and fixed.discount == Decimal("3.0")
+    assert ranged.denominations == () and (ranged.min_value, ranged.max_value) == (5, 100)
+    assert ranged.countries == ("US", "GB")  # the brand's, when the option names none
+    assert not ranged.is_active and ranged.discount == Decimal(-2)
+    assert ranged.currency == "GBP" and fixed.category == "tech"
+
+
+def test_transactions_keep_their_sign_and_type() -> None:
+    tx = parse_transaction(
+        {"id": 7, "type": "fx_fee", "amount": "-0.62", "currency": "USD", "order_id": "ord_1",
+         "reference": KEY, "balance_after": "10.00", "created_at": "2025-01-01T10:00:00Z"}
+    )  # fmt: skip
+    assert (tx.transaction_type, tx.amount, tx.currency, tx.order_id, tx.reference) == (
+        "fx_fee",
+        Decimal("-0.62"),
+        "USD",
+        "ord_1",
+        KEY,
+    )
+    payout_tx = parse_transaction(
+        {"id": 8, "type": "payout", "amount": -100, "currency": "GBP", "payout_order_id": "po_1"}
+    )
+    assert (payout_tx.amount, payout_tx.order_id) == (Decimal(-100), "po_1")
+
+
+def test_the_account_id_is_a_stable_fingerprint_without_the_token() -> None:
+    first = account_fingerprint("https://api.gifq.com/api", SECRET)
+    assert first == account_fingerprint("https://api.gifq.com/api/", SECRET)
+    assert first != account_fingerprint("https://api.gifq.com/api", SECRET + "x")
+    assert SECRET not in first and first.startswith("gifq-")
+
+
+# ---------------------------------------------------------------------------
+# Poll economy, over a mock GIFQ (the sandbox's timing cannot be controlled)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class MockGifq:
+    """Orders newest first, paged by 20; every request is recorded."""
+
+    def __init__(self, count: int) -> None:
+        self.orders = [
+            {"id": f"ord_{i}", "reference": f"ref-{i}", "status": "pending", "brand": "amazon",
+             "currency": "GBP", "face_value": "10.00", "price": "9.75", "country": "GB",
+             "created_at": f"2025-01-01T10:{i // 60:02d}:{i % 60:02d}Z"}
+            for i in range(count)
+        ]  # fmt: skip
+        self.requests: list[httpx.Request] = []
+
+    def complete(self, *indexes: int) -> None:
+        for index in indexes:
+            self.orders[index]["status"] = "completed"
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        assert request.headers["X-Api-Token"] == SECRET
+        path = request.url.path.removeprefix("/api")
+        if path == "/orders":
+            query = parse_qs(request.url.query.decode())
+            page, limit = int(query["page"][0]), int(query["limit"][0])
+            assert limit <= PAGE_LIMIT
+            newest = list(reversed(self.orders))
+            chunk = newest[(page - 1) * limit : page * limit]
+            pages = max(1, -(-len(newest) // limit))
+            return httpx.Response(200, json=chunk, headers={"total-pages": str(pages)})
+        if path.startswith("/orders/"):
+            wanted = path.rsplit("/", 1)[1]
+            found = [o for o in self.orders if o["id"] == wanted]
+            return httpx.Response(200, json=found[0]) if found else httpx.Response(404)
+        if path == "/balances":
+            return httpx.Response(401, json={"message": "Unauthorized", "status": "error"})
+        raise AssertionError(f"unexpected {request.method} {path}")
+
+    def client(self, clock: FakeClock) -> GifqOrders:
+        return GifqOrders(
+            settings("http://gifq.test/api"),
+            transport=httpx.MockTransport(self.handler),
+            limiter=fast_limiter(),
+            clock=clock,
+            refresh_seconds=2.0,
+        )
+
+    def lists(self) -> int:
+        return sum(1 for r in self.requests if r.url.path == "/api/orders")
+
+    def gets(self) -> int:
+        return sum(1 for r in self.requests if r.url.path.startswith("/api/orders/"))
+
+
+def poll_item(index: int) -> list[OrderItem]:
+    return [item(index)]
+
+
+def test_one_list_call_answers_twenty_polls() -> None:
+    gifq, clock = MockGifq(20), FakeClock()
+    gifq.complete(*range(20))
+    client = gifq.client(clock)
+    results = [client.poll(f"ord_{i}", poll_item(i)) for i in range(20)]
+    assert {r.kind for r in results} == {"completed"}
+    assert (gifq.lists(), gifq.gets()) == (1, 0)
+
+
+def test_a_fresh_board_answers_pending_without_a_call() -> None:
+    gifq, clock = MockGifq(5), FakeClock()
+    client = gifq.client(clock)
+    assert client.poll("ord_4", poll_item(4)).kind == "pending"
+    gifq.complete(4)
+    clock.now += 1.0
+    assert client.poll("ord_4", poll_item(4)).kind == "pending"  # the board is 1 s old
+    assert gifq.lists() == 1
+    clock.now += 1.5
+    assert client.poll("ord_4", poll_item(4)).kind == "completed"
+    assert (gifq.lists(), gifq.gets()) == (2, 0)
+
+
+def test_an_order_beyond_the_first_pages_is_fetched_by_id() -> None:
+    gifq, clock = MockGifq(100), FakeClock()
+    gifq.complete(0)
+    client = gifq.client(clock)
+    assert client.poll("ord_0", poll_item(0)).kind == "completed"  # the oldest order
+    assert (gifq.lists(), gifq.gets()) == (3, 1)  # SCAN_PAGES pages, then GET /orders/ord_0
+    gifq.requests.clear()
+    gifq.complete(99)
+    clock.now += 5
+    assert client.poll("ord_99", poll_item(99)).kind == "completed"
+    assert (gifq.lists(), gifq.gets()) == (1, 0)
+
+
+def test_an_order_known_to_be_old_goes_straight_to_get_by_id() -> None:
+    gifq, clock = MockGifq(100), FakeClock()
+    client = gifq.client(clock)
+    assert client.poll("ord_1", poll_item(1)).kind == "pending"
+    gifq.requests.clear()
+    clock.now += 5
+    gifq.complete(1)
+    assert client.poll("ord_1", poll_item(1)).kind == "completed"
+    assert (gifq.lists(), gifq.gets()) == (0, 1)
+
+
+def test_a_refused_token_is_an_auth_error_naming_no_secret() -> None:
+    client = MockGifq(0).client(FakeClock())
+    with pytest.raises(AuthError) as caught:
+        client.account()
+    assert SECRET not in str(caught.value)
+    assert "GIFQ_API_TOKEN" in str(caught.value)
+
+
+def test_the_board_forgets_redemption_details() -> None:
+    board = OrderBoard(clock=FakeClock())
+    board.remember(order(redemption={"code": "SECRET-CODE"}))
+    assert "redemption" not in (board.get("ord_1") or {})
+
+
+ResponseFor = Callable[[httpx.Request], httpx.Response]
+
+
+def mock_orders_client(respond: ResponseFor) -> GifqOrders:
+    return GifqOrders(
+        settings("http://gifq.test/api"),
+        transport=httpx.MockTransport(respond),
+        limiter=fast_limiter(),
+    )
+
+
+def test_a_422_keeps_its_request_id() -> None:
+    def respond(request: httpx.Request) -> httpx.Response:
+        body = {"message": "No product matches", "status": "error", "request_id": "req_42"}
+        return httpx.Response(422, json=body)
+
+    client = mock_orders_client(respond)
+    payload = client.encode(KEY, [item()])
+    result = client.submit(KEY, payload, [item()])
+    assert (result.kind, result.error_code, result.provider_request_id) == (
+        "rejected",
+        "validation_error",
+        "req_42",
+    )
+
+
+def test_a_replayed_reference_answers_with_the_existing_order() -> None:
+    def respond(request: httpx.Request) -> httpx.Response:
+        assert parse_json(request.content)["reference"] == KEY
+        return httpx.Response(200, content=canonical_json(order(status="completed")))
+
+    client = mock_orders_client(respond)
+    result = client.submit(KEY, client.encode(KEY, [item()]), [item()])
+    assert result.kind == "completed" and result.items[0].order_id == "ord_1"
