@@ -80,7 +80,7 @@ _FAULT_HELP = {
     "500": "answer 500 before doing anything (per API request)",
     "429": "start a 429 burst for the key (per API request)",
     "latency": "sleep --latency-ms before handling (per API request)",
-    "drop": "commit, then cut the connection (per order-creating POST)",
+    "drop": "commit, then cut the connection (per order- or payout-order-creating POST)",
     "reject-item": 'reject a valid item as "Out of stock" (per bulk item; GIFQ: per order, 422)',
     "async-fail": "fail an order request upstream, releasing its hold (GIFQ: an order, refunded)",
     "payout-fail": "GIFQ only: fail a payout order, refunding it (per payout order)",
@@ -126,7 +126,8 @@ def sandbox() -> None:
 )  # fmt: skip
 @click.option(
     "--sync/--async", "sync_mode", default=None,
-    help="Answer orders at once (201) or queue them (202 + order request).  [default: async]",
+    help="UGiftMe only: answer orders at once (201) or queue them (202 + order request).  "
+    "[default: async]",
 )  # fmt: skip
 @click.option(
     "--async-delay", type=click.FloatRange(0.0), default=None, metavar="SECONDS",
@@ -139,7 +140,7 @@ def sandbox() -> None:
 )  # fmt: skip
 @click.option(
     "--bulk-limit", type=click.IntRange(1), default=None,
-    help="Most items in one bulk order.  [default: 100]",
+    help="UGiftMe only: most items in one bulk order.  [default: 100]",
 )  # fmt: skip
 @click.option(
     "--fund", "funding", multiple=True, callback=_parse_funding, metavar="CUR=AMOUNT",
@@ -164,7 +165,8 @@ def sandbox() -> None:
 )  # fmt: skip
 @click.option(
     "--webhook-time-scale", type=click.FloatRange(0.0, min_open=True), default=None,
-    metavar="X", help="Multiply webhook retry delays (1 min ... 4 h) by X.  [default: 1]",
+    metavar="X", help="UGiftMe only: multiply webhook retry delays (1 min ... 4 h) by X.  "
+    "[default: 1]",
 )  # fmt: skip
 def serve_command(
     provider: str,

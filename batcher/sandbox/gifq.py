@@ -31,7 +31,8 @@ or a decimal string.
 ``POST   /balances/{cur}/drain``        balance to 0 (no transaction)
 ``PUT    /balances/{cur}``              ``{"amount": "5.00"}`` (no transaction)
 ``GET    /campaigns``                   ``{"apiKey", "campaigns": [campaign]}``
-``POST   /campaigns``                   ``{"title", "status"?, "brands"?, "id"?}`` -> 201
+``POST   /campaigns``                   ``{"title", "status"?, "brands"?, "id"?}`` -> 201;
+                                        status defaults to active, brands to the catalog
 ``PATCH  /campaigns/{id}``              any of ``status``, ``title``, ``brands``
 ``PATCH  /products/{option_id}``        any of ``stock_count`` (null: unlimited),
                                         ``discount``, ``min_face_value``, ``max_face_value``
@@ -62,9 +63,10 @@ Choices where the contract is silent (each is pinned by a test in tests/sandbox)
   ``max_items`` does). ``page-items`` is the page size in effect (pagy's meaning),
   not the number of items on the page. An empty list has one (empty) page. A
   ``Link`` header names the first, prev, next and last pages.
-- The 10 req/s limit is a fixed one-second window per token (unauthenticated
-  calls share a window per IP). Refused requests count too. ``Retry-After`` is
-  whole seconds, at least 1.
+- The 10 req/s limit is a fixed one-second window per token, opened by the
+  first request after the previous window closed (unauthenticated calls share a
+  window per IP). Refused requests count too. ``Retry-After`` is whole seconds,
+  at least 1. No other rate-limit header is ever sent.
 - Catalog amounts (face values, discount) are JSON numbers; order, balance,
   transaction and payout amounts are decimal strings with the currency's minor
   units. Requests may use either.
@@ -91,7 +93,8 @@ Choices where the contract is silent (each is pinned by a test in tests/sandbox)
   fee and ``fx_fee`` (``rates``, ``fee_percentage``, ``fee_amount``,
   ``total_charged``, ``currency``) appears when a fee applies. The charge is one
   ``payout`` debit (plus ``fx_fee``). The answers carry no recipients; they are
-  the payouts.
+  the payouts. ``GET /payouts?payout_order_id=`` lists them in recipient order
+  (an unknown id gives an empty list); without the filter, newest first.
 - ``Idempotency-Key`` on payout orders: same key and payload replays the stored
   answer (``Idempotent-Replayed: true``); a different payload is 422; a request
   still running is 409. 2xx and 422 answers are stored; 401/409/429/5xx are not.
@@ -481,22 +484,14 @@ OrderStatus = Literal["pending", "completed", "failed"]
 
 @dataclass(frozen=True)
 class OrderParams:
-    """What a reference is bound to; two requests match when these are equal."""
+    """What a reference is bound to; two requests match when these are equal
+    (face values compare as numbers: 25 == 25.00)."""
 
     brand: str
     currency: str
     face_value: Decimal
     country: str
     payment_currency: str  # equals currency when there is no conversion
-
-    def same_as(self, other: OrderParams) -> bool:
-        return (
-            self.brand == other.brand
-            and self.currency == other.currency
-            and self.face_value == other.face_value
-            and self.country == other.country
-            and self.payment_currency == other.payment_currency
-        )
 
 
 @dataclass
@@ -858,8 +853,8 @@ class GifqSandbox:
         self.request_log.clear()
         self.catalog = load_catalog()
         self.async_delay_seconds = config.async_delay_seconds
-        self.fx_rates = dict(config.fx_rates)  # type: ignore[arg-type]  # merged in __post_init__
-        self.fx_fee_percent = Decimal(config.fx_fee_percent)
+        self.fx_rates = {pair: _money_input(rate) for pair, rate in config.fx_rates.items()}
+        self.fx_fee_percent = _money_input(config.fx_fee_percent)
         self.max_recipients = config.max_recipients
         self.clamp_page_limit = config.clamp_page_limit
         self.payout_redeem_rate = config.payout_redeem_rate
@@ -869,7 +864,8 @@ class GifqSandbox:
 
     def _new_account(self, api_key: str) -> Account:
         account = Account(api_key, campaigns=_seed_campaigns(iso_now()))
-        for currency, amount in self.config.funding.items():
+        for currency, raw in self.config.funding.items():
+            amount = _money_input(raw)  # already Decimal after __post_init__
             account.balances[currency] = round_money(Decimal(0), currency)
             if amount > 0:
                 self.top_up(account, currency, round_money(amount, currency))
@@ -964,7 +960,7 @@ class GifqSandbox:
         """201 with a new pending order, 200 with the order a reference already made, or 422."""
         existing = account.orders_by_reference.get(reference)
         if existing is not None:
-            if not existing.params.same_as(params):
+            if existing.params != params:
                 raise ApiError(422, "Reference already used with different parameters")
             return 200, existing
         option = self.match_option(params)
@@ -1675,8 +1671,18 @@ def _control_money(raw: Any, currency: str, name: str) -> Decimal:
     return round_money(amount, currency)
 
 
+def _control_percent(raw: Any, name: str) -> Decimal:
+    try:
+        value = _money_input(raw)
+    except (TypeError, ValueError):
+        raise ApiError(400, f"{name} must be a number or a decimal string") from None
+    if not 0 <= value <= 100:
+        raise ApiError(400, f"{name} must be within 0..100")
+    return value
+
+
 def _path_currency(request: Request) -> str:
-    currency = request.path_params["currency"].upper()
+    currency: str = request.path_params["currency"].upper()
     if not is_currency_code(currency):
         raise ApiError(400, "currency must be a 3-letter ISO code")
     return currency
@@ -1745,7 +1751,7 @@ async def control_patch_config(request: Request) -> Response:
             raise ApiError(400, "clampPageLimit must be a boolean")
         sandbox.clamp_page_limit = body["clampPageLimit"]
     if "fxFeePercent" in body:
-        sandbox.fx_fee_percent = _control_money(body["fxFeePercent"], "XXX", "fxFeePercent")
+        sandbox.fx_fee_percent = _control_percent(body["fxFeePercent"], "fxFeePercent")
     if "fxRates" in body:
         rates = body["fxRates"]
         if not isinstance(rates, Mapping):

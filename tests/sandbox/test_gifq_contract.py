@@ -9,6 +9,7 @@ from decimal import Decimal
 import httpx
 import pytest
 from gifq_kit import ROOMY_RATE_LIMIT, GifqApi, order_body
+from ugiftme_kit import Reply
 
 from batcher.sandbox.server import SandboxHandle
 
@@ -236,11 +237,10 @@ def test_payment_currency_equal_to_currency_is_the_same_order(gifq_api: GifqApi)
 # -- 422 refusals -----------------------------------------------------------------
 
 
-def _assert_refused(reply: object, fragment: str) -> None:
-    assert reply.status == 422, reply.body  # type: ignore[attr-defined]
-    body = reply.body  # type: ignore[attr-defined]
-    assert fragment in body["message"] and body["status"] == "error"
-    assert body["request_id"] == reply.headers["X-Request-Id"]  # type: ignore[attr-defined]
+def _assert_refused(reply: Reply, fragment: str) -> None:
+    assert reply.status == 422, reply.body
+    assert fragment in reply.body["message"] and reply.body["status"] == "error"
+    assert reply.body["request_id"] == reply.headers["X-Request-Id"]
 
 
 def test_insufficient_balance_creates_and_charges_nothing(

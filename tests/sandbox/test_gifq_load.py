@@ -127,7 +127,7 @@ def test_thousand_orders_lose_and_double_nothing(
 
 
 def _assert_money_ties_out(api: GifqApi, orders: list[dict[str, object]]) -> None:
-    spent = Counter[str]()
+    spent = {"GBP": Decimal(0), "USD": Decimal(0)}
     for order in orders:
         if order["status"] == "completed":
             spent[str(order["chargedCurrency"])] += Decimal(str(order["charged"]))
