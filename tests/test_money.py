@@ -193,3 +193,50 @@ def test_currencies_marked(raw: str, expected: set[str] | None) -> None:
 def test_a_dollar_sign_allows_every_dollar_currency() -> None:
     marks = currencies_marked("$25")
     assert marks is not None and {"USD", "CAD", "AUD"} <= marks and "GBP" not in marks
+
+
+# ---------------------------------------------------------------------------
+# Validation's vectorised cost agrees with money.cost_after_discount to the cent.
+
+from hypothesis import given as _given  # noqa: E402
+from hypothesis import settings as _settings  # noqa: E402
+from hypothesis import strategies as _st  # noqa: E402
+
+
+@_given(
+    _st.lists(
+        _st.tuples(
+            _st.decimals(min_value="0.0001", max_value="999999", places=4),
+            _st.decimals(min_value="-20", max_value="60", places=3),
+            _st.sampled_from(["GBP", "JPY", "KWD", "EUR", "CLF"]),
+        ),
+        min_size=1,
+        max_size=40,
+    )
+)
+@_settings(max_examples=150, deadline=None)
+def test_vectorised_cost_matches_decimal_cost(cases: list) -> None:
+    import polars as pl
+
+    from batcher.money import cost_after_discount, minor_units, money_str, round_money
+    from batcher.validate import _cost_text, _discount_factor
+
+    rows = []
+    for amount, discount, currency in cases:
+        amount = round_money(amount, currency)
+        if amount <= 0:
+            continue
+        rows.append((amount, discount, currency))
+    if not rows:
+        return
+    frame = pl.DataFrame(
+        {
+            "scaled": [int(a.scaleb(4)) for a, _, _ in rows],
+            "factor": [_discount_factor(str(d)) for _, d, _ in rows],
+            "minor": [minor_units(c) for _, _, c in rows],
+        },
+        schema={"scaled": pl.Int128, "factor": pl.Int128, "minor": pl.Int64},
+    )
+    got = frame.select(_cost_text(pl.col("scaled") * pl.col("factor"), pl.col("minor")))
+    expected = [money_str(cost_after_discount(a, d, c), c) for a, d, c in rows]
+    assert got.to_series().to_list() == expected
