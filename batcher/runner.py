@@ -400,27 +400,40 @@ class Runner:
         elif result.kind == "insufficient_funds":
             self._block_currency(chunk, result)
         else:  # rejected: a definite 4xx; nothing was created
-            kind = failure_kind(result.error_code, result.error_message)
-            outcomes = [
-                RowOutcome(
-                    row_key=k,
-                    state="failed",
-                    failure_kind=kind,
-                    error_code=result.error_code or "rejected",
-                    error_message=result.error_message,
-                    provider_request_id=result.provider_request_id,
-                )
-                for k in chunk.row_keys
-            ]
-            self.ledger.settle_chunk(
-                self.batch,
-                key,
-                "failed",
-                outcomes,
-                error_code=result.error_code,
-                error_message=result.error_message,
+            self._fail_chunk(
+                chunk,
+                result.error_code or "rejected",
+                result.error_message,
+                provider_request_id=result.provider_request_id,
             )
-            self.listener.advance(len(outcomes))
+
+    def _fail_chunk(
+        self,
+        chunk: ChunkRecord,
+        code: str,
+        message: str,
+        *,
+        provider_request_id: str | None = None,
+        provider_status: str = "",
+    ) -> None:
+        """A definite failure of the whole chunk: every row fails with the same reason."""
+        kind = failure_kind(code, message)
+        outcomes = [
+            RowOutcome(
+                row_key=k,
+                state="failed",
+                failure_kind=kind,
+                error_code=code,
+                error_message=message,
+                provider_request_id=provider_request_id,
+                provider_status=provider_status or None,
+            )
+            for k in chunk.row_keys
+        ]
+        self.ledger.settle_chunk(
+            self.batch, chunk.chunk_key, "failed", outcomes, error_code=code, error_message=message
+        )
+        self.listener.advance(len(outcomes))
 
     def _block_currency(self, chunk: ChunkRecord, result: SubmitResult) -> None:
         """A 402 stops every further send in its currency; the rows wait for a top-up."""
@@ -505,27 +518,12 @@ class Runner:
         if result.kind == "completed":
             self._settle_items(chunk, result.items, "succeeded")
             return
-        kind = failure_kind(result.error_code or "request_failed", result.error_message)
-        outcomes = [
-            RowOutcome(
-                row_key=k,
-                state="failed",
-                failure_kind=kind,
-                error_code=result.error_code or "request_failed",
-                error_message=result.error_message,
-                provider_status=result.provider_status,
-            )
-            for k in chunk.row_keys
-        ]
-        self.ledger.settle_chunk(
-            self.batch,
-            key,
-            "failed",
-            outcomes,
-            error_code=result.error_code or "request_failed",
-            error_message=result.error_message,
+        self._fail_chunk(
+            chunk,
+            result.error_code or "request_failed",
+            result.error_message,
+            provider_status=result.provider_status,
         )
-        self.listener.advance(len(outcomes))
 
     def _settle_items(self, chunk: ChunkRecord, items: Sequence[ItemResult], state: str) -> None:
         by_key: Mapping[str, ItemResult] = {i.row_key: i for i in items}
