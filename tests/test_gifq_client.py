@@ -4,7 +4,10 @@ and everything else against the real GIFQ sandbox."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qs
@@ -14,15 +17,20 @@ import pytest
 from pydantic import SecretStr
 
 from batcher.config import PROFILES, ProviderSettings
-from batcher.errors import AuthError
+from batcher.errors import AuthError, ProviderUnavailable, UsageError
 from batcher.http import canonical_json, parse_json
-from batcher.providers.base import IncompleteResult, OrderItem, ProviderOptions
+from batcher.providers.base import (
+    IncompleteResult,
+    OrderItem,
+    OutcomeUnknown,
+    PollResult,
+    ProviderOptions,
+)
 from batcher.providers.gifq import (
     PAGE_LIMIT,
     GifqOrders,
     GifqPayouts,
     OrderBoard,
-    Redemption,
     account_fingerprint,
     amount_text,
     connect_gifq,
@@ -39,6 +47,7 @@ from batcher.providers.gifq import (
     rejection_code,
     shortfall,
 )
+from batcher.sandbox.server import SandboxHandle, running_sandbox
 from batcher.throttle import RateLimiter, forget_limiters
 
 SECRET = "GIFQ-SECRET-TOKEN-7c1d2e3f"
@@ -138,8 +147,18 @@ def test_a_payout_order_lists_recipients_in_chunk_order() -> None:
         "wallet_currency": "GBP",
         "expires_in_days": 14,
         "recipients": [
-            {"email": "person2@example.com", "name": "Person 2", "amount": "10.00", "currency": "GBP"},
-            {"email": "person1@example.com", "name": "Ann Lee", "amount": "20.50", "currency": "GBP"},
+            {
+                "email": "person2@example.com",
+                "name": "Person 2",
+                "amount": "10.00",
+                "currency": "GBP",
+            },
+            {
+                "email": "person1@example.com",
+                "name": "Ann Lee",
+                "amount": "20.50",
+                "currency": "GBP",
+            },
             {"email": "person3@example.com", "amount": "25.00", "currency": "GBP"},
         ],
     }
@@ -250,15 +269,18 @@ def test_without_a_total_the_fx_cost_is_converted_price_plus_fee() -> None:
     assert cost == (Decimal("61.91") + Decimal("0.62"), "USD")  # 48.75 x 1.27 = 61.9125
 
 
-def test_the_redemption_of_a_single_order_is_kept_out_of_repr() -> None:
-    full = order(redemption={"code": "CODE-1234-5678", "pin": "9876", "link": "https://r/x"})
+def test_redemption_details_are_one_code_and_one_link_kept_out_of_repr() -> None:
+    full = order(redemption={"code": "CODE-1234-5678", "pin": "987654", "link": "https://r/x"})
     result = order_result(item(), full)
-    assert result.voucher_code == "CODE-1234-5678"
+    assert result.voucher_code == "CODE-1234-5678 / PIN 987654"
+    assert result.redemption_url == "https://r/x"
     assert "CODE-1234" not in repr(result) and "https://r/x" not in repr(result)
     redemption = parse_redemption(full)
-    assert redemption.fields == {"code": "CODE-1234-5678", "pin": "9876", "link": "https://r/x"}
-    assert "CODE" not in repr(redemption) and "9876" not in repr(redemption)
-    assert isinstance(redemption, Redemption)
+    assert (redemption.order_id, redemption.voucher_code) == ("ord_1", result.voucher_code)
+    assert "CODE" not in repr(redemption) and "987654" not in repr(redemption)
+    serial_only = parse_redemption(order(redemption={"serial": "0042", "security_code": "123"}))
+    assert serial_only.voucher_code == "0042 / security code 123"
+    assert parse_redemption(order()).voucher_code is None
 
 
 def test_failed_and_pending_orders() -> None:
@@ -473,12 +495,28 @@ def test_a_fresh_board_answers_pending_without_a_call() -> None:
     client = gifq.client(clock)
     assert client.poll("ord_4", poll_item(4)).kind == "pending"
     gifq.complete(4)
-    clock.now += 1.0
-    assert client.poll("ord_4", poll_item(4)).kind == "pending"  # the board is 1 s old
+    clock.now += 0.3
+    assert client.poll("ord_4", poll_item(4)).kind == "pending"  # read 0.3 s ago
     assert gifq.lists() == 1
-    clock.now += 1.5
+    clock.now += 0.3
     assert client.poll("ord_4", poll_item(4)).kind == "completed"
     assert (gifq.lists(), gifq.gets()) == (2, 0)
+
+
+def test_the_board_is_read_again_when_a_page_of_new_orders_would_fill_it() -> None:
+    clock = FakeClock()
+    board = OrderBoard(clock=clock)
+    board.refreshing()
+    for n in range(3):
+        board.created(order(id=f"new_{n}", status="pending"))
+        clock.now += 0.4
+    assert not board.stale(2.0)  # orders are still being created: wait for more
+    clock.now += 0.2
+    assert board.stale(2.0)  # none for 0.6 s: the run's tail, read again now
+    board.refreshing()
+    for n in range(16):
+        board.created(order(id=f"more_{n}", status="pending"))
+    assert board.stale(2.0)  # 16 new orders: page 1 still reaches all of them
 
 
 def test_an_order_beyond_the_first_pages_is_fetched_by_id() -> None:
@@ -545,6 +583,72 @@ def test_a_422_keeps_its_request_id() -> None:
     )
 
 
+def test_provider_text_echoing_the_token_is_scrubbed() -> None:
+    def respond(request: httpx.Request) -> httpx.Response:
+        body = {"message": f"token {SECRET} may not order this", "status": "error"}
+        return httpx.Response(422, json=body, headers={"X-Request-Id": "req-7"})
+
+    client = mock_orders_client(respond)
+    result = client.submit(KEY, client.encode(KEY, [item()]), [item()])
+    assert SECRET not in result.error_message and "***" in result.error_message
+    assert result.provider_request_id == "req-7"  # from the header when the body has none
+
+
+class MockPayouts:
+    """GIFQ payout orders whose first POST is cut off after (or before) it is acted on."""
+
+    def __init__(self, *, created_before_drop: bool) -> None:
+        self.created_before_drop = created_before_drop
+        self.orders: list[dict[str, Any]] = []
+        self.posts = 0
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path.removeprefix("/api")
+        if request.method == "POST" and path == "/payout-orders":
+            self.posts += 1
+            body = parse_json(request.content)
+            if self.posts > 1 or self.created_before_drop:
+                self.orders.insert(0, self.payout_order(body))
+            if self.posts == 1:
+                raise httpx.RemoteProtocolError("connection dropped", request=request)
+            return httpx.Response(202, json={"id": self.orders[0]["id"], "status": "queued"})
+        if path == "/payout-orders":
+            return httpx.Response(200, content=canonical_json(self.orders))
+        raise AssertionError(f"unexpected {request.method} {path}")
+
+    def payout_order(self, body: dict[str, Any]) -> dict[str, Any]:
+        total = sum((Decimal(r["amount"]) for r in body["recipients"]), Decimal(0))
+        return {
+            "id": f"po_{len(self.orders) + 1}",
+            "campaign_id": int(body["campaign_id"]),
+            "status": "queued",
+            "recipient_count": len(body["recipients"]),
+            "total_amount": str(total),
+            "wallet_currency": body["wallet_currency"],
+            "created_at": datetime.now(UTC).isoformat(),
+        }
+
+
+@pytest.mark.parametrize("created", [True, False], ids=["created", "never-created"])
+def test_a_payout_order_is_resent_only_after_a_lookup_says_it_is_not_there(created: bool) -> None:
+    gifq = MockPayouts(created_before_drop=created)
+    options = ProviderOptions(mode="payouts", campaign_id="101", expires_in_days=5)
+    client = GifqPayouts(
+        settings("http://gifq.test/api"),
+        options=options,
+        transport=httpx.MockTransport(gifq.handler),
+        limiter=fast_limiter(),
+    )
+    items = [item(1), item(2, amount="30")]
+    payload = client.encode(KEY, items)
+    with pytest.raises(OutcomeUnknown):
+        client.submit(KEY, payload, items)
+    again = client.submit(KEY, payload, items)  # the runner's resend, same key and bytes
+    assert (again.kind, again.request_id) == ("accepted", "po_1")
+    assert gifq.posts == (1 if created else 2)
+    assert len(gifq.orders) == 1
+
+
 def test_a_replayed_reference_answers_with_the_existing_order() -> None:
     def respond(request: httpx.Request) -> httpx.Response:
         assert parse_json(request.content)["reference"] == KEY
@@ -553,3 +657,314 @@ def test_a_replayed_reference_answers_with_the_existing_order() -> None:
     client = mock_orders_client(respond)
     result = client.submit(KEY, client.encode(KEY, [item()]), [item()])
     assert result.kind == "completed" and result.items[0].order_id == "ord_1"
+
+
+def test_transactions_stop_early_only_once_the_list_shows_newest_first() -> None:
+    def tx(n: int, minute: int) -> dict[str, Any]:
+        stamp = f"2025-01-01T10:{minute:02d}:00Z"
+        return {"id": n, "type": "order", "amount": "-1.00", "currency": "GBP", "created_at": stamp}
+
+    def serve(records: list[dict[str, Any]]) -> tuple[GifqOrders, list[int]]:
+        pages: list[int] = []
+
+        def respond(request: httpx.Request) -> httpx.Response:
+            page = int(parse_qs(request.url.query.decode())["page"][0])
+            pages.append(page)
+            body = records[(page - 1) * 20 : page * 20]
+            total = max(1, -(-len(records) // 20))
+            return httpx.Response(200, json=body, headers={"total-pages": str(total)})
+
+        return mock_orders_client(respond), pages
+
+    newest_first = [tx(n, 59 - n // 2) for n in range(100)]  # minutes 59 down to 10
+    client, pages = serve(newest_first)
+    since = datetime(2025, 1, 1, 10, 50, tzinfo=UTC)
+    found = client.transactions(since)
+    assert len(found) == 20 and pages == [1, 2]  # page 2 lies wholly before `since`
+
+    oldest_first = list(reversed(newest_first))
+    client, pages = serve(oldest_first)
+    assert len(client.transactions(since)) == 20 and pages == [1, 2, 3, 4, 5]
+
+    same_time = [tx(n, 0) for n in range(30)] + [tx(99, 55)]  # no order shown on page 1
+    client, pages = serve(same_time)
+    assert [t.transaction_id for t in client.transactions(since)] == ["99"] and pages == [1, 2]
+
+
+# ---------------------------------------------------------------------------
+# Against the real GIFQ sandbox
+
+
+@pytest.fixture
+def make_gifq() -> Iterator[Callable[..., SandboxHandle]]:
+    with ExitStack() as stack:
+
+        def make(**overrides: Any) -> SandboxHandle:
+            config = {"async_delay_seconds": 0.05, **overrides}
+            return stack.enter_context(running_sandbox("gifq", **config))
+
+        yield make
+
+
+@pytest.fixture
+def gifq_sandbox(make_gifq: Callable[..., SandboxHandle]) -> SandboxHandle:
+    return make_gifq()
+
+
+def orders_client(sandbox: SandboxHandle, **kwargs: Any) -> GifqOrders:
+    return GifqOrders(settings(sandbox.base_url, sandbox.api_key), **kwargs)
+
+
+def payouts_client(sandbox: SandboxHandle, campaign: str = "101") -> GifqPayouts:
+    options = ProviderOptions(mode="payouts", campaign_id=campaign, expires_in_days=5)
+    return GifqPayouts(settings(sandbox.base_url, sandbox.api_key), options=options)
+
+
+def wait_until(check: Callable[[], Any], timeout: float = 10.0) -> Any:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+def completed(client: GifqOrders, order_id: str, it: OrderItem) -> PollResult:
+    def poll() -> PollResult | None:
+        result = client.poll(order_id, [it])
+        return result if result.kind != "pending" else None
+
+    return wait_until(poll)
+
+
+def logged_limits(sandbox: SandboxHandle) -> list[int]:
+    log = sandbox.control("GET", "/stats")["log"]
+    return [
+        int(value)
+        for entry in log
+        for key, _, value in (part.partition("=") for part in entry["query"].split("&"))
+        if key == "limit"
+    ]
+
+
+def test_catalog_pages_through_every_brand_with_at_most_twenty(gifq_sandbox: SandboxHandle) -> None:
+    client = orders_client(gifq_sandbox)
+    products = client.catalog()
+    brands = {p.product_code for p in products}
+    assert len(brands) == 27 and "zalando" in brands and "adidas" in brands
+    apple_usd = sorted(
+        p.denominations for p in products if (p.product_code, p.currency) == ("apple", "USD")
+    )
+    assert apple_usd == [(Decimal("25.00"),), (Decimal("50.00"),), (Decimal("100.00"),)]
+    fnac = [p for p in products if p.product_code == "fnac"]
+    assert all(p.is_active for p in fnac)
+    gifq_sandbox.control("PATCH", "/products/1070", json={"stock_count": 0})  # tesco
+    (tesco,) = [p for p in client.catalog() if p.product_code == "tesco"]
+    assert not tesco.is_active
+    limits = logged_limits(gifq_sandbox)
+    assert len(limits) == 4 and max(limits) <= 20
+
+
+def test_account_proves_the_token_and_never_shows_it(
+    make_gifq: Callable[..., SandboxHandle],
+) -> None:
+    sandbox = make_gifq(api_keys=(SECRET,))
+    account = orders_client(sandbox).account()
+    assert account.account_id == account_fingerprint(sandbox.base_url, SECRET)
+    assert SECRET not in account.model_dump_json()
+    wrong = GifqOrders(settings(sandbox.base_url, SECRET + "-wrong"))
+    with pytest.raises(AuthError) as caught:
+        wrong.account()
+    assert SECRET not in str(caught.value) and caught.value.exit_code == 4
+
+
+def test_an_order_completes_and_costs_its_price(gifq_sandbox: SandboxHandle) -> None:
+    client = orders_client(gifq_sandbox)
+    it = item(amount="40")  # amazon GB, 2.5% discount
+    submitted = client.submit(KEY, client.encode(KEY, [it]), [it])
+    assert submitted.kind == "accepted" and submitted.request_id
+    done = completed(client, submitted.request_id, it)
+    assert done.kind == "completed"
+    (result,) = done.items
+    assert (result.status, result.cost, result.cost_currency) == (
+        "succeeded",
+        Decimal("39.00"),
+        "GBP",
+    )
+    replay = client.submit(KEY, client.encode(KEY, [it]), [it])
+    assert replay.kind == "completed" and replay.request_id == submitted.request_id
+    redemption = client.redemption(submitted.request_id)
+    assert redemption is not None and redemption.voucher_code
+    assert client.redemption("no-such-order") is None
+    assert len(gifq_sandbox.control("GET", "/orders")["orders"]) == 1
+
+
+def test_cross_currency_cost_ties_to_the_wallet_to_the_cent(gifq_sandbox: SandboxHandle) -> None:
+    client = orders_client(gifq_sandbox)
+    it = item(amount="33.33", paying="USD")  # price 32.50 GBP; x 1.27 = 41.2750 -> 41.28
+    submitted = client.submit(KEY, client.encode(KEY, [it]), [it])
+    assert submitted.request_id
+    (result,) = completed(client, submitted.request_id, it).items
+    converted = Decimal("41.28")
+    fee = Decimal("0.41")  # 1% of 41.28 = 0.4128
+    assert (result.cost, result.cost_currency) == (converted + fee, "USD")
+    assert result.extra["price"] == "32.50" and result.extra["fx_rate"] == "1.27"
+    moves = [t for t in client.transactions() if t.order_id == submitted.request_id]
+    assert sorted((t.transaction_type, t.amount, t.currency) for t in moves) == [
+        ("fx_fee", -fee, "USD"),
+        ("order", -converted, "USD"),
+    ]
+    assert -sum(t.amount for t in moves) == result.cost
+    (listed,) = client.orders(datetime.now(UTC) - timedelta(hours=1))
+    assert (listed.reference, listed.cost, listed.product_code) == (KEY, result.cost, "amazon")
+
+
+def test_a_422_is_rejected_with_its_request_id(gifq_sandbox: SandboxHandle) -> None:
+    client = orders_client(gifq_sandbox)
+    it = item(amount="600")  # amazon GB tops out at 500
+    result = client.submit(KEY, client.encode(KEY, [it]), [it])
+    assert (result.kind, result.error_code) == ("rejected", "validation_error")
+    assert result.provider_request_id and "face value" in result.error_message
+    other = item(amount="40")
+    reused = client.submit(KEY, client.encode(KEY, [other]), [other])
+    assert reused.kind == "accepted"  # a refused reference stays free
+    clash = client.submit(KEY, client.encode(KEY, [item(amount="41")]), [item(amount="41")])
+    assert (clash.kind, clash.error_code) == ("rejected", "idempotency_key_reused")
+
+
+def test_short_funds_name_the_wallet_and_the_amounts(gifq_sandbox: SandboxHandle) -> None:
+    gifq_sandbox.control("PUT", "/balances/USD", json={"amount": "10.00"})
+    client = orders_client(gifq_sandbox)
+    it = item(amount="33.33", paying="USD")
+    result = client.submit(KEY, client.encode(KEY, [it]), [it])
+    assert (result.kind, result.currency) == ("insufficient_funds", "USD")
+    assert (result.required, result.available) == (Decimal("41.69"), Decimal("10.00"))
+    assert result.provider_request_id
+    assert not gifq_sandbox.control("GET", "/orders")["orders"]
+
+
+def test_lookup_finds_the_order_behind_a_dropped_connection(
+    make_gifq: Callable[..., SandboxHandle],
+) -> None:
+    sandbox = make_gifq(fault_drop=1.0, seed=5)
+    client = orders_client(sandbox)
+    it = item(amount="25")
+    with pytest.raises(OutcomeUnknown):
+        client.submit(KEY, client.encode(KEY, [it]), [it])
+    found = client.lookup(KEY, [it])
+    (order,) = sandbox.control("GET", "/orders")["orders"]
+    assert found is not None and found.request_id == order["id"]
+    assert client.lookup("b1-" + "f" * 40, [it]) is None
+    sandbox.control("PATCH", "/faults", json={"drop": 0.0})
+    again = client.submit(KEY, client.encode(KEY, [it]), [it])
+    assert again.request_id == order["id"]
+    assert len(sandbox.control("GET", "/orders")["orders"]) == 1
+
+
+def test_payouts_lifecycle_maps_each_recipient_to_its_row(
+    make_gifq: Callable[..., SandboxHandle],
+) -> None:
+    sandbox = make_gifq()
+    client = payouts_client(sandbox)
+    client.preflight()
+    items = [item(n, amount=str(10 + n), name=f"R {n}") for n in range(1, 4)]
+    accepted = client.submit(KEY, client.encode(KEY, items), items)
+    assert accepted.kind == "accepted" and accepted.request_id
+    result = wait_until(
+        lambda: (r := client.poll(accepted.request_id or "", items)).kind == "completed" and r
+    )
+    payouts = {p["email"]: p for p in sandbox.control("GET", "/payouts")["payouts"]}
+    assert [(r.row_key, r.order_id, r.provider_status, r.cost) for r in result.items] == [
+        (i.row_key, payouts[i.recipient_email]["id"], "sent", i.amount) for i in items
+    ]
+    first = result.items[0].order_id
+    sandbox.control("PATCH", f"/payouts/{first}", json={"status": "redeemed"})
+    again = client.poll(accepted.request_id or "", items)
+    assert again.items[0].provider_status == "redeemed"
+    assert -sum(t.amount for t in client.transactions() if t.transaction_type == "payout") == 36
+    listed = client.orders(datetime.now(UTC) - timedelta(hours=1))
+    assert {p.order_id for p in listed} == {r.order_id for r in result.items}
+
+
+def test_payout_lookup_before_any_resend(make_gifq: Callable[..., SandboxHandle]) -> None:
+    sandbox = make_gifq(fault_drop=1.0, seed=9)
+    client = payouts_client(sandbox)
+    items = [item(n, amount=str(20 + n)) for n in range(1, 3)]
+    with pytest.raises(OutcomeUnknown):
+        client.submit(KEY, client.encode(KEY, items), items)
+    (created,) = sandbox.control("GET", "/payout-orders")["payoutOrders"]
+    fresh = payouts_client(sandbox)  # a new run: nothing claimed yet
+    found = fresh.lookup(KEY, items)
+    assert found is not None and found.request_id == created["id"]
+    assert fresh.lookup(KEY, items) is None  # one payout order answers one chunk only
+    others = [item(n, amount="99") for n in range(1, 3)]
+    assert payouts_client(sandbox).lookup(KEY, others) is None
+    later = datetime.now(UTC) + timedelta(hours=1)
+    assert payouts_client(sandbox).lookup(KEY, items, sent_after=later) is None
+    assert len(sandbox.control("GET", "/payout-orders")["payoutOrders"]) == 1
+
+
+def test_payout_lookup_refuses_to_guess_between_twins(gifq_sandbox: SandboxHandle) -> None:
+    client = payouts_client(gifq_sandbox)
+    items = [item(1, amount="15")]
+    for key in ("b1-" + "1" * 40, "b1-" + "2" * 40):
+        assert client.submit(key, client.encode(key, items), items).kind == "accepted"
+    with pytest.raises(ProviderUnavailable, match="will not guess"):
+        payouts_client(gifq_sandbox).lookup(KEY, items)
+
+
+def test_failed_payout_orders_fail_their_rows(make_gifq: Callable[..., SandboxHandle]) -> None:
+    sandbox = make_gifq(fault_payout_fail=1.0, seed=4)
+    client = payouts_client(sandbox)
+    items = [item(1), item(2, amount="30")]
+    accepted = client.submit(KEY, client.encode(KEY, items), items)
+    result = wait_until(
+        lambda: (r := client.poll(accepted.request_id or "", items)).kind != "pending" and r
+    )
+    assert (result.kind, result.error_code) == ("failed", "request_failed")
+    assert payouts_client(sandbox).lookup(KEY, items) is None  # refunded: a resend pays once
+
+
+def test_payout_refusals(gifq_sandbox: SandboxHandle) -> None:
+    gifq_sandbox.control("PUT", "/balances/GBP", json={"amount": "20.00"})
+    client = payouts_client(gifq_sandbox)
+    items = [item(1), item(2)]
+    short = client.submit(KEY, client.encode(KEY, items), items)
+    assert (short.kind, short.currency, short.required, short.available) == (
+        "insufficient_funds", "GBP", Decimal("50.00"), Decimal("20.00"),
+    )  # fmt: skip
+    gifq_sandbox.control("PATCH", "/campaigns/101", json={"status": "paused"})
+    key = "b1-" + "3" * 40
+    paused = client.submit(key, client.encode(key, items), items)
+    assert (paused.kind, paused.error_code) == ("rejected", "validation_error")
+    assert paused.provider_request_id and "paused" in paused.error_message
+
+
+@pytest.mark.parametrize(
+    ("campaign", "words"),
+    [("103", "is paused"), ("104", "is draft"), ("105", "is archived"), ("999", "does not exist")],
+)
+def test_the_campaign_must_be_active(
+    gifq_sandbox: SandboxHandle, campaign: str, words: str
+) -> None:
+    payouts_client(gifq_sandbox, "101").preflight()
+    with pytest.raises(UsageError, match=words) as caught:
+        payouts_client(gifq_sandbox, campaign).preflight()
+    assert caught.value.exit_code == 2
+
+
+def test_no_list_call_ever_asks_for_more_than_twenty(gifq_sandbox: SandboxHandle) -> None:
+    client = orders_client(gifq_sandbox)
+    for n in range(25):
+        key = f"b1-{n:040d}"
+        client.submit(key, client.encode(key, [item(n, amount=str(10 + n))]), [item(n)])
+    client.catalog()
+    client.transactions()
+    client.orders(datetime.now(UTC) - timedelta(days=1))
+    client.lookup("b1-" + "e" * 40, [item()])
+    payouts = payouts_client(gifq_sandbox)
+    payouts.preflight()
+    payouts.lookup(KEY, [item()])
+    limits = logged_limits(gifq_sandbox)
+    assert len(limits) >= 10 and set(limits) == {20}

@@ -12,32 +12,35 @@ payout order is looked up before anything is resent.
 
 Choices where the contract is silent (each one is tested):
 
-- Completion is read from the newest-first order list: one `GET /api/orders`
-  page shows up to 20 orders, so polls are answered from an `OrderBoard` that
-  is refreshed at most every `refresh_seconds`, scanning only as many pages as
-  the orders being waited for need. An order that is not on the first
-  `SCAN_PAGES` pages is fetched with `GET /api/orders/:id` from then on.
-- The order list carries no redemption details, so a result read from the list
-  has no voucher code; `redemption(order_id)` fetches them (bearer credentials:
-  they go into the returned object and nowhere else).
+- Requests are paced at `PACE_MARGIN` of the profile's 10/s: GIFQ counts fixed
+  one-second windows and sends no remaining-count headers.
+- Completion is read from the newest-first order list, 20 orders a page. Polls
+  are answered from an `OrderBoard` that is read again only when a poll needs
+  it and it is stale (see `OrderBoard.stale`), and then only as many pages as
+  the orders being waited for need. An order not on the first `SCAN_PAGES`
+  pages is fetched with `GET /api/orders/:id` from then on.
+- The order list carries no redemption details, so a result read from it has
+  no voucher code; `redemption(order_id)` fetches them. They are bearer
+  credentials: they go into the returned object and nowhere else.
 - An order's cost is its `price` in its own currency; a cross-currency order
   costs `fx_fee.total_charged` in the payment currency (converted price plus
-  the 1% fee), which is what the wallet's `order` and `fx_fee` movements add up to.
+  the 1% fee), which is what its wallet `order` and `fx_fee` debits add up to.
 - A failed order (refunded automatically) gets error_code `request_failed`, a
-  fulfilment failure the next run retries. A 422 gets `validation_error`, or
-  `out_of_stock` when it names stock, or `idempotency_key_reused` when the
-  reference was used with other parameters; its `request_id` is kept.
+  fulfilment failure the next run retries. A 422 gets `insufficient_funds`
+  (with the shortfall read from its message), `out_of_stock`,
+  `idempotency_key_reused` or `validation_error`, and keeps its `request_id`.
 - `lookup` in orders mode scans at most `LOOKUP_PAGES` pages for the reference.
-  None means "not on those pages": the caller resends the same bytes, which
-  GIFQ deduplicates by reference, so a resend can never create a second card.
-- `lookup` in payouts mode matches campaign, wallet currency, recipient count
-  and total, then the recipients themselves once their payouts are listed. No
-  match in the whole (bounded) list means none was created; more than one
-  candidate that cannot be told apart stops the run (ProviderUnavailable)
-  rather than guessing or resending.
-- Payouts carry no item index and no name, so they are matched to rows by
-  (email, amount, currency); rows equal on those three are interchangeable and
-  are paired in order.
+  None means "not on those pages": never created, or older than the pages
+  scanned. Either way the caller resends the same bytes, which GIFQ
+  deduplicates by reference, so a resend never creates a second card.
+- `lookup` in payouts mode matches campaign, wallet currency, recipient count,
+  total and (once listed) the recipients themselves; see `GifqPayouts.lookup`
+  for when it answers None and when it stops the run instead of guessing.
+- Payouts carry no item index, so they are matched to rows by (email, amount,
+  currency), preferring the same name; rows equal on all of these are
+  interchangeable and are paired in listing order.
+- Wallet transactions are read newest first only once the list shows itself
+  so (GIFQ does not document its order); otherwise every page is read.
 
 The token never appears in a message: `ApiClient` scrubs provider text, and the
 account id is a fingerprint, never the token.
@@ -45,13 +48,13 @@ account id is a fingerprint, never the token.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import re
 import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal, TypeVar
@@ -73,6 +76,7 @@ from batcher.providers.base import (
     Provider,
     ProviderOptions,
     ProviderOrder,
+    Redemption,
     SubmitResult,
 )
 from batcher.sheets import BASE_REQUIRED
@@ -97,6 +101,10 @@ PACE_MARGIN = 0.95
 CLOCK_SKEW = timedelta(minutes=10)
 _MAX_PAGES = 10_000  # a guard against a list that never ends
 _MAX_BOARD_ENTRIES = 20_000
+#: Older orders a refresh's first page still shows, for those pending at the last one.
+_PAGE_SLACK = 4
+#: How soon the order list is read again when no order was created since the last read.
+_IDLE_REFRESH = 0.5
 _MAX_REFERENCE = 255
 
 _FINAL_ORDER_STATUSES = {"completed", "failed"}
@@ -135,18 +143,6 @@ def account_fingerprint(base_url: str, token: str) -> str:
     """
     digest = hashlib.sha256(f"gifq\x1f{base_url.rstrip('/')}\x1f{token}".encode()).hexdigest()
     return f"gifq-{digest[:16]}"
-
-
-@dataclass(frozen=True)
-class Redemption:
-    """What a completed order's card is redeemed with. Bearer credentials: never log."""
-
-    order_id: str
-    status: str
-    fields: Mapping[str, str]
-
-    def __repr__(self) -> str:  # keep credentials out of tracebacks and logs
-        return f"Redemption(order_id={self.order_id!r}, fields={sorted(self.fields)})"
 
 
 # ---------------------------------------------------------------------------
@@ -217,16 +213,44 @@ class _GifqBase:
 
     def transactions(self, since: datetime | None = None) -> list[WalletTransaction]:
         """Every wallet movement since `since` (all of them without it)."""
-        cutoff = _aware(since) if since else None
-        found: list[WalletTransaction] = []
-        for record in self._pages("/transactions"):
-            transaction = _read("/transactions", parse_transaction, record)
-            if cutoff and transaction.timestamp and transaction.timestamp < cutoff:
-                continue  # the list order is not documented: filter, never stop early
-            found.append(transaction)
-        return found
+        return self._since("/transactions", parse_transaction, since, lambda t: t.timestamp)
 
     # ------------------------------------------------------------- internals
+
+    def _since(
+        self,
+        path: str,
+        parse: Callable[[Record], T],
+        since: datetime | None,
+        time_of: Callable[[T], datetime | None],
+        until: datetime | None = None,
+    ) -> list[T]:
+        """The records of a list created in [since, until].
+
+        GIFQ does not document the order of this list. Reading stops early only
+        once the list has shown itself newest first (a strictly older record
+        after a newer one, never the reverse) and a whole page lies before
+        `since`; otherwise every page is read and filtered.
+        """
+        start = _aware(since) if since else None
+        end = _aware(until) if until else None
+        order = ListOrder()
+        found: list[T] = []
+        for records, _last in self._page_lists(path, None, _MAX_PAGES):
+            page = [_read(path, parse, record) for record in records]
+            times = [time_of(record) for record in page]
+            order.see(times)
+            found += [
+                record
+                for record, moment in zip(page, times, strict=True)
+                if moment is None or ((not start or moment >= start) and (not end or moment <= end))
+            ]
+            before = [
+                moment is not None and start is not None and moment < start for moment in times
+            ]
+            if order.newest_first and page and all(before):
+                break
+        return found
 
     def _get(self, path: str, params: Params | None = None) -> ApiResponse:
         response = self._api.get(path, params=params)
@@ -287,7 +311,7 @@ class _GifqBase:
         """A definite 4xx on a POST: nothing was created."""
         data = response.data if isinstance(response.data, Mapping) else {}
         message = self._api.scrub(provider_error_text(data)) or f"HTTP {response.status_code}"
-        request_id = _text(data.get("request_id")) or None
+        request_id = _text(data.get("request_id")) or response.headers.get("x-request-id") or None
         code = rejection_code(response.status_code, message)
         if code == "insufficient_funds":
             short = shortfall(message) or (currency, None, None)
@@ -360,13 +384,14 @@ class GifqOrders(_GifqBase):
             found.append(order)
         return found
 
-    def redemption(self, order_id: str) -> Redemption:
-        """The redemption details of one order (`GET /api/orders/:id`)."""
-        path = f"/orders/{quote(order_id, safe='')}"
-        response = self._api.get(path)
+    def redemption(self, order_id: str) -> Redemption | None:
+        """How one order is redeemed (`GET /api/orders/:id`); None when GIFQ has no such order."""
+        response = self._api.get(f"/orders/{quote(order_id, safe='')}")
+        if response.status_code == 404:
+            return None
         if not response.is_success or not isinstance(response.data, Mapping):
             raise ProviderUnavailable(self._status_text("GET", "/orders/:id", response))
-        return parse_redemption(response.data)
+        return _read("/orders/:id", parse_redemption, response.data)
 
     # ---------------------------------------------------------------- writes
 
@@ -383,7 +408,10 @@ class GifqOrders(_GifqBase):
             order = response.data
             if _text(order.get("reference")) not in ("", key):
                 raise OutcomeUnknown("POST /orders answered with another order's reference")
-            self.board.remember(order)
+            if status == 201:
+                self.board.created(order)
+            else:
+                self.board.remember(order)
             return self._submit_result(order, item)
         if status in (200, 201):
             raise OutcomeUnknown(f"POST /orders: HTTP {status} without an order")
@@ -402,7 +430,7 @@ class GifqOrders(_GifqBase):
             raise OutcomeUnknown(exc.message) from None
         if order is None:
             return PollResult(kind="pending")
-        result = order_result(item, order)
+        result = self._order_result(item, order)
         if result.status == "pending":
             return PollResult(kind="pending", provider_status=result.provider_status)
         self.board.settled(request_id)
@@ -430,11 +458,18 @@ class GifqOrders(_GifqBase):
         order_id = _text_of(order.get("id"))
         if not order_id:
             raise OutcomeUnknown("GIFQ answered with an order that has no id")
-        result = order_result(item, order)
+        result = self._order_result(item, order)
         if result.status == "pending":
             return SubmitResult(kind="accepted", request_id=order_id)
         self.board.settled(order_id)
         return SubmitResult(kind="completed", request_id=order_id, items=(result,))
+
+    def _order_result(self, item: OrderItem, order: Record) -> ItemResult:
+        """`order_result`, with provider text scrubbed of the token."""
+        result = order_result(item, order)
+        if not result.error_message:
+            return result
+        return dataclasses.replace(result, error_message=self._api.scrub(result.error_message))
 
     def _order_status(self, order_id: str) -> Record | None:
         """The freshest status batcher can have for one order without waste."""
@@ -444,7 +479,7 @@ class GifqOrders(_GifqBase):
             return known
         if order_id in self._off_list:
             return self._fetch_order(order_id)
-        if not self.board.stale(self.refresh_seconds):
+        if not self.board.stale(self.refresh_seconds, page_size=self.page_limit):
             return known
         self._refresh_board()
         if order_id in self._off_list:
@@ -473,6 +508,28 @@ class GifqOrders(_GifqBase):
         return response.data
 
 
+class ListOrder:
+    """Whether a list has shown itself newest first, from the timestamps seen so far."""
+
+    def __init__(self) -> None:
+        self._last: datetime | None = None
+        self._fell = False
+        self._rose = False
+
+    def see(self, times: Iterable[datetime | None]) -> None:
+        for moment in times:
+            if moment is None:
+                continue
+            if self._last is not None:
+                self._fell |= moment < self._last
+                self._rose |= moment > self._last
+            self._last = moment
+
+    @property
+    def newest_first(self) -> bool:
+        return self._fell and not self._rose
+
+
 class OrderBoard:
     """The last status the order list showed for each order, and which ones a poll awaits.
 
@@ -486,6 +543,8 @@ class OrderBoard:
         self._orders: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._waiting: set[str] = set()
         self._refreshed_at: float | None = None
+        self._created_since_refresh = 0
+        self._last_created_at: float | None = None
 
     def remember(self, record: Record) -> None:
         order_id = _text_of(record.get("id"))
@@ -515,11 +574,36 @@ class OrderBoard:
             if _text((self._orders.get(order_id) or {}).get("status")) not in _FINAL_ORDER_STATUSES
         }
 
-    def stale(self, max_age: float) -> bool:
-        return self._refreshed_at is None or self._clock() - self._refreshed_at >= max_age
+    def created(self, record: Record) -> None:
+        """An order this client just created: it tops the newest-first list."""
+        self.remember(record)
+        self._created_since_refresh += 1
+        self._last_created_at = self._clock()
+
+    def stale(
+        self, max_age: float, *, page_size: int = PAGE_LIMIT, idle_age: float = _IDLE_REFRESH
+    ) -> bool:
+        """Time to read the list again?
+
+        - enough orders were created since the last read that the next first
+          page holds them all and little else (sooner wastes a page; later, and
+          page 1 no longer reaches the oldest of them);
+        - no order was created for `idle_age` (the tail of a run, or a run that
+          only polls): after `idle_age`, since a page then costs no more than one
+          GET by id and may answer many polls;
+        - otherwise after `max_age`.
+        """
+        if self._refreshed_at is None:
+            return True
+        if self._created_since_refresh >= max(1, page_size - _PAGE_SLACK):
+            return True
+        now = self._clock()
+        idle = self._last_created_at is None or now - self._last_created_at >= idle_age
+        return now - self._refreshed_at >= (idle_age if idle else max_age)
 
     def refreshing(self) -> None:
         self._refreshed_at = self._clock()
+        self._created_since_refresh = 0
 
     def __len__(self) -> int:
         return len(self._orders)
@@ -562,6 +646,7 @@ class GifqPayouts(_GifqBase):
         self.expires_in_days = options.expires_in_days or 30
         self.lookup_pages = lookup_pages
         self._claimed: set[str] = set()  # payout orders this process already tied to a chunk
+        self._unanswered: dict[str, datetime] = {}  # key -> when its unanswered POST left
 
     # ------------------------------------------------------------------ reads
 
@@ -586,19 +671,15 @@ class GifqPayouts(_GifqBase):
         """Payout rows name no product: recipients choose from the campaign later."""
         return []
 
+    def redemption(self, order_id: str) -> Redemption | None:
+        """A payout carries no code: the recipient chooses a card through GIFQ's email."""
+        return Redemption(order_id=order_id)
+
     def orders(self, since: datetime, until: datetime | None = None) -> list[ProviderOrder]:
         """Each recipient's payout (what a payout row's order_id names) in [since, until]."""
-        start = _aware(since)
-        end = _aware(until) if until else None
-        found: list[ProviderOrder] = []
-        for record in self._pages("/payouts"):
-            payout = _read("/payouts", parse_payout_order_line, record)
-            if payout.created_at and (
-                payout.created_at < start or (end and payout.created_at > end)
-            ):
-                continue  # the payouts list order is not documented: filter, never stop early
-            found.append(payout)
-        return found
+        return self._since(
+            "/payouts", parse_payout_order_line, since, lambda p: p.created_at, until
+        )
 
     # ---------------------------------------------------------------- writes
 
@@ -608,8 +689,26 @@ class GifqPayouts(_GifqBase):
         )
 
     def submit(self, key: str, payload: bytes, items: Sequence[OrderItem]) -> SubmitResult:
+        """Send a payout order; a resend of one this process got no answer for looks first.
+
+        GIFQ does not document `Idempotency-Key` on payout orders, so the same key
+        is not trusted to deduplicate: when an earlier POST of this key went
+        unanswered, the payout orders created since it was sent are searched
+        (`lookup`) and only a definite "not there" lets the POST go out again.
+        """
         check_reference(key)
-        response = self._post("/payout-orders", payload, headers={"Idempotency-Key": key})
+        if key in self._unanswered:
+            found = self.lookup(key, items, sent_after=self._unanswered[key])
+            if found is not None:
+                del self._unanswered[key]
+                return found
+        sent_at = datetime.now(UTC)
+        try:
+            response = self._post("/payout-orders", payload, headers={"Idempotency-Key": key})
+        except OutcomeUnknown:
+            self._unanswered.setdefault(key, sent_at)
+            raise
+        self._unanswered.pop(key, None)
         status = response.status_code
         if status in (200, 201, 202):
             order_id = (
@@ -706,10 +805,17 @@ class GifqPayouts(_GifqBase):
             if status not in _PENDING_PAYOUT_ORDER_STATUSES:
                 log.warning("payout order in unexpected status %r; treating it as pending", status)
             return PollResult(kind="pending", provider_status=status)
-        payouts = list(self._pages("/payouts", {"payout_order_id": request_id}))
+        payouts = [
+            payout
+            for payout in self._pages("/payouts", {"payout_order_id": request_id})
+            if _text_of(payout.get("payout_order_id")) in ("", request_id)
+        ]
         wallet = _text(order.get("wallet_currency")) or items[0].currency
         mapped = map_payouts(payouts, items, wallet_currency=wallet)
-        return PollResult(kind="completed", items=mapped, provider_status=status)
+        scrubbed = tuple(
+            dataclasses.replace(r, error_message=self._api.scrub(r.error_message)) for r in mapped
+        )
+        return PollResult(kind="completed", items=scrubbed, provider_status=status)
 
     def _same_shape(self, record: Record, items: Sequence[OrderItem]) -> bool:
         try:
@@ -879,15 +985,17 @@ def order_result(item: OrderItem, order: Record) -> ItemResult:
     order_id = _text_of(order.get("id")) or None
     if status == "completed":
         cost, cost_currency = order_cost(order, item)
-        code, link = _redemption_code_and_link(order)
+        credentials = (
+            parse_redemption(order) if isinstance(order.get("redemption"), Mapping) else None
+        )
         return ItemResult(
             row_key=item.row_key,
             status="succeeded",
             order_id=order_id,
             cost=cost,
             cost_currency=cost_currency,
-            voucher_code=code,
-            redemption_url=link,
+            voucher_code=credentials.voucher_code if credentials else None,
+            redemption_url=credentials.redemption_url if credentials else None,
             provider_status=status,
             extra=_fx_extra(order),
         )
@@ -947,14 +1055,6 @@ def _fx_extra(order: Record) -> dict[str, str]:
     for field in ("rate", "fee_percentage", "fee_amount", "total_charged", "currency"):
         extra[f"fx_{field}"] = _text_of(fx.get(field))
     return {k: v for k, v in extra.items() if v}
-
-
-def _redemption_code_and_link(order: Record) -> tuple[str | None, str | None]:
-    redemption = order.get("redemption")
-    if not isinstance(redemption, Mapping):
-        return None, None
-    code = _text(redemption.get("code")) or _text(redemption.get("serial")) or None
-    return code, _text(redemption.get("link")) or None
 
 
 def payout_match_key(email: str, amount: Decimal | str, currency: str) -> tuple[str, Decimal, str]:
@@ -1141,14 +1241,24 @@ def parse_payout_order_line(record: Record) -> ProviderOrder:
 
 
 def parse_redemption(order: Record) -> Redemption:
-    redemption = order.get("redemption")
-    fields = redemption if isinstance(redemption, Mapping) else {}
+    """The order's credentials as one voucher code and one link.
+
+    The code is `code` (or `serial`); a `pin`, `security_code` or
+    `link_challenge_code` the brand also needs follows it, labelled, so the
+    recipient has everything in one cell.
+    """
+    fields = order.get("redemption")
+    found = fields if isinstance(fields, Mapping) else {}
+    values = {name: _text_of(found.get(name)) for name in _REDEMPTION_FIELDS}
+    parts = [values["code"] or values["serial"]]
+    if values["code"] and values["serial"]:
+        parts.append(f"serial {values['serial']}")
+    labels = {"pin": "PIN", "security_code": "security code", "link_challenge_code": "challenge"}
+    parts += [f"{label} {values[name]}" for name, label in labels.items() if values[name]]
     return Redemption(
         order_id=_required_text(order, "id"),
-        status=_text(order.get("status")),
-        fields={
-            name: _text_of(fields.get(name)) for name in _REDEMPTION_FIELDS if fields.get(name)
-        },
+        voucher_code=" / ".join(part for part in parts if part) or None,
+        redemption_url=values["link"] or None,
     )
 
 
