@@ -683,11 +683,12 @@ class Ledger:
         return counts
 
     def mark_pending_reason(self, batch: str, currency: str, code: str, message: str) -> int:
-        """Annotate the pending rows of a currency (e.g. insufficient funds) without sending."""
+        """Annotate the pending rows paid from a wallet (e.g. insufficient funds)."""
+        paying = "COALESCE(NULLIF(json_extract(fields, '$.payment_currency'), ''), currency)"
         with self._tx() as db:
             cursor = db.execute(
                 "UPDATE rows SET error_code = ?, error_message = ?, failure_kind = 'retryable',"
-                " updated_at = ? WHERE batch = ? AND currency = ? AND in_sheet = 1"
+                f" updated_at = ? WHERE batch = ? AND {paying} = ? AND in_sheet = 1"
                 " AND state = 'pending'",
                 (code, message, utc_now(), batch, currency),
             )
@@ -696,14 +697,19 @@ class Ledger:
 
     # ------------------------------------------------------------------ chunks
 
-    def discard_unsent_plans(self, batch: str, currency: str | None = None) -> int:
-        """Planned chunks that never left can be re-planned freely: nothing was sent."""
-        sql = "SELECT chunk_key FROM chunks WHERE batch = ? AND state = 'planned'"
-        params: tuple[str, ...] = (batch,)
-        if currency is not None:
-            sql, params = sql + " AND currency = ?", (batch, currency)
+    def discard_unsent_plans(self, batch: str, chunk_keys: Sequence[str] | None = None) -> int:
+        """Planned chunks that never left can be re-planned freely: nothing was sent.
+
+        All of the batch's planned chunks, or only those of `chunk_keys`.
+        """
         with self._tx() as db:
-            keys = [r[0] for r in db.execute(sql, params)]
+            planned = [
+                r[0]
+                for r in db.execute(
+                    "SELECT chunk_key FROM chunks WHERE batch = ? AND state = 'planned'", (batch,)
+                )
+            ]
+            keys = planned if chunk_keys is None else [k for k in planned if k in set(chunk_keys)]
             for key in keys:
                 db.execute(
                     "UPDATE rows SET state = 'pending', chunk_key = NULL, updated_at = ?"

@@ -23,7 +23,7 @@ from typing import Protocol
 
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 
-from batcher.ledger import ChunkRecord, Ledger, RowOutcome, RowRecord, SheetRow
+from batcher.ledger import ChunkRecord, Ledger, RowOutcome, RowRecord, SheetRow, parse_ts
 from batcher.models import Balance
 from batcher.plan import PlanRow, match_fields, plan_chunks
 from batcher.providers.base import (
@@ -270,10 +270,19 @@ class Runner:
             self.stop.wait(seconds)
         self._check_stop()
 
+    def _paying_currency(self, chunk: ChunkRecord) -> str:
+        """The wallet a chunk draws on: its payment currency when cross-currency."""
+        first = self.ledger.rows_by_key(self.batch, chunk.row_keys[:1])[chunk.row_keys[0]]
+        return first.fields.get("payment_currency") or chunk.currency
+
+    def _is_blocked(self, chunk: ChunkRecord) -> bool:
+        blocked = self.stats.blocked_currencies
+        return bool(blocked) and self._paying_currency(chunk) in blocked
+
     def _resolve_unknown(self) -> None:
         for chunk in self.ledger.chunks(self.batch, ["unknown"]):
             self._check_stop()
-            if chunk.currency in self.stats.blocked_currencies:
+            if self._is_blocked(chunk):
                 continue
             self._send(chunk)
 
@@ -305,7 +314,7 @@ class Runner:
                     chunk = self.ledger.chunk(key)
                 except KeyError:
                     continue  # discarded unsent after its currency ran out of funds
-                if chunk.state != "planned" or chunk.currency in self.stats.blocked_currencies:
+                if chunk.state != "planned" or self._is_blocked(chunk):
                     continue
                 if self.stats.submit_started is None:
                     self.stats.submit_started = self.clock()
@@ -344,7 +353,9 @@ class Runner:
         if chunk.state == "unknown":
             try:
                 self.stats.lookups += 1
-                found = self.provider.lookup(chunk.chunk_key, items)
+                found = self.provider.lookup(
+                    chunk.chunk_key, items, sent_after=parse_ts(chunk.first_sent_at)
+                )
             except OutcomeUnknown:
                 found = None
             if found is not None:
@@ -437,7 +448,7 @@ class Runner:
 
     def _block_currency(self, chunk: ChunkRecord, result: SubmitResult) -> None:
         """A 402 stops every further send in its currency; the rows wait for a top-up."""
-        currency = result.currency or chunk.currency
+        currency = result.currency or self._paying_currency(chunk)
         message = "insufficient funds"
         if result.required is not None and result.available is not None:
             message = (
@@ -463,7 +474,12 @@ class Runner:
             error_code="insufficient_funds",
             error_message=message,
         )
-        self.ledger.discard_unsent_plans(self.batch, currency)
+        waiting = [
+            c.chunk_key
+            for c in self.ledger.chunks(self.batch, ["planned"])
+            if self._paying_currency(c) == currency
+        ]
+        self.ledger.discard_unsent_plans(self.batch, chunk_keys=waiting)
         self.ledger.mark_pending_reason(self.batch, currency, "insufficient_funds", message)
         self.stats.blocked_currencies[currency] = message
         self.listener.message(f"{message}; no more {currency} orders this run")

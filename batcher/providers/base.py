@@ -197,8 +197,13 @@ class Provider(Protocol):
         """Check an accepted order request. Raises OutcomeUnknown on transport trouble."""
         ...
 
-    def lookup(self, key: str, items: Sequence[OrderItem]) -> SubmitResult | None:
+    def lookup(
+        self, key: str, items: Sequence[OrderItem], *, sent_after: datetime | None = None
+    ) -> SubmitResult | None:
         """Find what an earlier, unanswered submission did, without sending it again.
+
+        `sent_after` is when the chunk was first sent, so a provider that must match
+        by content (GIFQ payouts) never mistakes an older, identical order for it.
 
         None means the provider cannot tell (or nothing was created) and the
         caller must resend the same key and bytes, which the provider deduplicates.

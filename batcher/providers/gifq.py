@@ -437,7 +437,9 @@ class GifqOrders(_GifqBase):
         self._off_list.discard(request_id)
         return PollResult(kind="completed", items=(result,), provider_status=result.provider_status)
 
-    def lookup(self, key: str, items: Sequence[OrderItem]) -> SubmitResult | None:
+    def lookup(
+        self, key: str, items: Sequence[OrderItem], *, sent_after: datetime | None = None
+    ) -> SubmitResult | None:
         """Find the order an unanswered POST may have created, by its reference.
 
         Scans at most `lookup_pages` newest-first pages. None means it is not

@@ -204,7 +204,9 @@ class UGiftMeProvider:
             raise OutcomeUnknown(self._status_text("GET", path, response))
         return self._poll_result(response.data, items)
 
-    def lookup(self, key: str, items: Sequence[OrderItem]) -> SubmitResult | None:
+    def lookup(
+        self, key: str, items: Sequence[OrderItem], *, sent_after: datetime | None = None
+    ) -> SubmitResult | None:
         """UGiftMe cannot look an order up by idempotency key: resend the same bytes."""
         return None
 
