@@ -23,7 +23,7 @@ token and 5,000 USD/GBP/EUR. `handle.base_url` ends in `/api`; controls are at
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import pytest
@@ -37,15 +37,26 @@ FAST_UGIFTME_DEFAULTS: dict[str, Any] = {
 FAST_GIFQ_DEFAULTS: dict[str, Any] = {"async_delay_seconds": 0.05}
 
 
-@pytest.fixture
-def make_ugiftme_sandbox() -> Iterator[Callable[..., SandboxHandle]]:
-    """A factory: each call starts one more sandbox; all stop when the test ends."""
+@contextmanager
+def _sandboxes(provider: str, defaults: dict[str, Any]) -> Iterator[Callable[..., SandboxHandle]]:
+    """A factory: each call starts one more sandbox over `defaults`; all stop on exit."""
     with ExitStack() as stack:
 
         def make(**overrides: Any) -> SandboxHandle:
-            config = {**FAST_UGIFTME_DEFAULTS, **overrides}
-            return stack.enter_context(running_sandbox("ugiftme", **config))
+            return stack.enter_context(running_sandbox(provider, **{**defaults, **overrides}))
 
+        yield make
+
+
+def _indirect_overrides(request: pytest.FixtureRequest) -> dict[str, Any]:
+    overrides: dict[str, Any] = getattr(request, "param", None) or {}
+    return overrides
+
+
+@pytest.fixture
+def make_ugiftme_sandbox() -> Iterator[Callable[..., SandboxHandle]]:
+    """A factory: each call starts one more sandbox; all stop when the test ends."""
+    with _sandboxes("ugiftme", FAST_UGIFTME_DEFAULTS) as make:
         yield make
 
 
@@ -54,19 +65,13 @@ def ugiftme_sandbox(
     request: pytest.FixtureRequest, make_ugiftme_sandbox: Callable[..., SandboxHandle]
 ) -> SandboxHandle:
     """A running UGiftMe sandbox; overrides come from indirect parametrisation."""
-    overrides: dict[str, Any] = getattr(request, "param", None) or {}
-    return make_ugiftme_sandbox(**overrides)
+    return make_ugiftme_sandbox(**_indirect_overrides(request))
 
 
 @pytest.fixture
 def make_gifq_sandbox() -> Iterator[Callable[..., SandboxHandle]]:
     """A factory: each call starts one more GIFQ sandbox; all stop when the test ends."""
-    with ExitStack() as stack:
-
-        def make(**overrides: Any) -> SandboxHandle:
-            config = {**FAST_GIFQ_DEFAULTS, **overrides}
-            return stack.enter_context(running_sandbox("gifq", **config))
-
+    with _sandboxes("gifq", FAST_GIFQ_DEFAULTS) as make:
         yield make
 
 
@@ -75,5 +80,4 @@ def gifq_sandbox(
     request: pytest.FixtureRequest, make_gifq_sandbox: Callable[..., SandboxHandle]
 ) -> SandboxHandle:
     """A running GIFQ sandbox; overrides come from indirect parametrisation."""
-    overrides: dict[str, Any] = getattr(request, "param", None) or {}
-    return make_gifq_sandbox(**overrides)
+    return make_gifq_sandbox(**_indirect_overrides(request))

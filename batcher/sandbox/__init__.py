@@ -10,7 +10,11 @@
   `.../api`); its docstring does the same for its `/api/__sandbox` controls.
 - `batcher.sandbox.common` holds what a second provider's sandbox reuses: rate
   limiter, fault injector, idempotency store, Decimal-exact JSON, the connection
-  drop, the request log and the delayed-task scheduler.
+  drop, the request log and the delayed-task scheduler, plus the config inputs
+  (money, keys, funding, fault rates), JSON answers and the idempotency flow.
+- `batcher.sandbox.controls` holds the `/__sandbox` control logic both share (faults,
+  rate limit, stats, reset); `batcher.sandbox.asgi` the gate mechanics (latency fault,
+  forwarding with extra headers) and the app lifespan.
 
 Nothing here is imported by the batcher client; the sandbox only speaks HTTP.
 """

@@ -28,11 +28,12 @@ import os
 import random
 import secrets
 import time
+import uuid
 from collections import Counter, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from enum import Enum
 from typing import Any
 
@@ -138,6 +139,44 @@ class DecimalJSONResponse(Response):
 
     def render(self, content: Any) -> bytes:
         return encode_json(content)
+
+
+def json_response(
+    body: Any, status_code: int = 200, headers: Mapping[str, str] | None = None
+) -> Response:
+    return DecimalJSONResponse(body, status_code=status_code, headers=dict(headers or {}))
+
+
+# ---------------------------------------------------------------------------
+# Configuration inputs.
+
+
+def money_input(raw: object) -> Decimal:
+    """Decimal from Decimal, int or str (never float); finite or ValueError."""
+    if isinstance(raw, float):
+        raise TypeError("money must be given as Decimal, int or str, never float")
+    if isinstance(raw, Decimal | int | str) and not isinstance(raw, bool):
+        try:
+            value = Decimal(str(raw).strip())
+        except InvalidOperation:
+            raise ValueError(f"{raw!r} is not an amount") from None
+        if value.is_finite():
+            return value
+    raise ValueError(f"{raw!r} is not an amount")
+
+
+def unique_api_keys(api_keys: str | Iterable[str]) -> tuple[str, ...]:
+    """The configured keys, deduplicated in order; none given: one random UUID key."""
+    if isinstance(api_keys, str):
+        api_keys = (api_keys,)
+    return tuple(dict.fromkeys(api_keys)) or (str(uuid.uuid4()),)
+
+
+def merge_funding(
+    defaults: Mapping[str, Decimal], given: Mapping[str, Decimal | int | str]
+) -> dict[str, Decimal]:
+    """Starting balances: the given ones (currency upper-cased) over the defaults."""
+    return {**defaults, **{cur.upper(): money_input(amount) for cur, amount in given.items()}}
 
 
 # ---------------------------------------------------------------------------
@@ -275,6 +314,21 @@ class FaultSettings:
             "burstSeconds": Decimal(str(self.burst_seconds)),
             "seed": self.seed,
         }
+
+
+def fault_settings_for(config: Any, kinds: Iterable[str]) -> FaultSettings:
+    """FaultSettings from a sandbox config's `fault_<kind>` rates (each checked to lie
+    in 0..1), `latency_ms`, `burst_seconds` and `seed`."""
+    rates = {kind: getattr(config, f"fault_{kind}") for kind in kinds}
+    for kind, rate in rates.items():
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"fault rate for {kind!r} must be within 0..1")
+    return FaultSettings(
+        rates=rates,
+        latency_ms=config.latency_ms,
+        burst_seconds=config.burst_seconds,
+        seed=config.seed,
+    )
 
 
 class FaultInjector:
@@ -461,6 +515,54 @@ class IdempotencyStore:
 
     def clear(self) -> None:
         self._records.clear()
+
+
+def stored_as_response(stored: StoredResponse, *, replayed: bool) -> Response:
+    headers = dict(stored.headers)
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return Response(stored.body, status_code=stored.status_code, headers=headers)
+
+
+async def run_idempotently(
+    store: IdempotencyStore,
+    scope: str,
+    key: str | None,
+    request_print: Callable[[], str],
+    handle: Callable[[], Awaitable[StoredResponse]],
+    *,
+    keep: Callable[[int], bool],
+    mismatch: Exception,
+    in_flight: Exception,
+) -> tuple[StoredResponse, bool]:
+    """Run `handle` under an Idempotency-Key; answers (response, replayed).
+
+    Without a key `handle` simply runs. With one, a stored answer is replayed,
+    a different payload (`request_print()`) raises `mismatch` and a request still
+    running raises `in_flight`. A fresh answer is stored when `keep(status)`;
+    otherwise, or when `handle` raises, the key is forgotten so a retry is
+    handled afresh.
+    """
+    if key is None:
+        return await handle(), False
+    begun = store.begin(scope, key, request_print())
+    if begun.outcome is IdemOutcome.MISMATCH:
+        raise mismatch
+    if begun.outcome is IdemOutcome.IN_FLIGHT:
+        raise in_flight
+    if begun.outcome is IdemOutcome.REPLAY:
+        assert begun.response is not None
+        return begun.response, True
+    try:
+        stored = await handle()
+    except BaseException:
+        store.abandon(scope, key)
+        raise
+    if keep(stored.status_code):
+        store.complete(scope, key, stored)
+    else:
+        store.abandon(scope, key)
+    return stored, False
 
 
 # ---------------------------------------------------------------------------

@@ -121,10 +121,10 @@ import secrets
 import string
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, Literal
 from urllib.parse import urlencode
 
@@ -135,28 +135,50 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from batcher.money import cost_after_discount, fits_currency, is_currency_code, round_money
+from batcher.sandbox.asgi import (
+    client_ip,
+    forward,
+    latency_fault,
+    sleep_deferred_latency,
+    worker_lifespan,
+)
 from batcher.sandbox.common import (
     FAULT_KINDS,
-    DecimalJSONResponse,
     DelayedTaskScheduler,
     DroppedResponse,
     FaultInjector,
     FaultSettings,
     FixedWindowRateLimiter,
-    IdemOutcome,
     IdempotencyStore,
     JsonDecodeError,
     RequestLog,
     StoredResponse,
     decode_json,
     encode_json,
+    fault_settings_for,
     fingerprint,
     iso_now,
     iso_timestamp,
+    json_response,
+    merge_funding,
+    money_input,
     parse_bool,
+    run_idempotently,
+    stored_as_response,
+    unique_api_keys,
+)
+from batcher.sandbox.controls import (
+    control_get_faults,
+    control_reset,
+    faults_json,
+    rate_limit_json,
+    setting_number,
+    stats_json,
+    update_faults,
+    update_rate_limit,
 )
 
 log = logging.getLogger(__name__)
@@ -233,51 +255,17 @@ class GifqSandboxConfig:
     burst_seconds: float = 1.0
 
     def __post_init__(self) -> None:
-        if isinstance(self.api_keys, str):
-            self.api_keys = (self.api_keys,)
-        self.api_keys = tuple(dict.fromkeys(self.api_keys)) or (str(uuid.uuid4()),)
-        given = {cur.upper(): _money_input(amount) for cur, amount in self.funding.items()}
-        self.funding = {**DEFAULT_FUNDING, **given}
+        self.api_keys = unique_api_keys(self.api_keys)
+        self.funding = merge_funding(DEFAULT_FUNDING, self.funding)
         self.fx_rates = merge_rates(DEFAULT_FX_RATES, self.fx_rates)
-        self.fx_fee_percent = _money_input(self.fx_fee_percent)
+        self.fx_fee_percent = money_input(self.fx_fee_percent)
         if self.max_recipients < 1 or self.max_page_limit < 1:
             raise ValueError("max_recipients and max_page_limit must be at least 1")
         if not 0.0 <= self.payout_redeem_rate <= 1.0:
             raise ValueError("payout_redeem_rate must be within 0..1")
 
     def fault_settings(self) -> FaultSettings:
-        rates = {
-            "500": self.fault_500,
-            "429": self.fault_429,
-            "latency": self.fault_latency,
-            "drop": self.fault_drop,
-            "reject_item": self.fault_reject_item,
-            "async_fail": self.fault_async_fail,
-            "payout_fail": self.fault_payout_fail,
-        }
-        for kind, rate in rates.items():
-            if not 0.0 <= rate <= 1.0:
-                raise ValueError(f"fault rate for {kind!r} must be within 0..1")
-        return FaultSettings(
-            rates=rates,
-            latency_ms=self.latency_ms,
-            burst_seconds=self.burst_seconds,
-            seed=self.seed,
-        )
-
-
-def _money_input(raw: object) -> Decimal:
-    """Decimal from Decimal, int or str (never float); finite or ValueError."""
-    if isinstance(raw, float):
-        raise TypeError("money must be given as Decimal, int or str, never float")
-    if isinstance(raw, Decimal | int | str) and not isinstance(raw, bool):
-        try:
-            value = Decimal(str(raw).strip())
-        except InvalidOperation:
-            raise ValueError(f"{raw!r} is not an amount") from None
-        if value.is_finite():
-            return value
-    raise ValueError(f"{raw!r} is not an amount")
+        return fault_settings_for(self, GIFQ_FAULT_KINDS)
 
 
 def parse_pair(pair: str) -> tuple[str, str]:
@@ -293,7 +281,7 @@ def merge_rates(
 ) -> dict[str, Decimal]:
     """Merge rates over a table; each given pair also sets its inverse unless given."""
     rates = dict(base)
-    parsed = {parse_pair(pair): _money_input(rate) for pair, rate in given.items()}
+    parsed = {parse_pair(pair): money_input(rate) for pair, rate in given.items()}
     for (src, dst), rate in parsed.items():
         if rate <= 0:
             raise ValueError(f"the rate for {src}/{dst} must be positive")
@@ -723,7 +711,7 @@ def _amount(raw: Any, name: str, currency: str) -> Decimal:
     if isinstance(raw, bool) or not isinstance(raw, int | Decimal | str):
         raise ApiError(422, f"{name} must be a number or a decimal string")
     try:
-        value = _money_input(raw)
+        value = money_input(raw)
     except ValueError:
         raise ApiError(422, f"{name} must be a number or a decimal string") from None
     if value <= 0:
@@ -853,8 +841,8 @@ class GifqSandbox:
         self.request_log.clear()
         self.catalog = load_catalog()
         self.async_delay_seconds = config.async_delay_seconds
-        self.fx_rates = {pair: _money_input(rate) for pair, rate in config.fx_rates.items()}
-        self.fx_fee_percent = _money_input(config.fx_fee_percent)
+        self.fx_rates = {pair: money_input(rate) for pair, rate in config.fx_rates.items()}
+        self.fx_fee_percent = money_input(config.fx_fee_percent)
         self.max_recipients = config.max_recipients
         self.clamp_page_limit = config.clamp_page_limit
         self.payout_redeem_rate = config.payout_redeem_rate
@@ -865,7 +853,7 @@ class GifqSandbox:
     def _new_account(self, api_key: str) -> Account:
         account = Account(api_key, campaigns=_seed_campaigns(iso_now()))
         for currency, raw in self.config.funding.items():
-            amount = _money_input(raw)  # already Decimal after __post_init__
+            amount = money_input(raw)  # already Decimal after __post_init__
             account.balances[currency] = round_money(Decimal(0), currency)
             if amount > 0:
                 self.top_up(account, currency, round_money(amount, currency))
@@ -1244,12 +1232,6 @@ class CallbackSender:
 # HTTP helpers.
 
 
-def json_response(
-    body: Any, status_code: int = 200, headers: Mapping[str, str] | None = None
-) -> Response:
-    return DecimalJSONResponse(body, status_code=status_code, headers=dict(headers or {}))
-
-
 def _sandbox(request: Request) -> GifqSandbox:
     sandbox: GifqSandbox = request.app.state.sandbox
     return sandbox
@@ -1274,9 +1256,7 @@ async def _json_body(request: Request) -> Any:
 
 
 async def _deferred_latency(request: Request) -> None:
-    delay = request.scope.pop("gifq.deferred_latency", 0.0)
-    if delay:
-        await asyncio.sleep(delay)
+    await sleep_deferred_latency(request.scope, "gifq.deferred_latency")
 
 
 def _pagination_error(name: str, last: int, got: str) -> ApiError:
@@ -1409,33 +1389,25 @@ async def create_payout_order(request: Request) -> Response:
     sandbox, account = _sandbox(request), _account(request)
     payload = await _json_body(request)
     key = _idempotency_key(request)
-    if key is not None:
-        begun = sandbox.idempotency.begin(
-            account.api_key, key, fingerprint("POST", request.url.path, payload)
-        )
-        if begun.outcome is IdemOutcome.MISMATCH:
-            raise ApiError(422, "Idempotency-Key already used with a different payload")
-        if begun.outcome is IdemOutcome.IN_FLIGHT:
-            raise ApiError(409, "A request with this Idempotency-Key is in progress")
-        if begun.outcome is IdemOutcome.REPLAY:
-            assert begun.response is not None
-            return _stored_as_response(begun.response, replayed=True)
-    try:
+
+    async def handle() -> StoredResponse:
         await _deferred_latency(request)  # held inside the idempotency window on purpose
-        stored = _payout_answer(request, sandbox, account, payload, key)
-    except BaseException:
-        if key is not None:
-            sandbox.idempotency.abandon(account.api_key, key)
-        raise
-    if key is not None:
-        if stored.status_code < 300 or stored.status_code == 422:
-            sandbox.idempotency.complete(account.api_key, key, stored)
-        else:
-            sandbox.idempotency.abandon(account.api_key, key)
-    if stored.status_code == 202 and sandbox.faults.roll("drop"):
+        return _payout_answer(request, sandbox, account, payload, key)
+
+    stored, replayed = await run_idempotently(
+        sandbox.idempotency,
+        account.api_key,
+        key,
+        lambda: fingerprint("POST", request.url.path, payload),
+        handle,
+        keep=lambda status: status < 300 or status == 422,
+        mismatch=ApiError(422, "Idempotency-Key already used with a different payload"),
+        in_flight=ApiError(409, "A request with this Idempotency-Key is in progress"),
+    )
+    if not replayed and stored.status_code == 202 and sandbox.faults.roll("drop"):
         request.scope["gifq.fault"] = "drop"
         return DroppedResponse(stored.body, stored.status_code, stored.headers)
-    return _stored_as_response(stored, replayed=False)
+    return stored_as_response(stored, replayed=replayed)
 
 
 def _payout_answer(
@@ -1458,13 +1430,6 @@ def _idempotency_key(request: Request) -> str | None:
     if not key or len(key) > MAX_IDEMPOTENCY_KEY:
         raise ApiError(422, f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
     return key
-
-
-def _stored_as_response(stored: StoredResponse, *, replayed: bool) -> Response:
-    headers = dict(stored.headers)
-    if replayed:
-        headers["Idempotent-Replayed"] = "true"
-    return Response(stored.body, status_code=stored.status_code, headers=headers)
 
 
 async def list_payout_orders(request: Request) -> Response:
@@ -1536,8 +1501,7 @@ class ApiGate:
         scope["gifq.request_id"] = request_id
         token = Headers(scope=scope).get("x-api-token")
         account = sandbox.accounts.get(token) if token else None
-        client_ip = scope["client"][0] if scope.get("client") else "unknown"
-        bucket = account.api_key if account else f"ip:{client_ip}"
+        bucket = account.api_key if account else f"ip:{client_ip(scope)}"
         decision = sandbox.limiter.hit(bucket)
         refusal: tuple[int, dict[str, Any], int | None, str | None] | None = None
         if not decision.allowed:
@@ -1552,11 +1516,7 @@ class ApiGate:
             await self._refuse(scope, receive, send, bucket, request_id, *refusal)
             return
         scope["gifq.account"] = account
-        if sandbox.faults.roll("latency"):
-            if scope["method"] == "POST" and scope["path"] in CREATION_PATHS:
-                scope["gifq.deferred_latency"] = sandbox.faults.latency_seconds
-            else:
-                await asyncio.sleep(sandbox.faults.latency_seconds)
+        await latency_fault(sandbox.faults, scope, CREATION_PATHS, "gifq.deferred_latency")
         await self._forward(scope, receive, send, bucket, request_id)
 
     def _record(self, scope: Scope, bucket: str, status: int, retry_after: int | None) -> None:
@@ -1593,24 +1553,16 @@ class ApiGate:
     async def _forward(
         self, scope: Scope, receive: Receive, send: Send, bucket: str, request_id: str
     ) -> None:
-        started = False
-        extra = [(REQUEST_ID_HEADER.lower().encode(), request_id.encode())]
-
-        async def send_with_headers(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-                message = {**message, "headers": [*message.get("headers", []), *extra]}
-                self._record(scope, bucket, message["status"], None)
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_headers)
-        except Exception:
-            log.exception("sandbox handler failed on %s %s", scope["method"], scope["path"])
-            if not started:
-                error = json_response({"message": "Internal Server Error", "status": "error"}, 500)
-                await error(scope, receive, send_with_headers)
+        await forward(
+            self.app,
+            scope,
+            receive,
+            send,
+            extra_headers=[(REQUEST_ID_HEADER.lower().encode(), request_id.encode())],
+            on_start=lambda status: self._record(scope, bucket, status, None),
+            error_body={"message": "Internal Server Error", "status": "error"},
+            log=log,
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -1649,21 +1601,25 @@ async def _control_object(request: Request) -> Mapping[str, Any]:
     return body
 
 
+@contextlib.contextmanager
+def _refused_setting() -> Iterator[None]:
+    """A control setting's ValueError as this contract's 400."""
+    try:
+        yield
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
+
+
 def _number(
     body: Mapping[str, Any], name: str, *, low: float = 0.0, high: float | None = None
 ) -> float:
-    raw = body[name]
-    if isinstance(raw, bool) or not isinstance(raw, int | Decimal):
-        raise ApiError(400, f"{name} must be a number")
-    value = float(raw)  # a setting, not money
-    if value < low or (high is not None and value > high):
-        raise ApiError(400, f"{name} is out of range")
-    return value
+    with _refused_setting():
+        return setting_number(body, name, low=low, high=high)
 
 
 def _control_money(raw: Any, currency: str, name: str) -> Decimal:
     try:
-        amount = _money_input(raw)
+        amount = money_input(raw)
     except (TypeError, ValueError):
         raise ApiError(400, f"{name} must be a number or a decimal string") from None
     if not fits_currency(amount, currency):
@@ -1673,7 +1629,7 @@ def _control_money(raw: Any, currency: str, name: str) -> Decimal:
 
 def _control_percent(raw: Any, name: str) -> Decimal:
     try:
-        value = _money_input(raw)
+        value = money_input(raw)
     except (TypeError, ValueError):
         raise ApiError(400, f"{name} must be a number or a decimal string") from None
     if not 0 <= value <= 100:
@@ -1692,18 +1648,6 @@ def _dec(value: float) -> Decimal:
     return Decimal(str(value))
 
 
-def _faults_json(sandbox: GifqSandbox) -> dict[str, Any]:
-    settings = sandbox.faults.settings
-    body: dict[str, Any] = {kind: _dec(rate) for kind, rate in settings.rates.items()}
-    body.update(
-        latencyMs=settings.latency_ms,
-        burstSeconds=_dec(settings.burst_seconds),
-        seed=settings.seed,
-        counts=dict(sandbox.faults.counts),
-    )
-    return body
-
-
 def _config_json(sandbox: GifqSandbox) -> dict[str, Any]:
     return {
         "provider": "gifq",
@@ -1718,11 +1662,8 @@ def _config_json(sandbox: GifqSandbox) -> dict[str, Any]:
         "fxFeePercent": str(sandbox.fx_fee_percent),
         "payoutRedeemRate": _dec(sandbox.payout_redeem_rate),
         "daySeconds": _dec(sandbox.day_seconds),
-        "rateLimit": {
-            "limit": sandbox.limiter.limit,
-            "windowSeconds": _dec(sandbox.limiter.window_seconds),
-        },
-        "faults": _faults_json(sandbox),
+        "rateLimit": rate_limit_json(sandbox.limiter),
+        "faults": faults_json(sandbox.faults),
     }
 
 
@@ -1763,37 +1704,18 @@ async def control_patch_config(request: Request) -> Response:
     return json_response(_config_json(sandbox))
 
 
-async def control_get_faults(request: Request) -> Response:
-    return json_response(_faults_json(_sandbox(request)))
-
-
 async def control_patch_faults(request: Request) -> Response:
     sandbox, body = _sandbox(request), await _control_object(request)
-    rates = {kind: _number(body, kind, high=1.0) for kind in GIFQ_FAULT_KINDS if kind in body}
-    latency = int(_number(body, "latencyMs")) if "latencyMs" in body else None
-    burst = _number(body, "burstSeconds") if "burstSeconds" in body else None
-    seed = body.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise ApiError(400, "seed must be an integer or null")
-    try:
-        sandbox.faults.update(
-            rates, latency_ms=latency, burst_seconds=burst, seed=seed, reseed="seed" in body
-        )
-    except ValueError as exc:
-        raise ApiError(400, str(exc)) from None
-    return json_response(_faults_json(sandbox))
+    with _refused_setting():
+        update_faults(sandbox.faults, body, GIFQ_FAULT_KINDS)
+    return json_response(faults_json(sandbox.faults))
 
 
 async def control_rate_limit(request: Request) -> Response:
     sandbox, body = _sandbox(request), await _control_object(request)
-    limiter = sandbox.limiter
-    limit = int(_number(body, "limit", low=1)) if "limit" in body else limiter.limit
-    window = _number(body, "windowSeconds") if "windowSeconds" in body else limiter.window_seconds
-    try:
-        limiter.configure(limit, window)
-    except ValueError as exc:
-        raise ApiError(400, str(exc)) from None
-    return json_response(_config_json(sandbox)["rateLimit"])
+    with _refused_setting():
+        update_rate_limit(sandbox.limiter, body)
+    return json_response(rate_limit_json(sandbox.limiter))
 
 
 def _balances_json(account: Account) -> dict[str, Any]:
@@ -1911,7 +1833,7 @@ async def control_patch_product(request: Request) -> Response:
     for name in ("discount", "min_face_value", "max_face_value"):
         if name in body:
             try:
-                changes[name] = _money_input(body[name])
+                changes[name] = money_input(body[name])
             except (TypeError, ValueError):
                 raise ApiError(400, f"{name} must be a number") from None
     if not changes:
@@ -2003,29 +1925,14 @@ async def control_stats(request: Request) -> Response:
     since = _since(request)
     include_log = parse_bool(request.query_params.get("log")) is not False
     accounts = _filtered_accounts(request)
-    too_many = dict(sandbox.request_log.too_many_by_bucket)
-    body: dict[str, Any] = {
-        "requests": dict(sandbox.request_log.requests_by_bucket),
-        "tooManyRequests": too_many,
-        "tooManyRequestsTotal": sum(too_many.values()),
-        "statusCounts": {str(k): v for k, v in sorted(sandbox.request_log.status_counts.items())},
-        "faults": dict(sandbox.faults.counts),
+    counts = {
         "orders": sum(len(a.orders) for a in accounts),
         "payoutOrders": sum(len(a.payout_orders) for a in accounts),
         "payouts": sum(len(a.payouts) for a in accounts),
-        "scheduledTasks": sandbox.scheduler.pending(),
-        "workerErrors": list(sandbox.scheduler.errors),
     }
-    if include_log:
-        entries = sandbox.request_log.entries(since)
-        body["log"] = [e.as_dict() for e in entries if token is None or e.bucket == token]
-    return json_response(body)
-
-
-async def control_reset(request: Request) -> Response:
-    sandbox = _sandbox(request)
-    sandbox.reset()
-    return json_response({"ok": True, "apiKeys": sandbox.api_keys})
+    return json_response(
+        stats_json(sandbox, counts, since=since, bucket=token, include_log=include_log)
+    )
 
 
 def control_routes() -> list[BaseRoute]:
@@ -2070,25 +1977,6 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return json_response(body, exc.status_code)
 
 
-def _lifespan(
-    sandbox: GifqSandbox,
-) -> Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]]:
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        worker = asyncio.create_task(sandbox.scheduler.run(), name="gifq-sandbox-worker")
-        # trust_env=False: a proxy from the environment must not intercept local callbacks.
-        async with httpx.AsyncClient(trust_env=False) as client:
-            sandbox.callbacks.start(asyncio.get_running_loop(), client)
-            try:
-                yield
-            finally:
-                worker.cancel()
-                await asyncio.gather(worker, return_exceptions=True)
-                await sandbox.callbacks.stop()
-
-    return lifespan
-
-
 def create_app(config: GifqSandboxConfig | None = None) -> Starlette:
     """The sandbox as an ASGI app; its state is `app.state.sandbox`."""
     sandbox = GifqSandbox(config or GifqSandboxConfig())
@@ -2100,7 +1988,7 @@ def create_app(config: GifqSandboxConfig | None = None) -> Starlette:
         # The control mount comes first: /api/__sandbox/... must not reach the API routes.
         routes=[Mount(CONTROL_ROOT, routes=control_routes()), Mount(API_ROOT, routes=api_routes())],
         exception_handlers=handlers,
-        lifespan=_lifespan(sandbox),
+        lifespan=worker_lifespan(sandbox.scheduler, sandbox.callbacks, "gifq-sandbox-worker"),
     )
     app.state.sandbox = sandbox
     app.add_middleware(ApiGate, sandbox=sandbox)

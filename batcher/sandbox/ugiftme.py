@@ -90,12 +90,11 @@ import math
 import re
 import secrets
 import string
-import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, Literal
 
 import httpx
@@ -105,18 +104,23 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from batcher.money import cost_after_discount, fits_currency, is_currency_code, round_money
+from batcher.sandbox.asgi import (
+    client_ip,
+    forward,
+    latency_fault,
+    sleep_deferred_latency,
+    worker_lifespan,
+)
 from batcher.sandbox.common import (
     FAULT_KINDS,
-    DecimalJSONResponse,
     DelayedTaskScheduler,
     DroppedResponse,
     FaultInjector,
     FaultSettings,
     FixedWindowRateLimiter,
-    IdemOutcome,
     IdempotencyStore,
     JsonDecodeError,
     RateDecision,
@@ -124,12 +128,29 @@ from batcher.sandbox.common import (
     StoredResponse,
     decode_json,
     encode_json,
+    fault_settings_for,
     fingerprint,
     iso_now,
     iso_timestamp,
+    json_response,
+    merge_funding,
+    money_input,
     object_id,
     parse_bool,
+    run_idempotently,
+    stored_as_response,
     ulid,
+    unique_api_keys,
+)
+from batcher.sandbox.controls import (
+    control_get_faults,
+    control_reset,
+    faults_json,
+    rate_limit_json,
+    setting_number,
+    stats_json,
+    update_faults,
+    update_rate_limit,
 )
 
 log = logging.getLogger(__name__)
@@ -193,45 +214,13 @@ class UGiftMeSandboxConfig:
     business_name: str = "Sandbox Trading Ltd"
 
     def __post_init__(self) -> None:
-        if isinstance(self.api_keys, str):
-            self.api_keys = (self.api_keys,)
-        self.api_keys = tuple(dict.fromkeys(self.api_keys)) or (str(uuid.uuid4()),)
-        given = {cur.upper(): _money_input(amount) for cur, amount in self.funding.items()}
-        self.funding = {**DEFAULT_FUNDING, **given}
+        self.api_keys = unique_api_keys(self.api_keys)
+        self.funding = merge_funding(DEFAULT_FUNDING, self.funding)
         if self.bulk_limit < 1:
             raise ValueError("bulk_limit must be at least 1")
 
     def fault_settings(self) -> FaultSettings:
-        rates = {
-            "500": self.fault_500,
-            "429": self.fault_429,
-            "latency": self.fault_latency,
-            "drop": self.fault_drop,
-            "reject_item": self.fault_reject_item,
-            "async_fail": self.fault_async_fail,
-        }
-        for kind, rate in rates.items():
-            if not 0.0 <= rate <= 1.0:
-                raise ValueError(f"fault rate for {kind!r} must be within 0..1")
-        return FaultSettings(
-            rates=rates,
-            latency_ms=self.latency_ms,
-            burst_seconds=self.burst_seconds,
-            seed=self.seed,
-        )
-
-
-def _money_input(raw: object) -> Decimal:
-    if isinstance(raw, float):
-        raise TypeError("money must be given as Decimal, int or str, never float")
-    if isinstance(raw, Decimal | int | str) and not isinstance(raw, bool):
-        try:
-            value = Decimal(str(raw).strip())
-        except InvalidOperation:
-            raise ValueError(f"{raw!r} is not an amount") from None
-        if value.is_finite():
-            return value
-    raise ValueError(f"{raw!r} is not an amount")
+        return fault_settings_for(self, FAULT_KINDS)
 
 
 # ---------------------------------------------------------------------------
@@ -1113,12 +1102,6 @@ class UGiftMeSandbox:
 # HTTP helpers.
 
 
-def json_response(
-    body: Any, status_code: int = 200, headers: Mapping[str, str] | None = None
-) -> Response:
-    return DecimalJSONResponse(body, status_code=status_code, headers=dict(headers or {}))
-
-
 def _sandbox(request: Request) -> UGiftMeSandbox:
     sandbox: UGiftMeSandbox = request.app.state.sandbox
     return sandbox
@@ -1272,35 +1255,26 @@ async def _create_orders(request: Request, kind: RequestType) -> Response:
     sandbox, account = _sandbox(request), _account(request)
     payload = await _json_body(request)
     key = _idempotency_key(request)
-    if key is not None:
-        begun = sandbox.idempotency.begin(
-            account.api_key, key, fingerprint("POST", request.url.path, payload)
-        )
-        if begun.outcome is IdemOutcome.MISMATCH:
-            raise ApiError(400, "Idempotency key reused with a different payload")
-        if begun.outcome is IdemOutcome.IN_FLIGHT:
-            raise ApiError(409, "Request with this Idempotency-Key is in progress")
-        if begun.outcome is IdemOutcome.REPLAY:
-            assert begun.response is not None
-            return _stored_as_response(begun.response, replayed=True)
-    try:
-        delay = request.scope.pop("ugiftme.deferred_latency", 0.0)
-        if delay:
-            await asyncio.sleep(delay)  # held inside the idempotency window on purpose
-        stored = _handle_order_payload(sandbox, account, kind, payload, key)
-    except BaseException:
-        if key is not None:
-            sandbox.idempotency.abandon(account.api_key, key)
-        raise
-    if key is not None:
-        if _should_store(sandbox, stored.status_code):
-            sandbox.idempotency.complete(account.api_key, key, stored)
-        else:
-            sandbox.idempotency.abandon(account.api_key, key)
-    if stored.status_code < 300 and sandbox.faults.roll("drop"):
+
+    async def handle() -> StoredResponse:
+        # held inside the idempotency window on purpose
+        await sleep_deferred_latency(request.scope, "ugiftme.deferred_latency")
+        return _handle_order_payload(sandbox, account, kind, payload, key)
+
+    stored, replayed = await run_idempotently(
+        sandbox.idempotency,
+        account.api_key,
+        key,
+        lambda: fingerprint("POST", request.url.path, payload),
+        handle,
+        keep=lambda status: _should_store(sandbox, status),
+        mismatch=ApiError(400, "Idempotency key reused with a different payload"),
+        in_flight=ApiError(409, "Request with this Idempotency-Key is in progress"),
+    )
+    if not replayed and stored.status_code < 300 and sandbox.faults.roll("drop"):
         request.scope["ugiftme.fault"] = "drop"
         return DroppedResponse(stored.body, stored.status_code, stored.headers)
-    return _stored_as_response(stored, replayed=False)
+    return stored_as_response(stored, replayed=replayed)
 
 
 def _idempotency_key(request: Request) -> str | None:
@@ -1338,13 +1312,6 @@ def _should_store(sandbox: UGiftMeSandbox, status_code: int) -> bool:
     if 200 <= status_code < 300:
         return True
     return sandbox.replay_errors and status_code in {400, 402}
-
-
-def _stored_as_response(stored: StoredResponse, *, replayed: bool) -> Response:
-    headers = dict(stored.headers)
-    if replayed:
-        headers["Idempotent-Replayed"] = "true"
-    return Response(stored.body, status_code=stored.status_code, headers=headers)
 
 
 async def get_order_request(request: Request) -> Response:
@@ -1639,22 +1606,18 @@ class ApiGate:
             return
         sandbox = self.sandbox
         headers = Headers(scope=scope)
-        client_ip = scope["client"][0] if scope.get("client") else "unknown"
+        ip = client_ip(scope)
         key = headers.get("x-api-key")
         account = sandbox.accounts.get(key) if key else None
-        bucket = account.api_key if account else f"ip:{client_ip}"
+        bucket = account.api_key if account else f"ip:{ip}"
         decision = sandbox.limiter.hit(bucket)
-        early = self._refusal(decision, key, account, client_ip, bucket)
+        early = self._refusal(decision, key, account, ip, bucket)
         if early is not None:
             await self._send_early(scope, receive, send, bucket, decision, *early)
             return
         assert account is not None
         scope["ugiftme.account"] = account
-        if sandbox.faults.roll("latency"):
-            if scope["method"] == "POST" and scope["path"] in ORDER_CREATION_PATHS:
-                scope["ugiftme.deferred_latency"] = sandbox.faults.latency_seconds
-            else:
-                await asyncio.sleep(sandbox.faults.latency_seconds)
+        await latency_fault(sandbox.faults, scope, ORDER_CREATION_PATHS, "ugiftme.deferred_latency")
         await self._forward(scope, receive, send, bucket, decision)
 
     def _refusal(
@@ -1662,7 +1625,7 @@ class ApiGate:
         decision: RateDecision,
         key: str | None,
         account: Account | None,
-        client_ip: str,
+        ip: str,
         bucket: str,
     ) -> tuple[int, dict[str, Any], int | None, str | None] | None:
         """(status, body, retry-after, fault) when the request stops here."""
@@ -1677,8 +1640,8 @@ class ApiGate:
                 None,
                 None,
             )
-        if not account.ip_allowed(client_ip):
-            reason = f"{client_ip} is not in the IP allow list for this API key"
+        if not account.ip_allowed(ip):
+            reason = f"{ip} is not in the IP allow list for this API key"
             return 403, {"error": "Forbidden", "reason": reason}, None, None
         if not account.profile_complete:
             reason = "Complete the business profile before using the API"
@@ -1713,31 +1676,21 @@ class ApiGate:
     async def _forward(
         self, scope: Scope, receive: Receive, send: Send, bucket: str, decision: RateDecision
     ) -> None:
-        started = False
+        def record(status: int) -> None:
+            self.sandbox.request_log.record(
+                bucket, scope["method"], scope["path"], status, None, scope.get("ugiftme.fault")
+            )
 
-        async def send_with_headers(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-                extra = [(k.lower().encode(), v.encode()) for k, v in decision.headers().items()]
-                message = {**message, "headers": [*message.get("headers", []), *extra]}
-                self.sandbox.request_log.record(
-                    bucket,
-                    scope["method"],
-                    scope["path"],
-                    message["status"],
-                    None,
-                    scope.get("ugiftme.fault"),
-                )
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_headers)
-        except Exception:
-            log.exception("sandbox handler failed on %s %s", scope["method"], scope["path"])
-            if not started:
-                error = json_response({"error": "Internal Server Error"}, 500)
-                await error(scope, receive, send_with_headers)
+        await forward(
+            self.app,
+            scope,
+            receive,
+            send,
+            extra_headers=[(k.lower().encode(), v.encode()) for k, v in decision.headers().items()],
+            on_start=record,
+            error_body={"error": "Internal Server Error"},
+            log=log,
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -1767,7 +1720,7 @@ def _filtered_accounts(request: Request) -> list[Account]:
 
 def _amount(raw: Any, currency: str, name: str) -> Decimal:
     try:
-        amount = _money_input(raw)
+        amount = money_input(raw)
     except (TypeError, ValueError):
         raise ApiError(
             400, "Validation failed", message=f"{name} must be a number or decimal string"
@@ -1807,36 +1760,25 @@ def _config_json(sandbox: UGiftMeSandbox) -> dict[str, Any]:
         "idempotencyTtlSeconds": Decimal(str(sandbox.idempotency.ttl_seconds)),
         "idempotencyReplayErrors": sandbox.replay_errors,
         "webhookTimeScale": Decimal(str(sandbox.webhooks.time_scale)),
-        "rateLimit": {
-            "limit": sandbox.limiter.limit,
-            "windowSeconds": Decimal(str(sandbox.limiter.window_seconds)),
-        },
-        "faults": _faults_json(sandbox),
+        "rateLimit": rate_limit_json(sandbox.limiter),
+        "faults": faults_json(sandbox.faults),
     }
 
 
-def _faults_json(sandbox: UGiftMeSandbox) -> dict[str, Any]:
-    settings = sandbox.faults.settings
-    body: dict[str, Any] = {kind: Decimal(str(rate)) for kind, rate in settings.rates.items()}
-    body.update(
-        latencyMs=settings.latency_ms,
-        burstSeconds=Decimal(str(settings.burst_seconds)),
-        seed=settings.seed,
-        counts=dict(sandbox.faults.counts),
-    )
-    return body
+@contextlib.contextmanager
+def _refused_setting() -> Iterator[None]:
+    """A control setting's ValueError as this contract's 400."""
+    try:
+        yield
+    except ValueError as exc:
+        raise ApiError(400, "Validation failed", message=str(exc)) from None
 
 
 def _number(
     body: Mapping[str, Any], name: str, *, low: float = 0.0, high: float | None = None
 ) -> float:
-    raw = body[name]
-    if isinstance(raw, bool) or not isinstance(raw, int | Decimal):
-        raise ApiError(400, "Validation failed", message=f"{name} must be a number")
-    value = float(raw)  # a setting, not money
-    if value < low or (high is not None and value > high):
-        raise ApiError(400, "Validation failed", message=f"{name} is out of range")
-    return value
+    with _refused_setting():
+        return setting_number(body, name, low=low, high=high)
 
 
 async def _control_object(request: Request) -> Mapping[str, Any]:
@@ -1887,40 +1829,18 @@ async def control_mode(request: Request) -> Response:
     return json_response(_config_json(sandbox))
 
 
-async def control_get_faults(request: Request) -> Response:
-    return json_response(_faults_json(_sandbox(request)))
-
-
 async def control_patch_faults(request: Request) -> Response:
     sandbox, body = _sandbox(request), await _control_object(request)
-    rates = {kind: _number(body, kind, high=1.0) for kind in FAULT_KINDS if kind in body}
-    latency = int(_number(body, "latencyMs")) if "latencyMs" in body else None
-    burst = _number(body, "burstSeconds") if "burstSeconds" in body else None
-    seed = body.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise ApiError(400, "Validation failed", message="seed must be an integer or null")
-    try:
-        sandbox.faults.update(
-            rates, latency_ms=latency, burst_seconds=burst, seed=seed, reseed="seed" in body
-        )
-    except ValueError as exc:
-        raise ApiError(400, "Validation failed", message=str(exc)) from None
-    return json_response(_faults_json(sandbox))
+    with _refused_setting():
+        update_faults(sandbox.faults, body, FAULT_KINDS)
+    return json_response(faults_json(sandbox.faults))
 
 
 async def control_rate_limit(request: Request) -> Response:
     sandbox, body = _sandbox(request), await _control_object(request)
-    limit = int(_number(body, "limit", low=1)) if "limit" in body else sandbox.limiter.limit
-    window = (
-        _number(body, "windowSeconds")
-        if "windowSeconds" in body
-        else sandbox.limiter.window_seconds
-    )
-    try:
-        sandbox.limiter.configure(limit, window)
-    except ValueError as exc:
-        raise ApiError(400, "Validation failed", message=str(exc)) from None
-    return json_response(_config_json(sandbox)["rateLimit"])
+    with _refused_setting():
+        update_rate_limit(sandbox.limiter, body)
+    return json_response(rate_limit_json(sandbox.limiter))
 
 
 async def control_wallets(request: Request) -> Response:
@@ -2021,7 +1941,7 @@ async def control_patch_product(request: Request) -> Response:
 
 def _money_input_or_400(raw: Any, name: str) -> Decimal:
     try:
-        return _money_input(raw)
+        return money_input(raw)
     except (TypeError, ValueError):
         raise ApiError(400, "Validation failed", message=f"{name} must be a number") from None
 
@@ -2071,29 +1991,13 @@ async def control_stats(request: Request) -> Response:
     since = _int_param(request, "since", 0, 0)
     include_log = parse_bool(request.query_params.get("log")) is not False
     accounts = _filtered_accounts(request)
-    requests_by_key = dict(sandbox.request_log.requests_by_bucket)
-    too_many = dict(sandbox.request_log.too_many_by_bucket)
-    body: dict[str, Any] = {
-        "requests": requests_by_key,
-        "tooManyRequests": too_many,
-        "tooManyRequestsTotal": sum(too_many.values()),
-        "statusCounts": {str(k): v for k, v in sorted(sandbox.request_log.status_counts.items())},
-        "faults": dict(sandbox.faults.counts),
+    counts = {
         "orders": sum(len(a.orders) for a in accounts),
         "orderRequests": sum(len(a.requests) for a in accounts),
-        "scheduledTasks": sandbox.scheduler.pending(),
-        "workerErrors": list(sandbox.scheduler.errors),
     }
-    if include_log:
-        entries = sandbox.request_log.entries(since)
-        body["log"] = [e.as_dict() for e in entries if key is None or e.bucket == key]
-    return json_response(body)
-
-
-async def control_reset(request: Request) -> Response:
-    sandbox = _sandbox(request)
-    sandbox.reset()
-    return json_response({"ok": True, "apiKeys": sandbox.api_keys})
+    return json_response(
+        stats_json(sandbox, counts, since=since, bucket=key, include_log=include_log)
+    )
 
 
 def control_routes() -> list[BaseRoute]:
@@ -2135,25 +2039,6 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return json_response({"error": messages.get(exc.status_code, exc.detail)}, exc.status_code)
 
 
-def _lifespan(
-    sandbox: UGiftMeSandbox,
-) -> Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]]:
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        worker = asyncio.create_task(sandbox.scheduler.run(), name="ugiftme-sandbox-worker")
-        # trust_env=False: a proxy from the environment must not intercept local deliveries.
-        async with httpx.AsyncClient(trust_env=False) as client:
-            sandbox.webhooks.start(asyncio.get_running_loop(), client)
-            try:
-                yield
-            finally:
-                worker.cancel()
-                await asyncio.gather(worker, return_exceptions=True)
-                await sandbox.webhooks.stop()
-
-    return lifespan
-
-
 def create_app(config: UGiftMeSandboxConfig | None = None) -> Starlette:
     """The sandbox as an ASGI app; its state is `app.state.sandbox`."""
     sandbox = UGiftMeSandbox(config or UGiftMeSandboxConfig())
@@ -2164,7 +2049,7 @@ def create_app(config: UGiftMeSandboxConfig | None = None) -> Starlette:
     app = Starlette(
         routes=[Mount(API_ROOT, routes=api_routes()), Mount(CONTROL_ROOT, routes=control_routes())],
         exception_handlers=handlers,
-        lifespan=_lifespan(sandbox),
+        lifespan=worker_lifespan(sandbox.scheduler, sandbox.webhooks, "ugiftme-sandbox-worker"),
     )
     app.state.sandbox = sandbox
     app.add_middleware(ApiGate, sandbox=sandbox)

@@ -1,4 +1,5 @@
-"""Fixtures for the sandbox's own tests (helpers live in ugiftme_kit.py and gifq_kit.py)."""
+"""Fixtures for the sandbox's own tests (helpers live in sandbox_kit.py, ugiftme_kit.py
+and gifq_kit.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 import pytest
 from gifq_kit import ROOMY_RATE_LIMIT, GifqApi
+from sandbox_kit import closing_clients
 from ugiftme_kit import Api, Received, WebhookReceiver
 
 from batcher.sandbox.server import SandboxHandle
@@ -17,16 +19,8 @@ from batcher.sandbox.server import SandboxHandle
 @pytest.fixture
 def api_for() -> Iterator[Callable[..., Api]]:
     """A factory: api_for(sandbox, api_key=None) -> Api; clients close after the test."""
-    made: list[Api] = []
-
-    def make(sandbox: SandboxHandle, api_key: str | None = None) -> Api:
-        api = Api(sandbox, api_key)
-        made.append(api)
-        return api
-
-    yield make
-    for api in made:
-        api.close()
+    with closing_clients(Api) as make:
+        yield make
 
 
 @pytest.fixture
@@ -73,17 +67,10 @@ def webhook_receiver() -> Iterator[WebhookReceiver]:
 
 @pytest.fixture
 def gifq_api_for() -> Iterator[Callable[..., GifqApi]]:
-    """A factory: gifq_api_for(sandbox, token=None) -> GifqApi; clients close after the test."""
-    made: list[GifqApi] = []
-
-    def make(sandbox: SandboxHandle, token: str | None = None) -> GifqApi:
-        api = GifqApi(sandbox, token)
-        made.append(api)
-        return api
-
-    yield make
-    for api in made:
-        api.close()
+    """A factory: gifq_api_for(sandbox, api_key=None) -> GifqApi (the key is the token);
+    clients close after the test."""
+    with closing_clients(GifqApi) as make:
+        yield make
 
 
 @pytest.fixture

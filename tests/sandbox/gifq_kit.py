@@ -2,35 +2,21 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
-import httpx
-from ugiftme_kit import Reply
+from sandbox_kit import Reply, SandboxApi
 
-from batcher.sandbox.common import decode_json, encode_json
-from batcher.sandbox.server import SandboxHandle
+from batcher.sandbox.common import encode_json
 
 ROOMY_RATE_LIMIT = 100_000  # for tests about something other than the 10 req/s limit
 
 
-class GifqApi:
+class GifqApi(SandboxApi):
     """httpx against the GIFQ sandbox: X-Api-Token, Decimal-exact JSON in and out."""
 
-    def __init__(self, sandbox: SandboxHandle, token: str | None = None) -> None:
-        self.sandbox = sandbox
-        self.token = token or sandbox.api_key
-        self.client = httpx.Client(
-            base_url=sandbox.base_url,
-            headers={"X-Api-Token": self.token},
-            timeout=10.0,
-            trust_env=False,
-        )
-
-    def get(self, path: str, **params: Any) -> Reply:
-        return self._reply(self.client.get(path, params=params))
+    AUTH_HEADER = "X-Api-Token"
 
     def post(
         self,
@@ -40,16 +26,8 @@ class GifqApi:
         key: str | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> Reply:
-        extra = {"Content-Type": "application/json", **(headers or {})}
-        if key is not None:
-            extra["Idempotency-Key"] = key
         content = body if isinstance(body, bytes) else encode_json(body)
-        return self._reply(self.client.post(path, content=content, headers=extra))
-
-    @staticmethod
-    def _reply(response: httpx.Response) -> Reply:
-        body = decode_json(response.content) if response.content else None
-        return Reply(response.status_code, response.headers, body, response.content)
+        return self._request("POST", path, content, key=key, headers=headers)
 
     def order(self, reference: str, **fields: Any) -> Reply:
         return self.post("/orders", order_body(reference, **fields))
@@ -69,22 +47,11 @@ class GifqApi:
                 return items
             page += 1
 
-    def wait_for(self, path: str, statuses: set[str], timeout: float = 5.0) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            body = self.get(path).body
-            if body["status"] in statuses or time.monotonic() > deadline:
-                return body
-            time.sleep(0.01)
-
     def wait_order(self, order_id: str, timeout: float = 5.0) -> Any:
         return self.wait_for(f"/orders/{order_id}", {"completed", "failed"}, timeout)
 
     def wait_payout_order(self, payout_order_id: str, timeout: float = 5.0) -> Any:
         return self.wait_for(f"/payout-orders/{payout_order_id}", {"completed", "failed"}, timeout)
-
-    def close(self) -> None:
-        self.client.close()
 
 
 def order_body(

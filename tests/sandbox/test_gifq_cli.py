@@ -3,58 +3,28 @@
 from __future__ import annotations
 
 import os
-import queue
-import signal
 import subprocess
-import sys
-import threading
-from pathlib import Path
 
 import httpx
 import pytest
 from click.testing import CliRunner
+from sandbox_kit import read_line, start_serve, stop
 
 from batcher.cli.sandbox import sandbox
 from batcher.sandbox.common import decode_json
 
-ROOT = Path(__file__).resolve().parents[2]
 URL_LINE = "GIFQ sandbox listening on "
 
 
 def _start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "batcher", "sandbox", "serve", "--provider", "gifq",
-         "--port", "0", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-
-
-def _read_line(proc: subprocess.Popen[str], timeout: float = 15.0) -> str:
-    assert proc.stdout is not None
-    lines: queue.Queue[str] = queue.Queue()
-    stdout = proc.stdout
-    threading.Thread(target=lambda: lines.put(stdout.readline()), daemon=True).start()
-    try:
-        return lines.get(timeout=timeout).strip()
-    except queue.Empty:
-        proc.kill()
-        pytest.fail("the sandbox printed nothing in time")
-
-
-def _stop(proc: subprocess.Popen[str]) -> tuple[str, str]:
-    proc.send_signal(signal.SIGTERM)
-    return proc.communicate(timeout=15)
+    return start_serve("--provider", "gifq", *args, env=env)
 
 
 def test_serve_gifq_with_the_token_from_the_environment() -> None:
     env = {**os.environ, "GIFQ_API_TOKEN": "env-token"}
     proc = _start("--fund", "GBP=25.50", "--fx-rate", "GBP/USD=1.3", "--seed", "4", env=env)
     try:
-        base_url = _read_line(proc).removeprefix(URL_LINE)
+        base_url = read_line(proc).removeprefix(URL_LINE)
         assert base_url.startswith("http://127.0.0.1:") and base_url.endswith("/api")
         with httpx.Client(
             base_url=base_url, headers={"X-Api-Token": "env-token"}, trust_env=False
@@ -68,7 +38,7 @@ def test_serve_gifq_with_the_token_from_the_environment() -> None:
             assert config["fxRates"]["GBP/USD"] == "1.3" and config["faults"]["seed"] == 4
             assert config["rateLimit"] == {"limit": 10, "windowSeconds": 1}
     finally:
-        out, err = _stop(proc)
+        out, err = stop(proc)
     assert proc.returncode == 0, err
     assert "Traceback" not in err and "env-token" not in out
     assert "GIFQ sandbox stopped." in out
@@ -77,12 +47,12 @@ def test_serve_gifq_with_the_token_from_the_environment() -> None:
 def test_serve_gifq_takes_tokens_from_the_flags() -> None:
     proc = _start("--api-key", "t1", "--api-key", "t2", "--rate-limit", "100/1")
     try:
-        base_url = _read_line(proc).removeprefix(URL_LINE)
+        base_url = read_line(proc).removeprefix(URL_LINE)
         for token in ("t1", "t2"):
             reply = httpx.get(base_url + "/orders", headers={"X-Api-Token": token}, trust_env=False)
             assert reply.status_code == 200 and reply.headers["total-pages"] == "1"
     finally:
-        _stop(proc)
+        stop(proc)
     assert proc.returncode == 0
 
 

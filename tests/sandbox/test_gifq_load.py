@@ -9,7 +9,6 @@ currency moved by exactly what the completed orders cost.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from decimal import Decimal
 
 import httpx
 from gifq_kit import ROOMY_RATE_LIMIT, GifqApi, order_body
+from sandbox_kit import run_threads
 
 from batcher.sandbox.common import decode_json, encode_json
 from batcher.sandbox.server import SandboxHandle
@@ -97,13 +97,7 @@ def test_thousand_orders_lose_and_double_nothing(
         fault_async_fail=0.05,
     )
     tallies = [ClientTally() for _ in range(THREADS)]
-    threads = [
-        threading.Thread(target=_client_run, args=(sandbox, n, tallies[n])) for n in range(THREADS)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_threads(THREADS, lambda n: _client_run(sandbox, n, tallies[n]))
 
     assert [t.gave_up for t in tallies] == [[]] * THREADS
     assert sum(t.retries for t in tallies) > 0, "the faults never fired"
@@ -154,11 +148,7 @@ def test_four_clients_under_the_real_limit_still_place_each_order_once(
                 reference = f"limited-{thread}-{n}"
                 _submit(client, reference, _body(reference, n), tallies[thread])
 
-    threads = [threading.Thread(target=run, args=(n,)) for n in range(THREADS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_threads(THREADS, run)
     assert [t.gave_up for t in tallies] == [[]] * THREADS
     assert sum(t.statuses[429] for t in tallies) > 0
     orders = sandbox.control("GET", "/orders")["orders"]

@@ -3,59 +3,25 @@
 from __future__ import annotations
 
 import os
-import queue
-import signal
-import subprocess
-import sys
-import threading
 from decimal import Decimal
-from pathlib import Path
 
 import httpx
 import pytest
 from click.testing import CliRunner
+from sandbox_kit import read_line, start_serve, stop
 
 from batcher.cli.sandbox import sandbox
 from batcher.sandbox.common import decode_json
 
-ROOT = Path(__file__).resolve().parents[2]
 URL_LINE = "UGiftMe sandbox listening on "
 
 
-def _start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "batcher", "sandbox", "serve", "--port", "0", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def _read_line(proc: subprocess.Popen[str], timeout: float = 15.0) -> str:
-    """One stdout line, read by a helper thread so a silent server cannot hang the test."""
-    assert proc.stdout is not None
-    lines: queue.Queue[str] = queue.Queue()
-    stdout = proc.stdout
-    threading.Thread(target=lambda: lines.put(stdout.readline()), daemon=True).start()
-    try:
-        return lines.get(timeout=timeout).strip()
-    except queue.Empty:
-        proc.kill()
-        pytest.fail("the sandbox printed nothing in time")
-
-
-def _stop(proc: subprocess.Popen[str]) -> tuple[str, str]:
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=15)
-    return out, err
-
-
 def test_serve_prints_its_url_serves_and_stops_on_sigterm() -> None:
-    proc = _start("--api-key", "cli-key", "--sync", "--fund", "GBP=25.50", "--rate-limit", "7/60")
+    proc = start_serve(
+        "--api-key", "cli-key", "--sync", "--fund", "GBP=25.50", "--rate-limit", "7/60"
+    )
     try:
-        line = _read_line(proc)
+        line = read_line(proc)
         assert line.startswith(URL_LINE)
         base_url = line.removeprefix(URL_LINE)
         assert base_url.startswith("http://127.0.0.1:") and base_url.endswith("/api/v1/business")
@@ -70,7 +36,7 @@ def test_serve_prints_its_url_serves_and_stops_on_sigterm() -> None:
             assert wallets["EUR"]["balance"] == Decimal("10000.00")
             assert client.get("/auth", headers={"X-API-Key": "other"}).status_code == 401
     finally:
-        out, err = _stop(proc)
+        out, err = stop(proc)
     assert proc.returncode == 0, err
     assert "Traceback" not in err
     assert "stopped" in out
@@ -78,10 +44,10 @@ def test_serve_prints_its_url_serves_and_stops_on_sigterm() -> None:
 
 def test_serve_generates_and_prints_a_key_when_none_is_given() -> None:
     env = {k: v for k, v in os.environ.items() if k != "UGIFTME_API_KEY"}
-    proc = _start(env=env)
+    proc = start_serve(env=env)
     try:
-        base_url = _read_line(proc).removeprefix(URL_LINE)
-        key_line = _read_line(proc)
+        base_url = read_line(proc).removeprefix(URL_LINE)
+        key_line = read_line(proc)
         key = key_line.rsplit(" ", 1)[-1]
         assert "generated" in key_line and len(key) == 36
         assert (
@@ -89,14 +55,14 @@ def test_serve_generates_and_prints_a_key_when_none_is_given() -> None:
             == 200
         )
     finally:
-        _stop(proc)
+        stop(proc)
     assert proc.returncode == 0
 
 
 def test_serve_takes_the_key_from_the_environment() -> None:
-    proc = _start(env={**os.environ, "UGIFTME_API_KEY": "env-key"})
+    proc = start_serve(env={**os.environ, "UGIFTME_API_KEY": "env-key"})
     try:
-        base_url = _read_line(proc).removeprefix(URL_LINE)
+        base_url = read_line(proc).removeprefix(URL_LINE)
         assert (
             httpx.get(
                 base_url + "/auth", headers={"X-API-Key": "env-key"}, trust_env=False
@@ -104,7 +70,7 @@ def test_serve_takes_the_key_from_the_environment() -> None:
             == 200
         )
     finally:
-        out, _ = _stop(proc)
+        out, _ = stop(proc)
     assert "env-key" not in out  # a key the operator chose is never echoed
 
 

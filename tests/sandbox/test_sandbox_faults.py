@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from decimal import Decimal
-from itertools import pairwise
 
 import httpx
 import pytest
+from sandbox_kit import assert_retry_after_respected
 from ugiftme_kit import Api, item
 
 from batcher.sandbox.server import SandboxControlError, SandboxHandle
@@ -56,9 +56,7 @@ def test_a_polite_client_never_comes_back_before_retry_after(
             time.sleep(int(reply.headers["Retry-After"]))
     log = sandbox.control("GET", "/stats")["log"]
     assert any(e["status"] == 429 for e in log)
-    for previous, following in pairwise(log):
-        if previous["status"] == 429:
-            assert following["t"] - previous["t"] >= previous["retryAfter"]
+    assert_retry_after_respected(log)
 
 
 def test_latency_fault_delays_the_answer(

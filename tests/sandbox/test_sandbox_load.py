@@ -6,7 +6,6 @@ Nothing may be lost (every accepted request has its orders) and nothing doubled
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -15,6 +14,7 @@ from decimal import Decimal
 
 import httpx
 import pytest
+from sandbox_kit import run_threads
 from ugiftme_kit import item
 
 from batcher.sandbox.common import decode_json, encode_json
@@ -84,13 +84,7 @@ def test_thousand_bulk_requests_lose_and_double_nothing(
         latency_ms=20,
     )
     tallies = [ClientTally() for _ in range(THREADS)]
-    threads = [
-        threading.Thread(target=_client_run, args=(sandbox, n, tallies[n])) for n in range(THREADS)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_threads(THREADS, lambda n: _client_run(sandbox, n, tallies[n]))
 
     assert [t.gave_up for t in tallies] == [[]] * THREADS
     accepted = {key: ids for t in tallies for key, ids in t.accepted.items()}

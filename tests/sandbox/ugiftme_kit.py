@@ -9,35 +9,17 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-import httpx
+from sandbox_kit import Reply, SandboxApi
 
-from batcher.sandbox.common import decode_json, encode_json
-from batcher.sandbox.server import SandboxHandle
+from batcher.sandbox.common import encode_json
 
-
-@dataclass
-class Reply:
-    status: int
-    headers: httpx.Headers
-    body: Any
-    raw: bytes
+__all__ = ["Api", "Received", "Reply", "WebhookReceiver", "item"]
 
 
-class Api:
-    """httpx against the sandbox API: Decimal-exact JSON in and out."""
+class Api(SandboxApi):
+    """httpx against the UGiftMe sandbox API: X-API-Key, Decimal-exact JSON in and out."""
 
-    def __init__(self, sandbox: SandboxHandle, api_key: str | None = None) -> None:
-        self.sandbox = sandbox
-        self.api_key = api_key or sandbox.api_key
-        self.client = httpx.Client(
-            base_url=sandbox.base_url,
-            headers={"X-API-Key": self.api_key},
-            timeout=10.0,
-            trust_env=False,
-        )
-
-    def get(self, path: str, **params: Any) -> Reply:
-        return self._reply(self.client.get(path, params=params))
+    AUTH_HEADER = "X-API-Key"
 
     def send(
         self,
@@ -48,34 +30,18 @@ class Api:
         key: str | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> Reply:
-        extra = {"Content-Type": "application/json", **(headers or {})}
-        if key is not None:
-            extra["Idempotency-Key"] = key
         content = encode_json(body) if body is not None else None
-        return self._reply(self.client.request(method, path, content=content, headers=extra))
+        return self._request(method, path, content, key=key, headers=headers)
 
     def post(self, path: str, body: Any, *, key: str | None = None) -> Reply:
         return self.send("POST", path, body, key=key)
-
-    @staticmethod
-    def _reply(response: httpx.Response) -> Reply:
-        body = decode_json(response.content) if response.content else None
-        return Reply(response.status_code, response.headers, body, response.content)
 
     def wallet(self, currency: str) -> dict[str, Any]:
         wallets = {w["currency"]: w for w in self.get("/wallet").body}
         return wallets[currency]
 
     def wait_for_request(self, request_id: str, statuses: set[str], timeout: float = 5.0) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            body = self.get(f"/orders/order-requests/{request_id}").body
-            if body["status"] in statuses or time.monotonic() > deadline:
-                return body
-            time.sleep(0.01)
-
-    def close(self) -> None:
-        self.client.close()
+        return self.wait_for(f"/orders/order-requests/{request_id}", statuses, timeout)
 
 
 def item(
