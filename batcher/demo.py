@@ -63,12 +63,37 @@ def main() -> None:
         step("rerun: nothing is ordered twice", run, env, expect={0})
         step("status from the ledger", ["status", "demo-nightly"], env, expect={0})
         step("wallet after the run", ["wallet"], env, expect={0})
-    out = report_dir / "demo-nightly"
-    print(f"\nsummary:        {out / 'summary.json'}")
-    print(f"rows:           {out / 'rows.csv'}")
-    workbook = out / "reconciliation.xlsx"
-    if workbook.exists():
-        print(f"reconciliation: {workbook}")
+    gifq_demo(state_dir, report_dir)
+    for batch in ("demo-gifq-orders", "demo-gifq-payouts", "demo-nightly"):
+        out = report_dir / batch
+        print(f"\n{batch}:")
+        print(f"  summary:        {out / 'summary.json'}")
+        print(f"  rows:           {out / 'rows.csv'}")
+        workbook = out / "reconciliation.xlsx"
+        if workbook.exists():
+            print(f"  reconciliation: {workbook}")
+
+
+def gifq_demo(state_dir: Path, report_dir: Path) -> None:
+    """The same pipeline against the second provider: single orders, then payouts."""
+    with running_sandbox("gifq", async_delay_seconds=0.2) as sandbox:
+        print(f"\nGIFQ sandbox running at {sandbox.base_url}")
+        env = {
+            **os.environ,
+            "GIFQ_API_TOKEN": sandbox.api_key,
+            "GIFQ_BASE_URL": sandbox.base_url,
+            "BATCHER_STATE_DIR": str(state_dir),
+        }
+        env.pop("BATCHER_CONFIG", None)
+        gifq = ["--provider", "gifq"]
+        report = ["--report-dir", str(report_dir)]
+        step("GIFQ: check the token", ["auth", *gifq], env, expect={0})
+        step("GIFQ: wallet balances", ["wallet", *gifq], env, expect={0})
+        orders = ["run", "samples/gifq-orders.csv", *gifq, "--batch", "demo-gifq-orders", "--yes"]
+        step("GIFQ: orders, some paid from another wallet", [*orders, *report], env, expect={0})
+        payouts = ["run", "samples/gifq-payouts.csv", *gifq, "--payouts", "--campaign", "101",
+                   "--expires-in-days", "30", "--batch", "demo-gifq-payouts", "--yes"]  # fmt: skip
+        step("GIFQ: payouts, recipients choose their card", [*payouts, *report], env, expect={0})
 
 
 if __name__ == "__main__":
