@@ -170,7 +170,8 @@ def _run_locked(
         refusal = "cancelled at the confirmation prompt; nothing was sent"
     if refusal is not None:
         return _finish(ledger, run_id, settings, options, account_id, sheet, started_at,
-                       RunStats(), plan, ExitCode.USAGE, refusal)  # fmt: skip
+                       RunStats(), plan, ExitCode.USAGE, refusal, provider=provider,
+                       listener=ui.listener)  # fmt: skip
 
     try:
         stats = runner.execute()
@@ -183,7 +184,7 @@ def _run_locked(
     message = stats.stopped or ", ".join(stats.blocked_currencies.values())
     return _finish(ledger, run_id, settings, options, account_id, sheet, started_at,
                    stats, plan, code, message, provider=provider,
-                   balances_before=balances)  # fmt: skip
+                   balances_before=balances, listener=ui.listener)  # fmt: skip
 
 
 def guardrail_refusal(plan: PlanSummary, max_total: dict[str, Decimal]) -> str | None:
@@ -211,6 +212,7 @@ def _finish(
     message: str,
     provider: Provider | None = None,
     balances_before: dict[str, Balance] | None = None,
+    listener: RunListener | None = None,
 ) -> BatchResult:
     batch = options.batch_name
     rows = ledger.rows(batch)
@@ -236,7 +238,34 @@ def _finish(
     write_json(out_dir / "summary.json", summary)
     write_rows_csv(out_dir / "rows.csv", rows)
     ledger.finish_run(run_id, batch, int(code), summary)
+    _write_report(ledger, batch, provider, options, sheet, listener)
     return BatchResult(code, summary, out_dir, message)
+
+
+def _write_report(
+    ledger: Ledger,
+    batch: str,
+    provider: Provider | None,
+    options: BatchOptions,
+    sheet: Any,
+    listener: RunListener | None,
+) -> None:
+    """The reconciliation workbook. Its failure never costs the run its summary or exit code."""
+    from batcher.reports import write_batch_report
+
+    say = listener.message if listener is not None else (lambda text: None)
+    try:
+        result = write_batch_report(
+            ledger, batch, provider, options.report_dir,
+            sheet_rows=getattr(sheet, "row_count", None), fetch="auto",
+        )  # fmt: skip
+    except Exception as exc:
+        detail = exc.message if isinstance(exc, BatcherError) else type(exc).__name__
+        say(f"the reconciliation report could not be written ({detail}); "
+            f"run `batcher report {batch}` to retry")  # fmt: skip
+        return
+    rec = result.reconciliation
+    say(f"reconciliation: {rec.verdict} ({rec.reason}); workbook {result.workbook}")
 
 
 def _balances_now(provider: Provider | None) -> dict[str, Balance] | None:

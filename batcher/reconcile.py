@@ -16,16 +16,17 @@ windows of the batch's runs. Three legs:
   is flagged, and so is an order with no debit. Each run's balance movement
   must be explained by the transactions in its window.
 
-When the listings were not fetched (`ReconcileInputs.provider is None`), the
-orders ↔ wallet leg falls back to the balances: the wallet must have moved, run
-by run, by exactly the ledger's costs. `balances_explain_costs` says whether
-that holds, so a caller can decide to fetch the listings when it does not.
+When the listings were not fetched (`ReconcileInputs.provider is None`, as after
+a large run), the orders ↔ wallet leg falls back to the balances each run read
+at its start and end: the wallet must have moved by exactly the ledger's costs.
+That proves no money left for anything else during the runs, but cannot name an
+orphan; `batcher report` lists and matches everything.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -72,13 +73,16 @@ class Window:
 class RunWindow:
     """One run of the batch: its window and the balances read at its start and end.
 
-    `after` is None when the run did not read the balances again at its end.
+    `after` is None when the run did not read the balances again at its end. An
+    `idle` run sent, polled and looked up nothing, so the batch's orders cannot
+    have moved money during it.
     """
 
     run_id: str
     window: Window
     before: Mapping[str, Decimal] | None = None
     after: Mapping[str, Decimal] | None = None
+    idle: bool = False
 
 
 @dataclass(frozen=True)
@@ -243,30 +247,15 @@ def reconcile(inputs: ReconcileInputs) -> Reconciliation:
     )
 
 
-def balances_explain_costs(rows: Sequence[RowRecord], runs: Sequence[RunWindow]) -> bool:
-    """Do the runs' balance movements add up exactly to the ledger's costs, per currency?
-
-    True means no money moved in any run window except for the batch's own orders, so
-    the transaction-level listings would only confirm it. It needs every run that may
-    have moved money to have read its balances at both ends.
-    """
-    costs = _costs_by_currency(ordered_rows(rows))
-    movement: dict[str, Decimal] = defaultdict(lambda: ZERO)
-    for run in runs:
-        if run.before is None or run.after is None:
-            return False
-        for currency in set(run.before) | set(run.after):
-            if currency not in run.before or currency not in run.after:
-                return False
-            movement[currency] += run.before[currency] - run.after[currency]
-    currencies = set(costs) | {c for c, v in movement.items() if v}
-    return all(costs.get(c, ZERO) == movement.get(c, ZERO) for c in currencies) and all(
-        r.cost is not None for r in ordered_rows(rows)
-    )
-
-
 # ---------------------------------------------------------------------------
 # Small helpers shared with the reports.
+
+
+def span(windows: Sequence[RunWindow]) -> Window | None:
+    """From the first run's start to the last run's end; None without runs."""
+    if not windows:
+        return None
+    return Window(min(w.window.start for w in windows), max(w.window.end for w in windows))
 
 
 def count_states(rows: Iterable[RowRecord]) -> dict[str, int]:
@@ -410,9 +399,7 @@ def _order_lines(
     ]  # fmt: skip
 
 
-def _orphans(
-    inputs: ReconcileInputs, index: _Index, ours: set[str | None]
-) -> list[Orphan]:
+def _orphans(inputs: ReconcileInputs, index: _Index, ours: set[str | None]) -> list[Orphan]:
     """Provider orders no batch in the ledger placed, created (or charged) in a run window."""
     unsettled = _unsettled_by_key(inputs.rows)
     found: list[Orphan] = []
@@ -482,20 +469,13 @@ def _currencies(
     return sorted(found)
 
 
-def _costs_by_currency(ordered: Iterable[RowRecord]) -> dict[str, Decimal]:
-    costs: dict[str, Decimal] = defaultdict(lambda: ZERO)
-    for row in ordered:
-        if row.cost is not None:
-            costs[charged_currency(row)] += row.cost
-    return dict(costs)
-
-
 @dataclass
 class _Tally:
     """The figures and the reasons for one currency, built up step by step."""
 
     currency: str
-    orders: int = 0
+    orders: int = 0  # orders with a face value in this currency
+    charged: int = 0  # orders paid from this currency's wallet
     face: Decimal = ZERO
     cost: Decimal = ZERO
     discount: Decimal = ZERO
@@ -547,12 +527,16 @@ def _currency(
 
 def _tally_ledger(tally: _Tally, ordered: Sequence[RowRecord]) -> None:
     missing_cost = 0
+    paid_elsewhere: dict[str, int] = defaultdict(int)
     for row in ordered:
         if row.currency == tally.currency:
             tally.orders += 1
             tally.face += row.face_value
+            if charged_currency(row) != tally.currency:
+                paid_elsewhere[charged_currency(row)] += 1
         if charged_currency(row) != tally.currency:
             continue
+        tally.charged += 1
         if row.cost is None:
             missing_cost += 1
             continue
@@ -561,6 +545,8 @@ def _tally_ledger(tally: _Tally, ordered: Sequence[RowRecord]) -> None:
             tally.discount += row.face_value - row.cost
     if missing_cost:
         tally.problems.append(f"{missing_cost} order(s) have no cost in the ledger")
+    for wallet, count in sorted(paid_elsewhere.items()):
+        tally.notes.append(f"{count} order(s) paid from the {wallet} wallet (no discount shown)")
 
 
 def _tally_transactions(
@@ -599,17 +585,18 @@ def _tally_transactions(
     stray = [x for x in lines if x.status == NO_ORDER and x.currency == tally.currency]
     if stray:
         value = sum((-x.transaction.amount for x in stray if x.transaction), ZERO)
-        tally.problems.append(f"{len(stray)} wallet debit(s) worth {tally.money(value)} match no order")
+        tally.problems.append(
+            f"{len(stray)} wallet debit(s) worth {tally.money(value)} match no order"
+        )
 
 
 def _count_problem(
     tally: _Tally,
     rows: Sequence[RowRecord],
     checks: Mapping[str, OrderCheck],
-    test: object,
+    test: Callable[[OrderCheck], bool],
     text: str,
 ) -> None:
-    assert callable(test)
     count = sum(1 for r in rows if r.row_key in checks and test(checks[r.row_key]))
     if count:
         tally.problems.append(f"{count} order(s) {text}")
@@ -653,22 +640,26 @@ def _tally_balance_movement(tally: _Tally, inputs: ReconcileInputs) -> None:
 def _tally_balances_only(tally: _Tally, runs: Sequence[RunWindow]) -> None:
     moved = ZERO
     for run in runs:
+        if run.idle:
+            continue
         if run.before is None or run.after is None:
-            tally.problems.append(f"run {run.run_id} has no balances to verify against")
+            tally.problems.append(
+                f"run {run.run_id} did not read the balances at both ends, so nothing was "
+                "verified; run `batcher report` to match every transaction"
+            )
             return
         moved += run.before.get(tally.currency, ZERO) - run.after.get(tally.currency, ZERO)
     tally.debits = moved
     if moved != tally.cost:
         tally.problems.append(
             f"ledger cost {tally.money(tally.cost)} ≠ wallet balance movement "
-            f"{tally.money(moved)} (difference {tally.money(tally.cost - moved)})"
+            f"{tally.money(moved)} (difference {tally.money(tally.cost - moved)}); run "
+            "`batcher report` to match every transaction and find the cause"
         )
 
 
 def _tally_unsettled(tally: _Tally, rows: Sequence[RowRecord]) -> None:
-    count = sum(
-        1 for r in rows if r.state in UNSETTLED_STATES and r.currency == tally.currency
-    )
+    count = sum(1 for r in rows if r.state in UNSETTLED_STATES and r.currency == tally.currency)
     if count:
         tally.notes.append(f"{count} row(s) still unconfirmed: rerun the batch to settle them")
 
@@ -679,12 +670,12 @@ def _reason(tally: _Tally, evidence: Evidence) -> str:
     if evidence == "balances":
         text = (
             f"ledger cost {tally.money(tally.cost)} equals the wallet's balance movement over "
-            f"{tally.orders} order(s); run `batcher report` for transaction-level matching"
+            f"{tally.charged} order(s); run `batcher report` for transaction-level matching"
         )
     else:
         text = (
             f"ledger cost {tally.money(tally.cost)} equals the wallet debits for "
-            f"{tally.orders} order(s); no orphans"
+            f"{tally.charged} order(s); no orphans"
         )
     return "; ".join([text, *tally.notes])
 

@@ -1,0 +1,385 @@
+"""The reports finance signs off: what goes in them, and where they are written.
+
+`write_batch_report` gathers what it needs (the ledger, and the provider's orders
+and wallet transactions over the batch's run windows), reconciles it
+(`batcher.reconcile`), and writes, under `REPORT_DIR/BATCH/`:
+
+- `reconciliation.xlsx`: Summary (verdict per currency, state counts, a chart of
+  spend by product), Orders (one line per input row, in source order), Failures
+  (a plain-English reason and the next step), Wallet (each transaction matched to
+  an order) and Orphans (provider orders no batch placed);
+- `failed_rows.csv`: the rows to fix, under the input's own headers, plus `error`;
+  fixed and fed to `batcher run` as a new batch, it orders exactly those rows;
+- `codes.xlsx`, only when asked (`reveal_codes`): live voucher codes, mode 0600.
+
+Each run's files are also kept under `REPORT_DIR/BATCH/runs/RUN_ID/`.
+
+The math is in `batcher.reconcile`, the plain English in `batcher.failures`,
+the layout in `batcher.workbook`. Every text cell goes through `safe_cell`, and
+voucher codes appear only as `••••-1234`. Nothing here ever sees the API key.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+
+from batcher.cells import safe_cell
+from batcher.errors import BatcherError, UsageError
+from batcher.failures import explain_failures
+from batcher.ledger import Ledger, RowRecord, parse_ts
+from batcher.providers.base import Provider, Redemption
+from batcher.reconcile import (
+    ProviderData,
+    ReconcileInputs,
+    Reconciliation,
+    RunWindow,
+    Window,
+    ordered_rows,
+    reconcile,
+    span,
+)
+from batcher.workbook import ReportModel, RunInfo, write_codes, write_workbook
+from batcher.xlsx_stream import copy_or_link
+
+WORKBOOK_NAME = "reconciliation.xlsx"
+FAILED_ROWS_NAME = "failed_rows.csv"
+CODES_NAME = "codes.xlsx"
+ARCHIVE_DIR = "runs"
+#: fetched on each side of the run windows, so a provider clock a little off still matches
+CLOCK_MARGIN = timedelta(minutes=2)
+#: the ledger cuts timestamps to the millisecond, so a run's window ends one later
+TRUNCATION = timedelta(milliseconds=1)
+#: up to this many orders, the report after a run always fetches the provider's listings
+AUTO_FETCH_MAX_ORDERS = 2_000
+Fetch = Literal["full", "auto"]
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    workbook: Path
+    failed_rows: Path
+    codes: Path | None
+    archive: Path | None
+    reconciliation: Reconciliation
+
+
+# ---------------------------------------------------------------------------
+# The entry point.
+
+
+def write_batch_report(
+    ledger: Ledger,
+    batch: str,
+    provider: Provider | None,
+    report_dir: Path,
+    *,
+    reveal_codes: bool = False,
+    sheet_rows: int | None = None,
+    fetch: Fetch = "full",
+) -> ReportResult:
+    """Reconcile `batch` and write its report files; returns where they are.
+
+    `fetch="auto"` (used at the end of `batcher run`) does not list the provider's
+    orders and transactions for a batch of more than `AUTO_FETCH_MAX_ORDERS` orders:
+    the balances each run read stand in for them. `"full"` (used by `batcher
+    report`) always lists and matches everything.
+    """
+    model = collect(ledger, batch, provider, sheet_rows=sheet_rows, fetch=fetch)
+    out_dir = report_dir / batch
+    out_dir.mkdir(parents=True, exist_ok=True)
+    workbook = write_workbook(out_dir / WORKBOOK_NAME, model)
+    failed = write_failed_rows(out_dir / FAILED_ROWS_NAME, model)
+    codes = None
+    if reveal_codes:
+        if provider is None:
+            raise UsageError("--reveal-codes needs the provider: the codes are not in the ledger")
+        codes = write_codes(out_dir / CODES_NAME, model, fetch_redemptions(provider, model.rows))
+    archive = archive_run(out_dir, model)
+    return ReportResult(workbook, failed, codes, archive, model.reconciliation)
+
+
+def archive_run(out_dir: Path, model: ReportModel) -> Path | None:
+    """Keep this run's files under runs/RUN_ID/, so a later run never loses them."""
+    run = model.latest_run
+    if run is None:
+        return None
+    target = out_dir / ARCHIVE_DIR / _safe_name(run.run_id)
+    target.mkdir(parents=True, exist_ok=True)
+    names = [WORKBOOK_NAME, FAILED_ROWS_NAME]
+    if _summary_run_id(out_dir / "summary.json") == run.run_id:
+        names += ["summary.json", "rows.csv"]
+    for name in names:
+        if (out_dir / name).exists():
+            copy_or_link(out_dir / name, target / name)
+    return target
+
+
+def _summary_run_id(path: Path) -> str | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("run_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _safe_name(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text) or "run"
+
+
+# ---------------------------------------------------------------------------
+# Gathering: the ledger, the runs, and the provider's side.
+
+
+def collect(
+    ledger: Ledger,
+    batch: str,
+    provider: Provider | None,
+    *,
+    sheet_rows: int | None = None,
+    fetch: Fetch = "full",
+    now: datetime | None = None,
+) -> ReportModel:
+    info = ledger.batch_info(batch)
+    if info is None:
+        raise UsageError(f"no batch named {batch!r} in the ledger")
+    now = now or datetime.now(UTC)
+    rows = report_rows(ledger.rows(batch, in_sheet_only=False))
+    runs = run_infos(ledger, batch, now)
+    windows = [r.window for r in runs]
+    data, error = None, None
+    if provider is None:
+        error = "no connection to the provider"
+    elif not _balances_suffice(fetch, rows):
+        data, error = fetch_provider_data(provider, windows)
+    if sheet_rows is None and runs:
+        sheet_rows = _summary_rows_total(ledger, runs[-1].run_id)
+    inputs = ReconcileInputs(
+        rows=rows,
+        runs=windows,
+        provider=data,
+        sheet_rows=sheet_rows,
+        other_batches=other_batch_orders(ledger, batch, data, rows),
+        provider_error=error,
+    )
+    available = next((r.available_after for r in reversed(runs) if r.available_after), None)
+    return ReportModel(
+        batch=batch,
+        info=info,
+        runs=runs,
+        rows=rows,
+        reconciliation=reconcile(inputs),
+        failures=explain_failures(rows, available or {}),
+        generated_at=now,
+        passthrough=passthrough_headers(info, rows),
+    )
+
+
+def _balances_suffice(fetch: Fetch, rows: Sequence[RowRecord]) -> bool:
+    """After a run, a large batch is checked against the balances only.
+
+    Listing a provider's orders and transactions costs two requests per 100 orders,
+    which would add half again to a large run. The balances already read by the run
+    prove (or disprove) that the wallet moved by exactly the ledger's costs;
+    `batcher report` does the transaction-level matching when finance wants it.
+    """
+    return fetch == "auto" and len(ordered_rows(rows)) > AUTO_FETCH_MAX_ORDERS
+
+
+def report_rows(rows: Sequence[RowRecord]) -> list[RowRecord]:
+    """Rows in the sheet in source order, then orders whose row left the sheet."""
+    in_sheet = sorted((r for r in rows if r.in_sheet), key=lambda r: r.source_row)
+    gone = sorted((r for r in rows if not r.in_sheet and r.order_id), key=lambda r: r.source_row)
+    return in_sheet + gone
+
+
+def run_infos(ledger: Ledger, batch: str, now: datetime) -> list[RunInfo]:
+    raw = sorted(ledger.runs(batch, limit=1_000_000), key=lambda r: r["started_at"])
+    infos: list[RunInfo] = []
+    for i, run in enumerate(raw):
+        summary = ledger.run_summary(run["run_id"]) or {}
+        started = _run_start(run, summary, now)
+        finished = parse_ts(run["finished_at"])
+        following = parse_ts(raw[i + 1]["started_at"]) if i + 1 < len(raw) else None
+        end = finished or following or now
+        before, after, available = _run_balances(summary)
+        bounds = Window(started, end + TRUNCATION)
+        window = RunWindow(run["run_id"], bounds, before, after, _idle(summary))
+        infos.append(RunInfo(run["run_id"], started, finished, run["exit_code"], window, available))
+    return infos
+
+
+def _run_start(run: Mapping[str, Any], summary: Mapping[str, Any], now: datetime) -> datetime:
+    """The earlier of the ledger's start and the command's: the balances are read in between."""
+    moments = [m for m in (parse_ts(run["started_at"]), parse_ts(summary.get("started_at"))) if m]
+    return min(moments) if moments else now
+
+
+def _idle(summary: Mapping[str, Any]) -> bool:
+    """A run that sent, polled and looked up nothing cannot have moved the batch's money."""
+    requests = summary.get("requests") or {}
+    return not any(requests.get(k) for k in ("submits", "polls", "lookups"))
+
+
+def _run_balances(
+    summary: Mapping[str, Any],
+) -> tuple[dict[str, Decimal] | None, dict[str, Decimal] | None, dict[str, Decimal] | None]:
+    """Balances at the run's start and end; the end only when the run read them again."""
+    before = _balances(summary.get("balances_before"), "balance")
+    reread = bool((summary.get("requests") or {}).get("submits"))
+    after = _balances(summary.get("balances_after"), "balance") if reread else None
+    available = _balances(summary.get("balances_after"), "available")
+    return before, after, available
+
+
+def _balances(data: Any, key: str) -> dict[str, Decimal] | None:
+    if not isinstance(data, Mapping):
+        return None
+    found: dict[str, Decimal] = {}
+    for currency, values in data.items():
+        if isinstance(values, Mapping) and values.get(key) is not None:
+            found[str(currency)] = Decimal(str(values[key]))
+    return found
+
+
+def _summary_rows_total(ledger: Ledger, run_id: str) -> int | None:
+    value = (ledger.run_summary(run_id) or {}).get("rows_total")
+    return value if isinstance(value, int) else None
+
+
+def fetch_provider_data(
+    provider: Provider, windows: Sequence[RunWindow]
+) -> tuple[ProviderData | None, str | None]:
+    """The provider's orders and transactions over the batch's span, with a margin."""
+    whole = span(windows)
+    if whole is None:
+        return ProviderData((), ()), None
+    since, until = whole.start - CLOCK_MARGIN, whole.end + CLOCK_MARGIN
+    try:
+        orders = provider.orders(since, until)
+        transactions = [
+            tx
+            for tx in provider.transactions(since)
+            if tx.timestamp is None or tx.timestamp <= until
+        ]
+    except BatcherError as exc:
+        return None, exc.message  # BatcherError messages never carry a secret
+    except (httpx.HTTPError, OSError) as exc:
+        return None, f"{type(exc).__name__} while listing orders and transactions"
+    return ProviderData(orders, transactions), None
+
+
+def other_batch_orders(
+    ledger: Ledger,
+    batch: str,
+    data: ProviderData | None,
+    rows: Sequence[RowRecord],
+) -> dict[str, str]:
+    """Order id -> batch for provider orders another batch in this ledger placed."""
+    if data is None:
+        return {}
+    mine = {r.order_id for r in rows if r.order_id}
+    unknown = {o.order_id for o in data.orders if o.order_id not in mine}
+    unknown |= {t.order_id for t in data.transactions if t.order_id and t.order_id not in mine}
+    if not unknown:
+        return {}
+    found: dict[str, str] = {}
+    for other in ledger.batches():
+        name = other["batch"]
+        if name == batch:
+            continue
+        for row in ledger.rows(name, in_sheet_only=False):
+            if row.order_id in unknown:
+                found[row.order_id] = name
+    return found
+
+
+def passthrough_headers(info: Mapping[str, Any], rows: Sequence[RowRecord]) -> list[str]:
+    """The sheet's other columns, in file order (then any the ledger knows of)."""
+    mapped = set((info.get("sheet_columns") or {}).values())
+    seen: dict[str, None] = {}
+    present = {h for r in rows for h in r.passthrough}
+    for header in info.get("sheet_headers") or []:
+        if header not in mapped and header in present:
+            seen[header] = None
+    for row in rows:
+        for header in row.passthrough:
+            seen.setdefault(header, None)
+    return list(seen)
+
+
+# ---------------------------------------------------------------------------
+# failed_rows.csv: the input's own columns, ready to fix and feed back.
+
+
+def failed_rows_headers(
+    info: Mapping[str, Any], rows: Sequence[RowRecord] = ()
+) -> tuple[list[str], str]:
+    """The sheet's headers in file order, and the name of the added error column.
+
+    A ledger from before the sheet layout was kept has no headers: the mapped
+    columns and the pass-through ones stand in for them.
+    """
+    headers = [str(h) for h in info.get("sheet_headers") or []]
+    if not headers:
+        headers = list((info.get("sheet_columns") or {}).values())
+        headers += [h for h in dict.fromkeys(k for r in rows for k in r.passthrough)]
+    taken = {h.strip().lower() for h in headers}
+    error = "error"
+    while error in taken:
+        error = f"batcher_{error}"
+    return headers, error
+
+
+def failed_row_values(
+    row: RowRecord, headers: Sequence[str], columns: Mapping[str, str]
+) -> list[str]:
+    """The row under the sheet's headers: canonical fields where mapped, else pass-through."""
+    field_of = {header: name for name, header in columns.items()}
+    values = []
+    for header in headers:
+        name = field_of.get(header)
+        if name is not None:
+            values.append(row.fields.get(name, ""))
+        else:
+            values.append(row.passthrough.get(header, ""))
+    return values
+
+
+def write_failed_rows(path: Path, model: ReportModel) -> Path:
+    headers, error = failed_rows_headers(model.info, model.rows)
+    columns = model.info.get("sheet_columns") or {}
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow([safe_cell(h) for h in [*headers, error]])
+        for failure in model.failures:
+            if not failure.refeed:
+                continue
+            values = failed_row_values(failure.row, headers, columns)
+            note = f"{failure.reason}; next: {failure.next_step}"
+            writer.writerow([safe_cell(v) for v in [*values, note]])
+    os.replace(tmp, path)
+    return path
+
+
+# ---------------------------------------------------------------------------
+# codes.xlsx: live voucher codes, only on request.
+
+
+def fetch_redemptions(provider: Provider, rows: Sequence[RowRecord]) -> dict[str, Redemption]:
+    found: dict[str, Redemption] = {}
+    for row in ordered_rows(rows):
+        assert row.order_id is not None
+        redemption = provider.redemption(row.order_id)
+        if redemption is not None:
+            found[row.order_id] = redemption
+    return found
