@@ -483,6 +483,28 @@ class Ledger:
                     self._insert_row(db, batch, row, state, now)
                     self._event(batch, "row_added", row_key=row.row_key, state=state)
                     continue
+                if (
+                    row.valid
+                    and row.reference in done_elsewhere
+                    and old["state"] in ("pending", "planned", "failed", "invalid")
+                ):
+                    # Ordered under another batch since (e.g. fed back via failed_rows.csv):
+                    # retrying it here would order it twice.
+                    counts["skipped_elsewhere"] += 1
+                    db.execute(
+                        "UPDATE rows SET state = 'skipped', in_sheet = 1, source_row = ?,"
+                        " chunk_key = NULL, error_code = 'ordered_in_another_batch',"
+                        " error_message = ?, updated_at = ? WHERE batch = ? AND row_key = ?",
+                        (
+                            row.source_row,
+                            "this reference was ordered by another batch",
+                            now,
+                            batch,
+                            row.row_key,
+                        ),
+                    )
+                    self._event(batch, "row_skipped_elsewhere", row_key=row.row_key)
+                    continue
                 self._sync_existing(db, batch, row, old, retry_failed, counts, now)
             counts["gone"] = db.execute(
                 "SELECT COUNT(*) FROM rows WHERE batch = ? AND in_sheet = 0", (batch,)

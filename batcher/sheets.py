@@ -550,6 +550,7 @@ def _build_sheet(
             hint="add at least one recipient below the header",
         )
     frame, passthrough = _name_columns(data, names, assigned)
+    frame = _undo_formula_guard(frame)
     columns = {name: headers[position] or names[position] for name, position in assigned.items()}
     merged_issues = _merged_cell_issues(grid, assigned, columns, frame[SOURCE_ROW])
     return Sheet(
@@ -570,6 +571,23 @@ def _build_sheet(
         issues=tuple(issues + merged_issues),
         blank_rows=blank_count,
     )
+
+
+_GUARDED = "^'([=+\\-@\t\r])"
+
+
+def _undo_formula_guard(frame: pl.DataFrame) -> pl.DataFrame:
+    """Take back the `'` that batcher's reports put before `= + - @` (cells.safe_cell),
+    so a fixed failed_rows.csv fed back in keeps the recipient's name as it was.
+    Only columns that hold such a cell are touched: the common case costs one scan."""
+    text = [c for c, dtype in frame.schema.items() if dtype == pl.String]
+    if not text:
+        return frame
+    flagged = frame.select(pl.col(c).str.starts_with("'").any() for c in text).row(0)
+    guarded = [c for c, hit in zip(text, flagged, strict=True) if hit]
+    if not guarded:
+        return frame
+    return frame.with_columns(pl.col(c).str.replace(_GUARDED, "$1") for c in guarded)
 
 
 def _drop_blank_rows(data: pl.DataFrame) -> tuple[pl.DataFrame, int]:

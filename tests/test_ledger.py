@@ -159,3 +159,26 @@ def test_batch_lock_names_holder_and_dies_with_its_process(tmp_path: Path) -> No
     holder.join()
     with BatchLock(tmp_path, "nightly"):
         pass
+
+
+def test_failed_row_ordered_by_another_batch_is_never_retried(ledger: Ledger) -> None:
+    """A row fixed and ordered through failed_rows.csv (a new batch) must not be
+    ordered again when the original batch is rerun with --retry-failed."""
+    ledger.sync_rows("b", [sheet_row("k1", 2, ref="R-9")], retry_failed=False)
+    plan_one(ledger, "c1", ["k1"])
+    ledger.mark_sending("b", "c1")
+    ledger.settle_chunk(
+        "b", "c1", "failed", [RowOutcome("k1", "failed", failure_kind="permanent", error_code="x")]
+    )
+    ledger.ensure_batch(
+        "fix", provider="p", account_id="a", source_path="f.csv", source_sha256="2" * 64
+    )
+    ledger.sync_rows("fix", [sheet_row("k1", 2, ref="R-9")], retry_failed=False)
+    ledger.save_plan("fix", [("c2", "GBP", 1, ["k1"], b"{}")])
+    ledger.mark_sending("fix", "c2")
+    ledger.settle_chunk("fix", "c2", "succeeded", [RowOutcome("k1", "succeeded", order_id="o9")])
+
+    report = ledger.sync_rows("b", [sheet_row("k1", 2, ref="R-9")], retry_failed=True)
+    assert report.skipped_elsewhere == 1
+    row = ledger.rows("b")[0]
+    assert row.state == "skipped" and row.error_code == "ordered_in_another_batch"

@@ -445,3 +445,16 @@ def test_late_non_utf8_byte_falls_back_to_cp1252(tmp_path: Path) -> None:
     assert sheet.encoding == "cp1252"
     assert column(sheet, "amount")[-1] == "£25"
     assert column(sheet, SOURCE_ROW)[-1] == 3002
+
+
+def test_the_reports_formula_guard_is_taken_back_on_read(tmp_path: Path) -> None:
+    """failed_rows.csv neutralises `=...` as `'=...`; fed back in, the name is as it was."""
+    path = tmp_path / "fixed.csv"
+    path.write_text(
+        "Email,Name,Product,Amount,Currency\n"
+        'a@example.com,\'=HYPERLINK("x"),AMAZON_UK_STD,10,GBP\n'
+        "b@example.com,'hello,AMAZON_UK_STD,10,GBP\n",
+        encoding="utf-8",
+    )
+    names = read_sheet(path).frame["recipient_name"].to_list()
+    assert names == ['=HYPERLINK("x")', "'hello"]
