@@ -12,9 +12,17 @@ windows of the batch's runs. Three legs:
   a run window that no batch in the ledger placed is an **orphan** (say, a
   double order made outside batcher).
 - **orders ↔ wallet**: each order has its wallet debit (matched by order id, or
-  by transaction id), equal to the ledger's cost; a debit that matches no order
-  is flagged, and so is an order with no debit. Each run's balance movement
-  must be explained by the transactions in its window.
+  by transaction id), equal to the ledger's cost. A transaction may also settle
+  a whole order request (one charge for many rows, as a payout order is paid):
+  the rows no transaction names are matched by their `order_request_id`, and
+  the request's net debit must equal the sum of those rows' costs. A debit that
+  matches no order is flagged, and so is an order with no debit. Each run's
+  balance movement must be explained by the transactions in its window.
+- **earlier attempts**: a provider order whose reference is one of the batch's
+  idempotency keys (chunk keys, of any attempt), or whose id or reference is one
+  of its order request ids, is the batch's own, never an orphan. When no
+  succeeded row holds it (a failed attempt), its wallet transactions must net
+  to zero (the charge and its refund); money it kept is flagged.
 
 When the listings were not fetched (`ReconcileInputs.provider is None`, as after
 a large run), the orders ↔ wallet leg falls back to the balances each run read
@@ -54,7 +62,12 @@ NO_ORDER = "debit matches no order"
 ORPHAN = "orphan order"
 OTHER_BATCH = "another batch"
 CREDIT = "credit"
-FLAGGED_STATUSES = frozenset({COST_DIFFERS, NO_TRANSACTION, NO_ORDER, ORPHAN})
+REFUNDED_ATTEMPT = "earlier attempt, refunded"
+ATTEMPT_CHARGED = "attempt charged, no order in the ledger"
+FLAGGED_STATUSES = frozenset({COST_DIFFERS, NO_TRANSACTION, NO_ORDER, ORPHAN, ATTEMPT_CHARGED})
+NO_TRANSACTION_PROBLEM = "no wallet transaction"
+#: statuses whose transactions are the batch's own money (summed as its wallet debits)
+OWN_STATUSES = frozenset({MATCHED, COST_DIFFERS, REFUNDED_ATTEMPT, ATTEMPT_CHARGED})
 
 
 @dataclass(frozen=True)
@@ -101,6 +114,10 @@ class ReconcileInputs:
     sheet_rows: int | None = None  # rows in the source sheet, when known
     other_batches: Mapping[str, str] = field(default_factory=dict)  # order id -> batch
     provider_error: str | None = None  # why the provider's data is missing
+    #: the batch's idempotency keys (chunk keys) of every attempt, beyond the rows' own
+    attempt_keys: frozenset[str] = frozenset()
+    #: the batch's order request ids of every attempt, beyond the rows' own
+    request_ids: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -112,6 +129,8 @@ class OrderCheck:
     debit: Decimal | None  # net wallet debit for the order (purchases less refunds)
     debit_currency: str | None
     problems: tuple[str, ...] = ()
+    #: set when the debit was matched for the row's whole order request (its share shown)
+    request_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -125,10 +144,17 @@ class WalletLine:
     ledger_cost: Decimal | None = None
     difference: Decimal | None = None  # wallet debit - ledger cost, for the order
     note: str = ""
+    #: the rows a request-level transaction settles (`row` is None then)
+    rows: tuple[RowRecord, ...] = ()
 
     @property
     def flagged(self) -> bool:
         return self.status in FLAGGED_STATUSES
+
+    @property
+    def own(self) -> bool:
+        """The transaction is the batch's own money: one of its orders or attempts."""
+        return self.status in OWN_STATUSES and self.transaction is not None
 
     @property
     def order_id(self) -> str | None:
@@ -331,6 +357,33 @@ def _net_debit(transactions: Iterable[WalletTransaction]) -> Decimal:
     return -sum((tx.amount for tx in transactions), ZERO)
 
 
+@dataclass(frozen=True)
+class _Own:
+    """What marks a provider order or transaction as the batch's own, over every attempt."""
+
+    keys: frozenset[str]  # idempotency keys (chunk keys), every attempt
+    requests: frozenset[str]  # order request ids, every attempt
+    order_ids: frozenset[str]  # the order ids the batch's succeeded rows hold
+
+    @classmethod
+    def of(cls, inputs: ReconcileInputs, ordered: Sequence[RowRecord]) -> _Own:
+        keys = {k for r in inputs.rows for k in (r.chunk_key, r.retry_group) if k}
+        requests = {r.order_request_id for r in inputs.rows if r.order_request_id}
+        return cls(
+            frozenset(keys | set(inputs.attempt_keys)),
+            frozenset(requests | set(inputs.request_ids)),
+            frozenset(r.order_id for r in ordered if r.order_id),
+        )
+
+    def placed(self, order: ProviderOrder) -> bool:
+        """The batch placed this order: in this attempt or an earlier one."""
+        if order.order_id in self.order_ids or order.order_id in self.requests:
+            return True
+        return order.reference is not None and (
+            order.reference in self.keys or order.reference in self.requests
+        )
+
+
 def _match(
     inputs: ReconcileInputs, ordered: Sequence[RowRecord]
 ) -> tuple[dict[str, OrderCheck], list[WalletLine], list[Orphan]]:
@@ -339,13 +392,36 @@ def _match(
     checks: dict[str, OrderCheck] = {}
     lines: list[WalletLine] = []
     used: set[int] = set()
+    unmatched: list[RowRecord] = []
     for row in ordered:
         transactions = index.transactions_for(row)
+        if not transactions:
+            unmatched.append(row)
+            continue
         used.update(id(tx) for tx in transactions)
         check = _check_order(row, index.orders.get(row.order_id or ""), transactions)
         checks[row.row_key] = check
         lines.extend(_order_lines(row, check, transactions))
-    orphans = _orphans(inputs, index, {r.order_id for r in ordered})
+    # A transaction no row names may settle the rows' whole order request.
+    by_request: dict[str, list[RowRecord]] = defaultdict(list)
+    for row in unmatched:
+        request = row.order_request_id
+        settling = [tx for tx in index.by_order.get(request or "", []) if id(tx) not in used]
+        if request and settling:
+            by_request[request].append(row)
+            continue
+        check = _check_order(row, index.orders.get(row.order_id or ""), [])
+        checks[row.row_key] = check
+        lines.extend(_order_lines(row, check, []))
+    for request, rows in by_request.items():
+        transactions = [tx for tx in index.by_order[request] if id(tx) not in used]
+        used.update(id(tx) for tx in transactions)
+        request_checks, request_lines = _settle_request(request, rows, transactions, index)
+        checks.update(request_checks)
+        lines.extend(request_lines)
+    own = _Own.of(inputs, ordered)
+    orphans = _orphans(inputs, index, own)
+    lines.extend(_attempt_lines(inputs, index, own, used))
     orphan_ids = {o.order.order_id for o in orphans}
     for tx in inputs.provider.transactions:
         if id(tx) not in used:
@@ -356,21 +432,25 @@ def _match(
     return checks, lines, orphans
 
 
+def _listing_problems(row: RowRecord, listed: ProviderOrder | None) -> list[str]:
+    if listed is None:
+        return ["not listed by the provider in the window"]
+    if listed.currency != row.currency or listed.face_value != row.face_value:
+        return [
+            f"the provider has {format_money(listed.face_value, listed.currency or row.currency)}"
+            f" {listed.currency}, the ledger {format_money(row.face_value, row.currency)}"
+        ]
+    return []
+
+
 def _check_order(
     row: RowRecord, listed: ProviderOrder | None, transactions: Sequence[WalletTransaction]
 ) -> OrderCheck:
-    problems: list[str] = []
-    if listed is None:
-        problems.append("not listed by the provider in the window")
-    elif listed.currency != row.currency or listed.face_value != row.face_value:
-        problems.append(
-            f"the provider has {format_money(listed.face_value, listed.currency or row.currency)}"
-            f" {listed.currency}, the ledger {format_money(row.face_value, row.currency)}"
-        )
+    problems = _listing_problems(row, listed)
     debit = _net_debit(transactions) if transactions else None
     currency = transactions[0].currency if transactions else None
     if debit is None:
-        problems.append("no wallet transaction")
+        problems.append(NO_TRANSACTION_PROBLEM)
     elif row.cost is None:
         problems.append("the ledger has no cost for this order")
     elif debit != row.cost or currency != charged_currency(row):
@@ -379,6 +459,52 @@ def _check_order(
             f"≠ ledger cost {format_money(row.cost, charged_currency(row))}"
         )
     return OrderCheck(row.row_key, listed is not None, debit, currency, tuple(problems))
+
+
+def _settle_request(
+    request: str,
+    rows: Sequence[RowRecord],
+    transactions: Sequence[WalletTransaction],
+    index: _Index,
+) -> tuple[dict[str, OrderCheck], list[WalletLine]]:
+    """Transactions that settle a whole order request, against the sum of its rows' costs."""
+    debit = _net_debit(transactions)
+    paid_in = {tx.currency for tx in transactions}
+    charged = {charged_currency(r) for r in rows}
+    currency = transactions[0].currency
+    cost = sum((r.cost for r in rows if r.cost is not None), ZERO)
+    no_cost = any(r.cost is None for r in rows)
+    agrees = not no_cost and debit == cost and paid_in == charged and len(paid_in) == 1
+    problem = None
+    if no_cost:
+        problem = f"the ledger has no cost for every order of request {request}"
+    elif not agrees:
+        problem = (
+            f"wallet debit {format_money(debit, currency)} for request {request} "
+            f"≠ ledger cost {format_money(cost, sorted(charged)[0])} of its {len(rows)} order(s)"
+        )
+    checks: dict[str, OrderCheck] = {}
+    for row in rows:
+        problems = _listing_problems(row, index.orders.get(row.order_id or ""))
+        if problem:
+            problems.append(problem)
+        share = row.cost if agrees else None
+        checks[row.row_key] = OrderCheck(
+            row.row_key, index.orders.get(row.order_id or "") is not None, share,
+            currency if agrees else None, tuple(problems), request_id=request,
+        )  # fmt: skip
+    sources = sorted(r.source_row for r in rows)
+    where = f"row {sources[0]}" if len(sources) == 1 else f"rows {sources[0]}–{sources[-1]}"
+    note = f"settles request {request}: {len(rows)} order(s), {where}"
+    status = MATCHED if agrees else COST_DIFFERS
+    lines = [
+        WalletLine(
+            status, tx.currency, transaction=tx, ledger_cost=cost,
+            difference=(debit - cost) if i == 0 else None, note=note, rows=tuple(rows),
+        )
+        for i, tx in enumerate(transactions)
+    ]  # fmt: skip
+    return checks, lines
 
 
 def _order_lines(
@@ -399,12 +525,71 @@ def _order_lines(
     ]  # fmt: skip
 
 
-def _orphans(inputs: ReconcileInputs, index: _Index, ours: set[str | None]) -> list[Orphan]:
+def _attempt_lines(
+    inputs: ReconcileInputs, index: _Index, own: _Own, used: set[int]
+) -> list[WalletLine]:
+    """The wallet side of the batch's orders no succeeded row holds (failed attempts).
+
+    A failed attempt's charge and refund net to zero; anything else it kept is flagged.
+    """
+    assert inputs.provider is not None
+    attempts = {
+        o.order_id
+        for o in index.orders.values()
+        if own.placed(o) and o.order_id not in own.order_ids
+    }
+    groups: dict[str, list[WalletTransaction]] = defaultdict(list)
+    for tx in inputs.provider.transactions:
+        if id(tx) in used:
+            continue
+        if tx.order_id and (tx.order_id in attempts or tx.order_id in own.requests):
+            groups[tx.order_id].append(tx)
+        elif tx.reference and tx.reference in own.keys:
+            groups[tx.order_id or tx.reference].append(tx)
+    unsettled = _unsettled_by_attempt(inputs.rows)
+    lines: list[WalletLine] = []
+    for key, transactions in groups.items():
+        used.update(id(tx) for tx in transactions)
+        net = _net_debit(transactions)
+        currency = transactions[0].currency
+        if net == 0 and len({tx.currency for tx in transactions}) == 1:
+            status, note = REFUNDED_ATTEMPT, f"order {key}: charged and refunded, nets to zero"
+        else:
+            status = ATTEMPT_CHARGED
+            order = index.orders.get(key)
+            row = unsettled.get(key) or unsettled.get(order.reference if order else None)
+            note = f"order {key} of this batch kept {format_money(net, currency)}"
+            if row is not None:
+                note += (
+                    f"; row {row.source_row} is still unconfirmed ({row.state}): rerun the "
+                    "batch to settle it"
+                )
+            else:
+                note += " but no succeeded row holds it"
+        lines.extend(
+            WalletLine(status, tx.currency, transaction=tx, note=note) for tx in transactions
+        )
+    return lines
+
+
+def _unsettled_by_attempt(rows: Sequence[RowRecord]) -> dict[str | None, RowRecord]:
+    found: dict[str | None, RowRecord] = {}
+    for row in rows:
+        if row.state in UNSETTLED_STATES:
+            for key in (row.chunk_key, row.order_request_id, row.order_id):
+                if key:
+                    found[key] = row
+    return found
+
+
+def _orphans(inputs: ReconcileInputs, index: _Index, own: _Own) -> list[Orphan]:
     """Provider orders no batch in the ledger placed, created (or charged) in a run window."""
     unsettled = _unsettled_by_key(inputs.rows)
     found: list[Orphan] = []
     for order in index.orders.values():
-        if order.order_id in ours or order.order_id in inputs.other_batches:
+        if own.placed(order) or order.order_id in inputs.other_batches:
+            continue
+        if order.reference and order.reference in inputs.other_batches:
             continue
         transactions = index.by_order.get(order.order_id, [])
         charged_in_window = any(_in_runs(inputs.runs, tx.timestamp) for tx in transactions)
@@ -560,21 +745,23 @@ def _tally_transactions(
         (
             -line.transaction.amount
             for line in lines
-            if line.row is not None and line.transaction is not None
-            and line.currency == tally.currency
+            if line.own and line.transaction is not None and line.currency == tally.currency
         ),
         ZERO,
-    )  # fmt: skip
+    )
     if tally.debits != tally.cost:
         tally.problems.append(
             f"ledger cost {tally.money(tally.cost)} ≠ wallet debits {tally.money(tally.debits)}"
             f" (difference {tally.money(tally.cost - tally.debits)})"
         )
     _count_problem(tally, mine, checks, lambda c: not c.listed, "not listed by the provider")
-    _count_problem(tally, mine, checks, lambda c: c.debit is None, "have no wallet transaction")
+    _count_problem(
+        tally, mine, checks, lambda c: NO_TRANSACTION_PROBLEM in c.problems,
+        "have no wallet transaction",
+    )  # fmt: skip
     _count_problem(
         tally, mine, checks,
-        lambda c: c.debit is not None and any(p.startswith("wallet debit") for p in c.problems),
+        lambda c: any(p.startswith("wallet debit") for p in c.problems),
         "were charged differently from the ledger's cost",
     )  # fmt: skip
     _count_problem(
@@ -582,6 +769,13 @@ def _tally_transactions(
         lambda c: any(p.startswith("the provider has") for p in c.problems),
         "differ from the provider's record (currency or face value)",
     )  # fmt: skip
+    kept = [x for x in lines if x.status == ATTEMPT_CHARGED and x.currency == tally.currency]
+    if kept:
+        value = sum((-x.transaction.amount for x in kept if x.transaction), ZERO)
+        tally.problems.append(
+            f"{len({x.order_id for x in kept})} order(s) of failed or unconfirmed attempts kept "
+            f"{tally.money(value)} (see the Wallet sheet)"
+        )
     stray = [x for x in lines if x.status == NO_ORDER and x.currency == tally.currency]
     if stray:
         value = sum((-x.transaction.amount for x in stray if x.transaction), ZERO)

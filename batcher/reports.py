@@ -162,6 +162,7 @@ def collect(
         data, error = fetch_provider_data(provider, windows)
     if sheet_rows is None and runs:
         sheet_rows = _summary_rows_total(ledger, runs[-1].run_id)
+    keys, requests = attempts(ledger, batch)
     inputs = ReconcileInputs(
         rows=rows,
         runs=windows,
@@ -169,6 +170,8 @@ def collect(
         sheet_rows=sheet_rows,
         other_batches=other_batch_orders(ledger, batch, data, rows),
         provider_error=error,
+        attempt_keys=keys,
+        request_ids=requests,
     )
     available = next((r.available_after for r in reversed(runs) if r.available_after), None)
     return ReportModel(
@@ -277,16 +280,52 @@ def fetch_provider_data(
     return ProviderData(orders, transactions), None
 
 
+#: every state a chunk can be in (see the ledger's `chunks` table)
+CHUNK_STATES = ("planned", "sending", "unknown", "accepted", "succeeded", "failed")
+
+
+def attempts(ledger: Ledger, batch: str) -> tuple[frozenset[str], frozenset[str]]:
+    """The batch's idempotency keys and order request ids, over every attempt.
+
+    A row released for a new attempt gets a new chunk key (and request id), so the
+    rows alone do not name the orders of earlier, failed attempts: the `chunks`
+    table and the `events` log do. Reconciliation uses them to tell the batch's own
+    failed (and refunded) orders from orphans.
+    """
+    keys: set[str] = set()
+    requests: set[str] = set()
+    for chunk in ledger.chunks(batch, CHUNK_STATES):
+        keys.add(chunk.chunk_key)
+        if chunk.request_id:
+            requests.add(chunk.request_id)
+    for event in ledger.events(batch, "chunk_accepted"):
+        if event.get("chunk_key"):
+            keys.add(event["chunk_key"])
+        request = _detail(event).get("request_id")
+        if isinstance(request, str) and request:
+            requests.add(request)
+    return frozenset(keys), frozenset(requests)
+
+
+def _detail(event: Mapping[str, Any]) -> dict[str, Any]:
+    try:
+        detail = json.loads(event.get("detail") or "{}")
+    except ValueError:
+        return {}
+    return detail if isinstance(detail, dict) else {}
+
+
 def other_batch_orders(
     ledger: Ledger,
     batch: str,
     data: ProviderData | None,
     rows: Sequence[RowRecord],
 ) -> dict[str, str]:
-    """Order id -> batch for provider orders another batch in this ledger placed."""
+    """Order id (or order request id) -> batch, for what another batch in this ledger placed."""
     if data is None:
         return {}
     mine = {r.order_id for r in rows if r.order_id}
+    mine |= {r.order_request_id for r in rows if r.order_request_id}
     unknown = {o.order_id for o in data.orders if o.order_id not in mine}
     unknown |= {t.order_id for t in data.transactions if t.order_id and t.order_id not in mine}
     if not unknown:
@@ -297,8 +336,9 @@ def other_batch_orders(
         if name == batch:
             continue
         for row in ledger.rows(name, in_sheet_only=False):
-            if row.order_id in unknown:
-                found[row.order_id] = name
+            for key in (row.order_id, row.order_request_id):
+                if key and key in unknown:
+                    found[key] = name
     return found
 
 

@@ -14,6 +14,7 @@ from batcher.ledger import RowRecord
 from batcher.models import WalletTransaction
 from batcher.providers.base import ProviderOrder
 from batcher.reconcile import (
+    ATTEMPT_CHARGED,
     COST_DIFFERS,
     CREDIT,
     MATCHED,
@@ -23,6 +24,7 @@ from batcher.reconcile import (
     ORPHAN,
     OTHER_BATCH,
     RECONCILED,
+    REFUNDED_ATTEMPT,
     ProviderData,
     ReconcileInputs,
     Reconciliation,
@@ -406,3 +408,170 @@ def test_an_order_paid_from_another_wallet_counts_there() -> None:
     assert usd.orders == 0 and usd.cost == usd.wallet_debits == Decimal("63.10")
     assert usd.verdict == gbp.verdict == RECONCILED
     assert "for 1 order(s)" in usd.reason
+
+
+# ---------------------------------------------------------------------------
+# A transaction that settles a whole order request (a payout order).
+
+
+def payout_rows(count: int, request: str = "po-1", first: int = 0) -> list[RowRecord]:
+    """Per-recipient payouts (`order_id`) of one payout order (`order_request_id`)."""
+    return [
+        row(i, face=f"{20 + i}.15", cost=Decimal(f"{20 + i}.15"), order_id=f"payout-{i}",
+            order_request_id=request, transaction_id=None, chunk_key=f"chunk-{request}")
+        for i in range(first, first + count)
+    ]  # fmt: skip
+
+
+def total(rows: list[RowRecord]) -> Decimal:
+    return sum((r.cost or Decimal(0) for r in rows), Decimal(0))
+
+
+def payout_lines(rows: list[RowRecord]) -> list[ProviderOrder]:
+    return [
+        replace(order_for(r), product_code="", reference=r.order_request_id, transaction_id=None)
+        for r in rows
+    ]
+
+
+def request_debit(
+    request: str, amount: Decimal, kind: str = "payout", minutes: float = 1
+) -> WalletTransaction:
+    return WalletTransaction(
+        transaction_type=kind, amount=-amount, currency="GBP", order_id=request,
+        transaction_id=f"t-{request}-{kind}", timestamp=at(minutes),
+    )  # fmt: skip
+
+
+def test_one_debit_per_payout_order_settles_its_rows_to_the_cent() -> None:
+    first, second = payout_rows(3, "po-1"), payout_rows(2, "po-2", first=3)
+    rows = first + second
+    fee = Decimal("0.42")
+    data = ProviderData(
+        payout_lines(rows),
+        [
+            request_debit("po-1", total(first)),
+            # a payout order with a fee: payout and fx_fee together equal the ledger's costs
+            request_debit("po-2", total(second) - fee),
+            request_debit("po-2", fee, "fx_fee"),
+        ],
+    )
+    rec = run(rows, data)
+    gbp = only(rec)
+    assert rec.verdict == RECONCILED, gbp.reason
+    assert gbp.cost == gbp.wallet_debits == total(rows) and gbp.difference == 0
+    assert {line.status for line in rec.wallet_lines} == {MATCHED}, "no order lacks a debit"
+    assert not rec.orphans
+    assert all(c.request_id in ("po-1", "po-2") and not c.problems for c in rec.checks.values())
+    assert set(rec.checks) == {r.row_key for r in rows}
+    assert rec.checks[rows[0].row_key].debit == rows[0].cost, "each row shows its share"
+    (po1,) = [x for x in rec.wallet_lines if x.order_id == "po-1"]
+    assert po1.rows == tuple(first) and po1.difference == 0 and "3 order(s)" in po1.note
+
+
+def test_a_payout_order_debit_one_cent_off_its_rows_is_a_mismatch() -> None:
+    rows = payout_rows(4)
+    data = ProviderData(payout_lines(rows), [request_debit("po-1", total(rows) + Decimal("0.01"))])
+    rec = run(rows, data)
+    gbp = only(rec)
+    assert gbp.verdict == MISMATCH and gbp.difference == Decimal("-0.01")
+    assert "4 order(s) were charged differently" in gbp.reason
+    (line,) = rec.wallet_lines
+    assert line.status == COST_DIFFERS and line.difference == Decimal("0.01")
+    assert all("request po-1" in c.problems[-1] for c in rec.checks.values())
+
+
+def test_payouts_with_no_debit_at_all_are_orders_without_transactions() -> None:
+    rows = payout_rows(2)
+    rec = run(rows, ProviderData(payout_lines(rows), []))
+    assert only(rec).verdict == MISMATCH
+    assert "2 order(s) have no wallet transaction" in only(rec).reason
+    assert [x.status for x in rec.wallet_lines] == [NO_TRANSACTION, NO_TRANSACTION]
+
+
+# ---------------------------------------------------------------------------
+# Failed, refunded orders of earlier attempts are the batch's own.
+
+
+def failed_attempt(
+    order_id: str, reference: str | None, refund: bool = True
+) -> tuple[ProviderOrder, list[WalletTransaction]]:
+    order = ProviderOrder(
+        order_id=order_id, product_code="AMAZON_UK_STD", currency="GBP",
+        face_value=Decimal("50.00"), status="failed", created_at=at(1), reference=reference,
+    )  # fmt: skip
+    charge = WalletTransaction(
+        transaction_type="order", amount=Decimal("-48.75"), currency="GBP",
+        order_id=order_id, transaction_id=f"t-{order_id}", reference=reference, timestamp=at(1),
+    )  # fmt: skip
+    back = charge.model_copy(
+        update={"transaction_type": "refund", "amount": Decimal("48.75"), "timestamp": at(2)}
+    )
+    return order, [charge, back] if refund else [charge]
+
+
+def test_a_failed_refunded_order_of_an_earlier_attempt_is_not_an_orphan() -> None:
+    done = row(1, chunk_key="key-attempt-2", order_request_id="o1")
+    order, transactions = failed_attempt("o-old", "key-attempt-1")
+    data = provider_for([done])
+    data = ProviderData([*data.orders, order], [*data.transactions, *transactions])
+    # Without the earlier attempt's key the failed order looks like a stranger's.
+    assert run([done], data).verdict == MISMATCH
+
+    rec = run([done], data, attempt_keys=frozenset({"key-attempt-1"}))
+    assert rec.verdict == RECONCILED, only(rec).reason
+    assert not rec.orphans
+    attempt = [x for x in rec.wallet_lines if x.order_id == "o-old"]
+    assert [x.status for x in attempt] == [REFUNDED_ATTEMPT, REFUNDED_ATTEMPT]
+    assert not any(x.flagged for x in attempt)
+    assert only(rec).wallet_debits == done.cost, "the charge and its refund net to zero"
+
+
+def test_a_row_released_for_retry_names_its_earlier_key_itself() -> None:
+    done = row(1, chunk_key="key-attempt-2", retry_group="key-attempt-1")
+    order, transactions = failed_attempt("o-old", "key-attempt-1")
+    data = provider_for([done])
+    rec = run([done], ProviderData([*data.orders, order], [*data.transactions, *transactions]))
+    assert rec.verdict == RECONCILED and not rec.orphans
+
+
+def test_a_failed_payout_order_of_an_earlier_attempt_nets_to_zero_by_request_id() -> None:
+    rows = payout_rows(2, "po-2")
+    paid = total(rows)
+    failed_lines = [
+        replace(o, order_id=f"{o.order_id}-old", reference="po-1", status="failed")
+        for o in payout_lines(rows)
+    ]
+    charge = request_debit("po-1", paid)
+    refund = charge.model_copy(update={"transaction_type": "refund", "amount": paid})
+    data = ProviderData(
+        [*payout_lines(rows), *failed_lines], [charge, refund, request_debit("po-2", paid)]
+    )
+    assert run(rows, data).orphans, "po-1 is unknown without the ledger's request ids"
+    rec = run(rows, data, request_ids=frozenset({"po-1", "po-2"}))
+    assert rec.verdict == RECONCILED, only(rec).reason
+    assert not rec.orphans
+    assert sorted(x.status for x in rec.wallet_lines) == sorted([MATCHED, *[REFUNDED_ATTEMPT] * 2])
+
+
+def test_an_earlier_attempt_that_kept_the_money_is_flagged() -> None:
+    done = row(1, chunk_key="key-attempt-2")
+    order, transactions = failed_attempt("o-old", "key-attempt-1", refund=False)
+    data = provider_for([done])
+    data = ProviderData([*data.orders, order], [*data.transactions, *transactions])
+    rec = run([done], data, attempt_keys=frozenset({"key-attempt-1"}))
+    gbp = only(rec)
+    assert gbp.verdict == MISMATCH and not rec.orphans
+    (line,) = [x for x in rec.wallet_lines if x.order_id == "o-old"]
+    assert line.status == ATTEMPT_CHARGED and line.flagged
+    assert "kept £48.75" in gbp.reason
+    assert gbp.wallet_debits == (done.cost or 0) + Decimal("48.75")
+
+
+def test_an_order_whose_id_is_one_of_the_batchs_request_ids_is_its_own() -> None:
+    done = row(1)
+    order, transactions = failed_attempt("req-old", None)
+    data = provider_for([done])
+    data = ProviderData([*data.orders, order], [*data.transactions, *transactions])
+    rec = run([done], data, request_ids=frozenset({"req-old"}))
+    assert rec.verdict == RECONCILED and not rec.orphans

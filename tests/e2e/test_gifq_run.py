@@ -503,6 +503,8 @@ def test_orders_retryable_failure_is_retried_with_a_new_reference(tmp_path: Path
         assert_each_row_ordered_once(sandbox, rows)
         assert len(sandbox_orders(sandbox)) == 16  # 8 failed and refunded, 8 completed
         assert wallet_debits(sandbox, "GBP") == sum(Decimal(r["cost"]) for r in done)
+        # The first attempt's failed, refunded orders are the batch's own, not orphans.
+        assert workbook_verdict(reports, "retry") == ("RECONCILED", "RECONCILED")
 
 
 class ChangeOnPlan:
@@ -628,11 +630,25 @@ def test_payouts_happy_path_splits_into_orders_of_at_most_1000(tmp_path: Path) -
         lines = read_rows_csv(reports, "payouts")
         assert all(payouts[line["order_id"]]["email"] == line["recipient_email"] for line in lines)
         assert {line["order_request_id"] for line in lines} == {o["id"] for o in orders}
+        # One payout debit per payout order settles its rows: the workbook reconciles.
+        assert "reconciliation: RECONCILED" in result.stderr
+        assert workbook_verdict(reports, "payouts") == ("RECONCILED", "RECONCILED")
         statuses = ledger_statuses(state, "payouts")
         assert statuses <= {"sent", "redeemed"} and "sent" in statuses
 
         assert_pages_within_twenty(sandbox)
         assert_no_token_leaks(sandbox.api_key, reports, state, texts=(result.stdout, result.stderr))
+
+
+def workbook_verdict(reports: Path, batch: str) -> tuple[str, str]:
+    """The workbook's overall verdict and the GBP line's, from its Summary sheet."""
+    workbook = load_workbook(reports / batch / "reconciliation.xlsx", read_only=True)
+    lines = list(workbook["Summary"].iter_rows(values_only=True))
+    overall = next(line for line in lines if line[0] == "Verdict")
+    headers = next(line for line in lines if line[0] == "Currency")
+    gbp = dict(zip(headers, next(line for line in lines if line[0] == "GBP"), strict=False))
+    workbook.close()
+    return str(overall[1]), str(gbp["Verdict"])
 
 
 def ledger_statuses(state: Path, batch: str) -> set[str]:
@@ -744,6 +760,8 @@ def test_payouts_rerun_semantics(tmp_path: Path) -> None:
         assert {r["attempts"] for r in done} == {"2"}
         assert not {r["idempotency_key"] for r in failed} & {r["idempotency_key"] for r in done}
         assert_each_recipient_paid_once(sandbox, rows)
+        # The failed, refunded payout orders of the first attempt net to zero.
+        assert workbook_verdict(reports, "prerun") == ("RECONCILED", "RECONCILED")
 
         # Conflict: a paid row changed in the sheet is reported, never paid again.
         rows[1]["Amount"] = "77.77"
