@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(BIN)/python -m batcher.demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 4 --durations=10
+	$(BIN)/python -m pytest -q -n 8 --dist worksteal --durations=10
 
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench
