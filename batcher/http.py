@@ -325,3 +325,16 @@ class ApiClient:
 
 def _retry_after(response: httpx.Response) -> float | None:
     return parse_retry_after(response.headers.get("retry-after"), now_epoch=time.time())
+
+
+class ApiBackedProvider:
+    """What every provider client built on `ApiClient` shares: its limiter and closing."""
+
+    _api: ApiClient
+
+    @property
+    def limiter(self) -> RateLimiter:
+        return self._api.limiter
+
+    def close(self) -> None:
+        self._api.close()

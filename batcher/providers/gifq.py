@@ -64,7 +64,14 @@ import httpx
 
 from batcher.config import ProviderSettings
 from batcher.errors import AuthError, ProviderUnavailable, UsageError
-from batcher.http import ApiClient, ApiResponse, Params, canonical_json, provider_error_text
+from batcher.http import (
+    ApiBackedProvider,
+    ApiClient,
+    ApiResponse,
+    Params,
+    canonical_json,
+    provider_error_text,
+)
 from batcher.models import AccountInfo, Balance, Product, WalletTransaction
 from batcher.money import fits_currency, quantum, round_money, to_decimal
 from batcher.providers.base import (
@@ -149,7 +156,7 @@ def account_fingerprint(base_url: str, token: str) -> str:
 # What both modes share
 
 
-class _GifqBase:
+class _GifqBase(ApiBackedProvider):
     name = "gifq"
     page_limit = PAGE_LIMIT
 
@@ -180,13 +187,6 @@ class _GifqBase:
         self._account_id = account_fingerprint(settings.base_url, token)
         self._options = options or ProviderOptions()
         self._clock = clock
-
-    @property
-    def limiter(self) -> RateLimiter:
-        return self._api.limiter
-
-    def close(self) -> None:
-        self._api.close()
 
     # ------------------------------------------------------------------ reads
 

@@ -45,7 +45,14 @@ import httpx
 
 from batcher.config import ProviderSettings
 from batcher.errors import AuthError, ProviderUnavailable
-from batcher.http import ApiClient, ApiResponse, Params, canonical_json, provider_error_text
+from batcher.http import (
+    ApiBackedProvider,
+    ApiClient,
+    ApiResponse,
+    Params,
+    canonical_json,
+    provider_error_text,
+)
 from batcher.models import AccountInfo, Balance, Product, WalletTransaction
 from batcher.money import cost_after_discount, fits_currency, quantum, to_decimal
 from batcher.providers.base import (
@@ -76,7 +83,7 @@ MatchKey = tuple[str, Decimal, str, str]
 CostOf = Callable[[str, Decimal, str], Decimal | None]
 
 
-class UGiftMeProvider:
+class UGiftMeProvider(ApiBackedProvider):
     """The Provider protocol over the UGiftMe Business API."""
 
     name = "ugiftme"
@@ -108,13 +115,6 @@ class UGiftMeProvider:
             transport=transport,
         )
         self._discounts: dict[str, Decimal] | None = None  # productCode -> discount %
-
-    @property
-    def limiter(self) -> RateLimiter:
-        return self._api.limiter
-
-    def close(self) -> None:
-        self._api.close()
 
     # ------------------------------------------------------------------ reads
 
