@@ -306,7 +306,9 @@ def test_pace_between_windows_follows_the_advertised_limit(fake: FakeTime) -> No
     """A key advertised at 20 per 1 s must not fall back to the profile's 2 per second."""
     limiter = make_limiter(fake, 2)
     limiter.acquire()
-    limiter.observe(200, {"RateLimit-Limit": "20", "RateLimit-Remaining": "19", "RateLimit-Reset": "1"})
+    limiter.observe(
+        200, {"RateLimit-Limit": "20", "RateLimit-Remaining": "19", "RateLimit-Reset": "1"}
+    )
     fake.now += 2  # that window is over; no fresh headers yet
     starts = start_times(limiter, fake, 3)
     assert max(gaps(starts)) <= 0.05 + 1e-9
