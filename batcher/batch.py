@@ -17,14 +17,13 @@ from typing import Any, Protocol
 from batcher.checking import check_sheet
 from batcher.config import ProviderSettings
 from batcher.errors import BatcherError, ExitCode
-from batcher.ledger import BatchLock, Ledger, RowRecord, SheetRow, utc_now
+from batcher.ledger import BatchLock, Ledger, RowRecord, SheetRow, count_states, utc_now
 from batcher.models import Balance
 from batcher.money import format_money, money_str
 from batcher.providers import connect
 from batcher.providers.base import Provider, ProviderOptions
 from batcher.rows import sheet_rows_from_validation
 from batcher.run_outputs import (
-    count_states,
     totals_by_currency,
     write_json,
     write_rows_csv,

@@ -39,6 +39,16 @@ ROW_STATES = (
     "failed",
     "skipped",
 )
+
+
+def count_states(rows: Iterable[RowRecord]) -> dict[str, int]:
+    """Rows per state, every state present (zero when none)."""
+    counts = dict.fromkeys(ROW_STATES, 0)
+    for row in rows:
+        counts[row.state] = counts.get(row.state, 0) + 1
+    return counts
+
+
 #: row states whose chunk has been sent and is frozen
 IN_FLIGHT_STATES = ("sending", "unknown", "accepted")
 

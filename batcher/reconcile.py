@@ -40,7 +40,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Literal
 
-from batcher.ledger import IN_FLIGHT_STATES, ROW_STATES, RowRecord, parse_ts
+from batcher.ledger import IN_FLIGHT_STATES, RowRecord, count_states, parse_ts
 from batcher.models import WalletTransaction
 from batcher.money import format_money
 from batcher.providers.base import ProviderOrder
@@ -282,13 +282,6 @@ def span(windows: Sequence[RunWindow]) -> Window | None:
     if not windows:
         return None
     return Window(min(w.window.start for w in windows), max(w.window.end for w in windows))
-
-
-def count_states(rows: Iterable[RowRecord]) -> dict[str, int]:
-    counts = dict.fromkeys(ROW_STATES, 0)
-    for row in rows:
-        counts[row.state] = counts.get(row.state, 0) + 1
-    return counts
 
 
 def ordered_rows(rows: Iterable[RowRecord]) -> list[RowRecord]:

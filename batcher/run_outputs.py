@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from batcher.cells import safe_cell
-from batcher.ledger import ROW_STATES, RowRecord
+from batcher.ledger import RowRecord
 from batcher.money import money_str
 from batcher.validate import REPORT_COLUMNS, ValidationResult, report_records
 
@@ -65,13 +65,6 @@ def totals_by_currency(rows: Iterable[RowRecord]) -> dict[str, dict[str, str | i
             "cost": money_str(cost.get(currency, Decimal(0)), currency),
         }
     return result
-
-
-def count_states(rows: Iterable[RowRecord]) -> dict[str, int]:
-    counts = dict.fromkeys(ROW_STATES, 0)
-    for row in rows:
-        counts[row.state] += 1
-    return counts
 
 
 def row_line(row: RowRecord, passthrough_headers: Sequence[str]) -> list[str]:

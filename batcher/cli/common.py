@@ -5,13 +5,13 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import click
 
 from batcher.config import PROFILES, ProviderSettings, provider_settings
-from batcher.errors import BatcherError, ExitCode
+from batcher.errors import BatcherError, ExitCode, UsageError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -61,6 +61,20 @@ def provider_options(func: F) -> F:
         help="Gift-card provider.",
     )(func)
     return func
+
+
+def parse_mappings(mappings: Sequence[str]) -> dict[str, str]:
+    """['amount=Card value', ...] -> {'amount': 'Card value'}; the sheet reader checks the rest.
+
+    `validate` and `run` both parse --map here, so a mapping one accepts the other does too.
+    """
+    parsed: dict[str, str] = {}
+    for item in mappings:
+        name, sep, header = item.partition("=")
+        if not sep or not name.strip() or not header.strip():
+            raise UsageError(f"--map {item!r} is not FIELD=HEADER", hint="e.g. --map amount=Value")
+        parsed[name.strip().lower()] = header.strip()
+    return parsed
 
 
 def resolve_settings(provider: str, base_url: str | None) -> ProviderSettings:

@@ -16,7 +16,13 @@ from typing import Any
 
 import click
 
-from batcher.cli.common import fail, handle_errors, provider_options, resolve_settings
+from batcher.cli.common import (
+    fail,
+    handle_errors,
+    parse_mappings,
+    provider_options,
+    resolve_settings,
+)
 from batcher.config import limits_from_config, load_file_config
 from batcher.errors import ExitCode, UsageError
 from batcher.models import Balance
@@ -156,18 +162,6 @@ def provider_mode(
     )
 
 
-def parse_mapping(values: tuple[str, ...]) -> dict[str, str]:
-    mapping: dict[str, str] = {}
-    for value in values:
-        field, sep, header = value.partition("=")
-        if not sep or not field.strip() or not header.strip():
-            raise UsageError(
-                f"--map {value!r} is not FIELD=HEADER", hint="e.g. --map amount='Value (£)'"
-            )
-        mapping[field.strip()] = header.strip()
-    return mapping
-
-
 @click.command()
 @click.argument("sheet", type=click.Path(path_type=Path))
 @click.option("--batch", default=None, help="Batch name (default: the sheet's file stem).")
@@ -228,7 +222,7 @@ def run(
         sheet=sheet,
         batch=batch,
         sheet_name=sheet_name,
-        mapping=parse_mapping(mapping),
+        mapping=parse_mappings(mapping),
         allow_duplicates=allow_duplicates,
         skip_invalid=skip_invalid,
         max_rate=max_rate,

@@ -19,9 +19,9 @@ from pathlib import Path
 import click
 
 from batcher.checking import check_sheet
-from batcher.cli.common import handle_errors, provider_options, resolve_settings
+from batcher.cli.common import handle_errors, parse_mappings, provider_options, resolve_settings
 from batcher.cli.run import provider_mode
-from batcher.errors import ConfigError, ExitCode, UsageError
+from batcher.errors import ConfigError, ExitCode
 from batcher.money import format_money
 from batcher.providers import connect
 from batcher.run_outputs import write_validation_csv
@@ -113,17 +113,6 @@ def validate(
         ) from None
     click.echo(document if as_json else render_summary(sheet, result, csv_path))
     sys.exit(int(ExitCode.OK if result.ok else ExitCode.USAGE))
-
-
-def parse_mappings(mappings: Sequence[str]) -> dict[str, str]:
-    """['amount=Card value', ...] -> {'amount': 'Card value'}; the sheet reader checks the rest."""
-    parsed: dict[str, str] = {}
-    for item in mappings:
-        name, sep, header = item.partition("=")
-        if not sep or not name.strip() or not header.strip():
-            raise UsageError(f"--map {item!r} is not FIELD=HEADER", hint="e.g. --map amount=Value")
-        parsed[name.strip().lower()] = header.strip()
-    return parsed
 
 
 def render_summary(sheet: Sheet, result: ValidationResult, report: Path) -> str:
