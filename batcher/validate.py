@@ -24,14 +24,15 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from decimal import Decimal
-from functools import lru_cache, partial
+from functools import cached_property, lru_cache, partial
 
 import polars as pl
 from email_validator import EmailNotValidError, validate_email
 
+from batcher.frames import chunked_like
 from batcher.models import Balance, Product
 from batcher.money import (
     AmountError,
@@ -102,6 +103,7 @@ ORDER_FIELDS: tuple[str, ...] = (
 RECIPIENT_FIELDS: tuple[str, ...] = ("reference", "recipient_email", "recipient_name", "message")
 _CODE_FIELDS = ("currency", "country", "payment_currency")  # trimmed and upper-cased
 ORDER_ID = "order_id"
+ORDER_ROWS = "order_rows"
 
 
 # ---------------------------------------------------------------------------
@@ -153,12 +155,12 @@ class ValidationResult:
     - `errors`: `ERROR_SCHEMA`, ordered by row then column.
     - `cost_by_currency` sums the valid rows' costs; `available_by_currency`
       is each wallet's available balance.
+    - `valid` is built on first use; `valid_count` needs no building.
     - `sheet` is the sheet validated (path, sha256, headers...); `rows_read`
       equals `valid.height + invalid.height`.
     """
 
     sheet: Sheet
-    valid: pl.DataFrame
     invalid: pl.DataFrame
     errors: pl.DataFrame
     invalid_rows: frozenset[int]
@@ -166,6 +168,17 @@ class ValidationResult:
     available_by_currency: dict[str, Decimal]
     funding_errors: tuple[FundingError, ...]
     rows_read: int
+    # Builds `valid` on first use: the verdict, the counts and the costs do not
+    # need a normalised copy of every valid row, only `batcher run` does.
+    valid_rows: Callable[[], pl.DataFrame] = field(repr=False, compare=False)
+
+    @cached_property
+    def valid(self) -> pl.DataFrame:
+        return self.valid_rows()
+
+    @property
+    def valid_count(self) -> int:
+        return self.rows_read - len(self.invalid_rows)
 
     @property
     def ok(self) -> bool:
@@ -189,7 +202,7 @@ def catalog_frame(products: Sequence[Product]) -> pl.DataFrame:
     unique = _unique_products(products)
     rows = [
         {
-            "product_key": _product_key(p, products),
+            "product_key": key,
             "cat_code": p.product_code,
             "cat_merchant": p.merchant,
             "cat_currency": p.currency.upper(),
@@ -202,7 +215,7 @@ def catalog_frame(products: Sequence[Product]) -> pl.DataFrame:
             "cat_has_countries": bool(p.countries),
             "cat_discount": _plain(p.discount),
         }
-        for p in unique
+        for p, key in zip(unique, _product_keys(products, unique), strict=True)
     ]
     schema = {
         "product_key": pl.String, "cat_code": pl.String, "cat_merchant": pl.String,
@@ -233,9 +246,15 @@ def _keys_by_currency(products: Sequence[Product]) -> bool:
     return False
 
 
-def _product_key(product: Product, products: Sequence[Product]) -> str:
-    code = product.product_code.upper() if _case_folds_safely(products) else product.product_code
-    return f"{code}|{product.currency.upper()}" if _keys_by_currency(products) else code
+def _product_keys(products: Sequence[Product], unique: Sequence[Product]) -> list[str]:
+    """The join key of each of `unique` (see `catalog_frame`), in the same order."""
+    fold = _case_folds_safely(products)
+    by_currency = _keys_by_currency(products)
+    keys = []
+    for product in unique:
+        code = product.product_code.upper() if fold else product.product_code
+        keys.append(f"{code}|{product.currency.upper()}" if by_currency else code)
+    return keys
 
 
 def _case_folds_safely(products: Sequence[Product]) -> bool:
@@ -258,8 +277,8 @@ def _plain(value: Decimal) -> str:
 
 def _denomination_frame(products: Sequence[Product], catalog: pl.DataFrame) -> pl.DataFrame:
     rows = [
-        (_product_key(p, products), int(d.scaleb(_AMOUNT_SCALE)))
-        for p in _unique_products(products)
+        (key, int(d.scaleb(_AMOUNT_SCALE)))
+        for p, key in zip(_unique_products(products), catalog["product_key"], strict=True)
         for d in p.denominations
         if d.scaleb(_AMOUNT_SCALE) == d.scaleb(_AMOUNT_SCALE).to_integral_value()
     ]
@@ -270,8 +289,8 @@ def _denomination_frame(products: Sequence[Product], catalog: pl.DataFrame) -> p
 
 def _country_frame(products: Sequence[Product], catalog: pl.DataFrame) -> pl.DataFrame:
     rows = [
-        (_product_key(p, products), country.upper())
-        for p in _unique_products(products)
+        (key, country.upper())
+        for p, key in zip(_unique_products(products), catalog["product_key"], strict=True)
         for country in p.countries
     ]
     return pl.DataFrame(
@@ -297,11 +316,9 @@ def validate_rows(
     """
     products = _unique_products(catalog)
     catalog_df = catalog_frame(products)
-    orders, order_of_row = _distinct_orders(sheet)
+    orders, rows, facts = _scan_rows(sheet)
     orders = _add_amount_columns(orders, sheet.decimal_comma)
     orders = _join_catalog(orders, products, catalog_df)
-    rows = _recipient_cells(sheet, order_of_row)
-    facts = _probe_rows(rows)
 
     order_errors = [
         *_missing_value_errors(orders, sheet, ORDER_FIELDS, key=ORDER_ID),
@@ -328,11 +345,11 @@ def validate_rows(
     else:
         invalid = sheet.frame.clear()
         valid_mask = None
-    valid, cost_by_currency = _valid_frame(rows, orders, sheet, valid_mask)
+    valid_orders = _valid_orders(rows, orders, valid_mask)
+    cost_by_currency = _cost_totals(valid_orders)
     available = {b.currency.upper(): b.available for b in balances}
     return ValidationResult(
         sheet=sheet,
-        valid=valid,
         invalid=invalid,
         errors=errors,
         invalid_rows=invalid_rows,
@@ -340,6 +357,7 @@ def validate_rows(
         available_by_currency=available,
         funding_errors=_funding_errors(cost_by_currency, available),
         rows_read=sheet.row_count,
+        valid_rows=partial(_valid_frame, rows, orders, valid_orders, sheet, valid_mask),
     )
 
 
@@ -353,32 +371,58 @@ def _trimmed(name: str) -> pl.Expr:
     return pl.when(value != "").then(value).alias(name)
 
 
-def _distinct_orders(sheet: Sheet) -> tuple[pl.DataFrame, pl.Series]:
-    """One row per distinct combination of order cells, and each sheet row's order id.
+def _scan_rows(sheet: Sheet) -> tuple[pl.DataFrame, pl.DataFrame, _RowFacts]:
+    """The one pass over every row, its independent parts run side by side.
 
-    The orders frame has `order_id`, the cells as read (`raw_<field>`) and the
-    same cells normalised under the field names: trimmed, codes upper-cased,
-    and the currency named by an "Amount (GBP)" header filled in.
+    Returns the distinct orders (see `_orders_from_groups`), the recipient cells
+    (see `_recipient_cells`) with each row's `order_id`, and the `_RowFacts`
+    that tell the later checks whether they can find anything at all.
     """
-    raw = {name: f"raw_{name}" for name in ORDER_FIELDS}
-    cells = sheet.frame.select(pl.col(name).alias(raw[name]) for name in ORDER_FIELDS)
+    frame = sheet.frame
     # Columns with no value at all (often merchant, payment currency) cannot tell
     # orders apart; leaving them out of the grouping keys makes it cheaper.
-    keys = [c for c in cells.columns if cells[c].null_count() < cells.height] or cells.columns[:1]
+    keys = [n for n in ORDER_FIELDS if frame[n].null_count() < frame.height] or [ORDER_FIELDS[0]]
     grouped = (
-        cells.select(keys)
+        frame.lazy()
+        .select(keys)
         .with_row_index("_rows")
         .group_by(keys)
         .agg(pl.col("_rows"))
         .with_row_index(ORDER_ID)
     )
+    # One after another: each already keeps both cores busy, and collect_all's
+    # running them side by side measured slower.
+    grouped_df, rows, doubtful, stats = (
+        lazy.collect() for lazy in (grouped, _recipient_cells(frame), *_row_probes(frame))
+    )
+    orders, order_of_row = _orders_from_groups(grouped_df, keys, sheet)
+    rows = rows.with_columns(chunked_like(order_of_row, rows[SOURCE_ROW]).alias(ORDER_ID))
+    return orders, rows, _row_facts(frame, doubtful, stats)
+
+
+def _orders_from_groups(
+    grouped: pl.DataFrame, keys: Sequence[str], sheet: Sheet
+) -> tuple[pl.DataFrame, pl.Series]:
+    """One row per distinct combination of order cells, and each sheet row's order id.
+
+    The orders frame has `order_id`, `order_rows` (how many sheet rows share
+    the order), the cells as read (`raw_<field>`) and the
+    same cells normalised under the field names: trimmed, codes upper-cased,
+    and the currency named by an "Amount (GBP)" header filled in.
+    """
     # Scatter each order's id to its rows: cheaper than joining a million rows back.
     members = grouped.select(ORDER_ID, "_rows").explode("_rows")
-    order_of_row = pl.zeros(cells.height, dtype=pl.UInt32, eager=True).scatter(
+    order_of_row = pl.zeros(sheet.row_count, dtype=pl.UInt32, eager=True).scatter(
         members["_rows"], members[ORDER_ID]
     )
-    orders = grouped.drop("_rows").with_columns(
-        pl.lit(None, pl.String).alias(c) for c in cells.columns if c not in keys
+    raw = {name: f"raw_{name}" for name in ORDER_FIELDS}
+    orders = grouped.select(
+        ORDER_ID,
+        pl.col("_rows").list.len().alias(ORDER_ROWS),
+        *(
+            pl.col(n).alias(raw[n]) if n in keys else pl.lit(None, pl.String).alias(raw[n])
+            for n in ORDER_FIELDS
+        ),
     )
     normalised = [
         _trimmed(raw[n]).str.to_uppercase().alias(n)
@@ -392,15 +436,13 @@ def _distinct_orders(sheet: Sheet) -> tuple[pl.DataFrame, pl.Series]:
     return orders, order_of_row
 
 
-def _recipient_cells(sheet: Sheet, order_of_row: pl.Series) -> pl.DataFrame:
-    """source_row, the recipient cells trimmed (blank as null), and the row's order id."""
-    stripped = sheet.frame.select(
-        pl.col(SOURCE_ROW), *(pl.col(n).str.strip_chars() for n in RECIPIENT_FIELDS)
-    )
-    # Two steps: in one expression polars would strip every cell twice.
-    return stripped.with_columns(
-        *(pl.when(pl.col(n) != "").then(pl.col(n)).alias(n) for n in RECIPIENT_FIELDS),
-        order_of_row.alias(ORDER_ID),
+def _recipient_cells(frame: pl.DataFrame) -> pl.LazyFrame:
+    """source_row and the recipient cells trimmed, a blank cell as null."""
+    return (
+        frame.lazy()
+        .select(pl.col(SOURCE_ROW), *(pl.col(n).str.strip_chars() for n in RECIPIENT_FIELDS))
+        # Two steps: in one expression polars would strip every cell twice.
+        .with_columns(pl.when(pl.col(n) != "").then(pl.col(n)).alias(n) for n in RECIPIENT_FIELDS)
     )
 
 
@@ -583,7 +625,7 @@ def _missing_value_errors(
             key=key,
         )
         for name in fields
-        if name in sheet.required
+        if name in sheet.required and work[name].null_count()  # a count polars keeps anyway
     ]
 
 
@@ -597,8 +639,13 @@ class _RowFacts:
     references_may_repeat: bool  # some upper-cased references share a hash
 
 
-def _probe_rows(rows: pl.DataFrame) -> _RowFacts:
-    """Scan the per-recipient columns once, with the independent scans run in parallel."""
+def _row_probes(frame: pl.DataFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+    """Cheap scans of the recipient cells as read, for `_row_facts`.
+
+    They look at the raw cells so that they need not wait for the trimmed ones,
+    and each of them errs only towards looking closer: a raw cell is never
+    shorter than trimmed, and an untrimmed address is never `surely_fine`.
+    """
     email = pl.col("recipient_email")
     surely_fine = (
         email.str.contains(FAST_EMAIL)
@@ -606,25 +653,57 @@ def _probe_rows(rows: pl.DataFrame) -> _RowFacts:
         & ~email.str.contains_any(_SLOW_PATH_MARKERS, ascii_case_insensitive=True)
         & (email.str.len_bytes() <= 64)  # longer ones: let email-validator check the lengths
     )
-    doubtful = rows.lazy().filter(email.is_not_null() & ~surely_fine.fill_null(False))
+    doubtful = (
+        frame.lazy()
+        .filter(email.is_not_null() & ~surely_fine.fill_null(False))
+        .select(SOURCE_ROW, email.str.strip_chars())
+        .filter(email != "")  # a blank address is reported as missing
+    )
     reference = pl.col("reference")
-    stats = rows.lazy().select(
+    # References compare trimmed and case-insensitively, so they are upper-cased
+    # and trimmed before they are compared, unless no reference has lower case,
+    # outer space or anything outside printable ASCII: then comparing them as
+    # read is the same, and cheaper. The same look finds any 'E', which a
+    # reference Excel wrote in scientific notation has.
+    stats = frame.lazy().select(
         *(
             pl.col(name).str.len_bytes().max().fill_null(0).alias(name)
             for name in ("message", "recipient_name", "reference")
         ),
-        reference.str.contains_any(["E", "e"]).any().alias("_has_e"),
-        (reference.drop_nulls().str.to_uppercase().hash().n_unique() < reference.count()).alias(
-            "_repeat"
-        ),
+        reference.str.contains(r"^\s|\s$|[^ -DF-`{-~]").any().alias("_unusual"),
+        (_references_compared(reference).n_unique() < reference.count()).alias("_repeat"),
     )
-    emails, summary = pl.collect_all([doubtful.select(SOURCE_ROW, "recipient_email"), stats])
-    found = summary.row(0, named=True)
+    return doubtful, stats
+
+
+def _references_compared(reference: pl.Expr, *, folded: bool = False) -> pl.Expr:
+    """A 64-bit hash per reference, as references compare (see `_row_facts`)."""
+    if folded:
+        reference = reference.str.strip_chars().str.to_uppercase()
+    return reference.drop_nulls().hash()
+
+
+def _row_facts(frame: pl.DataFrame, doubtful: pl.DataFrame, stats: pl.DataFrame) -> _RowFacts:
+    found = stats.row(0, named=True)
+    # References compare trimmed and case-insensitively, but upper-casing a
+    # million cells is dear. When no reference has lower case, outer space or
+    # anything outside printable ASCII, comparing them as read is the same.
+    # The same look finds any 'E', which a reference that Excel wrote in
+    # scientific notation has.
+    has_e = repeat = False
+    if found["_unusual"]:
+        reference = pl.col("reference")
+        has_e, repeat = frame.select(
+            reference.str.contains_any(["E", "e"]).any().alias("has_e"),
+            (_references_compared(reference, folded=True).n_unique() < reference.count()).alias(
+                "repeat"
+            ),
+        ).row(0)
     return _RowFacts(
-        doubtful_emails=emails,
+        doubtful_emails=doubtful,
         longest_bytes={n: int(found[n]) for n in ("message", "recipient_name", "reference")},
-        reference_has_e=bool(found["_has_e"]),
-        references_may_repeat=bool(found["_repeat"]),
+        reference_has_e=bool(has_e),
+        references_may_repeat=bool(repeat or found["_repeat"]),
     )
 
 
@@ -1110,32 +1189,74 @@ def _finish_errors(
 # Valid rows, cost and funds.
 
 
+def _valid_orders(
+    rows: pl.DataFrame, orders: pl.DataFrame, valid_mask: pl.Series | None
+) -> pl.DataFrame:
+    """The orders that valid rows use, normalised with their cost, and `order_rows`
+    counting only those valid rows."""
+    counts = orders.select(ORDER_ID, ORDER_ROWS)
+    if valid_mask is not None:
+        invalid_per_order = rows.filter(~valid_mask).group_by(ORDER_ID).len("_invalid")
+        counts = (
+            counts.join(invalid_per_order, on=ORDER_ID, how="left", maintain_order="left")
+            .select(ORDER_ID, pl.col(ORDER_ROWS) - pl.col("_invalid").fill_null(0))
+            .filter(pl.col(ORDER_ROWS) > 0)
+        )
+    used = orders.join(counts, on=ORDER_ID, how="semi", maintain_order="left")
+    return _normalised_orders(used).join(counts, on=ORDER_ID, maintain_order="left")
+
+
 def _valid_frame(
-    rows: pl.DataFrame, orders: pl.DataFrame, sheet: Sheet, valid_mask: pl.Series | None
-) -> tuple[pl.DataFrame, dict[str, Decimal]]:
-    """The valid rows, normalised, with their cost; and the total cost per currency."""
+    rows: pl.DataFrame,
+    orders: pl.DataFrame,
+    valid_orders: pl.DataFrame,
+    sheet: Sheet,
+    valid_mask: pl.Series | None,
+) -> pl.DataFrame:
+    """The valid rows, normalised, with their cost (`ValidationResult.valid`)."""
+    # source_row keeps the frame's height when there is no pass-through column
     passthrough = sheet.frame.select(SOURCE_ROW, *sheet.passthrough)
     if valid_mask is not None:
         rows, passthrough = rows.filter(valid_mask), passthrough.filter(valid_mask)
-    used = rows[ORDER_ID].unique()
-    normal = _normalised_orders(orders.filter(pl.col(ORDER_ID).is_in(used.implode())))
-    per_row = (
-        rows.join(normal, on=ORDER_ID, how="left", maintain_order="left")
-        .select(VALID_COLUMNS)
-        .hstack(passthrough.drop(SOURCE_ROW))
+    # Each row picks up its order's normalised cells by position (`order_id` is
+    # the order's row number in `orders`): cheaper than a join on a million rows.
+    by_order_id = (
+        orders.select(ORDER_ID)
+        .join(valid_orders, on=ORDER_ID, how="left", maintain_order="left")
+        .drop(ORDER_ID, ORDER_ROWS, "cost_minor")
     )
-    counts = rows.group_by(ORDER_ID).len("count").join(normal, on=ORDER_ID)
+    picked = by_order_id.select(pl.all().gather(rows[ORDER_ID]))
+    template = rows[SOURCE_ROW]
+    cells = {
+        **{name: rows[name] for name in (SOURCE_ROW, *RECIPIENT_FIELDS)},
+        **{name: chunked_like(picked[name], template) for name in picked.columns},
+    }
+    return pl.DataFrame([cells[name] for name in VALID_COLUMNS]).hstack(
+        passthrough.drop(SOURCE_ROW)
+    )
+
+
+def _cost_totals(orders: pl.DataFrame) -> dict[str, Decimal]:
+    """Total cost per currency, exact: each order's cost times its number of valid rows."""
     totals: dict[str, Decimal] = {}
-    for currency, cost, count in counts.select("currency", "cost", "count").iter_rows():
-        totals[currency] = totals.get(currency, Decimal(0)) + Decimal(cost) * count
-    return per_row, {c: totals[c] for c in sorted(totals)}
+    if orders["cost_minor"].null_count() == 0:
+        sums = orders.group_by("currency").agg(
+            (pl.col("cost_minor") * pl.col(ORDER_ROWS)).sum().alias("total")
+        )
+        for currency, total in sums.iter_rows():
+            totals[currency] = Decimal(int(total)).scaleb(-minor_units(currency))
+    else:
+        for currency, cost, count in orders.select("currency", "cost", ORDER_ROWS).iter_rows():
+            totals[currency] = totals.get(currency, Decimal(0)) + Decimal(cost) * count
+    return {c: totals[c] for c in sorted(totals)}
 
 
 def _normalised_orders(orders: pl.DataFrame) -> pl.DataFrame:
     """Valid orders as they go to the provider, with their cost.
 
-    The cost comes from `money.cost_after_discount`, once per order: the same
-    function the runner and reconciliation use, so the figures agree.
+    `cost` is what `money.cost_after_discount` gives, as text; `cost_minor` the
+    same in the currency's minor units (null on the rare exact-Decimal path).
+    The runner and reconciliation use the same function, so the figures agree.
     """
     normal_amount = pl.when(pl.col("minor_units") == 0).then(pl.col("amount_int")).otherwise(
         pl.col("amount_int") + pl.lit(".") + pl.col("amount_frac").str.pad_end(
@@ -1151,6 +1272,8 @@ def _normalised_orders(orders: pl.DataFrame) -> pl.DataFrame:
         "country",
         "payment_currency",
         pl.col("cat_discount").alias("discount"),
+        pl.col("amount_scaled").cast(pl.Int128).alias("_scaled"),
+        pl.col("minor_units").alias("_minor"),
     )
     factors = {d: _discount_factor(d) for d in normal["discount"].unique().to_list()}
     if any(f is None for f in factors.values()):  # a discount finer than 1e-6 %: exact Decimal path
@@ -1158,15 +1281,15 @@ def _normalised_orders(orders: pl.DataFrame) -> pl.DataFrame:
             money_str(cost_after_discount(Decimal(amount), Decimal(discount), currency), currency)
             for amount, discount, currency in normal.select("amount", "discount", "currency").rows()
         ]
-        return normal.with_columns(pl.Series("cost", costs, dtype=pl.String))
-    factor = pl.col("discount").replace_strict(factors, return_dtype=pl.Int128)
-    scaled = orders.select(pl.col("amount_scaled").cast(pl.Int128), "minor_units")
-    return (
-        normal.with_columns(scaled)
-        .with_columns(
-            _cost_text(pl.col("amount_scaled") * factor, pl.col("minor_units")).alias("cost")
+        return normal.drop("_scaled", "_minor").with_columns(
+            pl.Series("cost", costs, dtype=pl.String), pl.lit(None, pl.Int128).alias("cost_minor")
         )
-        .drop("amount_scaled", "minor_units")
+    units = pl.col("_scaled") * pl.col("discount").replace_strict(factors, return_dtype=pl.Int128)
+    minor = pl.col("_minor")
+    return (
+        normal.with_columns(_cost_minor(units, minor).alias("cost_minor"))
+        .with_columns(_minor_units_text(pl.col("cost_minor"), minor).alias("cost"))
+        .drop("_scaled", "_minor")
     )
 
 
@@ -1183,20 +1306,33 @@ def _discount_factor(discount: str) -> int | None:
     return int(factor) if factor == factor.to_integral_value() else None
 
 
+def _cost_minor(units: pl.Expr, minor: pl.Expr) -> pl.Expr:
+    """`units` (1/10^_COST_SCALE, not negative) rounded half-up to `minor` decimals,
+    as an integer count of those (pence for GBP)."""
+    rounded: pl.Expr = pl.lit(None, dtype=pl.Int128)
+    for places in range(_AMOUNT_SCALE, -1, -1):
+        divisor = 10 ** (_COST_SCALE - places)
+        rounded = (
+            pl.when(minor == places).then((units + divisor // 2) // divisor).otherwise(rounded)
+        )
+    return rounded
+
+
+def _minor_units_text(amount: pl.Expr, minor: pl.Expr) -> pl.Expr:
+    """An integer count of minor units as decimal text: 4750 with 2 places -> '47.50'."""
+    text: pl.Expr = amount.cast(pl.String)
+    for places in range(1, _AMOUNT_SCALE + 1):
+        whole = (amount // 10**places).cast(pl.String)
+        frac = (amount % 10**places).cast(pl.String).str.pad_start(places, "0")
+        text = (
+            pl.when(minor == places).then(pl.concat_str([whole, pl.lit("."), frac])).otherwise(text)
+        )
+    return text
+
+
 def _cost_text(units: pl.Expr, minor: pl.Expr) -> pl.Expr:
     """Round `units` (1/10^_COST_SCALE) half-up to `minor` decimals, as decimal text."""
-    text: pl.Expr = pl.lit(None, dtype=pl.String)
-    for places in range(4, -1, -1):
-        divisor = 10 ** (_COST_SCALE - places)
-        rounded = (units + divisor // 2) // divisor
-        if places == 0:
-            body = rounded.cast(pl.String)
-        else:
-            whole = (rounded // 10**places).cast(pl.String)
-            frac = (rounded % 10**places).cast(pl.String).str.pad_start(places, "0")
-            body = pl.concat_str([whole, pl.lit("."), frac])
-        text = pl.when(minor == places).then(body).otherwise(text)
-    return text
+    return _minor_units_text(_cost_minor(units, minor), minor)
 
 
 def _funding_errors(
@@ -1271,7 +1407,7 @@ def validation_document(sheet: Sheet, result: ValidationResult) -> dict[str, obj
         "columns": sheet.columns,
         "passthrough_columns": list(sheet.passthrough),
         "rows_read": result.rows_read,
-        "valid_rows": result.valid.height,
+        "valid_rows": result.valid_count,
         "invalid_rows": len(result.invalid_rows),
         "blank_rows_skipped": sheet.blank_rows,
         "ok": result.ok,

@@ -119,7 +119,7 @@ def render_summary(sheet: Sheet, result: ValidationResult, report: Path) -> str:
     """What a person reads at the terminal: counts, money per currency, the first errors."""
     rows = "row" if result.rows_read == 1 else "rows"
     lines = [
-        f"{sheet.label}: {result.rows_read} {rows} read, {result.valid.height} valid, "
+        f"{sheet.label}: {result.rows_read} {rows} read, {result.valid_count} valid, "
         f"{len(result.invalid_rows)} invalid",
     ]
     for currency in sorted(set(result.cost_by_currency) | set(result.available_by_currency)):
