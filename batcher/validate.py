@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import string
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -327,7 +328,7 @@ def validate_rows(
         *_catalog_errors(orders, catalog_df),
     ]
     row_errors = [
-        *_missing_value_errors(rows, sheet, RECIPIENT_FIELDS, key=SOURCE_ROW),
+        *_missing_recipient_errors(rows, sheet, facts),
         *_text_errors(rows, facts),
         *_email_errors(facts),
         *_duplicate_errors(rows, orders, facts, allow_duplicates=allow_duplicates),
@@ -371,56 +372,120 @@ def _trimmed(name: str) -> pl.Expr:
     return pl.when(value != "").then(value).alias(name)
 
 
-def _scan_rows(sheet: Sheet) -> tuple[pl.DataFrame, pl.DataFrame, _RowFacts]:
-    """The one pass over every row, its independent parts run side by side.
+def _scan_rows(sheet: Sheet) -> tuple[pl.DataFrame, _Rows, _RowFacts]:
+    """The passes over every row: the distinct orders, and probes of the recipient cells.
 
-    Returns the distinct orders (see `_orders_from_groups`), the recipient cells
-    (see `_recipient_cells`) with each row's `order_id`, and the `_RowFacts`
-    that tell the later checks whether they can find anything at all.
+    Returns the orders (see `_orders_from_groups`), the recipient side (`_Rows`,
+    built only as far as a check needs it), and the `_RowFacts` that tell the
+    later checks whether they can find anything at all.
     """
     frame = sheet.frame
-    # Columns with no value at all (often merchant, payment currency) cannot tell
-    # orders apart; leaving them out of the grouping keys makes it cheaper.
-    keys = [n for n in ORDER_FIELDS if frame[n].null_count() < frame.height] or [ORDER_FIELDS[0]]
+    # Columns with no value at all (often merchant, payment currency) or the
+    # same value on every row (often currency, country) cannot tell orders
+    # apart; leaving them out of the grouping keys makes it cheaper.
+    constant = _constant_columns(frame, ORDER_FIELDS)
+    keys = [n for n in ORDER_FIELDS if n not in constant] or [ORDER_FIELDS[0]]
     grouped = (
         frame.lazy()
         .select(keys)
-        .with_row_index("_rows")
+        .with_row_index(_POSITIONS)
         .group_by(keys)
-        .agg(pl.col("_rows"))
+        .agg(pl.col(_POSITIONS))
         .with_row_index(ORDER_ID)
     )
     # One after another: each already keeps both cores busy, and collect_all's
     # running them side by side measured slower.
-    grouped_df, rows, doubtful, stats = (
-        lazy.collect() for lazy in (grouped, _recipient_cells(frame), *_row_probes(frame))
-    )
-    orders, order_of_row = _orders_from_groups(grouped_df, keys, sheet)
-    rows = rows.with_columns(chunked_like(order_of_row, rows[SOURCE_ROW]).alias(ORDER_ID))
+    groups, doubtful, stats = (lazy.collect() for lazy in (grouped, *_row_probes(frame)))
+    orders = _orders_from_groups(groups, keys, constant, sheet)
+    rows = _Rows(frame, groups.select(ORDER_ID, _POSITIONS))
     return orders, rows, _row_facts(frame, doubtful, stats)
 
 
+_POSITIONS = "_positions"  # an order's rows, as positions in the sheet's frame
+
+
+class _Rows:
+    """The recipient side of a sheet, built only as far as the checks need it.
+
+    Most sheets have every recipient cell filled and trimmed, no over-long text
+    and no repeated reference. Then no check needs a trimmed copy of every
+    recipient cell, nor every row's order id, and neither is built until
+    `ValidationResult.valid` asks for them.
+    """
+
+    def __init__(self, frame: pl.DataFrame, groups: pl.DataFrame) -> None:
+        self._frame = frame
+        self._groups = groups  # order_id, _positions
+
+    @cached_property
+    def cells(self) -> pl.DataFrame:
+        """source_row, the recipient cells trimmed (a blank cell as null), and order_id."""
+        frame = self._frame
+        trimmed = (
+            frame.lazy()
+            .select(pl.col(SOURCE_ROW), *(pl.col(n).str.strip_chars() for n in RECIPIENT_FIELDS))
+            # Two steps: in one expression polars would strip every cell twice.
+            .with_columns(
+                pl.when(pl.col(n) != "").then(pl.col(n)).alias(n) for n in RECIPIENT_FIELDS
+            )
+            .collect()
+        )
+        return trimmed.with_columns(
+            chunked_like(self.order_of_row, trimmed[SOURCE_ROW]).alias(ORDER_ID)
+        )
+
+    @cached_property
+    def order_of_row(self) -> pl.Series:
+        """Each row's order id, by position."""
+        # Scatter each order's id to its rows: cheaper than joining a million rows back.
+        members = self._groups.explode(_POSITIONS)
+        return pl.zeros(self._frame.height, dtype=pl.UInt32, eager=True).scatter(
+            members[_POSITIONS], members[ORDER_ID]
+        )
+
+    def of_orders(self, order_ids: pl.Series) -> pl.DataFrame:
+        """source_row and order_id of every row of these orders."""
+        members = self._groups.filter(pl.col(ORDER_ID).is_in(order_ids.implode())).explode(
+            _POSITIONS
+        )
+        return pl.DataFrame(
+            [self._frame[SOURCE_ROW].gather(members[_POSITIONS]), members[ORDER_ID]]
+        )
+
+
+def _constant_columns(frame: pl.DataFrame, names: Sequence[str]) -> dict[str, str | None]:
+    """The columns among `names` with one value (or none) on every row, and that value."""
+    filled = [n for n in names if frame[n].null_count() == 0]
+    same = (
+        frame.select((pl.col(n) == pl.col(n).first()).all() for n in filled).row(0)
+        if filled
+        else ()
+    )
+    constant: dict[str, str | None] = {
+        n: None for n in names if frame[n].null_count() == frame.height
+    }
+    constant |= {n: frame[n][0] for n, is_same in zip(filled, same, strict=True) if is_same}
+    return constant
+
+
 def _orders_from_groups(
-    grouped: pl.DataFrame, keys: Sequence[str], sheet: Sheet
-) -> tuple[pl.DataFrame, pl.Series]:
-    """One row per distinct combination of order cells, and each sheet row's order id.
+    groups: pl.DataFrame, keys: Sequence[str], constant: Mapping[str, str | None], sheet: Sheet
+) -> pl.DataFrame:
+    """One row per distinct combination of order cells.
 
     The orders frame has `order_id`, `order_rows` (how many sheet rows share
-    the order), the cells as read (`raw_<field>`) and the
-    same cells normalised under the field names: trimmed, codes upper-cased,
-    and the currency named by an "Amount (GBP)" header filled in.
+    the order), the cells as read (`raw_<field>`) and the same cells normalised
+    under the field names: trimmed, codes upper-cased, and the currency named
+    by an "Amount (GBP)" header filled in.
     """
-    # Scatter each order's id to its rows: cheaper than joining a million rows back.
-    members = grouped.select(ORDER_ID, "_rows").explode("_rows")
-    order_of_row = pl.zeros(sheet.row_count, dtype=pl.UInt32, eager=True).scatter(
-        members["_rows"], members[ORDER_ID]
-    )
     raw = {name: f"raw_{name}" for name in ORDER_FIELDS}
-    orders = grouped.select(
+    orders = groups.select(
         ORDER_ID,
-        pl.col("_rows").list.len().alias(ORDER_ROWS),
+        pl.col(_POSITIONS).list.len().alias(ORDER_ROWS),
         *(
-            pl.col(n).alias(raw[n]) if n in keys else pl.lit(None, pl.String).alias(raw[n])
+            pl.col(n).alias(raw[n])
+            if n in keys
+            else pl.lit(constant.get(n), pl.String).alias(raw[n])
             for n in ORDER_FIELDS
         ),
     )
@@ -433,17 +498,7 @@ def _orders_from_groups(
     orders = orders.with_columns(normalised)
     if sheet.implied_currency:
         orders = orders.with_columns(pl.col("currency").fill_null(pl.lit(sheet.implied_currency)))
-    return orders, order_of_row
-
-
-def _recipient_cells(frame: pl.DataFrame) -> pl.LazyFrame:
-    """source_row and the recipient cells trimmed, a blank cell as null."""
-    return (
-        frame.lazy()
-        .select(pl.col(SOURCE_ROW), *(pl.col(n).str.strip_chars() for n in RECIPIENT_FIELDS))
-        # Two steps: in one expression polars would strip every cell twice.
-        .with_columns(pl.when(pl.col(n) != "").then(pl.col(n)).alias(n) for n in RECIPIENT_FIELDS)
-    )
+    return orders
 
 
 def _add_amount_columns(orders: pl.DataFrame, decimal_comma: bool) -> pl.DataFrame:
@@ -629,14 +684,22 @@ def _missing_value_errors(
     ]
 
 
+def _missing_recipient_errors(rows: _Rows, sheet: Sheet, facts: _RowFacts) -> list[pl.LazyFrame]:
+    required = [n for n in RECIPIENT_FIELDS if n in sheet.required and facts.may_be_blank[n]]
+    if not required:
+        return []
+    return _missing_value_errors(rows.cells, sheet, required, key=SOURCE_ROW)
+
+
 @dataclass(frozen=True)
 class _RowFacts:
-    """What one parallel pass over the recipient cells found, for the checks that follow."""
+    """What the probes of the recipient cells found, for the checks that follow."""
 
     doubtful_emails: pl.DataFrame  # source_row, recipient_email: not vouched for by FAST_EMAIL
     longest_bytes: dict[str, int]  # longest message, name and reference, in bytes
     reference_has_e: bool  # some reference could be scientific notation
     references_may_repeat: bool  # some upper-cased references share a hash
+    may_be_blank: dict[str, bool]  # a recipient field with a cell that is blank once trimmed
 
 
 def _row_probes(frame: pl.DataFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
@@ -657,23 +720,30 @@ def _row_probes(frame: pl.DataFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
         frame.lazy()
         .filter(email.is_not_null() & ~surely_fine.fill_null(False))
         .select(SOURCE_ROW, email.str.strip_chars())
-        .filter(email != "")  # a blank address is reported as missing
     )
     reference = pl.col("reference")
-    # References compare trimmed and case-insensitively, so they are upper-cased
-    # and trimmed before they are compared, unless no reference has lower case,
-    # outer space or anything outside printable ASCII: then comparing them as
-    # read is the same, and cheaper. The same look finds any 'E', which a
-    # reference Excel wrote in scientific notation has.
     stats = frame.lazy().select(
         *(
             pl.col(name).str.len_bytes().max().fill_null(0).alias(name)
             for name in ("message", "recipient_name", "reference")
         ),
-        reference.str.contains(r"^\s|\s$|[^ -DF-`{-~]").any().alias("_unusual"),
+        _unusual_reference(reference).any().alias("_unusual"),
         (_references_compared(reference).n_unique() < reference.count()).alias("_repeat"),
     )
     return doubtful, stats
+
+
+# Text that upper-casing or trimming could change, or that has an 'E': a
+# lower-case ASCII letter, ASCII white space anywhere, or any non-ASCII character
+# (Unicode case and white space). Cheaper to look for than with a regex.
+_FOLDABLE = [*string.ascii_lowercase, "E", " ", "\t", "\n", "\r", "\x0b", "\x0c"]
+
+
+def _unusual_reference(reference: pl.Expr) -> pl.Expr:
+    """True where upper-casing or trimming could change the reference, or it has an 'E'."""
+    return reference.str.contains_any(_FOLDABLE) | (
+        reference.str.len_chars() != reference.str.len_bytes()
+    )
 
 
 def _references_compared(reference: pl.Expr, *, folded: bool = False) -> pl.Expr:
@@ -686,10 +756,9 @@ def _references_compared(reference: pl.Expr, *, folded: bool = False) -> pl.Expr
 def _row_facts(frame: pl.DataFrame, doubtful: pl.DataFrame, stats: pl.DataFrame) -> _RowFacts:
     found = stats.row(0, named=True)
     # References compare trimmed and case-insensitively, but upper-casing a
-    # million cells is dear. When no reference has lower case, outer space or
-    # anything outside printable ASCII, comparing them as read is the same.
-    # The same look finds any 'E', which a reference that Excel wrote in
-    # scientific notation has.
+    # million cells is dear. When no reference is `_unusual_reference`,
+    # comparing them as read is the same. The same look finds any 'E', which a
+    # reference that Excel wrote in scientific notation has.
     has_e = repeat = False
     if found["_unusual"]:
         reference = pl.col("reference")
@@ -699,15 +768,25 @@ def _row_facts(frame: pl.DataFrame, doubtful: pl.DataFrame, stats: pl.DataFrame)
                 "repeat"
             ),
         ).row(0)
+    # A cell is blank once trimmed when it is empty, or only spaces. polars
+    # counts the empty ones anyway; a spaces-only address fails FAST_EMAIL, and
+    # a spaces-only reference is `_unusual`.
+    blank_email = doubtful["recipient_email"] == ""
+    may_be_blank = {n: frame[n].null_count() > 0 for n in RECIPIENT_FIELDS}
+    may_be_blank["recipient_email"] |= bool(blank_email.any())
+    may_be_blank["reference"] |= bool(found["_unusual"])
+    for name in ("recipient_name", "message"):
+        may_be_blank[name] = True  # not probed: only the trimmed cells can tell
     return _RowFacts(
-        doubtful_emails=doubtful,
+        doubtful_emails=doubtful.filter(~blank_email),  # a blank address is reported as missing
         longest_bytes={n: int(found[n]) for n in ("message", "recipient_name", "reference")},
         reference_has_e=bool(has_e),
         references_may_repeat=bool(repeat or found["_repeat"]),
+        may_be_blank=may_be_blank,
     )
 
 
-def _text_errors(rows: pl.DataFrame, facts: _RowFacts) -> list[pl.LazyFrame]:
+def _text_errors(rows: _Rows, facts: _RowFacts) -> list[pl.LazyFrame]:
     """Over-long cells and references Excel turned into numbers.
 
     Each check runs only when a cheap scan says it can find something: a cell
@@ -720,7 +799,7 @@ def _text_errors(rows: pl.DataFrame, facts: _RowFacts) -> list[pl.LazyFrame]:
     )
     frames = [
         _errors(
-            rows,
+            rows.cells,
             pl.col(name).str.len_chars() > limit,
             field=name,
             code=code,
@@ -736,7 +815,7 @@ def _text_errors(rows: pl.DataFrame, facts: _RowFacts) -> list[pl.LazyFrame]:
     if facts.reference_has_e:
         frames.append(
             _errors(
-                rows,
+                rows.cells,
                 pl.col("reference").str.contains(_SCIENTIFIC_REFERENCE),
                 field="reference",
                 code="reference_mangled",
@@ -1047,7 +1126,7 @@ def _product_suggestions(unknown: Sequence[str], codes: Sequence[str]) -> dict[s
 
 
 def _duplicate_errors(
-    rows: pl.DataFrame, orders: pl.DataFrame, facts: _RowFacts, *, allow_duplicates: bool
+    rows: _Rows, orders: pl.DataFrame, facts: _RowFacts, *, allow_duplicates: bool
 ) -> list[pl.LazyFrame]:
     """A repeated reference is always an error; identical rows unless allowed.
 
@@ -1059,14 +1138,14 @@ def _duplicate_errors(
     """
     frames: list[pl.LazyFrame] = []
     ref_key = pl.col("reference").str.to_uppercase()
-    missing_refs = rows["reference"].null_count()
-    # Filtering copies every column; skip it when all rows (or none) have a reference.
-    referenced = rows if not missing_refs else rows.filter(pl.col("reference").is_not_null())
-    repeated = (
-        _rows_sharing(referenced.select(SOURCE_ROW, "reference"), ref_key)
-        if facts.references_may_repeat
-        else rows.clear()
-    )
+    missing_refs = rows.cells["reference"].null_count() if facts.may_be_blank["reference"] else 0
+    if facts.references_may_repeat:
+        cells = rows.cells
+        # Filtering copies every column; skip it when all rows (or none) have a reference.
+        referenced = cells if not missing_refs else cells.filter(pl.col("reference").is_not_null())
+        repeated = _rows_sharing(referenced.select(SOURCE_ROW, "reference"), ref_key)
+    else:
+        repeated = pl.DataFrame()
     if repeated.height:
         repeated = repeated.with_columns(pl.col(SOURCE_ROW).min().over(ref_key).alias("_first"))
         frames.append(
@@ -1085,7 +1164,7 @@ def _duplicate_errors(
         )
     if allow_duplicates or missing_refs < 2:
         return frames
-    unreferenced = rows.filter(pl.col("reference").is_null())
+    unreferenced = rows.cells.filter(pl.col("reference").is_null())
     # Orders that differ only in spelling (' gbp' and 'GBP') are the same order.
     same_order = orders.select(
         pl.struct(
@@ -1148,7 +1227,7 @@ def _issue_errors(sheet: Sheet) -> list[pl.LazyFrame]:
 
 
 def _finish_errors(
-    rows: pl.DataFrame,
+    rows: _Rows,
     order_errors: Sequence[pl.LazyFrame],
     row_errors: Sequence[pl.LazyFrame],
     sheet: Sheet,
@@ -1161,10 +1240,7 @@ def _finish_errors(
         per_order = pl.concat(by_order)
         failing = per_order[ORDER_ID].unique()
         by_row.append(
-            rows.select(SOURCE_ROW, ORDER_ID)
-            .filter(pl.col(ORDER_ID).is_in(failing.implode()))
-            .join(per_order, on=ORDER_ID, how="inner")
-            .drop(ORDER_ID)
+            rows.of_orders(failing).join(per_order, on=ORDER_ID, how="inner").drop(ORDER_ID)
         )
     if not by_row:
         return pl.DataFrame(schema=ERROR_SCHEMA)
@@ -1189,14 +1265,14 @@ def _finish_errors(
 # Valid rows, cost and funds.
 
 
-def _valid_orders(
-    rows: pl.DataFrame, orders: pl.DataFrame, valid_mask: pl.Series | None
-) -> pl.DataFrame:
+def _valid_orders(rows: _Rows, orders: pl.DataFrame, valid_mask: pl.Series | None) -> pl.DataFrame:
     """The orders that valid rows use, normalised with their cost, and `order_rows`
     counting only those valid rows."""
     counts = orders.select(ORDER_ID, ORDER_ROWS)
     if valid_mask is not None:
-        invalid_per_order = rows.filter(~valid_mask).group_by(ORDER_ID).len("_invalid")
+        invalid_per_order = (
+            rows.order_of_row.filter(~valid_mask).alias(ORDER_ID).to_frame().group_by(ORDER_ID)
+        ).len("_invalid")
         counts = (
             counts.join(invalid_per_order, on=ORDER_ID, how="left", maintain_order="left")
             .select(ORDER_ID, pl.col(ORDER_ROWS) - pl.col("_invalid").fill_null(0))
@@ -1207,7 +1283,7 @@ def _valid_orders(
 
 
 def _valid_frame(
-    rows: pl.DataFrame,
+    recipients: _Rows,
     orders: pl.DataFrame,
     valid_orders: pl.DataFrame,
     sheet: Sheet,
@@ -1216,6 +1292,7 @@ def _valid_frame(
     """The valid rows, normalised, with their cost (`ValidationResult.valid`)."""
     # source_row keeps the frame's height when there is no pass-through column
     passthrough = sheet.frame.select(SOURCE_ROW, *sheet.passthrough)
+    rows = recipients.cells
     if valid_mask is not None:
         rows, passthrough = rows.filter(valid_mask), passthrough.filter(valid_mask)
     # Each row picks up its order's normalised cells by position (`order_id` is
