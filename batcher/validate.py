@@ -740,10 +740,11 @@ _FOLDABLE = [*string.ascii_lowercase, "E", " ", "\t", "\n", "\r", "\x0b", "\x0c"
 
 
 def _unusual_reference(reference: pl.Expr) -> pl.Expr:
-    """True where upper-casing or trimming could change the reference, or it has an 'E'."""
-    return reference.str.contains_any(_FOLDABLE) | (
-        reference.str.len_chars() != reference.str.len_bytes()
-    )
+    """True where upper-casing or trimming could change the reference, where it is
+    blank (a quoted empty CSV field is read as empty text, not as null), or where
+    it has an 'E'."""
+    size = reference.str.len_bytes()
+    return reference.str.contains_any(_FOLDABLE) | (size == 0) | (reference.str.len_chars() != size)
 
 
 def _references_compared(reference: pl.Expr, *, folded: bool = False) -> pl.Expr:
@@ -768,9 +769,9 @@ def _row_facts(frame: pl.DataFrame, doubtful: pl.DataFrame, stats: pl.DataFrame)
                 "repeat"
             ),
         ).row(0)
-    # A cell is blank once trimmed when it is empty, or only spaces. polars
-    # counts the empty ones anyway; a spaces-only address fails FAST_EMAIL, and
-    # a spaces-only reference is `_unusual`.
+    # A cell is blank once trimmed when it is null, empty or only spaces. polars
+    # counts the nulls anyway; an empty or spaces-only address fails FAST_EMAIL,
+    # and an empty or spaces-only reference is `_unusual_reference`.
     blank_email = doubtful["recipient_email"] == ""
     may_be_blank = {n: frame[n].null_count() > 0 for n in RECIPIENT_FIELDS}
     may_be_blank["recipient_email"] |= bool(blank_email.any())
@@ -1147,7 +1148,11 @@ def _duplicate_errors(
     else:
         repeated = pl.DataFrame()
     if repeated.height:
-        repeated = repeated.with_columns(pl.col(SOURCE_ROW).min().over(ref_key).alias("_first"))
+        # polars 2.1 can panic formatting a frame whose chunks `over` left
+        # misaligned; these frames hold only the repeats, so a copy is cheap.
+        repeated = repeated.rechunk().with_columns(
+            pl.col(SOURCE_ROW).min().over(ref_key).alias("_first")
+        )
         frames.append(
             _errors(
                 repeated,
@@ -1185,7 +1190,9 @@ def _duplicate_errors(
     )
     twins = _rows_sharing(unreferenced, identity)
     if twins.height:
-        twins = twins.with_columns(pl.col(SOURCE_ROW).min().over(identity).alias("_first"))
+        twins = twins.rechunk().with_columns(
+            pl.col(SOURCE_ROW).min().over(identity).alias("_first")
+        )  # rechunked: see `repeated`
         frames.append(
             _errors(
                 twins,
@@ -1205,10 +1212,14 @@ def _rows_sharing(rows: pl.DataFrame, key: pl.Expr) -> pl.DataFrame:
     """Rows whose `key` value appears more than once."""
     if rows.height < 2:
         return rows.clear()
-    hashed = key.hash()
-    if rows.select(hashed.n_unique()).item() == rows.height:
+    # Count 64-bit hashes first, which is cheap, then compare the text itself
+    # only on the few rows whose hash repeats.
+    hashes = rows.select(key.hash().alias("_hash")).to_series()
+    counts = hashes.to_frame().group_by("_hash").len()
+    if counts.height == rows.height:
         return rows.clear()  # all hashes differ, so all keys differ
-    candidates = rows.filter(hashed.is_duplicated())
+    repeated = counts.filter(pl.col("len") > 1)["_hash"]
+    candidates = rows.filter(hashes.is_in(repeated.implode()))
     return candidates.filter(key.is_duplicated())
 
 

@@ -523,3 +523,85 @@ def test_valid_amount_and_cost_match_the_money_module(
     (row,) = result.valid.to_dicts()
     assert row["amount"] == money_str(value, currency)
     assert row["cost"] == money_str(cost_after_discount(value, discount, currency), currency)
+
+
+# ---------------------------------------------------------------------------
+# The fast paths (probes that skip work, constant columns left out of the
+# grouping, trimmed cells built on demand) against plain Python.
+
+# Cells chosen to hit every shortcut: case and Unicode variants of one
+# reference, outer white space (ASCII and NBSP), spaces-only cells, blanks.
+_REFERENCES = ["R-1", "r-1", " R-1", "R-1\u00a0", "Café-2", "CAFÉ-2", "R-3", "1.2E+15", " ", ""]
+_EMAILS = ["a@example.com", " a@example.com ", "b@example.com", "   ", "", "not-an-email"]
+_NAMES = ["Ann", " Ann ", "", "Bob"]
+_ORDERS = [
+    ("AMAZON_UK_STD", "25", "GBP", "GB"),
+    ("AMAZON_UK_STD", "25.00", " gbp", "GB"),
+    ("TESCO_UK", "10", "GBP", "GB"),
+    ("TESCO_UK", "10", "GBP", ""),
+    ("JPY_TEST", "1000", "JPY", "JP"),
+    ("NOPE", "10", "GBP", "GB"),
+]
+
+
+def _python_strip(text: str) -> str:
+    return text.strip(" \t\n\r\x0b\x0c\u00a0")
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(_REFERENCES),
+            st.sampled_from(_EMAILS),
+            st.sampled_from(_NAMES),
+            st.sampled_from(_ORDERS),
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+    st.booleans(),
+)
+def test_fast_paths_agree_with_plain_python(
+    tmp_path_factory: pytest.TempPathFactory,
+    rows: list[tuple[str, str, str, tuple[str, str, str, str]]],
+    allow_duplicates: bool,
+) -> None:
+    path = tmp_path_factory.mktemp("fast") / "sheet.csv"
+    lines = ["Reference,Email,Name,Product,Amount,Currency,Country"]
+    lines += [
+        ",".join(f'"{cell}"' for cell in (ref, email, name, *order))
+        for ref, email, name, order in rows
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    result = validate_rows(read_sheet(path), CATALOG, RICH, allow_duplicates=allow_duplicates)
+
+    errors: dict[int, set[str]] = {}
+    for row, code in result.errors.select("source_row", "code").rows():
+        errors.setdefault(row, set()).add(code)
+    first_of_reference: dict[str, int] = {}
+    for number, (ref, email, _name, _order) in enumerate(rows, start=2):
+        folded = _python_strip(ref).upper()
+        expected_duplicate = bool(folded) and folded in first_of_reference
+        first_of_reference.setdefault(folded, number)
+        found = errors.get(number, set())
+        assert ("duplicate_reference" in found) == expected_duplicate, (number, ref)
+        assert ("missing_value" in found) == (not _python_strip(email)), (number, email)
+        assert ("reference_mangled" in found) == (ref == "1.2E+15"), (number, ref)
+
+    # Every row ends in exactly one of valid and invalid.
+    assert result.valid_count == result.valid.height
+    assert result.valid.height + result.invalid.height == len(rows)
+    assert set(result.valid["source_row"]) == set(range(2, len(rows) + 2)) - result.invalid_rows
+    # Valid rows are normalised, and the totals are the sum of their costs.
+    totals: dict[str, Decimal] = {}
+    for row in result.valid.iter_rows(named=True):
+        assert (
+            row["reference"] == (_python_strip(row["reference"]) or None)
+            if row["reference"]
+            else True
+        )
+        assert row["recipient_email"] == _python_strip(row["recipient_email"])
+        assert row["currency"] in {"GBP", "JPY"}
+        totals[row["currency"]] = totals.get(row["currency"], Decimal(0)) + Decimal(row["cost"])
+    assert result.cost_by_currency == dict(sorted(totals.items()))
