@@ -50,6 +50,10 @@ def machine() -> dict[str, Any]:
 def fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:,.3f}" if value < 100 else f"{value:,.1f}"
+    if isinstance(value, list):
+        return "[" + ", ".join(fmt(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {fmt(v)}" for k, v in value.items()) + "}"
     return str(value)
 
 
