@@ -449,7 +449,7 @@ class _Rows:
             _POSITIONS
         )
         return pl.DataFrame(
-            [self._frame[SOURCE_ROW].gather(members[_POSITIONS]), members[ORDER_ID]]
+            [self._frame[SOURCE_ROW].gather(members[_POSITIONS]), members[ORDER_ID].rechunk()]
         )
 
 
@@ -1314,13 +1314,16 @@ def _valid_frame(
         .drop(ORDER_ID, ORDER_ROWS, "cost_minor")
     )
     picked = by_order_id.select(pl.all().gather(rows[ORDER_ID]))
-    template = rows[SOURCE_ROW]
     cells = {
         **{name: rows[name] for name in (SOURCE_ROW, *RECIPIENT_FIELDS)},
-        **{name: chunked_like(picked[name], template) for name in picked.columns},
+        **{name: picked[name] for name in picked.columns},
     }
-    return pl.DataFrame([cells[name] for name in VALID_COLUMNS]).hstack(
-        passthrough.drop(SOURCE_ROW)
+    # One chunk per column: filters can leave the two halves cut differently,
+    # and polars 2.1 has kernels that panic on such frames (see _duplicate_errors).
+    return (
+        pl.DataFrame([cells[name] for name in VALID_COLUMNS])
+        .hstack(passthrough.drop(SOURCE_ROW))
+        .rechunk()
     )
 
 
