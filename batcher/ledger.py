@@ -685,13 +685,18 @@ class Ledger:
                 self._release_for_retry(db, batch, key, reason="retryable failure")
         return len(keys)
 
-    def rows(self, batch: str, *, in_sheet_only: bool = True) -> list[RowRecord]:
-        sql = "SELECT * FROM rows WHERE batch = ?"
+    def rows(
+        self, batch: str, *, in_sheet_only: bool = True, state: str | None = None
+    ) -> list[RowRecord]:
+        """The batch's rows in sheet order; only those in the latest sheet unless told,
+        and only those in `state` if given."""
+        sql, args = "SELECT * FROM rows WHERE batch = ?", [batch]
         if in_sheet_only:
             sql += " AND in_sheet = 1"
-        return [
-            RowRecord.from_sql(r) for r in self._db.execute(sql + " ORDER BY source_row", (batch,))
-        ]
+        if state is not None:
+            sql += " AND state = ?"
+            args.append(state)
+        return [RowRecord.from_sql(r) for r in self._db.execute(sql + " ORDER BY source_row", args)]
 
     def rows_by_key(self, batch: str, keys: Iterable[str]) -> dict[str, RowRecord]:
         wanted = list(keys)

@@ -86,15 +86,19 @@ def write_batch_report(
     reveal_codes: bool = False,
     sheet_rows: int | None = None,
     fetch: Fetch = "full",
+    ledger_rows: Sequence[RowRecord] | None = None,
 ) -> ReportResult:
     """Reconcile `batch` and write its report files; returns where they are.
 
     `fetch="auto"` (used at the end of `batcher run`) does not list the provider's
     orders and transactions for a batch of more than `AUTO_FETCH_MAX_ORDERS` orders:
     the balances each run read stand in for them. `"full"` (used by `batcher
-    report`) always lists and matches everything.
+    report`) always lists and matches everything. `ledger_rows` saves reading
+    the batch's rows again when the caller has just read them all.
     """
-    model = collect(ledger, batch, provider, sheet_rows=sheet_rows, fetch=fetch)
+    model = collect(
+        ledger, batch, provider, sheet_rows=sheet_rows, fetch=fetch, ledger_rows=ledger_rows
+    )
     out_dir = report_dir / batch
     out_dir.mkdir(parents=True, exist_ok=True)
     workbook = write_workbook(out_dir / WORKBOOK_NAME, model)
@@ -147,12 +151,15 @@ def collect(
     sheet_rows: int | None = None,
     fetch: Fetch = "full",
     now: datetime | None = None,
+    ledger_rows: Sequence[RowRecord] | None = None,
 ) -> ReportModel:
     info = ledger.batch_info(batch)
     if info is None:
         raise UsageError(f"no batch named {batch!r} in the ledger")
     now = now or datetime.now(UTC)
-    rows = report_rows(ledger.rows(batch, in_sheet_only=False))
+    if ledger_rows is None:
+        ledger_rows = ledger.rows(batch, in_sheet_only=False)
+    rows = report_rows(ledger_rows)
     runs = run_infos(ledger, batch, now)
     windows = [r.window for r in runs]
     data, error = None, None

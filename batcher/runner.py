@@ -188,7 +188,7 @@ class Runner:
         self.ledger.sync_rows(self.batch, sheet_rows, retry_failed=self.options.retry_failed)
         self.ledger.release_retryable(self.batch)
         self.ledger.discard_unsent_plans(self.batch)
-        pending = [r for r in self.ledger.rows(self.batch) if r.state == "pending"]
+        pending = self.ledger.rows(self.batch, state="pending")
         chunk_size = min(
             self.options.chunk_size or self.provider.submit_limit, self.provider.submit_limit
         )
