@@ -33,6 +33,7 @@ import io
 import itertools
 import os
 import re
+import sys
 import threading
 import unicodedata
 import zipfile
@@ -66,6 +67,10 @@ CANONICAL_FIELDS: tuple[str, ...] = (
     "message",
     "payment_currency",
 )
+
+#: Columns validation adds to every valid row (the catalog's discount, the cost);
+#: a pass-through column under one of these names is renamed, like a repeated header.
+DERIVED_FIELDS: tuple[str, ...] = ("discount", "cost")
 
 #: Required by every provider. GIFQ adds `country` (see `required_fields`).
 BASE_REQUIRED: frozenset[str] = frozenset({"recipient_email", "product_code", "amount", "currency"})
@@ -210,9 +215,11 @@ _LOWEST_PRIORITY = 19
 
 
 def _lower_thread_priority() -> None:
-    # Linux sets `nice` per thread; elsewhere the hash simply competes.
-    with contextlib.suppress(AttributeError, OSError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), _LOWEST_PRIORITY)
+    # Linux sets `nice` per thread, by thread id. Elsewhere that id could name
+    # another process, so the hash simply competes there.
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(AttributeError, OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), _LOWEST_PRIORITY)
 
 
 _HASHING = ThreadPoolExecutor(
@@ -444,7 +451,7 @@ def _find_header(rows: Sequence[Sequence[str | None]], mapping: Mapping[str, str
 def _unique_names(headers: Sequence[str], letters: Sequence[str]) -> list[str]:
     """Column names for the frame: the header text, made unique and never blank."""
     names: list[str] = []
-    seen: set[str] = {SOURCE_ROW, *CANONICAL_FIELDS}
+    seen: set[str] = {SOURCE_ROW, *CANONICAL_FIELDS, *DERIVED_FIELDS}
     for position, header in enumerate(headers):
         base = header or f"Column {letters[position] if position < len(letters) else position + 1}"
         name, counter = base, 2

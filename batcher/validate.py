@@ -44,7 +44,7 @@ from batcher.money import (
     money_str,
     parse_amount,
 )
-from batcher.sheets import CANONICAL_FIELDS, SOURCE_ROW, Sheet
+from batcher.sheets import CANONICAL_FIELDS, DERIVED_FIELDS, SOURCE_ROW, Sheet
 
 MESSAGE_MAX_CHARS = 500
 NAME_MAX_CHARS = 200
@@ -64,7 +64,7 @@ ERROR_SCHEMA: dict[str, pl.DataType] = {
 }
 
 #: the canonical columns of `ValidationResult.valid`, before the pass-through columns
-VALID_COLUMNS: tuple[str, ...] = (SOURCE_ROW, *CANONICAL_FIELDS, "discount", "cost")
+VALID_COLUMNS: tuple[str, ...] = (SOURCE_ROW, *CANONICAL_FIELDS, *DERIVED_FIELDS)
 
 # A sound subset of RFC 5321 addresses: ASCII dot-atom local part, LDH domain
 # labels, alphabetic TLD. Everything it accepts, email-validator accepts too
@@ -522,7 +522,7 @@ def _add_amount_columns(orders: pl.DataFrame, decimal_comma: bool) -> pl.DataFra
     unusual = work.filter(~pl.col("_fast") & raw.is_not_null())["amount"].unique()
     parsed = _parse_unusual_amounts(unusual.to_list(), decimal_comma)
     work = (
-        work.join(parsed, on="amount", how="left")
+        work.join(parsed, on="amount", how="left", maintain_order="left")
         if parsed.height
         else work.with_columns(
             pl.lit(None, pl.String).alias(c)
@@ -1308,8 +1308,11 @@ def _valid_frame(
         rows, passthrough = rows.filter(valid_mask), passthrough.filter(valid_mask)
     # Each row picks up its order's normalised cells by position (`order_id` is
     # the order's row number in `orders`): cheaper than a join on a million rows.
+    # Built from 0..n-1 rather than from `orders`, so it holds whatever order
+    # the joins before left `orders` in.
+    every_order_id = pl.int_range(orders.height, dtype=pl.UInt32, eager=True).alias(ORDER_ID)
     by_order_id = (
-        orders.select(ORDER_ID)
+        every_order_id.to_frame()
         .join(valid_orders, on=ORDER_ID, how="left", maintain_order="left")
         .drop(ORDER_ID, ORDER_ROWS, "cost_minor")
     )
@@ -1367,7 +1370,7 @@ def _normalised_orders(orders: pl.DataFrame) -> pl.DataFrame:
         pl.col("minor_units").alias("_minor"),
     )
     factors = {d: _discount_factor(d) for d in normal["discount"].unique().to_list()}
-    if any(f is None for f in factors.values()):  # a discount finer than 1e-6 %: exact Decimal path
+    if any(f is None for f in factors.values()):  # see _discount_factor: the exact Decimal path
         costs = [
             money_str(cost_after_discount(Decimal(amount), Decimal(discount), currency), currency)
             for amount, discount, currency in normal.select("amount", "discount", "currency").rows()
@@ -1393,8 +1396,13 @@ _COST_SCALE = _AMOUNT_SCALE + _DISCOUNT_DECIMALS + 2
 
 
 def _discount_factor(discount: str) -> int | None:
+    """(100 - discount) in 1/10^6, or None when the integer path cannot take it: a
+    discount finer than 1e-6 %, or one of 100 % or more (a cost of zero or less,
+    which `money.cost_after_discount` rounds as a Decimal)."""
     factor = (Decimal(100) - Decimal(discount)).scaleb(_DISCOUNT_DECIMALS)
-    return int(factor) if factor == factor.to_integral_value() else None
+    if factor <= 0 or factor != factor.to_integral_value():
+        return None
+    return int(factor)
 
 
 def _cost_minor(units: pl.Expr, minor: pl.Expr) -> pl.Expr:

@@ -605,3 +605,30 @@ def test_fast_paths_agree_with_plain_python(
         assert row["currency"] in {"GBP", "JPY"}
         totals[row["currency"]] = totals.get(row["currency"], Decimal(0)) + Decimal(row["cost"])
     assert result.cost_by_currency == dict(sorted(totals.items()))
+
+
+def test_pass_through_columns_named_like_derived_fields_are_renamed(tmp_path: Path) -> None:
+    path = tmp_path / "clash.csv"
+    path.write_text(
+        "Reference,Email,Product,Amount,Currency,cost,Discount\n"
+        "R1,a@example.com,AMAZON_UK_STD,25,GBP,CC-1,staff\n"
+    )
+    result = validate_rows(read_sheet(path), CATALOG, RICH)
+    assert result.ok
+    (row,) = result.valid.to_dicts()
+    assert (row["cost (2)"], row["Discount"]) == ("CC-1", "staff")
+    assert row["cost"] == money_str(cost_after_discount(Decimal(25), Decimal("2.5"), "GBP"), "GBP")
+
+
+def test_a_discount_of_100_percent_or_more_is_costed_exactly(tmp_path: Path) -> None:
+    free = Product(
+        product_code="FREE", merchant="Free", currency="GBP", countries=("GB",),
+        min_value=Decimal(1), max_value=Decimal(100), discount=Decimal(150),
+    )  # fmt: skip
+    path = tmp_path / "free.csv"
+    path.write_text("Email,Product,Amount,Currency\na@example.com,FREE,25.01,GBP\n" * 1)
+    result = validate_rows(read_sheet(path), [*CATALOG, free], RICH)
+    expected = cost_after_discount(Decimal("25.01"), Decimal(150), "GBP")
+    (row,) = result.valid.to_dicts()
+    assert row["cost"] == money_str(expected, "GBP")
+    assert result.cost_by_currency == {"GBP": expected}
