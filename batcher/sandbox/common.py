@@ -13,6 +13,7 @@ which touch no shared state while suspended.
   so the client sees a transport error after the server has committed.
 - `RequestLog`: what every client did, with monotonic timestamps, for assertions.
 - `DelayedTaskScheduler`: runs callbacks at due times from one asyncio task.
+- `ReversedView`: newest-first paging over an oldest-first list without a copy.
 """
 
 from __future__ import annotations
@@ -30,17 +31,18 @@ import secrets
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from enum import Enum
-from typing import Any
+from typing import Any, TypeVar, overload
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 Clock = Callable[[], float]
+T = TypeVar("T")
 
 # ---------------------------------------------------------------------------
 # JSON with exact Decimals.
@@ -739,3 +741,37 @@ def parse_bool(raw: str | None) -> bool | None:
     if lowered in {"false", "0", "no"}:
         return False
     raise ValueError(f"{raw!r} is not a boolean")
+
+
+# ---------------------------------------------------------------------------
+# Listing helpers.
+
+
+class ReversedView(Sequence[T]):
+    """A read-only newest-first view of an oldest-first list, without copying it.
+
+    Listings page through it with `len` and one slice per page, so a page costs
+    O(page size) instead of a reversed copy of the whole list. It reads the list
+    live: take `len` and the slice in one synchronous stretch.
+    """
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Sequence[T]) -> None:
+        self._items = items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @overload
+    def __getitem__(self, index: int) -> T: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[T]: ...
+
+    def __getitem__(self, index: int | slice) -> T | list[T]:
+        items = self._items
+        positions = range(len(items) - 1, -1, -1)
+        if isinstance(index, slice):
+            return [items[i] for i in positions[index]]
+        return items[positions[index]]

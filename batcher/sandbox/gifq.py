@@ -155,6 +155,7 @@ from batcher.sandbox.common import (
     IdempotencyStore,
     JsonDecodeError,
     RequestLog,
+    ReversedView,
     StoredResponse,
     decode_json,
     encode_json,
@@ -1339,8 +1340,14 @@ async def create_order(request: Request) -> Response:
     return Response(body, status_code=status, headers=headers)
 
 
-def _newest_first(items: Sequence[Any]) -> list[Any]:
-    return sorted(items, key=lambda item: item.seq, reverse=True)
+def _newest_first(items: Sequence[Any]) -> Sequence[Any]:
+    """Orders, payout orders and payouts, highest `seq` first, without sorting.
+
+    Every such list only grows by `append` right after `_next_seq()` hands out
+    the item's seq (nothing awaits in between), so it is in ascending seq order
+    and reading it backwards is the same as sorting it by seq, descending.
+    """
+    return ReversedView(items)
 
 
 async def list_orders(request: Request) -> Response:
@@ -1361,8 +1368,7 @@ async def list_balances(request: Request) -> Response:
 
 
 async def list_transactions(request: Request) -> Response:
-    newest_first = list(reversed(_account(request).transactions))
-    return paginated(request, newest_first, lambda t: t)
+    return paginated(request, ReversedView(_account(request).transactions), lambda t: t)
 
 
 async def list_campaigns(request: Request) -> Response:

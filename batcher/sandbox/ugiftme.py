@@ -90,11 +90,13 @@ import math
 import re
 import secrets
 import string
-from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from bisect import bisect_left, bisect_right
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from itertools import pairwise
 from typing import Any, Literal
 
 import httpx
@@ -125,6 +127,7 @@ from batcher.sandbox.common import (
     JsonDecodeError,
     RateDecision,
     RequestLog,
+    ReversedView,
     StoredResponse,
     decode_json,
     encode_json,
@@ -177,6 +180,7 @@ MAX_KEPT_DELIVERIES = 10_000  # the control listing keeps the most recent ones
 MAX_PAGE_LIMIT = 100
 DEFAULT_PAGE_LIMIT = 50
 ORDER_SORT_FIELDS = ("createdAt", "updatedAt", "valuePurchased", "productCode")
+KEPT_ORDER_SEARCHES = 16  # per account: the filtered listings kept for the next page
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _VOUCHER_ALPHABET = "".join(c for c in string.ascii_uppercase + string.digits if c not in "O0I1")
 
@@ -366,6 +370,9 @@ class StoredOrder:
     api_key: str
     idempotency_key: str | None
     order_request_id: str | None
+    _created: tuple[str, datetime] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     def listing(self) -> dict[str, Any]:
         """The order as list endpoints show it: bearer credentials removed."""
@@ -375,6 +382,89 @@ class StoredOrder:
             if k not in {"voucherCode", "redemptionUrl"}
         }
         return {**self.body, "merchant": merchant}
+
+    @property
+    def created(self) -> datetime:
+        """`createdAt` as an aware datetime, parsed again only if the string changed."""
+        raw = self.body["createdAt"]
+        if self._created is None or raw != self._created[0]:
+            self._created = (raw, datetime.fromisoformat(raw.replace("Z", "+00:00")))
+        return self._created[1]
+
+
+OrderSearchKey = tuple[
+    str, str, str, bool | None, bool | None, datetime | None, datetime | None
+]  # sortBy, merchant, status, isActive, isPaid, startDate, endDate
+
+
+class OrderListings:
+    """One account's orders sorted for the listing endpoints, kept between page requests.
+
+    Every list is in ascending ``(body[sortBy], seq)`` order; ``seq`` is unique, so
+    the descending listing is exactly this list read backwards. Everything is
+    dropped as soon as ``(account.orders_version, len(account.orders))`` moves: an
+    order added, or `Account.orders_changed` called after an order's body changed.
+    Only read and rebuilt from synchronous code on the event loop, like all state.
+    """
+
+    def __init__(self) -> None:
+        self._stamp: tuple[int, int] | None = None
+        self._ascending: dict[str, list[StoredOrder]] = {}
+        self._moments: list[datetime] | None = None  # parsed createdAt of _ascending["createdAt"]
+        self._moments_sorted = False
+        self._searches: OrderedDict[OrderSearchKey, list[StoredOrder]] = OrderedDict()
+
+    def _sync(self, account: Account) -> None:
+        stamp = (account.orders_version, len(account.orders))
+        if stamp != self._stamp:
+            self._stamp = stamp
+            self._ascending.clear()
+            self._moments = None
+            self._moments_sorted = False
+            self._searches.clear()
+
+    def ascending(self, account: Account, sort_by: str) -> list[StoredOrder]:
+        """Every order by ``(body[sort_by], seq)``; shared, so never change the list."""
+        self._sync(account)
+        ordered = self._ascending.get(sort_by)
+        if ordered is None:
+            ordered = sorted(account.orders, key=lambda o: (o.body[sort_by], o.seq))
+            self._ascending[sort_by] = ordered
+        return ordered
+
+    def created_between(
+        self, account: Account, start: datetime | None, end: datetime | None
+    ) -> list[StoredOrder] | None:
+        """The orders with ``start <= createdAt <= end`` in createdAt order, found by
+        bisection; None when the createdAt strings do not sort chronologically."""
+        by_created = self.ascending(account, "createdAt")
+        if self._moments is None:
+            self._moments = [o.created for o in by_created]
+            self._moments_sorted = all(a <= b for a, b in pairwise(self._moments))
+        if not self._moments_sorted:
+            return None
+        low = 0 if start is None else bisect_left(self._moments, start)
+        high = len(by_created) if end is None else bisect_right(self._moments, end)
+        return by_created[low:high]
+
+    def search(
+        self,
+        account: Account,
+        key: OrderSearchKey,
+        compute: Callable[[], list[StoredOrder]],
+    ) -> list[StoredOrder]:
+        """The ascending result of one search, kept for its next pages (least recently
+        used dropped first); shared, so never change the list."""
+        self._sync(account)
+        found = self._searches.get(key)
+        if found is None:
+            found = compute()
+            self._searches[key] = found
+            if len(self._searches) > KEPT_ORDER_SEARCHES:
+                self._searches.popitem(last=False)
+        else:
+            self._searches.move_to_end(key)
+        return found
 
 
 RequestType = Literal["single", "bulk"]
@@ -450,6 +540,13 @@ class Account:
     webhooks: dict[str, Webhook] = field(default_factory=dict)
     ip_allow_list: list[str] | None = None
     profile_complete: bool = True
+    # Bumped by `orders_changed`; the listings are rebuilt when it or len(orders) moves.
+    orders_version: int = 0
+    listings: OrderListings = field(default_factory=OrderListings, repr=False, compare=False)
+
+    def orders_changed(self) -> None:
+        """Call after adding an order or changing one's body: listings re-sort lazily."""
+        self.orders_version += 1
 
     def wallet(self, currency: str) -> Wallet:
         """The wallet for a currency, created empty on first use."""
@@ -792,6 +889,7 @@ class UGiftMeSandbox:
         )
         account.orders.append(order)
         account.orders_by_id[order_id] = order
+        account.orders_changed()
         self._record_purchase(account, order, product, stamp)
         return order
 
@@ -1140,7 +1238,7 @@ def _page_params(request: Request) -> tuple[int, int]:
     return page, limit
 
 
-def _paginate(items: list[Any], page: int, limit: int) -> tuple[list[Any], int]:
+def _paginate(items: Sequence[Any], page: int, limit: int) -> tuple[Sequence[Any], int]:
     total_pages = math.ceil(len(items) / limit)
     start = (page - 1) * limit
     return items[start : start + limit], total_pages
@@ -1166,10 +1264,6 @@ def _date_param(request: Request, name: str, *, end_of_day: bool) -> datetime | 
     if end_of_day and len(raw) == 10:  # a bare date includes the whole day
         moment += timedelta(days=1) - timedelta(milliseconds=1)
     return moment
-
-
-def _parse_created(order: StoredOrder) -> datetime:
-    return datetime.fromisoformat(order.body["createdAt"].replace("Z", "+00:00"))
 
 
 # ---------------------------------------------------------------------------
@@ -1321,7 +1415,8 @@ async def get_order_request(request: Request) -> Response:
     return json_response(order_request.as_json())
 
 
-def _sorted_orders(request: Request, orders: list[StoredOrder]) -> list[StoredOrder]:
+def _sort_params(request: Request) -> tuple[str, bool]:
+    """(sortBy, descending), or 400."""
     sort_by = request.query_params.get("sortBy") or "createdAt"
     direction = (request.query_params.get("order") or "desc").lower()
     if sort_by not in ORDER_SORT_FIELDS:
@@ -1330,12 +1425,18 @@ def _sorted_orders(request: Request, orders: list[StoredOrder]) -> list[StoredOr
         )
     if direction not in {"asc", "desc"}:
         raise ApiError(400, "Invalid query", message="order must be asc or desc")
-    return sorted(orders, key=lambda o: (o.body[sort_by], o.seq), reverse=direction == "desc")
+    return sort_by, direction == "desc"
+
+
+def _directed(ascending: list[StoredOrder], descending: bool) -> Sequence[StoredOrder]:
+    return ReversedView(ascending) if descending else ascending
 
 
 async def list_orders(request: Request) -> Response:
     page, limit = _page_params(request)
-    orders = _sorted_orders(request, _account(request).orders)
+    sort_by, descending = _sort_params(request)
+    account = _account(request)
+    orders = _directed(account.listings.ascending(account, sort_by), descending)
     items, total_pages = _paginate(orders, page, limit)
     return json_response(
         {
@@ -1355,20 +1456,13 @@ async def search_orders(request: Request) -> Response:
     is_paid = _bool_param(request, "isPaid")
     start = _date_param(request, "startDate", end_of_day=False)
     end = _date_param(request, "endDate", end_of_day=True)
-
-    def matches(order: StoredOrder) -> bool:
-        body = order.body
-        created = _parse_created(order) if start or end else None
-        return (
-            (not merchant or merchant in body["merchant"]["name"].casefold())
-            and (not status or body["status"] == status)
-            and (is_active is None or body["isActive"] is is_active)
-            and (is_paid is None or body["isPaid"] is is_paid)
-            and (start is None or (created is not None and created >= start))
-            and (end is None or (created is not None and created <= end))
-        )
-
-    found = _sorted_orders(request, [o for o in _account(request).orders if matches(o)])
+    sort_by, descending = _sort_params(request)
+    account = _account(request)
+    key: OrderSearchKey = (sort_by, merchant, status, is_active, is_paid, start, end)
+    found = _directed(
+        account.listings.search(account, key, lambda: _search_ascending(account, key)),
+        descending,
+    )
     items, total_pages = _paginate(found, page, limit)
     return json_response(
         {
@@ -1382,6 +1476,48 @@ async def search_orders(request: Request) -> Response:
             },
         }
     )
+
+
+def _search_ascending(account: Account, key: OrderSearchKey) -> list[StoredOrder]:
+    """The orders a search matches, by ``(body[sortBy], seq)`` ascending.
+
+    The same answer as filtering every order and sorting the matches, reached
+    through the account's sorted lists: a date range is a bisected slice of the
+    createdAt order, and the other filters are one pass without parsing.
+    """
+    sort_by, merchant, status, is_active, is_paid, start, end = key
+    listings = account.listings
+
+    def matches(order: StoredOrder) -> bool:
+        body = order.body
+        return (
+            (not merchant or merchant in body["merchant"]["name"].casefold())
+            and (not status or body["status"] == status)
+            and (is_active is None or body["isActive"] is is_active)
+            and (is_paid is None or body["isPaid"] is is_paid)
+        )
+
+    unfiltered = not merchant and not status and is_active is None and is_paid is None
+    if start is None and end is None:
+        ordered = listings.ascending(account, sort_by)
+        return ordered if unfiltered else [o for o in ordered if matches(o)]
+    in_range = listings.created_between(account, start, end)
+    if in_range is None:  # createdAt strings out of chronological order: check each order
+        return [
+            o
+            for o in listings.ascending(account, sort_by)
+            if (start is None or o.created >= start)
+            and (end is None or o.created <= end)
+            and matches(o)
+        ]
+    found = in_range if unfiltered else [o for o in in_range if matches(o)]
+    if sort_by == "createdAt":
+        return found
+    ordered = listings.ascending(account, sort_by)
+    if len(found) * 8 < len(ordered):  # few matches: sorting them beats a pass over all
+        return sorted(found, key=lambda o: (o.body[sort_by], o.seq))
+    wanted = {o.seq for o in found}
+    return [o for o in ordered if o.seq in wanted]
 
 
 async def get_order(request: Request) -> Response:
@@ -1398,7 +1534,7 @@ async def get_wallets(request: Request) -> Response:
 
 async def wallet_transactions(request: Request) -> Response:
     page, limit = _page_params(request)
-    newest_first = list(reversed(_account(request).transactions))
+    newest_first = ReversedView(_account(request).transactions)
     items, total_pages = _paginate(newest_first, page, limit)
     return json_response(
         {
