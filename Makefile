@@ -19,6 +19,7 @@ demo: $(STAMP)
 	$(BIN)/python -m batcher.demo
 
 test: $(STAMP)
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -n 8 --dist worksteal --durations=10
 
 bench: $(STAMP)
@@ -27,6 +28,7 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check batcher tests
 	$(BIN)/ruff format --check batcher tests
+	$(BIN)/mypy
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix batcher tests

@@ -56,7 +56,8 @@ class BatchOptions:
 
 
 class RunUI(Protocol):
-    listener: RunListener
+    @property
+    def listener(self) -> RunListener: ...
 
     def validation_failed(self, result: ValidationResult, report_path: Path | None) -> None: ...
     def show_plan(self, plan: PlanSummary, balances: dict[str, Balance]) -> None: ...

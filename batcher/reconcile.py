@@ -38,15 +38,15 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Literal
+from typing import Final, Literal
 
 from batcher.ledger import IN_FLIGHT_STATES, RowRecord, count_states, parse_ts
 from batcher.models import WalletTransaction
 from batcher.money import format_money
 from batcher.providers.base import ProviderOrder
 
-RECONCILED = "RECONCILED"
-MISMATCH = "MISMATCH"
+RECONCILED: Final = "RECONCILED"
+MISMATCH: Final = "MISMATCH"
 ZERO = Decimal(0)
 
 Verdict = Literal["RECONCILED", "MISMATCH"]

@@ -474,16 +474,16 @@ def _assign_fields(
     for position, header in enumerate(headers):
         if position in taken or not header:
             continue
-        name, currency = _field_for_header(header)
-        if name is None or name in mapping:
+        field_name, currency = _field_for_header(header)
+        if field_name is None or field_name in mapping:
             continue
-        if name in assigned:
-            other = headers[assigned[name]]
+        if field_name in assigned:
+            other = headers[assigned[field_name]]
             raise InputFileError(
-                f"{path.name}: columns {other!r} and {header!r} both look like {name}",
-                hint=f"choose one with --map {name}={other!r}",
+                f"{path.name}: columns {other!r} and {header!r} both look like {field_name}",
+                hint=f"choose one with --map {field_name}={other!r}",
             )
-        assigned[name] = position
+        assigned[field_name] = position
         implied = currency or implied
     return assigned, implied
 

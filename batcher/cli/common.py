@@ -6,7 +6,7 @@ import functools
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -16,7 +16,7 @@ from batcher.errors import BatcherError, ExitCode, UsageError
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def fail(message: str, code: int) -> None:
+def fail(message: str, code: int) -> NoReturn:
     """Print one line to stderr and exit; never a traceback."""
     click.echo(f"batcher: error: {message}", err=True)
     sys.exit(int(code))

@@ -279,10 +279,10 @@ def status(batch: str | None, state_dir: Path, as_json: bool) -> None:
             if as_json:
                 click.echo(json.dumps(batches, indent=2))
                 return
-            for info in batches:
-                counts = ledger.count_by_state(info["batch"])
+            for listed in batches:
+                counts = ledger.count_by_state(listed["batch"])
                 states = ", ".join(f"{k} {v}" for k, v in counts.items() if v)
-                click.echo(f"{info['batch']}  ({info['provider']})  {states}")
+                click.echo(f"{listed['batch']}  ({listed['provider']})  {states}")
             return
         info = ledger.batch_info(batch)
         if info is None:

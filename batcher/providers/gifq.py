@@ -1059,7 +1059,7 @@ def _fx_extra(order: Record) -> dict[str, str]:
     return {k: v for k, v in extra.items() if v}
 
 
-def payout_match_key(email: str, amount: Decimal | str, currency: str) -> tuple[str, Decimal, str]:
+def payout_match_key(email: str, amount: object, currency: str) -> tuple[str, Decimal, str]:
     """How a payout is matched to its row: Decimal compares by value (50 == 50.00)."""
     return (email.strip().lower(), to_decimal(amount), currency.strip().upper())
 
@@ -1068,7 +1068,7 @@ def _payout_key(payout: Record) -> tuple[str, Decimal, str]:
     return payout_match_key(
         _text(payout.get("email")),
         payout.get("amount"),
-        _text(payout.get("currency")),  # type: ignore[arg-type]
+        _text(payout.get("currency")),
     )
 
 

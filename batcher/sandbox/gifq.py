@@ -1453,6 +1453,7 @@ async def get_payout_order(request: Request) -> Response:
 async def list_payouts(request: Request) -> Response:
     account = _account(request)
     wanted = request.query_params.get("payout_order_id")
+    payouts: Sequence[Payout]
     if wanted:
         order = account.payout_orders_by_id.get(wanted)
         payouts = [account.payouts_by_id[i] for i in order.payout_ids] if order else []

@@ -580,7 +580,7 @@ def _new_account(api_key: str, index: int, config: UGiftMeSandboxConfig) -> Acco
         email=f"finance+{index + 1}@sandbox-business.example",
     )
     for currency, amount in config.funding.items():
-        account.wallet(currency).balance = round_money(amount, currency)
+        account.wallet(currency).balance = round_money(Decimal(str(amount)), currency)
     return account
 
 
@@ -1029,13 +1029,15 @@ class UGiftMeSandbox:
         self, account: Account, kind: RequestType, payload: Any, key: str | None
     ) -> tuple[int, Any]:
         """Queue an order request: shape checks and the hold happen now, the rest later."""
+        currency: str | None
         if kind == "bulk":
             items, currency = self._bulk_shape(payload)
         else:
             if not isinstance(payload, Mapping):
                 raise ApiError(400, "Validation failed", message="the order must be a JSON object")
             items = [payload]
-            currency = payload.get("currency") if isinstance(payload.get("currency"), str) else None
+            given = payload.get("currency")
+            currency = given if isinstance(given, str) else None
         accepted, _ = self._screen(items, with_faults=False)
         hold = sum((a.cost for a in accepted), Decimal(0))
         if accepted:  # every accepted item has the product's (a real) currency
