@@ -10,10 +10,13 @@ reading them. The order cells (product, merchant, amount, currency, country,
 payment currency) repeat a lot, so they are checked once per *distinct
 combination* ("order"), then each row picks up its order's verdict through an
 integer key. Catalog rules are joins of those orders against a catalog frame.
-The per-recipient cells (reference, email, name, message) are checked with
-vectorised expressions over all rows. Python only sees the few values that
-need it: unusual amount spellings, emails the fast pattern does not accept,
-and one cost per order via `money.cost_after_discount`.
+The per-recipient cells (reference, email, name, message) are first probed as
+read, with cheap vectorised scans; a check that the probes show can find
+nothing is skipped, and a trimmed copy of the cells is made only when a check
+(or `ValidationResult.valid`) needs it. A property test holds these shortcuts
+to plain Python. Python only sees the few values that need it: unusual amount
+spellings and emails the fast pattern does not accept. Costs are exact integer
+arithmetic, property-tested against `money.cost_after_discount`.
 
 Every input row ends in exactly one of `valid` and `invalid`, and every reason
 a row is invalid is one line in `errors`: source row, the user's header,
