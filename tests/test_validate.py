@@ -533,7 +533,7 @@ def test_valid_amount_and_cost_match_the_money_module(
 # reference, outer white space (ASCII and NBSP), spaces-only cells, blanks.
 _REFERENCES = ["R-1", "r-1", " R-1", "R-1\u00a0", "Café-2", "CAFÉ-2", "R-3", "1.2E+15", " ", ""]
 _EMAILS = ["a@example.com", " a@example.com ", "b@example.com", "   ", "", "not-an-email"]
-_NAMES = ["Ann", " Ann ", "", "Bob"]
+_NAMES = ["Ann", " Ann ", "", "Bob", "N" * 201]
 _ORDERS = [
     ("AMAZON_UK_STD", "25", "GBP", "GB"),
     ("AMAZON_UK_STD", "25.00", " gbp", "GB"),
@@ -580,7 +580,7 @@ def test_fast_paths_agree_with_plain_python(
     for row, code in result.errors.select("source_row", "code").rows():
         errors.setdefault(row, set()).add(code)
     first_of_reference: dict[str, int] = {}
-    for number, (ref, email, _name, _order) in enumerate(rows, start=2):
+    for number, (ref, email, name, _order) in enumerate(rows, start=2):
         folded = _python_strip(ref).upper()
         expected_duplicate = bool(folded) and folded in first_of_reference
         first_of_reference.setdefault(folded, number)
@@ -588,6 +588,7 @@ def test_fast_paths_agree_with_plain_python(
         assert ("duplicate_reference" in found) == expected_duplicate, (number, ref)
         assert ("missing_value" in found) == (not _python_strip(email)), (number, email)
         assert ("reference_mangled" in found) == (ref == "1.2E+15"), (number, ref)
+        assert ("name_too_long" in found) == (len(_python_strip(name)) > 200), number
 
     # Every row ends in exactly one of valid and invalid.
     assert result.valid_count == result.valid.height
