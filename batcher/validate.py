@@ -458,16 +458,12 @@ class _Rows:
 
 def _constant_columns(frame: pl.DataFrame, names: Sequence[str]) -> dict[str, str | None]:
     """The columns among `names` with one value (or none) on every row, and that value."""
-    filled = [n for n in names if frame[n].null_count() == 0]
-    same = (
-        frame.select((pl.col(n) == pl.col(n).first()).all() for n in filled).row(0)
-        if filled
-        else ()
-    )
-    constant: dict[str, str | None] = {
-        n: None for n in names if frame[n].null_count() == frame.height
-    }
-    constant |= {n: frame[n][0] for n, is_same in zip(filled, same, strict=True) if is_same}
+    nulls = {n: frame[n].null_count() for n in names}
+    constant: dict[str, str | None] = {n: None for n in names if nulls[n] == frame.height}
+    filled = [n for n in names if nulls[n] == 0]
+    if filled:
+        same = frame.select((pl.col(n) == pl.col(n).first()).all() for n in filled).row(0)
+        constant |= {n: frame[n][0] for n, is_same in zip(filled, same, strict=True) if is_same}
     return constant
 
 
@@ -776,11 +772,13 @@ def _row_facts(frame: pl.DataFrame, doubtful: pl.DataFrame, stats: pl.DataFrame)
     # counts the nulls anyway; an empty or spaces-only address fails FAST_EMAIL,
     # and an empty or spaces-only reference is `_unusual_reference`.
     blank_email = doubtful["recipient_email"] == ""
-    may_be_blank = {n: frame[n].null_count() > 0 for n in RECIPIENT_FIELDS}
-    may_be_blank["recipient_email"] |= bool(blank_email.any())
-    may_be_blank["reference"] |= bool(found["_unusual"])
-    for name in ("recipient_name", "message"):
-        may_be_blank[name] = True  # not probed: only the trimmed cells can tell
+    may_be_blank = {
+        "reference": frame["reference"].null_count() > 0 or bool(found["_unusual"]),
+        "recipient_email": frame["recipient_email"].null_count() > 0 or bool(blank_email.any()),
+        # not probed: only the trimmed cells can tell
+        "recipient_name": True,
+        "message": True,
+    }
     return _RowFacts(
         doubtful_emails=doubtful.filter(~blank_email),  # a blank address is reported as missing
         longest_bytes={n: int(found[n]) for n in ("message", "recipient_name", "reference")},

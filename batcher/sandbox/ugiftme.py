@@ -90,13 +90,11 @@ import math
 import re
 import secrets
 import string
-from bisect import bisect_left, bisect_right
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from itertools import pairwise
 from typing import Any, Literal
 
 import httpx
@@ -410,8 +408,6 @@ class OrderListings:
     def __init__(self) -> None:
         self._stamp: tuple[int, int] | None = None
         self._ascending: dict[str, list[StoredOrder]] = {}
-        self._moments: list[datetime] | None = None  # parsed createdAt of _ascending["createdAt"]
-        self._moments_sorted = False
         self._searches: OrderedDict[OrderSearchKey, list[StoredOrder]] = OrderedDict()
 
     def _sync(self, account: Account) -> None:
@@ -419,8 +415,6 @@ class OrderListings:
         if stamp != self._stamp:
             self._stamp = stamp
             self._ascending.clear()
-            self._moments = None
-            self._moments_sorted = False
             self._searches.clear()
 
     def ascending(self, account: Account, sort_by: str) -> list[StoredOrder]:
@@ -431,21 +425,6 @@ class OrderListings:
             ordered = sorted(account.orders, key=lambda o: (o.body[sort_by], o.seq))
             self._ascending[sort_by] = ordered
         return ordered
-
-    def created_between(
-        self, account: Account, start: datetime | None, end: datetime | None
-    ) -> list[StoredOrder] | None:
-        """The orders with ``start <= createdAt <= end`` in createdAt order, found by
-        bisection; None when the createdAt strings do not sort chronologically."""
-        by_created = self.ascending(account, "createdAt")
-        if self._moments is None:
-            self._moments = [o.created for o in by_created]
-            self._moments_sorted = all(a <= b for a, b in pairwise(self._moments))
-        if not self._moments_sorted:
-            return None
-        low = 0 if start is None else bisect_left(self._moments, start)
-        high = len(by_created) if end is None else bisect_right(self._moments, end)
-        return by_created[low:high]
 
     def search(
         self,
@@ -1481,14 +1460,13 @@ async def search_orders(request: Request) -> Response:
 
 
 def _search_ascending(account: Account, key: OrderSearchKey) -> list[StoredOrder]:
-    """The orders a search matches, by ``(body[sortBy], seq)`` ascending.
-
-    The same answer as filtering every order and sorting the matches, reached
-    through the account's sorted lists: a date range is a bisected slice of the
-    createdAt order, and the other filters are one pass without parsing.
-    """
+    """The orders a search matches, by ``(body[sortBy], seq)`` ascending: one pass
+    over the account's sorted list (the result is kept for the search's next pages)."""
     sort_by, merchant, status, is_active, is_paid, start, end = key
-    listings = account.listings
+    ordered = account.listings.ascending(account, sort_by)
+    filters = (merchant, status, is_active, is_paid, start, end)
+    if all(f is None or f == "" for f in filters):
+        return ordered
 
     def matches(order: StoredOrder) -> bool:
         body = order.body
@@ -1497,29 +1475,11 @@ def _search_ascending(account: Account, key: OrderSearchKey) -> list[StoredOrder
             and (not status or body["status"] == status)
             and (is_active is None or body["isActive"] is is_active)
             and (is_paid is None or body["isPaid"] is is_paid)
+            and (start is None or order.created >= start)
+            and (end is None or order.created <= end)
         )
 
-    unfiltered = not merchant and not status and is_active is None and is_paid is None
-    if start is None and end is None:
-        ordered = listings.ascending(account, sort_by)
-        return ordered if unfiltered else [o for o in ordered if matches(o)]
-    in_range = listings.created_between(account, start, end)
-    if in_range is None:  # createdAt strings out of chronological order: check each order
-        return [
-            o
-            for o in listings.ascending(account, sort_by)
-            if (start is None or o.created >= start)
-            and (end is None or o.created <= end)
-            and matches(o)
-        ]
-    found = in_range if unfiltered else [o for o in in_range if matches(o)]
-    if sort_by == "createdAt":
-        return found
-    ordered = listings.ascending(account, sort_by)
-    if len(found) * 8 < len(ordered):  # few matches: sorting them beats a pass over all
-        return sorted(found, key=lambda o: (o.body[sort_by], o.seq))
-    wanted = {o.seq for o in found}
-    return [o for o in ordered if o.seq in wanted]
+    return [o for o in ordered if matches(o)]
 
 
 async def get_order(request: Request) -> Response:
