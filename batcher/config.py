@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
-from batcher.errors import ConfigError
+from batcher.core.errors import ConfigError
 
 
 @dataclass(frozen=True)

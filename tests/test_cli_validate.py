@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from batcher.cells import safe_cell
 from batcher.cli.validate import parse_mappings
-from batcher.errors import UsageError
+from batcher.core.errors import UsageError
+from batcher.reporting.cells import safe_cell
 from batcher.sandbox.server import SandboxHandle
 
 ROOT = Path(__file__).resolve().parents[1]

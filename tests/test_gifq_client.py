@@ -17,8 +17,7 @@ import pytest
 from pydantic import SecretStr
 
 from batcher.config import PROFILES, ProviderSettings
-from batcher.errors import AuthError, ProviderUnavailable, UsageError
-from batcher.http import canonical_json, parse_json
+from batcher.core.errors import AuthError, ProviderUnavailable, UsageError
 from batcher.providers.base import (
     IncompleteResult,
     OrderItem,
@@ -48,7 +47,8 @@ from batcher.providers.gifq import (
     shortfall,
 )
 from batcher.sandbox.server import SandboxHandle, running_sandbox
-from batcher.throttle import RateLimiter, forget_limiters
+from batcher.transport.http import canonical_json, parse_json
+from batcher.transport.throttle import RateLimiter, forget_limiters
 
 SECRET = "GIFQ-SECRET-TOKEN-7c1d2e3f"
 KEY = "b1-" + "a" * 40

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from batcher.errors import BatchLocked
-from batcher.ledger import BatchLock, Ledger, RowOutcome, SheetRow
+from batcher.core.errors import BatchLocked
+from batcher.ledger.store import BatchLock, Ledger, RowOutcome, SheetRow
 
 
 def sheet_row(

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from batcher.money import (
+from batcher.core.money import (
     AmountError,
     cost_after_discount,
     currencies_marked,
@@ -218,8 +218,8 @@ from hypothesis import strategies as _st  # noqa: E402
 def test_vectorised_cost_matches_decimal_cost(cases: list) -> None:
     import polars as pl
 
-    from batcher.money import cost_after_discount, minor_units, money_str, round_money
-    from batcher.validate import _cost_text, _discount_factor
+    from batcher.core.money import cost_after_discount, minor_units, money_str, round_money
+    from batcher.intake.validate import _cost_text, _discount_factor
 
     rows = []
     for amount, discount, currency in cases:

@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batcher.plan import (
+from batcher.core.keys import match_key
+from batcher.execute.plan import (
     PlanRow,
     RowFields,
     chunk_key,
-    match_fields,
     plan_chunks,
     reference_row_key,
     row_keys,
@@ -98,7 +98,7 @@ def _plan_rows(n: int, *, currency: str = "GBP", clash_every: int = 0) -> list[P
                 currency=currency,
                 attempt=1,
                 retry_group="",
-                match_fields=match_fields("P", Decimal("10"), email, "Same"),
+                match_fields=match_key("P", Decimal("10"), email, "Same"),
             )
         )
     return rows
@@ -149,7 +149,7 @@ def test_chunking_invariants(n: int, size: int, clash_every: int, rnd: random.Ra
 def test_failed_chunk_is_retried_as_the_same_set() -> None:
     """Rows released from one chunk stay together, whatever else is pending."""
     released = [
-        PlanRow(f"r{i:031d}", "GBP", 2, "b1-failed", match_fields("P", Decimal(1), f"{i}@x", ""))
+        PlanRow(f"r{i:031d}", "GBP", 2, "b1-failed", match_key("P", Decimal(1), f"{i}@x", ""))
         for i in range(5)
     ]
     fresh = _plan_rows(7)

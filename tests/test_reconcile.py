@@ -10,10 +10,10 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batcher.ledger import RowRecord
-from batcher.models import WalletTransaction
+from batcher.core.models import WalletTransaction
+from batcher.ledger.store import RowRecord
 from batcher.providers.base import ProviderOrder
-from batcher.reconcile import (
+from batcher.reporting.reconcile import (
     ATTEMPT_CHARGED,
     COST_DIFFERS,
     CREDIT,

@@ -20,15 +20,15 @@ import pytest
 from openpyxl import Workbook, load_workbook
 from openpyxl.worksheet.worksheet import Worksheet
 
-from batcher import reports
-from batcher.cells import FORMULA_TRIGGERS
-from batcher.ledger import Ledger, RowOutcome, SheetRow, utc_now
-from batcher.models import WalletTransaction
+from batcher.core.models import WalletTransaction
+from batcher.ledger.store import Ledger, RowOutcome, SheetRow, utc_now
 from batcher.providers.base import ProviderOrder, Redemption
-from batcher.reconcile import MISMATCH, RECONCILED
-from batcher.reports import FAILED_ROWS_NAME, write_batch_report
-from batcher.workbook import CURRENCY_HEADERS, ORDERS, money_format
-from batcher.xlsx_stream import StreamedSheet, inject, prepare, register_style
+from batcher.reporting import reports
+from batcher.reporting.cells import FORMULA_TRIGGERS
+from batcher.reporting.reconcile import MISMATCH, RECONCILED
+from batcher.reporting.reports import FAILED_ROWS_NAME, write_batch_report
+from batcher.reporting.workbook import CURRENCY_HEADERS, ORDERS, money_format
+from batcher.reporting.xlsx_stream import StreamedSheet, inject, prepare, register_style
 
 HEADERS = ["Reference", "Email", "Name", "Product", "Amount", "Currency", "Cost centre"]
 COLUMNS = {
@@ -525,7 +525,7 @@ def test_streamed_cells_are_escaped_trimmed_and_typed(tmp_path: Path) -> None:
     money = register_style(wb, money_format("GBP"))
     date = register_style(wb, "yyyy-mm-dd hh:mm:ss")
     prepare(sheet, ["text", "number", "when"], 3)
-    from batcher.xlsx_stream import Styled
+    from batcher.reporting.xlsx_stream import Styled
 
     moment = datetime(2026, 3, 1, 22, 15, 30, tzinfo=UTC)
     rows = [
@@ -563,7 +563,7 @@ def test_a_row_count_that_lies_is_refused(tmp_path: Path) -> None:
 
 
 def _explained(**over: Any) -> Any:
-    from batcher.failures import explain
+    from batcher.reporting.failures import explain
     from tests.test_reconcile import row
 
     base = {"order_id": None, "transaction_id": None, "cost": None}

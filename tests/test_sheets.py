@@ -10,8 +10,9 @@ from types import ModuleType
 import polars as pl
 import pytest
 
-from batcher.errors import InputFileError, UsageError
-from batcher.sheets import (
+from batcher.core.errors import InputFileError, UsageError
+from batcher.core.fields import BASE_REQUIRED
+from batcher.intake.read import (
     CANONICAL_FIELDS,
     SOURCE_ROW,
     Sheet,
@@ -20,7 +21,6 @@ from batcher.sheets import (
     excel_number_text,
     normalise_header,
     read_sheet,
-    required_fields,
 )
 
 DATA = Path(__file__).parent / "data"
@@ -355,9 +355,9 @@ def test_two_columns_for_one_field_is_an_error() -> None:
 def test_required_columns_depend_on_the_provider(tmp_path: Path) -> None:
     path = tmp_path / "no_country.csv"
     path.write_text("Email,Product code,Amount,Currency\na@example.com,amazon,25,GBP\n")
-    assert read_sheet(path, required=required_fields("ugiftme")).columns["amount"] == "Amount"
+    assert read_sheet(path, required=BASE_REQUIRED).columns["amount"] == "Amount"
     with pytest.raises(InputFileError, match="missing required column country"):
-        read_sheet(path, required=required_fields("gifq"))
+        read_sheet(path, required=BASE_REQUIRED | {"country"})
 
 
 def test_normalise_header() -> None:

@@ -10,7 +10,7 @@ from email.utils import formatdate
 
 import pytest
 
-from batcher.throttle import (
+from batcher.transport.throttle import (
     RateLimiter,
     forget_limiters,
     key_fingerprint,
@@ -296,7 +296,7 @@ def test_one_limiter_per_key_registered_under_a_fingerprint() -> None:
     assert limiter_for("another-key", rate_per_second=2) is not first
     fingerprint = key_fingerprint(key)
     assert key not in fingerprint and len(fingerprint) == 16
-    from batcher import throttle
+    from batcher.transport import throttle
 
     assert all(key not in name for name in throttle._registry)
     forget_limiters()

@@ -18,12 +18,12 @@ import pytest
 from pydantic import SecretStr
 
 from batcher.config import PROFILES, ProviderSettings
-from batcher.errors import AuthError, ProviderUnavailable
-from batcher.http import canonical_json
+from batcher.core.errors import AuthError, ProviderUnavailable
 from batcher.providers.base import IncompleteResult, ItemResult, OrderItem, OutcomeUnknown
 from batcher.providers.ugiftme import UGiftMeProvider, map_order_result, rejection_code
 from batcher.sandbox.server import SandboxHandle
-from batcher.throttle import RateLimiter, forget_limiters
+from batcher.transport.http import canonical_json
+from batcher.transport.throttle import RateLimiter, forget_limiters
 
 SECRET = "SECRET-KEY-0f9e8d7c-6b5a"
 

@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from batcher.config import PROFILES, ProviderSettings
-from batcher.http import canonical_json, parse_json
 from batcher.providers.base import OrderItem
 from batcher.providers.ugiftme import UGiftMeProvider
-from batcher.throttle import RateLimiter
+from batcher.transport.http import canonical_json, parse_json
+from batcher.transport.throttle import RateLimiter
 
 KEY = "b1-0123456789abcdef"
 

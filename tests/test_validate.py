@@ -13,10 +13,11 @@ from email_validator import validate_email
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batcher.models import Balance, Product
-from batcher.money import cost_after_discount, money_str
-from batcher.sheets import Sheet, read_sheet, required_fields
-from batcher.validate import (
+from batcher.core.fields import BASE_REQUIRED
+from batcher.core.models import Balance, Product
+from batcher.core.money import cost_after_discount, money_str
+from batcher.intake.read import Sheet, read_sheet
+from batcher.intake.validate import (
     ERROR_SCHEMA,
     FAST_EMAIL,
     VALID_COLUMNS,
@@ -350,7 +351,7 @@ def test_gifq_requires_a_country_on_every_row(tmp_path: Path) -> None:
         "a@example.com,AMAZON_UK_STD,25,GBP,GB\n"
         "b@example.com,AMAZON_UK_STD,25,GBP,\n"
     )
-    sheet = read_sheet(path, required=required_fields("gifq"))
+    sheet = read_sheet(path, required=BASE_REQUIRED | {"country"})
     result = validate_rows(sheet, CATALOG, RICH)
     assert codes(result) == [(3, "Country", "missing_value")]
 

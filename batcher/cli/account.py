@@ -15,9 +15,9 @@ from typing import Any
 import click
 
 from batcher.cli.common import handle_errors, provider_options, resolve_settings
-from batcher.errors import ConfigError
-from batcher.models import Balance, Product, WalletTransaction
-from batcher.money import money_str
+from batcher.core.errors import ConfigError
+from batcher.core.models import Balance, Product, WalletTransaction
+from batcher.core.money import money_str
 from batcher.providers import connect
 from batcher.providers.base import Provider
 

@@ -11,7 +11,8 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from batcher.config import PROFILES, ProviderSettings, provider_settings
-from batcher.errors import BatcherError, ExitCode, UsageError
+from batcher.core.errors import BatcherError, ExitCode, UsageError
+from batcher.providers.base import ProviderOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -79,3 +80,17 @@ def parse_mappings(mappings: Sequence[str]) -> dict[str, str]:
 
 def resolve_settings(provider: str, base_url: str | None) -> ProviderSettings:
     return provider_settings(provider, base_url=base_url)
+
+
+def provider_mode(
+    payouts: bool, campaign: str | None, expires_in_days: int | None
+) -> ProviderOptions:
+    if not payouts:
+        if campaign or expires_in_days:
+            raise UsageError("--campaign and --expires-in-days go with --payouts")
+        return ProviderOptions()
+    if not campaign:
+        raise UsageError("--payouts needs --campaign ID", hint="list campaigns with the provider")
+    return ProviderOptions(
+        mode="payouts", campaign_id=campaign, expires_in_days=expires_in_days or 30
+    )

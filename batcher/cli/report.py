@@ -17,11 +17,11 @@ from pathlib import Path
 import click
 
 from batcher.cli.common import fail, handle_errors, provider_options, resolve_settings
-from batcher.errors import ConfigError, ExitCode, UsageError
-from batcher.ledger import BatchLock, Ledger
-from batcher.money import format_money
-from batcher.reconcile import MISMATCH, Reconciliation
-from batcher.reports import ReportResult
+from batcher.core.errors import ConfigError, ExitCode, UsageError
+from batcher.core.money import format_money
+from batcher.ledger.store import BatchLock, Ledger
+from batcher.reporting.reconcile import MISMATCH, Reconciliation
+from batcher.reporting.reports import ReportResult
 
 
 @click.command()
@@ -71,7 +71,7 @@ def _report(
     reveal_codes: bool,
 ) -> ReportResult:
     from batcher.providers import connect
-    from batcher.reports import write_batch_report
+    from batcher.reporting.reports import write_batch_report
 
     info = ledger.batch_info(batch)
     if info is None:

@@ -1,4 +1,4 @@
-"""`batcher run` and `batcher status`: thin Click shells over batcher.batch and the ledger."""
+"""`batcher run` and `batcher status`: thin Click shells over batcher.execute.run and the ledger."""
 
 from __future__ import annotations
 
@@ -20,15 +20,16 @@ from batcher.cli.common import (
     fail,
     handle_errors,
     parse_mappings,
+    provider_mode,
     provider_options,
     resolve_settings,
 )
+from batcher.cli.render import render_summary
 from batcher.config import limits_from_config, load_file_config
-from batcher.errors import ExitCode, UsageError
-from batcher.models import Balance
-from batcher.money import format_money
-from batcher.providers.base import ProviderOptions
-from batcher.runner import PlanSummary, RunOptions
+from batcher.core.errors import ExitCode, UsageError
+from batcher.core.models import Balance
+from batcher.core.money import format_money
+from batcher.execute.runner import PlanSummary, RunOptions
 
 
 class ConsoleListener:
@@ -80,8 +81,6 @@ class ConsoleUI:
         self.listener = ConsoleListener()
 
     def validation_failed(self, result: Any, report_path: Path | None) -> None:
-        from batcher.cli.validate import render_summary
-
         click.echo(render_summary(result.sheet, result, report_path or Path("-")), err=True)
         click.echo(
             "nothing was sent: fix the sheet, or rerun with --skip-invalid to order the valid rows",
@@ -148,20 +147,6 @@ def parse_max_total(values: tuple[str, ...]) -> dict[str, Decimal]:
     return limits
 
 
-def provider_mode(
-    payouts: bool, campaign: str | None, expires_in_days: int | None
-) -> ProviderOptions:
-    if not payouts:
-        if campaign or expires_in_days:
-            raise UsageError("--campaign and --expires-in-days go with --payouts")
-        return ProviderOptions()
-    if not campaign:
-        raise UsageError("--payouts needs --campaign ID", hint="list campaigns with the provider")
-    return ProviderOptions(
-        mode="payouts", campaign_id=campaign, expires_in_days=expires_in_days or 30
-    )
-
-
 @click.command()
 @click.argument("sheet", type=click.Path(path_type=Path))
 @click.option("--batch", default=None, help="Batch name (default: the sheet's file stem).")
@@ -213,7 +198,7 @@ def run(
     expires_in_days: int | None,
 ) -> None:
     """Order every valid row of SHEET exactly once; safe to rerun."""
-    from batcher.batch import BatchOptions, run_batch
+    from batcher.execute.run import BatchOptions, run_batch
 
     limits = limits_from_config(load_file_config()).max_total
     limits.update(parse_max_total(max_total))
@@ -268,7 +253,7 @@ def _exit_meaning(code: ExitCode) -> str:
 @handle_errors
 def status(batch: str | None, state_dir: Path, as_json: bool) -> None:
     """Row counts by state and the last runs, read from the ledger (no network)."""
-    from batcher.ledger import Ledger
+    from batcher.ledger.store import Ledger
 
     if not (state_dir / "ledger.sqlite").exists():
         fail(f"no ledger in {state_dir}: nothing has run here yet", ExitCode.USAGE)

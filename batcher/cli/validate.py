@@ -1,7 +1,7 @@
 """`batcher validate SHEET`: every check `batcher run` makes, without placing an order.
 
 Reads the sheet, fetches the catalog and balances once, runs
-`batcher.validate.validate_rows` (the very function `run` uses), prints a short
+`batcher.intake.validate.validate_rows` (the very function `run` uses), prints a short
 summary, and writes `REPORT_DIR/<sheet stem>/validation.csv` (every error) and,
 with --json, `validation.json` plus the same document on stdout.
 
@@ -18,21 +18,21 @@ from pathlib import Path
 
 import click
 
-from batcher.checking import check_sheet
-from batcher.cli.common import handle_errors, parse_mappings, provider_options, resolve_settings
-from batcher.cli.run import provider_mode
-from batcher.errors import ConfigError, ExitCode
-from batcher.money import format_money
-from batcher.providers import connect
-from batcher.run_outputs import write_validation_csv
-from batcher.sheets import Sheet
-from batcher.validate import (
-    ValidationResult,
-    report_records,
+from batcher.cli.common import (
+    handle_errors,
+    parse_mappings,
+    provider_mode,
+    provider_options,
+    resolve_settings,
+)
+from batcher.cli.render import render_summary
+from batcher.core.errors import ConfigError, ExitCode
+from batcher.execute.check import check_sheet
+from batcher.intake.validate import (
     validation_document,
 )
-
-ERRORS_SHOWN = 20  # the terminal shows the first ones; the report has them all
+from batcher.providers import connect
+from batcher.reporting.outputs import write_validation_csv
 
 
 @click.command()
@@ -113,38 +113,3 @@ def validate(
         ) from None
     click.echo(document if as_json else render_summary(sheet, result, csv_path))
     sys.exit(int(ExitCode.OK if result.ok else ExitCode.USAGE))
-
-
-def render_summary(sheet: Sheet, result: ValidationResult, report: Path) -> str:
-    """What a person reads at the terminal: counts, money per currency, the first errors."""
-    rows = "row" if result.rows_read == 1 else "rows"
-    lines = [
-        f"{sheet.label}: {result.rows_read} {rows} read, {result.valid_count} valid, "
-        f"{len(result.invalid_rows)} invalid",
-    ]
-    for currency in sorted(set(result.cost_by_currency) | set(result.available_by_currency)):
-        cost = result.cost_by_currency.get(currency)
-        if cost is None:
-            continue
-        available = result.available_by_currency.get(currency)
-        funds = format_money(available, currency) if available is not None else "no wallet"
-        lines.append(f"  {currency}  cost {format_money(cost, currency)}  available {funds}")
-    records = report_records(result)
-    if records:
-        lines.append(f"{len(records)} error{'s' if len(records) != 1 else ''}:")
-        lines += [_error_line(record) for record in records[:ERRORS_SHOWN]]
-        if len(records) > ERRORS_SHOWN:
-            lines.append(f"  ... and {len(records) - ERRORS_SHOWN} more in the report")
-    lines.append(f"Report: {report}")
-    if result.ok:
-        lines.append("OK: every row is valid and funded.")
-    else:
-        lines.append("Not ready: fix the errors and validate again. Nothing was ordered.")
-    return "\n".join(lines)
-
-
-def _error_line(record: dict[str, str | int | None]) -> str:
-    where = f"row {record['row']}" if record["row"] is not None else "funds"
-    column = f" {record['column']}" if record["column"] else ""
-    hint = f" ({record['hint']})" if record["hint"] else ""
-    return f"  {where}{column}: {record['code']}: {record['message']}{hint}"

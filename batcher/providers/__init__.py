@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from batcher.config import ProviderSettings
-from batcher.errors import UsageError
+from batcher.core.errors import UsageError
 from batcher.providers.base import Provider, ProviderOptions
 
 

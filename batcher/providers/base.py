@@ -14,7 +14,12 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Literal, Protocol, runtime_checkable
 
-from batcher.models import AccountInfo, Balance, Product, WalletTransaction
+from batcher.core.errors import OutcomeUnknown
+from batcher.core.models import AccountInfo, Balance, Product, WalletTransaction
+from batcher.transport.http import ApiClient
+from batcher.transport.throttle import RateLimiter
+
+__all__ = ["OutcomeUnknown"]
 
 
 @dataclass(frozen=True)
@@ -121,19 +126,6 @@ class Redemption:
     redemption_url: str | None = field(default=None, repr=False)
 
 
-class OutcomeUnknown(Exception):
-    """The request may or may not have been acted on (timeout, reset, 5xx, 409).
-
-    The only safe next step is to resend the same key with the same bytes.
-    `reason` is safe to log: it never contains a key or a payload.
-    """
-
-    def __init__(self, reason: str, *, retry_after: float | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.retry_after = retry_after
-
-
 class IncompleteResult(OutcomeUnknown):
     """The provider answered, but its answer does not account for every item.
 
@@ -159,7 +151,7 @@ class ProviderOptions:
 @runtime_checkable
 class Provider(Protocol):
     name: str
-    #: sheet columns this provider/mode needs (see batcher.sheets.BASE_REQUIRED)
+    #: sheet columns this provider/mode needs (see batcher.intake.read.BASE_REQUIRED)
     required_fields: frozenset[str]
     #: False when rows are not tied to catalog products (payouts)
     validates_catalog: bool
@@ -211,3 +203,16 @@ class Provider(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class ApiBackedProvider:
+    """What every provider client built on `ApiClient` shares: its limiter and closing."""
+
+    _api: ApiClient
+
+    @property
+    def limiter(self) -> RateLimiter:
+        return self._api.limiter
+
+    def close(self) -> None:
+        self._api.close()

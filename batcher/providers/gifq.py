@@ -1,4 +1,4 @@
-"""GIFQ API client (contract: /work/shared/api/gifq.md), in two modes.
+"""GIFQ API client (contract: docs/providers/gifq.md), in two modes.
 
 **Orders mode** (`GifqOrders`): one gift card per `POST /api/orders`, so the
 submit unit is a single item and the idempotency key travels in the body as the
@@ -63,18 +63,12 @@ from urllib.parse import quote
 import httpx
 
 from batcher.config import ProviderSettings
-from batcher.errors import AuthError, ProviderUnavailable, UsageError
-from batcher.http import (
-    ApiBackedProvider,
-    ApiClient,
-    ApiResponse,
-    Params,
-    canonical_json,
-    provider_error_text,
-)
-from batcher.models import AccountInfo, Balance, Product, WalletTransaction
-from batcher.money import fits_currency, quantum, round_money, to_decimal
+from batcher.core.errors import AuthError, ProviderUnavailable, UsageError
+from batcher.core.fields import BASE_REQUIRED
+from batcher.core.models import AccountInfo, Balance, Product, WalletTransaction
+from batcher.core.money import fits_currency, quantum, round_money, to_decimal
 from batcher.providers.base import (
+    ApiBackedProvider,
     IncompleteResult,
     ItemResult,
     OrderItem,
@@ -86,8 +80,14 @@ from batcher.providers.base import (
     Redemption,
     SubmitResult,
 )
-from batcher.sheets import BASE_REQUIRED
-from batcher.throttle import RateLimiter, limiter_for
+from batcher.transport.http import (
+    ApiClient,
+    ApiResponse,
+    Params,
+    canonical_json,
+    provider_error_text,
+)
+from batcher.transport.throttle import RateLimiter, limiter_for
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""UGiftMe Business API client (contract: /work/shared/api/ugiftme.md).
+"""UGiftMe Business API client (contract: docs/providers/ugiftme.md).
 
 Orders go in bulk (`POST /orders/bulk`, up to 100 items) under an
 `Idempotency-Key` header. A bulk answer carries no item indexes, so created
@@ -34,7 +34,6 @@ Voucher codes and redemption URLs are bearer credentials: they go into
 from __future__ import annotations
 
 import logging
-import unicodedata
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -44,18 +43,13 @@ from urllib.parse import quote
 import httpx
 
 from batcher.config import ProviderSettings
-from batcher.errors import AuthError, ProviderUnavailable
-from batcher.http import (
-    ApiBackedProvider,
-    ApiClient,
-    ApiResponse,
-    Params,
-    canonical_json,
-    provider_error_text,
-)
-from batcher.models import AccountInfo, Balance, Product, WalletTransaction
-from batcher.money import cost_after_discount, fits_currency, quantum, to_decimal
+from batcher.core.errors import AuthError, ProviderUnavailable
+from batcher.core.fields import BASE_REQUIRED
+from batcher.core.keys import MatchKey, match_key
+from batcher.core.models import AccountInfo, Balance, Product, WalletTransaction
+from batcher.core.money import cost_after_discount, fits_currency, quantum, to_decimal
 from batcher.providers.base import (
+    ApiBackedProvider,
     IncompleteResult,
     ItemResult,
     OrderItem,
@@ -65,8 +59,14 @@ from batcher.providers.base import (
     Redemption,
     SubmitResult,
 )
-from batcher.sheets import BASE_REQUIRED
-from batcher.throttle import RateLimiter, limiter_for
+from batcher.transport.http import (
+    ApiClient,
+    ApiResponse,
+    Params,
+    canonical_json,
+    provider_error_text,
+)
+from batcher.transport.throttle import RateLimiter, limiter_for
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,6 @@ _DEBIT_TYPES = {"purchase"}
 _CREDIT_TYPES = {"funding", "refund"}
 
 T = TypeVar("T")
-MatchKey = tuple[str, Decimal, str, str]
 CostOf = Callable[[str, Decimal, str], Decimal | None]
 
 
@@ -384,15 +383,6 @@ def check_idempotency_key(key: str) -> None:
 
 def _norm_code(code: str) -> str:
     return code.strip().upper()
-
-
-def _norm_name(name: str) -> str:
-    return " ".join(unicodedata.normalize("NFC", name).split())
-
-
-def match_key(product_code: str, amount: Decimal, email: str, name: str) -> MatchKey:
-    """What identifies an item within a chunk. Decimal compares by value: 50 == 50.00."""
-    return (_norm_code(product_code), amount, email.strip().lower(), _norm_name(name))
 
 
 def item_match_key(item: OrderItem) -> MatchKey:

@@ -1,6 +1,6 @@
 """A faithful local GIFQ API, for rehearsals and end-to-end tests.
 
-The API lives under ``/api`` and follows /work/shared/api/gifq.md line by line.
+The API lives under ``/api`` and follows docs/providers/gifq.md line by line.
 Each configured token (``X-Api-Token``) is its own account, with its own
 balances, transactions, orders, payout orders, campaigns, idempotency keys and
 rate-limit window. The catalog (and its stock) is shared, as at GIFQ.
@@ -137,7 +137,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from batcher.money import cost_after_discount, fits_currency, is_currency_code, round_money
+from batcher.core.money import cost_after_discount, fits_currency, is_currency_code, round_money
 from batcher.sandbox.asgi import (
     client_ip,
     forward,

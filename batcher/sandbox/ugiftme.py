@@ -1,6 +1,6 @@
 """A faithful local UGiftMe Business API, for rehearsals and end-to-end tests.
 
-The API lives under ``/api/v1/business`` and follows /work/shared/api/ugiftme.md
+The API lives under ``/api/v1/business`` and follows docs/providers/ugiftme.md
 line by line. Each configured API key is its own business account, with its own
 wallets, orders, order requests, idempotency keys, rate-limit window and webhooks.
 
@@ -106,7 +106,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from batcher.money import cost_after_discount, fits_currency, is_currency_code, round_money
+from batcher.core.money import cost_after_discount, fits_currency, is_currency_code, round_money
 from batcher.sandbox.asgi import (
     client_ip,
     forward,

@@ -134,8 +134,8 @@ def paired_medians(baseline: Any, ours: Any, runs: int = PAIRED_RUNS) -> dict[st
 def csv_validate(data: Path) -> dict[str, Any]:
     import polars as pl
 
-    from batcher.sheets import read_sheet
-    from batcher.validate import validate_rows
+    from batcher.intake.read import read_sheet
+    from batcher.intake.validate import validate_rows
 
     rows = 1_000_000
     path = write_csv(data / "bench-1m.csv", rows)
@@ -173,8 +173,8 @@ def xlsx_validate(data: Path) -> dict[str, Any]:
     import polars as pl
     from openpyxl import load_workbook
 
-    from batcher.sheets import read_sheet
-    from batcher.validate import validate_rows
+    from batcher.intake.read import read_sheet
+    from batcher.intake.validate import validate_rows
 
     rows = 100_000
     path = write_xlsx(data / "bench-100k.xlsx", rows)
@@ -412,8 +412,8 @@ def report_100k(data: Path) -> dict[str, Any]:
             raise RuntimeError(f"run exited {code}: {stderr[-2000:]}")
         # The workbook from the ledger alone, in a process of its own (for its RSS).
         script = (
-            "import sys; from pathlib import Path; from batcher.ledger import Ledger;"
-            "from batcher.reports import write_batch_report;"
+            "import sys; from pathlib import Path; from batcher.ledger.store import Ledger;"
+            "from batcher.reporting.reports import write_batch_report;"
             "led = Ledger.open(Path(sys.argv[1]));"
             "write_batch_report(led, sys.argv[2], None, Path(sys.argv[3]), fetch='auto')"
         )

@@ -27,13 +27,13 @@ import httpx
 import pytest
 from openpyxl import load_workbook
 
-from batcher.batch import BatchOptions, run_batch
 from batcher.config import provider_settings
-from batcher.errors import ExitCode
+from batcher.core.errors import ExitCode
+from batcher.execute.run import BatchOptions, run_batch
+from batcher.execute.runner import SilentListener
 from batcher.providers.base import ProviderOptions
-from batcher.runner import SilentListener
 from batcher.sandbox.server import SandboxHandle, running_sandbox
-from batcher.throttle import forget_limiters
+from batcher.transport.throttle import forget_limiters
 from tests.e2e.runkit import batcher, read_rows_csv, read_summary, start_batcher, wait_for
 
 FAST = {"async_delay_seconds": 0.05}

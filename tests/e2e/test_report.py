@@ -17,12 +17,12 @@ import pytest
 from openpyxl import load_workbook
 from openpyxl.worksheet.worksheet import Worksheet
 
-from batcher.batch import BatchOptions, run_batch
-from batcher.cells import FORMULA_TRIGGERS
 from batcher.config import provider_settings
-from batcher.errors import ExitCode
-from batcher.reconcile import MISMATCH, RECONCILED
-from batcher.runner import SilentListener
+from batcher.core.errors import ExitCode
+from batcher.execute.run import BatchOptions, run_batch
+from batcher.execute.runner import SilentListener
+from batcher.reporting.cells import FORMULA_TRIGGERS
+from batcher.reporting.reconcile import MISMATCH, RECONCILED
 from batcher.sandbox.server import SandboxHandle, running_sandbox
 from tests.e2e.runkit import (
     HEADER,
@@ -340,12 +340,12 @@ def test_the_suggested_top_up_is_exactly_enough(tmp_path: Path) -> None:
 def test_a_failing_report_never_costs_the_run_its_summary(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import batcher.reports
+    import batcher.reporting.reports
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(batcher.reports, "write_batch_report", broken)
+    monkeypatch.setattr(batcher.reporting.reports, "write_batch_report", broken)
     messages: list[str] = []
 
     class UI:
@@ -374,7 +374,7 @@ def test_a_failing_report_never_costs_the_run_its_summary(
 
 
 def test_report_refuses_what_it_cannot_report(tmp_path: Path) -> None:
-    from batcher.ledger import Ledger
+    from batcher.ledger.store import Ledger
 
     env = {"PATH": "/usr/bin:/bin", "UGIFTME_API_KEY": "not-used"}
     state = tmp_path / "state"

@@ -6,10 +6,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from batcher.batch import BatchOptions, run_batch
 from batcher.config import provider_settings
-from batcher.errors import ExitCode
-from batcher.runner import SilentListener
+from batcher.core.errors import ExitCode
+from batcher.execute.run import BatchOptions, run_batch
+from batcher.execute.runner import SilentListener
 from batcher.sandbox.server import running_sandbox
 from tests.e2e.runkit import (
     batcher,

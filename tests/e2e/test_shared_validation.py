@@ -1,4 +1,4 @@
-"""`batcher validate` and `batcher run` take one validation path (batcher.checking)."""
+"""`batcher validate` and `batcher run` take one validation path (batcher.execute.check)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-import batcher.batch
-import batcher.checking
+import batcher.execute.check
+import batcher.execute.run
 from batcher.cli import cli
 from batcher.sandbox.server import running_sandbox
 from tests.e2e.runkit import ROOT, cli_env, sandbox_orders
@@ -45,14 +45,14 @@ def test_validate_and_run_write_the_same_errors(tmp_path: Path) -> None:
 
 def test_both_commands_call_check_sheet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
-    real = batcher.checking.check_sheet
+    real = batcher.execute.check.check_sheet
 
     def spy(*args: Any, **kwargs: Any) -> Any:
         calls.append(str(args[1]))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(batcher.checking, "check_sheet", spy)
-    monkeypatch.setattr(batcher.batch, "check_sheet", spy)
+    monkeypatch.setattr(batcher.execute.check, "check_sheet", spy)
+    monkeypatch.setattr(batcher.execute.run, "check_sheet", spy)
     import batcher.cli.validate as validate_cmd
 
     monkeypatch.setattr(validate_cmd, "check_sheet", spy)

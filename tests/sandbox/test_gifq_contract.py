@@ -1,4 +1,4 @@
-"""The GIFQ API contract (../shared/api/gifq.md): auth, errors, pagination, catalog, orders,
+"""The GIFQ API contract (docs/providers/gifq.md): auth, errors, pagination, catalog, orders,
 balances and transactions, over real HTTP."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Every endpoint of /work/shared/api/ugiftme.md, over real HTTP against the sandbox."""
+"""Every endpoint of docs/providers/ugiftme.md, over real HTTP against the sandbox."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import httpx
 import pytest
 from ugiftme_kit import Api, item
 
-from batcher.money import cost_after_discount
+from batcher.core.money import cost_after_discount
 from batcher.sandbox.server import SandboxHandle
 
 OBJECT_ID = re.compile(r"^[0-9a-f]{24}$")

@@ -14,10 +14,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from batcher.cells import safe_cell
-from batcher.ledger import RowRecord
-from batcher.money import money_str
-from batcher.validate import REPORT_COLUMNS, ValidationResult, report_records
+from batcher.core.money import money_str
+from batcher.intake.validate import REPORT_COLUMNS, ValidationResult, report_records
+from batcher.ledger.store import RowRecord
+from batcher.reporting.cells import safe_cell
 
 ROWS_CSV_COLUMNS = (
     "source_row",

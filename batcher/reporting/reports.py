@@ -2,7 +2,7 @@
 
 `write_batch_report` gathers what it needs (the ledger, and the provider's orders
 and wallet transactions over the batch's run windows), reconciles it
-(`batcher.reconcile`), and writes, under `REPORT_DIR/BATCH/`:
+(`batcher.reporting.reconcile`), and writes, under `REPORT_DIR/BATCH/`:
 
 - `reconciliation.xlsx`: Summary (verdict per currency, state counts, a chart of
   spend by product), Orders (one line per input row, in source order), Failures
@@ -14,8 +14,8 @@ and wallet transactions over the batch's run windows), reconciles it
 
 Each run's files are also kept under `REPORT_DIR/BATCH/runs/RUN_ID/`.
 
-The math is in `batcher.reconcile`, the plain English in `batcher.failures`,
-the layout in `batcher.workbook`. Every text cell goes through `safe_cell`, and
+The math is in `batcher.reporting.reconcile`, the plain English in `batcher.reporting.failures`,
+the layout in `batcher.reporting.workbook`. Every text cell goes through `safe_cell`, and
 voucher codes appear only as `••••-1234`. Nothing here ever sees the API key.
 """
 
@@ -31,14 +31,13 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
-import httpx
-
-from batcher.cells import safe_cell
-from batcher.errors import BatcherError, UsageError
-from batcher.failures import explain_failures
-from batcher.ledger import Ledger, RowRecord, parse_ts
+from batcher.core.errors import BatcherError, UsageError
+from batcher.core.states import CHUNK_STATES
+from batcher.ledger.store import Ledger, RowRecord, parse_ts
 from batcher.providers.base import Provider, Redemption
-from batcher.reconcile import (
+from batcher.reporting.cells import safe_cell
+from batcher.reporting.failures import explain_failures
+from batcher.reporting.reconcile import (
     ProviderData,
     ReconcileInputs,
     Reconciliation,
@@ -48,8 +47,8 @@ from batcher.reconcile import (
     reconcile,
     span,
 )
-from batcher.workbook import ReportModel, RunInfo, write_codes, write_workbook
-from batcher.xlsx_stream import copy_or_link
+from batcher.reporting.workbook import ReportModel, RunInfo, write_codes, write_workbook
+from batcher.reporting.xlsx_stream import copy_or_link
 
 WORKBOOK_NAME = "reconciliation.xlsx"
 FAILED_ROWS_NAME = "failed_rows.csv"
@@ -282,13 +281,9 @@ def fetch_provider_data(
         ]
     except BatcherError as exc:
         return None, exc.message  # BatcherError messages never carry a secret
-    except (httpx.HTTPError, OSError) as exc:
+    except OSError as exc:
         return None, f"{type(exc).__name__} while listing orders and transactions"
     return ProviderData(orders, transactions), None
-
-
-#: every state a chunk can be in (see the ledger's `chunks` table)
-CHUNK_STATES = ("planned", "sending", "unknown", "accepted", "succeeded", "failed")
 
 
 def attempts(ledger: Ledger, batch: str) -> tuple[frozenset[str], frozenset[str]]:

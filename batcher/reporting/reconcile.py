@@ -40,9 +40,11 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Final, Literal
 
-from batcher.ledger import IN_FLIGHT_STATES, RowRecord, count_states, parse_ts
-from batcher.models import WalletTransaction
-from batcher.money import format_money
+from batcher.core.keys import MatchKey, match_key
+from batcher.core.models import WalletTransaction
+from batcher.core.money import format_money
+from batcher.core.states import UNSETTLED_STATES
+from batcher.ledger.store import RowRecord, count_states, parse_ts
 from batcher.providers.base import ProviderOrder
 
 RECONCILED: Final = "RECONCILED"
@@ -52,7 +54,6 @@ ZERO = Decimal(0)
 Verdict = Literal["RECONCILED", "MISMATCH"]
 Evidence = Literal["transactions", "balances", "unavailable"]
 #: rows whose order may exist at the provider although the ledger has no order id yet
-UNSETTLED_STATES = ("planned", *IN_FLIGHT_STATES)
 
 # Wallet line statuses. Flagged ones make their currency MISMATCH.
 MATCHED = "matched"
@@ -293,17 +294,7 @@ def charged_currency(row: RowRecord) -> str:
     return row.cost_currency or row.currency
 
 
-def match_key(product_code: str, amount: Decimal, email: str, name: str) -> tuple[str, ...]:
-    """How a provider order is recognised as a row's, when the ledger has no order id."""
-    return (
-        product_code.strip().upper(),
-        str(amount.normalize()),
-        email.strip().lower(),
-        " ".join(name.split()),
-    )
-
-
-def row_match_key(row: RowRecord) -> tuple[str, ...]:
+def row_match_key(row: RowRecord) -> MatchKey:
     f = row.fields
     return match_key(
         f.get("product_code", ""), row.face_value, f.get("recipient_email", ""),

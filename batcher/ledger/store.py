@@ -5,8 +5,7 @@ an earlier batch can be recognised. WAL mode, `synchronous=FULL`: a commit is on
 disk before the HTTP request it guards leaves. Every transition appends to the
 `events` table, which is never updated or deleted.
 
-Row states (DESIGN.md): invalid · pending → planned → sending → accepted →
-succeeded | failed · skipped; a `sending` row that meets a crash becomes `unknown`.
+Row states: see `batcher.core.states`.
 Money is stored as TEXT and read back as Decimal.
 """
 
@@ -26,31 +25,17 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from batcher.errors import BatchLocked, ConfigError
-
-ROW_STATES = (
-    "invalid",
-    "pending",
-    "planned",
-    "sending",
-    "unknown",
-    "accepted",
-    "succeeded",
-    "failed",
-    "skipped",
-)
+from batcher.core.errors import BatchLocked, ConfigError
+from batcher.core.states import IN_FLIGHT_STATES, REPLANNABLE_STATES, ROW_STATES
 
 
 def count_states(rows: Iterable[RowRecord]) -> dict[str, int]:
     """Rows per state, every state present (zero when none)."""
-    counts = dict.fromkeys(ROW_STATES, 0)
+    counts: dict[str, int] = dict.fromkeys(map(str, ROW_STATES), 0)
     for row in rows:
         counts[row.state] = counts.get(row.state, 0) + 1
     return counts
 
-
-#: row states whose chunk has been sent and is frozen
-IN_FLIGHT_STATES = ("sending", "unknown", "accepted")
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -496,7 +481,7 @@ class Ledger:
                 if (
                     row.valid
                     and row.reference in done_elsewhere
-                    and old["state"] in ("pending", "planned", "failed", "invalid")
+                    and old["state"] in REPLANNABLE_STATES
                 ):
                     # Ordered under another batch since (e.g. fed back via failed_rows.csv):
                     # retrying it here would order it twice.
@@ -711,7 +696,7 @@ class Ledger:
         return found
 
     def count_by_state(self, batch: str) -> dict[str, int]:
-        counts = dict.fromkeys(ROW_STATES, 0)
+        counts: dict[str, int] = dict.fromkeys(map(str, ROW_STATES), 0)
         for r in self._db.execute(
             "SELECT state, COUNT(*) FROM rows WHERE batch = ? AND in_sheet = 1 GROUP BY state",
             (batch,),

@@ -14,25 +14,24 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
 
-from batcher.checking import check_sheet
 from batcher.config import ProviderSettings
-from batcher.errors import BatcherError, ExitCode
-from batcher.ledger import BatchLock, Ledger, RowRecord, SheetRow, count_states, utc_now
-from batcher.models import Balance
-from batcher.money import format_money, money_str
+from batcher.core.errors import BatcherError, ExitCode
+from batcher.core.models import Balance
+from batcher.core.money import format_money, money_str
+from batcher.core.states import UNFINISHED_STATES
+from batcher.execute.check import check_sheet
+from batcher.execute.rows import sheet_rows_from_validation
+from batcher.execute.runner import PlanSummary, RunListener, Runner, RunOptions, RunStats
+from batcher.intake.validate import ValidationResult
+from batcher.ledger.store import BatchLock, Ledger, RowRecord, SheetRow, count_states, utc_now
 from batcher.providers import connect
 from batcher.providers.base import Provider, ProviderOptions
-from batcher.rows import sheet_rows_from_validation
-from batcher.run_outputs import (
+from batcher.reporting.outputs import (
     totals_by_currency,
     write_json,
     write_rows_csv,
     write_validation_csv,
 )
-from batcher.runner import PlanSummary, RunListener, Runner, RunOptions, RunStats
-from batcher.validate import ValidationResult
-
-UNFINISHED_STATES = ("pending", "planned", "sending", "unknown", "accepted")
 
 
 @dataclass(frozen=True)
@@ -259,7 +258,7 @@ def _write_report(
     ledger_rows: list[RowRecord],
 ) -> None:
     """The reconciliation workbook. Its failure never costs the run its summary or exit code."""
-    from batcher.reports import write_batch_report
+    from batcher.reporting.reports import write_batch_report
 
     say = listener.message if listener is not None else (lambda text: None)
     try:

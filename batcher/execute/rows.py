@@ -1,6 +1,6 @@
 """From a validation result to the rows the ledger tracks, with their keys.
 
-Valid rows get row keys per DESIGN.md (reference, or fields + occurrence);
+Valid rows get row keys per docs/architecture.md (reference, or fields + occurrence);
 invalid rows get keys of their own so that every input row is in the ledger and
 in the report, exactly once.
 """
@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from batcher.ledger import SheetRow
-from batcher.plan import RowFields, invalid_row_keys, row_keys
-from batcher.sheets import CANONICAL_FIELDS, SOURCE_ROW
-from batcher.validate import ValidationResult
+from batcher.execute.plan import RowFields, invalid_row_keys, row_keys
+from batcher.intake.read import CANONICAL_FIELDS, SOURCE_ROW
+from batcher.intake.validate import ValidationResult
+from batcher.ledger.store import SheetRow
 
 
 def _text(value: object) -> str:

@@ -38,9 +38,8 @@ import httpx
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from batcher import __version__
-from batcher.errors import AuthError, ProviderUnavailable
-from batcher.providers.base import OutcomeUnknown
-from batcher.throttle import RateLimiter, parse_retry_after
+from batcher.core.errors import AuthError, OutcomeUnknown, ProviderUnavailable
+from batcher.transport.throttle import RateLimiter, parse_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -325,16 +324,3 @@ class ApiClient:
 
 def _retry_after(response: httpx.Response) -> float | None:
     return parse_retry_after(response.headers.get("retry-after"), now_epoch=time.time())
-
-
-class ApiBackedProvider:
-    """What every provider client built on `ApiClient` shares: its limiter and closing."""
-
-    _api: ApiClient
-
-    @property
-    def limiter(self) -> RateLimiter:
-        return self._api.limiter
-
-    def close(self) -> None:
-        self._api.close()

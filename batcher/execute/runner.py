@@ -1,6 +1,6 @@
 """The submit/poll loop over the ledger.
 
-Order of work in a run (DESIGN.md, issue "The nightly run"):
+Order of work in a run (docs/architecture.md):
 1. chunks whose outcome is unknown are resolved first, with the same key and bytes;
 2. accepted order requests are polled (exponential backoff with jitter, capped);
 3. planned chunks are submitted, each committed as `sending` before it leaves.
@@ -23,9 +23,10 @@ from typing import Protocol
 
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 
-from batcher.ledger import ChunkRecord, Ledger, RowOutcome, RowRecord, SheetRow, parse_ts
-from batcher.models import Balance
-from batcher.plan import PlanRow, match_fields, plan_chunks
+from batcher.core.keys import match_key
+from batcher.core.models import Balance
+from batcher.execute.plan import PlanRow, plan_chunks
+from batcher.ledger.store import ChunkRecord, Ledger, RowOutcome, RowRecord, SheetRow, parse_ts
 from batcher.providers.base import (
     IncompleteResult,
     ItemResult,
@@ -199,7 +200,7 @@ class Runner:
                     currency=r.currency,
                     attempt=r.attempt,
                     retry_group=r.retry_group,
-                    match_fields=match_fields(
+                    match_fields=match_key(
                         r.fields.get("product_code", ""),
                         r.face_value,
                         r.fields.get("recipient_email", ""),

@@ -16,9 +16,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
-from batcher.ledger import RowRecord
-from batcher.money import format_money, round_money
-from batcher.reconcile import UNSETTLED_STATES
+from batcher.core.money import format_money, round_money
+from batcher.core.states import UNSETTLED_STATES
+from batcher.ledger.store import RowRecord
 
 
 @dataclass(frozen=True)

@@ -36,9 +36,8 @@ from functools import cached_property, lru_cache, partial
 import polars as pl
 from email_validator import EmailNotValidError, validate_email
 
-from batcher.frames import chunked_like
-from batcher.models import Balance, Product
-from batcher.money import (
+from batcher.core.models import Balance, Product
+from batcher.core.money import (
     AmountError,
     cost_after_discount,
     currencies_marked,
@@ -47,7 +46,8 @@ from batcher.money import (
     money_str,
     parse_amount,
 )
-from batcher.sheets import CANONICAL_FIELDS, DERIVED_FIELDS, SOURCE_ROW, Sheet
+from batcher.intake.frames import chunked_like
+from batcher.intake.read import CANONICAL_FIELDS, DERIVED_FIELDS, SOURCE_ROW, Sheet
 
 MESSAGE_MAX_CHARS = 500
 NAME_MAX_CHARS = 200

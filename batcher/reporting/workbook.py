@@ -12,7 +12,7 @@ Wallet (each transaction matched to an order; flagged ones say why) and Orphans.
 - Every text cell goes through `safe_cell`; voucher codes appear only masked.
 
 The Summary is built cell by cell with openpyxl; the row-heavy sheets are
-streamed by `batcher.xlsx_stream` so 100,000 rows take seconds, not minutes.
+streamed by `batcher.reporting.xlsx_stream` so 100,000 rows take seconds, not minutes.
 """
 
 from __future__ import annotations
@@ -34,12 +34,12 @@ from openpyxl.styles import Alignment, Font, PatternFill
 from openpyxl.utils import get_column_letter
 from openpyxl.worksheet.worksheet import Worksheet
 
-from batcher.cells import safe_cell
-from batcher.failures import Failure, next_steps
-from batcher.ledger import RowRecord, parse_ts
-from batcher.money import CURRENCY_SYMBOLS, minor_units, quantum, round_money
+from batcher.core.money import CURRENCY_SYMBOLS, minor_units, quantum, round_money
+from batcher.ledger.store import RowRecord, parse_ts
 from batcher.providers.base import Redemption
-from batcher.reconcile import (
+from batcher.reporting.cells import safe_cell
+from batcher.reporting.failures import Failure, next_steps
+from batcher.reporting.reconcile import (
     MISMATCH,
     RECONCILED,
     OrderCheck,
@@ -50,7 +50,7 @@ from batcher.reconcile import (
     ordered_rows,
     span,
 )
-from batcher.xlsx_stream import (
+from batcher.reporting.xlsx_stream import (
     StreamedSheet,
     Styled,
     excel_datetime,

@@ -47,33 +47,12 @@ from xml.etree import ElementTree
 
 import polars as pl
 
-from batcher.errors import InputFileError, UsageError
-from batcher.frames import row_numbers_like
+from batcher.core.errors import InputFileError, UsageError
+from batcher.core.fields import BASE_REQUIRED, CANONICAL_FIELDS, DERIVED_FIELDS, SOURCE_ROW
+from batcher.intake.frames import row_numbers_like
 
 # ---------------------------------------------------------------------------
 # Canonical fields and header aliases.
-
-SOURCE_ROW = "source_row"
-
-CANONICAL_FIELDS: tuple[str, ...] = (
-    "reference",
-    "recipient_email",
-    "recipient_name",
-    "product_code",
-    "merchant",
-    "amount",
-    "currency",
-    "country",
-    "message",
-    "payment_currency",
-)
-
-#: Columns validation adds to every valid row (the catalog's discount, the cost);
-#: a pass-through column under one of these names is renamed, like a repeated header.
-DERIVED_FIELDS: tuple[str, ...] = ("discount", "cost")
-
-#: Required by every provider. GIFQ adds `country` (see `required_fields`).
-BASE_REQUIRED: frozenset[str] = frozenset({"recipient_email", "product_code", "amount", "currency"})
 
 _ALIASES: dict[str, tuple[str, ...]] = {
     "reference": (
@@ -131,13 +110,6 @@ def normalise_header(text: str) -> str:
     """Lower-case letters and digits only: 'E-mail Address ' -> 'emailaddress'."""
     folded = unicodedata.normalize("NFKD", text).casefold()
     return "".join(ch for ch in folded if ch.isalnum() and not unicodedata.combining(ch))
-
-
-def required_fields(provider: str) -> frozenset[str]:
-    """The columns a sheet must have for this provider."""
-    if provider.lower() == "gifq":
-        return BASE_REQUIRED | {"country"}
-    return BASE_REQUIRED
 
 
 # ---------------------------------------------------------------------------

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import polars as pl
 
-from batcher.models import Balance, Product
-from batcher.money import quantum
+from batcher.core.models import Balance, Product
+from batcher.core.money import quantum
+from batcher.intake.read import Sheet, read_sheet
+from batcher.intake.validate import ValidationResult, validate_rows
 from batcher.providers.base import Provider
-from batcher.sheets import Sheet, read_sheet
-from batcher.validate import ValidationResult, validate_rows
 
 #: Payout rows name no product: they are validated against one open "product" per
 #: wallet currency, so the amount, currency and funds rules still apply.

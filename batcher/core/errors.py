@@ -57,3 +57,16 @@ class AuthError(ProviderUnavailable):
 
 class BatchLocked(BatcherError):
     exit_code = ExitCode.CANNOT_START
+
+
+class OutcomeUnknown(Exception):
+    """The request may or may not have been acted on (timeout, reset, 5xx, 409).
+
+    The only safe next step is to resend the same key with the same bytes.
+    `reason` is safe to log: it never contains a key or a payload.
+    """
+
+    def __init__(self, reason: str, *, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after

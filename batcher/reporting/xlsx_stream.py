@@ -39,7 +39,7 @@ from openpyxl.utils.datetime import to_excel
 from openpyxl.workbook import Workbook
 from openpyxl.worksheet.worksheet import Worksheet
 
-from batcher.cells import safe_cell
+from batcher.reporting.cells import safe_cell
 
 MAX_CELL_CHARS = 32_767  # Excel's limit for one cell's text
 _ROWS_PER_WRITE = 2_000

@@ -1,7 +1,7 @@
 """Row keys, chunk keys and chunking. Pure functions: no I/O, no clock, no randomness.
 
 The same pending rows always give the same chunks and the same idempotency keys,
-on any machine, with or without a ledger (DESIGN.md, "Row identity and
+on any machine, with or without a ledger (docs/architecture.md, "Row identity and
 idempotency keys"). That is what lets the provider's own deduplication protect
 the company even when the ledger is lost.
 """
@@ -9,11 +9,12 @@ the company even when the ledger is lost.
 from __future__ import annotations
 
 import hashlib
-import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+
+from batcher.core.keys import MatchKey, canonical_amount, normalise_text
 
 KEY_VERSION = "b1"
 _ROW_KEY_LENGTH = 32  # hex chars: 128 bits
@@ -23,11 +24,6 @@ _CHUNK_KEY_LENGTH = 40  # hex chars: 160 bits; the whole key stays far below 255
 def _digest(*parts: str) -> str:
     # A unit separator between parts, so ("ab", "c") and ("a", "bc") differ.
     return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()
-
-
-def _norm_text(value: str) -> str:
-    """Unicode NFC, trimmed, inner whitespace collapsed: what a person sees as 'the same'."""
-    return " ".join(unicodedata.normalize("NFC", value).split())
 
 
 @dataclass(frozen=True)
@@ -47,11 +43,10 @@ class RowFields:
         return (
             self.recipient_email.strip().lower(),
             self.product_code.strip().upper(),
-            # normalize() so 50, 50.0 and 50.00 are the same order
-            format(self.amount.normalize(), "f"),
+            canonical_amount(self.amount),  # 50, 50.0 and 50.00 are one order
             self.currency.strip().upper(),
-            _norm_text(self.recipient_name),
-            _norm_text(self.message),
+            normalise_text(self.recipient_name),
+            normalise_text(self.message),
         )
 
     def content_hash(self) -> str:
@@ -61,7 +56,7 @@ class RowFields:
 
 
 def reference_row_key(reference: str) -> str:
-    return "r" + _digest("ref", _norm_text(reference))[: _ROW_KEY_LENGTH - 1]
+    return "r" + _digest("ref", normalise_text(reference))[: _ROW_KEY_LENGTH - 1]
 
 
 def fields_row_key(fields: RowFields, occurrence: int) -> str:
@@ -103,7 +98,7 @@ class PlanRow:
     #: the key of the chunk that released this row, so a failed chunk is retried as a unit
     retry_group: str
     #: (product, amount, email, name): a chunk may hold each only once
-    match_fields: tuple[str, str, str, str]
+    match_fields: MatchKey
 
 
 @dataclass(frozen=True)
@@ -123,18 +118,6 @@ def chunk_key(
         raise ValueError("a chunk holds at least one row")
     digest = _digest(provider, account, batch, ",".join(ordered), str(attempt))
     return f"{KEY_VERSION}-{digest[:_CHUNK_KEY_LENGTH]}"
-
-
-def match_fields(
-    product_code: str, amount: Decimal, email: str, name: str
-) -> tuple[str, str, str, str]:
-    """The fields a bulk result is mapped back by (ugiftme.md: no item index)."""
-    return (
-        product_code.strip().upper(),
-        format(amount.normalize(), "f"),
-        email.strip().lower(),
-        _norm_text(name),
-    )
 
 
 def plan_chunks(
@@ -188,7 +171,7 @@ def invalid_row_keys(raw_rows: Sequence[tuple[str, ...]]) -> list[str]:
     seen: Counter[tuple[str, ...]] = Counter()
     keys = []
     for cells in raw_rows:
-        normal = tuple(_norm_text(c) for c in cells)
+        normal = tuple(normalise_text(c) for c in cells)
         seen[normal] += 1
         keys.append("x" + _digest("invalid", *normal, str(seen[normal]))[: _ROW_KEY_LENGTH - 1])
     return keys

@@ -1,0 +1,46 @@
+"""Plain-text renderings of library results that more than one command prints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from batcher.core.money import format_money
+from batcher.intake.read import Sheet
+from batcher.intake.validate import ValidationResult, report_records
+
+ERRORS_SHOWN = 20  # the terminal shows the first ones; the report has them all
+
+
+def render_summary(sheet: Sheet, result: ValidationResult, report: Path) -> str:
+    """What a person reads at the terminal: counts, money per currency, the first errors."""
+    rows = "row" if result.rows_read == 1 else "rows"
+    lines = [
+        f"{sheet.label}: {result.rows_read} {rows} read, {result.valid_count} valid, "
+        f"{len(result.invalid_rows)} invalid",
+    ]
+    for currency in sorted(set(result.cost_by_currency) | set(result.available_by_currency)):
+        cost = result.cost_by_currency.get(currency)
+        if cost is None:
+            continue
+        available = result.available_by_currency.get(currency)
+        funds = format_money(available, currency) if available is not None else "no wallet"
+        lines.append(f"  {currency}  cost {format_money(cost, currency)}  available {funds}")
+    records = report_records(result)
+    if records:
+        lines.append(f"{len(records)} error{'s' if len(records) != 1 else ''}:")
+        lines += [_error_line(record) for record in records[:ERRORS_SHOWN]]
+        if len(records) > ERRORS_SHOWN:
+            lines.append(f"  ... and {len(records) - ERRORS_SHOWN} more in the report")
+    lines.append(f"Report: {report}")
+    if result.ok:
+        lines.append("OK: every row is valid and funded.")
+    else:
+        lines.append("Not ready: fix the errors and validate again. Nothing was ordered.")
+    return "\n".join(lines)
+
+
+def _error_line(record: dict[str, str | int | None]) -> str:
+    where = f"row {record['row']}" if record["row"] is not None else "funds"
+    column = f" {record['column']}" if record["column"] else ""
+    hint = f" ({record['hint']})" if record["hint"] else ""
+    return f"  {where}{column}: {record['code']}: {record['message']}{hint}"

@@ -1,0 +1,62 @@
+"""Row and chunk states, and the named groups of them every stage uses.
+
+A row moves ``pending → planned → sending → accepted → succeeded | failed``;
+``invalid`` rows never leave validation and ``skipped`` rows were already done
+elsewhere. A ``sending`` row that meets a crash becomes ``unknown`` and is
+resolved only by replaying its chunk with the same key and bytes.
+
+States are ``StrEnum`` members, so they compare equal to the plain strings the
+ledger stores: ``RowState.SUCCEEDED == "succeeded"``.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class RowState(StrEnum):
+    INVALID = "invalid"
+    PENDING = "pending"
+    PLANNED = "planned"
+    SENDING = "sending"
+    UNKNOWN = "unknown"
+    ACCEPTED = "accepted"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+class ChunkState(StrEnum):
+    PLANNED = "planned"
+    SENDING = "sending"
+    UNKNOWN = "unknown"
+    ACCEPTED = "accepted"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+#: every row state, in the order reports list them
+ROW_STATES: tuple[RowState, ...] = tuple(RowState)
+
+#: every chunk state
+CHUNK_STATES: tuple[ChunkState, ...] = tuple(ChunkState)
+
+#: sent, and frozen: resent only with the same key and bytes
+IN_FLIGHT_STATES: tuple[RowState, ...] = (RowState.SENDING, RowState.UNKNOWN, RowState.ACCEPTED)
+
+#: planned or in flight: the outcome is not yet known
+UNSETTLED_STATES: tuple[RowState, ...] = (RowState.PLANNED, *IN_FLIGHT_STATES)
+
+#: the run has work left for these rows; a rerun continues them
+UNFINISHED_STATES: tuple[RowState, ...] = (RowState.PENDING, *UNSETTLED_STATES)
+
+#: finished: nothing more will happen to these rows without a person
+SETTLED_STATES: tuple[RowState, ...] = (RowState.SUCCEEDED, RowState.FAILED, RowState.SKIPPED)
+
+#: a row a later plan may put into a chunk again
+REPLANNABLE_STATES: tuple[RowState, ...] = (
+    RowState.PENDING,
+    RowState.PLANNED,
+    RowState.FAILED,
+    RowState.INVALID,
+)
