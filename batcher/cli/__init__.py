@@ -25,6 +25,10 @@ _COMMANDS: dict[str, str] = {
 }
 
 
+#: optional dependency -> the extra that installs it
+_OPTIONAL = {"starlette": "sandbox", "uvicorn": "sandbox"}
+
+
 class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(super().list_commands(ctx)) | set(_COMMANDS))
@@ -35,8 +39,11 @@ class LazyGroup(click.Group):
             try:
                 module = importlib.import_module(module_name)
             except ModuleNotFoundError as exc:
-                if exc.name == module_name:
-                    return None  # command not built yet
+                if exc.name in _OPTIONAL:
+                    raise click.ClickException(
+                        f"`batcher {cmd_name}` needs {exc.name}: "
+                        f"pip install 'batcher[{_OPTIONAL[exc.name]}]'"
+                    ) from None
                 raise
             return getattr(module, attr)
         return super().get_command(ctx, cmd_name)

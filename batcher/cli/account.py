@@ -7,33 +7,16 @@ never from a flag. Every failure is one line on stderr with exit code 4.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
 import click
 
 from batcher.cli.common import handle_errors, provider_options, resolve_settings
-from batcher.core.errors import ConfigError
 from batcher.core.models import Balance, Product, WalletTransaction
 from batcher.core.money import money_str
-from batcher.providers import connect
-from batcher.providers.base import Provider
-
-
-@contextmanager
-def _open_provider(provider: str, base_url: str | None) -> Iterator[Provider]:
-    settings = resolve_settings(provider, base_url)
-    try:
-        client = connect(settings)
-    except NotImplementedError as exc:  # a provider whose client is not built yet
-        raise ConfigError(str(exc)) from None
-    try:
-        yield client
-    finally:
-        client.close()
-
+from batcher.services import account_info, list_balances, list_products, list_transactions
 
 # ---------------------------------------------------------------------------
 # Commands
@@ -44,8 +27,7 @@ def _open_provider(provider: str, base_url: str | None) -> Iterator[Provider]:
 @handle_errors
 def auth(provider: str, base_url: str | None) -> None:
     """Check the API key and show which account it belongs to."""
-    with _open_provider(provider, base_url) as client:
-        account = client.account()
+    account = account_info(resolve_settings(provider, base_url))
     click.echo(f"Account: {account.name or '-'} ({account.account_id})")
     if account.email:
         click.echo(f"Email:   {account.email}")
@@ -65,8 +47,7 @@ def catalog(
     search: str | None, currency: str | None, as_json: bool, provider: str, base_url: str | None
 ) -> None:
     """List the products this account can order."""
-    with _open_provider(provider, base_url) as client:
-        products = filter_products(client.catalog(), search=search, currency=currency)
+    products = list_products(resolve_settings(provider, base_url), search=search, currency=currency)
     if as_json:
         _echo_json([_product_json(product) for product in products])
     elif not products:
@@ -82,11 +63,11 @@ def catalog(
 @handle_errors
 def wallet(transactions: bool, as_json: bool, provider: str, base_url: str | None) -> None:
     """Show wallet balances per currency, or the wallet's transactions."""
-    with _open_provider(provider, base_url) as client:
-        if transactions:
-            _print_transactions(client.transactions(), as_json=as_json)
-        else:
-            _print_balances(client.balances(), as_json=as_json)
+    settings = resolve_settings(provider, base_url)
+    if transactions:
+        _print_transactions(list_transactions(settings), as_json=as_json)
+    else:
+        _print_balances(list_balances(settings), as_json=as_json)
 
 
 # ---------------------------------------------------------------------------
@@ -94,21 +75,6 @@ def wallet(transactions: bool, as_json: bool, provider: str, base_url: str | Non
 
 
 _PRODUCT_HEADERS = ("CODE", "NAME", "MERCHANT", "CUR", "VALUES", "DISCOUNT", "ACTIVE")
-
-
-def filter_products(
-    products: Sequence[Product], *, search: str | None, currency: str | None
-) -> list[Product]:
-    needle = (search or "").strip().casefold()
-    wanted_currency = (currency or "").strip().upper()
-
-    def keep(product: Product) -> bool:
-        if wanted_currency and product.currency.upper() != wanted_currency:
-            return False
-        haystack = f"{product.product_code} {product.name} {product.merchant}".casefold()
-        return needle in haystack
-
-    return [product for product in products if keep(product)]
 
 
 def product_values(product: Product) -> str:

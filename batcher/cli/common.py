@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
@@ -62,6 +64,76 @@ def provider_options(func: F) -> F:
         help="Gift-card provider.",
     )(func)
     return func
+
+
+def sheet_options(func: F) -> F:
+    """--sheet, --map and --allow-duplicates: how a sheet is read, the same for every command."""
+    func = click.option(
+        "--allow-duplicates",
+        is_flag=True,
+        help="Accept identical rows (same recipient, product, amount) as separate orders.",
+    )(func)
+    func = click.option(
+        "--map",
+        "mapping",
+        multiple=True,
+        metavar="FIELD=HEADER",
+        help="Read FIELD from the column HEADER, e.g. --map amount='Card value'. Repeatable.",
+    )(func)
+    func = click.option(
+        "--sheet",
+        "sheet_name",
+        default=None,
+        metavar="NAME",
+        help="Worksheet of an .xlsx file (default: the first visible one).",
+    )(func)
+    return func
+
+
+def payout_options(func: F) -> F:
+    """--payouts, --campaign and --expires-in-days (GIFQ payouts mode)."""
+    func = click.option(
+        "--expires-in-days",
+        type=click.IntRange(1, 3650),
+        default=None,
+        help="How long recipients have to choose (with --payouts; default 30).",
+    )(func)
+    func = click.option("--campaign", default=None, help="Payout campaign id (with --payouts).")(
+        func
+    )
+    func = click.option(
+        "--payouts", is_flag=True, help="GIFQ payouts mode: recipients choose their card."
+    )(func)
+    return func
+
+
+def state_dir_option(func: F) -> F:
+    return click.option(
+        "--state-dir",
+        type=click.Path(path_type=Path, file_okay=False),
+        envvar="BATCHER_STATE_DIR",
+        default=Path(".batcher"),
+        show_default=True,
+        help="Folder of the ledger (ledger.sqlite) and batch locks; also BATCHER_STATE_DIR.",
+    )(func)
+
+
+def report_dir_option(func: F) -> F:
+    return click.option(
+        "--report-dir",
+        type=click.Path(path_type=Path, file_okay=False),
+        default=Path("reports"),
+        show_default=True,
+        help="Folder the reports are written under (REPORT_DIR/BATCH/...).",
+    )(func)
+
+
+def json_option(func: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")(func)
+
+
+def echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))
 
 
 def parse_mappings(mappings: Sequence[str]) -> dict[str, str]:

@@ -16,21 +16,25 @@ from pathlib import Path
 
 import click
 
-from batcher.cli.common import fail, handle_errors, provider_options, resolve_settings
-from batcher.core.errors import ConfigError, ExitCode, UsageError
+from batcher.cli.common import (
+    handle_errors,
+    provider_options,
+    report_dir_option,
+    resolve_settings,
+    state_dir_option,
+)
+from batcher.core.errors import ExitCode, UsageError
 from batcher.core.money import format_money
-from batcher.ledger.store import BatchLock, Ledger
 from batcher.reporting.reconcile import MISMATCH, Reconciliation
 from batcher.reporting.reports import ReportResult
+from batcher.services import report_batch
 
 
 @click.command()
 @click.argument("batch")
 @provider_options
-@click.option("--state-dir", type=click.Path(path_type=Path), envvar="BATCHER_STATE_DIR",
-              default=Path(".batcher"), show_default=True, help="Ledger folder.")  # fmt: skip
-@click.option("--report-dir", type=click.Path(path_type=Path, file_okay=False),
-              default=Path("reports"), show_default=True, help="Report folder.")  # fmt: skip
+@state_dir_option
+@report_dir_option
 @click.option(
     "--reveal-codes",
     is_flag=True,
@@ -47,52 +51,18 @@ def report(
     reveal_codes: bool,
 ) -> None:
     """Reconcile BATCH with the provider and write REPORT_DIR/BATCH/reconciliation.xlsx."""
-    if not (state_dir / "ledger.sqlite").exists():
-        fail(f"no ledger in {state_dir}: nothing has run here yet", ExitCode.USAGE)
-    ledger = Ledger.open(state_dir)
-    try:
-        result = _report(ledger, batch, provider, base_url, state_dir, report_dir, reveal_codes)
-    finally:
-        ledger.close()
+    result = report_batch(
+        state_dir,
+        batch,
+        lambda recorded: resolve_settings(_provider_for(recorded, provider), base_url),
+        report_dir=report_dir,
+        reveal_codes=reveal_codes,
+    )
     _print_result(result)
     if result.reconciliation.provider_error:
         sys.exit(int(ExitCode.CANNOT_START))
     if result.reconciliation.verdict == MISMATCH:
         sys.exit(int(ExitCode.SOME_FAILED))
-
-
-def _report(
-    ledger: Ledger,
-    batch: str,
-    provider_name: str,
-    base_url: str | None,
-    state_dir: Path,
-    report_dir: Path,
-    reveal_codes: bool,
-) -> ReportResult:
-    from batcher.providers import connect
-    from batcher.reporting.reports import write_batch_report
-
-    info = ledger.batch_info(batch)
-    if info is None:
-        known = ", ".join(b["batch"] for b in ledger.batches()[:10]) or "none"
-        raise UsageError(f"no batch named {batch!r} in {state_dir}", hint=f"known batches: {known}")
-    settings = resolve_settings(_provider_for(info["provider"], provider_name), base_url)
-    client = connect(settings)
-    try:
-        account = client.account()
-        if account.account_id != info["account_id"]:
-            raise ConfigError(
-                f"batch {batch!r} was ordered by account {info['account_id']}, but the API key "
-                f"belongs to account {account.account_id}",
-                hint=f"use the key of account {info['account_id']}",
-            )
-        with BatchLock(state_dir, batch):
-            return write_batch_report(
-                ledger, batch, client, report_dir, reveal_codes=reveal_codes, fetch="full"
-            )
-    finally:
-        client.close()
 
 
 def _provider_for(recorded: str, given: str) -> str:

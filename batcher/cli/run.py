@@ -1,8 +1,7 @@
-"""`batcher run` and `batcher status`: thin Click shells over batcher.execute.run and the ledger."""
+"""`batcher run` and `batcher status`: thin Click shells over `batcher.services`."""
 
 from __future__ import annotations
 
-import json
 import signal
 import sys
 import threading
@@ -17,12 +16,17 @@ from typing import Any
 import click
 
 from batcher.cli.common import (
-    fail,
+    echo_json,
     handle_errors,
+    json_option,
     parse_mappings,
+    payout_options,
     provider_mode,
     provider_options,
+    report_dir_option,
     resolve_settings,
+    sheet_options,
+    state_dir_option,
 )
 from batcher.cli.render import render_summary
 from batcher.config import limits_from_config, load_file_config
@@ -30,6 +34,7 @@ from batcher.core.errors import ExitCode, UsageError
 from batcher.core.models import Balance
 from batcher.core.money import format_money
 from batcher.execute.runner import PlanSummary, RunOptions
+from batcher.services import BatchOptions, batch_status, run_batch
 
 
 class ConsoleListener:
@@ -151,9 +156,7 @@ def parse_max_total(values: tuple[str, ...]) -> dict[str, Decimal]:
 @click.argument("sheet", type=click.Path(path_type=Path))
 @click.option("--batch", default=None, help="Batch name (default: the sheet's file stem).")
 @provider_options
-@click.option("--sheet", "sheet_name", default=None, help="XLSX worksheet name (default: first).")
-@click.option("--map", "mapping", multiple=True, help="FIELD=HEADER column mapping override.")
-@click.option("--allow-duplicates", is_flag=True, help="Allow identical rows.")
+@sheet_options
 @click.option(
     "--chunk-size", type=click.IntRange(1, 10_000), default=None, help="Items per bulk order."
 )
@@ -166,15 +169,10 @@ def parse_max_total(values: tuple[str, ...]) -> dict[str, Decimal]:
     "--max-rate", type=click.FloatRange(min=0.01), default=None, help="Never exceed R requests/s."
 )
 @click.option("--max-total", multiple=True, help="CUR=AMOUNT spend guardrail (repeatable).")
-@click.option("--state-dir", type=click.Path(path_type=Path), envvar="BATCHER_STATE_DIR",
-              default=Path(".batcher"), show_default=True, help="Ledger folder.")  # fmt: skip
-@click.option("--report-dir", type=click.Path(path_type=Path), default=Path("reports"),
-              show_default=True, help="Report folder.")  # fmt: skip
+@state_dir_option
+@report_dir_option
 @click.option("--yes", "assume_yes", is_flag=True, help="Do not ask for confirmation.")
-@click.option("--payouts", is_flag=True, help="GIFQ payouts mode: recipients choose their card.")
-@click.option("--campaign", default=None, help="Payout campaign id (with --payouts).")
-@click.option("--expires-in-days", type=click.IntRange(1, 3650), default=None,
-              help="How long recipients have to choose (with --payouts).")  # fmt: skip
+@payout_options
 @handle_errors
 def run(
     sheet: Path,
@@ -198,8 +196,6 @@ def run(
     expires_in_days: int | None,
 ) -> None:
     """Order every valid row of SHEET exactly once; safe to rerun."""
-    from batcher.execute.run import BatchOptions, run_batch
-
     limits = limits_from_config(load_file_config()).max_total
     limits.update(parse_max_total(max_total))
     settings = resolve_settings(provider, base_url)
@@ -247,46 +243,29 @@ def _exit_meaning(code: ExitCode) -> str:
 
 @click.command()
 @click.argument("batch", required=False)
-@click.option("--state-dir", type=click.Path(path_type=Path), envvar="BATCHER_STATE_DIR",
-              default=Path(".batcher"), show_default=True)  # fmt: skip
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@state_dir_option
+@json_option
 @handle_errors
 def status(batch: str | None, state_dir: Path, as_json: bool) -> None:
     """Row counts by state and the last runs, read from the ledger (no network)."""
-    from batcher.ledger.store import Ledger
-
-    if not (state_dir / "ledger.sqlite").exists():
-        fail(f"no ledger in {state_dir}: nothing has run here yet", ExitCode.USAGE)
-    ledger = Ledger.open(state_dir)
-    try:
-        if batch is None:
-            batches = ledger.batches()
-            if as_json:
-                click.echo(json.dumps(batches, indent=2))
-                return
-            for listed in batches:
-                counts = ledger.count_by_state(listed["batch"])
-                states = ", ".join(f"{k} {v}" for k, v in counts.items() if v)
-                click.echo(f"{listed['batch']}  ({listed['provider']})  {states}")
-            return
-        info = ledger.batch_info(batch)
-        if info is None:
-            fail(f"no batch named {batch!r} in {state_dir}", ExitCode.USAGE)
-        counts = ledger.count_by_state(batch)
-        runs = ledger.runs(batch)
-        if as_json:
-            click.echo(json.dumps({"batch": info, "by_state": counts, "runs": runs}, indent=2))
-            return
-        click.echo(f"batch {batch} ({info['provider']}, account {info['account_id']})")
-        click.echo(f"source {info['source_path']} sha256 {info['source_sha256'][:12]}…")
-        for state, count in counts.items():
-            if count:
-                click.echo(f"  {state:<10} {count}")
-        click.echo("runs:")
-        for r in runs:
-            click.echo(
-                f"  {r['run_id']}  started {r['started_at']}  finished {r['finished_at'] or '-'}"
-                f"  exit {r['exit_code'] if r['exit_code'] is not None else '-'}"
-            )
-    finally:
-        ledger.close()
+    found = batch_status(state_dir, batch)
+    if as_json:
+        echo_json(found)
+        return
+    if batch is None:
+        for listed in found["batches"]:
+            states = ", ".join(f"{k} {v}" for k, v in listed["by_state"].items() if v)
+            click.echo(f"{listed['batch']}  ({listed['provider']})  {states}")
+        return
+    info = found["batch"]
+    click.echo(f"batch {batch} ({info['provider']}, account {info['account_id']})")
+    click.echo(f"source {info['source_path']} sha256 {info['source_sha256'][:12]}…")
+    for state, count in found["by_state"].items():
+        if count:
+            click.echo(f"  {state:<10} {count}")
+    click.echo("runs:")
+    for r in found["runs"]:
+        click.echo(
+            f"  {r['run_id']}  started {r['started_at']}  finished {r['finished_at'] or '-'}"
+            f"  exit {r['exit_code'] if r['exit_code'] is not None else '-'}"
+        )

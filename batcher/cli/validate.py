@@ -1,9 +1,9 @@
 """`batcher validate SHEET`: every check `batcher run` makes, without placing an order.
 
-Reads the sheet, fetches the catalog and balances once, runs
-`batcher.intake.validate.validate_rows` (the very function `run` uses), prints a short
-summary, and writes `REPORT_DIR/<sheet stem>/validation.csv` (every error) and,
-with --json, `validation.json` plus the same document on stdout.
+A thin shell over `batcher.services.validate_sheet`, which takes the very path
+`run` takes (`batcher.execute.check.check_sheet`). Prints a short summary and
+writes `REPORT_DIR/<sheet stem>/validation.csv` (every error) and, with --json,
+`validation.json` plus the same document on stdout.
 
 Exit codes: 0 every row valid and funded; 2 invalid rows, short funds, or an
 unreadable sheet; 4 the provider cannot be reached or refuses the key.
@@ -11,7 +11,6 @@ unreadable sheet; 4 the provider cannot be reached or refuses the key.
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,62 +18,36 @@ from pathlib import Path
 import click
 
 from batcher.cli.common import (
+    echo_json,
     handle_errors,
+    json_option,
     parse_mappings,
+    payout_options,
     provider_mode,
     provider_options,
+    report_dir_option,
     resolve_settings,
+    sheet_options,
 )
 from batcher.cli.render import render_summary
-from batcher.core.errors import ConfigError, ExitCode
-from batcher.execute.check import check_sheet
-from batcher.intake.validate import (
-    validation_document,
-)
-from batcher.providers import connect
-from batcher.reporting.outputs import write_validation_csv
+from batcher.core.errors import ExitCode
+from batcher.services import validate_sheet
 
 
 @click.command()
-@click.argument("sheet_path", metavar="SHEET", type=click.Path(path_type=Path))
+@click.argument("sheet", type=click.Path(path_type=Path))
 @provider_options
-@click.option(
-    "--sheet",
-    "worksheet",
-    default=None,
-    metavar="NAME",
-    help="Worksheet of an .xlsx file (default: the first visible one).",
-)
-@click.option(
-    "--map",
-    "mappings",
-    multiple=True,
-    metavar="FIELD=HEADER",
-    help="Read FIELD from the column HEADER, e.g. --map amount='Card value'. Repeatable.",
-)
-@click.option(
-    "--allow-duplicates",
-    is_flag=True,
-    help="Accept identical rows (same recipient, product, amount) as separate orders.",
-)
-@click.option(
-    "--report-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=Path("reports"),
-    show_default=True,
-    help="Where REPORT_DIR/<sheet name>/validation.csv is written.",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON on stdout.")
-@click.option("--payouts", is_flag=True, help="GIFQ payouts mode: rows need no product.")
-@click.option("--campaign", default=None, help="Payout campaign id (with --payouts).")
-@click.option("--expires-in-days", type=click.IntRange(1, 3650), default=None, hidden=True)
+@sheet_options
+@report_dir_option
+@json_option
+@payout_options
 @handle_errors
 def validate(
-    sheet_path: Path,
+    sheet: Path,
     provider: str,
     base_url: str | None,
-    worksheet: str | None,
-    mappings: Sequence[str],
+    sheet_name: str | None,
+    mapping: Sequence[str],
     allow_duplicates: bool,
     report_dir: Path,
     as_json: bool,
@@ -83,33 +56,18 @@ def validate(
     expires_in_days: int | None,
 ) -> None:
     """Check SHEET against the provider's catalog and wallets; order nothing."""
-    mapping = parse_mappings(mappings)
-    client = connect(
+    outcome = validate_sheet(
         resolve_settings(provider, base_url),
-        options=provider_mode(payouts, campaign, expires_in_days),
+        sheet,
+        sheet_name=sheet_name,
+        mapping=parse_mappings(mapping),
+        allow_duplicates=allow_duplicates,
+        provider_options=provider_mode(payouts, campaign, expires_in_days),
+        report_dir=report_dir,
+        write_json=as_json,
     )
-    try:
-        result = check_sheet(
-            client,
-            sheet_path,
-            sheet_name=worksheet,
-            mapping=mapping,
-            allow_duplicates=allow_duplicates,
-        ).result
-    finally:
-        client.close()
-    sheet = result.sheet
-
-    folder = report_dir / sheet.path.stem
-    document = json.dumps(validation_document(sheet, result), ensure_ascii=False, indent=2)
-    try:
-        csv_path = write_validation_csv(result, folder / "validation.csv")
-        if as_json:
-            (folder / "validation.json").write_text(document + "\n", encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot write the report in {folder} ({exc.strerror})",
-            hint="choose another folder with --report-dir",
-        ) from None
-    click.echo(document if as_json else render_summary(sheet, result, csv_path))
-    sys.exit(int(ExitCode.OK if result.ok else ExitCode.USAGE))
+    if as_json:
+        echo_json(outcome.document)
+    else:
+        click.echo(render_summary(outcome.result.sheet, outcome.result, outcome.csv_path))
+    sys.exit(int(ExitCode.OK if outcome.result.ok else ExitCode.USAGE))

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 import batcher.execute.check
 import batcher.execute.run
+import batcher.services
 from batcher.cli import cli
 from batcher.sandbox.server import running_sandbox
 from tests.e2e.runkit import ROOT, cli_env, sandbox_orders
@@ -53,9 +54,7 @@ def test_both_commands_call_check_sheet(tmp_path: Path, monkeypatch: pytest.Monk
 
     monkeypatch.setattr(batcher.execute.check, "check_sheet", spy)
     monkeypatch.setattr(batcher.execute.run, "check_sheet", spy)
-    import batcher.cli.validate as validate_cmd
-
-    monkeypatch.setattr(validate_cmd, "check_sheet", spy)
+    monkeypatch.setattr(batcher.services, "check_sheet", spy)
     with running_sandbox("ugiftme") as sandbox:
         env = {"UGIFTME_API_KEY": sandbox.api_key, "UGIFTME_BASE_URL": sandbox.base_url}
         runner = CliRunner()
