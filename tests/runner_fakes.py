@@ -19,6 +19,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Literal
 
+from batcher.core.fields import BASE_REQUIRED
 from batcher.core.models import AccountInfo, Balance, Product, WalletTransaction
 from batcher.execute.plan import RowFields, row_keys
 from batcher.ledger.store import SheetRow
@@ -102,14 +103,14 @@ class FakeProvider:
     wallets: dict[str, Decimal] = field(default_factory=dict)
     submit_faults: list[Fault | None] = field(default_factory=list)
     poll_faults: list[Fault | None] = field(default_factory=list)
-    #: what a definite rejection says; out_of_stock is retryable, others permanent
+    #: a definite rejection's code and text; the runner reads both to decide if it is retryable
     reject_code: str = "out_of_stock"
     reject_message: str = "out of stock"
     #: False: the provider cannot find a request by key (UGiftMe); the runner must resend
     lookup_finds: bool = True
     #: called with the key as each submission arrives (to spend fake time, or set a stop flag)
     on_submit: Callable[[str], None] | None = None
-    required_fields: frozenset[str] = frozenset({"recipient_email", "product_code", "amount"})
+    required_fields: frozenset[str] = BASE_REQUIRED
     validates_catalog: bool = False
     idempotency_carrier: Literal["header", "body"] = "header"
 

@@ -125,9 +125,11 @@ def test_the_fake_speaks_the_provider_protocol() -> None:
 @pytest.mark.parametrize("polls_to_complete", [0, 1, 3])
 def test_a_clean_run_orders_every_row_once(tmp_path: Path, polls_to_complete: int) -> None:
     w = world(
-        tmp_path, [*GBP4, ("EUR", "5")], wallets={"GBP": Decimal(100), "EUR": Decimal(100)},
+        tmp_path,
+        [*GBP4, ("EUR", "5")],
+        wallets={"GBP": Decimal(100), "EUR": Decimal(100)},
         polls_to_complete=polls_to_complete,
-    )  # fmt: skip
+    )
     stats = w.run()
     assert stats.stopped is None
     assert stats.submits == 3  # EUR x1, GBP 3+1
@@ -147,9 +149,12 @@ def test_a_crash_while_sending_is_resolved_with_the_same_key_and_bytes(
     tmp_path: Path, fault: Fault, lookup_finds: bool
 ) -> None:
     w = world(
-        tmp_path, GBP4, wallets={"GBP": Decimal(100)}, submit_faults=[None, fault],
+        tmp_path,
+        GBP4,
+        wallets={"GBP": Decimal(100)},
+        submit_faults=[None, fault],
         lookup_finds=lookup_finds,
-    )  # fmt: skip
+    )
     w.crash_run()
     dead_key, dead_payload = w.provider.sent[-1]
     (stuck,) = w.chunks("sending")
@@ -169,9 +174,11 @@ def test_a_crash_while_sending_is_resolved_with_the_same_key_and_bytes(
 
 def test_answers_lost_in_flight_are_retried_within_the_run(tmp_path: Path) -> None:
     w = world(
-        tmp_path, GBP4, wallets={"GBP": Decimal(100)},
+        tmp_path,
+        GBP4,
+        wallets={"GBP": Decimal(100)},
         submit_faults=[Fault.DROP_RESPONSE, Fault.DROP_REQUEST, Fault.DROP_RESPONSE],
-    )  # fmt: skip
+    )
     stats = w.run()
     assert stats.stopped is None and stats.unknown_outcomes == 3
     assert_exactly_once(w)
@@ -182,9 +189,11 @@ def test_a_provider_that_never_answers_stops_the_run_with_the_chunk_unknown(
     tmp_path: Path,
 ) -> None:
     w = world(
-        tmp_path, GBP4[:2], wallets={"GBP": Decimal(100)},
+        tmp_path,
+        GBP4[:2],
+        wallets={"GBP": Decimal(100)},
         submit_faults=[Fault.DROP_RESPONSE] * 3,
-    )  # fmt: skip
+    )
     stats = w.run(RunOptions(max_send_attempts=3))
     assert stats.stopped == "provider_unavailable"
     (chunk,) = w.chunks("unknown")
@@ -230,9 +239,13 @@ def test_polls_that_keep_failing_hand_the_chunk_back_and_a_later_run_settles_it(
 ) -> None:
     options = RunOptions(initial_poll_delay=1.0, max_poll_delay=8.0, max_poll_failures=4)
     w = world(
-        tmp_path, GBP4[:3], wallets={"GBP": Decimal(100)}, polls_to_complete=2,
-        poll_faults=[Fault.DROP_REQUEST] * 4, lookup_finds=lookup_finds,
-    )  # fmt: skip
+        tmp_path,
+        GBP4[:3],
+        wallets={"GBP": Decimal(100)},
+        polls_to_complete=2,
+        poll_faults=[Fault.DROP_REQUEST] * 4,
+        lookup_finds=lookup_finds,
+    )
     stats = w.run(options)
     assert stats.polls == 4 and stats.stopped is None
     (chunk,) = w.chunks("unknown")
@@ -268,9 +281,12 @@ def test_an_incomplete_answer_settles_only_the_certain_rows(
 ) -> None:
     faults = {"submit_faults" if polls_to_complete == 0 else "poll_faults": [Fault.INCOMPLETE]}
     w = world(
-        tmp_path, GBP4[:2], wallets={"GBP": Decimal(100)},
-        polls_to_complete=polls_to_complete, **faults,
-    )  # fmt: skip
+        tmp_path,
+        GBP4[:2],
+        wallets={"GBP": Decimal(100)},
+        polls_to_complete=polls_to_complete,
+        **faults,
+    )
     w.run()
     states = sorted(w.states().values())
     assert states == ["succeeded", "unknown"], "certain rows settle; the rest are never guessed"
@@ -290,9 +306,12 @@ def test_an_incomplete_answer_is_resolved_by_resending_the_same_key_and_bytes(
 ) -> None:
     faults = {"submit_faults" if polls_to_complete == 0 else "poll_faults": [Fault.INCOMPLETE]}
     w = world(
-        tmp_path, GBP4[:2], wallets={"GBP": Decimal(100)},
-        polls_to_complete=polls_to_complete, **faults,
-    )  # fmt: skip
+        tmp_path,
+        GBP4[:2],
+        wallets={"GBP": Decimal(100)},
+        polls_to_complete=polls_to_complete,
+        **faults,
+    )
     w.run()
     w.run()
     assert_exactly_once(w)
@@ -325,9 +344,13 @@ def test_a_retryable_rejection_is_retried_next_run_under_a_new_key(tmp_path: Pat
 
 def test_a_permanent_rejection_waits_for_retry_failed(tmp_path: Path) -> None:
     w = world(
-        tmp_path, GBP4[:2], wallets={"GBP": Decimal(100)}, submit_faults=[Fault.REJECT],
-        reject_code="invalid_product", reject_message="product is not orderable",
-    )  # fmt: skip
+        tmp_path,
+        GBP4[:2],
+        wallets={"GBP": Decimal(100)},
+        submit_faults=[Fault.REJECT],
+        reject_code="invalid_product",
+        reject_message="product is not orderable",
+    )
     w.run()
     w.run()
     assert set(w.states().values()) == {"failed"}
@@ -398,11 +421,14 @@ def test_whatever_the_faults_every_row_ends_with_exactly_one_order(
 ) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         w = world(
-            Path(tmp), [(c, "10") for c in currencies],
+            Path(tmp),
+            [(c, "10") for c in currencies],
             wallets={"EUR": Decimal(1000), "GBP": Decimal(1000)},
-            submit_faults=list(submit_faults), poll_faults=list(poll_faults),
-            polls_to_complete=polls_to_complete, lookup_finds=lookup_finds,
-        )  # fmt: skip
+            submit_faults=list(submit_faults),
+            poll_faults=list(poll_faults),
+            polls_to_complete=polls_to_complete,
+            lookup_finds=lookup_finds,
+        )
         options = RunOptions(max_send_attempts=3, max_poll_failures=2)
         # Every fault is consumed by a call, and every run makes at least one call
         # until the batch is done, so this many runs always suffice.
