@@ -160,6 +160,7 @@ class Runner:
         listener: RunListener | None = None,
         stop: threading.Event | None = None,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], object] | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.provider = provider
@@ -170,6 +171,8 @@ class Runner:
         self.listener = listener or SilentListener()
         self.stop = stop or threading.Event()
         self.clock = clock
+        # Tests pass a fake clock's sleep; by default a stop request cuts the wait short.
+        self._wait = sleep or self.stop.wait
         self.rng = rng or random.Random()
         self.stats = RunStats()
         self._deadline: float | None = None
@@ -268,7 +271,7 @@ class Runner:
         if self._deadline is not None:
             seconds = min(seconds, max(0.0, self._deadline - self.clock()))
         if seconds > 0:
-            self.stop.wait(seconds)
+            self._wait(seconds)
         self._check_stop()
 
     def _paying_currency(self, chunk: ChunkRecord) -> str:
