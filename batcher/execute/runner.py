@@ -506,7 +506,7 @@ class Runner:
             result: PollResult = self.provider.poll(chunk.request_id, self._items(chunk))
         except IncompleteResult as exc:
             # The provider answered but did not account for every row: record what is
-            # certain; the rest stays unknown for a person to look at. Never guess.
+            # certain; the chunk stays unknown and is resent with the same key next run.
             self._settle_items(chunk, exc.items, "succeeded")
             return
         except OutcomeUnknown as exc:
@@ -585,8 +585,13 @@ class Runner:
                         provider_status=item.provider_status,
                     )
                 )
+        if any(out.state == "unknown" for out in outcomes):
+            # An answer that does not account for every row leaves the chunk unknown:
+            # the next run resends the same key and bytes, which the provider
+            # deduplicates, and settles the rest from that full answer.
+            state = "unknown"
         self.ledger.settle_chunk(self.batch, chunk.chunk_key, state, outcomes)
-        self.listener.advance(len(outcomes))
+        self.listener.advance(sum(1 for out in outcomes if out.state != "unknown"))
 
 
 def balances_by_currency(balances: Sequence[Balance]) -> dict[str, Balance]:
