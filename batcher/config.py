@@ -34,24 +34,16 @@ class ProviderProfile:
     default_rate_per_second: float
 
 
-PROFILES: dict[str, ProviderProfile] = {
-    "ugiftme": ProviderProfile(
-        name="ugiftme",
-        api_key_env="UGIFTME_API_KEY",
-        base_url_env="UGIFTME_BASE_URL",
-        default_base_url="https://api-stage.ugift.me/api/v1/business",
-        api_root="/api/v1/business",
-        default_rate_per_second=2.0,  # 120 per 60 s until the headers say otherwise
-    ),
-    "gifq": ProviderProfile(
-        name="gifq",
-        api_key_env="GIFQ_API_TOKEN",
-        base_url_env="GIFQ_BASE_URL",
-        default_base_url="https://api-sandbox.gifq.com/api",
-        api_root="/api",
-        default_rate_per_second=10.0,
-    ),
-}
+#: name, key variable, URL variable, default URL (always the sandbox host), API root, rate/s
+_PROFILE_TABLE = (
+    ("ugiftme", "UGIFTME_API_KEY", "UGIFTME_BASE_URL",
+     "https://api-stage.ugift.me/api/v1/business", "/api/v1/business",
+     2.0),  # 120 per 60 s until the headers say otherwise
+    ("gifq", "GIFQ_API_TOKEN", "GIFQ_BASE_URL",
+     "https://api-sandbox.gifq.com/api", "/api",
+     10.0),
+)  # fmt: skip
+PROFILES: dict[str, ProviderProfile] = {row[0]: ProviderProfile(*row) for row in _PROFILE_TABLE}
 
 
 def profile_for(provider: str) -> ProviderProfile:
