@@ -8,7 +8,8 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
-from batcher.providers.gifq.parse import FINAL_ORDER_STATUSES, PAGE_LIMIT, Record, as_text, text_of
+from batcher.providers.gifq.parse import FINAL_ORDER_STATUSES, PAGE_LIMIT, text_of
+from batcher.providers.wire import Record, as_text
 
 _MAX_BOARD_ENTRIES = 20_000
 #: Older orders a refresh's first page still shows, for those pending at the last one.

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from typing import TypeVar
+from urllib.parse import quote
 
 import httpx
 
@@ -15,25 +16,22 @@ from batcher.core.errors import ProviderUnavailable
 from batcher.core.models import AccountInfo, Balance, WalletTransaction
 from batcher.providers.base import (
     ApiBackedProvider,
+    OutcomeUnknown,
     ProviderOptions,
     SubmitResult,
 )
 from batcher.providers.gifq.board import Clock, ListOrder
 from batcher.providers.gifq.parse import (
     PAGE_LIMIT,
-    Record,
-    as_text,
-    aware,
     is_last_page,
     is_pagination_error,
     page_params,
     parse_balance,
     parse_transaction,
-    read_record,
-    records_in,
     rejection_code,
     shortfall,
 )
+from batcher.providers.wire import Record, as_text, aware, read_record, records_in
 from batcher.transport.http import (
     ApiClient,
     ApiResponse,
@@ -118,7 +116,9 @@ class GifqBase(ApiBackedProvider):
         data = self._get("/balances").data
         if not isinstance(data, list):
             raise self._bad_shape("/balances")
-        return [read_record("/balances", parse_balance, record) for record in records_in(data)]
+        return [
+            read_record("GIFQ", "/balances", parse_balance, record) for record in records_in(data)
+        ]
 
     def transactions(self, since: datetime | None = None) -> list[WalletTransaction]:
         """Every wallet movement since `since` (all of them without it)."""
@@ -146,7 +146,7 @@ class GifqBase(ApiBackedProvider):
         order = ListOrder()
         found: list[T] = []
         for records, _last in self._page_lists(path, None, _MAX_PAGES):
-            page = [read_record(path, parse, record) for record in records]
+            page = [read_record("GIFQ", path, parse, record) for record in records]
             times = [time_of(record) for record in page]
             order.see(times)
             found += [
@@ -212,6 +212,15 @@ class GifqBase(ApiBackedProvider):
         detail = self._api.scrub(provider_error_text(response.data))
         message = f"{self._api.host}: {method} {path} answered HTTP {response.status_code}"
         return f"{message}: {detail}" if detail else message
+
+    def _get_by_id(self, collection: str, record_id: str, what: str) -> Record:
+        """`GET /<collection>/:id`; anything but the record leaves the outcome unknown."""
+        response = self._api.get(f"/{collection}/{quote(record_id, safe='')}")
+        if response.status_code == 404:
+            raise OutcomeUnknown(f"{what} {record_id} is unknown to GIFQ (HTTP 404)")
+        if not response.is_success or not isinstance(response.data, Mapping):
+            raise OutcomeUnknown(self._status_text("GET", f"/{collection}/:id", response))
+        return response.data
 
     def _bad_shape(self, path: str) -> ProviderUnavailable:
         return ProviderUnavailable(f"{self._api.host}: GET {path} answered in an unexpected shape")

@@ -28,17 +28,14 @@ from batcher.providers.gifq.board import Clock, OrderBoard
 from batcher.providers.gifq.common import LOOKUP_PAGES, GifqBase
 from batcher.providers.gifq.parse import (
     FINAL_ORDER_STATUSES,
-    Record,
-    as_text,
-    aware,
     order_body,
     order_result,
     parse_brand,
     parse_provider_order,
     parse_redemption,
-    read_record,
     text_of,
 )
+from batcher.providers.wire import Record, as_text, aware, read_record
 from batcher.transport.http import (
     canonical_json,
 )
@@ -82,7 +79,7 @@ class GifqOrders(GifqBase):
     def catalog(self) -> list[Product]:
         products: list[Product] = []
         for brand in self._pages("/products"):
-            products.extend(read_record("/products", parse_brand, brand))
+            products.extend(read_record("GIFQ", "/products", parse_brand, brand))
         return products
 
     def orders(self, since: datetime, until: datetime | None = None) -> list[ProviderOrder]:
@@ -91,7 +88,7 @@ class GifqOrders(GifqBase):
         end = aware(until) if until else None
         found: list[ProviderOrder] = []
         for record in self._pages("/orders"):
-            order = read_record("/orders", parse_provider_order, record)
+            order = read_record("GIFQ", "/orders", parse_provider_order, record)
             if order.created_at and order.created_at < start:
                 break  # newest first (doc): everything after this is older still
             if end and order.created_at and order.created_at > end:
@@ -106,7 +103,7 @@ class GifqOrders(GifqBase):
             return None
         if not response.is_success or not isinstance(response.data, Mapping):
             raise ProviderUnavailable(self._status_text("GET", "/orders/:id", response))
-        return read_record("/orders/:id", parse_redemption, response.data)
+        return read_record("GIFQ", "/orders/:id", parse_redemption, response.data)
 
     # ---------------------------------------------------------------- writes
 
@@ -215,11 +212,6 @@ class GifqOrders(GifqBase):
         self._off_list.update(waiting)  # older than the pages scanned: GET by id from now on
 
     def _fetch_order(self, order_id: str) -> Record:
-        path = f"/orders/{quote(order_id, safe='')}"
-        response = self._api.get(path)
-        if response.status_code == 404:
-            raise OutcomeUnknown(f"order {order_id} is unknown to GIFQ (HTTP 404)")
-        if not response.is_success or not isinstance(response.data, Mapping):
-            raise OutcomeUnknown(self._status_text("GET", "/orders/:id", response))
-        self.board.remember(response.data)
-        return response.data
+        order = self._get_by_id("orders", order_id, "order")
+        self.board.remember(order)
+        return order

@@ -5,12 +5,11 @@ from __future__ import annotations
 import logging
 import re
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from datetime import UTC, datetime
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any
 
-from batcher.core.errors import ProviderUnavailable
 from batcher.core.models import Balance, Product, WalletTransaction
 from batcher.core.money import fits_currency, quantum, round_money, to_decimal
 from batcher.providers.base import (
@@ -20,6 +19,7 @@ from batcher.providers.base import (
     ProviderOrder,
     Redemption,
 )
+from batcher.providers.wire import Record, as_text, parse_time, records_in
 from batcher.transport.http import (
     Params,
     provider_error_text,
@@ -34,9 +34,6 @@ _MAX_REFERENCE = 255
 FINAL_ORDER_STATUSES = {"completed", "failed"}
 _DELIVERED_PAYOUT_STATUSES = {"sent", "redeemed", "expired"}
 _REDEMPTION_FIELDS = ("code", "pin", "link", "link_challenge_code", "serial", "security_code")
-
-T = TypeVar("T")
-Record = Mapping[str, Any]
 
 
 def order_body(key: str, item: OrderItem) -> dict[str, Any]:
@@ -397,7 +394,7 @@ def parse_transaction(record: Record) -> WalletTransaction:
         order_id=order_id or None,
         transaction_id=text_of(record.get("id")) or None,
         reference=as_text(record.get("reference")) or None,
-        timestamp=_parse_time(record.get("created_at")),
+        timestamp=parse_time(record.get("created_at")),
         description=kind.replace("_", " "),
     )
 
@@ -410,7 +407,7 @@ def parse_provider_order(record: Record) -> ProviderOrder:
         currency=as_text(record.get("currency")).upper(),
         face_value=to_decimal(record.get("face_value")),
         status=as_text(record.get("status")),
-        created_at=_parse_time(record.get("created_at")),
+        created_at=parse_time(record.get("created_at")),
         reference=as_text(record.get("reference")) or None,
         cost=cost if as_text(record.get("status")) == "completed" else None,
     )
@@ -424,7 +421,7 @@ def parse_payout_order_line(record: Record) -> ProviderOrder:
         currency=as_text(record.get("currency")).upper(),
         face_value=to_decimal(record.get("amount")),
         status=as_text(record.get("status")),
-        created_at=_parse_time(record.get("created_at")),
+        created_at=parse_time(record.get("created_at")),
         recipient_email=as_text(record.get("email")),
         reference=text_of(record.get("payout_order_id")) or None,
         cost=to_decimal(record.get("amount")),
@@ -451,22 +448,6 @@ def parse_redemption(order: Record) -> Redemption:
         voucher_code=" / ".join(part for part in parts if part) or None,
         redemption_url=values["link"] or None,
     )
-
-
-def read_record(path: str, parse: Callable[[Record], T], record: Record) -> T:
-    """Parse one record; malformed provider data becomes a one-line operator error."""
-    try:
-        return parse(record)
-    except (ValueError, TypeError, ArithmeticError):
-        raise ProviderUnavailable(f"GIFQ sent data batcher cannot read from {path}") from None
-
-
-def records_in(values: Iterable[Any]) -> Iterator[Record]:
-    return (value for value in values if isinstance(value, Mapping))
-
-
-def as_text(value: Any) -> str:
-    return value.strip() if isinstance(value, str) else ""
 
 
 def text_of(value: Any) -> str:
@@ -501,20 +482,6 @@ def _header_int(headers: Mapping[str, str], name: str) -> int | None:
         return None
 
 
-def _parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value.strip():
-        return None
-    try:
-        return aware(datetime.fromisoformat(value.strip()))
-    except ValueError:
-        return None
-
-
 def created_before(record: Record, moment: datetime | None) -> bool:
-    created = _parse_time(record.get("created_at"))
+    created = parse_time(record.get("created_at"))
     return moment is not None and created is not None and created < moment
-
-
-def aware(moment: datetime) -> datetime:
-    """Naive datetimes are taken as UTC, so comparisons never mix the two."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -9,7 +9,6 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Literal
-from urllib.parse import quote
 
 import httpx
 
@@ -29,9 +28,6 @@ from batcher.providers.base import (
 from batcher.providers.gifq.board import Clock
 from batcher.providers.gifq.common import GifqBase
 from batcher.providers.gifq.parse import (
-    Record,
-    as_text,
-    aware,
     check_reference,
     created_before,
     map_payouts,
@@ -41,6 +37,7 @@ from batcher.providers.gifq.parse import (
     payout_order_body,
     text_of,
 )
+from batcher.providers.wire import Record, as_text, aware
 from batcher.transport.http import (
     canonical_json,
 )
@@ -227,13 +224,7 @@ class GifqPayouts(GifqBase):
         return None
 
     def _poll(self, request_id: str, items: Sequence[OrderItem]) -> PollResult:
-        path = f"/payout-orders/{quote(request_id, safe='')}"
-        response = self._api.get(path)
-        if response.status_code == 404:
-            raise OutcomeUnknown(f"payout order {request_id} is unknown to GIFQ (HTTP 404)")
-        if not response.is_success or not isinstance(response.data, Mapping):
-            raise OutcomeUnknown(self._status_text("GET", "/payout-orders/:id", response))
-        order = response.data
+        order = self._get_by_id("payout-orders", request_id, "payout order")
         status = as_text(order.get("status"))
         if status == "failed":
             reason = self._api.scrub(as_text(order.get("failure_reason"))) or "payout order failed"
