@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal, TypeVar
 from urllib.parse import quote
@@ -43,6 +43,7 @@ from urllib.parse import quote
 import httpx
 
 from batcher.config import ProviderSettings
+from batcher.core.clock import utc_text
 from batcher.core.errors import AuthError, ProviderUnavailable
 from batcher.core.fields import BASE_REQUIRED
 from batcher.core.keys import MatchKey, match_key
@@ -152,12 +153,12 @@ class UGiftMeProvider(ApiBackedProvider):
 
     def orders(self, since: datetime, until: datetime | None = None) -> list[ProviderOrder]:
         params: dict[str, str | int] = {
-            "startDate": _iso(since),
+            "startDate": utc_text(aware(since)),
             "sortBy": "createdAt",
             "order": "desc",
         }
         if until is not None:
-            params["endDate"] = _iso(until)
+            params["endDate"] = utc_text(aware(until))
         records = self._pages("/orders/search", params, "orders")
         return [
             read_record("UGiftMe", "/orders/search", parse_provider_order, record)
@@ -656,10 +657,6 @@ def _required_text(record: Mapping[str, Any], field: str) -> str:
 
 def _optional_money(value: Any) -> Decimal | None:
     return None if value is None else to_decimal(value)
-
-
-def _iso(moment: datetime) -> str:
-    return aware(moment).astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _total_pages(data: Mapping[str, Any]) -> int | None:
