@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from batcher.core.states import ROW_STATES
 
@@ -24,6 +25,27 @@ def count_states(rows: Iterable[RowRecord]) -> dict[str, int]:
     for row in rows:
         counts[row.state] = counts.get(row.state, 0) + 1
     return counts
+
+
+def passthrough_headers(
+    rows: Sequence[RowRecord], info: Mapping[str, Any] | None = None
+) -> list[str]:
+    """The sheet's other (pass-through) columns, in file order, then any only the rows know of.
+
+    `info` is the batch's info (`sheet_headers`, `sheet_columns`); without it the
+    order is that in which the rows first name each column.
+    """
+    info = info or {}
+    mapped = set((info.get("sheet_columns") or {}).values())
+    seen: dict[str, None] = {}
+    present = {h for r in rows for h in r.passthrough}
+    for header in info.get("sheet_headers") or []:
+        if header not in mapped and header in present:
+            seen[header] = None
+    for row in rows:
+        for header in row.passthrough:
+            seen.setdefault(header, None)
+    return list(seen)
 
 
 @dataclass(frozen=True)
