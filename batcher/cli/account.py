@@ -15,7 +15,6 @@ from typing import Any
 import click
 
 from batcher.cli.common import handle_errors, provider_options, resolve_settings
-from batcher.core.errors import ConfigError
 from batcher.core.models import Balance, Product, WalletTransaction
 from batcher.core.money import money_str
 from batcher.providers import connect
@@ -24,11 +23,7 @@ from batcher.providers.base import Provider
 
 @contextmanager
 def _open_provider(provider: str, base_url: str | None) -> Iterator[Provider]:
-    settings = resolve_settings(provider, base_url)
-    try:
-        client = connect(settings)
-    except NotImplementedError as exc:  # a provider whose client is not built yet
-        raise ConfigError(str(exc)) from None
+    client = connect(resolve_settings(provider, base_url))
     try:
         yield client
     finally:
