@@ -1,4 +1,4 @@
-"""UGiftMe Business API client (contract: docs/providers/ugiftme.md).
+"""UGiftMe Business API client.
 
 Orders go in bulk (`POST /orders/bulk`, up to 100 items) under an
 `Idempotency-Key` header. A bulk answer carries no item indexes, so created

@@ -1,4 +1,4 @@
-"""GIFQ API client (contract: docs/providers/gifq.md), in two modes.
+"""GIFQ API client, in two modes.
 
 **Orders mode** (`GifqOrders`): one gift card per `POST /api/orders`, so the
 submit unit is a single item and the idempotency key travels in the body as the
