@@ -12,12 +12,12 @@ import shutil
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
 
 from batcher.config import ProviderSettings
+from batcher.core.clock import utc_now
 from batcher.core.errors import BatcherError, ConfigError, ExitCode
 from batcher.core.models import Balance
 from batcher.core.money import format_money, money_str
@@ -27,7 +27,7 @@ from batcher.execute.check import check_sheet
 from batcher.execute.rows import sheet_rows_from_validation
 from batcher.execute.runner import PlanSummary, RunListener, Runner, RunOptions, RunStats
 from batcher.intake.validate import ValidationResult
-from batcher.ledger.store import BatchLock, Ledger, RowRecord, SheetRow, count_states, utc_now
+from batcher.ledger.store import BatchLock, Ledger, RowRecord, SheetRow, count_states
 from batcher.providers import connect
 from batcher.providers.base import Provider, ProviderOptions
 from batcher.reporting.outputs import (
@@ -393,7 +393,7 @@ def _summary_without_run(
         "message": "validation failed; nothing was sent (fix the sheet or use --skip-invalid)",
         "exit_code": int(code),
         "started_at": started_at,
-        "finished_at": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "finished_at": utc_now(),
     }
 
 

@@ -24,7 +24,6 @@ from typing import Protocol
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 
 from batcher.core.keys import match_key
-from batcher.core.models import Balance
 from batcher.execute.plan import PlanRow, plan_chunks
 from batcher.ledger.store import ChunkRecord, Ledger, RowOutcome, RowRecord, SheetRow, parse_ts
 from batcher.providers.base import (
@@ -592,7 +591,3 @@ class Runner:
             state = "unknown"
         self.ledger.settle_chunk(self.batch, chunk.chunk_key, state, outcomes)
         self.listener.advance(sum(1 for out in outcomes if out.state != "unknown"))
-
-
-def balances_by_currency(balances: Sequence[Balance]) -> dict[str, Balance]:
-    return {b.currency: b for b in balances}

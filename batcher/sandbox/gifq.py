@@ -186,7 +186,6 @@ log = logging.getLogger(__name__)
 
 API_ROOT = "/api"
 CONTROL_ROOT = "/api/__sandbox"
-TOKEN_HEADER = "X-Api-Token"
 REQUEST_ID_HEADER = "X-Request-Id"
 GIFQ_FAULT_KINDS = (*FAULT_KINDS, "payout_fail")
 DEFAULT_FUNDING: Mapping[str, Decimal] = {
