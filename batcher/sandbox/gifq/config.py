@@ -40,7 +40,6 @@ DEFAULT_FX_RATES: Mapping[str, Decimal] = {
 INVERSE_RATE_QUANTUM = Decimal("0.000001")
 DEFAULT_PAGE_LIMIT = 10
 MAX_REFERENCE = 255
-MAX_IDEMPOTENCY_KEY = 255
 MAX_KEPT_CALLBACKS = 10_000
 UNAUTHORIZED = {"message": "Unauthorized", "status": "error"}
 TOO_MANY = {"message": "Too many requests. Try again later.", "status": "error"}

@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import Callable
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from batcher.core.money import cost_after_discount, round_money
+from batcher.sandbox.base import SandboxCore
 from batcher.sandbox.common import (
-    DelayedTaskScheduler,
-    FaultInjector,
-    FixedWindowRateLimiter,
-    IdempotencyStore,
-    RequestLog,
     iso_now,
     iso_timestamp,
     money_input,
@@ -43,20 +38,15 @@ from batcher.sandbox.gifq.state import (
 )
 
 
-class GifqSandbox:
+class GifqSandbox(SandboxCore):
     """All state of one sandbox server: accounts, catalog, limiter, faults, log."""
 
     def __init__(self, config: GifqSandboxConfig) -> None:
+        super().__init__(config)
         self.config = config
-        self.scheduler = DelayedTaskScheduler()
-        self.limiter = FixedWindowRateLimiter(config.rate_limit, config.rate_window_seconds)
-        self.faults = FaultInjector(config.fault_settings())
-        self.idempotency = IdempotencyStore(config.idempotency_ttl_seconds)
-        self.request_log = RequestLog()
         self.callbacks = CallbackSender(config.callback_timeout_seconds)
         self.catalog: dict[str, Brand] = {}
         self.accounts: dict[str, Account] = {}
-        self.async_delay_seconds = config.async_delay_seconds
         self.fx_rates: dict[str, Decimal] = {}
         self.fx_fee_percent = Decimal(0)
         self.max_recipients = config.max_recipients
@@ -65,21 +55,13 @@ class GifqSandbox:
         self.day_seconds = config.day_seconds
         self._payout_rng = random.Random(config.seed)
         self._seq = 0
-        self._generation = 0  # bumped by reset, so stale scheduled work does nothing
         self.reset()
 
     def reset(self) -> None:
         config = self.config
-        self._generation += 1
-        self.scheduler.clear()
+        self.reset_core(config)
         self.callbacks.clear()
-        self.limiter.configure(config.rate_limit, config.rate_window_seconds)
-        self.faults.reset(config.fault_settings())
-        self.idempotency.clear()
-        self.idempotency.ttl_seconds = config.idempotency_ttl_seconds
-        self.request_log.clear()
         self.catalog = load_catalog()
-        self.async_delay_seconds = config.async_delay_seconds
         self.fx_rates = {pair: money_input(rate) for pair, rate in config.fx_rates.items()}
         self.fx_fee_percent = money_input(config.fx_fee_percent)
         self.max_recipients = config.max_recipients
@@ -200,7 +182,7 @@ class GifqSandbox:
         charged = fx.total_charged if fx else price
         self._ensure_funds(account, params.payment_currency, charged)
         order = self._create_order(account, reference, params, option, price, fx, request_id)
-        self._schedule(lambda: self._finish_order(account, order))
+        self.schedule(lambda: self._finish_order(account, order))
         return 201, order
 
     def _fx_charge(self, price: Decimal, currency: str, paying: str) -> FxCharge | None:
@@ -278,15 +260,6 @@ class GifqSandbox:
             None,
         )
 
-    def _schedule(self, step: Callable[[], None], delay: float | None = None) -> None:
-        generation = self._generation
-
-        def run() -> None:
-            if generation == self._generation:
-                step()
-
-        self.scheduler.call_later(self.async_delay_seconds if delay is None else delay, run)
-
     # -- payouts -----------------------------------------------------------------
 
     def place_payout_order(
@@ -330,7 +303,7 @@ class GifqSandbox:
         self._post(account, "payout", -total, wallet, payout_order_id=order.id)
         if fee:
             self._post(account, "fx_fee", -fee, wallet, payout_order_id=order.id)
-        self._schedule(lambda: self._start_payout_order(account, order))
+        self.schedule(lambda: self._start_payout_order(account, order))
         return order
 
     def _convert_recipients(
@@ -350,7 +323,7 @@ class GifqSandbox:
     def _start_payout_order(self, account: Account, order: PayoutOrder) -> None:
         order.status = "processing"
         order.updated_at = iso_now()
-        self._schedule(lambda: self._finish_payout_order(account, order))
+        self.schedule(lambda: self._finish_payout_order(account, order))
 
     def _finish_payout_order(self, account: Account, order: PayoutOrder) -> None:
         failed = self.faults.roll("payout_fail")
@@ -381,8 +354,8 @@ class GifqSandbox:
         if failed:
             return
         if self.payout_redeem_rate > 0:
-            self._schedule(lambda: self._redeem_some(account, order))
-        self._schedule(
+            self.schedule(lambda: self._redeem_some(account, order))
+        self.schedule(
             lambda: self._expire(account, order), order.expires_in_days * self.day_seconds
         )
 

@@ -14,8 +14,6 @@ from batcher.sandbox.asgi import (
     sleep_deferred_latency,
 )
 from batcher.sandbox.common import (
-    JsonDecodeError,
-    decode_json,
     json_response,
 )
 from batcher.sandbox.gifq.config import DEFAULT_PAGE_LIMIT
@@ -32,19 +30,6 @@ def sandbox_of(request: Request) -> GifqSandbox:
 def account_of(request: Request) -> Account:
     account: Account = request.scope["gifq.account"]
     return account
-
-
-def request_id_of(request: Request) -> str | None:
-    request_id: str | None = request.scope.get("gifq.request_id")
-    return request_id
-
-
-async def json_body(request: Request) -> Any:
-    raw = await request.body()
-    try:
-        return decode_json(raw)
-    except JsonDecodeError as exc:
-        raise ApiError(400, f"Invalid JSON: {exc}") from None
 
 
 async def deferred_latency(request: Request) -> None:

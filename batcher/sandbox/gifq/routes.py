@@ -14,25 +14,21 @@ from batcher.sandbox.common import (
     ReversedView,
     StoredResponse,
     encode_json,
-    fingerprint,
     json_response,
-    run_idempotently,
-    stored_as_response,
 )
 from batcher.sandbox.gifq.catalog import Brand
-from batcher.sandbox.gifq.config import MAX_IDEMPOTENCY_KEY, money_out
+from batcher.sandbox.gifq.config import money_out
 from batcher.sandbox.gifq.engine import GifqSandbox
-from batcher.sandbox.gifq.errors import ApiError
+from batcher.sandbox.gifq.errors import ApiError, request_id_of
 from batcher.sandbox.gifq.params import (
     account_of,
     deferred_latency,
-    json_body,
     paginated,
-    request_id_of,
     sandbox_of,
 )
 from batcher.sandbox.gifq.parsing import parse_order, parse_payout_order
 from batcher.sandbox.gifq.state import Account, Campaign, Payout, PayoutOrder
+from batcher.sandbox.handlers import create_idempotently, idempotency_key, read_json
 
 
 async def list_products(request: Request) -> Response:
@@ -43,7 +39,7 @@ async def list_products(request: Request) -> Response:
 async def create_order(request: Request) -> Response:
     """201 new, 200 known reference, 422 refused; the drop fault hits fresh commits only."""
     sandbox, account = sandbox_of(request), account_of(request)
-    payload = await json_body(request)
+    payload = await read_json(request)
     await deferred_latency(request)
     # From here to the answer nothing awaits, so checking and creating is atomic.
     reference, params = parse_order(payload)
@@ -109,27 +105,26 @@ async def campaign_catalog(request: Request) -> Response:
 async def create_payout_order(request: Request) -> Response:
     """202 queued; Idempotency-Key replays, 422 on a different payload, 409 in flight."""
     sandbox, account = sandbox_of(request), account_of(request)
-    payload = await json_body(request)
-    key = _idempotency_key(request)
+    payload = await read_json(request)
+    key = idempotency_key(request, lambda message: ApiError(422, message))
 
     async def handle() -> StoredResponse:
         await deferred_latency(request)  # held inside the idempotency window on purpose
         return _payout_answer(request, sandbox, account, payload, key)
 
-    stored, replayed = await run_idempotently(
-        sandbox.idempotency,
+    return await create_idempotently(
+        request,
+        sandbox,
         account.api_key,
         key,
-        lambda: fingerprint("POST", request.url.path, payload),
+        payload,
         handle,
         keep=lambda status: status < 300 or status == 422,
         mismatch=ApiError(422, "Idempotency-Key already used with a different payload"),
         in_flight=ApiError(409, "A request with this Idempotency-Key is in progress"),
+        droppable=lambda status: status == 202,
+        fault_scope_key="gifq.fault",
     )
-    if not replayed and stored.status_code == 202 and sandbox.faults.roll("drop"):
-        request.scope["gifq.fault"] = "drop"
-        return DroppedResponse(stored.body, stored.status_code, stored.headers)
-    return stored_as_response(stored, replayed=replayed)
 
 
 def _payout_answer(
@@ -145,15 +140,6 @@ def _payout_answer(
             exc.status_code, encode_json(exc.body(request_id_of(request))), headers
         )
     return StoredResponse(202, encode_json({"id": order.id, "status": order.status}), headers)
-
-
-def _idempotency_key(request: Request) -> str | None:
-    key = request.headers.get("idempotency-key")
-    if key is None:
-        return None
-    if not key or len(key) > MAX_IDEMPOTENCY_KEY:
-        raise ApiError(422, f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
-    return key
 
 
 async def list_payout_orders(request: Request) -> Response:

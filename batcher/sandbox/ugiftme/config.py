@@ -33,7 +33,6 @@ VALID_EVENTS = (
     "wallet.updated",
 )
 WEBHOOK_RETRY_DELAYS = (60.0, 300.0, 900.0, 3600.0, 14400.0)  # seconds, before scaling
-MAX_IDEMPOTENCY_KEY = 255
 MAX_KEPT_DELIVERIES = 10_000  # the control listing keeps the most recent ones
 MAX_PAGE_LIMIT = 100
 DEFAULT_PAGE_LIMIT = 50

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from batcher.core.money import round_money
+from batcher.sandbox.base import SandboxCore
 from batcher.sandbox.common import (
-    DelayedTaskScheduler,
-    FaultInjector,
-    FixedWindowRateLimiter,
-    IdempotencyStore,
-    RequestLog,
     iso_now,
     iso_timestamp,
     object_id,
@@ -41,46 +37,33 @@ from batcher.sandbox.ugiftme.state import (
 from batcher.sandbox.ugiftme.webhooks import WebhookDispatcher
 
 
-class UGiftMeSandbox:
+class UGiftMeSandbox(SandboxCore):
     """All state of one sandbox server: accounts, catalog, limiter, faults, log."""
 
     def __init__(self, config: UGiftMeSandboxConfig) -> None:
+        super().__init__(config)
         self.config = config
-        self.scheduler = DelayedTaskScheduler()
-        self.limiter = FixedWindowRateLimiter(config.rate_limit, config.rate_window_seconds)
-        self.faults = FaultInjector(config.fault_settings())
-        self.idempotency = IdempotencyStore(config.idempotency_ttl_seconds)
-        self.request_log = RequestLog()
         self.webhooks = WebhookDispatcher(
             self.scheduler, config.webhook_time_scale, config.webhook_timeout_seconds
         )
         self.catalog: dict[str, CatalogProduct] = {}
         self.accounts: dict[str, Account] = {}
         self.async_mode = config.async_mode
-        self.async_delay_seconds = config.async_delay_seconds
         self.bulk_limit = config.bulk_limit
         self.replay_errors = config.idempotency_replay_errors
         self._order_seq = 0
-        self._generation = 0  # bumped by reset, so stale scheduled work does nothing
         self.reset()
 
     def reset(self) -> None:
         config = self.config
-        self._generation += 1
-        self.scheduler.clear()
+        self.reset_core(config)
         self.webhooks.clear()
         self.webhooks.time_scale = config.webhook_time_scale
-        self.limiter.configure(config.rate_limit, config.rate_window_seconds)
-        self.faults.reset(config.fault_settings())
-        self.idempotency.clear()
-        self.idempotency.ttl_seconds = config.idempotency_ttl_seconds
-        self.request_log.clear()
         self.catalog = load_catalog()
         self.accounts = {
             key: new_account(key, index, config) for index, key in enumerate(config.api_keys)
         }
         self.async_mode = config.async_mode
-        self.async_delay_seconds = config.async_delay_seconds
         self.bulk_limit = config.bulk_limit
         self.replay_errors = config.idempotency_replay_errors
 
@@ -300,26 +283,15 @@ class UGiftMeSandbox:
         self._emit_request(account, request, "order.queued")
         if wallet is not None:
             self._emit_wallet(account, wallet, "hold", None)
-        self._schedule(account, request.id, self._start_processing)
+        self.schedule(lambda: self._start_processing(account, request.id))
         return 202, {"orderRequestId": request.id, "status": "queued"}
-
-    def _schedule(
-        self, account: Account, request_id: str, step: Callable[[Account, str], None]
-    ) -> None:
-        generation = self._generation
-
-        def run() -> None:
-            if generation == self._generation:
-                step(account, request_id)
-
-        self.scheduler.call_later(self.async_delay_seconds, run)
 
     def _start_processing(self, account: Account, request_id: str) -> None:
         request = account.requests[request_id]
         request.status = "processing"
         request.updated_at = iso_now()
         self._emit_request(account, request, "order.processing")
-        self._schedule(account, request_id, self._finish)
+        self.schedule(lambda: self._finish(account, request_id))
 
     def _finish(self, account: Account, request_id: str) -> None:
         request = account.requests[request_id]

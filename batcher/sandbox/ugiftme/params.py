@@ -10,8 +10,6 @@ from typing import Any
 from starlette.requests import Request
 
 from batcher.sandbox.common import (
-    JsonDecodeError,
-    decode_json,
     parse_bool,
 )
 from batcher.sandbox.ugiftme.config import DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT
@@ -28,14 +26,6 @@ def sandbox_of(request: Request) -> UGiftMeSandbox:
 def account_of(request: Request) -> Account:
     account: Account = request.scope["ugiftme.account"]
     return account
-
-
-async def json_body(request: Request) -> Any:
-    raw = await request.body()
-    try:
-        return decode_json(raw)
-    except JsonDecodeError as exc:
-        raise ApiError(400, "Invalid JSON", message=str(exc)) from None
 
 
 def int_param(request: Request, name: str, default: int, low: int, high: int | None = None) -> int:

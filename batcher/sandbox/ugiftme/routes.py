@@ -13,24 +13,20 @@ from batcher.sandbox.asgi import (
     sleep_deferred_latency,
 )
 from batcher.sandbox.common import (
-    DroppedResponse,
     ReversedView,
     StoredResponse,
     encode_json,
-    fingerprint,
     json_response,
-    run_idempotently,
-    stored_as_response,
 )
+from batcher.sandbox.handlers import create_idempotently, idempotency_key, read_json
 from batcher.sandbox.ugiftme.catalog import CatalogProduct
-from batcher.sandbox.ugiftme.config import ASYNC_HEADER, MAX_IDEMPOTENCY_KEY, ORDER_SORT_FIELDS
+from batcher.sandbox.ugiftme.config import ASYNC_HEADER, ORDER_SORT_FIELDS
 from batcher.sandbox.ugiftme.engine import UGiftMeSandbox
 from batcher.sandbox.ugiftme.errors import ApiError
 from batcher.sandbox.ugiftme.params import (
     account_of,
     bool_param,
     date_param,
-    json_body,
     page_params,
     paginate,
     sandbox_of,
@@ -123,41 +119,29 @@ async def create_bulk_order(request: Request) -> Response:
 async def _create_orders(request: Request, kind: RequestType) -> Response:
     """Order creation with idempotency, deferred latency and the drop fault."""
     sandbox, account = sandbox_of(request), account_of(request)
-    payload = await json_body(request)
-    key = _idempotency_key(request)
+    payload = await read_json(request)
+    key = idempotency_key(
+        request, lambda message: ApiError(400, "Invalid Idempotency-Key", message=message)
+    )
 
     async def handle() -> StoredResponse:
         # held inside the idempotency window on purpose
         await sleep_deferred_latency(request.scope, "ugiftme.deferred_latency")
         return _handle_order_payload(sandbox, account, kind, payload, key)
 
-    stored, replayed = await run_idempotently(
-        sandbox.idempotency,
+    return await create_idempotently(
+        request,
+        sandbox,
         account.api_key,
         key,
-        lambda: fingerprint("POST", request.url.path, payload),
+        payload,
         handle,
         keep=lambda status: _should_store(sandbox, status),
         mismatch=ApiError(400, "Idempotency key reused with a different payload"),
         in_flight=ApiError(409, "Request with this Idempotency-Key is in progress"),
+        droppable=lambda status: status < 300,
+        fault_scope_key="ugiftme.fault",
     )
-    if not replayed and stored.status_code < 300 and sandbox.faults.roll("drop"):
-        request.scope["ugiftme.fault"] = "drop"
-        return DroppedResponse(stored.body, stored.status_code, stored.headers)
-    return stored_as_response(stored, replayed=replayed)
-
-
-def _idempotency_key(request: Request) -> str | None:
-    key = request.headers.get("idempotency-key")
-    if key is None:
-        return None
-    if not key or len(key) > MAX_IDEMPOTENCY_KEY:
-        raise ApiError(
-            400,
-            "Invalid Idempotency-Key",
-            message=f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters",
-        )
-    return key
 
 
 def _handle_order_payload(

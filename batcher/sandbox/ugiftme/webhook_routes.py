@@ -17,9 +17,10 @@ from batcher.sandbox.common import (
     json_response,
     object_id,
 )
+from batcher.sandbox.handlers import read_json
 from batcher.sandbox.ugiftme.config import VALID_EVENTS
 from batcher.sandbox.ugiftme.errors import ApiError
-from batcher.sandbox.ugiftme.params import account_of, json_body, sandbox_of
+from batcher.sandbox.ugiftme.params import account_of, sandbox_of
 from batcher.sandbox.ugiftme.state import Webhook
 from batcher.sandbox.ugiftme.webhooks import sign
 
@@ -56,7 +57,7 @@ def _checked_description(raw: Any) -> str | None:
 
 
 async def create_webhook(request: Request) -> Response:
-    body = await json_body(request)
+    body = await read_json(request)
     if not isinstance(body, Mapping):
         raise ApiError(400, "Validation failed", message="body must be a JSON object")
     now = iso_now()
@@ -86,7 +87,7 @@ def _webhook(request: Request, webhook_id: Any) -> Webhook:
 
 async def update_webhook(request: Request) -> Response:
     hook = _webhook(request, request.path_params["webhook_id"])
-    body = await json_body(request)
+    body = await read_json(request)
     fields = ("url", "events", "description", "isActive")
     if not isinstance(body, Mapping) or not any(name in body for name in fields):
         raise ApiError(
@@ -135,7 +136,7 @@ def _sample_payload() -> dict[str, Any]:
 
 
 async def test_webhook(request: Request) -> Response:
-    body = await json_body(request)
+    body = await read_json(request)
     webhook_id = body.get("webhookId") if isinstance(body, Mapping) else None
     if not isinstance(webhook_id, str):
         raise ApiError(400, "Validation failed", message="webhookId is required")
