@@ -23,8 +23,9 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from batcher.sandbox.common import DelayedTaskScheduler, FaultInjector, json_response
+from batcher.sandbox.common import DelayedTaskScheduler, FaultInjector
 from batcher.sandbox.dialect import Dialect, SandboxError, dialect_of
+from batcher.sandbox.jsonio import json_response
 
 
 def client_ip(scope: Scope) -> str:

@@ -12,9 +12,9 @@ from batcher.sandbox.common import (
     FaultInjector,
     FaultSettings,
     FixedWindowRateLimiter,
-    IdempotencyStore,
     RequestLog,
 )
+from batcher.sandbox.idempotency import IdempotencyStore
 
 
 class CoreConfig(Protocol):

@@ -27,12 +27,12 @@ from batcher.sandbox.common import (
     FaultInjector,
     FixedWindowRateLimiter,
     RequestLog,
-    json_response,
     money_input,
     parse_bool,
 )
 from batcher.sandbox.dialect import dialect_of
 from batcher.sandbox.handlers import read_json
+from batcher.sandbox.jsonio import json_response
 
 
 class SandboxState(Protocol):

@@ -14,16 +14,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from batcher.sandbox.base import SandboxCore
-from batcher.sandbox.common import (
-    DroppedResponse,
-    JsonDecodeError,
+from batcher.sandbox.common import DroppedResponse
+from batcher.sandbox.dialect import dialect_of
+from batcher.sandbox.idempotency import (
     StoredResponse,
-    decode_json,
     fingerprint,
     run_idempotently,
     stored_as_response,
 )
-from batcher.sandbox.dialect import dialect_of
+from batcher.sandbox.jsonio import JsonDecodeError, decode_json
 
 MAX_IDEMPOTENCY_KEY = 255
 

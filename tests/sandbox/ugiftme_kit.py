@@ -11,7 +11,7 @@ from typing import Any
 
 from sandbox_kit import Reply, SandboxApi
 
-from batcher.sandbox.common import encode_json
+from batcher.sandbox.jsonio import encode_json
 
 __all__ = ["Api", "Received", "Reply", "WebhookReceiver", "item"]
 

@@ -8,11 +8,9 @@ from typing import Any
 
 import httpx
 
-from batcher.sandbox.common import (
-    encode_json,
-)
 from batcher.sandbox.gifq.config import MAX_KEPT_CALLBACKS
 from batcher.sandbox.gifq.state import PayoutOrder
+from batcher.sandbox.jsonio import encode_json
 
 
 class CallbackSender:

@@ -10,10 +10,8 @@ from decimal import Decimal
 from typing import Any
 
 from batcher.core.money import fits_currency
-from batcher.sandbox.common import (
-    decode_json,
-)
 from batcher.sandbox.gifq.config import CODE_ALPHABET
+from batcher.sandbox.jsonio import decode_json
 
 
 @dataclass

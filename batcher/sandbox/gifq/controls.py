@@ -12,7 +12,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from batcher.core.money import round_money
-from batcher.sandbox.common import iso_now, json_response, money_input
+from batcher.sandbox.common import iso_now, money_input
 from batcher.sandbox.controls import (
     control_account,
     control_flag,
@@ -39,6 +39,7 @@ from batcher.sandbox.gifq.engine import GifqSandbox
 from batcher.sandbox.gifq.errors import ApiError
 from batcher.sandbox.gifq.params import sandbox_of
 from batcher.sandbox.gifq.state import Account, Campaign
+from batcher.sandbox.jsonio import json_response
 
 
 def _account(request: Request) -> Account:

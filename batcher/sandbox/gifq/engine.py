@@ -10,11 +10,7 @@ from typing import Any
 
 from batcher.core.money import cost_after_discount, round_money
 from batcher.sandbox.base import SandboxCore
-from batcher.sandbox.common import (
-    iso_now,
-    iso_timestamp,
-    money_input,
-)
+from batcher.sandbox.common import iso_now, iso_timestamp, money_input
 from batcher.sandbox.gifq.callbacks import CallbackSender
 from batcher.sandbox.gifq.catalog import Brand, ProductOption, fresh_redemption, load_catalog
 from batcher.sandbox.gifq.config import (

@@ -14,9 +14,6 @@ from batcher.sandbox.asgi import (
     forward,
     latency_fault,
 )
-from batcher.sandbox.common import (
-    json_response,
-)
 from batcher.sandbox.gifq.config import (
     API_ROOT,
     CONTROL_ROOT,
@@ -26,6 +23,7 @@ from batcher.sandbox.gifq.config import (
     UNAUTHORIZED,
 )
 from batcher.sandbox.gifq.engine import GifqSandbox
+from batcher.sandbox.jsonio import json_response
 
 log = logging.getLogger(__name__)
 

@@ -13,13 +13,11 @@ from starlette.responses import Response
 from batcher.sandbox.asgi import (
     sleep_deferred_latency,
 )
-from batcher.sandbox.common import (
-    json_response,
-)
 from batcher.sandbox.gifq.config import DEFAULT_PAGE_LIMIT
 from batcher.sandbox.gifq.engine import GifqSandbox
 from batcher.sandbox.gifq.errors import ApiError
 from batcher.sandbox.gifq.state import Account
+from batcher.sandbox.jsonio import json_response
 
 
 def sandbox_of(request: Request) -> GifqSandbox:

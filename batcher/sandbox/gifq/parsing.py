@@ -9,9 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 from batcher.core.money import fits_currency
-from batcher.sandbox.common import (
-    money_input,
-)
+from batcher.sandbox.common import money_input
 from batcher.sandbox.gifq.config import EMAIL_PATTERN, MAX_REFERENCE
 from batcher.sandbox.gifq.errors import ApiError
 from batcher.sandbox.gifq.state import OrderParams

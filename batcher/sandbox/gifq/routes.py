@@ -9,13 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from batcher.sandbox.common import (
-    DroppedResponse,
-    ReversedView,
-    StoredResponse,
-    encode_json,
-    json_response,
-)
+from batcher.sandbox.common import DroppedResponse, ReversedView
 from batcher.sandbox.gifq.catalog import Brand
 from batcher.sandbox.gifq.config import money_out
 from batcher.sandbox.gifq.engine import GifqSandbox
@@ -29,6 +23,8 @@ from batcher.sandbox.gifq.params import (
 from batcher.sandbox.gifq.parsing import parse_order, parse_payout_order
 from batcher.sandbox.gifq.state import Account, Campaign, Payout, PayoutOrder
 from batcher.sandbox.handlers import create_idempotently, idempotency_key, read_json
+from batcher.sandbox.idempotency import StoredResponse
+from batcher.sandbox.jsonio import encode_json, json_response
 
 
 async def list_products(request: Request) -> Response:

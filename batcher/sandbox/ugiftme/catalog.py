@@ -10,10 +10,8 @@ from decimal import Decimal
 from typing import Any
 
 from batcher.core.money import cost_after_discount, fits_currency, round_money
-from batcher.sandbox.common import (
-    decode_json,
-    iso_now,
-)
+from batcher.sandbox.common import iso_now
+from batcher.sandbox.jsonio import decode_json
 from batcher.sandbox.ugiftme.config import EMAIL_PATTERN, VOUCHER_ALPHABET
 
 

@@ -14,7 +14,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from batcher.core.money import round_money
-from batcher.sandbox.common import FAULT_KINDS, iso_now, json_response, money_input
+from batcher.sandbox.common import FAULT_KINDS, iso_now, money_input
 from batcher.sandbox.controls import (
     control_account,
     control_flag,
@@ -29,6 +29,7 @@ from batcher.sandbox.controls import (
     shared_control_routes,
 )
 from batcher.sandbox.dialect import Dialect
+from batcher.sandbox.jsonio import json_response
 from batcher.sandbox.ugiftme.config import API_ROOT
 from batcher.sandbox.ugiftme.engine import UGiftMeSandbox
 from batcher.sandbox.ugiftme.errors import ApiError, invalid

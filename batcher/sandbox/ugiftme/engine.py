@@ -10,12 +10,7 @@ from typing import Any
 
 from batcher.core.money import round_money
 from batcher.sandbox.base import SandboxCore
-from batcher.sandbox.common import (
-    iso_now,
-    iso_timestamp,
-    object_id,
-    ulid,
-)
+from batcher.sandbox.common import iso_now, iso_timestamp, object_id, ulid
 from batcher.sandbox.ugiftme.catalog import (
     AcceptedItem,
     CatalogProduct,

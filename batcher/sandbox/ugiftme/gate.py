@@ -13,10 +13,8 @@ from batcher.sandbox.asgi import (
     forward,
     latency_fault,
 )
-from batcher.sandbox.common import (
-    RateDecision,
-    json_response,
-)
+from batcher.sandbox.common import RateDecision
+from batcher.sandbox.jsonio import json_response
 from batcher.sandbox.ugiftme.config import API_ROOT
 from batcher.sandbox.ugiftme.engine import UGiftMeSandbox
 from batcher.sandbox.ugiftme.state import Account

@@ -9,9 +9,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from batcher.sandbox.common import (
-    parse_bool,
-)
+from batcher.sandbox.common import parse_bool
 from batcher.sandbox.ugiftme.config import DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT
 from batcher.sandbox.ugiftme.engine import UGiftMeSandbox
 from batcher.sandbox.ugiftme.errors import ApiError

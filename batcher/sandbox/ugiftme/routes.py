@@ -12,13 +12,10 @@ from starlette.routing import BaseRoute, Route
 from batcher.sandbox.asgi import (
     sleep_deferred_latency,
 )
-from batcher.sandbox.common import (
-    ReversedView,
-    StoredResponse,
-    encode_json,
-    json_response,
-)
+from batcher.sandbox.common import ReversedView
 from batcher.sandbox.handlers import create_idempotently, idempotency_key, read_json
+from batcher.sandbox.idempotency import StoredResponse
+from batcher.sandbox.jsonio import encode_json, json_response
 from batcher.sandbox.ugiftme.catalog import CatalogProduct
 from batcher.sandbox.ugiftme.config import ASYNC_HEADER, ORDER_SORT_FIELDS
 from batcher.sandbox.ugiftme.engine import UGiftMeSandbox

@@ -11,10 +11,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from batcher.core.money import round_money
-from batcher.sandbox.common import (
-    iso_now,
-    object_id,
-)
+from batcher.sandbox.common import iso_now, object_id
 from batcher.sandbox.ugiftme.config import KEPT_ORDER_SEARCHES, UGiftMeSandboxConfig
 
 

@@ -11,13 +11,9 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from batcher.sandbox.common import (
-    encode_json,
-    iso_now,
-    json_response,
-    object_id,
-)
+from batcher.sandbox.common import iso_now, object_id
 from batcher.sandbox.handlers import read_json
+from batcher.sandbox.jsonio import encode_json, json_response
 from batcher.sandbox.ugiftme.config import VALID_EVENTS
 from batcher.sandbox.ugiftme.errors import ApiError
 from batcher.sandbox.ugiftme.params import account_of, sandbox_of

@@ -12,13 +12,8 @@ from typing import Any
 
 import httpx
 
-from batcher.sandbox.common import (
-    DelayedTaskScheduler,
-    decode_json,
-    encode_json,
-    iso_now,
-    object_id,
-)
+from batcher.sandbox.common import DelayedTaskScheduler, iso_now, object_id
+from batcher.sandbox.jsonio import decode_json, encode_json
 from batcher.sandbox.ugiftme.config import MAX_KEPT_DELIVERIES, WEBHOOK_RETRY_DELAYS
 from batcher.sandbox.ugiftme.state import Account
 
