@@ -201,6 +201,9 @@ class FaultSettings:
     latency_ms: int = 250
     burst_seconds: float = 1.0  # how long a 429 burst keeps refusing a key
     seed: int | None = None
+    # Not a rate: while on, error texts repeat the caller's credential, as a careless
+    # provider's might, so tests can prove the client scrubs provider text.
+    echo_credentials: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -208,12 +211,13 @@ class FaultSettings:
             "latencyMs": self.latency_ms,
             "burstSeconds": Decimal(str(self.burst_seconds)),
             "seed": self.seed,
+            "echoCredentials": self.echo_credentials,
         }
 
 
 def fault_settings_for(config: Any, kinds: Iterable[str]) -> FaultSettings:
     """FaultSettings from a sandbox config's `fault_<kind>` rates (each checked to lie
-    in 0..1), `latency_ms`, `burst_seconds` and `seed`."""
+    in 0..1), `latency_ms`, `burst_seconds`, `seed` and `echo_credentials`."""
     rates = {kind: getattr(config, f"fault_{kind}") for kind in kinds}
     for kind, rate in rates.items():
         if not 0.0 <= rate <= 1.0:
@@ -223,6 +227,7 @@ def fault_settings_for(config: Any, kinds: Iterable[str]) -> FaultSettings:
         latency_ms=config.latency_ms,
         burst_seconds=config.burst_seconds,
         seed=config.seed,
+        echo_credentials=config.echo_credentials,
     )
 
 
@@ -248,6 +253,7 @@ class FaultInjector:
         burst_seconds: float | None = None,
         seed: int | None = None,
         reseed: bool = False,
+        echo_credentials: bool | None = None,
     ) -> None:
         known = self.settings.rates  # a provider may add kinds of its own to its settings
         for kind, rate in (rates or {}).items():
@@ -267,6 +273,16 @@ class FaultInjector:
         if reseed:
             self.settings.seed = seed
             self._rng = random.Random(seed)
+        if echo_credentials is not None:
+            self.settings.echo_credentials = echo_credentials
+
+    def echo(self, text: str, credential: str) -> str:
+        """`text` as a careless provider writes it while `echo_credentials` is on: with
+        the caller's credential in it. Unchanged otherwise."""
+        if not self.settings.echo_credentials:
+            return text
+        self.counts["echo_credentials"] += 1
+        return f"{text} (request made with credential {credential})"
 
     def roll(self, kind: str) -> bool:
         rate = self.settings.rates.get(kind, 0.0)

@@ -77,6 +77,7 @@ def faults_json(faults: FaultInjector) -> dict[str, Any]:
         latencyMs=settings.latency_ms,
         burstSeconds=Decimal(str(settings.burst_seconds)),
         seed=settings.seed,
+        echoCredentials=settings.echo_credentials,
         counts=dict(faults.counts),
     )
     return body
@@ -87,14 +88,25 @@ def rate_limit_json(limiter: FixedWindowRateLimiter) -> dict[str, Any]:
 
 
 def update_faults(faults: FaultInjector, body: Mapping[str, Any], kinds: Iterable[str]) -> None:
-    """Apply a PATCH /faults body: rates of `kinds`, latencyMs, burstSeconds, seed."""
+    """Apply a PATCH /faults body: rates of `kinds`, latencyMs, burstSeconds, seed,
+    echoCredentials."""
     rates = {kind: setting_number(body, kind, high=1.0) for kind in kinds if kind in body}
     latency = int(setting_number(body, "latencyMs")) if "latencyMs" in body else None
     burst = setting_number(body, "burstSeconds") if "burstSeconds" in body else None
     seed = body.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise ValueError("seed must be an integer or null")
-    faults.update(rates, latency_ms=latency, burst_seconds=burst, seed=seed, reseed="seed" in body)
+    echo = body.get("echoCredentials")
+    if echo is not None and not isinstance(echo, bool):
+        raise ValueError("echoCredentials must be a boolean")
+    faults.update(
+        rates,
+        latency_ms=latency,
+        burst_seconds=burst,
+        seed=seed,
+        reseed="seed" in body,
+        echo_credentials=echo,
+    )
 
 
 def update_rate_limit(limiter: FixedWindowRateLimiter, body: Mapping[str, Any]) -> None:

@@ -83,6 +83,7 @@ class GifqSandboxConfig:
     fault_async_fail: float = 0.0  # an order ends failed and is refunded
     fault_payout_fail: float = 0.0  # a payout order ends failed and is refunded
     burst_seconds: float = 1.0
+    echo_credentials: bool = False  # error texts repeat the caller's key (see FaultSettings)
 
     def __post_init__(self) -> None:
         self.api_keys = unique_api_keys(self.api_keys)

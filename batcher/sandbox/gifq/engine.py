@@ -230,7 +230,7 @@ class GifqSandbox(SandboxCore):
         order.updated_at = iso_now()
         if self.faults.roll("async_fail"):
             order.status = "failed"
-            order.failure_reason = UPSTREAM_FAILURE
+            order.failure_reason = self.faults.echo(UPSTREAM_FAILURE, account.api_key)
             self._post(
                 account,
                 "refund",
@@ -326,7 +326,7 @@ class GifqSandbox(SandboxCore):
         order.status = "failed" if failed else "completed"
         order.updated_at = now = iso_now()
         if failed:
-            order.failure_reason = PAYOUT_FAILURE
+            order.failure_reason = self.faults.echo(PAYOUT_FAILURE, account.api_key)
             self._post(
                 account, "refund", order.charged, order.wallet_currency, payout_order_id=order.id
             )

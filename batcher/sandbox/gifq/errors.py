@@ -23,7 +23,11 @@ class ApiError(SandboxError):
         return body
 
     def render(self, request: Request) -> dict[str, Any]:
-        return self.body(request_id_of(request))
+        body = self.body(request_id_of(request))
+        account = request.scope.get("gifq.account")  # set on API calls only
+        if account is not None:
+            body["message"] = request.app.state.sandbox.faults.echo(self.message, account.api_key)
+        return body
 
 
 def request_id_of(request: Request) -> str | None:

@@ -132,9 +132,7 @@ def _payout_answer(
         parsed = parse_payout_order(payload, sandbox.max_recipients)
         order = sandbox.place_payout_order(account, parsed, key)
     except ApiError as exc:
-        return StoredResponse(
-            exc.status_code, encode_json(exc.body(request_id_of(request))), headers
-        )
+        return StoredResponse(exc.status_code, encode_json(exc.render(request)), headers)
     return StoredResponse(202, encode_json({"id": order.id, "status": order.status}), headers)
 
 

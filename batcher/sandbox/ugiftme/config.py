@@ -66,7 +66,10 @@ class UGiftMeSandboxConfig:
     fault_reject_item: float = 0.0
     fault_async_fail: float = 0.0
     burst_seconds: float = 1.0
-    webhook_time_scale: float = 1.0
+    echo_credentials: bool = False  # error texts repeat the caller's key (see FaultSettings)
+    webhook_time_scale: float = 1.0  # retry delays x this (0.001: 1 min -> 60 ms)
+    webhook_duplicate_rate: float = 0.0  # chance a delivered event is delivered again
+    webhook_jitter_seconds: float = 0.0  # each attempt waits 0..this first: out of order
     webhook_timeout_seconds: float = 5.0
     business_name: str = "Sandbox Trading Ltd"
 
@@ -75,6 +78,10 @@ class UGiftMeSandboxConfig:
         self.funding = merge_funding(DEFAULT_FUNDING, self.funding)
         if self.bulk_limit < 1:
             raise ValueError("bulk_limit must be at least 1")
+        if not 0.0 <= self.webhook_duplicate_rate <= 1.0:
+            raise ValueError("webhook_duplicate_rate must be within 0..1")
+        if self.webhook_jitter_seconds < 0 or self.webhook_time_scale < 0:
+            raise ValueError("webhook_jitter_seconds and webhook_time_scale must not be negative")
 
     def fault_settings(self) -> FaultSettings:
         return fault_settings_for(self, FAULT_KINDS)

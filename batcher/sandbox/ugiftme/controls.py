@@ -21,7 +21,6 @@ from batcher.sandbox.controls import (
     control_money,
     control_number,
     control_object,
-    control_token,
     faults_json,
     filtered_accounts,
     path_currency,
@@ -35,6 +34,7 @@ from batcher.sandbox.ugiftme.engine import UGiftMeSandbox
 from batcher.sandbox.ugiftme.errors import ApiError, invalid
 from batcher.sandbox.ugiftme.params import sandbox_of
 from batcher.sandbox.ugiftme.state import Account, Wallet
+from batcher.sandbox.ugiftme.webhook_controls import webhook_control_routes
 
 
 def _account(request: Request) -> Account:
@@ -228,12 +228,6 @@ async def control_order_requests(request: Request) -> Response:
     return json_response({"total": len(rows), "orderRequests": rows})
 
 
-async def control_deliveries(request: Request) -> Response:
-    key = control_token(request)
-    deliveries = sandbox_of(request).webhooks.deliveries_json(key)
-    return json_response({"total": len(deliveries), "deliveries": deliveries})
-
-
 def control_routes() -> list[BaseRoute]:
     return [
         *shared_control_routes(),
@@ -248,7 +242,7 @@ def control_routes() -> list[BaseRoute]:
         Route("/products/{code}", control_patch_product, methods=["PATCH"]),
         Route("/orders", control_orders, methods=["GET"]),
         Route("/order-requests", control_order_requests, methods=["GET"]),
-        Route("/webhooks/deliveries", control_deliveries, methods=["GET"]),
+        *webhook_control_routes(),
     ]
 
 

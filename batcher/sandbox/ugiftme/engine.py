@@ -29,7 +29,11 @@ from batcher.sandbox.ugiftme.state import (
     Wallet,
     new_account,
 )
-from batcher.sandbox.ugiftme.webhooks import WebhookDispatcher
+from batcher.sandbox.ugiftme.webhooks import Hostility, WebhookDispatcher
+
+
+def _hostility(config: UGiftMeSandboxConfig) -> Hostility:
+    return Hostility(config.webhook_duplicate_rate, config.webhook_jitter_seconds, config.seed)
 
 
 class UGiftMeSandbox(SandboxCore):
@@ -39,7 +43,10 @@ class UGiftMeSandbox(SandboxCore):
         super().__init__(config)
         self.config = config
         self.webhooks = WebhookDispatcher(
-            self.scheduler, config.webhook_time_scale, config.webhook_timeout_seconds
+            self.scheduler,
+            config.webhook_time_scale,
+            config.webhook_timeout_seconds,
+            _hostility(config),
         )
         self.catalog: dict[str, CatalogProduct] = {}
         self.accounts: dict[str, Account] = {}
@@ -54,6 +61,7 @@ class UGiftMeSandbox(SandboxCore):
         self.reset_core(config)
         self.webhooks.clear()
         self.webhooks.time_scale = config.webhook_time_scale
+        self.webhooks.configure(_hostility(config))
         self.catalog = load_catalog()
         self.accounts = {
             key: new_account(key, index, config) for index, key in enumerate(config.api_keys)
@@ -226,8 +234,8 @@ class UGiftMeSandbox(SandboxCore):
                 accepted.append(checked)
         return accepted, rejected
 
-    @staticmethod
     def _bulk_result(
+        self,
         account: Account,
         orders: list[StoredOrder],
         rejected: list[RejectedItem],
@@ -244,7 +252,10 @@ class UGiftMeSandbox(SandboxCore):
                 "currency": currency,
                 "remainingBalance": wallet.balance if wallet else round_money(Decimal(0), currency),
             },
-            "rejectedOrders": [r.as_json() for r in rejected],
+            "rejectedOrders": [
+                {**r.as_json(), "reason": self.faults.echo(r.reason, account.api_key)}
+                for r in rejected
+            ],
         }
 
     # -- async order requests --------------------------------------------------
@@ -344,7 +355,7 @@ class UGiftMeSandbox(SandboxCore):
         self, account: Account, request: OrderRequest, wallet: Wallet | None, error: str
     ) -> None:
         request.status = "failed"
-        request.error = error
+        request.error = self.faults.echo(error, account.api_key)
         request.updated_at = iso_now()
         self._emit_request(account, request, "order.failed")
         if wallet is not None and request.hold > 0:

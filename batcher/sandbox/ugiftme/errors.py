@@ -6,6 +6,7 @@ from typing import Any
 
 from starlette.requests import Request
 
+from batcher.sandbox.common import FaultInjector
 from batcher.sandbox.dialect import SandboxError
 
 
@@ -17,7 +18,17 @@ class ApiError(SandboxError):
         self.body: dict[str, Any] = {"error": error, **extra}
 
     def render(self, request: Request) -> dict[str, Any]:
-        return self.body
+        account = request.scope.get("ugiftme.account")  # set on API calls only
+        if account is None:
+            return self.body
+        return echoed(self.body, request.app.state.sandbox.faults, account.api_key)
+
+
+def echoed(body: dict[str, Any], faults: FaultInjector, api_key: str) -> dict[str, Any]:
+    """The body with its detail (`message`, else `error`) run through the
+    echo-credentials fault."""
+    name = "message" if isinstance(body.get("message"), str) else "error"
+    return {**body, name: faults.echo(str(body[name]), api_key)}
 
 
 def invalid(message: str) -> ApiError:

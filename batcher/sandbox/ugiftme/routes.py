@@ -19,7 +19,7 @@ from batcher.sandbox.jsonio import encode_json, json_response
 from batcher.sandbox.ugiftme.catalog import CatalogProduct
 from batcher.sandbox.ugiftme.config import ASYNC_HEADER, ORDER_SORT_FIELDS
 from batcher.sandbox.ugiftme.engine import UGiftMeSandbox
-from batcher.sandbox.ugiftme.errors import ApiError
+from batcher.sandbox.ugiftme.errors import ApiError, echoed
 from batcher.sandbox.ugiftme.params import (
     account_of,
     bool_param,
@@ -155,7 +155,7 @@ def _handle_order_payload(
         else:
             status, body = sandbox.place_bulk_sync(account, payload, key)
     except ApiError as exc:
-        status, body = exc.status_code, exc.body
+        status, body = exc.status_code, echoed(exc.body, sandbox.faults, account.api_key)
     return StoredResponse(status, encode_json(body), headers)
 
 

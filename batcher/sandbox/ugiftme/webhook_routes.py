@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import secrets
 from collections.abc import Mapping
-from decimal import Decimal
 from typing import Any
 
 from starlette.requests import Request
@@ -18,7 +17,7 @@ from batcher.sandbox.ugiftme.config import VALID_EVENTS
 from batcher.sandbox.ugiftme.errors import ApiError
 from batcher.sandbox.ugiftme.params import account_of, sandbox_of
 from batcher.sandbox.ugiftme.state import Webhook
-from batcher.sandbox.ugiftme.webhooks import sign
+from batcher.sandbox.ugiftme.webhooks import sample_payload, sign
 
 
 def _checked_url(raw: Any) -> str:
@@ -112,32 +111,13 @@ async def delete_webhook(request: Request) -> Response:
     return json_response({"success": True, "id": hook.id})
 
 
-def _sample_payload() -> dict[str, Any]:
-    return {
-        "event": "order.succeeded",
-        "orderRequestId": "65f1c0ffee0000000000beef",
-        "status": "succeeded",
-        "type": "single",
-        "result": {
-            "_id": "65f1c0ffee0000000000cafe",
-            "productCode": "AMAZON_UK_STD",
-            "currency": "GBP",
-            "valuePurchased": Decimal("25.00"),
-            "status": "active",
-            "transactionId": "txn_01HZX5V3J0Q8D7K2M4N6P8R0TA",
-        },
-        "timestamp": iso_now(),
-        "test": True,
-    }
-
-
 async def test_webhook(request: Request) -> Response:
     body = await read_json(request)
     webhook_id = body.get("webhookId") if isinstance(body, Mapping) else None
     if not isinstance(webhook_id, str):
         raise ApiError(400, "Validation failed", message="webhookId is required")
     hook = _webhook(request, webhook_id)
-    payload = _sample_payload()
+    payload = sample_payload()
     status, error = await sandbox_of(request).webhooks.post(
         hook.url, hook.secret, str(payload["event"]), encode_json(payload)
     )
@@ -152,7 +132,7 @@ async def test_webhook(request: Request) -> Response:
 
 
 async def webhook_test_sample(request: Request) -> Response:
-    payload = _sample_payload()
+    payload = sample_payload()
     secret = "whsec_sample"
     return json_response(
         {
