@@ -22,9 +22,12 @@ or a decimal string.
                                         ``daySeconds``, ``clampPageLimit``
 ``GET    /faults``                      ``{"500","429","latency","drop","reject_item",
                                         "async_fail","payout_fail","latencyMs",
-                                        "burstSeconds","seed","counts"}``
+                                        "burstSeconds","seed","echoCredentials","counts"}``
 ``PATCH  /faults``                      any of the keys above (PUT too); ``seed``, even
-                                        null, reseeds the one ``random.Random``
+                                        null, reseeds the one ``random.Random``;
+                                        ``echoCredentials: true`` makes error messages
+                                        and ``failure_reason`` texts repeat the
+                                        caller's ``X-Api-Token``
 ``PUT    /rate-limit``                  ``{"limit": 10, "windowSeconds": 1}``; windows restart
 ``GET    /balances``                    ``{"apiKey", "balances": [{currency, amount}]}``
 ``POST   /balances/{cur}/fund``         ``{"amount": "100.00"}``: a ``top_up`` transaction

@@ -19,9 +19,13 @@ number or a decimal string.
                                        ``webhookTimeScale``
 ``PUT    /__sandbox/mode``             ``{"mode": "sync"|"async", "asyncDelaySeconds"?}``
 ``GET    /__sandbox/faults``           ``{"500","429","latency","drop","reject_item",
-                                       "async_fail","latencyMs","burstSeconds","seed"}``
+                                       "async_fail","latencyMs","burstSeconds","seed",
+                                       "echoCredentials","counts"}``
 ``PATCH  /__sandbox/faults``           any of the keys above (PUT too); ``seed``, even
-                                       null, reseeds the one ``random.Random``
+                                       null, reseeds the one ``random.Random``;
+                                       ``echoCredentials: true`` makes error messages,
+                                       ``rejectedOrders`` reasons and ``order.failed``
+                                       errors repeat the caller's ``X-API-Key``
 ``PUT    /__sandbox/rate-limit``       ``{"limit": 120, "windowSeconds": 60}``; windows restart
 ``GET    /__sandbox/wallets``          ``{"wallets": [{currency, balance, held,
                                        availableBalance, holds}]}``
@@ -37,7 +41,22 @@ number or a decimal string.
 ``GET    /__sandbox/orders``           ``{"total", "orders": [order + apiKey,
                                        idempotencyKey, orderRequestId, cost]}``
 ``GET    /__sandbox/order-requests``   ``{"total", "orderRequests": [...]}``
-``GET    /__sandbox/webhooks/deliveries``  every delivery attempt
+``GET    /__sandbox/webhooks/deliveries``  every delivery with its attempts
+                                       (``statusCode``, ``error``, ``duplicate``,
+                                       ``waitedSeconds``)
+``GET    /__sandbox/webhooks/hostility``  ``{timeScale, retryDelaysSeconds, duplicateRate,
+                                       jitterSeconds, seed, outageRemainingSeconds}``
+``PATCH  /__sandbox/webhooks/hostility``  any of ``duplicateRate`` (0..1),
+                                       ``jitterSeconds``, ``seed`` (reseeds, even null),
+                                       ``timeScale``, ``outageSeconds`` (the receiver
+                                       is down from now on for that long; 0 ends it);
+                                       all are checked before any applies
+``POST   /__sandbox/webhooks/forge``   ``{"kind": "bad-signature"|"unsigned"|"replay",
+                                       "url", "deliveryId"?}``: one forged POST to
+                                       ``url``; a replay is the newest (or the given)
+                                       real delivery's genuine signature over a changed
+                                       body (``replayed: true``); 409 when there is
+                                       nothing to replay, 404 for an unknown id
 ``GET    /__sandbox/stats``            ``{"requests": {key: n}, "tooManyRequests": {key: n},
                                        "tooManyRequestsTotal", "statusCounts", "faults",
                                        "orders", "orderRequests", "log": [{"seq", "t",
@@ -70,6 +89,14 @@ Choices where the contract is silent (each is pinned by a test in tests/sandbox)
 - ``limit`` above 100 or a malformed ``page`` gets 400; a page past the end is empty.
 - The webhook body is the event payload plus an ``event`` key; the signature is
   keyed with the secret's UTF-8 bytes. ``GET /webhooks`` answers ``{"webhooks": [...]}``.
+- Hostile deliveries (config ``webhook_duplicate_rate``, ``webhook_jitter_seconds``,
+  ``webhook_time_scale``, ``seed``, or the hostility control): a delivered event is
+  sent once more, signed alike, with the duplicate rate; every attempt first waits a
+  random 0..jitter seconds, so events arrive out of order; the draws come from one
+  ``random.Random`` of their own, seeded, apart from the faults'. Retries follow
+  the contract's 1 min, 5 min, 15 min, 1 h, 4 h times the time scale. During an
+  outage attempts fail without a request, and once the schedule is spent retries
+  go on at its last interval until the outage is over.
 - Merchant names match case-insensitively; currency codes must match exactly.
 - ``GET /wallet`` lists each wallet's 20 newest transactions; ``/wallet/transactions``
   pages through all of them. Control set/drain write no transaction.
