@@ -35,15 +35,12 @@ async def control_patch_hostility(request: Request) -> Response:
     seed = body.get("seed", current.seed)
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise invalid("seed must be an integer or null")
-    duplicate_rate, jitter, time_scale, outage = (
-        control_number(request, body, name, high=high) if name in body else None
-        for name, high in (
-            ("duplicateRate", 1.0),
-            ("jitterSeconds", None),
-            ("timeScale", None),
-            ("outageSeconds", None),
-        )
-    )
+
+    def given(name: str, high: float | None = None) -> float | None:
+        return control_number(request, body, name, high=high) if name in body else None
+
+    duplicate_rate, jitter = given("duplicateRate", high=1.0), given("jitterSeconds")
+    time_scale, outage = given("timeScale"), given("outageSeconds")
     if {"duplicateRate", "jitterSeconds", "seed"} & body.keys():
         webhooks.configure(
             Hostility(
