@@ -40,6 +40,7 @@ SIGNATURE_HEADER = "X-Webhook-Signature"
 Forgery = Literal["bad-signature", "unsigned", "replay"]
 FORGERIES: tuple[Forgery, ...] = ("bad-signature", "unsigned", "replay")
 OUTAGE_ERROR = "ConnectError: receiver unreachable (sandbox outage)"
+MIN_OUTAGE_RETRY_SECONDS = 0.05
 
 
 @dataclass
@@ -184,7 +185,9 @@ class WebhookDispatcher:
         if tries < len(delays):
             delay = delays[tries]
         elif self.outage_remaining() > 0:
-            delay = delays[-1]  # past the schedule, but the receiver is not back yet
+            # Past the schedule, but the receiver is not back yet; a floor keeps a
+            # zero time scale from spinning until the outage ends.
+            delay = max(delays[-1], MIN_OUTAGE_RETRY_SECONDS)
         else:
             return
         self.scheduler.call_later(delay, lambda: self._spawn(delivery))
