@@ -20,7 +20,6 @@ from batcher.sandbox.common import (
 
 API_ROOT = "/api"
 CONTROL_ROOT = "/api/__sandbox"
-TOKEN_HEADER = "X-Api-Token"
 REQUEST_ID_HEADER = "X-Request-Id"
 GIFQ_FAULT_KINDS = (*FAULT_KINDS, "payout_fail")
 DEFAULT_FUNDING: Mapping[str, Decimal] = {
