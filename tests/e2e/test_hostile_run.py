@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,34 @@ def test_escape_sequences_in_cells_are_shown_not_run(sandbox, tmp_path: Path) ->
     out = done.stdout + done.stderr
     assert "\x1b" not in out and "\x07" not in out
     assert "\\x1b[2J" in out
+
+
+@pytest.mark.parametrize("fault", ["reject_item", "async_fail"])
+def test_a_provider_that_echoes_the_key_leaks_it_nowhere(tmp_path: Path, fault: str) -> None:
+    with running_sandbox("ugiftme") as echoing:
+        echoing.control("PATCH", "/faults", json={fault: 1.0, "echoCredentials": True})
+        sheet = write_sheet(tmp_path / "echo.csv", make_rows(4, prefix="ECHO"))
+        reports = tmp_path / "reports"
+        state = tmp_path / "state"
+        env = cli_env(echoing, state)
+        done = batcher(["run", str(sheet), "--yes", "--report-dir", str(reports)], env)
+        assert done.returncode in (1, 3), done.stderr
+        faults = echoing.control("GET", "/faults")
+        assert faults["echoCredentials"] is True
+        key = echoing.api_key.encode()
+        assert key not in (done.stdout + done.stderr).encode()
+        written = [p for p in [*reports.rglob("*"), *state.rglob("*")] if p.is_file()]
+        assert any(p.name == "rows.csv" for p in written)
+        assert any(p.suffix == ".xlsx" for p in written)
+        leaks = [str(p) for p in written if key in _plain_bytes(p)]
+        assert not leaks, f"the API key reached {leaks}"
+        rows = (reports / "echo" / "rows.csv").read_text()
+        assert "***" in rows, "the provider's echoed text should be kept, with the key blanked"
+
+
+def _plain_bytes(path: Path) -> bytes:
+    """A file's bytes, with an XLSX's compressed parts unpacked so a search can see them."""
+    if path.suffix == ".xlsx":
+        with zipfile.ZipFile(path) as archive:
+            return b"".join(archive.read(name) for name in archive.namelist())
+    return path.read_bytes()
