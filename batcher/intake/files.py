@@ -1,0 +1,74 @@
+"""Opening the file: extensions, magic bytes, and the errors for files that are not sheets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from batcher.core.errors import InputFileError
+
+SNIFF_BYTES = 64 * 1024
+
+CSV_EXTENSIONS = frozenset({".csv", ".tsv", ".txt"})
+XLSX_EXTENSIONS = frozenset({".xlsx", ".xlsm"})
+
+_OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def _open_error(path: Path, exc: OSError) -> InputFileError:
+    if isinstance(exc, FileNotFoundError):
+        return InputFileError(f"{path}: no such file")
+    if isinstance(exc, IsADirectoryError):
+        return InputFileError(f"{path} is a folder, not a sheet")
+    return InputFileError(f"{path}: cannot read the file ({exc.strerror})")
+
+
+def read_head(path: Path) -> bytes:
+    """The first bytes of the file, for sniffing; refuses a missing or empty file."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(SNIFF_BYTES)
+            more = bool(handle.read(1))
+    except OSError as exc:
+        raise _open_error(path, exc) from None
+    if not more and not head.strip(b" \t\r\n\x00\xef\xbb\xbf\xff\xfe"):
+        raise InputFileError(
+            f"{path.name} is empty",
+            hint="export the sheet again; it needs a header row and at least one data row",
+        )
+    return head
+
+
+def read_all(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise _open_error(path, exc) from None
+
+
+def content_kind(data: bytes) -> Literal["zip", "ole", "text"]:
+    if data.startswith(_ZIP_MAGIC):
+        return "zip"
+    if data.startswith(_OLE_MAGIC):
+        return "ole"
+    return "text"
+
+
+def ole_error(path: Path) -> InputFileError:
+    # Encrypted .xlsx files and legacy .xls workbooks are both OLE compound files.
+    return InputFileError(
+        f"{path.name} is a password-protected or legacy .xls workbook, which batcher cannot read",
+        hint="open it in Excel, remove the password (File > Info > Protect Workbook) "
+        "and save it as .xlsx (Excel Workbook)",
+    )
+
+
+def raise_not_a_workbook(path: Path, kind: str) -> None:
+    if kind == "ole":
+        raise ole_error(path)
+    raise InputFileError(
+        f"{path.name} is not an Excel workbook: it looks like a text or CSV file with an "
+        f"{path.suffix} name",
+        hint=f"rename it to {path.stem}.csv, or open it in Excel and save it as .xlsx",
+    )
