@@ -5,15 +5,21 @@ from __future__ import annotations
 import csv
 import io
 import itertools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import polars as pl
 
 from batcher.core.errors import InputFileError
-from batcher.intake.decode import CsvInput, NotUtf8, choose_csv_input, sample_text
-from batcher.intake.files import read_all
+from batcher.intake.csvshape import csv_shape_error
+from batcher.intake.decode import (
+    CsvInput,
+    NotUtf8,
+    after_late_bad_byte,
+    choose_csv_input,
+    sample_text,
+)
 from batcher.intake.grid import Grid
 from batcher.intake.hashing import FileDigest, changed_while_reading, file_identity
 from batcher.intake.header import find_header
@@ -46,9 +52,14 @@ def _parse_csv_any_encoding(
     try:
         return _parse_csv(path, csv_input, mapping)
     except NotUtf8:
-        # The start was UTF-8 but a later byte is not: Excel's Windows "CSV" is cp1252.
-        fallback = replace(csv_input, encoding="cp1252", polars_encoding="windows-1252")
-        return _parse_csv(path, fallback, mapping)
+        # The start was UTF-8 but a later byte is not: cp1252, or a mixed file (refused).
+        fallback = after_late_bad_byte(path, csv_input)
+        if fallback is csv_input:
+            raise InputFileError(
+                f"{path.name}: not a readable CSV file (polars reports invalid UTF-8)",
+                hint="open it in Excel and save it as CSV UTF-8",
+            ) from None
+        return _parse_csv(path, replace(fallback, delimiter=csv_input.delimiter), mapping)
 
 
 def _parse_csv(
@@ -69,13 +80,13 @@ def _parse_csv(
         frame = _polars_csv(csv_input, header_index + 1, width)
     except pl.exceptions.ComputeError as exc:
         if "more fields" not in str(exc):
-            raise _csv_error(path, csv_input, width, exc) from None
+            raise _csv_error(path, csv_input, header_cells, exc) from None
         # Some rows carry surplus values. Read again with spare columns, so that
         # those rows are reported one by one instead of failing the whole file.
         try:
             frame = _polars_csv(csv_input, header_index + 1, width + _CSV_SPARE_COLUMNS)
         except pl.exceptions.ComputeError as again:
-            raise _csv_error(path, csv_input, width, again) from None
+            raise _csv_error(path, csv_input, header_cells, again) from None
     header_row = header_index + 1
     grid = Grid(
         header_cells=header_cells,
@@ -102,11 +113,11 @@ def _polars_csv(csv_input: CsvInput, skip_rows: int, width: int) -> pl.DataFrame
 
 
 def _csv_error(
-    path: Path, csv_input: CsvInput, width: int, exc: Exception
+    path: Path, csv_input: CsvInput, header: Sequence[str], exc: Exception
 ) -> InputFileError | NotUtf8:
     if "utf-8" in str(exc).lower() and csv_input.polars_encoding == "utf8":
         return NotUtf8()
-    return _csv_shape_error(path, csv_input, width, exc)
+    return csv_shape_error(path, csv_input, header, _CSV_SPARE_COLUMNS, exc)
 
 
 def detect_delimiter(sample: str, *, truncated: bool = False) -> str:
@@ -147,31 +158,3 @@ def _sample_records(sample: str, delimiter: str, *, truncated: bool) -> list[lis
     if truncated and records:
         records.pop()  # the sample may have cut the last record in half
     return records
-
-
-def _csv_shape_error(path: Path, csv_input: CsvInput, width: int, exc: Exception) -> InputFileError:
-    """Explain a CSV polars could not parse, naming the first record too wide to fit."""
-    source = csv_input.source
-    data = source if isinstance(source, bytes) else read_all(source)
-    codec = "cp1252" if csv_input.polars_encoding == "windows-1252" else "utf-8"
-    text = data.decode(codec, errors="replace").removeprefix("\ufeff")
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=csv_input.delimiter)
-    name = {"\t": "tab", ";": "';'", ",": "','"}[csv_input.delimiter]
-    try:
-        for number, record in enumerate(reader, start=1):
-            if len(record) > width + _CSV_SPARE_COLUMNS:
-                return InputFileError(
-                    f"{path.name}: row {number} has {len(record)} values but the header has "
-                    f"{width} (delimiter {name})",
-                    hint="check the quoting on that row: values that contain the delimiter "
-                    "must be in double quotes",
-                )
-    except csv.Error as csv_exc:
-        return InputFileError(
-            f"{path.name}: not a readable CSV file ({csv_exc})",
-            hint="open it in Excel and save it as CSV UTF-8",
-        )
-    return InputFileError(
-        f"{path.name}: not a readable CSV file ({str(exc).splitlines()[0]})",
-        hint="open it in Excel and save it as CSV UTF-8",
-    )

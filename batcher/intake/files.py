@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 from typing import Literal
 
@@ -25,7 +26,8 @@ def _open_error(path: Path, exc: OSError) -> InputFileError:
 
 
 def read_head(path: Path) -> bytes:
-    """The first bytes of the file, for sniffing; refuses a missing or empty file."""
+    """The first bytes of the file, for sniffing; refuses a missing, empty or non-regular file."""
+    _refuse_non_regular(path)
     try:
         with path.open("rb") as handle:
             head = handle.read(SNIFF_BYTES)
@@ -38,6 +40,22 @@ def read_head(path: Path) -> bytes:
             hint="export the sheet again; it needs a header row and at least one data row",
         )
     return head
+
+
+def _refuse_non_regular(path: Path) -> None:
+    # Opening a FIFO blocks until a writer appears, and a device may never end:
+    # look before opening.
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise _open_error(path, exc) from None
+    if stat.S_ISDIR(mode):
+        raise InputFileError(f"{path} is a folder, not a sheet")
+    if not stat.S_ISREG(mode):
+        raise InputFileError(
+            f"{path} is not a regular file (a pipe, socket or device)",
+            hint="save the sheet to a file first and pass that file's path",
+        )
 
 
 def read_all(path: Path) -> bytes:
