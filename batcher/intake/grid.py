@@ -15,6 +15,7 @@ from batcher.intake.frames import row_numbers_like
 from batcher.intake.hashing import FileDigest
 from batcher.intake.header import assign_fields, clean_header, missing_columns_error, unique_names
 from batcher.intake.sheet import Sheet, SheetIssue
+from batcher.intake.xlsx_issues import XlsxFacts, hidden_rows, xlsx_cell_issues
 
 
 @dataclass
@@ -26,7 +27,7 @@ class Grid:
     first_data_row: int  # source row of data's first row
     header_row: int
     column_letters: list[str] = field(default_factory=list)  # XLSX only
-    merged: list[tuple[int, int, int, int]] = field(default_factory=list)  # XLSX, 1-based
+    xlsx: XlsxFacts | None = None  # what the worksheet's XML says beyond the cells
 
 
 def build_sheet(
@@ -56,6 +57,9 @@ def build_sheet(
         row_numbers_like(grid.data.to_series(0), grid.first_data_row, SOURCE_ROW)
     )
     data, blank_count = _drop_blank_rows(data)
+    warnings: list[SheetIssue] = []
+    if grid.xlsx is not None:
+        data, warnings = hidden_rows(data, grid.xlsx)
     if data.height == 0:
         raise InputFileError(
             f"{path.name}{f' [{sheet_name}]' if sheet_name else ''} has a header row "
@@ -65,7 +69,12 @@ def build_sheet(
     frame, passthrough = _name_columns(data, names, assigned)
     frame = _undo_formula_guard(frame)
     columns = {name: headers[position] or names[position] for name, position in assigned.items()}
-    merged_issues = _merged_cell_issues(grid, assigned, columns, frame[SOURCE_ROW])
+    cell_issues: list[SheetIssue] = []
+    if grid.xlsx is not None:
+        cell_issues, cell_warnings = xlsx_cell_issues(
+            grid.xlsx, grid.column_letters, grid.first_data_row, assigned, columns, frame
+        )
+        warnings = [*grid.xlsx.warnings, *warnings, *cell_warnings]
     return Sheet(
         frame=frame,
         path=path,
@@ -81,8 +90,9 @@ def build_sheet(
         passthrough=tuple(passthrough),
         required=required,
         implied_currency=implied if "currency" not in assigned else None,
-        issues=tuple(issues + merged_issues),
+        issues=tuple(issues + cell_issues),
         blank_rows=blank_count,
+        warnings=tuple(warnings),
     )
 
 
@@ -151,57 +161,3 @@ def _surplus_value_issues(data: pl.DataFrame, width: int, first_row: int) -> lis
         )
         for row in rows["row"].to_list()
     ]
-
-
-def column_letter(index: int) -> str:
-    letters = ""
-    index += 1
-    while index:
-        index, remainder = divmod(index - 1, 26)
-        letters = chr(65 + remainder) + letters
-    return letters
-
-
-def column_index(letters: str) -> int:
-    value = 0
-    for char in letters:
-        value = value * 26 + ord(char) - 64
-    return value - 1
-
-
-def _merged_cell_issues(
-    grid: Grid, assigned: Mapping[str, int], columns: Mapping[str, str], source_rows: pl.Series
-) -> list[SheetIssue]:
-    """Flag data cells of canonical columns hidden under a merge (only the top-left has a value).
-
-    Batcher does not copy the merged value into the other rows: whether a merged
-    amount or product was meant for every row is a guess, and guesses cost money.
-    """
-    if not grid.merged or not grid.column_letters:
-        return []
-    data_rows = set(source_rows.to_list())
-    absolute = [column_index(letter) for letter in grid.column_letters]
-    field_at = {absolute[pos]: name for name, pos in assigned.items() if pos < len(absolute)}
-    issues: list[SheetIssue] = []
-    for first_row, first_col, last_row, last_col in grid.merged:
-        top_left = f"{column_letter(first_col)}{first_row}"
-        span = f"{top_left}:{column_letter(last_col)}{last_row}"
-        for row in range(max(first_row, grid.first_data_row), last_row + 1):
-            if row not in data_rows:
-                continue
-            for col in range(first_col, last_col + 1):
-                name = field_at.get(col)
-                if name is None or (row, col) == (first_row, first_col):
-                    continue
-                issues.append(
-                    SheetIssue(
-                        source_row=row,
-                        column=columns[name],
-                        code="merged_cell",
-                        message=f"{column_letter(col)}{row} is part of the merged cells {span}; "
-                        f"only {top_left} holds a value",
-                        hint="unmerge the cells and fill the value into every row",
-                        field=name,
-                    )
-                )
-    return issues

@@ -44,7 +44,8 @@ from batcher.intake.grid import build_sheet
 from batcher.intake.hashing import FileDigest
 from batcher.intake.header import check_mapping
 from batcher.intake.sheet import Sheet, SheetIssue
-from batcher.intake.xlsx import excel_number_text
+from batcher.intake.xlsx import excel_number_text, read_xlsx_grid
+from batcher.intake.xlsx_limits import IntakeLimits
 
 # Callers import the reading API from here; the pieces live in the modules above.
 __all__ = [
@@ -56,6 +57,7 @@ __all__ = [
     "SOURCE_ROW",
     "XLSX_EXTENSIONS",
     "FileDigest",
+    "IntakeLimits",
     "Sheet",
     "SheetIssue",
     "detect_delimiter",
@@ -63,7 +65,6 @@ __all__ = [
     "normalise_header",
     "read_sheet",
 ]
-from batcher.intake.xlsx import read_xlsx_grid
 
 
 def read_sheet(
@@ -72,11 +73,16 @@ def read_sheet(
     sheet: str | None = None,
     mapping: Mapping[str, str] | None = None,
     required: Iterable[str] = BASE_REQUIRED,
+    limits: IntakeLimits | None = None,
+    skip_hidden: bool = False,
 ) -> Sheet:
     """Read a CSV or XLSX sheet of recipients into text cells with canonical columns.
 
     `sheet` picks an XLSX worksheet by name (default: the first visible one).
     `mapping` is `{field: header}` from `--map`, overriding the alias table.
+    `limits` bounds what an XLSX may make calamine allocate (see `IntakeLimits`).
+    `skip_hidden` leaves out an XLSX's hidden rows and columns; by default they
+    are read and each is reported in `Sheet.warnings`.
     Raises InputFileError for a file that cannot be read as a recipients sheet,
     and UsageError for a `mapping` that names an unknown field.
     """
@@ -92,7 +98,9 @@ def read_sheet(
         if sheet is not None and not sheet.strip():
             raise UsageError("--sheet needs a worksheet name")
         data = read_all(path)
-        grid, sheet_name = read_xlsx_grid(path, data, sheet, field_overrides)
+        grid, sheet_name = read_xlsx_grid(
+            path, data, sheet, field_overrides, limits or IntakeLimits(), skip_hidden=skip_hidden
+        )
         return build_sheet(
             grid, path=path, digest=FileDigest.of_bytes(data), file_format="xlsx",
             sheet_name=sheet_name, encoding=None, delimiter=None, mapping=field_overrides,

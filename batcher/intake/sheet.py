@@ -53,6 +53,9 @@ class Sheet:
     implied_currency: str | None = None  # from a header such as "Amount (GBP)"
     issues: tuple[SheetIssue, ...] = ()
     blank_rows: int = 0  # wholly empty rows between data rows, ignored
+    # Worth telling the user but not errors: hidden rows and columns, formula
+    # problems outside the columns batcher uses. Callers print them.
+    warnings: tuple[SheetIssue, ...] = ()
 
     @property
     def sha256(self) -> str:

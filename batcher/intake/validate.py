@@ -66,6 +66,7 @@ from batcher.intake.scans import (
     scan_rows,
 )
 from batcher.intake.sheet import Sheet
+from batcher.intake.xlsx_issues import CELL_EXPLAINED
 
 # Callers import the validation API from here; the pieces live in the modules above.
 __all__ = [
@@ -179,6 +180,15 @@ def _finish_errors(
         .replace_strict(position, default=len(sheet.headers), return_dtype=pl.Int64)
         .alias("_position"),
     )
+    explained = [(i.source_row, i.field) for i in sheet.issues if i.code in CELL_EXPLAINED]
+    if explained:
+        cells = pl.DataFrame(
+            explained, schema={SOURCE_ROW: pl.Int64, "field": pl.String}, orient="row"
+        )
+        repeats = errors.filter(~pl.col("code").is_in(list(CELL_EXPLAINED))).join(
+            cells, on=[SOURCE_ROW, "field"], how="semi"
+        )
+        errors = errors.join(repeats, on=list(ERROR_SCHEMA), how="anti", nulls_equal=True)
     return errors.sort(SOURCE_ROW, "_position", "code").select(list(ERROR_SCHEMA))
 
 

@@ -1,9 +1,9 @@
-"""Reading an XLSX worksheet with calamine (fastexcel): sheet choice, numbers as Excel shows them, merges."""
+"""Reading an XLSX worksheet with calamine (fastexcel): sheet choice, limits, numbers as Excel shows them."""
 
 from __future__ import annotations
 
+import contextlib
 import io
-import re
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -14,8 +14,12 @@ from xml.etree import ElementTree
 import polars as pl
 
 from batcher.core.errors import InputFileError
-from batcher.intake.grid import Grid, column_index, column_letter
+from batcher.intake.cellrefs import column_index, column_letter
+from batcher.intake.grid import Grid
 from batcher.intake.header import HEADER_SEARCH_ROWS, find_header
+from batcher.intake.xlsx_issues import XlsxFacts, hidden_column_warnings
+from batcher.intake.xlsx_limits import IntakeLimits, check_archive, inflate
+from batcher.intake.xlsx_scan import WorksheetScan, scan_worksheet, worksheet_missing
 
 
 @dataclass(frozen=True)
@@ -26,12 +30,20 @@ class _WorksheetEntry:
 
 
 def read_xlsx_grid(
-    path: Path, data: bytes, wanted: str | None, mapping: Mapping[str, str]
+    path: Path,
+    data: bytes,
+    wanted: str | None,
+    mapping: Mapping[str, str],
+    limits: IntakeLimits,
+    *,
+    skip_hidden: bool = False,
 ) -> tuple[Grid, str]:
+    """The chosen worksheet's cells under its header, after the workbook passed `limits`."""
     import fastexcel  # lazy: only XLSX reads pay for it
 
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
+        check_archive(path, archive, limits)
         entries = _workbook_sheets(archive)
     except (zipfile.BadZipFile, KeyError, ElementTree.ParseError):
         raise InputFileError(
@@ -39,6 +51,7 @@ def read_xlsx_grid(
             hint="open it in Excel and save it again as .xlsx",
         ) from None
     entry = _choose_worksheet(path, entries, wanted)
+    scan = _scan_parts(path, data, archive, entry, limits)
     try:
         reader = fastexcel.read_excel(data)
         text_view = reader.load_sheet(entry.name, header_row=None, skip_rows=0, dtypes="string")
@@ -52,6 +65,12 @@ def read_xlsx_grid(
         ) from None
     letters = [column_letter(c.absolute_index) for c in text_view.available_columns()]
     cells = _excel_cells(text, numbers)
+    if skip_hidden and scan.hidden_columns:
+        shown = [
+            i for i, letter in enumerate(letters) if column_index(letter) not in scan.hidden_columns
+        ]
+        cells = cells.select(cells.columns[i] for i in shown)
+        letters = [letters[i] for i in shown]
     if cells.height == 0 or cells.width == 0:
         raise InputFileError(
             f"{path.name} [{entry.name}] is empty",
@@ -62,16 +81,52 @@ def read_xlsx_grid(
     header_cells, keep = _trim_trailing_blank_columns(list(head[header_index]), cells)
     data_frame = cells.slice(header_index + 1).select(keep)
     data_frame.columns = [f"c{i}" for i in range(len(keep))]
-    merged = _merged_ranges(archive, entry.part)
+    kept_letters = letters[: len(keep)]
+    headers = [c or "" for c in header_cells]
+    facts = XlsxFacts(
+        merged=scan.merged,
+        hidden_rows=frozenset(scan.hidden_rows),
+        bad_cells=scan.bad_cells,
+        skip_hidden=skip_hidden,
+        warnings=hidden_column_warnings(
+            kept_letters, headers, scan.hidden_columns, header_index + 1
+        ),
+    )
     grid = Grid(
-        header_cells=[c or "" for c in header_cells],
+        header_cells=headers,
         data=data_frame,
         first_data_row=header_index + 2,
         header_row=header_index + 1,
-        column_letters=letters[: len(keep)],
-        merged=merged,
+        column_letters=kept_letters,
+        xlsx=facts,
     )
     return grid, entry.name
+
+
+# Parts calamine inflates besides the worksheet; sizes are checked as they inflate.
+_SHARED_PARTS = ("xl/sharedStrings.xml", "xl/styles.xml", "xl/workbook.xml")
+
+
+def _scan_parts(
+    path: Path,
+    data: bytes,
+    archive: zipfile.ZipFile,
+    entry: _WorksheetEntry,
+    limits: IntakeLimits,
+) -> WorksheetScan:
+    """Inflate what calamine will read, within the byte budget, scanning the worksheet."""
+    budget = limits.max_uncompressed_bytes
+    for name in _SHARED_PARTS:
+        with contextlib.suppress(KeyError):
+            member = archive.getinfo(name)
+            for chunk in inflate(path, data, member, budget, limits):
+                budget -= len(chunk)
+    try:
+        member = archive.getinfo(entry.part)
+    except KeyError:
+        raise worksheet_missing(path, entry.name) from None
+    blocks = inflate(path, data, member, budget, limits)
+    return scan_worksheet(path, entry.name, blocks, limits)
 
 
 def _workbook_sheets(archive: zipfile.ZipFile) -> list[_WorksheetEntry]:
@@ -180,38 +235,3 @@ def _trim_trailing_blank_columns(
             break
         keep.pop()
     return header[: len(keep)], keep
-
-
-_MERGE_REF = re.compile(rb'<(?:\w+:)?mergeCell\s+ref="([A-Z]+)(\d+)(?::([A-Z]+)(\d+))?"')
-
-
-def _merged_ranges(archive: zipfile.ZipFile, part: str) -> list[tuple[int, int, int, int]]:
-    """Merged ranges of a worksheet as (first_row, first_col, last_row, last_col), 1-based rows.
-
-    calamine keeps a merged value in the top-left cell only; the worksheet XML
-    lists the ranges after the cell data, so the part is streamed, not parsed.
-    """
-    ranges: list[tuple[int, int, int, int]] = []
-    try:
-        stream = archive.open(part)
-    except KeyError:
-        return ranges
-    with stream:
-        tail = b""
-        while chunk := stream.read(1 << 20):
-            block = tail + chunk
-            if b"mergeCell" in block:
-                for match in _MERGE_REF.finditer(block):
-                    c1, r1, c2, r2 = match.groups()
-                    ranges.append(
-                        (
-                            int(r1),
-                            column_index(c1.decode()),
-                            int(r2 or r1),
-                            column_index((c2 or c1).decode()),
-                        )
-                    )
-                tail = b""
-            else:
-                tail = block[-64:]
-    return sorted(set(ranges))
