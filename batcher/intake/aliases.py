@@ -55,15 +55,16 @@ def normalise_header(text: str) -> str:
 
 
 def field_for_header(text: str) -> tuple[str | None, str | None]:
-    """The canonical field a header names, and a currency it implies ('Amount (GBP)')."""
-    name = HEADER_ALIASES.get(normalise_header(text))
-    if name:
-        return name, None
+    """The canonical field a header names, and a currency it implies ('Amount (GBP)').
+
+    The currency is looked for first: 'Value (£)' normalises to 'value', an
+    amount alias, and would otherwise lose its '£'.
+    """
     match = _AMOUNT_WITH_CURRENCY.match(text)
     if match and HEADER_ALIASES.get(normalise_header(match["base"])) == "amount":
         code = match["ccy"]
         return "amount", _SYMBOL_CODES.get(code, code.upper())
-    return None, None
+    return HEADER_ALIASES.get(normalise_header(text)), None
 
 
 def closest_headers(name: str, headers: Sequence[str]) -> list[str]:

@@ -89,7 +89,7 @@ def build_sheet(
         columns=columns,
         passthrough=tuple(passthrough),
         required=required,
-        implied_currency=implied if "currency" not in assigned else None,
+        implied_currency=implied,
         issues=tuple(issues + cell_issues),
         blank_rows=blank_count,
         warnings=tuple(warnings),

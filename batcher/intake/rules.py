@@ -214,6 +214,31 @@ def code_errors(orders: pl.DataFrame) -> list[pl.LazyFrame]:
     return frames
 
 
+def header_currency_errors(orders: pl.DataFrame, sheet: Sheet) -> list[pl.LazyFrame]:
+    """A currency cell that contradicts the currency the amount header names ('Amount (EUR)')."""
+    implied = sheet.implied_currency
+    if not implied or "currency" not in sheet.columns:
+        return []
+    amount_header = sheet.header_for("amount")
+    return [
+        error_rows(
+            orders,
+            pl.col("currency").is_not_null() & (pl.col("currency") != implied),
+            field="currency",
+            code="currency_conflict",
+            message=pl.format(
+                "the currency is {} but the header '{}' says amounts are in {}",
+                pl.col("currency"),
+                pl.lit(amount_header),
+                pl.lit(implied),
+            ),
+            hint=f"make them agree: fix the currency, or rename '{amount_header}' to 'Amount' "
+            "if the sheet mixes currencies",
+            key=ORDER_ID,
+        )
+    ]
+
+
 def issue_errors(sheet: Sheet) -> list[pl.LazyFrame]:
     if not sheet.issues:
         return []

@@ -50,7 +50,9 @@ class Sheet:
     columns: dict[str, str]  # canonical field -> the user's header text
     passthrough: tuple[str, ...]  # pass-through column names in `frame`, in file order
     required: frozenset[str]
-    implied_currency: str | None = None  # from a header such as "Amount (GBP)"
+    # From a header such as "Amount (GBP)": fills blank currency cells, and a
+    # currency cell that says otherwise is an error (never silently overridden).
+    implied_currency: str | None = None
     issues: tuple[SheetIssue, ...] = ()
     blank_rows: int = 0  # wholly empty rows between data rows, ignored
     # Worth telling the user but not errors: hidden rows and columns, formula

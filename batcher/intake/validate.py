@@ -51,6 +51,7 @@ from batcher.intake.rules import (
     REFERENCE_MAX_CHARS,
     code_errors,
     email_errors,
+    header_currency_errors,
     issue_errors,
     missing_recipient_errors,
     missing_value_errors,
@@ -110,6 +111,7 @@ def validate_rows(
     order_errors = [
         *missing_value_errors(orders, sheet, ORDER_FIELDS, key=ORDER_ID),
         *code_errors(orders),
+        *header_currency_errors(orders, sheet),
         *amount_errors(orders, from_excel=sheet.file_format == "xlsx"),
         *catalog_errors(orders, catalog_df),
     ]
