@@ -63,3 +63,40 @@ def test_currency_cell_contradicting_the_header_is_an_error_on_that_row(tmp_path
     assert message == "the currency is GBP but the header 'Amount (EUR)' says amounts are in EUR"
     assert result.valid["source_row"].to_list() == [2, 4]
     assert result.valid["currency"].to_list() == ["EUR", "EUR"]
+
+
+@pytest.mark.parametrize(
+    "cell, reason",
+    [
+        ('"1,500"', "'1,500' has a thousands separator (',')"),
+        ('"1,5"', "'1,5' has a comma: a decimal comma or a thousands separator?"),
+        ("1e3", "'1e3' is in scientific notation (an exponent)"),
+        ("２５", "'２５' uses digits other than 0-9"),
+        ("٢٥", "'٢٥' uses digits other than 0-9"),
+        ("1 500", "'1 500' has a thousands separator (' ')"),
+        ("1'500", "'1'500' has a thousands separator (''')"),
+    ],
+)
+def test_ambiguous_amounts_are_refused_with_a_reason(
+    tmp_path: Path, cell: str, reason: str
+) -> None:
+    text = f"Email,Product code,Amount,Currency\na@example.com,SHOP_GB,{cell},GBP\n"
+    result = validate_text(tmp_path, text)
+    assert errors(result) == [(2, "Amount", "ambiguous_amount")]
+    assert result.errors["message"][0] == reason
+    assert "no thousands separators" in result.errors["hint"][0]
+
+
+@pytest.mark.parametrize("cell", ["25", "25.00", "£25.00", "GBP 25", " 25 "])
+def test_plain_amounts_are_still_accepted(tmp_path: Path, cell: str) -> None:
+    text = f"Email,Product code,Amount,Currency\na@example.com,SHOP_GB,{cell},GBP\n"
+    result = validate_text(tmp_path, text)
+    assert errors(result) == []
+    assert result.valid["amount"].to_list() == ["25.00"]
+
+
+def test_semicolon_file_refuses_a_point_as_thousands_separator(tmp_path: Path) -> None:
+    text = "Email;Product code;Amount;Currency\na@example.com;SHOP_GB;1.500,00;GBP\nb@example.com;SHOP_GB;12,50;GBP\n"
+    result = validate_text(tmp_path, text)
+    assert errors(result) == [(2, "Amount", "ambiguous_amount")]
+    assert result.valid["amount"].to_list() == ["12.50"]

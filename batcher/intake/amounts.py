@@ -108,12 +108,42 @@ def _parse_one_amount(
     if _DATE_LIKE.match(raw):
         shown = raw.removesuffix(" 00:00:00")  # how calamine renders a date-only cell
         return None, "amount_is_date", f"'{shown}' is a date, not an amount", None
+    doubt = _ambiguity(raw.strip(), decimal_comma)
+    if doubt:
+        return None, "ambiguous_amount", doubt, None
     try:
         value = parse_amount(raw, decimal_comma=decimal_comma)
     except AmountError as exc:
         return None, "bad_amount", str(exc), None
     marks = currencies_marked(raw)
     return _plain_signed(value), None, None, "|".join(sorted(marks)) if marks else None
+
+
+# Forms `money.parse_amount` would read, but which a person may have meant
+# differently: batcher refuses to guess with money. Only the few distinct
+# values the fast pattern did not take are looked at.
+_EXPONENT = re.compile(r"\d[eE][+-]?\d")
+_GROUPED = re.compile(r"\d{1,3}([,.' \u00a0\u202f])\d{3}(?:\1\d{3})*(?!\d)")
+_SPACED = re.compile(r"\d[' \u00a0\u202f]+\d")
+
+
+def _ambiguity(text: str, decimal_comma: bool) -> str | None:
+    """Why an amount could be read more than one way, or None."""
+    if any(ch.isdigit() and not ch.isascii() for ch in text):
+        return f"'{text}' uses digits other than 0-9"
+    if _EXPONENT.search(text):
+        return f"'{text}' is in scientific notation (an exponent)"
+    decimal_mark = "," if decimal_comma else "."
+    grouped = _GROUPED.search(text)
+    if grouped and (grouped[1] != decimal_mark or text.count(decimal_mark) > 1):
+        return f"'{text}' has a thousands separator ('{grouped[1]}')"
+    if _SPACED.search(text):
+        return f"'{text}' has a space or apostrophe between digits"
+    if not decimal_comma and "," in text:
+        return f"'{text}' has a comma: a decimal comma or a thousands separator?"
+    if decimal_comma and "," in text and "." in text:
+        return f"'{text}' has both '.' and ','"
+    return None
 
 
 def _plain_signed(value: Decimal) -> str:
@@ -151,7 +181,9 @@ def currency_is_code() -> pl.Expr:
     return pl.col("currency").str.contains(r"^[A-Z]{3}$").fill_null(False)
 
 
-def amount_errors(orders: pl.DataFrame, *, from_excel: bool) -> list[pl.LazyFrame]:
+def amount_errors(
+    orders: pl.DataFrame, *, from_excel: bool, decimal_comma: bool
+) -> list[pl.LazyFrame]:
     code = amount_error_code(currency_is_code())
     amount = shortened(pl.col("amount"))
     decimals_hint = (
@@ -159,8 +191,13 @@ def amount_errors(orders: pl.DataFrame, *, from_excel: bool) -> list[pl.LazyFram
         if from_excel
         else "round it to the currency's decimals"
     )
+    example = "1500 or 1,50" if decimal_comma else "1500 or 1.50"
+    plain_hint = (
+        f"write it with the digits 0-9, no thousands separators and "
+        f"'{',' if decimal_comma else '.'}' for decimals, e.g. {example}"
+    )
     message = (
-        pl.when(code == "amount_is_date")
+        pl.when(code.is_in(["amount_is_date", "ambiguous_amount"]))
         .then(pl.col("amount_reason"))
         .when(code == "bad_amount")
         .then(pl.col("amount_reason").fill_null(pl.format("'{}' is not an amount", amount)))
@@ -192,6 +229,8 @@ def amount_errors(orders: pl.DataFrame, *, from_excel: bool) -> list[pl.LazyFram
         .then(pl.lit("Excel has turned the amount into a date: format the column as Number"))
         .when(code == "bad_amount")
         .then(pl.lit("write the amount as a number, e.g. 50 or 49.99"))
+        .when(code == "ambiguous_amount")
+        .then(pl.lit(plain_hint))
         .when(code == "amount_not_positive")
         .then(pl.lit("a gift card needs an amount above zero"))
         .when(code == "amount_currency_conflict")

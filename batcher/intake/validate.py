@@ -112,7 +112,9 @@ def validate_rows(
         *missing_value_errors(orders, sheet, ORDER_FIELDS, key=ORDER_ID),
         *code_errors(orders),
         *header_currency_errors(orders, sheet),
-        *amount_errors(orders, from_excel=sheet.file_format == "xlsx"),
+        *amount_errors(
+            orders, from_excel=sheet.file_format == "xlsx", decimal_comma=sheet.decimal_comma
+        ),
         *catalog_errors(orders, catalog_df),
     ]
     row_errors = [
