@@ -11,6 +11,7 @@ import polars as pl
 
 from batcher.core.errors import InputFileError
 from batcher.core.fields import CANONICAL_FIELDS, SOURCE_ROW
+from batcher.intake.cellrefs import column_letter
 from batcher.intake.frames import row_numbers_like
 from batcher.intake.hashing import FileDigest
 from batcher.intake.header import assign_fields, clean_header, missing_columns_error, unique_names
@@ -43,7 +44,8 @@ def build_sheet(
     required: frozenset[str],
 ) -> Sheet:
     headers = [clean_header(h) for h in grid.header_cells]
-    assigned, implied = assign_fields(headers, mapping, path)
+    letters = grid.column_letters or [column_letter(i) for i in range(len(headers))]
+    assigned, implied = assign_fields(headers, mapping, path, letters)
     missing = [n for n in CANONICAL_FIELDS if n in required and n not in assigned]
     if implied and "currency" in missing:
         missing.remove("currency")  # "Amount (GBP)" names the currency of every row

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -36,7 +37,7 @@ def find_header(rows: Sequence[Sequence[str | None]], mapping: Mapping[str, str]
     Falls back to the first non-empty row, so a sheet with unrecognised headers
     still reaches the missing-column error, which suggests the closest headers.
     """
-    mapped = {normalise_header(h) for h in mapping.values()}
+    mapped = {normalise_header(text) for h in mapping.values() if (text := mapped_header_text(h))}
     first_non_empty: int | None = None
     for index, row in enumerate(rows[:HEADER_SEARCH_ROWS]):
         cells = [c.strip() for c in row if c and c.strip()]
@@ -65,12 +66,24 @@ def unique_names(headers: Sequence[str], letters: Sequence[str]) -> list[str]:
 
 
 def assign_fields(
-    headers: Sequence[str], mapping: Mapping[str, str], path: Path
+    headers: Sequence[str], mapping: Mapping[str, str], path: Path, letters: Sequence[str]
 ) -> tuple[dict[str, int], str | None]:
-    """Canonical field -> column position, and a currency implied by the amount header."""
+    """Canonical field -> column position, and a currency implied by the amount header.
+
+    `letters` are the columns' letters as Excel shows them, for `@C` in
+    `--map` and for messages.
+    """
     assigned: dict[str, int] = {}
     for name, wanted in mapping.items():
-        assigned[name] = _find_mapped_column(headers, name, wanted, path)
+        position = _find_mapped_column(headers, letters, name, wanted, path)
+        for other, taken_position in assigned.items():
+            if taken_position == position:
+                raise UsageError(
+                    f"--map {other}={mapping[other]} and --map {name}={wanted} both name "
+                    f"column {letters[position]} ({headers[position]!r})",
+                    hint="map each field to its own column",
+                )
+        assigned[name] = position
     taken = set(assigned.values())
     implied: str | None = None
     for position, header in enumerate(headers):
@@ -80,30 +93,97 @@ def assign_fields(
         if field_name is None or field_name in mapping:
             continue
         if field_name in assigned:
-            other = headers[assigned[field_name]]
+            first = assigned[field_name]
+            other = headers[first]
+            choice = (
+                f"--map {field_name}=@{letters[first]} or --map {field_name}=@{letters[position]}"
+                if other == header
+                else f"--map {field_name}={other!r}"
+            )
             raise InputFileError(
-                f"{path.name}: columns {other!r} and {header!r} both look like {field_name}",
-                hint=f"choose one with --map {field_name}={other!r}",
+                f"{path.name}: columns {letters[first]} ({other!r}) and {letters[position]} "
+                f"({header!r}) both look like {field_name}",
+                hint=f"choose one with {choice}",
             )
         assigned[field_name] = position
         implied = currency or implied
     return assigned, implied
 
 
-def _find_mapped_column(headers: Sequence[str], name: str, wanted: str, path: Path) -> int:
-    for position, header in enumerate(headers):
-        if header == wanted:
-            return position
-    target = normalise_header(wanted)
-    for position, header in enumerate(headers):
-        if normalise_header(header) == target:
-            return position
+# "--map recipient_email=@C" names a column by letter; "Email#2" the second
+# column headed "Email". Either picks one of several identical headers.
+_BY_LETTER = re.compile(r"^@([A-Za-z]{1,3})$")
+_NTH = re.compile(r"^(?P<header>.+?)\s*#(?P<nth>[0-9]+)$")
+
+
+def mapped_header_text(wanted: str) -> str | None:
+    """The header text a `--map` value names (None for a column letter), for header search."""
+    if _BY_LETTER.match(wanted):
+        return None
+    nth = _NTH.match(wanted)
+    return nth["header"] if nth else wanted
+
+
+def _find_mapped_column(
+    headers: Sequence[str], letters: Sequence[str], name: str, wanted: str, path: Path
+) -> int:
+    by_letter = _BY_LETTER.match(wanted)
+    if by_letter:
+        letter = by_letter[1].upper()
+        if letter not in letters:
+            raise InputFileError(
+                f"{path.name}: --map {name}={wanted}: there is no column {letter}; "
+                f"columns are {letters[0]} to {letters[-1]}",
+            )
+        return letters.index(letter)
+    nth = _NTH.match(wanted)
+    matches = _matching_columns(headers, wanted)
+    if not matches and nth:
+        matches = _matching_columns(headers, nth["header"])
+        index = int(nth["nth"])
+        if 1 <= index <= len(matches):
+            return matches[index - 1]
+        if matches:
+            raise InputFileError(
+                f"{path.name}: --map {name}={wanted}: there are only {len(matches)} columns "
+                f"headed {headers[matches[0]]!r}",
+                hint=_choices(name, headers, letters, matches),
+            )
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        where = ", ".join(letters[m] for m in matches)
+        raise InputFileError(
+            f"{path.name}: --map {name}={wanted}: {len(matches)} columns are headed "
+            f"{headers[matches[0]]!r} ({where})",
+            hint=_choices(name, headers, letters, matches),
+        )
     close = difflib.get_close_matches(wanted, [h for h in headers if h], n=3, cutoff=0.5)
     hint = "did you mean " + " or ".join(repr(c) for c in close) + "?" if close else ""
     raise InputFileError(
         f"{path.name}: --map {name}={wanted}: there is no column {wanted!r}; "
         f"headers are {', '.join(repr(h) for h in headers if h)}",
         hint=hint or None,
+    )
+
+
+def _matching_columns(headers: Sequence[str], wanted: str) -> list[int]:
+    """Positions headed exactly `wanted`, else those equal once normalised."""
+    exact = [position for position, header in enumerate(headers) if header == wanted]
+    if exact:
+        return exact
+    target = normalise_header(wanted)
+    return [p for p, header in enumerate(headers) if target and normalise_header(header) == target]
+
+
+def _choices(
+    name: str, headers: Sequence[str], letters: Sequence[str], matches: Sequence[int]
+) -> str:
+    header = headers[matches[0]]
+    options = [f"--map {name}=@{letters[m]}" for m in matches]
+    return (
+        f"name one column: {' or '.join(options)}, or --map {name}='{header}#2' "
+        "for the second one headed so"
     )
 
 

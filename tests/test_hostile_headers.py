@@ -1,0 +1,72 @@
+"""Headers that are repeated, misplaced or missing: every error says which and how to fix it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from batcher.cli.common import parse_mappings
+from batcher.core.errors import InputFileError, UsageError
+from batcher.intake.read import read_sheet
+
+TWO_EMAILS = (
+    "Reference,Name,Email,Product code,Email,Amount,Currency\n"
+    "R-1,Ana,work@example.com,AMAZON_UK_STD,home@example.com,25,GBP\n"
+)
+
+
+def write(tmp_path: Path, text: str, name: str = "sheet.csv") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_identical_headers_hint_offers_an_unambiguous_map(tmp_path: Path) -> None:
+    with pytest.raises(InputFileError) as caught:
+        read_sheet(write(tmp_path, TWO_EMAILS))
+    assert str(caught.value).startswith(
+        "sheet.csv: columns C ('Email') and E ('Email') both look like recipient_email"
+    )
+    assert caught.value.hint == (
+        "choose one with --map recipient_email=@C or --map recipient_email=@E"
+    )
+
+
+def test_map_naming_an_ambiguous_header_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(InputFileError) as caught:
+        read_sheet(write(tmp_path, TWO_EMAILS), mapping={"recipient_email": "Email"})
+    assert "2 columns are headed 'Email' (C, E)" in str(caught.value)
+    assert "--map recipient_email=@C or --map recipient_email=@E" in (caught.value.hint or "")
+
+
+@pytest.mark.parametrize("wanted", ["@E", "@e", "Email#2"])
+def test_identical_headers_are_addressable(tmp_path: Path, wanted: str) -> None:
+    sheet = read_sheet(write(tmp_path, TWO_EMAILS), mapping={"recipient_email": wanted})
+    assert sheet.frame["recipient_email"].to_list() == ["home@example.com"]
+    # the other Email column passes through
+    assert "Email" in sheet.passthrough
+    assert sheet.frame["Email"].to_list() == ["work@example.com"]
+
+
+def test_map_to_a_missing_letter_or_occurrence_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(InputFileError, match="there is no column Z; columns are A to G"):
+        read_sheet(write(tmp_path, TWO_EMAILS), mapping={"recipient_email": "@Z"})
+    with pytest.raises(InputFileError, match="there are only 2 columns headed 'Email'"):
+        read_sheet(write(tmp_path, TWO_EMAILS), mapping={"recipient_email": "Email#3"})
+
+
+def test_two_fields_mapped_to_one_column_is_a_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="both name column C"):
+        read_sheet(
+            write(tmp_path, TWO_EMAILS),
+            mapping={"recipient_email": "@C", "recipient_name": "Email#1"},
+        )
+
+
+def test_parse_mappings_refuses_a_field_twice_and_a_header_twice() -> None:
+    with pytest.raises(UsageError, match="--map amount is given twice"):
+        parse_mappings(["amount=Value", "amount=Price"])
+    with pytest.raises(UsageError, match="name the same column"):
+        parse_mappings(["recipient_email=Email", "recipient_name=Email"])
+    assert parse_mappings(["recipient_email=Email#2"]) == {"recipient_email": "Email#2"}
