@@ -70,3 +70,43 @@ def test_parse_mappings_refuses_a_field_twice_and_a_header_twice() -> None:
     with pytest.raises(UsageError, match="name the same column"):
         parse_mappings(["recipient_email=Email", "recipient_name=Email"])
     assert parse_mappings(["recipient_email=Email#2"]) == {"recipient_email": "Email#2"}
+
+
+def test_notes_on_the_first_sheet_name_the_other_sheets(tmp_path: Path) -> None:
+    import openpyxl
+
+    book = openpyxl.Workbook()
+    notes = book.active
+    assert notes is not None
+    notes.title = "Notes"
+    notes.append(["These are the Q1 gift cards"])
+    recipients = book.create_sheet("Recipients")
+    recipients.append(["Email", "Product code", "Amount", "Currency"])
+    recipients.append(["a@example.com", "AMAZON_UK_STD", 5, "GBP"])
+    path = tmp_path / "notes.xlsx"
+    book.save(path)
+    with pytest.raises(InputFileError) as caught:
+        read_sheet(path)
+    assert str(caught.value).startswith("notes.xlsx [Notes]: no header row found")
+    assert "choose it with --sheet NAME ('Recipients')" in (caught.value.hint or "")
+    assert read_sheet(path, sheet="Recipients").row_count == 1
+
+
+def test_header_below_the_searched_rows_says_only_ten_rows_are_searched(tmp_path: Path) -> None:
+    titles = "".join(f"Title line {n}\n" for n in range(11))
+    text = titles + "Email,Product code,Amount,Currency\na@example.com,X,5,GBP\n"
+    with pytest.raises(InputFileError) as caught:
+        read_sheet(write(tmp_path, text))
+    assert str(caught.value).startswith(
+        "sheet.csv: no header row found: batcher looks for it in the first 10 rows only, "
+        "and row 1 reads 'Title line 0'"
+    )
+    assert "within the first 10 rows" in (caught.value.hint or "")
+
+
+def test_sheet_without_a_header_row_is_told_to_add_one(tmp_path: Path) -> None:
+    text = "a@example.com,AMAZON_UK_STD,5,GBP\nb@example.com,AMAZON_UK_STD,5,GBP\n"
+    with pytest.raises(InputFileError) as caught:
+        read_sheet(write(tmp_path, text))
+    assert str(caught.value).startswith("sheet.csv: no header row: row 1 holds data")
+    assert (caught.value.hint or "").startswith("add a header row above the data")

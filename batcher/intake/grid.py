@@ -14,7 +14,13 @@ from batcher.core.fields import CANONICAL_FIELDS, SOURCE_ROW
 from batcher.intake.cellrefs import column_letter
 from batcher.intake.frames import row_numbers_like
 from batcher.intake.hashing import FileDigest
-from batcher.intake.header import assign_fields, clean_header, missing_columns_error, unique_names
+from batcher.intake.header import (
+    assign_fields,
+    clean_header,
+    header_recognised,
+    missing_columns_error,
+    unique_names,
+)
 from batcher.intake.sheet import Sheet, SheetIssue
 from batcher.intake.xlsx_issues import XlsxFacts, hidden_rows, xlsx_cell_issues
 
@@ -29,6 +35,7 @@ class Grid:
     header_row: int
     column_letters: list[str] = field(default_factory=list)  # XLSX only
     xlsx: XlsxFacts | None = None  # what the worksheet's XML says beyond the cells
+    sheet_names: tuple[str, ...] = ()  # every worksheet of the workbook, for messages
 
 
 def build_sheet(
@@ -51,7 +58,16 @@ def build_sheet(
         missing.remove("currency")  # "Amount (GBP)" names the currency of every row
     if missing:
         unassigned = [h for i, h in enumerate(headers) if i not in assigned.values()]
-        raise missing_columns_error(missing, headers, unassigned, path)
+        raise missing_columns_error(
+            missing,
+            headers,
+            unassigned,
+            path,
+            recognised=header_recognised(headers, mapping),
+            header_row=grid.header_row,
+            sheet=sheet_name,
+            other_sheets=[n for n in grid.sheet_names if n != sheet_name],
+        )
 
     names = unique_names(headers, grid.column_letters)
     issues = _surplus_value_issues(grid.data, len(headers), grid.first_data_row)

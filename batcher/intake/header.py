@@ -37,7 +37,6 @@ def find_header(rows: Sequence[Sequence[str | None]], mapping: Mapping[str, str]
     Falls back to the first non-empty row, so a sheet with unrecognised headers
     still reaches the missing-column error, which suggests the closest headers.
     """
-    mapped = {normalise_header(text) for h in mapping.values() if (text := mapped_header_text(h))}
     first_non_empty: int | None = None
     for index, row in enumerate(rows[:HEADER_SEARCH_ROWS]):
         cells = [c.strip() for c in row if c and c.strip()]
@@ -45,10 +44,16 @@ def find_header(rows: Sequence[Sequence[str | None]], mapping: Mapping[str, str]
             continue
         if first_non_empty is None:
             first_non_empty = index
-        hits = sum(1 for c in cells if field_for_header(c)[0] or normalise_header(c) in mapped)
-        if hits >= _MIN_HEADER_MATCHES:
+        if _hits(cells, mapping) >= _MIN_HEADER_MATCHES:
             return index
     return first_non_empty if first_non_empty is not None else 0
+
+
+def _hits(cells: Sequence[str | None], mapping: Mapping[str, str]) -> int:
+    """How many cells name a known column or a `--map`ped header."""
+    mapped = {normalise_header(text) for h in mapping.values() if (text := mapped_header_text(h))}
+    texts = [c.strip() for c in cells if c and c.strip()]
+    return sum(1 for c in texts if field_for_header(c)[0] or normalise_header(c) in mapped)
 
 
 def unique_names(headers: Sequence[str], letters: Sequence[str]) -> list[str]:
@@ -187,23 +192,64 @@ def _choices(
     )
 
 
+def header_recognised(cells: Sequence[str], mapping: Mapping[str, str]) -> bool:
+    """Whether a row names enough known columns to be the header (as `find_header` decides)."""
+    return find_header([cells], mapping) == 0 and _hits(cells, mapping) >= _MIN_HEADER_MATCHES
+
+
+_EXAMPLE_HEADERS = "Email, Product code, Amount, Currency"
+_LOOKS_LIKE_DATA = re.compile(r"@|^[-+]?[0-9][0-9.,]*$")
+
+
 def missing_columns_error(
-    missing: Sequence[str], headers: Sequence[str], unassigned: Sequence[str], path: Path
+    missing: Sequence[str],
+    headers: Sequence[str],
+    unassigned: Sequence[str],
+    path: Path,
+    *,
+    recognised: bool,
+    header_row: int,
+    sheet: str | None = None,
+    other_sheets: Sequence[str] = (),
 ) -> InputFileError:
-    parts: list[str] = []
-    for name in missing:
-        close = closest_headers(name, unassigned)
-        if close:
-            quoted = " or ".join(repr(c) for c in close)
-            parts.append(f"{name} (closest header: {quoted}; use --map {name}={close[0]!r})")
-        else:
-            parts.append(name)
-    listed = ", ".join(repr(h) for h in headers if h) or "none"
-    noun = "column" if len(missing) == 1 else "columns"
-    return InputFileError(
-        f"{path.name}: missing required {noun} {'; '.join(parts)}. Headers found: {listed}",
-        hint="rename the column, or tell batcher which one it is with --map FIELD=HEADER",
-    )
+    """Required columns are missing: say why (no header found? data in row 1?) and how to fix it."""
+    where = f"{path.name} [{sheet}]" if sheet else path.name
+    listed = ", ".join(repr(h) for h in headers if h) or "nothing"
+    hints: list[str] = []
+    if other_sheets:
+        names = ", ".join(repr(n) for n in other_sheets)
+        hints.append(
+            f"if the recipients are on another sheet, choose it with --sheet NAME ({names})"
+        )
+    if not recognised and any(_LOOKS_LIKE_DATA.search(h) for h in headers if h):
+        message = (
+            f"{where}: no header row: row {header_row} holds data ({listed}), not column names"
+        )
+        hints.append(f"add a header row above the data naming the columns, e.g. {_EXAMPLE_HEADERS}")
+    elif not recognised:
+        message = (
+            f"{where}: no header row found: batcher looks for it in the first "
+            f"{HEADER_SEARCH_ROWS} rows only, and row {header_row} reads {listed}"
+        )
+        hints.append(
+            f"put the header row (e.g. {_EXAMPLE_HEADERS}) within the first "
+            f"{HEADER_SEARCH_ROWS} rows, deleting the rows above it, or add one"
+        )
+    else:
+        parts: list[str] = []
+        for name in missing:
+            close = closest_headers(name, unassigned)
+            if close:
+                quoted = " or ".join(repr(c) for c in close)
+                parts.append(f"{name} (closest header: {quoted}; use --map {name}={close[0]!r})")
+            else:
+                parts.append(name)
+        noun = "column" if len(missing) == 1 else "columns"
+        message = f"{where}: missing required {noun} {'; '.join(parts)}. Headers found: {listed}"
+        hints.append("rename the column, or tell batcher which one it is with --map FIELD=HEADER")
+        return InputFileError(message, hint="; ".join(hints))
+    hints.append("or name the columns with --map FIELD=HEADER")
+    return InputFileError(message, hint="; ".join(hints))
 
 
 def clean_header(cell: str | None) -> str:

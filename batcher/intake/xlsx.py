@@ -99,6 +99,7 @@ def read_xlsx_grid(
         header_row=header_index + 1,
         column_letters=kept_letters,
         xlsx=facts,
+        sheet_names=tuple(e.name for e in entries),
     )
     return grid, entry.name
 
