@@ -110,3 +110,21 @@ def test_sheet_without_a_header_row_is_told_to_add_one(tmp_path: Path) -> None:
         read_sheet(write(tmp_path, text))
     assert str(caught.value).startswith("sheet.csv: no header row: row 1 holds data")
     assert (caught.value.hint or "").startswith("add a header row above the data")
+
+
+def test_users_own_batcher_named_columns_are_renamed(tmp_path: Path) -> None:
+    text = (
+        "Email,Product code,Amount,Currency,order_id,row_key,state,State\n"
+        "a@example.com,AMAZON_UK_STD,5,GBP,PO-1,k1,NY,kept\n"
+    )
+    sheet = read_sheet(write(tmp_path, text))
+    # names compare exactly, as the exported CSV headers do: 'State' is the user's own
+    assert sheet.passthrough == ("order_id (2)", "row_key (2)", "state (2)", "State")
+    assert sheet.frame["order_id (2)"].to_list() == ["PO-1"]
+
+
+def test_batcher_columns_cover_every_column_the_rows_export_writes() -> None:
+    from batcher.intake.header import BATCHER_COLUMNS
+    from batcher.reporting.outputs import ROWS_CSV_COLUMNS
+
+    assert set(ROWS_CSV_COLUMNS) <= BATCHER_COLUMNS

@@ -56,10 +56,23 @@ def _hits(cells: Sequence[str | None], mapping: Mapping[str, str]) -> int:
     return sum(1 for c in texts if field_for_header(c)[0] or normalise_header(c) in mapped)
 
 
+#: Columns batcher writes beside the pass-through columns in its reports and
+#: ledger exports (see reporting.outputs.ROWS_CSV_COLUMNS; a test keeps the two
+#: in step). A user's column under one of these names is renamed
+#: like a repeated header, so 'order_id' from the sheet never passes for batcher's.
+BATCHER_COLUMNS: frozenset[str] = frozenset(
+    {
+        SOURCE_ROW, *CANONICAL_FIELDS, *DERIVED_FIELDS, "row_key", "state", "attempts",
+        "idempotency_key", "order_id", "order_request_id", "transaction_id", "error_code",
+        "error_message", "provider_request_id", "failure_kind", "conflict", "cost_currency",
+    }
+)  # fmt: skip
+
+
 def unique_names(headers: Sequence[str], letters: Sequence[str]) -> list[str]:
     """Column names for the frame: the header text, made unique and never blank."""
     names: list[str] = []
-    seen: set[str] = {SOURCE_ROW, *CANONICAL_FIELDS, *DERIVED_FIELDS}
+    seen: set[str] = set(BATCHER_COLUMNS)
     for position, header in enumerate(headers):
         base = header or f"Column {letters[position] if position < len(letters) else position + 1}"
         name, counter = base, 2
