@@ -114,10 +114,10 @@ def _scan_block(block: bytes, scan: WorksheetScan) -> None:
 def _hidden_columns(block: bytes) -> Iterable[int]:
     for element in _COL.findall(block):
         attributes = dict(_ATTRIBUTE.findall(element))
-        if attributes.get(b"hidden") in (b"1", b"true"):
-            first = int(attributes.get(b"min", b"1"))
-            last = min(int(attributes.get(b"max", b"1")), first + 16_384)
-            yield from range(first - 1, last)
+        low, high = attributes.get(b"min", b"1"), attributes.get(b"max", b"1")
+        if attributes.get(b"hidden") in (b"1", b"true") and low.isdigit() and high.isdigit():
+            first = int(low)
+            yield from range(first - 1, min(int(high), first + 16_384))
 
 
 def _text(raw: bytes) -> str:
