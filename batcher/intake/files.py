@@ -19,10 +19,15 @@ _ZIP_MAGIC = b"PK\x03\x04"
 
 def _open_error(path: Path, exc: OSError) -> InputFileError:
     if isinstance(exc, FileNotFoundError):
-        return InputFileError(f"{path}: no such file")
+        return InputFileError(f"{path}: no such file", hint="check the path and the file name")
     if isinstance(exc, IsADirectoryError):
-        return InputFileError(f"{path} is a folder, not a sheet")
-    return InputFileError(f"{path}: cannot read the file ({exc.strerror})")
+        return InputFileError(
+            f"{path} is a folder, not a sheet", hint="pass the .csv or .xlsx file inside it"
+        )
+    return InputFileError(
+        f"{path}: cannot read the file ({exc.strerror})",
+        hint="check that the file exists and that you may read it",
+    )
 
 
 def read_head(path: Path) -> bytes:
@@ -50,7 +55,7 @@ def _refuse_non_regular(path: Path) -> None:
     except OSError as exc:
         raise _open_error(path, exc) from None
     if stat.S_ISDIR(mode):
-        raise InputFileError(f"{path} is a folder, not a sheet")
+        raise _open_error(path, IsADirectoryError())
     if not stat.S_ISREG(mode):
         raise InputFileError(
             f"{path} is not a regular file (a pipe, socket or device)",

@@ -152,6 +152,7 @@ def _find_mapped_column(
             raise InputFileError(
                 f"{path.name}: --map {name}={wanted}: there is no column {letter}; "
                 f"columns are {letters[0]} to {letters[-1]}",
+                hint="use the letter Excel shows above the column, e.g. @C",
             )
         return letters.index(letter)
     nth = _NTH.match(wanted)
