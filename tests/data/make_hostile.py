@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from xml.sax.saxutils import escape
 
+from batcher.intake.cellrefs import column_letter
+
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "hostile"
 ZIP_TIME = (2026, 1, 15, 9, 0, 0)
@@ -83,15 +85,6 @@ def cell_xml(ref: str, value: object) -> str:
     if isinstance(value, int | float):
         return f'<c r="{ref}"><v>{value}</v></c>'
     return f'<c r="{ref}" t="inlineStr"><is><t>{escape(str(value))}</t></is></c>'
-
-
-def column_letter(index: int) -> str:
-    letters = ""
-    index += 1
-    while index:
-        index, remainder = divmod(index - 1, 26)
-        letters = chr(65 + remainder) + letters
-    return letters
 
 
 def rows_xml(
