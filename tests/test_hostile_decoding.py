@@ -102,3 +102,12 @@ def test_quote_mistakes_name_line_and_column(tmp_path: Path, bad_line: str, expe
     assert str(error).startswith("quotes.csv: line 3, column 'Name': ")
     assert expected in str(error)
     assert "polars" not in str(error).lower() and "dtype" not in str(error)
+
+
+def test_cp1252_symbols_after_capitals_are_not_taken_for_utf8(tmp_path: Path) -> None:
+    """'É’' is C9 92 in cp1252, which is also a UTF-8 pair; it is not a mixed file."""
+    path = tmp_path / "windows.csv"
+    path.write_bytes((HEADER + row(1, "JOSÉ’S café £5")).encode("cp1252"))
+    sheet = read_sheet(path)
+    assert sheet.encoding == "cp1252"
+    assert sheet.frame["recipient_name"].to_list() == ["JOSÉ’S café £5"]

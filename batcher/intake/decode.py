@@ -55,9 +55,11 @@ _WIDE_BOMS: tuple[tuple[bytes, str], ...] = (
     (codecs.BOM_UTF16_LE, "utf-16"),
     (codecs.BOM_UTF16_BE, "utf-16"),
 )
-# A two-byte UTF-8 sequence (é, ö, £ ...): in cp1252 text it would be a rare
-# pair such as 'Ã©', so finding one means the file holds UTF-8.
-_UTF8_SEQUENCE = re.compile(rb"[\xc2-\xdf][\x80-\xbf]|[\xe0-\xef][\x80-\xbf]{2}")
+# UTF-8 as it most often appears in European names and prose: Latin letters
+# with accents (é is C3 A9, ł C5 82, ą C4 85) and typographic quotes and dashes
+# (’ is E2 80 99). In cp1252 those bytes read 'Ã©', 'Å‚', 'â€™', which real
+# cp1252 text almost never holds, so finding one means UTF-8 is mixed in.
+_UTF8_SEQUENCE = re.compile(rb"[\xc3-\xc5][\x80-\xbf]|\xe2\x80[\x90-\xbf]")
 
 
 def choose_csv_input(path: Path, head: bytes) -> CsvInput:
