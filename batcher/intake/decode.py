@@ -90,9 +90,7 @@ def choose_csv_input(path: Path, head: bytes) -> CsvInput:
 def after_late_bad_byte(path: Path, csv_input: CsvInput) -> CsvInput:
     """polars found a non-UTF-8 byte beyond the head: refuse a mixed file, else read cp1252.
 
-    Reading the whole file happens only on this path. A file that is plain
-    ASCII up to that byte is an 8-bit export (Windows "CSV" is cp1252); one
-    with UTF-8 before it has a row from another export.
+    Reading the whole file happens only on this path (see `_eight_bit_input`).
     """
     data = csv_input.source if isinstance(csv_input.source, bytes) else read_all(path)
     try:
@@ -105,9 +103,11 @@ def after_late_bad_byte(path: Path, csv_input: CsvInput) -> CsvInput:
 def _eight_bit_input(path: Path, data: bytes, bad: int, *, complete: bool) -> CsvInput:
     """cp1252 for a file whose first non-UTF-8 byte is at `bad`, unless it mixes encodings.
 
-    `data` is the file's beginning, or the whole file when `complete`.
+    `data` is the file's beginning, or the whole file when `complete`. UTF-8
+    before `bad` means a UTF-8 file with a foreign row; UTF-8 after it, an
+    8-bit file with a UTF-8 row. Either is refused.
     """
-    if not data[:bad].isascii():
+    if _UTF8_SEQUENCE.search(data, 0, bad):
         raise _mixed_encoding_error(path, data, bad)
     whole = data if complete else read_all(path)
     later = _UTF8_SEQUENCE.search(whole, bad)
