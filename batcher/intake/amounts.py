@@ -86,7 +86,7 @@ def add_amount_columns(orders: pl.DataFrame, decimal_comma: bool) -> pl.DataFram
 
 
 def _parse_unusual_amounts(values: Sequence[str], decimal_comma: bool) -> pl.DataFrame:
-    """Amounts the fast pattern did not take ('£50', '1,000.50', dates), one distinct value each."""
+    """Amounts the fast pattern did not take ('£50', '1,500', dates), one distinct value each."""
     rows = [(value, *_parse_one_amount(value, decimal_comma)) for value in values]
     return pl.DataFrame(
         rows,

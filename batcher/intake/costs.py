@@ -1,4 +1,4 @@
-"""What valid rows cost, exactly: integer arithmetic that agrees with `money.cost_after_discount`."""
+"""What valid rows cost, exactly: integer arithmetic agreeing with `money.cost_after_discount`."""
 
 from __future__ import annotations
 

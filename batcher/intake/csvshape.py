@@ -53,7 +53,7 @@ def csv_shape_error(
 def _quote_error(
     path: Path, text: str, delimiter: str, header: Sequence[str]
 ) -> InputFileError | None:
-    """A stray quote inside an unquoted value, text after a closing quote, or a quote never closed."""
+    """A stray quote in an unquoted value, text after a closing quote, or a quote never closed."""
     lines = text.splitlines()
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     while True:

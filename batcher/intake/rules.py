@@ -1,4 +1,4 @@
-"""Cell rules (missing, too long, email, codes) as frames of errors, and the helper that builds them."""
+"""Cell rules (missing, too long, email, codes) as frames of errors, and their common builder."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Reading an XLSX worksheet with calamine (fastexcel): sheet choice, limits, numbers as Excel shows them."""
+"""Reading an XLSX worksheet with calamine (fastexcel): sheet choice, limits, numbers as shown."""
 
 from __future__ import annotations
 

@@ -19,7 +19,10 @@ from batcher.intake.sheet import SheetIssue
 #: issue codes that explain a cell fully: other errors on that cell would only repeat them
 #: ("Amount is empty" for a formula that shows #DIV/0!)
 CELL_EXPLAINED = frozenset({"formula_error", "formula_not_calculated"})
-_HIDDEN_HINT = "unhide it in Excel to check it, or read with skip_hidden=True to leave hidden rows and columns out"
+_HIDDEN_HINT = (
+    "unhide it in Excel to check it, or read with skip_hidden=True "
+    "to leave hidden rows and columns out"
+)
 
 
 @dataclass
@@ -109,7 +112,10 @@ def xlsx_cell_issues(
             hint = "fix the formula in Excel (or type the value), then save again"
         else:
             message = f"{ref} holds the formula ={text} but no calculated value"
-            hint = "open and save the file in Excel, which stores each formula's value, or type the value"
+            hint = (
+                "open and save the file in Excel, which stores each formula's value, "
+                "or type the value"
+            )
         issue = SheetIssue(
             source_row=row,
             column=columns[name] if name else ref,
