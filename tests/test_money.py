@@ -219,7 +219,7 @@ def test_vectorised_cost_matches_decimal_cost(cases: list) -> None:
     import polars as pl
 
     from batcher.core.money import cost_after_discount, minor_units, money_str, round_money
-    from batcher.intake.validate import _cost_text, _discount_factor
+    from batcher.intake.costs import _cost_minor, _discount_factor, _minor_units_text
 
     rows = []
     for amount, discount, currency in cases:
@@ -237,6 +237,9 @@ def test_vectorised_cost_matches_decimal_cost(cases: list) -> None:
         },
         schema={"scaled": pl.Int128, "factor": pl.Int128, "minor": pl.Int64},
     )
-    got = frame.select(_cost_text(pl.col("scaled") * pl.col("factor"), pl.col("minor")))
+    minor = pl.col("minor")
+    got = frame.select(
+        _minor_units_text(_cost_minor(pl.col("scaled") * pl.col("factor"), minor), minor)
+    )
     expected = [money_str(cost_after_discount(a, d, c), c) for a, d, c in rows]
     assert got.to_series().to_list() == expected

@@ -344,7 +344,7 @@ def test_map_with_an_unknown_field_is_a_usage_error() -> None:
 
 def test_two_columns_for_one_field_is_an_error() -> None:
     assert read_error("ambiguous_columns.csv") == (
-        "ambiguous_columns.csv: columns 'Email' and 'E-mail address' both look like "
+        "ambiguous_columns.csv: columns A ('Email') and B ('E-mail address') both look like "
         "recipient_email (choose one with --map recipient_email='Email')"
     )
     sheet = read("ambiguous_columns.csv", mapping={"recipient_email": "E-mail address"})

@@ -145,6 +145,7 @@ def test_bad_values() -> None:
         (4, "Amount", "bad_amount"),
         (5, "Amount", "bad_amount"),
         (6, "Amount", "bad_amount"),
+        (7, "Amount", "ambiguous_amount"),
         (9, "Email", "bad_email"),
         (10, "Email", "bad_email"),
         (11, "Email", "missing_value"),
@@ -160,11 +161,15 @@ def test_bad_values() -> None:
         "'not-an-email' is not a valid email address",
         "An email address must have an @-sign.",
     )
+    assert by_row[7] == (
+        "'1,000.50' has a thousands separator (',')",
+        "write it with the digits 0-9, no thousands separators and '.' for decimals, "
+        "e.g. 1500 or 1.50",
+    )
     assert by_row[16][0] == "'€25' is written in EUR but the row's currency is GBP"
     assert by_row[19][0] == "'2026-03-01' is a date, not an amount"
     valid = {r["source_row"]: r for r in result.valid.to_dicts()}
-    assert sorted(valid) == [7, 8, 13, 14, 15, 17]
-    assert valid[7]["amount"] == "1000.50"
+    assert sorted(valid) == [8, 13, 14, 15, 17]
     assert valid[8]["amount"] == "25.00"  # non-breaking spaces trimmed
     assert valid[13]["currency"] == "GBP"
     assert (valid[14]["recipient_email"], valid[14]["recipient_name"], valid[14]["message"]) == (
@@ -196,12 +201,15 @@ def test_minor_units_per_currency() -> None:
 
 def test_semicolon_file_reads_decimal_commas() -> None:
     result = check("semicolon_decimal_comma.csv")
-    assert codes(result) == [(5, "Amount", "bad_amount")]
-    assert "ambiguous" in result.errors["message"][0]
+    assert codes(result) == [(4, "Amount", "ambiguous_amount"), (5, "Amount", "ambiguous_amount")]
+    assert result.errors["message"].to_list() == [
+        "'1.000,00' has a thousands separator ('.')",
+        "'1.000' has a thousands separator ('.')",
+    ]
+    assert "',' for decimals, e.g. 1500 or 1,50" in result.errors["hint"][0]
     assert result.valid.select("source_row", "amount").rows() == [
         (2, "50.00"),
         (3, "12.50"),
-        (4, "1000.00"),
         (6, "49.99"),
     ]
 
@@ -279,8 +287,14 @@ def test_numbers_from_excel() -> None:
 
 def test_scientific_notation() -> None:
     result = check("scientific_notation.csv")
-    assert codes(result) == [(4, "Reference", "reference_mangled")]
-    assert result.valid.select("source_row", "amount").rows() == [(2, "50.00"), (3, "25.00")]
+    # An exponent in an amount is refused like any other form a person may misread.
+    assert codes(result) == [
+        (2, "Amount", "ambiguous_amount"),
+        (3, "Amount", "ambiguous_amount"),
+        (4, "Reference", "reference_mangled"),
+    ]
+    assert result.errors["message"][0] == "'5E+01' is in scientific notation (an exponent)"
+    assert result.valid.height == 0
 
 
 def test_long_cells() -> None:

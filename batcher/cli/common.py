@@ -147,7 +147,20 @@ def parse_mappings(mappings: Sequence[str]) -> dict[str, str]:
         name, sep, header = item.partition("=")
         if not sep or not name.strip() or not header.strip():
             raise UsageError(f"--map {item!r} is not FIELD=HEADER", hint="e.g. --map amount=Value")
-        parsed[name.strip().lower()] = header.strip()
+        key, header = name.strip().lower(), header.strip()
+        if key in parsed:
+            raise UsageError(
+                f"--map {key} is given twice ({parsed[key]!r} and {header!r})",
+                hint="map each field once",
+            )
+        for other, taken in parsed.items():
+            if taken == header:
+                raise UsageError(
+                    f"--map {other}={taken} and --map {key}={header} name the same column",
+                    hint="map each column to one field; for identical headers use "
+                    "HEADER#2 or the column letter, e.g. @C",
+                )
+        parsed[key] = header
     return parsed
 
 

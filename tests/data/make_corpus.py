@@ -149,7 +149,7 @@ def semicolon_decimal_comma_csv(out: Path) -> None:
         HEADER,
         ok_row(1, amount="50,00"),
         ok_row(2, amount="12,5"),
-        ok_row(3, amount="1.000,00"),  # 1000.00: too much for nothing, fine for Amazon (max 2000)
+        ok_row(3, amount="1.000,00"),  # a thousands separator: refused
         ok_row(4, amount="1.000"),  # one or one thousand? refused
         ok_row(5, amount="49.99"),  # a point is still read as a decimal point
     ]
@@ -226,7 +226,7 @@ def hidden_first_sheet_xlsx(out: Path) -> None:
 
 
 def scientific_notation_csv(out: Path) -> None:
-    """Excel's scientific notation: fine for an amount, fatal for a reference."""
+    """Excel's scientific notation: refused in an amount (ambiguous), fatal for a reference."""
     rows = [
         HEADER,
         ok_row(1, amount="5E+01"),
@@ -428,7 +428,7 @@ def bad_values_csv(out: Path) -> None:
         [*ok_row(3, amount="NaN"), ""],
         [*ok_row(4, amount="inf"), ""],
         [*ok_row(5, amount="twenty"), ""],
-        [*ok_row(6, amount="1,000.50"), ""],  # fine: thousands separator
+        [*ok_row(6, amount="1,000.50"), ""],  # a thousands separator: refused
         [*ok_row(7, amount="\u00a025.00\u00a0"), ""],  # non-breaking spaces: fine
         [*ok_row(8, email="not-an-email"), ""],
         [*ok_row(9, email="a@b@example.com"), ""],

@@ -1,0 +1,266 @@
+"""The passes over every row: distinct orders, and cheap probes of the recipient cells."""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+import polars as pl
+
+from batcher.core.fields import SOURCE_ROW
+from batcher.intake.frames import chunked_like
+from batcher.intake.sheet import Sheet
+
+# A sound subset of RFC 5321 addresses: ASCII dot-atom local part, LDH domain
+# labels, alphabetic TLD. Everything it accepts, email-validator accepts too
+# (a property test checks this); anything else goes to email-validator, which
+# decides (Unicode addresses included) and explains its refusal.
+FAST_EMAIL = (
+    r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$"
+)
+# Text that sends an address the fast pattern accepts to email-validator anyway:
+# special-use domains it refuses (.local covers .localhost), and '--', which it
+# refuses in positions 3-4 of a domain label (reserved for IDNA, bar 'xn--').
+_SLOW_PATH_MARKERS = [".arpa", ".invalid", ".local", ".onion", ".test", "--"]
+
+#: cells that describe the order; checked once per distinct combination
+ORDER_FIELDS: tuple[str, ...] = (
+    "product_code", "merchant", "amount", "currency", "country", "payment_currency",
+)  # fmt: skip
+#: cells that describe the recipient; checked on every row
+RECIPIENT_FIELDS: tuple[str, ...] = ("reference", "recipient_email", "recipient_name", "message")
+_CODE_FIELDS = ("currency", "country", "payment_currency")  # trimmed and upper-cased
+ORDER_ID = "order_id"
+ORDER_ROWS = "order_rows"
+
+
+def _trimmed(name: str) -> pl.Expr:
+    """Outer whitespace (Unicode, NBSP included) removed; a blank cell becomes null."""
+    value = pl.col(name).str.strip_chars()
+    return pl.when(value != "").then(value).alias(name)
+
+
+def scan_rows(sheet: Sheet) -> tuple[pl.DataFrame, Rows, RowFacts]:
+    """The passes over every row: the distinct orders, and probes of the recipient cells.
+
+    Returns the orders (see `_orders_from_groups`), the recipient side (`Rows`,
+    built only as far as a check needs it), and the `RowFacts` that tell the
+    later checks whether they can find anything at all.
+    """
+    frame = sheet.frame
+    # Columns with no value at all (often merchant, payment currency) or the
+    # same value on every row (often currency, country) cannot tell orders
+    # apart; leaving them out of the grouping keys makes it cheaper.
+    constant = _constant_columns(frame, ORDER_FIELDS)
+    keys = [n for n in ORDER_FIELDS if n not in constant] or [ORDER_FIELDS[0]]
+    grouped = (
+        frame.lazy()
+        .select(keys)
+        .with_row_index(_POSITIONS)
+        .group_by(keys)
+        .agg(pl.col(_POSITIONS))
+        .with_row_index(ORDER_ID)
+    )
+    # One after another: each already keeps both cores busy, and collect_all's
+    # running them side by side measured slower.
+    groups, doubtful, stats = (lazy.collect() for lazy in (grouped, *_row_probes(frame)))
+    orders = _orders_from_groups(groups, keys, constant, sheet)
+    rows = Rows(frame, groups.select(ORDER_ID, _POSITIONS))
+    return orders, rows, _row_facts(frame, doubtful, stats)
+
+
+_POSITIONS = "_positions"  # an order's rows, as positions in the sheet's frame
+
+
+class Rows:
+    """The recipient side of a sheet, built only as far as the checks need it.
+
+    Most sheets have every recipient cell filled and trimmed, no over-long text
+    and no repeated reference. Then no check needs a trimmed copy of every
+    recipient cell, nor every row's order id, and neither is built until
+    `ValidationResult.valid` asks for them.
+    """
+
+    def __init__(self, frame: pl.DataFrame, groups: pl.DataFrame) -> None:
+        self._frame = frame
+        self._groups = groups  # order_id, _positions
+
+    @cached_property
+    def cells(self) -> pl.DataFrame:
+        """source_row, the recipient cells trimmed (a blank cell as null), and order_id."""
+        frame = self._frame
+        trimmed = (
+            frame.lazy()
+            .select(pl.col(SOURCE_ROW), *(pl.col(n).str.strip_chars() for n in RECIPIENT_FIELDS))
+            # Two steps: in one expression polars would strip every cell twice.
+            .with_columns(
+                pl.when(pl.col(n) != "").then(pl.col(n)).alias(n) for n in RECIPIENT_FIELDS
+            )
+            .collect()
+        )
+        return trimmed.with_columns(
+            chunked_like(self.order_of_row, trimmed[SOURCE_ROW]).alias(ORDER_ID)
+        )
+
+    @cached_property
+    def order_of_row(self) -> pl.Series:
+        """Each row's order id, by position."""
+        # Scatter each order's id to its rows: cheaper than joining a million rows back.
+        members = self._groups.explode(_POSITIONS)
+        return pl.zeros(self._frame.height, dtype=pl.UInt32, eager=True).scatter(
+            members[_POSITIONS], members[ORDER_ID]
+        )
+
+    def of_orders(self, order_ids: pl.Series) -> pl.DataFrame:
+        """source_row and order_id of every row of these orders."""
+        members = self._groups.filter(pl.col(ORDER_ID).is_in(order_ids.implode())).explode(
+            _POSITIONS
+        )
+        return pl.DataFrame(
+            [self._frame[SOURCE_ROW].gather(members[_POSITIONS]), members[ORDER_ID].rechunk()]
+        )
+
+
+def _constant_columns(frame: pl.DataFrame, names: Sequence[str]) -> dict[str, str | None]:
+    """The columns among `names` with one value (or none) on every row, and that value."""
+    nulls = {n: frame[n].null_count() for n in names}
+    constant: dict[str, str | None] = {n: None for n in names if nulls[n] == frame.height}
+    filled = [n for n in names if nulls[n] == 0]
+    if filled:
+        same = frame.select((pl.col(n) == pl.col(n).first()).all() for n in filled).row(0)
+        constant |= {n: frame[n][0] for n, is_same in zip(filled, same, strict=True) if is_same}
+    return constant
+
+
+def _orders_from_groups(
+    groups: pl.DataFrame, keys: Sequence[str], constant: Mapping[str, str | None], sheet: Sheet
+) -> pl.DataFrame:
+    """One row per distinct combination of order cells.
+
+    The orders frame has `order_id`, `order_rows` (how many sheet rows share
+    the order), the cells as read (`raw_<field>`) and the same cells normalised
+    under the field names: trimmed, codes upper-cased, and the currency named
+    by an "Amount (GBP)" header filled in.
+    """
+    raw = {name: f"raw_{name}" for name in ORDER_FIELDS}
+    orders = groups.select(
+        ORDER_ID,
+        pl.col(_POSITIONS).list.len().alias(ORDER_ROWS),
+        *(
+            pl.col(n).alias(raw[n])
+            if n in keys
+            else pl.lit(constant.get(n), pl.String).alias(raw[n])
+            for n in ORDER_FIELDS
+        ),
+    )
+    normalised = [
+        _trimmed(raw[n]).str.to_uppercase().alias(n)
+        if n in _CODE_FIELDS
+        else _trimmed(raw[n]).alias(n)
+        for n in ORDER_FIELDS
+    ]
+    orders = orders.with_columns(normalised)
+    if sheet.implied_currency:
+        orders = orders.with_columns(pl.col("currency").fill_null(pl.lit(sheet.implied_currency)))
+    return orders
+
+
+@dataclass(frozen=True)
+class RowFacts:
+    """What the probes of the recipient cells found, for the checks that follow."""
+
+    doubtful_emails: pl.DataFrame  # source_row, recipient_email: not vouched for by FAST_EMAIL
+    longest_bytes: dict[str, int]  # longest message, name and reference, in bytes
+    reference_has_e: bool  # some reference could be scientific notation
+    references_may_repeat: bool  # some upper-cased references share a hash
+    may_be_blank: dict[str, bool]  # a recipient field with a cell that is blank once trimmed
+
+
+def _row_probes(frame: pl.DataFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+    """Cheap scans of the recipient cells as read, for `_row_facts`.
+
+    They look at the raw cells so that they need not wait for the trimmed ones,
+    and each of them errs only towards looking closer: a raw cell is never
+    shorter than trimmed, and an untrimmed address is never `surely_fine`.
+    """
+    email = pl.col("recipient_email")
+    surely_fine = (
+        email.str.contains(FAST_EMAIL)
+        # Found anywhere (cheap to look for): email-validator decides those.
+        & ~email.str.contains_any(_SLOW_PATH_MARKERS, ascii_case_insensitive=True)
+        & (email.str.len_bytes() <= 64)  # longer ones: let email-validator check the lengths
+    )
+    doubtful = (
+        frame.lazy()
+        .filter(email.is_not_null() & ~surely_fine.fill_null(False))
+        .select(SOURCE_ROW, email.str.strip_chars())
+    )
+    reference = pl.col("reference")
+    stats = frame.lazy().select(
+        *(
+            pl.col(name).str.len_bytes().max().fill_null(0).alias(name)
+            for name in ("message", "recipient_name", "reference")
+        ),
+        _unusual_reference(reference).any().alias("_unusual"),
+        (_references_compared(reference).n_unique() < reference.count()).alias("_repeat"),
+    )
+    return doubtful, stats
+
+
+# Text that upper-casing or trimming could change, or that has an 'E': a
+# lower-case ASCII letter, ASCII white space anywhere, or any non-ASCII character
+# (Unicode case and white space). Cheaper to look for than with a regex.
+_FOLDABLE = [*string.ascii_lowercase, "E", " ", "\t", "\n", "\r", "\x0b", "\x0c"]
+
+
+def _unusual_reference(reference: pl.Expr) -> pl.Expr:
+    """True where upper-casing or trimming could change the reference, where it is
+    blank (a quoted empty CSV field is read as empty text, not as null), or where
+    it has an 'E'."""
+    size = reference.str.len_bytes()
+    return reference.str.contains_any(_FOLDABLE) | (size == 0) | (reference.str.len_chars() != size)
+
+
+def _references_compared(reference: pl.Expr, *, folded: bool = False) -> pl.Expr:
+    """A 64-bit hash per reference, as references compare (see `_row_facts`)."""
+    if folded:
+        reference = reference.str.strip_chars().str.to_uppercase()
+    return reference.drop_nulls().hash()
+
+
+def _row_facts(frame: pl.DataFrame, doubtful: pl.DataFrame, stats: pl.DataFrame) -> RowFacts:
+    found = stats.row(0, named=True)
+    # References compare trimmed and case-insensitively, but upper-casing a
+    # million cells is dear. When no reference is `_unusual_reference`,
+    # comparing them as read is the same. The same look finds any 'E', which a
+    # reference that Excel wrote in scientific notation has.
+    has_e = repeat = False
+    if found["_unusual"]:
+        reference = pl.col("reference")
+        has_e, repeat = frame.select(
+            reference.str.contains_any(["E", "e"]).any().alias("has_e"),
+            (_references_compared(reference, folded=True).n_unique() < reference.count()).alias(
+                "repeat"
+            ),
+        ).row(0)
+    # A cell is blank once trimmed when it is null, empty or only spaces. polars
+    # counts the nulls anyway; an empty or spaces-only address fails FAST_EMAIL,
+    # and an empty or spaces-only reference is `_unusual_reference`.
+    blank_email = doubtful["recipient_email"] == ""
+    may_be_blank = {
+        "reference": frame["reference"].null_count() > 0 or bool(found["_unusual"]),
+        "recipient_email": frame["recipient_email"].null_count() > 0 or bool(blank_email.any()),
+        # not probed: only the trimmed cells can tell
+        "recipient_name": True,
+        "message": True,
+    }
+    return RowFacts(
+        doubtful_emails=doubtful.filter(~blank_email),  # a blank address is reported as missing
+        longest_bytes={n: int(found[n]) for n in ("message", "recipient_name", "reference")},
+        reference_has_e=bool(has_e),
+        references_may_repeat=bool(repeat or found["_repeat"]),
+        may_be_blank=may_be_blank,
+    )

@@ -1,0 +1,198 @@
+"""One streaming pass over a worksheet's XML before calamine reads it.
+
+It bounds what calamine would allocate (the declared `<dimension>`, and the
+rows, columns and cells actually present, since the dimension may be missing
+or lie) and collects what calamine does not tell: hidden rows and columns,
+formulas with no cached value, error cells (#DIV/0!, #N/A...) and merged
+ranges. The XML is matched with byte patterns block by block, never parsed
+into a tree, so a million-row sheet costs about a second here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from batcher.core.errors import InputFileError
+from batcher.intake.cellrefs import column_index
+from batcher.intake.xlsx_limits import IntakeLimits, limit_error
+
+_DIMENSION = re.compile(rb'<(?:\w+:)?dimension\s+ref="(?:[A-Z]+\d+:)?([A-Z]+)(\d+)"')
+_PREFIX = re.compile(rb"<(\w+:)?worksheet\b")
+_ATTRIBUTE = re.compile(rb'(\w+)="([^"]*)"')
+# Only cells in columns of two or more letters (AA onwards) are located: that
+# is cheap, as narrow sheets have none. A single-letter column is at most Z, so
+# what goes unlocated is at most 26 columns of `max_rows` rows, and the count of
+# cells present (`max_cells`) bounds those too.
+
+
+class _Patterns:
+    """The byte patterns for one namespace prefix ('' or e.g. 'x:'), each starting with a
+    literal so that the regex engine skips ahead with a fast search."""
+
+    def __init__(self, prefix: bytes) -> None:
+        p = re.escape(prefix)
+        self.row_open = b"<" + prefix + b'row r="'
+        self.cell_open = b"<" + prefix + b"c "
+        # a cell whose position is not its first attribute, or that has none
+        self.cell_unplaced = re.compile(rb"<" + p + rb"c(?:>| [^r])")
+        self.far_row = re.compile(rb"<" + p + rb'row r="(\d{7,})"')
+        self.wide_cell = re.compile(rb"<" + p + rb'c r="([A-Z]{2,})(\d+)"')
+        self.row_start = re.compile(rb"<" + p + rb"row[\s>]")
+        self.cell_start = re.compile(rb"<" + p + rb"c[\s>/]")
+        self.hidden_row = re.compile(rb"<" + p + rb'row r="(\d+)"[^>]*?\bhidden="(?:1|true)"')
+        self.col = re.compile(rb"<" + p + rb"col\s[^>]*>")
+        self.formula = b"<" + prefix + b"f"
+        self.formula_no_value = re.compile(
+            rb"<"
+            + p
+            + rb'c r="([A-Z]+)(\d+)"[^>]*>\s*<'
+            + p
+            + rb"f\b[^>]*?(?:/>|>([^<]*)</"
+            + p
+            + rb"f>)\s*(?:<"
+            + p
+            + rb"v\s*/>)?\s*</"
+            + p
+            + rb"c>"
+        )
+        self.error_cell = re.compile(
+            rb"<"
+            + p
+            + rb'c r="([A-Z]+)(\d+)"[^>]*\bt="e"[^>]*>\s*(?:<'
+            + p
+            + rb"f\b[^>]*?(?:/>|>([^<]*)</"
+            + p
+            + rb"f>))?\s*<"
+            + p
+            + rb"v>([^<]*)</"
+            + p
+            + rb"v>"
+        )
+        self.merge = re.compile(rb"<" + p + rb'mergeCell ref="([A-Z]+)(\d+)(?::([A-Z]+)(\d+))?"')
+
+
+@dataclass
+class WorksheetScan:
+    """What the pass found; positions are 1-based rows and 0-based columns."""
+
+    hidden_rows: set[int] = field(default_factory=set)
+    hidden_columns: set[int] = field(default_factory=set)
+    # (row, column) -> (code, text): 'formula_not_calculated' with the formula,
+    # or 'formula_error' with the error value (and its formula, when there is one)
+    bad_cells: dict[tuple[int, int], tuple[str, str]] = field(default_factory=dict)
+    merged: list[tuple[int, int, int, int]] = field(default_factory=list)
+    max_row: int = 0
+    max_column: int = 0  # 1-based: the count of columns up to the last one used
+    cells: int = 0
+
+
+def scan_worksheet(
+    path: Path, label: str, blocks: Iterable[bytes], limits: IntakeLimits
+) -> WorksheetScan:
+    """Stream the worksheet XML; refuse as soon as it passes a limit."""
+    scan = WorksheetScan()
+    patterns: _Patterns | None = None
+    dimension_seen = False
+    tail = b""
+    for chunk in blocks:
+        buffer = tail + chunk
+        cut = buffer.rfind(b">") + 1  # whole tags only; the rest waits for the next chunk
+        block, tail = buffer[:cut], buffer[cut:]
+        if patterns is None:
+            root = _PREFIX.search(block)
+            if root is None:
+                continue  # the root element is still to come
+            patterns = _Patterns(root[1] or b"")
+        if not dimension_seen and (found := _DIMENSION.search(block)):
+            dimension_seen = True
+            _check_extent(path, label, int(found[2]), column_index(found[1].decode()) + 1, limits)
+        _scan_block(block, scan, patterns)
+        _check_extent(path, label, scan.max_row, scan.max_column, limits, used=True)
+        if scan.cells > limits.max_cells:
+            raise limit_error(
+                path, f"[{label}] holds over {scan.cells:,} cells", "max_cells", limits.max_cells
+            )
+    scan.merged = sorted(set(scan.merged))
+    return scan
+
+
+def _scan_block(block: bytes, scan: WorksheetScan, p: _Patterns) -> None:
+    last_row = block.rfind(p.row_open)
+    if last_row >= 0:
+        digits = block[last_row + len(p.row_open) : block.find(b'"', last_row + len(p.row_open))]
+        if digits.isdigit():
+            scan.max_row = max(scan.max_row, int(digits))
+    # Rows are in order in any file Excel writes; a far row out of order is
+    # caught here when it is beyond Excel's limit, and by its cells when wide.
+    for digits in p.far_row.findall(block):
+        scan.max_row = max(scan.max_row, int(digits))
+    cells = block.count(p.cell_open)
+    scan.cells += cells
+    for letters, row in p.wide_cell.findall(block):
+        scan.max_column = max(scan.max_column, column_index(letters.decode()) + 1)
+        scan.max_row = max(scan.max_row, int(row))
+    if p.cell_unplaced.search(block):
+        # Cells without a position follow the one before them (and `r` not
+        # first escapes the patterns): bound the width by the most cells any
+        # row holds, and count them all.
+        per_row = [len(p.cell_start.findall(part)) for part in p.row_start.split(block)]
+        scan.max_column = max(scan.max_column, *per_row)
+        scan.cells += sum(per_row) - cells
+    if b'hidden="' in block:
+        scan.hidden_rows.update(int(r) for r in p.hidden_row.findall(block))
+        scan.hidden_columns.update(_hidden_columns(block, p))
+    if p.formula in block:
+        for letters, row, formula in p.formula_no_value.findall(block):
+            position = (int(row), column_index(letters.decode()))
+            scan.bad_cells[position] = ("formula_not_calculated", _text(formula))
+    if b't="e"' in block:
+        for letters, row, formula, value in p.error_cell.findall(block):
+            shown = _text(value) + (f" (from ={_text(formula)})" if formula else "")
+            scan.bad_cells[(int(row), column_index(letters.decode()))] = ("formula_error", shown)
+    if b"mergeCell " in block:
+        for c1, r1, c2, r2 in p.merge.findall(block):
+            first, last = column_index(c1.decode()), column_index((c2 or c1).decode())
+            scan.merged.append((int(r1), first, int(r2 or r1), last))
+
+
+def _hidden_columns(block: bytes, p: _Patterns) -> Iterable[int]:
+    for element in p.col.findall(block):
+        attributes = dict(_ATTRIBUTE.findall(element))
+        low, high = attributes.get(b"min", b"1"), attributes.get(b"max", b"1")
+        if attributes.get(b"hidden") in (b"1", b"true") and low.isdigit() and high.isdigit():
+            first = int(low)
+            yield from range(first - 1, min(int(high), first + 16_384))
+
+
+def _text(raw: bytes) -> str:
+    text = raw.decode("utf-8", errors="replace")
+    return text.replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">").replace(
+        "&quot;", '"'
+    )  # fmt: skip
+
+
+def _check_extent(
+    path: Path, label: str, rows: int, columns: int, limits: IntakeLimits, *, used: bool = False
+) -> None:
+    where = f"[{label}] {'uses' if used else 'declares'}"
+    if rows > limits.max_rows:
+        raise limit_error(path, f"{where} row {rows:,}", "max_rows", limits.max_rows)
+    if columns > limits.max_columns:
+        raise limit_error(path, f"{where} column {columns:,}", "max_columns", limits.max_columns)
+    if rows * columns > limits.max_cells:
+        raise limit_error(
+            path,
+            f"{where} a range of {rows:,} rows x {columns:,} columns",
+            "max_cells",
+            limits.max_cells,
+        )
+
+
+def worksheet_missing(path: Path, label: str) -> InputFileError:
+    return InputFileError(
+        f"{path.name} [{label}]: the worksheet's data is missing from the file",
+        hint="open it in Excel and save it again as .xlsx",
+    )
