@@ -136,15 +136,15 @@ async def _routing_error(request: Request, exc: Exception) -> Response:
 
 def sandbox_app(
     sandbox: RunningState,
-    *,
     routes: Sequence[BaseRoute],
     dialect: Dialect,
+    *,
     gate: GateFactory,
     sender: OutboundSender,
-    worker_name: str,
 ) -> Starlette:
     """The sandbox as an ASGI app; its state is `app.state.sandbox`, its words
-    `app.state.dialect`; errors answer in the dialect's shapes."""
+    `app.state.dialect`; errors answer in the dialect's shapes. Its background
+    worker is named after the provider."""
     handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
         SandboxError: _sandbox_error,
         HTTPException: _routing_error,
@@ -152,7 +152,7 @@ def sandbox_app(
     app = Starlette(
         routes=list(routes),
         exception_handlers=handlers,
-        lifespan=worker_lifespan(sandbox.scheduler, sender, worker_name),
+        lifespan=worker_lifespan(sandbox.scheduler, sender, f"{dialect.provider}-sandbox-worker"),
     )
     app.state.sandbox = sandbox
     app.state.dialect = dialect

@@ -13,7 +13,7 @@ header narrows them to one.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from decimal import Decimal
 from typing import Any, Protocol
 
@@ -50,6 +50,10 @@ class SandboxState(Protocol):
     def accounts(self) -> Mapping[str, Any]: ...
 
     def reset(self) -> None: ...
+
+    def fund(self, account: Any, currency: str, amount: Decimal) -> Any: ...
+
+    def set_balance(self, account: Any, currency: str, amount: Decimal) -> Any: ...
 
 
 def _state(request: Request) -> SandboxState:
@@ -239,12 +243,61 @@ def control_flag(request: Request, body: Mapping[str, Any], name: str) -> bool:
 # The handlers every provider shares.
 
 
+def balance_control_routes(
+    collection: str, amount_field: str, render: Callable[[Any, Any], Mapping[str, Any]]
+) -> list[BaseRoute]:
+    """POST `collection`/{currency}/fund and .../drain, PUT `collection`/{currency} (the
+    new balance in `amount_field`), through the sandbox's `fund` and `set_balance`; each
+    answers `render(account, what the sandbox method returned)`."""
+
+    async def fund(request: Request) -> Response:
+        account, currency = control_account(request), path_currency(request)
+        body = await control_object(request)
+        amount = control_money(request, body.get("amount"), currency, "amount")
+        if amount <= 0:
+            raise dialect_of(request).invalid("amount must be positive")
+        return json_response(render(account, _state(request).fund(account, currency, amount)))
+
+    async def drain(request: Request) -> Response:
+        account, currency = control_account(request), path_currency(request)
+        zero = round_money(Decimal(0), currency)
+        return json_response(render(account, _state(request).set_balance(account, currency, zero)))
+
+    async def set_balance(request: Request) -> Response:
+        account, currency = control_account(request), path_currency(request)
+        body = await control_object(request)
+        amount = control_money(request, body.get(amount_field), currency, amount_field)
+        changed = _state(request).set_balance(account, currency, amount)
+        return json_response(render(account, changed))
+
+    return [
+        Route(f"{collection}/{{currency}}/fund", fund, methods=["POST"]),
+        Route(f"{collection}/{{currency}}/drain", drain, methods=["POST"]),
+        Route(f"{collection}/{{currency}}", set_balance, methods=["PUT"]),
+    ]
+
+
 async def control_health(request: Request) -> Response:
     return json_response({"ok": True, "provider": dialect_of(request).provider})
 
 
+def config_response(request: Request) -> Response:
+    """GET /config (and what a settings change answers): the provider's own settings
+    between the ones every sandbox has."""
+    dialect, sandbox = dialect_of(request), _state(request)
+    body = {
+        "provider": dialect.provider,
+        "apiRoot": dialect.api_root,
+        "apiKeys": sandbox.api_keys,
+        **dialect.settings_json(sandbox),
+        "rateLimit": rate_limit_json(sandbox.limiter),
+        "faults": faults_json(sandbox.faults),
+    }
+    return json_response(body)
+
+
 async def control_get_config(request: Request) -> Response:
-    return json_response(dialect_of(request).config_json(_state(request)))
+    return config_response(request)
 
 
 async def control_get_faults(request: Request) -> Response:

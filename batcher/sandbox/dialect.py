@@ -28,6 +28,7 @@ class SandboxError(Exception):
 @dataclass(frozen=True)
 class Dialect:
     provider: str
+    api_root: str
     # Headers naming an account on a control call, the first present one wins.
     token_headers: tuple[str, ...]
     fault_kinds: tuple[str, ...]
@@ -36,7 +37,8 @@ class Dialect:
     unknown_account: Callable[[], SandboxError]  # a control call naming no such account
     account_required: Callable[[int], SandboxError]  # several accounts and none named
     routing_error: Callable[[str], dict[str, Any]]  # the body of a routing 404/405
-    config_json: Callable[[Any], dict[str, Any]]  # GET /config, from the sandbox state
+    # GET /config's provider-only settings, from the sandbox state
+    settings_json: Callable[[Any], dict[str, Any]]
     counts: Callable[[Sequence[Any]], dict[str, int]]  # the stats counters of these accounts
 
 

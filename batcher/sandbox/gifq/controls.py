@@ -5,25 +5,22 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from batcher.core.money import round_money
 from batcher.sandbox.common import iso_now, money_input
 from batcher.sandbox.controls import (
+    balance_control_routes,
+    config_response,
     control_account,
     control_flag,
-    control_money,
     control_number,
     control_object,
     control_token,
-    faults_json,
     filtered_accounts,
-    path_currency,
-    rate_limit_json,
     shared_control_routes,
 )
 from batcher.sandbox.dialect import Dialect
@@ -43,8 +40,7 @@ from batcher.sandbox.jsonio import json_response
 
 
 def _account(request: Request) -> Account:
-    account: Account = control_account(request)
-    return account
+    return cast(Account, control_account(request))
 
 
 def _control_percent(raw: Any, name: str) -> Decimal:
@@ -61,11 +57,8 @@ def _dec(value: float) -> Decimal:
     return Decimal(str(value))
 
 
-def _config_json(sandbox: GifqSandbox) -> dict[str, Any]:
+def _settings_json(sandbox: GifqSandbox) -> dict[str, Any]:
     return {
-        "provider": "gifq",
-        "apiRoot": API_ROOT,
-        "apiKeys": sandbox.api_keys,
         "asyncDelaySeconds": _dec(sandbox.async_delay_seconds),
         "idempotencyTtlSeconds": _dec(sandbox.idempotency.ttl_seconds),
         "maxRecipients": sandbox.max_recipients,
@@ -75,8 +68,6 @@ def _config_json(sandbox: GifqSandbox) -> dict[str, Any]:
         "fxFeePercent": str(sandbox.fx_fee_percent),
         "payoutRedeemRate": _dec(sandbox.payout_redeem_rate),
         "daySeconds": _dec(sandbox.day_seconds),
-        "rateLimit": rate_limit_json(sandbox.limiter),
-        "faults": faults_json(sandbox.faults),
     }
 
 
@@ -104,7 +95,7 @@ async def control_patch_config(request: Request) -> Response:
             sandbox.fx_rates = merge_rates(sandbox.fx_rates, rates)
         except (TypeError, ValueError) as exc:
             raise ApiError(400, str(exc)) from None
-    return json_response(_config_json(sandbox))
+    return config_response(request)
 
 
 def _balances_json(account: Account) -> dict[str, Any]:
@@ -117,30 +108,6 @@ def _balances_json(account: Account) -> dict[str, Any]:
 
 async def control_balances(request: Request) -> Response:
     return json_response(_balances_json(_account(request)))
-
-
-async def control_fund(request: Request) -> Response:
-    account, currency = _account(request), path_currency(request)
-    body = await control_object(request)
-    amount = control_money(request, body.get("amount"), currency, "amount")
-    if amount <= 0:
-        raise ApiError(400, "amount must be positive")
-    sandbox_of(request).top_up(account, currency, amount)
-    return json_response(_balances_json(account))
-
-
-async def control_drain(request: Request) -> Response:
-    account, currency = _account(request), path_currency(request)
-    sandbox_of(request).set_balance(account, currency, round_money(Decimal(0), currency))
-    return json_response(_balances_json(account))
-
-
-async def control_set_balance(request: Request) -> Response:
-    account, currency = _account(request), path_currency(request)
-    body = await control_object(request)
-    amount = control_money(request, body.get("amount"), currency, "amount")
-    sandbox_of(request).set_balance(account, currency, amount)
-    return json_response(_balances_json(account))
 
 
 def _checked_campaign_fields(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -307,9 +274,7 @@ def control_routes() -> list[BaseRoute]:
         *shared_control_routes(),
         Route("/config", control_patch_config, methods=["PATCH"]),
         Route("/balances", control_balances, methods=["GET"]),
-        Route("/balances/{currency}/fund", control_fund, methods=["POST"]),
-        Route("/balances/{currency}/drain", control_drain, methods=["POST"]),
-        Route("/balances/{currency}", control_set_balance, methods=["PUT"]),
+        *balance_control_routes("/balances", "amount", lambda account, _: _balances_json(account)),
         Route("/campaigns", control_campaigns, methods=["GET"]),
         Route("/campaigns", control_create_campaign, methods=["POST"]),
         Route("/campaigns/{campaign_id}", control_patch_campaign, methods=["PATCH"]),
@@ -336,6 +301,7 @@ def _invalid(message: str) -> ApiError:
 
 DIALECT = Dialect(
     provider="gifq",
+    api_root=API_ROOT,
     token_headers=("x-api-token", "x-api-key"),
     fault_kinds=GIFQ_FAULT_KINDS,
     invalid=_invalid,
@@ -345,6 +311,6 @@ DIALECT = Dialect(
         400, f"X-Api-Token required: {count} tokens are configured"
     ),
     routing_error=lambda message: {"message": message, "status": "error"},
-    config_json=_config_json,
+    settings_json=_settings_json,
     counts=_counts,
 )

@@ -73,7 +73,7 @@ class GifqSandbox(SandboxCore):
             amount = money_input(raw)  # already Decimal after __post_init__
             account.balances[currency] = round_money(Decimal(0), currency)
             if amount > 0:
-                self.top_up(account, currency, round_money(amount, currency))
+                self.fund(account, currency, round_money(amount, currency))
         return account
 
     @property
@@ -109,7 +109,7 @@ class GifqSandbox(SandboxCore):
         account.transactions.append(transaction)
         return transaction
 
-    def top_up(self, account: Account, currency: str, amount: Decimal) -> None:
+    def fund(self, account: Account, currency: str, amount: Decimal) -> None:
         self._post(account, "top_up", amount, currency)
 
     def set_balance(self, account: Account, currency: str, amount: Decimal) -> None:

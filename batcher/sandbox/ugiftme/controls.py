@@ -7,24 +7,22 @@ import ipaddress
 from collections.abc import Sequence
 from dataclasses import replace
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from batcher.core.money import round_money
 from batcher.sandbox.common import FAULT_KINDS, iso_now, money_input
 from batcher.sandbox.controls import (
+    balance_control_routes,
+    config_response,
     control_account,
     control_flag,
     control_money,
     control_number,
     control_object,
-    faults_json,
     filtered_accounts,
-    path_currency,
-    rate_limit_json,
     shared_control_routes,
 )
 from batcher.sandbox.dialect import Dialect
@@ -38,11 +36,10 @@ from batcher.sandbox.ugiftme.webhook_controls import webhook_control_routes
 
 
 def _account(request: Request) -> Account:
-    account: Account = control_account(request)
-    return account
+    return cast(Account, control_account(request))
 
 
-def _wallet_control_json(wallet: Wallet) -> dict[str, Any]:
+def _wallet_json(wallet: Wallet) -> dict[str, Any]:
     return {
         "currency": wallet.currency,
         "balance": wallet.balance,
@@ -52,19 +49,14 @@ def _wallet_control_json(wallet: Wallet) -> dict[str, Any]:
     }
 
 
-def _config_json(sandbox: UGiftMeSandbox) -> dict[str, Any]:
+def _settings_json(sandbox: UGiftMeSandbox) -> dict[str, Any]:
     return {
-        "provider": "ugiftme",
-        "apiRoot": API_ROOT,
-        "apiKeys": sandbox.api_keys,
         "asyncMode": sandbox.async_mode,
         "asyncDelaySeconds": Decimal(str(sandbox.async_delay_seconds)),
         "bulkLimit": sandbox.bulk_limit,
         "idempotencyTtlSeconds": Decimal(str(sandbox.idempotency.ttl_seconds)),
         "idempotencyReplayErrors": sandbox.replay_errors,
         "webhookTimeScale": Decimal(str(sandbox.webhooks.time_scale)),
-        "rateLimit": rate_limit_json(sandbox.limiter),
-        "faults": faults_json(sandbox.faults),
     }
 
 
@@ -82,7 +74,7 @@ async def control_patch_config(request: Request) -> Response:
         sandbox.webhooks.time_scale = control_number(request, body, "webhookTimeScale")
     if "idempotencyReplayErrors" in body:
         sandbox.replay_errors = bool(body["idempotencyReplayErrors"])
-    return json_response(_config_json(sandbox))
+    return config_response(request)
 
 
 async def control_mode(request: Request) -> Response:
@@ -93,39 +85,13 @@ async def control_mode(request: Request) -> Response:
     sandbox.async_mode = mode == "async"
     if "asyncDelaySeconds" in body:
         sandbox.async_delay_seconds = control_number(request, body, "asyncDelaySeconds")
-    return json_response(_config_json(sandbox))
+    return config_response(request)
 
 
 async def control_wallets(request: Request) -> Response:
     account = _account(request)
     wallets = sorted(account.wallets.values(), key=lambda w: w.currency)
-    return json_response(
-        {"apiKey": account.api_key, "wallets": [_wallet_control_json(w) for w in wallets]}
-    )
-
-
-async def control_fund(request: Request) -> Response:
-    account, currency = _account(request), path_currency(request)
-    body = await control_object(request)
-    amount = control_money(request, body.get("amount"), currency, "amount")
-    if amount <= 0:
-        raise invalid("amount must be positive")
-    wallet = sandbox_of(request).fund(account, currency, amount)
-    return json_response(_wallet_control_json(wallet))
-
-
-async def control_drain(request: Request) -> Response:
-    account, currency = _account(request), path_currency(request)
-    wallet = sandbox_of(request).set_balance(account, currency, round_money(Decimal(0), currency))
-    return json_response(_wallet_control_json(wallet))
-
-
-async def control_set_wallet(request: Request) -> Response:
-    account, currency = _account(request), path_currency(request)
-    body = await control_object(request)
-    balance = control_money(request, body.get("balance"), currency, "balance")
-    wallet = sandbox_of(request).set_balance(account, currency, balance)
-    return json_response(_wallet_control_json(wallet))
+    return json_response({"apiKey": account.api_key, "wallets": [_wallet_json(w) for w in wallets]})
 
 
 async def control_ip_allow_list(request: Request) -> Response:
@@ -234,9 +200,7 @@ def control_routes() -> list[BaseRoute]:
         Route("/config", control_patch_config, methods=["PATCH"]),
         Route("/mode", control_mode, methods=["PUT"]),
         Route("/wallets", control_wallets, methods=["GET"]),
-        Route("/wallets/{currency}/fund", control_fund, methods=["POST"]),
-        Route("/wallets/{currency}/drain", control_drain, methods=["POST"]),
-        Route("/wallets/{currency}", control_set_wallet, methods=["PUT"]),
+        *balance_control_routes("/wallets", "balance", lambda _, wallet: _wallet_json(wallet)),
         Route("/account/ip-allow-list", control_ip_allow_list, methods=["PUT"]),
         Route("/account/profile", control_profile, methods=["PUT"]),
         Route("/products/{code}", control_patch_product, methods=["PATCH"]),
@@ -255,6 +219,7 @@ def _counts(accounts: Sequence[Account]) -> dict[str, int]:
 
 DIALECT = Dialect(
     provider="ugiftme",
+    api_root=API_ROOT,
     token_headers=("x-api-key",),
     fault_kinds=FAULT_KINDS,
     invalid=invalid,
@@ -264,6 +229,6 @@ DIALECT = Dialect(
         400, "X-API-Key required", message=f"{count} keys are configured"
     ),
     routing_error=lambda message: {"error": message},
-    config_json=_config_json,
+    settings_json=_settings_json,
     counts=_counts,
 )
