@@ -22,7 +22,7 @@ from batcher.sandbox.gifq.params import (
 )
 from batcher.sandbox.gifq.parsing import parse_order, parse_payout_order
 from batcher.sandbox.gifq.state import Account, Campaign, Payout, PayoutOrder
-from batcher.sandbox.handlers import create_idempotently, idempotency_key, read_json
+from batcher.sandbox.handlers import CreationRules, create_idempotently, read_json
 from batcher.sandbox.idempotency import StoredResponse
 from batcher.sandbox.jsonio import encode_json, json_response
 
@@ -98,28 +98,24 @@ async def campaign_catalog(request: Request) -> Response:
     return paginated(request, brands, Brand.as_json)
 
 
+_PAYOUT_ORDER_KEYS = CreationRules(
+    refuse_key=lambda message: ApiError(422, message),
+    keep=lambda _sandbox, status: status < 300 or status == 422,
+    mismatch=ApiError(422, "Idempotency-Key already used with a different payload"),
+    in_flight=ApiError(409, "A request with this Idempotency-Key is in progress"),
+    droppable=lambda status: status == 202,
+)
+
+
 async def create_payout_order(request: Request) -> Response:
     """202 queued; Idempotency-Key replays, 422 on a different payload, 409 in flight."""
     sandbox, account = sandbox_of(request), account_of(request)
-    payload = await read_json(request)
-    key = idempotency_key(request, lambda message: ApiError(422, message))
-
-    async def handle() -> StoredResponse:
-        await deferred_latency(request)  # held inside the idempotency window on purpose
-        return _payout_answer(request, sandbox, account, payload, key)
-
     return await create_idempotently(
         request,
         sandbox,
         account.api_key,
-        key,
-        payload,
-        handle,
-        keep=lambda status: status < 300 or status == 422,
-        mismatch=ApiError(422, "Idempotency-Key already used with a different payload"),
-        in_flight=ApiError(409, "A request with this Idempotency-Key is in progress"),
-        droppable=lambda status: status == 202,
-        fault_scope_key="gifq.fault",
+        _PAYOUT_ORDER_KEYS,
+        lambda payload, key: _payout_answer(request, sandbox, account, payload, key),
     )
 
 

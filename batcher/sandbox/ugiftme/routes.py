@@ -9,11 +9,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from batcher.sandbox.asgi import (
-    sleep_deferred_latency,
-)
 from batcher.sandbox.common import ReversedView
-from batcher.sandbox.handlers import create_idempotently, idempotency_key, read_json
+from batcher.sandbox.handlers import CreationRules, create_idempotently
 from batcher.sandbox.idempotency import StoredResponse
 from batcher.sandbox.jsonio import encode_json, json_response
 from batcher.sandbox.ugiftme.catalog import CatalogProduct
@@ -116,28 +113,12 @@ async def create_bulk_order(request: Request) -> Response:
 async def _create_orders(request: Request, kind: RequestType) -> Response:
     """Order creation with idempotency, deferred latency and the drop fault."""
     sandbox, account = sandbox_of(request), account_of(request)
-    payload = await read_json(request)
-    key = idempotency_key(
-        request, lambda message: ApiError(400, "Invalid Idempotency-Key", message=message)
-    )
-
-    async def handle() -> StoredResponse:
-        # held inside the idempotency window on purpose
-        await sleep_deferred_latency(request.scope, "ugiftme.deferred_latency")
-        return _handle_order_payload(sandbox, account, kind, payload, key)
-
     return await create_idempotently(
         request,
         sandbox,
         account.api_key,
-        key,
-        payload,
-        handle,
-        keep=lambda status: _should_store(sandbox, status),
-        mismatch=ApiError(400, "Idempotency key reused with a different payload"),
-        in_flight=ApiError(409, "Request with this Idempotency-Key is in progress"),
-        droppable=lambda status: status < 300,
-        fault_scope_key="ugiftme.fault",
+        _ORDER_KEYS,
+        lambda payload, key: _handle_order_payload(sandbox, account, kind, payload, key),
     )
 
 
@@ -163,6 +144,15 @@ def _should_store(sandbox: UGiftMeSandbox, status_code: int) -> bool:
     if 200 <= status_code < 300:
         return True
     return sandbox.replay_errors and status_code in {400, 402}
+
+
+_ORDER_KEYS = CreationRules(
+    refuse_key=lambda message: ApiError(400, "Invalid Idempotency-Key", message=message),
+    keep=_should_store,
+    mismatch=ApiError(400, "Idempotency key reused with a different payload"),
+    in_flight=ApiError(409, "Request with this Idempotency-Key is in progress"),
+    droppable=lambda status: status < 300,
+)
 
 
 async def get_order_request(request: Request) -> Response:
