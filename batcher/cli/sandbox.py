@@ -88,13 +88,18 @@ _FAULT_HELP = {
 
 
 def _rate(name: str) -> Any:
-    return click.option(
+    return _setting(
         f"--fault-{name}",
-        type=click.FloatRange(0.0, 1.0),
-        default=None,
+        f"fault_{name.replace('-', '_')}",
+        click.FloatRange(0.0, 1.0),
+        f"Probability 0..1: {_FAULT_HELP[name]}.",
         metavar="RATE",
-        help=f"Probability 0..1: {_FAULT_HELP[name]}.",
     )
+
+
+def _setting(flag: str, field: str, kind: click.ParamType, help: str, **more: Any) -> Any:
+    """A flag that overrides the sandbox config field `field` when given."""
+    return click.option(flag, field, type=kind, default=None, help=help, **more)
 
 
 @click.group()
@@ -129,32 +134,24 @@ def sandbox() -> None:
     help="UGiftMe only: answer orders at once (201) or queue them (202 + order request).  "
     "[default: async]",
 )  # fmt: skip
-@click.option(
-    "--async-delay", type=click.FloatRange(0.0), default=None, metavar="SECONDS",
+@_setting("--async-delay", "async_delay_seconds", click.FloatRange(0.0), metavar="SECONDS",
     help="Time an order request (GIFQ: an order, a payout order step) spends queued, "
-    "then again processing.  [default: 1]",
-)  # fmt: skip
-@click.option(
-    "--idempotency-ttl", type=click.FloatRange(0.0, min_open=True), default=None,
-    metavar="SECONDS", help="How long idempotency keys are kept.  [default: 86400]",
-)  # fmt: skip
-@click.option(
-    "--bulk-limit", type=click.IntRange(1), default=None,
-    help="UGiftMe only: most items in one bulk order.  [default: 100]",
-)  # fmt: skip
+    "then again processing.  [default: 1]")  # fmt: skip
+@_setting("--idempotency-ttl", "idempotency_ttl_seconds", click.FloatRange(0.0, min_open=True),
+    metavar="SECONDS", help="How long idempotency keys are kept.  [default: 86400]")  # fmt: skip
+@_setting("--bulk-limit", "bulk_limit", click.IntRange(1),
+    "UGiftMe only: most items in one bulk order.  [default: 100]")  # fmt: skip
 @click.option(
     "--fund", "funding", multiple=True, callback=_parse_funding, metavar="CUR=AMOUNT",
     help="Starting balance of a wallet (repeatable); GBP, EUR and USD otherwise start "
     "at 10,000 (GIFQ: 5,000).",
 )  # fmt: skip
-@click.option("--seed", type=int, default=None, help="Seed for the fault injector.")
+@_setting("--seed", "seed", click.INT, "Seed for the fault injector.")
 @_rate("500")
 @_rate("429")
 @_rate("latency")
-@click.option(
-    "--latency-ms", type=click.IntRange(0), default=None,
-    help="Delay added by the latency fault.  [default: 250]",
-)  # fmt: skip
+@_setting("--latency-ms", "latency_ms", click.IntRange(0),
+    "Delay added by the latency fault.  [default: 250]")  # fmt: skip
 @_rate("drop")
 @_rate("reject-item")
 @_rate("async-fail")
@@ -163,11 +160,9 @@ def sandbox() -> None:
     "--fx-rate", "fx_rates", multiple=True, callback=_parse_fx_rates, metavar="FROM/TO=RATE",
     help="GIFQ only: one FROM costs RATE TO (repeatable; also sets the inverse).",
 )  # fmt: skip
-@click.option(
-    "--webhook-time-scale", type=click.FloatRange(0.0, min_open=True), default=None,
+@_setting("--webhook-time-scale", "webhook_time_scale", click.FloatRange(0.0, min_open=True),
     metavar="X", help="UGiftMe only: multiply webhook retry delays (1 min ... 4 h) by X.  "
-    "[default: 1]",
-)  # fmt: skip
+    "[default: 1]")  # fmt: skip
 def serve_command(
     provider: str,
     host: str,
@@ -175,21 +170,7 @@ def serve_command(
     api_keys: tuple[str, ...],
     rate_limit: tuple[int, float] | None,
     sync_mode: bool | None,
-    async_delay: float | None,
-    idempotency_ttl: float | None,
-    bulk_limit: int | None,
-    funding: dict[str, Decimal],
-    seed: int | None,
-    fault_500: float | None,
-    fault_429: float | None,
-    fault_latency: float | None,
-    latency_ms: int | None,
-    fault_drop: float | None,
-    fault_reject_item: float | None,
-    fault_async_fail: float | None,
-    fault_payout_fail: float | None,
-    fx_rates: dict[str, Decimal],
-    webhook_time_scale: float | None,
+    **settings: Any,
 ) -> None:
     """Serve a provider sandbox until Ctrl-C or SIGTERM.
 
@@ -198,30 +179,14 @@ def serve_command(
     """
     spec = sandbox_provider(provider)
     keys, notices = _resolve_keys(api_keys, spec.api_key_env)
-    overrides: dict[str, Any] = {
-        "api_keys": keys,
-        "funding": funding,
-        "async_mode": None if sync_mode is None else not sync_mode,
-        "async_delay_seconds": async_delay,
-        "idempotency_ttl_seconds": idempotency_ttl,
-        "bulk_limit": bulk_limit,
-        "seed": seed,
-        "fault_500": fault_500,
-        "fault_429": fault_429,
-        "fault_latency": fault_latency,
-        "latency_ms": latency_ms,
-        "fault_drop": fault_drop,
-        "fault_reject_item": fault_reject_item,
-        "fault_async_fail": fault_async_fail,
-        "fault_payout_fail": fault_payout_fail,
-        "fx_rates": fx_rates or None,
-        "webhook_time_scale": webhook_time_scale,
-    }
+    given: dict[str, Any] = {} if sync_mode is None else {"async_mode": not sync_mode}
+    # Every other option is named after the config field it overrides; one not given
+    # (None, or a repeatable one without values) keeps the provider's default.
+    given.update((name, v) for name, v in settings.items() if v is not None and v != {})
     if rate_limit is not None:
-        overrides["rate_limit"], overrides["rate_window_seconds"] = rate_limit
-    given = {name: value for name, value in overrides.items() if value is not None}
+        given["rate_limit"], given["rate_window_seconds"] = rate_limit
     _refuse_foreign_options(spec.name, spec.display_name, given)
-    app = spec.build(given)
+    app = spec.build({"api_keys": keys, **given})
     serve(
         app,
         host,
