@@ -13,6 +13,7 @@ header narrows them to one.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from decimal import Decimal
 from typing import Any, Protocol
@@ -30,7 +31,7 @@ from batcher.sandbox.common import (
     money_input,
     parse_bool,
 )
-from batcher.sandbox.dialect import dialect_of
+from batcher.sandbox.dialect import SettingReader, dialect_of
 from batcher.sandbox.handlers import read_json
 from batcher.sandbox.jsonio import json_response
 
@@ -239,6 +240,18 @@ def control_flag(request: Request, body: Mapping[str, Any], name: str) -> bool:
     return value
 
 
+def number_setting(
+    *, low: float = 0.0, high: float | None = None, whole: bool = False
+) -> SettingReader:
+    """A reader of a numeric setting within low..high (`whole`: cut to an int)."""
+
+    def read(request: Request, body: Mapping[str, Any], name: str) -> float | int:
+        value = control_number(request, body, name, low=low, high=high)
+        return int(value) if whole else value
+
+    return read
+
+
 # ---------------------------------------------------------------------------
 # The handlers every provider shares.
 
@@ -300,6 +313,17 @@ async def control_get_config(request: Request) -> Response:
     return config_response(request)
 
 
+async def control_patch_config(request: Request) -> Response:
+    """Change the settings the body names, in the dialect's order; a refused one
+    answers 400 and leaves the ones before it changed."""
+    sandbox, body = _state(request), await control_object(request)
+    for name, (attribute, read) in dialect_of(request).settings.items():
+        if name in body:
+            *path, leaf = attribute.split(".")
+            setattr(functools.reduce(getattr, path, sandbox), leaf, read(request, body, name))
+    return config_response(request)
+
+
 async def control_get_faults(request: Request) -> Response:
     return json_response(faults_json(_state(request).faults))
 
@@ -344,6 +368,7 @@ def shared_control_routes() -> list[BaseRoute]:
     return [
         Route("/health", control_health, methods=["GET"]),
         Route("/config", control_get_config, methods=["GET"]),
+        Route("/config", control_patch_config, methods=["PATCH"]),
         Route("/faults", control_get_faults, methods=["GET"]),
         Route("/faults", control_patch_faults, methods=["PATCH", "PUT"]),
         Route("/rate-limit", control_rate_limit, methods=["PUT"]),

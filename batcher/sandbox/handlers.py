@@ -61,13 +61,12 @@ class CreationRules:
 
 async def create_idempotently(
     request: Request,
-    sandbox: SandboxCore,
-    account_key: str,
     rules: CreationRules,
-    answer: Callable[[Any, str | None], StoredResponse],
+    answer: Callable[[Any, Any, Any, str | None], StoredResponse],
 ) -> Response:
-    """Read the body and the Idempotency-Key, run `answer(payload, key)` under the key
-    (see `run_idempotently`) and answer what it stored.
+    """Read the body and the Idempotency-Key, run `answer(sandbox, account, payload, key)`
+    under the key (see `run_idempotently`) and answer what it stored. The account is the
+    one the gate put in `scope["<provider>.account"]`.
 
     The latency the gate deferred is slept inside the idempotency window on purpose,
     before `answer`, which must not await (it checks and changes state atomically).
@@ -78,14 +77,16 @@ async def create_idempotently(
     payload = await read_json(request)
     key = idempotency_key(request, rules.refuse_key)
     provider = dialect_of(request).provider
+    sandbox: SandboxCore = request.app.state.sandbox
+    account = request.scope[f"{provider}.account"]
 
     async def handle() -> StoredResponse:
         await sleep_deferred_latency(request.scope, f"{provider}.deferred_latency")
-        return answer(payload, key)
+        return answer(sandbox, account, payload, key)
 
     stored, replayed = await run_idempotently(
         sandbox.idempotency,
-        account_key,
+        account.api_key,
         key,
         lambda: fingerprint("POST", request.url.path, payload),
         handle,

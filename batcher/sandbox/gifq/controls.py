@@ -14,16 +14,15 @@ from starlette.routing import BaseRoute, Route
 from batcher.sandbox.common import iso_now, money_input
 from batcher.sandbox.controls import (
     balance_control_routes,
-    config_response,
     control_account,
     control_flag,
-    control_number,
     control_object,
     control_token,
     filtered_accounts,
+    number_setting,
     shared_control_routes,
 )
-from batcher.sandbox.dialect import Dialect
+from batcher.sandbox.dialect import Dialect, Setting
 from batcher.sandbox.gifq.config import (
     API_ROOT,
     CAMPAIGN_STATUSES,
@@ -43,14 +42,36 @@ def _account(request: Request) -> Account:
     return cast(Account, control_account(request))
 
 
-def _control_percent(raw: Any, name: str) -> Decimal:
+def _percent(request: Request, body: Mapping[str, Any], name: str) -> Decimal:
     try:
-        value = money_input(raw)
+        value = money_input(body[name])
     except (TypeError, ValueError):
         raise ApiError(400, f"{name} must be a number or a decimal string") from None
     if not 0 <= value <= 100:
         raise ApiError(400, f"{name} must be within 0..100")
     return value
+
+
+def _fx_rates(request: Request, body: Mapping[str, Any], name: str) -> dict[str, Decimal]:
+    rates = body[name]
+    if not isinstance(rates, Mapping):
+        raise ApiError(400, f'{name} must be an object like {{"GBP/USD": "1.27"}}')
+    try:
+        return merge_rates(sandbox_of(request).fx_rates, rates)
+    except (TypeError, ValueError) as exc:
+        raise ApiError(400, str(exc)) from None
+
+
+_SETTINGS: dict[str, Setting] = {
+    "asyncDelaySeconds": ("async_delay_seconds", number_setting()),
+    "idempotencyTtlSeconds": ("idempotency.ttl_seconds", number_setting()),
+    "maxRecipients": ("max_recipients", number_setting(low=1, whole=True)),
+    "payoutRedeemRate": ("payout_redeem_rate", number_setting(high=1.0)),
+    "daySeconds": ("day_seconds", number_setting()),
+    "clampPageLimit": ("clamp_page_limit", control_flag),
+    "fxFeePercent": ("fx_fee_percent", _percent),
+    "fxRates": ("fx_rates", _fx_rates),
+}
 
 
 def _dec(value: float) -> Decimal:
@@ -69,33 +90,6 @@ def _settings_json(sandbox: GifqSandbox) -> dict[str, Any]:
         "payoutRedeemRate": _dec(sandbox.payout_redeem_rate),
         "daySeconds": _dec(sandbox.day_seconds),
     }
-
-
-async def control_patch_config(request: Request) -> Response:
-    sandbox, body = sandbox_of(request), await control_object(request)
-    if "asyncDelaySeconds" in body:
-        sandbox.async_delay_seconds = control_number(request, body, "asyncDelaySeconds")
-    if "idempotencyTtlSeconds" in body:
-        sandbox.idempotency.ttl_seconds = control_number(request, body, "idempotencyTtlSeconds")
-    if "maxRecipients" in body:
-        sandbox.max_recipients = int(control_number(request, body, "maxRecipients", low=1))
-    if "payoutRedeemRate" in body:
-        sandbox.payout_redeem_rate = control_number(request, body, "payoutRedeemRate", high=1.0)
-    if "daySeconds" in body:
-        sandbox.day_seconds = control_number(request, body, "daySeconds")
-    if "clampPageLimit" in body:
-        sandbox.clamp_page_limit = control_flag(request, body, "clampPageLimit")
-    if "fxFeePercent" in body:
-        sandbox.fx_fee_percent = _control_percent(body["fxFeePercent"], "fxFeePercent")
-    if "fxRates" in body:
-        rates = body["fxRates"]
-        if not isinstance(rates, Mapping):
-            raise ApiError(400, 'fxRates must be an object like {"GBP/USD": "1.27"}')
-        try:
-            sandbox.fx_rates = merge_rates(sandbox.fx_rates, rates)
-        except (TypeError, ValueError) as exc:
-            raise ApiError(400, str(exc)) from None
-    return config_response(request)
 
 
 def _balances_json(account: Account) -> dict[str, Any]:
@@ -272,7 +266,6 @@ async def control_callbacks(request: Request) -> Response:
 def control_routes() -> list[BaseRoute]:
     return [
         *shared_control_routes(),
-        Route("/config", control_patch_config, methods=["PATCH"]),
         Route("/balances", control_balances, methods=["GET"]),
         *balance_control_routes("/balances", "amount", lambda account, _: _balances_json(account)),
         Route("/campaigns", control_campaigns, methods=["GET"]),
@@ -312,5 +305,6 @@ DIALECT = Dialect(
     ),
     routing_error=lambda message: {"message": message, "status": "error"},
     settings_json=_settings_json,
+    settings=_SETTINGS,
     counts=_counts,
 )

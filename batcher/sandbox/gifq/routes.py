@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from starlette.requests import Request
@@ -109,14 +110,7 @@ _PAYOUT_ORDER_KEYS = CreationRules(
 
 async def create_payout_order(request: Request) -> Response:
     """202 queued; Idempotency-Key replays, 422 on a different payload, 409 in flight."""
-    sandbox, account = sandbox_of(request), account_of(request)
-    return await create_idempotently(
-        request,
-        sandbox,
-        account.api_key,
-        _PAYOUT_ORDER_KEYS,
-        lambda payload, key: _payout_answer(request, sandbox, account, payload, key),
-    )
+    return await create_idempotently(request, _PAYOUT_ORDER_KEYS, partial(_payout_answer, request))
 
 
 def _payout_answer(

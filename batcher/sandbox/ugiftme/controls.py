@@ -23,9 +23,10 @@ from batcher.sandbox.controls import (
     control_number,
     control_object,
     filtered_accounts,
+    number_setting,
     shared_control_routes,
 )
-from batcher.sandbox.dialect import Dialect
+from batcher.sandbox.dialect import Dialect, Setting
 from batcher.sandbox.jsonio import json_response
 from batcher.sandbox.ugiftme.config import API_ROOT
 from batcher.sandbox.ugiftme.engine import UGiftMeSandbox
@@ -60,21 +61,14 @@ def _settings_json(sandbox: UGiftMeSandbox) -> dict[str, Any]:
     }
 
 
-async def control_patch_config(request: Request) -> Response:
-    sandbox, body = sandbox_of(request), await control_object(request)
-    if "asyncMode" in body:
-        sandbox.async_mode = control_flag(request, body, "asyncMode")
-    if "asyncDelaySeconds" in body:
-        sandbox.async_delay_seconds = control_number(request, body, "asyncDelaySeconds")
-    if "bulkLimit" in body:
-        sandbox.bulk_limit = int(control_number(request, body, "bulkLimit", low=1))
-    if "idempotencyTtlSeconds" in body:
-        sandbox.idempotency.ttl_seconds = control_number(request, body, "idempotencyTtlSeconds")
-    if "webhookTimeScale" in body:
-        sandbox.webhooks.time_scale = control_number(request, body, "webhookTimeScale")
-    if "idempotencyReplayErrors" in body:
-        sandbox.replay_errors = bool(body["idempotencyReplayErrors"])
-    return config_response(request)
+_SETTINGS: dict[str, Setting] = {
+    "asyncMode": ("async_mode", control_flag),
+    "asyncDelaySeconds": ("async_delay_seconds", number_setting()),
+    "bulkLimit": ("bulk_limit", number_setting(low=1, whole=True)),
+    "idempotencyTtlSeconds": ("idempotency.ttl_seconds", number_setting()),
+    "webhookTimeScale": ("webhooks.time_scale", number_setting()),
+    "idempotencyReplayErrors": ("replay_errors", lambda _request, body, name: bool(body[name])),
+}
 
 
 async def control_mode(request: Request) -> Response:
@@ -197,7 +191,6 @@ async def control_order_requests(request: Request) -> Response:
 def control_routes() -> list[BaseRoute]:
     return [
         *shared_control_routes(),
-        Route("/config", control_patch_config, methods=["PATCH"]),
         Route("/mode", control_mode, methods=["PUT"]),
         Route("/wallets", control_wallets, methods=["GET"]),
         *balance_control_routes("/wallets", "balance", lambda _, wallet: _wallet_json(wallet)),
@@ -230,5 +223,6 @@ DIALECT = Dialect(
     ),
     routing_error=lambda message: {"error": message},
     settings_json=_settings_json,
+    settings=_SETTINGS,
     counts=_counts,
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from starlette.requests import Request
@@ -112,18 +113,11 @@ async def create_bulk_order(request: Request) -> Response:
 
 async def _create_orders(request: Request, kind: RequestType) -> Response:
     """Order creation with idempotency, deferred latency and the drop fault."""
-    sandbox, account = sandbox_of(request), account_of(request)
-    return await create_idempotently(
-        request,
-        sandbox,
-        account.api_key,
-        _ORDER_KEYS,
-        lambda payload, key: _handle_order_payload(sandbox, account, kind, payload, key),
-    )
+    return await create_idempotently(request, _ORDER_KEYS, partial(_handle_order_payload, kind))
 
 
 def _handle_order_payload(
-    sandbox: UGiftMeSandbox, account: Account, kind: RequestType, payload: Any, key: str | None
+    kind: RequestType, sandbox: UGiftMeSandbox, account: Account, payload: Any, key: str | None
 ) -> StoredResponse:
     """The atomic part: no await between reading and changing state."""
     is_async = sandbox.async_mode
