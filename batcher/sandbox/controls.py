@@ -16,13 +16,14 @@ import contextlib
 import functools
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, cast
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from batcher.core.money import fits_currency, is_currency_code, round_money
+from batcher.sandbox.asgi import RouteTable
 from batcher.sandbox.common import (
     DelayedTaskScheduler,
     FaultInjector,
@@ -34,6 +35,14 @@ from batcher.sandbox.common import (
 from batcher.sandbox.dialect import SettingReader, dialect_of
 from batcher.sandbox.handlers import read_json
 from batcher.sandbox.jsonio import json_response
+
+AccountT = TypeVar("AccountT")
+Record = TypeVar("Record", bound="Sequenced")
+SHARED_CONTROLS = RouteTable()  # the handlers below that every provider mounts
+
+
+class Sequenced(Protocol):
+    seq: int  # creation order across accounts
 
 
 class SandboxState(Protocol):
@@ -161,7 +170,12 @@ def control_token(request: Request) -> str | None:
     return next((request.headers[h] for h in headers if request.headers.get(h)), None)
 
 
-def control_account(request: Request) -> Any:
+def control_account(request: Request, kind: type[AccountT]) -> AccountT:
+    """The account (of the provider's type `kind`) the call names, or the only one."""
+    return cast(AccountT, _control_account(request))
+
+
+def _control_account(request: Request) -> Any:
     """The account the call names, or the only one; the provider's 404/400 otherwise."""
     accounts, token = _state(request).accounts, control_token(request)
     if token:
@@ -177,8 +191,20 @@ def control_account(request: Request) -> Any:
 def filtered_accounts(request: Request) -> list[Any]:
     """The named account, or every account when the call names none."""
     if control_token(request):
-        return [control_account(request)]
+        return [_control_account(request)]
     return list(_state(request).accounts.values())
+
+
+def oldest_first(request: Request, records: Callable[[Any], Iterable[Record]]) -> list[Record]:
+    """The records of the named account, or of every account, in creation (`seq`) order."""
+    found = (record for account in filtered_accounts(request) for record in records(account))
+    return sorted(found, key=lambda record: record.seq)
+
+
+def listing(name: str, rows: Iterable[Mapping[str, Any]]) -> Response:
+    """A control listing: `{"total": n, name: rows}`."""
+    rows = list(rows)
+    return json_response({"total": len(rows), name: rows})
 
 
 async def control_object(request: Request) -> Mapping[str, Any]:
@@ -264,7 +290,7 @@ def balance_control_routes(
     answers `render(account, what the sandbox method returned)`."""
 
     async def fund(request: Request) -> Response:
-        account, currency = control_account(request), path_currency(request)
+        account, currency = _control_account(request), path_currency(request)
         body = await control_object(request)
         amount = control_money(request, body.get("amount"), currency, "amount")
         if amount <= 0:
@@ -272,12 +298,12 @@ def balance_control_routes(
         return json_response(render(account, _state(request).fund(account, currency, amount)))
 
     async def drain(request: Request) -> Response:
-        account, currency = control_account(request), path_currency(request)
+        account, currency = _control_account(request), path_currency(request)
         zero = round_money(Decimal(0), currency)
         return json_response(render(account, _state(request).set_balance(account, currency, zero)))
 
     async def set_balance(request: Request) -> Response:
-        account, currency = control_account(request), path_currency(request)
+        account, currency = _control_account(request), path_currency(request)
         body = await control_object(request)
         amount = control_money(request, body.get(amount_field), currency, amount_field)
         changed = _state(request).set_balance(account, currency, amount)
@@ -290,6 +316,7 @@ def balance_control_routes(
     ]
 
 
+@SHARED_CONTROLS.route("/health", "GET")
 async def control_health(request: Request) -> Response:
     return json_response({"ok": True, "provider": dialect_of(request).provider})
 
@@ -309,10 +336,12 @@ def config_response(request: Request) -> Response:
     return json_response(body)
 
 
+@SHARED_CONTROLS.route("/config", "GET")
 async def control_get_config(request: Request) -> Response:
     return config_response(request)
 
 
+@SHARED_CONTROLS.route("/config", "PATCH")
 async def control_patch_config(request: Request) -> Response:
     """Change the settings the body names, in the dialect's order; a refused one
     answers 400 and leaves the ones before it changed."""
@@ -324,10 +353,12 @@ async def control_patch_config(request: Request) -> Response:
     return config_response(request)
 
 
+@SHARED_CONTROLS.route("/faults", "GET")
 async def control_get_faults(request: Request) -> Response:
     return json_response(faults_json(_state(request).faults))
 
 
+@SHARED_CONTROLS.route("/faults", "PATCH", "PUT")
 async def control_patch_faults(request: Request) -> Response:
     sandbox, body = _state(request), await control_object(request)
     with refused_setting(request):
@@ -335,6 +366,7 @@ async def control_patch_faults(request: Request) -> Response:
     return json_response(faults_json(sandbox.faults))
 
 
+@SHARED_CONTROLS.route("/rate-limit", "PUT")
 async def control_rate_limit(request: Request) -> Response:
     sandbox, body = _state(request), await control_object(request)
     with refused_setting(request):
@@ -342,6 +374,7 @@ async def control_rate_limit(request: Request) -> Response:
     return json_response(rate_limit_json(sandbox.limiter))
 
 
+@SHARED_CONTROLS.route("/stats", "GET")
 async def control_stats(request: Request) -> Response:
     raw_since = request.query_params.get("since") or "0"
     if not raw_since.isdigit():
@@ -358,6 +391,7 @@ async def control_stats(request: Request) -> Response:
     return json_response(body)
 
 
+@SHARED_CONTROLS.route("/reset", "POST")
 async def control_reset(request: Request) -> Response:
     sandbox = _state(request)
     sandbox.reset()
@@ -365,13 +399,4 @@ async def control_reset(request: Request) -> Response:
 
 
 def shared_control_routes() -> list[BaseRoute]:
-    return [
-        Route("/health", control_health, methods=["GET"]),
-        Route("/config", control_get_config, methods=["GET"]),
-        Route("/config", control_patch_config, methods=["PATCH"]),
-        Route("/faults", control_get_faults, methods=["GET"]),
-        Route("/faults", control_patch_faults, methods=["PATCH", "PUT"]),
-        Route("/rate-limit", control_rate_limit, methods=["PUT"]),
-        Route("/stats", control_stats, methods=["GET"]),
-        Route("/reset", control_reset, methods=["POST"]),
-    ]
+    return SHARED_CONTROLS.routes

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
-from typing import Any, cast
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
+from batcher.sandbox.asgi import RouteTable
 from batcher.sandbox.common import iso_now, money_input
 from batcher.sandbox.controls import (
     balance_control_routes,
@@ -19,7 +20,9 @@ from batcher.sandbox.controls import (
     control_object,
     control_token,
     filtered_accounts,
+    listing,
     number_setting,
+    oldest_first,
     shared_control_routes,
 )
 from batcher.sandbox.dialect import Dialect, Setting
@@ -37,9 +40,7 @@ from batcher.sandbox.gifq.params import sandbox_of
 from batcher.sandbox.gifq.state import Account, Campaign
 from batcher.sandbox.jsonio import json_response
 
-
-def _account(request: Request) -> Account:
-    return cast(Account, control_account(request))
+CONTROLS = RouteTable()
 
 
 def _percent(request: Request, body: Mapping[str, Any], name: str) -> Decimal:
@@ -100,8 +101,12 @@ def _balances_json(account: Account) -> dict[str, Any]:
     }
 
 
+CONTROLS.include(balance_control_routes("/balances", "amount", lambda a, _: _balances_json(a)))
+
+
+@CONTROLS.route("/balances", "GET")
 async def control_balances(request: Request) -> Response:
-    return json_response(_balances_json(_account(request)))
+    return json_response(_balances_json(control_account(request, Account)))
 
 
 def _checked_campaign_fields(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -122,14 +127,16 @@ def _checked_campaign_fields(body: Mapping[str, Any]) -> dict[str, Any]:
     return fields
 
 
+@CONTROLS.route("/campaigns", "GET")
 async def control_campaigns(request: Request) -> Response:
-    account = _account(request)
+    account = control_account(request, Account)
     campaigns = sorted(account.campaigns.values(), key=lambda c: c.id)
     return json_response({"apiKey": account.api_key, "campaigns": [c.as_json() for c in campaigns]})
 
 
+@CONTROLS.route("/campaigns", "POST")
 async def control_create_campaign(request: Request) -> Response:
-    account, body = _account(request), await control_object(request)
+    account, body = control_account(request, Account), await control_object(request)
     fields = _checked_campaign_fields(body)
     if "title" not in fields:
         raise ApiError(400, "title is required")
@@ -151,8 +158,9 @@ async def control_create_campaign(request: Request) -> Response:
     return json_response(campaign.as_json(), 201)
 
 
+@CONTROLS.route("/campaigns/{campaign_id}", "PATCH")
 async def control_patch_campaign(request: Request) -> Response:
-    account, body = _account(request), await control_object(request)
+    account, body = control_account(request, Account), await control_object(request)
     raw = request.path_params["campaign_id"]
     campaign = account.campaigns.get(int(raw)) if raw.isdigit() else None
     if campaign is None:
@@ -166,6 +174,7 @@ async def control_patch_campaign(request: Request) -> Response:
     return json_response(campaign.as_json())
 
 
+@CONTROLS.route("/products/{option_id}", "PATCH")
 async def control_patch_product(request: Request) -> Response:
     sandbox, body = sandbox_of(request), await control_object(request)
     raw = request.path_params["option_id"]
@@ -193,8 +202,8 @@ async def control_patch_product(request: Request) -> Response:
     return json_response(option.as_json())
 
 
+@CONTROLS.route("/orders", "GET")
 async def control_orders(request: Request) -> Response:
-    orders = sorted((o for a in filtered_accounts(request) for o in a.orders), key=lambda o: o.seq)
     rows = [
         {
             **o.as_json(with_redemption=True),
@@ -204,14 +213,14 @@ async def control_orders(request: Request) -> Response:
             "optionId": o.option_id,
             "requestId": o.request_id,
         }
-        for o in orders
+        for o in oldest_first(request, lambda a: a.orders)
     ]
-    return json_response({"total": len(rows), "orders": rows})
+    return listing("orders", rows)
 
 
+@CONTROLS.route("/payout-orders", "GET")
 async def control_payout_orders(request: Request) -> Response:
-    accounts = filtered_accounts(request)
-    orders = sorted((o for a in accounts for o in a.payout_orders), key=lambda o: o.seq)
+    orders = oldest_first(request, lambda a: a.payout_orders)
     rows = [
         {
             **o.as_json(),
@@ -222,17 +231,16 @@ async def control_payout_orders(request: Request) -> Response:
         }
         for o in orders
     ]
-    return json_response({"total": len(rows), "payoutOrders": rows})
+    return listing("payoutOrders", rows)
 
 
+@CONTROLS.route("/payouts", "GET")
 async def control_payouts(request: Request) -> Response:
-    payouts = sorted(
-        (p for a in filtered_accounts(request) for p in a.payouts), key=lambda p: p.seq
-    )
-    rows = [{**p.as_json(), "apiKey": p.api_key} for p in payouts]
-    return json_response({"total": len(rows), "payouts": rows})
+    payouts = oldest_first(request, lambda a: a.payouts)
+    return listing("payouts", ({**p.as_json(), "apiKey": p.api_key} for p in payouts))
 
 
+@CONTROLS.route("/payouts/{payout_id}", "PATCH")
 async def control_patch_payout(request: Request) -> Response:
     payout_id = request.path_params["payout_id"]
     payout = next(
@@ -255,6 +263,7 @@ async def control_patch_payout(request: Request) -> Response:
     return json_response(payout.as_json())
 
 
+@CONTROLS.route("/callbacks", "GET")
 async def control_callbacks(request: Request) -> Response:
     token = control_token(request)
     rows = [
@@ -264,20 +273,7 @@ async def control_callbacks(request: Request) -> Response:
 
 
 def control_routes() -> list[BaseRoute]:
-    return [
-        *shared_control_routes(),
-        Route("/balances", control_balances, methods=["GET"]),
-        *balance_control_routes("/balances", "amount", lambda account, _: _balances_json(account)),
-        Route("/campaigns", control_campaigns, methods=["GET"]),
-        Route("/campaigns", control_create_campaign, methods=["POST"]),
-        Route("/campaigns/{campaign_id}", control_patch_campaign, methods=["PATCH"]),
-        Route("/products/{option_id}", control_patch_product, methods=["PATCH"]),
-        Route("/orders", control_orders, methods=["GET"]),
-        Route("/payout-orders", control_payout_orders, methods=["GET"]),
-        Route("/payouts", control_payouts, methods=["GET"]),
-        Route("/payouts/{payout_id}", control_patch_payout, methods=["PATCH"]),
-        Route("/callbacks", control_callbacks, methods=["GET"]),
-    ]
+    return [*shared_control_routes(), *CONTROLS.routes]
 
 
 def _counts(accounts: Sequence[Account]) -> dict[str, int]:

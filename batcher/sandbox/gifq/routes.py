@@ -8,8 +8,9 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
+from batcher.sandbox.asgi import RouteTable
 from batcher.sandbox.common import DroppedResponse, ReversedView
 from batcher.sandbox.gifq.catalog import Brand
 from batcher.sandbox.gifq.config import money_out
@@ -27,12 +28,16 @@ from batcher.sandbox.handlers import CreationRules, create_idempotently, read_js
 from batcher.sandbox.idempotency import StoredResponse
 from batcher.sandbox.jsonio import encode_json, json_response
 
+API = RouteTable()
 
+
+@API.route("/products", "GET")
 async def list_products(request: Request) -> Response:
     brands = list(sandbox_of(request).catalog.values())
     return paginated(request, brands, Brand.as_json)
 
 
+@API.route("/orders", "POST")
 async def create_order(request: Request) -> Response:
     """201 new, 200 known reference, 422 refused; the drop fault hits fresh commits only."""
     sandbox, account = sandbox_of(request), account_of(request)
@@ -59,11 +64,13 @@ def _newest_first(items: Sequence[Any]) -> Sequence[Any]:
     return ReversedView(items)
 
 
+@API.route("/orders", "GET")
 async def list_orders(request: Request) -> Response:
     orders = _newest_first(account_of(request).orders)
     return paginated(request, orders, lambda o: o.as_json(with_redemption=False))
 
 
+@API.route("/orders/{order_id}", "GET")
 async def get_order(request: Request) -> Response:
     order = account_of(request).orders_by_id.get(request.path_params["order_id"])
     if order is None:
@@ -71,15 +78,18 @@ async def get_order(request: Request) -> Response:
     return json_response(order.as_json(with_redemption=True))
 
 
+@API.route("/balances", "GET")
 async def list_balances(request: Request) -> Response:
     balances = sorted(account_of(request).balances.items())
     return json_response([{"currency": c, "amount": money_out(a, c)} for c, a in balances])
 
 
+@API.route("/transactions", "GET")
 async def list_transactions(request: Request) -> Response:
     return paginated(request, ReversedView(account_of(request).transactions), lambda t: t)
 
 
+@API.route("/campaigns", "GET")
 async def list_campaigns(request: Request) -> Response:
     campaigns = sorted(account_of(request).campaigns.values(), key=lambda c: c.id)
     return paginated(request, campaigns, Campaign.as_json)
@@ -93,6 +103,7 @@ def _campaign(request: Request) -> Campaign:
     return campaign
 
 
+@API.route("/campaigns/{campaign_id}/catalog", "GET")
 async def campaign_catalog(request: Request) -> Response:
     campaign, catalog = _campaign(request), sandbox_of(request).catalog
     brands = [catalog[slug] for slug in sorted(campaign.brands) if slug in catalog]
@@ -108,6 +119,7 @@ _PAYOUT_ORDER_KEYS = CreationRules(
 )
 
 
+@API.route("/payout-orders", "POST")
 async def create_payout_order(request: Request) -> Response:
     """202 queued; Idempotency-Key replays, 422 on a different payload, 409 in flight."""
     return await create_idempotently(request, _PAYOUT_ORDER_KEYS, partial(_payout_answer, request))
@@ -126,11 +138,13 @@ def _payout_answer(
     return StoredResponse(202, encode_json({"id": order.id, "status": order.status}), headers)
 
 
+@API.route("/payout-orders", "GET")
 async def list_payout_orders(request: Request) -> Response:
     orders = _newest_first(account_of(request).payout_orders)
     return paginated(request, orders, PayoutOrder.as_json)
 
 
+@API.route("/payout-orders/{payout_order_id}", "GET")
 async def get_payout_order(request: Request) -> Response:
     order = account_of(request).payout_orders_by_id.get(request.path_params["payout_order_id"])
     if order is None:
@@ -138,6 +152,7 @@ async def get_payout_order(request: Request) -> Response:
     return json_response(order.as_json())
 
 
+@API.route("/payouts", "GET")
 async def list_payouts(request: Request) -> Response:
     account = account_of(request)
     wanted = request.query_params.get("payout_order_id")
@@ -151,17 +166,4 @@ async def list_payouts(request: Request) -> Response:
 
 
 def api_routes() -> list[BaseRoute]:
-    return [
-        Route("/products", list_products, methods=["GET"]),
-        Route("/orders", create_order, methods=["POST"]),
-        Route("/orders", list_orders, methods=["GET"]),
-        Route("/orders/{order_id}", get_order, methods=["GET"]),
-        Route("/balances", list_balances, methods=["GET"]),
-        Route("/transactions", list_transactions, methods=["GET"]),
-        Route("/campaigns", list_campaigns, methods=["GET"]),
-        Route("/campaigns/{campaign_id}/catalog", campaign_catalog, methods=["GET"]),
-        Route("/payout-orders", create_payout_order, methods=["POST"]),
-        Route("/payout-orders", list_payout_orders, methods=["GET"]),
-        Route("/payout-orders/{payout_order_id}", get_payout_order, methods=["GET"]),
-        Route("/payouts", list_payouts, methods=["GET"]),
-    ]
+    return API.routes

@@ -7,12 +7,13 @@ import ipaddress
 from collections.abc import Sequence
 from dataclasses import replace
 from decimal import Decimal
-from typing import Any, cast
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
+from batcher.sandbox.asgi import RouteTable
 from batcher.sandbox.common import FAULT_KINDS, iso_now, money_input
 from batcher.sandbox.controls import (
     balance_control_routes,
@@ -23,7 +24,9 @@ from batcher.sandbox.controls import (
     control_number,
     control_object,
     filtered_accounts,
+    listing,
     number_setting,
+    oldest_first,
     shared_control_routes,
 )
 from batcher.sandbox.dialect import Dialect, Setting
@@ -35,9 +38,7 @@ from batcher.sandbox.ugiftme.params import sandbox_of
 from batcher.sandbox.ugiftme.state import Account, Wallet
 from batcher.sandbox.ugiftme.webhook_controls import webhook_control_routes
 
-
-def _account(request: Request) -> Account:
-    return cast(Account, control_account(request))
+CONTROLS = RouteTable()
 
 
 def _wallet_json(wallet: Wallet) -> dict[str, Any]:
@@ -71,6 +72,7 @@ _SETTINGS: dict[str, Setting] = {
 }
 
 
+@CONTROLS.route("/mode", "PUT")
 async def control_mode(request: Request) -> Response:
     sandbox, body = sandbox_of(request), await control_object(request)
     mode = body.get("mode")
@@ -82,14 +84,19 @@ async def control_mode(request: Request) -> Response:
     return config_response(request)
 
 
+CONTROLS.include(balance_control_routes("/wallets", "balance", lambda _, w: _wallet_json(w)))
+
+
+@CONTROLS.route("/wallets", "GET")
 async def control_wallets(request: Request) -> Response:
-    account = _account(request)
+    account = control_account(request, Account)
     wallets = sorted(account.wallets.values(), key=lambda w: w.currency)
     return json_response({"apiKey": account.api_key, "wallets": [_wallet_json(w) for w in wallets]})
 
 
+@CONTROLS.route("/account/ip-allow-list", "PUT")
 async def control_ip_allow_list(request: Request) -> Response:
-    account, body = _account(request), await control_object(request)
+    account, body = control_account(request, Account), await control_object(request)
     ips = body.get("ips")
     if ips is not None:
         if not isinstance(ips, list) or not all(isinstance(ip, str) for ip in ips):
@@ -103,8 +110,9 @@ async def control_ip_allow_list(request: Request) -> Response:
     return json_response({"apiKey": account.api_key, "ips": ips})
 
 
+@CONTROLS.route("/account/profile", "PUT")
 async def control_profile(request: Request) -> Response:
-    account, body = _account(request), await control_object(request)
+    account, body = control_account(request, Account), await control_object(request)
     if not isinstance(body.get("complete"), bool):
         raise invalid("complete must be a boolean")
     account.profile_complete = body["complete"]
@@ -120,6 +128,7 @@ _PRODUCT_FIELDS = {
 }
 
 
+@CONTROLS.route("/products/{code}", "PATCH")
 async def control_patch_product(request: Request) -> Response:
     sandbox, body = sandbox_of(request), await control_object(request)
     product = sandbox.catalog.get(request.path_params["code"])
@@ -155,10 +164,8 @@ def _money_input_or_400(raw: Any, name: str) -> Decimal:
         raise invalid(f"{name} must be a number") from None
 
 
+@CONTROLS.route("/orders", "GET")
 async def control_orders(request: Request) -> Response:
-    orders = sorted(
-        (o for account in filtered_accounts(request) for o in account.orders), key=lambda o: o.seq
-    )
     rows = [
         {
             **o.body,
@@ -167,12 +174,14 @@ async def control_orders(request: Request) -> Response:
             "orderRequestId": o.order_request_id,
             "cost": o.cost,
         }
-        for o in orders
+        for o in oldest_first(request, lambda a: a.orders)
     ]
-    return json_response({"total": len(rows), "orders": rows})
+    return listing("orders", rows)
 
 
+@CONTROLS.route("/order-requests", "GET")
 async def control_order_requests(request: Request) -> Response:
+    requests = (r for account in filtered_accounts(request) for r in account.requests.values())
     rows = [
         {
             **r.as_json(),
@@ -182,25 +191,16 @@ async def control_order_requests(request: Request) -> Response:
             "hold": r.hold,
             "orderCount": r.order_count,
         }
-        for account in filtered_accounts(request)
-        for r in account.requests.values()
+        for r in requests
     ]
-    return json_response({"total": len(rows), "orderRequests": rows})
+    return listing("orderRequests", rows)
+
+
+CONTROLS.include(webhook_control_routes())
 
 
 def control_routes() -> list[BaseRoute]:
-    return [
-        *shared_control_routes(),
-        Route("/mode", control_mode, methods=["PUT"]),
-        Route("/wallets", control_wallets, methods=["GET"]),
-        *balance_control_routes("/wallets", "balance", lambda _, wallet: _wallet_json(wallet)),
-        Route("/account/ip-allow-list", control_ip_allow_list, methods=["PUT"]),
-        Route("/account/profile", control_profile, methods=["PUT"]),
-        Route("/products/{code}", control_patch_product, methods=["PATCH"]),
-        Route("/orders", control_orders, methods=["GET"]),
-        Route("/order-requests", control_order_requests, methods=["GET"]),
-        *webhook_control_routes(),
-    ]
+    return [*shared_control_routes(), *CONTROLS.routes]
 
 
 def _counts(accounts: Sequence[Account]) -> dict[str, int]:

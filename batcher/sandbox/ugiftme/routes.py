@@ -8,8 +8,9 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
+from batcher.sandbox.asgi import RouteTable
 from batcher.sandbox.common import ReversedView
 from batcher.sandbox.handlers import CreationRules, create_idempotently
 from batcher.sandbox.idempotency import StoredResponse
@@ -27,16 +28,12 @@ from batcher.sandbox.ugiftme.params import (
     sandbox_of,
 )
 from batcher.sandbox.ugiftme.state import Account, OrderSearchKey, RequestType, StoredOrder
-from batcher.sandbox.ugiftme.webhook_routes import (
-    create_webhook,
-    delete_webhook,
-    list_webhooks,
-    test_webhook,
-    update_webhook,
-    webhook_test_sample,
-)
+from batcher.sandbox.ugiftme.webhook_routes import WEBHOOK_API
+
+API = RouteTable()
 
 
+@API.route("/auth", "GET")
 async def auth(request: Request) -> Response:
     account = account_of(request)
     return json_response(
@@ -66,10 +63,12 @@ def _products_page(products: list[CatalogProduct], request: Request) -> Response
     )
 
 
+@API.route("/products", "GET")
 async def list_products(request: Request) -> Response:
     return _products_page(list(sandbox_of(request).catalog.values()), request)
 
 
+@API.route("/products/search", "GET")
 async def search_products(request: Request) -> Response:
     query = request.query_params
     text = (query.get("q") or "").strip().casefold()
@@ -92,6 +91,7 @@ async def search_products(request: Request) -> Response:
     return _products_page([p for p in sandbox_of(request).catalog.values() if matches(p)], request)
 
 
+@API.route("/products/filters", "GET")
 async def product_filters(request: Request) -> Response:
     products = sandbox_of(request).catalog.values()
     return json_response(
@@ -103,10 +103,12 @@ async def product_filters(request: Request) -> Response:
     )
 
 
+@API.route("/orders", "POST")
 async def create_single_order(request: Request) -> Response:
     return await _create_orders(request, "single")
 
 
+@API.route("/orders/bulk", "POST")
 async def create_bulk_order(request: Request) -> Response:
     return await _create_orders(request, "bulk")
 
@@ -149,6 +151,7 @@ _ORDER_KEYS = CreationRules(
 )
 
 
+@API.route("/orders/order-requests/{request_id}", "GET")
 async def get_order_request(request: Request) -> Response:
     order_request = account_of(request).requests.get(request.path_params["request_id"])
     if order_request is None:
@@ -173,6 +176,7 @@ def _directed(ascending: list[StoredOrder], descending: bool) -> Sequence[Stored
     return ReversedView(ascending) if descending else ascending
 
 
+@API.route("/orders", "GET")
 async def list_orders(request: Request) -> Response:
     page, limit = page_params(request)
     sort_by, descending = _sort_params(request)
@@ -189,6 +193,7 @@ async def list_orders(request: Request) -> Response:
     )
 
 
+@API.route("/orders/search", "GET")
 async def search_orders(request: Request) -> Response:
     page, limit = page_params(request)
     merchant = (request.query_params.get("merchant") or "").strip().casefold()
@@ -242,6 +247,7 @@ def _search_ascending(account: Account, key: OrderSearchKey) -> list[StoredOrder
     return [o for o in ordered if matches(o)]
 
 
+@API.route("/orders/{order_id}", "GET")
 async def get_order(request: Request) -> Response:
     order = account_of(request).orders_by_id.get(request.path_params["order_id"])
     if order is None:
@@ -249,11 +255,13 @@ async def get_order(request: Request) -> Response:
     return json_response(order.body)
 
 
+@API.route("/wallet", "GET")
 async def get_wallets(request: Request) -> Response:
     wallets = account_of(request).wallets.values()
     return json_response([w.as_json() for w in sorted(wallets, key=lambda w: w.currency)])
 
 
+@API.route("/wallet/transactions", "GET")
 async def wallet_transactions(request: Request) -> Response:
     page, limit = page_params(request)
     newest_first = ReversedView(account_of(request).transactions)
@@ -273,22 +281,6 @@ async def wallet_transactions(request: Request) -> Response:
 
 def api_routes() -> list[BaseRoute]:
     return [
-        Route("/auth", auth, methods=["GET"]),
-        Route("/products", list_products, methods=["GET"]),
-        Route("/products/search", search_products, methods=["GET"]),
-        Route("/products/filters", product_filters, methods=["GET"]),
-        Route("/orders", create_single_order, methods=["POST"]),
-        Route("/orders", list_orders, methods=["GET"]),
-        Route("/orders/bulk", create_bulk_order, methods=["POST"]),
-        Route("/orders/search", search_orders, methods=["GET"]),
-        Route("/orders/order-requests/{request_id}", get_order_request, methods=["GET"]),
-        Route("/orders/{order_id}", get_order, methods=["GET"]),
-        Route("/wallet", get_wallets, methods=["GET"]),
-        Route("/wallet/transactions", wallet_transactions, methods=["GET"]),
-        Route("/webhooks", create_webhook, methods=["POST"]),
-        Route("/webhooks", list_webhooks, methods=["GET"]),
-        Route("/webhooks/test", test_webhook, methods=["POST"]),
-        Route("/webhooks/test-sample", webhook_test_sample, methods=["GET"]),
-        Route("/webhooks/{webhook_id}", update_webhook, methods=["PATCH"]),
-        Route("/webhooks/{webhook_id}", delete_webhook, methods=["DELETE"]),
+        *API.routes,
+        *WEBHOOK_API.routes,
     ]
