@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -32,39 +33,60 @@ def _parse_funding(
     ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
 ) -> dict[str, Decimal]:
     """('GBP=5000', 'EUR=0') -> {'GBP': Decimal('5000'), 'EUR': Decimal('0')}."""
-    funding: dict[str, Decimal] = {}
-    for value in values:
-        currency, sep, amount = value.partition("=")
-        currency = currency.strip().upper()
-        if not sep or len(currency) != 3 or not currency.isalpha():
-            raise click.BadParameter(f"{value!r}: use CUR=AMOUNT, for example GBP=5000")
-        try:
-            funding[currency] = Decimal(amount.strip())
-        except InvalidOperation:
-            raise click.BadParameter(f"{value!r}: {amount!r} is not an amount") from None
-        if not funding[currency].is_finite() or funding[currency] < 0:
-            raise click.BadParameter(f"{value!r}: the amount must be zero or more")
-    return funding
+    return _numbers_by_key(
+        values,
+        lambda cur: cur if len(cur) == 3 and cur.isalpha() else None,
+        usage="CUR=AMOUNT, for example GBP=5000",
+        noun="an amount",
+        allowed=(lambda amount: amount >= 0, "the amount must be zero or more"),
+    )
 
 
 def _parse_fx_rates(
     ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
 ) -> dict[str, Decimal]:
     """('GBP/USD=1.27',) -> {'GBP/USD': Decimal('1.27')}."""
-    rates: dict[str, Decimal] = {}
+    return _numbers_by_key(
+        values,
+        _currency_pair,
+        usage="FROM/TO=RATE, for example GBP/USD=1.27",
+        noun="a rate",
+        allowed=(lambda rate: rate > 0, "the rate must be positive"),
+    )
+
+
+def _currency_pair(text: str) -> str | None:
+    base, slash, quote = text.partition("/")
+    ok = slash and len(base) == 3 and len(quote) == 3 and base != quote
+    return f"{base}/{quote}" if ok else None
+
+
+def _numbers_by_key(
+    values: tuple[str, ...],
+    key_of: Callable[[str], str | None],
+    *,
+    usage: str,
+    noun: str,
+    allowed: tuple[Callable[[Decimal], bool], str],
+) -> dict[str, Decimal]:
+    """Repeatable KEY=NUMBER values as a table; `key_of` takes the key upper-cased and
+    answers None when it is malformed; `allowed` is a check on the number and its
+    message."""
+    check, refusal = allowed
+    numbers: dict[str, Decimal] = {}
     for value in values:
-        pair, sep, raw = value.partition("=")
-        base, slash, quote = pair.strip().upper().partition("/")
-        if not sep or not slash or len(base) != 3 or len(quote) != 3 or base == quote:
-            raise click.BadParameter(f"{value!r}: use FROM/TO=RATE, for example GBP/USD=1.27")
+        text, sep, raw = value.partition("=")
+        key = key_of(text.strip().upper()) if sep else None
+        if key is None:
+            raise click.BadParameter(f"{value!r}: use {usage}")
         try:
-            rate = Decimal(raw.strip())
+            number = Decimal(raw.strip())
         except InvalidOperation:
-            raise click.BadParameter(f"{value!r}: {raw!r} is not a rate") from None
-        if not rate.is_finite() or rate <= 0:
-            raise click.BadParameter(f"{value!r}: the rate must be positive")
-        rates[f"{base}/{quote}"] = rate
-    return rates
+            raise click.BadParameter(f"{value!r}: {raw!r} is not {noun}") from None
+        if not number.is_finite() or not check(number):
+            raise click.BadParameter(f"{value!r}: {refusal}")
+        numbers[key] = number
+    return numbers
 
 
 # Options only one provider's sandbox understands: config field -> (flag, providers).

@@ -37,12 +37,7 @@ from batcher.sandbox.handlers import read_json
 from batcher.sandbox.jsonio import json_response
 
 AccountT = TypeVar("AccountT")
-Record = TypeVar("Record", bound="Sequenced")
 SHARED_CONTROLS = RouteTable()  # the handlers below that every provider mounts
-
-
-class Sequenced(Protocol):
-    seq: int  # creation order across accounts
 
 
 class SandboxState(Protocol):
@@ -193,18 +188,6 @@ def filtered_accounts(request: Request) -> list[Any]:
     if control_token(request):
         return [_control_account(request)]
     return list(_state(request).accounts.values())
-
-
-def oldest_first(request: Request, records: Callable[[Any], Iterable[Record]]) -> list[Record]:
-    """The records of the named account, or of every account, in creation (`seq`) order."""
-    found = (record for account in filtered_accounts(request) for record in records(account))
-    return sorted(found, key=lambda record: record.seq)
-
-
-def listing(name: str, rows: Iterable[Mapping[str, Any]]) -> Response:
-    """A control listing: `{"total": n, name: rows}`."""
-    rows = list(rows)
-    return json_response({"total": len(rows), name: rows})
 
 
 async def control_object(request: Request) -> Mapping[str, Any]:

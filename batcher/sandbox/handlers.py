@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -27,6 +27,7 @@ from batcher.sandbox.idempotency import (
 from batcher.sandbox.jsonio import JsonDecodeError, decode_json
 
 MAX_IDEMPOTENCY_KEY = 255
+Item = TypeVar("Item")
 
 
 async def read_json(request: Request) -> Any:
@@ -36,6 +37,13 @@ async def read_json(request: Request) -> Any:
         return decode_json(raw)
     except JsonDecodeError as exc:
         raise dialect_of(request).invalid_json(str(exc)) from None
+
+
+def found(item: Item | None, missing: Exception) -> Item:
+    """`item`, or `missing` raised when there is none (a lookup's 404)."""
+    if item is None:
+        raise missing
+    return item
 
 
 def idempotency_key(request: Request, refuse: Callable[[str], Exception]) -> str | None:

@@ -20,9 +20,7 @@ from batcher.sandbox.controls import (
     control_object,
     control_token,
     filtered_accounts,
-    listing,
     number_setting,
-    oldest_first,
     shared_control_routes,
 )
 from batcher.sandbox.dialect import Dialect, Setting
@@ -204,6 +202,7 @@ async def control_patch_product(request: Request) -> Response:
 
 @CONTROLS.route("/orders", "GET")
 async def control_orders(request: Request) -> Response:
+    orders = sorted((o for a in filtered_accounts(request) for o in a.orders), key=lambda o: o.seq)
     rows = [
         {
             **o.as_json(with_redemption=True),
@@ -213,14 +212,15 @@ async def control_orders(request: Request) -> Response:
             "optionId": o.option_id,
             "requestId": o.request_id,
         }
-        for o in oldest_first(request, lambda a: a.orders)
+        for o in orders
     ]
-    return listing("orders", rows)
+    return json_response({"total": len(rows), "orders": rows})
 
 
 @CONTROLS.route("/payout-orders", "GET")
 async def control_payout_orders(request: Request) -> Response:
-    orders = oldest_first(request, lambda a: a.payout_orders)
+    accounts = filtered_accounts(request)
+    orders = sorted((o for a in accounts for o in a.payout_orders), key=lambda o: o.seq)
     rows = [
         {
             **o.as_json(),
@@ -231,13 +231,16 @@ async def control_payout_orders(request: Request) -> Response:
         }
         for o in orders
     ]
-    return listing("payoutOrders", rows)
+    return json_response({"total": len(rows), "payoutOrders": rows})
 
 
 @CONTROLS.route("/payouts", "GET")
 async def control_payouts(request: Request) -> Response:
-    payouts = oldest_first(request, lambda a: a.payouts)
-    return listing("payouts", ({**p.as_json(), "apiKey": p.api_key} for p in payouts))
+    payouts = sorted(
+        (p for a in filtered_accounts(request) for p in a.payouts), key=lambda p: p.seq
+    )
+    rows = [{**p.as_json(), "apiKey": p.api_key} for p in payouts]
+    return json_response({"total": len(rows), "payouts": rows})
 
 
 @CONTROLS.route("/payouts/{payout_id}", "PATCH")

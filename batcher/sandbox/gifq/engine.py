@@ -37,19 +37,21 @@ from batcher.sandbox.gifq.state import (
 class GifqSandbox(SandboxCore):
     """All state of one sandbox server: accounts, catalog, limiter, faults, log."""
 
+    # Set by `reset`, from the config or by the controls.
+    catalog: dict[str, Brand]
+    accounts: dict[str, Account]
+    fx_rates: dict[str, Decimal]
+    fx_fee_percent: Decimal
+    max_recipients: int
+    clamp_page_limit: bool
+    payout_redeem_rate: float
+    day_seconds: float
+    _payout_rng: random.Random
+
     def __init__(self, config: GifqSandboxConfig) -> None:
         super().__init__(config)
         self.config = config
         self.callbacks = CallbackSender(config.callback_timeout_seconds)
-        self.catalog: dict[str, Brand] = {}
-        self.accounts: dict[str, Account] = {}
-        self.fx_rates: dict[str, Decimal] = {}
-        self.fx_fee_percent = Decimal(0)
-        self.max_recipients = config.max_recipients
-        self.clamp_page_limit = config.clamp_page_limit
-        self.payout_redeem_rate = config.payout_redeem_rate
-        self.day_seconds = config.day_seconds
-        self._payout_rng = random.Random(config.seed)
         self._seq = 0
         self.reset()
 

@@ -16,15 +16,10 @@ from batcher.sandbox.gifq.catalog import Brand
 from batcher.sandbox.gifq.config import money_out
 from batcher.sandbox.gifq.engine import GifqSandbox
 from batcher.sandbox.gifq.errors import ApiError, request_id_of
-from batcher.sandbox.gifq.params import (
-    account_of,
-    deferred_latency,
-    paginated,
-    sandbox_of,
-)
+from batcher.sandbox.gifq.params import account_of, deferred_latency, paginated, sandbox_of
 from batcher.sandbox.gifq.parsing import parse_order, parse_payout_order
 from batcher.sandbox.gifq.state import Account, Campaign, Payout, PayoutOrder
-from batcher.sandbox.handlers import CreationRules, create_idempotently, read_json
+from batcher.sandbox.handlers import CreationRules, create_idempotently, found, read_json
 from batcher.sandbox.idempotency import StoredResponse
 from batcher.sandbox.jsonio import encode_json, json_response
 
@@ -73,9 +68,9 @@ async def list_orders(request: Request) -> Response:
 @API.route("/orders/{order_id}", "GET")
 async def get_order(request: Request) -> Response:
     order = account_of(request).orders_by_id.get(request.path_params["order_id"])
-    if order is None:
-        raise ApiError(404, "Order not found")
-    return json_response(order.as_json(with_redemption=True))
+    return json_response(
+        found(order, ApiError(404, "Order not found")).as_json(with_redemption=True)
+    )
 
 
 @API.route("/balances", "GET")
@@ -98,9 +93,7 @@ async def list_campaigns(request: Request) -> Response:
 def _campaign(request: Request) -> Campaign:
     raw = request.path_params["campaign_id"]
     campaign = account_of(request).campaigns.get(int(raw)) if raw.isdigit() else None
-    if campaign is None:
-        raise ApiError(404, "Campaign not found")
-    return campaign
+    return found(campaign, ApiError(404, "Campaign not found"))
 
 
 @API.route("/campaigns/{campaign_id}/catalog", "GET")
@@ -147,9 +140,7 @@ async def list_payout_orders(request: Request) -> Response:
 @API.route("/payout-orders/{payout_order_id}", "GET")
 async def get_payout_order(request: Request) -> Response:
     order = account_of(request).payout_orders_by_id.get(request.path_params["payout_order_id"])
-    if order is None:
-        raise ApiError(404, "Payout order not found")
-    return json_response(order.as_json())
+    return json_response(found(order, ApiError(404, "Payout order not found")).as_json())
 
 
 @API.route("/payouts", "GET")

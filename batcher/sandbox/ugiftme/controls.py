@@ -24,9 +24,7 @@ from batcher.sandbox.controls import (
     control_number,
     control_object,
     filtered_accounts,
-    listing,
     number_setting,
-    oldest_first,
     shared_control_routes,
 )
 from batcher.sandbox.dialect import Dialect, Setting
@@ -166,6 +164,9 @@ def _money_input_or_400(raw: Any, name: str) -> Decimal:
 
 @CONTROLS.route("/orders", "GET")
 async def control_orders(request: Request) -> Response:
+    orders = sorted(
+        (o for account in filtered_accounts(request) for o in account.orders), key=lambda o: o.seq
+    )
     rows = [
         {
             **o.body,
@@ -174,14 +175,13 @@ async def control_orders(request: Request) -> Response:
             "orderRequestId": o.order_request_id,
             "cost": o.cost,
         }
-        for o in oldest_first(request, lambda a: a.orders)
+        for o in orders
     ]
-    return listing("orders", rows)
+    return json_response({"total": len(rows), "orders": rows})
 
 
 @CONTROLS.route("/order-requests", "GET")
 async def control_order_requests(request: Request) -> Response:
-    requests = (r for account in filtered_accounts(request) for r in account.requests.values())
     rows = [
         {
             **r.as_json(),
@@ -191,9 +191,10 @@ async def control_order_requests(request: Request) -> Response:
             "hold": r.hold,
             "orderCount": r.order_count,
         }
-        for r in requests
+        for account in filtered_accounts(request)
+        for r in account.requests.values()
     ]
-    return listing("orderRequests", rows)
+    return json_response({"total": len(rows), "orderRequests": rows})
 
 
 CONTROLS.include(webhook_control_routes())

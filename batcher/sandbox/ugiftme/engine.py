@@ -39,6 +39,13 @@ def _hostility(config: UGiftMeSandboxConfig) -> Hostility:
 class UGiftMeSandbox(SandboxCore):
     """All state of one sandbox server: accounts, catalog, limiter, faults, log."""
 
+    # Set by `reset`, from the config or by the controls.
+    catalog: dict[str, CatalogProduct]
+    accounts: dict[str, Account]
+    async_mode: bool
+    bulk_limit: int
+    replay_errors: bool
+
     def __init__(self, config: UGiftMeSandboxConfig) -> None:
         super().__init__(config)
         self.config = config
@@ -48,11 +55,6 @@ class UGiftMeSandbox(SandboxCore):
             config.webhook_timeout_seconds,
             _hostility(config),
         )
-        self.catalog: dict[str, CatalogProduct] = {}
-        self.accounts: dict[str, Account] = {}
-        self.async_mode = config.async_mode
-        self.bulk_limit = config.bulk_limit
-        self.replay_errors = config.idempotency_replay_errors
         self._order_seq = 0
         self.reset()
 

@@ -12,7 +12,7 @@ from starlette.routing import BaseRoute
 
 from batcher.sandbox.asgi import RouteTable
 from batcher.sandbox.common import ReversedView
-from batcher.sandbox.handlers import CreationRules, create_idempotently
+from batcher.sandbox.handlers import CreationRules, create_idempotently, found
 from batcher.sandbox.idempotency import StoredResponse
 from batcher.sandbox.jsonio import encode_json, json_response
 from batcher.sandbox.ugiftme.catalog import CatalogProduct
@@ -154,9 +154,7 @@ _ORDER_KEYS = CreationRules(
 @API.route("/orders/order-requests/{request_id}", "GET")
 async def get_order_request(request: Request) -> Response:
     order_request = account_of(request).requests.get(request.path_params["request_id"])
-    if order_request is None:
-        raise ApiError(404, "Order request not found")
-    return json_response(order_request.as_json())
+    return json_response(found(order_request, ApiError(404, "Order request not found")).as_json())
 
 
 def _sort_params(request: Request) -> tuple[str, bool]:
@@ -250,9 +248,7 @@ def _search_ascending(account: Account, key: OrderSearchKey) -> list[StoredOrder
 @API.route("/orders/{order_id}", "GET")
 async def get_order(request: Request) -> Response:
     order = account_of(request).orders_by_id.get(request.path_params["order_id"])
-    if order is None:
-        raise ApiError(404, "Order not found")
-    return json_response(order.body)
+    return json_response(found(order, ApiError(404, "Order not found")).body)
 
 
 @API.route("/wallet", "GET")

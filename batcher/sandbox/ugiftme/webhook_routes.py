@@ -12,7 +12,7 @@ from starlette.responses import Response
 
 from batcher.sandbox.asgi import RouteTable
 from batcher.sandbox.common import iso_now, object_id
-from batcher.sandbox.handlers import read_json
+from batcher.sandbox.handlers import found, read_json
 from batcher.sandbox.jsonio import encode_json, json_response
 from batcher.sandbox.ugiftme.config import VALID_EVENTS
 from batcher.sandbox.ugiftme.errors import ApiError
@@ -119,9 +119,7 @@ async def webhook_test_sample(request: Request) -> Response:
 
 def _webhook(request: Request, webhook_id: Any) -> Webhook:
     hook = account_of(request).webhooks.get(webhook_id) if isinstance(webhook_id, str) else None
-    if hook is None:
-        raise ApiError(404, "Webhook not found")
-    return hook
+    return found(hook, ApiError(404, "Webhook not found"))
 
 
 @WEBHOOK_API.route("/webhooks/{webhook_id}", "PATCH")
