@@ -52,7 +52,6 @@ class GifqSandbox(SandboxCore):
         super().__init__(config)
         self.config = config
         self.callbacks = CallbackSender(config.callback_timeout_seconds)
-        self._seq = 0
         self.reset()
 
     def reset(self) -> None:
@@ -77,14 +76,6 @@ class GifqSandbox(SandboxCore):
             if amount > 0:
                 self.fund(account, currency, round_money(amount, currency))
         return account
-
-    @property
-    def api_keys(self) -> list[str]:
-        return list(self.accounts)
-
-    def _next_seq(self) -> int:
-        self._seq += 1
-        return self._seq
 
     # -- money -------------------------------------------------------------------
 
@@ -203,7 +194,7 @@ class GifqSandbox(SandboxCore):
     ) -> Order:
         now = iso_now()
         order = Order(
-            seq=self._next_seq(),
+            seq=self.next_seq(),
             id=str(uuid.uuid4()),
             reference=reference,
             params=params,
@@ -280,7 +271,7 @@ class GifqSandbox(SandboxCore):
         self._ensure_funds(account, wallet, total + fee)
         now = iso_now()
         order = PayoutOrder(
-            seq=self._next_seq(),
+            seq=self.next_seq(),
             id=str(uuid.uuid4()),
             campaign_id=campaign.id,
             wallet_currency=wallet,
@@ -335,7 +326,7 @@ class GifqSandbox(SandboxCore):
         expires_at = _later(now, order.expires_in_days * self.day_seconds)
         for recipient in order.recipients:
             payout = Payout(
-                seq=self._next_seq(),
+                seq=self.next_seq(),
                 id=str(uuid.uuid4()),
                 payout_order_id=order.id,
                 recipient=recipient,

@@ -162,6 +162,23 @@ def _money_input_or_400(raw: Any, name: str) -> Decimal:
         raise invalid(f"{name} must be a number") from None
 
 
+@CONTROLS.route("/order-requests", "GET")
+async def control_order_requests(request: Request) -> Response:
+    rows = [
+        {
+            **r.as_json(),
+            "apiKey": r.api_key,
+            "idempotencyKey": r.idempotency_key,
+            "currency": r.currency,
+            "hold": r.hold,
+            "orderCount": r.order_count,
+        }
+        for account in filtered_accounts(request)
+        for r in account.requests.values()
+    ]
+    return json_response({"total": len(rows), "orderRequests": rows})
+
+
 @CONTROLS.route("/orders", "GET")
 async def control_orders(request: Request) -> Response:
     orders = sorted(
@@ -178,23 +195,6 @@ async def control_orders(request: Request) -> Response:
         for o in orders
     ]
     return json_response({"total": len(rows), "orders": rows})
-
-
-@CONTROLS.route("/order-requests", "GET")
-async def control_order_requests(request: Request) -> Response:
-    rows = [
-        {
-            **r.as_json(),
-            "apiKey": r.api_key,
-            "idempotencyKey": r.idempotency_key,
-            "currency": r.currency,
-            "hold": r.hold,
-            "orderCount": r.order_count,
-        }
-        for account in filtered_accounts(request)
-        for r in account.requests.values()
-    ]
-    return json_response({"total": len(rows), "orderRequests": rows})
 
 
 CONTROLS.include(webhook_control_routes())

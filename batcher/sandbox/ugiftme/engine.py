@@ -55,7 +55,6 @@ class UGiftMeSandbox(SandboxCore):
             config.webhook_timeout_seconds,
             _hostility(config),
         )
-        self._order_seq = 0
         self.reset()
 
     def reset(self) -> None:
@@ -71,10 +70,6 @@ class UGiftMeSandbox(SandboxCore):
         self.async_mode = config.async_mode
         self.bulk_limit = config.bulk_limit
         self.replay_errors = config.idempotency_replay_errors
-
-    @property
-    def api_keys(self) -> list[str]:
-        return list(self.accounts)
 
     # -- orders --------------------------------------------------------------
 
@@ -117,9 +112,8 @@ class UGiftMeSandbox(SandboxCore):
             "updatedAt": stamp,
             "imageUrl": product.image_url,
         }
-        self._order_seq += 1
         order = StoredOrder(
-            self._order_seq, body, accepted.cost, account.api_key, idempotency_key, request_id
+            self.next_seq(), body, accepted.cost, account.api_key, idempotency_key, request_id
         )
         account.orders.append(order)
         account.orders_by_id[order_id] = order
