@@ -29,64 +29,58 @@ def _parse_rate_limit(
     return limit, window
 
 
-def _parse_funding(
-    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
-) -> dict[str, Decimal]:
-    """('GBP=5000', 'EUR=0') -> {'GBP': Decimal('5000'), 'EUR': Decimal('0')}."""
-    return _numbers_by_key(
-        values,
-        lambda cur: cur if len(cur) == 3 and cur.isalpha() else None,
-        usage="CUR=AMOUNT, for example GBP=5000",
-        noun="an amount",
-        allowed=(lambda amount: amount >= 0, "the amount must be zero or more"),
-    )
-
-
-def _parse_fx_rates(
-    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
-) -> dict[str, Decimal]:
-    """('GBP/USD=1.27',) -> {'GBP/USD': Decimal('1.27')}."""
-    return _numbers_by_key(
-        values,
-        _currency_pair,
-        usage="FROM/TO=RATE, for example GBP/USD=1.27",
-        noun="a rate",
-        allowed=(lambda rate: rate > 0, "the rate must be positive"),
-    )
-
-
 def _currency_pair(text: str) -> str | None:
     base, slash, quote = text.partition("/")
     ok = slash and len(base) == 3 and len(quote) == 3 and base != quote
     return f"{base}/{quote}" if ok else None
 
 
-def _numbers_by_key(
-    values: tuple[str, ...],
+def _keyed_numbers(
     key_of: Callable[[str], str | None],
-    *,
     usage: str,
     noun: str,
     allowed: tuple[Callable[[Decimal], bool], str],
-) -> dict[str, Decimal]:
-    """Repeatable KEY=NUMBER values as a table; `key_of` takes the key upper-cased and
-    answers None when it is malformed; `allowed` is a check on the number and its
-    message."""
+) -> Callable[[click.Context, click.Parameter, tuple[str, ...]], dict[str, Decimal]]:
+    """A click callback reading repeatable KEY=NUMBER values into a table. `key_of`
+    takes the key upper-cased and answers None when it is malformed; `allowed` is a
+    check on the number and the message when it fails."""
     check, refusal = allowed
-    numbers: dict[str, Decimal] = {}
-    for value in values:
-        text, sep, raw = value.partition("=")
-        key = key_of(text.strip().upper()) if sep else None
-        if key is None:
-            raise click.BadParameter(f"{value!r}: use {usage}")
-        try:
-            number = Decimal(raw.strip())
-        except InvalidOperation:
-            raise click.BadParameter(f"{value!r}: {raw!r} is not {noun}") from None
-        if not number.is_finite() or not check(number):
-            raise click.BadParameter(f"{value!r}: {refusal}")
-        numbers[key] = number
-    return numbers
+
+    def parse(
+        ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+    ) -> dict[str, Decimal]:
+        numbers: dict[str, Decimal] = {}
+        for value in values:
+            text, sep, raw = value.partition("=")
+            key = key_of(text.strip().upper()) if sep else None
+            if key is None:
+                raise click.BadParameter(f"{value!r}: use {usage}")
+            try:
+                number = Decimal(raw.strip())
+            except InvalidOperation:
+                raise click.BadParameter(f"{value!r}: {raw!r} is not {noun}") from None
+            if not number.is_finite() or not check(number):
+                raise click.BadParameter(f"{value!r}: {refusal}")
+            numbers[key] = number
+        return numbers
+
+    return parse
+
+
+# ('GBP=5000', 'EUR=0') -> {'GBP': Decimal('5000'), 'EUR': Decimal('0')}
+_parse_funding = _keyed_numbers(
+    lambda cur: cur if len(cur) == 3 and cur.isalpha() else None,
+    "CUR=AMOUNT, for example GBP=5000",
+    "an amount",
+    (lambda amount: amount >= 0, "the amount must be zero or more"),
+)
+# ('GBP/USD=1.27',) -> {'GBP/USD': Decimal('1.27')}
+_parse_fx_rates = _keyed_numbers(
+    _currency_pair,
+    "FROM/TO=RATE, for example GBP/USD=1.27",
+    "a rate",
+    (lambda rate: rate > 0, "the rate must be positive"),
+)
 
 
 # Options only one provider's sandbox understands: config field -> (flag, providers).
@@ -139,23 +133,33 @@ def sandbox() -> None:
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option(
-    "--port", type=click.IntRange(0, 65535), default=8765, show_default=True,
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8765,
+    show_default=True,
     help="Port to bind; 0 picks a free one (printed on startup).",
-)  # fmt: skip
+)
 @click.option(
-    "--api-key", "api_keys", multiple=True,
+    "--api-key",
+    "api_keys",
+    multiple=True,
     help="A sandbox API key or token (repeatable; each is its own account). Default: "
     "$UGIFTME_API_KEY or $GIFQ_API_TOKEN, else a generated key that is printed once.",
-)  # fmt: skip
+)
 @click.option(
-    "--rate-limit", callback=_parse_rate_limit, default=None, metavar="N/SECONDS",
+    "--rate-limit",
+    callback=_parse_rate_limit,
+    default=None,
+    metavar="N/SECONDS",
     help="Fixed-window limit per API key.  [default: 120/60 UGiftMe, 10/1 GIFQ]",
-)  # fmt: skip
+)
 @click.option(
-    "--sync/--async", "sync_mode", default=None,
+    "--sync/--async",
+    "sync_mode",
+    default=None,
     help="UGiftMe only: answer orders at once (201) or queue them (202 + order request).  "
     "[default: async]",
-)  # fmt: skip
+)
 @_setting("--async-delay", "async_delay_seconds", click.FloatRange(0.0), metavar="SECONDS",
     help="Time an order request (GIFQ: an order, a payout order step) spends queued, "
     "then again processing.  [default: 1]")  # fmt: skip

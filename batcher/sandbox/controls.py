@@ -2,7 +2,7 @@
 
 Each provider keeps its own error shapes: the helpers here raise through the
 app's `Dialect` (`dialect_of`). The handlers here (health, config, faults, rate
-limit, stats, reset) answer alike for every provider; `shared_control_routes`
+limit, stats, reset) answer alike for every provider; `control_routes`
 mounts them, and the provider adds its own routes next to them.
 
 An account is named by the first of the dialect's token headers; it may be left
@@ -381,5 +381,6 @@ async def control_reset(request: Request) -> Response:
     return json_response({"ok": True, "apiKeys": sandbox.api_keys})
 
 
-def shared_control_routes() -> list[BaseRoute]:
-    return SHARED_CONTROLS.routes
+def control_routes(provider: RouteTable) -> list[BaseRoute]:
+    """What a provider mounts at its control root: the shared controls, then its own."""
+    return [*SHARED_CONTROLS.routes, *provider.routes]

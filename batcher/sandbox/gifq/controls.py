@@ -9,7 +9,6 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute
 
 from batcher.sandbox.asgi import RouteTable
 from batcher.sandbox.common import iso_now, money_input
@@ -21,7 +20,6 @@ from batcher.sandbox.controls import (
     control_token,
     filtered_accounts,
     number_setting,
-    shared_control_routes,
 )
 from batcher.sandbox.dialect import Dialect, Setting
 from batcher.sandbox.gifq.config import (
@@ -273,10 +271,6 @@ async def control_callbacks(request: Request) -> Response:
         d for d in sandbox_of(request).callbacks.deliveries if token is None or d["apiKey"] == token
     ]
     return json_response({"total": len(rows), "callbacks": rows})
-
-
-def control_routes() -> list[BaseRoute]:
-    return [*shared_control_routes(), *CONTROLS.routes]
 
 
 def _counts(accounts: Sequence[Account]) -> dict[str, int]:

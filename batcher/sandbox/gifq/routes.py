@@ -8,7 +8,6 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute
 
 from batcher.sandbox.asgi import RouteTable
 from batcher.sandbox.common import DroppedResponse, ReversedView
@@ -154,7 +153,3 @@ async def list_payouts(request: Request) -> Response:
     else:
         payouts = _newest_first(account.payouts)
     return paginated(request, payouts, Payout.as_json)
-
-
-def api_routes() -> list[BaseRoute]:
-    return API.routes

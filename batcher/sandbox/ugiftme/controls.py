@@ -11,7 +11,6 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute
 
 from batcher.sandbox.asgi import RouteTable
 from batcher.sandbox.common import FAULT_KINDS, iso_now, money_input
@@ -25,7 +24,6 @@ from batcher.sandbox.controls import (
     control_object,
     filtered_accounts,
     number_setting,
-    shared_control_routes,
 )
 from batcher.sandbox.dialect import Dialect, Setting
 from batcher.sandbox.jsonio import json_response
@@ -198,10 +196,6 @@ async def control_orders(request: Request) -> Response:
 
 
 CONTROLS.include(webhook_control_routes())
-
-
-def control_routes() -> list[BaseRoute]:
-    return [*shared_control_routes(), *CONTROLS.routes]
 
 
 def _counts(accounts: Sequence[Account]) -> dict[str, int]:

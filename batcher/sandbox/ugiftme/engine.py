@@ -49,12 +49,7 @@ class UGiftMeSandbox(SandboxCore):
     def __init__(self, config: UGiftMeSandboxConfig) -> None:
         super().__init__(config)
         self.config = config
-        self.webhooks = WebhookDispatcher(
-            self.scheduler,
-            config.webhook_time_scale,
-            config.webhook_timeout_seconds,
-            _hostility(config),
-        )
+        self.webhooks = WebhookDispatcher(self.scheduler, config.webhook_timeout_seconds)
         self.reset()
 
     def reset(self) -> None:

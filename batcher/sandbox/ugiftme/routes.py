@@ -8,7 +8,6 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute
 
 from batcher.sandbox.asgi import RouteTable
 from batcher.sandbox.common import ReversedView
@@ -275,8 +274,4 @@ async def wallet_transactions(request: Request) -> Response:
     )
 
 
-def api_routes() -> list[BaseRoute]:
-    return [
-        *API.routes,
-        *WEBHOOK_API.routes,
-    ]
+API.include(WEBHOOK_API.routes)
