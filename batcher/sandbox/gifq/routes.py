@@ -51,7 +51,7 @@ async def create_order(request: Request) -> Response:
 def _newest_first(items: Sequence[Any]) -> Sequence[Any]:
     """Orders, payout orders and payouts, highest `seq` first, without sorting.
 
-    Every such list only grows by `append` right after `_next_seq()` hands out
+    Every such list only grows by `append` right after `next_seq()` hands out
     the item's seq (nothing awaits in between), so it is in ascending seq order
     and reading it backwards is the same as sorting it by seq, descending.
     """
