@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -28,43 +29,58 @@ def _parse_rate_limit(
     return limit, window
 
 
-def _parse_funding(
-    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
-) -> dict[str, Decimal]:
-    """('GBP=5000', 'EUR=0') -> {'GBP': Decimal('5000'), 'EUR': Decimal('0')}."""
-    funding: dict[str, Decimal] = {}
-    for value in values:
-        currency, sep, amount = value.partition("=")
-        currency = currency.strip().upper()
-        if not sep or len(currency) != 3 or not currency.isalpha():
-            raise click.BadParameter(f"{value!r}: use CUR=AMOUNT, for example GBP=5000")
-        try:
-            funding[currency] = Decimal(amount.strip())
-        except InvalidOperation:
-            raise click.BadParameter(f"{value!r}: {amount!r} is not an amount") from None
-        if not funding[currency].is_finite() or funding[currency] < 0:
-            raise click.BadParameter(f"{value!r}: the amount must be zero or more")
-    return funding
+def _currency_pair(text: str) -> str | None:
+    base, slash, quote = text.partition("/")
+    ok = slash and len(base) == 3 and len(quote) == 3 and base != quote
+    return f"{base}/{quote}" if ok else None
 
 
-def _parse_fx_rates(
-    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
-) -> dict[str, Decimal]:
-    """('GBP/USD=1.27',) -> {'GBP/USD': Decimal('1.27')}."""
-    rates: dict[str, Decimal] = {}
-    for value in values:
-        pair, sep, raw = value.partition("=")
-        base, slash, quote = pair.strip().upper().partition("/")
-        if not sep or not slash or len(base) != 3 or len(quote) != 3 or base == quote:
-            raise click.BadParameter(f"{value!r}: use FROM/TO=RATE, for example GBP/USD=1.27")
-        try:
-            rate = Decimal(raw.strip())
-        except InvalidOperation:
-            raise click.BadParameter(f"{value!r}: {raw!r} is not a rate") from None
-        if not rate.is_finite() or rate <= 0:
-            raise click.BadParameter(f"{value!r}: the rate must be positive")
-        rates[f"{base}/{quote}"] = rate
-    return rates
+def _keyed_numbers(
+    key_of: Callable[[str], str | None],
+    usage: str,
+    noun: str,
+    allowed: tuple[Callable[[Decimal], bool], str],
+) -> Callable[[click.Context, click.Parameter, tuple[str, ...]], dict[str, Decimal]]:
+    """A click callback reading repeatable KEY=NUMBER values into a table. `key_of`
+    takes the key upper-cased and answers None when it is malformed; `allowed` is a
+    check on the number and the message when it fails."""
+    check, refusal = allowed
+
+    def parse(
+        ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+    ) -> dict[str, Decimal]:
+        numbers: dict[str, Decimal] = {}
+        for value in values:
+            text, sep, raw = value.partition("=")
+            key = key_of(text.strip().upper()) if sep else None
+            if key is None:
+                raise click.BadParameter(f"{value!r}: use {usage}")
+            try:
+                number = Decimal(raw.strip())
+            except InvalidOperation:
+                raise click.BadParameter(f"{value!r}: {raw!r} is not {noun}") from None
+            if not number.is_finite() or not check(number):
+                raise click.BadParameter(f"{value!r}: {refusal}")
+            numbers[key] = number
+        return numbers
+
+    return parse
+
+
+# ('GBP=5000', 'EUR=0') -> {'GBP': Decimal('5000'), 'EUR': Decimal('0')}
+_parse_funding = _keyed_numbers(
+    lambda cur: cur if len(cur) == 3 and cur.isalpha() else None,
+    "CUR=AMOUNT, for example GBP=5000",
+    "an amount",
+    (lambda amount: amount >= 0, "the amount must be zero or more"),
+)
+# ('GBP/USD=1.27',) -> {'GBP/USD': Decimal('1.27')}
+_parse_fx_rates = _keyed_numbers(
+    _currency_pair,
+    "FROM/TO=RATE, for example GBP/USD=1.27",
+    "a rate",
+    (lambda rate: rate > 0, "the rate must be positive"),
+)
 
 
 # Options only one provider's sandbox understands: config field -> (flag, providers).
@@ -88,13 +104,18 @@ _FAULT_HELP = {
 
 
 def _rate(name: str) -> Any:
-    return click.option(
+    return _setting(
         f"--fault-{name}",
-        type=click.FloatRange(0.0, 1.0),
-        default=None,
+        f"fault_{name.replace('-', '_')}",
+        click.FloatRange(0.0, 1.0),
+        f"Probability 0..1: {_FAULT_HELP[name]}.",
         metavar="RATE",
-        help=f"Probability 0..1: {_FAULT_HELP[name]}.",
     )
+
+
+def _setting(flag: str, field: str, kind: click.ParamType, help: str, **more: Any) -> Any:
+    """A flag that overrides the sandbox config field `field` when given."""
+    return click.option(flag, field, type=kind, default=None, help=help, **more)
 
 
 @click.group()
@@ -112,49 +133,51 @@ def sandbox() -> None:
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option(
-    "--port", type=click.IntRange(0, 65535), default=8765, show_default=True,
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8765,
+    show_default=True,
     help="Port to bind; 0 picks a free one (printed on startup).",
-)  # fmt: skip
+)
 @click.option(
-    "--api-key", "api_keys", multiple=True,
+    "--api-key",
+    "api_keys",
+    multiple=True,
     help="A sandbox API key or token (repeatable; each is its own account). Default: "
     "$UGIFTME_API_KEY or $GIFQ_API_TOKEN, else a generated key that is printed once.",
-)  # fmt: skip
+)
 @click.option(
-    "--rate-limit", callback=_parse_rate_limit, default=None, metavar="N/SECONDS",
+    "--rate-limit",
+    callback=_parse_rate_limit,
+    default=None,
+    metavar="N/SECONDS",
     help="Fixed-window limit per API key.  [default: 120/60 UGiftMe, 10/1 GIFQ]",
-)  # fmt: skip
+)
 @click.option(
-    "--sync/--async", "sync_mode", default=None,
+    "--sync/--async",
+    "sync_mode",
+    default=None,
     help="UGiftMe only: answer orders at once (201) or queue them (202 + order request).  "
     "[default: async]",
-)  # fmt: skip
-@click.option(
-    "--async-delay", type=click.FloatRange(0.0), default=None, metavar="SECONDS",
+)
+@_setting("--async-delay", "async_delay_seconds", click.FloatRange(0.0), metavar="SECONDS",
     help="Time an order request (GIFQ: an order, a payout order step) spends queued, "
-    "then again processing.  [default: 1]",
-)  # fmt: skip
-@click.option(
-    "--idempotency-ttl", type=click.FloatRange(0.0, min_open=True), default=None,
-    metavar="SECONDS", help="How long idempotency keys are kept.  [default: 86400]",
-)  # fmt: skip
-@click.option(
-    "--bulk-limit", type=click.IntRange(1), default=None,
-    help="UGiftMe only: most items in one bulk order.  [default: 100]",
-)  # fmt: skip
+    "then again processing.  [default: 1]")  # fmt: skip
+@_setting("--idempotency-ttl", "idempotency_ttl_seconds", click.FloatRange(0.0, min_open=True),
+    metavar="SECONDS", help="How long idempotency keys are kept.  [default: 86400]")  # fmt: skip
+@_setting("--bulk-limit", "bulk_limit", click.IntRange(1),
+    "UGiftMe only: most items in one bulk order.  [default: 100]")  # fmt: skip
 @click.option(
     "--fund", "funding", multiple=True, callback=_parse_funding, metavar="CUR=AMOUNT",
     help="Starting balance of a wallet (repeatable); GBP, EUR and USD otherwise start "
     "at 10,000 (GIFQ: 5,000).",
 )  # fmt: skip
-@click.option("--seed", type=int, default=None, help="Seed for the fault injector.")
+@_setting("--seed", "seed", click.INT, "Seed for the fault injector.")
 @_rate("500")
 @_rate("429")
 @_rate("latency")
-@click.option(
-    "--latency-ms", type=click.IntRange(0), default=None,
-    help="Delay added by the latency fault.  [default: 250]",
-)  # fmt: skip
+@_setting("--latency-ms", "latency_ms", click.IntRange(0),
+    "Delay added by the latency fault.  [default: 250]")  # fmt: skip
 @_rate("drop")
 @_rate("reject-item")
 @_rate("async-fail")
@@ -163,11 +186,9 @@ def sandbox() -> None:
     "--fx-rate", "fx_rates", multiple=True, callback=_parse_fx_rates, metavar="FROM/TO=RATE",
     help="GIFQ only: one FROM costs RATE TO (repeatable; also sets the inverse).",
 )  # fmt: skip
-@click.option(
-    "--webhook-time-scale", type=click.FloatRange(0.0, min_open=True), default=None,
+@_setting("--webhook-time-scale", "webhook_time_scale", click.FloatRange(0.0, min_open=True),
     metavar="X", help="UGiftMe only: multiply webhook retry delays (1 min ... 4 h) by X.  "
-    "[default: 1]",
-)  # fmt: skip
+    "[default: 1]")  # fmt: skip
 def serve_command(
     provider: str,
     host: str,
@@ -175,21 +196,7 @@ def serve_command(
     api_keys: tuple[str, ...],
     rate_limit: tuple[int, float] | None,
     sync_mode: bool | None,
-    async_delay: float | None,
-    idempotency_ttl: float | None,
-    bulk_limit: int | None,
-    funding: dict[str, Decimal],
-    seed: int | None,
-    fault_500: float | None,
-    fault_429: float | None,
-    fault_latency: float | None,
-    latency_ms: int | None,
-    fault_drop: float | None,
-    fault_reject_item: float | None,
-    fault_async_fail: float | None,
-    fault_payout_fail: float | None,
-    fx_rates: dict[str, Decimal],
-    webhook_time_scale: float | None,
+    **settings: Any,
 ) -> None:
     """Serve a provider sandbox until Ctrl-C or SIGTERM.
 
@@ -198,30 +205,14 @@ def serve_command(
     """
     spec = sandbox_provider(provider)
     keys, notices = _resolve_keys(api_keys, spec.api_key_env)
-    overrides: dict[str, Any] = {
-        "api_keys": keys,
-        "funding": funding,
-        "async_mode": None if sync_mode is None else not sync_mode,
-        "async_delay_seconds": async_delay,
-        "idempotency_ttl_seconds": idempotency_ttl,
-        "bulk_limit": bulk_limit,
-        "seed": seed,
-        "fault_500": fault_500,
-        "fault_429": fault_429,
-        "fault_latency": fault_latency,
-        "latency_ms": latency_ms,
-        "fault_drop": fault_drop,
-        "fault_reject_item": fault_reject_item,
-        "fault_async_fail": fault_async_fail,
-        "fault_payout_fail": fault_payout_fail,
-        "fx_rates": fx_rates or None,
-        "webhook_time_scale": webhook_time_scale,
-    }
+    given: dict[str, Any] = {} if sync_mode is None else {"async_mode": not sync_mode}
+    # Every other option is named after the config field it overrides; one not given
+    # (None, or a repeatable one without values) keeps the provider's default.
+    given.update((name, v) for name, v in settings.items() if v is not None and v != {})
     if rate_limit is not None:
-        overrides["rate_limit"], overrides["rate_window_seconds"] = rate_limit
-    given = {name: value for name, value in overrides.items() if value is not None}
+        given["rate_limit"], given["rate_window_seconds"] = rate_limit
     _refuse_foreign_options(spec.name, spec.display_name, given)
-    app = spec.build(given)
+    app = spec.build({"api_keys": keys, **given})
     serve(
         app,
         host,

@@ -12,20 +12,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
+from typing import Any, Protocol, TypeVar
 
 import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from batcher.sandbox.common import DelayedTaskScheduler, FaultInjector
 from batcher.sandbox.dialect import Dialect, SandboxError, dialect_of
 from batcher.sandbox.jsonio import json_response
+
+Endpoint = TypeVar("Endpoint", bound=Callable[[Request], Awaitable[Response]])
 
 
 def client_ip(scope: Scope) -> str:
@@ -134,17 +136,40 @@ async def _routing_error(request: Request, exc: Exception) -> Response:
     return json_response(body, exc.status_code)
 
 
+class RouteTable:
+    """Routes declared where their endpoints are: `@TABLE.route("/path", "GET")` above
+    the handler. They match in declaration order, as a list of `Route`s would."""
+
+    def __init__(self) -> None:
+        self._routes: list[BaseRoute] = []
+
+    def route(self, path: str, *methods: str) -> Callable[[Endpoint], Endpoint]:
+        def declare(endpoint: Endpoint) -> Endpoint:
+            self._routes.append(Route(path, endpoint, methods=list(methods)))
+            return endpoint
+
+        return declare
+
+    def include(self, routes: Iterable[BaseRoute]) -> None:
+        """Routes built elsewhere (a shared family of handlers), matched from here on."""
+        self._routes.extend(routes)
+
+    @property
+    def routes(self) -> list[BaseRoute]:
+        return list(self._routes)
+
+
 def sandbox_app(
     sandbox: RunningState,
-    *,
     routes: Sequence[BaseRoute],
     dialect: Dialect,
+    *,
     gate: GateFactory,
     sender: OutboundSender,
-    worker_name: str,
 ) -> Starlette:
     """The sandbox as an ASGI app; its state is `app.state.sandbox`, its words
-    `app.state.dialect`; errors answer in the dialect's shapes."""
+    `app.state.dialect`; errors answer in the dialect's shapes. Its background
+    worker is named after the provider."""
     handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
         SandboxError: _sandbox_error,
         HTTPException: _routing_error,
@@ -152,7 +177,7 @@ def sandbox_app(
     app = Starlette(
         routes=list(routes),
         exception_handlers=handlers,
-        lifespan=worker_lifespan(sandbox.scheduler, sender, worker_name),
+        lifespan=worker_lifespan(sandbox.scheduler, sender, f"{dialect.provider}-sandbox-worker"),
     )
     app.state.sandbox = sandbox
     app.state.dialect = dialect

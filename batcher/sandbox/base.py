@@ -4,8 +4,8 @@ scheduling so work queued before a reset never touches the state after it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 from batcher.sandbox.common import (
     DelayedTaskScheduler,
@@ -38,6 +38,8 @@ class CoreConfig(Protocol):
 class SandboxCore:
     """The shared half of a sandbox's state; the provider adds its accounts and rules."""
 
+    accounts: Mapping[str, Any]  # API key -> the provider's account, set by its reset
+
     def __init__(self, config: CoreConfig) -> None:
         self.scheduler = DelayedTaskScheduler()
         self.limiter = FixedWindowRateLimiter(config.rate_limit, config.rate_window_seconds)
@@ -46,6 +48,7 @@ class SandboxCore:
         self.request_log = RequestLog()
         self.async_delay_seconds = config.async_delay_seconds
         self._generation = 0  # bumped by reset, so stale scheduled work does nothing
+        self._seq = 0  # creation order of every record, across accounts; survives reset
 
     def reset_core(self, config: CoreConfig) -> None:
         """Back to `config`: windows, faults, idempotency keys, log and queued work."""
@@ -57,6 +60,14 @@ class SandboxCore:
         self.idempotency.ttl_seconds = config.idempotency_ttl_seconds
         self.request_log.clear()
         self.async_delay_seconds = config.async_delay_seconds
+
+    @property
+    def api_keys(self) -> list[str]:
+        return list(self.accounts)
+
+    def next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
 
     def schedule(self, step: Callable[[], None], delay: float | None = None) -> None:
         """Run `step` after `delay` (default: the async delay), unless reset first."""

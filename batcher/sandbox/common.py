@@ -215,22 +215,6 @@ class FaultSettings:
         }
 
 
-def fault_settings_for(config: Any, kinds: Iterable[str]) -> FaultSettings:
-    """FaultSettings from a sandbox config's `fault_<kind>` rates (each checked to lie
-    in 0..1), `latency_ms`, `burst_seconds`, `seed` and `echo_credentials`."""
-    rates = {kind: getattr(config, f"fault_{kind}") for kind in kinds}
-    for kind, rate in rates.items():
-        if not 0.0 <= rate <= 1.0:
-            raise ValueError(f"fault rate for {kind!r} must be within 0..1")
-    return FaultSettings(
-        rates=rates,
-        latency_ms=config.latency_ms,
-        burst_seconds=config.burst_seconds,
-        seed=config.seed,
-        echo_credentials=config.echo_credentials,
-    )
-
-
 class FaultInjector:
     """Rolls every fault from a single seeded `random.Random`, so a run can be replayed.
 

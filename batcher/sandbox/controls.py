@@ -2,7 +2,7 @@
 
 Each provider keeps its own error shapes: the helpers here raise through the
 app's `Dialect` (`dialect_of`). The handlers here (health, config, faults, rate
-limit, stats, reset) answer alike for every provider; `shared_control_routes`
+limit, stats, reset) answer alike for every provider; `control_routes`
 mounts them, and the provider adds its own routes next to them.
 
 An account is named by the first of the dialect's token headers; it may be left
@@ -13,15 +13,17 @@ header narrows them to one.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Mapping
+import functools
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, cast
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from batcher.core.money import fits_currency, is_currency_code, round_money
+from batcher.sandbox.asgi import RouteTable
 from batcher.sandbox.common import (
     DelayedTaskScheduler,
     FaultInjector,
@@ -30,9 +32,12 @@ from batcher.sandbox.common import (
     money_input,
     parse_bool,
 )
-from batcher.sandbox.dialect import dialect_of
+from batcher.sandbox.dialect import SettingReader, dialect_of
 from batcher.sandbox.handlers import read_json
 from batcher.sandbox.jsonio import json_response
+
+AccountT = TypeVar("AccountT")
+SHARED_CONTROLS = RouteTable()  # the handlers below that every provider mounts
 
 
 class SandboxState(Protocol):
@@ -50,6 +55,10 @@ class SandboxState(Protocol):
     def accounts(self) -> Mapping[str, Any]: ...
 
     def reset(self) -> None: ...
+
+    def fund(self, account: Any, currency: str, amount: Decimal) -> Any: ...
+
+    def set_balance(self, account: Any, currency: str, amount: Decimal) -> Any: ...
 
 
 def _state(request: Request) -> SandboxState:
@@ -156,7 +165,12 @@ def control_token(request: Request) -> str | None:
     return next((request.headers[h] for h in headers if request.headers.get(h)), None)
 
 
-def control_account(request: Request) -> Any:
+def control_account(request: Request, kind: type[AccountT]) -> AccountT:
+    """The account (of the provider's type `kind`) the call names, or the only one."""
+    return cast(AccountT, _control_account(request))
+
+
+def _control_account(request: Request) -> Any:
     """The account the call names, or the only one; the provider's 404/400 otherwise."""
     accounts, token = _state(request).accounts, control_token(request)
     if token:
@@ -172,7 +186,7 @@ def control_account(request: Request) -> Any:
 def filtered_accounts(request: Request) -> list[Any]:
     """The named account, or every account when the call names none."""
     if control_token(request):
-        return [control_account(request)]
+        return [_control_account(request)]
     return list(_state(request).accounts.values())
 
 
@@ -235,22 +249,99 @@ def control_flag(request: Request, body: Mapping[str, Any], name: str) -> bool:
     return value
 
 
+def number_setting(
+    *, low: float = 0.0, high: float | None = None, whole: bool = False
+) -> SettingReader:
+    """A reader of a numeric setting within low..high (`whole`: cut to an int)."""
+
+    def read(request: Request, body: Mapping[str, Any], name: str) -> float | int:
+        value = control_number(request, body, name, low=low, high=high)
+        return int(value) if whole else value
+
+    return read
+
+
 # ---------------------------------------------------------------------------
 # The handlers every provider shares.
 
 
+def balance_control_routes(
+    collection: str, amount_field: str, render: Callable[[Any, Any], Mapping[str, Any]]
+) -> list[BaseRoute]:
+    """POST `collection`/{currency}/fund and .../drain, PUT `collection`/{currency} (the
+    new balance in `amount_field`), through the sandbox's `fund` and `set_balance`; each
+    answers `render(account, what the sandbox method returned)`."""
+
+    async def fund(request: Request) -> Response:
+        account, currency = _control_account(request), path_currency(request)
+        body = await control_object(request)
+        amount = control_money(request, body.get("amount"), currency, "amount")
+        if amount <= 0:
+            raise dialect_of(request).invalid("amount must be positive")
+        return json_response(render(account, _state(request).fund(account, currency, amount)))
+
+    async def drain(request: Request) -> Response:
+        account, currency = _control_account(request), path_currency(request)
+        zero = round_money(Decimal(0), currency)
+        return json_response(render(account, _state(request).set_balance(account, currency, zero)))
+
+    async def set_balance(request: Request) -> Response:
+        account, currency = _control_account(request), path_currency(request)
+        body = await control_object(request)
+        amount = control_money(request, body.get(amount_field), currency, amount_field)
+        changed = _state(request).set_balance(account, currency, amount)
+        return json_response(render(account, changed))
+
+    return [
+        Route(f"{collection}/{{currency}}/fund", fund, methods=["POST"]),
+        Route(f"{collection}/{{currency}}/drain", drain, methods=["POST"]),
+        Route(f"{collection}/{{currency}}", set_balance, methods=["PUT"]),
+    ]
+
+
+@SHARED_CONTROLS.route("/health", "GET")
 async def control_health(request: Request) -> Response:
     return json_response({"ok": True, "provider": dialect_of(request).provider})
 
 
+def config_response(request: Request) -> Response:
+    """GET /config (and what a settings change answers): the provider's own settings
+    between the ones every sandbox has."""
+    dialect, sandbox = dialect_of(request), _state(request)
+    body = {
+        "provider": dialect.provider,
+        "apiRoot": dialect.api_root,
+        "apiKeys": sandbox.api_keys,
+        **dialect.settings_json(sandbox),
+        "rateLimit": rate_limit_json(sandbox.limiter),
+        "faults": faults_json(sandbox.faults),
+    }
+    return json_response(body)
+
+
+@SHARED_CONTROLS.route("/config", "GET")
 async def control_get_config(request: Request) -> Response:
-    return json_response(dialect_of(request).config_json(_state(request)))
+    return config_response(request)
 
 
+@SHARED_CONTROLS.route("/config", "PATCH")
+async def control_patch_config(request: Request) -> Response:
+    """Change the settings the body names, in the dialect's order; a refused one
+    answers 400 and leaves the ones before it changed."""
+    sandbox, body = _state(request), await control_object(request)
+    for name, (attribute, read) in dialect_of(request).settings.items():
+        if name in body:
+            *path, leaf = attribute.split(".")
+            setattr(functools.reduce(getattr, path, sandbox), leaf, read(request, body, name))
+    return config_response(request)
+
+
+@SHARED_CONTROLS.route("/faults", "GET")
 async def control_get_faults(request: Request) -> Response:
     return json_response(faults_json(_state(request).faults))
 
 
+@SHARED_CONTROLS.route("/faults", "PATCH", "PUT")
 async def control_patch_faults(request: Request) -> Response:
     sandbox, body = _state(request), await control_object(request)
     with refused_setting(request):
@@ -258,6 +349,7 @@ async def control_patch_faults(request: Request) -> Response:
     return json_response(faults_json(sandbox.faults))
 
 
+@SHARED_CONTROLS.route("/rate-limit", "PUT")
 async def control_rate_limit(request: Request) -> Response:
     sandbox, body = _state(request), await control_object(request)
     with refused_setting(request):
@@ -265,6 +357,7 @@ async def control_rate_limit(request: Request) -> Response:
     return json_response(rate_limit_json(sandbox.limiter))
 
 
+@SHARED_CONTROLS.route("/stats", "GET")
 async def control_stats(request: Request) -> Response:
     raw_since = request.query_params.get("since") or "0"
     if not raw_since.isdigit():
@@ -281,19 +374,13 @@ async def control_stats(request: Request) -> Response:
     return json_response(body)
 
 
+@SHARED_CONTROLS.route("/reset", "POST")
 async def control_reset(request: Request) -> Response:
     sandbox = _state(request)
     sandbox.reset()
     return json_response({"ok": True, "apiKeys": sandbox.api_keys})
 
 
-def shared_control_routes() -> list[BaseRoute]:
-    return [
-        Route("/health", control_health, methods=["GET"]),
-        Route("/config", control_get_config, methods=["GET"]),
-        Route("/faults", control_get_faults, methods=["GET"]),
-        Route("/faults", control_patch_faults, methods=["PATCH", "PUT"]),
-        Route("/rate-limit", control_rate_limit, methods=["PUT"]),
-        Route("/stats", control_stats, methods=["GET"]),
-        Route("/reset", control_reset, methods=["POST"]),
-    ]
+def control_routes(provider: RouteTable) -> list[BaseRoute]:
+    """What a provider mounts at its control root: the shared controls, then its own."""
+    return [*SHARED_CONTROLS.routes, *provider.routes]

@@ -7,7 +7,7 @@ its contract's exact error shapes and header names.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,9 +25,18 @@ class SandboxError(Exception):
         raise NotImplementedError
 
 
+# A settings change's reader: (request, control body, JSON name) -> the value to set,
+# or the provider's 400.
+SettingReader = Callable[[Request, Mapping[str, Any], str], Any]
+# A setting PATCH /config may change: the sandbox attribute (dotted for a part's
+# attribute: "idempotency.ttl_seconds") and its reader.
+Setting = tuple[str, SettingReader]
+
+
 @dataclass(frozen=True)
 class Dialect:
     provider: str
+    api_root: str
     # Headers naming an account on a control call, the first present one wins.
     token_headers: tuple[str, ...]
     fault_kinds: tuple[str, ...]
@@ -36,7 +45,10 @@ class Dialect:
     unknown_account: Callable[[], SandboxError]  # a control call naming no such account
     account_required: Callable[[int], SandboxError]  # several accounts and none named
     routing_error: Callable[[str], dict[str, Any]]  # the body of a routing 404/405
-    config_json: Callable[[Any], dict[str, Any]]  # GET /config, from the sandbox state
+    # The provider-only settings: GET /config's part, from the sandbox state, and what
+    # PATCH /config may change (JSON name -> sandbox attribute and its reader).
+    settings_json: Callable[[Any], dict[str, Any]]
+    settings: Mapping[str, Setting]
     counts: Callable[[Sequence[Any]], dict[str, int]]  # the stats counters of these accounts
 
 

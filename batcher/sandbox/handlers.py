@@ -7,12 +7,14 @@ provider keeps its contract's wording and status codes.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import Response
 
+from batcher.sandbox.asgi import sleep_deferred_latency
 from batcher.sandbox.base import SandboxCore
 from batcher.sandbox.common import DroppedResponse
 from batcher.sandbox.dialect import dialect_of
@@ -25,6 +27,7 @@ from batcher.sandbox.idempotency import (
 from batcher.sandbox.jsonio import JsonDecodeError, decode_json
 
 MAX_IDEMPOTENCY_KEY = 255
+Item = TypeVar("Item")
 
 
 async def read_json(request: Request) -> Any:
@@ -34,6 +37,13 @@ async def read_json(request: Request) -> Any:
         return decode_json(raw)
     except JsonDecodeError as exc:
         raise dialect_of(request).invalid_json(str(exc)) from None
+
+
+def found(item: Item | None, missing: Exception) -> Item:
+    """`item`, or `missing` raised when there is none (a lookup's 404)."""
+    if item is None:
+        raise missing
+    return item
 
 
 def idempotency_key(request: Request, refuse: Callable[[str], Exception]) -> str | None:
@@ -46,37 +56,53 @@ def idempotency_key(request: Request, refuse: Callable[[str], Exception]) -> str
     return key
 
 
+@dataclass(frozen=True)
+class CreationRules:
+    """How one provider's creation endpoint treats its Idempotency-Key."""
+
+    refuse_key: Callable[[str], Exception]  # an empty or too long key, from its message
+    keep: Callable[[Any, int], bool]  # (sandbox, status): store this answer for replays?
+    mismatch: Exception  # the key again with a different payload
+    in_flight: Exception  # the key again while its first request still runs
+    droppable: Callable[[int], bool]  # the fresh answers the drop fault may hit
+
+
 async def create_idempotently(
     request: Request,
-    sandbox: SandboxCore,
-    account_key: str,
-    key: str | None,
-    payload: Any,
-    handle: Callable[[], Awaitable[StoredResponse]],
-    *,
-    keep: Callable[[int], bool],
-    mismatch: Exception,
-    in_flight: Exception,
-    droppable: Callable[[int], bool],
-    fault_scope_key: str,
+    rules: CreationRules,
+    answer: Callable[[Any, Any, Any, str | None], StoredResponse],
 ) -> Response:
-    """Run a creation under `key` (see `run_idempotently`) and answer it.
+    """Read the body and the Idempotency-Key, run `answer(sandbox, account, payload, key)`
+    under the key (see `run_idempotently`) and answer what it stored. The account is the
+    one the gate put in `scope["<provider>.account"]`.
 
-    The drop fault may hit a fresh answer whose status is `droppable`, never a
-    replay, so a retry with the same key always gets the committed answer; the
-    fault is noted in `scope[fault_scope_key]` for the request log.
+    The latency the gate deferred is slept inside the idempotency window on purpose,
+    before `answer`, which must not await (it checks and changes state atomically).
+    The drop fault may hit a fresh answer whose status is droppable, never a replay,
+    so a retry with the same key always gets the committed answer; the fault is
+    noted in `scope["<provider>.fault"]` for the request log.
     """
+    payload = await read_json(request)
+    key = idempotency_key(request, rules.refuse_key)
+    provider = dialect_of(request).provider
+    sandbox: SandboxCore = request.app.state.sandbox
+    account = request.scope[f"{provider}.account"]
+
+    async def handle() -> StoredResponse:
+        await sleep_deferred_latency(request.scope, f"{provider}.deferred_latency")
+        return answer(sandbox, account, payload, key)
+
     stored, replayed = await run_idempotently(
         sandbox.idempotency,
-        account_key,
+        account.api_key,
         key,
         lambda: fingerprint("POST", request.url.path, payload),
         handle,
-        keep=keep,
-        mismatch=mismatch,
-        in_flight=in_flight,
+        keep=lambda status: rules.keep(sandbox, status),
+        mismatch=rules.mismatch,
+        in_flight=rules.in_flight,
     )
-    if not replayed and droppable(stored.status_code) and sandbox.faults.roll("drop"):
-        request.scope[fault_scope_key] = "drop"
+    if not replayed and rules.droppable(stored.status_code) and sandbox.faults.roll("drop"):
+        request.scope[f"{provider}.fault"] = "drop"
         return DroppedResponse(stored.body, stored.status_code, stored.headers)
     return stored_as_response(stored, replayed=replayed)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import signal
 import socket
@@ -40,43 +41,26 @@ SHUTDOWN_TIMEOUT_SECONDS = 10.0
 class SandboxProvider:
     """How to build one provider's sandbox; the registry is keyed by provider name."""
 
-    name: str
+    name: str  # also its package: batcher.sandbox.<name>
     display_name: str
     api_root: str
     api_key_env: str  # where the CLI looks for a key when none is given
-    build: Callable[[Mapping[str, Any]], Starlette]  # config overrides -> app
     control_root: str = CONTROL_ROOT  # where the `/__sandbox` controls are mounted
 
-
-def _build_ugiftme(overrides: Mapping[str, Any]) -> Starlette:
-    from batcher.sandbox.ugiftme import UGiftMeSandboxConfig, create_app
-
-    return create_app(UGiftMeSandboxConfig(**overrides))
-
-
-def _build_gifq(overrides: Mapping[str, Any]) -> Starlette:
-    from batcher.sandbox.gifq import GifqSandboxConfig, create_app
-
-    return create_app(GifqSandboxConfig(**overrides))
+    def build(self, overrides: Mapping[str, Any]) -> Starlette:
+        """The app from config overrides; the provider's package is imported only now."""
+        module = importlib.import_module(f"batcher.sandbox.{self.name}")
+        app: Starlette = module.create_app(**overrides)
+        return app
 
 
 # Each provider's sandbox registers here and the CLI picks it up.
 PROVIDERS: dict[str, SandboxProvider] = {
-    "ugiftme": SandboxProvider(
-        name="ugiftme",
-        display_name="UGiftMe",
-        api_root="/api/v1/business",
-        api_key_env="UGIFTME_API_KEY",
-        build=_build_ugiftme,
-    ),
-    "gifq": SandboxProvider(
-        name="gifq",
-        display_name="GIFQ",
-        api_root="/api",
-        api_key_env="GIFQ_API_TOKEN",
-        build=_build_gifq,
-        control_root="/api/__sandbox",
-    ),
+    provider.name: provider
+    for provider in (
+        SandboxProvider("ugiftme", "UGiftMe", "/api/v1/business", "UGIFTME_API_KEY"),
+        SandboxProvider("gifq", "GIFQ", "/api", "GIFQ_API_TOKEN", control_root="/api/__sandbox"),
+    )
 }
 
 

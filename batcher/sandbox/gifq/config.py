@@ -9,14 +9,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from batcher.core.money import is_currency_code, round_money
-from batcher.sandbox.common import (
-    FAULT_KINDS,
-    FaultSettings,
-    fault_settings_for,
-    merge_funding,
-    money_input,
-    unique_api_keys,
-)
+from batcher.sandbox.common import FAULT_KINDS, money_input
+from batcher.sandbox.config import SandboxConfig
 
 API_ROOT = "/api"
 CONTROL_ROOT = "/api/__sandbox"
@@ -52,16 +46,14 @@ CODE_ALPHABET = "".join(c for c in string.ascii_uppercase + string.digits if c n
 
 
 @dataclass
-class GifqSandboxConfig:
-    """Everything the sandbox starts from; `reset` returns to exactly this."""
+class GifqSandboxConfig(SandboxConfig):
+    fault_kinds = GIFQ_FAULT_KINDS
+    default_funding = DEFAULT_FUNDING  # 5,000 USD/GBP/EUR
 
     api_keys: tuple[str, ...] = ()  # the X-Api-Token values; empty: one random UUID
     rate_limit: int = 10
     rate_window_seconds: float = 1.0
     async_delay_seconds: float = 1.0  # pending -> final; queued -> processing -> final
-    idempotency_ttl_seconds: float = 24 * 3600.0
-    # Starting balances merged over DEFAULT_FUNDING (5,000 USD/GBP/EUR); 0 empties one.
-    funding: Mapping[str, Decimal | int | str] = field(default_factory=dict)
     # "A/B" -> B per A, merged over DEFAULT_FX_RATES; a given pair also sets its inverse
     # (to 6 decimals) unless the inverse is given too.
     fx_rates: Mapping[str, Decimal | int | str] = field(default_factory=dict)
@@ -72,30 +64,16 @@ class GifqSandboxConfig:
     payout_redeem_rate: float = 0.0  # chance a sent payout is redeemed one delay later
     day_seconds: float = 86400.0  # how long a day of expires_in_days lasts
     callback_timeout_seconds: float = 5.0
-    seed: int | None = None
-    fault_500: float = 0.0
-    fault_429: float = 0.0
-    fault_latency: float = 0.0
-    latency_ms: int = 250
-    fault_drop: float = 0.0
-    fault_reject_item: float = 0.0  # a valid order refused with 422 "Out of stock"
-    fault_async_fail: float = 0.0  # an order ends failed and is refunded
     fault_payout_fail: float = 0.0  # a payout order ends failed and is refunded
-    burst_seconds: float = 1.0
-    echo_credentials: bool = False  # error texts repeat the caller's key (see FaultSettings)
 
     def __post_init__(self) -> None:
-        self.api_keys = unique_api_keys(self.api_keys)
-        self.funding = merge_funding(DEFAULT_FUNDING, self.funding)
+        super().__post_init__()
         self.fx_rates = merge_rates(DEFAULT_FX_RATES, self.fx_rates)
         self.fx_fee_percent = money_input(self.fx_fee_percent)
         if self.max_recipients < 1 or self.max_page_limit < 1:
             raise ValueError("max_recipients and max_page_limit must be at least 1")
         if not 0.0 <= self.payout_redeem_rate <= 1.0:
             raise ValueError("payout_redeem_rate must be within 0..1")
-
-    def fault_settings(self) -> FaultSettings:
-        return fault_settings_for(self, GIFQ_FAULT_KINDS)
 
 
 def parse_pair(pair: str) -> tuple[str, str]:

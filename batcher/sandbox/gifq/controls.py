@@ -9,24 +9,19 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
 
-from batcher.core.money import round_money
+from batcher.sandbox.asgi import RouteTable
 from batcher.sandbox.common import iso_now, money_input
 from batcher.sandbox.controls import (
+    balance_control_routes,
     control_account,
     control_flag,
-    control_money,
-    control_number,
     control_object,
     control_token,
-    faults_json,
     filtered_accounts,
-    path_currency,
-    rate_limit_json,
-    shared_control_routes,
+    number_setting,
 )
-from batcher.sandbox.dialect import Dialect
+from batcher.sandbox.dialect import Dialect, Setting
 from batcher.sandbox.gifq.config import (
     API_ROOT,
     CAMPAIGN_STATUSES,
@@ -41,15 +36,12 @@ from batcher.sandbox.gifq.params import sandbox_of
 from batcher.sandbox.gifq.state import Account, Campaign
 from batcher.sandbox.jsonio import json_response
 
-
-def _account(request: Request) -> Account:
-    account: Account = control_account(request)
-    return account
+CONTROLS = RouteTable()
 
 
-def _control_percent(raw: Any, name: str) -> Decimal:
+def _percent(request: Request, body: Mapping[str, Any], name: str) -> Decimal:
     try:
-        value = money_input(raw)
+        value = money_input(body[name])
     except (TypeError, ValueError):
         raise ApiError(400, f"{name} must be a number or a decimal string") from None
     if not 0 <= value <= 100:
@@ -57,15 +49,34 @@ def _control_percent(raw: Any, name: str) -> Decimal:
     return value
 
 
+def _fx_rates(request: Request, body: Mapping[str, Any], name: str) -> dict[str, Decimal]:
+    rates = body[name]
+    if not isinstance(rates, Mapping):
+        raise ApiError(400, f'{name} must be an object like {{"GBP/USD": "1.27"}}')
+    try:
+        return merge_rates(sandbox_of(request).fx_rates, rates)
+    except (TypeError, ValueError) as exc:
+        raise ApiError(400, str(exc)) from None
+
+
+_SETTINGS: dict[str, Setting] = {
+    "asyncDelaySeconds": ("async_delay_seconds", number_setting()),
+    "idempotencyTtlSeconds": ("idempotency.ttl_seconds", number_setting()),
+    "maxRecipients": ("max_recipients", number_setting(low=1, whole=True)),
+    "payoutRedeemRate": ("payout_redeem_rate", number_setting(high=1.0)),
+    "daySeconds": ("day_seconds", number_setting()),
+    "clampPageLimit": ("clamp_page_limit", control_flag),
+    "fxFeePercent": ("fx_fee_percent", _percent),
+    "fxRates": ("fx_rates", _fx_rates),
+}
+
+
 def _dec(value: float) -> Decimal:
     return Decimal(str(value))
 
 
-def _config_json(sandbox: GifqSandbox) -> dict[str, Any]:
+def _settings_json(sandbox: GifqSandbox) -> dict[str, Any]:
     return {
-        "provider": "gifq",
-        "apiRoot": API_ROOT,
-        "apiKeys": sandbox.api_keys,
         "asyncDelaySeconds": _dec(sandbox.async_delay_seconds),
         "idempotencyTtlSeconds": _dec(sandbox.idempotency.ttl_seconds),
         "maxRecipients": sandbox.max_recipients,
@@ -75,36 +86,7 @@ def _config_json(sandbox: GifqSandbox) -> dict[str, Any]:
         "fxFeePercent": str(sandbox.fx_fee_percent),
         "payoutRedeemRate": _dec(sandbox.payout_redeem_rate),
         "daySeconds": _dec(sandbox.day_seconds),
-        "rateLimit": rate_limit_json(sandbox.limiter),
-        "faults": faults_json(sandbox.faults),
     }
-
-
-async def control_patch_config(request: Request) -> Response:
-    sandbox, body = sandbox_of(request), await control_object(request)
-    if "asyncDelaySeconds" in body:
-        sandbox.async_delay_seconds = control_number(request, body, "asyncDelaySeconds")
-    if "idempotencyTtlSeconds" in body:
-        sandbox.idempotency.ttl_seconds = control_number(request, body, "idempotencyTtlSeconds")
-    if "maxRecipients" in body:
-        sandbox.max_recipients = int(control_number(request, body, "maxRecipients", low=1))
-    if "payoutRedeemRate" in body:
-        sandbox.payout_redeem_rate = control_number(request, body, "payoutRedeemRate", high=1.0)
-    if "daySeconds" in body:
-        sandbox.day_seconds = control_number(request, body, "daySeconds")
-    if "clampPageLimit" in body:
-        sandbox.clamp_page_limit = control_flag(request, body, "clampPageLimit")
-    if "fxFeePercent" in body:
-        sandbox.fx_fee_percent = _control_percent(body["fxFeePercent"], "fxFeePercent")
-    if "fxRates" in body:
-        rates = body["fxRates"]
-        if not isinstance(rates, Mapping):
-            raise ApiError(400, 'fxRates must be an object like {"GBP/USD": "1.27"}')
-        try:
-            sandbox.fx_rates = merge_rates(sandbox.fx_rates, rates)
-        except (TypeError, ValueError) as exc:
-            raise ApiError(400, str(exc)) from None
-    return json_response(_config_json(sandbox))
 
 
 def _balances_json(account: Account) -> dict[str, Any]:
@@ -115,32 +97,12 @@ def _balances_json(account: Account) -> dict[str, Any]:
     }
 
 
+CONTROLS.include(balance_control_routes("/balances", "amount", lambda a, _: _balances_json(a)))
+
+
+@CONTROLS.route("/balances", "GET")
 async def control_balances(request: Request) -> Response:
-    return json_response(_balances_json(_account(request)))
-
-
-async def control_fund(request: Request) -> Response:
-    account, currency = _account(request), path_currency(request)
-    body = await control_object(request)
-    amount = control_money(request, body.get("amount"), currency, "amount")
-    if amount <= 0:
-        raise ApiError(400, "amount must be positive")
-    sandbox_of(request).top_up(account, currency, amount)
-    return json_response(_balances_json(account))
-
-
-async def control_drain(request: Request) -> Response:
-    account, currency = _account(request), path_currency(request)
-    sandbox_of(request).set_balance(account, currency, round_money(Decimal(0), currency))
-    return json_response(_balances_json(account))
-
-
-async def control_set_balance(request: Request) -> Response:
-    account, currency = _account(request), path_currency(request)
-    body = await control_object(request)
-    amount = control_money(request, body.get("amount"), currency, "amount")
-    sandbox_of(request).set_balance(account, currency, amount)
-    return json_response(_balances_json(account))
+    return json_response(_balances_json(control_account(request, Account)))
 
 
 def _checked_campaign_fields(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -161,14 +123,16 @@ def _checked_campaign_fields(body: Mapping[str, Any]) -> dict[str, Any]:
     return fields
 
 
+@CONTROLS.route("/campaigns", "GET")
 async def control_campaigns(request: Request) -> Response:
-    account = _account(request)
+    account = control_account(request, Account)
     campaigns = sorted(account.campaigns.values(), key=lambda c: c.id)
     return json_response({"apiKey": account.api_key, "campaigns": [c.as_json() for c in campaigns]})
 
 
+@CONTROLS.route("/campaigns", "POST")
 async def control_create_campaign(request: Request) -> Response:
-    account, body = _account(request), await control_object(request)
+    account, body = control_account(request, Account), await control_object(request)
     fields = _checked_campaign_fields(body)
     if "title" not in fields:
         raise ApiError(400, "title is required")
@@ -190,8 +154,9 @@ async def control_create_campaign(request: Request) -> Response:
     return json_response(campaign.as_json(), 201)
 
 
+@CONTROLS.route("/campaigns/{campaign_id}", "PATCH")
 async def control_patch_campaign(request: Request) -> Response:
-    account, body = _account(request), await control_object(request)
+    account, body = control_account(request, Account), await control_object(request)
     raw = request.path_params["campaign_id"]
     campaign = account.campaigns.get(int(raw)) if raw.isdigit() else None
     if campaign is None:
@@ -205,6 +170,7 @@ async def control_patch_campaign(request: Request) -> Response:
     return json_response(campaign.as_json())
 
 
+@CONTROLS.route("/products/{option_id}", "PATCH")
 async def control_patch_product(request: Request) -> Response:
     sandbox, body = sandbox_of(request), await control_object(request)
     raw = request.path_params["option_id"]
@@ -232,6 +198,7 @@ async def control_patch_product(request: Request) -> Response:
     return json_response(option.as_json())
 
 
+@CONTROLS.route("/orders", "GET")
 async def control_orders(request: Request) -> Response:
     orders = sorted((o for a in filtered_accounts(request) for o in a.orders), key=lambda o: o.seq)
     rows = [
@@ -248,6 +215,7 @@ async def control_orders(request: Request) -> Response:
     return json_response({"total": len(rows), "orders": rows})
 
 
+@CONTROLS.route("/payout-orders", "GET")
 async def control_payout_orders(request: Request) -> Response:
     accounts = filtered_accounts(request)
     orders = sorted((o for a in accounts for o in a.payout_orders), key=lambda o: o.seq)
@@ -264,6 +232,7 @@ async def control_payout_orders(request: Request) -> Response:
     return json_response({"total": len(rows), "payoutOrders": rows})
 
 
+@CONTROLS.route("/payouts", "GET")
 async def control_payouts(request: Request) -> Response:
     payouts = sorted(
         (p for a in filtered_accounts(request) for p in a.payouts), key=lambda p: p.seq
@@ -272,6 +241,7 @@ async def control_payouts(request: Request) -> Response:
     return json_response({"total": len(rows), "payouts": rows})
 
 
+@CONTROLS.route("/payouts/{payout_id}", "PATCH")
 async def control_patch_payout(request: Request) -> Response:
     payout_id = request.path_params["payout_id"]
     payout = next(
@@ -294,32 +264,13 @@ async def control_patch_payout(request: Request) -> Response:
     return json_response(payout.as_json())
 
 
+@CONTROLS.route("/callbacks", "GET")
 async def control_callbacks(request: Request) -> Response:
     token = control_token(request)
     rows = [
         d for d in sandbox_of(request).callbacks.deliveries if token is None or d["apiKey"] == token
     ]
     return json_response({"total": len(rows), "callbacks": rows})
-
-
-def control_routes() -> list[BaseRoute]:
-    return [
-        *shared_control_routes(),
-        Route("/config", control_patch_config, methods=["PATCH"]),
-        Route("/balances", control_balances, methods=["GET"]),
-        Route("/balances/{currency}/fund", control_fund, methods=["POST"]),
-        Route("/balances/{currency}/drain", control_drain, methods=["POST"]),
-        Route("/balances/{currency}", control_set_balance, methods=["PUT"]),
-        Route("/campaigns", control_campaigns, methods=["GET"]),
-        Route("/campaigns", control_create_campaign, methods=["POST"]),
-        Route("/campaigns/{campaign_id}", control_patch_campaign, methods=["PATCH"]),
-        Route("/products/{option_id}", control_patch_product, methods=["PATCH"]),
-        Route("/orders", control_orders, methods=["GET"]),
-        Route("/payout-orders", control_payout_orders, methods=["GET"]),
-        Route("/payouts", control_payouts, methods=["GET"]),
-        Route("/payouts/{payout_id}", control_patch_payout, methods=["PATCH"]),
-        Route("/callbacks", control_callbacks, methods=["GET"]),
-    ]
 
 
 def _counts(accounts: Sequence[Account]) -> dict[str, int]:
@@ -336,6 +287,7 @@ def _invalid(message: str) -> ApiError:
 
 DIALECT = Dialect(
     provider="gifq",
+    api_root=API_ROOT,
     token_headers=("x-api-token", "x-api-key"),
     fault_kinds=GIFQ_FAULT_KINDS,
     invalid=_invalid,
@@ -345,6 +297,7 @@ DIALECT = Dialect(
         400, f"X-Api-Token required: {count} tokens are configured"
     ),
     routing_error=lambda message: {"message": message, "status": "error"},
-    config_json=_config_json,
+    settings_json=_settings_json,
+    settings=_SETTINGS,
     counts=_counts,
 )

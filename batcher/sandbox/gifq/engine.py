@@ -37,20 +37,21 @@ from batcher.sandbox.gifq.state import (
 class GifqSandbox(SandboxCore):
     """All state of one sandbox server: accounts, catalog, limiter, faults, log."""
 
+    # Set by `reset`, from the config or by the controls.
+    catalog: dict[str, Brand]
+    accounts: dict[str, Account]
+    fx_rates: dict[str, Decimal]
+    fx_fee_percent: Decimal
+    max_recipients: int
+    clamp_page_limit: bool
+    payout_redeem_rate: float
+    day_seconds: float
+    _payout_rng: random.Random
+
     def __init__(self, config: GifqSandboxConfig) -> None:
         super().__init__(config)
         self.config = config
         self.callbacks = CallbackSender(config.callback_timeout_seconds)
-        self.catalog: dict[str, Brand] = {}
-        self.accounts: dict[str, Account] = {}
-        self.fx_rates: dict[str, Decimal] = {}
-        self.fx_fee_percent = Decimal(0)
-        self.max_recipients = config.max_recipients
-        self.clamp_page_limit = config.clamp_page_limit
-        self.payout_redeem_rate = config.payout_redeem_rate
-        self.day_seconds = config.day_seconds
-        self._payout_rng = random.Random(config.seed)
-        self._seq = 0
         self.reset()
 
     def reset(self) -> None:
@@ -73,16 +74,8 @@ class GifqSandbox(SandboxCore):
             amount = money_input(raw)  # already Decimal after __post_init__
             account.balances[currency] = round_money(Decimal(0), currency)
             if amount > 0:
-                self.top_up(account, currency, round_money(amount, currency))
+                self.fund(account, currency, round_money(amount, currency))
         return account
-
-    @property
-    def api_keys(self) -> list[str]:
-        return list(self.accounts)
-
-    def _next_seq(self) -> int:
-        self._seq += 1
-        return self._seq
 
     # -- money -------------------------------------------------------------------
 
@@ -109,7 +102,7 @@ class GifqSandbox(SandboxCore):
         account.transactions.append(transaction)
         return transaction
 
-    def top_up(self, account: Account, currency: str, amount: Decimal) -> None:
+    def fund(self, account: Account, currency: str, amount: Decimal) -> None:
         self._post(account, "top_up", amount, currency)
 
     def set_balance(self, account: Account, currency: str, amount: Decimal) -> None:
@@ -201,7 +194,7 @@ class GifqSandbox(SandboxCore):
     ) -> Order:
         now = iso_now()
         order = Order(
-            seq=self._next_seq(),
+            seq=self.next_seq(),
             id=str(uuid.uuid4()),
             reference=reference,
             params=params,
@@ -278,7 +271,7 @@ class GifqSandbox(SandboxCore):
         self._ensure_funds(account, wallet, total + fee)
         now = iso_now()
         order = PayoutOrder(
-            seq=self._next_seq(),
+            seq=self.next_seq(),
             id=str(uuid.uuid4()),
             campaign_id=campaign.id,
             wallet_currency=wallet,
@@ -333,7 +326,7 @@ class GifqSandbox(SandboxCore):
         expires_at = _later(now, order.expires_in_days * self.day_seconds)
         for recipient in order.recipients:
             payout = Payout(
-                seq=self._next_seq(),
+                seq=self.next_seq(),
                 id=str(uuid.uuid4()),
                 payout_order_id=order.id,
                 recipient=recipient,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlencode
 
 from starlette.requests import Request
@@ -21,13 +21,11 @@ from batcher.sandbox.jsonio import json_response
 
 
 def sandbox_of(request: Request) -> GifqSandbox:
-    sandbox: GifqSandbox = request.app.state.sandbox
-    return sandbox
+    return cast(GifqSandbox, request.app.state.sandbox)
 
 
 def account_of(request: Request) -> Account:
-    account: Account = request.scope["gifq.account"]
-    return account
+    return cast(Account, request.scope["gifq.account"])
 
 
 async def deferred_latency(request: Request) -> None:

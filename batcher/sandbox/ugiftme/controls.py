@@ -11,23 +11,21 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
 
-from batcher.core.money import round_money
+from batcher.sandbox.asgi import RouteTable
 from batcher.sandbox.common import FAULT_KINDS, iso_now, money_input
 from batcher.sandbox.controls import (
+    balance_control_routes,
+    config_response,
     control_account,
     control_flag,
     control_money,
     control_number,
     control_object,
-    faults_json,
     filtered_accounts,
-    path_currency,
-    rate_limit_json,
-    shared_control_routes,
+    number_setting,
 )
-from batcher.sandbox.dialect import Dialect
+from batcher.sandbox.dialect import Dialect, Setting
 from batcher.sandbox.jsonio import json_response
 from batcher.sandbox.ugiftme.config import API_ROOT
 from batcher.sandbox.ugiftme.engine import UGiftMeSandbox
@@ -36,13 +34,10 @@ from batcher.sandbox.ugiftme.params import sandbox_of
 from batcher.sandbox.ugiftme.state import Account, Wallet
 from batcher.sandbox.ugiftme.webhook_controls import webhook_control_routes
 
-
-def _account(request: Request) -> Account:
-    account: Account = control_account(request)
-    return account
+CONTROLS = RouteTable()
 
 
-def _wallet_control_json(wallet: Wallet) -> dict[str, Any]:
+def _wallet_json(wallet: Wallet) -> dict[str, Any]:
     return {
         "currency": wallet.currency,
         "balance": wallet.balance,
@@ -52,39 +47,28 @@ def _wallet_control_json(wallet: Wallet) -> dict[str, Any]:
     }
 
 
-def _config_json(sandbox: UGiftMeSandbox) -> dict[str, Any]:
+def _settings_json(sandbox: UGiftMeSandbox) -> dict[str, Any]:
     return {
-        "provider": "ugiftme",
-        "apiRoot": API_ROOT,
-        "apiKeys": sandbox.api_keys,
         "asyncMode": sandbox.async_mode,
         "asyncDelaySeconds": Decimal(str(sandbox.async_delay_seconds)),
         "bulkLimit": sandbox.bulk_limit,
         "idempotencyTtlSeconds": Decimal(str(sandbox.idempotency.ttl_seconds)),
         "idempotencyReplayErrors": sandbox.replay_errors,
         "webhookTimeScale": Decimal(str(sandbox.webhooks.time_scale)),
-        "rateLimit": rate_limit_json(sandbox.limiter),
-        "faults": faults_json(sandbox.faults),
     }
 
 
-async def control_patch_config(request: Request) -> Response:
-    sandbox, body = sandbox_of(request), await control_object(request)
-    if "asyncMode" in body:
-        sandbox.async_mode = control_flag(request, body, "asyncMode")
-    if "asyncDelaySeconds" in body:
-        sandbox.async_delay_seconds = control_number(request, body, "asyncDelaySeconds")
-    if "bulkLimit" in body:
-        sandbox.bulk_limit = int(control_number(request, body, "bulkLimit", low=1))
-    if "idempotencyTtlSeconds" in body:
-        sandbox.idempotency.ttl_seconds = control_number(request, body, "idempotencyTtlSeconds")
-    if "webhookTimeScale" in body:
-        sandbox.webhooks.time_scale = control_number(request, body, "webhookTimeScale")
-    if "idempotencyReplayErrors" in body:
-        sandbox.replay_errors = bool(body["idempotencyReplayErrors"])
-    return json_response(_config_json(sandbox))
+_SETTINGS: dict[str, Setting] = {
+    "asyncMode": ("async_mode", control_flag),
+    "asyncDelaySeconds": ("async_delay_seconds", number_setting()),
+    "bulkLimit": ("bulk_limit", number_setting(low=1, whole=True)),
+    "idempotencyTtlSeconds": ("idempotency.ttl_seconds", number_setting()),
+    "webhookTimeScale": ("webhooks.time_scale", number_setting()),
+    "idempotencyReplayErrors": ("replay_errors", lambda _request, body, name: bool(body[name])),
+}
 
 
+@CONTROLS.route("/mode", "PUT")
 async def control_mode(request: Request) -> Response:
     sandbox, body = sandbox_of(request), await control_object(request)
     mode = body.get("mode")
@@ -93,43 +77,22 @@ async def control_mode(request: Request) -> Response:
     sandbox.async_mode = mode == "async"
     if "asyncDelaySeconds" in body:
         sandbox.async_delay_seconds = control_number(request, body, "asyncDelaySeconds")
-    return json_response(_config_json(sandbox))
+    return config_response(request)
 
 
+CONTROLS.include(balance_control_routes("/wallets", "balance", lambda _, w: _wallet_json(w)))
+
+
+@CONTROLS.route("/wallets", "GET")
 async def control_wallets(request: Request) -> Response:
-    account = _account(request)
+    account = control_account(request, Account)
     wallets = sorted(account.wallets.values(), key=lambda w: w.currency)
-    return json_response(
-        {"apiKey": account.api_key, "wallets": [_wallet_control_json(w) for w in wallets]}
-    )
+    return json_response({"apiKey": account.api_key, "wallets": [_wallet_json(w) for w in wallets]})
 
 
-async def control_fund(request: Request) -> Response:
-    account, currency = _account(request), path_currency(request)
-    body = await control_object(request)
-    amount = control_money(request, body.get("amount"), currency, "amount")
-    if amount <= 0:
-        raise invalid("amount must be positive")
-    wallet = sandbox_of(request).fund(account, currency, amount)
-    return json_response(_wallet_control_json(wallet))
-
-
-async def control_drain(request: Request) -> Response:
-    account, currency = _account(request), path_currency(request)
-    wallet = sandbox_of(request).set_balance(account, currency, round_money(Decimal(0), currency))
-    return json_response(_wallet_control_json(wallet))
-
-
-async def control_set_wallet(request: Request) -> Response:
-    account, currency = _account(request), path_currency(request)
-    body = await control_object(request)
-    balance = control_money(request, body.get("balance"), currency, "balance")
-    wallet = sandbox_of(request).set_balance(account, currency, balance)
-    return json_response(_wallet_control_json(wallet))
-
-
+@CONTROLS.route("/account/ip-allow-list", "PUT")
 async def control_ip_allow_list(request: Request) -> Response:
-    account, body = _account(request), await control_object(request)
+    account, body = control_account(request, Account), await control_object(request)
     ips = body.get("ips")
     if ips is not None:
         if not isinstance(ips, list) or not all(isinstance(ip, str) for ip in ips):
@@ -143,8 +106,9 @@ async def control_ip_allow_list(request: Request) -> Response:
     return json_response({"apiKey": account.api_key, "ips": ips})
 
 
+@CONTROLS.route("/account/profile", "PUT")
 async def control_profile(request: Request) -> Response:
-    account, body = _account(request), await control_object(request)
+    account, body = control_account(request, Account), await control_object(request)
     if not isinstance(body.get("complete"), bool):
         raise invalid("complete must be a boolean")
     account.profile_complete = body["complete"]
@@ -160,6 +124,7 @@ _PRODUCT_FIELDS = {
 }
 
 
+@CONTROLS.route("/products/{code}", "PATCH")
 async def control_patch_product(request: Request) -> Response:
     sandbox, body = sandbox_of(request), await control_object(request)
     product = sandbox.catalog.get(request.path_params["code"])
@@ -195,6 +160,24 @@ def _money_input_or_400(raw: Any, name: str) -> Decimal:
         raise invalid(f"{name} must be a number") from None
 
 
+@CONTROLS.route("/order-requests", "GET")
+async def control_order_requests(request: Request) -> Response:
+    rows = [
+        {
+            **r.as_json(),
+            "apiKey": r.api_key,
+            "idempotencyKey": r.idempotency_key,
+            "currency": r.currency,
+            "hold": r.hold,
+            "orderCount": r.order_count,
+        }
+        for account in filtered_accounts(request)
+        for r in account.requests.values()
+    ]
+    return json_response({"total": len(rows), "orderRequests": rows})
+
+
+@CONTROLS.route("/orders", "GET")
 async def control_orders(request: Request) -> Response:
     orders = sorted(
         (o for account in filtered_accounts(request) for o in account.orders), key=lambda o: o.seq
@@ -212,38 +195,7 @@ async def control_orders(request: Request) -> Response:
     return json_response({"total": len(rows), "orders": rows})
 
 
-async def control_order_requests(request: Request) -> Response:
-    rows = [
-        {
-            **r.as_json(),
-            "apiKey": r.api_key,
-            "idempotencyKey": r.idempotency_key,
-            "currency": r.currency,
-            "hold": r.hold,
-            "orderCount": r.order_count,
-        }
-        for account in filtered_accounts(request)
-        for r in account.requests.values()
-    ]
-    return json_response({"total": len(rows), "orderRequests": rows})
-
-
-def control_routes() -> list[BaseRoute]:
-    return [
-        *shared_control_routes(),
-        Route("/config", control_patch_config, methods=["PATCH"]),
-        Route("/mode", control_mode, methods=["PUT"]),
-        Route("/wallets", control_wallets, methods=["GET"]),
-        Route("/wallets/{currency}/fund", control_fund, methods=["POST"]),
-        Route("/wallets/{currency}/drain", control_drain, methods=["POST"]),
-        Route("/wallets/{currency}", control_set_wallet, methods=["PUT"]),
-        Route("/account/ip-allow-list", control_ip_allow_list, methods=["PUT"]),
-        Route("/account/profile", control_profile, methods=["PUT"]),
-        Route("/products/{code}", control_patch_product, methods=["PATCH"]),
-        Route("/orders", control_orders, methods=["GET"]),
-        Route("/order-requests", control_order_requests, methods=["GET"]),
-        *webhook_control_routes(),
-    ]
+CONTROLS.include(webhook_control_routes())
 
 
 def _counts(accounts: Sequence[Account]) -> dict[str, int]:
@@ -255,6 +207,7 @@ def _counts(accounts: Sequence[Account]) -> dict[str, int]:
 
 DIALECT = Dialect(
     provider="ugiftme",
+    api_root=API_ROOT,
     token_headers=("x-api-key",),
     fault_kinds=FAULT_KINDS,
     invalid=invalid,
@@ -264,6 +217,7 @@ DIALECT = Dialect(
         400, "X-API-Key required", message=f"{count} keys are configured"
     ),
     routing_error=lambda message: {"error": message},
-    config_json=_config_json,
+    settings_json=_settings_json,
+    settings=_SETTINGS,
     counts=_counts,
 )

@@ -39,21 +39,17 @@ def _hostility(config: UGiftMeSandboxConfig) -> Hostility:
 class UGiftMeSandbox(SandboxCore):
     """All state of one sandbox server: accounts, catalog, limiter, faults, log."""
 
+    # Set by `reset`, from the config or by the controls.
+    catalog: dict[str, CatalogProduct]
+    accounts: dict[str, Account]
+    async_mode: bool
+    bulk_limit: int
+    replay_errors: bool
+
     def __init__(self, config: UGiftMeSandboxConfig) -> None:
         super().__init__(config)
         self.config = config
-        self.webhooks = WebhookDispatcher(
-            self.scheduler,
-            config.webhook_time_scale,
-            config.webhook_timeout_seconds,
-            _hostility(config),
-        )
-        self.catalog: dict[str, CatalogProduct] = {}
-        self.accounts: dict[str, Account] = {}
-        self.async_mode = config.async_mode
-        self.bulk_limit = config.bulk_limit
-        self.replay_errors = config.idempotency_replay_errors
-        self._order_seq = 0
+        self.webhooks = WebhookDispatcher(self.scheduler, config.webhook_timeout_seconds)
         self.reset()
 
     def reset(self) -> None:
@@ -69,10 +65,6 @@ class UGiftMeSandbox(SandboxCore):
         self.async_mode = config.async_mode
         self.bulk_limit = config.bulk_limit
         self.replay_errors = config.idempotency_replay_errors
-
-    @property
-    def api_keys(self) -> list[str]:
-        return list(self.accounts)
 
     # -- orders --------------------------------------------------------------
 
@@ -115,9 +107,8 @@ class UGiftMeSandbox(SandboxCore):
             "updatedAt": stamp,
             "imageUrl": product.image_url,
         }
-        self._order_seq += 1
         order = StoredOrder(
-            self._order_seq, body, accepted.cost, account.api_key, idempotency_key, request_id
+            self.next_seq(), body, accepted.cost, account.api_key, idempotency_key, request_id
         )
         account.orders.append(order)
         account.orders_by_id[order_id] = order

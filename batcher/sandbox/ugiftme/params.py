@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from starlette.requests import Request
 
@@ -17,13 +17,11 @@ from batcher.sandbox.ugiftme.state import Account
 
 
 def sandbox_of(request: Request) -> UGiftMeSandbox:
-    sandbox: UGiftMeSandbox = request.app.state.sandbox
-    return sandbox
+    return cast(UGiftMeSandbox, request.app.state.sandbox)
 
 
 def account_of(request: Request) -> Account:
-    account: Account = request.scope["ugiftme.account"]
-    return account
+    return cast(Account, request.scope["ugiftme.account"])
 
 
 def int_param(request: Request, name: str, default: int, low: int, high: int | None = None) -> int:

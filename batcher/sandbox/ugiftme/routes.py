@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
 
-from batcher.sandbox.asgi import (
-    sleep_deferred_latency,
-)
+from batcher.sandbox.asgi import RouteTable
 from batcher.sandbox.common import ReversedView
-from batcher.sandbox.handlers import create_idempotently, idempotency_key, read_json
+from batcher.sandbox.handlers import CreationRules, create_idempotently, found
 from batcher.sandbox.idempotency import StoredResponse
 from batcher.sandbox.jsonio import encode_json, json_response
 from batcher.sandbox.ugiftme.catalog import CatalogProduct
@@ -29,16 +27,12 @@ from batcher.sandbox.ugiftme.params import (
     sandbox_of,
 )
 from batcher.sandbox.ugiftme.state import Account, OrderSearchKey, RequestType, StoredOrder
-from batcher.sandbox.ugiftme.webhook_routes import (
-    create_webhook,
-    delete_webhook,
-    list_webhooks,
-    test_webhook,
-    update_webhook,
-    webhook_test_sample,
-)
+from batcher.sandbox.ugiftme.webhook_routes import WEBHOOK_API
+
+API = RouteTable()
 
 
+@API.route("/auth", "GET")
 async def auth(request: Request) -> Response:
     account = account_of(request)
     return json_response(
@@ -68,10 +62,12 @@ def _products_page(products: list[CatalogProduct], request: Request) -> Response
     )
 
 
+@API.route("/products", "GET")
 async def list_products(request: Request) -> Response:
     return _products_page(list(sandbox_of(request).catalog.values()), request)
 
 
+@API.route("/products/search", "GET")
 async def search_products(request: Request) -> Response:
     query = request.query_params
     text = (query.get("q") or "").strip().casefold()
@@ -94,6 +90,7 @@ async def search_products(request: Request) -> Response:
     return _products_page([p for p in sandbox_of(request).catalog.values() if matches(p)], request)
 
 
+@API.route("/products/filters", "GET")
 async def product_filters(request: Request) -> Response:
     products = sandbox_of(request).catalog.values()
     return json_response(
@@ -105,44 +102,23 @@ async def product_filters(request: Request) -> Response:
     )
 
 
+@API.route("/orders", "POST")
 async def create_single_order(request: Request) -> Response:
     return await _create_orders(request, "single")
 
 
+@API.route("/orders/bulk", "POST")
 async def create_bulk_order(request: Request) -> Response:
     return await _create_orders(request, "bulk")
 
 
 async def _create_orders(request: Request, kind: RequestType) -> Response:
     """Order creation with idempotency, deferred latency and the drop fault."""
-    sandbox, account = sandbox_of(request), account_of(request)
-    payload = await read_json(request)
-    key = idempotency_key(
-        request, lambda message: ApiError(400, "Invalid Idempotency-Key", message=message)
-    )
-
-    async def handle() -> StoredResponse:
-        # held inside the idempotency window on purpose
-        await sleep_deferred_latency(request.scope, "ugiftme.deferred_latency")
-        return _handle_order_payload(sandbox, account, kind, payload, key)
-
-    return await create_idempotently(
-        request,
-        sandbox,
-        account.api_key,
-        key,
-        payload,
-        handle,
-        keep=lambda status: _should_store(sandbox, status),
-        mismatch=ApiError(400, "Idempotency key reused with a different payload"),
-        in_flight=ApiError(409, "Request with this Idempotency-Key is in progress"),
-        droppable=lambda status: status < 300,
-        fault_scope_key="ugiftme.fault",
-    )
+    return await create_idempotently(request, _ORDER_KEYS, partial(_handle_order_payload, kind))
 
 
 def _handle_order_payload(
-    sandbox: UGiftMeSandbox, account: Account, kind: RequestType, payload: Any, key: str | None
+    kind: RequestType, sandbox: UGiftMeSandbox, account: Account, payload: Any, key: str | None
 ) -> StoredResponse:
     """The atomic part: no await between reading and changing state."""
     is_async = sandbox.async_mode
@@ -165,11 +141,19 @@ def _should_store(sandbox: UGiftMeSandbox, status_code: int) -> bool:
     return sandbox.replay_errors and status_code in {400, 402}
 
 
+_ORDER_KEYS = CreationRules(
+    refuse_key=lambda message: ApiError(400, "Invalid Idempotency-Key", message=message),
+    keep=_should_store,
+    mismatch=ApiError(400, "Idempotency key reused with a different payload"),
+    in_flight=ApiError(409, "Request with this Idempotency-Key is in progress"),
+    droppable=lambda status: status < 300,
+)
+
+
+@API.route("/orders/order-requests/{request_id}", "GET")
 async def get_order_request(request: Request) -> Response:
     order_request = account_of(request).requests.get(request.path_params["request_id"])
-    if order_request is None:
-        raise ApiError(404, "Order request not found")
-    return json_response(order_request.as_json())
+    return json_response(found(order_request, ApiError(404, "Order request not found")).as_json())
 
 
 def _sort_params(request: Request) -> tuple[str, bool]:
@@ -189,6 +173,7 @@ def _directed(ascending: list[StoredOrder], descending: bool) -> Sequence[Stored
     return ReversedView(ascending) if descending else ascending
 
 
+@API.route("/orders", "GET")
 async def list_orders(request: Request) -> Response:
     page, limit = page_params(request)
     sort_by, descending = _sort_params(request)
@@ -205,6 +190,7 @@ async def list_orders(request: Request) -> Response:
     )
 
 
+@API.route("/orders/search", "GET")
 async def search_orders(request: Request) -> Response:
     page, limit = page_params(request)
     merchant = (request.query_params.get("merchant") or "").strip().casefold()
@@ -258,18 +244,19 @@ def _search_ascending(account: Account, key: OrderSearchKey) -> list[StoredOrder
     return [o for o in ordered if matches(o)]
 
 
+@API.route("/orders/{order_id}", "GET")
 async def get_order(request: Request) -> Response:
     order = account_of(request).orders_by_id.get(request.path_params["order_id"])
-    if order is None:
-        raise ApiError(404, "Order not found")
-    return json_response(order.body)
+    return json_response(found(order, ApiError(404, "Order not found")).body)
 
 
+@API.route("/wallet", "GET")
 async def get_wallets(request: Request) -> Response:
     wallets = account_of(request).wallets.values()
     return json_response([w.as_json() for w in sorted(wallets, key=lambda w: w.currency)])
 
 
+@API.route("/wallet/transactions", "GET")
 async def wallet_transactions(request: Request) -> Response:
     page, limit = page_params(request)
     newest_first = ReversedView(account_of(request).transactions)
@@ -287,24 +274,4 @@ async def wallet_transactions(request: Request) -> Response:
     )
 
 
-def api_routes() -> list[BaseRoute]:
-    return [
-        Route("/auth", auth, methods=["GET"]),
-        Route("/products", list_products, methods=["GET"]),
-        Route("/products/search", search_products, methods=["GET"]),
-        Route("/products/filters", product_filters, methods=["GET"]),
-        Route("/orders", create_single_order, methods=["POST"]),
-        Route("/orders", list_orders, methods=["GET"]),
-        Route("/orders/bulk", create_bulk_order, methods=["POST"]),
-        Route("/orders/search", search_orders, methods=["GET"]),
-        Route("/orders/order-requests/{request_id}", get_order_request, methods=["GET"]),
-        Route("/orders/{order_id}", get_order, methods=["GET"]),
-        Route("/wallet", get_wallets, methods=["GET"]),
-        Route("/wallet/transactions", wallet_transactions, methods=["GET"]),
-        Route("/webhooks", create_webhook, methods=["POST"]),
-        Route("/webhooks", list_webhooks, methods=["GET"]),
-        Route("/webhooks/test", test_webhook, methods=["POST"]),
-        Route("/webhooks/test-sample", webhook_test_sample, methods=["GET"]),
-        Route("/webhooks/{webhook_id}", update_webhook, methods=["PATCH"]),
-        Route("/webhooks/{webhook_id}", delete_webhook, methods=["DELETE"]),
-    ]
+API.include(WEBHOOK_API.routes)

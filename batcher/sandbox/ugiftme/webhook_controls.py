@@ -10,24 +10,30 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
+from batcher.sandbox.asgi import RouteTable
 from batcher.sandbox.controls import control_number, control_object, control_token
 from batcher.sandbox.jsonio import json_response
 from batcher.sandbox.ugiftme.errors import ApiError, invalid
 from batcher.sandbox.ugiftme.params import sandbox_of
 from batcher.sandbox.ugiftme.webhooks import FORGERIES, Forgery, Hostility
 
+WEBHOOK_CONTROLS = RouteTable()
 
+
+@WEBHOOK_CONTROLS.route("/webhooks/deliveries", "GET")
 async def control_deliveries(request: Request) -> Response:
     deliveries = sandbox_of(request).webhooks.deliveries_json(control_token(request))
     return json_response({"total": len(deliveries), "deliveries": deliveries})
 
 
+@WEBHOOK_CONTROLS.route("/webhooks/hostility", "GET")
 async def control_get_hostility(request: Request) -> Response:
     return json_response(sandbox_of(request).webhooks.hostility_json())
 
 
+@WEBHOOK_CONTROLS.route("/webhooks/hostility", "PATCH")
 async def control_patch_hostility(request: Request) -> Response:
     """Checks every given setting before applying any, so a 400 changes nothing."""
     webhooks, body = sandbox_of(request).webhooks, await control_object(request)
@@ -70,6 +76,7 @@ def _forgery(body: Mapping[str, Any]) -> tuple[Forgery, str, str | None]:
     return kind, url, delivery_id
 
 
+@WEBHOOK_CONTROLS.route("/webhooks/forge", "POST")
 async def control_forge(request: Request) -> Response:
     webhooks, body = sandbox_of(request).webhooks, await control_object(request)
     kind, url, delivery_id = _forgery(body)
@@ -82,9 +89,4 @@ async def control_forge(request: Request) -> Response:
 
 
 def webhook_control_routes() -> list[BaseRoute]:
-    return [
-        Route("/webhooks/deliveries", control_deliveries, methods=["GET"]),
-        Route("/webhooks/hostility", control_get_hostility, methods=["GET"]),
-        Route("/webhooks/hostility", control_patch_hostility, methods=["PATCH"]),
-        Route("/webhooks/forge", control_forge, methods=["POST"]),
-    ]
+    return WEBHOOK_CONTROLS.routes

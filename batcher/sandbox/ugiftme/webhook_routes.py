@@ -10,14 +10,17 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from batcher.sandbox.asgi import RouteTable
 from batcher.sandbox.common import iso_now, object_id
-from batcher.sandbox.handlers import read_json
+from batcher.sandbox.handlers import found, read_json
 from batcher.sandbox.jsonio import encode_json, json_response
 from batcher.sandbox.ugiftme.config import VALID_EVENTS
 from batcher.sandbox.ugiftme.errors import ApiError
 from batcher.sandbox.ugiftme.params import account_of, sandbox_of
 from batcher.sandbox.ugiftme.state import Webhook
 from batcher.sandbox.ugiftme.webhooks import sample_payload, sign
+
+WEBHOOK_API = RouteTable()
 
 
 def _checked_url(raw: Any) -> str:
@@ -51,6 +54,7 @@ def _checked_description(raw: Any) -> str | None:
     return raw
 
 
+@WEBHOOK_API.route("/webhooks", "POST")
 async def create_webhook(request: Request) -> Response:
     body = await read_json(request)
     if not isinstance(body, Mapping):
@@ -69,17 +73,56 @@ async def create_webhook(request: Request) -> Response:
     return json_response({**hook.as_json(), "secret": hook.secret}, status_code=201)
 
 
+@WEBHOOK_API.route("/webhooks", "GET")
 async def list_webhooks(request: Request) -> Response:
     return json_response({"webhooks": [h.as_json() for h in account_of(request).webhooks.values()]})
 
 
+@WEBHOOK_API.route("/webhooks/test", "POST")
+async def test_webhook(request: Request) -> Response:
+    body = await read_json(request)
+    webhook_id = body.get("webhookId") if isinstance(body, Mapping) else None
+    if not isinstance(webhook_id, str):
+        raise ApiError(400, "Validation failed", message="webhookId is required")
+    hook = _webhook(request, webhook_id)
+    payload = sample_payload()
+    status, error = await sandbox_of(request).webhooks.post(
+        hook.url, hook.secret, str(payload["event"]), encode_json(payload)
+    )
+    result: dict[str, Any] = {"ok": status is not None and 200 <= status < 300, "payload": payload}
+    if status is not None:
+        result["statusCode"] = status
+    if error is not None:
+        result["errorMessage"] = error
+    elif status is not None and not result["ok"]:
+        result["errorMessage"] = f"endpoint answered {status}"
+    return json_response(result)
+
+
+@WEBHOOK_API.route("/webhooks/test-sample", "GET")
+async def webhook_test_sample(request: Request) -> Response:
+    payload = sample_payload()
+    secret = "whsec_sample"
+    return json_response(
+        {
+            "event": payload["event"],
+            "payload": payload,
+            "headers": {
+                "X-Webhook-Event": payload["event"],
+                "X-Webhook-Signature": sign(secret, encode_json(payload)),
+            },
+            "signedWith": secret,
+            "validEvents": list(VALID_EVENTS),
+        }
+    )
+
+
 def _webhook(request: Request, webhook_id: Any) -> Webhook:
     hook = account_of(request).webhooks.get(webhook_id) if isinstance(webhook_id, str) else None
-    if hook is None:
-        raise ApiError(404, "Webhook not found")
-    return hook
+    return found(hook, ApiError(404, "Webhook not found"))
 
 
+@WEBHOOK_API.route("/webhooks/{webhook_id}", "PATCH")
 async def update_webhook(request: Request) -> Response:
     hook = _webhook(request, request.path_params["webhook_id"])
     body = await read_json(request)
@@ -105,44 +148,8 @@ async def update_webhook(request: Request) -> Response:
     return json_response(hook.as_json())
 
 
+@WEBHOOK_API.route("/webhooks/{webhook_id}", "DELETE")
 async def delete_webhook(request: Request) -> Response:
     hook = _webhook(request, request.path_params["webhook_id"])
     del account_of(request).webhooks[hook.id]
     return json_response({"success": True, "id": hook.id})
-
-
-async def test_webhook(request: Request) -> Response:
-    body = await read_json(request)
-    webhook_id = body.get("webhookId") if isinstance(body, Mapping) else None
-    if not isinstance(webhook_id, str):
-        raise ApiError(400, "Validation failed", message="webhookId is required")
-    hook = _webhook(request, webhook_id)
-    payload = sample_payload()
-    status, error = await sandbox_of(request).webhooks.post(
-        hook.url, hook.secret, str(payload["event"]), encode_json(payload)
-    )
-    result: dict[str, Any] = {"ok": status is not None and 200 <= status < 300, "payload": payload}
-    if status is not None:
-        result["statusCode"] = status
-    if error is not None:
-        result["errorMessage"] = error
-    elif status is not None and not result["ok"]:
-        result["errorMessage"] = f"endpoint answered {status}"
-    return json_response(result)
-
-
-async def webhook_test_sample(request: Request) -> Response:
-    payload = sample_payload()
-    secret = "whsec_sample"
-    return json_response(
-        {
-            "event": payload["event"],
-            "payload": payload,
-            "headers": {
-                "X-Webhook-Event": payload["event"],
-                "X-Webhook-Signature": sign(secret, encode_json(payload)),
-            },
-            "signedWith": secret,
-            "validEvents": list(VALID_EVENTS),
-        }
-    )

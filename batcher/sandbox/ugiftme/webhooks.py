@@ -94,19 +94,13 @@ class WebhookDispatcher:
     """At-least-once delivery with the contract's retry schedule, scaled for tests."""
 
     def __init__(
-        self,
-        scheduler: DelayedTaskScheduler,
-        time_scale: float,
-        timeout_seconds: float,
-        hostility: Hostility,
-        clock: Clock = time.monotonic,
+        self, scheduler: DelayedTaskScheduler, timeout_seconds: float, clock: Clock = time.monotonic
     ) -> None:
         self.scheduler = scheduler
-        self.time_scale = time_scale
         self.timeout_seconds = timeout_seconds
-        self.hostility = hostility
         self._clock = clock
-        self._rng = random.Random(hostility.seed)
+        self.time_scale = 1.0  # retry delays x this; the sandbox's reset sets it
+        self.configure(Hostility())  # likewise
         self.deliveries: deque[Delivery] = deque(maxlen=MAX_KEPT_DELIVERIES)
         self.client: httpx.AsyncClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
