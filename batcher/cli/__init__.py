@@ -7,6 +7,7 @@ import (polars, openpyxl, uvicorn) is only paid by the command that needs it.
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 import click
 
@@ -51,8 +52,17 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="batcher")
-def cli() -> None:
+@click.option(
+    "--config",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar="BATCHER_CONFIG",
+    default=None,
+    help="batcher.toml to read (also BATCHER_CONFIG; default: ./batcher.toml).",
+)
+def cli(config: Path | None) -> None:
     """Turn spreadsheets of gift-card recipients into provider orders, exactly once per row."""
+    if config is not None and not config.exists():
+        raise click.BadParameter(f"{config} does not exist", param_hint="--config")
 
 
 def main() -> None:

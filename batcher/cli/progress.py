@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from batcher.cli.logs import Log
+from batcher.cli.render import column_lines
 from batcher.execute.events import POLL, RECONCILE, SUBMIT, Retry, RunStart
+from batcher.intake.read import Sheet
 
 #: what each phase counts, for the log lines
 _UNITS = {SUBMIT: "rows sent", POLL: "rows settled"}
+_STARTS = {SUBMIT: "sending", POLL: "to settle (polling the provider)"}
 
 
 class Counter:
@@ -37,8 +41,16 @@ class Counter:
 class ConsoleListener:
     """The run's listener for the CLI: implements RunListener and the hooks in events.py."""
 
-    def __init__(self, log: Log, *, live: bool, quiet_seconds: float = 2.0) -> None:
+    def __init__(
+        self,
+        log: Log,
+        *,
+        live: bool,
+        mapping: Mapping[str, str] | None = None,
+        quiet_seconds: float = 2.0,
+    ) -> None:
         self.log = log
+        self.mapping = dict(mapping or {})
         self.live = live
         self.quiet_seconds = quiet_seconds
         self.counters: dict[str, Counter] = {}
@@ -58,6 +70,11 @@ class ConsoleListener:
         self._count(POLL, rows_settled)
 
     # ------------------------------------------------------------------ hooks
+
+    def sheet_read(self, sheet: Sheet) -> None:
+        """The column mapping, always, before anything is sent."""
+        for level, text in column_lines(sheet, self.mapping):
+            self.log.write(level, text)
 
     def run_started(self, start: RunStart) -> None:
         self.log.bind(batch=start.batch, run_id=start.run_id)
@@ -81,7 +98,7 @@ class ConsoleListener:
         elif name == RECONCILE:
             self.log.info("reconciling with the provider's orders and wallet")
         elif total:
-            self.log.info(f"{name}: {total} rows")
+            self.log.info(f"{_STARTS[name]}: {total} rows")
         self._start_heartbeat()
 
     def submitted(self, rows: int) -> None:

@@ -24,6 +24,7 @@ from batcher.execute.check import check_sheet
 from batcher.execute.rows import sheet_rows_from_validation
 from batcher.execute.run import BatchOptions, guardrail_refusal
 from batcher.execute.runner import Runner
+from batcher.intake.read import Sheet
 from batcher.ledger.store import BatchLock, ChunkRecord, Ledger, RowRecord, utc_now
 from batcher.providers import connect
 from batcher.providers.base import Provider
@@ -40,6 +41,7 @@ _ACTIONS = {"unknown": "resend", "planned": "send", "accepted": "poll"}
 class DryRun:
     plan: dict[str, Any]  # the batcher.plan/1 document, also written to `path`
     path: Path
+    sheet: Sheet  # as read, for showing the column mapping
 
 
 def dry_run_batch(settings: ProviderSettings, options: BatchOptions) -> DryRun:
@@ -89,7 +91,7 @@ def dry_run_batch(settings: ProviderSettings, options: BatchOptions) -> DryRun:
     path = options.report_dir / batch / "plan.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, document)
-    return DryRun(document, path)
+    return DryRun(document, path, result.sheet)
 
 
 def _ledger_copy(state_dir: Path, batch: str, scratch: Path) -> Ledger:

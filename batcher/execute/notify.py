@@ -64,7 +64,9 @@ def host_of(url: str) -> str:
     return urlsplit(url).hostname or "?"
 
 
-def slack_payload(document: Mapping[str, Any], headline: str, lines: Iterable[str]) -> dict[str, Any]:
+def slack_payload(
+    document: Mapping[str, Any], headline: str, lines: Iterable[str]
+) -> dict[str, Any]:
     """`{"text", "blocks", "batcher"}`: readable in a chat, complete for a machine."""
     body = "\n".join(lines)
     return {

@@ -120,6 +120,7 @@ def run_batch(
         )
         result, balances = check.result, check.balances
         sheet = result.sheet
+        emit(ui.listener, "sheet_read", sheet)
         if result.invalid_rows and not options.skip_invalid:
             out_dir.mkdir(parents=True, exist_ok=True)
             report_path = write_validation_outputs(out_dir, result)
