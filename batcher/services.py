@@ -20,15 +20,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from batcher.config import ProviderSettings
+from batcher.config import ProviderSettings, is_loopback_host
 from batcher.core.errors import ConfigError, UsageError
 from batcher.core.models import AccountInfo, Balance, Product, WalletTransaction
 from batcher.core.names import check_batch_name
 from batcher.core.states import SETTLED_STATES, UNFINISHED_STATES
 from batcher.execute.check import check_sheet
 from batcher.execute.dryrun import DryRun, dry_run_batch
-from batcher.execute.notify import Delivery, send_notification
 from batcher.execute.run import BatchOptions, BatchResult, RunUI, run_batch
 from batcher.intake.validate import ValidationResult, validation_document
 from batcher.ledger.store import BatchLock, Ledger
@@ -36,6 +36,7 @@ from batcher.providers import connect
 from batcher.providers.base import Provider, ProviderOptions
 from batcher.reporting.outputs import totals_by_currency, write_validation_csv
 from batcher.reporting.reports import ReportResult, write_batch_report
+from batcher.transport.notify import Delivery, host_of, send_notification, slack_payload
 
 __all__ = [
     "BatchOptions",
@@ -46,8 +47,10 @@ __all__ = [
     "ValidationOutcome",
     "account_info",
     "batch_status",
+    "check_notify_url",
     "default_state_dir",
     "dry_run_batch",
+    "host_of",
     "ledger_lost",
     "list_balances",
     "list_products",
@@ -56,6 +59,7 @@ __all__ = [
     "report_batch",
     "run_batch",
     "send_notification",
+    "slack_payload",
     "validate_sheet",
 ]
 
@@ -162,6 +166,33 @@ def validate_sheet(
 
 # ---------------------------------------------------------------------------
 # status and report
+
+
+# ---------------------------------------------------------------------------
+# notifications
+
+
+def check_notify_url(url: str) -> str:
+    """The URL, if batcher may POST a summary to it; a ConfigError naming only its host."""
+    try:
+        parts = urlsplit(url.strip())
+        host = parts.hostname or ""
+    except ValueError:
+        raise ConfigError("the --notify URL is not a valid URL") from None
+    if parts.scheme not in {"http", "https"} or not host or "@" in parts.netloc:
+        raise ConfigError(
+            "the --notify URL must be an http(s) URL without user info",
+            hint="e.g. https://hooks.slack.com/services/...",
+        )
+    if parts.scheme == "http" and not is_loopback_host(host):
+        raise ConfigError(
+            f"the --notify URL to {host} uses plain http", hint="use https (http only to localhost)"
+        )
+    return url.strip()
+
+
+# ---------------------------------------------------------------------------
+# where state lives
 
 
 def default_state_dir(

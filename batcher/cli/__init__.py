@@ -59,9 +59,14 @@ class LazyGroup(click.Group):
     default=None,
     help="batcher.toml to read (also BATCHER_CONFIG; default: ./batcher.toml).",
 )
-def cli(config: Path | None) -> None:
+@click.pass_context
+def cli(ctx: click.Context, config: Path | None) -> None:
     """Turn spreadsheets of gift-card recipients into provider orders, exactly once per row."""
-    if config is not None and not config.exists():
+    # A missing BATCHER_CONFIG file is an empty configuration (config.py); a missing
+    # --config, typed by hand, is a typo.
+    source = ctx.get_parameter_source("config")
+    explicit = source is not None and source.name == "COMMANDLINE"
+    if explicit and config is not None and not config.exists():
         raise click.BadParameter(f"{config} does not exist", param_hint="--config")
 
 

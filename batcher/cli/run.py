@@ -47,10 +47,13 @@ from batcher.services import (
     BatchResult,
     DryRun,
     batch_status,
+    check_notify_url,
     dry_run_batch,
+    host_of,
     ledger_lost,
     run_batch,
     send_notification,
+    slack_payload,
 )
 
 RUN_SCHEMA = "batcher.run/1"
@@ -284,8 +287,6 @@ def _run(log: Log, settings: Any, options: BatchOptions, *, live: bool, assume_y
 
 
 def _notify_target(flag: str | None, config: dict[str, Any]) -> str | None:
-    from batcher.execute.notify import check_notify_url
-
     url = flag or config.get("notify_url")
     if url is None:
         return None
@@ -389,8 +390,6 @@ _ROW_ACTIONS = ("send", "retry", "resend", "poll", "done", "held", "invalid")
 
 
 def _notify(log: Log, url: str, document: dict[str, Any], *, secrets: tuple[str, ...]) -> None:
-    from batcher.execute.notify import host_of, slack_payload
-
     batch = document.get("batch") or "-"
     code = document.get("exit_code")
     headline = f"batcher {batch}: exit {code} ({document.get('outcome')})"

@@ -7,7 +7,8 @@ notification that cannot be delivered is reported, never raised, so it can
 never change a run's exit code.
 
 A webhook URL is itself a credential (Slack's carry the secret in the path), so
-messages name only its host. Only https, or http to a loopback address, is used.
+messages name only its host. Which URLs are allowed is checked by the caller
+(`batcher.services.check_notify_url`).
 """
 
 from __future__ import annotations
@@ -23,8 +24,6 @@ import httpx
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from batcher import __version__
-from batcher.config import is_loopback_host
-from batcher.core.errors import ConfigError
 
 ATTEMPTS = 3
 TIMEOUT = httpx.Timeout(5.0, connect=3.0)  # a slow chat service must not hold a cron job
@@ -39,25 +38,6 @@ class Delivery:
 
 class _Retryable(Exception):
     pass
-
-
-def check_notify_url(url: str) -> str:
-    """The URL, if batcher may POST a summary to it; a ConfigError naming only its host."""
-    try:
-        parts = urlsplit(url.strip())
-        host = parts.hostname or ""
-    except ValueError:
-        raise ConfigError("the --notify URL is not a valid URL") from None
-    if parts.scheme not in {"http", "https"} or not host or "@" in parts.netloc:
-        raise ConfigError(
-            "the --notify URL must be an http(s) URL without user info",
-            hint="e.g. https://hooks.slack.com/services/...",
-        )
-    if parts.scheme == "http" and not is_loopback_host(host):
-        raise ConfigError(
-            f"the --notify URL to {host} uses plain http", hint="use https (http only to localhost)"
-        )
-    return url.strip()
 
 
 def host_of(url: str) -> str:
