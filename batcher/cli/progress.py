@@ -129,6 +129,8 @@ class ConsoleListener:
             self._heartbeat.join(timeout=1)
             self._heartbeat = None
         if self._display is not None:
+            if RECONCILE in self._tasks:  # ended: show it done rather than spinning
+                self._display.update(self._tasks[RECONCILE], total=1, completed=1)
             self._display.stop()
             self._display = None
             self.log.printer = None
