@@ -64,6 +64,7 @@ __all__ = [
 ]
 
 LEDGER_FILE = "ledger.sqlite"
+VALIDATE_SCHEMA = "batcher.validate/1"
 
 
 @contextmanager
@@ -149,7 +150,8 @@ def validate_sheet(
             allow_duplicates=allow_duplicates,
         ).result
     folder = report_dir / result.sheet.path.stem
-    document = validation_document(result.sheet, result)
+    # the schema tag first: the same document is printed by `validate --json`
+    document = {"schema": VALIDATE_SCHEMA, **validation_document(result.sheet, result)}
     json_path = folder / "validation.json" if write_json else None
     try:
         csv_path = write_validation_csv(result, folder / "validation.csv")
