@@ -57,7 +57,8 @@ from batcher.services import (
 )
 
 RUN_SCHEMA = "batcher.run/1"
-STATUS_SCHEMA = "batcher.status/1"
+STATUS_SCHEMA = "batcher.status/1"  # every batch
+BATCH_SCHEMA = "batcher.batch/1"  # `status BATCH`: one batch and its runs
 
 #: exit code -> what it means for the operator, in words
 EXIT_MEANINGS = {
@@ -420,7 +421,7 @@ def status(batch: str | None, state_dir: Path | None, as_json: bool) -> None:
     """Row counts by state and the last runs, read from the ledger (no network)."""
     found = batch_status(resolve_state_dir(state_dir), batch)
     if as_json:
-        echo_json(found, STATUS_SCHEMA)
+        echo_json(found, STATUS_SCHEMA if batch is None else BATCH_SCHEMA)
         return
     if batch is None:
         for listed in found["batches"]:
