@@ -28,7 +28,7 @@ SCHEMAS: dict[str, set[str]] = {
         "totals_by_currency",
         "outcome",
         "runs",
-    },  # fmt: skip
+    },
     "batcher.report/1": {"verdict", "reason", "by_state", "currencies", "orphans", "workbook"},
 }
 BATCH_STATUS = {"batch", "provider", "account_id", "created_at", "updated_at", "by_state",
