@@ -20,7 +20,7 @@ from batcher.config import (
     load_file_config,
     provider_settings,
 )
-from batcher.core.errors import BatcherError, ExitCode, UsageError
+from batcher.core.errors import BatcherError, ConfigError, ExitCode, UsageError
 from batcher.providers.base import ProviderOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -141,7 +141,20 @@ def resolve_state_dir(given: Path | None) -> Path:
     """--state-dir / BATCHER_STATE_DIR, else batcher.toml's state_dir, else the XDG state dir."""
     from batcher.services import default_state_dir  # services imports polars: load lazily
 
-    return given if given is not None else default_state_dir(file_config())
+    if given is not None:
+        return given
+    chosen = default_state_dir(file_config())
+    legacy = Path(".batcher")
+    # Before the XDG default, the ledger lived in ./.batcher; starting elsewhere would
+    # silently begin from an empty ledger, so say where the old one is instead.
+    if (legacy / "ledger.sqlite").exists() and legacy.resolve() != chosen.resolve():
+        raise ConfigError(
+            f"found a ledger in {legacy.absolute()} (the old default), but the state folder "
+            f"is now {chosen}",
+            hint=f"pass --state-dir {legacy} (or set BATCHER_STATE_DIR or state_dir in "
+            f"batcher.toml), or move {legacy}/* to {chosen}",
+        )
+    return chosen
 
 
 def log_format_option(func: F) -> F:
