@@ -31,8 +31,12 @@ def step(title: str, args: list[str], env: dict[str, str], *, expect: set[int]) 
 
 
 def main() -> None:
-    state_dir = Path(tempfile.mkdtemp(prefix="batcher-demo-state-"))
-    report_dir = ROOT / "reports" / "demo"
+    # The ledger holds recipient data: it lives only as long as the demo.
+    with tempfile.TemporaryDirectory(prefix="batcher-demo-state-") as state:
+        tour(Path(state), ROOT / "reports" / "demo")
+
+
+def tour(state_dir: Path, report_dir: Path) -> None:
     with running_sandbox("ugiftme", async_delay_seconds=0.3) as sandbox:
         print(f"UGiftMe sandbox running at {sandbox.base_url}")
         env = {
@@ -64,6 +68,7 @@ def main() -> None:
         step("status from the ledger", ["status", "demo-nightly"], env, expect={0})
         step("wallet after the run", ["wallet"], env, expect={0})
     gifq_demo(state_dir, report_dir)
+    print(f"\nThe demo ledger in {state_dir} is deleted now; the reports stay under {report_dir}.")
     for batch in ("demo-gifq-orders", "demo-gifq-payouts", "demo-nightly"):
         out = report_dir / batch
         print(f"\n{batch}:")
