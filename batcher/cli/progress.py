@@ -16,7 +16,7 @@ from typing import Any
 
 from batcher.cli.logs import Log
 from batcher.cli.render import column_lines
-from batcher.execute.events import POLL, RECONCILE, SUBMIT, Retry, RunStart
+from batcher.execute.events import POLL, RECONCILE, SUBMIT, VALIDATE, Retry, RunStart
 from batcher.intake.read import Sheet
 
 #: what each phase counts, for the log lines
@@ -60,6 +60,7 @@ class ConsoleListener:
         self._tasks: dict[str, Any] = {}
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
+        self.paused = False  # while a person is answering the prompt
 
     # ------------------------------------------------------------------ RunListener
 
@@ -91,10 +92,11 @@ class ConsoleListener:
     def phase(self, name: str, total: int) -> None:
         self.phase_name = name
         self._phase_started = time.monotonic()
-        if name != RECONCILE:
+        if name not in (RECONCILE, VALIDATE):
             self.counters[name] = Counter(total)
         if self.live:
-            self._show_phase(name, total)
+            if name != VALIDATE:
+                self._show_phase(name, total)
         elif name == RECONCILE:
             self.log.info("reconciling with the provider's orders and wallet")
         elif total:
@@ -119,9 +121,12 @@ class ConsoleListener:
 
     def progress_line(self) -> str:
         parts = [f"{_UNITS[name]} {c}" for name, c in self.counters.items() if c.total]
+        elapsed = f"{time.monotonic() - self._phase_started:.0f}s"
         if self.phase_name == RECONCILE:
-            parts.append(f"reconciling for {time.monotonic() - self._phase_started:.0f}s")
-        return "; ".join(parts) or f"{self.phase_name}: working"
+            parts.append(f"reconciling for {elapsed}")
+        if self.phase_name == VALIDATE:
+            parts.append(f"reading and validating the sheet for {elapsed}")
+        return "; ".join(parts) or f"{self.phase_name}: working for {elapsed}"
 
     def stop(self) -> None:
         self._stop.set()
@@ -181,5 +186,6 @@ class ConsoleListener:
 
     def _beat(self) -> None:
         while not self._stop.wait(0.25):
-            if time.monotonic() - self.log.last_write >= self.quiet_seconds:
+            quiet = time.monotonic() - self.log.last_write >= self.quiet_seconds
+            if quiet and not self.paused:
                 self.log.info(f"progress: {self.progress_line()}")

@@ -37,10 +37,11 @@ from batcher.cli.progress import ConsoleListener
 from batcher.cli.render import column_lines, render_summary
 from batcher.cli.signals import StopSignals, stop_on_signals
 from batcher.cli.terminal import echo
-from batcher.config import limits_from_config, parse_limit
+from batcher.config import ProviderSettings, limits_from_config, parse_limit
 from batcher.core.errors import BatcherError, ConfigError, ExitCode, UsageError
 from batcher.core.models import Balance
 from batcher.core.money import format_money
+from batcher.execute.events import VALIDATE
 from batcher.execute.runner import PlanSummary, RunOptions
 from batcher.services import (
     BatchOptions,
@@ -115,14 +116,14 @@ class ConsoleUI:
         # Without a TTY (cron) there is nobody to ask: the run goes ahead (documented).
         if self.assume_yes or not sys.stdin.isatty() or plan.rows_to_send == 0:
             return True
-        self.signals.prompting = True
+        self.signals.prompting = self.listener.paused = True
         try:
             return click.confirm("send these orders?", default=False, err=True)
         except click.Abort:
             echo("", err=True)
             return False
         finally:
-            self.signals.prompting = False
+            self.signals.prompting = self.listener.paused = False
 
 
 def parse_max_total(values: tuple[str, ...]) -> dict[str, Decimal]:
@@ -277,8 +278,11 @@ def run(
     sys.exit(int(result.exit_code))
 
 
-def _run(log: Log, settings: Any, options: BatchOptions, *, live: bool, assume_yes: bool) -> Any:
+def _run(
+    log: Log, settings: ProviderSettings, options: BatchOptions, *, live: bool, assume_yes: bool
+) -> BatchResult:
     listener = ConsoleListener(log, live=live, mapping=options.mapping)
+    listener.phase(VALIDATE, 0)
     with stop_on_signals(log) as signals:
         ui = ConsoleUI(log, listener, signals, assume_yes=assume_yes)
         try:

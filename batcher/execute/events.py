@@ -36,7 +36,9 @@ class Retry:
     delay_seconds: float
 
 
-#: run phases, in order; the listener shows progress per phase
+#: run phases, in order; the listener shows progress per phase. VALIDATE is announced
+#: by the caller (the CLI), since it starts before the run has a listener's attention.
+VALIDATE = "validate"
 SUBMIT = "submit"
 POLL = "poll"
 RECONCILE = "reconcile"
