@@ -373,10 +373,12 @@ class Runner:
             hinted = exc.retry_after if isinstance(exc, OutcomeUnknown) else None
             backoff = min(30.0, 0.5 * 2 ** (state.attempt_number - 1)) * self.rng.uniform(0.5, 1.0)
             delay = max(backoff, hinted or 0.0)
-            # Said out loud so a provider outage is not minutes of silence in the log.
-            reason = exc.reason if isinstance(exc, OutcomeUnknown) else "no answer"
-            emit(self.listener, "retrying", Retry(chunk.chunk_key, state.attempt_number,
-                 self.options.max_send_attempts, reason, delay))  # fmt: skip
+            # Said out loud so a provider outage is not minutes of silence in the log;
+            # tenacity asks for a wait after the last attempt too, which is no retry.
+            if state.attempt_number < self.options.max_send_attempts:
+                reason = exc.reason if isinstance(exc, OutcomeUnknown) else "no answer"
+                emit(self.listener, "retrying", Retry(chunk.chunk_key, state.attempt_number,
+                     self.options.max_send_attempts, reason, delay))  # fmt: skip
             return delay
 
         retrying = Retrying(
