@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -31,9 +32,13 @@ def step(title: str, args: list[str], env: dict[str, str], *, expect: set[int]) 
 
 
 def main() -> None:
+    report_dir = ROOT / "reports" / "demo"
+    # Each demo starts from a fresh ledger, so an earlier demo's reports would look
+    # like a lost ledger to `batcher run`: they are the demo's own, and replaced.
+    shutil.rmtree(report_dir, ignore_errors=True)
     # The ledger holds recipient data: it lives only as long as the demo.
     with tempfile.TemporaryDirectory(prefix="batcher-demo-state-") as state:
-        tour(Path(state), ROOT / "reports" / "demo")
+        tour(Path(state), report_dir)
 
 
 def tour(state_dir: Path, report_dir: Path) -> None:
