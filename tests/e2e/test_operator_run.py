@@ -113,3 +113,28 @@ def _write_with_note(path: Path, rows: list[dict[str, str]]) -> None:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+
+
+def test_validate_shows_the_mapping_and_warns_of_a_dropped_note(tmp_path: Path) -> None:
+    sheet = tmp_path / "aliases.csv"
+    sheet.write_text(
+        "Email,SKU,Amount,Cur,Country,Note\n"
+        "a@example.com,AMAZON_UK_STD,10.00,GBP,GB,Happy birthday\n",
+        encoding="utf-8",
+    )
+    with running_sandbox("ugiftme", **FAST) as sandbox:
+        env = cli_env(sandbox, tmp_path / "state")
+        done = batcher(["validate", str(sheet), "--report-dir", str(tmp_path / "r")], env)
+        assert done.returncode == 0, done.stdout + done.stderr
+        lines = done.stdout.splitlines()
+        assert "column 'SKU' -> product_code (inferred)" in lines
+        assert "column 'Cur' -> currency (inferred)" in lines
+        assert "column 'Amount' -> amount (taken)" in lines
+        assert any(line.startswith("warning: column 'Note' is not sent") for line in lines)
+
+        mapped = batcher(
+            ["validate", str(sheet), "--map", "message=Note", "--report-dir", str(tmp_path / "r")],
+            env,
+        )
+        assert "column 'Note' -> message (mapped)" in mapped.stdout.splitlines()
+        assert "warning" not in mapped.stdout
