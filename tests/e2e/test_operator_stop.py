@@ -9,6 +9,7 @@ from pathlib import Path
 
 from batcher.sandbox.server import running_sandbox
 from tests.e2e.runkit import (
+    batcher,
     cli_env,
     make_rows,
     sandbox_orders,
@@ -42,3 +43,29 @@ def test_sigterm_stops_sending_within_two_seconds(tmp_path: Path) -> None:
         assert "stopped on request" in stderr
         summary = json.loads((reports / "slow" / "summary.json").read_text())
         assert summary["stopped"] == "interrupted" and summary["exit_code"] == 3
+
+
+def test_a_second_signal_exits_at_once_even_with_a_request_in_flight(tmp_path: Path) -> None:
+    with running_sandbox("ugiftme", async_mode=True, **FAST) as sandbox:
+        sheet = write_sheet(tmp_path / "stuck.csv", make_rows(40))
+        env = cli_env(sandbox, tmp_path / "state")
+        args = ["run", str(sheet), "--yes", "--report-dir", str(tmp_path / "reports")]
+        proc = start_batcher([*args, "--chunk-size", "1", "--max-rate", "4"], env)
+        assert wait_for(lambda: len(sandbox_orders(sandbox)) >= 2, timeout=60)
+        # every order request now hangs for 6 s: the next one is in flight when we stop
+        sandbox.control("PATCH", "/faults", json={"latency": 1, "latencyMs": 6000})
+        time.sleep(0.6)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+        assert proc.poll() is None, "the first signal waits for the request in flight"
+        second = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+        assert time.monotonic() - second < 1.0
+        assert proc.returncode == 3, stderr
+        assert "received SIGINT again: exiting now" in stderr
+
+        sandbox.control("PATCH", "/faults", json={"latency": 0})
+        rerun = batcher(args, env)
+        assert rerun.returncode == 0, rerun.stderr
+        assert len(sandbox_orders(sandbox)) == 40, "the rerun resolves the interrupted chunk"
