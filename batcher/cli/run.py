@@ -265,10 +265,12 @@ def run(
             sys.exit(int(ExitCode.USAGE if planned.plan.get("refusal") else ExitCode.OK))
         result = _run(log, settings, options, live=live, assume_yes=assume_yes)
     except BatcherError as exc:
+        # a log line like every other, so cron logs stay parseable to the last line
+        meaning = EXIT_MEANINGS.get(exc.exit_code, "cannot start")
+        log.error(f"exit {int(exc.exit_code)}: {meaning}: {exc}")
         if notify is not None:
-            document = _failure_document(options, exc)
-            _notify(log, notify, document, secrets=())
-        raise
+            _notify(log, notify, _failure_document(options, exc), secrets=())
+        sys.exit(int(exc.exit_code))
     document = run_document(result, options)
     _print_result(log, result)
     if as_json:
