@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from batcher.config import ProviderSettings
+from batcher.core.models import Balance
 from batcher.core.money import money_str
 from batcher.core.states import RowState
 from batcher.execute.check import check_sheet
@@ -25,6 +26,7 @@ from batcher.execute.rows import sheet_rows_from_validation
 from batcher.execute.run import BatchOptions, guardrail_refusal
 from batcher.execute.runner import Runner
 from batcher.intake.read import Sheet
+from batcher.intake.validate import ValidationResult
 from batcher.ledger.store import BatchLock, ChunkRecord, Ledger, RowRecord, utc_now
 from batcher.providers import connect
 from batcher.providers.base import Provider
@@ -115,8 +117,8 @@ def _plan(
     settings: ProviderSettings,
     options: BatchOptions,
     account_id: str,
-    result: Any,
-    balances: dict[str, Any],
+    result: ValidationResult,
+    balances: dict[str, Balance],
 ) -> dict[str, Any]:
     batch = options.batch_name
     sheet = result.sheet
@@ -183,7 +185,7 @@ def _row_actions(rows: list[RowRecord], chunks: list[dict[str, Any]]) -> dict[st
 
 
 def _currencies(
-    chunks: list[dict[str, Any]], balances: dict[str, Any], limits: dict[str, Decimal]
+    chunks: list[dict[str, Any]], balances: dict[str, Balance], limits: dict[str, Decimal]
 ) -> dict[str, dict[str, Any]]:
     """Per currency: what the new sends cost, what the wallet holds, and the limit."""
     cost: dict[str, Decimal] = {}

@@ -20,6 +20,7 @@ LOG_LINE = re.compile(
     r"batch=(?P<batch>\S+) run=(?P<run>\S+) (?P<msg>.+)$"
 )
 RUN_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
+LOG_TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 
 def parse_log(stderr: str) -> list[dict[str, str]]:
@@ -93,6 +94,15 @@ def test_cron_run_logs_json_and_dry_run_keys(tmp_path: Path) -> None:
         again = batcher(["run", str(sheet), "--dry-run", "--json", *common], env)
         rerun = json.loads(again.stdout)
         assert rerun["chunks"] == [] and rerun["rows"]["done"] == 30
+
+        as_json = batcher(["run", str(sheet), "--log-format", "json", *common], env)
+        assert as_json.returncode == 0, as_json.stderr
+        records = [json.loads(line) for line in as_json.stderr.splitlines()]
+        assert all({"ts", "level", "batch", "run", "msg"} <= set(r) for r in records)
+        assert all(r["batch"] == "nightly" and LOG_TS.match(r["ts"]) for r in records)
+        started = next(r for r in records if r["msg"].startswith("run started:"))
+        assert started["ledger"] == str((state / "ledger.sqlite").absolute())
+        assert RUN_ID.match(started["run"]) and started["sha256"] == plan["sheet_sha256"]
 
 
 def check_run_document(document: dict[str, Any]) -> None:
