@@ -323,12 +323,37 @@ def stop_sentence(result: BatchResult) -> str:
     return result.message
 
 
+#: every key of batcher.run/1, for runs that stop before some of them exist (a sheet
+#: that fails validation has no run id; a run that cannot start has no counts)
+_RUN_DEFAULTS: dict[str, Any] = {
+    "schema": RUN_SCHEMA,
+    "batch": None,
+    "run_id": None,
+    "provider": None,
+    "account_id": None,
+    "exit_code": None,
+    "outcome": None,
+    "message": "",
+    "by_state": {},
+    "rows_total": 0,
+    "totals_by_currency": {},
+    "reconciliation": None,
+    "plan": None,
+    "requests": None,
+    "stopped": None,
+    "started_at": None,
+    "finished_at": None,
+    "summary_file": None,
+    "ledger": None,
+}
+
+
 def run_document(result: BatchResult, options: BatchOptions | None) -> dict[str, Any]:
     """batcher.run/1: the summary (counts by state, totals per currency, verdicts) plus
     where it was written and what the exit code means."""
     summary = result.summary
     return {
-        "schema": RUN_SCHEMA,
+        **_RUN_DEFAULTS,
         **summary,
         "outcome": EXIT_MEANINGS.get(result.exit_code, "done"),
         "message": stop_sentence(result) if result.exit_code != ExitCode.OK else "",
@@ -340,14 +365,12 @@ def run_document(result: BatchResult, options: BatchOptions | None) -> dict[str,
 
 def _failure_document(options: BatchOptions | None, exc: BatcherError) -> dict[str, Any]:
     return {
-        "schema": RUN_SCHEMA,
+        **_RUN_DEFAULTS,
         "batch": options.batch_name if options else None,
         "exit_code": int(exc.exit_code),
         "outcome": EXIT_MEANINGS.get(exc.exit_code, "cannot start"),
         "message": str(exc),
-        "by_state": {},
-        "totals_by_currency": {},
-        "reconciliation": None,
+        "ledger": str((options.state_dir / "ledger.sqlite").absolute()) if options else None,
     }
 
 

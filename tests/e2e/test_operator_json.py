@@ -75,3 +75,15 @@ def test_every_command_prints_its_schema(tmp_path: Path) -> None:
         report = document(["report", "tags", *reports], env)
         assert report["verdict"] == "RECONCILED"
         assert set(report["currencies"]) == {"GBP", "EUR"}
+
+
+def test_a_refused_run_still_prints_every_run_key(tmp_path: Path) -> None:
+    with running_sandbox("ugiftme", **FAST) as sandbox:
+        rows = make_rows(3)
+        rows[1]["Email"] = "not-an-email"
+        sheet = write_sheet(tmp_path / "broken.csv", rows)
+        env = cli_env(sandbox, tmp_path / "state")
+        run = document(["run", str(sheet), "--yes", "--report-dir", str(tmp_path / "r")], env, 2)
+        check_run_document(run)
+        assert run["run_id"] is None and run["outcome"] == "nothing was sent"
+        assert run["by_state"]["invalid"] == 1

@@ -13,7 +13,7 @@ from typing import Any
 
 from batcher.sandbox.server import running_sandbox
 from tests.e2e.runkit import batcher, cli_env, make_rows, write_sheet
-from tests.e2e.test_operator_run import parse_log
+from tests.e2e.test_operator_run import check_run_document, parse_log
 
 FAST = {"rate_limit": 100_000, "rate_window_seconds": 60, "async_delay_seconds": 0.05}
 SECRET_PATH = "/services/T0000/B0000/s3cr3t-webhook-token"
@@ -93,6 +93,7 @@ def test_a_run_that_cannot_start_still_notifies(tmp_path: Path) -> None:
         assert len(errors) == 1 and errors[0].startswith("exit 4: cannot start: ")
         assert log[-1]["msg"] == "notified 127.0.0.1 (HTTP 200)"
         (message,) = received
+        check_run_document(message["batcher"])
         assert message["batcher"]["exit_code"] == 4
         assert message["batcher"]["outcome"] == "cannot start"
         assert "wrong-key-0000" not in json.dumps(message)
