@@ -4,6 +4,7 @@ report, the state folder default and notification delivery."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from batcher.cli.logs import Log
+from batcher.cli.logs import Log, library_warnings
 from batcher.cli.progress import ConsoleListener, Counter
 from batcher.core.errors import ConfigError
 from batcher.execute.events import POLL, SUBMIT, Retry, RunStart
@@ -97,3 +98,11 @@ def test_notification_retries_then_reports_without_raising() -> None:
         transport=httpx.MockTransport(lambda r: httpx.Response(404)), sleep=lambda _: None,
     )  # fmt: skip
     assert (refused.delivered, refused.attempts, refused.detail) == (False, 1, "HTTP 404")
+
+
+def test_library_warnings_become_log_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    log = Log("text", batch="b")
+    with library_warnings(log):
+        logging.getLogger("batcher.providers.gifq").warning("status %r unknown", "odd")
+    (line,) = capsys.readouterr().err.splitlines()
+    assert re.match(r"^\S+Z WARN  batch=b run=- status 'odd' unknown$", line), line

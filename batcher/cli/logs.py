@@ -13,9 +13,11 @@ inside a message cannot drive the terminal.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -80,3 +82,31 @@ class Log:
         if self.fmt == "plain":
             return message if level == "INFO" else f"{level.lower()}: {message}"
         return f"{utc_stamp()} {level:<5} batch={self.batch} run={self.run_id} {message}"
+
+
+class _Forward(logging.Handler):
+    """Library warnings (e.g. a provider status batcher does not know) as log lines."""
+
+    def __init__(self, log: Log) -> None:
+        super().__init__(logging.WARNING)
+        self.log = log
+
+    def emit(self, record: logging.LogRecord) -> None:
+        level = "ERROR" if record.levelno >= logging.ERROR else "WARN"
+        self.log.write(level, record.getMessage(), logger=record.name)
+
+
+@contextmanager
+def library_warnings(log: Log) -> Iterator[None]:
+    """Route the `batcher` loggers' warnings into `log`, not Python's bare stderr fallback,
+    so every line of a run's stderr has the same shape."""
+    logger = logging.getLogger("batcher")
+    handler = _Forward(log)
+    logger.addHandler(handler)
+    previous = logger.propagate
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = previous

@@ -125,7 +125,7 @@ class ConsoleListener:
         if self.phase_name == RECONCILE:
             parts.append(f"reconciling for {elapsed}")
         if self.phase_name == VALIDATE:
-            parts.append(f"reading and validating the sheet for {elapsed}")
+            parts.append(f"checking the account and the sheet for {elapsed}")
         return "; ".join(parts) or f"{self.phase_name}: working for {elapsed}"
 
     def stop(self) -> None:

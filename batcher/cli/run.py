@@ -32,7 +32,7 @@ from batcher.cli.common import (
     sheet_options,
     state_dir_option,
 )
-from batcher.cli.logs import Log
+from batcher.cli.logs import Log, library_warnings
 from batcher.cli.progress import ConsoleListener
 from batcher.cli.render import column_lines, render_summary
 from batcher.cli.signals import StopSignals, stop_on_signals
@@ -285,7 +285,7 @@ def _run(
 ) -> BatchResult:
     listener = ConsoleListener(log, live=live, mapping=options.mapping)
     listener.phase(VALIDATE, 0)
-    with stop_on_signals(log) as signals:
+    with stop_on_signals(log) as signals, library_warnings(log):
         ui = ConsoleUI(log, listener, signals, assume_yes=assume_yes)
         try:
             return run_batch(settings, options, ui, stop=signals.stop)
