@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -31,8 +32,16 @@ def step(title: str, args: list[str], env: dict[str, str], *, expect: set[int]) 
 
 
 def main() -> None:
-    state_dir = Path(tempfile.mkdtemp(prefix="batcher-demo-state-"))
     report_dir = ROOT / "reports" / "demo"
+    # Each demo starts from a fresh ledger, so an earlier demo's reports would look
+    # like a lost ledger to `batcher run`: they are the demo's own, and replaced.
+    shutil.rmtree(report_dir, ignore_errors=True)
+    # The ledger holds recipient data: it lives only as long as the demo.
+    with tempfile.TemporaryDirectory(prefix="batcher-demo-state-") as state:
+        tour(Path(state), report_dir)
+
+
+def tour(state_dir: Path, report_dir: Path) -> None:
     with running_sandbox("ugiftme", async_delay_seconds=0.3) as sandbox:
         print(f"UGiftMe sandbox running at {sandbox.base_url}")
         env = {
@@ -64,6 +73,7 @@ def main() -> None:
         step("status from the ledger", ["status", "demo-nightly"], env, expect={0})
         step("wallet after the run", ["wallet"], env, expect={0})
     gifq_demo(state_dir, report_dir)
+    print(f"\nThe demo ledger in {state_dir} is deleted now; the reports stay under {report_dir}.")
     for batch in ("demo-gifq-orders", "demo-gifq-payouts", "demo-nightly"):
         out = report_dir / batch
         print(f"\n{batch}:")

@@ -14,40 +14,57 @@ renders what it returns::
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from batcher.config import ProviderSettings
+from batcher.config import ProviderSettings, is_loopback_host
 from batcher.core.errors import ConfigError, UsageError
 from batcher.core.models import AccountInfo, Balance, Product, WalletTransaction
 from batcher.core.names import check_batch_name
+from batcher.core.states import SETTLED_STATES, UNFINISHED_STATES
 from batcher.execute.check import check_sheet
+from batcher.execute.dryrun import DryRun, dry_run_batch
 from batcher.execute.run import BatchOptions, BatchResult, RunUI, run_batch
 from batcher.intake.validate import ValidationResult, validation_document
 from batcher.ledger.store import BatchLock, Ledger
 from batcher.providers import connect
 from batcher.providers.base import Provider, ProviderOptions
-from batcher.reporting.outputs import write_validation_csv
+from batcher.reporting.outputs import totals_by_currency, write_validation_csv
 from batcher.reporting.reports import ReportResult, write_batch_report
+from batcher.transport.notify import Delivery, host_of, send_notification, slack_payload
 
 __all__ = [
     "BatchOptions",
     "BatchResult",
+    "Delivery",
+    "DryRun",
     "RunUI",
     "ValidationOutcome",
     "account_info",
     "batch_status",
+    "check_notify_url",
+    "default_state_dir",
+    "dry_run_batch",
+    "host_of",
+    "ledger_lost",
     "list_balances",
     "list_products",
     "list_transactions",
     "open_provider",
     "report_batch",
     "run_batch",
+    "send_notification",
+    "slack_payload",
     "validate_sheet",
 ]
+
+LEDGER_FILE = "ledger.sqlite"
+VALIDATE_SCHEMA = "batcher.validate/1"
 
 
 @contextmanager
@@ -133,7 +150,8 @@ def validate_sheet(
             allow_duplicates=allow_duplicates,
         ).result
     folder = report_dir / result.sheet.path.stem
-    document = validation_document(result.sheet, result)
+    # the schema tag first: the same document is printed by `validate --json`
+    document = {"schema": VALIDATE_SCHEMA, **validation_document(result.sheet, result)}
     json_path = folder / "validation.json" if write_json else None
     try:
         csv_path = write_validation_csv(result, folder / "validation.csv")
@@ -152,15 +170,107 @@ def validate_sheet(
 # status and report
 
 
+# ---------------------------------------------------------------------------
+# notifications
+
+
+def check_notify_url(url: str) -> str:
+    """The URL, if batcher may POST a summary to it; a ConfigError naming only its host."""
+    try:
+        parts = urlsplit(url.strip())
+        host = parts.hostname or ""
+    except ValueError:
+        raise ConfigError("the --notify URL is not a valid URL") from None
+    if parts.scheme not in {"http", "https"} or not host or "@" in parts.netloc:
+        raise ConfigError(
+            "the --notify URL must be an http(s) URL without user info",
+            hint="e.g. https://hooks.slack.com/services/...",
+        )
+    if parts.scheme == "http" and not is_loopback_host(host):
+        raise ConfigError(
+            f"the --notify URL to {host} uses plain http", hint="use https (http only to localhost)"
+        )
+    return url.strip()
+
+
+# ---------------------------------------------------------------------------
+# where state lives
+
+
+def default_state_dir(
+    file_config: Mapping[str, Any], environ: Mapping[str, str] | None = None
+) -> Path:
+    """Where the ledger lives when neither --state-dir nor BATCHER_STATE_DIR says.
+
+    batcher.toml's `state_dir`, else the XDG state folder ($XDG_STATE_HOME/batcher,
+    i.e. ~/.local/state/batcher): one fixed place whatever the working directory,
+    so a cron job started elsewhere never begins from an empty ledger.
+    """
+    env = os.environ if environ is None else environ
+    configured = file_config.get("state_dir")
+    if configured is not None:
+        if not isinstance(configured, str) or not configured.strip():
+            raise ConfigError("batcher.toml: state_dir must be a folder path (a string)")
+        return Path(configured).expanduser()
+    base = env.get("XDG_STATE_HOME") or str(Path(env.get("HOME") or Path.home()) / ".local/state")
+    return Path(base) / "batcher"
+
+
+def ledger_lost(state_dir: Path, report_dir: Path, batch: str) -> bool:
+    """True when a run of `batch` left reports but the ledger has never heard of it.
+
+    That is a ledger that was moved, deleted or is being looked for in the wrong
+    place: a run now would start the batch from scratch. The provider's idempotency
+    keys would still catch exact repeats, but not rows whose attempt changed.
+    """
+    summary = report_dir / batch / "summary.json"
+    try:
+        ran = "run_id" in json.loads(summary.read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        return False  # no report of a run (a validation-only summary has no run_id)
+    if not ran:
+        return False
+    if not (state_dir / LEDGER_FILE).exists():
+        return True
+    ledger = Ledger.open(state_dir)
+    try:
+        return ledger.batch_info(batch) is None
+    finally:
+        ledger.close()
+
+
 def open_ledger(state_dir: Path) -> Ledger:
     """The ledger in `state_dir`; a usage error when nothing has run there yet."""
-    if not (state_dir / "ledger.sqlite").exists():
+    if not (state_dir / LEDGER_FILE).exists():
         raise UsageError(f"no ledger in {state_dir}: nothing has run here yet")
     return Ledger.open(state_dir)
 
 
+def batch_outcome(by_state: Mapping[str, int]) -> str:
+    """One word for a batch: done, failed_rows (some failed, none left) or unfinished."""
+    if any(by_state.get(s, 0) for s in UNFINISHED_STATES):
+        return "unfinished"
+    if by_state.get("failed", 0):
+        return "failed_rows"
+    return "done" if any(by_state.get(s, 0) for s in SETTLED_STATES) else "empty"
+
+
+def _batch_counts(ledger: Ledger, batch: str) -> dict[str, Any]:
+    by_state = ledger.count_by_state(batch)
+    return {
+        "by_state": by_state,
+        "rows_total": sum(by_state.values()),
+        "totals_by_currency": totals_by_currency(ledger.rows(batch)),
+        "outcome": batch_outcome(by_state),
+    }
+
+
 def batch_status(state_dir: Path, batch: str | None = None) -> dict[str, Any]:
-    """What the ledger knows, without the network: every batch, or one batch and its runs."""
+    """What the ledger knows, without the network: every batch, or one batch and its runs.
+
+    Each batch carries its row counts by state, the succeeded totals per currency,
+    an outcome word, and its last run (ids, dates, exit code).
+    """
     if batch is not None:
         check_batch_name(batch)
     ledger = open_ledger(state_dir)
@@ -168,14 +278,17 @@ def batch_status(state_dir: Path, batch: str | None = None) -> dict[str, Any]:
         if batch is None:
             batches = ledger.batches()
             for listed in batches:
-                listed["by_state"] = ledger.count_by_state(listed["batch"])
-            return {"batches": batches}
+                listed.update(_batch_counts(ledger, listed["batch"]))
+                runs = ledger.runs(listed["batch"], limit=1)
+                listed["last_run"] = runs[0] if runs else None
+            return {"ledger": str((state_dir / LEDGER_FILE).absolute()), "batches": batches}
         info = ledger.batch_info(batch)
         if info is None:
             raise UsageError(f"no batch named {batch!r} in {state_dir}")
         return {
+            "ledger": str((state_dir / LEDGER_FILE).absolute()),
             "batch": info,
-            "by_state": ledger.count_by_state(batch),
+            **_batch_counts(ledger, batch),
             "runs": ledger.runs(batch),
         }
     finally:

@@ -107,7 +107,9 @@ def test_catalog_filters_and_json_keeps_exact_decimals(
         base_url=sandbox.base_url,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    products = json.loads(result.stdout, parse_float=Decimal)
+    document = json.loads(result.stdout, parse_float=Decimal)
+    assert document["schema"] == "batcher.catalog/1"
+    products = document["products"]
     assert [p["productCode"] for p in products] == ["AMAZON_DE_STD"]
     (amazon,) = products
     assert (amazon["discount"], amazon["minValue"], amazon["maxValue"]) == ("2.5", "1", "2000")
@@ -126,7 +128,8 @@ def test_wallet_balances_and_transactions(sandbox: SandboxHandle, tmp_path: Path
     assert any(line.split() == ["JPY", "5000", "5000"] for line in lines)
 
     as_json = json.loads(batcher(tmp_path, "wallet", "--json", base_url=sandbox.base_url).stdout)
-    gbp = next(w for w in as_json if w["currency"] == "GBP")
+    assert as_json["schema"] == "batcher.wallet/1"
+    gbp = next(w for w in as_json["wallets"] if w["currency"] == "GBP")
     assert gbp == {"currency": "GBP", "balance": "10250.25", "available": "10250.25"}
 
     movements = batcher(tmp_path, "wallet", "--transactions", base_url=sandbox.base_url)
@@ -137,7 +140,9 @@ def test_wallet_balances_and_transactions(sandbox: SandboxHandle, tmp_path: Path
     movements_json = batcher(
         tmp_path, "wallet", "--transactions", "--json", base_url=sandbox.base_url
     )
-    newest = json.loads(movements_json.stdout)[0]
+    movements_doc = json.loads(movements_json.stdout)
+    assert movements_doc["schema"] == "batcher.transactions/1"
+    newest = movements_doc["transactions"][0]
     assert (newest["type"], newest["amount"], newest["currency"]) == ("funding", "5000", "JPY")
 
 

@@ -7,6 +7,7 @@ import (polars, openpyxl, uvicorn) is only paid by the command that needs it.
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 import click
 
@@ -52,8 +53,22 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="batcher")
-def cli() -> None:
+@click.option(
+    "--config",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar="BATCHER_CONFIG",
+    default=None,
+    help="batcher.toml to read (also BATCHER_CONFIG; default: ./batcher.toml).",
+)
+@click.pass_context
+def cli(ctx: click.Context, config: Path | None) -> None:
     """Turn spreadsheets of gift-card recipients into provider orders, exactly once per row."""
+    # A missing BATCHER_CONFIG file is an empty configuration (config.py); a missing
+    # --config, typed by hand, is a typo.
+    source = ctx.get_parameter_source("config")
+    explicit = source is not None and source.name == "COMMANDLINE"
+    if explicit and config is not None and not config.exists():
+        raise click.BadParameter(f"{config} does not exist", param_hint="--config")
 
 
 def main() -> None:

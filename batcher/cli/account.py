@@ -6,14 +6,19 @@ never from a flag. Every failure is one line on stderr with exit code 4.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
 import click
 
-from batcher.cli.common import handle_errors, provider_options, resolve_settings
+from batcher.cli.common import (
+    echo_json,
+    handle_errors,
+    json_option,
+    provider_options,
+    resolve_settings,
+)
 from batcher.cli.terminal import echo
 from batcher.core.models import Balance, Product, WalletTransaction
 from batcher.core.money import money_str
@@ -25,10 +30,26 @@ from batcher.services import account_info, list_balances, list_products, list_tr
 
 @click.command()
 @provider_options
+@json_option
 @handle_errors
-def auth(provider: str, base_url: str | None) -> None:
+def auth(provider: str, base_url: str | None, as_json: bool) -> None:
     """Check the API key and show which account it belongs to."""
-    account = account_info(resolve_settings(provider, base_url))
+    settings = resolve_settings(provider, base_url)
+    account = account_info(settings)
+    if as_json:
+        echo_json(
+            {
+                "provider": settings.provider,
+                "base_url": settings.base_url,
+                "account_id": account.account_id,
+                "name": account.name,
+                "email": account.email,
+                "plan": account.plan,
+                "status": account.status,
+            },
+            "batcher.auth/1",
+        )
+        return
     echo(f"Account: {account.name or '-'} ({account.account_id})")
     if account.email:
         echo(f"Email:   {account.email}")
@@ -41,7 +62,7 @@ def auth(provider: str, base_url: str | None) -> None:
     "--search", default=None, help="Only products whose code, name or merchant contain TEXT."
 )
 @click.option("--currency", default=None, help="Only products in this currency, e.g. GBP.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@json_option
 @provider_options
 @handle_errors
 def catalog(
@@ -50,7 +71,9 @@ def catalog(
     """List the products this account can order."""
     products = list_products(resolve_settings(provider, base_url), search=search, currency=currency)
     if as_json:
-        _echo_json([_product_json(product) for product in products])
+        echo_json(
+            {"products": [_product_json(product) for product in products]}, "batcher.catalog/1"
+        )
     elif not products:
         echo("No products match.", err=True)
     else:
@@ -59,7 +82,7 @@ def catalog(
 
 @click.command()
 @click.option("--transactions", is_flag=True, help="List wallet movements instead of balances.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@json_option
 @provider_options
 @handle_errors
 def wallet(transactions: bool, as_json: bool, provider: str, base_url: str | None) -> None:
@@ -121,16 +144,15 @@ def _product_json(product: Product) -> dict[str, Any]:
 
 def _print_balances(balances: Sequence[Balance], *, as_json: bool) -> None:
     if as_json:
-        _echo_json(
-            [
-                {
-                    "currency": balance.currency,
-                    "balance": money_str(balance.balance, balance.currency),
-                    "available": money_str(balance.available, balance.currency),
-                }
-                for balance in balances
-            ]
-        )
+        wallets = [
+            {
+                "currency": balance.currency,
+                "balance": money_str(balance.balance, balance.currency),
+                "available": money_str(balance.available, balance.currency),
+            }
+            for balance in balances
+        ]
+        echo_json({"wallets": wallets}, "batcher.wallet/1")
         return
     if not balances:
         echo("No wallets.", err=True)
@@ -148,7 +170,10 @@ def _print_balances(balances: Sequence[Balance], *, as_json: bool) -> None:
 
 def _print_transactions(transactions: Sequence[WalletTransaction], *, as_json: bool) -> None:
     if as_json:
-        _echo_json([_transaction_json(transaction) for transaction in transactions])
+        echo_json(
+            {"transactions": [_transaction_json(t) for t in transactions]},
+            "batcher.transactions/1",
+        )
         return
     if not transactions:
         echo("No transactions.", err=True)
@@ -206,7 +231,3 @@ def render_table(
 def _decimal_text(value: Decimal | None) -> str | None:
     """Exact decimal text for JSON output: money never becomes a float."""
     return None if value is None else f"{value:f}"
-
-
-def _echo_json(value: Any) -> None:
-    echo(json.dumps(value, indent=2, ensure_ascii=False))

@@ -13,8 +13,14 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from batcher.cli.terminal import echo
-from batcher.config import PROFILES, ProviderSettings, provider_settings
-from batcher.core.errors import BatcherError, ExitCode, UsageError
+from batcher.config import (
+    PROFILES,
+    ProviderSettings,
+    config_path_from,
+    load_file_config,
+    provider_settings,
+)
+from batcher.core.errors import BatcherError, ConfigError, ExitCode, UsageError
 from batcher.providers.base import ProviderOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -113,9 +119,52 @@ def state_dir_option(func: F) -> F:
         "--state-dir",
         type=click.Path(path_type=Path, file_okay=False),
         envvar="BATCHER_STATE_DIR",
-        default=Path(".batcher"),
-        show_default=True,
-        help="Folder of the ledger (ledger.sqlite) and batch locks; also BATCHER_STATE_DIR.",
+        default=None,
+        help="Folder of the ledger (ledger.sqlite) and batch locks; also BATCHER_STATE_DIR. "
+        "Default: state_dir in batcher.toml, else $XDG_STATE_HOME/batcher "
+        "(~/.local/state/batcher).",
+    )(func)
+
+
+def config_file() -> Path:
+    """The batcher.toml in use: `batcher --config FILE`, else $BATCHER_CONFIG, else ./batcher.toml."""
+    ctx = click.get_current_context(silent=True)
+    given = ctx.find_root().params.get("config") if ctx is not None else None
+    return Path(given) if given else config_path_from()
+
+
+def file_config() -> dict[str, Any]:
+    return load_file_config(config_file())
+
+
+def resolve_state_dir(given: Path | None) -> Path:
+    """--state-dir / BATCHER_STATE_DIR, else batcher.toml's state_dir, else the XDG state dir."""
+    from batcher.services import default_state_dir  # services imports polars: load lazily
+
+    if given is not None:
+        return given
+    chosen = default_state_dir(file_config())
+    legacy = Path(".batcher")
+    # Before the XDG default, the ledger lived in ./.batcher; starting elsewhere would
+    # silently begin from an empty ledger, so say where the old one is instead.
+    if (legacy / "ledger.sqlite").exists() and legacy.resolve() != chosen.resolve():
+        raise ConfigError(
+            f"found a ledger in {legacy.absolute()} (the old default), but the state folder "
+            f"is now {chosen}",
+            hint=f"pass --state-dir {legacy} (or set BATCHER_STATE_DIR or state_dir in "
+            f"batcher.toml), or move {legacy}/* to {chosen}",
+        )
+    return chosen
+
+
+def log_format_option(func: F) -> F:
+    return click.option(
+        "--log-format",
+        type=click.Choice(["text", "json"]),
+        envvar="BATCHER_LOG_FORMAT",
+        default=None,
+        help="Log lines on stderr: text (timestamp, level, batch, run id) or json (one "
+        "object per line). Default: text without a TTY, a live display on a TTY.",
     )(func)
 
 
@@ -130,10 +179,15 @@ def report_dir_option(func: F) -> F:
 
 
 def json_option(func: F) -> F:
-    return click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")(func)
+    return click.option(
+        "--json", "as_json", is_flag=True, help="Print JSON on stdout (schema in docs/operator.md)."
+    )(func)
 
 
-def echo_json(value: Any) -> None:
+def echo_json(value: Any, schema: str | None = None) -> None:
+    """Print `value` as JSON; `schema` (e.g. "batcher.run/1") goes first when given."""
+    if schema is not None:
+        value = {"schema": schema, **value}
     echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))
 
 
@@ -165,7 +219,7 @@ def parse_mappings(mappings: Sequence[str]) -> dict[str, str]:
 
 
 def resolve_settings(provider: str, base_url: str | None) -> ProviderSettings:
-    return provider_settings(provider, base_url=base_url)
+    return provider_settings(provider, base_url=base_url, config_path=config_file())
 
 
 def provider_mode(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from pathlib import Path
 
 from batcher.core.money import format_money
-from batcher.intake.read import Sheet
+from batcher.intake.read import Sheet, normalise_header
 from batcher.intake.validate import ValidationResult, report_records
 
 ERRORS_SHOWN = 20  # the terminal shows the first ones; the report has them all
@@ -44,3 +46,37 @@ def _error_line(record: dict[str, str | int | None]) -> str:
     column = f" {record['column']}" if record["column"] else ""
     hint = f" ({record['hint']})" if record["hint"] else ""
     return f"  {where}{column}: {record['code']}: {record['message']}{hint}"
+
+
+#: a dropped column with one of these words is probably a field the sheet meant to send
+_FIELD_LIKE = re.compile(r"note|msg|message|comment|remark|memo|greeting|dedication", re.I)
+
+
+def column_lines(sheet: Sheet, mapped: Mapping[str, str]) -> list[tuple[str, str]]:
+    """(level, text) lines saying which column feeds which field, and which are not sent.
+
+    taken: the header is the field's own name; mapped: --map said so; inferred: an
+    alias ("Cur" -> currency). Columns not sent are warnings when they look like a
+    message, since a dropped gift message is silent everywhere else.
+    """
+    lines: list[tuple[str, str]] = []
+    for field, header in sheet.columns.items():
+        if field in mapped:
+            how = "mapped"
+        elif normalise_header(header) == field.replace("_", ""):
+            how = "taken"
+        else:
+            how = "inferred"
+        lines.append(("INFO", f"column {header!r} -> {field} ({how})"))
+    for header in sheet.passthrough:
+        if _FIELD_LIKE.search(header):
+            lines.append(
+                (
+                    "WARN",
+                    f"column {header!r} is not sent to the provider; if it is the gift "
+                    f"message, rerun with --map message={header!r}",
+                )
+            )
+        else:
+            lines.append(("INFO", f"column {header!r} -> not sent (kept in the reports)"))
+    return lines

@@ -13,19 +13,23 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
 from batcher.cli.common import (
+    echo_json,
     handle_errors,
+    json_option,
     provider_options,
     report_dir_option,
     resolve_settings,
+    resolve_state_dir,
     state_dir_option,
 )
 from batcher.cli.terminal import echo
 from batcher.core.errors import ExitCode, UsageError
-from batcher.core.money import format_money
+from batcher.core.money import format_money, money_str
 from batcher.reporting.reconcile import MISMATCH, Reconciliation
 from batcher.reporting.reports import ReportResult
 from batcher.services import report_batch
@@ -42,24 +46,30 @@ from batcher.services import report_batch
     help="Also write codes.xlsx (mode 0600) with the live voucher codes. They are bearer "
     "credentials: anyone holding the file can spend them.",
 )
+@json_option
 @handle_errors
 def report(
     batch: str,
     provider: str,
     base_url: str | None,
-    state_dir: Path,
+    state_dir: Path | None,
     report_dir: Path,
     reveal_codes: bool,
+    as_json: bool,
 ) -> None:
     """Reconcile BATCH with the provider and write REPORT_DIR/BATCH/reconciliation.xlsx."""
     result = report_batch(
-        state_dir,
+        resolve_state_dir(state_dir),
         batch,
         lambda recorded: resolve_settings(_provider_for(recorded, provider), base_url),
         report_dir=report_dir,
         reveal_codes=reveal_codes,
     )
-    _print_result(result)
+    if as_json:
+        echo_json(report_document(result), "batcher.report/1")
+        _warn_codes(result)
+    else:
+        _print_result(result)
     if result.reconciliation.provider_error:
         sys.exit(int(ExitCode.CANNOT_START))
     if result.reconciliation.verdict == MISMATCH:
@@ -77,6 +87,33 @@ def _provider_for(recorded: str, given: str) -> str:
     return recorded
 
 
+def report_document(result: ReportResult) -> dict[str, Any]:
+    rec = result.reconciliation
+    return {
+        "verdict": str(rec.verdict),
+        "reason": rec.reason,
+        "provider_error": rec.provider_error,
+        "by_state": dict(rec.state_counts),
+        "currencies": {
+            c.currency: {
+                "verdict": str(c.verdict),
+                "reason": c.reason,
+                "orders": c.orders,
+                "face_value": money_str(c.face_value, c.currency),
+                "cost": money_str(c.cost, c.currency),
+                "wallet_debits": None
+                if c.wallet_debits is None
+                else money_str(c.wallet_debits, c.currency),
+            }
+            for c in rec.currencies
+        },
+        "orphans": len(rec.orphans),
+        "workbook": str(result.workbook),
+        "failed_rows": str(result.failed_rows),
+        "codes": None if result.codes is None else str(result.codes),
+    }
+
+
 def _print_result(result: ReportResult) -> None:
     rec = result.reconciliation
     echo(f"verdict: {rec.verdict} ({rec.reason})")
@@ -88,6 +125,12 @@ def _print_result(result: ReportResult) -> None:
             f"{format_money(currency.cost, currency.currency)}, wallet debits {shown}"
         )
     _print_orphans(rec)
+    _warn_codes(result)
+    echo(f"failed rows: {result.failed_rows}")
+    echo(f"reconciliation: {result.workbook}")
+
+
+def _warn_codes(result: ReportResult) -> None:
     if result.codes is not None:
         echo(
             f"warning: {result.codes} holds live voucher codes: they are bearer credentials, "
@@ -95,8 +138,6 @@ def _print_result(result: ReportResult) -> None:
             "delete it when done.",
             err=True,
         )
-    echo(f"failed rows: {result.failed_rows}")
-    echo(f"reconciliation: {result.workbook}")
 
 
 def _print_orphans(rec: Reconciliation) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 import uuid
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
@@ -10,6 +12,8 @@ from typing import Any
 
 import click
 
+from batcher.cli.common import fail
+from batcher.core.errors import ExitCode
 from batcher.sandbox.server import PROVIDERS, sandbox_provider, serve
 
 
@@ -212,6 +216,7 @@ def serve_command(
     if rate_limit is not None:
         given["rate_limit"], given["rate_window_seconds"] = rate_limit
     _refuse_foreign_options(spec.name, spec.display_name, given)
+    _check_port_free(host, port)
     app = spec.build({"api_keys": keys, **given})
     serve(
         app,
@@ -222,6 +227,25 @@ def serve_command(
         notices=notices,
     )
     click.echo(f"{spec.display_name} sandbox stopped.")
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """A clear one-line error for a busy port, instead of uvicorn's raw errno."""
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                fail(
+                    f"port {port} on {host} is already in use (another sandbox?); choose "
+                    "another with --port, or --port 0 for a free one",
+                    ExitCode.CANNOT_START,
+                )
+            fail(f"cannot listen on {host}:{port} ({exc.strerror})", ExitCode.CANNOT_START)
 
 
 def _refuse_foreign_options(provider: str, display_name: str, given: dict[str, Any]) -> None:

@@ -29,7 +29,7 @@ from batcher.cli.common import (
     resolve_settings,
     sheet_options,
 )
-from batcher.cli.render import render_summary
+from batcher.cli.render import column_lines, render_summary
 from batcher.cli.terminal import echo
 from batcher.core.errors import ExitCode
 from batcher.services import validate_sheet
@@ -57,11 +57,12 @@ def validate(
     expires_in_days: int | None,
 ) -> None:
     """Check SHEET against the provider's catalog and wallets; order nothing."""
+    parsed_map = parse_mappings(mapping)
     outcome = validate_sheet(
         resolve_settings(provider, base_url),
         sheet,
         sheet_name=sheet_name,
-        mapping=parse_mappings(mapping),
+        mapping=parsed_map,
         allow_duplicates=allow_duplicates,
         provider_options=provider_mode(payouts, campaign, expires_in_days),
         report_dir=report_dir,
@@ -70,5 +71,8 @@ def validate(
     if as_json:
         echo_json(outcome.document)
     else:
+        # which column feeds which field, and what is not sent: before the verdict
+        for level, text in column_lines(outcome.result.sheet, parsed_map):
+            echo(text if level == "INFO" else f"warning: {text}")
         echo(render_summary(outcome.result.sheet, outcome.result, outcome.csv_path))
     sys.exit(int(ExitCode.OK if outcome.result.ok else ExitCode.USAGE))

@@ -22,8 +22,9 @@ from batcher.core.errors import BatcherError, ConfigError, ExitCode
 from batcher.core.models import Balance
 from batcher.core.money import format_money, money_str
 from batcher.core.names import batch_name_from_stem, check_batch_name
-from batcher.core.states import UNFINISHED_STATES
+from batcher.core.states import UNFINISHED_STATES, UNSETTLED_STATES
 from batcher.execute.check import check_sheet
+from batcher.execute.events import POLL, RECONCILE, SUBMIT, RunStart, emit
 from batcher.execute.rows import sheet_rows_from_validation
 from batcher.execute.runner import PlanSummary, RunListener, Runner, RunOptions, RunStats
 from batcher.intake.validate import ValidationResult
@@ -52,6 +53,8 @@ class BatchOptions:
     report_dir: Path = Path("reports")
     run: RunOptions = field(default_factory=RunOptions)
     provider_options: ProviderOptions = field(default_factory=ProviderOptions)
+    #: where each --max-total limit came from, for the refusal message (default: the flag)
+    limit_sources: dict[str, str] = field(default_factory=dict)
 
     @property
     def batch_name(self) -> str:
@@ -117,6 +120,7 @@ def run_batch(
         )
         result, balances = check.result, check.balances
         sheet = result.sheet
+        emit(ui.listener, "sheet_read", sheet)
         if result.invalid_rows and not options.skip_invalid:
             out_dir.mkdir(parents=True, exist_ok=True)
             report_path = write_validation_outputs(out_dir, result)
@@ -167,13 +171,17 @@ def _run_locked(
         sheet_columns=dict(sheet.columns),
     )
     run_id = ledger.start_run(batch, "run")
+    emit(ui.listener, "run_started", RunStart(
+        batch, run_id, str(options.sheet), sheet.sha256, settings.provider, account_id,
+        str((options.state_dir / "ledger.sqlite").absolute()),
+    ))  # fmt: skip
     runner = Runner(
         provider, ledger, batch, account_id, options.run, listener=ui.listener, stop=stop
     )
     plan = runner.prepare(sheet_rows)
     ui.show_plan(plan, balances)
 
-    refusal = guardrail_refusal(plan, options.max_total)
+    refusal = guardrail_refusal(plan, options.max_total, options.limit_sources)
     if refusal is None and not ui.confirm(plan):
         refusal = "cancelled at the confirmation prompt; nothing was sent"
     if refusal is not None:
@@ -181,6 +189,8 @@ def _run_locked(
                        RunStats(), plan, ExitCode.USAGE, refusal, provider=provider,
                        listener=ui.listener)  # fmt: skip
 
+    emit(ui.listener, "phase", SUBMIT, plan.rows_to_send)
+    emit(ui.listener, "phase", POLL, sum(plan.rows_by_state.get(s, 0) for s in UNSETTLED_STATES))
     try:
         stats = runner.execute()
     except BatcherError as exc:
@@ -196,13 +206,16 @@ def _run_locked(
                    ledger_rows=ledger_rows)  # fmt: skip
 
 
-def guardrail_refusal(plan: PlanSummary, max_total: dict[str, Decimal]) -> str | None:
+def guardrail_refusal(
+    plan: PlanSummary, max_total: dict[str, Decimal], sources: dict[str, str] | None = None
+) -> str | None:
     for currency, limit in sorted(max_total.items()):
         planned = plan.cost_by_currency.get(currency, Decimal(0))
         if planned > limit:
+            source = (sources or {}).get(currency, "--max-total")
             return (
                 f"the plan would spend {format_money(planned, currency)} in {currency}, over the "
-                f"--max-total limit of {format_money(limit, currency)}; nothing was sent"
+                f"limit of {format_money(limit, currency)} set by {source}; nothing was sent"
             )
     return None
 
@@ -231,7 +244,12 @@ def _finish(
     if ledger_rows is None:
         ledger_rows = ledger.rows(batch, in_sheet_only=False)
     rows = [r for r in ledger_rows if r.in_sheet]
-    balances_after = _balances_now(provider) if stats.submits else balances_before
+    # An interrupted run ends quickly: no further provider calls; `batcher report` reconciles.
+    interrupted = stats.stopped == "interrupted"
+    if not stats.submits:
+        balances_after = balances_before
+    else:
+        balances_after = None if interrupted else _balances_now(provider)
     summary = build_summary(
         batch=batch,
         provider=settings.provider,
@@ -253,7 +271,13 @@ def _finish(
     write_json(out_dir / "summary.json", summary)
     write_rows_csv(out_dir / "rows.csv", rows)
     ledger.finish_run(run_id, batch, int(code), summary)
-    _write_report(ledger, batch, provider, options, sheet, listener, ledger_rows)
+    if interrupted:
+        if listener is not None:
+            listener.message(f"interrupted: reconciliation skipped; run `batcher report {batch}`")
+    else:
+        verdict = _write_report(ledger, batch, provider, options, sheet, listener, ledger_rows)
+        if verdict is not None:
+            summary = {**summary, "reconciliation": verdict}
     return BatchResult(code, summary, out_dir, message)
 
 
@@ -265,11 +289,14 @@ def _write_report(
     sheet: Any,
     listener: RunListener | None,
     ledger_rows: list[RowRecord],
-) -> None:
-    """The reconciliation workbook. Its failure never costs the run its summary or exit code."""
+) -> dict[str, Any] | None:
+    """The reconciliation workbook. Its failure never costs the run its summary or exit code.
+
+    Returns the verdicts (overall and per currency) for the run's result."""
     from batcher.reporting.reports import write_batch_report
 
     say = listener.message if listener is not None else (lambda text: None)
+    emit(listener, "phase", RECONCILE, 0)
     try:
         result = write_batch_report(
             ledger, batch, provider, options.report_dir,
@@ -279,9 +306,15 @@ def _write_report(
         detail = exc.message if isinstance(exc, BatcherError) else type(exc).__name__
         say(f"the reconciliation report could not be written ({detail}); "
             f"run `batcher report {batch}` to retry")  # fmt: skip
-        return
+        return None
     rec = result.reconciliation
     say(f"reconciliation: {rec.verdict} ({rec.reason}); workbook {result.workbook}")
+    return {
+        "verdict": str(rec.verdict),
+        "reason": rec.reason,
+        "by_currency": {c.currency: str(c.verdict) for c in rec.currencies},
+        "workbook": str(result.workbook),
+    }
 
 
 def _balances_now(provider: Provider | None) -> dict[str, Balance] | None:

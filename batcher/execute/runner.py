@@ -24,6 +24,7 @@ from typing import Protocol
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 
 from batcher.core.keys import match_key
+from batcher.execute.events import Retry, emit
 from batcher.execute.plan import PlanRow, plan_chunks
 from batcher.ledger.store import ChunkRecord, Ledger, RowOutcome, RowRecord, SheetRow, parse_ts
 from batcher.providers.base import (
@@ -363,13 +364,21 @@ class Runner:
                 found = None
             if found is not None:
                 self._apply_submit(chunk, found)
+                emit(self.listener, "submitted", len(chunk.row_keys))
                 return found
 
         def wait(state: RetryCallState) -> float:
             exc = state.outcome.exception() if state.outcome else None
             hinted = exc.retry_after if isinstance(exc, OutcomeUnknown) else None
             backoff = min(30.0, 0.5 * 2 ** (state.attempt_number - 1)) * self.rng.uniform(0.5, 1.0)
-            return max(backoff, hinted or 0.0)
+            delay = max(backoff, hinted or 0.0)
+            # Said out loud so a provider outage is not minutes of silence in the log;
+            # tenacity asks for a wait after the last attempt too, which is no retry.
+            if state.attempt_number < self.options.max_send_attempts:
+                reason = exc.reason if isinstance(exc, OutcomeUnknown) else "no answer"
+                emit(self.listener, "retrying", Retry(chunk.chunk_key, state.attempt_number,
+                     self.options.max_send_attempts, reason, delay))  # fmt: skip
+            return delay
 
         retrying = Retrying(
             retry=retry_if_exception_type(OutcomeUnknown),
@@ -401,6 +410,7 @@ class Runner:
             self.stats.stopped = "provider_unavailable"
             raise _Stopped from None
         self._apply_submit(chunk, result)
+        emit(self.listener, "submitted", len(chunk.row_keys))
         return result
 
     def _apply_submit(self, chunk: ChunkRecord, result: SubmitResult) -> None:
