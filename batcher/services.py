@@ -31,6 +31,7 @@ from batcher.execute.check import check_sheet
 from batcher.execute.dryrun import DryRun, dry_run_batch
 from batcher.execute.run import BatchOptions, BatchResult, RunUI, run_batch
 from batcher.intake.validate import ValidationResult, validation_document
+from batcher.intake.xlsx_limits import IntakeLimits
 from batcher.ledger.store import BatchLock, Ledger
 from batcher.providers import connect
 from batcher.providers.base import Provider, ProviderOptions
@@ -133,6 +134,8 @@ def validate_sheet(
     sheet_name: str | None = None,
     mapping: Mapping[str, str] | None = None,
     allow_duplicates: bool = False,
+    skip_hidden: bool = False,
+    limits: IntakeLimits | None = None,
     provider_options: ProviderOptions | None = None,
     report_dir: Path = Path("reports"),
     write_json: bool = False,
@@ -148,6 +151,8 @@ def validate_sheet(
             sheet_name=sheet_name,
             mapping=mapping,
             allow_duplicates=allow_duplicates,
+            skip_hidden=skip_hidden,
+            limits=limits,
         ).result
     folder = report_dir / result.sheet.path.stem
     # the schema tag first: the same document is printed by `validate --json`

@@ -21,6 +21,7 @@ from batcher.config import (
     provider_settings,
 )
 from batcher.core.errors import BatcherError, ConfigError, ExitCode, UsageError
+from batcher.intake.xlsx_limits import IntakeLimits, intake_limits
 from batcher.providers.base import ProviderOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -74,7 +75,13 @@ def provider_options(func: F) -> F:
 
 
 def sheet_options(func: F) -> F:
-    """--sheet, --map and --allow-duplicates: how a sheet is read, the same for every command."""
+    """--sheet, --map, --allow-duplicates and --skip-hidden: how a sheet is read, everywhere."""
+    func = click.option(
+        "--skip-hidden",
+        is_flag=True,
+        help="Leave out an .xlsx file's hidden rows and columns (by default they are read, "
+        "with a warning).",
+    )(func)
     func = click.option(
         "--allow-duplicates",
         is_flag=True,
@@ -135,6 +142,11 @@ def config_file() -> Path:
 
 def file_config() -> dict[str, Any]:
     return load_file_config(config_file())
+
+
+def read_limits() -> IntakeLimits:
+    """The XLSX size limits, from batcher.toml's [intake] table when it has one."""
+    return intake_limits(file_config().get("intake", {}))
 
 
 def resolve_state_dir(given: Path | None) -> Path:

@@ -79,4 +79,8 @@ def column_lines(sheet: Sheet, mapped: Mapping[str, str]) -> list[tuple[str, str
             )
         else:
             lines.append(("INFO", f"column {header!r} -> not sent (kept in the reports)"))
+    # What the reader saw but did not refuse: hidden rows or columns, and the like.
+    for issue in sheet.warnings:
+        hint = f" ({issue.hint})" if issue.hint else ""
+        lines.append(("WARN", f"{issue.message}{hint}"))
     return lines

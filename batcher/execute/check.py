@@ -17,6 +17,7 @@ from batcher.core.models import Balance, Product
 from batcher.core.money import quantum
 from batcher.intake.read import Sheet, read_sheet
 from batcher.intake.validate import ValidationResult, validate_rows
+from batcher.intake.xlsx_limits import IntakeLimits
 from batcher.providers.base import Provider
 
 #: Payout rows name no product: they are validated against one open "product" per
@@ -50,10 +51,19 @@ def check_sheet(
     sheet_name: str | None = None,
     mapping: Mapping[str, str] | None = None,
     allow_duplicates: bool = False,
+    skip_hidden: bool = False,
+    limits: IntakeLimits | None = None,
 ) -> SheetCheck:
     """Read `path` and validate every row against the provider's catalog and wallets."""
     provider.preflight()
-    sheet = read_sheet(path, sheet=sheet_name, mapping=mapping, required=provider.required_fields)
+    sheet = read_sheet(
+        path,
+        sheet=sheet_name,
+        mapping=mapping,
+        required=provider.required_fields,
+        skip_hidden=skip_hidden,
+        limits=limits,
+    )
     balances = provider.balances()
     if provider.validates_catalog:
         catalog = provider.catalog()

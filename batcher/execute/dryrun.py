@@ -58,6 +58,8 @@ def dry_run_batch(settings: ProviderSettings, options: BatchOptions) -> DryRun:
             sheet_name=options.sheet_name,
             mapping=options.mapping,
             allow_duplicates=options.allow_duplicates,
+            skip_hidden=options.skip_hidden,
+            limits=options.limits,
         )
         result = check.result
         document: dict[str, Any] = {

@@ -28,6 +28,7 @@ from batcher.execute.events import POLL, RECONCILE, SUBMIT, RunStart, emit
 from batcher.execute.rows import sheet_rows_from_validation
 from batcher.execute.runner import PlanSummary, RunListener, Runner, RunOptions, RunStats
 from batcher.intake.validate import ValidationResult
+from batcher.intake.xlsx_limits import IntakeLimits
 from batcher.ledger.store import BatchLock, Ledger, RowRecord, SheetRow, count_states
 from batcher.providers import connect
 from batcher.providers.base import Provider, ProviderOptions
@@ -46,6 +47,8 @@ class BatchOptions:
     sheet_name: str | None = None
     mapping: dict[str, str] = field(default_factory=dict)
     allow_duplicates: bool = False
+    skip_hidden: bool = False
+    limits: IntakeLimits | None = None
     skip_invalid: bool = False
     max_rate: float | None = None
     max_total: dict[str, Decimal] = field(default_factory=dict)
@@ -117,6 +120,8 @@ def run_batch(
             sheet_name=options.sheet_name,
             mapping=options.mapping,
             allow_duplicates=options.allow_duplicates,
+            skip_hidden=options.skip_hidden,
+            limits=options.limits,
         )
         result, balances = check.result, check.balances
         sheet = result.sheet

@@ -12,14 +12,15 @@ worksheet's cells are counted and located as they stream past (see
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from batcher.core.errors import InputFileError
+from batcher.core.errors import InputFileError, UsageError
 
 MAX_ROWS = 1_048_576  # Excel's own row limit
 MAX_COLUMNS = 200  # a recipients sheet has a dozen or two; Excel allows 16,384
@@ -46,12 +47,29 @@ class IntakeLimits:
     max_members: int = MAX_MEMBERS  # files inside the zip
 
 
+def intake_limits(settings: Mapping[str, object]) -> IntakeLimits:
+    """IntakeLimits from batcher.toml's `[intake]` table (any field of IntakeLimits)."""
+    known = {f.name for f in dataclasses.fields(IntakeLimits)}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise UsageError(
+            f"batcher.toml [intake]: unknown setting {unknown[0]!r}",
+            hint=f"known settings: {', '.join(sorted(known))}",
+        )
+    values: dict[str, int] = {}
+    for name, value in settings.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UsageError(f"batcher.toml [intake] {name} must be a whole number above 0")
+        values[name] = value
+    return IntakeLimits(**values)
+
+
 def limit_error(path: Path, what: str, limit_name: str, limit: int) -> InputFileError:
     """A refusal that names the file, what exceeded which limit, and how to raise it."""
     return InputFileError(
         f"{path.name}: {what}, over the limit of {limit:,} ({limit_name})",
-        hint=f"if the workbook is genuine, raise it with read_sheet(..., limits=IntakeLimits("
-        f"{limit_name}=...)); otherwise open it in Excel, delete the unused rows and columns "
+        hint=f"if the workbook is genuine, raise it in batcher.toml ([intake] {limit_name} = ...); "
+        "otherwise open it in Excel, delete the unused rows and columns "
         "(Ctrl+End shows where the used range ends) and save it again",
     )
 
