@@ -30,6 +30,8 @@ class Failure:
     next_step: str
     action: str  # the next step, worded to group rows on the Summary
     refeed: bool  # fix it in failed_rows.csv and order it as a new batch
+    #: not sent yet or still in flight: a rerun settles it, no person needs to act
+    outstanding: bool = False
 
 
 _FIELD_NOUNS = {
@@ -126,13 +128,15 @@ def explain(row: RowRecord, top_ups: Mapping[str, str]) -> Failure | None:
             "not sent yet: the run stopped before this row (deadline, interruption or an error)",
             "rerun the batch to order it",
             "rerun the batch to order the rows not sent yet",
+            outstanding=True,
         )
     if row.state in UNSETTLED_STATES:
         return _failure(
             row,
-            "sent, but the provider has not confirmed the order yet",
+            "sent, but the provider has not confirmed the order yet (in flight)",
             "rerun the batch to settle it; do not put this row in a new sheet (it may already be ordered)",
             _RERUN_ACTION,
+            outstanding=True,
         )
     if row.state == "failed":
         return _failed(row)
@@ -187,9 +191,15 @@ def _failed(row: RowRecord) -> Failure:
 
 
 def _failure(
-    row: RowRecord, reason: str, step: str, action: str, *, refeed: bool = False
+    row: RowRecord,
+    reason: str,
+    step: str,
+    action: str,
+    *,
+    refeed: bool = False,
+    outstanding: bool = False,
 ) -> Failure:
-    return Failure(row=row, reason=reason, next_step=step, action=action, refeed=refeed)
+    return Failure(row, reason, step, action, refeed, outstanding)
 
 
 def next_steps(failures: Sequence[Failure]) -> list[tuple[str, int]]:
