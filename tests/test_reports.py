@@ -468,11 +468,11 @@ def test_an_orphan_makes_the_workbook_say_mismatch(tmp_path: Path) -> None:
 
 def test_each_run_is_archived_and_kept(tmp_path: Path) -> None:
     ledger, provider = build(tmp_path, [Spec(1)])
-    first = write_batch_report(ledger, "nightly", provider, tmp_path / "r")  # type: ignore[arg-type]
+    first = write_batch_report(ledger, "nightly", provider, tmp_path / "r", archive_as="run")  # type: ignore[arg-type]
     assert first.archive is not None and (first.archive / "reconciliation.xlsx").exists()
     run_id = ledger.start_run("nightly", "run")
     ledger.finish_run(run_id, "nightly", 0, {"requests": {}})
-    second = write_batch_report(ledger, "nightly", provider, tmp_path / "r")  # type: ignore[arg-type]
+    second = write_batch_report(ledger, "nightly", provider, tmp_path / "r", archive_as="run")  # type: ignore[arg-type]
     assert second.archive is not None and second.archive != first.archive
     archived = sorted(p.name for p in (tmp_path / "r" / "nightly" / "runs").iterdir())
     assert len(archived) == 2
@@ -484,6 +484,21 @@ def test_each_run_is_archived_and_kept(tmp_path: Path) -> None:
         )
     }
     assert about["Runs of this batch"] == 1
+    ledger.close()
+
+
+def test_batcher_report_writes_a_new_dated_archive_and_never_a_runs(tmp_path: Path) -> None:
+    ledger, provider = build(tmp_path, [Spec(1)])
+    run = write_batch_report(ledger, "nightly", provider, tmp_path / "r", archive_as="run")  # type: ignore[arg-type]
+    assert run.archive is not None
+    kept = (run.archive / "reconciliation.xlsx").read_bytes()
+    one = write_batch_report(ledger, "nightly", provider, tmp_path / "r")  # type: ignore[arg-type]
+    two = write_batch_report(ledger, "nightly", provider, tmp_path / "r")  # type: ignore[arg-type]
+    assert one.archive is not None and two.archive is not None
+    assert one.archive.parent.name == two.archive.parent.name == "reports"
+    assert one.archive != two.archive and one.archive.name[:8].isdigit()
+    assert (one.archive / "reconciliation.xlsx").exists()
+    assert (run.archive / "reconciliation.xlsx").read_bytes() == kept, "the run's copy stays"
     ledger.close()
 
 

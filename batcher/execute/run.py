@@ -10,6 +10,7 @@ import errno
 import os
 import shutil
 import threading
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -32,10 +33,12 @@ from batcher.providers import connect
 from batcher.providers.base import Provider, ProviderOptions
 from batcher.reporting.outputs import (
     totals_by_currency,
+    verdict_json,
     write_json,
     write_rows_csv,
     write_validation_csv,
 )
+from batcher.reporting.reports import FAILED_ROWS_NAME, ReportResult, explain_skips
 
 
 @dataclass(frozen=True)
@@ -188,12 +191,40 @@ def _run_locked(
         runner.stats.stopped = f"provider error: {exc}"
         stats = runner.stats
     ledger_rows = ledger.rows(batch, in_sheet_only=False)
-    code = exit_code_for([r for r in ledger_rows if r.in_sheet], stats)
-    message = stats.stopped or ", ".join(stats.blocked_currencies.values())
+    in_sheet = [r for r in ledger_rows if r.in_sheet]
+    code = exit_code_for(in_sheet, stats)
+    message = exit_message(code, in_sheet, stats, options.report_dir / batch)
     return _finish(ledger, run_id, settings, options, account_id, sheet, started_at,
                    stats, plan, code, message, provider=provider,
                    balances_before=balances, listener=ui.listener,
                    ledger_rows=ledger_rows)  # fmt: skip
+
+
+def exit_message(code: ExitCode, rows: list[RowRecord], stats: RunStats, out_dir: Path) -> str:
+    """What exit 1 and exit 3 tell the operator: the counts, why, and where the rows are."""
+    if code not in (ExitCode.SOME_FAILED, ExitCode.INCOMPLETE):
+        return ""
+    states = count_states(rows)
+    parts = []
+    if code == ExitCode.INCOMPLETE:
+        why = stats.stopped or "; ".join(stats.blocked_currencies.values()) or "rows left to do"
+        parts.append(f"stopped ({why})")
+        flying = sum(states[s] for s in ("sending", "unknown", "accepted"))
+        unsent = states["pending"] + states["planned"]
+        if flying:
+            parts.append(f"{flying} row(s) in flight")
+        if unsent:
+            parts.append(f"{unsent} row(s) not sent yet")
+        parts.append("rerun the same command to continue (nothing is ordered twice)")
+    failed = states["failed"]
+    if failed:
+        reasons = Counter(r.error_code or "refused" for r in rows if r.state == "failed")
+        top = ", ".join(f"{n} {c}" for c, n in reasons.most_common(3))
+        parts.append(
+            f"{failed} row(s) failed ({top}); see {out_dir / FAILED_ROWS_NAME} and the "
+            "Failures sheet of the workbook"
+        )
+    return "; ".join(parts)
 
 
 def guardrail_refusal(plan: PlanSummary, max_total: dict[str, Decimal]) -> str | None:
@@ -230,6 +261,7 @@ def _finish(
     batch = options.batch_name
     if ledger_rows is None:
         ledger_rows = ledger.rows(batch, in_sheet_only=False)
+    ledger_rows = explain_skips(ledger, batch, ledger_rows)
     rows = [r for r in ledger_rows if r.in_sheet]
     balances_after = _balances_now(provider) if stats.submits else balances_before
     summary = build_summary(
@@ -246,6 +278,14 @@ def _finish(
         started_at=started_at,
         throttle=_throttle_stats(provider),
     )
+    earlier = [r for r in ledger_rows if not r.in_sheet and r.state == "succeeded" and r.order_id]
+    # A reused batch name (a nightly file): every order the batch ever paid is counted.
+    summary["paid_orders"] = {
+        "in_sheet": summary["by_state"].get("succeeded", 0),
+        "earlier_sheets": len(earlier),
+        "total": summary["by_state"].get("succeeded", 0) + len(earlier),
+    }
+    summary["totals_by_currency"] = totals_by_currency([*rows, *earlier])
     summary["balances_before"] = _balances_json(balances_before)
     summary["balances_after"] = _balances_json(balances_after)
     out_dir = options.report_dir / batch
@@ -253,7 +293,13 @@ def _finish(
     write_json(out_dir / "summary.json", summary)
     write_rows_csv(out_dir / "rows.csv", rows)
     ledger.finish_run(run_id, batch, int(code), summary)
-    _write_report(ledger, batch, provider, options, sheet, listener, ledger_rows)
+    report = _write_report(ledger, batch, provider, options, sheet, listener, ledger_rows)
+    if report is not None:
+        # The verdict is known only once the report is written; summary.json carries it.
+        summary["reconciliation"] = verdict_json(report.reconciliation)
+        write_json(out_dir / "summary.json", summary)
+        if report.archive is not None and (report.archive / "summary.json").exists():
+            write_json(report.archive / "summary.json", summary)
     return BatchResult(code, summary, out_dir, message)
 
 
@@ -265,7 +311,7 @@ def _write_report(
     sheet: Any,
     listener: RunListener | None,
     ledger_rows: list[RowRecord],
-) -> None:
+) -> ReportResult | None:
     """The reconciliation workbook. Its failure never costs the run its summary or exit code."""
     from batcher.reporting.reports import write_batch_report
 
@@ -274,14 +320,16 @@ def _write_report(
         result = write_batch_report(
             ledger, batch, provider, options.report_dir,
             sheet_rows=getattr(sheet, "row_count", None), fetch="auto", ledger_rows=ledger_rows,
+            archive_as="run",
         )  # fmt: skip
     except Exception as exc:
         detail = exc.message if isinstance(exc, BatcherError) else type(exc).__name__
         say(f"the reconciliation report could not be written ({detail}); "
             f"run `batcher report {batch}` to retry")  # fmt: skip
-        return
+        return None
     rec = result.reconciliation
     say(f"reconciliation: {rec.verdict} ({rec.reason}); workbook {result.workbook}")
+    return result
 
 
 def _balances_now(provider: Provider | None) -> dict[str, Balance] | None:
