@@ -107,6 +107,7 @@ class ValidationOutcome:
     csv_path: Path
     document: dict[str, Any]
     json_path: Path | None = None
+    funds_notes: tuple[str, ...] = ()  # funds the check could not verify (no FX rate)
 
 
 def validate_sheet(
@@ -125,13 +126,14 @@ def validate_sheet(
     Writes ``REPORT_DIR/<sheet stem>/validation.csv`` (and ``validation.json`` when asked).
     """
     with open_provider(settings, provider_options) as client:
-        result = check_sheet(
+        check = check_sheet(
             client,
             sheet,
             sheet_name=sheet_name,
             mapping=mapping,
             allow_duplicates=allow_duplicates,
-        ).result
+        )
+    result = check.result
     folder = report_dir / result.sheet.path.stem
     document = validation_document(result.sheet, result)
     json_path = folder / "validation.json" if write_json else None
@@ -145,7 +147,9 @@ def validate_sheet(
             f"cannot write the report in {folder} ({exc.strerror})",
             hint="choose another folder with --report-dir",
         ) from None
-    return ValidationOutcome(result, csv_path, document, json_path)
+    if check.funds_notes:
+        document["funds_not_verified"] = list(check.funds_notes)
+    return ValidationOutcome(result, csv_path, document, json_path, check.funds_notes)
 
 
 # ---------------------------------------------------------------------------

@@ -162,6 +162,11 @@ def parse_max_total(values: tuple[str, ...]) -> dict[str, Decimal]:
 @click.option("--skip-invalid", is_flag=True, help="Order the valid rows even if some are invalid.")
 @click.option("--retry-failed", is_flag=True, help="Also retry permanently failed rows.")
 @click.option(
+    "--order-fundable",
+    is_flag=True,
+    help="If a wallet is short, order the rows it can pay for (in sheet order) and leave the rest.",
+)
+@click.option(
     "--deadline", type=click.FloatRange(min=0), default=None, help="Stop after SECONDS (exit 3)."
 )
 @click.option(
@@ -184,6 +189,7 @@ def run(
     chunk_size: int | None,
     skip_invalid: bool,
     retry_failed: bool,
+    order_fundable: bool,
     deadline: float | None,
     max_rate: float | None,
     max_total: tuple[str, ...],
@@ -207,6 +213,7 @@ def run(
         skip_invalid=skip_invalid,
         max_rate=max_rate,
         max_total=limits,
+        order_fundable=order_fundable,
         state_dir=state_dir,
         report_dir=report_dir,
         run=RunOptions(chunk_size=chunk_size, retry_failed=retry_failed, deadline_seconds=deadline),

@@ -70,5 +70,9 @@ def validate(
     if as_json:
         echo_json(outcome.document)
     else:
-        echo(render_summary(outcome.result.sheet, outcome.result, outcome.csv_path))
+        echo(
+            render_summary(
+                outcome.result.sheet, outcome.result, outcome.csv_path, outcome.funds_notes
+            )
+        )
     sys.exit(int(ExitCode.OK if outcome.result.ok else ExitCode.USAGE))

@@ -13,8 +13,14 @@ from pathlib import Path
 
 import polars as pl
 
-from batcher.core.models import Balance, Product
+from batcher.core.models import Balance, FxQuote, Product
 from batcher.core.money import quantum
+from batcher.execute.funds import (
+    FxRateSource,
+    check_funds,
+    needs_of_valid_rows,
+    with_paying_wallets,
+)
 from batcher.intake.read import Sheet, read_sheet
 from batcher.intake.validate import ValidationResult, validate_rows
 from batcher.providers.base import Provider
@@ -41,6 +47,10 @@ def payout_catalog(balances: list[Balance]) -> list[Product]:
 class SheetCheck:
     result: ValidationResult
     balances: dict[str, Balance]  # as fetched for the funds check, so a run need not ask again
+    #: the provider's last FX rates, read only when a row is paid from another wallet
+    quotes: tuple[FxQuote, ...] = ()
+    #: what the funds check could not verify (no FX rate known), said instead of "OK"
+    funds_notes: tuple[str, ...] = ()
 
 
 def check_sheet(
@@ -61,7 +71,23 @@ def check_sheet(
         catalog = payout_catalog(balances)
         sheet = _as_payout_rows(sheet)
     result = validate_rows(sheet, catalog, balances, allow_duplicates=allow_duplicates)
-    return SheetCheck(result, {b.currency: b for b in balances})
+    quotes: tuple[FxQuote, ...] = ()
+    notes: tuple[str, ...] = ()
+    if "payment_currency" in sheet.columns and result.valid_count:
+        # Cross-currency rows: funds are checked in the paying wallet, by the one rule
+        # `batcher run` applies too (execute/funds.py).
+        quotes = fx_quotes(provider)
+        check = check_funds(needs_of_valid_rows(result), balances, quotes)
+        result = with_paying_wallets(result, check)
+        notes = tuple(u.message for u in check.unverified)
+    return SheetCheck(result, {b.currency: b for b in balances}, quotes, notes)
+
+
+def fx_quotes(provider: Provider) -> tuple[FxQuote, ...]:
+    """The provider's last FX rates; none from a provider that reports none."""
+    if isinstance(provider, FxRateSource):
+        return tuple(provider.fx_rates())
+    return ()
 
 
 def _as_payout_rows(sheet: Sheet) -> Sheet:

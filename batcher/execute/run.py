@@ -11,7 +11,7 @@ import os
 import shutil
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -20,11 +20,12 @@ from typing import Any, Protocol
 from batcher.config import ProviderSettings
 from batcher.core.clock import utc_now
 from batcher.core.errors import BatcherError, ConfigError, ExitCode
-from batcher.core.models import Balance
+from batcher.core.models import Balance, FxQuote
 from batcher.core.money import format_money, money_str
 from batcher.core.names import batch_name_from_stem, check_batch_name
 from batcher.core.states import UNFINISHED_STATES
 from batcher.execute.check import check_sheet
+from batcher.execute.funds import FundsCheck, Need, check_funds, left_out_message
 from batcher.execute.rows import sheet_rows_from_validation
 from batcher.execute.runner import PlanSummary, RunListener, Runner, RunOptions, RunStats
 from batcher.intake.validate import ValidationResult
@@ -51,6 +52,8 @@ class BatchOptions:
     skip_invalid: bool = False
     max_rate: float | None = None
     max_total: dict[str, Decimal] = field(default_factory=dict)
+    #: short funds: order the largest fundable part in sheet order instead of refusing
+    order_fundable: bool = False
     state_dir: Path = Path(".batcher")
     report_dir: Path = Path("reports")
     run: RunOptions = field(default_factory=RunOptions)
@@ -118,7 +121,7 @@ def run_batch(
             mapping=options.mapping,
             allow_duplicates=options.allow_duplicates,
         )
-        result, balances = check.result, check.balances
+        result, balances, quotes = check.result, check.balances, check.quotes
         sheet = result.sheet
         if result.invalid_rows and not options.skip_invalid:
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -138,7 +141,7 @@ def run_batch(
             try:
                 return _run_locked(
                     ledger, provider, settings, options, ui, stop, account.account_id,
-                    sheet_rows, sheet, balances, started_at,
+                    sheet_rows, sheet, balances, started_at, quotes,
                 )  # fmt: skip
             finally:
                 ledger.close()
@@ -158,6 +161,7 @@ def _run_locked(
     sheet: Any,
     balances: dict[str, Balance],
     started_at: str,
+    quotes: tuple[FxQuote, ...] = (),
 ) -> BatchResult:
     batch = options.batch_name
     ledger.ensure_batch(
@@ -173,10 +177,16 @@ def _run_locked(
     runner = Runner(
         provider, ledger, batch, account_id, options.run, listener=ui.listener, stop=stop
     )
-    plan = runner.prepare(sheet_rows)
+    funds = _FundsRule(balances, quotes, options.order_fundable)
+    plan = runner.prepare(sheet_rows, hold=funds.hold)
     ui.show_plan(plan, balances)
 
-    refusal = guardrail_refusal(plan, options.max_total)
+    if funds.check is not None:
+        for note in funds.check.unverified:
+            ui.listener.message(note.message)
+        for wallet, why in funds.held_reasons().items():
+            ledger.mark_pending_reason(batch, wallet, "insufficient_funds", why)
+    refusal = funds.refusal() or guardrail_refusal(plan, options.max_total)
     if refusal is None and not ui.confirm(plan):
         refusal = "cancelled at the confirmation prompt; nothing was sent"
     if refusal is not None:
@@ -194,10 +204,62 @@ def _run_locked(
     in_sheet = [r for r in ledger_rows if r.in_sheet]
     code = exit_code_for(in_sheet, stats)
     message = exit_message(code, in_sheet, stats, options.report_dir / batch)
+    if funds.check is not None and funds.check.left_out and options.order_fundable:
+        message = (
+            f"{left_out_message(funds.check)}; {message}"
+            if message
+            else left_out_message(funds.check)
+        )
     return _finish(ledger, run_id, settings, options, account_id, sheet, started_at,
                    stats, plan, code, message, provider=provider,
                    balances_before=balances, listener=ui.listener,
                    ledger_rows=ledger_rows)  # fmt: skip
+
+
+class _FundsRule:
+    """The run's side of the one funds rule: checks the rows about to be sent.
+
+    Only pending rows count (a rerun does not pay again for rows already ordered),
+    so on a fresh batch it sees exactly the rows `batcher validate` sees.
+    """
+
+    def __init__(
+        self, balances: dict[str, Balance], quotes: tuple[FxQuote, ...], order_fundable: bool
+    ) -> None:
+        self.balances = balances
+        self.quotes = quotes
+        self.order_fundable = order_fundable
+        self.check: FundsCheck | None = None
+
+    def hold(self, pending: Sequence[RowRecord]) -> Collection[str]:
+        needs = [
+            Need(
+                r.source_row, r.row_key, r.currency, r.est_cost or r.face_value,
+                r.fields.get("payment_currency") or r.currency,
+            )
+            for r in pending
+        ]  # fmt: skip
+        self.check = check_funds(needs, self.balances.values(), self.quotes)
+        if self.check.funded:
+            return ()
+        if self.order_fundable:
+            return {n.row_key for n in self.check.left_out}
+        return {r.row_key for r in pending}  # refused: nothing is planned
+
+    def held_reasons(self) -> dict[str, str]:
+        """Per paying wallet, why its held rows were not sent (shown on each row)."""
+        if self.check is None or self.check.funded:
+            return {}
+        return {e.currency: e.message for e in self.check.errors}
+
+    def refusal(self) -> str | None:
+        if self.check is None or self.check.funded or self.order_fundable:
+            return None
+        reasons = "; ".join(e.message for e in self.check.errors)
+        return (
+            f"not funded: {reasons}; nothing was sent (top up and rerun, or use "
+            "--order-fundable to order the rows the wallets can pay for, in sheet order)"
+        )
 
 
 def exit_message(code: ExitCode, rows: list[RowRecord], stats: RunStats, out_dir: Path) -> str:
