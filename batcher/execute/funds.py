@@ -88,6 +88,8 @@ class FundsCheck:
     available: dict[str, Decimal]
     errors: tuple[FundingError, ...]
     unverified: tuple[RateUnknown, ...]  # rows whose cost no known rate gives
+    #: per paying wallet, the known cost of the fundable part (what a run would spend)
+    fundable_cost: dict[str, Decimal]
     #: row keys that fit their wallet, taking rows in sheet order (the fundable part)
     fundable: frozenset[str]
     #: rows left out of the fundable part: (source row, row key, paying wallet)
@@ -123,6 +125,7 @@ def check_funds(
     fundable: set[str] = set()
     left_out: list[Need] = []
     cross: dict[str, set[tuple[str, str]]] = {}
+    fundable_cost: dict[str, Decimal] = {}
     for need in sorted(needs, key=lambda n: n.source_row):
         cost = paying_cost(need, by_pair)
         if cost is None:
@@ -137,6 +140,7 @@ def check_funds(
         if cost <= remaining.get(need.paying, ZERO):
             remaining[need.paying] -= cost
             fundable.add(need.row_key)
+            fundable_cost[need.paying] = fundable_cost.get(need.paying, ZERO) + cost
         else:
             left_out.append(need)
     errors: list[FundingError] = []
@@ -154,6 +158,7 @@ def check_funds(
         available=available,
         errors=tuple(errors),
         unverified=tuple(RateUnknown(s, w, n) for (s, w), n in sorted(unknown.items())),
+        fundable_cost=fundable_cost,
         fundable=frozenset(fundable),
         left_out=tuple(left_out),
     )

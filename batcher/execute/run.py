@@ -6,6 +6,7 @@ with its own `RunUI`. It never prints: everything the operator sees goes through
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import shutil
@@ -178,7 +179,7 @@ def _run_locked(
         provider, ledger, batch, account_id, options.run, listener=ui.listener, stop=stop
     )
     funds = _FundsRule(balances, quotes, options.order_fundable)
-    plan = runner.prepare(sheet_rows, hold=funds.hold)
+    plan = funds.in_paying_wallets(runner.prepare(sheet_rows, hold=funds.hold))
     ui.show_plan(plan, balances)
 
     if funds.check is not None:
@@ -245,6 +246,13 @@ class _FundsRule:
         if self.order_fundable:
             return {n.row_key for n in self.check.left_out}
         return {r.row_key for r in pending}  # refused: nothing is planned
+
+    def in_paying_wallets(self, plan: PlanSummary) -> PlanSummary:
+        """The plan's cost per paying wallet: what the wallets will be charged."""
+        if self.check is None:
+            return plan
+        cost = self.check.needed if self.refusal() else self.check.fundable_cost
+        return dataclasses.replace(plan, cost_by_currency=dict(sorted(cost.items())))
 
     def held_reasons(self) -> dict[str, str]:
         """Per paying wallet, why its held rows were not sent (shown on each row)."""

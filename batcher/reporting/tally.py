@@ -116,6 +116,7 @@ def currency_verdict(
         in_flight_debits=tally.in_flight_debits,
         fx_fees=tally.fx_fees,
         movement=tally.movement,
+        wallet_orders=tally.charged,
     )
 
 

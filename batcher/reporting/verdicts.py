@@ -203,6 +203,8 @@ class CurrencyReconciliation:
     in_flight_debits: Decimal = ZERO  # what the wallet already paid for them
     fx_fees: Decimal = ZERO  # FX fee debits in this wallet, part of `wallet_debits`
     movement: Movement | None = None  # None: the balances were not read at both ends
+    #: orders this currency's wallet paid for (cross-currency cards of other currencies too)
+    wallet_orders: int = 0
 
     @property
     def difference(self) -> Decimal | None:

@@ -67,7 +67,7 @@ OUTSTANDING = "Outstanding"
 CURRENCY_HEADERS = (
     "Currency", "Orders", "Face value", "Cost (ledger)", "Wallet debits (provider)",
     "Discount / fee", "Balance before", "Balance after", "Difference", "Orphans",
-    "Verdict", "Reason", "FX fees", "In flight (paid)", "Unexplained",
+    "Verdict", "Reason", "FX fees", "In flight (paid)", "Unexplained", "Paid from this wallet",
 )  # fmt: skip
 #: the per-currency table's money columns (1-based), each formatted in its currency
 CURRENCY_MONEY_COLUMNS = (3, 4, 5, 6, 7, 8, 9, 13, 14, 15)
@@ -77,7 +77,8 @@ MOVEMENT_HEADERS = (
 )  # fmt: skip
 STATE_HEADERS = ("State", "Rows")
 PAID_HEADERS = ("Orders", "Count")
-SPEND_HEADERS = ("Product", "Currency", "Orders", "Face value", "Cost")
+#: "Currency" is the paying wallet (Cost is in it); "Face value" is in "Card currency"
+SPEND_HEADERS = ("Product", "Currency", "Orders", "Face value", "Cost", "Card currency")
 NEXT_STEP_HEADERS = ("Rows", "Next step")
 OUTSTANDING_HEADERS = ("Rows waiting", "Why")
 RUN_HEADERS = ("Run", "Started (UTC)", "Finished (UTC)", "Exit code")
@@ -632,7 +633,7 @@ def _currency_table(cursor: _Cursor, rec: Reconciliation) -> None:
             [
                 c.currency, c.orders, c.face_value, c.cost, c.wallet_debits, c.discount,
                 c.balance_before, c.balance_after, c.difference, c.orphans, c.verdict, c.reason,
-                c.fx_fees, c.in_flight_debits, unexplained,
+                c.fx_fees, c.in_flight_debits, unexplained, c.wallet_orders,
             ],
             formats=dict.fromkeys(CURRENCY_MONEY_COLUMNS, fmt),
         )  # fmt: skip
@@ -659,33 +660,38 @@ def _runs_table(cursor: _Cursor, model: ReportModel) -> None:
         cursor.put([run.run_id, run.started_at, run.finished_at, run.exit_code])
 
 
-def spend_by_product(rows: Sequence[RowRecord]) -> list[tuple[str, str, int, Decimal, Decimal]]:
-    """(product, currency, orders, face value, cost) of the batch's orders, by currency."""
-    totals: dict[tuple[str, str], list[Any]] = {}
+Spend = tuple[str, str, int, Decimal, Decimal, str]
+
+
+def spend_by_product(rows: Sequence[RowRecord]) -> list[Spend]:
+    """(product, paying wallet, orders, face value, cost, card currency) of the batch's
+    orders: the cost in the wallet that paid, the face value in the card's own currency."""
+    totals: dict[tuple[str, str, str], list[Any]] = {}
     for row in ordered_rows(rows):
-        key = (row.fields.get("product_code", ""), charged_currency(row))
+        key = (row.fields.get("product_code", ""), charged_currency(row), row.currency)
         entry = totals.setdefault(key, [0, Decimal(0), Decimal(0)])
         entry[0] += 1
         entry[1] += row.face_value
         entry[2] += row.cost or Decimal(0)
     return [
-        (product, currency, n, face, cost)
-        for (product, currency), (n, face, cost) in sorted(
-            totals.items(), key=lambda item: (item[0][1], -item[1][2], item[0][0])
+        (product, wallet, n, face, cost, card)
+        for (product, wallet, card), (n, face, cost) in sorted(
+            totals.items(), key=lambda item: (item[0][1], -item[1][2], item[0][0], item[0][2])
         )
     ]
 
 
-def _spend_table(
-    cursor: _Cursor, spend: Sequence[tuple[str, str, int, Decimal, Decimal]]
-) -> dict[str, tuple[int, int]]:
+def _spend_table(cursor: _Cursor, spend: Sequence[Spend]) -> dict[str, tuple[int, int]]:
     """The chart data, as a table; returns each currency's first and last row."""
     cursor.title("Spend by product")
     cursor.header(SPEND_HEADERS)
     rows: dict[str, tuple[int, int]] = {}
-    for product, currency, n, face, cost in spend:
+    for product, currency, n, face, cost, card in spend:
         fmt = money_format(currency)
-        row = cursor.put([product, currency, n, face, cost], formats={4: fmt, 5: fmt})
+        row = cursor.put(
+            [product, currency, n, face, cost, card],
+            formats={4: money_format(card), 5: fmt},
+        )
         rows[currency] = (rows.get(currency, (row, row))[0], row)
     if not rows:
         cursor.put(["(no orders)"])
@@ -713,7 +719,7 @@ class _Band:
     rows: int  # the sheet rows one band covers
 
     @classmethod
-    def fit(cls, spend: Sequence[tuple[str, str, int, Decimal, Decimal]]) -> _Band:
+    def fit(cls, spend: Sequence[Spend]) -> _Band:
         per_currency = Counter(currency for _, currency, *_ in spend)
         most = max(per_currency.values(), default=0)
         height = min(18.0, max(6.0, 3.0 + 0.62 * most))
