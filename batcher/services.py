@@ -17,21 +17,27 @@ import json
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from batcher.config import ProviderSettings
+from batcher.core.clock import utc_text
 from batcher.core.errors import ConfigError, UsageError
 from batcher.core.models import AccountInfo, Balance, Product, WalletTransaction
 from batcher.core.names import check_batch_name
 from batcher.execute.check import check_sheet
 from batcher.execute.run import BatchOptions, BatchResult, RunUI, run_batch
 from batcher.intake.validate import ValidationResult, validation_document
-from batcher.ledger.store import BatchLock, Ledger
+from batcher.ledger.store import BatchLock, Ledger, RowRecord, parse_ts
 from batcher.providers import connect
 from batcher.providers.base import Provider, ProviderOptions
 from batcher.reporting.outputs import write_validation_csv
 from batcher.reporting.reports import ReportResult, write_batch_report
+from batcher.reporting.statement import Checkpoint, Statement, build_statement
+from batcher.reporting.statement_book import write_statement
+from batcher.reporting.verdicts import Window
 
 __all__ = [
     "BatchOptions",
@@ -46,6 +52,7 @@ __all__ = [
     "open_provider",
     "report_batch",
     "run_batch",
+    "statement",
     "validate_sheet",
 ]
 
@@ -222,3 +229,76 @@ def report_batch(
                 )
     finally:
         ledger.close()
+
+
+# ---------------------------------------------------------------------------
+# statement
+
+
+@dataclass(frozen=True)
+class StatementResult:
+    workbook: Path
+    statement: Statement
+
+
+def statement(
+    state_dir: Path,
+    settings: ProviderSettings,
+    first_day: date,
+    last_day: date,
+    *,
+    report_dir: Path = Path("reports"),
+) -> StatementResult:
+    """One workbook over every batch of `settings.provider` with orders in the period,
+    tied out to the provider's transactions (`batcher.reporting.statement`).
+
+    Writes ``REPORT_DIR/statements/statement-FIRST-to-LAST-<UTC time>.xlsx``: a new
+    file each time, so a filed statement is never overwritten.
+    """
+    if last_day < first_day:
+        raise UsageError(f"--to {last_day} is before --from {first_day}")
+    start = datetime.combine(first_day, time.min, UTC)
+    period = Window(start, datetime.combine(last_day + timedelta(days=1), time.min, UTC))
+    ledger = open_ledger(state_dir)
+    try:
+        with open_provider(settings) as client:
+            account = client.account()
+            rows_by_batch: dict[str, list[RowRecord]] = {}
+            checkpoints: list[Checkpoint] = []
+            for name in ledger.batches_ordering_between(utc_text(start), utc_text(period.end)):
+                info = ledger.batch_info(name) or {}
+                if info.get("provider") != settings.provider:
+                    continue
+                if info.get("account_id") != account.account_id:
+                    continue
+                rows_by_batch[name] = ledger.rows(name, in_sheet_only=False)
+                checkpoints += _checkpoints(ledger, name)
+            transactions = client.transactions(start)
+            balances = {b.currency: b.balance for b in client.balances()}
+    finally:
+        ledger.close()
+    built = build_statement(period, rows_by_batch, transactions, balances, checkpoints)
+    now = datetime.now(UTC)
+    folder = report_dir / "statements"
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"statement-{first_day.isoformat()}-to-{last_day.isoformat()}-{now:%Y%m%dT%H%M%S%fZ}"
+    return StatementResult(write_statement(folder / f"{name}.xlsx", built, now), built)
+
+
+def _checkpoints(ledger: Ledger, batch: str) -> list[Checkpoint]:
+    """The balances each run of the batch read at its start, as fixed points to tie out to."""
+    found = []
+    for run in ledger.runs(batch, limit=1_000_000):
+        summary = ledger.run_summary(run["run_id"]) or {}
+        moment = parse_ts(summary.get("started_at"))
+        before = summary.get("balances_before")
+        if moment is None or not isinstance(before, Mapping):
+            continue
+        for currency, values in before.items():
+            if isinstance(values, Mapping) and values.get("balance") is not None:
+                found.append(
+                    Checkpoint(
+                        run["run_id"], moment, str(currency), Decimal(str(values["balance"]))
+                    )
+                )
+    return found
