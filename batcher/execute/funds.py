@@ -185,7 +185,7 @@ def left_out_message(check: FundsCheck) -> str:
         shown = ", ".join(str(r) for r in rows[:10]) + (" ..." if len(rows) > 10 else "")
         have = check.available.get(wallet, ZERO)
         parts.append(
-            f"{len(rows)} row(s) paid from the {wallet} wallet left out for funds "
+            f"insufficient funds: {len(rows)} row(s) paid from the {wallet} wallet left out "
             f"(available {format_money(have, wallet)}; rows {shown})"
         )
     return "; ".join(parts)

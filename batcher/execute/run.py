@@ -258,7 +258,14 @@ class _FundsRule:
         """Per paying wallet, why its held rows were not sent (shown on each row)."""
         if self.check is None or self.check.funded:
             return {}
-        return {e.currency: e.message for e in self.check.errors}
+        return {
+            e.currency: (
+                f"insufficient funds in the {e.currency} wallet: needed "
+                f"{format_money(e.needed, e.currency)} for the rows to send, available "
+                f"{format_money(e.available, e.currency)}; top up and rerun"
+            )
+            for e in self.check.errors
+        }
 
     def refusal(self) -> str | None:
         if self.check is None or self.check.funded or self.order_fundable:

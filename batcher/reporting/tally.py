@@ -117,6 +117,7 @@ def currency_verdict(
         fx_fees=tally.fx_fees,
         movement=tally.movement,
         wallet_orders=tally.charged,
+        unsent=tally.unsent,
     )
 
 

@@ -205,6 +205,7 @@ class CurrencyReconciliation:
     movement: Movement | None = None  # None: the balances were not read at both ends
     #: orders this currency's wallet paid for (cross-currency cards of other currencies too)
     wallet_orders: int = 0
+    unsent: int = 0  # rows of this currency not sent yet (a rerun sends them)
 
     @property
     def difference(self) -> Decimal | None:
@@ -259,11 +260,17 @@ class Reconciliation:
         if bad:
             return "unexplained difference in " + ", ".join(bad) + " (see Per currency)"
         waiting = sum(c.in_flight for c in self.currencies)
-        if waiting or any(c.verdict == IN_PROGRESS for c in self.currencies):
-            return (
-                f"{waiting} order(s) still in flight, matched to their order requests; "
-                "rerun the batch to settle them, then the report reconciles"
-            )
+        unsent = sum(c.unsent for c in self.currencies)
+        if waiting or unsent or any(c.verdict == IN_PROGRESS for c in self.currencies):
+            parts = []
+            if waiting:
+                parts.append(
+                    f"{waiting} order(s) still in flight, matched to their order requests"
+                )
+            if unsent:
+                parts.append(f"{unsent} row(s) not sent yet")
+            parts.append("what was ordered matches; a rerun of the batch settles the rest")
+            return "; ".join(parts)
         if any(c.verdict == NOT_VERIFIED for c in self.currencies):
             return "some currencies could not be verified (see Per currency)"
         return "every currency reconciles to the cent"

@@ -92,7 +92,7 @@ def test_funds_run_out_then_top_up(tmp_path: Path) -> None:
     with running_sandbox("ugiftme", funding={"GBP": "600.00"}, **FAST) as sandbox:
         sheet = write_sheet(tmp_path / "funds.csv", make_rows(60))  # ~ £2,100 of orders
         env = cli_env(sandbox, tmp_path / "state")
-        args = run_args(sheet, tmp_path / "reports", "--chunk-size", "5")
+        args = run_args(sheet, tmp_path / "reports", "--chunk-size", "5", "--order-fundable")
         first = batcher(args, env)
         assert first.returncode == 3, first.stderr
         assert "insufficient funds" in first.stderr.lower()
