@@ -184,9 +184,17 @@ def batch_status(state_dir: Path, batch: str | None = None) -> dict[str, Any]:
         info = ledger.batch_info(batch)
         if info is None:
             raise UsageError(f"no batch named {batch!r} in {state_dir}")
+        by_state = ledger.count_by_state(batch)
+        earlier = ledger.orders_not_in_sheet(batch)
         return {
             "batch": info,
-            "by_state": ledger.count_by_state(batch),
+            "by_state": by_state,
+            # A reused batch name: orders of earlier sheets are paid too, and counted.
+            "paid_orders": {
+                "in_sheet": by_state.get("succeeded", 0),
+                "earlier_sheets": earlier,
+                "total": by_state.get("succeeded", 0) + earlier,
+            },
             "runs": ledger.runs(batch),
         }
     finally:

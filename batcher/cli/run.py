@@ -228,6 +228,12 @@ def run(
     summary = result.summary
     states = ", ".join(f"{k} {v}" for k, v in summary.get("by_state", {}).items() if v)
     echo(f"batch {summary['batch']}: {states or 'no rows'}")
+    paid = summary.get("paid_orders") or {}
+    if paid.get("earlier_sheets"):
+        echo(
+            f"  paid orders {paid['total']}: {paid['in_sheet']} in this sheet, "
+            f"{paid['earlier_sheets']} from earlier sheets of this batch"
+        )
     for currency, totals in summary.get("totals_by_currency", {}).items():
         echo(
             f"  {currency}: {totals['orders']} orders, face {totals['face_value']}, cost {totals['cost']}"
@@ -269,6 +275,12 @@ def status(batch: str | None, state_dir: Path, as_json: bool) -> None:
     for state, count in found["by_state"].items():
         if count:
             echo(f"  {state:<10} {count}")
+    paid = found["paid_orders"]
+    if paid["earlier_sheets"]:
+        echo(
+            f"  paid orders {paid['total']}: {paid['in_sheet']} in this sheet, "
+            f"{paid['earlier_sheets']} from earlier sheets of this batch"
+        )
     echo("runs:")
     for r in found["runs"]:
         echo(

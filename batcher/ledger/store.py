@@ -484,6 +484,15 @@ class Ledger:
                 found.setdefault(r[0], (r[1], r[2], r[3]))
         return found
 
+    def orders_not_in_sheet(self, batch: str) -> int:
+        """Orders the batch paid for rows no longer in its sheet (earlier sheets, same name)."""
+        row = self._db.execute(
+            "SELECT COUNT(*) FROM rows WHERE batch = ? AND in_sheet = 0 AND state = 'succeeded'"
+            " AND order_id IS NOT NULL",
+            (batch,),
+        ).fetchone()
+        return int(row[0])
+
     def batches_ordering_between(self, start: str, end: str) -> list[str]:
         """Batches with an order that succeeded in [start, end) (ledger timestamps, UTC)."""
         return [

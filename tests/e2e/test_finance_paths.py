@@ -186,6 +186,9 @@ def test_a_reused_batch_name_counts_every_paid_order(tmp_path: Path) -> None:
             assert result.returncode == 0, result.stderr
         assert len(sandbox_orders(sb)) == 60
 
+        assert "paid orders 60: 30 in this sheet, 30 from earlier sheets" in result.stdout
+        status = batcher(["status", "nightly", "--json"], env)
+        assert json.loads(status.stdout)["paid_orders"]["total"] == 60
         summary = read_summary(reports, "nightly")
         assert summary["paid_orders"] == {"in_sheet": 30, "earlier_sheets": 30, "total": 60}
         totals = summary["totals_by_currency"]
