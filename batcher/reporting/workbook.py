@@ -700,7 +700,7 @@ def _spend_table(cursor: _Cursor, spend: Sequence[Spend]) -> dict[str, tuple[int
 
 #: the Summary's column widths, in characters; the band of charts is laid out on them
 _SUMMARY_WIDTHS = {
-    "A": 26, "B": 21, "C": 19, "D": 15, "E": 24, "F": 14,
+    "A": 34, "B": 21, "C": 19, "D": 15, "E": 24, "F": 14,
     "G": 15, "H": 15, "I": 12, "J": 9, "K": 13, "L": 50, "M": 12, "N": 15, "O": 13,
 }  # fmt: skip
 #: the columns the charts span (the per-currency table's first twelve)
