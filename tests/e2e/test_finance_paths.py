@@ -15,8 +15,12 @@ from typing import Any
 from openpyxl import load_workbook
 from openpyxl.workbook.workbook import Workbook
 
-from batcher.core.errors import ExitCode
-from batcher.reporting.reconcile import IN_PROGRESS, RECONCILED
+from batcher.config import provider_settings
+from batcher.core.errors import ExitCode, ProviderUnavailable
+from batcher.execute.run import BatchOptions, run_batch
+from batcher.execute.runner import SilentListener
+from batcher.providers import connect
+from batcher.reporting.reconcile import IN_PROGRESS, NOT_VERIFIED, RECONCILED
 from batcher.reporting.workbook import money_format
 from batcher.sandbox.server import running_sandbox
 from tests.e2e.runkit import (
@@ -316,4 +320,58 @@ def test_skipped_rows_say_where_and_failures_point_to_failed_rows(tmp_path: Path
         summary = json.loads((reports / "tuesday" / "summary.json").read_text())
         assert summary["by_state"]["skipped"] == 6 and summary["by_state"]["failed"] == 2
         assert summary["reconciliation"]["verdict"] == RECONCILED
+        assert_money_cells(wb)
+
+
+def test_a_provider_that_cannot_be_read_is_not_verified_never_a_mismatch(tmp_path: Path) -> None:
+    """The provider stops answering listings at the end of the run (orders went through)."""
+
+    class ListingsFail:
+        def __init__(self, real: Any) -> None:
+            self._real = real
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._real, name)
+
+        def orders(self, since: Any, until: Any = None) -> Any:
+            raise ProviderUnavailable("connection refused while listing orders")
+
+    class UI:
+        listener = SilentListener()
+
+        def validation_failed(self, result: Any, report_path: Any) -> None:
+            raise AssertionError("the sheet is valid")
+
+        def show_plan(self, plan: Any, balances: Any) -> None:
+            pass
+
+        def confirm(self, plan: Any) -> bool:
+            return True
+
+    with running_sandbox("ugiftme", funding={"GBP": "20000.00"}, **FAST) as sb:
+        sheet = write_sheet(tmp_path / "nightly.csv", make_rows(8))
+        settings = provider_settings(
+            "ugiftme", base_url=sb.base_url, environ={"UGIFTME_API_KEY": sb.api_key}
+        )
+        reports = tmp_path / "reports"
+        options = BatchOptions(sheet=sheet, state_dir=tmp_path / "state", report_dir=reports)
+        result = run_batch(
+            settings, options, UI(), connect_provider=lambda *a, **k: ListingsFail(connect(*a, **k))
+        )
+        assert result.exit_code == ExitCode.OK
+        assert result.summary["reconciliation"]["verdict"] == NOT_VERIFIED
+        wb = load_workbook(reports / "nightly" / "reconciliation.xlsx")
+        assert wb["Summary"]["B2"].value == NOT_VERIFIED
+        assert "retry `batcher report" in wb["Summary"]["C2"].value
+        (gbp,) = block(wb["Summary"], "Currency", "Orders")
+        assert gbp["Verdict"] == NOT_VERIFIED
+        assert_money_cells(wb)
+
+        # Once the provider answers, `batcher report` verifies everything.
+        env = cli_env(sb, tmp_path / "state")
+        report = batcher(["report", "nightly", "--report-dir", str(reports)], env)
+        assert report.returncode == 0, report.stdout + report.stderr
+        wb = load_workbook(reports / "nightly" / "reconciliation.xlsx")
+        assert wb["Summary"]["B2"].value == RECONCILED
+        assert paid_counts(wb) == (8, 8)
         assert_money_cells(wb)
