@@ -259,6 +259,29 @@ def test_an_order_of_another_batch_is_not_an_orphan() -> None:
     assert line.note == "batch payroll"
 
 
+def test_the_balance_movement_names_other_batches_and_top_ups_and_leaves_nothing_over() -> None:
+    rows = [row(1), row(2)]
+    data = provider_for(rows)
+    theirs = debit_for(row(8)).model_copy(update={"order_id": "other-1", "timestamp": at(2)})
+    top_up = WalletTransaction(
+        transaction_type="funding", amount=Decimal("100.00"), currency="GBP", timestamp=at(3)
+    )
+    cost = sum((r.cost for r in rows if r.cost is not None), Decimal(0))
+    before = Decimal("1000.00")
+    after = before - cost - (row(8).cost or Decimal(0)) + Decimal("100.00")
+    window = replace(RUN, before={"GBP": before}, after={"GBP": after})
+    provider = ProviderData(data.orders, [*data.transactions, theirs, top_up])
+    rec = run(rows, provider, runs=[window], other_batches={"other-1": "payroll"})
+    moved = only(rec).movement
+    assert moved.moved == after - before and moved.own == -cost
+    assert moved.other_batches == -(row(8).cost or 0) and moved.credits == Decimal("100.00")
+    assert moved.unexplained == 0 and rec.verdict == RECONCILED
+    # A balance that moved by a cent more than every line explains is a mismatch.
+    short = replace(window, after={"GBP": after - Decimal("0.01")})
+    rec = run(rows, provider, runs=[short], other_batches={"other-1": "payroll"})
+    assert only(rec).movement.unexplained == Decimal("-0.01") and rec.verdict == MISMATCH
+
+
 def test_a_debit_that_differs_from_the_ledger_cost_is_a_mismatch() -> None:
     rows = [row(1), row(2)]
     assert rows[0].cost is not None

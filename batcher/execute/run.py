@@ -297,10 +297,11 @@ def exit_message(code: ExitCode, rows: list[RowRecord], stats: RunStats, out_dir
     if failed:
         reasons = Counter(r.error_code or "refused" for r in rows if r.state == "failed")
         top = ", ".join(f"{n} {c}" for c, n in reasons.most_common(3))
-        parts.append(
-            f"{failed} row(s) failed ({top}); see {out_dir / FAILED_ROWS_NAME} and the "
-            "Failures sheet of the workbook"
-        )
+        parts.append(f"{failed} row(s) failed ({top})")
+    parts.append(
+        f"rows to fix: {out_dir / FAILED_ROWS_NAME}; every row's state and reason: the "
+        "Failures and Outstanding sheets of the workbook"
+    )
     return "; ".join(parts)
 
 

@@ -8,6 +8,7 @@ the currency of every money cell (`assert_money_cells`).
 from __future__ import annotations
 
 import json
+import signal
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from tests.e2e.runkit import (
     read_rows_csv,
     read_summary,
     sandbox_orders,
+    start_batcher,
     wait_for,
     write_sheet,
 )
@@ -374,4 +376,32 @@ def test_a_provider_that_cannot_be_read_is_not_verified_never_a_mismatch(tmp_pat
         wb = load_workbook(reports / "nightly" / "reconciliation.xlsx")
         assert wb["Summary"]["B2"].value == RECONCILED
         assert paid_counts(wb) == (8, 8)
+        assert_money_cells(wb)
+
+
+def test_a_sigterm_mid_run_is_in_progress_and_its_rerun_reconciles(tmp_path: Path) -> None:
+    with running_sandbox(
+        "ugiftme", funding={"EUR": "20000.00"}, rate_limit=100_000, async_delay_seconds=3.0
+    ) as sandbox:
+        sheet = write_sheet(tmp_path / "nightly.csv", make_rows(12, currencies=("EUR",)))
+        reports = tmp_path / "reports"
+        env = cli_env(sandbox, tmp_path / "state")
+        proc = start_batcher(run_args(sheet, reports, "--chunk-size", "4"), env)
+        requests = lambda: len(sandbox.control("GET", "/order-requests")["orderRequests"])  # noqa: E731
+        assert wait_for(lambda: requests() == 3, timeout=30), "the three chunks were accepted"
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == ExitCode.INCOMPLETE, stderr
+        assert "interrupted" in stderr and "12 row(s) in flight" in stderr
+        wb = load_workbook(reports / "nightly" / "reconciliation.xlsx")
+        assert wb["Summary"]["B2"].value == IN_PROGRESS
+        assert not table(wb["Orphans"])
+        assert_money_cells(wb)
+
+        second = batcher(run_args(sheet, reports, "--chunk-size", "4"), env)
+        assert second.returncode == 0, second.stderr
+        assert len(sandbox_orders(sandbox)) == 12
+        wb = load_workbook(reports / "nightly" / "reconciliation.xlsx")
+        assert wb["Summary"]["B2"].value == RECONCILED
+        assert paid_counts(wb) == (12, 12)
         assert_money_cells(wb)
