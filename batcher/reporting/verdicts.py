@@ -264,9 +264,7 @@ class Reconciliation:
         if waiting or unsent or any(c.verdict == IN_PROGRESS for c in self.currencies):
             parts = []
             if waiting:
-                parts.append(
-                    f"{waiting} order(s) still in flight, matched to their order requests"
-                )
+                parts.append(f"{waiting} order(s) still in flight, matched to their order requests")
             if unsent:
                 parts.append(f"{unsent} row(s) not sent yet")
             parts.append("what was ordered matches; a rerun of the batch settles the rest")
