@@ -10,7 +10,7 @@ import csv
 import stat
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -663,3 +663,18 @@ def test_each_kind_of_failure_has_a_reason_and_a_next_step(
 def test_succeeded_and_skipped_rows_need_no_action() -> None:
     assert _explained(state="succeeded", order_id="o1") is None
     assert _explained(state="skipped") is None
+
+
+def test_a_cross_currency_row_short_of_funds_names_the_paying_wallet() -> None:
+    from batcher.reporting.failures import explain_failures
+    from tests.test_reconcile import row
+
+    held = row(
+        3, state="pending", order_id=None, cost=None, currency="USD",
+        error_code="insufficient_funds", error_message="needed £90.00, available £41.68",
+    )  # fmt: skip
+    held = replace(held, fields={**held.fields, "payment_currency": "GBP"})
+    (failure,) = explain_failures([held], {"GBP": Decimal("41.68")})
+    assert failure.reason.startswith("the GBP wallet did not have enough funds")
+    assert "needed £90.00" in failure.reason
+    assert failure.next_step.startswith("top up the GBP wallet") and not failure.outstanding

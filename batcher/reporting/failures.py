@@ -82,11 +82,21 @@ def explain_failures(rows: Sequence[RowRecord], available: Mapping[str, Decimal]
 def funding_steps(rows: Sequence[RowRecord], available: Mapping[str, Decimal]) -> dict[str, str]:
     """'top up GBP wallet by £230.00 and rerun', per currency short of funds."""
     needed: dict[str, Decimal] = defaultdict(Decimal)
+    converted: set[str] = set()
     for row in rows:
         if row.in_sheet and _short_of_funds(row):
-            needed[row.currency] += row.est_cost if row.est_cost is not None else row.face_value
-    steps: dict[str, str] = {}
+            wallet = paying_wallet(row)
+            if wallet != row.currency:
+                converted.add(wallet)  # its cost is in the card's currency: no sum to show
+                continue
+            needed[wallet] += row.est_cost if row.est_cost is not None else row.face_value
+    steps: dict[str, str] = {
+        wallet: f"top up the {wallet} wallet by the shortfall the reason gives and rerun"
+        for wallet in sorted(converted)
+    }
     for currency, amount in sorted(needed.items()):
+        if currency in converted:
+            continue
         have = available.get(currency)
         if have is None:
             steps[currency] = (
@@ -101,6 +111,11 @@ def funding_steps(rows: Sequence[RowRecord], available: Mapping[str, Decimal]) -
         else:
             steps[currency] = f"rerun the batch (the {currency} wallet now has enough funds)"
     return steps
+
+
+def paying_wallet(row: RowRecord) -> str:
+    """The wallet that pays for the row: its payment currency, else its own currency."""
+    return (row.fields.get("payment_currency") or "").strip().upper() or row.currency
 
 
 def _short_of_funds(row: RowRecord) -> bool:
@@ -120,8 +135,12 @@ def explain(row: RowRecord, top_ups: Mapping[str, str]) -> Failure | None:
     if row.state == "invalid":
         return _invalid(row)
     if _short_of_funds(row):
-        step = top_ups.get(row.currency, "top up the wallet and rerun")
-        return _failure(row, f"the {row.currency} wallet did not have enough funds", step, step)
+        wallet = paying_wallet(row)
+        step = top_ups.get(wallet, "top up the wallet and rerun")
+        why = f"the {wallet} wallet did not have enough funds"
+        if row.error_message:
+            why += f" ({row.error_message})"
+        return _failure(row, why, step, step)
     if row.state in ("pending", "planned"):
         return _failure(
             row,
