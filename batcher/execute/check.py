@@ -17,6 +17,7 @@ from batcher.core.models import Balance, FxQuote, Product
 from batcher.core.money import quantum
 from batcher.execute.funds import (
     FxRateSource,
+    Need,
     check_funds,
     needs_of_valid_rows,
     with_paying_wallets,
@@ -71,15 +72,18 @@ def check_sheet(
         catalog = payout_catalog(balances)
         sheet = _as_payout_rows(sheet)
     result = validate_rows(sheet, catalog, balances, allow_duplicates=allow_duplicates)
+    # Funds are checked per paying wallet by the one rule `batcher run` applies too
+    # (execute/funds.py). Without a payment_currency column every row pays from its own
+    # currency, so each currency's total stands in for its rows: no row-by-row frame.
     quotes: tuple[FxQuote, ...] = ()
-    notes: tuple[str, ...] = ()
     if "payment_currency" in sheet.columns and result.valid_count:
-        # Cross-currency rows: funds are checked in the paying wallet, by the one rule
-        # `batcher run` applies too (execute/funds.py).
         quotes = fx_quotes(provider)
-        check = check_funds(needs_of_valid_rows(result), balances, quotes)
-        result = with_paying_wallets(result, check)
-        notes = tuple(u.message for u in check.unverified)
+        needs = needs_of_valid_rows(result)
+    else:
+        needs = [Need(0, c, c, total, c) for c, total in result.cost_by_currency.items()]
+    check = check_funds(needs, balances, quotes)
+    result = with_paying_wallets(result, check)
+    notes = tuple(u.message for u in check.unverified)
     return SheetCheck(result, {b.currency: b for b in balances}, quotes, notes)
 
 

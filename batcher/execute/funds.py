@@ -199,7 +199,11 @@ def with_paying_wallets(result: ValidationResult, check: FundsCheck) -> Validati
 
 
 def needs_of_valid_rows(result: ValidationResult) -> list[Need]:
-    """The valid rows of a validated sheet as claims on their paying wallets."""
+    """The valid rows of a validated sheet as claims on their paying wallets.
+
+    A validated sheet has no row keys yet (the ledger gives them): the source row
+    stands in, which is all `batcher validate` needs.
+    """
     frame = result.valid
     paying = (
         frame["payment_currency"].to_list()
