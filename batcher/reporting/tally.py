@@ -348,12 +348,13 @@ def _reason(tally: _Tally, evidence: Evidence) -> str:
     if evidence == "balances":
         text = (
             f"ledger cost {tally.money(tally.cost)} equals the wallet's balance movement over "
-            f"{tally.charged} order(s); run `batcher report` for transaction-level matching"
+            f"the {tally.charged} order(s) paid from this wallet; run `batcher report` for "
+            "transaction-level matching"
         )
     else:
         text = (
-            f"ledger cost {tally.money(tally.cost)} equals the wallet debits for "
-            f"{tally.charged} order(s); no orphans"
+            f"ledger cost {tally.money(tally.cost)} equals the wallet debits for the "
+            f"{tally.charged} order(s) paid from this wallet; no orphans"
         )
         if tally.movement is not None and tally.movement.other_batches:
             text += (
