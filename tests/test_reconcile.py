@@ -451,7 +451,7 @@ def test_an_order_paid_from_another_wallet_counts_there() -> None:
     assert "1 order(s) paid from the USD wallet" in gbp.reason
     assert usd.orders == 0 and usd.cost == usd.wallet_debits == Decimal("63.10")
     assert usd.verdict == gbp.verdict == RECONCILED
-    assert "for 1 order(s)" in usd.reason
+    assert "for the 1 order(s) paid from this wallet" in usd.reason and usd.wallet_orders == 1
 
 
 # ---------------------------------------------------------------------------
