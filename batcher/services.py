@@ -18,11 +18,14 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from batcher.config import ProviderSettings, is_loopback_host
+from batcher.core.clock import utc_text
 from batcher.core.errors import ConfigError, UsageError
 from batcher.core.models import AccountInfo, Balance, Product, WalletTransaction
 from batcher.core.names import check_batch_name
@@ -32,11 +35,14 @@ from batcher.execute.dryrun import DryRun, dry_run_batch
 from batcher.execute.run import BatchOptions, BatchResult, RunUI, run_batch
 from batcher.intake.validate import ValidationResult, validation_document
 from batcher.intake.xlsx_limits import IntakeLimits
-from batcher.ledger.store import BatchLock, Ledger
+from batcher.ledger.store import BatchLock, Ledger, RowRecord, parse_ts
 from batcher.providers import connect
 from batcher.providers.base import Provider, ProviderOptions
 from batcher.reporting.outputs import totals_by_currency, write_validation_csv
 from batcher.reporting.reports import ReportResult, write_batch_report
+from batcher.reporting.statement import Checkpoint, Statement, build_statement
+from batcher.reporting.statement_book import write_statement
+from batcher.reporting.verdicts import Window
 from batcher.transport.notify import Delivery, host_of, send_notification, slack_payload
 
 __all__ = [
@@ -61,6 +67,7 @@ __all__ = [
     "run_batch",
     "send_notification",
     "slack_payload",
+    "statement",
     "validate_sheet",
 ]
 
@@ -125,6 +132,7 @@ class ValidationOutcome:
     csv_path: Path
     document: dict[str, Any]
     json_path: Path | None = None
+    funds_notes: tuple[str, ...] = ()  # funds the check could not verify (no FX rate)
 
 
 def validate_sheet(
@@ -145,7 +153,7 @@ def validate_sheet(
     Writes ``REPORT_DIR/<sheet stem>/validation.csv`` (and ``validation.json`` when asked).
     """
     with open_provider(settings, provider_options) as client:
-        result = check_sheet(
+        check = check_sheet(
             client,
             sheet,
             sheet_name=sheet_name,
@@ -153,7 +161,8 @@ def validate_sheet(
             allow_duplicates=allow_duplicates,
             skip_hidden=skip_hidden,
             limits=limits,
-        ).result
+        )
+    result = check.result
     folder = report_dir / result.sheet.path.stem
     # the schema tag first: the same document is printed by `validate --json`
     document = {"schema": VALIDATE_SCHEMA, **validation_document(result.sheet, result)}
@@ -168,7 +177,9 @@ def validate_sheet(
             f"cannot write the report in {folder} ({exc.strerror})",
             hint="choose another folder with --report-dir",
         ) from None
-    return ValidationOutcome(result, csv_path, document, json_path)
+    if check.funds_notes:
+        document["funds_not_verified"] = list(check.funds_notes)
+    return ValidationOutcome(result, csv_path, document, json_path, check.funds_notes)
 
 
 # ---------------------------------------------------------------------------
@@ -262,10 +273,18 @@ def batch_outcome(by_state: Mapping[str, int]) -> str:
 
 def _batch_counts(ledger: Ledger, batch: str) -> dict[str, Any]:
     by_state = ledger.count_by_state(batch)
+    earlier = ledger.orders_not_in_sheet(batch)
+    in_sheet = by_state.get("succeeded", 0)
     return {
         "by_state": by_state,
         "rows_total": sum(by_state.values()),
-        "totals_by_currency": totals_by_currency(ledger.rows(batch)),
+        # every order the batch ever paid, earlier sheets of a reused name included
+        "totals_by_currency": totals_by_currency(ledger.rows(batch, in_sheet_only=False)),
+        "paid_orders": {
+            "in_sheet": in_sheet,
+            "earlier_sheets": earlier,
+            "total": in_sheet + earlier,
+        },
         "outcome": batch_outcome(by_state),
     }
 
@@ -336,3 +355,76 @@ def report_batch(
                 )
     finally:
         ledger.close()
+
+
+# ---------------------------------------------------------------------------
+# statement
+
+
+@dataclass(frozen=True)
+class StatementResult:
+    workbook: Path
+    statement: Statement
+
+
+def statement(
+    state_dir: Path,
+    settings: ProviderSettings,
+    first_day: date,
+    last_day: date,
+    *,
+    report_dir: Path = Path("reports"),
+) -> StatementResult:
+    """One workbook over every batch of `settings.provider` with orders in the period,
+    tied out to the provider's transactions (`batcher.reporting.statement`).
+
+    Writes ``REPORT_DIR/statements/statement-FIRST-to-LAST-<UTC time>.xlsx``: a new
+    file each time, so a filed statement is never overwritten.
+    """
+    if last_day < first_day:
+        raise UsageError(f"--to {last_day} is before --from {first_day}")
+    start = datetime.combine(first_day, time.min, UTC)
+    period = Window(start, datetime.combine(last_day + timedelta(days=1), time.min, UTC))
+    ledger = open_ledger(state_dir)
+    try:
+        with open_provider(settings) as client:
+            account = client.account()
+            rows_by_batch: dict[str, list[RowRecord]] = {}
+            checkpoints: list[Checkpoint] = []
+            for name in ledger.batches_ordering_between(utc_text(start), utc_text(period.end)):
+                info = ledger.batch_info(name) or {}
+                if info.get("provider") != settings.provider:
+                    continue
+                if info.get("account_id") != account.account_id:
+                    continue
+                rows_by_batch[name] = ledger.rows(name, in_sheet_only=False)
+                checkpoints += _checkpoints(ledger, name)
+            transactions = client.transactions(start)
+            balances = {b.currency: b.balance for b in client.balances()}
+    finally:
+        ledger.close()
+    built = build_statement(period, rows_by_batch, transactions, balances, checkpoints)
+    now = datetime.now(UTC)
+    folder = report_dir / "statements"
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"statement-{first_day.isoformat()}-to-{last_day.isoformat()}-{now:%Y%m%dT%H%M%S%fZ}"
+    return StatementResult(write_statement(folder / f"{name}.xlsx", built, now), built)
+
+
+def _checkpoints(ledger: Ledger, batch: str) -> list[Checkpoint]:
+    """The balances each run of the batch read at its start, as fixed points to tie out to."""
+    found = []
+    for run in ledger.runs(batch, limit=1_000_000):
+        summary = ledger.run_summary(run["run_id"]) or {}
+        moment = parse_ts(summary.get("started_at"))
+        before = summary.get("balances_before")
+        if moment is None or not isinstance(before, Mapping):
+            continue
+        for currency, values in before.items():
+            if isinstance(values, Mapping) and values.get("balance") is not None:
+                found.append(
+                    Checkpoint(
+                        run["run_id"], moment, str(currency), Decimal(str(values["balance"]))
+                    )
+                )
+    return found

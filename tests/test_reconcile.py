@@ -17,10 +17,13 @@ from batcher.reporting.reconcile import (
     ATTEMPT_CHARGED,
     COST_DIFFERS,
     CREDIT,
+    IN_FLIGHT,
+    IN_PROGRESS,
     MATCHED,
     MISMATCH,
     NO_ORDER,
     NO_TRANSACTION,
+    NOT_VERIFIED,
     ORPHAN,
     OTHER_BATCH,
     RECONCILED,
@@ -213,15 +216,32 @@ def test_a_provider_order_outside_every_run_window_is_not_an_orphan() -> None:
     assert not rec.orphans and rec.verdict == RECONCILED
 
 
-def test_an_orphan_that_looks_like_an_unconfirmed_row_says_so() -> None:
+def test_an_order_of_a_row_in_flight_is_in_progress_never_an_orphan() -> None:
     sent = row(4, state="unknown", order_id=None, transaction_id=None, cost=None)
     done = row(1)
-    lookalike = replace(order_for(row(4)), order_id="o-late", created_at=at(2))
+    late = replace(order_for(row(4)), order_id="o-late", created_at=at(2))
+    charge = debit_for(row(4)).model_copy(update={"order_id": "o-late", "timestamp": at(2)})
     data = provider_for([done])
-    rec = run([done, sent], ProviderData([*data.orders, lookalike], data.transactions))
-    (orphan,) = rec.orphans
-    assert "row 5" in orphan.note and "unknown" in orphan.note
-    assert "still unconfirmed" in only(rec).reason
+    rec = run([done, sent], ProviderData([*data.orders, late], [*data.transactions, charge]))
+    assert not rec.orphans
+    (flying,) = rec.in_flight
+    assert flying.row.row_key == sent.row_key and flying.order.order_id == "o-late"
+    (line,) = [x for x in rec.wallet_lines if x.status == IN_FLIGHT]
+    assert "row 5" in line.note and "rerun" in line.note
+    assert rec.verdict == IN_PROGRESS and only(rec).verdict == IN_PROGRESS
+    assert only(rec).in_flight == 1 and only(rec).in_flight_debits == row(4).cost
+    assert only(rec).difference == 0, "the confirmed orders still match to the cent"
+
+
+def test_an_extra_order_beside_a_row_in_flight_is_still_an_orphan() -> None:
+    sent = row(4, state="accepted", order_id=None, transaction_id=None, cost=None)
+    done = row(1)
+    late = replace(order_for(row(4)), order_id="o-late", created_at=at(2))
+    twin = replace(late, order_id="o-twin", created_at=at(3))
+    data = provider_for([done])
+    rec = run([done, sent], ProviderData([*data.orders, late, twin], data.transactions))
+    assert [o.order.order_id for o in rec.orphans] == ["o-twin"]
+    assert rec.verdict == MISMATCH
 
 
 def test_an_order_of_another_batch_is_not_an_orphan() -> None:
@@ -237,6 +257,29 @@ def test_an_order_of_another_batch_is_not_an_orphan() -> None:
     assert not rec.orphans and rec.verdict == RECONCILED
     (line,) = [x for x in rec.wallet_lines if x.status == OTHER_BATCH]
     assert line.note == "batch payroll"
+
+
+def test_the_balance_movement_names_other_batches_and_top_ups_and_leaves_nothing_over() -> None:
+    rows = [row(1), row(2)]
+    data = provider_for(rows)
+    theirs = debit_for(row(8)).model_copy(update={"order_id": "other-1", "timestamp": at(2)})
+    top_up = WalletTransaction(
+        transaction_type="funding", amount=Decimal("100.00"), currency="GBP", timestamp=at(3)
+    )
+    cost = sum((r.cost for r in rows if r.cost is not None), Decimal(0))
+    before = Decimal("1000.00")
+    after = before - cost - (row(8).cost or Decimal(0)) + Decimal("100.00")
+    window = replace(RUN, before={"GBP": before}, after={"GBP": after})
+    provider = ProviderData(data.orders, [*data.transactions, theirs, top_up])
+    rec = run(rows, provider, runs=[window], other_batches={"other-1": "payroll"})
+    moved = only(rec).movement
+    assert moved.moved == after - before and moved.own == -cost
+    assert moved.other_batches == -(row(8).cost or 0) and moved.credits == Decimal("100.00")
+    assert moved.unexplained == 0 and rec.verdict == RECONCILED
+    # A balance that moved by a cent more than every line explains is a mismatch.
+    short = replace(window, after={"GBP": after - Decimal("0.01")})
+    rec = run(rows, provider, runs=[short], other_batches={"other-1": "payroll"})
+    assert only(rec).movement.unexplained == Decimal("-0.01") and rec.verdict == MISMATCH
 
 
 def test_a_debit_that_differs_from_the_ledger_cost_is_a_mismatch() -> None:
@@ -340,8 +383,9 @@ def test_balances_only_reconcile_when_the_wallet_moved_by_the_costs() -> None:
 
 def test_no_provider_data_is_never_reconciled() -> None:
     rec = reconcile(ReconcileInputs(rows=[row(1)], runs=[RUN], provider_error="timeout"))
-    assert rec.evidence == "unavailable" and rec.verdict == MISMATCH
-    assert "timeout" in rec.reason
+    assert rec.evidence == "unavailable" and rec.verdict == NOT_VERIFIED
+    assert "timeout" in rec.reason and "retry `batcher report" in rec.reason
+    assert only(rec).verdict == NOT_VERIFIED
 
 
 # ---------------------------------------------------------------------------
@@ -407,7 +451,7 @@ def test_an_order_paid_from_another_wallet_counts_there() -> None:
     assert "1 order(s) paid from the USD wallet" in gbp.reason
     assert usd.orders == 0 and usd.cost == usd.wallet_debits == Decimal("63.10")
     assert usd.verdict == gbp.verdict == RECONCILED
-    assert "for 1 order(s)" in usd.reason
+    assert "for the 1 order(s) paid from this wallet" in usd.reason and usd.wallet_orders == 1
 
 
 # ---------------------------------------------------------------------------

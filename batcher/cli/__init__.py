@@ -22,6 +22,7 @@ _COMMANDS: dict[str, str] = {
     "run": "batcher.cli.run:run",
     "status": "batcher.cli.run:status",
     "report": "batcher.cli.report:report",
+    "statement": "batcher.cli.statement:statement",
     "sandbox": "batcher.cli.sandbox:sandbox",
 }
 

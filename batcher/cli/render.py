@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from batcher.core.money import format_money
@@ -13,8 +13,11 @@ from batcher.intake.validate import ValidationResult, report_records
 ERRORS_SHOWN = 20  # the terminal shows the first ones; the report has them all
 
 
-def render_summary(sheet: Sheet, result: ValidationResult, report: Path) -> str:
-    """What a person reads at the terminal: counts, money per currency, the first errors."""
+def render_summary(
+    sheet: Sheet, result: ValidationResult, report: Path, funds_notes: Sequence[str] = ()
+) -> str:
+    """What a person reads at the terminal: counts, money per currency (per paying
+    wallet), the first errors, and what the funds check could not verify."""
     rows = "row" if result.rows_read == 1 else "rows"
     lines = [
         f"{sheet.label}: {result.rows_read} {rows} read, {result.valid_count} valid, "
@@ -34,7 +37,10 @@ def render_summary(sheet: Sheet, result: ValidationResult, report: Path) -> str:
         if len(records) > ERRORS_SHOWN:
             lines.append(f"  ... and {len(records) - ERRORS_SHOWN} more in the report")
     lines.append(f"Report: {report}")
-    if result.ok:
+    lines += [f"  {note}" for note in funds_notes]
+    if result.ok and funds_notes:
+        lines.append("Valid; funds not verified for the rows above (no FX rate known yet).")
+    elif result.ok:
         lines.append("OK: every row is valid and funded.")
     else:
         lines.append("Not ready: fix the errors and validate again. Nothing was ordered.")

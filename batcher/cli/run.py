@@ -165,6 +165,11 @@ def spend_limits(
 @click.option("--skip-invalid", is_flag=True, help="Order the valid rows even if some are invalid.")
 @click.option("--retry-failed", is_flag=True, help="Also retry permanently failed rows.")
 @click.option(
+    "--order-fundable",
+    is_flag=True,
+    help="If a wallet is short, order the rows it can pay for (in sheet order) and leave the rest.",
+)
+@click.option(
     "--deadline", type=click.FloatRange(min=0), default=None, help="Stop after SECONDS (exit 3)."
 )
 @click.option(
@@ -209,6 +214,7 @@ def run(
     chunk_size: int | None,
     skip_invalid: bool,
     retry_failed: bool,
+    order_fundable: bool,
     deadline: float | None,
     max_rate: float | None,
     max_total: tuple[str, ...],
@@ -242,6 +248,7 @@ def run(
             skip_hidden=skip_hidden,
             limits=read_limits(),
             skip_invalid=skip_invalid,
+            order_fundable=order_fundable,
             max_rate=max_rate,
             max_total=limits,
             state_dir=resolve_state_dir(state_dir),
@@ -322,9 +329,15 @@ def _refuse_lost_ledger(options: BatchOptions, *, allow: bool) -> None:
 def stop_sentence(result: BatchResult) -> str:
     """The run's message in words: a stop code becomes what happened and what to do."""
     stopped = result.summary.get("stopped")
-    if stopped in _STOP_REASONS:
-        return _STOP_REASONS[stopped]
-    return result.message
+    if stopped not in _STOP_REASONS:
+        return result.message
+    sentence = _STOP_REASONS[stopped]
+    # The run's own message adds the counts and where the rows are; its stop code is
+    # already said in words.
+    detail = result.message.replace(f"stopped ({stopped}); ", "").replace(
+        f"stopped ({stopped})", ""
+    )
+    return f"{sentence}; {detail}" if detail and detail != stopped else sentence
 
 
 #: every key of batcher.run/1, for runs that stop before some of them exist (a sheet
@@ -382,6 +395,12 @@ def _print_result(log: Log, result: BatchResult) -> None:
     summary = result.summary
     states = ", ".join(f"{k} {v}" for k, v in summary.get("by_state", {}).items() if v)
     log.info(f"batch {summary['batch']}: {states or 'no rows'}")
+    paid = summary.get("paid_orders") or {}
+    if paid.get("earlier_sheets"):
+        log.info(
+            f"  paid orders {paid['total']}: {paid['in_sheet']} in this sheet, "
+            f"{paid['earlier_sheets']} from earlier sheets of this batch"
+        )
     for currency, totals in summary.get("totals_by_currency", {}).items():
         face = format_money(Decimal(totals["face_value"]), currency)
         cost = format_money(Decimal(totals["cost"]), currency)
@@ -479,6 +498,12 @@ def status(batch: str | None, state_dir: Path | None, as_json: bool) -> None:
             f"  {currency}: {totals['orders']} orders, face "
             f"{format_money(Decimal(totals['face_value']), currency)}, cost "
             f"{format_money(Decimal(totals['cost']), currency)}"
+        )
+    paid = found["paid_orders"]
+    if paid["earlier_sheets"]:
+        echo(
+            f"  paid orders {paid['total']}: {paid['in_sheet']} in this sheet, "
+            f"{paid['earlier_sheets']} from earlier sheets of this batch"
         )
     echo("runs:")
     for r in found["runs"]:

@@ -78,5 +78,9 @@ def validate(
         # which column feeds which field, and what is not sent: before the verdict
         for level, text in column_lines(outcome.result.sheet, parsed_map):
             echo(text if level == "INFO" else f"warning: {text}")
-        echo(render_summary(outcome.result.sheet, outcome.result, outcome.csv_path))
+        echo(
+            render_summary(
+                outcome.result.sheet, outcome.result, outcome.csv_path, outcome.funds_notes
+            )
+        )
     sys.exit(int(ExitCode.OK if outcome.result.ok else ExitCode.USAGE))

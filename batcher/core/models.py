@@ -63,3 +63,18 @@ class AccountInfo(_Frozen):
     plan: str = ""
     status: str = ""
     extra: dict[str, str] = Field(default_factory=dict)
+
+
+class FxQuote(_Frozen):
+    """The last conversion a provider reported from one currency into a paying wallet.
+
+    `rate` is paying-currency units per unit of `source`; `fee_percent` the FX fee
+    on the converted amount. A provider that publishes no rates still reports them
+    on each cross-currency order: this is the newest of those.
+    """
+
+    source: str
+    paying: str
+    rate: Decimal
+    fee_percent: Decimal
+    seen_at: datetime | None = None

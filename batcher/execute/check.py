@@ -13,8 +13,15 @@ from pathlib import Path
 
 import polars as pl
 
-from batcher.core.models import Balance, Product
+from batcher.core.models import Balance, FxQuote, Product
 from batcher.core.money import quantum
+from batcher.execute.funds import (
+    FxRateSource,
+    Need,
+    check_funds,
+    needs_of_valid_rows,
+    with_paying_wallets,
+)
 from batcher.intake.read import Sheet, read_sheet
 from batcher.intake.validate import ValidationResult, validate_rows
 from batcher.intake.xlsx_limits import IntakeLimits
@@ -42,6 +49,10 @@ def payout_catalog(balances: list[Balance]) -> list[Product]:
 class SheetCheck:
     result: ValidationResult
     balances: dict[str, Balance]  # as fetched for the funds check, so a run need not ask again
+    #: the provider's last FX rates, read only when a row is paid from another wallet
+    quotes: tuple[FxQuote, ...] = ()
+    #: what the funds check could not verify (no FX rate known), said instead of "OK"
+    funds_notes: tuple[str, ...] = ()
 
 
 def check_sheet(
@@ -71,7 +82,26 @@ def check_sheet(
         catalog = payout_catalog(balances)
         sheet = _as_payout_rows(sheet)
     result = validate_rows(sheet, catalog, balances, allow_duplicates=allow_duplicates)
-    return SheetCheck(result, {b.currency: b for b in balances})
+    # Funds are checked per paying wallet by the one rule `batcher run` applies too
+    # (execute/funds.py). Without a payment_currency column every row pays from its own
+    # currency, so each currency's total stands in for its rows: no row-by-row frame.
+    quotes: tuple[FxQuote, ...] = ()
+    if "payment_currency" in sheet.columns and result.valid_count:
+        quotes = fx_quotes(provider)
+        needs = needs_of_valid_rows(result)
+    else:
+        needs = [Need(0, c, c, total, c) for c, total in result.cost_by_currency.items()]
+    check = check_funds(needs, balances, quotes)
+    result = with_paying_wallets(result, check)
+    notes = tuple(u.message for u in check.unverified)
+    return SheetCheck(result, {b.currency: b for b in balances}, quotes, notes)
+
+
+def fx_quotes(provider: Provider) -> tuple[FxQuote, ...]:
+    """The provider's last FX rates; none from a provider that reports none."""
+    if isinstance(provider, FxRateSource):
+        return tuple(provider.fx_rates())
+    return ()
 
 
 def _as_payout_rows(sheet: Sheet) -> Sheet:

@@ -6,11 +6,13 @@ with its own `RunUI`. It never prints: everything the operator sees goes through
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import shutil
 import threading
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -19,12 +21,13 @@ from typing import Any, Protocol
 from batcher.config import ProviderSettings
 from batcher.core.clock import utc_now
 from batcher.core.errors import BatcherError, ConfigError, ExitCode
-from batcher.core.models import Balance
+from batcher.core.models import Balance, FxQuote
 from batcher.core.money import format_money, money_str
 from batcher.core.names import batch_name_from_stem, check_batch_name
 from batcher.core.states import UNFINISHED_STATES, UNSETTLED_STATES
 from batcher.execute.check import check_sheet
 from batcher.execute.events import POLL, RECONCILE, SUBMIT, RunStart, emit
+from batcher.execute.funds import FundsCheck, Need, check_funds, left_out_message
 from batcher.execute.rows import sheet_rows_from_validation
 from batcher.execute.runner import PlanSummary, RunListener, Runner, RunOptions, RunStats
 from batcher.intake.validate import ValidationResult
@@ -34,10 +37,12 @@ from batcher.providers import connect
 from batcher.providers.base import Provider, ProviderOptions
 from batcher.reporting.outputs import (
     totals_by_currency,
+    verdict_json,
     write_json,
     write_rows_csv,
     write_validation_csv,
 )
+from batcher.reporting.reports import FAILED_ROWS_NAME, ReportResult, explain_skips
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,8 @@ class BatchOptions:
     skip_invalid: bool = False
     max_rate: float | None = None
     max_total: dict[str, Decimal] = field(default_factory=dict)
+    #: short funds: order the largest fundable part in sheet order instead of refusing
+    order_fundable: bool = False
     state_dir: Path = Path(".batcher")
     report_dir: Path = Path("reports")
     run: RunOptions = field(default_factory=RunOptions)
@@ -123,7 +130,7 @@ def run_batch(
             skip_hidden=options.skip_hidden,
             limits=options.limits,
         )
-        result, balances = check.result, check.balances
+        result, balances, quotes = check.result, check.balances, check.quotes
         sheet = result.sheet
         emit(ui.listener, "sheet_read", sheet)
         if result.invalid_rows and not options.skip_invalid:
@@ -144,7 +151,7 @@ def run_batch(
             try:
                 return _run_locked(
                     ledger, provider, settings, options, ui, stop, account.account_id,
-                    sheet_rows, sheet, balances, started_at,
+                    sheet_rows, sheet, balances, started_at, quotes,
                 )  # fmt: skip
             finally:
                 ledger.close()
@@ -164,6 +171,7 @@ def _run_locked(
     sheet: Any,
     balances: dict[str, Balance],
     started_at: str,
+    quotes: tuple[FxQuote, ...] = (),
 ) -> BatchResult:
     batch = options.batch_name
     ledger.ensure_batch(
@@ -183,10 +191,16 @@ def _run_locked(
     runner = Runner(
         provider, ledger, batch, account_id, options.run, listener=ui.listener, stop=stop
     )
-    plan = runner.prepare(sheet_rows)
+    funds = _FundsRule(balances, quotes, options.order_fundable)
+    plan = funds.in_paying_wallets(runner.prepare(sheet_rows, hold=funds.hold))
     ui.show_plan(plan, balances)
 
-    refusal = guardrail_refusal(plan, options.max_total, options.limit_sources)
+    if funds.check is not None:
+        for note in funds.check.unverified:
+            ui.listener.message(note.message)
+        for wallet, why in funds.held_reasons().items():
+            ledger.mark_pending_reason(batch, wallet, "insufficient_funds", why)
+    refusal = funds.refusal() or guardrail_refusal(plan, options.max_total, options.limit_sources)
     if refusal is None and not ui.confirm(plan):
         refusal = "cancelled at the confirmation prompt; nothing was sent"
     if refusal is not None:
@@ -203,12 +217,107 @@ def _run_locked(
         runner.stats.stopped = f"provider error: {exc}"
         stats = runner.stats
     ledger_rows = ledger.rows(batch, in_sheet_only=False)
-    code = exit_code_for([r for r in ledger_rows if r.in_sheet], stats)
-    message = stats.stopped or ", ".join(stats.blocked_currencies.values())
+    in_sheet = [r for r in ledger_rows if r.in_sheet]
+    code = exit_code_for(in_sheet, stats)
+    message = exit_message(code, in_sheet, stats, options.report_dir / batch)
+    if funds.check is not None and funds.check.left_out and options.order_fundable:
+        message = (
+            f"{left_out_message(funds.check)}; {message}"
+            if message
+            else left_out_message(funds.check)
+        )
     return _finish(ledger, run_id, settings, options, account_id, sheet, started_at,
                    stats, plan, code, message, provider=provider,
                    balances_before=balances, listener=ui.listener,
                    ledger_rows=ledger_rows)  # fmt: skip
+
+
+class _FundsRule:
+    """The run's side of the one funds rule: checks the rows about to be sent.
+
+    Only pending rows count (a rerun does not pay again for rows already ordered),
+    so on a fresh batch it sees exactly the rows `batcher validate` sees.
+    """
+
+    def __init__(
+        self, balances: dict[str, Balance], quotes: tuple[FxQuote, ...], order_fundable: bool
+    ) -> None:
+        self.balances = balances
+        self.quotes = quotes
+        self.order_fundable = order_fundable
+        self.check: FundsCheck | None = None
+
+    def hold(self, pending: Sequence[RowRecord]) -> Collection[str]:
+        needs = [
+            Need(
+                r.source_row, r.row_key, r.currency, r.est_cost or r.face_value,
+                r.fields.get("payment_currency") or r.currency,
+            )
+            for r in pending
+        ]  # fmt: skip
+        self.check = check_funds(needs, self.balances.values(), self.quotes)
+        if self.check.funded:
+            return ()
+        if self.order_fundable:
+            return {n.row_key for n in self.check.left_out}
+        return {r.row_key for r in pending}  # refused: nothing is planned
+
+    def in_paying_wallets(self, plan: PlanSummary) -> PlanSummary:
+        """The plan's cost per paying wallet: what the wallets will be charged."""
+        if self.check is None:
+            return plan
+        cost = self.check.needed if self.refusal() else self.check.fundable_cost
+        return dataclasses.replace(plan, cost_by_currency=dict(sorted(cost.items())))
+
+    def held_reasons(self) -> dict[str, str]:
+        """Per paying wallet, why its held rows were not sent (shown on each row)."""
+        if self.check is None or self.check.funded:
+            return {}
+        return {
+            e.currency: (
+                f"insufficient funds in the {e.currency} wallet: needed "
+                f"{format_money(e.needed, e.currency)} for the rows to send, available "
+                f"{format_money(e.available, e.currency)}; top up and rerun"
+            )
+            for e in self.check.errors
+        }
+
+    def refusal(self) -> str | None:
+        if self.check is None or self.check.funded or self.order_fundable:
+            return None
+        reasons = "; ".join(e.message for e in self.check.errors)
+        return (
+            f"not funded: {reasons}; nothing was sent (top up and rerun, or use "
+            "--order-fundable to order the rows the wallets can pay for, in sheet order)"
+        )
+
+
+def exit_message(code: ExitCode, rows: list[RowRecord], stats: RunStats, out_dir: Path) -> str:
+    """What exit 1 and exit 3 tell the operator: the counts, why, and where the rows are."""
+    if code not in (ExitCode.SOME_FAILED, ExitCode.INCOMPLETE):
+        return ""
+    states = count_states(rows)
+    parts = []
+    if code == ExitCode.INCOMPLETE:
+        why = stats.stopped or "; ".join(stats.blocked_currencies.values()) or "rows left to do"
+        parts.append(f"stopped ({why})")
+        flying = sum(states[s] for s in ("sending", "unknown", "accepted"))
+        unsent = states["pending"] + states["planned"]
+        if flying:
+            parts.append(f"{flying} row(s) in flight")
+        if unsent:
+            parts.append(f"{unsent} row(s) not sent yet")
+        parts.append("rerun the same command to continue (nothing is ordered twice)")
+    failed = states["failed"]
+    if failed:
+        reasons = Counter(r.error_code or "refused" for r in rows if r.state == "failed")
+        top = ", ".join(f"{n} {c}" for c, n in reasons.most_common(3))
+        parts.append(f"{failed} row(s) failed ({top})")
+    parts.append(
+        f"rows to fix: {out_dir / FAILED_ROWS_NAME}; every row's state and reason: the "
+        "Failures and Outstanding sheets of the workbook"
+    )
+    return "; ".join(parts)
 
 
 def guardrail_refusal(
@@ -248,13 +357,12 @@ def _finish(
     batch = options.batch_name
     if ledger_rows is None:
         ledger_rows = ledger.rows(batch, in_sheet_only=False)
+    ledger_rows = explain_skips(ledger, batch, ledger_rows)
     rows = [r for r in ledger_rows if r.in_sheet]
-    # An interrupted run ends quickly: no further provider calls; `batcher report` reconciles.
+    # An interrupted run ends quickly: one balance read, no listings; `batcher report`
+    # does the full reconciliation.
     interrupted = stats.stopped == "interrupted"
-    if not stats.submits:
-        balances_after = balances_before
-    else:
-        balances_after = None if interrupted else _balances_now(provider)
+    balances_after = _balances_now(provider) if stats.submits else balances_before
     summary = build_summary(
         batch=batch,
         provider=settings.provider,
@@ -269,6 +377,14 @@ def _finish(
         started_at=started_at,
         throttle=_throttle_stats(provider),
     )
+    earlier = [r for r in ledger_rows if not r.in_sheet and r.state == "succeeded" and r.order_id]
+    # A reused batch name (a nightly file): every order the batch ever paid is counted.
+    summary["paid_orders"] = {
+        "in_sheet": summary["by_state"].get("succeeded", 0),
+        "earlier_sheets": len(earlier),
+        "total": summary["by_state"].get("succeeded", 0) + len(earlier),
+    }
+    summary["totals_by_currency"] = totals_by_currency([*rows, *earlier])
     summary["balances_before"] = _balances_json(balances_before)
     summary["balances_after"] = _balances_json(balances_after)
     out_dir = options.report_dir / batch
@@ -276,13 +392,24 @@ def _finish(
     write_json(out_dir / "summary.json", summary)
     write_rows_csv(out_dir / "rows.csv", rows)
     ledger.finish_run(run_id, batch, int(code), summary)
-    if interrupted:
-        if listener is not None:
-            listener.message(f"interrupted: reconciliation skipped; run `batcher report {batch}`")
-    else:
-        verdict = _write_report(ledger, batch, provider, options, sheet, listener, ledger_rows)
-        if verdict is not None:
-            summary = {**summary, "reconciliation": verdict}
+    if interrupted and listener is not None:
+        listener.message(
+            f"interrupted: a quick report from the ledger and balances; full reconciliation "
+            f"skipped, run `batcher report {batch}` for it"
+        )
+    report = _write_report(
+        ledger, batch, provider, options, sheet, listener, ledger_rows, quick=interrupted
+    )
+    if report is not None:
+        # The verdict is known only once the report is written; summary.json carries it.
+        summary["reconciliation"] = {
+            **verdict_json(report.reconciliation),
+            "by_currency": {c.currency: str(c.verdict) for c in report.reconciliation.currencies},
+            "workbook": str(report.workbook),
+        }
+        write_json(out_dir / "summary.json", summary)
+        if report.archive is not None and (report.archive / "summary.json").exists():
+            write_json(report.archive / "summary.json", summary)
     return BatchResult(code, summary, out_dir, message)
 
 
@@ -294,10 +421,13 @@ def _write_report(
     sheet: Any,
     listener: RunListener | None,
     ledger_rows: list[RowRecord],
-) -> dict[str, Any] | None:
+    *,
+    quick: bool = False,
+) -> ReportResult | None:
     """The reconciliation workbook. Its failure never costs the run its summary or exit code.
 
-    Returns the verdicts (overall and per currency) for the run's result."""
+    `quick` (an interrupted run) reconciles from the ledger and balances without
+    listing the provider's orders, so stopping stays fast."""
     from batcher.reporting.reports import write_batch_report
 
     say = listener.message if listener is not None else (lambda text: None)
@@ -305,7 +435,8 @@ def _write_report(
     try:
         result = write_batch_report(
             ledger, batch, provider, options.report_dir,
-            sheet_rows=getattr(sheet, "row_count", None), fetch="auto", ledger_rows=ledger_rows,
+            sheet_rows=getattr(sheet, "row_count", None), fetch="quick" if quick else "auto", ledger_rows=ledger_rows,
+            archive_as="run",
         )  # fmt: skip
     except Exception as exc:
         detail = exc.message if isinstance(exc, BatcherError) else type(exc).__name__
@@ -314,12 +445,7 @@ def _write_report(
         return None
     rec = result.reconciliation
     say(f"reconciliation: {rec.verdict} ({rec.reason}); workbook {result.workbook}")
-    return {
-        "verdict": str(rec.verdict),
-        "reason": rec.reason,
-        "by_currency": {c.currency: str(c.verdict) for c in rec.currencies},
-        "workbook": str(result.workbook),
-    }
+    return result
 
 
 def _balances_now(provider: Provider | None) -> dict[str, Balance] | None:

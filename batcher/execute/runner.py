@@ -16,7 +16,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Protocol
@@ -182,8 +182,16 @@ class Runner:
 
     # ------------------------------------------------------------------ planning
 
-    def prepare(self, sheet_rows: Sequence[SheetRow]) -> PlanSummary:
-        """Bring the ledger in line with the sheet and plan what this run will send."""
+    def prepare(
+        self,
+        sheet_rows: Sequence[SheetRow],
+        hold: Callable[[Sequence[RowRecord]], Collection[str]] | None = None,
+    ) -> PlanSummary:
+        """Bring the ledger in line with the sheet and plan what this run will send.
+
+        `hold(pending)` names rows to leave pending, unplanned, this run (the funds
+        rule in `execute/funds.py` holds rows their wallet cannot pay for).
+        """
         recovered = self.ledger.recover_after_crash(self.batch)
         if recovered:
             self.listener.message(
@@ -193,6 +201,9 @@ class Runner:
         self.ledger.release_retryable(self.batch)
         self.ledger.discard_unsent_plans(self.batch)
         pending = self.ledger.rows(self.batch, state="pending")
+        if hold is not None:
+            held = set(hold(pending))
+            pending = [r for r in pending if r.row_key not in held]
         chunk_size = min(
             self.options.chunk_size or self.provider.submit_limit, self.provider.submit_limit
         )

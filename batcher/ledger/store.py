@@ -463,6 +463,47 @@ class Ledger:
                 found[r["row_key"]] = RowRecord.from_sql(r)
         return found
 
+    def orders_elsewhere(
+        self, batch: str, references: Sequence[str]
+    ) -> dict[str, tuple[str, str | None, str | None]]:
+        """Reference -> (batch, order id, succeeded at) of its order in another batch.
+
+        Read-only: says where a row skipped as "ordered in another batch" was ordered.
+        """
+        found: dict[str, tuple[str, str | None, str | None]] = {}
+        wanted = sorted(set(references))
+        for start in range(0, len(wanted), 500):
+            part = wanted[start : start + 500]
+            marks = ",".join("?" * len(part))
+            for r in self._db.execute(
+                "SELECT reference, batch, order_id, succeeded_at FROM rows"
+                f" WHERE reference IN ({marks}) AND state = 'succeeded' AND batch != ?"
+                " ORDER BY succeeded_at",
+                (*part, batch),
+            ):
+                found.setdefault(r[0], (r[1], r[2], r[3]))
+        return found
+
+    def orders_not_in_sheet(self, batch: str) -> int:
+        """Orders the batch paid for rows no longer in its sheet (earlier sheets, same name)."""
+        row = self._db.execute(
+            "SELECT COUNT(*) FROM rows WHERE batch = ? AND in_sheet = 0 AND state = 'succeeded'"
+            " AND order_id IS NOT NULL",
+            (batch,),
+        ).fetchone()
+        return int(row[0])
+
+    def batches_ordering_between(self, start: str, end: str) -> list[str]:
+        """Batches with an order that succeeded in [start, end) (ledger timestamps, UTC)."""
+        return [
+            r[0]
+            for r in self._db.execute(
+                "SELECT DISTINCT batch FROM rows WHERE state = 'succeeded'"
+                " AND succeeded_at >= ? AND succeeded_at < ? ORDER BY batch",
+                (start, end),
+            )
+        ]
+
     def count_by_state(self, batch: str) -> dict[str, int]:
         counts: dict[str, int] = dict.fromkeys(map(str, ROW_STATES), 0)
         for r in self._db.execute(

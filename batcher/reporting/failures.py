@@ -30,6 +30,8 @@ class Failure:
     next_step: str
     action: str  # the next step, worded to group rows on the Summary
     refeed: bool  # fix it in failed_rows.csv and order it as a new batch
+    #: not sent yet or still in flight: a rerun settles it, no person needs to act
+    outstanding: bool = False
 
 
 _FIELD_NOUNS = {
@@ -80,11 +82,21 @@ def explain_failures(rows: Sequence[RowRecord], available: Mapping[str, Decimal]
 def funding_steps(rows: Sequence[RowRecord], available: Mapping[str, Decimal]) -> dict[str, str]:
     """'top up GBP wallet by £230.00 and rerun', per currency short of funds."""
     needed: dict[str, Decimal] = defaultdict(Decimal)
+    converted: set[str] = set()
     for row in rows:
         if row.in_sheet and _short_of_funds(row):
-            needed[row.currency] += row.est_cost if row.est_cost is not None else row.face_value
-    steps: dict[str, str] = {}
+            wallet = paying_wallet(row)
+            if wallet != row.currency:
+                converted.add(wallet)  # its cost is in the card's currency: no sum to show
+                continue
+            needed[wallet] += row.est_cost if row.est_cost is not None else row.face_value
+    steps: dict[str, str] = {
+        wallet: f"top up the {wallet} wallet by the shortfall the reason gives and rerun"
+        for wallet in sorted(converted)
+    }
     for currency, amount in sorted(needed.items()):
+        if currency in converted:
+            continue
         have = available.get(currency)
         if have is None:
             steps[currency] = (
@@ -99,6 +111,11 @@ def funding_steps(rows: Sequence[RowRecord], available: Mapping[str, Decimal]) -
         else:
             steps[currency] = f"rerun the batch (the {currency} wallet now has enough funds)"
     return steps
+
+
+def paying_wallet(row: RowRecord) -> str:
+    """The wallet that pays for the row: its payment currency, else its own currency."""
+    return (row.fields.get("payment_currency") or "").strip().upper() or row.currency
 
 
 def _short_of_funds(row: RowRecord) -> bool:
@@ -118,21 +135,27 @@ def explain(row: RowRecord, top_ups: Mapping[str, str]) -> Failure | None:
     if row.state == "invalid":
         return _invalid(row)
     if _short_of_funds(row):
-        step = top_ups.get(row.currency, "top up the wallet and rerun")
-        return _failure(row, f"the {row.currency} wallet did not have enough funds", step, step)
+        wallet = paying_wallet(row)
+        step = top_ups.get(wallet, "top up the wallet and rerun")
+        why = f"the {wallet} wallet did not have enough funds"
+        if row.error_message:
+            why += f" ({row.error_message})"
+        return _failure(row, why, step, step)
     if row.state in ("pending", "planned"):
         return _failure(
             row,
             "not sent yet: the run stopped before this row (deadline, interruption or an error)",
             "rerun the batch to order it",
             "rerun the batch to order the rows not sent yet",
+            outstanding=True,
         )
     if row.state in UNSETTLED_STATES:
         return _failure(
             row,
-            "sent, but the provider has not confirmed the order yet",
+            "sent, but the provider has not confirmed the order yet (in flight)",
             "rerun the batch to settle it; do not put this row in a new sheet (it may already be ordered)",
             _RERUN_ACTION,
+            outstanding=True,
         )
     if row.state == "failed":
         return _failed(row)
@@ -187,9 +210,15 @@ def _failed(row: RowRecord) -> Failure:
 
 
 def _failure(
-    row: RowRecord, reason: str, step: str, action: str, *, refeed: bool = False
+    row: RowRecord,
+    reason: str,
+    step: str,
+    action: str,
+    *,
+    refeed: bool = False,
+    outstanding: bool = False,
 ) -> Failure:
-    return Failure(row=row, reason=reason, next_step=step, action=action, refeed=refeed)
+    return Failure(row, reason, step, action, refeed, outstanding)
 
 
 def next_steps(failures: Sequence[Failure]) -> list[tuple[str, int]]:

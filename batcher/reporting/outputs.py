@@ -19,6 +19,7 @@ from batcher.intake.validate import REPORT_COLUMNS, ValidationResult, report_rec
 from batcher.ledger.records import passthrough_headers
 from batcher.ledger.store import RowRecord
 from batcher.reporting.cells import safe_cell
+from batcher.reporting.verdicts import Reconciliation
 
 ROWS_CSV_COLUMNS = (
     "source_row",
@@ -46,26 +47,64 @@ ROWS_CSV_COLUMNS = (
 
 
 def totals_by_currency(rows: Iterable[RowRecord]) -> dict[str, dict[str, str | int]]:
-    """Face value and cost of succeeded rows, per currency, as exact decimal text."""
+    """Per currency, as exact decimal text: the cards with a face value in it
+    (`orders`, `face_value`) and what its wallet paid (`wallet_orders`, `cost`).
+
+    The two counts differ for cross-currency orders: a USD card paid from the GBP
+    wallet counts under USD `orders` and under GBP `wallet_orders`.
+    """
     face: dict[str, Decimal] = {}
     cost: dict[str, Decimal] = {}
     orders: dict[str, int] = {}
+    paid: dict[str, int] = {}
     for row in rows:
         if row.state != "succeeded":
             continue
         face[row.currency] = face.get(row.currency, Decimal(0)) + row.face_value
         orders[row.currency] = orders.get(row.currency, 0) + 1
         charged_in = row.cost_currency or row.currency
+        paid[charged_in] = paid.get(charged_in, 0) + 1
         if row.cost is not None:
             cost[charged_in] = cost.get(charged_in, Decimal(0)) + row.cost
     result: dict[str, dict[str, str | int]] = {}
-    for currency in sorted(set(face) | set(cost)):
+    for currency in sorted(set(face) | set(cost) | set(paid)):
         result[currency] = {
             "orders": orders.get(currency, 0),
             "face_value": money_str(face.get(currency, Decimal(0)), currency),
+            "wallet_orders": paid.get(currency, 0),
             "cost": money_str(cost.get(currency, Decimal(0)), currency),
         }
     return result
+
+
+def verdict_json(rec: Reconciliation) -> dict[str, Any]:
+    """The reconciliation's verdict for summary.json: the batch's, and each currency's."""
+
+    def money(amount: Decimal | None, currency: str) -> str | None:
+        return None if amount is None else money_str(amount, currency)
+
+    return {
+        "verdict": rec.verdict,
+        "reason": rec.reason,
+        "evidence": rec.evidence,
+        "currencies": {
+            c.currency: {
+                "verdict": c.verdict,
+                "reason": c.reason,
+                "orders": c.orders,
+                "cost": money(c.cost, c.currency),
+                "wallet_debits": money(c.wallet_debits, c.currency),
+                "fx_fees": money(c.fx_fees, c.currency),
+                "in_flight": c.in_flight,
+                "in_flight_debits": money(c.in_flight_debits, c.currency),
+                "unexplained": money(
+                    c.movement.unexplained if c.movement is not None else None, c.currency
+                ),
+                "orphans": c.orphans,
+            }
+            for c in rec.currencies
+        },
+    }
 
 
 def row_line(row: RowRecord, passthrough_headers: Sequence[str]) -> list[str]:

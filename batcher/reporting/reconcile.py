@@ -42,7 +42,7 @@ from decimal import Decimal
 from batcher.core.keys import MatchKey, match_key
 from batcher.core.models import WalletTransaction
 from batcher.core.money import format_money
-from batcher.core.states import UNSETTLED_STATES
+from batcher.core.states import IN_FLIGHT_STATES, UNSETTLED_STATES
 from batcher.ledger.store import RowRecord, count_states
 from batcher.providers.base import ProviderOrder
 from batcher.reporting.tally import currencies_in, currency_verdict
@@ -50,17 +50,21 @@ from batcher.reporting.verdicts import (
     ATTEMPT_CHARGED,
     COST_DIFFERS,
     CREDIT,
+    IN_FLIGHT,
+    IN_PROGRESS,
     MATCHED,
     MISMATCH,
     NO_ORDER,
     NO_TRANSACTION,
     NO_TRANSACTION_PROBLEM,
+    NOT_VERIFIED,
     ORPHAN,
     OTHER_BATCH,
     RECONCILED,
     REFUNDED_ATTEMPT,
     ZERO,
     Evidence,
+    InFlight,
     OrderCheck,
     Orphan,
     ProviderData,
@@ -85,9 +89,10 @@ def reconcile(inputs: ReconcileInputs) -> Reconciliation:
         checks: dict[str, OrderCheck] = {}
         lines: list[WalletLine] = []
         orphans: list[Orphan] = []
+        in_flight: list[InFlight] = []
     else:
         evidence = "transactions"
-        checks, lines, orphans = match_orders(inputs, ordered)
+        checks, lines, orphans, in_flight = match_orders(inputs, ordered)
     currencies = [
         currency_verdict(currency, inputs, ordered, checks, lines, orphans, evidence)
         for currency in currencies_in(inputs.rows, lines, orphans)
@@ -102,6 +107,8 @@ def reconcile(inputs: ReconcileInputs) -> Reconciliation:
         wallet_lines=lines,
         orphans=orphans,
         provider_error=inputs.provider_error,
+        in_flight=in_flight,
+        earlier_orders=sum(1 for r in ordered if not r.in_sheet),
     )
 
 
@@ -181,7 +188,7 @@ class _Own:
 
 def match_orders(
     inputs: ReconcileInputs, ordered: Sequence[RowRecord]
-) -> tuple[dict[str, OrderCheck], list[WalletLine], list[Orphan]]:
+) -> tuple[dict[str, OrderCheck], list[WalletLine], list[Orphan], list[InFlight]]:
     assert inputs.provider is not None
     index = _Index.of(inputs.provider)
     checks: dict[str, OrderCheck] = {}
@@ -215,16 +222,17 @@ def match_orders(
         checks.update(request_checks)
         lines.extend(request_lines)
     own = _Own.of(inputs, ordered)
-    orphans = _orphans(inputs, index, own)
+    orphans, in_flight = _orphans(inputs, index, own)
     lines.extend(_attempt_lines(inputs, index, own, used))
     orphan_ids = {o.order.order_id for o in orphans}
+    flying = {f.order.order_id: f for f in in_flight}
     for tx in inputs.provider.transactions:
         if id(tx) not in used:
-            line = _other_line(tx, inputs, orphan_ids)
+            line = _other_line(tx, inputs, orphan_ids, flying)
             if line is not None:
                 lines.append(line)
     lines.sort(key=_line_sort_key)
-    return checks, lines, orphans
+    return checks, lines, orphans, in_flight
 
 
 def _listing_problems(row: RowRecord, listed: ProviderOrder | None) -> list[str]:
@@ -347,12 +355,19 @@ def _attempt_lines(
         used.update(id(tx) for tx in transactions)
         net = _net_debit(transactions)
         currency = transactions[0].currency
+        order = index.orders.get(key)
+        row = unsettled.get(key) or unsettled.get(order.reference if order else None)
         if net == 0 and len({tx.currency for tx in transactions}) == 1:
             status, note = REFUNDED_ATTEMPT, f"order {key}: charged and refunded, nets to zero"
+        elif row is not None and row.state in IN_FLIGHT_STATES:
+            # The batch's own order, sent and not yet confirmed: money in flight, not lost.
+            status = IN_FLIGHT
+            note = (
+                f"order {key} of row {row.source_row}, still in flight ({row.state}): "
+                "a rerun of the batch settles it"
+            )
         else:
             status = ATTEMPT_CHARGED
-            order = index.orders.get(key)
-            row = unsettled.get(key) or unsettled.get(order.reference if order else None)
             note = f"order {key} of this batch kept {format_money(net, currency)}"
             if row is not None:
                 note += (
@@ -362,7 +377,8 @@ def _attempt_lines(
             else:
                 note += " but no succeeded row holds it"
         lines.extend(
-            WalletLine(status, tx.currency, transaction=tx, note=note) for tx in transactions
+            WalletLine(status, tx.currency, transaction=tx, note=note, row=row)
+            for tx in transactions
         )
     return lines
 
@@ -377,46 +393,71 @@ def _unsettled_by_attempt(rows: Sequence[RowRecord]) -> dict[str | None, RowReco
     return found
 
 
-def _orphans(inputs: ReconcileInputs, index: _Index, own: _Own) -> list[Orphan]:
-    """Provider orders no batch in the ledger placed, created (or charged) in a run window."""
+def _orphans(
+    inputs: ReconcileInputs, index: _Index, own: _Own
+) -> tuple[list[Orphan], list[InFlight]]:
+    """Provider orders no batch in the ledger placed, created (or charged) in a run window.
+
+    An order that matches one of the batch's rows still in flight (same product,
+    face value, email and name) is that row's order, created by its order request
+    after the run stopped listening: it is in flight, never an orphan.
+    """
     unsettled = _unsettled_by_key(inputs.rows)
     found: list[Orphan] = []
-    for order in index.orders.values():
+    in_flight: list[InFlight] = []
+    for order in sorted(index.orders.values(), key=_order_sort_key):
         if own.placed(order) or order.order_id in inputs.other_batches:
             continue
         if order.reference and order.reference in inputs.other_batches:
             continue
         transactions = index.by_order.get(order.order_id, [])
+        debit = _net_debit(transactions) if transactions else None
+        key = match_key(
+            order.product_code, order.face_value, order.recipient_email, order.recipient_name
+        )
+        waiting = unsettled.get(key)
+        if waiting:
+            in_flight.append(InFlight(order, waiting.pop(0), debit))
+            continue
         charged_in_window = any(_in_runs(inputs.runs, tx.timestamp) for tx in transactions)
         if not (_in_runs(inputs.runs, order.created_at) or charged_in_window):
             continue
-        debit = _net_debit(transactions) if transactions else None
-        found.append(Orphan(order, debit, _orphan_note(order, unsettled)))
-    found.sort(key=lambda o: (o.order.created_at is None, o.order.created_at, o.order.order_id))
+        found.append(Orphan(order, debit, _orphan_note()))
+    found.sort(key=lambda o: _order_sort_key(o.order))
+    return found, in_flight
+
+
+def _order_sort_key(order: ProviderOrder) -> tuple[bool, datetime | str, str]:
+    return (order.created_at is None, order.created_at or "", order.order_id)
+
+
+def _unsettled_by_key(rows: Sequence[RowRecord]) -> dict[tuple[str, ...], list[RowRecord]]:
+    """The batch's rows in flight by match key (identical rows queue up in sheet order)."""
+    found: dict[tuple[str, ...], list[RowRecord]] = defaultdict(list)
+    for row in sorted(rows, key=lambda r: r.source_row):
+        if row.state in IN_FLIGHT_STATES:
+            found[row_match_key(row)].append(row)
     return found
 
 
-def _unsettled_by_key(rows: Sequence[RowRecord]) -> dict[tuple[str, ...], RowRecord]:
-    return {row_match_key(r): r for r in rows if r.state in UNSETTLED_STATES}
-
-
-def _orphan_note(order: ProviderOrder, unsettled: Mapping[tuple[str, ...], RowRecord]) -> str:
-    key = match_key(
-        order.product_code, order.face_value, order.recipient_email, order.recipient_name
-    )
-    row = unsettled.get(key)
-    if row is not None:
-        return (
-            f"looks like row {row.source_row}, whose order is still unconfirmed ({row.state}): "
-            "rerun the batch to settle it"
-        )
+def _orphan_note() -> str:
     return "not placed by batcher: an order made outside batcher (a double order?)"
 
 
 def _other_line(
-    tx: WalletTransaction, inputs: ReconcileInputs, orphan_ids: set[str]
+    tx: WalletTransaction,
+    inputs: ReconcileInputs,
+    orphan_ids: set[str],
+    in_flight: Mapping[str, InFlight],
 ) -> WalletLine | None:
     """A transaction that is not one of the batch's orders' (None: outside every window)."""
+    flying = in_flight.get(tx.order_id or "")
+    if flying is not None:
+        note = (
+            f"order of row {flying.row.source_row}, still in flight ({flying.row.state}): "
+            "a rerun of the batch settles it"
+        )
+        return WalletLine(IN_FLIGHT, tx.currency, transaction=tx, row=flying.row, note=note)
     if tx.order_id and tx.order_id in orphan_ids:
         return WalletLine(ORPHAN, tx.currency, transaction=tx, note="see the Orphans sheet")
     if not _in_runs(inputs.runs, tx.timestamp):
@@ -440,8 +481,11 @@ __all__ = [
     "ATTEMPT_CHARGED",
     "COST_DIFFERS",
     "CREDIT",
+    "IN_FLIGHT",
+    "IN_PROGRESS",
     "MATCHED",
     "MISMATCH",
+    "NOT_VERIFIED",
     "NO_ORDER",
     "NO_TRANSACTION",
     "ORPHAN",

@@ -12,7 +12,9 @@ and wallet transactions over the batch's run windows), reconciles it
   fixed and fed to `batcher run` as a new batch, it orders exactly those rows;
 - `codes.xlsx`, only when asked (`reveal_codes`): live voucher codes, mode 0600.
 
-Each run's files are also kept under `REPORT_DIR/BATCH/runs/RUN_ID/`.
+Each run's files are also kept under `REPORT_DIR/BATCH/runs/RUN_ID/`, and each
+`batcher report` under `REPORT_DIR/BATCH/reports/<UTC time>/`: a report never
+overwrites an earlier archive.
 
 The math is in `batcher.reporting.reconcile`, the plain English in `batcher.reporting.failures`,
 the layout in `batcher.reporting.workbook`. Every text cell goes through `safe_cell`, and
@@ -22,6 +24,7 @@ voucher codes appear only as `••••-1234`. Nothing here ever sees the API
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -55,13 +58,17 @@ WORKBOOK_NAME = "reconciliation.xlsx"
 FAILED_ROWS_NAME = "failed_rows.csv"
 CODES_NAME = "codes.xlsx"
 ARCHIVE_DIR = "runs"
+REPORT_ARCHIVE_DIR = "reports"
+SKIPPED_ELSEWHERE = "ordered_in_another_batch"
 #: fetched on each side of the run windows, so a provider clock a little off still matches
 CLOCK_MARGIN = timedelta(minutes=2)
 #: the ledger cuts timestamps to the millisecond, so a run's window ends one later
 TRUNCATION = timedelta(milliseconds=1)
 #: up to this many orders, the report after a run always fetches the provider's listings
 AUTO_FETCH_MAX_ORDERS = 2_000
-Fetch = Literal["full", "auto"]
+Fetch = Literal["full", "auto", "quick"]
+#: "run": archived under runs/RUN_ID (the end of `batcher run`); "report": a new dated folder
+ArchiveAs = Literal["run", "report"]
 
 
 @dataclass(frozen=True)
@@ -87,6 +94,7 @@ def write_batch_report(
     sheet_rows: int | None = None,
     fetch: Fetch = "full",
     ledger_rows: Sequence[RowRecord] | None = None,
+    archive_as: ArchiveAs = "report",
 ) -> ReportResult:
     """Reconcile `batch` and write its report files; returns where they are.
 
@@ -108,8 +116,23 @@ def write_batch_report(
         if provider is None:
             raise UsageError("--reveal-codes needs the provider: the codes are not in the ledger")
         codes = write_codes(out_dir / CODES_NAME, model, fetch_redemptions(provider, model.rows))
-    archive = archive_run(out_dir, model)
+    keep = archive_run if archive_as == "run" else archive_report
+    archive = keep(out_dir, model)
     return ReportResult(workbook, failed, codes, archive, model.reconciliation)
+
+
+def archive_report(out_dir: Path, model: ReportModel) -> Path:
+    """Keep this report under reports/<UTC time>/: never over a run's or an earlier report's."""
+    stamp = model.generated_at.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    base = out_dir / REPORT_ARCHIVE_DIR
+    target, n = base / stamp, 1
+    while target.exists():
+        n += 1
+        target = base / f"{stamp}-{n}"
+    target.mkdir(parents=True)
+    for name in (WORKBOOK_NAME, FAILED_ROWS_NAME):
+        copy_or_link(out_dir / name, target / name)
+    return target
 
 
 def archive_run(out_dir: Path, model: ReportModel) -> Path | None:
@@ -159,7 +182,7 @@ def collect(
     now = now or datetime.now(UTC)
     if ledger_rows is None:
         ledger_rows = ledger.rows(batch, in_sheet_only=False)
-    rows = report_rows(ledger_rows)
+    rows = report_rows(explain_skips(ledger, batch, ledger_rows))
     runs = run_infos(ledger, batch, now)
     windows = [r.window for r in runs]
     data, error = None, None
@@ -193,6 +216,42 @@ def collect(
     )
 
 
+def explain_skips(ledger: Ledger, batch: str, rows: Sequence[RowRecord]) -> list[RowRecord]:
+    """Rows skipped as already ordered elsewhere, with where and when it was ordered.
+
+    The ledger records only that a reference was done in another batch; finance
+    needs the batch, the order id and the date to find the card.
+    """
+    skipped = [r.reference for r in rows if r.state == "skipped" and r.reference]
+    if not skipped:
+        return list(rows)
+    found = ledger.orders_elsewhere(batch, skipped)
+    explained = []
+    for row in rows:
+        where = found.get(row.reference or "") if row.state == "skipped" else None
+        if where is not None:
+            row = dataclasses.replace(
+                row,
+                error_code=row.error_code or SKIPPED_ELSEWHERE,
+                error_message=skip_reason(*where),
+            )
+        elif row.state == "skipped" and not row.error_message:
+            row = dataclasses.replace(
+                row,
+                error_code=row.error_code or SKIPPED_ELSEWHERE,
+                error_message="already ordered in another batch (its order is not in this ledger)",
+            )
+        explained.append(row)
+    return explained
+
+
+def skip_reason(batch: str, order_id: str | None, succeeded_at: str | None) -> str:
+    moment = parse_ts(succeeded_at)
+    when = f" on {moment.date().isoformat()}" if moment else ""
+    order = f" as order {order_id}" if order_id else ""
+    return f"already ordered in batch {batch}{order}{when}; not ordered again"
+
+
 def _balances_suffice(fetch: Fetch, rows: Sequence[RowRecord]) -> bool:
     """After a run, a large batch is checked against the balances only.
 
@@ -201,6 +260,8 @@ def _balances_suffice(fetch: Fetch, rows: Sequence[RowRecord]) -> bool:
     prove (or disprove) that the wallet moved by exactly the ledger's costs;
     `batcher report` does the transaction-level matching when finance wants it.
     """
+    if fetch == "quick":  # an interrupted run: stopping stays fast
+        return True
     return fetch == "auto" and len(ordered_rows(rows)) > AUTO_FETCH_MAX_ORDERS
 
 

@@ -8,21 +8,30 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from batcher.core.money import format_money
-from batcher.core.states import UNSETTLED_STATES
+from batcher.core.states import IN_FLIGHT_STATES, UNFINISHED_STATES
 from batcher.ledger.store import RowRecord
 from batcher.reporting.verdicts import (
     ATTEMPT_CHARGED,
+    CREDIT,
+    FX_FEE_TYPES,
+    IN_FLIGHT,
+    IN_PROGRESS,
     MISMATCH,
     NO_ORDER,
     NO_TRANSACTION_PROBLEM,
+    NOT_VERIFIED,
+    OTHER_BATCH,
+    OWN_STATUSES,
     RECONCILED,
     ZERO,
     CurrencyReconciliation,
     Evidence,
+    Movement,
     OrderCheck,
     Orphan,
     ReconcileInputs,
     RunWindow,
+    Verdict,
     WalletLine,
     charged_currency,
     ordered_rows,
@@ -50,6 +59,11 @@ class _Tally:
     cost: Decimal = ZERO
     discount: Decimal = ZERO
     debits: Decimal | None = None
+    in_flight: int = 0  # rows sent and not yet confirmed
+    unsent: int = 0  # rows not sent yet (pending or planned)
+    in_flight_debits: Decimal = ZERO
+    fx_fees: Decimal = ZERO
+    movement: Movement | None = None
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -68,16 +82,22 @@ def currency_verdict(
 ) -> CurrencyReconciliation:
     tally = _Tally(currency)
     _tally_ledger(tally, ordered)
+    _tally_unsettled(tally, inputs.rows)
     mine = [o for o in orphans if o.order.currency == currency]
+    unverified = False
     if evidence == "transactions":
         _tally_transactions(tally, ordered, checks, lines)
         _tally_orphans(tally, mine)
-        _tally_balance_movement(tally, inputs)
+        _tally_balance_movement(tally, inputs, lines)
     elif evidence == "balances":
-        _tally_balances_only(tally, inputs.runs)
+        _tally_balances_only(tally, inputs)
     else:
-        tally.problems.append("the provider's data could not be read, so nothing was verified")
-    _tally_unsettled(tally, inputs.rows)
+        unverified = True
+        tally.notes.insert(
+            0,
+            "the provider's data could not be read, so nothing was verified; retry "
+            "`batcher report BATCH` once the provider answers",
+        )
     before, after = _first_before(inputs.runs, currency), _last_after(inputs.runs, currency)
     return CurrencyReconciliation(
         currency=currency,
@@ -90,9 +110,25 @@ def currency_verdict(
         balance_after=after,
         orphans=len(mine),
         orphan_value=sum((o.order.face_value for o in mine), ZERO),
-        verdict=MISMATCH if tally.problems else RECONCILED,
+        verdict=_verdict(tally, unverified),
         reason=_reason(tally, evidence),
+        in_flight=tally.in_flight,
+        in_flight_debits=tally.in_flight_debits,
+        fx_fees=tally.fx_fees,
+        movement=tally.movement,
+        wallet_orders=tally.charged,
+        unsent=tally.unsent,
     )
+
+
+def _verdict(tally: _Tally, unverified: bool) -> Verdict:
+    if tally.problems:
+        return MISMATCH
+    if unverified:
+        return NOT_VERIFIED
+    if tally.in_flight or tally.unsent or tally.in_flight_debits:
+        return IN_PROGRESS
+    return RECONCILED
 
 
 def _tally_ledger(tally: _Tally, ordered: Sequence[RowRecord]) -> None:
@@ -154,6 +190,17 @@ def _tally_transactions(
         lambda c: any(p.startswith("the provider has") for p in c.problems),
         "differ from the provider's record (currency or face value)",
     )  # fmt: skip
+    flying = [x for x in lines if x.status == IN_FLIGHT and x.currency == tally.currency]
+    tally.in_flight_debits = sum((-x.transaction.amount for x in flying if x.transaction), ZERO)
+    tally.fx_fees = sum(
+        (
+            -x.transaction.amount
+            for x in lines
+            if x.own and x.transaction is not None and x.currency == tally.currency
+            and x.transaction.transaction_type in FX_FEE_TYPES
+        ),
+        ZERO,
+    )  # fmt: skip
     kept = [x for x in lines if x.status == ATTEMPT_CHARGED and x.currency == tally.currency]
     if kept:
         value = sum((-x.transaction.amount for x in kept if x.transaction), ZERO)
@@ -191,34 +238,59 @@ def _tally_orphans(tally: _Tally, orphans: Sequence[Orphan]) -> None:
     )
 
 
-def _tally_balance_movement(tally: _Tally, inputs: ReconcileInputs) -> None:
-    """Each run's balance change must equal the sum of the transactions in its window."""
+def _tally_balance_movement(
+    tally: _Tally, inputs: ReconcileInputs, lines: Sequence[WalletLine]
+) -> None:
+    """Each run's balance change, explained by the transactions in its window, by whose.
+
+    Only what no transaction explains is a mismatch: another batch's debits or a
+    top-up in the window are named, not flagged.
+    """
     assert inputs.provider is not None
+    status_of = {id(x.transaction): x.status for x in lines if x.transaction is not None}
+    parts = dict.fromkeys(("moved", "own", "in_flight", "other_batches", "credits", "other"), ZERO)
+    read = False
     for run in inputs.runs:
         if run.before is None or run.after is None:
             continue
         if tally.currency not in run.before or tally.currency not in run.after:
             continue
+        read = True
         moved = run.after[tally.currency] - run.before[tally.currency]
-        explained = sum(
-            (
-                tx.amount
-                for tx in inputs.provider.transactions
-                if tx.currency == tally.currency and tx.timestamp is not None
-                and run.window.contains(tx.timestamp)
-            ),
-            ZERO,
-        )  # fmt: skip
+        parts["moved"] += moved
+        explained = ZERO
+        for tx in inputs.provider.transactions:
+            if tx.currency != tally.currency or tx.timestamp is None:
+                continue
+            if not run.window.contains(tx.timestamp):
+                continue
+            explained += tx.amount
+            parts[_part_of(status_of.get(id(tx)), tx.amount)] += tx.amount
         if moved != explained:
             tally.problems.append(
                 f"in run {run.run_id} the balance moved by {tally.money(moved)} but the wallet "
-                f"transactions account for {tally.money(explained)}"
+                f"transactions account for {tally.money(explained)} (unexplained "
+                f"{tally.money(moved - explained)})"
             )
+    if read:
+        tally.movement = Movement(**parts)
 
 
-def _tally_balances_only(tally: _Tally, runs: Sequence[RunWindow]) -> None:
+def _part_of(status: str | None, amount: Decimal) -> str:
+    if status in OWN_STATUSES:
+        return "own"
+    if status == IN_FLIGHT:
+        return "in_flight"
+    if status == OTHER_BATCH:
+        return "other_batches"
+    if status == CREDIT or (status is None and amount > 0):
+        return "credits"
+    return "other"
+
+
+def _tally_balances_only(tally: _Tally, inputs: ReconcileInputs) -> None:
     moved = ZERO
-    for run in runs:
+    for run in inputs.runs:
         if run.idle:
             continue
         if run.before is None or run.after is None:
@@ -229,18 +301,45 @@ def _tally_balances_only(tally: _Tally, runs: Sequence[RunWindow]) -> None:
             return
         moved += run.before.get(tally.currency, ZERO) - run.after.get(tally.currency, ZERO)
     tally.debits = moved
-    if moved != tally.cost:
-        tally.problems.append(
-            f"ledger cost {tally.money(tally.cost)} ≠ wallet balance movement "
-            f"{tally.money(moved)} (difference {tally.money(tally.cost - moved)}); run "
-            "`batcher report` to match every transaction and find the cause"
+    if moved == tally.cost:
+        return
+    gap = moved - tally.cost
+    flying = [
+        r for r in inputs.rows
+        if r.state in IN_FLIGHT_STATES and charged_currency(r) == tally.currency
+    ]  # fmt: skip
+    at_most = sum((r.est_cost or r.face_value for r in flying), ZERO)
+    if flying and ZERO < gap <= at_most:
+        # The orders in flight may already be paid: that is progress, not a mismatch.
+        tally.in_flight_debits = gap
+        tally.debits = tally.cost
+        tally.notes.append(
+            f"the wallet moved {tally.money(gap)} more than the confirmed orders cost; the "
+            f"{len(flying)} order(s) in flight (up to {tally.money(at_most)}) account for it"
         )
+        return
+    tally.problems.append(
+        f"ledger cost {tally.money(tally.cost)} ≠ wallet balance movement "
+        f"{tally.money(moved)} (difference {tally.money(tally.cost - moved)}); run "
+        "`batcher report` to match every transaction and find the cause"
+    )
 
 
 def _tally_unsettled(tally: _Tally, rows: Sequence[RowRecord]) -> None:
-    count = sum(1 for r in rows if r.state in UNSETTLED_STATES and r.currency == tally.currency)
-    if count:
-        tally.notes.append(f"{count} row(s) still unconfirmed: rerun the batch to settle them")
+    for row in rows:
+        if row.currency != tally.currency:
+            continue
+        if row.state in IN_FLIGHT_STATES:
+            tally.in_flight += 1
+        elif row.in_sheet and row.state in UNFINISHED_STATES:
+            tally.unsent += 1
+    if tally.in_flight:
+        tally.notes.append(
+            f"{tally.in_flight} order(s) still in flight, matched to their order requests: "
+            "a rerun of the batch settles them"
+        )
+    if tally.unsent:
+        tally.notes.append(f"{tally.unsent} row(s) not sent yet: a rerun of the batch sends them")
 
 
 def _reason(tally: _Tally, evidence: Evidence) -> str:
@@ -249,13 +348,19 @@ def _reason(tally: _Tally, evidence: Evidence) -> str:
     if evidence == "balances":
         text = (
             f"ledger cost {tally.money(tally.cost)} equals the wallet's balance movement over "
-            f"{tally.charged} order(s); run `batcher report` for transaction-level matching"
+            f"the {tally.charged} order(s) paid from this wallet; run `batcher report` for "
+            "transaction-level matching"
         )
     else:
         text = (
-            f"ledger cost {tally.money(tally.cost)} equals the wallet debits for "
-            f"{tally.charged} order(s); no orphans"
+            f"ledger cost {tally.money(tally.cost)} equals the wallet debits for the "
+            f"{tally.charged} order(s) paid from this wallet; no orphans"
         )
+        if tally.movement is not None and tally.movement.other_batches:
+            text += (
+                "; other batches' debits in the window: "
+                f"{tally.money(-tally.movement.other_batches)}"
+            )
     return "; ".join([text, *tally.notes])
 
 

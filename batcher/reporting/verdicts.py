@@ -14,10 +14,17 @@ from batcher.ledger.store import RowRecord, parse_ts
 from batcher.providers.base import ProviderOrder
 
 RECONCILED: Final = "RECONCILED"
+IN_PROGRESS: Final = "IN PROGRESS"
+NOT_VERIFIED: Final = "NOT VERIFIED"
 MISMATCH: Final = "MISMATCH"
 ZERO = Decimal(0)
 
-Verdict = Literal["RECONCILED", "MISMATCH"]
+#: RECONCILED: every order and debit matched to the cent. IN PROGRESS: nothing
+#: unexplained, but some orders are still in flight (a rerun settles them).
+#: NOT VERIFIED: the provider could not be read. MISMATCH: a real, unexplained difference.
+Verdict = Literal["RECONCILED", "IN PROGRESS", "NOT VERIFIED", "MISMATCH"]
+#: worst first: a batch takes the worst verdict of its currencies
+VERDICT_ORDER: Final = (MISMATCH, NOT_VERIFIED, IN_PROGRESS, RECONCILED)
 Evidence = Literal["transactions", "balances", "unavailable"]
 
 # Wallet line statuses. Flagged ones make their currency MISMATCH.
@@ -30,10 +37,14 @@ OTHER_BATCH = "another batch"
 CREDIT = "credit"
 REFUNDED_ATTEMPT = "earlier attempt, refunded"
 ATTEMPT_CHARGED = "attempt charged, no order in the ledger"
+#: the debit of an order the batch sent but has not yet confirmed (matched to its row)
+IN_FLIGHT = "in flight"
 FLAGGED_STATUSES = frozenset({COST_DIFFERS, NO_TRANSACTION, NO_ORDER, ORPHAN, ATTEMPT_CHARGED})
 NO_TRANSACTION_PROBLEM = "no wallet transaction"
 #: statuses whose transactions are the batch's own money (summed as its wallet debits)
 OWN_STATUSES = frozenset({MATCHED, COST_DIFFERS, REFUNDED_ATTEMPT, ATTEMPT_CHARGED})
+#: transaction types that are FX fees (shown in a column of their own)
+FX_FEE_TYPES = frozenset({"fx_fee"})
 
 
 @dataclass(frozen=True)
@@ -143,6 +154,38 @@ class Orphan:
 
 
 @dataclass(frozen=True)
+class InFlight:
+    """A provider order the batch sent but has not confirmed yet: never an orphan."""
+
+    order: ProviderOrder
+    row: RowRecord
+    debit: Decimal | None
+
+
+@dataclass(frozen=True)
+class Movement:
+    """A currency's balance movement over the batch's runs, explained line by line.
+
+    Every figure is signed as the wallet sees it (money out negative). `moved` is
+    the sum over runs of balance after - balance before; the parts are the wallet
+    transactions in those runs' windows, by whose they are. `unexplained` is what
+    is left; only a non-zero one is a mismatch.
+    """
+
+    moved: Decimal
+    own: Decimal  # this batch's confirmed orders and earlier attempts
+    in_flight: Decimal  # this batch's orders still in flight
+    other_batches: Decimal  # other batches in this ledger
+    credits: Decimal  # top-ups and other credits
+    other: Decimal  # orphans and debits that match no order
+
+    @property
+    def unexplained(self) -> Decimal:
+        explained = self.own + self.in_flight + self.other_batches + self.credits + self.other
+        return self.moved - explained
+
+
+@dataclass(frozen=True)
 class CurrencyReconciliation:
     currency: str
     orders: int
@@ -156,6 +199,13 @@ class CurrencyReconciliation:
     orphan_value: Decimal
     verdict: Verdict
     reason: str
+    in_flight: int = 0  # rows of this currency still in flight
+    in_flight_debits: Decimal = ZERO  # what the wallet already paid for them
+    fx_fees: Decimal = ZERO  # FX fee debits in this wallet, part of `wallet_debits`
+    movement: Movement | None = None  # None: the balances were not read at both ends
+    #: orders this currency's wallet paid for (cross-currency cards of other currencies too)
+    wallet_orders: int = 0
+    unsent: int = 0  # rows of this currency not sent yet (a rerun sends them)
 
     @property
     def difference(self) -> Decimal | None:
@@ -174,6 +224,9 @@ class Reconciliation:
     wallet_lines: Sequence[WalletLine]
     orphans: Sequence[Orphan]
     provider_error: str | None = None
+    in_flight: Sequence[InFlight] = ()
+    #: the batch's orders from earlier sheets, no longer in today's (a reused batch name)
+    earlier_orders: int = 0
 
     @property
     def counts_add_up(self) -> bool:
@@ -184,24 +237,40 @@ class Reconciliation:
 
     @property
     def verdict(self) -> Verdict:
-        if self.provider_error or not self.counts_add_up:
+        if not self.counts_add_up:
             return MISMATCH
-        if any(c.verdict == MISMATCH for c in self.currencies):
-            return MISMATCH
-        return RECONCILED
+        if self.provider_error:
+            return NOT_VERIFIED
+        found = {c.verdict for c in self.currencies}
+        return next((v for v in VERDICT_ORDER if v in found), RECONCILED)
 
     @property
     def reason(self) -> str:
-        if self.provider_error:
-            return f"the provider's data could not be read: {self.provider_error}"
         if not self.counts_add_up:
             return (
                 f"the row counts ({sum(self.state_counts.values())}) do not add up to the "
                 f"rows in the sheet ({self.sheet_rows if self.sheet_rows is not None else '?'})"
             )
+        if self.provider_error:
+            return (
+                f"the provider's data could not be read ({self.provider_error}), so nothing "
+                "was verified; retry `batcher report BATCH` once the provider answers"
+            )
         bad = [c.currency for c in self.currencies if c.verdict == MISMATCH]
         if bad:
-            return "mismatch in " + ", ".join(bad)
+            return "unexplained difference in " + ", ".join(bad) + " (see Per currency)"
+        waiting = sum(c.in_flight for c in self.currencies)
+        unsent = sum(c.unsent for c in self.currencies)
+        if waiting or unsent or any(c.verdict == IN_PROGRESS for c in self.currencies):
+            parts = []
+            if waiting:
+                parts.append(f"{waiting} order(s) still in flight, matched to their order requests")
+            if unsent:
+                parts.append(f"{unsent} row(s) not sent yet")
+            parts.append("what was ordered matches; a rerun of the batch settles the rest")
+            return "; ".join(parts)
+        if any(c.verdict == NOT_VERIFIED for c in self.currencies):
+            return "some currencies could not be verified (see Per currency)"
         return "every currency reconciles to the cent"
 
 

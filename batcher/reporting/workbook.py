@@ -39,7 +39,9 @@ from batcher.providers.base import Redemption
 from batcher.reporting.cells import safe_cell
 from batcher.reporting.failures import Failure, next_steps
 from batcher.reporting.reconcile import (
+    IN_PROGRESS,
     MISMATCH,
+    NOT_VERIFIED,
     RECONCILED,
     OrderCheck,
     Reconciliation,
@@ -61,14 +63,24 @@ from batcher.reporting.xlsx_stream import (
 DATETIME_FORMAT = "yyyy-mm-dd hh:mm:ss"
 MASK = "••••"
 SUMMARY, ORDERS, FAILURES, WALLET, ORPHANS = "Summary", "Orders", "Failures", "Wallet", "Orphans"
+OUTSTANDING = "Outstanding"
 CURRENCY_HEADERS = (
     "Currency", "Orders", "Face value", "Cost (ledger)", "Wallet debits (provider)",
     "Discount / fee", "Balance before", "Balance after", "Difference", "Orphans",
-    "Verdict", "Reason",
+    "Verdict", "Reason", "FX fees", "In flight (paid)", "Unexplained", "Paid from this wallet",
+)  # fmt: skip
+#: the per-currency table's money columns (1-based), each formatted in its currency
+CURRENCY_MONEY_COLUMNS = (3, 4, 5, 6, 7, 8, 9, 13, 14, 15)
+MOVEMENT_HEADERS = (
+    "Currency", "Balance moved", "This batch's orders", "In flight", "Other batches",
+    "Credits (top-ups, refunds)", "Other", "Unexplained",
 )  # fmt: skip
 STATE_HEADERS = ("State", "Rows")
-SPEND_HEADERS = ("Product", "Currency", "Orders", "Face value", "Cost")
+PAID_HEADERS = ("Orders", "Count")
+#: "Currency" is the paying wallet (Cost is in it); "Face value" is in "Card currency"
+SPEND_HEADERS = ("Product", "Currency", "Orders", "Face value", "Cost", "Card currency")
 NEXT_STEP_HEADERS = ("Rows", "Next step")
+OUTSTANDING_HEADERS = ("Rows waiting", "Why")
 RUN_HEADERS = ("Run", "Started (UTC)", "Finished (UTC)", "Exit code")
 FAILURE_HEADERS = (
     "Source row", "Reference", "Recipient email", "Recipient name", "Product", "Face value",
@@ -94,6 +106,8 @@ _TITLE = Font(bold=True, size=14)
 _HEADER_FILL = PatternFill("solid", fgColor="DDEBF7")
 _GOOD_FILL = PatternFill("solid", fgColor="C6EFCE")
 _BAD_FILL = PatternFill("solid", fgColor="FFC7CE")
+_WAIT_FILL = PatternFill("solid", fgColor="FFEB9C")
+_UNKNOWN_FILL = PatternFill("solid", fgColor="D9D9D9")
 
 
 def money_format(currency: str) -> str:
@@ -183,6 +197,7 @@ def write_workbook(path: Path, model: ReportModel) -> Path:
         _failures_sheet(workbook, model, styles),
         _wallet_sheet(workbook, model, styles),
         _orphans_sheet(workbook, model, styles),
+        _outstanding_sheet(workbook, model, styles),
     ]
     with atomic_write(path) as tmp:
         workbook.save(tmp)
@@ -316,7 +331,7 @@ def _last_error(row: RowRecord) -> str:
 
 
 def _check_text(row: RowRecord, check: OrderCheck | None, model: ReportModel) -> str:
-    prefix = "" if row.in_sheet else "no longer in the sheet; "
+    prefix = "" if row.in_sheet else f"{earlier_sheet_note(row)}; "
     if row.state != "succeeded" or not row.order_id:
         return prefix.rstrip("; ")
     if check is None:
@@ -325,6 +340,13 @@ def _check_text(row: RowRecord, check: OrderCheck | None, model: ReportModel) ->
             "checked against the wallet balance only" if evidence == "balances" else "not checked"
         )
     return prefix + ("; ".join(check.problems) if check.problems else "OK")
+
+
+def earlier_sheet_note(row: RowRecord) -> str:
+    """How an order from an earlier sheet of the batch is shown: when it was ordered."""
+    moment = parse_ts(row.succeeded_at or row.updated_at)
+    when = f" on {moment.date().isoformat()}" if moment else ""
+    return f"ordered{when}, not in today's sheet"
 
 
 def _orders_sheet(workbook: Workbook, model: ReportModel, styles: _Styles) -> StreamedSheet:
@@ -357,8 +379,15 @@ def failure_line(failure: Failure, styles: _Styles) -> list[Any]:
 
 
 def _failures_sheet(workbook: Workbook, model: ReportModel, styles: _Styles) -> StreamedSheet:
-    rows = [failure_line(f, styles) for f in model.failures]
+    """Rows that need a person; rows a rerun settles are on the Outstanding sheet."""
+    rows = [failure_line(f, styles) for f in model.failures if not f.outstanding]
     return _streamed(workbook, FAILURES, FAILURE_HEADERS, rows, _widths(FAILURE_HEADERS, rows))
+
+
+def _outstanding_sheet(workbook: Workbook, model: ReportModel, styles: _Styles) -> StreamedSheet:
+    """Rows not sent yet or still in flight: a rerun of the batch settles them."""
+    rows = [failure_line(f, styles) for f in model.failures if f.outstanding]
+    return _streamed(workbook, OUTSTANDING, FAILURE_HEADERS, rows, _widths(FAILURE_HEADERS, rows))
 
 
 # ----- Wallet
@@ -478,7 +507,7 @@ def write_summary(sheet: Worksheet, model: ReportModel) -> None:
     spend = spend_by_product(model.rows)
     band_row, band = cursor.row, _Band.fit(spend)
     cursor.row += band.rows * band.count
-    for block in (_state_counts, _next_steps, _about, _runs_table):
+    for block in (_movement_table, _state_counts, _outstanding, _next_steps, _about, _runs_table):
         block(cursor, model)
         cursor.gap()
     _add_charts(sheet, _spend_table(cursor, spend), band_row, band)
@@ -497,7 +526,8 @@ def _wrap(sheet: Worksheet, row: int, column: int, text: str, width: float) -> N
 
 
 def _verdict_fill(cell: Cell, verdict: str) -> None:
-    cell.fill = _GOOD_FILL if verdict == RECONCILED else _BAD_FILL
+    fills = {RECONCILED: _GOOD_FILL, IN_PROGRESS: _WAIT_FILL, NOT_VERIFIED: _UNKNOWN_FILL}
+    cell.fill = fills.get(verdict, _BAD_FILL)
     cell.font = _BOLD
 
 
@@ -545,6 +575,52 @@ def _state_counts(cursor: _Cursor, model: ReportModel) -> None:
     _verdict_fill(
         cursor.sheet.cell(row=row, column=2), RECONCILED if rec.counts_add_up else MISMATCH
     )
+    # A batch name reused over several sheets (a nightly job) has paid orders that are
+    # not in today's sheet: they are counted here so the counts add up to everything paid.
+    cursor.gap()
+    cursor.title("Orders paid (every sheet of the batch)")
+    cursor.header(PAID_HEADERS)
+    today = rec.state_counts.get("succeeded", 0)
+    cursor.put(["In today's sheet", today])
+    cursor.put(["Ordered earlier, not in today's sheet", rec.earlier_orders])
+    paid = today + rec.earlier_orders
+    cursor.put(["Total paid", paid])
+    orders = sum(c.orders for c in rec.currencies)
+    row = cursor.put(["Adds up to Per currency", "yes" if paid == orders else "NO"])
+    _verdict_fill(cursor.sheet.cell(row=row, column=2), RECONCILED if paid == orders else MISMATCH)
+
+
+def _movement_table(cursor: _Cursor, model: ReportModel) -> None:
+    """Each currency's balance movement over the runs, explained line by line."""
+    rec = model.reconciliation
+    moving = [c for c in rec.currencies if c.movement is not None]
+    cursor.title("Balance movement over the runs (signed: money out is negative)")
+    cursor.header(MOVEMENT_HEADERS)
+    for c in moving:
+        m = c.movement
+        assert m is not None
+        fmt = money_format(c.currency)
+        row = cursor.put(
+            [c.currency, m.moved, m.own, m.in_flight, m.other_batches, m.credits, m.other,
+             m.unexplained],
+            formats=dict.fromkeys(range(2, 9), fmt),
+        )  # fmt: skip
+        _verdict_fill(
+            cursor.sheet.cell(row=row, column=8), RECONCILED if m.unexplained == 0 else MISMATCH
+        )
+    if not moving:
+        cursor.put(["(the balances were not read at both ends of a run, or not listed)"])
+
+
+def _outstanding(cursor: _Cursor, model: ReportModel) -> None:
+    """Rows a rerun settles (not sent yet, or in flight): not failures, but not done."""
+    waiting = [f for f in model.failures if f.outstanding]
+    cursor.title("Outstanding (a rerun of the batch settles these; see the Outstanding sheet)")
+    cursor.header(OUTSTANDING_HEADERS)
+    for reason, count in sorted(Counter(f.reason for f in waiting).items()):
+        cursor.put([count, reason])
+    if not waiting:
+        cursor.put([0, "nothing outstanding"])
 
 
 def _currency_table(cursor: _Cursor, rec: Reconciliation) -> None:
@@ -552,12 +628,14 @@ def _currency_table(cursor: _Cursor, rec: Reconciliation) -> None:
     cursor.header(CURRENCY_HEADERS)
     for c in rec.currencies:
         fmt = money_format(c.currency)
+        unexplained = c.movement.unexplained if c.movement is not None else None
         row = cursor.put(
             [
                 c.currency, c.orders, c.face_value, c.cost, c.wallet_debits, c.discount,
                 c.balance_before, c.balance_after, c.difference, c.orphans, c.verdict, c.reason,
+                c.fx_fees, c.in_flight_debits, unexplained, c.wallet_orders,
             ],
-            formats={col: fmt for col in (3, 4, 5, 6, 7, 8, 9)},
+            formats=dict.fromkeys(CURRENCY_MONEY_COLUMNS, fmt),
         )  # fmt: skip
         _verdict_fill(cursor.sheet.cell(row=row, column=11), c.verdict)
         _wrap(cursor.sheet, row, 12, c.reason, _SUMMARY_WIDTHS["L"])
@@ -568,7 +646,7 @@ def _currency_table(cursor: _Cursor, rec: Reconciliation) -> None:
 def _next_steps(cursor: _Cursor, model: ReportModel) -> None:
     cursor.title("Next steps")
     cursor.header(NEXT_STEP_HEADERS)
-    steps = next_steps(model.failures)
+    steps = next_steps([f for f in model.failures if not f.outstanding])
     for action, count in steps[:30]:
         cursor.put([count, action])
     if not steps:
@@ -582,33 +660,38 @@ def _runs_table(cursor: _Cursor, model: ReportModel) -> None:
         cursor.put([run.run_id, run.started_at, run.finished_at, run.exit_code])
 
 
-def spend_by_product(rows: Sequence[RowRecord]) -> list[tuple[str, str, int, Decimal, Decimal]]:
-    """(product, currency, orders, face value, cost) of the batch's orders, by currency."""
-    totals: dict[tuple[str, str], list[Any]] = {}
+Spend = tuple[str, str, int, Decimal, Decimal, str]
+
+
+def spend_by_product(rows: Sequence[RowRecord]) -> list[Spend]:
+    """(product, paying wallet, orders, face value, cost, card currency) of the batch's
+    orders: the cost in the wallet that paid, the face value in the card's own currency."""
+    totals: dict[tuple[str, str, str], list[Any]] = {}
     for row in ordered_rows(rows):
-        key = (row.fields.get("product_code", ""), charged_currency(row))
+        key = (row.fields.get("product_code", ""), charged_currency(row), row.currency)
         entry = totals.setdefault(key, [0, Decimal(0), Decimal(0)])
         entry[0] += 1
         entry[1] += row.face_value
         entry[2] += row.cost or Decimal(0)
     return [
-        (product, currency, n, face, cost)
-        for (product, currency), (n, face, cost) in sorted(
-            totals.items(), key=lambda item: (item[0][1], -item[1][2], item[0][0])
+        (product, wallet, n, face, cost, card)
+        for (product, wallet, card), (n, face, cost) in sorted(
+            totals.items(), key=lambda item: (item[0][1], -item[1][2], item[0][0], item[0][2])
         )
     ]
 
 
-def _spend_table(
-    cursor: _Cursor, spend: Sequence[tuple[str, str, int, Decimal, Decimal]]
-) -> dict[str, tuple[int, int]]:
+def _spend_table(cursor: _Cursor, spend: Sequence[Spend]) -> dict[str, tuple[int, int]]:
     """The chart data, as a table; returns each currency's first and last row."""
     cursor.title("Spend by product")
     cursor.header(SPEND_HEADERS)
     rows: dict[str, tuple[int, int]] = {}
-    for product, currency, n, face, cost in spend:
+    for product, currency, n, face, cost, card in spend:
         fmt = money_format(currency)
-        row = cursor.put([product, currency, n, face, cost], formats={4: fmt, 5: fmt})
+        row = cursor.put(
+            [product, currency, n, face, cost, card],
+            formats={4: money_format(card), 5: fmt},
+        )
         rows[currency] = (rows.get(currency, (row, row))[0], row)
     if not rows:
         cursor.put(["(no orders)"])
@@ -617,9 +700,11 @@ def _spend_table(
 
 #: the Summary's column widths, in characters; the band of charts is laid out on them
 _SUMMARY_WIDTHS = {
-    "A": 26, "B": 21, "C": 19, "D": 15, "E": 24, "F": 14,
-    "G": 15, "H": 15, "I": 12, "J": 9, "K": 13, "L": 50,
+    "A": 34, "B": 21, "C": 19, "D": 15, "E": 24, "F": 14,
+    "G": 15, "H": 15, "I": 12, "J": 9, "K": 13, "L": 50, "M": 12, "N": 15, "O": 13,
 }  # fmt: skip
+#: the columns the charts span (the per-currency table's first twelve)
+_CHART_COLUMNS = "ABCDEFGHIJKL"
 _CHARTS_PER_BAND = 3
 _CM_PER_CHAR = 0.19  # a column one character wide, in centimetres
 _CM_PER_ROW = 0.53  # a row of the default height, in centimetres
@@ -634,7 +719,7 @@ class _Band:
     rows: int  # the sheet rows one band covers
 
     @classmethod
-    def fit(cls, spend: Sequence[tuple[str, str, int, Decimal, Decimal]]) -> _Band:
+    def fit(cls, spend: Sequence[Spend]) -> _Band:
         per_currency = Counter(currency for _, currency, *_ in spend)
         most = max(per_currency.values(), default=0)
         height = min(18.0, max(6.0, 3.0 + 0.62 * most))
@@ -644,7 +729,7 @@ class _Band:
 
 def _chart_slots() -> list[tuple[str, float]]:
     """Where each chart of a band starts (column letter) and how wide it is (cm)."""
-    letters = list(_SUMMARY_WIDTHS)
+    letters = list(_CHART_COLUMNS)
     starts, total = [], 0.0
     for letter in letters:
         starts.append(total)

@@ -390,7 +390,7 @@ def test_orders_funds_run_out_then_top_up(tmp_path: Path) -> None:
         sheet = write_csv(tmp_path / "funds.csv", rows, ORDER_HEADER)
         reports = tmp_path / "reports"
         env = gifq_env(sandbox, tmp_path / "state")
-        first = batcher(run_args(sandbox, sheet, reports), env)
+        first = batcher(run_args(sandbox, sheet, reports, "--order-fundable"), env)
         assert first.returncode == 3, first.stderr
         assert "insufficient funds" in first.stderr.lower()
         lines = read_rows_csv(reports, "funds")
@@ -722,7 +722,7 @@ def test_payouts_funds_run_out_then_top_up(tmp_path: Path) -> None:
         sheet = write_csv(tmp_path / "pfunds.csv", rows, PAYOUT_HEADER)
         reports = tmp_path / "r"
         env = gifq_env(sandbox, tmp_path / "state")
-        args = payout_args(sandbox, sheet, reports, "--chunk-size", "5")
+        args = payout_args(sandbox, sheet, reports, "--chunk-size", "5", "--order-fundable")
         first = batcher(args, env)
         assert first.returncode == 3, first.stderr
         assert "insufficient funds" in first.stderr.lower()

@@ -22,7 +22,7 @@ from batcher.core.errors import ExitCode
 from batcher.execute.run import BatchOptions, run_batch
 from batcher.execute.runner import SilentListener
 from batcher.reporting.cells import FORMULA_TRIGGERS
-from batcher.reporting.reconcile import MISMATCH, RECONCILED
+from batcher.reporting.reconcile import IN_PROGRESS, MISMATCH, RECONCILED
 from batcher.sandbox.server import SandboxHandle, running_sandbox
 from tests.e2e.runkit import (
     HEADER,
@@ -306,10 +306,13 @@ def test_the_suggested_top_up_is_exactly_enough(tmp_path: Path) -> None:
         sheet = write_sheet(tmp_path / "funds.csv", make_rows(40))
         reports = tmp_path / "reports"
         env = cli_env(sandbox, tmp_path / "state")
-        first = batcher(run_args(sheet, reports, "--chunk-size", "5"), env)
+        first = batcher(run_args(sheet, reports, "--chunk-size", "5", "--order-fundable"), env)
         assert first.returncode == ExitCode.INCOMPLETE, first.stderr
         wb = load_workbook(reports / "funds" / "reconciliation.xlsx")
-        assert wb["Summary"]["B2"].value == RECONCILED, "what was ordered still reconciles"
+        # What was ordered reconciles; rows left for funds keep the batch in progress.
+        assert wb["Summary"]["B2"].value == IN_PROGRESS
+        per_currency = {r["Currency"]: r for r in block(wb["Summary"], "Currency")}
+        assert dec(per_currency["GBP"]["Difference"]) == 0
         steps = [s["Next step"] for s in block(wb["Summary"], "Rows")]
         (step,) = [s for s in steps if s.startswith("top up GBP wallet by £")]
         assert step.endswith(" and rerun")

@@ -67,9 +67,15 @@ def test_happy_path_1000_rows(tmp_path: Path, async_mode: bool) -> None:
 
 
 def test_lost_ledger_creates_no_duplicates(tmp_path: Path) -> None:
-    # Slow enough (4 req/s) that a kill lands mid-way.
+    # Slow enough (4 req/s) that a kill lands mid-way. Funded for the whole sheet twice:
+    # with its ledger gone, the funds rule cannot know which rows the provider already
+    # holds, so it counts them all (the provider's deduplication then charges nothing twice).
     with running_sandbox(
-        "ugiftme", rate_limit=4, rate_window_seconds=1, async_delay_seconds=0.05
+        "ugiftme",
+        rate_limit=4,
+        rate_window_seconds=1,
+        async_delay_seconds=0.05,
+        funding={"GBP": "20000.00"},
     ) as sandbox:
         sheet = write_sheet(tmp_path / "lost.csv", make_rows(300))
         state = tmp_path / "state"
@@ -92,7 +98,7 @@ def test_funds_run_out_then_top_up(tmp_path: Path) -> None:
     with running_sandbox("ugiftme", funding={"GBP": "600.00"}, **FAST) as sandbox:
         sheet = write_sheet(tmp_path / "funds.csv", make_rows(60))  # ~ £2,100 of orders
         env = cli_env(sandbox, tmp_path / "state")
-        args = run_args(sheet, tmp_path / "reports", "--chunk-size", "5")
+        args = run_args(sheet, tmp_path / "reports", "--chunk-size", "5", "--order-fundable")
         first = batcher(args, env)
         assert first.returncode == 3, first.stderr
         assert "insufficient funds" in first.stderr.lower()

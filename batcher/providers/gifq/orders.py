@@ -14,7 +14,7 @@ import httpx
 from batcher.config import ProviderSettings
 from batcher.core.errors import AuthError, ProviderUnavailable
 from batcher.core.fields import BASE_REQUIRED
-from batcher.core.models import Product
+from batcher.core.models import FxQuote, Product
 from batcher.providers.base import (
     ItemResult,
     OrderItem,
@@ -28,6 +28,7 @@ from batcher.providers.gifq.board import Clock, OrderBoard
 from batcher.providers.gifq.common import LOOKUP_PAGES, GifqBase
 from batcher.providers.gifq.parse import (
     FINAL_ORDER_STATUSES,
+    fx_quote,
     order_body,
     order_result,
     parse_brand,
@@ -43,6 +44,14 @@ from batcher.transport.throttle import RateLimiter
 
 #: Pages a poll may scan for the orders it waits for before it falls back to GET by id.
 SCAN_PAGES = 3
+
+
+#: pages of the order list read for the last FX rates (20 orders a page)
+FX_PAGES = 5
+
+
+def _newer(a: FxQuote, b: FxQuote) -> bool:
+    return a.seen_at is not None and (b.seen_at is None or a.seen_at > b.seen_at)
 
 
 class GifqOrders(GifqBase):
@@ -95,6 +104,23 @@ class GifqOrders(GifqBase):
                 continue
             found.append(order)
         return found
+
+    def fx_rates(self) -> list[FxQuote]:
+        """The newest rate GIFQ reported per (card currency, paying currency).
+
+        GIFQ publishes no rate endpoint; every cross-currency order carries the
+        `fx_fee` it was charged at. The newest `FX_PAGES` pages of orders are read.
+        """
+        found: dict[tuple[str, str], FxQuote] = {}
+        for record in self._pages("/orders", max_pages=FX_PAGES):
+            quote_ = fx_quote(record)
+            if quote_ is None:
+                continue
+            key = (quote_.source, quote_.paying)
+            known = found.get(key)
+            if known is None or _newer(quote_, known):
+                found[key] = quote_
+        return list(found.values())
 
     def redemption(self, order_id: str) -> Redemption | None:
         """How one order is redeemed (`GET /api/orders/:id`); None when GIFQ has no such order."""

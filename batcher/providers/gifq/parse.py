@@ -10,7 +10,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from batcher.core.models import Balance, Product, WalletTransaction
+from batcher.core.models import Balance, FxQuote, Product, WalletTransaction
 from batcher.core.money import fits_currency, quantum, round_money, to_decimal
 from batcher.providers.base import (
     IncompleteResult,
@@ -485,3 +485,26 @@ def _header_int(headers: Mapping[str, str], name: str) -> int | None:
 def created_before(record: Record, moment: datetime | None) -> bool:
     created = parse_time(record.get("created_at"))
     return moment is not None and created is not None and created < moment
+
+
+def fx_quote(order: Record) -> FxQuote | None:
+    """The conversion a cross-currency order was charged at; None for any other order."""
+    fx = order.get("fx_fee")
+    if not isinstance(fx, Mapping):
+        return None
+    try:
+        rate = _optional_money(fx.get("rate"))
+        fee = _optional_money(fx.get("fee_percentage"))
+    except (TypeError, ValueError, ArithmeticError):
+        return None  # an odd record only means this order tells no rate
+    source = as_text(order.get("currency")).upper()
+    paying = (as_text(fx.get("currency")) or as_text(order.get("payment_currency"))).upper()
+    if rate is None or rate <= 0 or not source or not paying:
+        return None
+    return FxQuote(
+        source=source,
+        paying=paying,
+        rate=rate,
+        fee_percent=fee if fee is not None else Decimal(0),
+        seen_at=parse_time(order.get("created_at")),
+    )
