@@ -104,11 +104,15 @@ class ConsoleUI:
             f"{plan.new_chunks} chunk(s); {plan.unknown_chunks} unresolved and "
             f"{plan.accepted_chunks} accepted chunk(s) from earlier runs"
         )
+        # Cost is per paying wallet; face value per card currency (they differ for
+        # cross-currency orders, and a refused plan may hold no rows at all).
         for currency in sorted(plan.cost_by_currency):  # only what this run would spend
             balance = balances.get(currency)
             available = format_money(balance.available, currency) if balance else "no wallet"
+            face = plan.face_by_currency.get(currency)
+            face_text = f"face {format_money(face, currency)}, " if face is not None else ""
             self.log.info(
-                f"  {currency}: face {format_money(plan.face_by_currency[currency], currency)}, "
+                f"  {currency} wallet: {face_text}"
                 f"cost {format_money(plan.cost_by_currency[currency], currency)}, "
                 f"available {available}"
             )

@@ -192,7 +192,10 @@ def test_a_reused_batch_name_counts_every_paid_order(tmp_path: Path) -> None:
             assert result.returncode == 0, result.stderr
         assert len(sandbox_orders(sb)) == 60
 
-        assert "paid orders 60: 30 in this sheet, 30 from earlier sheets" in result.stdout
+        assert (
+            "paid orders 60: 30 in this sheet, 30 from earlier sheets"
+            in result.stdout + result.stderr
+        )
         status = batcher(["status", "nightly", "--json"], env)
         assert json.loads(status.stdout)["paid_orders"]["total"] == 60
         summary = read_summary(reports, "nightly")

@@ -113,7 +113,7 @@ def check_run_document(document: dict[str, Any]) -> None:
                 "requests", "started_at", "finished_at", "summary_file", "ledger"):  # fmt: skip
         assert key in document, key
     for totals in document["totals_by_currency"].values():
-        assert set(totals) == {"orders", "face_value", "cost"}
+        assert set(totals) == {"orders", "face_value", "wallet_orders", "cost"}
 
 
 def _write_with_note(path: Path, rows: list[dict[str, str]]) -> None:
