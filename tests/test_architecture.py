@@ -279,3 +279,22 @@ def test_pipeline_stages_never_name_a_provider() -> None:
 
 def test_the_provider_name_check_can_fail() -> None:
     assert provider_name_constants('def f(p):\n    """gifq"""\n    return p == "gifq"\n') == [3]
+
+
+def test_the_readme_layout_matches_the_tree() -> None:
+    readme = (ROOT.parent / "README.md").read_text()
+    layout = readme.split("## Layout", 1)[1].split("```", 2)[1]
+    listed = {
+        line.split()[0].rstrip("/")
+        for line in layout.splitlines()
+        if line.startswith("  ") and line[2] != " " and line.split()
+    }
+    actual = {
+        p.name
+        for p in ROOT.iterdir()
+        if (p.is_dir() and (p / "__init__.py").exists())
+        or (p.suffix == ".py" and p.stem not in {"__init__", "__main__"})
+    }
+    assert listed == actual, (
+        f"README lists {sorted(listed - actual)}, misses {sorted(actual - listed)}"
+    )
