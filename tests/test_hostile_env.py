@@ -160,3 +160,12 @@ def test_fifo_config_is_refused(tmp_path: Path) -> None:
     os.mkfifo(fifo)
     with pytest.raises(ConfigError, match="not a regular file"):
         load_file_config(fifo)
+
+
+def test_intake_limits_come_from_batcher_toml() -> None:
+    from batcher.intake.xlsx_limits import IntakeLimits, intake_limits
+
+    assert intake_limits({"max_cells": 5, "max_rows": 7}) == IntakeLimits(max_cells=5, max_rows=7)
+    for bad in ({"max_celss": 5}, {"max_cells": 0}, {"max_cells": "5"}, {"max_rows": True}):
+        with pytest.raises(UsageError):
+            intake_limits(bad)

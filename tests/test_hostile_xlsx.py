@@ -115,7 +115,7 @@ def test_far_cell_bomb_is_refused_naming_the_column_limit(tmp_path: Path) -> Non
     message = str(caught.value)
     assert message.startswith("far.xlsx: [Sheet] ")
     assert "column 16,384" in message and "max_columns" in message
-    assert "IntakeLimits(max_columns=...)" in (caught.value.hint or "")
+    assert "[intake] max_columns = ..." in (caught.value.hint or "")
 
 
 def test_far_cell_bomb_stays_within_memory_bound(tmp_path: Path) -> None:

@@ -45,8 +45,8 @@ def test_committed_files_are_exactly_what_the_generator_writes(tmp_path: Path) -
         assert path.read_bytes() == (HOSTILE / path.name).read_bytes(), path.name
 
 
-def test_the_corpus_has_at_least_40_files() -> None:
-    assert len(GENERATOR.FILES) >= 40
+def test_the_corpus_has_at_least_60_files() -> None:
+    assert len(GENERATOR.FILES) >= 60
 
 
 @pytest.mark.parametrize("name", sorted(GENERATOR.FILES))

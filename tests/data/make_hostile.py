@@ -415,7 +415,7 @@ FILES["notes_first_sheet_chosen.xlsx"] = (
 
 
 # Workbooks that would make calamine allocate without bound.
-@case("bomb_far_cell.xlsx", Expect(refused="declares column 16,384", hint="max_columns=..."))
+@case("bomb_far_cell.xlsx", Expect(refused="declares column 16,384", hint="max_columns = ..."))
 def _far_cell() -> bytes:
     data = rows_xml([HEADER, row(1)]) + '<row r="1048576">' + cell_xml("XFD1048576", "x") + "</row>"
     return workbook_bytes([("Recipients", sheet_xml(data, "A1:XFD1048576"))])
@@ -427,7 +427,7 @@ def _far_cell_hidden() -> bytes:
     return workbook_bytes([("Recipients", sheet_xml(data, "A1:G2"))])
 
 
-@case("bomb_row_beyond_excel.xlsx", Expect(refused="uses row 2,000,000", hint="max_rows=..."))
+@case("bomb_row_beyond_excel.xlsx", Expect(refused="uses row 2,000,000", hint="max_rows = ..."))
 def _far_row() -> bytes:
     data = rows_xml([HEADER, row(1)]) + '<row r="2000000">' + cell_xml("A2000000", "x") + "</row>"
     return workbook_bytes([("Recipients", sheet_xml(data, "A1:G2"))])
@@ -514,6 +514,60 @@ FILES["error_cell_in_passthrough.xlsx"] = (
     ),
     Expect(valid=2, warnings=("formula_error",)),
 )
+
+
+# ---------------------------------------------------------------------------
+# Text a terminal or a spreadsheet would act on, and shapes of nearly-empty files.
+# Pass-through cells reach the reports neutralised (reporting/cells.py); cells with
+# escape sequences are shown escaped on the terminal (cli/terminal.py).
+
+_FORMULA_NOTES = [" =1+1", "\n=1+1", "\u00a0=SUM(A1)", "\u200b=1", "＝1+1"]
+
+
+@case("passthrough_formulas.csv", Expect(valid=5))
+def _passthrough_formulas() -> bytes:
+    rows = [[*row(n), note] for n, note in enumerate(_FORMULA_NOTES, 1)]
+    return csv_text([[*HEADER, "Note"], *rows]).encode()
+
+
+@case("escape_in_email.csv", Expect(errors=((3, "Email", "bad_email"),), valid=1))
+def _escape_in_email() -> bytes:
+    return csv_text([HEADER, row(1), row(2, email="evil\x1b[2J@example.com")]).encode()
+
+
+@case("osc_in_name.csv", Expect(valid=2))
+def _osc_in_name() -> bytes:
+    return csv_text([HEADER, row(1, name="Ana\x1b]0;pwned\x07"), row(2)]).encode()
+
+
+@case("bidi_override_name.csv", Expect(valid=2))
+def _bidi_override_name() -> bytes:
+    return csv_text([HEADER, row(1, name="Ana \u202egnp.exe"), row(2)]).encode()
+
+
+@case("empty_file.csv", Expect(refused="is empty", hint="export the sheet again"))
+def _empty_file() -> bytes:
+    return b""
+
+
+@case("header_only.csv", Expect(refused="but no data rows", hint="add at least one recipient"))
+def _header_only() -> bytes:
+    return csv_text([HEADER]).encode()
+
+
+@case("crlf_and_lf_mixed.csv", Expect(valid=2))
+def _crlf_and_lf_mixed() -> bytes:
+    return (csv_text([HEADER, row(1)]).replace("\n", "\r\n") + csv_text([row(2)])).encode()
+
+
+@case("bom_utf8_semicolon.csv", Expect(valid=2))
+def _bom_utf8_semicolon() -> bytes:
+    return b"\xef\xbb\xbf" + csv_text([HEADER, row(1), row(2)], delimiter=";").encode()
+
+
+@case("blank_rows_between.csv", Expect(valid=2))
+def _blank_rows_between() -> bytes:
+    return (csv_text([HEADER, row(1)]) + ",,,,,,\n\n" + csv_text([row(2)])).encode()
 
 
 def build(out: Path = DEFAULT_OUT) -> list[Path]:
