@@ -30,7 +30,7 @@ from batcher.cli.common import (
 )
 from batcher.cli.render import render_summary
 from batcher.cli.terminal import echo
-from batcher.config import limits_from_config, load_file_config, parse_limit
+from batcher.config import limits_from_config, load_file_config, parse_limit, webhook_settings
 from batcher.core.errors import ExitCode, UsageError
 from batcher.core.models import Balance
 from batcher.core.money import format_money
@@ -211,6 +211,7 @@ def run(
         report_dir=report_dir,
         run=RunOptions(chunk_size=chunk_size, retry_failed=retry_failed, deadline_seconds=deadline),
         provider_options=provider_mode(payouts, campaign, expires_in_days),
+        webhooks=webhook_settings(load_file_config()),
     )
     ui = ConsoleUI(assume_yes)
     with stop_on_signals() as stop:

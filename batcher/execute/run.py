@@ -16,7 +16,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
 
-from batcher.config import ProviderSettings
+from batcher.config import ProviderSettings, WebhookSettings
 from batcher.core.clock import utc_now
 from batcher.core.errors import BatcherError, ConfigError, ExitCode
 from batcher.core.models import Balance
@@ -24,6 +24,7 @@ from batcher.core.money import format_money, money_str
 from batcher.core.names import batch_name_from_stem, check_batch_name
 from batcher.core.states import UNFINISHED_STATES
 from batcher.execute.check import check_sheet
+from batcher.execute.events import open_feed
 from batcher.execute.rows import sheet_rows_from_validation
 from batcher.execute.runner import PlanSummary, RunListener, Runner, RunOptions, RunStats
 from batcher.intake.validate import ValidationResult
@@ -52,6 +53,7 @@ class BatchOptions:
     report_dir: Path = Path("reports")
     run: RunOptions = field(default_factory=RunOptions)
     provider_options: ProviderOptions = field(default_factory=ProviderOptions)
+    webhooks: WebhookSettings | None = None  # enabled: settle from events, poll as a fallback
 
     @property
     def batch_name(self) -> str:
@@ -167,9 +169,11 @@ def _run_locked(
         sheet_columns=dict(sheet.columns),
     )
     run_id = ledger.start_run(batch, "run")
+    feed = open_feed(provider, options.state_dir, options.webhooks, ui.listener.message)
     runner = Runner(
-        provider, ledger, batch, account_id, options.run, listener=ui.listener, stop=stop
-    )
+        provider, ledger, batch, account_id, options.run, listener=ui.listener, stop=stop,
+        events=feed,
+    )  # fmt: skip
     plan = runner.prepare(sheet_rows)
     ui.show_plan(plan, balances)
 
@@ -356,6 +360,7 @@ def build_summary(
         "requests": {
             "submits": stats.submits,
             "polls": stats.polls,
+            "settled_by_event": stats.settled_by_event,
             "lookups": stats.lookups,
             "unknown_outcomes": stats.unknown_outcomes,
             "submit_phase_seconds": round(submit_seconds, 3),
