@@ -22,6 +22,8 @@ _COMMANDS: dict[str, str] = {
     "status": "batcher.cli.run:status",
     "report": "batcher.cli.report:report",
     "sandbox": "batcher.cli.sandbox:sandbox",
+    "webhooks": "batcher.cli.webhooks:webhooks",
+    "listen": "batcher.cli.listen:listen",
 }
 
 

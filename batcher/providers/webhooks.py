@@ -1,5 +1,5 @@
-"""Provider-neutral webhook vocabulary: subscriptions, verified events, and the
-one place that maps a provider name to its webhook client and event reader.
+"""Provider-neutral webhook vocabulary: subscriptions and verified events
+(`webhook_clients` maps a provider name to its client and event reader).
 
 A verified delivery becomes `EventEvidence`: what the ledger keeps (the event,
 the order request id, the order ids) and the payload with every voucher code
@@ -16,8 +16,6 @@ from typing import Any, Protocol, runtime_checkable
 
 from pydantic import SecretStr
 
-from batcher.config import ProviderSettings
-from batcher.core.errors import UsageError
 from batcher.providers.base import OrderItem, PollResult
 
 #: keys whose values are bearer credentials in any provider's event payload
@@ -92,22 +90,6 @@ class EventReader(Protocol):
     """Turns a verified delivery body into evidence; ValueError when unreadable."""
 
     def __call__(self, body: bytes) -> EventEvidence: ...
-
-
-def connect_webhooks(settings: ProviderSettings) -> WebhookClient:
-    if settings.provider == "ugiftme":
-        from batcher.providers.ugiftme_webhooks import UGiftMeWebhooks
-
-        return UGiftMeWebhooks(settings)
-    raise UsageError(f"{settings.provider} has no webhooks batcher can use")
-
-
-def event_reader(provider: str) -> EventReader:
-    if provider == "ugiftme":
-        from batcher.providers.ugiftme_webhooks import read_event
-
-        return read_event
-    raise UsageError(f"{provider} has no webhooks batcher can use")
 
 
 def last4(code: str) -> str:
