@@ -48,10 +48,10 @@ def test_async_run_settles_from_events_despite_drops_duplicates_and_a_listener_o
         webhook_duplicate_rate=0.1,
         webhook_jitter_seconds=0.05,
         seed=5,
+        funding={"GBP": "1000000.00"},
     ) as sandbox:
         env = cli_env(sandbox, state, BATCHER_CONFIG=str(config))
         listener = Listener(env, state, free_port(), tmp_path / "listen")
-        listener.start()
         proxy = LossyProxy(listener.url, drop_rate=0.1, seed=3)
         with serving(proxy) as proxy_url:
             subscribed = batcher(
@@ -63,6 +63,7 @@ def test_async_run_settles_from_events_despite_drops_duplicates_and_a_listener_o
             assert secret and (secret_file.stat().st_mode & 0o077) == 0
             tested = batcher(["webhooks", "list"], env)
             assert tested.returncode == 0 and proxy_url in tested.stdout
+            listener.start()
 
             run = start_batcher(["run", str(sheet), "--yes", "--report-dir", str(reports)], env)
             time.sleep(2.0)
@@ -75,6 +76,8 @@ def test_async_run_settles_from_events_despite_drops_duplicates_and_a_listener_o
             time.sleep(1.0)
             listener.stop()
         events = batcher(["webhooks", "events", "--state-dir", str(state)], env)
+        orders = orders_by_email(sandbox)
+        deliveries = sandbox.control("GET", "/webhooks/deliveries")
 
     summary = read_summary(reports, sheet.stem)
     requests = summary["requests"]
@@ -82,14 +85,19 @@ def test_async_run_settles_from_events_despite_drops_duplicates_and_a_listener_o
     assert requests["polls"] <= 0.05 * requests["submits"], requests
     assert requests["settled_by_event"] >= ROWS // 100 - requests["polls"]
     # exactly once: one order per row at the provider, every row succeeded in the ledger
-    assert orders_by_email(sandbox) == Counter({f"person{i}@example.com": 1 for i in range(ROWS)})
+    assert orders == Counter({f"person{i}@example.com": 1 for i in range(ROWS)})
     with sqlite3.connect(state / "ledger.sqlite") as db:
         states = dict(db.execute("SELECT state, COUNT(*) FROM rows GROUP BY state").fetchall())
         repeats = db.execute("SELECT SUM(deliveries - 1) FROM webhook_events").fetchone()[0]
     assert states == {"succeeded": ROWS}
     # the hostility really happened
-    assert proxy.dropped > 0 and repeats > 0
-    assert "orphans" in events.stdout
+    duplicated = sum(
+        a["duplicate"] for d in deliveries.get("deliveries", []) for a in d["attempts"]
+    )
+    assert proxy.dropped > 0 and proxy.refused > 0 and duplicated > 0
+    assert "orphans" in events.stdout, events.stderr
+    print(json.dumps({**requests, "dropped": proxy.dropped, "refused": proxy.refused,
+                      "duplicated": duplicated, "repeats": repeats}))  # fmt: skip
 
     # the signing secret never reaches any output, log, report or the ledger
     outputs = [out, err, subscribed.stdout, subscribed.stderr, events.stdout, *listener.outputs]

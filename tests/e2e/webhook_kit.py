@@ -85,7 +85,8 @@ class LossyProxy:
     def __init__(self, target: str, drop_rate: float, seed: int) -> None:
         self.target, self.drop_rate = target, drop_rate
         self._rng = random.Random(seed)
-        self.dropped = 0
+        self.dropped = 0  # lost on the way
+        self.refused = 0  # the listener was down
         self.forwarded = 0
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -108,6 +109,7 @@ class LossyProxy:
                 status, content = answer.status_code, answer.content
                 self.forwarded += 1
             except httpx.HTTPError:
+                self.refused += 1
                 status, content = 502, b"listener down"
         await send({"type": "http.response.start", "status": status, "headers": []})
         await send({"type": "http.response.body", "body": content})
