@@ -296,7 +296,13 @@ class WebhookSettings:
                 f"no webhook signing secret for {provider}",
                 hint=f"set {variable}, or secret_file in [webhooks] of batcher.toml",
             )
-        return SecretStr(check_api_key(value, source))
+        value = value.strip()
+        if not value.isascii() or any(not ch.isprintable() or ch.isspace() for ch in value):
+            raise ConfigError(
+                f"the webhook secret in {source} contains characters a provider never issues",
+                hint="copy the secret again, exactly as `batcher webhooks subscribe` wrote it",
+            )
+        return SecretStr(value)
 
 
 def webhook_secret_env(provider: str) -> str:
