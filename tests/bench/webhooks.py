@@ -117,6 +117,13 @@ def e2e_webhooks(data: Path) -> dict[str, Any]:
         "sandbox_429s": stats["tooManyRequestsTotal"],
         "lower_bound_seconds": lower_bound,
         "wall_over_lower_bound": wall / lower_bound,
+        # the run's own phase (resolve, submit, settle), without start-up, validation,
+        # planning and the reports, which cost the same with or without webhooks
+        "run_phase_seconds": req.get("run_seconds"),
+        "run_phase_over_lower_bound": None
+        if req.get("run_seconds") is None
+        else req["run_seconds"] / lower_bound,
+        "submit_phase_seconds": req.get("submit_phase_seconds"),
         "baseline": f"submit-only lower bound: {rows // chunk} submits at {rate:g} req/s",
         "baseline_seconds": lower_bound,
         "target": "wall <= 1.15x submit-only lower bound, <= 0.0105 calls/order",
