@@ -18,6 +18,7 @@ from starlette.testclient import TestClient
 
 from batcher.config import PROFILES, ProviderSettings
 from batcher.ledger.events import WebhookEvents
+from batcher.ledger.store import Ledger
 from batcher.providers.base import OrderItem
 from batcher.providers.ugiftme import UGiftMeProvider
 from batcher.providers.ugiftme_webhooks import read_event
@@ -205,3 +206,24 @@ def test_an_event_and_a_poll_give_the_same_result() -> None:
     assert strip == [(i.row_key, i.status, i.order_id, i.cost) for i in from_poll.items]
     # the event's copy of the code is already cut to its last 4
     assert from_event.items[0].voucher_code == "WXYZ"
+
+
+def test_an_event_for_a_request_no_batch_sent_is_kept_as_an_orphan(
+    client: TestClient, store: WebhookEvents, tmp_path: Path
+) -> None:
+    for request_id in ("65f1c0ffee0000000000a001", "65f1c0ffee0000000000a002"):
+        body = canonical_json(succeeded(request_id))
+        assert post(client, body, sign(body)).status_code == 200
+    assert store.orphan_count() == 2
+    ledger = Ledger.open(tmp_path)  # a batch that sent the first request
+    try:
+        ledger.ensure_batch(
+            "b", provider="ugiftme", account_id="a", source_path="s.csv", source_sha256="0" * 64
+        )
+        ledger.save_plan("b", [("k1", "GBP", 1, ["r1"], b"{}")])
+        ledger.mark_sending("b", "k1")
+        ledger.mark_accepted("b", "k1", "65f1c0ffee0000000000a001")
+    finally:
+        ledger.close()
+    assert [e.request_id for e in store.orphans()] == ["65f1c0ffee0000000000a002"]
+    assert store.orphan_count() == 1

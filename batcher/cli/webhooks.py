@@ -227,7 +227,7 @@ def events(orphans: bool, rejected: bool, limit: int, state_dir: Path) -> None:
             if orphans
             else store.listing(verdict="rejected" if rejected else None, limit=limit)
         )
-        orphan_count = len(store.orphans())
+        orphan_count = store.orphan_count()
     finally:
         store.close()
     echo(

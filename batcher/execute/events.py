@@ -60,6 +60,15 @@ class EventFeed:
         """The same result a poll would give (raises as a poll would, too)."""
         return self._parser.order_request_result(payload, items)
 
+    def report_orphans(self, say: Callable[[str], None]) -> None:
+        """One line when events arrived for order requests no batch in this ledger sent."""
+        count = self._events.orphan_count()
+        if count:
+            say(
+                f"{count} webhook event(s) name order requests no batch sent (orphans);"
+                " see `batcher webhooks events --orphans`"
+            )
+
     def ignore(self, request_id: str) -> None:
         """An event that could not be read: leave this request to the polls."""
         self._unreadable.add(request_id)

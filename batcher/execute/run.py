@@ -191,6 +191,8 @@ def _run_locked(
         # The provider went away mid-run: everything in flight is in the ledger.
         runner.stats.stopped = f"provider error: {exc}"
         stats = runner.stats
+    if feed is not None:
+        feed.report_orphans(ui.listener.message)
     ledger_rows = ledger.rows(batch, in_sheet_only=False)
     code = exit_code_for([r for r in ledger_rows if r.in_sheet], stats)
     message = stats.stopped or ", ".join(stats.blocked_currencies.values())

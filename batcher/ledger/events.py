@@ -187,16 +187,24 @@ class WebhookEvents:
 
     def orphans(self, limit: int = MAX_LISTED) -> list[StoredEvent]:
         """Order events for an order request that no batch in this ledger sent."""
-        has_chunks = self._db.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'chunks'"
-        ).fetchone()
-        known = "AND request_id NOT IN (SELECT request_id FROM chunks WHERE request_id IS NOT NULL)"
         rows = self._db.execute(
-            "SELECT * FROM webhook_events WHERE verdict = 'accepted' AND request_id IS NOT NULL"
-            f" {known if has_chunks else ''} ORDER BY id LIMIT ?",
+            f"SELECT * FROM webhook_events WHERE {self._orphan_filter()} ORDER BY id LIMIT ?",
             (limit,),
         )
         return [_stored(r) for r in rows]
+
+    def orphan_count(self) -> int:
+        row = self._db.execute(f"SELECT COUNT(*) FROM webhook_events WHERE {self._orphan_filter()}")
+        return int(row.fetchone()[0])
+
+    def _orphan_filter(self) -> str:
+        has_chunks = self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'chunks'"
+        ).fetchone()
+        unknown = (
+            " AND request_id NOT IN (SELECT request_id FROM chunks WHERE request_id IS NOT NULL)"
+        )
+        return "verdict = 'accepted' AND request_id IS NOT NULL" + (unknown if has_chunks else "")
 
 
 def _stored(row: sqlite3.Row) -> StoredEvent:
