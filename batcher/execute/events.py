@@ -54,9 +54,7 @@ class EventFeed:
         wanted = [r for r in request_ids if r not in self._unreadable]
         return dict(self._events.terminal_payloads(wanted))
 
-    def result(
-        self, request_id: str, payload: Mapping[str, Any], items: Sequence[OrderItem]
-    ) -> PollResult:
+    def result(self, payload: Mapping[str, Any], items: Sequence[OrderItem]) -> PollResult:
         """The same result a poll would give (raises as a poll would, too)."""
         return self._parser.order_request_result(payload, items)
 

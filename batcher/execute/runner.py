@@ -581,7 +581,7 @@ class Runner:
                 settled.add(key)
                 continue
             try:
-                result = self.events.result(request_id, payload, self._items(chunk))
+                result = self.events.result(payload, self._items(chunk))
             except IncompleteResult as exc:
                 self._settle_items(chunk, exc.items, "succeeded")
                 settled.add(key)
