@@ -165,3 +165,35 @@ def _wait(predicate: object, timeout: float = 10.0) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def test_subscription_lifecycle_over_the_cli(tmp_path: Path) -> None:
+    """subscribe (secret shown once), list, test (a real signed delivery), update, delete."""
+    state = tmp_path / "state"
+    with running_sandbox("ugiftme") as sandbox:
+        env = cli_env(sandbox, state)
+        listener = Listener(env, state, free_port(), tmp_path / "listen")
+        made = batcher(["webhooks", "subscribe", "--url", listener.url], env)
+        assert made.returncode == 0, made.stderr
+        hook_id, secret = made.stdout.split()[0], made.stdout.strip().splitlines()[-1]
+        assert secret.startswith("whsec_") and "shown once" in made.stderr
+        listed = batcher(["webhooks", "list", "--json"], env)
+        [entry] = json.loads(listed.stdout)
+        assert entry["events"] == ["order.succeeded", "order.failed"]
+        assert secret not in listed.stdout + listed.stderr  # never shown again
+        listener.env = {**env, "UGIFTME_WEBHOOK_SECRET": secret}
+        listener.start()
+        try:
+            tested = batcher(["webhooks", "test", hook_id], env)
+        finally:
+            listener.stop()
+        assert tested.returncode == 0 and "answered 200" in tested.stdout, tested.stderr
+        assert _count(state, "accepted") == 1
+        paused = batcher(["webhooks", "update", hook_id, "--inactive"], env)
+        assert paused.returncode == 0 and "inactive" in paused.stdout, paused.stderr
+        refused = batcher(["webhooks", "update", hook_id, "--event", "order.lost"], env)
+        assert refused.returncode != 0 and "order.failed" in refused.stderr
+        deleted = batcher(["webhooks", "delete", hook_id], env)
+        assert deleted.returncode == 0, deleted.stderr
+        assert json.loads(batcher(["webhooks", "list", "--json"], env).stdout) == []
+    assert all(secret not in text for text in listener.outputs)
