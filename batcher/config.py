@@ -268,3 +268,91 @@ def limits_from_config(config: dict[str, Any], path: Path | None = None) -> RunL
     raw = config.get("limits", {}).get("max_total", {})
     source = f"{path or config_path_from()} [limits.max_total]"
     return RunLimits(dict(parse_limit(k, v, source) for k, v in raw.items()))
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    """batcher.toml's [webhooks] section, with the environment over it.
+
+    `enabled` makes `batcher run` settle order requests from received events and
+    poll only as a slow fallback. The signing secret is read only by the
+    listener, from `<PROVIDER>_WEBHOOK_SECRET` or a 0600 `secret_file`.
+    """
+
+    enabled: bool = False
+    poll_margin_seconds: float = 90.0  # a first retry comes 1 min after a failed delivery
+    secret_file: Path | None = None
+
+    def secret(self, provider: str, environ: Mapping[str, str] | None = None) -> SecretStr:
+        env = os.environ if environ is None else environ
+        variable = webhook_secret_env(provider)
+        value = env.get(variable)
+        source = f"${variable}"
+        if not value and self.secret_file is not None:
+            value = _read_secret_file(self.secret_file)
+            source = str(self.secret_file)
+        if not value or not value.strip():
+            raise ConfigError(
+                f"no webhook signing secret for {provider}",
+                hint=f"set {variable}, or secret_file in [webhooks] of batcher.toml",
+            )
+        value = value.strip()
+        if not value.isascii() or any(not ch.isprintable() or ch.isspace() for ch in value):
+            raise ConfigError(
+                f"the webhook secret in {source} contains characters a provider never issues",
+                hint="copy the secret again, exactly as `batcher webhooks subscribe` wrote it",
+            )
+        return SecretStr(value)
+
+
+def webhook_secret_env(provider: str) -> str:
+    return f"{profile_for(provider).name.upper()}_WEBHOOK_SECRET"
+
+
+def _read_secret_file(path: Path) -> str:
+    try:
+        mode = path.stat().st_mode
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise ConfigError(
+                f"{path} holds a webhook secret but is readable by others",
+                hint=f"run: chmod 600 {path}",
+            )
+        return path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the webhook secret file {path} ({exc.strerror})") from None
+
+
+def _truthy(raw: str) -> bool:
+    return raw.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def webhook_settings(
+    config: Mapping[str, Any], environ: Mapping[str, str] | None = None, path: Path | None = None
+) -> WebhookSettings:
+    """Flags aside, the environment wins over batcher.toml."""
+    env = os.environ if environ is None else environ
+    section = config.get("webhooks", {})
+    where = f"{path or config_path_from(env)} [webhooks]"
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"{where} must be a table")
+    enabled = section.get("enabled", False)
+    if "BATCHER_WEBHOOKS" in env:
+        enabled = _truthy(env["BATCHER_WEBHOOKS"])
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"{where}: enabled must be true or false")
+    margin = env.get("BATCHER_WEBHOOK_POLL_MARGIN", section.get("poll_margin_seconds", 90.0))
+    try:
+        margin_seconds = float(margin)
+    except (TypeError, ValueError):
+        margin_seconds = -1.0
+    if not margin_seconds >= 0:  # also refuses NaN
+        raise ConfigError(f"{where}: poll_margin_seconds must be a number of seconds >= 0")
+    raw_file = section.get("secret_file")
+    if raw_file is not None and not isinstance(raw_file, str):
+        raise ConfigError(f"{where}: secret_file must be a path")
+    secret_file = None
+    if raw_file:
+        secret_file = Path(raw_file).expanduser()
+        if not secret_file.is_absolute() and path is not None:
+            secret_file = path.parent / secret_file  # relative to batcher.toml
+    return WebhookSettings(bool(enabled), margin_seconds, secret_file)

@@ -26,6 +26,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "providers": frozenset({"core", "config", "transport"}),
     "reporting": frozenset({"core", "intake", "ledger", "providers"}),
     "execute": frozenset({"core", "config", "intake", "ledger", "providers", "reporting"}),
+    "receiver": frozenset({"core", "config", "ledger", "providers"}),
     "services": frozenset(
         {"core", "config", "intake", "ledger", "providers", "reporting", "execute", "transport"}
     ),
@@ -40,6 +41,7 @@ ALLOWED: dict[str, frozenset[str]] = {
             "execute",
             "services",
             "sandbox",
+            "receiver",
             "__init__",
         }
     ),

@@ -24,6 +24,8 @@ _COMMANDS: dict[str, str] = {
     "report": "batcher.cli.report:report",
     "statement": "batcher.cli.statement:statement",
     "sandbox": "batcher.cli.sandbox:sandbox",
+    "webhooks": "batcher.cli.webhooks:webhooks",
+    "listen": "batcher.cli.listen:listen",
 }
 
 

@@ -38,7 +38,7 @@ from batcher.cli.progress import ConsoleListener
 from batcher.cli.render import column_lines, render_summary
 from batcher.cli.signals import StopSignals, stop_on_signals
 from batcher.cli.terminal import echo
-from batcher.config import ProviderSettings, limits_from_config, parse_limit
+from batcher.config import ProviderSettings, limits_from_config, parse_limit, webhook_settings
 from batcher.core.errors import BatcherError, ConfigError, ExitCode, UsageError
 from batcher.core.models import Balance
 from batcher.core.money import format_money
@@ -262,6 +262,7 @@ def run(
             ),
             provider_options=provider_mode(payouts, campaign, expires_in_days),
             limit_sources=sources,
+            webhooks=webhook_settings(config),
         )
         log.bind(batch=options.batch_name)
         settings = resolve_settings(provider, base_url)

@@ -18,7 +18,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
 
-from batcher.config import ProviderSettings
+from batcher.config import ProviderSettings, WebhookSettings
 from batcher.core.clock import utc_now
 from batcher.core.errors import BatcherError, ConfigError, ExitCode
 from batcher.core.models import Balance, FxQuote
@@ -30,6 +30,7 @@ from batcher.execute.events import POLL, RECONCILE, SUBMIT, RunStart, emit
 from batcher.execute.funds import FundsCheck, Need, check_funds, left_out_message
 from batcher.execute.rows import sheet_rows_from_validation
 from batcher.execute.runner import PlanSummary, RunListener, Runner, RunOptions, RunStats
+from batcher.execute.webhook_feed import open_feed
 from batcher.intake.validate import ValidationResult
 from batcher.intake.xlsx_limits import IntakeLimits
 from batcher.ledger.store import BatchLock, Ledger, RowRecord, SheetRow, count_states
@@ -65,6 +66,7 @@ class BatchOptions:
     provider_options: ProviderOptions = field(default_factory=ProviderOptions)
     #: where each --max-total limit came from, for the refusal message (default: the flag)
     limit_sources: dict[str, str] = field(default_factory=dict)
+    webhooks: WebhookSettings | None = None  # enabled: settle from events, poll as a fallback
 
     @property
     def batch_name(self) -> str:
@@ -188,9 +190,11 @@ def _run_locked(
         batch, run_id, str(options.sheet), sheet.sha256, settings.provider, account_id,
         str((options.state_dir / "ledger.sqlite").absolute()),
     ))  # fmt: skip
+    feed = open_feed(provider, options.state_dir, options.webhooks, ui.listener.message)
     runner = Runner(
-        provider, ledger, batch, account_id, options.run, listener=ui.listener, stop=stop
-    )
+        provider, ledger, batch, account_id, options.run, listener=ui.listener, stop=stop,
+        events=feed,
+    )  # fmt: skip
     funds = _FundsRule(balances, quotes, options.order_fundable)
     plan = funds.in_paying_wallets(runner.prepare(sheet_rows, hold=funds.hold))
     ui.show_plan(plan, balances)
@@ -216,6 +220,8 @@ def _run_locked(
         # The provider went away mid-run: everything in flight is in the ledger.
         runner.stats.stopped = f"provider error: {exc}"
         stats = runner.stats
+    if feed is not None:
+        feed.report_orphans(ui.listener.message)
     ledger_rows = ledger.rows(batch, in_sheet_only=False)
     in_sheet = [r for r in ledger_rows if r.in_sheet]
     code = exit_code_for(in_sheet, stats)
@@ -520,6 +526,7 @@ def build_summary(
         "requests": {
             "submits": stats.submits,
             "polls": stats.polls,
+            "settled_by_event": stats.settled_by_event,
             "lookups": stats.lookups,
             "unknown_outcomes": stats.unknown_outcomes,
             "submit_phase_seconds": round(submit_seconds, 3),

@@ -26,6 +26,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_aft
 from batcher.core.keys import match_key
 from batcher.execute.events import Retry, emit
 from batcher.execute.plan import PlanRow, plan_chunks
+from batcher.execute.webhook_feed import EventFeed
 from batcher.ledger.store import ChunkRecord, Ledger, RowOutcome, RowRecord, SheetRow, parse_ts
 from batcher.providers.base import (
     IncompleteResult,
@@ -99,6 +100,7 @@ class PlanSummary:
 class RunStats:
     submits: int = 0
     polls: int = 0
+    settled_by_event: int = 0  # order requests settled from a webhook event, not a poll
     unknown_outcomes: int = 0
     lookups: int = 0
     blocked_currencies: dict[str, str] = field(default_factory=dict)
@@ -162,6 +164,7 @@ class Runner:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], object] | None = None,
         rng: random.Random | None = None,
+        events: EventFeed | None = None,
     ) -> None:
         self.provider = provider
         self.ledger = ledger
@@ -179,6 +182,8 @@ class Runner:
         self._learned_poll_delay = options.initial_poll_delay
         self._poll_failures: dict[str, int] = {}
         self._poll_due: dict[str, float] = {}
+        self.events = events
+        self._request_of: dict[str, str] = {}  # accepted chunk key -> order request id
 
     # ------------------------------------------------------------------ planning
 
@@ -309,12 +314,18 @@ class Runner:
         accepted_at: dict[str, float] = {}
         now = self.clock()
         for chunk in self.ledger.chunks(self.batch, ["accepted"]):
+            if chunk.request_id:
+                self._request_of[chunk.chunk_key] = chunk.request_id
             heapq.heappush(polls, (now, chunk.chunk_key))
             delays[chunk.chunk_key] = self.options.initial_poll_delay
             accepted_at[chunk.chunk_key] = now
 
         while queue or polls:
             self._check_stop()
+            if self.events is not None and polls:
+                self._settle_from_events(polls, accepted_at)
+                if not (queue or polls):
+                    break
             now = self.clock()
             poll_due = bool(polls) and polls[0][0] <= now
             # Polls may not outspend submits while there is still something to submit.
@@ -338,11 +349,17 @@ class Runner:
                     self.stats.submit_finished = self.clock()
                 if result is not None and result.kind == "accepted":
                     delay = max(self._learned_poll_delay, self.options.initial_poll_delay)
+                    if self.events is not None and result.request_id:
+                        self._request_of[key] = result.request_id
+                        delay = self.events.first_poll_delay(delay)
                     delays[key] = delay
                     accepted_at[key] = self.clock()
                     self._schedule(polls, key, delay)
                 continue
-            self._sleep(polls[0][0] - now)
+            wait = polls[0][0] - now
+            if self.events is not None:
+                wait = min(wait, self.events.check_interval)
+            self._sleep(wait)
 
     def _schedule(self, polls: list[tuple[float, str]], key: str, delay: float) -> None:
         due = self.clock() + self._jitter(delay)
@@ -555,6 +572,10 @@ class Runner:
             self._learned_poll_delay = min(
                 self.options.max_poll_delay, 0.7 * self._learned_poll_delay + 0.3 * elapsed
             )
+        self._settle_polled(chunk, result)
+
+    def _settle_polled(self, chunk: ChunkRecord, result: PollResult) -> None:
+        """A terminal poll answer or webhook event: both settle the chunk alike."""
         if result.kind == "completed":
             self._settle_items(chunk, result.items, "succeeded")
             return
@@ -564,6 +585,45 @@ class Runner:
             result.error_message,
             provider_status=result.provider_status,
         )
+
+    def _settle_from_events(
+        self, polls: list[tuple[float, str]], accepted_at: dict[str, float]
+    ) -> None:
+        """Settle every awaited order request whose terminal event has arrived, and
+        drop its pending poll."""
+        assert self.events is not None
+        waiting = {self._request_of[k]: k for _, k in polls if k in self._request_of}
+        arrived = self.events.arrived(waiting)
+        settled: set[str] = set()
+        for request_id, payload in arrived.items():
+            key = waiting[request_id]
+            chunk = self.ledger.chunk(key)
+            if chunk.state != "accepted":
+                settled.add(key)
+                continue
+            try:
+                result = self.events.result(payload, self._items(chunk))
+            except IncompleteResult as exc:
+                self._settle_items(chunk, exc.items, "succeeded")
+                settled.add(key)
+                continue
+            except OutcomeUnknown as exc:
+                self.events.ignore(request_id)
+                self.listener.message(f"chunk {key}: unreadable event ({exc.reason}); polling")
+                continue
+            if result.kind == "pending":
+                self.events.ignore(request_id)
+                continue
+            elapsed = self.clock() - accepted_at.get(key, self.clock())
+            self._learned_poll_delay = min(
+                self.options.max_poll_delay, 0.7 * self._learned_poll_delay + 0.3 * elapsed
+            )
+            self.stats.settled_by_event += 1
+            self._settle_polled(chunk, result)
+            settled.add(key)
+        if settled:
+            polls[:] = [entry for entry in polls if entry[1] not in settled]
+            heapq.heapify(polls)
 
     def _settle_items(self, chunk: ChunkRecord, items: Sequence[ItemResult], state: str) -> None:
         by_key: Mapping[str, ItemResult] = {i.row_key: i for i in items}

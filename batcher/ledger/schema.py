@@ -62,6 +62,8 @@ CREATE TABLE IF NOT EXISTS rows (
 );
 CREATE INDEX IF NOT EXISTS rows_by_state ON rows(batch, state);
 CREATE INDEX IF NOT EXISTS rows_by_reference ON rows(reference, state);
+-- every chunk transition updates its rows by chunk: without this, a scan of the batch
+CREATE INDEX IF NOT EXISTS rows_by_chunk ON rows(batch, chunk_key);
 CREATE TABLE IF NOT EXISTS chunks (
     chunk_key TEXT PRIMARY KEY,
     batch TEXT NOT NULL REFERENCES batches(batch),

@@ -210,6 +210,13 @@ class UGiftMeProvider(ApiBackedProvider):
             raise OutcomeUnknown(self._status_text("GET", path, response))
         return self._poll_result(response.data, items)
 
+    def order_request_result(
+        self, data: Mapping[str, Any], items: Sequence[OrderItem]
+    ) -> PollResult:
+        """An order request as a poll answer or a webhook event carries it: one parser."""
+        self._ensure_discounts()
+        return self._poll_result(data, items)
+
     def lookup(
         self, key: str, items: Sequence[OrderItem], *, sent_after: datetime | None = None
     ) -> SubmitResult | None:

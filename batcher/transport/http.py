@@ -234,24 +234,36 @@ class ApiClient:
 
         Raises OutcomeUnknown when the request may or may not have been acted on.
         """
-        request = self._client.build_request("POST", path, content=content, headers=headers)
+        return self.write("POST", path, content=content, headers=headers)
+
+    def write(
+        self,
+        method: str,
+        path: str,
+        *,
+        content: bytes = b"",
+        headers: Mapping[str, str] | None = None,
+    ) -> ApiResponse:
+        """A state-changing call (POST, PATCH, DELETE), with `post`'s rules: never
+        retried here except on a 429, OutcomeUnknown when it may have been acted on."""
+        request = self._client.build_request(method, path, content=content, headers=headers)
         try:
             response = self._send_throttled(request)
         except httpx.HTTPError as exc:
-            raise OutcomeUnknown(f"POST {path}: {describe_transport_error(exc)}") from None
+            raise OutcomeUnknown(f"{method} {path}: {describe_transport_error(exc)}") from None
         except _StillThrottled:
             raise OutcomeUnknown(
-                f"POST {path}: still rate limited after {self._max_throttled_retries} retries"
+                f"{method} {path}: still rate limited after {self._max_throttled_retries} retries"
             ) from None
-        self._raise_for_auth(response, "POST", path)
+        self._raise_for_auth(response, method, path)
         status = response.status_code
         if status >= 500 or status in _UNKNOWN_OUTCOME_STATUSES:
             raise OutcomeUnknown(
-                self._status_message("POST", path, response), retry_after=_retry_after(response)
+                self._status_message(method, path, response), retry_after=_retry_after(response)
             )
         data = self._json_or_none(response)
         if response.is_success and data is None:
-            raise OutcomeUnknown(f"POST {path}: HTTP {status} with an unreadable body")
+            raise OutcomeUnknown(f"{method} {path}: HTTP {status} with an unreadable body")
         return ApiResponse(status, response.headers, data)
 
     # -------------------------------------------------------------- internals

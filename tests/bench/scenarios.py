@@ -444,12 +444,15 @@ def report_100k(data: Path) -> dict[str, Any]:
     }
 
 
+from tests.bench import webhooks as _webhooks  # noqa: E402  (it reuses the helpers above)
+
 SCENARIOS = {
     "csv_validate": csv_validate,
     "xlsx_validate": xlsx_validate,
     "e2e_ugiftme": e2e_ugiftme,
     "e2e_gifq": e2e_gifq,
     "report_100k": report_100k,
+    "e2e_webhooks": _webhooks.e2e_webhooks,
 }
 
 
