@@ -8,21 +8,23 @@ rate-limit headers of every response:
 - `Retry-After` (seconds or an HTTP date), honoured exactly: never sooner.
 
 Policy. While the provider advertises a window, its remaining budget is spent
-as fast as `max_rate` allows, down to a small safety margin (2% of the limit,
-at least one request); what is left below the margin is spread evenly up to
-the reset, one request after another; at zero nothing is sent until the reset.
-The limiter does not know how much work is queued, so this is the policy that
-never idles while budget is left and never needs more than the budget:
+back to back (as fast as `max_rate` allows) down to twice a safety margin; the
+next margin's worth is spread evenly over the time left to the reset; the last
+margin (2% of the limit, at least one request, never the whole limit) is left
+for anyone else using the key (a `batcher status` during a run, say), and
+nothing more is sent until the reset. The limiter does not know how much work
+is queued; this never idles while real budget is left, and the spread tail
+costs at most one window at the very end:
 
     remaining
-    limit ┤█                                     █
-          │ █  burst: back to back                █
-          │  █                                     █
-          │   █                                     █
-   margin ┤····█ ─ ─ ─ ─ ─ ─ ─                ·······█ ─ ─ ─ ─
-          │       spread over the time left          ...
-        0 ┼──────────────────────────────────┬─────────────────> time
-                                           reset (+0.1 s): next window
+    limit ┤█                                       █
+          │ █  burst: back to back                  █
+          │  █                                       █
+ 2×margin ┤···█ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ █
+          │      █      spread      █                 ...
+   margin ┤·····························█ (kept back)
+        0 ┼──────────────────────────────────────┬──────────> time
+                                               reset (+0.1 s): next window
 
 The remaining figure is our estimate: the provider's latest figure minus the
 requests still in flight, lowered by every request we start, and within one
@@ -288,32 +290,38 @@ class RateLimiter:
             self._penalty_factor = 1.0
         earliest = self._blocked_until
         remaining, reset_at = self._window_remaining, self._window_reset_at
-        if remaining is not None and reset_at is not None and remaining <= 0:
-            return max(earliest, reset_at + self._reset_margin)
+        if remaining is None or reset_at is None:
+            spendable = None
+        else:
+            spendable = remaining - self._margin()
+            if spendable <= 0:
+                return max(earliest, reset_at + self._reset_margin)
         if self._last_start is None:
             return earliest
-        return max(earliest, self._last_start + self._gap(remaining, reset_at))
+        return max(earliest, self._last_start + self._gap(spendable, reset_at))
 
-    def _gap(self, remaining: int | None, reset_at: float | None) -> float:
+    def _gap(self, spendable: int | None, reset_at: float | None) -> float:
         """The least time between the last start and the next one."""
-        if remaining is None or reset_at is None:
+        if spendable is None or reset_at is None:
             gap = self._base_interval  # no window: the configured or advertised pace
         else:
             assert self._last_start is not None
             # Spread what is left evenly, the last one before the reset.
-            spread = (reset_at - self._last_start) / (remaining + 1)
+            spread = (reset_at - self._last_start) / (spendable + 1)
             if self._penalty_factor > 1.0:
                 gap = max(self._base_interval, spread)  # just after a 429: no bursts
-            elif remaining > self._margin():
+            elif spendable > self._margin():
                 gap = 0.0  # budget to spare: back to back
             else:
                 gap = spread
         return max(gap, self._min_interval) * self._penalty_factor
 
     def _margin(self) -> int:
+        """Requests per window left to anyone else using the key (never the whole limit)."""
         if self._limit is None:
             return self._reserve
-        return max(self._reserve, math.ceil(self._limit * self._margin_fraction))
+        kept = max(self._reserve, math.ceil(self._limit * self._margin_fraction))
+        return min(kept, self._limit - 1)
 
     def _learn_advertised_rate(self, info: RateLimitInfo) -> None:
         """Without a window, pace at the advertised limit / window rather than the
