@@ -488,6 +488,56 @@ def e2e_gifq(data: Path) -> dict[str, Any]:
     }
 
 
+def validate_fixed_cost(data: Path) -> dict[str, Any]:
+    """Whole-process cost of `batcher validate` on a 10-row sheet against a local sandbox
+    (and of `batcher --help`), next to a bare `python -c "import polars"` launched
+    alternately with it: medians of several launches."""
+    import statistics
+
+    from batcher.sandbox.server import running_sandbox
+
+    sheet = write_csv(data / "bench-10.csv", 10)
+    launches = 9
+    with running_sandbox("ugiftme", funding={"GBP": "1000000.00"}) as sandbox:
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("UGIFTME_", "BATCHER_"))},
+            "UGIFTME_API_KEY": sandbox.api_key,
+            "UGIFTME_BASE_URL": sandbox.base_url,
+        }
+        commands = {
+            "baseline": ["-c", "import polars"],
+            "validate": [
+                "-m",
+                "batcher",
+                "validate",
+                str(sheet),
+                "--report-dir",
+                str(data / "validate-reports"),
+            ],
+            "help": ["-m", "batcher", "--help"],
+        }
+        samples: dict[str, list[float]] = {name: [] for name in commands}
+        for _ in range(launches + 1):  # the first round only warms the disk cache
+            for name, args in commands.items():
+                wall, _, code, stderr = _python(args, data / f"logs-fixed-{name}", env=env)
+                if code != 0:
+                    raise RuntimeError(f"{name} exited {code}: {stderr[-2000:]}")
+                samples[name].append(wall)
+    medians = {name: statistics.median(values[1:]) for name, values in samples.items()}
+    return {
+        "rows": 10,
+        "seconds": medians["validate"],
+        "baseline_seconds": medians["baseline"],
+        "ratio": medians["validate"] / medians["baseline"],
+        "help_seconds": medians["help"],
+        "samples": {name: values[1:] for name, values in samples.items()},
+        "method": f"median of {launches} launches each, alternating, after one warm-up round",
+        "baseline": 'python -c "import polars"',
+        "target": "validate <= 0.5 s",
+        "met": medians["validate"] <= 0.5,
+    }
+
+
 def report_100k(data: Path) -> dict[str, Any]:
     """`batcher report` for a finished 100,000-row batch: reconcile against the provider's
     full order and transaction lists, then write the workbook."""
@@ -559,6 +609,7 @@ SCENARIOS = {
     "e2e_ugiftme": e2e_ugiftme,
     "e2e_gifq": e2e_gifq,
     "report_100k": report_100k,
+    "validate_fixed_cost": validate_fixed_cost,
 }
 
 
