@@ -24,6 +24,7 @@ SCENARIOS = [
     "e2e_ugiftme",
     "e2e_gifq",
     "report_100k",
+    "ledger_scaling",
 ]
 
 

@@ -538,6 +538,60 @@ def validate_fixed_cost(data: Path) -> dict[str, Any]:
     }
 
 
+def _unthrottled_run(data: Path, rows: int, sandbox: Any) -> dict[str, Any]:
+    """`batcher run` of `rows` rows, sync bulk orders of 100, into a fresh ledger."""
+    path = write_csv(data / f"bench-ledger-{rows}.csv", rows)
+    state, reports = data / f"ledger-state-{rows}", data / f"ledger-reports-{rows}"
+    shutil.rmtree(state, ignore_errors=True)
+    shutil.rmtree(reports, ignore_errors=True)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("UGIFTME_", "BATCHER_"))},
+        "UGIFTME_API_KEY": sandbox.api_key,
+        "UGIFTME_BASE_URL": sandbox.base_url,
+        "BATCHER_STATE_DIR": str(state),
+    }
+    args = ["run", str(path), "--yes", "--chunk-size", "100", "--report-dir", str(reports)]
+    wall, rss, code, stderr = _cli(args, env, data / f"logs-ledger-{rows}")
+    if code != 0:
+        raise RuntimeError(f"run of {rows} rows exited {code}: {stderr[-2000:]}")
+    summary = json.loads((reports / path.stem / "summary.json").read_text())
+    return {
+        "rows": rows,
+        "seconds": wall,
+        "microseconds_per_row": wall / rows * 1e6,
+        "peak_rss_kib": rss,
+        "http_429s": summary["requests"].get("http_429s"),
+    }
+
+
+def ledger_scaling(data: Path) -> dict[str, Any]:
+    """Cost per row of a whole `batcher run` as the batch grows, with the rate limit
+    lifted, so the ledger and the pipeline are what is measured: 20k and 100k rows
+    (1M too with BENCH_LEDGER_1M=1). The baseline is the 20k run's cost per row."""
+    from batcher.sandbox.server import running_sandbox
+
+    sizes = [20_000, 100_000] + ([1_000_000] if os.environ.get("BENCH_LEDGER_1M") else [])
+    runs = []
+    for rows in sizes:  # a fresh sandbox each: its own order lists grow with every run
+        with running_sandbox(
+            "ugiftme", rate_limit=10_000_000, async_mode=False, funding={"GBP": "100000000.00"}
+        ) as sandbox:
+            runs.append(_unthrottled_run(data, rows, sandbox))
+    base = runs[0]["microseconds_per_row"]
+    largest = runs[-1]
+    return {
+        "rows": largest["rows"],
+        "seconds": largest["seconds"],
+        "peak_rss_kib": largest["peak_rss_kib"],
+        "baseline": f"cost per row at {runs[0]['rows']:,} rows, same bench run",
+        "baseline_seconds": runs[0]["seconds"],
+        "per_row_ratio": largest["microseconds_per_row"] / base,
+        "runs": runs,
+        "target": "cost per row at the largest size <= 1.3x the 20k one",
+        "met": largest["microseconds_per_row"] <= 1.3 * base,
+    }
+
+
 def report_100k(data: Path) -> dict[str, Any]:
     """`batcher report` for a finished 100,000-row batch: reconcile against the provider's
     full order and transaction lists, then write the workbook."""
@@ -610,6 +664,7 @@ SCENARIOS = {
     "e2e_gifq": e2e_gifq,
     "report_100k": report_100k,
     "validate_fixed_cost": validate_fixed_cost,
+    "ledger_scaling": ledger_scaling,
 }
 
 
