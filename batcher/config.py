@@ -6,18 +6,20 @@ flag, and are held as `SecretStr` so that printing a settings object cannot leak
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import stat
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from pydantic import SecretStr
 
-from batcher.core.errors import ConfigError
+from batcher.core.errors import BatcherError, ConfigError
 
 
 @dataclass(frozen=True)
@@ -32,26 +34,16 @@ class ProviderProfile:
     default_rate_per_second: float
 
 
-PROFILES: dict[str, ProviderProfile] = {
-    "ugiftme": ProviderProfile(
-        name="ugiftme",
-        api_key_env="UGIFTME_API_KEY",
-        base_url_env="UGIFTME_BASE_URL",
-        default_base_url="https://api-stage.ugift.me/api/v1/business",
-        api_root="/api/v1/business",
-        default_rate_per_second=2.0,  # 120 per 60 s until the headers say otherwise
-    ),
-    "gifq": ProviderProfile(
-        name="gifq",
-        api_key_env="GIFQ_API_TOKEN",
-        base_url_env="GIFQ_BASE_URL",
-        default_base_url="https://api-sandbox.gifq.com/api",
-        api_root="/api",
-        default_rate_per_second=10.0,
-    ),
-}
-
-LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
+#: name, key variable, URL variable, default URL (always the sandbox host), API root, rate/s
+_PROFILE_TABLE = (
+    ("ugiftme", "UGIFTME_API_KEY", "UGIFTME_BASE_URL",
+     "https://api-stage.ugift.me/api/v1/business", "/api/v1/business",
+     2.0),  # 120 per 60 s until the headers say otherwise
+    ("gifq", "GIFQ_API_TOKEN", "GIFQ_BASE_URL",
+     "https://api-sandbox.gifq.com/api", "/api",
+     10.0),
+)  # fmt: skip
+PROFILES: dict[str, ProviderProfile] = {row[0]: ProviderProfile(*row) for row in _PROFILE_TABLE}
 
 
 def profile_for(provider: str) -> ProviderProfile:
@@ -62,24 +54,60 @@ def profile_for(provider: str) -> ProviderProfile:
         raise ConfigError(f"unknown provider {provider!r}", hint=f"use one of: {known}") from None
 
 
+def is_loopback_host(host: str) -> bool:
+    """Exactly `localhost`, or an IP address that parses as loopback (127.0.0.0/8, ::1).
+
+    A host *name* that merely starts with "127." (127.attacker.example) is not loopback.
+    """
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _url_for_messages(parts: SplitResult) -> str:
+    """The URL without user info, query or fragment: safe to echo in an error."""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
 def normalise_base_url(raw: str, profile: ProviderProfile) -> str:
     """Validate a base URL and append the API root to a bare host.
 
-    Anything but localhost must use https, so a key never crosses a network in clear.
+    Only loopback may use plain http, so a key never crosses a network in clear.
+    A URL carrying user info is refused without echoing it: it may hold a secret.
     """
     url = raw.strip().rstrip("/")
-    parts = urlsplit(url)
-    if parts.scheme not in {"http", "https"} or not parts.hostname:
+    example = f"for example {profile.default_base_url}"
+    if any(ord(ch) < 0x21 or ord(ch) == 0x7F for ch in url):
+        raise ConfigError("the base URL contains spaces or control characters", hint=example)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+        host = parts.hostname
+    except ValueError:
+        raise ConfigError("the base URL is not a valid URL", hint=example) from None
+    if "@" in parts.netloc:
         raise ConfigError(
-            f"base URL {url!r} is not an http(s) URL",
-            hint=f"for example {profile.default_base_url}",
+            "the base URL contains user info (user:password@host); it was not used or shown",
+            hint="put the key in the environment, never in the URL",
         )
-    host = parts.hostname.lower()
-    is_local = host in LOCAL_HOSTS or host.startswith("127.")
-    if parts.scheme == "http" and not is_local:
+    if parts.scheme not in {"http", "https"} or not host:
+        raise ConfigError("the base URL is not an http(s) URL", hint=example)
+    del port  # parsed only to refuse a malformed port early
+    if parts.query or parts.fragment:
         raise ConfigError(
-            f"base URL {url!r} uses plain http to a non-local host",
-            hint="use https; only localhost may use http",
+            f"base URL {_url_for_messages(parts)} has a query or fragment", hint=example
+        )
+    if parts.scheme == "http" and not is_loopback_host(host):
+        raise ConfigError(
+            f"base URL {_url_for_messages(parts)} uses plain http to a non-loopback host",
+            hint="use https; only localhost and loopback addresses may use http",
         )
     if parts.path in {"", "/"}:
         url = url + profile.api_root
@@ -97,17 +125,62 @@ class ProviderSettings:
         return f"ProviderSettings(provider={self.provider!r}, base_url={self.base_url!r})"
 
 
+def config_path_from(environ: Mapping[str, str] | None = None) -> Path:
+    """Where batcher.toml is read from: $BATCHER_CONFIG, else ./batcher.toml."""
+    env = os.environ if environ is None else environ
+    return Path(env.get("BATCHER_CONFIG") or "batcher.toml")
+
+
 def load_file_config(path: Path | None = None) -> dict[str, Any]:
-    """Read batcher.toml from the given path or the working directory, if any."""
-    candidate = path or Path(os.environ.get("BATCHER_CONFIG", "batcher.toml"))
-    if not candidate.exists():
-        return {}
+    """Read batcher.toml from the given path ($BATCHER_CONFIG, else the working directory).
+
+    A missing file is an empty configuration; anything else that cannot be read as
+    a TOML table (a folder, a FIFO, bytes that are not UTF-8, bad syntax) is a
+    ConfigError naming the file.
+    """
+    candidate = path or config_path_from()
     try:
-        with candidate.open("rb") as fh:
-            data = tomllib.load(fh)
+        info = candidate.stat()
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read the configuration {candidate} ({exc.strerror})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ConfigError(
+            f"the configuration {candidate} is not a regular file",
+            hint="point BATCHER_CONFIG (or --config) at a batcher.toml file",
+        )
+    try:
+        text = candidate.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"the configuration {candidate} is not UTF-8 text (byte {exc.start})",
+            hint="save it as UTF-8",
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read the configuration {candidate} ({exc.strerror})") from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{candidate}: not valid TOML ({exc})") from None
+    _check_shape(data, candidate)
     return data
+
+
+def _check_shape(data: dict[str, Any], path: Path) -> None:
+    """Refuse values of the wrong type with the key that holds them."""
+
+    def table(value: Any, where: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: [{where}] must be a table, not {type(value).__name__}")
+        return value
+
+    for name, section in table(data.get("providers", {}), "providers").items():
+        for key, value in table(section, f"providers.{name}").items():
+            if key in {"api_key", "base_url"} and not isinstance(value, str):
+                raise ConfigError(f"{path}: providers.{name}.{key} must be a string")
+    limits = table(data.get("limits", {}), "limits")
+    table(limits.get("max_total", {}), "limits.max_total")
 
 
 def _key_from_file(config: dict[str, Any], provider: str, path: Path) -> str | None:
@@ -124,6 +197,21 @@ def _key_from_file(config: dict[str, Any], provider: str, path: Path) -> str | N
     return str(key)
 
 
+def check_api_key(key: str, source: str) -> str:
+    """A key that can travel in an HTTP header: printable ASCII, no spaces inside.
+
+    The message names where the key came from, never the key.
+    """
+    key = key.strip()
+    if not key.isascii() or any(not ch.isprintable() or ch.isspace() for ch in key):
+        raise ConfigError(
+            f"the API key in {source} contains characters that cannot be sent "
+            "(non-ASCII, spaces or control characters)",
+            hint="copy the key again from the provider's dashboard",
+        )
+    return key
+
+
 def provider_settings(
     provider: str,
     *,
@@ -134,18 +222,20 @@ def provider_settings(
     """Resolve where and how to talk to a provider: flags > env > batcher.toml."""
     env = os.environ if environ is None else environ
     profile = profile_for(provider)
-    path = config_path or Path(env.get("BATCHER_CONFIG", "batcher.toml"))
+    path = config_path or config_path_from(env)
     file_config = load_file_config(path)
     section = file_config.get("providers", {}).get(profile.name, {})
     raw_url = base_url or env.get(profile.base_url_env) or section.get("base_url")
     url = normalise_base_url(raw_url or profile.default_base_url, profile)
-    key = env.get(profile.api_key_env) or _key_from_file(file_config, profile.name, path)
+    env_key = env.get(profile.api_key_env)
+    key = env_key or _key_from_file(file_config, profile.name, path)
     if not key or not key.strip():
         raise ConfigError(
             f"no API key for {profile.name}",
             hint=f"set the environment variable {profile.api_key_env}",
         )
-    return ProviderSettings(profile.name, url, SecretStr(key.strip()), profile)
+    source = f"${profile.api_key_env}" if env_key else str(path)
+    return ProviderSettings(profile.name, url, SecretStr(check_api_key(key, source)), profile)
 
 
 @dataclass(frozen=True)
@@ -155,9 +245,26 @@ class RunLimits:
     max_total: dict[str, Decimal] = field(default_factory=dict)
 
 
-def limits_from_config(config: dict[str, Any]) -> RunLimits:
-    raw = config.get("limits", {}).get("max_total", {})
+def parse_limit(
+    currency: str, amount: Any, source: str, error: type[BatcherError] = ConfigError
+) -> tuple[str, Decimal]:
+    """One spend limit: a three-letter currency and a finite, positive amount."""
+    code = str(currency).strip().upper()
+    if len(code) != 3 or not code.isalpha() or not code.isascii():
+        raise error(f"{source}: {currency!r} is not a currency code", hint="e.g. GBP")
     try:
-        return RunLimits({str(k).upper(): Decimal(str(v)) for k, v in raw.items()})
+        value = Decimal(str(amount).strip())
     except ArithmeticError:
-        raise ConfigError("batcher.toml: [limits.max_total] values must be amounts") from None
+        value = Decimal("NaN")
+    if not value.is_finite() or value < 0 or isinstance(amount, bool):
+        raise error(
+            f"{source}: the limit for {code} must be a positive amount, not {str(amount)[:20]!r}",
+            hint=f"e.g. {code}=5000",
+        )
+    return code, value
+
+
+def limits_from_config(config: dict[str, Any], path: Path | None = None) -> RunLimits:
+    raw = config.get("limits", {}).get("max_total", {})
+    source = f"{path or config_path_from()} [limits.max_total]"
+    return RunLimits(dict(parse_limit(k, v, source) for k, v in raw.items()))

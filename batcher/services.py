@@ -23,6 +23,7 @@ from typing import Any
 from batcher.config import ProviderSettings
 from batcher.core.errors import ConfigError, UsageError
 from batcher.core.models import AccountInfo, Balance, Product, WalletTransaction
+from batcher.core.names import check_batch_name
 from batcher.execute.check import check_sheet
 from batcher.execute.run import BatchOptions, BatchResult, RunUI, run_batch
 from batcher.intake.validate import ValidationResult, validation_document
@@ -160,6 +161,8 @@ def open_ledger(state_dir: Path) -> Ledger:
 
 def batch_status(state_dir: Path, batch: str | None = None) -> dict[str, Any]:
     """What the ledger knows, without the network: every batch, or one batch and its runs."""
+    if batch is not None:
+        check_batch_name(batch)
     ledger = open_ledger(state_dir)
     try:
         if batch is None:
@@ -192,6 +195,7 @@ def report_batch(
     `settings_for(provider_name)` resolves the connection for the provider the
     batch was ordered through (the ledger records it).
     """
+    check_batch_name(batch)
     ledger = open_ledger(state_dir)
     try:
         info = ledger.batch_info(batch)

@@ -237,3 +237,45 @@ def test_transport_types_stay_inside_providers() -> None:
                 if any(n == "httpx" or n.startswith("httpx.") for n in names):
                     offenders.append(f"{name}:{node.lineno}")
     assert not offenders, offenders
+
+
+#: the pipeline stages: none of them may branch on which provider it is talking to
+PROVIDER_NEUTRAL = ("core", "intake", "ledger", "transport", "execute", "reporting", "services")
+PROVIDER_NAMES = {"ugiftme", "gifq"}
+
+
+def provider_name_constants(source: str) -> list[int]:
+    """Lines where a string constant (not a docstring) is exactly a provider's name."""
+    tree = ast.parse(source)
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    return [
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and id(node) not in docstrings
+        and node.value.strip().lower() in PROVIDER_NAMES
+    ]
+
+
+def test_pipeline_stages_never_name_a_provider() -> None:
+    """Provider names live in providers/, sandbox/, the connection profiles in config.py,
+    and the CLI's option choices; the stages in between speak only the Provider protocol."""
+    offenders = [
+        f"{module_name(path)}:{line}"
+        for path in sorted(ROOT.rglob("*.py"))
+        if package_of(module_name(path)) in PROVIDER_NEUTRAL
+        for line in provider_name_constants(path.read_text())
+    ]
+    assert not offenders, offenders
+
+
+def test_the_provider_name_check_can_fail() -> None:
+    assert provider_name_constants('def f(p):\n    """gifq"""\n    return p == "gifq"\n') == [3]

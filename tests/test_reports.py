@@ -20,8 +20,9 @@ import pytest
 from openpyxl import Workbook, load_workbook
 from openpyxl.worksheet.worksheet import Worksheet
 
+from batcher.core.clock import utc_now
 from batcher.core.models import WalletTransaction
-from batcher.ledger.store import Ledger, RowOutcome, SheetRow, utc_now
+from batcher.ledger.store import Ledger, RowOutcome, SheetRow
 from batcher.providers.base import ProviderOrder, Redemption
 from batcher.reporting import reports
 from batcher.reporting.cells import FORMULA_TRIGGERS

@@ -65,7 +65,8 @@ class LazyGroup(click.Group):
                         f"pip install 'batcher[{_OPTIONAL[exc.name]}]'"
                     ) from None
                 raise
-            return getattr(module, attr)
+            command: click.Command = getattr(module, attr)
+            return command
         return super().get_command(ctx, cmd_name)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:

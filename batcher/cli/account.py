@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from batcher.cli.common import handle_errors, provider_options, resolve_settings
+from batcher.cli.terminal import echo
 from batcher.core.models import Balance, Product, WalletTransaction
 from batcher.core.money import money_str
 from batcher.services import account_info, list_balances, list_products, list_transactions
@@ -28,11 +29,11 @@ from batcher.services import account_info, list_balances, list_products, list_tr
 def auth(provider: str, base_url: str | None) -> None:
     """Check the API key and show which account it belongs to."""
     account = account_info(resolve_settings(provider, base_url))
-    click.echo(f"Account: {account.name or '-'} ({account.account_id})")
+    echo(f"Account: {account.name or '-'} ({account.account_id})")
     if account.email:
-        click.echo(f"Email:   {account.email}")
-    click.echo(f"Plan:    {account.plan or '-'}")
-    click.echo(f"Status:  {account.status or '-'}")
+        echo(f"Email:   {account.email}")
+    echo(f"Plan:    {account.plan or '-'}")
+    echo(f"Status:  {account.status or '-'}")
 
 
 @click.command()
@@ -51,9 +52,9 @@ def catalog(
     if as_json:
         _echo_json([_product_json(product) for product in products])
     elif not products:
-        click.echo("No products match.", err=True)
+        echo("No products match.", err=True)
     else:
-        click.echo(render_table(_PRODUCT_HEADERS, [_product_row(p) for p in products]))
+        echo(render_table(_PRODUCT_HEADERS, [_product_row(p) for p in products]))
 
 
 @click.command()
@@ -132,7 +133,7 @@ def _print_balances(balances: Sequence[Balance], *, as_json: bool) -> None:
         )
         return
     if not balances:
-        click.echo("No wallets.", err=True)
+        echo("No wallets.", err=True)
         return
     rows = [
         (
@@ -142,7 +143,7 @@ def _print_balances(balances: Sequence[Balance], *, as_json: bool) -> None:
         )
         for balance in balances
     ]
-    click.echo(render_table(("CURRENCY", "BALANCE", "AVAILABLE"), rows, right_align={1, 2}))
+    echo(render_table(("CURRENCY", "BALANCE", "AVAILABLE"), rows, right_align={1, 2}))
 
 
 def _print_transactions(transactions: Sequence[WalletTransaction], *, as_json: bool) -> None:
@@ -150,7 +151,7 @@ def _print_transactions(transactions: Sequence[WalletTransaction], *, as_json: b
         _echo_json([_transaction_json(transaction) for transaction in transactions])
         return
     if not transactions:
-        click.echo("No transactions.", err=True)
+        echo("No transactions.", err=True)
         return
     rows = [
         (
@@ -164,7 +165,7 @@ def _print_transactions(transactions: Sequence[WalletTransaction], *, as_json: b
         for transaction in transactions
     ]
     headers = ("TIME", "TYPE", "AMOUNT", "CUR", "ORDER", "DESCRIPTION")
-    click.echo(render_table(headers, rows, right_align={2}))
+    echo(render_table(headers, rows, right_align={2}))
 
 
 def _transaction_json(transaction: WalletTransaction) -> dict[str, Any]:
@@ -208,4 +209,4 @@ def _decimal_text(value: Decimal | None) -> str | None:
 
 
 def _echo_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, ensure_ascii=False))
+    echo(json.dumps(value, indent=2, ensure_ascii=False))

@@ -12,6 +12,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
+from batcher.cli.terminal import echo
 from batcher.config import PROFILES, ProviderSettings, provider_settings
 from batcher.core.errors import BatcherError, ExitCode, UsageError
 from batcher.providers.base import ProviderOptions
@@ -21,7 +22,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def fail(message: str, code: int) -> NoReturn:
     """Print one line to stderr and exit; never a traceback."""
-    click.echo(f"batcher: error: {message}", err=True)
+    echo(f"batcher: error: {message}", err=True)
     sys.exit(int(code))
 
 
@@ -133,7 +134,7 @@ def json_option(func: F) -> F:
 
 
 def echo_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))
+    echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))
 
 
 def parse_mappings(mappings: Sequence[str]) -> dict[str, str]:

@@ -23,6 +23,7 @@ from batcher.cli.common import (
     resolve_settings,
     state_dir_option,
 )
+from batcher.cli.terminal import echo
 from batcher.core.errors import ExitCode, UsageError
 from batcher.core.money import format_money
 from batcher.reporting.reconcile import MISMATCH, Reconciliation
@@ -78,26 +79,26 @@ def _provider_for(recorded: str, given: str) -> str:
 
 def _print_result(result: ReportResult) -> None:
     rec = result.reconciliation
-    click.echo(f"verdict: {rec.verdict} ({rec.reason})")
+    echo(f"verdict: {rec.verdict} ({rec.reason})")
     for currency in rec.currencies:
         debits = currency.wallet_debits
         shown = "unknown" if debits is None else format_money(debits, currency.currency)
-        click.echo(
+        echo(
             f"  {currency.currency}: {currency.verdict}: {currency.orders} orders, cost "
             f"{format_money(currency.cost, currency.currency)}, wallet debits {shown}"
         )
     _print_orphans(rec)
     if result.codes is not None:
-        click.echo(
+        echo(
             f"warning: {result.codes} holds live voucher codes: they are bearer credentials, "
             "anyone with the file can spend them. Share it only over a secure channel and "
             "delete it when done.",
             err=True,
         )
-    click.echo(f"failed rows: {result.failed_rows}")
-    click.echo(f"reconciliation: {result.workbook}")
+    echo(f"failed rows: {result.failed_rows}")
+    echo(f"reconciliation: {result.workbook}")
 
 
 def _print_orphans(rec: Reconciliation) -> None:
     if rec.orphans:
-        click.echo(f"  {len(rec.orphans)} orphan order(s) at the provider are not in the ledger")
+        echo(f"  {len(rec.orphans)} orphan order(s) at the provider are not in the ledger")

@@ -8,7 +8,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -29,7 +29,8 @@ from batcher.cli.common import (
     state_dir_option,
 )
 from batcher.cli.render import render_summary
-from batcher.config import limits_from_config, load_file_config
+from batcher.cli.terminal import echo
+from batcher.config import limits_from_config, load_file_config, parse_limit
 from batcher.core.errors import ExitCode, UsageError
 from batcher.core.models import Balance
 from batcher.core.money import format_money
@@ -60,7 +61,7 @@ class ConsoleListener:
 
     def message(self, text: str) -> None:
         if self._bar is not None:
-            click.echo("", err=True)
+            echo("", err=True)
         log(text)
 
     def advance(self, rows_settled: int) -> None:
@@ -77,7 +78,7 @@ class ConsoleListener:
 
 def log(text: str) -> None:
     stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    click.echo(f"{stamp} {text}", err=True)
+    echo(f"{stamp} {text}", err=True)
 
 
 class ConsoleUI:
@@ -86,14 +87,14 @@ class ConsoleUI:
         self.listener = ConsoleListener()
 
     def validation_failed(self, result: Any, report_path: Path | None) -> None:
-        click.echo(render_summary(result.sheet, result, report_path or Path("-")), err=True)
-        click.echo(
+        echo(render_summary(result.sheet, result, report_path or Path("-")), err=True)
+        echo(
             "nothing was sent: fix the sheet, or rerun with --skip-invalid to order the valid rows",
             err=True,
         )
 
     def show_plan(self, plan: PlanSummary, balances: dict[str, Balance]) -> None:
-        click.echo(
+        echo(
             f"plan: {plan.rows_total} rows in the sheet, {plan.rows_to_send} to order in "
             f"{plan.new_chunks} chunk(s); {plan.unknown_chunks} unresolved and "
             f"{plan.accepted_chunks} accepted chunk(s) from earlier runs"
@@ -104,7 +105,7 @@ class ConsoleUI:
             face = plan.face_by_currency.get(currency, Decimal(0))
             balance = balances.get(currency)
             available = format_money(balance.available, currency) if balance else "no wallet"
-            click.echo(
+            echo(
                 f"  {currency}: face {format_money(face, currency)}, "
                 f"cost {format_money(cost, currency)}, available {available}"
             )
@@ -140,15 +141,13 @@ def stop_on_signals() -> Iterator[threading.Event]:
 def parse_max_total(values: tuple[str, ...]) -> dict[str, Decimal]:
     limits: dict[str, Decimal] = {}
     for value in values:
-        currency, _, amount = value.partition("=")
-        try:
-            limits[currency.strip().upper()] = Decimal(amount.strip())
-        except InvalidOperation:
+        currency, sep, amount = value.partition("=")
+        if not sep:
             raise UsageError(
-                f"--max-total {value!r} is not CUR=AMOUNT", hint="for example --max-total GBP=5000"
-            ) from None
-        if len(currency.strip()) != 3:
-            raise UsageError(f"--max-total {value!r}: {currency!r} is not a currency code")
+                f"--max-total {value[:40]!r} is not CUR=AMOUNT", hint="e.g. --max-total GBP=5000"
+            )
+        code, limit = parse_limit(currency, amount, "--max-total", UsageError)
+        limits[code] = limit
     return limits
 
 
@@ -221,14 +220,14 @@ def run(
             ui.listener.stop()
     summary = result.summary
     states = ", ".join(f"{k} {v}" for k, v in summary.get("by_state", {}).items() if v)
-    click.echo(f"batch {summary['batch']}: {states or 'no rows'}")
+    echo(f"batch {summary['batch']}: {states or 'no rows'}")
     for currency, totals in summary.get("totals_by_currency", {}).items():
-        click.echo(
+        echo(
             f"  {currency}: {totals['orders']} orders, face {totals['face_value']}, cost {totals['cost']}"
         )
-    click.echo(f"summary: {result.report_dir / 'summary.json'}")
+    echo(f"summary: {result.report_dir / 'summary.json'}")
     if result.exit_code != ExitCode.OK and result.message:
-        click.echo(f"batcher: {_exit_meaning(result.exit_code)}: {result.message}", err=True)
+        echo(f"batcher: {_exit_meaning(result.exit_code)}: {result.message}", err=True)
     sys.exit(int(result.exit_code))
 
 
@@ -255,17 +254,17 @@ def status(batch: str | None, state_dir: Path, as_json: bool) -> None:
     if batch is None:
         for listed in found["batches"]:
             states = ", ".join(f"{k} {v}" for k, v in listed["by_state"].items() if v)
-            click.echo(f"{listed['batch']}  ({listed['provider']})  {states}")
+            echo(f"{listed['batch']}  ({listed['provider']})  {states}")
         return
     info = found["batch"]
-    click.echo(f"batch {batch} ({info['provider']}, account {info['account_id']})")
-    click.echo(f"source {info['source_path']} sha256 {info['source_sha256'][:12]}…")
+    echo(f"batch {batch} ({info['provider']}, account {info['account_id']})")
+    echo(f"source {info['source_path']} sha256 {info['source_sha256'][:12]}…")
     for state, count in found["by_state"].items():
         if count:
-            click.echo(f"  {state:<10} {count}")
-    click.echo("runs:")
+            echo(f"  {state:<10} {count}")
+    echo("runs:")
     for r in found["runs"]:
-        click.echo(
+        echo(
             f"  {r['run_id']}  started {r['started_at']}  finished {r['finished_at'] or '-'}"
             f"  exit {r['exit_code'] if r['exit_code'] is not None else '-'}"
         )

@@ -30,6 +30,7 @@ from batcher.cli.common import (
     sheet_options,
 )
 from batcher.cli.render import render_summary
+from batcher.cli.terminal import echo
 from batcher.core.errors import ExitCode
 from batcher.services import validate_sheet
 
@@ -69,5 +70,5 @@ def validate(
     if as_json:
         echo_json(outcome.document)
     else:
-        click.echo(render_summary(outcome.result.sheet, outcome.result, outcome.csv_path))
+        echo(render_summary(outcome.result.sheet, outcome.result, outcome.csv_path))
     sys.exit(int(ExitCode.OK if outcome.result.ok else ExitCode.USAGE))

@@ -27,12 +27,14 @@ class RowState(StrEnum):
 
 
 class ChunkState(StrEnum):
-    PLANNED = "planned"
-    SENDING = "sending"
-    UNKNOWN = "unknown"
-    ACCEPTED = "accepted"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
+    """A chunk moves with its rows, so it takes their names for the states it shares."""
+
+    PLANNED = RowState.PLANNED.value
+    SENDING = RowState.SENDING.value
+    UNKNOWN = RowState.UNKNOWN.value
+    ACCEPTED = RowState.ACCEPTED.value
+    SUCCEEDED = RowState.SUCCEEDED.value
+    FAILED = RowState.FAILED.value
 
 
 #: every row state, in the order reports list them

@@ -6,24 +6,28 @@ with its own `RunUI`. It never prints: everything the operator sees goes through
 
 from __future__ import annotations
 
+import errno
+import os
+import shutil
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
 
 from batcher.config import ProviderSettings
-from batcher.core.errors import BatcherError, ExitCode
+from batcher.core.clock import utc_now
+from batcher.core.errors import BatcherError, ConfigError, ExitCode
 from batcher.core.models import Balance
 from batcher.core.money import format_money, money_str
+from batcher.core.names import batch_name_from_stem, check_batch_name
 from batcher.core.states import UNFINISHED_STATES
 from batcher.execute.check import check_sheet
 from batcher.execute.rows import sheet_rows_from_validation
 from batcher.execute.runner import PlanSummary, RunListener, Runner, RunOptions, RunStats
 from batcher.intake.validate import ValidationResult
-from batcher.ledger.store import BatchLock, Ledger, RowRecord, SheetRow, count_states, utc_now
+from batcher.ledger.store import BatchLock, Ledger, RowRecord, SheetRow, count_states
 from batcher.providers import connect
 from batcher.providers.base import Provider, ProviderOptions
 from batcher.reporting.outputs import (
@@ -51,7 +55,10 @@ class BatchOptions:
 
     @property
     def batch_name(self) -> str:
-        return self.batch or self.sheet.stem
+        """--batch, checked; else the sheet's stem made safe as a folder name."""
+        if self.batch is not None:
+            return check_batch_name(self.batch)
+        return batch_name_from_stem(self.sheet.stem)
 
 
 class RunUI(Protocol):
@@ -93,6 +100,8 @@ def run_batch(
     stop = stop or threading.Event()
     batch = options.batch_name
     out_dir = options.report_dir / batch
+    check_writable(out_dir, "report folder", "--report-dir")
+    check_writable(options.state_dir, "state folder", "--state-dir or BATCHER_STATE_DIR")
     started_at = utc_now()
     provider = connect_provider(
         settings, max_rate=options.max_rate, options=options.provider_options
@@ -384,8 +393,45 @@ def _summary_without_run(
         "message": "validation failed; nothing was sent (fix the sheet or use --skip-invalid)",
         "exit_code": int(code),
         "started_at": started_at,
-        "finished_at": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "finished_at": utc_now(),
     }
+
+
+#: below this much free space a run would likely die mid-write; refuse before sending
+MIN_FREE_BYTES = 64 * 1024 * 1024
+
+
+def check_writable(folder: Path, what: str, option: str) -> None:
+    """Create `folder` and prove a file can be written there, before anything is sent.
+
+    A run that orders cards and then cannot write its ledger or its report has
+    lost the operator's evidence; this refuses such a run up front.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".batcher-write-probe-{os.getpid()}"
+        with probe.open("wb") as fh:
+            fh.write(b"\0" * 4096)
+            fh.flush()
+            os.fsync(fh.fileno())
+        probe.unlink()
+        free = shutil.disk_usage(folder).free
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise ConfigError(
+                f"the disk holding the {what} {folder} is full; nothing was sent",
+                hint="free some space and rerun",
+            ) from None
+        raise ConfigError(
+            f"cannot write to the {what} {folder} ({exc.strerror}); nothing was sent",
+            hint=f"choose another folder with {option}",
+        ) from None
+    if free < MIN_FREE_BYTES:
+        raise ConfigError(
+            f"the disk holding the {what} {folder} is nearly full "
+            f"({free // (1024 * 1024)} MiB free); nothing was sent",
+            hint="free some space and rerun",
+        )
 
 
 def write_validation_outputs(out_dir: Path, result: ValidationResult) -> Path:

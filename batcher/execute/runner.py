@@ -24,7 +24,6 @@ from typing import Protocol
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 
 from batcher.core.keys import match_key
-from batcher.core.models import Balance
 from batcher.execute.plan import PlanRow, plan_chunks
 from batcher.ledger.store import ChunkRecord, Ledger, RowOutcome, RowRecord, SheetRow, parse_ts
 from batcher.providers.base import (
@@ -160,6 +159,7 @@ class Runner:
         listener: RunListener | None = None,
         stop: threading.Event | None = None,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], object] | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.provider = provider
@@ -170,6 +170,8 @@ class Runner:
         self.listener = listener or SilentListener()
         self.stop = stop or threading.Event()
         self.clock = clock
+        # Tests pass a fake clock's sleep; by default a stop request cuts the wait short.
+        self._wait = sleep or self.stop.wait
         self.rng = rng or random.Random()
         self.stats = RunStats()
         self._deadline: float | None = None
@@ -268,7 +270,7 @@ class Runner:
         if self._deadline is not None:
             seconds = min(seconds, max(0.0, self._deadline - self.clock()))
         if seconds > 0:
-            self.stop.wait(seconds)
+            self._wait(seconds)
         self._check_stop()
 
     def _paying_currency(self, chunk: ChunkRecord) -> str:
@@ -503,7 +505,7 @@ class Runner:
             result: PollResult = self.provider.poll(chunk.request_id, self._items(chunk))
         except IncompleteResult as exc:
             # The provider answered but did not account for every row: record what is
-            # certain; the rest stays unknown for a person to look at. Never guess.
+            # certain; the chunk stays unknown and is resent with the same key next run.
             self._settle_items(chunk, exc.items, "succeeded")
             return
         except OutcomeUnknown as exc:
@@ -582,9 +584,10 @@ class Runner:
                         provider_status=item.provider_status,
                     )
                 )
+        if any(out.state == "unknown" for out in outcomes):
+            # An answer that does not account for every row leaves the chunk unknown:
+            # the next run resends the same key and bytes, which the provider
+            # deduplicates, and settles the rest from that full answer.
+            state = "unknown"
         self.ledger.settle_chunk(self.batch, chunk.chunk_key, state, outcomes)
-        self.listener.advance(len(outcomes))
-
-
-def balances_by_currency(balances: Sequence[Balance]) -> dict[str, Balance]:
-    return {b.currency: b for b in balances}
+        self.listener.advance(sum(1 for out in outcomes if out.state != "unknown"))

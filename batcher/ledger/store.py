@@ -11,7 +11,6 @@ Money is stored as TEXT and read back as Decimal.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import socket
@@ -19,255 +18,24 @@ import sqlite3
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from batcher.core.errors import BatchLocked, ConfigError
+from batcher.core.clock import utc_now
+from batcher.core.errors import ConfigError
 from batcher.core.states import IN_FLIGHT_STATES, REPLANNABLE_STATES, ROW_STATES
-
-
-def count_states(rows: Iterable[RowRecord]) -> dict[str, int]:
-    """Rows per state, every state present (zero when none)."""
-    counts: dict[str, int] = dict.fromkeys(map(str, ROW_STATES), 0)
-    for row in rows:
-        counts[row.state] = counts.get(row.state, 0) + 1
-    return counts
-
-
-SCHEMA_VERSION = 1
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS batches (
-    batch TEXT PRIMARY KEY,
-    provider TEXT NOT NULL,
-    account_id TEXT NOT NULL,
-    source_path TEXT NOT NULL,
-    source_sha256 TEXT NOT NULL,
-    sheet_headers TEXT NOT NULL DEFAULT '[]',   -- JSON: the sheet's headers in file order
-    sheet_columns TEXT NOT NULL DEFAULT '{}',   -- JSON: canonical field -> the user's header
-    created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS runs (
-    run_id TEXT PRIMARY KEY,
-    batch TEXT NOT NULL REFERENCES batches(batch),
-    command TEXT NOT NULL,
-    pid INTEGER NOT NULL,
-    host TEXT NOT NULL,
-    started_at TEXT NOT NULL,
-    finished_at TEXT,
-    exit_code INTEGER,
-    summary TEXT
-);
-CREATE TABLE IF NOT EXISTS rows (
-    batch TEXT NOT NULL REFERENCES batches(batch),
-    row_key TEXT NOT NULL,
-    source_row INTEGER NOT NULL,
-    in_sheet INTEGER NOT NULL DEFAULT 1,
-    reference TEXT,
-    content_hash TEXT NOT NULL,
-    fields TEXT NOT NULL,            -- JSON: canonical order fields as text
-    passthrough TEXT NOT NULL,       -- JSON: the sheet's other columns
-    currency TEXT NOT NULL,
-    face_value TEXT NOT NULL,
-    est_cost TEXT,
-    state TEXT NOT NULL,
-    attempt INTEGER NOT NULL DEFAULT 1,
-    retry_group TEXT NOT NULL DEFAULT '',
-    failure_kind TEXT,               -- retryable | permanent
-    error_code TEXT,
-    error_message TEXT,
-    provider_request_id TEXT,
-    conflict TEXT,                   -- set when the sheet changed a row after it succeeded
-    chunk_key TEXT,
-    order_request_id TEXT,
-    order_id TEXT,
-    transaction_id TEXT,
-    cost TEXT,
-    cost_currency TEXT,
-    voucher_last4 TEXT,              -- never the code itself: codes stay at the provider
-    provider_status TEXT,
-    created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL,
-    succeeded_at TEXT,
-    PRIMARY KEY (batch, row_key)
-);
-CREATE INDEX IF NOT EXISTS rows_by_state ON rows(batch, state);
-CREATE INDEX IF NOT EXISTS rows_by_reference ON rows(reference, state);
-CREATE TABLE IF NOT EXISTS chunks (
-    chunk_key TEXT PRIMARY KEY,
-    batch TEXT NOT NULL REFERENCES batches(batch),
-    currency TEXT NOT NULL,
-    attempt INTEGER NOT NULL,
-    state TEXT NOT NULL,             -- planned|sending|unknown|accepted|succeeded|failed
-    payload BLOB NOT NULL,           -- the exact bytes; frozen once sent
-    row_count INTEGER NOT NULL,
-    request_id TEXT,
-    send_count INTEGER NOT NULL DEFAULT 0,
-    poll_count INTEGER NOT NULL DEFAULT 0,
-    error_code TEXT,
-    error_message TEXT,
-    created_at TEXT NOT NULL,
-    first_sent_at TEXT,
-    last_sent_at TEXT,
-    accepted_at TEXT,
-    finished_at TEXT
-);
-CREATE INDEX IF NOT EXISTS chunks_by_state ON chunks(batch, state);
-CREATE TABLE IF NOT EXISTS chunk_rows (
-    chunk_key TEXT NOT NULL REFERENCES chunks(chunk_key),
-    row_key TEXT NOT NULL,
-    position INTEGER NOT NULL,
-    PRIMARY KEY (chunk_key, row_key)
-);
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    ts TEXT NOT NULL,
-    batch TEXT NOT NULL,
-    run_id TEXT,
-    kind TEXT NOT NULL,
-    chunk_key TEXT,
-    row_key TEXT,
-    detail TEXT
-);
-CREATE TRIGGER IF NOT EXISTS events_append_only_update BEFORE UPDATE ON events
-BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
-CREATE TRIGGER IF NOT EXISTS events_append_only_delete BEFORE DELETE ON events
-BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
-"""
-
-
-def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def parse_ts(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
-@dataclass(frozen=True)
-class SheetRow:
-    """A row of the current sheet, as the runner hands it to the ledger."""
-
-    row_key: str
-    source_row: int
-    reference: str | None
-    content_hash: str
-    fields: dict[str, str]
-    passthrough: dict[str, str]
-    currency: str
-    face_value: Decimal
-    est_cost: Decimal | None
-    valid: bool
-    error_code: str = ""
-    error_message: str = ""
-
-
-@dataclass
-class RowRecord:
-    batch: str
-    row_key: str
-    source_row: int
-    in_sheet: bool
-    reference: str | None
-    content_hash: str
-    fields: dict[str, str]
-    passthrough: dict[str, str]
-    currency: str
-    face_value: Decimal
-    est_cost: Decimal | None
-    state: str
-    attempt: int
-    retry_group: str
-    failure_kind: str | None
-    error_code: str | None
-    error_message: str | None
-    provider_request_id: str | None
-    conflict: str | None
-    chunk_key: str | None
-    order_request_id: str | None
-    order_id: str | None
-    transaction_id: str | None
-    cost: Decimal | None
-    cost_currency: str | None
-    voucher_last4: str | None
-    provider_status: str | None
-    created_at: str
-    updated_at: str
-    succeeded_at: str | None
-
-    @classmethod
-    def from_sql(cls, row: sqlite3.Row) -> RowRecord:
-        data = dict(row)
-        data["in_sheet"] = bool(data["in_sheet"])
-        data["fields"] = json.loads(data["fields"])
-        data["passthrough"] = json.loads(data["passthrough"])
-        for money in ("face_value", "est_cost", "cost"):
-            data[money] = Decimal(data[money]) if data[money] is not None else None
-        return cls(**data)
-
-
-@dataclass
-class ChunkRecord:
-    chunk_key: str
-    batch: str
-    currency: str
-    attempt: int
-    state: str
-    payload: bytes
-    row_count: int
-    request_id: str | None
-    send_count: int
-    poll_count: int
-    error_code: str | None
-    error_message: str | None
-    created_at: str
-    first_sent_at: str | None
-    last_sent_at: str | None
-    accepted_at: str | None
-    finished_at: str | None
-    row_keys: list[str] = field(default_factory=list)
-
-    @classmethod
-    def from_sql(cls, row: sqlite3.Row, row_keys: list[str]) -> ChunkRecord:
-        data = dict(row)
-        data["payload"] = bytes(data["payload"])
-        return cls(**data, row_keys=row_keys)
-
-
-@dataclass(frozen=True)
-class SyncReport:
-    new: int = 0
-    unchanged: int = 0
-    changed: int = 0
-    conflicts: int = 0
-    skipped_elsewhere: int = 0
-    gone: int = 0
-
-
-@dataclass(frozen=True)
-class RowOutcome:
-    """What a provider said about one row, as the ledger records it."""
-
-    row_key: str
-    state: str  # succeeded | failed | pending | accepted
-    failure_kind: str | None = None
-    error_code: str | None = None
-    error_message: str | None = None
-    provider_request_id: str | None = None
-    order_id: str | None = None
-    transaction_id: str | None = None
-    cost: Decimal | None = None
-    cost_currency: str | None = None
-    voucher_last4: str | None = None
-    provider_status: str | None = None
-    #: for released rows: retry as attempt+1, grouped with the chunk that released them
-    release: bool = False
+from batcher.ledger.lock import BatchLock
+from batcher.ledger.records import (
+    ChunkRecord,
+    RowOutcome,
+    RowRecord,
+    SheetRow,
+    SyncReport,
+    count_states,
+    parse_ts,
+)
+from batcher.ledger.schema import SCHEMA, SCHEMA_VERSION
 
 
 class Ledger:
@@ -283,7 +51,7 @@ class Ledger:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.execute("PRAGMA busy_timeout=30000")
-        self._db.executescript(_SCHEMA)  # idempotent: IF NOT EXISTS everywhere
+        self._db.executescript(SCHEMA)  # idempotent: IF NOT EXISTS everywhere
         self._db.execute(
             "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
             (str(SCHEMA_VERSION),),
@@ -945,46 +713,16 @@ class Ledger:
             self._event(batch, "chunk_settled", chunk_key=chunk_key, state=chunk_state)
 
 
-# ---------------------------------------------------------------------- the batch lock
-
-
-class BatchLock:
-    """One run per batch. flock dies with its process, so a crashed run never blocks."""
-
-    def __init__(self, state_dir: Path, batch: str) -> None:
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in batch)
-        self.path = state_dir / "locks" / f"{safe}.lock"
-        self._fd: int | None = None
-        self.batch = batch
-
-    def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 4096).decode("utf-8", "replace").strip() or "another process"
-            os.close(fd)
-            raise BatchLocked(
-                f"batch {self.batch!r} is locked by {holder}",
-                hint="wait for that run to finish; a dead run's lock is released automatically",
-            ) from None
-        os.ftruncate(fd, 0)
-        holder = f"pid {os.getpid()} on {socket.gethostname()} since {utc_now()}"
-        os.write(fd, holder.encode())
-        os.fsync(fd)
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.ftruncate(self._fd, 0)
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-
-    def __enter__(self) -> BatchLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
+# Importers name these from here; they live in the modules above.
+__all__ = [
+    "SCHEMA_VERSION",
+    "BatchLock",
+    "ChunkRecord",
+    "Ledger",
+    "RowOutcome",
+    "RowRecord",
+    "SheetRow",
+    "SyncReport",
+    "count_states",
+    "parse_ts",
+]

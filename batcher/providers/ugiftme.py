@@ -1,4 +1,4 @@
-"""UGiftMe Business API client (contract: docs/providers/ugiftme.md).
+"""UGiftMe Business API client.
 
 Orders go in bulk (`POST /orders/bulk`, up to 100 items) under an
 `Idempotency-Key` header. A bulk answer carries no item indexes, so created
@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal, TypeVar
 from urllib.parse import quote
@@ -43,6 +43,7 @@ from urllib.parse import quote
 import httpx
 
 from batcher.config import ProviderSettings
+from batcher.core.clock import utc_text
 from batcher.core.errors import AuthError, ProviderUnavailable
 from batcher.core.fields import BASE_REQUIRED
 from batcher.core.keys import MatchKey, match_key
@@ -59,6 +60,7 @@ from batcher.providers.base import (
     Redemption,
     SubmitResult,
 )
+from batcher.providers.wire import as_text, aware, parse_time, read_record
 from batcher.transport.http import (
     ApiClient,
     ApiResponse,
@@ -121,11 +123,13 @@ class UGiftMeProvider(ApiBackedProvider):
         """Nothing to check beyond the key, which account() already proves."""
 
     def account(self) -> AccountInfo:
-        return _read("/auth", parse_account, self._get_object("/auth"))
+        return read_record("UGiftMe", "/auth", parse_account, self._get_object("/auth"))
 
     def catalog(self) -> list[Product]:
         records = self._pages("/products", {}, "products")
-        products = [_read("/products", parse_product, record) for record in records]
+        products = [
+            read_record("UGiftMe", "/products", parse_product, record) for record in records
+        ]
         self._discounts = {product.product_code: product.discount for product in products}
         return products
 
@@ -134,14 +138,14 @@ class UGiftMeProvider(ApiBackedProvider):
         if not isinstance(response.data, list):
             raise self._bad_shape("/wallet")
         wallets = [wallet for wallet in response.data if isinstance(wallet, Mapping)]
-        return [_read("/wallet", parse_balance, wallet) for wallet in wallets]
+        return [read_record("UGiftMe", "/wallet", parse_balance, wallet) for wallet in wallets]
 
     def transactions(self, since: datetime | None = None) -> list[WalletTransaction]:
         """Wallet movements, newest first, stopping at the first one older than `since`."""
-        cutoff = _aware(since) if since else None
+        cutoff = aware(since) if since else None
         found: list[WalletTransaction] = []
         for record in self._pages("/wallet/transactions", {}, "transactions"):
-            transaction = _read("/wallet/transactions", parse_transaction, record)
+            transaction = read_record("UGiftMe", "/wallet/transactions", parse_transaction, record)
             if cutoff and transaction.timestamp and transaction.timestamp < cutoff:
                 break  # newest first: everything after this is older still
             found.append(transaction)
@@ -149,14 +153,17 @@ class UGiftMeProvider(ApiBackedProvider):
 
     def orders(self, since: datetime, until: datetime | None = None) -> list[ProviderOrder]:
         params: dict[str, str | int] = {
-            "startDate": _iso(since),
+            "startDate": utc_text(aware(since)),
             "sortBy": "createdAt",
             "order": "desc",
         }
         if until is not None:
-            params["endDate"] = _iso(until)
+            params["endDate"] = utc_text(aware(until))
         records = self._pages("/orders/search", params, "orders")
-        return [_read("/orders/search", parse_provider_order, record) for record in records]
+        return [
+            read_record("UGiftMe", "/orders/search", parse_provider_order, record)
+            for record in records
+        ]
 
     def redemption(self, order_id: str) -> Redemption | None:
         """`GET /orders/{id}`: the one read that carries the voucher code (a bearer credential)."""
@@ -233,20 +240,20 @@ class UGiftMeProvider(ApiBackedProvider):
             kind="insufficient_funds",
             error_code="insufficient_funds",
             error_message=self._error_message(body) or "Insufficient funds",
-            currency=_text(body.get("currency")) or (items[0].currency if items else None),
+            currency=as_text(body.get("currency")) or (items[0].currency if items else None),
             required=_optional_money(body.get("required")),
             available=_optional_money(body.get("available")),
         )
 
     def _poll_result(self, data: Mapping[str, Any], items: Sequence[OrderItem]) -> PollResult:
-        status = _text(data.get("status"))
+        status = as_text(data.get("status"))
         if status == "succeeded":
             result = data.get("result")
             return PollResult(
                 kind="completed", items=self._map(result, items), provider_status=status
             )
         if status == "failed":
-            error = self._api.scrub(_text(data.get("error"))) or "order request failed"
+            error = self._api.scrub(as_text(data.get("error"))) or "order request failed"
             code = "insufficient_funds" if "insufficient" in error.lower() else "request_failed"
             return PollResult(
                 kind="failed", error_code=code, error_message=error, provider_status=status
@@ -337,6 +344,7 @@ def check_chunk(items: Sequence[OrderItem], limit: int) -> None:
         raise ValueError(f"a bulk order takes one currency, not {sorted(currencies)}")
     seen: set[MatchKey] = set()
     for item in items:
+        amount_literal(item.amount, item.currency)  # a bad amount is named before matching
         key = item_match_key(item)
         if key in seen:
             raise ValueError(
@@ -393,10 +401,10 @@ def order_match_key(order: Mapping[str, Any]) -> MatchKey:
     gift = order.get("giftOrder")
     recipient = gift if isinstance(gift, Mapping) else order
     return match_key(
-        _text(order.get("productCode")),
+        as_text(order.get("productCode")),
         to_decimal(order.get("valuePurchased")),
-        _text(recipient.get("recipientEmail")),
-        _text(recipient.get("recipientName")),
+        as_text(recipient.get("recipientEmail")),
+        as_text(recipient.get("recipientName")),
     )
 
 
@@ -458,7 +466,7 @@ def _orders_and_rejections(
     if len(orders) != len(raw_orders):
         raise TypeError("an order is not an object")
     rejections = [
-        (_text(entry.get("productCode")), _rejection_reason(entry))
+        (as_text(entry.get("productCode")), _rejection_reason(entry))
         for entry in raw_rejections
         if isinstance(entry, Mapping)
     ]
@@ -493,19 +501,19 @@ def _first_unsettled(
 def _succeeded(item: OrderItem, order: Mapping[str, Any], cost_of: CostOf | None) -> ItemResult:
     merchant = order.get("merchant")
     credentials = merchant if isinstance(merchant, Mapping) else {}
-    currency = _text(order.get("currency")) or item.currency
+    currency = as_text(order.get("currency")) or item.currency
     face_value = to_decimal(order.get("valuePurchased"))
     cost = cost_of(item.product_code, face_value, currency) if cost_of else None
     return ItemResult(
         row_key=item.row_key,
         status="succeeded",
-        order_id=_text(order.get("_id")) or None,
-        transaction_id=_text(order.get("transactionId")) or None,
+        order_id=as_text(order.get("_id")) or None,
+        transaction_id=as_text(order.get("transactionId")) or None,
         cost=cost,
         cost_currency=currency if cost is not None else None,
-        voucher_code=_text(credentials.get("voucherCode")) or None,
-        redemption_url=_text(credentials.get("redemptionUrl")) or None,
-        provider_status=_text(order.get("status")),
+        voucher_code=as_text(credentials.get("voucherCode")) or None,
+        redemption_url=as_text(credentials.get("redemptionUrl")) or None,
+        provider_status=as_text(order.get("status")),
         extra={"cost_source": "catalog_discount"} if cost is not None else {},
     )
 
@@ -533,7 +541,7 @@ def rejection_code(status: int, data: Any) -> str:
 
 
 def _request_id(data: Any) -> str:
-    request_id = _text(data.get("orderRequestId")) if isinstance(data, Mapping) else ""
+    request_id = as_text(data.get("orderRequestId")) if isinstance(data, Mapping) else ""
     if not request_id:
         raise OutcomeUnknown("the provider accepted the order request but gave no id")
     return request_id
@@ -555,10 +563,10 @@ def _log_async_mode(response: ApiResponse) -> None:
 def parse_account(record: Mapping[str, Any]) -> AccountInfo:
     return AccountInfo(
         account_id=_required_text(record, "businessId"),
-        name=_text(record.get("name")),
-        email=_text(record.get("email")),
-        plan=_text(record.get("plan")),
-        status=_text(record.get("verificationStatus")),
+        name=as_text(record.get("name")),
+        email=as_text(record.get("email")),
+        plan=as_text(record.get("plan")),
+        status=as_text(record.get("verificationStatus")),
     )
 
 
@@ -570,11 +578,11 @@ def parse_product(record: Mapping[str, Any]) -> Product:
     countries = record.get("countries") or []
     return Product(
         product_code=_required_text(record, "productCode"),
-        name=_text(record.get("name")),
-        merchant=_text(merchant),
+        name=as_text(record.get("name")),
+        merchant=as_text(merchant),
         currency=_required_text(record, "currency"),
-        countries=tuple(_text(country) for country in countries),
-        category=_text(record.get("category")),
+        countries=tuple(as_text(country) for country in countries),
+        category=as_text(record.get("category")),
         min_value=_optional_money(record.get("minValue")),
         max_value=_optional_money(record.get("maxValue")),
         denominations=tuple(to_decimal(value) for value in denominations),
@@ -594,7 +602,7 @@ def parse_balance(wallet: Mapping[str, Any]) -> Balance:
 
 
 def parse_transaction(record: Mapping[str, Any]) -> WalletTransaction:
-    kind = _text(record.get("transactionType"))
+    kind = as_text(record.get("transactionType"))
     value = to_decimal(record.get("transactionValue"))
     if kind in _DEBIT_TYPES:
         amount = -abs(value)
@@ -607,11 +615,11 @@ def parse_transaction(record: Mapping[str, Any]) -> WalletTransaction:
     return WalletTransaction(
         transaction_type=kind,
         amount=amount,
-        currency=_text(record.get("currency")) or _text(details.get("currency")),
-        order_id=_text(record.get("orderID")) or None,
-        transaction_id=_text(record.get("transactionId") or record.get("_id")) or None,
-        timestamp=_parse_time(record.get("timestamp")),
-        description=_text(details.get("description")),
+        currency=as_text(record.get("currency")) or as_text(details.get("currency")),
+        order_id=as_text(record.get("orderID")) or None,
+        transaction_id=as_text(record.get("transactionId") or record.get("_id")) or None,
+        timestamp=parse_time(record.get("timestamp")),
+        description=as_text(details.get("description")),
     )
 
 
@@ -620,14 +628,14 @@ def parse_provider_order(record: Mapping[str, Any]) -> ProviderOrder:
     recipient = gift if isinstance(gift, Mapping) else {}
     return ProviderOrder(
         order_id=_required_text(record, "_id"),
-        product_code=_text(record.get("productCode")),
-        currency=_text(record.get("currency")),
+        product_code=as_text(record.get("productCode")),
+        currency=as_text(record.get("currency")),
         face_value=to_decimal(record.get("valuePurchased")),
-        status=_text(record.get("status")),
-        created_at=_parse_time(record.get("createdAt")),
-        recipient_email=_text(recipient.get("recipientEmail")),
-        recipient_name=_text(recipient.get("recipientName")),
-        transaction_id=_text(record.get("transactionId")) or None,
+        status=as_text(record.get("status")),
+        created_at=parse_time(record.get("createdAt")),
+        recipient_email=as_text(recipient.get("recipientEmail")),
+        recipient_name=as_text(recipient.get("recipientName")),
+        transaction_id=as_text(record.get("transactionId")) or None,
     )
 
 
@@ -635,26 +643,14 @@ def parse_redemption(order_id: str, record: Mapping[str, Any]) -> Redemption:
     merchant = record.get("merchant")
     credentials = merchant if isinstance(merchant, Mapping) else {}
     return Redemption(
-        order_id=_text(record.get("_id")) or order_id,
-        voucher_code=_text(credentials.get("voucherCode")) or None,
-        redemption_url=_text(credentials.get("redemptionUrl")) or None,
+        order_id=as_text(record.get("_id")) or order_id,
+        voucher_code=as_text(credentials.get("voucherCode")) or None,
+        redemption_url=as_text(credentials.get("redemptionUrl")) or None,
     )
 
 
-def _read(path: str, parse: Callable[[Mapping[str, Any]], T], record: Mapping[str, Any]) -> T:
-    """Parse one record; malformed provider data becomes a one-line operator error."""
-    try:
-        return parse(record)
-    except (ValueError, TypeError, ArithmeticError):
-        raise ProviderUnavailable(f"UGiftMe sent data batcher cannot read from {path}") from None
-
-
-def _text(value: Any) -> str:
-    return value.strip() if isinstance(value, str) else ""
-
-
 def _required_text(record: Mapping[str, Any], field: str) -> str:
-    value = _text(record.get(field))
+    value = as_text(record.get(field))
     if not value:
         raise ValueError(f"missing {field}")
     return value
@@ -662,24 +658,6 @@ def _required_text(record: Mapping[str, Any], field: str) -> str:
 
 def _optional_money(value: Any) -> Decimal | None:
     return None if value is None else to_decimal(value)
-
-
-def _parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value.strip():
-        return None
-    try:
-        return _aware(datetime.fromisoformat(value.strip()))
-    except ValueError:
-        return None
-
-
-def _aware(moment: datetime) -> datetime:
-    """Naive datetimes are taken as UTC, so comparisons never mix the two."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def _iso(moment: datetime) -> str:
-    return _aware(moment).astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _total_pages(data: Mapping[str, Any]) -> int | None:

@@ -1,26 +1,54 @@
 """Make cell values safe to write into CSV or XLSX files that people open in Excel.
 
-A text cell that starts with `=`, `+`, `-` or `@` (or a tab or carriage return)
-is run as a formula by Excel, LibreOffice and Google Sheets. Anything batcher
-writes may echo text from a customer's sheet or a provider's answer, so every
-report passes its text cells through `safe_cell` first.
+A text cell that starts with `=`, `+`, `-` or `@` is run as a formula by Excel,
+LibreOffice and Google Sheets. Spreadsheet programs also skip what a person
+cannot see before deciding: leading spaces, line breaks, tabs, no-break and
+zero-width spaces, a byte-order mark. And they accept the full-width forms
+(`＝`, `＋`, `－`, `＠`) typed by East Asian input methods. So the guard looks
+at the first character that is *not* blank or invisible, after NFKC folding
+(which turns `＝` into `=`). A text cell that would start a formula gets a
+leading `'`, which every one of those programs shows as plain text.
+
+Anything batcher writes may echo text from a customer's sheet or a provider's
+answer, so every report passes its text cells through `safe_cell` first.
 """
 
 from __future__ import annotations
 
+import unicodedata
 from typing import TypeVar
 
 T = TypeVar("T")
 
-FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+FORMULA_TRIGGERS = ("=", "+", "-", "@")
+#: control characters that make a cell start a new field or formula in some readers
+_LEADING_CONTROLS = ("\t", "\r", "\n")
+
+
+def _first_visible(text: str) -> str:
+    """The first character a spreadsheet would parse, NFKC-folded; '' if none."""
+    for ch in text:
+        if ch.isspace() or unicodedata.category(ch) in {"Cc", "Cf", "Zs", "Zl", "Zp"}:
+            continue
+        return unicodedata.normalize("NFKC", ch)[:1]
+    return ""
+
+
+def is_formula_like(text: str) -> bool:
+    """Would Excel, LibreOffice or Google Sheets evaluate this text as a formula?"""
+    if not text:
+        return False
+    if text.startswith(_LEADING_CONTROLS):
+        return True
+    return _first_visible(text) in FORMULA_TRIGGERS
 
 
 def safe_cell(value: T) -> T | str:
-    """Return `value` with a leading `'` when it is text Excel would treat as a formula.
+    """Return `value` with a leading `'` when it is text a spreadsheet would run as a formula.
 
     Non-text values (numbers, Decimals, dates, None) are returned unchanged: they are
     written as typed cells, never parsed as formulas.
     """
-    if isinstance(value, str) and value.startswith(FORMULA_TRIGGERS):
+    if isinstance(value, str) and is_formula_like(value):
         return "'" + value
     return value

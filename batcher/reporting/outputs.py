@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from batcher.core.files import atomic_write
 from batcher.core.money import money_str
 from batcher.intake.validate import REPORT_COLUMNS, ValidationResult, report_records
+from batcher.ledger.records import passthrough_headers
 from batcher.ledger.store import RowRecord
 from batcher.reporting.cells import safe_cell
 
@@ -96,33 +97,21 @@ def row_line(row: RowRecord, passthrough_headers: Sequence[str]) -> list[str]:
     return [safe_cell(str(v)) for v in values]
 
 
-def passthrough_headers(rows: Sequence[RowRecord]) -> list[str]:
-    headers: list[str] = []
-    for row in rows:
-        for header in row.passthrough:
-            if header not in headers:
-                headers.append(header)
-    return headers
-
-
 def write_rows_csv(path: Path, rows: Sequence[RowRecord]) -> Path:
     extra = passthrough_headers(rows)
-    tmp = path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as fh:
+    with atomic_write(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow([*ROWS_CSV_COLUMNS, *(safe_cell(h) for h in extra)])
         for row in sorted(rows, key=lambda r: r.source_row):
             writer.writerow(row_line(row, extra))
-    os.replace(tmp, path)
     return path
 
 
 def write_json(path: Path, data: dict[str, Any]) -> Path:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(
-        json.dumps(data, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8"
-    )
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(
+            json.dumps(data, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8"
+        )
     return path
 
 

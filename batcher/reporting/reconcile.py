@@ -34,214 +34,45 @@ orphan; `batcher report` lists and matches everything.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Final, Literal
 
 from batcher.core.keys import MatchKey, match_key
 from batcher.core.models import WalletTransaction
 from batcher.core.money import format_money
 from batcher.core.states import UNSETTLED_STATES
-from batcher.ledger.store import RowRecord, count_states, parse_ts
+from batcher.ledger.store import RowRecord, count_states
 from batcher.providers.base import ProviderOrder
-
-RECONCILED: Final = "RECONCILED"
-MISMATCH: Final = "MISMATCH"
-ZERO = Decimal(0)
-
-Verdict = Literal["RECONCILED", "MISMATCH"]
-Evidence = Literal["transactions", "balances", "unavailable"]
-#: rows whose order may exist at the provider although the ledger has no order id yet
-
-# Wallet line statuses. Flagged ones make their currency MISMATCH.
-MATCHED = "matched"
-COST_DIFFERS = "cost differs"
-NO_TRANSACTION = "order has no wallet transaction"
-NO_ORDER = "debit matches no order"
-ORPHAN = "orphan order"
-OTHER_BATCH = "another batch"
-CREDIT = "credit"
-REFUNDED_ATTEMPT = "earlier attempt, refunded"
-ATTEMPT_CHARGED = "attempt charged, no order in the ledger"
-FLAGGED_STATUSES = frozenset({COST_DIFFERS, NO_TRANSACTION, NO_ORDER, ORPHAN, ATTEMPT_CHARGED})
-NO_TRANSACTION_PROBLEM = "no wallet transaction"
-#: statuses whose transactions are the batch's own money (summed as its wallet debits)
-OWN_STATUSES = frozenset({MATCHED, COST_DIFFERS, REFUNDED_ATTEMPT, ATTEMPT_CHARGED})
-
-
-@dataclass(frozen=True)
-class Window:
-    """A closed time interval, in aware UTC datetimes."""
-
-    start: datetime
-    end: datetime
-
-    def contains(self, moment: datetime | None) -> bool:
-        """A moment the provider did not give is taken as inside: it cannot be ruled out."""
-        return moment is None or self.start <= moment <= self.end
-
-
-@dataclass(frozen=True)
-class RunWindow:
-    """One run of the batch: its window and the balances read at its start and end.
-
-    `after` is None when the run did not read the balances again at its end. An
-    `idle` run sent, polled and looked up nothing, so the batch's orders cannot
-    have moved money during it.
-    """
-
-    run_id: str
-    window: Window
-    before: Mapping[str, Decimal] | None = None
-    after: Mapping[str, Decimal] | None = None
-    idle: bool = False
-
-
-@dataclass(frozen=True)
-class ProviderData:
-    """What the provider listed for the batch's time span (with a margin)."""
-
-    orders: Sequence[ProviderOrder]
-    transactions: Sequence[WalletTransaction]
-
-
-@dataclass(frozen=True)
-class ReconcileInputs:
-    rows: Sequence[RowRecord]  # every ledger row of the batch, in the sheet or not
-    runs: Sequence[RunWindow]
-    provider: ProviderData | None = None  # None: the listings were not fetched
-    sheet_rows: int | None = None  # rows in the source sheet, when known
-    other_batches: Mapping[str, str] = field(default_factory=dict)  # order id -> batch
-    provider_error: str | None = None  # why the provider's data is missing
-    #: the batch's idempotency keys (chunk keys) of every attempt, beyond the rows' own
-    attempt_keys: frozenset[str] = frozenset()
-    #: the batch's order request ids of every attempt, beyond the rows' own
-    request_ids: frozenset[str] = frozenset()
-
-
-@dataclass(frozen=True)
-class OrderCheck:
-    """One of the batch's orders, as the provider and the wallet see it."""
-
-    row_key: str
-    listed: bool  # the provider listed the order
-    debit: Decimal | None  # net wallet debit for the order (purchases less refunds)
-    debit_currency: str | None
-    problems: tuple[str, ...] = ()
-    #: set when the debit was matched for the row's whole order request (its share shown)
-    request_id: str | None = None
-
-
-@dataclass(frozen=True)
-class WalletLine:
-    """A wallet transaction in the window, or an order with no transaction at all."""
-
-    status: str
-    currency: str
-    transaction: WalletTransaction | None = None
-    row: RowRecord | None = None
-    ledger_cost: Decimal | None = None
-    difference: Decimal | None = None  # wallet debit - ledger cost, for the order
-    note: str = ""
-    #: the rows a request-level transaction settles (`row` is None then)
-    rows: tuple[RowRecord, ...] = ()
-
-    @property
-    def flagged(self) -> bool:
-        return self.status in FLAGGED_STATUSES
-
-    @property
-    def own(self) -> bool:
-        """The transaction is the batch's own money: one of its orders or attempts."""
-        return self.status in OWN_STATUSES and self.transaction is not None
-
-    @property
-    def order_id(self) -> str | None:
-        if self.transaction is not None and self.transaction.order_id:
-            return self.transaction.order_id
-        return self.row.order_id if self.row is not None else None
-
-    @property
-    def timestamp(self) -> datetime | None:
-        if self.transaction is not None:
-            return self.transaction.timestamp
-        return parse_ts(self.row.succeeded_at) if self.row is not None else None
-
-
-@dataclass(frozen=True)
-class Orphan:
-    order: ProviderOrder
-    debit: Decimal | None
-    note: str
-
-
-@dataclass(frozen=True)
-class CurrencyReconciliation:
-    currency: str
-    orders: int
-    face_value: Decimal
-    cost: Decimal  # what the ledger says the wallet was charged
-    wallet_debits: Decimal | None  # what the provider's transactions (or balances) say
-    discount: Decimal  # face value - cost: positive a discount, negative a fee
-    balance_before: Decimal | None
-    balance_after: Decimal | None
-    orphans: int
-    orphan_value: Decimal
-    verdict: Verdict
-    reason: str
-
-    @property
-    def difference(self) -> Decimal | None:
-        """Ledger cost minus wallet debits: zero when they agree to the cent."""
-        return None if self.wallet_debits is None else self.cost - self.wallet_debits
-
-
-@dataclass(frozen=True)
-class Reconciliation:
-    evidence: Evidence
-    state_counts: Mapping[str, int]
-    rows_in_sheet: int
-    sheet_rows: int | None
-    currencies: Sequence[CurrencyReconciliation]
-    checks: Mapping[str, OrderCheck]  # row key -> check, for the batch's orders
-    wallet_lines: Sequence[WalletLine]
-    orphans: Sequence[Orphan]
-    provider_error: str | None = None
-
-    @property
-    def counts_add_up(self) -> bool:
-        counted = sum(self.state_counts.values())
-        return counted == self.rows_in_sheet and (
-            self.sheet_rows is None or counted == self.sheet_rows
-        )
-
-    @property
-    def verdict(self) -> Verdict:
-        if self.provider_error or not self.counts_add_up:
-            return MISMATCH
-        if any(c.verdict == MISMATCH for c in self.currencies):
-            return MISMATCH
-        return RECONCILED
-
-    @property
-    def reason(self) -> str:
-        if self.provider_error:
-            return f"the provider's data could not be read: {self.provider_error}"
-        if not self.counts_add_up:
-            return (
-                f"the row counts ({sum(self.state_counts.values())}) do not add up to the "
-                f"rows in the sheet ({self.sheet_rows if self.sheet_rows is not None else '?'})"
-            )
-        bad = [c.currency for c in self.currencies if c.verdict == MISMATCH]
-        if bad:
-            return "mismatch in " + ", ".join(bad)
-        return "every currency reconciles to the cent"
-
-
-# ---------------------------------------------------------------------------
-# Entry points.
+from batcher.reporting.tally import currencies_in, currency_verdict
+from batcher.reporting.verdicts import (
+    ATTEMPT_CHARGED,
+    COST_DIFFERS,
+    CREDIT,
+    MATCHED,
+    MISMATCH,
+    NO_ORDER,
+    NO_TRANSACTION,
+    NO_TRANSACTION_PROBLEM,
+    ORPHAN,
+    OTHER_BATCH,
+    RECONCILED,
+    REFUNDED_ATTEMPT,
+    ZERO,
+    Evidence,
+    OrderCheck,
+    Orphan,
+    ProviderData,
+    ReconcileInputs,
+    Reconciliation,
+    RunWindow,
+    WalletLine,
+    Window,
+    charged_currency,
+    ordered_rows,
+    span,
+)
 
 
 def reconcile(inputs: ReconcileInputs) -> Reconciliation:
@@ -256,10 +87,10 @@ def reconcile(inputs: ReconcileInputs) -> Reconciliation:
         orphans: list[Orphan] = []
     else:
         evidence = "transactions"
-        checks, lines, orphans = _match(inputs, ordered)
+        checks, lines, orphans = match_orders(inputs, ordered)
     currencies = [
-        _currency(currency, inputs, ordered, checks, lines, orphans, evidence)
-        for currency in _currencies(inputs.rows, lines, orphans)
+        currency_verdict(currency, inputs, ordered, checks, lines, orphans, evidence)
+        for currency in currencies_in(inputs.rows, lines, orphans)
     ]
     return Reconciliation(
         evidence=evidence,
@@ -272,26 +103,6 @@ def reconcile(inputs: ReconcileInputs) -> Reconciliation:
         orphans=orphans,
         provider_error=inputs.provider_error,
     )
-
-
-# ---------------------------------------------------------------------------
-# Small helpers shared with the reports.
-
-
-def span(windows: Sequence[RunWindow]) -> Window | None:
-    """From the first run's start to the last run's end; None without runs."""
-    if not windows:
-        return None
-    return Window(min(w.window.start for w in windows), max(w.window.end for w in windows))
-
-
-def ordered_rows(rows: Iterable[RowRecord]) -> list[RowRecord]:
-    """The batch's orders: rows that succeeded here, in the sheet or no longer in it."""
-    return [r for r in rows if r.state == "succeeded" and r.order_id]
-
-
-def charged_currency(row: RowRecord) -> str:
-    return row.cost_currency or row.currency
 
 
 def row_match_key(row: RowRecord) -> MatchKey:
@@ -368,7 +179,7 @@ class _Own:
         )
 
 
-def _match(
+def match_orders(
     inputs: ReconcileInputs, ordered: Sequence[RowRecord]
 ) -> tuple[dict[str, OrderCheck], list[WalletLine], list[Orphan]]:
     assert inputs.provider is not None
@@ -624,249 +435,28 @@ def _line_sort_key(line: WalletLine) -> tuple[bool, datetime | str, str]:
     return (moment is None, moment or "", line.order_id or "")
 
 
-# ---------------------------------------------------------------------------
-# Per-currency totals and verdicts.
-
-
-def _currencies(
-    rows: Sequence[RowRecord], lines: Sequence[WalletLine], orphans: Sequence[Orphan]
-) -> list[str]:
-    found = {r.currency for r in rows if r.state != "invalid" and r.currency}
-    found |= {charged_currency(r) for r in ordered_rows(rows)}
-    found |= {line.currency for line in lines if line.flagged and line.currency}
-    found |= {o.order.currency for o in orphans if o.order.currency}
-    return sorted(found)
-
-
-@dataclass
-class _Tally:
-    """The figures and the reasons for one currency, built up step by step."""
-
-    currency: str
-    orders: int = 0  # orders with a face value in this currency
-    charged: int = 0  # orders paid from this currency's wallet
-    face: Decimal = ZERO
-    cost: Decimal = ZERO
-    discount: Decimal = ZERO
-    debits: Decimal | None = None
-    problems: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    def money(self, amount: Decimal) -> str:
-        return format_money(amount, self.currency)
-
-
-def _currency(
-    currency: str,
-    inputs: ReconcileInputs,
-    ordered: Sequence[RowRecord],
-    checks: Mapping[str, OrderCheck],
-    lines: Sequence[WalletLine],
-    orphans: Sequence[Orphan],
-    evidence: Evidence,
-) -> CurrencyReconciliation:
-    tally = _Tally(currency)
-    _tally_ledger(tally, ordered)
-    mine = [o for o in orphans if o.order.currency == currency]
-    if evidence == "transactions":
-        _tally_transactions(tally, ordered, checks, lines)
-        _tally_orphans(tally, mine)
-        _tally_balance_movement(tally, inputs)
-    elif evidence == "balances":
-        _tally_balances_only(tally, inputs.runs)
-    else:
-        tally.problems.append("the provider's data could not be read, so nothing was verified")
-    _tally_unsettled(tally, inputs.rows)
-    before, after = _first_before(inputs.runs, currency), _last_after(inputs.runs, currency)
-    return CurrencyReconciliation(
-        currency=currency,
-        orders=tally.orders,
-        face_value=tally.face,
-        cost=tally.cost,
-        wallet_debits=tally.debits,
-        discount=tally.discount,
-        balance_before=before,
-        balance_after=after,
-        orphans=len(mine),
-        orphan_value=sum((o.order.face_value for o in mine), ZERO),
-        verdict=MISMATCH if tally.problems else RECONCILED,
-        reason=_reason(tally, evidence),
-    )
-
-
-def _tally_ledger(tally: _Tally, ordered: Sequence[RowRecord]) -> None:
-    missing_cost = 0
-    paid_elsewhere: dict[str, int] = defaultdict(int)
-    for row in ordered:
-        if row.currency == tally.currency:
-            tally.orders += 1
-            tally.face += row.face_value
-            if charged_currency(row) != tally.currency:
-                paid_elsewhere[charged_currency(row)] += 1
-        if charged_currency(row) != tally.currency:
-            continue
-        tally.charged += 1
-        if row.cost is None:
-            missing_cost += 1
-            continue
-        tally.cost += row.cost
-        if row.currency == tally.currency:
-            tally.discount += row.face_value - row.cost
-    if missing_cost:
-        tally.problems.append(f"{missing_cost} order(s) have no cost in the ledger")
-    for wallet, count in sorted(paid_elsewhere.items()):
-        tally.notes.append(f"{count} order(s) paid from the {wallet} wallet (no discount shown)")
-
-
-def _tally_transactions(
-    tally: _Tally,
-    ordered: Sequence[RowRecord],
-    checks: Mapping[str, OrderCheck],
-    lines: Sequence[WalletLine],
-) -> None:
-    mine = [r for r in ordered if charged_currency(r) == tally.currency]
-    tally.debits = sum(
-        (
-            -line.transaction.amount
-            for line in lines
-            if line.own and line.transaction is not None and line.currency == tally.currency
-        ),
-        ZERO,
-    )
-    if tally.debits != tally.cost:
-        tally.problems.append(
-            f"ledger cost {tally.money(tally.cost)} ≠ wallet debits {tally.money(tally.debits)}"
-            f" (difference {tally.money(tally.cost - tally.debits)})"
-        )
-    _count_problem(tally, mine, checks, lambda c: not c.listed, "not listed by the provider")
-    _count_problem(
-        tally, mine, checks, lambda c: NO_TRANSACTION_PROBLEM in c.problems,
-        "have no wallet transaction",
-    )  # fmt: skip
-    _count_problem(
-        tally, mine, checks,
-        lambda c: any(p.startswith("wallet debit") for p in c.problems),
-        "were charged differently from the ledger's cost",
-    )  # fmt: skip
-    _count_problem(
-        tally, mine, checks,
-        lambda c: any(p.startswith("the provider has") for p in c.problems),
-        "differ from the provider's record (currency or face value)",
-    )  # fmt: skip
-    kept = [x for x in lines if x.status == ATTEMPT_CHARGED and x.currency == tally.currency]
-    if kept:
-        value = sum((-x.transaction.amount for x in kept if x.transaction), ZERO)
-        tally.problems.append(
-            f"{len({x.order_id for x in kept})} order(s) of failed or unconfirmed attempts kept "
-            f"{tally.money(value)} (see the Wallet sheet)"
-        )
-    stray = [x for x in lines if x.status == NO_ORDER and x.currency == tally.currency]
-    if stray:
-        value = sum((-x.transaction.amount for x in stray if x.transaction), ZERO)
-        tally.problems.append(
-            f"{len(stray)} wallet debit(s) worth {tally.money(value)} match no order"
-        )
-
-
-def _count_problem(
-    tally: _Tally,
-    rows: Sequence[RowRecord],
-    checks: Mapping[str, OrderCheck],
-    test: Callable[[OrderCheck], bool],
-    text: str,
-) -> None:
-    count = sum(1 for r in rows if r.row_key in checks and test(checks[r.row_key]))
-    if count:
-        tally.problems.append(f"{count} order(s) {text}")
-
-
-def _tally_orphans(tally: _Tally, orphans: Sequence[Orphan]) -> None:
-    if not orphans:
-        return
-    value = sum((o.order.face_value for o in orphans), ZERO)
-    tally.problems.append(
-        f"{len(orphans)} orphan order(s) worth {tally.money(value)} at the provider are not in "
-        "the ledger (see Orphans)"
-    )
-
-
-def _tally_balance_movement(tally: _Tally, inputs: ReconcileInputs) -> None:
-    """Each run's balance change must equal the sum of the transactions in its window."""
-    assert inputs.provider is not None
-    for run in inputs.runs:
-        if run.before is None or run.after is None:
-            continue
-        if tally.currency not in run.before or tally.currency not in run.after:
-            continue
-        moved = run.after[tally.currency] - run.before[tally.currency]
-        explained = sum(
-            (
-                tx.amount
-                for tx in inputs.provider.transactions
-                if tx.currency == tally.currency and tx.timestamp is not None
-                and run.window.contains(tx.timestamp)
-            ),
-            ZERO,
-        )  # fmt: skip
-        if moved != explained:
-            tally.problems.append(
-                f"in run {run.run_id} the balance moved by {tally.money(moved)} but the wallet "
-                f"transactions account for {tally.money(explained)}"
-            )
-
-
-def _tally_balances_only(tally: _Tally, runs: Sequence[RunWindow]) -> None:
-    moved = ZERO
-    for run in runs:
-        if run.idle:
-            continue
-        if run.before is None or run.after is None:
-            tally.problems.append(
-                f"run {run.run_id} did not read the balances at both ends, so nothing was "
-                "verified; run `batcher report` to match every transaction"
-            )
-            return
-        moved += run.before.get(tally.currency, ZERO) - run.after.get(tally.currency, ZERO)
-    tally.debits = moved
-    if moved != tally.cost:
-        tally.problems.append(
-            f"ledger cost {tally.money(tally.cost)} ≠ wallet balance movement "
-            f"{tally.money(moved)} (difference {tally.money(tally.cost - moved)}); run "
-            "`batcher report` to match every transaction and find the cause"
-        )
-
-
-def _tally_unsettled(tally: _Tally, rows: Sequence[RowRecord]) -> None:
-    count = sum(1 for r in rows if r.state in UNSETTLED_STATES and r.currency == tally.currency)
-    if count:
-        tally.notes.append(f"{count} row(s) still unconfirmed: rerun the batch to settle them")
-
-
-def _reason(tally: _Tally, evidence: Evidence) -> str:
-    if tally.problems:
-        return "; ".join(tally.problems + tally.notes)
-    if evidence == "balances":
-        text = (
-            f"ledger cost {tally.money(tally.cost)} equals the wallet's balance movement over "
-            f"{tally.charged} order(s); run `batcher report` for transaction-level matching"
-        )
-    else:
-        text = (
-            f"ledger cost {tally.money(tally.cost)} equals the wallet debits for "
-            f"{tally.charged} order(s); no orphans"
-        )
-    return "; ".join([text, *tally.notes])
-
-
-def _first_before(runs: Sequence[RunWindow], currency: str) -> Decimal | None:
-    for run in sorted(runs, key=lambda r: r.window.start):
-        if run.before is not None and currency in run.before:
-            return run.before[currency]
-    return None
-
-
-def _last_after(runs: Sequence[RunWindow], currency: str) -> Decimal | None:
-    for run in sorted(runs, key=lambda r: r.window.start, reverse=True):
-        if run.after is not None and currency in run.after:
-            return run.after[currency]
-    return None
+# The reports name the reconciliation's data from here; it lives in verdicts.py.
+__all__ = [
+    "ATTEMPT_CHARGED",
+    "COST_DIFFERS",
+    "CREDIT",
+    "MATCHED",
+    "MISMATCH",
+    "NO_ORDER",
+    "NO_TRANSACTION",
+    "ORPHAN",
+    "OTHER_BATCH",
+    "RECONCILED",
+    "REFUNDED_ATTEMPT",
+    "OrderCheck",
+    "ProviderData",
+    "ReconcileInputs",
+    "Reconciliation",
+    "RunWindow",
+    "WalletLine",
+    "Window",
+    "charged_currency",
+    "ordered_rows",
+    "reconcile",
+    "span",
+]

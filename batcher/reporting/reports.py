@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -32,7 +31,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from batcher.core.errors import BatcherError, UsageError
+from batcher.core.files import atomic_write
 from batcher.core.states import CHUNK_STATES
+from batcher.ledger.records import passthrough_headers
 from batcher.ledger.store import Ledger, RowRecord, parse_ts
 from batcher.providers.base import Provider, Redemption
 from batcher.reporting.cells import safe_cell
@@ -188,7 +189,7 @@ def collect(
         reconciliation=reconcile(inputs),
         failures=explain_failures(rows, available or {}),
         generated_at=now,
-        passthrough=passthrough_headers(info, rows),
+        passthrough=passthrough_headers(rows, info),
     )
 
 
@@ -344,20 +345,6 @@ def other_batch_orders(
     return found
 
 
-def passthrough_headers(info: Mapping[str, Any], rows: Sequence[RowRecord]) -> list[str]:
-    """The sheet's other columns, in file order (then any the ledger knows of)."""
-    mapped = set((info.get("sheet_columns") or {}).values())
-    seen: dict[str, None] = {}
-    present = {h for r in rows for h in r.passthrough}
-    for header in info.get("sheet_headers") or []:
-        if header not in mapped and header in present:
-            seen[header] = None
-    for row in rows:
-        for header in row.passthrough:
-            seen.setdefault(header, None)
-    return list(seen)
-
-
 # ---------------------------------------------------------------------------
 # failed_rows.csv: the input's own columns, ready to fix and feed back.
 
@@ -399,8 +386,7 @@ def failed_row_values(
 def write_failed_rows(path: Path, model: ReportModel) -> Path:
     headers, error = failed_rows_headers(model.info, model.rows)
     columns = model.info.get("sheet_columns") or {}
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as fh:
+    with atomic_write(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow([safe_cell(h) for h in [*headers, error]])
         for failure in model.failures:
@@ -409,7 +395,6 @@ def write_failed_rows(path: Path, model: ReportModel) -> Path:
             values = failed_row_values(failure.row, headers, columns)
             note = f"{failure.reason}; next: {failure.next_step}"
             writer.writerow([safe_cell(v) for v in [*values, note]])
-    os.replace(tmp, path)
     return path
 
 

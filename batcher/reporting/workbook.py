@@ -17,8 +17,6 @@ streamed by `batcher.reporting.xlsx_stream` so 100,000 rows take seconds, not mi
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +32,7 @@ from openpyxl.styles import Alignment, Font, PatternFill
 from openpyxl.utils import get_column_letter
 from openpyxl.worksheet.worksheet import Worksheet
 
+from batcher.core.files import atomic_write
 from batcher.core.money import CURRENCY_SYMBOLS, minor_units, quantum, round_money
 from batcher.ledger.store import RowRecord, parse_ts
 from batcher.providers.base import Redemption
@@ -185,21 +184,10 @@ def write_workbook(path: Path, model: ReportModel) -> Path:
         _wallet_sheet(workbook, model, styles),
         _orphans_sheet(workbook, model, styles),
     ]
-    tmp = _temporary_path(path)
-    try:
+    with atomic_write(path) as tmp:
         workbook.save(tmp)
         inject(tmp, workbook, streamed, styles.date)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
-
-
-def _temporary_path(path: Path) -> Path:
-    fd, name = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".xlsx.tmp", dir=path.parent)
-    os.close(fd)
-    return Path(name)
 
 
 def _register_styles(workbook: Workbook, model: ReportModel) -> _Styles:
@@ -743,17 +731,5 @@ def _code_rows(model: ReportModel, redemptions: Mapping[str, Redemption]) -> Ite
 
 
 def _save_private(workbook: Workbook, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    if tmp.exists():
-        tmp.unlink()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            workbook.save(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_write(path, private=True) as tmp, tmp.open("wb") as fh:
+        workbook.save(fh)

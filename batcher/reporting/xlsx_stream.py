@@ -39,6 +39,7 @@ from openpyxl.utils.datetime import to_excel
 from openpyxl.workbook import Workbook
 from openpyxl.worksheet.worksheet import Worksheet
 
+from batcher.core.files import atomic_write
 from batcher.reporting.cells import safe_cell
 
 MAX_CELL_CHARS = 32_767  # Excel's limit for one cell's text
@@ -93,26 +94,21 @@ def inject(
 ) -> None:
     """Rewrite the saved package at `path` with the streamed rows in place, atomically."""
     targets = {_part_name(workbook, s.worksheet): s for s in sheets}
-    tmp = path.with_name(path.name + ".stream.tmp")
-    try:
-        with (
-            zipfile.ZipFile(path) as source,
-            zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as target,
-        ):
-            missing = set(targets) - set(source.namelist())
-            if missing:
-                raise RuntimeError(f"openpyxl did not write {sorted(missing)}")
-            for item in source.infolist():
-                sheet = targets.get(item.filename)
-                if sheet is None:
-                    target.writestr(item, source.read(item.filename))
-                    continue
-                frame = source.read(item.filename).decode("utf-8")
-                _write_sheet(target, item.filename, frame, sheet, date_style)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with (
+        atomic_write(path) as tmp,
+        zipfile.ZipFile(path) as source,
+        zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as target,
+    ):
+        missing = set(targets) - set(source.namelist())
+        if missing:
+            raise RuntimeError(f"openpyxl did not write {sorted(missing)}")
+        for item in source.infolist():
+            sheet = targets.get(item.filename)
+            if sheet is None:
+                target.writestr(item, source.read(item.filename))
+                continue
+            frame = source.read(item.filename).decode("utf-8")
+            _write_sheet(target, item.filename, frame, sheet, date_style)
 
 
 def _part_name(workbook: Workbook, worksheet: Worksheet) -> str:

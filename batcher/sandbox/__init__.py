@@ -4,17 +4,18 @@
   prints its URL.
 - `batcher.sandbox.server.running_sandbox("ugiftme", **overrides)` runs one in a
   thread and yields a `SandboxHandle` (`base_url`, `api_key`, `control(...)`).
-- `batcher.sandbox.ugiftme` is the UGiftMe API; its docstring lists the
+- `batcher.sandbox.ugiftme` is the UGiftMe API (a package: config, catalog, state,
+  engine, webhooks, routes, gate, controls, app); its docstring lists the
   `/__sandbox` control endpoints and the choices made where the contract is silent.
 - `batcher.sandbox.gifq` is the GIFQ API (`running_sandbox("gifq")`, base URL
-  `.../api`); its docstring does the same for its `/api/__sandbox` controls.
-- `batcher.sandbox.common` holds what a second provider's sandbox reuses: rate
-  limiter, fault injector, idempotency store, Decimal-exact JSON, the connection
-  drop, the request log and the delayed-task scheduler, plus the config inputs
-  (money, keys, funding, fault rates), JSON answers and the idempotency flow.
-- `batcher.sandbox.controls` holds the `/__sandbox` control logic both share (faults,
-  rate limit, stats, reset); `batcher.sandbox.asgi` the gate mechanics (latency fault,
-  forwarding with extra headers) and the app lifespan.
+  `.../api`), laid out the same; its docstring does the same for `/api/__sandbox`.
+- Shared by both: `common` (rate limiter, fault injector, request log, delayed-task
+  scheduler, the connection drop, config inputs), `jsonio` (Decimal-exact JSON),
+  `idempotency` (keys and the idempotent flow), `base` (`SandboxCore`, the state
+  every sandbox starts with), `dialect` (how a provider words its errors),
+  `handlers` (JSON body, Idempotency-Key, idempotent creation), `controls` (the
+  control handlers and account selection both share) and `asgi` (gate mechanics,
+  lifespan and the app factory).
 
 Nothing here is imported by the batcher client; the sandbox only speaks HTTP.
 """

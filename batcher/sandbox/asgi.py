@@ -3,7 +3,8 @@
 The gate in front of each API (auth, refusals, headers, the log entry) stays in
 the provider's module; these are the mechanics around it: the client's address,
 the latency fault, forwarding a request with extra response headers, and the app
-lifespan that runs the delayed-task worker and an outbound HTTP sender.
+lifespan that runs the delayed-task worker and an outbound HTTP sender, and the
+app factory that puts them together with the provider's routes and dialect.
 """
 
 from __future__ import annotations
@@ -11,14 +12,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from typing import Any, Protocol
 
 import httpx
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from batcher.sandbox.common import DelayedTaskScheduler, FaultInjector, json_response
+from batcher.sandbox.common import DelayedTaskScheduler, FaultInjector
+from batcher.sandbox.dialect import Dialect, SandboxError, dialect_of
+from batcher.sandbox.jsonio import json_response
 
 
 def client_ip(scope: Scope) -> str:
@@ -103,3 +110,51 @@ def worker_lifespan(
                 await sender.stop()
 
     return lifespan
+
+
+class GateFactory(Protocol):
+    """A provider's API gate: ASGI middleware in front of the app, given the state."""
+
+    def __call__(self, app: ASGIApp, sandbox: Any) -> ASGIApp: ...
+
+
+class RunningState(Protocol):
+    scheduler: DelayedTaskScheduler
+
+
+async def _sandbox_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, SandboxError)
+    return json_response(exc.render(request), exc.status_code)
+
+
+async def _routing_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    messages = {404: "Not found", 405: "Method not allowed"}
+    body = dialect_of(request).routing_error(messages.get(exc.status_code, exc.detail))
+    return json_response(body, exc.status_code)
+
+
+def sandbox_app(
+    sandbox: RunningState,
+    *,
+    routes: Sequence[BaseRoute],
+    dialect: Dialect,
+    gate: GateFactory,
+    sender: OutboundSender,
+    worker_name: str,
+) -> Starlette:
+    """The sandbox as an ASGI app; its state is `app.state.sandbox`, its words
+    `app.state.dialect`; errors answer in the dialect's shapes."""
+    handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
+        SandboxError: _sandbox_error,
+        HTTPException: _routing_error,
+    }
+    app = Starlette(
+        routes=list(routes),
+        exception_handlers=handlers,
+        lifespan=worker_lifespan(sandbox.scheduler, sender, worker_name),
+    )
+    app.state.sandbox = sandbox
+    app.state.dialect = dialect
+    app.add_middleware(gate, sandbox=sandbox)
+    return app

@@ -7,23 +7,22 @@ which touch no shared state while suspended.
 
 - `FixedWindowRateLimiter`: one fixed window per bucket (an API key or an IP).
 - `FaultInjector`: seeded fault rolls from one `random.Random`, plus 429 bursts.
-- `IdempotencyStore`: per-scope keys with TTL, payload fingerprints, in-flight marks.
-- `encode_json` / `decode_json`: Decimal-exact JSON in both directions.
 - `DroppedResponse`: commits nothing itself; it starts a response and cuts it short,
   so the client sees a transport error after the server has committed.
 - `RequestLog`: what every client did, with monotonic timestamps, for assertions.
 - `DelayedTaskScheduler`: runs callbacks at due times from one asyncio task.
 - `ReversedView`: newest-first paging over an oldest-first list without a copy.
+
+Decimal-exact JSON lives in `batcher.sandbox.jsonio`, idempotency keys in
+`batcher.sandbox.idempotency`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import heapq
 import itertools
-import json
 import math
 import os
 import random
@@ -31,11 +30,10 @@ import secrets
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from enum import Enum
 from typing import Any, TypeVar, overload
 
 from starlette.responses import Response
@@ -43,111 +41,6 @@ from starlette.types import Receive, Scope, Send
 
 Clock = Callable[[], float]
 T = TypeVar("T")
-
-# ---------------------------------------------------------------------------
-# JSON with exact Decimals.
-
-
-class JsonDecodeError(ValueError):
-    """A request body that is not acceptable JSON."""
-
-
-def _refuse_constant(name: str) -> Any:
-    raise JsonDecodeError(f"{name} is not valid JSON")
-
-
-def decode_json(raw: bytes | str) -> Any:
-    """Parse JSON with every non-integer number as Decimal; NaN/Infinity refused."""
-    try:
-        return json.loads(raw, parse_float=Decimal, parse_constant=_refuse_constant)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise JsonDecodeError(str(exc)) from None
-
-
-def decimal_literal(value: Decimal) -> str:
-    """A Decimal as a JSON number literal, in plain notation ('1E+2' -> '100')."""
-    if not value.is_finite():
-        raise ValueError(f"{value} cannot be written as JSON")
-    return format(value, "f")
-
-
-def encode_json(value: Any, *, sort_keys: bool = False, allow_floats: bool = False) -> bytes:
-    """Serialise to compact UTF-8 JSON; Decimals are written raw, never via float.
-
-    Floats are refused unless `allow_floats` (for settings such as delays and
-    rates in control calls, never for money in API answers).
-    """
-    parts: list[str] = []
-    _encode_into(value, parts, sort_keys, allow_floats)
-    return "".join(parts).encode("utf-8")
-
-
-def _encode_into(value: Any, out: list[str], sort_keys: bool, allow_floats: bool) -> None:
-    if value is None or isinstance(value, bool | int | str):
-        out.append(json.dumps(value, ensure_ascii=False))
-    elif isinstance(value, Decimal):
-        out.append(decimal_literal(value))
-    elif isinstance(value, float):
-        if not allow_floats or not math.isfinite(value):
-            raise TypeError("refusing to serialise a float; use Decimal for money")
-        out.append(repr(value))
-    elif isinstance(value, Mapping):
-        items = sorted(value.items()) if sort_keys else value.items()
-        out.append("{")
-        for index, (key, item) in enumerate(items):
-            if index:
-                out.append(",")
-            out.append(json.dumps(str(key), ensure_ascii=False))
-            out.append(":")
-            _encode_into(item, out, sort_keys, allow_floats)
-        out.append("}")
-    elif isinstance(value, list | tuple):
-        out.append("[")
-        for index, item in enumerate(value):
-            if index:
-                out.append(",")
-            _encode_into(item, out, sort_keys, allow_floats)
-        out.append("]")
-    elif isinstance(value, Enum):
-        _encode_into(value.value, out, sort_keys, allow_floats)
-    else:
-        raise TypeError(f"cannot serialise {type(value).__name__} as JSON")
-
-
-def canonical_json(value: Any) -> bytes:
-    """Canonical form for payload comparison: sorted keys, no spaces, numbers normalised.
-
-    50, 50.0 and 50.00 are the same JSON number, so they compare equal.
-    """
-    return encode_json(_normalise_numbers(value), sort_keys=True)
-
-
-def _normalise_numbers(value: Any) -> Any:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int | Decimal):
-        return Decimal(value).normalize()  # written in plain notation by encode_json
-    if isinstance(value, Mapping):
-        return {str(k): _normalise_numbers(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_normalise_numbers(v) for v in value]
-    return value
-
-
-class DecimalJSONResponse(Response):
-    """A JSON response that writes Decimals as exact number literals."""
-
-    media_type = "application/json"
-
-    def render(self, content: Any) -> bytes:
-        return encode_json(content)
-
-
-def json_response(
-    body: Any, status_code: int = 200, headers: Mapping[str, str] | None = None
-) -> Response:
-    return DecimalJSONResponse(body, status_code=status_code, headers=dict(headers or {}))
-
 
 # ---------------------------------------------------------------------------
 # Configuration inputs.
@@ -308,6 +201,9 @@ class FaultSettings:
     latency_ms: int = 250
     burst_seconds: float = 1.0  # how long a 429 burst keeps refusing a key
     seed: int | None = None
+    # Not a rate: while on, error texts repeat the caller's credential, as a careless
+    # provider's might, so tests can prove the client scrubs provider text.
+    echo_credentials: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -315,12 +211,13 @@ class FaultSettings:
             "latencyMs": self.latency_ms,
             "burstSeconds": Decimal(str(self.burst_seconds)),
             "seed": self.seed,
+            "echoCredentials": self.echo_credentials,
         }
 
 
 def fault_settings_for(config: Any, kinds: Iterable[str]) -> FaultSettings:
     """FaultSettings from a sandbox config's `fault_<kind>` rates (each checked to lie
-    in 0..1), `latency_ms`, `burst_seconds` and `seed`."""
+    in 0..1), `latency_ms`, `burst_seconds`, `seed` and `echo_credentials`."""
     rates = {kind: getattr(config, f"fault_{kind}") for kind in kinds}
     for kind, rate in rates.items():
         if not 0.0 <= rate <= 1.0:
@@ -330,6 +227,7 @@ def fault_settings_for(config: Any, kinds: Iterable[str]) -> FaultSettings:
         latency_ms=config.latency_ms,
         burst_seconds=config.burst_seconds,
         seed=config.seed,
+        echo_credentials=config.echo_credentials,
     )
 
 
@@ -355,6 +253,7 @@ class FaultInjector:
         burst_seconds: float | None = None,
         seed: int | None = None,
         reseed: bool = False,
+        echo_credentials: bool | None = None,
     ) -> None:
         known = self.settings.rates  # a provider may add kinds of its own to its settings
         for kind, rate in (rates or {}).items():
@@ -374,6 +273,16 @@ class FaultInjector:
         if reseed:
             self.settings.seed = seed
             self._rng = random.Random(seed)
+        if echo_credentials is not None:
+            self.settings.echo_credentials = echo_credentials
+
+    def echo(self, text: str, credential: str) -> str:
+        """`text` as a careless provider writes it while `echo_credentials` is on: with
+        the caller's credential in it. Unchanged otherwise."""
+        if not self.settings.echo_credentials:
+            return text
+        self.counts["echo_credentials"] += 1
+        return f"{text} (request made with credential {credential})"
 
     def roll(self, kind: str) -> bool:
         rate = self.settings.rates.get(kind, 0.0)
@@ -406,165 +315,6 @@ class FaultInjector:
         self._rng = random.Random(settings.seed)
         self._bursts.clear()
         self.counts.clear()
-
-
-# ---------------------------------------------------------------------------
-# Idempotency.
-
-
-@dataclass
-class StoredResponse:
-    status_code: int
-    body: bytes
-    headers: dict[str, str]
-
-
-@dataclass
-class IdempotencyRecord:
-    fingerprint: str
-    created_at: float
-    response: StoredResponse | None = None  # None while the first request is in flight
-
-    @property
-    def in_flight(self) -> bool:
-        return self.response is None
-
-
-class IdemOutcome(Enum):
-    STARTED = "started"  # the caller owns the key now and must finish or abandon it
-    REPLAY = "replay"
-    MISMATCH = "mismatch"
-    IN_FLIGHT = "in_flight"
-
-
-@dataclass(frozen=True)
-class IdemBegin:
-    outcome: IdemOutcome
-    response: StoredResponse | None = None
-
-
-def fingerprint(method: str, path: str, payload: Any) -> str:
-    """Hash of the route and the canonical payload; equal JSON values hash equal."""
-    digest = hashlib.sha256()
-    digest.update(f"{method.upper()} {path}\n".encode())
-    digest.update(canonical_json(payload))
-    return digest.hexdigest()
-
-
-class IdempotencyStore:
-    """Idempotency keys scoped per account (API key), kept for `ttl_seconds` from first use.
-
-    A payload mismatch is checked before the in-flight state: a different payload
-    is a definite client error even while the first request is still running.
-    """
-
-    PURGE_EVERY = 1024  # begins between sweeps of expired records
-
-    def __init__(self, ttl_seconds: float, clock: Clock = time.monotonic) -> None:
-        self.ttl_seconds = ttl_seconds
-        self._clock = clock
-        self._records: dict[tuple[str, str], IdempotencyRecord] = {}
-        self._begins = 0
-
-    def begin(self, scope: str, key: str, print_: str) -> IdemBegin:
-        self._begins += 1
-        if self._begins % self.PURGE_EVERY == 0:
-            self.purge_expired()  # keeps a long-running sandbox's memory flat
-        now = self._clock()
-        record = self._live_record(scope, key, now)
-        if record is None:
-            self._records[(scope, key)] = IdempotencyRecord(fingerprint=print_, created_at=now)
-            return IdemBegin(IdemOutcome.STARTED)
-        if record.fingerprint != print_:
-            return IdemBegin(IdemOutcome.MISMATCH)
-        if record.response is None:
-            return IdemBegin(IdemOutcome.IN_FLIGHT)
-        return IdemBegin(IdemOutcome.REPLAY, record.response)
-
-    def complete(self, scope: str, key: str, response: StoredResponse) -> None:
-        record = self._records.get((scope, key))
-        if record is not None and record.response is None:
-            record.response = response
-
-    def abandon(self, scope: str, key: str) -> None:
-        """Forget an in-flight key, so a retry is handled afresh (used for 5xx)."""
-        record = self._records.get((scope, key))
-        if record is not None and record.response is None:
-            del self._records[(scope, key)]
-
-    def _live_record(self, scope: str, key: str, now: float) -> IdempotencyRecord | None:
-        record = self._records.get((scope, key))
-        if record is None:
-            return None
-        if record.response is not None and now >= record.created_at + self.ttl_seconds:
-            del self._records[(scope, key)]
-            return None
-        return record
-
-    def purge_expired(self) -> int:
-        now = self._clock()
-        expired = [
-            k
-            for k, r in self._records.items()
-            if r.response is not None and now >= r.created_at + self.ttl_seconds
-        ]
-        for k in expired:
-            del self._records[k]
-        return len(expired)
-
-    def keys_for(self, scope: str) -> list[str]:
-        return [key for (owner, key) in self._records if owner == scope]
-
-    def clear(self) -> None:
-        self._records.clear()
-
-
-def stored_as_response(stored: StoredResponse, *, replayed: bool) -> Response:
-    headers = dict(stored.headers)
-    if replayed:
-        headers["Idempotent-Replayed"] = "true"
-    return Response(stored.body, status_code=stored.status_code, headers=headers)
-
-
-async def run_idempotently(
-    store: IdempotencyStore,
-    scope: str,
-    key: str | None,
-    request_print: Callable[[], str],
-    handle: Callable[[], Awaitable[StoredResponse]],
-    *,
-    keep: Callable[[int], bool],
-    mismatch: Exception,
-    in_flight: Exception,
-) -> tuple[StoredResponse, bool]:
-    """Run `handle` under an Idempotency-Key; answers (response, replayed).
-
-    Without a key `handle` simply runs. With one, a stored answer is replayed,
-    a different payload (`request_print()`) raises `mismatch` and a request still
-    running raises `in_flight`. A fresh answer is stored when `keep(status)`;
-    otherwise, or when `handle` raises, the key is forgotten so a retry is
-    handled afresh.
-    """
-    if key is None:
-        return await handle(), False
-    begun = store.begin(scope, key, request_print())
-    if begun.outcome is IdemOutcome.MISMATCH:
-        raise mismatch
-    if begun.outcome is IdemOutcome.IN_FLIGHT:
-        raise in_flight
-    if begun.outcome is IdemOutcome.REPLAY:
-        assert begun.response is not None
-        return begun.response, True
-    try:
-        stored = await handle()
-    except BaseException:
-        store.abandon(scope, key)
-        raise
-    if keep(stored.status_code):
-        store.complete(scope, key, stored)
-    else:
-        store.abandon(scope, key)
-    return stored, False
 
 
 # ---------------------------------------------------------------------------

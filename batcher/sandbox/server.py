@@ -28,7 +28,8 @@ import httpx
 import uvicorn
 from starlette.applications import Starlette
 
-from batcher.sandbox.common import DROPPED_CONNECTION_LOG_MESSAGE, decode_json, encode_json
+from batcher.sandbox.common import DROPPED_CONNECTION_LOG_MESSAGE
+from batcher.sandbox.jsonio import decode_json, encode_json
 
 CONTROL_ROOT = "/__sandbox"
 STARTUP_TIMEOUT_SECONDS = 10.0

@@ -305,12 +305,26 @@ class ApiClient:
         return f"{message}: {detail}" if detail else message
 
     def _json_or_none(self, response: httpx.Response) -> Any:
+        """The body as JSON with every echo of our secrets blanked out, or None.
+
+        A provider may echo the key back (in a rejection reason, say). Everything a
+        provider says can end up in the ledger, a report or a log line, so no
+        string leaves the transport with a secret in it.
+        """
         if not response.content:
             return None
         try:
-            return parse_json(response.content)
+            data = parse_json(response.content)
         except ValueError:
             return None
+        if any(self._may_hold(response.content, secret) for secret in self._secrets):
+            data = scrub_secrets(data, self._secrets)
+        return data
+
+    @staticmethod
+    def _may_hold(content: bytes, secret: str) -> bool:
+        # JSON may spell `/`, `"` or `\\` escaped, so such keys are always walked.
+        return secret.encode("utf-8") in content or any(ch in secret for ch in '/"\\')
 
     def scrub(self, text: str) -> str:
         """Provider text, on one line, shortened, and with any of our secrets blanked out."""
@@ -320,6 +334,22 @@ class ApiClient:
         if len(text) > _MAX_ERROR_TEXT:
             text = text[: _MAX_ERROR_TEXT - 1] + "…"
         return text
+
+
+def scrub_secrets(value: Any, secrets: Iterable[str], mask: str = "***") -> Any:
+    """`value` (parsed JSON) with every occurrence of a secret in any string replaced."""
+    wanted = tuple(s for s in secrets if s)
+    if isinstance(value, str):
+        for secret in wanted:
+            value = value.replace(secret, mask)
+        return value
+    if isinstance(value, list):
+        return [scrub_secrets(item, wanted, mask) for item in value]
+    if isinstance(value, dict):
+        return {
+            scrub_secrets(k, wanted, mask): scrub_secrets(v, wanted, mask) for k, v in value.items()
+        }
+    return value
 
 
 def _retry_after(response: httpx.Response) -> float | None:

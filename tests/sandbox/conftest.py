@@ -3,15 +3,12 @@ and gifq_kit.py)."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 import pytest
 from gifq_kit import ROOMY_RATE_LIMIT, GifqApi
 from sandbox_kit import closing_clients
-from ugiftme_kit import Api, Received, WebhookReceiver
+from ugiftme_kit import Api, WebhookReceiver, serve_receiver
 
 from batcher.sandbox.server import SandboxHandle
 
@@ -38,25 +35,7 @@ def sync_api(
 @pytest.fixture
 def webhook_receiver() -> Iterator[WebhookReceiver]:
     receiver = WebhookReceiver(url="")
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            with receiver.lock:
-                status = 500 if receiver.fail_first > 0 else 200
-                receiver.fail_first -= 1 if status == 500 else 0
-                receiver.received.append(Received(dict(self.headers.items()), body, status))
-            self.send_response(status)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet
-            return None
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    receiver.url = f"http://127.0.0.1:{server.server_address[1]}/hooks"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server = serve_receiver(receiver)
     yield receiver
     server.shutdown()
     server.server_close()

@@ -8,7 +8,7 @@ from typing import Any
 
 from sandbox_kit import Reply, SandboxApi
 
-from batcher.sandbox.common import encode_json
+from batcher.sandbox.jsonio import encode_json
 
 ROOMY_RATE_LIMIT = 100_000  # for tests about something other than the 10 req/s limit
 

@@ -19,7 +19,7 @@ from typing import Any, ClassVar, TypeVar
 import httpx
 import pytest
 
-from batcher.sandbox.common import decode_json
+from batcher.sandbox.jsonio import decode_json
 from batcher.sandbox.server import SandboxHandle
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -19,7 +19,7 @@ import httpx
 from gifq_kit import ROOMY_RATE_LIMIT, GifqApi, order_body
 from sandbox_kit import run_threads
 
-from batcher.sandbox.common import decode_json, encode_json
+from batcher.sandbox.jsonio import decode_json, encode_json
 from batcher.sandbox.server import SandboxHandle
 
 THREADS = 4

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from gifq_kit import ROOMY_RATE_LIMIT, GifqApi, payout_body
 
-from batcher.sandbox.common import decode_json
+from batcher.sandbox.jsonio import decode_json
 from batcher.sandbox.server import SandboxHandle
 
 

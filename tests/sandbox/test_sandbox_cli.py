@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from sandbox_kit import read_line, start_serve, stop
 
 from batcher.cli.sandbox import sandbox
-from batcher.sandbox.common import decode_json
+from batcher.sandbox.jsonio import decode_json
 
 URL_LINE = "UGiftMe sandbox listening on "
 

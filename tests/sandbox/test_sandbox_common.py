@@ -11,19 +11,13 @@ from batcher.sandbox.common import (
     FaultInjector,
     FaultSettings,
     FixedWindowRateLimiter,
-    IdemOutcome,
-    IdempotencyStore,
-    JsonDecodeError,
     RequestLog,
-    StoredResponse,
-    canonical_json,
-    decode_json,
-    encode_json,
-    fingerprint,
     iso_now,
     object_id,
     ulid,
 )
+from batcher.sandbox.idempotency import IdemOutcome, IdempotencyStore, StoredResponse, fingerprint
+from batcher.sandbox.jsonio import JsonDecodeError, canonical_json, decode_json, encode_json
 
 
 class FakeClock:

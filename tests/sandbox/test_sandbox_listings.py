@@ -14,7 +14,7 @@ from typing import Any
 from gifq_kit import ROOMY_RATE_LIMIT, GifqApi, payout_body
 from ugiftme_kit import Api, item
 
-from batcher.sandbox.common import decode_json, encode_json
+from batcher.sandbox.jsonio import decode_json, encode_json
 from batcher.sandbox.server import SandboxHandle
 
 SORT_FIELDS = ("createdAt", "updatedAt", "valuePurchased", "productCode")

@@ -17,7 +17,7 @@ import pytest
 from sandbox_kit import run_threads
 from ugiftme_kit import item
 
-from batcher.sandbox.common import decode_json, encode_json
+from batcher.sandbox.jsonio import decode_json, encode_json
 from batcher.sandbox.server import SandboxHandle
 
 THREADS = 4

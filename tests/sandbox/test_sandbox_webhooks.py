@@ -9,7 +9,7 @@ from decimal import Decimal
 
 from ugiftme_kit import Api, Received, WebhookReceiver, item
 
-from batcher.sandbox.common import decode_json
+from batcher.sandbox.jsonio import decode_json
 from batcher.sandbox.server import SandboxHandle
 
 

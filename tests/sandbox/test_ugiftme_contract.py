@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import httpx
 import pytest
-from ugiftme_kit import Api, item
+from ugiftme_kit import Api, WebhookReceiver, item
 
 from batcher.core.money import cost_after_discount
 from batcher.sandbox.server import SandboxHandle
@@ -429,3 +429,25 @@ def test_webhook_test_sample(api: Api) -> None:
     assert re.fullmatch(r"[0-9a-f]{64}", sample["headers"]["X-Webhook-Signature"])
     assert api.post("/webhooks/test", {"webhookId": "ffffffffffffffffffffffff"}).status == 404
     assert api.post("/webhooks/test", {}).status == 400
+
+
+def test_webhook_secret_is_shown_only_at_creation(
+    ugiftme_sandbox: SandboxHandle, api: Api, webhook_receiver: WebhookReceiver
+) -> None:
+    created = api.post("/webhooks", {"url": webhook_receiver.url, "events": ["wallet.updated"]})
+    assert created.status == 201 and set(created.body) >= {"id", "url", "events", "secret"}
+    secret, hook_id = created.body["secret"].encode(), created.body["id"]
+    ugiftme_sandbox.control("POST", "/wallets/GBP/fund", json={"amount": "1"})
+    assert len(webhook_receiver.wait_for(1)) == 1
+    later = [
+        api.get("/webhooks"),
+        api.send("PATCH", f"/webhooks/{hook_id}", {"description": "ops"}),
+        api.post("/webhooks/test", {"webhookId": hook_id}),
+        api.get("/webhooks/test-sample"),
+    ]
+    assert [r.status for r in later] == [200, 200, 200, 200]
+    assert not any(secret in r.raw for r in later)
+    deliveries = httpx.get(
+        f"{ugiftme_sandbox.host_url}/__sandbox/webhooks/deliveries", trust_env=False
+    )
+    assert deliveries.status_code == 200 and secret not in deliveries.content

@@ -7,13 +7,14 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from sandbox_kit import Reply, SandboxApi
 
-from batcher.sandbox.common import encode_json
+from batcher.sandbox.jsonio import encode_json
 
-__all__ = ["Api", "Received", "Reply", "WebhookReceiver", "item"]
+__all__ = ["Api", "Received", "Reply", "WebhookReceiver", "item", "serve_receiver"]
 
 
 class Api(SandboxApi):
@@ -87,6 +88,7 @@ class Received:
     headers: dict[str, str]
     body: bytes
     status_sent: int
+    at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -105,3 +107,27 @@ class WebhookReceiver:
             time.sleep(0.01)
         with self.lock:
             return list(self.received)
+
+
+def serve_receiver(receiver: WebhookReceiver, port: int = 0) -> ThreadingHTTPServer:
+    """Answer deliveries for `receiver` on 127.0.0.1:`port` (0: a free one) from a
+    thread; `receiver.url` points at it. Stop it with shutdown() and server_close()."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            with receiver.lock:
+                status = 500 if receiver.fail_first > 0 else 200
+                receiver.fail_first -= 1 if status == 500 else 0
+                receiver.received.append(Received(dict(self.headers.items()), body, status))
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    receiver.url = f"http://127.0.0.1:{server.server_address[1]}/hooks"
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server

@@ -1,0 +1,168 @@
+"""What the ledger stores and hands out: rows, chunks, outcomes, sync counts (plain data)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from batcher.core.states import ROW_STATES
+
+
+def parse_ts(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def count_states(rows: Iterable[RowRecord]) -> dict[str, int]:
+    """Rows per state, every state present (zero when none)."""
+    counts: dict[str, int] = dict.fromkeys(map(str, ROW_STATES), 0)
+    for row in rows:
+        counts[row.state] = counts.get(row.state, 0) + 1
+    return counts
+
+
+def passthrough_headers(
+    rows: Sequence[RowRecord], info: Mapping[str, Any] | None = None
+) -> list[str]:
+    """The sheet's other (pass-through) columns, in file order, then any only the rows know of.
+
+    `info` is the batch's info (`sheet_headers`, `sheet_columns`); without it the
+    order is that in which the rows first name each column.
+    """
+    info = info or {}
+    mapped = set((info.get("sheet_columns") or {}).values())
+    seen: dict[str, None] = {}
+    present = {h for r in rows for h in r.passthrough}
+    for header in info.get("sheet_headers") or []:
+        if header not in mapped and header in present:
+            seen[header] = None
+    for row in rows:
+        for header in row.passthrough:
+            seen.setdefault(header, None)
+    return list(seen)
+
+
+@dataclass(frozen=True)
+class SheetRow:
+    """A row of the current sheet, as the runner hands it to the ledger."""
+
+    row_key: str
+    source_row: int
+    reference: str | None
+    content_hash: str
+    fields: dict[str, str]
+    passthrough: dict[str, str]
+    currency: str
+    face_value: Decimal
+    est_cost: Decimal | None
+    valid: bool
+    error_code: str = ""
+    error_message: str = ""
+
+
+@dataclass
+class RowRecord:
+    batch: str
+    row_key: str
+    source_row: int
+    in_sheet: bool
+    reference: str | None
+    content_hash: str
+    fields: dict[str, str]
+    passthrough: dict[str, str]
+    currency: str
+    face_value: Decimal
+    est_cost: Decimal | None
+    state: str
+    attempt: int
+    retry_group: str
+    failure_kind: str | None
+    error_code: str | None
+    error_message: str | None
+    provider_request_id: str | None
+    conflict: str | None
+    chunk_key: str | None
+    order_request_id: str | None
+    order_id: str | None
+    transaction_id: str | None
+    cost: Decimal | None
+    cost_currency: str | None
+    voucher_last4: str | None
+    provider_status: str | None
+    created_at: str
+    updated_at: str
+    succeeded_at: str | None
+
+    @classmethod
+    def from_sql(cls, row: sqlite3.Row) -> RowRecord:
+        data = dict(row)
+        data["in_sheet"] = bool(data["in_sheet"])
+        data["fields"] = json.loads(data["fields"])
+        data["passthrough"] = json.loads(data["passthrough"])
+        for money in ("face_value", "est_cost", "cost"):
+            data[money] = Decimal(data[money]) if data[money] is not None else None
+        return cls(**data)
+
+
+@dataclass
+class ChunkRecord:
+    chunk_key: str
+    batch: str
+    currency: str
+    attempt: int
+    state: str
+    payload: bytes
+    row_count: int
+    request_id: str | None
+    send_count: int
+    poll_count: int
+    error_code: str | None
+    error_message: str | None
+    created_at: str
+    first_sent_at: str | None
+    last_sent_at: str | None
+    accepted_at: str | None
+    finished_at: str | None
+    row_keys: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_sql(cls, row: sqlite3.Row, row_keys: list[str]) -> ChunkRecord:
+        data = dict(row)
+        data["payload"] = bytes(data["payload"])
+        return cls(**data, row_keys=row_keys)
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    new: int = 0
+    unchanged: int = 0
+    changed: int = 0
+    conflicts: int = 0
+    skipped_elsewhere: int = 0
+    gone: int = 0
+
+
+@dataclass(frozen=True)
+class RowOutcome:
+    """What a provider said about one row, as the ledger records it."""
+
+    row_key: str
+    state: str  # succeeded | failed | pending | accepted
+    failure_kind: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    provider_request_id: str | None = None
+    order_id: str | None = None
+    transaction_id: str | None = None
+    cost: Decimal | None = None
+    cost_currency: str | None = None
+    voucher_last4: str | None = None
+    provider_status: str | None = None
+    #: for released rows: retry as attempt+1, grouped with the chunk that released them
+    release: bool = False

@@ -1,0 +1,247 @@
+"""What both GIFQ modes share: construction, reads, paging and rejections."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime
+from typing import TypeVar
+from urllib.parse import quote
+
+import httpx
+
+from batcher.config import ProviderSettings
+from batcher.core.errors import ProviderUnavailable
+from batcher.core.models import AccountInfo, Balance, WalletTransaction
+from batcher.providers.base import (
+    ApiBackedProvider,
+    OutcomeUnknown,
+    ProviderOptions,
+    SubmitResult,
+)
+from batcher.providers.gifq.board import Clock, ListOrder
+from batcher.providers.gifq.parse import (
+    PAGE_LIMIT,
+    is_last_page,
+    is_pagination_error,
+    page_params,
+    parse_balance,
+    parse_transaction,
+    rejection_code,
+    shortfall,
+)
+from batcher.providers.wire import Record, as_text, aware, read_record, records_in
+from batcher.transport.http import (
+    ApiClient,
+    ApiResponse,
+    Params,
+    provider_error_text,
+)
+from batcher.transport.throttle import RateLimiter, limiter_for
+
+#: Pages `lookup` scans for a reference (100 orders) before it says "not found".
+LOOKUP_PAGES = 5
+#: GIFQ counts requests in fixed one-second windows and sends no remaining-count
+#: headers, so nothing tells batcher where a window starts. Pacing at exactly 10/s
+#: lets jitter put an 11th request into one window (a 429); 5% under the limit
+#: leaves ~50 ms of slack per window and still sends 9.5 requests a second.
+PACE_MARGIN = 0.95
+_MAX_PAGES = 10_000  # a guard against a list that never ends
+
+T = TypeVar("T")
+
+
+def account_fingerprint(base_url: str, token: str) -> str:
+    """A stable account id that reveals nothing about the token.
+
+    GIFQ has no account endpoint, so the id is derived from where and with what
+    batcher connects. A rotated token therefore counts as another account (the
+    ledger refuses to mix them in one batch).
+    """
+    digest = hashlib.sha256(f"gifq\x1f{base_url.rstrip('/')}\x1f{token}".encode()).hexdigest()
+    return f"gifq-{digest[:16]}"
+
+
+class GifqBase(ApiBackedProvider):
+    name = "gifq"
+    page_limit = PAGE_LIMIT
+
+    def __init__(
+        self,
+        settings: ProviderSettings,
+        *,
+        options: ProviderOptions | None = None,
+        max_rate: float | None = None,
+        transport: httpx.BaseTransport | None = None,
+        limiter: RateLimiter | None = None,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        if limiter is None:
+            limiter = limiter_for(
+                settings.api_key,
+                rate_per_second=settings.profile.default_rate_per_second * PACE_MARGIN,
+                max_rate=max_rate,
+            )
+        token = settings.api_key.get_secret_value()
+        self._api = ApiClient(
+            settings.base_url,
+            auth_headers={"X-Api-Token": token},
+            limiter=limiter,
+            auth_hint=f"check {settings.profile.api_key_env}",
+            transport=transport,
+        )
+        self._account_id = account_fingerprint(settings.base_url, token)
+        self._options = options or ProviderOptions()
+        self._clock = clock
+
+    # ------------------------------------------------------------------ reads
+
+    def preflight(self) -> None:
+        """Nothing beyond the token, which account() already proved."""
+
+    def account(self) -> AccountInfo:
+        """GIFQ has no account endpoint: prove the token with one balances call."""
+        balances = self.balances()
+        currencies = ",".join(sorted(balance.currency for balance in balances))
+        return AccountInfo(
+            account_id=self._account_id,
+            name="GIFQ",
+            plan=self._options.mode,
+            status="token accepted",
+            extra={"host": self._api.host, "wallets": currencies},
+        )
+
+    def balances(self) -> list[Balance]:
+        data = self._get("/balances").data
+        if not isinstance(data, list):
+            raise self._bad_shape("/balances")
+        return [
+            read_record("GIFQ", "/balances", parse_balance, record) for record in records_in(data)
+        ]
+
+    def transactions(self, since: datetime | None = None) -> list[WalletTransaction]:
+        """Every wallet movement since `since` (all of them without it)."""
+        return self._since("/transactions", parse_transaction, since, lambda t: t.timestamp)
+
+    # ------------------------------------------------------------- internals
+
+    def _since(
+        self,
+        path: str,
+        parse: Callable[[Record], T],
+        since: datetime | None,
+        time_of: Callable[[T], datetime | None],
+        until: datetime | None = None,
+    ) -> list[T]:
+        """The records of a list created in [since, until].
+
+        GIFQ does not document the order of this list. Reading stops early only
+        once the list has shown itself newest first (a strictly older record
+        after a newer one, never the reverse) and a whole page lies before
+        `since`; otherwise every page is read and filtered.
+        """
+        start = aware(since) if since else None
+        end = aware(until) if until else None
+        order = ListOrder()
+        found: list[T] = []
+        for records, _last in self._page_lists(path, None, _MAX_PAGES):
+            page = [read_record("GIFQ", path, parse, record) for record in records]
+            times = [time_of(record) for record in page]
+            order.see(times)
+            found += [
+                record
+                for record, moment in zip(page, times, strict=True)
+                if moment is None or ((not start or moment >= start) and (not end or moment <= end))
+            ]
+            before = [
+                moment is not None and start is not None and moment < start for moment in times
+            ]
+            if order.newest_first and page and all(before):
+                break
+        return found
+
+    def _get(self, path: str, params: Params | None = None) -> ApiResponse:
+        response = self._api.get(path, params=params)
+        if not response.is_success:
+            raise ProviderUnavailable(self._status_text("GET", path, response))
+        return response
+
+    def _page_lists(
+        self, path: str, params: Params | None, max_pages: int
+    ) -> Iterator[tuple[list[Record], bool]]:
+        """Each page's records and whether it is the last page, fetched as consumed."""
+        for page in range(1, max_pages + 1):
+            response = self._api.get(path, params=page_params(page, self.page_limit, params))
+            if response.status_code == 400 and is_pagination_error(response.data):
+                yield [], True  # past the last page (an empty list has no page 1)
+                return
+            if not response.is_success:
+                raise ProviderUnavailable(self._status_text("GET", path, response))
+            if not isinstance(response.data, list):
+                raise self._bad_shape(path)
+            last = is_last_page(page, len(response.data), self.page_limit, response.headers)
+            yield list(records_in(response.data)), last
+            if last:
+                return
+
+    def _pages(
+        self, path: str, params: Params | None = None, *, max_pages: int = _MAX_PAGES
+    ) -> Iterator[Record]:
+        """Every record of a paged list (at most `max_pages` pages of it)."""
+        for records, _last in self._page_lists(path, params, max_pages):
+            yield from records
+
+    def _scan(self, path: str, max_pages: int) -> tuple[list[Record], bool]:
+        """Up to `max_pages` pages of a list, and whether that was the whole list."""
+        found: list[Record] = []
+        complete = False
+        for records, last in self._page_lists(path, None, max_pages):
+            found.extend(records)
+            complete = last
+        return found, complete
+
+    def _post(
+        self, path: str, payload: bytes, headers: Mapping[str, str] | None = None
+    ) -> ApiResponse:
+        return self._api.post(
+            path, content=payload, headers={"Content-Type": "application/json", **(headers or {})}
+        )
+
+    def _status_text(self, method: str, path: str, response: ApiResponse) -> str:
+        detail = self._api.scrub(provider_error_text(response.data))
+        message = f"{self._api.host}: {method} {path} answered HTTP {response.status_code}"
+        return f"{message}: {detail}" if detail else message
+
+    def _get_by_id(self, collection: str, record_id: str, what: str) -> Record:
+        """`GET /<collection>/:id`; anything but the record leaves the outcome unknown."""
+        response = self._api.get(f"/{collection}/{quote(record_id, safe='')}")
+        if response.status_code == 404:
+            raise OutcomeUnknown(f"{what} {record_id} is unknown to GIFQ (HTTP 404)")
+        if not response.is_success or not isinstance(response.data, Mapping):
+            raise OutcomeUnknown(self._status_text("GET", f"/{collection}/:id", response))
+        return response.data
+
+    def _bad_shape(self, path: str) -> ProviderUnavailable:
+        return ProviderUnavailable(f"{self._api.host}: GET {path} answered in an unexpected shape")
+
+    def _rejection(self, response: ApiResponse, currency: str) -> SubmitResult:
+        """A definite 4xx on a POST: nothing was created."""
+        data = response.data if isinstance(response.data, Mapping) else {}
+        message = self._api.scrub(provider_error_text(data)) or f"HTTP {response.status_code}"
+        request_id = as_text(data.get("request_id")) or response.headers.get("x-request-id") or None
+        code = rejection_code(response.status_code, message)
+        if code == "insufficient_funds":
+            short = shortfall(message) or (currency, None, None)
+            return SubmitResult(
+                kind="insufficient_funds",
+                error_code=code,
+                error_message=message,
+                currency=short[0],
+                required=short[1],
+                available=short[2],
+                provider_request_id=request_id,
+            )
+        return SubmitResult(
+            kind="rejected", error_code=code, error_message=message, provider_request_id=request_id
+        )

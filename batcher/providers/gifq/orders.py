@@ -1,0 +1,217 @@
+"""GIFQ orders mode: one gift card per `POST /api/orders`, keyed by `reference`."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Literal
+from urllib.parse import quote
+
+import httpx
+
+from batcher.config import ProviderSettings
+from batcher.core.errors import AuthError, ProviderUnavailable
+from batcher.core.fields import BASE_REQUIRED
+from batcher.core.models import Product
+from batcher.providers.base import (
+    ItemResult,
+    OrderItem,
+    OutcomeUnknown,
+    PollResult,
+    ProviderOrder,
+    Redemption,
+    SubmitResult,
+)
+from batcher.providers.gifq.board import Clock, OrderBoard
+from batcher.providers.gifq.common import LOOKUP_PAGES, GifqBase
+from batcher.providers.gifq.parse import (
+    FINAL_ORDER_STATUSES,
+    order_body,
+    order_result,
+    parse_brand,
+    parse_provider_order,
+    parse_redemption,
+    text_of,
+)
+from batcher.providers.wire import Record, as_text, aware, read_record
+from batcher.transport.http import (
+    canonical_json,
+)
+from batcher.transport.throttle import RateLimiter
+
+#: Pages a poll may scan for the orders it waits for before it falls back to GET by id.
+SCAN_PAGES = 3
+
+
+class GifqOrders(GifqBase):
+    """The Provider protocol over GIFQ single orders, keyed by `reference`."""
+
+    submit_limit = 1
+    idempotency_carrier: Literal["header", "body"] = "body"
+    required_fields = BASE_REQUIRED | {"country"}
+    validates_catalog = True
+
+    def __init__(
+        self,
+        settings: ProviderSettings,
+        *,
+        max_rate: float | None = None,
+        transport: httpx.BaseTransport | None = None,
+        limiter: RateLimiter | None = None,
+        clock: Clock = time.monotonic,
+        refresh_seconds: float = 2.0,
+        scan_pages: int = SCAN_PAGES,
+        lookup_pages: int = LOOKUP_PAGES,
+    ) -> None:
+        super().__init__(
+            settings, max_rate=max_rate, transport=transport, limiter=limiter, clock=clock
+        )
+        self.board = OrderBoard(clock=clock)
+        self.refresh_seconds = refresh_seconds
+        self.scan_pages = scan_pages
+        self.lookup_pages = lookup_pages
+        self._off_list: set[str] = set()  # orders too old for the first pages: GET by id
+
+    # ------------------------------------------------------------------ reads
+
+    def catalog(self) -> list[Product]:
+        products: list[Product] = []
+        for brand in self._pages("/products"):
+            products.extend(read_record("GIFQ", "/products", parse_brand, brand))
+        return products
+
+    def orders(self, since: datetime, until: datetime | None = None) -> list[ProviderOrder]:
+        """Orders created in [since, until], from the newest-first list."""
+        start = aware(since)
+        end = aware(until) if until else None
+        found: list[ProviderOrder] = []
+        for record in self._pages("/orders"):
+            order = read_record("GIFQ", "/orders", parse_provider_order, record)
+            if order.created_at and order.created_at < start:
+                break  # newest first (doc): everything after this is older still
+            if end and order.created_at and order.created_at > end:
+                continue
+            found.append(order)
+        return found
+
+    def redemption(self, order_id: str) -> Redemption | None:
+        """How one order is redeemed (`GET /api/orders/:id`); None when GIFQ has no such order."""
+        response = self._api.get(f"/orders/{quote(order_id, safe='')}")
+        if response.status_code == 404:
+            return None
+        if not response.is_success or not isinstance(response.data, Mapping):
+            raise ProviderUnavailable(self._status_text("GET", "/orders/:id", response))
+        return read_record("GIFQ", "/orders/:id", parse_redemption, response.data)
+
+    # ---------------------------------------------------------------- writes
+
+    def encode(self, key: str, items: Sequence[OrderItem]) -> bytes:
+        if len(items) != 1:
+            raise ValueError(f"a GIFQ order holds exactly one item, not {len(items)}")
+        return canonical_json(order_body(key, items[0]))
+
+    def submit(self, key: str, payload: bytes, items: Sequence[OrderItem]) -> SubmitResult:
+        (item,) = items
+        response = self._post("/orders", payload)
+        status = response.status_code
+        if status in (200, 201) and isinstance(response.data, Mapping):
+            order = response.data
+            if as_text(order.get("reference")) not in ("", key):
+                raise OutcomeUnknown("POST /orders answered with another order's reference")
+            if status == 201:
+                self.board.created(order)
+            else:
+                self.board.remember(order)
+            return self._submit_result(order, item)
+        if status in (200, 201):
+            raise OutcomeUnknown(f"POST /orders: HTTP {status} without an order")
+        if 400 <= status < 500:
+            return self._rejection(response, item.payment_currency or item.currency)
+        raise OutcomeUnknown(f"POST /orders: unexpected HTTP {status}")
+
+    def poll(self, request_id: str, items: Sequence[OrderItem]) -> PollResult:
+        """Answer from the order board; refresh it (one list page, usually) when stale."""
+        (item,) = items
+        try:
+            order = self._order_status(request_id)
+        except AuthError:
+            raise
+        except ProviderUnavailable as exc:  # for the runner, a failed poll is just "not yet"
+            raise OutcomeUnknown(exc.message) from None
+        if order is None:
+            return PollResult(kind="pending")
+        result = self._order_result(item, order)
+        if result.status == "pending":
+            return PollResult(kind="pending", provider_status=result.provider_status)
+        self.board.settled(request_id)
+        self._off_list.discard(request_id)
+        return PollResult(kind="completed", items=(result,), provider_status=result.provider_status)
+
+    def lookup(
+        self, key: str, items: Sequence[OrderItem], *, sent_after: datetime | None = None
+    ) -> SubmitResult | None:
+        """Find the order an unanswered POST may have created, by its reference.
+
+        Scans at most `lookup_pages` newest-first pages. None means it is not
+        there: either it was never created, or it is older than the pages
+        scanned; in both cases resending the same bytes is safe, because GIFQ
+        answers a repeated reference with the existing order.
+        """
+        (item,) = items
+        for record in self._pages("/orders", max_pages=self.lookup_pages):
+            self.board.remember(record)
+            if as_text(record.get("reference")) == key:
+                return self._submit_result(record, item)
+        return None
+
+    # ------------------------------------------------------------- internals
+
+    def _submit_result(self, order: Record, item: OrderItem) -> SubmitResult:
+        order_id = text_of(order.get("id"))
+        if not order_id:
+            raise OutcomeUnknown("GIFQ answered with an order that has no id")
+        result = self._order_result(item, order)
+        if result.status == "pending":
+            return SubmitResult(kind="accepted", request_id=order_id)
+        self.board.settled(order_id)
+        return SubmitResult(kind="completed", request_id=order_id, items=(result,))
+
+    def _order_result(self, item: OrderItem, order: Record) -> ItemResult:
+        """`order_result`, with provider text scrubbed of the token."""
+        result = order_result(item, order)
+        if not result.error_message:
+            return result
+        return dataclasses.replace(result, error_message=self._api.scrub(result.error_message))
+
+    def _order_status(self, order_id: str) -> Record | None:
+        """The freshest status batcher can have for one order without waste."""
+        self.board.watch(order_id)
+        known = self.board.get(order_id)
+        if known is not None and as_text(known.get("status")) in FINAL_ORDER_STATUSES:
+            return known
+        if order_id in self._off_list:
+            return self._fetch_order(order_id)
+        if not self.board.stale(self.refresh_seconds, page_size=self.page_limit):
+            return known
+        self._refresh_board()
+        if order_id in self._off_list:
+            return self._fetch_order(order_id)
+        return self.board.get(order_id)
+
+    def _refresh_board(self) -> None:
+        """Read the newest orders until every order being waited for has been seen."""
+        self.board.refreshing()
+        waiting = self.board.waiting() - self._off_list
+        for record in self._pages("/orders", max_pages=self.scan_pages):
+            self.board.remember(record)
+            waiting.discard(text_of(record.get("id")))
+            if not waiting:
+                return
+        self._off_list.update(waiting)  # older than the pages scanned: GET by id from now on
+
+    def _fetch_order(self, order_id: str) -> Record:
+        order = self._get_by_id("orders", order_id, "order")
+        self.board.remember(order)
+        return order

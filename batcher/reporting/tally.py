@@ -1,0 +1,273 @@
+"""Reconciliation's per-currency totals and the verdict each currency gets (pure)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from batcher.core.money import format_money
+from batcher.core.states import UNSETTLED_STATES
+from batcher.ledger.store import RowRecord
+from batcher.reporting.verdicts import (
+    ATTEMPT_CHARGED,
+    MISMATCH,
+    NO_ORDER,
+    NO_TRANSACTION_PROBLEM,
+    RECONCILED,
+    ZERO,
+    CurrencyReconciliation,
+    Evidence,
+    OrderCheck,
+    Orphan,
+    ReconcileInputs,
+    RunWindow,
+    WalletLine,
+    charged_currency,
+    ordered_rows,
+)
+
+
+def currencies_in(
+    rows: Sequence[RowRecord], lines: Sequence[WalletLine], orphans: Sequence[Orphan]
+) -> list[str]:
+    found = {r.currency for r in rows if r.state != "invalid" and r.currency}
+    found |= {charged_currency(r) for r in ordered_rows(rows)}
+    found |= {line.currency for line in lines if line.flagged and line.currency}
+    found |= {o.order.currency for o in orphans if o.order.currency}
+    return sorted(found)
+
+
+@dataclass
+class _Tally:
+    """The figures and the reasons for one currency, built up step by step."""
+
+    currency: str
+    orders: int = 0  # orders with a face value in this currency
+    charged: int = 0  # orders paid from this currency's wallet
+    face: Decimal = ZERO
+    cost: Decimal = ZERO
+    discount: Decimal = ZERO
+    debits: Decimal | None = None
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def money(self, amount: Decimal) -> str:
+        return format_money(amount, self.currency)
+
+
+def currency_verdict(
+    currency: str,
+    inputs: ReconcileInputs,
+    ordered: Sequence[RowRecord],
+    checks: Mapping[str, OrderCheck],
+    lines: Sequence[WalletLine],
+    orphans: Sequence[Orphan],
+    evidence: Evidence,
+) -> CurrencyReconciliation:
+    tally = _Tally(currency)
+    _tally_ledger(tally, ordered)
+    mine = [o for o in orphans if o.order.currency == currency]
+    if evidence == "transactions":
+        _tally_transactions(tally, ordered, checks, lines)
+        _tally_orphans(tally, mine)
+        _tally_balance_movement(tally, inputs)
+    elif evidence == "balances":
+        _tally_balances_only(tally, inputs.runs)
+    else:
+        tally.problems.append("the provider's data could not be read, so nothing was verified")
+    _tally_unsettled(tally, inputs.rows)
+    before, after = _first_before(inputs.runs, currency), _last_after(inputs.runs, currency)
+    return CurrencyReconciliation(
+        currency=currency,
+        orders=tally.orders,
+        face_value=tally.face,
+        cost=tally.cost,
+        wallet_debits=tally.debits,
+        discount=tally.discount,
+        balance_before=before,
+        balance_after=after,
+        orphans=len(mine),
+        orphan_value=sum((o.order.face_value for o in mine), ZERO),
+        verdict=MISMATCH if tally.problems else RECONCILED,
+        reason=_reason(tally, evidence),
+    )
+
+
+def _tally_ledger(tally: _Tally, ordered: Sequence[RowRecord]) -> None:
+    missing_cost = 0
+    paid_elsewhere: dict[str, int] = defaultdict(int)
+    for row in ordered:
+        if row.currency == tally.currency:
+            tally.orders += 1
+            tally.face += row.face_value
+            if charged_currency(row) != tally.currency:
+                paid_elsewhere[charged_currency(row)] += 1
+        if charged_currency(row) != tally.currency:
+            continue
+        tally.charged += 1
+        if row.cost is None:
+            missing_cost += 1
+            continue
+        tally.cost += row.cost
+        if row.currency == tally.currency:
+            tally.discount += row.face_value - row.cost
+    if missing_cost:
+        tally.problems.append(f"{missing_cost} order(s) have no cost in the ledger")
+    for wallet, count in sorted(paid_elsewhere.items()):
+        tally.notes.append(f"{count} order(s) paid from the {wallet} wallet (no discount shown)")
+
+
+def _tally_transactions(
+    tally: _Tally,
+    ordered: Sequence[RowRecord],
+    checks: Mapping[str, OrderCheck],
+    lines: Sequence[WalletLine],
+) -> None:
+    mine = [r for r in ordered if charged_currency(r) == tally.currency]
+    tally.debits = sum(
+        (
+            -line.transaction.amount
+            for line in lines
+            if line.own and line.transaction is not None and line.currency == tally.currency
+        ),
+        ZERO,
+    )
+    if tally.debits != tally.cost:
+        tally.problems.append(
+            f"ledger cost {tally.money(tally.cost)} ≠ wallet debits {tally.money(tally.debits)}"
+            f" (difference {tally.money(tally.cost - tally.debits)})"
+        )
+    _count_problem(tally, mine, checks, lambda c: not c.listed, "not listed by the provider")
+    _count_problem(
+        tally, mine, checks, lambda c: NO_TRANSACTION_PROBLEM in c.problems,
+        "have no wallet transaction",
+    )  # fmt: skip
+    _count_problem(
+        tally, mine, checks,
+        lambda c: any(p.startswith("wallet debit") for p in c.problems),
+        "were charged differently from the ledger's cost",
+    )  # fmt: skip
+    _count_problem(
+        tally, mine, checks,
+        lambda c: any(p.startswith("the provider has") for p in c.problems),
+        "differ from the provider's record (currency or face value)",
+    )  # fmt: skip
+    kept = [x for x in lines if x.status == ATTEMPT_CHARGED and x.currency == tally.currency]
+    if kept:
+        value = sum((-x.transaction.amount for x in kept if x.transaction), ZERO)
+        tally.problems.append(
+            f"{len({x.order_id for x in kept})} order(s) of failed or unconfirmed attempts kept "
+            f"{tally.money(value)} (see the Wallet sheet)"
+        )
+    stray = [x for x in lines if x.status == NO_ORDER and x.currency == tally.currency]
+    if stray:
+        value = sum((-x.transaction.amount for x in stray if x.transaction), ZERO)
+        tally.problems.append(
+            f"{len(stray)} wallet debit(s) worth {tally.money(value)} match no order"
+        )
+
+
+def _count_problem(
+    tally: _Tally,
+    rows: Sequence[RowRecord],
+    checks: Mapping[str, OrderCheck],
+    test: Callable[[OrderCheck], bool],
+    text: str,
+) -> None:
+    count = sum(1 for r in rows if r.row_key in checks and test(checks[r.row_key]))
+    if count:
+        tally.problems.append(f"{count} order(s) {text}")
+
+
+def _tally_orphans(tally: _Tally, orphans: Sequence[Orphan]) -> None:
+    if not orphans:
+        return
+    value = sum((o.order.face_value for o in orphans), ZERO)
+    tally.problems.append(
+        f"{len(orphans)} orphan order(s) worth {tally.money(value)} at the provider are not in "
+        "the ledger (see Orphans)"
+    )
+
+
+def _tally_balance_movement(tally: _Tally, inputs: ReconcileInputs) -> None:
+    """Each run's balance change must equal the sum of the transactions in its window."""
+    assert inputs.provider is not None
+    for run in inputs.runs:
+        if run.before is None or run.after is None:
+            continue
+        if tally.currency not in run.before or tally.currency not in run.after:
+            continue
+        moved = run.after[tally.currency] - run.before[tally.currency]
+        explained = sum(
+            (
+                tx.amount
+                for tx in inputs.provider.transactions
+                if tx.currency == tally.currency and tx.timestamp is not None
+                and run.window.contains(tx.timestamp)
+            ),
+            ZERO,
+        )  # fmt: skip
+        if moved != explained:
+            tally.problems.append(
+                f"in run {run.run_id} the balance moved by {tally.money(moved)} but the wallet "
+                f"transactions account for {tally.money(explained)}"
+            )
+
+
+def _tally_balances_only(tally: _Tally, runs: Sequence[RunWindow]) -> None:
+    moved = ZERO
+    for run in runs:
+        if run.idle:
+            continue
+        if run.before is None or run.after is None:
+            tally.problems.append(
+                f"run {run.run_id} did not read the balances at both ends, so nothing was "
+                "verified; run `batcher report` to match every transaction"
+            )
+            return
+        moved += run.before.get(tally.currency, ZERO) - run.after.get(tally.currency, ZERO)
+    tally.debits = moved
+    if moved != tally.cost:
+        tally.problems.append(
+            f"ledger cost {tally.money(tally.cost)} ≠ wallet balance movement "
+            f"{tally.money(moved)} (difference {tally.money(tally.cost - moved)}); run "
+            "`batcher report` to match every transaction and find the cause"
+        )
+
+
+def _tally_unsettled(tally: _Tally, rows: Sequence[RowRecord]) -> None:
+    count = sum(1 for r in rows if r.state in UNSETTLED_STATES and r.currency == tally.currency)
+    if count:
+        tally.notes.append(f"{count} row(s) still unconfirmed: rerun the batch to settle them")
+
+
+def _reason(tally: _Tally, evidence: Evidence) -> str:
+    if tally.problems:
+        return "; ".join(tally.problems + tally.notes)
+    if evidence == "balances":
+        text = (
+            f"ledger cost {tally.money(tally.cost)} equals the wallet's balance movement over "
+            f"{tally.charged} order(s); run `batcher report` for transaction-level matching"
+        )
+    else:
+        text = (
+            f"ledger cost {tally.money(tally.cost)} equals the wallet debits for "
+            f"{tally.charged} order(s); no orphans"
+        )
+    return "; ".join([text, *tally.notes])
+
+
+def _first_before(runs: Sequence[RunWindow], currency: str) -> Decimal | None:
+    for run in sorted(runs, key=lambda r: r.window.start):
+        if run.before is not None and currency in run.before:
+            return run.before[currency]
+    return None
+
+
+def _last_after(runs: Sequence[RunWindow], currency: str) -> Decimal | None:
+    for run in sorted(runs, key=lambda r: r.window.start, reverse=True):
+        if run.after is not None and currency in run.after:
+            return run.after[currency]
+    return None

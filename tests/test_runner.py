@@ -1,0 +1,436 @@
+"""The runner's exactly-once state machine, driven without HTTP.
+
+A real SQLite ledger in a temporary directory, an in-memory provider that keeps
+its own books (tests/runner_fakes.py) and a fake clock, so every scenario is
+deterministic and takes milliseconds. Each "run" opens the ledger afresh, as a
+new process would; a `ProcessDied` escaping a run is a crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import tempfile
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from batcher.execute.plan import chunk_key
+from batcher.execute.runner import Runner, RunOptions, RunStats
+from batcher.ledger.store import ChunkRecord, Ledger, RowRecord, SheetRow
+from batcher.providers.base import Provider
+from tests.runner_fakes import (
+    POLL_FAULTS,
+    SUBMIT_FAULTS,
+    FakeClock,
+    FakeProvider,
+    Fault,
+    ProcessDied,
+    sheet_rows,
+)
+
+BATCH = "gifts-2026-12"
+ACCOUNT = "acct-fake"
+OPTIONS = RunOptions(initial_poll_delay=1.0, max_poll_delay=8.0)
+
+
+@dataclass
+class World:
+    """One batch, one provider, one clock, and as many runs as a test needs."""
+
+    path: Path
+    provider: FakeProvider
+    rows: list[SheetRow]
+    clock: FakeClock = field(default_factory=FakeClock)
+
+    def run(
+        self, options: RunOptions = OPTIONS, *, stop: threading.Event | None = None
+    ) -> RunStats:
+        ledger = Ledger(self.path)
+        try:
+            ledger.ensure_batch(
+                BATCH,
+                provider=self.provider.name,
+                account_id=ACCOUNT,
+                source_path="gifts.csv",
+                source_sha256="0" * 64,
+            )
+            runner = Runner(
+                self.provider,
+                ledger,
+                BATCH,
+                ACCOUNT,
+                options,
+                stop=stop,
+                clock=self.clock,
+                sleep=self.clock.sleep,
+                rng=random.Random(7),
+            )
+            runner.prepare(self.rows)
+            return runner.execute()
+        finally:
+            ledger.close()
+
+    def crash_run(self, options: RunOptions = OPTIONS) -> None:
+        with pytest.raises(ProcessDied):
+            self.run(options)
+
+    def ledger_rows(self) -> dict[str, RowRecord]:
+        ledger = Ledger(self.path)
+        try:
+            return {r.row_key: r for r in ledger.rows(BATCH)}
+        finally:
+            ledger.close()
+
+    def chunks(self, *states: str) -> list[ChunkRecord]:
+        ledger = Ledger(self.path)
+        try:
+            return ledger.chunks(BATCH, states)
+        finally:
+            ledger.close()
+
+    def states(self) -> dict[str, str]:
+        return {k: r.state for k, r in self.ledger_rows().items()}
+
+
+def world(tmp: Path, spec: Sequence[tuple[str, str]], **provider: Any) -> World:
+    fake = FakeProvider(**provider)
+    return World(tmp / "state" / "ledger.sqlite", fake, sheet_rows(spec))
+
+
+def assert_exactly_once(w: World) -> None:
+    """Both ledgers agree: every row succeeded once, and the provider holds one order each."""
+    rows = w.ledger_rows()
+    assert {k: r.state for k, r in rows.items()} == dict.fromkeys(rows, "succeeded")
+    assert w.provider.orders_per_row() == dict.fromkeys(rows, 1)
+    assert {r.order_id for r in rows.values()} == {o.order_id for o in w.provider.created}
+    assert w.provider.key_conflicts == []
+    assert all(len(p) == 1 for p in w.provider.payloads_by_key().values())
+
+
+GBP4 = [("GBP", "10.00")] * 4  # identical rows: distinct keys by occurrence
+
+
+def test_the_fake_speaks_the_provider_protocol() -> None:
+    assert isinstance(FakeProvider(), Provider)
+
+
+@pytest.mark.parametrize("polls_to_complete", [0, 1, 3])
+def test_a_clean_run_orders_every_row_once(tmp_path: Path, polls_to_complete: int) -> None:
+    w = world(
+        tmp_path,
+        [*GBP4, ("EUR", "5")],
+        wallets={"GBP": Decimal(100), "EUR": Decimal(100)},
+        polls_to_complete=polls_to_complete,
+    )
+    stats = w.run()
+    assert stats.stopped is None
+    assert stats.submits == 3  # EUR x1, GBP 3+1
+    assert_exactly_once(w)
+    assert w.provider.wallets == {"GBP": Decimal(60), "EUR": Decimal(95)}
+    # A rerun finds nothing to do and sends nothing.
+    w.run()
+    assert len(w.provider.sent) == 3
+
+
+# ---------------------------------------------------------------------- crashes
+
+
+@pytest.mark.parametrize("fault", [Fault.DIE_BEFORE, Fault.DIE_AFTER])
+@pytest.mark.parametrize("lookup_finds", [False, True])
+def test_a_crash_while_sending_is_resolved_with_the_same_key_and_bytes(
+    tmp_path: Path, fault: Fault, lookup_finds: bool
+) -> None:
+    w = world(
+        tmp_path,
+        GBP4,
+        wallets={"GBP": Decimal(100)},
+        submit_faults=[None, fault],
+        lookup_finds=lookup_finds,
+    )
+    w.crash_run()
+    dead_key, dead_payload = w.provider.sent[-1]
+    (stuck,) = w.chunks("sending")
+    assert stuck.chunk_key == dead_key and stuck.payload == dead_payload
+    assert {w.states()[k] for k in stuck.row_keys} == {"sending"}
+
+    w.run()
+    assert_exactly_once(w)
+    resent = [p for k, p in w.provider.sent if k == dead_key]
+    if fault is Fault.DIE_AFTER and lookup_finds:
+        assert resent == [dead_payload]  # found by key: no need to send again
+    else:
+        assert resent == [dead_payload, dead_payload]
+    assert len(w.provider.requests) == 2  # the resend created nothing new
+    assert {w.ledger_rows()[k].attempt for k in stuck.row_keys} == {1}
+
+
+def test_answers_lost_in_flight_are_retried_within_the_run(tmp_path: Path) -> None:
+    w = world(
+        tmp_path,
+        GBP4,
+        wallets={"GBP": Decimal(100)},
+        submit_faults=[Fault.DROP_RESPONSE, Fault.DROP_REQUEST, Fault.DROP_RESPONSE],
+    )
+    stats = w.run()
+    assert stats.stopped is None and stats.unknown_outcomes == 3
+    assert_exactly_once(w)
+    assert w.clock.slept, "retries back off on the injected clock"
+
+
+def test_a_provider_that_never_answers_stops_the_run_with_the_chunk_unknown(
+    tmp_path: Path,
+) -> None:
+    w = world(
+        tmp_path,
+        GBP4[:2],
+        wallets={"GBP": Decimal(100)},
+        submit_faults=[Fault.DROP_RESPONSE] * 3,
+    )
+    stats = w.run(RunOptions(max_send_attempts=3))
+    assert stats.stopped == "provider_unavailable"
+    (chunk,) = w.chunks("unknown")
+    assert set(w.states().values()) == {"unknown"}
+    w.run()
+    assert_exactly_once(w)
+    assert {k for k, _ in w.provider.sent} == {chunk.chunk_key}
+
+
+# ---------------------------------------------------------------------- funds
+
+
+def test_insufficient_funds_blocks_one_currency_while_the_other_goes_on(tmp_path: Path) -> None:
+    # AUD sorts first, so its 402 comes before any EUR chunk is sent.
+    spec = [("AUD", "10")] * 4 + [("EUR", "10")] * 4
+    w = world(tmp_path, spec, submit_limit=2, wallets={"AUD": Decimal(15), "EUR": Decimal(100)})
+    stats = w.run()
+    assert list(stats.blocked_currencies) == ["AUD"]
+    assert "needed 20" in stats.blocked_currencies["AUD"]
+    rows = w.ledger_rows()
+    aud = [r for r in rows.values() if r.currency == "AUD"]
+    eur = [r for r in rows.values() if r.currency == "EUR"]
+    assert {r.state for r in eur} == {"succeeded"}
+    assert {(r.state, r.error_code) for r in aud} == {("pending", "insufficient_funds")}
+    assert w.provider.orders_per_row().keys() == {r.row_key for r in eur}
+    sent_aud = {k for k, p in w.provider.sent if b'"AUD"' in p}
+    assert len(sent_aud) == 1, "the second AUD chunk is not sent after the 402"
+    assert not w.chunks("planned"), "unsent AUD plans are discarded, not left behind"
+
+    w.provider.wallets["AUD"] = Decimal(100)  # the finance team tops up
+    w.run()
+    assert_exactly_once(w)
+    attempts = sorted(r.attempt for r in w.ledger_rows().values() if r.currency == "AUD")
+    assert attempts == [1, 1, 2, 2]  # the 402'd chunk's rows were released as attempt 2
+
+
+# ---------------------------------------------------------------------- polling
+
+
+@pytest.mark.parametrize("lookup_finds", [False, True])
+def test_polls_that_keep_failing_hand_the_chunk_back_and_a_later_run_settles_it(
+    tmp_path: Path, lookup_finds: bool
+) -> None:
+    options = RunOptions(initial_poll_delay=1.0, max_poll_delay=8.0, max_poll_failures=4)
+    w = world(
+        tmp_path,
+        GBP4[:3],
+        wallets={"GBP": Decimal(100)},
+        polls_to_complete=2,
+        poll_faults=[Fault.DROP_REQUEST] * 4,
+        lookup_finds=lookup_finds,
+    )
+    stats = w.run(options)
+    assert stats.polls == 4 and stats.stopped is None
+    (chunk,) = w.chunks("unknown")
+    assert "polling failed" in (chunk.error_message or "")
+    assert set(w.states().values()) == {"unknown"}
+    assert not w.provider.created
+
+    w.run(options)
+    assert_exactly_once(w)
+    assert len(w.provider.requests) == 1, "the same order request, never a second one"
+    sends = [k for k, _ in w.provider.sent]
+    assert sends == [chunk.chunk_key] * (1 if lookup_finds else 2)
+
+
+def test_polls_back_off_on_the_clock_up_to_the_cap(tmp_path: Path) -> None:
+    w = world(tmp_path, GBP4[:1], wallets={"GBP": Decimal(100)}, polls_to_complete=6)
+    w.run(RunOptions(initial_poll_delay=1.0, max_poll_delay=4.0))
+    assert_exactly_once(w)
+    assert w.provider.polls == 6
+    # 1, 2, 4, 4, 4, 4 with +-10 % jitter
+    expected = [1, 2, 4, 4, 4, 4]
+    assert len(w.clock.slept) == len(expected)
+    for slept, base in zip(w.clock.slept, expected, strict=True):
+        assert 0.9 * base <= slept <= 1.1 * base
+
+
+# ---------------------------------------------------------------------- incomplete answers
+
+
+@pytest.mark.parametrize("polls_to_complete", [0, 1])
+def test_an_incomplete_answer_settles_only_the_certain_rows(
+    tmp_path: Path, polls_to_complete: int
+) -> None:
+    faults = {"submit_faults" if polls_to_complete == 0 else "poll_faults": [Fault.INCOMPLETE]}
+    w = world(
+        tmp_path,
+        GBP4[:2],
+        wallets={"GBP": Decimal(100)},
+        polls_to_complete=polls_to_complete,
+        **faults,
+    )
+    w.run()
+    states = sorted(w.states().values())
+    assert states == ["succeeded", "unknown"], "certain rows settle; the rest are never guessed"
+    unknown = next(r for r in w.ledger_rows().values() if r.state == "unknown")
+    assert unknown.order_id is None
+    assert w.provider.orders_per_row()[unknown.row_key] == 1  # it exists at the provider
+
+
+@pytest.mark.parametrize("polls_to_complete", [0, 1])
+def test_an_incomplete_answer_is_resolved_by_resending_the_same_key_and_bytes(
+    tmp_path: Path, polls_to_complete: int
+) -> None:
+    faults = {"submit_faults" if polls_to_complete == 0 else "poll_faults": [Fault.INCOMPLETE]}
+    w = world(
+        tmp_path,
+        GBP4[:2],
+        wallets={"GBP": Decimal(100)},
+        polls_to_complete=polls_to_complete,
+        **faults,
+    )
+    w.run()
+    w.run()
+    assert_exactly_once(w)
+    # Resolved by a lookup or a resend, but only ever under the one key with the one body.
+    assert len(set(w.provider.sent)) == 1
+    (key,) = {k for k, _ in w.provider.sent}
+    assert key == w.ledger_rows()[w.rows[0].row_key].chunk_key
+
+
+# ---------------------------------------------------------------------- rejections
+
+
+def test_a_retryable_rejection_is_retried_next_run_under_a_new_key(tmp_path: Path) -> None:
+    w = world(tmp_path, GBP4[:2], wallets={"GBP": Decimal(100)}, submit_faults=[Fault.REJECT])
+    w.run()
+    rows = w.ledger_rows()
+    assert {(r.state, r.failure_kind, r.error_code) for r in rows.values()} == {
+        ("failed", "retryable", "out_of_stock")
+    }
+    assert not w.provider.created
+    ((first_key, _),) = w.provider.sent
+    assert first_key == chunk_key("fake", ACCOUNT, BATCH, rows, 1)
+
+    w.run()
+    assert_exactly_once(w)
+    rows = w.ledger_rows()
+    assert {r.attempt for r in rows.values()} == {2}
+    second_key = chunk_key("fake", ACCOUNT, BATCH, rows, 2)
+    assert second_key != first_key
+    assert [k for k, _ in w.provider.sent] == [first_key, second_key]
+
+
+def test_a_permanent_rejection_waits_for_retry_failed(tmp_path: Path) -> None:
+    w = world(
+        tmp_path,
+        GBP4[:2],
+        wallets={"GBP": Decimal(100)},
+        submit_faults=[Fault.REJECT],
+        reject_code="invalid_product",
+        reject_message="product is not orderable",
+    )
+    w.run()
+    w.run()
+    assert set(w.states().values()) == {"failed"}
+    assert len(w.provider.sent) == 1, "a permanent failure is not retried on its own"
+
+    w.run(RunOptions(retry_failed=True))
+    assert_exactly_once(w)
+    assert {r.attempt for r in w.ledger_rows().values()} == {2}
+    assert len({k for k, _ in w.provider.sent}) == 2
+
+
+# ---------------------------------------------------------------------- stopping
+
+
+def test_the_deadline_stops_sending_and_a_rerun_finishes(tmp_path: Path) -> None:
+    w = world(tmp_path, [("GBP", "1")] * 10, submit_limit=1, wallets={"GBP": Decimal(100)})
+    w.provider.on_submit = lambda _key: w.clock.sleep(2.0)  # each submission takes 2 s
+    stats = w.run(RunOptions(deadline_seconds=5.0))
+    assert stats.stopped == "deadline"
+    assert stats.submits == 3  # sent at t=0, 2, 4; at t=6 the deadline has passed
+    assert not w.chunks("sending", "unknown"), "nothing is left half-sent"
+    assert sorted(set(w.states().values())) == ["planned", "succeeded"]
+
+    w.run()
+    assert_exactly_once(w)
+    assert len(w.provider.sent) == 10
+
+
+def test_the_stop_flag_stops_sending(tmp_path: Path) -> None:
+    stop = threading.Event()
+    w = world(tmp_path, [("GBP", "1")] * 6, submit_limit=1, wallets={"GBP": Decimal(100)})
+    w.provider.on_submit = lambda _key: stop.set() if len(w.provider.sent) == 2 else None
+    stats = w.run(stop=stop)
+    assert stats.stopped == "interrupted"
+    assert len(w.provider.sent) == 2
+    assert sorted(w.states().values()).count("succeeded") == 2
+
+    w.run()
+    assert_exactly_once(w)
+
+
+# ---------------------------------------------------------------------- any faults at all
+
+_SUBMIT = st.sampled_from([None, *SUBMIT_FAULTS])
+_POLL = st.sampled_from([None, *POLL_FAULTS])
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(
+    submit_faults=st.lists(_SUBMIT, max_size=12),
+    poll_faults=st.lists(_POLL, max_size=8),
+    polls_to_complete=st.integers(0, 2),
+    lookup_finds=st.booleans(),
+    currencies=st.lists(st.sampled_from(["EUR", "GBP"]), min_size=1, max_size=7),
+)
+def test_whatever_the_faults_every_row_ends_with_exactly_one_order(
+    submit_faults: list[Fault | None],
+    poll_faults: list[Fault | None],
+    polls_to_complete: int,
+    lookup_finds: bool,
+    currencies: list[str],
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        w = world(
+            Path(tmp),
+            [(c, "10") for c in currencies],
+            wallets={"EUR": Decimal(1000), "GBP": Decimal(1000)},
+            submit_faults=list(submit_faults),
+            poll_faults=list(poll_faults),
+            polls_to_complete=polls_to_complete,
+            lookup_finds=lookup_finds,
+        )
+        options = RunOptions(max_send_attempts=3, max_poll_failures=2)
+        # Every fault is consumed by a call, and every run makes at least one call
+        # until the batch is done, so this many runs always suffice.
+        for _ in range(len(submit_faults) + len(poll_faults) + 2):
+            if set(w.states().values()) == {"succeeded"}:
+                break
+            with contextlib.suppress(ProcessDied):
+                w.run(options)
+        assert_exactly_once(w)
