@@ -240,7 +240,7 @@ def reference_ugiftme_client(
     """The baseline for `batcher run`: a plain back-to-back client, no ledger, no checks.
 
     Reads the sheet, submits async bulk orders of `chunk` one after another, then
-    polls each order request until it is done. It reads the rate-limit headers
+    polls each order request in turn until it is done. It reads the rate-limit headers
     only to never be refused: at 0 remaining it sleeps until the reset.
     """
     import httpx
@@ -295,19 +295,14 @@ def reference_ugiftme_client(
             assert response.status_code == 202, response.text
             request_ids.append(response.json()["orderRequestId"])
         created = 0
-        pending = request_ids
-        while pending:
-            still = []
-            for request_id in pending:
+        for request_id in request_ids:  # they finish in the order they were sent
+            while True:
                 body = call("GET", f"/orders/order-requests/{request_id}").json()
-                if body["status"] in ("queued", "processing"):
-                    still.append(request_id)
-                else:
-                    assert body["status"] == "succeeded", body
-                    created += len(body["result"]["orders"])
-            pending = still
-            if pending:
-                time.sleep(0.1)  # the rest are still being processed
+                if body["status"] not in ("queued", "processing"):
+                    break
+                time.sleep(0.2)  # still being processed
+            assert body["status"] == "succeeded", body
+            created += len(body["result"]["orders"])
     return {"orders_created": created, "calls": calls, "http_429s": throttled}
 
 
