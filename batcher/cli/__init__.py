@@ -13,19 +13,48 @@ import click
 
 from batcher import __version__
 
-# command name -> "module:attribute"
-_COMMANDS: dict[str, str] = {
-    "auth": "batcher.cli.account:auth",
-    "catalog": "batcher.cli.account:catalog",
-    "wallet": "batcher.cli.account:wallet",
-    "validate": "batcher.cli.validate:validate",
-    "run": "batcher.cli.run:run",
-    "status": "batcher.cli.run:status",
-    "report": "batcher.cli.report:report",
-    "statement": "batcher.cli.statement:statement",
-    "sandbox": "batcher.cli.sandbox:sandbox",
-    "webhooks": "batcher.cli.webhooks:webhooks",
-    "listen": "batcher.cli.listen:listen",
+#: command name -> ("module:attribute", one-line help). The line is repeated here so
+#: `batcher --help` lists the commands without importing them (polars, httpx and
+#: openpyxl are most of a command's start-up); a test keeps it equal to the real one.
+_COMMANDS: dict[str, tuple[str, str]] = {
+    "auth": (
+        "batcher.cli.account:auth",
+        "Check the API key and show which account it belongs to.",
+    ),
+    "catalog": ("batcher.cli.account:catalog", "List the products this account can order."),
+    "wallet": (
+        "batcher.cli.account:wallet",
+        "Show wallet balances per currency, or the wallet's transactions.",
+    ),
+    "validate": (
+        "batcher.cli.validate:validate",
+        "Check SHEET against the provider's catalog and wallets; order nothing.",
+    ),
+    "run": ("batcher.cli.run:run", "Order every valid row of SHEET exactly once; safe to rerun."),
+    "status": (
+        "batcher.cli.run:status",
+        "Row counts by state and the last runs, read from the ledger (no network).",
+    ),
+    "report": (
+        "batcher.cli.report:report",
+        "Reconcile BATCH with the provider and write REPORT_DIR/BATCH/reconciliation.xlsx.",
+    ),
+    "sandbox": (
+        "batcher.cli.sandbox:sandbox",
+        "Local provider sandboxes to rehearse against (never a real provider).",
+    ),
+    "statement": (
+        "batcher.cli.statement:statement",
+        "Write REPORT_DIR/statements/statement-FROM-to-TO-<time>.xlsx for finance.",
+    ),
+    "webhooks": (
+        "batcher.cli.webhooks:webhooks",
+        "Webhook subscriptions at the provider, and the events `batcher listen` received.",
+    ),
+    "listen": (
+        "batcher.cli.listen:listen",
+        "Receive signed webhook deliveries and record them as evidence in the ledger.",
+    ),
 }
 
 
@@ -39,7 +68,7 @@ class LazyGroup(click.Group):
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name in _COMMANDS:
-            module_name, attr = _COMMANDS[cmd_name].split(":")
+            module_name, attr = _COMMANDS[cmd_name][0].split(":")
             try:
                 module = importlib.import_module(module_name)
             except ModuleNotFoundError as exc:
@@ -52,6 +81,26 @@ class LazyGroup(click.Group):
             command: click.Command = getattr(module, attr)
             return command
         return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list from the table above: no command module is imported."""
+        rows = []
+        width = formatter.width - 6 - max(len(name) for name in _COMMANDS)
+        for name in self.list_commands(ctx):
+            if name in _COMMANDS:
+                rows.append((name, _shorten(_COMMANDS[name][1], width)))
+            else:
+                command = super().get_command(ctx, name)
+                if command is not None and not command.hidden:
+                    rows.append((name, command.get_short_help_str(width)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+def _shorten(text: str, limit: int) -> str:
+    """As Click shortens a command's help line for the list."""
+    return click.Command("_", help=text).get_short_help_str(limit)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

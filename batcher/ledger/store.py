@@ -35,7 +35,7 @@ from batcher.ledger.records import (
     count_states,
     parse_ts,
 )
-from batcher.ledger.schema import SCHEMA, SCHEMA_VERSION
+from batcher.ledger.schema import SCHEMA_VERSION, install_schema
 
 
 class Ledger:
@@ -51,11 +51,11 @@ class Ledger:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.execute("PRAGMA busy_timeout=30000")
-        self._db.executescript(SCHEMA)  # idempotent: IF NOT EXISTS everywhere
-        self._db.execute(
-            "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
-            (str(SCHEMA_VERSION),),
-        )
+        try:
+            install_schema(self._db)
+        except BaseException:
+            self._db.close()
+            raise
         self.run_id: str | None = None
 
     @classmethod
@@ -85,18 +85,24 @@ class Ledger:
         row_key: str | None = None,
         **detail: Any,
     ) -> None:
-        self._db.execute(
-            "INSERT INTO events(ts, batch, run_id, kind, chunk_key, row_key, detail)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                utc_now(),
-                batch,
-                self.run_id,
-                kind,
-                chunk_key,
-                row_key,
-                json.dumps(detail, default=str, sort_keys=True) if detail else None,
-            ),
+        self._db.execute(_INSERT_EVENT, self._event_values(batch, kind, chunk_key, row_key, detail))
+
+    def _event_values(
+        self,
+        batch: str,
+        kind: str,
+        chunk_key: str | None,
+        row_key: str | None,
+        detail: dict[str, Any],
+    ) -> tuple[Any, ...]:
+        return (
+            utc_now(),
+            batch,
+            self.run_id,
+            kind,
+            chunk_key,
+            row_key,
+            json.dumps(detail, default=str, sort_keys=True) if detail else None,
         )
 
     # ------------------------------------------------------------------ batches & runs
@@ -710,48 +716,73 @@ class Ledger:
                 error_code=error_code,
                 error_message=error_message,
             )
-            for out in outcomes:
-                attempt_sql = ", attempt = attempt + 1, retry_group = ?" if out.release else ""
-                attempt_params: tuple[Any, ...] = (chunk_key,) if out.release else ()
-                db.execute(
-                    "UPDATE rows SET state = ?, failure_kind = ?, error_code = ?,"
-                    " error_message = ?, provider_request_id = ?, order_id = ?,"
-                    " transaction_id = ?, cost = ?, cost_currency = ?, voucher_last4 = ?,"
-                    " provider_status = ?, updated_at = ?,"
-                    " succeeded_at = CASE WHEN ? = 'succeeded' THEN ? ELSE succeeded_at END,"
-                    f" chunk_key = CASE WHEN ? THEN NULL ELSE chunk_key END{attempt_sql}"
-                    " WHERE batch = ? AND row_key = ?",
-                    (
-                        out.state,
-                        out.failure_kind,
-                        out.error_code,
-                        out.error_message,
-                        out.provider_request_id,
-                        out.order_id,
-                        out.transaction_id,
-                        None if out.cost is None else str(out.cost),
-                        out.cost_currency,
-                        out.voucher_last4,
-                        out.provider_status,
-                        now,
-                        out.state,
-                        now,
-                        out.release,
-                        *attempt_params,
+            # One statement per kind of row, run over the whole chunk.
+            for release in (False, True):
+                db.executemany(
+                    _SETTLE_RELEASED_ROW if release else _SETTLE_ROW,
+                    [
+                        _settle_values(out, now, chunk_key, batch)
+                        for out in outcomes
+                        if bool(out.release) == release
+                    ],
+                )
+            db.executemany(
+                _INSERT_EVENT,
+                [
+                    self._event_values(
                         batch,
+                        "row_settled",
+                        chunk_key,
                         out.row_key,
-                    ),
-                )
-                self._event(
-                    batch,
-                    "row_settled",
-                    chunk_key=chunk_key,
-                    row_key=out.row_key,
-                    state=out.state,
-                    code=out.error_code,
-                    order_id=out.order_id,
-                )
+                        {"state": out.state, "code": out.error_code, "order_id": out.order_id},
+                    )
+                    for out in outcomes
+                ],
+            )
             self._event(batch, "chunk_settled", chunk_key=chunk_key, state=chunk_state)
+
+
+_INSERT_EVENT = (
+    "INSERT INTO events(ts, batch, run_id, kind, chunk_key, row_key, detail)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_SETTLE_SETS = (
+    "UPDATE rows SET state = ?, failure_kind = ?, error_code = ?,"
+    " error_message = ?, provider_request_id = ?, order_id = ?,"
+    " transaction_id = ?, cost = ?, cost_currency = ?, voucher_last4 = ?,"
+    " provider_status = ?, updated_at = ?,"
+    " succeeded_at = CASE WHEN ? = 'succeeded' THEN ? ELSE succeeded_at END,"
+    " chunk_key = CASE WHEN ? THEN NULL ELSE chunk_key END"
+)
+_SETTLE_ROW = _SETTLE_SETS + " WHERE batch = ? AND row_key = ?"
+#: A row released for retry starts its next attempt in a retry group named by this chunk.
+_SETTLE_RELEASED_ROW = (
+    _SETTLE_SETS + ", attempt = attempt + 1, retry_group = ? WHERE batch = ? AND row_key = ?"
+)
+
+
+def _settle_values(out: RowOutcome, now: str, chunk_key: str, batch: str) -> tuple[Any, ...]:
+    """The parameters of _SETTLE_ROW (or _SETTLE_RELEASED_ROW) for one row."""
+    return (
+        out.state,
+        out.failure_kind,
+        out.error_code,
+        out.error_message,
+        out.provider_request_id,
+        out.order_id,
+        out.transaction_id,
+        None if out.cost is None else str(out.cost),
+        out.cost_currency,
+        out.voucher_last4,
+        out.provider_status,
+        now,
+        out.state,
+        now,
+        out.release,
+        *((chunk_key,) if out.release else ()),
+        batch,
+        out.row_key,
+    )
 
 
 # Importers name these from here; they live in the modules above.

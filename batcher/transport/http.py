@@ -94,19 +94,35 @@ def canonical_json(value: Any) -> bytes:
     return _canonical(value).encode("utf-8")
 
 
+#: The C string encoder behind json.dumps(text, ensure_ascii=False), called directly:
+#: json.dumps with keyword arguments builds a new encoder on every call, which was
+#: most of the cost of encoding a plan of 100,000 rows.
+_json_string: Callable[[str], str] = json.encoder.encode_basestring
+
+
 def _canonical(value: Any) -> str:
-    if value is None or isinstance(value, bool | int | str):
-        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, str):
+        return _json_string(value)
     if isinstance(value, Decimal):
         if not value.is_finite():
             raise ValueError("a non-finite Decimal cannot be written as JSON")
         return format(value, "f")
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return int.__repr__(value)  # as json.dumps writes an int (or an IntEnum)
     if isinstance(value, Mapping):
-        fields = sorted(((str(key), item) for key, item in value.items()), key=lambda kv: kv[0])
-        return "{" + ",".join(f"{_canonical(key)}:{_canonical(item)}" for key, item in fields) + "}"
+        fields = sorted([(str(key), item) for key, item in value.items()], key=_first)
+        return "{" + ",".join([f"{_json_string(k)}:{_canonical(v)}" for k, v in fields]) + "}"
     if isinstance(value, list | tuple):
-        return "[" + ",".join(_canonical(item) for item in value) + "]"
+        return "[" + ",".join([_canonical(item) for item in value]) + "]"
     raise TypeError(f"refusing to write {type(value).__name__} into a request body")
+
+
+def _first(pair: tuple[str, Any]) -> str:
+    return pair[0]
 
 
 def provider_error_text(data: Any) -> str:

@@ -7,12 +7,43 @@ rate-limit headers of every response:
   the `X-RateLimit-*` family (where reset may be an epoch timestamp);
 - `Retry-After` (seconds or an HTTP date), honoured exactly: never sooner.
 
-While a window is known, the remaining budget is spread evenly over the time
-left in it, keeping a small reserve for requests already in flight, so a long
-run stays near the limit without crossing it. A provider that sends no
-remaining headers (GIFQ) is paced by the configured rate alone. After a 429 the
-pace is halved for a while (15 s past the Retry-After), and halved again on a
-further 429, down to a quarter.
+Policy. While the provider advertises a window, its remaining budget is spent
+back to back (as fast as `max_rate` allows) down to twice a safety margin; the
+next margin's worth is spread evenly over the time left to the reset; the last
+margin (2% of the limit, at least one request, never the whole limit) is left
+for anyone else using the key (a `batcher status` during a run, say), and
+nothing more is sent until the reset. The limiter does not know how much work
+is queued; this never idles while real budget is left, and the spread tail
+costs at most one window at the very end:
+
+    remaining
+    limit ┤█                                       █
+          │ █  burst: back to back                  █
+          │  █                                       █
+ 2×margin ┤···█ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ ─ █
+          │      █      spread      █                 ...
+   margin ┤·····························█ (kept back)
+        0 ┼──────────────────────────────────────┬──────────> time
+                                               reset (+0.1 s): next window
+
+The remaining figure is our estimate: the provider's latest figure minus the
+requests still in flight, lowered by every request we start, and within one
+window only ever lowered by the answers (they can arrive out of order; a reset
+in whole seconds is rounded up, so the earliest reset seen is the truest). An
+answer naming an earlier window is stale and ignored. Once the reset has
+passed, the window is forgotten until an answer describes the next one.
+
+Without a window (GIFQ sends only `Retry-After`, 10 req/s documented; or the
+window just closed), requests are paced at the configured rate, which the
+provider client sets just under the documented one, or at the advertised
+limit / window length once a window has been seen. `max_rate` (`--max-rate`)
+caps every mode. After a 429 nothing is sent before its `Retry-After` (or the
+window's reset); then, for 5 s past it, bursting stops and the pace is halved
+(halved once, however many 429s follow).
+
+Nothing is reserved ahead: each `acquire()` decides from what is known at that
+moment, so an answer that arrives between two requests (the first window of a
+run, for one) applies to the very next request.
 
 Every request goes through `acquire()` and then exactly one of `observe()`
 (a response came back) or `release()` (no response: transport error).
@@ -22,6 +53,7 @@ The clock and the sleeper are injectable so tests run on fake time.
 from __future__ import annotations
 
 import hashlib
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -38,6 +70,10 @@ EPOCH_THRESHOLD = 1e9
 #: Two reset instants closer than this belong to the same window (resets are whole seconds).
 _SAME_WINDOW_TOLERANCE = 1.0
 _MAX_PENALTY_FACTOR = 2.0  # after 429s, at most half the learned pace
+#: Share of the advertised limit kept back from bursting (spent spread out instead).
+MARGIN_FRACTION = 0.02
+#: Float slack when comparing a woken sleeper's clock with its start time.
+_EPSILON = 1e-9
 
 
 @dataclass(frozen=True)
@@ -135,9 +171,9 @@ class ThrottleStats:
 class RateLimiter:
     """A thread-safe pacer for one API key.
 
-    `rate_per_second` is where pacing starts (the profile's default) and what it
-    falls back to when no window is known; `max_rate` is a hard cap that header
-    learning never exceeds.
+    `rate_per_second` is the pace when no window is known (the profile's
+    default, until an advertised limit replaces it); `max_rate` is a hard cap
+    that no mode exceeds.
     """
 
     def __init__(
@@ -149,6 +185,7 @@ class RateLimiter:
         wall_clock: Clock = time.time,
         sleep: Sleeper = time.sleep,
         reserve_requests: int = 1,
+        margin_fraction: float = MARGIN_FRACTION,
         reset_margin: float = 0.1,
         penalty_seconds: float = 5.0,
         default_retry_after: float = 1.0,
@@ -160,8 +197,9 @@ class RateLimiter:
         self._clock = clock
         self._wall_clock = wall_clock
         self._sleep = sleep
-        self._reserve = reserve_requests  # requests kept back for ones already in flight
-        self._reset_margin = reset_margin  # resets come in whole seconds; don't arrive early
+        self._reserve = max(1, reserve_requests)  # the margin is never below this
+        self._margin_fraction = margin_fraction
+        self._reset_margin = reset_margin  # a reset may be rounded; don't arrive early
         self._penalty_seconds = penalty_seconds
         self._default_retry_after = default_retry_after
         self._lock = threading.Lock()
@@ -169,10 +207,8 @@ class RateLimiter:
         self._min_interval = 1.0 / max_rate if max_rate else 0.0
         self._base_interval = max(1.0 / rate_per_second, self._min_interval)
 
-        self._next_slot = 0.0  # no request may start before this
-        self._last_start = 0.0
+        self._last_start: float | None = None
         self._blocked_until = 0.0  # hard stop from Retry-After or an exhausted window
-        self._generation = 0  # bumped on every hard stop, to re-queue sleeping callers
         self._outstanding = 0  # acquired, no response yet
         self._window_reset_at: float | None = None
         self._window_remaining: int | None = None  # our estimate, counting outstanding requests
@@ -195,17 +231,13 @@ class RateLimiter:
         while True:
             with self._lock:
                 now = self._clock()
-                slot = self._reserve_slot(now)
-                generation = self._generation
-            if slot > now:
-                self._sleep(slot - now)
-                waited += slot - now
-            with self._lock:
-                if generation == self._generation or slot >= self._blocked_until:
-                    self._record_start(slot, waited)
+                start = self._earliest_start(now)
+                if start <= now + _EPSILON:
+                    self._record_start(now, waited)
                     return waited
-                # A 429 or an exhausted window stopped traffic while we slept: queue again.
-                self._outstanding -= 1
+            # Decide again on waking: an answer or a 429 may have arrived meanwhile.
+            self._sleep(start - now)
+            waited += start - now
 
     def observe(self, status_code: int, headers: Mapping[str, str]) -> RateLimitInfo:
         """Learn from a response to a request that went through `acquire()`."""
@@ -250,36 +282,49 @@ class RateLimiter:
 
     # ----------------------------------------------------------------- pacing
 
-    def _reserve_slot(self, now: float) -> float:
-        """Claim the earliest allowed start time and push the next one back."""
-        start = max(now, self._next_slot, self._blocked_until)
-        if start >= self._penalty_until:
+    def _earliest_start(self, now: float) -> float:
+        """When the next request may start, from what is known right now."""
+        if self._window_reset_at is not None and now >= self._window_reset_at:
+            self._forget_window()  # the next answer describes the new window
+        if now >= self._penalty_until:
             self._penalty_factor = 1.0
-        self._next_slot = start + self._interval_after(start)
-        self._outstanding += 1
-        if self._window_remaining is not None and self._window_reset_at is not None:
-            if start < self._window_reset_at:
-                self._window_remaining -= 1
-            else:  # that window is over; the next response describes the new one
-                self._window_remaining = None
-                self._window_reset_at = None
-        return start
+        earliest = self._blocked_until
+        remaining, reset_at = self._window_remaining, self._window_reset_at
+        if remaining is None or reset_at is None:
+            spendable = None
+        else:
+            spendable = remaining - self._margin()
+            if spendable <= 0:
+                return max(earliest, reset_at + self._reset_margin)
+        if self._last_start is None:
+            return earliest
+        return max(earliest, self._last_start + self._gap(spendable, reset_at))
 
-    def _interval_after(self, start: float) -> float:
-        """How long after a request starting at `start` the next one may start."""
-        interval = self._base_interval
-        if self._window_reset_at is not None and self._window_remaining is not None:
-            time_left = self._window_reset_at - start
-            # The request starting now is not yet counted in _window_remaining.
-            budget = self._window_remaining - 1 - self._reserve
-            if time_left > 0:
-                if budget <= 0:
-                    return time_left + self._reset_margin
-                interval = time_left / budget
-        return max(interval, self._min_interval) * self._penalty_factor
+    def _gap(self, spendable: int | None, reset_at: float | None) -> float:
+        """The least time between the last start and the next one."""
+        if spendable is None or reset_at is None:
+            gap = self._base_interval  # no window: the configured or advertised pace
+        else:
+            assert self._last_start is not None
+            # Spread what is left evenly, the last one before the reset.
+            spread = (reset_at - self._last_start) / (spendable + 1)
+            if self._penalty_factor > 1.0:
+                gap = max(self._base_interval, spread)  # just after a 429: no bursts
+            elif spendable > self._margin():
+                gap = 0.0  # budget to spare: back to back
+            else:
+                gap = spread
+        return max(gap, self._min_interval) * self._penalty_factor
+
+    def _margin(self) -> int:
+        """Requests per window left to anyone else using the key (never the whole limit)."""
+        if self._limit is None:
+            return self._reserve
+        kept = max(self._reserve, math.ceil(self._limit * self._margin_fraction))
+        return min(kept, self._limit - 1)
 
     def _learn_advertised_rate(self, info: RateLimitInfo) -> None:
-        """Between windows, pace at the advertised limit / window rather than the
+        """Without a window, pace at the advertised limit / window rather than the
         profile's guess: a 20-per-second key should not crawl at 2 per second."""
         if info.reset_after is not None:
             self._longest_reset = max(self._longest_reset, info.reset_after)
@@ -288,25 +333,29 @@ class RateLimiter:
 
     def _learn_window(self, now: float, remaining: int, reset_after: float) -> None:
         reset_at = now + reset_after
+        if self._window_reset_at is not None and now >= self._window_reset_at:
+            self._forget_window()
         # Requests still in flight may not be counted in this response's figure yet.
         estimate = remaining - self._outstanding
-        same_window = (
-            self._window_reset_at is not None
-            and abs(reset_at - self._window_reset_at) < _SAME_WINDOW_TOLERANCE
-        )
-        if same_window and self._window_remaining is not None:
-            # Responses can arrive out of order, and a reset in whole seconds is rounded
-            # up: within one window, the lowest figures are the truest.
-            assert self._window_reset_at is not None
+        known = self._window_reset_at
+        if known is not None and reset_at < known - _SAME_WINDOW_TOLERANCE:
+            return  # an answer from an earlier window, overtaken by a later one
+        if (
+            known is not None
+            and self._window_remaining is not None
+            and reset_at < known + _SAME_WINDOW_TOLERANCE
+        ):
+            # Same window: out-of-order answers and rounded-up resets only ever
+            # make a figure too high, so the lowest of each is the truest.
             self._window_remaining = min(self._window_remaining, estimate)
-            self._window_reset_at = min(self._window_reset_at, reset_at)
+            self._window_reset_at = min(known, reset_at)
         else:
             self._window_remaining = estimate
             self._window_reset_at = reset_at
-        # Re-pace from the last start, so a tighter budget applies to the very next request.
-        self._next_slot = max(self._next_slot, self._last_start + self._interval_after(now))
-        if remaining <= 0:
-            self._block_until(reset_at + self._reset_margin)
+
+    def _forget_window(self) -> None:
+        self._window_remaining = None
+        self._window_reset_at = None
 
     def _on_too_many_requests(self, now: float, info: RateLimitInfo) -> None:
         self._throttled += 1
@@ -323,14 +372,13 @@ class RateLimiter:
         self._penalty_until = max(self._penalty_until, until + self._penalty_seconds)
 
     def _block_until(self, until: float) -> None:
-        if until > self._blocked_until:
-            self._blocked_until = until
-            self._next_slot = max(self._next_slot, until)
-            self._generation += 1
+        self._blocked_until = max(self._blocked_until, until)
 
-    def _record_start(self, slot: float, waited: float) -> None:
-        now = self._clock()
-        self._last_start = slot
+    def _record_start(self, now: float, waited: float) -> None:
+        self._last_start = now
+        self._outstanding += 1
+        if self._window_remaining is not None:
+            self._window_remaining -= 1
         self._requests += 1
         self._waited += waited
         if self._first_at is None:

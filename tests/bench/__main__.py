@@ -18,8 +18,15 @@ ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "reports" / "bench"
 DATA = OUT / "data"
 SCENARIOS = [
-    "csv_validate", "xlsx_validate", "e2e_ugiftme", "e2e_gifq", "report_100k", "e2e_webhooks",
-]  # fmt: skip
+    "csv_validate",
+    "xlsx_validate",
+    "validate_fixed_cost",
+    "e2e_ugiftme",
+    "e2e_gifq",
+    "report_100k",
+    "ledger_scaling",
+    "e2e_webhooks",
+]
 
 
 def run_scenario(name: str) -> tuple[dict[str, Any], float, int]:

@@ -1,0 +1,213 @@
+"""RateLimiter against simulated providers on a fake clock: no 429s, and the budget is used.
+
+Three server models, each counting requests per API key:
+
+- fixed window opened by the first request after the last one closed, reset in
+  whole seconds rounded up (the sandbox and express-rate-limit);
+- fixed windows aligned to the clock, reset in milliseconds rounded up;
+- sliding window over the accepted requests of the last W seconds, reset = time
+  until the oldest of them leaves the window, whole seconds rounded up.
+
+The client sends N requests one after another (as the runner does), each taking
+a small random round trip. "Budget used": over the k whole windows the run
+spans, at least 95% of k × limit requests were sent in them. The limiter leaves
+2% of each window (at least one request) to other users of the key, so that
+holds for limits of 40 and more; for any limit, no request is refused.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import deque
+from dataclasses import dataclass, field
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from batcher.transport.throttle import RateLimiter
+
+Headers = dict[str, str]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def wall(self) -> float:
+        return 1_700_000_000.0 + self.now
+
+    def sleep(self, seconds: float) -> None:
+        assert seconds >= 0
+        self.now += seconds
+
+
+@dataclass
+class FirstRequestWindow:
+    """A window of `window` seconds opens with the first request after the last one closed."""
+
+    limit: int
+    window: float
+    opened: float | None = None
+    count: int = 0
+
+    def respond(self, now: float) -> tuple[int, Headers]:
+        if self.opened is None or now >= self.opened + self.window:
+            self.opened, self.count = now, 0
+        self.count += 1  # refused requests count too
+        reset = max(1, math.ceil(self.opened + self.window - now))
+        return _answer(self.limit, self.limit - self.count, str(reset))
+
+
+@dataclass
+class AlignedWindow:
+    """Windows at whole multiples of `window`; the reset is given in milliseconds, rounded up."""
+
+    limit: int
+    window: float
+    counts: dict[int, int] = field(default_factory=dict)
+
+    def respond(self, now: float) -> tuple[int, Headers]:
+        index = math.floor(now / self.window)
+        self.counts[index] = self.counts.get(index, 0) + 1
+        reset = math.ceil(((index + 1) * self.window - now) * 1000) / 1000
+        return _answer(self.limit, self.limit - self.counts[index], f"{reset:.3f}")
+
+
+@dataclass
+class SlidingWindow:
+    """At most `limit` accepted requests in any `window` seconds."""
+
+    limit: int
+    window: float
+    accepted: deque[float] = field(default_factory=deque)
+
+    def respond(self, now: float) -> tuple[int, Headers]:
+        while self.accepted and self.accepted[0] + self.window <= now:
+            self.accepted.popleft()
+        refused = len(self.accepted) >= self.limit
+        if not refused:
+            self.accepted.append(now)
+        reset = max(1, math.ceil(self.accepted[0] + self.window - now))
+        status, headers = _answer(self.limit, self.limit - len(self.accepted), str(reset))
+        return (429, headers) if refused else (status, headers)
+
+
+def _answer(limit: int, remaining: int, reset: str) -> tuple[int, Headers]:
+    headers = {
+        "RateLimit-Limit": str(limit),
+        "RateLimit-Remaining": str(max(0, remaining)),
+        "RateLimit-Reset": reset,
+    }
+    if remaining < 0:
+        return 429, {**headers, "Retry-After": reset.split(".")[0] or "1"}
+    return 200, headers
+
+
+@dataclass
+class Outcome:
+    starts: list[float]
+    rejected: int
+
+
+def drive(server: FirstRequestWindow | AlignedWindow | SlidingWindow, requests: int, seed: int,
+          max_rtt: float) -> Outcome:  # fmt: skip
+    """Send `requests` requests one after another through a fresh limiter."""
+    clock, rnd = FakeClock(), random.Random(seed)
+    limiter = RateLimiter(
+        2.0, clock=clock.monotonic, wall_clock=clock.wall, sleep=clock.sleep
+    )  # the UGiftMe profile's starting pace
+    starts: list[float] = []
+    rejected = 0
+    sent = 0
+    while sent < requests:
+        limiter.acquire()
+        status, headers = server.respond(clock.now)
+        starts.append(clock.now)
+        clock.now += rnd.uniform(0, max_rtt)
+        limiter.observe(status, headers)
+        if status == 429:
+            rejected += 1  # resent, as the HTTP client does
+        else:
+            sent += 1
+    return Outcome(starts, rejected)
+
+
+def budget_used(starts: list[float], limit: int, window: float) -> float | None:
+    """Share of the budget of the whole windows the run spans; None when it spans none."""
+    whole = math.floor((starts[-1] - starts[0]) / window)
+    if whole == 0:
+        return None
+    inside = sum(1 for t in starts if t < starts[0] + whole * window)
+    return inside / (whole * limit)
+
+
+# Windows of whole seconds, as providers advertise them; a round trip well under the
+# per-request share of the window, or no client could use the budget at all.
+limits = st.integers(min_value=1, max_value=700)
+budget_limits = st.integers(min_value=40, max_value=700)
+windows = st.integers(min_value=5, max_value=120)
+MODELS = {"first-request": FirstRequestWindow, "aligned": AlignedWindow, "sliding": SlidingWindow}
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    model=st.sampled_from(sorted(MODELS)),
+    limit=budget_limits,
+    window=windows,
+    windows_of_work=st.floats(min_value=0.1, max_value=6.0),
+    seed=st.integers(min_value=0, max_value=2**32 - 1),
+)
+def test_no_429s_and_the_budget_is_used(
+    model: str, limit: int, window: int, windows_of_work: float, seed: int
+) -> None:
+    requests = max(1, round(limit * windows_of_work))
+    server = MODELS[model](limit, float(window))
+    outcome = drive(server, requests, seed, max_rtt=min(0.02, 0.1 * window / limit))
+    assert outcome.rejected == 0
+    used = budget_used(outcome.starts, limit, window)
+    if used is not None:
+        assert used >= 0.95, f"{used:.1%} of the budget used"
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    model=st.sampled_from(sorted(MODELS)),
+    limit=limits,
+    window=windows,
+    windows_of_work=st.floats(min_value=0.1, max_value=6.0),
+    seed=st.integers(min_value=0, max_value=2**32 - 1),
+)
+def test_small_limits_are_never_exceeded(
+    model: str, limit: int, window: int, windows_of_work: float, seed: int
+) -> None:
+    requests = max(1, round(limit * windows_of_work))
+    server = MODELS[model](limit, float(window))
+    outcome = drive(server, requests, seed, max_rtt=min(0.02, 0.1 * window / limit))
+    assert outcome.rejected == 0
+    assert outcome.starts[-1] - outcome.starts[0] <= (requests / max(1, limit - 1) + 1) * (
+        window + 1.2
+    )  # at least limit - 1 requests in every window (one more second for rounding)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    model=st.sampled_from(sorted(MODELS)),
+    limit=st.integers(min_value=100, max_value=1000),
+    window=windows,
+    share=st.floats(min_value=0.0, max_value=0.95),
+    seed=st.integers(min_value=0, max_value=2**32 - 1),
+)
+def test_work_that_fits_the_budget_goes_back_to_back(
+    model: str, limit: int, window: int, share: float, seed: int
+) -> None:
+    """Work within the burst part of the budget does not wait: only its round trips."""
+    requests = max(1, math.floor(limit * share))
+    server = MODELS[model](limit, float(window))
+    max_rtt = 0.001
+    outcome = drive(server, requests, seed, max_rtt=max_rtt)
+    assert outcome.rejected == 0
+    assert outcome.starts[-1] - outcome.starts[0] <= requests * max_rtt
