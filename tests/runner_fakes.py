@@ -227,12 +227,20 @@ class FakeProvider:
         return PollResult(kind="completed", items=request.results, provider_status="succeeded")
 
     def lookup(
-        self, key: str, items: Sequence[OrderItem], *, sent_after: datetime | None = None
+        self,
+        key: str,
+        items: Sequence[OrderItem],
+        *,
+        sent_after: datetime | None = None,
+        claimed: frozenset[str] = frozenset(),
     ) -> SubmitResult | None:
         self.lookups += 1
         if not self.lookup_finds or key not in self.by_key:
             return None
         return self._answer(self.requests[self.by_key[key]], items)
+
+    def requests_in_progress(self, since: datetime) -> int:
+        return sum(1 for r in self.requests.values() if r.results is None)
 
     def close(self) -> None:
         return None

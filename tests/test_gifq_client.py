@@ -600,6 +600,7 @@ class MockPayouts:
     def __init__(self, *, created_before_drop: bool) -> None:
         self.created_before_drop = created_before_drop
         self.orders: list[dict[str, Any]] = []
+        self.payouts: list[dict[str, Any]] = []
         self.posts = 0
 
     def handler(self, request: httpx.Request) -> httpx.Response:
@@ -614,14 +615,23 @@ class MockPayouts:
             return httpx.Response(202, json={"id": self.orders[0]["id"], "status": "queued"})
         if path == "/payout-orders":
             return httpx.Response(200, content=canonical_json(self.orders))
+        if path == "/payouts":
+            wanted = request.url.params.get("payout_order_id")
+            listed = [p for p in self.payouts if p["payout_order_id"] == wanted]
+            return httpx.Response(200, content=canonical_json(listed))
         raise AssertionError(f"unexpected {request.method} {path}")
 
     def payout_order(self, body: dict[str, Any]) -> dict[str, Any]:
         total = sum((Decimal(r["amount"]) for r in body["recipients"]), Decimal(0))
+        order_id = f"po_{len(self.orders) + 1}"
+        self.payouts += [
+            {"id": f"{order_id}-{i}", "payout_order_id": order_id, "status": "sent", **r}
+            for i, r in enumerate(body["recipients"])
+        ]
         return {
-            "id": f"po_{len(self.orders) + 1}",
+            "id": order_id,
             "campaign_id": int(body["campaign_id"]),
-            "status": "queued",
+            "status": "completed",  # settled: its recipients can be compared
             "recipient_count": len(body["recipients"]),
             "total_amount": str(total),
             "wallet_currency": body["wallet_currency"],

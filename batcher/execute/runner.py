@@ -25,7 +25,15 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_aft
 
 from batcher.core.keys import match_key
 from batcher.execute.plan import PlanRow, plan_chunks
-from batcher.ledger.store import ChunkRecord, Ledger, RowOutcome, RowRecord, SheetRow, parse_ts
+from batcher.ledger.store import (
+    ChunkRecord,
+    Ledger,
+    OrderClaimed,
+    RowOutcome,
+    RowRecord,
+    SheetRow,
+    parse_ts,
+)
 from batcher.providers.base import (
     IncompleteResult,
     ItemResult,
@@ -357,7 +365,10 @@ class Runner:
             try:
                 self.stats.lookups += 1
                 found = self.provider.lookup(
-                    chunk.chunk_key, items, sent_after=parse_ts(chunk.first_sent_at)
+                    chunk.chunk_key,
+                    items,
+                    sent_after=parse_ts(chunk.first_sent_at),
+                    claimed=self.ledger.claimed_request_ids(self.batch, chunk.chunk_key),
                 )
             except OutcomeUnknown:
                 found = None
@@ -408,7 +419,15 @@ class Runner:
         if result.kind == "accepted":
             if not result.request_id:
                 raise RuntimeError("provider accepted a chunk without an order request id")
-            self.ledger.mark_accepted(self.batch, key, result.request_id)
+            try:
+                self.ledger.mark_accepted(self.batch, key, result.request_id)
+            except OrderClaimed as exc:
+                # Never let one provider order answer for two chunks: the chunk stays
+                # unknown and the run stops for a person to look.
+                self.ledger.mark_unknown(self.batch, key, str(exc))
+                self.listener.message(f"chunk {key}: {exc}; stopping, nothing was guessed")
+                self.stats.stopped = "order_claimed_twice"
+                raise _Stopped from None
         elif result.kind == "completed":
             self._settle_items(chunk, result.items, "succeeded")
         elif result.kind == "insufficient_funds":

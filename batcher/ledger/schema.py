@@ -1,8 +1,10 @@
-"""The ledger's SQLite schema. `events` is append-only, enforced by triggers."""
+"""The ledger's SQLite schema and its migrations. `events` is append-only, enforced by triggers."""
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 1
+from typing import Any
+
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS batches (
@@ -14,7 +16,8 @@ CREATE TABLE IF NOT EXISTS batches (
     sheet_headers TEXT NOT NULL DEFAULT '[]',   -- JSON: the sheet's headers in file order
     sheet_columns TEXT NOT NULL DEFAULT '{}',   -- JSON: canonical field -> the user's header
     created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL
+    updated_at TEXT NOT NULL,
+    recovered_at TEXT                -- when the provider was last asked about this batch's rows
 );
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY,
@@ -103,3 +106,43 @@ BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS events_append_only_delete BEFORE DELETE ON events
 BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
 """
+
+#: One provider order (request) belongs to exactly one chunk, across restarts: the
+#: index makes a second claim fail inside the transaction that would record it.
+ONE_CHUNK_PER_REQUEST = (
+    "CREATE UNIQUE INDEX IF NOT EXISTS chunks_one_per_request ON chunks(request_id)"
+    " WHERE request_id IS NOT NULL"
+)
+
+
+def migrate(db: Any, found: int) -> list[str]:
+    """Bring a ledger written at schema `found` up to SCHEMA_VERSION, inside the caller's
+    transaction. Returns what was repaired, for the events table."""
+    repaired: list[str] = []
+    if found < 2:
+        columns = {r[1] for r in db.execute("PRAGMA table_info(batches)")}
+        if "recovered_at" not in columns:
+            db.execute("ALTER TABLE batches ADD COLUMN recovered_at TEXT")
+        # Version 1 could tie one payout order to two chunks (an in-memory claim set).
+        # The chunk that claimed it later gives it up and is resolved again: its rows
+        # go back to `unknown`, so the next run asks the provider instead of trusting it.
+        doubled = db.execute(
+            "SELECT chunk_key FROM chunks c WHERE request_id IS NOT NULL AND EXISTS ("
+            " SELECT 1 FROM chunks o WHERE o.request_id = c.request_id"
+            " AND (o.accepted_at, o.chunk_key) < (c.accepted_at, c.chunk_key))"
+        ).fetchall()
+        for (key,) in doubled:
+            db.execute(
+                "UPDATE chunks SET state = 'unknown', request_id = NULL, accepted_at = NULL,"
+                " error_message = 'its provider order was also claimed by another chunk'"
+                " WHERE chunk_key = ?",
+                (key,),
+            )
+            db.execute(
+                "UPDATE rows SET state = 'unknown', order_request_id = NULL"
+                " WHERE chunk_key = ? AND state IN ('accepted', 'unknown', 'sending')",
+                (key,),
+            )
+            repaired.append(key)
+    db.execute(ONE_CHUNK_PER_REQUEST)
+    return repaired
