@@ -34,6 +34,7 @@ from batcher.config import limits_from_config, load_file_config, parse_limit
 from batcher.core.errors import ExitCode, UsageError
 from batcher.core.models import Balance
 from batcher.core.money import format_money
+from batcher.execute.recovery import DEFAULT_LOOKBACK_DAYS
 from batcher.execute.runner import PlanSummary, RunOptions
 from batcher.services import BatchOptions, batch_status, run_batch
 
@@ -171,6 +172,18 @@ def parse_max_total(values: tuple[str, ...]) -> dict[str, Decimal]:
 @state_dir_option
 @report_dir_option
 @click.option("--yes", "assume_yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option(
+    "--same-sheet-ok",
+    is_flag=True,
+    help="Run a sheet another batch already ran (orders its rows a second time).",
+)
+@click.option(
+    "--lookback-days",
+    type=click.IntRange(1, 3650),
+    default=DEFAULT_LOOKBACK_DAYS,
+    show_default=True,
+    help="How far back a new batch asks the provider for orders it already holds.",
+)
 @payout_options
 @handle_errors
 def run(
@@ -190,6 +203,8 @@ def run(
     state_dir: Path,
     report_dir: Path,
     assume_yes: bool,
+    same_sheet_ok: bool,
+    lookback_days: int,
     payouts: bool,
     campaign: str | None,
     expires_in_days: int | None,
@@ -211,6 +226,8 @@ def run(
         report_dir=report_dir,
         run=RunOptions(chunk_size=chunk_size, retry_failed=retry_failed, deadline_seconds=deadline),
         provider_options=provider_mode(payouts, campaign, expires_in_days),
+        allow_same_sheet=same_sheet_ok,
+        lookback_days=lookback_days,
     )
     ui = ConsoleUI(assume_yes)
     with stop_on_signals() as stop:

@@ -12,6 +12,7 @@ import shutil
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,6 +25,7 @@ from batcher.core.money import format_money, money_str
 from batcher.core.names import batch_name_from_stem, check_batch_name
 from batcher.core.states import UNFINISHED_STATES
 from batcher.execute.check import check_sheet
+from batcher.execute.recovery import DEFAULT_LOOKBACK_DAYS, recover_from_provider
 from batcher.execute.rows import sheet_rows_from_validation
 from batcher.execute.runner import PlanSummary, RunListener, Runner, RunOptions, RunStats
 from batcher.intake.validate import ValidationResult
@@ -52,6 +54,10 @@ class BatchOptions:
     report_dir: Path = Path("reports")
     run: RunOptions = field(default_factory=RunOptions)
     provider_options: ProviderOptions = field(default_factory=ProviderOptions)
+    #: run a sheet whose bytes another batch of the account already ran
+    allow_same_sheet: bool = False
+    #: how far back a batch new to the ledger asks the provider for its orders
+    lookback_days: int = DEFAULT_LOOKBACK_DAYS
 
     @property
     def batch_name(self) -> str:
@@ -165,12 +171,16 @@ def _run_locked(
         source_sha256=sheet.sha256,
         sheet_headers=list(sheet.headers),
         sheet_columns=dict(sheet.columns),
+        allow_same_sheet=options.allow_same_sheet,
     )
     run_id = ledger.start_run(batch, "run")
     runner = Runner(
         provider, ledger, batch, account_id, options.run, listener=ui.listener, stop=stop
     )
-    plan = runner.prepare(sheet_rows)
+    lookback = timedelta(days=options.lookback_days)
+    plan = runner.prepare(
+        sheet_rows, recovery=lambda r: recover_from_provider(r, lookback=lookback)
+    )
     ui.show_plan(plan, balances)
 
     refusal = guardrail_refusal(plan, options.max_total)

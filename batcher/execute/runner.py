@@ -26,6 +26,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_aft
 from batcher.core.keys import match_key
 from batcher.execute.plan import PlanRow, plan_chunks
 from batcher.ledger.store import (
+    HELD_ELSEWHERE,
     ChunkRecord,
     Ledger,
     OrderClaimed,
@@ -189,8 +190,16 @@ class Runner:
 
     # ------------------------------------------------------------------ planning
 
-    def prepare(self, sheet_rows: Sequence[SheetRow]) -> PlanSummary:
-        """Bring the ledger in line with the sheet and plan what this run will send."""
+    def prepare(
+        self,
+        sheet_rows: Sequence[SheetRow],
+        recovery: Callable[[Runner], object] | None = None,
+    ) -> PlanSummary:
+        """Bring the ledger in line with the sheet and plan what this run will send.
+
+        `recovery` runs after the sheet is synced and before anything is planned: it
+        asks the provider about rows the ledger cannot vouch for (execute/recovery.py).
+        """
         recovered = self.ledger.recover_after_crash(self.batch)
         if recovered:
             self.listener.message(
@@ -198,8 +207,45 @@ class Runner:
             )
         self.ledger.sync_rows(self.batch, sheet_rows, retry_failed=self.options.retry_failed)
         self.ledger.release_retryable(self.batch)
-        self.ledger.discard_unsent_plans(self.batch)
-        pending = self.ledger.rows(self.batch, state="pending")
+        # Planned chunks that still hold exactly their rows keep their composition and
+        # key; only rows not planned before form new chunks.
+        self.ledger.discard_unsent_plans(self.batch, stale_only=True)
+        self.ledger.clear_reference_holds(self.batch)
+        if recovery is not None:
+            recovery(self)
+        for _ in range(3):  # a held reference removes rows once; the rest are planned again
+            _saved, held = self._plan_pending()
+            if not held:
+                break
+            self.listener.message(
+                f"{len(held)} row(s) held: their reference is planned, in flight or ordered "
+                "in another batch of this account"
+            )
+        pending = self.ledger.rows(self.batch, state="planned")
+        cost: dict[str, Decimal] = {}
+        face: dict[str, Decimal] = {}
+        for r in pending:
+            face[r.currency] = face.get(r.currency, Decimal(0)) + r.face_value
+            cost[r.currency] = cost.get(r.currency, Decimal(0)) + (r.est_cost or r.face_value)
+        by_state = self.ledger.count_by_state(self.batch)
+        return PlanSummary(
+            rows_total=sum(by_state.values()),
+            rows_to_send=len(pending),
+            new_chunks=len(self.ledger.chunks(self.batch, ["planned"])),
+            unknown_chunks=len(self.ledger.chunks(self.batch, ["unknown"])),
+            accepted_chunks=len(self.ledger.chunks(self.batch, ["accepted"])),
+            cost_by_currency=cost,
+            face_by_currency=face,
+            rows_by_state=by_state,
+        )
+
+    def _plan_pending(self) -> tuple[int, set[str]]:
+        """Chunk the pending rows that are not held; returns (chunks saved, rows held)."""
+        pending = [
+            r
+            for r in self.ledger.rows(self.batch, state="pending")
+            if r.error_code != HELD_ELSEWHERE
+        ]
         chunk_size = min(
             self.options.chunk_size or self.provider.submit_limit, self.provider.submit_limit
         )
@@ -230,24 +276,8 @@ class Runner:
             items = [order_item(by_key[k]) for k in chunk.row_keys]
             payload = self.provider.encode(chunk.key, items)
             records.append((chunk.key, chunk.currency, chunk.attempt, chunk.row_keys, payload))
-        self.ledger.save_plan(self.batch, records)
-
-        cost: dict[str, Decimal] = {}
-        face: dict[str, Decimal] = {}
-        for r in pending:
-            face[r.currency] = face.get(r.currency, Decimal(0)) + r.face_value
-            cost[r.currency] = cost.get(r.currency, Decimal(0)) + (r.est_cost or r.face_value)
-        by_state = self.ledger.count_by_state(self.batch)
-        return PlanSummary(
-            rows_total=sum(by_state.values()),
-            rows_to_send=len(pending),
-            new_chunks=len(planned),
-            unknown_chunks=len(self.ledger.chunks(self.batch, ["unknown"])),
-            accepted_chunks=len(self.ledger.chunks(self.batch, ["accepted"])),
-            cost_by_currency=cost,
-            face_by_currency=face,
-            rows_by_state=by_state,
-        )
+        held = self.ledger.save_plan(self.batch, records)
+        return len(records), held
 
     # ------------------------------------------------------------------ execution
 

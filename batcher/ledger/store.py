@@ -37,7 +37,6 @@ from batcher.ledger.records import (
 )
 from batcher.ledger.schema import SCHEMA, SCHEMA_VERSION, migrate
 
-
 #: error_code of a pending row whose reference another batch of the account holds
 HELD_ELSEWHERE = "held_reference_in_another_batch"
 
@@ -275,9 +274,7 @@ class Ledger:
 
     def mark_recovered(self, batch: str, **detail: Any) -> None:
         with self._tx() as db:
-            db.execute(
-                "UPDATE batches SET recovered_at = ? WHERE batch = ?", (utc_now(), batch)
-            )
+            db.execute("UPDATE batches SET recovered_at = ? WHERE batch = ?", (utc_now(), batch))
             self._event(batch, "recovery_done", **detail)
 
     def claimed_order_ids(self, provider: str, account_id: str) -> set[str]:
