@@ -411,6 +411,12 @@ def test_the_account_id_is_a_stable_fingerprint_without_the_token() -> None:
     assert first == account_fingerprint("https://api.gifq.com/api/", SECRET)
     assert first != account_fingerprint("https://api.gifq.com/api", SECRET + "x")
     assert SECRET not in first and first.startswith("gifq-")
+    # The URL's spelling is not the account: only the token and the environment are.
+    local = account_fingerprint("http://127.0.0.1:8123/api", SECRET)
+    assert local == account_fingerprint("http://localhost:9000/api/", SECRET)
+    assert local == account_fingerprint("https://api-sandbox.gifq.com/api", SECRET)
+    assert first == account_fingerprint("https://API.gifq.com/api", SECRET)
+    assert local != first  # a token valid in both environments is two accounts
 
 
 # ---------------------------------------------------------------------------

@@ -200,3 +200,67 @@ def recover_from_provider(
 def _requests(provider: object) -> int:
     limiter = getattr(provider, "limiter", None)
     return int(limiter.stats().requests) if limiter is not None else 0
+
+
+HELD_POSSIBLE_EDIT = "held_possible_duplicate"
+
+
+def possible_edits(rows: Sequence[RowRecord]) -> list[RowOutcome]:
+    """New rows without a reference that look like an edit of a row already ordered.
+
+    Without a reference a row is known by its content, so editing the amount or the
+    name of a row that was ordered makes a new row, and the old one silently leaves
+    the sheet. A new row (pending, first attempt) with the same recipient and product
+    as a row that left the sheet after it was sent is held as a possible duplicate.
+    """
+    gone: dict[tuple[str, str, str], RowRecord] = {}
+    for row in rows:
+        if not row.in_sheet and row.state in ("sending", "unknown", "accepted", "succeeded"):
+            gone.setdefault(_recipient_product(row), row)
+    held: list[RowOutcome] = []
+    for row in rows:
+        if not (row.in_sheet and row.state == "pending" and row.attempt == 1):
+            continue
+        if row.reference:
+            continue  # a referenced row's edit keeps its key and is a conflict instead
+        old = gone.get(_recipient_product(row))
+        if old is None:
+            continue
+        was = f"order {old.order_id}" if old.order_id else f"its order is {old.state}"
+        held.append(
+            RowOutcome(
+                row_key=row.row_key,
+                state="failed",
+                failure_kind="permanent",
+                error_code=HELD_POSSIBLE_EDIT,
+                error_message=(
+                    f"possible duplicate: sheet row {old.source_row} for this recipient and "
+                    f"product was already ordered ({was}, {old.face_value} {old.currency}) "
+                    "and has left the sheet; this row looks like an edit of it. If a second "
+                    "card is really wanted, rerun with --retry-failed"
+                ),
+            )
+        )
+    return held
+
+
+def _recipient_product(row: RowRecord) -> tuple[str, str, str]:
+    f = row.fields
+    return (
+        normalise_text(f.get("recipient_email", "")).lower(),
+        normalise_text(f.get("product_code", "")).upper(),
+        row.currency.strip().upper(),
+    )
+
+
+def before_planning(runner: Runner, *, lookback: timedelta) -> None:
+    """What `execute/run.py` runs between syncing the sheet and planning: recovery from
+    the provider for a batch new to the ledger, then holds for rows that look like edits."""
+    recover_from_provider(runner, lookback=lookback)
+    held = possible_edits(runner.ledger.rows(runner.batch, in_sheet_only=False))
+    if held:
+        runner.ledger.hold_rows(runner.batch, held)
+        runner.listener.message(
+            f"{len(held)} row(s) held as possible duplicates of rows already ordered "
+            "(see rows.csv); rerun with --retry-failed to order them anyway"
+        )

@@ -25,7 +25,7 @@ from batcher.core.money import format_money, money_str
 from batcher.core.names import batch_name_from_stem, check_batch_name
 from batcher.core.states import UNFINISHED_STATES
 from batcher.execute.check import check_sheet
-from batcher.execute.recovery import DEFAULT_LOOKBACK_DAYS, recover_from_provider
+from batcher.execute.recovery import DEFAULT_LOOKBACK_DAYS, before_planning
 from batcher.execute.rows import sheet_rows_from_validation
 from batcher.execute.runner import PlanSummary, RunListener, Runner, RunOptions, RunStats
 from batcher.intake.validate import ValidationResult
@@ -139,8 +139,15 @@ def run_batch(
         with BatchLock(options.state_dir, batch):
             ledger = Ledger.open(options.state_dir)
             try:
+                # A batch begun under an id the provider client used to derive keeps it,
+                # and with it its chunk keys.
+                known = ledger.batch_info(batch)
+                former = set(account.extra.get("former_account_ids", "").split(","))
+                account_id = account.account_id
+                if known is not None and known["account_id"] in former - {""}:
+                    account_id = known["account_id"]
                 return _run_locked(
-                    ledger, provider, settings, options, ui, stop, account.account_id,
+                    ledger, provider, settings, options, ui, stop, account_id,
                     sheet_rows, sheet, balances, started_at,
                 )  # fmt: skip
             finally:
@@ -178,9 +185,7 @@ def _run_locked(
         provider, ledger, batch, account_id, options.run, listener=ui.listener, stop=stop
     )
     lookback = timedelta(days=options.lookback_days)
-    plan = runner.prepare(
-        sheet_rows, recovery=lambda r: recover_from_provider(r, lookback=lookback)
-    )
+    plan = runner.prepare(sheet_rows, recovery=lambda r: before_planning(r, lookback=lookback))
     ui.show_plan(plan, balances)
 
     refusal = guardrail_refusal(plan, options.max_total)
