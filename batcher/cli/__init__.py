@@ -21,6 +21,7 @@ _COMMANDS: dict[str, str] = {
     "run": "batcher.cli.run:run",
     "status": "batcher.cli.run:status",
     "report": "batcher.cli.report:report",
+    "ledger": "batcher.cli.ledger:ledger",
     "sandbox": "batcher.cli.sandbox:sandbox",
 }
 

@@ -163,6 +163,10 @@ def recover_from_provider(
     if not ledger.needs_recovery(batch):
         return None
     pending = ledger.rows(batch, state="pending")
+    # A reference another batch holds is that batch's order, not this one's: those rows
+    # are held at planning instead of being matched to that batch's orders here.
+    elsewhere = ledger.references_taken_elsewhere(batch, [r.row_key for r in pending])
+    pending = [r for r in pending if r.row_key not in elsewhere]
     if not pending:
         ledger.mark_recovered(batch, rows=0, orders=0)
         return Recovery()

@@ -147,6 +147,8 @@ class Ledger:
             self._db.backup(dest)
             pages = int(dest.execute("PRAGMA page_count").fetchone()[0])
             dest.execute("PRAGMA journal_mode=DELETE")
+            if [r[0] for r in dest.execute("PRAGMA quick_check(1)")] != ["ok"]:
+                raise LedgerDamaged(f"the backup written to {partial} does not check out")
         finally:
             dest.close()
         os.replace(partial, target)  # a half-written backup never takes the name
@@ -738,6 +740,15 @@ class Ledger:
                 " WHERE batch = ? AND state = 'pending' AND error_code = ?",
                 (batch, HELD_ELSEWHERE),
             )
+
+    def references_taken_elsewhere(self, batch: str, row_keys: Sequence[str]) -> set[str]:
+        """Row keys of `batch` whose reference another batch of the account holds."""
+        taken: set[str] = set()
+        for start in range(0, len(row_keys), 400):
+            taken.update(
+                self._references_taken_elsewhere(self._db, batch, row_keys[start : start + 400])
+            )
+        return taken
 
     def _references_taken_elsewhere(
         self, db: sqlite3.Connection, batch: str, row_keys: Sequence[str]
