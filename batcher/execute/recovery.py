@@ -51,10 +51,10 @@ class Recovery:
     orders_read: int = 0
 
 
-def _row_key(row: RowRecord, with_name: bool) -> _Key:
+def _row_key(row: RowRecord, with_name: bool, with_product: bool) -> _Key:
     f = row.fields
     return (
-        normalise_text(f.get("product_code", "")).upper(),
+        normalise_text(f.get("product_code", "")).upper() if with_product else "",
         canonical_amount(row.face_value),
         normalise_text(f.get("recipient_email", "")).lower(),
         row.currency.strip().upper(),
@@ -62,9 +62,9 @@ def _row_key(row: RowRecord, with_name: bool) -> _Key:
     )
 
 
-def _order_key(order: ProviderOrder, with_name: bool) -> _Key:
+def _order_key(order: ProviderOrder, with_name: bool, with_product: bool) -> _Key:
     return (
-        normalise_text(order.product_code).upper(),
+        normalise_text(order.product_code).upper() if with_product else "",
         canonical_amount(order.face_value),
         normalise_text(order.recipient_email).lower(),
         order.currency.strip().upper(),
@@ -77,8 +77,8 @@ def match_orders(
 ) -> Recovery:
     """Pair pending rows with live provider orders no row of the ledger stands for.
 
-    Rows and orders are grouped by the match key (with the recipient's name when the
-    provider lists names). In a group of n rows and m orders:
+    Rows and orders are grouped by the match key plus currency (the recipient's name
+    and the product only when the provider lists them: payouts list neither). In a group of n rows and m orders:
     - m >= n: every row is ordered (orders oldest first, rows in sheet order);
     - 0 < m < n and the rows are identical: m of them are ordered, the rest are not;
     - 0 < m < n and the rows differ (say, in their message): which rows the orders
@@ -92,13 +92,15 @@ def match_orders(
         and o.order_id not in claimed
         and o.status.lower() not in _DEAD_STATUSES
     ]
+    # Payouts list neither product nor name: compare what the provider does list.
     with_name = any(o.recipient_name for o in live)
+    with_product = any(o.product_code for o in live)
     by_key: dict[_Key, list[ProviderOrder]] = {}
     for order in sorted(live, key=lambda o: (o.created_at is None, o.created_at, o.order_id)):
-        by_key.setdefault(_order_key(order, with_name), []).append(order)
+        by_key.setdefault(_order_key(order, with_name, with_product), []).append(order)
     groups: dict[_Key, list[RowRecord]] = {}
     for row in sorted(rows, key=lambda r: (r.source_row, r.row_key)):
-        groups.setdefault(_row_key(row, with_name), []).append(row)
+        groups.setdefault(_row_key(row, with_name, with_product), []).append(row)
 
     recovery = Recovery(orders_read=len(live))
     for key, members in groups.items():
