@@ -17,7 +17,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "reports" / "bench"
 DATA = OUT / "data"
-SCENARIOS = ["csv_validate", "xlsx_validate", "e2e_ugiftme", "e2e_gifq", "report_100k"]
+SCENARIOS = [
+    "csv_validate", "xlsx_validate", "e2e_ugiftme", "e2e_gifq", "report_100k", "chaos_once",
+]  # fmt: skip
 
 
 def run_scenario(name: str) -> tuple[dict[str, Any], float, int]:

@@ -444,12 +444,15 @@ def report_100k(data: Path) -> dict[str, Any]:
     }
 
 
+from tests.bench.chaos import scenario as chaos_scenario  # noqa: E402
+
 SCENARIOS = {
     "csv_validate": csv_validate,
     "xlsx_validate": xlsx_validate,
     "e2e_ugiftme": e2e_ugiftme,
     "e2e_gifq": e2e_gifq,
     "report_100k": report_100k,
+    "chaos_once": chaos_scenario,
 }
 
 

@@ -65,8 +65,8 @@ def test_lost_ledger_and_an_added_row_order_nothing_twice(tmp_path: Path) -> Non
             write_sheet(sheet, edited)
             second = batcher(args_for(sheet, reports), env)
             assert second.returncode == 0, second.stderr
-            assert "recovery:" in second.stderr and "40 already ordered" in second.stderr
             assert_once(sandbox, edited)
+            assert "recovery:" in second.stderr and "40 already ordered" in second.stderr
             states = Counter(r["state"] for r in read_rows_csv(reports, "edited"))
             assert states == {"succeeded": 41}
 
