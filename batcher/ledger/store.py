@@ -55,8 +55,9 @@ class OrderClaimed(RuntimeError):
 
 
 def _damaged(path: Path, exc: BaseException | str) -> LedgerDamaged:
+    detail = " ".join(str(exc).split())[:200]  # SQLite's check spans lines
     return LedgerDamaged(
-        f"the ledger at {path} is damaged ({exc}): restore it from backup (see README,"
+        f"the ledger at {path} is damaged ({detail}): restore it from backup (see README,"
         " 'Backups'); nothing was sent",
         hint="restore the newest backup over it, or move it aside to recover from the provider",
     )
@@ -222,7 +223,8 @@ class Ledger:
         now = utc_now()
         with self._tx() as db:
             existing = db.execute(
-                "SELECT provider, account_id FROM batches WHERE batch = ?", (batch,)
+                "SELECT provider, account_id, source_sha256 FROM batches WHERE batch = ?",
+                (batch,),
             ).fetchone()
             if existing and (existing["provider"], existing["account_id"]) != (
                 provider,
@@ -233,7 +235,8 @@ class Ledger:
                     f"{existing['account_id']}",
                     hint="use another --batch name for a different provider or account",
                 )
-            if not allow_same_sheet:
+            rerun = existing is not None and existing["source_sha256"] == source_sha256
+            if not allow_same_sheet and not rerun:
                 twin = db.execute(
                     "SELECT batch FROM batches WHERE source_sha256 = ? AND provider = ?"
                     " AND account_id = ? AND batch != ? ORDER BY created_at LIMIT 1",
