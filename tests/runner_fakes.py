@@ -123,6 +123,8 @@ class FakeProvider:
     key_conflicts: list[str] = field(default_factory=list)
     polls: int = 0
     lookups: int = 0
+    #: the `claimed` set each lookup was given
+    claimed_seen: list[frozenset[str]] = field(default_factory=list)
 
     # ------------------------------------------------------------ what tests check
 
@@ -235,6 +237,7 @@ class FakeProvider:
         claimed: frozenset[str] = frozenset(),
     ) -> SubmitResult | None:
         self.lookups += 1
+        self.claimed_seen.append(claimed)
         if not self.lookup_finds or key not in self.by_key:
             return None
         return self._answer(self.requests[self.by_key[key]], items)

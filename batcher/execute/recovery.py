@@ -259,10 +259,12 @@ def _recipient_product(row: RowRecord) -> tuple[str, str, str]:
     )
 
 
-def before_planning(runner: Runner, *, lookback: timedelta) -> None:
+def before_planning(
+    runner: Runner, *, lookback: timedelta, sleep: Callable[[float], object] = time.sleep
+) -> None:
     """What `execute/run.py` runs between syncing the sheet and planning: recovery from
     the provider for a batch new to the ledger, then holds for rows that look like edits."""
-    recover_from_provider(runner, lookback=lookback)
+    recover_from_provider(runner, lookback=lookback, sleep=sleep)
     held = possible_edits(runner.ledger.rows(runner.batch, in_sheet_only=False))
     if held:
         runner.ledger.hold_rows(runner.batch, held)
