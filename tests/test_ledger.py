@@ -15,6 +15,7 @@ from batcher.ledger.store import (
     BatchLock,
     Ledger,
     LedgerDamaged,
+    LedgerDiskFull,
     OrderClaimed,
     RowOutcome,
     SheetRow,
@@ -315,3 +316,13 @@ def test_backup_is_a_checked_copy(ledger: Ledger, tmp_path: Path) -> None:
     copy = Ledger(target)
     assert [r.row_key for r in copy.rows("b")] == ["k1"]
     copy.close()
+
+
+def test_a_full_disk_is_named_as_one(ledger: Ledger) -> None:
+    ledger.sync_rows("b", [sheet_row("k1", 2)], retry_failed=False)
+    plan_one(ledger, "c1", ["k1"])
+    pages = ledger._db.execute("PRAGMA page_count").fetchone()[0]
+    ledger._db.execute(f"PRAGMA max_page_count = {pages}")  # SQLite's own 'disk is full'
+    with pytest.raises(LedgerDiskFull, match="is full.*nothing more was sent"):
+        ledger.sync_rows("b", [sheet_row(f"k{i}", i) for i in range(2000)], retry_failed=False)
+    assert ledger.chunk("c1").state == "planned"  # the failed commit left nothing behind
