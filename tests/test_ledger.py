@@ -323,6 +323,6 @@ def test_a_full_disk_is_named_as_one(ledger: Ledger) -> None:
     plan_one(ledger, "c1", ["k1"])
     pages = ledger._db.execute("PRAGMA page_count").fetchone()[0]
     ledger._db.execute(f"PRAGMA max_page_count = {pages}")  # SQLite's own 'disk is full'
-    with pytest.raises(LedgerDiskFull, match="is full.*nothing more was sent"):
+    with pytest.raises(LedgerDiskFull, match=r"is full.*nothing more was sent"):
         ledger.sync_rows("b", [sheet_row(f"k{i}", i) for i in range(2000)], retry_failed=False)
     assert ledger.chunk("c1").state == "planned"  # the failed commit left nothing behind
