@@ -123,6 +123,8 @@ class FakeProvider:
     key_conflicts: list[str] = field(default_factory=list)
     polls: int = 0
     lookups: int = 0
+    #: the `claimed` set each lookup was given
+    claimed_seen: list[frozenset[str]] = field(default_factory=list)
 
     # ------------------------------------------------------------ what tests check
 
@@ -227,12 +229,21 @@ class FakeProvider:
         return PollResult(kind="completed", items=request.results, provider_status="succeeded")
 
     def lookup(
-        self, key: str, items: Sequence[OrderItem], *, sent_after: datetime | None = None
+        self,
+        key: str,
+        items: Sequence[OrderItem],
+        *,
+        sent_after: datetime | None = None,
+        claimed: frozenset[str] = frozenset(),
     ) -> SubmitResult | None:
         self.lookups += 1
+        self.claimed_seen.append(claimed)
         if not self.lookup_finds or key not in self.by_key:
             return None
         return self._answer(self.requests[self.by_key[key]], items)
+
+    def requests_in_progress(self, since: datetime) -> int:
+        return sum(1 for r in self.requests.values() if r.results is None)
 
     def close(self) -> None:
         return None

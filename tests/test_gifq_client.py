@@ -411,6 +411,12 @@ def test_the_account_id_is_a_stable_fingerprint_without_the_token() -> None:
     assert first == account_fingerprint("https://api.gifq.com/api/", SECRET)
     assert first != account_fingerprint("https://api.gifq.com/api", SECRET + "x")
     assert SECRET not in first and first.startswith("gifq-")
+    # The URL's spelling is not the account: only the token and the environment are.
+    local = account_fingerprint("http://127.0.0.1:8123/api", SECRET)
+    assert local == account_fingerprint("http://localhost:9000/api/", SECRET)
+    assert local == account_fingerprint("https://api-sandbox.gifq.com/api", SECRET)
+    assert first == account_fingerprint("https://API.gifq.com/api", SECRET)
+    assert local != first  # a token valid in both environments is two accounts
 
 
 # ---------------------------------------------------------------------------
@@ -600,6 +606,7 @@ class MockPayouts:
     def __init__(self, *, created_before_drop: bool) -> None:
         self.created_before_drop = created_before_drop
         self.orders: list[dict[str, Any]] = []
+        self.payouts: list[dict[str, Any]] = []
         self.posts = 0
 
     def handler(self, request: httpx.Request) -> httpx.Response:
@@ -614,14 +621,23 @@ class MockPayouts:
             return httpx.Response(202, json={"id": self.orders[0]["id"], "status": "queued"})
         if path == "/payout-orders":
             return httpx.Response(200, content=canonical_json(self.orders))
+        if path == "/payouts":
+            wanted = request.url.params.get("payout_order_id")
+            listed = [p for p in self.payouts if p["payout_order_id"] == wanted]
+            return httpx.Response(200, content=canonical_json(listed))
         raise AssertionError(f"unexpected {request.method} {path}")
 
     def payout_order(self, body: dict[str, Any]) -> dict[str, Any]:
         total = sum((Decimal(r["amount"]) for r in body["recipients"]), Decimal(0))
+        order_id = f"po_{len(self.orders) + 1}"
+        self.payouts += [
+            {"id": f"{order_id}-{i}", "payout_order_id": order_id, "status": "sent", **r}
+            for i, r in enumerate(body["recipients"])
+        ]
         return {
-            "id": f"po_{len(self.orders) + 1}",
+            "id": order_id,
             "campaign_id": int(body["campaign_id"]),
-            "status": "queued",
+            "status": "completed",  # settled: its recipients can be compared
             "recipient_count": len(body["recipients"]),
             "total_amount": str(total),
             "wallet_currency": body["wallet_currency"],

@@ -9,8 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from batcher.core.errors import BatchLocked
-from batcher.ledger.store import BatchLock, Ledger, RowOutcome, SheetRow
+from batcher.core.errors import BatchLocked, ConfigError
+from batcher.ledger.store import (
+    HELD_ELSEWHERE,
+    BatchLock,
+    Ledger,
+    LedgerDamaged,
+    LedgerDiskFull,
+    OrderClaimed,
+    RowOutcome,
+    SheetRow,
+)
 
 
 def sheet_row(
@@ -182,3 +191,138 @@ def test_failed_row_ordered_by_another_batch_is_never_retried(ledger: Ledger) ->
     assert report.skipped_elsewhere == 1
     row = ledger.rows("b")[0]
     assert row.state == "skipped" and row.error_code == "ordered_in_another_batch"
+
+
+# ---------------------------------------------------------------------------
+# Exactly once across runs, batches and damaged files
+
+
+def test_one_provider_order_belongs_to_one_chunk(ledger: Ledger) -> None:
+    ledger.sync_rows("b", [sheet_row("k1", 2), sheet_row("k2", 3)], retry_failed=False)
+    plan_one(ledger, "c1", ["k1"])
+    ledger.save_plan("b", [("c2", "GBP", 1, ["k2"], b'{"x":2}')])
+    for key in ("c1", "c2"):
+        ledger.mark_sending("b", key)
+    ledger.mark_accepted("b", "c1", "po_1")
+    with pytest.raises(OrderClaimed):
+        ledger.mark_accepted("b", "c2", "po_1")
+    assert ledger.chunk("c2").request_id is None
+    assert ledger.claimed_request_ids("b", "c2") == {"po_1"}
+    assert ledger.claimed_request_ids("b", "c1") == frozenset()
+    ledger.mark_accepted("b", "c1", "po_1")  # the same chunk again is no second claim
+
+
+def test_a_version_1_ledger_with_a_doubly_claimed_order_is_repaired(tmp_path: Path) -> None:
+    led = Ledger.open(tmp_path)
+    led.ensure_batch("b", provider="p", account_id="a", source_path="s", source_sha256="0")
+    led.sync_rows("b", [sheet_row("k1", 2), sheet_row("k2", 3)], retry_failed=False)
+    led.save_plan("b", [("c1", "GBP", 1, ["k1"], b"1"), ("c2", "GBP", 1, ["k2"], b"2")])
+    led.close()
+    db = sqlite3.connect(tmp_path / "ledger.sqlite")
+    with db:  # what version 1 could leave behind: two chunks on one payout order
+        db.execute("DROP INDEX chunks_one_per_request")
+        db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+        db.execute(
+            "UPDATE chunks SET state = 'accepted', request_id = 'po_1', accepted_at ="
+            " CASE chunk_key WHEN 'c1' THEN '2026-01-01' ELSE '2026-01-02' END"
+        )
+        db.execute("UPDATE rows SET state = 'accepted'")
+    db.close()
+    led = Ledger.open(tmp_path)
+    assert (led.chunk("c1").state, led.chunk("c1").request_id) == ("accepted", "po_1")
+    assert (led.chunk("c2").state, led.chunk("c2").request_id) == ("unknown", None)
+    assert led.rows_by_key("b", ["k2"])["k2"].state == "unknown"
+    assert [e["chunk_key"] for e in led.events("b", "chunk_claim_repaired")] == ["c2"]
+
+
+def test_a_damaged_ledger_is_named_and_never_opened(tmp_path: Path) -> None:
+    led = Ledger.open(tmp_path)
+    led.ensure_batch("b", provider="p", account_id="a", source_path="s", source_sha256="0")
+    led.sync_rows("b", [sheet_row(f"k{i}", i) for i in range(200)], retry_failed=False)
+    led.close()
+    path = tmp_path / "ledger.sqlite"
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    data = bytearray(path.read_bytes())
+    data[4096 * 2 : 4096 * 2 + 64] = b"\xff" * 64
+    path.write_bytes(bytes(data))
+    with pytest.raises(LedgerDamaged, match=f"the ledger at {path} is damaged.*restore"):
+        Ledger.open(tmp_path)
+    path.write_bytes(data[: len(data) // 2])  # truncated
+    with pytest.raises(LedgerDamaged):
+        Ledger.open(tmp_path)
+
+
+def test_a_zero_byte_ledger_is_a_new_one_whose_batches_need_recovery(tmp_path: Path) -> None:
+    (tmp_path / "ledger.sqlite").write_bytes(b"")
+    led = Ledger.open(tmp_path)
+    assert led.ensure_batch("b", provider="p", account_id="a", source_path="s", source_sha256="0")
+    assert led.needs_recovery("b")
+    led.mark_recovered("b")
+    assert not led.needs_recovery("b")
+    assert not led.ensure_batch(
+        "b", provider="p", account_id="a", source_path="s", source_sha256="0"
+    )
+
+
+def test_the_same_sheet_under_another_batch_name_is_refused(ledger: Ledger) -> None:
+    same = {"provider": "p", "account_id": "a", "source_path": "s", "source_sha256": "0" * 64}
+    with pytest.raises(ConfigError, match="already run as batch 'b'"):
+        ledger.ensure_batch("other", allow_same_sheet=False, **same)
+    assert ledger.batch_info("other") is None
+    ledger.ensure_batch("other", allow_same_sheet=True, **same)
+    ledger.ensure_batch("b", allow_same_sheet=False, **same)  # its own rerun is fine
+
+
+def test_a_reference_planned_in_another_batch_is_held_not_planned(ledger: Ledger) -> None:
+    ledger.sync_rows("b", [sheet_row("r1", 2, ref="REF-1")], retry_failed=False)
+    plan_one(ledger, "c1", ["r1"])
+    ledger.ensure_batch("b2", provider="p", account_id="a", source_path="t", source_sha256="1")
+    ledger.sync_rows(
+        "b2", [sheet_row("r1", 2, ref="REF-1"), sheet_row("k9", 3)], retry_failed=False
+    )
+    held = ledger.save_plan("b2", [("d1", "GBP", 1, ["k9", "r1"], b"x")])
+    assert held == {"r1"}
+    rows = ledger.rows_by_key("b2", ["r1", "k9"])
+    assert rows["r1"].state == "pending" and rows["r1"].error_code == HELD_ELSEWHERE
+    assert "batch 'b'" in (rows["r1"].error_message or "")
+    assert rows["k9"].state == "pending"  # the chunk was not saved; the caller re-plans it
+    other_account = {"provider": "p", "account_id": "z", "source_path": "u", "source_sha256": "2"}
+    ledger.ensure_batch("b3", **other_account)
+    ledger.sync_rows("b3", [sheet_row("r1", 2, ref="REF-1")], retry_failed=False)
+    assert ledger.save_plan("b3", [("e1", "GBP", 1, ["r1"], b"y")]) == set()
+
+
+def test_planned_chunks_keep_their_composition_until_a_row_changes(ledger: Ledger) -> None:
+    ledger.sync_rows("b", [sheet_row("k1", 2), sheet_row("k2", 3)], retry_failed=False)
+    plan_one(ledger, "c1", ["k1", "k2"])
+    ledger.sync_rows(
+        "b", [sheet_row("k0", 1), sheet_row("k1", 2), sheet_row("k2", 3)], retry_failed=False
+    )
+    assert ledger.discard_unsent_plans("b", stale_only=True) == 0
+    assert [c.chunk_key for c in ledger.chunks("b", ["planned"])] == ["c1"]
+    ledger.sync_rows(
+        "b", [sheet_row("k1", 2), sheet_row("k2", 3, content="new")], retry_failed=False
+    )
+    assert ledger.discard_unsent_plans("b", stale_only=True) == 1
+    assert {r.state for r in ledger.rows("b")} == {"pending"}
+
+
+def test_backup_is_a_checked_copy(ledger: Ledger, tmp_path: Path) -> None:
+    ledger.sync_rows("b", [sheet_row("k1", 2)], retry_failed=False)
+    target = tmp_path / "backups" / "ledger-1.sqlite"
+    assert ledger.backup(target) > 0
+    copy = Ledger(target)
+    assert [r.row_key for r in copy.rows("b")] == ["k1"]
+    copy.close()
+
+
+def test_a_full_disk_is_named_as_one(ledger: Ledger) -> None:
+    ledger.sync_rows("b", [sheet_row("k1", 2)], retry_failed=False)
+    plan_one(ledger, "c1", ["k1"])
+    pages = ledger._db.execute("PRAGMA page_count").fetchone()[0]
+    ledger._db.execute(f"PRAGMA max_page_count = {pages}")  # SQLite's own 'disk is full'
+    with pytest.raises(LedgerDiskFull, match=r"is full.*nothing more was sent"):
+        ledger.sync_rows("b", [sheet_row(f"k{i}", i) for i in range(2000)], retry_failed=False)
+    assert ledger.chunk("c1").state == "planned"  # the failed commit left nothing behind

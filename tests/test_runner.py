@@ -14,6 +14,7 @@ import tempfile
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from batcher.execute.plan import chunk_key
+from batcher.execute.recovery import before_planning
 from batcher.execute.runner import Runner, RunOptions, RunStats
 from batcher.ledger.store import ChunkRecord, Ledger, RowRecord, SheetRow
 from batcher.providers.base import Provider
@@ -73,7 +75,12 @@ class World:
                 sleep=self.clock.sleep,
                 rng=random.Random(7),
             )
-            runner.prepare(self.rows)
+            runner.prepare(
+                self.rows,
+                recovery=lambda r: before_planning(
+                    r, lookback=timedelta(days=30), sleep=self.clock.sleep
+                ),
+            )
             return runner.execute()
         finally:
             ledger.close()
@@ -434,3 +441,36 @@ def test_whatever_the_faults_every_row_ends_with_exactly_one_order(
             with contextlib.suppress(ProcessDied):
                 w.run(options)
         assert_exactly_once(w)
+
+
+# ---------------------------------------------------------------------------
+# Between runs: a lost ledger, an edited sheet, claims that outlive the process
+
+
+def test_a_lost_ledger_and_an_added_row_order_nothing_twice(tmp_path: Path) -> None:
+    """Chunks are slices of the sorted pending rows: one added row re-slices them all
+    under new keys, so only recovery from the provider stops a second order."""
+    every = sheet_rows([("GBP", f"{10 + i}.00") for i in range(10)])
+    w = world(tmp_path, [], lookup_finds=False, wallets={"GBP": Decimal(1000)})
+    w.rows = every[1:]
+    w.run()
+    assert_exactly_once(w)
+    w.path.unlink()
+    for suffix in ("-wal", "-shm"):
+        Path(str(w.path) + suffix).unlink(missing_ok=True)
+    w.rows = every  # one row added; the chunks of three would all shift
+    w.run()
+    assert_exactly_once(w)
+    assert len(w.provider.created) == 10
+
+
+def test_a_lookup_is_told_which_orders_other_chunks_already_hold(tmp_path: Path) -> None:
+    w = world(
+        tmp_path, GBP4 * 2, polls_to_complete=3, wallets={"GBP": Decimal(1000)},
+        submit_faults=[None, Fault.DIE_AFTER],
+    )  # fmt: skip
+    w.crash_run()  # the first chunk is accepted; the second died in flight
+    (accepted,) = w.chunks("accepted")
+    w.run()
+    assert w.provider.claimed_seen and accepted.request_id in w.provider.claimed_seen[0]
+    assert_exactly_once(w)

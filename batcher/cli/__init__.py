@@ -55,6 +55,10 @@ _COMMANDS: dict[str, tuple[str, str]] = {
         "batcher.cli.listen:listen",
         "Receive signed webhook deliveries and record them as evidence in the ledger.",
     ),
+    "ledger": (
+        "batcher.cli.ledger:ledger",
+        "Look after the ledger (the SQLite file every run records its work in).",
+    ),
 }
 
 

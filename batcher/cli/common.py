@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -44,6 +45,12 @@ def handle_errors(func: F) -> F:
             fail(str(exc), exc.exit_code)
         except KeyboardInterrupt:
             fail("interrupted", ExitCode.INCOMPLETE)
+        except sqlite3.DatabaseError as exc:  # the ledger failed under us: never call it intact
+            fail(
+                f"the ledger could not be read or written ({exc}); if this repeats, the "
+                "ledger may be damaged: restore it from backup (see README)",
+                ExitCode.CANNOT_START,
+            )
         except Exception as exc:  # a bug: say so in one line; the ledger keeps the state
             if os.environ.get("BATCHER_DEBUG"):
                 raise

@@ -43,6 +43,7 @@ from batcher.core.errors import BatcherError, ConfigError, ExitCode, UsageError
 from batcher.core.models import Balance
 from batcher.core.money import format_money
 from batcher.execute.events import VALIDATE
+from batcher.execute.recovery import DEFAULT_LOOKBACK_DAYS
 from batcher.execute.runner import PlanSummary, RunOptions
 from batcher.services import (
     BatchOptions,
@@ -202,6 +203,18 @@ def spend_limits(
     is_flag=True,
     help="Start even though this batch has reports but the ledger has no record of it.",
 )
+@click.option(
+    "--same-sheet-ok",
+    is_flag=True,
+    help="Run a sheet another batch already ran (orders its rows a second time).",
+)
+@click.option(
+    "--lookback-days",
+    type=click.IntRange(1, 3650),
+    default=DEFAULT_LOOKBACK_DAYS,
+    show_default=True,
+    help="How far back a new batch asks the provider for orders it already holds.",
+)
 @log_format_option
 @json_option
 @payout_options
@@ -230,6 +243,8 @@ def run(
     ledger_lost: bool,
     log_format: str | None,
     as_json: bool,
+    same_sheet_ok: bool,
+    lookback_days: int,
     payouts: bool,
     campaign: str | None,
     expires_in_days: int | None,
@@ -263,6 +278,8 @@ def run(
             provider_options=provider_mode(payouts, campaign, expires_in_days),
             limit_sources=sources,
             webhooks=webhook_settings(config),
+            allow_same_sheet=same_sheet_ok,
+            lookback_days=lookback_days,
         )
         log.bind(batch=options.batch_name)
         settings = resolve_settings(provider, base_url)

@@ -14,6 +14,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,6 +29,7 @@ from batcher.core.states import UNFINISHED_STATES, UNSETTLED_STATES
 from batcher.execute.check import check_sheet
 from batcher.execute.events import POLL, RECONCILE, SUBMIT, RunStart, emit
 from batcher.execute.funds import FundsCheck, Need, check_funds, left_out_message
+from batcher.execute.recovery import DEFAULT_LOOKBACK_DAYS, before_planning
 from batcher.execute.rows import sheet_rows_from_validation
 from batcher.execute.runner import PlanSummary, RunListener, Runner, RunOptions, RunStats
 from batcher.execute.webhook_feed import open_feed
@@ -67,6 +69,10 @@ class BatchOptions:
     #: where each --max-total limit came from, for the refusal message (default: the flag)
     limit_sources: dict[str, str] = field(default_factory=dict)
     webhooks: WebhookSettings | None = None  # enabled: settle from events, poll as a fallback
+    #: run a sheet whose bytes another batch of the account already ran
+    allow_same_sheet: bool = False
+    #: how far back a batch new to the ledger asks the provider for its orders
+    lookback_days: int = DEFAULT_LOOKBACK_DAYS
 
     @property
     def batch_name(self) -> str:
@@ -151,8 +157,15 @@ def run_batch(
         with BatchLock(options.state_dir, batch):
             ledger = Ledger.open(options.state_dir)
             try:
+                # A batch begun under an id the provider client used to derive keeps it,
+                # and with it its chunk keys.
+                known = ledger.batch_info(batch)
+                former = set(account.extra.get("former_account_ids", "").split(","))
+                account_id = account.account_id
+                if known is not None and known["account_id"] in former - {""}:
+                    account_id = known["account_id"]
                 return _run_locked(
-                    ledger, provider, settings, options, ui, stop, account.account_id,
+                    ledger, provider, settings, options, ui, stop, account_id,
                     sheet_rows, sheet, balances, started_at, quotes,
                 )  # fmt: skip
             finally:
@@ -184,6 +197,7 @@ def _run_locked(
         source_sha256=sheet.sha256,
         sheet_headers=list(sheet.headers),
         sheet_columns=dict(sheet.columns),
+        allow_same_sheet=options.allow_same_sheet,
     )
     run_id = ledger.start_run(batch, "run")
     emit(ui.listener, "run_started", RunStart(
@@ -196,7 +210,14 @@ def _run_locked(
         events=feed,
     )  # fmt: skip
     funds = _FundsRule(balances, quotes, options.order_fundable)
-    plan = funds.in_paying_wallets(runner.prepare(sheet_rows, hold=funds.hold))
+    lookback = timedelta(days=options.lookback_days)
+    plan = funds.in_paying_wallets(
+        runner.prepare(
+            sheet_rows,
+            hold=funds.hold,
+            recovery=lambda r: before_planning(r, lookback=lookback),
+        )
+    )
     ui.show_plan(plan, balances)
 
     if funds.check is not None:

@@ -27,7 +27,16 @@ from batcher.core.keys import match_key
 from batcher.execute.events import Retry, emit
 from batcher.execute.plan import PlanRow, plan_chunks
 from batcher.execute.webhook_feed import EventFeed
-from batcher.ledger.store import ChunkRecord, Ledger, RowOutcome, RowRecord, SheetRow, parse_ts
+from batcher.ledger.store import (
+    HELD_ELSEWHERE,
+    ChunkRecord,
+    Ledger,
+    OrderClaimed,
+    RowOutcome,
+    RowRecord,
+    SheetRow,
+    parse_ts,
+)
 from batcher.providers.base import (
     IncompleteResult,
     ItemResult,
@@ -191,11 +200,15 @@ class Runner:
         self,
         sheet_rows: Sequence[SheetRow],
         hold: Callable[[Sequence[RowRecord]], Collection[str]] | None = None,
+        recovery: Callable[[Runner], object] | None = None,
     ) -> PlanSummary:
         """Bring the ledger in line with the sheet and plan what this run will send.
 
-        `hold(pending)` names rows to leave pending, unplanned, this run (the funds
-        rule in `execute/funds.py` holds rows their wallet cannot pay for).
+        `recovery` runs after the sheet is synced and before anything is planned: it
+        asks the provider about rows the ledger cannot vouch for (execute/recovery.py).
+        `hold(rows)` names rows to leave pending, unplanned, this run (the funds rule in
+        `execute/funds.py` holds rows their wallet cannot pay for); it sees every row
+        this run would send, kept plans included.
         """
         recovered = self.ledger.recover_after_crash(self.batch)
         if recovered:
@@ -204,11 +217,51 @@ class Runner:
             )
         self.ledger.sync_rows(self.batch, sheet_rows, retry_failed=self.options.retry_failed)
         self.ledger.release_retryable(self.batch)
-        self.ledger.discard_unsent_plans(self.batch)
-        pending = self.ledger.rows(self.batch, state="pending")
+        # Planned chunks that still hold exactly their rows keep their composition and
+        # key; only rows not planned before form new chunks.
+        self.ledger.discard_unsent_plans(self.batch, stale_only=True)
+        self.ledger.clear_reference_holds(self.batch)
+        if recovery is not None:
+            recovery(self)
+        for _ in range(3):  # a held reference removes rows once; the rest are planned again
+            _saved, held = self._plan_pending(hold)
+            if not held:
+                break
+            self.listener.message(
+                f"{len(held)} row(s) held: their reference is planned, in flight or ordered "
+                "in another batch of this account"
+            )
+        pending = self.ledger.rows(self.batch, state="planned")
+        cost: dict[str, Decimal] = {}
+        face: dict[str, Decimal] = {}
+        for r in pending:
+            face[r.currency] = face.get(r.currency, Decimal(0)) + r.face_value
+            cost[r.currency] = cost.get(r.currency, Decimal(0)) + (r.est_cost or r.face_value)
+        by_state = self.ledger.count_by_state(self.batch)
+        return PlanSummary(
+            rows_total=sum(by_state.values()),
+            rows_to_send=len(pending),
+            new_chunks=len(self.ledger.chunks(self.batch, ["planned"])),
+            unknown_chunks=len(self.ledger.chunks(self.batch, ["unknown"])),
+            accepted_chunks=len(self.ledger.chunks(self.batch, ["accepted"])),
+            cost_by_currency=cost,
+            face_by_currency=face,
+            rows_by_state=by_state,
+        )
+
+    def _plan_pending(
+        self, hold: Callable[[Sequence[RowRecord]], Collection[str]] | None = None
+    ) -> tuple[int, set[str]]:
+        """Chunk the pending rows that are not held; returns (chunks saved, rows held)."""
+        pending = [
+            r
+            for r in self.ledger.rows(self.batch, state="pending")
+            if r.error_code != HELD_ELSEWHERE
+        ]
         if hold is not None:
-            held = set(hold(pending))
-            pending = [r for r in pending if r.row_key not in held]
+            kept = self.ledger.rows(self.batch, state="planned")
+            held_for_funds = set(hold([*kept, *pending]))
+            pending = [r for r in pending if r.row_key not in held_for_funds]
         chunk_size = min(
             self.options.chunk_size or self.provider.submit_limit, self.provider.submit_limit
         )
@@ -239,24 +292,8 @@ class Runner:
             items = [order_item(by_key[k]) for k in chunk.row_keys]
             payload = self.provider.encode(chunk.key, items)
             records.append((chunk.key, chunk.currency, chunk.attempt, chunk.row_keys, payload))
-        self.ledger.save_plan(self.batch, records)
-
-        cost: dict[str, Decimal] = {}
-        face: dict[str, Decimal] = {}
-        for r in pending:
-            face[r.currency] = face.get(r.currency, Decimal(0)) + r.face_value
-            cost[r.currency] = cost.get(r.currency, Decimal(0)) + (r.est_cost or r.face_value)
-        by_state = self.ledger.count_by_state(self.batch)
-        return PlanSummary(
-            rows_total=sum(by_state.values()),
-            rows_to_send=len(pending),
-            new_chunks=len(planned),
-            unknown_chunks=len(self.ledger.chunks(self.batch, ["unknown"])),
-            accepted_chunks=len(self.ledger.chunks(self.batch, ["accepted"])),
-            cost_by_currency=cost,
-            face_by_currency=face,
-            rows_by_state=by_state,
-        )
+        held = self.ledger.save_plan(self.batch, records)
+        return len(records), held
 
     # ------------------------------------------------------------------ execution
 
@@ -386,7 +423,10 @@ class Runner:
             try:
                 self.stats.lookups += 1
                 found = self.provider.lookup(
-                    chunk.chunk_key, items, sent_after=parse_ts(chunk.first_sent_at)
+                    chunk.chunk_key,
+                    items,
+                    sent_after=parse_ts(chunk.first_sent_at),
+                    claimed=self.ledger.claimed_request_ids(self.batch, chunk.chunk_key),
                 )
             except OutcomeUnknown:
                 found = None
@@ -446,7 +486,15 @@ class Runner:
         if result.kind == "accepted":
             if not result.request_id:
                 raise RuntimeError("provider accepted a chunk without an order request id")
-            self.ledger.mark_accepted(self.batch, key, result.request_id)
+            try:
+                self.ledger.mark_accepted(self.batch, key, result.request_id)
+            except OrderClaimed as exc:
+                # Never let one provider order answer for two chunks: the chunk stays
+                # unknown and the run stops for a person to look.
+                self.ledger.mark_unknown(self.batch, key, str(exc))
+                self.listener.message(f"chunk {key}: {exc}; stopping, nothing was guessed")
+                self.stats.stopped = "order_claimed_twice"
+                raise _Stopped from None
         elif result.kind == "completed":
             self._settle_items(chunk, result.items, "succeeded")
         elif result.kind == "insufficient_funds":

@@ -1,16 +1,13 @@
-"""The ledger's SQLite schema, and how an older ledger is brought up to it.
+"""The ledger's SQLite schema and its migrations. `events` is append-only, enforced by triggers.
 
-`events` is append-only, enforced by triggers. Every statement the runner issues
-per chunk or per row finds its rows through an index that narrows them to that
-chunk or row, so a run costs the same per row at any size
-(tests/test_ledger_plans.py holds every statement to that).
+Every statement the runner issues per chunk or per row finds its rows through an
+index that narrows them to that chunk or row, so a run costs the same per row at
+any size (tests/test_ledger_plans.py holds every statement to that).
 """
 
 from __future__ import annotations
 
-import sqlite3
-
-from batcher.core.errors import ConfigError
+from typing import Any
 
 SCHEMA_VERSION = 2
 SCHEMA = """
@@ -24,7 +21,8 @@ CREATE TABLE IF NOT EXISTS batches (
     sheet_headers TEXT NOT NULL DEFAULT '[]',   -- JSON: the sheet's headers in file order
     sheet_columns TEXT NOT NULL DEFAULT '{}',   -- JSON: canonical field -> the user's header
     created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL
+    updated_at TEXT NOT NULL,
+    recovered_at TEXT                -- when the provider was last asked about this batch's rows
 );
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY,
@@ -116,34 +114,44 @@ CREATE TRIGGER IF NOT EXISTS events_append_only_delete BEFORE DELETE ON events
 BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
 """
 
-#: version -> what brings a ledger of the version before it up to it. SCHEMA
-#: already holds all of it for a new ledger.
-MIGRATIONS: dict[int, tuple[str, ...]] = {
-    # Each chunk's row updates scanned the whole batch: quadratic in the batch size.
-    2: ("CREATE INDEX IF NOT EXISTS rows_by_chunk ON rows(batch, chunk_key)",),
-}
+#: One provider order (request) belongs to exactly one chunk, across restarts: the
+#: index makes a second claim fail inside the transaction that would record it.
+ONE_CHUNK_PER_REQUEST = (
+    "CREATE UNIQUE INDEX IF NOT EXISTS chunks_one_per_request ON chunks(request_id)"
+    " WHERE request_id IS NOT NULL"
+)
 
 
-def install_schema(db: sqlite3.Connection) -> None:
-    """Create a new ledger, or migrate an older one to SCHEMA_VERSION (idempotent).
-
-    A ledger written by a newer batcher is refused untouched: this one cannot
-    know what that schema promises.
-    """
-    db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-    row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    found = int(row[0]) if row is not None else SCHEMA_VERSION
-    if found > SCHEMA_VERSION:
-        raise ConfigError(
-            f"the ledger has schema version {found}, newer than this batcher's {SCHEMA_VERSION}",
-            hint="use the batcher version that last wrote it, or a newer one",
-        )
-    db.executescript(SCHEMA)  # IF NOT EXISTS everywhere
-    for version in range(found + 1, SCHEMA_VERSION + 1):
-        for statement in MIGRATIONS.get(version, ()):
-            db.execute(statement)
-    db.execute(
-        "INSERT INTO meta(key, value) VALUES ('schema_version', ?)"
-        " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-        (str(SCHEMA_VERSION),),
-    )
+def migrate(db: Any, found: int) -> list[str]:
+    """Bring a ledger written at schema `found` up to SCHEMA_VERSION, inside the caller's
+    transaction. Returns what was repaired, for the events table."""
+    repaired: list[str] = []
+    if found < 2:
+        columns = {r[1] for r in db.execute("PRAGMA table_info(batches)")}
+        if "recovered_at" not in columns:
+            db.execute("ALTER TABLE batches ADD COLUMN recovered_at TEXT")
+        # Version 1 could tie one payout order to two chunks (an in-memory claim set).
+        # The chunk that claimed it later gives it up and is resolved again: its rows
+        # go back to `unknown`, so the next run asks the provider instead of trusting it.
+        doubled = db.execute(
+            "SELECT chunk_key FROM chunks c WHERE request_id IS NOT NULL AND EXISTS ("
+            " SELECT 1 FROM chunks o WHERE o.request_id = c.request_id"
+            " AND (o.accepted_at, o.chunk_key) < (c.accepted_at, c.chunk_key))"
+        ).fetchall()
+        for (key,) in doubled:
+            db.execute(
+                "UPDATE chunks SET state = 'unknown', request_id = NULL, accepted_at = NULL,"
+                " error_message = 'its provider order was also claimed by another chunk'"
+                " WHERE chunk_key = ?",
+                (key,),
+            )
+            db.execute(
+                "UPDATE rows SET state = 'unknown', order_request_id = NULL"
+                " WHERE chunk_key = ? AND state IN ('accepted', 'unknown', 'sending')",
+                (key,),
+            )
+            repaired.append(key)
+        # Each chunk's row updates scanned the whole batch: quadratic in the batch size.
+        db.execute("CREATE INDEX IF NOT EXISTS rows_by_chunk ON rows(batch, chunk_key)")
+    db.execute(ONE_CHUNK_PER_REQUEST)
+    return repaired

@@ -35,7 +35,36 @@ from batcher.ledger.records import (
     count_states,
     parse_ts,
 )
-from batcher.ledger.schema import SCHEMA_VERSION, install_schema
+from batcher.ledger.schema import SCHEMA, SCHEMA_VERSION, migrate
+
+#: error_code of a pending row whose reference another batch of the account holds
+HELD_ELSEWHERE = "held_reference_in_another_batch"
+
+
+class LedgerDamaged(ConfigError):
+    """The ledger file cannot be trusted: never continue from it, never call it intact."""
+
+
+class LedgerDiskFull(ConfigError):
+    """SQLite could not commit because the disk is full: nothing after this was sent."""
+
+
+class OrderClaimed(RuntimeError):
+    """A provider order is already tied to another chunk: recording it again would
+    make one order answer for two chunks' rows."""
+
+
+def _damaged(path: Path, exc: BaseException | str) -> LedgerDamaged:
+    detail = " ".join(str(exc).split())[:200]  # SQLite's check spans lines
+    return LedgerDamaged(
+        f"the ledger at {path} is damaged ({detail}): restore it from backup (see README,"
+        " 'Backups'); nothing was sent",
+        hint="restore the newest backup over it, or move it aside to recover from the provider",
+    )
+
+
+def _is_disk_full(exc: sqlite3.Error) -> bool:
+    return "full" in str(exc).lower()
 
 
 class Ledger:
@@ -47,16 +76,59 @@ class Ledger:
         except sqlite3.Error as exc:
             raise ConfigError(f"cannot open ledger {path}: {exc}") from None
         self._db.row_factory = sqlite3.Row
+        try:
+            self._open_checked()
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            if isinstance(exc, sqlite3.OperationalError) and _is_disk_full(exc):
+                raise LedgerDiskFull(
+                    f"the disk holding the ledger {path} is full; nothing was sent",
+                    hint="free some space and rerun",
+                ) from None
+            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc).lower():
+                raise
+            raise _damaged(path, exc) from None
+        self.run_id: str | None = None
+
+    def _open_checked(self) -> None:
+        """Open, check integrity, create or migrate. A 0-byte file is an empty ledger:
+        every batch in it is new, so the run recovers its rows from the provider."""
+        self._db.execute("PRAGMA busy_timeout=30000")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.execute("PRAGMA busy_timeout=30000")
-        try:
-            install_schema(self._db)
-        except BaseException:
-            self._db.close()
-            raise
-        self.run_id: str | None = None
+        # quick_check reads every page: a truncated or scribbled file fails here, before
+        # any of its rows can be believed.
+        verdict = [r[0] for r in self._db.execute("PRAGMA quick_check(5)")]
+        if verdict != ["ok"]:
+            raise sqlite3.DatabaseError("; ".join(verdict))
+        with self._tx() as db:
+            found_row = None
+            if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone():
+                found_row = db.execute(
+                    "SELECT value FROM meta WHERE key = 'schema_version'"
+                ).fetchone()
+            for statement in _statements(SCHEMA):
+                db.execute(statement)
+            found = int(found_row[0]) if found_row else SCHEMA_VERSION
+            if found > SCHEMA_VERSION:
+                raise ConfigError(
+                    f"the ledger {self.path} was written by a newer batcher (schema {found})",
+                    hint="upgrade batcher",
+                )
+            repaired = migrate(db, found)
+            db.execute(
+                "INSERT INTO meta(key, value) VALUES ('schema_version', ?)"
+                " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (str(SCHEMA_VERSION),),
+            )
+            for key in repaired:
+                db.execute(
+                    "INSERT INTO events(ts, batch, kind, chunk_key, detail)"
+                    " SELECT ?, batch, 'chunk_claim_repaired', chunk_key, NULL FROM chunks"
+                    " WHERE chunk_key = ?",
+                    (utc_now(), key),
+                )
 
     @classmethod
     def open(cls, state_dir: Path) -> Ledger:
@@ -65,16 +137,45 @@ class Ledger:
     def close(self) -> None:
         self._db.close()
 
+    def backup(self, target: Path) -> int:
+        """A consistent copy through SQLite's online backup, safe while a run writes.
+        Returns the pages copied."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(target.name + ".partial")
+        partial.unlink(missing_ok=True)
+        dest = sqlite3.connect(partial)
+        try:
+            self._db.backup(dest)
+            pages = int(dest.execute("PRAGMA page_count").fetchone()[0])
+            dest.execute("PRAGMA journal_mode=DELETE")
+            if [r[0] for r in dest.execute("PRAGMA quick_check(1)")] != ["ok"]:
+                raise LedgerDamaged(f"the backup written to {partial} does not check out")
+        finally:
+            dest.close()
+        os.replace(partial, target)  # a half-written backup never takes the name
+        return pages
+
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        else:
             self._db.execute("COMMIT")
+        except BaseException as exc:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.OperationalError) and _is_disk_full(exc):
+                # Every send is committed first, so this names a full disk before the send.
+                raise LedgerDiskFull(
+                    f"the disk holding the ledger {self.path} is full; the last change was"
+                    " not recorded and nothing more was sent",
+                    hint="free some space and rerun",
+                ) from None
+            if isinstance(exc, sqlite3.DatabaseError) and not isinstance(
+                exc, sqlite3.OperationalError | sqlite3.IntegrityError
+            ):
+                raise _damaged(self.path, exc) from None
+            raise
 
     def _event(
         self,
@@ -117,11 +218,19 @@ class Ledger:
         source_sha256: str,
         sheet_headers: Sequence[str] = (),
         sheet_columns: dict[str, str] | None = None,
-    ) -> None:
+        allow_same_sheet: bool = True,
+    ) -> bool:
+        """Record the batch; True when it is new to this ledger.
+
+        Unless `allow_same_sheet`, a sheet whose bytes another batch of the same
+        account already ran (or is running) is refused, in the same transaction
+        that records this batch, so two runs started at once cannot both pass.
+        """
         now = utc_now()
         with self._tx() as db:
             existing = db.execute(
-                "SELECT provider, account_id FROM batches WHERE batch = ?", (batch,)
+                "SELECT provider, account_id, source_sha256 FROM batches WHERE batch = ?",
+                (batch,),
             ).fetchone()
             if existing and (existing["provider"], existing["account_id"]) != (
                 provider,
@@ -132,6 +241,20 @@ class Ledger:
                     f"{existing['account_id']}",
                     hint="use another --batch name for a different provider or account",
                 )
+            rerun = existing is not None and existing["source_sha256"] == source_sha256
+            if not allow_same_sheet and not rerun:
+                twin = db.execute(
+                    "SELECT batch FROM batches WHERE source_sha256 = ? AND provider = ?"
+                    " AND account_id = ? AND batch != ? ORDER BY created_at LIMIT 1",
+                    (source_sha256, provider, account_id, batch),
+                ).fetchone()
+                if twin is not None:
+                    raise ConfigError(
+                        f"this sheet (the same bytes) was already run as batch {twin[0]!r};"
+                        f" running it as {batch!r} would order its rows again; nothing was sent",
+                        hint=f"rerun it as --batch {twin[0]}, or pass --same-sheet-ok if a"
+                        " second set of orders is really wanted",
+                    )
             db.execute(
                 "INSERT INTO batches(batch, provider, account_id, source_path, source_sha256,"
                 " sheet_headers, sheet_columns, created_at, updated_at)"
@@ -151,6 +274,87 @@ class Ledger:
                     now,
                 ),
             )
+        return existing is None
+
+    def needs_recovery(self, batch: str) -> bool:
+        """True until the provider has been asked about this batch's rows once."""
+        row = self._db.execute(
+            "SELECT recovered_at FROM batches WHERE batch = ?", (batch,)
+        ).fetchone()
+        return row is not None and row[0] is None
+
+    def mark_recovered(self, batch: str, **detail: Any) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE batches SET recovered_at = ? WHERE batch = ?", (utc_now(), batch))
+            self._event(batch, "recovery_done", **detail)
+
+    def claimed_order_ids(self, provider: str, account_id: str) -> set[str]:
+        """Every provider order some row of this account already stands for."""
+        return {
+            r[0]
+            for r in self._db.execute(
+                "SELECT r.order_id FROM rows r JOIN batches b ON b.batch = r.batch"
+                " WHERE r.order_id IS NOT NULL AND b.provider = ? AND b.account_id = ?",
+                (provider, account_id),
+            )
+        }
+
+    def claimed_request_ids(self, batch: str, except_chunk: str | None = None) -> frozenset[str]:
+        """Provider order requests already tied to a chunk of this batch's account."""
+        return frozenset(
+            r[0]
+            for r in self._db.execute(
+                "SELECT c.request_id FROM chunks c JOIN batches b ON b.batch = c.batch"
+                " JOIN batches mine ON mine.batch = ?"
+                " WHERE c.request_id IS NOT NULL AND b.provider = mine.provider"
+                " AND b.account_id = mine.account_id AND c.chunk_key != ?",
+                (batch, except_chunk or ""),
+            )
+        )
+
+    def record_recovered(self, batch: str, found: Sequence[RowOutcome], window: str) -> None:
+        """Rows the provider already holds an order for: recorded as ordered, never sent."""
+        now = utc_now()
+        with self._tx() as db:
+            for out in found:
+                cursor = db.execute(
+                    "UPDATE rows SET state = 'succeeded', order_id = ?, order_request_id = ?,"
+                    " cost = ?, cost_currency = ?, provider_status = ?, error_code = NULL,"
+                    " error_message = NULL, failure_kind = NULL, chunk_key = NULL,"
+                    " updated_at = ?, succeeded_at = ? WHERE batch = ? AND row_key = ?"
+                    " AND state = 'pending'",
+                    (
+                        out.order_id,
+                        out.provider_request_id,
+                        None if out.cost is None else str(out.cost),
+                        out.cost_currency,
+                        out.provider_status,
+                        now,
+                        now,
+                        batch,
+                        out.row_key,
+                    ),
+                )
+                if cursor.rowcount:
+                    self._event(
+                        batch, "row_recovered", row_key=out.row_key, order_id=out.order_id,
+                        window=window,
+                    )  # fmt: skip
+
+    def hold_rows(self, batch: str, held: Sequence[RowOutcome]) -> None:
+        """Rows a person must look at before they are ordered: failed, permanent, with
+        the reason and the way out (`--retry-failed` once resolved) in their message."""
+        now = utc_now()
+        with self._tx() as db:
+            for out in held:
+                cursor = db.execute(
+                    "UPDATE rows SET state = 'failed', failure_kind = 'permanent',"
+                    " error_code = ?, error_message = ?, chunk_key = NULL, updated_at = ?"
+                    " WHERE batch = ? AND row_key = ? AND state = 'pending'",
+                    (out.error_code, out.error_message, now, batch, out.row_key),
+                )
+                if cursor.rowcount:
+                    self._event(batch, "row_held", row_key=out.row_key, code=out.error_code)
 
     def batch_info(self, batch: str) -> dict[str, Any] | None:
         row = self._db.execute("SELECT * FROM batches WHERE batch = ?", (batch,)).fetchone()
@@ -534,18 +738,38 @@ class Ledger:
 
     # ------------------------------------------------------------------ chunks
 
-    def discard_unsent_plans(self, batch: str, chunk_keys: Sequence[str] | None = None) -> int:
+    def discard_unsent_plans(
+        self, batch: str, chunk_keys: Sequence[str] | None = None, *, stale_only: bool = False
+    ) -> int:
         """Planned chunks that never left can be re-planned freely: nothing was sent.
 
-        All of the batch's planned chunks, or only those of `chunk_keys`.
+        All of the batch's planned chunks, only those of `chunk_keys`, or (stale_only)
+        only those that no longer hold exactly their rows as planned (a row changed,
+        left the sheet or was held). The others keep their composition and key, so a
+        row added to the sheet later never re-slices them: if a restored ledger calls a
+        sent chunk `planned`, it goes out again under the key the provider knows.
         """
         with self._tx() as db:
-            planned = [
-                r[0]
-                for r in db.execute(
-                    "SELECT chunk_key FROM chunks WHERE batch = ? AND state = 'planned'", (batch,)
-                )
-            ]
+            if stale_only:
+                planned = [
+                    r[0]
+                    for r in db.execute(
+                        "SELECT c.chunk_key FROM chunks c WHERE c.batch = ? AND c.state = 'planned'"
+                        " AND (c.row_count != (SELECT COUNT(*) FROM rows r WHERE r.batch = c.batch"
+                        " AND r.chunk_key = c.chunk_key AND r.state = 'planned' AND r.in_sheet = 1)"
+                        " OR c.row_count != (SELECT COUNT(*) FROM chunk_rows cr"
+                        " WHERE cr.chunk_key = c.chunk_key))",
+                        (batch,),
+                    )
+                ]
+            else:
+                planned = [
+                    r[0]
+                    for r in db.execute(
+                        "SELECT chunk_key FROM chunks WHERE batch = ? AND state = 'planned'",
+                        (batch,),
+                    )
+                ]
             keys = planned if chunk_keys is None else [k for k in planned if k in set(chunk_keys)]
             for key in keys:
                 db.execute(
@@ -557,6 +781,45 @@ class Ledger:
                 db.execute("DELETE FROM chunks WHERE chunk_key = ?", (key,))
                 self._event(batch, "chunk_discarded", chunk_key=key)
         return len(keys)
+
+    def clear_reference_holds(self, batch: str) -> None:
+        """Rows held because another batch had their reference: ask again this run."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE rows SET error_code = NULL, error_message = NULL, failure_kind = NULL"
+                " WHERE batch = ? AND state = 'pending' AND error_code = ?",
+                (batch, HELD_ELSEWHERE),
+            )
+
+    def references_taken_elsewhere(self, batch: str, row_keys: Sequence[str]) -> set[str]:
+        """Row keys of `batch` whose reference another batch of the account holds."""
+        taken: set[str] = set()
+        for start in range(0, len(row_keys), 400):
+            taken.update(
+                self._references_taken_elsewhere(self._db, batch, row_keys[start : start + 400])
+            )
+        return taken
+
+    def _references_taken_elsewhere(
+        self, db: sqlite3.Connection, batch: str, row_keys: Sequence[str]
+    ) -> dict[str, tuple[str, str, str]]:
+        """row key -> (other batch, its row's state, reference) for references another
+        batch of the same account has planned, in flight or succeeded."""
+        marks = ",".join("?" * len(row_keys))
+        taken: dict[str, tuple[str, str, str]] = {}
+        for r in db.execute(
+            "SELECT mine.row_key, other.batch, other.state, mine.reference FROM rows mine"
+            " JOIN batches mb ON mb.batch = mine.batch"
+            " JOIN rows other ON other.reference = mine.reference AND other.batch != mine.batch"
+            " JOIN batches ob ON ob.batch = other.batch AND ob.provider = mb.provider"
+            " AND ob.account_id = mb.account_id"
+            " WHERE mine.batch = ? AND mine.reference IS NOT NULL"
+            f" AND mine.row_key IN ({marks})"
+            " AND other.state IN ('planned', 'sending', 'unknown', 'accepted', 'succeeded')",
+            (batch, *row_keys),
+        ):
+            taken.setdefault(r[0], (r[1], r[2], r[3]))
+        return taken
 
     def recover_after_crash(self, batch: str) -> int:
         """A chunk left `sending` by a dead run may or may not have reached the provider."""
@@ -574,9 +837,16 @@ class Ledger:
 
     def save_plan(
         self, batch: str, chunks: Sequence[tuple[str, str, int, Sequence[str], bytes]]
-    ) -> None:
-        """Record planned chunks (key, currency, attempt, row keys, payload) and their rows."""
+    ) -> set[str]:
+        """Record planned chunks (key, currency, attempt, row keys, payload) and their rows.
+
+        A chunk holding a reference that another batch of the same account has planned,
+        in flight or ordered is not saved: those rows are held (pending, `HELD_ELSEWHERE`)
+        and their keys returned, so the caller plans the rest again. The check and the
+        save are one transaction, so two runs started at once cannot both plan it.
+        """
         now = utc_now()
+        held: set[str] = set()
         with self._tx() as db:
             for key, currency, attempt, keys, payload in chunks:
                 existing = db.execute(
@@ -587,6 +857,25 @@ class Ledger:
                     # to the provider, so the bytes must match what may have been sent.
                     if bytes(existing["payload"]) != payload:
                         raise RuntimeError(f"chunk {key} re-planned with different bytes")
+                    continue
+                taken = self._references_taken_elsewhere(db, batch, keys)
+                if taken:
+                    for row_key, (other, state, reference) in taken.items():
+                        db.execute(
+                            "UPDATE rows SET error_code = ?, error_message = ?,"
+                            " failure_kind = NULL, updated_at = ? WHERE batch = ? AND row_key = ?",
+                            (
+                                HELD_ELSEWHERE,
+                                f"reference {reference!r} is {state} in batch {other!r}; it is"
+                                f" not ordered here (finish or check batch {other!r} first)",
+                                now,
+                                batch,
+                                row_key,
+                            ),
+                        )
+                        self._event(batch, "row_held", row_key=row_key, code=HELD_ELSEWHERE,
+                                    other_batch=other)  # fmt: skip
+                    held.update(taken)
                     continue
                 db.execute(
                     "INSERT INTO chunks(chunk_key, batch, currency, attempt, state, payload,"
@@ -604,6 +893,7 @@ class Ledger:
                     (key, now, batch, *keys),
                 )
                 self._event(batch, "chunk_planned", chunk_key=key, rows=len(keys), attempt=attempt)
+        return held
 
     def chunk(self, chunk_key: str) -> ChunkRecord:
         row = self._db.execute("SELECT * FROM chunks WHERE chunk_key = ?", (chunk_key,)).fetchone()
@@ -673,6 +963,14 @@ class Ledger:
     def mark_accepted(self, batch: str, chunk_key: str, request_id: str) -> None:
         now = utc_now()
         with self._tx() as db:
+            holder = db.execute(
+                "SELECT chunk_key FROM chunks WHERE request_id = ? AND chunk_key != ?",
+                (request_id, chunk_key),
+            ).fetchone()
+            if holder is not None:
+                raise OrderClaimed(
+                    f"provider order {request_id} already belongs to chunk {holder[0]}"
+                )
             self._set_chunk_state(
                 db,
                 batch,
@@ -785,12 +1083,27 @@ def _settle_values(out: RowOutcome, now: str, chunk_key: str, batch: str) -> tup
     )
 
 
+def _statements(script: str) -> list[str]:
+    """The schema's statements, one by one (triggers hold inner semicolons)."""
+    statements, current = [], ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    return [s for s in statements if s]
+
+
 # Importers name these from here; they live in the modules above.
 __all__ = [
+    "HELD_ELSEWHERE",
     "SCHEMA_VERSION",
     "BatchLock",
     "ChunkRecord",
     "Ledger",
+    "LedgerDamaged",
+    "LedgerDiskFull",
+    "OrderClaimed",
     "RowOutcome",
     "RowRecord",
     "SheetRow",

@@ -190,16 +190,28 @@ class Provider(Protocol):
         ...
 
     def lookup(
-        self, key: str, items: Sequence[OrderItem], *, sent_after: datetime | None = None
+        self,
+        key: str,
+        items: Sequence[OrderItem],
+        *,
+        sent_after: datetime | None = None,
+        claimed: frozenset[str] = frozenset(),
     ) -> SubmitResult | None:
         """Find what an earlier, unanswered submission did, without sending it again.
 
         `sent_after` is when the chunk was first sent, so a provider that must match
         by content (GIFQ payouts) never mistakes an older, identical order for it.
+        `claimed` are the provider order ids the ledger already ties to other chunks:
+        one of them is never this chunk's answer.
 
         None means the provider cannot tell (or nothing was created) and the
         caller must resend the same key and bytes, which the provider deduplicates.
         """
+        ...
+
+    def requests_in_progress(self, since: datetime) -> int:
+        """How many order requests since `since` the provider is still processing, whose
+        orders `orders()` cannot list yet. Recovery waits for 0 before it trusts the list."""
         ...
 
     def close(self) -> None: ...

@@ -218,10 +218,20 @@ class UGiftMeProvider(ApiBackedProvider):
         return self._poll_result(data, items)
 
     def lookup(
-        self, key: str, items: Sequence[OrderItem], *, sent_after: datetime | None = None
+        self,
+        key: str,
+        items: Sequence[OrderItem],
+        *,
+        sent_after: datetime | None = None,
+        claimed: frozenset[str] = frozenset(),
     ) -> SubmitResult | None:
         """UGiftMe cannot look an order up by idempotency key: resend the same bytes."""
         return None
+
+    def requests_in_progress(self, since: datetime) -> int:
+        """Wallets holding money for queued order requests, whose orders are not listed
+        yet (availableBalance is balance minus such holds)."""
+        return sum(1 for b in self.balances() if b.available < b.balance)
 
     # ------------------------------------------------------------- internals
 

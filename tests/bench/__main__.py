@@ -26,6 +26,7 @@ SCENARIOS = [
     "report_100k",
     "ledger_scaling",
     "e2e_webhooks",
+    "chaos_once",
 ]
 
 

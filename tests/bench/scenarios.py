@@ -653,6 +653,7 @@ def report_100k(data: Path) -> dict[str, Any]:
 
 
 from tests.bench import webhooks as _webhooks  # noqa: E402  (it reuses the helpers above)
+from tests.bench.chaos import scenario as chaos_scenario  # noqa: E402
 
 SCENARIOS = {
     "csv_validate": csv_validate,
@@ -663,6 +664,7 @@ SCENARIOS = {
     "e2e_webhooks": _webhooks.e2e_webhooks,
     "validate_fixed_cost": validate_fixed_cost,
     "ledger_scaling": ledger_scaling,
+    "chaos_once": chaos_scenario,
 }
 
 

@@ -12,7 +12,10 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pytest
+
 from batcher.sandbox.server import running_sandbox
+from tests.bench.chaos import MODES, run_round
 from tests.e2e.runkit import batcher, cli_env, make_rows, sandbox_orders, start_batcher, write_sheet
 
 KILL_CYCLES = 30
@@ -97,3 +100,16 @@ def test_chaos_sigkill_cycles_end_exactly_once(tmp_path: Path) -> None:
             ).fetchall()
         )
         assert states == {"succeeded": VALID_ROWS, "invalid": 5}, f"seed {seed}: {states}"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_chaos_between_runs_kills_lost_ledgers_and_edits(tmp_path: Path, mode: str) -> None:
+    """Kills, a deleted ledger and an edited sheet between cycles (tests/bench/chaos.py;
+    `make bench` runs 20 seeds per mode). Nothing ordered twice, nothing missing."""
+    seed = int(os.environ.get("BATCHER_CHAOS_SEED", random.randrange(1, 2**31)))
+    print(f"\n{mode} between-runs chaos seed: {seed}  (replay with BATCHER_CHAOS_SEED={seed})")
+    result = run_round(mode, seed, tmp_path, rows=30, cycles=4, grow=4)
+    print(result)
+    assert result.final_exit == 0, f"seed {seed}: never converged: {result}"
+    assert result.duplicates == 0, f"seed {seed}: ordered twice: {result}"
+    assert result.missing == 0, f"seed {seed}: rows never ordered: {result}"

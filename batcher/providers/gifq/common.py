@@ -52,13 +52,33 @@ _MAX_PAGES = 10_000  # a guard against a list that never ends
 T = TypeVar("T")
 
 
+#: GIFQ's production API host; every other host (its sandbox, a local one) is a sandbox
+PRODUCTION_HOST = "api.gifq.com"
+
+
+def environment_of(base_url: str) -> str:
+    """'production' or 'sandbox': what the URL points at, not how it is spelled."""
+    host = (httpx.URL(base_url.strip()).host or "").lower().rstrip(".")
+    return "production" if host == PRODUCTION_HOST else "sandbox"
+
+
 def account_fingerprint(base_url: str, token: str) -> str:
     """A stable account id that reveals nothing about the token.
 
-    GIFQ has no account endpoint, so the id is derived from where and with what
-    batcher connects. A rotated token therefore counts as another account (the
-    ledger refuses to mix them in one batch).
+    GIFQ has no account endpoint, so the id is derived from the token and the
+    environment it belongs to (production or sandbox), never from the URL's
+    spelling: `localhost` and `127.0.0.1`, a trailing slash or an upper-case host
+    are one account, so a rerun spelled differently re-plans the same references.
+    A rotated token counts as another account (the ledger refuses to mix them).
     """
+    environment = environment_of(base_url)
+    digest = hashlib.sha256(f"gifq\x1f{environment}\x1f{token}".encode()).hexdigest()
+    return f"gifq-{digest[:16]}"
+
+
+def former_account_fingerprint(base_url: str, token: str) -> str:
+    """The id batcher before ledger schema 2 recorded (URL text plus token), so batches
+    begun then keep their id and their chunk keys."""
     digest = hashlib.sha256(f"gifq\x1f{base_url.rstrip('/')}\x1f{token}".encode()).hexdigest()
     return f"gifq-{digest[:16]}"
 
@@ -92,6 +112,8 @@ class GifqBase(ApiBackedProvider):
             transport=transport,
         )
         self._account_id = account_fingerprint(settings.base_url, token)
+        self._former_account_id = former_account_fingerprint(settings.base_url, token)
+        self._environment = environment_of(settings.base_url)
         self._options = options or ProviderOptions()
         self._clock = clock
 
@@ -109,7 +131,12 @@ class GifqBase(ApiBackedProvider):
             name="GIFQ",
             plan=self._options.mode,
             status="token accepted",
-            extra={"host": self._api.host, "wallets": currencies},
+            extra={
+                "host": self._api.host,
+                "wallets": currencies,
+                "environment": self._environment,
+                "former_account_ids": self._former_account_id,
+            },
         )
 
     def balances(self) -> list[Balance]:

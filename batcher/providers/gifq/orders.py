@@ -176,7 +176,12 @@ class GifqOrders(GifqBase):
         return PollResult(kind="completed", items=(result,), provider_status=result.provider_status)
 
     def lookup(
-        self, key: str, items: Sequence[OrderItem], *, sent_after: datetime | None = None
+        self,
+        key: str,
+        items: Sequence[OrderItem],
+        *,
+        sent_after: datetime | None = None,
+        claimed: frozenset[str] = frozenset(),
     ) -> SubmitResult | None:
         """Find the order an unanswered POST may have created, by its reference.
 
@@ -191,6 +196,10 @@ class GifqOrders(GifqBase):
             if as_text(record.get("reference")) == key:
                 return self._submit_result(record, item)
         return None
+
+    def requests_in_progress(self, since: datetime) -> int:
+        """None: an order is listed (with its reference) from the moment it exists."""
+        return 0
 
     # ------------------------------------------------------------- internals
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Literal
@@ -50,6 +50,8 @@ PAYOUT_LOOKUP_PAGES = 200
 #: How far GIFQ's clock may be behind ours when comparing creation times.
 CLOCK_SKEW = timedelta(minutes=10)
 _PENDING_PAYOUT_ORDER_STATUSES = {"queued", "processing"}
+#: How long a lookup waits for a look-alike payout order to list its payouts.
+SETTLE_WAIT_SECONDS = 120.0
 
 
 class GifqPayouts(GifqBase):
@@ -70,6 +72,8 @@ class GifqPayouts(GifqBase):
         limiter: RateLimiter | None = None,
         clock: Clock = time.monotonic,
         lookup_pages: int = PAYOUT_LOOKUP_PAGES,
+        settle_wait: float = SETTLE_WAIT_SECONDS,
+        sleep: Callable[[float], object] = time.sleep,
     ) -> None:
         if options.mode != "payouts" or not options.campaign_id:
             raise UsageError("GIFQ payouts need a campaign", hint="pass --payouts --campaign ID")
@@ -84,7 +88,10 @@ class GifqPayouts(GifqBase):
         self.campaign_id = options.campaign_id
         self.expires_in_days = options.expires_in_days or 30
         self.lookup_pages = lookup_pages
+        self.settle_wait = settle_wait
+        self._sleep = sleep
         self._claimed: set[str] = set()  # payout orders this process already tied to a chunk
+        self._ledger_claims: frozenset[str] = frozenset()  # ... and those the ledger ties
         self._unanswered: dict[str, datetime] = {}  # key -> when its unanswered POST left
 
     # ------------------------------------------------------------------ reads
@@ -137,7 +144,9 @@ class GifqPayouts(GifqBase):
         """
         check_reference(key)
         if key in self._unanswered:
-            found = self.lookup(key, items, sent_after=self._unanswered[key])
+            found = self.lookup(
+                key, items, sent_after=self._unanswered[key], claimed=self._ledger_claims
+            )
             if found is not None:
                 del self._unanswered[key]
                 return found
@@ -170,32 +179,43 @@ class GifqPayouts(GifqBase):
             raise OutcomeUnknown(exc.message) from None
 
     def lookup(
-        self, key: str, items: Sequence[OrderItem], *, sent_after: datetime | None = None
+        self,
+        key: str,
+        items: Sequence[OrderItem],
+        *,
+        sent_after: datetime | None = None,
+        claimed: frozenset[str] = frozenset(),
     ) -> SubmitResult | None:
         """Find the payout order an unanswered POST may have created, without resending.
 
-        A candidate matches campaign, wallet currency, recipient count and total,
-        was not already tied to another chunk by this process, was created after
-        `sent_after` (less `CLOCK_SKEW`) when the caller knows when the chunk was
-        first sent, and, once its payouts are listed, pays exactly these recipients.
+        A candidate is not failed, not in `claimed` (tied to another chunk in the
+        ledger) nor claimed by this process, matches campaign, wallet currency,
+        recipient count and total, was created after `sent_after` (less `CLOCK_SKEW`)
+        when the caller knows when the chunk was first sent, and pays exactly these
+        recipients. Recipients are compared whatever the status: a candidate still
+        queued or processing lists no payouts yet, so the lookup waits up to
+        `settle_wait` seconds for it to finish, and otherwise stops rather than take a
+        look-alike (two chunks of equal count and total) for this chunk's order.
 
-        - one live (not failed) candidate: that is the chunk's payout order;
-        - none live: it was never created, or it failed and was refunded; either
-          way a resend pays each recipient once, so None (resend);
-        - several live candidates, or a list too long to scan to its end without
-          finding one: batcher cannot tell, and stops rather than guess or resend.
+        - one candidate: that is the chunk's payout order;
+        - none: it was never created, or it failed and was refunded; either way a
+          resend pays each recipient once, so None (resend);
+        - several, an unsettled look-alike, or a list too long to scan to its end:
+          batcher cannot tell, and stops rather than guess or resend.
         """
         listed, complete = self._scan("/payout-orders", self.lookup_pages)
         oldest = aware(sent_after) - CLOCK_SKEW if sent_after else None
-        live = [
+        self._ledger_claims = claimed  # remembered for this run's in-process resends
+        taken = claimed | self._claimed
+        shaped = [
             record
             for record in listed
             if as_text(record.get("status")) != "failed"
-            and text_of(record.get("id")) not in self._claimed
+            and text_of(record.get("id")) not in taken
             and not created_before(record, oldest)
             and self._same_shape(record, items)
-            and self._same_recipients(record, items)
         ]
+        live = [record for record in map(self._settled, shaped) if self._is_match(record, items)]
         if len(live) > 1:
             ids = ", ".join(sorted(text_of(record.get("id")) for record in live))
             raise ProviderUnavailable(
@@ -214,6 +234,17 @@ class GifqPayouts(GifqBase):
                 hint="check GIFQ for it; the chunk stays unresolved until then",
             )
         return None
+
+    def requests_in_progress(self, since: datetime) -> int:
+        """Payout orders still queued or processing: their payouts are not listed yet."""
+        oldest = aware(since)
+        listed, _complete = self._scan("/payout-orders", self.lookup_pages)
+        return sum(
+            1
+            for record in listed
+            if as_text(record.get("status")) in _PENDING_PAYOUT_ORDER_STATUSES
+            and not created_before(record, oldest)
+        )
 
     # ------------------------------------------------------------- internals
 
@@ -264,14 +295,32 @@ class GifqPayouts(GifqBase):
             and total == sum((item.amount for item in items), Decimal(0))
         )
 
-    def _same_recipients(self, record: Record, items: Sequence[OrderItem]) -> bool:
-        """Once payouts are listed, they must be exactly these recipients."""
+    def _settled(self, record: Record) -> Record:
+        """The payout order once it has left queued/processing (its payouts listed),
+        read again every second for up to `settle_wait` seconds; as it is otherwise."""
         order_id = text_of(record.get("id"))
-        if as_text(record.get("status")) in _PENDING_PAYOUT_ORDER_STATUSES:
-            return True  # no payouts yet: the shape is all there is to compare
+        waited = 0.0
+        while as_text(record.get("status")) in _PENDING_PAYOUT_ORDER_STATUSES:
+            if waited >= self.settle_wait:
+                raise ProviderUnavailable(
+                    f"payout order {order_id} looks like this chunk's but is still "
+                    f"{as_text(record.get('status'))}, so its recipients cannot be compared yet",
+                    hint="rerun in a few minutes; nothing is resent until it can be compared",
+                )
+            self._sleep(1.0)
+            waited += 1.0
+            try:
+                record = self._get_by_id("payout-orders", order_id, "payout order")
+            except OutcomeUnknown:
+                continue
+        return record
+
+    def _is_match(self, record: Record, items: Sequence[OrderItem]) -> bool:
+        """A settled, live payout order that pays exactly these recipients."""
+        if as_text(record.get("status")) == "failed":
+            return False  # refunded: a resend pays each recipient once
+        order_id = text_of(record.get("id"))
         payouts = list(self._pages("/payouts", {"payout_order_id": order_id}))
-        if not payouts:
-            return True
         wanted = sorted(payout_match_key(i.recipient_email, i.amount, i.currency) for i in items)
         listed = sorted(payout_key(record) for record in payouts)
         return wanted == listed

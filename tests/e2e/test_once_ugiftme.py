@@ -1,0 +1,219 @@
+"""Exactly once between runs, against the UGiftMe sandbox over real HTTP: a lost ledger
+with an edited sheet, one sheet under two batch names, edits of ordered rows without a
+reference, and a damaged ledger. Each test names the failure it guards against."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import time
+from collections import Counter
+from pathlib import Path
+
+from batcher.core.errors import ExitCode
+from batcher.sandbox.server import running_sandbox
+from tests.e2e.runkit import (
+    batcher,
+    cli_env,
+    make_rows,
+    orders_by_email,
+    read_rows_csv,
+    sandbox_orders,
+    start_batcher,
+    wait_for,
+    write_sheet,
+)
+
+FAST = {"rate_limit": 100_000, "async_delay_seconds": 0.05}
+
+
+def args_for(sheet: Path, reports: Path, *extra: str) -> list[str]:
+    return ["run", str(sheet), "--yes", "--report-dir", str(reports), "--chunk-size", "5", *extra]
+
+
+def without_reference(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    return [dict(r, Reference="") for r in rows]
+
+
+def assert_once(sandbox: object, rows: list[dict[str, str]]) -> None:
+    by_email = orders_by_email(sandbox)
+    doubled = {e: n for e, n in by_email.items() if n > 1}
+    assert not doubled, f"ordered twice: {doubled}"
+    assert set(by_email) == {r["Email"] for r in rows}, "missing or foreign orders"
+
+
+def test_lost_ledger_and_an_added_row_order_nothing_twice(tmp_path: Path) -> None:
+    """Failure 2: one added row shifted every chunk, every key was new (208 duplicates)."""
+    for with_reference in (True, False):
+        with running_sandbox("ugiftme", **FAST) as sandbox:
+            rows = make_rows(40, seed=3)
+            if not with_reference:
+                rows = without_reference(rows)
+            sheet = write_sheet(tmp_path / "edited.csv", rows)
+            state, reports = tmp_path / f"state-{with_reference}", tmp_path / "r"
+            env = cli_env(sandbox, state)
+            first = batcher(args_for(sheet, reports), env)
+            assert first.returncode == 0, first.stderr
+            assert len(sandbox_orders(sandbox)) == 40
+
+            shutil.rmtree(state)  # the machine was rebuilt
+            extra = make_rows(1, seed=99, prefix="NEW")[0]
+            extra["Email"] = "added@example.com"
+            if not with_reference:
+                extra["Reference"] = ""
+            edited = [extra, *rows]  # the new row sorts first: every old slice would shift
+            write_sheet(sheet, edited)
+            second = batcher(args_for(sheet, reports), env)
+            assert second.returncode == 0, second.stderr
+            assert_once(sandbox, edited)
+            assert "recovery:" in second.stderr and "40 already ordered" in second.stderr
+            states = Counter(r["state"] for r in read_rows_csv(reports, "edited"))
+            assert states == {"succeeded": 41}
+
+
+def test_lost_ledger_after_a_partial_run_orders_the_rest_once(tmp_path: Path) -> None:
+    """Failure 2, partial: a run killed half-way, ledger lost, 60 rows added (62 doubles)."""
+    with running_sandbox("ugiftme", rate_limit=15, rate_window_seconds=1,
+                         async_delay_seconds=0.05) as sandbox:  # fmt: skip
+        rows = make_rows(60, seed=5)
+        sheet = write_sheet(tmp_path / "partial.csv", rows)
+        state, reports = tmp_path / "state", tmp_path / "r"
+        env = cli_env(sandbox, state)
+        proc = start_batcher(args_for(sheet, reports), env)
+        assert wait_for(lambda: len(sandbox_orders(sandbox)) >= 10, timeout=60)
+        proc.kill()
+        proc.communicate()
+        sent = len(sandbox_orders(sandbox))
+        assert 10 <= sent < 60
+
+        shutil.rmtree(state)
+        more = make_rows(60, seed=6, prefix="ADD")
+        for i, row in enumerate(more):
+            row["Email"] = f"added{i}@example.com"
+        edited = more[:30] + rows + more[30:]
+        write_sheet(sheet, edited)
+        for _ in range(4):  # requests still queued when it died may need a moment
+            result = batcher(args_for(sheet, reports), env)
+            if result.returncode == 0:
+                break
+            time.sleep(1)
+        assert result.returncode == 0, result.stderr
+        assert_once(sandbox, edited)
+
+
+def test_same_sheet_under_two_batch_names(tmp_path: Path) -> None:
+    """Failure 5: the same sheet as batch A and batch B, at once and one after the other."""
+    with running_sandbox("ugiftme", rate_limit=40, rate_window_seconds=1,
+                         async_delay_seconds=0.05) as sandbox:  # fmt: skip
+        rows = make_rows(30, seed=8)
+        sheet = write_sheet(tmp_path / "twice.csv", rows)
+        env = cli_env(sandbox, tmp_path / "state")
+        reports = tmp_path / "r"
+        # At the same time: exactly one of them may run it.
+        a = start_batcher(args_for(sheet, reports, "--batch", "night-a"), env)
+        b = start_batcher(args_for(sheet, reports, "--batch", "night-b"), env)
+        outs = [p.communicate(timeout=120) for p in (a, b)]
+        codes = sorted(p.returncode for p in (a, b))
+        assert codes == [0, int(ExitCode.CANNOT_START)], outs
+        assert any("already run as batch" in err for _out, err in outs)
+        assert_once(sandbox, rows)
+
+        # Afterwards, under a third name: refused, and with the flag nothing is reordered.
+        third = batcher(args_for(sheet, reports, "--batch", "night-c"), env)
+        assert third.returncode == ExitCode.CANNOT_START and "already run as batch" in third.stderr
+        forced = batcher(args_for(sheet, reports, "--batch", "night-c", "--same-sheet-ok"), env)
+        assert forced.returncode == 0, forced.stderr
+        assert {r["state"] for r in read_rows_csv(reports, "night-c")} == {"skipped"}
+        assert_once(sandbox, rows)
+
+
+def test_references_in_flight_in_another_batch_are_held(tmp_path: Path) -> None:
+    """Failure 5: references still in flight in batch A were ordered again by batch B."""
+    with running_sandbox("ugiftme", rate_limit=100_000, async_delay_seconds=0.05) as sandbox:
+        rows = make_rows(40, seed=9)
+        sheet_a = write_sheet(tmp_path / "a.csv", rows)
+        env = cli_env(sandbox, tmp_path / "state")
+        reports = tmp_path / "r"
+        a = start_batcher(args_for(sheet_a, reports, "--batch", "night-a", "--max-rate", "4"), env)
+        assert wait_for(lambda: len(sandbox_orders(sandbox)) >= 5, timeout=60)
+        extra = make_rows(1, seed=77, prefix="B")[0]
+        extra["Email"] = "only-in-b@example.com"
+        sheet_b = write_sheet(tmp_path / "b.csv", [*rows, extra])  # other bytes, same refs
+        b = batcher(args_for(sheet_b, reports, "--batch", "night-b"), env)
+        assert b.returncode == 3, b.stderr  # held rows are unfinished, with their reason
+        lines = read_rows_csv(reports, "night-b")
+        held = [r for r in lines if r["state"] == "pending"]
+        assert held and all("night-a" in r["error_message"] for r in held)
+        skipped = [r for r in lines if r["state"] == "skipped"]  # already done in night-a
+        assert len(held) + len(skipped) == 40
+        a.communicate(timeout=120)
+        assert a.returncode == 0
+        again = batcher(args_for(sheet_b, reports, "--batch", "night-b"), env)
+        assert again.returncode == 0, again.stderr
+        states = Counter(r["state"] for r in read_rows_csv(reports, "night-b"))
+        assert states == {"skipped": 40, "succeeded": 1}
+        assert_once(sandbox, [*rows, extra])
+
+
+def test_editing_an_ordered_row_without_reference_is_held(tmp_path: Path) -> None:
+    """Failure 6: without a Reference, editing an ordered row ordered a second card."""
+    with running_sandbox("ugiftme", **FAST) as sandbox:
+        rows = without_reference(make_rows(6, seed=11))
+        sheet = write_sheet(tmp_path / "edits.csv", rows)
+        env = cli_env(sandbox, tmp_path / "state")
+        reports = tmp_path / "r"
+        assert batcher(args_for(sheet, reports), env).returncode == 0
+        edited = [dict(r) for r in rows]
+        edited[2]["Amount"] = "42.42"  # amount edited
+        edited[4]["Name"] = "Someone Else"  # name edited
+        write_sheet(sheet, edited)
+        result = batcher(args_for(sheet, reports), env)
+        assert result.returncode == 1, result.stderr  # held rows fail, with the way out
+        lines = {r["recipient_email"]: r for r in read_rows_csv(reports, "edits")}
+        for index in (2, 4):
+            line = lines[rows[index]["Email"]]
+            assert line["state"] == "failed" and line["error_code"] == "held_possible_duplicate"
+            assert "--retry-failed" in line["error_message"]
+        assert max(orders_by_email(sandbox).values()) == 1 and len(sandbox_orders(sandbox)) == 6
+        confirmed = batcher(args_for(sheet, reports, "--retry-failed"), env)
+        assert confirmed.returncode == 0, confirmed.stderr
+        assert len(sandbox_orders(sandbox)) == 8  # the operator asked for the second cards
+
+
+def test_damaged_ledger_is_named_and_nothing_is_sent(tmp_path: Path) -> None:
+    """Failure 7: a corrupt ledger said 'the ledger is intact, rerun'; a 0-byte one was new."""
+    with running_sandbox("ugiftme", **FAST) as sandbox:
+        rows = make_rows(10, seed=12)
+        sheet = write_sheet(tmp_path / "damage.csv", rows)
+        state, reports = tmp_path / "state", tmp_path / "r"
+        env = cli_env(sandbox, state)
+        assert batcher(args_for(sheet, reports), env).returncode == 0
+        ledger = state / "ledger.sqlite"
+        db = sqlite3.connect(ledger)
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        db.close()
+        backup = batcher(["ledger", "backup", str(tmp_path / "backup.sqlite")], env)
+        assert backup.returncode == 0, backup.stderr
+
+        data = bytearray(ledger.read_bytes())
+        for offset in range(4096, len(data), 4096):  # scribble over every page header
+            data[offset : offset + 8] = b"\xde\xad\xbe\xef" * 2
+        ledger.write_bytes(bytes(data))
+        damaged = batcher(args_for(sheet, reports), env)
+        assert damaged.returncode != 0
+        assert f"the ledger at {ledger} is damaged" in damaged.stderr
+        assert "restore it from backup" in damaged.stderr and "intact" not in damaged.stderr
+        assert len(sandbox_orders(sandbox)) == 10
+
+        ledger.write_bytes(b"")  # 0 bytes: a new ledger, so the provider is asked first
+        for suffix in ("-wal", "-shm"):
+            Path(str(ledger) + suffix).unlink(missing_ok=True)
+        empty = batcher(args_for(sheet, reports), env)
+        assert empty.returncode == 0, empty.stderr
+        assert "10 already ordered" in empty.stderr
+        assert_once(sandbox, rows)
+
+        shutil.copy(tmp_path / "backup.sqlite", ledger)  # restored from the backup
+        restored = batcher(args_for(sheet, reports), env)
+        assert restored.returncode == 0, restored.stderr
+        assert_once(sandbox, rows)
