@@ -1,4 +1,25 @@
-"""Errors that reach the operator as one clear line and a defined exit code."""
+"""The errors batcher raises, and the exit code each one means.
+
+Two families, because they call for opposite reactions::
+
+    Exception
+    ├── BatcherError                 one clear line for the operator, and an exit code
+    │   ├── UsageError               (2) a flag, a name or a mapping is wrong; nothing was sent
+    │   ├── InputFileError           (2) the sheet cannot be read at all
+    │   ├── ConfigError              (4) settings, files or folders; nothing was sent
+    │   │   ├── ledger.LedgerDamaged     the ledger fails its integrity check: restore it
+    │   │   └── ledger.LedgerDiskFull    SQLite could not commit: the disk is full
+    │   ├── ProviderUnavailable      (4) the provider cannot be reached (GET retries spent)
+    │   │   └── AuthError            (4) the provider refused the key
+    │   └── BatchLocked              (4) another run holds the batch
+    └── OutcomeUnknown               a POST may or may not have been acted on: the only
+        └── providers.IncompleteResult   safe next step is the same key and the same bytes
+
+A `BatcherError` stops the command; its message never holds a secret. An
+`OutcomeUnknown` never reaches the operator as such: the runner records the chunk
+as `unknown` and resolves it by a lookup or a byte-identical resend. No raw
+transport error (httpx) leaves `batcher.transport`: it becomes one of these.
+"""
 
 from __future__ import annotations
 

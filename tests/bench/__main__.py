@@ -27,6 +27,7 @@ SCENARIOS = [
     "ledger_scaling",
     "e2e_webhooks",
     "chaos_once",
+    "report_small_in_large",
 ]
 
 

@@ -87,7 +87,10 @@ def _env(mode: str, sandbox: SandboxHandle, state: Path) -> dict[str, str]:
 
 
 def _args(mode: str, sandbox: SandboxHandle, sheet: Path, reports: Path) -> list[str]:
+    # The chaos deletes the ledger between cycles while its reports stay: the operator's
+    # --ledger-lost lets recovery from the provider take over instead of a refusal.
     args = ["run", str(sheet), "--yes", "--report-dir", str(reports), "--chunk-size", "5"]
+    args.append("--ledger-lost")
     if mode != "ugiftme":
         args += ["--provider", "gifq", "--base-url", sandbox.base_url]
     if mode == "gifq-payouts":

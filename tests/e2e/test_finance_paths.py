@@ -334,11 +334,19 @@ def test_a_provider_that_cannot_be_read_is_not_verified_never_a_mismatch(tmp_pat
     class ListingsFail:
         def __init__(self, real: Any) -> None:
             self._real = real
+            self._sent = False
 
         def __getattr__(self, name: str) -> Any:
             return getattr(self._real, name)
 
+        def submit(self, *args: Any, **kwargs: Any) -> Any:
+            self._sent = True
+            return self._real.submit(*args, **kwargs)
+
         def orders(self, since: Any, until: Any = None) -> Any:
+            # Recovery's look before planning still succeeds; the end-of-run listing fails.
+            if not self._sent:
+                return self._real.orders(since, until)
             raise ProviderUnavailable("connection refused while listing orders")
 
     class UI:

@@ -50,7 +50,7 @@ def test_lost_ledger_and_an_added_row_order_nothing_twice(tmp_path: Path) -> Non
             if not with_reference:
                 rows = without_reference(rows)
             sheet = write_sheet(tmp_path / "edited.csv", rows)
-            state, reports = tmp_path / f"state-{with_reference}", tmp_path / "r"
+            state, reports = tmp_path / f"state-{with_reference}", tmp_path / f"r-{with_reference}"
             env = cli_env(sandbox, state)
             first = batcher(args_for(sheet, reports), env)
             assert first.returncode == 0, first.stderr
@@ -63,7 +63,8 @@ def test_lost_ledger_and_an_added_row_order_nothing_twice(tmp_path: Path) -> Non
                 extra["Reference"] = ""
             edited = [extra, *rows]  # the new row sorts first: every old slice would shift
             write_sheet(sheet, edited)
-            second = batcher(args_for(sheet, reports), env)
+            # the operator says the ledger is lost: recovery from the provider takes over
+            second = batcher([*args_for(sheet, reports), "--ledger-lost"], env)
             assert second.returncode == 0, second.stderr
             assert_once(sandbox, edited)
             assert "recovery:" in second.stderr and "40 already ordered" in second.stderr
@@ -93,7 +94,7 @@ def test_lost_ledger_after_a_partial_run_orders_the_rest_once(tmp_path: Path) ->
         edited = more[:30] + rows + more[30:]
         write_sheet(sheet, edited)
         for _ in range(4):  # requests still queued when it died may need a moment
-            result = batcher(args_for(sheet, reports), env)
+            result = batcher([*args_for(sheet, reports), "--ledger-lost"], env)
             if result.returncode == 0:
                 break
             time.sleep(1)
@@ -208,7 +209,7 @@ def test_damaged_ledger_is_named_and_nothing_is_sent(tmp_path: Path) -> None:
         ledger.write_bytes(b"")  # 0 bytes: a new ledger, so the provider is asked first
         for suffix in ("-wal", "-shm"):
             Path(str(ledger) + suffix).unlink(missing_ok=True)
-        empty = batcher(args_for(sheet, reports), env)
+        empty = batcher([*args_for(sheet, reports), "--ledger-lost"], env)
         assert empty.returncode == 0, empty.stderr
         assert "10 already ordered" in empty.stderr
         assert_once(sandbox, rows)
