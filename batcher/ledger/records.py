@@ -49,11 +49,9 @@ def passthrough_headers(
 
 
 @dataclass(frozen=True)
-class SheetRow:
-    """A row of the current sheet, as the runner hands it to the ledger."""
+class RowContent:
+    """What the sheet says about a row: the same fields in the sheet and in the ledger."""
 
-    row_key: str
-    source_row: int
     reference: str | None
     content_hash: str
     fields: dict[str, str]
@@ -61,24 +59,27 @@ class SheetRow:
     currency: str
     face_value: Decimal
     est_cost: Decimal | None
+
+
+@dataclass(frozen=True)
+class SheetRow(RowContent):
+    """A row of the current sheet, as the runner hands it to the ledger."""
+
+    row_key: str
+    source_row: int
     valid: bool
     error_code: str = ""
     error_message: str = ""
 
 
-@dataclass
-class RowRecord:
+@dataclass(frozen=True)
+class RowRecord(RowContent):
+    """A row as the ledger holds it: its sheet content, state and provider answer."""
+
     batch: str
     row_key: str
     source_row: int
     in_sheet: bool
-    reference: str | None
-    content_hash: str
-    fields: dict[str, str]
-    passthrough: dict[str, str]
-    currency: str
-    face_value: Decimal
-    est_cost: Decimal | None
     state: str
     attempt: int
     retry_group: str

@@ -1,0 +1,194 @@
+"""Planning: chunks saved, discarded, held back for references and funds, and order claims."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+
+from batcher.core.clock import utc_now
+from batcher.ledger.connection import LedgerConnection, in_slices
+
+#: error_code of a pending row whose reference another batch of the account holds
+HELD_ELSEWHERE = "held_reference_in_another_batch"
+
+
+class LedgerPlanning(LedgerConnection):
+    """What gets planned, what is held back, which provider orders are taken."""
+
+    def save_plan(
+        self, batch: str, chunks: Sequence[tuple[str, str, int, Sequence[str], bytes]]
+    ) -> set[str]:
+        """Record planned chunks (key, currency, attempt, row keys, payload) and their rows.
+
+        A chunk holding a reference that another batch of the same account has planned,
+        in flight or ordered is not saved: those rows are held (pending, `HELD_ELSEWHERE`)
+        and their keys returned, so the caller plans the rest again. The check and the
+        save are one transaction, so two runs started at once cannot both plan it.
+        """
+        now = utc_now()
+        held: set[str] = set()
+        with self._tx() as db:
+            for key, currency, attempt, keys, payload in chunks:
+                existing = db.execute(
+                    "SELECT state, payload FROM chunks WHERE chunk_key = ?", (key,)
+                ).fetchone()
+                if existing is not None:
+                    # The same rows and attempt were planned before: the key is a promise
+                    # to the provider, so the bytes must match what may have been sent.
+                    if bytes(existing["payload"]) != payload:
+                        raise RuntimeError(f"chunk {key} re-planned with different bytes")
+                    continue
+                taken = self._references_taken_elsewhere(db, batch, keys)
+                if taken:
+                    for row_key, (other, state, reference) in taken.items():
+                        db.execute(
+                            "UPDATE rows SET error_code = ?, error_message = ?,"
+                            " failure_kind = NULL, updated_at = ? WHERE batch = ? AND row_key = ?",
+                            (
+                                HELD_ELSEWHERE,
+                                f"reference {reference!r} is {state} in batch {other!r}; it is"
+                                f" not ordered here (finish or check batch {other!r} first)",
+                                now,
+                                batch,
+                                row_key,
+                            ),
+                        )
+                        self._event(batch, "row_held", row_key=row_key, code=HELD_ELSEWHERE,
+                                    other_batch=other)  # fmt: skip
+                    held.update(taken)
+                    continue
+                db.execute(
+                    "INSERT INTO chunks(chunk_key, batch, currency, attempt, state, payload,"
+                    " row_count, created_at) VALUES (?, ?, ?, ?, 'planned', ?, ?, ?)",
+                    (key, batch, currency, attempt, payload, len(keys), now),
+                )
+                db.executemany(
+                    "INSERT INTO chunk_rows(chunk_key, row_key, position) VALUES (?, ?, ?)",
+                    [(key, rk, i) for i, rk in enumerate(keys)],
+                )
+                marks = ",".join("?" * len(keys))
+                db.execute(
+                    f"UPDATE rows SET state = 'planned', chunk_key = ?, updated_at = ?"
+                    f" WHERE batch = ? AND row_key IN ({marks})",
+                    (key, now, batch, *keys),
+                )
+                self._event(batch, "chunk_planned", chunk_key=key, rows=len(keys), attempt=attempt)
+        return held
+
+    def discard_unsent_plans(
+        self, batch: str, chunk_keys: Sequence[str] | None = None, *, stale_only: bool = False
+    ) -> int:
+        """Planned chunks that never left can be re-planned freely: nothing was sent.
+
+        All of the batch's planned chunks, only those of `chunk_keys`, or (stale_only)
+        only those that no longer hold exactly their rows as planned (a row changed,
+        left the sheet or was held). The others keep their composition and key, so a
+        row added to the sheet later never re-slices them: if a restored ledger calls a
+        sent chunk `planned`, it goes out again under the key the provider knows.
+        """
+        with self._tx() as db:
+            if stale_only:
+                planned = [
+                    r[0]
+                    for r in db.execute(
+                        "SELECT c.chunk_key FROM chunks c WHERE c.batch = ? AND c.state = 'planned'"
+                        " AND (c.row_count != (SELECT COUNT(*) FROM rows r WHERE r.batch = c.batch"
+                        " AND r.chunk_key = c.chunk_key AND r.state = 'planned' AND r.in_sheet = 1)"
+                        " OR c.row_count != (SELECT COUNT(*) FROM chunk_rows cr"
+                        " WHERE cr.chunk_key = c.chunk_key))",
+                        (batch,),
+                    )
+                ]
+            else:
+                planned = [
+                    r[0]
+                    for r in db.execute(
+                        "SELECT chunk_key FROM chunks WHERE batch = ? AND state = 'planned'",
+                        (batch,),
+                    )
+                ]
+            keys = planned if chunk_keys is None else [k for k in planned if k in set(chunk_keys)]
+            for key in keys:
+                db.execute(
+                    "UPDATE rows SET state = 'pending', chunk_key = NULL, updated_at = ?"
+                    " WHERE batch = ? AND chunk_key = ? AND state = 'planned'",
+                    (utc_now(), batch, key),
+                )
+                db.execute("DELETE FROM chunk_rows WHERE chunk_key = ?", (key,))
+                db.execute("DELETE FROM chunks WHERE chunk_key = ?", (key,))
+                self._event(batch, "chunk_discarded", chunk_key=key)
+        return len(keys)
+
+    def clear_reference_holds(self, batch: str) -> None:
+        """Rows held because another batch had their reference: ask again this run."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE rows SET error_code = NULL, error_message = NULL, failure_kind = NULL"
+                " WHERE batch = ? AND state = 'pending' AND error_code = ?",
+                (batch, HELD_ELSEWHERE),
+            )
+
+    def references_taken_elsewhere(self, batch: str, row_keys: Sequence[str]) -> set[str]:
+        """Row keys of `batch` whose reference another batch of the account holds."""
+        taken: set[str] = set()
+        for part, _ in in_slices(row_keys, 400):
+            taken.update(self._references_taken_elsewhere(self._db, batch, part))
+        return taken
+
+    def _references_taken_elsewhere(
+        self, db: sqlite3.Connection, batch: str, row_keys: Sequence[str]
+    ) -> dict[str, tuple[str, str, str]]:
+        """row key -> (other batch, its row's state, reference) for references another
+        batch of the same account has planned, in flight or succeeded."""
+        marks = ",".join("?" * len(row_keys))
+        taken: dict[str, tuple[str, str, str]] = {}
+        for r in db.execute(
+            "SELECT mine.row_key, other.batch, other.state, mine.reference FROM rows mine"
+            " JOIN batches mb ON mb.batch = mine.batch"
+            " JOIN rows other ON other.reference = mine.reference AND other.batch != mine.batch"
+            " JOIN batches ob ON ob.batch = other.batch AND ob.provider = mb.provider"
+            " AND ob.account_id = mb.account_id"
+            " WHERE mine.batch = ? AND mine.reference IS NOT NULL"
+            f" AND mine.row_key IN ({marks})"
+            " AND other.state IN ('planned', 'sending', 'unknown', 'accepted', 'succeeded')",
+            (batch, *row_keys),
+        ):
+            taken.setdefault(r[0], (r[1], r[2], r[3]))
+        return taken
+
+    def mark_pending_reason(self, batch: str, currency: str, code: str, message: str) -> int:
+        """Annotate the pending rows paid from a wallet (e.g. insufficient funds)."""
+        paying = "COALESCE(NULLIF(json_extract(fields, '$.payment_currency'), ''), currency)"
+        with self._tx() as db:
+            cursor = db.execute(
+                "UPDATE rows SET error_code = ?, error_message = ?, failure_kind = 'retryable',"
+                f" updated_at = ? WHERE batch = ? AND {paying} = ? AND in_sheet = 1"
+                " AND state = 'pending'",
+                (code, message, utc_now(), batch, currency),
+            )
+            self._event(batch, "rows_held", currency=currency, code=code, count=cursor.rowcount)
+            return cursor.rowcount
+
+    def claimed_order_ids(self, provider: str, account_id: str) -> set[str]:
+        """Every provider order some row of this account already stands for."""
+        return {
+            r[0]
+            for r in self._db.execute(
+                "SELECT r.order_id FROM rows r JOIN batches b ON b.batch = r.batch"
+                " WHERE r.order_id IS NOT NULL AND b.provider = ? AND b.account_id = ?",
+                (provider, account_id),
+            )
+        }
+
+    def claimed_request_ids(self, batch: str, except_chunk: str | None = None) -> frozenset[str]:
+        """Provider order requests already tied to a chunk of this batch's account."""
+        return frozenset(
+            r[0]
+            for r in self._db.execute(
+                "SELECT c.request_id FROM chunks c JOIN batches b ON b.batch = c.batch"
+                " JOIN batches mine ON mine.batch = ?"
+                " WHERE c.request_id IS NOT NULL AND b.provider = mine.provider"
+                " AND b.account_id = mine.account_id AND c.chunk_key != ?",
+                (batch, except_chunk or ""),
+            )
+        )

@@ -1,0 +1,148 @@
+"""Reads for reports, status and the runner: nothing here writes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from batcher.core.states import ROW_STATES
+from batcher.ledger.connection import LedgerConnection, in_slices
+from batcher.ledger.records import ChunkRecord, RowRecord
+
+
+class LedgerQueries(LedgerConnection):
+    """Read-only questions to the ledger."""
+
+    def batch_info(self, batch: str) -> dict[str, Any] | None:
+        row = self._db.execute("SELECT * FROM batches WHERE batch = ?", (batch,)).fetchone()
+        if row is None:
+            return None
+        info = dict(row)
+        info["sheet_headers"] = json.loads(info["sheet_headers"])
+        info["sheet_columns"] = json.loads(info["sheet_columns"])
+        return info
+
+    def run_summary(self, run_id: str) -> dict[str, Any] | None:
+        row = self._db.execute("SELECT summary FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return json.loads(row[0]) if row and row[0] else None
+
+    def batches(self) -> list[dict[str, Any]]:
+        return [
+            dict(r)
+            for r in self._db.execute(
+                "SELECT batch, provider, account_id, source_path, source_sha256, created_at,"
+                " updated_at FROM batches ORDER BY updated_at DESC"
+            )
+        ]
+
+    def runs(self, batch: str, limit: int = 10) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT run_id, command, pid, host, started_at, finished_at, exit_code FROM runs"
+            " WHERE batch = ? ORDER BY started_at DESC LIMIT ?",
+            (batch, limit),
+        )
+        return [dict(r) for r in rows]
+
+    def events(self, batch: str, kind: str | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT * FROM events WHERE batch = ?"
+        params: list[Any] = [batch]
+        if kind:
+            sql += " AND kind = ?"
+            params.append(kind)
+        return [dict(r) for r in self._db.execute(sql + " ORDER BY id", params)]
+
+    def rows(
+        self, batch: str, *, in_sheet_only: bool = True, state: str | None = None
+    ) -> list[RowRecord]:
+        """The batch's rows in sheet order; only those in the latest sheet unless told,
+        and only those in `state` if given."""
+        sql, args = "SELECT * FROM rows WHERE batch = ?", [batch]
+        if in_sheet_only:
+            sql += " AND in_sheet = 1"
+        if state is not None:
+            sql += " AND state = ?"
+            args.append(state)
+        return [RowRecord.from_sql(r) for r in self._db.execute(sql + " ORDER BY source_row", args)]
+
+    def rows_by_key(self, batch: str, keys: Iterable[str]) -> dict[str, RowRecord]:
+        wanted = list(keys)
+        found: dict[str, RowRecord] = {}
+        for part, marks in in_slices(wanted):
+            for r in self._db.execute(
+                f"SELECT * FROM rows WHERE batch = ? AND row_key IN ({marks})", (batch, *part)
+            ):
+                found[r["row_key"]] = RowRecord.from_sql(r)
+        return found
+
+    def orders_elsewhere(
+        self, batch: str, references: Sequence[str]
+    ) -> dict[str, tuple[str, str | None, str | None]]:
+        """Reference -> (batch, order id, succeeded at) of its order in another batch.
+
+        Read-only: says where a row skipped as "ordered in another batch" was ordered.
+        """
+        found: dict[str, tuple[str, str | None, str | None]] = {}
+        wanted = sorted(set(references))
+        for part, marks in in_slices(wanted):
+            for r in self._db.execute(
+                "SELECT reference, batch, order_id, succeeded_at FROM rows"
+                f" WHERE reference IN ({marks}) AND state = 'succeeded' AND batch != ?"
+                " ORDER BY succeeded_at",
+                (*part, batch),
+            ):
+                found.setdefault(r[0], (r[1], r[2], r[3]))
+        return found
+
+    def orders_not_in_sheet(self, batch: str) -> int:
+        """Orders the batch paid for rows no longer in its sheet (earlier sheets, same name)."""
+        row = self._db.execute(
+            "SELECT COUNT(*) FROM rows WHERE batch = ? AND in_sheet = 0 AND state = 'succeeded'"
+            " AND order_id IS NOT NULL",
+            (batch,),
+        ).fetchone()
+        return int(row[0])
+
+    def batches_ordering_between(self, start: str, end: str) -> list[str]:
+        """Batches with an order that succeeded in [start, end) (ledger timestamps, UTC)."""
+        return [
+            r[0]
+            for r in self._db.execute(
+                "SELECT DISTINCT batch FROM rows WHERE state = 'succeeded'"
+                " AND succeeded_at >= ? AND succeeded_at < ? ORDER BY batch",
+                (start, end),
+            )
+        ]
+
+    def count_by_state(self, batch: str) -> dict[str, int]:
+        counts: dict[str, int] = dict.fromkeys(map(str, ROW_STATES), 0)
+        for r in self._db.execute(
+            "SELECT state, COUNT(*) FROM rows WHERE batch = ? AND in_sheet = 1 GROUP BY state",
+            (batch,),
+        ):
+            counts[r[0]] = r[1]
+        return counts
+
+    def chunk(self, chunk_key: str) -> ChunkRecord:
+        row = self._db.execute("SELECT * FROM chunks WHERE chunk_key = ?", (chunk_key,)).fetchone()
+        if row is None:
+            raise KeyError(chunk_key)
+        keys = [
+            r[0]
+            for r in self._db.execute(
+                "SELECT row_key FROM chunk_rows WHERE chunk_key = ? ORDER BY position", (chunk_key,)
+            )
+        ]
+        return ChunkRecord.from_sql(row, keys)
+
+    def chunks(self, batch: str, states: Sequence[str]) -> list[ChunkRecord]:
+        marks = ",".join("?" * len(states))
+        keys = [
+            r[0]
+            for r in self._db.execute(
+                f"SELECT chunk_key FROM chunks WHERE batch = ? AND state IN ({marks})"
+                " ORDER BY created_at, chunk_key",
+                (batch, *states),
+            )
+        ]
+        return [self.chunk(k) for k in keys]

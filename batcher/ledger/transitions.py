@@ -1,0 +1,193 @@
+"""Chunk transitions: planned -> sending -> accepted/unknown -> settled, each committed first."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+from batcher.core.clock import utc_now
+from batcher.ledger.connection import INSERT_EVENT, LedgerConnection
+from batcher.ledger.records import RowOutcome
+
+
+class OrderClaimed(RuntimeError):
+    """A provider order is already tied to another chunk: recording it again would
+    make one order answer for two chunks' rows."""
+
+
+class LedgerTransitions(LedgerConnection):
+    """Moving chunks and their rows through their states."""
+
+    def recover_after_crash(self, batch: str) -> int:
+        """A chunk left `sending` by a dead run may or may not have reached the provider."""
+        with self._tx() as db:
+            keys = [
+                r[0]
+                for r in db.execute(
+                    "SELECT chunk_key FROM chunks WHERE batch = ? AND state = 'sending'", (batch,)
+                )
+            ]
+            for key in keys:
+                self._set_chunk_state(db, batch, key, "unknown", row_state="unknown")
+                self._event(batch, "chunk_unknown_after_crash", chunk_key=key)
+        return len(keys)
+
+    def _set_chunk_state(
+        self,
+        db: sqlite3.Connection,
+        batch: str,
+        chunk_key: str,
+        state: str,
+        *,
+        row_state: str | None = None,
+        **columns: Any,
+    ) -> None:
+        sets = ["state = ?"] + [f"{c} = ?" for c in columns]
+        db.execute(
+            f"UPDATE chunks SET {', '.join(sets)} WHERE chunk_key = ?",
+            (state, *columns.values(), chunk_key),
+        )
+        if row_state:
+            db.execute(
+                "UPDATE rows SET state = ?, updated_at = ? WHERE batch = ? AND chunk_key = ?"
+                " AND state NOT IN ('succeeded', 'failed')",
+                (row_state, utc_now(), batch, chunk_key),
+            )
+
+    def mark_sending(self, batch: str, chunk_key: str) -> None:
+        """Committed before the HTTP request leaves: a crash now means 'unknown', not 'lost'."""
+        now = utc_now()
+        with self._tx() as db:
+            db.execute(
+                "UPDATE chunks SET send_count = send_count + 1, last_sent_at = ?,"
+                " first_sent_at = COALESCE(first_sent_at, ?) WHERE chunk_key = ?",
+                (now, now, chunk_key),
+            )
+            self._set_chunk_state(db, batch, chunk_key, "sending", row_state="sending")
+            self._event(batch, "chunk_sending", chunk_key=chunk_key)
+
+    def mark_unknown(self, batch: str, chunk_key: str, reason: str) -> None:
+        with self._tx() as db:
+            self._set_chunk_state(
+                db, batch, chunk_key, "unknown", row_state="unknown", error_message=reason
+            )
+            self._event(batch, "chunk_unknown", chunk_key=chunk_key, reason=reason)
+
+    def mark_accepted(self, batch: str, chunk_key: str, request_id: str) -> None:
+        now = utc_now()
+        with self._tx() as db:
+            holder = db.execute(
+                "SELECT chunk_key FROM chunks WHERE request_id = ? AND chunk_key != ?",
+                (request_id, chunk_key),
+            ).fetchone()
+            if holder is not None:
+                raise OrderClaimed(
+                    f"provider order {request_id} already belongs to chunk {holder[0]}"
+                )
+            self._set_chunk_state(
+                db,
+                batch,
+                chunk_key,
+                "accepted",
+                row_state="accepted",
+                request_id=request_id,
+                accepted_at=now,
+                error_message=None,
+            )
+            db.execute(
+                "UPDATE rows SET order_request_id = ? WHERE batch = ? AND chunk_key = ?",
+                (request_id, batch, chunk_key),
+            )
+            self._event(batch, "chunk_accepted", chunk_key=chunk_key, request_id=request_id)
+
+    def count_poll(self, chunk_key: str) -> None:
+        self._db.execute(
+            "UPDATE chunks SET poll_count = poll_count + 1 WHERE chunk_key = ?", (chunk_key,)
+        )
+
+    def settle_chunk(
+        self,
+        batch: str,
+        chunk_key: str,
+        chunk_state: str,
+        outcomes: Sequence[RowOutcome],
+        *,
+        error_code: str | None = None,
+        error_message: str | None = None,
+    ) -> None:
+        """Record a definite answer for a chunk and each of its rows, atomically."""
+        now = utc_now()
+        with self._tx() as db:
+            self._set_chunk_state(
+                db,
+                batch,
+                chunk_key,
+                chunk_state,
+                finished_at=now,
+                error_code=error_code,
+                error_message=error_message,
+            )
+            # One statement per kind of row, run over the whole chunk.
+            for release in (False, True):
+                db.executemany(
+                    _SETTLE_RELEASED_ROW if release else _SETTLE_ROW,
+                    [
+                        _settle_values(out, now, chunk_key, batch)
+                        for out in outcomes
+                        if bool(out.release) == release
+                    ],
+                )
+            db.executemany(
+                INSERT_EVENT,
+                [
+                    self._event_values(
+                        batch,
+                        "row_settled",
+                        chunk_key,
+                        out.row_key,
+                        {"state": out.state, "code": out.error_code, "order_id": out.order_id},
+                    )
+                    for out in outcomes
+                ],
+            )
+            self._event(batch, "chunk_settled", chunk_key=chunk_key, state=chunk_state)
+
+
+_SETTLE_SETS = (
+    "UPDATE rows SET state = ?, failure_kind = ?, error_code = ?,"
+    " error_message = ?, provider_request_id = ?, order_id = ?,"
+    " transaction_id = ?, cost = ?, cost_currency = ?, voucher_last4 = ?,"
+    " provider_status = ?, updated_at = ?,"
+    " succeeded_at = CASE WHEN ? = 'succeeded' THEN ? ELSE succeeded_at END,"
+    " chunk_key = CASE WHEN ? THEN NULL ELSE chunk_key END"
+)
+_SETTLE_ROW = _SETTLE_SETS + " WHERE batch = ? AND row_key = ?"
+#: A row released for retry starts its next attempt in a retry group named by this chunk.
+_SETTLE_RELEASED_ROW = (
+    _SETTLE_SETS + ", attempt = attempt + 1, retry_group = ? WHERE batch = ? AND row_key = ?"
+)
+
+
+def _settle_values(out: RowOutcome, now: str, chunk_key: str, batch: str) -> tuple[Any, ...]:
+    """The parameters of _SETTLE_ROW (or _SETTLE_RELEASED_ROW) for one row."""
+    return (
+        out.state,
+        out.failure_kind,
+        out.error_code,
+        out.error_message,
+        out.provider_request_id,
+        out.order_id,
+        out.transaction_id,
+        None if out.cost is None else str(out.cost),
+        out.cost_currency,
+        out.voucher_last4,
+        out.provider_status,
+        now,
+        out.state,
+        now,
+        out.release,
+        *((chunk_key,) if out.release else ()),
+        batch,
+        out.row_key,
+    )
