@@ -198,19 +198,13 @@ def order_headers(passthrough: Sequence[str]) -> list[str]:
 
 
 def order_line(row: RowRecord, model: ReportModel, styles: _Styles) -> list[Any]:
-    f = row.fields
     check = model.checks.get(row.row_key)
     debit = styles.amount(check.debit, check.debit_currency) if check else None
-    face = None if row.state == "invalid" else styles.amount(row.face_value, row.currency)
     return [
         row.source_row,
-        row.reference or f.get("reference", ""),
+        _reference(row),
         *(row.passthrough.get(h, "") for h in model.passthrough),
-        f.get("recipient_email", ""),
-        f.get("recipient_name", ""),
-        f.get("product_code", ""),
-        face,
-        row.currency,
+        *_recipient_and_card(row, styles),
         styles.amount(row.cost, charged_currency(row)),
         row.cost_currency or "",
         row.state,
@@ -226,6 +220,24 @@ def order_line(row: RowRecord, model: ReportModel, styles: _Styles) -> list[Any]
         _ts(row.created_at),
         _ts(row.updated_at),
         _ts(row.succeeded_at),
+    ]
+
+
+def _reference(row: RowRecord) -> str:
+    return row.reference or row.fields.get("reference", "")
+
+
+def _recipient_and_card(row: RowRecord, styles: _Styles) -> list[Any]:
+    """Recipient email and name, product, face value and currency: as the sheet gave them."""
+    f = row.fields
+    # an invalid row's face value may be anything the sheet held: not shown as money
+    face = None if row.state == "invalid" else styles.amount(row.face_value, row.currency)
+    return [
+        f.get("recipient_email", ""),
+        f.get("recipient_name", ""),
+        f.get("product_code", ""),
+        face,
+        row.currency,
     ]
 
 
@@ -266,16 +278,11 @@ def _orders_sheet(workbook: Workbook, model: ReportModel, styles: _Styles) -> St
 
 
 def failure_line(failure: Failure, styles: _Styles) -> list[Any]:
-    row, f = failure.row, failure.row.fields
-    face = None if row.state == "invalid" else styles.amount(row.face_value, row.currency)
+    row = failure.row
     return [
         row.source_row,
-        row.reference or f.get("reference", ""),
-        f.get("recipient_email", ""),
-        f.get("recipient_name", ""),
-        f.get("product_code", ""),
-        face,
-        row.currency,
+        _reference(row),
+        *_recipient_and_card(row, styles),
         row.state,
         row.error_code or "",
         failure.reason,
