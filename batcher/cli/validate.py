@@ -21,6 +21,7 @@ from batcher.cli import common
 from batcher.cli.render import column_lines, render_summary
 from batcher.cli.terminal import echo
 from batcher.core.errors import ExitCode
+from batcher.execute.check import SheetReading
 from batcher.services import validate_sheet
 
 
@@ -51,11 +52,7 @@ def validate(
     outcome = validate_sheet(
         common.resolve_settings(provider, base_url),
         sheet,
-        sheet_name=sheet_name,
-        mapping=parsed_map,
-        allow_duplicates=allow_duplicates,
-        skip_hidden=skip_hidden,
-        limits=common.read_limits(),
+        SheetReading(sheet_name, parsed_map, allow_duplicates, skip_hidden, common.read_limits()),
         provider_options=common.provider_mode(payouts, campaign, expires_in_days),
         report_dir=report_dir,
         write_json=as_json,

@@ -21,10 +21,10 @@ from batcher.config import ProviderSettings
 from batcher.core.models import Balance
 from batcher.core.money import money_str
 from batcher.core.states import RowState
+from batcher.execute.check import check_sheet
 from batcher.execute.rows import sheet_rows_from_validation
 from batcher.execute.run import (
     BatchOptions,
-    check_batch_sheet,
     guardrail_refusal,
     record_batch,
 )
@@ -56,7 +56,7 @@ def dry_run_batch(settings: ProviderSettings, options: BatchOptions) -> DryRun:
     provider = connect(settings, max_rate=options.max_rate, options=options.provider_options)
     try:
         account = provider.account()
-        check = check_batch_sheet(provider, options)
+        check = check_sheet(provider, options.sheet, options.reading)
         result = check.result
         document: dict[str, Any] = {
             "schema": PLAN_SCHEMA,

@@ -26,7 +26,7 @@ from batcher.core.models import Balance, FxQuote
 from batcher.core.money import format_money, money_str
 from batcher.core.names import batch_name_from_stem, check_batch_name
 from batcher.core.states import UNFINISHED_STATES, UNSETTLED_STATES
-from batcher.execute.check import SheetCheck, check_sheet
+from batcher.execute.check import SheetReading, check_sheet
 from batcher.execute.events import POLL, RECONCILE, SUBMIT, RunStart, emit
 from batcher.execute.funds import FundsCheck, Need, check_funds, left_out_message
 from batcher.execute.recovery import DEFAULT_LOOKBACK_DAYS, before_planning
@@ -35,7 +35,6 @@ from batcher.execute.runner import PlanSummary, RunListener, Runner, RunOptions,
 from batcher.execute.webhook_feed import open_feed
 from batcher.intake.read import Sheet
 from batcher.intake.validate import ValidationResult
-from batcher.intake.xlsx_limits import IntakeLimits
 from batcher.ledger.store import BatchLock, Ledger, RowRecord, SheetRow, count_states
 from batcher.providers import connect
 from batcher.providers.base import Provider, ProviderOptions
@@ -53,11 +52,7 @@ from batcher.reporting.reports import FAILED_ROWS_NAME, ReportResult, explain_sk
 class BatchOptions:
     sheet: Path
     batch: str | None = None
-    sheet_name: str | None = None
-    mapping: dict[str, str] = field(default_factory=dict)
-    allow_duplicates: bool = False
-    skip_hidden: bool = False
-    limits: IntakeLimits | None = None
+    reading: SheetReading = field(default_factory=SheetReading)
     skip_invalid: bool = False
     max_rate: float | None = None
     max_total: dict[str, Decimal] = field(default_factory=dict)
@@ -81,19 +76,6 @@ class BatchOptions:
         if self.batch is not None:
             return check_batch_name(self.batch)
         return batch_name_from_stem(self.sheet.stem)
-
-
-def check_batch_sheet(provider: Provider, options: BatchOptions) -> SheetCheck:
-    """Read and check the sheet as `options` says: the steps a run and a dry run share."""
-    return check_sheet(
-        provider,
-        options.sheet,
-        sheet_name=options.sheet_name,
-        mapping=options.mapping,
-        allow_duplicates=options.allow_duplicates,
-        skip_hidden=options.skip_hidden,
-        limits=options.limits,
-    )
 
 
 def record_batch(
@@ -165,7 +147,7 @@ def run_batch(
     )
     try:
         account = provider.account()
-        check = check_batch_sheet(provider, options)
+        check = check_sheet(provider, options.sheet, options.reading)
         result, balances, quotes = check.result, check.balances, check.quotes
         sheet = result.sheet
         emit(ui.listener, "sheet_read", sheet)

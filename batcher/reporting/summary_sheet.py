@@ -226,13 +226,14 @@ def _movement_table(cursor: _Cursor, model: ReportModel) -> None:
 
 def _outstanding(cursor: _Cursor, model: ReportModel) -> None:
     """Rows a rerun settles (not sent yet, or in flight): not failures, but not done."""
-    waiting = [f for f in model.failures if f.outstanding]
-    cursor.title("Outstanding (a rerun of the batch settles these; see the Outstanding sheet)")
-    cursor.header(OUTSTANDING_HEADERS)
-    for reason, count in sorted(Counter(f.reason for f in waiting).items()):
-        cursor.put([count, reason])
-    if not waiting:
-        cursor.put([0, "nothing outstanding"])
+    waiting = Counter(f.reason for f in model.failures if f.outstanding)
+    _counts(
+        cursor,
+        "Outstanding (a rerun of the batch settles these; see the Outstanding sheet)",
+        OUTSTANDING_HEADERS,
+        sorted(waiting.items()),
+        "nothing outstanding",
+    )
 
 
 def _currency_table(cursor: _Cursor, rec: Reconciliation) -> None:
@@ -256,13 +257,26 @@ def _currency_table(cursor: _Cursor, rec: Reconciliation) -> None:
 
 
 def _next_steps(cursor: _Cursor, model: ReportModel) -> None:
-    cursor.title("Next steps")
-    cursor.header(NEXT_STEP_HEADERS)
     steps = next_steps([f for f in model.failures if not f.outstanding])
-    for action, count in steps[:30]:
-        cursor.put([count, action])
-    if not steps:
-        cursor.put([0, "nothing to do: no row needs action"])
+    _counts(
+        cursor, "Next steps", NEXT_STEP_HEADERS, steps[:30], "nothing to do: no row needs action"
+    )
+
+
+def _counts(
+    cursor: _Cursor,
+    title: str,
+    headers: Sequence[str],
+    counts: Sequence[tuple[str, int]],
+    nothing: str,
+) -> None:
+    """How many rows each reason or step covers; a zero line saying `nothing` if none."""
+    cursor.title(title)
+    cursor.header(headers)
+    for text, count in counts:
+        cursor.put([count, text])
+    if not counts:
+        cursor.put([0, nothing])
 
 
 def _runs_table(cursor: _Cursor, model: ReportModel) -> None:
