@@ -41,16 +41,19 @@ def main() -> None:
         tour(Path(state), report_dir)
 
 
+def _cli_env(state_dir: Path, **sandbox: str) -> dict[str, str]:
+    """The CLI's environment for a sandbox: its credentials, the demo's ledger, no config."""
+    env = {**os.environ, **sandbox, "BATCHER_STATE_DIR": str(state_dir)}
+    env.pop("BATCHER_CONFIG", None)  # the operator's batcher.toml must not steer the demo
+    return env
+
+
 def tour(state_dir: Path, report_dir: Path) -> None:
     with running_sandbox("ugiftme", async_delay_seconds=0.3) as sandbox:
         print(f"UGiftMe sandbox running at {sandbox.base_url}")
-        env = {
-            **os.environ,
-            "UGIFTME_API_KEY": sandbox.api_key,
-            "UGIFTME_BASE_URL": sandbox.base_url,
-            "BATCHER_STATE_DIR": str(state_dir),
-        }
-        env.pop("BATCHER_CONFIG", None)
+        env = _cli_env(
+            state_dir, UGIFTME_API_KEY=sandbox.api_key, UGIFTME_BASE_URL=sandbox.base_url
+        )
         step("check the API key", ["auth"], env, expect={0})
         step("browse the catalog (GBP)", ["catalog", "--currency", "GBP"], env, expect={0})
         step("wallet balances", ["wallet"], env, expect={0})
@@ -88,13 +91,7 @@ def gifq_demo(state_dir: Path, report_dir: Path) -> None:
     """The same pipeline against the second provider: single orders, then payouts."""
     with running_sandbox("gifq", async_delay_seconds=0.2) as sandbox:
         print(f"\nGIFQ sandbox running at {sandbox.base_url}")
-        env = {
-            **os.environ,
-            "GIFQ_API_TOKEN": sandbox.api_key,
-            "GIFQ_BASE_URL": sandbox.base_url,
-            "BATCHER_STATE_DIR": str(state_dir),
-        }
-        env.pop("BATCHER_CONFIG", None)
+        env = _cli_env(state_dir, GIFQ_API_TOKEN=sandbox.api_key, GIFQ_BASE_URL=sandbox.base_url)
         gifq = ["--provider", "gifq"]
         report = ["--report-dir", str(report_dir)]
         step("GIFQ: check the token", ["auth", *gifq], env, expect={0})

@@ -30,11 +30,10 @@ from batcher.core.errors import ConfigError, UsageError
 from batcher.core.models import AccountInfo, Balance, Product, WalletTransaction
 from batcher.core.names import check_batch_name
 from batcher.core.states import SETTLED_STATES, UNFINISHED_STATES
-from batcher.execute.check import check_sheet
+from batcher.execute.check import SheetReading, check_sheet
 from batcher.execute.dryrun import DryRun, dry_run_batch
 from batcher.execute.run import BatchOptions, BatchResult, RunUI, run_batch
 from batcher.intake.validate import ValidationResult, validation_document
-from batcher.intake.xlsx_limits import IntakeLimits
 from batcher.ledger.store import BatchLock, Ledger, RowRecord, parse_ts
 from batcher.providers import connect
 from batcher.providers.base import Provider, ProviderOptions
@@ -138,12 +137,8 @@ class ValidationOutcome:
 def validate_sheet(
     settings: ProviderSettings,
     sheet: Path,
+    reading: SheetReading | None = None,
     *,
-    sheet_name: str | None = None,
-    mapping: Mapping[str, str] | None = None,
-    allow_duplicates: bool = False,
-    skip_hidden: bool = False,
-    limits: IntakeLimits | None = None,
     provider_options: ProviderOptions | None = None,
     report_dir: Path = Path("reports"),
     write_json: bool = False,
@@ -153,15 +148,7 @@ def validate_sheet(
     Writes ``REPORT_DIR/<sheet stem>/validation.csv`` (and ``validation.json`` when asked).
     """
     with open_provider(settings, provider_options) as client:
-        check = check_sheet(
-            client,
-            sheet,
-            sheet_name=sheet_name,
-            mapping=mapping,
-            allow_duplicates=allow_duplicates,
-            skip_hidden=skip_hidden,
-            limits=limits,
-        )
+        check = check_sheet(client, sheet, reading)
     result = check.result
     folder = report_dir / result.sheet.path.stem
     # the schema tag first: the same document is printed by `validate --json`

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from batcher.cli.validate import parse_mappings
+from batcher.cli.common import parse_mappings
 from batcher.core.errors import UsageError
 from batcher.reporting.cells import safe_cell
 from batcher.sandbox.server import SandboxHandle

@@ -28,8 +28,10 @@ from batcher.reporting import reports
 from batcher.reporting.cells import FORMULA_TRIGGERS
 from batcher.reporting.reconcile import IN_PROGRESS, MISMATCH, NOT_VERIFIED, RECONCILED
 from batcher.reporting.reports import FAILED_ROWS_NAME, write_batch_report
-from batcher.reporting.workbook import CURRENCY_HEADERS, ORDERS, money_format
+from batcher.reporting.summary_sheet import CURRENCY_HEADERS
+from batcher.reporting.workbook import ORDERS
 from batcher.reporting.xlsx_stream import StreamedSheet, inject, prepare, register_style
+from batcher.reporting.xlsx_style import money_format
 
 HEADERS = ["Reference", "Email", "Name", "Product", "Amount", "Currency", "Cost centre"]
 COLUMNS = {

@@ -63,69 +63,85 @@ def handle_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def provider_options(func: F) -> F:
-    """--provider and --base-url. The API key is read from the environment only."""
-    func = click.option(
-        "--base-url",
-        default=None,
-        help="API root, e.g. https://api-stage.ugift.me/api/v1/business "
-        "(or UGIFTME_BASE_URL / GIFQ_BASE_URL). A bare host gets the API path appended.",
-    )(func)
-    func = click.option(
+def _stacked(func: F, *options: Callable[[F], F]) -> F:
+    """Apply `options` to `func` so --help lists them in the order given."""
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def provider_choice(help: str) -> Callable[[F], F]:
+    """--provider: one of the connection profiles, UGiftMe unless told."""
+    return click.option(
         "--provider",
         type=click.Choice(sorted(PROFILES), case_sensitive=False),
         default="ugiftme",
         show_default=True,
-        help="Gift-card provider.",
-    )(func)
-    return func
+        help=help,
+    )
+
+
+def provider_options(func: F) -> F:
+    """--provider and --base-url. The API key is read from the environment only."""
+    return _stacked(
+        func,
+        provider_choice("Gift-card provider."),
+        click.option(
+            "--base-url",
+            default=None,
+            help="API root, e.g. https://api-stage.ugift.me/api/v1/business "
+            "(or UGIFTME_BASE_URL / GIFQ_BASE_URL). A bare host gets the API path appended.",
+        ),
+    )
 
 
 def sheet_options(func: F) -> F:
     """--sheet, --map, --allow-duplicates and --skip-hidden: how a sheet is read, everywhere."""
-    func = click.option(
-        "--skip-hidden",
-        is_flag=True,
-        help="Leave out an .xlsx file's hidden rows and columns (by default they are read, "
-        "with a warning).",
-    )(func)
-    func = click.option(
-        "--allow-duplicates",
-        is_flag=True,
-        help="Accept identical rows (same recipient, product, amount) as separate orders.",
-    )(func)
-    func = click.option(
-        "--map",
-        "mapping",
-        multiple=True,
-        metavar="FIELD=HEADER",
-        help="Read FIELD from the column HEADER, e.g. --map amount='Card value'. Repeatable.",
-    )(func)
-    func = click.option(
-        "--sheet",
-        "sheet_name",
-        default=None,
-        metavar="NAME",
-        help="Worksheet of an .xlsx file (default: the first visible one).",
-    )(func)
-    return func
+    return _stacked(
+        func,
+        click.option(
+            "--sheet",
+            "sheet_name",
+            default=None,
+            metavar="NAME",
+            help="Worksheet of an .xlsx file (default: the first visible one).",
+        ),
+        click.option(
+            "--map",
+            "mapping",
+            multiple=True,
+            metavar="FIELD=HEADER",
+            help="Read FIELD from the column HEADER, e.g. --map amount='Card value'. Repeatable.",
+        ),
+        click.option(
+            "--allow-duplicates",
+            is_flag=True,
+            help="Accept identical rows (same recipient, product, amount) as separate orders.",
+        ),
+        click.option(
+            "--skip-hidden",
+            is_flag=True,
+            help="Leave out an .xlsx file's hidden rows and columns (by default they are read, "
+            "with a warning).",
+        ),
+    )
 
 
 def payout_options(func: F) -> F:
     """--payouts, --campaign and --expires-in-days (GIFQ payouts mode)."""
-    func = click.option(
-        "--expires-in-days",
-        type=click.IntRange(1, 3650),
-        default=None,
-        help="How long recipients have to choose (with --payouts; default 30).",
-    )(func)
-    func = click.option("--campaign", default=None, help="Payout campaign id (with --payouts).")(
-        func
+    return _stacked(
+        func,
+        click.option(
+            "--payouts", is_flag=True, help="GIFQ payouts mode: recipients choose their card."
+        ),
+        click.option("--campaign", default=None, help="Payout campaign id (with --payouts)."),
+        click.option(
+            "--expires-in-days",
+            type=click.IntRange(1, 3650),
+            default=None,
+            help="How long recipients have to choose (with --payouts; default 30).",
+        ),
     )
-    func = click.option(
-        "--payouts", is_flag=True, help="GIFQ payouts mode: recipients choose their card."
-    )(func)
-    return func
 
 
 def state_dir_option(func: F) -> F:

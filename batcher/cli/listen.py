@@ -17,9 +17,9 @@ from pathlib import Path
 import click
 import uvicorn
 
-from batcher.cli.common import handle_errors, state_dir_option
+from batcher.cli.common import handle_errors, provider_choice, state_dir_option
 from batcher.cli.terminal import echo
-from batcher.config import PROFILES, load_file_config, provider_settings, webhook_settings
+from batcher.config import load_file_config, provider_settings, webhook_settings
 from batcher.core.errors import ConfigError
 from batcher.ledger.events import WebhookEvents
 from batcher.providers.webhook_clients import event_reader
@@ -30,13 +30,7 @@ from batcher.receiver.app import PATH, ReceiverConfig, create_receiver
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8787, show_default=True,
               help="Port to bind (0: any free port, printed at start).")  # fmt: skip
-@click.option(
-    "--provider",
-    type=click.Choice(sorted(PROFILES), case_sensitive=False),
-    default="ugiftme",
-    show_default=True,
-    help="Whose deliveries this receiver accepts.",
-)
+@provider_choice("Whose deliveries this receiver accepts.")
 @state_dir_option
 @handle_errors
 def listen(host: str, port: int, provider: str, state_dir: Path) -> None:

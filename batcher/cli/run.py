@@ -42,6 +42,7 @@ from batcher.config import ProviderSettings, limits_from_config, parse_limit, we
 from batcher.core.errors import BatcherError, ConfigError, ExitCode, UsageError
 from batcher.core.models import Balance
 from batcher.core.money import format_money
+from batcher.execute.check import SheetReading
 from batcher.execute.events import VALIDATE
 from batcher.execute.recovery import DEFAULT_LOOKBACK_DAYS
 from batcher.execute.runner import PlanSummary, RunOptions
@@ -261,11 +262,9 @@ def run(
         options = BatchOptions(
             sheet=sheet,
             batch=batch,
-            sheet_name=sheet_name,
-            mapping=parsed_map,
-            allow_duplicates=allow_duplicates,
-            skip_hidden=skip_hidden,
-            limits=read_limits(),
+            reading=SheetReading(
+                sheet_name, parsed_map, allow_duplicates, skip_hidden, read_limits()
+            ),
             skip_invalid=skip_invalid,
             order_fundable=order_fundable,
             max_rate=max_rate,
@@ -316,7 +315,7 @@ def run(
 def _run(
     log: Log, settings: ProviderSettings, options: BatchOptions, *, live: bool, assume_yes: bool
 ) -> BatchResult:
-    listener = ConsoleListener(log, live=live, mapping=options.mapping)
+    listener = ConsoleListener(log, live=live, mapping=options.reading.mapping)
     listener.phase(VALIDATE, 0)
     with stop_on_signals(log) as signals, library_warnings(log):
         ui = ConsoleUI(log, listener, signals, assume_yes=assume_yes)

@@ -17,33 +17,22 @@ from pathlib import Path
 
 import click
 
-from batcher.cli.common import (
-    echo_json,
-    handle_errors,
-    json_option,
-    parse_mappings,
-    payout_options,
-    provider_mode,
-    provider_options,
-    read_limits,
-    report_dir_option,
-    resolve_settings,
-    sheet_options,
-)
+from batcher.cli import common
 from batcher.cli.render import column_lines, render_summary
 from batcher.cli.terminal import echo
 from batcher.core.errors import ExitCode
+from batcher.execute.check import SheetReading
 from batcher.services import validate_sheet
 
 
 @click.command()
 @click.argument("sheet", type=click.Path(path_type=Path))
-@provider_options
-@sheet_options
-@report_dir_option
-@json_option
-@payout_options
-@handle_errors
+@common.provider_options
+@common.sheet_options
+@common.report_dir_option
+@common.json_option
+@common.payout_options
+@common.handle_errors
 def validate(
     sheet: Path,
     provider: str,
@@ -59,21 +48,17 @@ def validate(
     expires_in_days: int | None,
 ) -> None:
     """Check SHEET against the provider's catalog and wallets; order nothing."""
-    parsed_map = parse_mappings(mapping)
+    parsed_map = common.parse_mappings(mapping)
     outcome = validate_sheet(
-        resolve_settings(provider, base_url),
+        common.resolve_settings(provider, base_url),
         sheet,
-        sheet_name=sheet_name,
-        mapping=parsed_map,
-        allow_duplicates=allow_duplicates,
-        skip_hidden=skip_hidden,
-        limits=read_limits(),
-        provider_options=provider_mode(payouts, campaign, expires_in_days),
+        SheetReading(sheet_name, parsed_map, allow_duplicates, skip_hidden, common.read_limits()),
+        provider_options=common.provider_mode(payouts, campaign, expires_in_days),
         report_dir=report_dir,
         write_json=as_json,
     )
     if as_json:
-        echo_json(outcome.document)
+        common.echo_json(outcome.document)
     else:
         # which column feeds which field, and what is not sent: before the verdict
         for level, text in column_lines(outcome.result.sheet, parsed_map):

@@ -10,7 +10,8 @@ never overwritten; reference it as `secret_file` in batcher.toml's
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -36,8 +37,14 @@ def webhooks() -> None:
     """Webhook subscriptions at the provider, and the events `batcher listen` received."""
 
 
-def _client(provider: str, base_url: str | None) -> WebhookClient:
-    return connect_webhooks(resolve_settings(provider, base_url))
+@contextmanager
+def _client(provider: str, base_url: str | None) -> Iterator[WebhookClient]:
+    """The provider's webhook client, closed however the command ends."""
+    client = connect_webhooks(resolve_settings(provider, base_url))
+    try:
+        yield client
+    finally:
+        client.close()
 
 
 def _show(hook: Subscription) -> None:
@@ -101,13 +108,10 @@ def subscribe(
     """Subscribe URL to events. The provider shows the signing secret only now."""
     if secret_file is not None and secret_file.exists():
         raise UsageError(f"{secret_file} already exists", hint="choose a new file")
-    client = _client(provider, base_url)
-    try:
+    with _client(provider, base_url) as client:
         chosen = list(events) or list(client.default_events)
         _check_events(client, chosen)
         hook = client.subscribe(url, chosen, description)
-    finally:
-        client.close()
     assert hook.secret is not None
     _show(hook)
     if secret_file is not None:
@@ -124,11 +128,8 @@ def subscribe(
 @handle_errors
 def list_(as_json: bool, provider: str, base_url: str | None) -> None:
     """List the subscriptions (the provider never shows their secrets again)."""
-    client = _client(provider, base_url)
-    try:
+    with _client(provider, base_url) as client:
         hooks = client.subscriptions()
-    finally:
-        client.close()
     if as_json:
         echo_json([_as_json(h) for h in hooks])
     elif not hooks:
@@ -155,8 +156,7 @@ def update(
     base_url: str | None,
 ) -> None:
     """Change a subscription's URL, events, description or active flag."""
-    client = _client(provider, base_url)
-    try:
+    with _client(provider, base_url) as client:
         if events:
             _check_events(client, events)
         hook = client.update(
@@ -166,8 +166,6 @@ def update(
             description=description,
             active=active,
         )
-    finally:
-        client.close()
     _show(hook)
 
 
@@ -177,11 +175,8 @@ def update(
 @handle_errors
 def delete(webhook_id: str, provider: str, base_url: str | None) -> None:
     """Delete a subscription; deliveries stop."""
-    client = _client(provider, base_url)
-    try:
+    with _client(provider, base_url) as client:
         client.delete(webhook_id)
-    finally:
-        client.close()
     echo(f"deleted {webhook_id}")
 
 
@@ -191,11 +186,8 @@ def delete(webhook_id: str, provider: str, base_url: str | None) -> None:
 @handle_errors
 def test(webhook_id: str, provider: str, base_url: str | None) -> None:
     """Ask the provider to send a sample event to the subscription's URL now."""
-    client = _client(provider, base_url)
-    try:
+    with _client(provider, base_url) as client:
         result = client.test(webhook_id)
-    finally:
-        client.close()
     status = result.status_code if result.status_code is not None else "no answer"
     if not result.ok:
         raise UsageError(f"test delivery failed: {status} {result.error or ''}".strip())

@@ -55,25 +55,29 @@ class SheetCheck:
     funds_notes: tuple[str, ...] = ()
 
 
-def check_sheet(
-    provider: Provider,
-    path: Path,
-    *,
-    sheet_name: str | None = None,
-    mapping: Mapping[str, str] | None = None,
-    allow_duplicates: bool = False,
-    skip_hidden: bool = False,
-    limits: IntakeLimits | None = None,
-) -> SheetCheck:
+@dataclasses.dataclass(frozen=True)
+class SheetReading:
+    """How a sheet is read and checked: --sheet, --map, --allow-duplicates, --skip-hidden
+    and batcher.toml's [intake] limits, the same for `validate`, `run` and a dry run."""
+
+    sheet_name: str | None = None
+    mapping: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    allow_duplicates: bool = False
+    skip_hidden: bool = False
+    limits: IntakeLimits | None = None
+
+
+def check_sheet(provider: Provider, path: Path, reading: SheetReading | None = None) -> SheetCheck:
     """Read `path` and validate every row against the provider's catalog and wallets."""
+    reading = reading or SheetReading()
     provider.preflight()
     sheet = read_sheet(
         path,
-        sheet=sheet_name,
-        mapping=mapping,
+        sheet=reading.sheet_name,
+        mapping=reading.mapping,
         required=provider.required_fields,
-        skip_hidden=skip_hidden,
-        limits=limits,
+        skip_hidden=reading.skip_hidden,
+        limits=reading.limits,
     )
     balances = provider.balances()
     if provider.validates_catalog:
@@ -81,7 +85,7 @@ def check_sheet(
     else:
         catalog = payout_catalog(balances)
         sheet = _as_payout_rows(sheet)
-    result = validate_rows(sheet, catalog, balances, allow_duplicates=allow_duplicates)
+    result = validate_rows(sheet, catalog, balances, allow_duplicates=reading.allow_duplicates)
     # Funds are checked per paying wallet by the one rule `batcher run` applies too
     # (execute/funds.py). Without a payment_currency column every row pays from its own
     # currency, so each currency's total stands in for its rows: no row-by-row frame.

@@ -23,7 +23,11 @@ from batcher.core.money import money_str
 from batcher.core.states import RowState
 from batcher.execute.check import check_sheet
 from batcher.execute.rows import sheet_rows_from_validation
-from batcher.execute.run import BatchOptions, guardrail_refusal
+from batcher.execute.run import (
+    BatchOptions,
+    guardrail_refusal,
+    record_batch,
+)
 from batcher.execute.runner import Runner
 from batcher.intake.read import Sheet
 from batcher.intake.validate import ValidationResult
@@ -52,15 +56,7 @@ def dry_run_batch(settings: ProviderSettings, options: BatchOptions) -> DryRun:
     provider = connect(settings, max_rate=options.max_rate, options=options.provider_options)
     try:
         account = provider.account()
-        check = check_sheet(
-            provider,
-            options.sheet,
-            sheet_name=options.sheet_name,
-            mapping=options.mapping,
-            allow_duplicates=options.allow_duplicates,
-            skip_hidden=options.skip_hidden,
-            limits=options.limits,
-        )
+        check = check_sheet(provider, options.sheet, options.reading)
         result = check.result
         document: dict[str, Any] = {
             "schema": PLAN_SCHEMA,
@@ -124,15 +120,8 @@ def _plan(
 ) -> dict[str, Any]:
     batch = options.batch_name
     sheet = result.sheet
-    ledger.ensure_batch(
-        batch,
-        provider=settings.provider,
-        account_id=account_id,
-        source_path=str(options.sheet),
-        source_sha256=sheet.sha256,
-        sheet_headers=list(sheet.headers),
-        sheet_columns=dict(sheet.columns),
-    )
+    # the ledger's default: a dry run plans a sheet another batch already ran
+    record_batch(ledger, settings, options, account_id, sheet, allow_same_sheet=True)
     ledger.start_run(batch, "dry-run")
     runner = Runner(provider, ledger, batch, account_id, options.run)
     summary = runner.prepare(sheet_rows_from_validation(result))

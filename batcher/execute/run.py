@@ -26,15 +26,15 @@ from batcher.core.models import Balance, FxQuote
 from batcher.core.money import format_money, money_str
 from batcher.core.names import batch_name_from_stem, check_batch_name
 from batcher.core.states import UNFINISHED_STATES, UNSETTLED_STATES
-from batcher.execute.check import check_sheet
+from batcher.execute.check import SheetReading, check_sheet
 from batcher.execute.events import POLL, RECONCILE, SUBMIT, RunStart, emit
 from batcher.execute.funds import FundsCheck, Need, check_funds, left_out_message
 from batcher.execute.recovery import DEFAULT_LOOKBACK_DAYS, before_planning
 from batcher.execute.rows import sheet_rows_from_validation
 from batcher.execute.runner import PlanSummary, RunListener, Runner, RunOptions, RunStats
 from batcher.execute.webhook_feed import open_feed
+from batcher.intake.read import Sheet
 from batcher.intake.validate import ValidationResult
-from batcher.intake.xlsx_limits import IntakeLimits
 from batcher.ledger.store import BatchLock, Ledger, RowRecord, SheetRow, count_states
 from batcher.providers import connect
 from batcher.providers.base import Provider, ProviderOptions
@@ -52,11 +52,7 @@ from batcher.reporting.reports import FAILED_ROWS_NAME, ReportResult, explain_sk
 class BatchOptions:
     sheet: Path
     batch: str | None = None
-    sheet_name: str | None = None
-    mapping: dict[str, str] = field(default_factory=dict)
-    allow_duplicates: bool = False
-    skip_hidden: bool = False
-    limits: IntakeLimits | None = None
+    reading: SheetReading = field(default_factory=SheetReading)
     skip_invalid: bool = False
     max_rate: float | None = None
     max_total: dict[str, Decimal] = field(default_factory=dict)
@@ -80,6 +76,28 @@ class BatchOptions:
         if self.batch is not None:
             return check_batch_name(self.batch)
         return batch_name_from_stem(self.sheet.stem)
+
+
+def record_batch(
+    ledger: Ledger,
+    settings: ProviderSettings,
+    options: BatchOptions,
+    account_id: str,
+    sheet: Sheet,
+    *,
+    allow_same_sheet: bool,
+) -> None:
+    """Record the batch and the sheet it reads, as a run and a dry run both do first."""
+    ledger.ensure_batch(
+        options.batch_name,
+        provider=settings.provider,
+        account_id=account_id,
+        source_path=str(options.sheet),
+        source_sha256=sheet.sha256,
+        sheet_headers=list(sheet.headers),
+        sheet_columns=dict(sheet.columns),
+        allow_same_sheet=allow_same_sheet,
+    )
 
 
 class RunUI(Protocol):
@@ -129,15 +147,7 @@ def run_batch(
     )
     try:
         account = provider.account()
-        check = check_sheet(
-            provider,
-            options.sheet,
-            sheet_name=options.sheet_name,
-            mapping=options.mapping,
-            allow_duplicates=options.allow_duplicates,
-            skip_hidden=options.skip_hidden,
-            limits=options.limits,
-        )
+        check = check_sheet(provider, options.sheet, options.reading)
         result, balances, quotes = check.result, check.balances, check.quotes
         sheet = result.sheet
         emit(ui.listener, "sheet_read", sheet)
@@ -189,15 +199,8 @@ def _run_locked(
     quotes: tuple[FxQuote, ...] = (),
 ) -> BatchResult:
     batch = options.batch_name
-    ledger.ensure_batch(
-        batch,
-        provider=settings.provider,
-        account_id=account_id,
-        source_path=str(options.sheet),
-        source_sha256=sheet.sha256,
-        sheet_headers=list(sheet.headers),
-        sheet_columns=dict(sheet.columns),
-        allow_same_sheet=options.allow_same_sheet,
+    record_batch(
+        ledger, settings, options, account_id, sheet, allow_same_sheet=options.allow_same_sheet
     )
     run_id = ledger.start_run(batch, "run")
     emit(ui.listener, "run_started", RunStart(

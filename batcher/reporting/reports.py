@@ -51,7 +51,8 @@ from batcher.reporting.reconcile import (
     reconcile,
     span,
 )
-from batcher.reporting.workbook import ReportModel, RunInfo, write_codes, write_workbook
+from batcher.reporting.report_model import ReportModel, RunInfo
+from batcher.reporting.workbook import write_codes, write_workbook
 from batcher.reporting.xlsx_stream import copy_or_link
 
 WORKBOOK_NAME = "reconciliation.xlsx"

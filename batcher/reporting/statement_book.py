@@ -23,8 +23,8 @@ from batcher.ledger.store import parse_ts
 from batcher.reporting.cells import safe_cell
 from batcher.reporting.statement import Statement
 from batcher.reporting.verdicts import RECONCILED, charged_currency
-from batcher.reporting.workbook import DATETIME_FORMAT, money_format
 from batcher.reporting.xlsx_stream import excel_datetime
+from batcher.reporting.xlsx_style import DATETIME_FORMAT, money_format
 
 WALLET_HEADERS = (
     "Currency", "Opening balance", "Top-ups", "Batcher orders (net debits)", "of which FX fees",

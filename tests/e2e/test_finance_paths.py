@@ -22,7 +22,7 @@ from batcher.execute.run import BatchOptions, run_batch
 from batcher.execute.runner import SilentListener
 from batcher.providers import connect
 from batcher.reporting.reconcile import IN_PROGRESS, NOT_VERIFIED, RECONCILED
-from batcher.reporting.workbook import money_format
+from batcher.reporting.xlsx_style import money_format
 from batcher.sandbox.server import running_sandbox
 from tests.e2e.runkit import (
     batcher,

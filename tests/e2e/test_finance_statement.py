@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 from openpyxl import load_workbook
 
-from batcher.reporting.workbook import money_format
+from batcher.reporting.xlsx_style import money_format
 from batcher.sandbox.server import SandboxHandle, running_sandbox
 from tests.e2e.runkit import batcher, cli_env, make_rows, write_sheet
 
