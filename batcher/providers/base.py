@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, TypedDict, Unpack, runtime_checkable
 
 from batcher.core.errors import OutcomeUnknown
 from batcher.core.models import AccountInfo, Balance, Product, WalletTransaction
@@ -139,6 +139,13 @@ class IncompleteResult(OutcomeUnknown):
         self.items = tuple(items)
 
 
+class LookupHints(TypedDict, total=False):
+    """What the ledger knows of an unanswered chunk, for `Provider.lookup`."""
+
+    sent_after: datetime | None  # when the chunk was first sent
+    claimed: frozenset[str]  # provider order ids the ledger ties to other chunks
+
+
 @dataclass(frozen=True)
 class ProviderOptions:
     """How the run uses the provider: ordinary orders, or payouts (recipients choose)."""
@@ -190,12 +197,7 @@ class Provider(Protocol):
         ...
 
     def lookup(
-        self,
-        key: str,
-        items: Sequence[OrderItem],
-        *,
-        sent_after: datetime | None = None,
-        claimed: frozenset[str] = frozenset(),
+        self, key: str, items: Sequence[OrderItem], **hints: Unpack[LookupHints]
     ) -> SubmitResult | None:
         """Find what an earlier, unanswered submission did, without sending it again.
 

@@ -37,14 +37,14 @@ import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, Unpack
 from urllib.parse import quote
 
 import httpx
 
 from batcher.config import ProviderSettings
 from batcher.core.clock import utc_text
-from batcher.core.errors import AuthError, ProviderUnavailable
+from batcher.core.errors import AuthError, OutcomeUnknown, ProviderUnavailable
 from batcher.core.fields import BASE_REQUIRED
 from batcher.core.keys import MatchKey, match_key
 from batcher.core.models import AccountInfo, Balance, Product, WalletTransaction
@@ -53,8 +53,8 @@ from batcher.providers.base import (
     ApiBackedProvider,
     IncompleteResult,
     ItemResult,
+    LookupHints,
     OrderItem,
-    OutcomeUnknown,
     PollResult,
     ProviderOrder,
     Redemption,
@@ -218,12 +218,7 @@ class UGiftMeProvider(ApiBackedProvider):
         return self._poll_result(data, items)
 
     def lookup(
-        self,
-        key: str,
-        items: Sequence[OrderItem],
-        *,
-        sent_after: datetime | None = None,
-        claimed: frozenset[str] = frozenset(),
+        self, key: str, items: Sequence[OrderItem], **hints: Unpack[LookupHints]
     ) -> SubmitResult | None:
         """UGiftMe cannot look an order up by idempotency key: resend the same bytes."""
         return None

@@ -12,14 +12,20 @@ as a `SecretStr` and never logged.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Unpack
 from urllib.parse import quote
 
 from pydantic import SecretStr
 
 from batcher.config import ProviderSettings
 from batcher.core.errors import ProviderUnavailable, UsageError
-from batcher.providers.webhooks import EventEvidence, Subscription, TestDelivery, redact
+from batcher.providers.webhooks import (
+    EventEvidence,
+    Subscription,
+    SubscriptionChanges,
+    TestDelivery,
+    redact,
+)
 from batcher.providers.wire import as_text
 from batcher.transport.http import ApiClient, ApiResponse, canonical_json, parse_json
 from batcher.transport.throttle import limiter_for
@@ -75,15 +81,9 @@ class UGiftMeWebhooks:
             raise ProviderUnavailable("GET /webhooks: no webhooks list in the answer")
         return [_subscription(h, None) for h in hooks if isinstance(h, Mapping)]
 
-    def update(
-        self,
-        webhook_id: str,
-        *,
-        url: str | None = None,
-        events: Sequence[str] | None = None,
-        description: str | None = None,
-        active: bool | None = None,
-    ) -> Subscription:
+    def update(self, webhook_id: str, **changes: Unpack[SubscriptionChanges]) -> Subscription:
+        url, events = changes.get("url"), changes.get("events")
+        description, active = changes.get("description"), changes.get("active")
         body: dict[str, Any] = {}
         if url is not None:
             body["url"] = url

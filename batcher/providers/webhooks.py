@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypedDict, Unpack, runtime_checkable
 
 from pydantic import SecretStr
 
@@ -53,6 +53,15 @@ class EventEvidence:
     terminal: bool  # the order request has its final outcome
 
 
+class SubscriptionChanges(TypedDict, total=False):
+    """What `WebhookClient.update` may change: an absent or None field stays as it is."""
+
+    url: str | None
+    events: Sequence[str] | None
+    description: str | None
+    active: bool | None
+
+
 class WebhookClient(Protocol):
     """Subscription management at a provider."""
 
@@ -63,15 +72,7 @@ class WebhookClient(Protocol):
         self, url: str, events: Sequence[str], description: str | None = None
     ) -> Subscription: ...
     def subscriptions(self) -> list[Subscription]: ...
-    def update(
-        self,
-        webhook_id: str,
-        *,
-        url: str | None = None,
-        events: Sequence[str] | None = None,
-        description: str | None = None,
-        active: bool | None = None,
-    ) -> Subscription: ...
+    def update(self, webhook_id: str, **changes: Unpack[SubscriptionChanges]) -> Subscription: ...
     def delete(self, webhook_id: str) -> None: ...
     def test(self, webhook_id: str) -> TestDelivery: ...
     def close(self) -> None: ...

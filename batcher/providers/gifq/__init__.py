@@ -73,13 +73,9 @@ from batcher.providers.gifq.payouts import CLOCK_SKEW, PAYOUT_LOOKUP_PAGES, Gifq
 
 
 def connect_gifq(
-    settings: ProviderSettings,
-    *,
-    max_rate: float | None = None,
-    options: ProviderOptions | None = None,
+    settings: ProviderSettings, *, options: ProviderOptions, max_rate: float | None = None
 ) -> Provider:
-    """The GIFQ client for the run's mode: orders (default) or payouts."""
-    options = options or ProviderOptions()
+    """The GIFQ client for the run's mode: orders or payouts."""
     if options.mode == "payouts":
         return GifqPayouts(settings, options=options, max_rate=max_rate)
     return GifqOrders(settings, max_rate=max_rate)

@@ -6,19 +6,19 @@ import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Literal
+from typing import Literal, Unpack
 from urllib.parse import quote
 
 import httpx
 
 from batcher.config import ProviderSettings
-from batcher.core.errors import AuthError, ProviderUnavailable
+from batcher.core.errors import AuthError, OutcomeUnknown, ProviderUnavailable
 from batcher.core.fields import BASE_REQUIRED
 from batcher.core.models import FxQuote, Product
 from batcher.providers.base import (
     ItemResult,
+    LookupHints,
     OrderItem,
-    OutcomeUnknown,
     PollResult,
     ProviderOrder,
     Redemption,
@@ -176,12 +176,7 @@ class GifqOrders(GifqBase):
         return PollResult(kind="completed", items=(result,), provider_status=result.provider_status)
 
     def lookup(
-        self,
-        key: str,
-        items: Sequence[OrderItem],
-        *,
-        sent_after: datetime | None = None,
-        claimed: frozenset[str] = frozenset(),
+        self, key: str, items: Sequence[OrderItem], **hints: Unpack[LookupHints]
     ) -> SubmitResult | None:
         """Find the order an unanswered POST may have created, by its reference.
 

@@ -189,16 +189,8 @@ def order_result(item: OrderItem, order: Record) -> ItemResult:
         )
     if status == "failed":
         reason = " ".join(as_text(order.get("failure_reason")).split()) or "the order failed"
-        return ItemResult(
-            row_key=item.row_key,
-            status="failed",
-            order_id=order_id,
-            provider_status=status,
-            error_code="insufficient_funds"
-            if "insufficient" in reason.lower()
-            else "request_failed",
-            error_message=reason,
-        )
+        code = "insufficient_funds" if "insufficient" in reason.lower() else "request_failed"
+        return _failed(item, order_id, status, code, reason)
     if status != "pending":
         log.warning("GIFQ order in unexpected status %r; treating it as pending", status)
     return ItemResult(
@@ -309,6 +301,20 @@ def _take(queue: list[Record], name: str | None) -> Record | None:
     return None
 
 
+def _failed(
+    item: OrderItem, order_id: str | None, status: str, code: str, reason: str
+) -> ItemResult:
+    """A failed order or payout: nothing delivered, so no cost and no credentials."""
+    return ItemResult(
+        item.row_key,
+        "failed",
+        order_id,
+        provider_status=status,
+        error_code=code,
+        error_message=reason,
+    )
+
+
 def _norm_name(name: str) -> str:
     return " ".join(name.split()).casefold()
 
@@ -318,14 +324,7 @@ def payout_result(item: OrderItem, payout: Record, wallet_currency: str) -> Item
     payout_id = text_of(payout.get("id")) or None
     if status == "failed":
         reason = " ".join(as_text(payout.get("failure_reason")).split()) or "the payout failed"
-        return ItemResult(
-            row_key=item.row_key,
-            status="failed",
-            order_id=payout_id,
-            provider_status=status,
-            error_code="request_failed",
-            error_message=reason,
-        )
+        return _failed(item, payout_id, status, "request_failed", reason)
     if status not in _DELIVERED_PAYOUT_STATUSES:
         log.warning("GIFQ payout in unexpected status %r; counting it as sent", status)
     same_wallet = item.currency.upper() == wallet_currency.upper()

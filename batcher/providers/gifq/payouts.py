@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Literal
+from typing import Literal, Unpack
 
 import httpx
 
@@ -17,6 +17,7 @@ from batcher.core.errors import AuthError, ProviderUnavailable, UsageError
 from batcher.core.models import Product
 from batcher.core.money import to_decimal
 from batcher.providers.base import (
+    LookupHints,
     OrderItem,
     OutcomeUnknown,
     PollResult,
@@ -179,12 +180,7 @@ class GifqPayouts(GifqBase):
             raise OutcomeUnknown(exc.message) from None
 
     def lookup(
-        self,
-        key: str,
-        items: Sequence[OrderItem],
-        *,
-        sent_after: datetime | None = None,
-        claimed: frozenset[str] = frozenset(),
+        self, key: str, items: Sequence[OrderItem], **hints: Unpack[LookupHints]
     ) -> SubmitResult | None:
         """Find the payout order an unanswered POST may have created, without resending.
 
@@ -203,6 +199,7 @@ class GifqPayouts(GifqBase):
         - several, an unsettled look-alike, or a list too long to scan to its end:
           batcher cannot tell, and stops rather than guess or resend.
         """
+        sent_after, claimed = hints.get("sent_after"), hints.get("claimed", frozenset())
         listed, complete = self._scan("/payout-orders", self.lookup_pages)
         oldest = aware(sent_after) - CLOCK_SKEW if sent_after else None
         self._ledger_claims = claimed  # remembered for this run's in-process resends

@@ -209,9 +209,7 @@ class GifqSandbox(SandboxCore):
         )
         if option.stock_count is not None:
             option.stock_count -= 1
-        account.orders.append(order)
-        account.orders_by_id[order.id] = order
-        account.orders_by_reference[reference] = order
+        account.add_order(order)
         paying = params.payment_currency
         links = {"order_id": order.id, "reference": reference}
         self._post(account, "order", -(fx.converted if fx else price), paying, **links)
@@ -287,8 +285,7 @@ class GifqSandbox(SandboxCore):
             created_at=now,
             updated_at=now,
         )
-        account.payout_orders.append(order)
-        account.payout_orders_by_id[order.id] = order
+        account.add_payout_order(order)
         self._post(account, "payout", -total, wallet, payout_order_id=order.id)
         if fee:
             self._post(account, "fx_fee", -fee, wallet, payout_order_id=order.id)
@@ -336,8 +333,7 @@ class GifqSandbox(SandboxCore):
                 updated_at=now,
                 expires_at=expires_at,
             )
-            account.payouts.append(payout)
-            account.payouts_by_id[payout.id] = payout
+            account.add_payout(payout)
             order.payout_ids.append(payout.id)
         self.callbacks.send(order)
         if failed:

@@ -234,6 +234,20 @@ class Account:
     def balance(self, currency: str) -> Decimal:
         return self.balances.get(currency, round_money(Decimal(0), currency))
 
+    # Each record goes into its list and its indexes together, so lookups never miss one.
+    def add_order(self, order: Order) -> None:
+        self.orders.append(order)
+        self.orders_by_id[order.id] = order
+        self.orders_by_reference[order.reference] = order
+
+    def add_payout_order(self, order: PayoutOrder) -> None:
+        self.payout_orders.append(order)
+        self.payout_orders_by_id[order.id] = order
+
+    def add_payout(self, payout: Payout) -> None:
+        self.payouts.append(payout)
+        self.payouts_by_id[payout.id] = payout
+
 
 def seed_campaigns(now: str) -> dict[int, Campaign]:
     seeds = [
