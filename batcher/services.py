@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 from batcher.config import ProviderSettings, is_loopback_host
 from batcher.core.clock import utc_text
 from batcher.core.errors import ConfigError, UsageError
-from batcher.core.models import AccountInfo, Balance, Product, WalletTransaction
+from batcher.core.models import AccountInfo, Balance, Campaign, Product, WalletTransaction
 from batcher.core.names import check_batch_name
 from batcher.core.states import SETTLED_STATES, UNFINISHED_STATES
 from batcher.execute.check import SheetReading, check_sheet
@@ -59,6 +59,7 @@ __all__ = [
     "host_of",
     "ledger_lost",
     "list_balances",
+    "list_campaigns",
     "list_products",
     "list_transactions",
     "open_provider",
@@ -109,6 +110,19 @@ def list_products(
         if (not wanted or p.currency.upper() == wanted)
         and needle in f"{p.product_code} {p.name} {p.merchant}".casefold()
     ]
+
+
+def list_campaigns(settings: ProviderSettings) -> list[Campaign]:
+    """The account's payout campaigns, for providers that have them (GIFQ)."""
+    with open_provider(settings) as client:
+        campaigns = getattr(client, "campaigns", None)
+        if campaigns is None:
+            raise UsageError(
+                f"{settings.profile.name} has no payout campaigns",
+                hint="campaigns belong to GIFQ: add --provider gifq",
+            )
+        found: list[Campaign] = campaigns()
+        return found
 
 
 def list_balances(settings: ProviderSettings) -> list[Balance]:

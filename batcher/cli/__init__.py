@@ -26,6 +26,10 @@ _COMMANDS: dict[str, tuple[str, str]] = {
         "batcher.cli.account:wallet",
         "Show wallet balances per currency, or the wallet's transactions.",
     ),
+    "campaigns": (
+        "batcher.cli.account:campaigns",
+        "List the payout campaigns (GIFQ) that --payouts --campaign ID can use.",
+    ),
     "validate": (
         "batcher.cli.validate:validate",
         "Check SHEET against the provider's catalog and wallets; order nothing.",

@@ -22,7 +22,13 @@ from batcher.cli.common import (
 from batcher.cli.terminal import echo
 from batcher.core.models import Balance, Product, WalletTransaction
 from batcher.core.money import money_str
-from batcher.services import account_info, list_balances, list_products, list_transactions
+from batcher.services import (
+    account_info,
+    list_balances,
+    list_campaigns,
+    list_products,
+    list_transactions,
+)
 
 # ---------------------------------------------------------------------------
 # Commands
@@ -78,6 +84,22 @@ def catalog(
         echo("No products match.", err=True)
     else:
         echo(render_table(_PRODUCT_HEADERS, [_product_row(p) for p in products]))
+
+
+@click.command()
+@json_option
+@provider_options
+@handle_errors
+def campaigns(as_json: bool, provider: str, base_url: str | None) -> None:
+    """List the payout campaigns (GIFQ) that --payouts --campaign ID can use."""
+    found = list_campaigns(resolve_settings(provider, base_url))
+    if as_json:
+        echo_json({"campaigns": [c.model_dump(mode="json") for c in found]}, "batcher.campaigns/1")
+    elif not found:
+        echo("No campaigns.", err=True)
+    else:
+        rows = [(c.campaign_id, c.title, c.status, ", ".join(c.brands)) for c in found]
+        echo(render_table(("ID", "TITLE", "STATUS", "BRANDS"), rows))
 
 
 @click.command()

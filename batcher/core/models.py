@@ -56,6 +56,15 @@ class WalletTransaction(_Frozen):
     description: str = ""
 
 
+class Campaign(_Frozen):
+    """A payout campaign: recipients of its payouts choose a card among its brands."""
+
+    campaign_id: str
+    title: str = ""
+    status: str = ""  # draft | active | paused | archived
+    brands: tuple[str, ...] = ()
+
+
 class AccountInfo(_Frozen):
     account_id: str
     name: str = ""
