@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import resource
 import struct
 import subprocess
 import sys
@@ -85,9 +84,13 @@ def _claim_size(data: bytes, name: str, size: int) -> bytes:
 
 
 def read_in_child(path: Path) -> tuple[str, int]:
-    """Read `path` in a fresh process; its output and its peak resident memory in MB."""
+    """Read `path` in a fresh process; its output and its own peak resident memory in MB.
+
+    The child reports its own peak (RUSAGE_SELF): the parent's RUSAGE_CHILDREN is the
+    largest of *every* child it ever had, which other tests in this worker inflate.
+    """
     script = (
-        "import sys\n"
+        "import resource, sys\n"
         "from batcher.core.errors import InputFileError\n"
         "from batcher.intake.read import read_sheet\n"
         "try:\n"
@@ -95,16 +98,14 @@ def read_in_child(path: Path) -> tuple[str, int]:
         "    print('READ')\n"
         "except InputFileError as exc:\n"
         "    print('REFUSED', exc)\n"
+        "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
     )
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     done = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
     )
-    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     assert done.returncode == 0, done.stderr
-    # ru_maxrss is the largest child so far; a bigger earlier child can only hide
-    # a smaller peak, so `before` bounds that case.
-    return done.stdout.strip(), max(peak_kb, before) // 1024
+    output, _, peak = done.stdout.strip().rpartition("\nPEAK_KB ")
+    return output.strip(), int(peak) // 1024
 
 
 def test_far_cell_bomb_is_refused_naming_the_column_limit(tmp_path: Path) -> None:
