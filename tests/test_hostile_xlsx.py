@@ -86,11 +86,13 @@ def _claim_size(data: bytes, name: str, size: int) -> bytes:
 def read_in_child(path: Path) -> tuple[str, int]:
     """Read `path` in a fresh process; its output and its own peak resident memory in MB.
 
-    The child reports its own peak (RUSAGE_SELF): the parent's RUSAGE_CHILDREN is the
-    largest of *every* child it ever had, which other tests in this worker inflate.
+    The child reports its own peak, VmHWM from /proc/self/status: that high-water mark
+    belongs to the child's own address space. The parent's RUSAGE_CHILDREN is the largest
+    of every child it ever had, and even the child's RUSAGE_SELF keeps, across exec, the
+    size of the forked copy of a large parent (a 360 MB pytest worker).
     """
     script = (
-        "import resource, sys\n"
+        "import sys\n"
         "from batcher.core.errors import InputFileError\n"
         "from batcher.intake.read import read_sheet\n"
         "try:\n"
@@ -98,7 +100,8 @@ def read_in_child(path: Path) -> tuple[str, int]:
         "    print('READ')\n"
         "except InputFileError as exc:\n"
         "    print('REFUSED', exc)\n"
-        "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+        "status = open('/proc/self/status').read().split('VmHWM:')[1]\n"
+        "print('PEAK_KB', int(status.split()[0]))\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
