@@ -17,32 +17,25 @@ def sandbox():  # type: ignore[no-untyped-def]
         yield running
 
 
-def test_report_dir_that_is_a_file_orders_nothing(sandbox, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    sheet = write_sheet(tmp_path / "doomed.csv", make_rows(3, prefix="DOOM"))
-    blocker = tmp_path / "reports"
-    blocker.write_text("not a folder")
+@pytest.mark.parametrize(
+    ("blocked", "named"), [("reports", "--report-dir"), ("state", "state folder")]
+)
+def test_a_folder_that_cannot_be_written_orders_nothing(  # type: ignore[no-untyped-def]
+    sandbox, tmp_path: Path, blocked: str, named: str
+) -> None:
+    """A doomed write is found before the first send: a file where a folder must go."""
+    sheet = write_sheet(tmp_path / f"doomed-{blocked}.csv", make_rows(3, prefix=f"DOOM{blocked}"))
+    (tmp_path / blocked).write_text("not a folder")
+    folders = {"reports": tmp_path / "reports", "state": tmp_path / "state"}
+    folders[blocked] = folders[blocked] / "sub"
     before = len(sandbox_orders(sandbox))
     done = batcher(
-        ["run", str(sheet), "--yes", "--report-dir", str(blocker / "sub")],
-        cli_env(sandbox, tmp_path / "state"),
+        ["run", str(sheet), "--yes", "--report-dir", str(folders["reports"])],
+        cli_env(sandbox, folders["state"]),
     )
     assert done.returncode == 4, done.stderr
-    assert "nothing was sent" in done.stderr and "--report-dir" in done.stderr
+    assert "nothing was sent" in done.stderr and named in done.stderr
     assert "Traceback" not in done.stderr
-    assert len(sandbox_orders(sandbox)) == before
-
-
-def test_state_dir_that_cannot_be_written_orders_nothing(sandbox, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    sheet = write_sheet(tmp_path / "doomed2.csv", make_rows(3, prefix="DOOM2"))
-    blocker = tmp_path / "state"
-    blocker.write_text("not a folder")
-    before = len(sandbox_orders(sandbox))
-    done = batcher(
-        ["run", str(sheet), "--yes", "--report-dir", str(tmp_path / "r")],
-        cli_env(sandbox, blocker / "sub"),
-    )
-    assert done.returncode == 4, done.stderr
-    assert "state folder" in done.stderr
     assert len(sandbox_orders(sandbox)) == before
 
 
