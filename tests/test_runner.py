@@ -282,18 +282,23 @@ def test_polls_back_off_on_the_clock_up_to_the_cap(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------- incomplete answers
 
 
-@pytest.mark.parametrize("polls_to_complete", [0, 1])
-def test_an_incomplete_answer_settles_only_the_certain_rows(
-    tmp_path: Path, polls_to_complete: int
-) -> None:
+def incomplete_world(tmp_path: Path, polls_to_complete: int) -> World:
+    """Two rows whose submit (0 polls) or first poll answers for only one of them."""
     faults = {"submit_faults" if polls_to_complete == 0 else "poll_faults": [Fault.INCOMPLETE]}
-    w = world(
+    return world(
         tmp_path,
         GBP4[:2],
         wallets={"GBP": Decimal(100)},
         polls_to_complete=polls_to_complete,
         **faults,
     )
+
+
+@pytest.mark.parametrize("polls_to_complete", [0, 1])
+def test_an_incomplete_answer_settles_only_the_certain_rows(
+    tmp_path: Path, polls_to_complete: int
+) -> None:
+    w = incomplete_world(tmp_path, polls_to_complete)
     w.run()
     states = sorted(w.states().values())
     assert states == ["succeeded", "unknown"], "certain rows settle; the rest are never guessed"
@@ -306,14 +311,7 @@ def test_an_incomplete_answer_settles_only_the_certain_rows(
 def test_an_incomplete_answer_is_resolved_by_resending_the_same_key_and_bytes(
     tmp_path: Path, polls_to_complete: int
 ) -> None:
-    faults = {"submit_faults" if polls_to_complete == 0 else "poll_faults": [Fault.INCOMPLETE]}
-    w = world(
-        tmp_path,
-        GBP4[:2],
-        wallets={"GBP": Decimal(100)},
-        polls_to_complete=polls_to_complete,
-        **faults,
-    )
+    w = incomplete_world(tmp_path, polls_to_complete)
     w.run()
     w.run()
     assert_exactly_once(w)
