@@ -34,6 +34,7 @@ from batcher.execute.check import SheetReading, check_sheet
 from batcher.execute.dryrun import DryRun, dry_run_batch
 from batcher.execute.run import BatchOptions, BatchResult, RunUI, run_batch
 from batcher.intake.validate import ValidationResult, validation_document
+from batcher.ledger.location import LedgerLocation
 from batcher.ledger.store import BatchLock, Ledger, RowRecord, parse_ts
 from batcher.providers import connect
 from batcher.providers.base import Provider, ProviderOptions
@@ -233,7 +234,9 @@ def default_state_dir(
     return Path(base) / "batcher"
 
 
-def ledger_lost(state_dir: Path, report_dir: Path, batch: str) -> bool:
+def ledger_lost(
+    state_dir: Path, report_dir: Path, batch: str, location: LedgerLocation | None = None
+) -> bool:
     """True when a run of `batch` left reports but the ledger has never heard of it.
 
     That is a ledger that was moved, deleted or is being looked for in the wrong
@@ -247,20 +250,28 @@ def ledger_lost(state_dir: Path, report_dir: Path, batch: str) -> bool:
         return False  # no report of a run (a validation-only summary has no run_id)
     if not ran:
         return False
-    if not (state_dir / LEDGER_FILE).exists():
+    where = location or LedgerLocation.in_state_dir(state_dir)
+    if where.path is not None and not where.path.exists():
         return True
-    ledger = Ledger.open(state_dir)
+    ledger = Ledger.open(state_dir, where)
     try:
         return ledger.batch_info(batch) is None
     finally:
         ledger.close()
 
 
-def open_ledger(state_dir: Path) -> Ledger:
-    """The ledger in `state_dir`; a usage error when nothing has run there yet."""
-    if not (state_dir / LEDGER_FILE).exists():
-        raise UsageError(f"no ledger in {state_dir}: nothing has run here yet")
-    return Ledger.open(state_dir)
+def open_ledger(state_dir: Path, location: LedgerLocation | None = None) -> Ledger:
+    """The ledger at `location` (default: in `state_dir`); a usage error when a SQLite
+    ledger does not exist yet (nothing has run there)."""
+    where = location or LedgerLocation.in_state_dir(state_dir)
+    if where.path is not None and not where.path.exists():
+        raise UsageError(f"no ledger in {where.path.parent}: nothing has run here yet")
+    return Ledger.open(state_dir, where)
+
+
+def _ledger_place(ledger: Ledger) -> str:
+    """Where the ledger is, for a message: a SQLite ledger's folder, else its URL."""
+    return str(ledger.path.parent) if ledger.path is not None else ledger.location.shown
 
 
 def batch_outcome(by_state: Mapping[str, int]) -> str:
@@ -290,7 +301,9 @@ def _batch_counts(ledger: Ledger, batch: str) -> dict[str, Any]:
     }
 
 
-def batch_status(state_dir: Path, batch: str | None = None) -> dict[str, Any]:
+def batch_status(
+    state_dir: Path, batch: str | None = None, location: LedgerLocation | None = None
+) -> dict[str, Any]:
     """What the ledger knows, without the network: every batch, or one batch and its runs.
 
     Each batch carries its row counts by state, the succeeded totals per currency,
@@ -298,7 +311,7 @@ def batch_status(state_dir: Path, batch: str | None = None) -> dict[str, Any]:
     """
     if batch is not None:
         check_batch_name(batch)
-    ledger = open_ledger(state_dir)
+    ledger = open_ledger(state_dir, location)
     try:
         if batch is None:
             batches = ledger.batches()
@@ -306,12 +319,12 @@ def batch_status(state_dir: Path, batch: str | None = None) -> dict[str, Any]:
                 listed.update(_batch_counts(ledger, listed["batch"]))
                 runs = ledger.runs(listed["batch"], limit=1)
                 listed["last_run"] = runs[0] if runs else None
-            return {"ledger": str((state_dir / LEDGER_FILE).absolute()), "batches": batches}
+            return {"ledger": ledger.location.shown, "batches": batches}
         info = ledger.batch_info(batch)
         if info is None:
-            raise UsageError(f"no batch named {batch!r} in {state_dir}")
+            raise UsageError(f"no batch named {batch!r} in {_ledger_place(ledger)}")
         return {
-            "ledger": str((state_dir / LEDGER_FILE).absolute()),
+            "ledger": ledger.location.shown,
             "batch": info,
             **_batch_counts(ledger, batch),
             "runs": ledger.runs(batch),
@@ -327,6 +340,7 @@ def report_batch(
     *,
     report_dir: Path = Path("reports"),
     reveal_codes: bool = False,
+    location: LedgerLocation | None = None,
 ) -> ReportResult:
     """Reconcile `batch` against a full listing at its provider and write its workbook.
 
@@ -334,13 +348,14 @@ def report_batch(
     batch was ordered through (the ledger records it).
     """
     check_batch_name(batch)
-    ledger = open_ledger(state_dir)
+    ledger = open_ledger(state_dir, location)
     try:
         info = ledger.batch_info(batch)
         if info is None:
             known = ", ".join(b["batch"] for b in ledger.batches()[:10]) or "none"
             raise UsageError(
-                f"no batch named {batch!r} in {state_dir}", hint=f"known batches: {known}"
+                f"no batch named {batch!r} in {_ledger_place(ledger)}",
+                hint=f"known batches: {known}",
             )
         with open_provider(settings_for(info["provider"])) as client:
             account = client.account()
@@ -375,6 +390,7 @@ def statement(
     last_day: date,
     *,
     report_dir: Path = Path("reports"),
+    location: LedgerLocation | None = None,
 ) -> StatementResult:
     """One workbook over every batch of `settings.provider` with orders in the period,
     tied out to the provider's transactions (`batcher.reporting.statement`).
@@ -386,7 +402,7 @@ def statement(
         raise UsageError(f"--to {last_day} is before --from {first_day}")
     start = datetime.combine(first_day, time.min, UTC)
     period = Window(start, datetime.combine(last_day + timedelta(days=1), time.min, UTC))
-    ledger = open_ledger(state_dir)
+    ledger = open_ledger(state_dir, location)
     try:
         with open_provider(settings) as client:
             account = client.account()

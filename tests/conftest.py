@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 
 from batcher.sandbox.server import SandboxHandle, running_sandbox
+from tests.pg import PgCluster
 
 FAST_UGIFTME_DEFAULTS: dict[str, Any] = {
     "async_delay_seconds": 0.05,
@@ -81,3 +82,19 @@ def gifq_sandbox(
 ) -> SandboxHandle:
     """A running GIFQ sandbox; overrides come from indirect parametrisation."""
     return make_gifq_sandbox(**_indirect_overrides(request))
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    """This worker's throwaway PostgreSQL cluster (tests/pg.py), started on first use."""
+    cluster = PgCluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def pg_url(pg_cluster: PgCluster) -> str:
+    """A fresh, migrated PostgreSQL ledger database of this test's own."""
+    return pg_cluster.url(pg_cluster.fresh_database())

@@ -1,15 +1,23 @@
-"""The ledger: transitions, crash recovery, conflicts and the batch lock (real SQLite)."""
+"""The ledger: transitions, crash recovery, conflicts and the batch lock.
+
+Every test given the `ledger` fixture runs twice: on a real SQLite file and on a
+real PostgreSQL database (a throwaway cluster, tests/pg.py). Tests of what only
+SQLite has (its file, its pages, its online backup) take `sqlite_ledger`.
+"""
 
 from __future__ import annotations
 
 import multiprocessing
 import sqlite3
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
 from batcher.core.errors import BatchLocked, ConfigError
+from batcher.ledger.backend import connect
+from batcher.ledger.location import parse_ledger_url
 from batcher.ledger.store import (
     HELD_ELSEWHERE,
     BatchLock,
@@ -39,12 +47,27 @@ def sheet_row(
     )
 
 
-@pytest.fixture
-def ledger(tmp_path: Path) -> Ledger:
-    led = Ledger.open(tmp_path)
+def _started(led: Ledger) -> Ledger:
     led.ensure_batch("b", provider="p", account_id="a", source_path="s.csv", source_sha256="0" * 64)
     led.start_run("b", "test")
     return led
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
+    if request.param == "postgresql":
+        led = Ledger(parse_ledger_url(request.getfixturevalue("pg_url")))
+    else:
+        led = Ledger.open(tmp_path)
+    yield _started(led)
+    led.close()
+
+
+@pytest.fixture
+def sqlite_ledger(tmp_path: Path) -> Iterator[Ledger]:
+    led = _started(Ledger.open(tmp_path))
+    yield led
+    led.close()
 
 
 def plan_one(ledger: Ledger, key: str, rows: list[str]) -> None:
@@ -138,13 +161,19 @@ def test_reference_succeeded_in_another_batch_is_skipped(ledger: Ledger) -> None
     assert ledger.count_by_state("b2")["skipped"] == 1
 
 
-def test_events_are_append_only(ledger: Ledger, tmp_path: Path) -> None:
+def test_events_are_append_only(ledger: Ledger) -> None:
     ledger.sync_rows("b", [sheet_row("k1", 2)], retry_failed=False)
-    db = sqlite3.connect(tmp_path / "ledger.sqlite")
-    with pytest.raises(sqlite3.DatabaseError):
-        db.execute("DELETE FROM events")
-    with pytest.raises(sqlite3.DatabaseError):
-        db.execute("UPDATE events SET kind = 'x'")
+    db = connect(ledger.location)  # another connection, past every batcher code path
+    try:
+        for statement in ("DELETE FROM events", "UPDATE events SET kind = 'x'"):
+            with pytest.raises(Exception, match="append-only"):
+                db.execute(statement)
+        if ledger.backend == "postgresql":
+            with pytest.raises(Exception, match="append-only"):
+                db.execute("TRUNCATE events")
+        assert db.execute("SELECT COUNT(*) FROM events").fetchone()[0] > 0
+    finally:
+        db.close()
 
 
 def _hold_lock(
@@ -309,7 +338,8 @@ def test_planned_chunks_keep_their_composition_until_a_row_changes(ledger: Ledge
     assert {r.state for r in ledger.rows("b")} == {"pending"}
 
 
-def test_backup_is_a_checked_copy(ledger: Ledger, tmp_path: Path) -> None:
+def test_backup_is_a_checked_copy(sqlite_ledger: Ledger, tmp_path: Path) -> None:
+    ledger = sqlite_ledger
     ledger.sync_rows("b", [sheet_row("k1", 2)], retry_failed=False)
     target = tmp_path / "backups" / "ledger-1.sqlite"
     assert ledger.backup(target) > 0
@@ -318,7 +348,8 @@ def test_backup_is_a_checked_copy(ledger: Ledger, tmp_path: Path) -> None:
     copy.close()
 
 
-def test_a_full_disk_is_named_as_one(ledger: Ledger) -> None:
+def test_a_full_disk_is_named_as_one(sqlite_ledger: Ledger) -> None:
+    ledger = sqlite_ledger
     ledger.sync_rows("b", [sheet_row("k1", 2)], retry_failed=False)
     plan_one(ledger, "c1", ["k1"])
     pages = ledger._db.execute("PRAGMA page_count").fetchone()[0]

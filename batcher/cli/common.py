@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,6 +22,8 @@ from batcher.config import (
 )
 from batcher.core.errors import BatcherError, ConfigError, ExitCode, UsageError
 from batcher.intake.xlsx_limits import IntakeLimits, intake_limits
+from batcher.ledger.backend import is_database_error
+from batcher.ledger.location import LedgerLocation, parse_ledger_url
 from batcher.providers.base import ProviderOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -45,13 +46,14 @@ def handle_errors(func: F) -> F:
             fail(str(exc), exc.exit_code)
         except KeyboardInterrupt:
             fail("interrupted", ExitCode.INCOMPLETE)
-        except sqlite3.DatabaseError as exc:  # the ledger failed under us: never call it intact
-            fail(
-                f"the ledger could not be read or written ({exc}); if this repeats, the "
-                "ledger may be damaged: restore it from backup (see README)",
-                ExitCode.CANNOT_START,
-            )
         except Exception as exc:  # a bug: say so in one line; the ledger keeps the state
+            if is_database_error(exc):  # the ledger failed under us: never call it intact
+                detail = " ".join(str(exc).split())[:300]
+                fail(
+                    f"the ledger could not be read or written ({detail}); if this repeats, "
+                    "the ledger may be damaged: restore it from backup (see README)",
+                    ExitCode.CANNOT_START,
+                )
             if os.environ.get("BATCHER_DEBUG"):
                 raise
             fail(
@@ -154,6 +156,39 @@ def state_dir_option(func: F) -> F:
         "Default: state_dir in batcher.toml, else $XDG_STATE_HOME/batcher "
         "(~/.local/state/batcher).",
     )(func)
+
+
+def ledger_options(func: F) -> F:
+    """--state-dir and --ledger: every command that opens the ledger takes both."""
+    return _stacked(
+        func,
+        state_dir_option,
+        click.option(
+            "--ledger",
+            "ledger_url",
+            envvar="BATCHER_LEDGER",
+            default=None,
+            metavar="URL",
+            help="Where the ledger lives: sqlite:///path/ledger.sqlite or "
+            "postgresql://user@host/db; also BATCHER_LEDGER or ledger in batcher.toml. "
+            "Default: ledger.sqlite in the state folder. Keep passwords out of the URL "
+            "(PGPASSWORD or ~/.pgpass).",
+        ),
+    )
+
+
+def resolve_ledger(state_dir: Path | None, ledger_url: str | None) -> tuple[Path, LedgerLocation]:
+    """The state folder (batch locks, and the default ledger) and the ledger's location:
+    --ledger / BATCHER_LEDGER, else batcher.toml's `ledger`, else SQLite in the state folder."""
+    folder = resolve_state_dir(state_dir)
+    if ledger_url:
+        return folder, parse_ledger_url(ledger_url)
+    configured = file_config().get("ledger")
+    if configured is None:
+        return folder, LedgerLocation.in_state_dir(folder)
+    if not isinstance(configured, str):
+        raise ConfigError("batcher.toml: ledger must be a URL (a string)")
+    return folder, parse_ledger_url(configured, where="batcher.toml: ledger")
 
 
 def config_file() -> Path:

@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 import uvicorn
 
-from batcher.cli.common import handle_errors, provider_choice, state_dir_option
+from batcher.cli.common import handle_errors, ledger_options, provider_choice, resolve_ledger
 from batcher.cli.terminal import echo
 from batcher.config import load_file_config, provider_settings, webhook_settings
 from batcher.core.errors import ConfigError
@@ -31,9 +31,11 @@ from batcher.receiver.app import PATH, ReceiverConfig, create_receiver
 @click.option("--port", type=click.IntRange(0, 65535), default=8787, show_default=True,
               help="Port to bind (0: any free port, printed at start).")  # fmt: skip
 @provider_choice("Whose deliveries this receiver accepts.")
-@state_dir_option
+@ledger_options
 @handle_errors
-def listen(host: str, port: int, provider: str, state_dir: Path) -> None:
+def listen(
+    host: str, port: int, provider: str, state_dir: Path | None, ledger_url: str | None
+) -> None:
     """Receive signed webhook deliveries and record them as evidence in the ledger."""
     provider = provider.lower()
     secret = webhook_settings(load_file_config()).secret(provider)
@@ -42,7 +44,8 @@ def listen(host: str, port: int, provider: str, state_dir: Path) -> None:
     # If our API key is in the environment, it must never be stored, even if echoed.
     with contextlib.suppress(ConfigError):
         scrub.append(provider_settings(provider).api_key.get_secret_value())
-    events = WebhookEvents.open(state_dir)
+    _, location = resolve_ledger(state_dir, ledger_url)
+    events = WebhookEvents(location)
     app = create_receiver(ReceiverConfig(provider, (secret,), reader, scrub=tuple(scrub)), events)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -54,7 +57,7 @@ def listen(host: str, port: int, provider: str, state_dir: Path) -> None:
         raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror})") from None
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if family == socket.AF_INET6 else host
-    echo(f"listening on http://{shown}:{bound}{PATH} (ledger {state_dir}, pid {os.getpid()})")
+    echo(f"listening on http://{shown}:{bound}{PATH} (ledger {location.shown}, pid {os.getpid()})")
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
     try:
         uvicorn.Server(config).run(sockets=[sock])

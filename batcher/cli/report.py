@@ -21,11 +21,11 @@ from batcher.cli.common import (
     echo_json,
     handle_errors,
     json_option,
+    ledger_options,
     provider_options,
     report_dir_option,
+    resolve_ledger,
     resolve_settings,
-    resolve_state_dir,
-    state_dir_option,
 )
 from batcher.cli.terminal import echo
 from batcher.core.errors import ExitCode, UsageError
@@ -38,7 +38,7 @@ from batcher.services import report_batch
 @click.command()
 @click.argument("batch")
 @provider_options
-@state_dir_option
+@ledger_options
 @report_dir_option
 @click.option(
     "--reveal-codes",
@@ -53,17 +53,20 @@ def report(
     provider: str,
     base_url: str | None,
     state_dir: Path | None,
+    ledger_url: str | None,
     report_dir: Path,
     reveal_codes: bool,
     as_json: bool,
 ) -> None:
     """Reconcile BATCH with the provider and write REPORT_DIR/BATCH/reconciliation.xlsx."""
+    folder, location = resolve_ledger(state_dir, ledger_url)
     result = report_batch(
-        resolve_state_dir(state_dir),
+        folder,
         batch,
         lambda recorded: resolve_settings(_provider_for(recorded, provider), base_url),
         report_dir=report_dir,
         reveal_codes=reveal_codes,
+        location=location,
     )
     if as_json:
         echo_json(report_document(result), "batcher.report/1")

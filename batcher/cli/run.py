@@ -21,6 +21,7 @@ from batcher.cli.common import (
     file_config,
     handle_errors,
     json_option,
+    ledger_options,
     log_format_option,
     parse_mappings,
     payout_options,
@@ -28,10 +29,9 @@ from batcher.cli.common import (
     provider_options,
     read_limits,
     report_dir_option,
+    resolve_ledger,
     resolve_settings,
-    resolve_state_dir,
     sheet_options,
-    state_dir_option,
 )
 from batcher.cli.logs import Log, library_warnings
 from batcher.cli.progress import ConsoleListener
@@ -182,7 +182,7 @@ def spend_limits(
     "--max-rate", type=click.FloatRange(min=0.01), default=None, help="Never exceed R requests/s."
 )
 @click.option("--max-total", multiple=True, help="CUR=AMOUNT spend guardrail (repeatable).")
-@state_dir_option
+@ledger_options
 @report_dir_option
 @click.option("--yes", "assume_yes", is_flag=True, help="Do not ask for confirmation.")
 @click.option(
@@ -237,6 +237,7 @@ def run(
     max_rate: float | None,
     max_total: tuple[str, ...],
     state_dir: Path | None,
+    ledger_url: str | None,
     report_dir: Path,
     assume_yes: bool,
     dry_run: bool,
@@ -259,6 +260,7 @@ def run(
     try:
         limits, sources = spend_limits(config, max_total)
         parsed_map = parse_mappings(mapping)
+        folder, location = resolve_ledger(state_dir, ledger_url)
         options = BatchOptions(
             sheet=sheet,
             batch=batch,
@@ -269,7 +271,8 @@ def run(
             order_fundable=order_fundable,
             max_rate=max_rate,
             max_total=limits,
-            state_dir=resolve_state_dir(state_dir),
+            state_dir=folder,
+            ledger=location,
             report_dir=report_dir,
             run=RunOptions(
                 chunk_size=chunk_size, retry_failed=retry_failed, deadline_seconds=deadline
@@ -284,8 +287,7 @@ def run(
         settings = resolve_settings(provider, base_url)
         log.info(
             f"batcher {__version__} {'dry run' if dry_run else 'run'} starting: sheet {sheet}, "
-            f"provider {settings.provider}, ledger "
-            f"{(options.state_dir / 'ledger.sqlite').absolute()}, reports "
+            f"provider {settings.provider}, ledger {location.shown}, reports "
             f"{(report_dir / options.batch_name).absolute()}"
         )
         _refuse_lost_ledger(options, allow=ledger_lost)
@@ -336,11 +338,13 @@ def _notify_target(flag: str | None, config: dict[str, Any]) -> str | None:
 
 def _refuse_lost_ledger(options: BatchOptions, *, allow: bool) -> None:
     batch = options.batch_name
-    if allow or not ledger_lost(options.state_dir, options.report_dir, batch):
+    if allow or not ledger_lost(
+        options.state_dir, options.report_dir, batch, options.ledger_location
+    ):
         return
     raise ConfigError(
         f"batch {batch!r} has reports in {options.report_dir / batch} but the ledger "
-        f"{options.state_dir / 'ledger.sqlite'} has no record of it: the ledger was moved or "
+        f"{options.ledger_location.shown} has no record of it: the ledger was moved or "
         "lost, or this is the wrong --state-dir; nothing was sent",
         hint="point --state-dir (or BATCHER_STATE_DIR) at the right ledger, or pass "
         "--ledger-lost to start the batch from its sheet again",
@@ -397,7 +401,7 @@ def run_document(result: BatchResult, options: BatchOptions | None) -> dict[str,
         "message": stop_sentence(result) if result.exit_code != ExitCode.OK else "",
         "reconciliation": summary.get("reconciliation"),
         "summary_file": str(result.report_dir / "summary.json"),
-        "ledger": str((options.state_dir / "ledger.sqlite").absolute()) if options else None,
+        "ledger": options.ledger_location.shown if options else None,
     }
 
 
@@ -408,7 +412,7 @@ def _failure_document(options: BatchOptions | None, exc: BatcherError) -> dict[s
         "exit_code": int(exc.exit_code),
         "outcome": EXIT_MEANINGS.get(exc.exit_code, "cannot start"),
         "message": str(exc),
-        "ledger": str((options.state_dir / "ledger.sqlite").absolute()) if options else None,
+        "ledger": options.ledger_location.shown if options else None,
     }
 
 
@@ -487,12 +491,15 @@ def _notify(log: Log, url: str, document: dict[str, Any], *, secrets: tuple[str,
 
 @click.command()
 @click.argument("batch", required=False)
-@state_dir_option
+@ledger_options
 @json_option
 @handle_errors
-def status(batch: str | None, state_dir: Path | None, as_json: bool) -> None:
+def status(
+    batch: str | None, state_dir: Path | None, ledger_url: str | None, as_json: bool
+) -> None:
     """Row counts by state and the last runs, read from the ledger (no network)."""
-    found = batch_status(resolve_state_dir(state_dir), batch)
+    folder, location = resolve_ledger(state_dir, ledger_url)
+    found = batch_status(folder, batch, location)
     if as_json:
         echo_json(found, STATUS_SCHEMA if batch is None else BATCH_SCHEMA)
         return

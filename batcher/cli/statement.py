@@ -19,10 +19,11 @@ import click
 
 from batcher.cli.common import (
     handle_errors,
+    ledger_options,
     provider_options,
     report_dir_option,
+    resolve_ledger,
     resolve_settings,
-    state_dir_option,
 )
 from batcher.cli.terminal import echo
 from batcher.core.errors import ExitCode
@@ -37,7 +38,7 @@ from batcher.services import statement as build
 @click.option("--to", "last", type=click.DateTime(["%Y-%m-%d"]), required=True,
               help="Last day of the period (UTC), included, e.g. 2026-11-30.")  # fmt: skip
 @provider_options
-@state_dir_option
+@ledger_options
 @report_dir_option
 @handle_errors
 def statement(
@@ -45,16 +46,19 @@ def statement(
     last: datetime,
     provider: str,
     base_url: str | None,
-    state_dir: Path,
+    state_dir: Path | None,
+    ledger_url: str | None,
     report_dir: Path,
 ) -> None:
     """Write REPORT_DIR/statements/statement-FROM-to-TO-<time>.xlsx for finance."""
+    folder, location = resolve_ledger(state_dir, ledger_url)
     result = build(
-        state_dir,
+        folder,
         resolve_settings(provider, base_url),
         first.date(),
         last.date(),
         report_dir=report_dir,
+        location=location,
     )
     st = result.statement
     echo(f"statement {first.date()} to {last.date()}: {st.verdict}; batches {len(st.batches)}")

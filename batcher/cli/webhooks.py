@@ -20,9 +20,10 @@ from batcher.cli.common import (
     echo_json,
     handle_errors,
     json_option,
+    ledger_options,
     provider_options,
+    resolve_ledger,
     resolve_settings,
-    state_dir_option,
 )
 from batcher.cli.terminal import echo
 from batcher.config import webhook_secret_env
@@ -207,11 +208,13 @@ def _event_line(event: StoredEvent) -> str:
 @click.option("--orphans", is_flag=True, help="Only events for requests no batch sent.")
 @click.option("--rejected", is_flag=True, help="Only refused deliveries.")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
-@state_dir_option
+@ledger_options
 @handle_errors
-def events(orphans: bool, rejected: bool, limit: int, state_dir: Path) -> None:
+def events(
+    orphans: bool, rejected: bool, limit: int, state_dir: Path | None, ledger_url: str | None
+) -> None:
     """What `batcher listen` recorded: counts, then the newest events."""
-    store = WebhookEvents.open(state_dir)
+    store = WebhookEvents(resolve_ledger(state_dir, ledger_url)[1])
     try:
         counts = store.counts()
         found = (

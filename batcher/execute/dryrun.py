@@ -3,7 +3,12 @@
 It reads and validates the sheet, checks funds and spend limits, and plans the
 chunks exactly as `run_batch` would, then throws the plan away. Planning writes to
 the ledger (new rows, released retries, planned chunks), so it runs against a
-private copy of the ledger; the real one is only read. Chunk keys are a pure
+private copy of the ledger; the real one is only read. A SQLite ledger is copied
+whole by SQLite's online backup; from a PostgreSQL ledger, the tables planning
+reads are copied into a scratch SQLite ledger in one read-only snapshot. (Running
+the plan in a PostgreSQL transaction that is rolled back instead would hold the
+ledger's write lock, and so stall every other run on the database, for as long as
+the dry run talks to the provider.) Chunk keys are a pure
 function of the pending rows (plan.py), so the keys listed here are the keys the
 real run sends, provided nothing changes in between.
 """
@@ -31,6 +36,7 @@ from batcher.execute.run import (
 from batcher.execute.runner import Runner
 from batcher.intake.read import Sheet
 from batcher.intake.validate import ValidationResult
+from batcher.ledger.copy import PLANNING_TABLES
 from batcher.ledger.store import BatchLock, ChunkRecord, Ledger, RowRecord, utc_now
 from batcher.providers import connect
 from batcher.providers.base import Provider
@@ -65,7 +71,7 @@ def dry_run_batch(settings: ProviderSettings, options: BatchOptions) -> DryRun:
             "account_id": account.account_id,
             "sheet": str(options.sheet),
             "sheet_sha256": result.sheet.sha256,
-            "ledger": str((options.state_dir / LEDGER_FILE).absolute()),
+            "ledger": options.ledger_location.shown,
             "planned_at": utc_now(),
             "rows_read": result.rows_read,
             "invalid_rows": len(result.invalid_rows),
@@ -80,7 +86,7 @@ def dry_run_batch(settings: ProviderSettings, options: BatchOptions) -> DryRun:
             )
         else:
             with tempfile.TemporaryDirectory(prefix="batcher-dryrun-") as scratch:
-                copy = _ledger_copy(options.state_dir, batch, Path(scratch))
+                copy = _ledger_copy(options, batch, Path(scratch))
                 try:
                     document.update(_plan(copy, provider, settings, options, account.account_id,
                                           result, check.balances))  # fmt: skip
@@ -94,12 +100,21 @@ def dry_run_batch(settings: ProviderSettings, options: BatchOptions) -> DryRun:
     return DryRun(document, path, result.sheet)
 
 
-def _ledger_copy(state_dir: Path, batch: str, scratch: Path) -> Ledger:
-    """A private copy of the ledger in `scratch`, taken under the batch lock."""
-    source = state_dir / LEDGER_FILE
-    if source.exists():
-        with BatchLock(state_dir, batch):
-            src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+def _ledger_copy(options: BatchOptions, batch: str, scratch: Path) -> Ledger:
+    """A private SQLite copy of the ledger in `scratch`, taken under the batch lock."""
+    location = options.ledger_location
+    if location.path is None:  # PostgreSQL
+        with BatchLock(options.state_dir, batch):
+            source = Ledger(location)
+            copy = Ledger.open(scratch)
+            try:
+                source.copy_into(copy, PLANNING_TABLES)
+            finally:
+                source.close()
+        return copy
+    if location.path.exists():
+        with BatchLock(options.state_dir, batch):
+            src = sqlite3.connect(f"file:{location.path}?mode=ro", uri=True)
             dst = sqlite3.connect(scratch / LEDGER_FILE)
             try:
                 src.backup(dst)  # consistent even while another batch's run writes

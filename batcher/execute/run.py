@@ -35,6 +35,7 @@ from batcher.execute.runner import PlanSummary, RunListener, Runner, RunOptions,
 from batcher.execute.webhook_feed import open_feed
 from batcher.intake.read import Sheet
 from batcher.intake.validate import ValidationResult
+from batcher.ledger.location import LedgerLocation
 from batcher.ledger.store import BatchLock, Ledger, RowRecord, SheetRow, count_states
 from batcher.providers import connect
 from batcher.providers.base import Provider, ProviderOptions
@@ -59,6 +60,8 @@ class BatchOptions:
     #: short funds: order the largest fundable part in sheet order instead of refusing
     order_fundable: bool = False
     state_dir: Path = Path(".batcher")
+    #: --ledger: where the ledger lives (default: ledger.sqlite in state_dir)
+    ledger: LedgerLocation | None = None
     report_dir: Path = Path("reports")
     run: RunOptions = field(default_factory=RunOptions)
     provider_options: ProviderOptions = field(default_factory=ProviderOptions)
@@ -69,6 +72,10 @@ class BatchOptions:
     allow_same_sheet: bool = False
     #: how far back a batch new to the ledger asks the provider for its orders
     lookback_days: int = DEFAULT_LOOKBACK_DAYS
+
+    @property
+    def ledger_location(self) -> LedgerLocation:
+        return self.ledger or LedgerLocation.in_state_dir(self.state_dir)
 
     @property
     def batch_name(self) -> str:
@@ -165,7 +172,7 @@ def run_batch(
         sheet_rows = sheet_rows_from_validation(result)
         options.state_dir.mkdir(parents=True, exist_ok=True)
         with BatchLock(options.state_dir, batch):
-            ledger = Ledger.open(options.state_dir)
+            ledger = Ledger.open(options.state_dir, options.ledger_location)
             try:
                 # A batch begun under an id the provider client used to derive keeps it,
                 # and with it its chunk keys.
@@ -205,9 +212,9 @@ def _run_locked(
     run_id = ledger.start_run(batch, "run")
     emit(ui.listener, "run_started", RunStart(
         batch, run_id, str(options.sheet), sheet.sha256, settings.provider, account_id,
-        str((options.state_dir / "ledger.sqlite").absolute()),
+        options.ledger_location.shown,
     ))  # fmt: skip
-    feed = open_feed(provider, options.state_dir, options.webhooks, ui.listener.message)
+    feed = open_feed(provider, options.ledger_location, options.webhooks, ui.listener.message)
     runner = Runner(
         provider, ledger, batch, account_id, options.run, listener=ui.listener, stop=stop,
         events=feed,

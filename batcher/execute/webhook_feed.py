@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from batcher.config import WebhookSettings
 from batcher.ledger.events import WebhookEvents
+from batcher.ledger.location import LedgerLocation
 from batcher.providers.base import OrderItem, PollResult
 from batcher.providers.webhooks import SettlesFromEvents
 
@@ -73,7 +73,10 @@ class EventFeed:
 
 
 def open_feed(
-    provider: object, state_dir: Path, settings: WebhookSettings | None, say: Callable[[str], None]
+    provider: object,
+    ledger: LedgerLocation,
+    settings: WebhookSettings | None,
+    say: Callable[[str], None],
 ) -> EventFeed | None:
     """The feed for a run, when [webhooks] is enabled and the provider's events can settle."""
     if settings is None or not settings.enabled:
@@ -81,6 +84,4 @@ def open_feed(
     if not isinstance(provider, SettlesFromEvents):
         say("webhooks are enabled, but this provider's events cannot settle orders; polling")
         return None
-    return EventFeed(
-        WebhookEvents.open(state_dir), provider, poll_margin=settings.poll_margin_seconds
-    )
+    return EventFeed(WebhookEvents(ledger), provider, poll_margin=settings.poll_margin_seconds)

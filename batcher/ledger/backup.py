@@ -6,6 +6,7 @@ import os
 import sqlite3
 from pathlib import Path
 
+from batcher.core.errors import ConfigError
 from batcher.ledger.connection import LedgerConnection, LedgerDamaged
 
 
@@ -14,7 +15,14 @@ class LedgerBackup(LedgerConnection):
 
     def backup(self, target: Path) -> int:
         """A consistent copy through SQLite's online backup, safe while a run writes.
-        Returns the pages copied."""
+        Returns the pages copied. A PostgreSQL ledger is backed up by PostgreSQL's
+        own tools, which also give point-in-time recovery."""
+        if not isinstance(self._db, sqlite3.Connection):
+            raise ConfigError(
+                f"the ledger at {self.location.shown} is a PostgreSQL database: back it up"
+                " with pg_dump (see README, 'A shared PostgreSQL ledger')",
+                hint="pg_dump --format=custom --file=ledger.dump DBNAME",
+            )
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(target.name + ".partial")
         partial.unlink(missing_ok=True)

@@ -1,4 +1,9 @@
-"""Opening the ledger: integrity check, schema migration, the transaction helper."""
+"""Opening the ledger: integrity check, schema migration, the transaction helper.
+
+Either backend (see `backend.py`): a SQLite file, checked and migrated on every
+open, or a PostgreSQL database, which must already be at this batcher's schema
+(`batcher ledger migrate`; schema.py says why).
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,22 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 from batcher.core.clock import utc_now
 from batcher.core.errors import ConfigError
-from batcher.ledger.schema import SCHEMA, SCHEMA_VERSION, migrate
+from batcher.ledger.backend import Database, connect, write_begin
+from batcher.ledger.location import LedgerLocation
+from batcher.ledger.schema import (
+    BASE_VERSION,
+    ONE_CHUNK_PER_REQUEST,
+    SCHEMA_VERSION,
+    STEPS,
+    base_statements,
+)
+
+#: PostgreSQL's SQLSTATE for "disk full"
+_PG_DISK_FULL = "53100"
 
 
 class LedgerDamaged(ConfigError):
@@ -19,7 +35,7 @@ class LedgerDamaged(ConfigError):
 
 
 class LedgerDiskFull(ConfigError):
-    """SQLite could not commit because the disk is full: nothing after this was sent."""
+    """The database could not commit because its disk is full: nothing after this was sent."""
 
 
 def _damaged(path: Path, exc: BaseException | str) -> LedgerDamaged:
@@ -31,26 +47,49 @@ def _damaged(path: Path, exc: BaseException | str) -> LedgerDamaged:
     )
 
 
-def _is_disk_full(exc: sqlite3.Error) -> bool:
-    return "full" in str(exc).lower()
+def _is_disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, sqlite3.OperationalError):
+        return "full" in str(exc).lower()
+    return getattr(exc, "sqlstate", None) == _PG_DISK_FULL
 
 
 class LedgerConnection:
     """The open database, its transactions and its event log."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, where: Path | LedgerLocation, *, migrate: bool = False) -> None:
+        """Open the ledger at `where` (a SQLite file's path, or a location). SQLite is
+        migrated on open; PostgreSQL only when `migrate` (`batcher ledger migrate`)."""
+        self.location = (
+            where if isinstance(where, LedgerLocation) else LedgerLocation.sqlite_file(where)
+        )
+        self.backend = self.location.backend
+        self.path = self.location.path  # the SQLite file; None on PostgreSQL
+        self.run_id: str | None = None
+        self._begin = write_begin(self.backend)
+        #: the schema version found before this open migrated it (None: a new database)
+        self.migrated_from: int | None = SCHEMA_VERSION
+        if self.path is None:
+            self._db: Database = connect(self.location)
+            try:
+                if migrate:
+                    with self._tx() as db:
+                        self.migrated_from = self._upgrade(db)
+                else:
+                    self._require_current()
+            except BaseException:
+                self._db.close()
+                raise
+            return
+        path = self.path
         try:
-            self._db = sqlite3.connect(path, isolation_level=None, timeout=30.0)
+            self._db = connect(self.location)
         except sqlite3.Error as exc:
             raise ConfigError(f"cannot open ledger {path}: {exc}") from None
-        self._db.row_factory = sqlite3.Row
         try:
             self._open_checked()
         except sqlite3.DatabaseError as exc:
             self._db.close()
-            if isinstance(exc, sqlite3.OperationalError) and _is_disk_full(exc):
+            if _is_disk_full(exc):
                 raise LedgerDiskFull(
                     f"the disk holding the ledger {path} is full; nothing was sent",
                     hint="free some space and rerun",
@@ -58,11 +97,11 @@ class LedgerConnection:
             if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc).lower():
                 raise
             raise _damaged(path, exc) from None
-        self.run_id: str | None = None
 
     @classmethod
-    def open(cls, state_dir: Path) -> Self:
-        return cls(state_dir / "ledger.sqlite")
+    def open(cls, state_dir: Path, location: LedgerLocation | None = None) -> Any:
+        """The ledger at `location`, by default `ledger.sqlite` in `state_dir`."""
+        return cls(location or LedgerLocation.in_state_dir(state_dir))
 
     def close(self) -> None:
         self._db.close()
@@ -80,51 +119,116 @@ class LedgerConnection:
         if verdict != ["ok"]:
             raise sqlite3.DatabaseError("; ".join(verdict))
         with self._tx() as db:
-            found_row = None
-            if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone():
-                found_row = db.execute(
-                    "SELECT value FROM meta WHERE key = 'schema_version'"
-                ).fetchone()
-            for statement in _statements(SCHEMA):
+            self.migrated_from = self._upgrade(db)
+
+    def _upgrade(self, db: Database) -> int | None:
+        """Create or migrate the schema inside the caller's write transaction; the
+        version found (None for a new database)."""
+        found = self._schema_version(db)
+        if found is not None and found > SCHEMA_VERSION:
+            raise self._newer(found)
+        if self.backend == "sqlite" or found is None:
+            for statement in base_statements(self.backend):  # IF NOT EXISTS: idempotent
                 db.execute(statement)
-            found = int(found_row[0]) if found_row else SCHEMA_VERSION
-            if found > SCHEMA_VERSION:
-                raise ConfigError(
-                    f"the ledger {self.path} was written by a newer batcher (schema {found})",
-                    hint="upgrade batcher",
-                )
-            repaired = migrate(db, found)
+        repaired: list[str] = []
+        for version in range((found or BASE_VERSION) + 1, SCHEMA_VERSION + 1):
+            repaired += STEPS[version](db, self.backend, self._columns_of)
+        db.execute(ONE_CHUNK_PER_REQUEST)
+        db.execute(
+            "INSERT INTO meta(key, value) VALUES ('schema_version', ?)"
+            " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (str(SCHEMA_VERSION),),
+        )
+        for key in repaired:
             db.execute(
-                "INSERT INTO meta(key, value) VALUES ('schema_version', ?)"
-                " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                (str(SCHEMA_VERSION),),
+                "INSERT INTO events(ts, batch, kind, chunk_key, detail)"
+                " SELECT ?, batch, 'chunk_claim_repaired', chunk_key, NULL FROM chunks"
+                " WHERE chunk_key = ?",
+                (utc_now(), key),
             )
-            for key in repaired:
+        return found
+
+    def _require_current(self) -> None:
+        found = self._schema_version(self._db)
+        if found is not None and found > SCHEMA_VERSION:
+            raise self._newer(found)
+        if found != SCHEMA_VERSION:
+            state = "empty" if found is None else f"at schema {found}"
+            raise ConfigError(
+                f"the ledger at {self.location.shown} is {state}; this batcher needs schema"
+                f" {SCHEMA_VERSION}",
+                hint="run `batcher ledger migrate --ledger URL` once, with a role that may"
+                " create tables",
+            )
+
+    def _newer(self, found: int) -> ConfigError:
+        return ConfigError(
+            f"the ledger {self.location.shown} was written by a newer batcher (schema {found})",
+            hint="upgrade batcher",
+        )
+
+    def _schema_version(self, db: Database) -> int | None:
+        if not self._has_table(db, "meta"):
+            return None
+        row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        return int(row[0]) if row else None
+
+    def _has_table(self, db: Database, name: str) -> bool:
+        if self.backend == "postgresql":
+            sql = (
+                "SELECT 1 FROM information_schema.tables"
+                " WHERE table_schema = current_schema() AND table_name = ?"
+            )
+        else:
+            sql = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+        return db.execute(sql, (name,)).fetchone() is not None
+
+    def _columns_of(self, table: str) -> set[str]:
+        if self.backend == "postgresql":
+            return {
+                r[0]
+                for r in self._db.execute(
+                    "SELECT column_name FROM information_schema.columns"
+                    " WHERE table_schema = current_schema() AND table_name = ?",
+                    (table,),
+                )
+            }
+        return {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
+
+    def _after_copy(self, db: Database, tables: Sequence[str]) -> None:
+        """After rows were copied in with their ids, new ids continue past them (SQLite's
+        AUTOINCREMENT does so by itself; a PostgreSQL identity needs telling)."""
+        if self.backend != "postgresql":
+            return
+        for table in ("events", "webhook_events"):
+            if table in tables:
                 db.execute(
-                    "INSERT INTO events(ts, batch, kind, chunk_key, detail)"
-                    " SELECT ?, batch, 'chunk_claim_repaired', chunk_key, NULL FROM chunks"
-                    " WHERE chunk_key = ?",
-                    (utc_now(), key),
+                    f"SELECT setval(pg_get_serial_sequence('{table}', 'id'),"
+                    f" (SELECT COALESCE(MAX(id), 0) + 1 FROM {table}), false)"
                 )
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
+    def _tx(self) -> Iterator[Database]:
+        """One write transaction, serialised with every other writer (backend.write_begin)."""
+        for statement in self._begin:
+            self._db.execute(statement)
         try:
             yield self._db
             self._db.execute("COMMIT")
         except BaseException as exc:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.OperationalError) and _is_disk_full(exc):
+            if _is_disk_full(exc):
                 # Every send is committed first, so this names a full disk before the send.
                 raise LedgerDiskFull(
-                    f"the disk holding the ledger {self.path} is full; the last change was"
-                    " not recorded and nothing more was sent",
+                    f"the disk holding the ledger {self.location.shown} is full; the last change"
+                    " was not recorded and nothing more was sent",
                     hint="free some space and rerun",
                 ) from None
-            if isinstance(exc, sqlite3.DatabaseError) and not isinstance(
-                exc, sqlite3.OperationalError | sqlite3.IntegrityError
+            if (
+                self.path is not None
+                and isinstance(exc, sqlite3.DatabaseError)
+                and not isinstance(exc, sqlite3.OperationalError | sqlite3.IntegrityError)
             ):
                 raise _damaged(self.path, exc) from None
             raise
@@ -163,17 +267,6 @@ INSERT_EVENT = (
     "INSERT INTO events(ts, batch, run_id, kind, chunk_key, row_key, detail)"
     " VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
-
-
-def _statements(script: str) -> list[str]:
-    """The schema's statements, one by one (triggers hold inner semicolons)."""
-    statements, current = [], ""
-    for line in script.splitlines(keepends=True):
-        current += line
-        if sqlite3.complete_statement(current):
-            statements.append(current.strip())
-            current = ""
-    return [s for s in statements if s]
 
 
 def in_slices(values: Sequence[str], size: int = 500) -> Iterator[tuple[Sequence[str], str]]:

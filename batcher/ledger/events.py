@@ -1,8 +1,9 @@
 """Webhook evidence: every delivery the receiver saw, kept beside the ledger.
 
-The `webhook_events` table lives in the ledger's database file but is created
-by its own `CREATE TABLE IF NOT EXISTS`, so the listener can open a state
-directory no run has touched yet. The listener and `batcher run` are separate
+The `webhook_events` table lives in the ledger's database. On SQLite it is
+created by its own `CREATE TABLE IF NOT EXISTS`, so the listener can open a
+state directory no run has touched yet; on PostgreSQL it is part of the
+migrated schema (`batcher ledger migrate`). The listener and `batcher run` are separate
 processes writing the same file: WAL lets readers and one writer proceed
 together, and `busy_timeout` makes the other writer wait instead of failing.
 Each write is one short transaction.
@@ -27,26 +28,10 @@ from typing import Any
 
 from batcher.core.clock import utc_now
 from batcher.core.errors import ConfigError
+from batcher.ledger.backend import Database, Row, connect, write_begin
+from batcher.ledger.location import LedgerLocation
+from batcher.ledger.schema import SCHEMA_VERSION, WEBHOOK_SCHEMA, statements
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS webhook_events (
-    id INTEGER PRIMARY KEY,
-    delivery_key TEXT UNIQUE,        -- sha256 of the raw body; NULL when rejected
-    provider TEXT NOT NULL,
-    verdict TEXT NOT NULL,           -- accepted | rejected
-    reason TEXT,                     -- why it was rejected
-    event TEXT,
-    request_id TEXT,
-    status TEXT,
-    terminal INTEGER NOT NULL DEFAULT 0,
-    order_ids TEXT,                  -- JSON array
-    payload TEXT,                    -- redacted JSON; NULL when rejected
-    received_at TEXT NOT NULL,
-    last_received_at TEXT NOT NULL,
-    deliveries INTEGER NOT NULL DEFAULT 1
-);
-CREATE INDEX IF NOT EXISTS webhook_events_by_request ON webhook_events(request_id, terminal);
-"""
 _BUSY_TIMEOUT_MS = 30_000
 # The list a reader returns is capped so a flood of forgeries cannot exhaust memory.
 MAX_LISTED = 10_000
@@ -69,38 +54,58 @@ class StoredEvent:
 class WebhookEvents:
     """The evidence table, on its own connection (one per process and thread)."""
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, where: Path | LedgerLocation) -> None:
+        location = where if isinstance(where, LedgerLocation) else LedgerLocation.sqlite_file(where)
+        self.location = location
+        self._begin = write_begin(location.backend)
+        if location.path is None:
+            self._db: Database = connect(location)
+            self._require_schema()
+            return
         try:
-            self._db = sqlite3.connect(
-                path, isolation_level=None, timeout=_BUSY_TIMEOUT_MS / 1000, check_same_thread=False
-            )
+            self._db = connect(location, timeout=_BUSY_TIMEOUT_MS / 1000, same_thread_only=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             # NORMAL: in WAL mode a commit survives a crash of the process, not a power
             # cut. Evidence is not the source of truth: an event lost that way is
             # settled by the fallback poll, and the receiver answers sooner.
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
-            self._db.executescript(SCHEMA)
+            for statement in statements(WEBHOOK_SCHEMA):
+                self._db.execute(statement)
         except sqlite3.Error as exc:
-            raise ConfigError(f"cannot open the webhook evidence in {path}: {exc}") from None
-        self._db.row_factory = sqlite3.Row
-        self.path = path
+            raise ConfigError(
+                f"cannot open the webhook evidence in {location.shown}: {exc}"
+            ) from None
+
+    def _require_schema(self) -> None:
+        try:
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        except Exception:  # no meta table: a database never migrated
+            row = None
+        if row is None or int(row[0]) != SCHEMA_VERSION:
+            self._db.close()
+            raise ConfigError(
+                f"the ledger at {self.location.shown} is not at schema {SCHEMA_VERSION}",
+                hint="run `batcher ledger migrate --ledger URL` once",
+            )
 
     @classmethod
-    def open(cls, state_dir: Path) -> WebhookEvents:
-        return cls(state_dir / "ledger.sqlite")  # the ledger's own file
+    def open(cls, state_dir: Path, location: LedgerLocation | None = None) -> WebhookEvents:
+        """The evidence in the ledger's own database."""
+        return cls(location or LedgerLocation.in_state_dir(state_dir))
 
     def close(self) -> None:
         self._db.close()
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
+    def _tx(self) -> Iterator[Database]:
+        for statement in self._begin:
+            self._db.execute(statement)
         try:
             yield self._db
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
             raise
         else:
             self._db.execute("COMMIT")
@@ -179,11 +184,12 @@ class WebhookEvents:
     def counts(self) -> dict[str, int]:
         """accepted, rejected, and repeated deliveries (duplicates and retries)."""
         row = self._db.execute(
-            "SELECT COALESCE(SUM(verdict = 'accepted'), 0) AS accepted,"
-            " COALESCE(SUM(verdict = 'rejected'), 0) AS rejected,"
+            "SELECT COALESCE(SUM(CASE WHEN verdict = 'accepted' THEN 1 ELSE 0 END), 0)"
+            " AS accepted,"
+            " COALESCE(SUM(CASE WHEN verdict = 'rejected' THEN 1 ELSE 0 END), 0) AS rejected,"
             " COALESCE(SUM(deliveries - 1), 0) AS repeats FROM webhook_events"
         ).fetchone()
-        return {"accepted": row["accepted"], "rejected": row["rejected"], "repeats": row["repeats"]}
+        return {k: int(row[k]) for k in ("accepted", "rejected", "repeats")}
 
     def orphans(self, limit: int = MAX_LISTED) -> list[StoredEvent]:
         """Order events for an order request that no batch in this ledger sent."""
@@ -198,16 +204,19 @@ class WebhookEvents:
         return int(row.fetchone()[0])
 
     def _orphan_filter(self) -> str:
-        has_chunks = self._db.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'chunks'"
-        ).fetchone()
+        has_chunks = (
+            self.location.backend == "postgresql"  # the migrated schema has every table
+            or self._db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'chunks'"
+            ).fetchone()
+        )
         unknown = (
             " AND request_id NOT IN (SELECT request_id FROM chunks WHERE request_id IS NOT NULL)"
         )
         return "verdict = 'accepted' AND request_id IS NOT NULL" + (unknown if has_chunks else "")
 
 
-def _stored(row: sqlite3.Row) -> StoredEvent:
+def _stored(row: Row) -> StoredEvent:
     return StoredEvent(
         id=row["id"],
         provider=row["provider"],

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import sqlite3
+import json
 from collections.abc import Sequence
 
 from batcher.core.clock import utc_now
+from batcher.ledger.backend import Database
 from batcher.ledger.connection import LedgerConnection, in_slices
 
 #: error_code of a pending row whose reference another batch of the account holds
@@ -136,7 +137,7 @@ class LedgerPlanning(LedgerConnection):
         return taken
 
     def _references_taken_elsewhere(
-        self, db: sqlite3.Connection, batch: str, row_keys: Sequence[str]
+        self, db: Database, batch: str, row_keys: Sequence[str]
     ) -> dict[str, tuple[str, str, str]]:
         """row key -> (other batch, its row's state, reference) for references another
         batch of the same account has planned, in flight or succeeded."""
@@ -158,16 +159,28 @@ class LedgerPlanning(LedgerConnection):
 
     def mark_pending_reason(self, batch: str, currency: str, code: str, message: str) -> int:
         """Annotate the pending rows paid from a wallet (e.g. insufficient funds)."""
-        paying = "COALESCE(NULLIF(json_extract(fields, '$.payment_currency'), ''), currency)"
         with self._tx() as db:
-            cursor = db.execute(
-                "UPDATE rows SET error_code = ?, error_message = ?, failure_kind = 'retryable',"
-                f" updated_at = ? WHERE batch = ? AND {paying} = ? AND in_sheet = 1"
-                " AND state = 'pending'",
-                (code, message, utc_now(), batch, currency),
-            )
-            self._event(batch, "rows_held", currency=currency, code=code, count=cursor.rowcount)
-            return cursor.rowcount
+            # The paying wallet is the row's payment_currency, else its currency; read
+            # in Python so the SQL stays free of a dialect's JSON functions.
+            keys = [
+                r[0]
+                for r in db.execute(
+                    "SELECT row_key, currency, fields FROM rows WHERE batch = ?"
+                    " AND in_sheet = 1 AND state = 'pending'",
+                    (batch,),
+                )
+                if (json.loads(r[2]).get("payment_currency") or r[1]) == currency
+            ]
+            now = utc_now()
+            for part, marks in in_slices(keys):
+                db.execute(
+                    "UPDATE rows SET error_code = ?, error_message = ?,"
+                    f" failure_kind = 'retryable', updated_at = ? WHERE batch = ?"
+                    f" AND row_key IN ({marks})",
+                    (code, message, now, batch, *part),
+                )
+            self._event(batch, "rows_held", currency=currency, code=code, count=len(keys))
+            return len(keys)
 
     def claimed_order_ids(self, provider: str, account_id: str) -> set[str]:
         """Every provider order some row of this account already stands for."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -11,6 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 from batcher.core.states import ROW_STATES
+from batcher.ledger.backend import Row
 
 
 def parse_ts(value: str | None) -> datetime | None:
@@ -101,7 +101,7 @@ class RowRecord(RowContent):
     succeeded_at: str | None
 
     @classmethod
-    def from_sql(cls, row: sqlite3.Row) -> RowRecord:
+    def from_sql(cls, row: Row) -> RowRecord:
         data = dict(row)
         data["in_sheet"] = bool(data["in_sheet"])
         data["fields"] = json.loads(data["fields"])
@@ -133,7 +133,7 @@ class ChunkRecord:
     row_keys: list[str] = field(default_factory=list)
 
     @classmethod
-    def from_sql(cls, row: sqlite3.Row, row_keys: list[str]) -> ChunkRecord:
+    def from_sql(cls, row: Row, row_keys: list[str]) -> ChunkRecord:
         data = dict(row)
         data["payload"] = bytes(data["payload"])
         return cls(**data, row_keys=row_keys)

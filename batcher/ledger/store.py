@@ -1,8 +1,10 @@
-"""The SQLite ledger: the single source of truth and the only code that writes state.
+"""The ledger: the single source of truth and the only code that writes state.
 
-One database per state directory holds every batch, so a row that succeeded in
-an earlier batch can be recognised. WAL mode, `synchronous=FULL`: a commit is on
-disk before the HTTP request it guards leaves. Every transition appends to the
+One database holds every batch, so a row that succeeded in an earlier batch can
+be recognised: a SQLite file per state directory (the default), or a shared
+PostgreSQL database (`--ledger postgresql://...`, see `backend.py`). SQLite runs in
+WAL mode with `synchronous=FULL`, PostgreSQL with `synchronous_commit=on`: a
+commit is on disk before the HTTP request it guards leaves. Every transition appends to the
 `events` table, which is never updated or deleted.
 
 `Ledger` is composed of one part per concept, each in its own module; they share
@@ -18,6 +20,7 @@ from batcher.core.clock import utc_now
 from batcher.ledger.backup import LedgerBackup
 from batcher.ledger.batches import LedgerBatches
 from batcher.ledger.connection import LedgerDamaged, LedgerDiskFull
+from batcher.ledger.copy import LedgerCopy
 from batcher.ledger.lock import BatchLock
 from batcher.ledger.planning import HELD_ELSEWHERE, LedgerPlanning
 from batcher.ledger.queries import LedgerQueries
@@ -45,8 +48,10 @@ class Ledger(
     LedgerTransitions,
     LedgerQueries,
     LedgerBackup,
+    LedgerCopy,
 ):
-    """The ledger of one state directory: open it with `Ledger.open(state_dir)`."""
+    """The ledger: `Ledger.open(state_dir)` (SQLite in the state folder), `Ledger(location)`
+    (either backend, see `location.py`)."""
 
 
 # Importers name these from here; they live in the modules above.

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Sequence
 
 from batcher.core.clock import utc_now
 from batcher.core.states import IN_FLIGHT_STATES, REPLANNABLE_STATES
+from batcher.ledger.backend import Database, Row
 from batcher.ledger.connection import LedgerConnection, in_slices
 from batcher.ledger.records import SheetRow, SyncReport
 
@@ -96,9 +96,7 @@ class LedgerSync(LedgerConnection):
             )
         return found
 
-    def _insert_row(
-        self, db: sqlite3.Connection, batch: str, row: SheetRow, state: str, now: str
-    ) -> None:
+    def _insert_row(self, db: Database, batch: str, row: SheetRow, state: str, now: str) -> None:
         db.execute(
             "INSERT INTO rows(batch, row_key, source_row, in_sheet, reference, content_hash,"
             " fields, passthrough, currency, face_value, est_cost, state, error_code,"
@@ -126,10 +124,10 @@ class LedgerSync(LedgerConnection):
 
     def _sync_existing(
         self,
-        db: sqlite3.Connection,
+        db: Database,
         batch: str,
         row: SheetRow,
-        old: sqlite3.Row,
+        old: Row,
         retry_failed: bool,
         counts: dict[str, int],
         now: str,
@@ -190,7 +188,7 @@ class LedgerSync(LedgerConnection):
         self._event(batch, "row_changed", row_key=key, state=new_state, attempt=attempt)
 
     def _set_row_state(
-        self, db: sqlite3.Connection, batch: str, row_key: str, state: str, *, clear_error: bool
+        self, db: Database, batch: str, row_key: str, state: str, *, clear_error: bool
     ) -> None:
         extra = (
             ", error_code = NULL, error_message = NULL, failure_kind = NULL" if clear_error else ""
@@ -201,9 +199,7 @@ class LedgerSync(LedgerConnection):
         )
         self._event(batch, "row_state", row_key=row_key, state=state)
 
-    def _release_for_retry(
-        self, db: sqlite3.Connection, batch: str, row_key: str, reason: str
-    ) -> None:
+    def _release_for_retry(self, db: Database, batch: str, row_key: str, reason: str) -> None:
         db.execute(
             "UPDATE rows SET state = 'pending', attempt = attempt + 1,"
             " retry_group = COALESCE(chunk_key, ''), chunk_key = NULL,"

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
 from batcher.core.clock import utc_now
+from batcher.ledger.backend import Database
 from batcher.ledger.connection import INSERT_EVENT, LedgerConnection
 from batcher.ledger.records import RowOutcome
 
@@ -35,7 +35,7 @@ class LedgerTransitions(LedgerConnection):
 
     def _set_chunk_state(
         self,
-        db: sqlite3.Connection,
+        db: Database,
         batch: str,
         chunk_key: str,
         state: str,

@@ -1,0 +1,106 @@
+"""The seam between the ledger and its database: one interface, two backends.
+
+Every ledger module speaks to `Database`, which is what `sqlite3.Connection`
+already is (used as is, so the embedded default pays nothing for the seam) and
+what `postgres.PostgresDatabase` imitates. SQL is written once, with `?`
+placeholders and portable syntax; the PostgreSQL adapter translates the
+placeholders. Dialect differences are confined to the schema and its
+migrations (`migrations.py`) and to how a write transaction begins
+(`write_begin`).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Protocol
+
+from batcher.ledger.location import Backend, LedgerLocation
+
+#: Key of the transaction-scoped advisory lock that every PostgreSQL ledger write
+#: transaction takes first (the one-argument key space: the two-argument one is free
+#: for per-batch locks). Any fixed number works as long as every batcher uses it.
+LEDGER_WRITE_LOCK = 0x6261746368657231  # "batcher1"
+
+
+class Cursor(Protocol):
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Row(Protocol):
+    """A result row: `row[0]`, `row["col"]` and `dict(row)`, like `sqlite3.Row`."""
+
+    def __getitem__(self, key: int | str, /) -> Any: ...
+
+    def keys(self) -> list[str]: ...
+
+
+class Database(Protocol):
+    """An open connection in autocommit mode: transactions are begun explicitly."""
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ..., /) -> Cursor: ...
+
+    def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> Cursor: ...
+
+    @property
+    def in_transaction(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+def write_begin(backend: Backend) -> tuple[str, ...]:
+    """The statements that open a ledger write transaction.
+
+    SQLite's BEGIN IMMEDIATE takes the database's single write lock at once, so
+    every write transaction sees every earlier commit and none interleave: the
+    ledger's check-then-write steps (a reference held elsewhere, an order already
+    claimed, the same sheet run twice) rely on that. PostgreSQL lets writers run
+    concurrently under READ COMMITTED, where two transactions could each check,
+    see nothing, and both write. Taking one transaction-scoped advisory lock
+    first restores SQLite's order exactly: writers queue on it, and as READ
+    COMMITTED reads each statement's snapshot after the lock was granted, each
+    sees what the previous writer committed. The lock is released by COMMIT or
+    ROLLBACK, and by the server when the session dies. Unique constraints and
+    foreign keys stay the backstop on both backends.
+    """
+    if backend == "postgresql":
+        return ("BEGIN", f"SELECT pg_advisory_xact_lock({LEDGER_WRITE_LOCK})")
+    return ("BEGIN IMMEDIATE",)
+
+
+def read_begin(backend: Backend) -> str:
+    """A transaction that reads one consistent snapshot of every table."""
+    if backend == "postgresql":
+        return "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+    return "BEGIN"
+
+
+def connect(
+    location: LedgerLocation, *, timeout: float = 30.0, same_thread_only: bool = True
+) -> Database:
+    """An autocommit connection to the ledger's database (nothing checked yet)."""
+    if location.backend == "postgresql":
+        from batcher.ledger.postgres import PostgresDatabase  # psycopg loads only when used
+
+        return PostgresDatabase(location)
+    assert location.path is not None
+    location.path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(
+        location.path, isolation_level=None, timeout=timeout, check_same_thread=same_thread_only
+    )
+    db.row_factory = sqlite3.Row
+    return db
+
+
+def is_database_error(exc: BaseException) -> bool:
+    """A failure of the ledger's database itself (either backend), not of batcher."""
+    if isinstance(exc, sqlite3.DatabaseError):
+        return True
+    return type(exc).__module__.split(".")[0] == "psycopg" and isinstance(exc, Exception)

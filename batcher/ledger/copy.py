@@ -1,0 +1,58 @@
+"""Copying a ledger's tables into another ledger, across backends.
+
+The source is read in one snapshot (a read-only transaction: REPEATABLE READ on
+PostgreSQL, a deferred transaction on SQLite) and the target is written in one
+write transaction, so the copy is all or nothing and consistent even while runs
+write to the source. Rows stream in slices: a large ledger is never held in
+memory whole. Used by `run --dry-run` on PostgreSQL (a scratch SQLite copy)
+and by `batcher ledger copy`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from itertools import islice
+from typing import Any
+
+from batcher.ledger.backend import read_begin
+from batcher.ledger.connection import LedgerConnection
+from batcher.ledger.schema import TABLES
+
+#: what planning reads: enough for a dry run to plan exactly as the run would
+PLANNING_TABLES = ("batches", "rows", "chunks", "chunk_rows")
+#: every table but `meta` (each ledger keeps its own schema version)
+ALL_TABLES = tuple(t for t in TABLES if t != "meta")
+_SLICE = 2000
+
+
+class LedgerCopy(LedgerConnection):
+    """This ledger's rows, copied into another."""
+
+    def copy_into(
+        self, target: LedgerConnection, tables: Sequence[str] = ALL_TABLES
+    ) -> dict[str, int]:
+        """Insert every row of `tables` into `target`, in one target transaction.
+        Returns the rows copied per table."""
+        copied: dict[str, int] = {}
+        self._db.execute(read_begin(self.backend))
+        try:
+            with target._tx() as db:
+                for table in (t for t in TABLES if t in tables):  # foreign-key order
+                    columns = sorted(self._columns_of(table) & target._columns_of(table))
+                    insert = (
+                        f"INSERT INTO {table}({', '.join(columns)})"
+                        f" VALUES ({', '.join('?' * len(columns))})"
+                    )
+                    rows = self._stream(f"SELECT {', '.join(columns)} FROM {table}")
+                    copied[table] = 0
+                    while part := [tuple(r) for r in islice(rows, _SLICE)]:
+                        db.executemany(insert, part)
+                        copied[table] += len(part)
+                target._after_copy(db, tables)
+        finally:
+            self._db.execute("ROLLBACK")  # the read snapshot: nothing was written
+        return copied
+
+    def _stream(self, sql: str) -> Iterator[Any]:
+        stream = getattr(self._db, "stream", None)  # PostgreSQL: a server-side cursor
+        return iter(stream(sql) if stream is not None else self._db.execute(sql))
