@@ -57,6 +57,7 @@ class WebhookEvents:
     def __init__(self, where: Path | LedgerLocation) -> None:
         location = where if isinstance(where, LedgerLocation) else LedgerLocation.sqlite_file(where)
         self.location = location
+        self.path = location.path  # the SQLite file; None on PostgreSQL
         self._begin = write_begin(location.backend)
         if location.path is None:
             self._db: Database = connect(location)
