@@ -35,7 +35,8 @@ from batcher.execute.dryrun import DryRun, dry_run_batch
 from batcher.execute.run import BatchOptions, BatchResult, RunUI, run_batch
 from batcher.intake.validate import ValidationResult, validation_document
 from batcher.ledger.location import LedgerLocation
-from batcher.ledger.store import BatchLock, Ledger, RowRecord, parse_ts
+from batcher.ledger.lock import batch_lock
+from batcher.ledger.store import Ledger, RowRecord, parse_ts
 from batcher.providers import connect
 from batcher.providers.base import Provider, ProviderOptions
 from batcher.reporting.outputs import totals_by_currency, write_validation_csv
@@ -365,7 +366,7 @@ def report_batch(
                     f"key belongs to account {account.account_id}",
                     hint=f"use the key of account {info['account_id']}",
                 )
-            with BatchLock(state_dir, batch):
+            with batch_lock(state_dir, batch, ledger.location):
                 return write_batch_report(
                     ledger, batch, client, report_dir, reveal_codes=reveal_codes, fetch="full"
                 )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import sqlite3
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -18,9 +19,9 @@ import pytest
 from batcher.core.errors import BatchLocked, ConfigError
 from batcher.ledger.backend import connect
 from batcher.ledger.location import parse_ledger_url
+from batcher.ledger.lock import batch_lock
 from batcher.ledger.store import (
     HELD_ELSEWHERE,
-    BatchLock,
     Ledger,
     LedgerDamaged,
     LedgerDiskFull,
@@ -176,27 +177,42 @@ def test_events_are_append_only(ledger: Ledger) -> None:
         db.close()
 
 
-def _hold_lock(
-    state_dir: str, ready: multiprocessing.Event, release: multiprocessing.Event
-) -> None:  # type: ignore[valid-type]
-    with BatchLock(Path(state_dir), "nightly"):
+def _hold_lock(where: str, ready: multiprocessing.Event, release: multiprocessing.Event) -> None:  # type: ignore[valid-type]
+    location = parse_ledger_url(where) if "://" in where else None
+    with batch_lock(Path(where) if location is None else Path("."), "nightly", location):
         ready.set()
         release.wait(10)
 
 
-def test_batch_lock_names_holder_and_dies_with_its_process(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_batch_lock_names_holder_and_dies_with_its_process(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """flock beside SQLite; a session advisory lock on PostgreSQL: the server drops it
+    when the holder's session dies, even from a SIGKILL."""
+    where = request.getfixturevalue("pg_url") if backend == "postgresql" else str(tmp_path)
+    location = parse_ledger_url(where) if backend == "postgresql" else None
     ctx = multiprocessing.get_context("fork")
     ready, release = ctx.Event(), ctx.Event()
-    holder = ctx.Process(target=_hold_lock, args=(str(tmp_path), ready, release))
+    holder = ctx.Process(target=_hold_lock, args=(where, ready, release))
     holder.start()
     assert ready.wait(10)
-    with pytest.raises(BatchLocked) as info:
-        BatchLock(tmp_path, "nightly").acquire()
-    assert f"pid {holder.pid}" in str(info.value)
+    with pytest.raises(BatchLocked) as info, batch_lock(tmp_path, "nightly", location):
+        pass
+    assert f"batch 'nightly' is locked by pid {holder.pid} on " in str(info.value)
+    with batch_lock(tmp_path, "another batch", location):
+        pass  # one batch's lock never holds another
     holder.kill()  # a dead run must not block the next one
     holder.join()
-    with BatchLock(tmp_path, "nightly"):
-        pass
+    deadline = time.monotonic() + 10  # the server notices the closed socket at once
+    while True:
+        try:
+            with batch_lock(tmp_path, "nightly", location):
+                break
+        except BatchLocked:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def test_failed_row_ordered_by_another_batch_is_never_retried(ledger: Ledger) -> None:

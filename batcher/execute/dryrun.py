@@ -37,6 +37,7 @@ from batcher.execute.runner import Runner
 from batcher.intake.read import Sheet
 from batcher.intake.validate import ValidationResult
 from batcher.ledger.copy import PLANNING_TABLES
+from batcher.ledger.lock import batch_lock
 from batcher.ledger.store import BatchLock, ChunkRecord, Ledger, RowRecord, utc_now
 from batcher.providers import connect
 from batcher.providers.base import Provider
@@ -104,7 +105,7 @@ def _ledger_copy(options: BatchOptions, batch: str, scratch: Path) -> Ledger:
     """A private SQLite copy of the ledger in `scratch`, taken under the batch lock."""
     location = options.ledger_location
     if location.path is None:  # PostgreSQL
-        with BatchLock(options.state_dir, batch):
+        with batch_lock(options.state_dir, batch, location):
             source = Ledger(location)
             copy = Ledger.open(scratch)
             try:

@@ -36,7 +36,8 @@ from batcher.execute.webhook_feed import open_feed
 from batcher.intake.read import Sheet
 from batcher.intake.validate import ValidationResult
 from batcher.ledger.location import LedgerLocation
-from batcher.ledger.store import BatchLock, Ledger, RowRecord, SheetRow, count_states
+from batcher.ledger.lock import batch_lock
+from batcher.ledger.store import Ledger, RowRecord, SheetRow, count_states
 from batcher.providers import connect
 from batcher.providers.base import Provider, ProviderOptions
 from batcher.reporting.outputs import (
@@ -171,7 +172,7 @@ def run_batch(
             )
         sheet_rows = sheet_rows_from_validation(result)
         options.state_dir.mkdir(parents=True, exist_ok=True)
-        with BatchLock(options.state_dir, batch):
+        with batch_lock(options.state_dir, batch, options.ledger_location):
             ledger = Ledger.open(options.state_dir, options.ledger_location)
             try:
                 # A batch begun under an id the provider client used to derive keeps it,
