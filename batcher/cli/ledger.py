@@ -1,4 +1,4 @@
-"""`batcher ledger backup` and `batcher ledger migrate`: looking after the ledger."""
+"""`batcher ledger backup`, `migrate` and `copy`: looking after the ledger."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import click
 from batcher.cli.common import handle_errors, ledger_options, resolve_ledger
 from batcher.cli.terminal import echo
 from batcher.core.errors import ConfigError
+from batcher.ledger.location import parse_ledger_url
 from batcher.ledger.schema import SCHEMA_VERSION
 from batcher.ledger.store import Ledger
 
@@ -60,3 +61,32 @@ def migrate(state_dir: Path | None, ledger_url: str | None) -> None:
     else:
         was = "a new ledger" if found is None else f"schema {found}"
         echo(f"ledger {location.shown} migrated from {was} to schema {SCHEMA_VERSION}")
+
+
+@ledger.command()
+@click.option("--from", "source_url", required=True, metavar="URL", help="The ledger to copy.")
+@click.option("--to", "target_url", required=True, metavar="URL",
+              help="The ledger to copy into (migrated first when it is new).")  # fmt: skip
+@handle_errors
+def copy(source_url: str, target_url: str) -> None:
+    """Copy every batch, row, chunk, event and webhook delivery from one ledger to another.
+
+    E.g. --from sqlite:///home/ops/.local/state/batcher/ledger.sqlite --to
+    postgresql://batcher@db/batcher. One transaction at the target: all or nothing.
+    Refuses, copying nothing, when the target already has one of the batches. Stop
+    the runs on the source first, and point them at the target afterwards.
+    """
+    where = parse_ledger_url(source_url, where="--from")
+    if where.path is not None and not where.path.is_file():
+        raise ConfigError(f"there is no ledger at {where.path} to copy")
+    source = Ledger(where)
+    try:
+        target = Ledger(parse_ledger_url(target_url, where="--to"), migrate=True)
+        try:
+            copied = source.copy_into(target)
+        finally:
+            target.close()
+    finally:
+        source.close()
+    counts = ", ".join(f"{n} {table}" for table, n in copied.items())
+    echo(f"copied {source.location.shown} to {target.location.shown}: {counts}")

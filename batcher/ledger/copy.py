@@ -14,7 +14,8 @@ from collections.abc import Iterator, Sequence
 from itertools import islice
 from typing import Any
 
-from batcher.ledger.backend import read_begin
+from batcher.core.errors import ConfigError
+from batcher.ledger.backend import Database, read_begin
 from batcher.ledger.connection import LedgerConnection
 from batcher.ledger.schema import TABLES
 
@@ -37,6 +38,15 @@ class LedgerCopy(LedgerConnection):
         self._db.execute(read_begin(self.backend))
         try:
             with target._tx() as db:
+                clash = self._batches_at(target, db)
+                if clash:
+                    shown = ", ".join(repr(b) for b in clash[:10])
+                    raise ConfigError(
+                        f"the ledger at {target.location.shown} already has batch"
+                        f"{'es' if len(clash) > 1 else ''} {shown}; nothing was copied",
+                        hint="copy into a ledger without those batches; a batch is never"
+                        " merged or overwritten",
+                    )
                 for table in (t for t in TABLES if t in tables):  # foreign-key order
                     columns = sorted(self._columns_of(table) & target._columns_of(table))
                     insert = (
@@ -52,6 +62,13 @@ class LedgerCopy(LedgerConnection):
         finally:
             self._db.execute("ROLLBACK")  # the read snapshot: nothing was written
         return copied
+
+    def _batches_at(self, target: LedgerConnection, db: Database) -> list[str]:
+        """This ledger's batch names that `target` already has, sorted."""
+        mine = {r[0] for r in self._db.execute("SELECT batch FROM batches")}
+        theirs = {r[0] for r in db.execute("SELECT batch FROM batches")}
+        clash = mine & theirs
+        return sorted(clash)
 
     def _stream(self, sql: str) -> Iterator[Any]:
         stream = getattr(self._db, "stream", None)  # PostgreSQL: a server-side cursor
