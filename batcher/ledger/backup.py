@@ -7,6 +7,7 @@ import sqlite3
 from pathlib import Path
 
 from batcher.ledger.connection import LedgerConnection, LedgerDamaged
+from batcher.ledger.wal_guard import new_ledger_id
 
 
 class LedgerBackup(LedgerConnection):
@@ -21,6 +22,8 @@ class LedgerBackup(LedgerConnection):
         dest = sqlite3.connect(partial)
         try:
             self._db.backup(dest)
+            new_ledger_id(dest)  # restored, it is a ledger of its own (ledger/wal_guard.py)
+            dest.commit()
             pages = int(dest.execute("PRAGMA page_count").fetchone()[0])
             dest.execute("PRAGMA journal_mode=DELETE")
             if [r[0] for r in dest.execute("PRAGMA quick_check(1)")] != ["ok"]:

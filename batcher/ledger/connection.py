@@ -12,6 +12,7 @@ from typing import Any, Self
 from batcher.core.clock import utc_now
 from batcher.core.errors import ConfigError
 from batcher.ledger.schema import SCHEMA, SCHEMA_VERSION, migrate
+from batcher.ledger.wal_guard import WalGuard
 
 
 class LedgerDamaged(ConfigError):
@@ -41,6 +42,7 @@ class LedgerConnection:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._wal_guard = WalGuard(path)  # notes, before SQLite does, whether the file is new
         try:
             self._db = sqlite3.connect(path, isolation_level=None, timeout=30.0)
         except sqlite3.Error as exc:
@@ -65,6 +67,7 @@ class LedgerConnection:
         return cls(state_dir / "ledger.sqlite")
 
     def close(self) -> None:
+        self._wal_guard.close(self._db)
         self._db.close()
 
     def _open_checked(self) -> None:
@@ -79,6 +82,7 @@ class LedgerConnection:
         verdict = [r[0] for r in self._db.execute("PRAGMA quick_check(5)")]
         if verdict != ["ok"]:
             raise sqlite3.DatabaseError("; ".join(verdict))
+        self._wal_guard.check(self._db)  # a lost -wal file: before anything is written
         with self._tx() as db:
             found_row = None
             if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone():
@@ -106,6 +110,7 @@ class LedgerConnection:
                     " WHERE chunk_key = ?",
                     (utc_now(), key),
                 )
+        self._wal_guard.register(self._db)
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -128,6 +133,7 @@ class LedgerConnection:
             ):
                 raise _damaged(self.path, exc) from None
             raise
+        self._wal_guard.committed(self._db)  # after the commit is durable, never before
 
     def _event(
         self,
