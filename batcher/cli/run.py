@@ -378,6 +378,7 @@ _RUN_DEFAULTS: dict[str, Any] = {
     "reconciliation": None,
     "plan": None,
     "requests": None,
+    "recovery": None,
     "stopped": None,
     "started_at": None,
     "finished_at": None,

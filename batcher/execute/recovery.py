@@ -169,10 +169,11 @@ def recover_from_provider(
     # are held at planning instead of being matched to that batch's orders here.
     elsewhere = ledger.references_taken_elsewhere(batch, [r.row_key for r in pending])
     pending = [r for r in pending if r.row_key not in elsewhere]
+    since = (now() if now else datetime.fromisoformat(utc_now())) - lookback
     if not pending:
         ledger.mark_recovered(batch, rows=0, orders=0)
+        runner.stats.recovery = _counts(lookback, since, Recovery(), rows=0, orders=0, calls=0)
         return Recovery()
-    since = (now() if now else datetime.fromisoformat(utc_now())) - lookback
     requests_before = _requests(provider)
     waited = 0.0
     while (busy := provider.requests_in_progress(since)) > 0:
@@ -195,12 +196,30 @@ def recover_from_provider(
         batch, rows=len(pending), orders=len(orders), found=len(recovery.found),
         held=len(recovery.held), requests=calls,
     )  # fmt: skip
+    runner.stats.recovery = _counts(
+        lookback, since, recovery, rows=len(pending), orders=len(orders), calls=calls
+    )
     runner.listener.message(
         f"recovery: asked the provider about {len(pending)} row(s) new to this ledger "
         f"({len(orders)} order(s) over {window}, {calls} request(s)): "
         f"{len(recovery.found)} already ordered, {len(recovery.held)} held"
     )
     return recovery
+
+
+def _counts(
+    lookback: timedelta, since: datetime, recovery: Recovery, *, rows: int, orders: int, calls: int
+) -> dict[str, int | str]:
+    """summary.json `recovery` (docs/operator.md, batcher.run/1)."""
+    return {
+        "window_days": lookback.days,
+        "since": since.isoformat(timespec="seconds"),
+        "requests": calls,
+        "orders_read": orders,
+        "rows_asked": rows,
+        "rows_matched": len(recovery.found),
+        "rows_held_ambiguous": len(recovery.held),
+    }
 
 
 def _requests(provider: object) -> int:

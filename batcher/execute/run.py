@@ -233,7 +233,7 @@ def _run_locked(
         refusal = "cancelled at the confirmation prompt; nothing was sent"
     if refusal is not None:
         return _finish(ledger, run_id, settings, options, account_id, sheet, started_at,
-                       RunStats(), plan, ExitCode.USAGE, refusal, provider=provider,
+                       runner.stats, plan, ExitCode.USAGE, refusal, provider=provider,
                        listener=ui.listener)  # fmt: skip
 
     emit(ui.listener, "phase", SUBMIT, plan.rows_to_send)
@@ -559,6 +559,7 @@ def build_summary(
             **throttle,
         },
         "blocked_currencies": stats.blocked_currencies,
+        "recovery": stats.recovery,
         "stopped": stats.stopped,
         "message": message,
         "exit_code": int(exit_code),

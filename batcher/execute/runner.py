@@ -118,6 +118,8 @@ class RunStats:
     submit_finished: float | None = None
     started: float = 0.0
     finished: float = 0.0
+    #: what recovery from the provider did this run (summary.json `recovery`), or None
+    recovery: dict[str, int | str] | None = None
 
     @property
     def submit_seconds(self) -> float:

@@ -18,6 +18,7 @@ from tests.e2e.runkit import (
     make_rows,
     orders_by_email,
     read_rows_csv,
+    read_summary,
     sandbox_orders,
     start_batcher,
     wait_for,
@@ -70,6 +71,12 @@ def test_lost_ledger_and_an_added_row_order_nothing_twice(tmp_path: Path) -> Non
             assert "recovery:" in second.stderr and "40 already ordered" in second.stderr
             states = Counter(r["state"] for r in read_rows_csv(reports, "edited"))
             assert states == {"succeeded": 41}
+            recovery = read_summary(reports, "edited")["recovery"]
+            assert recovery.pop("requests") >= 1 and recovery.pop("since")
+            assert recovery == {"window_days": 30, "orders_read": 40, "rows_asked": 41,
+                                "rows_matched": 40, "rows_held_ambiguous": 0}  # fmt: skip
+            third = batcher(args_for(sheet, reports), env)  # the ledger vouches: nobody asked
+            assert third.returncode == 0 and read_summary(reports, "edited")["recovery"] is None
 
 
 def test_lost_ledger_after_a_partial_run_orders_the_rest_once(tmp_path: Path) -> None:
