@@ -142,8 +142,11 @@ def run_batch(
     check_writable(out_dir, "report folder", "--report-dir")
     check_writable(options.state_dir, "state folder", "--state-dir or BATCHER_STATE_DIR")
     started_at = utc_now()
+    # The stop flag reaches the provider too: its own waits end on Ctrl-C or SIGTERM.
     provider = connect_provider(
-        settings, max_rate=options.max_rate, options=options.provider_options
+        settings,
+        max_rate=options.max_rate,
+        options=dataclasses.replace(options.provider_options, stop=stop),
     )
     try:
         account = provider.account()

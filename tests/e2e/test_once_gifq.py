@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import signal
 import sqlite3
+import time
 from collections import Counter
 from decimal import Decimal
 from pathlib import Path
@@ -133,3 +134,28 @@ def test_the_account_is_the_token_not_the_spelling_of_the_url(tmp_path: Path) ->
         assert second.returncode == 0, second.stderr
         assert len(sandbox_orders(sandbox)) == 12
         assert_each_row_ordered_once(sandbox, rows)
+
+
+def test_a_stop_ends_the_wait_for_a_look_alike_payout_order(tmp_path: Path) -> None:
+    """Failure 4: the lookup waited up to 120 s for a look-alike payout order to settle,
+    deaf to Ctrl-C and SIGTERM. It now stops within 2 s and leaves the chunk unknown."""
+    with running_sandbox("gifq", fault_drop=1.0, async_delay_seconds=600.0) as sandbox:
+        sheet = write_csv(tmp_path / "stuck.csv", payout_rows(3), PAYOUT_HEADER)
+        state, reports = tmp_path / "state", tmp_path / "reports"
+        proc = start_batcher(payout_args(sandbox, sheet, reports), gifq_env(sandbox, state))
+        # The POST's answer is dropped after GIFQ created the payout order; the resend
+        # looks for it first, finds it queued, and waits for it to settle.
+        assert wait_for(lambda: len(payout_orders(sandbox)) == 1, timeout=60)
+        assert wait_for(lambda: chunk_states(state, "stuck")["unknown"] == 1, timeout=30)
+        wait_for(lambda: False, timeout=3.0)  # well inside the 120 s wait
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        _, stderr = proc.communicate(timeout=60)
+        took = time.monotonic() - signalled
+        assert proc.returncode == 3, stderr
+        # The wait itself ends within a second; the rest is the quick report.
+        assert took < 10.0, f"took {took:.1f}s to stop"
+        assert "stopped while waiting for payout order" in stderr or "interrupted" in stderr
+        assert chunk_states(state, "stuck") == {"unknown": 1}, "left for the next run"
+        assert len(payout_orders(sandbox)) == 1, "nothing was resent"
