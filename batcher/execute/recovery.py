@@ -117,15 +117,14 @@ def match_orders(
             recovery.held.append(
                 RowOutcome(
                     row_key=row.row_key,
-                    state="failed",
-                    failure_kind="permanent",
+                    state="held",
                     error_code=HELD_AMBIGUOUS,
                     error_message=(
                         f"possible duplicate: the provider already holds {len(candidates)} "
                         f"order(s) ({ids}) for {len(members)} rows with this recipient, product "
                         "and amount, and batcher cannot tell which rows they are; check them at "
-                        "the provider, remove the rows already ordered from the sheet, then "
-                        "rerun with --retry-failed"
+                        "the provider and remove the rows already ordered from the sheet, or "
+                        f"order this one anyway: {release_command(row.source_row)}"
                     ),
                 )
             )
@@ -255,18 +254,22 @@ def possible_edits(rows: Sequence[RowRecord]) -> list[RowOutcome]:
         held.append(
             RowOutcome(
                 row_key=row.row_key,
-                state="failed",
-                failure_kind="permanent",
+                state="held",
                 error_code=HELD_POSSIBLE_EDIT,
                 error_message=(
                     f"possible duplicate: sheet row {old.source_row} for this recipient and "
                     f"product was already ordered ({was}, {old.face_value} {old.currency}) "
                     "and has left the sheet; this row looks like an edit of it. If a second "
-                    "card is really wanted, rerun with --retry-failed"
+                    f"card is really wanted: {release_command(row.source_row)}"
                 ),
             )
         )
     return held
+
+
+def release_command(source_row: int) -> str:
+    """The way out of a hold, as the operator types it."""
+    return f"rerun the same command with --release-held {source_row}"
 
 
 def _recipient_product(row: RowRecord) -> tuple[str, str, str]:
@@ -289,5 +292,5 @@ def before_planning(
         runner.ledger.hold_rows(runner.batch, held)
         runner.listener.message(
             f"{len(held)} row(s) held as possible duplicates of rows already ordered "
-            "(see rows.csv); rerun with --retry-failed to order them anyway"
+            "(see rows.csv); rerun with --release-held ROWS (or all) to order them anyway"
         )
