@@ -14,14 +14,13 @@ What this guarantees, and under which assumptions, is in README "Exactly once".
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from batcher.core.clock import utc_now
-from batcher.core.errors import ProviderUnavailable
+from batcher.core.errors import BatcherError, ExitCode, ProviderUnavailable
 from batcher.core.keys import canonical_amount, normalise_text
 from batcher.ledger.store import RowOutcome, RowRecord
 from batcher.providers.base import ProviderOrder
@@ -37,6 +36,13 @@ IN_PROGRESS_WAIT_SECONDS = 60.0
 _DEAD_STATUSES = frozenset({"failed", "refunded", "cancelled", "canceled", "rejected"})
 
 HELD_AMBIGUOUS = "held_ambiguous_provider_match"
+
+
+class RecoveryStopped(BatcherError):
+    """Ctrl-C or SIGTERM while recovery waited for the provider: nothing was planned."""
+
+    exit_code = ExitCode.INCOMPLETE
+
 
 #: (product, amount, email, currency, name): name is "" when the provider lists none
 _Key = tuple[str, str, str, str, str]
@@ -151,15 +157,17 @@ def recover_from_provider(
     *,
     lookback: timedelta,
     wait_seconds: float = IN_PROGRESS_WAIT_SECONDS,
-    sleep: Callable[[float], object] = time.sleep,
+    sleep: Callable[[float], object] | None = None,
     now: Callable[[], datetime] | None = None,
 ) -> Recovery | None:
     """Ask the provider about a batch the ledger has not asked about before.
 
     Returns None when the batch was asked before. Raises ProviderUnavailable (before
     anything is planned or sent) while the provider is still processing requests
-    whose orders it cannot list yet.
+    whose orders it cannot list yet, and RecoveryStopped when the run's stop flag is
+    set during that wait (by default the wait is the stop flag's own, so it ends at once).
     """
+    pause = sleep or runner.stop.wait
     ledger, provider, batch = runner.ledger, runner.provider, runner.batch
     if not ledger.needs_recovery(batch):
         return None
@@ -182,7 +190,13 @@ def recover_from_provider(
                 f"{busy} order request(s) whose orders it cannot list yet; nothing was sent",
                 hint="rerun in a few minutes, once they have finished",
             )
-        sleep(2.0)
+        pause(2.0)
+        if runner.stop.is_set():
+            raise RecoveryStopped(
+                f"stopped on request while waiting for the provider to finish {busy} order "
+                "request(s) before asking it about this batch; nothing was sent",
+                hint="rerun to continue",
+            )
         waited += 2.0
     orders = provider.orders(since)
     claimed = ledger.claimed_order_ids(provider.name, runner.account_id)
@@ -282,7 +296,7 @@ def _recipient_product(row: RowRecord) -> tuple[str, str, str]:
 
 
 def before_planning(
-    runner: Runner, *, lookback: timedelta, sleep: Callable[[float], object] = time.sleep
+    runner: Runner, *, lookback: timedelta, sleep: Callable[[float], object] | None = None
 ) -> None:
     """What `execute/run.py` runs between syncing the sheet and planning: recovery from
     the provider for a batch new to the ledger, then holds for rows that look like edits."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import shutil
+import signal
 import sqlite3
 import time
 from collections import Counter
@@ -260,3 +261,35 @@ def _failed_rows(reports: Path, batch: str) -> list[dict[str, str]]:
         return []
     with path.open(newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh))
+
+
+def test_a_stop_ends_recoverys_wait_for_the_provider(tmp_path: Path) -> None:
+    """Recovery of a new batch waits up to 60 s for the provider to finish order
+    requests it cannot list yet; Ctrl-C and SIGTERM used to be ignored for all of it."""
+    with running_sandbox("ugiftme", rate_limit=100_000, async_delay_seconds=600.0) as sandbox:
+        env = cli_env(sandbox, tmp_path / "state")
+        reports = tmp_path / "r"
+        sheet_a = write_sheet(tmp_path / "a.csv", make_rows(1, seed=41, prefix="A"))
+        first = batcher([*args_for(sheet_a, reports), "--deadline", "3"], env)
+        assert first.returncode == 3, first.stderr  # its order request is still queued
+        rows_b = make_rows(3, seed=42, prefix="B")
+        for i, row in enumerate(rows_b):
+            row["Email"] = f"b{i}@example.com"
+        sheet_b = write_sheet(tmp_path / "b.csv", rows_b)
+        proc = start_batcher(args_for(sheet_b, reports), env)
+        wait_for(lambda: False, timeout=4.0)  # inside recovery's wait
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        _, stderr = proc.communicate(timeout=60)
+        took = time.monotonic() - signalled
+        assert proc.returncode == 3, stderr
+        assert took < 5.0, f"took {took:.1f}s to stop"
+        assert "stopped on request while waiting for the provider" in stderr
+        assert "Traceback" not in stderr
+        db = sqlite3.connect(tmp_path / "state" / "ledger.sqlite")
+        try:
+            planned = db.execute("SELECT COUNT(*) FROM chunks WHERE batch = 'b'").fetchone()[0]
+        finally:
+            db.close()
+        assert planned == 0, "stopped before anything of batch b was planned or sent"
