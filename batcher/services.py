@@ -29,7 +29,7 @@ from batcher.core.clock import utc_text
 from batcher.core.errors import ConfigError, UsageError
 from batcher.core.models import AccountInfo, Balance, Campaign, Product, WalletTransaction
 from batcher.core.names import check_batch_name
-from batcher.core.states import SETTLED_STATES, UNFINISHED_STATES
+from batcher.core.states import HELD_STATES, SETTLED_STATES, UNFINISHED_STATES
 from batcher.execute.check import SheetReading, check_sheet
 from batcher.execute.dryrun import DryRun, dry_run_batch
 from batcher.execute.run import BatchOptions, BatchResult, RunUI, run_batch
@@ -276,9 +276,12 @@ def _ledger_place(ledger: Ledger) -> str:
 
 
 def batch_outcome(by_state: Mapping[str, int]) -> str:
-    """One word for a batch: done, failed_rows (some failed, none left) or unfinished."""
+    """One word for a batch: done, held_rows (some held for a person), failed_rows (some
+    failed, none left) or unfinished."""
     if any(by_state.get(s, 0) for s in UNFINISHED_STATES):
         return "unfinished"
+    if any(by_state.get(s, 0) for s in HELD_STATES):
+        return "held_rows"
     if by_state.get("failed", 0):
         return "failed_rows"
     return "done" if any(by_state.get(s, 0) for s in SETTLED_STATES) else "empty"

@@ -330,7 +330,7 @@ def test_a_reference_planned_in_another_batch_is_held_not_planned(ledger: Ledger
     held = ledger.save_plan("b2", [("d1", "GBP", 1, ["k9", "r1"], b"x")])
     assert held == {"r1"}
     rows = ledger.rows_by_key("b2", ["r1", "k9"])
-    assert rows["r1"].state == "pending" and rows["r1"].error_code == HELD_ELSEWHERE
+    assert rows["r1"].state == "held" and rows["r1"].error_code == HELD_ELSEWHERE
     assert "batch 'b'" in (rows["r1"].error_message or "")
     assert rows["k9"].state == "pending"  # the chunk was not saved; the caller re-plans it
     other_account = {"provider": "p", "account_id": "z", "source_path": "u", "source_sha256": "2"}
@@ -373,3 +373,24 @@ def test_a_full_disk_is_named_as_one(sqlite_ledger: Ledger) -> None:
     with pytest.raises(LedgerDiskFull, match=r"is full.*nothing more was sent"):
         ledger.sync_rows("b", [sheet_row(f"k{i}", i) for i in range(2000)], retry_failed=False)
     assert ledger.chunk("c1").state == "planned"  # the failed commit left nothing behind
+
+
+def test_held_rows_are_released_only_by_name_and_never_by_retry_failed(ledger: Ledger) -> None:
+    rows = [sheet_row(f"k{n}", n) for n in (2, 3, 4)]
+    ledger.sync_rows("b", rows, retry_failed=False)
+    held = [
+        RowOutcome(row_key=f"k{n}", state="held", error_code="held_possible_duplicate",
+                   error_message="possible duplicate")
+        for n in (2, 3)
+    ]  # fmt: skip
+    ledger.hold_rows("b", held)
+    ledger.hold_rows("b", [RowOutcome(row_key="k4", state="held", error_code=HELD_ELSEWHERE)])
+    ledger.sync_rows("b", rows, retry_failed=True)  # --retry-failed leaves held rows alone
+    assert ledger.count_by_state("b")["held"] == 3
+    assert ledger.release_held("b", {3, 9}, keep=HELD_ELSEWHERE) == [3]
+    after = ledger.rows_by_key("b", ["k2", "k3", "k4"])
+    assert after["k3"].state == "pending" and after["k3"].attempt == 2  # a new key
+    assert after["k3"].error_code is None
+    assert after["k2"].state == "held"
+    assert ledger.release_held("b", None, keep=HELD_ELSEWHERE) == [2]  # all: not k4
+    assert ledger.rows_by_key("b", ["k4"])["k4"].state == "held"

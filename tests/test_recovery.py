@@ -81,7 +81,8 @@ def test_rows_that_differ_where_the_order_cannot_tell_are_held() -> None:
         ("k2", HELD_AMBIGUOUS),
     ]
     assert "o1" in (result.held[0].error_message or "")
-    assert "--retry-failed" in (result.held[0].error_message or "")
+    assert all(h.state == "held" for h in result.held)
+    assert "--release-held 2" in (result.held[0].error_message or "")
 
 
 def test_payouts_match_without_product_or_name() -> None:
@@ -100,4 +101,5 @@ def test_a_new_row_like_an_ordered_row_that_left_the_sheet_is_held() -> None:
     held = possible_edits([old, edited, other, referenced, retried])
     assert [(h.row_key, h.error_code) for h in held] == [("k2", HELD_POSSIBLE_EDIT)]
     assert "o1" in (held[0].error_message or "") and "row 2" in (held[0].error_message or "")
+    assert held[0].state == "held" and "--release-held 2" in (held[0].error_message or "")
     assert possible_edits([row("k1", 2, state="failed", in_sheet=False), edited]) == []

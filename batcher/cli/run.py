@@ -71,6 +71,7 @@ EXIT_MEANINGS = {
     ExitCode.USAGE: "nothing was sent",
     ExitCode.INCOMPLETE: "incomplete, rerun to continue",
     ExitCode.CANNOT_START: "cannot start",
+    ExitCode.HELD: "finished, rows held as possible duplicates",
 }
 
 #: RunStats.stopped codes -> a sentence
@@ -171,6 +172,14 @@ def spend_limits(
 @click.option("--skip-invalid", is_flag=True, help="Order the valid rows even if some are invalid.")
 @click.option("--retry-failed", is_flag=True, help="Also retry permanently failed rows.")
 @click.option(
+    "--release-held",
+    "release_held",
+    default=None,
+    metavar="ROWS|all",
+    help="Order held rows after all (possible duplicates, ambiguous provider matches): the "
+    "sheet rows named, e.g. 7,12, or all.",
+)
+@click.option(
     "--order-fundable",
     is_flag=True,
     help="If a wallet is short, order the rows it can pay for (in sheet order) and leave the rest.",
@@ -232,6 +241,7 @@ def run(
     chunk_size: int | None,
     skip_invalid: bool,
     retry_failed: bool,
+    release_held: str | None,
     order_fundable: bool,
     deadline: float | None,
     max_rate: float | None,
@@ -275,7 +285,10 @@ def run(
             ledger=location,
             report_dir=report_dir,
             run=RunOptions(
-                chunk_size=chunk_size, retry_failed=retry_failed, deadline_seconds=deadline
+                chunk_size=chunk_size,
+                retry_failed=retry_failed,
+                deadline_seconds=deadline,
+                release_held=parse_release_held(release_held),
             ),
             provider_options=provider_mode(payouts, campaign, expires_in_days),
             limit_sources=sources,
@@ -336,6 +349,23 @@ def _notify_target(flag: str | None, config: dict[str, Any]) -> str | None:
     return check_notify_url(url)
 
 
+def parse_release_held(value: str | None) -> frozenset[int] | None:
+    """--release-held: 'all' (None: every held row) or sheet row numbers, '7,12'."""
+    if value is None:
+        return frozenset()
+    if value.strip().lower() == "all":
+        return None
+    try:
+        rows = frozenset(int(part) for part in value.split(",") if part.strip())
+    except ValueError:
+        rows = frozenset()
+    if not rows or min(rows) < 1:
+        raise UsageError(
+            f"--release-held takes sheet row numbers (e.g. 7,12) or all, not {value!r}"
+        )
+    return rows
+
+
 def _refuse_lost_ledger(options: BatchOptions, *, allow: bool) -> None:
     batch = options.batch_name
     if allow or not ledger_lost(
@@ -382,6 +412,7 @@ _RUN_DEFAULTS: dict[str, Any] = {
     "reconciliation": None,
     "plan": None,
     "requests": None,
+    "recovery": None,
     "stopped": None,
     "started_at": None,
     "finished_at": None,
@@ -445,7 +476,7 @@ def _print_plan(log: Log, planned: DryRun, mapping: dict[str, str]) -> None:
     rows = plan.get("rows", {})
     log.info(
         "dry run: would send {send}, retry {retry}, resend {resend} (same keys), poll {poll}; "
-        "already done {done}, held {held} (failed; --retry-failed), invalid {invalid}".format(
+        "already done {done}, held {held} (--retry-failed or --release-held), invalid {invalid}".format(
             **{k: rows.get(k, 0) for k in _ROW_ACTIONS}
         )
     )

@@ -32,6 +32,7 @@ class ExitCode(IntEnum):
     USAGE = 2  # usage or validation error; nothing was sent
     INCOMPLETE = 3  # deadline, interrupt or funds ran out; rerun to continue
     CANNOT_START = 4  # auth, configuration, connectivity, or the batch is locked
+    HELD = 5  # finished, but rows are held as possible duplicates: a person decides
 
 
 class BatcherError(Exception):

@@ -2,7 +2,9 @@
 
 A row moves ``pending → planned → sending → accepted → succeeded | failed``;
 ``invalid`` rows never leave validation and ``skipped`` rows were already done
-elsewhere. A ``sending`` row that meets a crash becomes ``unknown`` and is
+elsewhere. ``held`` rows were never sent because they may be orders already placed
+(a possible duplicate, a reference another batch holds, an ambiguous provider
+match): each carries its reason and the way out. A ``sending`` row that meets a crash becomes ``unknown`` and is
 resolved only by replaying its chunk with the same key and bytes.
 
 States are ``StrEnum`` members, so they compare equal to the plain strings the
@@ -24,6 +26,7 @@ class RowState(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     SKIPPED = "skipped"
+    HELD = "held"
 
 
 class ChunkState(StrEnum):
@@ -61,4 +64,9 @@ REPLANNABLE_STATES: tuple[RowState, ...] = (
     RowState.PLANNED,
     RowState.FAILED,
     RowState.INVALID,
+    RowState.HELD,
 )
+
+#: never sent, and not sent until released: `--release-held`, or (a reference another
+#: batch holds) a rerun once that batch has finished
+HELD_STATES: tuple[RowState, ...] = (RowState.HELD,)

@@ -184,8 +184,8 @@ def _row_actions(rows: list[RowRecord], chunks: list[dict[str, Any]]) -> dict[st
     for row in rows:
         if row.state in (RowState.SUCCEEDED, RowState.SKIPPED):
             counts["done"] += 1
-        elif row.state == RowState.FAILED:
-            counts["held"] += 1  # needs --retry-failed or a change in the sheet
+        elif row.state in (RowState.FAILED, RowState.HELD):
+            counts["held"] += 1  # needs --retry-failed, --release-held or a change
         elif row.state == RowState.INVALID:
             counts["invalid"] += 1
     return counts

@@ -14,14 +14,13 @@ What this guarantees, and under which assumptions, is in README "Exactly once".
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from batcher.core.clock import utc_now
-from batcher.core.errors import ProviderUnavailable
+from batcher.core.errors import BatcherError, ExitCode, ProviderUnavailable
 from batcher.core.keys import canonical_amount, normalise_text
 from batcher.ledger.store import RowOutcome, RowRecord
 from batcher.providers.base import ProviderOrder
@@ -37,6 +36,13 @@ IN_PROGRESS_WAIT_SECONDS = 60.0
 _DEAD_STATUSES = frozenset({"failed", "refunded", "cancelled", "canceled", "rejected"})
 
 HELD_AMBIGUOUS = "held_ambiguous_provider_match"
+
+
+class RecoveryStopped(BatcherError):
+    """Ctrl-C or SIGTERM while recovery waited for the provider: nothing was planned."""
+
+    exit_code = ExitCode.INCOMPLETE
+
 
 #: (product, amount, email, currency, name): name is "" when the provider lists none
 _Key = tuple[str, str, str, str, str]
@@ -117,15 +123,14 @@ def match_orders(
             recovery.held.append(
                 RowOutcome(
                     row_key=row.row_key,
-                    state="failed",
-                    failure_kind="permanent",
+                    state="held",
                     error_code=HELD_AMBIGUOUS,
                     error_message=(
                         f"possible duplicate: the provider already holds {len(candidates)} "
                         f"order(s) ({ids}) for {len(members)} rows with this recipient, product "
                         "and amount, and batcher cannot tell which rows they are; check them at "
-                        "the provider, remove the rows already ordered from the sheet, then "
-                        "rerun with --retry-failed"
+                        "the provider and remove the rows already ordered from the sheet, or "
+                        f"order this one anyway: {release_command(row.source_row)}"
                     ),
                 )
             )
@@ -152,15 +157,17 @@ def recover_from_provider(
     *,
     lookback: timedelta,
     wait_seconds: float = IN_PROGRESS_WAIT_SECONDS,
-    sleep: Callable[[float], object] = time.sleep,
+    sleep: Callable[[float], object] | None = None,
     now: Callable[[], datetime] | None = None,
 ) -> Recovery | None:
     """Ask the provider about a batch the ledger has not asked about before.
 
     Returns None when the batch was asked before. Raises ProviderUnavailable (before
     anything is planned or sent) while the provider is still processing requests
-    whose orders it cannot list yet.
+    whose orders it cannot list yet, and RecoveryStopped when the run's stop flag is
+    set during that wait (by default the wait is the stop flag's own, so it ends at once).
     """
+    pause = sleep or runner.stop.wait
     ledger, provider, batch = runner.ledger, runner.provider, runner.batch
     if not ledger.needs_recovery(batch):
         return None
@@ -169,10 +176,11 @@ def recover_from_provider(
     # are held at planning instead of being matched to that batch's orders here.
     elsewhere = ledger.references_taken_elsewhere(batch, [r.row_key for r in pending])
     pending = [r for r in pending if r.row_key not in elsewhere]
+    since = (now() if now else datetime.fromisoformat(utc_now())) - lookback
     if not pending:
         ledger.mark_recovered(batch, rows=0, orders=0)
+        runner.stats.recovery = _counts(lookback, since, Recovery(), rows=0, orders=0, calls=0)
         return Recovery()
-    since = (now() if now else datetime.fromisoformat(utc_now())) - lookback
     requests_before = _requests(provider)
     waited = 0.0
     while (busy := provider.requests_in_progress(since)) > 0:
@@ -182,7 +190,13 @@ def recover_from_provider(
                 f"{busy} order request(s) whose orders it cannot list yet; nothing was sent",
                 hint="rerun in a few minutes, once they have finished",
             )
-        sleep(2.0)
+        pause(2.0)
+        if runner.stop.is_set():
+            raise RecoveryStopped(
+                f"stopped on request while waiting for the provider to finish {busy} order "
+                "request(s) before asking it about this batch; nothing was sent",
+                hint="rerun to continue",
+            )
         waited += 2.0
     orders = provider.orders(since)
     claimed = ledger.claimed_order_ids(provider.name, runner.account_id)
@@ -195,12 +209,30 @@ def recover_from_provider(
         batch, rows=len(pending), orders=len(orders), found=len(recovery.found),
         held=len(recovery.held), requests=calls,
     )  # fmt: skip
+    runner.stats.recovery = _counts(
+        lookback, since, recovery, rows=len(pending), orders=len(orders), calls=calls
+    )
     runner.listener.message(
         f"recovery: asked the provider about {len(pending)} row(s) new to this ledger "
         f"({len(orders)} order(s) over {window}, {calls} request(s)): "
         f"{len(recovery.found)} already ordered, {len(recovery.held)} held"
     )
     return recovery
+
+
+def _counts(
+    lookback: timedelta, since: datetime, recovery: Recovery, *, rows: int, orders: int, calls: int
+) -> dict[str, int | str]:
+    """summary.json `recovery` (docs/operator.md, batcher.run/1)."""
+    return {
+        "window_days": lookback.days,
+        "since": since.isoformat(timespec="seconds"),
+        "requests": calls,
+        "orders_read": orders,
+        "rows_asked": rows,
+        "rows_matched": len(recovery.found),
+        "rows_held_ambiguous": len(recovery.held),
+    }
 
 
 def _requests(provider: object) -> int:
@@ -236,18 +268,22 @@ def possible_edits(rows: Sequence[RowRecord]) -> list[RowOutcome]:
         held.append(
             RowOutcome(
                 row_key=row.row_key,
-                state="failed",
-                failure_kind="permanent",
+                state="held",
                 error_code=HELD_POSSIBLE_EDIT,
                 error_message=(
                     f"possible duplicate: sheet row {old.source_row} for this recipient and "
                     f"product was already ordered ({was}, {old.face_value} {old.currency}) "
                     "and has left the sheet; this row looks like an edit of it. If a second "
-                    "card is really wanted, rerun with --retry-failed"
+                    f"card is really wanted: {release_command(row.source_row)}"
                 ),
             )
         )
     return held
+
+
+def release_command(source_row: int) -> str:
+    """The way out of a hold, as the operator types it."""
+    return f"rerun the same command with --release-held {source_row}"
 
 
 def _recipient_product(row: RowRecord) -> tuple[str, str, str]:
@@ -260,7 +296,7 @@ def _recipient_product(row: RowRecord) -> tuple[str, str, str]:
 
 
 def before_planning(
-    runner: Runner, *, lookback: timedelta, sleep: Callable[[float], object] = time.sleep
+    runner: Runner, *, lookback: timedelta, sleep: Callable[[float], object] | None = None
 ) -> None:
     """What `execute/run.py` runs between syncing the sheet and planning: recovery from
     the provider for a batch new to the ledger, then holds for rows that look like edits."""
@@ -270,5 +306,5 @@ def before_planning(
         runner.ledger.hold_rows(runner.batch, held)
         runner.listener.message(
             f"{len(held)} row(s) held as possible duplicates of rows already ordered "
-            "(see rows.csv); rerun with --retry-failed to order them anyway"
+            "(see rows.csv); rerun with --release-held ROWS (or all) to order them anyway"
         )

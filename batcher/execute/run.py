@@ -25,7 +25,7 @@ from batcher.core.errors import BatcherError, ConfigError, ExitCode
 from batcher.core.models import Balance, FxQuote
 from batcher.core.money import format_money, money_str
 from batcher.core.names import batch_name_from_stem, check_batch_name
-from batcher.core.states import UNFINISHED_STATES, UNSETTLED_STATES
+from batcher.core.states import HELD_STATES, UNFINISHED_STATES, UNSETTLED_STATES
 from batcher.execute.check import SheetReading, check_sheet
 from batcher.execute.events import POLL, RECONCILE, SUBMIT, RunStart, emit
 from batcher.execute.funds import FundsCheck, Need, check_funds, left_out_message
@@ -129,6 +129,8 @@ def exit_code_for(rows: list[RowRecord], stats: RunStats) -> ExitCode:
     states = count_states(rows)
     if stats.stopped or stats.blocked_currencies or any(states[s] for s in UNFINISHED_STATES):
         return ExitCode.INCOMPLETE
+    if any(states[s] for s in HELD_STATES):
+        return ExitCode.HELD  # possible duplicates outrank failures: a person decides
     # Invalid rows only reach the ledger under --skip-invalid: the operator chose to
     # leave them out, so they do not turn a clean run into a failed one.
     if states["failed"]:
@@ -150,8 +152,11 @@ def run_batch(
     check_writable(out_dir, "report folder", "--report-dir")
     check_writable(options.state_dir, "state folder", "--state-dir or BATCHER_STATE_DIR")
     started_at = utc_now()
+    # The stop flag reaches the provider too: its own waits end on Ctrl-C or SIGTERM.
     provider = connect_provider(
-        settings, max_rate=options.max_rate, options=options.provider_options
+        settings,
+        max_rate=options.max_rate,
+        options=dataclasses.replace(options.provider_options, stop=stop),
     )
     try:
         account = provider.account()
@@ -241,7 +246,7 @@ def _run_locked(
         refusal = "cancelled at the confirmation prompt; nothing was sent"
     if refusal is not None:
         return _finish(ledger, run_id, settings, options, account_id, sheet, started_at,
-                       RunStats(), plan, ExitCode.USAGE, refusal, provider=provider,
+                       runner.stats, plan, ExitCode.USAGE, refusal, provider=provider,
                        listener=ui.listener)  # fmt: skip
 
     emit(ui.listener, "phase", SUBMIT, plan.rows_to_send)
@@ -332,7 +337,7 @@ class _FundsRule:
 
 def exit_message(code: ExitCode, rows: list[RowRecord], stats: RunStats, out_dir: Path) -> str:
     """What exit 1 and exit 3 tell the operator: the counts, why, and where the rows are."""
-    if code not in (ExitCode.SOME_FAILED, ExitCode.INCOMPLETE):
+    if code not in (ExitCode.SOME_FAILED, ExitCode.INCOMPLETE, ExitCode.HELD):
         return ""
     states = count_states(rows)
     parts = []
@@ -351,6 +356,11 @@ def exit_message(code: ExitCode, rows: list[RowRecord], stats: RunStats, out_dir
         reasons = Counter(r.error_code or "refused" for r in rows if r.state == "failed")
         top = ", ".join(f"{n} {c}" for c, n in reasons.most_common(3))
         parts.append(f"{failed} row(s) failed ({top})")
+    if held := sum(states[s] for s in HELD_STATES):
+        parts.append(
+            f"{held} row(s) held, never sent (possible duplicates, or a reference another "
+            "batch holds): each row's reason says how to release it (--release-held ROWS)"
+        )
     parts.append(
         f"rows to fix: {out_dir / FAILED_ROWS_NAME}; every row's state and reason: the "
         "Failures and Outstanding sheets of the workbook"
@@ -567,6 +577,7 @@ def build_summary(
             **throttle,
         },
         "blocked_currencies": stats.blocked_currencies,
+        "recovery": stats.recovery,
         "stopped": stats.stopped,
         "message": message,
         "exit_code": int(exit_code),

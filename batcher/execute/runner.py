@@ -85,6 +85,8 @@ def voucher_last4(code: str | None) -> str | None:
 class RunOptions:
     chunk_size: int | None = None  # None: the provider's submit limit
     retry_failed: bool = False
+    #: --release-held: the sheet rows to release, or None for every held row
+    release_held: frozenset[int] | None = frozenset()
     deadline_seconds: float | None = None
     max_send_attempts: int = 8  # per unknown chunk per run, then the run stops (exit 3)
     initial_poll_delay: float = 1.0
@@ -118,6 +120,8 @@ class RunStats:
     submit_finished: float | None = None
     started: float = 0.0
     finished: float = 0.0
+    #: what recovery from the provider did this run (summary.json `recovery`), or None
+    recovery: dict[str, int | str] | None = None
 
     @property
     def submit_seconds(self) -> float:
@@ -221,6 +225,7 @@ class Runner:
         # key; only rows not planned before form new chunks.
         self.ledger.discard_unsent_plans(self.batch, stale_only=True)
         self.ledger.clear_reference_holds(self.batch)
+        self._release_held()
         if recovery is not None:
             recovery(self)
         for _ in range(3):  # a held reference removes rows once; the rest are planned again
@@ -249,15 +254,29 @@ class Runner:
             rows_by_state=by_state,
         )
 
+    def _release_held(self) -> None:
+        """The operator's decision to order held rows after all (`--release-held`)."""
+        wanted = self.options.release_held
+        if wanted is not None and not wanted:
+            return
+        released = self.ledger.release_held(self.batch, wanted, keep=HELD_ELSEWHERE)
+        missing = sorted(set(wanted or ()) - set(released))
+        if released:
+            self.listener.message(
+                f"released {len(released)} held row(s) on request (sheet rows "
+                f"{', '.join(map(str, released))}); they are ordered this run"
+            )
+        if missing:
+            self.listener.message(
+                f"--release-held: sheet row(s) {', '.join(map(str, missing))} are not held "
+                "as possible duplicates; nothing to release there"
+            )
+
     def _plan_pending(
         self, hold: Callable[[Sequence[RowRecord]], Collection[str]] | None = None
     ) -> tuple[int, set[str]]:
         """Chunk the pending rows that are not held; returns (chunks saved, rows held)."""
-        pending = [
-            r
-            for r in self.ledger.rows(self.batch, state="pending")
-            if r.error_code != HELD_ELSEWHERE
-        ]
+        pending = self.ledger.rows(self.batch, state="pending")
         if hold is not None:
             kept = self.ledger.rows(self.batch, state="planned")
             held_for_funds = set(hold([*kept, *pending]))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from batcher.core.errors import ConfigError
 from batcher.ledger.connection import LedgerConnection, LedgerDamaged
+from batcher.ledger.wal_guard import new_ledger_id
 
 
 class LedgerBackup(LedgerConnection):
@@ -29,6 +30,8 @@ class LedgerBackup(LedgerConnection):
         dest = sqlite3.connect(partial)
         try:
             self._db.backup(dest)
+            new_ledger_id(dest)  # restored, it is a ledger of its own (ledger/wal_guard.py)
+            dest.commit()
             pages = int(dest.execute("PRAGMA page_count").fetchone()[0])
             dest.execute("PRAGMA journal_mode=DELETE")
             if [r[0] for r in dest.execute("PRAGMA quick_check(1)")] != ["ok"]:

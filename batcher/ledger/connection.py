@@ -25,6 +25,7 @@ from batcher.ledger.schema import (
     STEPS,
     base_statements,
 )
+from batcher.ledger.wal_guard import WalGuard
 
 #: PostgreSQL's SQLSTATE for "disk full"
 _PG_DISK_FULL = "53100"
@@ -68,6 +69,7 @@ class LedgerConnection:
         self._begin = write_begin(self.backend)
         #: the schema version found before this open migrated it (None: a new database)
         self.migrated_from: int | None = SCHEMA_VERSION
+        self._wal_guard: WalGuard | None = None  # SQLite only: PostgreSQL has no -wal file
         if self.path is None:
             self._db: Database = connect(self.location)
             try:
@@ -81,6 +83,8 @@ class LedgerConnection:
                 raise
             return
         path = self.path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._wal_guard = WalGuard(path)  # notes, before SQLite does, whether the file is new
         try:
             self._db = connect(self.location)
         except sqlite3.Error as exc:
@@ -104,6 +108,8 @@ class LedgerConnection:
         return cls(location or LedgerLocation.in_state_dir(state_dir))
 
     def close(self) -> None:
+        if self._wal_guard is not None:
+            self._wal_guard.close(self._db)
         self._db.close()
 
     def _open_checked(self) -> None:
@@ -118,8 +124,11 @@ class LedgerConnection:
         verdict = [r[0] for r in self._db.execute("PRAGMA quick_check(5)")]
         if verdict != ["ok"]:
             raise sqlite3.DatabaseError("; ".join(verdict))
+        assert self._wal_guard is not None
+        self._wal_guard.check(self._db)  # a lost -wal file: before anything is written
         with self._tx() as db:
             self.migrated_from = self._upgrade(db)
+        self._wal_guard.register(self._db)
 
     def _upgrade(self, db: Database) -> int | None:
         """Create or migrate the schema inside the caller's write transaction; the
@@ -232,6 +241,8 @@ class LedgerConnection:
             ):
                 raise _damaged(self.path, exc) from None
             raise
+        if self._wal_guard is not None:
+            self._wal_guard.committed(self._db)  # after the commit is durable, never before
 
     def _event(
         self,

@@ -9,7 +9,7 @@ from batcher.core.clock import utc_now
 from batcher.ledger.backend import Database
 from batcher.ledger.connection import LedgerConnection, in_slices
 
-#: error_code of a pending row whose reference another batch of the account holds
+#: error_code of a held row whose reference another batch of the account holds
 HELD_ELSEWHERE = "held_reference_in_another_batch"
 
 
@@ -22,7 +22,7 @@ class LedgerPlanning(LedgerConnection):
         """Record planned chunks (key, currency, attempt, row keys, payload) and their rows.
 
         A chunk holding a reference that another batch of the same account has planned,
-        in flight or ordered is not saved: those rows are held (pending, `HELD_ELSEWHERE`)
+        in flight or ordered is not saved: those rows are held (`held`, `HELD_ELSEWHERE`)
         and their keys returned, so the caller plans the rest again. The check and the
         save are one transaction, so two runs started at once cannot both plan it.
         """
@@ -43,12 +43,13 @@ class LedgerPlanning(LedgerConnection):
                 if taken:
                     for row_key, (other, state, reference) in taken.items():
                         db.execute(
-                            "UPDATE rows SET error_code = ?, error_message = ?,"
+                            "UPDATE rows SET state = 'held', error_code = ?, error_message = ?,"
                             " failure_kind = NULL, updated_at = ? WHERE batch = ? AND row_key = ?",
                             (
                                 HELD_ELSEWHERE,
                                 f"reference {reference!r} is {state} in batch {other!r}; it is"
-                                f" not ordered here (finish or check batch {other!r} first)",
+                                f" not ordered here: finish or check batch {other!r}, then rerun"
+                                " this batch (it is then skipped, or ordered if it failed there)",
                                 now,
                                 batch,
                                 row_key,
@@ -124,8 +125,8 @@ class LedgerPlanning(LedgerConnection):
         """Rows held because another batch had their reference: ask again this run."""
         with self._tx() as db:
             db.execute(
-                "UPDATE rows SET error_code = NULL, error_message = NULL, failure_kind = NULL"
-                " WHERE batch = ? AND state = 'pending' AND error_code = ?",
+                "UPDATE rows SET state = 'pending', error_code = NULL, error_message = NULL,"
+                " failure_kind = NULL WHERE batch = ? AND state = 'held' AND error_code = ?",
                 (batch, HELD_ELSEWHERE),
             )
 

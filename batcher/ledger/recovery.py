@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from batcher.core.clock import utc_now
@@ -55,16 +55,44 @@ class LedgerRecovery(LedgerConnection):
                     )  # fmt: skip
 
     def hold_rows(self, batch: str, held: Sequence[RowOutcome]) -> None:
-        """Rows a person must look at before they are ordered: failed, permanent, with
-        the reason and the way out (`--retry-failed` once resolved) in their message."""
+        """Rows a person must look at before they are ordered: `held`, with the reason
+        and the way out (`--release-held ROW`) in their message."""
         now = utc_now()
         with self._tx() as db:
             for out in held:
                 cursor = db.execute(
-                    "UPDATE rows SET state = 'failed', failure_kind = 'permanent',"
+                    "UPDATE rows SET state = 'held', failure_kind = NULL,"
                     " error_code = ?, error_message = ?, chunk_key = NULL, updated_at = ?"
                     " WHERE batch = ? AND row_key = ? AND state = 'pending'",
                     (out.error_code, out.error_message, now, batch, out.row_key),
                 )
                 if cursor.rowcount:
                     self._event(batch, "row_held", row_key=out.row_key, code=out.error_code)
+
+    def release_held(
+        self, batch: str, source_rows: Collection[int] | None, *, keep: str
+    ) -> list[int]:
+        """The operator's `--release-held`: held rows of the sheet become pending as a new
+        attempt (a new key), so nothing holds them again. Only the sheet rows named, or
+        every held row when `source_rows` is None; never rows held with the code `keep`
+        (a reference another batch holds is released by that batch finishing, not by a
+        person). Returns the sheet rows released."""
+        with self._tx() as db:
+            found = [
+                (r[0], int(r[1]))
+                for r in db.execute(
+                    "SELECT row_key, source_row FROM rows WHERE batch = ? AND in_sheet = 1"
+                    " AND state = 'held' AND (error_code IS NULL OR error_code != ?)",
+                    (batch, keep),
+                )
+                if source_rows is None or int(r[1]) in source_rows
+            ]
+            for row_key, _row in found:
+                db.execute(
+                    "UPDATE rows SET state = 'pending', attempt = attempt + 1, error_code = NULL,"
+                    " error_message = NULL, failure_kind = NULL, updated_at = ?"
+                    " WHERE batch = ? AND row_key = ?",
+                    (utc_now(), batch, row_key),
+                )
+                self._event(batch, "row_released", row_key=row_key, reason="--release-held")
+        return sorted(row for _key, row in found)

@@ -163,7 +163,7 @@ class LedgerSync(LedgerConnection):
             return
         # pending, planned, failed or invalid: take the new content.
         new_state = "pending" if row.valid else "invalid"
-        attempt = old["attempt"] + 1 if state == "failed" else old["attempt"]
+        attempt = old["attempt"] + 1 if state in ("failed", "held") else old["attempt"]
         db.execute(
             f"UPDATE rows SET {common[0]}, content_hash = ?, fields = ?, currency = ?,"
             " face_value = ?, est_cost = ?, state = ?, attempt = ?, retry_group = '',"

@@ -8,6 +8,7 @@ order request, and to report catalog, balances, transactions and orders.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -153,6 +154,8 @@ class ProviderOptions:
     mode: Literal["orders", "payouts"] = "orders"
     campaign_id: str | None = None
     expires_in_days: int | None = None
+    #: the run's stop flag (Ctrl-C, SIGTERM): a wait inside the provider ends when it is set
+    stop: threading.Event | None = field(default=None, compare=False)
 
 
 @runtime_checkable

@@ -18,7 +18,7 @@ from decimal import Decimal
 
 from batcher.core.money import format_money, round_money
 from batcher.core.states import UNSETTLED_STATES
-from batcher.ledger.store import RowRecord
+from batcher.ledger.store import HELD_ELSEWHERE, RowRecord
 
 
 @dataclass(frozen=True)
@@ -159,7 +159,27 @@ def explain(row: RowRecord, top_ups: Mapping[str, str]) -> Failure | None:
         )
     if row.state == "failed":
         return _failed(row)
+    if row.state == "held":
+        return _held(row)
     return None
+
+
+def _held(row: RowRecord) -> Failure:
+    """Never sent, because it may already be ordered: never refed (a new sheet could order
+    it twice). A reference another batch holds settles by rerunning once that batch is
+    done; a possible duplicate waits for a person's `--release-held`."""
+    why = f"held, never sent: {row.error_message or row.error_code or 'possible duplicate'}"
+    if row.error_code == HELD_ELSEWHERE:
+        return _failure(
+            row, why, "finish the other batch named, then rerun this one",
+            "rerun once the other batch holding the reference has finished", outstanding=True,
+        )  # fmt: skip
+    return _failure(
+        row,
+        why,
+        f"check it at the provider; to order it anyway rerun with --release-held {row.source_row}",
+        "check possible duplicates; order them anyway with --release-held ROWS",
+    )
 
 
 def _invalid(row: RowRecord) -> Failure:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from batcher.core.money import format_money
-from batcher.core.states import IN_FLIGHT_STATES, UNFINISHED_STATES
+from batcher.core.states import HELD_STATES, IN_FLIGHT_STATES, UNFINISHED_STATES
 from batcher.ledger.store import RowRecord
 from batcher.reporting.verdicts import (
     ATTEMPT_CHARGED,
@@ -61,6 +61,7 @@ class _Tally:
     debits: Decimal | None = None
     in_flight: int = 0  # rows sent and not yet confirmed
     unsent: int = 0  # rows not sent yet (pending or planned)
+    held: int = 0  # rows held for a person, never sent
     in_flight_debits: Decimal = ZERO
     fx_fees: Decimal = ZERO
     movement: Movement | None = None
@@ -333,6 +334,8 @@ def _tally_unsettled(tally: _Tally, rows: Sequence[RowRecord]) -> None:
             tally.in_flight += 1
         elif row.in_sheet and row.state in UNFINISHED_STATES:
             tally.unsent += 1
+        elif row.in_sheet and row.state in HELD_STATES:
+            tally.held += 1
     if tally.in_flight:
         tally.notes.append(
             f"{tally.in_flight} order(s) still in flight, matched to their order requests: "
@@ -340,6 +343,10 @@ def _tally_unsettled(tally: _Tally, rows: Sequence[RowRecord]) -> None:
         )
     if tally.unsent:
         tally.notes.append(f"{tally.unsent} row(s) not sent yet: a rerun of the batch sends them")
+    if tally.held:
+        tally.notes.append(
+            f"{tally.held} row(s) held, never sent (possible duplicates): see the Failures sheet"
+        )
 
 
 def _reason(tally: _Tally, evidence: Evidence) -> str:

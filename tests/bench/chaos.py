@@ -201,10 +201,11 @@ def _start(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
 
 def _converge(args: list[str], env: dict[str, str], tries: int = 15) -> tuple[int, int]:
     """Rerun until exit 0. A lost ledger forgets attempt numbers, so a row whose first
-    attempt failed replays that failure until --retry-failed (README, known limits)."""
+    attempt failed replays that failure until --retry-failed (README, known limits); rows
+    held as possible duplicates of the chaos's own edits are released as an operator would."""
     code = -1
     for attempt in range(1, tries + 1):
-        extra = ["--retry-failed"] if attempt > 2 else []
+        extra = ["--retry-failed", "--release-held", "all"] if attempt > 2 else []
         result = subprocess.run(
             [sys.executable, "-m", "batcher", *args, *extra],
             env=env, cwd=ROOT, capture_output=True, text=True, timeout=300,

@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -156,3 +157,20 @@ def wait_for(predicate: Any, timeout: float = 20.0, interval: float = 0.05) -> b
             return True
         time.sleep(interval)
     return False
+
+
+def stop_while_waiting(
+    proc: subprocess.Popen[str], *, after: float, sig: int = signal.SIGTERM
+) -> tuple[str, float]:
+    """Let a run sit in a wait for `after` seconds, signal it, and return its stderr and
+    how many seconds it took to exit after the signal. The run must still be waiting
+    when the signal comes, and must exit 3 (incomplete, rerun to continue)."""
+    time.sleep(after)
+    assert proc.poll() is None, "the run was no longer waiting"
+    proc.send_signal(sig)
+    signalled = time.monotonic()
+    _, stderr = proc.communicate(timeout=60)
+    took = time.monotonic() - signalled
+    assert proc.returncode == 3, stderr
+    assert "Traceback" not in stderr, stderr
+    return stderr, took

@@ -12,7 +12,13 @@ from decimal import Decimal
 from pathlib import Path
 
 from batcher.sandbox.server import running_sandbox
-from tests.e2e.runkit import batcher, read_rows_csv, start_batcher, wait_for
+from tests.e2e.runkit import (
+    batcher,
+    read_rows_csv,
+    start_batcher,
+    stop_while_waiting,
+    wait_for,
+)
 from tests.e2e.test_gifq_run import (
     ORDER_HEADER,
     PAYOUT_HEADER,
@@ -133,3 +139,22 @@ def test_the_account_is_the_token_not_the_spelling_of_the_url(tmp_path: Path) ->
         assert second.returncode == 0, second.stderr
         assert len(sandbox_orders(sandbox)) == 12
         assert_each_row_ordered_once(sandbox, rows)
+
+
+def test_a_stop_ends_the_wait_for_a_look_alike_payout_order(tmp_path: Path) -> None:
+    """Failure 4: the lookup waited up to 120 s for a look-alike payout order to settle,
+    deaf to Ctrl-C and SIGTERM. It now stops within 2 s and leaves the chunk unknown."""
+    with running_sandbox("gifq", fault_drop=1.0, async_delay_seconds=600.0) as sandbox:
+        sheet = write_csv(tmp_path / "stuck.csv", payout_rows(3), PAYOUT_HEADER)
+        state, reports = tmp_path / "state", tmp_path / "reports"
+        proc = start_batcher(payout_args(sandbox, sheet, reports), gifq_env(sandbox, state))
+        # The POST's answer is dropped after GIFQ created the payout order; the resend
+        # looks for it first, finds it queued, and waits for it to settle.
+        assert wait_for(lambda: len(payout_orders(sandbox)) == 1, timeout=60)
+        assert wait_for(lambda: chunk_states(state, "stuck")["unknown"] == 1, timeout=30)
+        stderr, took = stop_while_waiting(proc, after=3.0)  # well inside the 120 s wait
+        # The wait itself ends within a second; the rest is the quick report.
+        assert took < 10.0, f"took {took:.1f}s to stop"
+        assert "stopped while waiting for payout order" in stderr or "interrupted" in stderr
+        assert chunk_states(state, "stuck") == {"unknown": 1}, "left for the next run"
+        assert len(payout_orders(sandbox)) == 1, "nothing was resent"

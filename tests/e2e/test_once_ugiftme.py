@@ -4,11 +4,14 @@ reference, and a damaged ledger. Each test names the failure it guards against."
 
 from __future__ import annotations
 
+import csv
 import shutil
 import sqlite3
 import time
 from collections import Counter
 from pathlib import Path
+
+import openpyxl
 
 from batcher.core.errors import ExitCode
 from batcher.sandbox.server import running_sandbox
@@ -18,8 +21,10 @@ from tests.e2e.runkit import (
     make_rows,
     orders_by_email,
     read_rows_csv,
+    read_summary,
     sandbox_orders,
     start_batcher,
+    stop_while_waiting,
     wait_for,
     write_sheet,
 )
@@ -70,6 +75,12 @@ def test_lost_ledger_and_an_added_row_order_nothing_twice(tmp_path: Path) -> Non
             assert "recovery:" in second.stderr and "40 already ordered" in second.stderr
             states = Counter(r["state"] for r in read_rows_csv(reports, "edited"))
             assert states == {"succeeded": 41}
+            recovery = read_summary(reports, "edited")["recovery"]
+            assert recovery.pop("requests") >= 1 and recovery.pop("since")
+            assert recovery == {"window_days": 30, "orders_read": 40, "rows_asked": 41,
+                                "rows_matched": 40, "rows_held_ambiguous": 0}  # fmt: skip
+            third = batcher(args_for(sheet, reports), env)  # the ledger vouches: nobody asked
+            assert third.returncode == 0 and read_summary(reports, "edited")["recovery"] is None
 
 
 def test_lost_ledger_after_a_partial_run_orders_the_rest_once(tmp_path: Path) -> None:
@@ -141,10 +152,15 @@ def test_references_in_flight_in_another_batch_are_held(tmp_path: Path) -> None:
         extra["Email"] = "only-in-b@example.com"
         sheet_b = write_sheet(tmp_path / "b.csv", [*rows, extra])  # other bytes, same refs
         b = batcher(args_for(sheet_b, reports, "--batch", "night-b"), env)
-        assert b.returncode == 3, b.stderr  # held rows are unfinished, with their reason
+        assert b.returncode == ExitCode.HELD, b.stderr  # held, with their reason
         lines = read_rows_csv(reports, "night-b")
-        held = [r for r in lines if r["state"] == "pending"]
+        held = [r for r in lines if r["state"] == "held"]
         assert held and all("night-a" in r["error_message"] for r in held)
+        assert read_summary(reports, "night-b")["by_state"]["held"] == len(held)
+        released = batcher(args_for(sheet_b, reports, "--batch", "night-b", "--release-held",
+                                    "all"), env)  # fmt: skip
+        assert released.returncode in (0, ExitCode.HELD), released.stderr
+        assert max(orders_by_email(sandbox).values()) == 1, "a person cannot release these"
         skipped = [r for r in lines if r["state"] == "skipped"]  # already done in night-a
         assert len(held) + len(skipped) == 40
         a.communicate(timeout=120)
@@ -169,14 +185,33 @@ def test_editing_an_ordered_row_without_reference_is_held(tmp_path: Path) -> Non
         edited[4]["Name"] = "Someone Else"  # name edited
         write_sheet(sheet, edited)
         result = batcher(args_for(sheet, reports), env)
-        assert result.returncode == 1, result.stderr  # held rows fail, with the way out
+        assert result.returncode == ExitCode.HELD, result.stderr  # held, with the way out
+        assert "held" in result.stderr and "--release-held" in result.stderr
         lines = {r["recipient_email"]: r for r in read_rows_csv(reports, "edits")}
         for index in (2, 4):
             line = lines[rows[index]["Email"]]
-            assert line["state"] == "failed" and line["error_code"] == "held_possible_duplicate"
-            assert "--retry-failed" in line["error_message"]
+            assert line["state"] == "held" and line["error_code"] == "held_possible_duplicate"
+            assert f"--release-held {line['source_row']}" in line["error_message"]
+        summary = read_summary(reports, "edits")
+        assert summary["by_state"]["held"] == 2 and summary["exit_code"] == ExitCode.HELD
+        book = openpyxl.load_workbook(reports / "edits" / "reconciliation.xlsx", read_only=True)
+        failures = [
+            " ".join(str(c) for c in r) for r in book["Failures"].iter_rows(values_only=True)
+        ]
+        assert (
+            sum("--release-held" in line and "held, never sent" in line for line in failures) == 2
+        )
+        assert not any(r["Email"] in (rows[2]["Email"], rows[4]["Email"])
+                       for r in _failed_rows(reports, "edits")), "never refed: it may be ordered"  # fmt: skip
         assert max(orders_by_email(sandbox).values()) == 1 and len(sandbox_orders(sandbox)) == 6
-        confirmed = batcher(args_for(sheet, reports, "--retry-failed"), env)
+        retried = batcher(args_for(sheet, reports, "--retry-failed"), env)
+        assert retried.returncode == ExitCode.HELD, retried.stderr  # not a failure to retry
+        assert len(sandbox_orders(sandbox)) == 6
+        one = lines[rows[2]["Email"]]["source_row"]
+        confirmed = batcher(args_for(sheet, reports, "--release-held", one), env)
+        assert confirmed.returncode == ExitCode.HELD, confirmed.stderr  # only the row named
+        assert len(sandbox_orders(sandbox)) == 7
+        confirmed = batcher(args_for(sheet, reports, "--release-held", "all"), env)
         assert confirmed.returncode == 0, confirmed.stderr
         assert len(sandbox_orders(sandbox)) == 8  # the operator asked for the second cards
 
@@ -218,3 +253,36 @@ def test_damaged_ledger_is_named_and_nothing_is_sent(tmp_path: Path) -> None:
         restored = batcher(args_for(sheet, reports), env)
         assert restored.returncode == 0, restored.stderr
         assert_once(sandbox, rows)
+
+
+def _failed_rows(reports: Path, batch: str) -> list[dict[str, str]]:
+    path = reports / batch / "failed_rows.csv"
+    if not path.exists():
+        return []
+    with path.open(newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_a_stop_ends_recoverys_wait_for_the_provider(tmp_path: Path) -> None:
+    """Recovery of a new batch waits up to 60 s for the provider to finish order
+    requests it cannot list yet; Ctrl-C and SIGTERM used to be ignored for all of it."""
+    with running_sandbox("ugiftme", rate_limit=100_000, async_delay_seconds=600.0) as sandbox:
+        env = cli_env(sandbox, tmp_path / "state")
+        reports = tmp_path / "r"
+        sheet_a = write_sheet(tmp_path / "a.csv", make_rows(1, seed=41, prefix="A"))
+        first = batcher([*args_for(sheet_a, reports), "--deadline", "3"], env)
+        assert first.returncode == 3, first.stderr  # its order request is still queued
+        rows_b = make_rows(3, seed=42, prefix="B")
+        for i, row in enumerate(rows_b):
+            row["Email"] = f"b{i}@example.com"
+        sheet_b = write_sheet(tmp_path / "b.csv", rows_b)
+        proc = start_batcher(args_for(sheet_b, reports), env)
+        stderr, took = stop_while_waiting(proc, after=4.0)  # inside recovery's wait
+        assert took < 5.0, f"took {took:.1f}s to stop"
+        assert "stopped on request while waiting for the provider" in stderr
+        db = sqlite3.connect(tmp_path / "state" / "ledger.sqlite")
+        try:
+            planned = db.execute("SELECT COUNT(*) FROM chunks WHERE batch = 'b'").fetchone()[0]
+        finally:
+            db.close()
+        assert planned == 0, "stopped before anything of batch b was planned or sent"

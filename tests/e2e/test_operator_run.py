@@ -110,7 +110,7 @@ def check_run_document(document: dict[str, Any]) -> None:
     assert document["schema"] == "batcher.run/1"
     for key in ("batch", "run_id", "provider", "account_id", "exit_code", "outcome", "message",
                 "by_state", "rows_total", "totals_by_currency", "reconciliation", "plan",
-                "requests", "started_at", "finished_at", "summary_file", "ledger"):  # fmt: skip
+                "requests", "recovery", "started_at", "finished_at", "summary_file", "ledger"):  # fmt: skip
         assert key in document, key
     for totals in document["totals_by_currency"].values():
         assert set(totals) == {"orders", "face_value", "wallet_orders", "cost"}

@@ -91,6 +91,7 @@ class GifqPayouts(GifqBase):
         self.lookup_pages = lookup_pages
         self.settle_wait = settle_wait
         self._sleep = sleep
+        self.stop = options.stop
         self._claimed: set[str] = set()  # payout orders this process already tied to a chunk
         self._ledger_claims: frozenset[str] = frozenset()  # ... and those the ledger ties
         self._unanswered: dict[str, datetime] = {}  # key -> when its unanswered POST left
@@ -294,7 +295,10 @@ class GifqPayouts(GifqBase):
 
     def _settled(self, record: Record) -> Record:
         """The payout order once it has left queued/processing (its payouts listed),
-        read again every second for up to `settle_wait` seconds; as it is otherwise."""
+        read again every second for up to `settle_wait` seconds; as it is otherwise.
+
+        A stop request (Ctrl-C, SIGTERM) ends the wait within a second: the chunk stays
+        unknown, and the next run looks it up again."""
         order_id = text_of(record.get("id"))
         waited = 0.0
         while as_text(record.get("status")) in _PENDING_PAYOUT_ORDER_STATUSES:
@@ -304,7 +308,10 @@ class GifqPayouts(GifqBase):
                     f"{as_text(record.get('status'))}, so its recipients cannot be compared yet",
                     hint="rerun in a few minutes; nothing is resent until it can be compared",
                 )
-            self._sleep(1.0)
+            if self.stop is not None and self.stop.wait(1.0):
+                raise OutcomeUnknown(f"stopped while waiting for payout order {order_id} to settle")
+            if self.stop is None:
+                self._sleep(1.0)
             waited += 1.0
             try:
                 record = self._get_by_id("payout-orders", order_id, "payout order")
