@@ -68,7 +68,7 @@ def _ledger(cls: type[Ledger], folder: Path) -> Ledger:
 def _snapshot(led: Ledger) -> tuple[list[dict[str, Any]], list[tuple[Any, ...]]]:
     db: sqlite3.Connection = led._db  # the test reads the tables as they are
     rows = [
-        {k: r[k] for k in r.keys() if k not in ("created_at", "updated_at")}  # clocks
+        {k: v for k, v in dict(r).items() if k not in ("created_at", "updated_at")}
         for r in db.execute("SELECT * FROM rows ORDER BY batch, row_key")
     ]
     events = [
