@@ -45,7 +45,8 @@ from batcher.reporting.outputs import (
     write_rows_csv,
     write_validation_csv,
 )
-from batcher.reporting.reports import FAILED_ROWS_NAME, ReportResult, explain_skips
+from batcher.reporting.report_stamp import ReportStamp, write_stamp
+from batcher.reporting.reports import FAILED_ROWS_NAME, ReportResult, explain_skips, kept_report
 
 
 @dataclass(frozen=True)
@@ -246,6 +247,12 @@ def _run_locked(
         stats = runner.stats
     if feed is not None:
         feed.report_orphans(ui.listener.message)
+    if _sent_nothing(plan, stats):
+        kept = _finish_unchanged(ledger, run_id, settings, options, account_id, sheet,
+                                 started_at, stats, plan, balances, provider,
+                                 ui.listener)  # fmt: skip
+        if kept is not None:
+            return kept
     ledger_rows = ledger.rows(batch, in_sheet_only=False)
     in_sheet = [r for r in ledger_rows if r.in_sheet]
     code = exit_code_for(in_sheet, stats)
@@ -427,6 +434,7 @@ def _finish(
             f"interrupted: a quick report from the ledger and balances; full reconciliation "
             f"skipped, run `batcher report {batch}` for it"
         )
+    stamp = ledger.change_stamp(batch)  # the ledger as this report reads it
     report = _write_report(
         ledger, batch, provider, options, sheet, listener, ledger_rows, quick=interrupted
     )
@@ -438,9 +446,67 @@ def _finish(
             "workbook": str(report.workbook),
         }
         write_json(out_dir / "summary.json", summary)
+        if stamp is not None:
+            figures = {k: summary[k] for k in ("totals_by_currency", "paid_orders", "conflicts")}
+            write_stamp(out_dir, ReportStamp(
+                stamp, run_id, utc_now(), summary["reconciliation"], figures,
+            ))  # fmt: skip
         if report.archive is not None and (report.archive / "summary.json").exists():
             write_json(report.archive / "summary.json", summary)
     return BatchResult(code, summary, out_dir, message)
+
+
+def _sent_nothing(plan: PlanSummary, stats: RunStats) -> bool:
+    """The run found nothing to send or settle, and asked the provider nothing."""
+    return (
+        plan.rows_to_send == plan.unknown_chunks == plan.accepted_chunks == 0
+        and stats.submits == stats.polls == stats.lookups == stats.settled_by_event == 0
+        and not stats.stopped
+        and not stats.blocked_currencies
+    )
+
+
+def _finish_unchanged(
+    ledger: Ledger,
+    run_id: str,
+    settings: ProviderSettings,
+    options: BatchOptions,
+    account_id: str,
+    sheet: Any,
+    started_at: str,
+    stats: RunStats,
+    plan: PlanSummary,
+    balances: dict[str, Balance],
+    provider: Provider,
+    listener: RunListener,
+) -> BatchResult | None:
+    """A rerun of a finished batch that changed nothing: the last report still shows the
+    ledger as it is (its stamp proves it), so it is kept and pointed to, and only the
+    row counts are read. None when the run must write its outputs the usual way."""
+    batch = options.batch_name
+    by_state = ledger.count_by_state(batch)
+    if any(by_state[s] for s in UNFINISHED_STATES) or by_state["failed"]:
+        return None  # the exit message names rows: the usual path reads them
+    out_dir = options.report_dir / batch
+    kept = kept_report(out_dir, ledger.change_stamp(batch))
+    if kept is None:
+        return None
+    summary = build_summary(
+        batch=batch, provider=settings.provider, account_id=account_id, run_id=run_id,
+        sheet=sheet, rows=[], stats=stats, plan=plan, exit_code=ExitCode.OK, message="",
+        started_at=started_at, throttle=_throttle_stats(provider),
+    )  # fmt: skip
+    summary.update(rows_total=sum(by_state.values()), by_state=by_state, **kept.figures)
+    summary["balances_before"] = summary["balances_after"] = _balances_json(balances)
+    summary["reconciliation"] = {**kept.reconciliation, "kept_from_run": kept.run_id}
+    write_json(out_dir / "summary.json", summary)
+    ledger.finish_run(run_id, batch, int(ExitCode.OK), summary)
+    listener.message(
+        f"nothing changed since the report of run {kept.run_id} ({kept.generated_at}):"
+        f" kept it, {kept.reconciliation.get('verdict')}; workbook"
+        f" {kept.reconciliation.get('workbook')}"
+    )
+    return BatchResult(ExitCode.OK, summary, out_dir, "")
 
 
 def _write_report(

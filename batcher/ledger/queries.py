@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -22,6 +23,29 @@ class LedgerQueries(LedgerConnection):
         info["sheet_headers"] = json.loads(info["sheet_headers"])
         info["sheet_columns"] = json.loads(info["sheet_columns"])
         return info
+
+    def change_stamp(self, batch: str) -> str | None:
+        """What the batch's rows, chunks and sheet look like, in a few characters: equal
+        stamps mean nothing a report shows has changed in between. None: no such batch.
+
+        Every write to a batch's rows or chunks appends an event, so the last event id
+        (runs starting and finishing aside: they change no row) stands for them; the
+        batch's own record (created_at tells a replaced ledger apart) covers the rest.
+        """
+        info = self._db.execute(
+            "SELECT created_at, source_sha256, sheet_headers, sheet_columns FROM batches"
+            " WHERE batch = ?",
+            (batch,),
+        ).fetchone()
+        if info is None:
+            return None
+        last = self._db.execute(
+            "SELECT MAX(id) FROM events WHERE batch = ?"
+            " AND kind NOT IN ('run_started', 'run_finished')",
+            (batch,),
+        ).fetchone()[0]
+        text = json.dumps([last, *info], ensure_ascii=False)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
     def run_summary(self, run_id: str) -> dict[str, Any] | None:
         row = self._db.execute("SELECT summary FROM runs WHERE run_id = ?", (run_id,)).fetchone()
