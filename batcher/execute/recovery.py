@@ -265,9 +265,8 @@ def before_planning(
     """What `execute/run.py` runs between syncing the sheet and planning: recovery from
     the provider for a batch new to the ledger, then holds for rows that look like edits."""
     recover_from_provider(runner, lookback=lookback, sleep=sleep)
-    pending = runner.ledger.rows(runner.batch, state="pending")
-    if not any(r.attempt == 1 and not r.reference for r in pending):
-        return  # no row that could be an edit: a rerun need not read the whole batch
+    if not runner.ledger.has_new_unreferenced_rows(runner.batch):
+        return  # no row can be an edit: no need to read the whole batch
     held = possible_edits(runner.ledger.rows(runner.batch, in_sheet_only=False))
     if held:
         runner.ledger.hold_rows(runner.batch, held)

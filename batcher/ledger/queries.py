@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
+from decimal import Decimal
 from typing import Any
 
 from batcher.core.states import ROW_STATES
@@ -88,6 +89,30 @@ class LedgerQueries(LedgerConnection):
             sql += " AND state = ?"
             args.append(state)
         return [RowRecord.from_sql(r) for r in self._db.execute(sql + " ORDER BY source_row", args)]
+
+    def amounts(self, batch: str, state: str) -> list[tuple[str, Decimal, Decimal | None]]:
+        """(currency, face value, estimated cost) of the batch's rows in `state` in the
+        sheet: the plan's totals without decoding every row."""
+        return [
+            (r[0], Decimal(r[1]), None if r[2] is None else Decimal(r[2]))
+            for r in self._db.execute(
+                "SELECT currency, face_value, est_cost FROM rows"
+                " WHERE batch = ? AND state = ? AND in_sheet = 1",
+                (batch, state),
+            )
+        ]
+
+    def has_new_unreferenced_rows(self, batch: str) -> bool:
+        """Whether a pending first-attempt row without a reference is in the sheet: only
+        such a row can be an edit of an ordered row (execute/recovery.py)."""
+        return (
+            self._db.execute(
+                "SELECT 1 FROM rows WHERE batch = ? AND state = 'pending' AND in_sheet = 1"
+                " AND attempt = 1 AND reference IS NULL LIMIT 1",
+                (batch,),
+            ).fetchone()
+            is not None
+        )
 
     def rows_by_key(self, batch: str, keys: Iterable[str]) -> dict[str, RowRecord]:
         wanted = list(keys)
