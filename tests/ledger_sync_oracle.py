@@ -10,10 +10,9 @@ from collections.abc import Sequence
 
 from batcher.core.clock import utc_now
 from batcher.core.states import REPLANNABLE_STATES
-from batcher.ledger.connection import in_slices
 from batcher.ledger.records import SheetRow, SyncReport
 from batcher.ledger.store import Ledger
-from batcher.ledger.sync import _conflict
+from batcher.ledger.sync import _INSERT_ROW, _conflict, _insert_values
 
 
 class PerRowLedger(Ledger):
@@ -87,46 +86,10 @@ class PerRowLedger(Ledger):
             ).fetchone()[0]
         return SyncReport(**counts)
 
-    def _references_succeeded_elsewhere(self, batch: str, references: list[str]) -> set[str]:
-        found: set[str] = set()
-        for part, marks in in_slices(references):
-            found.update(
-                r[0]
-                for r in self._db.execute(
-                    f"SELECT reference FROM rows WHERE reference IN ({marks})"
-                    " AND state = 'succeeded' AND batch != ?",
-                    (*part, batch),
-                )
-            )
-        return found
-
     def _insert_row(
         self, db: sqlite3.Connection, batch: str, row: SheetRow, state: str, now: str
     ) -> None:
-        db.execute(
-            "INSERT INTO rows(batch, row_key, source_row, in_sheet, reference, content_hash,"
-            " fields, passthrough, currency, face_value, est_cost, state, error_code,"
-            " error_message, failure_kind, created_at, updated_at)"
-            " VALUES (?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                batch,
-                row.row_key,
-                row.source_row,
-                row.reference,
-                row.content_hash,
-                json.dumps(row.fields, ensure_ascii=False),
-                json.dumps(row.passthrough, ensure_ascii=False),
-                row.currency,
-                str(row.face_value),
-                None if row.est_cost is None else str(row.est_cost),
-                state,
-                row.error_code or None,
-                row.error_message or None,
-                "permanent" if state == "invalid" else None,
-                now,
-                now,
-            ),
-        )
+        db.execute(_INSERT_ROW, _insert_values(batch, row, state, now))
 
     def _sync_existing(
         self,

@@ -247,12 +247,11 @@ def _run_locked(
         stats = runner.stats
     if feed is not None:
         feed.report_orphans(ui.listener.message)
-    if _sent_nothing(plan, stats):
-        kept = _finish_unchanged(ledger, run_id, settings, options, account_id, sheet,
-                                 started_at, stats, plan, balances, provider,
-                                 ui.listener)  # fmt: skip
-        if kept is not None:
-            return kept
+    kept = _unchanged_report(ledger, options) if _sent_nothing(plan, stats) else None
+    if kept is not None:
+        return _finish(ledger, run_id, settings, options, account_id, sheet, started_at,
+                       stats, plan, ExitCode.OK, "", provider=provider,
+                       balances_before=balances, listener=ui.listener, kept=kept)  # fmt: skip
     ledger_rows = ledger.rows(batch, in_sheet_only=False)
     in_sheet = [r for r in ledger_rows if r.in_sheet]
     code = exit_code_for(in_sheet, stats)
@@ -387,13 +386,15 @@ def _finish(
     balances_before: dict[str, Balance] | None = None,
     listener: RunListener | None = None,
     ledger_rows: list[RowRecord] | None = None,
+    kept: tuple[ReportStamp, dict[str, int]] | None = None,
 ) -> BatchResult:
     """Write the summary, rows.csv and the report. `ledger_rows` is every row of the
     batch as the ledger holds it now (read here when not given): 20,000 rows take
-    a few hundred milliseconds to read, so they are read once for all three."""
+    a few hundred milliseconds to read, so they are read once for all three.
+    `kept` (from `_unchanged_report`): nothing changed, keep the last report."""
     batch = options.batch_name
     if ledger_rows is None:
-        ledger_rows = ledger.rows(batch, in_sheet_only=False)
+        ledger_rows = [] if kept is not None else ledger.rows(batch, in_sheet_only=False)
     ledger_rows = explain_skips(ledger, batch, ledger_rows)
     rows = [r for r in ledger_rows if r.in_sheet]
     # An interrupted run ends quickly: one balance read, no listings; `batcher report`
@@ -425,6 +426,9 @@ def _finish(
     summary["balances_before"] = _balances_json(balances_before)
     summary["balances_after"] = _balances_json(balances_after)
     out_dir = options.report_dir / batch
+    if kept is not None:
+        _finish_kept(ledger, summary, kept, out_dir, listener)
+        return BatchResult(code, summary, out_dir, message)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "summary.json", summary)
     write_rows_csv(out_dir / "rows.csv", rows)
@@ -466,47 +470,40 @@ def _sent_nothing(plan: PlanSummary, stats: RunStats) -> bool:
     )
 
 
-def _finish_unchanged(
-    ledger: Ledger,
-    run_id: str,
-    settings: ProviderSettings,
-    options: BatchOptions,
-    account_id: str,
-    sheet: Any,
-    started_at: str,
-    stats: RunStats,
-    plan: PlanSummary,
-    balances: dict[str, Balance],
-    provider: Provider,
-    listener: RunListener,
-) -> BatchResult | None:
-    """A rerun of a finished batch that changed nothing: the last report still shows the
-    ledger as it is (its stamp proves it), so it is kept and pointed to, and only the
-    row counts are read. None when the run must write its outputs the usual way."""
+def _unchanged_report(
+    ledger: Ledger, options: BatchOptions
+) -> tuple[ReportStamp, dict[str, int]] | None:
+    """After a run that sent nothing: the last report and the row counts, when every row
+    is settled and the report still shows the ledger as it is (its stamp proves it).
+    None when the run must read its rows and write its outputs the usual way."""
     batch = options.batch_name
     by_state = ledger.count_by_state(batch)
     if any(by_state[s] for s in UNFINISHED_STATES) or by_state["failed"]:
         return None  # the exit message names rows: the usual path reads them
-    out_dir = options.report_dir / batch
-    kept = kept_report(out_dir, ledger.change_stamp(batch))
-    if kept is None:
-        return None
-    summary = build_summary(
-        batch=batch, provider=settings.provider, account_id=account_id, run_id=run_id,
-        sheet=sheet, rows=[], stats=stats, plan=plan, exit_code=ExitCode.OK, message="",
-        started_at=started_at, throttle=_throttle_stats(provider),
-    )  # fmt: skip
-    summary.update(rows_total=sum(by_state.values()), by_state=by_state, **kept.figures)
-    summary["balances_before"] = summary["balances_after"] = _balances_json(balances)
-    summary["reconciliation"] = {**kept.reconciliation, "kept_from_run": kept.run_id}
+    kept = kept_report(options.report_dir / batch, ledger.change_stamp(batch))
+    return None if kept is None else (kept, by_state)
+
+
+def _finish_kept(
+    ledger: Ledger,
+    summary: dict[str, Any],
+    kept: tuple[ReportStamp, dict[str, int]],
+    out_dir: Path,
+    listener: RunListener | None,
+) -> None:
+    """A rerun that changed nothing keeps the last report and points to it: only the
+    row counts were read; the stamp carries the figures summary.json takes from rows."""
+    stamp, by_state = kept
+    summary.update(rows_total=sum(by_state.values()), by_state=by_state, **stamp.figures)
+    summary["reconciliation"] = {**stamp.reconciliation, "kept_from_run": stamp.run_id}
     write_json(out_dir / "summary.json", summary)
-    ledger.finish_run(run_id, batch, int(ExitCode.OK), summary)
-    listener.message(
-        f"nothing changed since the report of run {kept.run_id} ({kept.generated_at}):"
-        f" kept it, {kept.reconciliation.get('verdict')}; workbook"
-        f" {kept.reconciliation.get('workbook')}"
-    )
-    return BatchResult(ExitCode.OK, summary, out_dir, "")
+    ledger.finish_run(summary["run_id"], summary["batch"], summary["exit_code"], summary)
+    if listener is not None:
+        listener.message(
+            f"nothing changed since the report of run {stamp.run_id} ({stamp.generated_at}):"
+            f" kept it, {stamp.reconciliation.get('verdict')}; workbook"
+            f" {stamp.reconciliation.get('workbook')}"
+        )
 
 
 def _write_report(
