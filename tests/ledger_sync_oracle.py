@@ -12,7 +12,7 @@ from batcher.core.clock import utc_now
 from batcher.core.states import REPLANNABLE_STATES
 from batcher.ledger.records import SheetRow, SyncReport
 from batcher.ledger.store import Ledger
-from batcher.ledger.sync import _INSERT_ROW, _conflict, _insert_values
+from batcher.ledger.sync import _INSERT_ROW, _conflict, _content_values, _insert_values
 
 
 class PerRowLedger(Ledger):
@@ -21,15 +21,7 @@ class PerRowLedger(Ledger):
     def sync_rows(
         self, batch: str, sheet_rows: Sequence[SheetRow], *, retry_failed: bool
     ) -> SyncReport:
-        """Bring the ledger in line with the current sheet, without losing history.
-
-        - new rows are inserted as pending (or invalid);
-        - a row whose reference already succeeded in another batch is skipped;
-        - a changed row that had not been sent is updated; one that failed is
-          released for a new attempt; one that succeeded is flagged as a conflict
-          and never ordered again;
-        - rows no longer in the sheet stay in the ledger with in_sheet = 0.
-        """
+        """The per-row sync, statement by statement (see LedgerSync.sync_rows)."""
         now = utc_now()
         counts = dict.fromkeys(
             ("new", "unchanged", "changed", "conflicts", "skipped_elsewhere", "gone"), 0
@@ -138,21 +130,7 @@ class PerRowLedger(Ledger):
             " face_value = ?, est_cost = ?, state = ?, attempt = ?, retry_group = '',"
             " failure_kind = ?, error_code = ?, error_message = ?, chunk_key = NULL,"
             " conflict = NULL WHERE batch = ? AND row_key = ?",
-            (
-                *common[1],
-                row.content_hash,
-                json.dumps(row.fields, ensure_ascii=False),
-                row.currency,
-                str(row.face_value),
-                None if row.est_cost is None else str(row.est_cost),
-                new_state,
-                attempt,
-                "permanent" if new_state == "invalid" else None,
-                row.error_code or None,
-                row.error_message or None,
-                batch,
-                key,
-            ),
+            (*common[1], *_content_values(row, new_state, attempt), batch, key),
         )
         self._event(batch, "row_changed", row_key=key, state=new_state, attempt=attempt)
 

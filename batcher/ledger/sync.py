@@ -237,24 +237,25 @@ def _sync_existing(
     # pending, planned, failed or invalid: take the new content.
     new_state = "pending" if row.valid else "invalid"
     attempt = old["attempt"] + 1 if state == "failed" else old["attempt"]
-    writes.add(
-        _TAKE_CONTENT,
-        *place,
+    writes.add(_TAKE_CONTENT, *place, *_content_values(row, new_state, attempt), batch, key)
+    writes.event("row_changed", key, state=new_state, attempt=attempt)
+    return 0
+
+
+def _content_values(row: SheetRow, state: str, attempt: int) -> tuple[Any, ...]:
+    """The values of `_TAKE_CONTENT` after the row's place: the sheet's new content."""
+    return (
         row.content_hash,
         json.dumps(row.fields, ensure_ascii=False),
         row.currency,
         str(row.face_value),
         None if row.est_cost is None else str(row.est_cost),
-        new_state,
+        state,
         attempt,
-        "permanent" if new_state == "invalid" else None,
+        "permanent" if state == "invalid" else None,
         row.error_code or None,
         row.error_message or None,
-        batch,
-        key,
     )
-    writes.event("row_changed", key, state=new_state, attempt=attempt)
-    return 0
 
 
 def _conflict(state: str) -> str | None:
