@@ -326,3 +326,15 @@ def test_a_full_disk_is_named_as_one(ledger: Ledger) -> None:
     with pytest.raises(LedgerDiskFull, match=r"is full.*nothing more was sent"):
         ledger.sync_rows("b", [sheet_row(f"k{i}", i) for i in range(2000)], retry_failed=False)
     assert ledger.chunk("c1").state == "planned"  # the failed commit left nothing behind
+
+
+def test_polls_are_counted_with_the_chunks_next_transition(ledger: Ledger) -> None:
+    ledger.sync_rows("b", [sheet_row("k1", 2)], retry_failed=False)
+    plan_one(ledger, "c1", ["k1"])
+    ledger.mark_sending("b", "c1")
+    ledger.mark_accepted("b", "c1", "req-1")
+    ledger.count_poll("c1")
+    ledger.count_poll("c1")
+    assert ledger.chunk("c1").poll_count == 0  # no commit of its own
+    ledger.settle_chunk("b", "c1", "succeeded", [RowOutcome(row_key="k1", state="succeeded")])
+    assert ledger.chunk("c1").poll_count == 2
