@@ -92,6 +92,8 @@ def match_orders(
         and o.order_id not in claimed
         and o.status.lower() not in _DEAD_STATUSES
     ]
+    if not live:
+        return Recovery()  # nothing to match: no need to group the rows
     # Payouts list neither product nor name: compare what the provider does list.
     with_name = any(o.recipient_name for o in live)
     with_product = any(o.product_code for o in live)

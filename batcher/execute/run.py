@@ -32,10 +32,19 @@ from batcher.execute.funds import FundsCheck, Need, check_funds, left_out_messag
 from batcher.execute.recovery import DEFAULT_LOOKBACK_DAYS, before_planning
 from batcher.execute.rows import sheet_rows_from_validation
 from batcher.execute.runner import PlanSummary, RunListener, Runner, RunOptions, RunStats
+from batcher.execute.unchanged import (
+    KeptReport,
+    finish_kept,
+    sent_nothing,
+    sheet_already_synced,
+    sheet_fingerprint,
+    stamp_report,
+    unchanged_report,
+)
 from batcher.execute.webhook_feed import open_feed
 from batcher.intake.read import Sheet
 from batcher.intake.validate import ValidationResult
-from batcher.ledger.store import BatchLock, Ledger, RowRecord, SheetRow, count_states
+from batcher.ledger.store import BatchLock, Ledger, RowRecord, count_states
 from batcher.providers import connect
 from batcher.providers.base import Provider, ProviderOptions
 from batcher.reporting.outputs import (
@@ -45,8 +54,7 @@ from batcher.reporting.outputs import (
     write_rows_csv,
     write_validation_csv,
 )
-from batcher.reporting.report_stamp import ReportStamp, write_stamp
-from batcher.reporting.reports import FAILED_ROWS_NAME, ReportResult, explain_skips, kept_report
+from batcher.reporting.reports import FAILED_ROWS_NAME, ReportResult, explain_skips
 
 
 @dataclass(frozen=True)
@@ -163,7 +171,6 @@ def run_batch(
             return BatchResult(
                 ExitCode.USAGE, summary, out_dir, "validation failed; nothing was sent"
             )
-        sheet_rows = sheet_rows_from_validation(result)
         options.state_dir.mkdir(parents=True, exist_ok=True)
         with BatchLock(options.state_dir, batch):
             ledger = Ledger.open(options.state_dir)
@@ -177,7 +184,7 @@ def run_batch(
                     account_id = known["account_id"]
                 return _run_locked(
                     ledger, provider, settings, options, ui, stop, account_id,
-                    sheet_rows, sheet, balances, started_at, quotes,
+                    result, sheet, balances, started_at, quotes,
                 )  # fmt: skip
             finally:
                 ledger.close()
@@ -193,13 +200,18 @@ def _run_locked(
     ui: RunUI,
     stop: threading.Event,
     account_id: str,
-    sheet_rows: list[SheetRow],
+    result: ValidationResult,
     sheet: Any,
     balances: dict[str, Balance],
     started_at: str,
     quotes: tuple[FxQuote, ...] = (),
 ) -> BatchResult:
     batch = options.batch_name
+    synced = sheet_already_synced(
+        ledger, batch, options.report_dir, sheet_fingerprint(sheet, options.reading),
+        all_valid=not result.invalid_rows,
+    )  # fmt: skip
+    sheet_rows = None if synced else sheet_rows_from_validation(result)
     record_batch(
         ledger, settings, options, account_id, sheet, allow_same_sheet=options.allow_same_sheet
     )
@@ -247,7 +259,9 @@ def _run_locked(
         stats = runner.stats
     if feed is not None:
         feed.report_orphans(ui.listener.message)
-    kept = _unchanged_report(ledger, options) if _sent_nothing(plan, stats) else None
+    kept = (
+        unchanged_report(ledger, batch, options.report_dir) if sent_nothing(plan, stats) else None
+    )
     if kept is not None:
         return _finish(ledger, run_id, settings, options, account_id, sheet, started_at,
                        stats, plan, ExitCode.OK, "", provider=provider,
@@ -386,12 +400,12 @@ def _finish(
     balances_before: dict[str, Balance] | None = None,
     listener: RunListener | None = None,
     ledger_rows: list[RowRecord] | None = None,
-    kept: tuple[ReportStamp, dict[str, int]] | None = None,
+    kept: KeptReport | None = None,
 ) -> BatchResult:
     """Write the summary, rows.csv and the report. `ledger_rows` is every row of the
     batch as the ledger holds it now (read here when not given): 20,000 rows take
     a few hundred milliseconds to read, so they are read once for all three.
-    `kept` (from `_unchanged_report`): nothing changed, keep the last report."""
+    `kept` (`unchanged_report`): nothing changed, keep the last report."""
     batch = options.batch_name
     if ledger_rows is None:
         ledger_rows = [] if kept is not None else ledger.rows(batch, in_sheet_only=False)
@@ -427,7 +441,7 @@ def _finish(
     summary["balances_after"] = _balances_json(balances_after)
     out_dir = options.report_dir / batch
     if kept is not None:
-        _finish_kept(ledger, summary, kept, out_dir, listener)
+        finish_kept(ledger, summary, kept, out_dir, listener)
         return BatchResult(code, summary, out_dir, message)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "summary.json", summary)
@@ -451,59 +465,10 @@ def _finish(
         }
         write_json(out_dir / "summary.json", summary)
         if stamp is not None:
-            figures = {k: summary[k] for k in ("totals_by_currency", "paid_orders", "conflicts")}
-            write_stamp(out_dir, ReportStamp(
-                stamp, run_id, utc_now(), summary["reconciliation"], figures,
-            ))  # fmt: skip
+            stamp_report(out_dir, stamp, summary, sheet_fingerprint(sheet, options.reading))
         if report.archive is not None and (report.archive / "summary.json").exists():
             write_json(report.archive / "summary.json", summary)
     return BatchResult(code, summary, out_dir, message)
-
-
-def _sent_nothing(plan: PlanSummary, stats: RunStats) -> bool:
-    """The run found nothing to send or settle, and asked the provider nothing."""
-    return (
-        plan.rows_to_send == plan.unknown_chunks == plan.accepted_chunks == 0
-        and stats.submits == stats.polls == stats.lookups == stats.settled_by_event == 0
-        and not stats.stopped
-        and not stats.blocked_currencies
-    )
-
-
-def _unchanged_report(
-    ledger: Ledger, options: BatchOptions
-) -> tuple[ReportStamp, dict[str, int]] | None:
-    """After a run that sent nothing: the last report and the row counts, when every row
-    is settled and the report still shows the ledger as it is (its stamp proves it).
-    None when the run must read its rows and write its outputs the usual way."""
-    batch = options.batch_name
-    by_state = ledger.count_by_state(batch)
-    if any(by_state[s] for s in UNFINISHED_STATES) or by_state["failed"]:
-        return None  # the exit message names rows: the usual path reads them
-    kept = kept_report(options.report_dir / batch, ledger.change_stamp(batch))
-    return None if kept is None else (kept, by_state)
-
-
-def _finish_kept(
-    ledger: Ledger,
-    summary: dict[str, Any],
-    kept: tuple[ReportStamp, dict[str, int]],
-    out_dir: Path,
-    listener: RunListener | None,
-) -> None:
-    """A rerun that changed nothing keeps the last report and points to it: only the
-    row counts were read; the stamp carries the figures summary.json takes from rows."""
-    stamp, by_state = kept
-    summary.update(rows_total=sum(by_state.values()), by_state=by_state, **stamp.figures)
-    summary["reconciliation"] = {**stamp.reconciliation, "kept_from_run": stamp.run_id}
-    write_json(out_dir / "summary.json", summary)
-    ledger.finish_run(summary["run_id"], summary["batch"], summary["exit_code"], summary)
-    if listener is not None:
-        listener.message(
-            f"nothing changed since the report of run {stamp.run_id} ({stamp.generated_at}):"
-            f" kept it, {stamp.reconciliation.get('verdict')}; workbook"
-            f" {stamp.reconciliation.get('workbook')}"
-        )
 
 
 def _write_report(

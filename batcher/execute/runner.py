@@ -201,7 +201,7 @@ class Runner:
 
     def prepare(
         self,
-        sheet_rows: Sequence[SheetRow],
+        sheet_rows: Sequence[SheetRow] | None,
         hold: Callable[[Sequence[RowRecord]], Collection[str]] | None = None,
         recovery: Callable[[Runner], object] | None = None,
     ) -> PlanSummary:
@@ -218,7 +218,8 @@ class Runner:
             self.listener.message(
                 f"{recovered} chunk(s) were in flight when a run died; resolving first"
             )
-        self.ledger.sync_rows(self.batch, sheet_rows, retry_failed=self.options.retry_failed)
+        if sheet_rows is not None:  # None: the sheet the ledger already holds, unchanged
+            self.ledger.sync_rows(self.batch, sheet_rows, retry_failed=self.options.retry_failed)
         self.ledger.release_retryable(self.batch)
         # Planned chunks that still hold exactly their rows keep their composition and
         # key; only rows not planned before form new chunks.

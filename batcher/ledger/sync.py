@@ -11,7 +11,7 @@ import json
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from batcher.core.clock import utc_now
 from batcher.core.states import IN_FLIGHT_STATES, REPLANNABLE_STATES
@@ -50,6 +50,22 @@ _RELEASE = (
 _LEFT_SHEET = "UPDATE rows SET in_sheet = 0 WHERE batch = ? AND row_key = ?"
 
 
+#: json.dumps(..., ensure_ascii=False) with one encoder, not a new one per row
+_json = json.JSONEncoder(ensure_ascii=False).encode
+
+
+class _Known(NamedTuple):
+    """What the sync needs of a row the ledger already holds."""
+
+    content_hash: str
+    state: str
+    failure_kind: str | None
+    attempt: int
+    in_sheet: int
+    source_row: int
+    passthrough: str  # as stored: JSON text
+
+
 @dataclass
 class _SyncWrites:
     """What one sync writes, gathered first and then written a statement at a time."""
@@ -83,9 +99,11 @@ class LedgerSync(LedgerConnection):
         - a row whose content, place and other columns are unchanged is not written.
         """
         counts = dict.fromkeys(("new", "unchanged", "changed", "conflicts", "skipped_elsewhere"), 0)
+        cursor = self._db.cursor()
+        cursor.row_factory = None  # plain tuples: 100,000 of them are read on every run
         existing = {
-            r["row_key"]: r
-            for r in self._db.execute(
+            r[0]: _Known._make(r[1:])
+            for r in cursor.execute(
                 "SELECT row_key, content_hash, state, failure_kind, attempt, in_sheet,"
                 " source_row, passthrough FROM rows WHERE batch = ?",
                 (batch,),
@@ -106,9 +124,7 @@ class LedgerSync(LedgerConnection):
                 counts["new"] += 1
                 writes.add(_INSERT_ROW, *_insert_values(batch, row, state, writes.now))
                 writes.event("row_added", row.row_key, state=state)
-            elif (
-                row.valid and row.reference in done_elsewhere and old["state"] in REPLANNABLE_STATES
-            ):
+            elif row.valid and row.reference in done_elsewhere and old.state in REPLANNABLE_STATES:
                 # Ordered under another batch since (e.g. fed back via failed_rows.csv):
                 # retrying it here would order it twice.
                 counts["skipped_elsewhere"] += 1
@@ -124,7 +140,7 @@ class LedgerSync(LedgerConnection):
             else:
                 moved += _sync_existing(writes, row, old, retry_failed, counts)
         in_sheet = {r.row_key for r in sheet_rows}
-        left = [k for k, r in existing.items() if r["in_sheet"] and k not in in_sheet]
+        left = [k for k, r in existing.items() if r.in_sheet and k not in in_sheet]
         for key in left:
             writes.add(_LEFT_SHEET, batch, key)
         if moved or left:
@@ -184,8 +200,8 @@ def _insert_values(batch: str, row: SheetRow, state: str, now: str) -> tuple[Any
         row.source_row,
         row.reference,
         row.content_hash,
-        json.dumps(row.fields, ensure_ascii=False),
-        json.dumps(row.passthrough, ensure_ascii=False),
+        _json(row.fields),
+        _json(row.passthrough),
         row.currency,
         str(row.face_value),
         None if row.est_cost is None else str(row.est_cost),
@@ -201,25 +217,25 @@ def _insert_values(batch: str, row: SheetRow, state: str, now: str) -> tuple[Any
 def _sync_existing(
     writes: _SyncWrites,
     row: SheetRow,
-    old: sqlite3.Row,
+    old: _Known,
     retry_failed: bool,
     counts: dict[str, int],
 ) -> int:
     """Record what a row the ledger knows needs; returns 1 when only its place or
     other columns changed (nothing else records that), else 0."""
-    batch, key, now, state = writes.batch, row.row_key, writes.now, old["state"]
-    passthrough = json.dumps(row.passthrough, ensure_ascii=False)
+    batch, key, now, state = writes.batch, row.row_key, writes.now, old.state
+    passthrough = _json(row.passthrough)
     place = (row.source_row, passthrough, now)
-    if old["content_hash"] == row.content_hash:
+    if old.content_hash == row.content_hash:
         counts["unchanged"] += 1
         if state == "invalid" and row.valid:
             # The same content is valid now (the catalog changed): give it a chance.
             writes.add(_VALID_AGAIN, now, batch, key)
             writes.event("row_state", key, state="pending")
-        elif state == "failed" and old["failure_kind"] == "permanent" and retry_failed:
+        elif state == "failed" and old.failure_kind == "permanent" and retry_failed:
             writes.add(_RELEASE, now, batch, key)
             writes.event("row_released", key, reason="--retry-failed")
-        if (old["source_row"], old["passthrough"], old["in_sheet"]) == (
+        if (old.source_row, old.passthrough, old.in_sheet) == (
             row.source_row,
             passthrough,
             1,
@@ -236,7 +252,7 @@ def _sync_existing(
         return 0
     # pending, planned, failed or invalid: take the new content.
     new_state = "pending" if row.valid else "invalid"
-    attempt = old["attempt"] + 1 if state == "failed" else old["attempt"]
+    attempt = old.attempt + 1 if state == "failed" else old.attempt
     writes.add(_TAKE_CONTENT, *place, *_content_values(row, new_state, attempt), batch, key)
     writes.event("row_changed", key, state=new_state, attempt=attempt)
     return 0
@@ -246,7 +262,7 @@ def _content_values(row: SheetRow, state: str, attempt: int) -> tuple[Any, ...]:
     """The values of `_TAKE_CONTENT` after the row's place: the sheet's new content."""
     return (
         row.content_hash,
-        json.dumps(row.fields, ensure_ascii=False),
+        _json(row.fields),
         row.currency,
         str(row.face_value),
         None if row.est_cost is None else str(row.est_cost),

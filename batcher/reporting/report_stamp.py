@@ -28,6 +28,8 @@ class ReportStamp:
     reconciliation: dict[str, Any]
     #: what summary.json takes from the rows: totals_by_currency, paid_orders, conflicts
     figures: dict[str, Any]
+    #: the sheet that run synced (execute/unchanged.py: sheet_fingerprint)
+    sheet: str = ""
 
 
 def write_stamp(out_dir: Path, stamp: ReportStamp) -> None:
