@@ -12,7 +12,13 @@ from batcher.core.clock import utc_now
 from batcher.core.states import REPLANNABLE_STATES
 from batcher.ledger.records import SheetRow, SyncReport
 from batcher.ledger.store import Ledger
-from batcher.ledger.sync import _INSERT_ROW, _conflict, _content_values, _insert_values
+from batcher.ledger.sync import (
+    _INSERT_ROW,
+    _conflict,
+    _content_values,
+    _insert_values,
+    _new_row_state,
+)
 
 
 class PerRowLedger(Ledger):
@@ -42,11 +48,7 @@ class PerRowLedger(Ledger):
             for row in sheet_rows:
                 old = existing.get(row.row_key)
                 if old is None:
-                    state = "pending" if row.valid else "invalid"
-                    if row.valid and row.reference and row.reference in done_elsewhere:
-                        state = "skipped"
-                        counts["skipped_elsewhere"] += 1
-                    counts["new"] += 1
+                    state = _new_row_state(row, done_elsewhere, counts)
                     self._insert_row(db, batch, row, state, now)
                     self._event(batch, "row_added", row_key=row.row_key, state=state)
                     continue

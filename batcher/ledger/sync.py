@@ -117,11 +117,7 @@ class LedgerSync(LedgerConnection):
         for row in sheet_rows:
             old = existing.get(row.row_key)
             if old is None:
-                state = "pending" if row.valid else "invalid"
-                if row.valid and row.reference and row.reference in done_elsewhere:
-                    state = "skipped"
-                    counts["skipped_elsewhere"] += 1
-                counts["new"] += 1
+                state = _new_row_state(row, done_elsewhere, counts)
                 writes.add(_INSERT_ROW, *_insert_values(batch, row, state, writes.now))
                 writes.event("row_added", row.row_key, state=state)
             elif row.valid and row.reference in done_elsewhere and old.state in REPLANNABLE_STATES:
@@ -191,6 +187,18 @@ class LedgerSync(LedgerConnection):
             for key in keys:
                 self._release_for_retry(db, batch, key, reason="retryable failure")
         return len(keys)
+
+
+def _new_row_state(row: SheetRow, done_elsewhere: set[str], counts: dict[str, int]) -> str:
+    """A row new to the ledger: pending, invalid, or skipped when its reference was
+    ordered by another batch; counted."""
+    counts["new"] += 1
+    if not row.valid:
+        return "invalid"
+    if row.reference and row.reference in done_elsewhere:
+        counts["skipped_elsewhere"] += 1
+        return "skipped"
+    return "pending"
 
 
 def _insert_values(batch: str, row: SheetRow, state: str, now: str) -> tuple[Any, ...]:
