@@ -394,3 +394,15 @@ def test_held_rows_are_released_only_by_name_and_never_by_retry_failed(ledger: L
     assert after["k2"].state == "held"
     assert ledger.release_held("b", None, keep=HELD_ELSEWHERE) == [2]  # all: not k4
     assert ledger.rows_by_key("b", ["k4"])["k4"].state == "held"
+
+
+def test_polls_are_counted_with_the_chunks_next_transition(ledger: Ledger) -> None:
+    ledger.sync_rows("b", [sheet_row("k1", 2)], retry_failed=False)
+    plan_one(ledger, "c1", ["k1"])
+    ledger.mark_sending("b", "c1")
+    ledger.mark_accepted("b", "c1", "req-1")
+    ledger.count_poll("c1")
+    ledger.count_poll("c1")
+    assert ledger.chunk("c1").poll_count == 0  # no commit of its own
+    ledger.settle_chunk("b", "c1", "succeeded", [RowOutcome(row_key="k1", state="succeeded")])
+    assert ledger.chunk("c1").poll_count == 2

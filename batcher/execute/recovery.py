@@ -98,6 +98,8 @@ def match_orders(
         and o.order_id not in claimed
         and o.status.lower() not in _DEAD_STATUSES
     ]
+    if not live:
+        return Recovery()  # nothing to match: no need to group the rows
     # Payouts list neither product nor name: compare what the provider does list.
     with_name = any(o.recipient_name for o in live)
     with_product = any(o.product_code for o in live)
@@ -301,6 +303,8 @@ def before_planning(
     """What `execute/run.py` runs between syncing the sheet and planning: recovery from
     the provider for a batch new to the ledger, then holds for rows that look like edits."""
     recover_from_provider(runner, lookback=lookback, sleep=sleep)
+    if not runner.ledger.has_new_unreferenced_rows(runner.batch):
+        return  # no row can be an edit: no need to read the whole batch
     held = possible_edits(runner.ledger.rows(runner.batch, in_sheet_only=False))
     if held:
         runner.ledger.hold_rows(runner.batch, held)

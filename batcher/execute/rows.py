@@ -7,50 +7,76 @@ in the report, exactly once.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from batcher.execute.plan import RowFields, invalid_row_keys, row_keys
 from batcher.intake.read import CANONICAL_FIELDS, SOURCE_ROW
 from batcher.intake.validate import ValidationResult
 from batcher.ledger.store import SheetRow
 
+if TYPE_CHECKING:
+    import polars as pl
+
 
 def _text(value: object) -> str:
     return "" if value is None else str(value)
 
 
+def _text_columns(frame: pl.DataFrame, names: Sequence[str]) -> list[list[str]]:
+    """Each named column as text, a list per column ('' for an empty cell or a column the
+    frame lacks): one conversion per column instead of a dict per row."""
+    import polars as pl
+
+    return [
+        frame.get_column(name).cast(pl.String).fill_null("").to_list()
+        if name in frame.columns
+        else [""] * frame.height
+        for name in names
+    ]
+
+
 def sheet_rows_from_validation(result: ValidationResult) -> list[SheetRow]:
     passthrough = list(result.sheet.passthrough)
-    valid = result.valid.to_dicts()
+    valid = result.valid
+    canonical = _text_columns(valid, CANONICAL_FIELDS)
+    extra = _text_columns(valid, passthrough)
+    (costs,) = _text_columns(valid, ["cost"])
+    sources = valid.get_column(SOURCE_ROW).to_list()
+    records = [
+        dict(zip(CANONICAL_FIELDS, values, strict=True)) for values in zip(*canonical, strict=True)
+    ]
     fields = [
         RowFields(
-            recipient_email=_text(r["recipient_email"]),
-            product_code=_text(r["product_code"]),
+            recipient_email=r["recipient_email"],
+            product_code=r["product_code"],
             amount=Decimal(r["amount"]),
-            currency=_text(r["currency"]),
-            recipient_name=_text(r["recipient_name"]),
-            message=_text(r["message"]),
-            country=_text(r["country"]),
-            payment_currency=_text(r.get("payment_currency")),
+            currency=r["currency"],
+            recipient_name=r["recipient_name"],
+            message=r["message"],
+            country=r["country"],
+            payment_currency=r["payment_currency"],
         )
-        for r in valid
+        for r in records
     ]
-    keys = row_keys(
-        [(_text(r["reference"]) or None, f) for r, f in zip(valid, fields, strict=True)]
-    )
+    keys = row_keys([(r["reference"] or None, f) for r, f in zip(records, fields, strict=True)])
+    others = list(zip(*extra, strict=True)) if extra else [()] * valid.height
     rows: list[SheetRow] = []
-    for record, row_fields, key in zip(valid, fields, keys, strict=True):
+    for record, row_fields, key, source, cost, other in zip(
+        records, fields, keys, sources, costs, others, strict=True
+    ):
         rows.append(
             SheetRow(
                 row_key=key,
-                source_row=int(record[SOURCE_ROW]),
-                reference=_text(record["reference"]) or None,
+                source_row=int(source),
+                reference=record["reference"] or None,
                 content_hash=row_fields.content_hash(),
-                fields={name: _text(record.get(name)) for name in CANONICAL_FIELDS},
-                passthrough={h: _text(record.get(h)) for h in passthrough},
+                fields=record,
+                passthrough=dict(zip(passthrough, other, strict=True)),
                 currency=row_fields.currency,
                 face_value=row_fields.amount,
-                est_cost=Decimal(record["cost"]) if record.get("cost") else None,
+                est_cost=Decimal(cost) if cost else None,
                 valid=True,
             )
         )

@@ -32,12 +32,21 @@ from batcher.execute.funds import FundsCheck, Need, check_funds, left_out_messag
 from batcher.execute.recovery import DEFAULT_LOOKBACK_DAYS, before_planning
 from batcher.execute.rows import sheet_rows_from_validation
 from batcher.execute.runner import PlanSummary, RunListener, Runner, RunOptions, RunStats
+from batcher.execute.unchanged import (
+    KeptReport,
+    finish_kept,
+    sent_nothing,
+    sheet_already_synced,
+    sheet_fingerprint,
+    stamp_report,
+    unchanged_report,
+)
 from batcher.execute.webhook_feed import open_feed
 from batcher.intake.read import Sheet
 from batcher.intake.validate import ValidationResult
 from batcher.ledger.location import LedgerLocation
 from batcher.ledger.lock import batch_lock
-from batcher.ledger.store import Ledger, RowRecord, SheetRow, count_states
+from batcher.ledger.store import Ledger, RowRecord, count_states
 from batcher.providers import connect
 from batcher.providers.base import Provider, ProviderOptions
 from batcher.reporting.outputs import (
@@ -175,7 +184,6 @@ def run_batch(
             return BatchResult(
                 ExitCode.USAGE, summary, out_dir, "validation failed; nothing was sent"
             )
-        sheet_rows = sheet_rows_from_validation(result)
         options.state_dir.mkdir(parents=True, exist_ok=True)
         with batch_lock(options.state_dir, batch, options.ledger_location):
             ledger = Ledger.open(options.state_dir, options.ledger_location)
@@ -189,7 +197,7 @@ def run_batch(
                     account_id = known["account_id"]
                 return _run_locked(
                     ledger, provider, settings, options, ui, stop, account_id,
-                    sheet_rows, sheet, balances, started_at, quotes,
+                    result, sheet, balances, started_at, quotes,
                 )  # fmt: skip
             finally:
                 ledger.close()
@@ -205,13 +213,18 @@ def _run_locked(
     ui: RunUI,
     stop: threading.Event,
     account_id: str,
-    sheet_rows: list[SheetRow],
+    result: ValidationResult,
     sheet: Any,
     balances: dict[str, Balance],
     started_at: str,
     quotes: tuple[FxQuote, ...] = (),
 ) -> BatchResult:
     batch = options.batch_name
+    synced = sheet_already_synced(
+        ledger, batch, options.report_dir, sheet_fingerprint(sheet, options.reading),
+        all_valid=not result.invalid_rows,
+    )  # fmt: skip
+    sheet_rows = None if synced else sheet_rows_from_validation(result)
     record_batch(
         ledger, settings, options, account_id, sheet, allow_same_sheet=options.allow_same_sheet
     )
@@ -259,6 +272,13 @@ def _run_locked(
         stats = runner.stats
     if feed is not None:
         feed.report_orphans(ui.listener.message)
+    kept = (
+        unchanged_report(ledger, batch, options.report_dir) if sent_nothing(plan, stats) else None
+    )
+    if kept is not None:
+        return _finish(ledger, run_id, settings, options, account_id, sheet, started_at,
+                       stats, plan, ExitCode.OK, "", provider=provider,
+                       balances_before=balances, listener=ui.listener, kept=kept)  # fmt: skip
     ledger_rows = ledger.rows(batch, in_sheet_only=False)
     in_sheet = [r for r in ledger_rows if r.in_sheet]
     code = exit_code_for(in_sheet, stats)
@@ -398,13 +418,15 @@ def _finish(
     balances_before: dict[str, Balance] | None = None,
     listener: RunListener | None = None,
     ledger_rows: list[RowRecord] | None = None,
+    kept: KeptReport | None = None,
 ) -> BatchResult:
     """Write the summary, rows.csv and the report. `ledger_rows` is every row of the
     batch as the ledger holds it now (read here when not given): 20,000 rows take
-    a few hundred milliseconds to read, so they are read once for all three."""
+    a few hundred milliseconds to read, so they are read once for all three.
+    `kept` (`unchanged_report`): nothing changed, keep the last report."""
     batch = options.batch_name
     if ledger_rows is None:
-        ledger_rows = ledger.rows(batch, in_sheet_only=False)
+        ledger_rows = [] if kept is not None else ledger.rows(batch, in_sheet_only=False)
     ledger_rows = explain_skips(ledger, batch, ledger_rows)
     rows = [r for r in ledger_rows if r.in_sheet]
     # An interrupted run ends quickly: one balance read, no listings; `batcher report`
@@ -436,6 +458,9 @@ def _finish(
     summary["balances_before"] = _balances_json(balances_before)
     summary["balances_after"] = _balances_json(balances_after)
     out_dir = options.report_dir / batch
+    if kept is not None:
+        finish_kept(ledger, summary, kept, out_dir, listener)
+        return BatchResult(code, summary, out_dir, message)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "summary.json", summary)
     write_rows_csv(out_dir / "rows.csv", rows)
@@ -445,6 +470,7 @@ def _finish(
             f"interrupted: a quick report from the ledger and balances; full reconciliation "
             f"skipped, run `batcher report {batch}` for it"
         )
+    stamp = ledger.change_stamp(batch)  # the ledger as this report reads it
     report = _write_report(
         ledger, batch, provider, options, sheet, listener, ledger_rows, quick=interrupted
     )
@@ -456,6 +482,8 @@ def _finish(
             "workbook": str(report.workbook),
         }
         write_json(out_dir / "summary.json", summary)
+        if stamp is not None:
+            stamp_report(out_dir, stamp, summary, sheet_fingerprint(sheet, options.reading))
         if report.archive is not None and (report.archive / "summary.json").exists():
             write_json(report.archive / "summary.json", summary)
     return BatchResult(code, summary, out_dir, message)

@@ -197,12 +197,15 @@ class Runner:
         self._poll_due: dict[str, float] = {}
         self.events = events
         self._request_of: dict[str, str] = {}  # accepted chunk key -> order request id
+        # Items of the chunks this run planned: a row's content cannot change while the
+        # run holds the batch lock, so sends and polls need not read the rows again.
+        self._planned_items: dict[str, list[OrderItem]] = {}
 
     # ------------------------------------------------------------------ planning
 
     def prepare(
         self,
-        sheet_rows: Sequence[SheetRow],
+        sheet_rows: Sequence[SheetRow] | None,
         hold: Callable[[Sequence[RowRecord]], Collection[str]] | None = None,
         recovery: Callable[[Runner], object] | None = None,
     ) -> PlanSummary:
@@ -219,7 +222,8 @@ class Runner:
             self.listener.message(
                 f"{recovered} chunk(s) were in flight when a run died; resolving first"
             )
-        self.ledger.sync_rows(self.batch, sheet_rows, retry_failed=self.options.retry_failed)
+        if sheet_rows is not None:  # None: the sheet the ledger already holds, unchanged
+            self.ledger.sync_rows(self.batch, sheet_rows, retry_failed=self.options.retry_failed)
         self.ledger.release_retryable(self.batch)
         # Planned chunks that still hold exactly their rows keep their composition and
         # key; only rows not planned before form new chunks.
@@ -236,12 +240,12 @@ class Runner:
                 f"{len(held)} row(s) held: their reference is planned, in flight or ordered "
                 "in another batch of this account"
             )
-        pending = self.ledger.rows(self.batch, state="planned")
+        pending = self.ledger.amounts(self.batch, "planned")
         cost: dict[str, Decimal] = {}
         face: dict[str, Decimal] = {}
-        for r in pending:
-            face[r.currency] = face.get(r.currency, Decimal(0)) + r.face_value
-            cost[r.currency] = cost.get(r.currency, Decimal(0)) + (r.est_cost or r.face_value)
+        for currency, face_value, est_cost in pending:
+            face[currency] = face.get(currency, Decimal(0)) + face_value
+            cost[currency] = cost.get(currency, Decimal(0)) + (est_cost or face_value)
         by_state = self.ledger.count_by_state(self.batch)
         return PlanSummary(
             rows_total=sum(by_state.values()),
@@ -309,6 +313,7 @@ class Runner:
         records = []
         for chunk in planned:
             items = [order_item(by_key[k]) for k in chunk.row_keys]
+            self._planned_items[chunk.key] = items
             payload = self.provider.encode(chunk.key, items)
             records.append((chunk.key, chunk.currency, chunk.attempt, chunk.row_keys, payload))
         held = self.ledger.save_plan(self.batch, records)
@@ -428,6 +433,9 @@ class Runner:
     # ------------------------------------------------------------------ sending
 
     def _items(self, chunk: ChunkRecord) -> list[OrderItem]:
+        planned = self._planned_items.get(chunk.chunk_key)
+        if planned is not None and [i.row_key for i in planned] == chunk.row_keys:
+            return planned  # planned by this run from the rows as the ledger holds them
         rows = self.ledger.rows_by_key(self.batch, chunk.row_keys)
         return [order_item(rows[k]) for k in chunk.row_keys]
 

@@ -99,6 +99,17 @@ def connect(
     return db
 
 
+def plain_rows(db: Database, sql: str, parameters: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
+    """A query's rows as plain tuples: on SQLite without building a `sqlite3.Row` for
+    each (a sync reads 100,000 of them on every run)."""
+    if isinstance(db, sqlite3.Connection):
+        cursor = db.cursor()
+        cursor.row_factory = None
+        yield from cursor.execute(sql, parameters)
+    else:
+        yield from (tuple(r) for r in db.execute(sql, parameters))
+
+
 def is_database_error(exc: BaseException) -> bool:
     """A failure of the ledger's database itself (either backend), not of batcher."""
     if isinstance(exc, sqlite3.DatabaseError):

@@ -124,11 +124,13 @@ class LedgerPlanning(LedgerConnection):
     def clear_reference_holds(self, batch: str) -> None:
         """Rows held because another batch had their reference: ask again this run."""
         with self._tx() as db:
-            db.execute(
+            cleared = db.execute(
                 "UPDATE rows SET state = 'pending', error_code = NULL, error_message = NULL,"
                 " failure_kind = NULL WHERE batch = ? AND state = 'held' AND error_code = ?",
                 (batch, HELD_ELSEWHERE),
-            )
+            ).rowcount
+            if cleared:  # every change to a row leaves an event (see `change_stamp`)
+                self._event(batch, "holds_cleared", count=cleared)
 
     def references_taken_elsewhere(self, batch: str, row_keys: Sequence[str]) -> set[str]:
         """Row keys of `batch` whose reference another batch of the account holds."""

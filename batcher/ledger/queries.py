@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Sequence
+from decimal import Decimal
 from typing import Any
 
 from batcher.core.states import ROW_STATES
@@ -22,6 +24,29 @@ class LedgerQueries(LedgerConnection):
         info["sheet_headers"] = json.loads(info["sheet_headers"])
         info["sheet_columns"] = json.loads(info["sheet_columns"])
         return info
+
+    def change_stamp(self, batch: str) -> str | None:
+        """What the batch's rows, chunks and sheet look like, in a few characters: equal
+        stamps mean nothing a report shows has changed in between. None: no such batch.
+
+        Every write to a batch's rows or chunks appends an event, so the last event id
+        (runs starting and finishing aside: they change no row) stands for them; the
+        batch's own record (created_at tells a replaced ledger apart) covers the rest.
+        """
+        info = self._db.execute(
+            "SELECT created_at, source_sha256, sheet_headers, sheet_columns FROM batches"
+            " WHERE batch = ?",
+            (batch,),
+        ).fetchone()
+        if info is None:
+            return None
+        last = self._db.execute(
+            "SELECT MAX(id) FROM events WHERE batch = ?"
+            " AND kind NOT IN ('run_started', 'run_finished')",
+            (batch,),
+        ).fetchone()[0]
+        text = json.dumps([last, *info], ensure_ascii=False)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
     def run_summary(self, run_id: str) -> dict[str, Any] | None:
         row = self._db.execute("SELECT summary FROM runs WHERE run_id = ?", (run_id,)).fetchone()
@@ -64,6 +89,30 @@ class LedgerQueries(LedgerConnection):
             sql += " AND state = ?"
             args.append(state)
         return [RowRecord.from_sql(r) for r in self._db.execute(sql + " ORDER BY source_row", args)]
+
+    def amounts(self, batch: str, state: str) -> list[tuple[str, Decimal, Decimal | None]]:
+        """(currency, face value, estimated cost) of the batch's rows in `state` in the
+        sheet: the plan's totals without decoding every row."""
+        return [
+            (r[0], Decimal(r[1]), None if r[2] is None else Decimal(r[2]))
+            for r in self._db.execute(
+                "SELECT currency, face_value, est_cost FROM rows"
+                " WHERE batch = ? AND state = ? AND in_sheet = 1",
+                (batch, state),
+            )
+        ]
+
+    def has_new_unreferenced_rows(self, batch: str) -> bool:
+        """Whether a pending first-attempt row without a reference is in the sheet: only
+        such a row can be an edit of an ordered row (execute/recovery.py)."""
+        return (
+            self._db.execute(
+                "SELECT 1 FROM rows WHERE batch = ? AND state = 'pending' AND in_sheet = 1"
+                " AND attempt = 1 AND reference IS NULL LIMIT 1",
+                (batch,),
+            ).fetchone()
+            is not None
+        )
 
     def rows_by_key(self, batch: str, keys: Iterable[str]) -> dict[str, RowRecord]:
         wanted = list(keys)

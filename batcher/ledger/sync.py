@@ -1,15 +1,85 @@
-"""Sheet sync: the ledger follows the current sheet without losing any row's history."""
+"""Sheet sync: the ledger follows the current sheet without losing any row's history.
+
+The sheet is compared with the ledger in memory (one read of the batch's keys and
+content hashes) and only what differs is written, a statement per kind of change
+(`executemany`): a rerun of an unchanged 100,000-row sheet writes nothing.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 from batcher.core.clock import utc_now
 from batcher.core.states import IN_FLIGHT_STATES, REPLANNABLE_STATES
-from batcher.ledger.backend import Database, Row
-from batcher.ledger.connection import LedgerConnection, in_slices
+from batcher.ledger.backend import Database, plain_rows
+from batcher.ledger.connection import INSERT_EVENT, LedgerConnection, in_slices
 from batcher.ledger.records import SheetRow, SyncReport
+
+_INSERT_ROW = (
+    "INSERT INTO rows(batch, row_key, source_row, in_sheet, reference, content_hash,"
+    " fields, passthrough, currency, face_value, est_cost, state, error_code,"
+    " error_message, failure_kind, created_at, updated_at)"
+    " VALUES (?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_PLACE = "source_row = ?, in_sheet = 1, passthrough = ?, updated_at = ?"
+_TOUCH = f"UPDATE rows SET {_PLACE} WHERE batch = ? AND row_key = ?"
+_SKIP_ELSEWHERE = (
+    "UPDATE rows SET state = 'skipped', in_sheet = 1, source_row = ?,"
+    " chunk_key = NULL, error_code = 'ordered_in_another_batch',"
+    " error_message = ?, updated_at = ? WHERE batch = ? AND row_key = ?"
+)
+_CONFLICT = f"UPDATE rows SET {_PLACE}, conflict = ? WHERE batch = ? AND row_key = ?"
+_TAKE_CONTENT = (
+    f"UPDATE rows SET {_PLACE}, content_hash = ?, fields = ?, currency = ?,"
+    " face_value = ?, est_cost = ?, state = ?, attempt = ?, retry_group = '',"
+    " failure_kind = ?, error_code = ?, error_message = ?, chunk_key = NULL,"
+    " conflict = NULL WHERE batch = ? AND row_key = ?"
+)
+_VALID_AGAIN = (
+    "UPDATE rows SET state = 'pending', updated_at = ?, error_code = NULL,"
+    " error_message = NULL, failure_kind = NULL WHERE batch = ? AND row_key = ?"
+)
+_RELEASE = (
+    "UPDATE rows SET state = 'pending', attempt = attempt + 1,"
+    " retry_group = COALESCE(chunk_key, ''), chunk_key = NULL,"
+    " updated_at = ? WHERE batch = ? AND row_key = ?"
+)
+_LEFT_SHEET = "UPDATE rows SET in_sheet = 0 WHERE batch = ? AND row_key = ?"
+
+
+#: json.dumps(..., ensure_ascii=False) with one encoder, not a new one per row
+_json = json.JSONEncoder(ensure_ascii=False).encode
+
+
+class _Known(NamedTuple):
+    """What the sync needs of a row the ledger already holds."""
+
+    content_hash: str
+    state: str
+    failure_kind: str | None
+    attempt: int
+    in_sheet: int
+    source_row: int
+    passthrough: str  # as stored: JSON text
+
+
+@dataclass
+class _SyncWrites:
+    """What one sync writes, gathered first and then written a statement at a time."""
+
+    batch: str
+    now: str
+    statements: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
+    events: list[tuple[str, str | None, dict[str, Any]]] = field(default_factory=list)
+
+    def add(self, sql: str, *values: Any) -> None:
+        self.statements.setdefault(sql, []).append(values)
+
+    def event(self, kind: str, row_key: str | None, **detail: Any) -> None:
+        self.events.append((kind, row_key, detail))
 
 
 class LedgerSync(LedgerConnection):
@@ -25,63 +95,63 @@ class LedgerSync(LedgerConnection):
         - a changed row that had not been sent is updated; one that failed is
           released for a new attempt; one that succeeded is flagged as a conflict
           and never ordered again;
-        - rows no longer in the sheet stay in the ledger with in_sheet = 0.
+        - rows no longer in the sheet stay in the ledger with in_sheet = 0;
+        - a row whose content, place and other columns are unchanged is not written.
         """
-        now = utc_now()
-        counts = dict.fromkeys(
-            ("new", "unchanged", "changed", "conflicts", "skipped_elsewhere", "gone"), 0
-        )
+        counts = dict.fromkeys(("new", "unchanged", "changed", "conflicts", "skipped_elsewhere"), 0)
         existing = {
-            r["row_key"]: r
-            for r in self._db.execute(
-                "SELECT row_key, content_hash, state, failure_kind, attempt, in_sheet, source_row"
-                " FROM rows WHERE batch = ?",
+            r[0]: _Known._make(r[1:])
+            for r in plain_rows(
+                self._db,
+                "SELECT row_key, content_hash, state, failure_kind, attempt, in_sheet,"
+                " source_row, passthrough FROM rows WHERE batch = ?",
                 (batch,),
             )
         }
         done_elsewhere = self._references_succeeded_elsewhere(
             batch, [r.reference for r in sheet_rows if r.reference]
         )
+        writes = _SyncWrites(batch, utc_now())
+        moved = 0
+        for row in sheet_rows:
+            old = existing.get(row.row_key)
+            if old is None:
+                state = _new_row_state(row, done_elsewhere, counts)
+                writes.add(_INSERT_ROW, *_insert_values(batch, row, state, writes.now))
+                writes.event("row_added", row.row_key, state=state)
+            elif row.valid and row.reference in done_elsewhere and old.state in REPLANNABLE_STATES:
+                # Ordered under another batch since (e.g. fed back via failed_rows.csv):
+                # retrying it here would order it twice.
+                counts["skipped_elsewhere"] += 1
+                writes.add(
+                    _SKIP_ELSEWHERE,
+                    row.source_row,
+                    "this reference was ordered by another batch",
+                    writes.now,
+                    batch,
+                    row.row_key,
+                )
+                writes.event("row_skipped_elsewhere", row.row_key)
+            else:
+                moved += _sync_existing(writes, row, old, retry_failed, counts)
+        in_sheet = {r.row_key for r in sheet_rows}
+        left = [k for k, r in existing.items() if r.in_sheet and k not in in_sheet]
+        for key in left:
+            writes.add(_LEFT_SHEET, batch, key)
+        if moved or left:
+            # Not a state change, but the report shows it: record that the sheet moved.
+            writes.event("rows_resynced", None, moved=moved, left_sheet=len(left))
         with self._tx() as db:
-            db.execute("UPDATE rows SET in_sheet = 0 WHERE batch = ?", (batch,))
-            for row in sheet_rows:
-                old = existing.get(row.row_key)
-                if old is None:
-                    state = "pending" if row.valid else "invalid"
-                    if row.valid and row.reference and row.reference in done_elsewhere:
-                        state = "skipped"
-                        counts["skipped_elsewhere"] += 1
-                    counts["new"] += 1
-                    self._insert_row(db, batch, row, state, now)
-                    self._event(batch, "row_added", row_key=row.row_key, state=state)
-                    continue
-                if (
-                    row.valid
-                    and row.reference in done_elsewhere
-                    and old["state"] in REPLANNABLE_STATES
-                ):
-                    # Ordered under another batch since (e.g. fed back via failed_rows.csv):
-                    # retrying it here would order it twice.
-                    counts["skipped_elsewhere"] += 1
-                    db.execute(
-                        "UPDATE rows SET state = 'skipped', in_sheet = 1, source_row = ?,"
-                        " chunk_key = NULL, error_code = 'ordered_in_another_batch',"
-                        " error_message = ?, updated_at = ? WHERE batch = ? AND row_key = ?",
-                        (
-                            row.source_row,
-                            "this reference was ordered by another batch",
-                            now,
-                            batch,
-                            row.row_key,
-                        ),
-                    )
-                    self._event(batch, "row_skipped_elsewhere", row_key=row.row_key)
-                    continue
-                self._sync_existing(db, batch, row, old, retry_failed, counts, now)
-            counts["gone"] = db.execute(
+            for sql, values in writes.statements.items():
+                db.executemany(sql, values)
+            db.executemany(
+                INSERT_EVENT,
+                [self._event_values(batch, kind, None, key, d) for kind, key, d in writes.events],
+            )
+            gone = db.execute(
                 "SELECT COUNT(*) FROM rows WHERE batch = ? AND in_sheet = 0", (batch,)
             ).fetchone()[0]
-        return SyncReport(**counts)
+        return SyncReport(**counts, gone=gone)
 
     def _references_succeeded_elsewhere(self, batch: str, references: list[str]) -> set[str]:
         found: set[str] = set()
@@ -96,116 +166,8 @@ class LedgerSync(LedgerConnection):
             )
         return found
 
-    def _insert_row(self, db: Database, batch: str, row: SheetRow, state: str, now: str) -> None:
-        db.execute(
-            "INSERT INTO rows(batch, row_key, source_row, in_sheet, reference, content_hash,"
-            " fields, passthrough, currency, face_value, est_cost, state, error_code,"
-            " error_message, failure_kind, created_at, updated_at)"
-            " VALUES (?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                batch,
-                row.row_key,
-                row.source_row,
-                row.reference,
-                row.content_hash,
-                json.dumps(row.fields, ensure_ascii=False),
-                json.dumps(row.passthrough, ensure_ascii=False),
-                row.currency,
-                str(row.face_value),
-                None if row.est_cost is None else str(row.est_cost),
-                state,
-                row.error_code or None,
-                row.error_message or None,
-                "permanent" if state == "invalid" else None,
-                now,
-                now,
-            ),
-        )
-
-    def _sync_existing(
-        self,
-        db: Database,
-        batch: str,
-        row: SheetRow,
-        old: Row,
-        retry_failed: bool,
-        counts: dict[str, int],
-        now: str,
-    ) -> None:
-        key = row.row_key
-        state = old["state"]
-        changed = old["content_hash"] != row.content_hash
-        common = (
-            "source_row = ?, in_sheet = 1, passthrough = ?, updated_at = ?",
-            [row.source_row, json.dumps(row.passthrough, ensure_ascii=False), now],
-        )
-        if not changed:
-            counts["unchanged"] += 1
-            db.execute(
-                f"UPDATE rows SET {common[0]} WHERE batch = ? AND row_key = ?",
-                (*common[1], batch, key),
-            )
-            if state == "invalid" and row.valid:
-                # The same content is valid now (the catalog changed): give it a chance.
-                self._set_row_state(db, batch, key, "pending", clear_error=True)
-            elif state == "failed" and old["failure_kind"] == "permanent" and retry_failed:
-                self._release_for_retry(db, batch, key, reason="--retry-failed")
-            return
-        counts["changed"] += 1
-        conflict = _conflict(state)
-        if conflict is not None:
-            counts["conflicts"] += 1
-            db.execute(
-                f"UPDATE rows SET {common[0]}, conflict = ? WHERE batch = ? AND row_key = ?",
-                (*common[1], conflict, batch, key),
-            )
-            self._event(batch, "row_conflict", row_key=key, new_content_hash=row.content_hash)
-            return
-        # pending, planned, failed or invalid: take the new content.
-        new_state = "pending" if row.valid else "invalid"
-        attempt = old["attempt"] + 1 if state in ("failed", "held") else old["attempt"]
-        db.execute(
-            f"UPDATE rows SET {common[0]}, content_hash = ?, fields = ?, currency = ?,"
-            " face_value = ?, est_cost = ?, state = ?, attempt = ?, retry_group = '',"
-            " failure_kind = ?, error_code = ?, error_message = ?, chunk_key = NULL,"
-            " conflict = NULL WHERE batch = ? AND row_key = ?",
-            (
-                *common[1],
-                row.content_hash,
-                json.dumps(row.fields, ensure_ascii=False),
-                row.currency,
-                str(row.face_value),
-                None if row.est_cost is None else str(row.est_cost),
-                new_state,
-                attempt,
-                "permanent" if new_state == "invalid" else None,
-                row.error_code or None,
-                row.error_message or None,
-                batch,
-                key,
-            ),
-        )
-        self._event(batch, "row_changed", row_key=key, state=new_state, attempt=attempt)
-
-    def _set_row_state(
-        self, db: Database, batch: str, row_key: str, state: str, *, clear_error: bool
-    ) -> None:
-        extra = (
-            ", error_code = NULL, error_message = NULL, failure_kind = NULL" if clear_error else ""
-        )
-        db.execute(
-            f"UPDATE rows SET state = ?, updated_at = ?{extra} WHERE batch = ? AND row_key = ?",
-            (state, utc_now(), batch, row_key),
-        )
-        self._event(batch, "row_state", row_key=row_key, state=state)
-
     def _release_for_retry(self, db: Database, batch: str, row_key: str, reason: str) -> None:
-        db.execute(
-            "UPDATE rows SET state = 'pending', attempt = attempt + 1,"
-            " retry_group = COALESCE(chunk_key, ''), chunk_key = NULL,"
-            " updated_at = ? WHERE batch = ? AND row_key = ?",
-            (utc_now(), batch, row_key),
-        )
+        db.execute(_RELEASE, (utc_now(), batch, row_key))
         self._event(batch, "row_released", row_key=row_key, reason=reason)
 
     def release_retryable(self, batch: str) -> int:
@@ -222,6 +184,99 @@ class LedgerSync(LedgerConnection):
             for key in keys:
                 self._release_for_retry(db, batch, key, reason="retryable failure")
         return len(keys)
+
+
+def _new_row_state(row: SheetRow, done_elsewhere: set[str], counts: dict[str, int]) -> str:
+    """A row new to the ledger: pending, invalid, or skipped when its reference was
+    ordered by another batch; counted."""
+    counts["new"] += 1
+    if not row.valid:
+        return "invalid"
+    if row.reference and row.reference in done_elsewhere:
+        counts["skipped_elsewhere"] += 1
+        return "skipped"
+    return "pending"
+
+
+def _insert_values(batch: str, row: SheetRow, state: str, now: str) -> tuple[Any, ...]:
+    return (
+        batch,
+        row.row_key,
+        row.source_row,
+        row.reference,
+        row.content_hash,
+        _json(row.fields),
+        _json(row.passthrough),
+        row.currency,
+        str(row.face_value),
+        None if row.est_cost is None else str(row.est_cost),
+        state,
+        row.error_code or None,
+        row.error_message or None,
+        "permanent" if state == "invalid" else None,
+        now,
+        now,
+    )
+
+
+def _sync_existing(
+    writes: _SyncWrites,
+    row: SheetRow,
+    old: _Known,
+    retry_failed: bool,
+    counts: dict[str, int],
+) -> int:
+    """Record what a row the ledger knows needs; returns 1 when only its place or
+    other columns changed (nothing else records that), else 0."""
+    batch, key, now, state = writes.batch, row.row_key, writes.now, old.state
+    passthrough = _json(row.passthrough)
+    place = (row.source_row, passthrough, now)
+    if old.content_hash == row.content_hash:
+        counts["unchanged"] += 1
+        if state == "invalid" and row.valid:
+            # The same content is valid now (the catalog changed): give it a chance.
+            writes.add(_VALID_AGAIN, now, batch, key)
+            writes.event("row_state", key, state="pending")
+        elif state == "failed" and old.failure_kind == "permanent" and retry_failed:
+            writes.add(_RELEASE, now, batch, key)
+            writes.event("row_released", key, reason="--retry-failed")
+        if (old.source_row, old.passthrough, old.in_sheet) == (
+            row.source_row,
+            passthrough,
+            1,
+        ):
+            return 0
+        writes.add(_TOUCH, *place, batch, key)
+        return 1
+    counts["changed"] += 1
+    conflict = _conflict(state)
+    if conflict is not None:
+        counts["conflicts"] += 1
+        writes.add(_CONFLICT, *place, conflict, batch, key)
+        writes.event("row_conflict", key, new_content_hash=row.content_hash)
+        return 0
+    # pending, planned, failed or invalid: take the new content.
+    new_state = "pending" if row.valid else "invalid"
+    attempt = old.attempt + 1 if state in ("failed", "held") else old.attempt
+    writes.add(_TAKE_CONTENT, *place, *_content_values(row, new_state, attempt), batch, key)
+    writes.event("row_changed", key, state=new_state, attempt=attempt)
+    return 0
+
+
+def _content_values(row: SheetRow, state: str, attempt: int) -> tuple[Any, ...]:
+    """The values of `_TAKE_CONTENT` after the row's place: the sheet's new content."""
+    return (
+        row.content_hash,
+        _json(row.fields),
+        row.currency,
+        str(row.face_value),
+        None if row.est_cost is None else str(row.est_cost),
+        state,
+        attempt,
+        "permanent" if state == "invalid" else None,
+        row.error_code or None,
+        row.error_message or None,
+    )
 
 
 def _conflict(state: str) -> str | None:

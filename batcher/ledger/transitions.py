@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from batcher.core.clock import utc_now
 from batcher.ledger.backend import Database
 from batcher.ledger.connection import INSERT_EVENT, LedgerConnection
+from batcher.ledger.location import LedgerLocation
 from batcher.ledger.records import RowOutcome
 
 
@@ -18,6 +20,12 @@ class OrderClaimed(RuntimeError):
 
 class LedgerTransitions(LedgerConnection):
     """Moving chunks and their rows through their states."""
+
+    def __init__(self, where: Path | LedgerLocation, *, migrate: bool = False) -> None:
+        super().__init__(where, migrate=migrate)
+        # Polls not yet written, by chunk: a poll count is a statistic, not a state, so
+        # it rides on the chunk's next transition instead of costing a commit of its own.
+        self._polls_to_record: dict[str, int] = {}
 
     def recover_after_crash(self, batch: str) -> int:
         """A chunk left `sending` by a dead run may or may not have reached the provider."""
@@ -44,9 +52,10 @@ class LedgerTransitions(LedgerConnection):
         **columns: Any,
     ) -> None:
         sets = ["state = ?"] + [f"{c} = ?" for c in columns]
+        polls = self._polls_to_record.pop(chunk_key, 0)
         db.execute(
-            f"UPDATE chunks SET {', '.join(sets)} WHERE chunk_key = ?",
-            (state, *columns.values(), chunk_key),
+            f"UPDATE chunks SET {', '.join(sets)}, poll_count = poll_count + ? WHERE chunk_key = ?",
+            (state, *columns.values(), polls, chunk_key),
         )
         if row_state:
             db.execute(
@@ -102,9 +111,7 @@ class LedgerTransitions(LedgerConnection):
             self._event(batch, "chunk_accepted", chunk_key=chunk_key, request_id=request_id)
 
     def count_poll(self, chunk_key: str) -> None:
-        self._db.execute(
-            "UPDATE chunks SET poll_count = poll_count + 1 WHERE chunk_key = ?", (chunk_key,)
-        )
+        self._polls_to_record[chunk_key] = self._polls_to_record.get(chunk_key, 0) + 1
 
     def settle_chunk(
         self,

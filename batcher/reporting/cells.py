@@ -38,6 +38,9 @@ def is_formula_like(text: str) -> bool:
     """Would Excel, LibreOffice or Google Sheets evaluate this text as a formula?"""
     if not text:
         return False
+    first = text[0]
+    if first.isascii() and first.isalnum():
+        return False  # most cells: an ASCII letter or digit is visible and no trigger
     if text.startswith(_LEADING_CONTROLS):
         return True
     return _first_visible(text) in FORMULA_TRIGGERS

@@ -52,11 +52,14 @@ from batcher.reporting.reconcile import (
     span,
 )
 from batcher.reporting.report_model import ReportModel, RunInfo
+from batcher.reporting.report_stamp import ReportStamp, forget_stamp, read_stamp
+from batcher.reporting.verdicts import RECONCILED
 from batcher.reporting.workbook import write_codes, write_workbook
 from batcher.reporting.xlsx_stream import copy_or_link
 
 WORKBOOK_NAME = "reconciliation.xlsx"
 FAILED_ROWS_NAME = "failed_rows.csv"
+ROWS_NAME = "rows.csv"
 CODES_NAME = "codes.xlsx"
 ARCHIVE_DIR = "runs"
 REPORT_ARCHIVE_DIR = "reports"
@@ -110,6 +113,7 @@ def write_batch_report(
     )
     out_dir = report_dir / batch
     out_dir.mkdir(parents=True, exist_ok=True)
+    forget_stamp(out_dir)  # whoever writes the report next vouches for it, or nobody does
     workbook = write_workbook(out_dir / WORKBOOK_NAME, model)
     failed = write_failed_rows(out_dir / FAILED_ROWS_NAME, model)
     codes = None
@@ -120,6 +124,22 @@ def write_batch_report(
     keep = archive_run if archive_as == "run" else archive_report
     archive = keep(out_dir, model)
     return ReportResult(workbook, failed, codes, archive, model.reconciliation)
+
+
+def kept_report(out_dir: Path, ledger_stamp: str | None) -> ReportStamp | None:
+    """The report in `out_dir`, when it still shows the ledger as it is (`ledger_stamp`)
+    and reconciled: a rerun that sent nothing keeps it rather than writing it again.
+
+    Only a RECONCILED report is kept: any other verdict is worth asking again."""
+    stamp = read_stamp(out_dir)
+    if stamp is None or ledger_stamp is None or stamp.ledger_stamp != ledger_stamp:
+        return None
+    if stamp.reconciliation.get("verdict") != RECONCILED:
+        return None
+    files = (WORKBOOK_NAME, FAILED_ROWS_NAME, ROWS_NAME)
+    if not all((out_dir / name).is_file() for name in files):
+        return None
+    return stamp
 
 
 def archive_report(out_dir: Path, model: ReportModel) -> Path:
@@ -145,7 +165,7 @@ def archive_run(out_dir: Path, model: ReportModel) -> Path | None:
     target.mkdir(parents=True, exist_ok=True)
     names = [WORKBOOK_NAME, FAILED_ROWS_NAME]
     if _summary_run_id(out_dir / "summary.json") == run.run_id:
-        names += ["summary.json", "rows.csv"]
+        names += ["summary.json", ROWS_NAME]
     for name in names:
         if (out_dir / name).exists():
             copy_or_link(out_dir / name, target / name)

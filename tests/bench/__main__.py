@@ -24,6 +24,7 @@ SCENARIOS = [
     "e2e_ugiftme",
     "e2e_gifq",
     "report_100k",
+    "rerun_100k",
     "ledger_scaling",
     "e2e_webhooks",
     "chaos_once",
