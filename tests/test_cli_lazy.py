@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 import click
 import pytest
 
 from batcher.cli import _COMMANDS, cli
+from tests.e2e.runkit import cli_env, make_rows, write_sheet
 
 HEAVY = ("polars", "httpx", "openpyxl", "batcher.services", "batcher.cli.validate")
 
@@ -26,6 +29,70 @@ def test_help_lists_every_command_without_importing_one() -> None:
     assert "LOADED []" in result.stdout
     for name in _COMMANDS:
         assert f"\n  {name} " in result.stdout
+
+
+#: what `batcher validate` of a CSV never needs: the workbook writer, the run path,
+#: the XLSX reader, the live display (rich, which httpx's own CLI would pull in)
+NOT_FOR_CSV_VALIDATE = (
+    "openpyxl",
+    "rich",
+    "pygments",
+    "fastexcel",
+    "batcher.execute.run",
+    "batcher.execute.runner",
+    "batcher.reporting.reports",
+    "batcher.reporting.workbook",
+    "batcher.intake.xlsx",
+    "xml.etree",
+)
+
+
+def _modules_after(args: list[str], env: dict[str, str]) -> tuple[int, list[str], str]:
+    """Run `batcher ARGS` in a fresh interpreter; its exit code and the modules it loaded."""
+    script = (
+        "import sys\nfrom batcher.cli import cli\n"
+        f"try:\n    cli({args!r}, prog_name='batcher')\n"
+        "except SystemExit as exc:\n    code = exc.code\n"
+        "print('LOADED', sorted(sys.modules))\nprint('EXIT', code)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120
+    )
+    loaded = next(x for x in result.stdout.splitlines() if x.startswith("LOADED "))
+    code = next(x for x in result.stdout.splitlines() if x.startswith("EXIT "))
+    names: list[str] = eval(loaded.removeprefix("LOADED "))  # a list literal we printed
+    return int(code.removeprefix("EXIT ")), names, result.stderr
+
+
+def test_validate_of_a_csv_loads_neither_the_run_path_nor_openpyxl_nor_rich(
+    ugiftme_sandbox: Any, tmp_path: Path
+) -> None:
+    sheet = write_sheet(tmp_path / "ten.csv", make_rows(10))
+    env = cli_env(ugiftme_sandbox, tmp_path / "state")
+    code, loaded, stderr = _modules_after(
+        ["validate", str(sheet), "--report-dir", str(tmp_path / "reports")], env
+    )
+    assert code == 0, stderr
+    assert (tmp_path / "reports" / "ten" / "validation.csv").exists()
+    assert "polars" in loaded and "httpx" in loaded  # it did read the sheet and ask the API
+    heavy = sorted(
+        m for m in loaded if any(m == n or m.startswith(f"{n}.") for n in NOT_FOR_CSV_VALIDATE)
+    )
+    assert heavy == []
+
+
+def test_the_run_path_still_loads_through_the_front_door() -> None:
+    """The names `batcher.services` re-exports lazily resolve to the real objects."""
+    import batcher.services as services
+    from batcher.execute.run import run_batch
+    from batcher.transport.notify import send_notification
+
+    assert services.run_batch is run_batch
+    assert services.send_notification is send_notification
+    for name in services.__all__:
+        assert getattr(services, name) is not None
+    with pytest.raises(AttributeError):
+        _ = services.no_such_name  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("name", sorted(_COMMANDS))
