@@ -163,6 +163,7 @@ def run_batch(
                 ExitCode.USAGE, summary, out_dir, "validation failed; nothing was sent"
             )
         sheet_rows = sheet_rows_from_validation(result)
+        del check, result  # their frames: the rows carry what the run needs from here
         options.state_dir.mkdir(parents=True, exist_ok=True)
         with BatchLock(options.state_dir, batch):
             ledger = Ledger.open(options.state_dir)
@@ -221,6 +222,7 @@ def _run_locked(
             recovery=lambda r: before_planning(r, lookback=lookback),
         )
     )
+    sheet_rows.clear()  # handed over: the ledger holds them now (memory at a million rows)
     ui.show_plan(plan, balances)
 
     if funds.check is not None:
