@@ -7,7 +7,12 @@ in the report, exactly once.
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
 from decimal import Decimal
+from typing import Any
+
+import polars as pl
 
 from batcher.execute.plan import RowFields, invalid_row_keys, row_keys
 from batcher.intake.read import CANONICAL_FIELDS, SOURCE_ROW
@@ -21,32 +26,26 @@ def _text(value: object) -> str:
 
 def sheet_rows_from_validation(result: ValidationResult) -> list[SheetRow]:
     passthrough = list(result.sheet.passthrough)
-    valid = result.valid.to_dicts()
-    fields = [
-        RowFields(
-            recipient_email=_text(r["recipient_email"]),
-            product_code=_text(r["product_code"]),
-            amount=Decimal(r["amount"]),
-            currency=_text(r["currency"]),
-            recipient_name=_text(r["recipient_name"]),
-            message=_text(r["message"]),
-            country=_text(r["country"]),
-            payment_currency=_text(r.get("payment_currency")),
-        )
-        for r in valid
-    ]
-    keys = row_keys(
-        [(_text(r["reference"]) or None, f) for r, f in zip(valid, fields, strict=True)]
-    )
+    valid = result.valid
+    # Keys first, from the order columns alone: a row's key depends on the rows
+    # before it (its rank among identical rows), so they are made in one pass.
+    order_columns = [c for c in _ORDER_COLUMNS if c in valid.columns]
+    fields = [_row_fields(r) for r in _records(valid.select(order_columns))]
+    references = [_text(r) or None for r in valid["reference"].to_list()]
+    keys = row_keys(list(zip(references, fields, strict=True)))
+    del references
     rows: list[SheetRow] = []
-    for record, row_fields, key in zip(valid, fields, keys, strict=True):
+    # Then the rows, a slice of the frame at a time: a dict per cell row for all of
+    # them at once would cost about a kilobyte a row (a gigabyte at a million rows).
+    for index, record in enumerate(_records(valid)):
+        row_fields, key = fields[index], keys[index]
         rows.append(
             SheetRow(
                 row_key=key,
                 source_row=int(record[SOURCE_ROW]),
                 reference=_text(record["reference"]) or None,
                 content_hash=row_fields.content_hash(),
-                fields={name: _text(record.get(name)) for name in CANONICAL_FIELDS},
+                fields={name: _cell(name, record.get(name)) for name in CANONICAL_FIELDS},
                 passthrough={h: _text(record.get(h)) for h in passthrough},
                 currency=row_fields.currency,
                 face_value=row_fields.amount,
@@ -54,9 +53,43 @@ def sheet_rows_from_validation(result: ValidationResult) -> list[SheetRow]:
                 valid=True,
             )
         )
+    del fields, keys
     rows.extend(_invalid_rows(result, passthrough))
     rows.sort(key=lambda r: r.source_row)
     return rows
+
+
+_ORDER_COLUMNS = (
+    "recipient_email", "product_code", "amount", "currency", "recipient_name", "message",
+    "country", "payment_currency",
+)  # fmt: skip
+_SLICE_ROWS = 20_000
+#: cells most rows share: one string object for all of them
+_SHARED_CELLS = frozenset({"product_code", "currency", "country", "payment_currency", "message"})
+
+
+def _records(frame: pl.DataFrame) -> Iterator[dict[str, Any]]:
+    """The frame's rows as dicts, made a slice at a time."""
+    for part in frame.iter_slices(_SLICE_ROWS):
+        yield from part.to_dicts()
+
+
+def _row_fields(record: dict[str, Any]) -> RowFields:
+    return RowFields(
+        recipient_email=_text(record["recipient_email"]),
+        product_code=_cell("product_code", record["product_code"]),
+        amount=Decimal(record["amount"]),
+        currency=_cell("currency", record["currency"]),
+        recipient_name=_text(record["recipient_name"]),
+        message=_text(record["message"]),
+        country=_cell("country", record["country"]),
+        payment_currency=_text(record.get("payment_currency")),
+    )
+
+
+def _cell(name: str, value: object) -> str:
+    text = _text(value)
+    return sys.intern(text) if name in _SHARED_CELLS else text
 
 
 def _invalid_rows(result: ValidationResult, passthrough: list[str]) -> list[SheetRow]:
