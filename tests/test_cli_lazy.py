@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import click
 import pytest
 
 from batcher.cli import _COMMANDS, cli
-from tests.e2e.runkit import cli_env, make_rows, write_sheet
+from tests.e2e.runkit import batcher, cli_env, make_rows, write_sheet
 
 HEAVY = ("polars", "httpx", "openpyxl", "batcher.services", "batcher.cli.validate")
 
@@ -101,3 +102,34 @@ def test_listed_help_line_is_the_commands_own(name: str) -> None:
     command = cli.get_command(click.Context(cli), name)
     assert command is not None
     assert _COMMANDS[name][1] == command.get_short_help_str(limit=1000)
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_validate_ends_at_once_with_everything_printed_and_written(
+    ugiftme_sandbox: Any, tmp_path: Path, as_json: bool
+) -> None:
+    """`validate` skips the interpreter's teardown: nothing it prints or writes is lost,
+    and its exit code is kept (0 valid, 2 invalid)."""
+    rows = make_rows(12)
+    rows[3]["Email"] = "not-an-address"
+    sheet = write_sheet(tmp_path / "twelve.csv", rows)
+    env = cli_env(ugiftme_sandbox, tmp_path / "state")
+    args = ["validate", str(sheet), "--report-dir", str(tmp_path / "reports")]
+    result = batcher([*args, "--json"] if as_json else args, env)
+    assert result.returncode == 2, result.stderr
+    folder = tmp_path / "reports" / "twelve"
+    assert "not-an-address" in (folder / "validation.csv").read_text(encoding="utf-8")
+    if as_json:
+        document = json.loads(result.stdout)  # the whole document, flushed
+        assert document["schema"] == "batcher.validate/1"
+        assert json.loads((folder / "validation.json").read_text(encoding="utf-8")) == {
+            k: v for k, v in document.items() if k != "funds_not_verified"
+        }
+    else:
+        last = result.stdout.rstrip().splitlines()[-1]
+        assert last == "Not ready: fix the errors and validate again. Nothing was ordered."
+
+    good = write_sheet(tmp_path / "good.csv", make_rows(5))
+    ok = batcher(["validate", str(good), "--report-dir", str(tmp_path / "reports")], env)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.rstrip().endswith("OK: every row is valid and funded.")
