@@ -20,8 +20,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
+from importlib import import_module
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from batcher.config import ProviderSettings, is_loopback_host
@@ -31,8 +32,6 @@ from batcher.core.models import AccountInfo, Balance, Campaign, Product, WalletT
 from batcher.core.names import check_batch_name
 from batcher.core.states import HELD_STATES, SETTLED_STATES, UNFINISHED_STATES
 from batcher.execute.check import SheetReading, check_sheet
-from batcher.execute.dryrun import DryRun, dry_run_batch
-from batcher.execute.run import BatchOptions, BatchResult, RunUI, run_batch
 from batcher.intake.validate import ValidationResult, validation_document
 from batcher.ledger.location import LedgerLocation
 from batcher.ledger.lock import batch_lock
@@ -40,11 +39,37 @@ from batcher.ledger.store import Ledger, RowRecord, parse_ts
 from batcher.providers import connect
 from batcher.providers.base import Provider, ProviderOptions
 from batcher.reporting.outputs import totals_by_currency, write_validation_csv
-from batcher.reporting.reports import ReportResult, write_batch_report
-from batcher.reporting.statement import Checkpoint, Statement, build_statement
-from batcher.reporting.statement_book import write_statement
 from batcher.reporting.verdicts import Window
-from batcher.transport.notify import Delivery, host_of, send_notification, slack_payload
+
+if TYPE_CHECKING:
+    from batcher.execute.dryrun import DryRun, dry_run_batch
+    from batcher.execute.run import BatchOptions, BatchResult, RunUI, run_batch
+    from batcher.reporting.reports import ReportResult
+    from batcher.reporting.statement import Checkpoint, Statement
+    from batcher.transport.notify import Delivery, host_of, send_notification, slack_payload
+
+#: names this front door re-exports, loaded on first use: the run path (and with it
+#: openpyxl, the workbook and the runner) costs `batcher validate` a tenth of a second
+#: it would never use
+_LAZY = {
+    "BatchOptions": "batcher.execute.run",
+    "BatchResult": "batcher.execute.run",
+    "RunUI": "batcher.execute.run",
+    "run_batch": "batcher.execute.run",
+    "DryRun": "batcher.execute.dryrun",
+    "dry_run_batch": "batcher.execute.dryrun",
+    "Delivery": "batcher.transport.notify",
+    "host_of": "batcher.transport.notify",
+    "send_notification": "batcher.transport.notify",
+    "slack_payload": "batcher.transport.notify",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "BatchOptions",
@@ -369,6 +394,8 @@ def report_batch(
                     f"key belongs to account {account.account_id}",
                     hint=f"use the key of account {info['account_id']}",
                 )
+            from batcher.reporting.reports import write_batch_report  # openpyxl: only here
+
             with batch_lock(state_dir, batch, ledger.location):
                 return write_batch_report(
                     ledger, batch, client, report_dir, reveal_codes=reveal_codes, fetch="full"
@@ -402,6 +429,9 @@ def statement(
     Writes ``REPORT_DIR/statements/statement-FIRST-to-LAST-<UTC time>.xlsx``: a new
     file each time, so a filed statement is never overwritten.
     """
+    from batcher.reporting.statement import build_statement
+    from batcher.reporting.statement_book import write_statement  # openpyxl: only here
+
     if last_day < first_day:
         raise UsageError(f"--to {last_day} is before --from {first_day}")
     start = datetime.combine(first_day, time.min, UTC)
@@ -434,6 +464,8 @@ def statement(
 
 def _checkpoints(ledger: Ledger, batch: str) -> list[Checkpoint]:
     """The balances each run of the batch read at its start, as fixed points to tie out to."""
+    from batcher.reporting.statement import Checkpoint
+
     found = []
     for run in ledger.runs(batch, limit=1_000_000):
         summary = ledger.run_summary(run["run_id"]) or {}

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 import click
 import pytest
 
 from batcher.cli import _COMMANDS, cli
+from tests.e2e.runkit import batcher, cli_env, make_rows, write_sheet
 
 HEAVY = ("polars", "httpx", "openpyxl", "batcher.services", "batcher.cli.validate")
 
@@ -28,8 +32,104 @@ def test_help_lists_every_command_without_importing_one() -> None:
         assert f"\n  {name} " in result.stdout
 
 
+#: what `batcher validate` of a CSV never needs: the workbook writer, the run path,
+#: the XLSX reader, the live display (rich, which httpx's own CLI would pull in)
+NOT_FOR_CSV_VALIDATE = (
+    "openpyxl",
+    "rich",
+    "pygments",
+    "fastexcel",
+    "batcher.execute.run",
+    "batcher.execute.runner",
+    "batcher.reporting.reports",
+    "batcher.reporting.workbook",
+    "batcher.intake.xlsx",
+    "xml.etree",
+    "email_validator",  # only for addresses the fast probe doubts; these ten are plain
+)
+
+
+def _modules_after(args: list[str], env: dict[str, str]) -> tuple[int, list[str], str]:
+    """Run `batcher ARGS` in a fresh interpreter; its exit code and the modules it loaded."""
+    script = (
+        "import sys\nfrom batcher.cli import cli\n"
+        f"try:\n    cli({args!r}, prog_name='batcher')\n"
+        "except SystemExit as exc:\n    code = exc.code\n"
+        "print('LOADED', sorted(sys.modules))\nprint('EXIT', code)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120
+    )
+    loaded = next(x for x in result.stdout.splitlines() if x.startswith("LOADED "))
+    code = next(x for x in result.stdout.splitlines() if x.startswith("EXIT "))
+    names: list[str] = eval(loaded.removeprefix("LOADED "))  # a list literal we printed
+    return int(code.removeprefix("EXIT ")), names, result.stderr
+
+
+def test_validate_of_a_csv_loads_neither_the_run_path_nor_openpyxl_nor_rich(
+    ugiftme_sandbox: Any, tmp_path: Path
+) -> None:
+    sheet = write_sheet(tmp_path / "ten.csv", make_rows(10))
+    env = cli_env(ugiftme_sandbox, tmp_path / "state")
+    code, loaded, stderr = _modules_after(
+        ["validate", str(sheet), "--report-dir", str(tmp_path / "reports")], env
+    )
+    assert code == 0, stderr
+    assert (tmp_path / "reports" / "ten" / "validation.csv").exists()
+    assert "polars" in loaded and "httpx" in loaded  # it did read the sheet and ask the API
+    heavy = sorted(
+        m for m in loaded if any(m == n or m.startswith(f"{n}.") for n in NOT_FOR_CSV_VALIDATE)
+    )
+    assert heavy == []
+
+
+def test_the_run_path_still_loads_through_the_front_door() -> None:
+    """The names `batcher.services` re-exports lazily resolve to the real objects."""
+    import batcher.services as services
+    from batcher.execute.run import run_batch
+    from batcher.transport.notify import send_notification
+
+    assert services.run_batch is run_batch
+    assert services.send_notification is send_notification
+    for name in services.__all__:
+        assert getattr(services, name) is not None
+    with pytest.raises(AttributeError):
+        _ = services.no_such_name  # type: ignore[attr-defined]
+
+
 @pytest.mark.parametrize("name", sorted(_COMMANDS))
 def test_listed_help_line_is_the_commands_own(name: str) -> None:
     command = cli.get_command(click.Context(cli), name)
     assert command is not None
     assert _COMMANDS[name][1] == command.get_short_help_str(limit=1000)
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_validate_ends_at_once_with_everything_printed_and_written(
+    ugiftme_sandbox: Any, tmp_path: Path, as_json: bool
+) -> None:
+    """`validate` skips the interpreter's teardown: nothing it prints or writes is lost,
+    and its exit code is kept (0 valid, 2 invalid)."""
+    rows = make_rows(12)
+    rows[3]["Email"] = "not-an-address"
+    sheet = write_sheet(tmp_path / "twelve.csv", rows)
+    env = cli_env(ugiftme_sandbox, tmp_path / "state")
+    args = ["validate", str(sheet), "--report-dir", str(tmp_path / "reports")]
+    result = batcher([*args, "--json"] if as_json else args, env)
+    assert result.returncode == 2, result.stderr
+    folder = tmp_path / "reports" / "twelve"
+    assert "not-an-address" in (folder / "validation.csv").read_text(encoding="utf-8")
+    if as_json:
+        document = json.loads(result.stdout)  # the whole document, flushed
+        assert document["schema"] == "batcher.validate/1"
+        assert json.loads((folder / "validation.json").read_text(encoding="utf-8")) == {
+            k: v for k, v in document.items() if k != "funds_not_verified"
+        }
+    else:
+        last = result.stdout.rstrip().splitlines()[-1]
+        assert last == "Not ready: fix the errors and validate again. Nothing was ordered."
+
+    good = write_sheet(tmp_path / "good.csv", make_rows(5))
+    ok = batcher(["validate", str(good), "--report-dir", str(tmp_path / "reports")], env)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.rstrip().endswith("OK: every row is valid and funded.")

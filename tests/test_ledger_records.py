@@ -1,8 +1,14 @@
-"""passthrough_headers: the one column order every report writes the sheet's other columns in."""
+"""Row records: the one column order every report writes the sheet's other columns in
+(passthrough_headers), and rows read back from the ledger."""
 
 from __future__ import annotations
 
+from decimal import Decimal
+from pathlib import Path
+
 from batcher.ledger.records import passthrough_headers
+from batcher.ledger.store import Ledger
+from tests.test_ledger import sheet_row
 from tests.test_reconcile import row
 
 
@@ -22,3 +28,33 @@ def test_sheet_order_wins_and_mapped_or_absent_columns_are_left_out() -> None:
     }
     # Budget is in the sheet but no row carries it; Note is only in the ledger
     assert passthrough_headers(rows, info) == ["Cost centre", "Team", "Note"]
+
+
+def test_rows_read_back_share_what_rows_have_in_common_and_keep_their_own(
+    tmp_path: Path,
+) -> None:
+    """A batch is read whole (plans, reports): per-row copies of common text would cost
+    a kilobyte a row. Values are unchanged; only the objects are shared."""
+    ledger = Ledger.open(tmp_path)
+    try:
+        ledger.ensure_batch(
+            "b", provider="p", account_id="a", source_path="s.csv", source_sha256="0" * 64
+        )
+        ledger.sync_rows("b", [sheet_row(f"k{i}", i + 2) for i in range(3)], retry_failed=False)
+        first, second, third = ledger.rows("b")
+    finally:
+        ledger.close()
+    assert not hasattr(first, "__dict__")  # slotted: no dictionary per record
+    assert [r.fields["recipient_email"] for r in (first, second, third)] == [
+        "k0@x.com",
+        "k1@x.com",
+        "k2@x.com",
+    ]
+    assert first.fields == {"recipient_email": "k0@x.com", "product_code": "P", "amount": "10.00"}
+    assert first.passthrough == {"Cost centre": "CC-1"}
+    assert (first.face_value, first.est_cost) == (Decimal("10.00"), Decimal("9.50"))
+    for name in first.fields:  # the same name object in every row
+        assert next(n for n in second.fields if n == name) is name
+    assert second.fields["product_code"] is first.fields["product_code"]
+    assert second.currency is first.currency and second.state is first.state
+    assert second.batch is first.batch and second.face_value is first.face_value

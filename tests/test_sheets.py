@@ -18,10 +18,10 @@ from batcher.intake.read import (
     Sheet,
     SheetIssue,
     detect_delimiter,
-    excel_number_text,
     normalise_header,
     read_sheet,
 )
+from batcher.intake.xlsx import excel_number_text
 
 DATA = Path(__file__).parent / "data"
 CORPUS = DATA / "corpus"

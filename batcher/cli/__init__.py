@@ -7,7 +7,10 @@ import (polars, openpyxl, uvicorn) is only paid by the command that needs it.
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
@@ -131,5 +134,29 @@ def cli(ctx: click.Context, config: Path | None) -> None:
         raise click.BadParameter(f"{config} does not exist", param_hint="--config")
 
 
+#: True in the `batcher` program itself (`main`); never under a test's CliRunner,
+#: where ending the process would end the test run
+_program = False
+
+
 def main() -> None:
+    global _program
+    _program = True
     cli(prog_name="batcher")
+
+
+def finish(code: int) -> NoReturn:
+    """End a command that has written, closed and printed everything it had to.
+
+    In the program itself the process ends at once: the interpreter's teardown
+    (polars joining its thread pool, every module torn down) costs about 0.15 s, a
+    quarter of a `batcher validate` of a small sheet. Elsewhere, an ordinary exit.
+    """
+    if not _program:
+        sys.exit(code)
+    import logging  # loaded by then whenever a handler could hold anything
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)

@@ -11,13 +11,12 @@ unreadable sheet; 4 the provider cannot be reached or refuses the key.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import click
 
-from batcher.cli import common
+from batcher.cli import common, finish
 from batcher.cli.render import column_lines, render_summary
 from batcher.cli.terminal import echo
 from batcher.core.errors import ExitCode
@@ -68,4 +67,4 @@ def validate(
                 outcome.result.sheet, outcome.result, outcome.csv_path, outcome.funds_notes
             )
         )
-    sys.exit(int(ExitCode.OK if outcome.result.ok else ExitCode.USAGE))
+    finish(int(ExitCode.OK if outcome.result.ok else ExitCode.USAGE))

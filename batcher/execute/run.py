@@ -247,6 +247,8 @@ def _run_locked(
             recovery=lambda r: before_planning(r, lookback=lookback),
         )
     )
+    if sheet_rows is not None:
+        sheet_rows.clear()  # handed over: the ledger holds them now (memory at a million rows)
     ui.show_plan(plan, balances)
 
     if funds.check is not None:

@@ -44,7 +44,6 @@ from batcher.intake.grid import build_sheet
 from batcher.intake.hashing import FileDigest
 from batcher.intake.header import check_mapping
 from batcher.intake.sheet import Sheet, SheetIssue
-from batcher.intake.xlsx import excel_number_text, read_xlsx_grid
 from batcher.intake.xlsx_limits import IntakeLimits
 
 # Callers import the reading API from here; the pieces live in the modules above.
@@ -61,7 +60,6 @@ __all__ = [
     "Sheet",
     "SheetIssue",
     "detect_delimiter",
-    "excel_number_text",
     "normalise_header",
     "read_sheet",
 ]
@@ -97,6 +95,8 @@ def read_sheet(
             raise_not_a_workbook(path, kind)
         if sheet is not None and not sheet.strip():
             raise UsageError("--sheet needs a worksheet name")
+        from batcher.intake.xlsx import read_xlsx_grid  # its XML parser: only for workbooks
+
         data = read_all(path)
         grid, sheet_name = read_xlsx_grid(
             path, data, sheet, field_overrides, limits or IntakeLimits(), skip_hidden=skip_hidden

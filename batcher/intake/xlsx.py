@@ -6,9 +6,11 @@ import contextlib
 import io
 import zipfile
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
+from typing import Any, Literal
 from xml.etree import ElementTree
 
 import polars as pl
@@ -53,11 +55,13 @@ def read_xlsx_grid(
     entry = _choose_worksheet(path, entries, wanted)
     scan = _scan_parts(path, data, archive, entry, limits)
     try:
-        reader = fastexcel.read_excel(data)
-        text_view = reader.load_sheet(entry.name, header_row=None, skip_rows=0, dtypes="string")
-        number_view = reader.load_sheet(entry.name, header_row=None, skip_rows=0, dtypes="float")
-        text = text_view.to_polars()
-        numbers = number_view.to_polars()
+        # The two views are two parses of the worksheet; calamine runs without the GIL,
+        # so the float view is parsed beside the text view (a reader is single-threaded:
+        # one each).
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            floats = pool.submit(_load_view, data, entry.name, "float")
+            text_view, text = _load_view(data, entry.name, "string")
+            numbers = floats.result()[1]
     except fastexcel.FastExcelError as exc:
         raise InputFileError(
             f"{path.name} [{entry.name}]: cannot read the worksheet ({str(exc).splitlines()[0]})",
@@ -102,6 +106,16 @@ def read_xlsx_grid(
         sheet_names=tuple(e.name for e in entries),
     )
     return grid, entry.name
+
+
+def _load_view(
+    data: bytes, sheet: str, dtypes: Literal["string", "float"]
+) -> tuple[Any, pl.DataFrame]:
+    """The worksheet's cells, every column as `dtypes`: the sheet view and its frame."""
+    import fastexcel
+
+    view = fastexcel.read_excel(data).load_sheet(sheet, header_row=None, skip_rows=0, dtypes=dtypes)
+    return view, view.to_polars()
 
 
 # Parts calamine inflates besides the worksheet; sizes are checked as they inflate.

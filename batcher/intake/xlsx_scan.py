@@ -36,8 +36,10 @@ class _Patterns:
         p = re.escape(prefix)
         self.row_open = b"<" + prefix + b'row r="'
         self.cell_open = b"<" + prefix + b"c "
-        # a cell whose position is not its first attribute, or that has none
-        self.cell_unplaced = re.compile(rb"<" + p + rb"c(?:>| [^r])")
+        # a cell whose position is not its first attribute, or that has none: counted
+        # with bytes.count, which is many times faster than a regex stopping at every cell
+        self.cell_placed = b"<" + prefix + b"c r"
+        self.cell_bare = b"<" + prefix + b"c>"
         self.far_row = re.compile(rb"<" + p + rb'row r="(\d{7,})"')
         self.wide_cell = re.compile(rb"<" + p + rb'c r="([A-Z]{2,})(\d+)"')
         self.row_start = re.compile(rb"<" + p + rb"row[\s>]")
@@ -106,9 +108,15 @@ def scan_worksheet(
             if root is None:
                 continue  # the root element is still to come
             patterns = _Patterns(root[1] or b"")
-        if not dimension_seen and (found := _DIMENSION.search(block)):
-            dimension_seen = True
-            _check_extent(path, label, int(found[2]), column_index(found[1].decode()) + 1, limits)
+        if not dimension_seen:
+            # The schema puts <dimension> before <sheetData>: once the data begins it is
+            # not coming (searching 40 MiB of cells for it cost a third of the scan).
+            data_at = block.find(b"sheetData")
+            found = _DIMENSION.search(block, 0, len(block) if data_at < 0 else data_at)
+            dimension_seen = found is not None or data_at >= 0
+            if found is not None:
+                rows, letters = int(found[2]), found[1].decode()
+                _check_extent(path, label, rows, column_index(letters) + 1, limits)
         _scan_block(block, scan, patterns)
         _check_extent(path, label, scan.max_row, scan.max_column, limits, used=True)
         if scan.cells > limits.max_cells:
@@ -134,7 +142,7 @@ def _scan_block(block: bytes, scan: WorksheetScan, p: _Patterns) -> None:
     for letters, row in p.wide_cell.findall(block):
         scan.max_column = max(scan.max_column, column_index(letters.decode()) + 1)
         scan.max_row = max(scan.max_row, int(row))
-    if p.cell_unplaced.search(block):
+    if block.count(p.cell_placed) != cells or p.cell_bare in block:
         # Cells without a position follow the one before them (and `r` not
         # first escapes the patterns): bound the width by the most cells any
         # row holds, and count them all.

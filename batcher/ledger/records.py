@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 from batcher.core.states import ROW_STATES
@@ -48,7 +50,7 @@ def passthrough_headers(
     return list(seen)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RowContent:
     """What the sheet says about a row: the same fields in the sheet and in the ledger."""
 
@@ -61,7 +63,7 @@ class RowContent:
     est_cost: Decimal | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SheetRow(RowContent):
     """A row of the current sheet, as the runner hands it to the ledger."""
 
@@ -72,7 +74,7 @@ class SheetRow(RowContent):
     error_message: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RowRecord(RowContent):
     """A row as the ledger holds it: its sheet content, state and provider answer."""
 
@@ -103,15 +105,41 @@ class RowRecord(RowContent):
     @classmethod
     def from_sql(cls, row: Row) -> RowRecord:
         data = dict(row)
+        for name in _SHARED_COLUMNS:
+            if data[name] is not None:
+                data[name] = sys.intern(data[name])
         data["in_sheet"] = bool(data["in_sheet"])
-        data["fields"] = json.loads(data["fields"])
-        data["passthrough"] = json.loads(data["passthrough"])
+        data["fields"] = _cells(data["fields"])
+        data["passthrough"] = _cells(data["passthrough"])
         for money in ("face_value", "est_cost", "cost"):
-            data[money] = Decimal(data[money]) if data[money] is not None else None
+            data[money] = _decimal(data[money]) if data[money] is not None else None
         return cls(**data)
 
 
-@dataclass
+# A batch's rows are read whole (plans, reports): at 100,000 rows every per-row copy
+# of the same text counts. Columns most rows share (batch, state, currency, a chunk's
+# keys, timestamps of one commit) and the field names are interned, amounts are
+# shared Decimals (immutable), so each row holds only what is its own.
+_SHARED_COLUMNS = (
+    "batch", "state", "currency", "retry_group", "failure_kind", "error_code",
+    "error_message", "provider_request_id", "chunk_key", "order_request_id",
+    "cost_currency", "provider_status", "created_at", "updated_at", "succeeded_at",
+)  # fmt: skip
+_SHARED_FIELDS = frozenset({"product_code", "currency", "country", "payment_currency"})
+_decimal = lru_cache(maxsize=1 << 16)(Decimal)
+
+
+def _cells(text: str) -> dict[str, str]:
+    """A row's stored cells: names interned, and the values rows share (codes)."""
+    return {
+        sys.intern(name): sys.intern(value)
+        if name in _SHARED_FIELDS and isinstance(value, str)
+        else value
+        for name, value in json.loads(text).items()
+    }
+
+
+@dataclass(slots=True)
 class ChunkRecord:
     chunk_key: str
     batch: str
@@ -149,7 +177,7 @@ class SyncReport:
     gone: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RowOutcome:
     """What a provider said about one row, as the ledger records it."""
 

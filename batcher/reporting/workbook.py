@@ -143,23 +143,30 @@ def _streamed(
     workbook: Workbook,
     title: str,
     headers: Sequence[str],
-    rows: Sequence[Sequence[Any]],
+    rows: Sequence[Sequence[Any]] | Iterator[Sequence[Any]],
     widths: Sequence[float],
     freeze: str = "A2",
+    row_count: int | None = None,  # required when `rows` is an iterator
 ) -> StreamedSheet:
+    if row_count is None:
+        assert not isinstance(rows, Iterator), "an iterator of rows needs its row_count"
+        row_count = len(rows)
     sheet = workbook.create_sheet(title)
-    prepare(sheet, headers, len(rows))
+    prepare(sheet, headers, row_count)
     style_header_row(sheet, len(headers))
     sheet.freeze_panes = freeze
     for i, width in enumerate(widths, 1):
         sheet.column_dimensions[get_column_letter(i)].width = width
     print_setup(sheet, pages_tall=0)
     sheet.print_title_rows = "1:1"
-    return StreamedSheet(sheet, rows, len(rows), len(headers))
+    return StreamedSheet(sheet, rows, row_count, len(headers))
+
+
+_WIDTH_SAMPLE = 300  # rows whose values size the columns
 
 
 def _widths(
-    headers: Sequence[str], rows: Sequence[Sequence[Any]], sample: int = 300
+    headers: Sequence[str], rows: Sequence[Sequence[Any]], sample: int = _WIDTH_SAMPLE
 ) -> list[float]:
     """Sensible column widths: the header and a sample of values, capped."""
     widths = [max(8, len(h) + 2) for h in headers]
@@ -270,8 +277,13 @@ def earlier_sheet_note(row: RowRecord) -> str:
 
 def _orders_sheet(workbook: Workbook, model: ReportModel, styles: _Styles) -> StreamedSheet:
     headers = order_headers(model.passthrough)
-    rows = [order_line(r, model, styles) for r in model.rows]
-    return _streamed(workbook, ORDERS, headers, rows, _widths(headers, rows), freeze="B2")
+    sample = [order_line(r, model, styles) for r in model.rows[:_WIDTH_SAMPLE]]
+    # Made one at a time as the sheet is written: all of them at once would take
+    # about a kilobyte per row, a gigabyte at a million rows.
+    lines = (order_line(r, model, styles) for r in model.rows)
+    return _streamed(
+        workbook, ORDERS, headers, lines, _widths(headers, sample), "B2", len(model.rows)
+    )
 
 
 # ----- Failures

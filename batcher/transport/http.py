@@ -179,6 +179,15 @@ def _exception_chain(exc: BaseException) -> Iterable[BaseException]:
         current = current.__cause__ or current.__context__
 
 
+def _tls_context(base_url: str) -> ssl.SSLContext | bool:
+    """Full verification for https. Plain http (loopback only: config.py) gets a
+    context that trusts no certificate at all: loading the CA bundle costs a tenth of
+    `batcher validate` against a local sandbox, and no redirect is ever followed."""
+    if base_url.lower().startswith("http://"):
+        return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED, no CA loaded
+    return True
+
+
 class ApiClient:
     """One provider connection: throttled, typed failures, secret-free messages."""
 
@@ -207,6 +216,7 @@ class ApiClient:
             timeout=timeout,
             transport=transport,
             follow_redirects=False,  # a redirect could carry the key to another host
+            verify=_tls_context(base_url),
         )
         self.host = self._client.base_url.netloc.decode("ascii")
 
