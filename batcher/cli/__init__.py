@@ -64,7 +64,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "ledger": (
         "batcher.cli.ledger:ledger",
-        "Look after the ledger (the SQLite file every run records its work in).",
+        "Look after the ledger (the database every run records its work in).",
     ),
 }
 
