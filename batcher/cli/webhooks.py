@@ -10,7 +10,7 @@ never overwritten; reference it as `secret_file` in batcher.toml's
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -46,6 +46,12 @@ def _client(provider: str, base_url: str | None) -> Iterator[WebhookClient]:
         yield client
     finally:
         client.close()
+
+
+def _subscription_command(func: Callable[..., None]) -> click.Command:
+    """A `webhooks` command on one subscription: WEBHOOK_ID, --provider and --base-url."""
+    with_options = click.argument("webhook_id")(provider_options(handle_errors(func)))
+    return webhooks.command()(with_options)
 
 
 def _show(hook: Subscription) -> None:
@@ -170,10 +176,7 @@ def update(
     _show(hook)
 
 
-@webhooks.command()
-@click.argument("webhook_id")
-@provider_options
-@handle_errors
+@_subscription_command
 def delete(webhook_id: str, provider: str, base_url: str | None) -> None:
     """Delete a subscription; deliveries stop."""
     with _client(provider, base_url) as client:
@@ -181,10 +184,7 @@ def delete(webhook_id: str, provider: str, base_url: str | None) -> None:
     echo(f"deleted {webhook_id}")
 
 
-@webhooks.command()
-@click.argument("webhook_id")
-@provider_options
-@handle_errors
+@_subscription_command
 def test(webhook_id: str, provider: str, base_url: str | None) -> None:
     """Ask the provider to send a sample event to the subscription's URL now."""
     with _client(provider, base_url) as client:

@@ -435,20 +435,12 @@ def _finish(
     # does the full reconciliation.
     interrupted = stats.stopped == "interrupted"
     balances_after = _balances_now(provider) if stats.submits else balances_before
-    summary = build_summary(
-        batch=batch,
-        provider=settings.provider,
-        account_id=account_id,
-        run_id=run_id,
-        sheet=sheet,
-        rows=rows,
-        stats=stats,
-        plan=plan,
-        exit_code=code,
-        message=message,
-        started_at=started_at,
-        throttle=_throttle_stats(provider),
-    )
+    summary = {
+        **_summary_head(batch, settings.provider, account_id, sheet),
+        "run_id": run_id,
+        **_run_figures(rows, stats, plan, _throttle_stats(provider)),
+        **_summary_end(code, message, started_at),
+    }
     earlier = [r for r in ledger_rows if not r.in_sheet and r.state == "succeeded" and r.order_id]
     # A reused batch name (a nightly file): every order the batch ever paid is counted.
     summary["paid_orders"] = {
@@ -559,31 +551,35 @@ def _throttle_stats(provider: Provider | None) -> dict[str, Any]:
     }
 
 
-def build_summary(
-    *,
-    batch: str,
-    provider: str,
-    account_id: str,
-    run_id: str,
-    sheet: Any,
-    rows: list[RowRecord],
-    stats: RunStats,
-    plan: PlanSummary,
-    exit_code: ExitCode,
-    message: str,
-    started_at: str,
-    throttle: dict[str, Any],
-) -> dict[str, Any]:
-    submit_seconds = stats.submit_seconds
-    submit_rate = stats.submits / submit_seconds if submit_seconds > 0 else None
-    wall = max(0.0, stats.finished - stats.started)
+def _summary_head(batch: str, provider: str, account_id: str, sheet: Any) -> dict[str, Any]:
+    """What summary.json opens with, whether or not anything was sent."""
     return {
         "batch": batch,
         "provider": provider,
         "account_id": account_id,
-        "run_id": run_id,
         "source_file": str(sheet.path),
         "source_sha256": sheet.sha256,
+    }
+
+
+def _summary_end(code: ExitCode, message: str, started_at: str) -> dict[str, Any]:
+    """What summary.json closes with: how the command ended, and when."""
+    return {
+        "message": message,
+        "exit_code": int(code),
+        "started_at": started_at,
+        "finished_at": utc_now(),
+    }
+
+
+def _run_figures(
+    rows: list[RowRecord], stats: RunStats, plan: PlanSummary, throttle: dict[str, Any]
+) -> dict[str, Any]:
+    """The rows, the plan and the requests of a run that went ahead."""
+    submit_seconds = stats.submit_seconds
+    submit_rate = stats.submits / submit_seconds if submit_seconds > 0 else None
+    wall = max(0.0, stats.finished - stats.started)
+    return {
         "rows_total": len(rows),
         "by_state": count_states(rows),
         "totals_by_currency": totals_by_currency(rows),
@@ -609,10 +605,6 @@ def build_summary(
         "blocked_currencies": stats.blocked_currencies,
         "recovery": stats.recovery,
         "stopped": stats.stopped,
-        "message": message,
-        "exit_code": int(exit_code),
-        "started_at": started_at,
-        "finished_at": utc_now(),
     }
 
 
@@ -626,18 +618,15 @@ def _summary_without_run(
 ) -> dict[str, Any]:
     invalid = len(result.invalid_rows)
     return {
-        "batch": batch,
-        "provider": settings.provider,
-        "account_id": account_id,
-        "source_file": str(result.sheet.path),
-        "source_sha256": result.sheet.sha256,
+        **_summary_head(batch, settings.provider, account_id, result.sheet),
         "rows_total": result.rows_read,
         "by_state": {"invalid": invalid, "pending": result.rows_read - invalid},
         "totals_by_currency": {},
-        "message": "validation failed; nothing was sent (fix the sheet or use --skip-invalid)",
-        "exit_code": int(code),
-        "started_at": started_at,
-        "finished_at": utc_now(),
+        **_summary_end(
+            code,
+            "validation failed; nothing was sent (fix the sheet or use --skip-invalid)",
+            started_at,
+        ),
     }
 
 

@@ -180,7 +180,7 @@ def catalog_errors(orders: pl.DataFrame, catalog_df: pl.DataFrame) -> list[pl.La
             found & ~pl.col("cat_active"),
             field="product_code",
             code="product_inactive",
-            message=pl.format("{} is not available at the moment (inactive)", pl.col("cat_code")),
+            message=_text_of("{} is not available at the moment (inactive)", "cat_code"),
             hint="choose another product; `batcher catalog` lists the active ones",
         ),
         order_error(
@@ -188,16 +188,9 @@ def catalog_errors(orders: pl.DataFrame, catalog_df: pl.DataFrame) -> list[pl.La
             found & currency_is_code() & ~same_currency,
             field="currency",
             code="currency_mismatch",
-            message=pl.format(
-                "{} is sold in {}, not {}",
-                pl.col("cat_code"),
-                pl.col("cat_currency"),
-                pl.col("currency"),
-            ),
-            hint=pl.format(
-                "set the currency to {} or choose a {} product",
-                pl.col("cat_currency"),
-                pl.col("currency"),
+            message=_text_of("{} is sold in {}, not {}", "cat_code", "cat_currency", "currency"),
+            hint=_text_of(
+                "set the currency to {} or choose a {} product", "cat_currency", "currency"
             ),
         ),
         order_error(
@@ -205,11 +198,8 @@ def catalog_errors(orders: pl.DataFrame, catalog_df: pl.DataFrame) -> list[pl.La
             found & same_currency & amount_ok & not_allowed,
             field="amount",
             code="amount_not_allowed",
-            message=pl.format(
-                "{} {} is not a value {} offers",
-                pl.col("amount_plain"),
-                pl.col("currency"),
-                pl.col("cat_code"),
+            message=_text_of(
+                "{} {} is not a value {} offers", "amount_plain", "currency", "cat_code"
             ),
             hint=_allowed_amounts_hint(),
             value=shortened(pl.col("amount")),
@@ -222,8 +212,8 @@ def catalog_errors(orders: pl.DataFrame, catalog_df: pl.DataFrame) -> list[pl.La
             & pl.col("country_ok").is_null(),
             field="country",
             code="country_not_allowed",
-            message=pl.format("{} cannot be sent to {}", pl.col("cat_code"), pl.col("country")),
-            hint=pl.format("countries for this product: {}", pl.col("cat_countries")),
+            message=_text_of("{} cannot be sent to {}", "cat_code", "country"),
+            hint=_text_of("countries for this product: {}", "cat_countries"),
         ),
         order_error(
             orders,
@@ -238,9 +228,14 @@ def catalog_errors(orders: pl.DataFrame, catalog_df: pl.DataFrame) -> list[pl.La
                 pl.col("cat_code"),
                 pl.col("cat_merchant"),
             ),
-            hint=pl.format("write '{}' or leave the merchant empty", pl.col("cat_merchant")),
+            hint=_text_of("write '{}' or leave the merchant empty", "cat_merchant"),
         ),
     ]
+
+
+def _text_of(template: str, *columns: str) -> pl.Expr:
+    """`template` with each `{}` filled from the next of `columns`, per row."""
+    return pl.format(template, *(pl.col(c) for c in columns))
 
 
 def _allowed_amounts_hint() -> pl.Expr:
@@ -254,7 +249,7 @@ def _allowed_amounts_hint() -> pl.Expr:
 
     return (
         pl.when(pl.col("cat_has_denoms"))
-        .then(pl.format("use one of {}", pl.col("cat_denoms")))
+        .then(_text_of("use one of {}", "cat_denoms"))
         .when(pl.col("cat_min").is_not_null() & pl.col("cat_max").is_not_null())
         .then(pl.format("use an amount from {} to {}", bound("cat_min"), bound("cat_max")))
         .when(pl.col("cat_min").is_not_null())
