@@ -22,6 +22,7 @@ from openpyxl.worksheet.worksheet import Worksheet
 
 from batcher.core.clock import utc_now
 from batcher.core.models import WalletTransaction
+from batcher.ledger.events import WebhookEvents
 from batcher.ledger.store import Ledger, RowOutcome, SheetRow
 from batcher.providers.base import ProviderOrder, Redemption
 from batcher.reporting import reports
@@ -680,3 +681,38 @@ def test_a_cross_currency_row_short_of_funds_names_the_paying_wallet() -> None:
     assert failure.reason.startswith("the GBP wallet did not have enough funds")
     assert "needed £90.00" in failure.reason
     assert failure.next_step.startswith("top up the GBP wallet") and not failure.outstanding
+
+
+def test_webhook_events_for_unknown_requests_are_on_the_orphans_sheet(tmp_path: Path) -> None:
+    ledger, provider = build(tmp_path, MIXED)
+    evidence = WebhookEvents(ledger.location)
+    try:
+        for n, (who, request) in enumerate(
+            [("ugiftme", "req-ghost"), ("gifq", "req-other-provider")]
+        ):
+            evidence.record(
+                who, f"delivery-{n}", event="order.succeeded", request_id=request,
+                status="=HYPERLINK(\"http://x\")", terminal=True, order_ids=["ord-ghost"],
+                payload="{}",
+            )  # fmt: skip
+        evidence.record(
+            "ugiftme",
+            "delivery-0",
+            event="order.succeeded",
+            request_id="req-ghost",
+            status="succeeded",
+            terminal=True,
+            order_ids=["ord-ghost"],
+            payload="{}",
+        )  # fmt: skip  (a repeat delivery of the first: one line, counted twice)
+    finally:
+        evidence.close()
+    result = write_batch_report(ledger, "nightly", provider, tmp_path / "reports")  # type: ignore[arg-type]
+    ledger.close()
+    assert result.webhook_orphans == 1  # the other provider's event is not this batch's
+    lines = table(load_workbook(result.workbook)["Orphans"])
+    events = [line for line in lines if "webhook" in str(line["Note"])]
+    assert len(events) == 1
+    assert events[0]["Order id"] == "ord-ghost"
+    assert "req-ghost" in events[0]["Note"] and "delivered 2 times" in events[0]["Note"]
+    assert not str(events[0]["Status"]).startswith("=")  # provider text never runs

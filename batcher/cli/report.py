@@ -111,6 +111,7 @@ def report_document(result: ReportResult) -> dict[str, Any]:
             for c in rec.currencies
         },
         "orphans": len(rec.orphans),
+        "webhook_orphans": result.webhook_orphans,
         "workbook": str(result.workbook),
         "failed_rows": str(result.failed_rows),
         "codes": None if result.codes is None else str(result.codes),
@@ -128,6 +129,11 @@ def _print_result(result: ReportResult) -> None:
             f"{format_money(currency.cost, currency.currency)}, wallet debits {shown}"
         )
     _print_orphans(rec)
+    if result.webhook_orphans:
+        echo(
+            f"  {result.webhook_orphans} webhook event(s) for order requests no batch sent"
+            " (see the Orphans sheet)"
+        )
     _warn_codes(result)
     echo(f"failed rows: {result.failed_rows}")
     echo(f"reconciliation: {result.workbook}")

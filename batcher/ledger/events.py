@@ -192,11 +192,20 @@ class WebhookEvents:
         ).fetchone()
         return {k: int(row[k]) for k in ("accepted", "rejected", "repeats")}
 
-    def orphans(self, limit: int = MAX_LISTED) -> list[StoredEvent]:
-        """Order events for an order request that no batch in this ledger sent."""
+    def orphans(
+        self, limit: int = MAX_LISTED, *, provider: str | None = None, since: str | None = None
+    ) -> list[StoredEvent]:
+        """Order events for an order request that no batch in this ledger sent; only
+        `provider`'s, and only those received at or after `since` (UTC text), when given."""
+        where, params = self._orphan_filter(), []
+        if provider is not None:
+            where += " AND provider = ?"
+            params.append(provider)
+        if since is not None:
+            where += " AND received_at >= ?"
+            params.append(since)
         rows = self._db.execute(
-            f"SELECT * FROM webhook_events WHERE {self._orphan_filter()} ORDER BY id LIMIT ?",
-            (limit,),
+            f"SELECT * FROM webhook_events WHERE {where} ORDER BY id LIMIT ?", (*params, limit)
         )
         return [_stored(r) for r in rows]
 

@@ -8,6 +8,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from batcher.ledger.events import StoredEvent
 from batcher.ledger.store import RowRecord
 from batcher.reporting.failures import Failure
 from batcher.reporting.reconcile import OrderCheck, Reconciliation, RunWindow
@@ -33,6 +34,9 @@ class ReportModel:
     failures: Sequence[Failure]
     generated_at: datetime
     passthrough: Sequence[str] = field(default_factory=list)
+    #: webhook events for order requests no batch in this ledger sent, received since
+    #: the batch's first run (shown on the Orphans sheet; they move no money themselves)
+    orphan_events: Sequence[StoredEvent] = ()
 
     @property
     def latest_run(self) -> RunInfo | None:

@@ -33,9 +33,11 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
+from batcher.core.clock import utc_text
 from batcher.core.errors import BatcherError, UsageError
 from batcher.core.files import atomic_write
 from batcher.core.states import CHUNK_STATES
+from batcher.ledger.events import StoredEvent, WebhookEvents
 from batcher.ledger.records import passthrough_headers
 from batcher.ledger.store import Ledger, RowRecord, parse_ts
 from batcher.providers.base import Provider, Redemption
@@ -82,6 +84,7 @@ class ReportResult:
     codes: Path | None
     archive: Path | None
     reconciliation: Reconciliation
+    webhook_orphans: int = 0
 
 
 # ---------------------------------------------------------------------------
@@ -123,7 +126,9 @@ def write_batch_report(
         codes = write_codes(out_dir / CODES_NAME, model, fetch_redemptions(provider, model.rows))
     keep = archive_run if archive_as == "run" else archive_report
     archive = keep(out_dir, model)
-    return ReportResult(workbook, failed, codes, archive, model.reconciliation)
+    return ReportResult(
+        workbook, failed, codes, archive, model.reconciliation, len(model.orphan_events)
+    )
 
 
 def kept_report(out_dir: Path, ledger_stamp: str | None) -> ReportStamp | None:
@@ -234,7 +239,22 @@ def collect(
         failures=explain_failures(rows, available or {}),
         generated_at=now,
         passthrough=passthrough_headers(rows, info),
+        orphan_events=webhook_orphans(ledger, str(info["provider"]), runs),
     )
+
+
+def webhook_orphans(ledger: Ledger, provider: str, runs: Sequence[RunInfo]) -> list[StoredEvent]:
+    """Webhook events for order requests no batch in this ledger sent, received since
+    the batch's first run began: kept as evidence by `batcher listen`, shown on the
+    Orphans sheet beside the provider's orphan orders."""
+    if not runs:
+        return []
+    since = utc_text(min(r.window.window.start for r in runs))
+    evidence = WebhookEvents(ledger.location)
+    try:
+        return evidence.orphans(provider=provider, since=since)
+    finally:
+        evidence.close()
 
 
 def explain_skips(ledger: Ledger, batch: str, rows: Sequence[RowRecord]) -> list[RowRecord]:

@@ -28,6 +28,7 @@ from openpyxl.utils import get_column_letter
 
 from batcher.core.files import atomic_write
 from batcher.core.money import quantum, round_money
+from batcher.ledger.events import StoredEvent
 from batcher.ledger.store import RowRecord, parse_ts
 from batcher.providers.base import Redemption
 from batcher.reporting.cells import safe_cell
@@ -375,7 +376,29 @@ def _orphans_sheet(workbook: Workbook, model: ReportModel, styles: _Styles) -> S
         ]
         for o in model.reconciliation.orphans
     ]
+    rows += [_orphan_event_line(event) for event in model.orphan_events]
     return _streamed(workbook, ORPHANS, ORPHAN_HEADERS, rows, _widths(ORPHAN_HEADERS, rows))
+
+
+def _orphan_event_line(event: StoredEvent) -> list[Any]:
+    """A webhook event for an order request no batch sent: what the provider told the
+    receiver, with no amounts (an event moves no money; the wallet lines show any debit)."""
+    received = parse_ts(event.received_at)
+    repeats = f", delivered {event.deliveries} times" if event.deliveries > 1 else ""
+    return [
+        excel_datetime(received) if received else None,
+        ", ".join(event.order_ids) or None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        event.status,
+        None,
+        f"webhook {event.event or 'event'} for order request {event.request_id}, which no"
+        f" batch in this ledger sent (received {event.received_at}{repeats})",
+    ]
 
 
 # ---------------------------------------------------------------------------
