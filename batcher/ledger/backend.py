@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 from batcher.ledger.location import Backend, LedgerLocation
@@ -97,6 +98,21 @@ def connect(
     )
     db.row_factory = sqlite3.Row
     return db
+
+
+@contextmanager
+def write_transaction(db: Database, begin: Sequence[str]) -> Iterator[Database]:
+    """One write transaction begun with `begin` (see `write_begin`): committed when the
+    block ends, rolled back when it raises (a failed COMMIT included)."""
+    for statement in begin:
+        db.execute(statement)
+    try:
+        yield db
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
 
 
 def plain_rows(db: Database, sql: str, parameters: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:

@@ -16,7 +16,7 @@ from typing import Any
 
 from batcher.core.clock import utc_now
 from batcher.core.errors import ConfigError
-from batcher.ledger.backend import Database, connect, write_begin
+from batcher.ledger.backend import Database, connect, write_begin, write_transaction
 from batcher.ledger.location import LedgerLocation
 from batcher.ledger.schema import (
     BASE_VERSION,
@@ -219,14 +219,10 @@ class LedgerConnection:
     @contextmanager
     def _tx(self) -> Iterator[Database]:
         """One write transaction, serialised with every other writer (backend.write_begin)."""
-        for statement in self._begin:
-            self._db.execute(statement)
         try:
-            yield self._db
-            self._db.execute("COMMIT")
+            with write_transaction(self._db, self._begin) as db:
+                yield db
         except BaseException as exc:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
             if _is_disk_full(exc):
                 # Every send is committed first, so this names a full disk before the send.
                 raise LedgerDiskFull(

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Collection, Iterator
-from contextlib import contextmanager
+from collections.abc import Collection
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -28,7 +28,7 @@ from typing import Any
 
 from batcher.core.clock import utc_now
 from batcher.core.errors import ConfigError
-from batcher.ledger.backend import Database, Row, connect, write_begin
+from batcher.ledger.backend import Database, Row, connect, write_begin, write_transaction
 from batcher.ledger.location import LedgerLocation
 from batcher.ledger.schema import SCHEMA_VERSION, WEBHOOK_SCHEMA, statements
 
@@ -98,18 +98,8 @@ class WebhookEvents:
     def close(self) -> None:
         self._db.close()
 
-    @contextmanager
-    def _tx(self) -> Iterator[Database]:
-        for statement in self._begin:
-            self._db.execute(statement)
-        try:
-            yield self._db
-        except BaseException:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
-            raise
-        else:
-            self._db.execute("COMMIT")
+    def _tx(self) -> AbstractContextManager[Database]:
+        return write_transaction(self._db, self._begin)
 
     # ------------------------------------------------------------------ writes
 
