@@ -135,7 +135,10 @@ def serving(app: Any) -> Iterator[str]:
 
 
 def ledger_bytes(state_dir: Path) -> bytes:
-    return b"".join(p.read_bytes() for p in sorted(state_dir.glob("ledger.sqlite*")))
+    """The ledger's file, its WAL and the files beside it (the open-session records)."""
+    found = sorted(state_dir.glob("ledger.sqlite*"))
+    found += sorted(p for d in found if d.is_dir() for p in d.rglob("*"))
+    return b"".join(p.read_bytes() for p in found if p.is_file())
 
 
 def files_text(folder: Path) -> str:
