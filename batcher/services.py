@@ -191,7 +191,7 @@ def validate_sheet(
     with open_provider(settings, provider_options) as client:
         check = check_sheet(client, sheet, reading)
     result = check.result
-    folder = report_dir / result.sheet.path.stem
+    folder = report_dir / result.sheet.source.path.stem
     # the schema tag first: the same document is printed by `validate --json`
     document = {"schema": VALIDATE_SCHEMA, **validation_document(result.sheet, result)}
     json_path = folder / "validation.json" if write_json else None

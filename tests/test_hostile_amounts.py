@@ -44,7 +44,7 @@ def test_currency_from_the_amount_header(
     result = validate_text(tmp_path, f'Email,Product code,"{header}"\na@example.com,{product},25\n')
     assert errors(result) == []
     assert result.valid["currency"].to_list() == [currency]
-    assert result.cost_by_currency == {currency: Decimal(25)}
+    assert result.funding.cost_by_currency == {currency: Decimal(25)}
 
 
 def test_currency_cell_contradicting_the_header_is_an_error_on_that_row(tmp_path: Path) -> None:

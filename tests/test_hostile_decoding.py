@@ -45,7 +45,7 @@ def test_ascii_file_with_cp1252_past_the_head_is_read_as_cp1252(tmp_path: Path) 
     path = tmp_path / "windows.csv"
     path.write_bytes((HEADER + ascii_rows(1999)).encode() + row(5000, "Renée").encode("cp1252"))
     sheet = read_sheet(path)
-    assert sheet.encoding == "cp1252"
+    assert sheet.source.encoding == "cp1252"
     assert sheet.frame["recipient_name"][-1] == "Renée"
 
 
@@ -64,7 +64,7 @@ def test_utf32_is_decoded_as_utf32(tmp_path: Path, codec: str, bom: bytes | None
     path.write_bytes((bom or b"") + body)
     sheet = read_sheet(path)
     assert sheet.frame["recipient_name"].to_list() == ["Zoë Ångström"]
-    assert sheet.encoding is not None and sheet.encoding.startswith("utf-32")
+    assert sheet.source.encoding is not None and sheet.source.encoding.startswith("utf-32")
 
 
 def test_gzip_named_csv_is_refused_clearly(tmp_path: Path) -> None:
@@ -109,5 +109,5 @@ def test_cp1252_symbols_after_capitals_are_not_taken_for_utf8(tmp_path: Path) ->
     path = tmp_path / "windows.csv"
     path.write_bytes((HEADER + row(1, "JOSÉ’S café £5")).encode("cp1252"))
     sheet = read_sheet(path)
-    assert sheet.encoding == "cp1252"
+    assert sheet.source.encoding == "cp1252"
     assert sheet.frame["recipient_name"].to_list() == ["JOSÉ’S café £5"]

@@ -35,6 +35,7 @@ from batcher.reporting.reconcile import (
     Window,
     reconcile,
 )
+from batcher.reporting.verdicts import BalanceSpan
 
 T0 = datetime(2026, 3, 1, 22, 0, tzinfo=UTC)
 RUN = RunWindow("run-1", Window(T0, T0 + timedelta(minutes=10)))
@@ -229,7 +230,8 @@ def test_an_order_of_a_row_in_flight_is_in_progress_never_an_orphan() -> None:
     (line,) = [x for x in rec.wallet_lines if x.status == IN_FLIGHT]
     assert "row 5" in line.note and "rerun" in line.note
     assert rec.verdict == IN_PROGRESS and only(rec).verdict == IN_PROGRESS
-    assert only(rec).in_flight == 1 and only(rec).in_flight_debits == row(4).cost
+    unsettled = only(rec).unsettled
+    assert unsettled.in_flight == 1 and unsettled.in_flight_debits == row(4).cost
     assert only(rec).difference == 0, "the confirmed orders still match to the cent"
 
 
@@ -355,8 +357,7 @@ def test_balance_movement_must_be_explained_by_the_transactions() -> None:
     rec = run(rows, data, runs=[good])
     assert only(rec).verdict == RECONCILED
     assert [x.status for x in rec.wallet_lines if x.status == CREDIT] == [CREDIT]
-    assert only(rec).balance_before == Decimal("500.00")
-    assert only(rec).balance_after == Decimal("561.00")
+    assert only(rec).balances == BalanceSpan(before=Decimal("500.00"), after=Decimal("561.00"))
 
     silent = replace(good, after={"GBP": Decimal("560.00")})  # £1 left with no transaction
     gbp = only(run(rows, data, runs=[silent]))

@@ -82,14 +82,18 @@ def test_utf8_bom_leaves_no_junk_in_the_first_header() -> None:
     sheet = read("utf8_bom.csv")
     assert sheet.headers[0] == "Reference"
     assert sheet.columns == STANDARD_COLUMNS
-    assert sheet.encoding == "utf-8-sig"
+    assert sheet.source.encoding == "utf-8-sig"
     assert column(sheet, "recipient_name") == ["Zoë Ångström", "Person 2"]
     assert column(sheet, "reference") == ["C-0001", "C-0002"]
 
 
 def test_utf16_tab_file_from_excel_unicode_text() -> None:
     sheet = read("utf16_tab.txt")
-    assert (sheet.encoding, sheet.delimiter, sheet.decimal_comma) == ("utf-16", "\t", False)
+    assert (sheet.source.encoding, sheet.source.delimiter, sheet.source.decimal_comma) == (
+        "utf-16",
+        "\t",
+        False,
+    )
     assert sheet.headers[0] == "Reference"
     assert column(sheet, "recipient_name") == ["李小龍", "Søren"]
     assert column(sheet, SOURCE_ROW) == [2, 3]
@@ -97,14 +101,14 @@ def test_utf16_tab_file_from_excel_unicode_text() -> None:
 
 def test_cp1252_file_keeps_pound_signs_and_accents() -> None:
     sheet = read("cp1252_pound.csv")
-    assert sheet.encoding == "cp1252"
+    assert sheet.source.encoding == "cp1252"
     assert column(sheet, "amount") == ["£50", "£10.50"]
     assert column(sheet, "recipient_name") == ["Renée Dubois", "Person 2"]
 
 
 def test_semicolon_file_implies_decimal_commas() -> None:
     sheet = read("semicolon_decimal_comma.csv")
-    assert (sheet.delimiter, sheet.decimal_comma) == (";", True)
+    assert (sheet.source.delimiter, sheet.source.decimal_comma) == (";", True)
     assert column(sheet, "amount") == ["50,00", "12,5", "1.000,00", "1.000", "49.99"]
 
 
@@ -187,10 +191,10 @@ def test_excel_date_in_the_amount_column_is_read_as_a_date() -> None:
 
 
 def test_hidden_first_sheet_is_skipped_unless_named() -> None:
-    assert read("hidden_first_sheet.xlsx").sheet_name == "Current"
+    assert read("hidden_first_sheet.xlsx").source.sheet_name == "Current"
     hidden = read("hidden_first_sheet.xlsx", sheet="Old list")
     assert column(hidden, "recipient_email") == ["old@example.com"]
-    assert read("hidden_first_sheet.xlsx", sheet="current").sheet_name == "Current"
+    assert read("hidden_first_sheet.xlsx", sheet="current").source.sheet_name == "Current"
 
 
 def test_unknown_sheet_name_lists_the_sheets() -> None:
@@ -442,7 +446,7 @@ def test_late_non_utf8_byte_falls_back_to_cp1252(tmp_path: Path) -> None:
     path = tmp_path / "late.csv"
     path.write_bytes(data + b"C-x,x@example.com,AMAZON_UK_STD,\xa325,GBP\n")
     sheet = read_sheet(path)
-    assert sheet.encoding == "cp1252"
+    assert sheet.source.encoding == "cp1252"
     assert column(sheet, "amount")[-1] == "£25"
     assert column(sheet, SOURCE_ROW)[-1] == 3002
 

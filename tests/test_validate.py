@@ -196,7 +196,7 @@ def test_minor_units_per_currency() -> None:
         (4, "1000", "JPY", "975"),
         (5, "10.125", "KWD", "9.998"),
     ]
-    assert result.cost_by_currency == {"JPY": Decimal("1950"), "KWD": Decimal("9.998")}
+    assert result.funding.cost_by_currency == {"JPY": Decimal("1950"), "KWD": Decimal("9.998")}
 
 
 def test_semicolon_file_reads_decimal_commas() -> None:
@@ -377,8 +377,8 @@ def test_gifq_requires_a_country_on_every_row(tmp_path: Path) -> None:
 def test_short_wallet_gives_needed_available_and_shortfall() -> None:
     poor = [Balance(currency="GBP", balance=Decimal("40"), available=Decimal("30.00"))]
     result = check("cp1252_pound.csv", balances=poor)  # costs 48.75 + 10.24
-    assert result.cost_by_currency == {"GBP": Decimal("58.99")}
-    (short,) = result.funding_errors
+    assert result.funding.cost_by_currency == {"GBP": Decimal("58.99")}
+    (short,) = result.funding.errors
     assert short.message == ("GBP wallet is short: needs £58.99, available £30.00, short by £28.99")
     assert short.hint == "top up and rerun"
     assert not result.ok and not result.invalid_rows
@@ -386,19 +386,19 @@ def test_short_wallet_gives_needed_available_and_shortfall() -> None:
 
 def test_missing_wallet_is_a_funding_error() -> None:
     result = check("cp1252_pound.csv", balances=[])
-    (short,) = result.funding_errors
+    (short,) = result.funding.errors
     assert short.message == "there is no GBP wallet: the valid rows need £58.99"
 
 
 def test_funded_and_valid_is_ok() -> None:
     result = check("utf8_bom.csv")
     assert result.ok
-    assert result.available_by_currency["GBP"] == Decimal(10_000)
+    assert result.funding.available_by_currency["GBP"] == Decimal(10_000)
 
 
 def test_only_valid_rows_count_towards_the_cost() -> None:
     result = check("catalog_rules.csv")
-    assert result.cost_by_currency == {"GBP": Decimal("73.14")}  # three valid rows of 24.38
+    assert result.funding.cost_by_currency == {"GBP": Decimal("73.14")}  # three valid rows of 24.38
 
 
 # ---------------------------------------------------------------------------
@@ -620,7 +620,7 @@ def test_fast_paths_agree_with_plain_python(
         assert row["recipient_email"] == _python_strip(row["recipient_email"])
         assert row["currency"] in {"GBP", "JPY"}
         totals[row["currency"]] = totals.get(row["currency"], Decimal(0)) + Decimal(row["cost"])
-    assert result.cost_by_currency == dict(sorted(totals.items()))
+    assert result.funding.cost_by_currency == dict(sorted(totals.items()))
 
 
 def test_pass_through_columns_named_like_derived_fields_are_renamed(tmp_path: Path) -> None:
@@ -647,4 +647,4 @@ def test_a_discount_of_100_percent_or_more_is_costed_exactly(tmp_path: Path) -> 
     expected = cost_after_discount(Decimal("25.01"), Decimal(150), "GBP")
     (row,) = result.valid.to_dicts()
     assert row["cost"] == money_str(expected, "GBP")
-    assert result.cost_by_currency == {"GBP": expected}
+    assert result.funding.cost_by_currency == {"GBP": expected}

@@ -65,11 +65,16 @@ def handle_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _stacked(func: F, *options: Callable[[F], F]) -> F:
-    """Apply `options` to `func` so --help lists them in the order given."""
-    for option in reversed(options):
-        func = option(func)
-    return func
+class OptionGroup:
+    """Options that always go together, as one decorator: --help lists them in the order given."""
+
+    def __init__(self, *options: Callable[[Any], Any]) -> None:
+        self._options = options
+
+    def __call__(self, func: F) -> F:
+        for option in reversed(self._options):
+            func = option(func)
+        return func
 
 
 def provider_choice(help: str) -> Callable[[F], F]:
@@ -83,67 +88,61 @@ def provider_choice(help: str) -> Callable[[F], F]:
     )
 
 
-def provider_options(func: F) -> F:
-    """--provider and --base-url. The API key is read from the environment only."""
-    return _stacked(
-        func,
-        provider_choice("Gift-card provider."),
-        click.option(
-            "--base-url",
-            default=None,
-            help="API root, e.g. https://api-stage.ugift.me/api/v1/business "
-            "(or UGIFTME_BASE_URL / GIFQ_BASE_URL). A bare host gets the API path appended.",
-        ),
-    )
+#: --provider and --base-url. The API key is read from the environment only.
+provider_options = OptionGroup(
+    provider_choice("Gift-card provider."),
+    click.option(
+        "--base-url",
+        default=None,
+        help="API root, e.g. https://api-stage.ugift.me/api/v1/business "
+        "(or UGIFTME_BASE_URL / GIFQ_BASE_URL). A bare host gets the API path appended.",
+    ),
+)
 
 
-def sheet_options(func: F) -> F:
-    """--sheet, --map, --allow-duplicates and --skip-hidden: how a sheet is read, everywhere."""
-    return _stacked(
-        func,
-        click.option(
-            "--sheet",
-            "sheet_name",
-            default=None,
-            metavar="NAME",
-            help="Worksheet of an .xlsx file (default: the first visible one).",
-        ),
-        click.option(
-            "--map",
-            "mapping",
-            multiple=True,
-            metavar="FIELD=HEADER",
-            help="Read FIELD from the column HEADER, e.g. --map amount='Card value'. Repeatable.",
-        ),
-        click.option(
-            "--allow-duplicates",
-            is_flag=True,
-            help="Accept identical rows (same recipient, product, amount) as separate orders.",
-        ),
-        click.option(
-            "--skip-hidden",
-            is_flag=True,
-            help="Leave out an .xlsx file's hidden rows and columns (by default they are read, "
-            "with a warning).",
-        ),
-    )
+#: --sheet, --map, --allow-duplicates and --skip-hidden: how a sheet is read, everywhere.
+sheet_options = OptionGroup(
+    click.option(
+        "--sheet",
+        "sheet_name",
+        default=None,
+        metavar="NAME",
+        help="Worksheet of an .xlsx file (default: the first visible one).",
+    ),
+    click.option(
+        "--map",
+        "mapping",
+        multiple=True,
+        metavar="FIELD=HEADER",
+        help="Read FIELD from the column HEADER, e.g. --map amount='Card value'. Repeatable.",
+    ),
+    click.option(
+        "--allow-duplicates",
+        is_flag=True,
+        help="Accept identical rows (same recipient, product, amount) as separate orders.",
+    ),
+    click.option(
+        "--skip-hidden",
+        is_flag=True,
+        help="Leave out an .xlsx file's hidden rows and columns (by default they are read, "
+        "with a warning).",
+    ),
+)
 
 
-def payout_options(func: F) -> F:
-    """--payouts, --campaign and --expires-in-days (GIFQ payouts mode)."""
-    return _stacked(
-        func,
-        click.option(
-            "--payouts", is_flag=True, help="GIFQ payouts mode: recipients choose their card."
-        ),
-        click.option("--campaign", default=None, help="Payout campaign id (with --payouts)."),
-        click.option(
-            "--expires-in-days",
-            type=click.IntRange(1, 3650),
-            default=None,
-            help="How long recipients have to choose (with --payouts; default 30).",
-        ),
-    )
+#: --payouts, --campaign and --expires-in-days (GIFQ payouts mode).
+payout_options = OptionGroup(
+    click.option(
+        "--payouts", is_flag=True, help="GIFQ payouts mode: recipients choose their card."
+    ),
+    click.option("--campaign", default=None, help="Payout campaign id (with --payouts)."),
+    click.option(
+        "--expires-in-days",
+        type=click.IntRange(1, 3650),
+        default=None,
+        help="How long recipients have to choose (with --payouts; default 30).",
+    ),
+)
 
 
 def state_dir_option(func: F) -> F:
@@ -158,23 +157,21 @@ def state_dir_option(func: F) -> F:
     )(func)
 
 
-def ledger_options(func: F) -> F:
-    """--state-dir and --ledger: every command that opens the ledger takes both."""
-    return _stacked(
-        func,
-        state_dir_option,
-        click.option(
-            "--ledger",
-            "ledger_url",
-            envvar="BATCHER_LEDGER",
-            default=None,
-            metavar="URL",
-            help="Where the ledger lives: sqlite:///path/ledger.sqlite or "
-            "postgresql://user@host/db; also BATCHER_LEDGER or ledger in batcher.toml. "
-            "Default: ledger.sqlite in the state folder. Keep passwords out of the URL "
-            "(PGPASSWORD or ~/.pgpass).",
-        ),
-    )
+#: --state-dir and --ledger: every command that opens the ledger takes both.
+ledger_options = OptionGroup(
+    state_dir_option,
+    click.option(
+        "--ledger",
+        "ledger_url",
+        envvar="BATCHER_LEDGER",
+        default=None,
+        metavar="URL",
+        help="Where the ledger lives: sqlite:///path/ledger.sqlite or "
+        "postgresql://user@host/db; also BATCHER_LEDGER or ledger in batcher.toml. "
+        "Default: ledger.sqlite in the state folder. Keep passwords out of the URL "
+        "(PGPASSWORD or ~/.pgpass).",
+    ),
+)
 
 
 def resolve_ledger(state_dir: Path | None, ledger_url: str | None) -> tuple[Path, LedgerLocation]:
@@ -246,6 +243,11 @@ def report_dir_option(func: F) -> F:
         show_default=True,
         help="Folder the reports are written under (REPORT_DIR/BATCH/...).",
     )(func)
+
+
+#: --provider, --base-url, --state-dir, --ledger and --report-dir: the commands that check the
+#: ledger against the provider and write a workbook (report, statement).
+report_options = OptionGroup(provider_options, ledger_options, report_dir_option)
 
 
 def json_option(func: F) -> F:

@@ -23,11 +23,11 @@ def render_summary(
         f"{sheet.label}: {result.rows_read} {rows} read, {result.valid_count} valid, "
         f"{len(result.invalid_rows)} invalid",
     ]
-    for currency in sorted(set(result.cost_by_currency) | set(result.available_by_currency)):
-        cost = result.cost_by_currency.get(currency)
+    for currency in result.funding.currencies:
+        cost = result.funding.cost_by_currency.get(currency)
         if cost is None:
             continue
-        available = result.available_by_currency.get(currency)
+        available = result.funding.available_by_currency.get(currency)
         funds = format_money(available, currency) if available is not None else "no wallet"
         lines.append(f"  {currency}  cost {format_money(cost, currency)}  available {funds}")
     records = report_records(result)

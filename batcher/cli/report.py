@@ -21,9 +21,7 @@ from batcher.cli.common import (
     echo_json,
     handle_errors,
     json_option,
-    ledger_options,
-    provider_options,
-    report_dir_option,
+    report_options,
     resolve_ledger,
     resolve_settings,
 )
@@ -37,9 +35,7 @@ from batcher.services import report_batch
 
 @click.command()
 @click.argument("batch")
-@provider_options
-@ledger_options
-@report_dir_option
+@report_options
 @click.option(
     "--reveal-codes",
     is_flag=True,

@@ -19,9 +19,7 @@ import click
 
 from batcher.cli.common import (
     handle_errors,
-    ledger_options,
-    provider_options,
-    report_dir_option,
+    report_options,
     resolve_ledger,
     resolve_settings,
 )
@@ -37,9 +35,7 @@ from batcher.services import statement as build
               help="First day of the period (UTC), e.g. 2026-11-01.")  # fmt: skip
 @click.option("--to", "last", type=click.DateTime(["%Y-%m-%d"]), required=True,
               help="Last day of the period (UTC), included, e.g. 2026-11-30.")  # fmt: skip
-@provider_options
-@ledger_options
-@report_dir_option
+@report_options
 @handle_errors
 def statement(
     first: datetime,

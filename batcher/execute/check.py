@@ -94,7 +94,7 @@ def check_sheet(provider: Provider, path: Path, reading: SheetReading | None = N
         quotes = fx_quotes(provider)
         needs = needs_of_valid_rows(result)
     else:
-        needs = [Need(0, c, c, total, c) for c, total in result.cost_by_currency.items()]
+        needs = [Need(0, c, c, total, c) for c, total in result.funding.cost_by_currency.items()]
     check = check_funds(needs, balances, quotes)
     result = with_paying_wallets(result, check)
     notes = tuple(u.message for u in check.unverified)

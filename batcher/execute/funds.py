@@ -25,7 +25,7 @@ from typing import Protocol, runtime_checkable
 from batcher.core.fields import SOURCE_ROW
 from batcher.core.models import Balance, FxQuote
 from batcher.core.money import format_money, quantum
-from batcher.intake.validate import FundingError, ValidationResult
+from batcher.intake.validate import Funding, FundingError, ValidationResult
 
 #: added on top of the last reported rate and fee: GIFQ converts at the rate of the
 #: moment it charges, which may have moved since the last order that reported one
@@ -193,9 +193,9 @@ def left_out_message(check: FundsCheck) -> str:
 
 def with_paying_wallets(result: ValidationResult, check: FundsCheck) -> ValidationResult:
     """`result` with its funds figures per paying wallet, as `check` found them."""
-    return dataclasses.replace(
-        result, cost_by_currency=dict(sorted(check.needed.items())), funding_errors=check.errors
-    )
+    cost_by_currency = dict(sorted(check.needed.items()))
+    funding = Funding(cost_by_currency, result.funding.available_by_currency, check.errors)
+    return dataclasses.replace(result, funding=funding)
 
 
 def needs_of_valid_rows(result: ValidationResult) -> list[Need]:

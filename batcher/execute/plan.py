@@ -12,9 +12,9 @@ import hashlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 
 from batcher.core.keys import MatchKey, canonical_amount, normalise_text
+from batcher.providers.base import OrderFields
 
 KEY_VERSION = "b1"
 _ROW_KEY_LENGTH = 32  # hex chars: 128 bits
@@ -26,18 +26,8 @@ def _digest(*parts: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()
 
 
-@dataclass(frozen=True)
-class RowFields:
+class RowFields(OrderFields):
     """The order-defining fields of a row, already validated and normalised."""
-
-    recipient_email: str
-    product_code: str
-    amount: Decimal
-    currency: str
-    recipient_name: str = ""
-    message: str = ""
-    country: str = ""
-    payment_currency: str = ""
 
     def canonical(self) -> tuple[str, ...]:
         return (

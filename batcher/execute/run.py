@@ -557,7 +557,7 @@ def _summary_head(batch: str, provider: str, account_id: str, sheet: Any) -> dic
         "batch": batch,
         "provider": provider,
         "account_id": account_id,
-        "source_file": str(sheet.path),
+        "source_file": str(sheet.source.path),
         "source_sha256": sheet.sha256,
     }
 

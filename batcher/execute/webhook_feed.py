@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 from batcher.config import WebhookSettings
@@ -24,43 +25,38 @@ from batcher.providers.webhooks import SettlesFromEvents
 DEFAULT_CHECK_INTERVAL = 0.05  # seconds: a read of an indexed table, cheap next to a request
 
 
+@dataclass
 class EventFeed:
-    def __init__(
-        self,
-        events: WebhookEvents,
-        parser: SettlesFromEvents,
-        *,
-        poll_margin: float,
-        check_interval: float = DEFAULT_CHECK_INTERVAL,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._events = events
-        self._parser = parser
-        self.poll_margin = poll_margin
-        self.check_interval = check_interval
-        self._clock = clock
-        self._next_check = 0.0
-        self._unreadable: set[str] = set()
+    """The received webhook events, read for the order requests they already settle."""
+
+    events: WebhookEvents
+    parser: SettlesFromEvents
+    _: KW_ONLY
+    poll_margin: float
+    check_interval: float = DEFAULT_CHECK_INTERVAL
+    clock: Callable[[], float] = time.monotonic
+    _next_check: float = field(default=0.0, init=False)
+    _unreadable: set[str] = field(default_factory=set, init=False)
 
     def first_poll_delay(self, typical_completion: float) -> float:
         return typical_completion + self.poll_margin
 
     def arrived(self, request_ids: Collection[str]) -> dict[str, Mapping[str, Any]]:
         """Terminal event payloads for these requests; empty between checks."""
-        now = self._clock()
+        now = self.clock()
         if not request_ids or now < self._next_check:
             return {}
         self._next_check = now + self.check_interval
         wanted = [r for r in request_ids if r not in self._unreadable]
-        return dict(self._events.terminal_payloads(wanted))
+        return dict(self.events.terminal_payloads(wanted))
 
     def result(self, payload: Mapping[str, Any], items: Sequence[OrderItem]) -> PollResult:
         """The same result a poll would give (raises as a poll would, too)."""
-        return self._parser.order_request_result(payload, items)
+        return self.parser.order_request_result(payload, items)
 
     def report_orphans(self, say: Callable[[str], None]) -> None:
         """One line when events arrived for order requests no batch in this ledger sent."""
-        count = self._events.orphan_count()
+        count = self.events.orphan_count()
         if count:
             say(
                 f"{count} webhook event(s) name order requests no batch sent (orphans);"

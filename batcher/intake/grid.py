@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Literal
 
 import polars as pl
 
@@ -13,7 +11,6 @@ from batcher.core.errors import InputFileError
 from batcher.core.fields import CANONICAL_FIELDS, SOURCE_ROW
 from batcher.intake.cellrefs import column_letter
 from batcher.intake.frames import row_numbers_like
-from batcher.intake.hashing import FileDigest
 from batcher.intake.header import (
     assign_fields,
     clean_header,
@@ -21,7 +18,7 @@ from batcher.intake.header import (
     missing_columns_error,
     unique_names,
 )
-from batcher.intake.sheet import Sheet, SheetIssue
+from batcher.intake.sheet import Sheet, SheetIssue, SheetSource
 from batcher.intake.xlsx_issues import XlsxFacts, hidden_rows, xlsx_cell_issues
 
 
@@ -40,16 +37,12 @@ class Grid:
 
 def build_sheet(
     grid: Grid,
+    source: SheetSource,
     *,
-    path: Path,
-    digest: FileDigest,
-    file_format: Literal["csv", "xlsx"],
-    sheet_name: str | None,
-    encoding: str | None,
-    delimiter: str | None,
     mapping: Mapping[str, str],
     required: frozenset[str],
 ) -> Sheet:
+    path, sheet_name = source.path, source.sheet_name
     headers = [clean_header(h) for h in grid.header_cells]
     letters = grid.column_letters or [column_letter(i) for i in range(len(headers))]
     assigned, implied = assign_fields(headers, mapping, path, letters)
@@ -80,8 +73,7 @@ def build_sheet(
         data, warnings = hidden_rows(data, grid.xlsx)
     if data.height == 0:
         raise InputFileError(
-            f"{path.name}{f' [{sheet_name}]' if sheet_name else ''} has a header row "
-            f"(row {grid.header_row}) but no data rows",
+            f"{source.label} has a header row (row {grid.header_row}) but no data rows",
             hint="add at least one recipient below the header",
         )
     frame, passthrough = _name_columns(data, names, assigned)
@@ -95,13 +87,7 @@ def build_sheet(
         warnings = [*grid.xlsx.warnings, *warnings, *cell_warnings]
     return Sheet(
         frame=frame,
-        path=path,
-        digest=digest,
-        file_format=file_format,
-        sheet_name=sheet_name,
-        encoding=encoding,
-        delimiter=delimiter,
-        decimal_comma=delimiter == ";",
+        source=source,
         header_row=grid.header_row,
         headers=tuple(headers),
         columns=columns,

@@ -43,7 +43,7 @@ from batcher.intake.files import (
 from batcher.intake.grid import build_sheet
 from batcher.intake.hashing import FileDigest
 from batcher.intake.header import check_mapping
-from batcher.intake.sheet import Sheet, SheetIssue
+from batcher.intake.sheet import Sheet, SheetIssue, SheetSource
 from batcher.intake.xlsx_limits import IntakeLimits
 
 # Callers import the reading API from here; the pieces live in the modules above.
@@ -101,11 +101,8 @@ def read_sheet(
         grid, sheet_name = read_xlsx_grid(
             path, data, sheet, field_overrides, limits or IntakeLimits(), skip_hidden=skip_hidden
         )
-        return build_sheet(
-            grid, path=path, digest=FileDigest.of_bytes(data), file_format="xlsx",
-            sheet_name=sheet_name, encoding=None, delimiter=None, mapping=field_overrides,
-            required=required_set,
-        )  # fmt: skip
+        source = SheetSource(path, FileDigest.of_bytes(data), "xlsx", sheet_name=sheet_name)
+        return build_sheet(grid, source, mapping=field_overrides, required=required_set)
     if suffix in CSV_EXTENSIONS:
         if kind == "zip":
             raise InputFileError(
@@ -117,11 +114,10 @@ def read_sheet(
         if sheet is not None:
             raise UsageError(f"--sheet only applies to .xlsx files; {path.name} is a CSV file")
         grid, csv_input, digest = read_csv_grid(path, head, field_overrides)
-        return build_sheet(
-            grid, path=path, digest=digest, file_format="csv", sheet_name=None,
-            encoding=csv_input.encoding, delimiter=csv_input.delimiter, mapping=field_overrides,
-            required=required_set,
-        )  # fmt: skip
+        source = SheetSource(
+            path, digest, "csv", encoding=csv_input.encoding, delimiter=csv_input.delimiter
+        )
+        return build_sheet(grid, source, mapping=field_overrides, required=required_set)
     if suffix == ".xls" or kind == "ole":
         raise ole_error(path)
     supported = ", ".join(sorted(CSV_EXTENSIONS | XLSX_EXTENSIONS))

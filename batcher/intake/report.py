@@ -39,18 +39,18 @@ def report_records(result: ValidationResult) -> list[dict[str, str | int | None]
             "hint": funding.hint,
             "value": "",
         }
-        for funding in result.funding_errors
+        for funding in result.funding.errors
     ]
     return records
 
 
 def validation_document(sheet: Sheet, result: ValidationResult) -> dict[str, object]:
     """The whole verdict as JSON-ready data; money as decimal strings, never floats."""
-    currencies = sorted(set(result.cost_by_currency) | set(result.available_by_currency))
+    currencies = result.funding.currencies
     money = {}
     for currency in currencies:
-        cost = result.cost_by_currency.get(currency, Decimal(0))
-        available = result.available_by_currency.get(currency)
+        cost = result.funding.cost_by_currency.get(currency, Decimal(0))
+        available = result.funding.available_by_currency.get(currency)
         short = max(cost - (available or Decimal(0)), Decimal(0))
         money[currency] = {
             "cost": money_str(cost, currency),
@@ -58,12 +58,12 @@ def validation_document(sheet: Sheet, result: ValidationResult) -> dict[str, obj
             "shortfall": money_str(short, currency),
         }
     return {
-        "file": str(sheet.path),
-        "sheet": sheet.sheet_name,
+        "file": str(sheet.source.path),
+        "sheet": sheet.source.sheet_name,
         "sha256": sheet.sha256,
-        "format": sheet.file_format,
-        "encoding": sheet.encoding,
-        "delimiter": sheet.delimiter,
+        "format": sheet.source.file_format,
+        "encoding": sheet.source.encoding,
+        "delimiter": sheet.source.delimiter,
         "header_row": sheet.header_row,
         "columns": sheet.columns,
         "passthrough_columns": list(sheet.passthrough),
@@ -84,6 +84,6 @@ def validation_document(sheet: Sheet, result: ValidationResult) -> dict[str, obj
                 "message": f.message,
                 "hint": f.hint,
             }
-            for f in result.funding_errors
+            for f in result.funding.errors
         ],
     }

@@ -63,6 +63,29 @@ class FundingError:
 
 
 @dataclass(frozen=True)
+class Funding:
+    """What the valid rows cost per currency, what each wallet has available, and the
+    currencies whose wallet cannot pay."""
+
+    cost_by_currency: dict[str, Decimal]
+    available_by_currency: dict[str, Decimal]
+    errors: tuple[FundingError, ...]
+
+    @classmethod
+    def of(
+        cls, cost_by_currency: dict[str, Decimal], available_by_currency: dict[str, Decimal]
+    ) -> Funding:
+        """Each currency's wallet paying for that currency's rows."""
+        errors = funding_errors_for(cost_by_currency, available_by_currency)
+        return cls(cost_by_currency, available_by_currency, errors)
+
+    @property
+    def currencies(self) -> list[str]:
+        """Every currency with a cost or a wallet, sorted."""
+        return sorted(set(self.cost_by_currency) | set(self.available_by_currency))
+
+
+@dataclass(frozen=True)
 class ValidationResult:
     """The verdict on every row of a sheet.
 
@@ -73,8 +96,7 @@ class ValidationResult:
       wallet is charged, decimal text.
     - `invalid`: the sheet's rows (cells as read) that have at least one error.
     - `errors`: `ERROR_SCHEMA`, ordered by row then column.
-    - `cost_by_currency` sums the valid rows' costs; `available_by_currency`
-      is each wallet's available balance.
+    - `funding`: the valid rows' costs per currency against each wallet.
     - `valid` is built on first use; `valid_count` needs no building.
     - `sheet` is the sheet validated (path, sha256, headers...); `rows_read`
       equals `valid.height + invalid.height`.
@@ -84,10 +106,7 @@ class ValidationResult:
     invalid: pl.DataFrame
     errors: pl.DataFrame
     invalid_rows: frozenset[int]
-    cost_by_currency: dict[str, Decimal]
-    available_by_currency: dict[str, Decimal]
-    funding_errors: tuple[FundingError, ...]
-    rows_read: int
+    funding: Funding
     # Builds `valid` on first use: the verdict, the counts and the costs do not
     # need a normalised copy of every valid row, only `batcher run` does.
     valid_rows: Callable[[], pl.DataFrame] = field(repr=False, compare=False)
@@ -97,13 +116,17 @@ class ValidationResult:
         return self.valid_rows()
 
     @property
+    def rows_read(self) -> int:
+        return self.sheet.row_count
+
+    @property
     def valid_count(self) -> int:
         return self.rows_read - len(self.invalid_rows)
 
     @property
     def ok(self) -> bool:
         """Every row valid and every currency funded: safe to run."""
-        return not self.invalid_rows and not self.funding_errors
+        return not self.invalid_rows and not self.funding.errors
 
 
 def funding_errors_for(

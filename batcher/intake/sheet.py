@@ -28,6 +28,30 @@ class SheetIssue:
 
 
 @dataclass(frozen=True)
+class SheetSource:
+    """The file a sheet was read from, and what reading it found out about its format."""
+
+    path: Path
+    digest: FileDigest = field(repr=False, compare=False)  # see `Sheet.sha256`
+    file_format: Literal["csv", "xlsx"]
+    sheet_name: str | None = None  # XLSX worksheet name
+    encoding: str | None = None  # CSV encoding detected
+    delimiter: str | None = None  # CSV delimiter detected
+
+    @property
+    def decimal_comma(self) -> bool:
+        """Amounts use a decimal comma: a ';' CSV."""
+        return self.delimiter == ";"
+
+    @property
+    def label(self) -> str:
+        """'recipients.xlsx' or 'recipients.xlsx [Sheet2]' for messages."""
+        if self.sheet_name:
+            return f"{self.path.name} [{self.sheet_name}]"
+        return self.path.name
+
+
+@dataclass(frozen=True)
 class Sheet:
     """A sheet read into text cells, with everything needed to explain it back.
 
@@ -38,13 +62,7 @@ class Sheet:
     """
 
     frame: pl.DataFrame
-    path: Path
-    digest: FileDigest = field(repr=False, compare=False)  # see `sha256`
-    file_format: Literal["csv", "xlsx"]
-    sheet_name: str | None  # XLSX worksheet name
-    encoding: str | None  # CSV encoding detected
-    delimiter: str | None  # CSV delimiter detected
-    decimal_comma: bool  # amounts use a decimal comma (a ';' CSV)
+    source: SheetSource
     header_row: int  # the header's row number as the user sees it
     headers: tuple[str, ...]  # header text of every column, in file order
     columns: dict[str, str]  # canonical field -> the user's header text
@@ -62,7 +80,7 @@ class Sheet:
     @property
     def sha256(self) -> str:
         """sha256 of the file's bytes (waits for the background hash, if still running)."""
-        return self.digest.hexdigest()
+        return self.source.digest.hexdigest()
 
     @property
     def row_count(self) -> int:
@@ -74,7 +92,4 @@ class Sheet:
 
     @property
     def label(self) -> str:
-        """'recipients.xlsx' or 'recipients.xlsx [Sheet2]' for messages."""
-        if self.sheet_name:
-            return f"{self.path.name} [{self.sheet_name}]"
-        return self.path.name
+        return self.source.label

@@ -40,9 +40,9 @@ from batcher.intake.report import REPORT_COLUMNS, report_records, validation_doc
 from batcher.intake.result import (
     ERROR_SCHEMA,
     VALID_COLUMNS,
+    Funding,
     FundingError,
     ValidationResult,
-    funding_errors_for,
 )
 from batcher.intake.rules import (
     ISO_COUNTRIES,
@@ -81,6 +81,7 @@ __all__ = [
     "REFERENCE_MAX_CHARS",
     "REPORT_COLUMNS",
     "VALID_COLUMNS",
+    "Funding",
     "FundingError",
     "ValidationResult",
     "catalog_frame",
@@ -105,7 +106,7 @@ def validate_rows(
     products = unique_products(catalog)
     catalog_df = catalog_frame(products)
     orders, rows, facts = scan_rows(sheet)
-    orders = add_amount_columns(orders, sheet.decimal_comma)
+    orders = add_amount_columns(orders, sheet.source.decimal_comma)
     orders = join_catalog(orders, products, catalog_df)
 
     order_errors = [
@@ -113,7 +114,9 @@ def validate_rows(
         *code_errors(orders),
         *header_currency_errors(orders, sheet),
         *amount_errors(
-            orders, from_excel=sheet.file_format == "xlsx", decimal_comma=sheet.decimal_comma
+            orders,
+            from_excel=sheet.source.file_format == "xlsx",
+            decimal_comma=sheet.source.decimal_comma,
         ),
         *catalog_errors(orders, catalog_df),
     ]
@@ -137,17 +140,14 @@ def validate_rows(
         invalid = sheet.frame.clear()
         valid_mask = None
     valid_orders = orders_of_valid_rows(rows, orders, valid_mask)
-    cost_by_currency = cost_totals(valid_orders)
-    available = {b.currency.upper(): b.available for b in balances}
     return ValidationResult(
         sheet=sheet,
         invalid=invalid,
         errors=errors,
         invalid_rows=invalid_rows,
-        cost_by_currency=cost_by_currency,
-        available_by_currency=available,
-        funding_errors=funding_errors_for(cost_by_currency, available),
-        rows_read=sheet.row_count,
+        funding=Funding.of(
+            cost_totals(valid_orders), {b.currency.upper(): b.available for b in balances}
+        ),
         valid_rows=partial(_valid_frame, rows, orders, valid_orders, sheet, valid_mask),
     )
 

@@ -24,19 +24,28 @@ __all__ = ["OutcomeUnknown"]
 
 
 @dataclass(frozen=True)
-class OrderItem:
-    """One row's order, as the runner hands it to a provider."""
+class OrderFields:
+    """What defines one gift-card order: which card, for how much, and for whom."""
 
-    row_key: str
-    product_code: str
-    merchant: str
-    currency: str
-    amount: Decimal
     recipient_email: str
+    product_code: str
+    amount: Decimal
+    currency: str
     recipient_name: str = ""
     message: str = ""
     country: str = ""
     payment_currency: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class OrderItem(OrderFields):
+    """One row's order, as the runner hands it to a provider.
+
+    `row_key` and `merchant` are keyword-only: they follow the order fields' defaults.
+    """
+
+    row_key: str
+    merchant: str
 
 
 ItemStatus = Literal["succeeded", "failed", "pending"]

@@ -19,6 +19,7 @@ from pydantic import SecretStr
 
 from batcher.config import ProviderSettings
 from batcher.core.errors import ProviderUnavailable, UsageError
+from batcher.core.webhook_events import UGIFTME_EVENTS
 from batcher.providers.webhooks import (
     EventEvidence,
     Subscription,
@@ -30,21 +31,13 @@ from batcher.providers.wire import as_text
 from batcher.transport.http import ApiClient, ApiResponse, canonical_json, parse_json
 from batcher.transport.throttle import limiter_for
 
-VALID_EVENTS = (
-    "order.queued",
-    "order.processing",
-    "order.succeeded",
-    "order.failed",
-    "product.updated",
-    "wallet.updated",
-)
 #: what batcher needs to settle orders without polling
 DEFAULT_EVENTS = ("order.succeeded", "order.failed")
 TERMINAL_EVENTS = frozenset(DEFAULT_EVENTS)
 
 
 class UGiftMeWebhooks:
-    valid_events: tuple[str, ...] = VALID_EVENTS
+    valid_events: tuple[str, ...] = UGIFTME_EVENTS
     default_events: tuple[str, ...] = DEFAULT_EVENTS
 
     def __init__(self, settings: ProviderSettings) -> None:

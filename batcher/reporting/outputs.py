@@ -95,8 +95,8 @@ def verdict_json(rec: Reconciliation) -> dict[str, Any]:
                 "cost": money(c.cost, c.currency),
                 "wallet_debits": money(c.wallet_debits, c.currency),
                 "fx_fees": money(c.fx_fees, c.currency),
-                "in_flight": c.in_flight,
-                "in_flight_debits": money(c.in_flight_debits, c.currency),
+                "in_flight": c.unsettled.in_flight,
+                "in_flight_debits": money(c.unsettled.in_flight_debits, c.currency),
                 "unexplained": money(
                     c.movement.unexplained if c.movement is not None else None, c.currency
                 ),

@@ -245,8 +245,8 @@ def _currency_table(cursor: _Cursor, rec: Reconciliation) -> None:
         row = cursor.put(
             [
                 c.currency, c.orders, c.face_value, c.cost, c.wallet_debits, c.discount,
-                c.balance_before, c.balance_after, c.difference, c.orphans, c.verdict, c.reason,
-                c.fx_fees, c.in_flight_debits, unexplained, c.wallet_orders,
+                c.balances.before, c.balances.after, c.difference, c.orphans, c.verdict, c.reason,
+                c.fx_fees, c.unsettled.in_flight_debits, unexplained, c.wallet_orders,
             ],
             formats=dict.fromkeys(CURRENCY_MONEY_COLUMNS, fmt),
         )  # fmt: skip

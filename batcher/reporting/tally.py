@@ -24,6 +24,7 @@ from batcher.reporting.verdicts import (
     OWN_STATUSES,
     RECONCILED,
     ZERO,
+    BalanceSpan,
     CurrencyReconciliation,
     Evidence,
     Movement,
@@ -31,6 +32,7 @@ from batcher.reporting.verdicts import (
     Orphan,
     ReconcileInputs,
     RunWindow,
+    Unsettled,
     Verdict,
     WalletLine,
     charged_currency,
@@ -71,6 +73,9 @@ class _Tally:
     def money(self, amount: Decimal) -> str:
         return format_money(amount, self.currency)
 
+    def unsettled(self) -> Unsettled:
+        return Unsettled(self.in_flight, self.in_flight_debits, self.unsent)
+
 
 def currency_verdict(
     currency: str,
@@ -99,7 +104,6 @@ def currency_verdict(
             "the provider's data could not be read, so nothing was verified; retry "
             "`batcher report BATCH` once the provider answers",
         )
-    before, after = _first_before(inputs.runs, currency), _last_after(inputs.runs, currency)
     return CurrencyReconciliation(
         currency=currency,
         orders=tally.orders,
@@ -107,18 +111,15 @@ def currency_verdict(
         cost=tally.cost,
         wallet_debits=tally.debits,
         discount=tally.discount,
-        balance_before=before,
-        balance_after=after,
+        balances=_balance_span(inputs.runs, currency),
         orphans=len(mine),
         orphan_value=sum((o.order.face_value for o in mine), ZERO),
         verdict=_verdict(tally, unverified),
         reason=_reason(tally, evidence),
-        in_flight=tally.in_flight,
-        in_flight_debits=tally.in_flight_debits,
+        unsettled=tally.unsettled(),
         fx_fees=tally.fx_fees,
         movement=tally.movement,
         wallet_orders=tally.charged,
-        unsent=tally.unsent,
     )
 
 
@@ -127,7 +128,7 @@ def _verdict(tally: _Tally, unverified: bool) -> Verdict:
         return MISMATCH
     if unverified:
         return NOT_VERIFIED
-    if tally.in_flight or tally.unsent or tally.in_flight_debits:
+    if tally.unsettled():
         return IN_PROGRESS
     return RECONCILED
 
@@ -371,15 +372,9 @@ def _reason(tally: _Tally, evidence: Evidence) -> str:
     return "; ".join([text, *tally.notes])
 
 
-def _first_before(runs: Sequence[RunWindow], currency: str) -> Decimal | None:
-    for run in sorted(runs, key=lambda r: r.window.start):
-        if run.before is not None and currency in run.before:
-            return run.before[currency]
-    return None
-
-
-def _last_after(runs: Sequence[RunWindow], currency: str) -> Decimal | None:
-    for run in sorted(runs, key=lambda r: r.window.start, reverse=True):
-        if run.after is not None and currency in run.after:
-            return run.after[currency]
-    return None
+def _balance_span(runs: Sequence[RunWindow], currency: str) -> BalanceSpan:
+    first_to_last = sorted(runs, key=lambda r: r.window.start)
+    last_to_first = sorted(runs, key=lambda r: r.window.start, reverse=True)
+    befores = (r.before[currency] for r in first_to_last if r.before and currency in r.before)
+    afters = (r.after[currency] for r in last_to_first if r.after and currency in r.after)
+    return BalanceSpan(before=next(befores, None), after=next(afters, None))

@@ -186,6 +186,29 @@ class Movement:
 
 
 @dataclass(frozen=True)
+class BalanceSpan:
+    """A wallet's balance at the start of the batch's first run and at the end of its last.
+
+    Either is None when no run read it.
+    """
+
+    before: Decimal | None = None
+    after: Decimal | None = None
+
+
+@dataclass(frozen=True)
+class Unsettled:
+    """A currency's rows the batch has not settled yet: a rerun of the batch settles them."""
+
+    in_flight: int = 0  # rows sent and not yet confirmed
+    in_flight_debits: Decimal = ZERO  # what the wallet already paid for them
+    unsent: int = 0  # rows not sent yet (pending or planned)
+
+    def __bool__(self) -> bool:
+        return bool(self.in_flight or self.unsent or self.in_flight_debits)
+
+
+@dataclass(frozen=True)
 class CurrencyReconciliation:
     currency: str
     orders: int
@@ -193,19 +216,16 @@ class CurrencyReconciliation:
     cost: Decimal  # what the ledger says the wallet was charged
     wallet_debits: Decimal | None  # what the provider's transactions (or balances) say
     discount: Decimal  # face value - cost: positive a discount, negative a fee
-    balance_before: Decimal | None
-    balance_after: Decimal | None
+    balances: BalanceSpan
     orphans: int
     orphan_value: Decimal
     verdict: Verdict
     reason: str
-    in_flight: int = 0  # rows of this currency still in flight
-    in_flight_debits: Decimal = ZERO  # what the wallet already paid for them
+    unsettled: Unsettled = Unsettled()  # what of this currency is still in flight or unsent
     fx_fees: Decimal = ZERO  # FX fee debits in this wallet, part of `wallet_debits`
     movement: Movement | None = None  # None: the balances were not read at both ends
     #: orders this currency's wallet paid for (cross-currency cards of other currencies too)
     wallet_orders: int = 0
-    unsent: int = 0  # rows of this currency not sent yet (a rerun sends them)
 
     @property
     def difference(self) -> Decimal | None:
@@ -259,8 +279,8 @@ class Reconciliation:
         bad = [c.currency for c in self.currencies if c.verdict == MISMATCH]
         if bad:
             return "unexplained difference in " + ", ".join(bad) + " (see Per currency)"
-        waiting = sum(c.in_flight for c in self.currencies)
-        unsent = sum(c.unsent for c in self.currencies)
+        waiting = sum(c.unsettled.in_flight for c in self.currencies)
+        unsent = sum(c.unsettled.unsent for c in self.currencies)
         if waiting or unsent or any(c.verdict == IN_PROGRESS for c in self.currencies):
             parts = []
             if waiting:

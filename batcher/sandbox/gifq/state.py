@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -106,14 +106,8 @@ class Campaign:
     updated_at: str
 
     def as_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "title": self.title,
-            "status": self.status,
-            "brands": list(self.brands),
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-        }
+        # GIFQ names a campaign's keys as its fields are named, in the same order
+        return asdict(self)
 
 
 @dataclass(frozen=True)

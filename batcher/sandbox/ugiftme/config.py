@@ -18,14 +18,6 @@ DEFAULT_FUNDING: Mapping[str, Decimal] = {
     "EUR": Decimal("10000.00"),
     "USD": Decimal("10000.00"),
 }
-VALID_EVENTS = (
-    "order.queued",
-    "order.processing",
-    "order.succeeded",
-    "order.failed",
-    "product.updated",
-    "wallet.updated",
-)
 WEBHOOK_RETRY_DELAYS = (60.0, 300.0, 900.0, 3600.0, 14400.0)  # seconds, before scaling
 MAX_KEPT_DELIVERIES = 10_000  # the control listing keeps the most recent ones
 MAX_PAGE_LIMIT = 100

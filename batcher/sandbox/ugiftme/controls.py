@@ -38,13 +38,7 @@ CONTROLS = RouteTable()
 
 
 def _wallet_json(wallet: Wallet) -> dict[str, Any]:
-    return {
-        "currency": wallet.currency,
-        "balance": wallet.balance,
-        "held": wallet.held,
-        "availableBalance": wallet.available,
-        "holds": dict(wallet.holds),
-    }
+    return {**wallet.balance_json(), "held": wallet.held, "holds": dict(wallet.holds)}
 
 
 def _settings_json(sandbox: UGiftMeSandbox) -> dict[str, Any]:

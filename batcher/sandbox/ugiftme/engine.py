@@ -372,9 +372,7 @@ class UGiftMeSandbox(SandboxCore):
     ) -> None:
         data: dict[str, Any] = {
             "userId": account.user_id,
-            "currency": wallet.currency,
-            "balance": wallet.balance,
-            "availableBalance": wallet.available,
+            **wallet.balance_json(),
             "source": source,
         }
         if transaction is not None:

@@ -42,13 +42,19 @@ class Wallet:
         self.updated_at = iso_now()
         return amount
 
+    def balance_json(self) -> dict[str, Any]:
+        """The wallet's balance as UGiftMe names it, in the wallet, its webhook and the controls."""
+        return {
+            "currency": self.currency,
+            "balance": self.balance,
+            "availableBalance": self.available,
+        }
+
     def as_json(self, recent: int = 20) -> dict[str, Any]:
         return {
             "_id": self.id,
             "userID": self.user_id,
-            "currency": self.currency,
-            "balance": self.balance,
-            "availableBalance": self.available,
+            **self.balance_json(),
             "transactions": list(reversed(self.transactions[-recent:])),
             "createdAt": self.created_at,
             "updatedAt": self.updated_at,
@@ -162,18 +168,16 @@ class OrderRequest:
     error: str | None = None
 
     def as_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {
+        # UGiftMe leaves out a result or an error it does not have yet, never sends null
+        known = {"result": self.result, "error": self.error}
+        return {
             "orderRequestId": self.id,
             "status": self.status,
             "type": self.type,
+            **{key: value for key, value in known.items() if value is not None},
+            "createdAt": self.created_at,
+            "updatedAt": self.updated_at,
         }
-        if self.result is not None:
-            body["result"] = self.result
-        if self.error is not None:
-            body["error"] = self.error
-        body["createdAt"] = self.created_at
-        body["updatedAt"] = self.updated_at
-        return body
 
 
 @dataclass

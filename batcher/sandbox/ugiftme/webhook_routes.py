@@ -10,11 +10,11 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from batcher.core.webhook_events import UGIFTME_EVENTS
 from batcher.sandbox.asgi import RouteTable
 from batcher.sandbox.common import iso_now, object_id
 from batcher.sandbox.handlers import found, read_json
 from batcher.sandbox.jsonio import encode_json, json_response
-from batcher.sandbox.ugiftme.config import VALID_EVENTS
 from batcher.sandbox.ugiftme.errors import ApiError
 from batcher.sandbox.ugiftme.params import account_of, sandbox_of
 from batcher.sandbox.ugiftme.state import Webhook
@@ -35,15 +35,15 @@ def _checked_events(raw: Any) -> list[str]:
             400,
             "Validation failed",
             message="events must be a non-empty array",
-            validEvents=list(VALID_EVENTS),
+            validEvents=list(UGIFTME_EVENTS),
         )
-    unknown = [e for e in raw if e not in VALID_EVENTS]
+    unknown = [e for e in raw if e not in UGIFTME_EVENTS]
     if unknown:
         raise ApiError(
             400,
             "Invalid events",
             message=f"Unknown events: {', '.join(unknown)}",
-            validEvents=list(VALID_EVENTS),
+            validEvents=list(UGIFTME_EVENTS),
         )
     return list(dict.fromkeys(raw))
 
@@ -112,7 +112,7 @@ async def webhook_test_sample(request: Request) -> Response:
                 "X-Webhook-Signature": sign(secret, encode_json(payload)),
             },
             "signedWith": secret,
-            "validEvents": list(VALID_EVENTS),
+            "validEvents": list(UGIFTME_EVENTS),
         }
     )
 
