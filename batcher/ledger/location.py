@@ -17,7 +17,9 @@ from batcher.core.errors import ConfigError
 LEDGER_FILE = "ledger.sqlite"
 Backend = Literal["sqlite", "postgresql"]
 
-_USERINFO_PASSWORD = re.compile(r"(://[^:/@?#]*:)([^@/?#]*)(@)")
+# libpq reads everything up to the last "@" before the host as user info, "?" and "#"
+# included, so only "@" or "/" ends the password.
+_USERINFO_PASSWORD = re.compile(r"(://[^:/@]*:)([^@/]*)(@)")
 _QUERY_PASSWORD = re.compile(r"((?:^|[?&\s])password=)([^&\s]*)", re.IGNORECASE)
 
 
