@@ -104,9 +104,10 @@ def connect(
 def write_transaction(db: Database, begin: Sequence[str]) -> Iterator[Database]:
     """One write transaction begun with `begin` (see `write_begin`): committed when the
     block ends, rolled back when it raises (a failed COMMIT included)."""
-    for statement in begin:
-        db.execute(statement)
-    try:
+    db.execute(begin[0])
+    try:  # the rest (PostgreSQL's advisory-lock wait) can be interrupted: roll back then
+        for statement in begin[1:]:
+            db.execute(statement)
         yield db
         db.execute("COMMIT")
     except BaseException:
