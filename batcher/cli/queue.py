@@ -221,6 +221,14 @@ def enqueue(
     show_default=True,
     help="Seconds between heartbeats on the batch being run.",
 )
+@click.option(
+    "--retry-backoff",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Seconds before a batch that stopped early is claimed again; doubled per attempt "
+    "(at most 15 minutes).",
+)
 @click.option("--worker-id", default=None, help="This worker's name (default: host:pid:random).")
 @log_format_option
 @handle_errors
@@ -233,6 +241,7 @@ def worker(
     max_batches: int | None,
     stale_after: float,
     heartbeat_every: float,
+    retry_backoff: float,
     worker_id: str | None,
     log_format: str | None,
 ) -> None:
@@ -257,7 +266,7 @@ def worker(
     def settings_for(item: QueueItem, queued: QueuedRun) -> ProviderSettings:
         return resolve_settings_for(item.provider, queued.base_url, item.account)
 
-    setup = WorkerSetup(name, template, settings_for, stale_after, heartbeat_every)
+    setup = WorkerSetup(name, template, settings_for, stale_after, heartbeat_every, retry_backoff)
     ran = 0
     log.info(f"worker {name} starting: ledger {location.shown}, reports {report_dir.absolute()}")
     with stop_on_signals(log) as signals, library_warnings(log), BatchQueue(location) as queue:

@@ -144,8 +144,9 @@ class Outcome:
     recorded: bool = True  # False: another worker had reclaimed the item meanwhile
 
 
-def backoff(attempts: int) -> float:
-    return float(min(MAX_BACKOFF_SECONDS, BACKOFF_SECONDS * 2 ** max(0, attempts - 1)))
+def backoff(attempts: int, base: float = BACKOFF_SECONDS) -> float:
+    """The wait before the next claim of an item claimed `attempts` times."""
+    return float(min(MAX_BACKOFF_SECONDS, base * 2 ** max(0, attempts - 1)))
 
 
 def _brief(result: BatchResult) -> dict[str, Any]:
@@ -164,7 +165,9 @@ def _brief(result: BatchResult) -> dict[str, Any]:
     }
 
 
-def judge(item: QueueItem, result: BatchResult, *, stopped_by_us: bool) -> tuple[QueueState, float]:
+def judge(
+    item: QueueItem, result: BatchResult, *, stopped_by_us: bool, base: float = BACKOFF_SECONDS
+) -> tuple[QueueState, float]:
     """The item's next state (and a retry's wait) from a run's result."""
     code = result.exit_code
     verdict = (result.summary.get("reconciliation") or {}).get("verdict")
@@ -175,14 +178,14 @@ def judge(item: QueueItem, result: BatchResult, *, stopped_by_us: bool) -> tuple
     if code == ExitCode.INCOMPLETE:
         if stopped_by_us:
             return QueueState.QUEUED, 0.0
-        return _retry(item)
+        return _retry(item, base)
     return QueueState.FAILED, 0.0
 
 
-def _retry(item: QueueItem) -> tuple[QueueState, float]:
+def _retry(item: QueueItem, base: float = BACKOFF_SECONDS) -> tuple[QueueState, float]:
     if item.attempts >= item.max_attempts:
         return QueueState.FAILED, 0.0
-    return QueueState.QUEUED, backoff(item.attempts)
+    return QueueState.QUEUED, backoff(item.attempts, base)
 
 
 class Heartbeat:
@@ -231,6 +234,7 @@ class WorkerSetup:
     settings_for: Callable[[QueueItem, QueuedRun], ProviderSettings]
     stale_after: float = 60.0
     heartbeat_every: float = 5.0
+    retry_backoff: float = BACKOFF_SECONDS  # the first retry's wait; doubled per claim
 
 
 def run_item(
@@ -277,11 +281,11 @@ def _run_claimed(item: QueueItem, setup: WorkerSetup, ui: RunUI, stop: threading
                        setup.worker_id, setup.heartbeat_every):  # fmt: skip
             result = run_batch(settings, options, ui, stop=stop)
     except (BatchLocked, ProviderUnavailable) as exc:
-        state, wait = _retry(item)
+        state, wait = _retry(item, setup.retry_backoff)
         return Outcome(item, state, int(exc.exit_code), f"{exc}", retry_in=wait)
     except BatcherError as exc:
         return Outcome(item, QueueState.FAILED, int(exc.exit_code), str(exc))
-    state, wait = judge(item, result, stopped_by_us=stop.is_set())
+    state, wait = judge(item, result, stopped_by_us=stop.is_set(), base=setup.retry_backoff)
     message = result.message or "done"
     if state == QueueState.HELD and result.exit_code == ExitCode.OK:
         verdict = (result.summary.get("reconciliation") or {}).get("verdict")

@@ -13,6 +13,13 @@ free: the server drops that lock with the dead worker's session, so a live
 worker whose heartbeat merely lags is never robbed. The run that resumes it
 goes through the ledger's normal recovery, which never orders a row twice.
 
+One batch per account runs at a time: a queued item waits while another item of
+the same provider and account is running. The account's rate limit is per key
+anyway, so a second concurrent batch would not finish sooner, and a run's
+reconciliation ties its wallet's balance movement to its own orders, which
+another batch debiting the same wallet at the same moment would blur. Batches
+of different accounts run side by side, one per worker.
+
 This module stores and moves items; it never runs a batch (execute/worker.py).
 """
 
@@ -33,6 +40,8 @@ from batcher.ledger.connection import LedgerConnection
 from batcher.ledger.location import LedgerLocation
 from batcher.ledger.lock import advisory_keys
 
+#: The one-part advisory key claims serialise on (backend.LEDGER_WRITE_LOCK is another).
+QUEUE_CLAIM_LOCK = 0x6261746368717565  # "batchque"
 #: how many stale candidates one claim looks at before giving up for this poll
 _STALE_CANDIDATES = 20
 _COLUMNS = (
@@ -170,6 +179,9 @@ class BatchQueue:
         now = utc_now()
         cutoff = _later(-stale_after)
         with self._tx() as db:
+            # Claims queue on one lock (a claim takes milliseconds): each sees the one
+            # before it, so two workers never start two batches of one account at once.
+            db.execute("SELECT pg_advisory_xact_lock(?)", (QUEUE_CLAIM_LOCK,))
             picked = None
             previous = None
             stale = db.execute(
@@ -182,10 +194,14 @@ class BatchQueue:
                     picked, previous = row, row[10]
                     break
             if picked is None:
+                # one running batch per account: see the module docstring
                 picked = db.execute(
-                    f"SELECT {_COLUMNS} FROM batch_queue WHERE state = ? AND not_before <= ?"
+                    f"SELECT {_COLUMNS} FROM batch_queue q WHERE state = ? AND not_before <= ?"
+                    " AND NOT EXISTS (SELECT 1 FROM batch_queue r WHERE r.state = ?"
+                    " AND r.provider = q.provider"
+                    " AND COALESCE(r.account, '') = COALESCE(q.account, ''))"
                     " ORDER BY not_before, id LIMIT 1 FOR UPDATE SKIP LOCKED",
-                    (QueueState.QUEUED.value, now),
+                    (QueueState.QUEUED.value, now, QueueState.RUNNING.value),
                 ).fetchone()
             if picked is None:
                 return None
