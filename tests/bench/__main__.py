@@ -28,6 +28,7 @@ SCENARIOS = [
     "ledger_scaling",
     "e2e_webhooks",
     "chaos_once",
+    "chaos_pg",
     "report_small_in_large",
 ]
 

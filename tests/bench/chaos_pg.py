@@ -15,6 +15,7 @@ import csv
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -297,10 +298,7 @@ def scenario(data: Path, seeds: int = 3) -> dict[str, Any]:
     try:
         for seed in range(1, seeds + 1):
             work = data / "chaos_pg" / f"seed-{seed}"
-            if work.exists():
-                import shutil
-
-                shutil.rmtree(work)
+            shutil.rmtree(work, ignore_errors=True)
             url = cluster.url(cluster.fresh_database())
             results.append(run_round(seed, work, url, rows=150, kills=8, timeout=600))
     finally:
