@@ -155,3 +155,37 @@ def test_a_killed_workers_batch_is_resumed_by_another_exactly_once(
     [item] = queue_json(env)
     assert item["state"] == "done" and item["worker"] == "w2" and item["attempts"] == 2
     assert item["summary"]["reconciliation"] == "RECONCILED"
+
+
+def test_sigterm_stops_a_worker_cleanly_and_its_batch_goes_back_to_the_queue(
+    tmp_path: Path, make_ugiftme_sandbox: Any, pg_url: str
+) -> None:
+    sandbox = make_ugiftme_sandbox(rate_limit=5, rate_window_seconds=1, async_delay_seconds=0.2)
+    rows = 40
+    sheet = write_sheet(tmp_path / "term.csv", make_rows(rows))
+    reports = tmp_path / "reports"
+    env = cli_env(sandbox, tmp_path / "state", BATCHER_LEDGER=pg_url)
+    assert (
+        batcher(["enqueue", str(sheet), "--batch", "term", "--chunk-size", "3"], env).returncode
+        == 0
+    )
+    proc = start_batcher(["worker", "--worker-id", "t1", "--report-dir", str(reports)], env)
+    try:
+        assert wait_for(lambda: 0 < sum(orders_by_email(sandbox).values()) < rows // 2, 60)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == ExitCode.INCOMPLETE, stderr
+    assert "Traceback" not in stderr
+    [item] = queue_json(env)
+    assert item["state"] == "queued" and item["worker"] is None, item
+    assert item["exit_code"] == ExitCode.INCOMPLETE
+
+    again = batcher(["worker", "--once", "--report-dir", str(reports)], env)
+    assert again.returncode == 0, again.stderr
+    counts = orders_by_email(sandbox)
+    assert len(counts) == rows and set(counts.values()) == {1}
+    [item] = queue_json(env)
+    assert item["state"] == "done" and item["attempts"] == 2
