@@ -87,3 +87,17 @@ def test_a_stale_item_is_taken_over_only_when_its_batch_lock_is_free(
 def test_the_queue_refuses_a_sqlite_ledger(tmp_path: Any) -> None:
     with pytest.raises(UsageError, match="needs a shared PostgreSQL ledger"):
         BatchQueue(LedgerLocation.in_state_dir(tmp_path))
+
+
+def test_an_item_whose_workers_keep_dying_fails_after_max_attempts(
+    location: LedgerLocation,
+) -> None:
+    with BatchQueue(location) as queue:
+        item = put(queue, "poison")  # max_attempts=3
+        for worker in ("w1", "w2", "w3"):
+            assert queue.claim(worker, stale_after=0.05) is not None
+            time.sleep(0.1)  # the worker dies: no heartbeat, no outcome
+        assert queue.claim("w4", stale_after=0.05) is None
+        found = queue.item(item.id)
+        assert found is not None and found.state == "failed"
+        assert "stopped without an outcome 3 time(s)" in (found.message or "")

@@ -190,9 +190,24 @@ class BatchQueue:
                 (QueueState.RUNNING.value, cutoff, _STALE_CANDIDATES),
             ).fetchall()
             for row in stale:
-                if not self._batch_locked(db, row[1]):
-                    picked, previous = row, row[10]
-                    break
+                if self._batch_locked(db, row[1]):
+                    continue
+                if row[8] >= row[9]:  # attempts >= max_attempts: its workers keep dying
+                    db.execute(
+                        "UPDATE batch_queue SET state = ?, finished_at = ?, message = ?"
+                        " WHERE id = ?",
+                        (
+                            QueueState.FAILED.value,
+                            now,
+                            f"its worker stopped without an outcome {row[8]} time(s) (last "
+                            f"{row[10]}, no heartbeat since {row[11]}); rerun it with "
+                            "`batcher run` to see why, or queue it again",
+                            row[0],
+                        ),
+                    )
+                    continue
+                picked, previous = row, row[10]
+                break
             if picked is None:
                 # one running batch per account: see the module docstring
                 picked = db.execute(
