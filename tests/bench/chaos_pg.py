@@ -314,6 +314,7 @@ def scenario(data: Path, seeds: int = 3) -> dict[str, Any]:
         "reclaims": sum(r.reclaims for r in results),
         "duplicates": sum(r.duplicates for r in results),
         "missing": sum(r.missing for r in results),
+        "seconds": round(sum(r.seconds for r in results), 1),
         "seconds_per_round": [r.seconds for r in results],
         "failed_rounds": failed,
         "target": f"{seeds} rounds: every item done, 0 duplicates, 0 missing rows",
