@@ -189,3 +189,27 @@ def test_sigterm_stops_a_worker_cleanly_and_its_batch_goes_back_to_the_queue(
     assert len(counts) == rows and set(counts.values()) == {1}
     [item] = queue_json(env)
     assert item["state"] == "done" and item["attempts"] == 2
+
+
+def test_run_takes_a_named_account_and_refuses_a_provider_that_is_not_its_own(
+    tmp_path: Path, ugiftme_sandbox: Any
+) -> None:
+    toml = tmp_path / "batcher.toml"
+    toml.write_text(
+        f'[accounts.acme]\nprovider = "ugiftme"\nbase_url = "{ugiftme_sandbox.base_url}"\n'
+        'api_key_env = "ACME_UGIFTME_KEY"\n'
+    )
+    env = cli_env(ugiftme_sandbox, tmp_path / "state", BATCHER_CONFIG=str(toml))
+    env["ACME_UGIFTME_KEY"] = env.pop("UGIFTME_API_KEY")  # only the account's variable
+    del env["UGIFTME_BASE_URL"]
+    sheet = write_sheet(tmp_path / "acct.csv", make_rows(5))
+    reports = str(tmp_path / "reports")
+    ran = batcher(["run", str(sheet), "--account", "acme", "--yes", "--report-dir", reports], env)
+    assert ran.returncode == 0, ran.stderr
+    assert sorted(orders_by_email(ugiftme_sandbox).values()) == [1] * 5
+    wrong = batcher(["run", str(sheet), "--account", "acme", "--provider", "gifq"], env)
+    assert wrong.returncode == ExitCode.USAGE
+    assert "does not match account 'acme' (ugiftme)" in wrong.stderr
+    unknown = batcher(["run", str(sheet), "--account", "initech", "--yes"], env)
+    assert unknown.returncode == ExitCode.CANNOT_START
+    assert "no account named 'initech'" in unknown.stderr
