@@ -70,3 +70,17 @@ REPLANNABLE_STATES: tuple[RowState, ...] = (
 #: never sent, and not sent until released: `--release-held`, or (a reference another
 #: batch holds) a rerun once that batch has finished
 HELD_STATES: tuple[RowState, ...] = (RowState.HELD,)
+
+
+class QueueState(StrEnum):
+    """A `batcher enqueue` item in the work queue (the `batch_queue` table)."""
+
+    QUEUED = "queued"  # waiting for a worker (or for its retry's backoff to pass)
+    RUNNING = "running"  # claimed: a worker's id and heartbeat are on it
+    DONE = "done"  # the batch ran to the end and reconciled
+    FAILED = "failed"  # a person must look: the message says why
+    HELD = "held"  # rows held as possible duplicates (or not reconciled): a person decides
+
+
+#: an item a worker may still claim (one per batch at a time)
+OPEN_QUEUE_STATES: tuple[QueueState, ...] = (QueueState.QUEUED, QueueState.RUNNING)

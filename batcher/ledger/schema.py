@@ -32,7 +32,7 @@ from collections.abc import Callable
 from batcher.ledger.backend import Database
 from batcher.ledger.location import Backend
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: The version the SCHEMA script below creates: a new database starts here.
 BASE_VERSION = 2
 SCHEMA = """
@@ -259,5 +259,48 @@ def _to_v2(db: Database, backend: Backend, columns_of: ColumnsOf) -> list[str]:
     return repaired
 
 
+#: The work queue of `batcher enqueue` and `batcher worker` (schema version 3). It is
+#: used on PostgreSQL only (a queue is for several machines), but exists on both
+#: backends so that the schema stays one. One open item (queued or running) per batch.
+QUEUE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS batch_queue (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    batch TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    account TEXT,                    -- a named account of batcher.toml; NULL: the defaults
+    sheet_path TEXT NOT NULL,        -- absolute, as the workers will read it
+    sheet_sha256 TEXT NOT NULL,      -- the bytes that were validated at enqueue
+    options TEXT NOT NULL,           -- JSON: the run options; never a key or secret
+    state TEXT NOT NULL,             -- queued | running | done | failed | held
+    attempts INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER NOT NULL,
+    worker TEXT,                     -- the claiming worker's id
+    heartbeat_at TEXT,
+    not_before TEXT NOT NULL,        -- a retry's backoff: not claimed before this
+    enqueued_at TEXT NOT NULL,
+    started_at TEXT,
+    finished_at TEXT,
+    exit_code INTEGER,
+    summary TEXT,                    -- JSON: the last run's outcome in brief
+    message TEXT
+);
+CREATE INDEX IF NOT EXISTS batch_queue_by_state ON batch_queue(state, not_before, id);
+CREATE UNIQUE INDEX IF NOT EXISTS batch_queue_one_open ON batch_queue(batch)
+    WHERE state IN ('queued', 'running');
+"""
+
+
+def _to_v3_queue(db: Database, backend: Backend, columns_of: ColumnsOf) -> list[str]:
+    """Version 2 -> 3: the work queue (self-contained: its DDL is QUEUE_SCHEMA)."""
+    del columns_of
+    dialect = postgres_statements if backend == "postgresql" else statements
+    for statement in dialect(QUEUE_SCHEMA):
+        db.execute(statement)
+    return []
+
+
 #: version -> the step that brings the version before it up to it.
-STEPS: dict[int, Callable[[Database, Backend, ColumnsOf], list[str]]] = {2: _to_v2}
+STEPS: dict[int, Callable[[Database, Backend, ColumnsOf], list[str]]] = {
+    2: _to_v2,
+    3: _to_v3_queue,
+}

@@ -702,6 +702,7 @@ def report_100k(data: Path) -> dict[str, Any]:
 
 from tests.bench import webhooks as _webhooks  # noqa: E402  (it reuses the helpers above)
 from tests.bench.chaos import scenario as chaos_scenario  # noqa: E402
+from tests.bench.chaos_pg import scenario as chaos_pg_scenario  # noqa: E402
 
 
 def report_small_in_large(data: Path) -> dict[str, Any]:
@@ -769,6 +770,7 @@ SCENARIOS = {
     "validate_fixed_cost": validate_fixed_cost,
     "ledger_scaling": ledger_scaling,
     "chaos_once": chaos_scenario,
+    "chaos_pg": chaos_pg_scenario,
     "report_small_in_large": report_small_in_large,
 }
 
