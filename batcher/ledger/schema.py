@@ -35,7 +35,7 @@ from batcher.core.states import CLAIMING_STATES, HELD_ELSEWHERE, RowState
 from batcher.ledger.backend import Database
 from batcher.ledger.location import Backend
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: The version the SCHEMA script below creates: a new database starts here.
 BASE_VERSION = 2
 SCHEMA = """
@@ -184,6 +184,17 @@ CREATE TABLE IF NOT EXISTS reference_claims (
     PRIMARY KEY (provider, account_id, reference)
 );
 CREATE INDEX IF NOT EXISTS reference_claims_by_row ON reference_claims(batch, row_key);
+"""
+
+#: Version 4: the request schedule processes on one key share (`rate_slots.py`).
+#: Used on PostgreSQL only; SQLite has the table too, so both schemas stay one.
+RATE_SLOTS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS rate_slots (
+    key_fingerprint TEXT PRIMARY KEY,       -- SHA-256 of base URL and key: never the key
+    last_slot DOUBLE PRECISION NOT NULL,    -- epoch seconds, on the database's clock
+    interval_seconds DOUBLE PRECISION NOT NULL,  -- the last asker's spacing
+    updated_at TEXT NOT NULL
+);
 """
 
 #: Tables in the order their foreign keys allow them to be filled.
@@ -375,5 +386,18 @@ def held_elsewhere_message(reference: str, state: str, other: str) -> str:
     )
 
 
+def _to_v4(db: Database, backend: Backend, columns_of: ColumnsOf) -> list[str]:
+    """Version 3 -> 4: the `rate_slots` table, empty (a schedule starts with its first
+    request). Not in TABLES: a schedule is of the moment, never copied."""
+    script = RATE_SLOTS_SCHEMA
+    for statement in postgres_statements(script) if backend == "postgresql" else statements(script):
+        db.execute(statement)
+    return []
+
+
 #: version -> the step that brings the version before it up to it.
-STEPS: dict[int, Callable[[Database, Backend, ColumnsOf], list[str]]] = {2: _to_v2, 3: _to_v3}
+STEPS: dict[int, Callable[[Database, Backend, ColumnsOf], list[str]]] = {
+    2: _to_v2,
+    3: _to_v3,
+    4: _to_v4,
+}
