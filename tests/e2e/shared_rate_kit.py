@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.e2e.runkit import cli_env, make_rows, start_batcher, write_sheet
+from tests.e2e.test_gifq_run import ORDER_HEADER, order_rows, write_csv
 
 
 @dataclass(frozen=True)
@@ -39,18 +40,28 @@ def run_two_on_one_key(
     rows_each: int,
     processes: int = 2,
     timeout: float = 600,
+    provider: str = "ugiftme",
 ) -> SharedRateResult:
     """Start `processes` runs of `rows_each` rows each (one order per request: chunk
-    size 1), all at once, and wait for them."""
+    size 1), all at once, on `provider`'s sandbox, and wait for them."""
     env = cli_env(sandbox, work / "state", BATCHER_LEDGER=ledger_url)
+    extra: list[str] = []
+    if provider == "gifq":
+        env = {k: v for k, v in env.items() if not k.startswith("UGIFTME_")}
+        env["GIFQ_API_TOKEN"] = sandbox.api_key
+        extra = ["--provider", "gifq", "--base-url", sandbox.base_url]
     procs = []
     for n in range(processes):
-        rows = make_rows(rows_each, seed=n, prefix=f"P{n}")
-        for row in rows:  # distinct recipients per process
-            row["Email"] = f"p{n}-{row['Email']}"
-        sheet = write_sheet(work / f"shared{n}.csv", rows)
+        if provider == "gifq":
+            rows = order_rows(rows_each, seed=n, prefix=f"P{n}", start=Decimal(25 + 10 * n))
+            sheet = write_csv(work / f"shared{n}.csv", rows, ORDER_HEADER)
+        else:
+            rows = make_rows(rows_each, seed=n, prefix=f"P{n}")
+            for row in rows:  # distinct recipients per process
+                row["Email"] = f"p{n}-{row['Email']}"
+            sheet = write_sheet(work / f"shared{n}.csv", rows)
         args = ["run", str(sheet), "--batch", f"shared{n}", "--yes", "--chunk-size", "1",
-                "--report-dir", str(work / "reports")]  # fmt: skip
+                "--report-dir", str(work / "reports"), *extra]  # fmt: skip
         procs.append(start_batcher(args, env))
     outputs = [proc.communicate(timeout=timeout) for proc in procs]
     stats = sandbox.control("GET", "/stats")
