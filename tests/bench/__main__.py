@@ -29,6 +29,8 @@ SCENARIOS = [
     "e2e_webhooks",
     "chaos_once",
     "report_small_in_large",
+    "ledger_writes",
+    "shared_rate",
 ]
 
 
