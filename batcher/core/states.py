@@ -71,6 +71,15 @@ REPLANNABLE_STATES: tuple[RowState, ...] = (
 #: batch holds) a rerun once that batch has finished
 HELD_STATES: tuple[RowState, ...] = (RowState.HELD,)
 
+#: error_code of a held row whose reference another batch of the same account holds
+HELD_ELSEWHERE = "held_reference_in_another_batch"
+
+#: a row in one of these states holds its reference for its account: planned, in
+#: flight or ordered. Another batch of the account plans that reference only once the
+#: row has left them (failed, pending again, held, skipped, invalid): the ledger's
+#: `reference_claims` table (one claim per account and reference) follows exactly this.
+CLAIMING_STATES: tuple[RowState, ...] = (*UNSETTLED_STATES, RowState.SUCCEEDED)
+
 
 class QueueState(StrEnum):
     """A `batcher enqueue` item in the work queue (the `batch_queue` table)."""

@@ -30,6 +30,8 @@ SCENARIOS = [
     "chaos_once",
     "chaos_pg",
     "report_small_in_large",
+    "ledger_writes",
+    "shared_rate",
 ]
 
 

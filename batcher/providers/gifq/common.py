@@ -105,6 +105,8 @@ class GifqBase(ApiBackedProvider):
                 settings.api_key,
                 rate_per_second=settings.profile.default_rate_per_second * PACE_MARGIN,
                 max_rate=max_rate,
+                shared=options.shared_pace if options else None,
+                base_url=settings.base_url,
             )
         token = settings.api_key.get_secret_value()
         self._api = ApiClient(
