@@ -285,7 +285,7 @@ def _run_locked(
     lost = lock_lost()
     if lost is not None:
         # Another run may hold the batch now: nothing more was sent once this was seen.
-        stats.stopped = f"{lost}; nothing more was sent"
+        stats.stopped = f"{lost}; it stopped sending when it noticed"
     if feed is not None:
         feed.report_orphans(ui.listener.message)
     kept = (
