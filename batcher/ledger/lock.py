@@ -261,17 +261,22 @@ class PgBatchLock:
         self._watcher.start()
 
     def _watch(self, fd: int, wake: int, stop: threading.Event) -> None:
+        # poll, not select: a busy process may hold file descriptors above select's 1024
+        either, woken = select.poll(), select.poll()
+        for poller, fds in ((either, (fd, wake)), (woken, (wake,))):
+            for one in fds:
+                poller.register(one, select.POLLIN)
         while True:
             # The server writes to an idle session only to end it (or to notify, which
             # batcher never asks for): readable means "check now".
-            ready, _, _ = select.select([fd, wake], [], [], self.check_every)
+            ready = {one for one, _ in either.poll(self.check_every * 1000)}
             if wake in ready:
                 return
             if self.check() is not None:
                 stop.set()
                 return
             if ready:  # it spoke and lives on: never more than a few checks a second
-                select.select([wake], [], [], min(0.25, self.check_every))
+                woken.poll(min(0.25, self.check_every) * 1000)
 
     def _stop_watching(self) -> None:
         if self._watcher is None or self._wake is None:
