@@ -38,7 +38,7 @@ from batcher.intake.read import Sheet
 from batcher.intake.validate import ValidationResult
 from batcher.ledger.copy import PLANNING_TABLES
 from batcher.ledger.lock import batch_lock
-from batcher.ledger.store import BatchLock, ChunkRecord, Ledger, RowRecord, utc_now
+from batcher.ledger.store import ChunkRecord, Ledger, RowRecord, utc_now
 from batcher.providers import connect
 from batcher.providers.base import Provider
 from batcher.reporting.outputs import write_json
@@ -114,7 +114,7 @@ def _ledger_copy(options: BatchOptions, batch: str, scratch: Path) -> Ledger:
                 source.close()
         return copy
     if location.path.exists():
-        with BatchLock(options.state_dir, batch):
+        with batch_lock(options.state_dir, batch, location):  # beside the ledger file
             src = sqlite3.connect(f"file:{location.path}?mode=ro", uri=True)
             dst = sqlite3.connect(scratch / LEDGER_FILE)
             try:

@@ -29,7 +29,7 @@ from batcher.core.states import HELD_STATES, UNFINISHED_STATES, UNSETTLED_STATES
 from batcher.execute.check import SheetReading, check_sheet
 from batcher.execute.events import POLL, RECONCILE, SUBMIT, RunStart, emit
 from batcher.execute.funds import FundsCheck, Need, check_funds, left_out_message
-from batcher.execute.recovery import DEFAULT_LOOKBACK_DAYS, before_planning
+from batcher.execute.recovery import DEFAULT_LOOKBACK_DAYS, RecoveryStopped, before_planning
 from batcher.execute.rows import sheet_rows_from_validation
 from batcher.execute.runner import PlanSummary, RunListener, Runner, RunOptions, RunStats
 from batcher.execute.unchanged import (
@@ -208,7 +208,9 @@ def _run_connected(
         write_json(out_dir / "summary.json", summary)
         return BatchResult(ExitCode.USAGE, summary, out_dir, "validation failed; nothing was sent")
     options.state_dir.mkdir(parents=True, exist_ok=True)
-    with batch_lock(options.state_dir, batch, options.ledger_location):
+    with batch_lock(options.state_dir, batch, options.ledger_location) as lock:
+        # A PostgreSQL lock dies with its session: if it goes, stop before the next send.
+        lock.watch(stop)
         ledger = Ledger.open(options.state_dir, options.ledger_location)
         try:
             # A batch begun under an id the provider client used to derive keeps it,
@@ -220,8 +222,15 @@ def _run_connected(
                 account_id = known["account_id"]
             return _run_locked(
                 ledger, provider, settings, options, ui, stop, account_id,
-                result, sheet, balances, started_at, quotes,
+                result, sheet, balances, started_at, quotes, lock_lost=lambda: lock.lost,
             )  # fmt: skip
+        except RecoveryStopped:
+            if lock.lost is None:
+                raise
+            # stopped by the lost lock, not on request
+            raise RecoveryStopped(
+                f"{lock.lost}; nothing was sent", hint="rerun to continue"
+            ) from None
         finally:
             ledger.close()
 
@@ -239,6 +248,7 @@ def _run_locked(
     balances: dict[str, Balance],
     started_at: str,
     quotes: tuple[FxQuote, ...] = (),
+    lock_lost: Callable[[], str | None] = lambda: None,
 ) -> BatchResult:
     batch = options.batch_name
     synced = sheet_already_synced(
@@ -293,6 +303,10 @@ def _run_locked(
         # The provider went away mid-run: everything in flight is in the ledger.
         runner.stats.stopped = f"provider error: {exc}"
         stats = runner.stats
+    lost = lock_lost()
+    if lost is not None:
+        # Another run may hold the batch now: nothing more was sent once this was seen.
+        stats.stopped = f"{lost}; it stopped sending when it noticed"
     if feed is not None:
         feed.report_orphans(ui.listener.message)
     kept = (

@@ -22,7 +22,7 @@ from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict
 
 from batcher.core.errors import ConfigError
-from batcher.ledger.location import LedgerLocation
+from batcher.ledger.location import LedgerLocation, check_unambiguous, scrub, url_secrets
 
 CONNECT_TIMEOUT_SECONDS = 10
 
@@ -81,17 +81,39 @@ def to_pyformat(sql: str) -> str:
 class PostgresDatabase:
     """The `backend.Database` interface over one psycopg connection."""
 
-    def __init__(self, location: LedgerLocation) -> None:
+    def __init__(self, location: LedgerLocation, *, keepalives: bool = False) -> None:
+        """`keepalives`: TCP keepalives, so a silent network cut breaks the connection
+        within about half a minute instead of the system's hours."""
         self.location = location
-        self._secret: str | None = None
+        # Every reading of the password, taken before libpq sees the URL: libpq's parse
+        # errors can quote the URL, the password or a piece of it.
+        self._secrets = url_secrets(location.url)
+        self._names: tuple[str, ...] = ()
+        check_unambiguous(location.url, where=None)
         try:
-            password = conninfo_to_dict(location.url).get("password")
-            self._secret = str(password) if password else None
+            parsed = conninfo_to_dict(location.url)
         except psycopg.ProgrammingError as exc:
             raise ConfigError(
                 f"the ledger URL {location.shown} is not a valid PostgreSQL URL "
-                f"({self._scrub(str(exc))})"
+                f"({self._scrub(str(exc))})",
+                hint="percent-encode special characters in the user name and password",
             ) from None
+        if parsed.get("password"):
+            self._secrets = (*self._secrets, str(parsed["password"]))
+        # Plain names a message may quote and the operator needs to see, even when a
+        # password happens to contain one of them.
+        self._names = tuple(
+            str(parsed[k]) for k in ("user", "host", "hostaddr", "port", "dbname") if parsed.get(k)
+        )
+        extra: dict[str, Any] = {}
+        if keepalives:
+            extra = {
+                "keepalives": 1,
+                "keepalives_idle": 10,
+                "keepalives_interval": 5,
+                "keepalives_count": 3,
+                "tcp_user_timeout": 30_000,
+            }
         try:
             self._conn = psycopg.connect(
                 location.url,
@@ -99,6 +121,7 @@ class PostgresDatabase:
                 row_factory=_row_factory,
                 connect_timeout=CONNECT_TIMEOUT_SECONDS,
                 application_name="batcher",
+                **extra,
             )
         except psycopg.Error as exc:
             raise self._unavailable("cannot connect to", exc) from None
@@ -107,14 +130,22 @@ class PostgresDatabase:
         self._conn.execute("SET synchronous_commit TO on")
 
     def _scrub(self, text: str) -> str:
-        detail = " ".join(text.split())[:300]
-        return detail.replace(self._secret, "***") if self._secret else detail
+        """A driver's message fit to show: every reading of the password masked (before
+        the text is shortened, so no piece of one survives a cut)."""
+        clean = scrub(text, self._secrets, self._names)
+        detail = " ".join(clean.split())
+        return scrub(detail, self._secrets, self._names)[:300]
 
     def _unavailable(self, doing: str, exc: BaseException) -> LedgerUnavailable:
         return LedgerUnavailable(
             f"{doing} the PostgreSQL ledger at {self.location.shown}: {self._scrub(str(exc))}",
             hint="check the server, the URL and the credentials (PGPASSWORD or ~/.pgpass)",
         )
+
+    def fileno(self) -> int:
+        """The connection's socket, to wait on: the server writes to an idle session
+        only to end it (or to notify)."""
+        return self._conn.fileno()
 
     def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> psycopg.Cursor[Any]:
         try:
