@@ -918,7 +918,11 @@ def shared_rate(data: Path) -> dict[str, Any]:
     cluster = PgCluster.start()
     try:
         with running_sandbox(
-            "ugiftme", async_mode=False, rate_limit=600, rate_window_seconds=60.0
+            "ugiftme",
+            async_mode=False,
+            rate_limit=600,
+            rate_window_seconds=60.0,
+            funding={"GBP": "10000000.00"},  # 1,400 orders: the default wallet runs dry
         ) as sandbox:
             result = run_two_on_one_key(
                 sandbox, cluster.url(cluster.fresh_database()), work, rows_each=700
