@@ -23,6 +23,9 @@ from batcher.ledger.location import Backend, LedgerLocation
 #: for per-batch locks). Any fixed number works as long as every batcher uses it.
 LEDGER_WRITE_LOCK = 0x6261746368657231  # "batcher1"
 
+#: Below this many new rows, stale planner statistics cost nothing measurable.
+ANALYZE_AFTER_ROWS = 500
+
 
 class Cursor(Protocol):
     @property
@@ -114,6 +117,28 @@ def write_transaction(db: Database, begin: Sequence[str]) -> Iterator[Database]:
         if db.in_transaction:
             db.execute("ROLLBACK")
         raise
+
+
+def refresh_statistics(db: Database, backend: Backend, table: str, added: int) -> None:
+    """Let PostgreSQL's planner know a table just grew by `added` rows.
+
+    A table filled in one go (a new ledger's first 20,000-row sheet) has no
+    statistics until autovacuum gets to it, up to a minute later. Until then the
+    planner guesses a handful of rows and reads a chunk's rows by `batch` alone,
+    filtering the rest: every per-chunk statement then reads the whole batch and
+    a run turns quadratic in its size. ANALYZE samples a bounded number of rows,
+    so it costs a fraction of a second even on a large table; it runs only when
+    the table has never been analysed or grew by more than a tenth, and outside
+    any write transaction (it must not hold its lock while others write).
+    SQLite plans by its indexes' shapes and needs nothing.
+    """
+    if backend != "postgresql" or added < ANALYZE_AFTER_ROWS:
+        return
+    found = db.execute(
+        "SELECT reltuples FROM pg_class WHERE oid = to_regclass(?)", (table,)
+    ).fetchone()
+    if found is None or found[0] < 0 or added > 0.1 * found[0]:
+        db.execute(f"ANALYZE {table}")
 
 
 def plain_rows(db: Database, sql: str, parameters: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:

@@ -58,8 +58,9 @@ class LedgerPlanning(LedgerConnection):
                     if bytes(existing["payload"]) != payload:
                         raise RuntimeError(f"chunk {key} re-planned with different bytes")
                     continue
-                taken = self._references_taken_elsewhere(db, batch, keys)
-                taken = taken or self._claim_references(db, batch, owner, keys, now)
+                mine = self._references_of(db, batch, keys)
+                taken = self._held_elsewhere(db, batch, owner, mine)
+                taken = taken or self._claim_references(db, batch, owner, mine, now)
                 if taken:
                     for row_key, (other, state, reference) in taken.items():
                         db.execute(
@@ -159,21 +160,41 @@ class LedgerPlanning(LedgerConnection):
 
     def references_taken_elsewhere(self, batch: str, row_keys: Sequence[str]) -> set[str]:
         """Row keys of `batch` whose reference another batch of the account holds."""
-        taken: set[str] = set()
-        for part, _ in in_slices(row_keys, 400):
-            taken.update(self._references_taken_elsewhere(self._db, batch, part))
-        return taken
+        found = self._db.execute(
+            "SELECT provider, account_id FROM batches WHERE batch = ?", (batch,)
+        ).fetchone()
+        if found is None:
+            return set()
+        owner = (str(found[0]), str(found[1]))
+        return set(
+            self._held_elsewhere(
+                self._db, batch, owner, self._references_of(self._db, batch, row_keys)
+            )
+        )
+
+    @staticmethod
+    def _references_of(db: Database, batch: str, row_keys: Sequence[str]) -> dict[str, list[str]]:
+        """reference -> the row keys among `row_keys` (rows of `batch`) that carry it."""
+        mine: dict[str, list[str]] = {}
+        for part, marks in in_slices(row_keys, 400):
+            for r in db.execute(
+                f"SELECT row_key, reference FROM rows WHERE batch = ? AND row_key IN ({marks})"
+                " AND reference IS NOT NULL",
+                (batch, *part),
+            ):
+                mine.setdefault(str(r[1]), []).append(str(r[0]))
+        return mine
 
     def _claim_references(
         self,
         db: Database,
         batch: str,
         owner: tuple[str, str],
-        row_keys: Sequence[str],
+        mine: dict[str, list[str]],
         now: str,
     ) -> Taken:
-        """Claim the references of `row_keys` (rows of `batch`) for the batch's account,
-        `owner` (provider, account id).
+        """Claim the references `mine` (reference -> row keys of `batch`) for the batch's
+        account, `owner` (provider, account id).
 
         Returns the rows whose reference another batch has claimed, and then claims
         nothing (a savepoint undoes this chunk's claims). A claim whose holding row
@@ -181,34 +202,30 @@ class LedgerPlanning(LedgerConnection):
         happens with the row's transition; this only keeps a missed release from
         holding rows forever). A claim whose row this ledger cannot see is never
         taken over: it may be another writer's, so the row is held.
+
+        The common case costs one pipelined insert: when every claim was new (the
+        insert's row count is the number of references), no claim can be another
+        batch's, so the existing claims are not read back.
         """
         refused: Taken = {}
+        if not mine:
+            return refused
         provider, account = owner
         db.execute("SAVEPOINT claim_chunk")
-        for part, marks in in_slices(row_keys, 400):
-            mine = {
-                r[1]: r[0]
-                for r in db.execute(
-                    f"SELECT row_key, reference FROM rows WHERE batch = ? AND row_key IN ({marks})"
-                    " AND reference IS NOT NULL",
-                    (batch, *part),
-                )
-            }
-            if not mine:
-                continue
-            db.executemany(
-                _CLAIM, [(provider, account, ref, batch, key, now) for ref, key in mine.items()]
-            )
-            refs = list(mine)
+        for part, marks in in_slices(list(mine), 400):
+            inserted = db.executemany(
+                _CLAIM, [(provider, account, ref, batch, mine[ref][0], now) for ref in part]
+            ).rowcount
+            if inserted == len(part):
+                continue  # all new: each is ours
             for claim in db.execute(
                 "SELECT c.reference, c.batch, c.row_key, r.state FROM reference_claims c"
                 " LEFT JOIN rows r ON r.batch = c.batch AND r.row_key = c.row_key"
-                " WHERE c.provider = ? AND c.account_id = ?"
-                f" AND c.reference IN ({','.join('?' * len(refs))})",
-                (provider, account, *refs),
+                f" WHERE c.provider = ? AND c.account_id = ? AND c.reference IN ({marks})",
+                (provider, account, *part),
             ).fetchall():
                 reference, other, other_key, state = claim[0], claim[1], claim[2], claim[3]
-                row_key = mine[reference]
+                row_key = mine[reference][0]
                 if (other, other_key) == (batch, row_key):
                     continue  # ours: just claimed, or kept from an earlier plan
                 if other == batch or (state is not None and state not in CLAIMING_STATES):
@@ -218,31 +235,55 @@ class LedgerPlanning(LedgerConnection):
                         (batch, row_key, now, provider, account, reference),
                     )
                     continue
-                refused[row_key] = (other, state or "claimed", reference)
+                for key in mine[reference]:
+                    refused[key] = (other, state or "claimed", reference)
         if refused:
             db.execute("ROLLBACK TO SAVEPOINT claim_chunk")
         db.execute("RELEASE SAVEPOINT claim_chunk")
         return refused
 
-    def _references_taken_elsewhere(
-        self, db: Database, batch: str, row_keys: Sequence[str]
+    @staticmethod
+    def _held_elsewhere(
+        db: Database, batch: str, owner: tuple[str, str], mine: dict[str, list[str]]
     ) -> Taken:
-        """row key -> (other batch, its row's state, reference) for references another
-        batch of the same account has planned, in flight or succeeded (CLAIMING_STATES)."""
-        marks = ",".join("?" * len(row_keys))
+        """row key -> (other batch, its row's state, reference) for the references of
+        `mine` (reference -> row keys of `batch`) that another batch of the same account,
+        `owner`, has planned, in flight or succeeded (CLAIMING_STATES).
+
+        Driven by the references themselves (an index search per reference on
+        `rows_by_reference`), so its cost does not grow with the batch, whatever the
+        planner's statistics say about a freshly filled table."""
+        found: list[tuple[str, str, str]] = []
+        for part, marks in in_slices(list(mine), 400):
+            found += [
+                (str(r[0]), str(r[1]), str(r[2]))
+                for r in db.execute(
+                    "SELECT reference, batch, state FROM rows"
+                    f" WHERE reference IN ({marks}) AND batch != ?"
+                    f" AND state IN ({in_claiming_states()})",
+                    (*part, batch),
+                )
+            ]
+        if not found:
+            return {}
+        # Which of those batches are this account's: few, and asked once, so the
+        # statement above stays a search of `rows_by_reference` alone (joined to
+        # `batches`, a planner without statistics drives it from the batch instead).
+        same_account: set[str] = set()
+        for part, marks in in_slices(sorted({other for _, other, _ in found}), 400):
+            same_account.update(
+                str(r[0])
+                for r in db.execute(
+                    "SELECT batch FROM batches WHERE provider = ? AND account_id = ?"
+                    f" AND batch IN ({marks})",
+                    (*owner, *part),
+                )
+            )
         taken: Taken = {}
-        for r in db.execute(
-            "SELECT mine.row_key, other.batch, other.state, mine.reference FROM rows mine"
-            " JOIN batches mb ON mb.batch = mine.batch"
-            " JOIN rows other ON other.reference = mine.reference AND other.batch != mine.batch"
-            " JOIN batches ob ON ob.batch = other.batch AND ob.provider = mb.provider"
-            " AND ob.account_id = mb.account_id"
-            " WHERE mine.batch = ? AND mine.reference IS NOT NULL"
-            f" AND mine.row_key IN ({marks})"
-            f" AND other.state IN ({in_claiming_states()})",
-            (batch, *row_keys),
-        ):
-            taken.setdefault(r[0], (r[1], r[2], r[3]))
+        for reference, other, state in found:
+            if other in same_account:
+                for key in mine[reference]:
+                    taken.setdefault(key, (other, state, reference))
         return taken
 
     def mark_pending_reason(self, batch: str, currency: str, code: str, message: str) -> int:

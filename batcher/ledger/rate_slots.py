@@ -33,7 +33,7 @@ _RESERVE = (
     " ON CONFLICT (key_fingerprint) DO UPDATE SET"
     f" last_slot = GREATEST(rate_slots.last_slot + excluded.interval_seconds, {_NOW}),"
     " interval_seconds = excluded.interval_seconds, updated_at = excluded.updated_at"
-    f" RETURNING last_slot - {_NOW}"
+    f" RETURNING last_slot, last_slot - {_NOW}"
 )
 
 
@@ -50,12 +50,17 @@ class SharedRateSlots:
         self._lock = threading.Lock()
 
     def reserve(self, key: str, interval: float) -> float:
+        return self.reserve_slot(key, interval)[1]
+
+    def reserve_slot(self, key: str, interval: float) -> tuple[float, float]:
+        """`reserve`, also naming the slot: (its time in epoch seconds on the database's
+        clock, the seconds until it). Closed: (0.0, 0.0)."""
         with self._lock:
             if self._conn is None:
-                return 0.0
+                return 0.0, 0.0
             db: Database = self._conn._db
             row = db.execute(_RESERVE, (key, interval)).fetchone()
-        return float(row[0])
+        return float(row[0]), float(row[1])
 
     def close(self) -> None:
         with self._lock:

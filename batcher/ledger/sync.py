@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 from batcher.core.clock import utc_now
 from batcher.core.states import IN_FLIGHT_STATES, REPLANNABLE_STATES
-from batcher.ledger.backend import Database, plain_rows
+from batcher.ledger.backend import Database, plain_rows, refresh_statistics
 from batcher.ledger.connection import INSERT_EVENT, LedgerConnection, in_slices
 from batcher.ledger.records import SheetRow, SyncReport
 
@@ -155,6 +155,7 @@ class LedgerSync(LedgerConnection):
             gone = db.execute(
                 "SELECT COUNT(*) FROM rows WHERE batch = ? AND in_sheet = 0", (batch,)
             ).fetchone()[0]
+        refresh_statistics(self._db, self.backend, "rows", counts["new"])
         return SyncReport(**counts, gone=gone)
 
     def _references_succeeded_elsewhere(self, batch: str, references: list[str]) -> set[str]:

@@ -31,6 +31,7 @@ SCENARIOS = [
     "chaos_pg",
     "report_small_in_large",
     "ledger_writes",
+    "e2e_postgres",
     "shared_rate",
 ]
 

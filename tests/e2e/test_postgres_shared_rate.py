@@ -25,3 +25,17 @@ def test_two_runs_on_one_key_share_its_limit_with_no_429(
     assert result.requests >= 140  # every order, and the reads around them
     assert result.too_many == 0, f"{result.too_many} answers were 429"
     assert result.percent_of_limit >= 85.0, f"{result.percent_of_limit:.1f}% of the limit"
+
+
+def test_two_gifq_runs_on_one_key_share_its_limit_with_no_429(
+    tmp_path: Path, make_gifq_sandbox: Any, pg_url: str
+) -> None:
+    """GIFQ sends no remaining-budget headers, only Retry-After on a 429: two runs that
+    each pace at 90% of the 10-per-second window would together send 18 a second and
+    collect 429s. Only the shared schedule keeps them in step."""
+    sandbox = make_gifq_sandbox()
+    result = run_two_on_one_key(sandbox, pg_url, tmp_path, rows_each=60, provider="gifq")
+    assert result.exit_codes == (ExitCode.OK, ExitCode.OK), result.stderr
+    assert result.requests >= 120
+    assert result.too_many == 0, f"{result.too_many} answers were 429"
+    assert result.percent_of_limit >= 75.0, f"{result.percent_of_limit:.1f}% of the limit"

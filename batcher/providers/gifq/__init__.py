@@ -78,7 +78,7 @@ def connect_gifq(
     """The GIFQ client for the run's mode: orders or payouts."""
     if options.mode == "payouts":
         return GifqPayouts(settings, options=options, max_rate=max_rate)
-    return GifqOrders(settings, max_rate=max_rate)
+    return GifqOrders(settings, options=options, max_rate=max_rate)
 
 
 __all__ = [

@@ -20,6 +20,7 @@ from batcher.providers.base import (
     LookupHints,
     OrderItem,
     PollResult,
+    ProviderOptions,
     ProviderOrder,
     Redemption,
     SubmitResult,
@@ -66,6 +67,7 @@ class GifqOrders(GifqBase):
         self,
         settings: ProviderSettings,
         *,
+        options: ProviderOptions | None = None,
         max_rate: float | None = None,
         transport: httpx.BaseTransport | None = None,
         limiter: RateLimiter | None = None,
@@ -75,7 +77,12 @@ class GifqOrders(GifqBase):
         lookup_pages: int = LOOKUP_PAGES,
     ) -> None:
         super().__init__(
-            settings, max_rate=max_rate, transport=transport, limiter=limiter, clock=clock
+            settings,
+            options=options,
+            max_rate=max_rate,
+            transport=transport,
+            limiter=limiter,
+            clock=clock,
         )
         self.board = OrderBoard(clock=clock)
         self.refresh_seconds = refresh_seconds
