@@ -25,14 +25,16 @@ at 2 a.m.; it also keeps DDL rights away from the workers' role.
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 from collections.abc import Callable
 
+from batcher.core.clock import utc_now
 from batcher.ledger.backend import Database
 from batcher.ledger.location import Backend
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: The version the SCHEMA script below creates: a new database starts here.
 BASE_VERSION = 2
 SCHEMA = """
@@ -259,5 +261,44 @@ def _to_v2(db: Database, backend: Backend, columns_of: ColumnsOf) -> list[str]:
     return repaired
 
 
+#: error_codes older builds gave rows they held for a person, as `failed` rows
+_HELD_AS_FAILED = ("held_possible_duplicate", "held_ambiguous_provider_match")
+#: ... and as `pending` rows (a reference another batch of the account held)
+_HELD_AS_PENDING = ("held_reference_in_another_batch",)
+
+
+def _held_rows_to_held_state(db: Database) -> None:
+    """Rows older builds held for a person move to `held`, the state that means it.
+
+    Before `held` existed, a possible duplicate or an ambiguous provider match was a
+    `failed` row (which `--retry-failed` would order, and `failed_rows.csv` would feed
+    into a new sheet) and a reference another batch held was a `pending` row with a
+    reason (which a run could plan). Each batch whose rows moved gets an event, so a
+    kept report is not taken for the ledger's current state.
+    """
+    for states, codes in (("failed", _HELD_AS_FAILED), ("pending", _HELD_AS_PENDING)):
+        marks = ",".join("?" * len(codes))
+        where = f"state = ? AND error_code IN ({marks})"
+        moved = db.execute(
+            f"SELECT batch, COUNT(*) FROM rows WHERE {where} GROUP BY batch ORDER BY batch",
+            (states, *codes),
+        ).fetchall()
+        db.execute(
+            f"UPDATE rows SET state = 'held', failure_kind = NULL WHERE {where}",
+            (states, *codes),
+        )
+        for batch, count in moved:
+            db.execute(
+                "INSERT INTO events(ts, batch, kind, detail) VALUES (?, ?, 'rows_held_migrated', ?)",
+                (utc_now(), batch, json.dumps({"count": int(count), "from": states})),
+            )
+
+
+def _to_v3(db: Database, backend: Backend, columns_of: ColumnsOf) -> list[str]:
+    """Version 2 -> 3: held rows of older builds get the `held` state."""
+    _held_rows_to_held_state(db)
+    return []
+
+
 #: version -> the step that brings the version before it up to it.
-STEPS: dict[int, Callable[[Database, Backend, ColumnsOf], list[str]]] = {2: _to_v2}
+STEPS: dict[int, Callable[[Database, Backend, ColumnsOf], list[str]]] = {2: _to_v2, 3: _to_v3}
