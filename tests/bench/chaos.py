@@ -162,7 +162,8 @@ def run_round(
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 kills += 1
-            proc.communicate()
+            out, err = proc.communicate()
+            _log(work, "cycle", proc.returncode, out, err)
             if rnd.random() < 0.3 and state.exists():
                 shutil.rmtree(state)
                 deletions += 1
@@ -174,7 +175,7 @@ def run_round(
                     rnd.shuffle(sheet_rows)
                 _write(sheet, mode, sheet_rows)
                 edits += 1
-        code, runs = _converge(args, env)
+        code, runs = _converge(args, env, work)
         per_email = _orders_per_email(mode, sandbox)
     wanted = {r["Email"] for r in sheet_rows}
     return ChaosResult(
@@ -199,7 +200,13 @@ def _start(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
     )  # fmt: skip
 
 
-def _converge(args: list[str], env: dict[str, str], tries: int = 15) -> tuple[int, int]:
+def _log(work: Path, what: str, code: int, out: str, err: str) -> None:
+    """Every run's output, in `work/runs.log`: a failed round can be read afterwards."""
+    with (work / "runs.log").open("a", encoding="utf-8") as fh:
+        fh.write(f"===== {what}: exit {code}\n{out}{err}\n")
+
+
+def _converge(args: list[str], env: dict[str, str], work: Path, tries: int = 15) -> tuple[int, int]:
     """Rerun until exit 0. A lost ledger forgets attempt numbers, so a row whose first
     attempt failed replays that failure until --retry-failed (README, known limits); rows
     held as possible duplicates of the chaos's own edits are released as an operator would."""
@@ -211,6 +218,7 @@ def _converge(args: list[str], env: dict[str, str], tries: int = 15) -> tuple[in
             env=env, cwd=ROOT, capture_output=True, text=True, timeout=300,
             stdin=subprocess.DEVNULL,
         )  # fmt: skip
+        _log(work, f"converge {attempt}", result.returncode, result.stdout, result.stderr)
         if "Traceback" in result.stderr:
             raise AssertionError(result.stderr)
         code = result.returncode
