@@ -260,10 +260,12 @@ def _run_locked(
     if refusal is None and not ui.confirm(plan):
         refusal = "cancelled at the confirmation prompt; nothing was sent"
     if refusal is not None:
+        runner.declined()  # a --release-held takes effect only in a confirmed run
         return _finish(ledger, run_id, settings, options, account_id, sheet, started_at,
                        runner.stats, plan, ExitCode.USAGE, refusal, provider=provider,
                        listener=ui.listener)  # fmt: skip
 
+    runner.confirmed()
     emit(ui.listener, "phase", SUBMIT, plan.rows_to_send)
     emit(ui.listener, "phase", POLL, sum(plan.rows_by_state.get(s, 0) for s in UNSETTLED_STATES))
     try:

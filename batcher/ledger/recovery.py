@@ -6,8 +6,12 @@ from collections.abc import Collection, Sequence
 from typing import Any
 
 from batcher.core.clock import utc_now
+from batcher.ledger.backend import Database
 from batcher.ledger.connection import LedgerConnection
 from batcher.ledger.records import RowOutcome
+
+#: failure_kind of a row `--release-held` released in a run not yet confirmed
+RELEASE_UNCONFIRMED = "release_unconfirmed"
 
 
 class LedgerRecovery(LedgerConnection):
@@ -72,11 +76,15 @@ class LedgerRecovery(LedgerConnection):
     def release_held(
         self, batch: str, source_rows: Collection[int] | None, *, keep: str
     ) -> list[int]:
-        """The operator's `--release-held`: held rows of the sheet become pending as a new
-        attempt (a new key), so nothing holds them again. Only the sheet rows named, or
-        every held row when `source_rows` is None; never rows held with the code `keep`
-        (a reference another batch holds is released by that batch finishing, not by a
-        person). Returns the sheet rows released."""
+        """The operator's `--release-held`, asked for: held rows of the sheet become
+        pending as a new attempt (a new key), so this run can plan and show them. Only
+        the sheet rows named, or every held row when `source_rows` is None; never rows
+        held with the code `keep` (a reference another batch holds is released by that
+        batch finishing, not by a person). Returns the sheet rows released.
+
+        The release is only asked for until `confirm_release`: the rows keep their hold's
+        reason and are marked `RELEASE_UNCONFIRMED`, and a run that is declined, refused
+        or killed before it sends anything puts them back (`undo_unconfirmed_release`)."""
         with self._tx() as db:
             found = [
                 (r[0], int(r[1]))
@@ -89,10 +97,73 @@ class LedgerRecovery(LedgerConnection):
             ]
             for row_key, _row in found:
                 db.execute(
-                    "UPDATE rows SET state = 'pending', attempt = attempt + 1, error_code = NULL,"
-                    " error_message = NULL, failure_kind = NULL, updated_at = ?"
-                    " WHERE batch = ? AND row_key = ?",
-                    (utc_now(), batch, row_key),
+                    "UPDATE rows SET state = 'pending', attempt = attempt + 1,"
+                    " failure_kind = ?, updated_at = ? WHERE batch = ? AND row_key = ?",
+                    (RELEASE_UNCONFIRMED, utc_now(), batch, row_key),
                 )
-                self._event(batch, "row_released", row_key=row_key, reason="--release-held")
+                self._event(batch, "row_release_asked", row_key=row_key, reason="--release-held")
         return sorted(row for _key, row in found)
+
+    def confirm_release(self, batch: str) -> int:
+        """The run was confirmed: the rows `release_held` released are released for good."""
+        with self._tx() as db:
+            keys = self._unconfirmed(db, batch)
+            db.execute(
+                "UPDATE rows SET error_code = NULL, error_message = NULL, failure_kind = NULL,"
+                " updated_at = ? WHERE batch = ? AND failure_kind = ?",
+                (utc_now(), batch, RELEASE_UNCONFIRMED),
+            )
+            for row_key in keys:
+                self._event(batch, "row_released", row_key=row_key, reason="--release-held")
+        return len(keys)
+
+    def undo_unconfirmed_release(self, batch: str) -> int:
+        """Rows a run released but never confirmed (declined at the prompt, refused by a
+        spend limit, or killed before it) are held again, with their reason; the unsent
+        chunks planned around them are discarded (their other rows planned again)."""
+        with self._tx() as db:
+            keys = self._unconfirmed(db, batch)
+            if not keys:
+                return 0
+            now = utc_now()
+            chunks = {
+                r[0]
+                for r in db.execute(
+                    "SELECT chunk_key FROM rows WHERE batch = ? AND failure_kind = ?"
+                    " AND chunk_key IS NOT NULL",
+                    (batch, RELEASE_UNCONFIRMED),
+                )
+            }
+            for key in sorted(chunks):
+                state = db.execute(
+                    "SELECT state FROM chunks WHERE chunk_key = ?", (key,)
+                ).fetchone()
+                if state is None or state[0] != "planned":
+                    # Sent: only a confirmed release is sent, so this cannot happen; never
+                    # undo what the provider may hold.
+                    raise RuntimeError(f"chunk {key} of an unconfirmed release was sent")
+                db.execute(
+                    "UPDATE rows SET state = 'pending', chunk_key = NULL, updated_at = ?"
+                    " WHERE batch = ? AND chunk_key = ? AND state = 'planned'",
+                    (now, batch, key),
+                )
+                db.execute("DELETE FROM chunk_rows WHERE chunk_key = ?", (key,))
+                db.execute("DELETE FROM chunks WHERE chunk_key = ?", (key,))
+                self._event(batch, "chunk_discarded", chunk_key=key)
+            db.execute(
+                "UPDATE rows SET state = 'held', attempt = attempt - 1, failure_kind = NULL,"
+                " chunk_key = NULL, updated_at = ? WHERE batch = ? AND failure_kind = ?",
+                (now, batch, RELEASE_UNCONFIRMED),
+            )
+            for row_key in keys:
+                self._event(batch, "row_held", row_key=row_key, code="release_not_confirmed")
+        return len(keys)
+
+    def _unconfirmed(self, db: Database, batch: str) -> list[str]:
+        return [
+            r[0]
+            for r in db.execute(
+                "SELECT row_key FROM rows WHERE batch = ? AND failure_kind = ?",
+                (batch, RELEASE_UNCONFIRMED),
+            )
+        ]

@@ -336,3 +336,30 @@ def test_editing_a_row_held_as_an_ambiguous_match_does_not_release_it(
         released = batcher(args_for(sheet, reports, "--release-held", "all"), lost)
         assert released.returncode == 0, released.stderr
         assert len(sandbox_orders(sandbox)) == 3  # the operator's decision: both ordered
+
+
+def test_a_release_of_a_run_that_was_refused_does_not_stick(tmp_path: Path) -> None:
+    """--release-held in a run refused before sending (a spend limit; the same path as
+    'no' at the prompt) stayed released: the next plain rerun ordered the held rows."""
+    with running_sandbox("ugiftme", **FAST) as sandbox:
+        rows = without_reference(make_rows(3, seed=13))
+        sheet = write_sheet(tmp_path / "refused.csv", rows)
+        env = cli_env(sandbox, tmp_path / "state")
+        reports = tmp_path / "r"
+        assert batcher(args_for(sheet, reports), env).returncode == 0
+        edited = [dict(r) for r in rows]
+        edited[1]["Amount"] = "42.42"
+        write_sheet(sheet, edited)
+        assert batcher(args_for(sheet, reports), env).returncode == ExitCode.HELD
+        refused = batcher(args_for(sheet, reports, "--release-held", "all", "--max-total",
+                                   "GBP=1"), env)  # fmt: skip
+        assert refused.returncode == ExitCode.USAGE, refused.stderr
+        assert "releasing 1 held row" in refused.stderr
+        line = next(r for r in read_rows_csv(reports, "refused") if r["source_row"] == "3")
+        assert (line["state"], line["error_code"]) == ("held", "held_possible_duplicate")
+        again = batcher(args_for(sheet, reports), env)
+        assert again.returncode == ExitCode.HELD, again.stderr
+        assert len(sandbox_orders(sandbox)) == 3, "a refused run's release was kept"
+        released = batcher(args_for(sheet, reports, "--release-held", "all"), env)
+        assert released.returncode == 0, released.stderr
+        assert len(sandbox_orders(sandbox)) == 4
