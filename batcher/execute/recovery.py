@@ -201,11 +201,17 @@ def recover_from_provider(
             )
         waited += 2.0
     orders = provider.orders(since)
-    claimed = ledger.claimed_order_ids(provider.name, runner.account_id)
-    recovery = match_orders(pending, orders, claimed)
     window = f"{lookback.days} days"
-    ledger.record_recovered(batch, recovery.found, window)
-    ledger.hold_rows(batch, recovery.held)
+    matched: list[Recovery] = []
+
+    def decide(claimed: set[str]) -> tuple[list[RowOutcome], list[RowOutcome]]:
+        # Called inside the ledger's write transaction that records the result: no
+        # other run can tie one of these orders to its row in between.
+        matched.append(match_orders(pending, orders, claimed))
+        return matched[-1].found, matched[-1].held
+
+    ledger.record_recovery(batch, provider.name, runner.account_id, decide, window)
+    recovery = matched[-1]
     calls = _requests(provider) - requests_before
     ledger.mark_recovered(
         batch, rows=len(pending), orders=len(orders), found=len(recovery.found),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from batcher.core.clock import utc_now
@@ -29,49 +29,79 @@ class LedgerRecovery(LedgerConnection):
             db.execute("UPDATE batches SET recovered_at = ? WHERE batch = ?", (utc_now(), batch))
             self._event(batch, "recovery_done", **detail)
 
-    def record_recovered(self, batch: str, found: Sequence[RowOutcome], window: str) -> None:
-        """Rows the provider already holds an order for: recorded as ordered, never sent."""
-        now = utc_now()
+    def record_recovery(
+        self,
+        batch: str,
+        provider: str,
+        account_id: str,
+        decide: Callable[[set[str]], tuple[Sequence[RowOutcome], Sequence[RowOutcome]]],
+        window: str,
+    ) -> tuple[Sequence[RowOutcome], Sequence[RowOutcome]]:
+        """Record what the provider's orders say about the batch's pending rows, in one
+        write transaction: `decide(claimed)` is given the orders some row of this
+        account already stands for, read inside that transaction (so another run cannot
+        tie one of them to its row in between), and returns (found, held). Found rows
+        are recorded as ordered and never sent; held rows wait for a person."""
         with self._tx() as db:
-            for out in found:
-                cursor = db.execute(
-                    "UPDATE rows SET state = 'succeeded', order_id = ?, order_request_id = ?,"
-                    " cost = ?, cost_currency = ?, provider_status = ?, error_code = NULL,"
-                    " error_message = NULL, failure_kind = NULL, chunk_key = NULL,"
-                    " updated_at = ?, succeeded_at = ? WHERE batch = ? AND row_key = ?"
-                    " AND state = 'pending'",
-                    (
-                        out.order_id,
-                        out.provider_request_id,
-                        None if out.cost is None else str(out.cost),
-                        out.cost_currency,
-                        out.provider_status,
-                        now,
-                        now,
-                        batch,
-                        out.row_key,
-                    ),
+            claimed = {
+                r[0]
+                for r in db.execute(
+                    "SELECT r.order_id FROM rows r JOIN batches b ON b.batch = r.batch"
+                    " WHERE r.order_id IS NOT NULL AND b.provider = ? AND b.account_id = ?",
+                    (provider, account_id),
                 )
-                if cursor.rowcount:
-                    self._event(
-                        batch, "row_recovered", row_key=out.row_key, order_id=out.order_id,
-                        window=window,
-                    )  # fmt: skip
+            }
+            found, held = decide(claimed)
+            self._record_found(db, batch, found, window)
+            self._hold(db, batch, held)
+        return found, held
+
+    def _record_found(
+        self, db: Database, batch: str, found: Sequence[RowOutcome], window: str
+    ) -> None:
+        now = utc_now()
+        for out in found:
+            cursor = db.execute(
+                "UPDATE rows SET state = 'succeeded', order_id = ?, order_request_id = ?,"
+                " cost = ?, cost_currency = ?, provider_status = ?, error_code = NULL,"
+                " error_message = NULL, failure_kind = NULL, chunk_key = NULL,"
+                " updated_at = ?, succeeded_at = ? WHERE batch = ? AND row_key = ?"
+                " AND state = 'pending'",
+                (
+                    out.order_id,
+                    out.provider_request_id,
+                    None if out.cost is None else str(out.cost),
+                    out.cost_currency,
+                    out.provider_status,
+                    now,
+                    now,
+                    batch,
+                    out.row_key,
+                ),
+            )
+            if cursor.rowcount:
+                self._event(
+                    batch, "row_recovered", row_key=out.row_key, order_id=out.order_id,
+                    window=window,
+                )  # fmt: skip
 
     def hold_rows(self, batch: str, held: Sequence[RowOutcome]) -> None:
         """Rows a person must look at before they are ordered: `held`, with the reason
         and the way out (`--release-held ROW`) in their message."""
-        now = utc_now()
         with self._tx() as db:
-            for out in held:
-                cursor = db.execute(
-                    "UPDATE rows SET state = 'held', failure_kind = NULL,"
-                    " error_code = ?, error_message = ?, chunk_key = NULL, updated_at = ?"
-                    " WHERE batch = ? AND row_key = ? AND state = 'pending'",
-                    (out.error_code, out.error_message, now, batch, out.row_key),
-                )
-                if cursor.rowcount:
-                    self._event(batch, "row_held", row_key=out.row_key, code=out.error_code)
+            self._hold(db, batch, held)
+
+    def _hold(self, db: Database, batch: str, held: Sequence[RowOutcome]) -> None:
+        now = utc_now()
+        for out in held:
+            cursor = db.execute(
+                "UPDATE rows SET state = 'held', failure_kind = NULL,"
+                " error_code = ?, error_message = ?, chunk_key = NULL, updated_at = ?"
+                " WHERE batch = ? AND row_key = ? AND state = 'pending'",
+                (out.error_code, out.error_message, now, batch, out.row_key),
+            )
+            if cursor.rowcount:
+                self._event(batch, "row_held", row_key=out.row_key, code=out.error_code)
 
     def release_held(
         self, batch: str, source_rows: Collection[int] | None, *, keep: str
