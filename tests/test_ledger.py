@@ -433,3 +433,17 @@ def test_a_release_never_confirmed_is_held_again(ledger: Ledger) -> None:
     assert ledger.undo_unconfirmed_release("b") == 0
     assert ledger.confirm_release("b") == 0  # nothing left to confirm
     assert ledger.rows_by_key("b", ["k2"])["k2"].state == "held"
+
+
+def test_a_release_whose_chunk_was_sent_stands(ledger: Ledger) -> None:
+    """A caller that executed without confirming: the send is never undone."""
+    ledger.sync_rows("b", [sheet_row("k2", 2)], retry_failed=False)
+    ledger.hold_rows("b", [RowOutcome(row_key="k2", state="held",
+                                      error_code="held_possible_duplicate")])  # fmt: skip
+    ledger.release_held("b", None, keep=HELD_ELSEWHERE)
+    plan_one(ledger, "c1", ["k2"])
+    ledger.mark_sending("b", "c1")
+    assert ledger.undo_unconfirmed_release("b") == 0
+    row = ledger.rows_by_key("b", ["k2"])["k2"]
+    assert (row.state, row.error_code, row.failure_kind) == ("sending", None, None)
+    assert ledger.chunk("c1").state == "sending"

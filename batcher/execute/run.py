@@ -265,7 +265,6 @@ def _run_locked(
                        runner.stats, plan, ExitCode.USAGE, refusal, provider=provider,
                        listener=ui.listener)  # fmt: skip
 
-    runner.confirmed()
     emit(ui.listener, "phase", SUBMIT, plan.rows_to_send)
     emit(ui.listener, "phase", POLL, sum(plan.rows_by_state.get(s, 0) for s in UNSETTLED_STATES))
     try:

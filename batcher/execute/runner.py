@@ -335,6 +335,7 @@ class Runner:
     # ------------------------------------------------------------------ execution
 
     def execute(self) -> RunStats:
+        self.confirmed()  # to execute is to go ahead: a --release-held now stands
         self.stats.started = self.clock()
         if self.options.deadline_seconds is not None:
             self._deadline = self.stats.started + self.options.deadline_seconds

@@ -150,28 +150,27 @@ class LedgerRecovery(LedgerConnection):
     def undo_unconfirmed_release(self, batch: str) -> int:
         """Rows a run released but never confirmed (declined at the prompt, refused by a
         spend limit, or killed before it) are held again, with their reason; the unsent
-        chunks planned around them are discarded (their other rows planned again)."""
+        chunks planned around them are discarded (their other rows planned again).
+        Returns how many rows are held again."""
         with self._tx() as db:
-            keys = self._unconfirmed(db, batch)
-            if not keys:
-                return 0
-            now = utc_now()
-            chunks = {
-                r[0]
+            marked = [
+                (r[0], r[1])
                 for r in db.execute(
-                    "SELECT chunk_key FROM rows WHERE batch = ? AND failure_kind = ?"
-                    " AND chunk_key IS NOT NULL",
+                    "SELECT row_key, chunk_key FROM rows WHERE batch = ? AND failure_kind = ?",
                     (batch, RELEASE_UNCONFIRMED),
                 )
-            }
-            for key in sorted(chunks):
+            ]
+            if not marked:
+                return 0
+            now = utc_now()
+            sent: set[str] = set()
+            for key in sorted({c for _, c in marked if c}):
                 state = db.execute(
                     "SELECT state FROM chunks WHERE chunk_key = ?", (key,)
                 ).fetchone()
-                if state is None or state[0] != "planned":
-                    # Sent: only a confirmed release is sent, so this cannot happen; never
-                    # undo what the provider may hold.
-                    raise RuntimeError(f"chunk {key} of an unconfirmed release was sent")
+                if state is not None and state[0] != "planned":
+                    sent.add(key)  # executed without confirming: never undo a send
+                    continue
                 db.execute(
                     "UPDATE rows SET state = 'pending', chunk_key = NULL, updated_at = ?"
                     " WHERE batch = ? AND chunk_key = ? AND state = 'planned'",
@@ -180,14 +179,24 @@ class LedgerRecovery(LedgerConnection):
                 db.execute("DELETE FROM chunk_rows WHERE chunk_key = ?", (key,))
                 db.execute("DELETE FROM chunks WHERE chunk_key = ?", (key,))
                 self._event(batch, "chunk_discarded", chunk_key=key)
-            db.execute(
-                "UPDATE rows SET state = 'held', attempt = attempt - 1, failure_kind = NULL,"
-                " chunk_key = NULL, updated_at = ? WHERE batch = ? AND failure_kind = ?",
-                (now, batch, RELEASE_UNCONFIRMED),
-            )
-            for row_key in keys:
+            back = 0
+            for row_key, chunk in marked:
+                if chunk in sent:  # the release stands: what the provider holds stays
+                    db.execute(
+                        "UPDATE rows SET error_code = NULL, error_message = NULL,"
+                        " failure_kind = NULL WHERE batch = ? AND row_key = ?",
+                        (batch, row_key),
+                    )
+                    self._event(batch, "row_released", row_key=row_key, reason="--release-held")
+                    continue
+                db.execute(
+                    "UPDATE rows SET state = 'held', attempt = attempt - 1, failure_kind = NULL,"
+                    " chunk_key = NULL, updated_at = ? WHERE batch = ? AND row_key = ?",
+                    (now, batch, row_key),
+                )
                 self._event(batch, "row_held", row_key=row_key, code="release_not_confirmed")
-        return len(keys)
+                back += 1
+        return back
 
     def _unconfirmed(self, db: Database, batch: str) -> list[str]:
         return [
