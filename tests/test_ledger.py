@@ -390,7 +390,9 @@ def test_held_rows_are_released_only_by_name_and_never_by_retry_failed(ledger: L
     assert ledger.release_held("b", {3, 9}, keep=HELD_ELSEWHERE) == [3]
     after = ledger.rows_by_key("b", ["k2", "k3", "k4"])
     assert after["k3"].state == "pending" and after["k3"].attempt == 2  # a new key
-    assert after["k3"].error_code is None
+    assert after["k3"].error_code == "held_possible_duplicate"  # until the run is confirmed
+    assert ledger.confirm_release("b") == 1
+    assert ledger.rows_by_key("b", ["k3"])["k3"].error_code is None
     assert after["k2"].state == "held"
     assert ledger.release_held("b", None, keep=HELD_ELSEWHERE) == [2]  # all: not k4
     assert ledger.rows_by_key("b", ["k4"])["k4"].state == "held"
@@ -406,3 +408,42 @@ def test_polls_are_counted_with_the_chunks_next_transition(ledger: Ledger) -> No
     assert ledger.chunk("c1").poll_count == 0  # no commit of its own
     ledger.settle_chunk("b", "c1", "succeeded", [RowOutcome(row_key="k1", state="succeeded")])
     assert ledger.chunk("c1").poll_count == 2
+
+
+def test_a_release_never_confirmed_is_held_again(ledger: Ledger) -> None:
+    rows = [sheet_row(f"k{n}", n) for n in (2, 3, 4)]
+    ledger.sync_rows("b", rows, retry_failed=False)
+    hold = RowOutcome(row_key="k2", state="held", error_code="held_possible_duplicate",
+                      error_message="possible duplicate of row 9")  # fmt: skip
+    ledger.hold_rows("b", [hold])
+    assert ledger.release_held("b", None, keep=HELD_ELSEWHERE) == [2]
+    plan_one(ledger, "c1", ["k2", "k3"])  # the released row, planned with another
+    assert {k: n for k, n in ledger.count_by_state("b").items() if n} == {
+        "planned": 2,
+        "pending": 1,
+    }
+    # declined at the prompt, refused, or killed before the confirmation
+    assert ledger.undo_unconfirmed_release("b") == 1
+    after = ledger.rows_by_key("b", ["k2", "k3"])
+    assert (after["k2"].state, after["k2"].attempt) == ("held", 1)
+    assert after["k2"].error_message == "possible duplicate of row 9"
+    assert after["k3"].state == "pending" and after["k3"].chunk_key is None
+    with pytest.raises(KeyError):
+        ledger.chunk("c1")  # never sent: discarded
+    assert ledger.undo_unconfirmed_release("b") == 0
+    assert ledger.confirm_release("b") == 0  # nothing left to confirm
+    assert ledger.rows_by_key("b", ["k2"])["k2"].state == "held"
+
+
+def test_a_release_whose_chunk_was_sent_stands(ledger: Ledger) -> None:
+    """A caller that executed without confirming: the send is never undone."""
+    ledger.sync_rows("b", [sheet_row("k2", 2)], retry_failed=False)
+    ledger.hold_rows("b", [RowOutcome(row_key="k2", state="held",
+                                      error_code="held_possible_duplicate")])  # fmt: skip
+    ledger.release_held("b", None, keep=HELD_ELSEWHERE)
+    plan_one(ledger, "c1", ["k2"])
+    ledger.mark_sending("b", "c1")
+    assert ledger.undo_unconfirmed_release("b") == 0
+    row = ledger.rows_by_key("b", ["k2"])["k2"]
+    assert (row.state, row.error_code, row.failure_kind) == ("sending", None, None)
+    assert ledger.chunk("c1").state == "sending"

@@ -136,3 +136,52 @@ def test_a_restored_backup_is_a_ledger_of_its_own(tmp_path: Path) -> None:
     (tmp_path / "ledger.sqlite-shm").unlink(missing_ok=True)
     shutil.copy(tmp_path / "backup.sqlite", tmp_path / "ledger.sqlite")
     Ledger.open(tmp_path).close()  # the operator's restore is believed
+
+
+def _without_identity(backup: Path) -> None:
+    """A backup as builds before ledgers had an identity wrote it."""
+    db = sqlite3.connect(backup)
+    with db:
+        db.execute("DELETE FROM meta WHERE key = 'ledger_id'")
+    db.close()
+
+
+def test_an_old_backup_without_identity_is_named_and_adopted(tmp_path: Path) -> None:
+    """Restoring a backup made before ledgers had an identity, after a crash, was called
+    a lost WAL with no way out but moving the backup aside."""
+    settled_ledger(tmp_path)
+    ledger = Ledger.open(tmp_path)
+    ledger.backup(tmp_path / "backup.sqlite")
+    ledger.close()
+    _without_identity(tmp_path / "backup.sqlite")
+    crash_after_commits(tmp_path)
+    for name in ("ledger.sqlite-wal", "ledger.sqlite-shm"):
+        (tmp_path / name).unlink(missing_ok=True)
+    shutil.copy(tmp_path / "backup.sqlite", tmp_path / "ledger.sqlite")
+    folder = sessions_folder(tmp_path / "ledger.sqlite")
+    with pytest.raises(LedgerDamaged) as caught:
+        Ledger.open(tmp_path)
+    message = str(caught.value)
+    assert "has no identity" in message and "backup you restored" in message
+    assert "is damaged or an old backup" in message
+    assert f"remove {folder} and rerun" in message and "--ledger-lost" in message
+    shutil.rmtree(folder)  # what the message says to do for an old backup
+    ledger = Ledger.open(tmp_path)  # adopted: it gets an identity of its own
+    ledger.close()
+    crash_after_commits(tmp_path, "c")
+    ledger = Ledger.open(tmp_path)  # and the guard covers it from now on
+    assert ledger.count_by_state("b")["pending"] == 20
+    ledger.close()
+
+
+def test_an_orphan_wal_beside_a_deleted_ledger_is_set_aside_unread(tmp_path: Path) -> None:
+    settled_ledger(tmp_path)
+    crash_after_commits(tmp_path)
+    (tmp_path / "ledger.sqlite").unlink()  # the operator deleted the file, nothing else
+    orphan = wal(tmp_path).read_bytes()
+    ledger = Ledger.open(tmp_path)  # a new ledger: its batches are recovered
+    assert sum(ledger.count_by_state("b").values()) == 0
+    ledger.close()
+    kept = list(tmp_path.glob("ledger.sqlite-wal.orphan-*"))
+    assert [p.read_bytes() for p in kept] == [orphan]
+    Ledger.open(tmp_path).close()

@@ -201,11 +201,17 @@ def recover_from_provider(
             )
         waited += 2.0
     orders = provider.orders(since)
-    claimed = ledger.claimed_order_ids(provider.name, runner.account_id)
-    recovery = match_orders(pending, orders, claimed)
     window = f"{lookback.days} days"
-    ledger.record_recovered(batch, recovery.found, window)
-    ledger.hold_rows(batch, recovery.held)
+    matched: list[Recovery] = []
+
+    def decide(claimed: set[str]) -> tuple[list[RowOutcome], list[RowOutcome]]:
+        # Called inside the ledger's write transaction that records the result: no
+        # other run can tie one of these orders to its row in between.
+        matched.append(match_orders(pending, orders, claimed))
+        return matched[-1].found, matched[-1].held
+
+    ledger.record_recovery(batch, provider.name, runner.account_id, decide, window)
+    recovery = matched[-1]
     calls = _requests(provider) - requests_before
     ledger.mark_recovered(
         batch, rows=len(pending), orders=len(orders), found=len(recovery.found),
@@ -251,11 +257,13 @@ def possible_edits(rows: Sequence[RowRecord]) -> list[RowOutcome]:
     Without a reference a row is known by its content, so editing the amount or the
     name of a row that was ordered makes a new row, and the old one silently leaves
     the sheet. A new row (pending, first attempt) with the same recipient and product
-    as a row that left the sheet after it was sent is held as a possible duplicate.
+    as a row that left the sheet after it was sent is held as a possible duplicate, and
+    so is one like a row that left the sheet while held for a person (an edit of a row
+    held as a possible duplicate or an ambiguous provider match is no release of it).
     """
     gone: dict[tuple[str, str, str], RowRecord] = {}
     for row in rows:
-        if not row.in_sheet and row.state in ("sending", "unknown", "accepted", "succeeded"):
+        if not row.in_sheet and _maybe_ordered(row):
             gone.setdefault(_recipient_product(row), row)
     held: list[RowOutcome] = []
     for row in rows:
@@ -266,7 +274,12 @@ def possible_edits(rows: Sequence[RowRecord]) -> list[RowOutcome]:
         old = gone.get(_recipient_product(row))
         if old is None:
             continue
-        was = f"order {old.order_id}" if old.order_id else f"its order is {old.state}"
+        amount = f"{old.face_value} {old.currency}"
+        if old.state == "held":
+            was = f"may already be ordered (it was held: {old.error_code}, {amount})"
+        else:
+            order = f"order {old.order_id}" if old.order_id else f"its order is {old.state}"
+            was = f"was already ordered ({order}, {amount})"
         held.append(
             RowOutcome(
                 row_key=row.row_key,
@@ -274,13 +287,20 @@ def possible_edits(rows: Sequence[RowRecord]) -> list[RowOutcome]:
                 error_code=HELD_POSSIBLE_EDIT,
                 error_message=(
                     f"possible duplicate: sheet row {old.source_row} for this recipient and "
-                    f"product was already ordered ({was}, {old.face_value} {old.currency}) "
-                    "and has left the sheet; this row looks like an edit of it. If a second "
+                    f"product {was} and has left the sheet; this row looks like an edit of"
+                    " it. If a second "
                     f"card is really wanted: {release_command(row.source_row)}"
                 ),
             )
         )
     return held
+
+
+def _maybe_ordered(row: RowRecord) -> bool:
+    """Sent, or held because it may have been ordered already."""
+    if row.state in ("sending", "unknown", "accepted", "succeeded"):
+        return True
+    return row.state == "held" and row.error_code in (HELD_POSSIBLE_EDIT, HELD_AMBIGUOUS)
 
 
 def release_command(source_row: int) -> str:

@@ -291,6 +291,7 @@ def _run_locked(
     if refusal is None and not ui.confirm(plan):
         refusal = "cancelled at the confirmation prompt; nothing was sent"
     if refusal is not None:
+        runner.declined()  # a --release-held takes effect only in a confirmed run
         return _finish(ledger, run_id, settings, options, account_id, sheet, started_at,
                        runner.stats, plan, ExitCode.USAGE, refusal, provider=provider,
                        listener=ui.listener)  # fmt: skip

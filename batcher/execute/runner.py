@@ -222,6 +222,10 @@ class Runner:
             self.listener.message(
                 f"{recovered} chunk(s) were in flight when a run died; resolving first"
             )
+        if undone := self.ledger.undo_unconfirmed_release(self.batch):
+            self.listener.message(
+                f"{undone} row(s) released by a run that was never confirmed are held again"
+            )
         if sheet_rows is not None:  # None: the sheet the ledger already holds, unchanged
             self.ledger.sync_rows(self.batch, sheet_rows, retry_failed=self.options.retry_failed)
         self.ledger.release_retryable(self.batch)
@@ -267,14 +271,23 @@ class Runner:
         missing = sorted(set(wanted or ()) - set(released))
         if released:
             self.listener.message(
-                f"released {len(released)} held row(s) on request (sheet rows "
-                f"{', '.join(map(str, released))}); they are ordered this run"
+                f"releasing {len(released)} held row(s) on request (sheet rows "
+                f"{', '.join(map(str, released))}); they are ordered once this run is"
+                " confirmed"
             )
         if missing:
             self.listener.message(
                 f"--release-held: sheet row(s) {', '.join(map(str, missing))} are not held "
                 "as possible duplicates; nothing to release there"
             )
+
+    def confirmed(self) -> None:
+        """The plan was confirmed: rows `--release-held` released are released for good."""
+        self.ledger.confirm_release(self.batch)
+
+    def declined(self) -> None:
+        """The plan was declined or refused: rows `--release-held` released are held again."""
+        self.ledger.undo_unconfirmed_release(self.batch)
 
     def _plan_pending(
         self, hold: Callable[[Sequence[RowRecord]], Collection[str]] | None = None
@@ -322,6 +335,7 @@ class Runner:
     # ------------------------------------------------------------------ execution
 
     def execute(self) -> RunStats:
+        self.confirmed()  # to execute is to go ahead: a --release-held now stands
         self.stats.started = self.clock()
         if self.options.deadline_seconds is not None:
             self._deadline = self.stats.started + self.options.deadline_seconds

@@ -26,7 +26,7 @@ from batcher.ledger.schema import (
     base_statements,
     in_claiming_states,
 )
-from batcher.ledger.wal_guard import WalGuard
+from batcher.ledger.wal_guard import LedgerUnidentified, WalGuard
 
 #: PostgreSQL's SQLSTATE for "disk full"
 _PG_DISK_FULL = "53100"
@@ -92,6 +92,9 @@ class LedgerConnection:
             raise ConfigError(f"cannot open ledger {path}: {exc}") from None
         try:
             self._open_checked()
+        except LedgerUnidentified as exc:
+            self._db.close()
+            raise LedgerDamaged(str(exc), hint="see README, 'Backups'") from None
         except sqlite3.DatabaseError as exc:
             self._db.close()
             if _is_disk_full(exc):

@@ -295,7 +295,8 @@ class LedgerPlanning(LedgerConnection):
                 r[0]
                 for r in db.execute(
                     "SELECT row_key, currency, fields FROM rows WHERE batch = ?"
-                    " AND in_sheet = 1 AND state = 'pending'",
+                    " AND in_sheet = 1 AND state = 'pending'"
+                    " AND (failure_kind IS NULL OR failure_kind != 'release_unconfirmed')",
                     (batch,),
                 )
                 if (json.loads(r[2]).get("payment_currency") or r[1]) == currency

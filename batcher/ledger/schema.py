@@ -35,7 +35,7 @@ from batcher.core.states import CLAIMING_STATES, HELD_ELSEWHERE, RowState
 from batcher.ledger.backend import Database
 from batcher.ledger.location import Backend
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 #: The version the SCHEMA script below creates: a new database starts here.
 BASE_VERSION = 2
 SCHEMA = """
@@ -435,10 +435,48 @@ def _to_v5_rate_slots(db: Database, backend: Backend, columns_of: ColumnsOf) -> 
     return []
 
 
+#: error_codes older builds gave rows they held for a person, as `failed` rows
+_HELD_AS_FAILED = ("held_possible_duplicate", "held_ambiguous_provider_match")
+#: ... and as `pending` rows (a reference another batch of the account held)
+_HELD_AS_PENDING = ("held_reference_in_another_batch",)
+
+
+def _held_rows_to_held_state(db: Database) -> None:
+    """Rows older builds held for a person move to `held`, the state that means it.
+
+    Before `held` existed, a possible duplicate or an ambiguous provider match was a
+    `failed` row (which `--retry-failed` would order, and `failed_rows.csv` would feed
+    into a new sheet) and a reference another batch held was a `pending` row with a
+    reason (which a run could plan). Each batch whose rows moved gets an event, so a
+    kept report is not taken for the ledger's current state.
+    """
+    batches = [r[0] for r in db.execute("SELECT batch FROM batches ORDER BY batch")]
+    for states, codes in (("failed", _HELD_AS_FAILED), ("pending", _HELD_AS_PENDING)):
+        where = f"batch = ? AND state = ? AND error_code IN ({','.join('?' * len(codes))})"
+        for batch in batches:  # by batch and state: the rows_by_state index, no scan
+            moved = db.execute(
+                f"UPDATE rows SET state = 'held', failure_kind = NULL WHERE {where}",
+                (batch, states, *codes),
+            ).rowcount
+            if moved:
+                db.execute(
+                    "INSERT INTO events(ts, batch, kind, detail)"
+                    " VALUES (?, ?, 'rows_held_migrated', ?)",
+                    (utc_now(), batch, json.dumps({"count": moved, "from": states})),
+                )
+
+
+def _to_v6_held(db: Database, backend: Backend, columns_of: ColumnsOf) -> list[str]:
+    """Version 5 -> 6: held rows of older builds get the `held` state."""
+    _held_rows_to_held_state(db)
+    return []
+
+
 #: version -> the step that brings the version before it up to it.
 STEPS: dict[int, Callable[[Database, Backend, ColumnsOf], list[str]]] = {
     2: _to_v2,
     3: _to_v3_queue,
     4: _to_v4_claims,
     5: _to_v5_rate_slots,
+    6: _to_v6_held,
 }

@@ -16,6 +16,7 @@ from batcher.core.clock import utc_now
 from batcher.core.states import IN_FLIGHT_STATES, REPLANNABLE_STATES
 from batcher.ledger.backend import Database, plain_rows, refresh_statistics
 from batcher.ledger.connection import INSERT_EVENT, LedgerConnection, in_slices
+from batcher.ledger.planning import HELD_ELSEWHERE
 from batcher.ledger.records import SheetRow, SyncReport
 
 _INSERT_ROW = (
@@ -37,6 +38,11 @@ _TAKE_CONTENT = (
     " face_value = ?, est_cost = ?, state = ?, attempt = ?, retry_group = '',"
     " failure_kind = ?, error_code = ?, error_message = ?, chunk_key = NULL,"
     " conflict = NULL WHERE batch = ? AND row_key = ?"
+)
+# A held row's new content: it stays held, with its reason, until a person releases it.
+_TAKE_CONTENT_HELD = (
+    f"UPDATE rows SET {_PLACE}, content_hash = ?, fields = ?, currency = ?,"
+    " face_value = ?, est_cost = ?, conflict = NULL WHERE batch = ? AND row_key = ?"
 )
 _VALID_AGAIN = (
     "UPDATE rows SET state = 'pending', updated_at = ?, error_code = NULL,"
@@ -64,6 +70,7 @@ class _Known(NamedTuple):
     in_sheet: int
     source_row: int
     passthrough: str  # as stored: JSON text
+    error_code: str | None
 
 
 @dataclass
@@ -106,7 +113,7 @@ class LedgerSync(LedgerConnection):
             for r in plain_rows(
                 self._db,
                 "SELECT row_key, content_hash, state, failure_kind, attempt, in_sheet,"
-                " source_row, passthrough FROM rows WHERE batch = ?",
+                " source_row, passthrough, error_code FROM rows WHERE batch = ?",
                 (batch,),
             )
         }
@@ -260,6 +267,17 @@ def _sync_existing(
         writes.add(_CONFLICT, *place, conflict, batch, key)
         writes.event("row_conflict", key, new_content_hash=row.content_hash)
         return 0
+    if state == "held" and old.error_code != HELD_ELSEWHERE:
+        # Held for a person (a possible duplicate, an ambiguous provider match): an edit
+        # is not that person's decision, so the row stays held with the new content.
+        # (A reference another batch holds is asked again every run instead.)
+        if not row.valid:
+            writes.add(_CONFLICT, *place, _HELD_INVALID, batch, key)
+            writes.event("row_conflict", key, new_content_hash=row.content_hash)
+            return 0
+        writes.add(_TAKE_CONTENT_HELD, *place, *_content_values(row, state, 0)[:5], batch, key)
+        writes.event("row_changed", key, state=state)
+        return 0
     # pending, planned, failed or invalid: take the new content.
     new_state = "pending" if row.valid else "invalid"
     attempt = old.attempt + 1 if state in ("failed", "held") else old.attempt
@@ -283,6 +301,12 @@ def _content_values(row: SheetRow, state: str, attempt: int) -> tuple[Any, ...]:
         row.error_code or None,
         row.error_message or None,
     )
+
+
+_HELD_INVALID = (
+    "the sheet changed this held row to content that is not valid; it keeps its recorded"
+    " content and stays held"
+)
 
 
 def _conflict(state: str) -> str | None:

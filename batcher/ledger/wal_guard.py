@@ -13,6 +13,11 @@ fsync: it only has to outlive the process), and is removed after a clean close w
 checkpoint copied the whole WAL into the database. A session holds an `flock` on
 its sidecar, so a sidecar nobody holds belongs to a session that ended uncleanly.
 
+A ledger file that is gone is a lost ledger, whatever it left behind: a `-wal` file
+beside a missing database is moved aside unread (it belongs to the lost database and
+must never be applied to a new one), and the stale sidecars are the lost ledger's, so
+they vouch for nothing; the new ledger's batches are recovered from the provider.
+
 On open, every such stale sidecar must be covered by the database: the database
 (with whatever WAL SQLite finds) must hold an event at least as high as the
 sidecar says. The sidecar is written only after the commit is durable and every
@@ -42,6 +47,11 @@ class LedgerRolledBack(sqlite3.DatabaseError):
     """The database holds less than a session that ended uncleanly had committed."""
 
 
+class LedgerUnidentified(LedgerRolledBack):
+    """A ledger without an identity beside the sidecar of a session that ended uncleanly:
+    a backup restored from before ledgers had one, or a first session's lost WAL."""
+
+
 def sessions_folder(ledger: Path) -> Path:
     return ledger.with_name(ledger.name + _SUFFIX)
 
@@ -60,6 +70,8 @@ class WalGuard:
         # Absent or 0 bytes before SQLite opens it: a new ledger, not a rolled-back one
         # (every batch in it is new, so its rows are recovered from the provider).
         self._new_file = not ledger.exists() or ledger.stat().st_size == 0
+        #: a `-wal`/`-shm` left beside a ledger file that is gone, moved aside unread
+        self.orphans = [] if ledger.exists() else _set_aside_orphans(ledger)
         self._stale: list[Path] = []
         self._fd: int | None = None
         self._path: Path | None = None
@@ -81,6 +93,20 @@ class WalGuard:
             owner, seen = record
             if ledger_id is not None and owner != ledger_id:
                 continue  # another ledger's session (the file was replaced)
+            if ledger_id is None and _has_meta(db):
+                # A ledger with tables but no identity: an old backup restored, or a first
+                # session's lost WAL. Which, the file cannot tell: a person must say.
+                raise LedgerUnidentified(
+                    f"the ledger at {self.ledger} is damaged or an old backup: it has no"
+                    f" identity, and {self.folder} holds the session file of a ledger that"
+                    f" stopped uncleanly after recording event {seen} (this file ends at"
+                    f" event {last}). If this file is a backup you restored that was made"
+                    f" before ledgers had an identity, remove {self.folder} and rerun: the"
+                    " backup is then adopted as the ledger. Otherwise it lost committed"
+                    " changes (its -wal file was lost): restore it from backup, or move it"
+                    " aside (with its -wal, -shm and -sessions) and rerun with --ledger-lost."
+                    " Nothing was sent"
+                )
             if ledger_id is None or last < seen:
                 raise LedgerRolledBack(
                     f"it lost committed changes: a run that stopped uncleanly had recorded "
@@ -150,6 +176,28 @@ class WalGuard:
         return f"{self._ledger_id:<32} {event_id:020d}\n".encode("ascii")
 
 
+def _set_aside_orphans(ledger: Path) -> list[Path]:
+    """The ledger file is gone (deleted, or its folder only partly restored): a `-wal`
+    left behind holds pages of that lost database and must never be read into the new
+    one, so it (and its `-shm` index) is renamed aside before SQLite opens the path.
+    Kept, not deleted: it is evidence of what the lost ledger last did."""
+    moved = []
+    stamp = uuid.uuid4().hex[:8]
+    for suffix in ("-wal", "-shm"):
+        path = ledger.with_name(ledger.name + suffix)
+        if path.exists():
+            target = path.with_name(f"{path.name}.orphan-{stamp}")
+            try:
+                os.replace(path, target)
+            except OSError as exc:
+                raise ConfigError(
+                    f"the ledger {ledger} is gone but its {path.name} file is still there and"
+                    f" cannot be moved aside ({exc.strerror}); move it away and rerun"
+                ) from None
+            moved.append(target)
+    return moved
+
+
 def _stale_sessions(folder: Path) -> list[Path]:
     """Sidecars no live session holds. A temporary one may be a session being born, so
     it is left alone (one that never took its name vouches for nothing)."""
@@ -187,6 +235,11 @@ def _meta(db: Database, key: str) -> str | None:
     except sqlite3.OperationalError:
         return None  # no meta table: the database went back to before it was made
     return str(row[0]) if row else None
+
+
+def _has_meta(db: Database) -> bool:
+    found = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'")
+    return found.fetchone() is not None
 
 
 def _last_event(db: Database) -> int:

@@ -2,6 +2,22 @@
 edited (rows added, rows reordered) between cycles, for UGiftMe, GIFQ orders and GIFQ
 payouts. Then rerun until done and count duplicates and missing rows at the provider.
 
+A ledger is lost the two ways it happens to operators: the whole state folder goes
+(a rebuilt machine), or only `ledger.sqlite` is deleted, leaving its `-wal`, `-shm`
+and `ledger.sqlite-sessions/` behind. Either way the next run gets `--ledger-lost`.
+
+Converging is what an operator does, never more: rerun; after a lost ledger, rows
+whose first attempt failed need `--retry-failed` (README, known limits). A row batcher
+*holds* (exit 5) is never released blindly: the harness follows README "Held rows"
+and checks the provider for that row's recipient. No live order there: the hold was
+cautious, and the row is released by number (`--release-held N`), so it is ordered
+once. An order there: the hold was right, and the row stays held. What counts:
+- duplicates: live provider orders beyond one per row (a hold never hides one: the
+  provider's own records are counted);
+- missing: rows with no live order that batcher neither ordered nor held with a reason
+  a person can act on. A held row with exactly one order at the provider is neither
+  missing nor a duplicate, and is reported as `held_verified`.
+
 `tests/e2e/test_chaos.py` runs a small round of every mode in `make test`;
 `make bench` runs `scenario` (20 seeds per mode). A seed replays a round exactly
 as far as the random choices go (kill timing still races the processes).
@@ -18,7 +34,8 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -49,6 +66,19 @@ class ChaosResult:
     duplicates: int
     missing: int
     final_exit: int
+    #: deletions of only the ledger file (the rest of the state folder kept)
+    file_only_deletions: int = 0
+    #: rows held for a person, released after the provider showed no order for them
+    held_released: int = 0
+    #: rows held for a person that the provider showed already ordered (a right hold)
+    held_verified: int = 0
+    #: exit 5 ended the round because every held row was checked and left held
+    holds_settled: bool = False
+
+    @property
+    def converged(self) -> bool:
+        """Done: exit 0, or exit 5 with every held row found ordered at the provider."""
+        return self.final_exit == 0 or (self.final_exit == 5 and self.holds_settled)
 
 
 def _row(mode: str, i: int, rnd: random.Random, with_reference: bool) -> dict[str, str]:
@@ -152,7 +182,8 @@ def run_round(
     sheet_rows = [_row(mode, i, rnd, with_reference) for i in range(rows)]
     sheet, state, reports = work / "chaos.csv", work / "state", work / "reports"
     _write(sheet, mode, sheet_rows)
-    kills = deletions = edits = 0
+    kills = deletions = file_only = edits = 0
+    how = random.Random(seed * 7919 + 1)  # apart from `rnd`: a seed keeps its other draws
     with _sandbox(mode, seed) as sandbox:
         env = _env(mode, sandbox, state)
         args = _args(mode, sandbox, sheet, reports)
@@ -162,9 +193,14 @@ def run_round(
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 kills += 1
-            proc.communicate()
+            out, err = proc.communicate()
+            _log(work, "cycle", proc.returncode, out, err)
             if rnd.random() < 0.3 and state.exists():
-                shutil.rmtree(state)
+                if how.random() < 0.5:
+                    shutil.rmtree(state)  # the machine rebuilt: the whole state folder
+                else:
+                    (state / "ledger.sqlite").unlink(missing_ok=True)  # just the file
+                    file_only += 1
                 deletions += 1
             if rnd.random() < 0.4:
                 start = len(sheet_rows)
@@ -174,9 +210,10 @@ def run_round(
                     rnd.shuffle(sheet_rows)
                 _write(sheet, mode, sheet_rows)
                 edits += 1
-        code, runs = _converge(args, env)
+        code, runs, holds = _converge(args, env, work, lambda: _orders_per_email(mode, sandbox))
         per_email = _orders_per_email(mode, sandbox)
     wanted = {r["Email"] for r in sheet_rows}
+    verified = {email for email in holds.still_held if per_email.get(email, 0) == 1}
     return ChaosResult(
         mode=mode,
         seed=seed,
@@ -188,6 +225,10 @@ def run_round(
         duplicates=sum(n - 1 for n in per_email.values() if n > 1),
         missing=len(wanted - set(per_email)),
         final_exit=code,
+        file_only_deletions=file_only,
+        held_released=holds.released,
+        held_verified=len(verified),
+        holds_settled=holds.settled and verified == holds.still_held,
     )
 
 
@@ -199,25 +240,69 @@ def _start(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
     )  # fmt: skip
 
 
-def _converge(args: list[str], env: dict[str, str], tries: int = 15) -> tuple[int, int]:
-    """Rerun until exit 0. A lost ledger forgets attempt numbers, so a row whose first
-    attempt failed replays that failure until --retry-failed (README, known limits); rows
-    held as possible duplicates of the chaos's own edits are released as an operator would."""
+def _log(work: Path, what: str, code: int, out: str, err: str) -> None:
+    """Every run's output, in `work/runs.log`: a failed round can be read afterwards."""
+    with (work / "runs.log").open("a", encoding="utf-8") as fh:
+        fh.write(f"===== {what}: exit {code}\n{out}{err}\n")
+
+
+@dataclass
+class _Holds:
+    released: int = 0
+    still_held: set[str] = field(default_factory=set)
+    settled: bool = False
+
+
+def _held_rows(reports: Path) -> list[dict[str, str]]:
+    with (reports / "chaos" / "rows.csv").open(newline="", encoding="utf-8") as fh:
+        return [r for r in csv.DictReader(fh) if r["state"] == "held"]
+
+
+def _converge(
+    args: list[str],
+    env: dict[str, str],
+    work: Path,
+    orders_per_email: Callable[[], Counter[str]],
+    tries: int = 15,
+) -> tuple[int, int, _Holds]:
+    """Rerun as an operator would until exit 0, or exit 5 with every held row checked
+    at the provider and found ordered there. A lost ledger forgets attempt numbers, so a
+    row whose first attempt failed replays that failure until --retry-failed (README,
+    known limits). A held row is released by number only when the provider holds no
+    live order for its recipient (README, "Held rows"); never `--release-held all`."""
     code = -1
+    holds = _Holds()
+    release: list[str] = []
     for attempt in range(1, tries + 1):
-        extra = ["--retry-failed", "--release-held", "all"] if attempt > 2 else []
+        extra = ["--retry-failed"] if attempt > 2 else []
+        if release:
+            extra += ["--release-held", ",".join(release)]
         result = subprocess.run(
             [sys.executable, "-m", "batcher", *args, *extra],
             env=env, cwd=ROOT, capture_output=True, text=True, timeout=300,
             stdin=subprocess.DEVNULL,
         )  # fmt: skip
+        _log(work, f"converge {attempt} {' '.join(extra)}", result.returncode, result.stdout,
+             result.stderr)  # fmt: skip
         if "Traceback" in result.stderr:
             raise AssertionError(result.stderr)
         code = result.returncode
+        holds.released += len(release)
+        release = []
         if code == 0:
-            return code, attempt
+            return code, attempt, holds
+        if code == 5:
+            held = _held_rows(work / "reports")
+            ordered = orders_per_email()
+            release = [r["source_row"] for r in held if not ordered.get(r["recipient_email"])]
+            holds.still_held = {r["recipient_email"] for r in held} - {
+                r["recipient_email"] for r in held if r["source_row"] in release
+            }
+            if not release:
+                holds.settled = True  # every hold checked: each is a right one
+                return code, attempt, holds
         time.sleep(1.0)
-    return code, tries
+    return code, tries, holds
 
 
 def scenario(data: Path, seeds: int = 20) -> dict[str, Any]:
@@ -234,14 +319,17 @@ def scenario(data: Path, seeds: int = 20) -> dict[str, Any]:
             "seeds": sum(1 for r in results if r.mode == mode),
             "kills": sum(r.kills for r in results if r.mode == mode),
             "ledger_deletions": sum(r.ledger_deletions for r in results if r.mode == mode),
+            "file_only_deletions": sum(r.file_only_deletions for r in results if r.mode == mode),
             "sheet_edits": sum(r.sheet_edits for r in results if r.mode == mode),
             "duplicates": sum(r.duplicates for r in results if r.mode == mode),
             "missing": sum(r.missing for r in results if r.mode == mode),
-            "not_converged": [r.seed for r in results if r.mode == mode and r.final_exit != 0],
+            "held_released": sum(r.held_released for r in results if r.mode == mode),
+            "held_verified": sum(r.held_verified for r in results if r.mode == mode),
+            "not_converged": [r.seed for r in results if r.mode == mode and not r.converged],
         }
         for mode in MODES
     }
-    failed = [asdict(r) for r in results if r.duplicates or r.missing or r.final_exit]
+    failed = [asdict(r) for r in results if r.duplicates or r.missing or not r.converged]
     return {
         "by_mode": by_mode,
         "failed_rounds": failed,

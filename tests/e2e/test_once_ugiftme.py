@@ -9,9 +9,11 @@ import shutil
 import sqlite3
 import time
 from collections import Counter
+from decimal import Decimal
 from pathlib import Path
 
 import openpyxl
+import pytest
 
 from batcher.core.errors import ExitCode
 from batcher.sandbox.server import running_sandbox
@@ -286,3 +288,78 @@ def test_a_stop_ends_recoverys_wait_for_the_provider(tmp_path: Path) -> None:
         finally:
             db.close()
         assert planned == 0, "stopped before anything of batch b was planned or sent"
+
+
+def _with_message(path: Path, rows: list[dict[str, str]]) -> Path:
+    """The sheet with a Message column (the runkit's sheets have none)."""
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+@pytest.mark.parametrize("with_reference", [True, False], ids=["reference", "no-reference"])
+def test_editing_a_row_held_as_an_ambiguous_match_does_not_release_it(
+    tmp_path: Path, with_reference: bool
+) -> None:
+    """An edit is not a release: a row held as an ambiguous provider match whose amount
+    was edited stayed held only until the next run, which ordered it."""
+    with running_sandbox("ugiftme", **FAST) as sandbox:
+        base = make_rows(1, seed=5)[0]
+        first = _with_message(
+            tmp_path / "first.csv", [dict(base, Reference="OLD-1", Message="Happy birthday")]
+        )
+        env = cli_env(sandbox, tmp_path / "state")
+        assert batcher(args_for(first, tmp_path / "r1"), env).returncode == 0
+        assert len(sandbox_orders(sandbox)) == 1
+        # The same person and card twice, told apart only by the message, in a ledger
+        # that never saw the first order: recovery cannot tell which row it was.
+        rows = [
+            dict(base, Reference="AMB-1" if with_reference else "", Message="Happy birthday"),
+            dict(base, Reference="AMB-2" if with_reference else "", Message="Thank you"),
+        ]
+        sheet = _with_message(tmp_path / "amb.csv", rows)
+        lost = cli_env(sandbox, tmp_path / "other-state")
+        reports = tmp_path / "r2"
+        held = batcher(args_for(sheet, reports), lost)
+        assert held.returncode == ExitCode.HELD, held.stderr
+        codes = {r["error_code"] for r in read_rows_csv(reports, "amb")}
+        assert codes == {"held_ambiguous_provider_match"}
+        rows[1]["Amount"] = str(Decimal(rows[1]["Amount"]) + 1)
+        _with_message(sheet, rows)
+        again = batcher(args_for(sheet, reports), lost)
+        assert again.returncode == ExitCode.HELD, again.stderr
+        assert len(sandbox_orders(sandbox)) == 1, "an edit released a held row"
+        states = {r["state"] for r in read_rows_csv(reports, "amb")}
+        assert states == {"held"}
+        released = batcher(args_for(sheet, reports, "--release-held", "all"), lost)
+        assert released.returncode == 0, released.stderr
+        assert len(sandbox_orders(sandbox)) == 3  # the operator's decision: both ordered
+
+
+def test_a_release_of_a_run_that_was_refused_does_not_stick(tmp_path: Path) -> None:
+    """--release-held in a run refused before sending (a spend limit; the same path as
+    'no' at the prompt) stayed released: the next plain rerun ordered the held rows."""
+    with running_sandbox("ugiftme", **FAST) as sandbox:
+        rows = without_reference(make_rows(3, seed=13))
+        sheet = write_sheet(tmp_path / "refused.csv", rows)
+        env = cli_env(sandbox, tmp_path / "state")
+        reports = tmp_path / "r"
+        assert batcher(args_for(sheet, reports), env).returncode == 0
+        edited = [dict(r) for r in rows]
+        edited[1]["Amount"] = "42.42"
+        write_sheet(sheet, edited)
+        assert batcher(args_for(sheet, reports), env).returncode == ExitCode.HELD
+        refused = batcher(args_for(sheet, reports, "--release-held", "all", "--max-total",
+                                   "GBP=1"), env)  # fmt: skip
+        assert refused.returncode == ExitCode.USAGE, refused.stderr
+        assert "releasing 1 held row" in refused.stderr
+        line = next(r for r in read_rows_csv(reports, "refused") if r["source_row"] == "3")
+        assert (line["state"], line["error_code"]) == ("held", "held_possible_duplicate")
+        again = batcher(args_for(sheet, reports), env)
+        assert again.returncode == ExitCode.HELD, again.stderr
+        assert len(sandbox_orders(sandbox)) == 3, "a refused run's release was kept"
+        released = batcher(args_for(sheet, reports, "--release-held", "all"), env)
+        assert released.returncode == 0, released.stderr
+        assert len(sandbox_orders(sandbox)) == 4

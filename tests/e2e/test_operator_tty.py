@@ -15,7 +15,15 @@ from pathlib import Path
 import pytest
 
 from batcher.sandbox.server import running_sandbox
-from tests.e2e.runkit import ROOT, cli_env, make_rows, sandbox_orders, wait_for, write_sheet
+from tests.e2e.runkit import (
+    ROOT,
+    batcher,
+    cli_env,
+    make_rows,
+    sandbox_orders,
+    wait_for,
+    write_sheet,
+)
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 
@@ -97,3 +105,28 @@ def test_live_progress_display_per_phase(tmp_path: Path) -> None:
         # on a TTY, lines are for a person: no timestamps or run ids
         assert not any(line.startswith("20") and " batch=" in line for line in lines), screen
         assert "reconciliation: RECONCILED" in screen
+
+
+def test_no_at_the_prompt_leaves_released_rows_held(tmp_path: Path) -> None:
+    """--release-held was persisted before the prompt: answering no still released the
+    rows, and the next plain run ordered them."""
+    with running_sandbox("ugiftme", **FAST) as sandbox:
+        rows = [dict(r, Reference="") for r in make_rows(3, seed=17)]
+        sheet = write_sheet(tmp_path / "held.csv", rows)
+        state, reports = tmp_path / "state", tmp_path / "reports"
+        env = cli_env(sandbox, state)
+        args = ["run", str(sheet), "--yes", "--report-dir", str(reports)]
+        assert batcher(args, env).returncode == 0
+        write_sheet(sheet, [rows[0], dict(rows[1], Amount="42.42"), rows[2]])
+        assert batcher(args, env).returncode == 5  # held: a possible duplicate
+        command = [sys.executable, "-m", "batcher", "run", str(sheet), "--release-held",
+                   "all", "--report-dir", str(reports)]  # fmt: skip
+        with terminal(command, tty_env(sandbox, state)) as pane:
+            assert wait_for(lambda: "send these orders?" in pane.text(), timeout=30), pane.text()
+            pane.keys("n", "Enter")
+            assert wait_for(lambda: "EXIT=" in pane.text(), timeout=10), pane.text()
+            screen = pane.text()
+        assert "EXIT=2" in screen, screen
+        again = batcher(args, env)
+        assert again.returncode == 5, again.stderr
+        assert len(sandbox_orders(sandbox)) == 3, "a declined release was kept"
