@@ -312,17 +312,6 @@ class LedgerPlanning(LedgerConnection):
             self._event(batch, "rows_held", currency=currency, code=code, count=len(keys))
             return len(keys)
 
-    def claimed_order_ids(self, provider: str, account_id: str) -> set[str]:
-        """Every provider order some row of this account already stands for."""
-        return {
-            r[0]
-            for r in self._db.execute(
-                "SELECT r.order_id FROM rows r JOIN batches b ON b.batch = r.batch"
-                " WHERE r.order_id IS NOT NULL AND b.provider = ? AND b.account_id = ?",
-                (provider, account_id),
-            )
-        }
-
     def claimed_request_ids(self, batch: str, except_chunk: str | None = None) -> frozenset[str]:
         """Provider order requests already tied to a chunk of this batch's account."""
         return frozenset(
