@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 from decimal import Decimal
 
 import pytest
@@ -62,6 +63,14 @@ def test_identical_rows_get_distinct_keys_by_occurrence() -> None:
     f = RowFields("a@x.com", "P", Decimal("10"), "GBP")
     keys = row_keys([(None, f), (None, f), (None, f)])
     assert len(set(keys)) == 3
+
+
+@given(sheets(), st.integers(0, 30))
+def test_row_keys_carry_occurrences_across_slices(rows: list, cut: int) -> None:
+    """A sheet keyed a slice at a time, the counts carried over, keys as a whole."""
+    seen: Counter[bytes] = Counter()
+    sliced = row_keys(rows[:cut], seen=seen) + row_keys(rows[cut:], seen=seen)
+    assert sliced == row_keys(rows)
 
 
 @given(sheets(), st.randoms(use_true_random=False))

@@ -472,3 +472,24 @@ def test_a_lookup_is_told_which_orders_other_chunks_already_hold(tmp_path: Path)
     w.run()
     assert w.provider.claimed_seen and accepted.request_id in w.provider.claimed_seen[0]
     assert_exactly_once(w)
+
+
+def test_paged_planning_orders_every_row_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pending rows planned a few at a time (pages of 7, items kept for the first 5
+    rows only, the rest read back from the ledger) are each ordered exactly once,
+    identical rows and two currencies included."""
+    import batcher.execute.runner as runner_module
+
+    monkeypatch.setattr(runner_module, "PLAN_PAGE_ROWS", 7)
+    monkeypatch.setattr(runner_module, "KEEP_ITEMS_ROWS", 5)
+    spec = [("GBP", "10.00")] * 12 + [("EUR", f"{n}.00") for n in range(5, 25)]
+    w = world(tmp_path, spec, wallets={"GBP": Decimal(1000), "EUR": Decimal(1000)})
+    stats = w.run(RunOptions(chunk_size=3, initial_poll_delay=1.0, max_poll_delay=8.0))
+    assert stats.stopped is None
+    assert_exactly_once(w)
+    assert len(w.rows) == 32
+    done = w.chunks("succeeded")
+    assert all(len(c.row_keys) <= 3 for c in done)
+    assert sum(len(c.row_keys) for c in done) == 32

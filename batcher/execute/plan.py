@@ -56,21 +56,26 @@ def fields_row_key(fields: RowFields, occurrence: int) -> str:
     return "f" + _digest("fields", *fields.canonical(), str(occurrence))[: _ROW_KEY_LENGTH - 1]
 
 
-def row_keys(rows: Sequence[tuple[str | None, RowFields]]) -> list[str]:
+def row_keys(
+    rows: Sequence[tuple[str | None, RowFields]], *, seen: Counter[bytes] | None = None
+) -> list[str]:
     """Row keys for (reference, fields) pairs given in source order.
 
     Only the relative order of identical rows matters (for their occurrence
-    number); inserting or reordering other rows never changes a key.
+    number); inserting or reordering other rows never changes a key. `seen` carries
+    the occurrence counts over from the sheet's earlier slices (one digest per
+    distinct unreferenced row, not its fields).
     """
-    seen: Counter[tuple[str, ...]] = Counter()
+    seen = Counter() if seen is None else seen
     keys: list[str] = []
     for reference, fields in rows:
         if reference is not None and reference.strip():
             keys.append(reference_row_key(reference))
             continue
         canonical = fields.canonical()
-        seen[canonical] += 1
-        keys.append(fields_row_key(fields, seen[canonical]))
+        identity = hashlib.sha256("\x1f".join(canonical).encode("utf-8")).digest()[:16]
+        seen[identity] += 1
+        keys.append(fields_row_key(fields, seen[identity]))
     return keys
 
 

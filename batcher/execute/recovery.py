@@ -173,13 +173,14 @@ def recover_from_provider(
     ledger, provider, batch = runner.ledger, runner.provider, runner.batch
     if not ledger.needs_recovery(batch):
         return None
-    pending = ledger.rows(batch, state="pending")
+    # Only the keys first: the rows themselves are read once there are orders to match.
+    pending_keys = ledger.row_keys(batch, "pending")
     # A reference another batch holds is that batch's order, not this one's: those rows
     # are held at planning instead of being matched to that batch's orders here.
-    elsewhere = ledger.references_taken_elsewhere(batch, [r.row_key for r in pending])
-    pending = [r for r in pending if r.row_key not in elsewhere]
+    elsewhere = ledger.references_taken_elsewhere(batch, pending_keys)
+    pending_keys = [k for k in pending_keys if k not in elsewhere]
     since = (now() if now else datetime.fromisoformat(utc_now())) - lookback
-    if not pending:
+    if not pending_keys:
         ledger.mark_recovered(batch, rows=0, orders=0)
         runner.stats.recovery = _counts(lookback, since, Recovery(), rows=0, orders=0, calls=0)
         return Recovery()
@@ -201,6 +202,11 @@ def recover_from_provider(
             )
         waited += 2.0
     orders = provider.orders(since)
+    pending = (
+        [row for page in ledger.rows_in_pages(batch, pending_keys) for row in page]
+        if orders
+        else []
+    )
     window = f"{lookback.days} days"
     matched: list[Recovery] = []
 
@@ -214,14 +220,14 @@ def recover_from_provider(
     recovery = matched[-1]
     calls = _requests(provider) - requests_before
     ledger.mark_recovered(
-        batch, rows=len(pending), orders=len(orders), found=len(recovery.found),
+        batch, rows=len(pending_keys), orders=len(orders), found=len(recovery.found),
         held=len(recovery.held), requests=calls,
     )  # fmt: skip
     runner.stats.recovery = _counts(
-        lookback, since, recovery, rows=len(pending), orders=len(orders), calls=calls
+        lookback, since, recovery, rows=len(pending_keys), orders=len(orders), calls=calls
     )
     runner.listener.message(
-        f"recovery: asked the provider about {len(pending)} row(s) new to this ledger "
+        f"recovery: asked the provider about {len(pending_keys)} row(s) new to this ledger "
         f"({len(orders)} order(s) over {window}, {calls} request(s)): "
         f"{len(recovery.found)} already ordered, {len(recovery.held)} held"
     )

@@ -7,7 +7,9 @@ in the report, exactly once.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import heapq
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
@@ -37,9 +39,36 @@ def _text_columns(frame: pl.DataFrame, names: Sequence[str]) -> list[list[str]]:
     ]
 
 
+#: valid rows turned into `SheetRow`s at a time: memory is bounded by the slice
+SLICE_ROWS = 20_000
+
+
 def sheet_rows_from_validation(result: ValidationResult) -> list[SheetRow]:
+    """Every row of the sheet for the ledger, in sheet order, as one list."""
+    return list(iter_sheet_rows(result))
+
+
+def iter_sheet_rows(result: ValidationResult, slice_rows: int = SLICE_ROWS) -> Iterator[SheetRow]:
+    """Every row of the sheet for the ledger, in sheet order, built a slice of the
+    valid frame at a time: a million rows never exist as objects all at once."""
     passthrough = list(result.sheet.passthrough)
     valid = result.valid
+    invalid = _invalid_rows(result, passthrough)
+    invalid.sort(key=lambda r: r.source_row)
+    seen: Counter[bytes] = Counter()  # occurrences of unreferenced rows, across slices
+    slices = (
+        _valid_slice(valid.slice(start, slice_rows), passthrough, seen)
+        for start in range(0, valid.height, slice_rows)
+    )
+    # The valid frame is in sheet order; the invalid rows are merged in by their row.
+    yield from heapq.merge(
+        (row for part in slices for row in part), invalid, key=lambda r: r.source_row
+    )
+
+
+def _valid_slice(
+    valid: pl.DataFrame, passthrough: list[str], seen: Counter[bytes]
+) -> list[SheetRow]:
     canonical = _text_columns(valid, CANONICAL_FIELDS)
     extra = _text_columns(valid, passthrough)
     (costs,) = _text_columns(valid, ["cost"])
@@ -60,7 +89,9 @@ def sheet_rows_from_validation(result: ValidationResult) -> list[SheetRow]:
         )
         for r in records
     ]
-    keys = row_keys([(r["reference"] or None, f) for r, f in zip(records, fields, strict=True)])
+    keys = row_keys(
+        [(r["reference"] or None, f) for r, f in zip(records, fields, strict=True)], seen=seen
+    )
     others = list(zip(*extra, strict=True)) if extra else [()] * valid.height
     rows: list[SheetRow] = []
     for record, row_fields, key, source, cost, other in zip(
@@ -80,8 +111,6 @@ def sheet_rows_from_validation(result: ValidationResult) -> list[SheetRow]:
                 valid=True,
             )
         )
-    rows.extend(_invalid_rows(result, passthrough))
-    rows.sort(key=lambda r: r.source_row)
     return rows
 
 

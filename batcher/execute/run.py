@@ -12,7 +12,7 @@ import os
 import shutil
 import threading
 from collections import Counter
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
@@ -30,7 +30,7 @@ from batcher.execute.check import SheetReading, check_sheet
 from batcher.execute.events import POLL, RECONCILE, SUBMIT, RunStart, emit
 from batcher.execute.funds import FundsCheck, Need, check_funds, left_out_message
 from batcher.execute.recovery import DEFAULT_LOOKBACK_DAYS, RecoveryStopped, before_planning
-from batcher.execute.rows import sheet_rows_from_validation
+from batcher.execute.rows import iter_sheet_rows
 from batcher.execute.runner import PlanSummary, RunListener, Runner, RunOptions, RunStats
 from batcher.execute.unchanged import (
     KeptReport,
@@ -255,7 +255,8 @@ def _run_locked(
         ledger, batch, options.report_dir, sheet_fingerprint(sheet, options.reading),
         all_valid=not result.invalid_rows,
     )  # fmt: skip
-    sheet_rows = None if synced else sheet_rows_from_validation(result)
+    # Read a slice at a time by the sheet sync: a million rows never exist at once.
+    sheet_rows = None if synced else iter_sheet_rows(result)
     record_batch(
         ledger, settings, options, account_id, sheet, allow_same_sheet=options.allow_same_sheet
     )
@@ -278,8 +279,6 @@ def _run_locked(
             recovery=lambda r: before_planning(r, lookback=lookback),
         )
     )
-    if sheet_rows is not None:
-        sheet_rows.clear()  # handed over: the ledger holds them now (memory at a million rows)
     ui.show_plan(plan, balances)
 
     if funds.check is not None:
@@ -348,7 +347,8 @@ class _FundsRule:
         self.order_fundable = order_fundable
         self.check: FundsCheck | None = None
 
-    def hold(self, pending: Sequence[RowRecord]) -> Collection[str]:
+    def hold(self, pending: Iterable[RowRecord]) -> Collection[str]:
+        """`pending` is read once (a page at a time: a million rows are not held)."""
         needs = [
             Need(
                 r.source_row, r.row_key, r.currency, r.est_cost or r.face_value,
@@ -361,7 +361,7 @@ class _FundsRule:
             return ()
         if self.order_fundable:
             return {n.row_key for n in self.check.left_out}
-        return {r.row_key for r in pending}  # refused: nothing is planned
+        return {n.row_key for n in needs}  # refused: nothing is planned
 
     def in_paying_wallets(self, plan: PlanSummary) -> PlanSummary:
         """The plan's cost per paying wallet: what the wallets will be charged."""

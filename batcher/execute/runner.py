@@ -16,7 +16,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Protocol
@@ -143,6 +143,12 @@ class SilentListener:
         pass
 
 
+#: pending rows planned at once (`Runner._plan_pending`): memory is bounded by this
+PLAN_PAGE_ROWS = 50_000
+#: rows whose order items a run keeps from planning for its sends and polls
+KEEP_ITEMS_ROWS = 50_000
+
+
 class _Stopped(Exception):
     pass
 
@@ -200,13 +206,14 @@ class Runner:
         # Items of the chunks this run planned: a row's content cannot change while the
         # run holds the batch lock, so sends and polls need not read the rows again.
         self._planned_items: dict[str, list[OrderItem]] = {}
+        self._kept_item_rows = 0
 
     # ------------------------------------------------------------------ planning
 
     def prepare(
         self,
-        sheet_rows: Sequence[SheetRow] | None,
-        hold: Callable[[Sequence[RowRecord]], Collection[str]] | None = None,
+        sheet_rows: Iterable[SheetRow] | None,
+        hold: Callable[[Iterable[RowRecord]], Collection[str]] | None = None,
         recovery: Callable[[Runner], object] | None = None,
     ) -> PlanSummary:
         """Bring the ledger in line with the sheet and plan what this run will send.
@@ -290,17 +297,40 @@ class Runner:
         self.ledger.undo_unconfirmed_release(self.batch)
 
     def _plan_pending(
-        self, hold: Callable[[Sequence[RowRecord]], Collection[str]] | None = None
+        self, hold: Callable[[Iterable[RowRecord]], Collection[str]] | None = None
     ) -> tuple[int, set[str]]:
-        """Chunk the pending rows that are not held; returns (chunks saved, rows held)."""
-        pending = self.ledger.rows(self.batch, state="pending")
+        """Chunk the pending rows that are not held; returns (chunks saved, rows held).
+
+        The pending rows are read and planned a page at a time, in row-key order, so
+        memory is bounded by the page: a batch of up to `PLAN_PAGE_ROWS` pending rows is
+        one page and is chunked exactly as a whole, a larger one page by page (still
+        deterministic in the set of pending rows)."""
+        held_for_funds: Collection[str] = ()
         if hold is not None:
-            kept = self.ledger.rows(self.batch, state="planned")
-            held_for_funds = set(hold([*kept, *pending]))
-            pending = [r for r in pending if r.row_key not in held_for_funds]
+            held_for_funds = set(hold(self._rows_of(("planned", "pending"))))
         chunk_size = min(
             self.options.chunk_size or self.provider.submit_limit, self.provider.submit_limit
         )
+        keys = self.ledger.row_keys(self.batch, "pending", by="row_key")
+        if held_for_funds:
+            keys = [k for k in keys if k not in held_for_funds]
+        saved, held = 0, set()
+        for page in self.ledger.rows_in_pages(self.batch, keys, page=PLAN_PAGE_ROWS):
+            page_saved, page_held = self._plan_page(page, chunk_size)
+            saved += page_saved
+            held |= page_held
+        return saved, held
+
+    def _rows_of(self, states: Sequence[str]) -> Iterator[RowRecord]:
+        """The batch's rows in `states` (in the sheet), state by state in sheet order,
+        read a page at a time."""
+        for state in states:
+            keys = self.ledger.row_keys(self.batch, state)
+            for page in self.ledger.rows_in_pages(self.batch, keys):
+                yield from page
+
+    def _plan_page(self, pending: Sequence[RowRecord], chunk_size: int) -> tuple[int, set[str]]:
+        """Chunk, encode and save one page of pending rows."""
         planned = plan_chunks(
             (
                 PlanRow(
@@ -326,7 +356,11 @@ class Runner:
         records = []
         for chunk in planned:
             items = [order_item(by_key[k]) for k in chunk.row_keys]
-            self._planned_items[chunk.key] = items
+            if self._kept_item_rows < KEEP_ITEMS_ROWS:
+                # The first chunks' items stay for their sends and polls; later chunks
+                # read theirs back from the ledger, so memory does not grow with the batch.
+                self._planned_items[chunk.key] = items
+                self._kept_item_rows += len(items)
             payload = self.provider.encode(chunk.key, items)
             records.append((chunk.key, chunk.currency, chunk.attempt, chunk.row_keys, payload))
         held = self.ledger.save_plan(self.batch, records)

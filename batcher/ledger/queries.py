@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -95,6 +95,29 @@ class LedgerQueries(LedgerConnection):
             sql += " AND state = ?"
             args.append(state)
         return [RowRecord.from_sql(r) for r in self._db.execute(sql + " ORDER BY source_row", args)]
+
+    def row_keys(self, batch: str, state: str, *, by: str = "source_row") -> list[str]:
+        """Keys of the batch's rows in `state` in the sheet, in sheet order or, with
+        `by="row_key"`, in key order: the light first half of a paged read (`rows_in_pages`)."""
+        order = {"source_row": "source_row", "row_key": "row_key"}[by]
+        return [
+            r[0]
+            for r in self._db.execute(
+                "SELECT row_key FROM rows WHERE batch = ? AND state = ? AND in_sheet = 1"
+                f" ORDER BY {order}",
+                (batch, state),
+            )
+        ]
+
+    def rows_in_pages(
+        self, batch: str, keys: Sequence[str], page: int = 5_000
+    ) -> Iterator[list[RowRecord]]:
+        """The rows of `keys`, in that order, a page at a time: memory is bounded by the
+        page, not the batch. A key no longer in the ledger is left out."""
+        for start in range(0, len(keys), page):
+            part = keys[start : start + page]
+            found = self.rows_by_key(batch, part)
+            yield [found[k] for k in part if k in found]
 
     def amounts(self, batch: str, state: str) -> list[tuple[str, Decimal, Decimal | None]]:
         """(currency, face value, estimated cost) of the batch's rows in `state` in the

@@ -8,8 +8,9 @@ content hashes) and only what differs is written, a statement per kind of change
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any, NamedTuple
 
 from batcher.core.clock import utc_now
@@ -95,7 +96,7 @@ class LedgerSync(LedgerConnection):
     """Rows in, changed, released for retry."""
 
     def sync_rows(
-        self, batch: str, sheet_rows: Sequence[SheetRow], *, retry_failed: bool
+        self, batch: str, sheet_rows: Iterable[SheetRow], *, retry_failed: bool
     ) -> SyncReport:
         """Bring the ledger in line with the current sheet, without losing history.
 
@@ -106,6 +107,10 @@ class LedgerSync(LedgerConnection):
           and never ordered again;
         - rows no longer in the sheet stay in the ledger with in_sheet = 0;
         - a row whose content, place and other columns are unchanged is not written.
+
+        `sheet_rows` is read once, a slice at a time, and each slice's writes are made
+        before the next is read, all in one transaction: memory is bounded by the
+        slice and by what the ledger already holds of the batch, not by the sheet.
         """
         counts = dict.fromkeys(("new", "unchanged", "changed", "conflicts", "skipped_elsewhere"), 0)
         existing = {
@@ -117,53 +122,53 @@ class LedgerSync(LedgerConnection):
                 (batch,),
             )
         }
-        done_elsewhere = self._references_succeeded_elsewhere(
-            batch, [r.reference for r in sheet_rows if r.reference]
-        )
-        writes = _SyncWrites(batch, utc_now())
+        # Only a batch with rows in its last sheet can have rows that left it.
+        in_sheet: set[str] | None = set() if any(r.in_sheet for r in existing.values()) else None
+        now = utc_now()
         moved = 0
-        for row in sheet_rows:
-            old = existing.get(row.row_key)
-            if old is None:
-                state = _new_row_state(row, done_elsewhere, counts)
-                writes.add(_INSERT_ROW, *_insert_values(batch, row, state, writes.now))
-                writes.event("row_added", row.row_key, state=state)
-            elif row.valid and row.reference in done_elsewhere and old.state in REPLANNABLE_STATES:
-                # Ordered under another batch since (e.g. fed back via failed_rows.csv):
-                # retrying it here would order it twice.
-                counts["skipped_elsewhere"] += 1
-                writes.add(
-                    _SKIP_ELSEWHERE,
-                    row.source_row,
-                    "this reference was ordered by another batch",
-                    writes.now,
-                    batch,
-                    row.row_key,
-                )
-                writes.event("row_skipped_elsewhere", row.row_key)
-                writes.unclaimed.append(row.row_key)
-            else:
-                moved += _sync_existing(writes, row, old, retry_failed, counts)
-        in_sheet = {r.row_key for r in sheet_rows}
-        left = [k for k, r in existing.items() if r.in_sheet and k not in in_sheet]
-        for key in left:
-            writes.add(_LEFT_SHEET, batch, key)
-        if moved or left:
-            # Not a state change, but the report shows it: record that the sheet moved.
-            writes.event("rows_resynced", None, moved=moved, left_sheet=len(left))
+        rows = iter(sheet_rows)
         with self._tx() as db:
-            for sql, values in writes.statements.items():
-                db.executemany(sql, values)
-            db.executemany(
-                INSERT_EVENT,
-                [self._event_values(batch, kind, None, key, d) for kind, key, d in writes.events],
-            )
-            self._release_claims(db, batch, writes.unclaimed)
+            while part := list(islice(rows, SYNC_SLICE_ROWS)):
+                writes = _SyncWrites(batch, now)
+                done_elsewhere = self._references_succeeded_elsewhere(
+                    batch, [r.reference for r in part if r.reference]
+                )
+                for row in part:
+                    moved += _sync_row(writes, row, existing.get(row.row_key), done_elsewhere,
+                                       retry_failed, counts)  # fmt: skip
+                if in_sheet is not None:
+                    in_sheet.update(r.row_key for r in part)
+                self._write(db, writes)
+            writes = _SyncWrites(batch, now)
+            left = [
+                k for k, r in existing.items() if r.in_sheet and in_sheet is not None
+                and k not in in_sheet
+            ]  # fmt: skip
+            for key in left:
+                writes.add(_LEFT_SHEET, batch, key)
+            if moved or left:
+                # Not a state change, but the report shows it: record that the sheet moved.
+                writes.event("rows_resynced", None, moved=moved, left_sheet=len(left))
+            self._write(db, writes)
             gone = db.execute(
                 "SELECT COUNT(*) FROM rows WHERE batch = ? AND in_sheet = 0", (batch,)
             ).fetchone()[0]
         refresh_statistics(self._db, self.backend, "rows", counts["new"])
         return SyncReport(**counts, gone=gone)
+
+    def _write(self, db: Database, writes: _SyncWrites) -> None:
+        """One slice's writes: a statement per kind of change, then its events."""
+        for sql, values in writes.statements.items():
+            db.executemany(sql, values)
+        if writes.events:
+            db.executemany(
+                INSERT_EVENT,
+                [
+                    self._event_values(writes.batch, kind, None, key, d)
+                    for kind, key, d in writes.events
+                ],
+            )
+        self._release_claims(db, writes.batch, writes.unclaimed)
 
     def _references_succeeded_elsewhere(self, batch: str, references: list[str]) -> set[str]:
         found: set[str] = set()
@@ -196,6 +201,43 @@ class LedgerSync(LedgerConnection):
             for key in keys:
                 self._release_for_retry(db, batch, key, reason="retryable failure")
         return len(keys)
+
+
+#: sheet rows compared and written at a time by `sync_rows`
+SYNC_SLICE_ROWS = 20_000
+
+
+def _sync_row(
+    writes: _SyncWrites,
+    row: SheetRow,
+    old: _Known | None,
+    done_elsewhere: set[str],
+    retry_failed: bool,
+    counts: dict[str, int],
+) -> int:
+    """Record what one sheet row needs; returns 1 when only its place moved."""
+    batch = writes.batch
+    if old is None:
+        state = _new_row_state(row, done_elsewhere, counts)
+        writes.add(_INSERT_ROW, *_insert_values(batch, row, state, writes.now))
+        writes.event("row_added", row.row_key, state=state)
+        return 0
+    if row.valid and row.reference in done_elsewhere and old.state in REPLANNABLE_STATES:
+        # Ordered under another batch since (e.g. fed back via failed_rows.csv):
+        # retrying it here would order it twice.
+        counts["skipped_elsewhere"] += 1
+        writes.add(
+            _SKIP_ELSEWHERE,
+            row.source_row,
+            "this reference was ordered by another batch",
+            writes.now,
+            batch,
+            row.row_key,
+        )
+        writes.event("row_skipped_elsewhere", row.row_key)
+        writes.unclaimed.append(row.row_key)
+        return 0
+    return _sync_existing(writes, row, old, retry_failed, counts)
 
 
 def _new_row_state(row: SheetRow, done_elsewhere: set[str], counts: dict[str, int]) -> str:
