@@ -148,7 +148,9 @@ def test_references_in_flight_in_another_batch_are_held(tmp_path: Path) -> None:
         sheet_a = write_sheet(tmp_path / "a.csv", rows)
         env = cli_env(sandbox, tmp_path / "state")
         reports = tmp_path / "r"
-        a = start_batcher(args_for(sheet_a, reports, "--batch", "night-a", "--max-rate", "4"), env)
+        # Slow enough (8 chunks and their polls at 1 request/s) that A is still in flight
+        # while B runs twice, even when a loaded machine takes seconds to start a process.
+        a = start_batcher(args_for(sheet_a, reports, "--batch", "night-a", "--max-rate", "1"), env)
         assert wait_for(lambda: len(sandbox_orders(sandbox)) >= 5, timeout=60)
         extra = make_rows(1, seed=77, prefix="B")[0]
         extra["Email"] = "only-in-b@example.com"
