@@ -179,6 +179,13 @@ def _check_shape(data: dict[str, Any], path: Path) -> None:
         for key, value in table(section, f"providers.{name}").items():
             if key in {"api_key", "base_url"} and not isinstance(value, str):
                 raise ConfigError(f"{path}: providers.{name}.{key} must be a string")
+    for name, section in table(data.get("accounts", {}), "accounts").items():
+        for key, value in table(section, f"accounts.{name}").items():
+            if key not in ACCOUNT_KEYS:
+                known = ", ".join(ACCOUNT_KEYS)
+                raise ConfigError(f"{path}: accounts.{name}.{key} is not a setting ({known})")
+            if not isinstance(value, str) or not value.strip():
+                raise ConfigError(f"{path}: accounts.{name}.{key} must be a non-empty string")
     limits = table(data.get("limits", {}), "limits")
     table(limits.get("max_total", {}), "limits.max_total")
 
@@ -236,6 +243,67 @@ def provider_settings(
         )
     source = f"${profile.api_key_env}" if env_key else str(path)
     return ProviderSettings(profile.name, url, SecretStr(check_api_key(key, source)), profile)
+
+
+#: what an [accounts.NAME] table of batcher.toml may say. Never the key itself: a
+#: named account says which environment variable holds it, on each machine.
+ACCOUNT_KEYS = ("provider", "base_url", "api_key_env")
+
+
+def account_names(
+    environ: Mapping[str, str] | None = None, config_path: Path | None = None
+) -> list[str]:
+    """The named accounts of batcher.toml, sorted."""
+    path = config_path or config_path_from(environ)
+    return sorted(load_file_config(path).get("accounts", {}))
+
+
+def account_settings(
+    account: str,
+    *,
+    base_url: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    config_path: Path | None = None,
+) -> ProviderSettings:
+    """A named account of batcher.toml ([accounts.NAME]: provider, base_url, api_key_env).
+
+    Flags > environment > batcher.toml, as for a provider: --base-url over the
+    account's base_url; the key only from the environment variable the account
+    names (so one file can list 40 client accounts and each machine hold the keys
+    of the ones it serves). Without base_url, the provider's sandbox default.
+    """
+    env = os.environ if environ is None else environ
+    path = config_path or config_path_from(env)
+    accounts = load_file_config(path).get("accounts", {})
+    section = accounts.get(account)
+    if section is None:
+        known = ", ".join(sorted(accounts)) or "none"
+        raise ConfigError(
+            f"no account named {account!r} in {path} [accounts]",
+            hint=f"known accounts: {known}; add [accounts.{account}] with provider and api_key_env",
+        )
+    where = f"{path} [accounts.{account}]"
+    if "provider" not in section:
+        raise ConfigError(f"{where} has no provider", hint='e.g. provider = "ugiftme"')
+    profile = profile_for(section["provider"])
+    variable = section.get("api_key_env")
+    if variable is None:
+        raise ConfigError(
+            f"{where} has no api_key_env",
+            hint=f'name the variable that holds its key, e.g. api_key_env = "{account.upper()}_KEY"',
+        )
+    url = normalise_base_url(
+        base_url or section.get("base_url") or profile.default_base_url, profile
+    )
+    key = env.get(variable)
+    if not key or not key.strip():
+        raise ConfigError(
+            f"no API key for account {account!r} ({profile.name})",
+            hint=f"set the environment variable {variable} on this machine",
+        )
+    return ProviderSettings(
+        profile.name, url, SecretStr(check_api_key(key, f"${variable}")), profile
+    )
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from batcher.execute.check import SheetReading, check_sheet
 from batcher.intake.validate import ValidationResult, validation_document
 from batcher.ledger.location import LedgerLocation
 from batcher.ledger.lock import batch_lock
+from batcher.ledger.queue import BatchQueue, QueueItem, queue_needs_postgresql
 from batcher.ledger.store import Ledger, RowRecord, parse_ts
 from batcher.providers import connect
 from batcher.providers.base import Provider, ProviderOptions
@@ -44,6 +45,7 @@ from batcher.reporting.verdicts import Window
 if TYPE_CHECKING:
     from batcher.execute.dryrun import DryRun, dry_run_batch
     from batcher.execute.run import BatchOptions, BatchResult, RunUI, run_batch
+    from batcher.execute.worker import QueuedRun
     from batcher.reporting.reports import ReportResult
     from batcher.reporting.statement import Checkpoint, Statement
     from batcher.transport.notify import Delivery, host_of, send_notification, slack_payload
@@ -76,6 +78,7 @@ __all__ = [
     "BatchResult",
     "Delivery",
     "DryRun",
+    "EnqueueOutcome",
     "RunUI",
     "ValidationOutcome",
     "account_info",
@@ -83,6 +86,7 @@ __all__ = [
     "check_notify_url",
     "default_state_dir",
     "dry_run_batch",
+    "enqueue_batch",
     "host_of",
     "ledger_lost",
     "list_balances",
@@ -90,6 +94,7 @@ __all__ = [
     "list_products",
     "list_transactions",
     "open_provider",
+    "queue_items",
     "report_batch",
     "run_batch",
     "send_notification",
@@ -208,6 +213,69 @@ def validate_sheet(
     if check.funds_notes:
         document["funds_not_verified"] = list(check.funds_notes)
     return ValidationOutcome(result, csv_path, document, json_path, check.funds_notes)
+
+
+# ---------------------------------------------------------------------------
+# the work queue (PostgreSQL ledgers)
+
+
+@dataclass(frozen=True)
+class EnqueueOutcome:
+    """A validated sheet and its queue item; no item when the sheet failed validation."""
+
+    validation: ValidationOutcome
+    item: QueueItem | None
+
+
+def enqueue_batch(
+    settings: ProviderSettings,
+    sheet: Path,
+    run: QueuedRun,
+    *,
+    batch: str,
+    account: str | None,
+    location: LedgerLocation,
+    reading: SheetReading | None = None,
+    report_dir: Path = Path("reports"),
+    max_attempts: int = 5,
+) -> EnqueueOutcome:
+    """Validate `sheet` exactly as `batcher run` would (`validate_sheet`), then queue it.
+
+    Nothing is queued when a row is invalid (unless `run.skip_invalid`, as a run
+    would order the valid ones). The item records the sheet's SHA-256 as validated:
+    a worker refuses the sheet if its bytes change before it runs.
+    """
+    queue_needs_postgresql(location)
+    check_batch_name(batch)
+    with BatchQueue(location):  # a reachable, migrated ledger before the provider is asked
+        pass
+    outcome = validate_sheet(
+        settings,
+        sheet,
+        reading,
+        provider_options=run.provider_options(),
+        report_dir=report_dir,
+    )
+    result = outcome.result
+    if result.invalid_rows and not run.skip_invalid:
+        return EnqueueOutcome(outcome, None)
+    with BatchQueue(location) as queue:
+        item = queue.enqueue(
+            batch=batch,
+            provider=settings.provider,
+            account=account,
+            sheet_path=str(sheet.absolute()),
+            sheet_sha256=result.sheet.sha256,
+            options=run.to_json(),
+            max_attempts=max_attempts,
+        )
+    return EnqueueOutcome(outcome, item)
+
+
+def queue_items(location: LedgerLocation, *, state: str | None = None) -> list[QueueItem]:
+    """The work queue's items, newest first."""
+    with BatchQueue(location) as queue:
+        return queue.items(state=state)
 
 
 # ---------------------------------------------------------------------------

@@ -716,3 +716,31 @@ def test_webhook_events_for_unknown_requests_are_on_the_orphans_sheet(tmp_path: 
     assert events[0]["Order id"] == "ord-ghost"
     assert "req-ghost" in events[0]["Note"] and "delivered 2 times" in events[0]["Note"]
     assert not str(events[0]["Status"]).startswith("=")  # provider text never runs
+
+
+def test_webhook_events_outside_the_batchs_runs_are_not_its_orphans(tmp_path: Path) -> None:
+    """An orphan event belongs to the report of a batch that ran when it arrived (plus the
+    provider's delivery delay), not to every batch that ever ran before it."""
+    ledger, provider = build(tmp_path, MIXED)
+    evidence = WebhookEvents(ledger.location)
+    try:
+        for n, request in enumerate(["req-during", "req-long-after", "req-long-before"]):
+            evidence.record(
+                "ugiftme", f"delivery-{n}", event="order.succeeded", request_id=request,
+                status="succeeded", terminal=True, order_ids=[f"ord-{n}"], payload="{}",
+            )  # fmt: skip
+        for request, when in [("req-long-after", "2999-01-01T00:00:00.000Z"),
+                              ("req-long-before", "2000-01-01T00:00:00.000Z")]:  # fmt: skip
+            evidence._db.execute(
+                "UPDATE webhook_events SET received_at = ?, last_received_at = ?"
+                " WHERE request_id = ?",
+                (when, when, request),
+            )
+    finally:
+        evidence.close()
+    result = write_batch_report(ledger, "nightly", provider, tmp_path / "reports")  # type: ignore[arg-type]
+    ledger.close()
+    assert result.webhook_orphans == 1
+    notes = [str(line["Note"]) for line in table(load_workbook(result.workbook)["Orphans"])]
+    assert any("req-during" in note for note in notes)
+    assert not any("req-long" in note for note in notes)

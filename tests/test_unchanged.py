@@ -114,3 +114,31 @@ def test_a_replaced_ledger_is_a_change(done: tuple[Ledger, Path], tmp_path: Path
     other = _finished(Ledger.open(tmp_path / "other-state"))
     assert other.count_by_state(BATCH) == led.count_by_state(BATCH)
     assert unchanged_report(other, BATCH, reports) is None
+
+
+def test_new_webhook_evidence_means_a_new_report(done: tuple[Ledger, Path]) -> None:
+    """An orphan event shows on the Orphans sheet: a new one, or one delivered again
+    (its delivery count is shown), must not leave a kept report without it."""
+    from batcher.ledger.events import WebhookEvents
+
+    led, reports = done
+    evidence = WebhookEvents(led.location)
+    try:
+        record = {
+            "event": "order.succeeded", "request_id": "req-ghost", "status": "succeeded",
+            "terminal": True, "order_ids": ["ord-ghost"], "payload": "{}",
+        }  # fmt: skip
+        evidence.record("p", "delivery-1", **record)  # type: ignore[arg-type]
+        assert unchanged_report(led, BATCH, reports) is None
+        stamp = led.change_stamp(BATCH)
+        assert stamp is not None
+        summary = {
+            "run_id": "run-2", "reconciliation": {"verdict": "RECONCILED", "workbook": "w"},
+            "totals_by_currency": {}, "paid_orders": {}, "conflicts": 0,
+        }  # fmt: skip
+        stamp_report(reports / BATCH, stamp, summary, SHEET)
+        assert unchanged_report(led, BATCH, reports) is not None
+        evidence.record("p", "delivery-1", **record)  # type: ignore[arg-type]
+        assert unchanged_report(led, BATCH, reports) is None
+    finally:
+        evidence.close()

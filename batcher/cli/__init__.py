@@ -62,6 +62,18 @@ _COMMANDS: dict[str, tuple[str, str]] = {
         "batcher.cli.listen:listen",
         "Receive signed webhook deliveries and record them as evidence in the ledger.",
     ),
+    "enqueue": (
+        "batcher.cli.queue:enqueue",
+        "Validate SHEET as `batcher run` would and queue it for `batcher worker`.",
+    ),
+    "worker": (
+        "batcher.cli.queue:worker",
+        "Claim queued batches from the PostgreSQL ledger and run them, one at a time.",
+    ),
+    "queue": (
+        "batcher.cli.queue:queue_command",
+        "The work queue's items, newest first: state, attempts, worker and outcome.",
+    ),
     "ledger": (
         "batcher.cli.ledger:ledger",
         "Look after the ledger (the database every run records its work in).",

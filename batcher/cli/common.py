@@ -16,6 +16,7 @@ from batcher.cli.terminal import echo
 from batcher.config import (
     PROFILES,
     ProviderSettings,
+    account_settings,
     config_path_from,
     load_file_config,
     provider_settings,
@@ -292,6 +293,25 @@ def parse_mappings(mappings: Sequence[str]) -> dict[str, str]:
 
 def resolve_settings(provider: str, base_url: str | None) -> ProviderSettings:
     return provider_settings(provider, base_url=base_url, config_path=config_file())
+
+
+def resolve_settings_for(
+    provider: str, base_url: str | None, account: str | None
+) -> ProviderSettings:
+    """--account NAME: the named account of batcher.toml (its provider, URL and key
+    variable); else the provider's own settings. A --provider given on the command line
+    that is not the account's is refused rather than silently overridden."""
+    if account is None:
+        return resolve_settings(provider, base_url)
+    settings = account_settings(account, base_url=base_url, config_path=config_file())
+    ctx = click.get_current_context(silent=True)
+    given = ctx.get_parameter_source("provider") if ctx is not None else None
+    if given == click.core.ParameterSource.COMMANDLINE and provider.lower() != settings.provider:
+        raise UsageError(
+            f"--provider {provider} does not match account {account!r} ({settings.provider})",
+            hint="leave out --provider: the account names its provider",
+        )
+    return settings
 
 
 def provider_mode(

@@ -30,7 +30,7 @@ from batcher.cli.common import (
     read_limits,
     report_dir_option,
     resolve_ledger,
-    resolve_settings,
+    resolve_settings_for,
     sheet_options,
 )
 from batcher.cli.logs import Log, library_warnings
@@ -165,6 +165,12 @@ def spend_limits(
 @click.argument("sheet", type=click.Path(path_type=Path))
 @click.option("--batch", default=None, help="Batch name (default: the sheet's file stem).")
 @provider_options
+@click.option(
+    "--account",
+    default=None,
+    metavar="NAME",
+    help="A named account of batcher.toml ([accounts.NAME]); its provider and URL apply.",
+)
 @sheet_options
 @click.option(
     "--chunk-size", type=click.IntRange(1, 10_000), default=None, help="Items per bulk order."
@@ -234,6 +240,7 @@ def run(
     batch: str | None,
     provider: str,
     base_url: str | None,
+    account: str | None,
     sheet_name: str | None,
     mapping: tuple[str, ...],
     allow_duplicates: bool,
@@ -297,7 +304,7 @@ def run(
             lookback_days=lookback_days,
         )
         log.bind(batch=options.batch_name)
-        settings = resolve_settings(provider, base_url)
+        settings = resolve_settings_for(provider, base_url, account)
         log.info(
             f"batcher {__version__} {'dry run' if dry_run else 'run'} starting: sheet {sheet}, "
             f"provider {settings.provider}, ledger {location.shown}, reports "

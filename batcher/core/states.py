@@ -70,3 +70,26 @@ REPLANNABLE_STATES: tuple[RowState, ...] = (
 #: never sent, and not sent until released: `--release-held`, or (a reference another
 #: batch holds) a rerun once that batch has finished
 HELD_STATES: tuple[RowState, ...] = (RowState.HELD,)
+
+#: error_code of a held row whose reference another batch of the same account holds
+HELD_ELSEWHERE = "held_reference_in_another_batch"
+
+#: a row in one of these states holds its reference for its account: planned, in
+#: flight or ordered. Another batch of the account plans that reference only once the
+#: row has left them (failed, pending again, held, skipped, invalid): the ledger's
+#: `reference_claims` table (one claim per account and reference) follows exactly this.
+CLAIMING_STATES: tuple[RowState, ...] = (*UNSETTLED_STATES, RowState.SUCCEEDED)
+
+
+class QueueState(StrEnum):
+    """A `batcher enqueue` item in the work queue (the `batch_queue` table)."""
+
+    QUEUED = "queued"  # waiting for a worker (or for its retry's backoff to pass)
+    RUNNING = "running"  # claimed: a worker's id and heartbeat are on it
+    DONE = "done"  # the batch ran to the end and reconciled
+    FAILED = "failed"  # a person must look: the message says why
+    HELD = "held"  # rows held as possible duplicates (or not reconciled): a person decides
+
+
+#: an item a worker may still claim (one per batch at a time)
+OPEN_QUEUE_STATES: tuple[QueueState, ...] = (QueueState.QUEUED, QueueState.RUNNING)

@@ -46,6 +46,7 @@ from batcher.intake.read import Sheet
 from batcher.intake.validate import ValidationResult
 from batcher.ledger.location import LedgerLocation
 from batcher.ledger.lock import batch_lock
+from batcher.ledger.rate_slots import shared_rate_slots
 from batcher.ledger.store import Ledger, RowRecord, count_states
 from batcher.providers import connect
 from batcher.providers.base import Provider, ProviderOptions
@@ -162,47 +163,67 @@ def run_batch(
     check_writable(options.state_dir, "state folder", "--state-dir or BATCHER_STATE_DIR")
     started_at = utc_now()
     # The stop flag reaches the provider too: its own waits end on Ctrl-C or SIGTERM.
-    provider = connect_provider(
-        settings,
-        max_rate=options.max_rate,
-        options=dataclasses.replace(options.provider_options, stop=stop),
-    )
+    # On a PostgreSQL ledger every process on this key keeps to one request schedule.
+    slots = shared_rate_slots(options.ledger_location)
     try:
-        account = provider.account()
-        check = check_sheet(provider, options.sheet, options.reading)
-        result, balances, quotes = check.result, check.balances, check.quotes
-        sheet = result.sheet
-        emit(ui.listener, "sheet_read", sheet)
-        if result.invalid_rows and not options.skip_invalid:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            report_path = write_validation_outputs(out_dir, result)
-            ui.validation_failed(result, report_path)
-            summary = _summary_without_run(
-                batch, settings, account.account_id, result, started_at, ExitCode.USAGE
-            )
-            write_json(out_dir / "summary.json", summary)
-            return BatchResult(
-                ExitCode.USAGE, summary, out_dir, "validation failed; nothing was sent"
-            )
-        options.state_dir.mkdir(parents=True, exist_ok=True)
-        with batch_lock(options.state_dir, batch, options.ledger_location):
-            ledger = Ledger.open(options.state_dir, options.ledger_location)
-            try:
-                # A batch begun under an id the provider client used to derive keeps it,
-                # and with it its chunk keys.
-                known = ledger.batch_info(batch)
-                former = set(account.extra.get("former_account_ids", "").split(","))
-                account_id = account.account_id
-                if known is not None and known["account_id"] in former - {""}:
-                    account_id = known["account_id"]
-                return _run_locked(
-                    ledger, provider, settings, options, ui, stop, account_id,
-                    result, sheet, balances, started_at, quotes,
-                )  # fmt: skip
-            finally:
-                ledger.close()
+        provider = connect_provider(
+            settings,
+            max_rate=options.max_rate,
+            options=dataclasses.replace(options.provider_options, stop=stop, shared_pace=slots),
+        )
+    except BaseException:
+        if slots is not None:
+            slots.close()
+        raise
+    try:
+        return _run_connected(provider, settings, options, ui, stop, batch, out_dir, started_at)
     finally:
         provider.close()
+        if slots is not None:
+            slots.close()
+
+
+def _run_connected(
+    provider: Provider,
+    settings: ProviderSettings,
+    options: BatchOptions,
+    ui: RunUI,
+    stop: threading.Event,
+    batch: str,
+    out_dir: Path,
+    started_at: str,
+) -> BatchResult:
+    account = provider.account()
+    check = check_sheet(provider, options.sheet, options.reading)
+    result, balances, quotes = check.result, check.balances, check.quotes
+    sheet = result.sheet
+    emit(ui.listener, "sheet_read", sheet)
+    if result.invalid_rows and not options.skip_invalid:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        report_path = write_validation_outputs(out_dir, result)
+        ui.validation_failed(result, report_path)
+        summary = _summary_without_run(
+            batch, settings, account.account_id, result, started_at, ExitCode.USAGE
+        )
+        write_json(out_dir / "summary.json", summary)
+        return BatchResult(ExitCode.USAGE, summary, out_dir, "validation failed; nothing was sent")
+    options.state_dir.mkdir(parents=True, exist_ok=True)
+    with batch_lock(options.state_dir, batch, options.ledger_location):
+        ledger = Ledger.open(options.state_dir, options.ledger_location)
+        try:
+            # A batch begun under an id the provider client used to derive keeps it,
+            # and with it its chunk keys.
+            known = ledger.batch_info(batch)
+            former = set(account.extra.get("former_account_ids", "").split(","))
+            account_id = account.account_id
+            if known is not None and known["account_id"] in former - {""}:
+                account_id = known["account_id"]
+            return _run_locked(
+                ledger, provider, settings, options, ui, stop, account_id,
+                result, sheet, balances, started_at, quotes,
+            )  # fmt: skip
+        finally:
+            ledger.close()
 
 
 def _run_locked(

@@ -24,6 +24,7 @@ from batcher.ledger.schema import (
     SCHEMA_VERSION,
     STEPS,
     base_statements,
+    in_claiming_states,
 )
 from batcher.ledger.wal_guard import WalGuard
 
@@ -283,6 +284,19 @@ class LedgerConnection:
             self._db.execute(f"RELEASE SAVEPOINT {name}")
             raise
         self._db.execute(f"RELEASE SAVEPOINT {name}")
+
+    def _release_claims(self, db: Database, batch: str, row_keys: Sequence[str]) -> None:
+        """Give up the reference claims of these rows of `batch` that have left
+        CLAIMING_STATES (failed, pending again, held, skipped): another batch of the
+        account may then plan the reference. A row still claiming keeps its claim."""
+        for part, marks in in_slices(row_keys):
+            db.execute(
+                f"DELETE FROM reference_claims WHERE batch = ? AND row_key IN ({marks})"
+                " AND NOT EXISTS (SELECT 1 FROM rows r WHERE r.batch = reference_claims.batch"
+                " AND r.row_key = reference_claims.row_key"
+                f" AND r.state IN ({in_claiming_states()}))",
+                (batch, *part),
+            )
 
     def _event(
         self,

@@ -20,7 +20,7 @@ from batcher.ledger.connection import LedgerConnection
 from batcher.ledger.schema import TABLES
 
 #: what planning reads: enough for a dry run to plan exactly as the run would
-PLANNING_TABLES = ("batches", "rows", "chunks", "chunk_rows")
+PLANNING_TABLES = ("batches", "rows", "reference_claims", "chunks", "chunk_rows")
 #: every table but `meta` (each ledger keeps its own schema version)
 ALL_TABLES = tuple(t for t in TABLES if t != "meta")
 _SLICE = 2000
@@ -47,6 +47,8 @@ class LedgerCopy(LedgerConnection):
                         hint="copy into a ledger without those batches; a batch is never"
                         " merged or overwritten",
                     )
+                if "reference_claims" in tables:
+                    self._refuse_claimed_references(target, db)
                 for table in (t for t in TABLES if t in tables):  # foreign-key order
                     columns = sorted(self._columns_of(table) & target._columns_of(table))
                     insert = (
@@ -69,6 +71,36 @@ class LedgerCopy(LedgerConnection):
         theirs = {r[0] for r in db.execute("SELECT batch FROM batches")}
         clash = mine & theirs
         return sorted(clash)
+
+    def _refuse_claimed_references(self, target: LedgerConnection, db: Database) -> None:
+        """A reference this ledger's batches hold that a batch at the target holds too
+        would be one reference held twice: merging them is a person's decision."""
+        theirs = {
+            (r[0], r[1], r[2]): r[3]
+            for r in db.execute(
+                "SELECT provider, account_id, reference, batch FROM reference_claims"
+            )
+        }
+        if not theirs:
+            return
+        both = sorted(
+            (r[2], r[3], theirs[(r[0], r[1], r[2])])
+            for r in self._stream(
+                "SELECT provider, account_id, reference, batch FROM reference_claims"
+            )
+            if (r[0], r[1], r[2]) in theirs
+        )
+        if both:
+            shown = "; ".join(
+                f"reference {ref!r} of batch {mine!r} is held by batch {other!r}"
+                for ref, mine, other in both[:5]
+            )
+            raise ConfigError(
+                f"the ledger at {target.location.shown} already holds {len(both)} of these"
+                f" references for the same account ({shown}); nothing was copied",
+                hint="check with the provider which batch ordered them; copy into a ledger"
+                " that does not hold them",
+            )
 
     def _stream(self, sql: str) -> Iterator[Any]:
         stream = getattr(self._db, "stream", None)  # PostgreSQL: a server-side cursor

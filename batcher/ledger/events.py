@@ -183,10 +183,16 @@ class WebhookEvents:
         return {k: int(row[k]) for k in ("accepted", "rejected", "repeats")}
 
     def orphans(
-        self, limit: int = MAX_LISTED, *, provider: str | None = None, since: str | None = None
+        self,
+        limit: int = MAX_LISTED,
+        *,
+        provider: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
     ) -> list[StoredEvent]:
         """Order events for an order request that no batch in this ledger sent; only
-        `provider`'s, and only those received at or after `since` (UTC text), when given."""
+        `provider`'s, and only those first received within [`since`, `until`] (UTC text),
+        when given."""
         where, params = self._orphan_filter(), []
         if provider is not None:
             where += " AND provider = ?"
@@ -194,6 +200,9 @@ class WebhookEvents:
         if since is not None:
             where += " AND received_at >= ?"
             params.append(since)
+        if until is not None:
+            where += " AND received_at <= ?"
+            params.append(until)
         rows = self._db.execute(
             f"SELECT * FROM webhook_events WHERE {where} ORDER BY id LIMIT ?", (*params, limit)
         )

@@ -6,11 +6,20 @@ import json
 from collections.abc import Sequence
 
 from batcher.core.clock import utc_now
+from batcher.core.states import CLAIMING_STATES, HELD_ELSEWHERE
 from batcher.ledger.backend import Database
 from batcher.ledger.connection import LedgerConnection, in_slices
+from batcher.ledger.schema import held_elsewhere_message, in_claiming_states
 
-#: error_code of a held row whose reference another batch of the account holds
-HELD_ELSEWHERE = "held_reference_in_another_batch"
+__all__ = ["HELD_ELSEWHERE", "LedgerPlanning"]
+
+#: row key -> (the batch holding its reference, that batch's row state, the reference)
+Taken = dict[str, tuple[str, str, str]]
+
+_CLAIM = (
+    "INSERT INTO reference_claims(provider, account_id, reference, batch, row_key, claimed_at)"
+    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (provider, account_id, reference) DO NOTHING"
+)
 
 
 class LedgerPlanning(LedgerConnection):
@@ -25,10 +34,20 @@ class LedgerPlanning(LedgerConnection):
         in flight or ordered is not saved: those rows are held (`held`, `HELD_ELSEWHERE`)
         and their keys returned, so the caller plans the rest again. The check and the
         save are one transaction, so two runs started at once cannot both plan it.
+
+        Each saved row's reference is claimed in `reference_claims` in that same
+        transaction (one claim per account and reference: its primary key). The claim
+        is the backstop for any writer the check did not see (another machine, another
+        version): if another batch's claim is found when claiming, no claim, chunk or
+        row of this chunk is written, and the rows are held exactly as above.
         """
         now = utc_now()
         held: set[str] = set()
         with self._tx() as db:
+            found = db.execute(
+                "SELECT provider, account_id FROM batches WHERE batch = ?", (batch,)
+            ).fetchone()
+            owner = (str(found[0]), str(found[1])) if found is not None else ("", "")
             for key, currency, attempt, keys, payload in chunks:
                 existing = db.execute(
                     "SELECT state, payload FROM chunks WHERE chunk_key = ?", (key,)
@@ -40,6 +59,7 @@ class LedgerPlanning(LedgerConnection):
                         raise RuntimeError(f"chunk {key} re-planned with different bytes")
                     continue
                 taken = self._references_taken_elsewhere(db, batch, keys)
+                taken = taken or self._claim_references(db, batch, owner, keys, now)
                 if taken:
                     for row_key, (other, state, reference) in taken.items():
                         db.execute(
@@ -47,9 +67,7 @@ class LedgerPlanning(LedgerConnection):
                             " failure_kind = NULL, updated_at = ? WHERE batch = ? AND row_key = ?",
                             (
                                 HELD_ELSEWHERE,
-                                f"reference {reference!r} is {state} in batch {other!r}; it is"
-                                f" not ordered here: finish or check batch {other!r}, then rerun"
-                                " this batch (it is then skipped, or ordered if it failed there)",
+                                held_elsewhere_message(reference, state, other),
                                 now,
                                 batch,
                                 row_key,
@@ -116,6 +134,13 @@ class LedgerPlanning(LedgerConnection):
                     " WHERE batch = ? AND chunk_key = ? AND state = 'planned'",
                     (utc_now(), batch, key),
                 )
+                members = [
+                    r[0]
+                    for r in db.execute(
+                        "SELECT row_key FROM chunk_rows WHERE chunk_key = ?", (key,)
+                    )
+                ]
+                self._release_claims(db, batch, members)
                 db.execute("DELETE FROM chunk_rows WHERE chunk_key = ?", (key,))
                 db.execute("DELETE FROM chunks WHERE chunk_key = ?", (key,))
                 self._event(batch, "chunk_discarded", chunk_key=key)
@@ -139,13 +164,73 @@ class LedgerPlanning(LedgerConnection):
             taken.update(self._references_taken_elsewhere(self._db, batch, part))
         return taken
 
+    def _claim_references(
+        self,
+        db: Database,
+        batch: str,
+        owner: tuple[str, str],
+        row_keys: Sequence[str],
+        now: str,
+    ) -> Taken:
+        """Claim the references of `row_keys` (rows of `batch`) for the batch's account,
+        `owner` (provider, account id).
+
+        Returns the rows whose reference another batch has claimed, and then claims
+        nothing (a savepoint undoes this chunk's claims). A claim whose holding row
+        is known and has left CLAIMING_STATES is stale and taken over (releasing it
+        happens with the row's transition; this only keeps a missed release from
+        holding rows forever). A claim whose row this ledger cannot see is never
+        taken over: it may be another writer's, so the row is held.
+        """
+        refused: Taken = {}
+        provider, account = owner
+        db.execute("SAVEPOINT claim_chunk")
+        for part, marks in in_slices(row_keys, 400):
+            mine = {
+                r[1]: r[0]
+                for r in db.execute(
+                    f"SELECT row_key, reference FROM rows WHERE batch = ? AND row_key IN ({marks})"
+                    " AND reference IS NOT NULL",
+                    (batch, *part),
+                )
+            }
+            if not mine:
+                continue
+            db.executemany(
+                _CLAIM, [(provider, account, ref, batch, key, now) for ref, key in mine.items()]
+            )
+            refs = list(mine)
+            for claim in db.execute(
+                "SELECT c.reference, c.batch, c.row_key, r.state FROM reference_claims c"
+                " LEFT JOIN rows r ON r.batch = c.batch AND r.row_key = c.row_key"
+                " WHERE c.provider = ? AND c.account_id = ?"
+                f" AND c.reference IN ({','.join('?' * len(refs))})",
+                (provider, account, *refs),
+            ).fetchall():
+                reference, other, other_key, state = claim[0], claim[1], claim[2], claim[3]
+                row_key = mine[reference]
+                if (other, other_key) == (batch, row_key):
+                    continue  # ours: just claimed, or kept from an earlier plan
+                if other == batch or (state is not None and state not in CLAIMING_STATES):
+                    db.execute(
+                        "UPDATE reference_claims SET batch = ?, row_key = ?, claimed_at = ?"
+                        " WHERE provider = ? AND account_id = ? AND reference = ?",
+                        (batch, row_key, now, provider, account, reference),
+                    )
+                    continue
+                refused[row_key] = (other, state or "claimed", reference)
+        if refused:
+            db.execute("ROLLBACK TO SAVEPOINT claim_chunk")
+        db.execute("RELEASE SAVEPOINT claim_chunk")
+        return refused
+
     def _references_taken_elsewhere(
         self, db: Database, batch: str, row_keys: Sequence[str]
-    ) -> dict[str, tuple[str, str, str]]:
+    ) -> Taken:
         """row key -> (other batch, its row's state, reference) for references another
-        batch of the same account has planned, in flight or succeeded."""
+        batch of the same account has planned, in flight or succeeded (CLAIMING_STATES)."""
         marks = ",".join("?" * len(row_keys))
-        taken: dict[str, tuple[str, str, str]] = {}
+        taken: Taken = {}
         for r in db.execute(
             "SELECT mine.row_key, other.batch, other.state, mine.reference FROM rows mine"
             " JOIN batches mb ON mb.batch = mine.batch"
@@ -154,7 +239,7 @@ class LedgerPlanning(LedgerConnection):
             " AND ob.account_id = mb.account_id"
             " WHERE mine.batch = ? AND mine.reference IS NOT NULL"
             f" AND mine.row_key IN ({marks})"
-            " AND other.state IN ('planned', 'sending', 'unknown', 'accepted', 'succeeded')",
+            f" AND other.state IN ({in_claiming_states()})",
             (batch, *row_keys),
         ):
             taken.setdefault(r[0], (r[1], r[2], r[3]))

@@ -32,6 +32,9 @@ class LedgerQueries(LedgerConnection):
         Every write to a batch's rows or chunks appends an event, so the last event id
         (runs starting and finishing aside: they change no row) stands for them; the
         batch's own record (created_at tells a replaced ledger apart) covers the rest.
+        Webhook evidence counts too: an event for an order request no batch sent shows
+        on the report of every batch that ran when it arrived (its Orphans sheet), so a
+        new event or a new delivery of one changes every stamp.
         """
         info = self._db.execute(
             "SELECT created_at, source_sha256, sheet_headers, sheet_columns FROM batches"
@@ -45,7 +48,10 @@ class LedgerQueries(LedgerConnection):
             " AND kind NOT IN ('run_started', 'run_finished')",
             (batch,),
         ).fetchone()[0]
-        text = json.dumps([last, *info], ensure_ascii=False)
+        evidence = self._db.execute(
+            "SELECT MAX(id), SUM(deliveries) FROM webhook_events"
+        ).fetchone()
+        text = json.dumps([last, *info, *evidence], ensure_ascii=False)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
     def run_summary(self, run_id: str) -> dict[str, Any] | None:

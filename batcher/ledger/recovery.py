@@ -49,6 +49,15 @@ class LedgerRecovery(LedgerConnection):
                     ),
                 )
                 if cursor.rowcount:
+                    # Ordered: the row holds its reference from now on, like a planned one.
+                    db.execute(
+                        "INSERT INTO reference_claims(provider, account_id, reference, batch,"
+                        " row_key, claimed_at) SELECT b.provider, b.account_id, r.reference,"
+                        " r.batch, r.row_key, ? FROM rows r JOIN batches b ON b.batch = r.batch"
+                        " WHERE r.batch = ? AND r.row_key = ? AND r.reference IS NOT NULL"
+                        " ON CONFLICT (provider, account_id, reference) DO NOTHING",
+                        (now, batch, out.row_key),
+                    )
                     self._event(
                         batch, "row_recovered", row_key=out.row_key, order_id=out.order_id,
                         window=window,

@@ -25,14 +25,17 @@ at 2 a.m.; it also keeps DDL rights away from the workers' role.
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 from collections.abc import Callable
 
+from batcher.core.clock import utc_now
+from batcher.core.states import CLAIMING_STATES, HELD_ELSEWHERE, RowState
 from batcher.ledger.backend import Database
 from batcher.ledger.location import Backend
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 5
 #: The version the SCHEMA script below creates: a new database starts here.
 BASE_VERSION = 2
 SCHEMA = """
@@ -167,8 +170,45 @@ CREATE TABLE IF NOT EXISTS webhook_events (
 CREATE INDEX IF NOT EXISTS webhook_events_by_request ON webhook_events(request_id, terminal);
 """
 
+#: Version 4: one claim per provider account and reference, taken in the write
+#: transaction that plans the row (see `planning.py`). The primary key is what makes
+#: two plans of one reference impossible, whichever process or machine writes them.
+CLAIMS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS reference_claims (
+    provider TEXT NOT NULL,
+    account_id TEXT NOT NULL,
+    reference TEXT NOT NULL,
+    batch TEXT NOT NULL REFERENCES batches(batch),
+    row_key TEXT NOT NULL,           -- the row of `batch` that holds the reference
+    claimed_at TEXT NOT NULL,
+    PRIMARY KEY (provider, account_id, reference)
+);
+CREATE INDEX IF NOT EXISTS reference_claims_by_row ON reference_claims(batch, row_key);
+"""
+
+#: Version 5: the request schedule processes on one key share (`rate_slots.py`).
+#: Used on PostgreSQL only; SQLite has the table too, so both schemas stay one.
+RATE_SLOTS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS rate_slots (
+    key_fingerprint TEXT PRIMARY KEY,       -- SHA-256 of base URL and key: never the key
+    last_slot DOUBLE PRECISION NOT NULL,    -- epoch seconds, on the database's clock
+    interval_seconds DOUBLE PRECISION NOT NULL,  -- the last asker's spacing
+    updated_at TEXT NOT NULL
+);
+"""
+
 #: Tables in the order their foreign keys allow them to be filled.
-TABLES = ("meta", "batches", "runs", "rows", "chunks", "chunk_rows", "events", "webhook_events")
+TABLES = (
+    "meta",
+    "batches",
+    "runs",
+    "rows",
+    "reference_claims",
+    "chunks",
+    "chunk_rows",
+    "events",
+    "webhook_events",
+)
 
 _PG_APPEND_ONLY = (
     "CREATE OR REPLACE FUNCTION batcher_events_append_only() RETURNS trigger"
@@ -259,5 +299,146 @@ def _to_v2(db: Database, backend: Backend, columns_of: ColumnsOf) -> list[str]:
     return repaired
 
 
+#: The work queue of `batcher enqueue` and `batcher worker` (schema version 3). It is
+#: used on PostgreSQL only (a queue is for several machines), but exists on both
+#: backends so that the schema stays one. One open item (queued or running) per batch.
+QUEUE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS batch_queue (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    batch TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    account TEXT,                    -- a named account of batcher.toml; NULL: the defaults
+    sheet_path TEXT NOT NULL,        -- absolute, as the workers will read it
+    sheet_sha256 TEXT NOT NULL,      -- the bytes that were validated at enqueue
+    options TEXT NOT NULL,           -- JSON: the run options; never a key or secret
+    state TEXT NOT NULL,             -- queued | running | done | failed | held
+    attempts INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER NOT NULL,
+    worker TEXT,                     -- the claiming worker's id
+    heartbeat_at TEXT,
+    not_before TEXT NOT NULL,        -- a retry's backoff: not claimed before this
+    enqueued_at TEXT NOT NULL,
+    started_at TEXT,
+    finished_at TEXT,
+    exit_code INTEGER,
+    summary TEXT,                    -- JSON: the last run's outcome in brief
+    message TEXT
+);
+CREATE INDEX IF NOT EXISTS batch_queue_by_state ON batch_queue(state, not_before, id);
+CREATE UNIQUE INDEX IF NOT EXISTS batch_queue_one_open ON batch_queue(batch)
+    WHERE state IN ('queued', 'running');
+"""
+
+
+def _to_v3_queue(db: Database, backend: Backend, columns_of: ColumnsOf) -> list[str]:
+    """Version 2 -> 3: the work queue (self-contained: its DDL is QUEUE_SCHEMA)."""
+    del columns_of
+    create_tables(db, backend, QUEUE_SCHEMA)
+    return []
+
+
+def create_tables(db: Database, backend: Backend, script: str) -> None:
+    """Run a step's DDL `script` (SQLite's dialect) in `backend`'s dialect."""
+    for statement in postgres_statements(script) if backend == "postgresql" else statements(script):
+        db.execute(statement)
+
+
+def in_claiming_states() -> str:
+    """The SQL list of CLAIMING_STATES, for `state IN (...)` (fixed names, no input)."""
+    return ", ".join(f"'{state.value}'" for state in CLAIMING_STATES)
+
+
+def _to_v4_claims(db: Database, backend: Backend, columns_of: ColumnsOf) -> list[str]:
+    """Version 3 -> 4: the `reference_claims` table, filled from the rows already there.
+
+    Every row with a reference in a claiming state (CLAIMING_STATES) gets its account's
+    claim, unless another row of the account already stands for that reference. Until
+    version 4 two such rows in different batches could only come from ledgers that
+    were merged (`batcher ledger copy` of two operators' files into one database) or
+    from runs that did not share a ledger; the claim then goes to one of them, chosen
+    so that nothing already at the provider is stopped or ordered again:
+
+    1. a row that was sent (in flight or succeeded) before one that is only planned:
+       a planned row can still be stopped, a sent one cannot;
+    2. then the earliest batch (its `created_at`, then its name), then the row key.
+
+    The other rows are never rewritten as if they had not happened:
+    - a later duplicate that is only `planned` (its bytes never left) becomes `held`
+      with HELD_ELSEWHERE, naming the batch that holds the claim, exactly as if the
+      claim had existed when it was planned; its chunk no longer holds its rows as
+      planned, so the next run discards that chunk and plans the rest again;
+    - a later duplicate that was sent (in flight, or succeeded) stays as it is: the
+      provider has it, and the run resolves it as usual. It may well be a real second
+      order of that reference, placed before this version existed: a
+      `reference_claim_duplicate` event in its batch names the batch holding the
+      claim, so the report shows it to a person.
+    Rows of the same batch never compete (a sheet cannot repeat a reference).
+    """
+    create_tables(db, backend, CLAIMS_SCHEMA)
+    found = db.execute(
+        "SELECT b.provider, b.account_id, r.reference, r.batch, r.row_key, r.state,"
+        " b.created_at FROM rows r JOIN batches b ON b.batch = r.batch"
+        f" WHERE r.reference IS NOT NULL AND r.state IN ({in_claiming_states()})"
+    ).fetchall()
+    now = utc_now()
+
+    def rank(r: tuple[str, ...]) -> tuple[str, ...]:
+        unsent = "1" if r[5] == RowState.PLANNED else "0"
+        return (r[0], r[1], r[2], unsent, r[6], r[3], r[4])
+
+    winner: dict[tuple[str, str, str], tuple[str, ...]] = {}
+    for row in sorted((tuple(r) for r in found), key=rank):
+        provider, account, reference, batch, row_key, state, _created = row
+        held_by = winner.get((provider, account, reference))
+        if held_by is None:
+            winner[(provider, account, reference)] = row
+            db.execute(
+                "INSERT INTO reference_claims(provider, account_id, reference, batch, row_key,"
+                " claimed_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (provider, account, reference, batch, row_key, now),
+            )
+            continue
+        other = held_by[3]
+        if other == batch:
+            continue
+        if state == RowState.PLANNED:
+            db.execute(
+                "UPDATE rows SET state = 'held', error_code = ?, error_message = ?,"
+                " failure_kind = NULL, updated_at = ? WHERE batch = ? AND row_key = ?",
+                (HELD_ELSEWHERE, held_elsewhere_message(reference, "claimed", other), now,
+                 batch, row_key),
+            )  # fmt: skip
+            kind = "row_held"
+        else:
+            kind = "reference_claim_duplicate"
+        db.execute(
+            "INSERT INTO events(ts, batch, kind, row_key, detail) VALUES (?, ?, ?, ?, ?)",
+            (now, batch, kind, row_key,
+             json.dumps({"code": HELD_ELSEWHERE, "other_batch": other}, sort_keys=True)),
+        )  # fmt: skip
+    return []
+
+
+def held_elsewhere_message(reference: str, state: str, other: str) -> str:
+    """The message of a row held because batch `other` holds its reference."""
+    return (
+        f"reference {reference!r} is {state} in batch {other!r}; it is not ordered here:"
+        f" finish or check batch {other!r}, then rerun this batch (it is then skipped,"
+        " or ordered if it failed there)"
+    )
+
+
+def _to_v5_rate_slots(db: Database, backend: Backend, columns_of: ColumnsOf) -> list[str]:
+    """Version 4 -> 5: the `rate_slots` table, empty (a schedule starts with its first
+    request). Not in TABLES: a schedule is of the moment, never copied."""
+    create_tables(db, backend, RATE_SLOTS_SCHEMA)
+    return []
+
+
 #: version -> the step that brings the version before it up to it.
-STEPS: dict[int, Callable[[Database, Backend, ColumnsOf], list[str]]] = {2: _to_v2}
+STEPS: dict[int, Callable[[Database, Backend, ColumnsOf], list[str]]] = {
+    2: _to_v2,
+    3: _to_v3_queue,
+    4: _to_v4_claims,
+    5: _to_v5_rate_slots,
+}

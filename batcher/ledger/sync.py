@@ -74,6 +74,8 @@ class _SyncWrites:
     now: str
     statements: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
     events: list[tuple[str, str | None, dict[str, Any]]] = field(default_factory=list)
+    #: rows that may leave a claiming state (a planned row changed or skipped)
+    unclaimed: list[str] = field(default_factory=list)
 
     def add(self, sql: str, *values: Any) -> None:
         self.statements.setdefault(sql, []).append(values)
@@ -132,6 +134,7 @@ class LedgerSync(LedgerConnection):
                     row.row_key,
                 )
                 writes.event("row_skipped_elsewhere", row.row_key)
+                writes.unclaimed.append(row.row_key)
             else:
                 moved += _sync_existing(writes, row, old, retry_failed, counts)
         in_sheet = {r.row_key for r in sheet_rows}
@@ -148,6 +151,7 @@ class LedgerSync(LedgerConnection):
                 INSERT_EVENT,
                 [self._event_values(batch, kind, None, key, d) for kind, key, d in writes.events],
             )
+            self._release_claims(db, batch, writes.unclaimed)
             gone = db.execute(
                 "SELECT COUNT(*) FROM rows WHERE batch = ? AND in_sheet = 0", (batch,)
             ).fetchone()[0]
@@ -260,6 +264,7 @@ def _sync_existing(
     attempt = old.attempt + 1 if state in ("failed", "held") else old.attempt
     writes.add(_TAKE_CONTENT, *place, *_content_values(row, new_state, attempt), batch, key)
     writes.event("row_changed", key, state=new_state, attempt=attempt)
+    writes.unclaimed.append(key)
     return 0
 
 

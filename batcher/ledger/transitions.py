@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from batcher.core.clock import utc_now
+from batcher.core.states import CLAIMING_STATES
 from batcher.ledger.backend import Database
 from batcher.ledger.connection import INSERT_EVENT, LedgerConnection
 from batcher.ledger.location import LedgerLocation
@@ -145,6 +146,10 @@ class LedgerTransitions(LedgerConnection):
                         if bool(out.release) == release
                     ],
                 )
+            # A row that failed or goes back to pending no longer holds its reference.
+            self._release_claims(
+                db, batch, [out.row_key for out in outcomes if out.state not in CLAIMING_STATES]
+            )
             db.executemany(
                 INSERT_EVENT,
                 [

@@ -20,7 +20,7 @@ def connect(
             raise UsageError("UGiftMe has no payouts mode", hint="drop --payouts")
         from batcher.providers.ugiftme import UGiftMeProvider
 
-        return UGiftMeProvider(settings, max_rate=max_rate)
+        return UGiftMeProvider(settings, max_rate=max_rate, shared_pace=options.shared_pace)
     if settings.provider == "gifq":
         from batcher.providers.gifq import connect_gifq
 

@@ -18,7 +18,7 @@ from typing import Literal, Protocol, TypedDict, Unpack, runtime_checkable
 from batcher.core.errors import OutcomeUnknown
 from batcher.core.models import AccountInfo, Balance, Product, WalletTransaction
 from batcher.transport.http import ApiClient
-from batcher.transport.throttle import RateLimiter
+from batcher.transport.throttle import RateLimiter, SharedPace
 
 __all__ = ["OutcomeUnknown"]
 
@@ -165,6 +165,9 @@ class ProviderOptions:
     expires_in_days: int | None = None
     #: the run's stop flag (Ctrl-C, SIGTERM): a wait inside the provider ends when it is set
     stop: threading.Event | None = field(default=None, compare=False)
+    #: the request schedule shared with other processes on the same key (a PostgreSQL
+    #: ledger's `rate_slots`); None: this process's own limiter only
+    shared_pace: SharedPace | None = field(default=None, compare=False)
 
 
 @runtime_checkable

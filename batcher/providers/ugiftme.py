@@ -68,7 +68,7 @@ from batcher.transport.http import (
     canonical_json,
     provider_error_text,
 )
-from batcher.transport.throttle import RateLimiter, limiter_for
+from batcher.transport.throttle import RateLimiter, SharedPace, limiter_for
 
 log = logging.getLogger(__name__)
 
@@ -101,12 +101,15 @@ class UGiftMeProvider(ApiBackedProvider):
         max_rate: float | None = None,
         transport: httpx.BaseTransport | None = None,
         limiter: RateLimiter | None = None,
+        shared_pace: SharedPace | None = None,
     ) -> None:
         if limiter is None:
             limiter = limiter_for(
                 settings.api_key,
                 rate_per_second=settings.profile.default_rate_per_second,
                 max_rate=max_rate,
+                shared=shared_pace,
+                base_url=settings.base_url,
             )
         self._api = ApiClient(
             settings.base_url,

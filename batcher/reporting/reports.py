@@ -72,6 +72,8 @@ SKIPPED_ELSEWHERE = "ordered_in_another_batch"
 CLOCK_MARGIN = timedelta(minutes=2)
 #: the ledger cuts timestamps to the millisecond, so a run's window ends one later
 TRUNCATION = timedelta(milliseconds=1)
+#: How late a provider may deliver a webhook for an order placed during a run
+WEBHOOK_DELAY = timedelta(minutes=15)
 #: up to this many orders, the report after a run always fetches the provider's listings
 AUTO_FETCH_MAX_ORDERS = 2_000
 Fetch = Literal["full", "auto", "quick"]
@@ -256,15 +258,18 @@ def collect(
 
 
 def webhook_orphans(ledger: Ledger, provider: str, runs: Sequence[RunInfo]) -> list[StoredEvent]:
-    """Webhook events for order requests no batch in this ledger sent, received since
-    the batch's first run began: kept as evidence by `batcher listen`, shown on the
-    Orphans sheet beside the provider's orphan orders."""
+    """Webhook events for order requests no batch in this ledger sent, received while
+    the batch ran: from its first run's start to its last run's end, plus the time a
+    provider may take to deliver (WEBHOOK_DELAY). They are kept as evidence by
+    `batcher listen`, and shown on the Orphans sheet beside the provider's orphan
+    orders. An event received at another time belongs to no batch's report."""
     if not runs:
         return []
-    since = utc_text(min(r.window.window.start for r in runs))
+    first = utc_text(min(r.window.window.start for r in runs))
+    until = utc_text(max(r.window.window.end for r in runs) + WEBHOOK_DELAY)
     evidence = WebhookEvents(ledger.location)
     try:
-        return evidence.orphans(provider=provider, since=since)
+        return evidence.orphans(provider=provider, since=first, until=until)
     finally:
         evidence.close()
 

@@ -64,6 +64,19 @@ run, for one) applies to the very next request.
 Every request goes through `acquire()` and then exactly one of `observe()`
 (a response came back) or `release()` (no response: transport error).
 The clock and the sleeper are injectable so tests run on fake time.
+
+Shared budgets. Processes that use one key (two runs, two machines) each have
+their own limiter, and none of them sees the others' requests until the
+provider's answers show them, too late at the end of a window. With a
+`SharedPace` (a PostgreSQL ledger gives one: `ledger/rate_slots.py`), every
+request also takes the next slot of one schedule per key, kept by the
+database on its own clock, before it leaves: slots are `interval` apart
+whatever process takes them, so together the processes never exceed one
+key's rate. The interval is the advertised window divided by the limit less
+the margin (98% of the limit at 600/60), or the configured pace while no
+window is known; a 429's slow-down stretches it too. The local policy above
+still applies on top. The key is named by a SHA-256 fingerprint of the key and
+the provider's base URL, never by the key.
 """
 
 from __future__ import annotations
@@ -76,6 +89,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from typing import Protocol
 
 from pydantic import SecretStr
 
@@ -107,6 +121,15 @@ class DocumentedWindow:
     def __post_init__(self) -> None:
         if self.limit < 1 or self.seconds <= 0:
             raise ValueError("a documented window needs at least 1 request per positive window")
+
+
+class SharedPace(Protocol):
+    """One request schedule per key, shared with every process that uses the key."""
+
+    def reserve(self, key: str, interval: float) -> float:
+        """Take the next slot of `key`'s schedule, `interval` seconds after the slot
+        before it (or now, if that has passed): the seconds until it (<= 0: now)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -223,6 +246,7 @@ class RateLimiter:
         penalty_seconds: float = 5.0,
         default_retry_after: float = 1.0,
         documented_window: DocumentedWindow | None = None,
+        shared: tuple[SharedPace, str] | None = None,
     ) -> None:
         if rate_per_second <= 0:
             raise ValueError("rate_per_second must be positive")
@@ -237,6 +261,7 @@ class RateLimiter:
         self._penalty_seconds = penalty_seconds
         self._default_retry_after = default_retry_after
         self._lock = threading.Lock()
+        self._shared = shared  # (schedule, key fingerprint): other processes on this key
 
         self._min_interval = 1.0 / max_rate if max_rate else 0.0
         self._base_interval = max(1.0 / rate_per_second, self._min_interval)
@@ -273,10 +298,20 @@ class RateLimiter:
                 start = self._earliest_start(now)
                 if start <= now + _EPSILON:
                     self._record_start(now, waited)
-                    return waited
+                    shared, interval = self._shared, self._shared_interval()
+                    break
             # Decide again on waking: an answer or a 429 may have arrived meanwhile.
             self._sleep(start - now)
             waited += start - now
+        if shared is not None:
+            pace, key = shared
+            wait = pace.reserve(key, interval)
+            if wait > 0:  # the slot is later: other processes took the ones before it
+                self._sleep(wait)
+                waited += wait
+                with self._lock:
+                    self._waited += wait
+        return waited
 
     def observe(self, status_code: int, headers: Mapping[str, str]) -> RateLimitInfo:
         """Learn from a response to a request that went through `acquire()`."""
@@ -299,6 +334,11 @@ class RateLimiter:
         """The request got no response (transport error): stop counting it as in flight."""
         with self._lock:
             self._answered(self._clock())
+
+    def share(self, pace: SharedPace, key: str) -> None:
+        """From now on, also take a slot of `key`'s shared schedule before each request."""
+        with self._lock:
+            self._shared = (pace, key)
 
     def cap(self, max_rate: float) -> None:
         """Tighten the hard cap (a second user of the same key asked for less)."""
@@ -376,6 +416,16 @@ class RateLimiter:
             for entry in self._log:
                 if entry[1] is None:
                     entry[1] = now
+
+    def _shared_interval(self) -> float:
+        """The least time between two requests of all processes on this key together."""
+        if self._limit and self._longest_reset > 0:
+            # Evenly spaced, any window holds at most limit - margin + 1 of them.
+            budget = max(1, self._limit - self._margin())
+            interval = max(self._longest_reset / budget, self._min_interval)
+        else:
+            interval = self._base_interval
+        return interval * self._penalty_factor
 
     def _margin(self) -> int:
         """Requests per window left to anyone else using the key (never the whole limit)."""
@@ -462,14 +512,24 @@ def key_fingerprint(api_key: str | SecretStr) -> str:
     return hashlib.sha256(raw.encode("utf-8")).hexdigest()[:16]
 
 
+def shared_key_fingerprint(api_key: str | SecretStr, base_url: str) -> str:
+    """The name of a key's shared schedule: SHA-256 of the provider's base URL and the
+    key (one key at two providers, or at a sandbox and the real one, is two budgets)."""
+    raw = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
+    return hashlib.sha256(f"{base_url.rstrip('/')}\n{raw}".encode()).hexdigest()
+
+
 def limiter_for(
     api_key: str | SecretStr,
     *,
     rate_per_second: float,
     max_rate: float | None = None,
     documented_window: DocumentedWindow | None = None,
+    shared: SharedPace | None = None,
+    base_url: str = "",
 ) -> RateLimiter:
-    """The shared limiter of this key, created on first use."""
+    """The shared limiter of this key, created on first use; with `shared`, it also
+    keeps to the schedule every process on this key (at `base_url`) shares."""
     fingerprint = key_fingerprint(api_key)
     with _registry_lock:
         limiter = _registry.get(fingerprint)
@@ -480,6 +540,8 @@ def limiter_for(
             _registry[fingerprint] = limiter
         elif max_rate is not None:
             limiter.cap(max_rate)
+        if shared is not None:
+            limiter.share(shared, shared_key_fingerprint(api_key, base_url))
         return limiter
 
 

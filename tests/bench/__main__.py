@@ -28,7 +28,10 @@ SCENARIOS = [
     "ledger_scaling",
     "e2e_webhooks",
     "chaos_once",
+    "chaos_pg",
     "report_small_in_large",
+    "ledger_writes",
+    "shared_rate",
 ]
 
 
@@ -94,8 +97,9 @@ def main() -> None:
     )
     for name, data in results.items():
         base = data.get("baseline_seconds")
+        seconds = data.get("seconds", data["scenario_process_seconds"])  # chaos: no own timing
         print(
-            f"{name:<14} {fmt(data['seconds']):>9} {fmt(base) if base is not None else '-':>10}"
+            f"{name:<14} {fmt(seconds):>9} {fmt(base) if base is not None else '-':>10}"
             f" {data['peak_rss_kib'] / 1024:>12.0f}  {'yes' if data['met'] else 'NO':<5} {data['target']}"
         )
         for key, value in data.items():

@@ -711,6 +711,7 @@ def report_100k(data: Path) -> dict[str, Any]:
 
 from tests.bench import webhooks as _webhooks  # noqa: E402  (it reuses the helpers above)
 from tests.bench.chaos import scenario as chaos_scenario  # noqa: E402
+from tests.bench.chaos_pg import scenario as chaos_pg_scenario  # noqa: E402
 
 
 def report_small_in_large(data: Path) -> dict[str, Any]:
@@ -767,6 +768,95 @@ def report_small_in_large(data: Path) -> dict[str, Any]:
     }
 
 
+def _ledger_writes_on(ledger: Any, rows: int, chunk: int) -> float:
+    """Seconds to commit a run's writes for `rows` rows: sync, plan, sending, accepted,
+    succeeded, a chunk of `chunk` rows at a time, through the real ledger API."""
+    from batcher.ledger.store import RowOutcome, SheetRow
+
+    sheet = [
+        SheetRow(row_key=f"k{i}", source_row=i + 2, reference=f"REF-{i}", content_hash=f"h{i}",
+                 fields={"recipient_email": f"p{i}@example.com", "amount": "10.00"},
+                 passthrough={}, currency="GBP", face_value=Decimal("10.00"),
+                 est_cost=Decimal("9.50"), valid=True)
+        for i in range(rows)
+    ]  # fmt: skip
+    started = time.perf_counter()
+    ledger.ensure_batch("w", provider="p", account_id="a", source_path="w.csv", source_sha256="0")
+    ledger.sync_rows("w", sheet, retry_failed=False)
+    for n in range(0, rows, chunk):
+        keys = [r.row_key for r in sheet[n : n + chunk]]
+        key = f"c{n}"
+        ledger.save_plan("w", [(key, "GBP", 1, keys, b"{}")])
+        ledger.mark_sending("w", key)
+        ledger.mark_accepted("w", key, f"req-{n}")
+        ledger.settle_chunk(
+            "w", key, "succeeded", [RowOutcome(k, "succeeded", order_id=f"o-{k}") for k in keys]
+        )
+    return time.perf_counter() - started
+
+
+def ledger_writes(data: Path) -> dict[str, Any]:
+    """Rows per second committed through the ledger, SQLite and PostgreSQL (tests/pg.py)."""
+    from batcher.ledger.store import Ledger
+    from tests.pg import PgCluster
+
+    rows, chunk = 5000, 100
+    state = data / "ledger-writes"
+    shutil.rmtree(state, ignore_errors=True)
+    sqlite = Ledger.open(state)
+    try:
+        sqlite_s = _ledger_writes_on(sqlite, rows, chunk)
+    finally:
+        sqlite.close()
+    cluster = PgCluster.start()
+    try:
+        pg = Ledger(cluster.location(cluster.fresh_database()))
+        try:
+            pg_s = _ledger_writes_on(pg, rows, chunk)
+        finally:
+            pg.close()
+    finally:
+        cluster.stop()
+    return {
+        "rows": rows,
+        "chunk_size": chunk,
+        "sqlite_rows_per_second": rows / sqlite_s,
+        "postgresql_rows_per_second": rows / pg_s,
+        "postgresql_to_sqlite_time_ratio": pg_s / sqlite_s,
+    }
+
+
+def shared_rate(data: Path) -> dict[str, Any]:
+    """Two `batcher run` processes on one UGiftMe key and one PostgreSQL ledger against a
+    600/60 sandbox: their combined rate as % of the limit, and the 429s."""
+    from batcher.sandbox.server import running_sandbox
+    from tests.e2e.shared_rate_kit import run_two_on_one_key
+    from tests.pg import PgCluster
+
+    work = data / "shared-rate"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    cluster = PgCluster.start()
+    try:
+        with running_sandbox(
+            "ugiftme", async_mode=False, rate_limit=600, rate_window_seconds=60.0
+        ) as sandbox:
+            result = run_two_on_one_key(
+                sandbox, cluster.url(cluster.fresh_database()), work, rows_each=700
+            )
+    finally:
+        cluster.stop()
+    return {
+        "requests": result.requests,
+        "http_429s": result.too_many,
+        "span_seconds": result.span_seconds,
+        "percent_of_limit": result.percent_of_limit,
+        "exit_codes": list(result.exit_codes),
+        "target": "0 429s and >= 85% of the limit together",
+        "met": result.too_many == 0 and result.percent_of_limit >= 85.0,
+    }
+
+
 SCENARIOS = {
     "csv_validate": csv_validate,
     "xlsx_validate": xlsx_validate,
@@ -778,7 +868,10 @@ SCENARIOS = {
     "validate_fixed_cost": validate_fixed_cost,
     "ledger_scaling": ledger_scaling,
     "chaos_once": chaos_scenario,
+    "chaos_pg": chaos_pg_scenario,
     "report_small_in_large": report_small_in_large,
+    "ledger_writes": ledger_writes,
+    "shared_rate": shared_rate,
 }
 
 

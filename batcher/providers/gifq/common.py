@@ -107,6 +107,8 @@ class GifqBase(ApiBackedProvider):
                 rate_per_second=settings.profile.default_rate_per_second * PACE_MARGIN,
                 max_rate=max_rate,
                 documented_window=RATE_WINDOW,
+                shared=options.shared_pace if options else None,
+                base_url=settings.base_url,
             )
         token = settings.api_key.get_secret_value()
         self._api = ApiClient(
