@@ -279,6 +279,22 @@ def test_polls_back_off_on_the_clock_up_to_the_cap(tmp_path: Path) -> None:
         assert 0.9 * base <= slept <= 1.1 * base
 
 
+@pytest.mark.parametrize("from_cache", [False, True])
+def test_polls_answered_from_the_clients_memory_do_not_back_off(
+    tmp_path: Path, from_cache: bool
+) -> None:
+    """A "pending" the provider client read from what it already held (GIFQ's order
+    board) cost no request: the next poll keeps its delay instead of doubling it."""
+    w = world(tmp_path, GBP4[:1], wallets={"GBP": Decimal(100)}, polls_to_complete=4,
+              pending_from_cache=from_cache)  # fmt: skip
+    w.run(RunOptions(initial_poll_delay=1.0, max_poll_delay=8.0))
+    assert_exactly_once(w)
+    expected = [1, 1, 1, 1] if from_cache else [1, 2, 4, 8]
+    assert len(w.clock.slept) == len(expected)
+    for slept, base in zip(w.clock.slept, expected, strict=True):
+        assert 0.9 * base <= slept <= 1.1 * base
+
+
 # ---------------------------------------------------------------------- incomplete answers
 
 

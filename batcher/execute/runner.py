@@ -698,7 +698,12 @@ class Runner:
         else:
             self._poll_failures.pop(key, None)
         if result.kind == "pending":
-            delay = min(self.options.max_poll_delay, delays.get(key, 1.0) * 2)
+            # Back off from the provider, not from the client's own memory: a "pending"
+            # read from what the client already held (GIFQ's order board) cost no request.
+            previous = delays.get(key, 1.0)
+            delay = (
+                previous if result.from_cache else min(self.options.max_poll_delay, previous * 2)
+            )
             delays[key] = delay
             self._schedule(polls, key, delay)
             return
