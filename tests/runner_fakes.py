@@ -113,6 +113,8 @@ class FakeProvider:
     required_fields: frozenset[str] = BASE_REQUIRED
     validates_catalog: bool = False
     idempotency_carrier: Literal["header", "body"] = "header"
+    #: "pending" answers say they came from the client's memory (GIFQ's order board)
+    pending_from_cache: bool = False
 
     # the provider's own books
     sent: list[tuple[str, bytes]] = field(default_factory=list)
@@ -223,7 +225,8 @@ class FakeProvider:
         if fault is Fault.DROP_RESPONSE:
             raise OutcomeUnknown("poll: read timeout")
         if request.results is None:
-            return PollResult(kind="pending", provider_status="processing")
+            return PollResult(kind="pending", provider_status="processing",
+                              from_cache=self.pending_from_cache)  # fmt: skip
         if fault is Fault.INCOMPLETE:
             raise IncompleteResult("result did not match every item", items=_half(request.results))
         return PollResult(kind="completed", items=request.results, provider_status="succeeded")

@@ -13,6 +13,12 @@ a small random round trip. "Budget used": over the k whole windows the run
 spans, at least 95% of k × limit requests were sent in them. The limiter leaves
 2% of each window (at least one request) to other users of the key, so that
 holds for limits of 40 and more; for any limit, no request is refused.
+
+A fourth model is GIFQ's (docs/providers/gifq.md): 10 requests per one-second
+window opened by the first request after the last one closed, refused requests
+counted, no rate-limit header but `Retry-After` on a 429. The limiter knows only
+the documented window (`DocumentedWindow`); each request reaches the server some
+random part of its round trip after it leaves.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from dataclasses import dataclass, field
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batcher.transport.throttle import RateLimiter
+from batcher.transport.throttle import DocumentedWindow, RateLimiter
 
 Headers = dict[str, str]
 
@@ -216,3 +222,117 @@ def test_work_that_fits_the_budget_goes_back_to_back(
     outcome = drive(server, requests, seed, max_rtt=max_rtt)
     assert outcome.rejected == 0
     assert outcome.starts[-1] - outcome.starts[0] <= requests * max_rtt
+
+
+# ---------------------------------------------------------------------------
+# GIFQ: a documented window and no headers.
+
+
+@dataclass
+class GifqWindow:
+    """The GIFQ sandbox's limiter: a fixed window opened by the first request after the
+    last one closed; refused requests count; only `Retry-After` (whole seconds, >= 1)."""
+
+    limit: int
+    window: float
+    opened: float | None = None
+    count: int = 0
+
+    def respond(self, now: float) -> tuple[int, Headers]:
+        if self.opened is None or now >= self.opened + self.window:
+            self.opened, self.count = now, 0
+        self.count += 1
+        if self.count > self.limit:
+            return 429, {"Retry-After": str(max(1, math.ceil(self.opened + self.window - now)))}
+        return 200, {}
+
+
+def drive_documented(limit: int, window: float, requests: int, seed: int, max_rtt: float,
+                     late_start: float = 0.0) -> Outcome:  # fmt: skip
+    """Requests one after another through a limiter that knows only the documented window.
+    Each reaches the server a random part of its round trip after it leaves (and up to
+    `late_start` seconds after its slot was granted: a loaded machine); `starts` holds
+    the arrivals, which are what the server counts."""
+    clock, rnd = FakeClock(), random.Random(seed)
+    server = GifqWindow(limit, window)
+    limiter = RateLimiter(
+        limit / window * 0.9,
+        clock=clock.monotonic,
+        wall_clock=clock.wall,
+        sleep=clock.sleep,
+        documented_window=DocumentedWindow(limit, window),
+    )
+    arrivals: list[float] = []
+    rejected = sent = 0
+    while sent < requests:
+        limiter.acquire()
+        rtt = rnd.uniform(0, max_rtt)
+        clock.now += rnd.uniform(0, late_start)
+        arrival = clock.now + rnd.uniform(0, rtt)
+        status, headers = server.respond(arrival)
+        arrivals.append(arrival)
+        clock.now += rtt
+        limiter.observe(status, headers)
+        if status == 429:
+            rejected += 1
+        else:
+            sent += 1
+    return Outcome(arrivals, rejected)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    limit=st.integers(min_value=1, max_value=50),
+    window=st.sampled_from([1.0, 1.0, 1.0, 2.0, 10.0]),
+    windows_of_work=st.floats(min_value=0.1, max_value=40.0),
+    seed=st.integers(min_value=0, max_value=2**32 - 1),
+)
+def test_documented_window_no_429s_and_the_budget_is_used(
+    limit: int, window: float, windows_of_work: float, seed: int
+) -> None:
+    """GIFQ's 10 per second (and other documented windows): never a 429, and at least 95%
+    of the budget used when the round trip is a local one (up to 10 ms: each window
+    costs one round trip and the 20 ms margin)."""
+    requests = max(1, round(limit * windows_of_work))
+    outcome = drive_documented(limit, window, requests, seed, max_rtt=0.01)
+    assert outcome.rejected == 0
+    used = budget_used(outcome.starts, limit, window)
+    if used is not None:
+        assert used >= 0.95, f"{used:.1%} of the budget used"
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    limit=st.integers(min_value=1, max_value=50),
+    max_rtt=st.floats(min_value=0.0, max_value=0.5),
+    late_start=st.floats(min_value=0.0, max_value=0.2),
+    seed=st.integers(min_value=0, max_value=2**32 - 1),
+)
+def test_documented_window_holds_with_slow_and_late_requests(
+    limit: int, max_rtt: float, late_start: float, seed: int
+) -> None:
+    """Long round trips and requests that leave late never put one too many into a
+    window, and each window of the log still sends its whole quota."""
+    requests = limit * 6
+    outcome = drive_documented(limit, 1.0, requests, seed, max_rtt=max_rtt, late_start=late_start)
+    assert outcome.rejected == 0
+    # Beyond the requests' own round trips (and lateness), each of the 6 quotas waits
+    # at most the window, the margin and one more round trip.
+    own = requests * (max_rtt + late_start)
+    assert outcome.starts[-1] - outcome.starts[0] <= own + 6 * (1.02 + max_rtt + late_start)
+
+
+def test_documented_window_waits_for_answers_still_in_flight() -> None:
+    """Answers may come back out of order: while any request is in flight, a full log
+    takes none of them as answered, so the next window is timed from the last answer."""
+    clock = FakeClock()
+    limiter = RateLimiter(9.0, clock=clock.monotonic, wall_clock=clock.wall, sleep=clock.sleep,
+                          documented_window=DocumentedWindow(2, 1.0))  # fmt: skip
+    limiter.acquire()
+    limiter.acquire()  # two in flight, both sent at 0
+    clock.now = 0.1
+    limiter.observe(200, {})  # one answer (which one is unknown)
+    clock.now = 0.5
+    limiter.observe(200, {})  # both answered by 0.5
+    assert limiter.acquire() >= 1.0  # from 0.5: a second after the last answer, not the first
+    assert clock.now >= 1.5

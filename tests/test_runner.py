@@ -279,6 +279,22 @@ def test_polls_back_off_on_the_clock_up_to_the_cap(tmp_path: Path) -> None:
         assert 0.9 * base <= slept <= 1.1 * base
 
 
+@pytest.mark.parametrize("from_cache", [False, True])
+def test_polls_answered_from_the_clients_memory_do_not_back_off(
+    tmp_path: Path, from_cache: bool
+) -> None:
+    """A "pending" the provider client read from what it already held (GIFQ's order
+    board) cost no request: the next poll keeps its delay instead of doubling it."""
+    w = world(tmp_path, GBP4[:1], wallets={"GBP": Decimal(100)}, polls_to_complete=4,
+              pending_from_cache=from_cache)  # fmt: skip
+    w.run(RunOptions(initial_poll_delay=1.0, max_poll_delay=8.0))
+    assert_exactly_once(w)
+    expected = [1, 1, 1, 1] if from_cache else [1, 2, 4, 8]
+    assert len(w.clock.slept) == len(expected)
+    for slept, base in zip(w.clock.slept, expected, strict=True):
+        assert 0.9 * base <= slept <= 1.1 * base
+
+
 # ---------------------------------------------------------------------- incomplete answers
 
 
@@ -493,3 +509,48 @@ def test_paged_planning_orders_every_row_once(
     done = w.chunks("succeeded")
     assert all(len(c.row_keys) <= 3 for c in done)
     assert sum(len(c.row_keys) for c in done) == 32
+
+
+# ---------------------------------------------------------------------- commits
+
+
+def test_one_commit_per_chunk_and_sending_is_durable_before_each_request(
+    tmp_path: Path,
+) -> None:
+    """Every chunk is durably `sending` when its request leaves, and the answers since
+    the last commit ride on that same commit: about one commit per chunk, not three."""
+    w = world(tmp_path, [("GBP", "1.00")] * 12, wallets={"GBP": Decimal(100)},
+              polls_to_complete=1)  # fmt: skip
+    seen_at_submit: list[dict[str, str]] = []
+
+    def committed_states(key: str) -> None:
+        reader = Ledger(w.path)  # another connection sees only what is committed
+        try:
+            chunks = reader.chunks(BATCH, ["sending", "accepted", "succeeded"])
+            seen_at_submit.append({c.chunk_key: c.state for c in chunks})
+            assert {c.chunk_key: c.state for c in chunks}[key] == "sending"
+        finally:
+            reader.close()
+
+    w.provider.on_submit = committed_states
+    ledger = Ledger(w.path)
+    try:
+        ledger.ensure_batch(BATCH, provider=w.provider.name, account_id=ACCOUNT,
+                            source_path="gifts.csv", source_sha256="0" * 64)  # fmt: skip
+        runner = Runner(w.provider, ledger, BATCH, ACCOUNT, OPTIONS, clock=w.clock,
+                        sleep=w.clock.sleep, rng=random.Random(7))  # fmt: skip
+        runner.prepare(w.rows)
+        commits: list[str] = []
+        ledger._db.set_trace_callback(  # type: ignore[union-attr]
+            lambda sql: commits.append(sql) if sql.strip().upper() == "COMMIT" else None
+        )
+        stats = runner.execute()
+    finally:
+        ledger.close()
+    assert stats.submits == 4 and stats.stopped is None
+    assert_exactly_once(w)
+    # The second request leaves with the first chunk's acceptance already durable.
+    assert list(seen_at_submit[1].values()).count("accepted") == 1
+    # 4 sends, the settles committed before the run waits for polls and at its end:
+    # well under the 12 that one commit per transition would take.
+    assert len(commits) <= 4 + 2, commits

@@ -7,16 +7,27 @@ Order of work in a run (docs/architecture.md):
 
 Every request goes through the provider's shared rate limiter. Polls never use
 more of the budget than submits while there is still something to submit.
+
+One durable commit per chunk. A chunk's `sending` is committed before its request
+leaves, always. The answers that are safe to lose in a crash wait in memory
+(`_defer`) and are committed with the next write, which is usually the next
+chunk's `sending` (`Ledger.grouped`), or before the loop sleeps or ends: an
+accepted order request (lost, the chunk is still `sending`, so the next run asks
+the provider and resends the same key and bytes, which it deduplicates) and a
+settled chunk (lost, the chunk is still accepted or sending, and is asked again).
+Any other write (unknown, failed, out of funds) first commits what waits.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import random
 import re
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Protocol
@@ -147,6 +158,9 @@ class SilentListener:
 PLAN_PAGE_ROWS = 50_000
 #: rows whose order items a run keeps from planning for its sends and polls
 KEEP_ITEMS_ROWS = 50_000
+#: A wait at least this long commits the deferred writes first; shorter ones (polls
+#: falling due a few milliseconds apart) leave them for the next commit.
+_COMMIT_BEFORE_WAITING = 0.25
 
 
 class _Stopped(Exception):
@@ -207,6 +221,11 @@ class Runner:
         # run holds the batch lock, so sends and polls need not read the rows again.
         self._planned_items: dict[str, list[OrderItem]] = {}
         self._kept_item_rows = 0
+        # Accepted chunks being polled, as the ledger holds them (or will, once the
+        # deferred writes are committed): polls need not read them back.
+        self._accepted: dict[str, ChunkRecord] = {}
+        # Ledger writes safe to lose in a crash, committed with the next write.
+        self._deferred: list[Callable[[], None]] = []
 
     # ------------------------------------------------------------------ planning
 
@@ -378,6 +397,8 @@ class Runner:
             self._submit_and_poll()
         except _Stopped:
             pass
+        with suppress(_Stopped):  # a claimed order among them stops the run, as ever
+            self._commit_deferred()
         self.stats.finished = self.clock()
         if self.stats.submit_started is not None and self.stats.submit_finished is None:
             self.stats.submit_finished = self.stats.finished
@@ -390,6 +411,25 @@ class Runner:
         if self._deadline is not None and self.clock() >= self._deadline:
             self.stats.stopped = self.stats.stopped or "deadline"
             raise _Stopped
+
+    # ------------------------------------------------------------------ commits
+
+    def _defer(self, write: Callable[[], None]) -> None:
+        """A ledger write whose loss in a crash is safe: committed with the next one."""
+        self._deferred.append(write)
+
+    @contextmanager
+    def _committing(self) -> Iterator[None]:
+        """The writes in the block, with every deferred one before them, in one commit."""
+        with self.ledger.grouped():
+            while self._deferred:
+                self._deferred.pop(0)()
+            yield
+
+    def _commit_deferred(self) -> None:
+        if self._deferred:
+            with self._committing():
+                pass
 
     def _sleep(self, seconds: float) -> None:
         """Sleep, but wake for a stop request or the deadline."""
@@ -416,6 +456,7 @@ class Runner:
             self._send(chunk)
 
     def _submit_and_poll(self) -> None:
+        self._commit_deferred()  # chunks resolved just now are accepted in what is read next
         queue = [c.chunk_key for c in self.ledger.chunks(self.batch, ["planned"])]
         queue.reverse()  # pop() from the end keeps planned order
         polls: list[tuple[float, str]] = []
@@ -423,6 +464,7 @@ class Runner:
         accepted_at: dict[str, float] = {}
         now = self.clock()
         for chunk in self.ledger.chunks(self.batch, ["accepted"]):
+            self._accepted[chunk.chunk_key] = chunk
             if chunk.request_id:
                 self._request_of[chunk.chunk_key] = chunk.request_id
             heapq.heappush(polls, (now, chunk.chunk_key))
@@ -432,6 +474,7 @@ class Runner:
         while queue or polls:
             self._check_stop()
             if self.events is not None and polls:
+                self._commit_deferred()  # it reads the chunks' states
                 self._settle_from_events(polls, accepted_at)
                 if not (queue or polls):
                     break
@@ -468,6 +511,8 @@ class Runner:
             wait = polls[0][0] - now
             if self.events is not None:
                 wait = min(wait, self.events.check_interval)
+            if wait >= _COMMIT_BEFORE_WAITING:  # nothing waits in memory while the run idles
+                self._commit_deferred()
             self._sleep(wait)
 
     def _schedule(self, polls: list[tuple[float, str]], key: str, delay: float) -> None:
@@ -534,7 +579,8 @@ class Runner:
             for attempt in retrying:
                 with attempt:
                     self._check_stop()
-                    self.ledger.mark_sending(self.batch, chunk.chunk_key)
+                    with self._committing():  # durably sending before the request leaves
+                        self.ledger.mark_sending(self.batch, chunk.chunk_key)
                     self.stats.submits += 1
                     try:
                         result = self.provider.submit(chunk.chunk_key, chunk.payload, items)
@@ -543,7 +589,8 @@ class Runner:
                         return None
                     except OutcomeUnknown as exc:
                         self.stats.unknown_outcomes += 1
-                        self.ledger.mark_unknown(self.batch, chunk.chunk_key, exc.reason)
+                        with self._committing():
+                            self.ledger.mark_unknown(self.batch, chunk.chunk_key, exc.reason)
                         raise
         except OutcomeUnknown as exc:
             self.listener.message(
@@ -559,17 +606,13 @@ class Runner:
     def _apply_submit(self, chunk: ChunkRecord, result: SubmitResult) -> None:
         key = chunk.chunk_key
         if result.kind == "accepted":
-            if not result.request_id:
+            request_id = result.request_id
+            if not request_id:
                 raise RuntimeError("provider accepted a chunk without an order request id")
-            try:
-                self.ledger.mark_accepted(self.batch, key, result.request_id)
-            except OrderClaimed as exc:
-                # Never let one provider order answer for two chunks: the chunk stays
-                # unknown and the run stops for a person to look.
-                self.ledger.mark_unknown(self.batch, key, str(exc))
-                self.listener.message(f"chunk {key}: {exc}; stopping, nothing was guessed")
-                self.stats.stopped = "order_claimed_twice"
-                raise _Stopped from None
+            self._accepted[key] = dataclasses.replace(
+                chunk, state="accepted", request_id=request_id
+            )
+            self._defer(lambda: self._record_accepted(key, request_id))
         elif result.kind == "completed":
             self._settle_items(chunk, result.items, "succeeded")
         elif result.kind == "insufficient_funds":
@@ -581,6 +624,18 @@ class Runner:
                 result.error_message,
                 provider_request_id=result.provider_request_id,
             )
+
+    def _record_accepted(self, key: str, request_id: str) -> None:
+        try:
+            self.ledger.mark_accepted(self.batch, key, request_id)
+        except OrderClaimed as exc:
+            # Never let one provider order answer for two chunks: the chunk stays
+            # unknown and the run stops for a person to look.
+            self._accepted.pop(key, None)
+            self.ledger.mark_unknown(self.batch, key, str(exc))
+            self.listener.message(f"chunk {key}: {exc}; stopping, nothing was guessed")
+            self.stats.stopped = "order_claimed_twice"
+            raise _Stopped from None
 
     def _fail_chunk(
         self,
@@ -605,9 +660,11 @@ class Runner:
             )
             for k in chunk.row_keys
         ]
-        self.ledger.settle_chunk(
-            self.batch, chunk.chunk_key, "failed", outcomes, error_code=code, error_message=message
-        )
+        with self._committing():
+            self.ledger.settle_chunk(
+                self.batch, chunk.chunk_key, "failed", outcomes, error_code=code,
+                error_message=message,
+            )  # fmt: skip
         self.listener.advance(len(outcomes))
 
     def _block_currency(self, chunk: ChunkRecord, result: SubmitResult) -> None:
@@ -630,14 +687,15 @@ class Runner:
             )
             for k in chunk.row_keys
         ]
-        self.ledger.settle_chunk(
-            self.batch,
-            chunk.chunk_key,
-            "failed",
-            outcomes,
-            error_code="insufficient_funds",
-            error_message=message,
-        )
+        with self._committing():
+            self.ledger.settle_chunk(
+                self.batch,
+                chunk.chunk_key,
+                "failed",
+                outcomes,
+                error_code="insufficient_funds",
+                error_message=message,
+            )
         waiting = [
             c.chunk_key
             for c in self.ledger.chunks(self.batch, ["planned"])
@@ -657,7 +715,7 @@ class Runner:
         delays: dict[str, float],
         accepted_at: dict[str, float],
     ) -> None:
-        chunk = self.ledger.chunk(key)
+        chunk = self._accepted.get(key) or self.ledger.chunk(key)
         assert chunk.request_id is not None
         self.stats.polls += 1
         self.ledger.count_poll(key)
@@ -675,7 +733,9 @@ class Runner:
             if failures >= self.options.max_poll_failures:
                 # e.g. the provider no longer knows the request: resolve it next run by
                 # resending the same key and bytes, which the provider deduplicates.
-                self.ledger.mark_unknown(self.batch, key, f"polling failed: {exc.reason}")
+                self._accepted.pop(key, None)
+                with self._committing():
+                    self.ledger.mark_unknown(self.batch, key, f"polling failed: {exc.reason}")
                 self.listener.message(
                     f"chunk {key}: polling failed {failures} times ({exc.reason})"
                 )
@@ -684,7 +744,12 @@ class Runner:
         else:
             self._poll_failures.pop(key, None)
         if result.kind == "pending":
-            delay = min(self.options.max_poll_delay, delays.get(key, 1.0) * 2)
+            # Back off from the provider, not from the client's own memory: a "pending"
+            # read from what the client already held (GIFQ's order board) cost no request.
+            previous = delays.get(key, 1.0)
+            delay = (
+                previous if result.from_cache else min(self.options.max_poll_delay, previous * 2)
+            )
             delays[key] = delay
             self._schedule(polls, key, delay)
             return
@@ -793,5 +858,11 @@ class Runner:
             # the next run resends the same key and bytes, which the provider
             # deduplicates, and settles the rest from that full answer.
             state = "unknown"
-        self.ledger.settle_chunk(self.batch, chunk.chunk_key, state, outcomes)
-        self.listener.advance(sum(1 for out in outcomes if out.state != "unknown"))
+        self._accepted.pop(chunk.chunk_key, None)
+        key, settled = chunk.chunk_key, sum(1 for out in outcomes if out.state != "unknown")
+
+        def record() -> None:
+            self.ledger.settle_chunk(self.batch, key, state, outcomes)
+            self.listener.advance(settled)
+
+        self._defer(record)

@@ -45,6 +45,8 @@ class Row(Protocol):
 
     def keys(self) -> list[str]: ...
 
+    def __iter__(self) -> Iterator[Any]: ...
+
 
 class Database(Protocol):
     """An open connection in autocommit mode: transactions are begun explicitly."""

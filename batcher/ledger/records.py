@@ -104,7 +104,7 @@ class RowRecord(RowContent):
 
     @classmethod
     def from_sql(cls, row: Row) -> RowRecord:
-        data = dict(row)
+        data = dict(zip(row.keys(), row, strict=True))  # 4x faster than dict(sqlite3.Row)
         for name in _SHARED_COLUMNS:
             if data[name] is not None:
                 data[name] = sys.intern(data[name])

@@ -105,6 +105,9 @@ class PollResult:
     error_code: str = ""
     error_message: str = ""
     provider_status: str = ""
+    #: "pending" read from what the client already held, without asking the provider:
+    #: the next poll costs the provider nothing, so the runner does not back off
+    from_cache: bool = False
 
 
 @dataclass(frozen=True)

@@ -26,12 +26,14 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from batcher.core.clock import utc_text
 from batcher.core.errors import BatcherError, UsageError
@@ -77,6 +79,7 @@ AUTO_FETCH_MAX_ORDERS = 2_000
 Fetch = Literal["full", "auto", "quick"]
 #: "run": archived under runs/RUN_ID (the end of `batcher run`); "report": a new dated folder
 ArchiveAs = Literal["run", "report"]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -208,14 +211,23 @@ def collect(
     if info is None:
         raise UsageError(f"no batch named {batch!r} in the ledger")
     now = now or datetime.now(UTC)
+    runs = run_infos(ledger, batch, now)
+    windows = [r.window for r in runs]
+    # A full report lists the provider's side whatever the rows say: that starts now,
+    # in another thread, while the ledger's rows are read (it mostly waits on the network).
+    listing = (
+        _in_background(fetch_provider_data, provider, windows)
+        if provider is not None and fetch == "full"
+        else None
+    )
     if ledger_rows is None:
         ledger_rows = ledger.rows(batch, in_sheet_only=False)
     rows = report_rows(explain_skips(ledger, batch, ledger_rows))
-    runs = run_infos(ledger, batch, now)
-    windows = [r.window for r in runs]
     data, error = None, None
     if provider is None:
         error = "no connection to the provider"
+    elif listing is not None:
+        data, error = listing.result()
     elif not _balances_suffice(fetch, rows):
         data, error = fetch_provider_data(provider, windows)
     if sheet_rows is None and runs:
@@ -381,17 +393,31 @@ def fetch_provider_data(
         return ProviderData((), ()), None
     since, until = whole.start - CLOCK_MARGIN, whole.end + CLOCK_MARGIN
     try:
+        # Two lists of pages, read side by side: each waits on the network most of the time.
+        listed = _in_background(provider.transactions, since)
         orders = provider.orders(since, until)
         transactions = [
-            tx
-            for tx in provider.transactions(since)
-            if tx.timestamp is None or tx.timestamp <= until
+            tx for tx in listed.result() if tx.timestamp is None or tx.timestamp <= until
         ]
     except BatcherError as exc:
         return None, exc.message  # BatcherError messages never carry a secret
     except OSError as exc:
         return None, f"{type(exc).__name__} while listing orders and transactions"
     return ProviderData(orders, transactions), None
+
+
+def _in_background(work: Callable[..., T], *args: Any) -> Future[T]:
+    """`work(*args)` in a thread of its own; its result (or its error) from `.result()`."""
+    future: Future[T] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(work(*args))
+        except BaseException as exc:  # handed to whoever asks for the result
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="report-listing", daemon=True).start()
+    return future
 
 
 def attempts(ledger: Ledger, batch: str) -> tuple[frozenset[str], frozenset[str]]:

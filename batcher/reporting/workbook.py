@@ -20,6 +20,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -187,6 +188,7 @@ def _shown_length(value: Any) -> int:
     return len(str(value))
 
 
+@lru_cache(maxsize=1 << 14)
 def _ts(text: str | None) -> datetime | None:
     moment = parse_ts(text)
     return excel_datetime(moment) if moment else None

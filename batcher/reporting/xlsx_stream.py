@@ -29,6 +29,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, NamedTuple
 from xml.sax.saxutils import escape
@@ -48,6 +49,10 @@ _DIMENSION = re.compile(r'<dimension ref="[^"]*"\s*/>')
 _SHEET_DATA_END = "</sheetData>"
 #: characters XML cannot carry, or must escape
 _NEEDS_CARE = re.compile(r"[&<>\x00-\x08\x0b\x0c\x0e-\x1f]")
+#: Most text cells: an ASCII letter or digit first (never a formula, no leading space),
+#: then nothing XML must escape and no control character. Such text is written as it
+#: is, unless it is too long or ends in a space (`_text_cell` handles those).
+_PLAIN_TEXT = re.compile(r"[A-Za-z0-9][^&<>\x00-\x1f]*")
 
 
 class Styled(NamedTuple):
@@ -152,12 +157,25 @@ class _RowWriter:
     def row(self, values: Sequence[Any]) -> str:
         self.last_row += 1
         number = str(self.last_row)
-        cells = [
-            self.cell(self.letters[col] + number, value)
-            for col, value in enumerate(values)
-            if value is not None and value != ""
-        ]
-        return f'<row r="{number}">{"".join(cells)}</row>'
+        if len(values) > len(self.letters):
+            raise IndexError(f"row {number} has {len(values)} cells, the sheet {len(self.letters)}")
+        cells = [f'<row r="{number}">']
+        plain, limit = _PLAIN_TEXT.fullmatch, MAX_CELL_CHARS
+        for letter, value in zip(self.letters, values, strict=False):
+            if value is None or value == "":
+                continue
+            if (
+                type(value) is str
+                and len(value) <= limit
+                and plain(value)
+                and not value[-1].isspace()
+            ):
+                # the common case of `_text_cell`, inline: 3 million cells at 100k rows
+                cells.append(f'<c r="{letter}{number}" t="inlineStr"><is><t>{value}</t></is></c>')
+            else:
+                cells.append(self.cell(letter + number, value))
+        cells.append("</row>")
+        return "".join(cells)
 
     def cell(self, ref: str, value: Any) -> str:
         kind = type(value)
@@ -186,9 +204,14 @@ def _text_cell(ref: str, value: str) -> str:
 
 def _styled_cell(ref: str, value: Decimal | int | datetime, style: int) -> str:
     if isinstance(value, datetime):
-        serial = to_excel(excel_datetime(value))
-        return f'<c r="{ref}" s="{style}"><v>{serial!r}</v></c>'
+        return f'<c r="{ref}" s="{style}"><v>{_serial(value)}</v></c>'
     return f'<c r="{ref}" s="{style}"><v>{_number(value)}</v></c>'
+
+
+@lru_cache(maxsize=1 << 14)
+def _serial(moment: datetime) -> str:
+    """Excel's serial for a moment; the rows of one chunk share their timestamps."""
+    return repr(to_excel(excel_datetime(moment)))
 
 
 def _number(value: Decimal | int) -> str:

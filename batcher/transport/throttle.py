@@ -33,10 +33,26 @@ in whole seconds is rounded up, so the earliest reset seen is the truest). An
 answer naming an earlier window is stale and ignored. Once the reset has
 passed, the window is forgotten until an answer describes the next one.
 
-Without a window (GIFQ sends only `Retry-After`, 10 req/s documented; or the
-window just closed), requests are paced at the configured rate, which the
-provider client sets just under the documented one, or at the advertised
-limit / window length once a window has been seen. `max_rate` (`--max-rate`)
+Without an advertised window (GIFQ sends only `Retry-After`; or the window just
+closed), requests are paced at the configured rate, or at the advertised limit /
+window length once a window has been seen, unless the provider documents its
+window (`DocumentedWindow`: GIFQ's 10 requests per second). Then the limiter
+keeps a log of its last `limit` requests and sends back to back until the log
+is full; request n + limit leaves only `seconds` (plus a 20 ms margin) after the
+*answer* to request n came back. A request reaches the server before its answer
+leaves it, so any `seconds`-long stretch of the server's clock holds at most
+`limit` of our requests, whatever the window's phase, the round trips or a late
+start: a fixed window opened by its first request, clock-aligned windows and a
+sliding window all see at most `limit`. With requests one after another that is
+`limit` per (`seconds` + one round trip), the documented rate less a round trip:
+
+    requests  1 2 3 … 10 |          | 11 12 … 20 |          | 21 …
+              ──────────────────────────────────────────────────────> time
+                 ↑ answer to 1      ↑ answer to 1 + 1 s: 11 may leave
+
+An answer that has not come back yet holds its slot: while any request is in
+flight, none of the in-flight ones is taken as answered (answers may arrive out
+of order), so a full log waits until they all are. `max_rate` (`--max-rate`)
 caps every mode. After a 429 nothing is sent before its `Retry-After` (or the
 window's reset); then, for 5 s past it, bursting stops and the pace is halved
 (halved once, however many 429s follow).
@@ -69,6 +85,7 @@ import hashlib
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -88,6 +105,22 @@ _MAX_PENALTY_FACTOR = 2.0  # after 429s, at most half the learned pace
 MARGIN_FRACTION = 0.02
 #: Float slack when comparing a woken sleeper's clock with its start time.
 _EPSILON = 1e-9
+#: Slack after a documented window, for timers that fire early and clocks that drift.
+DOCUMENTED_WINDOW_MARGIN = 0.02
+#: How often a full documented-window log looks again for answers still in flight.
+_IN_FLIGHT_RECHECK = 0.005
+
+
+@dataclass(frozen=True)
+class DocumentedWindow:
+    """A provider's documented limit: at most `limit` requests in `seconds`."""
+
+    limit: int
+    seconds: float
+
+    def __post_init__(self) -> None:
+        if self.limit < 1 or self.seconds <= 0:
+            raise ValueError("a documented window needs at least 1 request per positive window")
 
 
 class SharedPace(Protocol):
@@ -212,6 +245,7 @@ class RateLimiter:
         reset_margin: float = 0.1,
         penalty_seconds: float = 5.0,
         default_retry_after: float = 1.0,
+        documented_window: DocumentedWindow | None = None,
         shared: tuple[SharedPace, str] | None = None,
     ) -> None:
         if rate_per_second <= 0:
@@ -241,6 +275,11 @@ class RateLimiter:
         self._longest_reset = 0.0  # the longest reset seen approximates the window length
         self._penalty_factor = 1.0
         self._penalty_until = 0.0
+        self._documented = documented_window
+        # The last `limit` requests under a documented window: [started, answered or None].
+        self._log: deque[list[float | None]] = deque(
+            maxlen=documented_window.limit if documented_window else 1
+        )
 
         self._requests = 0
         self._throttled = 0
@@ -279,7 +318,7 @@ class RateLimiter:
         info = parse_rate_limit_headers(headers, now_epoch=self._wall_clock())
         with self._lock:
             now = self._clock()
-            self._outstanding = max(0, self._outstanding - 1)
+            self._answered(now)
             if info.limit is not None:
                 self._limit = info.limit
             self._learn_advertised_rate(info)
@@ -294,7 +333,7 @@ class RateLimiter:
     def release(self) -> None:
         """The request got no response (transport error): stop counting it as in flight."""
         with self._lock:
-            self._outstanding = max(0, self._outstanding - 1)
+            self._answered(self._clock())
 
     def share(self, pace: SharedPace, key: str) -> None:
         """From now on, also take a slot of `key`'s shared schedule before each request."""
@@ -328,7 +367,7 @@ class RateLimiter:
             self._forget_window()  # the next answer describes the new window
         if now >= self._penalty_until:
             self._penalty_factor = 1.0
-        earliest = self._blocked_until
+        earliest = max(self._blocked_until, self._documented_slot(now))
         remaining, reset_at = self._window_remaining, self._window_reset_at
         if remaining is None or reset_at is None:
             spendable = None
@@ -343,7 +382,10 @@ class RateLimiter:
     def _gap(self, spendable: int | None, reset_at: float | None) -> float:
         """The least time between the last start and the next one."""
         if spendable is None or reset_at is None:
-            gap = self._base_interval  # no window: the configured or advertised pace
+            if self._documented is not None and self._penalty_factor == 1.0:
+                gap = 0.0  # the documented window's log paces (`_documented_slot`)
+            else:
+                gap = self._base_interval  # no window: the configured or advertised pace
         else:
             assert self._last_start is not None
             # Spread what is left evenly, the last one before the reset.
@@ -355,6 +397,25 @@ class RateLimiter:
             else:
                 gap = spread
         return max(gap, self._min_interval) * self._penalty_factor
+
+    def _documented_slot(self, now: float) -> float:
+        """The earliest start the documented window allows: request n + limit leaves
+        `seconds` after the answer to request n."""
+        if self._documented is None or len(self._log) < self._documented.limit:
+            return 0.0
+        answered = self._log[0][1]
+        if answered is None:  # still in flight: look again shortly
+            return now + _IN_FLIGHT_RECHECK
+        return answered + self._documented.seconds + DOCUMENTED_WINDOW_MARGIN
+
+    def _answered(self, now: float) -> None:
+        """A request came back (or failed). Answers may come out of order, so the log
+        takes its in-flight requests as answered only once none is left in flight."""
+        self._outstanding = max(0, self._outstanding - 1)
+        if self._outstanding == 0:
+            for entry in self._log:
+                if entry[1] is None:
+                    entry[1] = now
 
     def _shared_interval(self) -> float:
         """The least time between two requests of all processes on this key together."""
@@ -427,6 +488,8 @@ class RateLimiter:
     def _record_start(self, now: float, waited: float) -> None:
         self._last_start = now
         self._outstanding += 1
+        if self._documented is not None:
+            self._log.append([now, None])
         if self._window_remaining is not None:
             self._window_remaining -= 1
         self._requests += 1
@@ -461,6 +524,7 @@ def limiter_for(
     *,
     rate_per_second: float,
     max_rate: float | None = None,
+    documented_window: DocumentedWindow | None = None,
     shared: SharedPace | None = None,
     base_url: str = "",
 ) -> RateLimiter:
@@ -470,7 +534,9 @@ def limiter_for(
     with _registry_lock:
         limiter = _registry.get(fingerprint)
         if limiter is None:
-            limiter = RateLimiter(rate_per_second, max_rate=max_rate)
+            limiter = RateLimiter(
+                rate_per_second, max_rate=max_rate, documented_window=documented_window
+            )
             _registry[fingerprint] = limiter
         elif max_rate is not None:
             limiter.cap(max_rate)

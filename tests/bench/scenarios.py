@@ -306,6 +306,15 @@ def reference_ugiftme_client(
     return {"orders_created": created, "calls": calls, "http_429s": throttled}
 
 
+def _order_count(sandbox: Any, api_key: str | None = None) -> int:
+    """Orders the sandbox holds (for one key): its stats count them, where listing every
+    order can outlast the control timeout on a loaded machine."""
+    stats = sandbox.control("GET", "/stats?log=false", api_key=api_key)
+    if isinstance(stats.get("orders"), int):
+        return int(stats["orders"])
+    return int(sandbox.control("GET", "/orders", api_key=api_key)["total"])
+
+
 def _reference_run(
     sandbox: Any, api_key: str, sheet: Path, chunk: int, logs: Path
 ) -> tuple[float, dict[str, Any]]:
@@ -348,17 +357,19 @@ def e2e_ugiftme(data: Path) -> dict[str, Any]:
     shutil.rmtree(reports, ignore_errors=True)
     import uuid
 
-    ours_key, reference_key = str(uuid.uuid4()), str(uuid.uuid4())  # an account each
+    # An account each: ours, and the reference client's before and after our run (a
+    # shared machine's load drifts; the baseline is the mean of the two).
+    ours_key, reference_key, after_key = (str(uuid.uuid4()) for _ in range(3))
     with running_sandbox(
         "ugiftme",
-        api_keys=(ours_key, reference_key),
+        api_keys=(ours_key, reference_key, after_key),
         rate_limit=limit,
         rate_window_seconds=window,
         async_mode=True,
         async_delay_seconds=0.5,
         funding={"GBP": "10000000.00"},
     ) as sandbox:
-        reference_wall, reference = _reference_run(
+        reference_before, reference = _reference_run(
             sandbox, reference_key, reference_sheet, chunk, data / "logs-reference"
         )
         env = {
@@ -372,12 +383,16 @@ def e2e_ugiftme(data: Path) -> dict[str, Any]:
         if code != 0:
             raise RuntimeError(f"run exited {code}: {stderr[-2000:]}")
         summary = json.loads((reports / path.stem / "summary.json").read_text())
-        stats = sandbox.control("GET", "/stats?log=false", api_key=ours_key)
-        orders = sandbox.control("GET", "/orders", api_key=ours_key)["total"]
+        orders = _order_count(sandbox, ours_key)
+        reference_after, reference_then = _reference_run(
+            sandbox, after_key, reference_sheet, chunk, data / "logs-reference-after"
+        )
+        stats = sandbox.control("GET", "/stats?log=false", api_key=ours_key)  # with its 429s
         resume_wall, resume_rss, resume_code, _ = _cli(args, env, data / "logs-resume")
         resumed = json.loads((reports / path.stem / "summary.json").read_text())
         stats_after = sandbox.control("GET", "/stats?log=false", api_key=ours_key)
-        orders_after = sandbox.control("GET", "/orders", api_key=ours_key)["total"]
+        orders_after = _order_count(sandbox, ours_key)
+    reference_wall = (reference_before + reference_after) / 2
     req = summary["requests"]
     submits, polls = req["submits"], req["polls"]
     min_calls = 2 * (rows // chunk)  # one submit and at least one poll per chunk
@@ -403,13 +418,16 @@ def e2e_ugiftme(data: Path) -> dict[str, Any]:
             "throttle_wait_seconds": req.get("throttle_wait_seconds"),
             "lower_bound_seconds_when_paced_evenly": lower_bound,
             "baseline": "a plain back-to-back httpx client (tests.bench.scenarios."
-            "reference_ugiftme_client), same sandbox, same size, its own process",
+            "reference_ugiftme_client), same sandbox, same size, its own process, run just "
+            "before and just after batcher on accounts of their own: the mean of the two",
             "baseline_seconds": reference_wall,
+            "baseline_samples": [reference_before, reference_after],
             "baseline_figures": reference,
             "ratio": wall / reference_wall,
             "target": "ratio <= 2.0, 0 429s, <= 0.02 calls/order",
             "met": stats["tooManyRequestsTotal"] == 0
             and reference["http_429s"] == 0
+            and reference_then["http_429s"] == 0
             and (submits + polls) / rows <= 0.02
             and wall <= 2.0 * reference_wall,
         },
@@ -433,7 +451,8 @@ def e2e_ugiftme(data: Path) -> dict[str, Any]:
 
 
 def e2e_gifq(data: Path) -> dict[str, Any]:
-    """1,000 single GIFQ orders against the 10 req/s sandbox: zero 429s, >= 8.5 req/s."""
+    """1,000 single GIFQ orders against the 10 req/s sandbox: zero 429s, and the wall time
+    against the floor of the run's own calls at 10 req/s (issue 18: <= 1.1x)."""
     from batcher.sandbox.server import running_sandbox
 
     rows = 1000
@@ -461,10 +480,13 @@ def e2e_gifq(data: Path) -> dict[str, Any]:
         if code != 0:
             raise RuntimeError(f"gifq run exited {code}: {stderr[-2000:]}")
         stats = sandbox.control("GET", "/stats?log=false")
-        orders = sandbox.control("GET", "/orders")["total"]
+        orders = _order_count(sandbox)
     summary = json.loads((reports / path.stem / "summary.json").read_text())
     req = summary["requests"]
     rate = req["submit_rate_per_second"]
+    calls = req.get("http_requests") or 0  # the run's own calls, before its report
+    sandbox_calls = sum(stats["requests"].values())
+    floor = calls / 10  # GIFQ's documented 10 requests per second
     return {
         "rows": rows,
         "orders_created": orders,
@@ -472,14 +494,19 @@ def e2e_gifq(data: Path) -> dict[str, Any]:
         "peak_rss_kib": rss,
         "submits": req["submits"],
         "polls": req["polls"],
-        "all_http_calls": req.get("http_requests"),
+        "all_http_calls": calls,
+        "report_listing_calls": sandbox_calls - calls,
+        "report_listing_floor_seconds": (sandbox_calls - calls) / 10,
         "submit_phase_seconds": req["submit_phase_seconds"],
         "submit_rate_per_second": rate,
         "sandbox_429s": stats["tooManyRequestsTotal"],
-        "baseline": "lower bound: 1,000 submits at 10 req/s",
-        "baseline_seconds": rows / 10,
-        "target": "0 429s and >= 8.5 req/s over the submit phase",
-        "met": stats["tooManyRequestsTotal"] == 0 and rate is not None and rate >= 8.5,
+        "baseline": "floor: the run's HTTP calls (1,000 POSTs and the list pages and GETs its "
+        "polls needed, before the report's listings) at 10 req/s",
+        "baseline_seconds": floor,
+        "ratio": wall / floor if floor else None,
+        "ratio_with_report_listings": wall / (sandbox_calls / 10) if sandbox_calls else None,
+        "target": "0 429s and wall <= 1.1x the floor",
+        "met": stats["tooManyRequestsTotal"] == 0 and bool(floor) and wall <= 1.1 * floor,
     }
 
 

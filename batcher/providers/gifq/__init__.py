@@ -12,8 +12,9 @@ payout order is looked up before anything is resent.
 
 Choices where the contract is silent (each one is tested):
 
-- Requests are paced at `PACE_MARGIN` of the profile's 10/s: GIFQ counts fixed
-  one-second windows and sends no remaining-count headers.
+- Requests are paced to GIFQ's documented 10 per second (`RATE_WINDOW`): ten
+  back to back, the eleventh a second after the first one's answer. GIFQ counts
+  fixed one-second windows and sends no remaining-count headers.
 - Completion is read from the newest-first order list, 20 orders a page. Polls
   are answered from an `OrderBoard` that is read again only when a poll needs
   it and it is stale (see `OrderBoard.stale`), and then only as many pages as

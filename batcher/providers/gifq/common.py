@@ -39,16 +39,17 @@ from batcher.transport.http import (
     Params,
     provider_error_text,
 )
-from batcher.transport.throttle import RateLimiter, limiter_for
+from batcher.transport.throttle import DocumentedWindow, RateLimiter, limiter_for
 
 #: Pages `lookup` scans for a reference (100 orders) before it says "not found".
 LOOKUP_PAGES = 5
-#: GIFQ counts requests in fixed one-second windows and sends no remaining-count
-#: headers, so nothing tells batcher where a window starts. Pacing at exactly 10/s
-#: lets jitter put an 11th request into one window (a 429). On a loaded 2-core
-#: machine a request can leave ~100 ms after its slot was granted, so 5% under the
-#: limit still met a 429 about once per 1,000 orders; 10% under leaves a whole
-#: request interval of slack per window and sends 9 requests a second.
+#: GIFQ's documented limit (docs/providers/gifq.md): 10 requests a second per token,
+#: counted in fixed one-second windows, with no header saying where a window starts.
+#: The limiter sends a window's 10 back to back and the 11th a second after the first
+#: one's answer came back, which no window can see as an 11th (transport/throttle.py).
+RATE_WINDOW = DocumentedWindow(limit=10, seconds=1.0)
+#: The even pace (a share of the profile's 10/s) used only for a few seconds after a
+#: 429, should one ever come: the window log above is what paces normally.
 PACE_MARGIN = 0.90
 _MAX_PAGES = 10_000  # a guard against a list that never ends
 
@@ -105,6 +106,7 @@ class GifqBase(ApiBackedProvider):
                 settings.api_key,
                 rate_per_second=settings.profile.default_rate_per_second * PACE_MARGIN,
                 max_rate=max_rate,
+                documented_window=RATE_WINDOW,
                 shared=options.shared_pace if options else None,
                 base_url=settings.base_url,
             )

@@ -89,6 +89,7 @@ class GifqOrders(GifqBase):
         self.scan_pages = scan_pages
         self.lookup_pages = lookup_pages
         self._off_list: set[str] = set()  # orders too old for the first pages: GET by id
+        self._board_reads = 0  # requests polls made: a poll that made none was answered from memory
 
     # ------------------------------------------------------------------ reads
 
@@ -167,17 +168,21 @@ class GifqOrders(GifqBase):
     def poll(self, request_id: str, items: Sequence[OrderItem]) -> PollResult:
         """Answer from the order board; refresh it (one list page, usually) when stale."""
         (item,) = items
+        refreshes = self._board_reads
         try:
             order = self._order_status(request_id)
         except AuthError:
             raise
         except ProviderUnavailable as exc:  # for the runner, a failed poll is just "not yet"
             raise OutcomeUnknown(exc.message) from None
+        cached = self._board_reads == refreshes  # answered from the board, no request made
         if order is None:
-            return PollResult(kind="pending")
+            return PollResult(kind="pending", from_cache=cached)
         result = self._order_result(item, order)
         if result.status == "pending":
-            return PollResult(kind="pending", provider_status=result.provider_status)
+            return PollResult(
+                kind="pending", provider_status=result.provider_status, from_cache=cached
+            )
         self.board.settled(request_id)
         self._off_list.discard(request_id)
         return PollResult(kind="completed", items=(result,), provider_status=result.provider_status)
@@ -239,6 +244,7 @@ class GifqOrders(GifqBase):
 
     def _refresh_board(self) -> None:
         """Read the newest orders until every order being waited for has been seen."""
+        self._board_reads += 1
         self.board.refreshing()
         waiting = self.board.waiting() - self._off_list
         for record in self._pages("/orders", max_pages=self.scan_pages):
@@ -249,6 +255,7 @@ class GifqOrders(GifqBase):
         self._off_list.update(waiting)  # older than the pages scanned: GET by id from now on
 
     def _fetch_order(self, order_id: str) -> Record:
+        self._board_reads += 1
         order = self._get_by_id("orders", order_id, "order")
         self.board.remember(order)
         return order

@@ -1,0 +1,54 @@
+"""The streamed worksheet writer's shortcut for plain text is the general cell path."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from batcher.reporting.xlsx_stream import Styled, _RowWriter
+
+texts = st.one_of(
+    st.text(max_size=12),
+    st.text(alphabet="aZ09 =+-@&<>\"'\t\n\u00a0\u2003\x01é", max_size=12),
+    st.from_regex(r"[A-Za-z0-9][A-Za-z0-9 .@-]{0,10}", fullmatch=True),
+)
+values = st.one_of(
+    texts,
+    st.none(),
+    st.integers(-10, 10),
+    st.decimals(allow_nan=False, allow_infinity=False, places=2, max_value=10**6, min_value=-1),
+    st.booleans(),
+    st.datetimes(timezones=st.just(UTC), min_value=datetime(2001, 1, 1)),
+    st.builds(Styled, st.decimals(places=2, min_value=0, max_value=100), st.just(3)),
+)
+
+
+def general(writer: _RowWriter, number: int, row: list[object]) -> str:
+    """Every cell through `cell`, as before the shortcut."""
+    cells = [
+        writer.cell(writer.letters[col] + str(number), value)
+        for col, value in enumerate(row)
+        if value is not None and value != ""
+    ]
+    return f'<row r="{number}">{"".join(cells)}</row>'
+
+
+@settings(max_examples=300, deadline=None)
+@given(rows=st.lists(st.lists(values, max_size=6), min_size=1, max_size=4))
+def test_rows_match_the_general_cell_path(rows: list[list[object]]) -> None:
+    writer, reference = _RowWriter(6, date_style=7), _RowWriter(6, date_style=7)
+    for number, row in enumerate(rows, start=2):
+        assert writer.row(row) == general(reference, number, row)
+
+
+def test_the_shortcut_leaves_formulas_spaces_and_markup_to_the_general_path() -> None:
+    writer = _RowWriter(5, date_style=7)
+    line = writer.row(["=1+1", "ab ", "a<b", "a\u00a0", Decimal("1.50")])
+    assert "<t>'=1+1</t>" in line
+    assert '<t xml:space="preserve">ab </t>' in line
+    assert "<t>a&lt;b</t>" in line
+    assert '<t xml:space="preserve">a\u00a0</t>' in line
+    assert "<v>1.50</v>" in line
