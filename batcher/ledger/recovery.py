@@ -145,6 +145,8 @@ class LedgerRecovery(LedgerConnection):
 
     def confirm_release(self, batch: str) -> int:
         """The run was confirmed: the rows `release_held` released are released for good."""
+        if not self._unconfirmed(self._db, batch):
+            return 0  # the usual run: no write transaction (and no commit) for nothing
         with self._tx() as db:
             keys = self._unconfirmed(db, batch)
             db.execute(
@@ -161,6 +163,8 @@ class LedgerRecovery(LedgerConnection):
         spend limit, or killed before it) are held again, with their reason; the unsent
         chunks planned around them are discarded (their other rows planned again).
         Returns how many rows are held again."""
+        if not self._unconfirmed(self._db, batch):
+            return 0
         with self._tx() as db:
             marked = [
                 (r[0], r[1])
