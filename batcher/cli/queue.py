@@ -28,24 +28,21 @@ from batcher.cli.common import (
     parse_mappings,
     payout_options,
     provider_mode,
-    provider_options,
     read_limits,
     report_dir_option,
     resolve_ledger,
     resolve_settings_for,
-    sheet_options,
 )
 from batcher.cli.logs import Log, library_warnings
 from batcher.cli.progress import ConsoleListener
 from batcher.cli.render import render_summary
-from batcher.cli.run import ConsoleUI, parse_max_total, spend_limits
+from batcher.cli.run import ConsoleUI, parse_max_total, run_options, spend_limits
 from batcher.cli.signals import stop_on_signals
 from batcher.cli.terminal import echo
 from batcher.config import ProviderSettings, webhook_settings
 from batcher.core.errors import ExitCode
 from batcher.core.states import QueueState
 from batcher.execute.check import SheetReading
-from batcher.execute.recovery import DEFAULT_LOOKBACK_DAYS
 from batcher.execute.run import BatchOptions
 from batcher.execute.worker import QueuedRun, WorkerSetup, run_item
 from batcher.ledger.queue import BatchQueue, QueueItem, queue_needs_postgresql
@@ -58,39 +55,7 @@ ITEM_SCHEMA = "batcher.queue_item/1"
 @click.command()
 @click.argument("sheet", type=click.Path(path_type=Path))
 @click.option("--batch", required=True, help="Batch name (the worker runs it under this name).")
-@provider_options
-@click.option(
-    "--account",
-    default=None,
-    metavar="NAME",
-    help="A named account of batcher.toml ([accounts.NAME]); its provider and URL apply.",
-)
-@sheet_options
-@click.option(
-    "--chunk-size", type=click.IntRange(1, 10_000), default=None, help="Items per bulk order."
-)
-@click.option("--skip-invalid", is_flag=True, help="Order the valid rows even if some are invalid.")
-@click.option("--retry-failed", is_flag=True, help="Also retry permanently failed rows.")
-@click.option(
-    "--order-fundable", is_flag=True, help="If a wallet is short, order the rows it can pay for."
-)
-@click.option(
-    "--deadline", type=click.FloatRange(min=0), default=None, help="Stop each run after SECONDS."
-)
-@click.option(
-    "--max-rate", type=click.FloatRange(min=0.01), default=None, help="Never exceed R requests/s."
-)
-@click.option("--max-total", multiple=True, help="CUR=AMOUNT spend guardrail (repeatable).")
-@click.option(
-    "--same-sheet-ok", is_flag=True, help="Run a sheet another batch already ran (orders again)."
-)
-@click.option(
-    "--lookback-days",
-    type=click.IntRange(1, 3650),
-    default=DEFAULT_LOOKBACK_DAYS,
-    show_default=True,
-    help="How far back a new batch asks the provider for orders it already holds.",
-)
+@run_options
 @click.option(
     "--max-attempts",
     type=click.IntRange(1, 100),

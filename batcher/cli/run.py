@@ -16,6 +16,7 @@ import click
 
 from batcher import __version__
 from batcher.cli.common import (
+    OptionGroup,
     config_file,
     echo_json,
     file_config,
@@ -161,22 +162,66 @@ def spend_limits(
     return limits, sources
 
 
+def _account_option(func: Any) -> Any:
+    return click.option(
+        "--account",
+        default=None,
+        metavar="NAME",
+        help="A named account of batcher.toml ([accounts.NAME]); its provider and URL apply.",
+    )(func)
+
+
+#: How a batch is run: the same options, the same words, on `run` and on `enqueue` (a
+#: worker runs the queued batch with them).
+run_options = OptionGroup(
+    provider_options,
+    _account_option,
+    sheet_options,
+    click.option(
+        "--chunk-size", type=click.IntRange(1, 10_000), default=None, help="Items per bulk order."
+    ),
+    click.option(
+        "--skip-invalid", is_flag=True, help="Order the valid rows even if some are invalid."
+    ),
+    click.option("--retry-failed", is_flag=True, help="Also retry permanently failed rows."),
+    click.option(
+        "--order-fundable",
+        is_flag=True,
+        help="If a wallet is short, order the rows it can pay for (in sheet order) and leave "
+        "the rest.",
+    ),
+    click.option(
+        "--deadline",
+        type=click.FloatRange(min=0),
+        default=None,
+        help="Stop after SECONDS (exit 3).",
+    ),
+    click.option(
+        "--max-rate",
+        type=click.FloatRange(min=0.01),
+        default=None,
+        help="Never exceed R requests/s.",
+    ),
+    click.option("--max-total", multiple=True, help="CUR=AMOUNT spend guardrail (repeatable)."),
+    click.option(
+        "--same-sheet-ok",
+        is_flag=True,
+        help="Run a sheet another batch already ran (orders its rows a second time).",
+    ),
+    click.option(
+        "--lookback-days",
+        type=click.IntRange(1, 3650),
+        default=DEFAULT_LOOKBACK_DAYS,
+        show_default=True,
+        help="How far back a new batch asks the provider for orders it already holds.",
+    ),
+)
+
+
 @click.command()
 @click.argument("sheet", type=click.Path(path_type=Path))
 @click.option("--batch", default=None, help="Batch name (default: the sheet's file stem).")
-@provider_options
-@click.option(
-    "--account",
-    default=None,
-    metavar="NAME",
-    help="A named account of batcher.toml ([accounts.NAME]); its provider and URL apply.",
-)
-@sheet_options
-@click.option(
-    "--chunk-size", type=click.IntRange(1, 10_000), default=None, help="Items per bulk order."
-)
-@click.option("--skip-invalid", is_flag=True, help="Order the valid rows even if some are invalid.")
-@click.option("--retry-failed", is_flag=True, help="Also retry permanently failed rows.")
+@run_options
 @click.option(
     "--release-held",
     "release_held",
@@ -185,18 +230,6 @@ def spend_limits(
     help="Order held rows after all (possible duplicates, ambiguous provider matches): the "
     "sheet rows named, e.g. 7,12, or all.",
 )
-@click.option(
-    "--order-fundable",
-    is_flag=True,
-    help="If a wallet is short, order the rows it can pay for (in sheet order) and leave the rest.",
-)
-@click.option(
-    "--deadline", type=click.FloatRange(min=0), default=None, help="Stop after SECONDS (exit 3)."
-)
-@click.option(
-    "--max-rate", type=click.FloatRange(min=0.01), default=None, help="Never exceed R requests/s."
-)
-@click.option("--max-total", multiple=True, help="CUR=AMOUNT spend guardrail (repeatable).")
 @ledger_options
 @report_dir_option
 @click.option("--yes", "assume_yes", is_flag=True, help="Do not ask for confirmation.")
@@ -218,18 +251,6 @@ def spend_limits(
     "--ledger-lost",
     is_flag=True,
     help="Start even though this batch has reports but the ledger has no record of it.",
-)
-@click.option(
-    "--same-sheet-ok",
-    is_flag=True,
-    help="Run a sheet another batch already ran (orders its rows a second time).",
-)
-@click.option(
-    "--lookback-days",
-    type=click.IntRange(1, 3650),
-    default=DEFAULT_LOOKBACK_DAYS,
-    show_default=True,
-    help="How far back a new batch asks the provider for orders it already holds.",
 )
 @log_format_option
 @json_option
