@@ -44,10 +44,7 @@ class LedgerPlanning(LedgerConnection):
         now = utc_now()
         held: set[str] = set()
         with self._tx() as db:
-            found = db.execute(
-                "SELECT provider, account_id FROM batches WHERE batch = ?", (batch,)
-            ).fetchone()
-            owner = (str(found[0]), str(found[1])) if found is not None else ("", "")
+            owner = self._owner(db, batch) or ("", "")
             for key, currency, attempt, keys, payload in chunks:
                 existing = db.execute(
                     "SELECT state, payload FROM chunks WHERE chunk_key = ?", (key,)
@@ -160,17 +157,22 @@ class LedgerPlanning(LedgerConnection):
 
     def references_taken_elsewhere(self, batch: str, row_keys: Sequence[str]) -> set[str]:
         """Row keys of `batch` whose reference another batch of the account holds."""
-        found = self._db.execute(
-            "SELECT provider, account_id FROM batches WHERE batch = ?", (batch,)
-        ).fetchone()
-        if found is None:
+        owner = self._owner(self._db, batch)
+        if owner is None:
             return set()
-        owner = (str(found[0]), str(found[1]))
         return set(
             self._held_elsewhere(
                 self._db, batch, owner, self._references_of(self._db, batch, row_keys)
             )
         )
+
+    @staticmethod
+    def _owner(db: Database, batch: str) -> tuple[str, str] | None:
+        """The batch's account: (provider, account id); None for a batch not recorded."""
+        found = db.execute(
+            "SELECT provider, account_id FROM batches WHERE batch = ?", (batch,)
+        ).fetchone()
+        return None if found is None else (str(found[0]), str(found[1]))
 
     @staticmethod
     def _references_of(db: Database, batch: str, row_keys: Sequence[str]) -> dict[str, list[str]]:
