@@ -109,6 +109,8 @@ _EPSILON = 1e-9
 DOCUMENTED_WINDOW_MARGIN = 0.02
 #: How often a full documented-window log looks again for answers still in flight.
 _IN_FLIGHT_RECHECK = 0.005
+#: Requests kept in the own log; an advertised limit above this turns the log rule off.
+SENT_LOG_CAPACITY = 10_000
 
 
 @dataclass(frozen=True)
@@ -280,6 +282,12 @@ class RateLimiter:
         self._log: deque[list[float | None]] = deque(
             maxlen=documented_window.limit if documented_window else 1
         )
+        # Our recent requests under an advertised window, oldest first: [started,
+        # answered or None]. Answer times never decrease along it (see `_answered`).
+        self._sent: deque[list[float | None]] = deque(maxlen=SENT_LOG_CAPACITY)
+        self._sent_in_flight = 0  # the newest entries of `_sent` not yet answered
+        self._others_in_window = 0  # others' requests in the window, at the latest answer
+        self._not_sliding = False  # an answer showed the window resets as a whole
 
         self._requests = 0
         self._throttled = 0
@@ -318,10 +326,14 @@ class RateLimiter:
         info = parse_rate_limit_headers(headers, now_epoch=self._wall_clock())
         with self._lock:
             now = self._clock()
-            self._answered(now)
             if info.limit is not None:
                 self._limit = info.limit
             self._learn_advertised_rate(info)
+            if info.remaining is not None and info.reset_after is not None and status_code != 429:
+                # Before this answer is logged: the requests answered so far all
+                # arrived before the one it answers.
+                self._compare_with_own_log(now, info.remaining)
+            self._answered(now)
             if info.remaining is not None and info.reset_after is not None:
                 self._learn_window(now, info.remaining, info.reset_after)
             if status_code == 429:
@@ -374,7 +386,12 @@ class RateLimiter:
         else:
             spendable = remaining - self._margin()
             if spendable <= 0:
-                return max(earliest, reset_at + self._reset_margin)
+                resume = reset_at + self._reset_margin
+                own = self._own_log_slot(now)
+                if own is not None and own < resume:
+                    assert self._last_start is not None  # the log holds a request
+                    resume = max(own, self._last_start + self._min_interval)
+                return max(earliest, resume)
         if self._last_start is None:
             return earliest
         return max(earliest, self._last_start + self._gap(spendable, reset_at))
@@ -408,6 +425,46 @@ class RateLimiter:
             return now + _IN_FLIGHT_RECHECK
         return answered + self._documented.seconds + DOCUMENTED_WINDOW_MARGIN
 
+    def _own_log_slot(self, now: float) -> float | None:
+        """When the own log lets the next request go into an exhausted sliding window:
+        once at most `share - 1` of our requests can still be in a window ending then
+        (`share`: the limit less the margin and the others' requests). None: the log
+        cannot tell (no sliding window, a 429's slow-down, or an unknown length)."""
+        limit, length = self._limit, self._longest_reset
+        if self._not_sliding or self._penalty_factor > 1.0 or limit is None or length <= 0:
+            return None
+        if limit > SENT_LOG_CAPACITY:
+            return None
+        share = limit - self._margin() - self._others_in_window
+        if share < 1:
+            return None
+        if len(self._sent) < share:
+            return now  # every request we ever sent fits in the share
+        answered = self._sent[-share][1]
+        if answered is None:  # still in flight: look again shortly
+            return now + _IN_FLIGHT_RECHECK
+        # It reached the server before its answer left; it leaves the window
+        # `length` after that at the latest. So do all before it (logged in order).
+        return answered + length + DOCUMENTED_WINDOW_MARGIN
+
+    def _compare_with_own_log(self, now: float, remaining: int) -> None:
+        """Hold an answer's count (limit - remaining) against the own log. Under a
+        sliding window the count includes every request of ours answered before the
+        answered one left and sent less than a window before this answer: the
+        answered one itself and those. Fewer shows a window that resets as a whole
+        (fixed), where only the reset is the truth. More is other users' share."""
+        limit, length = self._limit, self._longest_reset
+        if self._not_sliding or limit is None or length <= 0 or limit > SENT_LOG_CAPACITY:
+            return
+        answered = len(self._sent) - self._sent_in_flight  # oldest first, then in flight
+        recent = answered - _first_started_after(self._sent, now - length, answered)
+        counted = limit - remaining
+        if counted < recent + 1:
+            self._not_sliding = True
+            self._others_in_window = 0
+        else:
+            self._others_in_window = counted - recent - 1
+
     def _answered(self, now: float) -> None:
         """A request came back (or failed). Answers may come out of order, so the log
         takes its in-flight requests as answered only once none is left in flight."""
@@ -416,6 +473,10 @@ class RateLimiter:
             for entry in self._log:
                 if entry[1] is None:
                     entry[1] = now
+            # Only the newest entries are unanswered: stamp those, not the whole log.
+            for index in range(1, min(self._sent_in_flight, len(self._sent)) + 1):
+                self._sent[-index][1] = now
+            self._sent_in_flight = 0
 
     def _shared_interval(self) -> float:
         """The least time between two requests of all processes on this key together."""
@@ -490,6 +551,9 @@ class RateLimiter:
         self._outstanding += 1
         if self._documented is not None:
             self._log.append([now, None])
+        if self._limit is None or self._limit <= SENT_LOG_CAPACITY:
+            self._sent.append([now, None])
+            self._sent_in_flight += 1
         if self._window_remaining is not None:
             self._window_remaining -= 1
         self._requests += 1
@@ -497,6 +561,21 @@ class RateLimiter:
         if self._first_at is None:
             self._first_at = now
         self._last_at = now
+
+
+def _first_started_after(log: deque[list[float | None]], moment: float, end: int) -> int:
+    """The index of the first of `log[:end]` started after `moment` (`end` if none):
+    start times only grow along the log, so a binary search finds it."""
+    low, high = 0, end
+    while low < high:
+        middle = (low + high) // 2
+        started = log[middle][0]
+        assert started is not None
+        if started > moment:
+            high = middle
+        else:
+            low = middle + 1
+    return low
 
 
 # ---------------------------------------------------------------------------
