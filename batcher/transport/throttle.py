@@ -390,7 +390,14 @@ class RateLimiter:
                 own = self._own_log_slot(now)
                 if own is not None and own < resume:
                     assert self._last_start is not None  # the log holds a request
-                    resume = max(own, self._last_start + self._min_interval)
+                    # No window's oldest request leaves more than the reset's
+                    # rounding before the reset: a short length guess cannot
+                    # bring a request forward by more than that.
+                    resume = max(
+                        own,
+                        reset_at - _SAME_WINDOW_TOLERANCE,
+                        self._last_start + self._min_interval,
+                    )
                 return max(earliest, resume)
         if self._last_start is None:
             return earliest
