@@ -12,7 +12,8 @@ back to back (as fast as `max_rate` allows) down to twice a safety margin; the
 next margin's worth is spread evenly over the time left to the reset; the last
 margin (2% of the limit, at least one request, never the whole limit) is left
 for anyone else using the key (a `batcher status` during a run, say), and
-nothing more is sent until the reset. The limiter does not know how much work
+nothing more is sent until the reset (or until the own log shows one of our
+requests has left a sliding window, below). The limiter does not know how much work
 is queued; this never idles while real budget is left, and the spread tail
 costs at most one window at the very end:
 
@@ -25,6 +26,34 @@ costs at most one window at the very end:
    margin ┤·····························█ (kept back)
         0 ┼──────────────────────────────────────┬──────────> time
                                                reset (+0.1 s): next window
+
+A spent window may end before its reset by the limiter's own log. A sliding
+window frees a slot when the request in it leaves, and its reset (time until the
+oldest leaves, in whole seconds, rounded up) can be up to a second late each
+time; waiting for it used as little as 83% of the budget. So the limiter logs its
+recent requests (sent, answered), and while the window is spent the next request
+may leave once the `share`-th newest of ours was answered more than a window
+length (the longest reset seen) plus 20 ms ago: `share` is the limit less the
+margin less the other users' requests the latest answer counted. A request
+reaches the server before its answer leaves it, so then at most `share` of ours
+are in any window of that length holding the next one: a sliding window, one
+opened by a first request or one aligned to the clock. The resume is never more
+than the reset's rounding (1 s) before the advertised reset, nor sooner than
+`max_rate` allows; there is none during a 429's slow-down, nor for limits above
+the log's 10,000 requests.
+
+Each answer is held against the log: a sliding window's count (limit less
+remaining) holds the answered request and every request of ours answered before
+it was sent and sent less than a window before the answer. More is other users'
+(lowering `share`); fewer shows a window that resets as a whole, where the count
+says nothing of others and the reset is the truth: the log rule is off from then
+on, and only the reset (+0.1 s) ends a spent window, as above.
+
+    sliding, limit 113 per 5 s: each burst is mirrored one window (+20 ms) after
+    the answers to the last, 110 of 113 per window (the margin kept back)
+
+    sent  ███  ·  ·  ·   ███  ·  ·  ·   ███ ...
+          0 s             5.02 s        10.04 s
 
 The remaining figure is our estimate: the provider's latest figure minus the
 requests still in flight, lowered by every request we start, and within one
