@@ -485,14 +485,14 @@ class RateLimiter:
 
     def _compare_with_own_log(self, now: float, remaining: int) -> None:
         """Hold an answer's count (limit - remaining) against the own log. Under a
-        sliding window the count includes every request of ours answered before the
-        answered one left and sent less than a window before this answer: the
-        answered one itself and those. Fewer shows a window that resets as a whole
+        sliding window the count includes the answered request and every request of
+        ours answered before it was sent and sent less than a window before this
+        answer. Fewer shows a window that resets as a whole
         (fixed), where only the reset is the truth. More is other users' share."""
         limit, length = self._limit, self._longest_reset
         if self._not_sliding or limit is None or length <= 0 or limit > SENT_LOG_CAPACITY:
             return
-        answered = len(self._sent) - self._sent_in_flight  # oldest first, then in flight
+        answered = max(0, len(self._sent) - self._sent_in_flight)  # in flight: the newest
         recent = answered - _first_started_after(self._sent, now - length, answered)
         counted = limit - remaining
         if counted < recent + 1:
