@@ -154,7 +154,10 @@ def test_the_budget_is_spent_back_to_back_down_to_the_margin(fake: FakeTime) -> 
     assert times[575] == 0.0
     assert 0 < times[576] < times[587] < 60
     assert gaps(times[575:588]) == pytest.approx([60 / 13] * 12)
-    assert times[588] == pytest.approx(60.1)
+    # Then 588 of ours are in the window: the next waits until the first has left
+    # it by the own log (answered at 0: 60 s and the 20 ms margin), not for the
+    # reset's extra 0.1 s.
+    assert times[588] == pytest.approx(60.02)
 
 
 def test_the_second_request_is_not_held_to_the_first_guess(fake: FakeTime) -> None:
@@ -216,6 +219,30 @@ def test_a_long_run_stays_near_the_limit_without_crossing_it(
     # Bursting at window starts may beat 3/s between the first and the last request,
     # but each window gives up only its one kept-back request.
     assert set(server.counts.values()) == {29, 300 - 10 * 29}
+
+
+def test_a_window_that_resets_as_a_whole_is_waited_out_to_its_reset(fake: FakeTime) -> None:
+    """The own log brings the second window forward (the first request, answered at 0,
+    has left the first window by 10.02 s). The second window's first answer counts
+    fewer requests than ours of the last 10 s: the window resets as a whole, so from
+    then on only its reset (+0.1 s) ends a spent window."""
+    server = FixedWindowServer(fake, limit=30, window=10.0, epoch_reset=False)
+    limiter = make_limiter(fake, 2)
+    starts = start_times_against(server, limiter, fake, 90)
+    assert server.rejected == 0
+    first_of_window = [next(t for t in starts if t >= k * 10) for k in (1, 2, 3)]
+    assert first_of_window == pytest.approx([10.02, 20.12, 30.22])
+
+
+def start_times_against(
+    server: FixedWindowServer, limiter: RateLimiter, fake: FakeTime, count: int
+) -> list[float]:
+    times = []
+    for _ in range(count):
+        limiter.acquire()
+        times.append(fake.now)
+        limiter.observe(*server.respond())
+    return times
 
 
 # ---------------------------------------------------------------------------

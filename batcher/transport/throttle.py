@@ -12,7 +12,8 @@ back to back (as fast as `max_rate` allows) down to twice a safety margin; the
 next margin's worth is spread evenly over the time left to the reset; the last
 margin (2% of the limit, at least one request, never the whole limit) is left
 for anyone else using the key (a `batcher status` during a run, say), and
-nothing more is sent until the reset. The limiter does not know how much work
+nothing more is sent until the reset (or until the own log shows one of our
+requests has left a sliding window, below). The limiter does not know how much work
 is queued; this never idles while real budget is left, and the spread tail
 costs at most one window at the very end:
 
@@ -25,6 +26,34 @@ costs at most one window at the very end:
    margin ┤·····························█ (kept back)
         0 ┼──────────────────────────────────────┬──────────> time
                                                reset (+0.1 s): next window
+
+A spent window may end before its reset by the limiter's own log. A sliding
+window frees a slot when the request in it leaves, and its reset (time until the
+oldest leaves, in whole seconds, rounded up) can be up to a second late each
+time; waiting for it used as little as 83% of the budget. So the limiter logs its
+recent requests (sent, answered), and while the window is spent the next request
+may leave once the `share`-th newest of ours was answered more than a window
+length (the longest reset seen) plus 20 ms ago: `share` is the limit less the
+margin less the other users' requests the latest answer counted. A request
+reaches the server before its answer leaves it, so then at most `share` of ours
+are in any window of that length holding the next one: a sliding window, one
+opened by a first request or one aligned to the clock. The resume is never more
+than the reset's rounding (1 s) before the advertised reset, nor sooner than
+`max_rate` allows; there is none during a 429's slow-down, nor for limits above
+the log's 10,000 requests.
+
+Each answer is held against the log: a sliding window's count (limit less
+remaining) holds the answered request and every request of ours answered before
+it was sent and sent less than a window before the answer. More is other users'
+(lowering `share`); fewer shows a window that resets as a whole, where the count
+says nothing of others and the reset is the truth: the log rule is off from then
+on, and only the reset (+0.1 s) ends a spent window, as above.
+
+    sliding, limit 113 per 5 s: each burst is mirrored one window (+20 ms) after
+    the answers to the last, 110 of 113 per window (the margin kept back)
+
+    sent  ███  ·  ·  ·   ███  ·  ·  ·   ███ ...
+          0 s             5.02 s        10.04 s
 
 The remaining figure is our estimate: the provider's latest figure minus the
 requests still in flight, lowered by every request we start, and within one
@@ -109,6 +138,8 @@ _EPSILON = 1e-9
 DOCUMENTED_WINDOW_MARGIN = 0.02
 #: How often a full documented-window log looks again for answers still in flight.
 _IN_FLIGHT_RECHECK = 0.005
+#: Requests kept in the own log; an advertised limit above this turns the log rule off.
+SENT_LOG_CAPACITY = 10_000
 
 
 @dataclass(frozen=True)
@@ -280,6 +311,12 @@ class RateLimiter:
         self._log: deque[list[float | None]] = deque(
             maxlen=documented_window.limit if documented_window else 1
         )
+        # Our recent requests under an advertised window, oldest first: [started,
+        # answered or None]. Answer times never decrease along it (see `_answered`).
+        self._sent: deque[list[float | None]] = deque(maxlen=SENT_LOG_CAPACITY)
+        self._sent_in_flight = 0  # the newest entries of `_sent` not yet answered
+        self._others_in_window = 0  # others' requests in the window, at the latest answer
+        self._not_sliding = False  # an answer showed the window resets as a whole
 
         self._requests = 0
         self._throttled = 0
@@ -318,10 +355,14 @@ class RateLimiter:
         info = parse_rate_limit_headers(headers, now_epoch=self._wall_clock())
         with self._lock:
             now = self._clock()
-            self._answered(now)
             if info.limit is not None:
                 self._limit = info.limit
             self._learn_advertised_rate(info)
+            if info.remaining is not None and info.reset_after is not None and status_code != 429:
+                # Before this answer is logged: the requests answered so far all
+                # arrived before the one it answers.
+                self._compare_with_own_log(now, info.remaining)
+            self._answered(now)
             if info.remaining is not None and info.reset_after is not None:
                 self._learn_window(now, info.remaining, info.reset_after)
             if status_code == 429:
@@ -374,7 +415,19 @@ class RateLimiter:
         else:
             spendable = remaining - self._margin()
             if spendable <= 0:
-                return max(earliest, reset_at + self._reset_margin)
+                resume = reset_at + self._reset_margin
+                own = self._own_log_slot(now)
+                if own is not None and own < resume:
+                    assert self._last_start is not None  # the log holds a request
+                    # No window's oldest request leaves more than the reset's
+                    # rounding before the reset: a short length guess cannot
+                    # bring a request forward by more than that.
+                    resume = max(
+                        own,
+                        reset_at - _SAME_WINDOW_TOLERANCE,
+                        self._last_start + self._min_interval,
+                    )
+                return max(earliest, resume)
         if self._last_start is None:
             return earliest
         return max(earliest, self._last_start + self._gap(spendable, reset_at))
@@ -408,6 +461,46 @@ class RateLimiter:
             return now + _IN_FLIGHT_RECHECK
         return answered + self._documented.seconds + DOCUMENTED_WINDOW_MARGIN
 
+    def _own_log_slot(self, now: float) -> float | None:
+        """When the own log lets the next request go into an exhausted sliding window:
+        once at most `share - 1` of our requests can still be in a window ending then
+        (`share`: the limit less the margin and the others' requests). None: the log
+        cannot tell (no sliding window, a 429's slow-down, or an unknown length)."""
+        limit, length = self._limit, self._longest_reset
+        if self._not_sliding or self._penalty_factor > 1.0 or limit is None or length <= 0:
+            return None
+        if limit > SENT_LOG_CAPACITY:
+            return None
+        share = limit - self._margin() - self._others_in_window
+        if share < 1:
+            return None
+        if len(self._sent) < share:
+            return now  # every request we ever sent fits in the share
+        answered = self._sent[-share][1]
+        if answered is None:  # still in flight: look again shortly
+            return now + _IN_FLIGHT_RECHECK
+        # It reached the server before its answer left; it leaves the window
+        # `length` after that at the latest. So do all before it (logged in order).
+        return answered + length + DOCUMENTED_WINDOW_MARGIN
+
+    def _compare_with_own_log(self, now: float, remaining: int) -> None:
+        """Hold an answer's count (limit - remaining) against the own log. Under a
+        sliding window the count includes the answered request and every request of
+        ours answered before it was sent and sent less than a window before this
+        answer. Fewer shows a window that resets as a whole
+        (fixed), where only the reset is the truth. More is other users' share."""
+        limit, length = self._limit, self._longest_reset
+        if self._not_sliding or limit is None or length <= 0 or limit > SENT_LOG_CAPACITY:
+            return
+        answered = max(0, len(self._sent) - self._sent_in_flight)  # in flight: the newest
+        recent = answered - _first_started_after(self._sent, now - length, answered)
+        counted = limit - remaining
+        if counted < recent + 1:
+            self._not_sliding = True
+            self._others_in_window = 0
+        else:
+            self._others_in_window = counted - recent - 1
+
     def _answered(self, now: float) -> None:
         """A request came back (or failed). Answers may come out of order, so the log
         takes its in-flight requests as answered only once none is left in flight."""
@@ -416,6 +509,10 @@ class RateLimiter:
             for entry in self._log:
                 if entry[1] is None:
                     entry[1] = now
+            # Only the newest entries are unanswered: stamp those, not the whole log.
+            for index in range(1, min(self._sent_in_flight, len(self._sent)) + 1):
+                self._sent[-index][1] = now
+            self._sent_in_flight = 0
 
     def _shared_interval(self) -> float:
         """The least time between two requests of all processes on this key together."""
@@ -490,6 +587,9 @@ class RateLimiter:
         self._outstanding += 1
         if self._documented is not None:
             self._log.append([now, None])
+        if self._limit is None or self._limit <= SENT_LOG_CAPACITY:
+            self._sent.append([now, None])
+            self._sent_in_flight += 1
         if self._window_remaining is not None:
             self._window_remaining -= 1
         self._requests += 1
@@ -497,6 +597,21 @@ class RateLimiter:
         if self._first_at is None:
             self._first_at = now
         self._last_at = now
+
+
+def _first_started_after(log: deque[list[float | None]], moment: float, end: int) -> int:
+    """The index of the first of `log[:end]` started after `moment` (`end` if none):
+    start times only grow along the log, so a binary search finds it."""
+    low, high = 0, end
+    while low < high:
+        middle = (low + high) // 2
+        started = log[middle][0]
+        assert started is not None
+        if started > moment:
+            high = middle
+        else:
+            low = middle + 1
+    return low
 
 
 # ---------------------------------------------------------------------------
