@@ -27,9 +27,16 @@ from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from batcher.sandbox.server import SandboxHandle, running_sandbox
 from tests.pg import PgCluster
+
+# Property tests check what is true, not how fast: on a shared 2-core CI machine an
+# example can take longer than hypothesis's default 200 ms deadline and fail a
+# correct property (it happened under load). Speed is measured in `make bench`.
+settings.register_profile("batcher", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("batcher")
 
 FAST_UGIFTME_DEFAULTS: dict[str, Any] = {
     "async_delay_seconds": 0.05,
