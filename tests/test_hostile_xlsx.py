@@ -6,9 +6,7 @@ import io
 import struct
 import subprocess
 import sys
-import threading
 import zipfile
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -17,7 +15,6 @@ import pytest
 
 from batcher.core.errors import InputFileError
 from batcher.intake.read import IntakeLimits, read_sheet
-from batcher.intake.xlsx import _read_ahead
 
 HEADER = ["Reference", "Email", "Name", "Product code", "Amount", "Currency", "Country"]
 ROW = ["R-1", "a@example.com", "Ana", "AMAZON_UK_STD", 25, "GBP", "GB"]
@@ -258,28 +255,3 @@ def test_formula_without_value_and_error_cells_name_the_formula(tmp_path: Path) 
         ),
         (4, "Amount", "formula_error", "E4 shows the error #DIV/0! (from =1/0), not a value"),
     ]
-
-
-# The worksheet inflates on a worker thread a few blocks ahead of the scan.
-
-
-def test_blocks_inflated_ahead_arrive_in_order_then_the_error() -> None:
-    def blocks() -> Iterator[bytes]:
-        yield from (bytes([i]) * 3 for i in range(10))
-        raise InputFileError("too big", hint="raise the limit")
-
-    received: list[bytes] = []
-    with pytest.raises(InputFileError, match="too big"):
-        received.extend(_read_ahead(blocks()))
-    assert received == [bytes([i]) * 3 for i in range(10)]
-
-
-def test_a_scan_that_stops_early_stops_the_inflating_thread() -> None:
-    def endless() -> Iterator[bytes]:
-        while True:
-            yield b"<row/>"
-
-    ahead = _read_ahead(endless())
-    assert next(ahead) == b"<row/>"
-    ahead.close()  # as when the scan raises a limit error
-    assert not [t for t in threading.enumerate() if t.name == "batcher-inflate"]

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import io
-import queue
-import threading
 import zipfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
@@ -142,52 +140,8 @@ def _scan_parts(
         member = archive.getinfo(entry.part)
     except KeyError:
         raise worksheet_missing(path, entry.name) from None
-    blocks = _read_ahead(inflate(path, data, member, budget, limits))
+    blocks = inflate(path, data, member, budget, limits)
     return scan_worksheet(path, entry.name, blocks, limits)
-
-
-_READ_AHEAD_BLOCKS = 4  # inflated blocks (1 MiB each) waiting for the scan, at most
-_DONE = object()
-
-
-def _read_ahead(blocks: Iterator[bytes]) -> Iterator[bytes]:
-    """`blocks`, produced on a worker thread a few blocks ahead of the caller.
-
-    zlib inflates without holding the GIL, so the next blocks inflate on the
-    other core while the scan (which holds it) reads this one. An error while
-    inflating (a limit passed, a damaged stream) is raised here, in order.
-    """
-    waiting: queue.Queue[object] = queue.Queue(maxsize=_READ_AHEAD_BLOCKS)
-    stop = threading.Event()
-
-    def hand_over(item: object) -> bool:
-        while not stop.is_set():
-            with contextlib.suppress(queue.Full):
-                waiting.put(item, timeout=0.05)
-                return True
-        return False  # the caller stopped reading
-
-    def produce() -> None:
-        try:
-            for block in blocks:
-                if not hand_over(block):
-                    return
-        except BaseException as exc:  # handed to the caller, which raises it
-            hand_over(exc)
-            return
-        hand_over(_DONE)
-
-    worker = threading.Thread(target=produce, name="batcher-inflate", daemon=True)
-    worker.start()
-    try:
-        while (item := waiting.get()) is not _DONE:
-            if isinstance(item, BaseException):
-                raise item
-            assert isinstance(item, bytes)
-            yield item
-    finally:
-        stop.set()
-        worker.join()
 
 
 def _workbook_sheets(archive: zipfile.ZipFile) -> list[_WorksheetEntry]:
