@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from types import ModuleType
 
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from batcher.core.errors import InputFileError, UsageError
 from batcher.core.fields import BASE_REQUIRED
@@ -243,6 +246,25 @@ def test_merged_cells_in_a_required_column_are_reported_per_row() -> None:
 )
 def test_excel_number_text(value: float, expected: str) -> None:
     assert excel_number_text(value) == expected
+
+
+def _excel_number_text_by_decimal(value: float) -> str:
+    """excel_number_text's rule, every value through Decimal (its short cut must agree)."""
+    number = Decimal(repr(value))
+    if len(number.as_tuple().digits) > 15:
+        number = number.quantize(Decimal(1).scaleb(number.adjusted() - 14), rounding=ROUND_HALF_UP)
+    text = format(number.normalize(), "f")
+    return "0" if text in {"-0", "0"} else text
+
+
+@settings(max_examples=2000)
+@given(
+    st.floats(allow_nan=False, allow_infinity=False)
+    | st.decimals(min_value=-(10**16), max_value=10**16, places=4).map(float)
+    | st.integers(min_value=-(10**17), max_value=10**17).map(float)
+)
+def test_excel_number_text_agrees_with_decimal_rounding(value: float) -> None:
+    assert excel_number_text(value) == _excel_number_text_by_decimal(value)
 
 
 # ---------------------------------------------------------------------------

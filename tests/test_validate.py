@@ -9,7 +9,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from email_validator import validate_email
+from email_validator import EmailNotValidError, validate_email
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -237,6 +237,27 @@ def test_identical_rows_unless_allowed() -> None:
     allowed = check("identical_rows.csv", allow_duplicates=True)
     assert codes(allowed) == []
     assert valid_rows(allowed) == [2, 3, 4, 5]
+
+
+@pytest.mark.parametrize(
+    ("references", "repeated_on"),
+    [
+        (["R-1", "R-2", "R-3"], []),  # rising: no repeat possible, nothing to compare
+        (["R-1", "", "R-2", "R-2", "R-3"], [5]),  # an equal neighbour does not rise
+        (["R-1", "R-3", "R-2", "R-1"], [5]),  # not in order: compared
+    ],
+)
+def test_references_in_order_are_still_checked_for_repeats(
+    tmp_path: Path, references: list[str], repeated_on: list[int]
+) -> None:
+    path = tmp_path / "ordered.csv"
+    lines = ["Reference,Email,Product,Amount,Currency"]
+    lines += [f"{ref},a{i}@example.com,AMAZON_UK_STD,25,GBP" for i, ref in enumerate(references)]
+    path.write_text("\n".join(lines) + "\n")
+    result = validate_rows(read_sheet(path), CATALOG, RICH, allow_duplicates=True)
+    assert [(row, code) for row, _, code in codes(result)] == [
+        (row, "duplicate_reference") for row in repeated_on
+    ]
 
 
 def test_duplicate_references_are_errors_even_when_duplicates_are_allowed() -> None:
@@ -547,7 +568,11 @@ def test_valid_amount_and_cost_match_the_money_module(
 # Cells chosen to hit every shortcut: case and Unicode variants of one
 # reference, outer white space (ASCII and NBSP), spaces-only cells, blanks.
 _REFERENCES = ["R-1", "r-1", " R-1", "R-1\u00a0", "Café-2", "CAFÉ-2", "R-3", "1.2E+15", " ", ""]
-_EMAILS = ["a@example.com", " a@example.com ", "b@example.com", "   ", "", "not-an-email"]
+_EMAILS = [
+    "a@example.com", " a@example.com ", "b@example.com", "   ", "", "not-an-email",
+    # past the fast pattern: special-use domains, '--' (refused or not), Unicode, length
+    "c@example.TEST", "d@ab--cd.com", "e@a--b.com", "ñ@example.com", "f" * 65 + "@example.com",
+]  # fmt: skip
 _NAMES = ["Ann", " Ann ", "", "Bob", "N" * 201]
 _ORDERS = [
     ("AMAZON_UK_STD", "25", "GBP", "GB"),
@@ -561,6 +586,17 @@ _ORDERS = [
 
 def _python_strip(text: str) -> str:
     return text.strip(" \t\n\r\x0b\x0c\u00a0")
+
+
+def _refused(address: str) -> bool:
+    """email-validator refuses it (a blank address is missing, not refused)."""
+    if not address:
+        return False
+    try:
+        validate_email(address, check_deliverability=False)
+    except EmailNotValidError:
+        return True
+    return False
 
 
 @settings(max_examples=80, deadline=None)
@@ -604,6 +640,7 @@ def test_fast_paths_agree_with_plain_python(
         assert ("missing_value" in found) == (not _python_strip(email)), (number, email)
         assert ("reference_mangled" in found) == (ref == "1.2E+15"), (number, ref)
         assert ("name_too_long" in found) == (len(_python_strip(name)) > 200), number
+        assert ("bad_email" in found) == _refused(_python_strip(email)), (number, email)
 
     # Every row ends in exactly one of valid and invalid.
     assert result.valid_count == result.valid.height

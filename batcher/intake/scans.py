@@ -6,6 +6,7 @@ import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import polars as pl
 
@@ -51,28 +52,41 @@ def scan_rows(sheet: Sheet) -> tuple[pl.DataFrame, Rows, RowFacts]:
     later checks whether they can find anything at all.
     """
     frame = sheet.frame
+    # One select for every probe: polars runs its expressions side by side,
+    # where separate passes would each wait for their slowest column.
+    nulls = {n: frame[n].null_count() for n in ORDER_FIELDS}  # counts polars keeps
+    filled = [n for n in ORDER_FIELDS if nulls[n] == 0]
+    probes = frame.select(
+        *((pl.col(n) == pl.col(n).first()).all().alias(_same(n)) for n in filled),
+        *_row_probes(),
+    )
+    found = probes.drop(_UNVOUCHED).row(0, named=True)
     # Columns with no value at all (often merchant, payment currency) or the
     # same value on every row (often currency, country) cannot tell orders
     # apart; leaving them out of the grouping keys makes it cheaper.
-    constant = _constant_columns(frame, ORDER_FIELDS)
+    constant: dict[str, str | None] = {n: None for n in ORDER_FIELDS if nulls[n] == frame.height}
+    constant |= {n: frame[n][0] for n in filled if found[_same(n)]}
     keys = [n for n in ORDER_FIELDS if n not in constant] or [ORDER_FIELDS[0]]
-    grouped = (
+    groups = (
         frame.lazy()
         .select(keys)
         .with_row_index(_POSITIONS)
         .group_by(keys)
         .agg(pl.col(_POSITIONS))
         .with_row_index(ORDER_ID)
+        .collect()
     )
-    # One after another: each already keeps both cores busy, and collect_all's
-    # running them side by side measured slower.
-    groups, doubtful, stats = (lazy.collect() for lazy in (grouped, *_row_probes(frame)))
     orders = _orders_from_groups(groups, keys, constant, sheet)
     rows = Rows(frame, groups.select(ORDER_ID, _POSITIONS))
-    return orders, rows, _row_facts(frame, doubtful, stats)
+    return orders, rows, _row_facts(frame, found, unvouched=probes[_UNVOUCHED][0])
+
+
+def _same(name: str) -> str:
+    return f"_same_{name}"
 
 
 _POSITIONS = "_positions"  # an order's rows, as positions in the sheet's frame
+_UNVOUCHED = "_unvouched"  # positions of the addresses FAST_EMAIL does not vouch for
 
 
 class Rows:
@@ -124,17 +138,6 @@ class Rows:
         )
 
 
-def _constant_columns(frame: pl.DataFrame, names: Sequence[str]) -> dict[str, str | None]:
-    """The columns among `names` with one value (or none) on every row, and that value."""
-    nulls = {n: frame[n].null_count() for n in names}
-    constant: dict[str, str | None] = {n: None for n in names if nulls[n] == frame.height}
-    filled = [n for n in names if nulls[n] == 0]
-    if filled:
-        same = frame.select((pl.col(n) == pl.col(n).first()).all() for n in filled).row(0)
-        constant |= {n: frame[n][0] for n, is_same in zip(filled, same, strict=True) if is_same}
-    return constant
-
-
 def _orders_from_groups(
     groups: pl.DataFrame, keys: Sequence[str], constant: Mapping[str, str | None], sheet: Sheet
 ) -> pl.DataFrame:
@@ -179,35 +182,29 @@ class RowFacts:
     may_be_blank: dict[str, bool]  # a recipient field with a cell that is blank once trimmed
 
 
-def _row_probes(frame: pl.DataFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
-    """Cheap scans of the recipient cells as read, for `_row_facts`.
+def _row_probes() -> list[pl.Expr]:
+    """Cheap scans of the recipient cells as read, for `_row_facts`; one value each.
 
     They look at the raw cells so that they need not wait for the trimmed ones,
     and each of them errs only towards looking closer: a raw cell is never
-    shorter than trimmed, and an untrimmed address is never `surely_fine`.
+    shorter than trimmed, and an untrimmed address is never vouched for.
     """
     email = pl.col("recipient_email")
-    surely_fine = (
-        email.str.contains(FAST_EMAIL)
+    vouched = email.str.contains(FAST_EMAIL) & (email.str.len_bytes() <= 64)
+    return [
+        # Positions of the addresses the pattern does not vouch for: usually none.
+        (email.is_not_null() & ~vouched.fill_null(False)).arg_true().implode().alias(_UNVOUCHED),
         # Found anywhere (cheap to look for): email-validator decides those.
-        & ~email.str.contains_any(_SLOW_PATH_MARKERS, ascii_case_insensitive=True)
-        & (email.str.len_bytes() <= 64)  # longer ones: let email-validator check the lengths
-    )
-    doubtful = (
-        frame.lazy()
-        .filter(email.is_not_null() & ~surely_fine.fill_null(False))
-        .select(SOURCE_ROW, email.str.strip_chars())
-    )
-    reference = pl.col("reference")
-    stats = frame.lazy().select(
+        email.str.contains_any(_SLOW_PATH_MARKERS, ascii_case_insensitive=True)
+        .any()
+        .alias("_markers"),
         *(
             pl.col(name).str.len_bytes().max().fill_null(0).alias(name)
             for name in ("message", "recipient_name", "reference")
         ),
-        _unusual_reference(reference).any().alias("_unusual"),
-        (_references_compared(reference).n_unique() < reference.count()).alias("_repeat"),
-    )
-    return doubtful, stats
+        _unusual_reference(pl.col("reference")).any().alias("_unusual"),
+        _strictly_ascending(pl.col("reference")).alias("_ascending"),
+    ]
 
 
 # Text that upper-casing or trimming could change, or that has an 'E': a
@@ -224,6 +221,15 @@ def _unusual_reference(reference: pl.Expr) -> pl.Expr:
     return reference.str.contains_any(_FOLDABLE) | (size == 0) | (reference.str.len_chars() != size)
 
 
+def _strictly_ascending(reference: pl.Expr) -> pl.Expr:
+    """True when the references as read, blanks left out, rise strictly: then none repeats.
+
+    Sheets often list their references in order, and this costs a tenth of hashing them.
+    """
+    present = reference.drop_nulls()
+    return (present > present.shift(1)).all()
+
+
 def _references_compared(reference: pl.Expr, *, folded: bool = False) -> pl.Expr:
     """A 64-bit hash per reference, as references compare (see `_row_facts`)."""
     if folded:
@@ -231,24 +237,45 @@ def _references_compared(reference: pl.Expr, *, folded: bool = False) -> pl.Expr
     return reference.drop_nulls().hash()
 
 
-def _row_facts(frame: pl.DataFrame, doubtful: pl.DataFrame, stats: pl.DataFrame) -> RowFacts:
-    found = stats.row(0, named=True)
+def _references_may_repeat(frame: pl.DataFrame, *, folded: bool) -> bool:
+    reference = pl.col("reference")
+    compared = _references_compared(reference, folded=folded)
+    return bool(frame.select(compared.n_unique() < reference.count()).item())
+
+
+def _doubtful_emails(
+    frame: pl.DataFrame, found: Mapping[str, Any], unvouched: pl.Series
+) -> pl.DataFrame:
+    """source_row and trimmed address of every address email-validator should judge."""
+    positions = unvouched
+    if found["_markers"]:
+        # Found anywhere (cheap to look for): email-validator decides those.
+        email = pl.col("recipient_email")
+        marked = email.str.contains_any(_SLOW_PATH_MARKERS, ascii_case_insensitive=True)
+        positions = pl.concat(
+            [positions, frame.select(marked.fill_null(False).arg_true()).to_series()]
+        )
+        positions = positions.unique().sort()
+    return frame[positions].select(SOURCE_ROW, pl.col("recipient_email").str.strip_chars())
+
+
+def _row_facts(frame: pl.DataFrame, found: Mapping[str, Any], *, unvouched: pl.Series) -> RowFacts:
+    """What the probes found (`found`, and the positions of the `unvouched` addresses)."""
+    doubtful = _doubtful_emails(frame, found, unvouched)
     # References compare trimmed and case-insensitively, but upper-casing a
-    # million cells is dear. When no reference is `_unusual_reference`,
-    # comparing them as read is the same. The same look finds any 'E', which a
-    # reference that Excel wrote in scientific notation has.
-    has_e = repeat = False
+    # million cells is dear. When no reference is `_unusual`, comparing them
+    # as read is the same, and references rising strictly cannot repeat. The
+    # same look finds any 'E', which a reference that Excel wrote in
+    # scientific notation has.
+    has_e = False
     if found["_unusual"]:
-        reference = pl.col("reference")
-        has_e, repeat = frame.select(
-            reference.str.contains_any(["E", "e"]).any().alias("has_e"),
-            (_references_compared(reference, folded=True).n_unique() < reference.count()).alias(
-                "repeat"
-            ),
-        ).row(0)
+        has_e = bool(frame.select(pl.col("reference").str.contains_any(["E", "e"]).any()).item())
+        repeat = _references_may_repeat(frame, folded=True)
+    else:
+        repeat = not found["_ascending"] and _references_may_repeat(frame, folded=False)
     # A cell is blank once trimmed when it is null, empty or only spaces. polars
-    # counts the nulls anyway; an empty or spaces-only address fails FAST_EMAIL,
-    # and an empty or spaces-only reference is `_unusual_reference`.
+    # counts the nulls anyway; an empty or spaces-only address is not vouched
+    # for, and an empty or spaces-only reference is `_unusual`.
     blank_email = doubtful["recipient_email"] == ""
     may_be_blank = {
         "reference": frame["reference"].null_count() > 0 or bool(found["_unusual"]),
@@ -260,7 +287,7 @@ def _row_facts(frame: pl.DataFrame, doubtful: pl.DataFrame, stats: pl.DataFrame)
     return RowFacts(
         doubtful_emails=doubtful.filter(~blank_email),  # a blank address is reported as missing
         longest_bytes={n: int(found[n]) for n in ("message", "recipient_name", "reference")},
-        reference_has_e=bool(has_e),
-        references_may_repeat=bool(repeat or found["_repeat"]),
+        reference_has_e=has_e,
+        references_may_repeat=repeat,
         may_be_blank=may_be_blank,
     )

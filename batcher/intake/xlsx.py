@@ -231,9 +231,17 @@ def excel_number_text(value: float) -> str:
     significant digits, so a formula's 0.30000000000000004 reads as 0.3, the
     value the user sees. Integers have no '.0'; no exponent is ever used.
     """
-    number = Decimal(repr(value))
+    shortest = repr(value)
+    if "e" not in shortest and "n" not in shortest:  # no exponent, not inf or nan
+        # Most cells: 15 significant digits or fewer, so the text is repr's
+        # without its '.0' (repr has no other trailing zeros).
+        significant = shortest.lstrip("-").replace(".", "").lstrip("0")
+        if len(significant) <= 15:
+            text = shortest.removesuffix(".0")
+            return "0" if text == "-0" else text
+    number = Decimal(shortest)
     if not number.is_finite():
-        return repr(value)
+        return shortest
     if len(number.as_tuple().digits) > 15:
         number = number.quantize(Decimal(1).scaleb(number.adjusted() - 14), rounding=ROUND_HALF_UP)
     text = format(number.normalize(), "f")
