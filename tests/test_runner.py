@@ -164,9 +164,12 @@ def test_a_crash_while_sending_is_resolved_with_the_same_key_and_bytes(
     )
     w.crash_run()
     dead_key, dead_payload = w.provider.sent[-1]
-    (stuck,) = w.chunks("sending")
-    assert stuck.chunk_key == dead_key and stuck.payload == dead_payload
-    assert {w.states()[k] for k in stuck.row_keys} == {"sending"}
+    # Both chunks were committed `sending` in one group; the first one's acceptance
+    # waited in memory for the next commit, so it is lost with the process too.
+    stuck = {c.chunk_key: c for c in w.chunks("sending")}
+    assert dead_key in stuck and stuck[dead_key].payload == dead_payload
+    assert len(stuck) == 2
+    assert {w.states()[k] for c in stuck.values() for k in c.row_keys} == {"sending"}
 
     w.run()
     assert_exactly_once(w)
@@ -175,8 +178,8 @@ def test_a_crash_while_sending_is_resolved_with_the_same_key_and_bytes(
         assert resent == [dead_payload]  # found by key: no need to send again
     else:
         assert resent == [dead_payload, dead_payload]
-    assert len(w.provider.requests) == 2  # the resend created nothing new
-    assert {w.ledger_rows()[k].attempt for k in stuck.row_keys} == {1}
+    assert len(w.provider.requests) == 2  # the resends created nothing new
+    assert {w.ledger_rows()[k].attempt for c in stuck.values() for k in c.row_keys} == {1}
 
 
 def test_answers_lost_in_flight_are_retried_within_the_run(tmp_path: Path) -> None:
@@ -405,9 +408,39 @@ def test_the_stop_flag_stops_sending(tmp_path: Path) -> None:
     assert stats.stopped == "interrupted"
     assert len(w.provider.sent) == 2
     assert sorted(w.states().values()).count("succeeded") == 2
+    # The chunks committed `sending` with the first ones but never sent are planned
+    # again, as they were: nothing in flight, nothing to ask the provider about.
+    assert not w.chunks("sending", "unknown"), "nothing is left half-sent"
+    unsent = w.chunks("planned")
+    assert len(unsent) == 4
+    assert {(c.send_count, c.first_sent_at, c.last_sent_at) for c in unsent} == {(0, None, None)}
 
     w.run()
     assert_exactly_once(w)
+    assert w.provider.lookups == 0
+    assert len(w.provider.sent) == 6
+
+
+def test_a_crash_leaves_a_groups_unsent_chunks_in_flight_and_a_rerun_resolves_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A killed process never plans its group's unsent chunks again: they stay
+    `sending`, the next run asks the provider about them and sends each under its
+    key, with the bytes it committed."""
+    w = world(tmp_path, [("GBP", "1")] * 6, submit_limit=1, wallets={"GBP": Decimal(100)},
+              submit_faults=[None, Fault.DIE_BEFORE])  # fmt: skip
+    with monkeypatch.context() as killed:
+        killed.setattr(Runner, "_unmark_unsent", lambda self: None)  # no cleanup when killed
+        w.crash_run()
+    stuck = w.chunks("sending")
+    assert len(stuck) == 6  # one group: the sent, the dead and the never sent
+    planned = {c.chunk_key: c.payload for c in stuck}
+
+    w.run()
+    assert_exactly_once(w)
+    assert w.provider.lookups >= 4
+    assert {k: p for k, p in w.provider.sent} == planned  # same keys, same bytes
+    assert len(w.provider.requests) == 6
 
 
 # ---------------------------------------------------------------------- any faults at all
@@ -514,12 +547,16 @@ def test_paged_planning_orders_every_row_once(
 # ---------------------------------------------------------------------- commits
 
 
-def test_one_commit_per_chunk_and_sending_is_durable_before_each_request(
+def test_one_commit_per_group_of_chunks_and_sending_is_durable_before_each_request(
     tmp_path: Path,
 ) -> None:
-    """Every chunk is durably `sending` when its request leaves, and the answers since
-    the last commit ride on that same commit: about one commit per chunk, not three."""
-    w = world(tmp_path, [("GBP", "1.00")] * 12, wallets={"GBP": Decimal(100)},
+    """Every chunk is durably `sending` when its request leaves: the chunks of a group
+    (SEND_GROUP_CHUNKS) are committed `sending` together, and the answers since the
+    last commit ride on that same commit: one commit per group, not three per chunk."""
+    from batcher.execute.runner import SEND_GROUP_CHUNKS
+
+    chunks = SEND_GROUP_CHUNKS + 2  # a full group and part of a second
+    w = world(tmp_path, [("GBP", "1.00")] * (3 * chunks), wallets={"GBP": Decimal(1000)},
               polls_to_complete=1)  # fmt: skip
     seen_at_submit: list[dict[str, str]] = []
 
@@ -547,10 +584,13 @@ def test_one_commit_per_chunk_and_sending_is_durable_before_each_request(
         stats = runner.execute()
     finally:
         ledger.close()
-    assert stats.submits == 4 and stats.stopped is None
+    assert stats.submits == chunks and stats.stopped is None
     assert_exactly_once(w)
-    # The second request leaves with the first chunk's acceptance already durable.
-    assert list(seen_at_submit[1].values()).count("accepted") == 1
-    # 4 sends, the settles committed before the run waits for polls and at its end:
-    # well under the 12 that one commit per transition would take.
-    assert len(commits) <= 4 + 2, commits
+    # The whole first group was durably `sending` before its first request left.
+    assert list(seen_at_submit[0].values()).count("sending") == SEND_GROUP_CHUNKS
+    # The second group leaves with the first group's answers durable.
+    first_group = list(seen_at_submit[0])
+    assert "sending" not in {seen_at_submit[SEND_GROUP_CHUNKS][k] for k in first_group}
+    # 2 groups, the settles committed before the run waits for polls and at its end:
+    # well under the 30 that one commit per transition would take.
+    assert len(commits) <= 2 + 2, commits
