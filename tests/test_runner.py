@@ -164,12 +164,9 @@ def test_a_crash_while_sending_is_resolved_with_the_same_key_and_bytes(
     )
     w.crash_run()
     dead_key, dead_payload = w.provider.sent[-1]
-    # Both chunks were committed `sending` in one group; the first one's acceptance
-    # waited in memory for the next commit, so it is lost with the process too.
-    stuck = {c.chunk_key: c for c in w.chunks("sending")}
-    assert dead_key in stuck and stuck[dead_key].payload == dead_payload
-    assert len(stuck) == 2
-    assert {w.states()[k] for c in stuck.values() for k in c.row_keys} == {"sending"}
+    (stuck,) = w.chunks("sending")
+    assert stuck.chunk_key == dead_key and stuck.payload == dead_payload
+    assert {w.states()[k] for k in stuck.row_keys} == {"sending"}
 
     w.run()
     assert_exactly_once(w)
@@ -178,8 +175,8 @@ def test_a_crash_while_sending_is_resolved_with_the_same_key_and_bytes(
         assert resent == [dead_payload]  # found by key: no need to send again
     else:
         assert resent == [dead_payload, dead_payload]
-    assert len(w.provider.requests) == 2  # the resends created nothing new
-    assert {w.ledger_rows()[k].attempt for c in stuck.values() for k in c.row_keys} == {1}
+    assert len(w.provider.requests) == 2  # the resend created nothing new
+    assert {w.ledger_rows()[k].attempt for k in stuck.row_keys} == {1}
 
 
 def test_answers_lost_in_flight_are_retried_within_the_run(tmp_path: Path) -> None:
@@ -428,18 +425,18 @@ def test_a_crash_leaves_a_groups_unsent_chunks_in_flight_and_a_rerun_resolves_th
     `sending`, the next run asks the provider about them and sends each under its
     key, with the bytes it committed."""
     w = world(tmp_path, [("GBP", "1")] * 6, submit_limit=1, wallets={"GBP": Decimal(100)},
-              submit_faults=[None, Fault.DIE_BEFORE])  # fmt: skip
+              submit_faults=[None, None, None, Fault.DIE_BEFORE])  # fmt: skip
     with monkeypatch.context() as killed:
         killed.setattr(Runner, "_unmark_unsent", lambda self: None)  # no cleanup when killed
         w.crash_run()
     stuck = w.chunks("sending")
-    assert len(stuck) == 6  # one group: the sent, the dead and the never sent
-    planned = {c.chunk_key: c.payload for c in stuck}
+    assert len(stuck) == 3  # the third group (1, 2, then 3): the dead and the never sent
+    committed = {c.chunk_key: c.payload for c in w.chunks("sending", "succeeded")}
 
     w.run()
     assert_exactly_once(w)
-    assert w.provider.lookups >= 4
-    assert {k: p for k, p in w.provider.sent} == planned  # same keys, same bytes
+    assert w.provider.lookups == 3
+    assert dict(w.provider.sent) == committed  # same keys, same bytes
     assert len(w.provider.requests) == 6
 
 
@@ -551,11 +548,16 @@ def test_one_commit_per_group_of_chunks_and_sending_is_durable_before_each_reque
     tmp_path: Path,
 ) -> None:
     """Every chunk is durably `sending` when its request leaves: the chunks of a group
-    (SEND_GROUP_CHUNKS) are committed `sending` together, and the answers since the
-    last commit ride on that same commit: one commit per group, not three per chunk."""
+    are committed `sending` together (groups of 1, 2, 4... up to SEND_GROUP_CHUNKS while
+    sends go back to back), and the answers since the last commit ride on that same
+    commit: one commit per group, not three per chunk."""
     from batcher.execute.runner import SEND_GROUP_CHUNKS
 
-    chunks = SEND_GROUP_CHUNKS + 2  # a full group and part of a second
+    sizes = [1]
+    while sizes[-1] < SEND_GROUP_CHUNKS:
+        sizes.append(min(SEND_GROUP_CHUNKS, 2 * sizes[-1]))
+    sizes.append(SEND_GROUP_CHUNKS)  # and one more full group
+    chunks = sum(sizes)
     w = world(tmp_path, [("GBP", "1.00")] * (3 * chunks), wallets={"GBP": Decimal(1000)},
               polls_to_complete=1)  # fmt: skip
     seen_at_submit: list[dict[str, str]] = []
@@ -586,11 +588,39 @@ def test_one_commit_per_group_of_chunks_and_sending_is_durable_before_each_reque
         ledger.close()
     assert stats.submits == chunks and stats.stopped is None
     assert_exactly_once(w)
-    # The whole first group was durably `sending` before its first request left.
-    assert list(seen_at_submit[0].values()).count("sending") == SEND_GROUP_CHUNKS
-    # The second group leaves with the first group's answers durable.
-    first_group = list(seen_at_submit[0])
-    assert "sending" not in {seen_at_submit[SEND_GROUP_CHUNKS][k] for k in first_group}
-    # 2 groups, the settles committed before the run waits for polls and at its end:
-    # well under the 30 that one commit per transition would take.
-    assert len(commits) <= 2 + 2, commits
+    sent = [key for key, _ in w.provider.sent]
+    start = 0
+    for size in sizes:
+        # The whole group was durably `sending` before its first request left, with
+        # every earlier group's answers.
+        at_first = seen_at_submit[start]
+        assert [k for k, state in at_first.items() if state == "sending"] == sent[
+            start : start + size
+        ]
+        start += size
+    # One commit per group, the settles committed before the run waits for polls and
+    # at its end: well under the three per chunk that one commit per transition takes.
+    assert len(commits) <= len(sizes) + 2, commits
+
+
+def test_a_send_that_waits_ends_the_group(tmp_path: Path) -> None:
+    """When sends wait (a rate limit, a slow provider), each chunk's `sending` is
+    committed on its own again, so the earlier chunks' answers do not wait in memory."""
+    w = world(tmp_path, [("GBP", "1")] * 6, submit_limit=1, wallets={"GBP": Decimal(100)})
+    committed_sending: list[int] = []
+
+    def slow_submit(_key: str) -> None:
+        reader = Ledger(w.path)
+        try:
+            committed_sending.append(len(reader.chunks(BATCH, ["sending"])))
+        finally:
+            reader.close()
+        if len(committed_sending) >= 3:
+            w.clock.sleep(1.0)  # from the third on, each submission takes 1 s
+
+    w.provider.on_submit = slow_submit
+    stats = w.run()
+    assert stats.stopped is None
+    assert_exactly_once(w)
+    # Groups of 1 and 2, then the third send waited: one at a time from there.
+    assert committed_sending == [1, 2, 2, 1, 1, 1]
