@@ -79,16 +79,20 @@ class LedgerTransitions(LedgerConnection):
 
     def unmark_sending(self, batch: str, chunks: Sequence[ChunkRecord]) -> None:
         """Chunks committed `sending` whose request never left (the run stopped before
-        their turn) are planned again, their send figures as they were before.
-        Only for chunks this process knows it did not send: the caller's word."""
+        their turn) are planned again, their send figures as they were before
+        (`chunks` as read before they were marked). Only for chunks this process
+        knows it did not send: the caller's word. A chunk another run has marked since
+        (a batch lock lost meanwhile) has a higher send count and is left alone."""
         now = utc_now()
         with self._tx() as db:
             for chunk in chunks:
                 changed = db.execute(
                     "UPDATE chunks SET state = 'planned', send_count = ?, first_sent_at = ?,"
-                    " last_sent_at = ? WHERE chunk_key = ? AND state = 'sending'",
-                    (chunk.send_count, chunk.first_sent_at, chunk.last_sent_at, chunk.chunk_key),
-                ).rowcount
+                    " last_sent_at = ? WHERE chunk_key = ? AND state = 'sending'"
+                    " AND send_count = ?",
+                    (chunk.send_count, chunk.first_sent_at, chunk.last_sent_at, chunk.chunk_key,
+                     chunk.send_count + 1),
+                ).rowcount  # fmt: skip
                 if not changed:
                     continue
                 db.execute(
