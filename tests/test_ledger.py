@@ -98,6 +98,28 @@ def test_sending_then_crash_becomes_unknown(ledger: Ledger) -> None:
     assert ledger.chunk("c1").payload == b'{"x":1}'
 
 
+def test_a_chunk_marked_sending_but_never_sent_is_planned_again_as_it_was(
+    ledger: Ledger,
+) -> None:
+    ledger.sync_rows("b", [sheet_row("k1", 2), sheet_row("k2", 3)], retry_failed=False)
+    plan_one(ledger, "c1", ["k1"])
+    plan_one(ledger, "c2", ["k2"])
+    before = {key: ledger.chunk(key) for key in ("c1", "c2")}
+    ledger.mark_sending("b", "c1")
+    ledger.mark_sending("b", "c2")
+    # c2 went to another run meanwhile (a lost batch lock): unknown, then sent again.
+    ledger.mark_unknown("b", "c2", "taken over")
+    ledger.mark_sending("b", "c2")
+    ledger.unmark_sending("b", list(before.values()))
+    c1, c2 = ledger.chunk("c1"), ledger.chunk("c2")
+    assert (c1.state, c1.send_count, c1.first_sent_at, c1.last_sent_at) == (
+        "planned", 0, None, None,
+    )  # fmt: skip
+    assert ledger.rows_by_key("b", ["k1"])["k1"].state == "planned"
+    assert (c2.state, c2.send_count) == ("sending", 2), "another run's send is left alone"
+    assert ledger.rows_by_key("b", ["k2"])["k2"].state == "sending"
+
+
 def test_replanning_with_other_bytes_is_refused(ledger: Ledger) -> None:
     ledger.sync_rows("b", [sheet_row("k1", 2)], retry_failed=False)
     plan_one(ledger, "c1", ["k1"])

@@ -405,9 +405,39 @@ def test_the_stop_flag_stops_sending(tmp_path: Path) -> None:
     assert stats.stopped == "interrupted"
     assert len(w.provider.sent) == 2
     assert sorted(w.states().values()).count("succeeded") == 2
+    # The chunks committed `sending` with the first ones but never sent are planned
+    # again, as they were: nothing in flight, nothing to ask the provider about.
+    assert not w.chunks("sending", "unknown"), "nothing is left half-sent"
+    unsent = w.chunks("planned")
+    assert len(unsent) == 4
+    assert {(c.send_count, c.first_sent_at, c.last_sent_at) for c in unsent} == {(0, None, None)}
 
     w.run()
     assert_exactly_once(w)
+    assert w.provider.lookups == 0
+    assert len(w.provider.sent) == 6
+
+
+def test_a_crash_leaves_a_groups_unsent_chunks_in_flight_and_a_rerun_resolves_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A killed process never plans its group's unsent chunks again: they stay
+    `sending`, the next run asks the provider about them and sends each under its
+    key, with the bytes it committed."""
+    w = world(tmp_path, [("GBP", "1")] * 6, submit_limit=1, wallets={"GBP": Decimal(100)},
+              submit_faults=[None, None, None, Fault.DIE_BEFORE])  # fmt: skip
+    with monkeypatch.context() as killed:
+        killed.setattr(Runner, "_unmark_unsent", lambda self: None)  # no cleanup when killed
+        w.crash_run()
+    stuck = w.chunks("sending")
+    assert len(stuck) == 3  # the third group (1, 2, then 3): the dead and the never sent
+    committed = {c.chunk_key: c.payload for c in w.chunks("sending", "succeeded")}
+
+    w.run()
+    assert_exactly_once(w)
+    assert w.provider.lookups == 3
+    assert dict(w.provider.sent) == committed  # same keys, same bytes
+    assert len(w.provider.requests) == 6
 
 
 # ---------------------------------------------------------------------- any faults at all
@@ -514,12 +544,21 @@ def test_paged_planning_orders_every_row_once(
 # ---------------------------------------------------------------------- commits
 
 
-def test_one_commit_per_chunk_and_sending_is_durable_before_each_request(
+def test_one_commit_per_group_of_chunks_and_sending_is_durable_before_each_request(
     tmp_path: Path,
 ) -> None:
-    """Every chunk is durably `sending` when its request leaves, and the answers since
-    the last commit ride on that same commit: about one commit per chunk, not three."""
-    w = world(tmp_path, [("GBP", "1.00")] * 12, wallets={"GBP": Decimal(100)},
+    """Every chunk is durably `sending` when its request leaves: the chunks of a group
+    are committed `sending` together (groups of 1, 2, 4... up to SEND_GROUP_CHUNKS while
+    sends go back to back), and the answers since the last commit ride on that same
+    commit: one commit per group, not three per chunk."""
+    from batcher.execute.runner import SEND_GROUP_CHUNKS
+
+    sizes = [1]
+    while sizes[-1] < SEND_GROUP_CHUNKS:
+        sizes.append(min(SEND_GROUP_CHUNKS, 2 * sizes[-1]))
+    sizes.append(SEND_GROUP_CHUNKS)  # and one more full group
+    chunks = sum(sizes)
+    w = world(tmp_path, [("GBP", "1.00")] * (3 * chunks), wallets={"GBP": Decimal(1000)},
               polls_to_complete=1)  # fmt: skip
     seen_at_submit: list[dict[str, str]] = []
 
@@ -547,10 +586,41 @@ def test_one_commit_per_chunk_and_sending_is_durable_before_each_request(
         stats = runner.execute()
     finally:
         ledger.close()
-    assert stats.submits == 4 and stats.stopped is None
+    assert stats.submits == chunks and stats.stopped is None
     assert_exactly_once(w)
-    # The second request leaves with the first chunk's acceptance already durable.
-    assert list(seen_at_submit[1].values()).count("accepted") == 1
-    # 4 sends, the settles committed before the run waits for polls and at its end:
-    # well under the 12 that one commit per transition would take.
-    assert len(commits) <= 4 + 2, commits
+    sent = [key for key, _ in w.provider.sent]
+    start = 0
+    for size in sizes:
+        # The whole group was durably `sending` before its first request left, with
+        # every earlier group's answers.
+        at_first = seen_at_submit[start]
+        assert [k for k, state in at_first.items() if state == "sending"] == sent[
+            start : start + size
+        ]
+        start += size
+    # One commit per group, the settles committed before the run waits for polls and
+    # at its end: well under the three per chunk that one commit per transition takes.
+    assert len(commits) <= len(sizes) + 2, commits
+
+
+def test_a_send_that_waits_ends_the_group(tmp_path: Path) -> None:
+    """When sends wait (a rate limit, a slow provider), each chunk's `sending` is
+    committed on its own again, so the earlier chunks' answers do not wait in memory."""
+    w = world(tmp_path, [("GBP", "1")] * 6, submit_limit=1, wallets={"GBP": Decimal(100)})
+    committed_sending: list[int] = []
+
+    def slow_submit(_key: str) -> None:
+        reader = Ledger(w.path)
+        try:
+            committed_sending.append(len(reader.chunks(BATCH, ["sending"])))
+        finally:
+            reader.close()
+        if len(committed_sending) >= 3:
+            w.clock.sleep(1.0)  # from the third on, each submission takes 1 s
+
+    w.provider.on_submit = slow_submit
+    stats = w.run()
+    assert stats.stopped is None
+    assert_exactly_once(w)
+    # Groups of 1 and 2, then the third send waited: one at a time from there.
+    assert committed_sending == [1, 2, 2, 1, 1, 1]

@@ -8,14 +8,19 @@ Order of work in a run (docs/architecture.md):
 Every request goes through the provider's shared rate limiter. Polls never use
 more of the budget than submits while there is still something to submit.
 
-One durable commit per chunk. A chunk's `sending` is committed before its request
-leaves, always. The answers that are safe to lose in a crash wait in memory
-(`_defer`) and are committed with the next write, which is usually the next
-chunk's `sending` (`Ledger.grouped`), or before the loop sleeps or ends: an
-accepted order request (lost, the chunk is still `sending`, so the next run asks
-the provider and resends the same key and bytes, which it deduplicates) and a
-settled chunk (lost, the chunk is still accepted or sending, and is asked again).
-Any other write (unknown, failed, out of funds) first commits what waits.
+One durable commit per group of chunks. A chunk's `sending` is committed before
+its request leaves, always: planned chunks are committed `sending` a group at a
+time (`SEND_GROUP_CHUNKS`, one commit), then sent one after another. A chunk of the
+group whose request never left when the run stops is planned again
+(`_unmark_unsent`); after a crash it is `unknown` like any chunk in flight, and
+the next run asks the provider and resends the same key and bytes. The answers
+that are safe to lose in a crash wait in memory (`_defer`) and are committed with
+the next write, which is usually the next group's `sending` (`Ledger.grouped`), or
+before the loop sleeps or ends: an accepted order request (lost, the chunk is
+still `sending`, so the next run asks the provider and resends the same key and
+bytes, which it deduplicates) and a settled chunk (lost, the chunk is still
+accepted or sending, and is asked again). Any other write (unknown, failed, out of
+funds) first commits what waits.
 """
 
 from __future__ import annotations
@@ -158,6 +163,13 @@ class SilentListener:
 PLAN_PAGE_ROWS = 50_000
 #: rows whose order items a run keeps from planning for its sends and polls
 KEEP_ITEMS_ROWS = 50_000
+#: At most this many planned chunks are committed `sending` in one durable commit
+#: before they are sent one after another: a commit costs 10-30 ms on a busy disk, a
+#: chunk's requests about as much. More means more chunks to ask the provider about
+#: after a crash. Groups start at one chunk and double while sends go back to back; a
+#: send that waits (the rate limit, a slow provider) starts again from one, so the
+#: answers of a group's first chunks do not sit in memory while its last ones wait.
+SEND_GROUP_CHUNKS = 8
 #: A wait at least this long commits the deferred writes first; shorter ones (polls
 #: falling due a few milliseconds apart) leave them for the next commit.
 _COMMIT_BEFORE_WAITING = 0.25
@@ -226,6 +238,10 @@ class Runner:
         self._accepted: dict[str, ChunkRecord] = {}
         # Ledger writes safe to lose in a crash, committed with the next write.
         self._deferred: list[Callable[[], None]] = []
+        # Planned chunks committed `sending` whose request has not left yet, as they
+        # were before (`_unmark_unsent` restores them when the run stops first).
+        self._marked: dict[str, ChunkRecord] = {}
+        self._group_size = 1  # of the next group (`SEND_GROUP_CHUNKS`)
 
     # ------------------------------------------------------------------ planning
 
@@ -324,28 +340,42 @@ class Runner:
         memory is bounded by the page: a batch of up to `PLAN_PAGE_ROWS` pending rows is
         one page and is chunked exactly as a whole, a larger one page by page (still
         deterministic in the set of pending rows)."""
+        keys = self.ledger.row_keys(self.batch, "pending", by="row_key")
+        # One page of pending rows read for the funds rule is kept for planning too,
+        # rather than read a second time (20,000 rows: about half a second).
+        kept: list[RowRecord] | None = [] if len(keys) <= PLAN_PAGE_ROWS else None
         held_for_funds: Collection[str] = ()
         if hold is not None:
-            held_for_funds = set(hold(self._rows_of(("planned", "pending"))))
+            held_for_funds = set(hold(self._rows_of(("planned", "pending"), keep=kept)))
         chunk_size = min(
             self.options.chunk_size or self.provider.submit_limit, self.provider.submit_limit
         )
-        keys = self.ledger.row_keys(self.batch, "pending", by="row_key")
+        read_all = kept is not None and len(kept) == len(keys)  # `hold` read every one
         if held_for_funds:
             keys = [k for k in keys if k not in held_for_funds]
+        pages: Iterable[list[RowRecord]]
+        if kept is not None and read_all:
+            by_key = {r.row_key: r for r in kept}
+            pages = [[by_key[k] for k in keys]] if keys else []
+        else:
+            pages = self.ledger.rows_in_pages(self.batch, keys, page=PLAN_PAGE_ROWS)
         saved, held = 0, set()
-        for page in self.ledger.rows_in_pages(self.batch, keys, page=PLAN_PAGE_ROWS):
+        for page in pages:
             page_saved, page_held = self._plan_page(page, chunk_size)
             saved += page_saved
             held |= page_held
         return saved, held
 
-    def _rows_of(self, states: Sequence[str]) -> Iterator[RowRecord]:
+    def _rows_of(
+        self, states: Sequence[str], *, keep: list[RowRecord] | None = None
+    ) -> Iterator[RowRecord]:
         """The batch's rows in `states` (in the sheet), state by state in sheet order,
-        read a page at a time."""
+        read a page at a time; the pending ones are also added to `keep` when given."""
         for state in states:
             keys = self.ledger.row_keys(self.batch, state)
             for page in self.ledger.rows_in_pages(self.batch, keys):
+                if keep is not None and state == "pending":
+                    keep.extend(page)
                 yield from page
 
     def _plan_page(self, pending: Sequence[RowRecord], chunk_size: int) -> tuple[int, set[str]]:
@@ -397,6 +427,8 @@ class Runner:
             self._submit_and_poll()
         except _Stopped:
             pass
+        finally:
+            self._unmark_unsent()
         with suppress(_Stopped):  # a claimed order among them stops the run, as ever
             self._commit_deferred()
         self.stats.finished = self.clock()
@@ -488,12 +520,15 @@ class Runner:
                 continue
             if queue:
                 key = queue.pop()
-                try:
-                    chunk = self.ledger.chunk(key)
-                except KeyError:
-                    continue  # discarded unsent after its currency ran out of funds
-                if chunk.state != "planned" or self._is_blocked(chunk):
-                    continue
+                if key not in self._marked:
+                    try:
+                        chunk = self.ledger.chunk(key)
+                    except KeyError:
+                        continue  # discarded unsent after its currency ran out of funds
+                    if chunk.state != "planned" or self._is_blocked(chunk):
+                        continue
+                    self._mark_group(chunk, queue)
+                chunk = self._marked[key]
                 if self.stats.submit_started is None:
                     self.stats.submit_started = self.clock()
                 result = self._send(chunk)
@@ -514,6 +549,33 @@ class Runner:
             if wait >= _COMMIT_BEFORE_WAITING:  # nothing waits in memory while the run idles
                 self._commit_deferred()
             self._sleep(wait)
+
+    def _mark_group(self, first: ChunkRecord, queue: list[str]) -> None:
+        """Commit `first` and the next planned chunks of `queue` (popped from its end)
+        `sending`, in one durable commit with the writes that wait."""
+        group = [first]
+        size, self._group_size = self._group_size, min(SEND_GROUP_CHUNKS, 2 * self._group_size)
+        for key in reversed(queue[max(0, len(queue) - (size - 1)) :]):
+            try:
+                chunk = self.ledger.chunk(key)
+            except KeyError:
+                continue
+            if chunk.state == "planned" and not self._is_blocked(chunk):
+                group.append(chunk)
+        with self._committing():
+            for chunk in group:
+                self.ledger.mark_sending(self.batch, chunk.chunk_key)
+        for chunk in group:
+            self._marked[chunk.chunk_key] = chunk
+
+    def _unmark_unsent(self) -> None:
+        """Chunks committed `sending` whose request never left are planned again, as
+        they were: nothing of theirs reached the provider."""
+        if self._marked:
+            unsent = list(self._marked.values())
+            with self._committing():
+                self.ledger.unmark_sending(self.batch, unsent)
+            self._marked.clear()
 
     def _schedule(self, polls: list[tuple[float, str]], key: str, delay: float) -> None:
         due = self.clock() + self._jitter(delay)
@@ -537,6 +599,8 @@ class Runner:
 
         Resends carry the same key and the exact stored bytes. Returns None when
         no definite answer came (the chunk stays `unknown` for the next run).
+        A chunk of a group (`_mark_group`) is committed `sending` for its first attempt
+        already.
         """
         items = self._items(chunk)
         if chunk.state == "unknown":
@@ -579,11 +643,15 @@ class Runner:
             for attempt in retrying:
                 with attempt:
                     self._check_stop()
-                    with self._committing():  # durably sending before the request leaves
-                        self.ledger.mark_sending(self.batch, chunk.chunk_key)
+                    if self._marked.pop(chunk.chunk_key, None) is None:
+                        with self._committing():  # durably sending before the request leaves
+                            self.ledger.mark_sending(self.batch, chunk.chunk_key)
                     self.stats.submits += 1
+                    submitted_at = self.clock()
                     try:
                         result = self.provider.submit(chunk.chunk_key, chunk.payload, items)
+                        if self.clock() - submitted_at >= _COMMIT_BEFORE_WAITING:
+                            self._group_size = 1
                     except IncompleteResult as exc:
                         self._settle_items(chunk, exc.items, "succeeded")
                         return None
@@ -696,6 +764,7 @@ class Runner:
                 error_code="insufficient_funds",
                 error_message=message,
             )
+        self._unmark_unsent()  # planned again, so the currency's are discarded below
         waiting = [
             c.chunk_key
             for c in self.ledger.chunks(self.batch, ["planned"])

@@ -11,7 +11,7 @@ from batcher.core.states import CLAIMING_STATES
 from batcher.ledger.backend import Database
 from batcher.ledger.connection import INSERT_EVENT, LedgerConnection
 from batcher.ledger.location import LedgerLocation
-from batcher.ledger.records import RowOutcome
+from batcher.ledger.records import ChunkRecord, RowOutcome
 
 
 class OrderClaimed(RuntimeError):
@@ -76,6 +76,31 @@ class LedgerTransitions(LedgerConnection):
             )
             self._set_chunk_state(db, batch, chunk_key, "sending", row_state="sending")
             self._event(batch, "chunk_sending", chunk_key=chunk_key)
+
+    def unmark_sending(self, batch: str, chunks: Sequence[ChunkRecord]) -> None:
+        """Chunks committed `sending` whose request never left (the run stopped before
+        their turn) are planned again, their send figures as they were before
+        (`chunks` as read before they were marked). Only for chunks this process
+        knows it did not send: the caller's word. A chunk another run has marked since
+        (a batch lock lost meanwhile) has a higher send count and is left alone."""
+        now = utc_now()
+        with self._tx() as db:
+            for chunk in chunks:
+                changed = db.execute(
+                    "UPDATE chunks SET state = 'planned', send_count = ?, first_sent_at = ?,"
+                    " last_sent_at = ? WHERE chunk_key = ? AND state = 'sending'"
+                    " AND send_count = ?",
+                    (chunk.send_count, chunk.first_sent_at, chunk.last_sent_at, chunk.chunk_key,
+                     chunk.send_count + 1),
+                ).rowcount  # fmt: skip
+                if not changed:
+                    continue
+                db.execute(
+                    "UPDATE rows SET state = 'planned', updated_at = ? WHERE batch = ?"
+                    " AND chunk_key = ? AND state = 'sending'",
+                    (now, batch, chunk.chunk_key),
+                )
+                self._event(batch, "chunk_unsent", chunk_key=chunk.chunk_key)
 
     def mark_unknown(self, batch: str, chunk_key: str, reason: str) -> None:
         with self._tx() as db:
