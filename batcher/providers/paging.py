@@ -166,9 +166,9 @@ def _read_by_position(
     fetch: FetchPage[T], first: Page[T], positions: Positions[T], workers: int
 ) -> list[T]:
     positions.place(first)
-    last_page = first.total_pages or 0
+    last_page, workers = first.total_pages or 0, max(1, workers)
     in_flight: deque[Future[Page[T]]] = deque()
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="listing") as pool:
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="listing") as pool:
         try:
             # Pages in order, a few at a time, until the cutoff shows up or the last page.
             following = 2

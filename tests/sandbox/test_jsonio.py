@@ -17,12 +17,13 @@ scalars = st.one_of(
     st.booleans(),
     st.integers(),
     st.text(alphabet=st.characters(codec="utf-8"), max_size=8),
-    st.text(alphabet="a\"\\/\n\t\x00\u2028é😀", max_size=8),
+    st.text(alphabet='a"\\/\n\t\x00\u2028é😀', max_size=8),
 )
 json_values = st.recursive(
     scalars,
-    lambda inner: st.lists(inner, max_size=4)
-    | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4)
+    ),
     max_leaves=20,
 )
 
