@@ -712,3 +712,54 @@ def test_debug_logs_carry_no_key_and_no_voucher(
     for secret in (SANDBOX_KEY, *vouchers, *urls):  # ...but never with what
         assert secret not in logged
         assert secret not in repr(result)
+
+
+def test_listings_read_concurrently_while_orders_arrive_miss_and_repeat_nothing(
+    sandbox: SandboxHandle, provider: UGiftMeProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Orders and wallet transactions are read 4 pages at a time; new orders land at
+    the head of both newest-first listings between page reads, pushing the rest
+    onto pages other workers have already read."""
+    sync_mode(sandbox)
+    since = datetime.now(UTC) - timedelta(minutes=1)
+    for n in range(6):  # 60 orders and 60 purchases: 12 and 13 pages of 5
+        items = [
+            OrderItem(
+                row_key=f"row{i}", product_code="AMAZON_UK_STD", merchant="Amazon UK",
+                currency="GBP", amount=Decimal(10 + i), recipient_email=f"p{n}-{i}@example.com",
+            )
+            for i in range(10)
+        ]  # fmt: skip
+        provider.submit(f"b1-seed{n}", provider.encode(f"b1-seed{n}", items), items)
+    before_orders = {o["_id"] for o in sandbox.control("GET", "/orders")["orders"]}
+    before_transactions = {t.transaction_id for t in provider.transactions()}
+
+    other = UGiftMeProvider(settings_for(sandbox))
+    reads = {"n": 0}
+    real_get = provider._api.get
+    lock = threading.Lock()
+
+    def get_with_arrivals(path: str, *, params: Any = None) -> Any:
+        if path in ("/orders/search", "/wallet/transactions"):
+            with lock:
+                reads["n"] += 1
+                n = reads["n"]
+            if n % 2 == 0:  # every other page: another order, placed by another client
+                late = order_items(("TESCO_UK", str(10 + n)))
+                other.submit(f"b2-late{n}", other.encode(f"b2-late{n}", late), late)
+        return real_get(path, params=params)
+
+    monkeypatch.setattr(provider._api, "get", get_with_arrivals)
+    provider.page_limit, provider.list_workers = 5, 4
+    orders = provider.orders(since)
+    transactions = provider.transactions(since)
+    other.close()
+
+    after_orders = {o["_id"] for o in sandbox.control("GET", "/orders")["orders"]}
+    order_ids = [o.order_id for o in orders]
+    assert len(order_ids) == len(set(order_ids)), "an order was listed twice"
+    assert before_orders <= set(order_ids) <= after_orders
+    transaction_ids = [t.transaction_id for t in transactions]
+    assert len(transaction_ids) == len(set(transaction_ids)), "a transaction was listed twice"
+    assert before_transactions - {None} <= set(transaction_ids)
+    assert len(after_orders) - len(before_orders) >= 10  # orders did arrive while listing

@@ -60,6 +60,7 @@ from batcher.providers.base import (
     Redemption,
     SubmitResult,
 )
+from batcher.providers.paging import LIST_WORKERS, Identity, IsOlder, Page, read_newest_first
 from batcher.providers.wire import as_text, aware, parse_time, read_record
 from batcher.transport.http import (
     ApiClient,
@@ -93,6 +94,7 @@ class UGiftMeProvider(ApiBackedProvider):
     required_fields = BASE_REQUIRED
     validates_catalog = True
     page_limit = PAGE_LIMIT  # records per page when listing
+    list_workers = LIST_WORKERS  # pages of one listing in flight at once
 
     def __init__(
         self,
@@ -144,15 +146,21 @@ class UGiftMeProvider(ApiBackedProvider):
         return [read_record("UGiftMe", "/wallet", parse_balance, wallet) for wallet in wallets]
 
     def transactions(self, since: datetime | None = None) -> list[WalletTransaction]:
-        """Wallet movements, newest first, stopping at the first one older than `since`."""
+        """Wallet movements, newest first, down to the first one older than `since`."""
         cutoff = aware(since) if since else None
-        found: list[WalletTransaction] = []
-        for record in self._pages("/wallet/transactions", {}, "transactions"):
-            transaction = read_record("UGiftMe", "/wallet/transactions", parse_transaction, record)
-            if cutoff and transaction.timestamp and transaction.timestamp < cutoff:
-                break  # newest first: everything after this is older still
-            found.append(transaction)
-        return found
+
+        def older(transaction: WalletTransaction) -> bool:
+            moment = transaction.timestamp
+            return cutoff is not None and moment is not None and moment < cutoff
+
+        return self._listing(
+            "/wallet/transactions",
+            {},
+            "transactions",
+            parse_transaction,
+            identity=_transaction_identity,
+            older=older if cutoff else None,
+        )
 
     def orders(self, since: datetime, until: datetime | None = None) -> list[ProviderOrder]:
         params: dict[str, str | int] = {
@@ -162,11 +170,9 @@ class UGiftMeProvider(ApiBackedProvider):
         }
         if until is not None:
             params["endDate"] = utc_text(aware(until))
-        records = self._pages("/orders/search", params, "orders")
-        return [
-            read_record("UGiftMe", "/orders/search", parse_provider_order, record)
-            for record in records
-        ]
+        return self._listing(
+            "/orders/search", params, "orders", parse_provider_order, identity=_order_identity
+        )
 
     def redemption(self, order_id: str) -> Redemption | None:
         """`GET /orders/{id}`: the one read that carries the voucher code (a bearer credential)."""
@@ -327,6 +333,34 @@ class UGiftMeProvider(ApiBackedProvider):
             total_pages = _total_pages(data)
             if not records or total_pages is None or page >= total_pages:
                 return
+
+    def _listing(
+        self,
+        path: str,
+        params: Params,
+        list_key: str,
+        parse: Callable[[Mapping[str, Any]], T],
+        *,
+        identity: Identity[T],
+        older: IsOlder[T] | None = None,
+    ) -> list[T]:
+        """A newest-first list, a few pages at a time (`providers.paging`), each record
+        once, down to (not including) the first one `older` says is past the cutoff."""
+
+        def fetch(page: int) -> Page[T]:
+            data = self._get_object(path, {**params, "page": page, "limit": self.page_limit})
+            records = data.get(list_key)
+            if not isinstance(records, list):
+                raise self._bad_shape(path)
+            items = [
+                read_record("UGiftMe", path, parse, record) if isinstance(record, Mapping) else None
+                for record in records
+            ]
+            return Page(page, items, _total_records(data), _total_pages(data))
+
+        return read_newest_first(
+            fetch, limit=self.page_limit, identity=identity, older=older, workers=self.list_workers
+        )
 
     def _status_text(self, method: str, path: str, response: ApiResponse) -> str:
         detail = self._error_message(response.data)
@@ -673,6 +707,26 @@ def _required_text(record: Mapping[str, Any], field: str) -> str:
 
 def _optional_money(value: Any) -> Decimal | None:
     return None if value is None else to_decimal(value)
+
+
+def _order_identity(order: ProviderOrder) -> str:
+    return order.order_id
+
+
+def _transaction_identity(transaction: WalletTransaction) -> str | None:
+    return transaction.transaction_id
+
+
+def _total_records(data: Mapping[str, Any]) -> int | None:
+    """How many records the whole listing holds, as this answer counts them."""
+    pagination = data.get("pagination")
+    for source in (pagination, data):
+        if isinstance(source, Mapping):
+            for field in ("total", "totalTransactions", "totalOrders"):
+                value = source.get(field)
+                if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                    return value
+    return None
 
 
 def _total_pages(data: Mapping[str, Any]) -> int | None:

@@ -663,8 +663,10 @@ def rerun_100k(data: Path) -> dict[str, Any]:
 
 
 def report_100k(data: Path) -> dict[str, Any]:
-    """`batcher report` for a finished 100,000-row batch: reconcile against the provider's
-    full order and transaction lists, then write the workbook."""
+    """`batcher report` for a finished 100,000-row batch, rate limit lifted: reconcile
+    against the provider's order and transaction lists (2,001 pages), then write the
+    workbook. Judged on the whole command (issue 18: <= 10 s); the workbook from the
+    ledger alone, in a process of its own, is reported beside it."""
     from batcher.sandbox.server import running_sandbox
 
     rows = 100_000
@@ -714,16 +716,18 @@ def report_100k(data: Path) -> dict[str, Any]:
     workbook = reports / path.stem / "reconciliation.xlsx"
     return {
         "rows": rows,
-        "seconds": wall,
-        "peak_rss_kib": rss,
+        "seconds": full_wall,
+        "peak_rss_kib": full_rss,
         "workbook_mib": workbook.stat().st_size / 2**20,
         "full_report_command_seconds": full_wall,
         "full_report_command_peak_rss_kib": full_rss,
         "setup_run_seconds": run_wall,
+        "workbook_seconds": wall,
+        "workbook_peak_rss_kib": rss,
         "baseline": "none (target is absolute)",
         "baseline_seconds": None,
-        "target": "workbook for 100k rows < 30 s",
-        "met": wall < 30,
+        "target": "batcher report of 100k rows, listing included, <= 10 s",
+        "met": full_wall <= 10.0,
     }
 
 
