@@ -53,28 +53,41 @@ def totals_by_currency(rows: Iterable[RowRecord]) -> dict[str, dict[str, str | i
     The two counts differ for cross-currency orders: a USD card paid from the GBP
     wallet counts under USD `orders` and under GBP `wallet_orders`.
     """
-    face: dict[str, Decimal] = {}
-    cost: dict[str, Decimal] = {}
-    orders: dict[str, int] = {}
-    paid: dict[str, int] = {}
+    totals = CurrencyTotals()
     for row in rows:
+        totals.add(row)
+    return totals.as_json()
+
+
+class CurrencyTotals:
+    """`totals_by_currency`, one row at a time: sums, never the rows."""
+
+    def __init__(self) -> None:
+        self.face: dict[str, Decimal] = {}
+        self.cost: dict[str, Decimal] = {}
+        self.orders: dict[str, int] = {}
+        self.paid: dict[str, int] = {}
+
+    def add(self, row: RowRecord) -> None:
         if row.state != "succeeded":
-            continue
-        face[row.currency] = face.get(row.currency, Decimal(0)) + row.face_value
-        orders[row.currency] = orders.get(row.currency, 0) + 1
+            return
+        self.face[row.currency] = self.face.get(row.currency, Decimal(0)) + row.face_value
+        self.orders[row.currency] = self.orders.get(row.currency, 0) + 1
         charged_in = row.cost_currency or row.currency
-        paid[charged_in] = paid.get(charged_in, 0) + 1
+        self.paid[charged_in] = self.paid.get(charged_in, 0) + 1
         if row.cost is not None:
-            cost[charged_in] = cost.get(charged_in, Decimal(0)) + row.cost
-    result: dict[str, dict[str, str | int]] = {}
-    for currency in sorted(set(face) | set(cost) | set(paid)):
-        result[currency] = {
-            "orders": orders.get(currency, 0),
-            "face_value": money_str(face.get(currency, Decimal(0)), currency),
-            "wallet_orders": paid.get(currency, 0),
-            "cost": money_str(cost.get(currency, Decimal(0)), currency),
-        }
-    return result
+            self.cost[charged_in] = self.cost.get(charged_in, Decimal(0)) + row.cost
+
+    def as_json(self) -> dict[str, dict[str, str | int]]:
+        result: dict[str, dict[str, str | int]] = {}
+        for currency in sorted(set(self.face) | set(self.cost) | set(self.paid)):
+            result[currency] = {
+                "orders": self.orders.get(currency, 0),
+                "face_value": money_str(self.face.get(currency, Decimal(0)), currency),
+                "wallet_orders": self.paid.get(currency, 0),
+                "cost": money_str(self.cost.get(currency, Decimal(0)), currency),
+            }
+        return result
 
 
 def verdict_json(rec: Reconciliation) -> dict[str, Any]:
@@ -136,12 +149,19 @@ def row_line(row: RowRecord, passthrough_headers: Sequence[str]) -> list[str]:
     return [safe_cell(str(v)) for v in values]
 
 
-def write_rows_csv(path: Path, rows: Sequence[RowRecord]) -> Path:
-    extra = passthrough_headers(rows)
+def write_rows_csv(
+    path: Path, rows: Iterable[RowRecord], extra: Sequence[str] | None = None
+) -> Path:
+    """One line per row. Given `extra` (the pass-through headers, in the order the rows
+    first name them), `rows` are streamed as they come, in sheet order; without it they
+    are read whole and sorted."""
+    if extra is None:
+        every = sorted(rows, key=lambda r: r.source_row)
+        rows, extra = every, passthrough_headers(every)
     with atomic_write(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow([*ROWS_CSV_COLUMNS, *(safe_cell(h) for h in extra)])
-        for row in sorted(rows, key=lambda r: r.source_row):
+        for row in rows:
             writer.writerow(row_line(row, extra))
     return path
 

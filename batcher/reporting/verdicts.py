@@ -7,11 +7,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 from batcher.core.models import WalletTransaction
 from batcher.ledger.store import RowRecord, parse_ts
 from batcher.providers.base import ProviderOrder
+
+if TYPE_CHECKING:
+    from batcher.reporting.row_facts import RowFacts
 
 RECONCILED: Final = "RECONCILED"
 IN_PROGRESS: Final = "IN PROGRESS"
@@ -85,7 +88,9 @@ class ProviderData:
 
 @dataclass(frozen=True)
 class ReconcileInputs:
-    rows: Sequence[RowRecord]  # every ledger row of the batch, in the sheet or not
+    #: the rows a report shows (in the sheet, then orders no longer in it), in that
+    #: order; iterable more than once (`BatchRows` reads them a page at a time)
+    rows: Iterable[RowRecord]
     runs: Sequence[RunWindow]
     provider: ProviderData | None = None  # None: the listings were not fetched
     sheet_rows: int | None = None  # rows in the source sheet, when known
@@ -95,6 +100,8 @@ class ReconcileInputs:
     attempt_keys: frozenset[str] = frozenset()
     #: the batch's order request ids of every attempt, beyond the rows' own
     request_ids: frozenset[str] = frozenset()
+    #: the rows' sums when the caller has them already (else reconcile sums them)
+    facts: RowFacts | None = None
 
 
 @dataclass(frozen=True)
