@@ -80,13 +80,14 @@ from batcher.reporting.verdicts import (
 )
 
 
-def reconcile(inputs: ReconcileInputs) -> Reconciliation:
+def reconcile(inputs: ReconcileInputs, facts: RowFacts | None = None) -> Reconciliation:
     """Reconcile one batch. Never raises on odd provider data: oddities become reasons.
 
-    The rows are read through once for their sums (`RowFacts`, unless the caller has
+    The rows are read through once for their sums (`facts`, unless the caller has
     them) and, when the provider's listings are there, once more to match each order:
     never all held at once."""
-    facts = inputs.facts if inputs.facts is not None else RowFacts.of(inputs.rows)
+    if facts is None:
+        facts = RowFacts.of(inputs.rows)
     problems: ProblemCounts = {}
     if inputs.provider is None:
         evidence: Evidence = "unavailable" if inputs.provider_error else "balances"

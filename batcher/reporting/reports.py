@@ -246,7 +246,6 @@ def collect(
         provider_error=error,
         attempt_keys=keys,
         request_ids=requests,
-        facts=facts,
     )
     available = next((r.available_after for r in reversed(runs) if r.available_after), None)
     return ReportModel(
@@ -255,7 +254,7 @@ def collect(
         runs=runs,
         rows=rows,
         facts=facts,
-        reconciliation=reconcile(inputs),
+        reconciliation=reconcile(inputs, facts),
         failures=Failures(rows, facts.failures, facts.failures.top_ups(available or {})),
         generated_at=now,
         passthrough=facts.passthrough(info),

@@ -7,14 +7,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Final, Literal
+from typing import Final, Literal
 
 from batcher.core.models import WalletTransaction
 from batcher.ledger.store import RowRecord, parse_ts
 from batcher.providers.base import ProviderOrder
-
-if TYPE_CHECKING:
-    from batcher.reporting.row_facts import RowFacts
 
 RECONCILED: Final = "RECONCILED"
 IN_PROGRESS: Final = "IN PROGRESS"
@@ -100,8 +97,6 @@ class ReconcileInputs:
     attempt_keys: frozenset[str] = frozenset()
     #: the batch's order request ids of every attempt, beyond the rows' own
     request_ids: frozenset[str] = frozenset()
-    #: the rows' sums when the caller has them already (else reconcile sums them)
-    facts: RowFacts | None = None
 
 
 @dataclass(frozen=True)
