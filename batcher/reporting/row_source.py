@@ -42,7 +42,8 @@ class BatchRows:
         self._whole: list[RowRecord] | None = None
 
     @classmethod
-    def from_ledger(cls, ledger: Ledger, batch: str, page: int = ROW_PAGE) -> BatchRows:
+    def from_ledger(cls, ledger: Ledger, batch: str, page: int | None = None) -> BatchRows:
+        page = page or ROW_PAGE
         keys, in_sheet = ledger.report_keys(batch)
 
         def read(wanted: Sequence[str]) -> Iterator[list[RowRecord]]:
