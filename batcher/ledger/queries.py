@@ -245,6 +245,18 @@ class LedgerQueries(LedgerConnection):
         ]
         return ChunkRecord.from_sql(row, keys)
 
+    def chunk_requests(self, batch: str) -> list[tuple[str, str | None]]:
+        """(chunk key, order request id) of every chunk of the batch: what names its
+        orders, without the chunks' payloads and rows (a million rows' worth of them)."""
+        return [
+            (r[0], r[1])
+            for r in self._db.execute(
+                "SELECT chunk_key, request_id FROM chunks WHERE batch = ?"
+                " ORDER BY created_at, chunk_key",
+                (batch,),
+            )
+        ]
+
     def chunks(self, batch: str, states: Sequence[str]) -> list[ChunkRecord]:
         marks = ",".join("?" * len(states))
         keys = [

@@ -37,7 +37,6 @@ from typing import Any, Literal, TypeVar
 from batcher.core.clock import utc_text
 from batcher.core.errors import BatcherError, UsageError
 from batcher.core.files import atomic_write
-from batcher.core.states import CHUNK_STATES
 from batcher.ledger.events import StoredEvent, WebhookEvents
 from batcher.ledger.store import Ledger, RowRecord, parse_ts
 from batcher.providers.base import Provider, Redemption
@@ -392,10 +391,10 @@ def attempts(ledger: Ledger, batch: str) -> tuple[frozenset[str], frozenset[str]
     """
     keys: set[str] = set()
     requests: set[str] = set()
-    for chunk in ledger.chunks(batch, CHUNK_STATES):
-        keys.add(chunk.chunk_key)
-        if chunk.request_id:
-            requests.add(chunk.request_id)
+    for chunk_key, request_id in ledger.chunk_requests(batch):
+        keys.add(chunk_key)
+        if request_id:
+            requests.add(request_id)
     for event in ledger.events(batch, "chunk_accepted"):
         if event.get("chunk_key"):
             keys.add(event["chunk_key"])
