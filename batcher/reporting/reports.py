@@ -47,7 +47,6 @@ from batcher.reporting.reconcile import (
     Reconciliation,
     RunWindow,
     Window,
-    ordered_rows,
     reconcile,
     span,
 )
@@ -507,8 +506,9 @@ def write_failed_rows(path: Path, model: ReportModel) -> Path:
 
 def fetch_redemptions(provider: Provider, rows: Iterable[RowRecord]) -> dict[str, Redemption]:
     found: dict[str, Redemption] = {}
-    for row in ordered_rows(rows):
-        assert row.order_id is not None
+    for row in rows:
+        if row.state != "succeeded" or not row.order_id:
+            continue  # not one of the batch's orders
         redemption = provider.redemption(row.order_id)
         if redemption is not None:
             found[row.order_id] = redemption

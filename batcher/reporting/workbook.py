@@ -40,7 +40,6 @@ from batcher.reporting.reconcile import (
     Reconciliation,
     WalletLine,
     charged_currency,
-    ordered_rows,
 )
 from batcher.reporting.report_model import ReportModel
 from batcher.reporting.summary_sheet import write_summary
@@ -448,7 +447,9 @@ def write_codes(path: Path, model: ReportModel, redemptions: Mapping[str, Redemp
 
 
 def _code_rows(model: ReportModel, redemptions: Mapping[str, Redemption]) -> Iterator[list[Any]]:
-    for row in ordered_rows(model.rows):
+    for row in model.rows:  # read a page at a time; only the orders have codes
+        if row.state != "succeeded" or not row.order_id:
+            continue
         redemption = redemptions.get(row.order_id or "")
         f = row.fields
         face = round_money(row.face_value, row.currency)
