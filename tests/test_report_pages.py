@@ -15,7 +15,9 @@ from openpyxl import load_workbook
 
 from batcher.ledger.store import Ledger, RowRecord
 from batcher.reporting import row_source
+from batcher.reporting.outputs import RowsCsvDraft, write_rows_csv
 from batcher.reporting.reports import FAILED_ROWS_NAME, write_batch_report
+from tests.test_reconcile import row
 from tests.test_reports import MIXED, Spec, build
 
 SPECS = [
@@ -104,3 +106,31 @@ def test_a_report_without_the_provider_in_pages_is_the_report_in_one(
     finally:
         ledger.close()
     assert paged == whole
+
+
+@pytest.mark.parametrize(
+    "passthrough",
+    [
+        [{"Cost centre": "CC-1", "Team": "a"}, {"Cost centre": "=1+2", "Team": "b"}, {}],
+        [{"Cost centre": "CC-1"}, {"Team": "late"}, {"Cost centre": "CC-3", "Team": "x"}],
+    ],
+    ids=["the first row's columns", "a column only a later row has"],
+)
+def test_rows_csv_drafted_as_the_rows_go_by_is_rows_csv(
+    tmp_path: Path, passthrough: list[dict[str, str]]
+) -> None:
+    rows = [
+        row(n, passthrough=cells, state=state)
+        for n, (cells, state) in enumerate(
+            zip(passthrough, ["succeeded", "failed", "pending"], strict=True)
+        )
+    ]
+    gone = row(9, in_sheet=False)  # an earlier sheet's order: not in rows.csv
+    draft = RowsCsvDraft(tmp_path)
+    for each in [*rows, gone]:
+        draft.add(each)
+    extra = list(dict.fromkeys(h for r in rows for h in r.passthrough))
+    drafted = draft.commit(tmp_path / "drafted.csv", lambda: iter(rows), extra)
+    whole = write_rows_csv(tmp_path / "whole.csv", rows)
+    assert drafted.read_bytes() == whole.read_bytes()
+    assert len(drafted.read_text(encoding="utf-8").splitlines()) == 1 + len(rows)

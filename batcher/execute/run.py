@@ -50,12 +50,12 @@ from batcher.ledger.store import Ledger, RowRecord
 from batcher.providers import connect
 from batcher.providers.base import Provider, ProviderOptions
 from batcher.reporting.outputs import (
+    RowsCsvDraft,
     verdict_json,
     write_json,
-    write_rows_csv,
     write_validation_csv,
 )
-from batcher.reporting.reports import FAILED_ROWS_NAME, ReportResult
+from batcher.reporting.reports import FAILED_ROWS_NAME, ROWS_NAME, ReportResult
 from batcher.reporting.row_facts import RowFacts
 from batcher.reporting.row_source import BatchRows
 
@@ -318,8 +318,7 @@ def _run_locked(
                        balances_before=balances, listener=ui.listener, kept=kept)  # fmt: skip
     # The end of the run reads the batch's rows a page at a time (`BatchRows`) and keeps
     # their sums (`RowFacts`): a million rows held at once would be over 1.5 GB.
-    rows = BatchRows.from_ledger(ledger, batch)
-    facts = RowFacts.of(rows)
+    rows, facts, rows_csv = read_batch(ledger, batch, options.report_dir / batch)
     code = exit_code_for(facts.state_counts, stats)
     message = exit_message(code, facts, stats, options.report_dir / batch)
     if funds.check is not None and funds.check.left_out and options.order_fundable:
@@ -331,7 +330,7 @@ def _run_locked(
     return _finish(ledger, run_id, settings, options, account_id, sheet, started_at,
                    stats, plan, code, message, provider=provider,
                    balances_before=balances, listener=ui.listener,
-                   rows=rows, facts=facts)  # fmt: skip
+                   rows=rows, facts=facts, rows_csv=rows_csv)  # fmt: skip
 
 
 class _FundsRule:
@@ -458,18 +457,21 @@ def _finish(
     listener: RunListener | None = None,
     rows: BatchRows | None = None,
     facts: RowFacts | None = None,
+    rows_csv: RowsCsvDraft | None = None,
     kept: KeptReport | None = None,
 ) -> BatchResult:
     """Write the summary, rows.csv and the report. `rows` are the batch's rows as the
     ledger holds them now, read a page at a time, and `facts` their sums (both made
-    here when not given): the summary, rows.csv and the report share them, so the
-    rows are summed once. `kept` (`unchanged_report`): nothing changed, keep the last
-    report (its figures come from its stamp)."""
+    here when not given, with `rows_csv`, rows.csv as they were read): the summary,
+    rows.csv and the report share them, so the rows are summed once. `kept`
+    (`unchanged_report`): nothing changed, keep the last report (its figures come
+    from its stamp)."""
     batch = options.batch_name
-    if rows is None:
-        rows = BatchRows.from_rows(()) if kept is not None else BatchRows.from_ledger(ledger, batch)
-    if facts is None:
-        facts = RowFacts.of(rows)
+    out_dir = options.report_dir / batch
+    if kept is not None:
+        rows, facts = BatchRows.from_rows(()), RowFacts()
+    elif rows is None or facts is None or rows_csv is None:
+        rows, facts, rows_csv = read_batch(ledger, batch, out_dir)
     # An interrupted run ends quickly: one balance read, no listings; `batcher report`
     # does the full reconciliation.
     interrupted = stats.stopped == "interrupted"
@@ -489,13 +491,13 @@ def _finish(
     }
     summary["balances_before"] = _balances_json(balances_before)
     summary["balances_after"] = _balances_json(balances_after)
-    out_dir = options.report_dir / batch
     if kept is not None:
         finish_kept(ledger, summary, kept, out_dir, listener)
         return BatchResult(code, summary, out_dir, message)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "summary.json", summary)
-    write_rows_csv(out_dir / "rows.csv", rows.in_sheet(), list(facts.sheet_passthrough))
+    assert rows_csv is not None
+    rows_csv.commit(out_dir / ROWS_NAME, rows.in_sheet, list(facts.sheet_passthrough))
     ledger.finish_run(run_id, batch, int(code), summary)
     if interrupted and listener is not None:
         listener.message(
@@ -519,6 +521,20 @@ def _finish(
         if report.archive is not None and (report.archive / "summary.json").exists():
             write_json(report.archive / "summary.json", summary)
     return BatchResult(code, summary, out_dir, message)
+
+
+def read_batch(
+    ledger: Ledger, batch: str, out_dir: Path
+) -> tuple[BatchRows, RowFacts, RowsCsvDraft]:
+    """The end of a run's one read of every row, a page at a time: their sums, and
+    rows.csv drafted as they go by. A million rows held at once would be over 1.5 GB."""
+    rows = BatchRows.from_ledger(ledger, batch)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    facts, rows_csv = RowFacts(), RowsCsvDraft(out_dir)
+    for row in rows:
+        facts.add(row)
+        rows_csv.add(row)
+    return rows, facts, rows_csv
 
 
 def _write_report(

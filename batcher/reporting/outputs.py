@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterable, Sequence
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -164,6 +166,53 @@ def write_rows_csv(
         for row in rows:
             writer.writerow(row_line(row, extra))
     return path
+
+
+class RowsCsvDraft:
+    """rows.csv written as the end of a run reads the rows (once, for everything), in
+    sheet order, into an anonymous temporary file; `commit` puts it in place.
+
+    The pass-through headers are those of the first row; a later row naming one it
+    does not (rare: the sheet's rows share its columns) has rows.csv written again
+    from the rows at commit, so the file is always as `write_rows_csv` writes it."""
+
+    def __init__(self, folder: Path) -> None:
+        # Anonymous: closed by `commit`, and gone with the process if the run dies first.
+        self._body = tempfile.TemporaryFile(  # noqa: SIM115
+            "w+", newline="", encoding="utf-8", dir=folder
+        )
+        self._writer = csv.writer(self._body)
+        self._extra: list[str] | None = None
+        self._known: frozenset[str] = frozenset()
+        self.whole = True
+
+    def add(self, row: RowRecord) -> None:
+        if not row.in_sheet or not self.whole:
+            return
+        if self._extra is None:
+            self._extra = list(row.passthrough)
+            self._known = frozenset(self._extra)
+        elif not self._known.issuperset(row.passthrough):
+            self.whole = False  # a column the header does not have: written again at commit
+            return
+        self._writer.writerow(row_line(row, self._extra))
+
+    def commit(
+        self, path: Path, rows: Callable[[], Iterable[RowRecord]], extra: Sequence[str]
+    ) -> Path:
+        """Put rows.csv in place; `rows` (the sheet's rows in sheet order, read again) and
+        `extra` (every pass-through header, in the order the rows name them) are used
+        only when the first row's headers did not cover every row."""
+        try:
+            if not self.whole:
+                return write_rows_csv(path, rows(), extra)
+            with atomic_write(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
+                csv.writer(fh).writerow([*ROWS_CSV_COLUMNS, *(safe_cell(h) for h in extra)])
+                self._body.seek(0)
+                shutil.copyfileobj(self._body, fh, 1 << 20)
+            return path
+        finally:
+            self._body.close()
 
 
 def write_json(path: Path, data: dict[str, Any]) -> Path:
