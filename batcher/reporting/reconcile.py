@@ -33,6 +33,7 @@ orphan; `batcher report` lists and matches everything.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -83,13 +84,19 @@ from batcher.reporting.verdicts import (
 def reconcile(inputs: ReconcileInputs, facts: RowFacts | None = None) -> Reconciliation:
     """Reconcile one batch. Never raises on odd provider data: oddities become reasons.
 
-    The rows are read through once for their sums (`facts`, unless the caller has
-    them) and, when the provider's listings are there, once more to match each order:
-    never all held at once."""
-    if facts is None:
-        facts = RowFacts.of(inputs.rows)
+    The rows are read through once, never all held at once: to match each order to
+    the provider's listings, summing them (`RowFacts`) on the way unless the caller
+    has `facts` already; without listings, only to sum them when needed."""
+    return reconcile_and_sum(inputs, facts)[0]
+
+
+def reconcile_and_sum(
+    inputs: ReconcileInputs, facts: RowFacts | None = None
+) -> tuple[Reconciliation, RowFacts]:
+    """`reconcile`, and the rows' sums it used (summed here when `facts` is None)."""
     problems: ProblemCounts = {}
     if inputs.provider is None:
+        facts = facts if facts is not None else RowFacts.of(inputs.rows)
         evidence: Evidence = "unavailable" if inputs.provider_error else "balances"
         checks: dict[str, OrderCheck] = {}
         lines: list[WalletLine] = []
@@ -97,12 +104,14 @@ def reconcile(inputs: ReconcileInputs, facts: RowFacts | None = None) -> Reconci
         in_flight: list[InFlight] = []
     else:
         evidence = "transactions"
-        checks, lines, orphans, in_flight, problems = match_orders(inputs, facts)
+        summing = facts is None
+        facts = facts if facts is not None else RowFacts()
+        checks, lines, orphans, in_flight, problems = match_orders(inputs, facts, summing)
     currencies = [
         currency_verdict(currency, inputs, facts, problems, lines, orphans, evidence)
         for currency in currencies_in(facts, lines, orphans)
     ]
-    return Reconciliation(
+    reconciliation = Reconciliation(
         evidence=evidence,
         state_counts=dict(facts.state_counts),
         rows_in_sheet=facts.rows_in_sheet,
@@ -115,6 +124,7 @@ def reconcile(inputs: ReconcileInputs, facts: RowFacts | None = None) -> Reconci
         in_flight=in_flight,
         earlier_orders=facts.earlier_orders,
     )
+    return reconciliation, facts
 
 
 def row_match_key(row: RowRecord) -> MatchKey:
@@ -136,6 +146,7 @@ class _Index:
     orders: dict[str, ProviderOrder]
     by_order: dict[str, list[WalletTransaction]]
     by_txid: dict[str, list[WalletTransaction]]
+    transactions: Sequence[WalletTransaction]  # all of them, as listed
 
     @classmethod
     def of(cls, data: ProviderData) -> _Index:
@@ -146,7 +157,7 @@ class _Index:
                 by_order[tx.order_id].append(tx)
             elif tx.transaction_id:
                 by_txid[tx.transaction_id].append(tx)
-        return cls({o.order_id: o for o in data.orders}, by_order, by_txid)
+        return cls({o.order_id: o for o in data.orders}, by_order, by_txid, data.transactions)
 
     def transactions_for(self, row: RowRecord) -> list[WalletTransaction]:
         found = self.by_order.get(row.order_id or "")
@@ -205,7 +216,7 @@ class _OwnFound:
 
 
 def match_orders(
-    inputs: ReconcileInputs, facts: RowFacts
+    inputs: ReconcileInputs, facts: RowFacts, summing: bool = False
 ) -> tuple[dict[str, OrderCheck], list[WalletLine], list[Orphan], list[InFlight], ProblemCounts]:
     assert inputs.provider is not None
     index = _Index.of(inputs.provider)
@@ -214,8 +225,15 @@ def match_orders(
     used: set[int] = set()
     unmatched: list[RowRecord] = []
     found = _OwnFound()
+    elsewhere = inputs.other_batches
+    mine: set[str] = set()  # ids `other_batches` names that are this batch's own
     for row in inputs.rows:  # one pass, a page at a time when read from the ledger
+        if summing:
+            facts.add(row)
         found.add(row)
+        for key in (row.order_id, row.order_request_id) if elsewhere else ():
+            if key and key in elsewhere:
+                mine.add(key)
         if row.state != "succeeded" or not row.order_id:
             continue
         found.order_ids.add(row.order_id)
@@ -245,12 +263,15 @@ def match_orders(
         for row in rows:
             checks.put(row, request_checks[row.row_key])
         lines.extend(request_lines)
+    if mine:  # the batch's own orders are never another batch's
+        kept = {k: v for k, v in elsewhere.items() if k not in mine}
+        inputs = dataclasses.replace(inputs, other_batches=kept)
     own = found.own(inputs)
     orphans, in_flight = _orphans(inputs, index, own, facts.unsettled)
     lines.extend(_attempt_lines(inputs, index, own, used, facts.unsettled))
     orphan_ids = {o.order.order_id for o in orphans}
     flying = {f.order.order_id: f for f in in_flight}
-    for tx in inputs.provider.transactions:
+    for tx in index.transactions:
         if id(tx) not in used:
             line = _other_line(tx, inputs, orphan_ids, flying)
             if line is not None:

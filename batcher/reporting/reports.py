@@ -47,7 +47,7 @@ from batcher.reporting.reconcile import (
     Reconciliation,
     RunWindow,
     Window,
-    reconcile,
+    reconcile_and_sum,
     span,
 )
 from batcher.reporting.report_model import Failures, ReportModel, RunInfo
@@ -223,15 +223,15 @@ def collect(
     )
     if rows is None:
         rows = BatchRows.from_ledger(ledger, batch)
-    if facts is None:
-        facts = RowFacts.of(rows)
     data, error = None, None
     if provider is None:
         error = "no connection to the provider"
     elif listing is not None:
         data, error = listing.result()
-    elif not _balances_suffice(fetch, facts):
-        data, error = fetch_provider_data(provider, windows)
+    else:
+        facts = facts if facts is not None else RowFacts.of(rows)
+        if not _balances_suffice(fetch, facts):
+            data, error = fetch_provider_data(provider, windows)
     if sheet_rows is None and runs:
         sheet_rows = _summary_rows_total(ledger, runs[-1].run_id)
     keys, requests = attempts(ledger, batch)
@@ -240,11 +240,13 @@ def collect(
         runs=windows,
         provider=data,
         sheet_rows=sheet_rows,
-        other_batches=other_batch_orders(ledger, batch, data, rows),
+        other_batches=other_batch_orders(ledger, batch, data),
         provider_error=error,
         attempt_keys=keys,
         request_ids=requests,
     )
+    # Matching the listings sums the rows on the way: one read of them, not two.
+    reconciliation, facts = reconcile_and_sum(inputs, facts)
     available = next((r.available_after for r in reversed(runs) if r.available_after), None)
     return ReportModel(
         batch=batch,
@@ -252,7 +254,7 @@ def collect(
         runs=runs,
         rows=rows,
         facts=facts,
-        reconciliation=reconcile(inputs, facts),
+        reconciliation=reconciliation,
         failures=Failures(rows, facts.failures, facts.failures.top_ups(available or {})),
         generated_at=now,
         passthrough=facts.passthrough(info),
@@ -411,26 +413,14 @@ def _detail(event: Mapping[str, Any]) -> dict[str, Any]:
     return detail if isinstance(detail, dict) else {}
 
 
-def other_batch_orders(
-    ledger: Ledger,
-    batch: str,
-    data: ProviderData | None,
-    rows: Iterable[RowRecord],
-) -> dict[str, str]:
-    """Order id (or order request id) -> batch, for what another batch in this ledger placed.
-
-    Only the provider's ids are held (the provider's side): the batch's rows are read
-    through once to cross off its own, and the other batches' ids are read, not their rows.
-    """
+def other_batch_orders(ledger: Ledger, batch: str, data: ProviderData | None) -> dict[str, str]:
+    """Order id (or order request id) -> batch, for the provider's orders another batch
+    in this ledger holds. Only the provider's ids and the other batches' ids are read,
+    never this batch's rows: reconciliation sets aside any it finds are this batch's own."""
     if data is None:
         return {}
     unknown = {o.order_id for o in data.orders}
     unknown |= {t.order_id for t in data.transactions if t.order_id}
-    for row in rows:
-        if row.order_id:
-            unknown.discard(row.order_id)
-        if row.order_request_id:
-            unknown.discard(row.order_request_id)
     if not unknown:
         return {}
     found: dict[str, str] = {}
