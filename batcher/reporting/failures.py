@@ -133,7 +133,8 @@ class FailureTally:
             self.needed[wallet] += row.est_cost if row.est_cost is not None else row.face_value
 
     def next_steps(self, top_ups: Mapping[str, str]) -> list[tuple[str, int]]:
-        """As `next_steps` of the failures needing action, explained with `top_ups`."""
+        """The actions the failures needing a person call for (explained with `top_ups`),
+        with how many rows each covers, most rows first."""
         counts = Counter(self.actions)
         for wallet, count in self.short_of.items():
             counts[top_ups.get(wallet, _TOP_UP_ACTION)] += count
@@ -291,9 +292,3 @@ def _failure(
     outstanding: bool = False,
 ) -> Failure:
     return Failure(row, reason, step, action, refeed, outstanding)
-
-
-def next_steps(failures: Sequence[Failure]) -> list[tuple[str, int]]:
-    """The actions to take, with how many rows each covers, most rows first."""
-    counts = Counter(f.action for f in failures)
-    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))

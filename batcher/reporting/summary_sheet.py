@@ -7,7 +7,7 @@ Built cell by cell with openpyxl (it is small); the row-heavy sheets are streame
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -18,7 +18,6 @@ from openpyxl.chart import BarChart, Reference
 from openpyxl.styles import Alignment
 from openpyxl.worksheet.worksheet import Worksheet
 
-from batcher.ledger.store import RowRecord
 from batcher.reporting.cells import safe_cell
 from batcher.reporting.reconcile import (
     IN_PROGRESS,
@@ -29,7 +28,7 @@ from batcher.reporting.reconcile import (
     span,
 )
 from batcher.reporting.report_model import ReportModel
-from batcher.reporting.row_facts import RowFacts, Spend
+from batcher.reporting.row_facts import Spend
 from batcher.reporting.xlsx_stream import excel_datetime
 from batcher.reporting.xlsx_style import (
     BAD_FILL,
@@ -280,12 +279,6 @@ def _runs_table(cursor: _Cursor, model: ReportModel) -> None:
     cursor.header(RUN_HEADERS)
     for run in model.runs[-20:]:
         cursor.put([run.run_id, run.started_at, run.finished_at, run.exit_code])
-
-
-def spend_by_product(rows: Iterable[RowRecord]) -> list[Spend]:
-    """(product, paying wallet, orders, face value, cost, card currency) of the batch's
-    orders: the cost in the wallet that paid, the face value in the card's own currency."""
-    return RowFacts.of(rows).spend_by_product()
 
 
 def _spend_table(cursor: _Cursor, spend: Sequence[Spend]) -> dict[str, tuple[int, int]]:
