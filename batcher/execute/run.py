@@ -11,8 +11,7 @@ import errno
 import os
 import shutil
 import threading
-from collections import Counter
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
@@ -47,17 +46,18 @@ from batcher.intake.validate import ValidationResult
 from batcher.ledger.location import LedgerLocation
 from batcher.ledger.lock import batch_lock
 from batcher.ledger.rate_slots import shared_rate_slots
-from batcher.ledger.store import Ledger, RowRecord, count_states
+from batcher.ledger.store import Ledger, RowRecord
 from batcher.providers import connect
 from batcher.providers.base import Provider, ProviderOptions
 from batcher.reporting.outputs import (
-    totals_by_currency,
+    RowsCsvDraft,
     verdict_json,
     write_json,
-    write_rows_csv,
     write_validation_csv,
 )
-from batcher.reporting.reports import FAILED_ROWS_NAME, ReportResult, explain_skips
+from batcher.reporting.reports import FAILED_ROWS_NAME, ROWS_NAME, ReportResult
+from batcher.reporting.row_facts import RowFacts
+from batcher.reporting.row_source import BatchRows
 
 
 @dataclass(frozen=True)
@@ -135,8 +135,8 @@ class BatchResult:
     message: str = ""
 
 
-def exit_code_for(rows: list[RowRecord], stats: RunStats) -> ExitCode:
-    states = count_states(rows)
+def exit_code_for(states: Mapping[str, int], stats: RunStats) -> ExitCode:
+    """The exit code for the rows of the sheet counted by state (`RowFacts.state_counts`)."""
     if stats.stopped or stats.blocked_currencies or any(states[s] for s in UNFINISHED_STATES):
         return ExitCode.INCOMPLETE
     if any(states[s] for s in HELD_STATES):
@@ -316,10 +316,11 @@ def _run_locked(
         return _finish(ledger, run_id, settings, options, account_id, sheet, started_at,
                        stats, plan, ExitCode.OK, "", provider=provider,
                        balances_before=balances, listener=ui.listener, kept=kept)  # fmt: skip
-    ledger_rows = ledger.rows(batch, in_sheet_only=False)
-    in_sheet = [r for r in ledger_rows if r.in_sheet]
-    code = exit_code_for(in_sheet, stats)
-    message = exit_message(code, in_sheet, stats, options.report_dir / batch)
+    # The end of the run reads the batch's rows a page at a time (`BatchRows`) and keeps
+    # their sums (`RowFacts`): a million rows held at once would be over 1.5 GB.
+    rows, facts, rows_csv = read_batch(ledger, batch, options.report_dir / batch)
+    code = exit_code_for(facts.state_counts, stats)
+    message = exit_message(code, facts, stats, options.report_dir / batch)
     if funds.check is not None and funds.check.left_out and options.order_fundable:
         message = (
             f"{left_out_message(funds.check)}; {message}"
@@ -329,7 +330,7 @@ def _run_locked(
     return _finish(ledger, run_id, settings, options, account_id, sheet, started_at,
                    stats, plan, code, message, provider=provider,
                    balances_before=balances, listener=ui.listener,
-                   ledger_rows=ledger_rows)  # fmt: skip
+                   rows=rows, facts=facts, rows_csv=rows_csv)  # fmt: skip
 
 
 class _FundsRule:
@@ -393,11 +394,11 @@ class _FundsRule:
         )
 
 
-def exit_message(code: ExitCode, rows: list[RowRecord], stats: RunStats, out_dir: Path) -> str:
+def exit_message(code: ExitCode, facts: RowFacts, stats: RunStats, out_dir: Path) -> str:
     """What exit 1 and exit 3 tell the operator: the counts, why, and where the rows are."""
     if code not in (ExitCode.SOME_FAILED, ExitCode.INCOMPLETE, ExitCode.HELD):
         return ""
-    states = count_states(rows)
+    states = facts.state_counts
     parts = []
     if code == ExitCode.INCOMPLETE:
         why = stats.stopped or "; ".join(stats.blocked_currencies.values()) or "rows left to do"
@@ -411,8 +412,7 @@ def exit_message(code: ExitCode, rows: list[RowRecord], stats: RunStats, out_dir
         parts.append("rerun the same command to continue (nothing is ordered twice)")
     failed = states["failed"]
     if failed:
-        reasons = Counter(r.error_code or "refused" for r in rows if r.state == "failed")
-        top = ", ".join(f"{n} {c}" for c, n in reasons.most_common(3))
+        top = ", ".join(f"{n} {c}" for c, n in facts.failed_reasons.most_common(3))
         parts.append(f"{failed} row(s) failed ({top})")
     if held := sum(states[s] for s in HELD_STATES):
         parts.append(
@@ -455,18 +455,23 @@ def _finish(
     provider: Provider | None = None,
     balances_before: dict[str, Balance] | None = None,
     listener: RunListener | None = None,
-    ledger_rows: list[RowRecord] | None = None,
+    rows: BatchRows | None = None,
+    facts: RowFacts | None = None,
+    rows_csv: RowsCsvDraft | None = None,
     kept: KeptReport | None = None,
 ) -> BatchResult:
-    """Write the summary, rows.csv and the report. `ledger_rows` is every row of the
-    batch as the ledger holds it now (read here when not given): 20,000 rows take
-    a few hundred milliseconds to read, so they are read once for all three.
-    `kept` (`unchanged_report`): nothing changed, keep the last report."""
+    """Write the summary, rows.csv and the report. `rows` are the batch's rows as the
+    ledger holds them now, read a page at a time, and `facts` their sums (both made
+    here when not given, with `rows_csv`, rows.csv as they were read): the summary,
+    rows.csv and the report share them, so the rows are summed once. `kept`
+    (`unchanged_report`): nothing changed, keep the last report (its figures come
+    from its stamp)."""
     batch = options.batch_name
-    if ledger_rows is None:
-        ledger_rows = [] if kept is not None else ledger.rows(batch, in_sheet_only=False)
-    ledger_rows = explain_skips(ledger, batch, ledger_rows)
-    rows = [r for r in ledger_rows if r.in_sheet]
+    out_dir = options.report_dir / batch
+    if kept is not None:
+        rows, facts = BatchRows.from_rows(()), RowFacts()
+    elif rows is None or facts is None or rows_csv is None:
+        rows, facts, rows_csv = read_batch(ledger, batch, out_dir)
     # An interrupted run ends quickly: one balance read, no listings; `batcher report`
     # does the full reconciliation.
     interrupted = stats.stopped == "interrupted"
@@ -474,26 +479,25 @@ def _finish(
     summary = {
         **_summary_head(batch, settings.provider, account_id, sheet),
         "run_id": run_id,
-        **_run_figures(rows, stats, plan, _throttle_stats(provider)),
+        **_run_figures(facts, stats, plan, _throttle_stats(provider)),
         **_summary_end(code, message, started_at),
     }
-    earlier = [r for r in ledger_rows if not r.in_sheet and r.state == "succeeded" and r.order_id]
     # A reused batch name (a nightly file): every order the batch ever paid is counted.
+    earlier = facts.earlier_orders
     summary["paid_orders"] = {
         "in_sheet": summary["by_state"].get("succeeded", 0),
-        "earlier_sheets": len(earlier),
-        "total": summary["by_state"].get("succeeded", 0) + len(earlier),
+        "earlier_sheets": earlier,
+        "total": summary["by_state"].get("succeeded", 0) + earlier,
     }
-    summary["totals_by_currency"] = totals_by_currency([*rows, *earlier])
     summary["balances_before"] = _balances_json(balances_before)
     summary["balances_after"] = _balances_json(balances_after)
-    out_dir = options.report_dir / batch
     if kept is not None:
         finish_kept(ledger, summary, kept, out_dir, listener)
         return BatchResult(code, summary, out_dir, message)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "summary.json", summary)
-    write_rows_csv(out_dir / "rows.csv", rows)
+    assert rows_csv is not None
+    rows_csv.commit(out_dir / ROWS_NAME, rows.in_sheet, list(facts.sheet_passthrough))
     ledger.finish_run(run_id, batch, int(code), summary)
     if interrupted and listener is not None:
         listener.message(
@@ -502,7 +506,7 @@ def _finish(
         )
     stamp = ledger.change_stamp(batch)  # the ledger as this report reads it
     report = _write_report(
-        ledger, batch, provider, options, sheet, listener, ledger_rows, quick=interrupted
+        ledger, batch, provider, options, sheet, listener, rows, facts, quick=interrupted
     )
     if report is not None:
         # The verdict is known only once the report is written; summary.json carries it.
@@ -519,6 +523,20 @@ def _finish(
     return BatchResult(code, summary, out_dir, message)
 
 
+def read_batch(
+    ledger: Ledger, batch: str, out_dir: Path
+) -> tuple[BatchRows, RowFacts, RowsCsvDraft]:
+    """The end of a run's one read of every row, a page at a time: their sums, and
+    rows.csv drafted as they go by. A million rows held at once would be over 1.5 GB."""
+    rows = BatchRows.from_ledger(ledger, batch)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    facts, rows_csv = RowFacts(), RowsCsvDraft(out_dir)
+    for row in rows:
+        facts.add(row)
+        rows_csv.add(row)
+    return rows, facts, rows_csv
+
+
 def _write_report(
     ledger: Ledger,
     batch: str,
@@ -526,7 +544,8 @@ def _write_report(
     options: BatchOptions,
     sheet: Any,
     listener: RunListener | None,
-    ledger_rows: list[RowRecord],
+    rows: BatchRows,
+    facts: RowFacts,
     *,
     quick: bool = False,
 ) -> ReportResult | None:
@@ -541,7 +560,7 @@ def _write_report(
     try:
         result = write_batch_report(
             ledger, batch, provider, options.report_dir,
-            sheet_rows=getattr(sheet, "row_count", None), fetch="quick" if quick else "auto", ledger_rows=ledger_rows,
+            sheet_rows=getattr(sheet, "row_count", None), fetch="quick" if quick else "auto", rows=rows, facts=facts,
             archive_as="run",
         )  # fmt: skip
     except Exception as exc:
@@ -609,17 +628,18 @@ def _summary_end(code: ExitCode, message: str, started_at: str) -> dict[str, Any
 
 
 def _run_figures(
-    rows: list[RowRecord], stats: RunStats, plan: PlanSummary, throttle: dict[str, Any]
+    facts: RowFacts, stats: RunStats, plan: PlanSummary, throttle: dict[str, Any]
 ) -> dict[str, Any]:
-    """The rows, the plan and the requests of a run that went ahead."""
+    """The rows, the plan and the requests of a run that went ahead. The totals are the
+    sheet's rows' and the earlier sheets' orders: every order the batch ever paid."""
     submit_seconds = stats.submit_seconds
     submit_rate = stats.submits / submit_seconds if submit_seconds > 0 else None
     wall = max(0.0, stats.finished - stats.started)
     return {
-        "rows_total": len(rows),
-        "by_state": count_states(rows),
-        "totals_by_currency": totals_by_currency(rows),
-        "conflicts": sum(1 for r in rows if r.conflict),
+        "rows_total": facts.rows_in_sheet,
+        "by_state": dict(facts.state_counts),
+        "totals_by_currency": facts.totals.as_json(),
+        "conflicts": facts.conflicts,
         "plan": {
             "rows_to_send": plan.rows_to_send,
             "new_chunks": plan.new_chunks,

@@ -109,6 +109,38 @@ class LedgerQueries(LedgerConnection):
             )
         ]
 
+    def report_keys(self, batch: str) -> tuple[list[str], int]:
+        """Keys of the rows a report shows, in its order: the sheet's rows in sheet order,
+        then the orders of rows no longer in it; and how many of them are in the sheet.
+
+        Only keys: a report reads the rows themselves a page at a time (`rows_in_pages`),
+        so its memory does not grow by a whole row per row of the batch."""
+        order = " ORDER BY source_row, row_key"
+        in_sheet = [
+            r[0]
+            for r in self._db.execute(
+                "SELECT row_key FROM rows WHERE batch = ? AND in_sheet = 1" + order, (batch,)
+            )
+        ]
+        gone = [
+            r[0]
+            for r in self._db.execute(
+                "SELECT row_key FROM rows WHERE batch = ? AND in_sheet = 0"
+                " AND order_id IS NOT NULL AND order_id != ''" + order,
+                (batch,),
+            )
+        ]
+        return in_sheet + gone, len(in_sheet)
+
+    def order_keys(self, batch: str) -> Iterator[tuple[str | None, str | None]]:
+        """(order id, order request id) of the batch's rows that hold either."""
+        for r in self._db.execute(
+            "SELECT order_id, order_request_id FROM rows WHERE batch = ?"
+            " AND (order_id IS NOT NULL OR order_request_id IS NOT NULL)",
+            (batch,),
+        ):
+            yield r[0], r[1]
+
     def rows_in_pages(
         self, batch: str, keys: Sequence[str], page: int = 5_000
     ) -> Iterator[list[RowRecord]]:
@@ -212,6 +244,18 @@ class LedgerQueries(LedgerConnection):
             )
         ]
         return ChunkRecord.from_sql(row, keys)
+
+    def chunk_requests(self, batch: str) -> list[tuple[str, str | None]]:
+        """(chunk key, order request id) of every chunk of the batch: what names its
+        orders, without the chunks' payloads and rows (a million rows' worth of them)."""
+        return [
+            (r[0], r[1])
+            for r in self._db.execute(
+                "SELECT chunk_key, request_id FROM chunks WHERE batch = ?"
+                " ORDER BY created_at, chunk_key",
+                (batch,),
+            )
+        ]
 
     def chunks(self, batch: str, states: Sequence[str]) -> list[ChunkRecord]:
         marks = ",".join("?" * len(states))

@@ -32,6 +32,8 @@ class Failure:
     refeed: bool  # fix it in failed_rows.csv and order it as a new batch
     #: not sent yet or still in flight: a rerun settles it, no person needs to act
     outstanding: bool = False
+    #: the wallet short of funds for this row (its next step is that wallet's top-up)
+    short_wallet: str | None = None
 
 
 _FIELD_NOUNS = {
@@ -66,6 +68,7 @@ _CODE_FIELDS = {
 }
 _REFEED_ACTION = "fix the rows in failed_rows.csv, then order it as a new batch"
 _RERUN_ACTION = "rerun the batch: unconfirmed orders are settled, never sent twice"
+_TOP_UP_ACTION = "top up the wallet and rerun"
 
 
 def explain_failures(rows: Sequence[RowRecord], available: Mapping[str, Decimal]) -> list[Failure]:
@@ -81,36 +84,86 @@ def explain_failures(rows: Sequence[RowRecord], available: Mapping[str, Decimal]
 
 def funding_steps(rows: Sequence[RowRecord], available: Mapping[str, Decimal]) -> dict[str, str]:
     """'top up GBP wallet by £230.00 and rerun', per currency short of funds."""
-    needed: dict[str, Decimal] = defaultdict(Decimal)
-    converted: set[str] = set()
+    tally = FailureTally()
     for row in rows:
+        tally.need_funds(row)
+    return tally.top_ups(available)
+
+
+class FailureTally:
+    """The failures of a batch, a row at a time: their keys and counts, never their rows.
+
+    Fed every row in report order (`add`); the failures themselves are explained again
+    from their rows when written (`explain`), once the top-ups are known."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []  # the failing rows' keys, in report order
+        self.outstanding = 0  # rows a rerun settles
+        self.needing_action = 0  # rows a person must act on
+        self.refeed = 0  # rows that go in failed_rows.csv
+        self.waiting: Counter[str] = Counter()  # reasons of the outstanding rows
+        self.actions: Counter[str] = Counter()  # actions of the others, top-ups aside
+        self.short_of: Counter[str] = Counter()  # rows short of funds, by wallet
+        self.needed: dict[str, Decimal] = defaultdict(Decimal)
+        self.converted: set[str] = set()
+
+    def add(self, row: RowRecord) -> None:
+        self.need_funds(row)
+        failure = explain(row, {})  # the top-ups are known once every row is read
+        if failure is None:
+            return
+        self.keys.append(row.row_key)
+        self.refeed += failure.refeed
+        if failure.outstanding:
+            self.outstanding += 1
+            self.waiting[failure.reason] += 1
+            return
+        self.needing_action += 1
+        if failure.short_wallet is not None:
+            self.short_of[failure.short_wallet] += 1
+        else:
+            self.actions[failure.action] += 1
+
+    def need_funds(self, row: RowRecord) -> None:
         if row.in_sheet and _short_of_funds(row):
             wallet = paying_wallet(row)
             if wallet != row.currency:
-                converted.add(wallet)  # its cost is in the card's currency: no sum to show
+                self.converted.add(wallet)  # its cost is in the card's currency: no sum to show
+                return
+            self.needed[wallet] += row.est_cost if row.est_cost is not None else row.face_value
+
+    def next_steps(self, top_ups: Mapping[str, str]) -> list[tuple[str, int]]:
+        """The actions the failures needing a person call for (explained with `top_ups`),
+        with how many rows each covers, most rows first."""
+        counts = Counter(self.actions)
+        for wallet, count in self.short_of.items():
+            counts[top_ups.get(wallet, _TOP_UP_ACTION)] += count
+        return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+
+    def top_ups(self, available: Mapping[str, Decimal]) -> dict[str, str]:
+        needed, converted = self.needed, self.converted
+        steps: dict[str, str] = {
+            wallet: f"top up the {wallet} wallet by the shortfall the reason gives and rerun"
+            for wallet in sorted(converted)
+        }
+        for currency, amount in sorted(needed.items()):
+            if currency in converted:
                 continue
-            needed[wallet] += row.est_cost if row.est_cost is not None else row.face_value
-    steps: dict[str, str] = {
-        wallet: f"top up the {wallet} wallet by the shortfall the reason gives and rerun"
-        for wallet in sorted(converted)
-    }
-    for currency, amount in sorted(needed.items()):
-        if currency in converted:
-            continue
-        have = available.get(currency)
-        if have is None:
-            steps[currency] = (
-                f"top up the {currency} wallet by at least {format_money(amount, currency)} and rerun"
-            )
-            continue
-        short = round_money(amount - have, currency)
-        if short > 0:
-            steps[currency] = (
-                f"top up {currency} wallet by {format_money(short, currency)} and rerun"
-            )
-        else:
-            steps[currency] = f"rerun the batch (the {currency} wallet now has enough funds)"
-    return steps
+            have = available.get(currency)
+            if have is None:
+                steps[currency] = (
+                    f"top up the {currency} wallet by at least {format_money(amount, currency)}"
+                    " and rerun"
+                )
+                continue
+            short = round_money(amount - have, currency)
+            if short > 0:
+                steps[currency] = (
+                    f"top up {currency} wallet by {format_money(short, currency)} and rerun"
+                )
+            else:
+                steps[currency] = f"rerun the batch (the {currency} wallet now has enough funds)"
+        return steps
 
 
 def paying_wallet(row: RowRecord) -> str:
@@ -136,11 +189,11 @@ def explain(row: RowRecord, top_ups: Mapping[str, str]) -> Failure | None:
         return _invalid(row)
     if _short_of_funds(row):
         wallet = paying_wallet(row)
-        step = top_ups.get(wallet, "top up the wallet and rerun")
+        step = top_ups.get(wallet, _TOP_UP_ACTION)
         why = f"the {wallet} wallet did not have enough funds"
         if row.error_message:
             why += f" ({row.error_message})"
-        return _failure(row, why, step, step)
+        return Failure(row, why, step, step, refeed=False, short_wallet=wallet)
     if row.state in ("pending", "planned"):
         return _failure(
             row,
@@ -239,9 +292,3 @@ def _failure(
     outstanding: bool = False,
 ) -> Failure:
     return Failure(row, reason, step, action, refeed, outstanding)
-
-
-def next_steps(failures: Sequence[Failure]) -> list[tuple[str, int]]:
-    """The actions to take, with how many rows each covers, most rows first."""
-    counts = Counter(f.action for f in failures)
-    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterable, Sequence
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -53,28 +55,41 @@ def totals_by_currency(rows: Iterable[RowRecord]) -> dict[str, dict[str, str | i
     The two counts differ for cross-currency orders: a USD card paid from the GBP
     wallet counts under USD `orders` and under GBP `wallet_orders`.
     """
-    face: dict[str, Decimal] = {}
-    cost: dict[str, Decimal] = {}
-    orders: dict[str, int] = {}
-    paid: dict[str, int] = {}
+    totals = CurrencyTotals()
     for row in rows:
+        totals.add(row)
+    return totals.as_json()
+
+
+class CurrencyTotals:
+    """`totals_by_currency`, one row at a time: sums, never the rows."""
+
+    def __init__(self) -> None:
+        self.face: dict[str, Decimal] = {}
+        self.cost: dict[str, Decimal] = {}
+        self.orders: dict[str, int] = {}
+        self.paid: dict[str, int] = {}
+
+    def add(self, row: RowRecord) -> None:
         if row.state != "succeeded":
-            continue
-        face[row.currency] = face.get(row.currency, Decimal(0)) + row.face_value
-        orders[row.currency] = orders.get(row.currency, 0) + 1
+            return
+        self.face[row.currency] = self.face.get(row.currency, Decimal(0)) + row.face_value
+        self.orders[row.currency] = self.orders.get(row.currency, 0) + 1
         charged_in = row.cost_currency or row.currency
-        paid[charged_in] = paid.get(charged_in, 0) + 1
+        self.paid[charged_in] = self.paid.get(charged_in, 0) + 1
         if row.cost is not None:
-            cost[charged_in] = cost.get(charged_in, Decimal(0)) + row.cost
-    result: dict[str, dict[str, str | int]] = {}
-    for currency in sorted(set(face) | set(cost) | set(paid)):
-        result[currency] = {
-            "orders": orders.get(currency, 0),
-            "face_value": money_str(face.get(currency, Decimal(0)), currency),
-            "wallet_orders": paid.get(currency, 0),
-            "cost": money_str(cost.get(currency, Decimal(0)), currency),
-        }
-    return result
+            self.cost[charged_in] = self.cost.get(charged_in, Decimal(0)) + row.cost
+
+    def as_json(self) -> dict[str, dict[str, str | int]]:
+        result: dict[str, dict[str, str | int]] = {}
+        for currency in sorted(set(self.face) | set(self.cost) | set(self.paid)):
+            result[currency] = {
+                "orders": self.orders.get(currency, 0),
+                "face_value": money_str(self.face.get(currency, Decimal(0)), currency),
+                "wallet_orders": self.paid.get(currency, 0),
+                "cost": money_str(self.cost.get(currency, Decimal(0)), currency),
+            }
+        return result
 
 
 def verdict_json(rec: Reconciliation) -> dict[str, Any]:
@@ -136,14 +151,68 @@ def row_line(row: RowRecord, passthrough_headers: Sequence[str]) -> list[str]:
     return [safe_cell(str(v)) for v in values]
 
 
-def write_rows_csv(path: Path, rows: Sequence[RowRecord]) -> Path:
-    extra = passthrough_headers(rows)
+def write_rows_csv(
+    path: Path, rows: Iterable[RowRecord], extra: Sequence[str] | None = None
+) -> Path:
+    """One line per row. Given `extra` (the pass-through headers, in the order the rows
+    first name them), `rows` are streamed as they come, in sheet order; without it they
+    are read whole and sorted."""
+    if extra is None:
+        every = sorted(rows, key=lambda r: r.source_row)
+        rows, extra = every, passthrough_headers(every)
     with atomic_write(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow([*ROWS_CSV_COLUMNS, *(safe_cell(h) for h in extra)])
-        for row in sorted(rows, key=lambda r: r.source_row):
+        for row in rows:
             writer.writerow(row_line(row, extra))
     return path
+
+
+class RowsCsvDraft:
+    """rows.csv written as the end of a run reads the rows (once, for everything), in
+    sheet order, into an anonymous temporary file; `commit` puts it in place.
+
+    The pass-through headers are those of the first row; a later row naming one it
+    does not (rare: the sheet's rows share its columns) has rows.csv written again
+    from the rows at commit, so the file is always as `write_rows_csv` writes it."""
+
+    def __init__(self, folder: Path) -> None:
+        # Anonymous: closed by `commit`, and gone with the process if the run dies first.
+        self._body = tempfile.TemporaryFile(  # noqa: SIM115
+            "w+", newline="", encoding="utf-8", dir=folder
+        )
+        self._writer = csv.writer(self._body)
+        self._extra: list[str] | None = None
+        self._known: frozenset[str] = frozenset()
+        self.whole = True
+
+    def add(self, row: RowRecord) -> None:
+        if not row.in_sheet or not self.whole:
+            return
+        if self._extra is None:
+            self._extra = list(row.passthrough)
+            self._known = frozenset(self._extra)
+        elif not self._known.issuperset(row.passthrough):
+            self.whole = False  # a column the header does not have: written again at commit
+            return
+        self._writer.writerow(row_line(row, self._extra))
+
+    def commit(
+        self, path: Path, rows: Callable[[], Iterable[RowRecord]], extra: Sequence[str]
+    ) -> Path:
+        """Put rows.csv in place; `rows` (the sheet's rows in sheet order, read again) and
+        `extra` (every pass-through header, in the order the rows name them) are used
+        only when the first row's headers did not cover every row."""
+        try:
+            if not self.whole:
+                return write_rows_csv(path, rows(), extra)
+            with atomic_write(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
+                csv.writer(fh).writerow([*ROWS_CSV_COLUMNS, *(safe_cell(h) for h in extra)])
+                self._body.seek(0)
+                shutil.copyfileobj(self._body, fh, 1 << 20)
+            return path
+        finally:
+            self._body.close()
 
 
 def write_json(path: Path, data: dict[str, Any]) -> Path:

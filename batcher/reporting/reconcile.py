@@ -33,7 +33,8 @@ orphan; `batcher report` lists and matches everything.
 
 from __future__ import annotations
 
-from collections import defaultdict
+import dataclasses
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -43,9 +44,10 @@ from batcher.core.keys import MatchKey, match_key
 from batcher.core.models import WalletTransaction
 from batcher.core.money import format_money
 from batcher.core.states import IN_FLIGHT_STATES, UNSETTLED_STATES
-from batcher.ledger.store import RowRecord, count_states
+from batcher.ledger.store import RowRecord
 from batcher.providers.base import ProviderOrder
-from batcher.reporting.tally import currencies_in, currency_verdict
+from batcher.reporting.row_facts import RowFacts
+from batcher.reporting.tally import ProblemCounts, currencies_in, currency_verdict, problem_kinds
 from batcher.reporting.verdicts import (
     ATTEMPT_CHARGED,
     COST_DIFFERS,
@@ -79,12 +81,22 @@ from batcher.reporting.verdicts import (
 )
 
 
-def reconcile(inputs: ReconcileInputs) -> Reconciliation:
-    """Reconcile one batch. Never raises on odd provider data: oddities become reasons."""
-    in_sheet = [r for r in inputs.rows if r.in_sheet]
-    counts = count_states(in_sheet)
-    ordered = ordered_rows(inputs.rows)
+def reconcile(inputs: ReconcileInputs, facts: RowFacts | None = None) -> Reconciliation:
+    """Reconcile one batch. Never raises on odd provider data: oddities become reasons.
+
+    The rows are read through once, never all held at once: to match each order to
+    the provider's listings, summing them (`RowFacts`) on the way unless the caller
+    has `facts` already; without listings, only to sum them when needed."""
+    return reconcile_and_sum(inputs, facts)[0]
+
+
+def reconcile_and_sum(
+    inputs: ReconcileInputs, facts: RowFacts | None = None
+) -> tuple[Reconciliation, RowFacts]:
+    """`reconcile`, and the rows' sums it used (summed here when `facts` is None)."""
+    problems: ProblemCounts = {}
     if inputs.provider is None:
+        facts = facts if facts is not None else RowFacts.of(inputs.rows)
         evidence: Evidence = "unavailable" if inputs.provider_error else "balances"
         checks: dict[str, OrderCheck] = {}
         lines: list[WalletLine] = []
@@ -92,15 +104,17 @@ def reconcile(inputs: ReconcileInputs) -> Reconciliation:
         in_flight: list[InFlight] = []
     else:
         evidence = "transactions"
-        checks, lines, orphans, in_flight = match_orders(inputs, ordered)
+        summing = facts is None
+        facts = facts if facts is not None else RowFacts()
+        checks, lines, orphans, in_flight, problems = match_orders(inputs, facts, summing)
     currencies = [
-        currency_verdict(currency, inputs, ordered, checks, lines, orphans, evidence)
-        for currency in currencies_in(inputs.rows, lines, orphans)
+        currency_verdict(currency, inputs, facts, problems, lines, orphans, evidence)
+        for currency in currencies_in(facts, lines, orphans)
     ]
-    return Reconciliation(
+    reconciliation = Reconciliation(
         evidence=evidence,
-        state_counts=counts,
-        rows_in_sheet=len(in_sheet),
+        state_counts=dict(facts.state_counts),
+        rows_in_sheet=facts.rows_in_sheet,
         sheet_rows=inputs.sheet_rows,
         currencies=currencies,
         checks=checks,
@@ -108,8 +122,9 @@ def reconcile(inputs: ReconcileInputs) -> Reconciliation:
         orphans=orphans,
         provider_error=inputs.provider_error,
         in_flight=in_flight,
-        earlier_orders=sum(1 for r in ordered if not r.in_sheet),
+        earlier_orders=facts.earlier_orders,
     )
+    return reconciliation, facts
 
 
 def row_match_key(row: RowRecord) -> MatchKey:
@@ -131,6 +146,7 @@ class _Index:
     orders: dict[str, ProviderOrder]
     by_order: dict[str, list[WalletTransaction]]
     by_txid: dict[str, list[WalletTransaction]]
+    transactions: Sequence[WalletTransaction]  # all of them, as listed
 
     @classmethod
     def of(cls, data: ProviderData) -> _Index:
@@ -141,7 +157,7 @@ class _Index:
                 by_order[tx.order_id].append(tx)
             elif tx.transaction_id:
                 by_txid[tx.transaction_id].append(tx)
-        return cls({o.order_id: o for o in data.orders}, by_order, by_txid)
+        return cls({o.order_id: o for o in data.orders}, by_order, by_txid, data.transactions)
 
     def transactions_for(self, row: RowRecord) -> list[WalletTransaction]:
         found = self.by_order.get(row.order_id or "")
@@ -167,16 +183,6 @@ class _Own:
     requests: frozenset[str]  # order request ids, every attempt
     order_ids: frozenset[str]  # the order ids the batch's succeeded rows hold
 
-    @classmethod
-    def of(cls, inputs: ReconcileInputs, ordered: Sequence[RowRecord]) -> _Own:
-        keys = {k for r in inputs.rows for k in (r.chunk_key, r.retry_group) if k}
-        requests = {r.order_request_id for r in inputs.rows if r.order_request_id}
-        return cls(
-            frozenset(keys | set(inputs.attempt_keys)),
-            frozenset(requests | set(inputs.request_ids)),
-            frozenset(r.order_id for r in ordered if r.order_id),
-        )
-
     def placed(self, order: ProviderOrder) -> bool:
         """The batch placed this order: in this attempt or an earlier one."""
         if order.order_id in self.order_ids or order.order_id in self.requests:
@@ -186,23 +192,58 @@ class _Own:
         )
 
 
+class _OwnFound:
+    """`_Own`, gathered a row at a time as the orders are matched."""
+
+    def __init__(self) -> None:
+        self.keys: set[str] = set()
+        self.requests: set[str] = set()
+        self.order_ids: set[str] = set()
+
+    def add(self, row: RowRecord) -> None:
+        for key in (row.chunk_key, row.retry_group):
+            if key:
+                self.keys.add(key)
+        if row.order_request_id:
+            self.requests.add(row.order_request_id)
+
+    def own(self, inputs: ReconcileInputs) -> _Own:
+        return _Own(
+            frozenset(self.keys | set(inputs.attempt_keys)),
+            frozenset(self.requests | set(inputs.request_ids)),
+            frozenset(self.order_ids),
+        )
+
+
 def match_orders(
-    inputs: ReconcileInputs, ordered: Sequence[RowRecord]
-) -> tuple[dict[str, OrderCheck], list[WalletLine], list[Orphan], list[InFlight]]:
+    inputs: ReconcileInputs, facts: RowFacts, summing: bool = False
+) -> tuple[dict[str, OrderCheck], list[WalletLine], list[Orphan], list[InFlight], ProblemCounts]:
     assert inputs.provider is not None
     index = _Index.of(inputs.provider)
-    checks: dict[str, OrderCheck] = {}
+    checks = _Checks()
     lines: list[WalletLine] = []
     used: set[int] = set()
     unmatched: list[RowRecord] = []
-    for row in ordered:
+    found = _OwnFound()
+    elsewhere = inputs.other_batches
+    mine: set[str] = set()  # ids `other_batches` names that are this batch's own
+    for row in inputs.rows:  # one pass, a page at a time when read from the ledger
+        if summing:
+            facts.add(row)
+        found.add(row)
+        for key in (row.order_id, row.order_request_id) if elsewhere else ():
+            if key and key in elsewhere:
+                mine.add(key)
+        if row.state != "succeeded" or not row.order_id:
+            continue
+        found.order_ids.add(row.order_id)
         transactions = index.transactions_for(row)
         if not transactions:
             unmatched.append(row)
             continue
         used.update(id(tx) for tx in transactions)
         check = _check_order(row, index.orders.get(row.order_id or ""), transactions)
-        checks[row.row_key] = check
+        checks.put(row, check)
         lines.extend(_order_lines(row, check, transactions))
     # A transaction no row names may settle the rows' whole order request.
     by_request: dict[str, list[RowRecord]] = defaultdict(list)
@@ -213,26 +254,42 @@ def match_orders(
             by_request[request].append(row)
             continue
         check = _check_order(row, index.orders.get(row.order_id or ""), [])
-        checks[row.row_key] = check
+        checks.put(row, check)
         lines.extend(_order_lines(row, check, []))
     for request, rows in by_request.items():
         transactions = [tx for tx in index.by_order[request] if id(tx) not in used]
         used.update(id(tx) for tx in transactions)
         request_checks, request_lines = _settle_request(request, rows, transactions, index)
-        checks.update(request_checks)
+        for row in rows:
+            checks.put(row, request_checks[row.row_key])
         lines.extend(request_lines)
-    own = _Own.of(inputs, ordered)
-    orphans, in_flight = _orphans(inputs, index, own)
-    lines.extend(_attempt_lines(inputs, index, own, used))
+    if mine:  # the batch's own orders are never another batch's
+        kept = {k: v for k, v in elsewhere.items() if k not in mine}
+        inputs = dataclasses.replace(inputs, other_batches=kept)
+    own = found.own(inputs)
+    orphans, in_flight = _orphans(inputs, index, own, facts.unsettled)
+    lines.extend(_attempt_lines(inputs, index, own, used, facts.unsettled))
     orphan_ids = {o.order.order_id for o in orphans}
     flying = {f.order.order_id: f for f in in_flight}
-    for tx in inputs.provider.transactions:
+    for tx in index.transactions:
         if id(tx) not in used:
             line = _other_line(tx, inputs, orphan_ids, flying)
             if line is not None:
                 lines.append(line)
     lines.sort(key=_line_sort_key)
-    return checks, lines, orphans, in_flight
+    return checks.by_key, lines, orphans, in_flight, checks.problems
+
+
+class _Checks:
+    """The orders' checks by row key, and their problems counted per paying wallet."""
+
+    def __init__(self) -> None:
+        self.by_key: dict[str, OrderCheck] = {}
+        self.problems: defaultdict[str, Counter[str]] = defaultdict(Counter)
+
+    def put(self, row: RowRecord, check: OrderCheck) -> None:
+        self.by_key[row.row_key] = check
+        self.problems[charged_currency(row)].update(problem_kinds(check.listed, check.problems))
 
 
 def _listing_problems(row: RowRecord, listed: ProviderOrder | None) -> list[str]:
@@ -329,7 +386,11 @@ def _order_lines(
 
 
 def _attempt_lines(
-    inputs: ReconcileInputs, index: _Index, own: _Own, used: set[int]
+    inputs: ReconcileInputs,
+    index: _Index,
+    own: _Own,
+    used: set[int],
+    unsettled_rows: Sequence[RowRecord],
 ) -> list[WalletLine]:
     """The wallet side of the batch's orders no succeeded row holds (failed attempts).
 
@@ -349,7 +410,7 @@ def _attempt_lines(
             groups[tx.order_id].append(tx)
         elif tx.reference and tx.reference in own.keys:
             groups[tx.order_id or tx.reference].append(tx)
-    unsettled = _unsettled_by_attempt(inputs.rows)
+    unsettled = _unsettled_by_attempt(unsettled_rows)
     lines: list[WalletLine] = []
     for key, transactions in groups.items():
         used.update(id(tx) for tx in transactions)
@@ -394,7 +455,7 @@ def _unsettled_by_attempt(rows: Sequence[RowRecord]) -> dict[str | None, RowReco
 
 
 def _orphans(
-    inputs: ReconcileInputs, index: _Index, own: _Own
+    inputs: ReconcileInputs, index: _Index, own: _Own, unsettled_rows: Sequence[RowRecord]
 ) -> tuple[list[Orphan], list[InFlight]]:
     """Provider orders no batch in the ledger placed, created (or charged) in a run window.
 
@@ -402,7 +463,7 @@ def _orphans(
     face value, email and name) is that row's order, created by its order request
     after the run stopped listening: it is in flight, never an orphan.
     """
-    unsettled = _unsettled_by_key(inputs.rows)
+    unsettled = _unsettled_by_key(unsettled_rows)
     found: list[Orphan] = []
     in_flight: list[InFlight] = []
     for order in sorted(index.orders.values(), key=_order_sort_key):

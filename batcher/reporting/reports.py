@@ -24,10 +24,9 @@ voucher codes appear only as `••••-1234`. Nothing here ever sees the API
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -38,25 +37,23 @@ from typing import Any, Literal, TypeVar
 from batcher.core.clock import utc_text
 from batcher.core.errors import BatcherError, UsageError
 from batcher.core.files import atomic_write
-from batcher.core.states import CHUNK_STATES
 from batcher.ledger.events import StoredEvent, WebhookEvents
-from batcher.ledger.records import passthrough_headers
 from batcher.ledger.store import Ledger, RowRecord, parse_ts
 from batcher.providers.base import Provider, Redemption
 from batcher.reporting.cells import safe_cell
-from batcher.reporting.failures import explain_failures
 from batcher.reporting.reconcile import (
     ProviderData,
     ReconcileInputs,
     Reconciliation,
     RunWindow,
     Window,
-    ordered_rows,
-    reconcile,
+    reconcile_and_sum,
     span,
 )
-from batcher.reporting.report_model import ReportModel, RunInfo
+from batcher.reporting.report_model import Failures, ReportModel, RunInfo
 from batcher.reporting.report_stamp import ReportStamp, forget_stamp, read_stamp
+from batcher.reporting.row_facts import RowFacts
+from batcher.reporting.row_source import BatchRows
 from batcher.reporting.verdicts import RECONCILED
 from batcher.reporting.workbook import write_codes, write_workbook
 from batcher.reporting.xlsx_stream import copy_or_link
@@ -67,7 +64,6 @@ ROWS_NAME = "rows.csv"
 CODES_NAME = "codes.xlsx"
 ARCHIVE_DIR = "runs"
 REPORT_ARCHIVE_DIR = "reports"
-SKIPPED_ELSEWHERE = "ordered_in_another_batch"
 #: fetched on each side of the run windows, so a provider clock a little off still matches
 CLOCK_MARGIN = timedelta(minutes=2)
 #: the ledger cuts timestamps to the millisecond, so a run's window ends one later
@@ -105,7 +101,8 @@ def write_batch_report(
     reveal_codes: bool = False,
     sheet_rows: int | None = None,
     fetch: Fetch = "full",
-    ledger_rows: Sequence[RowRecord] | None = None,
+    rows: BatchRows | None = None,
+    facts: RowFacts | None = None,
     archive_as: ArchiveAs = "report",
 ) -> ReportResult:
     """Reconcile `batch` and write its report files; returns where they are.
@@ -113,11 +110,11 @@ def write_batch_report(
     `fetch="auto"` (used at the end of `batcher run`) does not list the provider's
     orders and transactions for a batch of more than `AUTO_FETCH_MAX_ORDERS` orders:
     the balances each run read stand in for them. `"full"` (used by `batcher
-    report`) always lists and matches everything. `ledger_rows` saves reading
-    the batch's rows again when the caller has just read them all.
+    report`) always lists and matches everything. `rows` and `facts` save
+    summing the batch's rows again when the caller (the end of a run) has just done so.
     """
     model = collect(
-        ledger, batch, provider, sheet_rows=sheet_rows, fetch=fetch, ledger_rows=ledger_rows
+        ledger, batch, provider, sheet_rows=sheet_rows, fetch=fetch, rows=rows, facts=facts
     )
     out_dir = report_dir / batch
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -205,8 +202,12 @@ def collect(
     sheet_rows: int | None = None,
     fetch: Fetch = "full",
     now: datetime | None = None,
-    ledger_rows: Sequence[RowRecord] | None = None,
+    rows: BatchRows | None = None,
+    facts: RowFacts | None = None,
 ) -> ReportModel:
+    """Everything the report shows. The batch's rows are never all held at once: they
+    are summed in one pass (`RowFacts`) and read again, a page at a time, by whatever
+    writes a line per row (`BatchRows`)."""
     info = ledger.batch_info(batch)
     if info is None:
         raise UsageError(f"no batch named {batch!r} in the ledger")
@@ -220,16 +221,17 @@ def collect(
         if provider is not None and fetch == "full"
         else None
     )
-    if ledger_rows is None:
-        ledger_rows = ledger.rows(batch, in_sheet_only=False)
-    rows = report_rows(explain_skips(ledger, batch, ledger_rows))
+    if rows is None:
+        rows = BatchRows.from_ledger(ledger, batch)
     data, error = None, None
     if provider is None:
         error = "no connection to the provider"
     elif listing is not None:
         data, error = listing.result()
-    elif not _balances_suffice(fetch, rows):
-        data, error = fetch_provider_data(provider, windows)
+    else:
+        facts = facts if facts is not None else RowFacts.of(rows)
+        if not _balances_suffice(fetch, facts):
+            data, error = fetch_provider_data(provider, windows)
     if sheet_rows is None and runs:
         sheet_rows = _summary_rows_total(ledger, runs[-1].run_id)
     keys, requests = attempts(ledger, batch)
@@ -238,21 +240,24 @@ def collect(
         runs=windows,
         provider=data,
         sheet_rows=sheet_rows,
-        other_batches=other_batch_orders(ledger, batch, data, rows),
+        other_batches=other_batch_orders(ledger, batch, data),
         provider_error=error,
         attempt_keys=keys,
         request_ids=requests,
     )
+    # Matching the listings sums the rows on the way: one read of them, not two.
+    reconciliation, facts = reconcile_and_sum(inputs, facts)
     available = next((r.available_after for r in reversed(runs) if r.available_after), None)
     return ReportModel(
         batch=batch,
         info=info,
         runs=runs,
         rows=rows,
-        reconciliation=reconcile(inputs),
-        failures=explain_failures(rows, available or {}),
+        facts=facts,
+        reconciliation=reconciliation,
+        failures=Failures(rows, facts.failures, facts.failures.top_ups(available or {})),
         generated_at=now,
-        passthrough=passthrough_headers(rows, info),
+        passthrough=facts.passthrough(info),
         orphan_events=webhook_orphans(ledger, str(info["provider"]), runs),
     )
 
@@ -274,43 +279,7 @@ def webhook_orphans(ledger: Ledger, provider: str, runs: Sequence[RunInfo]) -> l
         evidence.close()
 
 
-def explain_skips(ledger: Ledger, batch: str, rows: Sequence[RowRecord]) -> list[RowRecord]:
-    """Rows skipped as already ordered elsewhere, with where and when it was ordered.
-
-    The ledger records only that a reference was done in another batch; finance
-    needs the batch, the order id and the date to find the card.
-    """
-    skipped = [r.reference for r in rows if r.state == "skipped" and r.reference]
-    if not skipped:
-        return list(rows)
-    found = ledger.orders_elsewhere(batch, skipped)
-    explained = []
-    for row in rows:
-        where = found.get(row.reference or "") if row.state == "skipped" else None
-        if where is not None:
-            row = dataclasses.replace(
-                row,
-                error_code=row.error_code or SKIPPED_ELSEWHERE,
-                error_message=skip_reason(*where),
-            )
-        elif row.state == "skipped" and not row.error_message:
-            row = dataclasses.replace(
-                row,
-                error_code=row.error_code or SKIPPED_ELSEWHERE,
-                error_message="already ordered in another batch (its order is not in this ledger)",
-            )
-        explained.append(row)
-    return explained
-
-
-def skip_reason(batch: str, order_id: str | None, succeeded_at: str | None) -> str:
-    moment = parse_ts(succeeded_at)
-    when = f" on {moment.date().isoformat()}" if moment else ""
-    order = f" as order {order_id}" if order_id else ""
-    return f"already ordered in batch {batch}{order}{when}; not ordered again"
-
-
-def _balances_suffice(fetch: Fetch, rows: Sequence[RowRecord]) -> bool:
+def _balances_suffice(fetch: Fetch, facts: RowFacts) -> bool:
     """After a run, a large batch is checked against the balances only.
 
     Listing a provider's orders and transactions costs two requests per 100 orders,
@@ -320,14 +289,7 @@ def _balances_suffice(fetch: Fetch, rows: Sequence[RowRecord]) -> bool:
     """
     if fetch == "quick":  # an interrupted run: stopping stays fast
         return True
-    return fetch == "auto" and len(ordered_rows(rows)) > AUTO_FETCH_MAX_ORDERS
-
-
-def report_rows(rows: Sequence[RowRecord]) -> list[RowRecord]:
-    """Rows in the sheet in source order, then orders whose row left the sheet."""
-    in_sheet = sorted((r for r in rows if r.in_sheet), key=lambda r: r.source_row)
-    gone = sorted((r for r in rows if not r.in_sheet and r.order_id), key=lambda r: r.source_row)
-    return in_sheet + gone
+    return fetch == "auto" and facts.ordered > AUTO_FETCH_MAX_ORDERS
 
 
 def run_infos(ledger: Ledger, batch: str, now: datetime) -> list[RunInfo]:
@@ -430,10 +392,10 @@ def attempts(ledger: Ledger, batch: str) -> tuple[frozenset[str], frozenset[str]
     """
     keys: set[str] = set()
     requests: set[str] = set()
-    for chunk in ledger.chunks(batch, CHUNK_STATES):
-        keys.add(chunk.chunk_key)
-        if chunk.request_id:
-            requests.add(chunk.request_id)
+    for chunk_key, request_id in ledger.chunk_requests(batch):
+        keys.add(chunk_key)
+        if request_id:
+            requests.add(request_id)
     for event in ledger.events(batch, "chunk_accepted"):
         if event.get("chunk_key"):
             keys.add(event["chunk_key"])
@@ -451,19 +413,14 @@ def _detail(event: Mapping[str, Any]) -> dict[str, Any]:
     return detail if isinstance(detail, dict) else {}
 
 
-def other_batch_orders(
-    ledger: Ledger,
-    batch: str,
-    data: ProviderData | None,
-    rows: Sequence[RowRecord],
-) -> dict[str, str]:
-    """Order id (or order request id) -> batch, for what another batch in this ledger placed."""
+def other_batch_orders(ledger: Ledger, batch: str, data: ProviderData | None) -> dict[str, str]:
+    """Order id (or order request id) -> batch, for the provider's orders another batch
+    in this ledger holds. Only the provider's ids and the other batches' ids are read,
+    never this batch's rows: reconciliation sets aside any it finds are this batch's own."""
     if data is None:
         return {}
-    mine = {r.order_id for r in rows if r.order_id}
-    mine |= {r.order_request_id for r in rows if r.order_request_id}
-    unknown = {o.order_id for o in data.orders if o.order_id not in mine}
-    unknown |= {t.order_id for t in data.transactions if t.order_id and t.order_id not in mine}
+    unknown = {o.order_id for o in data.orders}
+    unknown |= {t.order_id for t in data.transactions if t.order_id}
     if not unknown:
         return {}
     found: dict[str, str] = {}
@@ -471,8 +428,8 @@ def other_batch_orders(
         name = other["batch"]
         if name == batch:
             continue
-        for row in ledger.rows(name, in_sheet_only=False):
-            for key in (row.order_id, row.order_request_id):
+        for ids in ledger.order_keys(name):
+            for key in ids:
                 if key and key in unknown:
                     found[key] = name
     return found
@@ -483,17 +440,19 @@ def other_batch_orders(
 
 
 def failed_rows_headers(
-    info: Mapping[str, Any], rows: Sequence[RowRecord] = ()
+    info: Mapping[str, Any], rows: Iterable[RowRecord] = (), passthrough: Sequence[str] = ()
 ) -> tuple[list[str], str]:
     """The sheet's headers in file order, and the name of the added error column.
 
     A ledger from before the sheet layout was kept has no headers: the mapped
-    columns and the pass-through ones stand in for them.
+    columns and the pass-through ones (`passthrough`, else those the rows name)
+    stand in for them.
     """
     headers = [str(h) for h in info.get("sheet_headers") or []]
     if not headers:
         headers = list((info.get("sheet_columns") or {}).values())
-        headers += [h for h in dict.fromkeys(k for r in rows for k in r.passthrough)]
+        named = passthrough or list(dict.fromkeys(k for r in rows for k in r.passthrough))
+        headers += list(named)
     taken = {h.strip().lower() for h in headers}
     error = "error"
     while error in taken:
@@ -517,7 +476,7 @@ def failed_row_values(
 
 
 def write_failed_rows(path: Path, model: ReportModel) -> Path:
-    headers, error = failed_rows_headers(model.info, model.rows)
+    headers, error = failed_rows_headers(model.info, passthrough=list(model.facts.passthrough_seen))
     columns = model.info.get("sheet_columns") or {}
     with atomic_write(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
@@ -535,10 +494,11 @@ def write_failed_rows(path: Path, model: ReportModel) -> Path:
 # codes.xlsx: live voucher codes, only on request.
 
 
-def fetch_redemptions(provider: Provider, rows: Sequence[RowRecord]) -> dict[str, Redemption]:
+def fetch_redemptions(provider: Provider, rows: Iterable[RowRecord]) -> dict[str, Redemption]:
     found: dict[str, Redemption] = {}
-    for row in ordered_rows(rows):
-        assert row.order_id is not None
+    for row in rows:
+        if row.state != "succeeded" or not row.order_id:
+            continue  # not one of the batch's orders
         redemption = provider.redemption(row.order_id)
         if redemption is not None:
             found[row.order_id] = redemption

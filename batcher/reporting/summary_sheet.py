@@ -10,7 +10,6 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -19,20 +18,17 @@ from openpyxl.chart import BarChart, Reference
 from openpyxl.styles import Alignment
 from openpyxl.worksheet.worksheet import Worksheet
 
-from batcher.ledger.store import RowRecord
 from batcher.reporting.cells import safe_cell
-from batcher.reporting.failures import next_steps
 from batcher.reporting.reconcile import (
     IN_PROGRESS,
     MISMATCH,
     NOT_VERIFIED,
     RECONCILED,
     Reconciliation,
-    charged_currency,
-    ordered_rows,
     span,
 )
 from batcher.reporting.report_model import ReportModel
+from batcher.reporting.row_facts import Spend
 from batcher.reporting.xlsx_stream import excel_datetime
 from batcher.reporting.xlsx_style import (
     BAD_FILL,
@@ -116,7 +112,7 @@ def write_summary(sheet: Worksheet, model: ReportModel) -> None:
     cursor.gap()
     _currency_table(cursor, rec)
     cursor.gap()
-    spend = spend_by_product(model.rows)
+    spend = model.facts.spend_by_product()
     band_row, band = cursor.row, _Band.fit(spend)
     cursor.row += band.rows * band.count
     for block in (_movement_table, _state_counts, _outstanding, _next_steps, _about, _runs_table):
@@ -226,12 +222,11 @@ def _movement_table(cursor: _Cursor, model: ReportModel) -> None:
 
 def _outstanding(cursor: _Cursor, model: ReportModel) -> None:
     """Rows a rerun settles (not sent yet, or in flight): not failures, but not done."""
-    waiting = Counter(f.reason for f in model.failures if f.outstanding)
     _counts(
         cursor,
         "Outstanding (a rerun of the batch settles these; see the Outstanding sheet)",
         OUTSTANDING_HEADERS,
-        sorted(waiting.items()),
+        model.failures.waiting(),
         "nothing outstanding",
     )
 
@@ -257,7 +252,7 @@ def _currency_table(cursor: _Cursor, rec: Reconciliation) -> None:
 
 
 def _next_steps(cursor: _Cursor, model: ReportModel) -> None:
-    steps = next_steps([f for f in model.failures if not f.outstanding])
+    steps = model.failures.next_steps()
     _counts(
         cursor, "Next steps", NEXT_STEP_HEADERS, steps[:30], "nothing to do: no row needs action"
     )
@@ -284,27 +279,6 @@ def _runs_table(cursor: _Cursor, model: ReportModel) -> None:
     cursor.header(RUN_HEADERS)
     for run in model.runs[-20:]:
         cursor.put([run.run_id, run.started_at, run.finished_at, run.exit_code])
-
-
-Spend = tuple[str, str, int, Decimal, Decimal, str]
-
-
-def spend_by_product(rows: Sequence[RowRecord]) -> list[Spend]:
-    """(product, paying wallet, orders, face value, cost, card currency) of the batch's
-    orders: the cost in the wallet that paid, the face value in the card's own currency."""
-    totals: dict[tuple[str, str, str], list[Any]] = {}
-    for row in ordered_rows(rows):
-        key = (row.fields.get("product_code", ""), charged_currency(row), row.currency)
-        entry = totals.setdefault(key, [0, Decimal(0), Decimal(0)])
-        entry[0] += 1
-        entry[1] += row.face_value
-        entry[2] += row.cost or Decimal(0)
-    return [
-        (product, wallet, n, face, cost, card)
-        for (product, wallet, card), (n, face, cost) in sorted(
-            totals.items(), key=lambda item: (item[0][1], -item[1][2], item[0][0], item[0][2])
-        )
-    ]
 
 
 def _spend_table(cursor: _Cursor, spend: Sequence[Spend]) -> dict[str, tuple[int, int]]:

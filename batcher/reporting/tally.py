@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 
 from batcher.core.money import format_money
-from batcher.core.states import HELD_STATES, IN_FLIGHT_STATES, UNFINISHED_STATES
-from batcher.ledger.store import RowRecord
+from batcher.reporting.row_facts import CurrencyRows, RowFacts
 from batcher.reporting.verdicts import (
     ATTEMPT_CHARGED,
     CREDIT,
@@ -28,23 +27,24 @@ from batcher.reporting.verdicts import (
     CurrencyReconciliation,
     Evidence,
     Movement,
-    OrderCheck,
     Orphan,
     ReconcileInputs,
     RunWindow,
     Unsettled,
     Verdict,
     WalletLine,
-    charged_currency,
-    ordered_rows,
 )
+
+#: the kinds of problem an order's check can have, counted per paying wallet
+UNLISTED, NO_DEBIT, DEBIT_DIFFERS, LISTING_DIFFERS = "unlisted", "no debit", "debit", "listing"
+#: wallet -> problem kind -> orders with it
+ProblemCounts = Mapping[str, Counter[str]]
 
 
 def currencies_in(
-    rows: Sequence[RowRecord], lines: Sequence[WalletLine], orphans: Sequence[Orphan]
+    facts: RowFacts, lines: Sequence[WalletLine], orphans: Sequence[Orphan]
 ) -> list[str]:
-    found = {r.currency for r in rows if r.state != "invalid" and r.currency}
-    found |= {charged_currency(r) for r in ordered_rows(rows)}
+    found = set(facts.currencies)
     found |= {line.currency for line in lines if line.flagged and line.currency}
     found |= {o.order.currency for o in orphans if o.order.currency}
     return sorted(found)
@@ -80,23 +80,24 @@ class _Tally:
 def currency_verdict(
     currency: str,
     inputs: ReconcileInputs,
-    ordered: Sequence[RowRecord],
-    checks: Mapping[str, OrderCheck],
+    facts: RowFacts,
+    problems: ProblemCounts,
     lines: Sequence[WalletLine],
     orphans: Sequence[Orphan],
     evidence: Evidence,
 ) -> CurrencyReconciliation:
     tally = _Tally(currency)
-    _tally_ledger(tally, ordered)
-    _tally_unsettled(tally, inputs.rows)
+    figures = facts.currency(currency)
+    _tally_ledger(tally, figures)
+    _tally_unsettled(tally, figures)
     mine = [o for o in orphans if o.order.currency == currency]
     unverified = False
     if evidence == "transactions":
-        _tally_transactions(tally, ordered, checks, lines)
+        _tally_transactions(tally, problems.get(currency) or Counter(), lines)
         _tally_orphans(tally, mine)
         _tally_balance_movement(tally, inputs, lines)
     elif evidence == "balances":
-        _tally_balances_only(tally, inputs)
+        _tally_balances_only(tally, inputs, figures)
     else:
         unverified = True
         tally.notes.insert(
@@ -133,37 +134,16 @@ def _verdict(tally: _Tally, unverified: bool) -> Verdict:
     return RECONCILED
 
 
-def _tally_ledger(tally: _Tally, ordered: Sequence[RowRecord]) -> None:
-    missing_cost = 0
-    paid_elsewhere: dict[str, int] = defaultdict(int)
-    for row in ordered:
-        if row.currency == tally.currency:
-            tally.orders += 1
-            tally.face += row.face_value
-            if charged_currency(row) != tally.currency:
-                paid_elsewhere[charged_currency(row)] += 1
-        if charged_currency(row) != tally.currency:
-            continue
-        tally.charged += 1
-        if row.cost is None:
-            missing_cost += 1
-            continue
-        tally.cost += row.cost
-        if row.currency == tally.currency:
-            tally.discount += row.face_value - row.cost
-    if missing_cost:
-        tally.problems.append(f"{missing_cost} order(s) have no cost in the ledger")
-    for wallet, count in sorted(paid_elsewhere.items()):
+def _tally_ledger(tally: _Tally, figures: CurrencyRows) -> None:
+    tally.orders, tally.face = figures.orders, figures.face
+    tally.charged, tally.cost, tally.discount = figures.charged, figures.cost, figures.discount
+    if figures.missing_cost:
+        tally.problems.append(f"{figures.missing_cost} order(s) have no cost in the ledger")
+    for wallet, count in sorted(figures.paid_elsewhere.items()):
         tally.notes.append(f"{count} order(s) paid from the {wallet} wallet (no discount shown)")
 
 
-def _tally_transactions(
-    tally: _Tally,
-    ordered: Sequence[RowRecord],
-    checks: Mapping[str, OrderCheck],
-    lines: Sequence[WalletLine],
-) -> None:
-    mine = [r for r in ordered if charged_currency(r) == tally.currency]
+def _tally_transactions(tally: _Tally, problems: Counter[str], lines: Sequence[WalletLine]) -> None:
     tally.debits = sum(
         (
             -line.transaction.amount
@@ -177,21 +157,14 @@ def _tally_transactions(
             f"ledger cost {tally.money(tally.cost)} ≠ wallet debits {tally.money(tally.debits)}"
             f" (difference {tally.money(tally.cost - tally.debits)})"
         )
-    _count_problem(tally, mine, checks, lambda c: not c.listed, "not listed by the provider")
-    _count_problem(
-        tally, mine, checks, lambda c: NO_TRANSACTION_PROBLEM in c.problems,
-        "have no wallet transaction",
-    )  # fmt: skip
-    _count_problem(
-        tally, mine, checks,
-        lambda c: any(p.startswith("wallet debit") for p in c.problems),
-        "were charged differently from the ledger's cost",
-    )  # fmt: skip
-    _count_problem(
-        tally, mine, checks,
-        lambda c: any(p.startswith("the provider has") for p in c.problems),
-        "differ from the provider's record (currency or face value)",
-    )  # fmt: skip
+    for kind, text in (
+        (UNLISTED, "not listed by the provider"),
+        (NO_DEBIT, "have no wallet transaction"),
+        (DEBIT_DIFFERS, "were charged differently from the ledger's cost"),
+        (LISTING_DIFFERS, "differ from the provider's record (currency or face value)"),
+    ):
+        if problems[kind]:
+            tally.problems.append(f"{problems[kind]} order(s) {text}")
     flying = [x for x in lines if x.status == IN_FLIGHT and x.currency == tally.currency]
     tally.in_flight_debits = sum((-x.transaction.amount for x in flying if x.transaction), ZERO)
     tally.fx_fees = sum(
@@ -218,16 +191,16 @@ def _tally_transactions(
         )
 
 
-def _count_problem(
-    tally: _Tally,
-    rows: Sequence[RowRecord],
-    checks: Mapping[str, OrderCheck],
-    test: Callable[[OrderCheck], bool],
-    text: str,
-) -> None:
-    count = sum(1 for r in rows if r.row_key in checks and test(checks[r.row_key]))
-    if count:
-        tally.problems.append(f"{count} order(s) {text}")
+def problem_kinds(listed: bool, problems: Sequence[str]) -> list[str]:
+    """The kinds of problem an order's check has, as the per-currency reasons count them."""
+    kinds = [] if listed else [UNLISTED]
+    if NO_TRANSACTION_PROBLEM in problems:
+        kinds.append(NO_DEBIT)
+    if any(p.startswith("wallet debit") for p in problems):
+        kinds.append(DEBIT_DIFFERS)
+    if any(p.startswith("the provider has") for p in problems):
+        kinds.append(LISTING_DIFFERS)
+    return kinds
 
 
 def _tally_orphans(tally: _Tally, orphans: Sequence[Orphan]) -> None:
@@ -290,7 +263,7 @@ def _part_of(status: str | None, amount: Decimal) -> str:
     return "other"
 
 
-def _tally_balances_only(tally: _Tally, inputs: ReconcileInputs) -> None:
+def _tally_balances_only(tally: _Tally, inputs: ReconcileInputs, figures: CurrencyRows) -> None:
     moved = ZERO
     for run in inputs.runs:
         if run.idle:
@@ -306,18 +279,14 @@ def _tally_balances_only(tally: _Tally, inputs: ReconcileInputs) -> None:
     if moved == tally.cost:
         return
     gap = moved - tally.cost
-    flying = [
-        r for r in inputs.rows
-        if r.state in IN_FLIGHT_STATES and charged_currency(r) == tally.currency
-    ]  # fmt: skip
-    at_most = sum((r.est_cost or r.face_value for r in flying), ZERO)
+    flying, at_most = figures.flying_charged, figures.flying_at_most
     if flying and ZERO < gap <= at_most:
         # The orders in flight may already be paid: that is progress, not a mismatch.
         tally.in_flight_debits = gap
         tally.debits = tally.cost
         tally.notes.append(
             f"the wallet moved {tally.money(gap)} more than the confirmed orders cost; the "
-            f"{len(flying)} order(s) in flight (up to {tally.money(at_most)}) account for it"
+            f"{flying} order(s) in flight (up to {tally.money(at_most)}) account for it"
         )
         return
     tally.problems.append(
@@ -327,16 +296,8 @@ def _tally_balances_only(tally: _Tally, inputs: ReconcileInputs) -> None:
     )
 
 
-def _tally_unsettled(tally: _Tally, rows: Sequence[RowRecord]) -> None:
-    for row in rows:
-        if row.currency != tally.currency:
-            continue
-        if row.state in IN_FLIGHT_STATES:
-            tally.in_flight += 1
-        elif row.in_sheet and row.state in UNFINISHED_STATES:
-            tally.unsent += 1
-        elif row.in_sheet and row.state in HELD_STATES:
-            tally.held += 1
+def _tally_unsettled(tally: _Tally, figures: CurrencyRows) -> None:
+    tally.in_flight, tally.unsent, tally.held = figures.in_flight, figures.unsent, figures.held
     if tally.in_flight:
         tally.notes.append(
             f"{tally.in_flight} order(s) still in flight, matched to their order requests: "

@@ -85,7 +85,9 @@ class ProviderData:
 
 @dataclass(frozen=True)
 class ReconcileInputs:
-    rows: Sequence[RowRecord]  # every ledger row of the batch, in the sheet or not
+    #: the rows a report shows (in the sheet, then orders no longer in it), in that
+    #: order; iterable more than once (`BatchRows` reads them a page at a time)
+    rows: Iterable[RowRecord]
     runs: Sequence[RunWindow]
     provider: ProviderData | None = None  # None: the listings were not fetched
     sheet_rows: int | None = None  # rows in the source sheet, when known

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 from functools import lru_cache
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,6 @@ from batcher.reporting.reconcile import (
     Reconciliation,
     WalletLine,
     charged_currency,
-    ordered_rows,
 )
 from batcher.reporting.report_model import ReportModel
 from batcher.reporting.summary_sheet import write_summary
@@ -132,8 +132,7 @@ def write_workbook(path: Path, model: ReportModel) -> Path:
 
 
 def _register_styles(workbook: Workbook, model: ReportModel) -> _Styles:
-    currencies = {r.currency for r in model.rows if r.currency}
-    currencies |= {r.cost_currency for r in model.rows if r.cost_currency}
+    currencies = set(model.facts.style_currencies)
     currencies |= {line.currency for line in model.reconciliation.wallet_lines if line.currency}
     currencies |= {o.order.currency for o in model.reconciliation.orphans if o.order.currency}
     money = {c: register_style(workbook, money_format(c)) for c in sorted(currencies)}
@@ -280,9 +279,9 @@ def earlier_sheet_note(row: RowRecord) -> str:
 
 def _orders_sheet(workbook: Workbook, model: ReportModel, styles: _Styles) -> StreamedSheet:
     headers = order_headers(model.passthrough)
-    sample = [order_line(r, model, styles) for r in model.rows[:_WIDTH_SAMPLE]]
-    # Made one at a time as the sheet is written: all of them at once would take
-    # about a kilobyte per row, a gigabyte at a million rows.
+    sample = [order_line(r, model, styles) for r in model.rows.first(_WIDTH_SAMPLE)]
+    # Made one at a time as the sheet is written, from rows read a page at a time: all
+    # of them at once would take about a kilobyte per row, a gigabyte at a million rows.
     lines = (order_line(r, model, styles) for r in model.rows)
     return _streamed(
         workbook, ORDERS, headers, lines, _widths(headers, sample), "B2", len(model.rows)
@@ -309,14 +308,36 @@ def failure_line(failure: Failure, styles: _Styles) -> list[Any]:
 
 def _failures_sheet(workbook: Workbook, model: ReportModel, styles: _Styles) -> StreamedSheet:
     """Rows that need a person; rows a rerun settles are on the Outstanding sheet."""
-    rows = [failure_line(f, styles) for f in model.failures if not f.outstanding]
-    return _streamed(workbook, FAILURES, FAILURE_HEADERS, rows, _widths(FAILURE_HEADERS, rows))
+    count = model.failures.tally.needing_action
+    return _failure_lines(workbook, FAILURES, model, styles, outstanding=False, count=count)
 
 
 def _outstanding_sheet(workbook: Workbook, model: ReportModel, styles: _Styles) -> StreamedSheet:
     """Rows not sent yet or still in flight: a rerun of the batch settles them."""
-    rows = [failure_line(f, styles) for f in model.failures if f.outstanding]
-    return _streamed(workbook, OUTSTANDING, FAILURE_HEADERS, rows, _widths(FAILURE_HEADERS, rows))
+    count = model.failures.tally.outstanding
+    return _failure_lines(workbook, OUTSTANDING, model, styles, outstanding=True, count=count)
+
+
+def _failure_lines(
+    workbook: Workbook,
+    title: str,
+    model: ReportModel,
+    styles: _Styles,
+    *,
+    outstanding: bool,
+    count: int,
+) -> StreamedSheet:
+    """The failures (or the outstanding rows), streamed: their rows are read a page at a
+    time as the sheet is written, so a batch that all failed is never held whole."""
+
+    def lines() -> Iterator[list[Any]]:
+        for failure in model.failures:
+            if failure.outstanding == outstanding:
+                yield failure_line(failure, styles)
+
+    sample = list(islice(lines(), _WIDTH_SAMPLE))
+    widths = _widths(FAILURE_HEADERS, sample)
+    return _streamed(workbook, title, FAILURE_HEADERS, lines(), widths, row_count=count)
 
 
 # ----- Wallet
@@ -426,7 +447,9 @@ def write_codes(path: Path, model: ReportModel, redemptions: Mapping[str, Redemp
 
 
 def _code_rows(model: ReportModel, redemptions: Mapping[str, Redemption]) -> Iterator[list[Any]]:
-    for row in ordered_rows(model.rows):
+    for row in model.rows:  # read a page at a time; only the orders have codes
+        if row.state != "succeeded" or not row.order_id:
+            continue
         redemption = redemptions.get(row.order_id or "")
         f = row.fields
         face = round_money(row.face_value, row.currency)

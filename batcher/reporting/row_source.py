@@ -1,0 +1,152 @@
+"""The batch's rows as the end of a run and the reports read them: a page at a time.
+
+At a million rows, every row of the batch held at once as a `RowRecord` is over a
+gigabyte and a half. `BatchRows` holds only the rows' keys, in report order, and
+reads the rows themselves from the ledger a page at a time each time it is
+iterated; whoever reads it keeps aggregates (`batcher.reporting.row_facts`), not
+rows. A batch that fits in one page is read once and kept, so a small batch costs
+what it did when it was read whole.
+
+Rows skipped as already ordered in another batch are explained here, page by
+page: with where and when they were ordered (finance needs the batch, the order
+id and the date to find the card).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Iterator, Sequence
+
+from batcher.ledger.store import Ledger, RowRecord, parse_ts
+
+#: rows read from the ledger at a time: a few tens of megabytes of `RowRecord`s
+ROW_PAGE = 20_000
+SKIPPED_ELSEWHERE = "ordered_in_another_batch"
+
+#: reads the rows of some keys, in that order, a page at a time
+ReadPages = Callable[[Sequence[str]], Iterator[Sequence[RowRecord]]]
+
+
+class BatchRows:
+    """The rows a report shows, in its order: the sheet's rows in sheet order, then the
+    orders of rows no longer in the sheet (a batch name reused over several sheets).
+
+    Iterable as often as needed; each iteration reads the ledger again, a page at a
+    time, unless the whole batch fits in one page."""
+
+    def __init__(self, keys: Sequence[str], in_sheet: int, read: ReadPages, page: int) -> None:
+        self.keys = keys
+        self.in_sheet_count = in_sheet
+        self._read = read
+        self._page = page
+        self._whole: list[RowRecord] | None = None
+
+    @classmethod
+    def from_ledger(cls, ledger: Ledger, batch: str, page: int | None = None) -> BatchRows:
+        page = page or ROW_PAGE
+        keys, in_sheet = ledger.report_keys(batch)
+
+        def read(wanted: Sequence[str]) -> Iterator[list[RowRecord]]:
+            for rows in ledger.rows_in_pages(batch, wanted, page):
+                yield explain_skips(ledger, batch, rows)
+
+        return cls(keys, in_sheet, read, page)
+
+    @classmethod
+    def from_rows(cls, rows: Iterable[RowRecord], page: int = ROW_PAGE) -> BatchRows:
+        """Rows already in memory (tests, small tools), put in report order."""
+        ordered = report_order(rows)
+        by_key = {r.row_key: r for r in ordered}
+
+        def read(wanted: Sequence[str]) -> Iterator[list[RowRecord]]:
+            for start in range(0, len(wanted), page):
+                yield [by_key[k] for k in wanted[start : start + page] if k in by_key]
+
+        in_sheet = sum(1 for r in ordered if r.in_sheet)
+        return cls([r.row_key for r in ordered], in_sheet, read, page)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __iter__(self) -> Iterator[RowRecord]:
+        if self._whole is not None:
+            yield from self._whole
+            return
+        if len(self.keys) <= self._page:
+            # One page is the whole batch: kept, so the next reader need not read it again.
+            self._whole = [row for rows in self._read(self.keys) for row in rows]
+            yield from self._whole
+            return
+        for rows in self._read(self.keys):
+            yield from rows
+
+    def in_sheet(self) -> Iterator[RowRecord]:
+        """The rows in the sheet, in sheet order."""
+        if self._whole is not None:
+            yield from self._whole[: self.in_sheet_count]
+            return
+        for rows in self._read(self.keys[: self.in_sheet_count]):
+            yield from rows
+
+    def only(self, keys: Sequence[str]) -> Iterator[RowRecord]:
+        """The rows of `keys`, in that order (a few of the batch's, such as its failures)."""
+        if self._whole is not None:
+            by_key = {r.row_key: r for r in self._whole}
+            yield from (by_key[k] for k in keys if k in by_key)
+            return
+        for rows in self._read(keys):
+            yield from rows
+
+    def first(self, count: int) -> list[RowRecord]:
+        """The first `count` rows (a sample that sizes the columns of a sheet)."""
+        if self._whole is not None:
+            return self._whole[:count]
+        return list(self.only(self.keys[:count]))
+
+
+def report_order(rows: Iterable[RowRecord]) -> list[RowRecord]:
+    """Rows in the sheet in source order, then orders whose row left the sheet."""
+    every = list(rows)
+    in_sheet = sorted((r for r in every if r.in_sheet), key=_place)
+    gone = sorted((r for r in every if not r.in_sheet and r.order_id), key=_place)
+    return in_sheet + gone
+
+
+def _place(row: RowRecord) -> tuple[int, str]:
+    return row.source_row, row.row_key
+
+
+def explain_skips(ledger: Ledger, batch: str, rows: Sequence[RowRecord]) -> list[RowRecord]:
+    """Rows skipped as already ordered elsewhere, with where and when it was ordered.
+
+    The ledger records only that a reference was done in another batch; finance
+    needs the batch, the order id and the date to find the card.
+    """
+    skipped = [r.reference for r in rows if r.state == "skipped" and r.reference]
+    if not skipped:
+        return list(rows)
+    found = ledger.orders_elsewhere(batch, skipped)
+    explained = []
+    for row in rows:
+        where = found.get(row.reference or "") if row.state == "skipped" else None
+        if where is not None:
+            row = dataclasses.replace(
+                row,
+                error_code=row.error_code or SKIPPED_ELSEWHERE,
+                error_message=skip_reason(*where),
+            )
+        elif row.state == "skipped" and not row.error_message:
+            row = dataclasses.replace(
+                row,
+                error_code=row.error_code or SKIPPED_ELSEWHERE,
+                error_message="already ordered in another batch (its order is not in this ledger)",
+            )
+        explained.append(row)
+    return explained
+
+
+def skip_reason(batch: str, order_id: str | None, succeeded_at: str | None) -> str:
+    moment = parse_ts(succeeded_at)
+    when = f" on {moment.date().isoformat()}" if moment else ""
+    order = f" as order {order_id}" if order_id else ""
+    return f"already ordered in batch {batch}{order}{when}; not ordered again"

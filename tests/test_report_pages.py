@@ -1,0 +1,136 @@
+"""The end of a run and the reports read the batch's rows a page at a time.
+
+At a million rows every row held at once is over 1.5 GB: the report must come out
+the same whether the batch is one page or many, and never read the batch whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from openpyxl import load_workbook
+
+from batcher.ledger.store import Ledger, RowRecord
+from batcher.reporting import row_source
+from batcher.reporting.outputs import RowsCsvDraft, write_rows_csv
+from batcher.reporting.reports import FAILED_ROWS_NAME, write_batch_report
+from tests.test_reconcile import row
+from tests.test_reports import MIXED, Spec, build
+
+SPECS = [
+    *MIXED,
+    *(Spec(n, face="12.50", cost="12.19", cost_centre=f"CC-{n % 3}") for n in range(11, 41)),
+    Spec(41, state="failed", product="TESCO_UK", face="20.00", cost="19.20"),
+    Spec(42, state="funds", face="30.00", cost="29.25"),
+    Spec(43, state="unknown", face="15.00", cost="14.63"),
+    Spec(44, state="invalid", product="NOPE_UK"),
+]
+BALANCES = {"GBP": ("1000.00", "513.87"), "EUR": ("500.00", "470.75"), "JPY": ("9000", "4125")}
+
+
+def workbook_values(path: Path) -> dict[str, list[tuple[Any, ...]]]:
+    """Every sheet's cells, but the moment the report was generated."""
+    book = load_workbook(path)
+    return {
+        sheet.title: [
+            row
+            for row in sheet.iter_rows(values_only=True)
+            if row and row[0] != "Report generated (UTC)"
+        ]
+        for sheet in book.worksheets
+    }
+
+
+def report(ledger: Ledger, provider: Any, out: Path) -> tuple[dict[str, Any], bytes, str]:
+    result = write_batch_report(ledger, "nightly", provider, out)
+    rec = result.reconciliation
+    return (
+        workbook_values(result.workbook),
+        (out / "nightly" / FAILED_ROWS_NAME).read_bytes(),
+        (f"{rec.verdict}: {rec.reason}"),
+    )
+
+
+class Paging:
+    """Records the pages the ledger hands out, and refuses to hand out the whole batch."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.pages: list[int] = []
+        real = Ledger.rows_in_pages
+
+        def rows_in_pages(
+            ledger: Ledger, batch: str, keys: Sequence[str], page: int = 5_000
+        ) -> Iterator[list[RowRecord]]:
+            for rows in real(ledger, batch, keys, page):
+                self.pages.append(len(rows))
+                yield rows
+
+        def rows(*args: Any, **kwargs: Any) -> list[RowRecord]:
+            raise AssertionError("the report read every row of the batch at once")
+
+        monkeypatch.setattr(Ledger, "rows_in_pages", rows_in_pages)
+        monkeypatch.setattr(Ledger, "rows", rows)
+
+
+@pytest.mark.parametrize("page", [1, 7])
+def test_a_report_in_pages_is_the_report_in_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, page: int
+) -> None:
+    ledger, provider = build(tmp_path, SPECS, balances=BALANCES)
+    try:
+        whole = report(ledger, provider, tmp_path / "whole")
+        paging = Paging(monkeypatch)
+        monkeypatch.setattr(row_source, "ROW_PAGE", page)
+        paged = report(ledger, provider, tmp_path / "paged")
+    finally:
+        ledger.close()
+    assert paged == whole
+    assert max(paging.pages) <= page and sum(paging.pages) >= len(SPECS)
+    orders = whole[0]["Orders"]
+    assert len(orders) == 1 + len(SPECS), "every row on the Orders sheet, once"
+    assert len(whole[1].splitlines()) == 1 + 4, "the two invalid and two refused rows to fix"
+
+
+def test_a_report_without_the_provider_in_pages_is_the_report_in_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger, _ = build(tmp_path, SPECS, balances=BALANCES)
+    try:
+        whole = report(ledger, None, tmp_path / "whole")
+        Paging(monkeypatch)
+        monkeypatch.setattr(row_source, "ROW_PAGE", 5)
+        paged = report(ledger, None, tmp_path / "paged")
+    finally:
+        ledger.close()
+    assert paged == whole
+
+
+@pytest.mark.parametrize(
+    "passthrough",
+    [
+        [{"Cost centre": "CC-1", "Team": "a"}, {"Cost centre": "=1+2", "Team": "b"}, {}],
+        [{"Cost centre": "CC-1"}, {"Team": "late"}, {"Cost centre": "CC-3", "Team": "x"}],
+    ],
+    ids=["the first row's columns", "a column only a later row has"],
+)
+def test_rows_csv_drafted_as_the_rows_go_by_is_rows_csv(
+    tmp_path: Path, passthrough: list[dict[str, str]]
+) -> None:
+    rows = [
+        row(n, passthrough=cells, state=state)
+        for n, (cells, state) in enumerate(
+            zip(passthrough, ["succeeded", "failed", "pending"], strict=True)
+        )
+    ]
+    gone = row(9, in_sheet=False)  # an earlier sheet's order: not in rows.csv
+    draft = RowsCsvDraft(tmp_path)
+    for each in [*rows, gone]:
+        draft.add(each)
+    extra = list(dict.fromkeys(h for r in rows for h in r.passthrough))
+    drafted = draft.commit(tmp_path / "drafted.csv", lambda: iter(rows), extra)
+    whole = write_rows_csv(tmp_path / "whole.csv", rows)
+    assert drafted.read_bytes() == whole.read_bytes()
+    assert len(drafted.read_text(encoding="utf-8").splitlines()) == 1 + len(rows)
