@@ -443,6 +443,7 @@ class MockGifq:
             for i in range(count)
         ]  # fmt: skip
         self.requests: list[httpx.Request] = []
+        self.busy = 0  # orders someone else creates just before each list page is read
 
     def complete(self, *indexes: int) -> None:
         for index in indexes:
@@ -463,6 +464,7 @@ class MockGifq:
         assert request.headers["X-Api-Token"] == SECRET
         path = request.url.path.removeprefix("/api")
         if path == "/orders":
+            self.create(self.busy, status="completed")
             query = parse_qs(request.url.query.decode())
             page, limit = int(query["page"][0]), int(query["limit"][0])
             assert limit <= PAGE_LIMIT
@@ -534,6 +536,21 @@ def test_the_board_is_read_again_when_a_page_of_new_orders_would_fill_it() -> No
     for n in range(16):
         board.created(order(id=f"more_{n}", status="pending"))
     assert board.stale(2.0)  # 16 new orders: page 1 still reaches all of them
+
+
+def test_in_the_runs_tail_a_pending_from_memory_says_when_the_board_may_be_read() -> None:
+    gifq, clock = MockGifq(3), FakeClock()
+    client = gifq.client(clock)
+    assert client.poll("ord_2", poll_item(2)).ask_again_in is None  # a read: back off as usual
+    gifq.create(1)
+    client.board.created(gifq.orders[-1])
+    clock.now += 0.1
+    assert client.poll("ord_2", poll_item(2)).ask_again_in is None  # orders being created
+    clock.now += 0.5
+    assert client.poll("ord_1", poll_item(1)).ask_again_in is None  # stale: read, pending
+    clock.now += 0.2
+    tail = client.poll("ord_1", poll_item(1))
+    assert tail.from_cache and tail.ask_again_in == pytest.approx(0.3)
 
 
 def test_an_order_beyond_the_first_pages_is_fetched_by_id() -> None:
@@ -664,8 +681,14 @@ def test_a_listing_from_what_was_listed_is_the_providers_whole_list(seed: int) -
             client.lookup(KEY, [item()])
         clock.now += rnd.choice([0.1, 0.6, 3.0])
     since = EPOCH + timedelta(seconds=rnd.randrange(0, 40))
+    gifq.busy = rnd.choice([0, 0, 1, 7, 19])  # others order while the listing reads pages
+    before = {placed["id"] for placed in gifq.orders[since.second :]}
     found = client.orders(since)
-    assert listed(found) == listed(gifq.client(FakeClock()).orders(since))
+    gifq.busy = 0
+    fresh = listed(gifq.client(FakeClock()).orders(since))
+    assert before <= {o.order_id for o in found}  # every order there when it began
+    assert set(listed(found)) <= set(fresh)  # each as the provider shows it, and only once
+    assert len({o.order_id for o in found}) == len(found)
 
 
 def test_a_refused_token_is_an_auth_error_naming_no_secret() -> None:

@@ -295,6 +295,19 @@ def test_polls_answered_from_the_clients_memory_do_not_back_off(
         assert 0.9 * base <= slept <= 1.1 * base
 
 
+def test_a_pending_that_says_when_to_ask_again_is_polled_then(tmp_path: Path) -> None:
+    """GIFQ's board, once nothing is being created, says when a list read may show more:
+    the poll comes then, however long the back-off would have been."""
+    w = world(tmp_path, GBP4[:1], wallets={"GBP": Decimal(100)}, polls_to_complete=4,
+              pending_ask_again_in=0.25)  # fmt: skip
+    w.run(RunOptions(initial_poll_delay=1.0, max_poll_delay=8.0))
+    assert_exactly_once(w)
+    expected = [1, 0.25, 0.25, 0.25]
+    assert len(w.clock.slept) == len(expected)
+    for slept, base in zip(w.clock.slept, expected, strict=True):
+        assert 0.9 * base <= slept <= 1.1 * base
+
+
 # ---------------------------------------------------------------------- incomplete answers
 
 

@@ -751,7 +751,8 @@ class Runner:
                 previous if result.from_cache else min(self.options.max_poll_delay, previous * 2)
             )
             delays[key] = delay
-            self._schedule(polls, key, delay)
+            soonest = delay if result.ask_again_in is None else min(delay, result.ask_again_in)
+            self._schedule(polls, key, soonest)
             return
         # Learn how long the provider takes, so the next first poll lands after
         # completion; only from polls that ran on time (a deferred poll overstates it).

@@ -108,6 +108,9 @@ class PollResult:
     #: "pending" read from what the client already held, without asking the provider:
     #: the next poll costs the provider nothing, so the runner does not back off
     from_cache: bool = False
+    #: "pending" from a client that knows when it may next learn more (GIFQ's order board,
+    #: once no order is being created): poll again no later than this many seconds
+    ask_again_in: float | None = None
 
 
 @dataclass(frozen=True)

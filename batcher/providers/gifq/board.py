@@ -112,6 +112,16 @@ class OrderBoard:
         idle = self._last_created_at is None or now - self._last_created_at >= idle_age
         return now - self._refreshed_at >= (idle_age if idle else max_age)
 
+    def idle_read_in(self, idle_age: float = _IDLE_REFRESH) -> float | None:
+        """Once no order has been created for `idle_age` (the run's tail): seconds until
+        `stale` lets the list be read again; None while orders are still being created."""
+        now = self._clock()
+        if self._last_created_at is not None and now - self._last_created_at < idle_age:
+            return None
+        if self._refreshed_at is None:
+            return 0.0
+        return max(0.0, self._refreshed_at + idle_age - now)
+
     def refreshing(self) -> None:
         self._refreshed_at = self._clock()
         self._created_since_refresh = 0

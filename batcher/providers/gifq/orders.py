@@ -193,12 +193,18 @@ class GifqOrders(GifqBase):
         except ProviderUnavailable as exc:  # for the runner, a failed poll is just "not yet"
             raise OutcomeUnknown(exc.message) from None
         cached = self._board_reads == refreshes  # answered from the board, no request made
+        # In the run's tail, a "pending" from the board's memory is worth asking again as
+        # soon as the board may be read again: one list page then settles every order on it.
+        again = self.board.idle_read_in() if cached else None
         if order is None:
-            return PollResult(kind="pending", from_cache=cached)
+            return PollResult(kind="pending", from_cache=cached, ask_again_in=again)
         result = self._order_result(item, order)
         if result.status == "pending":
             return PollResult(
-                kind="pending", provider_status=result.provider_status, from_cache=cached
+                kind="pending",
+                provider_status=result.provider_status,
+                from_cache=cached,
+                ask_again_in=again,
             )
         self.board.settled(request_id)
         self._off_list.discard(request_id)
