@@ -117,6 +117,8 @@ class FakeProvider:
     pending_from_cache: bool = False
     #: "pending" answers ask to be polled again this soon (GIFQ's board in a run's tail)
     pending_ask_again_in: float | None = None
+    #: completed answers say they brought news for the other polls (GIFQ's board in a tail)
+    completed_news_for_others: bool = False
 
     # the provider's own books
     sent: list[tuple[str, bytes]] = field(default_factory=list)
@@ -232,7 +234,8 @@ class FakeProvider:
                               ask_again_in=self.pending_ask_again_in)  # fmt: skip
         if fault is Fault.INCOMPLETE:
             raise IncompleteResult("result did not match every item", items=_half(request.results))
-        return PollResult(kind="completed", items=request.results, provider_status="succeeded")
+        return PollResult(kind="completed", items=request.results, provider_status="succeeded",
+                          news_for_others=self.completed_news_for_others)  # fmt: skip
 
     def lookup(
         self,

@@ -308,6 +308,19 @@ def test_a_pending_that_says_when_to_ask_again_is_polled_then(tmp_path: Path) ->
         assert 0.9 * base <= slept <= 1.1 * base
 
 
+@pytest.mark.parametrize("news", [False, True])
+def test_a_poll_with_news_for_the_others_brings_their_polls_forward(
+    tmp_path: Path, news: bool
+) -> None:
+    """GIFQ's board, read in a run's tail, answers every order on the page: the other
+    chunks' polls come at once instead of at their own (jittered) times."""
+    w = world(tmp_path, GBP4[:2], submit_limit=1, wallets={"GBP": Decimal(100)},
+              polls_to_complete=2, completed_news_for_others=news)  # fmt: skip
+    w.run(RunOptions(initial_poll_delay=1.0, max_poll_delay=8.0))
+    assert_exactly_once(w)
+    assert len(w.clock.slept) == (3 if news else 4)  # the last chunk waits no more with news
+
+
 # ---------------------------------------------------------------------- incomplete answers
 
 

@@ -743,6 +743,10 @@ class Runner:
             result = PollResult(kind="pending")
         else:
             self._poll_failures.pop(key, None)
+            if result.news_for_others:  # the others' answers are in memory now: ask at once
+                now = self.clock()
+                polls[:] = [(min(due, now), other) for due, other in polls]
+                heapq.heapify(polls)
         if result.kind == "pending":
             # Back off from the provider, not from the client's own memory: a "pending"
             # read from what the client already held (GIFQ's order board) cost no request.

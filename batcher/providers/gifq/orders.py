@@ -195,9 +195,14 @@ class GifqOrders(GifqBase):
         cached = self._board_reads == refreshes  # answered from the board, no request made
         # In the run's tail, a "pending" from the board's memory is worth asking again as
         # soon as the board may be read again: one list page then settles every order on it.
-        again = self.board.idle_read_in() if cached else None
+        # And a read in the tail answers the other orders' polls too: the runner asks them now.
+        idle = self.board.idle_read_in()
+        again = idle if cached else None
+        news = not cached and idle is not None
         if order is None:
-            return PollResult(kind="pending", from_cache=cached, ask_again_in=again)
+            return PollResult(
+                kind="pending", from_cache=cached, ask_again_in=again, news_for_others=news
+            )
         result = self._order_result(item, order)
         if result.status == "pending":
             return PollResult(
@@ -205,10 +210,16 @@ class GifqOrders(GifqBase):
                 provider_status=result.provider_status,
                 from_cache=cached,
                 ask_again_in=again,
+                news_for_others=news,
             )
         self.board.settled(request_id)
         self._off_list.discard(request_id)
-        return PollResult(kind="completed", items=(result,), provider_status=result.provider_status)
+        return PollResult(
+            kind="completed",
+            items=(result,),
+            provider_status=result.provider_status,
+            news_for_others=news,
+        )
 
     def lookup(
         self, key: str, items: Sequence[OrderItem], **hints: Unpack[LookupHints]
