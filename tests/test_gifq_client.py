@@ -553,6 +553,15 @@ def test_in_the_runs_tail_a_pending_from_memory_says_when_the_board_may_be_read(
     assert tail.from_cache and tail.ask_again_in == pytest.approx(0.3)
 
 
+def test_a_created_order_is_awaited_before_its_first_poll() -> None:
+    """So the read that answers one poll in a run's tail reaches every order still pending."""
+    board = OrderBoard(clock=FakeClock())
+    board.created(order(id="new_1", status="pending"))
+    assert board.waiting() == {"new_1"}
+    board.remember(order(id="new_1", status="completed"))
+    assert board.waiting() == set()
+
+
 def test_an_order_beyond_the_first_pages_is_fetched_by_id() -> None:
     gifq, clock = MockGifq(100), FakeClock()
     gifq.complete(0)

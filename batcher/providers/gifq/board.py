@@ -86,8 +86,10 @@ class OrderBoard:
         }
 
     def created(self, record: Record) -> None:
-        """An order this client just created: it tops the newest-first list."""
+        """An order this client just created: it tops the newest-first list, and a poll
+        will wait for it (so a read looks for it before that poll comes)."""
         self.remember(record)
+        self.watch(text_of(record.get("id")))
         self._created_since_refresh += 1
         self._last_created_at = self._clock()
 
