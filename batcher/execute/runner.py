@@ -743,7 +743,8 @@ class Runner:
             result = PollResult(kind="pending")
         else:
             self._poll_failures.pop(key, None)
-            if result.news_for_others:  # the others' answers are in memory now: ask at once
+            if result.news_for_others and self.stats.submit_finished is not None:
+                # all sent, and the others' answers are in the client's memory: ask at once
                 now = self.clock()
                 polls[:] = [(min(due, now), other) for due, other in polls]
                 heapq.heapify(polls)

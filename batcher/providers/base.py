@@ -112,7 +112,7 @@ class PollResult:
     #: once no order is being created): poll again no later than this many seconds
     ask_again_in: float | None = None
     #: this poll's request brought news that other requests' polls can read from the
-    #: client's memory (GIFQ's order board, read in a run's tail): poll them now
+    #: client's memory (GIFQ's order board): once everything is sent, poll them now
     news_for_others: bool = False
 
 

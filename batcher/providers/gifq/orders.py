@@ -195,10 +195,11 @@ class GifqOrders(GifqBase):
         cached = self._board_reads == refreshes  # answered from the board, no request made
         # In the run's tail, a "pending" from the board's memory is worth asking again as
         # soon as the board may be read again: one list page then settles every order on it.
-        # And a read in the tail answers the other orders' polls too: the runner asks them now.
+        # And a read answers the other orders' polls too: once everything is sent, the
+        # runner asks them now rather than at their own times.
         idle = self.board.idle_read_in()
         again = idle if cached else None
-        news = not cached and idle is not None
+        news = not cached
         if order is None:
             return PollResult(
                 kind="pending", from_cache=cached, ask_again_in=again, news_for_others=news
