@@ -547,10 +547,12 @@ def test_in_the_runs_tail_a_pending_from_memory_says_when_the_board_may_be_read(
     clock.now += 0.1
     assert client.poll("ord_2", poll_item(2)).ask_again_in is None  # orders being created
     clock.now += 0.5
-    assert client.poll("ord_1", poll_item(1)).ask_again_in is None  # stale: read, pending
+    read = client.poll("ord_1", poll_item(1))  # stale: read, pending
+    assert read.ask_again_in is None and read.news_for_others  # the others may be answered
     clock.now += 0.2
     tail = client.poll("ord_1", poll_item(1))
     assert tail.from_cache and tail.ask_again_in == pytest.approx(0.3)
+    assert not tail.news_for_others
 
 
 def test_a_created_order_is_awaited_before_its_first_poll() -> None:
