@@ -115,6 +115,10 @@ class FakeProvider:
     idempotency_carrier: Literal["header", "body"] = "header"
     #: "pending" answers say they came from the client's memory (GIFQ's order board)
     pending_from_cache: bool = False
+    #: "pending" answers ask to be polled again this soon (GIFQ's board in a run's tail)
+    pending_ask_again_in: float | None = None
+    #: completed answers say they brought news for the other polls (GIFQ's board in a tail)
+    completed_news_for_others: bool = False
 
     # the provider's own books
     sent: list[tuple[str, bytes]] = field(default_factory=list)
@@ -226,10 +230,12 @@ class FakeProvider:
             raise OutcomeUnknown("poll: read timeout")
         if request.results is None:
             return PollResult(kind="pending", provider_status="processing",
-                              from_cache=self.pending_from_cache)  # fmt: skip
+                              from_cache=self.pending_from_cache,
+                              ask_again_in=self.pending_ask_again_in)  # fmt: skip
         if fault is Fault.INCOMPLETE:
             raise IncompleteResult("result did not match every item", items=_half(request.results))
-        return PollResult(kind="completed", items=request.results, provider_status="succeeded")
+        return PollResult(kind="completed", items=request.results, provider_status="succeeded",
+                          news_for_others=self.completed_news_for_others)  # fmt: skip
 
     def lookup(
         self,

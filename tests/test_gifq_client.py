@@ -4,6 +4,7 @@ and everything else against the real GIFQ sandbox."""
 from __future__ import annotations
 
 import json
+import random
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -442,16 +443,28 @@ class MockGifq:
             for i in range(count)
         ]  # fmt: skip
         self.requests: list[httpx.Request] = []
+        self.busy = 0  # orders someone else creates just before each list page is read
 
     def complete(self, *indexes: int) -> None:
         for index in indexes:
             self.orders[index]["status"] = "completed"
+
+    def create(self, count: int, status: str = "pending") -> None:
+        """`count` more orders on top of the list (this client's or anyone's)."""
+        for _ in range(count):
+            i = len(self.orders)
+            self.orders.append(
+                {"id": f"ord_{i}", "reference": f"ref-{i}", "status": status, "brand": "amazon",
+                 "currency": "GBP", "face_value": "10.00", "price": "9.75", "country": "GB",
+                 "created_at": f"2025-01-01T{10 + i // 3600:02d}:{i // 60 % 60:02d}:{i % 60:02d}Z"}
+            )  # fmt: skip
 
     def handler(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
         assert request.headers["X-Api-Token"] == SECRET
         path = request.url.path.removeprefix("/api")
         if path == "/orders":
+            self.create(self.busy, status="completed")
             query = parse_qs(request.url.query.decode())
             page, limit = int(query["page"][0]), int(query["limit"][0])
             assert limit <= PAGE_LIMIT
@@ -525,6 +538,32 @@ def test_the_board_is_read_again_when_a_page_of_new_orders_would_fill_it() -> No
     assert board.stale(2.0)  # 16 new orders: page 1 still reaches all of them
 
 
+def test_in_the_runs_tail_a_pending_from_memory_says_when_the_board_may_be_read() -> None:
+    gifq, clock = MockGifq(3), FakeClock()
+    client = gifq.client(clock)
+    assert client.poll("ord_2", poll_item(2)).ask_again_in is None  # a read: back off as usual
+    gifq.create(1)
+    client.board.created(gifq.orders[-1])
+    clock.now += 0.1
+    assert client.poll("ord_2", poll_item(2)).ask_again_in is None  # orders being created
+    clock.now += 0.5
+    read = client.poll("ord_1", poll_item(1))  # stale: read, pending
+    assert read.ask_again_in is None and read.news_for_others  # the others may be answered
+    clock.now += 0.2
+    tail = client.poll("ord_1", poll_item(1))
+    assert tail.from_cache and tail.ask_again_in == pytest.approx(0.3)
+    assert not tail.news_for_others
+
+
+def test_a_created_order_is_awaited_before_its_first_poll() -> None:
+    """So the read that answers one poll in a run's tail reaches every order still pending."""
+    board = OrderBoard(clock=FakeClock())
+    board.created(order(id="new_1", status="pending"))
+    assert board.waiting() == {"new_1"}
+    board.remember(order(id="new_1", status="completed"))
+    assert board.waiting() == set()
+
+
 def test_an_order_beyond_the_first_pages_is_fetched_by_id() -> None:
     gifq, clock = MockGifq(100), FakeClock()
     gifq.complete(0)
@@ -547,6 +586,120 @@ def test_an_order_known_to_be_old_goes_straight_to_get_by_id() -> None:
     gifq.complete(1)
     assert client.poll("ord_1", poll_item(1)).kind == "completed"
     assert (gifq.lists(), gifq.gets()) == (0, 1)
+
+
+EPOCH = datetime(2025, 1, 1, 10, 0, tzinfo=UTC)
+
+
+def listed(orders: list[Any]) -> list[tuple[str, str, str | None]]:
+    return sorted((o.order_id, o.status, o.reference) for o in orders)
+
+
+def test_a_listing_after_polls_reads_only_what_the_polls_did_not_show_final() -> None:
+    gifq, clock = MockGifq(15), FakeClock()
+    gifq.complete(*range(15))
+    client = gifq.client(clock)
+    assert client.poll("ord_14", poll_item(14)).kind == "completed"  # page 1 is the whole list
+    for _ in range(3):  # a run's polls: each read of page 1 reaches the one before
+        gifq.create(16, status="completed")
+        clock.now += 5
+        newest = len(gifq.orders) - 1
+        assert client.poll(f"ord_{newest}", poll_item(newest)).kind == "completed"
+    gifq.create(2)  # not seen by any poll yet
+    gifq.orders[40]["status"] = "pending"  # seen pending by its last read: read again by id
+    client.listed.update(gifq.orders[40])
+    gifq.orders[40]["status"] = "failed"
+    gifq.requests.clear()
+    found = client.orders(EPOCH)
+    fresh = gifq.client(FakeClock()).orders(EPOCH)
+    assert listed(found) == listed(fresh) and len(found) == 65
+    assert next(o.status for o in found if o.order_id == "ord_40") == "failed"
+    assert (gifq.lists(), gifq.gets()) == (4 + 1, 1)  # the fresh client's 4 pages, and ours: 1
+
+
+def test_a_listing_reads_below_what_was_listed_down_to_its_start() -> None:
+    gifq, clock = MockGifq(100), FakeClock()
+    client = gifq.client(clock)
+    assert client.poll("ord_99", poll_item(99)).kind == "pending"  # page 1 only: 80..99
+    since = EPOCH + timedelta(seconds=30)
+    gifq.complete(*range(100))
+    gifq.create(3, status="completed")
+    found = client.orders(since, EPOCH + timedelta(seconds=101))
+    fresh = gifq.client(FakeClock()).orders(since, EPOCH + timedelta(seconds=101))
+    assert listed(found) == listed(fresh)
+    assert {o.order_id for o in found} == {f"ord_{i}" for i in range(30, 102)}
+
+
+def test_a_read_reaching_below_what_was_listed_extends_it_down() -> None:
+    gifq, clock = MockGifq(50), FakeClock()
+    gifq.complete(*range(50))
+    client = gifq.client(clock)
+    assert client.poll("ord_49", poll_item(49)).kind == "completed"  # page 1: 30..49
+    assert client.lookup(KEY, [item()]) is None  # pages 1 to 3: the whole list
+    gifq.requests.clear()
+    assert listed(client.orders(EPOCH)) == listed(gifq.client(FakeClock()).orders(EPOCH))
+    assert gifq.lists() == 1 + 3  # ours: page 1; the fresh client's: all 3
+
+
+def test_a_poll_reads_on_until_it_reaches_the_newest_order_it_read_before() -> None:
+    gifq, clock = MockGifq(5), FakeClock()
+    gifq.complete(*range(5))
+    client = gifq.client(clock)
+    client.poll("ord_4", poll_item(4))
+    gifq.create(25, status="completed")  # ord_4 is now on page 2
+    clock.now += 5
+    assert client.poll("ord_29", poll_item(29)).kind == "completed"
+    assert gifq.lists() == 1 + 2  # page 1 had ord_29, page 2 reaches ord_4
+    gifq.create(3, status="completed")
+    clock.now += 5
+    gifq.requests.clear()
+    assert client.poll("ord_32", poll_item(32)).kind == "completed"
+    assert gifq.lists() == 1  # page 1 reaches ord_29: no more
+    gifq.requests.clear()
+    assert len(client.orders(EPOCH)) == 33 and gifq.lists() == 1
+
+
+def test_too_many_orders_from_elsewhere_and_the_listing_reads_everything() -> None:
+    gifq, clock = MockGifq(10), FakeClock()
+    client = gifq.client(clock)
+    client.poll("ord_9", poll_item(9))
+    gifq.create(120, status="completed")  # more than TOP_PAGES pages above what it read
+    gifq.requests.clear()
+    found = client.orders(EPOCH)
+    assert listed(found) == listed(gifq.client(FakeClock()).orders(EPOCH))
+    assert len(found) == 130
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_a_listing_from_what_was_listed_is_the_providers_whole_list(seed: int) -> None:
+    """Random runs (creations by this client and by others, completions, failures,
+    polls, lookups): the listing equals a fresh client's full listing, every time."""
+    rnd = random.Random(seed)
+    gifq, clock = MockGifq(rnd.randrange(0, 45)), FakeClock()
+    client = gifq.client(clock)
+    for _ in range(rnd.randrange(1, 80)):
+        step = rnd.random()
+        if step < 0.4:
+            gifq.create(rnd.choice([1, 1, 1, 2, 3, 5, 19, 30]), rnd.choice(["pending", "failed"]))
+        elif step < 0.6:  # orders settle, a few left pending
+            for placed in gifq.orders:
+                if placed["status"] == "pending" and rnd.random() < 0.9:
+                    placed["status"] = rnd.choice(["completed", "completed", "failed"])
+        elif step < 0.95 and gifq.orders:
+            index = rnd.randrange(max(0, len(gifq.orders) - 50), len(gifq.orders))
+            client.poll(f"ord_{index}", poll_item(index))
+        elif step < 1.0:
+            client.lookup(KEY, [item()])
+        clock.now += rnd.choice([0.1, 0.6, 3.0])
+    since = EPOCH + timedelta(seconds=rnd.randrange(0, 40))
+    gifq.busy = rnd.choice([0, 0, 1, 7, 19])  # others order while the listing reads pages
+    before = {placed["id"] for placed in gifq.orders[since.second :]}
+    found = client.orders(since)
+    gifq.busy = 0
+    fresh = listed(gifq.client(FakeClock()).orders(since))
+    assert before <= {o.order_id for o in found}  # every order there when it began
+    assert set(listed(found)) <= set(fresh)  # each as the provider shows it, and only once
+    assert len({o.order_id for o in found}) == len(found)
 
 
 def test_a_refused_token_is_an_auth_error_naming_no_secret() -> None:

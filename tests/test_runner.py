@@ -295,6 +295,32 @@ def test_polls_answered_from_the_clients_memory_do_not_back_off(
         assert 0.9 * base <= slept <= 1.1 * base
 
 
+def test_a_pending_that_says_when_to_ask_again_is_polled_then(tmp_path: Path) -> None:
+    """GIFQ's board, once nothing is being created, says when a list read may show more:
+    the poll comes then, however long the back-off would have been."""
+    w = world(tmp_path, GBP4[:1], wallets={"GBP": Decimal(100)}, polls_to_complete=4,
+              pending_ask_again_in=0.25)  # fmt: skip
+    w.run(RunOptions(initial_poll_delay=1.0, max_poll_delay=8.0))
+    assert_exactly_once(w)
+    expected = [1, 0.25, 0.25, 0.25]
+    assert len(w.clock.slept) == len(expected)
+    for slept, base in zip(w.clock.slept, expected, strict=True):
+        assert 0.9 * base <= slept <= 1.1 * base
+
+
+@pytest.mark.parametrize("news", [False, True])
+def test_a_poll_with_news_for_the_others_brings_their_polls_forward(
+    tmp_path: Path, news: bool
+) -> None:
+    """GIFQ's board, read in a run's tail, answers every order on the page: the other
+    chunks' polls come at once instead of at their own (jittered) times."""
+    w = world(tmp_path, GBP4[:2], submit_limit=1, wallets={"GBP": Decimal(100)},
+              polls_to_complete=2, completed_news_for_others=news)  # fmt: skip
+    w.run(RunOptions(initial_poll_delay=1.0, max_poll_delay=8.0))
+    assert_exactly_once(w)
+    assert len(w.clock.slept) == (3 if news else 4)  # the last chunk waits no more with news
+
+
 # ---------------------------------------------------------------------- incomplete answers
 
 

@@ -812,6 +812,11 @@ class Runner:
             result = PollResult(kind="pending")
         else:
             self._poll_failures.pop(key, None)
+            if result.news_for_others and self.stats.submit_finished is not None:
+                # all sent, and the others' answers are in the client's memory: ask at once
+                now = self.clock()
+                polls[:] = [(min(due, now), other) for due, other in polls]
+                heapq.heapify(polls)
         if result.kind == "pending":
             # Back off from the provider, not from the client's own memory: a "pending"
             # read from what the client already held (GIFQ's order board) cost no request.
@@ -820,7 +825,8 @@ class Runner:
                 previous if result.from_cache else min(self.options.max_poll_delay, previous * 2)
             )
             delays[key] = delay
-            self._schedule(polls, key, delay)
+            soonest = delay if result.ask_again_in is None else min(delay, result.ask_again_in)
+            self._schedule(polls, key, soonest)
             return
         # Learn how long the provider takes, so the next first poll lands after
         # completion; only from polls that ran on time (a deferred poll overstates it).

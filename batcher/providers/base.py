@@ -108,6 +108,12 @@ class PollResult:
     #: "pending" read from what the client already held, without asking the provider:
     #: the next poll costs the provider nothing, so the runner does not back off
     from_cache: bool = False
+    #: "pending" from a client that knows when it may next learn more (GIFQ's order board,
+    #: once no order is being created): poll again no later than this many seconds
+    ask_again_in: float | None = None
+    #: this poll's request brought news that other requests' polls can read from the
+    #: client's memory (GIFQ's order board): once everything is sent, poll them now
+    news_for_others: bool = False
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 GBP_PRODUCTS = ["AMAZON_UK_STD", "TESCO_UK", "JOHNLEWIS_UK", "MANDS_UK", "SAINSBURYS_UK"]
+#: GIFQ's documented rate (requests a second) and largest list page (orders)
+GIFQ_RATE, GIFQ_PAGE_LIMIT = 10, 20
 HEADER = ["Reference", "Email", "Name", "Product", "Amount", "Currency", "Country", "Cost centre"]
 
 
@@ -452,7 +454,11 @@ def e2e_ugiftme(data: Path) -> dict[str, Any]:
 
 def e2e_gifq(data: Path) -> dict[str, Any]:
     """1,000 single GIFQ orders against the 10 req/s sandbox: zero 429s, and the wall time
-    against the floor of the run's own calls at 10 req/s (issue 18: <= 1.1x)."""
+    of the whole `batcher run` (its report included) against the floor (issue 18: <= 1.1x).
+
+    The floor is what the work needs, not what batcher happened to call: 1,000 POSTs
+    plus the list pages that show every order settled (20 orders a page), at 10 req/s.
+    """
     from batcher.sandbox.server import running_sandbox
 
     rows = 1000
@@ -486,7 +492,8 @@ def e2e_gifq(data: Path) -> dict[str, Any]:
     rate = req["submit_rate_per_second"]
     calls = req.get("http_requests") or 0  # the run's own calls, before its report
     sandbox_calls = sum(stats["requests"].values())
-    floor = calls / 10  # GIFQ's documented 10 requests per second
+    list_pages = -(-rows // GIFQ_PAGE_LIMIT)  # each order seen settled on one page at least
+    floor = (rows + list_pages) / GIFQ_RATE  # GIFQ's documented 10 requests per second
     return {
         "rows": rows,
         "orders_created": orders,
@@ -496,17 +503,19 @@ def e2e_gifq(data: Path) -> dict[str, Any]:
         "polls": req["polls"],
         "all_http_calls": calls,
         "report_listing_calls": sandbox_calls - calls,
-        "report_listing_floor_seconds": (sandbox_calls - calls) / 10,
+        "sandbox_requests_by_route": stats["requests"],
+        "report_listing_floor_seconds": (sandbox_calls - calls) / GIFQ_RATE,
         "submit_phase_seconds": req["submit_phase_seconds"],
         "submit_rate_per_second": rate,
         "sandbox_429s": stats["tooManyRequestsTotal"],
-        "baseline": "floor: the run's HTTP calls (1,000 POSTs and the list pages and GETs its "
-        "polls needed, before the report's listings) at 10 req/s",
+        "baseline": f"floor: {rows:,} POSTs and the {list_pages} list pages that show them "
+        "settled, at 10 req/s",
         "baseline_seconds": floor,
-        "ratio": wall / floor if floor else None,
-        "ratio_with_report_listings": wall / (sandbox_calls / 10) if sandbox_calls else None,
+        "ratio": wall / floor,
+        "ratio_to_own_calls": wall / (calls / GIFQ_RATE) if calls else None,
+        "ratio_to_all_sandbox_calls": wall / (sandbox_calls / GIFQ_RATE) if sandbox_calls else None,
         "target": "0 429s and wall <= 1.1x the floor",
-        "met": stats["tooManyRequestsTotal"] == 0 and bool(floor) and wall <= 1.1 * floor,
+        "met": stats["tooManyRequestsTotal"] == 0 and wall <= 1.1 * floor,
     }
 
 

@@ -19,7 +19,10 @@ Choices where the contract is silent (each one is tested):
   are answered from an `OrderBoard` that is read again only when a poll needs
   it and it is stale (see `OrderBoard.stale`), and then only as many pages as
   the orders being waited for need. An order not on the first `SCAN_PAGES`
-  pages is fetched with `GET /api/orders/:id` from then on.
+  pages is fetched with `GET /api/orders/:id` from then on. Each read reaches the
+  newest order of the one before, so together they are one unbroken stretch of
+  the list (`ListedStretch`), which `orders()` reuses: it reads only the orders
+  above the stretch, those not final in it, and those below it in the window.
 - The order list carries no redemption details, so a result read from it has
   no voucher code; `redemption(order_id)` fetches them. They are bearer
   credentials: they go into the returned object and nowhere else.
@@ -51,7 +54,7 @@ from __future__ import annotations
 
 from batcher.config import ProviderSettings
 from batcher.providers.base import Provider, ProviderOptions
-from batcher.providers.gifq.board import ListOrder, OrderBoard
+from batcher.providers.gifq.board import ListedStretch, ListOrder, OrderBoard
 from batcher.providers.gifq.common import LOOKUP_PAGES, PACE_MARGIN, GifqBase, account_fingerprint
 from batcher.providers.gifq.orders import SCAN_PAGES, GifqOrders
 from batcher.providers.gifq.parse import (
@@ -93,6 +96,7 @@ __all__ = [
     "GifqOrders",
     "GifqPayouts",
     "ListOrder",
+    "ListedStretch",
     "OrderBoard",
     "account_fingerprint",
     "amount_text",

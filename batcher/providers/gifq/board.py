@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -86,8 +86,10 @@ class OrderBoard:
         }
 
     def created(self, record: Record) -> None:
-        """An order this client just created: it tops the newest-first list."""
+        """An order this client just created: it tops the newest-first list, and a poll
+        will wait for it (so a read looks for it before that poll comes)."""
         self.remember(record)
+        self.watch(text_of(record.get("id")))
         self._created_since_refresh += 1
         self._last_created_at = self._clock()
 
@@ -112,9 +114,112 @@ class OrderBoard:
         idle = self._last_created_at is None or now - self._last_created_at >= idle_age
         return now - self._refreshed_at >= (idle_age if idle else max_age)
 
+    def idle_read_in(self, idle_age: float = _IDLE_REFRESH) -> float | None:
+        """Once no order has been created for `idle_age` (the run's tail): seconds until
+        `stale` lets the list be read again; None while orders are still being created."""
+        now = self._clock()
+        if self._last_created_at is not None and now - self._last_created_at < idle_age:
+            return None
+        if self._refreshed_at is None:
+            return 0.0
+        return max(0.0, self._refreshed_at + idle_age - now)
+
     def refreshing(self) -> None:
         self._refreshed_at = self._clock()
         self._created_since_refresh = 0
 
     def __len__(self) -> int:
         return len(self._orders)
+
+
+#: Orders a listed stretch keeps; past it the oldest are dropped (and read again if needed).
+_MAX_STRETCH_ENTRIES = 20_000
+
+
+class ListedStretch:
+    """The unbroken top of the newest-first order list, as this client's reads showed it.
+
+    GIFQ lists orders newest first, a new order on top, and never removes one
+    (docs/providers/gifq.md), so a read from page 1 down is one unbroken stretch of
+    the list, and a later read that reaches the newest order of the stretch
+    continues it: the orders between are exactly those the later read showed above
+    it. A later read that does not reach it starts the stretch again. `bottom` says
+    the stretch reaches the end of the list (a read got to its last page).
+
+    Each order keeps the last record a read (or a fetch by id) showed, without its
+    redemption details. The end-of-run report lists from it what it already knows:
+    it reads only the orders above it, those not yet final in it, and those below it.
+    """
+
+    def __init__(self, *, max_entries: int = _MAX_STRETCH_ENTRIES) -> None:
+        self._max_entries = max_entries
+        self._ids: list[str] = []  # oldest first, so newer orders are appended
+        self._records: dict[str, Record] = {}
+        self.bottom = False
+
+    @property
+    def newest(self) -> str | None:
+        return self._ids[-1] if self._ids else None
+
+    def read(self, records: Sequence[Record], *, reached_end: bool) -> None:
+        """One read from page 1 down (newest first, each order once)."""
+        ids = [text_of(record.get("id")) for record in records]
+        if "" in ids:
+            self._restart([], [], reached_end=False)  # an order without an id: trust nothing
+            return
+        newest = self.newest
+        at = ids.index(newest) if newest is not None and newest in ids else None
+        if at is None or not self._continues(ids[at:]):
+            self._restart(ids, records, reached_end=reached_end)
+            return
+        deeper = ids[at + len(self._ids) :]  # the read went on below the stretch: it grows down
+        self._ids[:0] = reversed(deeper)
+        self._ids.extend(reversed(ids[:at]))
+        self._keep(ids, records)
+        self.bottom |= reached_end
+        overflow = len(self._ids) - self._max_entries
+        if overflow > 0:
+            for order_id in self._ids[:overflow]:
+                self._records.pop(order_id, None)
+            del self._ids[:overflow]
+            self.bottom = False
+
+    def update(self, record: Record) -> None:
+        """A fresher record of an order in the stretch (a fetch by id)."""
+        order_id = text_of(record.get("id"))
+        if order_id in self._records:
+            self._keep([order_id], [record])
+
+    def records(self) -> list[Record]:
+        """The stretch, newest first."""
+        return [self._records[order_id] for order_id in reversed(self._ids)]
+
+    def unsettled(self) -> list[tuple[str, Record]]:
+        """Orders whose last record in the stretch was not final yet, with that record."""
+        return [
+            (order_id, record)
+            for order_id in self._ids
+            if as_text((record := self._records[order_id]).get("status"))
+            not in FINAL_ORDER_STATUSES
+        ]
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def _continues(self, older: Sequence[str]) -> bool:
+        """The read's orders from the stretch's newest down are the stretch's own, in order."""
+        known = self._ids[::-1][: len(older)]
+        return list(older[: len(known)]) == known
+
+    def _restart(self, ids: Sequence[str], records: Sequence[Record], *, reached_end: bool) -> None:
+        self._ids = list(reversed(ids[: self._max_entries]))
+        self._records = {}
+        self._keep(self._ids, records)
+        self.bottom = reached_end and len(ids) <= self._max_entries
+
+    def _keep(self, ids: Sequence[str], records: Sequence[Record]) -> None:
+        by_id = {text_of(record.get("id")): record for record in records}
+        for order_id in ids:
+            record = by_id.get(order_id)
+            if record is not None:
+                self._records[order_id] = {k: v for k, v in record.items() if k != "redemption"}

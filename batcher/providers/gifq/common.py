@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from datetime import datetime
 from typing import TypeVar
 from urllib.parse import quote
@@ -202,10 +202,11 @@ class GifqBase(ApiBackedProvider):
         return response
 
     def _page_lists(
-        self, path: str, params: Params | None, max_pages: int
-    ) -> Iterator[tuple[list[Record], bool]]:
-        """Each page's records and whether it is the last page, fetched as consumed."""
-        for page in range(1, max_pages + 1):
+        self, path: str, params: Params | None, max_pages: int, *, first: int = 1
+    ) -> Generator[tuple[list[Record], bool]]:
+        """Each page's records (from page `first` on) and whether it is the last page,
+        fetched as consumed."""
+        for page in range(first, first + max_pages):
             response = self._api.get(path, params=page_params(page, self.page_limit, params))
             if response.status_code == 400 and is_pagination_error(response.data):
                 yield [], True  # past the last page (an empty list has no page 1)

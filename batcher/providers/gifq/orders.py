@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
+from contextlib import closing
 from datetime import datetime
 from typing import Literal, Unpack
 from urllib.parse import quote
@@ -25,8 +26,8 @@ from batcher.providers.base import (
     Redemption,
     SubmitResult,
 )
-from batcher.providers.gifq.board import Clock, OrderBoard
-from batcher.providers.gifq.common import LOOKUP_PAGES, GifqBase
+from batcher.providers.gifq.board import Clock, ListedStretch, OrderBoard
+from batcher.providers.gifq.common import _MAX_PAGES, LOOKUP_PAGES, GifqBase
 from batcher.providers.gifq.parse import (
     FINAL_ORDER_STATUSES,
     fx_quote,
@@ -37,7 +38,7 @@ from batcher.providers.gifq.parse import (
     parse_redemption,
     text_of,
 )
-from batcher.providers.wire import Record, as_text, aware, read_record
+from batcher.providers.wire import Record, as_text, aware, parse_time, read_record
 from batcher.transport.http import (
     canonical_json,
 )
@@ -49,6 +50,18 @@ SCAN_PAGES = 3
 
 #: pages of the order list read for the last FX rates (20 orders a page)
 FX_PAGES = 5
+#: Pages a listing reads from the top to reach the orders this client listed already;
+#: more orders than that created since by others, and it lists everything again.
+TOP_PAGES = LOOKUP_PAGES
+#: Orders not yet final when last listed that a listing fetches one by one (GET by id);
+#: more than that, and it lists everything again.
+REFETCH_MAX = 20
+
+
+def _older(record: Record, start: datetime) -> bool:
+    """Created before `start`, as far as the record says."""
+    moment = parse_time(record.get("created_at"))
+    return moment is not None and aware(moment) < start
 
 
 def _newer(a: FxQuote, b: FxQuote) -> bool:
@@ -85,6 +98,7 @@ class GifqOrders(GifqBase):
             clock=clock,
         )
         self.board = OrderBoard(clock=clock)
+        self.listed = ListedStretch()  # what this client's reads of the order list showed
         self.refresh_seconds = refresh_seconds
         self.scan_pages = scan_pages
         self.lookup_pages = lookup_pages
@@ -100,18 +114,19 @@ class GifqOrders(GifqBase):
         return products
 
     def orders(self, since: datetime, until: datetime | None = None) -> list[ProviderOrder]:
-        """Orders created in [since, until], from the newest-first list."""
+        """Orders created in [since, until], from the newest-first list.
+
+        What this client has listed already (its `listed` stretch, e.g. during a
+        run's polls) is not read again: only the orders above it, those it last
+        saw not final, and those below it down to `since`. Whatever does not fit
+        that (a broken stretch, many new orders from elsewhere) lists everything.
+        """
         start = aware(since)
         end = aware(until) if until else None
-        found: list[ProviderOrder] = []
-        for record in self._pages("/orders"):
-            order = read_record("GIFQ", "/orders", parse_provider_order, record)
-            if order.created_at and order.created_at < start:
-                break  # newest first (doc): everything after this is older still
-            if end and order.created_at and order.created_at > end:
-                continue
-            found.append(order)
-        return found
+        found = self._listed_orders(start)
+        if found is None:
+            found = self._orders_from_top(start)
+        return [o for o in found if not (end and o.created_at and o.created_at > end)]
 
     def fx_rates(self) -> list[FxQuote]:
         """The newest rate GIFQ reported per (card currency, paying currency).
@@ -120,14 +135,16 @@ class GifqOrders(GifqBase):
         `fx_fee` it was charged at. The newest `FX_PAGES` pages of orders are read.
         """
         found: dict[tuple[str, str], FxQuote] = {}
-        for record in self._pages("/orders", max_pages=FX_PAGES):
-            quote_ = fx_quote(record)
-            if quote_ is None:
-                continue
-            key = (quote_.source, quote_.paying)
-            known = found.get(key)
-            if known is None or _newer(quote_, known):
-                found[key] = quote_
+        with closing(self._order_pages(FX_PAGES)) as pages:
+            for records, _last in pages:
+                for record in records:
+                    quote_ = fx_quote(record)
+                    if quote_ is None:
+                        continue
+                    key = (quote_.source, quote_.paying)
+                    known = found.get(key)
+                    if known is None or _newer(quote_, known):
+                        found[key] = quote_
         return list(found.values())
 
     def redemption(self, order_id: str) -> Redemption | None:
@@ -176,16 +193,34 @@ class GifqOrders(GifqBase):
         except ProviderUnavailable as exc:  # for the runner, a failed poll is just "not yet"
             raise OutcomeUnknown(exc.message) from None
         cached = self._board_reads == refreshes  # answered from the board, no request made
+        # In the run's tail, a "pending" from the board's memory is worth asking again as
+        # soon as the board may be read again: one list page then settles every order on it.
+        # And a read answers the other orders' polls too: once everything is sent, the
+        # runner asks them now rather than at their own times.
+        idle = self.board.idle_read_in()
+        again = idle if cached else None
+        news = not cached
         if order is None:
-            return PollResult(kind="pending", from_cache=cached)
+            return PollResult(
+                kind="pending", from_cache=cached, ask_again_in=again, news_for_others=news
+            )
         result = self._order_result(item, order)
         if result.status == "pending":
             return PollResult(
-                kind="pending", provider_status=result.provider_status, from_cache=cached
+                kind="pending",
+                provider_status=result.provider_status,
+                from_cache=cached,
+                ask_again_in=again,
+                news_for_others=news,
             )
         self.board.settled(request_id)
         self._off_list.discard(request_id)
-        return PollResult(kind="completed", items=(result,), provider_status=result.provider_status)
+        return PollResult(
+            kind="completed",
+            items=(result,),
+            provider_status=result.provider_status,
+            news_for_others=news,
+        )
 
     def lookup(
         self, key: str, items: Sequence[OrderItem], **hints: Unpack[LookupHints]
@@ -198,10 +233,12 @@ class GifqOrders(GifqBase):
         answers a repeated reference with the existing order.
         """
         (item,) = items
-        for record in self._pages("/orders", max_pages=self.lookup_pages):
-            self.board.remember(record)
-            if as_text(record.get("reference")) == key:
-                return self._submit_result(record, item)
+        with closing(self._order_pages(self.lookup_pages)) as pages:
+            for records, _last in pages:
+                for record in records:
+                    self.board.remember(record)
+                    if as_text(record.get("reference")) == key:
+                        return self._submit_result(record, item)
         return None
 
     def requests_in_progress(self, since: datetime) -> int:
@@ -243,16 +280,117 @@ class GifqOrders(GifqBase):
         return self.board.get(order_id)
 
     def _refresh_board(self) -> None:
-        """Read the newest orders until every order being waited for has been seen."""
+        """Read the newest orders until every order being waited for has been seen, and
+        the newest one the last read saw (so the listed stretch stays unbroken)."""
         self._board_reads += 1
         self.board.refreshing()
         waiting = self.board.waiting() - self._off_list
-        for record in self._pages("/orders", max_pages=self.scan_pages):
-            self.board.remember(record)
-            waiting.discard(text_of(record.get("id")))
-            if not waiting:
-                return
+        last_newest = self.listed.newest
+        with closing(self._order_pages(self.scan_pages)) as pages:
+            for records, _last in pages:
+                for record in records:
+                    self.board.remember(record)
+                    order_id = text_of(record.get("id"))
+                    waiting.discard(order_id)
+                    if order_id == last_newest:
+                        last_newest = None
+                if not waiting and last_newest is None:
+                    return
         self._off_list.update(waiting)  # older than the pages scanned: GET by id from now on
+
+    def _order_pages(self, max_pages: int) -> Generator[tuple[list[Record], bool]]:
+        """Pages of the order list from the top, as `_page_lists` yields them; when the
+        read ends, however it ends, what it showed goes to the `listed` stretch."""
+        read: list[Record] = []
+        seen: set[str] = set()
+        reached_end = False
+        try:
+            for records, last in self._page_lists("/orders", None, max_pages):
+                for record in records:  # a page repeats the last of the one above when
+                    order_id = text_of(record.get("id"))  # an order is created between them
+                    if order_id not in seen:
+                        seen.add(order_id)
+                        read.append(record)
+                reached_end = last
+                yield records, last
+        finally:
+            self.listed.read(read, reached_end=reached_end)
+
+    def _orders_from_top(self, start: datetime) -> list[ProviderOrder]:
+        """Every order from the newest down to `start`, read page by page."""
+        found: dict[str, ProviderOrder] = {}
+        with closing(self._order_pages(_MAX_PAGES)) as pages:
+            for records, _last in pages:
+                for record in records:
+                    order = read_record("GIFQ", "/orders", parse_provider_order, record)
+                    if order.created_at and order.created_at < start:
+                        return list(found.values())  # newest first (doc): the rest is older
+                    found.setdefault(order.order_id, order)
+        return list(found.values())
+
+    def _listed_orders(self, start: datetime) -> list[ProviderOrder] | None:
+        """Orders from the newest down to `start`, reading only what the `listed`
+        stretch does not hold final; None when it cannot (then list everything)."""
+        newest = self.listed.newest
+        if newest is None:
+            return None
+        reached = False
+        just_read: set[str] = set()  # as the provider shows them now: nothing to read again
+        with closing(self._order_pages(TOP_PAGES)) as pages:
+            for records, _last in pages:
+                just_read.update(text_of(record.get("id")) for record in records)
+                if newest in just_read:
+                    reached = True
+                    break
+        if not reached:
+            return None
+        stale = [
+            order_id
+            for order_id, record in self.listed.unsettled()
+            if order_id not in just_read and not _older(record, start)
+        ]
+        if len(stale) > REFETCH_MAX:
+            return None
+        for order_id in stale:
+            response = self._api.get(f"/orders/{quote(order_id, safe='')}")
+            if not response.is_success or not isinstance(response.data, Mapping):
+                return None
+            self.listed.update(response.data)
+        records = self.listed.records()
+        if not self.listed.bottom and records and not _older(records[-1], start):
+            below = self._below(len(records), text_of(records[-1].get("id")), start)
+            if below is None:
+                return None
+            records += below
+        found: dict[str, ProviderOrder] = {}
+        for record in records:
+            order = read_record("GIFQ", "/orders", parse_provider_order, record)
+            if order.created_at and order.created_at < start:
+                break  # newest first (doc): the rest is older
+            found.setdefault(order.order_id, order)
+        return list(found.values())
+
+    def _below(self, count: int, oldest_id: str, start: datetime) -> list[Record] | None:
+        """The orders below the stretch (`count` orders down to `oldest_id` when it was
+        read from the top) down to `start`; None when `oldest_id` is not where it should be."""
+        first = (count - 1) // self.page_limit + 1  # its page, unless newer orders pushed it down
+        found: list[Record] = []
+        anchored = False
+        with closing(self._page_lists("/orders", None, _MAX_PAGES, first=first)) as pages:
+            for read, (records, _last) in enumerate(pages):
+                if not anchored:
+                    ids = [text_of(record.get("id")) for record in records]
+                    if oldest_id not in ids:
+                        if read >= 1:
+                            return None  # pushed down more than a page: list everything
+                        continue
+                    anchored = True
+                    records = records[ids.index(oldest_id) + 1 :]
+                for record in records:
+                    found.append(record)
+                    if _older(record, start):
+                        return found
+        return found if anchored else None
 
     def _fetch_order(self, order_id: str) -> Record:
         self._board_reads += 1
