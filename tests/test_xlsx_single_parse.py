@@ -22,6 +22,7 @@ from openpyxl import Workbook
 
 from batcher.intake.xlsx import (
     _excel_cells,
+    _load_both_views,
     _load_view,
     _numbers_from_text,
     _scan_parts,
@@ -154,3 +155,29 @@ def test_numbers_the_string_view_rounds_are_rendered_from_their_stored_text() ->
         ("0.0000000001", "25.0000000001", "0.3"),
         ("0", "0", "0.0000123456789012"),
     ]
+
+
+def test_a_kept_number_without_a_position_takes_the_two_parses() -> None:
+    data = _workbook([[("raw", "1E-10"), 5]])
+    archive = zipfile.ZipFile(io.BytesIO(data))
+    sheet_xml = archive.read("xl/worksheets/sheet1.xml").replace(b'<c r="A1">', b"<c>")
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as target:
+        for info in archive.infolist():
+            content = archive.read(info)
+            target.writestr(info.filename, sheet_xml if "worksheets" in info.filename else content)
+    data = out.getvalue()
+    archive = zipfile.ZipFile(io.BytesIO(data))
+    entry = _workbook_sheets(archive)[0]
+    scan = _scan_parts(Path("unplaced.xlsx"), data, archive, entry, IntakeLimits())
+    assert scan.exact_numbers_incomplete
+    _, text, numbers = _load_both_views(data, entry.name)
+    assert _excel_cells(text, numbers).rows() == [("0.0000000001", "5")]
+
+
+def test_a_kept_number_the_string_view_does_not_show_takes_the_float_view() -> None:
+    text = pl.DataFrame({"a": ["5"]})
+    # the scan says A1 holds 1e-10, calamine shows 5 there: the positions disagree
+    assert _numbers_from_text(text, [0], {(1, 0): "1E-10"}) is None
+    assert _numbers_from_text(text, [0], {(2, 0): "1E-10"}) is None  # beyond the frame
+    assert _numbers_from_text(text, [0], {(1, 0): "1,5"}) is None  # not a stored number
