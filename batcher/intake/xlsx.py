@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import zipfile
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -55,13 +56,15 @@ def read_xlsx_grid(
     entry = _choose_worksheet(path, entries, wanted)
     scan = _scan_parts(path, data, archive, entry, limits)
     try:
-        # The two views are two parses of the worksheet; calamine runs without the GIL,
-        # so the float view is parsed beside the text view (a reader is single-threaded:
-        # one each).
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            floats = pool.submit(_load_view, data, entry.name, "float")
+        numbers: pl.DataFrame | None = None
+        if scan.exact_numbers_incomplete:
+            text_view, text, numbers = _load_both_views(data, entry.name)
+        else:
             text_view, text = _load_view(data, entry.name, "string")
-            numbers = floats.result()[1]
+            positions = [c.absolute_index for c in text_view.available_columns()]
+            numbers = _numbers_from_text(text, positions, scan.exact_numbers)
+            if numbers is None:
+                numbers = _load_view(data, entry.name, "float")[1]
     except fastexcel.FastExcelError as exc:
         raise InputFileError(
             f"{path.name} [{entry.name}]: cannot read the worksheet ({str(exc).splitlines()[0]})",
@@ -116,6 +119,65 @@ def _load_view(
 
     view = fastexcel.read_excel(data).load_sheet(sheet, header_row=None, skip_rows=0, dtypes=dtypes)
     return view, view.to_polars()
+
+
+def _load_both_views(data: bytes, sheet: str) -> tuple[Any, pl.DataFrame, pl.DataFrame]:
+    """The string view and the float view: two parses, for sheets `_numbers_from_text` cannot serve."""
+    # calamine runs without the GIL, so the float view is parsed beside the text view
+    # (a reader is single-threaded: one each).
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        floats = pool.submit(_load_view, data, sheet, "float")
+        text_view, text = _load_view(data, sheet, "string")
+        return text_view, text, floats.result()[1]
+
+
+# A stored number as Excel writes it (Python's float() also takes '1_0', 'nan', ' 1').
+_STORED_NUMBER = re.compile(r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+_PLAIN_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]*[1-9])?")
+
+
+def _numbers_from_text(
+    text: pl.DataFrame,
+    column_positions: Sequence[int],
+    exact_numbers: Mapping[tuple[int, int], str],
+) -> pl.DataFrame | None:
+    """What calamine's float view holds, from its string view and the scan's stored numbers.
+
+    The float view is the string view parsed as numbers, except where calamine's
+    text of a number is rounded to 9 decimals: those cells are the scan's
+    `exact_numbers`, parsed from the worksheet's own text. Where a stored number
+    and the string view disagree (the cell is not where the scan put it), None:
+    the caller parses the float view instead.
+    """
+    columns = {
+        position: name for position, name in zip(column_positions, text.columns, strict=True)
+    }
+    fixes: dict[str, tuple[list[int], list[float]]] = {}
+    for (row, column), stored in exact_numbers.items():
+        name = columns.get(column)
+        if name is None or not 1 <= row <= text.height or not _STORED_NUMBER.fullmatch(stored):
+            return None
+        value = float(stored)
+        shown = text[name][row - 1]
+        if shown is not None and _PLAIN_NUMBER.fullmatch(shown) and shown != _calamine_text(value):
+            return None
+        rows, values = fixes.setdefault(name, ([], []))
+        rows.append(row - 1)
+        values.append(value)
+    numbers = []
+    for name in text.columns:
+        floats = text[name].cast(pl.Float64, strict=False)
+        if name in fixes:
+            rows, values = fixes[name]
+            floats = floats.scatter(rows, values)
+        numbers.append(floats)
+    return pl.DataFrame(numbers)
+
+
+def _calamine_text(value: float) -> str:
+    """calamine's string view of a number: 9 decimals, trailing zeros cut."""
+    text = format(value, ".9f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 # Parts calamine inflates besides the worksheet; sizes are checked as they inflate.
@@ -192,9 +254,9 @@ def _choose_worksheet(
 def _excel_cells(text: pl.DataFrame, numbers: pl.DataFrame) -> pl.DataFrame:
     """One String column per worksheet column: numbers as Excel shows them, text as typed.
 
-    The sheet is loaded twice from one parsed workbook: as text and as floats.
-    calamine's text rendering of a number keeps at most 9 decimals (1e-10
-    becomes '0'), so numeric cells are re-rendered from their float. The float
+    `numbers` is the sheet as floats: calamine's float view, or the same built by
+    `_numbers_from_text`. calamine's text rendering of a number keeps at most 9
+    decimals (1e-10 becomes '0'), so numeric cells are re-rendered from their float. The float
     view also parses numeric-looking text, so a cell counts as numeric only when
     its text looks like a plain number with at most 15 significant digits:
     '007' keeps its zeros and a 20-digit reference typed as text keeps every digit.

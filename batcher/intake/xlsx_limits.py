@@ -24,8 +24,9 @@ from batcher.core.errors import InputFileError, UsageError
 
 MAX_ROWS = 1_048_576  # Excel's own row limit
 MAX_COLUMNS = 200  # a recipients sheet has a dozen or two; Excel allows 16,384
-# calamine keeps about 32 bytes per cell of the used range, and batcher loads
-# the sheet twice (as text and as numbers): 20 million cells is about 1.3 GB.
+# calamine keeps about 32 bytes per cell of the used range, and batcher may load
+# the sheet twice (as text, and as numbers when the scan could not place every
+# number calamine's text rounds): 20 million cells is then about 1.3 GB.
 MAX_CELLS = 20_000_000
 MAX_UNCOMPRESSED_BYTES = 500 * 1024 * 1024
 MAX_COMPRESSION_RATIO = 200  # XML sheets compress 5-30:1; bombs 1,000:1 and more

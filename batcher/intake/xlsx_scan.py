@@ -27,6 +27,14 @@ _ATTRIBUTE = re.compile(rb'(\w+)="([^"]*)"')
 # what goes unlocated is at most 26 columns of `max_rows` rows, and the count of
 # cells present (`max_cells`) bounds those too.
 
+# A stored number calamine's string view shows exactly as Excel does: at most
+# 15 significant digits and 9 decimals, no exponent, not negative zero. calamine
+# renders a number with 9 decimals (trailing zeros cut), which is the number's
+# shortest text whenever it has 9 decimals or fewer and 15 digits or fewer. Any
+# other `<v>` of a numeric cell is kept by the scan (`WorksheetScan.exact_numbers`)
+# so that the reader renders it from its stored text instead of a second parse.
+_EXACT_AS_SHOWN = rb"(?:-?[1-9]\d{0,5}(?:\.\d{1,9})?|0(?:\.\d{1,9})?|-?[1-9]\d{6,14})"
+
 
 class _Patterns:
     """The byte patterns for one namespace prefix ('' or e.g. 'x:'), each starting with a
@@ -74,6 +82,13 @@ class _Patterns:
             + rb"v>"
         )
         self.merge = re.compile(rb"<" + p + rb'mergeCell ref="([A-Z]+)(\d+)(?::([A-Z]+)(\d+))?"')
+        self.value_open = b"<" + prefix + b"v>"
+        self.cell_close = b"</" + prefix + b"c>"
+        # A `<v>` whose text calamine's string view may not show exactly (see
+        # `_EXACT_AS_SHOWN`); the negative lookahead rejects the usual value in a few bytes.
+        self.inexact_value = re.compile(
+            rb"<" + p + rb"v>(?!" + _EXACT_AS_SHOWN + rb"</" + p + rb"v>)([^<]*)</" + p + rb"v>"
+        )
 
 
 @dataclass
@@ -89,6 +104,12 @@ class WorksheetScan:
     max_row: int = 0
     max_column: int = 0  # 1-based: the count of columns up to the last one used
     cells: int = 0
+    # (row, column) -> the stored text of a numeric cell that calamine's string view
+    # may show rounded (1e-10 as '0'); only such cells, so usually none
+    exact_numbers: dict[tuple[int, int], str] = field(default_factory=dict)
+    # a numeric cell whose stored text is kept but whose position the scan could not
+    # tell (no `r`, or its tag in the previous block): the reader cannot use exact_numbers
+    exact_numbers_incomplete: bool = False
 
 
 def scan_worksheet(
@@ -160,10 +181,43 @@ def _scan_block(block: bytes, scan: WorksheetScan, p: _Patterns) -> None:
         for letters, row, formula, value in p.error_cell.findall(block):
             shown = _text(value) + (f" (from ={_text(formula)})" if formula else "")
             scan.bad_cells[(int(row), column_index(letters.decode()))] = ("formula_error", shown)
+    if p.value_open in block:
+        _keep_inexact_numbers(block, scan, p)
     if b"mergeCell " in block:
         for c1, r1, c2, r2 in p.merge.findall(block):
             first, last = column_index(c1.decode()), column_index((c2 or c1).decode())
             scan.merged.append((int(r1), first, int(r2 or r1), last))
+
+
+def _keep_inexact_numbers(block: bytes, scan: WorksheetScan, p: _Patterns) -> None:
+    """Record the stored text of numeric cells whose value calamine may show rounded."""
+    for value in p.inexact_value.finditer(block):
+        start = block.rfind(p.cell_open, 0, value.start())
+        bare = block.rfind(p.cell_bare, 0, value.start())
+        tag_end = block.find(b">", start)
+        if (
+            start < 0
+            or bare > start
+            or block[tag_end - 1 : tag_end] == b"/"
+            or block.rfind(p.cell_close, 0, value.start()) > start
+            or p.cell_start.search(block, start + 1, value.start()) is not None
+        ):
+            # no position, or the cell's tag is in the previous block, or cells written
+            # in a way the byte patterns do not follow: the position is not certain
+            scan.exact_numbers_incomplete = True
+            continue
+        attributes = dict(_ATTRIBUTE.findall(block, start, tag_end))
+        if attributes.get(b"t", b"n") != b"n":
+            continue  # a string, boolean, date or error: calamine shows its text as stored
+        place = _CELL_REF.fullmatch(attributes.get(b"r", b""))
+        if place is None:
+            scan.exact_numbers_incomplete = True
+            continue
+        position = (int(place[2]), column_index(place[1].decode()))
+        scan.exact_numbers[position] = value[1].decode("ascii", errors="replace")
+
+
+_CELL_REF = re.compile(rb"([A-Z]+)(\d+)")
 
 
 def _hidden_columns(block: bytes, p: _Patterns) -> Iterable[int]:
