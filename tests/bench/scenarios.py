@@ -973,6 +973,8 @@ def shared_rate(data: Path) -> dict[str, Any]:
         "requests": result.requests,
         "http_429s": result.too_many,
         "span_seconds": result.span_seconds,
+        "requests_in_span": result.requests_in_span,
+        "span": "first to last order placed (start-up and reports are CPU-bound, not limited)",
         "percent_of_limit": result.percent_of_limit,
         "exit_codes": list(result.exit_codes),
         "target": "0 429s and >= 85% of the limit together",
