@@ -18,6 +18,8 @@ from typing import Any
 
 import httpx
 
+from batcher.execute.runner import SilentListener
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # Open-range, active products (any amount in range with 2 decimals is allowed).
@@ -26,6 +28,25 @@ OPEN_PRODUCTS = {
     "EUR": [("AMAZON_DE_STD", "DE"), ("ZALANDO_EU", "DE")],
     "USD": [("AMAZON_US_STD", "US"), ("TARGET_US", "US")],
 }
+
+
+class ConfirmingUI:
+    """A run's UI for in-process `run_batch` tests: the sheet must be valid and every
+    plan is confirmed. Subclasses act between validation and sending (`show_plan`)."""
+
+    def __init__(self) -> None:
+        self.listener = SilentListener()
+
+    def validation_failed(self, result: Any, report_path: Any) -> None:
+        raise AssertionError("the sheet is valid")
+
+    def show_plan(self, plan: Any, balances: Any) -> None:
+        pass
+
+    def confirm(self, plan: Any) -> bool:
+        return True
+
+
 HEADER = ["Reference", "Email", "Name", "Product", "Amount", "Currency", "Country", "Cost centre"]
 
 

@@ -19,12 +19,12 @@ from openpyxl.workbook.workbook import Workbook
 from batcher.config import provider_settings
 from batcher.core.errors import ExitCode, ProviderUnavailable
 from batcher.execute.run import BatchOptions, run_batch
-from batcher.execute.runner import SilentListener
 from batcher.providers import connect
 from batcher.reporting.reconcile import IN_PROGRESS, NOT_VERIFIED, RECONCILED
 from batcher.reporting.xlsx_style import money_format
 from batcher.sandbox.server import running_sandbox
 from tests.e2e.runkit import (
+    ConfirmingUI,
     batcher,
     cli_env,
     make_rows,
@@ -349,18 +349,6 @@ def test_a_provider_that_cannot_be_read_is_not_verified_never_a_mismatch(tmp_pat
                 return self._real.orders(since, until)
             raise ProviderUnavailable("connection refused while listing orders")
 
-    class UI:
-        listener = SilentListener()
-
-        def validation_failed(self, result: Any, report_path: Any) -> None:
-            raise AssertionError("the sheet is valid")
-
-        def show_plan(self, plan: Any, balances: Any) -> None:
-            pass
-
-        def confirm(self, plan: Any) -> bool:
-            return True
-
     with running_sandbox("ugiftme", funding={"GBP": "20000.00"}, **FAST) as sb:
         sheet = write_sheet(tmp_path / "nightly.csv", make_rows(8))
         settings = provider_settings(
@@ -369,7 +357,10 @@ def test_a_provider_that_cannot_be_read_is_not_verified_never_a_mismatch(tmp_pat
         reports = tmp_path / "reports"
         options = BatchOptions(sheet=sheet, state_dir=tmp_path / "state", report_dir=reports)
         result = run_batch(
-            settings, options, UI(), connect_provider=lambda *a, **k: ListingsFail(connect(*a, **k))
+            settings,
+            options,
+            ConfirmingUI(),
+            connect_provider=lambda *a, **k: ListingsFail(connect(*a, **k)),
         )
         assert result.exit_code == ExitCode.OK
         assert result.summary["reconciliation"]["verdict"] == NOT_VERIFIED

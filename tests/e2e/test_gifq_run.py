@@ -30,11 +30,17 @@ from openpyxl import load_workbook
 from batcher.config import provider_settings
 from batcher.core.errors import ExitCode
 from batcher.execute.run import BatchOptions, run_batch
-from batcher.execute.runner import SilentListener
 from batcher.providers.base import ProviderOptions
 from batcher.sandbox.server import SandboxHandle, running_sandbox
 from batcher.transport.throttle import forget_limiters
-from tests.e2e.runkit import batcher, read_rows_csv, read_summary, start_batcher, wait_for
+from tests.e2e.runkit import (
+    ConfirmingUI,
+    batcher,
+    read_rows_csv,
+    read_summary,
+    start_batcher,
+    wait_for,
+)
 
 FAST = {"async_delay_seconds": 0.05}
 ACTIVE_CAMPAIGN = "101"
@@ -507,23 +513,17 @@ def test_orders_retryable_failure_is_retried_with_a_new_reference(tmp_path: Path
         assert workbook_verdict(reports, "retry") == ("RECONCILED", "RECONCILED")
 
 
-class ChangeOnPlan:
+class ChangeOnPlan(ConfirmingUI):
     """A UI that changes the sandbox after validation, before anything is sent, so
     GIFQ (not batcher's validator) refuses those rows: catalog or campaign drift."""
 
     def __init__(self, sandbox: SandboxHandle, method: str, path: str, body: dict[str, Any]):
+        super().__init__()
         self.sandbox, self.change = sandbox, (method, path, body)
-        self.listener = SilentListener()
-
-    def validation_failed(self, result: Any, report_path: Any) -> None:
-        raise AssertionError("the sheet is valid")
 
     def show_plan(self, plan: Any, balances: Any) -> None:
         method, path, body = self.change
         self.sandbox.control(method, path, json=body)
-
-    def confirm(self, plan: Any) -> bool:
-        return True
 
 
 def in_process_settings(sandbox: SandboxHandle) -> Any:

@@ -20,12 +20,12 @@ from openpyxl.worksheet.worksheet import Worksheet
 from batcher.config import provider_settings
 from batcher.core.errors import ExitCode
 from batcher.execute.run import BatchOptions, run_batch
-from batcher.execute.runner import SilentListener
 from batcher.reporting.cells import FORMULA_TRIGGERS
 from batcher.reporting.reconcile import IN_PROGRESS, MISMATCH, RECONCILED
 from batcher.sandbox.server import SandboxHandle, running_sandbox
 from tests.e2e.runkit import (
     HEADER,
+    ConfirmingUI,
     batcher,
     cli_env,
     make_rows,
@@ -351,17 +351,9 @@ def test_a_failing_report_never_costs_the_run_its_summary(
     monkeypatch.setattr(batcher.reporting.reports, "write_batch_report", broken)
     messages: list[str] = []
 
-    class UI:
-        listener = SilentListener()
-
-        def validation_failed(self, result: Any, report_path: Any) -> None:
-            raise AssertionError("the sheet is valid")
-
+    class UI(ConfirmingUI):
         def show_plan(self, plan: Any, balances: Any) -> None:
             self.listener.message = messages.append  # type: ignore[method-assign]
-
-        def confirm(self, plan: Any) -> bool:
-            return True
 
     with running_sandbox("ugiftme", **FAST) as sandbox:
         sheet = write_sheet(tmp_path / "safe.csv", make_rows(5))

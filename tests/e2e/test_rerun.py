@@ -9,9 +9,9 @@ from typing import Any
 from batcher.config import provider_settings
 from batcher.core.errors import ExitCode
 from batcher.execute.run import BatchOptions, run_batch
-from batcher.execute.runner import SilentListener
 from batcher.sandbox.server import running_sandbox
 from tests.e2e.runkit import (
+    ConfirmingUI,
     batcher,
     cli_env,
     make_rows,
@@ -50,23 +50,17 @@ def test_retryable_failure_is_retried_with_a_new_key(tmp_path: Path) -> None:
         assert max(orders_by_email(sandbox).values()) == 1 and len(sandbox_orders(sandbox)) == 10
 
 
-class DeactivateOnPlan:
+class DeactivateOnPlan(ConfirmingUI):
     """A UI that deactivates a product after validation, before anything is sent,
     so the provider (not batcher's validator) rejects those rows: catalog drift."""
 
     def __init__(self, sandbox: Any, product: str) -> None:
+        super().__init__()
         self.sandbox = sandbox
         self.product = product
-        self.listener = SilentListener()
-
-    def validation_failed(self, result: Any, report_path: Any) -> None:
-        raise AssertionError("the sheet is valid")
 
     def show_plan(self, plan: Any, balances: Any) -> None:
         self.sandbox.control("PATCH", f"/products/{self.product}", json={"isActive": False})
-
-    def confirm(self, plan: Any) -> bool:
-        return True
 
 
 def test_permanent_failures_need_retry_failed_or_a_change(tmp_path: Path) -> None:

@@ -15,27 +15,14 @@ from openpyxl import load_workbook
 from batcher.config import provider_settings
 from batcher.core.errors import ExitCode
 from batcher.execute.run import BatchOptions, run_batch
-from batcher.execute.runner import Runner, RunStats, SilentListener
+from batcher.execute.runner import Runner, RunStats
 from batcher.ledger.store import Ledger, RowRecord
 from batcher.reporting import row_source
 from batcher.sandbox.server import running_sandbox
-from tests.e2e.runkit import make_rows, write_sheet
+from tests.e2e.runkit import ConfirmingUI, make_rows, write_sheet
 
 PAGE = 4
 ROWS = 23
-
-
-class UI:
-    listener = SilentListener()
-
-    def validation_failed(self, result: Any, report_path: Any) -> None:
-        raise AssertionError("the sheet is valid")
-
-    def show_plan(self, plan: Any, balances: Any) -> None:
-        pass
-
-    def confirm(self, plan: Any) -> bool:
-        return True
 
 
 def test_the_end_of_a_run_reads_the_rows_a_page_at_a_time(
@@ -72,7 +59,7 @@ def test_the_end_of_a_run_reads_the_rows_a_page_at_a_time(
             "ugiftme", base_url=sandbox.base_url, environ={"UGIFTME_API_KEY": sandbox.api_key}
         )
         options = BatchOptions(sheet=sheet, state_dir=tmp_path / "s", report_dir=tmp_path / "r")
-        result = run_batch(settings, options, UI())
+        result = run_batch(settings, options, ConfirmingUI())
     assert result.exit_code == ExitCode.OK
     assert ended and pages and max(pages) <= PAGE
     out = tmp_path / "r" / "paged"
