@@ -267,6 +267,13 @@ def test_polls_that_keep_failing_hand_the_chunk_back_and_a_later_run_settles_it(
     assert sends == [chunk.chunk_key] * (1 if lookup_finds else 2)
 
 
+def assert_slept_about(slept: Sequence[float], expected: Sequence[float]) -> None:
+    """The runner slept these delays, each within its +-10 % jitter."""
+    assert len(slept) == len(expected), slept
+    for took, base in zip(slept, expected, strict=True):
+        assert 0.9 * base <= took <= 1.1 * base, (slept, expected)
+
+
 def test_polls_back_off_on_the_clock_up_to_the_cap(tmp_path: Path) -> None:
     w = world(tmp_path, GBP4[:1], wallets={"GBP": Decimal(100)}, polls_to_complete=6)
     w.run(RunOptions(initial_poll_delay=1.0, max_poll_delay=4.0))
@@ -274,9 +281,7 @@ def test_polls_back_off_on_the_clock_up_to_the_cap(tmp_path: Path) -> None:
     assert w.provider.polls == 6
     # 1, 2, 4, 4, 4, 4 with +-10 % jitter
     expected = [1, 2, 4, 4, 4, 4]
-    assert len(w.clock.slept) == len(expected)
-    for slept, base in zip(w.clock.slept, expected, strict=True):
-        assert 0.9 * base <= slept <= 1.1 * base
+    assert_slept_about(w.clock.slept, expected)
 
 
 @pytest.mark.parametrize("from_cache", [False, True])
@@ -290,9 +295,7 @@ def test_polls_answered_from_the_clients_memory_do_not_back_off(
     w.run(RunOptions(initial_poll_delay=1.0, max_poll_delay=8.0))
     assert_exactly_once(w)
     expected = [1, 1, 1, 1] if from_cache else [1, 2, 4, 8]
-    assert len(w.clock.slept) == len(expected)
-    for slept, base in zip(w.clock.slept, expected, strict=True):
-        assert 0.9 * base <= slept <= 1.1 * base
+    assert_slept_about(w.clock.slept, expected)
 
 
 def test_a_pending_that_says_when_to_ask_again_is_polled_then(tmp_path: Path) -> None:
@@ -303,9 +306,7 @@ def test_a_pending_that_says_when_to_ask_again_is_polled_then(tmp_path: Path) ->
     w.run(RunOptions(initial_poll_delay=1.0, max_poll_delay=8.0))
     assert_exactly_once(w)
     expected = [1, 0.25, 0.25, 0.25]
-    assert len(w.clock.slept) == len(expected)
-    for slept, base in zip(w.clock.slept, expected, strict=True):
-        assert 0.9 * base <= slept <= 1.1 * base
+    assert_slept_about(w.clock.slept, expected)
 
 
 @pytest.mark.parametrize("news", [False, True])
