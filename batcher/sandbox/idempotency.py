@@ -119,6 +119,10 @@ class IdempotencyStore:
             del self._records[k]
         return len(expired)
 
+    def in_flight_keys(self) -> list[str]:
+        """Keys whose first request is still running, in any scope (for tests)."""
+        return [key for (_, key), record in list(self._records.items()) if record.in_flight]
+
     def keys_for(self, scope: str) -> list[str]:
         return [key for (owner, key) in self._records if owner == scope]
 

@@ -190,15 +190,20 @@ def test_idempotency_key_in_flight_is_409(
     make_gifq_sandbox: Callable[..., SandboxHandle], gifq_api_for: Callable[..., GifqApi]
 ) -> None:
     sandbox = make_gifq_sandbox(
-        rate_limit=ROOMY_RATE_LIMIT, fault_latency=1.0, latency_ms=400, seed=1
-    )
+        rate_limit=ROOMY_RATE_LIMIT, fault_latency=1.0, latency_ms=2000, seed=1
+    )  # 2 s: room for the racer to arrive while the key is held, on a loaded machine
     api, racer = gifq_api_for(sandbox), gifq_api_for(sandbox)
     answers: list[int] = []
     slow = threading.Thread(
         target=lambda: answers.append(api.post("/payout-orders", payout_body(), key="k").status)
     )
     slow.start()
-    time.sleep(0.15)
+    # The racer goes once the slow request holds the key (a fixed sleep lost the race
+    # on a loaded machine: the racer's request arrived first and got the 202).
+    deadline = time.monotonic() + 10
+    while "k" not in sandbox.app_state.idempotency.in_flight_keys():
+        assert time.monotonic() < deadline, "the slow request never reached the sandbox"
+        time.sleep(0.01)
     sandbox.control("PATCH", "/faults", json={"latency": 0})
     second = racer.post("/payout-orders", payout_body(), key="k")
     slow.join()
