@@ -60,11 +60,15 @@ class FirstRequestWindow:
     opened: float | None = None
     count: int = 0
 
-    def respond(self, now: float) -> tuple[int, Headers]:
+    def count_request(self, now: float) -> int:
+        """Count a request (refused ones too); the whole seconds until the window resets."""
         if self.opened is None or now >= self.opened + self.window:
             self.opened, self.count = now, 0
-        self.count += 1  # refused requests count too
-        reset = max(1, math.ceil(self.opened + self.window - now))
+        self.count += 1
+        return max(1, math.ceil(self.opened + self.window - now))
+
+    def respond(self, now: float) -> tuple[int, Headers]:
+        reset = self.count_request(now)
         return _answer(self.limit, self.limit - self.count, str(reset))
 
 
@@ -232,21 +236,14 @@ def test_work_that_fits_the_budget_goes_back_to_back(
 
 
 @dataclass
-class GifqWindow:
-    """The GIFQ sandbox's limiter: a fixed window opened by the first request after the
-    last one closed; refused requests count; only `Retry-After` (whole seconds, >= 1)."""
-
-    limit: int
-    window: float
-    opened: float | None = None
-    count: int = 0
+class GifqWindow(FirstRequestWindow):
+    """The GIFQ sandbox's limiter: the same window as `FirstRequestWindow`, but no
+    rate-limit headers: only `Retry-After` (whole seconds, >= 1) on a 429."""
 
     def respond(self, now: float) -> tuple[int, Headers]:
-        if self.opened is None or now >= self.opened + self.window:
-            self.opened, self.count = now, 0
-        self.count += 1
+        reset = self.count_request(now)
         if self.count > self.limit:
-            return 429, {"Retry-After": str(max(1, math.ceil(self.opened + self.window - now)))}
+            return 429, {"Retry-After": str(reset)}
         return 200, {}
 
 
