@@ -170,6 +170,14 @@ def run_model(model: str, limit: int, window: int, requests: int, seed: int) -> 
     return drive(server, requests, seed, max_rtt=min(0.02, 0.1 * window / limit))
 
 
+def assert_no_429s_and_the_budget_used(outcome: Outcome, limit: int, window: float) -> None:
+    """No request refused, and at least 95% of the budget used over the whole windows."""
+    assert outcome.rejected == 0
+    used = budget_used(outcome.starts, limit, window)
+    if used is not None:
+        assert used >= 0.95, f"{used:.1%} of the budget used"
+
+
 @settings(max_examples=150, deadline=None)
 @given(
     model=st.sampled_from(sorted(MODELS)),
@@ -186,10 +194,7 @@ def test_no_429s_and_the_budget_is_used(
 ) -> None:
     requests = max(1, round(limit * windows_of_work))
     outcome = run_model(model, limit, window, requests, seed)
-    assert outcome.rejected == 0
-    used = budget_used(outcome.starts, limit, window)
-    if used is not None:
-        assert used >= 0.95, f"{used:.1%} of the budget used"
+    assert_no_429s_and_the_budget_used(outcome, limit, window)
 
 
 @settings(max_examples=60, deadline=None)
@@ -295,10 +300,7 @@ def test_documented_window_no_429s_and_the_budget_is_used(
     costs one round trip and the 20 ms margin)."""
     requests = max(1, round(limit * windows_of_work))
     outcome = drive_documented(limit, window, requests, seed, max_rtt=0.01)
-    assert outcome.rejected == 0
-    used = budget_used(outcome.starts, limit, window)
-    if used is not None:
-        assert used >= 0.95, f"{used:.1%} of the budget used"
+    assert_no_429s_and_the_budget_used(outcome, limit, window)
 
 
 @settings(max_examples=60, deadline=None)
