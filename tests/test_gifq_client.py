@@ -622,6 +622,30 @@ def test_in_the_runs_tail_a_pending_from_memory_says_when_the_board_may_be_read(
     assert not tail.news_for_others
 
 
+def test_the_runs_tail_begins_sooner_once_orders_were_seen_to_settle_fast() -> None:
+    clock = FakeClock()
+    board = OrderBoard(clock=clock)
+    board.refreshing()
+    board.created(order(id="new_1", status="pending"))
+    clock.now += 0.3
+    assert board.tail_age() == 0.5 and not board.stale(2.0)  # nothing seen settle yet
+    board.refreshing()
+    board.seen_not_final("new_1")  # a read showed it pending at 0.3 s old
+    assert board.tail_age() == pytest.approx(0.3 * 1.25 + 0.05)
+    board.created(order(id="new_2", status="pending"))
+    clock.now += 0.42
+    assert not board.stale(2.0) and board.idle_read_in() is None  # may still be sending
+    clock.now += 0.01
+    assert board.stale(2.0) and board.idle_read_in() == 0.0  # 0.43 s idle: the tail
+    board.seen_not_final("new_2")  # seen pending at 0.43 s old: no sooner than 0.5 s
+    assert board.tail_age() == 0.5
+    fast = OrderBoard(clock=clock)
+    fast.created(order(id="quick", status="pending"))
+    clock.now += 0.01
+    fast.seen_not_final("quick")
+    assert fast.tail_age() == 0.25  # never sooner than a quarter second
+
+
 def test_a_created_order_is_awaited_before_its_first_poll() -> None:
     """So the read that answers one poll in a run's tail reaches every order still pending."""
     board = OrderBoard(clock=FakeClock())

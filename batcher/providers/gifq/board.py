@@ -19,6 +19,10 @@ _PAGE_SLACK = 3
 _READ_PAGES = 2
 #: How soon the order list is read again when no order was created since the last read.
 _IDLE_REFRESH = 0.5
+#: The run's tail starts sooner when the orders were seen to settle fast: once no order
+#: was created for this long at least, and for longer than any was seen not final
+#: (by a quarter, and 50 ms), up to `_IDLE_REFRESH`.
+_MIN_IDLE = 0.25
 Clock = Callable[[], float]
 
 
@@ -60,6 +64,8 @@ class OrderBoard:
         self._created_since_refresh = 0
         self._carried = 1  # awaited orders the last read showed not final
         self._last_created_at: float | None = None
+        self._born: dict[str, float] = {}  # awaited orders this client created: when
+        self._slowest: float | None = None  # the oldest an order of ours was seen not final
 
     def remember(self, record: Record) -> None:
         order_id = text_of(record.get("id"))
@@ -79,6 +85,7 @@ class OrderBoard:
     def settled(self, order_id: str) -> None:
         """The runner has the final answer: stop waiting for it."""
         self._waiting.discard(order_id)
+        self._born.pop(order_id, None)
         self._orders.pop(order_id, None)
 
     def waiting(self) -> set[str]:
@@ -93,9 +100,26 @@ class OrderBoard:
         """An order this client just created: it tops the newest-first list, and a poll
         will wait for it (so a read looks for it before that poll comes)."""
         self.remember(record)
-        self.watch(text_of(record.get("id")))
+        order_id = text_of(record.get("id"))
+        self.watch(order_id)
         self._created_since_refresh += 1
         self._last_created_at = self._clock()
+        if order_id and len(self._born) < self._max_entries:
+            self._born[order_id] = self._last_created_at
+
+    def seen_not_final(self, order_id: str) -> None:
+        """A read showed this order (one this client created) not final yet."""
+        born = self._born.get(order_id)
+        if born is not None:
+            age = self._clock() - born
+            self._slowest = age if self._slowest is None else max(self._slowest, age)
+
+    def tail_age(self, idle_age: float = _IDLE_REFRESH) -> float:
+        """How long no order must have been created for a run's tail to begin: `idle_age`,
+        or less once orders were seen to settle sooner (`_MIN_IDLE` at the least)."""
+        if self._slowest is None:
+            return idle_age
+        return min(idle_age, max(_MIN_IDLE, self._slowest * 1.25 + 0.05))
 
     def stale(
         self, max_age: float, *, page_size: int = PAGE_LIMIT, idle_age: float = _IDLE_REFRESH
@@ -123,7 +147,7 @@ class OrderBoard:
         now = self._clock()
         age = now - self._refreshed_at
         if self._idle(now, idle_age):
-            return age >= idle_age
+            return age >= self.tail_age(idle_age)
         depth = self.depth()
         if depth <= page_size - _PAGE_SLACK:
             return age >= max_age
@@ -149,7 +173,8 @@ class OrderBoard:
         return max(0.0, min((target - depth) / rate, deadline - age))
 
     def _idle(self, now: float, idle_age: float) -> bool:
-        return self._last_created_at is None or now - self._last_created_at >= idle_age
+        created = self._last_created_at
+        return created is None or now - created >= self.tail_age(idle_age)
 
     def depth(self) -> int:
         """How far down the next read must go: the orders created since the last read,
@@ -164,11 +189,11 @@ class OrderBoard:
         """Once no order has been created for `idle_age` (the run's tail): seconds until
         `stale` lets the list be read again; None while orders are still being created."""
         now = self._clock()
-        if self._last_created_at is not None and now - self._last_created_at < idle_age:
+        if not self._idle(now, idle_age):
             return None
         if self._refreshed_at is None:
             return 0.0
-        return max(0.0, self._refreshed_at + idle_age - now)
+        return max(0.0, self._refreshed_at + self.tail_age(idle_age) - now)
 
     def refreshing(self) -> None:
         self._refreshed_at = self._clock()

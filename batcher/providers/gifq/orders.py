@@ -313,6 +313,7 @@ class GifqOrders(GifqBase):
                             FINAL_ORDER_STATUSES
                         ):
                             not_final += 1
+                            self.board.seen_not_final(order_id)
                     if not waiting and last_newest is None:
                         return
         finally:
