@@ -138,7 +138,10 @@ _EPSILON = 1e-9
 #: the server between its start and its answer, both on our clock), so the slack
 #: only covers the server's clock running fast against ours (parts per million over
 #: a window) and timestamps it keeps in whole milliseconds (up to 1 ms at each end).
-#: Timers that fire early need none: `acquire` decides again on waking.
+#: Servers counting on clocks of their own that disagree by a few ms are covered by
+#: the way back of the answer the wait starts from (a request was counted at least
+#: that long before its answer came). Timers that fire early need none: `acquire`
+#: decides again on waking.
 DOCUMENTED_WINDOW_MARGIN = 0.002
 #: Slack after the own log's estimate of an advertised window's length (the longest
 #: reset seen, in whole seconds: a guess, unlike a documented window).
