@@ -522,7 +522,7 @@ def test_a_fresh_board_answers_pending_without_a_call() -> None:
     assert (gifq.lists(), gifq.gets()) == (2, 0)
 
 
-def test_the_board_is_read_again_when_a_page_of_new_orders_would_fill_it() -> None:
+def test_the_board_is_read_again_when_its_last_page_would_be_nearly_full() -> None:
     clock = FakeClock()
     board = OrderBoard(clock=clock)
     board.refreshing()
@@ -533,9 +533,75 @@ def test_the_board_is_read_again_when_a_page_of_new_orders_would_fill_it() -> No
     clock.now += 0.2
     assert board.stale(2.0)  # none for 0.6 s: the run's tail, read again now
     board.refreshing()
-    for n in range(16):
+    board.read_showed(2)  # the read showed two awaited orders not final: read them again
+    for n in range(19):
         board.created(order(id=f"more_{n}", status="pending"))
-    assert board.stale(2.0)  # 16 new orders: page 1 still reaches all of them
+    assert board.depth() == 21 and not board.stale(2.0)  # two pages, the second nearly empty
+    for n in range(16):
+        board.created(order(id=f"last_{n}", status="pending"))
+    assert board.depth() == 37 and not board.stale(2.0)
+    board.created(order(id="last_16", status="pending"))
+    assert board.depth() == 38 and board.stale(2.0)  # two nearly full pages
+    board.refreshing()
+    board.read_showed(0)
+    for n in range(45):
+        board.created(order(id=f"next_{n}", status="pending"))
+    assert board.depth() == 46 and not board.stale(2.0)  # three pages, the third not full
+    for n in range(12):
+        board.created(order(id=f"then_{n}", status="pending"))
+    assert board.depth() == 58 and board.stale(2.0)
+
+
+def test_while_orders_are_created_the_board_says_when_its_next_read_is_due() -> None:
+    clock = FakeClock()
+    board = OrderBoard(clock=clock)
+    board.refreshing()
+    board.read_showed(1)
+    for n in range(10):  # 10 orders a second
+        clock.now += 0.1
+        board.created(order(id=f"new_{n}", status="pending"))
+    # 11 deep after 1 s: 39 deep (two nearly full pages) in 2.8 s, but max_age comes first
+    assert board.read_due_in(2.0) == pytest.approx(1.0)
+    for n in range(10, 20):
+        clock.now += 0.1
+        board.created(order(id=f"new_{n}", status="pending"))
+    assert board.read_due_in(2.0) == pytest.approx(1.8)  # 21 deep: 39 in 1.8 s
+    for n in range(20, 38):
+        clock.now += 0.1
+        board.created(order(id=f"new_{n}", status="pending"))
+    assert board.stale(2.0) and board.read_due_in(2.0) is None  # 39 deep: due now
+
+
+def test_a_board_with_more_than_a_page_to_read_waits_twice_max_age_at_most() -> None:
+    clock = FakeClock()
+    board = OrderBoard(clock=clock)
+    board.refreshing()
+    for n in range(25):
+        board.created(order(id=f"new_{n}", status="pending"))
+        clock.now += 0.15
+    assert not board.stale(2.0)  # 26 deep after 3.75 s: not full, not yet 4 s old
+    clock.now += 0.3
+    assert board.stale(2.0)
+
+
+def test_a_read_goes_down_to_every_order_created_since_the_last() -> None:
+    """More orders created since the last read than `scan_pages` pages hold: the read
+    still reaches them all on the list (a page is 20 of them), none is fetched by id."""
+    gifq, clock = MockGifq(5), FakeClock()
+    client = gifq.client(clock)
+    assert client.poll("ord_4", poll_item(4)).kind == "pending"  # the first read
+    for _ in range(75):
+        gifq.create(1)
+        client.board.created(gifq.orders[-1])
+        clock.now += 0.01
+    gifq.complete(*range(80))
+    gifq.requests.clear()
+    clock.now += 4.5  # past twice max_age
+    assert client.poll("ord_5", poll_item(5)).kind == "completed"
+    assert (gifq.lists(), gifq.gets()) == (4, 0)  # 80 orders: 4 pages, no GET by id
+    others = [i for i in range(80) if i != 5]
+    assert all(client.poll(f"ord_{i}", poll_item(i)).kind == "completed" for i in others)
+    assert (gifq.lists(), gifq.gets()) == (4, 0)
 
 
 def test_in_the_runs_tail_a_pending_from_memory_says_when_the_board_may_be_read() -> None:
@@ -545,7 +611,8 @@ def test_in_the_runs_tail_a_pending_from_memory_says_when_the_board_may_be_read(
     gifq.create(1)
     client.board.created(gifq.orders[-1])
     clock.now += 0.1
-    assert client.poll("ord_2", poll_item(2)).ask_again_in is None  # orders being created
+    creating = client.poll("ord_2", poll_item(2))  # orders being created: ask when a read is due
+    assert creating.from_cache and creating.ask_again_in == pytest.approx(1.9)
     clock.now += 0.5
     read = client.poll("ord_1", poll_item(1))  # stale: read, pending
     assert read.ask_again_in is None and read.news_for_others  # the others may be answered
@@ -553,6 +620,30 @@ def test_in_the_runs_tail_a_pending_from_memory_says_when_the_board_may_be_read(
     tail = client.poll("ord_1", poll_item(1))
     assert tail.from_cache and tail.ask_again_in == pytest.approx(0.3)
     assert not tail.news_for_others
+
+
+def test_the_runs_tail_begins_sooner_once_orders_were_seen_to_settle_fast() -> None:
+    clock = FakeClock()
+    board = OrderBoard(clock=clock)
+    board.refreshing()
+    board.created(order(id="new_1", status="pending"))
+    clock.now += 0.3
+    assert board.tail_age() == 0.5 and not board.stale(2.0)  # nothing seen settle yet
+    board.refreshing()
+    board.seen_not_final("new_1")  # a read showed it pending at 0.3 s old
+    assert board.tail_age() == pytest.approx(0.3 * 1.25 + 0.05)
+    board.created(order(id="new_2", status="pending"))
+    clock.now += 0.42
+    assert not board.stale(2.0) and board.idle_read_in() is None  # may still be sending
+    clock.now += 0.01
+    assert board.stale(2.0) and board.idle_read_in() == 0.0  # 0.43 s idle: the tail
+    board.seen_not_final("new_2")  # seen pending at 0.43 s old: no sooner than 0.5 s
+    assert board.tail_age() == 0.5
+    fast = OrderBoard(clock=clock)
+    fast.created(order(id="quick", status="pending"))
+    clock.now += 0.01
+    fast.seen_not_final("quick")
+    assert fast.tail_age() == 0.25  # never sooner than a quarter second
 
 
 def test_a_created_order_is_awaited_before_its_first_poll() -> None:

@@ -252,14 +252,24 @@ class GifqWindow(FirstRequestWindow):
         return 200, {}
 
 
+@dataclass
+class MillisecondGifqWindow(GifqWindow):
+    """`GifqWindow` on a server that keeps its clock in whole milliseconds (truncated),
+    and whose clock runs 20 parts per million fast against the client's."""
+
+    def respond(self, now: float) -> tuple[int, Headers]:
+        return super().respond(math.floor(now * 1.00002 * 1000) / 1000)
+
+
 def drive_documented(limit: int, window: float, requests: int, seed: int, max_rtt: float,
-                     late_start: float = 0.0) -> Outcome:  # fmt: skip
+                     late_start: float = 0.0, server_model: type[GifqWindow] = GifqWindow,
+                     ) -> Outcome:  # fmt: skip
     """Requests one after another through a limiter that knows only the documented window.
     Each reaches the server a random part of its round trip after it leaves (and up to
     `late_start` seconds after its slot was granted: a loaded machine); `starts` holds
     the arrivals, which are what the server counts."""
     clock, rnd = FakeClock(), random.Random(seed)
-    server = GifqWindow(limit, window)
+    server = server_model(limit, window)
     limiter = RateLimiter(
         limit / window * 0.9,
         clock=clock.monotonic,
@@ -297,7 +307,7 @@ def test_documented_window_no_429s_and_the_budget_is_used(
 ) -> None:
     """GIFQ's 10 per second (and other documented windows): never a 429, and at least 95%
     of the budget used when the round trip is a local one (up to 10 ms: each window
-    costs one round trip and the 20 ms margin)."""
+    costs one round trip and the 2 ms margin)."""
     requests = max(1, round(limit * windows_of_work))
     outcome = drive_documented(limit, window, requests, seed, max_rtt=0.01)
     assert_no_429s_and_the_budget_used(outcome, limit, window)
@@ -338,3 +348,42 @@ def test_documented_window_waits_for_answers_still_in_flight() -> None:
     limiter.observe(200, {})  # both answered by 0.5
     assert limiter.acquire() >= 1.0  # from 0.5: a second after the last answer, not the first
     assert clock.now >= 1.5
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    limit=st.integers(min_value=1, max_value=50),
+    windows_of_work=st.floats(min_value=1.0, max_value=30.0),
+    seed=st.integers(min_value=0, max_value=2**32 - 1),
+)
+def test_documented_window_costs_only_a_round_trip_and_2_ms(
+    limit: int, windows_of_work: float, seed: int
+) -> None:
+    """With a local round trip (up to 1 ms), each window's first request leaves the
+    window, the margin (2 ms) and the round trip of the window before's first request
+    after that one: 99.7% of the documented rate. (A 20 ms margin gave 98%: GIFQ's
+    10/s ran at 9.8.)"""
+    requests = max(limit + 1, round(limit * windows_of_work))
+    outcome = drive_documented(limit, 1.0, requests, seed, max_rtt=0.001)
+    assert outcome.rejected == 0
+    arrivals, windows = outcome.starts, (len(outcome.starts) - 1) // limit
+    # arrivals are a request's start plus up to its round trip (1 ms)
+    assert arrivals[windows * limit] - arrivals[0] <= windows * (1.0 + 0.002 + 0.001) + 0.001
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    limit=st.integers(min_value=1, max_value=50),
+    max_rtt=st.floats(min_value=0.0, max_value=0.05),
+    late_start=st.floats(min_value=0.0, max_value=0.01),
+    seed=st.integers(min_value=0, max_value=2**32 - 1),
+)
+def test_documented_window_margin_covers_a_millisecond_clock(
+    limit: int, max_rtt: float, late_start: float, seed: int
+) -> None:
+    """The 2 ms margin is enough for a server that truncates its clock to milliseconds
+    and runs fast against ours: still never a 429."""
+    outcome = drive_documented(limit, 1.0, limit * 8, seed, max_rtt=max_rtt,
+                               late_start=late_start,
+                               server_model=MillisecondGifqWindow)  # fmt: skip
+    assert outcome.rejected == 0

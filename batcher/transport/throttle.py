@@ -67,7 +67,7 @@ closed), requests are paced at the configured rate, or at the advertised limit /
 window length once a window has been seen, unless the provider documents its
 window (`DocumentedWindow`: GIFQ's 10 requests per second). Then the limiter
 keeps a log of its last `limit` requests and sends back to back until the log
-is full; request n + limit leaves only `seconds` (plus a 20 ms margin) after the
+is full; request n + limit leaves only `seconds` (plus a 2 ms margin) after the
 *answer* to request n came back. A request reaches the server before its answer
 leaves it, so any `seconds`-long stretch of the server's clock holds at most
 `limit` of our requests, whatever the window's phase, the round trips or a late
@@ -134,8 +134,18 @@ _MAX_PENALTY_FACTOR = 2.0  # after 429s, at most half the learned pace
 MARGIN_FRACTION = 0.02
 #: Float slack when comparing a woken sleeper's clock with its start time.
 _EPSILON = 1e-9
-#: Slack after a documented window, for timers that fire early and clocks that drift.
-DOCUMENTED_WINDOW_MARGIN = 0.02
+#: Slack after a documented window. The window's bound is causal (a request reaches
+#: the server between its start and its answer, both on our clock), so the slack
+#: only covers the server's clock running fast against ours (parts per million over
+#: a window) and timestamps it keeps in whole milliseconds (up to 1 ms at each end).
+#: Servers counting on clocks of their own that disagree by a few ms are covered by
+#: the way back of the answer the wait starts from (a request was counted at least
+#: that long before its answer came). Timers that fire early need none: `acquire`
+#: decides again on waking.
+DOCUMENTED_WINDOW_MARGIN = 0.002
+#: Slack after the own log's estimate of an advertised window's length (the longest
+#: reset seen, in whole seconds: a guess, unlike a documented window).
+OWN_LOG_MARGIN = 0.02
 #: How often a full documented-window log looks again for answers still in flight.
 _IN_FLIGHT_RECHECK = 0.005
 #: Requests kept in the own log; an advertised limit above this turns the log rule off.
@@ -481,7 +491,7 @@ class RateLimiter:
             return now + _IN_FLIGHT_RECHECK
         # It reached the server before its answer left; it leaves the window
         # `length` after that at the latest. So do all before it (logged in order).
-        return answered + length + DOCUMENTED_WINDOW_MARGIN
+        return answered + length + OWN_LOG_MARGIN
 
     def _compare_with_own_log(self, now: float, remaining: int) -> None:
         """Hold an answer's count (limit - remaining) against the own log. Under a

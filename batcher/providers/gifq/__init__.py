@@ -13,12 +13,13 @@ payout order is looked up before anything is resent.
 Choices where the contract is silent (each one is tested):
 
 - Requests are paced to GIFQ's documented 10 per second (`RATE_WINDOW`): ten
-  back to back, the eleventh a second after the first one's answer. GIFQ counts
+  back to back, the eleventh a second (and 2 ms) after the first one's answer. GIFQ counts
   fixed one-second windows and sends no remaining-count headers.
 - Completion is read from the newest-first order list, 20 orders a page. Polls
   are answered from an `OrderBoard` that is read again only when a poll needs
-  it and it is stale (see `OrderBoard.stale`), and then only as many pages as
-  the orders being waited for need. An order not on the first `SCAN_PAGES`
+  it and it is stale (see `OrderBoard.stale`: while orders are created fast,
+  once two pages would be nearly full), and then only as many pages as the
+  orders being waited for need. An order not on the first `SCAN_PAGES`
   pages is fetched with `GET /api/orders/:id` from then on. Each read reaches the
   newest order of the one before, so together they are one unbroken stretch of
   the list (`ListedStretch`), which `orders()` reuses: it reads only the orders

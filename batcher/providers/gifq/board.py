@@ -12,10 +12,17 @@ from batcher.providers.gifq.parse import FINAL_ORDER_STATUSES, PAGE_LIMIT, text_
 from batcher.providers.wire import Record, as_text
 
 _MAX_BOARD_ENTRIES = 20_000
-#: Older orders a refresh's first page still shows, for those pending at the last one.
-_PAGE_SLACK = 4
+#: How far short of its last page's end a read may stop and still count as full.
+_PAGE_SLACK = 3
+#: Pages a read of the board covers while orders are being created fast: each read
+#: shows again what the last one showed not final, once per read, not once per page.
+_READ_PAGES = 2
 #: How soon the order list is read again when no order was created since the last read.
 _IDLE_REFRESH = 0.5
+#: The run's tail starts sooner when the orders were seen to settle fast: once no order
+#: was created for this long at least, and for longer than any was seen not final
+#: (by a quarter, and 50 ms), up to `_IDLE_REFRESH`.
+_MIN_IDLE = 0.25
 Clock = Callable[[], float]
 
 
@@ -55,7 +62,10 @@ class OrderBoard:
         self._waiting: set[str] = set()
         self._refreshed_at: float | None = None
         self._created_since_refresh = 0
+        self._carried = 1  # awaited orders the last read showed not final
         self._last_created_at: float | None = None
+        self._born: dict[str, float] = {}  # awaited orders this client created: when
+        self._slowest: float | None = None  # the oldest an order of ours was seen not final
 
     def remember(self, record: Record) -> None:
         order_id = text_of(record.get("id"))
@@ -75,6 +85,7 @@ class OrderBoard:
     def settled(self, order_id: str) -> None:
         """The runner has the final answer: stop waiting for it."""
         self._waiting.discard(order_id)
+        self._born.pop(order_id, None)
         self._orders.pop(order_id, None)
 
     def waiting(self) -> set[str]:
@@ -89,40 +100,100 @@ class OrderBoard:
         """An order this client just created: it tops the newest-first list, and a poll
         will wait for it (so a read looks for it before that poll comes)."""
         self.remember(record)
-        self.watch(text_of(record.get("id")))
+        order_id = text_of(record.get("id"))
+        self.watch(order_id)
         self._created_since_refresh += 1
         self._last_created_at = self._clock()
+        if order_id and len(self._born) < self._max_entries:
+            self._born[order_id] = self._last_created_at
+
+    def seen_not_final(self, order_id: str) -> None:
+        """A read showed this order (one this client created) not final yet."""
+        born = self._born.get(order_id)
+        if born is not None:
+            age = self._clock() - born
+            self._slowest = age if self._slowest is None else max(self._slowest, age)
+
+    def tail_age(self, idle_age: float = _IDLE_REFRESH) -> float:
+        """How long no order must have been created for a run's tail to begin: `idle_age`,
+        or less once orders were seen to settle sooner (`_MIN_IDLE` at the least)."""
+        if self._slowest is None:
+            return idle_age
+        return min(idle_age, max(_MIN_IDLE, self._slowest * 1.25 + 0.05))
 
     def stale(
         self, max_age: float, *, page_size: int = PAGE_LIMIT, idle_age: float = _IDLE_REFRESH
     ) -> bool:
         """Time to read the list again?
 
-        - enough orders were created since the last read that the next first
-          page holds them all and little else (sooner wastes a page; later, and
-          page 1 no longer reaches the oldest of them);
-        - no order was created for `idle_age` (the tail of a run, or a run that
-          only polls): after `idle_age`, since a page then costs no more than one
-          GET by id and may answer many polls;
-        - otherwise after `max_age`.
+        A read goes down as deep as the orders created since the last one, plus
+        those that read showed not final (or at least the newest it showed, so the
+        listed stretch stays unbroken): its `depth`. Each page costs a request
+        whether it is full or not, and every read shows again what the last one
+        showed not final, so:
+
+        - while orders are being created fast enough to fill a page before
+          `max_age`, read `_READ_PAGES` pages (or more) when the last of them
+          would be nearly full (`depth` within `_PAGE_SLACK` of its end): 38 to
+          40 orders on two pages, never 21 on two; and after twice `max_age` at
+          the latest (`read_due_in` says when to ask);
+        - fewer than a page's worth: after `max_age`;
+        - no order created for `idle_age` (the tail of a run, or a run that only
+          polls): after `idle_age`, since a page then costs no more than one GET
+          by id and may answer many polls.
         """
         if self._refreshed_at is None:
             return True
-        if self._created_since_refresh >= max(1, page_size - _PAGE_SLACK):
-            return True
         now = self._clock()
-        idle = self._last_created_at is None or now - self._last_created_at >= idle_age
-        return now - self._refreshed_at >= (idle_age if idle else max_age)
+        age = now - self._refreshed_at
+        if self._idle(now, idle_age):
+            return age >= self.tail_age(idle_age)
+        depth = self.depth()
+        if depth <= page_size - _PAGE_SLACK:
+            return age >= max_age
+        full = depth >= _READ_PAGES * page_size - _PAGE_SLACK and -depth % page_size < _PAGE_SLACK
+        return full or age >= 2 * max_age
+
+    def read_due_in(
+        self, max_age: float, *, page_size: int = PAGE_LIMIT, idle_age: float = _IDLE_REFRESH
+    ) -> float | None:
+        """While orders are being created: about when `stale` will next say yes (the
+        depth it waits for, at the pace orders were created since the last read);
+        None when it cannot tell or it says yes already."""
+        now = self._clock()
+        if self._refreshed_at is None or self._idle(now, idle_age):
+            return None
+        age, depth = now - self._refreshed_at, self.depth()
+        if self._created_since_refresh == 0 or age <= 0 or self.stale(max_age, page_size=page_size):
+            return None
+        rate = self._created_since_refresh / age
+        # less than a page's worth is read at max_age; more, at twice that at the latest
+        deadline = max_age if depth <= page_size - _PAGE_SLACK else 2 * max_age
+        target = max(_READ_PAGES * page_size, -(-depth // page_size) * page_size) - 1
+        return max(0.0, min((target - depth) / rate, deadline - age))
+
+    def _idle(self, now: float, idle_age: float) -> bool:
+        created = self._last_created_at
+        return created is None or now - created >= self.tail_age(idle_age)
+
+    def depth(self) -> int:
+        """How far down the next read must go: the orders created since the last read,
+        and below them those it showed not final (at least one: its newest)."""
+        return self._created_since_refresh + max(1, self._carried)
+
+    def read_showed(self, not_final: int) -> None:
+        """The last read showed `not_final` of the awaited orders not final yet."""
+        self._carried = not_final
 
     def idle_read_in(self, idle_age: float = _IDLE_REFRESH) -> float | None:
         """Once no order has been created for `idle_age` (the run's tail): seconds until
         `stale` lets the list be read again; None while orders are still being created."""
         now = self._clock()
-        if self._last_created_at is not None and now - self._last_created_at < idle_age:
+        if not self._idle(now, idle_age):
             return None
         if self._refreshed_at is None:
             return 0.0
-        return max(0.0, self._refreshed_at + idle_age - now)
+        return max(0.0, self._refreshed_at + self.tail_age(idle_age) - now)
 
     def refreshing(self) -> None:
         self._refreshed_at = self._clock()

@@ -44,8 +44,11 @@ from batcher.transport.http import (
 )
 from batcher.transport.throttle import RateLimiter
 
-#: Pages a poll may scan for the orders it waits for before it falls back to GET by id.
+#: Pages a poll may scan for the orders it waits for before it falls back to GET by id
+#: (more when this client created more orders than that since the last read).
 SCAN_PAGES = 3
+#: At most this many pages in one read of the board, however many orders were created.
+_MAX_SCAN_PAGES = 50
 
 
 #: pages of the order list read for the last FX rates (20 orders a page)
@@ -198,7 +201,12 @@ class GifqOrders(GifqBase):
         # And a read answers the other orders' polls too: once everything is sent, the
         # runner asks them now rather than at their own times.
         idle = self.board.idle_read_in()
-        again = idle if cached else None
+        if idle is None:
+            # Orders are still being created: a poll due when the board's next read is
+            # (its pages nearly full) makes that read, whatever the backoff says.
+            again = self.board.read_due_in(self.refresh_seconds, page_size=self.page_limit)
+        else:
+            again = idle if cached else None
         news = not cached
         if order is None:
             return PollResult(
@@ -283,19 +291,33 @@ class GifqOrders(GifqBase):
         """Read the newest orders until every order being waited for has been seen, and
         the newest one the last read saw (so the listed stretch stays unbroken)."""
         self._board_reads += 1
+        # The orders this client created since the last read are on top of the list:
+        # read down to them whatever `scan_pages` says (a page holds 20 of them, a
+        # GET by id one).
+        pages_deep = max(self.scan_pages, -(-self.board.depth() // self.page_limit))
         self.board.refreshing()
         waiting = self.board.waiting() - self._off_list
+        awaited = set(waiting)
         last_newest = self.listed.newest
-        with closing(self._order_pages(self.scan_pages)) as pages:
-            for records, _last in pages:
-                for record in records:
-                    self.board.remember(record)
-                    order_id = text_of(record.get("id"))
-                    waiting.discard(order_id)
-                    if order_id == last_newest:
-                        last_newest = None
-                if not waiting and last_newest is None:
-                    return
+        not_final = 0
+        try:
+            with closing(self._order_pages(min(pages_deep, _MAX_SCAN_PAGES))) as pages:
+                for records, _last in pages:
+                    for record in records:
+                        self.board.remember(record)
+                        order_id = text_of(record.get("id"))
+                        waiting.discard(order_id)
+                        if order_id == last_newest:
+                            last_newest = None
+                        if order_id in awaited and as_text(record.get("status")) not in (
+                            FINAL_ORDER_STATUSES
+                        ):
+                            not_final += 1
+                            self.board.seen_not_final(order_id)
+                    if not waiting and last_newest is None:
+                        return
+        finally:
+            self.board.read_showed(not_final)
         self._off_list.update(waiting)  # older than the pages scanned: GET by id from now on
 
     def _order_pages(self, max_pages: int) -> Generator[tuple[list[Record], bool]]:
