@@ -108,8 +108,8 @@ class PollResult:
     #: "pending" read from what the client already held, without asking the provider:
     #: the next poll costs the provider nothing, so the runner does not back off
     from_cache: bool = False
-    #: "pending" from a client that knows when it may next learn more (GIFQ's order board,
-    #: once no order is being created): poll again no later than this many seconds
+    #: "pending" from a client that knows when it may next learn more (GIFQ's order board:
+    #: when its next list read is due): poll again no later than this many seconds
     ask_again_in: float | None = None
     #: this poll's request brought news that other requests' polls can read from the
     #: client's memory (GIFQ's order board): once everything is sent, poll them now
