@@ -95,6 +95,10 @@ class UGiftMeProvider(ApiBackedProvider):
     validates_catalog = True
     page_limit = PAGE_LIMIT  # records per page when listing
     list_workers = LIST_WORKERS  # pages of one listing in flight at once
+    #: `poll` may run on a thread of its own while the runner submits and writes the
+    #: ledger (execute/runner.py `POLL_WORKERS`): it reads, keeps no state of its own
+    #: but the catalog's discounts, and the API client and limiter are thread-safe.
+    polls_in_background = True
 
     def __init__(
         self,
