@@ -179,7 +179,7 @@ _COMMIT_BEFORE_WAITING = 0.25
 #: beside the runner (`polls_in_background`): the answer to one is fetched and read
 #: while the runner submits the next chunk and writes the ledger. Polls are reads; a
 #: submit still leaves only from the runner's thread, after its `sending` is committed.
-POLL_WORKERS = 1
+POLL_WORKERS = 2
 #: Longest wait for a poll in flight before the run looks at a stop request again.
 _POLL_WAIT_SLICE = 0.5
 
