@@ -106,3 +106,10 @@ def test_a_stop_with_a_poll_out_leaves_the_chunk_to_be_polled_again(tmp_path: Pa
     w.run()
     assert_exactly_once(w)
     assert len(fake.sent) == 3, "the next run polled, it did not submit again"
+
+
+def test_ugiftme_polls_may_run_in_the_background() -> None:
+    """The UGiftMe client opts in: its polls are reads through a thread-safe client."""
+    from batcher.providers.ugiftme import UGiftMeProvider
+
+    assert UGiftMeProvider.polls_in_background is True

@@ -212,7 +212,9 @@ class UGiftMeProvider(ApiBackedProvider):
         path = f"/orders/order-requests/{quote(request_id, safe='')}"
         self._ensure_discounts()
         try:
-            response = self._api.get(path)
+            # one exchange at a time with the submits (a 429 holds for both): the runner
+            # sends polls from threads of its own
+            response = self._api.get(path, one_at_a_time=True)
         except AuthError:
             raise
         except ProviderUnavailable as exc:  # for the runner, a failed poll is just "not yet"
