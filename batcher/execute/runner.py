@@ -32,8 +32,6 @@ import re
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
-from concurrent.futures import wait as wait_for_futures
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -175,13 +173,6 @@ SEND_GROUP_CHUNKS = 8
 #: A wait at least this long commits the deferred writes first; shorter ones (polls
 #: falling due a few milliseconds apart) leave them for the next commit.
 _COMMIT_BEFORE_WAITING = 0.25
-#: Polls in flight at once on threads of their own, for a provider whose `poll` may run
-#: beside the runner (`polls_in_background`): the answer to one is fetched and read
-#: while the runner submits the next chunk and writes the ledger. Polls are reads; a
-#: submit still leaves only from the runner's thread, after its `sending` is committed.
-POLL_WORKERS = 2
-#: Longest wait for a poll in flight before the run looks at a stop request again.
-_POLL_WAIT_SLICE = 0.5
 
 
 class _Stopped(Exception):
@@ -251,9 +242,6 @@ class Runner:
         # were before (`_unmark_unsent` restores them when the run stops first).
         self._marked: dict[str, ChunkRecord] = {}
         self._group_size = 1  # of the next group (`SEND_GROUP_CHUNKS`)
-        # Polls in flight on the poll threads: future -> (chunk key, chunk, sent at).
-        self._in_flight: dict[Future[PollResult], tuple[str, ChunkRecord, float]] = {}
-        self._pollers: ThreadPoolExecutor | None = None  # while `execute` runs
 
     # ------------------------------------------------------------------ planning
 
@@ -434,8 +422,6 @@ class Runner:
         self.stats.started = self.clock()
         if self.options.deadline_seconds is not None:
             self._deadline = self.stats.started + self.options.deadline_seconds
-        if getattr(self.provider, "polls_in_background", False):
-            self._pollers = ThreadPoolExecutor(POLL_WORKERS, thread_name_prefix="batcher-poll")
         try:
             self._resolve_unknown()
             self._submit_and_poll()
@@ -443,7 +429,6 @@ class Runner:
             pass
         finally:
             self._unmark_unsent()
-            self._abandon_polls()
         with suppress(_Stopped):  # a claimed order among them stops the run, as ever
             self._commit_deferred()
         self.stats.finished = self.clock()
@@ -518,27 +503,20 @@ class Runner:
             delays[chunk.chunk_key] = self.options.initial_poll_delay
             accepted_at[chunk.chunk_key] = now
 
-        while queue or polls or self._in_flight:
+        while queue or polls:
             self._check_stop()
-            self._take_polls(polls, delays, accepted_at)
-            if not (queue or polls or self._in_flight):
-                break  # the last poll out settled its chunk
             if self.events is not None and polls:
                 self._commit_deferred()  # it reads the chunks' states
                 self._settle_from_events(polls, accepted_at)
-                if not (queue or polls or self._in_flight):
+                if not (queue or polls):
                     break
             now = self.clock()
             poll_due = bool(polls) and polls[0][0] <= now
             # Polls may not outspend submits while there is still something to submit.
             poll_allowed = not queue or self.stats.polls < self.stats.submits
-            poller_free = len(self._in_flight) < POLL_WORKERS
-            if poll_due and poll_allowed and poller_free:
+            if poll_due and poll_allowed:
                 _, key = heapq.heappop(polls)
-                if self._pollers is not None:
-                    self._start_poll(key)
-                else:
-                    self._poll_one(key, polls, delays, accepted_at)
+                self._poll_one(key, polls, delays, accepted_at)
                 continue
             if queue:
                 key = queue.pop()
@@ -564,16 +542,6 @@ class Runner:
                     delays[key] = delay
                     accepted_at[key] = self.clock()
                     self._schedule(polls, key, delay)
-                continue
-            if self._in_flight:
-                # The answers that wait in memory are written while the poll is out.
-                self._commit_deferred()
-                wait = _POLL_WAIT_SLICE
-                if poller_free and polls:  # another poll may go when it falls due
-                    wait = min(wait, polls[0][0] - now)
-                if self.events is not None:
-                    wait = min(wait, self.events.check_interval)
-                self._await_polls(wait)
                 continue
             wait = polls[0][0] - now
             if self.events is not None:
@@ -821,64 +789,8 @@ class Runner:
         self.stats.polls += 1
         self.ledger.count_poll(key)
         polled_at = self.clock()
-        self._apply_poll(
-            key,
-            chunk,
-            lambda: self.provider.poll(str(chunk.request_id), self._items(chunk)),
-            polled_at,
-            polls,
-            delays,
-            accepted_at,
-        )
-
-    def _start_poll(self, key: str) -> None:
-        """Send a poll on a poll thread; its answer is taken by `_take_polls`."""
-        assert self._pollers is not None
-        chunk = self._accepted.get(key) or self.ledger.chunk(key)
-        assert chunk.request_id is not None
-        self.stats.polls += 1
-        self.ledger.count_poll(key)
-        items = self._items(chunk)  # read here: the ledger is the runner thread's alone
-        future = self._pollers.submit(self.provider.poll, chunk.request_id, items)
-        self._in_flight[future] = (key, chunk, self.clock())
-
-    def _take_polls(
-        self,
-        polls: list[tuple[float, str]],
-        delays: dict[str, float],
-        accepted_at: dict[str, float],
-    ) -> None:
-        """Apply the answers of the polls in flight that have come back."""
-        for future in [f for f in self._in_flight if f.done()]:
-            key, chunk, polled_at = self._in_flight.pop(future)
-            self._apply_poll(key, chunk, future.result, polled_at, polls, delays, accepted_at)
-
-    def _await_polls(self, timeout: float) -> None:
-        """Wait (at most `timeout` seconds) until a poll in flight has come back."""
-        if timeout > 0:
-            wait_for_futures(list(self._in_flight), timeout=timeout, return_when=FIRST_COMPLETED)
-
-    def _abandon_polls(self) -> None:
-        """The run stops: polls still out are let finish and their answers dropped (the
-        chunks stay accepted in the ledger and are polled again by the next run)."""
-        if self._pollers is not None:
-            self._pollers.shutdown(wait=True, cancel_futures=True)
-            self._pollers = None
-        self._in_flight.clear()
-
-    def _apply_poll(
-        self,
-        key: str,
-        chunk: ChunkRecord,
-        answer: Callable[[], PollResult],
-        polled_at: float,
-        polls: list[tuple[float, str]],
-        delays: dict[str, float],
-        accepted_at: dict[str, float],
-    ) -> None:
-        """Record a poll's answer (`answer()` returns it or raises what the poll raised)."""
         try:
-            result: PollResult = answer()
+            result: PollResult = self.provider.poll(chunk.request_id, self._items(chunk))
         except IncompleteResult as exc:
             # The provider answered but did not account for every row: record what is
             # certain; the chunk stays unknown and is resent with the same key next run.

@@ -95,10 +95,6 @@ class UGiftMeProvider(ApiBackedProvider):
     validates_catalog = True
     page_limit = PAGE_LIMIT  # records per page when listing
     list_workers = LIST_WORKERS  # pages of one listing in flight at once
-    #: `poll` may run on a thread of its own while the runner submits and writes the
-    #: ledger (execute/runner.py `POLL_WORKERS`): it reads, keeps no state of its own
-    #: but the catalog's discounts, and the API client and limiter are thread-safe.
-    polls_in_background = True
 
     def __init__(
         self,
@@ -212,9 +208,7 @@ class UGiftMeProvider(ApiBackedProvider):
         path = f"/orders/order-requests/{quote(request_id, safe='')}"
         self._ensure_discounts()
         try:
-            # one exchange at a time with the submits (a 429 holds for both): the runner
-            # sends polls from threads of its own
-            response = self._api.get(path, one_at_a_time=True)
+            response = self._api.get(path)
         except AuthError:
             raise
         except ProviderUnavailable as exc:  # for the runner, a failed poll is just "not yet"

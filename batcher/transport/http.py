@@ -28,10 +28,8 @@ import json
 import logging
 import socket
 import ssl
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -221,12 +219,6 @@ class ApiClient:
             verify=_tls_context(base_url),
         )
         self.host = self._client.base_url.netloc.decode("ascii")
-        # Held from a request's turn at the limiter until its answer is read (429s waited
-        # out and resent included): a `one_at_a_time` GET overlaps no other such GET and
-        # no write, whatever thread sends it, so none of them is already on its way when
-        # an answer says to wait (a 429's Retry-After holds for all). Writes may still
-        # overlap one another (two runs racing one key get the provider's 409).
-        self._exchanges = _Exchanges()
 
     @property
     def limiter(self) -> RateLimiter:
@@ -237,13 +229,8 @@ class ApiClient:
 
     # ------------------------------------------------------------------ verbs
 
-    def get(
-        self, path: str, *, params: Params | None = None, one_at_a_time: bool = False
-    ) -> ApiResponse:
-        """GET with retries. Raises ProviderUnavailable when no answer can be had.
-
-        `one_at_a_time`: the exchange never overlaps a write or another such GET of this
-        client (polls sent from a thread of their own while the runner submits)."""
+    def get(self, path: str, *, params: Params | None = None) -> ApiResponse:
+        """GET with retries. Raises ProviderUnavailable when no answer can be had."""
         request = self._client.build_request("GET", path, params=params)
         retrying = Retrying(
             stop=stop_after_attempt(self._get_attempts),
@@ -253,7 +240,7 @@ class ApiClient:
             reraise=True,
         )
         try:
-            return retrying(self._get_once, request, path, one_at_a_time)
+            return retrying(self._get_once, request, path)
         except _RetryableGet as exc:
             if exc.connect_failure:
                 message = f"cannot reach {self.host}: {exc.description}"
@@ -287,8 +274,7 @@ class ApiClient:
         retried here except on a 429, OutcomeUnknown when it may have been acted on."""
         request = self._client.build_request(method, path, content=content, headers=headers)
         try:
-            with self._exchanges.shared():
-                response = self._send_throttled(request)
+            response = self._send_throttled(request)
         except httpx.HTTPError as exc:
             raise OutcomeUnknown(f"{method} {path}: {describe_transport_error(exc)}") from None
         except _StillThrottled:
@@ -308,15 +294,9 @@ class ApiClient:
 
     # -------------------------------------------------------------- internals
 
-    def _get_once(
-        self, request: httpx.Request, path: str, one_at_a_time: bool = False
-    ) -> ApiResponse:
+    def _get_once(self, request: httpx.Request, path: str) -> ApiResponse:
         try:
-            if one_at_a_time:
-                with self._exchanges.exclusive():
-                    response = self._send_throttled(request)
-            else:
-                response = self._send_throttled(request)
+            response = self._send_throttled(request)
         except httpx.HTTPError as exc:
             connect_failure = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
             raise _RetryableGet(
@@ -392,45 +372,6 @@ class ApiClient:
         if len(text) > _MAX_ERROR_TEXT:
             text = text[: _MAX_ERROR_TEXT - 1] + "…"
         return text
-
-
-class _Exchanges:
-    """Shared exchanges (writes) may overlap one another; an exclusive one (a
-    `one_at_a_time` GET) overlaps nothing, and once one waits no new shared one starts."""
-
-    def __init__(self) -> None:
-        self._changed = threading.Condition()
-        self._shared = 0
-        self._exclusive = False
-        self._waiting = 0  # exclusive exchanges waiting for their turn
-
-    @contextmanager
-    def shared(self) -> Iterator[None]:
-        with self._changed:
-            self._changed.wait_for(lambda: not (self._exclusive or self._waiting))
-            self._shared += 1
-        try:
-            yield
-        finally:
-            with self._changed:
-                self._shared -= 1
-                self._changed.notify_all()
-
-    @contextmanager
-    def exclusive(self) -> Iterator[None]:
-        with self._changed:
-            self._waiting += 1
-            try:
-                self._changed.wait_for(lambda: not (self._exclusive or self._shared))
-            finally:
-                self._waiting -= 1
-            self._exclusive = True
-        try:
-            yield
-        finally:
-            with self._changed:
-                self._exclusive = False
-                self._changed.notify_all()
 
 
 def scrub_secrets(value: Any, secrets: Iterable[str], mask: str = "***") -> Any:
