@@ -43,6 +43,8 @@ class LedgerPlanning(LedgerConnection):
         """
         now = utc_now()
         held: set[str] = set()
+        #: (sheet position, row key, chunk key) of every row planned by this call
+        planned: list[tuple[int, str, str]] = []
         with self._tx() as db:
             owner = self._owner(db, batch) or ("", "")
             for key, currency, attempt, keys, payload in chunks:
@@ -55,7 +57,8 @@ class LedgerPlanning(LedgerConnection):
                     if bytes(existing["payload"]) != payload:
                         raise RuntimeError(f"chunk {key} re-planned with different bytes")
                     continue
-                mine = self._references_of(db, batch, keys)
+                positions: dict[str, int] = {}
+                mine = self._references_of(db, batch, keys, positions)
                 taken = self._held_elsewhere(db, batch, owner, mine)
                 taken = taken or self._claim_references(db, batch, owner, mine, now)
                 if taken:
@@ -84,13 +87,18 @@ class LedgerPlanning(LedgerConnection):
                     "INSERT INTO chunk_rows(chunk_key, row_key, position) VALUES (?, ?, ?)",
                     [(key, rk, i) for i, rk in enumerate(keys)],
                 )
-                marks = ",".join("?" * len(keys))
-                db.execute(
-                    f"UPDATE rows SET state = 'planned', chunk_key = ?, updated_at = ?"
-                    f" WHERE batch = ? AND row_key IN ({marks})",
-                    (key, now, batch, *keys),
-                )
+                planned += [(positions[k], k, key) for k in keys if k in positions]
                 self._event(batch, "chunk_planned", chunk_key=key, rows=len(keys), attempt=attempt)
+            # The rows are marked planned last, in this same transaction, in sheet order:
+            # the order the sync inserted them in, so the table's and the batch indexes'
+            # pages are visited in one sweep rather than once per chunk at random (the
+            # chunks hold rows in key order, scattered over a large batch's table).
+            planned.sort()
+            db.executemany(
+                "UPDATE rows SET state = 'planned', chunk_key = ?, updated_at = ?"
+                " WHERE batch = ? AND row_key = ?",
+                [(chunk, now, batch, row_key) for _, row_key, chunk in planned],
+            )
         return held
 
     def discard_unsent_plans(
@@ -175,16 +183,27 @@ class LedgerPlanning(LedgerConnection):
         return None if found is None else (str(found[0]), str(found[1]))
 
     @staticmethod
-    def _references_of(db: Database, batch: str, row_keys: Sequence[str]) -> dict[str, list[str]]:
-        """reference -> the row keys among `row_keys` (rows of `batch`) that carry it."""
+    def _references_of(
+        db: Database,
+        batch: str,
+        row_keys: Sequence[str],
+        positions: dict[str, int] | None = None,
+    ) -> dict[str, list[str]]:
+        """reference -> the row keys among `row_keys` (rows of `batch`) that carry it;
+        with `positions`, each row's sheet position is added to it too (row key ->
+        source_row), references or not."""
         mine: dict[str, list[str]] = {}
+        which = "" if positions is not None else " AND reference IS NOT NULL"
         for part, marks in in_slices(row_keys, 400):
             for r in db.execute(
-                f"SELECT row_key, reference FROM rows WHERE batch = ? AND row_key IN ({marks})"
-                " AND reference IS NOT NULL",
+                "SELECT row_key, reference, source_row FROM rows"
+                f" WHERE batch = ? AND row_key IN ({marks}){which}",
                 (batch, *part),
             ):
-                mine.setdefault(str(r[1]), []).append(str(r[0]))
+                if positions is not None:
+                    positions[str(r[0])] = int(r[2])
+                if r[1] is not None:
+                    mine.setdefault(str(r[1]), []).append(str(r[0]))
         return mine
 
     def _claim_references(
