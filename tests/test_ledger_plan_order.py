@@ -57,7 +57,9 @@ def test_planned_rows_are_written_in_sheet_order_across_chunks(tmp_path: Path) -
 
     assert held == set()
     updated = [m.group(1) for s in statements if (m := PLANNED.match(s))]
-    assert updated == [keys[n] for n in sorted(keys)]  # one sweep, in sheet order
+    assert updated == [keys[n] for n in sorted(keys)]  # one sweep, in the order stored
+    # each by its rowid, read with the row: no search of the key's index per row
+    assert all("WHERE rowid = " in s for s in statements if PLANNED.match(s))
     rows = {r.row_key: r for r in ledger.rows("b", state="planned")}
     assert {k: rows[k].chunk_key for k in rows} == {
         "k0": "c1", "k1": "c1", "k2": "c1", "k3": "c2", "k4": "c2", "k5": "c2",

@@ -25,7 +25,7 @@ _CLAIM = (
 def _references_in(
     row_keys: Sequence[str], found: dict[str, tuple[int, str | None]]
 ) -> dict[str, list[str]]:
-    """reference -> the keys among `row_keys` that carry it (`found`: key -> (position,
+    """reference -> the keys among `row_keys` that carry it (`found`: key -> (place,
     reference))."""
     mine: dict[str, list[str]] = {}
     for key in row_keys:
@@ -103,7 +103,7 @@ class LedgerPlanning(LedgerConnection):
                     else:
                         kept.append((chunk, mine))
                 saving = kept
-            #: (sheet position, row key, chunk key) of every row planned by this call
+            #: (place, row key, chunk key) of every row planned by this call
             planned: list[tuple[int, str, str]] = []
             for (key, currency, attempt, keys, payload), _ in saving:
                 db.execute(
@@ -117,16 +117,24 @@ class LedgerPlanning(LedgerConnection):
                 )
                 planned += [(found[k][0], k, key) for k in keys if k in found]
                 self._event(batch, "chunk_planned", chunk_key=key, rows=len(keys), attempt=attempt)
-            # The rows are marked planned last, in sheet order: the order the sync
-            # inserted them in, so the table's and the batch indexes' pages are visited
-            # in one sweep rather than once per chunk at random (the chunks hold rows in
-            # key order, scattered over a large batch's table).
+            # The rows are marked planned last, in the order they are stored in (on
+            # SQLite, by rowid: no search of the key's index either), so the table's
+            # and the batch indexes' pages are visited in one sweep rather than once
+            # per chunk at random (the chunks hold rows in key order, scattered over a
+            # large batch's table).
             planned.sort()
-            db.executemany(
-                "UPDATE rows SET state = 'planned', chunk_key = ?, updated_at = ?"
-                " WHERE batch = ? AND row_key = ?",
-                [(chunk, now, batch, row_key) for _, row_key, chunk in planned],
-            )
+            if self.backend == "sqlite":
+                db.executemany(
+                    "UPDATE rows SET state = 'planned', chunk_key = ?, updated_at = ?"
+                    " WHERE rowid = ? AND batch = ? AND row_key = ?",
+                    [(chunk, now, place, batch, key) for place, key, chunk in planned],
+                )
+            else:
+                db.executemany(
+                    "UPDATE rows SET state = 'planned', chunk_key = ?, updated_at = ?"
+                    " WHERE batch = ? AND row_key = ?",
+                    [(chunk, now, batch, key) for _, key, chunk in planned],
+                )
         return held
 
     def discard_unsent_plans(
@@ -223,15 +231,17 @@ class LedgerPlanning(LedgerConnection):
                 mine.setdefault(str(r[1]), []).append(str(r[0]))
         return mine
 
-    @staticmethod
     def _sheet_rows_of(
-        db: Database, batch: str, row_keys: Sequence[str]
+        self, db: Database, batch: str, row_keys: Sequence[str]
     ) -> dict[str, tuple[int, str | None]]:
-        """row key -> (sheet position, reference) of the rows of `batch` among `row_keys`."""
+        """row key -> (place, reference) of the rows of `batch` among `row_keys`; the
+        place is where the row is stored: SQLite's rowid (the order the sync inserted
+        the rows in), else its sheet position."""
         found: dict[str, tuple[int, str | None]] = {}
+        place = "rowid" if self.backend == "sqlite" else "source_row"
         for part, marks in in_slices(row_keys, 400):
             for r in db.execute(
-                "SELECT row_key, source_row, reference FROM rows"
+                f"SELECT row_key, {place}, reference FROM rows"
                 f" WHERE batch = ? AND row_key IN ({marks})",
                 (batch, *part),
             ):
