@@ -22,6 +22,19 @@ _CLAIM = (
 )
 
 
+def _references_in(
+    row_keys: Sequence[str], found: dict[str, tuple[int, str | None]]
+) -> dict[str, list[str]]:
+    """reference -> the keys among `row_keys` that carry it (`found`: key -> (place,
+    reference))."""
+    mine: dict[str, list[str]] = {}
+    for key in row_keys:
+        reference = found[key][1] if key in found else None
+        if reference is not None:
+            mine.setdefault(reference, []).append(key)
+    return mine
+
+
 class LedgerPlanning(LedgerConnection):
     """What gets planned, what is held back, which provider orders are taken."""
 
@@ -45,7 +58,9 @@ class LedgerPlanning(LedgerConnection):
         held: set[str] = set()
         with self._tx() as db:
             owner = self._owner(db, batch) or ("", "")
-            for key, currency, attempt, keys, payload in chunks:
+            fresh = []
+            for chunk in chunks:
+                key, payload = chunk[0], chunk[4]
                 existing = db.execute(
                     "SELECT state, payload FROM chunks WHERE chunk_key = ?", (key,)
                 ).fetchone()
@@ -55,26 +70,42 @@ class LedgerPlanning(LedgerConnection):
                     if bytes(existing["payload"]) != payload:
                         raise RuntimeError(f"chunk {key} re-planned with different bytes")
                     continue
-                mine = self._references_of(db, batch, keys)
-                taken = self._held_elsewhere(db, batch, owner, mine)
-                taken = taken or self._claim_references(db, batch, owner, mine, now)
+                fresh.append(chunk)
+            # The rows, the other batches' holds and the claims are read and written for
+            # all the chunks at once, each in its own index's order: a large batch's
+            # chunks are scattered over those indexes, and a chunk at a time visited
+            # their pages at random. Another batch's rows do not change within this
+            # transaction, so checking them up front is checking them chunk by chunk.
+            found = self._sheet_rows_of(db, batch, sorted(k for c in fresh for k in c[3]))
+            everyone: dict[str, list[str]] = {}
+            for key, (_, reference) in found.items():
+                if reference is not None:
+                    everyone.setdefault(reference, []).append(key)
+            elsewhere = self._held_elsewhere(db, batch, owner, everyone)
+            saving = []
+            for chunk in fresh:
+                mine = _references_in(chunk[3], found)
+                taken = {k: elsewhere[k] for k in chunk[3] if k in elsewhere}
                 if taken:
-                    for row_key, (other, state, reference) in taken.items():
-                        db.execute(
-                            "UPDATE rows SET state = 'held', error_code = ?, error_message = ?,"
-                            " failure_kind = NULL, updated_at = ? WHERE batch = ? AND row_key = ?",
-                            (
-                                HELD_ELSEWHERE,
-                                held_elsewhere_message(reference, state, other),
-                                now,
-                                batch,
-                                row_key,
-                            ),
-                        )
-                        self._event(batch, "row_held", row_key=row_key, code=HELD_ELSEWHERE,
-                                    other_batch=other)  # fmt: skip
+                    self._hold_taken(db, batch, taken, now)
                     held.update(taken)
-                    continue
+                else:
+                    saving.append((chunk, mine))
+            if not self._claim_all(db, batch, owner, [mine for _, mine in saving], now):
+                # Another batch's claim among them (rare): claim chunk by chunk instead,
+                # so only the chunks holding such a reference are held back.
+                kept = []
+                for chunk, mine in saving:
+                    taken = self._claim_references(db, batch, owner, mine, now)
+                    if taken:
+                        self._hold_taken(db, batch, taken, now)
+                        held.update(taken)
+                    else:
+                        kept.append((chunk, mine))
+                saving = kept
+            #: (place, row key, chunk key) of every row planned by this call
+            planned: list[tuple[int, str, str]] = []
+            for (key, currency, attempt, keys, payload), _ in saving:
                 db.execute(
                     "INSERT INTO chunks(chunk_key, batch, currency, attempt, state, payload,"
                     " row_count, created_at) VALUES (?, ?, ?, ?, 'planned', ?, ?, ?)",
@@ -84,13 +115,26 @@ class LedgerPlanning(LedgerConnection):
                     "INSERT INTO chunk_rows(chunk_key, row_key, position) VALUES (?, ?, ?)",
                     [(key, rk, i) for i, rk in enumerate(keys)],
                 )
-                marks = ",".join("?" * len(keys))
-                db.execute(
-                    f"UPDATE rows SET state = 'planned', chunk_key = ?, updated_at = ?"
-                    f" WHERE batch = ? AND row_key IN ({marks})",
-                    (key, now, batch, *keys),
-                )
+                planned += [(found[k][0], k, key) for k in keys if k in found]
                 self._event(batch, "chunk_planned", chunk_key=key, rows=len(keys), attempt=attempt)
+            # The rows are marked planned last, in the order they are stored in (on
+            # SQLite, by rowid: no search of the key's index either), so the table's
+            # and the batch indexes' pages are visited in one sweep rather than once
+            # per chunk at random (the chunks hold rows in key order, scattered over a
+            # large batch's table).
+            planned.sort()
+            if self.backend == "sqlite":
+                db.executemany(
+                    "UPDATE rows SET state = 'planned', chunk_key = ?, updated_at = ?"
+                    " WHERE rowid = ? AND batch = ? AND row_key = ?",
+                    [(chunk, now, place, batch, key) for place, key, chunk in planned],
+                )
+            else:
+                db.executemany(
+                    "UPDATE rows SET state = 'planned', chunk_key = ?, updated_at = ?"
+                    " WHERE batch = ? AND row_key = ?",
+                    [(chunk, now, batch, key) for _, key, chunk in planned],
+                )
         return held
 
     def discard_unsent_plans(
@@ -187,6 +231,71 @@ class LedgerPlanning(LedgerConnection):
                 mine.setdefault(str(r[1]), []).append(str(r[0]))
         return mine
 
+    def _sheet_rows_of(
+        self, db: Database, batch: str, row_keys: Sequence[str]
+    ) -> dict[str, tuple[int, str | None]]:
+        """row key -> (place, reference) of the rows of `batch` among `row_keys`; the
+        place is where the row is stored: SQLite's rowid (the order the sync inserted
+        the rows in), else its sheet position."""
+        found: dict[str, tuple[int, str | None]] = {}
+        place = "rowid" if self.backend == "sqlite" else "source_row"
+        for part, marks in in_slices(row_keys, 400):
+            for r in db.execute(
+                f"SELECT row_key, {place}, reference FROM rows"
+                f" WHERE batch = ? AND row_key IN ({marks})",
+                (batch, *part),
+            ):
+                found[str(r[0])] = (int(r[1]), None if r[2] is None else str(r[2]))
+        return found
+
+    def _hold_taken(self, db: Database, batch: str, taken: Taken, now: str) -> None:
+        """Hold the rows whose reference another batch holds (`HELD_ELSEWHERE`)."""
+        for row_key, (other, state, reference) in taken.items():
+            db.execute(
+                "UPDATE rows SET state = 'held', error_code = ?, error_message = ?,"
+                " failure_kind = NULL, updated_at = ? WHERE batch = ? AND row_key = ?",
+                (
+                    HELD_ELSEWHERE,
+                    held_elsewhere_message(reference, state, other),
+                    now,
+                    batch,
+                    row_key,
+                ),
+            )
+            self._event(batch, "row_held", row_key=row_key, code=HELD_ELSEWHERE,
+                        other_batch=other)  # fmt: skip
+
+    @staticmethod
+    def _claim_all(
+        db: Database,
+        batch: str,
+        owner: tuple[str, str],
+        chunks: Sequence[dict[str, list[str]]],
+        now: str,
+    ) -> bool:
+        """Claim every reference of `chunks` (each reference -> row keys of `batch`) at
+        once, in the claims' key order. True when every claim was new, so none can be
+        another batch's; otherwise nothing is claimed (a savepoint undoes it) and False.
+        """
+        claims = sorted((ref, keys[0]) for mine in chunks for ref, keys in mine.items())
+        if not claims:
+            return True
+        provider, account = owner
+        db.execute("SAVEPOINT claim_page")
+        inserted = 0
+        for start in range(0, len(claims), 400):
+            inserted += db.executemany(
+                _CLAIM,
+                [
+                    (provider, account, ref, batch, key, now)
+                    for ref, key in claims[start : start + 400]
+                ],
+            ).rowcount
+        if inserted != len(claims):
+            db.execute("ROLLBACK TO SAVEPOINT claim_page")
+        db.execute("RELEASE SAVEPOINT claim_page")
+        return inserted == len(claims)
+
     def _claim_references(
         self,
         db: Database,
@@ -256,7 +365,7 @@ class LedgerPlanning(LedgerConnection):
         `rows_by_reference`), so its cost does not grow with the batch, whatever the
         planner's statistics say about a freshly filled table."""
         found: list[tuple[str, str, str]] = []
-        for part, marks in in_slices(list(mine), 400):
+        for part, marks in in_slices(sorted(mine), 400):  # the index's order
             found += [
                 (str(r[0]), str(r[1]), str(r[2]))
                 for r in db.execute(
