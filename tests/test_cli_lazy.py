@@ -133,3 +133,24 @@ def test_validate_ends_at_once_with_everything_printed_and_written(
     ok = batcher(["validate", str(good), "--report-dir", str(tmp_path / "reports")], env)
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.rstrip().endswith("OK: every row is valid and funded.")
+
+
+def test_the_collector_is_off_while_the_command_imports_and_on_when_it_runs() -> None:
+    """`main` keeps the cyclic collector off while the command's modules load (they are
+    all kept), then freezes them out of later collections and turns it back on."""
+    script = (
+        "import gc, sys\nimport batcher.cli as c\n"
+        "seen = []\n"
+        "class Probe:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'batcher.cli.validate':\n"
+        "            seen.append(gc.isenabled())\n"
+        "sys.meta_path.insert(0, Probe())\n"
+        "sys.argv = ['batcher', 'validate', '--help']\n"
+        "try:\n    c.main()\nexcept SystemExit:\n    pass\n"
+        "print('DURING', seen, 'AFTER', gc.isenabled(), gc.get_freeze_count() > 0)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    assert "DURING [False] AFTER True True" in result.stdout, result.stdout + result.stderr
