@@ -33,7 +33,8 @@ def test_help_lists_every_command_without_importing_one() -> None:
 
 
 #: what `batcher validate` of a CSV never needs: the workbook writer, the run path,
-#: the XLSX reader, the live display (rich, which httpx's own CLI would pull in)
+#: the XLSX reader, the live display (rich, which httpx's own CLI would pull in), the
+#: ledger and reconciliation
 NOT_FOR_CSV_VALIDATE = (
     "openpyxl",
     "rich",
@@ -46,6 +47,10 @@ NOT_FOR_CSV_VALIDATE = (
     "batcher.intake.xlsx",
     "xml.etree",
     "email_validator",  # only for addresses the fast probe doubts; these ten are plain
+    "batcher.ledger.store",
+    "batcher.ledger.queue",
+    "batcher.ledger.lock",
+    "batcher.reporting.verdicts",
 )
 
 
