@@ -11,7 +11,7 @@ into a tree, so a million-row sheet costs about a second here.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,12 +113,49 @@ class WorksheetScan:
 
 
 def scan_worksheet(
-    path: Path, label: str, blocks: Iterable[bytes], limits: IntakeLimits
+    path: Path, label: str, blocks: Iterable[bytes], limits: IntakeLimits, *, details: bool = True
 ) -> WorksheetScan:
-    """Stream the worksheet XML; refuse as soon as it passes a limit."""
+    """Stream the worksheet XML; refuse as soon as it passes a limit.
+
+    Without `details`, only what the limits need (extent and cells): what calamine
+    does not tell (`scan_details`) can then be read while calamine parses.
+    """
     scan = WorksheetScan()
-    patterns: _Patterns | None = None
     dimension_seen = False
+    for block, patterns in _whole_tags(blocks):
+        if not dimension_seen:
+            # The schema puts <dimension> before <sheetData>: once the data begins it is
+            # not coming (searching 40 MiB of cells for it cost a third of the scan).
+            data_at = block.find(b"sheetData")
+            found = _DIMENSION.search(block, 0, len(block) if data_at < 0 else data_at)
+            dimension_seen = found is not None or data_at >= 0
+            if found is not None:
+                rows, letters = int(found[2]), found[1].decode()
+                _check_extent(path, label, rows, column_index(letters) + 1, limits)
+        _scan_extent(block, scan, patterns)
+        _check_extent(path, label, scan.max_row, scan.max_column, limits, used=True)
+        if scan.cells > limits.max_cells:
+            raise limit_error(
+                path, f"[{label}] holds over {scan.cells:,} cells", "max_cells", limits.max_cells
+            )
+        if details:
+            _scan_details(block, scan, patterns)
+    scan.merged = sorted(set(scan.merged))
+    return scan
+
+
+def scan_details(blocks: Iterable[bytes], scan: WorksheetScan) -> None:
+    """The rest of a `scan_worksheet(..., details=False)`, over the same XML again:
+    hidden rows and columns, formulas without a value, error cells, numbers to keep
+    and merged ranges. No limit is checked here: the first pass checked them all."""
+    for block, patterns in _whole_tags(blocks):
+        _scan_details(block, scan, patterns)
+    scan.merged = sorted(set(scan.merged))
+
+
+def _whole_tags(blocks: Iterable[bytes]) -> Iterator[tuple[bytes, _Patterns]]:
+    """The XML in blocks that end at a tag's end, with the patterns for its prefix."""
+    patterns: _Patterns | None = None
     tail = b""
     for chunk in blocks:
         buffer = tail + chunk
@@ -129,26 +166,11 @@ def scan_worksheet(
             if root is None:
                 continue  # the root element is still to come
             patterns = _Patterns(root[1] or b"")
-        if not dimension_seen:
-            # The schema puts <dimension> before <sheetData>: once the data begins it is
-            # not coming (searching 40 MiB of cells for it cost a third of the scan).
-            data_at = block.find(b"sheetData")
-            found = _DIMENSION.search(block, 0, len(block) if data_at < 0 else data_at)
-            dimension_seen = found is not None or data_at >= 0
-            if found is not None:
-                rows, letters = int(found[2]), found[1].decode()
-                _check_extent(path, label, rows, column_index(letters) + 1, limits)
-        _scan_block(block, scan, patterns)
-        _check_extent(path, label, scan.max_row, scan.max_column, limits, used=True)
-        if scan.cells > limits.max_cells:
-            raise limit_error(
-                path, f"[{label}] holds over {scan.cells:,} cells", "max_cells", limits.max_cells
-            )
-    scan.merged = sorted(set(scan.merged))
-    return scan
+        yield block, patterns
 
 
-def _scan_block(block: bytes, scan: WorksheetScan, p: _Patterns) -> None:
+def _scan_extent(block: bytes, scan: WorksheetScan, p: _Patterns) -> None:
+    """The rows, columns and cells the block uses: what the limits are checked on."""
     last_row = block.rfind(p.row_open)
     if last_row >= 0:
         digits = block[last_row + len(p.row_open) : block.find(b'"', last_row + len(p.row_open))]
@@ -170,6 +192,10 @@ def _scan_block(block: bytes, scan: WorksheetScan, p: _Patterns) -> None:
         per_row = [len(p.cell_start.findall(part)) for part in p.row_start.split(block)]
         scan.max_column = max(scan.max_column, *per_row)
         scan.cells += sum(per_row) - cells
+
+
+def _scan_details(block: bytes, scan: WorksheetScan, p: _Patterns) -> None:
+    """What calamine does not tell, in the block: no limit depends on it."""
     if b'hidden="' in block:
         scan.hidden_rows.update(int(r) for r in p.hidden_row.findall(block))
         scan.hidden_columns.update(_hidden_columns(block, p))
