@@ -14,7 +14,7 @@ from openpyxl import Workbook
 
 from batcher.intake import xlsx
 from batcher.intake.xlsx_limits import IntakeLimits
-from batcher.intake.xlsx_scan import WorksheetScan, scan_details, scan_worksheet
+from batcher.intake.xlsx_scan import WorksheetScan, _may_hold, scan_details, scan_worksheet
 
 #: every kind of detail the scan collects, and wide cells for its extent
 SHEET = (
@@ -98,3 +98,14 @@ def test_calamine_parses_while_the_details_are_read(
     assert seen == {"calamine_started": True, "limits_known": 51}
     assert grid.xlsx is not None and grid.xlsx.hidden_rows == frozenset({3})
     assert grid.data.height == 50
+
+
+def test_a_block_that_is_not_utf8_is_still_searched_for_every_detail() -> None:
+    """The details are looked for with polars' regex, which needs UTF-8: any other block
+    is searched byte by byte as before."""
+    latin1 = SHEET.replace(b"<x:t>Name</x:t>", b"<x:t>N\xe9me</x:t>")
+    assert _may_hold(latin1, 'hidden="') and _may_hold(b"<a>\xff</a>", "zzz")
+    assert not _may_hold(b'<row r="1"><c r="A1"><v>1</v></c></row>', 'hidden="|<f|t="e"')
+    assert _may_hold(b'<row r="1" hidden="1">', 'hidden="|<f|t="e"')
+    whole = scan_worksheet(Path("s.xlsx"), "S", [latin1], IntakeLimits())
+    assert whole.hidden_rows == {2} and len(whole.bad_cells) == 4 and len(whole.merged) == 2

@@ -15,6 +15,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import polars as pl
+
 from batcher.core.errors import InputFileError
 from batcher.intake.cellrefs import column_index
 from batcher.intake.xlsx_limits import IntakeLimits, limit_error
@@ -88,6 +90,13 @@ class _Patterns:
         # `_EXACT_AS_SHOWN`); the negative lookahead rejects the usual value in a few bytes.
         self.inexact_value = re.compile(
             rb"<" + p + rb"v>(?!" + _EXACT_AS_SHOWN + rb"</" + p + rb"v>)([^<]*)</" + p + rb"v>"
+        )
+        # What few sheets hold, looked for by polars' regex (a vectorised search for
+        # several literals at once): `in` walks the block once per needle, and slowly
+        # for needles ending in a character as common as `>`. Literals only, ASCII
+        # (the prefix is `\w+:` in a bytes pattern).
+        self.rare_details = "|".join(
+            ['hidden="', f"<{prefix.decode('ascii')}f", 't="e"', "mergeCell "]
         )
 
 
@@ -196,23 +205,34 @@ def _scan_extent(block: bytes, scan: WorksheetScan, p: _Patterns) -> None:
 
 def _scan_details(block: bytes, scan: WorksheetScan, p: _Patterns) -> None:
     """What calamine does not tell, in the block: no limit depends on it."""
-    if b'hidden="' in block:
+    rare = _may_hold(block, p.rare_details)
+    if rare and b'hidden="' in block:
         scan.hidden_rows.update(int(r) for r in p.hidden_row.findall(block))
         scan.hidden_columns.update(_hidden_columns(block, p))
-    if p.formula in block:
+    if rare and p.formula in block:
         for letters, row, formula in p.formula_no_value.findall(block):
             position = (int(row), column_index(letters.decode()))
             scan.bad_cells[position] = ("formula_not_calculated", _text(formula))
-    if b't="e"' in block:
+    if rare and b't="e"' in block:
         for letters, row, formula, value in p.error_cell.findall(block):
             shown = _text(value) + (f" (from ={_text(formula)})" if formula else "")
             scan.bad_cells[(int(row), column_index(letters.decode()))] = ("formula_error", shown)
     if p.value_open in block:
         _keep_inexact_numbers(block, scan, p)
-    if b"mergeCell " in block:
+    if rare and b"mergeCell " in block:
         for c1, r1, c2, r2 in p.merge.findall(block):
             first, last = column_index(c1.decode()), column_index((c2 or c1).decode())
             scan.merged.append((int(r1), first, int(r2 or r1), last))
+
+
+def _may_hold(block: bytes, literals: str) -> bool:
+    """False when none of the `|`-separated ASCII literals is in the block; True when one
+    may be (the caller looks with `in`), and always for a block that is not UTF-8."""
+    try:
+        text = pl.Series([block], dtype=pl.Binary).cast(pl.String)
+    except pl.exceptions.PolarsError:  # not UTF-8
+        return True
+    return text.str.contains(literals)[0] is not False
 
 
 def _keep_inexact_numbers(block: bytes, scan: WorksheetScan, p: _Patterns) -> None:
