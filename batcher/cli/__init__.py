@@ -105,6 +105,7 @@ class LazyGroup(click.Group):
             command: click.Command = getattr(module, attr)
             _imports_done()
             return command
+        _imports_done()  # a command defined here: nothing more to import
         return super().get_command(ctx, cmd_name)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
