@@ -51,6 +51,9 @@ NOT_FOR_CSV_VALIDATE = (
     "batcher.ledger.queue",
     "batcher.ledger.lock",
     "batcher.reporting.verdicts",
+    "batcher.ledger.records",
+    "batcher.ledger.backend",
+    "sqlite3",
 )
 
 
@@ -159,3 +162,22 @@ def test_the_collector_is_off_while_the_command_imports_and_on_when_it_runs() ->
         [sys.executable, "-c", script], capture_output=True, text=True, check=True
     )
     assert "DURING [False] AFTER True True" in result.stdout, result.stdout + result.stderr
+
+
+def test_a_ledger_failure_is_still_named_with_the_database_check_loaded_late(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`handle_errors` imports the database check only when a command fails."""
+    import sqlite3
+
+    from batcher.cli.common import handle_errors
+    from batcher.core.errors import ExitCode
+
+    @handle_errors
+    def broken() -> None:
+        raise sqlite3.DatabaseError("database disk image is malformed")
+
+    with pytest.raises(SystemExit) as exited:
+        broken()
+    assert exited.value.code == int(ExitCode.CANNOT_START)
+    assert "the ledger could not be read or written" in capsys.readouterr().err
