@@ -1,11 +1,12 @@
-"""One streaming pass over a worksheet's XML before calamine reads it.
+"""Streaming passes over a worksheet's XML, the first before calamine reads it.
 
-It bounds what calamine would allocate (the declared `<dimension>`, and the
-rows, columns and cells actually present, since the dimension may be missing
-or lie) and collects what calamine does not tell: hidden rows and columns,
-formulas with no cached value, error cells (#DIV/0!, #N/A...) and merged
-ranges. The XML is matched with byte patterns block by block, never parsed
-into a tree, so a million-row sheet costs about a second here.
+The first bounds what calamine would allocate (the declared `<dimension>`, and
+the rows, columns and cells actually present, since the dimension may be missing
+or lie). The second, while calamine parses, collects what calamine does not tell:
+hidden rows and columns, formulas with no cached value, error cells (#DIV/0!,
+#N/A...), numbers it may show rounded and merged ranges (`scan_worksheet` can also
+do both in one pass). The XML is matched with byte patterns block by block, never
+parsed into a tree, so a million-row sheet costs about a second here.
 """
 
 from __future__ import annotations
