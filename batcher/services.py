@@ -34,18 +34,17 @@ from batcher.core.states import HELD_STATES, SETTLED_STATES, UNFINISHED_STATES
 from batcher.execute.check import SheetReading, check_sheet
 from batcher.intake.validate import ValidationResult, validation_document
 from batcher.ledger.location import LedgerLocation
-from batcher.ledger.lock import batch_lock
-from batcher.ledger.queue import BatchQueue, QueueItem, queue_needs_postgresql
-from batcher.ledger.store import Ledger, RowRecord, parse_ts
 from batcher.providers import connect
 from batcher.providers.base import Provider, ProviderOptions
-from batcher.reporting.outputs import totals_by_currency, write_validation_csv
-from batcher.reporting.verdicts import Window
 
+# The ledger (store, queue, lock) and reconciliation are imported by the functions that
+# use them: `batcher validate` needs neither, and they cost it a twentieth of its start-up.
 if TYPE_CHECKING:
     from batcher.execute.dryrun import DryRun, dry_run_batch
     from batcher.execute.run import BatchOptions, BatchResult, RunUI, run_batch
     from batcher.execute.worker import QueuedRun
+    from batcher.ledger.queue import QueueItem
+    from batcher.ledger.store import Ledger, RowRecord
     from batcher.reporting.reports import ReportResult
     from batcher.reporting.statement import Checkpoint, Statement
     from batcher.transport.notify import Delivery, host_of, send_notification, slack_payload
@@ -193,6 +192,8 @@ def validate_sheet(
 
     Writes ``REPORT_DIR/<sheet stem>/validation.csv`` (and ``validation.json`` when asked).
     """
+    from batcher.reporting.outputs import write_validation_csv
+
     with open_provider(settings, provider_options) as client:
         check = check_sheet(client, sheet, reading)
     result = check.result
@@ -245,6 +246,8 @@ def enqueue_batch(
     would order the valid ones). The item records the sheet's SHA-256 as validated:
     a worker refuses the sheet if its bytes change before it runs.
     """
+    from batcher.ledger.queue import BatchQueue, queue_needs_postgresql
+
     queue_needs_postgresql(location)
     check_batch_name(batch)
     with BatchQueue(location):  # a reachable, migrated ledger before the provider is asked
@@ -274,6 +277,8 @@ def enqueue_batch(
 
 def queue_items(location: LedgerLocation, *, state: str | None = None) -> list[QueueItem]:
     """The work queue's items, newest first."""
+    from batcher.ledger.queue import BatchQueue
+
     with BatchQueue(location) as queue:
         return queue.items(state=state)
 
@@ -337,6 +342,8 @@ def ledger_lost(
     place: a run now would start the batch from scratch. The provider's idempotency
     keys would still catch exact repeats, but not rows whose attempt changed.
     """
+    from batcher.ledger.store import Ledger
+
     summary = report_dir / batch / "summary.json"
     try:
         ran = "run_id" in json.loads(summary.read_text(encoding="utf-8"))
@@ -357,6 +364,8 @@ def ledger_lost(
 def open_ledger(state_dir: Path, location: LedgerLocation | None = None) -> Ledger:
     """The ledger at `location` (default: in `state_dir`); a usage error when a SQLite
     ledger does not exist yet (nothing has run there)."""
+    from batcher.ledger.store import Ledger
+
     where = location or LedgerLocation.in_state_dir(state_dir)
     if where.path is not None and not where.path.exists():
         raise UsageError(f"no ledger in {where.path.parent}: nothing has run here yet")
@@ -381,6 +390,8 @@ def batch_outcome(by_state: Mapping[str, int]) -> str:
 
 
 def _batch_counts(ledger: Ledger, batch: str) -> dict[str, Any]:
+    from batcher.reporting.outputs import totals_by_currency
+
     by_state = ledger.count_by_state(batch)
     earlier = ledger.orders_not_in_sheet(batch)
     in_sheet = by_state.get("succeeded", 0)
@@ -444,6 +455,8 @@ def report_batch(
     `settings_for(provider_name)` resolves the connection for the provider the
     batch was ordered through (the ledger records it).
     """
+    from batcher.ledger.lock import batch_lock
+
     check_batch_name(batch)
     ledger = open_ledger(state_dir, location)
     try:
@@ -499,6 +512,7 @@ def statement(
     """
     from batcher.reporting.statement import build_statement
     from batcher.reporting.statement_book import write_statement  # openpyxl: only here
+    from batcher.reporting.verdicts import Window
 
     if last_day < first_day:
         raise UsageError(f"--to {last_day} is before --from {first_day}")
@@ -532,6 +546,7 @@ def statement(
 
 def _checkpoints(ledger: Ledger, batch: str) -> list[Checkpoint]:
     """The balances each run of the batch read at its start, as fixed points to tie out to."""
+    from batcher.ledger.store import parse_ts
     from batcher.reporting.statement import Checkpoint
 
     found = []

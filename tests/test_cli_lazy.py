@@ -33,7 +33,8 @@ def test_help_lists_every_command_without_importing_one() -> None:
 
 
 #: what `batcher validate` of a CSV never needs: the workbook writer, the run path,
-#: the XLSX reader, the live display (rich, which httpx's own CLI would pull in)
+#: the XLSX reader, the live display (rich, which httpx's own CLI would pull in), the
+#: ledger and reconciliation
 NOT_FOR_CSV_VALIDATE = (
     "openpyxl",
     "rich",
@@ -46,6 +47,13 @@ NOT_FOR_CSV_VALIDATE = (
     "batcher.intake.xlsx",
     "xml.etree",
     "email_validator",  # only for addresses the fast probe doubts; these ten are plain
+    "batcher.ledger.store",
+    "batcher.ledger.queue",
+    "batcher.ledger.lock",
+    "batcher.reporting.verdicts",
+    "batcher.ledger.records",
+    "batcher.ledger.backend",
+    "sqlite3",
 )
 
 
@@ -133,3 +141,43 @@ def test_validate_ends_at_once_with_everything_printed_and_written(
     ok = batcher(["validate", str(good), "--report-dir", str(tmp_path / "reports")], env)
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.rstrip().endswith("OK: every row is valid and funded.")
+
+
+def test_the_collector_is_off_while_the_command_imports_and_on_when_it_runs() -> None:
+    """`main` keeps the cyclic collector off while the command's modules load (they are
+    all kept), then freezes them out of later collections and turns it back on."""
+    script = (
+        "import gc, sys\nimport batcher.cli as c\n"
+        "seen = []\n"
+        "class Probe:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'batcher.cli.validate':\n"
+        "            seen.append(gc.isenabled())\n"
+        "sys.meta_path.insert(0, Probe())\n"
+        "sys.argv = ['batcher', 'validate', '--help']\n"
+        "try:\n    c.main()\nexcept SystemExit:\n    pass\n"
+        "print('DURING', seen, 'AFTER', gc.isenabled(), gc.get_freeze_count() > 0)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    assert "DURING [False] AFTER True True" in result.stdout, result.stdout + result.stderr
+
+
+def test_a_ledger_failure_is_still_named_with_the_database_check_loaded_late(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`handle_errors` imports the database check only when a command fails."""
+    import sqlite3
+
+    from batcher.cli.common import handle_errors
+    from batcher.core.errors import ExitCode
+
+    @handle_errors
+    def broken() -> None:
+        raise sqlite3.DatabaseError("database disk image is malformed")
+
+    with pytest.raises(SystemExit) as exited:
+        broken()
+    assert exited.value.code == int(ExitCode.CANNOT_START)
+    assert "the ledger could not be read or written" in capsys.readouterr().err

@@ -23,7 +23,6 @@ from batcher.config import (
 )
 from batcher.core.errors import BatcherError, ConfigError, ExitCode, UsageError
 from batcher.intake.xlsx_limits import IntakeLimits, intake_limits
-from batcher.ledger.backend import is_database_error
 from batcher.ledger.location import LedgerLocation, parse_ledger_url
 from batcher.providers.base import ProviderOptions
 
@@ -48,6 +47,8 @@ def handle_errors(func: F) -> F:
         except KeyboardInterrupt:
             fail("interrupted", ExitCode.INCOMPLETE)
         except Exception as exc:  # a bug: say so in one line; the ledger keeps the state
+            from batcher.ledger.backend import is_database_error  # sqlite3: not for validate
+
             if is_database_error(exc):  # the ledger failed under us: never call it intact
                 detail = " ".join(str(exc).split())[:300]
                 fail(

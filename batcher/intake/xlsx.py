@@ -22,7 +22,12 @@ from batcher.intake.grid import Grid
 from batcher.intake.header import HEADER_SEARCH_ROWS, find_header
 from batcher.intake.xlsx_issues import XlsxFacts, hidden_column_warnings
 from batcher.intake.xlsx_limits import IntakeLimits, check_archive, inflate
-from batcher.intake.xlsx_scan import WorksheetScan, scan_worksheet, worksheet_missing
+from batcher.intake.xlsx_scan import (
+    WorksheetScan,
+    scan_details,
+    scan_worksheet,
+    worksheet_missing,
+)
 
 
 @dataclass(frozen=True)
@@ -54,17 +59,24 @@ def read_xlsx_grid(
             hint="open it in Excel and save it again as .xlsx",
         ) from None
     entry = _choose_worksheet(path, entries, wanted)
-    scan = _scan_parts(path, data, archive, entry, limits)
+    # Every limit is checked before calamine allocates anything; what the scan collects
+    # besides (hidden cells, formulas, errors, numbers to keep) is read while calamine
+    # parses, which it does without the GIL.
+    scan = _scan_parts(path, data, archive, entry, limits, details=False)
     try:
-        numbers: pl.DataFrame | None = None
-        if scan.exact_numbers_incomplete:
-            text_view, text, numbers = _load_both_views(data, entry.name)
+        floats: pl.DataFrame | None = None
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            text_load = pool.submit(_load_view, data, entry.name, "string")
+            _rescan_details(path, data, archive, entry, scan, limits)
+            if scan.exact_numbers_incomplete:  # the float view, beside the string view
+                floats = _load_view(data, entry.name, "float")[1]
+            text_view, text = text_load.result()
+        if floats is not None:
+            numbers = floats
         else:
-            text_view, text = _load_view(data, entry.name, "string")
             positions = [c.absolute_index for c in text_view.available_columns()]
-            numbers = _numbers_from_text(text, positions, scan.exact_numbers)
-            if numbers is None:
-                numbers = _load_view(data, entry.name, "float")[1]
+            found = _numbers_from_text(text, positions, scan.exact_numbers)
+            numbers = found if found is not None else _load_view(data, entry.name, "float")[1]
     except fastexcel.FastExcelError as exc:
         raise InputFileError(
             f"{path.name} [{entry.name}]: cannot read the worksheet ({str(exc).splitlines()[0]})",
@@ -190,8 +202,11 @@ def _scan_parts(
     archive: zipfile.ZipFile,
     entry: _WorksheetEntry,
     limits: IntakeLimits,
+    *,
+    details: bool = True,
 ) -> WorksheetScan:
-    """Inflate what calamine will read, within the byte budget, scanning the worksheet."""
+    """Inflate what calamine will read, within the byte budget, scanning the worksheet
+    (its extent only, without `details`: `_rescan_details` reads the rest)."""
     budget = limits.max_uncompressed_bytes
     for name in _SHARED_PARTS:
         with contextlib.suppress(KeyError):
@@ -203,7 +218,20 @@ def _scan_parts(
     except KeyError:
         raise worksheet_missing(path, entry.name) from None
     blocks = inflate(path, data, member, budget, limits)
-    return scan_worksheet(path, entry.name, blocks, limits)
+    return scan_worksheet(path, entry.name, blocks, limits, details=details)
+
+
+def _rescan_details(
+    path: Path,
+    data: bytes,
+    archive: zipfile.ZipFile,
+    entry: _WorksheetEntry,
+    scan: WorksheetScan,
+    limits: IntakeLimits,
+) -> None:
+    """The worksheet inflated again (it passed the byte budget already), for `scan_details`."""
+    member = archive.getinfo(entry.part)
+    scan_details(inflate(path, data, member, limits.max_uncompressed_bytes, limits), scan)
 
 
 def _workbook_sheets(archive: zipfile.ZipFile) -> list[_WorksheetEntry]:

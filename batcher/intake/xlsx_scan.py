@@ -1,19 +1,22 @@
-"""One streaming pass over a worksheet's XML before calamine reads it.
+"""Streaming passes over a worksheet's XML, the first before calamine reads it.
 
-It bounds what calamine would allocate (the declared `<dimension>`, and the
-rows, columns and cells actually present, since the dimension may be missing
-or lie) and collects what calamine does not tell: hidden rows and columns,
-formulas with no cached value, error cells (#DIV/0!, #N/A...) and merged
-ranges. The XML is matched with byte patterns block by block, never parsed
-into a tree, so a million-row sheet costs about a second here.
+The first bounds what calamine would allocate (the declared `<dimension>`, and
+the rows, columns and cells actually present, since the dimension may be missing
+or lie). The second, while calamine parses, collects what calamine does not tell:
+hidden rows and columns, formulas with no cached value, error cells (#DIV/0!,
+#N/A...), numbers it may show rounded and merged ranges (`scan_worksheet` can also
+do both in one pass). The XML is matched with byte patterns block by block, never
+parsed into a tree, so a million-row sheet costs about a second here.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import polars as pl
 
 from batcher.core.errors import InputFileError
 from batcher.intake.cellrefs import column_index
@@ -89,6 +92,13 @@ class _Patterns:
         self.inexact_value = re.compile(
             rb"<" + p + rb"v>(?!" + _EXACT_AS_SHOWN + rb"</" + p + rb"v>)([^<]*)</" + p + rb"v>"
         )
+        # What few sheets hold, looked for by polars' regex (a vectorised search for
+        # several literals at once): `in` walks the block once per needle, and slowly
+        # for needles ending in a character as common as `>`. Literals only, ASCII
+        # (the prefix is `\w+:` in a bytes pattern).
+        self.rare_details = "|".join(
+            ['hidden="', f"<{prefix.decode('ascii')}f", 't="e"', "mergeCell "]
+        )
 
 
 @dataclass
@@ -113,12 +123,49 @@ class WorksheetScan:
 
 
 def scan_worksheet(
-    path: Path, label: str, blocks: Iterable[bytes], limits: IntakeLimits
+    path: Path, label: str, blocks: Iterable[bytes], limits: IntakeLimits, *, details: bool = True
 ) -> WorksheetScan:
-    """Stream the worksheet XML; refuse as soon as it passes a limit."""
+    """Stream the worksheet XML; refuse as soon as it passes a limit.
+
+    Without `details`, only what the limits need (extent and cells): what calamine
+    does not tell (`scan_details`) can then be read while calamine parses.
+    """
     scan = WorksheetScan()
-    patterns: _Patterns | None = None
     dimension_seen = False
+    for block, patterns in _whole_tags(blocks):
+        if not dimension_seen:
+            # The schema puts <dimension> before <sheetData>: once the data begins it is
+            # not coming (searching 40 MiB of cells for it cost a third of the scan).
+            data_at = block.find(b"sheetData")
+            found = _DIMENSION.search(block, 0, len(block) if data_at < 0 else data_at)
+            dimension_seen = found is not None or data_at >= 0
+            if found is not None:
+                rows, letters = int(found[2]), found[1].decode()
+                _check_extent(path, label, rows, column_index(letters) + 1, limits)
+        _scan_extent(block, scan, patterns)
+        _check_extent(path, label, scan.max_row, scan.max_column, limits, used=True)
+        if scan.cells > limits.max_cells:
+            raise limit_error(
+                path, f"[{label}] holds over {scan.cells:,} cells", "max_cells", limits.max_cells
+            )
+        if details:
+            _scan_details(block, scan, patterns)
+    scan.merged = sorted(set(scan.merged))
+    return scan
+
+
+def scan_details(blocks: Iterable[bytes], scan: WorksheetScan) -> None:
+    """The rest of a `scan_worksheet(..., details=False)`, over the same XML again:
+    hidden rows and columns, formulas without a value, error cells, numbers to keep
+    and merged ranges. No limit is checked here: the first pass checked them all."""
+    for block, patterns in _whole_tags(blocks):
+        _scan_details(block, scan, patterns)
+    scan.merged = sorted(set(scan.merged))
+
+
+def _whole_tags(blocks: Iterable[bytes]) -> Iterator[tuple[bytes, _Patterns]]:
+    """The XML in blocks that end at a tag's end, with the patterns for its prefix."""
+    patterns: _Patterns | None = None
     tail = b""
     for chunk in blocks:
         buffer = tail + chunk
@@ -129,26 +176,11 @@ def scan_worksheet(
             if root is None:
                 continue  # the root element is still to come
             patterns = _Patterns(root[1] or b"")
-        if not dimension_seen:
-            # The schema puts <dimension> before <sheetData>: once the data begins it is
-            # not coming (searching 40 MiB of cells for it cost a third of the scan).
-            data_at = block.find(b"sheetData")
-            found = _DIMENSION.search(block, 0, len(block) if data_at < 0 else data_at)
-            dimension_seen = found is not None or data_at >= 0
-            if found is not None:
-                rows, letters = int(found[2]), found[1].decode()
-                _check_extent(path, label, rows, column_index(letters) + 1, limits)
-        _scan_block(block, scan, patterns)
-        _check_extent(path, label, scan.max_row, scan.max_column, limits, used=True)
-        if scan.cells > limits.max_cells:
-            raise limit_error(
-                path, f"[{label}] holds over {scan.cells:,} cells", "max_cells", limits.max_cells
-            )
-    scan.merged = sorted(set(scan.merged))
-    return scan
+        yield block, patterns
 
 
-def _scan_block(block: bytes, scan: WorksheetScan, p: _Patterns) -> None:
+def _scan_extent(block: bytes, scan: WorksheetScan, p: _Patterns) -> None:
+    """The rows, columns and cells the block uses: what the limits are checked on."""
     last_row = block.rfind(p.row_open)
     if last_row >= 0:
         digits = block[last_row + len(p.row_open) : block.find(b'"', last_row + len(p.row_open))]
@@ -170,23 +202,38 @@ def _scan_block(block: bytes, scan: WorksheetScan, p: _Patterns) -> None:
         per_row = [len(p.cell_start.findall(part)) for part in p.row_start.split(block)]
         scan.max_column = max(scan.max_column, *per_row)
         scan.cells += sum(per_row) - cells
-    if b'hidden="' in block:
+
+
+def _scan_details(block: bytes, scan: WorksheetScan, p: _Patterns) -> None:
+    """What calamine does not tell, in the block: no limit depends on it."""
+    rare = _may_hold(block, p.rare_details)
+    if rare and b'hidden="' in block:
         scan.hidden_rows.update(int(r) for r in p.hidden_row.findall(block))
         scan.hidden_columns.update(_hidden_columns(block, p))
-    if p.formula in block:
+    if rare and p.formula in block:
         for letters, row, formula in p.formula_no_value.findall(block):
             position = (int(row), column_index(letters.decode()))
             scan.bad_cells[position] = ("formula_not_calculated", _text(formula))
-    if b't="e"' in block:
+    if rare and b't="e"' in block:
         for letters, row, formula, value in p.error_cell.findall(block):
             shown = _text(value) + (f" (from ={_text(formula)})" if formula else "")
             scan.bad_cells[(int(row), column_index(letters.decode()))] = ("formula_error", shown)
     if p.value_open in block:
         _keep_inexact_numbers(block, scan, p)
-    if b"mergeCell " in block:
+    if rare and b"mergeCell " in block:
         for c1, r1, c2, r2 in p.merge.findall(block):
             first, last = column_index(c1.decode()), column_index((c2 or c1).decode())
             scan.merged.append((int(r1), first, int(r2 or r1), last))
+
+
+def _may_hold(block: bytes, literals: str) -> bool:
+    """False when none of the `|`-separated ASCII literals is in the block; True when one
+    may be (the caller looks with `in`), and always for a block that is not UTF-8."""
+    try:
+        text = pl.Series([block], dtype=pl.Binary).cast(pl.String)
+    except pl.exceptions.PolarsError:  # not UTF-8
+        return True
+    return text.str.contains(literals)[0] is not False
 
 
 def _keep_inexact_numbers(block: bytes, scan: WorksheetScan, p: _Patterns) -> None:

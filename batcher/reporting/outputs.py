@@ -13,15 +13,16 @@ import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batcher.core.files import atomic_write
 from batcher.core.money import money_str
 from batcher.intake.validate import REPORT_COLUMNS, ValidationResult, report_records
-from batcher.ledger.records import passthrough_headers
-from batcher.ledger.store import RowRecord
 from batcher.reporting.cells import safe_cell
-from batcher.reporting.verdicts import Reconciliation
+
+if TYPE_CHECKING:  # types only: `batcher validate` loads neither the ledger nor reconciliation
+    from batcher.ledger.store import RowRecord
+    from batcher.reporting.verdicts import Reconciliation
 
 ROWS_CSV_COLUMNS = (
     "source_row",
@@ -158,6 +159,8 @@ def write_rows_csv(
     first name them), `rows` are streamed as they come, in sheet order; without it they
     are read whole and sorted."""
     if extra is None:
+        from batcher.ledger.records import passthrough_headers  # not loaded by `validate`
+
         every = sorted(rows, key=lambda r: r.source_row)
         rows, extra = every, passthrough_headers(every)
     with atomic_write(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
