@@ -651,3 +651,26 @@ def test_a_send_that_waits_ends_the_group(tmp_path: Path) -> None:
     assert_exactly_once(w)
     # Groups of 1 and 2, then the third send waited: one at a time from there.
     assert committed_sending == [1, 2, 2, 1, 1, 1]
+
+
+def test_a_run_reads_each_chunk_whole_only_to_send_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plan's summary counts chunks and the send queue holds keys: a chunk's payload
+    and rows are read when it is sent, not for every chunk of the batch up front (at a
+    million rows, 10,000 payloads held and 20,000 statements before the first send)."""
+    from batcher.ledger.queries import LedgerQueries
+
+    reads: list[str] = []
+    whole = LedgerQueries.chunk
+
+    def counted(self: LedgerQueries, chunk_key: str) -> ChunkRecord:
+        reads.append(chunk_key)
+        return whole(self, chunk_key)
+
+    monkeypatch.setattr(LedgerQueries, "chunk", counted)
+    w = world(tmp_path, [("GBP", f"{n}.00") for n in range(5, 17)], wallets={"GBP": Decimal(1000)})
+    w.run(RunOptions(chunk_size=3, initial_poll_delay=1.0, max_poll_delay=8.0))
+    assert_exactly_once(w)
+    assert len(set(reads)) == 4
+    assert len(reads) <= 4, f"{len(reads)} whole-chunk reads for 4 chunks"

@@ -296,9 +296,9 @@ class Runner:
         return PlanSummary(
             rows_total=sum(by_state.values()),
             rows_to_send=len(pending),
-            new_chunks=len(self.ledger.chunks(self.batch, ["planned"])),
-            unknown_chunks=len(self.ledger.chunks(self.batch, ["unknown"])),
-            accepted_chunks=len(self.ledger.chunks(self.batch, ["accepted"])),
+            new_chunks=self.ledger.chunk_count(self.batch, "planned"),
+            unknown_chunks=self.ledger.chunk_count(self.batch, "unknown"),
+            accepted_chunks=self.ledger.chunk_count(self.batch, "accepted"),
             cost_by_currency=cost,
             face_by_currency=face,
             rows_by_state=by_state,
@@ -489,7 +489,7 @@ class Runner:
 
     def _submit_and_poll(self) -> None:
         self._commit_deferred()  # chunks resolved just now are accepted in what is read next
-        queue = [c.chunk_key for c in self.ledger.chunks(self.batch, ["planned"])]
+        queue = self.ledger.chunk_keys(self.batch, ["planned"])
         queue.reverse()  # pop() from the end keeps planned order
         polls: list[tuple[float, str]] = []
         delays: dict[str, float] = {}

@@ -257,9 +257,11 @@ class LedgerQueries(LedgerConnection):
             )
         ]
 
-    def chunks(self, batch: str, states: Sequence[str]) -> list[ChunkRecord]:
+    def chunk_keys(self, batch: str, states: Sequence[str]) -> list[str]:
+        """The keys of the batch's chunks in `states`, in planned order: what a queue of
+        sends needs, without each chunk's payload and rows."""
         marks = ",".join("?" * len(states))
-        keys = [
+        return [
             r[0]
             for r in self._db.execute(
                 f"SELECT chunk_key FROM chunks WHERE batch = ? AND state IN ({marks})"
@@ -267,4 +269,12 @@ class LedgerQueries(LedgerConnection):
                 (batch, *states),
             )
         ]
-        return [self.chunk(k) for k in keys]
+
+    def chunk_count(self, batch: str, state: str) -> int:
+        row = self._db.execute(
+            "SELECT COUNT(*) FROM chunks WHERE batch = ? AND state = ?", (batch, state)
+        ).fetchone()
+        return int(row[0])
+
+    def chunks(self, batch: str, states: Sequence[str]) -> list[ChunkRecord]:
+        return [self.chunk(k) for k in self.chunk_keys(batch, states)]
