@@ -94,6 +94,30 @@ def test_a_report_in_pages_is_the_report_in_one(
     assert len(whole[1].splitlines()) == 1 + 4, "the two invalid and two refused rows to fix"
 
 
+def test_the_orders_sheet_reads_again_only_the_rows_the_wallet_lines_do_not_hold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Matching the listings keeps every matched order's row in its wallet line; the
+    Orders sheet takes those from there and reads only the others from the ledger
+    again (a 100k-row report read every row twice), and comes out the same."""
+    ledger, provider = build(tmp_path, SPECS, balances=BALANCES)
+    try:
+        whole = report(ledger, provider, tmp_path / "whole")
+        paging = Paging(monkeypatch)
+        monkeypatch.setattr(row_source, "ROW_PAGE", 7)
+        paged = report(ledger, provider, tmp_path / "paged")
+    finally:
+        ledger.close()
+    assert paged == whole
+    matched = sum(1 for line in whole[0]["Orders"][1:] if line[-4] == "OK")
+    assert matched >= 30
+    # One whole read to match and sum; then only rows not matched: for the Orders
+    # sheet, its width sample and the failures' five readers (two sheets' samples and
+    # lines, failed_rows.csv). Reading every row again for the Orders sheet and its
+    # sample made it 172.
+    assert len(SPECS) <= sum(paging.pages) <= len(SPECS) + 7 * (len(SPECS) - matched)
+
+
 def test_a_report_without_the_provider_in_pages_is_the_report_in_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

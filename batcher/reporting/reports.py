@@ -247,6 +247,7 @@ def collect(
     )
     # Matching the listings sums the rows on the way: one read of them, not two.
     reconciliation, facts = reconcile_and_sum(inputs, facts)
+    rows.hold(_rows_in_lines(reconciliation))
     available = next((r.available_after for r in reversed(runs) if r.available_after), None)
     return ReportModel(
         batch=batch,
@@ -260,6 +261,18 @@ def collect(
         passthrough=facts.passthrough(info),
         orphan_events=webhook_orphans(ledger, str(info["provider"]), runs),
     )
+
+
+def _rows_in_lines(reconciliation: Reconciliation) -> dict[str, RowRecord]:
+    """The batch's rows the wallet lines hold (every matched order's): kept in memory by
+    the lines anyway, so the Orders sheet takes them from there, not from the ledger."""
+    held: dict[str, RowRecord] = {}
+    for line in reconciliation.wallet_lines:
+        if line.row is not None:
+            held[line.row.row_key] = line.row
+        for row in line.rows:
+            held[row.row_key] = row
+    return held
 
 
 def webhook_orphans(ledger: Ledger, provider: str, runs: Sequence[RunInfo]) -> list[StoredEvent]:
