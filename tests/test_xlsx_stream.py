@@ -13,6 +13,9 @@ from batcher.reporting.xlsx_stream import Styled, _RowWriter
 texts = st.one_of(
     st.text(max_size=12),
     st.text(alphabet="aZ09 =+-@&<>\"'\t\n\u00a0\u2003\x01é", max_size=12),
+    # first characters that are not ASCII letters or digits: visible ones take the
+    # shortcut (a masked code, a currency sign), invisible ones and triggers do not
+    st.text(alphabet="•£é=＝－＠\u200b\ufeff\u3000\x7f -a1&", max_size=6),
     st.from_regex(r"[A-Za-z0-9][A-Za-z0-9 .@-]{0,10}", fullmatch=True),
 )
 values = st.one_of(
