@@ -45,6 +45,8 @@ from batcher.reporting.cells import leads_plainly, safe_cell
 
 MAX_CELL_CHARS = 32_767  # Excel's limit for one cell's text
 _ROWS_PER_WRITE = 2_000
+#: money cells whose XML a sheet's writer keeps, to write again as they recur
+_KEPT_MONEY = 1 << 16
 _DIMENSION = re.compile(r'<dimension ref="[^"]*"\s*/>')
 _SHEET_DATA_END = "</sheetData>"
 #: characters XML cannot carry, or must escape
@@ -170,6 +172,8 @@ class _RowWriter:
         self.last_row = 1
         # Each cell's opening up to its row number: `<c r="B` + "17" + `" ...`.
         self._openings = [f'<c r="{letter}' for letter in self.letters]
+        #: id of a money cell -> (the cell, its XML after the row number)
+        self._money: dict[int, tuple[Styled, str]] = {}
 
     def row(self, values: Sequence[Any]) -> str:
         """The row's XML. The common cells (plain text, money, dates) are written
@@ -181,6 +185,7 @@ class _RowWriter:
             raise IndexError(f"row {number} has {len(values)} cells, the sheet {len(self.letters)}")
         cells = [f'<row r="{number}">']
         add, plain, tail = cells.append, _PLAIN_TEXT.fullmatch, _PLAIN_TAIL.fullmatch
+        money = self._money
         for opening, value in zip(self._openings, values, strict=False):
             kind = type(value)
             if kind is str:
@@ -197,9 +202,19 @@ class _RowWriter:
                 add(f'{opening}{number}"><v>{value}</v></c>')
                 continue
             elif kind is Styled:
+                # The workbook shares one Styled per amount: its XML is made once. The
+                # cell is kept beside its text, so its id is not reused while kept.
+                kept = money.get(id(value))
+                if kept is not None and kept[0] is value:
+                    add(f"{opening}{number}{kept[1]}")
+                    continue
                 inner = value.value
                 if type(inner) is Decimal and inner.is_finite():
-                    add(f'{opening}{number}" s="{value.style}"><v>{inner:f}</v></c>')
+                    text = f'" s="{value.style}"><v>{inner:f}</v></c>'
+                    if len(money) >= _KEPT_MONEY:
+                        money.clear()
+                    money[id(value)] = (value, text)
+                    add(f"{opening}{number}{text}")
                     continue
             elif kind is datetime:
                 add(f'{opening}{number}" s="{self.date_style}"><v>{_serial(value)}</v></c>')
