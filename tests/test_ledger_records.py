@@ -58,3 +58,33 @@ def test_rows_read_back_share_what_rows_have_in_common_and_keep_their_own(
     assert second.fields["product_code"] is first.fields["product_code"]
     assert second.currency is first.currency and second.state is first.state
     assert second.batch is first.batch and second.face_value is first.face_value
+
+
+def test_rows_read_by_key_are_the_rows_select_star_gives(tmp_path: Path) -> None:
+    """`rows_by_key` (and the paged reads over it) builds records positionally from
+    `ROW_COLUMNS`: every field equal to `RowRecord.from_sql` of `SELECT *`, shared text
+    still shared, over rows in every state (costs, errors, no reference, nasty text)."""
+    from batcher.ledger.queries import ROW_COLUMNS
+    from batcher.ledger.records import RowRecord
+    from tests.test_reports import MIXED, build
+
+    ledger, _ = build(tmp_path, MIXED)
+    try:
+        expected = {
+            r["row_key"]: RowRecord.from_sql(r)
+            for r in ledger._db.execute("SELECT * FROM rows WHERE batch = ?", ("nightly",))
+        }
+        keys = sorted(expected)
+        found = ledger.rows_by_key("nightly", keys)
+        paged = [r for page in ledger.rows_in_pages("nightly", keys, 3) for r in page]
+    finally:
+        ledger.close()
+    assert ROW_COLUMNS.split(", ") == [c for c in RowRecord.__dataclass_fields__]
+    assert found == expected and paged == [expected[k] for k in keys]
+    assert len({r.state for r in found.values()}) >= 4 and any(r.cost is None for r in paged)
+    for name in ("in_sheet", "face_value", "cost", "fields", "passthrough", "source_row"):
+        assert [type(getattr(r, name)) for r in paged] == [
+            type(getattr(expected[r.row_key], name)) for r in paged
+        ]
+    first, second = paged[0], paged[1]
+    assert second.batch is first.batch and second.created_at is first.created_at

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from decimal import Decimal
 from typing import Any
 
 from batcher.core.states import ROW_STATES
 from batcher.ledger.connection import LedgerConnection, in_slices
-from batcher.ledger.records import ChunkRecord, RowRecord
+from batcher.ledger.records import ChunkRecord, RowRecord, _cells, _decimal
+
+#: every column of `rows`, in the order of `RowRecord`'s fields: a row read with them
+#: is built positionally (`row_record`), a few times faster than `RowRecord.from_sql`
+ROW_COLUMNS = ", ".join(f.name for f in dataclasses.fields(RowRecord))
 
 
 class LedgerQueries(LedgerConnection):
@@ -180,9 +186,11 @@ class LedgerQueries(LedgerConnection):
         found: dict[str, RowRecord] = {}
         for part, marks in in_slices(wanted):
             for r in self._db.execute(
-                f"SELECT * FROM rows WHERE batch = ? AND row_key IN ({marks})", (batch, *part)
+                f"SELECT {ROW_COLUMNS} FROM rows WHERE batch = ? AND row_key IN ({marks})",
+                (batch, *part),
             ):
-                found[r["row_key"]] = RowRecord.from_sql(r)
+                record = row_record(r)
+                found[record.row_key] = record
         return found
 
     def orders_elsewhere(
@@ -278,3 +286,30 @@ class LedgerQueries(LedgerConnection):
 
     def chunks(self, batch: str, states: Sequence[str]) -> list[ChunkRecord]:
         return [self.chunk(k) for k in self.chunk_keys(batch, states)]
+
+
+def row_record(r: Any) -> RowRecord:
+    """A row read with `ROW_COLUMNS`, as `RowRecord.from_sql` would make it from `SELECT *`:
+    the same values, the shared text interned and the amounts shared Decimals."""
+    (
+        reference, content_hash, fields, passthrough, currency, face_value, est_cost, batch,
+        row_key, source_row, in_sheet, state, attempt, retry_group, failure_kind, error_code,
+        error_message, provider_request_id, conflict, chunk_key, order_request_id, order_id,
+        transaction_id, cost, cost_currency, voucher_last4, provider_status, created_at,
+        updated_at, succeeded_at,
+    ) = r  # fmt: skip
+    return RowRecord(
+        reference, content_hash, _cells(fields), _cells(passthrough), _intern(currency),
+        _decimal(face_value), None if est_cost is None else _decimal(est_cost),
+        _intern(batch), row_key, source_row, bool(in_sheet), _intern(state), attempt,
+        _intern(retry_group), _intern(failure_kind), _intern(error_code),
+        _intern(error_message), _intern(provider_request_id), conflict, _intern(chunk_key),
+        _intern(order_request_id), order_id, transaction_id,
+        None if cost is None else _decimal(cost), _intern(cost_currency), voucher_last4,
+        _intern(provider_status), _intern(created_at), _intern(updated_at),
+        _intern(succeeded_at),
+    )  # fmt: skip
+
+
+def _intern(text: Any) -> Any:
+    return text if text is None else sys.intern(text)

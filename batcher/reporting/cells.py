@@ -46,6 +46,15 @@ def is_formula_like(text: str) -> bool:
     return _first_visible(text) in FORMULA_TRIGGERS
 
 
+def leads_plainly(first: str) -> bool:
+    """Is a text starting with the character `first` never formula-like, whatever follows?
+
+    True when `first` is visible (a spreadsheet decides on it, not on what follows)
+    and no trigger, even NFKC-folded: `•`, `£`, `é`. Writers use it to skip
+    `safe_cell` for such text, which `safe_cell` would return unchanged."""
+    return _first_visible(first) != "" and not is_formula_like(first)
+
+
 def safe_cell(value: T) -> T | str:
     """Return `value` with a leading `'` when it is text a spreadsheet would run as a formula.
 

@@ -289,7 +289,9 @@ class _Checks:
 
     def put(self, row: RowRecord, check: OrderCheck) -> None:
         self.by_key[row.row_key] = check
-        self.problems[charged_currency(row)].update(problem_kinds(check.listed, check.problems))
+        counted = self.problems[charged_currency(row)]  # the wallet counts, problems or not
+        if check.problems or not check.listed:  # most orders have none: nothing to count
+            counted.update(problem_kinds(check.listed, check.problems))
 
 
 def _listing_problems(row: RowRecord, listed: ProviderOrder | None) -> list[str]:

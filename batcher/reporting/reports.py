@@ -223,6 +223,13 @@ def collect(
     )
     if rows is None:
         rows = BatchRows.from_ledger(ledger, batch)
+    ordered: dict[str, RowRecord] = {}
+    if listing is not None and facts is None:
+        # Meanwhile the rows are summed, and each order's row kept: matching will hold
+        # it in its wallet line anyway, so neither matching nor the Orders sheet reads
+        # it again, and the rows' one read overlaps the wait for the listing.
+        facts, ordered = _sum_keeping_orders(rows)
+        rows.hold(ordered)
     data, error = None, None
     if provider is None:
         error = "no connection to the provider"
@@ -247,6 +254,7 @@ def collect(
     )
     # Matching the listings sums the rows on the way: one read of them, not two.
     reconciliation, facts = reconcile_and_sum(inputs, facts)
+    rows.hold({**ordered, **_rows_in_lines(reconciliation)})
     available = next((r.available_after for r in reversed(runs) if r.available_after), None)
     return ReportModel(
         batch=batch,
@@ -260,6 +268,29 @@ def collect(
         passthrough=facts.passthrough(info),
         orphan_events=webhook_orphans(ledger, str(info["provider"]), runs),
     )
+
+
+def _sum_keeping_orders(rows: BatchRows) -> tuple[RowFacts, dict[str, RowRecord]]:
+    """The rows' sums, in one read of them, and the rows that have a provider order (by
+    key): the ones matching the listings keeps in its wallet lines."""
+    facts, ordered = RowFacts(), {}
+    for row in rows:
+        facts.add(row)
+        if row.order_id:
+            ordered[row.row_key] = row
+    return facts, ordered
+
+
+def _rows_in_lines(reconciliation: Reconciliation) -> dict[str, RowRecord]:
+    """The batch's rows the wallet lines hold (every matched order's): kept in memory by
+    the lines anyway, so the Orders sheet takes them from there, not from the ledger."""
+    held: dict[str, RowRecord] = {}
+    for line in reconciliation.wallet_lines:
+        if line.row is not None:
+            held[line.row.row_key] = line.row
+        for row in line.rows:
+            held[row.row_key] = row
+    return held
 
 
 def webhook_orphans(ledger: Ledger, provider: str, runs: Sequence[RunInfo]) -> list[StoredEvent]:

@@ -15,7 +15,7 @@ id and the date to find the card).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 from batcher.ledger.store import Ledger, RowRecord, parse_ts
 
@@ -40,6 +40,7 @@ class BatchRows:
         self._read = read
         self._page = page
         self._whole: list[RowRecord] | None = None
+        self._held: Mapping[str, RowRecord] = {}
 
     @classmethod
     def from_ledger(cls, ledger: Ledger, batch: str, page: int | None = None) -> BatchRows:
@@ -77,8 +78,30 @@ class BatchRows:
             self._whole = [row for rows in self._read(self.keys) for row in rows]
             yield from self._whole
             return
-        for rows in self._read(self.keys):
-            yield from rows
+        if not self._held:
+            for rows in self._read(self.keys):
+                yield from rows
+            return
+        for start in range(0, len(self.keys), self._page):
+            yield from self._page_of(self.keys[start : start + self._page])
+
+    def hold(self, rows: Mapping[str, RowRecord]) -> None:
+        """Rows (by key) a reader already holds anyway, as read from this batch: the
+        next iterations take them from here and read only the others from the ledger.
+
+        Reconciliation keeps each matched order's row in its wallet lines; with them
+        held, the Orders sheet does not read those rows from the ledger a second time.
+        """
+        self._held = rows
+
+    def _page_of(self, keys: Sequence[str]) -> Iterator[RowRecord]:
+        held = self._held
+        missing = [k for k in keys if k not in held]
+        read = {r.row_key: r for rows in self._read(missing) for r in rows} if missing else {}
+        for key in keys:
+            row = held.get(key) or read.get(key)
+            if row is not None:
+                yield row
 
     def in_sheet(self) -> Iterator[RowRecord]:
         """The rows in the sheet, in sheet order."""
@@ -101,6 +124,8 @@ class BatchRows:
         """The first `count` rows (a sample that sizes the columns of a sheet)."""
         if self._whole is not None:
             return self._whole[:count]
+        if self._held:
+            return list(self._page_of(self.keys[:count]))
         return list(self.only(self.keys[:count]))
 
 

@@ -41,10 +41,12 @@ from openpyxl.workbook import Workbook
 from openpyxl.worksheet.worksheet import Worksheet
 
 from batcher.core.files import atomic_write
-from batcher.reporting.cells import safe_cell
+from batcher.reporting.cells import leads_plainly, safe_cell
 
 MAX_CELL_CHARS = 32_767  # Excel's limit for one cell's text
 _ROWS_PER_WRITE = 2_000
+#: money cells whose XML a sheet's writer keeps, to write again as they recur
+_KEPT_MONEY = 1 << 16
 _DIMENSION = re.compile(r'<dimension ref="[^"]*"\s*/>')
 _SHEET_DATA_END = "</sheetData>"
 #: characters XML cannot carry, or must escape
@@ -53,6 +55,21 @@ _NEEDS_CARE = re.compile(r"[&<>\x00-\x08\x0b\x0c\x0e-\x1f]")
 #: then nothing XML must escape, no control character, and no space at the end
 #: (`\s` is `str.isspace`). Such text is written as it is, unless it is too long.
 _PLAIN_TEXT = re.compile(r"[A-Za-z0-9](?:[^&<>\x00-\x1f]*[^&<>\x00-\x1f\s])?")
+#: The same after any first character that `_plain_first` allows: `••••-1234`, `£5`.
+_PLAIN_TAIL = re.compile(r"(?:[^&<>\x00-\x1f]*[^&<>\x00-\x1f\s])?")
+#: first character -> whether text starting with it may take the plain shortcut
+_PLAIN_FIRST: dict[str, bool] = {}
+
+
+def _plain_first(first: str) -> bool:
+    """A first character after which plain text is written as it is: visible and no
+    formula trigger (`leads_plainly`), nothing XML must escape, no control, no space."""
+    found = _PLAIN_FIRST.get(first)
+    if found is None:
+        found = _PLAIN_FIRST[first] = (
+            first not in "&<>" and first >= " " and not first.isspace() and leads_plainly(first)
+        )
+    return found
 
 
 class Styled(NamedTuple):
@@ -155,6 +172,8 @@ class _RowWriter:
         self.last_row = 1
         # Each cell's opening up to its row number: `<c r="B` + "17" + `" ...`.
         self._openings = [f'<c r="{letter}' for letter in self.letters]
+        #: id of a money cell -> (the cell, its XML after the row number)
+        self._money: dict[int, tuple[Styled, str]] = {}
 
     def row(self, values: Sequence[Any]) -> str:
         """The row's XML. The common cells (plain text, money, dates) are written
@@ -165,24 +184,40 @@ class _RowWriter:
         if len(values) > len(self.letters):
             raise IndexError(f"row {number} has {len(values)} cells, the sheet {len(self.letters)}")
         cells = [f'<row r="{number}">']
-        add, plain = cells.append, _PLAIN_TEXT.fullmatch
+        add, plain, tail = cells.append, _PLAIN_TEXT.fullmatch, _PLAIN_TAIL.fullmatch
+        money = self._money
         for opening, value in zip(self._openings, values, strict=False):
             kind = type(value)
             if kind is str:
                 if not value:
                     continue
-                if len(value) <= MAX_CELL_CHARS and plain(value):
+                if len(value) <= MAX_CELL_CHARS and (
+                    plain(value) or (_plain_first(value[0]) and tail(value, 1))
+                ):
                     add(f'{opening}{number}" t="inlineStr"><is><t>{value}</t></is></c>')
                     continue
+            elif value is None:
+                continue
+            elif kind is int:
+                add(f'{opening}{number}"><v>{value}</v></c>')
+                continue
             elif kind is Styled:
+                # The workbook shares one Styled per amount: its XML is made once. The
+                # cell is kept beside its text, so its id is not reused while kept.
+                kept = money.get(id(value))
+                if kept is not None and kept[0] is value:
+                    add(f"{opening}{number}{kept[1]}")
+                    continue
                 inner = value.value
                 if type(inner) is Decimal and inner.is_finite():
-                    add(f'{opening}{number}" s="{value.style}"><v>{inner:f}</v></c>')
+                    text = f'" s="{value.style}"><v>{inner:f}</v></c>'
+                    if len(money) >= _KEPT_MONEY:
+                        money.clear()
+                    money[id(value)] = (value, text)
+                    add(f"{opening}{number}{text}")
                     continue
             elif kind is datetime:
                 add(f'{opening}{number}" s="{self.date_style}"><v>{_serial(value)}</v></c>')
-                continue
-            elif value is None:
                 continue
             add(self.cell(opening[6:] + number, value))  # opening[6:]: the column letters
         cells.append("</row>")
