@@ -223,13 +223,6 @@ def collect(
     )
     if rows is None:
         rows = BatchRows.from_ledger(ledger, batch)
-    ordered: dict[str, RowRecord] = {}
-    if listing is not None and facts is None:
-        # Meanwhile the rows are summed, and each order's row kept: matching will hold
-        # it in its wallet line anyway, so neither matching nor the Orders sheet reads
-        # it again, and the rows' one read overlaps the wait for the listing.
-        facts, ordered = _sum_keeping_orders(rows)
-        rows.hold(ordered)
     data, error = None, None
     if provider is None:
         error = "no connection to the provider"
@@ -254,7 +247,7 @@ def collect(
     )
     # Matching the listings sums the rows on the way: one read of them, not two.
     reconciliation, facts = reconcile_and_sum(inputs, facts)
-    rows.hold({**ordered, **_rows_in_lines(reconciliation)})
+    rows.hold(_rows_in_lines(reconciliation))
     available = next((r.available_after for r in reversed(runs) if r.available_after), None)
     return ReportModel(
         batch=batch,
@@ -268,17 +261,6 @@ def collect(
         passthrough=facts.passthrough(info),
         orphan_events=webhook_orphans(ledger, str(info["provider"]), runs),
     )
-
-
-def _sum_keeping_orders(rows: BatchRows) -> tuple[RowFacts, dict[str, RowRecord]]:
-    """The rows' sums, in one read of them, and the rows that have a provider order (by
-    key): the ones matching the listings keeps in its wallet lines."""
-    facts, ordered = RowFacts(), {}
-    for row in rows:
-        facts.add(row)
-        if row.order_id:
-            ordered[row.row_key] = row
-    return facts, ordered
 
 
 def _rows_in_lines(reconciliation: Reconciliation) -> dict[str, RowRecord]:
