@@ -125,20 +125,14 @@ class LedgerTransitions(LedgerConnection):
                 batch,
                 chunk_key,
                 "accepted",
+                row_state="accepted",
                 request_id=request_id,
                 accepted_at=now,
                 error_message=None,
             )
-            # The rows' state and order request in one pass over the chunk's rows (each
-            # UPDATE rewrites every row it touches): a settled row keeps its state but,
-            # as before, learns the order request that answered for it.
             db.execute(
-                "UPDATE rows SET order_request_id = ?,"
-                " state = CASE WHEN state IN ('succeeded', 'failed') THEN state ELSE ? END,"
-                " updated_at = CASE WHEN state IN ('succeeded', 'failed') THEN updated_at"
-                " ELSE ? END"
-                " WHERE batch = ? AND chunk_key = ?",
-                (request_id, "accepted", now, batch, chunk_key),
+                "UPDATE rows SET order_request_id = ? WHERE batch = ? AND chunk_key = ?",
+                (request_id, batch, chunk_key),
             )
             self._event(batch, "chunk_accepted", chunk_key=chunk_key, request_id=request_id)
 
