@@ -24,13 +24,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from hypothesis import HealthCheck, settings
 
 from batcher.sandbox.server import SandboxHandle, running_sandbox
 from tests.pg import PgCluster
+
+if TYPE_CHECKING:
+    from batcher.ledger.store import Ledger
 
 # Property tests check what is true, not how fast: on a shared 2-core CI machine an
 # example can take longer than hypothesis's default 200 ms deadline and fail a
@@ -105,3 +109,18 @@ def pg_cluster() -> Iterator[PgCluster]:
 def pg_url(pg_cluster: PgCluster) -> str:
     """A fresh, migrated PostgreSQL ledger database of this test's own."""
     return pg_cluster.url(pg_cluster.fresh_database())
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
+    """A ledger with batch "b" started, on a SQLite file and on PostgreSQL (tests/pg.py)."""
+    from batcher.ledger.location import parse_ledger_url
+    from batcher.ledger.store import Ledger
+    from tests.test_ledger import _started
+
+    if request.param == "postgresql":
+        led = Ledger(parse_ledger_url(request.getfixturevalue("pg_url")))
+    else:
+        led = Ledger.open(tmp_path)
+    yield _started(led)
+    led.close()

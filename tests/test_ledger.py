@@ -54,16 +54,6 @@ def _started(led: Ledger) -> Ledger:
     return led
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
-    if request.param == "postgresql":
-        led = Ledger(parse_ledger_url(request.getfixturevalue("pg_url")))
-    else:
-        led = Ledger.open(tmp_path)
-    yield _started(led)
-    led.close()
-
-
 @pytest.fixture
 def sqlite_ledger(tmp_path: Path) -> Iterator[Ledger]:
     led = _started(Ledger.open(tmp_path))

@@ -6,25 +6,11 @@ Every test runs on a real SQLite file and on a real PostgreSQL database (tests/p
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from batcher.core.states import CLAIMING_STATES, HELD_ELSEWHERE
-from batcher.ledger.location import parse_ledger_url
 from batcher.ledger.store import Ledger, RowOutcome
-from tests.test_ledger import _started, sheet_row
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
-    if request.param == "postgresql":
-        led = Ledger(parse_ledger_url(request.getfixturevalue("pg_url")))
-    else:
-        led = Ledger.open(tmp_path)
-    yield _started(led)
-    led.close()
+from tests.test_ledger import sheet_row
 
 
 def claims(ledger: Ledger) -> dict[str, tuple[str, str]]:

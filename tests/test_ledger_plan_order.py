@@ -11,26 +11,11 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from batcher.core.states import HELD_ELSEWHERE
-from batcher.ledger.location import parse_ledger_url
 from batcher.ledger.store import Ledger
 from tests.test_ledger import _started, sheet_row
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
-    if request.param == "postgresql":
-        led = Ledger(parse_ledger_url(request.getfixturevalue("pg_url")))
-    else:
-        led = Ledger.open(tmp_path)
-    yield _started(led)
-    led.close()
-
 
 PLANNED = re.compile(r"^UPDATE rows SET state = 'planned'.*?row_key = '(\w+)'", re.DOTALL)
 
