@@ -522,33 +522,46 @@ def test_a_fresh_board_answers_pending_without_a_call() -> None:
     assert (gifq.lists(), gifq.gets()) == (2, 0)
 
 
+def create_pending(
+    board: OrderBoard,
+    clock: FakeClock,
+    name: str,
+    numbers: range,
+    *,
+    apart: float = 0.0,
+    wait_first: bool = False,
+) -> None:
+    """Tell `board` of pending orders `name_n` created `apart` seconds from one another
+    (the wait before each one, or after it)."""
+    for n in numbers:
+        if wait_first:
+            clock.now += apart
+        board.created(order(id=f"{name}_{n}", status="pending"))
+        if not wait_first:
+            clock.now += apart
+
+
 def test_the_board_is_read_again_when_its_last_page_would_be_nearly_full() -> None:
     clock = FakeClock()
     board = OrderBoard(clock=clock)
     board.refreshing()
-    for n in range(3):
-        board.created(order(id=f"new_{n}", status="pending"))
-        clock.now += 0.4
+    create_pending(board, clock, "new", range(3), apart=0.4)
     assert not board.stale(2.0)  # orders are still being created: wait for more
     clock.now += 0.2
     assert board.stale(2.0)  # none for 0.6 s: the run's tail, read again now
     board.refreshing()
     board.read_showed(2)  # the read showed two awaited orders not final: read them again
-    for n in range(19):
-        board.created(order(id=f"more_{n}", status="pending"))
+    create_pending(board, clock, "more", range(19))
     assert board.depth() == 21 and not board.stale(2.0)  # two pages, the second nearly empty
-    for n in range(16):
-        board.created(order(id=f"last_{n}", status="pending"))
+    create_pending(board, clock, "last", range(16))
     assert board.depth() == 37 and not board.stale(2.0)
     board.created(order(id="last_16", status="pending"))
     assert board.depth() == 38 and board.stale(2.0)  # two nearly full pages
     board.refreshing()
     board.read_showed(0)
-    for n in range(45):
-        board.created(order(id=f"next_{n}", status="pending"))
+    create_pending(board, clock, "next", range(45))
     assert board.depth() == 46 and not board.stale(2.0)  # three pages, the third not full
-    for n in range(12):
-        board.created(order(id=f"then_{n}", status="pending"))
+    create_pending(board, clock, "then", range(12))
     assert board.depth() == 58 and board.stale(2.0)
 
 
@@ -557,18 +570,13 @@ def test_while_orders_are_created_the_board_says_when_its_next_read_is_due() -> 
     board = OrderBoard(clock=clock)
     board.refreshing()
     board.read_showed(1)
-    for n in range(10):  # 10 orders a second
-        clock.now += 0.1
-        board.created(order(id=f"new_{n}", status="pending"))
+    # 10 orders a second
+    create_pending(board, clock, "new", range(10), apart=0.1, wait_first=True)
     # 11 deep after 1 s: 39 deep (two nearly full pages) in 2.8 s, but max_age comes first
     assert board.read_due_in(2.0) == pytest.approx(1.0)
-    for n in range(10, 20):
-        clock.now += 0.1
-        board.created(order(id=f"new_{n}", status="pending"))
+    create_pending(board, clock, "new", range(10, 20), apart=0.1, wait_first=True)
     assert board.read_due_in(2.0) == pytest.approx(1.8)  # 21 deep: 39 in 1.8 s
-    for n in range(20, 38):
-        clock.now += 0.1
-        board.created(order(id=f"new_{n}", status="pending"))
+    create_pending(board, clock, "new", range(20, 38), apart=0.1, wait_first=True)
     assert board.stale(2.0) and board.read_due_in(2.0) is None  # 39 deep: due now
 
 
@@ -576,9 +584,7 @@ def test_a_board_with_more_than_a_page_to_read_waits_twice_max_age_at_most() -> 
     clock = FakeClock()
     board = OrderBoard(clock=clock)
     board.refreshing()
-    for n in range(25):
-        board.created(order(id=f"new_{n}", status="pending"))
-        clock.now += 0.15
+    create_pending(board, clock, "new", range(25), apart=0.15)
     assert not board.stale(2.0)  # 26 deep after 3.75 s: not full, not yet 4 s old
     clock.now += 0.3
     assert board.stale(2.0)
