@@ -133,16 +133,6 @@ def _load_view(
     return view, view.to_polars()
 
 
-def _load_both_views(data: bytes, sheet: str) -> tuple[Any, pl.DataFrame, pl.DataFrame]:
-    """The string view and the float view: two parses, for sheets `_numbers_from_text` cannot serve."""
-    # calamine runs without the GIL, so the float view is parsed beside the text view
-    # (a reader is single-threaded: one each).
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        floats = pool.submit(_load_view, data, sheet, "float")
-        text_view, text = _load_view(data, sheet, "string")
-        return text_view, text, floats.result()[1]
-
-
 # A stored number as Excel writes it (Python's float() also takes '1_0', 'nan', ' 1').
 _STORED_NUMBER = re.compile(r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
 _PLAIN_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]*[1-9])?")

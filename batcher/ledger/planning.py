@@ -77,11 +77,7 @@ class LedgerPlanning(LedgerConnection):
             # their pages at random. Another batch's rows do not change within this
             # transaction, so checking them up front is checking them chunk by chunk.
             found = self._sheet_rows_of(db, batch, sorted(k for c in fresh for k in c[3]))
-            everyone: dict[str, list[str]] = {}
-            for key, (_, reference) in found.items():
-                if reference is not None:
-                    everyone.setdefault(reference, []).append(key)
-            elsewhere = self._held_elsewhere(db, batch, owner, everyone)
+            elsewhere = self._held_elsewhere(db, batch, owner, _references_in(list(found), found))
             saving = []
             for chunk in fresh:
                 mine = _references_in(chunk[3], found)
