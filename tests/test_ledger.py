@@ -76,6 +76,31 @@ def test_sync_inserts_and_counts(ledger: Ledger) -> None:
     assert row.face_value == Decimal("10.00") and isinstance(row.est_cost, Decimal)
 
 
+def test_cost_lines_read_what_the_funds_rule_needs_in_sheet_order(ledger: Ledger) -> None:
+    """The funds rule's narrow read agrees with the whole rows: sheet order, face value,
+    estimated cost (None when absent) and the paying wallet only where a row names one."""
+    import dataclasses
+
+    rows = [
+        sheet_row("k3", 4),
+        dataclasses.replace(
+            sheet_row("k1", 2), est_cost=None,
+            fields={**sheet_row("k1", 2).fields, "payment_currency": "EUR"},
+        ),
+        sheet_row("k2", 3, valid=False),
+        dataclasses.replace(sheet_row("k4", 5), face_value=Decimal("7.25")),
+    ]  # fmt: skip
+    ledger.sync_rows("b", rows, retry_failed=False)
+    lines = list(ledger.cost_lines("b", "pending"))
+    assert lines == [
+        (2, "k1", "GBP", Decimal("10.00"), None, "EUR"),
+        (4, "k3", "GBP", Decimal("10.00"), Decimal("9.50"), None),
+        (5, "k4", "GBP", Decimal("7.25"), Decimal("9.50"), None),
+    ]
+    assert [str(line[3]) for line in lines] == ["10.00", "10.00", "7.25"]  # text kept
+    assert list(ledger.cost_lines("b", "planned")) == []
+
+
 def test_sending_then_crash_becomes_unknown(ledger: Ledger) -> None:
     ledger.sync_rows("b", [sheet_row("k1", 2)], retry_failed=False)
     plan_one(ledger, "c1", ["k1"])

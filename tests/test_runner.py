@@ -12,7 +12,8 @@ import contextlib
 import random
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
@@ -566,6 +567,62 @@ def test_paged_planning_orders_every_row_once(
     done = w.chunks("succeeded")
     assert all(len(c.row_keys) <= 3 for c in done)
     assert sum(len(c.row_keys) for c in done) == 32
+
+
+@pytest.mark.parametrize("page_rows", [50_000, 7])
+def test_the_funds_rule_sees_every_row_to_send_and_large_batches_are_decoded_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, page_rows: int
+) -> None:
+    """The funds rule is told each row about to be sent (sheet row, cost, paying wallet)
+    the same way whether the pending rows fit one planning page (read whole, kept for
+    planning) or not (only the columns it needs): and in neither case is a pending row
+    decoded whole twice (at a million rows, a second full read costs minutes)."""
+    import dataclasses
+
+    import batcher.execute.runner as runner_module
+    from batcher.execute.funds import Need
+    from batcher.ledger.queries import LedgerQueries
+
+    monkeypatch.setattr(runner_module, "PLAN_PAGE_ROWS", page_rows)
+    decoded: Counter[str] = Counter()
+    whole = LedgerQueries.rows_by_key
+
+    def counted(self: LedgerQueries, batch: str, keys: Iterable[str]) -> dict[str, RowRecord]:
+        found = whole(self, batch, keys)
+        decoded.update(list(found))
+        return found
+
+    monkeypatch.setattr(LedgerQueries, "rows_by_key", counted)
+    spec = [("GBP", "10.00")] * 6 + [("EUR", f"{n}.00") for n in range(5, 15)]
+    w = world(tmp_path, spec, wallets={"GBP": Decimal(1000), "EUR": Decimal(1000)})
+    paid_in_gbp = {r.row_key for r in w.rows[-3:]}
+    w.rows = [
+        dataclasses.replace(r, est_cost=Decimal("0"), fields={**r.fields, "payment_currency": "GBP"})
+        if r.row_key in paid_in_gbp else r
+        for r in w.rows
+    ]  # fmt: skip
+    seen: list[Need] = []
+
+    def hold(needs: Iterable[Need]) -> Collection[str]:
+        seen.extend(needs)
+        return {seen[0].row_key}
+
+    ledger = Ledger(w.path)
+    try:
+        ledger.ensure_batch(BATCH, provider=w.provider.name, account_id=ACCOUNT,
+                            source_path="gifts.csv", source_sha256="0" * 64)  # fmt: skip
+        runner = Runner(w.provider, ledger, BATCH, ACCOUNT, OPTIONS, clock=w.clock,
+                        sleep=w.clock.sleep, rng=random.Random(7))  # fmt: skip
+        summary = runner.prepare(w.rows, hold=hold)
+    finally:
+        ledger.close()
+    assert [(n.source_row, n.row_key, n.currency, n.cost, n.paying) for n in seen] == [
+        (r.source_row, r.row_key, r.currency, r.face_value,
+         "GBP" if r.row_key in paid_in_gbp else r.currency)
+        for r in w.rows
+    ]  # fmt: skip
+    assert summary.rows_to_send == len(w.rows) - 1
+    assert max(decoded.values()) == 1, f"pending rows decoded whole twice: {decoded}"
 
 
 # ---------------------------------------------------------------------- commits

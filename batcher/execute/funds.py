@@ -51,6 +51,19 @@ class Need:
     paying: str  # the wallet that pays: payment_currency, else the card's currency
 
 
+def funds_need(
+    source_row: int,
+    row_key: str,
+    currency: str,
+    face_value: Decimal,
+    est_cost: Decimal | None,
+    paying: str | None,
+) -> Need:
+    """A ledger row's claim: its estimated cost (its face value when it has none, or
+    none above zero), paid from its `payment_currency` wallet, else its own currency's."""
+    return Need(source_row, row_key, currency, est_cost or face_value, paying or currency)
+
+
 @dataclass(frozen=True)
 class ShortWallet(FundingError):
     """A paying wallet short of funds; `basis` says how cross-currency costs were reckoned."""

@@ -46,7 +46,7 @@ from batcher.intake.validate import ValidationResult
 from batcher.ledger.location import LedgerLocation
 from batcher.ledger.lock import batch_lock
 from batcher.ledger.rate_slots import shared_rate_slots
-from batcher.ledger.store import Ledger, RowRecord
+from batcher.ledger.store import Ledger
 from batcher.providers import connect
 from batcher.providers.base import Provider, ProviderOptions
 from batcher.reporting.outputs import (
@@ -348,15 +348,9 @@ class _FundsRule:
         self.order_fundable = order_fundable
         self.check: FundsCheck | None = None
 
-    def hold(self, pending: Iterable[RowRecord]) -> Collection[str]:
-        """`pending` is read once (a page at a time: a million rows are not held)."""
-        needs = [
-            Need(
-                r.source_row, r.row_key, r.currency, r.est_cost or r.face_value,
-                r.fields.get("payment_currency") or r.currency,
-            )
-            for r in pending
-        ]  # fmt: skip
+    def hold(self, pending: Iterable[Need]) -> Collection[str]:
+        """`pending` (the rows about to be sent) is read once: a million are not held."""
+        needs = list(pending)
         self.check = check_funds(needs, self.balances.values(), self.quotes)
         if self.check.funded:
             return ()
