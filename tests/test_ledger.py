@@ -484,3 +484,12 @@ def test_a_release_whose_chunk_was_sent_stands(ledger: Ledger) -> None:
     row = ledger.rows_by_key("b", ["k2"])["k2"]
     assert (row.state, row.error_code, row.failure_kind) == ("sending", None, None)
     assert ledger.chunk("c1").state == "sending"
+
+
+def test_a_sqlite_ledger_keeps_a_page_cache_for_a_large_batch(sqlite_ledger: Ledger) -> None:
+    """64 MiB of page cache, not SQLite's 2 MiB: a million rows' indexes are walked per
+    chunk, and re-reading their pages from the OS every statement costs CPU per row."""
+    from batcher.ledger.connection import LEDGER_CACHE_KIB
+
+    (size,) = sqlite_ledger._db.execute("PRAGMA cache_size").fetchone()
+    assert size == -LEDGER_CACHE_KIB and LEDGER_CACHE_KIB >= 64 * 1024

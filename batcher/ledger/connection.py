@@ -32,6 +32,10 @@ from batcher.ledger.wal_guard import LedgerUnidentified, WalGuard
 _PG_DISK_FULL = "53100"
 
 
+#: SQLite's page cache per ledger connection, in KiB (`PRAGMA cache_size`)
+LEDGER_CACHE_KIB = 64 * 1024
+
+
 class LedgerDamaged(ConfigError):
     """The ledger file cannot be trusted: never continue from it, never call it intact."""
 
@@ -125,6 +129,10 @@ class LedgerConnection:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
+        # SQLite's default page cache is 2 MiB: at a million rows the indexes the runner
+        # walks per chunk no longer fit, and every statement re-reads pages from the OS
+        # (a 120k-row run used about a tenth more CPU). It grows only as pages are read.
+        self._db.execute(f"PRAGMA cache_size=-{LEDGER_CACHE_KIB}")
         # quick_check reads every page: a truncated or scribbled file fails here, before
         # any of its rows can be believed.
         verdict = [r[0] for r in self._db.execute("PRAGMA quick_check(5)")]
