@@ -1,7 +1,7 @@
 """Settings: flags > environment > batcher.toml, and provider connection profiles.
 
 API keys come only from the environment (or a 0600 config file), never from a
-flag, and are held as `SecretStr` so that printing a settings object cannot leak them.
+flag, and are held as `SecretStr` (batcher.core.secrets) so that printing a settings object cannot leak them.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import stat
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -17,9 +16,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
-from pydantic import SecretStr
-
 from batcher.core.errors import BatcherError, ConfigError
+from batcher.core.secrets import SecretStr
 
 
 @dataclass(frozen=True)
@@ -159,6 +157,8 @@ def load_file_config(path: Path | None = None) -> dict[str, Any]:
         ) from None
     except OSError as exc:
         raise ConfigError(f"cannot read the configuration {candidate} ({exc.strerror})") from None
+    import tomllib  # only when there is a file: most runs have none
+
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -33,7 +33,6 @@ from batcher.core.names import check_batch_name
 from batcher.core.states import HELD_STATES, SETTLED_STATES, UNFINISHED_STATES
 from batcher.execute.check import SheetReading, check_sheet
 from batcher.intake.validate import ValidationResult, validation_document
-from batcher.ledger.location import LedgerLocation
 from batcher.providers import connect
 from batcher.providers.base import Provider, ProviderOptions
 
@@ -43,6 +42,7 @@ if TYPE_CHECKING:
     from batcher.execute.dryrun import DryRun, dry_run_batch
     from batcher.execute.run import BatchOptions, BatchResult, RunUI, run_batch
     from batcher.execute.worker import QueuedRun
+    from batcher.ledger.location import LedgerLocation
     from batcher.ledger.queue import QueueItem
     from batcher.ledger.store import Ledger, RowRecord
     from batcher.reporting.reports import ReportResult
@@ -351,6 +351,8 @@ def ledger_lost(
         return False  # no report of a run (a validation-only summary has no run_id)
     if not ran:
         return False
+    from batcher.ledger.location import LedgerLocation
+
     where = location or LedgerLocation.in_state_dir(state_dir)
     if where.path is not None and not where.path.exists():
         return True
@@ -364,6 +366,7 @@ def ledger_lost(
 def open_ledger(state_dir: Path, location: LedgerLocation | None = None) -> Ledger:
     """The ledger at `location` (default: in `state_dir`); a usage error when a SQLite
     ledger does not exist yet (nothing has run there)."""
+    from batcher.ledger.location import LedgerLocation
     from batcher.ledger.store import Ledger
 
     where = location or LedgerLocation.in_state_dir(state_dir)

@@ -54,6 +54,12 @@ NOT_FOR_CSV_VALIDATE = (
     "batcher.ledger.records",
     "batcher.ledger.backend",
     "sqlite3",
+    # pydantic and the pydantic models were a sixth of the start-up: the domain models are
+    # dataclasses and the settings hold keys in batcher.core.secrets.SecretStr
+    "pydantic",
+    "pydantic_core",
+    "batcher.ledger.location",  # the ledger's URL: validate opens none
+    "tomllib",  # only read when there is a batcher.toml
 )
 
 

@@ -157,7 +157,7 @@ _program = False
 def main() -> None:
     global _program
     _program = True
-    # Importing a command (polars, pydantic, httpx, ours) allocates hundreds of thousands
+    # Importing a command (polars, httpx, ours) allocates hundreds of thousands
     # of objects and frees almost none: the cyclic collector, run every 700 allocations,
     # would walk them all again and again for nothing (about a tenth of the start-up of
     # `batcher validate`). It is off until the command is imported (`_imports_done`).

@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
@@ -23,8 +23,10 @@ from batcher.config import (
 )
 from batcher.core.errors import BatcherError, ConfigError, ExitCode, UsageError
 from batcher.intake.xlsx_limits import IntakeLimits, intake_limits
-from batcher.ledger.location import LedgerLocation, parse_ledger_url
 from batcher.providers.base import ProviderOptions
+
+if TYPE_CHECKING:  # validate opens no ledger
+    from batcher.ledger.location import LedgerLocation
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -179,6 +181,8 @@ ledger_options = OptionGroup(
 def resolve_ledger(state_dir: Path | None, ledger_url: str | None) -> tuple[Path, LedgerLocation]:
     """The state folder (batch locks, and the default ledger) and the ledger's location:
     --ledger / BATCHER_LEDGER, else batcher.toml's `ledger`, else SQLite in the state folder."""
+    from batcher.ledger.location import LedgerLocation, parse_ledger_url
+
     folder = resolve_state_dir(state_dir)
     if ledger_url:
         return folder, parse_ledger_url(ledger_url)

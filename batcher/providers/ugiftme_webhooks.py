@@ -15,10 +15,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Unpack
 from urllib.parse import quote
 
-from pydantic import SecretStr
-
 from batcher.config import ProviderSettings
 from batcher.core.errors import ProviderUnavailable, UsageError
+from batcher.core.secrets import SecretStr
 from batcher.core.webhook_events import UGIFTME_EVENTS
 from batcher.providers.webhooks import (
     EventEvidence,

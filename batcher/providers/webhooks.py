@@ -14,8 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypedDict, Unpack, runtime_checkable
 
-from pydantic import SecretStr
-
+from batcher.core.secrets import SecretStr
 from batcher.providers.base import OrderItem, PollResult
 
 #: keys whose values are bearer credentials in any provider's event payload

@@ -15,12 +15,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pydantic import SecretStr
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from batcher.core.secrets import SecretStr
 from batcher.ledger.events import WebhookEvents
 from batcher.providers.webhooks import EventReader
 from batcher.receiver.verify import MAX_BODY_BYTES, verified

@@ -6,7 +6,7 @@ import hashlib
 import hmac
 from collections.abc import Sequence
 
-from pydantic import SecretStr
+from batcher.core.secrets import SecretStr
 
 #: an order event for 100 orders is ~60 KiB; anything far larger is not the provider
 MAX_BODY_BYTES = 1024 * 1024

@@ -120,7 +120,7 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Protocol
 
-from pydantic import SecretStr
+from batcher.core.secrets import Secret
 
 Clock = Callable[[], float]
 Sleeper = Callable[[float], None]
@@ -631,21 +631,21 @@ _registry: dict[str, RateLimiter] = {}
 _registry_lock = threading.Lock()
 
 
-def key_fingerprint(api_key: str | SecretStr) -> str:
+def key_fingerprint(api_key: str | Secret) -> str:
     """A short, non-reversible name for a key: the registry never holds the key itself."""
-    raw = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
+    raw = api_key if isinstance(api_key, str) else api_key.get_secret_value()
     return hashlib.sha256(raw.encode("utf-8")).hexdigest()[:16]
 
 
-def shared_key_fingerprint(api_key: str | SecretStr, base_url: str) -> str:
+def shared_key_fingerprint(api_key: str | Secret, base_url: str) -> str:
     """The name of a key's shared schedule: SHA-256 of the provider's base URL and the
     key (one key at two providers, or at a sandbox and the real one, is two budgets)."""
-    raw = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
+    raw = api_key if isinstance(api_key, str) else api_key.get_secret_value()
     return hashlib.sha256(f"{base_url.rstrip('/')}\n{raw}".encode()).hexdigest()
 
 
 def limiter_for(
-    api_key: str | SecretStr,
+    api_key: str | Secret,
     *,
     rate_per_second: float,
     max_rate: float | None = None,
