@@ -653,6 +653,115 @@ def test_a_send_that_waits_ends_the_group(tmp_path: Path) -> None:
     assert committed_sending == [1, 2, 2, 1, 1, 1]
 
 
+def _run_watching_commits(
+    w: World, commits: list[str], stop: threading.Event | None = None
+) -> RunStats:
+    """`w.run()`, with every COMMIT of the run's ledger connection added to `commits`."""
+    ledger = Ledger(w.path)
+    try:
+        ledger.ensure_batch(BATCH, provider=w.provider.name, account_id=ACCOUNT,
+                            source_path="gifts.csv", source_sha256="0" * 64)  # fmt: skip
+        runner = Runner(w.provider, ledger, BATCH, ACCOUNT, OPTIONS, stop=stop, clock=w.clock,
+                        sleep=w.clock.sleep, rng=random.Random(7))  # fmt: skip
+        runner.prepare(w.rows)
+        ledger._db.set_trace_callback(  # type: ignore[union-attr]
+            lambda sql: commits.append(sql) if sql.strip().upper() == "COMMIT" else None
+        )
+        return runner.execute()
+    finally:
+        ledger.close()
+
+
+def _commit_while_polling(w: World, commits: list[str], seen: list[bool]) -> None:
+    """Each poll (the first six) waits briefly for the run to commit while it is out,
+    and records whether it did."""
+
+    def on_poll(_request_id: str) -> None:
+        if len(seen) >= 6 or any(seen):
+            return
+        before = len(commits)
+        for _ in range(100):
+            if len(commits) > before:
+                break
+            threading.Event().wait(0.005)
+        seen.append(len(commits) > before)
+
+    w.provider.on_poll = on_poll
+    # Sends take a little (fake) time, so polls fall due between them.
+    w.provider.on_submit = lambda _key: w.clock.sleep(0.2)
+
+
+def test_the_next_groups_sending_is_committed_while_a_poll_is_on_the_wire(
+    tmp_path: Path,
+) -> None:
+    """The commit a group's first send would wait for is made while a poll waits for
+    the provider; each chunk is still durably `sending` before its request leaves,
+    and only one request is out at a time."""
+    w = world(tmp_path, [("GBP", "1")] * 24, submit_limit=1, wallets={"GBP": Decimal(100)},
+              polls_to_complete=1)  # fmt: skip
+    commits: list[str] = []
+    seen: list[bool] = []
+    _commit_while_polling(w, commits, seen)
+    durable: list[bool] = []
+    polling = w.provider.on_poll
+    out = threading.Lock()
+
+    def on_submit(key: str) -> None:
+        assert out.acquire(blocking=False), "a submit while a poll is out"
+        out.release()
+        reader = Ledger(w.path)
+        try:
+            durable.append({c.chunk_key for c in reader.chunks(BATCH, ["sending"])} >= {key})
+        finally:
+            reader.close()
+        w.clock.sleep(0.2)
+
+    def on_poll(request_id: str) -> None:
+        with out:
+            assert polling is not None
+            polling(request_id)
+
+    w.provider.on_submit, w.provider.on_poll = on_submit, on_poll
+    stats = _run_watching_commits(w, commits)
+    assert stats.stopped is None
+    assert_exactly_once(w)
+    assert all(durable) and len(durable) == 24
+    assert any(seen), seen
+
+
+def test_a_group_committed_during_a_poll_is_planned_again_when_the_run_stops(
+    tmp_path: Path,
+) -> None:
+    """Stopped after a poll during which the next group was committed `sending`: that
+    group never left, so it is planned again as it was, and a rerun sends it once."""
+    stop = threading.Event()
+    w = world(tmp_path, [("GBP", "1")] * 24, submit_limit=1, wallets={"GBP": Decimal(100)},
+              polls_to_complete=1)  # fmt: skip
+    commits: list[str] = []
+    seen: list[bool] = []
+    _commit_while_polling(w, commits, seen)
+    watch = w.provider.on_poll
+    assert watch is not None
+
+    def on_poll(request_id: str) -> None:
+        watch(request_id)
+        if any(seen):
+            stop.set()
+
+    w.provider.on_poll = on_poll
+    stats = _run_watching_commits(w, commits, stop)
+    assert stats.stopped == "interrupted" and any(seen)
+    assert not w.chunks("sending", "unknown"), "nothing is left half-sent"
+    unsent = w.chunks("planned")
+    assert unsent and len(unsent) + len(w.provider.sent) == 24
+    assert {(c.send_count, c.first_sent_at, c.last_sent_at) for c in unsent} == {(0, None, None)}
+    w.provider.on_poll = None
+    w.run()
+    assert_exactly_once(w)
+    assert w.provider.lookups == 0
+    assert len(w.provider.sent) == 24
+
+
 def test_a_run_reads_each_chunk_whole_only_to_send_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
