@@ -20,9 +20,7 @@ before the loop sleeps or ends: an accepted order request (lost, the chunk is
 still `sending`, so the next run asks the provider and resends the same key and
 bytes, which it deduplicates) and a settled chunk (lost, the chunk is still
 accepted or sending, and is asked again). Any other write (unknown, failed, out of
-funds) first commits what waits. The next group's commit is made while a poll is
-on the wire when it can be (`_premark`): the poll's request is awaited before
-anything else is sent, so one request is out at a time.
+funds) first commits what waits.
 """
 
 from __future__ import annotations
