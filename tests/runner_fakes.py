@@ -110,8 +110,6 @@ class FakeProvider:
     lookup_finds: bool = True
     #: called with the key as each submission arrives (to spend fake time, or set a stop flag)
     on_submit: Callable[[str], None] | None = None
-    #: called with the request id as each poll arrives
-    on_poll: Callable[[str], None] | None = None
     required_fields: frozenset[str] = BASE_REQUIRED
     validates_catalog: bool = False
     idempotency_carrier: Literal["header", "body"] = "header"
@@ -218,8 +216,6 @@ class FakeProvider:
 
     def poll(self, request_id: str, items: Sequence[OrderItem]) -> PollResult:
         self.polls += 1
-        if self.on_poll is not None:
-            self.on_poll(request_id)
         fault = self.poll_faults.pop(0) if self.poll_faults else None
         if fault is Fault.DROP_REQUEST:
             raise OutcomeUnknown("poll: connection reset")

@@ -32,8 +32,6 @@ import re
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import wait as wait_for
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -244,10 +242,6 @@ class Runner:
         # were before (`_unmark_unsent` restores them when the run stops first).
         self._marked: dict[str, ChunkRecord] = {}
         self._group_size = 1  # of the next group (`SEND_GROUP_CHUNKS`)
-        # Carries a poll's request while the run commits the next group (`_premark`):
-        # one request on the wire at a time, as ever, but the commit waits on the disk
-        # while the poll waits on the provider.
-        self._wire: ThreadPoolExecutor | None = None
 
     # ------------------------------------------------------------------ planning
 
@@ -428,15 +422,12 @@ class Runner:
         self.stats.started = self.clock()
         if self.options.deadline_seconds is not None:
             self._deadline = self.stats.started + self.options.deadline_seconds
-        self._wire = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batcher-poll")
         try:
             self._resolve_unknown()
             self._submit_and_poll()
         except _Stopped:
             pass
         finally:
-            self._wire.shutdown(wait=True)
-            self._wire = None
             self._unmark_unsent()
         with suppress(_Stopped):  # a claimed order among them stops the run, as ever
             self._commit_deferred()
@@ -525,7 +516,7 @@ class Runner:
             poll_allowed = not queue or self.stats.polls < self.stats.submits
             if poll_due and poll_allowed:
                 _, key = heapq.heappop(polls)
-                self._poll_one(key, polls, delays, accepted_at, lambda: self._premark(queue))
+                self._poll_one(key, polls, delays, accepted_at)
                 continue
             if queue:
                 key = queue.pop()
@@ -558,29 +549,6 @@ class Runner:
             if wait >= _COMMIT_BEFORE_WAITING:  # nothing waits in memory while the run idles
                 self._commit_deferred()
             self._sleep(wait)
-
-    def _premark(self, queue: list[str]) -> None:
-        """While a poll is on the wire: commit the next group of `queue` `sending`, as
-        its first send would before it leaves, while fewer than `SEND_GROUP_CHUNKS` of
-        the groups before are left to send (so fewer than twice that wait marked).
-        Polls come in bursts between groups of sends: the commit a group's first send
-        would wait for is made while a poll waits for the provider instead.
-
-        Nothing is sent here; the group's chunks leave one by one after the poll, each
-        durably `sending` before it does, and a group the run stops before sending is
-        planned again (`_unmark_unsent`), exactly as a group marked by its first send."""
-        left = len(self._marked)
-        if left >= SEND_GROUP_CHUNKS or len(queue) <= left or self.stop.is_set():
-            return
-        if any(k not in self._marked for k in queue[len(queue) - left :]):
-            return  # the marked chunks are not the next to send: leave it to the loop
-        rest = queue[: len(queue) - left]
-        try:
-            chunk = self.ledger.chunk(rest[-1])
-        except KeyError:
-            return  # discarded; the send loop skips it
-        if chunk.state == "planned" and not self._is_blocked(chunk):
-            self._mark_group(chunk, rest[:-1])
 
     def _mark_group(self, first: ChunkRecord, queue: list[str]) -> None:
         """Commit `first` and the next planned chunks of `queue` (popped from its end)
@@ -815,19 +783,14 @@ class Runner:
         polls: list[tuple[float, str]],
         delays: dict[str, float],
         accepted_at: dict[str, float],
-        meanwhile: Callable[[], None] | None = None,
     ) -> None:
-        """Poll one accepted chunk; `meanwhile` is ledger work done while the poll is on
-        the wire (it sends nothing)."""
         chunk = self._accepted.get(key) or self.ledger.chunk(key)
         assert chunk.request_id is not None
         self.stats.polls += 1
         self.ledger.count_poll(key)
         polled_at = self.clock()
         try:
-            result: PollResult = self._poll_meanwhile(
-                chunk.request_id, self._items(chunk), meanwhile
-            )
+            result: PollResult = self.provider.poll(chunk.request_id, self._items(chunk))
         except IncompleteResult as exc:
             # The provider answered but did not account for every row: record what is
             # certain; the chunk stays unknown and is resent with the same key next run.
@@ -873,21 +836,6 @@ class Runner:
                 self.options.max_poll_delay, 0.7 * self._learned_poll_delay + 0.3 * elapsed
             )
         self._settle_polled(chunk, result)
-
-    def _poll_meanwhile(
-        self, request_id: str, items: list[OrderItem], meanwhile: Callable[[], None] | None
-    ) -> PollResult:
-        """`provider.poll`, with `meanwhile` run while it is on the wire. The poll's
-        answer is awaited before anything else can be sent, even when `meanwhile` raises:
-        one request at a time, as without it."""
-        if meanwhile is None or self._wire is None:
-            return self.provider.poll(request_id, items)
-        answer: Future[PollResult] = self._wire.submit(self.provider.poll, request_id, items)
-        try:
-            meanwhile()
-        finally:
-            wait_for([answer])
-        return answer.result()
 
     def _settle_polled(self, chunk: ChunkRecord, result: PollResult) -> None:
         """A terminal poll answer or webhook event: both settle the chunk alike."""
