@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -175,34 +176,39 @@ class LedgerTransitions(LedgerConnection):
             self._release_claims(
                 db, batch, [out.row_key for out in outcomes if out.state not in CLAIMING_STATES]
             )
+            # As `_event` writes each (one clock reading for the chunk's rows, as their
+            # `updated_at`; the detail as json.dumps(..., sort_keys=True) spells it).
+            run_id = self.run_id
             db.executemany(
                 INSERT_EVENT,
                 [
-                    self._event_values(
-                        batch,
-                        "row_settled",
-                        chunk_key,
-                        out.row_key,
-                        {"state": out.state, "code": out.error_code, "order_id": out.order_id},
-                    )
+                    (now, batch, run_id, "row_settled", chunk_key, out.row_key,
+                     _detail({"code": out.error_code, "order_id": out.order_id,
+                              "state": out.state}))
                     for out in outcomes
                 ],
-            )
+            )  # fmt: skip
             self._event(batch, "chunk_settled", chunk_key=chunk_key, state=chunk_state)
 
+
+#: json.dumps(detail, default=str, sort_keys=True) with one encoder, not one per row
+_detail = json.JSONEncoder(sort_keys=True, default=str).encode
 
 _SETTLE_SETS = (
     "UPDATE rows SET state = ?, failure_kind = ?, error_code = ?,"
     " error_message = ?, provider_request_id = ?, order_id = ?,"
     " transaction_id = ?, cost = ?, cost_currency = ?, voucher_last4 = ?,"
     " provider_status = ?, updated_at = ?,"
-    " succeeded_at = CASE WHEN ? = 'succeeded' THEN ? ELSE succeeded_at END,"
-    " chunk_key = CASE WHEN ? THEN NULL ELSE chunk_key END"
+    " succeeded_at = CASE WHEN ? = 'succeeded' THEN ? ELSE succeeded_at END"
 )
+#: A row that keeps its chunk: chunk_key is not in the SET list, so its index entry
+#: (rows_by_chunk) is left alone.
 _SETTLE_ROW = _SETTLE_SETS + " WHERE batch = ? AND row_key = ?"
-#: A row released for retry starts its next attempt in a retry group named by this chunk.
+#: A row released for retry leaves its chunk and starts its next attempt in a retry
+#: group named by this chunk.
 _SETTLE_RELEASED_ROW = (
-    _SETTLE_SETS + ", attempt = attempt + 1, retry_group = ? WHERE batch = ? AND row_key = ?"
+    _SETTLE_SETS + ", chunk_key = NULL, attempt = attempt + 1, retry_group = ?"
+    " WHERE batch = ? AND row_key = ?"
 )
 
 
@@ -223,7 +229,6 @@ def _settle_values(out: RowOutcome, now: str, chunk_key: str, batch: str) -> tup
         now,
         out.state,
         now,
-        out.release,
         *((chunk_key,) if out.release else ()),
         batch,
         out.row_key,

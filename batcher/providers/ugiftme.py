@@ -33,6 +33,7 @@ Voucher codes and redemption URLs are bearer credentials: they go into
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
@@ -190,8 +191,7 @@ class UGiftMeProvider(ApiBackedProvider):
 
     def encode(self, key: str, items: Sequence[OrderItem]) -> bytes:
         """`{"orders":[...]}` as canonical JSON. The key travels in a header, not here."""
-        check_chunk(items, self.submit_limit)
-        return canonical_json({"orders": [order_item_body(item) for item in items]})
+        return encode_orders(items, self.submit_limit)
 
     def submit(self, key: str, payload: bytes, items: Sequence[OrderItem]) -> SubmitResult:
         check_idempotency_key(key)
@@ -382,8 +382,36 @@ class UGiftMeProvider(ApiBackedProvider):
 # Encoding (pure).
 
 
-def check_chunk(items: Sequence[OrderItem], limit: int) -> None:
-    """Refuse a chunk the bulk endpoint or the result mapping cannot handle."""
+def encode_orders(items: Sequence[OrderItem], limit: int) -> bytes:
+    """The bulk body of a checked chunk: the bytes of
+    `canonical_json({"orders": [order_item_body(item) for item in items]})`, written
+    straight from each item's fields in canonical_json's sorted key order rather than
+    through a dict per item (encoding a plan of 20,000 rows)."""
+    amounts = check_chunk(items, limit)
+    text = _json_string
+    bodies = []
+    for item, amount in zip(items, amounts, strict=True):
+        fields = [f'"currency":{text(item.currency)}']
+        if item.message:
+            fields.append(f'"giftMessage":{text(item.message)}')
+        fields.append(f'"merchant":{text(item.merchant)}')
+        fields.append(f'"productCode":{text(item.product_code)}')
+        if item.recipient_email:
+            fields.append(f'"recipientEmail":{text(item.recipient_email)}')
+        if item.recipient_name:
+            fields.append(f'"recipientName":{text(item.recipient_name)}')
+        fields.append(f'"valuePurchased":{format(amount, "f")}')
+        bodies.append("{" + ",".join(fields) + "}")
+    return ('{"orders":[' + ",".join(bodies) + "]}").encode("utf-8")
+
+
+#: how canonical_json writes a string (ensure_ascii=False: UTF-8 as it is)
+_json_string: Callable[[str], str] = json.encoder.encode_basestring
+
+
+def check_chunk(items: Sequence[OrderItem], limit: int) -> list[Decimal]:
+    """Refuse a chunk the bulk endpoint or the result mapping cannot handle; returns
+    each item's amount with exactly its currency's decimals (`amount_literal`)."""
     if not items:
         raise ValueError("a chunk needs at least one item")
     if len(items) > limit:
@@ -392,8 +420,9 @@ def check_chunk(items: Sequence[OrderItem], limit: int) -> None:
     if len(currencies) > 1:
         raise ValueError(f"a bulk order takes one currency, not {sorted(currencies)}")
     seen: set[MatchKey] = set()
+    amounts = []
     for item in items:
-        amount_literal(item.amount, item.currency)  # a bad amount is named before matching
+        amounts.append(amount_literal(item.amount, item.currency))  # named before matching
         key = item_match_key(item)
         if key in seen:
             raise ValueError(
@@ -401,6 +430,7 @@ def check_chunk(items: Sequence[OrderItem], limit: int) -> None:
                 "item in its chunk; results could not be mapped back"
             )
         seen.add(key)
+    return amounts
 
 
 def order_item_body(item: OrderItem) -> dict[str, Any]:
