@@ -290,7 +290,10 @@ class LedgerQueries(LedgerConnection):
 
 def row_record(r: Any) -> RowRecord:
     """A row read with `ROW_COLUMNS`, as `RowRecord.from_sql` would make it from `SELECT *`:
-    the same values, the shared text interned and the amounts shared Decimals."""
+    the same values, the shared text interned and the amounts shared Decimals.
+
+    Built field by field through the slots (`RowRecord(...)` goes through the frozen
+    dataclass's `object.__setattr__` per field): a report reads 100,000 rows twice."""
     (
         reference, content_hash, fields, passthrough, currency, face_value, est_cost, batch,
         row_key, source_row, in_sheet, state, attempt, retry_group, failure_kind, error_code,
@@ -298,18 +301,54 @@ def row_record(r: Any) -> RowRecord:
         transaction_id, cost, cost_currency, voucher_last4, provider_status, created_at,
         updated_at, succeeded_at,
     ) = r  # fmt: skip
-    return RowRecord(
-        reference, content_hash, _cells(fields), _cells(passthrough), _intern(currency),
-        _decimal(face_value), None if est_cost is None else _decimal(est_cost),
-        _intern(batch), row_key, source_row, bool(in_sheet), _intern(state), attempt,
-        _intern(retry_group), _intern(failure_kind), _intern(error_code),
-        _intern(error_message), _intern(provider_request_id), conflict, _intern(chunk_key),
-        _intern(order_request_id), order_id, transaction_id,
-        None if cost is None else _decimal(cost), _intern(cost_currency), voucher_last4,
-        _intern(provider_status), _intern(created_at), _intern(updated_at),
-        _intern(succeeded_at),
+    intern = sys.intern
+    return _record(
+        (
+            reference, content_hash, _cells(fields), _passthrough(passthrough),
+            intern(currency), _decimal(face_value),
+            None if est_cost is None else _decimal(est_cost), intern(batch), row_key,
+            source_row, bool(in_sheet), intern(state), attempt,
+            None if retry_group is None else intern(retry_group),
+            None if failure_kind is None else intern(failure_kind),
+            None if error_code is None else intern(error_code),
+            None if error_message is None else intern(error_message),
+            None if provider_request_id is None else intern(provider_request_id),
+            conflict, None if chunk_key is None else intern(chunk_key),
+            None if order_request_id is None else intern(order_request_id), order_id,
+            transaction_id, None if cost is None else _decimal(cost),
+            None if cost_currency is None else intern(cost_currency), voucher_last4,
+            None if provider_status is None else intern(provider_status),
+            None if created_at is None else intern(created_at),
+            None if updated_at is None else intern(updated_at),
+            None if succeeded_at is None else intern(succeeded_at),
+        )
     )  # fmt: skip
 
 
-def _intern(text: Any) -> Any:
-    return text if text is None else sys.intern(text)
+#: each field's slot, in `ROW_COLUMNS` order: sets it on a frozen record without
+#: the dataclass's per-field `object.__setattr__`
+_SLOTS = tuple(getattr(RowRecord, f.name).__set__ for f in dataclasses.fields(RowRecord))
+_new = object.__new__
+
+
+def _record(values: tuple[Any, ...]) -> RowRecord:
+    record: RowRecord = _new(RowRecord)
+    for put, value in zip(_SLOTS, values, strict=True):
+        put(record, value)
+    return record
+
+
+#: a page's rows share a few pass-through cells (cost centres, teams): each text is
+#: decoded once, and every row gets a dictionary of its own
+_PASSTHROUGH: dict[str, tuple[tuple[str, str], ...]] = {}
+_PASSTHROUGH_KEPT = 1 << 12
+
+
+def _passthrough(text: str) -> dict[str, str]:
+    items = _PASSTHROUGH.get(text)
+    if items is None:
+        items = tuple(_cells(text).items())
+        if len(_PASSTHROUGH) >= _PASSTHROUGH_KEPT:
+            _PASSTHROUGH.clear()
+        _PASSTHROUGH[text] = items
+    return dict(items)
