@@ -158,3 +158,43 @@ def test_rows_csv_drafted_as_the_rows_go_by_is_rows_csv(
     whole = write_rows_csv(tmp_path / "whole.csv", rows)
     assert drafted.read_bytes() == whole.read_bytes()
     assert len(drafted.read_text(encoding="utf-8").splitlines()) == 1 + len(rows)
+
+
+def test_rows_summed_light_sum_as_the_whole_rows_do(tmp_path: Path) -> None:
+    """The first read of a batch's rows only sums them (`RowFacts`): rows settled without
+    a question (succeeded, unchanged since sent) come as `SettledRow`s, read from a few
+    columns, the rest whole. The sums, counts, headers, failures and unsettled rows are
+    those of the whole rows, earlier sheets' orders and a changed row included."""
+    from batcher.ledger.records import SettledRow
+    from batcher.reporting.row_facts import RowFacts
+
+    ledger, _ = build(tmp_path, SPECS, balances=BALANCES)
+    try:
+        db = ledger._db
+        db.execute("UPDATE rows SET in_sheet = 0 WHERE source_row IN (12, 13)")  # earlier sheet
+        db.execute("UPDATE rows SET conflict = 'amount changed' WHERE source_row = 14")
+        # succeeded, yet no order id: not an order, but its currency is named
+        db.execute("UPDATE rows SET order_id = NULL, currency = 'CHF' WHERE source_row = 16")
+        db.execute(
+            'UPDATE rows SET passthrough = \'{"Team": "x", "Cost centre": "CC-9"}\''
+            " WHERE source_row = 15"
+        )
+        rows = row_source.BatchRows.from_ledger(ledger, "nightly", page=6)
+        light = list(rows.for_sums())
+        light_facts, whole_facts = RowFacts.of(rows), RowFacts.of(list(rows))
+    finally:
+        ledger.close()
+    settled = [r for r in light if isinstance(r, SettledRow)]
+    assert 20 <= len(settled) < len(light) == len(SPECS)
+    assert [r.row_key for r in light] == rows.keys
+    assert any(not r.in_sheet for r in settled)
+
+    def facts(f: RowFacts) -> dict[str, Any]:
+        found = dict(vars(f))
+        found["totals"], found["failures"] = vars(f.totals), vars(f.failures)
+        return found
+
+    assert facts(light_facts) == facts(whole_facts)
+    assert whole_facts.conflicts == 1 and whole_facts.earlier_orders == 2
+    assert "CHF" in whole_facts.by_currency and "CHF" in whole_facts.style_currencies
+    assert list(whole_facts.passthrough_seen) == ["Cost centre", "Team"]

@@ -12,11 +12,16 @@ from typing import Any
 
 from batcher.core.states import ROW_STATES
 from batcher.ledger.connection import LedgerConnection, in_slices
-from batcher.ledger.records import ChunkRecord, RowRecord, _cells, _decimal
+from batcher.ledger.records import ChunkRecord, RowRecord, SettledRow, _cells, _decimal
 
 #: every column of `rows`, in the order of `RowRecord`'s fields: a row read with them
 #: is built positionally (`row_record`), a few times faster than `RowRecord.from_sql`
 ROW_COLUMNS = ", ".join(f.name for f in dataclasses.fields(RowRecord))
+#: what `settled_row` reads of a row (its key, state and conflict first)
+_FACT_COLUMNS = (
+    "row_key, state, conflict, in_sheet, currency, face_value, cost, cost_currency, order_id,"
+    " fields, passthrough"
+)
 
 
 class LedgerQueries(LedgerConnection):
@@ -155,6 +160,29 @@ class LedgerQueries(LedgerConnection):
         for start in range(0, len(keys), page):
             part = keys[start : start + page]
             found = self.rows_by_key(batch, part)
+            yield [found[k] for k in part if k in found]
+
+    def fact_rows_in_pages(
+        self, batch: str, keys: Sequence[str], page: int = 5_000
+    ) -> Iterator[list[RowRecord | SettledRow]]:
+        """As `rows_in_pages`, for a reader that only sums the rows: a row settled
+        without a question (succeeded, no conflict) comes as a `SettledRow`, read from a
+        few columns, and only the others as whole `RowRecord`s."""
+        for start in range(0, len(keys), page):
+            part = keys[start : start + page]
+            found: dict[str, RowRecord | SettledRow] = {}
+            whole: list[str] = []
+            for some, marks in in_slices(part):
+                for r in self._db.execute(
+                    f"SELECT {_FACT_COLUMNS} FROM rows WHERE batch = ? AND row_key IN ({marks})",
+                    (batch, *some),
+                ):
+                    if r[1] == "succeeded" and not r[2]:
+                        found[r[0]] = settled_row(r)
+                    else:
+                        whole.append(r[0])
+            if whole:
+                found.update(self.rows_by_key(batch, whole))
             yield [found[k] for k in part if k in found]
 
     def amounts(self, batch: str, state: str) -> list[tuple[str, Decimal, Decimal | None]]:
@@ -345,10 +373,45 @@ _PASSTHROUGH_KEPT = 1 << 12
 
 
 def _passthrough(text: str) -> dict[str, str]:
+    return dict(_passthrough_items(text))
+
+
+def _passthrough_items(text: str) -> tuple[tuple[str, str], ...]:
     items = _PASSTHROUGH.get(text)
     if items is None:
         items = tuple(_cells(text).items())
         if len(_PASSTHROUGH) >= _PASSTHROUGH_KEPT:
             _PASSTHROUGH.clear()
         _PASSTHROUGH[text] = items
-    return dict(items)
+    return items
+
+
+def settled_row(r: Any) -> SettledRow:
+    """A succeeded row read with `_FACT_COLUMNS`: its amounts, product and pass-through
+    headers, the same values `row_record` gives (the sums over either are equal)."""
+    (
+        row_key, _state, _conflict, in_sheet, currency, face_value, cost, cost_currency,
+        order_id, fields, passthrough,
+    ) = r  # fmt: skip
+    product = json.loads(fields).get("product_code", "")
+    return SettledRow(
+        row_key, bool(in_sheet), sys.intern(currency), _decimal(face_value),
+        None if cost is None else _decimal(cost),
+        None if cost_currency is None else sys.intern(cost_currency), order_id,
+        sys.intern(product) if isinstance(product, str) else product,
+        _headers(passthrough),
+    )  # fmt: skip
+
+
+_HEADERS: dict[str, tuple[str, ...]] = {}
+
+
+def _headers(text: str) -> tuple[str, ...]:
+    """The pass-through headers a row's cells name, in its order (kept per text)."""
+    found = _HEADERS.get(text)
+    if found is None:
+        found = tuple(name for name, _ in _passthrough_items(text))
+        if len(_HEADERS) >= _PASSTHROUGH_KEPT:
+            _HEADERS.clear()
+        _HEADERS[text] = found
+    return found

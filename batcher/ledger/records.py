@@ -116,6 +116,27 @@ class RowRecord(RowContent):
         return cls(**data)
 
 
+@dataclass(slots=True)
+class SettledRow:
+    """A row settled without a question (succeeded, nothing changed since it was sent):
+    only what a report sums over it (`batcher.reporting.row_facts`). Reading it skips
+    the columns and decoding a whole `RowRecord` costs; the first of a report's two
+    reads of a batch's rows is mostly such rows."""
+
+    row_key: str
+    in_sheet: bool
+    currency: str
+    face_value: Decimal
+    cost: Decimal | None
+    cost_currency: str | None
+    order_id: str | None
+    product_code: str
+    passthrough: tuple[str, ...]  # the row's pass-through headers, in its order
+    state: str = "succeeded"
+    conflict: None = None
+    error_code: None = None
+
+
 # A batch's rows are read whole (plans, reports): at 100,000 rows every per-row copy
 # of the same text counts. Columns most rows share (batch, state, currency, a chunk's
 # keys, timestamps of one commit) and the field names are interned, amounts are
