@@ -198,3 +198,33 @@ def test_rows_summed_light_sum_as_the_whole_rows_do(tmp_path: Path) -> None:
     assert whole_facts.conflicts == 1 and whole_facts.earlier_orders == 2
     assert "CHF" in whole_facts.by_currency and "CHF" in whole_facts.style_currencies
     assert list(whole_facts.passthrough_seen) == ["Cost centre", "Team"]
+
+
+def test_lines_read_undecoded_are_the_records_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Orders sheet's lines are read from the ledger without a whole record per row
+    (`BatchRows.for_lines`): each line's values are those of the row's record, in report
+    order, a skipped row explained, nasty text, earlier sheets and conflicts included."""
+    from batcher.ledger.queries import ROW_COLUMNS, raw_line_values, row_record
+    from batcher.ledger.records import line_values
+
+    ledger, _ = build(tmp_path, SPECS, balances=BALANCES)
+    try:
+        db = ledger._db
+        db.execute("UPDATE rows SET in_sheet = 0 WHERE source_row IN (12, 13)")
+        db.execute("UPDATE rows SET conflict = 'amount changed' WHERE source_row = 14")
+        db.execute("UPDATE rows SET state = 'skipped', reference = 'R-15' WHERE source_row = 15")
+        raws = db.execute(f"SELECT {ROW_COLUMNS} FROM rows WHERE batch = ?", ("nightly",))
+        pairs = [(raw_line_values(r), line_values(row_record(r))) for r in raws]
+        monkeypatch.setattr(row_source, "RAW_PAGE", 4)
+        rows = row_source.BatchRows.from_ledger(ledger, "nightly", page=6)
+        read = list(rows.for_lines())
+        expected = [line_values(r) for r in rows]
+    finally:
+        ledger.close()
+    assert len(pairs) == len(SPECS) and all(raw == whole for raw, whole in pairs)
+    assert all(list(map(type, raw)) == list(map(type, whole)) for raw, whole in pairs)
+    assert read == expected and len(read) == len(SPECS)
+    skipped = next(v for v in read if v[9] == "skipped")
+    assert skipped[17] == "already ordered in another batch (its order is not in this ledger)"

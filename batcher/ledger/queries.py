@@ -12,11 +12,20 @@ from typing import Any
 
 from batcher.core.states import ROW_STATES
 from batcher.ledger.connection import LedgerConnection, in_slices
-from batcher.ledger.records import ChunkRecord, RowRecord, SettledRow, _cells, _decimal
+from batcher.ledger.records import (
+    ChunkRecord,
+    LineValues,
+    RowRecord,
+    SettledRow,
+    _cells,
+    _decimal,
+)
 
 #: every column of `rows`, in the order of `RowRecord`'s fields: a row read with them
 #: is built positionally (`row_record`), a few times faster than `RowRecord.from_sql`
 ROW_COLUMNS = ", ".join(f.name for f in dataclasses.fields(RowRecord))
+#: where a row read with `ROW_COLUMNS` holds its key and state
+ROW_KEY, ROW_STATE = 8, 11
 #: what `settled_row` reads of a row (its key, state and conflict first)
 _FACT_COLUMNS = (
     "row_key, state, conflict, in_sheet, currency, face_value, cost, cost_currency, order_id,"
@@ -160,6 +169,22 @@ class LedgerQueries(LedgerConnection):
         for start in range(0, len(keys), page):
             part = keys[start : start + page]
             found = self.rows_by_key(batch, part)
+            yield [found[k] for k in part if k in found]
+
+    def raw_rows_in_pages(
+        self, batch: str, keys: Sequence[str], page: int = 5_000
+    ) -> Iterator[list[Any]]:
+        """As `rows_in_pages`, each row as read with `ROW_COLUMNS`, not decoded: for a
+        reader that decodes only what it shows (`raw_line_values`)."""
+        for start in range(0, len(keys), page):
+            part = keys[start : start + page]
+            found: dict[str, Any] = {}
+            for some, marks in in_slices(part):
+                for r in self._db.execute(
+                    f"SELECT {ROW_COLUMNS} FROM rows WHERE batch = ? AND row_key IN ({marks})",
+                    (batch, *some),
+                ):
+                    found[r[ROW_KEY]] = r
             yield [found[k] for k in part if k in found]
 
     def fact_rows_in_pages(
@@ -415,3 +440,22 @@ def _headers(text: str) -> tuple[str, ...]:
             _HEADERS.clear()
         _HEADERS[text] = found
     return found
+
+
+def raw_line_values(r: Any) -> LineValues:
+    """`records.line_values(row_record(r))` for a row read with `ROW_COLUMNS`, decoding
+    only what a line shows, and nothing kept (the Orders sheet's 100,000 rows)."""
+    (
+        reference, _content_hash, fields, passthrough, currency, face_value, _est_cost,
+        _batch, row_key, source_row, in_sheet, state, attempt, _retry_group, _failure_kind,
+        error_code, error_message, _provider_request_id, conflict, chunk_key,
+        order_request_id, order_id, transaction_id, cost, cost_currency, voucher_last4,
+        _provider_status, created_at, updated_at, succeeded_at,
+    ) = r  # fmt: skip
+    return (
+        row_key, source_row, reference, json.loads(fields), _passthrough(passthrough),
+        _decimal(face_value), currency, None if cost is None else _decimal(cost),
+        cost_currency, state, order_id, transaction_id, order_request_id, chunk_key, attempt,
+        voucher_last4, error_code, error_message, conflict, bool(in_sheet), created_at,
+        updated_at, succeeded_at,
+    )  # fmt: skip

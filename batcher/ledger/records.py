@@ -116,6 +116,24 @@ class RowRecord(RowContent):
         return cls(**data)
 
 
+#: What a line of a report's Orders sheet shows of a row, in this order: row_key,
+#: source_row, reference, fields, passthrough, face_value, currency, cost, cost_currency,
+#: state, order_id, transaction_id, order_request_id, chunk_key, attempt, voucher_last4,
+#: error_code, error_message, conflict, in_sheet, created_at, updated_at, succeeded_at
+LineValues = tuple[Any, ...]
+
+
+def line_values(row: RowRecord) -> LineValues:
+    """A record's `LineValues` (`queries.raw_line_values` reads the same from the ledger)."""
+    return (
+        row.row_key, row.source_row, row.reference, row.fields, row.passthrough,
+        row.face_value, row.currency, row.cost, row.cost_currency, row.state, row.order_id,
+        row.transaction_id, row.order_request_id, row.chunk_key, row.attempt,
+        row.voucher_last4, row.error_code, row.error_message, row.conflict, row.in_sheet,
+        row.created_at, row.updated_at, row.succeeded_at,
+    )  # fmt: skip
+
+
 @dataclass(slots=True)
 class SettledRow:
     """A row settled without a question (succeeded, nothing changed since it was sent):
