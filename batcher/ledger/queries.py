@@ -418,7 +418,7 @@ def settled_row(r: Any) -> SettledRow:
         row_key, _state, _conflict, in_sheet, currency, face_value, cost, cost_currency,
         order_id, fields, passthrough,
     ) = r  # fmt: skip
-    product = json.loads(fields).get("product_code", "")
+    product = product_code(fields)
     return SettledRow(
         row_key, bool(in_sheet), sys.intern(currency), _decimal(face_value),
         None if cost is None else _decimal(cost),
@@ -426,6 +426,26 @@ def settled_row(r: Any) -> SettledRow:
         sys.intern(product) if isinstance(product, str) else product,
         _headers(passthrough),
     )  # fmt: skip
+
+
+_PRODUCT_KEY = '"product_code": "'
+
+
+def product_code(fields: str) -> Any:
+    """`json.loads(fields).get("product_code", "")`, without decoding the other cells
+    when the product code is plain text (as good as always).
+
+    In JSON text a quote inside a string is escaped, so `"product_code": "` can only
+    be that key and the opening of its string value; a value with no backslash ends at
+    the next quote and is its own text. Anything else (escapes, another type, the key
+    twice, another layout) is decoded whole."""
+    start = fields.find(_PRODUCT_KEY)
+    if start > 0:
+        start += len(_PRODUCT_KEY)
+        end = fields.find('"', start)
+        if end > 0 and "\\" not in fields[start:end] and fields.find(_PRODUCT_KEY, end) < 0:
+            return fields[start:end]
+    return json.loads(fields).get("product_code", "")
 
 
 _HEADERS: dict[str, tuple[str, ...]] = {}
