@@ -228,3 +228,30 @@ def test_lines_read_undecoded_are_the_records_lines(
     assert read == expected and len(read) == len(SPECS)
     skipped = next(v for v in read if v[9] == "skipped")
     assert skipped[17] == "already ordered in another batch (its order is not in this ledger)"
+
+
+def test_light_reads_are_the_whole_reads_on_either_backend(ledger: Ledger) -> None:
+    """The sums' light read and the Orders sheet's undecoded read, on SQLite and on
+    PostgreSQL: the same facts and line values as whole records give."""
+    from batcher.ledger.records import line_values
+    from batcher.reporting.row_facts import RowFacts
+    from tests.test_ledger import sheet_row
+
+    ledger.sync_rows("b", [sheet_row(f"k{i:02}", i + 2) for i in range(20)], retry_failed=False)
+    db = ledger._db
+    db.execute(
+        "UPDATE rows SET state = 'succeeded', order_id = 'O-' || row_key, cost = '9.75',"
+        " succeeded_at = updated_at WHERE batch = ? AND source_row < 15",
+        ("b",),
+    )
+    db.execute("UPDATE rows SET state = 'failed', error_code = 'x' WHERE source_row = 20")
+    db.execute("UPDATE rows SET state = 'skipped', reference = 'R-1' WHERE source_row = 21")
+    rows = row_source.BatchRows.from_ledger(ledger, "b", page=6)
+    whole = list(rows)
+
+    def facts(f: RowFacts) -> dict[str, Any]:
+        return {**vars(f), "totals": vars(f.totals), "failures": vars(f.failures)}
+
+    assert facts(RowFacts.of(rows)) == facts(RowFacts.of(whole))
+    assert RowFacts.of(rows).ordered == 13
+    assert list(rows.for_lines()) == [line_values(r) for r in whole]
