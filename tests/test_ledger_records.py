@@ -88,3 +88,33 @@ def test_rows_read_by_key_are_the_rows_select_star_gives(tmp_path: Path) -> None
         ]
     first, second = paged[0], paged[1]
     assert second.batch is first.batch and second.created_at is first.created_at
+
+
+def test_a_rows_product_code_is_read_as_decoding_its_cells_would() -> None:
+    """The first read of a report sums settled rows by product without decoding each
+    row's cells: whatever the cells hold (quotes, backslashes, the key's own text in a
+    value or a name, no product code, another type, another layout), the product code
+    is the one `json.loads` finds."""
+    import json
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from batcher.ledger.queries import product_code
+
+    nasty = st.text(alphabet='ab"\\: ,{}\u00e9\u2028product_code', max_size=24)
+    values = st.one_of(nasty, st.sampled_from(['"product_code": "', "P\\", "TESCO_UK"]))
+    keys = st.one_of(st.sampled_from(["product_code", "recipient_name", "reference"]), nasty)
+    cells = st.dictionaries(
+        keys, st.one_of(values, st.none(), st.integers()), max_size=5
+    ) | st.builds(lambda v: {"name": v, "product_code": v}, values)
+
+    @settings(max_examples=400, deadline=None)
+    @given(cells=cells, ascii_only=st.booleans(), compact=st.booleans())
+    def check(cells: dict[str, object], ascii_only: bool, compact: bool) -> None:
+        separators = (",", ":") if compact else None
+        text = json.dumps(cells, ensure_ascii=ascii_only, separators=separators)
+        assert product_code(text) == json.loads(text).get("product_code", "")
+
+    check()
+    assert product_code('{"reference": "r", "product_code": "AMAZON_UK"}') == "AMAZON_UK"

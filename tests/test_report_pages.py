@@ -158,3 +158,100 @@ def test_rows_csv_drafted_as_the_rows_go_by_is_rows_csv(
     whole = write_rows_csv(tmp_path / "whole.csv", rows)
     assert drafted.read_bytes() == whole.read_bytes()
     assert len(drafted.read_text(encoding="utf-8").splitlines()) == 1 + len(rows)
+
+
+def test_rows_summed_light_sum_as_the_whole_rows_do(tmp_path: Path) -> None:
+    """The first read of a batch's rows only sums them (`RowFacts`): rows settled without
+    a question (succeeded, unchanged since sent) come as `SettledRow`s, read from a few
+    columns, the rest whole. The sums, counts, headers, failures and unsettled rows are
+    those of the whole rows, earlier sheets' orders and a changed row included."""
+    from batcher.ledger.records import SettledRow
+    from batcher.reporting.row_facts import RowFacts
+
+    ledger, _ = build(tmp_path, SPECS, balances=BALANCES)
+    try:
+        db = ledger._db
+        db.execute("UPDATE rows SET in_sheet = 0 WHERE source_row IN (12, 13)")  # earlier sheet
+        db.execute("UPDATE rows SET conflict = 'amount changed' WHERE source_row = 14")
+        # succeeded, yet no order id: not an order, but its currency is named
+        db.execute("UPDATE rows SET order_id = NULL, currency = 'CHF' WHERE source_row = 16")
+        db.execute(
+            'UPDATE rows SET passthrough = \'{"Team": "x", "Cost centre": "CC-9"}\''
+            " WHERE source_row = 15"
+        )
+        rows = row_source.BatchRows.from_ledger(ledger, "nightly", page=6)
+        light = list(rows.for_sums())
+        light_facts, whole_facts = RowFacts.of(rows), RowFacts.of(list(rows))
+    finally:
+        ledger.close()
+    settled = [r for r in light if isinstance(r, SettledRow)]
+    assert 20 <= len(settled) < len(light) == len(SPECS)
+    assert [r.row_key for r in light] == rows.keys
+    assert any(not r.in_sheet for r in settled)
+
+    def facts(f: RowFacts) -> dict[str, Any]:
+        found = dict(vars(f))
+        found["totals"], found["failures"] = vars(f.totals), vars(f.failures)
+        return found
+
+    assert facts(light_facts) == facts(whole_facts)
+    assert whole_facts.conflicts == 1 and whole_facts.earlier_orders == 2
+    assert "CHF" in whole_facts.by_currency and "CHF" in whole_facts.style_currencies
+    assert list(whole_facts.passthrough_seen) == ["Cost centre", "Team"]
+
+
+def test_lines_read_undecoded_are_the_records_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Orders sheet's lines are read from the ledger without a whole record per row
+    (`BatchRows.for_lines`): each line's values are those of the row's record, in report
+    order, a skipped row explained, nasty text, earlier sheets and conflicts included."""
+    from batcher.ledger.queries import ROW_COLUMNS, raw_line_values, row_record
+    from batcher.ledger.records import line_values
+
+    ledger, _ = build(tmp_path, SPECS, balances=BALANCES)
+    try:
+        db = ledger._db
+        db.execute("UPDATE rows SET in_sheet = 0 WHERE source_row IN (12, 13)")
+        db.execute("UPDATE rows SET conflict = 'amount changed' WHERE source_row = 14")
+        db.execute("UPDATE rows SET state = 'skipped', reference = 'R-15' WHERE source_row = 15")
+        raws = db.execute(f"SELECT {ROW_COLUMNS} FROM rows WHERE batch = ?", ("nightly",))
+        pairs = [(raw_line_values(r), line_values(row_record(r))) for r in raws]
+        monkeypatch.setattr(row_source, "RAW_PAGE", 4)
+        rows = row_source.BatchRows.from_ledger(ledger, "nightly", page=6)
+        read = list(rows.for_lines())
+        expected = [line_values(r) for r in rows]
+    finally:
+        ledger.close()
+    assert len(pairs) == len(SPECS) and all(raw == whole for raw, whole in pairs)
+    assert all(list(map(type, raw)) == list(map(type, whole)) for raw, whole in pairs)
+    assert read == expected and len(read) == len(SPECS)
+    skipped = next(v for v in read if v[9] == "skipped")
+    assert skipped[17] == "already ordered in another batch (its order is not in this ledger)"
+
+
+def test_light_reads_are_the_whole_reads_on_either_backend(ledger: Ledger) -> None:
+    """The sums' light read and the Orders sheet's undecoded read, on SQLite and on
+    PostgreSQL: the same facts and line values as whole records give."""
+    from batcher.ledger.records import line_values
+    from batcher.reporting.row_facts import RowFacts
+    from tests.test_ledger import sheet_row
+
+    ledger.sync_rows("b", [sheet_row(f"k{i:02}", i + 2) for i in range(20)], retry_failed=False)
+    db = ledger._db
+    db.execute(
+        "UPDATE rows SET state = 'succeeded', order_id = 'O-' || row_key, cost = '9.75',"
+        " succeeded_at = updated_at WHERE batch = ? AND source_row < 15",
+        ("b",),
+    )
+    db.execute("UPDATE rows SET state = 'failed', error_code = 'x' WHERE source_row = 20")
+    db.execute("UPDATE rows SET state = 'skipped', reference = 'R-1' WHERE source_row = 21")
+    rows = row_source.BatchRows.from_ledger(ledger, "b", page=6)
+    whole = list(rows)
+
+    def facts(f: RowFacts) -> dict[str, Any]:
+        return {**vars(f), "totals": vars(f.totals), "failures": vars(f.failures)}
+
+    assert facts(RowFacts.of(rows)) == facts(RowFacts.of(whole))
+    assert RowFacts.of(rows).ordered == 13
+    assert list(rows.for_lines()) == [line_values(r) for r in whole]

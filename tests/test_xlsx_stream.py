@@ -70,3 +70,20 @@ def test_a_recurring_money_cell_is_rendered_once_and_written_as_ever() -> None:
     assert "<v>1.5</v>" in writer.row([Styled(Decimal("1.5"), 3)])
     assert '<c r="A' in writer.row([Styled(Decimal("1.50"), 4)])
     assert 's="4"><v>1.50</v>' in writer.row([Styled(Decimal("1.50"), 4)])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    pool=st.lists(values, min_size=1, max_size=5),
+    picks=st.lists(st.lists(st.integers(0, 4), max_size=6), min_size=2, max_size=8),
+)
+def test_recurring_cells_are_written_as_the_general_path_writes_them(
+    pool: list[object], picks: list[list[int]]
+) -> None:
+    """Rows whose cells recur (a column's states, currencies, chunk keys, times and
+    shared money cells do) are written as the general path writes each cell anew,
+    formulas and markup included."""
+    writer, reference = _RowWriter(6, date_style=7), _RowWriter(6, date_style=7)
+    for number, row_picks in enumerate(picks, start=2):
+        row = [pool[i % len(pool)] for i in row_picks]
+        assert writer.row(row) == general(reference, number, row)

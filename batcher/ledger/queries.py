@@ -12,11 +12,25 @@ from typing import Any
 
 from batcher.core.states import ROW_STATES
 from batcher.ledger.connection import LedgerConnection, in_slices
-from batcher.ledger.records import ChunkRecord, RowRecord, _cells, _decimal
+from batcher.ledger.records import (
+    ChunkRecord,
+    LineValues,
+    RowRecord,
+    SettledRow,
+    _cells,
+    _decimal,
+)
 
 #: every column of `rows`, in the order of `RowRecord`'s fields: a row read with them
 #: is built positionally (`row_record`), a few times faster than `RowRecord.from_sql`
 ROW_COLUMNS = ", ".join(f.name for f in dataclasses.fields(RowRecord))
+#: where a row read with `ROW_COLUMNS` holds its key and state
+ROW_KEY, ROW_STATE = 8, 11
+#: what `settled_row` reads of a row (its key, state and conflict first)
+_FACT_COLUMNS = (
+    "row_key, state, conflict, in_sheet, currency, face_value, cost, cost_currency, order_id,"
+    " fields, passthrough"
+)
 
 #: the cell naming the wallet that pays (`cost_lines`), and how it appears in the JSON
 _PAYING = "payment_currency"
@@ -159,6 +173,45 @@ class LedgerQueries(LedgerConnection):
         for start in range(0, len(keys), page):
             part = keys[start : start + page]
             found = self.rows_by_key(batch, part)
+            yield [found[k] for k in part if k in found]
+
+    def raw_rows_in_pages(
+        self, batch: str, keys: Sequence[str], page: int = 5_000
+    ) -> Iterator[list[Any]]:
+        """As `rows_in_pages`, each row as read with `ROW_COLUMNS`, not decoded: for a
+        reader that decodes only what it shows (`raw_line_values`)."""
+        for start in range(0, len(keys), page):
+            part = keys[start : start + page]
+            found: dict[str, Any] = {}
+            for some, marks in in_slices(part):
+                for r in self._db.execute(
+                    f"SELECT {ROW_COLUMNS} FROM rows WHERE batch = ? AND row_key IN ({marks})",
+                    (batch, *some),
+                ):
+                    found[r[ROW_KEY]] = r
+            yield [found[k] for k in part if k in found]
+
+    def fact_rows_in_pages(
+        self, batch: str, keys: Sequence[str], page: int = 5_000
+    ) -> Iterator[list[RowRecord | SettledRow]]:
+        """As `rows_in_pages`, for a reader that only sums the rows: a row settled
+        without a question (succeeded, no conflict) comes as a `SettledRow`, read from a
+        few columns, and only the others as whole `RowRecord`s."""
+        for start in range(0, len(keys), page):
+            part = keys[start : start + page]
+            found: dict[str, RowRecord | SettledRow] = {}
+            whole: list[str] = []
+            for some, marks in in_slices(part):
+                for r in self._db.execute(
+                    f"SELECT {_FACT_COLUMNS} FROM rows WHERE batch = ? AND row_key IN ({marks})",
+                    (batch, *some),
+                ):
+                    if r[1] == "succeeded" and not r[2]:
+                        found[r[0]] = settled_row(r)
+                    else:
+                        whole.append(r[0])
+            if whole:
+                found.update(self.rows_by_key(batch, whole))
             yield [found[k] for k in part if k in found]
 
     def amounts(self, batch: str, state: str) -> list[tuple[str, Decimal, Decimal | None]]:
@@ -313,7 +366,10 @@ class LedgerQueries(LedgerConnection):
 
 def row_record(r: Any) -> RowRecord:
     """A row read with `ROW_COLUMNS`, as `RowRecord.from_sql` would make it from `SELECT *`:
-    the same values, the shared text interned and the amounts shared Decimals."""
+    the same values, the shared text interned and the amounts shared Decimals.
+
+    Built field by field through the slots (`RowRecord(...)` goes through the frozen
+    dataclass's `object.__setattr__` per field): a report reads 100,000 rows twice."""
     (
         reference, content_hash, fields, passthrough, currency, face_value, est_cost, batch,
         row_key, source_row, in_sheet, state, attempt, retry_group, failure_kind, error_code,
@@ -321,18 +377,128 @@ def row_record(r: Any) -> RowRecord:
         transaction_id, cost, cost_currency, voucher_last4, provider_status, created_at,
         updated_at, succeeded_at,
     ) = r  # fmt: skip
-    return RowRecord(
-        reference, content_hash, _cells(fields), _cells(passthrough), _intern(currency),
-        _decimal(face_value), None if est_cost is None else _decimal(est_cost),
-        _intern(batch), row_key, source_row, bool(in_sheet), _intern(state), attempt,
-        _intern(retry_group), _intern(failure_kind), _intern(error_code),
-        _intern(error_message), _intern(provider_request_id), conflict, _intern(chunk_key),
-        _intern(order_request_id), order_id, transaction_id,
-        None if cost is None else _decimal(cost), _intern(cost_currency), voucher_last4,
-        _intern(provider_status), _intern(created_at), _intern(updated_at),
-        _intern(succeeded_at),
+    intern = sys.intern
+    return _record(
+        (
+            reference, content_hash, _cells(fields), _passthrough(passthrough),
+            intern(currency), _decimal(face_value),
+            None if est_cost is None else _decimal(est_cost), intern(batch), row_key,
+            source_row, bool(in_sheet), intern(state), attempt,
+            None if retry_group is None else intern(retry_group),
+            None if failure_kind is None else intern(failure_kind),
+            None if error_code is None else intern(error_code),
+            None if error_message is None else intern(error_message),
+            None if provider_request_id is None else intern(provider_request_id),
+            conflict, None if chunk_key is None else intern(chunk_key),
+            None if order_request_id is None else intern(order_request_id), order_id,
+            transaction_id, None if cost is None else _decimal(cost),
+            None if cost_currency is None else intern(cost_currency), voucher_last4,
+            None if provider_status is None else intern(provider_status),
+            None if created_at is None else intern(created_at),
+            None if updated_at is None else intern(updated_at),
+            None if succeeded_at is None else intern(succeeded_at),
+        )
     )  # fmt: skip
 
 
-def _intern(text: Any) -> Any:
-    return text if text is None else sys.intern(text)
+#: each field's slot, in `ROW_COLUMNS` order: sets it on a frozen record without
+#: the dataclass's per-field `object.__setattr__`
+_SLOTS = tuple(getattr(RowRecord, f.name).__set__ for f in dataclasses.fields(RowRecord))
+_new = object.__new__
+
+
+def _record(values: tuple[Any, ...]) -> RowRecord:
+    record: RowRecord = _new(RowRecord)
+    for put, value in zip(_SLOTS, values, strict=True):
+        put(record, value)
+    return record
+
+
+#: a page's rows share a few pass-through cells (cost centres, teams): each text is
+#: decoded once, and every row gets a dictionary of its own
+_PASSTHROUGH: dict[str, tuple[tuple[str, str], ...]] = {}
+_PASSTHROUGH_KEPT = 1 << 12
+
+
+def _passthrough(text: str) -> dict[str, str]:
+    return dict(_passthrough_items(text))
+
+
+def _passthrough_items(text: str) -> tuple[tuple[str, str], ...]:
+    items = _PASSTHROUGH.get(text)
+    if items is None:
+        items = tuple(_cells(text).items())
+        if len(_PASSTHROUGH) >= _PASSTHROUGH_KEPT:
+            _PASSTHROUGH.clear()
+        _PASSTHROUGH[text] = items
+    return items
+
+
+def settled_row(r: Any) -> SettledRow:
+    """A succeeded row read with `_FACT_COLUMNS`: its amounts, product and pass-through
+    headers, the same values `row_record` gives (the sums over either are equal)."""
+    (
+        row_key, _state, _conflict, in_sheet, currency, face_value, cost, cost_currency,
+        order_id, fields, passthrough,
+    ) = r  # fmt: skip
+    product = product_code(fields)
+    return SettledRow(
+        row_key, bool(in_sheet), sys.intern(currency), _decimal(face_value),
+        None if cost is None else _decimal(cost),
+        None if cost_currency is None else sys.intern(cost_currency), order_id,
+        sys.intern(product) if isinstance(product, str) else product,
+        _headers(passthrough),
+    )  # fmt: skip
+
+
+_PRODUCT_KEY = '"product_code": "'
+
+
+def product_code(fields: str) -> Any:
+    """`json.loads(fields).get("product_code", "")`, without decoding the other cells
+    when the product code is plain text (as good as always).
+
+    In JSON text a quote inside a string is escaped, so `"product_code": "` can only
+    be that key and the opening of its string value; a value with no backslash ends at
+    the next quote and is its own text. Anything else (escapes, another type, the key
+    twice, another layout) is decoded whole."""
+    start = fields.find(_PRODUCT_KEY)
+    if start > 0:
+        start += len(_PRODUCT_KEY)
+        end = fields.find('"', start)
+        if end > 0 and "\\" not in fields[start:end] and fields.find(_PRODUCT_KEY, end) < 0:
+            return fields[start:end]
+    return json.loads(fields).get("product_code", "")
+
+
+_HEADERS: dict[str, tuple[str, ...]] = {}
+
+
+def _headers(text: str) -> tuple[str, ...]:
+    """The pass-through headers a row's cells name, in its order (kept per text)."""
+    found = _HEADERS.get(text)
+    if found is None:
+        found = tuple(name for name, _ in _passthrough_items(text))
+        if len(_HEADERS) >= _PASSTHROUGH_KEPT:
+            _HEADERS.clear()
+        _HEADERS[text] = found
+    return found
+
+
+def raw_line_values(r: Any) -> LineValues:
+    """`records.line_values(row_record(r))` for a row read with `ROW_COLUMNS`, decoding
+    only what a line shows, and nothing kept (the Orders sheet's 100,000 rows)."""
+    (
+        reference, _content_hash, fields, passthrough, currency, face_value, _est_cost,
+        _batch, row_key, source_row, in_sheet, state, attempt, _retry_group, _failure_kind,
+        error_code, error_message, _provider_request_id, conflict, chunk_key,
+        order_request_id, order_id, transaction_id, cost, cost_currency, voucher_last4,
+        _provider_status, created_at, updated_at, succeeded_at,
+    ) = r  # fmt: skip
+    return (
+        row_key, source_row, reference, json.loads(fields), _passthrough(passthrough),
+        _decimal(face_value), currency, None if cost is None else _decimal(cost),
+        cost_currency, state, order_id, transaction_id, order_request_id, chunk_key, attempt,
+        voucher_last4, error_code, error_message, conflict, bool(in_sheet), created_at,
+        updated_at, succeeded_at,
+    )  # fmt: skip

@@ -116,6 +116,45 @@ class RowRecord(RowContent):
         return cls(**data)
 
 
+#: What a line of a report's Orders sheet shows of a row, in this order: row_key,
+#: source_row, reference, fields, passthrough, face_value, currency, cost, cost_currency,
+#: state, order_id, transaction_id, order_request_id, chunk_key, attempt, voucher_last4,
+#: error_code, error_message, conflict, in_sheet, created_at, updated_at, succeeded_at
+LineValues = tuple[Any, ...]
+
+
+def line_values(row: RowRecord) -> LineValues:
+    """A record's `LineValues` (`queries.raw_line_values` reads the same from the ledger)."""
+    return (
+        row.row_key, row.source_row, row.reference, row.fields, row.passthrough,
+        row.face_value, row.currency, row.cost, row.cost_currency, row.state, row.order_id,
+        row.transaction_id, row.order_request_id, row.chunk_key, row.attempt,
+        row.voucher_last4, row.error_code, row.error_message, row.conflict, row.in_sheet,
+        row.created_at, row.updated_at, row.succeeded_at,
+    )  # fmt: skip
+
+
+@dataclass(slots=True)
+class SettledRow:
+    """A row settled without a question (succeeded, nothing changed since it was sent):
+    only what a report sums over it (`batcher.reporting.row_facts`). Reading it skips
+    the columns and decoding a whole `RowRecord` costs; the first of a report's two
+    reads of a batch's rows is mostly such rows."""
+
+    row_key: str
+    in_sheet: bool
+    currency: str
+    face_value: Decimal
+    cost: Decimal | None
+    cost_currency: str | None
+    order_id: str | None
+    product_code: str
+    passthrough: tuple[str, ...]  # the row's pass-through headers, in its order
+    state: str = "succeeded"
+    conflict: None = None
+    error_code: None = None
+
+
 # A batch's rows are read whole (plans, reports): at 100,000 rows every per-row copy
 # of the same text counts. Columns most rows share (batch, state, currency, a chunk's
 # keys, timestamps of one commit) and the field names are interned, amounts are

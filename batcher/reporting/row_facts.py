@@ -14,12 +14,14 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 from batcher.core.states import HELD_STATES, IN_FLIGHT_STATES, UNFINISHED_STATES, UNSETTLED_STATES
+from batcher.ledger.records import SettledRow
 from batcher.ledger.store import RowRecord, count_states
 from batcher.reporting.failures import FailureTally
 from batcher.reporting.outputs import CurrencyTotals
+from batcher.reporting.row_source import BatchRows
 from batcher.reporting.verdicts import ZERO, charged_currency
 
 #: (product, paying wallet, orders, face value, cost, card currency)
@@ -75,11 +77,16 @@ class RowFacts:
     @classmethod
     def of(cls, rows: Iterable[RowRecord]) -> RowFacts:
         facts = cls()
-        for row in rows:
+        # A batch's settled rows are read light: only what is summed here.
+        for row in rows.for_sums() if isinstance(rows, BatchRows) else rows:
             facts.add(row)
         return facts
 
-    def add(self, row: RowRecord) -> None:
+    def add(self, row: RowRecord | SettledRow) -> None:
+        if type(row) is SettledRow:
+            self._add_settled(row)
+            return
+        assert isinstance(row, RowRecord)
         self.rows += 1
         for header in row.passthrough:
             self.passthrough_seen.setdefault(header, None)
@@ -96,7 +103,7 @@ class RowFacts:
         if row.in_sheet or ordered:
             self.totals.add(row)
         if ordered:
-            self._add_order(row)
+            self._add_order(row, row.fields.get("product_code", ""))
         mine = self.by_currency[currency]
         if state in IN_FLIGHT_STATES:
             mine.in_flight += 1
@@ -111,7 +118,27 @@ class RowFacts:
             self.unsettled.append(row)
         self.failures.add(row)
 
-    def _add_in_sheet(self, row: RowRecord) -> None:
+    def _add_settled(self, row: SettledRow) -> None:
+        """`add` for a row settled without a question: succeeded, no conflict. Such a row
+        is never in flight, unsent, held or failing: only its order and headers count."""
+        self.rows += 1
+        for header in row.passthrough:
+            self.passthrough_seen.setdefault(header, None)
+        currency = row.currency
+        if currency:
+            self.style_currencies.add(currency)
+            self.currencies.add(currency)
+        if row.cost_currency:
+            self.style_currencies.add(row.cost_currency)
+        if row.in_sheet:
+            self._add_in_sheet(row)
+        if row.in_sheet or row.order_id:
+            self.totals.add(cast(RowRecord, row))  # reads the amounts and currencies only
+        if row.order_id:
+            self._add_order(row, row.product_code)
+        self.by_currency[currency]  # `add` makes the currency's entry, as here
+
+    def _add_in_sheet(self, row: RowRecord | SettledRow) -> None:
         self.rows_in_sheet += 1
         self.state_counts[row.state] = self.state_counts.get(row.state, 0) + 1
         for header in row.passthrough:
@@ -121,11 +148,11 @@ class RowFacts:
         if row.state == "failed":
             self.failed_reasons[row.error_code or "refused"] += 1
 
-    def _add_order(self, row: RowRecord) -> None:
+    def _add_order(self, row: RowRecord | SettledRow, product: str) -> None:
         self.ordered += 1
         if not row.in_sheet:
             self.earlier_orders += 1
-        card, wallet = row.currency, charged_currency(row)
+        card, wallet = row.currency, row.cost_currency or row.currency  # charged_currency
         self.currencies.add(wallet)
         mine = self.by_currency[card]
         mine.orders += 1
@@ -140,7 +167,7 @@ class RowFacts:
             paying.cost += row.cost
             if wallet == card:
                 paying.discount += row.face_value - row.cost
-        key = (row.fields.get("product_code", ""), wallet, card)
+        key = (product, wallet, card)
         entry = self.spend.setdefault(key, [0, ZERO, ZERO])
         entry[0] += 1
         entry[1] += row.face_value

@@ -17,14 +17,22 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
+from batcher.ledger.queries import ROW_KEY, ROW_STATE, raw_line_values, row_record
+from batcher.ledger.records import LineValues, SettledRow, line_values
 from batcher.ledger.store import Ledger, RowRecord, parse_ts
 
 #: rows read from the ledger at a time: a few tens of megabytes of `RowRecord`s
 ROW_PAGE = 20_000
+#: rows read undecoded at a time, for the lines of a sheet (`BatchRows.for_lines`)
+RAW_PAGE = 1_000
 SKIPPED_ELSEWHERE = "ordered_in_another_batch"
 
 #: reads the rows of some keys, in that order, a page at a time
 ReadPages = Callable[[Sequence[str]], Iterator[Sequence[RowRecord]]]
+#: the same, for a reader that only sums them: settled rows come light (`SettledRow`)
+ReadFactPages = Callable[[Sequence[str]], Iterator[Sequence[RowRecord | SettledRow]]]
+#: the same, for a reader that writes a line per row: each row's `LineValues`
+ReadLinePages = Callable[[Sequence[str]], Iterator[Sequence[LineValues]]]
 
 
 class BatchRows:
@@ -34,10 +42,20 @@ class BatchRows:
     Iterable as often as needed; each iteration reads the ledger again, a page at a
     time, unless the whole batch fits in one page."""
 
-    def __init__(self, keys: Sequence[str], in_sheet: int, read: ReadPages, page: int) -> None:
+    def __init__(
+        self,
+        keys: Sequence[str],
+        in_sheet: int,
+        read: ReadPages,
+        page: int,
+        read_facts: ReadFactPages | None = None,
+        read_lines: ReadLinePages | None = None,
+    ) -> None:
         self.keys = keys
         self.in_sheet_count = in_sheet
         self._read = read
+        self._read_facts = read_facts
+        self._read_lines = read_lines
         self._page = page
         self._whole: list[RowRecord] | None = None
         self._held: Mapping[str, RowRecord] = {}
@@ -51,7 +69,26 @@ class BatchRows:
             for rows in ledger.rows_in_pages(batch, wanted, page):
                 yield explain_skips(ledger, batch, rows)
 
-        return cls(keys, in_sheet, read, page)
+        def read_facts(wanted: Sequence[str]) -> Iterator[list[RowRecord | SettledRow]]:
+            for rows in ledger.fact_rows_in_pages(batch, wanted, page):
+                whole = [r for r in rows if isinstance(r, RowRecord)]
+                explained = iter(explain_skips(ledger, batch, whole))
+                yield [next(explained) if isinstance(r, RowRecord) else r for r in rows]
+
+        def read_lines(wanted: Sequence[str]) -> Iterator[list[LineValues]]:
+            # Undecoded rows weigh more than records: a smaller page of them at a time.
+            for raws in ledger.raw_rows_in_pages(batch, wanted, min(page, RAW_PAGE)):
+                # a skipped row is explained (where it was ordered) from its record
+                skipped = [row_record(r) for r in raws if r[ROW_STATE] == "skipped"]
+                explained = {r.row_key: r for r in explain_skips(ledger, batch, skipped)}
+                yield [
+                    line_values(explained[r[ROW_KEY]])
+                    if r[ROW_STATE] == "skipped"
+                    else raw_line_values(r)
+                    for r in raws
+                ]
+
+        return cls(keys, in_sheet, read, page, read_facts, read_lines)
 
     @classmethod
     def from_rows(cls, rows: Iterable[RowRecord], page: int = ROW_PAGE) -> BatchRows:
@@ -84,6 +121,30 @@ class BatchRows:
             return
         for start in range(0, len(self.keys), self._page):
             yield from self._page_of(self.keys[start : start + self._page])
+
+    def for_sums(self) -> Iterator[RowRecord | SettledRow]:
+        """Every row, in report order, for a reader that only sums them (`RowFacts`):
+        rows settled without a question may come as `SettledRow`s, cheaper to read."""
+        if self._whole is not None or self._read_facts is None or self._held:
+            yield from self
+            return
+        if len(self.keys) <= self._page:
+            yield from self  # one page: read whole and kept for the next reader
+            return
+        for rows in self._read_facts(self.keys):
+            yield from rows
+
+    def for_lines(self) -> Iterator[LineValues]:
+        """Every row's `LineValues`, in report order, for a line per row (the Orders
+        sheet): read from the ledger without building whole records where it can."""
+        if self._whole is not None or self._read_lines is None or self._held:
+            yield from map(line_values, self)
+            return
+        if len(self.keys) <= self._page:
+            yield from map(line_values, self)  # one page: read whole and kept
+            return
+        for lines in self._read_lines(self.keys):
+            yield from lines
 
     def hold(self, rows: Mapping[str, RowRecord]) -> None:
         """Rows (by key) a reader already holds anyway, as read from this batch: the

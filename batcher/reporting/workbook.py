@@ -31,6 +31,7 @@ from openpyxl.utils import get_column_letter
 from batcher.core.files import atomic_write
 from batcher.core.money import quantum, round_money
 from batcher.ledger.events import StoredEvent
+from batcher.ledger.records import LineValues, line_values
 from batcher.ledger.store import RowRecord, parse_ts
 from batcher.providers.base import Redemption
 from batcher.reporting.cells import safe_cell
@@ -39,7 +40,6 @@ from batcher.reporting.reconcile import (
     OrderCheck,
     Reconciliation,
     WalletLine,
-    charged_currency,
 )
 from batcher.reporting.report_model import ReportModel
 from batcher.reporting.summary_sheet import write_summary
@@ -224,28 +224,45 @@ def order_headers(passthrough: Sequence[str]) -> list[str]:
 
 
 def order_line(row: RowRecord, model: ReportModel, styles: _Styles) -> list[Any]:
-    check = model.checks.get(row.row_key)
-    debit = styles.amount(check.debit, check.debit_currency) if check else None
+    return line_of(line_values(row), model, styles)
+
+
+def line_of(values: LineValues, model: ReportModel, styles: _Styles) -> list[Any]:
+    """A row's line on the Orders sheet, from its `LineValues` (read from the ledger
+    without a whole record per row, or taken from one: `order_line`)."""
+    (
+        row_key, source_row, reference, fields, passthrough, face_value, currency, cost,
+        cost_currency, state, order_id, transaction_id, order_request_id, chunk_key, attempt,
+        voucher_last4, error_code, error_message, conflict, in_sheet, created_at, updated_at,
+        succeeded_at,
+    ) = values  # fmt: skip
+    check = model.checks.get(row_key)
+    amount = styles.amount
     return [
-        row.source_row,
-        _reference(row),
-        *(row.passthrough.get(h, "") for h in model.passthrough),
-        *_recipient_and_card(row, styles),
-        styles.amount(row.cost, charged_currency(row)),
-        row.cost_currency or "",
-        row.state,
-        row.order_id,
-        row.transaction_id,
-        row.order_request_id,
-        row.chunk_key,
-        row.attempt,
-        mask_code(row.voucher_last4),
-        _last_error(row),
-        debit,
-        _check_text(row, check, model),
-        _ts(row.created_at),
-        _ts(row.updated_at),
-        _ts(row.succeeded_at),
+        source_row,
+        reference or fields.get("reference", ""),  # as `_reference`
+        *(passthrough.get(h, "") for h in model.passthrough),
+        # as `_recipient_and_card`: an invalid row's face value may be anything
+        fields.get("recipient_email", ""),
+        fields.get("recipient_name", ""),
+        fields.get("product_code", ""),
+        None if state == "invalid" else amount(face_value, currency),
+        currency,
+        amount(cost, cost_currency or currency),  # as `charged_currency`
+        cost_currency or "",
+        state,
+        order_id,
+        transaction_id,
+        order_request_id,
+        chunk_key,
+        attempt,
+        mask_code(voucher_last4),
+        _error_text(error_code, error_message, conflict),
+        amount(check.debit, check.debit_currency) if check else None,
+        _check_of(in_sheet, state, order_id, succeeded_at or updated_at, check, model),
+        _ts(created_at),
+        _ts(updated_at),
+        _ts(succeeded_at),
     ]
 
 
@@ -268,16 +285,28 @@ def _recipient_and_card(row: RowRecord, styles: _Styles) -> list[Any]:
 
 
 def _last_error(row: RowRecord) -> str:
-    parts = [p for p in (row.error_code, row.error_message) if p]
+    return _error_text(row.error_code, row.error_message, row.conflict)
+
+
+def _error_text(error_code: str | None, error_message: str | None, conflict: str | None) -> str:
+    parts = [p for p in (error_code, error_message) if p]
     text = ": ".join(parts)
-    if row.conflict:
-        text = f"{text}; {row.conflict}" if text else row.conflict
+    if conflict:
+        text = f"{text}; {conflict}" if text else conflict
     return text
 
 
-def _check_text(row: RowRecord, check: OrderCheck | None, model: ReportModel) -> str:
-    prefix = "" if row.in_sheet else f"{earlier_sheet_note(row)}; "
-    if row.state != "succeeded" or not row.order_id:
+def _check_of(
+    in_sheet: bool,
+    state: str,
+    order_id: str | None,
+    ordered_at: str | None,
+    check: OrderCheck | None,
+    model: ReportModel,
+) -> str:
+    """The Check column; `ordered_at`: when the row succeeded, else its last update."""
+    prefix = "" if in_sheet else f"{_earlier_sheet_note(ordered_at)}; "
+    if state != "succeeded" or not order_id:
         return prefix.rstrip("; ")
     if check is None:
         evidence = model.reconciliation.evidence
@@ -289,7 +318,11 @@ def _check_text(row: RowRecord, check: OrderCheck | None, model: ReportModel) ->
 
 def earlier_sheet_note(row: RowRecord) -> str:
     """How an order from an earlier sheet of the batch is shown: when it was ordered."""
-    moment = parse_ts(row.succeeded_at or row.updated_at)
+    return _earlier_sheet_note(row.succeeded_at or row.updated_at)
+
+
+def _earlier_sheet_note(ordered_at: str | None) -> str:
+    moment = parse_ts(ordered_at)
     when = f" on {moment.date().isoformat()}" if moment else ""
     return f"ordered{when}, not in today's sheet"
 
@@ -299,7 +332,7 @@ def _orders_sheet(workbook: Workbook, model: ReportModel, styles: _Styles) -> St
     sample = [order_line(r, model, styles) for r in model.rows.first(_WIDTH_SAMPLE)]
     # Made one at a time as the sheet is written, from rows read a page at a time: all
     # of them at once would take about a kilobyte per row, a gigabyte at a million rows.
-    lines = (order_line(r, model, styles) for r in model.rows)
+    lines = (line_of(values, model, styles) for values in model.rows.for_lines())
     return _streamed(
         workbook, ORDERS, headers, lines, _widths(headers, sample), "B2", len(model.rows)
     )
