@@ -241,7 +241,7 @@ class LedgerQueries(LedgerConnection):
             # The cells are JSON we wrote (plain keys): a row without the key is not decoded.
             paying = json.loads(fields).get(_PAYING) if _PAYING_KEY in fields else None
             yield (
-                source_row, row_key, _intern(currency), _decimal(face_value),
+                source_row, row_key, sys.intern(currency), _decimal(face_value),
                 None if est_cost is None else _decimal(est_cost), paying,
             )  # fmt: skip
 
