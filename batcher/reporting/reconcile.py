@@ -468,11 +468,16 @@ def _orphans(
     unsettled = _unsettled_by_key(unsettled_rows)
     found: list[Orphan] = []
     in_flight: list[InFlight] = []
-    for order in sorted(index.orders.values(), key=_order_sort_key):
-        if own.placed(order) or order.order_id in inputs.other_batches:
-            continue
-        if order.reference and order.reference in inputs.other_batches:
-            continue
+    elsewhere = inputs.other_batches
+    # The batch's own and other batches' orders set aside first, so only the rest (few,
+    # usually none) are sorted, in the same order as sorting them all gave.
+    candidates = [
+        order
+        for order in index.orders.values()
+        if not (own.placed(order) or order.order_id in elsewhere)
+        and not (order.reference and order.reference in elsewhere)
+    ]
+    for order in sorted(candidates, key=_order_sort_key):
         transactions = index.by_order.get(order.order_id, [])
         debit = _net_debit(transactions) if transactions else None
         key = match_key(
