@@ -203,6 +203,11 @@ def wallet_debits(sandbox: SandboxHandle, currency: str) -> Decimal:
         while True:
             time.sleep(0.12)  # stay under the sandbox's 10 requests a second
             response = client.get("/transactions", params={"page": page, "limit": 20})
+            if response.status_code == 429:
+                # The run that just ended may have spent this second's budget: a polite
+                # client waits as told (this checks the money, not batcher's pacing).
+                time.sleep(float(response.headers.get("Retry-After", "1")))
+                continue
             response.raise_for_status()
             for tx in json.loads(response.text, parse_float=Decimal):
                 if tx["currency"] == currency and tx["type"] != "top_up":
