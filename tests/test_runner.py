@@ -13,7 +13,7 @@ import random
 import tempfile
 import threading
 from collections import Counter
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
@@ -53,9 +53,11 @@ class World:
     rows: list[SheetRow]
     clock: FakeClock = field(default_factory=FakeClock)
 
-    def run(
+    @contextlib.contextmanager
+    def runner(
         self, options: RunOptions = OPTIONS, *, stop: threading.Event | None = None
-    ) -> RunStats:
+    ) -> Iterator[tuple[Ledger, Runner]]:
+        """A runner of the batch on a ledger connection of its own, closed after."""
         ledger = Ledger(self.path)
         try:
             ledger.ensure_batch(
@@ -65,17 +67,27 @@ class World:
                 source_path="gifts.csv",
                 source_sha256="0" * 64,
             )
-            runner = Runner(
-                self.provider,
+            yield (
                 ledger,
-                BATCH,
-                ACCOUNT,
-                options,
-                stop=stop,
-                clock=self.clock,
-                sleep=self.clock.sleep,
-                rng=random.Random(7),
+                Runner(
+                    self.provider,
+                    ledger,
+                    BATCH,
+                    ACCOUNT,
+                    options,
+                    stop=stop,
+                    clock=self.clock,
+                    sleep=self.clock.sleep,
+                    rng=random.Random(7),
+                ),
             )
+        finally:
+            ledger.close()
+
+    def run(
+        self, options: RunOptions = OPTIONS, *, stop: threading.Event | None = None
+    ) -> RunStats:
+        with self.runner(options, stop=stop) as (_ledger, runner):
             runner.prepare(
                 self.rows,
                 recovery=lambda r: before_planning(
@@ -83,8 +95,6 @@ class World:
                 ),
             )
             return runner.execute()
-        finally:
-            ledger.close()
 
     def crash_run(self, options: RunOptions = OPTIONS) -> None:
         with pytest.raises(ProcessDied):
@@ -607,15 +617,8 @@ def test_the_funds_rule_sees_every_row_to_send_and_large_batches_are_decoded_onc
         seen.extend(needs)
         return {seen[0].row_key}
 
-    ledger = Ledger(w.path)
-    try:
-        ledger.ensure_batch(BATCH, provider=w.provider.name, account_id=ACCOUNT,
-                            source_path="gifts.csv", source_sha256="0" * 64)  # fmt: skip
-        runner = Runner(w.provider, ledger, BATCH, ACCOUNT, OPTIONS, clock=w.clock,
-                        sleep=w.clock.sleep, rng=random.Random(7))  # fmt: skip
+    with w.runner() as (_ledger, runner):
         summary = runner.prepare(w.rows, hold=hold)
-    finally:
-        ledger.close()
     assert [(n.source_row, n.row_key, n.currency, n.cost, n.paying) for n in seen] == [
         (r.source_row, r.row_key, r.currency, r.face_value,
          "GBP" if r.row_key in paid_in_gbp else r.currency)
@@ -656,20 +659,13 @@ def test_one_commit_per_group_of_chunks_and_sending_is_durable_before_each_reque
             reader.close()
 
     w.provider.on_submit = committed_states
-    ledger = Ledger(w.path)
-    try:
-        ledger.ensure_batch(BATCH, provider=w.provider.name, account_id=ACCOUNT,
-                            source_path="gifts.csv", source_sha256="0" * 64)  # fmt: skip
-        runner = Runner(w.provider, ledger, BATCH, ACCOUNT, OPTIONS, clock=w.clock,
-                        sleep=w.clock.sleep, rng=random.Random(7))  # fmt: skip
+    with w.runner() as (ledger, runner):
         runner.prepare(w.rows)
         commits: list[str] = []
         ledger._db.set_trace_callback(  # type: ignore[union-attr]
             lambda sql: commits.append(sql) if sql.strip().upper() == "COMMIT" else None
         )
         stats = runner.execute()
-    finally:
-        ledger.close()
     assert stats.submits == chunks and stats.stopped is None
     assert_exactly_once(w)
     sent = [key for key, _ in w.provider.sent]
