@@ -327,16 +327,23 @@ class LedgerConnection:
         chunk_key: str | None,
         row_key: str | None,
         detail: dict[str, Any],
+        now: str | None = None,
     ) -> tuple[Any, ...]:
+        """An event row; `now`: one clock reading for a statement's many events (a
+        chunk's rows settled, a new sheet's rows), else read here."""
         return (
-            utc_now(),
+            now or utc_now(),
             batch,
             self.run_id,
             kind,
             chunk_key,
             row_key,
-            json.dumps(detail, default=str, sort_keys=True) if detail else None,
+            _event_detail(detail) if detail else None,
         )
+
+
+#: an event's detail as JSON with sorted keys, from one encoder (not one per event)
+_event_detail = json.JSONEncoder(sort_keys=True, default=str).encode
 
 
 INSERT_EVENT = (

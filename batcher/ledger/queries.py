@@ -170,8 +170,7 @@ class LedgerQueries(LedgerConnection):
     ) -> Iterator[list[RowRecord]]:
         """The rows of `keys`, in that order, a page at a time: memory is bounded by the
         page, not the batch. A key no longer in the ledger is left out."""
-        for start in range(0, len(keys), page):
-            part = keys[start : start + page]
+        for part in _pages(keys, page):
             found = self.rows_by_key(batch, part)
             yield [found[k] for k in part if k in found]
 
@@ -180,15 +179,8 @@ class LedgerQueries(LedgerConnection):
     ) -> Iterator[list[Any]]:
         """As `rows_in_pages`, each row as read with `ROW_COLUMNS`, not decoded: for a
         reader that decodes only what it shows (`raw_line_values`)."""
-        for start in range(0, len(keys), page):
-            part = keys[start : start + page]
-            found: dict[str, Any] = {}
-            for some, marks in in_slices(part):
-                for r in self._db.execute(
-                    f"SELECT {ROW_COLUMNS} FROM rows WHERE batch = ? AND row_key IN ({marks})",
-                    (batch, *some),
-                ):
-                    found[r[ROW_KEY]] = r
+        for part in _pages(keys, page):
+            found = {r[ROW_KEY]: r for r in self._by_key(batch, part, ROW_COLUMNS)}
             yield [found[k] for k in part if k in found]
 
     def fact_rows_in_pages(
@@ -197,22 +189,25 @@ class LedgerQueries(LedgerConnection):
         """As `rows_in_pages`, for a reader that only sums the rows: a row settled
         without a question (succeeded, no conflict) comes as a `SettledRow`, read from a
         few columns, and only the others as whole `RowRecord`s."""
-        for start in range(0, len(keys), page):
-            part = keys[start : start + page]
+        for part in _pages(keys, page):
             found: dict[str, RowRecord | SettledRow] = {}
             whole: list[str] = []
-            for some, marks in in_slices(part):
-                for r in self._db.execute(
-                    f"SELECT {_FACT_COLUMNS} FROM rows WHERE batch = ? AND row_key IN ({marks})",
-                    (batch, *some),
-                ):
-                    if r[1] == "succeeded" and not r[2]:
-                        found[r[0]] = settled_row(r)
-                    else:
-                        whole.append(r[0])
+            for r in self._by_key(batch, part, _FACT_COLUMNS):
+                if r[1] == "succeeded" and not r[2]:
+                    found[r[0]] = settled_row(r)
+                else:
+                    whole.append(r[0])
             if whole:
                 found.update(self.rows_by_key(batch, whole))
             yield [found[k] for k in part if k in found]
+
+    def _by_key(self, batch: str, keys: Sequence[str], columns: str) -> Iterator[Any]:
+        """`columns` of the batch's rows of `keys`, in no particular order."""
+        for part, marks in in_slices(keys):
+            yield from self._db.execute(
+                f"SELECT {columns} FROM rows WHERE batch = ? AND row_key IN ({marks})",
+                (batch, *part),
+            )
 
     def amounts(self, batch: str, state: str) -> list[tuple[str, Decimal, Decimal | None]]:
         """(currency, face value, estimated cost) of the batch's rows in `state` in the
@@ -258,15 +253,10 @@ class LedgerQueries(LedgerConnection):
         )
 
     def rows_by_key(self, batch: str, keys: Iterable[str]) -> dict[str, RowRecord]:
-        wanted = list(keys)
         found: dict[str, RowRecord] = {}
-        for part, marks in in_slices(wanted):
-            for r in self._db.execute(
-                f"SELECT {ROW_COLUMNS} FROM rows WHERE batch = ? AND row_key IN ({marks})",
-                (batch, *part),
-            ):
-                record = row_record(r)
-                found[record.row_key] = record
+        for r in self._by_key(batch, list(keys), ROW_COLUMNS):
+            record = row_record(r)
+            found[record.row_key] = record
         return found
 
     def orders_elsewhere(
@@ -362,6 +352,11 @@ class LedgerQueries(LedgerConnection):
 
     def chunks(self, batch: str, states: Sequence[str]) -> list[ChunkRecord]:
         return [self.chunk(k) for k in self.chunk_keys(batch, states)]
+
+
+def _pages(keys: Sequence[str], page: int) -> Iterator[Sequence[str]]:
+    for start in range(0, len(keys), page):
+        yield keys[start : start + page]
 
 
 def row_record(r: Any) -> RowRecord:

@@ -59,9 +59,6 @@ _LEFT_SHEET = "UPDATE rows SET in_sheet = 0 WHERE batch = ? AND row_key = ?"
 
 #: json.dumps(..., ensure_ascii=False) with one encoder, not a new one per row
 _json = json.JSONEncoder(ensure_ascii=False).encode
-#: an event's detail as `_event_values` spells it (json.dumps(detail, default=str,
-#: sort_keys=True)), with one encoder
-_detail = json.JSONEncoder(sort_keys=True, default=str).encode
 
 
 class _Known(NamedTuple):
@@ -164,13 +161,13 @@ class LedgerSync(LedgerConnection):
         for sql, values in writes.statements.items():
             db.executemany(sql, values)
         if writes.events:
-            # As `_event_values` writes each, with the sync's one clock reading (the
-            # rows' own timestamp) and one encoder: a new sheet is an event per row.
-            batch, now, run_id = writes.batch, writes.now, self.run_id
+            # With the sync's one clock reading (the rows' own timestamp): a new sheet
+            # is an event per row.
+            batch, now = writes.batch, writes.now
             db.executemany(
                 INSERT_EVENT,
                 [
-                    (now, batch, run_id, kind, None, key, _detail(d) if d else None)
+                    self._event_values(batch, kind, None, key, d, now)
                     for kind, key, d in writes.events
                 ],
             )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -176,23 +175,20 @@ class LedgerTransitions(LedgerConnection):
             self._release_claims(
                 db, batch, [out.row_key for out in outcomes if out.state not in CLAIMING_STATES]
             )
-            # As `_event` writes each (one clock reading for the chunk's rows, as their
-            # `updated_at`; the detail as json.dumps(..., sort_keys=True) spells it).
-            run_id = self.run_id
+            # One clock reading for the chunk's rows' events, as for their `updated_at`.
             db.executemany(
                 INSERT_EVENT,
                 [
-                    (now, batch, run_id, "row_settled", chunk_key, out.row_key,
-                     _detail({"code": out.error_code, "order_id": out.order_id,
-                              "state": out.state}))
+                    self._event_values(
+                        batch, "row_settled", chunk_key, out.row_key,
+                        {"state": out.state, "code": out.error_code, "order_id": out.order_id},
+                        now,
+                    )
                     for out in outcomes
                 ],
             )  # fmt: skip
             self._event(batch, "chunk_settled", chunk_key=chunk_key, state=chunk_state)
 
-
-#: json.dumps(detail, default=str, sort_keys=True) with one encoder, not one per row
-_detail = json.JSONEncoder(sort_keys=True, default=str).encode
 
 _SETTLE_SETS = (
     "UPDATE rows SET state = ?, failure_kind = ?, error_code = ?,"

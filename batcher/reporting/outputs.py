@@ -21,6 +21,7 @@ from batcher.intake.validate import REPORT_COLUMNS, ValidationResult, report_rec
 from batcher.reporting.cells import safe_cell
 
 if TYPE_CHECKING:  # types only: `batcher validate` loads neither the ledger nor reconciliation
+    from batcher.ledger.records import SettledRow
     from batcher.ledger.store import RowRecord
     from batcher.reporting.verdicts import Reconciliation
 
@@ -71,7 +72,7 @@ class CurrencyTotals:
         self.orders: dict[str, int] = {}
         self.paid: dict[str, int] = {}
 
-    def add(self, row: RowRecord) -> None:
+    def add(self, row: RowRecord | SettledRow) -> None:
         if row.state != "succeeded":
             return
         self.face[row.currency] = self.face.get(row.currency, Decimal(0)) + row.face_value

@@ -14,7 +14,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, cast
+from typing import Any
 
 from batcher.core.states import HELD_STATES, IN_FLIGHT_STATES, UNFINISHED_STATES, UNSETTLED_STATES
 from batcher.ledger.records import SettledRow
@@ -84,9 +84,30 @@ class RowFacts:
 
     def add(self, row: RowRecord | SettledRow) -> None:
         if type(row) is SettledRow:
-            self._add_settled(row)
+            # settled without a question: never in flight, unsent, held or failing
+            self._count(row, row.product_code)
             return
         assert isinstance(row, RowRecord)
+        state, currency = row.state, row.currency
+        ordered = state == "succeeded" and bool(row.order_id)
+        self._count(row, row.fields.get("product_code", "") if ordered else "")
+        mine = self.by_currency[currency]
+        if state in IN_FLIGHT_STATES:
+            mine.in_flight += 1
+            wallet = self.by_currency[charged_currency(row)]
+            wallet.flying_charged += 1
+            wallet.flying_at_most += row.est_cost or row.face_value
+        elif row.in_sheet and state in UNFINISHED_STATES:
+            mine.unsent += 1
+        elif row.in_sheet and state in HELD_STATES:
+            mine.held += 1
+        if state in UNSETTLED_STATES:
+            self.unsettled.append(row)
+        self.failures.add(row)
+
+    def _count(self, row: RowRecord | SettledRow, product: str) -> None:
+        """What every row adds, whole or light: its headers, currencies, sheet counts,
+        totals and, ordered, its order (`product`: its product code)."""
         self.rows += 1
         for header in row.passthrough:
             self.passthrough_seen.setdefault(header, None)
@@ -103,40 +124,8 @@ class RowFacts:
         if row.in_sheet or ordered:
             self.totals.add(row)
         if ordered:
-            self._add_order(row, row.fields.get("product_code", ""))
-        mine = self.by_currency[currency]
-        if state in IN_FLIGHT_STATES:
-            mine.in_flight += 1
-            wallet = self.by_currency[charged_currency(row)]
-            wallet.flying_charged += 1
-            wallet.flying_at_most += row.est_cost or row.face_value
-        elif row.in_sheet and state in UNFINISHED_STATES:
-            mine.unsent += 1
-        elif row.in_sheet and state in HELD_STATES:
-            mine.held += 1
-        if state in UNSETTLED_STATES:
-            self.unsettled.append(row)
-        self.failures.add(row)
-
-    def _add_settled(self, row: SettledRow) -> None:
-        """`add` for a row settled without a question: succeeded, no conflict. Such a row
-        is never in flight, unsent, held or failing: only its order and headers count."""
-        self.rows += 1
-        for header in row.passthrough:
-            self.passthrough_seen.setdefault(header, None)
-        currency = row.currency
-        if currency:
-            self.style_currencies.add(currency)
-            self.currencies.add(currency)
-        if row.cost_currency:
-            self.style_currencies.add(row.cost_currency)
-        if row.in_sheet:
-            self._add_in_sheet(row)
-        if row.in_sheet or row.order_id:
-            self.totals.add(cast(RowRecord, row))  # reads the amounts and currencies only
-        if row.order_id:
-            self._add_order(row, row.product_code)
-        self.by_currency[currency]  # `add` makes the currency's entry, as here
+            self._add_order(row, product)
+        self.by_currency[currency]  # every row's currency has its entry, in this order
 
     def _add_in_sheet(self, row: RowRecord | SettledRow) -> None:
         self.rows_in_sheet += 1

@@ -240,14 +240,9 @@ def line_of(values: LineValues, model: ReportModel, styles: _Styles) -> list[Any
     amount = styles.amount
     return [
         source_row,
-        reference or fields.get("reference", ""),  # as `_reference`
+        _reference(reference, fields),
         *(passthrough.get(h, "") for h in model.passthrough),
-        # as `_recipient_and_card`: an invalid row's face value may be anything
-        fields.get("recipient_email", ""),
-        fields.get("recipient_name", ""),
-        fields.get("product_code", ""),
-        None if state == "invalid" else amount(face_value, currency),
-        currency,
+        *_recipient_and_card(fields, state, face_value, currency, styles),
         amount(cost, cost_currency or currency),  # as `charged_currency`
         cost_currency or "",
         state,
@@ -266,26 +261,23 @@ def line_of(values: LineValues, model: ReportModel, styles: _Styles) -> list[Any
     ]
 
 
-def _reference(row: RowRecord) -> str:
-    return row.reference or row.fields.get("reference", "")
+def _reference(reference: str | None, fields: Mapping[str, str]) -> str:
+    return reference or fields.get("reference", "")
 
 
-def _recipient_and_card(row: RowRecord, styles: _Styles) -> list[Any]:
+def _recipient_and_card(
+    fields: Mapping[str, str], state: str, face_value: Decimal, currency: str, styles: _Styles
+) -> list[Any]:
     """Recipient email and name, product, face value and currency: as the sheet gave them."""
-    f = row.fields
     # an invalid row's face value may be anything the sheet held: not shown as money
-    face = None if row.state == "invalid" else styles.amount(row.face_value, row.currency)
+    face = None if state == "invalid" else styles.amount(face_value, currency)
     return [
-        f.get("recipient_email", ""),
-        f.get("recipient_name", ""),
-        f.get("product_code", ""),
+        fields.get("recipient_email", ""),
+        fields.get("recipient_name", ""),
+        fields.get("product_code", ""),
         face,
-        row.currency,
+        currency,
     ]
-
-
-def _last_error(row: RowRecord) -> str:
-    return _error_text(row.error_code, row.error_message, row.conflict)
 
 
 def _error_text(error_code: str | None, error_message: str | None, conflict: str | None) -> str:
@@ -316,12 +308,8 @@ def _check_of(
     return prefix + ("; ".join(check.problems) if check.problems else "OK")
 
 
-def earlier_sheet_note(row: RowRecord) -> str:
-    """How an order from an earlier sheet of the batch is shown: when it was ordered."""
-    return _earlier_sheet_note(row.succeeded_at or row.updated_at)
-
-
 def _earlier_sheet_note(ordered_at: str | None) -> str:
+    """How an order from an earlier sheet of the batch is shown: when it was ordered."""
     moment = parse_ts(ordered_at)
     when = f" on {moment.date().isoformat()}" if moment else ""
     return f"ordered{when}, not in today's sheet"
@@ -345,8 +333,8 @@ def failure_line(failure: Failure, styles: _Styles) -> list[Any]:
     row = failure.row
     return [
         row.source_row,
-        _reference(row),
-        *_recipient_and_card(row, styles),
+        _reference(row.reference, row.fields),
+        *_recipient_and_card(row.fields, row.state, row.face_value, row.currency, styles),
         row.state,
         row.error_code or "",
         failure.reason,
