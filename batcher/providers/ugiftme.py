@@ -62,7 +62,14 @@ from batcher.providers.base import (
     SubmitResult,
 )
 from batcher.providers.paging import LIST_WORKERS, Identity, IsOlder, Page, read_newest_first
-from batcher.providers.wire import as_text, aware, parse_time, read_record
+from batcher.providers.wire import (
+    as_text,
+    assemble,
+    aware,
+    is_record,
+    parse_time,
+    read_record,
+)
 from batcher.transport.http import (
     ApiClient,
     ApiResponse,
@@ -352,10 +359,13 @@ class UGiftMeProvider(ApiBackedProvider):
             records = data.get(list_key)
             if not isinstance(records, list):
                 raise self._bad_shape(path)
-            items = [
-                read_record("UGiftMe", path, parse, record) if isinstance(record, Mapping) else None
-                for record in records
-            ]
+            try:
+                items = [parse(record) if is_record(record) else None for record in records]
+            except (ValueError, TypeError, ArithmeticError):
+                # read_record's error, raised once for the page rather than tried per record
+                raise ProviderUnavailable(
+                    f"UGiftMe sent data batcher cannot read from {path}"
+                ) from None
             return Page(page, items, _total_records(data), _total_pages(data))
 
         return read_newest_first(
@@ -681,40 +691,69 @@ def parse_balance(wallet: Mapping[str, Any]) -> Balance:
 
 
 def parse_transaction(record: Mapping[str, Any]) -> WalletTransaction:
-    kind = as_text(record.get("transactionType"))
-    value = to_decimal(record.get("transactionValue"))
+    # A listing parses 100,000 of these: the fields are read and checked here, once
+    # (a str, a finite Decimal, a datetime or None), and the model is built without
+    # checking them again. Whatever these checks refuse raises as before.
+    get = record.get
+    kind = get("transactionType")
+    kind = kind.strip() if isinstance(kind, str) else ""
+    value = to_decimal(get("transactionValue"))
     if kind in _DEBIT_TYPES:
         amount = -abs(value)
     elif kind in _CREDIT_TYPES:
         amount = abs(value)
     else:
         amount = value  # an unknown type: keep whatever sign the provider sent
-    details = record.get("details")
-    details = details if isinstance(details, Mapping) else {}
-    return WalletTransaction(
+    if not amount.is_finite():  # the model's own check raises its own error
+        return WalletTransaction(transaction_type=kind, amount=amount, currency="")
+    details = get("details")
+    if not is_record(details):
+        details = {}
+    currency = get("currency")
+    currency = currency.strip() if isinstance(currency, str) else ""
+    order_id = get("orderID")
+    transaction_id = get("transactionId") or get("_id")
+    return assemble(
+        WalletTransaction,
         transaction_type=kind,
         amount=amount,
-        currency=as_text(record.get("currency")) or as_text(details.get("currency")),
-        order_id=as_text(record.get("orderID")) or None,
-        transaction_id=as_text(record.get("transactionId") or record.get("_id")) or None,
-        timestamp=parse_time(record.get("timestamp")),
+        currency=currency or as_text(details.get("currency")),
+        order_id=(order_id.strip() or None) if isinstance(order_id, str) else None,
+        transaction_id=(transaction_id.strip() or None)
+        if isinstance(transaction_id, str)
+        else None,
+        reference=None,
+        timestamp=parse_time(get("timestamp")),
         description=as_text(details.get("description")),
     )
 
 
 def parse_provider_order(record: Mapping[str, Any]) -> ProviderOrder:
-    gift = record.get("giftOrder")
-    recipient = gift if isinstance(gift, Mapping) else {}
-    return ProviderOrder(
-        order_id=_required_text(record, "_id"),
-        product_code=as_text(record.get("productCode")),
-        currency=as_text(record.get("currency")),
-        face_value=to_decimal(record.get("valuePurchased")),
-        status=as_text(record.get("status")),
-        created_at=parse_time(record.get("createdAt")),
+    # Read and checked here, once, and built without the dataclass's __init__ (see
+    # parse_transaction): a listing parses 100,000 of these.
+    get = record.get
+    order_id = get("_id")
+    order_id = order_id.strip() if isinstance(order_id, str) else ""
+    if not order_id:
+        raise ValueError("missing _id")
+    gift = get("giftOrder")
+    recipient = gift if is_record(gift) else {}
+    transaction_id = get("transactionId")
+    return assemble(
+        ProviderOrder,
+        order_id=order_id,
+        product_code=as_text(get("productCode")),
+        currency=as_text(get("currency")),
+        face_value=to_decimal(get("valuePurchased")),
+        status=as_text(get("status")),
+        created_at=parse_time(get("createdAt")),
         recipient_email=as_text(recipient.get("recipientEmail")),
         recipient_name=as_text(recipient.get("recipientName")),
-        transaction_id=as_text(record.get("transactionId")) or None,
+        transaction_id=(transaction_id.strip() or None)
+        if isinstance(transaction_id, str)
+        else None,
+        reference=None,
+        cost=None,
     )
 
 
