@@ -219,6 +219,14 @@ class ApiClient:
             verify=_tls_context(base_url),
         )
         self.host = self._client.base_url.netloc.decode("ascii")
+        # What `_url` joins paths to: the base URL as httpx holds it, with the "/" httpx
+        # ends its path with (str() leaves it out of a bare host); None when the base
+        # URL itself carries a query or fragment, whose merging is left to httpx.
+        base = self._client.base_url
+        self._base_text: str | None = None
+        if not base.query and not base.fragment:
+            text = str(base)
+            self._base_text = text if text.endswith("/") else text + "/"
 
     @property
     def limiter(self) -> RateLimiter:
@@ -231,7 +239,11 @@ class ApiClient:
 
     def get(self, path: str, *, params: Params | None = None) -> ApiResponse:
         """GET with retries. Raises ProviderUnavailable when no answer can be had."""
-        request = self._client.build_request("GET", path, params=params)
+        url = self._url(path, params)
+        if url is None:
+            request = self._client.build_request("GET", path, params=params)
+        else:
+            request = self._client.build_request("GET", url)
         retrying = Retrying(
             stop=stop_after_attempt(self._get_attempts),
             wait=wait_exponential_jitter(multiplier=0.5, max=8.0, jitter=0.5),
@@ -293,6 +305,19 @@ class ApiClient:
         return ApiResponse(status, response.headers, data)
 
     # -------------------------------------------------------------- internals
+
+    def _url(self, path: str, params: Params | None) -> httpx.URL | None:
+        """The URL `build_request(path, params=params)` would build, parsed once.
+
+        Given a relative path and params, httpx parses the URL three times (the path,
+        the path joined to the base URL, then again with the query): about 70 µs of
+        CPU a page, 2,000 pages in a report's listings. The query is encoded by httpx's
+        own QueryParams, so the URL is the same to the byte (tests compare them).
+        """
+        if not params or self._base_text is None or any(c in path for c in "?#:"):
+            return None  # left to httpx
+        query = str(httpx.QueryParams(params))
+        return httpx.URL(f"{self._base_text}{path.lstrip('/')}?{query}")
 
     def _get_once(self, request: httpx.Request, path: str) -> ApiResponse:
         try:
