@@ -74,7 +74,8 @@ def _one_shot_encoder() -> Callable[[Any], str]:
     def encode(value: Any) -> str:
         return "".join(iterencode(value, 0))
 
-    return encode
+    probe = {"a": 'é"\u2028', "b": ""}
+    return encode if encode(probe) == encoder.encode(probe) else encoder.encode
 
 
 _json = _one_shot_encoder()
@@ -194,7 +195,7 @@ class LedgerSync(LedgerConnection):
                 like = added.get(d["state"])
                 if like is None:
                     like = added[d["state"]] = self._event_values(batch, kind, None, key, d, now)
-                values.append((*like[:5], key, *like[6:]))
+                values.append((*like[:5], key, *like[6:]))  # [5]: the row key
             db.executemany(INSERT_EVENT, values)
         self._release_claims(db, writes.batch, writes.unclaimed)
 
