@@ -49,3 +49,29 @@ def test_every_stage_uses_the_one_key() -> None:
 
     for module in (runner, ugiftme, reconcile):
         assert module.match_key is keys.match_key, module.__name__
+
+
+def _normalized(amount: Decimal) -> str:
+    """canonical_amount's definition: the amount normalised, in plain notation."""
+    text = format(amount.normalize(), "f")
+    return "0" if text in {"-0", "0"} else text
+
+
+@given(
+    amount=st.decimals(allow_nan=False, allow_infinity=False)
+    | st.integers(0, 12).flatmap(lambda p: st.decimals(min_value=-1000, max_value=1000, places=p))
+    | st.integers(-(10**30), 10**30).map(Decimal)
+    | st.tuples(st.integers(-(10**9), 10**9), st.integers(-12, 12)).map(
+        lambda p: Decimal(p[0]).scaleb(p[1])
+    )
+)
+def test_canonical_amount_is_the_normalised_plain_spelling(amount: Decimal) -> None:
+    assert canonical_amount(amount) == _normalized(amount)
+
+
+def test_canonical_amount_spellings() -> None:
+    for text, want in [("14.60", "14.6"), ("100.00", "100"), ("-0.00", "0"), ("0E-7", "0"),
+                       ("1E+2", "100"), ("0.000001", "0.000001"), ("1E-7", "0.0000001"),
+                       ("-12.340", "-12.34"), ("100", "100"), ("12345678901234567890.50", "12345678901234567890.5"),
+                       ("1234567890123456789012345678.90", "1234567890123456789012345679")]:  # fmt: skip
+        assert canonical_amount(Decimal(text)) == want == _normalized(Decimal(text)), text

@@ -181,3 +181,36 @@ def test_the_migration_fills_claims_and_holds_a_later_unsent_duplicate(
         assert again.discard_unsent_plans("b", stale_only=True) == 1  # its chunk goes
     finally:
         again.close()
+
+
+def test_recovery_asks_for_the_pending_rows_whose_reference_another_batch_holds(
+    ledger: Ledger,
+) -> None:
+    """`pending_taken_elsewhere` (recovery's one read of its rows' references) names what
+    `references_taken_elsewhere` names for the batch's pending rows in the sheet: rows of
+    other states, rows that left the sheet and references held by another account's
+    batch, or only by this batch, are not among them."""
+    second_batch(ledger, "b2")
+    second_batch(ledger, "other-account", account="z")
+    ledger.sync_rows(
+        "b2", [sheet_row("x1", 2, ref="REF-1"), sheet_row("x2", 3, ref="REF-2")], retry_failed=False
+    )
+    ledger.save_plan("b2", [("c-b2", "GBP", 1, ["x1", "x2"], b"x")])  # b2 claims both
+    ledger.sync_rows("other-account", [sheet_row("y3", 2, ref="REF-3")], retry_failed=False)
+    ledger.save_plan("other-account", [("c-z", "GBP", 1, ["y3"], b"z")])
+    rows = [
+        sheet_row("r1", 2, ref="REF-1"),  # pending, held by b2: named
+        sheet_row("r2", 3, ref="REF-2"),  # held by b2 but planned here: not pending
+        sheet_row("r3", 4, ref="REF-3"),  # held by another account's batch only
+        sheet_row("r4", 5, ref="REF-4"),  # held by nobody
+        sheet_row("k5", 6),  # no reference
+        sheet_row("r6", 7, ref="REF-1 "),  # the same reference spelled with a space
+    ]
+    ledger.sync_rows("b", rows, retry_failed=False)
+    ledger._db.execute("UPDATE rows SET state = 'planned' WHERE batch = 'b' AND row_key = 'r2'")
+    ledger.sync_rows("b", rows[:-1], retry_failed=False)  # r6 leaves the sheet
+    pending = ledger.row_keys("b", "pending")
+    assert sorted(pending) == ["k5", "r1", "r3", "r4"]
+    assert ledger.pending_taken_elsewhere("b") == {"r1"}
+    assert ledger.pending_taken_elsewhere("b") == ledger.references_taken_elsewhere("b", pending)
+    assert ledger.pending_taken_elsewhere("not-recorded") == set()

@@ -12,6 +12,7 @@ import hashlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 
 from batcher.core.keys import MatchKey, canonical_amount, normalise_text
 from batcher.providers.base import OrderFields
@@ -30,19 +31,60 @@ class RowFields(OrderFields):
     """The order-defining fields of a row, already validated and normalised."""
 
     def canonical(self) -> tuple[str, ...]:
-        return (
-            self.recipient_email.strip().lower(),
-            self.product_code.strip().upper(),
-            canonical_amount(self.amount),  # 50, 50.0 and 50.00 are one order
-            self.currency.strip().upper(),
-            normalise_text(self.recipient_name),
-            normalise_text(self.message),
+        return _canonical(
+            self.recipient_email,
+            self.product_code,
+            self.amount,
+            self.currency,
+            self.recipient_name,
+            self.message,
         )
 
     def content_hash(self) -> str:
         """Everything that, if changed, makes it a different order."""
-        extra = (self.country.strip().upper(), self.payment_currency.strip().upper())
-        return _digest("content", *self.canonical(), *extra)[:_ROW_KEY_LENGTH]
+        return content_hash_of(
+            self.recipient_email,
+            self.product_code,
+            self.amount,
+            self.currency,
+            self.recipient_name,
+            self.message,
+            self.country,
+            self.payment_currency,
+        )
+
+
+def _canonical(
+    email: str, product_code: str, amount: Decimal, currency: str, name: str, message: str
+) -> tuple[str, ...]:
+    return (
+        email.strip().lower(),
+        product_code.strip().upper(),
+        canonical_amount(amount),  # 50, 50.0 and 50.00 are one order
+        currency.strip().upper(),
+        normalise_text(name),
+        normalise_text(message),
+    )
+
+
+def content_hash_of(
+    email: str,
+    product_code: str,
+    amount: Decimal,
+    currency: str,
+    name: str,
+    message: str,
+    country: str,
+    payment_currency: str,
+) -> str:
+    """`RowFields.content_hash` of these fields, without making a `RowFields` (a
+    sheet's rows are hashed by the slice)."""
+    return _digest(
+        "content",
+        *_canonical(email, product_code, amount, currency, name, message),
+        country.strip().upper(),
+        payment_currency.strip().upper(),
+    )[:_ROW_KEY_LENGTH]
 
 
 def reference_row_key(reference: str) -> str:

@@ -177,7 +177,7 @@ def recover_from_provider(
     pending_keys = ledger.row_keys(batch, "pending")
     # A reference another batch holds is that batch's order, not this one's: those rows
     # are held at planning instead of being matched to that batch's orders here.
-    elsewhere = ledger.references_taken_elsewhere(batch, pending_keys)
+    elsewhere = ledger.pending_taken_elsewhere(batch)
     pending_keys = [k for k in pending_keys if k not in elsewhere]
     since = (now() if now else datetime.fromisoformat(utc_now())) - lookback
     if not pending_keys:

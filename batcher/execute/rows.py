@@ -13,7 +13,13 @@ from collections.abc import Iterator, Sequence
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
-from batcher.execute.plan import RowFields, invalid_row_keys, row_keys
+from batcher.execute.plan import (
+    RowFields,
+    content_hash_of,
+    invalid_row_keys,
+    reference_row_key,
+    row_keys,
+)
 from batcher.intake.read import CANONICAL_FIELDS, SOURCE_ROW
 from batcher.intake.validate import ValidationResult
 from batcher.ledger.store import SheetRow
@@ -76,42 +82,72 @@ def _valid_slice(
     records = [
         dict(zip(CANONICAL_FIELDS, values, strict=True)) for values in zip(*canonical, strict=True)
     ]
-    fields = [
-        RowFields(
-            recipient_email=r["recipient_email"],
-            product_code=r["product_code"],
-            amount=Decimal(r["amount"]),
-            currency=r["currency"],
-            recipient_name=r["recipient_name"],
-            message=r["message"],
-            country=r["country"],
-            payment_currency=r["payment_currency"],
-        )
-        for r in records
-    ]
-    keys = row_keys(
-        [(r["reference"] or None, f) for r, f in zip(records, fields, strict=True)], seen=seen
-    )
+    amounts = [Decimal(r["amount"]) for r in records]
+    keys = _keys(records, amounts, seen)
     others = list(zip(*extra, strict=True)) if extra else [()] * valid.height
     rows: list[SheetRow] = []
-    for record, row_fields, key, source, cost, other in zip(
-        records, fields, keys, sources, costs, others, strict=True
+    for record, amount, key, source, cost, other in zip(
+        records, amounts, keys, sources, costs, others, strict=True
     ):
+        currency = record["currency"]
         rows.append(
             SheetRow(
                 row_key=key,
                 source_row=int(source),
                 reference=record["reference"] or None,
-                content_hash=row_fields.content_hash(),
+                content_hash=content_hash_of(
+                    record["recipient_email"],
+                    record["product_code"],
+                    amount,
+                    currency,
+                    record["recipient_name"],
+                    record["message"],
+                    record["country"],
+                    record["payment_currency"],
+                ),
                 fields=record,
                 passthrough=dict(zip(passthrough, other, strict=True)),
-                currency=row_fields.currency,
-                face_value=row_fields.amount,
+                currency=currency,
+                face_value=amount,
                 est_cost=Decimal(cost) if cost else None,
                 valid=True,
             )
         )
     return rows
+
+
+def _keys(records: list[dict[str, str]], amounts: list[Decimal], seen: Counter[bytes]) -> list[str]:
+    """`row_keys` of a slice's rows: a referenced row's key from its reference alone,
+    so only the rows without one are made `RowFields` (their fields are the key)."""
+    keys: list[str] = []
+    unreferenced: list[int] = []
+    for record in records:
+        reference = record["reference"]
+        if reference and reference.strip():
+            keys.append(reference_row_key(reference))
+        else:
+            unreferenced.append(len(keys))
+            keys.append("")
+    if unreferenced:
+        fields = [_row_fields(records[i], amounts[i]) for i in unreferenced]
+        for i, key in zip(
+            unreferenced, row_keys([(None, f) for f in fields], seen=seen), strict=True
+        ):
+            keys[i] = key
+    return keys
+
+
+def _row_fields(record: dict[str, str], amount: Decimal) -> RowFields:
+    return RowFields(
+        recipient_email=record["recipient_email"],
+        product_code=record["product_code"],
+        amount=amount,
+        currency=record["currency"],
+        recipient_name=record["recipient_name"],
+        message=record["message"],
+        country=record["country"],
+        payment_currency=record["payment_currency"],
+    )
 
 
 def _invalid_rows(result: ValidationResult, passthrough: list[str]) -> list[SheetRow]:

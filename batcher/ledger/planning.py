@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from batcher.core.clock import utc_now
 from batcher.core.states import CLAIMING_STATES, HELD_ELSEWHERE
-from batcher.ledger.backend import Database
+from batcher.ledger.backend import Database, plain_rows
 from batcher.ledger.connection import LedgerConnection, in_slices
 from batcher.ledger.schema import held_elsewhere_message, in_claiming_states
 
@@ -206,6 +206,23 @@ class LedgerPlanning(LedgerConnection):
             )
         )
 
+    def pending_taken_elsewhere(self, batch: str) -> set[str]:
+        """`references_taken_elsewhere` for every pending row of `batch` in the sheet
+        (recovery's rows): their references read in one statement, not a key list's
+        slices (a new 20,000-row sheet is 50 of them)."""
+        owner = self._owner(self._db, batch)
+        if owner is None:
+            return set()
+        mine: dict[str, list[str]] = {}
+        for key, reference in plain_rows(
+            self._db,
+            "SELECT row_key, reference FROM rows WHERE batch = ? AND state = 'pending'"
+            " AND in_sheet = 1 AND reference IS NOT NULL",
+            (batch,),
+        ):
+            mine.setdefault(str(reference), []).append(str(key))
+        return set(self._held_elsewhere(self._db, batch, owner, mine))
+
     @staticmethod
     def _owner(db: Database, batch: str) -> tuple[str, str] | None:
         """The batch's account: (provider, account id); None for a batch not recorded."""
@@ -236,12 +253,15 @@ class LedgerPlanning(LedgerConnection):
         found: dict[str, tuple[int, str | None]] = {}
         place = "rowid" if self.backend == "sqlite" else "source_row"
         for part, marks in in_slices(row_keys, 400):
-            for r in db.execute(
-                f"SELECT row_key, {place}, reference FROM rows"
-                f" WHERE batch = ? AND row_key IN ({marks})",
-                (batch, *part),
-            ):
-                found[str(r[0])] = (int(r[1]), None if r[2] is None else str(r[2]))
+            found.update(
+                (key, (place_of, reference))
+                for key, place_of, reference in plain_rows(
+                    db,
+                    f"SELECT row_key, {place}, reference FROM rows"
+                    f" WHERE batch = ? AND row_key IN ({marks})",
+                    (batch, *part),
+                )
+            )
         return found
 
     def _hold_taken(self, db: Database, batch: str, taken: Taken, now: str) -> None:
@@ -362,15 +382,13 @@ class LedgerPlanning(LedgerConnection):
         planner's statistics say about a freshly filled table."""
         found: list[tuple[str, str, str]] = []
         for part, marks in in_slices(sorted(mine), 400):  # the index's order
-            found += [
-                (str(r[0]), str(r[1]), str(r[2]))
-                for r in db.execute(
-                    "SELECT reference, batch, state FROM rows"
-                    f" WHERE reference IN ({marks}) AND batch != ?"
-                    f" AND state IN ({in_claiming_states()})",
-                    (*part, batch),
-                )
-            ]
+            found += plain_rows(
+                db,
+                "SELECT reference, batch, state FROM rows"
+                f" WHERE reference IN ({marks}) AND batch != ?"
+                f" AND state IN ({in_claiming_states()})",
+                (*part, batch),
+            )
         if not found:
             return {}
         # Which of those batches are this account's: few, and asked once, so the
