@@ -285,6 +285,38 @@ def assert_slept_about(slept: Sequence[float], expected: Sequence[float]) -> Non
         assert 0.9 * base <= took <= 1.1 * base, (slept, expected)
 
 
+def test_while_chunks_wait_to_be_sent_polls_take_a_small_share_of_the_requests(
+    tmp_path: Path,
+) -> None:
+    """Submits come first: while chunks remain, polls that fall due take at most
+    POLLS_PER_SUBMIT requests per submit, so the submit phase ends sooner and the
+    polls left over fill the time the last chunks take at the provider (the tail)."""
+    from batcher.execute.runner import POLLS_PER_SUBMIT
+
+    calls: list[str] = []
+    w = world(tmp_path, [("GBP", "1.00")] * 60, submit_limit=1,
+              wallets={"GBP": Decimal(1000)}, polls_to_complete=1)  # fmt: skip
+
+    def on_submit(_key: str) -> None:
+        calls.append("submit")
+        w.clock.now += 0.5  # each submit takes half a second: polls fall due meanwhile
+
+    w.provider.on_submit = on_submit
+    real_poll = w.provider.poll
+
+    def poll(request_id: str, items: Any) -> Any:
+        calls.append("poll")
+        return real_poll(request_id, items)
+
+    w.provider.poll = poll  # type: ignore[method-assign]
+    w.run(RunOptions(initial_poll_delay=1.0, max_poll_delay=8.0))
+    assert_exactly_once(w)
+    last_submit = len(calls) - 1 - calls[::-1].index("submit")
+    polls_before = calls[:last_submit].count("poll")
+    assert 0 < polls_before <= 60 * POLLS_PER_SUBMIT
+    assert polls_before < 30  # the old rule (one poll per submit) polled 53 times
+
+
 def test_polls_back_off_on_the_clock_up_to_the_cap(tmp_path: Path) -> None:
     w = world(tmp_path, GBP4[:1], wallets={"GBP": Decimal(100)}, polls_to_complete=6)
     w.run(RunOptions(initial_poll_delay=1.0, max_poll_delay=4.0))
