@@ -715,6 +715,23 @@ def test_one_commit_per_group_of_chunks_and_sending_is_durable_before_each_reque
     assert len(commits) <= len(sizes) + 2, commits
 
 
+def test_a_long_back_to_back_run_commits_a_handful_of_times(tmp_path: Path) -> None:
+    """200 chunks sent back to back take about a dozen durable commits (groups of 1, 2,
+    4, 8, 16, then 32), not one per 8 chunks: a commit costs more than a request."""
+    w = world(tmp_path, [("GBP", "1.00")] * 200, submit_limit=1,
+              wallets={"GBP": Decimal(1000)})  # fmt: skip
+    with w.runner() as (ledger, runner):
+        runner.prepare(w.rows)
+        commits: list[str] = []
+        ledger._db.set_trace_callback(  # type: ignore[union-attr]
+            lambda sql: commits.append(sql) if sql.strip().upper() == "COMMIT" else None
+        )
+        stats = runner.execute()
+    assert stats.submits == 200
+    assert_exactly_once(w)
+    assert len(commits) <= 13, len(commits)  # with groups of at most 8: 29
+
+
 def test_a_send_that_waits_ends_the_group(tmp_path: Path) -> None:
     """When sends wait (a rate limit, a slow provider), each chunk's `sending` is
     committed on its own again, so the earlier chunks' answers do not wait in memory."""
