@@ -21,6 +21,11 @@ still `sending`, so the next run asks the provider and resends the same key and
 bytes, which it deduplicates) and a settled chunk (lost, the chunk is still
 accepted or sending, and is asked again). Any other write (unknown, failed, out of
 funds) first commits what waits.
+
+On a SQLite ledger without webhooks the next group's commit, with the answers
+waiting when it starts, runs on a thread of its own while this group is sent
+(`_mark_ahead`, `_AheadCommit`); a chunk leaves only once its own group's commit is
+done, and every other use of the ledger waits for it (`_LedgerAfterCommit`).
 """
 
 from __future__ import annotations
