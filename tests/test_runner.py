@@ -118,6 +118,14 @@ class World:
         return {k: r.state for k, r in self.ledger_rows().items()}
 
 
+def ahead_commit_done() -> None:
+    """Wait for the runner's commit on its other thread (`_AheadCommit`), if one runs:
+    what another connection sees during a request is then as it will stay."""
+    for thread in threading.enumerate():
+        if thread.name == "batcher-mark-ahead":
+            thread.join()
+
+
 def world(tmp: Path, spec: Sequence[tuple[str, str]], **provider: Any) -> World:
     fake = FakeProvider(**provider)
     return World(tmp / "state" / "ledger.sqlite", fake, sheet_rows(spec))
@@ -283,6 +291,38 @@ def assert_slept_about(slept: Sequence[float], expected: Sequence[float]) -> Non
     assert len(slept) == len(expected), slept
     for took, base in zip(slept, expected, strict=True):
         assert 0.9 * base <= took <= 1.1 * base, (slept, expected)
+
+
+def test_while_chunks_wait_to_be_sent_polls_take_a_small_share_of_the_requests(
+    tmp_path: Path,
+) -> None:
+    """Submits come first: while chunks remain, polls that fall due take at most
+    POLLS_PER_SUBMIT requests per submit, so the submit phase ends sooner and the
+    polls left over fill the time the last chunks take at the provider (the tail)."""
+    from batcher.execute.runner import POLLS_PER_SUBMIT
+
+    calls: list[str] = []
+    w = world(tmp_path, [("GBP", "1.00")] * 60, submit_limit=1,
+              wallets={"GBP": Decimal(1000)}, polls_to_complete=1)  # fmt: skip
+
+    def on_submit(_key: str) -> None:
+        calls.append("submit")
+        w.clock.now += 0.5  # each submit takes half a second: polls fall due meanwhile
+
+    w.provider.on_submit = on_submit
+    real_poll = w.provider.poll
+
+    def poll(request_id: str, items: Any) -> Any:
+        calls.append("poll")
+        return real_poll(request_id, items)
+
+    w.provider.poll = poll  # type: ignore[method-assign]
+    w.run(RunOptions(initial_poll_delay=1.0, max_poll_delay=8.0))
+    assert_exactly_once(w)
+    last_submit = len(calls) - 1 - calls[::-1].index("submit")
+    polls_before = calls[:last_submit].count("poll")
+    assert 0 < polls_before <= 60 * POLLS_PER_SUBMIT
+    assert polls_before < 30  # the old rule (one poll per submit) polled 53 times
 
 
 def test_polls_back_off_on_the_clock_up_to_the_cap(tmp_path: Path) -> None:
@@ -468,12 +508,15 @@ def test_a_crash_leaves_a_groups_unsent_chunks_in_flight_and_a_rerun_resolves_th
         killed.setattr(Runner, "_unmark_unsent", lambda self: None)  # no cleanup when killed
         w.crash_run()
     stuck = w.chunks("sending")
-    assert len(stuck) == 3  # the third group (1, 2, then 3): the dead and the never sent
+    # The third group (1, 2, then 3): the dead and the never sent; and the second
+    # group's last chunk, whose answer was in memory (the third group's commit ran
+    # while it was being sent).
+    assert len(stuck) == 4
     committed = {c.chunk_key: c.payload for c in w.chunks("sending", "succeeded")}
 
     w.run()
     assert_exactly_once(w)
-    assert w.provider.lookups == 3
+    assert w.provider.lookups == 4
     assert dict(w.provider.sent) == committed  # same keys, same bytes
     assert len(w.provider.requests) == 6
 
@@ -636,9 +679,9 @@ def test_one_commit_per_group_of_chunks_and_sending_is_durable_before_each_reque
 ) -> None:
     """Every chunk is durably `sending` when its request leaves: the chunks of a group
     are committed `sending` together (groups of 1, 2, 4... up to SEND_GROUP_CHUNKS while
-    sends go back to back), and the answers since the last commit ride on that same
-    commit: one commit per group, not three per chunk."""
-    from batcher.execute.runner import SEND_GROUP_CHUNKS
+    sends go back to back), while the group before is being sent, and the answers
+    waiting then ride on that same commit: one commit per group, not three per chunk."""
+    from batcher.execute.runner import FLUSH_AHEAD_WRITES, SEND_GROUP_CHUNKS
 
     sizes = [1]
     while sizes[-1] < SEND_GROUP_CHUNKS:
@@ -670,26 +713,110 @@ def test_one_commit_per_group_of_chunks_and_sending_is_durable_before_each_reque
     assert_exactly_once(w)
     sent = [key for key, _ in w.provider.sent]
     start = 0
-    for size in sizes:
-        # The whole group was durably `sending` before its first request left, with
-        # every earlier group's answers.
+    for i, size in enumerate(sizes):
         at_first = seen_at_submit[start]
-        assert [k for k, state in at_first.items() if state == "sending"] == sent[
-            start : start + size
-        ]
+        sending = {k for k, state in at_first.items() if state == "sending"}
+        # The whole group was durably `sending` before its first request left ...
+        assert set(sent[start : start + size]) <= sending
+        # ... with the answers to every chunk up to the previous group's first: the
+        # group's commit ran (on another thread) while the rest of that group was sent.
+        previous = start - sizes[i - 1] if i else 0
+        assert not set(sent[: previous + 1 if i else 0]) & sending
+        assert sending <= set(sent[previous : start + size])
         start += size
-    # One commit per group, the settles committed before the run waits for polls and
-    # at its end: well under the three per chunk that one commit per transition takes.
-    assert len(commits) <= len(sizes) + 2, commits
+    # One commit per group, the settles committed before the run waits for polls, a
+    # batch of FLUSH_AHEAD_WRITES at a time while polls go on, and at its end: well
+    # under the three per chunk that one commit per transition takes.
+    assert len(commits) <= len(sizes) + 2 + chunks // FLUSH_AHEAD_WRITES, commits
+
+
+def test_a_long_back_to_back_run_commits_a_handful_of_times(tmp_path: Path) -> None:
+    """200 chunks sent back to back take about a dozen durable commits (groups of 1, 2,
+    4, 8, 16, then 32), not one per 8 chunks: a commit costs more than a request."""
+    w = world(tmp_path, [("GBP", "1.00")] * 200, submit_limit=1,
+              wallets={"GBP": Decimal(1000)})  # fmt: skip
+    with w.runner() as (ledger, runner):
+        runner.prepare(w.rows)
+        commits: list[str] = []
+        ledger._db.set_trace_callback(  # type: ignore[union-attr]
+            lambda sql: commits.append(sql) if sql.strip().upper() == "COMMIT" else None
+        )
+        stats = runner.execute()
+    assert stats.submits == 200
+    assert_exactly_once(w)
+    assert len(commits) <= 13, len(commits)  # with groups of at most 8: 29
+
+
+def test_the_next_groups_commit_runs_while_this_group_is_sent(tmp_path: Path) -> None:
+    """A commit costs more than a request: the next group is committed `sending` on
+    another thread as soon as this group's first answer is in, while the rest of this
+    group is sent; each chunk still waits for its own group's commit before it leaves."""
+    w = world(tmp_path, [("GBP", "1")] * 7, submit_limit=1, wallets={"GBP": Decimal(100)})
+    sending_at: list[set[str]] = []
+
+    def on_submit(_key: str) -> None:
+        ahead_commit_done()
+        reader = Ledger(w.path)
+        try:
+            sending_at.append({c.chunk_key for c in reader.chunks(BATCH, ["sending"])})
+        finally:
+            reader.close()
+
+    w.provider.on_submit = on_submit
+    assert w.run().stopped is None
+    assert_exactly_once(w)
+    sent = [key for key, _ in w.provider.sent]  # groups of 1, 2 and 4
+    # While the second group's second chunk is sent, the third group is committed too,
+    # with the answer to the second group's first chunk.
+    assert sending_at[2] == {sent[2], *sent[3:7]}
+
+
+def test_the_ledger_waits_for_the_commit_on_the_other_thread() -> None:
+    """Whatever the runner asks of the ledger while the other thread commits waits for
+    that commit first (one thread at a time on the connection); a poll's count does not."""
+    from batcher.execute.runner import _AheadCommit, _LedgerAfterCommit
+
+    order: list[str] = []
+    release = threading.Event()
+
+    class Ledgerish:
+        def chunk(self, key: str) -> str:
+            order.append("read")
+            return key
+
+        def count_poll(self, key: str) -> None:
+            order.append("poll counted")
+
+    ahead = _AheadCommit()
+
+    def commit() -> None:
+        release.wait(5)
+        order.append("committed")
+
+    ahead.start(commit)
+    ledger: Any = _LedgerAfterCommit(Ledgerish(), ahead)  # type: ignore[arg-type]
+    ledger.count_poll("k")  # no wait
+    release.set()
+    assert ledger.chunk("k") == "k"
+    assert order == ["poll counted", "committed", "read"]
+
+    def fails() -> None:
+        raise OSError("disk full")
+
+    ahead.start(fails)
+    with pytest.raises(OSError, match="disk full"):  # raised where the ledger is used next
+        ledger.chunk("k")
 
 
 def test_a_send_that_waits_ends_the_group(tmp_path: Path) -> None:
-    """When sends wait (a rate limit, a slow provider), each chunk's `sending` is
-    committed on its own again, so the earlier chunks' answers do not wait in memory."""
+    """When sends wait (a rate limit, a slow provider), groups start again from one
+    chunk and each answer is committed while the next request goes on, so the earlier
+    chunks' answers do not wait in memory."""
     w = world(tmp_path, [("GBP", "1")] * 6, submit_limit=1, wallets={"GBP": Decimal(100)})
     committed_sending: list[int] = []
 
     def slow_submit(_key: str) -> None:
+        ahead_commit_done()
         reader = Ledger(w.path)
         try:
             committed_sending.append(len(reader.chunks(BATCH, ["sending"])))
@@ -702,8 +829,10 @@ def test_a_send_that_waits_ends_the_group(tmp_path: Path) -> None:
     stats = w.run()
     assert stats.stopped is None
     assert_exactly_once(w)
-    # Groups of 1 and 2, then the third send waited: one at a time from there.
-    assert committed_sending == [1, 2, 2, 1, 1, 1]
+    # Groups of 1, 2 and 4 (each committed while the group before it is sent), then
+    # the third send waited: from there each answer is committed as soon as it comes,
+    # so only the chunks marked and not sent yet are `sending`.
+    assert committed_sending == [1, 2, 4, 3, 2, 1]
 
 
 def test_a_run_reads_each_chunk_whole_only_to_send_it(

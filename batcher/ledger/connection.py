@@ -93,7 +93,10 @@ class LedgerConnection:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._wal_guard = WalGuard(path)  # notes, before SQLite does, whether the file is new
         try:
-            self._db = connect(self.location)
+            # One thread at a time, but not always the opening one: the runner commits a
+            # group of chunks `sending` on a thread of its own while its requests go on,
+            # and waits for that commit before it uses the ledger again (execute/runner.py).
+            self._db = connect(self.location, same_thread_only=False)
         except sqlite3.Error as exc:
             raise ConfigError(f"cannot open ledger {path}: {exc}") from None
         try:

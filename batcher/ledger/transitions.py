@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,9 @@ class LedgerTransitions(LedgerConnection):
         # Polls not yet written, by chunk: a poll count is a statistic, not a state, so
         # it rides on the chunk's next transition instead of costing a commit of its own.
         self._polls_to_record: dict[str, int] = {}
+        # Counted while a commit may run on the runner's other thread (`count_poll` needs
+        # no wait for it), so both sides of the count take this lock.
+        self._polls_lock = threading.Lock()
 
     def recover_after_crash(self, batch: str) -> int:
         """A chunk left `sending` by a dead run may or may not have reached the provider."""
@@ -53,7 +57,8 @@ class LedgerTransitions(LedgerConnection):
         **columns: Any,
     ) -> None:
         sets = ["state = ?"] + [f"{c} = ?" for c in columns]
-        polls = self._polls_to_record.pop(chunk_key, 0)
+        with self._polls_lock:
+            polls = self._polls_to_record.pop(chunk_key, 0)
         db.execute(
             f"UPDATE chunks SET {', '.join(sets)}, poll_count = poll_count + ? WHERE chunk_key = ?",
             (state, *columns.values(), polls, chunk_key),
@@ -137,7 +142,8 @@ class LedgerTransitions(LedgerConnection):
             self._event(batch, "chunk_accepted", chunk_key=chunk_key, request_id=request_id)
 
     def count_poll(self, chunk_key: str) -> None:
-        self._polls_to_record[chunk_key] = self._polls_to_record.get(chunk_key, 0) + 1
+        with self._polls_lock:
+            self._polls_to_record[chunk_key] = self._polls_to_record.get(chunk_key, 0) + 1
 
     def settle_chunk(
         self,
