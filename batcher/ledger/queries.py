@@ -28,8 +28,9 @@ ROW_COLUMNS = ", ".join(f.name for f in dataclasses.fields(RowRecord))
 ROW_KEY, ROW_STATE = 8, 11
 #: what `settled_row` reads of a row (its key, state and conflict first)
 _FACT_COLUMNS = (
-    "row_key, state, conflict, in_sheet, currency, face_value, cost, cost_currency, order_id,"
-    " fields, passthrough"
+    "row_key, state, conflict, source_row, in_sheet, reference, currency, face_value, cost,"
+    " cost_currency, order_id, order_request_id, transaction_id, chunk_key, retry_group,"
+    " succeeded_at, fields, passthrough"
 )
 
 #: the cell naming the wallet that pays (`cost_lines`), and how it appears in the JSON
@@ -430,19 +431,25 @@ def _passthrough_items(text: str) -> tuple[tuple[str, str], ...]:
 
 
 def settled_row(r: Any) -> SettledRow:
-    """A succeeded row read with `_FACT_COLUMNS`: its amounts, product and pass-through
-    headers, the same values `row_record` gives (the sums over either are equal)."""
+    """A succeeded row read with `_FACT_COLUMNS`: its amounts, product, pass-through
+    headers and what names its order, the same values `row_record` gives (the sums and
+    the matches over either are equal)."""
     (
-        row_key, _state, _conflict, in_sheet, currency, face_value, cost, cost_currency,
-        order_id, fields, passthrough,
+        row_key, _state, _conflict, source_row, in_sheet, reference, currency, face_value,
+        cost, cost_currency, order_id, order_request_id, transaction_id, chunk_key,
+        retry_group, succeeded_at, fields, passthrough,
     ) = r  # fmt: skip
+    intern = sys.intern
     product = product_code(fields)
     return SettledRow(
-        row_key, bool(in_sheet), sys.intern(currency), _decimal(face_value),
-        None if cost is None else _decimal(cost),
-        None if cost_currency is None else sys.intern(cost_currency), order_id,
-        sys.intern(product) if isinstance(product, str) else product,
-        _headers(passthrough),
+        row_key, source_row, bool(in_sheet), reference, intern(currency),
+        _decimal(face_value), None if cost is None else _decimal(cost),
+        None if cost_currency is None else intern(cost_currency), order_id,
+        None if order_request_id is None else intern(order_request_id), transaction_id,
+        None if chunk_key is None else intern(chunk_key),
+        intern(retry_group),  # NOT NULL
+        None if succeeded_at is None else intern(succeeded_at),
+        intern(product) if isinstance(product, str) else product, _headers(passthrough),
     )  # fmt: skip
 
 

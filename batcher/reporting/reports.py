@@ -264,14 +264,14 @@ def collect(
 
 
 def _rows_in_lines(reconciliation: Reconciliation) -> dict[str, RowRecord]:
-    """The batch's rows the wallet lines hold (every matched order's): kept in memory by
-    the lines anyway, so the Orders sheet takes them from there, not from the ledger."""
+    """The batch's whole rows the wallet lines hold: kept in memory by the lines anyway,
+    so the Orders sheet takes them from there, not from the ledger. (A matched order's
+    row settled without a question is held light, a `SettledRow`: not one of them.)"""
     held: dict[str, RowRecord] = {}
     for line in reconciliation.wallet_lines:
-        if line.row is not None:
-            held[line.row.row_key] = line.row
-        for row in line.rows:
-            held[row.row_key] = row
+        for row in (line.row, *line.rows):
+            if isinstance(row, RowRecord):
+                held[row.row_key] = row
     return held
 
 

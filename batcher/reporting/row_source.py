@@ -123,8 +123,9 @@ class BatchRows:
             yield from self._page_of(self.keys[start : start + self._page])
 
     def for_sums(self) -> Iterator[RowRecord | SettledRow]:
-        """Every row, in report order, for a reader that only sums them (`RowFacts`):
-        rows settled without a question may come as `SettledRow`s, cheaper to read."""
+        """Every row, in report order, for a reader that only sums them (`RowFacts`) and
+        matches them to the provider's listings (reconciliation): rows settled without
+        a question may come as `SettledRow`s, cheaper to read."""
         if self._whole is not None or self._read_facts is None or self._held:
             yield from self
             return
@@ -137,14 +138,26 @@ class BatchRows:
     def for_lines(self) -> Iterator[LineValues]:
         """Every row's `LineValues`, in report order, for a line per row (the Orders
         sheet): read from the ledger without building whole records where it can."""
-        if self._whole is not None or self._read_lines is None or self._held:
+        if self._whole is not None or self._read_lines is None:
             yield from map(line_values, self)
             return
         if len(self.keys) <= self._page:
             yield from map(line_values, self)  # one page: read whole and kept
             return
-        for lines in self._read_lines(self.keys):
-            yield from lines
+        if not self._held:
+            for lines in self._read_lines(self.keys):
+                yield from lines
+            return
+        held, page = self._held, min(self._page, RAW_PAGE)
+        for start in range(0, len(self.keys), page):
+            keys = self.keys[start : start + page]
+            missing = [k for k in keys if k not in held]
+            read = {v[0]: v for lines in self._read_lines(missing) for v in lines}
+            for key in keys:
+                row = held.get(key)
+                values = line_values(row) if row is not None else read.get(key)
+                if values is not None:
+                    yield values
 
     def hold(self, rows: Mapping[str, RowRecord]) -> None:
         """Rows (by key) a reader already holds anyway, as read from this batch: the
