@@ -145,10 +145,10 @@ def test_the_matched_shortcut_is_the_check_and_line_of_an_order_with_no_problem(
     """`_matched` gives what `_check_order` and `_order_lines` give when nothing is wrong,
     and declines (None) exactly when something is."""
     light = SettledRow(
-        record.row_key, record.source_row, record.in_sheet, record.reference, record.currency,
-        record.face_value, record.cost, record.cost_currency, record.order_id,
-        record.order_request_id, record.transaction_id, record.chunk_key, record.retry_group,
-        record.succeeded_at, "AMAZON_UK_STD", ("Cost centre",),
+        **{f.name: getattr(record, f.name) for f in dataclasses.fields(SettledRow)
+           if hasattr(record, f.name) and f.name != "passthrough"},
+        product_code="AMAZON_UK_STD", passthrough=("Cost centre",), fields_json="{}",
+        passthrough_json="{}",
     )  # fmt: skip
     for each in (record, light):
         check = _check_order(each, listed, [tx])
@@ -160,25 +160,64 @@ def test_the_matched_shortcut_is_the_check_and_line_of_an_order_with_no_problem(
             assert found == (check, lines[0]) and lines[0].status == "matched"
 
 
-def test_orders_sheet_lines_beside_held_rows_are_read_undecoded(
+def test_orders_sheet_lines_of_held_rows_are_the_records_lines(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The Orders sheet takes the whole rows the wallet lines hold from them and reads
-    the others' lines undecoded (`for_lines`), never as whole records: the same lines,
-    in report order."""
+    """The Orders sheet takes the rows the wallet lines hold from them, whole or light
+    (a light row's cells decoded for its line), and reads the others' lines undecoded
+    (`for_lines`), never as whole records: the same lines, in report order."""
     ledger, _ = _odd_ledger(tmp_path)
     try:
-        ledger._db.execute(
-            "UPDATE rows SET state = 'skipped', reference = 'R-20' WHERE source_row = 21"
-        )
+        skip = "UPDATE rows SET state = 'skipped', reference = 'R-20' WHERE source_row = 21"
+        ledger._db.execute(skip)
         monkeypatch.setattr(row_source, "RAW_PAGE", 4)
         rows = row_source.BatchRows.from_ledger(ledger, "nightly", page=6)
         expected = [line_values(r) for r in rows]
-        held = {r.row_key: r for r in list(rows)[::5]}
-        rows.hold(held)
+        light = {r.row_key: r for r in rows.for_sums() if isinstance(r, SettledRow)}
+        whole = {r.row_key: r for r in list(rows)[::5] if r.row_key not in light}
+        held = {k: r for i, (k, r) in enumerate(light.items()) if i % 3}
+        rows.hold({**held, **whole})
         reads = WholeReads(monkeypatch)
         lines = list(rows.for_lines())
+        read_for_lines = set(reads.keys)
+        first = rows.first(10)
     finally:
         ledger.close()
+    assert len(light) > 20 and whole and len(held) < len(light)
     assert lines == expected and len(lines) == len(SPECS)
-    assert set(reads.keys) == {"k20"}, "only the skipped row, to explain it"
+    assert all(
+        list(map(type, a)) == list(map(type, b)) for a, b in zip(lines, expected, strict=True)
+    )
+    assert read_for_lines == {"k20"}, "only the skipped row, to explain it"
+    assert len(first) == 10 and all(isinstance(r, RowRecord) for r in first)  # whole only
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_matching_pauses_the_cycle_collector_and_leaves_it_as_it_was(
+    monkeypatch: pytest.MonkeyPatch, enabled: bool
+) -> None:
+    """Matching builds hundreds of thousands of acyclic objects: the cyclic collector is
+    paused while it does (not walking the heap again and again), then left as found."""
+    import gc
+
+    from batcher.reporting import reconcile as module
+    from tests.test_reconcile import provider_for, run
+
+    seen: list[bool] = []
+    real = module.match_orders
+
+    def match_orders(*args: Any, **kwargs: Any) -> Any:
+        seen.append(gc.isenabled())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, "match_orders", match_orders)
+    rows = [row(n) for n in range(3)]
+    was = gc.isenabled()
+    try:
+        if not enabled:
+            gc.disable()
+        rec = run(rows, provider_for(rows))
+        after = gc.isenabled()
+    finally:
+        gc.enable() if was else gc.disable()
+    assert rec.verdict == "RECONCILED" and seen == [False] and after is enabled

@@ -34,8 +34,10 @@ orphan; `batcher report` lists and matches everything.
 from __future__ import annotations
 
 import dataclasses
+import gc
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -111,7 +113,8 @@ def reconcile_and_sum(
         evidence = "transactions"
         summing = facts is None
         facts = facts if facts is not None else RowFacts()
-        checks, lines, orphans, in_flight, problems = match_orders(inputs, facts, summing)
+        with _no_cycle_collection():
+            checks, lines, orphans, in_flight, problems = match_orders(inputs, facts, summing)
     currencies = [
         currency_verdict(currency, inputs, facts, problems, lines, orphans, evidence)
         for currency in currencies_in(facts, lines, orphans)
@@ -130,6 +133,24 @@ def reconcile_and_sum(
         earlier_orders=facts.earlier_orders,
     )
     return reconciliation, facts
+
+
+@contextmanager
+def _no_cycle_collection() -> Iterator[None]:
+    """The cyclic garbage collector paused: matching a batch's orders builds a few objects
+    per order (its light row, check and wallet line), hundreds of thousands of them, all
+    kept and none in a reference cycle. As they pile up the collector would otherwise
+    walk every object of the process (the provider's listings too) again and again, for
+    nothing: a third of matching's time at 100,000 orders. Reference counting frees
+    objects as ever; the collector resumes afterwards (unless it was off already)."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def row_match_key(row: RowRecord) -> MatchKey:
@@ -257,8 +278,10 @@ def match_orders(
             used.add(id(transactions[0]))
             matched = _matched(row, listed, transactions[0])
             if matched is not None:  # the common case: listed as it is, paid as recorded
-                checks.put(row, matched[0])
-                lines.append(matched[1])
+                check, paid = matched
+                checks.by_key[check.row_key] = check  # `checks.put`: no problem to count
+                checks.problems[paid.currency]  # its wallet counts (the one that paid)
+                lines.append(paid)
                 continue
         else:
             used.update(id(tx) for tx in transactions)
@@ -446,7 +469,7 @@ def _attempt_lines(
     attempts = {
         o.order_id
         for o in index.orders.values()
-        if own.placed(o) and o.order_id not in own.order_ids
+        if o.order_id not in own.order_ids and own.placed(o)
     }
     groups: dict[str, list[WalletTransaction]] = defaultdict(list)
     for tx in inputs.provider.transactions:
@@ -515,10 +538,12 @@ def _orphans(
     elsewhere = inputs.other_batches
     # The batch's own and other batches' orders set aside first, so only the rest (few,
     # usually none) are sorted, in the same order as sorting them all gave.
+    held = own.order_ids  # most orders: `own.placed` at its first question
     candidates = [
         order
         for order in index.orders.values()
-        if not (own.placed(order) or order.order_id in elsewhere)
+        if order.order_id not in held
+        and not (own.placed(order) or order.order_id in elsewhere)
         and not (order.reference and order.reference in elsewhere)
     ]
     for order in sorted(candidates, key=_order_sort_key):
@@ -584,8 +609,13 @@ def _other_line(
 
 
 def _line_sort_key(line: WalletLine) -> tuple[bool, datetime | str, str]:
-    moment = line.timestamp
-    return (moment is None, moment or "", line.order_id or "")
+    tx = line.transaction
+    if tx is None:
+        moment, order_id = line.timestamp, line.order_id
+    else:  # `line.timestamp` and `line.order_id`, read directly: 100,000 lines are sorted
+        moment = tx.timestamp
+        order_id = tx.order_id or (line.row.order_id if line.row is not None else None)
+    return (moment is None, moment or "", order_id or "")
 
 
 # The reports name the reconciliation's data from here; it lives in verdicts.py.

@@ -38,6 +38,7 @@ from batcher.core.clock import utc_text
 from batcher.core.errors import BatcherError, UsageError
 from batcher.core.files import atomic_write
 from batcher.ledger.events import StoredEvent, WebhookEvents
+from batcher.ledger.records import SettledRow
 from batcher.ledger.store import Ledger, RowRecord, parse_ts
 from batcher.providers.base import Provider, Redemption
 from batcher.reporting.cells import safe_cell
@@ -263,15 +264,15 @@ def collect(
     )
 
 
-def _rows_in_lines(reconciliation: Reconciliation) -> dict[str, RowRecord]:
-    """The batch's whole rows the wallet lines hold: kept in memory by the lines anyway,
-    so the Orders sheet takes them from there, not from the ledger. (A matched order's
-    row settled without a question is held light, a `SettledRow`: not one of them.)"""
-    held: dict[str, RowRecord] = {}
+def _rows_in_lines(reconciliation: Reconciliation) -> dict[str, RowRecord | SettledRow]:
+    """The batch's rows the wallet lines hold (every matched order's): kept in memory by
+    the lines anyway, so the Orders sheet takes them from there, not from the ledger."""
+    held: dict[str, RowRecord | SettledRow] = {}
     for line in reconciliation.wallet_lines:
-        for row in (line.row, *line.rows):
-            if isinstance(row, RowRecord):
-                held[row.row_key] = row
+        if line.row is not None:
+            held[line.row.row_key] = line.row
+        for row in line.rows:
+            held[row.row_key] = row
     return held
 
 

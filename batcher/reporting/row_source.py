@@ -17,7 +17,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
-from batcher.ledger.queries import ROW_KEY, ROW_STATE, raw_line_values, row_record
+from batcher.ledger.queries import (
+    ROW_KEY,
+    ROW_STATE,
+    raw_line_values,
+    row_record,
+    settled_line_values,
+)
 from batcher.ledger.records import LineValues, SettledRow, line_values
 from batcher.ledger.store import Ledger, RowRecord, parse_ts
 
@@ -59,6 +65,7 @@ class BatchRows:
         self._page = page
         self._whole: list[RowRecord] | None = None
         self._held: Mapping[str, RowRecord] = {}
+        self._held_light: Mapping[str, SettledRow] = {}
 
     @classmethod
     def from_ledger(cls, ledger: Ledger, batch: str, page: int | None = None) -> BatchRows:
@@ -144,29 +151,36 @@ class BatchRows:
         if len(self.keys) <= self._page:
             yield from map(line_values, self)  # one page: read whole and kept
             return
-        if not self._held:
+        if not (self._held or self._held_light):
             for lines in self._read_lines(self.keys):
                 yield from lines
             return
-        held, page = self._held, min(self._page, RAW_PAGE)
+        held, light, page = self._held, self._held_light, min(self._page, RAW_PAGE)
         for start in range(0, len(self.keys), page):
             keys = self.keys[start : start + page]
-            missing = [k for k in keys if k not in held]
+            missing = [k for k in keys if k not in held and k not in light]
             read = {v[0]: v for lines in self._read_lines(missing) for v in lines}
             for key in keys:
                 row = held.get(key)
-                values = line_values(row) if row is not None else read.get(key)
+                if row is not None:
+                    yield line_values(row)
+                    continue
+                settled = light.get(key)
+                values = settled_line_values(settled) if settled is not None else read.get(key)
                 if values is not None:
                     yield values
 
-    def hold(self, rows: Mapping[str, RowRecord]) -> None:
+    def hold(self, rows: Mapping[str, RowRecord | SettledRow]) -> None:
         """Rows (by key) a reader already holds anyway, as read from this batch: the
         next iterations take them from here and read only the others from the ledger.
+        A light row (`SettledRow`) serves only the lines (`for_lines`): whoever reads
+        whole records reads it from the ledger.
 
         Reconciliation keeps each matched order's row in its wallet lines; with them
         held, the Orders sheet does not read those rows from the ledger a second time.
         """
-        self._held = rows
+        self._held = {k: r for k, r in rows.items() if isinstance(r, RowRecord)}
+        self._held_light = {k: r for k, r in rows.items() if isinstance(r, SettledRow)}
 
     def _page_of(self, keys: Sequence[str]) -> Iterator[RowRecord]:
         held = self._held
