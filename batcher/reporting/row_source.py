@@ -79,6 +79,9 @@ class BatchRows:
         def read_facts(wanted: Sequence[str]) -> Iterator[list[RowRecord | SettledRow]]:
             for rows in ledger.fact_rows_in_pages(batch, wanted, page):
                 whole = [r for r in rows if isinstance(r, RowRecord)]
+                if not any(r.state == "skipped" for r in whole):
+                    yield rows  # nothing to explain (as good as always)
+                    continue
                 explained = iter(explain_skips(ledger, batch, whole))
                 yield [next(explained) if isinstance(r, RowRecord) else r for r in rows]
 
