@@ -221,3 +221,31 @@ def test_matching_pauses_the_cycle_collector_and_leaves_it_as_it_was(
     finally:
         gc.enable() if was else gc.disable()
     assert rec.verdict == "RECONCILED" and seen == [False] and after is enabled
+
+
+def test_a_light_row_is_its_whole_record_on_either_backend(ledger: Ledger) -> None:
+    """What matching, the sums and the Orders line read of a light row is its whole
+    record's, on SQLite and on PostgreSQL: every shared field, and the line."""
+    from batcher.ledger.queries import settled_line_values
+    from tests.test_ledger import sheet_row
+
+    ledger.sync_rows("b", [sheet_row(f"k{i:02}", i + 2) for i in range(8)], retry_failed=False)
+    ledger._db.execute(
+        "UPDATE rows SET state = 'succeeded', order_id = 'O-' || row_key, cost = '9.75',"
+        " order_request_id = 'req-1', chunk_key = 'c-1', transaction_id = 't-' || row_key,"
+        " voucher_last4 = 'AB12', succeeded_at = updated_at, error_message = 'slow'"
+        " WHERE batch = ? AND source_row < 8",
+        ("b",),
+    )
+    rows = row_source.BatchRows.from_ledger(ledger, "b", page=3)
+    light = [r for r in rows.for_sums() if isinstance(r, SettledRow)]
+    whole = {r.row_key: r for r in rows}
+    assert len(light) == 6
+    names = [f.name for f in dataclasses.fields(SettledRow) if f.name != "passthrough"]
+    shared = [n for n in names if hasattr(RowRecord, n)]
+    for each in light:
+        record = whole[each.row_key]
+        assert {n: getattr(each, n) for n in shared} == {n: getattr(record, n) for n in shared}
+        assert each.product_code == record.fields.get("product_code", "")
+        assert each.passthrough == tuple(record.passthrough)
+        assert settled_line_values(each) == line_values(record)
