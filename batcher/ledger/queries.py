@@ -11,6 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 from batcher.core.states import ROW_STATES
+from batcher.ledger.backend import plain_rows
 from batcher.ledger.connection import LedgerConnection, in_slices
 from batcher.ledger.records import (
     ChunkRecord,
@@ -28,8 +29,10 @@ ROW_COLUMNS = ", ".join(f.name for f in dataclasses.fields(RowRecord))
 ROW_KEY, ROW_STATE = 8, 11
 #: what `settled_row` reads of a row (its key, state and conflict first)
 _FACT_COLUMNS = (
-    "row_key, state, conflict, in_sheet, currency, face_value, cost, cost_currency, order_id,"
-    " fields, passthrough"
+    "row_key, state, conflict, source_row, in_sheet, reference, currency, face_value, cost,"
+    " cost_currency, order_id, order_request_id, transaction_id, chunk_key, retry_group,"
+    " attempt, voucher_last4, error_code, error_message, created_at, updated_at,"
+    " succeeded_at, fields, passthrough"
 )
 
 #: the cell naming the wallet that pays (`cost_lines`), and how it appears in the JSON
@@ -202,9 +205,11 @@ class LedgerQueries(LedgerConnection):
             yield [found[k] for k in part if k in found]
 
     def _by_key(self, batch: str, keys: Sequence[str], columns: str) -> Iterator[Any]:
-        """`columns` of the batch's rows of `keys`, in no particular order."""
+        """`columns` of the batch's rows of `keys`, in no particular order, as plain
+        tuples (a report reads every row of the batch through here)."""
         for part, marks in in_slices(keys):
-            yield from self._db.execute(
+            yield from plain_rows(
+                self._db,
                 f"SELECT {columns} FROM rows WHERE batch = ? AND row_key IN ({marks})",
                 (batch, *part),
             )
@@ -430,19 +435,41 @@ def _passthrough_items(text: str) -> tuple[tuple[str, str], ...]:
 
 
 def settled_row(r: Any) -> SettledRow:
-    """A succeeded row read with `_FACT_COLUMNS`: its amounts, product and pass-through
-    headers, the same values `row_record` gives (the sums over either are equal)."""
+    """A succeeded row read with `_FACT_COLUMNS`: its amounts, product, pass-through
+    headers, what names its order and what its line shows, the same values `row_record`
+    gives (the sums, the matches and the lines over either are equal); its cells are
+    kept undecoded."""
     (
-        row_key, _state, _conflict, in_sheet, currency, face_value, cost, cost_currency,
-        order_id, fields, passthrough,
+        row_key, _state, _conflict, source_row, in_sheet, reference, currency, face_value,
+        cost, cost_currency, order_id, order_request_id, transaction_id, chunk_key,
+        retry_group, attempt, voucher_last4, error_code, error_message, created_at,
+        updated_at, succeeded_at, fields, passthrough,
     ) = r  # fmt: skip
+    intern = sys.intern
     product = product_code(fields)
     return SettledRow(
-        row_key, bool(in_sheet), sys.intern(currency), _decimal(face_value),
-        None if cost is None else _decimal(cost),
-        None if cost_currency is None else sys.intern(cost_currency), order_id,
-        sys.intern(product) if isinstance(product, str) else product,
-        _headers(passthrough),
+        row_key, source_row, bool(in_sheet), reference, intern(currency),
+        _decimal(face_value), None if cost is None else _decimal(cost),
+        None if cost_currency is None else intern(cost_currency), order_id,
+        None if order_request_id is None else intern(order_request_id), transaction_id,
+        None if chunk_key is None else intern(chunk_key), intern(retry_group),  # NOT NULL
+        attempt, voucher_last4, None if error_code is None else intern(error_code),
+        None if error_message is None else intern(error_message), intern(created_at),
+        intern(updated_at), None if succeeded_at is None else intern(succeeded_at),
+        intern(product) if isinstance(product, str) else product, _headers(passthrough),
+        fields, intern(passthrough),
+    )  # fmt: skip
+
+
+def settled_line_values(row: SettledRow) -> LineValues:
+    """`records.line_values` of the row's whole record, from the `SettledRow` read of it:
+    its cells decoded now, for its line (the Orders sheet)."""
+    return (
+        row.row_key, row.source_row, row.reference, json.loads(row.fields_json),
+        _passthrough(row.passthrough_json), row.face_value, row.currency, row.cost,
+        row.cost_currency, row.state, row.order_id, row.transaction_id, row.order_request_id,
+        row.chunk_key, row.attempt, row.voucher_last4, row.error_code, row.error_message,
+        row.conflict, row.in_sheet, row.created_at, row.updated_at, row.succeeded_at,
     )  # fmt: skip
 
 

@@ -137,22 +137,39 @@ def line_values(row: RowRecord) -> LineValues:
 @dataclass(slots=True)
 class SettledRow:
     """A row settled without a question (succeeded, nothing changed since it was sent):
-    only what a report sums over it (`batcher.reporting.row_facts`). Reading it skips
-    the columns and decoding a whole `RowRecord` costs; the first of a report's two
-    reads of a batch's rows is mostly such rows."""
+    only what a report sums over it (`batcher.reporting.row_facts`), matches to the
+    provider's listings (`batcher.reporting.reconcile`, whose wallet lines keep it) and
+    shows of it, with its cells left as the ledger stores them (JSON text), decoded
+    only for its line on the Orders sheet (`queries.settled_line_values`). Reading it
+    skips the columns and decoding a whole `RowRecord` costs; the first of a report's
+    two reads of a batch's rows is mostly such rows."""
 
     row_key: str
+    source_row: int
     in_sheet: bool
+    reference: str | None
     currency: str
     face_value: Decimal
     cost: Decimal | None
     cost_currency: str | None
     order_id: str | None
+    order_request_id: str | None
+    transaction_id: str | None
+    chunk_key: str | None
+    retry_group: str
+    attempt: int
+    voucher_last4: str | None
+    error_code: str | None
+    error_message: str | None
+    created_at: str
+    updated_at: str
+    succeeded_at: str | None
     product_code: str
     passthrough: tuple[str, ...]  # the row's pass-through headers, in its order
+    fields_json: str  # the row's cells, undecoded
+    passthrough_json: str  # its pass-through cells, undecoded
     state: str = "succeeded"
     conflict: None = None
-    error_code: None = None
 
 
 # A batch's rows are read whole (plans, reports): at 100,000 rows every per-row copy

@@ -63,6 +63,9 @@ def totals_by_currency(rows: Iterable[RowRecord]) -> dict[str, dict[str, str | i
     return totals.as_json()
 
 
+_ZERO = Decimal(0)
+
+
 class CurrencyTotals:
     """`totals_by_currency`, one row at a time: sums, never the rows."""
 
@@ -75,12 +78,13 @@ class CurrencyTotals:
     def add(self, row: RowRecord | SettledRow) -> None:
         if row.state != "succeeded":
             return
-        self.face[row.currency] = self.face.get(row.currency, Decimal(0)) + row.face_value
-        self.orders[row.currency] = self.orders.get(row.currency, 0) + 1
-        charged_in = row.cost_currency or row.currency
+        currency = row.currency
+        self.face[currency] = self.face.get(currency, _ZERO) + row.face_value
+        self.orders[currency] = self.orders.get(currency, 0) + 1
+        charged_in = row.cost_currency or currency
         self.paid[charged_in] = self.paid.get(charged_in, 0) + 1
         if row.cost is not None:
-            self.cost[charged_in] = self.cost.get(charged_in, Decimal(0)) + row.cost
+            self.cost[charged_in] = self.cost.get(charged_in, _ZERO) + row.cost
 
     def as_json(self) -> dict[str, dict[str, str | int]]:
         result: dict[str, dict[str, str | int]] = {}

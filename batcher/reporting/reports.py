@@ -38,6 +38,7 @@ from batcher.core.clock import utc_text
 from batcher.core.errors import BatcherError, UsageError
 from batcher.core.files import atomic_write
 from batcher.ledger.events import StoredEvent, WebhookEvents
+from batcher.ledger.records import SettledRow
 from batcher.ledger.store import Ledger, RowRecord, parse_ts
 from batcher.providers.base import Provider, Redemption
 from batcher.reporting.cells import safe_cell
@@ -263,10 +264,10 @@ def collect(
     )
 
 
-def _rows_in_lines(reconciliation: Reconciliation) -> dict[str, RowRecord]:
+def _rows_in_lines(reconciliation: Reconciliation) -> dict[str, RowRecord | SettledRow]:
     """The batch's rows the wallet lines hold (every matched order's): kept in memory by
     the lines anyway, so the Orders sheet takes them from there, not from the ledger."""
-    held: dict[str, RowRecord] = {}
+    held: dict[str, RowRecord | SettledRow] = {}
     for line in reconciliation.wallet_lines:
         if line.row is not None:
             held[line.row.row_key] = line.row

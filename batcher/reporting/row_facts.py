@@ -85,7 +85,7 @@ class RowFacts:
     def add(self, row: RowRecord | SettledRow) -> None:
         if type(row) is SettledRow:
             # settled without a question: never in flight, unsent, held or failing
-            self._count(row, row.product_code)
+            self._count_settled(row)
             return
         assert isinstance(row, RowRecord)
         state, currency = row.state, row.currency
@@ -127,6 +127,33 @@ class RowFacts:
             self._add_order(row, product)
         self.by_currency[currency]  # every row's currency has its entry, in this order
 
+    def _count_settled(self, row: SettledRow) -> None:
+        """`_count(row, row.product_code)` for a light row (succeeded, no conflict), in
+        fewer steps: nearly every row of a large batch is one."""
+        self.rows += 1
+        headers = row.passthrough
+        for header in headers:
+            self.passthrough_seen.setdefault(header, None)
+        card, paid_in = row.currency, row.cost_currency
+        if card:
+            self.style_currencies.add(card)
+        if paid_in:
+            self.style_currencies.add(paid_in)
+        if card:
+            self.currencies.add(card)
+        if row.in_sheet:
+            self.rows_in_sheet += 1
+            self.state_counts["succeeded"] = self.state_counts.get("succeeded", 0) + 1
+            for header in headers:
+                self.sheet_passthrough.setdefault(header, None)
+            self.totals.add(row)
+            if row.order_id:
+                self._add_order(row, row.product_code)
+        elif row.order_id:
+            self.totals.add(row)
+            self._add_order(row, row.product_code)
+        self.by_currency[card]  # every row's currency has its entry, in this order
+
     def _add_in_sheet(self, row: RowRecord | SettledRow) -> None:
         self.rows_in_sheet += 1
         self.state_counts[row.state] = self.state_counts.get(row.state, 0) + 1
@@ -157,7 +184,9 @@ class RowFacts:
             if wallet == card:
                 paying.discount += row.face_value - row.cost
         key = (product, wallet, card)
-        entry = self.spend.setdefault(key, [0, ZERO, ZERO])
+        entry = self.spend.get(key)
+        if entry is None:
+            entry = self.spend[key] = [0, ZERO, ZERO]
         entry[0] += 1
         entry[1] += row.face_value
         entry[2] += row.cost or ZERO

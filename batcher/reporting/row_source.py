@@ -17,7 +17,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
-from batcher.ledger.queries import ROW_KEY, ROW_STATE, raw_line_values, row_record
+from batcher.ledger.queries import (
+    ROW_KEY,
+    ROW_STATE,
+    raw_line_values,
+    row_record,
+    settled_line_values,
+)
 from batcher.ledger.records import LineValues, SettledRow, line_values
 from batcher.ledger.store import Ledger, RowRecord, parse_ts
 
@@ -59,6 +65,7 @@ class BatchRows:
         self._page = page
         self._whole: list[RowRecord] | None = None
         self._held: Mapping[str, RowRecord] = {}
+        self._held_light: Mapping[str, SettledRow] = {}
 
     @classmethod
     def from_ledger(cls, ledger: Ledger, batch: str, page: int | None = None) -> BatchRows:
@@ -72,6 +79,9 @@ class BatchRows:
         def read_facts(wanted: Sequence[str]) -> Iterator[list[RowRecord | SettledRow]]:
             for rows in ledger.fact_rows_in_pages(batch, wanted, page):
                 whole = [r for r in rows if isinstance(r, RowRecord)]
+                if not any(r.state == "skipped" for r in whole):
+                    yield rows  # nothing to explain (as good as always)
+                    continue
                 explained = iter(explain_skips(ledger, batch, whole))
                 yield [next(explained) if isinstance(r, RowRecord) else r for r in rows]
 
@@ -123,8 +133,9 @@ class BatchRows:
             yield from self._page_of(self.keys[start : start + self._page])
 
     def for_sums(self) -> Iterator[RowRecord | SettledRow]:
-        """Every row, in report order, for a reader that only sums them (`RowFacts`):
-        rows settled without a question may come as `SettledRow`s, cheaper to read."""
+        """Every row, in report order, for a reader that only sums them (`RowFacts`) and
+        matches them to the provider's listings (reconciliation): rows settled without
+        a question may come as `SettledRow`s, cheaper to read."""
         if self._whole is not None or self._read_facts is None or self._held:
             yield from self
             return
@@ -137,23 +148,42 @@ class BatchRows:
     def for_lines(self) -> Iterator[LineValues]:
         """Every row's `LineValues`, in report order, for a line per row (the Orders
         sheet): read from the ledger without building whole records where it can."""
-        if self._whole is not None or self._read_lines is None or self._held:
+        if self._whole is not None or self._read_lines is None:
             yield from map(line_values, self)
             return
         if len(self.keys) <= self._page:
             yield from map(line_values, self)  # one page: read whole and kept
             return
-        for lines in self._read_lines(self.keys):
-            yield from lines
+        if not (self._held or self._held_light):
+            for lines in self._read_lines(self.keys):
+                yield from lines
+            return
+        held, light, page = self._held, self._held_light, min(self._page, RAW_PAGE)
+        for start in range(0, len(self.keys), page):
+            keys = self.keys[start : start + page]
+            missing = [k for k in keys if k not in held and k not in light]
+            read = {v[0]: v for lines in self._read_lines(missing) for v in lines}
+            for key in keys:
+                row = held.get(key)
+                if row is not None:
+                    yield line_values(row)
+                    continue
+                settled = light.get(key)
+                values = settled_line_values(settled) if settled is not None else read.get(key)
+                if values is not None:
+                    yield values
 
-    def hold(self, rows: Mapping[str, RowRecord]) -> None:
+    def hold(self, rows: Mapping[str, RowRecord | SettledRow]) -> None:
         """Rows (by key) a reader already holds anyway, as read from this batch: the
         next iterations take them from here and read only the others from the ledger.
+        A light row (`SettledRow`) serves only the lines (`for_lines`): whoever reads
+        whole records reads it from the ledger.
 
         Reconciliation keeps each matched order's row in its wallet lines; with them
         held, the Orders sheet does not read those rows from the ledger a second time.
         """
-        self._held = rows
+        self._held = {k: r for k, r in rows.items() if isinstance(r, RowRecord)}
+        self._held_light = {k: r for k, r in rows.items() if isinstance(r, SettledRow)}
 
     def _page_of(self, keys: Sequence[str]) -> Iterator[RowRecord]:
         held = self._held

@@ -144,14 +144,32 @@ def _tally_ledger(tally: _Tally, figures: CurrencyRows) -> None:
 
 
 def _tally_transactions(tally: _Tally, problems: Counter[str], lines: Sequence[WalletLine]) -> None:
-    tally.debits = sum(
-        (
-            -line.transaction.amount
-            for line in lines
-            if line.own and line.transaction is not None and line.currency == tally.currency
-        ),
-        ZERO,
-    )
+    debits = flying = fx_fees = kept_value = stray_value = ZERO
+    kept: set[str | None] = set()  # the order ids of attempts that kept money
+    stray = 0
+    for x in lines:  # one pass over the lines for everything the currency sums
+        if x.currency != tally.currency:
+            continue
+        tx, status = x.transaction, x.status
+        if tx is None:
+            if status == ATTEMPT_CHARGED:
+                kept.add(x.order_id)
+            elif status == NO_ORDER:
+                stray += 1
+            continue
+        if status in OWN_STATUSES:  # `x.own`
+            debits += -tx.amount
+            if tx.transaction_type in FX_FEE_TYPES:
+                fx_fees += -tx.amount
+        if status == IN_FLIGHT:
+            flying += -tx.amount
+        elif status == ATTEMPT_CHARGED:
+            kept.add(x.order_id)
+            kept_value += -tx.amount
+        elif status == NO_ORDER:
+            stray += 1
+            stray_value += -tx.amount
+    tally.debits = debits
     if tally.debits != tally.cost:
         tally.problems.append(
             f"ledger cost {tally.money(tally.cost)} ≠ wallet debits {tally.money(tally.debits)}"
@@ -165,29 +183,16 @@ def _tally_transactions(tally: _Tally, problems: Counter[str], lines: Sequence[W
     ):
         if problems[kind]:
             tally.problems.append(f"{problems[kind]} order(s) {text}")
-    flying = [x for x in lines if x.status == IN_FLIGHT and x.currency == tally.currency]
-    tally.in_flight_debits = sum((-x.transaction.amount for x in flying if x.transaction), ZERO)
-    tally.fx_fees = sum(
-        (
-            -x.transaction.amount
-            for x in lines
-            if x.own and x.transaction is not None and x.currency == tally.currency
-            and x.transaction.transaction_type in FX_FEE_TYPES
-        ),
-        ZERO,
-    )  # fmt: skip
-    kept = [x for x in lines if x.status == ATTEMPT_CHARGED and x.currency == tally.currency]
+    tally.in_flight_debits = flying
+    tally.fx_fees = fx_fees
     if kept:
-        value = sum((-x.transaction.amount for x in kept if x.transaction), ZERO)
         tally.problems.append(
-            f"{len({x.order_id for x in kept})} order(s) of failed or unconfirmed attempts kept "
-            f"{tally.money(value)} (see the Wallet sheet)"
+            f"{len(kept)} order(s) of failed or unconfirmed attempts kept "
+            f"{tally.money(kept_value)} (see the Wallet sheet)"
         )
-    stray = [x for x in lines if x.status == NO_ORDER and x.currency == tally.currency]
     if stray:
-        value = sum((-x.transaction.amount for x in stray if x.transaction), ZERO)
         tally.problems.append(
-            f"{len(stray)} wallet debit(s) worth {tally.money(value)} match no order"
+            f"{stray} wallet debit(s) worth {tally.money(stray_value)} match no order"
         )
 
 
@@ -234,10 +239,12 @@ def _tally_balance_movement(
         moved = run.after[tally.currency] - run.before[tally.currency]
         parts["moved"] += moved
         explained = ZERO
+        start, end = run.window.start, run.window.end
         for tx in inputs.provider.transactions:
-            if tx.currency != tally.currency or tx.timestamp is None:
+            moment = tx.timestamp
+            if tx.currency != tally.currency or moment is None:
                 continue
-            if not run.window.contains(tx.timestamp):
+            if not start <= moment <= end:  # `run.window.contains(moment)`
                 continue
             explained += tx.amount
             parts[_part_of(status_of.get(id(tx)), tx.amount)] += tx.amount

@@ -10,6 +10,7 @@ from decimal import Decimal
 from typing import Final, Literal
 
 from batcher.core.models import WalletTransaction
+from batcher.ledger.records import SettledRow
 from batcher.ledger.store import RowRecord, parse_ts
 from batcher.providers.base import ProviderOrder
 
@@ -119,12 +120,13 @@ class WalletLine:
     status: str
     currency: str
     transaction: WalletTransaction | None = None
-    row: RowRecord | None = None
+    #: the order's row: a `SettledRow` when read light for matching (no cells decoded)
+    row: RowRecord | SettledRow | None = None
     ledger_cost: Decimal | None = None
     difference: Decimal | None = None  # wallet debit - ledger cost, for the order
     note: str = ""
     #: the rows a request-level transaction settles (`row` is None then)
-    rows: tuple[RowRecord, ...] = ()
+    rows: tuple[RowRecord | SettledRow, ...] = ()
 
     @property
     def flagged(self) -> bool:
@@ -308,5 +310,5 @@ def ordered_rows(rows: Iterable[RowRecord]) -> list[RowRecord]:
     return [r for r in rows if r.state == "succeeded" and r.order_id]
 
 
-def charged_currency(row: RowRecord) -> str:
+def charged_currency(row: RowRecord | SettledRow) -> str:
     return row.cost_currency or row.currency
