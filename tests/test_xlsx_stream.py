@@ -64,7 +64,8 @@ def test_a_recurring_money_cell_is_rendered_once_and_written_as_ever() -> None:
     writer = _RowWriter(2, 1)
     shared = Styled(Decimal("1.50"), 3)
     rows = [writer.row([shared, Styled(Decimal(n) / 10, 3)]) for n in range(1, 200)]
-    assert len(writer._money) == 200  # the shared cell once, each other cell once
+    # the shared cell once (column A), each other cell once (column B)
+    assert (len(writer._columns[0]), len(writer._columns[1])) == (1, 199)
     assert all(f'<c r="A{n + 2}" s="3"><v>1.50</v></c>' in r for n, r in enumerate(rows))
     assert '<c r="B2" s="3"><v>0.1</v></c>' in rows[0]
     assert "<v>1.5</v>" in writer.row([Styled(Decimal("1.5"), 3)])
@@ -87,3 +88,38 @@ def test_recurring_cells_are_written_as_the_general_path_writes_them(
     for number, row_picks in enumerate(picks, start=2):
         row = [pool[i % len(pool)] for i in row_picks]
         assert writer.row(row) == general(reference, number, row)
+
+
+def test_equal_cells_of_another_exponent_sign_or_type_are_not_taken_for_each_other() -> None:
+    """A column keeps each cell's XML by its value: a value equal to a kept one but
+    written otherwise (`1.5` and `1.50`, `-0` and `0`, `1` and `True` and `1.0`, a
+    money cell and its plain tuple) is written as the general path writes it."""
+    writer = _RowWriter(1, date_style=7)
+    values = [
+        Styled(Decimal("1.50"), 3), Styled(Decimal("1.5"), 3), Styled(Decimal("0.00"), 3),
+        Styled(Decimal("-0.00"), 3), Styled(1, 3), Styled(True, 3), 1, True,
+        Decimal("1.0"), Decimal("1"), (Decimal("1.50"), 3), "1", "True", None, "", 0,
+        Decimal("-0"), Styled(Decimal("1.50"), 4),
+    ]  # fmt: skip
+    expected = [
+        's="3"><v>1.50</v>', 's="3"><v>1.5</v>', 's="3"><v>0.00</v>', 's="3"><v>-0.00</v>',
+        's="3"><v>1</v>', 's="3"><v>True</v>', "><v>1</v>", 't="b"><v>1</v>', "><v>1.0</v>",
+        "><v>1</v>", "<t>(Decimal('1.50'), 3)</t>", "<t>1</t>", "<t>True</t>",
+        None, None, "><v>0</v>", "><v>-0</v>", 's="4"><v>1.50</v>',
+    ]  # fmt: skip
+    for _ in range(2):  # written anew, then from what the column kept
+        for value, xml in zip(values, expected, strict=True):
+            line = writer.row([value])
+            if xml is None:
+                assert "<c " not in line
+            else:
+                assert xml in line, (value, line)
+    assert Styled(Decimal("1.5"), 3) != Styled(Decimal("1.50"), 3)
+    assert Styled(Decimal("1.50"), 3) == Styled(Decimal("1.50"), 3)
+    assert Styled(Decimal("1.50"), 3) != (Decimal("1.50"), 3)
+
+
+def test_a_value_that_cannot_be_kept_is_written_as_text() -> None:
+    writer, reference = _RowWriter(2, date_style=7), _RowWriter(2, date_style=7)
+    row: list[object] = [["a", "list"], "x"]
+    assert writer.row(row) == general(reference, 2, row)
