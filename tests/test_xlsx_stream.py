@@ -151,13 +151,24 @@ def test_blocks_of_rows_are_written_as_the_general_path_writes_each_row(
     assert writer.last_row == len(rows) + 1
 
 
-@settings(max_examples=200, deadline=None)
-@given(column=st.lists(st.one_of(texts, st.none()), min_size=1, max_size=8))
-def test_a_column_of_text_is_written_as_the_general_path_writes_each_cell(
-    column: list[str | None],
+@settings(max_examples=300, deadline=None)
+@given(
+    column=st.one_of(
+        st.lists(st.one_of(texts, st.none()), min_size=1, max_size=8),
+        st.lists(texts.filter(lambda t: t.strip() == t and t[:1] not in "=+-@"), max_size=8),
+        st.lists(st.text(alphabet="ab &<>é•", min_size=1, max_size=5), max_size=8),
+        st.lists(st.integers(-(10**20), 10**20), max_size=8),
+        st.lists(st.datetimes(timezones=st.just(UTC), min_value=datetime(2001, 1, 1)), max_size=8),
+        st.lists(st.one_of(st.none(), st.datetimes(min_value=datetime(2001, 1, 1))), max_size=8),
+        st.lists(st.none(), max_size=4),
+    )
+)
+def test_a_column_of_one_kind_is_written_as_the_general_path_writes_each_cell(
+    column: list[object],
 ) -> None:
-    """A column of text (and empty cells) checked as one: one formula, markup, control
-    character or edge space among them and each cell is written as `cell` writes it."""
+    """A column of text (and empty cells), of whole numbers or of dates is written as
+    one: one formula, markup, control character or edge space among the text and each
+    cell is still written as `cell` writes it."""
     writer, reference = _RowWriter(1, date_style=7), _RowWriter(1, date_style=7)
     rows = [[value] for value in column]
     expected = "".join(general(reference, n, row) for n, row in enumerate(rows, start=2))

@@ -80,16 +80,12 @@ def _is_plain(text: str) -> bool:
     )
 
 
-def _all_plain(texts: Sequence[str]) -> bool:
-    """`_is_plain` for every one of these non-empty texts, checked over them all at once."""
-    if not texts:
-        return True
-    joined = "".join(texts)
+def _plain_but_for_markup(texts: Sequence[str], joined: str) -> bool:
+    """`_is_plain` for every one of these non-empty texts (`joined`: them joined), checked
+    over them all at once, but for `&`, `<` and `>`: `_text_cell` escapes those, and
+    does nothing else to such text."""
     return (
         joined.isprintable()
-        and "&" not in joined
-        and "<" not in joined
-        and ">" not in joined
         and " " not in map(_last_character, texts)
         and all(map(_PLAIN_FIRST.get, map(_first_character, texts)))
         and (len(joined) <= MAX_CELL_CHARS or max(map(len, texts)) <= MAX_CELL_CHARS)
@@ -286,6 +282,7 @@ _KEPT_CELLS = 1 << 14
 _ROW_START = f'<row r="{ROW}">'
 _TEXT_AFTER, _NUMBER_AFTER = "</t></is></c>", "</v></c>"
 _TEXT, _TEXT_OR_NONE, _WHOLE = {str}, {str, type(None)}, {int}
+_MOMENTS, _NOTHING = {datetime}, {type(None)}
 _NONE_AS_EMPTY = {None: ""}
 _first_character, _last_character = itemgetter(0), itemgetter(-1)
 
@@ -297,7 +294,10 @@ class _Column(dict[Any, str]):
     the types that equal only their own kind: text, None, datetimes and `Styled`
     (exact); never numbers (`1 == True == Decimal("1.0")`)."""
 
-    __slots__ = ("filled_at", "keep", "number_before", "opening", "ref", "text_before", "writer")
+    __slots__ = (
+        "filled_at", "keep", "moment_before", "number_before", "opening", "ref", "text_before",
+        "writer",
+    )  # fmt: skip
 
     def __init__(self, writer: _RowWriter, letter: str) -> None:
         super().__init__()
@@ -309,6 +309,7 @@ class _Column(dict[Any, str]):
         #: plain text, a whole number: `_text_cell` and `cell` write them so
         self.text_before = self.opening + ' t="inlineStr"><is><t>'
         self.number_before = self.opening + "><v>"
+        self.moment_before = f'{self.opening} s="{writer.date_style}"><v>'
 
     def parts(self, values: Sequence[Any]) -> tuple[str, Sequence[str] | None, str]:
         """This column's cells in a block of rows: (`before`, `middle`, `after`), each
@@ -323,8 +324,13 @@ class _Column(dict[Any, str]):
             written = list(filter(None, values))
             if not written:
                 return "", None, ""
-            if _all_plain(written):
-                if not all(map(str.isascii, written)):
+            joined = "".join(written)
+            if _plain_but_for_markup(written, joined):
+                if "&" in joined or "<" in joined or ">" in joined:  # as `escape` does
+                    values = list(map(str.replace, values, repeat("&"), repeat("&amp;")))
+                    values = list(map(str.replace, values, repeat("<"), repeat("&lt;")))
+                    values = list(map(str.replace, values, repeat(">"), repeat("&gt;")))
+                if not joined.isascii():
                     # printable: no lone surrogate, each character has a reference
                     wide = map(str.encode, values, repeat("ascii"), repeat("xmlcharrefreplace"))
                     values = list(map(bytes.decode, wide))
@@ -341,6 +347,10 @@ class _Column(dict[Any, str]):
                 return "", found, ""
         elif kinds == _WHOLE:
             return self.number_before, list(map(str, values)), _NUMBER_AFTER
+        elif kinds == _MOMENTS:
+            return self.moment_before, list(map(_serial, values)), _NUMBER_AFTER
+        elif kinds == _NOTHING:
+            return "", None, ""
         try:
             kept = list(map(self.get, values))
         except TypeError:  # a value that cannot be a key (unhashable)
