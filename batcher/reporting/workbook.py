@@ -281,6 +281,12 @@ def line_of(values: LineValues, model: ReportModel, styles: _Styles) -> list[Any
     # money cells by one lookup when kept (`_Styles.amount` makes and keeps the others)
     kept = styles.by_currency.get(currency) or _NO_CELLS
     charged = cost_currency or currency  # as `charged_currency`
+    debit = None
+    if check is not None:
+        paid, paid_currency = check.debit, check.debit_currency
+        debit = (kept if paid_currency == currency else _NO_CELLS).get(paid) or amount(  # type: ignore[arg-type]
+            paid, paid_currency
+        )
     return [
         source_row,
         reference or get("reference", ""),  # `_reference`
@@ -303,7 +309,7 @@ def line_of(values: LineValues, model: ReportModel, styles: _Styles) -> list[Any
         _error_text(error_code, error_message, conflict)
         if error_code or error_message or conflict
         else "",
-        amount(check.debit, check.debit_currency) if check else None,
+        debit,
         checked,
         _ts(created_at),
         _ts(updated_at),
