@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -50,3 +52,45 @@ def test_a_kept_cell_is_the_cell_made_anew(amounts: list[tuple[Decimal, str]]) -
         assert cell is not None
         made = value.quantize(quantum(currency), rounding=ROUND_HALF_UP)
         assert (f"{cell.value:f}", cell.style) == (f"{made:f}", s.money_style(currency))
+
+
+def test_the_cycle_collector_is_paused_while_writing_and_restored_after() -> None:
+    """The workbook is written with the collector off (hundreds of runs walking the
+    report's objects, nothing to collect), and the collector is left as it was found,
+    also when writing fails."""
+    import gc
+
+    from batcher.reporting.workbook import collector_paused
+
+    assert gc.isenabled()
+    with collector_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), collector_paused():
+        raise RuntimeError("disk full")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with collector_paused():
+            pass
+        assert not gc.isenabled(), "a caller's own pause is not undone"
+    finally:
+        gc.enable()
+
+
+def test_the_workbook_is_written_with_the_collector_paused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gc
+
+    from batcher.reporting import workbook
+
+    seen: list[bool] = []
+
+    def spy(path: Path, model: object) -> Path:
+        seen.append(gc.isenabled())
+        return path
+
+    monkeypatch.setattr(workbook, "_write_workbook", spy)
+    workbook.write_workbook(tmp_path / "r.xlsx", object())  # type: ignore[arg-type]
+    assert seen == [False] and gc.isenabled()
