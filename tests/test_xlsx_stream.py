@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -9,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batcher.reporting.xlsx_stream import Styled, _RowWriter
+from batcher.reporting.xlsx_stream import Styled, _Deflating, _RowWriter
 
 texts = st.one_of(
     st.text(max_size=12),
@@ -180,3 +181,45 @@ def test_a_row_too_wide_is_refused_with_its_number() -> None:
     writer.row(["a"])
     with pytest.raises(IndexError, match="row 4 has 3 cells, the sheet 2"):
         writer.rows([["b"], ["c", "d", "e"]])
+
+
+class _Member:
+    """A zip member that records where and what it was given, failing on request."""
+
+    def __init__(self, fail_at: int | None = None) -> None:
+        self.blocks: list[bytes] = []
+        self.threads: set[str] = set()
+        self.fail_at = fail_at
+
+    def write(self, block: bytes) -> int:
+        self.threads.add(threading.current_thread().name)
+        if self.fail_at is not None and len(self.blocks) == self.fail_at:
+            raise OSError("disk full")
+        self.blocks.append(block)
+        return len(block)
+
+
+def test_blocks_are_deflated_on_a_thread_of_their_own_in_order() -> None:
+    member = _Member()
+    blocks = [f"<row>{n}</row>".encode() for n in range(50)]
+    with _Deflating(member) as out:  # type: ignore[arg-type]
+        for block in blocks:
+            out.write(block)
+    assert member.blocks == blocks
+    assert member.threads == {"xlsx-deflate"}
+
+
+def test_an_error_while_deflating_reaches_the_writer() -> None:
+    member = _Member(fail_at=3)
+    with pytest.raises(OSError, match="disk full"), _Deflating(member) as out:  # type: ignore[arg-type]
+        for n in range(50):
+            out.write(b"<row/>" * n)
+    assert len(member.blocks) == 3
+
+
+def test_the_writers_own_error_wins_and_the_thread_ends() -> None:
+    member = _Member(fail_at=0)
+    with pytest.raises(ValueError, match="bad row"), _Deflating(member) as out:  # type: ignore[arg-type]
+        out.write(b"<row/>")
+        raise ValueError("bad row")
+    assert not any(t.name == "xlsx-deflate" for t in threading.enumerate())
