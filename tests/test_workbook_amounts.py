@@ -60,7 +60,7 @@ def test_the_cycle_collector_is_paused_while_writing_and_restored_after() -> Non
     also when writing fails."""
     import gc
 
-    from batcher.reporting.workbook import collector_paused
+    from batcher.core.collector import collector_paused
 
     assert gc.isenabled()
     with collector_paused():

@@ -34,14 +34,13 @@ orphan; `batcher report` lists and matches everything.
 from __future__ import annotations
 
 import dataclasses
-import gc
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
+from batcher.core.collector import collector_paused
 from batcher.core.keys import MatchKey, match_key
 from batcher.core.models import WalletTransaction
 from batcher.core.money import format_money
@@ -113,7 +112,7 @@ def reconcile_and_sum(
         evidence = "transactions"
         summing = facts is None
         facts = facts if facts is not None else RowFacts()
-        with _no_cycle_collection():
+        with collector_paused():
             checks, lines, orphans, in_flight, problems = match_orders(inputs, facts, summing)
     currencies = [
         currency_verdict(currency, inputs, facts, problems, lines, orphans, evidence)
@@ -133,24 +132,6 @@ def reconcile_and_sum(
         earlier_orders=facts.earlier_orders,
     )
     return reconciliation, facts
-
-
-@contextmanager
-def _no_cycle_collection() -> Iterator[None]:
-    """The cyclic garbage collector paused: matching a batch's orders builds a few objects
-    per order (its light row, check and wallet line), hundreds of thousands of them, all
-    kept and none in a reference cycle. As they pile up the collector would otherwise
-    walk every object of the process (the provider's listings too) again and again, for
-    nothing: a third of matching's time at 100,000 orders. Reference counting frees
-    objects as ever; the collector resumes afterwards (unless it was off already)."""
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 def row_match_key(row: RowRecord) -> MatchKey:
