@@ -704,10 +704,7 @@ def test_one_commit_per_group_of_chunks_and_sending_is_durable_before_each_reque
     w.provider.on_submit = committed_states
     with w.runner() as (ledger, runner):
         runner.prepare(w.rows)
-        commits: list[str] = []
-        ledger._db.set_trace_callback(  # type: ignore[union-attr]
-            lambda sql: commits.append(sql) if sql.strip().upper() == "COMMIT" else None
-        )
+        commits = _traced_commits(ledger)
         stats = runner.execute()
     assert stats.submits == chunks and stats.stopped is None
     assert_exactly_once(w)
@@ -730,6 +727,15 @@ def test_one_commit_per_group_of_chunks_and_sending_is_durable_before_each_reque
     assert len(commits) <= len(sizes) + 2 + chunks // FLUSH_AHEAD_WRITES, commits
 
 
+def _traced_commits(ledger: Any) -> list[str]:
+    """The COMMIT statements the ledger's connection runs from now on, as they run."""
+    commits: list[str] = []
+    ledger._db.set_trace_callback(
+        lambda sql: commits.append(sql) if sql.strip().upper() == "COMMIT" else None
+    )
+    return commits
+
+
 def test_a_long_back_to_back_run_commits_a_handful_of_times(tmp_path: Path) -> None:
     """200 chunks sent back to back take about a dozen durable commits (groups of 1, 2,
     4, 8, 16, then 32), not one per 8 chunks: a commit costs more than a request."""
@@ -737,10 +743,7 @@ def test_a_long_back_to_back_run_commits_a_handful_of_times(tmp_path: Path) -> N
               wallets={"GBP": Decimal(1000)})  # fmt: skip
     with w.runner() as (ledger, runner):
         runner.prepare(w.rows)
-        commits: list[str] = []
-        ledger._db.set_trace_callback(  # type: ignore[union-attr]
-            lambda sql: commits.append(sql) if sql.strip().upper() == "COMMIT" else None
-        )
+        commits = _traced_commits(ledger)
         stats = runner.execute()
     assert stats.submits == 200
     assert_exactly_once(w)

@@ -30,8 +30,9 @@ def _digest(*parts: str) -> str:
 class RowFields(OrderFields):
     """The order-defining fields of a row, already validated and normalised."""
 
-    def canonical(self) -> tuple[str, ...]:
-        return _canonical(
+    def _order(self) -> tuple[str, str, Decimal, str, str, str]:
+        """The fields that make the order, in `_canonical`'s order."""
+        return (
             self.recipient_email,
             self.product_code,
             self.amount,
@@ -40,18 +41,12 @@ class RowFields(OrderFields):
             self.message,
         )
 
+    def canonical(self) -> tuple[str, ...]:
+        return _canonical(*self._order())
+
     def content_hash(self) -> str:
         """Everything that, if changed, makes it a different order."""
-        return content_hash_of(
-            self.recipient_email,
-            self.product_code,
-            self.amount,
-            self.currency,
-            self.recipient_name,
-            self.message,
-            self.country,
-            self.payment_currency,
-        )
+        return content_hash_of(*self._order(), self.country, self.payment_currency)
 
 
 def _canonical(
