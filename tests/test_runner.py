@@ -811,6 +811,39 @@ def test_the_ledger_waits_for_the_commit_on_the_other_thread() -> None:
         ledger.chunk("k")
 
 
+def test_a_failed_commit_on_the_other_thread_stops_the_group_it_runs_beside(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the next group's commit fails on the other thread (a full disk, a claimed
+    order), the run stops at its next request: the rest of the group being sent stays
+    unsent, not sent on regardless until the ledger is next used."""
+    w = world(tmp_path, [("GBP", "1")] * 15, submit_limit=1, wallets={"GBP": Decimal(100)})
+    marked: list[str] = []
+    real_mark = Ledger.mark_sending
+
+    def mark_sending(self: Ledger, batch: str, key: str) -> None:
+        marked.append(key)
+        if len(marked) == 8:  # the fourth group's first chunk: it is committed ahead
+            raise OSError("disk full")
+        real_mark(self, batch, key)
+
+    monkeypatch.setattr(Ledger, "mark_sending", mark_sending)
+    w.provider.on_submit = lambda _key: ahead_commit_done()
+    with pytest.raises(OSError, match="disk full"):
+        w.run()
+    # Groups of 1, 2, then 4 (chunks 4-7): the fourth group's commit starts once chunk
+    # 4 is answered and has failed by the time chunk 5 is answered; 6 and 7 wait.
+    sent = [key for key, _ in w.provider.sent]
+    assert len(sent) == len(set(sent)) == 5
+    reader = Ledger(w.path)
+    try:  # nothing unsent is left `sending`: the next run plans it as ever
+        planned = {c.chunk_key for c in reader.chunks(BATCH, ["planned"])}
+        assert not reader.chunks(BATCH, ["sending"])
+    finally:
+        reader.close()
+    assert len(planned) == 10 and not planned & set(sent)
+
+
 def test_a_send_that_waits_ends_the_group(tmp_path: Path) -> None:
     """When sends wait (a rate limit, a slow provider), groups start again from one
     chunk and each answer is committed while the next request goes on, so the earlier

@@ -235,6 +235,13 @@ class _AheadCommit:
         """No transaction is running (one that ended may wait to be joined)."""
         return self._thread is None or not self._thread.is_alive()
 
+    def raise_if_failed(self) -> None:
+        """Raise what an ended transaction raised, without waiting for a running one:
+        the runner checks before each request, so a failed commit (a claimed order, a
+        full disk) stops the run before the rest of the group is sent."""
+        if self._thread is not None and self.idle:
+            self.join()
+
     def join(self) -> None:
         """Wait for the transaction (a no-op on its own thread); raise what it raised."""
         thread = self._thread
@@ -602,6 +609,7 @@ class Runner:
 
         while queue or polls:
             self._check_stop()
+            self._ahead.raise_if_failed()
             if self.events is not None and polls:
                 self._commit_deferred()  # it reads the chunks' states
                 self._settle_from_events(polls, accepted_at)
