@@ -645,9 +645,8 @@ class Runner:
                 result = self._send(chunk)
                 if isinstance(self.ledger, _LedgerAfterCommit):
                     # the group's first answer is in: the next group's commit carries it
-                    if queue and not self._ahead_keys and self._mark_ahead(queue):
-                        pass
-                    elif self._group_size == 1:
+                    ahead = bool(queue) and not self._ahead_keys and self._mark_ahead(queue)
+                    if not ahead and self._group_size == 1:
                         # sends wait (`_send`): their answers do not wait in memory
                         self._flush_ahead()
                 if not queue:
@@ -671,9 +670,13 @@ class Runner:
     def _mark_group(self, first: ChunkRecord, queue: list[str]) -> None:
         """Commit `first` and the next planned chunks of `queue` (popped from its end)
         `sending`, in one durable commit with the writes that wait."""
+        size = self._grow_group()
+        self._mark_chunks(list(reversed(queue[max(0, len(queue) - (size - 1)) :])), first=first)
+
+    def _grow_group(self) -> int:
+        """The size of the group being marked; the next one doubles, up to the cap."""
         size, self._group_size = self._group_size, min(SEND_GROUP_CHUNKS, 2 * self._group_size)
-        keys = [k for k in reversed(queue[max(0, len(queue) - (size - 1)) :])]
-        self._mark_chunks(keys, first=first)
+        return size
 
     def _mark_ahead(self, queue: list[str]) -> bool:
         """Commit the next group `sending` on another thread while this group's requests
@@ -688,18 +691,21 @@ class Runner:
                     break
         if not keys:
             return False
-        self._group_size = min(SEND_GROUP_CHUNKS, 2 * self._group_size)
+        self._grow_group()
         self._ahead_keys = set(keys)
-        # the writes waiting now, no more: what comes later goes in a later commit
-        writes, self._deferred = self._deferred, []
-        self._ahead.start(lambda: self._mark_chunks(keys, writes=writes))
+        self._commit_on_thread(keys)
         return True
 
     def _flush_ahead(self) -> None:
         """Commit the writes that wait on the other thread, if it is free and may be used."""
         if self._deferred and self._ahead.idle and isinstance(self.ledger, _LedgerAfterCommit):
-            writes, self._deferred = self._deferred, []
-            self._ahead.start(lambda: self._mark_chunks((), writes=writes))
+            self._commit_on_thread(())
+
+    def _commit_on_thread(self, keys: Sequence[str]) -> None:
+        """`keys` marked `sending` with the writes waiting now, on the other thread; what
+        is deferred later goes in a later commit."""
+        writes, self._deferred = self._deferred, []
+        self._ahead.start(lambda: self._mark_chunks(keys, writes=writes))
 
     def _mark_chunks(
         self,
