@@ -31,17 +31,19 @@ from batcher.core.errors import ConfigError, UsageError
 from batcher.core.models import AccountInfo, Balance, Campaign, Product, WalletTransaction
 from batcher.core.names import check_batch_name
 from batcher.core.states import HELD_STATES, SETTLED_STATES, UNFINISHED_STATES
-from batcher.execute.check import SheetReading, check_sheet
-from batcher.intake.validate import ValidationResult, validation_document
 from batcher.providers import connect
 from batcher.providers.base import Provider, ProviderOptions
 
 # The ledger (store, queue, lock) and reconciliation are imported by the functions that
 # use them: `batcher validate` needs neither, and they cost it a twentieth of its start-up.
+# So is validation (with polars, a fifth of a second and threads of its own): a report
+# never reads a sheet.
 if TYPE_CHECKING:
+    from batcher.execute.check import SheetReading
     from batcher.execute.dryrun import DryRun, dry_run_batch
     from batcher.execute.run import BatchOptions, BatchResult, RunUI, run_batch
     from batcher.execute.worker import QueuedRun
+    from batcher.intake.validate import ValidationResult
     from batcher.ledger.location import LedgerLocation
     from batcher.ledger.queue import QueueItem
     from batcher.ledger.store import Ledger, RowRecord
@@ -192,6 +194,8 @@ def validate_sheet(
 
     Writes ``REPORT_DIR/<sheet stem>/validation.csv`` (and ``validation.json`` when asked).
     """
+    from batcher.execute.check import check_sheet
+    from batcher.intake.validate import validation_document
     from batcher.reporting.outputs import write_validation_csv
 
     with open_provider(settings, provider_options) as client:

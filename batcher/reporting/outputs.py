@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 from batcher.core.files import atomic_write
 from batcher.core.money import money_str
-from batcher.intake.validate import REPORT_COLUMNS, ValidationResult, report_records
 from batcher.reporting.cells import safe_cell
 
 if TYPE_CHECKING:  # types only: `batcher validate` loads neither the ledger nor reconciliation
+    from batcher.intake.validate import ValidationResult
     from batcher.ledger.records import SettledRow
     from batcher.ledger.store import RowRecord
     from batcher.reporting.verdicts import Reconciliation
@@ -233,6 +233,10 @@ def write_json(path: Path, data: dict[str, Any]) -> Path:
 
 def write_validation_csv(result: ValidationResult, path: Path) -> Path:
     """Every validation error, one per line; cells neutralised so Excel never runs them."""
+    # Here, not at the top: validation brings polars, which a report never needs (its
+    # import is a fifth of a second, and it starts threads of its own)
+    from batcher.intake.validate import REPORT_COLUMNS, report_records
+
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8-sig") as handle:  # BOM: Excel reads UTF-8
         writer = csv.writer(handle)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from itertools import islice
 
 from batcher.ledger.queries import (
     ROW_KEY,
@@ -56,6 +57,8 @@ class BatchRows:
         page: int,
         read_facts: ReadFactPages | None = None,
         read_lines: ReadLinePages | None = None,
+        *,
+        in_memory: bool = False,
     ) -> None:
         self.keys = keys
         self.in_sheet_count = in_sheet
@@ -63,6 +66,8 @@ class BatchRows:
         self._read_facts = read_facts
         self._read_lines = read_lines
         self._page = page
+        #: `read` reads no ledger: the rows were given (`from_rows`)
+        self._in_memory = in_memory
         self._whole: list[RowRecord] | None = None
         self._held: Mapping[str, RowRecord] = {}
         self._held_light: Mapping[str, SettledRow] = {}
@@ -111,7 +116,7 @@ class BatchRows:
                 yield [by_key[k] for k in wanted[start : start + page] if k in by_key]
 
         in_sheet = sum(1 for r in ordered if r.in_sheet)
-        return cls([r.row_key for r in ordered], in_sheet, read, page)
+        return cls([r.row_key for r in ordered], in_sheet, read, page, in_memory=True)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -145,25 +150,30 @@ class BatchRows:
         for rows in self._read_facts(self.keys):
             yield from rows
 
-    def for_lines(self) -> Iterator[LineValues]:
+    def for_lines(self, start: int = 0, stop: int | None = None) -> Iterator[LineValues]:
         """Every row's `LineValues`, in report order, for a line per row (the Orders
-        sheet): read from the ledger without building whole records where it can."""
+        sheet): read from the ledger without building whole records where it can.
+        `start` and `stop` give a part of them (rows `start` to `stop`, as a slice):
+        rows held in memory (`held_count`) are never read from the ledger."""
+        keys = self.keys[start:stop]
         if self._whole is not None or self._read_lines is None:
-            yield from map(line_values, self)
+            yield from map(line_values, islice(self, start, stop))
             return
         if len(self.keys) <= self._page:
-            yield from map(line_values, self)  # one page: read whole and kept
+            yield from map(line_values, islice(self, start, stop))  # one page: read whole, kept
             return
         if not (self._held or self._held_light):
-            for lines in self._read_lines(self.keys):
+            for lines in self._read_lines(keys):
                 yield from lines
             return
         held, light, page = self._held, self._held_light, min(self._page, RAW_PAGE)
-        for start in range(0, len(self.keys), page):
-            keys = self.keys[start : start + page]
-            missing = [k for k in keys if k not in held and k not in light]
-            read = {v[0]: v for lines in self._read_lines(missing) for v in lines}
-            for key in keys:
+        for at in range(0, len(keys), page):
+            part = keys[at : at + page]
+            missing = [k for k in part if k not in held and k not in light]
+            read = (
+                {v[0]: v for lines in self._read_lines(missing) for v in lines} if missing else {}
+            )
+            for key in part:
                 row = held.get(key)
                 if row is not None:
                     yield line_values(row)
@@ -172,6 +182,22 @@ class BatchRows:
                 values = settled_line_values(settled) if settled is not None else read.get(key)
                 if values is not None:
                     yield values
+
+    def held_count(self) -> int:
+        """How many of the first rows are in memory (held, or the batch read whole):
+        their lines (`for_lines(0, count)`) need no read of the ledger."""
+        if self._whole is not None:
+            return len(self._whole)
+        if self._in_memory:
+            return len(self.keys)
+        if self._read_lines is None or len(self.keys) <= self._page:
+            return 0  # not read yet
+        held, light, count = self._held, self._held_light, 0
+        for key in self.keys:
+            if key not in held and key not in light:
+                break
+            count += 1
+        return count
 
     def hold(self, rows: Mapping[str, RowRecord | SettledRow]) -> None:
         """Rows (by key) a reader already holds anyway, as read from this batch: the

@@ -16,7 +16,7 @@ take seconds, not minutes.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
@@ -48,9 +48,9 @@ from batcher.reporting.xlsx_stream import (
     StreamedSheet,
     Styled,
     excel_datetime,
-    inject,
     prepare,
     register_style,
+    save,
 )
 from batcher.reporting.xlsx_style import (
     DATETIME_FORMAT,
@@ -159,8 +159,7 @@ def _write_workbook(path: Path, model: ReportModel) -> Path:
         _outstanding_sheet(workbook, model, styles),
     ]
     with atomic_write(path) as tmp:
-        workbook.save(tmp)
-        inject(tmp, workbook, streamed, styles.date)
+        save(tmp, workbook, streamed, styles.date)
     return path
 
 
@@ -181,6 +180,8 @@ def _streamed(
     widths: Sequence[float],
     freeze: str = "A2",
     row_count: int | None = None,  # required when `rows` is an iterator
+    part: Callable[[int, int | None], Iterator[Sequence[Any]]] | None = None,
+    in_memory: int = 0,
 ) -> StreamedSheet:
     if row_count is None:
         assert not isinstance(rows, Iterator), "an iterator of rows needs its row_count"
@@ -193,7 +194,7 @@ def _streamed(
         sheet.column_dimensions[get_column_letter(i)].width = width
     print_setup(sheet, pages_tall=0)
     sheet.print_title_rows = "1:1"
-    return StreamedSheet(sheet, rows, row_count, len(headers))
+    return StreamedSheet(sheet, rows, row_count, len(headers), part, in_memory)
 
 
 _WIDTH_SAMPLE = 300  # rows whose values size the columns
@@ -360,12 +361,16 @@ def _earlier_sheet_note(ordered_at: str | None) -> str:
 def _orders_sheet(workbook: Workbook, model: ReportModel, styles: _Styles) -> StreamedSheet:
     headers = order_headers(model.passthrough)
     sample = [order_line(r, model, styles) for r in model.rows.first(_WIDTH_SAMPLE)]
+
     # Made one at a time as the sheet is written, from rows read a page at a time: all
     # of them at once would take about a kilobyte per row, a gigabyte at a million rows.
-    lines = (line_of(values, model, styles) for values in model.rows.for_lines())
+    def part(start: int, stop: int | None) -> Iterator[list[Any]]:
+        return (line_of(values, model, styles) for values in model.rows.for_lines(start, stop))
+
     return _streamed(
-        workbook, ORDERS, headers, lines, _widths(headers, sample), "B2", len(model.rows)
-    )
+        workbook, ORDERS, headers, part(0, None), _widths(headers, sample), "B2",
+        len(model.rows), part, model.rows.held_count(),
+    )  # fmt: skip
 
 
 # ----- Failures
@@ -424,10 +429,16 @@ def _failure_lines(
 
 
 def _wallet_sheet(workbook: Workbook, model: ReportModel, styles: _Styles) -> StreamedSheet:
-    rows = [_wallet_line(line, styles) for line in model.reconciliation.wallet_lines]
     if model.reconciliation.evidence != "transactions":
-        rows = [[None] * 11 + ["not fetched", _not_fetched(model.reconciliation)]]
-    return _streamed(workbook, WALLET, WALLET_HEADERS, rows, _widths(WALLET_HEADERS, rows))
+        note = [[None] * 11 + ["not fetched", _not_fetched(model.reconciliation)]]
+        return _streamed(workbook, WALLET, WALLET_HEADERS, note, _widths(WALLET_HEADERS, note))
+    # Made as the sheet is written (the first few for the widths now): when a child
+    # writes the Orders sheet (`save`), this process makes them meanwhile.
+    lines = model.reconciliation.wallet_lines
+    sample = [_wallet_line(line, styles) for line in lines[:_WIDTH_SAMPLE]]
+    rows = (_wallet_line(line, styles) for line in lines)
+    widths = _widths(WALLET_HEADERS, sample)
+    return _streamed(workbook, WALLET, WALLET_HEADERS, rows, widths, row_count=len(lines))
 
 
 def _not_fetched(rec: Reconciliation) -> str:

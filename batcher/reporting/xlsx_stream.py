@@ -22,15 +22,21 @@ Style ids come from `register_style`, called before openpyxl saves the workbook.
 
 from __future__ import annotations
 
+import io
 import os
 import queue
 import re
 import shutil
+import signal
 import string
+import struct
+import sys
+import tempfile
 import threading
 import zipfile
-from collections.abc import Iterable, Sequence
-from contextlib import suppress
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -38,7 +44,7 @@ from functools import lru_cache
 from itertools import islice, repeat
 from operator import add, itemgetter
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import IO, Any, NamedTuple, NoReturn, Protocol
 from xml.sax.saxutils import escape
 
 from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE, Cell
@@ -157,6 +163,12 @@ class StreamedSheet:
     rows: Iterable[Sequence[Any]]
     row_count: int  # how many rows `rows` yields: the sheet's dimension says so up front
     columns: int
+    #: the rows from `start` to `stop` (None: the last), as `rows` yields them: lets
+    #: `save` write the sheet in two parts, the first in a forked child
+    part: Callable[[int, int | None], Iterable[Sequence[Any]]] | None = None
+    #: how many of the first rows `part` makes from memory alone (no ledger, no
+    #: network, no logging): only those may be made in a forked child
+    in_memory: int = 0
 
 
 def prepare(worksheet: Worksheet, headers: Sequence[str], row_count: int) -> None:
@@ -188,6 +200,364 @@ def inject(
             _write_sheet(target, item.filename, frame, sheet, date_style)
 
 
+# ---------------------------------------------------------------------------
+# The package written whole, the biggest sheet's first rows by a forked child.
+
+#: fewer rows than this for the child: not worth a process
+FORK_MIN_ROWS = 20_000
+#: the parent's own work besides its rows of the split sheet, counted in that sheet's
+#: rows (rough, measured at 100,000 rows): openpyxl's save, and each row of the other
+#: streamed sheets (a Wallet line costs about half an Orders line)
+_SAVE_ROWS = 20_000
+_OTHER_ROW = 0.5
+#: bytes copied at a time from a part's file into the package
+_COPY = 1 << 20
+
+
+def save(path: Path, workbook: Workbook, sheets: Sequence[StreamedSheet], date_style: int) -> None:
+    """Save `workbook` at `path` (a temporary path of the caller's: not atomic here)
+    with the streamed sheets' rows in place.
+
+    Where the platform forks (Linux) and this process has no other thread, the
+    first rows of the biggest sheet that can make them from memory are written by a
+    forked child on the other core, while this process saves the workbook and writes
+    the rest; each part is deflated on its own and the parts are joined into the one
+    zip member (deflate data can be joined at a flushed block; the CRCs combine).
+    The sheet's XML is the same bytes either way. Otherwise, or for a small sheet,
+    everything is written here, as `inject` does."""
+    split = _split(sheets)
+    child = None if split is None else _ChildRows.start(*split, date_style, path.parent)
+    try:
+        frame = io.BytesIO()
+        workbook.save(frame)
+        targets = {_part_name(workbook, s.worksheet): s for s in sheets}
+        with (
+            zipfile.ZipFile(frame) as source,
+            zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as target,
+        ):
+            missing = set(targets) - set(source.namelist())
+            if missing:
+                raise RuntimeError(f"openpyxl did not write {sorted(missing)}")
+            if child is None:
+                for item in source.infolist():
+                    sheet = targets.get(item.filename)
+                    if sheet is None:
+                        target.writestr(item, source.read(item.filename))
+                    else:
+                        frame_text = source.read(item.filename).decode("utf-8")
+                        _write_sheet(target, item.filename, frame_text, sheet, date_style)
+                return
+            with tempfile.TemporaryFile(dir=path.parent) as scratch:
+                parts = _write_parts(scratch, sheets, child, date_style)
+                parts[id(child.sheet)].insert(0, child.join())
+                for item in source.infolist():
+                    sheet = targets.get(item.filename)
+                    if sheet is None:
+                        target.writestr(item, source.read(item.filename))
+                    else:
+                        frame_text = source.read(item.filename).decode("utf-8")
+                        _join_member(target, item.filename, frame_text, sheet, parts[id(sheet)])
+    finally:
+        if child is not None:
+            child.close()
+
+
+def _split(sheets: Sequence[StreamedSheet]) -> tuple[StreamedSheet, int] | None:
+    """The sheet whose first rows a child makes, and how many: about half the work."""
+    if not sys.platform.startswith("linux") or not hasattr(os, "fork") or _threads() != 1:
+        return None
+    candidates = [s for s in sheets if s.part is not None and s.in_memory > 0]
+    if not candidates:
+        return None
+    sheet = max(candidates, key=lambda s: s.row_count)
+    others = sum(s.row_count for s in sheets if s is not sheet)
+    half = (sheet.row_count + _SAVE_ROWS + int(others * _OTHER_ROW)) // 2
+    count = min(sheet.in_memory, sheet.row_count, half)
+    return (sheet, count) if count >= FORK_MIN_ROWS else None
+
+
+def _threads() -> int:
+    """This process's threads, the interpreter's and any other (a forked child has
+    only the one that forked: another thread's lock would stay held in it forever)."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return threading.active_count()
+
+
+class _Part(NamedTuple):
+    """One part of a zip member's deflated data: a run of whole deflate blocks ending
+    at a flushed byte boundary (the last part: the final block), with the CRC and
+    size of the bytes it holds. In `data`, or at `offset` in the file `fd`."""
+
+    data: bytes | None
+    fd: int
+    offset: int
+    length: int
+    crc: int
+    size: int
+
+
+class _PartSink:
+    """Deflates what is written to it onto the end of `file`: one `_Part`."""
+
+    def __init__(self, file: IO[bytes]) -> None:
+        self._file = file
+        self._offset = file.seek(0, os.SEEK_END)
+        self._deflate = zlib.compressobj(1, zlib.DEFLATED, -15)  # as zipfile, level 1
+        self.crc = self.size = self.length = 0
+
+    def write(self, block: bytes) -> None:
+        self.crc = zlib.crc32(block, self.crc)
+        self.size += len(block)
+        data = self._deflate.compress(block)
+        self._file.write(data)
+        self.length += len(data)
+
+    def finish(self) -> _Part:
+        data = self._deflate.flush(zlib.Z_SYNC_FLUSH)
+        self._file.write(data)
+        self._file.flush()
+        self.length += len(data)
+        return _Part(None, self._file.fileno(), self._offset, self.length, self.crc, self.size)
+
+
+def _deflated(data: bytes, *, last: bool) -> _Part:
+    deflate = zlib.compressobj(1, zlib.DEFLATED, -15)
+    out = deflate.compress(data) + deflate.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
+    return _Part(out, -1, 0, len(out), zlib.crc32(data), len(data))
+
+
+def _write_rows(
+    file: IO[bytes],
+    sheet: StreamedSheet,
+    start: int,
+    stop: int | None,
+    date_style: int,
+    *,
+    threaded: bool,
+) -> _Part:
+    """Rows `start` to `stop` of the sheet (all of them when it has no `part`), as one
+    deflated `_Part` at the end of `file`; deflated on a thread of its own if `threaded`."""
+    if sheet.part is not None:
+        rows = iter(sheet.part(start, stop))
+    else:
+        assert start == 0 and stop is None, "a sheet without `part` is written whole"
+        rows = iter(sheet.rows)
+    end = sheet.row_count if stop is None else stop
+    writer = _RowWriter(sheet.columns, date_style, after=start + 1)
+    sink = _PartSink(file)
+    with _Deflating(sink) if threaded else nullcontext(sink) as out:
+        while block := list(islice(rows, _ROWS_PER_WRITE)):
+            out.write(writer.rows(block).encode("utf-8"))
+    if writer.last_row != end + 1:
+        raise RuntimeError(
+            f"{sheet.worksheet.title}: {writer.last_row - 1 - start} rows written from row"
+            f" {start + 2}, {end - start} expected"
+        )
+    return sink.finish()
+
+
+def _write_parts(
+    file: IO[bytes], sheets: Sequence[StreamedSheet], child: _ChildRows, date_style: int
+) -> dict[int, list[_Part]]:
+    """Every streamed sheet's rows but the child's, deflated into `file`, by sheet."""
+    parts: dict[int, list[_Part]] = {}
+    for sheet in sheets:
+        start = child.count if sheet is child.sheet else 0
+        parts[id(sheet)] = [_write_rows(file, sheet, start, None, date_style, threaded=True)]
+    return parts
+
+
+def _join_member(
+    target: zipfile.ZipFile, name: str, frame: str, sheet: StreamedSheet, parts: Sequence[_Part]
+) -> None:
+    """The worksheet `name`: its frame's head, the rows' parts and its tail, as one member."""
+    head, tail = _frame(name, frame, sheet)
+    every = [_deflated(head.encode("utf-8"), last=False), *parts]
+    every.append(_deflated(tail.encode("utf-8"), last=True))
+    crc = size = length = 0
+    for part in every:
+        crc = crc32_combine(crc, part.crc, part.size)
+        size += part.size
+        length += part.length
+    info = zipfile.ZipInfo(name)  # as `ZipFile.open(name, "w")` makes it
+    info.compress_type = zipfile.ZIP_DEFLATED
+    info.external_attr = 0o600 << 16
+    info.CRC, info.file_size, info.compress_size = crc, size, length
+    _append_deflated(target, info, every)
+
+
+def _append_deflated(
+    target: zipfile.ZipFile, info: zipfile.ZipInfo, parts: Sequence[_Part]
+) -> None:
+    """Append a member whose deflated data, CRC and sizes are known: what
+    `ZipFile.open(info, "w")` and its close do, but the data is not deflated again."""
+    if getattr(target, "_writing", False):
+        raise ValueError("another member of the package is being written")
+    fp = target.fp
+    assert fp is not None
+    fp.seek(target.start_dir)
+    info.header_offset = fp.tell()
+    target._writecheck(info)  # type: ignore[attr-defined]
+    target._didModify = True  # type: ignore[attr-defined]
+    fp.write(info.FileHeader())
+    for part in parts:
+        if part.data is not None:
+            fp.write(part.data)
+            continue
+        done = 0
+        while done < part.length:
+            chunk = os.pread(part.fd, min(_COPY, part.length - done), part.offset + done)
+            if not chunk:
+                raise RuntimeError(f"{info.filename}: a part of its rows is missing")
+            fp.write(chunk)
+            done += len(chunk)
+    target.start_dir = fp.tell()
+    target.filelist.append(info)
+    target.NameToInfo[info.filename] = info
+
+
+def crc32_combine(crc1: int, crc2: int, length2: int) -> int:
+    """The CRC-32 of A + B from CRC-32(A), CRC-32(B) and the length of B (zlib's
+    `crc32_combine`, which Python's zlib does not offer): A's CRC is carried through
+    B's length of zero bits by squaring a GF(2) matrix, in log(length) steps."""
+    if length2 <= 0:
+        return crc1
+    odd = [0xEDB88320] + [1 << n for n in range(31)]  # the operator for one zero bit
+    even = _gf2_square(odd)  # two zero bits
+    odd = _gf2_square(even)  # four
+    while True:  # each step: a zero byte, then two, four, ...
+        even = _gf2_square(odd)
+        if length2 & 1:
+            crc1 = _gf2_times(even, crc1)
+        length2 >>= 1
+        if not length2:
+            break
+        odd = _gf2_square(even)
+        if length2 & 1:
+            crc1 = _gf2_times(odd, crc1)
+        length2 >>= 1
+        if not length2:
+            break
+    return crc1 ^ crc2
+
+
+def _gf2_times(matrix: Sequence[int], vector: int) -> int:
+    total, at = 0, 0
+    while vector:
+        if vector & 1:
+            total ^= matrix[at]
+        vector >>= 1
+        at += 1
+    return total
+
+
+def _gf2_square(matrix: Sequence[int]) -> list[int]:
+    return [_gf2_times(matrix, row) for row in matrix]
+
+
+class _ChildRows:
+    """The first `count` rows of `sheet`, made and deflated by a forked child into a
+    file of their own while this process goes on; `join` waits for them.
+
+    The child inherits everything copy-on-write (nothing is pickled), makes the rows
+    from memory (`StreamedSheet.in_memory`: no ledger, no network, no logging), and
+    leaves by `os._exit`: no handler, buffer or finaliser of this process runs in it.
+    It reports its part, or its error, on a pipe; a failed child fails the save, so
+    the caller's temporary file is never renamed into place."""
+
+    def __init__(self, sheet: StreamedSheet, count: int, pid: int, pipe: int, file: IO[bytes]):
+        self.sheet, self.count = sheet, count
+        self._pid: int | None = pid
+        self._pipe, self._file = pipe, file
+
+    @classmethod
+    def start(
+        cls, sheet: StreamedSheet, count: int, date_style: int, directory: Path
+    ) -> _ChildRows:
+        file = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115  # closed by `close`
+        read, write = os.pipe()
+        try:
+            pid = os.fork()
+        except BaseException:
+            os.close(read)
+            os.close(write)
+            file.close()
+            raise
+        if pid == 0:  # the child: never returns
+            _child_main(file, write, sheet, count, date_style)
+        os.close(write)
+        return cls(sheet, count, pid, read, file)
+
+    def join(self) -> _Part:
+        """The child's part, once it has exited; its error as a RuntimeError."""
+        pid, self._pid = self._pid, None
+        assert pid is not None
+        _, status = os.waitpid(pid, 0)
+        message = b""
+        while chunk := os.read(self._pipe, 1 << 16):
+            message += chunk
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0 or not message.startswith(_CHILD_OK):
+            detail = message.decode("utf-8", "replace") or f"exit status {code}"
+            raise RuntimeError(
+                f"{self.sheet.worksheet.title}: the child process writing its first"
+                f" {self.count} rows failed: {detail}"
+            )
+        offset, length, crc, size = struct.unpack(_CHILD_PART, message[len(_CHILD_OK) :])
+        return _Part(None, self._file.fileno(), offset, length, crc, size)
+
+    def close(self) -> None:
+        """Stop the child if it still runs (this process failed first), and let go."""
+        if self._pid is not None:
+            with suppress(OSError):
+                os.kill(self._pid, signal.SIGKILL)
+            with suppress(OSError):
+                os.waitpid(self._pid, 0)
+            self._pid = None
+        os.close(self._pipe)
+        self._file.close()
+
+
+_CHILD_OK = b"ok:"
+_CHILD_PART = "<QQQQ"
+
+
+def _child_main(
+    file: IO[bytes], pipe: int, sheet: StreamedSheet, count: int, date_style: int
+) -> NoReturn:
+    """The forked child's whole life: the rows, their part on the pipe, `os._exit`."""
+    code = 1
+    try:
+        part = _write_rows(file, sheet, 0, count, date_style, threaded=False)
+        _send(
+            pipe,
+            _CHILD_OK + struct.pack(_CHILD_PART, part.offset, part.length, part.crc, part.size),
+        )
+        code = 0
+    except BaseException as exc:  # told to the parent, which raises it
+        with suppress(BaseException):
+            _send(pipe, f"{type(exc).__name__}: {exc}"[:2000].encode("utf-8", "replace"))
+    finally:
+        os._exit(code)
+
+
+def _send(pipe: int, message: bytes) -> None:
+    while message:
+        message = message[os.write(pipe, message) :]
+
+
+def _frame(name: str, frame: str, sheet: StreamedSheet) -> tuple[str, str]:
+    """The worksheet's XML before its streamed rows (with the dimension they make) and after."""
+    if frame.count(_SHEET_DATA_END) != 1:
+        raise RuntimeError(f"{name}: unexpected worksheet layout from openpyxl")
+    head, tail = frame.split(_SHEET_DATA_END)
+    last = f"{get_column_letter(max(sheet.columns, 1))}{sheet.row_count + 1}"
+    head = _DIMENSION.sub(f'<dimension ref="A1:{last}"/>', head, count=1)
+    return head, _SHEET_DATA_END + tail
+
+
 def _part_name(workbook: Workbook, worksheet: Worksheet) -> str:
     """openpyxl saves the n-th worksheet as xl/worksheets/sheet{n}.xml."""
     return f"xl/worksheets/sheet{workbook.worksheets.index(worksheet) + 1}.xml"
@@ -196,22 +566,24 @@ def _part_name(workbook: Workbook, worksheet: Worksheet) -> str:
 def _write_sheet(
     target: zipfile.ZipFile, name: str, frame: str, sheet: StreamedSheet, date_style: int
 ) -> None:
-    if frame.count(_SHEET_DATA_END) != 1:
-        raise RuntimeError(f"{name}: unexpected worksheet layout from openpyxl")
-    head, tail = frame.split(_SHEET_DATA_END)
-    last = f"{get_column_letter(max(sheet.columns, 1))}{sheet.row_count + 1}"
-    head = _DIMENSION.sub(f'<dimension ref="A1:{last}"/>', head, count=1)
+    head, tail = _frame(name, frame, sheet)
     writer = _RowWriter(sheet.columns, date_style)
     with target.open(name, "w") as member, _Deflating(member) as out:
         out.write(head.encode("utf-8"))
         rows = iter(sheet.rows)
         while block := list(islice(rows, _ROWS_PER_WRITE)):
             out.write(writer.rows(block).encode("utf-8"))
-        out.write((_SHEET_DATA_END + tail).encode("utf-8"))
+        out.write(tail.encode("utf-8"))
     if writer.last_row != sheet.row_count + 1:
         raise RuntimeError(
             f"{name}: {writer.last_row - 1} rows written, {sheet.row_count} expected"
         )
+
+
+class _Sink(Protocol):
+    """Where `_Deflating` writes: a zip member, or a `_PartSink`."""
+
+    def write(self, data: bytes, /) -> object: ...
 
 
 class _Deflating:
@@ -224,7 +596,7 @@ class _Deflating:
     caller's next write or at the end; an error of the caller's stops the thread and
     is the one that propagates."""
 
-    def __init__(self, member: IO[bytes]) -> None:
+    def __init__(self, member: _Sink) -> None:
         self._member = member
         self._blocks: queue.Queue[bytes | None] = queue.Queue(maxsize=_BLOCKS_AHEAD)
         self._error: BaseException | None = None
@@ -255,12 +627,12 @@ class _Deflating:
 
 
 class _RowWriter:
-    """SpreadsheetML for rows from row 2 on, a block of rows at a time."""
+    """SpreadsheetML for rows from row 2 on (or after `after`), a block of rows at a time."""
 
-    def __init__(self, columns: int, date_style: int) -> None:
+    def __init__(self, columns: int, date_style: int, after: int = 1) -> None:
         self.letters = [get_column_letter(i + 1) for i in range(max(columns, 1))]
         self.date_style = date_style
-        self.last_row = 1
+        self.last_row = after
         self._columns = [_Column(self, letter) for letter in self.letters]
 
     def row(self, values: Sequence[Any]) -> str:
