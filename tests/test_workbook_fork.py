@@ -291,3 +291,56 @@ def test_a_report_imports_no_polars() -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, check=True
     )
     assert "LOADED False" in result.stdout
+
+
+def test_rows_read_ahead_during_the_listing_are_handed_out_first_and_not_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`read_ahead` reads the first pages of `for_sums` while the listing runs (until it
+    is done); `for_sums` then hands them out and reads only the rest: the same rows, in
+    the same order, each read once."""
+    ledger, _ = build(tmp_path, SPECS, balances=BALANCES)
+    asked: list[int] = []
+    real = Ledger.fact_rows_in_pages
+
+    def counted(self: Ledger, batch: str, keys: Sequence[str], page: int = 5_000) -> Any:
+        for rows in real(self, batch, keys, page):
+            asked.append(len(rows))
+            yield rows
+
+    try:
+        plain = [r.row_key for r in row_source.BatchRows.from_ledger(ledger, "nightly", page=6)]
+        monkeypatch.setattr(Ledger, "fact_rows_in_pages", counted)
+        rows = row_source.BatchRows.from_ledger(ledger, "nightly", page=6)
+        polls = iter([False, False, True])  # the listing ends after two pages
+        rows.read_ahead(lambda: next(polls))
+        assert asked == [6, 6]
+        summed = [r.row_key for r in rows.for_sums()]
+        again = [r.row_key for r in rows.for_sums()]
+    finally:
+        ledger.close()
+    assert summed == again == plain == rows.keys
+    assert sum(asked) == 2 * len(SPECS), "read ahead once, then each row once per reading"
+
+
+def test_a_report_reads_rows_ahead_while_the_listing_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger, provider = build(tmp_path, SPECS, balances=BALANCES)
+    ahead: list[bool] = []
+    real = BatchRows.read_ahead
+
+    def read_ahead(self: BatchRows, enough: Any, most: int = row_source.AHEAD_ROWS) -> None:
+        ahead.append(True)
+        real(self, enough, most)
+
+    try:
+        monkeypatch.setattr(row_source, "ROW_PAGE", 7)
+        here = report(ledger, provider, tmp_path / "plain")
+        monkeypatch.setattr(BatchRows, "read_ahead", read_ahead)
+        monkeypatch.setattr(row_source, "AHEAD_ROWS", 14)
+        read = report(ledger, provider, tmp_path / "ahead")
+    finally:
+        ledger.close()
+    assert ahead == [True]
+    assert read == here
