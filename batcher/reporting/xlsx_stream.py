@@ -530,6 +530,10 @@ def _child_main(
     """The forked child's whole life: the rows, their part on the pipe, `os._exit`."""
     code = 1
     try:
+        # No handler of this process's runs here: a Ctrl-C or SIGTERM just ends the child
+        # (the parent, told too, stops it and fails the save)
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, signal.SIG_DFL)
         part = _write_rows(file, sheet, 0, count, date_style, threaded=False)
         _send(
             pipe,
