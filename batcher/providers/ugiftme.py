@@ -46,6 +46,7 @@ import msgspec
 
 from batcher.config import ProviderSettings
 from batcher.core.clock import utc_text
+from batcher.core.collector import collector_paused
 from batcher.core.errors import AuthError, OutcomeUnknown, ProviderUnavailable
 from batcher.core.fields import BASE_REQUIRED
 from batcher.core.keys import MatchKey, match_key
@@ -390,9 +391,16 @@ class UGiftMeProvider(ApiBackedProvider):
                 ) from None
             return Page(page, items, _total_records(data), _total_pages(data))
 
-        return read_newest_first(
-            fetch, limit=self.page_limit, identity=identity, older=older, workers=self.list_workers
-        )
+        # 100,000 records make 200,000 objects that outlive the listing, in no cycle:
+        # the collector would walk them (and all the process holds) again and again.
+        with collector_paused():
+            return read_newest_first(
+                fetch,
+                limit=self.page_limit,
+                identity=identity,
+                older=older,
+                workers=self.list_workers,
+            )
 
     def _status_text(self, method: str, path: str, response: ApiResponse) -> str:
         detail = self._error_message(response.data)

@@ -360,7 +360,7 @@ class ApiClient:
         self, request: httpx.Request, path: str, decode: Decode | None = None
     ) -> ApiResponse:
         try:
-            response = self._send_throttled(request)
+            response = self._send_throttled(request, self._send_get)
         except httpx.HTTPError as exc:
             connect_failure = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
             raise _RetryableGet(
@@ -377,12 +377,17 @@ class ApiClient:
             )
         return ApiResponse(response.status_code, response.headers, data)
 
-    def _send_throttled(self, request: httpx.Request) -> httpx.Response:
+    def _send_throttled(
+        self,
+        request: httpx.Request,
+        send: Callable[[httpx.Request], httpx.Response] | None = None,
+    ) -> httpx.Response:
         """Send through the limiter; wait out and resend 429s (the same bytes)."""
+        send = send or self._client.send
         for _ in range(self._max_throttled_retries + 1):
             self._limiter.acquire()
             try:
-                response = self._client.send(request)
+                response = send(request)
             except BaseException:
                 self._limiter.release()
                 raise
@@ -392,6 +397,28 @@ class ApiClient:
                 return response
             log.info("%s answered 429; waiting as told before resending", self.host)
         raise _StillThrottled()
+
+    def _send_get(self, request: httpx.Request) -> httpx.Response:
+        """`Client.send(request)` for a GET, without the steps a GET of ours never needs.
+
+        Client.send runs an auth flow (batcher has none: the key is a header), a
+        redirect step (never followed) and the standard library's cookie jar over
+        every answer: about 150 µs of CPU a request, a tenth of a report's 2,000
+        listing pages. Here the transport is the one Client.send picks (the given
+        one, or an environment proxy's), the body is read and the response closed
+        as it does, and cookies are kept as it keeps them when an answer sets any.
+        """
+        if self._client.is_closed:
+            raise RuntimeError("Cannot send a request, as the client has been closed.")
+        response = self._client._transport_for_url(request.url).handle_request(request)
+        response.request = request
+        try:
+            response.read()
+        finally:
+            response.close()
+        if "set-cookie" in response.headers:
+            self._client.cookies.extract_cookies(response)
+        return response
 
     def _raise_for_auth(self, response: httpx.Response, method: str, path: str) -> None:
         if response.status_code in (401, 403):
