@@ -144,3 +144,56 @@ def test_the_cutoff_stops_the_reading_within_a_few_pages() -> None:
     )
     assert [r.moment for r in found] == list(range(9_999, 9_949, -1))
     assert listing.reads <= 6 + 4  # the pages wanted, and at most one round of workers past
+
+
+# ---------------------------------------------- a page placed at once, or record by record
+
+ids = st.one_of(st.none(), st.sampled_from([f"r{n}" for n in range(12)]))
+pages = st.builds(
+    Page,
+    st.integers(min_value=1, max_value=4),
+    st.lists(st.one_of(st.none(), st.builds(Record, ids, st.integers(0, 20))), max_size=4),
+    st.integers(min_value=0, max_value=14),
+    st.just(None),
+)
+
+
+def placed(
+    sequence: list[Page[Record]], cutoff: int | None, one_by_one: bool
+) -> tuple[object, ...]:
+    positions: paging.Positions[Record] = paging.Positions(
+        3,
+        lambda record: record.id,
+        None if cutoff is None else (lambda record: record.moment < cutoff),
+    )
+    if one_by_one:
+        positions._place_all = lambda top, items: False  # type: ignore[method-assign]
+    outcome: list[object] = []
+    for page in sequence:
+        try:
+            positions.place(page)
+            outcome.append("placed")
+        except paging.ListingMoved as exc:
+            outcome.append(str(exc))
+            break
+    state = (positions._held, positions._position_of, positions.floor, positions.floor_found)
+    return (*outcome, state, positions.top, positions.newest)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(pages, max_size=5), st.one_of(st.none(), st.integers(0, 20)))
+def test_a_page_placed_at_once_is_placed_as_record_by_record(
+    sequence: list[Page[Record]], cutoff: int | None
+) -> None:
+    assert placed(sequence, cutoff, one_by_one=False) == placed(sequence, cutoff, one_by_one=True)
+
+
+def test_the_usual_page_is_placed_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object) -> None:
+        raise AssertionError("placed record by record")
+
+    positions: paging.Positions[Record] = paging.Positions(2, record_id, None)
+    monkeypatch.setattr(positions, "_hold", refuse)
+    positions.place(Page(1, [Record("r3", 3), None], 4, 2))
+    positions.place(Page(2, [Record("r1", 1), Record("r0", 0)], 4, 2))
+    assert [record.id for record in positions.records()] == ["r3", "r1", "r0"]

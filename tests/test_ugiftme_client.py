@@ -739,7 +739,7 @@ def test_listings_read_concurrently_while_orders_arrive_miss_and_repeat_nothing(
     real_get = provider._api.get
     lock = threading.Lock()
 
-    def get_with_arrivals(path: str, *, params: Any = None) -> Any:
+    def get_with_arrivals(path: str, *, params: Any = None, **options: Any) -> Any:
         if path in ("/orders/search", "/wallet/transactions"):
             with lock:
                 reads["n"] += 1
@@ -747,7 +747,7 @@ def test_listings_read_concurrently_while_orders_arrive_miss_and_repeat_nothing(
             if n % 2 == 0:  # every other page: another order, placed by another client
                 late = order_items(("TESCO_UK", str(10 + n)))
                 other.submit(f"b2-late{n}", other.encode(f"b2-late{n}", late), late)
-        return real_get(path, params=params)
+        return real_get(path, params=params, **options)
 
     monkeypatch.setattr(provider._api, "get", get_with_arrivals)
     provider.page_limit, provider.list_workers = 5, 4

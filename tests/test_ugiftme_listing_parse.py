@@ -11,14 +11,26 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from batcher.config import PROFILES, ProviderSettings
 from batcher.core.errors import ProviderUnavailable
 from batcher.core.models import ModelError, WalletTransaction
+from batcher.providers import ugiftme
 from batcher.providers.base import ProviderOrder
-from batcher.providers.ugiftme import UGiftMeProvider, parse_provider_order, parse_transaction
+from batcher.providers.ugiftme import (
+    UGiftMeProvider,
+    _total_pages,
+    _total_records,
+    listed_orders,
+    listed_transactions,
+    parse_provider_order,
+    parse_transaction,
+)
 from batcher.providers.wire import assemble, parse_time
+from batcher.transport.http import parse_json
 from batcher.transport.throttle import RateLimiter
 
 TRANSACTIONS: list[dict[str, Any]] = [
@@ -269,3 +281,225 @@ def test_a_malformed_record_on_a_later_page_fails_the_listing_with_the_same_erro
     assert caught.value.message == f"UGiftMe sent data batcher cannot read from {path}"
     assert caught.value.__cause__ is None and caught.value.__suppress_context__
     assert "listing-test-key" not in str(caught.value)
+
+
+# ------------------------------------------------ pages read straight into models
+#
+# A listing page is decoded by msgspec into typed structures and built into models
+# (`listed_orders`, `listed_transactions`); a page that path refuses (ValueError) is
+# parsed as JSON and read by the record parsers above. Whatever page the fast path
+# accepts, it must build exactly what the parsers build from it.
+
+
+def as_json(value: Any) -> str:
+    """JSON text with each Decimal written as a number, with the digits it carries."""
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, list):
+        return "[" + ",".join(as_json(item) for item in value) + "]"
+    if isinstance(value, dict):
+        fields = (f"{json.dumps(key)}: {as_json(item)}" for key, item in value.items())
+        return "{" + ", ".join(fields) + "}"
+    return json.dumps(value)
+
+
+MONEY_TEXTS = [" 1.5 ", "1_000", "NaN", "-Infinity", "sNaN", "\u0661", "\xa01.5", "1e3", "abc"]
+MONEY_TEXTS += ["", "  ", "-0", "0E-7", "+2.50", "1.", ".5", "0x10", "1e400", "-0.00"]
+TIMES = ["2026-12-04T20:24:54.832Z", " 2026-12-04T20:24:54+02:00 ", "2026-12-04 20:24:54"]
+TIMES += ["2026-12-04T20:24:54.123456789Z", "2026-12-04", "yesterday", "", "  "]
+TEXTS = ["o1", " o2 ", "", "   ", "\u00a0x\u2003", "TESCO_UK", "purchase", "refund", " funding "]
+TEXTS += ["fx_fee", "\ud7ff", "a\x00b"]
+
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(10**30), max_value=10**30),
+    st.decimals(allow_nan=False, allow_infinity=False),
+    st.sampled_from([Decimal("-0"), Decimal("-0.0"), Decimal("1E+2"), Decimal("0.10")]),
+    st.sampled_from(TEXTS + MONEY_TEXTS + TIMES),
+    st.text(max_size=6),
+)
+values = st.one_of(scalars, st.lists(scalars, max_size=2), st.dictionaries(st.text(), scalars))
+
+
+texts = st.one_of(st.none(), st.sampled_from(TEXTS + TIMES + MONEY_TEXTS), st.text(max_size=6))
+amounts = st.one_of(
+    st.integers(min_value=-(10**30), max_value=10**30),
+    st.decimals(allow_nan=False, allow_infinity=False),
+    st.sampled_from([Decimal("-0"), Decimal("-0.0"), Decimal("1E+2"), Decimal("0.10")]),
+    st.sampled_from(MONEY_TEXTS),
+)
+
+
+def objects(fields: dict[str, Any]) -> Any:
+    """Objects with any of these fields, each mostly of the type its reader expects."""
+    return st.fixed_dictionaries(
+        {},
+        optional={name: st.one_of(usual, usual, usual, values) for name, usual in fields.items()},
+    )
+
+
+recipients = objects(dict.fromkeys(["recipientEmail", "recipientName", "message"], texts))
+order_records = objects(
+    dict.fromkeys(["_id", "productCode", "currency", "status", "createdAt", "transactionId"], texts)
+    | {"valuePurchased": amounts, "giftOrder": st.one_of(st.none(), recipients), "extra": values}
+)
+details = objects(dict.fromkeys(["currency", "description", "type"], texts))
+transaction_records = objects(
+    dict.fromkeys(["_id", "transactionId", "transactionType", "currency", "orderID"], texts)
+    | dict.fromkeys(["timestamp"], texts)
+    | {"transactionValue": amounts, "details": st.one_of(st.none(), details), "extra": values}
+)
+paginations = st.one_of(
+    values,
+    objects(dict.fromkeys(["total", "totalTransactions", "totalOrders", "totalPages"], scalars)),
+)
+
+
+def read_as_before(kind: str, body: bytes) -> Any:
+    """What the listing read from a page before it had a fast path: records, totals."""
+    data = parse_json(body)
+    parse = parse_transaction if kind == "transactions" else parse_provider_order
+    try:
+        items = [parse(r) if isinstance(r, dict) else None for r in data[kind]]
+    except (ValueError, TypeError, ArithmeticError):
+        return "refused"
+    return items, _total_records(data), _total_pages(data)
+
+
+def check_the_same(kind: str, page: dict[str, Any]) -> bool:
+    """Whether the fast path read the page (else it left it to the parsers)."""
+    body = as_json(page).encode()
+    listed = listed_transactions if kind == "transactions" else listed_orders
+    try:
+        fast = listed(body)
+    except ValueError:
+        return False
+    before = read_as_before(kind, body)
+    assert before != "refused", "the fast path read a page the parsers refuse"
+    items, total, total_pages = before
+    assert (fast.total, fast.total_pages) == (total, total_pages)
+    assert [repr(item) for item in fast.items] == [repr(item) for item in items]
+    assert fast.items == items
+    for built, parsed in zip(fast.items, items, strict=True):
+        assert type(built) is type(parsed)
+        assert vars(built).keys() == vars(parsed).keys()
+        for name, value in vars(parsed).items():
+            assert type(vars(built)[name]) is type(value), name
+    return True
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(st.one_of(order_records, order_records, scalars), max_size=4),
+    paginations,
+    st.one_of(st.none(), scalars),
+)
+def test_an_orders_page_read_fast_is_what_the_parsers_read(
+    records: list[Any], pagination: Any, total_pages: Any
+) -> None:
+    check_the_same(
+        "orders", {"orders": records, "pagination": pagination, "totalPages": total_pages}
+    )
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(st.one_of(transaction_records, transaction_records, scalars), max_size=4),
+    paginations,
+    st.one_of(st.none(), scalars),
+)
+def test_a_transactions_page_read_fast_is_what_the_parsers_read(
+    records: list[Any], pagination: Any, total: Any
+) -> None:
+    page = {"transactions": records, "pagination": pagination, "totalTransactions": total}
+    check_the_same("transactions", page)
+
+
+FAST_ORDERS = [
+    ORDERS[0],
+    {"_id": " o2 ", "valuePurchased": 10, "transactionId": "  ", "giftOrder": None},
+    {"_id": "o3", "valuePurchased": "7.5", "createdAt": None, "status": " active "},
+    {"_id": "o4", "valuePurchased": Decimal("1E+2"), "createdAt": "2026-12-04T20:24:54"},
+    {"_id": "o5", "valuePurchased": Decimal("-0.0"), "giftOrder": {"recipientName": None}},
+]
+FAST_TRANSACTIONS = [
+    TRANSACTIONS[0],
+    TRANSACTIONS[1],
+    TRANSACTIONS[2],
+    TRANSACTIONS[3],
+    {"transactionValue": 1, "timestamp": " 2026-12-04T20:24:54+02:00 ", "transactionId": "  "},
+    {"transactionValue": 1, "timestamp": "yesterday", "orderID": "  ", "details": None},
+    {"transactionValue": "12.50", "transactionType": " refund ", "currency": "EUR"},
+    {"transactionValue": Decimal("-0"), "transactionType": "x"},  # the int 0, as json reads it
+]
+
+
+@pytest.mark.parametrize(
+    ("kind", "records"), [("orders", FAST_ORDERS), ("transactions", FAST_TRANSACTIONS)]
+)
+def test_the_usual_pages_are_read_fast_and_as_before(kind: str, records: list[Any]) -> None:
+    page = {kind: records, "pagination": {"total": 7, "totalPages": 1}}
+    assert check_the_same(kind, page)
+
+
+@pytest.mark.parametrize(
+    ("kind", "record"),
+    [
+        ("orders", {"_id": 7, "valuePurchased": 1}),
+        ("orders", {"_id": "  ", "valuePurchased": 1}),
+        ("orders", {"_id": "o1", "valuePurchased": "NaN"}),
+        ("orders", {"_id": "o1", "valuePurchased": 1, "productCode": 4}),
+        ("orders", {"_id": "o1", "valuePurchased": 1, "giftOrder": "no"}),
+        ("transactions", {"transactionValue": True}),
+        ("transactions", {"transactionValue": "Infinity"}),
+        ("transactions", {"transactionValue": 1, "transactionId": 5}),
+        ("transactions", {"transactionValue": 1, "details": "not an object"}),
+        ("transactions", "not an object"),
+    ],
+)
+def test_an_odd_record_leaves_its_page_to_the_parsers(kind: str, record: Any) -> None:
+    assert not check_the_same(kind, {kind: [record], "pagination": {"total": 1}})
+
+
+def test_a_well_formed_listing_never_calls_the_record_parsers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def refuse(record: Any) -> Any:
+        raise AssertionError("a well-formed page was read record by record")
+
+    monkeypatch.setattr(ugiftme, "parse_transaction", refuse)
+    monkeypatch.setattr(ugiftme, "parse_provider_order", refuse)
+    transactions = [wire(record) for record in FAST_TRANSACTIONS]
+    orders = [wire(record) for record in FAST_ORDERS]
+    provider = listing_provider(
+        {
+            "transactions": [transactions[i : i + 2] for i in range(0, 8, 2)],
+            "orders": [orders[i : i + 2] for i in range(0, 5, 2)],
+        }
+    )
+    listed = provider.transactions()
+    assert [tx.amount for tx in listed] == [
+        Decimal("-24.58"),
+        Decimal(5),
+        Decimal("100.5"),
+        Decimal("-0.25"),
+        Decimal(1),
+        Decimal(1),
+        Decimal("12.50"),
+        Decimal(0),
+    ]
+    assert [o.order_id for o in provider.orders(datetime(2026, 1, 1, tzinfo=UTC))] == [
+        "o1",
+        "o2",
+        "o3",
+        "o4",
+        "o5",
+    ]
+
+
+def test_a_page_that_echoes_the_key_is_scrubbed_not_read_fast() -> None:
+    echo = {"transactionValue": 1, "details": {"description": "paid by listing-test-key"}}
+    provider = listing_provider({"transactions": [[echo]], "orders": [[]]})
+    (transaction,) = provider.transactions()
+    assert transaction.description == "paid by ***"

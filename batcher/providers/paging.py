@@ -98,6 +98,8 @@ class Positions(Generic[T]):
             self.top = page.total - 1
         self.newest = max(self.newest, page.total - 1)
         top = page.total - 1 - (page.number - 1) * self.limit
+        if self._place_all(top, page.items):
+            return
         for index, item in enumerate(page.items):
             position = top - index
             if position < 0:
@@ -108,6 +110,29 @@ class Positions(Generic[T]):
                 self.floor_found = True
                 continue
             self._hold(position, item)
+
+    def _place_all(self, top: int, items: list[T | None]) -> bool:
+        """A page's records held at once, when that is all `place` would do record by
+        record (the usual case: positions not held yet, records not seen yet, none
+        past the cutoff); False, with nothing changed, for anything else.
+
+        A report places 200,000 records; one at a time that was a tenth of its listing.
+        """
+        positions = range(top, top - len(items), -1)
+        held, position_of = self._held, self._position_of
+        if top - len(items) + 1 < 0 or not held.keys().isdisjoint(positions):
+            return False
+        older = self._older
+        if older is not None and any(older(item) for item in items if item is not None):
+            return False
+        identity = self._identity
+        keys = [None if item is None else identity(item) for item in items]
+        keyed = {key: position for key, position in zip(keys, positions, strict=True) if key}
+        if len(keyed) != len(keys) - keys.count(None) or not position_of.keys().isdisjoint(keyed):
+            return False  # a record twice on the page, or seen at another position
+        held.update(zip(positions, items, strict=True))
+        position_of.update(keyed)
+        return True
 
     def _hold(self, position: int, item: T | None) -> None:
         key = self._identity(item) if item is not None else None
@@ -132,8 +157,7 @@ class Positions(Generic[T]):
 
     def records(self) -> list[T]:
         """The records held from the newest to the floor, newest first."""
-        held = self._held
-        found = (held.get(position) for position in range(self.newest, self.floor - 1, -1))
+        found = map(self._held.get, range(self.newest, self.floor - 1, -1))
         return [item for item in found if item is not None]
 
 

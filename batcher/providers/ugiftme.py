@@ -38,13 +38,15 @@ import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Literal, TypeVar, Unpack
+from typing import Any, Generic, Literal, NamedTuple, TypeVar, Unpack
 from urllib.parse import quote
 
 import httpx
+import msgspec
 
 from batcher.config import ProviderSettings
 from batcher.core.clock import utc_text
+from batcher.core.collector import collector_paused
 from batcher.core.errors import AuthError, OutcomeUnknown, ProviderUnavailable
 from batcher.core.fields import BASE_REQUIRED
 from batcher.core.keys import MatchKey, match_key
@@ -67,12 +69,15 @@ from batcher.providers.wire import (
     assemble,
     aware,
     is_record,
+    iso_time,
     parse_time,
     read_record,
+    unchecked,
 )
 from batcher.transport.http import (
     ApiClient,
     ApiResponse,
+    Decode,
     Params,
     canonical_json,
     provider_error_text,
@@ -166,6 +171,7 @@ class UGiftMeProvider(ApiBackedProvider):
             {},
             "transactions",
             parse_transaction,
+            listed_transactions,
             identity=_transaction_identity,
             older=older if cutoff else None,
         )
@@ -179,7 +185,12 @@ class UGiftMeProvider(ApiBackedProvider):
         if until is not None:
             params["endDate"] = utc_text(aware(until))
         return self._listing(
-            "/orders/search", params, "orders", parse_provider_order, identity=_order_identity
+            "/orders/search",
+            params,
+            "orders",
+            parse_provider_order,
+            listed_orders,
+            identity=_order_identity,
         )
 
     def redemption(self, order_id: str) -> Redemption | None:
@@ -317,8 +328,10 @@ class UGiftMeProvider(ApiBackedProvider):
             return None
         return cost_after_discount(face_value, discount, currency)
 
-    def _get(self, path: str, params: Params | None = None) -> ApiResponse:
-        response = self._api.get(path, params=params)
+    def _get(
+        self, path: str, params: Params | None = None, decode: Decode | None = None
+    ) -> ApiResponse:
+        response = self._api.get(path, params=params, decode=decode)
         if not response.is_success:
             raise ProviderUnavailable(self._status_text("GET", path, response))
         return response
@@ -347,15 +360,25 @@ class UGiftMeProvider(ApiBackedProvider):
         params: Params,
         list_key: str,
         parse: Callable[[Mapping[str, Any]], T],
+        listed: Callable[[bytes], Listed[T]],
         *,
         identity: Identity[T],
         older: IsOlder[T] | None = None,
     ) -> list[T]:
         """A newest-first list, a few pages at a time (`providers.paging`), each record
-        once, down to (not including) the first one `older` says is past the cutoff."""
+        once, down to (not including) the first one `older` says is past the cutoff.
+
+        A page is read by `listed` (typed, in C) when it can; any page `listed`
+        refuses is parsed as JSON and read record by record with `parse`, which
+        reads or refuses it as it always did."""
 
         def fetch(page: int) -> Page[T]:
-            data = self._get_object(path, {**params, "page": page, "limit": self.page_limit})
+            query = {**params, "page": page, "limit": self.page_limit}
+            data = self._get(path, query, decode=listed).data
+            if type(data) is Listed:
+                return Page(page, data.items, data.total, data.total_pages)
+            if not isinstance(data, Mapping):
+                raise self._bad_shape(path)
             records = data.get(list_key)
             if not isinstance(records, list):
                 raise self._bad_shape(path)
@@ -368,9 +391,16 @@ class UGiftMeProvider(ApiBackedProvider):
                 ) from None
             return Page(page, items, _total_records(data), _total_pages(data))
 
-        return read_newest_first(
-            fetch, limit=self.page_limit, identity=identity, older=older, workers=self.list_workers
-        )
+        # 100,000 records make 200,000 objects that outlive the listing, in no cycle:
+        # the collector would walk them (and all the process holds) again and again.
+        with collector_paused():
+            return read_newest_first(
+                fetch,
+                limit=self.page_limit,
+                identity=identity,
+                older=older,
+                workers=self.list_workers,
+            )
 
     def _status_text(self, method: str, path: str, response: ApiResponse) -> str:
         detail = self._error_message(response.data)
@@ -755,6 +785,177 @@ def parse_provider_order(record: Mapping[str, Any]) -> ProviderOrder:
         reference=None,
         cost=None,
     )
+
+
+# ---------------------------------------------------------------------------
+# Listing pages decoded straight into models (pure).
+#
+# A report lists 100,000 orders and as many wallet transactions, 2,000 pages.
+# msgspec decodes a page into the structures below in C, checking each field's
+# JSON type on the way, and a short loop builds the models exactly as
+# parse_provider_order and parse_transaction do. The structures accept only what
+# those parsers read without a second thought: a string or null where they read
+# text, a number or a decimal string where they read money, an object or null
+# where they read an object, every list entry an object. Anything else (and a
+# blank order id or a non-finite amount) raises ValueError, and that page is
+# parsed as JSON and read record by record by the parsers above (see
+# `ApiClient.get(decode=...)`), which read or refuse it as they always did.
+# tests/test_ugiftme_listing_parse.py checks that both ways build the same models.
+
+_Text = str | None
+
+
+class Listed(NamedTuple, Generic[T]):
+    """One listing page read by the fast path: its models and its totals."""
+
+    items: list[T]
+    total: int | None
+    total_pages: int | None
+
+
+class _Totals(msgspec.Struct, kw_only=True, gc=False):
+    """Where a page may say how long the listing is (`_total_records`, `_total_pages`)."""
+
+    pagination: Any = None
+    total: Any = None
+    totalTransactions: Any = None
+    totalOrders: Any = None
+    totalPages: Any = None
+
+    def listed(self, items: list[T]) -> Listed[T]:
+        data = {
+            "pagination": self.pagination,
+            "total": self.total,
+            "totalTransactions": self.totalTransactions,
+            "totalOrders": self.totalOrders,
+            "totalPages": self.totalPages,
+        }
+        return Listed(items, _total_records(data), _total_pages(data))
+
+
+class _Recipient(msgspec.Struct, kw_only=True, gc=False):
+    recipientEmail: _Text = None
+    recipientName: _Text = None
+
+
+class _Order(msgspec.Struct, kw_only=True, gc=False):
+    id: str = msgspec.field(name="_id")
+    valuePurchased: Decimal
+    productCode: _Text = None
+    currency: _Text = None
+    status: _Text = None
+    createdAt: _Text = None
+    giftOrder: _Recipient | None = None
+    transactionId: _Text = None
+
+
+class _OrdersPage(_Totals, kw_only=True, gc=False):
+    orders: list[_Order]
+
+
+class _Details(msgspec.Struct, kw_only=True, gc=False):
+    currency: _Text = None
+    description: _Text = None
+
+
+class _Transaction(msgspec.Struct, kw_only=True, gc=False):
+    transactionValue: Decimal
+    id: _Text = msgspec.field(name="_id", default=None)
+    transactionId: _Text = None
+    transactionType: _Text = None
+    currency: _Text = None
+    orderID: _Text = None
+    timestamp: _Text = None
+    details: _Details | None = None
+
+
+class _TransactionsPage(_Totals, kw_only=True, gc=False):
+    transactions: list[_Transaction]
+
+
+# float_hook: a number in a free-form field (the totals) is a Decimal there too.
+_decode_orders = msgspec.json.Decoder(_OrdersPage, float_hook=Decimal).decode
+_decode_transactions = msgspec.json.Decoder(_TransactionsPage, float_hook=Decimal).decode
+_NO_RECIPIENT = _Recipient()
+_NO_DETAILS = _Details()
+
+
+class _ReadOneByOne(ValueError):
+    """A page the fast path leaves to the record parsers (they say what is wrong)."""
+
+
+def listed_orders(content: bytes) -> Listed[ProviderOrder]:
+    """An `/orders/search` page as `parse_provider_order` reads it, or `_ReadOneByOne`."""
+    page = _decode_orders(content)
+    orders: list[ProviderOrder] = []
+    for record in page.orders:
+        order_id = record.id.strip()
+        face_value = record.valuePurchased
+        if not order_id or not face_value.is_finite():
+            raise _ReadOneByOne()
+        recipient = record.giftOrder or _NO_RECIPIENT
+        created = record.createdAt
+        transaction_id = record.transactionId
+        orders.append(
+            unchecked(
+                ProviderOrder,
+                {
+                    "order_id": order_id,
+                    "product_code": (record.productCode or "").strip(),
+                    "currency": (record.currency or "").strip(),
+                    "face_value": face_value,
+                    "status": (record.status or "").strip(),
+                    "created_at": None if created is None else iso_time(created),
+                    "recipient_email": (recipient.recipientEmail or "").strip(),
+                    "recipient_name": (recipient.recipientName or "").strip(),
+                    "transaction_id": None
+                    if transaction_id is None
+                    else (transaction_id.strip() or None),
+                    "reference": None,
+                    "cost": None,
+                },
+            )
+        )
+    return page.listed(orders)
+
+
+def listed_transactions(content: bytes) -> Listed[WalletTransaction]:
+    """A `/wallet/transactions` page as `parse_transaction` reads it, or `_ReadOneByOne`."""
+    page = _decode_transactions(content)
+    transactions: list[WalletTransaction] = []
+    for record in page.transactions:
+        value = record.transactionValue
+        if not value.is_finite():
+            raise _ReadOneByOne()
+        kind = (record.transactionType or "").strip()
+        if kind in _DEBIT_TYPES:
+            amount = -abs(value)
+        elif kind in _CREDIT_TYPES:
+            amount = abs(value)
+        else:
+            amount = value
+        details = record.details or _NO_DETAILS
+        order_id = record.orderID
+        transaction_id = record.transactionId or record.id
+        stamp = record.timestamp
+        transactions.append(
+            unchecked(
+                WalletTransaction,
+                {
+                    "transaction_type": kind,
+                    "amount": amount,
+                    "currency": (record.currency or "").strip() or (details.currency or "").strip(),
+                    "order_id": None if order_id is None else (order_id.strip() or None),
+                    "transaction_id": None
+                    if transaction_id is None
+                    else (transaction_id.strip() or None),
+                    "reference": None,
+                    "timestamp": None if stamp is None else iso_time(stamp),
+                    "description": (details.description or "").strip(),
+                },
+            )
+        )
+    return page.listed(transactions)
 
 
 def parse_redemption(order_id: str, record: Mapping[str, Any]) -> Redemption:
