@@ -44,7 +44,7 @@ def make_version_1(state_dir: Path) -> Path:
 def test_a_new_ledger_has_the_current_version_and_the_chunk_index(tmp_path: Path) -> None:
     Ledger.open(tmp_path).close()
     path = tmp_path / "ledger.sqlite"
-    assert version_of(path) == SCHEMA_VERSION == 6
+    assert version_of(path) == SCHEMA_VERSION == 7
     assert "rows_by_chunk" in indexes(path)
 
 
