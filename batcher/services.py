@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -55,6 +56,10 @@ if TYPE_CHECKING:
 #: openpyxl, the workbook and the runner) costs `batcher validate` a tenth of a second
 #: it would never use
 _LAZY = {
+    "SheetReading": "batcher.execute.check",
+    "check_sheet": "batcher.execute.check",
+    "ValidationResult": "batcher.intake.validate",
+    "validation_document": "batcher.intake.validate",
     "BatchOptions": "batcher.execute.run",
     "BatchResult": "batcher.execute.run",
     "RunUI": "batcher.execute.run",
@@ -194,10 +199,11 @@ def validate_sheet(
 
     Writes ``REPORT_DIR/<sheet stem>/validation.csv`` (and ``validation.json`` when asked).
     """
-    from batcher.execute.check import check_sheet
     from batcher.intake.validate import validation_document
     from batcher.reporting.outputs import write_validation_csv
 
+    # `check_sheet` as this module offers it (loaded on first use, see `_LAZY`)
+    check_sheet = sys.modules[__name__].check_sheet
     with open_provider(settings, provider_options) as client:
         check = check_sheet(client, sheet, reading)
     result = check.result
