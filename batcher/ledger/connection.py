@@ -35,10 +35,6 @@ _PG_DISK_FULL = "53100"
 #: SQLite's page cache per ledger connection, in KiB (`PRAGMA cache_size`)
 LEDGER_CACHE_KIB = 64 * 1024
 
-#: WAL pages after which a commit copies the WAL back into the database file
-#: (`PRAGMA wal_autocheckpoint`; SQLite's default is 1,000 pages, 4 MiB)
-LEDGER_CHECKPOINT_PAGES = 16 * 1024
-
 
 class LedgerDamaged(ConfigError):
     """The ledger file cannot be trusted: never continue from it, never call it intact."""
@@ -140,7 +136,6 @@ class LedgerConnection:
         # walks per chunk no longer fit, and every statement re-reads pages from the OS
         # (a 120k-row run used about a tenth more CPU). It grows only as pages are read.
         self._db.execute(f"PRAGMA cache_size=-{LEDGER_CACHE_KIB}")
-        self._db.execute(f"PRAGMA wal_autocheckpoint={LEDGER_CHECKPOINT_PAGES}")
         # quick_check reads every page: a truncated or scribbled file fails here, before
         # any of its rows can be believed.
         verdict = [r[0] for r in self._db.execute("PRAGMA quick_check(5)")]
