@@ -95,3 +95,22 @@ def test_a_closed_client_refuses_a_get() -> None:
     api.close()
     with pytest.raises(RuntimeError, match="client has been closed"):
         api.get("/auth")
+
+
+def test_an_httpx_without_its_private_transport_choice_falls_back_to_client_send(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`_transport_for_url` is httpx's private method: a release without it must still
+    list, through the public Client.send."""
+    sent: list[str] = []
+    real_send = httpx.Client.send
+
+    def counting_send(self: httpx.Client, request: httpx.Request, **kwargs: Any) -> Any:
+        sent.append(str(request.url))
+        return real_send(self, request, **kwargs)
+
+    api = client(lambda request: httpx.Response(200, json={"ok": True}))
+    monkeypatch.setattr("batcher.transport.http._TRANSPORT_FOR_URL", "_gone_in_this_release")
+    monkeypatch.setattr(httpx.Client, "send", counting_send)
+    assert api.get("/auth").data == {"ok": True}
+    assert sent == ["https://api.example.test/v1/auth"]

@@ -217,6 +217,10 @@ def _tls_context(base_url: str) -> ssl.SSLContext | bool:
     return True
 
 
+#: httpx's private method that picks a request's transport (`_send_get`)
+_TRANSPORT_FOR_URL = "_transport_for_url"
+
+
 class ApiClient:
     """One provider connection: throttled, typed failures, secret-free messages."""
 
@@ -408,9 +412,14 @@ class ApiClient:
         one, or an environment proxy's), the body is read and the response closed
         as it does, and cookies are kept as it keeps them when an answer sets any.
         """
+        # httpx's own choice of transport: private, so an httpx without it is served
+        # by the public path (slower, the same answer)
+        transport_for = getattr(self._client, _TRANSPORT_FOR_URL, None)
+        if transport_for is None:
+            return self._client.send(request)
         if self._client.is_closed:
             raise RuntimeError("Cannot send a request, as the client has been closed.")
-        response = self._client._transport_for_url(request.url).handle_request(request)
+        response = transport_for(request.url).handle_request(request)
         response.request = request
         try:
             response.read()
