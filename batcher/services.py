@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -199,13 +198,12 @@ def validate_sheet(
 
     Writes ``REPORT_DIR/<sheet stem>/validation.csv`` (and ``validation.json`` when asked).
     """
+    from batcher.execute import check as checks  # the one code path `run_batch` takes too
     from batcher.intake.validate import validation_document
     from batcher.reporting.outputs import write_validation_csv
 
-    # `check_sheet` as this module offers it (loaded on first use, see `_LAZY`)
-    check_sheet = sys.modules[__name__].check_sheet
     with open_provider(settings, provider_options) as client:
-        check = check_sheet(client, sheet, reading)
+        check = checks.check_sheet(client, sheet, reading)
     result = check.result
     folder = report_dir / result.sheet.source.path.stem
     # the schema tag first: the same document is printed by `validate --json`

@@ -182,6 +182,90 @@ def test_a_failed_child_fails_the_save_and_leaves_no_file(
     assert list(tmp_path.iterdir()) == [], "no workbook, no temporary file"
 
 
+@pytest.mark.filterwarnings(FORK_WARNING)
+def test_no_process_to_fork_writes_it_all_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pids limit or no memory for a process (EAGAIN, ENOMEM) is no reason to fail."""
+    monkeypatch.setattr(xlsx_stream, "_threads", lambda: 1)
+    monkeypatch.setattr(xlsx_stream, "FORK_MIN_ROWS", 100)
+
+    def no_fork() -> int:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    path, sheet = saved(tmp_path, "here.xlsx", 3_000)
+    assert sheet.made_in == {os.getpid()}
+    assert len(values(path)["Orders"]) == 3_001
+
+
+def test_no_child_where_children_are_ignored_or_reaped_elsewhere(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(xlsx_stream, "_threads", lambda: 1)
+    monkeypatch.setattr(xlsx_stream, "FORK_MIN_ROWS", 100)
+    sheet = Sheet(3_000, os.getpid())
+    monkeypatch.setattr(xlsx_stream.signal, "getsignal", lambda number: xlsx_stream.signal.SIG_IGN)
+    assert xlsx_stream._split(sheet.sheets) is None
+
+
+@pytest.mark.filterwarnings(FORK_WARNING)
+def test_a_save_interrupted_while_waiting_for_the_child_stops_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C in the wait: the child is killed and reaped, not left running."""
+    monkeypatch.setattr(xlsx_stream, "_threads", lambda: 1)
+    monkeypatch.setattr(xlsx_stream, "FORK_MIN_ROWS", 100)
+    children: list[int] = []
+    real_fork, real_waitpid = os.fork, os.waitpid
+
+    def fork() -> int:
+        pid = real_fork()
+        if pid:
+            children.append(pid)
+        return pid
+
+    def waitpid(pid: int, options: int) -> tuple[int, int]:
+        if pid in children and len(children) == 1:
+            children.append(-1)  # once
+            raise KeyboardInterrupt
+        return real_waitpid(pid, options)
+
+    monkeypatch.setattr(os, "fork", fork)
+    monkeypatch.setattr(os, "waitpid", waitpid)
+    with pytest.raises(KeyboardInterrupt):
+        saved(tmp_path, "stopped.xlsx", 20_000)
+    with pytest.raises(ChildProcessError):  # reaped already: no such child
+        real_waitpid(children[0], os.WNOHANG)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.filterwarnings(FORK_WARNING)
+def test_the_child_ignores_a_ctrl_c_sent_to_the_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A parent whose SIGINT handler carries on (the CLI's stop handler) still gets
+    its child's rows: the signal is the parent's to act on."""
+    import signal
+
+    monkeypatch.setattr(xlsx_stream, "_threads", lambda: 1)
+    monkeypatch.setattr(xlsx_stream, "FORK_MIN_ROWS", 100)
+    real = Sheet.line
+
+    def line(self: Sheet, n: int) -> list[Any]:
+        if os.getpid() != self.parent and n == 150:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(self, n)
+
+    monkeypatch.setattr(Sheet, "line", line)
+    previous = signal.signal(signal.SIGINT, lambda number, frame: None)
+    try:
+        path, _ = saved(tmp_path, "kept.xlsx", 3_000)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert len(values(path)["Orders"]) == 3_001
+
+
 def test_no_child_while_another_thread_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(xlsx_stream, "FORK_MIN_ROWS", 100)
     sheet = Sheet(3_000, os.getpid())

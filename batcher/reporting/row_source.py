@@ -155,8 +155,9 @@ class BatchRows:
             return
         ahead, covered = self._ahead, self._ahead_keys
         self._ahead, self._ahead_keys = [], 0
-        for rows in ahead:
-            yield from rows
+        ahead.reverse()
+        while ahead:  # each page let go of once handed out
+            yield from ahead.pop()
         for rows in self._read_facts(self.keys[covered:]):
             yield from rows
 

@@ -226,7 +226,12 @@ def save(path: Path, workbook: Workbook, sheets: Sequence[StreamedSheet], date_s
     The sheet's XML is the same bytes either way. Otherwise, or for a small sheet,
     everything is written here, as `inject` does."""
     split = _split(sheets)
-    child = None if split is None else _ChildRows.start(*split, date_style, path.parent)
+    child = None
+    if split is not None:
+        try:
+            child = _ChildRows.start(*split, date_style, path.parent)
+        except OSError:  # no process to be had (a pids limit, memory): all of it here
+            child = None
     try:
         frame = io.BytesIO()
         workbook.save(frame)
@@ -266,6 +271,8 @@ def _split(sheets: Sequence[StreamedSheet]) -> tuple[StreamedSheet, int] | None:
     """The sheet whose first rows a child makes, and how many: about half the work."""
     if not sys.platform.startswith("linux") or not hasattr(os, "fork") or _threads() != 1:
         return None
+    if signal.getsignal(signal.SIGCHLD) not in (signal.SIG_DFL, None):
+        return None  # a host that ignores or reaps children itself: no exit status to wait for
     candidates = [s for s in sheets if s.part is not None and s.in_memory > 0]
     if not candidates:
         return None
@@ -492,9 +499,10 @@ class _ChildRows:
 
     def join(self) -> _Part:
         """The child's part, once it has exited; its error as a RuntimeError."""
-        pid, self._pid = self._pid, None
+        pid = self._pid
         assert pid is not None
         _, status = os.waitpid(pid, 0)
+        self._pid = None  # only now: interrupted in the wait, `close` still stops it
         message = b""
         while chunk := os.read(self._pipe, 1 << 16):
             message += chunk
@@ -530,10 +538,11 @@ def _child_main(
     """The forked child's whole life: the rows, their part on the pipe, `os._exit`."""
     code = 1
     try:
-        # No handler of this process's runs here: a Ctrl-C or SIGTERM just ends the child
-        # (the parent, told too, stops it and fails the save)
+        # No handler of this process's runs here, and a Ctrl-C or SIGTERM sent to the
+        # whole group is the parent's to act on: if it stops, `close` kills the child;
+        # if it finishes, the child's rows are needed
         for number in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(number, signal.SIG_DFL)
+            signal.signal(number, signal.SIG_IGN)
         part = _write_rows(file, sheet, 0, count, date_style, threaded=False)
         _send(
             pipe,
