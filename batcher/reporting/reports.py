@@ -224,11 +224,6 @@ def collect(
     )
     if rows is None:
         rows = BatchRows.from_ledger(ledger, batch)
-    # The batch's own attempts and the first pages of rows to match are read while the
-    # listing is still on the wire, too.
-    keys, requests = attempts(ledger, batch)
-    if listing is not None and facts is None:
-        rows.read_ahead(listing.done)
     data, error = None, None
     if provider is None:
         error = "no connection to the provider"
@@ -240,6 +235,7 @@ def collect(
             data, error = fetch_provider_data(provider, windows)
     if sheet_rows is None and runs:
         sheet_rows = _summary_rows_total(ledger, runs[-1].run_id)
+    keys, requests = attempts(ledger, batch)
     inputs = ReconcileInputs(
         rows=rows,
         runs=windows,

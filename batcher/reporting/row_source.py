@@ -33,9 +33,6 @@ ROW_PAGE = 20_000
 #: rows read undecoded at a time, for the lines of a sheet (`BatchRows.for_lines`)
 RAW_PAGE = 1_000
 SKIPPED_ELSEWHERE = "ordered_in_another_batch"
-#: at most this many rows read ahead for the sums (`BatchRows.read_ahead`): a few tens
-#: of megabytes, held by the wallet lines after matching anyway
-AHEAD_ROWS = 100_000
 
 #: reads the rows of some keys, in that order, a page at a time
 ReadPages = Callable[[Sequence[str]], Iterator[Sequence[RowRecord]]]
@@ -72,9 +69,6 @@ class BatchRows:
         #: `read` reads no ledger: the rows were given (`from_rows`)
         self._in_memory = in_memory
         self._whole: list[RowRecord] | None = None
-        #: pages of `for_sums` read ahead (`read_ahead`)
-        self._ahead: list[Sequence[RowRecord | SettledRow]] = []
-        self._ahead_keys = 0  # the keys those pages cover (the first ones)
         self._held: Mapping[str, RowRecord] = {}
         self._held_light: Mapping[str, SettledRow] = {}
 
@@ -153,36 +147,8 @@ class BatchRows:
         if len(self.keys) <= self._page:
             yield from self  # one page: read whole and kept for the next reader
             return
-        ahead, covered = self._ahead, self._ahead_keys
-        self._ahead, self._ahead_keys = [], 0
-        ahead.reverse()
-        while ahead:  # each page let go of once handed out
-            yield from ahead.pop()
-        for rows in self._read_facts(self.keys[covered:]):
+        for rows in self._read_facts(self.keys):
             yield from rows
-
-    def read_ahead(self, enough: Callable[[], bool], most: int = AHEAD_ROWS) -> None:
-        """Read the first pages `for_sums` will hand out now, a page at a time, until
-        `enough()` or `most` rows: while the provider's listing is on the wire, reading
-        them costs the report little time (SQLite lets go of the interpreter lock while
-        it steps). The next `for_sums` hands them out first (and lets go of them)."""
-        if self._whole is not None or self._read_facts is None or self._held:
-            return
-        if len(self.keys) <= self._page or self._ahead:
-            return
-        wanted = self.keys[: max(most, self._page)]
-        pages = self._read_facts(wanted)
-        try:
-            while not enough():
-                page = next(pages, None)
-                if page is None:
-                    break
-                self._ahead.append(page)
-                self._ahead_keys = min(len(self._ahead) * self._page, len(wanted))
-        finally:
-            close = getattr(pages, "close", None)
-            if close is not None:
-                close()
 
     def for_lines(self, start: int = 0, stop: int | None = None) -> Iterator[LineValues]:
         """Every row's `LineValues`, in report order, for a line per row (the Orders
