@@ -831,17 +831,19 @@ def test_a_failed_commit_on_the_other_thread_stops_the_group_it_runs_beside(
     w.provider.on_submit = lambda _key: ahead_commit_done()
     with pytest.raises(OSError, match="disk full"):
         w.run()
-    # Groups of 1, 2, then 4 (chunks 4-7): the fourth group's commit starts once chunk
-    # 4 is answered and has failed by the time chunk 5 is answered; 6 and 7 wait.
+    # Groups of 1, 2, then 4 (chunks 4-7), the fourth group's commit running beside
+    # the third. It starts while chunk 4 or chunk 5 is on the wire (the threads decide)
+    # and has failed by the time that chunk is answered: the request after it is not
+    # sent, so 4 or 5 chunks in all. Without the check all of group three, 7, would be.
     sent = [key for key, _ in w.provider.sent]
-    assert len(sent) == len(set(sent)) == 5
+    assert len(sent) == len(set(sent)) and len(sent) in (4, 5), sent
     reader = Ledger(w.path)
     try:  # nothing unsent is left `sending`: the next run plans it as ever
         planned = {c.chunk_key for c in reader.chunks(BATCH, ["planned"])}
         assert not reader.chunks(BATCH, ["sending"])
     finally:
         reader.close()
-    assert len(planned) == 10 and not planned & set(sent)
+    assert len(planned) == 15 - len(sent) and not planned & set(sent)
 
 
 def test_a_send_that_waits_ends_the_group(tmp_path: Path) -> None:
