@@ -32,6 +32,7 @@ from batcher.providers.ugiftme import (
 from batcher.providers.wire import assemble, parse_time
 from batcher.transport.http import parse_json
 from batcher.transport.throttle import RateLimiter
+from tests.test_transport_json import as_json
 
 TRANSACTIONS: list[dict[str, Any]] = [
     {
@@ -289,18 +290,6 @@ def test_a_malformed_record_on_a_later_page_fails_the_listing_with_the_same_erro
 # (`listed_orders`, `listed_transactions`); a page that path refuses (ValueError) is
 # parsed as JSON and read by the record parsers above. Whatever page the fast path
 # accepts, it must build exactly what the parsers build from it.
-
-
-def as_json(value: Any) -> str:
-    """JSON text with each Decimal written as a number, with the digits it carries."""
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, list):
-        return "[" + ",".join(as_json(item) for item in value) + "]"
-    if isinstance(value, dict):
-        fields = (f"{json.dumps(key)}: {as_json(item)}" for key, item in value.items())
-        return "{" + ", ".join(fields) + "}"
-    return json.dumps(value)
 
 
 MONEY_TEXTS = [" 1.5 ", "1_000", "NaN", "-Infinity", "sNaN", "\u0661", "\xa01.5", "1e3", "abc"]

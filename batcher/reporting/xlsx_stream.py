@@ -188,16 +188,31 @@ def inject(
         zipfile.ZipFile(path) as source,
         zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as target,
     ):
-        missing = set(targets) - set(source.namelist())
-        if missing:
-            raise RuntimeError(f"openpyxl did not write {sorted(missing)}")
-        for item in source.infolist():
-            sheet = targets.get(item.filename)
-            if sheet is None:
-                target.writestr(item, source.read(item.filename))
-                continue
-            frame = source.read(item.filename).decode("utf-8")
-            _write_sheet(target, item.filename, frame, sheet, date_style)
+        _copy_members(
+            source,
+            target,
+            targets,
+            lambda name, frame, sheet: _write_sheet(target, name, frame, sheet, date_style),
+        )
+
+
+def _copy_members(
+    source: zipfile.ZipFile,
+    target: zipfile.ZipFile,
+    targets: dict[str, StreamedSheet],
+    write_sheet: Callable[[str, str, StreamedSheet], None],
+) -> None:
+    """Every member of openpyxl's package into `target`: a streamed sheet's through
+    `write_sheet` (its name, the frame's text, the sheet), the others as they are."""
+    missing = set(targets) - set(source.namelist())
+    if missing:
+        raise RuntimeError(f"openpyxl did not write {sorted(missing)}")
+    for item in source.infolist():
+        sheet = targets.get(item.filename)
+        if sheet is None:
+            target.writestr(item, source.read(item.filename))
+        else:
+            write_sheet(item.filename, source.read(item.filename).decode("utf-8"), sheet)
 
 
 # ---------------------------------------------------------------------------
@@ -240,28 +255,25 @@ def save(path: Path, workbook: Workbook, sheets: Sequence[StreamedSheet], date_s
             zipfile.ZipFile(frame) as source,
             zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as target,
         ):
-            missing = set(targets) - set(source.namelist())
-            if missing:
-                raise RuntimeError(f"openpyxl did not write {sorted(missing)}")
             if child is None:
-                for item in source.infolist():
-                    sheet = targets.get(item.filename)
-                    if sheet is None:
-                        target.writestr(item, source.read(item.filename))
-                    else:
-                        frame_text = source.read(item.filename).decode("utf-8")
-                        _write_sheet(target, item.filename, frame_text, sheet, date_style)
+                _copy_members(
+                    source,
+                    target,
+                    targets,
+                    lambda name, frame, sheet: _write_sheet(target, name, frame, sheet, date_style),
+                )
                 return
             with tempfile.TemporaryFile(dir=path.parent) as scratch:
                 parts = _write_parts(scratch, sheets, child, date_style)
                 parts[id(child.sheet)].insert(0, child.join())
-                for item in source.infolist():
-                    sheet = targets.get(item.filename)
-                    if sheet is None:
-                        target.writestr(item, source.read(item.filename))
-                    else:
-                        frame_text = source.read(item.filename).decode("utf-8")
-                        _join_member(target, item.filename, frame_text, sheet, parts[id(sheet)])
+                _copy_members(
+                    source,
+                    target,
+                    targets,
+                    lambda name, frame, sheet: _join_member(
+                        target, name, frame, sheet, parts[id(sheet)]
+                    ),
+                )
     finally:
         if child is not None:
             child.close()
