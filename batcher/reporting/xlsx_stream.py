@@ -443,22 +443,15 @@ def crc32_combine(crc1: int, crc2: int, length2: int) -> int:
     B's length of zero bits by squaring a GF(2) matrix, in log(length) steps."""
     if length2 <= 0:
         return crc1
-    odd = [0xEDB88320] + [1 << n for n in range(31)]  # the operator for one zero bit
-    even = _gf2_square(odd)  # two zero bits
-    odd = _gf2_square(even)  # four
-    while True:  # each step: a zero byte, then two, four, ...
-        even = _gf2_square(odd)
+    operator = [0xEDB88320] + [1 << n for n in range(31)]  # one zero bit
+    for _ in range(3):
+        operator = _gf2_square(operator)  # two, four, then eight zero bits: one byte
+    while length2:  # a zero byte, then two, four, ... as B's length has the bits
         if length2 & 1:
-            crc1 = _gf2_times(even, crc1)
+            crc1 = _gf2_times(operator, crc1)
         length2 >>= 1
-        if not length2:
-            break
-        odd = _gf2_square(even)
-        if length2 & 1:
-            crc1 = _gf2_times(odd, crc1)
-        length2 >>= 1
-        if not length2:
-            break
+        if length2:
+            operator = _gf2_square(operator)
     return crc1 ^ crc2
 
 
