@@ -21,6 +21,7 @@ from openpyxl import Workbook, load_workbook
 from openpyxl.worksheet.worksheet import Worksheet
 
 from batcher.core.clock import utc_now
+from batcher.core.files import atomic_write
 from batcher.core.models import WalletTransaction
 from batcher.ledger.events import WebhookEvents
 from batcher.ledger.store import Ledger, RowOutcome, SheetRow
@@ -31,7 +32,7 @@ from batcher.reporting.reconcile import IN_PROGRESS, MISMATCH, NOT_VERIFIED, REC
 from batcher.reporting.reports import FAILED_ROWS_NAME, write_batch_report
 from batcher.reporting.summary_sheet import CURRENCY_HEADERS
 from batcher.reporting.workbook import ORDERS
-from batcher.reporting.xlsx_stream import StreamedSheet, inject, prepare, register_style
+from batcher.reporting.xlsx_stream import StreamedSheet, prepare, register_style, save
 from batcher.reporting.xlsx_style import money_format
 
 HEADERS = ["Reference", "Email", "Name", "Product", "Amount", "Currency", "Cost centre"]
@@ -559,8 +560,8 @@ def test_streamed_cells_are_escaped_trimmed_and_typed(tmp_path: Path) -> None:
         ["  padded  ", 7, None],
     ]
     path = tmp_path / "s.xlsx"
-    wb.save(path)
-    inject(path, wb, [StreamedSheet(sheet, rows, 3, 3)], date)
+    with atomic_write(path) as tmp:
+        save(tmp, wb, [StreamedSheet(sheet, rows, 3, 3)], date)
     back = load_workbook(path).active
     assert back is not None
     assert back["A2"].value == "a < b & c > d"
@@ -578,8 +579,11 @@ def test_a_row_count_that_lies_is_refused(tmp_path: Path) -> None:
     prepare(sheet, ["x"], 2)
     path = tmp_path / "s.xlsx"
     wb.save(path)
-    with pytest.raises(RuntimeError, match="1 rows written, 2 expected"):
-        inject(path, wb, [StreamedSheet(sheet, [["only one"]], 2, 1)], 0)
+    with (
+        pytest.raises(RuntimeError, match="1 rows written, 2 expected"),
+        atomic_write(path) as tmp,
+    ):
+        save(tmp, wb, [StreamedSheet(sheet, [["only one"]], 2, 1)], 0)
     assert zipfile.is_zipfile(path), "the saved file is left as it was"
 
 

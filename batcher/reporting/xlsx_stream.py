@@ -53,7 +53,6 @@ from openpyxl.utils.datetime import to_excel
 from openpyxl.workbook import Workbook
 from openpyxl.worksheet.worksheet import Worksheet
 
-from batcher.core.files import atomic_write
 from batcher.reporting.cells import leads_plainly, safe_cell
 
 MAX_CELL_CHARS = 32_767  # Excel's limit for one cell's text
@@ -178,24 +177,6 @@ def prepare(worksheet: Worksheet, headers: Sequence[str], row_count: int) -> Non
     worksheet.auto_filter.ref = f"A1:{last}{row_count + 1}"
 
 
-def inject(
-    path: Path, workbook: Workbook, sheets: Sequence[StreamedSheet], date_style: int
-) -> None:
-    """Rewrite the saved package at `path` with the streamed rows in place, atomically."""
-    targets = {_part_name(workbook, s.worksheet): s for s in sheets}
-    with (
-        atomic_write(path) as tmp,
-        zipfile.ZipFile(path) as source,
-        zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as target,
-    ):
-        _copy_members(
-            source,
-            target,
-            targets,
-            lambda name, frame, sheet: _write_sheet(target, name, frame, sheet, date_style),
-        )
-
-
 def _copy_members(
     source: zipfile.ZipFile,
     target: zipfile.ZipFile,
@@ -239,7 +220,7 @@ def save(path: Path, workbook: Workbook, sheets: Sequence[StreamedSheet], date_s
     the rest; each part is deflated on its own and the parts are joined into the one
     zip member (deflate data can be joined at a flushed block; the CRCs combine).
     The sheet's XML is the same bytes either way. Otherwise, or for a small sheet,
-    everything is written here, as `inject` does."""
+    everything is written here."""
     split = _split(sheets)
     child = None
     if split is not None:
@@ -359,16 +340,15 @@ def _write_rows(
     """Rows `start` to `stop` of the sheet (all of them when it has no `part`), as one
     deflated `_Part` at the end of `file`; deflated on a thread of its own if `threaded`."""
     if sheet.part is not None:
-        rows = iter(sheet.part(start, stop))
+        rows = sheet.part(start, stop)
     else:
         assert start == 0 and stop is None, "a sheet without `part` is written whole"
-        rows = iter(sheet.rows)
+        rows = sheet.rows
     end = sheet.row_count if stop is None else stop
     writer = _RowWriter(sheet.columns, date_style, after=start + 1)
     sink = _PartSink(file)
     with _Deflating(sink) if threaded else nullcontext(sink) as out:
-        while block := list(islice(rows, _ROWS_PER_WRITE)):
-            out.write(writer.rows(block).encode("utf-8"))
+        _write_blocks(out, rows, writer)
     if writer.last_row != end + 1:
         raise RuntimeError(
             f"{sheet.worksheet.title}: {writer.last_row - 1 - start} rows written from row"
@@ -588,14 +568,19 @@ def _write_sheet(
     writer = _RowWriter(sheet.columns, date_style)
     with target.open(name, "w") as member, _Deflating(member) as out:
         out.write(head.encode("utf-8"))
-        rows = iter(sheet.rows)
-        while block := list(islice(rows, _ROWS_PER_WRITE)):
-            out.write(writer.rows(block).encode("utf-8"))
+        _write_blocks(out, sheet.rows, writer)
         out.write(tail.encode("utf-8"))
     if writer.last_row != sheet.row_count + 1:
         raise RuntimeError(
             f"{name}: {writer.last_row - 1} rows written, {sheet.row_count} expected"
         )
+
+
+def _write_blocks(out: _Sink, rows: Iterable[Sequence[Any]], writer: _RowWriter) -> None:
+    """The rows' XML, `_ROWS_PER_WRITE` rows at a write."""
+    rows = iter(rows)
+    while block := list(islice(rows, _ROWS_PER_WRITE)):
+        out.write(writer.rows(block).encode("utf-8"))
 
 
 class _Sink(Protocol):
