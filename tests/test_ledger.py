@@ -493,3 +493,40 @@ def test_a_sqlite_ledger_keeps_a_page_cache_for_a_large_batch(sqlite_ledger: Led
 
     (size,) = sqlite_ledger._db.execute("PRAGMA cache_size").fetchone()
     assert size == -LEDGER_CACHE_KIB and LEDGER_CACHE_KIB >= 64 * 1024
+
+
+def test_an_accepted_chunks_rows_are_rewritten_once_and_settled_rows_keep_their_state(
+    sqlite_ledger: Ledger,
+) -> None:
+    """`mark_accepted` sets the order request on every row of the chunk and `accepted` on
+    those not settled, in one UPDATE of the chunk's rows (each row a write, not two): a
+    resent chunk whose first row an incomplete answer already settled keeps that row."""
+    import sqlite3
+
+    ledger = sqlite_ledger
+    ledger.sync_rows("b", [sheet_row(k, n) for n, k in enumerate(["k1", "k2", "k3"], 2)],
+                     retry_failed=False)  # fmt: skip
+    plan_one(ledger, "c1", ["k1", "k2", "k3"])
+    ledger.mark_sending("b", "c1")
+    ledger.settle_chunk("b", "c1", "unknown", [
+        RowOutcome(row_key="k1", state="succeeded", order_id="o-1"),
+        RowOutcome(row_key="k2", state="unknown", error_code="no_result"),
+        RowOutcome(row_key="k3", state="unknown", error_code="no_result"),
+    ])  # fmt: skip
+    settled_at = ledger.rows_by_key("b", ["k1"])["k1"].updated_at
+    ledger.mark_sending("b", "c1")  # resent with the same key and bytes
+    statements: list[str] = []
+    db = ledger._db
+    assert isinstance(db, sqlite3.Connection)
+    db.set_trace_callback(statements.append)
+    ledger.mark_accepted("b", "c1", "req-9")
+    db.set_trace_callback(None)
+    assert len([s for s in statements if s.startswith("UPDATE rows")]) == 1, statements
+    rows = ledger.rows_by_key("b", ["k1", "k2", "k3"])
+    assert {k: (r.state, r.order_request_id) for k, r in rows.items()} == {
+        "k1": ("succeeded", "req-9"),
+        "k2": ("accepted", "req-9"),
+        "k3": ("accepted", "req-9"),
+    }
+    assert rows["k1"].updated_at == settled_at
+    assert ledger.chunk("c1").state == "accepted"

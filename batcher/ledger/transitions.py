@@ -130,14 +130,21 @@ class LedgerTransitions(LedgerConnection):
                 batch,
                 chunk_key,
                 "accepted",
-                row_state="accepted",
                 request_id=request_id,
                 accepted_at=now,
                 error_message=None,
             )
+            # One pass over the chunk's rows (each one rewritten once, not twice): every
+            # row gets the order request; those not settled yet (a resent chunk's rows
+            # an incomplete answer settled stay as they are) become `accepted`.
             db.execute(
-                "UPDATE rows SET order_request_id = ? WHERE batch = ? AND chunk_key = ?",
-                (request_id, batch, chunk_key),
+                "UPDATE rows SET order_request_id = ?,"
+                " state = CASE WHEN state IN ('succeeded', 'failed') THEN state"
+                " ELSE 'accepted' END,"
+                " updated_at = CASE WHEN state IN ('succeeded', 'failed') THEN updated_at"
+                " ELSE ? END"
+                " WHERE batch = ? AND chunk_key = ?",
+                (request_id, now, batch, chunk_key),
             )
             self._event(batch, "chunk_accepted", chunk_key=chunk_key, request_id=request_id)
 
