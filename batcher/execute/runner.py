@@ -55,7 +55,6 @@ from batcher.ledger.store import (
     Ledger,
     OrderClaimed,
     RowOutcome,
-    RowRecord,
     SheetRow,
     parse_ts,
 )
@@ -195,7 +194,29 @@ class _Stopped(Exception):
     pass
 
 
-def order_item(row: RowRecord) -> OrderItem:
+class PlanSource(Protocol):
+    """What planning reads of a row to send: a `RowRecord`, or the ledger's lighter
+    `PlanningRow` of the same row (the same values)."""
+
+    @property
+    def row_key(self) -> str: ...
+    @property
+    def source_row(self) -> int: ...
+    @property
+    def currency(self) -> str: ...
+    @property
+    def face_value(self) -> Decimal: ...
+    @property
+    def est_cost(self) -> Decimal | None: ...
+    @property
+    def attempt(self) -> int: ...
+    @property
+    def retry_group(self) -> str: ...
+    @property
+    def fields(self) -> dict[str, str]: ...
+
+
+def order_item(row: PlanSource) -> OrderItem:
     f = row.fields
     return OrderItem(
         row_key=row.row_key,
@@ -422,7 +443,7 @@ class Runner:
         # One page of pending rows read for the funds rule is kept for planning too,
         # rather than read a second time (20,000 rows: about half a second). More rows
         # than a page: the funds rule reads only the columns it needs.
-        kept: list[RowRecord] | None = [] if len(keys) <= PLAN_PAGE_ROWS else None
+        kept: list[PlanSource] | None = [] if len(keys) <= PLAN_PAGE_ROWS else None
         held_for_funds: Collection[str] = ()
         if hold is not None:
             states = ("planned", "pending")
@@ -442,7 +463,7 @@ class Runner:
         read_all = kept is not None and len(kept) == len(keys)  # `hold` read every one
         if held_for_funds:
             keys = [k for k in keys if k not in held_for_funds]
-        pages: Iterable[list[RowRecord]]
+        pages: Iterable[Sequence[PlanSource]]
         if kept is not None and read_all:
             by_key = {r.row_key: r for r in kept}
             pages = [[by_key[k] for k in keys]] if keys else []
@@ -456,18 +477,19 @@ class Runner:
         return saved, held
 
     def _rows_of(
-        self, states: Sequence[str], *, keep: list[RowRecord] | None = None
-    ) -> Iterator[RowRecord]:
+        self, states: Sequence[str], *, keep: list[PlanSource] | None = None
+    ) -> Iterator[PlanSource]:
         """The batch's rows in `states` (in the sheet), state by state in sheet order,
-        read a page at a time; the pending ones are also added to `keep` when given."""
+        read a page at a time (only what the funds rule and planning use); the pending
+        ones are also added to `keep` when given."""
         for state in states:
             keys = self.ledger.row_keys(self.batch, state)
-            for page in self.ledger.rows_in_pages(self.batch, keys):
+            for page in self.ledger.planning_rows_in_pages(self.batch, keys):
                 if keep is not None and state == "pending":
                     keep.extend(page)
                 yield from page
 
-    def _plan_page(self, pending: Sequence[RowRecord], chunk_size: int) -> tuple[int, set[str]]:
+    def _plan_page(self, pending: Sequence[PlanSource], chunk_size: int) -> tuple[int, set[str]]:
         """Chunk, encode and save one page of pending rows."""
         planned = plan_chunks(
             (
@@ -1110,7 +1132,7 @@ class Runner:
         self._defer(record)
 
 
-def row_need(r: RowRecord) -> Need:
+def row_need(r: PlanSource) -> Need:
     """A whole ledger row's claim on its paying wallet (as `funds_need` makes it)."""
     paying = r.fields.get("payment_currency")
     return funds_need(r.source_row, r.row_key, r.currency, r.face_value, r.est_cost, paying)
