@@ -15,8 +15,6 @@ from typing import Any
 
 import httpx
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from batcher.config import PROFILES, ProviderSettings
@@ -81,77 +79,6 @@ def test_created_orders_map_back_to_their_rows_in_any_order() -> None:
     assert mapped[1].voucher_code == "VC-row2"
     assert mapped[1].redemption_url == "https://redeem.example/row2"
     assert mapped[0].transaction_id == "txn_" + "A" * 26
-
-
-def test_an_answer_in_item_order_maps_without_normalising_each_order(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Orders spelled exactly as the items in their places are mapped to them without
-    an order key each (200 polls of 100 orders: 20,000 keys fewer on the send loop's
-    thread); one spelled otherwise still goes by its key."""
-    import batcher.providers.ugiftme as ugiftme
-
-    keyed: list[object] = []
-    real = ugiftme.order_match_key
-    monkeypatch.setattr(ugiftme, "order_match_key", lambda o: keyed.append(o) or real(o))
-    items = [item(n, amount=f"{n}.50") for n in range(1, 6)]
-    orders = [created(i) for i in items]
-    orders[3]["giftOrder"] = {"recipientEmail": " PERSON4@example.com", "recipientName": "Person 4"}
-    mapped = map_order_result({"orders": orders}, items, cost_of=no_cost)
-    assert [(r.row_key, r.order_id) for r in mapped] == [
-        (i.row_key, o["_id"]) for i, o in zip(items, orders, strict=True)
-    ]
-    assert keyed == [orders[3]]
-
-
-_SPELLINGS = st.sampled_from(["same", "case", "spaces", "amount", "other"])
-
-
-@given(
-    n=st.integers(1, 6),
-    order=st.randoms(use_true_random=False),
-    spellings=st.lists(_SPELLINGS, min_size=6, max_size=6),
-    twin=st.booleans(),
-    drop=st.booleans(),
-)
-def test_mapping_in_place_gives_what_the_keys_alone_give(
-    n: int, order: Any, spellings: list[str], twin: bool, drop: bool
-) -> None:
-    """Whatever the order, spelling, repeated keys or missing orders, the in-place
-    shortcut maps exactly as matching every order by its key does (or fails alike)."""
-    import batcher.providers.ugiftme as ugiftme
-
-    items = [item(k, amount=f"{k}.25") for k in range(n)]
-    if twin and n > 1:
-        items[-1] = item(n - 1, amount=f"{0}.25", email="person0@example.com", name="Person 0")
-    orders = []
-    for source, how in zip(items, spellings, strict=False):
-        o = created(source)
-        gift = o["giftOrder"]
-        if how == "case":
-            gift["recipientEmail"] = source.recipient_email.upper()
-        elif how == "spaces":
-            gift["recipientName"] = f"  {source.recipient_name} "
-        elif how == "amount":
-            o["valuePurchased"] = Decimal(f"{source.amount}0")
-        elif how == "other":
-            o["productCode"] = "TESCO_UK"
-        orders.append(o)
-    if drop:
-        orders.pop()
-    order.shuffle(orders) if order.random() < 0.5 else None
-
-    def outcome(same_as: Any) -> object:
-        original = ugiftme._same_as
-        ugiftme._same_as = same_as
-        try:
-            return map_order_result({"orders": orders}, items, cost_of=no_cost)
-        except IncompleteResult as exc:
-            return ("incomplete", str(exc), exc.items)
-        finally:
-            ugiftme._same_as = original
-
-    assert outcome(ugiftme._same_as) == outcome(lambda _o, _i: False)
 
 
 def test_matching_tolerates_number_formats_email_case_and_spacing() -> None:

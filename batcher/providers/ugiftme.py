@@ -527,22 +527,6 @@ def order_match_key(order: Mapping[str, Any]) -> MatchKey:
     )
 
 
-def _same_as(order: Mapping[str, Any], item: OrderItem) -> bool:
-    """Whether the order's product, amount, email and name are spelled exactly as the
-    item's: then `order_match_key(order) == item_match_key(item)` (the same texts and
-    the same amount, to the digit, give the same key); otherwise the keys decide."""
-    gift = order.get("giftOrder")
-    recipient = gift if isinstance(gift, Mapping) else order
-    value = order.get("valuePurchased")
-    return (
-        order.get("productCode") == item.product_code
-        and recipient.get("recipientEmail") == item.recipient_email
-        and recipient.get("recipientName") == item.recipient_name
-        and isinstance(value, Decimal)
-        and value.as_tuple() == item.amount.as_tuple()
-    )
-
-
 def map_order_result(
     result: Mapping[str, Any],
     items: Sequence[OrderItem],
@@ -556,17 +540,10 @@ def map_order_result(
     """
     orders, rejections = _orders_and_rejections(result)
     by_key = {item_match_key(item): item for item in items}
-    # Every item's key its own: an order whose fields are spelled exactly as the item
-    # in its place (UGiftMe answers in item order) has that item's key, so the item
-    # is known without normalising the order's fields (`_same_as`).
-    in_place = len(by_key) == len(items) == len(orders)
     succeeded: dict[str, ItemResult] = {}
     stray_orders = 0
-    for index, order in enumerate(orders):
-        if in_place and _same_as(order, items[index]):
-            item: OrderItem | None = items[index]
-        else:
-            item = by_key.get(order_match_key(order))
+    for order in orders:
+        item = by_key.get(order_match_key(order))
         if item is None or item.row_key in succeeded:
             stray_orders += 1
             continue
