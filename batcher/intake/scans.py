@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -52,22 +53,95 @@ def scan_rows(sheet: Sheet) -> tuple[pl.DataFrame, Rows, RowFacts]:
     later checks whether they can find anything at all.
     """
     frame = sheet.frame
-    # One select for every probe: polars runs its expressions side by side,
-    # where separate passes would each wait for their slowest column.
     nulls = {n: frame[n].null_count() for n in ORDER_FIELDS}  # counts polars keeps
     filled = [n for n in ORDER_FIELDS if nulls[n] == 0]
-    probes = frame.select(
-        *((pl.col(n) == pl.col(n).first()).all().alias(_same(n)) for n in filled),
-        *_row_probes(),
-    )
-    found = probes.drop(_UNVOUCHED).row(0, named=True)
     # Columns with no value at all (often merchant, payment currency) or the
     # same value on every row (often currency, country) cannot tell orders
-    # apart; leaving them out of the grouping keys makes it cheaper.
+    # apart; leaving them out of the grouping keys makes it cheaper. A column
+    # with some cells empty, or whose first cells differ, is surely a key: its
+    # cells are numbered (see `_group_orders`) while the probes run.
+    surely_keys = [
+        n
+        for n in ORDER_FIELDS
+        if 0 < nulls[n] < frame.height or (n in filled and frame[n].head(_HEAD).n_unique() > 1)
+    ]
+    # One select for every probe: polars runs its expressions side by side,
+    # where separate passes would each wait for their slowest column.
+    probes, codes = pl.collect_all(
+        [
+            frame.lazy().select(
+                *(
+                    (pl.col(n) == pl.col(n).first()).all().alias(_same(n))
+                    for n in filled
+                    if n not in surely_keys
+                ),
+                *_row_probes(),
+            ),
+            frame.lazy().select(_numbered(n) for n in surely_keys),
+        ]
+    )
+    found = probes.drop(_UNVOUCHED).row(0, named=True)
     constant: dict[str, str | None] = {n: None for n in ORDER_FIELDS if nulls[n] == frame.height}
-    constant |= {n: frame[n][0] for n in filled if found[_same(n)]}
+    constant |= {n: frame[n][0] for n in filled if found.get(_same(n))}
     keys = [n for n in ORDER_FIELDS if n not in constant] or [ORDER_FIELDS[0]]
-    groups = (
+    late = [n for n in keys if n not in surely_keys]
+    if late:
+        numbered = frame.select(_numbered(n) for n in late)
+        codes = codes.hstack(numbered) if codes.width else numbered
+    groups = _group_orders(frame, keys, codes)
+    orders = _orders_from_groups(groups, keys, constant, sheet)
+    rows = Rows(frame, groups.select(ORDER_ID, _POSITIONS))
+    return orders, rows, _row_facts(frame, found, unvouched=probes[_UNVOUCHED][0])
+
+
+_HEAD = 64  # first cells looked at to tell that a column is not constant
+
+
+def _numbered(name: str) -> pl.Expr:
+    """Each cell's number among the column's distinct values (null stays null)."""
+    return pl.col(name).cast(pl.Categorical(pl.Categories.random())).to_physical()
+
+
+def _group_orders(frame: pl.DataFrame, keys: Sequence[str], codes: pl.DataFrame) -> pl.DataFrame:
+    """order_id, the `keys` cells, and `_positions` (the rows): one row per distinct combination.
+
+    Grouping on several text columns makes polars encode every row's keys into
+    one binary value first, which costs more than the grouping itself. So each
+    key column is numbered instead (`codes`: a categorical cast, which hashes
+    each cell once), the numbers are combined into one exact UInt64 (mixed
+    radix), and the rows are grouped on that. Equal keys get equal numbers and
+    unequal keys different ones, so the groups are exactly those of grouping
+    on the text. Too many distinct values to fit 64 bits (never in a real
+    sheet) falls back to grouping on the text.
+    """
+    # A null cell takes the number after the column's largest.
+    largest = codes.select(pl.col(keys).max()).row(0)
+    radices = [
+        (top if top is not None else -1) + 1 + (1 if codes[n].null_count() else 0)
+        for n, top in zip(keys, largest, strict=True)
+    ]
+    if math.prod(radices) < 2**64:
+        combined: pl.Expr = pl.lit(0, pl.UInt64)
+        weight = 1
+        for name, radix in zip(keys, radices, strict=True):
+            code = pl.col(name).cast(pl.UInt64).fill_null(radix - 1)
+            combined = combined + code * pl.lit(weight, pl.UInt64)
+            weight *= radix
+        grouped = (
+            codes.lazy()
+            .select(combined.alias(_KEY))
+            .with_row_index(_POSITIONS)
+            .group_by(_KEY)
+            .agg(pl.col(_POSITIONS))
+            .select(_POSITIONS)
+            .collect()
+        )
+        # Each group's cells as read, from its first row.
+        first = grouped[_POSITIONS].list.first()
+        return pl.concat([frame.select(keys)[first], grouped], how="horizontal").with_row_index(
+            ORDER_ID
+        )
+    return (
         frame.lazy()
         .select(keys)
         .with_row_index(_POSITIONS)
@@ -76,9 +150,9 @@ def scan_rows(sheet: Sheet) -> tuple[pl.DataFrame, Rows, RowFacts]:
         .with_row_index(ORDER_ID)
         .collect()
     )
-    orders = _orders_from_groups(groups, keys, constant, sheet)
-    rows = Rows(frame, groups.select(ORDER_ID, _POSITIONS))
-    return orders, rows, _row_facts(frame, found, unvouched=probes[_UNVOUCHED][0])
+
+
+_KEY = "_key"
 
 
 def _same(name: str) -> str:
