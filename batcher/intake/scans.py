@@ -37,8 +37,8 @@ ORDER_FIELDS: tuple[str, ...] = (
 RECIPIENT_FIELDS: tuple[str, ...] = ("reference", "recipient_email", "recipient_name", "message")
 _CODE_FIELDS = ("currency", "country", "payment_currency")  # trimmed and upper-cased
 ORDER_ID = "order_id"
-_T = TypeVar("_T")
 ORDER_ROWS = "order_rows"
+_T = TypeVar("_T")  # what the order checks handed to `scan_rows` return
 
 
 def _trimmed(name: str) -> pl.Expr:
