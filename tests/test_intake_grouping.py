@@ -68,6 +68,14 @@ def test_grouping_falls_back_to_the_text_when_the_numbers_do_not_fit(
     assert _grouped(frame, keys) == _plain_groups(rows)
 
 
+def test_grouping_on_the_text_without_polars_categories(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(pl, "Categories")
+    rows = [("a", "1"), ("b", None), ("a", "1"), (None, None), ("b", None)]
+    keys = ["k0", "k1"]
+    frame = pl.DataFrame(rows, schema=dict.fromkeys(keys, pl.String), orient="row")
+    assert _grouped(frame, keys) == _plain_groups(rows)
+
+
 def test_grouping_keeps_chunked_frames_apart() -> None:
     # polars read_csv hands back one chunk per reader thread.
     first = pl.DataFrame({"k0": ["a", "b"], "k1": ["1", "2"]})

@@ -113,6 +113,8 @@ def _group_orders(
     text. Too many distinct values to fit 64 bits (never in a real sheet)
     falls back to grouping on the text.
     """
+    if not hasattr(pl, "Categories"):  # polars before 1.32: group on the text
+        return _text_groups(frame, keys)
     numbered = frame.lazy().select(_numbered(n) for n in keys)
     # A column's numbers are UInt32 (a null takes 2**32): when those radices fit
     # 64 bits, whatever the numbers turn out to be, no look at them is needed.
@@ -130,6 +132,11 @@ def _group_orders(
     if math.prod(radices) <= 2**64:
         grouped = _grouped(codes.lazy(), list(zip(keys, radices, strict=True))).collect()
         return _with_cells(frame, keys, grouped)
+    return _text_groups(frame, keys)
+
+
+def _text_groups(frame: pl.DataFrame, keys: Sequence[str]) -> pl.DataFrame:
+    """What `_group_orders` returns, grouping on the text itself."""
     return (
         frame.lazy()
         .select(keys)
