@@ -20,16 +20,17 @@ def orders_of_valid_rows(
 ) -> pl.DataFrame:
     """The orders that valid rows use, normalised with their cost, and `order_rows`
     counting only those valid rows."""
-    counts = orders.select(ORDER_ID, ORDER_ROWS)
-    if valid_mask is not None:
-        invalid_per_order = (
-            rows.order_of_row.filter(~valid_mask).alias(ORDER_ID).to_frame().group_by(ORDER_ID)
-        ).len("_invalid")
-        counts = (
-            counts.join(invalid_per_order, on=ORDER_ID, how="left", maintain_order="left")
-            .select(ORDER_ID, pl.col(ORDER_ROWS) - pl.col("_invalid").fill_null(0))
-            .filter(pl.col(ORDER_ROWS) > 0)
-        )
+    if valid_mask is None:  # every row valid: every order is used, by all its rows
+        return _normalised_orders(orders).with_columns(orders[ORDER_ROWS])
+    invalid_per_order = (
+        rows.order_of_row.filter(~valid_mask).alias(ORDER_ID).to_frame().group_by(ORDER_ID)
+    ).len("_invalid")
+    counts = (
+        orders.select(ORDER_ID, ORDER_ROWS)
+        .join(invalid_per_order, on=ORDER_ID, how="left", maintain_order="left")
+        .select(ORDER_ID, pl.col(ORDER_ROWS) - pl.col("_invalid").fill_null(0))
+        .filter(pl.col(ORDER_ROWS) > 0)
+    )
     used = orders.join(counts, on=ORDER_ID, how="semi", maintain_order="left")
     return _normalised_orders(used).join(counts, on=ORDER_ID, maintain_order="left")
 

@@ -111,7 +111,14 @@ def _undo_formula_guard(frame: pl.DataFrame) -> pl.DataFrame:
     if not text:
         return frame
     # Between "'" and "(" are exactly the texts that start with "'"; comparing
-    # uses the prefix polars keeps beside each string, so it is cheaper than starts_with.
+    # uses the prefix polars keeps beside each string, so it is cheaper than
+    # starts_with. Few cells sort below "(" at all (those starting with a space,
+    # a symbol among !"#$%&' or a control character, and empty ones), so one
+    # comparison per cell first finds the columns worth the second.
+    low = frame.select((pl.col(c) < pl.lit("(")).any() for c in text).row(0)
+    text = [c for c, hit in zip(text, low, strict=True) if hit]
+    if not text:
+        return frame
     flagged = frame.select(
         ((pl.col(c) >= pl.lit("'")) & (pl.col(c) < pl.lit("("))).any() for c in text
     ).row(0)

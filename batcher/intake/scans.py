@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import string
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeVar
 
 import polars as pl
 
@@ -36,6 +38,7 @@ RECIPIENT_FIELDS: tuple[str, ...] = ("reference", "recipient_email", "recipient_
 _CODE_FIELDS = ("currency", "country", "payment_currency")  # trimmed and upper-cased
 ORDER_ID = "order_id"
 ORDER_ROWS = "order_rows"
+_T = TypeVar("_T")  # what the order checks handed to `scan_rows` return
 
 
 def _trimmed(name: str) -> pl.Expr:
@@ -44,30 +47,97 @@ def _trimmed(name: str) -> pl.Expr:
     return pl.when(value != "").then(value).alias(name)
 
 
-def scan_rows(sheet: Sheet) -> tuple[pl.DataFrame, Rows, RowFacts]:
+def scan_rows(sheet: Sheet, then: Callable[[pl.DataFrame], _T]) -> tuple[_T, Rows, RowFacts]:
     """The passes over every row: the distinct orders, and probes of the recipient cells.
 
-    Returns the orders (see `_orders_from_groups`), the recipient side (`Rows`,
-    built only as far as a check needs it), and the `RowFacts` that tell the
-    later checks whether they can find anything at all.
+    Returns what `then(orders)` returns (for the orders, see
+    `_orders_from_groups`), the recipient side (`Rows`, built only as far as
+    a check needs it), and the `RowFacts` that tell the later checks whether
+    they can find anything at all.
+
+    The two sides need nothing from each other, so they overlap: the orders
+    are grouped and handed to `then` on a worker thread while this thread
+    probes the recipient cells (polars lets go of the GIL while it computes).
     """
     frame = sheet.frame
-    # One select for every probe: polars runs its expressions side by side,
-    # where separate passes would each wait for their slowest column.
     nulls = {n: frame[n].null_count() for n in ORDER_FIELDS}  # counts polars keeps
     filled = [n for n in ORDER_FIELDS if nulls[n] == 0]
-    probes = frame.select(
-        *((pl.col(n) == pl.col(n).first()).all().alias(_same(n)) for n in filled),
-        *_row_probes(),
-    )
-    found = probes.drop(_UNVOUCHED).row(0, named=True)
     # Columns with no value at all (often merchant, payment currency) or the
     # same value on every row (often currency, country) cannot tell orders
-    # apart; leaving them out of the grouping keys makes it cheaper.
+    # apart; leaving them out of the grouping keys makes it cheaper. A column
+    # whose first cells differ is not constant, so it needs no full look.
+    maybe_constant = [n for n in filled if frame[n].head(_HEAD).n_unique() == 1]
+    same = (
+        frame.select((pl.col(n) == pl.col(n).first()).all() for n in maybe_constant).row(0)
+        if maybe_constant
+        else ()
+    )
     constant: dict[str, str | None] = {n: None for n in ORDER_FIELDS if nulls[n] == frame.height}
-    constant |= {n: frame[n][0] for n in filled if found[_same(n)]}
+    constant |= {n: frame[n][0] for n, hit in zip(maybe_constant, same, strict=True) if hit}
     keys = [n for n in ORDER_FIELDS if n not in constant] or [ORDER_FIELDS[0]]
-    groups = (
+
+    def order_side() -> tuple[pl.DataFrame, _T]:
+        groups = _group_orders(frame, keys, nulls)
+        return groups, then(_orders_from_groups(groups, keys, constant, sheet))
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="batcher-orders") as pool:
+        pending = pool.submit(order_side)
+        # One select for every probe: polars runs its expressions side by side,
+        # where separate passes would each wait for their slowest column.
+        probes = frame.select(_row_probes())
+        found = probes.drop(_UNVOUCHED).row(0, named=True)
+        facts = _row_facts(frame, found, unvouched=probes[_UNVOUCHED][0])
+        groups, after = pending.result()
+    return after, Rows(frame, groups.select(ORDER_ID, _POSITIONS)), facts
+
+
+_HEAD = 64  # first cells looked at to tell that a column is not constant
+
+
+def _numbered(name: str) -> pl.Expr:
+    """Each cell's number among the column's distinct values (null stays null)."""
+    return pl.col(name).cast(pl.Categorical(pl.Categories.random())).to_physical()
+
+
+def _group_orders(
+    frame: pl.DataFrame, keys: Sequence[str], nulls: Mapping[str, int]
+) -> pl.DataFrame:
+    """order_id, the `keys` cells, and `_positions` (the rows): one row per distinct combination.
+
+    Grouping on several text columns makes polars encode every row's keys into
+    one binary value first, which costs more than the grouping itself. So each
+    key column is numbered instead (a categorical cast, which hashes each cell
+    once), the numbers are combined into one exact UInt64 (mixed radix), and
+    the rows are grouped on that. Equal keys get equal numbers and unequal
+    keys different ones, so the groups are exactly those of grouping on the
+    text. Too many distinct values to fit 64 bits (never in a real sheet)
+    falls back to grouping on the text.
+    """
+    if not hasattr(pl, "Categories"):  # polars before 1.32: group on the text
+        return _text_groups(frame, keys)
+    numbered = frame.lazy().select(_numbered(n) for n in keys)
+    # A column's numbers are UInt32 (a null takes 2**32): when those radices fit
+    # 64 bits, whatever the numbers turn out to be, no look at them is needed.
+    radices = [2**32 + (1 if nulls[n] else 0) for n in keys]
+    if math.prod(radices) <= 2**64:
+        grouped = _grouped(numbered, list(zip(keys, radices, strict=True))).collect()
+        return _with_cells(frame, keys, grouped)
+    codes = numbered.collect()
+    # Otherwise from the numbers: a null takes the number after the column's largest.
+    largest = codes.select(pl.col(keys).max()).row(0)
+    radices = [
+        (top if top is not None else -1) + 1 + (1 if codes[n].null_count() else 0)
+        for n, top in zip(keys, largest, strict=True)
+    ]
+    if math.prod(radices) <= 2**64:
+        grouped = _grouped(codes.lazy(), list(zip(keys, radices, strict=True))).collect()
+        return _with_cells(frame, keys, grouped)
+    return _text_groups(frame, keys)
+
+
+def _text_groups(frame: pl.DataFrame, keys: Sequence[str]) -> pl.DataFrame:
+    """What `_group_orders` returns, grouping on the text itself."""
+    return (
         frame.lazy()
         .select(keys)
         .with_row_index(_POSITIONS)
@@ -76,13 +146,38 @@ def scan_rows(sheet: Sheet) -> tuple[pl.DataFrame, Rows, RowFacts]:
         .with_row_index(ORDER_ID)
         .collect()
     )
-    orders = _orders_from_groups(groups, keys, constant, sheet)
-    rows = Rows(frame, groups.select(ORDER_ID, _POSITIONS))
-    return orders, rows, _row_facts(frame, found, unvouched=probes[_UNVOUCHED][0])
 
 
-def _same(name: str) -> str:
-    return f"_same_{name}"
+def _grouped(codes: pl.LazyFrame, radices: Sequence[tuple[str, int]]) -> pl.LazyFrame:
+    """`_positions` of each distinct combination of `codes`, combined in mixed radix.
+
+    Exact when every number (a null as radix - 1) is below its radix and the
+    radices multiply to at most 2**64.
+    """
+    combined: pl.Expr = pl.lit(0, pl.UInt64)
+    weight = 1
+    for name, radix in radices:
+        code = pl.col(name).cast(pl.UInt64).fill_null(radix - 1)
+        combined = combined + code * pl.lit(weight, pl.UInt64)
+        weight *= radix
+    return (
+        codes.select(combined.alias(_KEY))
+        .with_row_index(_POSITIONS)
+        .group_by(_KEY)
+        .agg(pl.col(_POSITIONS))
+        .select(_POSITIONS)
+    )
+
+
+def _with_cells(frame: pl.DataFrame, keys: Sequence[str], grouped: pl.DataFrame) -> pl.DataFrame:
+    """order_id, each group's `keys` cells as read (from its first row), and `_positions`."""
+    first = grouped[_POSITIONS].list.first()
+    return pl.concat([frame.select(keys)[first], grouped], how="horizontal").with_row_index(
+        ORDER_ID
+    )
+
+
+_KEY = "_key"
 
 
 _POSITIONS = "_positions"  # an order's rows, as positions in the sheet's frame

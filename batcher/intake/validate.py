@@ -105,21 +105,26 @@ def validate_rows(
     """
     products = unique_products(catalog)
     catalog_df = catalog_frame(products)
-    orders, rows, facts = scan_rows(sheet)
-    orders = add_amount_columns(orders, sheet.source.decimal_comma)
-    orders = join_catalog(orders, products, catalog_df)
 
-    order_errors = [
-        *missing_value_errors(orders, sheet, ORDER_FIELDS, key=ORDER_ID),
-        *code_errors(orders),
-        *header_currency_errors(orders, sheet),
-        *amount_errors(
-            orders,
-            from_excel=sheet.source.file_format == "xlsx",
-            decimal_comma=sheet.source.decimal_comma,
-        ),
-        *catalog_errors(orders, catalog_df),
-    ]
+    def order_checks(orders: pl.DataFrame) -> tuple[pl.DataFrame, list[pl.LazyFrame]]:
+        """The orders with their amounts parsed and their catalog product, and their errors."""
+        orders = add_amount_columns(orders, sheet.source.decimal_comma)
+        orders = join_catalog(orders, products, catalog_df)
+        errors = [
+            *missing_value_errors(orders, sheet, ORDER_FIELDS, key=ORDER_ID),
+            *code_errors(orders),
+            *header_currency_errors(orders, sheet),
+            *amount_errors(
+                orders,
+                from_excel=sheet.source.file_format == "xlsx",
+                decimal_comma=sheet.source.decimal_comma,
+            ),
+            *catalog_errors(orders, catalog_df),
+        ]
+        return orders, [f.lazy() for f in pl.collect_all(errors)]
+
+    # The order checks run on scan_rows' worker thread, beside the row probes.
+    (orders, order_errors), rows, facts = scan_rows(sheet, order_checks)
     row_errors = [
         *missing_recipient_errors(rows, sheet, facts),
         *text_errors(rows, facts),
