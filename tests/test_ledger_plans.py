@@ -23,6 +23,7 @@ import pytest
 from click.testing import CliRunner
 
 from batcher.cli import cli
+from batcher.ledger.connection import _CREATE_STAGING
 from tests.e2e.runkit import cli_env, make_rows, write_sheet
 
 GROWING_TABLES = ("rows", "chunks", "chunk_rows")
@@ -83,6 +84,7 @@ def test_no_statement_scans_a_growing_table(
     assert any("UPDATE rows" in t and "chunk_key = ?" in t for t in counts), "no chunk updates"
 
     ledger = sqlite3.connect(tmp_path / "state" / "ledger.sqlite")
+    ledger.execute(_CREATE_STAGING)  # every ledger connection has it (connection.py)
     problems = []
     for name, statement in examples.items():
         plan = [row[-1] for row in ledger.execute(f"EXPLAIN QUERY PLAN {statement}")]

@@ -20,8 +20,9 @@ from batcher.ledger.connection import INSERT_EVENT, LedgerConnection, in_slices
 from batcher.ledger.planning import HELD_ELSEWHERE
 from batcher.ledger.records import SheetRow, SyncReport
 
+# Into `rows` in chunk order when the transaction ends (connection._store_staged_rows).
 _INSERT_ROW = (
-    "INSERT INTO rows(batch, row_key, source_row, in_sheet, reference, content_hash,"
+    "INSERT INTO rows_staging(batch, row_key, source_row, in_sheet, reference, content_hash,"
     " fields, passthrough, currency, face_value, est_cost, state, error_code,"
     " error_message, failure_kind, created_at, updated_at)"
     " VALUES (?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
