@@ -255,3 +255,25 @@ def test_light_reads_are_the_whole_reads_on_either_backend(ledger: Ledger) -> No
     assert facts(RowFacts.of(rows)) == facts(RowFacts.of(whole))
     assert RowFacts.of(rows).ordered == 13
     assert list(rows.for_lines()) == [line_values(r) for r in whole]
+
+
+def test_report_keys_are_the_sheets_rows_in_sheet_order_then_earlier_orders(
+    ledger: Ledger,
+) -> None:
+    """On SQLite and on PostgreSQL: the rows in the sheet by (source row, key), then the
+    rows no longer in it that hold an order, by the same; the others are left out."""
+    from tests.test_ledger import sheet_row
+
+    rows = [sheet_row(f"k{i:02}", 40 - i) for i in range(12)]  # keys against sheet order
+    ledger.sync_rows("b", rows, retry_failed=False)
+    db = ledger._db
+    db.execute("UPDATE rows SET source_row = 7 WHERE row_key IN ('k03', 'k09')")  # a tie
+    db.execute("UPDATE rows SET in_sheet = 0 WHERE row_key IN ('k01', 'k02', 'k05', 'k06')")
+    db.execute("UPDATE rows SET order_id = 'O-' || row_key WHERE row_key IN ('k02', 'k05')")
+    db.execute("UPDATE rows SET order_id = '' WHERE row_key = 'k06'")  # no order after all
+    keys, in_sheet = ledger.report_keys("b")
+    assert in_sheet == 8
+    assert keys == [
+        "k03", "k09", "k11", "k10", "k08", "k07", "k04", "k00",  # sheet order, ties by key
+        "k05", "k02",  # earlier orders, by their sheet rows
+    ]  # fmt: skip

@@ -11,12 +11,12 @@ reached, the key belongs to another account, or a run of the batch is in progres
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
+from batcher.cli import finish
 from batcher.cli.common import (
     echo_json,
     handle_errors,
@@ -26,6 +26,7 @@ from batcher.cli.common import (
     resolve_settings,
 )
 from batcher.cli.terminal import echo
+from batcher.core.collector import collector_paused
 from batcher.core.errors import ExitCode, UsageError
 from batcher.core.money import format_money, money_str
 from batcher.reporting.reconcile import MISMATCH, Reconciliation
@@ -56,23 +57,34 @@ def report(
 ) -> None:
     """Reconcile BATCH with the provider and write REPORT_DIR/BATCH/reconciliation.xlsx."""
     folder, location = resolve_ledger(state_dir, ledger_url)
-    result = report_batch(
-        folder,
-        batch,
-        lambda recorded: resolve_settings(_provider_for(recorded, provider), base_url),
-        report_dir=report_dir,
-        reveal_codes=reveal_codes,
-        location=location,
-    )
-    if as_json:
-        echo_json(report_document(result), "batcher.report/1")
-        _warn_codes(result)
-    else:
-        _print_result(result)
-    if result.reconciliation.provider_error:
-        sys.exit(int(ExitCode.CANNOT_START))
-    if result.reconciliation.verdict == MISMATCH:
-        sys.exit(int(ExitCode.SOME_FAILED))
+    # The cyclic collector stays off from the listing to the exit: every object the
+    # report makes (the listings, the rows, the wallet lines) lives until the end and
+    # none is in a cycle. Turned back on between its steps, it walked them all for
+    # nothing (about 0.4 s at 100,000 rows). The program then ends at once (`finish`,
+    # the ledger closed and every file written by then), without freeing them one by one.
+    with collector_paused():
+        result = report_batch(
+            folder,
+            batch,
+            lambda recorded: resolve_settings(_provider_for(recorded, provider), base_url),
+            report_dir=report_dir,
+            reveal_codes=reveal_codes,
+            location=location,
+        )
+        if as_json:
+            echo_json(report_document(result), "batcher.report/1")
+            _warn_codes(result)
+        else:
+            _print_result(result)
+        finish(int(_exit_code(result.reconciliation)))
+
+
+def _exit_code(rec: Reconciliation) -> ExitCode:
+    if rec.provider_error:
+        return ExitCode.CANNOT_START
+    if rec.verdict == MISMATCH:
+        return ExitCode.SOME_FAILED
+    return ExitCode.OK
 
 
 def _provider_for(recorded: str, given: str) -> str:

@@ -142,22 +142,20 @@ class LedgerQueries(LedgerConnection):
 
         Only keys: a report reads the rows themselves a page at a time (`rows_in_pages`),
         so its memory does not grow by a whole row per row of the batch."""
-        order = " ORDER BY source_row, row_key"
-        in_sheet = [
-            r[0]
-            for r in self._db.execute(
-                "SELECT row_key FROM rows WHERE batch = ? AND in_sheet = 1" + order, (batch,)
-            )
-        ]
-        gone = [
-            r[0]
-            for r in self._db.execute(
-                "SELECT row_key FROM rows WHERE batch = ? AND in_sheet = 0"
-                " AND order_id IS NOT NULL AND order_id != ''" + order,
-                (batch,),
-            )
-        ]
-        return in_sheet + gone, len(in_sheet)
+        # One statement, one search of the batch: the sheet's rows first (in_sheet 1
+        # sorts before 0), each part in sheet order.
+        keys: list[str] = []
+        in_sheet = 0
+        for key, sheet in plain_rows(
+            self._db,
+            "SELECT row_key, in_sheet FROM rows WHERE batch = ? AND (in_sheet = 1"
+            " OR (in_sheet = 0 AND order_id IS NOT NULL AND order_id != ''))"
+            " ORDER BY in_sheet DESC, source_row, row_key",
+            (batch,),
+        ):
+            keys.append(key)
+            in_sheet += sheet
+        return keys, in_sheet
 
     def order_keys(self, batch: str) -> Iterator[tuple[str | None, str | None]]:
         """(order id, order request id) of the batch's rows that hold either."""
