@@ -47,6 +47,13 @@ from tests.test_reports import build
 FORK_WARNING = "ignore:.*fork.*:DeprecationWarning"
 
 
+@pytest.fixture
+def forkable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A save that may fork: the test runner's own threads aside, and a small sheet big enough."""
+    monkeypatch.setattr(xlsx_stream, "_threads", lambda: 1)
+    monkeypatch.setattr(xlsx_stream, "FORK_MIN_ROWS", 100)
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=300), st.binary(max_size=3000))
 def test_combined_crcs_are_the_crc_of_the_joined_bytes(first: bytes, second: bytes) -> None:
@@ -120,12 +127,11 @@ def saved(tmp_path: Path, name: str, rows: int) -> tuple[Path, Sheet]:
     return path, sheet
 
 
+@pytest.mark.usefixtures("forkable")
 @pytest.mark.filterwarnings(FORK_WARNING)
 def test_a_sheet_written_partly_by_a_child_is_the_sheet_written_here(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(xlsx_stream, "_threads", lambda: 1)  # the test runner's aside
-    monkeypatch.setattr(xlsx_stream, "FORK_MIN_ROWS", 100)
     monkeypatch.setattr(xlsx_stream, "_SAVE_ROWS", 500)
     forked, sheet = saved(tmp_path, "forked.xlsx", 5_000)
     assert sheet.made_in == {os.getpid()}, "this process made only the rows after the child's"
@@ -143,11 +149,10 @@ def test_a_sheet_written_partly_by_a_child_is_the_sheet_written_here(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["forked.xlsx", "here.xlsx"]
 
 
+@pytest.mark.usefixtures("forkable")
 @pytest.mark.filterwarnings(FORK_WARNING)
 def test_the_child_makes_the_first_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The rows the child made are not made here: seen by which rows this process made."""
-    monkeypatch.setattr(xlsx_stream, "_threads", lambda: 1)
-    monkeypatch.setattr(xlsx_stream, "FORK_MIN_ROWS", 100)
     monkeypatch.setattr(xlsx_stream, "_SAVE_ROWS", 0)
     made: list[int] = []
     real = Sheet.part
@@ -163,12 +168,11 @@ def test_the_child_makes_the_first_rows(tmp_path: Path, monkeypatch: pytest.Monk
     assert made[0] == 0 and len(made) == 2 and 100 <= made[1] < 3_000
 
 
+@pytest.mark.usefixtures("forkable")
 @pytest.mark.filterwarnings(FORK_WARNING)
 def test_a_failed_child_fails_the_save_and_leaves_no_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(xlsx_stream, "_threads", lambda: 1)
-    monkeypatch.setattr(xlsx_stream, "FORK_MIN_ROWS", 100)
     real = Sheet.line
 
     def line(self: Sheet, n: int) -> list[Any]:
@@ -182,13 +186,12 @@ def test_a_failed_child_fails_the_save_and_leaves_no_file(
     assert list(tmp_path.iterdir()) == [], "no workbook, no temporary file"
 
 
+@pytest.mark.usefixtures("forkable")
 @pytest.mark.filterwarnings(FORK_WARNING)
 def test_no_process_to_fork_writes_it_all_here(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A pids limit or no memory for a process (EAGAIN, ENOMEM) is no reason to fail."""
-    monkeypatch.setattr(xlsx_stream, "_threads", lambda: 1)
-    monkeypatch.setattr(xlsx_stream, "FORK_MIN_ROWS", 100)
 
     def no_fork() -> int:
         raise BlockingIOError(11, "Resource temporarily unavailable")
@@ -199,23 +202,21 @@ def test_no_process_to_fork_writes_it_all_here(
     assert len(values(path)["Orders"]) == 3_001
 
 
+@pytest.mark.usefixtures("forkable")
 def test_no_child_where_children_are_ignored_or_reaped_elsewhere(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(xlsx_stream, "_threads", lambda: 1)
-    monkeypatch.setattr(xlsx_stream, "FORK_MIN_ROWS", 100)
     sheet = Sheet(3_000, os.getpid())
     monkeypatch.setattr(xlsx_stream.signal, "getsignal", lambda number: xlsx_stream.signal.SIG_IGN)
     assert xlsx_stream._split(sheet.sheets) is None
 
 
+@pytest.mark.usefixtures("forkable")
 @pytest.mark.filterwarnings(FORK_WARNING)
 def test_a_save_interrupted_while_waiting_for_the_child_stops_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Ctrl-C in the wait: the child is killed and reaped, not left running."""
-    monkeypatch.setattr(xlsx_stream, "_threads", lambda: 1)
-    monkeypatch.setattr(xlsx_stream, "FORK_MIN_ROWS", 100)
     children: list[int] = []
     real_fork, real_waitpid = os.fork, os.waitpid
 
@@ -240,6 +241,7 @@ def test_a_save_interrupted_while_waiting_for_the_child_stops_it(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.usefixtures("forkable")
 @pytest.mark.filterwarnings(FORK_WARNING)
 def test_the_child_ignores_a_ctrl_c_sent_to_the_group(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -248,8 +250,6 @@ def test_the_child_ignores_a_ctrl_c_sent_to_the_group(
     its child's rows: the signal is the parent's to act on."""
     import signal
 
-    monkeypatch.setattr(xlsx_stream, "_threads", lambda: 1)
-    monkeypatch.setattr(xlsx_stream, "FORK_MIN_ROWS", 100)
     real = Sheet.line
 
     def line(self: Sheet, n: int) -> list[Any]:

@@ -16,7 +16,7 @@ from typing import Any
 
 from batcher.core.clock import utc_now
 from batcher.core.errors import ConfigError
-from batcher.ledger.backend import Database, connect, write_begin, write_transaction
+from batcher.ledger.backend import Database, connect, plain_rows, write_begin, write_transaction
 from batcher.ledger.location import LedgerLocation
 from batcher.ledger.schema import (
     BASE_VERSION,
@@ -343,6 +343,16 @@ class LedgerConnection:
             raise
         self._db.execute(f"RELEASE SAVEPOINT {name}")
 
+    def _by_key(self, batch: str, keys: Sequence[str], columns: str) -> Iterator[Any]:
+        """`columns` of the batch's rows of `keys`, in no particular order, as plain
+        tuples (a report and a plan read every row of the batch through here)."""
+        for part, marks in in_slices(keys):
+            yield from plain_rows(
+                self._db,
+                f"SELECT {columns} FROM rows WHERE batch = ? AND row_key IN ({marks})",
+                (batch, *part),
+            )
+
     def _release_claims(self, db: Database, batch: str, row_keys: Sequence[str]) -> None:
         """Give up the reference claims of these rows of `batch` that have left
         CLAIMING_STATES (failed, pending again, held, skipped): another batch of the
@@ -397,6 +407,12 @@ INSERT_EVENT = (
     "INSERT INTO events(ts, batch, run_id, kind, chunk_key, row_key, detail)"
     " VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
+
+
+def in_pages(keys: Sequence[str], page: int) -> Iterator[Sequence[str]]:
+    """`keys` a page at a time: what a paged read holds at once."""
+    for start in range(0, len(keys), page):
+        yield keys[start : start + page]
 
 
 def in_slices(values: Sequence[str], size: int = 500) -> Iterator[tuple[Sequence[str], str]]:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from decimal import Decimal
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from batcher.core.clock import utc_now
 from batcher.core.states import CLAIMING_STATES, HELD_ELSEWHERE
 from batcher.ledger.backend import Database, plain_rows
-from batcher.ledger.connection import LedgerConnection, in_slices
+from batcher.ledger.connection import LedgerConnection, in_pages, in_slices
 from batcher.ledger.schema import held_elsewhere_message, in_claiming_states
 
 __all__ = ["HELD_ELSEWHERE", "LedgerPlanning", "PlanningRow"]
@@ -33,6 +33,16 @@ class PlanningRow(NamedTuple):
 _PLANNING_COLUMNS = (
     "row_key, source_row, currency, face_value, est_cost, attempt, retry_group, fields"
 )
+
+
+def _planning_row(r: Any) -> PlanningRow:
+    """A row read with `_PLANNING_COLUMNS`."""
+    key, source_row, currency, face, cost, attempt, group, fields = r
+    return PlanningRow(
+        key, source_row, currency, Decimal(face), None if cost is None else Decimal(cost),
+        attempt, group, json.loads(fields),
+    )  # fmt: skip
+
 
 #: row key -> (the batch holding its reference, that batch's row state, the reference)
 Taken = dict[str, tuple[str, str, str]]
@@ -65,21 +75,8 @@ class LedgerPlanning(LedgerConnection):
         """As `rows_in_pages`, only the columns the funds rule and planning use: a
         20,000-row plan reads them in a third of the time a whole `RowRecord` takes
         (its pass-through cells, timestamps and provider answers are not decoded)."""
-        for start in range(0, len(keys), page):
-            part = keys[start : start + page]
-            found: dict[str, PlanningRow] = {}
-            for piece, marks in in_slices(part):
-                for key, source_row, currency, face, cost, attempt, group, fields in plain_rows(
-                    self._db,
-                    f"SELECT {_PLANNING_COLUMNS} FROM rows"
-                    f" WHERE batch = ? AND row_key IN ({marks})",
-                    (batch, *piece),
-                ):
-                    found[key] = PlanningRow(
-                        key, source_row, currency, Decimal(face),
-                        None if cost is None else Decimal(cost), attempt, group,
-                        json.loads(fields),
-                    )  # fmt: skip
+        for part in in_pages(keys, page):
+            found = {r[0]: _planning_row(r) for r in self._by_key(batch, part, _PLANNING_COLUMNS)}
             yield [found[k] for k in part if k in found]
 
     def save_plan(

@@ -12,7 +12,7 @@ from typing import Any
 
 from batcher.core.states import ROW_STATES
 from batcher.ledger.backend import plain_rows
-from batcher.ledger.connection import LedgerConnection, in_slices
+from batcher.ledger.connection import LedgerConnection, in_pages, in_slices
 from batcher.ledger.records import (
     ChunkRecord,
     LineValues,
@@ -171,7 +171,7 @@ class LedgerQueries(LedgerConnection):
     ) -> Iterator[list[RowRecord]]:
         """The rows of `keys`, in that order, a page at a time: memory is bounded by the
         page, not the batch. A key no longer in the ledger is left out."""
-        for part in _pages(keys, page):
+        for part in in_pages(keys, page):
             found = self.rows_by_key(batch, part)
             yield [found[k] for k in part if k in found]
 
@@ -180,7 +180,7 @@ class LedgerQueries(LedgerConnection):
     ) -> Iterator[list[Any]]:
         """As `rows_in_pages`, each row as read with `ROW_COLUMNS`, not decoded: for a
         reader that decodes only what it shows (`raw_line_values`)."""
-        for part in _pages(keys, page):
+        for part in in_pages(keys, page):
             found = {r[ROW_KEY]: r for r in self._by_key(batch, part, ROW_COLUMNS)}
             yield [found[k] for k in part if k in found]
 
@@ -190,7 +190,7 @@ class LedgerQueries(LedgerConnection):
         """As `rows_in_pages`, for a reader that only sums the rows: a row settled
         without a question (succeeded, no conflict) comes as a `SettledRow`, read from a
         few columns, and only the others as whole `RowRecord`s."""
-        for part in _pages(keys, page):
+        for part in in_pages(keys, page):
             found: dict[str, RowRecord | SettledRow] = {}
             whole: list[str] = []
             for r in self._by_key(batch, part, _FACT_COLUMNS):
@@ -201,16 +201,6 @@ class LedgerQueries(LedgerConnection):
             if whole:
                 found.update(self.rows_by_key(batch, whole))
             yield [found[k] for k in part if k in found]
-
-    def _by_key(self, batch: str, keys: Sequence[str], columns: str) -> Iterator[Any]:
-        """`columns` of the batch's rows of `keys`, in no particular order, as plain
-        tuples (a report reads every row of the batch through here)."""
-        for part, marks in in_slices(keys):
-            yield from plain_rows(
-                self._db,
-                f"SELECT {columns} FROM rows WHERE batch = ? AND row_key IN ({marks})",
-                (batch, *part),
-            )
 
     def amounts(self, batch: str, state: str) -> list[tuple[str, Decimal, Decimal | None]]:
         """(currency, face value, estimated cost) of the batch's rows in `state` in the
@@ -355,11 +345,6 @@ class LedgerQueries(LedgerConnection):
 
     def chunks(self, batch: str, states: Sequence[str]) -> list[ChunkRecord]:
         return [self.chunk(k) for k in self.chunk_keys(batch, states)]
-
-
-def _pages(keys: Sequence[str], page: int) -> Iterator[Sequence[str]]:
-    for start in range(0, len(keys), page):
-        yield keys[start : start + page]
 
 
 def row_record(r: Any) -> RowRecord:
