@@ -35,13 +35,46 @@ _PLANNING_COLUMNS = (
 )
 
 
-def _planning_row(r: Any) -> PlanningRow:
-    """A row read with `_PLANNING_COLUMNS`."""
+def _planning_row(r: Any, decoded: dict[str, dict[str, str]]) -> PlanningRow:
+    """A row read with `_PLANNING_COLUMNS`; its fields' JSON text taken from `decoded`
+    (text -> the dict it encodes, see `FieldsDecoded`) when there, else decoded."""
     key, source_row, currency, face, cost, attempt, group, fields = r
+    known = decoded.pop(fields, None) if decoded else None
     return PlanningRow(
         key, source_row, currency, Decimal(face), None if cost is None else Decimal(cost),
-        attempt, group, json.loads(fields),
+        attempt, group, json.loads(fields) if known is None else dict(known),
     )  # fmt: skip
+
+
+#: at most this many rows' fields are kept decoded by a sheet sync (`FieldsDecoded`): as
+#: many as planning reads at once (execute.runner.PLAN_PAGE_ROWS); a larger sheet keeps none
+FIELDS_DECODED_ROWS = 50_000
+
+
+class FieldsDecoded:
+    """The sheet sync's new rows' `fields`, by the JSON text it stored them as: planning
+    reads those rows right back (the funds rule, then the chunks), and taking the dict
+    the text was made from is a dictionary look-up instead of a JSON decode (20,000
+    rows: about a fifth of a second). Only a text's own dict is ever returned for it
+    (`json.loads(text) == dict`, the text being `json.dumps(dict)` of a flat dict of
+    text), so it is exact whatever the ledger holds; each entry is taken once."""
+
+    def __init__(self) -> None:
+        self.by_text: dict[str, dict[str, str]] = {}
+        self.full = False
+
+    def clear(self) -> None:
+        self.by_text.clear()
+        self.full = False
+
+    def add(self, text: str, fields: dict[str, str]) -> None:
+        if self.full:
+            return
+        if len(self.by_text) >= FIELDS_DECODED_ROWS:
+            self.by_text.clear()  # too many to plan at once: planning reads them in pages
+            self.full = True
+            return
+        self.by_text[text] = fields
 
 
 #: row key -> (the batch holding its reference, that batch's row state, the reference)
@@ -66,6 +99,14 @@ def _references_in(
     return mine
 
 
+def fields_decoded(ledger: LedgerConnection) -> FieldsDecoded:
+    """The ledger's last sheet sync's new rows' fields, decoded (`FieldsDecoded`)."""
+    memo = ledger.__dict__.get("_fields_decoded")
+    if memo is None:
+        memo = ledger.__dict__["_fields_decoded"] = FieldsDecoded()
+    return memo
+
+
 class LedgerPlanning(LedgerConnection):
     """What gets planned, what is held back, which provider orders are taken."""
 
@@ -75,8 +116,12 @@ class LedgerPlanning(LedgerConnection):
         """As `rows_in_pages`, only the columns the funds rule and planning use: a
         20,000-row plan reads them in a third of the time a whole `RowRecord` takes
         (its pass-through cells, timestamps and provider answers are not decoded)."""
+        decoded = fields_decoded(self).by_text
         for part in in_pages(keys, page):
-            found = {r[0]: _planning_row(r) for r in self._by_key(batch, part, _PLANNING_COLUMNS)}
+            found = {
+                r[0]: _planning_row(r, decoded)
+                for r in self._by_key(batch, part, _PLANNING_COLUMNS)
+            }
             yield [found[k] for k in part if k in found]
 
     def save_plan(

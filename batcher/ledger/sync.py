@@ -17,7 +17,7 @@ from batcher.core.clock import utc_now
 from batcher.core.states import IN_FLIGHT_STATES, REPLANNABLE_STATES
 from batcher.ledger.backend import Database, plain_rows, refresh_statistics
 from batcher.ledger.connection import INSERT_EVENT, LedgerConnection, in_slices
-from batcher.ledger.planning import HELD_ELSEWHERE
+from batcher.ledger.planning import HELD_ELSEWHERE, fields_decoded
 from batcher.ledger.records import SheetRow, SyncReport
 
 # Into `rows` in chunk order when the transaction ends (connection._store_staged_rows).
@@ -105,6 +105,8 @@ class _SyncWrites:
     events: list[tuple[str, str | None, dict[str, Any]]] = field(default_factory=list)
     #: rows that may leave a claiming state (a planned row changed or skipped)
     unclaimed: list[str] = field(default_factory=list)
+    #: (stored JSON text, the fields it encodes) of the new rows (`FieldsDecoded`)
+    decoded: list[tuple[str, dict[str, str]]] = field(default_factory=list)
 
     def add(self, sql: str, *values: Any) -> None:
         self.statements.setdefault(sql, []).append(values)
@@ -148,6 +150,8 @@ class LedgerSync(LedgerConnection):
         now = utc_now()
         moved = 0
         rows = iter(sheet_rows)
+        decoded = fields_decoded(self)
+        decoded.clear()
         with self._tx() as db:
             while part := list(islice(rows, SYNC_SLICE_ROWS)):
                 writes = _SyncWrites(batch, now)
@@ -160,6 +164,8 @@ class LedgerSync(LedgerConnection):
                 if in_sheet is not None:
                     in_sheet.update(r.row_key for r in part)
                 self._write(db, writes)
+                for text, fields in writes.decoded:
+                    decoded.add(text, fields)
             writes = _SyncWrites(batch, now)
             left = [
                 k for k, r in existing.items() if r.in_sheet and in_sheet is not None
@@ -249,7 +255,9 @@ def _sync_row(
     batch = writes.batch
     if old is None:
         state = _new_row_state(row, done_elsewhere, counts)
-        writes.add(_INSERT_ROW, *_insert_values(batch, row, state, writes.now))
+        values = _insert_values(batch, row, state, writes.now)
+        writes.add(_INSERT_ROW, *values)
+        writes.decoded.append((values[5], row.fields))
         writes.event("row_added", row.row_key, state=state)
         return 0
     if row.valid and row.reference in done_elsewhere and old.state in REPLANNABLE_STATES:
