@@ -3,16 +3,22 @@ spends before its first request)."""
 
 from __future__ import annotations
 
+import gc
 import json
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import batcher.ledger.planning as planning
+from batcher.core.money import fits_currency, quantum
+from batcher.execute.runner import RunOptions
 from batcher.ledger.planning import FieldsDecoded
 from batcher.ledger.store import Ledger, SheetRow
+from batcher.providers.ugiftme import amount_literal
 
 
 def _row(i: int, *, email: str = "", product: str = "P-1") -> SheetRow:
@@ -98,17 +104,85 @@ def test_a_row_changed_since_is_read_as_stored(ledger: Any) -> None:
 
 
 def test_a_sheet_too_large_to_plan_at_once_keeps_nothing(
-    monkeypatch: pytest.MonkeyPatch,
+    ledger: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(planning, "FIELDS_DECODED_ROWS", 3)
+    ledger.sync_rows("b", [_row(i) for i in range(3)], retry_failed=False)
+    assert len(planning.fields_decoded(ledger).by_text) == 3
+    ledger.sync_rows("b", [_row(i) for i in range(7)], retry_failed=False)  # 4 new
+    assert planning.fields_decoded(ledger).by_text == {}
+    decoded = _count_decodes(monkeypatch)
+    assert [r.fields for r in _planning_rows(ledger)] == [_row(i).fields for i in range(7)]
+    assert len(decoded) == 7
     memo = FieldsDecoded()
-    for i in range(3):
-        memo.add(f"t{i}", {"i": str(i)})
-    assert len(memo.by_text) == 3
-    memo.add("t3", {})
+    memo.by_text.update((f"t{i}", {}) for i in range(4))
+    assert memo.keeping() is None
     assert memo.by_text == {}
-    memo.add("t4", {})  # full: nothing more is kept until the next sync clears it
-    assert memo.by_text == {}
+    assert memo.keeping() is None  # full until the next sync clears it
     memo.clear()
-    memo.add("t5", {})
-    assert memo.by_text == {"t5": {}}
+    assert memo.keeping() == {}
+
+
+def _amount_literal_long_way(amount: Decimal, currency: str) -> Decimal:
+    """`amount_literal` as it was written before its shortcut."""
+    if not amount.is_finite() or amount <= 0:
+        raise ValueError(f"{amount} is not a positive amount")
+    if not fits_currency(amount, currency):
+        raise ValueError(f"{amount} has more decimals than {currency} allows")
+    return amount.quantize(quantum(currency))
+
+
+def _outcome(f: Any, amount: Decimal, currency: str) -> tuple[str, str]:
+    try:
+        got = f(amount, currency)
+    except Exception as exc:  # the same exception, with the same words
+        return type(exc).__name__, str(exc)
+    return "ok", f"{got!s} {got.as_tuple()}"  # the same spelling too, not just the value
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    amount=st.decimals(allow_nan=True, allow_infinity=True)
+    | st.builds(
+        lambda digits, exponent: Decimal(f"{digits}E{exponent}"),
+        st.integers(-(10**30), 10**30),
+        st.integers(-6, 6),
+    ),
+    currency=st.sampled_from(["GBP", "JPY", "KWD", "CLF", "gbp"]),
+)
+def test_amount_literal_gives_what_the_long_way_gives(amount: Decimal, currency: str) -> None:
+    assert _outcome(amount_literal, amount, currency) == _outcome(
+        _amount_literal_long_way, amount, currency
+    )
+
+
+@pytest.mark.parametrize(
+    "amount", ["10", "10.0", "10.50", "10.500", "10.505", "1E+2", "0.001", "12345.6789"]
+)
+def test_amount_literal_examples(amount: str) -> None:
+    for currency in ("GBP", "JPY", "KWD"):
+        assert _outcome(amount_literal, Decimal(amount), currency) == _outcome(
+            _amount_literal_long_way, Decimal(amount), currency
+        )
+
+
+def test_the_collector_is_paused_while_a_run_prepares(tmp_path: Path) -> None:
+    from tests.test_runner import world
+
+    w = world(tmp_path, [("GBP", "1.00")] * 3, wallets={"GBP": Decimal(1000)})
+    seen: list[bool] = []
+    before = gc.isenabled()
+
+    def hold(needs: Any) -> list[str]:
+        seen.append(gc.isenabled())
+        return [n.row_key for n in needs if False]
+
+    with w.runner(RunOptions()) as (_ledger, runner):
+        plan = runner.prepare(w.rows, hold=hold)
+    assert plan.rows_to_send == 3
+    assert seen == [False]
+    assert gc.isenabled() == before
+    # and back on after a prepare that fails
+    with w.runner(RunOptions()) as (_ledger, runner), pytest.raises(RuntimeError):
+        runner.prepare(w.rows, hold=lambda needs: (_ for _ in ()).throw(RuntimeError("x")))
+    assert gc.isenabled() == before

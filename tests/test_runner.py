@@ -714,7 +714,12 @@ def test_a_plan_that_fits_one_page_reads_only_the_columns_it_uses(
     ) -> Iterator[list[Any]]:
         return LedgerQueries.rows_in_pages(self, batch, keys, page)  # type: ignore[arg-type]
 
+    def state_as_records(self: LedgerPlanning, batch: str, state: str) -> list[Any]:
+        keys = self.row_keys(batch, state)  # type: ignore[attr-defined]
+        return [r for page in as_records(self, batch, keys) for r in page]
+
     monkeypatch.setattr(LedgerPlanning, "planning_rows_in_pages", as_records)
+    monkeypatch.setattr(LedgerPlanning, "planning_rows_in_state", state_as_records)
     assert plan(tmp_path / "whole") == light
     assert len(light) >= 4
 

@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import NamedTuple
 
 from batcher.core.keys import MatchKey, canonical_amount, normalise_text
 from batcher.providers.base import OrderFields
@@ -120,9 +121,8 @@ def row_keys(
 # Chunks
 
 
-@dataclass(frozen=True)
-class PlanRow:
-    """A row ready to be planned into a chunk."""
+class PlanRow(NamedTuple):
+    """A row ready to be planned into a chunk (a tuple: a plan makes one per row)."""
 
     row_key: str
     currency: str

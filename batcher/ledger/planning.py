@@ -67,14 +67,13 @@ class FieldsDecoded:
         self.by_text.clear()
         self.full = False
 
-    def add(self, text: str, fields: dict[str, str]) -> None:
-        if self.full:
-            return
-        if len(self.by_text) >= FIELDS_DECODED_ROWS:
-            self.by_text.clear()  # too many to plan at once: planning reads them in pages
+    def keeping(self) -> dict[str, dict[str, str]] | None:
+        """Where to add (text, fields) pairs; None once more were added than a plan page
+        holds: a sheet that large keeps none (planning reads it in pages anyway)."""
+        if len(self.by_text) > FIELDS_DECODED_ROWS:
+            self.by_text.clear()
             self.full = True
-            return
-        self.by_text[text] = fields
+        return None if self.full else self.by_text
 
 
 #: row key -> (the batch holding its reference, that batch's row state, the reference)
@@ -123,6 +122,21 @@ class LedgerPlanning(LedgerConnection):
                 for r in self._by_key(batch, part, _PLANNING_COLUMNS)
             }
             yield [found[k] for k in part if k in found]
+
+    def planning_rows_in_state(self, batch: str, state: str) -> list[PlanningRow]:
+        """As `planning_rows_in_pages` for every row of `batch` in `state` in the sheet,
+        in sheet order, read in one statement rather than by key: for a state whose
+        rows the caller knows are few enough to hold at once (one plan page)."""
+        decoded = fields_decoded(self).by_text
+        return [
+            _planning_row(r, decoded)
+            for r in plain_rows(
+                self._db,
+                f"SELECT {_PLANNING_COLUMNS} FROM rows WHERE batch = ? AND state = ?"
+                " AND in_sheet = 1 ORDER BY source_row",
+                (batch, state),
+            )
+        ]
 
     def save_plan(
         self, batch: str, chunks: Sequence[tuple[str, str, int, Sequence[str], bytes]]

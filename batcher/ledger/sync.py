@@ -105,8 +105,8 @@ class _SyncWrites:
     events: list[tuple[str, str | None, dict[str, Any]]] = field(default_factory=list)
     #: rows that may leave a claiming state (a planned row changed or skipped)
     unclaimed: list[str] = field(default_factory=list)
-    #: (stored JSON text, the fields it encodes) of the new rows (`FieldsDecoded`)
-    decoded: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    #: stored JSON text -> the fields it encodes, of the new rows (`FieldsDecoded`)
+    decoded: dict[str, dict[str, str]] | None = None
 
     def add(self, sql: str, *values: Any) -> None:
         self.statements.setdefault(sql, []).append(values)
@@ -154,7 +154,7 @@ class LedgerSync(LedgerConnection):
         decoded.clear()
         with self._tx() as db:
             while part := list(islice(rows, SYNC_SLICE_ROWS)):
-                writes = _SyncWrites(batch, now)
+                writes = _SyncWrites(batch, now, decoded=decoded.keeping())
                 done_elsewhere = self._references_succeeded_elsewhere(
                     batch, [r.reference for r in part if r.reference]
                 )
@@ -164,8 +164,7 @@ class LedgerSync(LedgerConnection):
                 if in_sheet is not None:
                     in_sheet.update(r.row_key for r in part)
                 self._write(db, writes)
-                for text, fields in writes.decoded:
-                    decoded.add(text, fields)
+            decoded.keeping()  # more than a plan page of new rows: none are kept
             writes = _SyncWrites(batch, now)
             left = [
                 k for k, r in existing.items() if r.in_sheet and in_sheet is not None
@@ -257,7 +256,8 @@ def _sync_row(
         state = _new_row_state(row, done_elsewhere, counts)
         values = _insert_values(batch, row, state, writes.now)
         writes.add(_INSERT_ROW, *values)
-        writes.decoded.append((values[5], row.fields))
+        if writes.decoded is not None:
+            writes.decoded[values[5]] = row.fields
         writes.event("row_added", row.row_key, state=state)
         return 0
     if row.valid and row.reference in done_elsewhere and old.state in REPLANNABLE_STATES:

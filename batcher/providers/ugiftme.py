@@ -36,8 +36,9 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import suppress
 from datetime import datetime
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any, Generic, Literal, NamedTuple, TypeVar, Unpack
 from urllib.parse import quote
 
@@ -494,9 +495,22 @@ def amount_literal(amount: Decimal, currency: str) -> Decimal:
     """The amount with exactly the currency's decimals (50 -> 50.00, JPY 1000 -> 1000)."""
     if not amount.is_finite() or amount <= 0:
         raise ValueError(f"{amount} is not a positive amount")
+    step = _QUANTUM.get(currency)
+    if step is None:
+        step = _QUANTUM.setdefault(currency, quantum(currency))
+    with suppress(InvalidOperation):  # too many digits to quantize: asked the long way
+        literal = amount.quantize(step)
+        # Equal in value after quantizing: no decimal beyond the currency's was dropped
+        # (what `fits_currency` asks, without normalizing; a plan spells 20,000 of them).
+        if literal == amount:
+            return literal
     if not fits_currency(amount, currency):
         raise ValueError(f"{amount} has more decimals than {currency} allows")
     return amount.quantize(quantum(currency))
+
+
+#: currency -> `quantum(currency)`
+_QUANTUM: dict[str, Decimal] = {}
 
 
 def check_idempotency_key(key: str) -> None:
