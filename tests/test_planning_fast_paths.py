@@ -17,7 +17,7 @@ import batcher.ledger.planning as planning
 from batcher.core.money import fits_currency, quantum
 from batcher.execute.runner import RunOptions
 from batcher.ledger.planning import FieldsDecoded
-from batcher.ledger.store import Ledger, SheetRow
+from batcher.ledger.store import Ledger, RowOutcome, SheetRow
 from batcher.providers.ugiftme import amount_literal
 
 
@@ -186,3 +186,16 @@ def test_the_collector_is_paused_while_a_run_prepares(tmp_path: Path) -> None:
     with w.runner(RunOptions()) as (_ledger, runner), pytest.raises(RuntimeError):
         runner.prepare(w.rows, hold=lambda needs: (_ for _ in ()).throw(RuntimeError("x")))
     assert gc.isenabled() == before
+
+
+def test_a_states_rows_in_one_statement_are_its_rows_by_key(ledger: Any) -> None:
+    rows = [_row(i) for i in (5, 1, 4, 2, 3)]
+    ledger.sync_rows("b", rows, retry_failed=False)
+    ledger.hold_rows("b", [RowOutcome("k004", "held", error_code="possible_duplicate")])
+    for state in ("pending", "held", "planned"):
+        keys = ledger.row_keys("b", state)  # sheet order
+        by_key = [r for page in ledger.planning_rows_in_pages("b", keys) for r in page]
+        assert ledger.planning_rows_in_state("b", state) == by_key
+    assert [r.row_key for r in ledger.planning_rows_in_state("b", "pending")] == [
+        "k001", "k002", "k003", "k005"
+    ]  # fmt: skip
