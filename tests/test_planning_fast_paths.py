@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import json
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -199,3 +200,20 @@ def test_a_states_rows_in_one_statement_are_its_rows_by_key(ledger: Any) -> None
     assert [r.row_key for r in ledger.planning_rows_in_state("b", "pending")] == [
         "k001", "k002", "k003", "k005"
     ]  # fmt: skip
+
+
+def test_only_rows_to_plan_are_kept_and_none_once_planned(tmp_path: Path) -> None:
+    from tests.test_runner import world
+
+    w = world(tmp_path, [("GBP", "1.00")] * 3, wallets={"GBP": Decimal(1000)})
+    invalid = replace(w.rows[0], row_key="x-bad", source_row=99, valid=False,
+                      fields={**w.rows[0].fields, "recipient_email": "not-an-email"})  # fmt: skip
+    with w.runner(RunOptions()) as (ledger, runner):
+        ledger.sync_rows(runner.batch, [*w.rows, invalid], retry_failed=False)
+        kept = planning.fields_decoded(ledger).by_text
+        assert sorted(kept) == sorted(
+            planning.json.dumps(r.fields, ensure_ascii=False) for r in w.rows
+        )
+        plan = runner.prepare(None, hold=lambda needs: [n.row_key for n in needs if False])
+        assert plan.rows_to_send == 3
+        assert planning.fields_decoded(ledger).by_text == {}

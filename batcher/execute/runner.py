@@ -489,6 +489,7 @@ class Runner:
             page_saved, page_held = self._plan_page(page, chunk_size)
             saved += page_saved
             held |= page_held
+        self.ledger.forget_decoded_fields()  # the sync's rows not planned are not kept
         return saved, held
 
     def _rows_of(

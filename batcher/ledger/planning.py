@@ -123,6 +123,10 @@ class LedgerPlanning(LedgerConnection):
             }
             yield [found[k] for k in part if k in found]
 
+    def forget_decoded_fields(self) -> None:
+        """Planning is done: the sync's decoded fields not taken are let go."""
+        fields_decoded(self).clear()
+
     def planning_rows_in_state(self, batch: str, state: str) -> list[PlanningRow]:
         """As `planning_rows_in_pages` for every row of `batch` in `state` in the sheet,
         in sheet order, read in one statement rather than by key: for a state whose

@@ -256,7 +256,7 @@ def _sync_row(
         state = _new_row_state(row, done_elsewhere, counts)
         values = _insert_values(batch, row, state, writes.now)
         writes.add(_INSERT_ROW, *values)
-        if writes.decoded is not None:
+        if writes.decoded is not None and state == "pending":  # only these are planned
             writes.decoded[values[5]] = row.fields
         writes.event("row_added", row.row_key, state=state)
         return 0
