@@ -15,6 +15,7 @@ answer, so every report passes its text cells through `safe_cell` first.
 
 from __future__ import annotations
 
+import string
 import unicodedata
 from typing import TypeVar
 
@@ -64,3 +65,19 @@ def safe_cell(value: T) -> T | str:
     if isinstance(value, str) and is_formula_like(value):
         return "'" + value
     return value
+
+
+#: what a text may start with to be plain whatever follows (no text at all, too):
+#: `is_formula_like` answers False for it at its first test
+_PLAIN_FIRST = frozenset(("", *string.ascii_letters, *string.digits))
+
+
+def safe_texts(texts: list[str]) -> list[str]:
+    """`[safe_cell(t) for t in texts]`, in one set test for a line of plain text cells.
+
+    Most of a line's cells are empty or start with an ASCII letter or digit (keys,
+    states, ids, amounts), which `safe_cell` returns unchanged: when every one does,
+    `texts` itself is returned; otherwise each cell goes through `safe_cell`."""
+    if _PLAIN_FIRST.issuperset([t[:1] for t in texts]):
+        return texts
+    return [safe_cell(t) for t in texts]

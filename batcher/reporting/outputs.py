@@ -12,12 +12,14 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
+from itertools import repeat
+from operator import attrgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batcher.core.files import atomic_write
 from batcher.core.money import money_str
-from batcher.reporting.cells import safe_cell
+from batcher.reporting.cells import safe_cell, safe_texts
 
 if TYPE_CHECKING:  # types only: `batcher validate` loads neither the ledger nor reconciliation
     from batcher.intake.validate import ValidationResult
@@ -128,33 +130,32 @@ def verdict_json(rec: Reconciliation) -> dict[str, Any]:
     }
 
 
+#: a row's text columns of rows.csv from `order_id` to `reference`, in one C call
+_IDS = attrgetter(
+    "chunk_key", "order_id", "order_request_id", "transaction_id", "error_code",
+    "error_message", "provider_request_id", "failure_kind", "conflict", "reference",
+)  # fmt: skip
+
+
 def row_line(row: RowRecord, passthrough_headers: Sequence[str]) -> list[str]:
+    """A row's rows.csv line: `ROWS_CSV_COLUMNS`, then its `passthrough_headers` cells,
+    each as text through the formula guard (`safe_texts`: one test for a plain line)."""
     f = row.fields
-    values: list[Any] = [
-        row.source_row,
-        row.row_key,
-        row.state,
-        row.attempt,
-        row.chunk_key or "",
-        row.order_id or "",
-        row.order_request_id or "",
-        row.transaction_id or "",
-        row.error_code or "",
-        row.error_message or "",
-        row.provider_request_id or "",
-        row.failure_kind or "",
-        row.conflict or "",
-        row.reference or "",
-        f.get("recipient_email", ""),
-        f.get("recipient_name", ""),
-        f.get("product_code", ""),
-        f.get("amount", str(row.face_value)),
+    cost = row.cost
+    line = [str(row.source_row), row.row_key, row.state, str(row.attempt)]
+    line += [v or "" for v in _IDS(row)]
+    line += (
+        str(f.get("recipient_email", "")),
+        str(f.get("recipient_name", "")),
+        str(f.get("product_code", "")),
+        str(f.get("amount", row.face_value)),
         row.currency,
-        "" if row.cost is None else str(row.cost),
+        "" if cost is None else str(cost),
         row.cost_currency or "",
-    ]
-    values.extend(row.passthrough.get(h, "") for h in passthrough_headers)
-    return [safe_cell(str(v)) for v in values]
+    )
+    if passthrough_headers:
+        line += map(str, map(row.passthrough.get, passthrough_headers, repeat("")))
+    return safe_texts(line)
 
 
 def write_rows_csv(
