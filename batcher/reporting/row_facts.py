@@ -85,9 +85,18 @@ class RowFacts:
     def add(self, row: RowRecord | SettledRow) -> None:
         if type(row) is SettledRow:
             # settled without a question: never in flight, unsent, held or failing
-            self._count_settled(row)
+            self._count_settled(row, row.product_code)
             return
         assert isinstance(row, RowRecord)
+        if row.state == "succeeded" and not row.conflict:
+            # a whole record settled without a question sums as its `SettledRow` would
+            # (as `_add_whole` sums it: no failure, nothing in flight): nearly every row
+            self._count_settled(row, row.fields.get("product_code", ""))
+            return
+        self._add_whole(row)
+
+    def _add_whole(self, row: RowRecord) -> None:
+        """`add` for any whole record, whatever its state."""
         state, currency = row.state, row.currency
         ordered = state == "succeeded" and bool(row.order_id)
         self._count(row, row.fields.get("product_code", "") if ordered else "")
@@ -127,9 +136,10 @@ class RowFacts:
             self._add_order(row, product)
         self.by_currency[currency]  # every row's currency has its entry, in this order
 
-    def _count_settled(self, row: SettledRow) -> None:
-        """`_count(row, row.product_code)` for a light row (succeeded, no conflict), in
-        fewer steps: nearly every row of a large batch is one."""
+    def _count_settled(self, row: RowRecord | SettledRow, product: str) -> None:
+        """`_count(row, product)` for a row succeeded without a conflict (light or
+        whole; `product`: its product code), in fewer steps: nearly every row of a large
+        batch is one."""
         self.rows += 1
         headers = row.passthrough
         for header in headers:
@@ -148,10 +158,10 @@ class RowFacts:
                 self.sheet_passthrough.setdefault(header, None)
             self.totals.add(row)
             if row.order_id:
-                self._add_order(row, row.product_code)
+                self._add_order(row, product)
         elif row.order_id:
             self.totals.add(row)
-            self._add_order(row, row.product_code)
+            self._add_order(row, product)
         self.by_currency[card]  # every row's currency has its entry, in this order
 
     def _add_in_sheet(self, row: RowRecord | SettledRow) -> None:
