@@ -69,6 +69,7 @@ class BatchRows:
         #: `read` reads no ledger: the rows were given (`from_rows`)
         self._in_memory = in_memory
         self._whole: list[RowRecord] | None = None
+        self._whole_by_key: dict[str, RowRecord] | None = None
         self._held: Mapping[str, RowRecord] = {}
         self._held_light: Mapping[str, SettledRow] = {}
 
@@ -230,8 +231,12 @@ class BatchRows:
 
     def only(self, keys: Sequence[str]) -> Iterator[RowRecord]:
         """The rows of `keys`, in that order (a few of the batch's, such as its failures)."""
+        if not keys:
+            return  # most batches: no failures, nothing outstanding
         if self._whole is not None:
-            by_key = {r.row_key: r for r in self._whole}
+            if self._whole_by_key is None:  # made once, for every reader of a few rows
+                self._whole_by_key = {r.row_key: r for r in self._whole}
+            by_key = self._whole_by_key
             yield from (by_key[k] for k in keys if k in by_key)
             return
         for rows in self._read(keys):
