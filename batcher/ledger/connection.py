@@ -140,6 +140,17 @@ class LedgerConnection:
         """The ledger at `location`, by default `ledger.sqlite` in `state_dir`."""
         return cls(location or LedgerLocation.in_state_dir(state_dir))
 
+    def reopen_in_child(self) -> None:
+        """In a forked child (SQLite only): read through a connection of its own from
+        here on. The parent's connection is never used nor closed in the child: SQLite
+        must not carry one across a fork. Read-only: the child writes nothing."""
+        if self.path is None:
+            raise RuntimeError("only a SQLite ledger is read from a forked child")
+        self._wal_guard = None  # the parent's to close
+        self._db = connect(self.location)
+        self._db.execute("PRAGMA query_only=ON")
+        self._db.execute(f"PRAGMA cache_size=-{LEDGER_CACHE_KIB}")
+
     def close(self) -> None:
         if self._wal_guard is not None:
             self._wal_guard.close(self._db)

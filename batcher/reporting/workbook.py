@@ -33,7 +33,7 @@ from batcher.core.files import atomic_write
 from batcher.core.money import quantum, round_money
 from batcher.ledger.events import StoredEvent
 from batcher.ledger.records import LineValues, line_values
-from batcher.ledger.store import RowRecord, parse_ts
+from batcher.ledger.store import Ledger, RowRecord, parse_ts
 from batcher.providers.base import Redemption
 from batcher.reporting.cells import safe_cell
 from batcher.reporting.failures import Failure
@@ -43,8 +43,11 @@ from batcher.reporting.reconcile import (
     WalletLine,
 )
 from batcher.reporting.report_model import ReportModel
+from batcher.reporting.row_source import BatchRows
 from batcher.reporting.summary_sheet import write_summary
 from batcher.reporting.xlsx_stream import (
+    PLACEHOLDER_STYLE,
+    EarlyRows,
     StreamedSheet,
     Styled,
     excel_datetime,
@@ -138,13 +141,16 @@ class _Styles:
         return self.money.get(currency, self.money[""])
 
 
-def write_workbook(path: Path, model: ReportModel) -> Path:
-    """Write reconciliation.xlsx atomically (a temporary file, then a rename)."""
+def write_workbook(path: Path, model: ReportModel, early: EarlyOrders | None = None) -> Path:
+    """Write reconciliation.xlsx atomically (a temporary file, then a rename).
+
+    `early`: the Orders sheet's rows made by a child forked while the report matched
+    (`early_orders`); used when the report bears out what it assumed, else stopped."""
     with collector_paused():
-        return _write_workbook(path, model)
+        return _write_workbook(path, model, early)
 
 
-def _write_workbook(path: Path, model: ReportModel) -> Path:
+def _write_workbook(path: Path, model: ReportModel, early: EarlyOrders | None = None) -> Path:
     workbook = Workbook()
     summary = workbook.active
     assert summary is not None
@@ -158,9 +164,104 @@ def _write_workbook(path: Path, model: ReportModel) -> Path:
         _orphans_sheet(workbook, model, styles),
         _outstanding_sheet(workbook, model, styles),
     ]
+    child = None
+    if early is not None:
+        if early.fits(model):
+            message = {"date": styles.date, "money": styles.money}
+            child = early.child.use(streamed[0], message)
+        else:
+            early.close()  # its rows are not the ones the sheet needs
     with atomic_write(path) as tmp:
-        save(tmp, workbook, streamed, styles.date)
+        save(tmp, workbook, streamed, styles.date, child)
     return path
+
+
+# ----- The Orders sheet's rows, made while the report matches
+
+
+class _PlaceholderMoney(dict[str, int]):
+    """An early child's money style ids: each currency it meets gets a placeholder
+    (`PLACEHOLDER_STYLE` + n), resolved when the workbook has registered the real ones."""
+
+    def get(self, currency: str, default: Any = None) -> int:
+        found = dict.get(self, currency)
+        if found is None:
+            found = self[currency] = PLACEHOLDER_STYLE + 1 + len(self)
+        return found
+
+
+@dataclass
+class EarlyOrders:
+    """The Orders sheet's lines, made by a child forked after the provider's listing
+    (`early_orders`), and what it assumed to make them before the matching was done:
+    the pass-through headers, and that every succeeded order matched without a problem
+    (its Check "OK", its wallet debit its cost)."""
+
+    child: EarlyRows
+    rows: BatchRows
+    passthrough: list[str]
+
+    def fits(self, model: ReportModel) -> bool:
+        """Are the child's lines the ones `model` shows? Else the save makes them."""
+        count = self.child.count
+        if model.rows is not self.rows or len(model.rows) != count:
+            return False
+        if model.reconciliation.evidence != "transactions":
+            return False
+        if list(model.passthrough) != self.passthrough:
+            return False
+        # A check with a problem (or a debit of zero: its sign is the provider's, the
+        # child shows the ledger's cost) is shown as the child did not assume.
+        odd = [
+            key
+            for key, check in model.checks.items()
+            if check.problems or (check.debit is not None and not check.debit)
+        ]
+        return not odd or set(model.rows.keys[:count]).isdisjoint(odd)
+
+    def close(self) -> None:
+        self.child.close()
+
+
+def early_orders(
+    ledger: Ledger, rows: BatchRows, info: Mapping[str, Any], directory: Path
+) -> EarlyOrders | None:
+    """Fork a child that makes the Orders sheet's lines of `rows` while this process
+    matches them (None: no child, when the platform, the ledger or the batch's size
+    does not allow one). The child reads the rows from the ledger on a connection of its
+    own, and assumes what matching says of nearly every order; `EarlyOrders.fits`
+    checks that before its lines are used."""
+    if ledger.backend != "sqlite" or not isinstance(rows, BatchRows):
+        return None
+    count = len(rows)
+    mapped = set((info.get("sheet_columns") or {}).values())
+    passthrough = [str(h) for h in info.get("sheet_headers") or [] if h not in mapped]
+    money = _PlaceholderMoney()
+    money[""] = PLACEHOLDER_STYLE + 1
+    styles = _Styles(PLACEHOLDER_STYLE, money)
+
+    def make() -> Iterator[list[Any]]:  # in the child
+        ledger.reopen_in_child()
+        checks: dict[str, OrderCheck] = {}
+        context = LineContext(checks, passthrough, "not checked")
+        for values in rows.for_lines(0, count):
+            checks.clear()
+            # values: row key, ..., currency (6), cost (7), cost currency (8), state, order id
+            if values[9] == "succeeded" and values[10]:
+                key = values[0]
+                checks[key] = OrderCheck(key, True, values[7], values[8] or values[6], ())
+            yield line_of(values, context, styles)
+
+    def resolve(message: Any) -> dict[int, int]:  # in the child
+        real = message["money"]
+        found = {PLACEHOLDER_STYLE: int(message["date"])}
+        for currency, placeholder in money.items():
+            found[placeholder] = int(real.get(currency, real[""]))
+        return found
+
+    columns = len(order_headers(passthrough))
+    child = EarlyRows.fork(make, columns, count, resolve, directory)
+    return None if child is None else EarlyOrders(child, rows, passthrough)
 
 
 def _register_styles(workbook: Workbook, model: ReportModel) -> _Styles:
@@ -240,11 +341,25 @@ def order_headers(passthrough: Sequence[str]) -> list[str]:
     ]  # fmt: skip
 
 
+@dataclass(frozen=True)
+class LineContext:
+    """What an Orders line takes from the report besides its row: the orders' checks,
+    the pass-through headers, and the Check of a succeeded order with no check."""
+
+    checks: Mapping[str, OrderCheck]
+    passthrough: Sequence[str]
+    unchecked: str
+
+    @classmethod
+    def of(cls, model: ReportModel) -> LineContext:
+        return cls(model.checks, model.passthrough, _unchecked(model))
+
+
 def order_line(row: RowRecord, model: ReportModel, styles: _Styles) -> list[Any]:
-    return line_of(line_values(row), model, styles)
+    return line_of(line_values(row), LineContext.of(model), styles)
 
 
-def line_of(values: LineValues, model: ReportModel, styles: _Styles) -> list[Any]:
+def line_of(values: LineValues, model: LineContext, styles: _Styles) -> list[Any]:
     """A row's line on the Orders sheet, from its `LineValues` (read from the ledger
     without a whole record per row, or taken from one: `order_line`). 100,000 lines
     at 100k rows: the common cases are written out here, not in calls per cell."""
@@ -257,9 +372,11 @@ def line_of(values: LineValues, model: ReportModel, styles: _Styles) -> list[Any
     check = model.checks.get(row_key)
     amount = styles.amount
     if in_sheet and check is None and state == "succeeded" and order_id:
-        checked = _unchecked(model)  # as `_check_of` says
+        checked = model.unchecked  # as `_check_of` says
     else:
-        checked = _check_of(in_sheet, state, order_id, succeeded_at or updated_at, check, model)
+        checked = _check_of(
+            in_sheet, state, order_id, succeeded_at or updated_at, check, model.unchecked
+        )
     get = fields.get
     # money cells by one lookup when kept (`_Styles.amount` makes and keeps the others)
     kept = styles.by_currency.get(currency) or _NO_CELLS
@@ -340,14 +457,15 @@ def _check_of(
     order_id: str | None,
     ordered_at: str | None,
     check: OrderCheck | None,
-    model: ReportModel,
+    unchecked: str,
 ) -> str:
-    """The Check column; `ordered_at`: when the row succeeded, else its last update."""
+    """The Check column; `ordered_at`: when the row succeeded, else its last update;
+    `unchecked`: a succeeded order's with no check (`_unchecked`)."""
     prefix = "" if in_sheet else f"{_earlier_sheet_note(ordered_at)}; "
     if state != "succeeded" or not order_id:
         return prefix.rstrip("; ")
     if check is None:
-        return prefix + _unchecked(model)
+        return prefix + unchecked
     return prefix + ("; ".join(check.problems) if check.problems else "OK")
 
 
@@ -364,8 +482,10 @@ def _orders_sheet(workbook: Workbook, model: ReportModel, styles: _Styles) -> St
 
     # Made one at a time as the sheet is written, from rows read a page at a time: all
     # of them at once would take about a kilobyte per row, a gigabyte at a million rows.
+    context = LineContext.of(model)
+
     def part(start: int, stop: int | None) -> Iterator[list[Any]]:
-        return (line_of(values, model, styles) for values in model.rows.for_lines(start, stop))
+        return (line_of(values, context, styles) for values in model.rows.for_lines(start, stop))
 
     return _streamed(
         workbook, ORDERS, headers, part(0, None), _widths(headers, sample), "B2",
