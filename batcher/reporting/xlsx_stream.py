@@ -170,6 +170,8 @@ class StreamedSheet:
     #: how many of the first rows `part` makes from memory alone (no ledger, no
     #: network, no logging): only those may be made in a forked child
     in_memory: int = 0
+    #: what one of its rows costs to make, in lines of a report's Orders sheet
+    weight: float = 1.0
 
 
 def prepare(worksheet: Worksheet, headers: Sequence[str], row_count: int) -> None:
@@ -232,13 +234,11 @@ def save(
 
     `early`: a child forked before the workbook was made (`EarlyRows`), already told
     its sheet and style ids (`EarlyRows.use`): it writes that sheet's first rows."""
-    split = None if early is not None else _split(sheets)
-    child: _ChildRows | None = early
+    children: list[_ChildRows] = [] if early is None else [early]
+    split = _split([s for s in sheets if early is None or s is not early.sheet])
     if split is not None:
-        try:
-            child = _ChildRows.start(*split, date_style, path.parent)
-        except OSError:  # no process to be had (a pids limit, memory): all of it here
-            child = None
+        with suppress(OSError):  # no process to be had (a pids limit, memory): all of it here
+            children.append(_ChildRows.start(*split, date_style, path.parent))
     try:
         frame = io.BytesIO()
         workbook.save(frame)
@@ -247,7 +247,7 @@ def save(
             zipfile.ZipFile(frame) as source,
             zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as target,
         ):
-            if child is None:
+            if not children:
                 _copy_members(
                     source,
                     target,
@@ -256,8 +256,9 @@ def save(
                 )
                 return
             with tempfile.TemporaryFile(dir=path.parent) as scratch:
-                parts = _write_parts(scratch, sheets, child, date_style)
-                parts[id(child.sheet)].insert(0, child.join())
+                parts = _write_parts(scratch, sheets, children, date_style)
+                for child in children:
+                    parts[id(child.sheet)].insert(0, child.join())
                 _copy_members(
                     source,
                     target,
@@ -267,7 +268,7 @@ def save(
                     ),
                 )
     finally:
-        if child is not None:
+        for child in children:
             child.close()
 
 
@@ -290,16 +291,17 @@ def _settled(wait: float = 0.05) -> bool:
 
 
 def _split(sheets: Sequence[StreamedSheet]) -> tuple[StreamedSheet, int] | None:
-    """The sheet whose first rows a child makes, and how many: about half the work."""
+    """The sheet whose first rows a child makes, and how many: about half the work
+    (by each sheet's `weight`). A sheet an early child makes whole is not among them."""
     if not _may_fork():
         return None
     candidates = [s for s in sheets if s.part is not None and s.in_memory > 0]
     if not candidates:
         return None
-    sheet = max(candidates, key=lambda s: s.row_count)
+    sheet = max(candidates, key=lambda s: s.row_count * s.weight)
     others = sum(s.row_count for s in sheets if s is not sheet)
-    half = (sheet.row_count + _SAVE_ROWS + int(others * _OTHER_ROW)) // 2
-    count = min(sheet.in_memory, sheet.row_count, half)
+    work = sheet.row_count * sheet.weight + _SAVE_ROWS + int(others * _OTHER_ROW)
+    count = min(sheet.in_memory, sheet.row_count, int(work / 2 / sheet.weight))
     return (sheet, count) if count >= FORK_MIN_ROWS else None
 
 
@@ -385,12 +387,15 @@ def _write_rows(
 
 
 def _write_parts(
-    file: IO[bytes], sheets: Sequence[StreamedSheet], child: _ChildRows, date_style: int
+    file: IO[bytes],
+    sheets: Sequence[StreamedSheet],
+    children: Sequence[_ChildRows],
+    date_style: int,
 ) -> dict[int, list[_Part]]:
-    """Every streamed sheet's rows but the child's, deflated into `file`, by sheet."""
+    """Every streamed sheet's rows but the children's, deflated into `file`, by sheet."""
     parts: dict[int, list[_Part]] = {}
     for sheet in sheets:
-        start = child.count if sheet is child.sheet else 0
+        start = next((c.count for c in children if c.sheet is sheet), 0)
         parts[id(sheet)] = [_write_rows(file, sheet, start, None, date_style, threaded=True)]
     return parts
 
@@ -605,10 +610,10 @@ class EarlyRows(_ChildRows):
         os.close(go_read)
         return cls(count, pid, read, file, go_write)
 
-    def use(self, sheet: StreamedSheet, message: Any) -> EarlyRows:
-        """The child's rows are `sheet`'s first `count`; `message` resolves its styles."""
+    def use(self, message: Any) -> EarlyRows:
+        """The child's rows will be used: `message` resolves its styles. Its sheet
+        (`sheet`) is set before the save."""
         assert self._go is not None, "told once"
-        self.sheet = sheet
         data = _json_dumps(message).encode("utf-8")
         go, self._go = self._go, None
         try:
