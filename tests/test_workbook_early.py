@@ -115,6 +115,7 @@ def test_a_report_whose_orders_an_early_child_makes_is_the_report_made_here(
     finally:
         ledger.close()
     assert forks.fits == [True] and forks.used == [len(SPECS)], "the early child's lines"
+    assert len(forks.pids) == 2, "and the save's child, for the Wallet sheet's first lines"
     assert made_here == [], "this process made no Orders line after the fork"
     assert early == here
     assert orders_member(tmp_path / "early") == orders_member(tmp_path / "here")
@@ -326,3 +327,18 @@ def test_no_early_child_for_a_postgres_ledger(tmp_path: Path) -> None:
     rows = BatchRows.from_rows([])
     ledger: Any = PostgresLedger()
     assert workbook.early_orders(ledger, rows, {}, tmp_path) is None
+
+
+def test_the_save_splits_the_sheet_with_the_most_work_by_its_rows_weight(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(xlsx_stream, "_threads", lambda: 1)
+    monkeypatch.setattr(xlsx_stream, "FORK_MIN_ROWS", 100)
+    monkeypatch.setattr(xlsx_stream, "_SAVE_ROWS", 1_000)
+    orders, wallet = Sheet(10_000).streamed(), Sheet(10_000).streamed()
+    orders = dataclasses.replace(orders, in_memory=10_000)
+    wallet = dataclasses.replace(wallet, in_memory=10_000, weight=0.4)
+    # Both: the Orders sheet, half of all the work (a Wallet line is 0.4 of one)
+    assert xlsx_stream._split([orders, wallet]) == (orders, (10_000 + 1_000 + 4_000) // 2)
+    # Orders made by an early child: half of the rest, counted in Wallet lines
+    assert xlsx_stream._split([wallet]) == (wallet, int((4_000 + 1_000) / 2 / 0.4))
