@@ -257,9 +257,11 @@ def test_an_early_childs_rows_with_their_styles_swapped_in_are_the_rows_made_her
 
 @pytest.mark.usefixtures("forkable")
 @pytest.mark.filterwarnings(FORK_WARNING)
-def test_an_early_child_that_fails_fails_the_save_and_leaves_no_file(
+def test_an_early_child_that_fails_has_its_rows_made_here(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """It read the ledger on its own: whatever stopped it, this process makes its rows."""
+    here = Sheet(3_000).save(tmp_path / "here.xlsx")
     sheet = Sheet(3_000)
     real = sheet.lines
 
@@ -270,9 +272,33 @@ def test_an_early_child_that_fails_fails_the_save_and_leaves_no_file(
             yield line
 
     monkeypatch.setattr(sheet, "lines", lines)
+    forks = Forks(monkeypatch)
+    early = sheet.early(tmp_path)
+    assert early is not None and forks.pids
+    made = sheet.save(tmp_path / "made.xlsx", early)
+    assert sheet_xml(made) == sheet_xml(here)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["here.xlsx", "made.xlsx"]
+    assert forks.all_reaped()
+
+
+@pytest.mark.usefixtures("forkable")
+@pytest.mark.filterwarnings(FORK_WARNING)
+def test_rows_that_cannot_be_made_fail_the_save_and_leave_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sheet = Sheet(3_000)
+    real = sheet.lines
+
+    def lines(money: int, start: int = 0, stop: int | None = None) -> Iterator[list[Any]]:
+        for n, line in enumerate(real(money, start, stop), start):
+            if n == 2_500:
+                raise ValueError("a cell nobody can write")
+            yield line
+
+    monkeypatch.setattr(sheet, "lines", lines)
     early = sheet.early(tmp_path)
     assert early is not None
-    with pytest.raises(RuntimeError, match=r"child process.*ValueError: a cell the child"):
+    with pytest.raises(ValueError, match="a cell nobody can write"):
         sheet.save(tmp_path / "broken.xlsx", early)
     assert list(tmp_path.iterdir()) == [], "no workbook, no temporary file"
 

@@ -258,7 +258,7 @@ def save(
             with tempfile.TemporaryFile(dir=path.parent) as scratch:
                 parts = _write_parts(scratch, sheets, children, date_style)
                 for child in children:
-                    parts[id(child.sheet)].insert(0, child.join())
+                    parts[id(child.sheet)].insert(0, _joined(child, scratch, date_style))
                 _copy_members(
                     source,
                     target,
@@ -270,6 +270,17 @@ def save(
     finally:
         for child in children:
             child.close()
+
+
+def _joined(child: _ChildRows, file: IO[bytes], date_style: int) -> _Part:
+    """The child's part. A save-time child that failed fails the save; an early child
+    (`EarlyRows`, which read the ledger on its own) that failed has its rows made here."""
+    try:
+        return child.join()
+    except RuntimeError:
+        if not isinstance(child, EarlyRows):
+            raise
+    return _write_rows(file, child.sheet, 0, child.count, date_style, threaded=True)
 
 
 def _may_fork() -> bool:
