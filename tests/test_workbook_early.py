@@ -352,7 +352,7 @@ def test_no_early_child_for_a_postgres_ledger(tmp_path: Path) -> None:
 
     rows = BatchRows.from_rows([])
     ledger: Any = PostgresLedger()
-    assert workbook.early_orders(ledger, rows, {}, tmp_path) is None
+    assert workbook.early_orders(ledger, "b", rows, {}, tmp_path) is None
 
 
 def test_the_save_splits_the_sheet_with_the_most_work_by_its_rows_weight(
@@ -368,3 +368,49 @@ def test_the_save_splits_the_sheet_with_the_most_work_by_its_rows_weight(
     assert xlsx_stream._split([orders, wallet]) == (orders, (10_000 + 1_000 + 4_000) // 2)
     # Orders made by an early child: half of the rest, counted in Wallet lines
     assert xlsx_stream._split([wallet]) == (wallet, int((4_000 + 1_000) / 2 / 0.4))
+
+
+def test_the_early_childs_read_is_the_lines_read_for_the_sheet(tmp_path: Path) -> None:
+    """`_early_line_values` reads fewer columns: the same values as `for_lines`, in report
+    order, a skipped row explained, earlier sheets and conflicts included."""
+    ledger, _ = build(tmp_path, SPECS, balances=BALANCES)
+    try:
+        db = ledger._db
+        db.execute("UPDATE rows SET in_sheet = 0 WHERE source_row IN (12, 13)")
+        db.execute("UPDATE rows SET conflict = 'amount changed' WHERE source_row = 14")
+        db.execute("UPDATE rows SET state = 'skipped', reference = 'R-15' WHERE source_row = 15")
+        rows = BatchRows.from_ledger(ledger, "nightly", page=6)
+        expected = list(rows.for_lines())
+        read = list(workbook._early_line_values(ledger, "nightly", rows.keys))
+        part = list(workbook._early_line_values(ledger, "nightly", rows.keys[5:30]))
+    finally:
+        ledger.close()
+    assert read == expected and len(read) == len(SPECS)
+    assert all(
+        list(map(type, a)) == list(map(type, b)) for a, b in zip(read, expected, strict=True)
+    )
+    assert part == expected[5:30]
+    assert any(v[9] == "skipped" and v[17] for v in read)
+
+
+@pytest.mark.usefixtures("forkable")
+@pytest.mark.filterwarnings(FORK_WARNING)
+def test_an_early_report_with_a_skipped_row_and_earlier_orders_is_the_report_made_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger, provider = build(tmp_path, SPECS, balances=BALANCES)
+    try:
+        db = ledger._db
+        db.execute("UPDATE rows SET in_sheet = 0 WHERE source_row IN (12, 13)")
+        db.execute("UPDATE rows SET state = 'skipped', reference = 'R-15' WHERE source_row = 15")
+        monkeypatch.setattr(xlsx_stream, "EARLY_MAX_ROWS", 0)
+        here = report(ledger, provider, tmp_path / "here")
+        monkeypatch.setattr(xlsx_stream, "EARLY_MAX_ROWS", 200_000)
+        forks = Forks(monkeypatch)
+        early = report(ledger, provider, tmp_path / "early")
+    finally:
+        ledger.close()
+    assert forks.fits == [True] and forks.used
+    assert early == here
+    assert orders_member(tmp_path / "early") == orders_member(tmp_path / "here")
+    assert "already ordered in another batch" in str(early[0]["Orders"])

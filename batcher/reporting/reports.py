@@ -120,7 +120,7 @@ def write_batch_report(
     def listed(listed_rows: BatchRows, info: Mapping[str, Any]) -> None:
         # The Orders sheet's lines, made on the other core while the rows are matched.
         out_dir.mkdir(parents=True, exist_ok=True)
-        found = early_orders(ledger, listed_rows, info, out_dir)
+        found = early_orders(ledger, batch, listed_rows, info, out_dir)
         if found is not None:
             early.append(found)
 

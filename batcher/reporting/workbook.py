@@ -32,6 +32,7 @@ from batcher.core.collector import collector_paused
 from batcher.core.files import atomic_write
 from batcher.core.money import quantum, round_money
 from batcher.ledger.events import StoredEvent
+from batcher.ledger.queries import LINE_STATE, read_line_values
 from batcher.ledger.records import LineValues, line_values
 from batcher.ledger.store import Ledger, RowRecord, parse_ts
 from batcher.providers.base import Redemption
@@ -43,7 +44,7 @@ from batcher.reporting.reconcile import (
     WalletLine,
 )
 from batcher.reporting.report_model import ReportModel
-from batcher.reporting.row_source import BatchRows
+from batcher.reporting.row_source import BatchRows, explain_skips
 from batcher.reporting.summary_sheet import write_summary
 from batcher.reporting.xlsx_stream import (
     PLACEHOLDER_STYLE,
@@ -225,7 +226,7 @@ class EarlyOrders:
 
 
 def early_orders(
-    ledger: Ledger, rows: BatchRows, info: Mapping[str, Any], directory: Path
+    ledger: Ledger, batch: str, rows: BatchRows, info: Mapping[str, Any], directory: Path
 ) -> EarlyOrders | None:
     """Fork a child that makes the Orders sheet's lines of `rows` while this process
     matches them (None: no child, when the platform, the ledger or the batch's size
@@ -245,7 +246,7 @@ def early_orders(
         ledger.reopen_in_child()
         checks: dict[str, OrderCheck] = {}
         context = LineContext(checks, passthrough, "not checked")
-        for values in rows.for_lines(0, count):
+        for values in _early_line_values(ledger, batch, rows.keys[:count]):
             checks.clear()
             # values: row key, ..., currency (6), cost (7), cost currency (8), state, order id
             if values[9] == "succeeded" and values[10]:
@@ -495,6 +496,25 @@ def _orders_sheet(workbook: Workbook, model: ReportModel, styles: _Styles) -> St
         workbook, ORDERS, headers, part(0, None), _widths(headers, sample), "B2",
         len(model.rows), part, model.rows.held_count(),
     )  # fmt: skip
+
+
+def _early_line_values(ledger: Ledger, batch: str, keys: Sequence[str]) -> Iterator[LineValues]:
+    """The rows' `LineValues` in the order of `keys`, as `BatchRows.for_lines` reads them,
+    but with only the columns a line shows (`queries.LINE_COLUMNS`). A skipped row is read
+    whole and explained (where it was ordered), as there."""
+    for raws in ledger.line_rows_in_pages(batch, keys, _EARLY_PAGE):
+        skipped = [r[0] for r in raws if r[LINE_STATE] == "skipped"]
+        explained: dict[str, LineValues] = {}
+        if skipped:
+            whole = list(ledger.rows_by_key(batch, skipped).values())
+            explained = {r.row_key: line_values(r) for r in explain_skips(ledger, batch, whole)}
+        for r in raws:
+            found = explained.get(r[0]) if explained else None
+            yield found if found is not None else read_line_values(r)
+
+
+#: rows an early child reads from the ledger at a time
+_EARLY_PAGE = 2_000
 
 
 # ----- Failures
