@@ -148,6 +148,8 @@ def write_workbook(path: Path, model: ReportModel, early: EarlyOrders | None = N
     `early`: the Orders sheet's rows made by a child forked while the report matched
     (`early_orders`); used when the report bears out what it assumed, else stopped."""
     with collector_paused():
+        if early is None:
+            return _write_workbook(path, model)
         return _write_workbook(path, model, early)
 
 
