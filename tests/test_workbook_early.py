@@ -44,6 +44,7 @@ FORK_WARNING = "ignore:.*fork.*:DeprecationWarning"
 def forkable(monkeypatch: pytest.MonkeyPatch) -> None:
     """Forks allowed: the test runner's own threads aside, and a small batch big enough."""
     monkeypatch.setattr(xlsx_stream, "_threads", lambda: 1)
+    monkeypatch.setattr(xlsx_stream, "_idle_cores", lambda: 1)
     monkeypatch.setattr(xlsx_stream, "FORK_MIN_ROWS", 1)
 
 
@@ -343,6 +344,42 @@ def test_no_early_child_without_a_process_other_threads_or_with_children_reaped_
     assert list(tmp_path.iterdir()) == []
     monkeypatch.setattr(xlsx_stream, "EARLY_MAX_ROWS", 2_999)
     assert sheet.early(tmp_path) is None  # more rows than a child makes early
+
+
+@pytest.mark.usefixtures("forkable")
+def test_no_early_child_when_no_core_is_idle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    forks = Forks(monkeypatch)
+    monkeypatch.setattr(xlsx_stream, "_idle_cores", lambda: 0)
+    assert Sheet(3_000).early(tmp_path) is None
+    assert forks.pids == [] and list(tmp_path.iterdir()) == []
+
+
+def test_idle_cores_are_the_cores_less_the_tasks_running(monkeypatch: pytest.MonkeyPatch) -> None:
+    looks = iter(["3.1 2.0 1.5 3/200 99\n", "3.1 2.0 1.5 1/200 99\n", "3.1 2.0 1.5 2/200 99\n"])
+
+    class LoadAvg:
+        def __enter__(self) -> LoadAvg:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+        def read(self) -> str:
+            return next(looks)
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(xlsx_stream, "open", lambda *a, **k: LoadAvg(), raising=False)
+    assert xlsx_stream._idle_cores() == 3  # four cores, at least this process running
+
+    def missing(*args: object, **kwargs: object) -> LoadAvg:
+        raise FileNotFoundError("/proc/loadavg")
+
+    monkeypatch.setattr(xlsx_stream, "open", missing, raising=False)
+    assert xlsx_stream._idle_cores() == 0  # not known: none
+    monkeypatch.undo()
+    assert 0 <= xlsx_stream._idle_cores() < len(os.sched_getaffinity(0))
 
 
 @pytest.mark.usefixtures("forkable")

@@ -316,6 +316,24 @@ def _split(sheets: Sequence[StreamedSheet]) -> tuple[StreamedSheet, int] | None:
     return (sheet, count) if count >= FORK_MIN_ROWS else None
 
 
+def _idle_cores() -> int:
+    """Cores no task is running on now, this process's one thread aside: the cores it
+    may use, less the tasks Linux counts as running (/proc/loadavg, the least of a few
+    looks a moment apart). An early child pays for itself only on an idle core: on a
+    busy machine the rows it makes cost more than making them at the save."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+        running = []
+        for look in range(3):
+            if look:
+                time.sleep(0.002)
+            with open("/proc/loadavg", encoding="ascii") as fh:
+                running.append(int(fh.read().split()[3].split("/")[0]))
+    except (OSError, ValueError, IndexError, AttributeError):
+        return 0
+    return max(0, cores - min(running))
+
+
 def _threads() -> int:
     """This process's threads, the interpreter's and any other (a forked child has
     only the one that forked: another thread's lock would stay held in it forever)."""
@@ -602,6 +620,8 @@ class EarlyRows(_ChildRows):
     ) -> EarlyRows | None:
         """The child making `make()`'s `count` rows (None: no child to be had)."""
         if count < FORK_MIN_ROWS or count > EARLY_MAX_ROWS or not _settled():
+            return None
+        if _idle_cores() < 1:  # its rows would only take the core from this process's work
             return None
         file = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115  # closed by `close`
         read, write = os.pipe()
