@@ -44,7 +44,7 @@ FORK_WARNING = "ignore:.*fork.*:DeprecationWarning"
 def forkable(monkeypatch: pytest.MonkeyPatch) -> None:
     """Forks allowed: the test runner's own threads aside, and a small batch big enough."""
     monkeypatch.setattr(xlsx_stream, "_threads", lambda: 1)
-    monkeypatch.setattr(xlsx_stream, "_idle_cores", lambda: 1)
+    monkeypatch.setattr(xlsx_stream, "_idle_cores", lambda since: 1.0)
     monkeypatch.setattr(xlsx_stream, "FORK_MIN_ROWS", 1)
 
 
@@ -222,7 +222,7 @@ class Sheet:
         def make() -> Iterator[list[Any]]:
             return self.lines(PLACEHOLDER_STYLE + 1)
 
-        return EarlyRows.fork(make, 4, self.count, resolve, tmp_path)
+        return EarlyRows.fork(make, 4, self.count, resolve, tmp_path, None)
 
     def save(self, path: Path, early: EarlyRows | None = None) -> Path:
         streamed = self.streamed()
@@ -333,13 +333,15 @@ def test_no_early_child_without_a_process_other_threads_or_with_children_reaped_
     monkeypatch.undo()
     monkeypatch.setattr(xlsx_stream, "FORK_MIN_ROWS", 1)
     monkeypatch.setattr(xlsx_stream, "_threads", lambda: 1)
+    monkeypatch.setattr(xlsx_stream, "_idle_cores", lambda since: 1.0)
+    forks = Forks(monkeypatch)
 
     def no_fork() -> int:
         raise BlockingIOError(11, "Resource temporarily unavailable")
 
     fds = len(os.listdir("/proc/self/fd"))
     monkeypatch.setattr(os, "fork", no_fork)
-    assert sheet.early(tmp_path) is None
+    assert sheet.early(tmp_path) is None and forks.pids == []
     assert len(os.listdir("/proc/self/fd")) == fds, "its pipes and file closed"
     assert list(tmp_path.iterdir()) == []
     monkeypatch.setattr(xlsx_stream, "EARLY_MAX_ROWS", 2_999)
@@ -351,35 +353,28 @@ def test_no_early_child_when_no_core_is_idle(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     forks = Forks(monkeypatch)
-    monkeypatch.setattr(xlsx_stream, "_idle_cores", lambda: 0)
+    monkeypatch.setattr(xlsx_stream, "_idle_cores", lambda since: 0.5)
     assert Sheet(3_000).early(tmp_path) is None
     assert forks.pids == [] and list(tmp_path.iterdir()) == []
 
 
-def test_idle_cores_are_the_cores_less_the_tasks_running(monkeypatch: pytest.MonkeyPatch) -> None:
-    looks = iter(["3.1 2.0 1.5 3/200 99\n", "3.1 2.0 1.5 1/200 99\n", "3.1 2.0 1.5 2/200 99\n"])
-
-    class LoadAvg:
-        def __enter__(self) -> LoadAvg:
-            return self
-
-        def __exit__(self, *exc: object) -> None:
-            pass
-
-        def read(self) -> str:
-            return next(looks)
-
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
-    monkeypatch.setattr(xlsx_stream, "open", lambda *a, **k: LoadAvg(), raising=False)
-    assert xlsx_stream._idle_cores() == 3  # four cores, at least this process running
-
-    def missing(*args: object, **kwargs: object) -> LoadAvg:
-        raise FileNotFoundError("/proc/loadavg")
-
-    monkeypatch.setattr(xlsx_stream, "open", missing, raising=False)
-    assert xlsx_stream._idle_cores() == 0  # not known: none
+def test_idle_cores_are_the_idle_cpu_time_over_the_time_passed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ticks = os.sysconf("SC_CLK_TCK")
+    since = xlsx_stream.IdleSample(100.0, 5_000)
+    monkeypatch.setattr(xlsx_stream.time, "monotonic", lambda: 100.5)
+    monkeypatch.setattr(
+        xlsx_stream, "idle_sample", lambda: xlsx_stream.IdleSample(100.5, 5_000 + ticks // 2)
+    )
+    assert xlsx_stream._idle_cores(since) == pytest.approx(1.0)  # half a second idle in 0.5 s
+    assert xlsx_stream._idle_cores(None) == 0.0  # not known: none
+    monkeypatch.setattr(xlsx_stream, "idle_sample", lambda: None)
+    assert xlsx_stream._idle_cores(since) == 0.0
     monkeypatch.undo()
-    assert 0 <= xlsx_stream._idle_cores() < len(os.sched_getaffinity(0))
+    sample = xlsx_stream.idle_sample()
+    assert sample is not None and sample.ticks > 0
+    assert 0.0 <= xlsx_stream._idle_cores(sample) <= len(os.sched_getaffinity(0)) + 0.5
 
 
 @pytest.mark.usefixtures("forkable")

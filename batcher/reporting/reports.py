@@ -57,7 +57,7 @@ from batcher.reporting.row_facts import RowFacts
 from batcher.reporting.row_source import BatchRows
 from batcher.reporting.verdicts import RECONCILED
 from batcher.reporting.workbook import EarlyOrders, early_orders, write_codes, write_workbook
-from batcher.reporting.xlsx_stream import copy_or_link
+from batcher.reporting.xlsx_stream import IdleSample, copy_or_link, idle_sample
 
 WORKBOOK_NAME = "reconciliation.xlsx"
 FAILED_ROWS_NAME = "failed_rows.csv"
@@ -117,10 +117,10 @@ def write_batch_report(
     out_dir = report_dir / batch
     early: list[EarlyOrders] = []
 
-    def listed(listed_rows: BatchRows, info: Mapping[str, Any]) -> None:
+    def listed(listed_rows: BatchRows, info: Mapping[str, Any], idle: IdleSample | None) -> None:
         # The Orders sheet's lines, made on the other core while the rows are matched.
         out_dir.mkdir(parents=True, exist_ok=True)
-        found = early_orders(ledger, batch, listed_rows, info, out_dir)
+        found = early_orders(ledger, batch, listed_rows, info, out_dir, idle)
         if found is not None:
             early.append(found)
 
@@ -225,14 +225,15 @@ def collect(
     now: datetime | None = None,
     rows: BatchRows | None = None,
     facts: RowFacts | None = None,
-    on_listed: Callable[[BatchRows, Mapping[str, Any]], None] | None = None,
+    on_listed: Callable[[BatchRows, Mapping[str, Any], IdleSample | None], None] | None = None,
 ) -> ReportModel:
     """Everything the report shows. The batch's rows are never all held at once: they
     are summed in one pass (`RowFacts`) and read again, a page at a time, by whatever
     writes a line per row (`BatchRows`).
 
-    `on_listed(rows, info)` is called once the provider's listings are in (and their
-    threads gone), before the rows are matched to them."""
+    `on_listed(rows, info, idle)` is called once the provider's listings are in (and
+    their threads gone), before the rows are matched to them; `idle`: the machine's idle
+    CPU time when the listings were in."""
     info = ledger.batch_info(batch)
     if info is None:
         raise UsageError(f"no batch named {batch!r} in the ledger")
@@ -249,13 +250,13 @@ def collect(
     if rows is None:
         rows = BatchRows.from_ledger(ledger, batch)
     data, error = None, None
+    listed_at: IdleSample | None = None
     if provider is None:
         error = "no connection to the provider"
     elif listing is not None:
         data, error = listing.result()
         listing.thread.join()
-        if data is not None and on_listed is not None:
-            on_listed(rows, info)
+        listed_at = idle_sample()
     else:
         facts = facts if facts is not None else RowFacts.of(rows)
         if not _balances_suffice(fetch, facts):
@@ -263,12 +264,15 @@ def collect(
     if sheet_rows is None and runs:
         sheet_rows = _summary_rows_total(ledger, runs[-1].run_id)
     keys, requests = attempts(ledger, batch)
+    other_batches = other_batch_orders(ledger, batch, data)
+    if listing is not None and data is not None and on_listed is not None:
+        on_listed(rows, info, listed_at)  # a core idle meanwhile is one to use
     inputs = ReconcileInputs(
         rows=rows,
         runs=windows,
         provider=data,
         sheet_rows=sheet_rows,
-        other_batches=other_batch_orders(ledger, batch, data),
+        other_batches=other_batches,
         provider_error=error,
         attempt_keys=keys,
         request_ids=requests,

@@ -49,6 +49,7 @@ from batcher.reporting.summary_sheet import write_summary
 from batcher.reporting.xlsx_stream import (
     PLACEHOLDER_STYLE,
     EarlyRows,
+    IdleSample,
     StreamedSheet,
     Styled,
     excel_datetime,
@@ -228,13 +229,19 @@ class EarlyOrders:
 
 
 def early_orders(
-    ledger: Ledger, batch: str, rows: BatchRows, info: Mapping[str, Any], directory: Path
+    ledger: Ledger,
+    batch: str,
+    rows: BatchRows,
+    info: Mapping[str, Any],
+    directory: Path,
+    idle_since: IdleSample | None = None,
 ) -> EarlyOrders | None:
     """Fork a child that makes the Orders sheet's lines of `rows` while this process
     matches them (None: no child, when the platform, the ledger or the batch's size
     does not allow one). The child reads the rows from the ledger on a connection of its
     own, and assumes what matching says of nearly every order; `EarlyOrders.fits`
-    checks that before its lines are used."""
+    checks that before its lines are used. `idle_since`: when the parent began the work
+    it does before matching (a core idle since then is one the child may have)."""
     if ledger.backend != "sqlite" or not isinstance(rows, BatchRows):
         return None
     count = len(rows)
@@ -264,7 +271,7 @@ def early_orders(
         return found
 
     columns = len(order_headers(passthrough))
-    child = EarlyRows.fork(make, columns, count, resolve, directory)
+    child = EarlyRows.fork(make, columns, count, resolve, directory, idle_since)
     return None if child is None else EarlyOrders(child, rows, passthrough)
 
 

@@ -316,22 +316,43 @@ def _split(sheets: Sequence[StreamedSheet]) -> tuple[StreamedSheet, int] | None:
     return (sheet, count) if count >= FORK_MIN_ROWS else None
 
 
-def _idle_cores() -> int:
-    """Cores no task is running on now, this process's one thread aside: the cores it
-    may use, less the tasks Linux counts as running (/proc/loadavg, the least of a few
-    looks a moment apart). An early child pays for itself only on an idle core: on a
-    busy machine the rows it makes cost more than making them at the save."""
+class IdleSample(NamedTuple):
+    """The machine's idle CPU time (/proc/stat, in clock ticks) at a moment."""
+
+    at: float  # time.monotonic()
+    ticks: int
+
+
+def idle_sample() -> IdleSample | None:
+    """Now's `IdleSample` (None where /proc/stat cannot tell)."""
     try:
-        cores = len(os.sched_getaffinity(0))
-        running = []
-        for look in range(3):
-            if look:
-                time.sleep(0.002)
-            with open("/proc/loadavg", encoding="ascii") as fh:
-                running.append(int(fh.read().split()[3].split("/")[0]))
-    except (OSError, ValueError, IndexError, AttributeError):
-        return 0
-    return max(0, cores - min(running))
+        with open("/proc/stat", encoding="ascii") as fh:
+            fields = fh.readline().split()
+        return IdleSample(time.monotonic(), int(fields[4]) + int(fields[5]))  # idle, iowait
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+#: the least time over which idle CPU time is judged (it is counted in 10 ms ticks)
+_IDLE_WINDOW = 0.05
+
+
+def _idle_cores(since: IdleSample | None) -> float:
+    """How many cores, on average, sat idle from `since` to now (0.0 when not known).
+
+    An early child pays for itself only on a core that is idle while this process
+    works on: on a busy machine the rows it makes cost more than making them at the
+    save. (The count of running tasks in /proc/loadavg is no guide: it counts kernel
+    threads too.) A window too short to judge is waited out."""
+    if since is None:
+        return 0.0
+    waited = time.monotonic() - since.at
+    if waited < _IDLE_WINDOW:
+        time.sleep(_IDLE_WINDOW - waited)
+    now = idle_sample()
+    if now is None or now.at <= since.at:
+        return 0.0
+    return (now.ticks - since.ticks) / os.sysconf("SC_CLK_TCK") / (now.at - since.at)
 
 
 def _threads() -> int:
@@ -589,6 +610,8 @@ _EARLY_HELD = 256 << 20
 #: rows the child a report forks early can make while it matches: more would leave the
 #: child most of a large sheet to make alone (`save`'s own split serves those better)
 EARLY_MAX_ROWS = 200_000
+#: idle cores (on average, from the listing's end to the fork) an early child needs
+_IDLE_ENOUGH = 0.75
 #: the resolved style ids sent to an early child: a JSON object, at most this long
 _EARLY_MESSAGE_MAX = 1 << 20
 
@@ -617,11 +640,13 @@ class EarlyRows(_ChildRows):
         count: int,
         resolve: Callable[[Any], dict[int, int]],
         directory: Path,
+        idle_since: IdleSample | None,
     ) -> EarlyRows | None:
-        """The child making `make()`'s `count` rows (None: no child to be had)."""
+        """The child making `make()`'s `count` rows (None: no child to be had, or no
+        core idle since `idle_since`: see `_idle_cores`)."""
         if count < FORK_MIN_ROWS or count > EARLY_MAX_ROWS or not _settled():
             return None
-        if _idle_cores() < 1:  # its rows would only take the core from this process's work
+        if _idle_cores(idle_since) < _IDLE_ENOUGH:  # its rows would only slow this process
             return None
         file = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115  # closed by `close`
         read, write = os.pipe()
