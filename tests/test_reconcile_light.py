@@ -158,6 +158,8 @@ def test_the_matched_shortcut_is_the_check_and_line_of_an_order_with_no_problem(
             assert found is None
         else:
             assert found == (check, lines[0]) and lines[0].status == "matched"
+            # made without their __init__: every field set, as it sets them
+            assert vars(found[0]) == vars(check) and vars(found[1]) == vars(lines[0])
 
 
 def test_orders_sheet_lines_of_held_rows_are_the_records_lines(

@@ -343,6 +343,9 @@ def test_a_report_whose_orders_a_child_writes_is_the_report_written_here(
         monkeypatch.setattr(xlsx_stream, "FORK_MIN_ROWS", 1)
         monkeypatch.setattr(xlsx_stream, "_SAVE_ROWS", 0)
         monkeypatch.setattr(xlsx_stream, "_split", split)
+        # the save's own child here: the one forked early reads the ledger (on a
+        # connection of its own) by design, tested in test_workbook_early.py
+        monkeypatch.setattr(xlsx_stream, "EARLY_MAX_ROWS", 0)
         parent = os.getpid()
         for name in ("raw_rows_in_pages", "fact_rows_in_pages", "rows_in_pages"):
             monkeypatch.setattr(Ledger, name, _here_only(getattr(Ledger, name), parent))

@@ -53,6 +53,8 @@ _STORE_STAGED = (
 
 #: SQLite's page cache per ledger connection, in KiB (`PRAGMA cache_size`)
 LEDGER_CACHE_KIB = 64 * 1024
+#: how much of the file the integrity check on open reads through a memory map
+CHECK_MMAP_BYTES = 1 << 40
 
 
 class LedgerDamaged(ConfigError):
@@ -140,6 +142,17 @@ class LedgerConnection:
         """The ledger at `location`, by default `ledger.sqlite` in `state_dir`."""
         return cls(location or LedgerLocation.in_state_dir(state_dir))
 
+    def reopen_in_child(self) -> None:
+        """In a forked child (SQLite only): read through a connection of its own from
+        here on. The parent's connection is never used nor closed in the child: SQLite
+        must not carry one across a fork. Read-only: the child writes nothing."""
+        if self.path is None:
+            raise RuntimeError("only a SQLite ledger is read from a forked child")
+        self._wal_guard = None  # the parent's to close
+        self._db = connect(self.location)
+        self._db.execute("PRAGMA query_only=ON")
+        self._db.execute(f"PRAGMA cache_size=-{LEDGER_CACHE_KIB}")
+
     def close(self) -> None:
         if self._wal_guard is not None:
             self._wal_guard.close(self._db)
@@ -157,8 +170,14 @@ class LedgerConnection:
         # (a 120k-row run used about a tenth more CPU). It grows only as pages are read.
         self._db.execute(f"PRAGMA cache_size=-{LEDGER_CACHE_KIB}")
         # quick_check reads every page: a truncated or scribbled file fails here, before
-        # any of its rows can be believed.
-        verdict = [r[0] for r in self._db.execute("PRAGMA quick_check(5)")]
+        # any of its rows can be believed. It reads them through a memory map, not
+        # copied one by one into the page cache (about 0.1 s less at 100,000 rows); only
+        # for the check: every read after it goes through the cache as it always did.
+        self._db.execute(f"PRAGMA mmap_size={CHECK_MMAP_BYTES}")
+        try:
+            verdict = [r[0] for r in self._db.execute("PRAGMA quick_check(5)")]
+        finally:
+            self._db.execute("PRAGMA mmap_size=0")
         if verdict != ["ok"]:
             raise sqlite3.DatabaseError("; ".join(verdict))
         assert self._wal_guard is not None

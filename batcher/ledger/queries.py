@@ -184,6 +184,15 @@ class LedgerQueries(LedgerConnection):
             found = {r[ROW_KEY]: r for r in self._by_key(batch, part, ROW_COLUMNS)}
             yield [found[k] for k in part if k in found]
 
+    def line_rows_in_pages(
+        self, batch: str, keys: Sequence[str], page: int = 5_000
+    ) -> Iterator[list[Any]]:
+        """As `raw_rows_in_pages`, each row read with `LINE_COLUMNS` only: what a line of
+        the Orders sheet shows (`read_line_values`), a third less to read."""
+        for part in in_pages(keys, page):
+            found = {r[0]: r for r in self._by_key(batch, part, LINE_COLUMNS)}
+            yield [found[k] for k in part if k in found]
+
     def fact_rows_in_pages(
         self, batch: str, keys: Sequence[str], page: int = 5_000
     ) -> Iterator[list[RowRecord | SettledRow]]:
@@ -488,6 +497,34 @@ def _headers(text: str) -> tuple[str, ...]:
             _HEADERS.clear()
         _HEADERS[text] = found
     return found
+
+
+#: what a line of the Orders sheet shows of a row, in `LineValues` order
+LINE_COLUMNS = (
+    "row_key, source_row, reference, fields, passthrough, face_value, currency, cost,"
+    " cost_currency, state, order_id, transaction_id, order_request_id, chunk_key, attempt,"
+    " voucher_last4, error_code, error_message, conflict, in_sheet, created_at, updated_at,"
+    " succeeded_at"
+)
+#: where a row read with `LINE_COLUMNS` holds its state
+LINE_STATE = 9
+
+
+def read_line_values(r: Any) -> LineValues:
+    """`raw_line_values` of a row read with `LINE_COLUMNS`: the same values."""
+    (
+        row_key, source_row, reference, fields, passthrough, face_value, currency, cost,
+        cost_currency, state, order_id, transaction_id, order_request_id, chunk_key, attempt,
+        voucher_last4, error_code, error_message, conflict, in_sheet, created_at, updated_at,
+        succeeded_at,
+    ) = r  # fmt: skip
+    return (
+        row_key, source_row, reference, json.loads(fields), _passthrough(passthrough),
+        _decimal(face_value), currency, None if cost is None else _decimal(cost),
+        cost_currency, state, order_id, transaction_id, order_request_id, chunk_key, attempt,
+        voucher_last4, error_code, error_message, conflict, bool(in_sheet), created_at,
+        updated_at, succeeded_at,
+    )  # fmt: skip
 
 
 def raw_line_values(r: Any) -> LineValues:

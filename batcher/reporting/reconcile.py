@@ -321,11 +321,22 @@ def _matched(
     paid_in = tx.currency
     if debit != cost or paid_in != (row.cost_currency or currency):  # `charged_currency`
         return None
-    check = OrderCheck(row.row_key, True, debit, paid_in, ())
-    line = WalletLine(
-        MATCHED, paid_in, transaction=tx, row=row, ledger_cost=cost, difference=debit - cost
-    )
+    # Made as the dataclasses' own __init__ would (frozen: a call per field), their
+    # fields set at once: 100,000 of each at 100k rows (about 0.15 s less).
+    check = _new_check(OrderCheck)
+    check.__dict__.update(
+        row_key=row.row_key, listed=True, debit=debit, debit_currency=paid_in, problems=(),
+        request_id=None,
+    )  # fmt: skip
+    line = _new_line(WalletLine)
+    line.__dict__.update(
+        status=MATCHED, currency=paid_in, transaction=tx, row=row, ledger_cost=cost,
+        difference=debit - cost, note="", rows=(),
+    )  # fmt: skip
     return check, line
+
+
+_new_check, _new_line = OrderCheck.__new__, WalletLine.__new__
 
 
 class _Checks:

@@ -56,8 +56,8 @@ from batcher.reporting.report_stamp import ReportStamp, forget_stamp, read_stamp
 from batcher.reporting.row_facts import RowFacts
 from batcher.reporting.row_source import BatchRows
 from batcher.reporting.verdicts import RECONCILED
-from batcher.reporting.workbook import write_codes, write_workbook
-from batcher.reporting.xlsx_stream import copy_or_link
+from batcher.reporting.workbook import EarlyOrders, early_orders, write_codes, write_workbook
+from batcher.reporting.xlsx_stream import IdleSample, copy_or_link, idle_sample
 
 WORKBOOK_NAME = "reconciliation.xlsx"
 FAILED_ROWS_NAME = "failed_rows.csv"
@@ -114,13 +114,33 @@ def write_batch_report(
     report`) always lists and matches everything. `rows` and `facts` save
     summing the batch's rows again when the caller (the end of a run) has just done so.
     """
-    model = collect(
-        ledger, batch, provider, sheet_rows=sheet_rows, fetch=fetch, rows=rows, facts=facts
-    )
     out_dir = report_dir / batch
-    out_dir.mkdir(parents=True, exist_ok=True)
-    forget_stamp(out_dir)  # whoever writes the report next vouches for it, or nobody does
-    workbook = write_workbook(out_dir / WORKBOOK_NAME, model)
+    early: list[EarlyOrders] = []
+
+    def listed(listed_rows: BatchRows, info: Mapping[str, Any], idle: IdleSample | None) -> None:
+        # The Orders sheet's lines, made on the other core while the rows are matched.
+        out_dir.mkdir(parents=True, exist_ok=True)
+        found = early_orders(ledger, batch, listed_rows, info, out_dir, idle)
+        if found is not None:
+            early.append(found)
+
+    try:
+        model = collect(
+            ledger,
+            batch,
+            provider,
+            sheet_rows=sheet_rows,
+            fetch=fetch,
+            rows=rows,
+            facts=facts,
+            on_listed=listed,
+        )
+        out_dir.mkdir(parents=True, exist_ok=True)
+        forget_stamp(out_dir)  # whoever writes the report next vouches for it, or nobody does
+        workbook = write_workbook(out_dir / WORKBOOK_NAME, model, early[0] if early else None)
+    finally:
+        for child in early:
+            child.close()  # stopped if unused; a used one was waited for
     failed = write_failed_rows(out_dir / FAILED_ROWS_NAME, model)
     codes = None
     if reveal_codes:
@@ -205,10 +225,15 @@ def collect(
     now: datetime | None = None,
     rows: BatchRows | None = None,
     facts: RowFacts | None = None,
+    on_listed: Callable[[BatchRows, Mapping[str, Any], IdleSample | None], None] | None = None,
 ) -> ReportModel:
     """Everything the report shows. The batch's rows are never all held at once: they
     are summed in one pass (`RowFacts`) and read again, a page at a time, by whatever
-    writes a line per row (`BatchRows`)."""
+    writes a line per row (`BatchRows`).
+
+    `on_listed(rows, info, idle)` is called once the provider's listings are in (and
+    their threads gone), before the rows are matched to them; `idle`: the machine's idle
+    CPU time when the listings were in."""
     info = ledger.batch_info(batch)
     if info is None:
         raise UsageError(f"no batch named {batch!r} in the ledger")
@@ -225,10 +250,13 @@ def collect(
     if rows is None:
         rows = BatchRows.from_ledger(ledger, batch)
     data, error = None, None
+    listed_at: IdleSample | None = None
     if provider is None:
         error = "no connection to the provider"
     elif listing is not None:
         data, error = listing.result()
+        listing.thread.join()
+        listed_at = idle_sample()
     else:
         facts = facts if facts is not None else RowFacts.of(rows)
         if not _balances_suffice(fetch, facts):
@@ -236,12 +264,15 @@ def collect(
     if sheet_rows is None and runs:
         sheet_rows = _summary_rows_total(ledger, runs[-1].run_id)
     keys, requests = attempts(ledger, batch)
+    other_batches = other_batch_orders(ledger, batch, data)
+    if listing is not None and data is not None and on_listed is not None:
+        on_listed(rows, info, listed_at)  # a core idle meanwhile is one to use
     inputs = ReconcileInputs(
         rows=rows,
         runs=windows,
         provider=data,
         sheet_rows=sheet_rows,
-        other_batches=other_batch_orders(ledger, batch, data),
+        other_batches=other_batches,
         provider_error=error,
         attempt_keys=keys,
         request_ids=requests,
@@ -375,6 +406,7 @@ def fetch_provider_data(
         transactions = [
             tx for tx in listed.result() if tx.timestamp is None or tx.timestamp <= until
         ]
+        listed.thread.join()
     except BatcherError as exc:
         return None, exc.message  # BatcherError messages never carry a secret
     except OSError as exc:
@@ -382,9 +414,15 @@ def fetch_provider_data(
     return ProviderData(orders, transactions), None
 
 
-def _in_background(work: Callable[..., T], *args: Any) -> Future[T]:
+class _Background(Future[T]):
+    """A result to come from `thread`, which ends once it is set."""
+
+    thread: threading.Thread
+
+
+def _in_background(work: Callable[..., T], *args: Any) -> _Background[T]:
     """`work(*args)` in a thread of its own; its result (or its error) from `.result()`."""
-    future: Future[T] = Future()
+    future: _Background[T] = _Background()
 
     def run() -> None:
         try:
@@ -392,7 +430,8 @@ def _in_background(work: Callable[..., T], *args: Any) -> Future[T]:
         except BaseException as exc:  # handed to whoever asks for the result
             future.set_exception(exc)
 
-    threading.Thread(target=run, name="report-listing", daemon=True).start()
+    future.thread = threading.Thread(target=run, name="report-listing", daemon=True)
+    future.thread.start()
     return future
 
 

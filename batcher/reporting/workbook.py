@@ -32,8 +32,9 @@ from batcher.core.collector import collector_paused
 from batcher.core.files import atomic_write
 from batcher.core.money import quantum, round_money
 from batcher.ledger.events import StoredEvent
+from batcher.ledger.queries import LINE_STATE, read_line_values
 from batcher.ledger.records import LineValues, line_values
-from batcher.ledger.store import RowRecord, parse_ts
+from batcher.ledger.store import Ledger, RowRecord, parse_ts
 from batcher.providers.base import Redemption
 from batcher.reporting.cells import safe_cell
 from batcher.reporting.failures import Failure
@@ -43,8 +44,12 @@ from batcher.reporting.reconcile import (
     WalletLine,
 )
 from batcher.reporting.report_model import ReportModel
+from batcher.reporting.row_source import BatchRows, explain_skips
 from batcher.reporting.summary_sheet import write_summary
 from batcher.reporting.xlsx_stream import (
+    PLACEHOLDER_STYLE,
+    EarlyRows,
+    IdleSample,
     StreamedSheet,
     Styled,
     excel_datetime,
@@ -138,19 +143,30 @@ class _Styles:
         return self.money.get(currency, self.money[""])
 
 
-def write_workbook(path: Path, model: ReportModel) -> Path:
-    """Write reconciliation.xlsx atomically (a temporary file, then a rename)."""
+def write_workbook(path: Path, model: ReportModel, early: EarlyOrders | None = None) -> Path:
+    """Write reconciliation.xlsx atomically (a temporary file, then a rename).
+
+    `early`: the Orders sheet's rows made by a child forked while the report matched
+    (`early_orders`); used when the report bears out what it assumed, else stopped."""
     with collector_paused():
-        return _write_workbook(path, model)
+        if early is None:
+            return _write_workbook(path, model)
+        return _write_workbook(path, model, early)
 
 
-def _write_workbook(path: Path, model: ReportModel) -> Path:
+def _write_workbook(path: Path, model: ReportModel, early: EarlyOrders | None = None) -> Path:
     workbook = Workbook()
     summary = workbook.active
     assert summary is not None
     summary.title = SUMMARY
     write_summary(summary, model)
     styles = _register_styles(workbook, model)
+    child = None
+    if early is not None:
+        if early.fits(model):  # told now: it deflates its rows while the others are made
+            child = early.child.use({"date": styles.date, "money": styles.money})
+        else:
+            early.close()  # its rows are not the ones the sheet needs
     streamed = [
         _orders_sheet(workbook, model, styles),
         _failures_sheet(workbook, model, styles),
@@ -158,9 +174,105 @@ def _write_workbook(path: Path, model: ReportModel) -> Path:
         _orphans_sheet(workbook, model, styles),
         _outstanding_sheet(workbook, model, styles),
     ]
+    if child is not None:
+        child.sheet = streamed[0]
     with atomic_write(path) as tmp:
-        save(tmp, workbook, streamed, styles.date)
+        save(tmp, workbook, streamed, styles.date, child)
     return path
+
+
+# ----- The Orders sheet's rows, made while the report matches
+
+
+class _PlaceholderMoney(dict[str, int]):
+    """An early child's money style ids: each currency it meets gets a placeholder
+    (`PLACEHOLDER_STYLE` + n), resolved when the workbook has registered the real ones."""
+
+    def get(self, currency: str, default: Any = None) -> int:
+        found = dict.get(self, currency)
+        if found is None:
+            found = self[currency] = PLACEHOLDER_STYLE + 1 + len(self)
+        return found
+
+
+@dataclass
+class EarlyOrders:
+    """The Orders sheet's lines, made by a child forked after the provider's listing
+    (`early_orders`), and what it assumed to make them before the matching was done:
+    the pass-through headers, and that every succeeded order matched without a problem
+    (its Check "OK", its wallet debit its cost)."""
+
+    child: EarlyRows
+    rows: BatchRows
+    passthrough: list[str]
+
+    def fits(self, model: ReportModel) -> bool:
+        """Are the child's lines the ones `model` shows? Else the save makes them."""
+        count = self.child.count
+        if model.rows is not self.rows or len(model.rows) != count:
+            return False
+        if model.reconciliation.evidence != "transactions":
+            return False
+        if list(model.passthrough) != self.passthrough:
+            return False
+        # A check with a problem (or a debit of zero: its sign is the provider's, the
+        # child shows the ledger's cost) is shown as the child did not assume.
+        odd = [
+            key
+            for key, check in model.checks.items()
+            if check.problems or (check.debit is not None and not check.debit)
+        ]
+        return not odd or set(model.rows.keys[:count]).isdisjoint(odd)
+
+    def close(self) -> None:
+        self.child.close()
+
+
+def early_orders(
+    ledger: Ledger,
+    batch: str,
+    rows: BatchRows,
+    info: Mapping[str, Any],
+    directory: Path,
+    idle_since: IdleSample | None = None,
+) -> EarlyOrders | None:
+    """Fork a child that makes the Orders sheet's lines of `rows` while this process
+    matches them (None: no child, when the platform, the ledger or the batch's size
+    does not allow one). The child reads the rows from the ledger on a connection of its
+    own, and assumes what matching says of nearly every order; `EarlyOrders.fits`
+    checks that before its lines are used. `idle_since`: when the parent began the work
+    it does before matching (a core idle since then is one the child may have)."""
+    if ledger.backend != "sqlite" or not isinstance(rows, BatchRows):
+        return None
+    count = len(rows)
+    mapped = set((info.get("sheet_columns") or {}).values())
+    passthrough = [str(h) for h in info.get("sheet_headers") or [] if h not in mapped]
+    money = _PlaceholderMoney()
+    money[""] = PLACEHOLDER_STYLE + 1
+    styles = _Styles(PLACEHOLDER_STYLE, money)
+
+    def make() -> Iterator[list[Any]]:  # in the child
+        ledger.reopen_in_child()
+        checks: dict[str, OrderCheck] = {}
+        context = LineContext(checks, passthrough, "not checked")
+        for values in _early_line_values(ledger, batch, rows.keys[:count]):
+            checks.clear()
+            # values: row key, ..., currency (6), cost (7), cost currency (8), state, order id
+            if values[9] == "succeeded" and values[10]:
+                key = values[0]
+                checks[key] = OrderCheck(key, True, values[7], values[8] or values[6], ())
+            yield line_of(values, context, styles)
+
+    def resolve(message: Any) -> dict[int, int]:  # in the child
+        real = message["money"]
+        found = {PLACEHOLDER_STYLE: int(message["date"])}
+        for currency, placeholder in money.items():
+            found[placeholder] = int(real.get(currency, real[""]))
+        return found
+
+    columns = len(order_headers(passthrough))
+    child = EarlyRows.fork(make, columns, count, resolve, directory, idle_since)
+    return None if child is None else EarlyOrders(child, rows, passthrough)
 
 
 def _register_styles(workbook: Workbook, model: ReportModel) -> _Styles:
@@ -182,6 +294,7 @@ def _streamed(
     row_count: int | None = None,  # required when `rows` is an iterator
     part: Callable[[int, int | None], Iterator[Sequence[Any]]] | None = None,
     in_memory: int = 0,
+    weight: float = 1.0,
 ) -> StreamedSheet:
     if row_count is None:
         assert not isinstance(rows, Iterator), "an iterator of rows needs its row_count"
@@ -194,10 +307,12 @@ def _streamed(
         sheet.column_dimensions[get_column_letter(i)].width = width
     print_setup(sheet, pages_tall=0)
     sheet.print_title_rows = "1:1"
-    return StreamedSheet(sheet, rows, row_count, len(headers), part, in_memory)
+    return StreamedSheet(sheet, rows, row_count, len(headers), part, in_memory, weight)
 
 
 _WIDTH_SAMPLE = 300  # rows whose values size the columns
+#: what a Wallet line costs to make, in Orders lines (measured at 100k rows)
+_WALLET_LINE = 0.4
 
 
 def _widths(
@@ -240,11 +355,25 @@ def order_headers(passthrough: Sequence[str]) -> list[str]:
     ]  # fmt: skip
 
 
+@dataclass(frozen=True)
+class LineContext:
+    """What an Orders line takes from the report besides its row: the orders' checks,
+    the pass-through headers, and the Check of a succeeded order with no check."""
+
+    checks: Mapping[str, OrderCheck]
+    passthrough: Sequence[str]
+    unchecked: str
+
+    @classmethod
+    def of(cls, model: ReportModel) -> LineContext:
+        return cls(model.checks, model.passthrough, _unchecked(model))
+
+
 def order_line(row: RowRecord, model: ReportModel, styles: _Styles) -> list[Any]:
-    return line_of(line_values(row), model, styles)
+    return line_of(line_values(row), LineContext.of(model), styles)
 
 
-def line_of(values: LineValues, model: ReportModel, styles: _Styles) -> list[Any]:
+def line_of(values: LineValues, model: LineContext, styles: _Styles) -> list[Any]:
     """A row's line on the Orders sheet, from its `LineValues` (read from the ledger
     without a whole record per row, or taken from one: `order_line`). 100,000 lines
     at 100k rows: the common cases are written out here, not in calls per cell."""
@@ -257,9 +386,11 @@ def line_of(values: LineValues, model: ReportModel, styles: _Styles) -> list[Any
     check = model.checks.get(row_key)
     amount = styles.amount
     if in_sheet and check is None and state == "succeeded" and order_id:
-        checked = _unchecked(model)  # as `_check_of` says
+        checked = model.unchecked  # as `_check_of` says
     else:
-        checked = _check_of(in_sheet, state, order_id, succeeded_at or updated_at, check, model)
+        checked = _check_of(
+            in_sheet, state, order_id, succeeded_at or updated_at, check, model.unchecked
+        )
     get = fields.get
     # money cells by one lookup when kept (`_Styles.amount` makes and keeps the others)
     kept = styles.by_currency.get(currency) or _NO_CELLS
@@ -340,14 +471,15 @@ def _check_of(
     order_id: str | None,
     ordered_at: str | None,
     check: OrderCheck | None,
-    model: ReportModel,
+    unchecked: str,
 ) -> str:
-    """The Check column; `ordered_at`: when the row succeeded, else its last update."""
+    """The Check column; `ordered_at`: when the row succeeded, else its last update;
+    `unchecked`: a succeeded order's with no check (`_unchecked`)."""
     prefix = "" if in_sheet else f"{_earlier_sheet_note(ordered_at)}; "
     if state != "succeeded" or not order_id:
         return prefix.rstrip("; ")
     if check is None:
-        return prefix + _unchecked(model)
+        return prefix + unchecked
     return prefix + ("; ".join(check.problems) if check.problems else "OK")
 
 
@@ -364,13 +496,34 @@ def _orders_sheet(workbook: Workbook, model: ReportModel, styles: _Styles) -> St
 
     # Made one at a time as the sheet is written, from rows read a page at a time: all
     # of them at once would take about a kilobyte per row, a gigabyte at a million rows.
+    context = LineContext.of(model)
+
     def part(start: int, stop: int | None) -> Iterator[list[Any]]:
-        return (line_of(values, model, styles) for values in model.rows.for_lines(start, stop))
+        return (line_of(values, context, styles) for values in model.rows.for_lines(start, stop))
 
     return _streamed(
         workbook, ORDERS, headers, part(0, None), _widths(headers, sample), "B2",
         len(model.rows), part, model.rows.held_count(),
     )  # fmt: skip
+
+
+def _early_line_values(ledger: Ledger, batch: str, keys: Sequence[str]) -> Iterator[LineValues]:
+    """The rows' `LineValues` in the order of `keys`, as `BatchRows.for_lines` reads them,
+    but with only the columns a line shows (`queries.LINE_COLUMNS`). A skipped row is read
+    whole and explained (where it was ordered), as there."""
+    for raws in ledger.line_rows_in_pages(batch, keys, _EARLY_PAGE):
+        skipped = [r[0] for r in raws if r[LINE_STATE] == "skipped"]
+        explained: dict[str, LineValues] = {}
+        if skipped:
+            whole = list(ledger.rows_by_key(batch, skipped).values())
+            explained = {r.row_key: line_values(r) for r in explain_skips(ledger, batch, whole)}
+        for r in raws:
+            found = explained.get(r[0]) if explained else None
+            yield found if found is not None else read_line_values(r)
+
+
+#: rows an early child reads from the ledger at a time
+_EARLY_PAGE = 2_000
 
 
 # ----- Failures
@@ -436,9 +589,15 @@ def _wallet_sheet(workbook: Workbook, model: ReportModel, styles: _Styles) -> St
     # writes the Orders sheet (`save`), this process makes them meanwhile.
     lines = model.reconciliation.wallet_lines
     sample = [_wallet_line(line, styles) for line in lines[:_WIDTH_SAMPLE]]
-    rows = (_wallet_line(line, styles) for line in lines)
     widths = _widths(WALLET_HEADERS, sample)
-    return _streamed(workbook, WALLET, WALLET_HEADERS, rows, widths, row_count=len(lines))
+
+    def part(start: int, stop: int | None) -> Iterator[list[Any]]:
+        return (_wallet_line(line, styles) for line in islice(lines, start, stop))
+
+    return _streamed(
+        workbook, WALLET, WALLET_HEADERS, part(0, None), widths, row_count=len(lines),
+        part=part, in_memory=len(lines), weight=_WALLET_LINE,
+    )  # fmt: skip
 
 
 def _not_fetched(rec: Reconciliation) -> str:

@@ -23,6 +23,7 @@ Style ids come from `register_style`, called before openpyxl saves the workbook.
 from __future__ import annotations
 
 import io
+import json
 import os
 import queue
 import re
@@ -33,6 +34,7 @@ import struct
 import sys
 import tempfile
 import threading
+import time
 import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Sequence
@@ -168,6 +170,8 @@ class StreamedSheet:
     #: how many of the first rows `part` makes from memory alone (no ledger, no
     #: network, no logging): only those may be made in a forked child
     in_memory: int = 0
+    #: what one of its rows costs to make, in lines of a report's Orders sheet
+    weight: float = 1.0
 
 
 def prepare(worksheet: Worksheet, headers: Sequence[str], row_count: int) -> None:
@@ -210,7 +214,13 @@ _OTHER_ROW = 0.4
 _COPY = 1 << 20
 
 
-def save(path: Path, workbook: Workbook, sheets: Sequence[StreamedSheet], date_style: int) -> None:
+def save(
+    path: Path,
+    workbook: Workbook,
+    sheets: Sequence[StreamedSheet],
+    date_style: int,
+    early: EarlyRows | None = None,
+) -> None:
     """Save `workbook` at `path` (a temporary path of the caller's: not atomic here)
     with the streamed sheets' rows in place.
 
@@ -220,14 +230,15 @@ def save(path: Path, workbook: Workbook, sheets: Sequence[StreamedSheet], date_s
     the rest; each part is deflated on its own and the parts are joined into the one
     zip member (deflate data can be joined at a flushed block; the CRCs combine).
     The sheet's XML is the same bytes either way. Otherwise, or for a small sheet,
-    everything is written here."""
-    split = _split(sheets)
-    child = None
+    everything is written here.
+
+    `early`: a child forked before the workbook was made (`EarlyRows`), already told
+    its sheet and style ids (`EarlyRows.use`): it writes that sheet's first rows."""
+    children: list[_ChildRows] = [] if early is None else [early]
+    split = _split([s for s in sheets if early is None or s is not early.sheet])
     if split is not None:
-        try:
-            child = _ChildRows.start(*split, date_style, path.parent)
-        except OSError:  # no process to be had (a pids limit, memory): all of it here
-            child = None
+        with suppress(OSError):  # no process to be had (a pids limit, memory): all of it here
+            children.append(_ChildRows.start(*split, date_style, path.parent))
     try:
         frame = io.BytesIO()
         workbook.save(frame)
@@ -236,7 +247,7 @@ def save(path: Path, workbook: Workbook, sheets: Sequence[StreamedSheet], date_s
             zipfile.ZipFile(frame) as source,
             zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as target,
         ):
-            if child is None:
+            if not children:
                 _copy_members(
                     source,
                     target,
@@ -245,8 +256,9 @@ def save(path: Path, workbook: Workbook, sheets: Sequence[StreamedSheet], date_s
                 )
                 return
             with tempfile.TemporaryFile(dir=path.parent) as scratch:
-                parts = _write_parts(scratch, sheets, child, date_style)
-                parts[id(child.sheet)].insert(0, child.join())
+                parts = _write_parts(scratch, sheets, children, date_style)
+                for child in children:
+                    parts[id(child.sheet)].insert(0, _joined(child, scratch, date_style))
                 _copy_members(
                     source,
                     target,
@@ -256,24 +268,91 @@ def save(path: Path, workbook: Workbook, sheets: Sequence[StreamedSheet], date_s
                     ),
                 )
     finally:
-        if child is not None:
+        for child in children:
             child.close()
 
 
-def _split(sheets: Sequence[StreamedSheet]) -> tuple[StreamedSheet, int] | None:
-    """The sheet whose first rows a child makes, and how many: about half the work."""
+def _joined(child: _ChildRows, file: IO[bytes], date_style: int) -> _Part:
+    """The child's part. A save-time child that failed fails the save; an early child
+    (`EarlyRows`, which read the ledger on its own) that failed has its rows made here."""
+    try:
+        return child.join()
+    except RuntimeError:
+        if not isinstance(child, EarlyRows):
+            raise
+    return _write_rows(file, child.sheet, 0, child.count, date_style, threaded=True)
+
+
+def _may_fork() -> bool:
+    """Linux, no other thread, and SIGCHLD as it comes: a child may be forked and waited for."""
     if not sys.platform.startswith("linux") or not hasattr(os, "fork") or _threads() != 1:
+        return False
+    # a host that ignores or reaps children itself: no exit status to wait for
+    return signal.getsignal(signal.SIGCHLD) in (signal.SIG_DFL, None)
+
+
+def _settled(wait: float = 0.05) -> bool:
+    """`_may_fork`, allowing threads just joined a moment to be gone from /proc."""
+    deadline = time.monotonic() + wait
+    while not _may_fork():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.002)
+    return True
+
+
+def _split(sheets: Sequence[StreamedSheet]) -> tuple[StreamedSheet, int] | None:
+    """The sheet whose first rows a child makes, and how many: about half the work
+    (by each sheet's `weight`). A sheet an early child makes whole is not among them."""
+    if not _may_fork():
         return None
-    if signal.getsignal(signal.SIGCHLD) not in (signal.SIG_DFL, None):
-        return None  # a host that ignores or reaps children itself: no exit status to wait for
     candidates = [s for s in sheets if s.part is not None and s.in_memory > 0]
     if not candidates:
         return None
-    sheet = max(candidates, key=lambda s: s.row_count)
+    sheet = max(candidates, key=lambda s: s.row_count * s.weight)
     others = sum(s.row_count for s in sheets if s is not sheet)
-    half = (sheet.row_count + _SAVE_ROWS + int(others * _OTHER_ROW)) // 2
-    count = min(sheet.in_memory, sheet.row_count, half)
+    work = sheet.row_count * sheet.weight + _SAVE_ROWS + int(others * _OTHER_ROW)
+    count = min(sheet.in_memory, sheet.row_count, int(work / 2 / sheet.weight))
     return (sheet, count) if count >= FORK_MIN_ROWS else None
+
+
+class IdleSample(NamedTuple):
+    """The machine's idle CPU time (/proc/stat, in clock ticks) at a moment."""
+
+    at: float  # time.monotonic()
+    ticks: int
+
+
+def idle_sample() -> IdleSample | None:
+    """Now's `IdleSample` (None where /proc/stat cannot tell)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as fh:
+            fields = fh.readline().split()
+        return IdleSample(time.monotonic(), int(fields[4]) + int(fields[5]))  # idle, iowait
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+#: the least time over which idle CPU time is judged (it is counted in 10 ms ticks)
+_IDLE_WINDOW = 0.05
+
+
+def _idle_cores(since: IdleSample | None) -> float:
+    """How many cores, on average, sat idle from `since` to now (0.0 when not known).
+
+    An early child pays for itself only on a core that is idle while this process
+    works on: on a busy machine the rows it makes cost more than making them at the
+    save. (The count of running tasks in /proc/loadavg is no guide: it counts kernel
+    threads too.) A window too short to judge is waited out."""
+    if since is None:
+        return 0.0
+    waited = time.monotonic() - since.at
+    if waited < _IDLE_WINDOW:
+        time.sleep(_IDLE_WINDOW - waited)
+    now = idle_sample()
+    if now is None or now.at <= since.at:
+        return 0.0
+    return (now.ticks - since.ticks) / os.sysconf("SC_CLK_TCK") / (now.at - since.at)
 
 
 def _threads() -> int:
@@ -358,12 +437,15 @@ def _write_rows(
 
 
 def _write_parts(
-    file: IO[bytes], sheets: Sequence[StreamedSheet], child: _ChildRows, date_style: int
+    file: IO[bytes],
+    sheets: Sequence[StreamedSheet],
+    children: Sequence[_ChildRows],
+    date_style: int,
 ) -> dict[int, list[_Part]]:
-    """Every streamed sheet's rows but the child's, deflated into `file`, by sheet."""
+    """Every streamed sheet's rows but the children's, deflated into `file`, by sheet."""
     parts: dict[int, list[_Part]] = {}
     for sheet in sheets:
-        start = child.count if sheet is child.sheet else 0
+        start = next((c.count for c in children if c.sheet is sheet), 0)
         parts[id(sheet)] = [_write_rows(file, sheet, start, None, date_style, threaded=True)]
     return parts
 
@@ -509,12 +591,162 @@ class _ChildRows:
             with suppress(OSError):
                 os.waitpid(self._pid, 0)
             self._pid = None
-        os.close(self._pipe)
+        if self._pipe >= 0:  # closed once: the save and its caller may both close it
+            os.close(self._pipe)
+            self._pipe = -1
         self._file.close()
 
 
 _CHILD_OK = b"ok:"
 _CHILD_PART = "<QQQQ"
+
+#: Style ids of an early child's cells until this process knows the real ones
+#: (`EarlyRows`): no workbook has this many styles. A style is written ` s="ID">`, which
+#: no cell's text can hold (text cells escape `>`), and swapped for the real id before
+#: the rows are deflated.
+PLACEHOLDER_STYLE = 2_000_000_000
+#: XML an early child holds undeflated, waiting for the real style ids (then it waits)
+_EARLY_HELD = 256 << 20
+#: rows the child a report forks early can make while it matches: more would leave the
+#: child most of a large sheet to make alone (`save`'s own split serves those better)
+EARLY_MAX_ROWS = 200_000
+#: idle cores (on average, from the listing's end to the fork) an early child needs
+_IDLE_ENOUGH = 0.75
+#: the resolved style ids sent to an early child: a JSON object, at most this long
+_EARLY_MESSAGE_MAX = 1 << 20
+
+
+class EarlyRows(_ChildRows):
+    """The first `count` rows of a sheet, made by a child forked before the workbook
+    exists (a report forks it after the provider's listing, so the rows are made on
+    the other core while this process matches them).
+
+    Until the workbook has its styles the child cannot know their ids: it writes
+    `PLACEHOLDER_STYLE` ids and holds the XML (up to `_EARLY_HELD`). `use` tells it
+    which sheet they are and the real ids (`resolve`, in the child, maps what is sent
+    to placeholder -> id); the child swaps them in, deflates, and reports its part as
+    the save-time child does (`_ChildRows.join`). `close` without `use` stops it:
+    whoever forked it found its rows would not be the ones the sheet needs."""
+
+    def __init__(self, count: int, pid: int, pipe: int, file: IO[bytes], go: int) -> None:
+        super().__init__(None, count, pid, pipe, file)  # type: ignore[arg-type]  # see `use`
+        self._go: int | None = go
+
+    @classmethod
+    def fork(
+        cls,
+        make: Callable[[], Iterable[Sequence[Any]]],
+        columns: int,
+        count: int,
+        resolve: Callable[[Any], dict[int, int]],
+        directory: Path,
+        idle_since: IdleSample | None,
+    ) -> EarlyRows | None:
+        """The child making `make()`'s `count` rows (None: no child to be had, or no
+        core idle since `idle_since`: see `_idle_cores`)."""
+        if count < FORK_MIN_ROWS or count > EARLY_MAX_ROWS or not _settled():
+            return None
+        if _idle_cores(idle_since) < _IDLE_ENOUGH:  # its rows would only slow this process
+            return None
+        file = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115  # closed by `close`
+        read, write = os.pipe()
+        go_read, go_write = os.pipe()
+        try:
+            pid = os.fork()
+        except OSError:  # no process to be had: the save makes the rows as it would
+            for fd in (read, write, go_read, go_write):
+                os.close(fd)
+            file.close()
+            return None
+        if pid == 0:  # the child: never returns
+            os.close(read)
+            os.close(go_write)
+            _early_main(file, write, go_read, make, columns, count, resolve)
+        os.close(write)
+        os.close(go_read)
+        return cls(count, pid, read, file, go_write)
+
+    def use(self, message: Any) -> EarlyRows:
+        """The child's rows will be used: `message` resolves its styles. Its sheet
+        (`sheet`) is set before the save."""
+        assert self._go is not None, "told once"
+        data = _json_dumps(message).encode("utf-8")
+        go, self._go = self._go, None
+        try:
+            _send(go, data)
+        except OSError:
+            pass  # the child is gone: `join` says so
+        finally:
+            os.close(go)
+        return self
+
+    def close(self) -> None:
+        if self._go is not None:
+            os.close(self._go)  # told nothing: the child stops
+            self._go = None
+        super().close()
+
+
+def _json_dumps(message: Any) -> str:
+    return json.dumps(message, separators=(",", ":"))
+
+
+def _early_main(
+    file: IO[bytes],
+    pipe: int,
+    go: int,
+    make: Callable[[], Iterable[Sequence[Any]]],
+    columns: int,
+    count: int,
+    resolve: Callable[[Any], dict[int, int]],
+) -> NoReturn:
+    """An early child's whole life: the rows' XML, held; the real style ids; the rows
+    deflated with them; their part on the pipe; `os._exit`."""
+    code = 1
+    try:
+        for number in (signal.SIGINT, signal.SIGTERM):  # as `_child_main`
+            signal.signal(number, signal.SIG_IGN)
+        rows = iter(make())
+        writer = _RowWriter(columns, PLACEHOLDER_STYLE)
+        held: list[bytes] = []
+        size = 0
+        while size < _EARLY_HELD and (block := list(islice(rows, _ROWS_PER_WRITE))):
+            held.append(writer.rows(block).encode("utf-8"))
+            size += len(held[-1])
+        message = b""
+        while len(message) <= _EARLY_MESSAGE_MAX and (chunk := os.read(go, 1 << 16)):
+            message += chunk
+        if not message:  # told nothing: the rows are not needed
+            os._exit(0)
+        swaps = [
+            (f's="{old}">'.encode(), f's="{new}">'.encode())
+            for old, new in resolve(json.loads(message)).items()
+        ]
+        sink = _PartSink(file)
+
+        def put(data: bytes) -> None:
+            for old, new in swaps:
+                data = data.replace(old, new)
+            sink.write(data)
+
+        for data in held:
+            put(data)
+        held.clear()
+        while block := list(islice(rows, _ROWS_PER_WRITE)):
+            put(writer.rows(block).encode("utf-8"))
+        if writer.last_row != count + 1:
+            raise RuntimeError(f"{writer.last_row - 1} rows made, {count} expected")
+        part = sink.finish()
+        _send(
+            pipe,
+            _CHILD_OK + struct.pack(_CHILD_PART, part.offset, part.length, part.crc, part.size),
+        )
+        code = 0
+    except BaseException as exc:  # told to the parent, which raises it
+        with suppress(BaseException):
+            _send(pipe, f"{type(exc).__name__}: {exc}"[:2000].encode("utf-8", "replace"))
+    finally:
+        os._exit(code)
 
 
 def _child_main(
