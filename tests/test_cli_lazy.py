@@ -187,3 +187,22 @@ def test_a_ledger_failure_is_still_named_with_the_database_check_loaded_late(
         broken()
     assert exited.value.code == int(ExitCode.CANNOT_START)
     assert "the ledger could not be read or written" in capsys.readouterr().err
+
+
+def test_the_run_command_starts_without_the_workbook_modules_and_warms_them_aside() -> None:
+    """`batcher run` imports openpyxl on a side thread while it sends, not before its
+    first request (about a tenth of a second), and the warmed modules are the ones
+    the run's end writes the workbook with."""
+    probe = (
+        "import sys, threading\n"
+        "import batcher.cli.run, batcher.execute.run as run\n"
+        "print('openpyxl' in sys.modules)\n"
+        "run._warm_report_imports()\n"
+        "[t.join() for t in threading.enumerate() if t.name == 'batcher-report-imports']\n"
+        "import batcher.reporting.reports as reports\n"
+        "print(all(m in sys.modules for m in (*run.REPORT_MODULES, 'openpyxl')))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.split()
+    assert out == ["False", "True"]

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from batcher.core.clock import utc_text
 from batcher.core.errors import BatcherError, UsageError
@@ -56,8 +56,14 @@ from batcher.reporting.report_stamp import ReportStamp, forget_stamp, read_stamp
 from batcher.reporting.row_facts import RowFacts
 from batcher.reporting.row_source import BatchRows
 from batcher.reporting.verdicts import RECONCILED
-from batcher.reporting.workbook import EarlyOrders, early_orders, write_codes, write_workbook
-from batcher.reporting.xlsx_stream import IdleSample, copy_or_link, idle_sample
+
+if TYPE_CHECKING:
+    from batcher.reporting.workbook import EarlyOrders
+    from batcher.reporting.xlsx_stream import IdleSample
+
+# The workbook's modules (openpyxl, a tenth of a second) are imported where a workbook
+# is written, not with this module: `batcher run` imports this at start-up and warms
+# them on a side thread while it sends (execute/run.py `_warm_report_imports`).
 
 WORKBOOK_NAME = "reconciliation.xlsx"
 FAILED_ROWS_NAME = "failed_rows.csv"
@@ -114,6 +120,8 @@ def write_batch_report(
     report`) always lists and matches everything. `rows` and `facts` save
     summing the batch's rows again when the caller (the end of a run) has just done so.
     """
+    from batcher.reporting.workbook import early_orders, write_codes, write_workbook
+
     out_dir = report_dir / batch
     early: list[EarlyOrders] = []
 
@@ -172,6 +180,8 @@ def kept_report(out_dir: Path, ledger_stamp: str | None) -> ReportStamp | None:
 
 def archive_report(out_dir: Path, model: ReportModel) -> Path:
     """Keep this report under reports/<UTC time>/: never over a run's or an earlier report's."""
+    from batcher.reporting.xlsx_stream import copy_or_link
+
     stamp = model.generated_at.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
     base = out_dir / REPORT_ARCHIVE_DIR
     target, n = base / stamp, 1
@@ -186,6 +196,8 @@ def archive_report(out_dir: Path, model: ReportModel) -> Path:
 
 def archive_run(out_dir: Path, model: ReportModel) -> Path | None:
     """Keep this run's files under runs/RUN_ID/, so a later run never loses them."""
+    from batcher.reporting.xlsx_stream import copy_or_link
+
     run = model.latest_run
     if run is None:
         return None
@@ -256,6 +268,8 @@ def collect(
     elif listing is not None:
         data, error = listing.result()
         listing.thread.join()
+        from batcher.reporting.xlsx_stream import idle_sample
+
         listed_at = idle_sample()
     else:
         facts = facts if facts is not None else RowFacts.of(rows)
