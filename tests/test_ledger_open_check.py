@@ -1,5 +1,5 @@
-"""The integrity check on open reads the file through a memory map, and only it; a
-forked child reads the ledger through a connection of its own, read-only."""
+"""The integrity check on open reads the file without a memory map; a forked child
+reads the ledger through a connection of its own, read-only."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from batcher.ledger.store import Ledger
 from tests.test_ledger import sheet_row
 
 
-def test_the_check_on_open_reads_through_a_memory_map_and_nothing_after_it(
+def test_the_check_on_open_reads_without_a_memory_map(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     Ledger.open(tmp_path).close()
@@ -28,9 +28,9 @@ def test_the_check_on_open_reads_through_a_memory_map_and_nothing_after_it(
 
     monkeypatch.setattr(connection, "connect", connect)
     led = Ledger.open(tmp_path)
-    check = statements.index("PRAGMA quick_check(5)")
-    assert statements[check - 1] == f"PRAGMA mmap_size={connection.CHECK_MMAP_BYTES}"
-    assert statements[check + 1] == "PRAGMA mmap_size=0"
+    # A mapped page that cannot be read is a SIGBUS, not an error naming the ledger.
+    assert "PRAGMA quick_check(5)" in statements
+    assert not [s for s in statements if s.lower().startswith("pragma mmap_size=")]
     assert led._db.execute("PRAGMA mmap_size").fetchone()[0] == 0
     led.close()
 
