@@ -200,6 +200,17 @@ def test_rows_summed_light_sum_as_the_whole_rows_do(tmp_path: Path) -> None:
     assert list(whole_facts.passthrough_seen) == ["Cost centre", "Team"]
 
 
+def ledger_of_odd_rows(tmp_path: Path) -> Ledger:
+    """The SPECS batch with the rows a line shows differently: two from an earlier sheet,
+    one with a conflict, one skipped (its reference ordered in another batch)."""
+    ledger, _ = build(tmp_path, SPECS, balances=BALANCES)
+    db = ledger._db
+    db.execute("UPDATE rows SET in_sheet = 0 WHERE source_row IN (12, 13)")
+    db.execute("UPDATE rows SET conflict = 'amount changed' WHERE source_row = 14")
+    db.execute("UPDATE rows SET state = 'skipped', reference = 'R-15' WHERE source_row = 15")
+    return ledger
+
+
 def test_lines_read_undecoded_are_the_records_lines(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -209,12 +220,9 @@ def test_lines_read_undecoded_are_the_records_lines(
     from batcher.ledger.queries import ROW_COLUMNS, raw_line_values, row_record
     from batcher.ledger.records import line_values
 
-    ledger, _ = build(tmp_path, SPECS, balances=BALANCES)
+    ledger = ledger_of_odd_rows(tmp_path)
     try:
         db = ledger._db
-        db.execute("UPDATE rows SET in_sheet = 0 WHERE source_row IN (12, 13)")
-        db.execute("UPDATE rows SET conflict = 'amount changed' WHERE source_row = 14")
-        db.execute("UPDATE rows SET state = 'skipped', reference = 'R-15' WHERE source_row = 15")
         raws = db.execute(f"SELECT {ROW_COLUMNS} FROM rows WHERE batch = ?", ("nightly",))
         pairs = [(raw_line_values(r), line_values(row_record(r))) for r in raws]
         monkeypatch.setattr(row_source, "RAW_PAGE", 4)

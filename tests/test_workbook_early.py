@@ -34,10 +34,9 @@ from batcher.reporting.xlsx_stream import (
     register_style,
     save,
 )
-from tests.test_report_pages import BALANCES, SPECS, report
+from tests.test_report_pages import BALANCES, SPECS, ledger_of_odd_rows, report
 from tests.test_reports import build
-
-FORK_WARNING = "ignore:.*fork.*:DeprecationWarning"
+from tests.test_workbook_fork import FORK_WARNING
 
 
 @pytest.fixture
@@ -405,12 +404,8 @@ def test_the_save_splits_the_sheet_with_the_most_work_by_its_rows_weight(
 def test_the_early_childs_read_is_the_lines_read_for_the_sheet(tmp_path: Path) -> None:
     """`_early_line_values` reads fewer columns: the same values as `for_lines`, in report
     order, a skipped row explained, earlier sheets and conflicts included."""
-    ledger, _ = build(tmp_path, SPECS, balances=BALANCES)
+    ledger = ledger_of_odd_rows(tmp_path)
     try:
-        db = ledger._db
-        db.execute("UPDATE rows SET in_sheet = 0 WHERE source_row IN (12, 13)")
-        db.execute("UPDATE rows SET conflict = 'amount changed' WHERE source_row = 14")
-        db.execute("UPDATE rows SET state = 'skipped', reference = 'R-15' WHERE source_row = 15")
         rows = BatchRows.from_ledger(ledger, "nightly", page=6)
         expected = list(rows.for_lines())
         read = list(workbook._early_line_values(ledger, "nightly", rows.keys))

@@ -8,6 +8,7 @@ import json
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from decimal import Decimal
+from operator import itemgetter
 from typing import Any
 
 from batcher.core.states import ROW_STATES
@@ -530,17 +531,10 @@ def read_line_values(r: Any) -> LineValues:
 def raw_line_values(r: Any) -> LineValues:
     """`records.line_values(row_record(r))` for a row read with `ROW_COLUMNS`, decoding
     only what a line shows, and nothing kept (the Orders sheet's 100,000 rows)."""
-    (
-        reference, _content_hash, fields, passthrough, currency, face_value, _est_cost,
-        _batch, row_key, source_row, in_sheet, state, attempt, _retry_group, _failure_kind,
-        error_code, error_message, _provider_request_id, conflict, chunk_key,
-        order_request_id, order_id, transaction_id, cost, cost_currency, voucher_last4,
-        _provider_status, created_at, updated_at, succeeded_at,
-    ) = r  # fmt: skip
-    return (
-        row_key, source_row, reference, json.loads(fields), _passthrough(passthrough),
-        _decimal(face_value), currency, None if cost is None else _decimal(cost),
-        cost_currency, state, order_id, transaction_id, order_request_id, chunk_key, attempt,
-        voucher_last4, error_code, error_message, conflict, bool(in_sheet), created_at,
-        updated_at, succeeded_at,
-    )  # fmt: skip
+    return read_line_values(_LINE_OF_ROW(r))
+
+
+#: a row read with `ROW_COLUMNS`, as read with `LINE_COLUMNS`
+_LINE_OF_ROW = itemgetter(
+    *(ROW_COLUMNS.split(", ").index(name) for name in LINE_COLUMNS.split(", "))
+)

@@ -702,10 +702,8 @@ def _early_main(
 ) -> NoReturn:
     """An early child's whole life: the rows' XML, held; the real style ids; the rows
     deflated with them; their part on the pipe; `os._exit`."""
-    code = 1
-    try:
-        for number in (signal.SIGINT, signal.SIGTERM):  # as `_child_main`
-            signal.signal(number, signal.SIG_IGN)
+
+    def make_part() -> _Part:
         rows = iter(make())
         writer = _RowWriter(columns, PLACEHOLDER_STYLE)
         held: list[bytes] = []
@@ -736,23 +734,21 @@ def _early_main(
             put(writer.rows(block).encode("utf-8"))
         if writer.last_row != count + 1:
             raise RuntimeError(f"{writer.last_row - 1} rows made, {count} expected")
-        part = sink.finish()
-        _send(
-            pipe,
-            _CHILD_OK + struct.pack(_CHILD_PART, part.offset, part.length, part.crc, part.size),
-        )
-        code = 0
-    except BaseException as exc:  # told to the parent, which raises it
-        with suppress(BaseException):
-            _send(pipe, f"{type(exc).__name__}: {exc}"[:2000].encode("utf-8", "replace"))
-    finally:
-        os._exit(code)
+        return sink.finish()
+
+    _child_life(pipe, make_part)
 
 
 def _child_main(
     file: IO[bytes], pipe: int, sheet: StreamedSheet, count: int, date_style: int
 ) -> NoReturn:
     """The forked child's whole life: the rows, their part on the pipe, `os._exit`."""
+    _child_life(pipe, lambda: _write_rows(file, sheet, 0, count, date_style, threaded=False))
+
+
+def _child_life(pipe: int, make_part: Callable[[], _Part]) -> NoReturn:
+    """A forked child's life around `make_part`: its part (or what went wrong) told on
+    the pipe, then `os._exit`, whatever happens."""
     code = 1
     try:
         # No handler of this process's runs here, and a Ctrl-C or SIGTERM sent to the
@@ -760,7 +756,7 @@ def _child_main(
         # if it finishes, the child's rows are needed
         for number in (signal.SIGINT, signal.SIGTERM):
             signal.signal(number, signal.SIG_IGN)
-        part = _write_rows(file, sheet, 0, count, date_style, threaded=False)
+        part = make_part()
         _send(
             pipe,
             _CHILD_OK + struct.pack(_CHILD_PART, part.offset, part.length, part.crc, part.size),
