@@ -568,7 +568,9 @@ def _order_key(order: Mapping[str, Any]) -> tuple[MatchKey, Decimal]:
     if _ascii_texts(code, email, name):
         # `match_key(as_text(...), ...)`, spelled out: for ASCII text, NFC changes
         # nothing and split() drops what strip() would (see `item_match_key`).
-        value = to_decimal(order.get("valuePurchased"))
+        value = order.get("valuePurchased")
+        if type(value) is not Decimal:
+            value = to_decimal(value)
         return (
             " ".join(code.split()).upper(),
             canonical_amount(value),
