@@ -38,7 +38,7 @@ import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import suppress
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any, Generic, Literal, NamedTuple, TypeVar, Unpack
 from urllib.parse import quote
 
@@ -50,7 +50,7 @@ from batcher.core.clock import utc_text
 from batcher.core.collector import collector_paused
 from batcher.core.errors import AuthError, OutcomeUnknown, ProviderUnavailable
 from batcher.core.fields import BASE_REQUIRED
-from batcher.core.keys import MatchKey, match_key
+from batcher.core.keys import MatchKey, canonical_amount, match_key
 from batcher.core.models import AccountInfo, Balance, Product, WalletTransaction
 from batcher.core.money import cost_after_discount, fits_currency, quantum, to_decimal
 from batcher.providers.base import (
@@ -97,6 +97,8 @@ _CREDIT_TYPES = {"funding", "refund"}
 
 T = TypeVar("T")
 CostOf = Callable[[str, Decimal, str], Decimal | None]
+_HUNDRED = Decimal(100)
+_MAX_COST_TERMS = 1024
 
 
 class UGiftMeProvider(ApiBackedProvider):
@@ -327,7 +329,7 @@ class UGiftMeProvider(ApiBackedProvider):
         discount = (self._discounts or {}).get(product_code)
         if discount is None:
             return None
-        return cost_after_discount(face_value, discount, currency)
+        return _cost_after_discount(face_value, discount, currency)
 
     def _get(
         self, path: str, params: Params | None = None, decode: Decode | None = None
@@ -527,18 +529,56 @@ def _norm_code(code: str) -> str:
 
 
 def item_match_key(item: OrderItem) -> MatchKey:
-    return match_key(item.product_code, item.amount, item.recipient_email, item.recipient_name)
+    code, email, name = item.product_code, item.recipient_email, item.recipient_name
+    if _ascii_texts(code, email, name):
+        # `match_key`, spelled out: NFC leaves ASCII as it is. A chunk's keys are
+        # built for every poll answer, on the send loop's critical path.
+        return (
+            " ".join(code.split()).upper(),
+            canonical_amount(item.amount),
+            " ".join(email.split()).lower(),
+            " ".join(name.split()),
+        )
+    return match_key(code, item.amount, email, name)
+
+
+def _ascii_texts(code: Any, email: Any, name: Any) -> bool:
+    """All three are `str` (not a subclass) and ASCII: the keys' fast path applies."""
+    return (
+        type(code) is str
+        and type(email) is str
+        and type(name) is str
+        and code.isascii()
+        and email.isascii()
+        and name.isascii()
+    )
 
 
 def order_match_key(order: Mapping[str, Any]) -> MatchKey:
+    return _order_key(order)[0]
+
+
+def _order_key(order: Mapping[str, Any]) -> tuple[MatchKey, Decimal]:
+    """`order_match_key` and the order's face value (`valuePurchased`), read once."""
     gift = order.get("giftOrder")
-    recipient = gift if isinstance(gift, Mapping) else order
-    return match_key(
-        as_text(order.get("productCode")),
-        to_decimal(order.get("valuePurchased")),
-        as_text(recipient.get("recipientEmail")),
-        as_text(recipient.get("recipientName")),
-    )
+    recipient: Mapping[str, Any] = gift if is_record(gift) else order
+    code: Any = order.get("productCode")
+    email: Any = recipient.get("recipientEmail")
+    name: Any = recipient.get("recipientName")
+    if _ascii_texts(code, email, name):
+        # `match_key(as_text(...), ...)`, spelled out: for ASCII text, NFC changes
+        # nothing and split() drops what strip() would (see `item_match_key`).
+        value = order.get("valuePurchased")
+        if type(value) is not Decimal:
+            value = to_decimal(value)
+        return (
+            " ".join(code.split()).upper(),
+            canonical_amount(value),
+            " ".join(email.split()).lower(),
+            " ".join(name.split()),
+        ), value
+    value = to_decimal(order.get("valuePurchased"))
+    return match_key(as_text(code), value, as_text(email), as_text(name)), value
 
 
 def map_order_result(
@@ -557,11 +597,18 @@ def map_order_result(
     succeeded: dict[str, ItemResult] = {}
     stray_orders = 0
     for order in orders:
-        item = by_key.get(order_match_key(order))
+        key, face_value = _order_key(order)
+        item = by_key.get(key)
         if item is None or item.row_key in succeeded:
             stray_orders += 1
             continue
-        succeeded[item.row_key] = _succeeded(item, order, cost_of)
+        succeeded[item.row_key] = _succeeded(item, order, cost_of, face_value)
+
+    if not rejections and not stray_orders and len(succeeded) == len(items):
+        # The common answer: every item created, nothing rejected. `succeeded` holds
+        # one result per distinct row key, so each item has one unless two items share
+        # a row key (then fewer keys than items: the general path below).
+        return tuple([succeeded[item.row_key] for item in items])
 
     failed: dict[str, ItemResult] = {}
     stray_rejections = 0
@@ -631,24 +678,69 @@ def _first_unsettled(
     return None
 
 
-def _succeeded(item: OrderItem, order: Mapping[str, Any], cost_of: CostOf | None) -> ItemResult:
-    merchant = order.get("merchant")
-    credentials = merchant if isinstance(merchant, Mapping) else {}
-    currency = as_text(order.get("currency")) or item.currency
-    face_value = to_decimal(order.get("valuePurchased"))
-    cost = cost_of(item.product_code, face_value, currency) if cost_of else None
-    return ItemResult(
-        row_key=item.row_key,
-        status="succeeded",
-        order_id=as_text(order.get("_id")) or None,
-        transaction_id=as_text(order.get("transactionId")) or None,
-        cost=cost,
-        cost_currency=currency if cost is not None else None,
-        voucher_code=as_text(credentials.get("voucherCode")) or None,
-        redemption_url=as_text(credentials.get("redemptionUrl")) or None,
-        provider_status=as_text(order.get("status")),
-        extra={"cost_source": "catalog_discount"} if cost is not None else {},
+def _succeeded(
+    item: OrderItem, order: Mapping[str, Any], cost_of: CostOf | None, face_value: Decimal
+) -> ItemResult:
+    """A created order's result; `face_value` is its `valuePurchased`, already read."""
+    get = order.get
+    merchant = get("merchant")
+    credentials = merchant if is_record(merchant) else _NO_RECORD
+    # Each text field is `as_text(value)`, with its common case (a str) spelled out:
+    # a chunk's results are built on the send loop's critical path.
+    currency, order_id, transaction_id, status = (
+        get("currency"),
+        get("_id"),
+        get("transactionId"),
+        get("status"),
     )
+    voucher, url = credentials.get("voucherCode"), credentials.get("redemptionUrl")
+    currency = (currency.strip() if type(currency) is str else as_text(currency)) or item.currency
+    cost = cost_of(item.product_code, face_value, currency) if cost_of else None
+    # The fields ItemResult's constructor would set, each as it would set it (it
+    # checks nothing).
+    return unchecked(
+        ItemResult,
+        {
+            "row_key": item.row_key,
+            "status": "succeeded",
+            "order_id": (order_id.strip() if type(order_id) is str else as_text(order_id)) or None,
+            "transaction_id": (
+                transaction_id.strip() if type(transaction_id) is str else as_text(transaction_id)
+            )
+            or None,
+            "cost": cost,
+            "cost_currency": currency if cost is not None else None,
+            "voucher_code": (voucher.strip() if type(voucher) is str else as_text(voucher)) or None,
+            "redemption_url": (url.strip() if type(url) is str else as_text(url)) or None,
+            "provider_status": status.strip() if type(status) is str else as_text(status),
+            "error_code": "",
+            "error_message": "",
+            "request_id": None,
+            "extra": {"cost_source": "catalog_discount"} if cost is not None else {},
+        },
+    )
+
+
+_NO_RECORD: Mapping[str, Any] = {}
+
+
+#: (discount, currency) -> (100 - discount, the currency's quantum)
+_COST_TERMS: dict[tuple[Decimal, str], tuple[Decimal, Decimal]] = {}
+
+
+def _cost_after_discount(face_value: Decimal, discount: Decimal, currency: str) -> Decimal:
+    """`cost_after_discount`, with its two operands that depend only on the discount
+    and the currency made once, not per order: each is made exactly as it makes it
+    and every step is its own, so the result is too (a test holds the two equal)."""
+    if type(discount) is not Decimal or not discount.is_finite():
+        return cost_after_discount(face_value, discount, currency)
+    terms = _COST_TERMS.get((discount, currency))
+    if terms is None:
+        if len(_COST_TERMS) >= _MAX_COST_TERMS:
+            _COST_TERMS.clear()
+        terms = _COST_TERMS[discount, currency] = (Decimal(100) - discount, quantum(currency))
+    rest, step = terms
+    return (face_value * rest / _HUNDRED).quantize(step, rounding=ROUND_HALF_UP)
 
 
 def _rejected(item: OrderItem, reason: str) -> ItemResult:
