@@ -75,3 +75,17 @@ def test_canonical_amount_spellings() -> None:
                        ("-12.340", "-12.34"), ("100", "100"), ("12345678901234567890.50", "12345678901234567890.5"),
                        ("1234567890123456789012345678.90", "1234567890123456789012345679")]:  # fmt: skip
         assert canonical_amount(Decimal(text)) == want == _normalized(Decimal(text)), text
+
+
+@given(st.text())
+def test_normalised_text_is_nfc_trimmed_and_collapsed_on_either_path(text: str) -> None:
+    """ASCII skips the NFC call (it changes nothing there): the same text either way."""
+    assert keys.normalise_text(text) == " ".join(unicodedata.normalize("NFC", text).split())
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=127)))
+def test_ascii_text_is_normalised_without_calling_nfc(text: str) -> None:
+    from unittest import mock
+
+    with mock.patch.object(keys.unicodedata, "normalize", side_effect=AssertionError):
+        assert keys.normalise_text(text) == " ".join(text.split())

@@ -243,3 +243,10 @@ def test_vectorised_cost_matches_decimal_cost(cases: list) -> None:
     )
     expected = [money_str(cost_after_discount(a, d, c), c) for a, d, c in rows]
     assert got.to_series().to_list() == expected
+
+
+def test_a_currencys_quantum_is_made_once_and_is_its_smallest_unit() -> None:
+    from batcher.core.money import quantum
+
+    assert quantum("GBP") == Decimal("0.01") and quantum("JPY") == Decimal(1)
+    assert quantum("KWD") is quantum("KWD")  # cached: every order's cost is rounded to it

@@ -18,6 +18,8 @@ MatchKey = tuple[str, str, str, str]
 
 def normalise_text(value: str) -> str:
     """Unicode NFC, trimmed, inner whitespace collapsed: what a person sees as 'the same'."""
+    if value.isascii():  # NFC leaves ASCII as it is: no call (keys are made per order)
+        return " ".join(value.split())
     return " ".join(unicodedata.normalize("NFC", value).split())
 
 

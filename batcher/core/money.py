@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from functools import lru_cache
 
 # ISO 4217 minor units for the currencies that differ from the default of 2,
 # plus the common 2-decimal ones for documentation. Unknown codes default to 2.
@@ -39,7 +40,10 @@ def minor_units(currency: str) -> int:
     return 2
 
 
+@lru_cache(maxsize=256)
 def quantum(currency: str) -> Decimal:
+    """The currency's smallest unit (GBP 0.01, JPY 1): made once per currency, as
+    every order's cost and amount is rounded to it."""
     return Decimal(1).scaleb(-minor_units(currency))
 
 
@@ -65,7 +69,10 @@ def cost_after_discount(face_value: Decimal, discount_percent: Decimal, currency
 
     A negative discount is a fee, so the cost exceeds the face value.
     """
-    return round_money(face_value * (Decimal(100) - discount_percent) / Decimal(100), currency)
+    return round_money(face_value * (_HUNDRED - discount_percent) / _HUNDRED, currency)
+
+
+_HUNDRED = Decimal(100)
 
 
 def to_decimal(value: object) -> Decimal:

@@ -38,7 +38,7 @@ import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import suppress
 from datetime import datetime
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation
 from typing import Any, Generic, Literal, NamedTuple, TypeVar, Unpack
 from urllib.parse import quote
 
@@ -50,7 +50,7 @@ from batcher.core.clock import utc_text
 from batcher.core.collector import collector_paused
 from batcher.core.errors import AuthError, OutcomeUnknown, ProviderUnavailable
 from batcher.core.fields import BASE_REQUIRED
-from batcher.core.keys import MatchKey, canonical_amount, match_key
+from batcher.core.keys import MatchKey, match_key
 from batcher.core.models import AccountInfo, Balance, Product, WalletTransaction
 from batcher.core.money import cost_after_discount, fits_currency, quantum, to_decimal
 from batcher.providers.base import (
@@ -97,8 +97,6 @@ _CREDIT_TYPES = {"funding", "refund"}
 
 T = TypeVar("T")
 CostOf = Callable[[str, Decimal, str], Decimal | None]
-_HUNDRED = Decimal(100)
-_MAX_COST_TERMS = 1024
 
 
 class UGiftMeProvider(ApiBackedProvider):
@@ -329,7 +327,7 @@ class UGiftMeProvider(ApiBackedProvider):
         discount = (self._discounts or {}).get(product_code)
         if discount is None:
             return None
-        return _cost_after_discount(face_value, discount, currency)
+        return cost_after_discount(face_value, discount, currency)
 
     def _get(
         self, path: str, params: Params | None = None, decode: Decode | None = None
@@ -529,29 +527,7 @@ def _norm_code(code: str) -> str:
 
 
 def item_match_key(item: OrderItem) -> MatchKey:
-    code, email, name = item.product_code, item.recipient_email, item.recipient_name
-    if _ascii_texts(code, email, name):
-        # `match_key`, spelled out: NFC leaves ASCII as it is. A chunk's keys are
-        # built for every poll answer, on the send loop's critical path.
-        return (
-            " ".join(code.split()).upper(),
-            canonical_amount(item.amount),
-            " ".join(email.split()).lower(),
-            " ".join(name.split()),
-        )
-    return match_key(code, item.amount, email, name)
-
-
-def _ascii_texts(code: Any, email: Any, name: Any) -> bool:
-    """All three are `str` (not a subclass) and ASCII: the keys' fast path applies."""
-    return (
-        type(code) is str
-        and type(email) is str
-        and type(name) is str
-        and code.isascii()
-        and email.isascii()
-        and name.isascii()
-    )
+    return match_key(item.product_code, item.amount, item.recipient_email, item.recipient_name)
 
 
 def order_match_key(order: Mapping[str, Any]) -> MatchKey:
@@ -562,23 +538,15 @@ def _order_key(order: Mapping[str, Any]) -> tuple[MatchKey, Decimal]:
     """`order_match_key` and the order's face value (`valuePurchased`), read once."""
     gift = order.get("giftOrder")
     recipient: Mapping[str, Any] = gift if is_record(gift) else order
-    code: Any = order.get("productCode")
-    email: Any = recipient.get("recipientEmail")
-    name: Any = recipient.get("recipientName")
-    if _ascii_texts(code, email, name):
-        # `match_key(as_text(...), ...)`, spelled out: for ASCII text, NFC changes
-        # nothing and split() drops what strip() would (see `item_match_key`).
-        value = order.get("valuePurchased")
-        if type(value) is not Decimal:
-            value = to_decimal(value)
-        return (
-            " ".join(code.split()).upper(),
-            canonical_amount(value),
-            " ".join(email.split()).lower(),
-            " ".join(name.split()),
-        ), value
+    code = as_text(order.get("productCode"))  # read in `match_key`'s argument order
     value = to_decimal(order.get("valuePurchased"))
-    return match_key(as_text(code), value, as_text(email), as_text(name)), value
+    key = match_key(
+        code,
+        value,
+        as_text(recipient.get("recipientEmail")),
+        as_text(recipient.get("recipientName")),
+    )
+    return key, value
 
 
 def map_order_result(
@@ -722,25 +690,6 @@ def _succeeded(
 
 
 _NO_RECORD: Mapping[str, Any] = {}
-
-
-#: (discount, currency) -> (100 - discount, the currency's quantum)
-_COST_TERMS: dict[tuple[Decimal, str], tuple[Decimal, Decimal]] = {}
-
-
-def _cost_after_discount(face_value: Decimal, discount: Decimal, currency: str) -> Decimal:
-    """`cost_after_discount`, with its two operands that depend only on the discount
-    and the currency made once, not per order: each is made exactly as it makes it
-    and every step is its own, so the result is too (a test holds the two equal)."""
-    if type(discount) is not Decimal or not discount.is_finite():
-        return cost_after_discount(face_value, discount, currency)
-    terms = _COST_TERMS.get((discount, currency))
-    if terms is None:
-        if len(_COST_TERMS) >= _MAX_COST_TERMS:
-            _COST_TERMS.clear()
-        terms = _COST_TERMS[discount, currency] = (Decimal(100) - discount, quantum(currency))
-    rest, step = terms
-    return (face_value * rest / _HUNDRED).quantize(step, rounding=ROUND_HALF_UP)
 
 
 def _rejected(item: OrderItem, reason: str) -> ItemResult:
