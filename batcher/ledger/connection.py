@@ -81,6 +81,10 @@ def _is_disk_full(exc: BaseException) -> bool:
 class LedgerConnection:
     """The open database, its transactions and its event log."""
 
+    #: the last sheet sync's new rows' fields, decoded (`planning.FieldsDecoded`,
+    #: made on first use by `planning.fields_decoded`)
+    _fields_decoded: Any = None
+
     def __init__(self, where: Path | LedgerLocation, *, migrate: bool = False) -> None:
         """Open the ledger at `where` (a SQLite file's path, or a location). SQLite is
         migrated on open; PostgreSQL only when `migrate` (`batcher ledger migrate`)."""

@@ -100,9 +100,9 @@ def _references_in(
 
 def fields_decoded(ledger: LedgerConnection) -> FieldsDecoded:
     """The ledger's last sheet sync's new rows' fields, decoded (`FieldsDecoded`)."""
-    memo = ledger.__dict__.get("_fields_decoded")
+    memo = ledger._fields_decoded
     if memo is None:
-        memo = ledger.__dict__["_fields_decoded"] = FieldsDecoded()
+        memo = ledger._fields_decoded = FieldsDecoded()
     return memo
 
 

@@ -650,37 +650,24 @@ def _succeeded(
     item: OrderItem, order: Mapping[str, Any], cost_of: CostOf | None, face_value: Decimal
 ) -> ItemResult:
     """A created order's result; `face_value` is its `valuePurchased`, already read."""
-    get = order.get
-    merchant = get("merchant")
+    merchant = order.get("merchant")
     credentials = merchant if is_record(merchant) else _NO_RECORD
-    # Each text field is `as_text(value)`, with its common case (a str) spelled out:
-    # a chunk's results are built on the send loop's critical path.
-    currency, order_id, transaction_id, status = (
-        get("currency"),
-        get("_id"),
-        get("transactionId"),
-        get("status"),
-    )
-    voucher, url = credentials.get("voucherCode"), credentials.get("redemptionUrl")
-    currency = (currency.strip() if type(currency) is str else as_text(currency)) or item.currency
+    currency = as_text(order.get("currency")) or item.currency
     cost = cost_of(item.product_code, face_value, currency) if cost_of else None
-    # The fields ItemResult's constructor would set, each as it would set it (it
-    # checks nothing).
+    # Built as `unchecked` builds a listing's models, every field named (a chunk's
+    # results are made on the send loop's critical path).
     return unchecked(
         ItemResult,
         {
             "row_key": item.row_key,
             "status": "succeeded",
-            "order_id": (order_id.strip() if type(order_id) is str else as_text(order_id)) or None,
-            "transaction_id": (
-                transaction_id.strip() if type(transaction_id) is str else as_text(transaction_id)
-            )
-            or None,
+            "order_id": as_text(order.get("_id")) or None,
+            "transaction_id": as_text(order.get("transactionId")) or None,
             "cost": cost,
             "cost_currency": currency if cost is not None else None,
-            "voucher_code": (voucher.strip() if type(voucher) is str else as_text(voucher)) or None,
-            "redemption_url": (url.strip() if type(url) is str else as_text(url)) or None,
-            "provider_status": status.strip() if type(status) is str else as_text(status),
+            "voucher_code": as_text(credentials.get("voucherCode")) or None,
+            "redemption_url": as_text(credentials.get("redemptionUrl")) or None,
+            "provider_status": as_text(order.get("status")),
             "error_code": "",
             "error_message": "",
             "request_id": None,
