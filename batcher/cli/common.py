@@ -49,10 +49,21 @@ def handle_errors(func: F) -> F:
         except KeyboardInterrupt:
             fail("interrupted", ExitCode.INCOMPLETE)
         except Exception as exc:  # a bug: say so in one line; the ledger keeps the state
-            from batcher.ledger.backend import is_database_error  # sqlite3: not for validate
+            from batcher.ledger.backend import (  # sqlite3: not for validate
+                is_database_error,
+                is_permission_error,
+            )
 
+            detail = " ".join(str(exc).split())[:300]
+            if is_permission_error(exc):  # a right the role or file lacks: not damage
+                fail(
+                    f"the ledger refused access ({detail}): the refused statement changed "
+                    "nothing. Give the database role (or the user running batcher, for a "
+                    "SQLite file) the rights it needs: `batcher ledger migrate` needs a role "
+                    "that may create tables, runs need one that may read and write them",
+                    ExitCode.CANNOT_START,
+                )
             if is_database_error(exc):  # the ledger failed under us: never call it intact
-                detail = " ".join(str(exc).split())[:300]
                 fail(
                     f"the ledger could not be read or written ({detail}); if this repeats, "
                     "the ledger may be damaged: restore it from backup (see README)",

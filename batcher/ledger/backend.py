@@ -159,3 +159,19 @@ def is_database_error(exc: BaseException) -> bool:
     if isinstance(exc, sqlite3.DatabaseError):
         return True
     return type(exc).__module__.split(".")[0] == "psycopg" and isinstance(exc, Exception)
+
+
+#: SQLite's primary result codes for a refused right: a read-only file or folder, or
+#: an access the library itself denies.
+_SQLITE_REFUSED = frozenset({sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM})
+#: PostgreSQL's SQLSTATE for a role without the privilege a statement needs.
+_PG_INSUFFICIENT_PRIVILEGE = "42501"
+
+
+def is_permission_error(exc: BaseException) -> bool:
+    """The database refused the ledger's role (or the SQLite file's user) a right the
+    command needs: a setup matter to fix, not a sign of damage."""
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        return code is not None and code & 0xFF in _SQLITE_REFUSED
+    return is_database_error(exc) and getattr(exc, "sqlstate", None) == _PG_INSUFFICIENT_PRIVILEGE
