@@ -185,3 +185,32 @@ def test_an_orphan_wal_beside_a_deleted_ledger_is_set_aside_unread(tmp_path: Pat
     kept = list(tmp_path.glob("ledger.sqlite-wal.orphan-*"))
     assert [p.read_bytes() for p in kept] == [orphan]
     Ledger.open(tmp_path).close()
+
+
+def test_a_shared_ledgers_session_files_take_its_permissions(tmp_path: Path) -> None:
+    """Another user of a shared ledger must be able to read the sidecar of a session
+    that ended uncleanly (one it could not open would be skipped unchecked), so a
+    group-writable ledger gets a group-readable sessions folder and sidecars, whatever
+    the umask."""
+    import os
+    import stat
+
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    os.chmod(folder, 0o770)
+    Ledger(folder / "ledger.sqlite").close()
+    os.chmod(folder / "ledger.sqlite", 0o660)
+    shutil.rmtree(sessions_folder(folder / "ledger.sqlite"), ignore_errors=True)
+    umask = os.umask(0o077)
+    try:
+        ledger = Ledger(folder / "ledger.sqlite")
+    finally:
+        os.umask(umask)
+    try:
+        sessions = sessions_folder(folder / "ledger.sqlite")
+        sidecars = [p for p in sessions.iterdir() if not p.name.startswith(".")]
+        assert len(sidecars) == 1
+        assert stat.S_IMODE(sessions.stat().st_mode) == 0o770
+        assert stat.S_IMODE(sidecars[0].stat().st_mode) == 0o660
+    finally:
+        ledger.close()

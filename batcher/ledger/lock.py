@@ -15,7 +15,6 @@ import hashlib
 import os
 import select
 import socket
-import stat
 import threading
 from datetime import UTC
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from batcher.core.clock import utc_now
 from batcher.core.errors import BatchLocked, ConfigError
 from batcher.ledger.location import LedgerLocation
+from batcher.ledger.sidefiles import create_side_file, make_side_folder, side_file_mode
 
 if TYPE_CHECKING:
     from batcher.ledger.postgres import PostgresDatabase
@@ -81,30 +81,13 @@ class BatchLock:
     def beside(cls, ledger_file: Path, batch: str) -> BatchLock:
         """The lock of `batch` on the SQLite ledger `ledger_file`. Whoever may write the
         ledger may take its locks: a new lock file gets the ledger file's permissions."""
-        try:
-            mode = stat.S_IMODE(ledger_file.stat().st_mode) & 0o666 | 0o600
-        except OSError:
-            mode = 0o644
-        return cls(ledger_file.parent, batch, file_mode=mode)
-
-    def _make_folder(self) -> None:
-        folder = self.path.parent
-        if folder.is_dir():
-            return
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            folder.mkdir()
-        except FileExistsError:
-            return
-        # The umask would narrow a shared (group-writable) folder: keep its parent's mode.
-        os.chmod(folder, stat.S_IMODE(folder.parent.stat().st_mode))
+        return cls(ledger_file.parent, batch, file_mode=side_file_mode(ledger_file))
 
     def _open(self) -> int:
         try:
-            self._make_folder()
+            make_side_folder(self.path.parent)
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, self._file_mode)
-                os.fchmod(fd, self._file_mode)  # as meant, whatever the umask
+                fd = create_side_file(self.path, self._file_mode)
             except FileExistsError:
                 fd = os.open(self.path, os.O_RDWR)
         except OSError as exc:

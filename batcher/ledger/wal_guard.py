@@ -37,6 +37,7 @@ from pathlib import Path
 
 from batcher.core.errors import ConfigError
 from batcher.ledger.backend import Database
+from batcher.ledger.sidefiles import create_side_file, make_side_folder, side_file_mode
 
 #: meta key of the ledger's identity: sidecars of another ledger file are not its own
 LEDGER_ID_KEY = "ledger_id"
@@ -123,9 +124,11 @@ class WalGuard:
         self._ledger_id = _meta(db, LEDGER_ID_KEY) or ""
         token = uuid.uuid4().hex
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
+            make_side_folder(self.folder)
             temp = self.folder / f".{token}.tmp"
-            fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            # Readable by whoever may write the ledger: another user of a shared ledger
+            # must be able to check this sidecar if this session ends uncleanly.
+            fd = create_side_file(temp, side_file_mode(self.ledger))
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             self._fd = fd
             self._written = _last_event(db)
