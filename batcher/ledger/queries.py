@@ -158,10 +158,12 @@ class LedgerQueries(LedgerConnection):
             in_sheet += sheet
         return keys, in_sheet
 
-    def end_rows(self, batch: str) -> list[tuple[Any, ...]]:
-        """`END_COLUMNS` of the rows a report shows, in its order (`report_keys`'): what
-        the end of a run reads of each row when their static part was read early."""
-        return list(plain_rows(self._db, f"SELECT {END_COLUMNS}{_REPORT_ROWS}", (batch,)))
+    def end_rows(self, batch: str, *, in_order: bool = True) -> list[tuple[Any, ...]]:
+        """`END_COLUMNS` of the rows a report shows, in its order (`report_keys`'), or in
+        none (`in_order` false: no sort of the whole rows): what the end of a run reads
+        of each row when their static part was read early."""
+        rows = _REPORT_ROWS if in_order else _REPORT_ROWS[: _REPORT_ROWS.index(" ORDER BY")]
+        return list(plain_rows(self._db, f"SELECT {END_COLUMNS}{rows}", (batch,)))
 
     def order_keys(self, batch: str) -> Iterator[tuple[str | None, str | None]]:
         """(order id, order request id) of the batch's rows that hold either."""
