@@ -577,6 +577,11 @@ def read_batch(
     return rows, facts, rows_csv
 
 
+#: how long the early read sleeps every few dozen rows, so the run's polls are not
+#: kept waiting for the interpreter (`early_rows.read_early`)
+GIVE_WAY = 0.0002
+
+
 class _EarlyRead:
     """`early_rows.read_early` of the run's batch on a thread of its own, started at the
     run's last send (`start`): the run then mostly waits on the provider.
@@ -600,7 +605,9 @@ class _EarlyRead:
 
     def _read(self) -> None:
         try:
-            self._found = read_early(self._location, self._batch, cancelled=self._cancel.is_set)
+            self._found = read_early(
+                self._location, self._batch, cancelled=self._cancel.is_set, give_way=GIVE_WAY
+            )
         except Exception:  # the end reads every row whole then
             self._found = None
 

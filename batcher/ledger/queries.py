@@ -576,16 +576,21 @@ _REPORT_ROWS = (
 
 
 def read_static_rows(
-    db: Any, batch: str, limit: int, cancelled: Callable[[], bool] = lambda: False
+    db: Any,
+    batch: str,
+    limit: int,
+    cancelled: Callable[[], bool] = lambda: False,
+    at_once: int = 1_000,
 ) -> list[tuple[Any, ...]] | None:
     """`STATIC_COLUMNS` of the rows a report of `batch` shows, in its order, through
     `db` (a connection of the caller's own: one statement, one snapshot); None when
-    there are more than `limit` of them or `cancelled()` turns true on the way."""
+    there are more than `limit` of them or `cancelled()` (asked every `at_once` rows)
+    turns true on the way."""
     cursor = db.cursor()
     cursor.row_factory = None
     cursor.execute(f"SELECT {STATIC_COLUMNS}{_REPORT_ROWS}", (batch,))
     found: list[tuple[Any, ...]] = []
-    while rows := cursor.fetchmany(1_000):
+    while rows := cursor.fetchmany(at_once):
         found += rows
         if len(found) > limit or cancelled():
             cursor.close()
