@@ -266,3 +266,30 @@ def test_many_lines_are_written_a_few_thousand_at_a_time(tmp_path: Path) -> None
     assert drafted.read_bytes() == whole.read_bytes()
     lines = list(csv.reader(io.StringIO(drafted.read_text(encoding="utf-8"))))
     assert len(lines) == 5_001 and lines[8][9] == "a,b"
+
+
+def test_the_early_read_gives_way_while_the_run_goes_on_not_once_it_is_waited_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Beside the run's polls it sleeps a little every slice (a poll wanting the
+    interpreter would otherwise wait up to the switch interval); once the end waits
+    for it, it never sleeps; once abandoned, it stops."""
+    from batcher.execute import run as run_module
+
+    ledger, _ = build(tmp_path, SPECS[:5], balances=BALANCES)
+    sleeps: list[float] = []
+    try:
+        early = run_module._EarlyRead(ledger, "nightly")
+        monkeypatch.setattr(run_module.time, "sleep", sleeps.append)
+        assert early._between() is False and sleeps == [run_module.GIVE_WAY]
+        early.allowed = True
+        early.start()
+        assert early.take() is not None
+        slept = len(sleeps)
+        assert early._between() is False and len(sleeps) == slept
+        early.abandon()
+        assert early._between() is True
+    finally:
+        monkeypatch.undo()
+        ledger.close()
+    assert set(sleeps) == {run_module.GIVE_WAY}

@@ -12,6 +12,7 @@ import importlib
 import os
 import shutil
 import threading
+import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -577,8 +578,8 @@ def read_batch(
     return rows, facts, rows_csv
 
 
-#: how long the early read sleeps every few dozen rows, so the run's polls are not
-#: kept waiting for the interpreter (`early_rows.read_early`)
+#: how long the early read sleeps every `EARLY_SLICE` rows while the run goes on, so
+#: its polls are not kept waiting for the interpreter (`_EarlyRead._between`)
 GIVE_WAY = 0.0002
 
 
@@ -594,6 +595,7 @@ class _EarlyRead:
         #: set once the plan is known: a batch of up to `EARLY_ROWS` rows is read early
         self.allowed = False
         self._cancel = threading.Event()
+        self._waited_for = threading.Event()
         self._thread: threading.Thread | None = None
         self._found: EarlyRows | None = None
 
@@ -605,16 +607,23 @@ class _EarlyRead:
 
     def _read(self) -> None:
         try:
-            self._found = read_early(
-                self._location, self._batch, cancelled=self._cancel.is_set, give_way=GIVE_WAY
-            )
+            self._found = read_early(self._location, self._batch, cancelled=self._between)
         except Exception:  # the end reads every row whole then
             self._found = None
+
+    def _between(self) -> bool:
+        """Between two slices of the early read: while the run goes on, give its threads
+        the interpreter (a thread that wants it would otherwise wait for up to the 5 ms
+        switch interval, at every poll); whether to stop."""
+        if not self._waited_for.is_set():
+            time.sleep(GIVE_WAY)
+        return self._cancel.is_set()
 
     def take(self) -> EarlyRows | None:
         """What the early read found, once it is done (None: not started, or failed)."""
         if self._thread is None:
             return None
+        self._waited_for.set()  # nothing else to let in: no more sleeps
         self._thread.join()
         return self._found
 

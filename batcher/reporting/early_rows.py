@@ -22,7 +22,6 @@ more than `EARLY_ROWS` rows is not read early: its end keeps to pages.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +34,7 @@ from batcher.ledger.store import Ledger, RowRecord
 from batcher.reporting.outputs import LineParts, static_line_parts
 from batcher.reporting.row_source import explain_skips
 
-#: rows the early read decodes between two looks at the run (`read_early`'s `give_way`)
+#: rows the early read decodes between two looks at whether to stop (`read_early`)
 EARLY_SLICE = 50
 #: the most rows read early: as many as a run plans at once (`runner.PLAN_PAGE_ROWS`),
 #: so what the early read holds is bounded as planning's memory is
@@ -69,29 +68,20 @@ def read_early(
     batch: str,
     limit: int = EARLY_ROWS,
     cancelled: Callable[[], bool] = lambda: False,
-    give_way: float = 0.0,
 ) -> EarlyRows | None:
     """The static part of every row a report of `batch` shows, read through a
     read-only connection of its own (SQLite only), decoded and its rows.csv cells
     rendered; None for a PostgreSQL ledger, more than `limit` rows, or when
-    `cancelled()` turns true on the way (it is asked every `EARLY_SLICE` rows).
+    `cancelled()` turns true on the way.
 
-    `give_way`: seconds to sleep every `EARLY_SLICE` rows. The run's main thread
-    polls meanwhile, and a thread that wants the interpreter waits for up to the
-    switch interval (5 ms) while another computes: asleep, this one lets it in at
-    once, so each poll waits for at most a slice (about a millisecond)."""
+    `cancelled` is asked every `EARLY_SLICE` rows: a caller running this beside
+    other threads may also give them the interpreter there (`execute.run._EarlyRead`)."""
     if location.backend != "sqlite":
         return None
-
-    def pause() -> bool:
-        if give_way:
-            time.sleep(give_way)
-        return cancelled()
-
     db = connect(location, timeout=5.0)
     try:
         db.execute("PRAGMA query_only=ON")
-        raws = read_static_rows(db, batch, limit, pause, EARLY_SLICE * 4)
+        raws = read_static_rows(db, batch, limit, cancelled, EARLY_SLICE * 4)
     finally:
         db.close()
     if raws is None:
@@ -100,7 +90,7 @@ def read_early(
     headers: list[str] | None = None  # as rows.csv's: the first row in the sheet's
     with collector_paused():
         for at, raw in enumerate(raws):
-            if at % EARLY_SLICE == 0 and pause():
+            if at % EARLY_SLICE == 0 and cancelled():
                 return None
             record = static_record(raw)
             parts = None
