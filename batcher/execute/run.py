@@ -12,6 +12,7 @@ import importlib
 import os
 import shutil
 import threading
+import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -51,6 +52,7 @@ from batcher.ledger.rate_slots import shared_rate_slots
 from batcher.ledger.store import Ledger
 from batcher.providers import connect
 from batcher.providers.base import Provider, ProviderOptions
+from batcher.reporting.early_rows import EARLY_ROWS, EarlyRows, combine, read_early
 from batcher.reporting.outputs import (
     RowsCsvDraft,
     verdict_json,
@@ -268,9 +270,10 @@ def _run_locked(
         options.ledger_location.shown,
     ))  # fmt: skip
     feed = open_feed(provider, options.ledger_location, options.webhooks, ui.listener.message)
+    early = _EarlyRead(ledger, batch)
     runner = Runner(
-        provider, ledger, batch, account_id, options.run, listener=ui.listener, stop=stop,
-        events=feed,
+        provider, ledger, batch, account_id, options.run,
+        listener=_LastSendTold(ui.listener, early.start), stop=stop, events=feed,
     )  # fmt: skip
     funds = _FundsRule(balances, quotes, options.order_fundable)
     lookback = timedelta(days=options.lookback_days)
@@ -300,12 +303,16 @@ def _run_locked(
     emit(ui.listener, "phase", SUBMIT, plan.rows_to_send)
     emit(ui.listener, "phase", POLL, sum(plan.rows_by_state.get(s, 0) for s in UNSETTLED_STATES))
     _warm_report_imports()
+    early.allowed = plan.rows_total <= EARLY_ROWS  # what it holds is bounded as planning's
     try:
         stats = runner.execute()
     except BatcherError as exc:
         # The provider went away mid-run: everything in flight is in the ledger.
         runner.stats.stopped = f"provider error: {exc}"
         stats = runner.stats
+    except BaseException:
+        early.abandon()  # interrupted hard: the early read is not left running
+        raise
     lost = lock_lost()
     if lost is not None:
         # Another run may hold the batch now: nothing more was sent once this was seen.
@@ -321,7 +328,7 @@ def _run_locked(
                        balances_before=balances, listener=ui.listener, kept=kept)  # fmt: skip
     # The end of the run reads the batch's rows a page at a time (`BatchRows`) and keeps
     # their sums (`RowFacts`): a million rows held at once would be over 1.5 GB.
-    rows, facts, rows_csv = read_batch(ledger, batch, options.report_dir / batch)
+    rows, facts, rows_csv = read_batch(ledger, batch, options.report_dir / batch, early.take())
     code = exit_code_for(facts.state_counts, stats)
     message = exit_message(code, facts, stats, options.report_dir / batch)
     if funds.check is not None and funds.check.left_out and options.order_fundable:
@@ -540,20 +547,113 @@ def _finish(
 
 
 def read_batch(
-    ledger: Ledger, batch: str, out_dir: Path
+    ledger: Ledger, batch: str, out_dir: Path, early: EarlyRows | None = None
 ) -> tuple[BatchRows, RowFacts, RowsCsvDraft]:
     """The end of a run's one read of every row, a page at a time: their sums, and
-    rows.csv drafted as they go by. A million rows held at once would be over 1.5 GB."""
-    rows = BatchRows.from_ledger(ledger, batch)
+    rows.csv drafted as they go by. A million rows held at once would be over 1.5 GB.
+
+    `early`: what the sheet gave each row, read and rendered while the run waited on
+    the provider (`early_rows.read_early`, from the last send on). The sheet is
+    synced only in `prepare`, before the first send, under the batch's lock, and
+    sending and settling write none of it, so only what they write is read here
+    (`early_rows.combine`); a row not read early, or whose key, place, content hash
+    or pass-through cells differ from the early read's, is read whole. The rows, sums
+    and lines are those of the ledger now either way (tests/test_early_rows.py)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     facts, rows_csv = RowFacts(), RowsCsvDraft(out_dir)
     # Tens of thousands of records and their cells, none in a cycle: the collector
     # would walk everything the run holds, again and again, for nothing.
     with collector_paused():
+        if early is not None and early.batch == batch:
+            end = combine(ledger, batch, early)
+            rows = BatchRows.from_ledger(ledger, batch, read=(end.keys, end.in_sheet, end.records))
+            for row, parts in zip(end.records, end.parts, strict=True):
+                facts.add(row)
+                rows_csv.add(row, parts)
+            return rows, facts, rows_csv
+        rows = BatchRows.from_ledger(ledger, batch)
         for row in rows:
             facts.add(row)
             rows_csv.add(row)
     return rows, facts, rows_csv
+
+
+#: how long the early read sleeps every `EARLY_SLICE` rows while the run goes on, so
+#: its polls are not kept waiting for the interpreter (`_EarlyRead._between`)
+GIVE_WAY = 0.0002
+
+
+class _EarlyRead:
+    """`early_rows.read_early` of the run's batch on a thread of its own, started at the
+    run's last send (`start`): the run then mostly waits on the provider.
+
+    It reads through a connection of its own (SQLite only), never the runner's. A
+    failure in it only means the end reads every row whole, as it did before."""
+
+    def __init__(self, ledger: Ledger, batch: str) -> None:
+        self._location, self._batch = ledger.location, batch
+        #: set once the plan is known: a batch of up to `EARLY_ROWS` rows is read early
+        self.allowed = False
+        self._cancel = threading.Event()
+        self._waited_for = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._found: EarlyRows | None = None
+
+    def start(self) -> None:
+        if self._thread is not None or not self.allowed or self._location.backend != "sqlite":
+            return
+        self._thread = threading.Thread(target=self._read, name="batcher-early-read", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            self._found = read_early(self._location, self._batch, cancelled=self._between)
+        except Exception:  # the end reads every row whole then
+            self._found = None
+
+    def _between(self) -> bool:
+        """Between two slices of the early read: while the run goes on, give its threads
+        the interpreter (a thread that wants it would otherwise wait for up to the 5 ms
+        switch interval, at every poll); whether to stop."""
+        if not self._waited_for.is_set():
+            time.sleep(GIVE_WAY)
+        return self._cancel.is_set()
+
+    def take(self) -> EarlyRows | None:
+        """What the early read found, once it is done (None: not started, or failed)."""
+        if self._thread is None:
+            return None
+        self._waited_for.set()  # nothing else to let in: no more sleeps
+        self._thread.join()
+        return self._found
+
+    def abandon(self) -> None:
+        """Stop the early read (it looks every thousand rows) and wait for it."""
+        self._cancel.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+class _LastSendTold:
+    """The run's listener, for the runner: as `listener`, and `then()` is called when
+    the run's last request is sent (the runner's `sends_done` hook)."""
+
+    def __init__(self, listener: RunListener, then: Callable[[], None]) -> None:
+        self._listener = listener
+        self._then = then
+
+    def message(self, text: str) -> None:
+        self._listener.message(text)
+
+    def advance(self, rows_settled: int) -> None:
+        self._listener.advance(rows_settled)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._listener, name)  # the listener's other hooks (`emit`)
+
+    def sends_done(self) -> None:
+        self._then()
+        emit(self._listener, "sends_done")
 
 
 def _write_report(

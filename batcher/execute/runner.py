@@ -693,6 +693,7 @@ class Runner:
                         self._flush_ahead()
                 if not queue:
                     self.stats.submit_finished = self.clock()
+                    emit(self.listener, "sends_done")  # the run's end may start reading
                 if result is not None and result.kind == "accepted":
                     delay = max(self._learned_poll_delay, self.options.initial_poll_delay)
                     if self.events is not None and result.request_id:

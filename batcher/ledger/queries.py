@@ -6,7 +6,7 @@ import dataclasses
 import hashlib
 import json
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from decimal import Decimal
 from operator import itemgetter
 from typing import Any
@@ -157,6 +157,13 @@ class LedgerQueries(LedgerConnection):
             keys.append(key)
             in_sheet += sheet
         return keys, in_sheet
+
+    def end_rows(self, batch: str, *, in_order: bool = True) -> list[tuple[Any, ...]]:
+        """`END_COLUMNS` of the rows a report shows, in its order (`report_keys`'), or in
+        none (`in_order` false: no sort of the whole rows): what the end of a run reads
+        of each row when their static part was read early."""
+        rows = _REPORT_ROWS if in_order else _REPORT_ROWS[: _REPORT_ROWS.index(" ORDER BY")]
+        return list(plain_rows(self._db, f"SELECT {END_COLUMNS}{rows}", (batch,)))
 
     def order_keys(self, batch: str) -> Iterator[tuple[str | None, str | None]]:
         """(order id, order request id) of the batch's rows that hold either."""
@@ -538,3 +545,116 @@ def raw_line_values(r: Any) -> LineValues:
 _LINE_OF_ROW = itemgetter(
     *(ROW_COLUMNS.split(", ").index(name) for name in LINE_COLUMNS.split(", "))
 )
+
+
+# --------------------------------------------------------------- the end of a run, early
+#
+# A run's end reads every row of its batch (`execute.run.read_batch`). What a row's
+# sheet put in it, `STATIC_COLUMNS`, is written only by the sheet sync (and at insert),
+# which a run does in `prepare`, before its first send, holding the batch's lock: from
+# the last send on it is fixed, and may be read and decoded early, while the run waits
+# on the provider (`reporting.early_rows`). The end reads only `END_COLUMNS`: what a
+# row's sending and settling write, and the values (`EARLY_CHECK`) that show it is
+# still the row read early.
+
+#: what a row's sheet gave it: the first eleven columns of `ROW_COLUMNS`, in that order
+STATIC_COLUMNS = ", ".join(ROW_COLUMNS.split(", ")[:11])
+#: the rest of `ROW_COLUMNS`, in that order: what sending and settling a row write
+DYNAMIC_COLUMNS = ", ".join(ROW_COLUMNS.split(", ")[11:])
+#: what the end reads of each row: the check (key, sheet place, content, pass-through
+#: cells, as read early), then `DYNAMIC_COLUMNS`
+END_COLUMNS = "row_key, source_row, in_sheet, content_hash, passthrough, " + DYNAMIC_COLUMNS
+#: where a row read with `STATIC_COLUMNS` holds the values the end checks, in the order
+#: a row read with `END_COLUMNS` holds them first
+EARLY_CHECK = itemgetter(8, 9, 10, 1, 3)
+#: a report's rows in its order (`report_keys`): the sheet's rows, then earlier orders
+_REPORT_ROWS = (
+    " FROM rows WHERE batch = ? AND (in_sheet = 1"
+    " OR (in_sheet = 0 AND order_id IS NOT NULL AND order_id != ''))"
+    " ORDER BY in_sheet DESC, source_row, row_key"
+)
+
+
+def read_static_rows(
+    db: Any,
+    batch: str,
+    limit: int,
+    cancelled: Callable[[], bool] = lambda: False,
+    at_once: int = 1_000,
+) -> list[tuple[Any, ...]] | None:
+    """`STATIC_COLUMNS` of the rows a report of `batch` shows, in its order, through
+    `db` (a connection of the caller's own: one statement, one snapshot); None when
+    there are more than `limit` of them or `cancelled()` (asked every `at_once` rows)
+    turns true on the way."""
+    cursor = db.cursor()
+    cursor.row_factory = None
+    cursor.execute(f"SELECT {STATIC_COLUMNS}{_REPORT_ROWS}", (batch,))
+    found: list[tuple[Any, ...]] = []
+    while rows := cursor.fetchmany(at_once):
+        found += rows
+        if len(found) > limit or cancelled():
+            cursor.close()
+            return None
+    return found
+
+
+def static_record(r: tuple[Any, ...]) -> RowRecord:
+    """A row read with `STATIC_COLUMNS`, decoded as `row_record` decodes those columns,
+    into a record whose other fields are not set yet: `finish_record` sets them, once."""
+    (
+        reference, content_hash, fields, passthrough, currency, face_value, est_cost,
+        batch, row_key, source_row, in_sheet,
+    ) = r  # fmt: skip
+    values = (
+        reference, content_hash, _cells(fields), _passthrough(passthrough),
+        sys.intern(currency), _decimal(face_value),
+        None if est_cost is None else _decimal(est_cost), sys.intern(batch), row_key,
+        source_row, bool(in_sheet),
+    )  # fmt: skip
+    record: RowRecord = _new(RowRecord)
+    for put, value in zip(_SLOTS[:11], values, strict=True):
+        put(record, value)
+    return record
+
+
+(
+    _STATE, _ATTEMPT, _RETRY_GROUP, _FAILURE_KIND, _ERROR_CODE, _ERROR_MESSAGE,
+    _PROVIDER_REQUEST_ID, _CONFLICT, _CHUNK_KEY, _ORDER_REQUEST_ID, _ORDER_ID,
+    _TRANSACTION_ID, _COST, _COST_CURRENCY, _VOUCHER_LAST4, _PROVIDER_STATUS, _CREATED_AT,
+    _UPDATED_AT, _SUCCEEDED_AT,
+) = _SLOTS[11:]  # fmt: skip
+
+
+def finish_record(record: RowRecord, end: tuple[Any, ...]) -> RowRecord:
+    """`record` (`static_record`, not finished before) with the rest of its fields from
+    its row read with `END_COLUMNS`: then the record `row_record` makes of the whole row.
+    One call per field, without a tuple of them: the end of a run finishes every row."""
+    (
+        _key, _source_row, _in_sheet, _hash, _passthrough_text, state, attempt, retry_group,
+        failure_kind, error_code, error_message, provider_request_id, conflict, chunk_key,
+        order_request_id, order_id, transaction_id, cost, cost_currency, voucher_last4,
+        provider_status, created_at, updated_at, succeeded_at,
+    ) = end  # fmt: skip
+    intern = sys.intern
+    _STATE(record, intern(state))
+    _ATTEMPT(record, attempt)
+    _RETRY_GROUP(record, None if retry_group is None else intern(retry_group))
+    _FAILURE_KIND(record, None if failure_kind is None else intern(failure_kind))
+    _ERROR_CODE(record, None if error_code is None else intern(error_code))
+    _ERROR_MESSAGE(record, None if error_message is None else intern(error_message))
+    _PROVIDER_REQUEST_ID(
+        record, None if provider_request_id is None else intern(provider_request_id)
+    )
+    _CONFLICT(record, conflict)
+    _CHUNK_KEY(record, None if chunk_key is None else intern(chunk_key))
+    _ORDER_REQUEST_ID(record, None if order_request_id is None else intern(order_request_id))
+    _ORDER_ID(record, order_id)
+    _TRANSACTION_ID(record, transaction_id)
+    _COST(record, None if cost is None else _decimal(cost))
+    _COST_CURRENCY(record, None if cost_currency is None else intern(cost_currency))
+    _VOUCHER_LAST4(record, voucher_last4)
+    _PROVIDER_STATUS(record, None if provider_status is None else intern(provider_status))
+    _CREATED_AT(record, None if created_at is None else intern(created_at))
+    _UPDATED_AT(record, None if updated_at is None else intern(updated_at))
+    _SUCCEEDED_AT(record, None if succeeded_at is None else intern(succeeded_at))
+    return record

@@ -158,6 +158,62 @@ def row_line(row: RowRecord, passthrough_headers: Sequence[str]) -> list[str]:
     return safe_texts(line)
 
 
+#: the columns of rows.csv sending and settling a row write, `state` to `conflict` after
+#: `state` and `attempt`: `chunk_key` to `conflict` of `_IDS`
+_SENT_IDS = attrgetter(
+    "chunk_key", "order_id", "order_request_id", "transaction_id", "error_code",
+    "error_message", "provider_request_id", "failure_kind", "conflict",
+)  # fmt: skip
+
+#: a row's rows.csv cells its sheet gave it, formula-guarded (`static_line_parts`): its
+#: place and key, then `reference` to `currency`, then its pass-through cells under
+#: the headers it was rendered for (the first of the four)
+LineParts = tuple[list[str], list[str], list[str], list[str]]
+
+
+def static_line_parts(
+    source_row: int,
+    row_key: str,
+    reference: str | None,
+    fields: dict[str, Any],
+    face_value: Decimal,
+    currency: str,
+    passthrough: dict[str, str],
+    passthrough_headers: list[str],
+) -> LineParts:
+    """The cells of a row's `row_line` that only its sheet gives (what the sheet sync
+    writes), rendered once, so the line is `line_of_parts` of the row as it ends up."""
+    tail: list[str] = []
+    if passthrough_headers:
+        tail = safe_texts(list(map(str, map(passthrough.get, passthrough_headers, repeat("")))))
+    return (
+        passthrough_headers,
+        safe_texts([str(source_row), row_key]),
+        safe_texts(
+            [
+                reference or "",
+                str(fields.get("recipient_email", "")),
+                str(fields.get("recipient_name", "")),
+                str(fields.get("product_code", "")),
+                str(fields.get("amount", face_value)),
+                currency,
+            ]
+        ),
+        tail,
+    )
+
+
+def line_of_parts(row: RowRecord, parts: LineParts) -> list[str]:
+    """`row_line(row, parts[0])` of a row whose `static_line_parts` (from the same
+    sheet values) are `parts`: only what sending and settling wrote is rendered."""
+    cost = row.cost
+    sent = [row.state, str(row.attempt)]
+    sent += [v or "" for v in _SENT_IDS(row)]
+    sent += ("" if cost is None else str(cost), row.cost_currency or "")
+    sent = safe_texts(sent)
+    return [*parts[1], *sent[:11], *parts[2], *sent[11:], *parts[3]]
+
+
 def write_rows_csv(
     path: Path, rows: Iterable[RowRecord], extra: Sequence[str] | None = None
 ) -> Path:
@@ -177,6 +233,17 @@ def write_rows_csv(
     return path
 
 
+#: rows.csv lines a draft keeps before it writes them to its file
+_LINES_AT_ONCE = 4_096
+
+
+class _Appender:
+    """A "file" whose `write` appends to a list: a `csv.writer` on it renders a line."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.write = lines.append
+
+
 class RowsCsvDraft:
     """rows.csv written as the end of a run reads the rows (once, for everything), in
     sheet order, into an anonymous temporary file; `commit` puts it in place.
@@ -190,12 +257,16 @@ class RowsCsvDraft:
         self._body = tempfile.TemporaryFile(  # noqa: SIM115
             "w+", newline="", encoding="utf-8", dir=folder
         )
-        self._writer = csv.writer(self._body)
+        #: lines not written yet: written a few thousand at a time (`_put`)
+        self._lines: list[str] = []
+        self._writer = csv.writer(_Appender(self._lines))
         self._extra: list[str] | None = None
         self._known: frozenset[str] = frozenset()
         self.whole = True
 
-    def add(self, row: RowRecord) -> None:
+    def add(self, row: RowRecord, parts: LineParts | None = None) -> None:
+        """The row's line, from its `parts` (`static_line_parts`) when they were
+        rendered for this file's pass-through headers."""
         if not row.in_sheet or not self.whole:
             return
         if self._extra is None:
@@ -204,7 +275,32 @@ class RowsCsvDraft:
         elif not self._known.issuperset(row.passthrough):
             self.whole = False  # a column the header does not have: written again at commit
             return
-        self._writer.writerow(row_line(row, self._extra))
+        if parts is not None and (parts[0] is self._extra or parts[0] == self._extra):
+            self._extra = parts[0]  # the same headers: the next test is one `is`
+            self._put(line_of_parts(row, parts))
+        else:
+            self._put(row_line(row, self._extra))
+
+    def _put(self, line: list[str]) -> None:
+        """`line` as `csv.writer` writes it: its cells joined by commas when none needs
+        quoting (no comma, quote or line break in any: as good as always), else by the
+        writer; into `_lines`, written to the file a few thousand at a time."""
+        text = ",".join(line)
+        if (
+            text.count(",") == len(line) - 1
+            and '"' not in text
+            and "\n" not in text
+            and "\r" not in text
+        ):
+            self._lines.append(text + "\r\n")
+        else:
+            self._writer.writerow(line)
+        if len(self._lines) >= _LINES_AT_ONCE:
+            self._flush()
+
+    def _flush(self) -> None:
+        self._body.write("".join(self._lines))
+        self._lines.clear()
 
     def commit(
         self, path: Path, rows: Callable[[], Iterable[RowRecord]], extra: Sequence[str]
@@ -215,6 +311,7 @@ class RowsCsvDraft:
         try:
             if not self.whole:
                 return write_rows_csv(path, rows(), extra)
+            self._flush()
             with atomic_write(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
                 csv.writer(fh).writerow([*ROWS_CSV_COLUMNS, *(safe_cell(h) for h in extra)])
                 self._body.seek(0)

@@ -74,11 +74,21 @@ class BatchRows:
         self._held_light: Mapping[str, SettledRow] = {}
 
     @classmethod
-    def from_ledger(cls, ledger: Ledger, batch: str, page: int | None = None) -> BatchRows:
+    def from_ledger(
+        cls,
+        ledger: Ledger,
+        batch: str,
+        page: int | None = None,
+        *,
+        read: tuple[list[str], int, list[RowRecord]] | None = None,
+    ) -> BatchRows:
+        """The batch's rows in the ledger. `read`: its keys in report order, how many are
+        in the sheet, and their records, read just now (`early_rows.combine`): kept when
+        they fit in a page, as the first iteration would keep them."""
         page = page or ROW_PAGE
-        keys, in_sheet = ledger.report_keys(batch)
+        keys, in_sheet = ledger.report_keys(batch) if read is None else read[:2]
 
-        def read(wanted: Sequence[str]) -> Iterator[list[RowRecord]]:
+        def read_rows(wanted: Sequence[str]) -> Iterator[list[RowRecord]]:
             for rows in ledger.rows_in_pages(batch, wanted, page):
                 yield explain_skips(ledger, batch, rows)
 
@@ -104,7 +114,10 @@ class BatchRows:
                     for r in raws
                 ]
 
-        return cls(keys, in_sheet, read, page, read_facts, read_lines)
+        rows = cls(keys, in_sheet, read_rows, page, read_facts, read_lines)
+        if read is not None and len(keys) <= page:
+            rows._whole = read[2]
+        return rows
 
     @classmethod
     def from_rows(cls, rows: Iterable[RowRecord], page: int = ROW_PAGE) -> BatchRows:
