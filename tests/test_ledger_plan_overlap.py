@@ -162,12 +162,13 @@ def test_another_writers_claim_holds_back_only_its_chunk_when_payloads_are_defer
 
 
 def test_sqlite_writes_the_plans_rows_in_a_few_statements_off_the_callers_thread(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Per-row statements on the writing thread would wait for the GIL after every row;
     one statement per kind of write runs with the GIL released throughout."""
     if not planning._SQLITE_JSON:
         pytest.skip("this SQLite has no built-in JSON: the plan is written payloads first")
+    monkeypatch.setattr(planning, "_SPARE_CPU", True)  # as on a machine with two
     ledger = _started(Ledger.open(tmp_path))
     rows = [sheet_row(f"k{i:04d}", i + 2, ref=f"REF-{i}") for i in range(1_000)]
     ledger.sync_rows("b", rows, retry_failed=False)
@@ -205,3 +206,35 @@ def test_the_planned_rows_statement_finds_each_row_by_its_rowid(tmp_path: Path) 
     assert any("SCAN p VIRTUAL TABLE" in step for step in plan)
     assert any("SEARCH rows USING INTEGER PRIMARY KEY (rowid=?)" in step for step in plan)
     ledger.close()
+
+
+def test_with_one_cpu_the_same_statements_run_after_the_payloads_on_the_callers_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not planning._SQLITE_JSON:
+        pytest.skip("this SQLite has no built-in JSON")
+    monkeypatch.setattr(planning, "_SPARE_CPU", False)
+    eager = _synced(_started(Ledger.open(tmp_path / "eager")))
+    eager.save_plan("b", CHUNKS)
+    ledger = _synced(_started(Ledger.open(tmp_path / "one-cpu")))
+    order: list[str] = []
+    db = ledger._db
+    assert isinstance(db, sqlite3.Connection)
+    db.set_trace_callback(
+        lambda s: (
+            order.append(threading.current_thread().name)
+            if s.startswith("UPDATE rows SET state = 'planned'")
+            else None
+        )
+    )
+
+    def payloads() -> list[bytes]:
+        order.append("payloads")
+        return [c[4] for c in CHUNKS]
+
+    assert ledger.save_plan("b", _deferred(CHUNKS), payloads=payloads) == set()
+    db.set_trace_callback(None)
+    assert order == ["payloads", threading.main_thread().name]
+    assert _plan_state(ledger) == _plan_state(eager)
+    ledger.close()
+    eager.close()

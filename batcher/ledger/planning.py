@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -105,6 +106,10 @@ _PLANNED_JSON = (
 #: SQLite has JSON functions built in, `->>` and UPDATE ... FROM from 3.38 on: older
 #: ones write a plan a row per statement, payloads first (`save_plan`)
 _SQLITE_JSON = sqlite3.sqlite_version_info >= (3, 38, 0)
+#: a CPU to write a plan's rows on while the payloads are made on another (`save_plan`)
+_SPARE_CPU = (
+    len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+) > 1
 
 
 def _planned_rows(
@@ -228,8 +233,9 @@ class LedgerPlanning(LedgerConnection):
 
         `payloads`, when given, makes the chunks' payloads (one per chunk, in order; the
         chunks' own payload entries are then not read) on the calling thread while the
-        transaction's claims and row writes run (SQLite: on a thread of their own, as a
-        few statements that release the GIL; see `_plan_writes`). It must not use the
+        transaction's claims and row writes run (SQLite with a second CPU: on a thread of
+        their own, as a few statements that release the GIL; see `_plan_writes`; with
+        one CPU, the same statements after the payloads). It must not use the
         ledger. The payloads are in the transaction all the same: nothing is committed
         before they are, and an error making them rolls the whole plan back.
         """
@@ -280,15 +286,21 @@ class LedgerPlanning(LedgerConnection):
                     [(chunks[i][0], k, n) for i, _ in saving for n, k in enumerate(chunks[i][3])]
                 )
                 claims_json, planned_json = json.dumps(claims), json.dumps(planned)
-                writes = _Background(
-                    lambda: self._plan_writes(
+
+                def write() -> bool:
+                    return self._plan_writes(
                         db, batch, owner, (claims_json, len(claims)), members, planned_json, now
                     )
-                )
-                try:
+
+                if _SPARE_CPU:
+                    writes = _Background(write)
+                    try:
+                        made_payloads = payloads()
+                    finally:
+                        claimed_all = writes.join()
+                else:  # one CPU: the two would only take turns
                     made_payloads = payloads()
-                finally:
-                    claimed_all = writes.join()
+                    claimed_all = write()
             else:
                 claimed_all = self._claim_all(db, batch, owner, claims, now)
             bytes_of = (
