@@ -161,11 +161,12 @@ def test_another_writers_claim_holds_back_only_its_chunk_when_payloads_are_defer
     assert {c[2]: c[4] for c in state["claims"]}["REF-4"] == "ghost"
 
 
-def test_sqlite_writes_the_plans_rows_in_a_few_statements_off_the_callers_thread(
+def test_sqlite_writes_the_plans_rows_in_a_few_statements_while_the_payloads_are_made(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Per-row statements on the writing thread would wait for the GIL after every row;
-    one statement per kind of write runs with the GIL released throughout."""
+    one statement per kind of write runs with the GIL released throughout. The payloads
+    here are made only once all three ran on the writing thread: they run meanwhile."""
     if not planning._SQLITE_JSON:
         pytest.skip("this SQLite has no built-in JSON: the plan is written payloads first")
     monkeypatch.setattr(planning, "_SPARE_CPU", True)  # as on a machine with two
@@ -176,21 +177,97 @@ def test_sqlite_writes_the_plans_rows_in_a_few_statements_off_the_callers_thread
         (f"c{n}", "GBP", 1, [r.row_key for r in rows[n * 100 : (n + 1) * 100]], None)
         for n in range(10)
     ]
-    seen: list[tuple[str, str]] = []
+    kinds = ("INSERT INTO reference_claims", "INSERT INTO chunk_rows", "UPDATE rows")
+    writes: list[tuple[str, str]] = []
+    all_written = threading.Event()
+
+    def trace(statement: str) -> None:
+        for kind in kinds:
+            if statement.startswith(kind):
+                writes.append((threading.current_thread().name, kind))
+                if kind == kinds[-1]:
+                    all_written.set()
+
+    def payloads() -> list[bytes]:
+        assert all_written.wait(10)
+        return [b"p"] * len(chunks)
+
     db = ledger._db
     assert isinstance(db, sqlite3.Connection)
-    db.set_trace_callback(lambda s: seen.append((threading.current_thread().name, s)))
-    ledger.save_plan("b", chunks, payloads=lambda: [b"p"] * len(chunks))
+    db.set_trace_callback(trace)
+    ledger.save_plan("b", chunks, payloads=payloads)
     db.set_trace_callback(None)
 
-    kinds = ("INSERT INTO reference_claims", "INSERT INTO chunk_rows", "UPDATE rows")
-    writes = [(thread, kind) for thread, s in seen for kind in kinds if s.startswith(kind)]
     # one statement each for 1,000 rows, all on the writing thread
     assert writes == [("batcher-plan-writes", kind) for kind in kinds]
     assert ledger.count_by_state("b")["planned"] == 1_000
     stored = [r[0] for r in db.execute("SELECT chunk_key FROM rows ORDER BY row_key")]
     assert stored == [f"c{n}" for n in range(10) for _ in range(100)]
     ledger.close()
+
+
+class _Waiting(threading.Thread):
+    """A thread that gets no CPU until `cpu` is set (a busy machine)."""
+
+    cpu = threading.Event()
+
+    def run(self) -> None:
+        assert self.cpu.wait(10)
+        super().run()
+
+
+def test_steps_the_thread_has_not_started_are_run_by_the_caller(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _Waiting.cpu.clear()
+    monkeypatch.setattr(planning.threading, "Thread", _Waiting)
+    ran: list[tuple[str, str]] = []
+
+    def step(name: str) -> Any:
+        def run() -> bool:
+            ran.append((name, threading.current_thread().name))
+            if name == "third":
+                _Waiting.cpu.set()  # the thread runs at last, and finds nothing left to do
+            return True
+
+        return run
+
+    steps = planning._Steps([step("first"), step("second"), step("third")])
+    assert steps.finish() is True
+    main = threading.main_thread().name
+    assert ran == [("first", main), ("second", main), ("third", main)]
+
+
+def test_a_step_returning_false_stops_the_steps_after_it_on_either_thread() -> None:
+    ran: list[str] = []
+
+    def step(name: str, result: bool) -> Any:
+        def run() -> bool:
+            ran.append(name)
+            return result
+
+        return run
+
+    steps = planning._Steps([step("claims", False), step("rows", True), step("more", True)])
+    assert steps.finish() is False
+    assert ran == ["claims"]
+
+
+def test_a_step_that_raises_stops_the_rest_and_is_raised_by_finish() -> None:
+    ran: list[str] = []
+
+    def fails() -> bool:
+        ran.append("fails")
+        raise sqlite3.OperationalError("database or disk is full")
+
+    def after() -> bool:
+        ran.append("after")
+        return True
+
+    steps = planning._Steps([fails, after])
+    with pytest.raises(sqlite3.OperationalError, match="disk is full"):
+        steps.finish()
+    assert ran == ["fails"]
 
 
 def test_the_planned_rows_statement_finds_each_row_by_its_rowid(tmp_path: Path) -> None:

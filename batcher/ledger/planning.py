@@ -122,37 +122,67 @@ def _planned_rows(
     return planned
 
 
-class _Background:
-    """`work()` on a thread of its own; `join()` waits for it and returns what it
-    returned, or raises what it raised, on the joining thread."""
+class _Steps:
+    """Steps of one transaction, run in order, one at a time, by a thread of their own
+    and by the caller once it has done its own work (`finish`): whichever is free takes
+    the next step, so on a busy machine, where the thread may wait for a CPU, the caller
+    does not wait for it to start what the caller could run itself. A step returning
+    False stops the steps after it (nothing of them is run); `finish` returns False then.
+    """
 
-    def __init__(self, work: Callable[[], bool]) -> None:
-        self._result: bool | None = None
+    def __init__(self, steps: Sequence[Callable[[], bool]]) -> None:
+        self._steps = list(steps)
+        self._done = 0  # steps taken so far
+        self._stopped = False
         self._error: BaseException | None = None
+        self._running = threading.Lock()  # held while a step runs: one thread at a time
 
         def run() -> None:
             try:
-                self._result = work()
-            except BaseException as exc:  # raised again by `join`
+                while self._run_next():
+                    pass
+            except BaseException as exc:  # raised again by `finish`
                 self._error = exc
 
         self._thread = threading.Thread(target=run, name="batcher-plan-writes", daemon=True)
         self._thread.start()
 
-    def join(self) -> bool:
-        """Wait for the work to end, even when interrupted meanwhile (then raised after):
-        the work is part of its caller's transaction, which must not end before it."""
-        interrupted: BaseException | None = None
+    def _run_next(self) -> bool:
+        """Run the next step, if there is one to run; False once there is none."""
+        with self._running:
+            if self._stopped or self._error is not None or self._done == len(self._steps):
+                return False
+            step = self._steps[self._done]
+            self._done += 1
+            try:
+                if not step():
+                    self._stopped = True
+            except BaseException:
+                self._stopped = True
+                raise
+        return True
+
+    def finish(self) -> bool:
+        """Run the steps left on this thread, then wait for the thread's step to end,
+        even when interrupted meanwhile (raised after): the steps are part of the
+        caller's transaction, which must not end before they do. Raises what a step
+        raised; False when a step stopped the rest."""
+        failure: BaseException | None = None
+        try:
+            while self._run_next():
+                pass
+        except BaseException as exc:
+            failure = exc
         while self._thread.is_alive():
             try:
                 self._thread.join()
             except BaseException as exc:  # KeyboardInterrupt: wait all the same
-                interrupted = exc
-        if interrupted is not None:
-            raise interrupted
+                failure = failure or exc
+        if failure is not None:
+            raise failure
         if self._error is not None:
             raise self._error
-        return bool(self._result)
+        return not self._stopped
 
 
 def _references_in(
@@ -287,20 +317,18 @@ class LedgerPlanning(LedgerConnection):
                 )
                 claims_json, planned_json = json.dumps(claims), json.dumps(planned)
 
-                def write() -> bool:
-                    return self._plan_writes(
-                        db, batch, owner, (claims_json, len(claims)), members, planned_json, now
-                    )
-
+                steps = self._plan_writes(
+                    db, batch, owner, (claims_json, len(claims)), members, planned_json, now
+                )
                 if _SPARE_CPU:
-                    writes = _Background(write)
+                    writes = _Steps(steps)
                     try:
                         made_payloads = payloads()
                     finally:
-                        claimed_all = writes.join()
+                        claimed_all = writes.finish()
                 else:  # one CPU: the two would only take turns
                     made_payloads = payloads()
-                    claimed_all = write()
+                    claimed_all = all(step() for step in steps)
             else:
                 claimed_all = self._claim_all(db, batch, owner, claims, now)
             bytes_of = (
@@ -355,33 +383,45 @@ class LedgerPlanning(LedgerConnection):
         members: str,
         planned: str,
         now: str,
-    ) -> bool:
-        """SQLite: `save_plan`'s claims, chunk rows and planned rows, each one statement
-        over a JSON array bound once (`json_each`), so SQLite runs each with the GIL
-        released, start to end, while the caller makes the payloads: per-row statements
-        (`executemany`) would take the GIL back after every row, and wait for it behind
-        the caller each time. False, with nothing written, when a claim was not new
-        (another batch's: the caller then claims chunk by chunk and writes the rest).
+    ) -> list[Callable[[], bool]]:
+        """SQLite: `save_plan`'s claims, chunk rows and planned rows, as steps to run in
+        order (`_Steps`), each one statement over a JSON array bound once (`json_each`),
+        so SQLite runs it with the GIL released, start to end, while the caller makes the
+        payloads: per-row statements (`executemany`) would take the GIL back after every
+        row, and wait for it behind the caller each time. The claims step returns False,
+        with nothing written, when a claim was not new (another batch's: the caller then
+        claims chunk by chunk and writes the rest itself), and the other steps do not run.
 
         The chunk rows precede their chunks (written once the payloads are made), so the
         foreign key to `chunks` is checked at the commit (`defer_foreign_keys`, which
         SQLite resets when the transaction ends)."""
         provider, account = owner
-        db.execute("SAVEPOINT claim_page")
-        inserted = db.execute(_CLAIM_JSON, (provider, account, batch, now, claims[0])).rowcount
-        if inserted != claims[1]:
-            db.execute("ROLLBACK TO SAVEPOINT claim_page")
+        claims_json, claim_count = claims
+
+        def claim() -> bool:
+            db.execute("SAVEPOINT claim_page")
+            inserted = db.execute(_CLAIM_JSON, (provider, account, batch, now, claims_json))
+            if inserted.rowcount != claim_count:
+                db.execute("ROLLBACK TO SAVEPOINT claim_page")
+                db.execute("RELEASE SAVEPOINT claim_page")
+                return False
             db.execute("RELEASE SAVEPOINT claim_page")
-            return False
-        db.execute("RELEASE SAVEPOINT claim_page")
-        db.execute("PRAGMA defer_foreign_keys = ON")
-        db.execute(
-            "INSERT INTO chunk_rows(chunk_key, row_key, position)"
-            " SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(?)",
-            (members,),
-        )
-        db.execute(_PLANNED_JSON, (now, planned))
-        return True
+            db.execute("PRAGMA defer_foreign_keys = ON")
+            return True
+
+        def chunk_rows() -> bool:
+            db.execute(
+                "INSERT INTO chunk_rows(chunk_key, row_key, position)"
+                " SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(?)",
+                (members,),
+            )
+            return True
+
+        def mark_planned() -> bool:
+            db.execute(_PLANNED_JSON, (now, planned))
+            return True
+
+        return [claim, chunk_rows, mark_planned]
 
     def _mark_planned(
         self, db: Database, batch: str, planned: list[tuple[int, str, str]], now: str
