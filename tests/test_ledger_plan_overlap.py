@@ -238,6 +238,41 @@ def test_steps_the_thread_has_not_started_are_run_by_the_caller(
     assert ran == [("first", main), ("second", main), ("third", main)]
 
 
+def test_steps_not_started_when_the_payloads_fail_are_never_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plan rolls back: the writes the thread had not started are not made first."""
+    if not planning._SQLITE_JSON:
+        pytest.skip("this SQLite has no built-in JSON")
+    monkeypatch.setattr(planning, "_SPARE_CPU", True)
+    ledger = _synced(_started(Ledger.open(tmp_path)))
+    _Waiting.cpu.clear()
+    monkeypatch.setattr(planning.threading, "Thread", _Waiting)
+    writes: list[str] = []
+    db = ledger._db
+    assert isinstance(db, sqlite3.Connection)
+    db.set_trace_callback(
+        lambda s: (
+            writes.append(s.split("(")[0])
+            if s.startswith(
+                ("INSERT INTO reference_claims", "INSERT INTO chunk_rows", "UPDATE rows")
+            )
+            else None
+        )
+    )
+
+    def payloads() -> list[bytes]:
+        threading.Timer(0.2, _Waiting.cpu.set).start()  # the thread gets a CPU later
+        raise RuntimeError("encoder broke")
+
+    with pytest.raises(RuntimeError, match="encoder broke"):
+        ledger.save_plan("b", _deferred(CHUNKS), payloads=payloads)
+    db.set_trace_callback(None)
+    assert writes == []
+    assert ledger.count_by_state("b")["planned"] == 0
+    ledger.close()
+
+
 def test_a_step_returning_false_stops_the_steps_after_it_on_either_thread() -> None:
     ran: list[str] = []
 

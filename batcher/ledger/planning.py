@@ -162,13 +162,17 @@ class _Steps:
                 raise
         return True
 
-    def finish(self) -> bool:
-        """Run the steps left on this thread, then wait for the thread's step to end,
-        even when interrupted meanwhile (raised after): the steps are part of the
-        caller's transaction, which must not end before they do. Raises what a step
-        raised; False when a step stopped the rest."""
+    def finish(self, *, run_rest: bool = True) -> bool:
+        """Run the steps left on this thread (`run_rest`; else none is started any
+        more), then wait for the thread's step to end, even when interrupted meanwhile
+        (raised after): the steps are part of the caller's transaction, which must not
+        end before they do. Raises what a step raised; False when a step stopped the
+        rest."""
         failure: BaseException | None = None
         try:
+            if not run_rest:
+                with self._running:
+                    self._stopped = True
             while self._run_next():
                 pass
         except BaseException as exc:
@@ -324,8 +328,10 @@ class LedgerPlanning(LedgerConnection):
                     writes = _Steps(steps)
                     try:
                         made_payloads = payloads()
-                    finally:
-                        claimed_all = writes.finish()
+                    except BaseException:
+                        writes.finish(run_rest=False)  # the transaction rolls back
+                        raise
+                    claimed_all = writes.finish()
                 else:  # one CPU: the two would only take turns
                     made_payloads = payloads()
                     claimed_all = all(step() for step in steps)
