@@ -533,17 +533,23 @@ class Runner:
             chunk_size=chunk_size,
         )
         by_key = {r.row_key: r for r in pending}
-        records = []
-        for chunk in planned:
-            items = [order_item(by_key[k]) for k in chunk.row_keys]
-            if self._kept_item_rows < KEEP_ITEMS_ROWS:
-                # The first chunks' items stay for their sends and polls; later chunks
-                # read theirs back from the ledger, so memory does not grow with the batch.
-                self._planned_items[chunk.key] = items
-                self._kept_item_rows += len(items)
-            payload = self.provider.encode(chunk.key, items)
-            records.append((chunk.key, chunk.currency, chunk.attempt, chunk.row_keys, payload))
-        held = self.ledger.save_plan(self.batch, records)
+
+        def payloads() -> list[bytes]:
+            """The chunks' payloads, made while the ledger writes their rows (`save_plan`)."""
+            made = []
+            for chunk in planned:
+                items = [order_item(by_key[k]) for k in chunk.row_keys]
+                if self._kept_item_rows < KEEP_ITEMS_ROWS:
+                    # The first chunks' items stay for their sends and polls; later chunks
+                    # read theirs back from the ledger, so memory does not grow with the
+                    # batch.
+                    self._planned_items[chunk.key] = items
+                    self._kept_item_rows += len(items)
+                made.append(self.provider.encode(chunk.key, items))
+            return made
+
+        records = [(c.key, c.currency, c.attempt, c.row_keys, None) for c in planned]
+        held = self.ledger.save_plan(self.batch, records, payloads=payloads)
         return len(records), held
 
     # ------------------------------------------------------------------ execution

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from decimal import Decimal
 from typing import Any, NamedTuple
 
@@ -85,6 +88,107 @@ _CLAIM = (
 )
 
 
+#: SQLite: `_CLAIM` for a JSON array of [reference, row key] bound once (`_plan_writes`);
+#: `WHERE true` tells the parser the upsert's ON belongs to the INSERT, not to a join
+_CLAIM_JSON = (
+    "INSERT INTO reference_claims(provider, account_id, reference, batch, row_key, claimed_at)"
+    " SELECT ?, ?, value ->> 0, ?, value ->> 1, ? FROM json_each(?) WHERE true"
+    " ON CONFLICT (provider, account_id, reference) DO NOTHING"
+)
+#: SQLite: mark rows planned from a JSON array of [rowid, row key, chunk key], in its
+#: order, each found by its rowid alone (read in the same transaction: it is that row).
+#: Another term on `rows` (batch = ?) lets the planner drive the join from the batch's
+#: rows instead, and read the whole array once per row.
+_PLANNED_JSON = (
+    "UPDATE rows SET state = 'planned', chunk_key = p.value ->> 2, updated_at = ?"
+    " FROM json_each(?) AS p WHERE rows.rowid = p.value ->> 0"
+)
+#: SQLite has JSON functions built in, `->>` and UPDATE ... FROM from 3.38 on: older
+#: ones write a plan a row per statement, payloads first (`save_plan`)
+_SQLITE_JSON = sqlite3.sqlite_version_info >= (3, 38, 0)
+#: a CPU to write a plan's rows on while the payloads are made on another (`save_plan`)
+_SPARE_CPU = (
+    len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+) > 1
+
+
+def _planned_rows(
+    found: dict[str, tuple[int, str | None]], chunks: Sequence[tuple[str, Sequence[str]]]
+) -> list[tuple[int, str, str]]:
+    """(place, row key, chunk key) of the rows of `chunks` (key, row keys) in `found`
+    (key -> (place, reference)), in the order they are stored in."""
+    planned = [(found[k][0], k, key) for key, keys in chunks for k in keys if k in found]
+    planned.sort()
+    return planned
+
+
+class _Steps:
+    """Steps of one transaction, run in order, one at a time, by a thread of their own
+    and by the caller once it has done its own work (`finish`): whichever is free takes
+    the next step, so on a busy machine, where the thread may wait for a CPU, the caller
+    does not wait for it to start what the caller could run itself. A step returning
+    False stops the steps after it (nothing of them is run); `finish` returns False then.
+    """
+
+    def __init__(self, steps: Sequence[Callable[[], bool]]) -> None:
+        self._steps = list(steps)
+        self._done = 0  # steps taken so far
+        self._stopped = False
+        self._error: BaseException | None = None
+        self._running = threading.Lock()  # held while a step runs: one thread at a time
+
+        def run() -> None:
+            try:
+                while self._run_next():
+                    pass
+            except BaseException as exc:  # raised again by `finish`
+                self._error = exc
+
+        self._thread = threading.Thread(target=run, name="batcher-plan-writes", daemon=True)
+        self._thread.start()
+
+    def _run_next(self) -> bool:
+        """Run the next step, if there is one to run; False once there is none."""
+        with self._running:
+            if self._stopped or self._error is not None or self._done == len(self._steps):
+                return False
+            step = self._steps[self._done]
+            self._done += 1
+            try:
+                if not step():
+                    self._stopped = True
+            except BaseException:
+                self._stopped = True
+                raise
+        return True
+
+    def finish(self, *, run_rest: bool = True) -> bool:
+        """Run the steps left on this thread (`run_rest`; else none is started any
+        more), then wait for the thread's step to end, even when interrupted meanwhile
+        (raised after): the steps are part of the caller's transaction, which must not
+        end before they do. Raises what a step raised; False when a step stopped the
+        rest."""
+        failure: BaseException | None = None
+        try:
+            if not run_rest:
+                with self._running:
+                    self._stopped = True
+            while self._run_next():
+                pass
+        except BaseException as exc:
+            failure = exc
+        while self._thread.is_alive():
+            try:
+                self._thread.join()
+            except BaseException as exc:  # KeyboardInterrupt: wait all the same
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+        if self._error is not None:
+            raise self._error
+        return not self._stopped
+
+
 def _references_in(
     row_keys: Sequence[str], found: dict[str, tuple[int, str | None]]
 ) -> dict[str, list[str]]:
@@ -143,7 +247,10 @@ class LedgerPlanning(LedgerConnection):
         ]
 
     def save_plan(
-        self, batch: str, chunks: Sequence[tuple[str, str, int, Sequence[str], bytes]]
+        self,
+        batch: str,
+        chunks: Sequence[tuple[str, str, int, Sequence[str], bytes | None]],
+        payloads: Callable[[], Sequence[bytes]] | None = None,
     ) -> set[str]:
         """Record planned chunks (key, currency, attempt, row keys, payload) and their rows.
 
@@ -157,85 +264,191 @@ class LedgerPlanning(LedgerConnection):
         is the backstop for any writer the check did not see (another machine, another
         version): if another batch's claim is found when claiming, no claim, chunk or
         row of this chunk is written, and the rows are held exactly as above.
+
+        `payloads`, when given, makes the chunks' payloads (one per chunk, in order; the
+        chunks' own payload entries are then not read) on the calling thread while the
+        transaction's claims and row writes run (SQLite with a second CPU: on a thread of
+        their own, as a few statements that release the GIL; see `_plan_writes`; with
+        one CPU, the same statements after the payloads). It must not use the
+        ledger. The payloads are in the transaction all the same: nothing is committed
+        before they are, and an error making them rolls the whole plan back.
         """
         now = utc_now()
         held: set[str] = set()
+        overlap = payloads is not None and self.backend == "sqlite" and _SQLITE_JSON
+        if payloads is not None and not overlap:
+            made = list(payloads())
+            chunks = [(c[0], c[1], c[2], c[3], made[i]) for i, c in enumerate(chunks)]
+            payloads = None
         with self._tx() as db:
             owner = self._owner(db, batch) or ("", "")
-            fresh = []
-            for chunk in chunks:
-                key, payload = chunk[0], chunk[4]
-                existing = db.execute(
-                    "SELECT state, payload FROM chunks WHERE chunk_key = ?", (key,)
+            fresh: list[int] = []  # indexes of the chunks not saved before
+            existing: dict[int, bytes] = {}  # index -> the payload saved before
+            for i, chunk in enumerate(chunks):
+                found_chunk = db.execute(
+                    "SELECT state, payload FROM chunks WHERE chunk_key = ?", (chunk[0],)
                 ).fetchone()
-                if existing is not None:
-                    # The same rows and attempt were planned before: the key is a promise
-                    # to the provider, so the bytes must match what may have been sent.
-                    if bytes(existing["payload"]) != payload:
-                        raise RuntimeError(f"chunk {key} re-planned with different bytes")
-                    continue
-                fresh.append(chunk)
+                if found_chunk is None:
+                    fresh.append(i)
+                else:
+                    existing[i] = bytes(found_chunk["payload"])
             # The rows, the other batches' holds and the claims are read and written for
             # all the chunks at once, each in its own index's order: a large batch's
             # chunks are scattered over those indexes, and a chunk at a time visited
             # their pages at random. Another batch's rows do not change within this
             # transaction, so checking them up front is checking them chunk by chunk.
-            found = self._sheet_rows_of(db, batch, sorted(k for c in fresh for k in c[3]))
+            found = self._sheet_rows_of(db, batch, sorted(k for i in fresh for k in chunks[i][3]))
             elsewhere = self._held_elsewhere(db, batch, owner, _references_in(list(found), found))
-            saving = []
-            for chunk in fresh:
-                mine = _references_in(chunk[3], found)
-                taken = {k: elsewhere[k] for k in chunk[3] if k in elsewhere}
+            saving: list[tuple[int, dict[str, list[str]]]] = []
+            for i in fresh:
+                keys = chunks[i][3]
+                mine = _references_in(keys, found)
+                taken = {k: elsewhere[k] for k in keys if k in elsewhere}
                 if taken:
                     self._hold_taken(db, batch, taken, now)
                     held.update(taken)
                 else:
-                    saving.append((chunk, mine))
-            if not self._claim_all(db, batch, owner, [mine for _, mine in saving], now):
+                    saving.append((i, mine))
+            claims = sorted((ref, keys[0]) for _, mine in saving for ref, keys in mine.items())
+            planned = _planned_rows(found, [(chunks[i][0], chunks[i][3]) for i, _ in saving])
+            made_payloads: Sequence[bytes] | None = None
+            if overlap:
+                assert payloads is not None
+                # The statements' values are encoded here, before the writes start: the
+                # writing thread then needs the GIL only between its few statements.
+                members = json.dumps(
+                    [(chunks[i][0], k, n) for i, _ in saving for n, k in enumerate(chunks[i][3])]
+                )
+                claims_json, planned_json = json.dumps(claims), json.dumps(planned)
+
+                steps = self._plan_writes(
+                    db, batch, owner, (claims_json, len(claims)), members, planned_json, now
+                )
+                if _SPARE_CPU:
+                    writes = _Steps(steps)
+                    try:
+                        made_payloads = payloads()
+                    except BaseException:
+                        writes.finish(run_rest=False)  # the transaction rolls back
+                        raise
+                    claimed_all = writes.finish()
+                else:  # one CPU: the two would only take turns
+                    made_payloads = payloads()
+                    claimed_all = all(step() for step in steps)
+            else:
+                claimed_all = self._claim_all(db, batch, owner, claims, now)
+            bytes_of = (
+                (lambda i: made_payloads[i])
+                if made_payloads is not None
+                else (lambda i: chunks[i][4])
+            )
+            for i, before in existing.items():
+                # The same rows and attempt were planned before: the key is a promise
+                # to the provider, so the bytes must match what may have been sent.
+                if before != bytes_of(i):
+                    raise RuntimeError(f"chunk {chunks[i][0]} re-planned with different bytes")
+            if not claimed_all:
                 # Another batch's claim among them (rare): claim chunk by chunk instead,
                 # so only the chunks holding such a reference are held back.
                 kept = []
-                for chunk, mine in saving:
+                for i, mine in saving:
                     taken = self._claim_references(db, batch, owner, mine, now)
                     if taken:
                         self._hold_taken(db, batch, taken, now)
                         held.update(taken)
                     else:
-                        kept.append((chunk, mine))
+                        kept.append((i, mine))
                 saving = kept
-            #: (place, row key, chunk key) of every row planned by this call
-            planned: list[tuple[int, str, str]] = []
-            for (key, currency, attempt, keys, payload), _ in saving:
+                planned = _planned_rows(found, [(chunks[i][0], chunks[i][3]) for i, _ in saving])
+            saved = [
+                (chunks[i][0], chunks[i][1], chunks[i][2], chunks[i][3], bytes_of(i))
+                for i, _ in saving
+            ]
+            for key, currency, attempt, keys, payload in saved:
                 db.execute(
                     "INSERT INTO chunks(chunk_key, batch, currency, attempt, state, payload,"
                     " row_count, created_at) VALUES (?, ?, ?, ?, 'planned', ?, ?, ?)",
                     (key, batch, currency, attempt, payload, len(keys), now),
                 )
-                db.executemany(
-                    "INSERT INTO chunk_rows(chunk_key, row_key, position) VALUES (?, ?, ?)",
-                    [(key, rk, i) for i, rk in enumerate(keys)],
-                )
-                planned += [(found[k][0], k, key) for k in keys if k in found]
+                if not (overlap and claimed_all):  # else written with the claims
+                    db.executemany(
+                        "INSERT INTO chunk_rows(chunk_key, row_key, position) VALUES (?, ?, ?)",
+                        [(key, rk, i) for i, rk in enumerate(keys)],
+                    )
                 self._event(batch, "chunk_planned", chunk_key=key, rows=len(keys), attempt=attempt)
-            # The rows are marked planned last, in the order they are stored in (on
-            # SQLite, by rowid: no search of the key's index either), so the table's
-            # and the batch indexes' pages are visited in one sweep rather than once
-            # per chunk at random (the chunks hold rows in key order, scattered over a
-            # large batch's table).
-            planned.sort()
-            if self.backend == "sqlite":
-                db.executemany(
-                    "UPDATE rows SET state = 'planned', chunk_key = ?, updated_at = ?"
-                    " WHERE rowid = ? AND batch = ? AND row_key = ?",
-                    [(chunk, now, place, batch, key) for place, key, chunk in planned],
-                )
-            else:
-                db.executemany(
-                    "UPDATE rows SET state = 'planned', chunk_key = ?, updated_at = ?"
-                    " WHERE batch = ? AND row_key = ?",
-                    [(chunk, now, batch, key) for _, key, chunk in planned],
-                )
+            if not (overlap and claimed_all):
+                self._mark_planned(db, batch, planned, now)
         return held
+
+    def _plan_writes(
+        self,
+        db: Database,
+        batch: str,
+        owner: tuple[str, str],
+        claims: tuple[str, int],
+        members: str,
+        planned: str,
+        now: str,
+    ) -> list[Callable[[], bool]]:
+        """SQLite: `save_plan`'s claims, chunk rows and planned rows, as steps to run in
+        order (`_Steps`), each one statement over a JSON array bound once (`json_each`),
+        so SQLite runs it with the GIL released, start to end, while the caller makes the
+        payloads: per-row statements (`executemany`) would take the GIL back after every
+        row, and wait for it behind the caller each time. The claims step returns False,
+        with nothing written, when a claim was not new (another batch's: the caller then
+        claims chunk by chunk and writes the rest itself), and the other steps do not run.
+
+        The chunk rows precede their chunks (written once the payloads are made), so the
+        foreign key to `chunks` is checked at the commit (`defer_foreign_keys`, which
+        SQLite resets when the transaction ends)."""
+        provider, account = owner
+        claims_json, claim_count = claims
+
+        def claim() -> bool:
+            db.execute("SAVEPOINT claim_page")
+            inserted = db.execute(_CLAIM_JSON, (provider, account, batch, now, claims_json))
+            if inserted.rowcount != claim_count:
+                db.execute("ROLLBACK TO SAVEPOINT claim_page")
+                db.execute("RELEASE SAVEPOINT claim_page")
+                return False
+            db.execute("RELEASE SAVEPOINT claim_page")
+            db.execute("PRAGMA defer_foreign_keys = ON")
+            return True
+
+        def chunk_rows() -> bool:
+            db.execute(
+                "INSERT INTO chunk_rows(chunk_key, row_key, position)"
+                " SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(?)",
+                (members,),
+            )
+            return True
+
+        def mark_planned() -> bool:
+            db.execute(_PLANNED_JSON, (now, planned))
+            return True
+
+        return [claim, chunk_rows, mark_planned]
+
+    def _mark_planned(
+        self, db: Database, batch: str, planned: list[tuple[int, str, str]], now: str
+    ) -> None:
+        """Mark the rows planned, in the order they are stored in (`_planned_rows`)."""
+        # In that order (on SQLite, by rowid: no search of the key's index either), the
+        # table's and the batch indexes' pages are visited in one sweep rather than once
+        # per chunk at random (the chunks hold rows in key order, scattered over a large
+        # batch's table).
+        if self.backend == "sqlite":
+            db.executemany(
+                "UPDATE rows SET state = 'planned', chunk_key = ?, updated_at = ?"
+                " WHERE rowid = ? AND batch = ? AND row_key = ?",
+                [(chunk, now, place, batch, key) for place, key, chunk in planned],
+            )
+        else:
+            db.executemany(
+                "UPDATE rows SET state = 'planned', chunk_key = ?, updated_at = ?"
+                " WHERE batch = ? AND row_key = ?",
+                [(chunk, now, batch, key) for _, key, chunk in planned],
+            )
 
     def discard_unsent_plans(
         self, batch: str, chunk_keys: Sequence[str] | None = None, *, stale_only: bool = False
@@ -390,14 +603,13 @@ class LedgerPlanning(LedgerConnection):
         db: Database,
         batch: str,
         owner: tuple[str, str],
-        chunks: Sequence[dict[str, list[str]]],
+        claims: Sequence[tuple[str, str]],
         now: str,
     ) -> bool:
-        """Claim every reference of `chunks` (each reference -> row keys of `batch`) at
-        once, in the claims' key order. True when every claim was new, so none can be
+        """Claim every reference of `claims` ((reference, row key of `batch`), in the
+        claims' key order) at once. True when every claim was new, so none can be
         another batch's; otherwise nothing is claimed (a savepoint undoes it) and False.
         """
-        claims = sorted((ref, keys[0]) for mine in chunks for ref, keys in mine.items())
         if not claims:
             return True
         provider, account = owner
