@@ -63,7 +63,8 @@ def may_fork() -> bool:
 
 
 class ListingChild:
-    """A forked child making GETs for up to `slots` listing threads at once.
+    """A forked child making GETs for up to `slots` listing threads at once (as many
+    as the two listings read side by side have workers).
 
     `get` is called from the listing's threads: each takes a free slot (a pair of
     pipes to one of the child's threads), sends the path and query, and waits for
@@ -95,7 +96,8 @@ class ListingChild:
         serve = make()
         pipes: list[int] = []
         try:
-            for _ in range(workers):
+            # the orders and the transactions are listed side by side, each with its workers
+            for _ in range(2 * workers):
                 pipes.extend(os.pipe())  # request read, request write
                 pipes.extend(os.pipe())  # reply read, reply write
             pid = os.fork()
@@ -129,7 +131,8 @@ class ListingChild:
             kind = _read_exactly(reply, 1)
             if kind == _BODY:
                 body = _read_frame(reply)
-                self.answered += 1
+                with self._lock:
+                    self.answered += 1
                 return body
         except (OSError, EOFError):
             pass  # the child is gone
