@@ -168,6 +168,34 @@ def test_a_get_the_child_refuses_is_made_here(
     assert there == here
 
 
+@pytest.mark.filterwarnings(FORK_WARNING)
+@pytest.mark.timeout(60)
+def test_a_slot_whose_thread_fails_is_never_waited_on(
+    sandbox: SandboxHandle,
+    ugiftme: UGiftMeProvider,
+    forkable: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A child thread that fails outside the GET (here: an answer it cannot send,
+    after saying a body follows) closes its slot: this process reads the end of it
+    and goes on alone, rather than wait for the rest of a body that never comes."""
+    sync_mode(sandbox)
+    since = datetime.now(UTC) - timedelta(minutes=1)
+    seed(ugiftme)
+    here = listing(ugiftme, since)
+    unsendable: Any = "a body that is not bytes"
+    monkeypatch.setattr(ugiftme, "child_pages", lambda: lambda: lambda path, params: unsendable)
+    child = ListingChild.start(ugiftme)
+    assert child is not None
+    try:
+        there = listing(ugiftme, since)
+    finally:
+        child.close()
+        reports.stop_listing_child(ugiftme)
+    assert child.retired and child.answered == 0
+    assert there == here
+
+
 def test_no_child_while_another_thread_runs() -> None:
     """A child forked now could inherit a lock the other thread holds."""
     stop = threading.Event()

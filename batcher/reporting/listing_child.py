@@ -200,19 +200,30 @@ def _child_main(
 
 
 def _answer(get: ChildGet, request: int, reply: int) -> None:
-    """One slot's GETs, one after another, until the parent closes its end."""
-    with suppress(OSError, EOFError):
+    """One slot's GETs, one after another, until the parent closes its end. Whatever
+    goes wrong, the slot's pipes are closed as it ends: the parent reads the end of
+    them and makes the GET itself, never waiting on a slot nobody answers."""
+    try:
         while True:
-            path, params = pickle.loads(_read_frame(request))
+            try:
+                path, params = pickle.loads(_read_frame(request))
+            except EOFError:
+                return  # the parent is done with the listing
             try:
                 body = get(path, params)
-            except BaseException:  # made again by the parent, which says what went wrong
+            except Exception:  # made again by the parent, which says what went wrong
                 body = None
             if body is None:
                 _send_raw(reply, _NONE)
             else:
                 _send_raw(reply, _BODY + _HEADER.pack(len(body)))
                 _send_raw(reply, body)
+    except BaseException:  # the parent sees the slot end and goes on alone
+        pass
+    finally:
+        for fd in (request, reply):
+            with suppress(OSError):
+                os.close(fd)
 
 
 def _send(fd: int, data: bytes) -> None:
