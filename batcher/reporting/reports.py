@@ -270,13 +270,13 @@ def collect(
     child: ListingChild | None = None
     listing = None
     ahead: list[RowRecord | SettledRow] | None = None
-    if provider is not None and fetch == "full":
-        if listing_process:
-            from batcher.reporting.listing_child import ListingChild
+    if provider is not None and fetch == "full" and listing_process:
+        from batcher.reporting.listing_child import ListingChild
 
-            child = ListingChild.start(provider)
-        listing = _in_background(fetch_provider_data, provider, windows)
+        child = ListingChild.start(provider)
     try:
+        if provider is not None and fetch == "full":
+            listing = _in_background(fetch_provider_data, provider, windows)
         if rows is None:
             rows = BatchRows.from_ledger(ledger, batch)
             if listing is not None and len(rows) <= READ_AHEAD_MAX_ROWS:
