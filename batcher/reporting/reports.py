@@ -286,6 +286,10 @@ def collect(
                     facts = RowFacts()
                     for row in ahead:
                         facts.add(row)
+        # the rest of what the ledger says, while the listings may still come in
+        if sheet_rows is None and runs:
+            sheet_rows = _summary_rows_total(ledger, runs[-1].run_id)
+        keys, requests = attempts(ledger, batch)
         data, error = None, None
         listed_at: IdleSample | None = None
         if provider is None:
@@ -304,9 +308,6 @@ def collect(
         if child is not None:
             child.close()  # its GETs, if still asked for, are made here again
             stop_listing_child(provider)
-    if sheet_rows is None and runs:
-        sheet_rows = _summary_rows_total(ledger, runs[-1].run_id)
-    keys, requests = attempts(ledger, batch)
     other_batches = other_batch_orders(ledger, batch, data)
     if listing is not None and data is not None and on_listed is not None:
         on_listed(rows, info, listed_at)  # a core idle meanwhile is one to use
