@@ -1189,18 +1189,23 @@ class Runner:
             self._schedule(polls, key, soonest)
             return
         # Learn how long the provider takes, so the next first poll lands after
-        # completion; only from polls that ran on time (a deferred poll overstates it).
-        if polled_at - self._poll_due.get(key, polled_at) < 0.5:
+        # completion. A first poll that finds its request done proves it took at most
+        # that long: less than learned is learned (a moving average, and the first polls
+        # to come move with it); more says nothing (it may have been done long before: a
+        # poll that waited its turn behind others, or its jitter, would teach the run a
+        # slower provider than it has). A slower one is learned from pending answers.
+        if first is not None:
+            elapsed = polled_at - first[0]
+            if elapsed < self._learned_poll_delay:
+                self._learned_poll_delay = 0.7 * self._learned_poll_delay + 0.3 * elapsed
+                self._learn(polls, delays)
+        elif self.events is not None and polled_at - self._poll_due.get(key, polled_at) < 0.5:
+            # with webhooks, the fallback polls of requests whose event did not come
+            # (only from polls that ran on time: a deferred poll overstates it)
             elapsed = polled_at - accepted_at.get(key, polled_at)
-            if first is not None:
-                # A first poll comes up to a fifth after the delay it was timed with
-                # (`_schedule_first`): what it proved enough is that delay, not the jitter.
-                elapsed = (polled_at - first[0]) / first[1]
             self._learned_poll_delay = min(
                 self.options.max_poll_delay, 0.7 * self._learned_poll_delay + 0.3 * elapsed
             )
-            if first is not None:
-                self._learn(polls, delays)
         self._settle_polled(chunk, result)
 
     def _begin_poll(self, key: str) -> _Poll:
