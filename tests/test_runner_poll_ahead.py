@@ -150,31 +150,3 @@ def test_a_run_stopped_with_a_poll_ahead_leaves_its_chunk_to_the_next_run(
 def test_ugiftme_allows_polls_ahead_and_the_protocol_default_is_no() -> None:
     assert polls_ahead(UGiftMeProvider.__new__(UGiftMeProvider))
     assert not polls_ahead(object())
-
-
-def test_a_two_step_client_reads_each_answer_on_the_runners_thread(tmp_path: Path) -> None:
-    """A client that splits its poll (`TwoStepPoll`, UGiftMe): the request of a poll
-    ahead goes out from the other thread; its answer is read, and matched to the chunk's
-    items, on the runner's thread, after the next request has gone out."""
-    w = world(tmp_path, [("GBP", "1.00")] * 8, submit_limit=1, wallets={"GBP": Decimal(100)},
-              polls_to_complete=1)  # fmt: skip
-    watched = Watched(w, allow=True)
-    asked: list[str] = []
-    read_on: list[str] = []
-
-    def poll_answer(request_id: str) -> Any:
-        asked.append(threading.current_thread().name)
-        answer_for: dict[int, PollResult] = {}
-
-        def read(items: list[OrderItem]) -> PollResult:
-            read_on.append(threading.current_thread().name)
-            return answer_for.setdefault(0, watched.poll(request_id, items))
-
-        return read
-
-    w.provider.poll_answer = poll_answer  # type: ignore[attr-defined]
-    stats = w.run(OPTIONS)
-    assert_exactly_once(w)
-    assert stats.polls == len(asked) == len(read_on) == 8
-    assert asked.count("batcher-poll-ahead") >= 6, asked
-    assert set(read_on) == {threading.main_thread().name}

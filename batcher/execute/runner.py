@@ -68,7 +68,6 @@ from batcher.providers.base import (
     PollResult,
     Provider,
     SubmitResult,
-    TwoStepPoll,
     polls_ahead,
 )
 
@@ -288,13 +287,10 @@ class _AheadCommit:
             raise error
 
 
-#: What reads a poll's answer (matched to its chunk's items): on the runner's thread.
-_Reader = Callable[[], PollResult]
 #: A poll begun (`Runner._begin_poll`): its chunk, its first-poll timing if it is the
 #: chunk's first poll this run (`Runner._schedule_first`), when it began, and the call
-#: that asks the provider and gives what reads the answer (or, begun ahead, that gives
-#: the reader it had, or raises what its request raised).
-_Poll = tuple[ChunkRecord, tuple[float, float] | None, float, Callable[[], _Reader]]
+#: that asks the provider (or, begun ahead, that gives the answer it had).
+_Poll = tuple[ChunkRecord, tuple[float, float] | None, float, Callable[[], PollResult]]
 
 
 class _PollAhead:
@@ -310,11 +306,11 @@ class _PollAhead:
 
     def __init__(self) -> None:
         self._thread: threading.Thread | None = None
-        self._calls: queue.SimpleQueue[Callable[[], _Reader] | None] = queue.SimpleQueue()
+        self._calls: queue.SimpleQueue[Callable[[], PollResult] | None] = queue.SimpleQueue()
         self._done = threading.Event()
         self._key = ""
         self._poll: _Poll | None = None
-        self._result: _Reader | None = None
+        self._result: PollResult | None = None
         self._error: BaseException | None = None
 
     @property
@@ -343,9 +339,8 @@ class _PollAhead:
         self._calls.put(poll[3])
 
     def take(self, key: str) -> _Poll | None:
-        """The poll of `key` begun ahead, with a call that gives what reads its answer
-        (or raises what its request raised); None when none was. Waits for any poll
-        still running first."""
+        """The poll of `key` begun ahead, with a call that gives its answer (or raises
+        what it raised); None when none was. Waits for any poll still running first."""
         if self._poll is None:
             return None
         self._done.wait()
@@ -355,13 +350,13 @@ class _PollAhead:
         result, error = self._result, self._error
         self._result = self._error = None
 
-        def reader() -> _Reader:
+        def answer() -> PollResult:
             if error is not None:
                 raise error
             assert result is not None
             return result
 
-        return chunk, first, polled_at, reader
+        return chunk, first, polled_at, answer
 
     def close(self) -> None:
         """Wait for a poll still running and forget its answer (a read, nothing to undo:
@@ -450,7 +445,6 @@ class Runner:
         # Once everything is sent, the next due poll runs on a thread of its own while the
         # answer before it is settled (`_poll_next_ahead`), when the provider allows it.
         self._poll_ahead = _PollAhead()
-        self._two_step_poll = isinstance(provider, TwoStepPoll)
 
     # ------------------------------------------------------------------ planning
 
@@ -1158,10 +1152,9 @@ class Runner:
         begun = self._poll_ahead.take(key)
         chunk, first, polled_at, call = begun or self._begin_poll(key)
         try:
-            read = call()
-            if ahead:  # the next poll's request goes out while this answer is read
+            result = call()
+            if ahead:
                 self._poll_next_ahead(polls)
-            result = read()
         except IncompleteResult as exc:
             # The provider answered but did not account for every row: record what is
             # certain; the chunk stays unknown and is resent with the same key next run.
@@ -1238,20 +1231,7 @@ class Runner:
         self.ledger.count_poll(key)
         polled_at = self.clock()
         items = self._items(chunk)
-        provider = self.provider
-        if self._two_step_poll and isinstance(provider, TwoStepPoll):
-
-            def ask() -> _Reader:
-                read = provider.poll_answer(request_id)  # the request, on either thread
-                return lambda: read(items)  # the reading, on the runner's
-
-        else:
-
-            def ask() -> _Reader:
-                result = provider.poll(request_id, items)
-                return lambda: result
-
-        return chunk, first, polled_at, ask
+        return chunk, first, polled_at, lambda: self.provider.poll(request_id, items)
 
     def _poll_next_ahead(self, polls: list[tuple[float, str]]) -> None:
         """Begin the next due poll on the other thread, if none runs there: its request

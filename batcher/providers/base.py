@@ -9,7 +9,7 @@ order request, and to report catalog, balances, transactions and orders.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -241,19 +241,6 @@ class Provider(Protocol):
         ...
 
     def close(self) -> None: ...
-
-
-@runtime_checkable
-class TwoStepPoll(Protocol):
-    """A provider client whose poll splits into its request and the reading of its
-    answer: the runner's poll ahead (`polls_ahead`) sends the request from its other
-    thread and reads the answer (matching it to the chunk's items) on its own, while
-    the next request is under way."""
-
-    def poll_answer(self, request_id: str) -> Callable[[Sequence[OrderItem]], PollResult]:
-        """Ask for the order request's state now (raises OutcomeUnknown as `poll` does);
-        the callable returned reads the answer for these items, as `poll` would."""
-        ...
 
 
 def polls_ahead(provider: object) -> bool:

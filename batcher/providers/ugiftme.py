@@ -227,11 +227,6 @@ class UGiftMeProvider(ApiBackedProvider):
         return self._submit_result(response, items)
 
     def poll(self, request_id: str, items: Sequence[OrderItem]) -> PollResult:
-        return self.poll_answer(request_id)(items)
-
-    def poll_answer(self, request_id: str) -> Callable[[Sequence[OrderItem]], PollResult]:
-        """`poll` in two steps: the request now, and what reads its answer (matched to
-        the chunk's items) later, on another thread if need be (`base.polls_ahead`)."""
         path = f"/orders/order-requests/{quote(request_id, safe='')}"
         self._ensure_discounts()
         try:
@@ -242,10 +237,9 @@ class UGiftMeProvider(ApiBackedProvider):
             raise OutcomeUnknown(exc.message) from None
         if response.status_code == 404:
             raise OutcomeUnknown(f"order request {request_id} is unknown to UGiftMe (HTTP 404)")
-        data = response.data
-        if not response.is_success or not isinstance(data, Mapping):
+        if not response.is_success or not isinstance(response.data, Mapping):
             raise OutcomeUnknown(self._status_text("GET", path, response))
-        return lambda items: self._poll_result(data, items)
+        return self._poll_result(response.data, items)
 
     def order_request_result(
         self, data: Mapping[str, Any], items: Sequence[OrderItem]
