@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
-import queue
 import random
 import re
 import threading
@@ -299,15 +298,10 @@ class _PollAhead:
     it. One request at a time: the runner sends nothing itself while one runs (it waits
     for it first, `take`), so the client and its rate limiter see the polls in turn, as
     from one thread. Its answer is only read: the runner applies it, to its own chunk, on
-    its own thread; an answer never taken (the run stopped) changes nothing.
-
-    One thread serves a run's polls ahead (started with the first, ended by `close`):
-    a thread started for each poll cost more than the overlap saved on a busy machine."""
+    its own thread; an answer never taken (the run stopped) changes nothing."""
 
     def __init__(self) -> None:
         self._thread: threading.Thread | None = None
-        self._calls: queue.SimpleQueue[Callable[[], PollResult] | None] = queue.SimpleQueue()
-        self._done = threading.Event()
         self._key = ""
         self._poll: _Poll | None = None
         self._result: PollResult | None = None
@@ -318,33 +312,31 @@ class _PollAhead:
         """A poll runs, or its answer waits to be taken."""
         return self._poll is not None
 
-    def _serve(self) -> None:
-        while (call := self._calls.get()) is not None:
-            try:
-                self._result = call()
-            except BaseException as exc:  # raised on the runner's thread by `take`
-                self._error = exc
-            self._done.set()
-
     def start(self, key: str, poll: _Poll) -> None:
         assert self._poll is None
         self._key, self._poll = key, poll
         self._result = self._error = None
-        self._done.clear()
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._serve, name="batcher-poll-ahead", daemon=True
-            )
-            self._thread.start()
-        self._calls.put(poll[3])
+        call = poll[3]
+
+        def run() -> None:
+            try:
+                self._result = call()
+            except BaseException as exc:  # raised on the runner's thread by `take`
+                self._error = exc
+
+        self._thread = threading.Thread(target=run, name="batcher-poll-ahead", daemon=True)
+        self._thread.start()
+
+    def _join(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
 
     def take(self, key: str) -> _Poll | None:
         """The poll of `key` begun ahead, with a call that gives its answer (or raises
         what it raised); None when none was. Waits for any poll still running first."""
-        if self._poll is None:
-            return None
-        self._done.wait()
-        if self._key != key:
+        self._join()
+        if self._poll is None or self._key != key:
             return None
         (chunk, first, polled_at, _call), self._poll = self._poll, None
         result, error = self._result, self._error
@@ -358,17 +350,12 @@ class _PollAhead:
 
         return chunk, first, polled_at, answer
 
-    def close(self) -> None:
-        """Wait for a poll still running and forget its answer (a read, nothing to undo:
-        the chunk stays accepted and is polled again); end the thread."""
-        if self._poll is not None:
-            self._done.wait()
+    def discard(self) -> None:
+        """Wait for a poll still running and forget its answer: a read, nothing to undo
+        (the chunk stays accepted and is polled again)."""
+        self._join()
         self._poll = None
         self._result = self._error = None
-        if self._thread is not None:
-            self._calls.put(None)
-            self._thread.join()
-            self._thread = None
 
 
 class _LedgerAfterCommit:
@@ -669,7 +656,7 @@ class Runner:
             except _Stopped:
                 pass
             finally:
-                self._poll_ahead.close()
+                self._poll_ahead.discard()
                 try:
                     with suppress(_Stopped):
                         self._ahead.join()
