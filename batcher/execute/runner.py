@@ -67,7 +67,6 @@ from batcher.providers.base import (
     PollResult,
     Provider,
     SubmitResult,
-    polls_ahead,
 )
 
 _RETRYABLE_CODES = {
@@ -286,78 +285,6 @@ class _AheadCommit:
             raise error
 
 
-#: A poll begun (`Runner._begin_poll`): its chunk, its first-poll timing if it is the
-#: chunk's first poll this run (`Runner._schedule_first`), when it began, and the call
-#: that asks the provider (or, begun ahead, that gives the answer it had).
-_Poll = tuple[ChunkRecord, tuple[float, float] | None, float, Callable[[], PollResult]]
-
-
-class _PollAhead:
-    """At most one provider poll running on a thread of its own (`Runner._poll_next_ahead`):
-    the next due poll's request is under way while the runner settles the answer before
-    it. One request at a time: the runner sends nothing itself while one runs (it waits
-    for it first, `take`), so the client and its rate limiter see the polls in turn, as
-    from one thread. Its answer is only read: the runner applies it, to its own chunk, on
-    its own thread; an answer never taken (the run stopped) changes nothing."""
-
-    def __init__(self) -> None:
-        self._thread: threading.Thread | None = None
-        self._key = ""
-        self._poll: _Poll | None = None
-        self._result: PollResult | None = None
-        self._error: BaseException | None = None
-
-    @property
-    def busy(self) -> bool:
-        """A poll runs, or its answer waits to be taken."""
-        return self._poll is not None
-
-    def start(self, key: str, poll: _Poll) -> None:
-        assert self._poll is None
-        self._key, self._poll = key, poll
-        self._result = self._error = None
-        call = poll[3]
-
-        def run() -> None:
-            try:
-                self._result = call()
-            except BaseException as exc:  # raised on the runner's thread by `take`
-                self._error = exc
-
-        self._thread = threading.Thread(target=run, name="batcher-poll-ahead", daemon=True)
-        self._thread.start()
-
-    def _join(self) -> None:
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-
-    def take(self, key: str) -> _Poll | None:
-        """The poll of `key` begun ahead, with a call that gives its answer (or raises
-        what it raised); None when none was. Waits for any poll still running first."""
-        self._join()
-        if self._poll is None or self._key != key:
-            return None
-        (chunk, first, polled_at, _call), self._poll = self._poll, None
-        result, error = self._result, self._error
-        self._result = self._error = None
-
-        def answer() -> PollResult:
-            if error is not None:
-                raise error
-            assert result is not None
-            return result
-
-        return chunk, first, polled_at, answer
-
-    def discard(self) -> None:
-        """Wait for a poll still running and forget its answer: a read, nothing to undo
-        (the chunk stays accepted and is polled again)."""
-        self._join()
-        self._poll = None
-        self._result = self._error = None
-
-
 class _LedgerAfterCommit:
     """The runner's ledger while `_AheadCommit` may be using it: every use waits for that
     transaction first, so one thread at a time uses the connection. A poll's count is
@@ -429,9 +356,6 @@ class Runner:
         # requests go on (`_mark_ahead`), and the keys it was given, none sent yet.
         self._ahead = _AheadCommit()
         self._ahead_keys: set[str] = set()
-        # Once everything is sent, the next due poll runs on a thread of its own while the
-        # answer before it is settled (`_poll_next_ahead`), when the provider allows it.
-        self._poll_ahead = _PollAhead()
 
     # ------------------------------------------------------------------ planning
 
@@ -656,7 +580,6 @@ class Runner:
             except _Stopped:
                 pass
             finally:
-                self._poll_ahead.discard()
                 try:
                     with suppress(_Stopped):
                         self._ahead.join()
@@ -740,9 +663,6 @@ class Runner:
             delays[chunk.chunk_key] = self.options.initial_poll_delay
             accepted_at[chunk.chunk_key] = now
 
-        # Polls may run one ahead on another thread once everything is sent (webhook
-        # events settle chunks from this thread's reads: not with them).
-        poll_ahead = self.events is None and polls_ahead(self.provider)
         while queue or polls:
             self._check_stop()
             self._ahead.raise_if_failed()
@@ -757,7 +677,7 @@ class Runner:
             poll_allowed = not queue or self.stats.polls < self.stats.submits * POLLS_PER_SUBMIT
             if poll_due and poll_allowed:
                 _, key = heapq.heappop(polls)
-                self._poll_one(key, polls, delays, accepted_at, ahead=not queue and poll_ahead)
+                self._poll_one(key, polls, delays, accepted_at)
                 if len(self._deferred) >= FLUSH_AHEAD_WRITES:
                     self._flush_ahead()  # the settled chunks, while the next polls go on
                 continue
@@ -1130,18 +1050,15 @@ class Runner:
         polls: list[tuple[float, str]],
         delays: dict[str, float],
         accepted_at: dict[str, float],
-        *,
-        ahead: bool = False,
     ) -> None:
-        """Poll `key`'s order request (or take the answer of its poll begun ahead) and act
-        on the answer. `ahead`: once the answer is in, the next due poll begins on the
-        other thread while this one's answer is settled (`_poll_next_ahead`)."""
-        begun = self._poll_ahead.take(key)
-        chunk, first, polled_at, call = begun or self._begin_poll(key)
+        chunk = self._accepted.get(key) or self.ledger.chunk(key)
+        assert chunk.request_id is not None
+        first = self._first_polls.pop(key, None)
+        self.stats.polls += 1
+        self.ledger.count_poll(key)
+        polled_at = self.clock()
         try:
-            result = call()
-            if ahead:
-                self._poll_next_ahead(polls)
+            result: PollResult = self.provider.poll(chunk.request_id, self._items(chunk))
         except IncompleteResult as exc:
             # The provider answered but did not account for every row: record what is
             # certain; the chunk stays unknown and is resent with the same key next run.
@@ -1207,30 +1124,6 @@ class Runner:
                 self.options.max_poll_delay, 0.7 * self._learned_poll_delay + 0.3 * elapsed
             )
         self._settle_polled(chunk, result)
-
-    def _begin_poll(self, key: str) -> _Poll:
-        """Count a poll of `key`'s order request and make the call that asks the provider."""
-        chunk = self._accepted.get(key) or self.ledger.chunk(key)
-        request_id = chunk.request_id
-        assert request_id is not None
-        first = self._first_polls.pop(key, None)
-        self.stats.polls += 1
-        self.ledger.count_poll(key)
-        polled_at = self.clock()
-        items = self._items(chunk)
-        return chunk, first, polled_at, lambda: self.provider.poll(request_id, items)
-
-    def _poll_next_ahead(self, polls: list[tuple[float, str]]) -> None:
-        """Begin the next due poll on the other thread, if none runs there: its request
-        and the provider's time on it overlap this thread's settling of the answer before
-        it (20,000 UGiftMe rows: ~190 polls back to back at a run's end, each ~5 ms of
-        which ~2 ms is the request in flight). It stays in the queue; taking it there
-        gives its answer (`_PollAhead.take`)."""
-        if not polls or self._poll_ahead.busy:
-            return
-        due, key = polls[0]
-        if due <= self.clock():
-            self._poll_ahead.start(key, self._begin_poll(key))
 
     def _settle_polled(self, chunk: ChunkRecord, result: PollResult) -> None:
         """A terminal poll answer or webhook event: both settle the chunk alike."""

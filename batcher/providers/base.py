@@ -243,16 +243,6 @@ class Provider(Protocol):
     def close(self) -> None: ...
 
 
-def polls_ahead(provider: object) -> bool:
-    """Whether `provider.poll` may run on a thread other than the runner's, one poll at a
-    time and while the runner makes no other use of the client (`Runner`'s poll ahead:
-    the next due poll's request goes out while the answer before it is settled). A
-    client that says so with a true `polls_ahead` attribute keeps no state a poll
-    changes that the runner's thread reads meanwhile (UGiftMe's is stateless between
-    polls; GIFQ's order board is not, and says nothing)."""
-    return getattr(provider, "polls_ahead", False) is True
-
-
 class ApiBackedProvider:
     """What every provider client built on `ApiClient` shares: its limiter and closing."""
 

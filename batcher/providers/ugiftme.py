@@ -109,9 +109,6 @@ class UGiftMeProvider(ApiBackedProvider):
     validates_catalog = True
     page_limit = PAGE_LIMIT  # records per page when listing
     list_workers = LIST_WORKERS  # pages of one listing in flight at once
-    #: a poll keeps no state between calls: the runner may send the next one from
-    #: another thread while it settles the answer before it (`base.polls_ahead`)
-    polls_ahead = True
 
     def __init__(
         self,
