@@ -186,6 +186,15 @@ POLLS_PER_SUBMIT = 0.25
 #: (`_AheadCommit`) once there are this many, while the next polls go on, rather than
 #: all at the end of the run.
 FLUSH_AHEAD_WRITES = 16
+#: A first poll that finds its request still pending this long after it was accepted
+#: moves the first polls still to come to at least this many times as long after their
+#: own chunk's acceptance: a provider falling behind (a backlog) falls further behind
+#: while they wait, and a first poll that finds its request pending costs a request and
+#: a back-off that may outlast the run's other polls.
+PENDING_MARGIN = 1.25
+#: The first polls still to come are timed again when the learned delay has moved by
+#: more than this share since they were last timed.
+_RETIME_SHARE = 0.1
 #: A wait at least this long commits the deferred writes first; shorter ones (polls
 #: falling due a few milliseconds apart) leave them for the next commit.
 _COMMIT_BEFORE_WAITING = 0.25
@@ -321,6 +330,11 @@ class Runner:
         self.stats = RunStats()
         self._deadline: float | None = None
         self._learned_poll_delay = options.initial_poll_delay
+        # Chunks accepted this run whose first poll has not come yet (no webhooks): when
+        # each was accepted and its jitter, so the poll moves when the learned delay does
+        # (`_retime_first_polls`); and the delay they were last timed with.
+        self._first_polls: dict[str, tuple[float, float]] = {}
+        self._timed_with = options.initial_poll_delay
         self._poll_failures: dict[str, int] = {}
         self._poll_due: dict[str, float] = {}
         self.events = events
@@ -702,12 +716,14 @@ class Runner:
                     emit(self.listener, "sends_done")  # the run's end may start reading
                 if result is not None and result.kind == "accepted":
                     delay = max(self._learned_poll_delay, self.options.initial_poll_delay)
-                    if self.events is not None and result.request_id:
-                        self._request_of[key] = result.request_id
-                        delay = self.events.first_poll_delay(delay)
                     delays[key] = delay
                     accepted_at[key] = self.clock()
-                    self._schedule(polls, key, delay)
+                    if self.events is not None and result.request_id:
+                        self._request_of[key] = result.request_id
+                        delays[key] = self.events.first_poll_delay(delay)
+                        self._schedule(polls, key, delays[key])
+                    else:
+                        self._schedule_first(polls, key, accepted_at[key], delay)
                 continue
             wait = polls[0][0] - now
             if self.events is not None:
@@ -800,6 +816,48 @@ class Runner:
 
     def _jitter(self, delay: float) -> float:
         return delay * self.rng.uniform(0.9, 1.1)
+
+    def _schedule_first(
+        self, polls: list[tuple[float, str]], key: str, accepted: float, delay: float
+    ) -> None:
+        """A chunk's first poll, `delay` after it was accepted and up to a fifth more
+        (jitter); it keeps its jitter when the learned delay moves it
+        (`_retime_first_polls`). Never before the delay: that is the provider's pace as
+        learned so far, so a poll sooner would expect to find the request pending, and
+        its back-off would come late."""
+        factor = self.rng.uniform(1.0, 1.2)
+        self._first_polls[key] = (accepted, factor)
+        due = accepted + delay * factor
+        self._poll_due[key] = due
+        heapq.heappush(polls, (due, key))
+
+    def _retime_first_polls(self, polls: list[tuple[float, str]], delays: dict[str, float]) -> None:
+        """Move the first polls still to come to the learned delay after their chunk was
+        accepted: every chunk sent before the first answer came back was timed with what
+        was known then (20,000 UGiftMe rows: all 200 are sent before the first poll)."""
+        delay = max(self._learned_poll_delay, self.options.initial_poll_delay)
+        self._timed_with = delay
+        if not self._first_polls:
+            return
+        first = self._first_polls
+        entries = []
+        for due, key in polls:
+            timing = first.get(key)
+            if timing is not None:
+                due = timing[0] + delay * timing[1]
+                self._poll_due[key] = due
+                delays[key] = delay
+            entries.append((due, key))
+        polls[:] = entries
+        heapq.heapify(polls)
+
+    def _learn(self, polls: list[tuple[float, str]], delays: dict[str, float]) -> None:
+        """The learned delay moved: the first polls to come move with it once it has
+        moved by more than `_RETIME_SHARE` of what they were timed with (so a run does
+        not re-time them all for every answer)."""
+        delay = max(self._learned_poll_delay, self.options.initial_poll_delay)
+        if abs(delay - self._timed_with) > _RETIME_SHARE * self._timed_with:
+            self._retime_first_polls(polls, delays)
 
     # ------------------------------------------------------------------ sending
 
@@ -1002,6 +1060,7 @@ class Runner:
     ) -> None:
         chunk = self._accepted.get(key) or self.ledger.chunk(key)
         assert chunk.request_id is not None
+        first = self._first_polls.pop(key, None)
         self.stats.polls += 1
         self.ledger.count_poll(key)
         polled_at = self.clock()
@@ -1034,6 +1093,15 @@ class Runner:
                 polls[:] = [(min(due, now), other) for due, other in polls]
                 heapq.heapify(polls)
         if result.kind == "pending":
+            if first is not None and not result.from_cache and result.ask_again_in is None:
+                # Still not done this long after it was accepted: the provider is slower
+                # than learned (a backlog grows), so the first polls to come wait a margin
+                # more than that after their own chunk's acceptance (`PENDING_MARGIN`).
+                # Unlike a completed poll, a late one tells as much as an early one.
+                floor = (polled_at - first[0]) * PENDING_MARGIN
+                if floor > self._learned_poll_delay:
+                    self._learned_poll_delay = min(self.options.max_poll_delay, floor)
+                    self._learn(polls, delays)
             # Back off from the provider, not from the client's own memory: a "pending"
             # read from what the client already held (GIFQ's order board) cost no request.
             previous = delays.get(key, 1.0)
@@ -1045,8 +1113,19 @@ class Runner:
             self._schedule(polls, key, soonest)
             return
         # Learn how long the provider takes, so the next first poll lands after
-        # completion; only from polls that ran on time (a deferred poll overstates it).
-        if polled_at - self._poll_due.get(key, polled_at) < 0.5:
+        # completion. A first poll that finds its request done proves it took at most
+        # that long: less than learned is learned (a moving average, and the first polls
+        # to come move with it); more says nothing (it may have been done long before: a
+        # poll that waited its turn behind others, or its jitter, would teach the run a
+        # slower provider than it has). A slower one is learned from pending answers.
+        if first is not None:
+            elapsed = polled_at - first[0]
+            if elapsed < self._learned_poll_delay:
+                self._learned_poll_delay = 0.7 * self._learned_poll_delay + 0.3 * elapsed
+                self._learn(polls, delays)
+        elif self.events is not None and polled_at - self._poll_due.get(key, polled_at) < 0.5:
+            # with webhooks, the fallback polls of requests whose event did not come
+            # (only from polls that ran on time: a deferred poll overstates it)
             elapsed = polled_at - accepted_at.get(key, polled_at)
             self._learned_poll_delay = min(
                 self.options.max_poll_delay, 0.7 * self._learned_poll_delay + 0.3 * elapsed

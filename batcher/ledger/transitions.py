@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from json.encoder import encode_basestring_ascii
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from batcher.core.clock import utc_now
 from batcher.core.states import CLAIMING_STATES
 from batcher.ledger.backend import Database
-from batcher.ledger.connection import INSERT_EVENT, LedgerConnection
+from batcher.ledger.connection import INSERT_EVENT, LedgerConnection, _event_detail
 from batcher.ledger.location import LedgerLocation
 from batcher.ledger.records import ChunkRecord, RowOutcome
 
@@ -200,18 +201,30 @@ class LedgerTransitions(LedgerConnection):
                 db, batch, [out.row_key for out in outcomes if out.state not in CLAIMING_STATES]
             )
             # One clock reading for the chunk's rows' events, as for their `updated_at`.
+            run_id = self.run_id
             db.executemany(
                 INSERT_EVENT,
                 [
-                    self._event_values(
-                        batch, "row_settled", chunk_key, out.row_key,
-                        {"state": out.state, "code": out.error_code, "order_id": out.order_id},
-                        now,
-                    )
+                    (now, batch, run_id, "row_settled", chunk_key, out.row_key,
+                     settled_detail(out.state, out.error_code, out.order_id))
                     for out in outcomes
                 ],
             )  # fmt: skip
             self._event(batch, "chunk_settled", chunk_key=chunk_key, state=chunk_state)
+
+
+_json_string = cast(Callable[[str], str], encode_basestring_ascii)
+
+
+def settled_detail(state: Any, code: Any, order_id: Any) -> str:
+    """A `row_settled` event's detail, as the ledger's events encode theirs (JSON with
+    sorted keys, `connection._event_detail`), spelled out: a chunk's settle writes one
+    per row on the runner's commit thread, beside the polls it races for the GIL."""
+    values = (code, order_id, state)
+    if all(v is None or type(v) is str for v in values):
+        code_, order_, state_ = ("null" if v is None else _json_string(v) for v in values)
+        return f'{{"code": {code_}, "order_id": {order_}, "state": {state_}}}'
+    return _event_detail({"state": state, "code": code, "order_id": order_id})
 
 
 _SETTLE_SETS = (
