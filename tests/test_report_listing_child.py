@@ -212,20 +212,6 @@ def test_no_child_for_a_provider_that_cannot_use_one(forkable: None) -> None:
     assert ListingChild.start(object()) is None
 
 
-class _Pace:
-    def reserve(self, key: str, interval: float) -> float:
-        return 0.0
-
-
-def test_no_child_when_the_keys_pace_is_shared_through_the_ledger(
-    ugiftme: UGiftMeProvider, forkable: None
-) -> None:
-    """A pace kept with other processes lives in the ledger's connection, which a child
-    must never use: the listing then makes its own GETs."""
-    ugiftme._api.limiter.share(_Pace(), "key")
-    assert ListingChild.start(ugiftme) is None
-
-
 class Spy:
     """What matching was handed: the rows read ahead, or None (read as matched)."""
 

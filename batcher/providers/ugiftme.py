@@ -414,15 +414,13 @@ class UGiftMeProvider(ApiBackedProvider):
                 workers=self.list_workers,
             )
 
-    def child_pages(self) -> Callable[[], Callable[[str, Params], bytes | None]] | None:
+    def child_pages(self) -> Callable[[], Callable[[str, Params], bytes | None]]:
         """What a forked child (`reporting.listing_child`) calls to make this provider's
         listing GETs: a client of its own (never this process's connections), paced by
         this key's limiter as it stood at the fork. Each GET answers the success body
         exactly as `_listing` would decode it, or None for anything else (an error
         status, a body that may echo the key): the parent then makes that GET itself."""
         settings, transport, limiter = self._settings, self._transport, self._api.limiter
-        if limiter.shares_pace:  # its pace is kept in the ledger, which a child never uses
-            return None
 
         def serve() -> Callable[[str, Params], bytes | None]:
             own = UGiftMeProvider(settings, transport=transport, limiter=limiter)

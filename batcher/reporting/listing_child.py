@@ -46,7 +46,7 @@ class ForksPages(Protocol):
 
     list_workers: int
 
-    def child_pages(self) -> Callable[[], ChildGet] | None: ...
+    def child_pages(self) -> Callable[[], ChildGet]: ...
 
     def use_child_pages(self, get: ChildGet | None) -> None: ...
 
@@ -94,8 +94,6 @@ class ListingChild:
         if not may_fork():
             return None
         serve = make()
-        if serve is None:  # the provider cannot hand its GETs to a child now
-            return None
         pipes: list[int] = []
         try:
             # the orders and the transactions are listed side by side, each with its workers

@@ -386,12 +386,6 @@ class RateLimiter:
         with self._lock:
             self._answered(self._clock())
 
-    @property
-    def shares_pace(self) -> bool:
-        """Its schedule is kept with other processes (`share`): through the ledger, which
-        a forked child must never use."""
-        return self._shared is not None
-
     def share(self, pace: SharedPace, key: str) -> None:
         """From now on, also take a slot of `key`'s shared schedule before each request."""
         with self._lock:
