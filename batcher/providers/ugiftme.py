@@ -135,9 +135,6 @@ class UGiftMeProvider(ApiBackedProvider):
             transport=transport,
         )
         self._discounts: dict[str, Decimal] | None = None  # productCode -> discount %
-        # what a client of its own is made of, in a child making listing GETs (`child_pages`)
-        self._settings, self._transport = settings, transport
-        self._child_get: Callable[[str, Params], bytes | None] | None = None
 
     # ------------------------------------------------------------------ reads
 
@@ -376,17 +373,9 @@ class UGiftMeProvider(ApiBackedProvider):
         refuses is parsed as JSON and read record by record with `parse`, which
         reads or refuses it as it always did."""
 
-        child_get = self._child_get
-
         def fetch(page: int) -> Page[T]:
             query = {**params, "page": page, "limit": self.page_limit}
-            data: Any = None
-            body = None if child_get is None else child_get(path, query)
-            if body is not None:
-                with suppress(ValueError):  # refused: the GET is made here, as always
-                    data = listed(body)
-            if data is None:
-                data = self._get(path, query, decode=listed).data
+            data = self._get(path, query, decode=listed).data
             if type(data) is Listed:
                 return Page(page, data.items, data.total, data.total_pages)
             if not isinstance(data, Mapping):
@@ -413,30 +402,6 @@ class UGiftMeProvider(ApiBackedProvider):
                 older=older,
                 workers=self.list_workers,
             )
-
-    def child_pages(self) -> Callable[[], Callable[[str, Params], bytes | None]]:
-        """What a forked child (`reporting.listing_child`) calls to make this provider's
-        listing GETs: a client of its own (never this process's connections), paced by
-        this key's limiter as it stood at the fork. Each GET answers the success body
-        exactly as `_listing` would decode it, or None for anything else (an error
-        status, a body that may echo the key): the parent then makes that GET itself."""
-        settings, transport, limiter = self._settings, self._transport, self._api.limiter
-
-        def serve() -> Callable[[str, Params], bytes | None]:
-            own = UGiftMeProvider(settings, transport=transport, limiter=limiter)
-
-            def get(path: str, params: Params) -> bytes | None:
-                response = own._api.get(path, params=params, decode=_body)
-                data = response.data
-                return data if response.is_success and type(data) is bytes else None
-
-            return get
-
-        return serve
-
-    def use_child_pages(self, get: Callable[[str, Params], bytes | None] | None) -> None:
-        """Listing GETs from now on go through `get` first (None: made here again)."""
-        self._child_get = get
 
     def _status_text(self, method: str, path: str, response: ApiResponse) -> str:
         detail = self._error_message(response.data)
@@ -1054,11 +1019,6 @@ def _required_text(record: Mapping[str, Any], field: str) -> str:
 
 def _optional_money(value: Any) -> Decimal | None:
     return None if value is None else to_decimal(value)
-
-
-def _body(content: bytes) -> bytes:
-    """A listing page's body as it came (decoded by the process that asked for it)."""
-    return content
 
 
 def _order_identity(order: ProviderOrder) -> str:

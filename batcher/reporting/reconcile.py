@@ -231,11 +231,7 @@ def match_orders(
     mine: set[str] = set()  # ids `other_batches` names that are this batch's own
     by_order, by_txid, orders = index.by_order, index.by_txid, index.orders
     # Settled rows come light (`SettledRow`): matching needs none of their cells.
-    rows: Iterable[RowRecord | SettledRow]
-    if inputs.read_ahead is not None:
-        rows = inputs.read_ahead
-    else:
-        rows = inputs.rows.for_sums() if isinstance(inputs.rows, BatchRows) else inputs.rows
+    rows = inputs.rows.for_sums() if isinstance(inputs.rows, BatchRows) else inputs.rows
     for row in rows:  # one pass, a page at a time when read from the ledger
         if summing:
             facts.add(row)

@@ -58,7 +58,6 @@ from batcher.reporting.row_source import BatchRows
 from batcher.reporting.verdicts import RECONCILED
 
 if TYPE_CHECKING:
-    from batcher.reporting.listing_child import ListingChild
     from batcher.reporting.workbook import EarlyOrders
     from batcher.reporting.xlsx_stream import IdleSample
 
@@ -78,10 +77,6 @@ CLOCK_MARGIN = timedelta(minutes=2)
 TRUNCATION = timedelta(milliseconds=1)
 #: How late a provider may deliver a webhook for an order placed during a run
 WEBHOOK_DELAY = timedelta(minutes=15)
-#: up to this many rows, a full report reads the rows matching needs while the provider's
-#: listings come in (held until matched, as the matched ones are anyway); more are read
-#: a page at a time as they are matched
-READ_AHEAD_MAX_ROWS = 250_000
 #: up to this many orders, the report after a run always fetches the provider's listings
 AUTO_FETCH_MAX_ORDERS = 2_000
 Fetch = Literal["full", "auto", "quick"]
@@ -147,8 +142,6 @@ def write_batch_report(
             rows=rows,
             facts=facts,
             on_listed=listed,
-            # codes.xlsx asks the provider again, after the listing: paced here alone
-            listing_process=fetch == "full" and not reveal_codes,
         )
         out_dir.mkdir(parents=True, exist_ok=True)
         forget_stamp(out_dir)  # whoever writes the report next vouches for it, or nobody does
@@ -245,7 +238,6 @@ def collect(
     rows: BatchRows | None = None,
     facts: RowFacts | None = None,
     on_listed: Callable[[BatchRows, Mapping[str, Any], IdleSample | None], None] | None = None,
-    listing_process: bool = False,
 ) -> ReportModel:
     """Everything the report shows. The batch's rows are never all held at once: they
     are summed in one pass (`RowFacts`) and read again, a page at a time, by whatever
@@ -253,11 +245,7 @@ def collect(
 
     `on_listed(rows, info, idle)` is called once the provider's listings are in (and
     their threads gone), before the rows are matched to them; `idle`: the machine's idle
-    CPU time when the listings were in.
-
-    `listing_process`: a full listing's GETs may be made by a forked child
-    (`listing_child`), when one can be had; only for a caller that makes no other
-    request of the provider afterwards (the child paces the key on its own)."""
+    CPU time when the listings were in."""
     info = ledger.batch_info(batch)
     if info is None:
         raise UsageError(f"no batch named {batch!r} in the ledger")
@@ -265,49 +253,31 @@ def collect(
     runs = run_infos(ledger, batch, now)
     windows = [r.window for r in runs]
     # A full report lists the provider's side whatever the rows say: that starts now,
-    # in another thread, while the ledger's rows are read (it mostly waits on the network,
-    # and on a child process that makes its GETs, when one can be had: `listing_child`).
-    child: ListingChild | None = None
-    listing = None
-    ahead: list[RowRecord | SettledRow] | None = None
-    if provider is not None and fetch == "full" and listing_process:
-        from batcher.reporting.listing_child import ListingChild
+    # in another thread, while the ledger's rows are read (it mostly waits on the network).
+    listing = (
+        _in_background(fetch_provider_data, provider, windows)
+        if provider is not None and fetch == "full"
+        else None
+    )
+    if rows is None:
+        rows = BatchRows.from_ledger(ledger, batch)
+    data, error = None, None
+    listed_at: IdleSample | None = None
+    if provider is None:
+        error = "no connection to the provider"
+    elif listing is not None:
+        data, error = listing.result()
+        listing.thread.join()
+        from batcher.reporting.xlsx_stream import idle_sample
 
-        child = ListingChild.start(provider)
-    try:
-        if provider is not None and fetch == "full":
-            listing = _in_background(fetch_provider_data, provider, windows)
-        if rows is None:
-            rows = BatchRows.from_ledger(ledger, batch)
-            if listing is not None and len(rows) <= READ_AHEAD_MAX_ROWS:
-                # The rows matching reads, read (and summed) while the listings come in.
-                ahead = list(rows.for_sums())
-                if facts is None:
-                    facts = RowFacts()
-                    for row in ahead:
-                        facts.add(row)
-        # the rest of what the ledger says, while the listings may still come in
-        if sheet_rows is None and runs:
-            sheet_rows = _summary_rows_total(ledger, runs[-1].run_id)
-        keys, requests = attempts(ledger, batch)
-        data, error = None, None
-        listed_at: IdleSample | None = None
-        if provider is None:
-            error = "no connection to the provider"
-        elif listing is not None:
-            data, error = listing.result()
-            listing.thread.join()
-            from batcher.reporting.xlsx_stream import idle_sample
-
-            listed_at = idle_sample()
-        else:
-            facts = facts if facts is not None else RowFacts.of(rows)
-            if not _balances_suffice(fetch, facts):
-                data, error = fetch_provider_data(provider, windows)
-    finally:
-        if child is not None:
-            child.close()  # its GETs, if still asked for, are made here again
-            stop_listing_child(provider)
+        listed_at = idle_sample()
+    else:
+        facts = facts if facts is not None else RowFacts.of(rows)
+        if not _balances_suffice(fetch, facts):
+            data, error = fetch_provider_data(provider, windows)
+    if sheet_rows is None and runs:
+        sheet_rows = _summary_rows_total(ledger, runs[-1].run_id)
+    keys, requests = attempts(ledger, batch)
     other_batches = other_batch_orders(ledger, batch, data)
     if listing is not None and data is not None and on_listed is not None:
         on_listed(rows, info, listed_at)  # a core idle meanwhile is one to use
@@ -320,7 +290,6 @@ def collect(
         provider_error=error,
         attempt_keys=keys,
         request_ids=requests,
-        read_ahead=ahead,
     )
     # Matching the listings sums the rows on the way: one read of them, not two.
     reconciliation, facts = reconcile_and_sum(inputs, facts)
@@ -457,13 +426,6 @@ def fetch_provider_data(
     except OSError as exc:
         return None, f"{type(exc).__name__} while listing orders and transactions"
     return ProviderData(orders, transactions), None
-
-
-def stop_listing_child(provider: Provider | None) -> None:
-    """The provider makes its listing GETs itself again."""
-    use = getattr(provider, "use_child_pages", None)
-    if use is not None:
-        use(None)
 
 
 class _Background(Future[T]):

@@ -98,9 +98,6 @@ class ReconcileInputs:
     attempt_keys: frozenset[str] = frozenset()
     #: the batch's order request ids of every attempt, beyond the rows' own
     request_ids: frozenset[str] = frozenset()
-    #: `rows` as `BatchRows.for_sums` yields them, read already (a report reads them
-    #: while the provider's listings come in); None: read from `rows` when matched
-    read_ahead: Sequence[RowRecord | SettledRow] | None = None
 
 
 @dataclass(frozen=True)
