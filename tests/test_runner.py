@@ -325,6 +325,37 @@ def test_while_chunks_wait_to_be_sent_polls_take_a_small_share_of_the_requests(
     assert polls_before < 30  # the old rule (one poll per submit) polled 53 times
 
 
+def test_sends_that_take_milliseconds_all_go_before_the_polls_that_fall_due(
+    tmp_path: Path,
+) -> None:
+    """A poll that falls due while chunks remain to be sent waits for them, up to
+    POLL_WAITS_FOR_SENDS: sends of a few milliseconds start the provider's work on
+    every chunk first, and no send waits behind a poll of a busy provider."""
+    from batcher.execute.runner import POLL_WAITS_FOR_SENDS
+
+    calls: list[str] = []
+    w = world(tmp_path, [("GBP", "1.00")] * 40, submit_limit=1,
+              wallets={"GBP": Decimal(1000)}, polls_to_complete=1)  # fmt: skip
+
+    def on_submit(_key: str) -> None:
+        calls.append("submit")
+        w.clock.now += 0.02  # 40 sends: 0.8 s, less than a poll waits for them
+
+    w.provider.on_submit = on_submit
+    real_poll = w.provider.poll
+
+    def poll(request_id: str, items: Any) -> Any:
+        calls.append("poll")
+        return real_poll(request_id, items)
+
+    w.provider.poll = poll  # type: ignore[method-assign]
+    w.run(RunOptions(initial_poll_delay=0.2, max_poll_delay=8.0))
+    assert_exactly_once(w)
+    assert POLL_WAITS_FOR_SENDS > 40 * 0.02 - 0.2  # the sends end before a poll may go
+    assert calls[:40] == ["submit"] * 40, calls[:45]
+    assert calls.count("poll") == 40
+
+
 def test_polls_back_off_on_the_clock_up_to_the_cap(tmp_path: Path) -> None:
     w = world(tmp_path, GBP4[:1], wallets={"GBP": Decimal(100)}, polls_to_complete=6)
     w.run(RunOptions(initial_poll_delay=1.0, max_poll_delay=4.0))

@@ -6,7 +6,8 @@ Order of work in a run (docs/architecture.md):
 3. planned chunks are submitted, each committed as `sending` before it leaves.
 
 Every request goes through the provider's shared rate limiter. While there is still
-something to submit, polls use at most a quarter of the requests (`POLLS_PER_SUBMIT`).
+something to submit, polls use at most a quarter of the requests (`POLLS_PER_SUBMIT`),
+each no sooner than a second after it fell due (`POLL_WAITS_FOR_SENDS`).
 
 One durable commit per group of chunks. A chunk's `sending` is committed before
 its request leaves, always: planned chunks are committed `sending` a group at a
@@ -182,6 +183,14 @@ SEND_GROUP_CHUNKS = 32
 #: spend at the provider instead of a sleep (20,000 UGiftMe rows: 1.0 let the run sleep
 #: ~1.5 s at its end). Every chunk is still polled; the rate limit paces both alike.
 POLLS_PER_SUBMIT = 0.25
+#: While chunks remain to be sent, a poll that falls due waits up to this long for them:
+#: a send takes milliseconds and starts the provider's work on its chunk, while a poll
+#: of a provider still busy with the chunks before may take a tenth of a second (20,000
+#: UGiftMe rows: when first polls fell due before the last sends, the last ten chunks
+#: were sent 1.3 s late, behind polls of a sandbox busy creating the orders, and the
+#: run ended that much later). Sends that take longer (a paced submit phase) still let
+#: the polls have their share, each at most this late.
+POLL_WAITS_FOR_SENDS = 1.0
 #: Polled answers waiting in memory (`_defer`) are committed on the other thread
 #: (`_AheadCommit`) once there are this many, while the next polls go on, rather than
 #: all at the end of the run.
@@ -679,9 +688,16 @@ class Runner:
                     break
             now = self.clock()
             poll_due = bool(polls) and polls[0][0] <= now
-            # While there is still something to submit, polls take a small share.
-            poll_allowed = not queue or self.stats.polls < self.stats.submits * POLLS_PER_SUBMIT
-            if poll_due and poll_allowed:
+            # While there is still something to submit, polls take a small share, and only
+            # once they have waited a little for the sends (`POLL_WAITS_FOR_SENDS`).
+            poll_allowed = poll_due and (
+                not queue
+                or (
+                    self.stats.polls < self.stats.submits * POLLS_PER_SUBMIT
+                    and now - polls[0][0] >= POLL_WAITS_FOR_SENDS
+                )
+            )
+            if poll_allowed:
                 _, key = heapq.heappop(polls)
                 self._poll_one(key, polls, delays, accepted_at)
                 if len(self._deferred) >= FLUSH_AHEAD_WRITES:
