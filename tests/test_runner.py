@@ -293,21 +293,18 @@ def assert_slept_about(slept: Sequence[float], expected: Sequence[float]) -> Non
         assert 0.9 * base <= took <= 1.1 * base, (slept, expected)
 
 
-def test_while_chunks_wait_to_be_sent_polls_take_a_small_share_of_the_requests(
-    tmp_path: Path,
-) -> None:
-    """Submits come first: while chunks remain, polls that fall due take at most
-    POLLS_PER_SUBMIT requests per submit, so the submit phase ends sooner and the
-    polls left over fill the time the last chunks take at the provider (the tail)."""
-    from batcher.execute.runner import POLLS_PER_SUBMIT
-
+def _recording_calls(
+    tmp_path: Path, *, chunks: int, submit_seconds: float
+) -> tuple[World, list[str]]:
+    """A world of `chunks` one-row chunks whose submits take `submit_seconds` on its
+    clock, and the provider calls it gets, in order ("submit" or "poll")."""
     calls: list[str] = []
-    w = world(tmp_path, [("GBP", "1.00")] * 60, submit_limit=1,
+    w = world(tmp_path, [("GBP", "1.00")] * chunks, submit_limit=1,
               wallets={"GBP": Decimal(1000)}, polls_to_complete=1)  # fmt: skip
 
     def on_submit(_key: str) -> None:
         calls.append("submit")
-        w.clock.now += 0.5  # each submit takes half a second: polls fall due meanwhile
+        w.clock.now += submit_seconds
 
     w.provider.on_submit = on_submit
     real_poll = w.provider.poll
@@ -317,6 +314,19 @@ def test_while_chunks_wait_to_be_sent_polls_take_a_small_share_of_the_requests(
         return real_poll(request_id, items)
 
     w.provider.poll = poll  # type: ignore[method-assign]
+    return w, calls
+
+
+def test_while_chunks_wait_to_be_sent_polls_take_a_small_share_of_the_requests(
+    tmp_path: Path,
+) -> None:
+    """Submits come first: while chunks remain, polls that fall due take at most
+    POLLS_PER_SUBMIT requests per submit, so the submit phase ends sooner and the
+    polls left over fill the time the last chunks take at the provider (the tail)."""
+    from batcher.execute.runner import POLLS_PER_SUBMIT
+
+    # each submit takes half a second: polls fall due meanwhile
+    w, calls = _recording_calls(tmp_path, chunks=60, submit_seconds=0.5)
     w.run(RunOptions(initial_poll_delay=1.0, max_poll_delay=8.0))
     assert_exactly_once(w)
     last_submit = len(calls) - 1 - calls[::-1].index("submit")
@@ -333,22 +343,8 @@ def test_sends_that_take_milliseconds_all_go_before_the_polls_that_fall_due(
     every chunk first, and no send waits behind a poll of a busy provider."""
     from batcher.execute.runner import POLL_WAITS_FOR_SENDS
 
-    calls: list[str] = []
-    w = world(tmp_path, [("GBP", "1.00")] * 40, submit_limit=1,
-              wallets={"GBP": Decimal(1000)}, polls_to_complete=1)  # fmt: skip
-
-    def on_submit(_key: str) -> None:
-        calls.append("submit")
-        w.clock.now += 0.02  # 40 sends: 0.8 s, less than a poll waits for them
-
-    w.provider.on_submit = on_submit
-    real_poll = w.provider.poll
-
-    def poll(request_id: str, items: Any) -> Any:
-        calls.append("poll")
-        return real_poll(request_id, items)
-
-    w.provider.poll = poll  # type: ignore[method-assign]
+    # 40 sends: 0.8 s, less than a poll waits for them
+    w, calls = _recording_calls(tmp_path, chunks=40, submit_seconds=0.02)
     w.run(RunOptions(initial_poll_delay=0.2, max_poll_delay=8.0))
     assert_exactly_once(w)
     assert POLL_WAITS_FOR_SENDS > 40 * 0.02 - 0.2  # the sends end before a poll may go
