@@ -293,3 +293,32 @@ def test_the_early_read_gives_way_while_the_run_goes_on_not_once_it_is_waited_fo
         monkeypatch.undo()
         ledger.close()
     assert set(sleeps) == {run_module.GIVE_WAY}
+
+
+def test_a_row_gone_before_it_is_read_whole_leaves_its_key_and_count_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A row read whole that is gone by then (a run never deletes one) is left out of
+    the records, and of the keys and the in-sheet count that go with them."""
+    ledger, _ = build(tmp_path, SPECS, balances=BALANCES)
+    try:
+        db = ledger._db
+        early = read_early(ledger.location, "nightly")
+        assert early is not None
+        db.execute("UPDATE rows SET content_hash = 'changed' WHERE source_row IN (21, 22)")
+        gone = db.execute("SELECT row_key FROM rows WHERE source_row = 21").fetchone()[0]
+        real = ledger.rows_by_key
+
+        def without_gone(batch: str, keys: Any) -> Any:
+            found = real(batch, keys)
+            found.pop(gone, None)
+            return found
+
+        monkeypatch.setattr(ledger, "rows_by_key", without_gone)
+        end = combine(ledger, "nightly", early)
+    finally:
+        ledger.close()
+    assert end.read_whole == 2
+    assert gone not in end.keys
+    assert len(end.keys) == len(end.records) == len(end.parts)
+    assert end.in_sheet == sum(1 for r in end.records if r.in_sheet)

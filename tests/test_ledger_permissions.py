@@ -49,6 +49,9 @@ def test_damage_and_bugs_are_not_refused_rights() -> None:
     assert not is_permission_error(sqlite3.OperationalError("disk I/O error"))
     assert not is_permission_error(ValueError("a bug"))
     assert not is_permission_error(psycopg.errors.DataCorrupted("index is corrupt"))
+    moved = sqlite3.OperationalError("attempt to write a readonly database")
+    moved.sqlite_errorcode = sqlite3.SQLITE_READONLY_DBMOVED  # the file went away mid-run
+    assert not is_permission_error(moved)
 
 
 def test_the_cli_names_a_refused_right_and_not_damage(

@@ -233,6 +233,8 @@ def test_steps_the_thread_has_not_started_are_run_by_the_caller(
         return run
 
     steps = planning._Steps([step("first"), step("second"), step("third")])
+
+    steps.start()
     assert steps.finish() is True
     main = threading.main_thread().name
     assert ran == [("first", main), ("second", main), ("third", main)]
@@ -284,6 +286,8 @@ def test_a_step_returning_false_stops_the_steps_after_it_on_either_thread() -> N
         return run
 
     steps = planning._Steps([step("claims", False), step("rows", True), step("more", True)])
+
+    steps.start()
     assert steps.finish() is False
     assert ran == ["claims"]
 
@@ -300,6 +304,8 @@ def test_a_step_that_raises_stops_the_rest_and_is_raised_by_finish() -> None:
         return True
 
     steps = planning._Steps([fails, after])
+
+    steps.start()
     with pytest.raises(sqlite3.OperationalError, match="disk is full"):
         steps.finish()
     assert ran == ["fails"]
@@ -350,3 +356,41 @@ def test_with_one_cpu_the_same_statements_run_after_the_payloads_on_the_callers_
     assert _plan_state(ledger) == _plan_state(eager)
     ledger.close()
     eager.close()
+
+
+def test_a_ctrl_c_while_the_writing_thread_starts_leaves_nothing_planned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Interrupted as its thread starts (the thread already running), the plan still
+    stops the thread's steps before the transaction rolls back: no claim is committed
+    on its own."""
+    if not planning._SQLITE_JSON:
+        pytest.skip("this SQLite has no built-in JSON")
+    monkeypatch.setattr(planning, "_SPARE_CPU", True)
+    ledger = _synced(_started(Ledger.open(tmp_path)))
+    real_start = planning._Steps.start
+
+    def interrupted(self: Any) -> None:
+        real_start(self)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(planning._Steps, "start", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ledger.save_plan("b", _deferred(CHUNKS), payloads=lambda: [b"{}"] * len(CHUNKS))
+    assert ledger.count_by_state("b")["planned"] == 0
+    claims = ledger._db.execute("SELECT COUNT(*) FROM reference_claims").fetchone()[0]
+    assert claims == 0
+    ledger.close()
+
+
+def test_a_reference_holding_a_nul_is_claimed_whole(tmp_path: Path) -> None:
+    """SQLite's `->>` ends text at a NUL: such a reference is claimed through bound
+    parameters, so its claim is the whole reference, never the text before the NUL."""
+    ledger = _started(Ledger.open(tmp_path))
+    rows = [sheet_row(key, n, ref=f"REF-{n}\x00tail") for n, key in SHEET.items()]
+    ledger.sync_rows("b", rows, retry_failed=False)
+    ledger.save_plan("b", _deferred(CHUNKS), payloads=lambda: [c[4] for c in CHUNKS])
+    claimed = sorted(r[0] for r in ledger._db.execute("SELECT reference FROM reference_claims"))
+    assert claimed == sorted(f"REF-{n}\x00tail" for n in SHEET)
+    assert ledger.count_by_state("b")["planned"] == len(SHEET)
+    ledger.close()

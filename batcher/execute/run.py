@@ -313,22 +313,29 @@ def _run_locked(
     except BaseException:
         early.abandon()  # interrupted hard: the early read is not left running
         raise
-    lost = lock_lost()
-    if lost is not None:
-        # Another run may hold the batch now: nothing more was sent once this was seen.
-        stats.stopped = f"{lost}; it stopped sending when it noticed"
-    if feed is not None:
-        feed.report_orphans(ui.listener.message)
-    kept = (
-        unchanged_report(ledger, batch, options.report_dir) if sent_nothing(plan, stats) else None
-    )
+    try:
+        lost = lock_lost()
+        if lost is not None:
+            # Another run may hold the batch now: nothing more was sent once this was seen.
+            stats.stopped = f"{lost}; it stopped sending when it noticed"
+        if feed is not None:
+            feed.report_orphans(ui.listener.message)
+        kept = (
+            unchanged_report(ledger, batch, options.report_dir)
+            if sent_nothing(plan, stats)
+            else None
+        )
+        read_early = early.take() if kept is None else None
+    except BaseException:
+        early.abandon()  # the end will not read its rows: the early read is not left running
+        raise
     if kept is not None:
         return _finish(ledger, run_id, settings, options, account_id, sheet, started_at,
                        stats, plan, ExitCode.OK, "", provider=provider,
                        balances_before=balances, listener=ui.listener, kept=kept)  # fmt: skip
     # The end of the run reads the batch's rows a page at a time (`BatchRows`) and keeps
     # their sums (`RowFacts`): a million rows held at once would be over 1.5 GB.
-    rows, facts, rows_csv = read_batch(ledger, batch, options.report_dir / batch, early.take())
+    rows, facts, rows_csv = read_batch(ledger, batch, options.report_dir / batch, read_early)
     code = exit_code_for(facts.state_counts, stats)
     message = exit_message(code, facts, stats, options.report_dir / batch)
     if funds.check is not None and funds.check.left_out and options.order_fundable:

@@ -734,9 +734,10 @@ class Runner:
                     delay = max(self._learned_poll_delay, self.options.initial_poll_delay)
                     delays[key] = delay
                     accepted_at[key] = self.clock()
-                    if self.events is not None and result.request_id:
-                        self._request_of[key] = result.request_id
-                        delays[key] = self.events.first_poll_delay(delay)
+                    if self.events is not None:  # webhooks: first polls as they always were
+                        if result.request_id:
+                            self._request_of[key] = result.request_id
+                            delays[key] = self.events.first_poll_delay(delay)
                         self._schedule(polls, key, delays[key])
                     else:
                         self._schedule_first(polls, key, accepted_at[key], delay)

@@ -161,9 +161,16 @@ def is_database_error(exc: BaseException) -> bool:
     return type(exc).__module__.split(".")[0] == "psycopg" and isinstance(exc, Exception)
 
 
-#: SQLite's primary result codes for a refused right: a read-only file or folder, or
-#: an access the library itself denies.
-_SQLITE_REFUSED = frozenset({sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM})
+#: SQLite's result codes for a refused right: a read-only file, a file or folder it may
+#: not lock or write, or an access the library itself denies. Not the other read-only
+#: codes: a ledger file moved away mid-run (READONLY_DBMOVED) or a journal that cannot
+#: be rolled back (READONLY_ROLLBACK, READONLY_RECOVERY) may be damage.
+_SQLITE_REFUSED = frozenset({
+    sqlite3.SQLITE_READONLY,
+    sqlite3.SQLITE_READONLY_CANTLOCK,
+    sqlite3.SQLITE_READONLY_DIRECTORY,
+    sqlite3.SQLITE_PERM,
+})  # fmt: skip
 #: PostgreSQL's SQLSTATE for a role without the privilege a statement needs.
 _PG_INSUFFICIENT_PRIVILEGE = "42501"
 
@@ -173,5 +180,5 @@ def is_permission_error(exc: BaseException) -> bool:
     command needs: a setup matter to fix, not a sign of damage."""
     if isinstance(exc, sqlite3.Error):
         code = getattr(exc, "sqlite_errorcode", None)
-        return code is not None and code & 0xFF in _SQLITE_REFUSED
+        return code in _SQLITE_REFUSED
     return is_database_error(exc) and getattr(exc, "sqlstate", None) == _PG_INSUFFICIENT_PRIVILEGE

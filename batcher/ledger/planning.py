@@ -145,6 +145,12 @@ class _Steps:
                 self._error = exc
 
         self._thread = threading.Thread(target=run, name="batcher-plan-writes", daemon=True)
+
+    def start(self) -> None:
+        """Start the thread. Called inside the caller's `try` whose handler calls
+        `finish(run_rest=False)`: a Ctrl-C while it starts must still stop its steps
+        before the transaction ends (a step starts only under `_running`, and none once
+        `finish` has stopped them)."""
         self._thread.start()
 
     def _run_next(self) -> bool:
@@ -312,6 +318,12 @@ class LedgerPlanning(LedgerConnection):
             claims = sorted((ref, keys[0]) for _, mine in saving for ref, keys in mine.items())
             planned = _planned_rows(found, [(chunks[i][0], chunks[i][3]) for i, _ in saving])
             made_payloads: Sequence[bytes] | None = None
+            if overlap and any("\x00" in reference for reference, _ in claims):
+                # SQLite's `->>` ends text at a NUL: a reference holding one is claimed
+                # through bound parameters, the payloads made first (as without them).
+                assert payloads is not None
+                overlap = False
+                made_payloads = payloads()
             if overlap:
                 assert payloads is not None
                 # The statements' values are encoded here, before the writes start: the
@@ -327,6 +339,7 @@ class LedgerPlanning(LedgerConnection):
                 if _SPARE_CPU:
                     writes = _Steps(steps)
                     try:
+                        writes.start()
                         made_payloads = payloads()
                     except BaseException:
                         writes.finish(run_rest=False)  # the transaction rolls back

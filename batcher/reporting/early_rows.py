@@ -131,6 +131,7 @@ def combine(ledger: Ledger, batch: str, early: EarlyRows) -> EndRows:
     keys: list[str] = []
     in_sheet = 0
     whole: list[str] = []
+    whole_in_sheet: dict[str, int] = {}  # of the rows read whole: in the sheet (1) or not
     for end in ledger.end_rows(batch):
         key = end[0]
         keys.append(key)
@@ -141,16 +142,19 @@ def combine(ledger: Ledger, batch: str, early: EarlyRows) -> EndRows:
             parts.append(got.parts)
         else:
             whole.append(key)
+            whole_in_sheet[key] = end[2]
             records.append(None)
             parts.append(None)
     if whole:
         found = ledger.rows_by_key(batch, whole)
-        # a key no longer in the ledger is left out, as a paged read leaves it out
-        parts = [
-            p for p, r, k in zip(parts, records, keys, strict=True) if r is not None or k in found
-        ]
+        # a key no longer in the ledger is left out (its key and in-sheet count too), as
+        # a paged read leaves it out
+        kept = [r is not None or k in found for r, k in zip(records, keys, strict=True)]
+        in_sheet -= sum(whole_in_sheet[k] for k, stays in zip(keys, kept, strict=True) if not stays)
+        parts = [p for p, stays in zip(parts, kept, strict=True) if stays]
         records = [r if r is not None else found.get(k) for r, k in zip(records, keys, strict=True)]
         records = [r for r in records if r is not None]
+        keys = [k for k, stays in zip(keys, kept, strict=True) if stays]
     done = explain_skips(ledger, batch, records)  # type: ignore[arg-type]
     return EndRows(done, parts, keys, in_sheet, len(whole))
 
