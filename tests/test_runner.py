@@ -974,3 +974,44 @@ def test_a_run_reads_each_chunk_whole_only_to_send_it(
     assert_exactly_once(w)
     assert len(set(reads)) == 4
     assert len(reads) <= 4, f"{len(reads)} whole-chunk reads for 4 chunks"
+
+
+def test_the_sends_are_over_when_the_last_chunk_is_skipped(tmp_path: Path) -> None:
+    """The run's end starts reading when the sends are over (`sends_done`), also when
+    the last planned chunk is skipped rather than sent (discarded unsent)."""
+
+    class Told:
+        def __init__(self) -> None:
+            self.times = 0
+
+        def message(self, text: str) -> None:
+            pass
+
+        def advance(self, rows_settled: int) -> None:
+            pass
+
+        def sends_done(self) -> None:
+            self.times += 1
+
+    w = world(tmp_path, [("GBP", "1.00")] * 3, submit_limit=1,
+              wallets={"GBP": Decimal(1000)}, polls_to_complete=1)  # fmt: skip
+    told = Told()
+    with w.runner(RunOptions(initial_poll_delay=0.2, max_poll_delay=8.0)) as (ledger, runner):
+        runner.listener = told
+        runner.prepare(w.rows)
+        last = ledger.chunk_keys(BATCH, ["planned"])[-1]
+
+        def on_submit(_key: str) -> None:  # the first send: the last chunk is queued
+            if w.provider.on_submit is on_submit:
+                w.provider.on_submit = None
+                other = Ledger(w.path)
+                try:
+                    other.discard_unsent_plans(BATCH, [last])
+                finally:
+                    other.close()
+
+        w.provider.on_submit = on_submit
+        stats = runner.execute()
+    assert stats.submits == 2
+    assert told.times == 1
+    assert stats.submit_finished is not None

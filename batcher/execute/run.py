@@ -330,6 +330,7 @@ def _run_locked(
         early.abandon()  # the end will not read its rows: the early read is not left running
         raise
     if kept is not None:
+        early.abandon()  # the last report stands: the rows are not read
         return _finish(ledger, run_id, settings, options, account_id, sheet, started_at,
                        stats, plan, ExitCode.OK, "", provider=provider,
                        balances_before=balances, listener=ui.listener, kept=kept)  # fmt: skip

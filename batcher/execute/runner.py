@@ -710,13 +710,16 @@ class Runner:
                 if key not in self._marked:
                     self._ahead.join()  # its group may be being committed just now
                 if key not in self._marked:
+                    found: ChunkRecord | None
                     try:
-                        chunk = self.ledger.chunk(key)
+                        found = self.ledger.chunk(key)
                     except KeyError:
-                        continue  # discarded unsent after its currency ran out of funds
-                    if chunk.state != "planned" or self._is_blocked(chunk):
+                        found = None  # discarded unsent after its currency ran out of funds
+                    if found is None or found.state != "planned" or self._is_blocked(found):
+                        if not queue:
+                            self._sends_over()  # the last one is skipped: the sends are over
                         continue
-                    self._mark_group(chunk, queue)
+                    self._mark_group(found, queue)
                 chunk = self._marked[key]
                 if self.stats.submit_started is None:
                     self.stats.submit_started = self.clock()
@@ -728,8 +731,7 @@ class Runner:
                         # sends wait (`_send`): their answers do not wait in memory
                         self._flush_ahead()
                 if not queue:
-                    self.stats.submit_finished = self.clock()
-                    emit(self.listener, "sends_done")  # the run's end may start reading
+                    self._sends_over()
                 if result is not None and result.kind == "accepted":
                     delay = max(self._learned_poll_delay, self.options.initial_poll_delay)
                     delays[key] = delay
@@ -748,6 +750,12 @@ class Runner:
             if wait >= _COMMIT_BEFORE_WAITING:  # nothing waits in memory while the run idles
                 self._commit_deferred()
             self._sleep(wait)
+
+    def _sends_over(self) -> None:
+        """Every planned chunk was sent or skipped: the run's end may start reading."""
+        if self.stats.submit_started is not None:
+            self.stats.submit_finished = self.clock()
+        emit(self.listener, "sends_done")
 
     def _mark_group(self, first: ChunkRecord, queue: list[str]) -> None:
         """Commit `first` and the next planned chunks of `queue` (popped from its end)
