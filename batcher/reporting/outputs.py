@@ -130,36 +130,8 @@ def verdict_json(rec: Reconciliation) -> dict[str, Any]:
     }
 
 
-#: a row's text columns of rows.csv from `order_id` to `reference`, in one C call
-_IDS = attrgetter(
-    "chunk_key", "order_id", "order_request_id", "transaction_id", "error_code",
-    "error_message", "provider_request_id", "failure_kind", "conflict", "reference",
-)  # fmt: skip
-
-
-def row_line(row: RowRecord, passthrough_headers: Sequence[str]) -> list[str]:
-    """A row's rows.csv line: `ROWS_CSV_COLUMNS`, then its `passthrough_headers` cells,
-    each as text through the formula guard (`safe_texts`: one test for a plain line)."""
-    f = row.fields
-    cost = row.cost
-    line = [str(row.source_row), row.row_key, row.state, str(row.attempt)]
-    line += [v or "" for v in _IDS(row)]
-    line += (
-        str(f.get("recipient_email", "")),
-        str(f.get("recipient_name", "")),
-        str(f.get("product_code", "")),
-        str(f.get("amount", row.face_value)),
-        row.currency,
-        "" if cost is None else str(cost),
-        row.cost_currency or "",
-    )
-    if passthrough_headers:
-        line += map(str, map(row.passthrough.get, passthrough_headers, repeat("")))
-    return safe_texts(line)
-
-
-#: the columns of rows.csv sending and settling a row write, `state` to `conflict` after
-#: `state` and `attempt`: `chunk_key` to `conflict` of `_IDS`
+#: the text columns of rows.csv sending and settling a row write, after `state` and
+#: `attempt`, in one C call
 _SENT_IDS = attrgetter(
     "chunk_key", "order_id", "order_request_id", "transaction_id", "error_code",
     "error_message", "provider_request_id", "failure_kind", "conflict",
@@ -168,7 +140,7 @@ _SENT_IDS = attrgetter(
 #: a row's rows.csv cells its sheet gave it, formula-guarded (`static_line_parts`): its
 #: place and key, then `reference` to `currency`, then its pass-through cells under
 #: the headers it was rendered for (the first of the four)
-LineParts = tuple[list[str], list[str], list[str], list[str]]
+LineParts = tuple[Sequence[str], list[str], list[str], list[str]]
 
 
 def static_line_parts(
@@ -179,9 +151,9 @@ def static_line_parts(
     face_value: Decimal,
     currency: str,
     passthrough: dict[str, str],
-    passthrough_headers: list[str],
+    passthrough_headers: Sequence[str],
 ) -> LineParts:
-    """The cells of a row's `row_line` that only its sheet gives (what the sheet sync
+    """The cells of a row's rows.csv line that only its sheet gives (what the sheet sync
     writes), rendered once, so the line is `line_of_parts` of the row as it ends up."""
     tail: list[str] = []
     if passthrough_headers:
@@ -204,14 +176,26 @@ def static_line_parts(
 
 
 def line_of_parts(row: RowRecord, parts: LineParts) -> list[str]:
-    """`row_line(row, parts[0])` of a row whose `static_line_parts` (from the same
-    sheet values) are `parts`: only what sending and settling wrote is rendered."""
+    """The rows.csv line of a row whose `static_line_parts` (from the same sheet
+    values) are `parts`: only what sending and settling wrote is rendered here."""
     cost = row.cost
     sent = [row.state, str(row.attempt)]
     sent += [v or "" for v in _SENT_IDS(row)]
     sent += ("" if cost is None else str(cost), row.cost_currency or "")
     sent = safe_texts(sent)
     return [*parts[1], *sent[:11], *parts[2], *sent[11:], *parts[3]]
+
+
+def row_line(row: RowRecord, passthrough_headers: Sequence[str]) -> list[str]:
+    """A row's rows.csv line: `ROWS_CSV_COLUMNS`, then its `passthrough_headers` cells,
+    each as text through the formula guard (`safe_texts`: one test for plain cells).
+    One order of the columns: its sheet's cells (`static_line_parts`) around what
+    sending and settling wrote (`line_of_parts`), as the end of a run joins them."""
+    parts = static_line_parts(
+        row.source_row, row.row_key, row.reference, row.fields, row.face_value, row.currency,
+        row.passthrough, passthrough_headers,
+    )  # fmt: skip
+    return line_of_parts(row, parts)
 
 
 def write_rows_csv(
@@ -260,7 +244,7 @@ class RowsCsvDraft:
         #: lines not written yet: written a few thousand at a time (`_put`)
         self._lines: list[str] = []
         self._writer = csv.writer(_Appender(self._lines))
-        self._extra: list[str] | None = None
+        self._extra: Sequence[str] | None = None
         self._known: frozenset[str] = frozenset()
         self.whole = True
 
