@@ -369,49 +369,17 @@ def row_record(r: Any) -> RowRecord:
     the same values, the shared text interned and the amounts shared Decimals.
 
     Built field by field through the slots (`RowRecord(...)` goes through the frozen
-    dataclass's `object.__setattr__` per field): a report reads 100,000 rows twice."""
-    (
-        reference, content_hash, fields, passthrough, currency, face_value, est_cost, batch,
-        row_key, source_row, in_sheet, state, attempt, retry_group, failure_kind, error_code,
-        error_message, provider_request_id, conflict, chunk_key, order_request_id, order_id,
-        transaction_id, cost, cost_currency, voucher_last4, provider_status, created_at,
-        updated_at, succeeded_at,
-    ) = r  # fmt: skip
-    intern = sys.intern
-    return _record(
-        (
-            reference, content_hash, _cells(fields), _passthrough(passthrough),
-            intern(currency), _decimal(face_value),
-            None if est_cost is None else _decimal(est_cost), intern(batch), row_key,
-            source_row, bool(in_sheet), intern(state), attempt,
-            None if retry_group is None else intern(retry_group),
-            None if failure_kind is None else intern(failure_kind),
-            None if error_code is None else intern(error_code),
-            None if error_message is None else intern(error_message),
-            None if provider_request_id is None else intern(provider_request_id),
-            conflict, None if chunk_key is None else intern(chunk_key),
-            None if order_request_id is None else intern(order_request_id), order_id,
-            transaction_id, None if cost is None else _decimal(cost),
-            None if cost_currency is None else intern(cost_currency), voucher_last4,
-            None if provider_status is None else intern(provider_status),
-            None if created_at is None else intern(created_at),
-            None if updated_at is None else intern(updated_at),
-            None if succeeded_at is None else intern(succeeded_at),
-        )
-    )  # fmt: skip
+    dataclass's `object.__setattr__` per field): a report reads 100,000 rows twice.
+    One decoding of each column: what the sheet gave (`static_record`), then what
+    sending and settling wrote (`finish_record`), as the end of a run reads them."""
+    row = tuple(r)
+    return finish_record(static_record(row[:11]), _UNCHECKED + row[11:])
 
 
 #: each field's slot, in `ROW_COLUMNS` order: sets it on a frozen record without
 #: the dataclass's per-field `object.__setattr__`
 _SLOTS = tuple(getattr(RowRecord, f.name).__set__ for f in dataclasses.fields(RowRecord))
 _new = object.__new__
-
-
-def _record(values: tuple[Any, ...]) -> RowRecord:
-    record: RowRecord = _new(RowRecord)
-    for put, value in zip(_SLOTS, values, strict=True):
-        put(record, value)
-    return record
 
 
 #: a page's rows share a few pass-through cells (cost centres, teams): each text is
@@ -567,6 +535,8 @@ END_COLUMNS = "row_key, source_row, in_sheet, content_hash, passthrough, " + DYN
 #: where a row read with `STATIC_COLUMNS` holds the values the end checks, in the order
 #: a row read with `END_COLUMNS` holds them first
 EARLY_CHECK = itemgetter(8, 9, 10, 1, 3)
+#: the check's place in a row read with `END_COLUMNS`, for a whole row (`row_record`)
+_UNCHECKED = (None,) * 5
 #: a report's rows in its order (`report_keys`): the sheet's rows, then earlier orders
 _REPORT_ROWS = (
     " FROM rows WHERE batch = ? AND (in_sheet = 1"
