@@ -733,7 +733,7 @@ class Runner:
                 if not queue:
                     self._sends_over()
                 if result is not None and result.kind == "accepted":
-                    delay = max(self._learned_poll_delay, self.options.initial_poll_delay)
+                    delay = self._first_poll_delay
                     delays[key] = delay
                     accepted_at[key] = self.clock()
                     if self.events is not None:  # webhooks: first polls as they always were
@@ -842,6 +842,12 @@ class Runner:
     def _jitter(self, delay: float) -> float:
         return delay * self.rng.uniform(0.9, 1.1)
 
+    @property
+    def _first_poll_delay(self) -> float:
+        """How long after its acceptance a chunk's first poll comes: the delay learned so
+        far, never less than the run's initial one."""
+        return max(self._learned_poll_delay, self.options.initial_poll_delay)
+
     def _schedule_first(
         self, polls: list[tuple[float, str]], key: str, accepted: float, delay: float
     ) -> None:
@@ -860,7 +866,7 @@ class Runner:
         """Move the first polls still to come to the learned delay after their chunk was
         accepted: every chunk sent before the first answer came back was timed with what
         was known then (20,000 UGiftMe rows: all 200 are sent before the first poll)."""
-        delay = max(self._learned_poll_delay, self.options.initial_poll_delay)
+        delay = self._first_poll_delay
         self._timed_with = delay
         if not self._first_polls:
             return
@@ -880,7 +886,7 @@ class Runner:
         """The learned delay moved: the first polls to come move with it once it has
         moved by more than `_RETIME_SHARE` of what they were timed with (so a run does
         not re-time them all for every answer)."""
-        delay = max(self._learned_poll_delay, self.options.initial_poll_delay)
+        delay = self._first_poll_delay
         if abs(delay - self._timed_with) > _RETIME_SHARE * self._timed_with:
             self._retime_first_polls(polls, delays)
 
