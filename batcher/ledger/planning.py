@@ -122,6 +122,17 @@ def _planned_rows(
     return planned
 
 
+def _all_new(db: Database, insert: Callable[[], int], expected: int) -> bool:
+    """Run `insert` (it returns how many claims it inserted) in a savepoint: kept when
+    every one of the `expected` claims was new, else undone. True when kept."""
+    db.execute("SAVEPOINT claim_page")
+    inserted = insert()
+    if inserted != expected:
+        db.execute("ROLLBACK TO SAVEPOINT claim_page")
+    db.execute("RELEASE SAVEPOINT claim_page")
+    return inserted == expected
+
+
 class _Steps:
     """Steps of one transaction, run in order, one at a time, by a thread of their own
     and by the caller once it has done its own work (`finish`): whichever is free takes
@@ -418,13 +429,13 @@ class LedgerPlanning(LedgerConnection):
         claims_json, claim_count = claims
 
         def claim() -> bool:
-            db.execute("SAVEPOINT claim_page")
-            inserted = db.execute(_CLAIM_JSON, (provider, account, batch, now, claims_json))
-            if inserted.rowcount != claim_count:
-                db.execute("ROLLBACK TO SAVEPOINT claim_page")
-                db.execute("RELEASE SAVEPOINT claim_page")
+            def insert() -> int:
+                return int(
+                    db.execute(_CLAIM_JSON, (provider, account, batch, now, claims_json)).rowcount
+                )
+
+            if not _all_new(db, insert, claim_count):
                 return False
-            db.execute("RELEASE SAVEPOINT claim_page")
             db.execute("PRAGMA defer_foreign_keys = ON")
             return True
 
@@ -626,20 +637,20 @@ class LedgerPlanning(LedgerConnection):
         if not claims:
             return True
         provider, account = owner
-        db.execute("SAVEPOINT claim_page")
-        inserted = 0
-        for start in range(0, len(claims), 400):
-            inserted += db.executemany(
-                _CLAIM,
-                [
-                    (provider, account, ref, batch, key, now)
-                    for ref, key in claims[start : start + 400]
-                ],
-            ).rowcount
-        if inserted != len(claims):
-            db.execute("ROLLBACK TO SAVEPOINT claim_page")
-        db.execute("RELEASE SAVEPOINT claim_page")
-        return inserted == len(claims)
+
+        def insert() -> int:
+            inserted = 0
+            for start in range(0, len(claims), 400):
+                inserted += db.executemany(
+                    _CLAIM,
+                    [
+                        (provider, account, ref, batch, key, now)
+                        for ref, key in claims[start : start + 400]
+                    ],
+                ).rowcount
+            return inserted
+
+        return _all_new(db, insert, len(claims))
 
     def _claim_references(
         self,
