@@ -748,3 +748,36 @@ def test_webhook_events_outside_the_batchs_runs_are_not_its_orphans(tmp_path: Pa
     notes = [str(line["Note"]) for line in table(load_workbook(result.workbook)["Orphans"])]
     assert any("req-during" in note for note in notes)
     assert not any("req-long" in note for note in notes)
+
+
+def test_while_listing_runs_while_the_provider_is_listed_and_not_when_nothing_is(
+    tmp_path: Path,
+) -> None:
+    """`collect(while_listing=...)` is the caller's work done while the listing's
+    threads read pages: here the listing cannot finish until it has run."""
+    import threading
+
+    from batcher.reporting.reports import collect
+
+    ledger, provider = build(tmp_path, [Spec(1), Spec(2, face="5.00", cost="4.90")])
+    started = threading.Event()
+    listed_orders = provider.orders
+
+    def orders(since: datetime, until: datetime | None = None) -> list[ProviderOrder]:
+        assert started.wait(10), "the listing ended without while_listing having run"
+        return listed_orders(since, until)
+
+    provider.orders = orders  # type: ignore[method-assign]
+    calls: list[str] = []
+
+    def meanwhile() -> None:
+        calls.append("while listing")
+        started.set()
+
+    model = collect(ledger, "nightly", provider, while_listing=meanwhile)  # type: ignore[arg-type]
+    assert calls == ["while listing"]
+    assert model.reconciliation.provider_error is None
+    started.clear()
+    collect(ledger, "nightly", None, while_listing=meanwhile)  # no provider: nothing listed
+    collect(ledger, "nightly", provider, fetch="quick", while_listing=meanwhile)
+    assert calls == ["while listing"]

@@ -120,13 +120,13 @@ def write_batch_report(
     report`) always lists and matches everything. `rows` and `facts` save
     summing the batch's rows again when the caller (the end of a run) has just done so.
     """
-    from batcher.reporting.workbook import early_orders, write_codes, write_workbook
-
     out_dir = report_dir / batch
     early: list[EarlyOrders] = []
 
     def listed(listed_rows: BatchRows, info: Mapping[str, Any], idle: IdleSample | None) -> None:
         # The Orders sheet's lines, made on the other core while the rows are matched.
+        from batcher.reporting.workbook import early_orders
+
         out_dir.mkdir(parents=True, exist_ok=True)
         found = early_orders(ledger, batch, listed_rows, info, out_dir, idle)
         if found is not None:
@@ -142,7 +142,10 @@ def write_batch_report(
             rows=rows,
             facts=facts,
             on_listed=listed,
+            while_listing=_import_workbook,
         )
+        from batcher.reporting.workbook import write_workbook
+
         out_dir.mkdir(parents=True, exist_ok=True)
         forget_stamp(out_dir)  # whoever writes the report next vouches for it, or nobody does
         workbook = write_workbook(out_dir / WORKBOOK_NAME, model, early[0] if early else None)
@@ -152,6 +155,8 @@ def write_batch_report(
     failed = write_failed_rows(out_dir / FAILED_ROWS_NAME, model)
     codes = None
     if reveal_codes:
+        from batcher.reporting.workbook import write_codes
+
         if provider is None:
             raise UsageError("--reveal-codes needs the provider: the codes are not in the ledger")
         codes = write_codes(out_dir / CODES_NAME, model, fetch_redemptions(provider, model.rows))
@@ -238,6 +243,7 @@ def collect(
     rows: BatchRows | None = None,
     facts: RowFacts | None = None,
     on_listed: Callable[[BatchRows, Mapping[str, Any], IdleSample | None], None] | None = None,
+    while_listing: Callable[[], object] | None = None,
 ) -> ReportModel:
     """Everything the report shows. The batch's rows are never all held at once: they
     are summed in one pass (`RowFacts`) and read again, a page at a time, by whatever
@@ -245,7 +251,9 @@ def collect(
 
     `on_listed(rows, info, idle)` is called once the provider's listings are in (and
     their threads gone), before the rows are matched to them; `idle`: the machine's idle
-    CPU time when the listings were in."""
+    CPU time when the listings were in. `while_listing()` is work of the caller's that
+    the main thread does while it waits for them (it is not called when nothing is
+    listed)."""
     info = ledger.batch_info(batch)
     if info is None:
         raise UsageError(f"no batch named {batch!r} in the ledger")
@@ -266,6 +274,8 @@ def collect(
     if provider is None:
         error = "no connection to the provider"
     elif listing is not None:
+        if while_listing is not None:
+            while_listing()
         data, error = listing.result()
         listing.thread.join()
         from batcher.reporting.xlsx_stream import idle_sample
@@ -307,6 +317,12 @@ def collect(
         passthrough=facts.passthrough(info),
         orphan_events=webhook_orphans(ledger, str(info["provider"]), runs),
     )
+
+
+def _import_workbook() -> None:
+    """Load the workbook's code (openpyxl: about a third of a second of imports) while
+    the provider's pages are read, rather than before the first of them is asked for."""
+    import batcher.reporting.workbook  # noqa: F401
 
 
 def _rows_in_lines(reconciliation: Reconciliation) -> dict[str, RowRecord | SettledRow]:
