@@ -258,9 +258,15 @@ def test_a_query_the_parser_would_change_is_left_to_it() -> None:
         assert http._PLAIN_QUERY.fullmatch(query)
     for query in ["a=%7e", "a=b c", 'a="', "a=<", "a=ü", "a=%", "a=%zz", "a=b#c"]:
         assert not http._PLAIN_QUERY.fullmatch(query)
-    long = {"q": "x" * (http._MAX_PLAIN_QUERY + 1)}
+    long = {"q": "x" * http._MAX_SHORT_URL}
     expected = httpx.Client(base_url=BASES[0]).build_request("GET", "/o", params=long).url
     assert client._url("/o", long) == expected
+    assert client._path_urls == {}  # parsed whole, by httpx
+    too_long = {"q": "x" * 70_000}  # over httpx's limit: refused as httpx refuses it
+    with pytest.raises(httpx.InvalidURL, match="URL too long"):
+        httpx.Client(base_url=BASES[0]).build_request("GET", "/o", params=too_long)
+    with pytest.raises(httpx.InvalidURL, match="URL too long"):
+        client._url("/o", too_long)
 
 
 def test_the_kept_path_urls_stay_few() -> None:

@@ -229,7 +229,9 @@ _PARSED_URL = "_uri_reference"
 _MAX_PATH_URLS = 64
 #: A query as `urlencode` writes it: only characters httpx's URL parser keeps as they
 #: are (unreserved, `%XX` escapes, `+`, `=`, `&`). Anything else goes through the parser.
-_MAX_PLAIN_QUERY = 4096  # far below httpx's URL length limit, which the parser enforces
+#: URLs this long or shorter may be built by `_with_query`: far below httpx's limit on a
+#: URL's length, which only its parser enforces (a longer one is left to it)
+_MAX_SHORT_URL = 4096
 _PLAIN_QUERY = re.compile(r"(?:[A-Za-z0-9\-._~+=&]|%[0-9A-F]{2})*", re.ASCII)
 
 
@@ -399,14 +401,12 @@ class ApiClient:
         if not params or self._base_text is None or any(c in path for c in "?#:"):
             return None  # left to httpx
         query = _query_text(params)
-        template = self._path_url(path)
-        if (
-            template is not None
-            and len(query) <= _MAX_PLAIN_QUERY
-            and _PLAIN_QUERY.fullmatch(query)
-        ):
-            return _with_query(template, query)
-        return httpx.URL(f"{self._base_text}{path.lstrip('/')}?{query}")
+        text = f"{self._base_text}{path.lstrip('/')}?{query}"
+        if len(text) <= _MAX_SHORT_URL and _PLAIN_QUERY.fullmatch(query):
+            template = self._path_url(path)
+            if template is not None:
+                return _with_query(template, query)
+        return httpx.URL(text)
 
     def _path_url(self, path: str) -> httpx.URL | None:
         """The base URL joined with `path`, without a query: parsed once per path.
