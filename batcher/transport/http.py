@@ -227,11 +227,11 @@ _TRANSPORT_FOR_URL = "_transport_for_url"
 _PARSED_URL = "_uri_reference"
 #: Paths whose query-less URL a client keeps (`ApiClient._path_url`)
 _MAX_PATH_URLS = 64
-#: A query as `urlencode` writes it: only characters httpx's URL parser keeps as they
-#: are (unreserved, `%XX` escapes, `+`, `=`, `&`). Anything else goes through the parser.
 #: URLs this long or shorter may be built by `_with_query`: far below httpx's limit on a
 #: URL's length, which only its parser enforces (a longer one is left to it)
 _MAX_SHORT_URL = 4096
+#: A query as `urlencode` writes it: only characters httpx's URL parser keeps as they
+#: are (unreserved, `%XX` escapes, `+`, `=`, `&`). Anything else goes through the parser.
 _PLAIN_QUERY = re.compile(r"(?:[A-Za-z0-9\-._~+=&]|%[0-9A-F]{2})*", re.ASCII)
 
 
