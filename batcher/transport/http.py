@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import socket
 import ssl
 import time
@@ -36,6 +37,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import msgspec
@@ -220,6 +222,44 @@ def _tls_context(base_url: str) -> ssl.SSLContext | bool:
 #: httpx's private method that picks a request's transport (`_send_get`)
 _TRANSPORT_FOR_URL = "_transport_for_url"
 
+#: httpx's private attribute holding a URL's parsed parts (a NamedTuple), which
+#: `_with_query` copies with a new query instead of parsing the whole URL again
+_PARSED_URL = "_uri_reference"
+#: Paths whose query-less URL a client keeps (`ApiClient._path_url`)
+_MAX_PATH_URLS = 64
+#: URLs this long or shorter may be built by `_with_query`: far below httpx's limit on a
+#: URL's length, which only its parser enforces (a longer one is left to it)
+_MAX_SHORT_URL = 4096
+#: A query as `urlencode` writes it: only characters httpx's URL parser keeps as they
+#: are (unreserved, `%XX` escapes, `+`, `=`, `&`). Anything else goes through the parser.
+_PLAIN_QUERY = re.compile(r"(?:[A-Za-z0-9\-._~+=&]|%[0-9A-F]{2})*", re.ASCII)
+
+
+def _query_text(params: Params) -> str:
+    """`str(httpx.QueryParams(params))`: the query httpx builds from `params`.
+
+    For text and integer values that is `urlencode` of the mapping itself (httpx
+    turns an int into `str(int)` as urlencode does); any other value (a bool, which
+    httpx writes as `true`) is left to QueryParams.
+    """
+    for value in params.values():
+        kind = type(value)
+        if kind is not str and kind is not int:
+            return str(httpx.QueryParams(params))
+    for key in params:
+        if type(key) is not str:
+            return str(httpx.QueryParams(params))
+    return urlencode(params)
+
+
+def _with_query(url: httpx.URL, query: str) -> httpx.URL:
+    """`url` (no query) with `query` (`_PLAIN_QUERY`), as httpx would parse the two
+    joined by "?": the parser leaves such a query as it is, and the rest of the URL
+    is parsed the same with or without it."""
+    built = httpx.URL.__new__(httpx.URL)
+    setattr(built, _PARSED_URL, getattr(url, _PARSED_URL)._replace(query=query))
+    return built
+
 
 class ApiClient:
     """One provider connection: throttled, typed failures, secret-free messages."""
@@ -260,6 +300,7 @@ class ApiClient:
         if not base.query and not base.fragment:
             text = str(base)
             self._base_text = text if text.endswith("/") else text + "/"
+        self._path_urls: dict[str, httpx.URL] = {}
 
     @property
     def limiter(self) -> RateLimiter:
@@ -285,15 +326,15 @@ class ApiClient:
             request = self._client.build_request("GET", path, params=params)
         else:
             request = self._client.build_request("GET", url)
-        retrying = Retrying(
-            stop=stop_after_attempt(self._get_attempts),
-            wait=wait_exponential_jitter(multiplier=0.5, max=8.0, jitter=0.5),
-            retry=retry_if_exception_type(_RetryableGet),
-            sleep=self._retry_sleep,
-            reraise=True,
-        )
         try:
-            return retrying(self._get_once, request, path, decode)
+            try:
+                # The first attempt outside tenacity: entering it costs as much CPU as
+                # the URL, and most GETs succeed at once. A failure is handed to it as
+                # its first attempt, so every retry decision is still tenacity's.
+                return self._get_once(request, path, decode)
+            except _RetryableGet as failure:
+                first = failure
+            return self._get_retrying()(_replay_then(first, self._get_once), request, path, decode)
         except _RetryableGet as exc:
             if exc.connect_failure:
                 message = f"cannot reach {self.host}: {exc.description}"
@@ -352,13 +393,33 @@ class ApiClient:
 
         Given a relative path and params, httpx parses the URL three times (the path,
         the path joined to the base URL, then again with the query): about 70 µs of
-        CPU a page, 2,000 pages in a report's listings. The query is encoded by httpx's
-        own QueryParams, so the URL is the same to the byte (tests compare them).
+        CPU a page, 2,000 pages in a report's listings. The query is encoded as httpx's
+        own QueryParams encodes it, so the URL is the same to the byte (tests compare
+        them). A listing asks for the same path page after page: its URL without the
+        query is parsed once per client (`_path_url`), and only the query is new.
         """
         if not params or self._base_text is None or any(c in path for c in "?#:"):
             return None  # left to httpx
-        query = str(httpx.QueryParams(params))
-        return httpx.URL(f"{self._base_text}{path.lstrip('/')}?{query}")
+        query = _query_text(params)
+        text = f"{self._base_text}{path.lstrip('/')}?{query}"
+        if len(text) <= _MAX_SHORT_URL and _PLAIN_QUERY.fullmatch(query):
+            template = self._path_url(path)
+            if template is not None:
+                return _with_query(template, query)
+        return httpx.URL(text)
+
+    def _path_url(self, path: str) -> httpx.URL | None:
+        """The base URL joined with `path`, without a query: parsed once per path.
+        None when this httpx keeps its parsed URL where `_with_query` cannot find it."""
+        url = self._path_urls.get(path)
+        if url is None:
+            if len(self._path_urls) >= _MAX_PATH_URLS:
+                self._path_urls.clear()  # one order's path each (`redemption`): keep few
+            url = httpx.URL(f"{self._base_text}{path.lstrip('/')}")
+            self._path_urls[path] = url
+        if not isinstance(getattr(url, _PARSED_URL, None), tuple):
+            return None
+        return url
 
     def _get_once(
         self, request: httpx.Request, path: str, decode: Decode | None = None
@@ -380,6 +441,16 @@ class ApiClient:
                 "with a body that is not JSON"
             )
         return ApiResponse(response.status_code, response.headers, data)
+
+    def _get_retrying(self) -> Retrying:
+        """A GET's retry policy: transport errors and 5xx, with backoff and jitter."""
+        return Retrying(
+            stop=stop_after_attempt(self._get_attempts),
+            wait=wait_exponential_jitter(multiplier=0.5, max=8.0, jitter=0.5),
+            retry=retry_if_exception_type(_RetryableGet),
+            sleep=self._retry_sleep,
+            reraise=True,
+        )
 
     def _send_throttled(
         self,
@@ -494,6 +565,23 @@ def scrub_secrets(value: Any, secrets: Iterable[str], mask: str = "***") -> Any:
             scrub_secrets(k, wanted, mask): scrub_secrets(v, wanted, mask) for k, v in value.items()
         }
     return value
+
+
+def _replay_then(
+    first: _RetryableGet, attempt: Callable[..., ApiResponse]
+) -> Callable[..., ApiResponse]:
+    """`attempt`, whose first call (already made) failed with `first`: raises it once,
+    then calls `attempt` on every later call."""
+    replayed = False
+
+    def call(*args: Any) -> ApiResponse:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            raise first
+        return attempt(*args)
+
+    return call
 
 
 def _retry_after(response: httpx.Response) -> float | None:
