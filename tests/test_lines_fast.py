@@ -1,0 +1,152 @@
+"""The Orders sheet's lines by their fast paths, held to what they replace.
+
+- `queries.line_fields`: a row's cells decoded by msgspec when they are all text,
+  else by `json.loads`: the same value, or the same error, as `json.loads` for any text.
+- `LineContext.all_matched` (an early child's assumption): the lines a check of no
+  problem per succeeded order, its debit the cost, gives (`_former_early_lines`, the
+  former early child's way, kept here as the oracle).
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any
+
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from batcher.ledger.queries import line_fields
+from batcher.reporting.verdicts import OrderCheck
+from batcher.reporting.workbook import LineContext, _Styles, line_of
+
+
+def _outcome(decode: Any, text: Any) -> tuple[str, str]:
+    """What decoding gives: the value's type and repr (NaN equals itself so), or the error."""
+    try:
+        value = decode(text)
+    except Exception as exc:
+        return "error", f"{type(exc).__name__}: {exc}"
+    return type(value).__name__, repr(value)
+
+
+# text of every kind: lone surrogates, controls, beyond the basic plane
+_any_text = st.text(st.characters(codec=None, categories=None), max_size=12)
+_values = st.one_of(
+    _any_text,
+    st.integers(),
+    st.integers(min_value=10**18, max_value=10**40),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.none(),
+    st.booleans(),
+    st.lists(_any_text, max_size=2),
+)
+
+
+@st.composite
+def _cells_json(draw: st.DrawFn) -> str:
+    """A JSON object as a sheet's cells are stored, or as they could be: text or other
+    values, names repeated, ASCII or not, any spacing."""
+    names = draw(st.lists(st.sampled_from(["reference", "recipient_email", "a"]) | _any_text))
+    items = [(name, draw(st.one_of(_any_text, _values))) for name in names]
+    ascii_only = draw(st.booleans())
+    separator = draw(st.sampled_from([", ", ",", " ,\n", ",\t"]))
+    colon = draw(st.sampled_from([": ", ":", " : "]))
+    body = separator.join(
+        json.dumps(name, ensure_ascii=ascii_only)
+        + colon
+        + json.dumps(value, ensure_ascii=ascii_only)
+        for name, value in items
+    )
+    return (
+        draw(st.sampled_from(["", " ", "\n"]))
+        + "{"
+        + body
+        + "}"
+        + draw(st.sampled_from(["", " ", "\r\n", "\ufeff", "x", ","]))
+    )
+
+
+@settings(max_examples=600, deadline=None)
+@given(_cells_json())
+@example('{"a": "\\ud800"}')  # an escaped lone surrogate: json.loads takes it
+@example('{"\\udc00x": "b", "a": "\\ud83d\\ude00"}')
+@example('{"a": "1", "a": "2"}')  # the last of a repeated name
+@example('{"a": "x\ty"}')  # a raw control character: refused by both
+@example('{"a": NaN}')
+@example('{"a": 123456789012345678901234567890}')
+@example('\ufeff{"a": "b"}')
+@example("[]")
+@example('{"a": "\ud800"}')  # a lone surrogate in the text itself
+def test_line_fields_is_json_loads_for_cells(text: str) -> None:
+    assert _outcome(line_fields, text) == _outcome(json.loads, text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(_any_text, st.binary(max_size=20), st.none(), st.integers()))
+def test_line_fields_is_json_loads_for_any_text(text: Any) -> None:
+    assert _outcome(line_fields, text) == _outcome(json.loads, text)
+
+
+def test_line_fields_decodes_text_cells_in_c() -> None:
+    """The fast path is taken (else the test above proves nothing of it)."""
+    fields = line_fields('{"reference": "R-1", "recipient_name": "Zo\\u00eb"}')
+    assert fields == {"reference": "R-1", "recipient_name": "Zoë"}
+
+
+# ----- all_matched
+
+
+def _former_early_lines(values: list[tuple[Any, ...]], passthrough: list[str]) -> list[Any]:
+    """The former early child: a check of no problem made for each succeeded order."""
+    styles = _styles()
+    checks: dict[str, OrderCheck] = {}
+    context = LineContext(checks, passthrough, "not checked")
+    lines = []
+    for v in values:
+        checks.clear()
+        if v[9] == "succeeded" and v[10]:
+            checks[v[0]] = OrderCheck(v[0], True, v[7], v[8] or v[6], ())
+        lines.append(line_of(v, context, styles))
+    return lines
+
+
+def _styles() -> _Styles:
+    return _Styles(7, {"": 8, "GBP": 9, "EUR": 10, "JPY": 11})
+
+
+_amounts = st.one_of(
+    st.none(),
+    st.sampled_from(
+        [Decimal("0"), Decimal("-0"), Decimal("12.345"), Decimal("5"), Decimal("1E+2")]
+    ),
+    st.decimals(min_value=-1000, max_value=1000, places=3, allow_nan=False),
+)
+_moments = st.sampled_from([None, "2026-01-02T03:04:05Z", "2025-12-31T23:59:59.123Z", "2026-03-04T05:06:07+00:00"])
+
+
+@st.composite
+def _line_values(draw: st.DrawFn, key: int) -> tuple[Any, ...]:
+    currency = draw(st.sampled_from(["GBP", "EUR", "JPY", "USD"]))
+    return (
+        f"k{key}", key + 2, draw(st.sampled_from([None, "", "R-1"])),
+        {"reference": "F-1", "recipient_email": "a@b.c", "product_code": "P"},
+        draw(st.sampled_from([{}, {"Team": "x"}])), draw(_amounts) or Decimal("1"), currency,
+        draw(_amounts), draw(st.sampled_from([None, "", "GBP", currency])),
+        draw(st.sampled_from(["succeeded", "failed", "invalid", "skipped", "pending"])),
+        draw(st.sampled_from([None, "", "ord-1"])), None, "req", "chunk", 1,
+        draw(st.sampled_from([None, "1234"])), draw(st.sampled_from([None, "E1"])),
+        draw(st.sampled_from([None, "boom"])), draw(st.sampled_from([None, "conflict"])),
+        draw(st.booleans()), "2026-01-01T00:00:00Z", draw(_moments), draw(_moments),
+    )  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_all_matched_lines_are_those_of_a_matched_check_per_order(data: st.DataObject) -> None:
+    count = data.draw(st.integers(1, 8))
+    values = [data.draw(_line_values(i)) for i in range(count)]
+    passthrough = data.draw(st.sampled_from([[], ["Team"]]))
+    context = LineContext({}, passthrough, "not checked", all_matched=True)
+    styles = _styles()
+    assert [line_of(v, context, styles) for v in values] == _former_early_lines(values, passthrough)
