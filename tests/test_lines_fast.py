@@ -2,6 +2,8 @@
 
 - `queries.line_fields`: a row's cells decoded by msgspec when they are all text,
   else by `json.loads`: the same value, or the same error, as `json.loads` for any text.
+- `LedgerQueries.line_rows_in_pages`: keys in report order read by one statement, the
+  rows looking each up by key reads (`_by_key_pages`, the former read, the oracle).
 - `LineContext.all_matched` (an early child's assumption): the lines a check of no
   problem per succeeded order, its debit the cost, gives (`_former_early_lines`, the
   former early child's way, kept here as the oracle).
@@ -10,15 +12,20 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Sequence
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from batcher.ledger.queries import line_fields
+from batcher.ledger.queries import LINE_COLUMNS, line_fields
+from batcher.ledger.store import Ledger
 from batcher.reporting.verdicts import OrderCheck
 from batcher.reporting.workbook import LineContext, _Styles, line_of
+from tests.test_report_pages import SPECS, ledger_of_odd_rows
 
 
 def _outcome(decode: Any, text: Any) -> tuple[str, str]:
@@ -122,7 +129,9 @@ _amounts = st.one_of(
     ),
     st.decimals(min_value=-1000, max_value=1000, places=3, allow_nan=False),
 )
-_moments = st.sampled_from([None, "2026-01-02T03:04:05Z", "2025-12-31T23:59:59.123Z", "2026-03-04T05:06:07+00:00"])
+_moments = st.sampled_from(
+    [None, "2026-01-02T03:04:05Z", "2025-12-31T23:59:59.123Z", "2026-03-04T05:06:07+00:00"]
+)
 
 
 @st.composite
@@ -150,3 +159,77 @@ def test_all_matched_lines_are_those_of_a_matched_check_per_order(data: st.DataO
     context = LineContext({}, passthrough, "not checked", all_matched=True)
     styles = _styles()
     assert [line_of(v, context, styles) for v in values] == _former_early_lines(values, passthrough)
+
+
+# ----- line_rows_in_pages: one statement in report order, by key where they differ
+
+
+def _by_key_pages(ledger: Ledger, batch: str, keys: Sequence[str], page: int) -> list[Any]:
+    """The former read (the oracle): each page's rows looked up by key."""
+    rows = []
+    for at in range(0, len(keys), page):
+        part = keys[at : at + page]
+        found = {r[0]: r for r in ledger._by_key(batch, part, LINE_COLUMNS)}
+        rows += [found[k] for k in part if k in found]
+    return rows
+
+
+def _read(ledger: Ledger, batch: str, keys: Sequence[str], page: int) -> list[Any]:
+    return [row for rows in ledger.line_rows_in_pages(batch, keys, page) for row in rows]
+
+
+@pytest.mark.parametrize("page", [1, 4, 6, 100])
+def test_line_rows_in_report_order_are_the_rows_read_by_key(tmp_path: Path, page: int) -> None:
+    ledger = ledger_of_odd_rows(tmp_path)
+    try:
+        keys, _ = ledger.report_keys("nightly")
+        cases = {
+            "all": keys,
+            "first ones": keys[:7],
+            "none": [],
+            "other order": keys[::-1],
+            "a middle part": keys[3:9],
+            "one missing": keys[:5] + keys[6:],
+            "an unknown key": [*keys[:5], "no-such-row", *keys[5:]],
+            "repeated": keys[:3] + keys[2:],
+        }
+        read = {name: _read(ledger, "nightly", k, page) for name, k in cases.items()}
+        expected = {name: _by_key_pages(ledger, "nightly", k, page) for name, k in cases.items()}
+        # a row gone, and one added to the report, since the keys were read
+        ledger._db.execute("DELETE FROM rows WHERE batch = 'nightly' AND row_key = ?", (keys[4],))
+        ledger._db.execute(
+            "UPDATE rows SET in_sheet = 1 WHERE batch = 'nightly' AND source_row = 13"
+        )
+        for name in ("gone or moved since", "gone or moved since, first ones"):
+            wanted = keys if name.endswith("since") else keys[:6]
+            read[name] = _read(ledger, "nightly", wanted, page)
+            expected[name] = _by_key_pages(ledger, "nightly", wanted, page)
+    finally:
+        ledger.close()
+    assert read == expected
+    assert len(read["all"]) == len(SPECS) and read["none"] == []
+    assert len(read["gone or moved since"]) == len(SPECS) - 1
+
+
+def test_line_rows_in_report_order_are_read_by_one_statement(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fast path is taken: no row looked up by key (else the test above proves
+    nothing of it)."""
+    ledger = ledger_of_odd_rows(tmp_path)
+    try:
+        keys, _ = ledger.report_keys("nightly")
+        looked_up: list[Sequence[str]] = []
+        real = ledger._by_key
+
+        def by_key(batch: str, wanted: Sequence[str], columns: str) -> Iterator[Any]:
+            looked_up.append(wanted)
+            return real(batch, wanted, columns)
+
+        monkeypatch.setattr(ledger, "_by_key", by_key)
+        assert len(_read(ledger, "nightly", keys, 4)) == len(SPECS)
+        assert looked_up == []
+        _read(ledger, "nightly", keys[:3] + keys[4:], 4)
+        assert looked_up and looked_up[0][0] == keys[4]
+    finally:
+        ledger.close()

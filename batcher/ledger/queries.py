@@ -6,10 +6,11 @@ import dataclasses
 import hashlib
 import json
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from decimal import Decimal
+from itertools import islice
 from operator import itemgetter
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
@@ -198,8 +199,33 @@ class LedgerQueries(LedgerConnection):
         self, batch: str, keys: Sequence[str], page: int = 5_000
     ) -> Iterator[list[Any]]:
         """As `raw_rows_in_pages`, each row read with `LINE_COLUMNS` only: what a line of
-        the Orders sheet shows (`read_line_values`), a third less to read."""
-        for part in in_pages(keys, page):
+        the Orders sheet shows (`read_line_values`), a third less to read.
+
+        Keys in the report's order (`report_keys`, or its first ones: an early child's)
+        are read by one statement in that order, not looked up one by one: two thirds of
+        the CPU at 100k rows. From the first row where the ledger's differ from `keys`
+        (a row gone or added since, keys in another order), the rest is read by key. The
+        statement stays open while its pages are made (a WAL reader: writers go on)."""
+        done = 0
+        if keys:
+            # a generator: closed when done with, which ends its statement
+            ordered = cast(
+                Generator[Any, None, None],
+                plain_rows(self._db, f"SELECT {LINE_COLUMNS}{_REPORT_ROWS}", (batch,)),
+            )
+            try:
+                while done < len(keys):
+                    wanted = list(keys[done : done + page])
+                    read = list(islice(ordered, len(wanted)))
+                    same = _same_keys(read, wanted)
+                    if same:
+                        yield read[:same]
+                        done += same
+                    if same < len(wanted):
+                        break
+            finally:
+                ordered.close()
+        for part in in_pages(keys[done:], page):
             found = {r[0]: r for r in self._by_key(batch, part, LINE_COLUMNS)}
             yield [found[k] for k in part if k in found]
 
@@ -486,6 +512,21 @@ LINE_COLUMNS = (
 )
 #: where a row read with `LINE_COLUMNS` holds its state
 LINE_STATE = 9
+
+
+def _same_keys(rows: Sequence[Any], keys: Sequence[str]) -> int:
+    """How many of the first rows (keys first) are those of `keys`, in that order."""
+    if len(rows) == len(keys) and list(map(_FIRST, rows)) == keys:
+        return len(keys)  # as good as always: one comparison in C
+    same = 0
+    for row, key in zip(rows, keys, strict=False):
+        if row[0] != key:
+            break
+        same += 1
+    return same
+
+
+_FIRST = itemgetter(0)
 
 
 def read_line_values(r: Any) -> LineValues:
