@@ -557,7 +557,7 @@ def line_fields(text: str) -> Any:
     `json.loads` for any JSON object of text names and values it decodes (the same
     escapes, the last of a repeated name); what it refuses (another type of value, a
     lone surrogate, text `json.loads` may take or refuse) goes to `json.loads`, which
-    says what it always said (tests/test_line_fields.py holds them together)."""
+    says what it always said (tests/test_lines_fast.py holds them together)."""
     try:
         return _TEXT_CELLS.decode(text)
     except Exception:  # anything: json.loads decides, and raises what it raises
