@@ -4,6 +4,8 @@
   else by `json.loads`: the same value, or the same error, as `json.loads` for any text.
 - `LedgerQueries.line_rows_in_pages`: keys in report order read by one statement, the
   rows looking each up by key reads (`_by_key_pages`, the former read, the oracle).
+- `xlsx_stream._plain_but_for_markup`: first and last characters found by searching the
+  texts joined with a mark, as the former check (`_former_plain_but_for_markup`) finds them.
 - `LineContext.all_matched` (an early child's assumption): the lines a check of no
   problem per succeeded order, its debit the cost, gives (`_former_early_lines`, the
   former early child's way, kept here as the oracle).
@@ -23,8 +25,15 @@ from hypothesis import strategies as st
 
 from batcher.ledger.queries import LINE_COLUMNS, line_fields
 from batcher.ledger.store import Ledger
+from batcher.reporting import xlsx_stream
 from batcher.reporting.verdicts import OrderCheck
 from batcher.reporting.workbook import LineContext, _Styles, line_of
+from batcher.reporting.xlsx_stream import (
+    _PLAIN_FIRST,
+    MAX_CELL_CHARS,
+    _first_character,
+    _last_character,
+)
 from tests.test_report_pages import SPECS, ledger_of_odd_rows
 
 
@@ -233,3 +242,42 @@ def test_line_rows_in_report_order_are_read_by_one_statement(
         assert looked_up and looked_up[0][0] == keys[4]
     finally:
         ledger.close()
+
+
+# ----- _plain_but_for_markup: first and last characters found by searching
+
+
+def _former_plain_but_for_markup(texts: Sequence[str], joined: str) -> bool:
+    """The former check (the oracle): each text's first and last character taken out."""
+    return (
+        joined.isprintable()
+        and " " not in map(_last_character, texts)
+        and all(map(_PLAIN_FIRST.get, map(_first_character, texts)))
+        and (len(joined) <= MAX_CELL_CHARS or max(map(len, texts)) <= MAX_CELL_CHARS)
+    )
+
+
+# what the check turns on: spaces, controls (the mark among them), formula triggers,
+# markup, letters and digits, beyond ASCII (letters, digits, spaces of other kinds)
+_cell_text = st.text(
+    st.sampled_from(" \x00\x01\t\n=+-@&<>aZ09é٣\u00a0\u2028•'\"")
+    | st.characters(codec=None, categories=None),
+    min_size=1,
+    max_size=6,
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(_cell_text, min_size=1, max_size=8), st.integers(0, 2))
+@example(["ab", "c "], 0)
+@example(["a b", "=c"], 0)
+@example(["a", "•-1"], 0)
+@example(["a\x00", "b"], 0)
+@example(["x" * 20_000, "y" * 20_000], 0)
+@example(["x" * 40_000], 0)
+def test_plain_but_for_markup_is_the_former_check(texts: list[str], long: int) -> None:
+    texts = [t * (1 + long * 6_000) if long and i == 0 else t for i, t in enumerate(texts)]
+    joined = "".join(texts)
+    assert xlsx_stream._plain_but_for_markup(texts, joined) == _former_plain_but_for_markup(
+        texts, joined
+    )
