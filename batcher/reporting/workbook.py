@@ -253,14 +253,8 @@ def early_orders(
 
     def make() -> Iterator[list[Any]]:  # in the child
         ledger.reopen_in_child()
-        checks: dict[str, OrderCheck] = {}
-        context = LineContext(checks, passthrough, "not checked")
+        context = LineContext({}, passthrough, "not checked", all_matched=True)
         for values in _early_line_values(ledger, batch, rows.keys[:count]):
-            checks.clear()
-            # values: row key, ..., currency (6), cost (7), cost currency (8), state, order id
-            if values[9] == "succeeded" and values[10]:
-                key = values[0]
-                checks[key] = OrderCheck(key, True, values[7], values[8] or values[6], ())
             yield line_of(values, context, styles)
 
     def resolve(message: Any) -> dict[int, int]:  # in the child
@@ -358,11 +352,16 @@ def order_headers(passthrough: Sequence[str]) -> list[str]:
 @dataclass(frozen=True)
 class LineContext:
     """What an Orders line takes from the report besides its row: the orders' checks,
-    the pass-through headers, and the Check of a succeeded order with no check."""
+    the pass-through headers, and the Check of a succeeded order with no check.
+
+    `all_matched`: what an early child assumes (`early_orders`): every succeeded order
+    with no check in `checks` matched without a problem, its wallet debit its cost (as
+    `OrderCheck(key, True, cost, charged currency)` would show it), not unchecked."""
 
     checks: Mapping[str, OrderCheck]
     passthrough: Sequence[str]
     unchecked: str
+    all_matched: bool = False
 
     @classmethod
     def of(cls, model: ReportModel) -> LineContext:
@@ -385,22 +384,30 @@ def line_of(values: LineValues, model: LineContext, styles: _Styles) -> list[Any
     ) = values  # fmt: skip
     check = model.checks.get(row_key)
     amount = styles.amount
-    if in_sheet and check is None and state == "succeeded" and order_id:
+    # money cells by one lookup when kept (`_Styles.amount` makes and keeps the others)
+    kept = styles.by_currency.get(currency) or _NO_CELLS
+    charged = cost_currency or currency  # as `charged_currency`
+    cost_cell = (kept if charged == currency else _NO_CELLS).get(cost) or amount(cost, charged)
+    debit = None
+    ordered = check is None and state == "succeeded" and order_id
+    if ordered and model.all_matched:  # as a check of no problem, its debit the cost
+        debit = cost_cell
+        checked = "OK"
+        if not in_sheet:
+            ordered_at = succeeded_at or updated_at
+            checked = _check_of(False, state, order_id, ordered_at, _MATCHED, "")
+    elif ordered and in_sheet:
         checked = model.unchecked  # as `_check_of` says
     else:
         checked = _check_of(
             in_sheet, state, order_id, succeeded_at or updated_at, check, model.unchecked
         )
+        if check is not None:
+            paid, paid_currency = check.debit, check.debit_currency
+            debit = (kept if paid_currency == currency else _NO_CELLS).get(paid) or amount(  # type: ignore[arg-type]
+                paid, paid_currency
+            )
     get = fields.get
-    # money cells by one lookup when kept (`_Styles.amount` makes and keeps the others)
-    kept = styles.by_currency.get(currency) or _NO_CELLS
-    charged = cost_currency or currency  # as `charged_currency`
-    debit = None
-    if check is not None:
-        paid, paid_currency = check.debit, check.debit_currency
-        debit = (kept if paid_currency == currency else _NO_CELLS).get(paid) or amount(  # type: ignore[arg-type]
-            paid, paid_currency
-        )
     return [
         source_row,
         reference or get("reference", ""),  # `_reference`
@@ -411,7 +418,7 @@ def line_of(values: LineValues, model: LineContext, styles: _Styles) -> list[Any
         get("product_code", ""),
         None if state == "invalid" else kept.get(face_value) or amount(face_value, currency),
         currency,
-        (kept if charged == currency else _NO_CELLS).get(cost) or amount(cost, charged),
+        cost_cell,
         cost_currency or "",
         state,
         order_id,
@@ -429,6 +436,10 @@ def line_of(values: LineValues, model: LineContext, styles: _Styles) -> list[Any
         _ts(updated_at),
         _ts(succeeded_at),
     ]
+
+
+#: the check `LineContext.all_matched` assumes: listed, no problem (its debit aside)
+_MATCHED = OrderCheck("", True, None, None, ())
 
 
 def _unchecked(model: ReportModel) -> str:

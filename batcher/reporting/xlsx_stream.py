@@ -94,13 +94,30 @@ def _is_plain(text: str) -> bool:
 def _plain_but_for_markup(texts: Sequence[str], joined: str) -> bool:
     """`_is_plain` for every one of these non-empty texts (`joined`: them joined), checked
     over them all at once, but for `&`, `<` and `>`: `_text_cell` escapes those, and
-    does nothing else to such text."""
-    return (
-        joined.isprintable()
-        and " " not in map(_last_character, texts)
-        and all(map(_PLAIN_FIRST.get, map(_first_character, texts)))
-        and (len(joined) <= MAX_CELL_CHARS or max(map(len, texts)) <= MAX_CELL_CHARS)
-    )
+    does nothing else to such text.
+
+    Their first and last characters are found by searching them joined again, each
+    text after a `_MARK` (printable text holds none): a space before a mark, a first
+    character after one that is not an ASCII letter or digit. Texts with such first
+    characters (a masked voucher's `•`) are looked up one by one, as `_is_plain` does."""
+    if not joined.isprintable():
+        return False
+    marked = _MARK.join(texts)
+    if _MARK_AFTER_SPACE in marked or texts[-1][-1] == " ":
+        return False
+    first = texts[0][0]
+    alphanumeric = first.isascii() and first.isalnum() and not _MARK_BEFORE_OTHER.search(marked)
+    if not alphanumeric and not all(map(_PLAIN_FIRST.get, map(_first_character, texts))):
+        return False
+    return len(joined) <= MAX_CELL_CHARS or max(map(len, texts)) <= MAX_CELL_CHARS
+
+
+#: between texts joined for `_plain_but_for_markup`: a control, which no printable text holds
+_MARK = "\x00"
+_MARK_AFTER_SPACE = " " + _MARK
+#: a mark before a first character other than an ASCII letter or digit (those always
+#: take the plain shortcut: `_PLAIN_FIRST`)
+_MARK_BEFORE_OTHER = re.compile(_MARK + "[^0-9A-Za-z]")
 
 
 def _plain_first(first: str) -> bool:
