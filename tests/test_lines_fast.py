@@ -2,8 +2,9 @@
 
 - `queries.line_fields`: a row's cells decoded by msgspec when they are all text,
   else by `json.loads`: the same value, or the same error, as `json.loads` for any text.
-- `LedgerQueries.line_rows_in_pages`: keys in report order read by one statement, the
-  rows looking each up by key reads (`_by_key_pages`, the former read, the oracle).
+- `LedgerQueries.line_rows_in_pages` and `fact_rows_in_pages`: keys in report order
+  read by one statement, the rows looking each up by key reads (`_by_key_pages`, the
+  former reads, the oracles).
 - `xlsx_stream._plain_but_for_markup`: first and last characters found by searching the
   texts joined with a mark, as the former check (`_former_plain_but_for_markup`) finds them.
 - `LineContext.all_matched` (an early child's assumption): the lines a check of no
@@ -23,8 +24,10 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from batcher.ledger import queries
 from batcher.ledger.queries import LINE_COLUMNS, line_fields
-from batcher.ledger.store import Ledger
+from batcher.ledger.records import SettledRow
+from batcher.ledger.store import Ledger, RowRecord
 from batcher.reporting import xlsx_stream
 from batcher.reporting.verdicts import OrderCheck
 from batcher.reporting.workbook import LineContext, _Styles, line_of
@@ -170,25 +173,42 @@ def test_all_matched_lines_are_those_of_a_matched_check_per_order(data: st.DataO
     assert [line_of(v, context, styles) for v in values] == _former_early_lines(values, passthrough)
 
 
-# ----- line_rows_in_pages: one statement in report order, by key where they differ
+# ----- line_rows_in_pages and fact_rows_in_pages: one statement in report order, by
+# key where they differ
 
 
-def _by_key_pages(ledger: Ledger, batch: str, keys: Sequence[str], page: int) -> list[Any]:
-    """The former read (the oracle): each page's rows looked up by key."""
-    rows = []
+def _by_key_pages(
+    ledger: Ledger, batch: str, keys: Sequence[str], page: int, kind: str
+) -> list[Any]:
+    """The former reads (the oracles): each page's rows looked up by key."""
+    rows: list[Any] = []
     for at in range(0, len(keys), page):
         part = keys[at : at + page]
-        found = {r[0]: r for r in ledger._by_key(batch, part, LINE_COLUMNS)}
+        if kind == "line":
+            found = {r[0]: r for r in ledger._by_key(batch, part, LINE_COLUMNS)}
+        else:
+            found, whole = {}, []
+            for r in ledger._by_key(batch, part, queries._FACT_COLUMNS):
+                if r[1] == "succeeded" and not r[2]:
+                    found[r[0]] = queries.settled_row(r)
+                else:
+                    whole.append(r[0])
+            if whole:
+                found.update(ledger.rows_by_key(batch, whole))
         rows += [found[k] for k in part if k in found]
     return rows
 
 
-def _read(ledger: Ledger, batch: str, keys: Sequence[str], page: int) -> list[Any]:
-    return [row for rows in ledger.line_rows_in_pages(batch, keys, page) for row in rows]
+def _read(ledger: Ledger, batch: str, keys: Sequence[str], page: int, kind: str) -> list[Any]:
+    read = ledger.line_rows_in_pages if kind == "line" else ledger.fact_rows_in_pages
+    return [row for rows in read(batch, keys, page) for row in rows]
 
 
+@pytest.mark.parametrize("kind", ["line", "fact"])
 @pytest.mark.parametrize("page", [1, 4, 6, 100])
-def test_line_rows_in_report_order_are_the_rows_read_by_key(tmp_path: Path, page: int) -> None:
+def test_rows_in_report_order_are_the_rows_read_by_key(
+    tmp_path: Path, page: int, kind: str
+) -> None:
     ledger = ledger_of_odd_rows(tmp_path)
     try:
         keys, _ = ledger.report_keys("nightly")
@@ -202,8 +222,10 @@ def test_line_rows_in_report_order_are_the_rows_read_by_key(tmp_path: Path, page
             "an unknown key": [*keys[:5], "no-such-row", *keys[5:]],
             "repeated": keys[:3] + keys[2:],
         }
-        read = {name: _read(ledger, "nightly", k, page) for name, k in cases.items()}
-        expected = {name: _by_key_pages(ledger, "nightly", k, page) for name, k in cases.items()}
+        read = {name: _read(ledger, "nightly", k, page, kind) for name, k in cases.items()}
+        expected = {
+            name: _by_key_pages(ledger, "nightly", k, page, kind) for name, k in cases.items()
+        }
         # a row gone, and one added to the report, since the keys were read
         ledger._db.execute("DELETE FROM rows WHERE batch = 'nightly' AND row_key = ?", (keys[4],))
         ledger._db.execute(
@@ -211,35 +233,47 @@ def test_line_rows_in_report_order_are_the_rows_read_by_key(tmp_path: Path, page
         )
         for name in ("gone or moved since", "gone or moved since, first ones"):
             wanted = keys if name.endswith("since") else keys[:6]
-            read[name] = _read(ledger, "nightly", wanted, page)
-            expected[name] = _by_key_pages(ledger, "nightly", wanted, page)
+            read[name] = _read(ledger, "nightly", wanted, page, kind)
+            expected[name] = _by_key_pages(ledger, "nightly", wanted, page, kind)
     finally:
         ledger.close()
     assert read == expected
     assert len(read["all"]) == len(SPECS) and read["none"] == []
     assert len(read["gone or moved since"]) == len(SPECS) - 1
+    if kind == "fact":  # both kinds of row are read
+        assert {type(r) for r in read["all"]} == {RowRecord, SettledRow}
 
 
-def test_line_rows_in_report_order_are_read_by_one_statement(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("kind", ["line", "fact"])
+def test_rows_in_report_order_are_read_by_one_statement(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
-    """The fast path is taken: no row looked up by key (else the test above proves
-    nothing of it)."""
+    """The fast path is taken: no row looked up by key with the read's own columns
+    (else the test above proves nothing of it); a fact read looks up only the rows it
+    reads whole."""
+    columns = LINE_COLUMNS if kind == "line" else queries._FACT_COLUMNS
     ledger = ledger_of_odd_rows(tmp_path)
     try:
         keys, _ = ledger.report_keys("nightly")
         looked_up: list[Sequence[str]] = []
         real = ledger._by_key
 
-        def by_key(batch: str, wanted: Sequence[str], columns: str) -> Iterator[Any]:
-            looked_up.append(wanted)
-            return real(batch, wanted, columns)
+        def by_key(batch: str, wanted: Sequence[str], read_columns: str) -> Iterator[Any]:
+            if read_columns == columns:
+                looked_up.append(wanted)
+            return real(batch, wanted, read_columns)
 
         monkeypatch.setattr(ledger, "_by_key", by_key)
-        assert len(_read(ledger, "nightly", keys, 4)) == len(SPECS)
+        assert len(_read(ledger, "nightly", keys, 4, kind)) == len(SPECS)
         assert looked_up == []
-        _read(ledger, "nightly", keys[:3] + keys[4:], 4)
+        _read(ledger, "nightly", keys[:3] + keys[4:], 4, kind)
         assert looked_up and looked_up[0][0] == keys[4]
+        looked_up.clear()
+        monkeypatch.setattr(queries, "ORDERED_READ_MAX_ROWS", len(keys) - 1)
+        assert _read(ledger, "nightly", keys, 4, kind) == _by_key_pages(
+            ledger, "nightly", keys, 4, kind
+        )
+        assert looked_up and looked_up[0][0] == keys[0]  # too many: all by key
     finally:
         ledger.close()
 

@@ -199,19 +199,48 @@ class LedgerQueries(LedgerConnection):
         self, batch: str, keys: Sequence[str], page: int = 5_000
     ) -> Iterator[list[Any]]:
         """As `raw_rows_in_pages`, each row read with `LINE_COLUMNS` only: what a line of
-        the Orders sheet shows (`read_line_values`), a third less to read.
+        the Orders sheet shows (`read_line_values`), a third less to read; read in the
+        report's order where it can (`_in_report_order`)."""
+        return self._in_report_order(batch, keys, page, LINE_COLUMNS)
+
+    def fact_rows_in_pages(
+        self, batch: str, keys: Sequence[str], page: int = 5_000
+    ) -> Iterator[list[RowRecord | SettledRow]]:
+        """As `rows_in_pages`, for a reader that only sums the rows: a row settled
+        without a question (succeeded, no conflict) comes as a `SettledRow`, read from a
+        few columns, and only the others as whole `RowRecord`s. Read in the report's
+        order where it can (`_in_report_order`)."""
+        for raws in self._in_report_order(batch, keys, page, _FACT_COLUMNS):
+            whole = [r[0] for r in raws if r[1] != "succeeded" or r[2]]
+            if not whole:  # as good as always
+                yield [settled_row(r) for r in raws]
+                continue
+            records = self.rows_by_key(batch, whole)
+            yield [
+                settled_row(r) if r[1] == "succeeded" and not r[2] else records[r[0]]
+                for r in raws
+                if r[0] in records or (r[1] == "succeeded" and not r[2])
+            ]
+
+    def _in_report_order(
+        self, batch: str, keys: Sequence[str], page: int, columns: str
+    ) -> Iterator[list[Any]]:
+        """`columns` (the row key first) of the rows of `keys`, in that order, a page at a
+        time; a key no longer in the ledger is left out.
 
         Keys in the report's order (`report_keys`, or its first ones: an early child's)
-        are read by one statement in that order, not looked up one by one: two thirds of
-        the CPU at 100k rows. From the first row where the ledger's differ from `keys`
-        (a row gone or added since, keys in another order), the rest is read by key. The
-        statement stays open while its pages are made (a WAL reader: writers go on)."""
+        are read on SQLite by one statement in that order, not looked up one by one: two
+        thirds of the CPU at 100k rows. From the first row where the ledger's differ from
+        `keys` (a row gone or added since, keys in another order), the rest is read by
+        key, as it all is on PostgreSQL (whose driver would fetch the whole result at
+        once) and for more than `ORDERED_READ_MAX_ROWS` keys. The statement stays open
+        while its pages are used (a WAL reader: writers go on)."""
         done = 0
-        if keys:
+        if keys and self.backend == "sqlite" and len(keys) <= ORDERED_READ_MAX_ROWS:
             # a generator: closed when done with, which ends its statement
             ordered = cast(
                 Generator[Any, None, None],
-                plain_rows(self._db, f"SELECT {LINE_COLUMNS}{_REPORT_ROWS}", (batch,)),
+                plain_rows(self._db, f"SELECT {columns}{_REPORT_ROWS}", (batch,)),
             )
             try:
                 while done < len(keys):
@@ -226,25 +255,7 @@ class LedgerQueries(LedgerConnection):
             finally:
                 ordered.close()
         for part in in_pages(keys[done:], page):
-            found = {r[0]: r for r in self._by_key(batch, part, LINE_COLUMNS)}
-            yield [found[k] for k in part if k in found]
-
-    def fact_rows_in_pages(
-        self, batch: str, keys: Sequence[str], page: int = 5_000
-    ) -> Iterator[list[RowRecord | SettledRow]]:
-        """As `rows_in_pages`, for a reader that only sums the rows: a row settled
-        without a question (succeeded, no conflict) comes as a `SettledRow`, read from a
-        few columns, and only the others as whole `RowRecord`s."""
-        for part in in_pages(keys, page):
-            found: dict[str, RowRecord | SettledRow] = {}
-            whole: list[str] = []
-            for r in self._by_key(batch, part, _FACT_COLUMNS):
-                if r[1] == "succeeded" and not r[2]:
-                    found[r[0]] = settled_row(r)
-                else:
-                    whole.append(r[0])
-            if whole:
-                found.update(self.rows_by_key(batch, whole))
+            found = {r[0]: r for r in self._by_key(batch, part, columns)}
             yield [found[k] for k in part if k in found]
 
     def amounts(self, batch: str, state: str) -> list[tuple[str, Decimal, Decimal | None]]:
@@ -614,6 +625,11 @@ END_COLUMNS = "row_key, source_row, in_sheet, content_hash, passthrough, " + DYN
 EARLY_CHECK = itemgetter(8, 9, 10, 1, 3)
 #: the check's place in a row read with `END_COLUMNS`, for a whole row (`row_record`)
 _UNCHECKED = (None,) * 5
+#: the most keys `_in_report_order` reads by one ordered statement: SQLite sorts the
+#: rows for it (about 40 MB more at 100k rows: in its page cache, then in temporary
+#: files), and an early child reads at most 200,000; a larger batch (a run's end at a
+#: million rows) is looked up by key, page by page, as measured at that size
+ORDERED_READ_MAX_ROWS = 200_000
 #: a report's rows in its order (`report_keys`): the sheet's rows, then earlier orders
 _REPORT_ROWS = (
     " FROM rows WHERE batch = ? AND (in_sheet = 1"
