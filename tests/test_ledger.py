@@ -275,6 +275,35 @@ def test_failed_row_ordered_by_another_batch_is_never_retried(ledger: Ledger) ->
     assert row.state == "skipped" and row.error_code == "ordered_in_another_batch"
 
 
+def test_a_new_row_and_a_known_one_skipped_elsewhere_are_recorded_alike(ledger: Ledger) -> None:
+    """A reference another batch ordered: a row new to the ledger is skipped with the
+    same code and message as a row the ledger knew (the store says why, not only the
+    report, which adds where and when)."""
+    ledger.sync_rows("b", [sheet_row("k1", 2, ref="R-9")], retry_failed=False)
+    ledger.save_plan("b", [("c1", "GBP", 1, ["k1"], b"{}")])
+    ledger.mark_sending("b", "c1")
+    ledger.settle_chunk("b", "c1", "succeeded", [RowOutcome("k1", "succeeded", order_id="o9")])
+    for batch in ("new", "known"):
+        ledger.ensure_batch(
+            batch, provider="p", account_id="a", source_path="f.csv", source_sha256="2" * 64
+        )
+    ledger.sync_rows("known", [sheet_row("k2", 2, ref="R-8")], retry_failed=False)
+    ledger.sync_rows("known", [sheet_row("k2", 2, ref="R-9")], retry_failed=False)
+    report = ledger.sync_rows("new", [sheet_row("k3", 2, ref="R-9")], retry_failed=False)
+    assert report.skipped_elsewhere == 1
+    (new,), (known,) = ledger.rows("new"), ledger.rows("known")
+    assert (new.state, new.error_code, new.error_message) == (
+        "skipped",
+        "ordered_in_another_batch",
+        "this reference was ordered by another batch",
+    )
+    assert (known.state, known.error_code, known.error_message) == (
+        new.state,
+        new.error_code,
+        new.error_message,
+    )
+
+
 # ---------------------------------------------------------------------------
 # Exactly once across runs, batches and damaged files
 

@@ -29,10 +29,15 @@ _INSERT_ROW = (
 )
 _PLACE = "source_row = ?, in_sheet = 1, passthrough = ?, updated_at = ?"
 _TOUCH = f"UPDATE rows SET {_PLACE} WHERE batch = ? AND row_key = ?"
+#: a row skipped because another batch ordered its reference: its error code and
+#: message, whether the row was new to the ledger or known to it (readers add where and
+#: when it was ordered: `reporting.row_source.explain_skips`)
+SKIPPED_ELSEWHERE = "ordered_in_another_batch"
+_SKIPPED_ELSEWHERE_MESSAGE = "this reference was ordered by another batch"
 _SKIP_ELSEWHERE = (
     "UPDATE rows SET state = 'skipped', in_sheet = 1, source_row = ?,"
-    " chunk_key = NULL, error_code = 'ordered_in_another_batch',"
-    " error_message = ?, updated_at = ? WHERE batch = ? AND row_key = ?"
+    " chunk_key = NULL, error_code = ?, error_message = ?, updated_at = ?"
+    " WHERE batch = ? AND row_key = ?"
 )
 _CONFLICT = f"UPDATE rows SET {_PLACE}, conflict = ? WHERE batch = ? AND row_key = ?"
 _TAKE_CONTENT = (
@@ -267,7 +272,8 @@ def _sync_row(
         writes.add(
             _SKIP_ELSEWHERE,
             row.source_row,
-            "this reference was ordered by another batch",
+            SKIPPED_ELSEWHERE,
+            _SKIPPED_ELSEWHERE_MESSAGE,
             writes.now,
             batch,
             row.row_key,
@@ -303,8 +309,8 @@ def _insert_values(batch: str, row: SheetRow, state: str, now: str) -> tuple[Any
         str(row.face_value),
         None if row.est_cost is None else str(row.est_cost),
         state,
-        row.error_code or None,
-        row.error_message or None,
+        SKIPPED_ELSEWHERE if state == "skipped" else row.error_code or None,
+        _SKIPPED_ELSEWHERE_MESSAGE if state == "skipped" else row.error_message or None,
         "permanent" if state == "invalid" else None,
         now,
         now,

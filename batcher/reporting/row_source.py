@@ -27,12 +27,12 @@ from batcher.ledger.queries import (
 )
 from batcher.ledger.records import LineValues, SettledRow, line_values
 from batcher.ledger.store import Ledger, RowRecord, parse_ts
+from batcher.ledger.sync import SKIPPED_ELSEWHERE
 
 #: rows read from the ledger at a time: a few tens of megabytes of `RowRecord`s
 ROW_PAGE = 20_000
 #: rows read undecoded at a time, for the lines of a sheet (`BatchRows.for_lines`)
 RAW_PAGE = 1_000
-SKIPPED_ELSEWHERE = "ordered_in_another_batch"
 
 #: reads the rows of some keys, in that order, a page at a time
 ReadPages = Callable[[Sequence[str]], Iterator[Sequence[RowRecord]]]
