@@ -10,7 +10,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from decimal import Decimal
 from itertools import islice
 from operator import itemgetter
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import msgspec
 
@@ -211,15 +211,15 @@ class LedgerQueries(LedgerConnection):
         few columns, and only the others as whole `RowRecord`s. Read in the report's
         order where it can (`_in_report_order`)."""
         for raws in self._in_report_order(batch, keys, page, _FACT_COLUMNS):
-            whole = [r[0] for r in raws if r[1] != "succeeded" or r[2]]
+            whole = [r[0] for r in raws if not _settled_plainly(r)]
             if not whole:  # as good as always
                 yield [settled_row(r) for r in raws]
                 continue
             records = self.rows_by_key(batch, whole)
             yield [
-                settled_row(r) if r[1] == "succeeded" and not r[2] else records[r[0]]
+                settled_row(r) if _settled_plainly(r) else records[r[0]]
                 for r in raws
-                if r[0] in records or (r[1] == "succeeded" and not r[2])
+                if r[0] in records or _settled_plainly(r)
             ]
 
     def _in_report_order(
@@ -421,24 +421,42 @@ _SLOTS = tuple(getattr(RowRecord, f.name).__set__ for f in dataclasses.fields(Ro
 _new = object.__new__
 
 
-#: a page's rows share a few pass-through cells (cost centres, teams): each text is
-#: decoded once, and every row gets a dictionary of its own
-_PASSTHROUGH: dict[str, tuple[tuple[str, str], ...]] = {}
+T = TypeVar("T")
+
+#: the most texts a `_KeptByText` keeps before it starts again
 _PASSTHROUGH_KEPT = 1 << 12
 
 
+class _KeptByText(dict[str, T]):
+    """What `make(text)` gives, made once per text and kept (a page's rows share a few
+    pass-through cells: cost centres, teams); cleared when it holds `_PASSTHROUGH_KEPT`
+    texts. A text already met is a plain dictionary lookup."""
+
+    def __init__(self, make: Callable[[str], T]) -> None:
+        super().__init__()
+        self._make = make
+
+    def __missing__(self, text: str) -> T:
+        if len(self) >= _PASSTHROUGH_KEPT:
+            self.clear()
+        value = self[text] = self._make(text)
+        return value
+
+
+#: a row's pass-through cells, decoded once per text (every row gets a dictionary
+#: of its own from them: `_passthrough`)
+_PASSTHROUGH_ITEMS: _KeptByText[tuple[tuple[str, str], ...]] = _KeptByText(
+    lambda text: tuple(_cells(text).items())
+)
+
+
 def _passthrough(text: str) -> dict[str, str]:
-    return dict(_passthrough_items(text))
+    return dict(_PASSTHROUGH_ITEMS[text])
 
 
-def _passthrough_items(text: str) -> tuple[tuple[str, str], ...]:
-    items = _PASSTHROUGH.get(text)
-    if items is None:
-        items = tuple(_cells(text).items())
-        if len(_PASSTHROUGH) >= _PASSTHROUGH_KEPT:
-            _PASSTHROUGH.clear()
-        _PASSTHROUGH[text] = items
-    return items
+def _settled_plainly(r: Any) -> bool:
+    """A row read with `_FACT_COLUMNS` succeeded without a conflict: read light."""
+    return bool(r[1] == "succeeded" and not r[2])
 
 
 def settled_row(r: Any) -> SettledRow:
@@ -463,7 +481,7 @@ def settled_row(r: Any) -> SettledRow:
         attempt, voucher_last4, None if error_code is None else intern(error_code),
         None if error_message is None else intern(error_message), intern(created_at),
         intern(updated_at), None if succeeded_at is None else intern(succeeded_at),
-        intern(product) if isinstance(product, str) else product, _headers(passthrough),
+        intern(product) if isinstance(product, str) else product, _HEADERS[passthrough],
         fields, intern(passthrough),
     )  # fmt: skip
 
@@ -500,18 +518,10 @@ def product_code(fields: str) -> Any:
     return json.loads(fields).get("product_code", "")
 
 
-_HEADERS: dict[str, tuple[str, ...]] = {}
-
-
-def _headers(text: str) -> tuple[str, ...]:
-    """The pass-through headers a row's cells name, in its order (kept per text)."""
-    found = _HEADERS.get(text)
-    if found is None:
-        found = tuple(name for name, _ in _passthrough_items(text))
-        if len(_HEADERS) >= _PASSTHROUGH_KEPT:
-            _HEADERS.clear()
-        _HEADERS[text] = found
-    return found
+#: the pass-through headers a row's cells name, in its order, per text
+_HEADERS: _KeptByText[tuple[str, ...]] = _KeptByText(
+    lambda text: tuple(name for name, _ in _PASSTHROUGH_ITEMS[text])
+)
 
 
 #: what a line of the Orders sheet shows of a row, in `LineValues` order
@@ -550,7 +560,7 @@ def read_line_values(r: Any) -> LineValues:
         succeeded_at,
     ) = r  # fmt: skip
     return (
-        row_key, source_row, reference, line_fields(fields), _line_passthrough(passthrough),
+        row_key, source_row, reference, line_fields(fields), _LINE_PASSTHROUGH[passthrough],
         _decimal(face_value), currency, None if cost is None else _decimal(cost),
         cost_currency, state, order_id, transaction_id, order_request_id, chunk_key, attempt,
         voucher_last4, error_code, error_message, conflict, bool(in_sheet), created_at,
@@ -575,20 +585,9 @@ def line_fields(text: str) -> Any:
         return json.loads(text)
 
 
-#: a line's pass-through cells, by their text: the Orders sheet only reads them
-_LINE_PASSTHROUGH: dict[str, dict[str, str]] = {}
-
-
-def _line_passthrough(text: str) -> dict[str, str]:
-    """`_passthrough(text)`, one dictionary for every line of the same cells (a page's
-    rows share a few: cost centres, teams), never changed by its readers."""
-    found = _LINE_PASSTHROUGH.get(text)
-    if found is None:
-        found = _passthrough(text)
-        if len(_LINE_PASSTHROUGH) >= _PASSTHROUGH_KEPT:
-            _LINE_PASSTHROUGH.clear()
-        _LINE_PASSTHROUGH[text] = found
-    return found
+#: a line's pass-through cells, one dictionary for every line of the same cells,
+#: never changed by its readers (the Orders sheet only reads them)
+_LINE_PASSTHROUGH: _KeptByText[dict[str, str]] = _KeptByText(_passthrough)
 
 
 def raw_line_values(r: Any) -> LineValues:
