@@ -187,6 +187,13 @@ def recover_from_provider(
     requests_before = _requests(provider)
     waited = 0.0
     while (busy := provider.requests_in_progress(since)) > 0:
+        if waited == 0.0:
+            # Said once, so an operator watching a silent run knows why and how to stop it.
+            runner.listener.message(
+                f"recovery: waiting up to {wait_seconds:.0f} s for the provider to finish "
+                f"{busy} order request(s) before asking it about this batch "
+                "(Ctrl-C stops the wait; nothing has been sent)"
+            )
         if waited >= wait_seconds:
             raise ProviderUnavailable(
                 f"this batch is new to the ledger, and the provider is still processing "

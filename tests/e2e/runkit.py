@@ -9,6 +9,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -178,6 +179,46 @@ def wait_for(predicate: Any, timeout: float = 20.0, interval: float = 0.05) -> b
             return True
         time.sleep(interval)
     return False
+
+
+def stop_once_said(
+    proc: subprocess.Popen[str],
+    said: str,
+    *,
+    within: float = 120.0,
+    sig: int = signal.SIGTERM,
+) -> tuple[str, float]:
+    """Signal a run as soon as its stderr has said `said` (the start of a wait), and
+    return its stderr and how many seconds it took to exit after the signal. Unlike a
+    fixed sleep, a slow start on a loaded machine cannot make the signal come before the
+    wait. The run must exit 3 (incomplete, rerun to continue)."""
+    assert proc.stderr is not None
+    lines: list[str] = []
+    heard = threading.Event()
+
+    def read() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+            if said in line:
+                heard.set()
+        heard.set()  # end of stderr: the run exited without saying it
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    assert heard.wait(within), f"the run did not say {said!r} within {within:.0f} s"
+    assert proc.poll() is None, "the run was no longer waiting:\n" + "".join(lines)
+    proc.send_signal(sig)
+    signalled = time.monotonic()
+    if proc.stdout is not None:
+        proc.stdout.read()  # to its end, so a full pipe cannot hold the run
+    proc.wait(timeout=60)
+    reader.join(timeout=60)
+    took = time.monotonic() - signalled
+    stderr = "".join(lines)
+    assert proc.returncode == 3, stderr
+    assert "Traceback" not in stderr, stderr
+    return stderr, took
 
 
 def stop_while_waiting(

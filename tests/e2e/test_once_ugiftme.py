@@ -26,7 +26,7 @@ from tests.e2e.runkit import (
     read_summary,
     sandbox_orders,
     start_batcher,
-    stop_while_waiting,
+    stop_once_said,
     wait_for,
     write_sheet,
 )
@@ -281,7 +281,7 @@ def test_a_stop_ends_recoverys_wait_for_the_provider(tmp_path: Path) -> None:
             row["Email"] = f"b{i}@example.com"
         sheet_b = write_sheet(tmp_path / "b.csv", rows_b)
         proc = start_batcher(args_for(sheet_b, reports), env)
-        stderr, took = stop_while_waiting(proc, after=4.0)  # inside recovery's wait
+        stderr, took = stop_once_said(proc, "recovery: waiting up to")
         assert took < 5.0, f"took {took:.1f}s to stop"
         assert "stopped on request while waiting for the provider" in stderr
         db = sqlite3.connect(tmp_path / "state" / "ledger.sqlite")
