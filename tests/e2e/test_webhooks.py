@@ -8,6 +8,7 @@ import sqlite3
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from batcher.sandbox.server import running_sandbox
 from tests.e2e.runkit import (
@@ -78,9 +79,11 @@ def test_async_run_settles_from_events_despite_drops_duplicates_and_a_listener_o
             # clock (a loaded machine starts the run late): after the first events,
             # until deliveries have failed against it; those are retried later.
             assert _wait(lambda: _count(state, "accepted") >= 3, timeout=120)
+            down_at = time.monotonic()
             listener.stop()
             assert _wait(lambda: proxy.refused >= 2, timeout=60)
             listener.start()
+            outage = time.monotonic() - down_at
             out, err = run.communicate(timeout=240)
             assert run.returncode == 0, err
             # let late duplicates land before the listener stops for good
@@ -92,8 +95,12 @@ def test_async_run_settles_from_events_despite_drops_duplicates_and_a_listener_o
 
     summary = read_summary(reports, sheet.stem)
     requests = summary["requests"]
+    # What a failure needs to be read: how long the listener was down, and how the
+    # deliveries went (a poll is due when an event's attempts all fail for 120 s).
+    seen = {"outage_seconds": round(outage, 1), "dropped": proxy.dropped,
+            "refused": proxy.refused, "deliveries": _attempts(deliveries), **requests}  # fmt: skip
     assert requests["submits"] >= ROWS // 100
-    assert requests["polls"] <= 0.05 * requests["submits"], requests
+    assert requests["polls"] <= 0.05 * requests["submits"], seen
     assert requests["settled_by_event"] >= ROWS // 100 - requests["polls"]
     # exactly once: one order per row at the provider, every row succeeded in the ledger
     assert orders == Counter({f"person{i}@example.com": 1 for i in range(ROWS)})
@@ -105,10 +112,9 @@ def test_async_run_settles_from_events_despite_drops_duplicates_and_a_listener_o
     duplicated = sum(
         a["duplicate"] for d in deliveries.get("deliveries", []) for a in d["attempts"]
     )
-    assert proxy.dropped > 0 and proxy.refused > 0 and duplicated > 0
+    assert proxy.dropped > 0 and proxy.refused > 0 and duplicated > 0, seen
     assert "orphans" in events.stdout, events.stderr
-    print(json.dumps({**requests, "dropped": proxy.dropped, "refused": proxy.refused,
-                      "duplicated": duplicated, "repeats": repeats}))  # fmt: skip
+    print(json.dumps({**seen, "duplicated": duplicated, "repeats": repeats}))
 
     # the signing secret never reaches any output, log, report or the ledger
     outputs = [out, err, subscribed.stdout, subscribed.stderr, events.stdout, *listener.outputs]
@@ -214,3 +220,14 @@ def test_subscription_lifecycle_over_the_cli(tmp_path: Path) -> None:
         assert deleted.returncode == 0, deleted.stderr
         assert json.loads(batcher(["webhooks", "list", "--json"], env).stdout) == []
     assert all(secret not in text for text in listener.outputs)
+
+
+def _attempts(deliveries: dict[str, Any]) -> dict[str, int]:
+    """Deliveries by how they went: attempts made (first try and retries), and how many
+    ended with a 2xx answer."""
+    tally: Counter[str] = Counter()
+    for delivery in deliveries.get("deliveries", []):
+        tries = [a for a in delivery["attempts"] if not a["duplicate"]]
+        ok = any(200 <= (a["statusCode"] or 0) < 300 for a in tries)
+        tally[f"{len(tries)} attempt(s), {'delivered' if ok else 'not delivered'}"] += 1
+    return dict(sorted(tally.items()))
