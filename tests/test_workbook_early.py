@@ -2,9 +2,10 @@
 
 `write_batch_report` forks it (`workbook.early_orders`) so the lines are made on the
 other core while this process matches the rows; it assumes what matching says of
-nearly every order and writes placeholder style ids until the workbook has the real
-ones. The report must be the report made without it, and when an assumption does not
-hold (`EarlyOrders.fits`) the child is stopped and the save makes the lines itself.
+nearly every order, and makes its lines with the style ids a workbook registering the
+batch's styles first gives. The report must be the report made without it, and when an
+assumption does not hold (`EarlyOrders.fits`, or the workbook's style ids) the save
+makes the lines itself.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from openpyxl import Workbook
 
 from batcher.core.files import atomic_write
 from batcher.reporting import workbook, xlsx_stream
+from batcher.reporting.row_facts import RowFacts
 from batcher.reporting.row_source import BatchRows
 from batcher.reporting.xlsx_stream import (
-    PLACEHOLDER_STYLE,
+    EarlyMade,
     EarlyRows,
     StreamedSheet,
     Styled,
@@ -180,7 +182,7 @@ def test_other_pass_through_headers_or_no_listings_do_not_fit(
 
 
 # ---------------------------------------------------------------------------
-# EarlyRows itself: placeholder styles, failures, and when it does not fork.
+# EarlyRows itself: its style ids, failures, and when it does not fork.
 
 
 class Sheet:
@@ -202,8 +204,8 @@ class Sheet:
         for n in range(start, self.count if stop is None else stop):
             yield [
                 n,
-                # text that looks like a placeholder's XML stays as it is
-                f's="{PLACEHOLDER_STYLE + 1}"> {n % 7}' if n % 3 else "=HYPERLINK(1)",
+                # text that looks like a cell's XML stays as it is
+                f's="{n % 5}"> {n % 7}' if n % 3 else "=HYPERLINK(1)",
                 Styled(Decimal(n % 1000) / 100, money),
                 datetime(2026, 1, 1 + n % 28, n % 24),
             ]
@@ -214,14 +216,15 @@ class Sheet:
 
         return StreamedSheet(self.worksheet, part(0, None), self.count, 4, part, 0)
 
-    def early(self, tmp_path: Path) -> EarlyRows | None:
-        def resolve(message: Any) -> dict[int, int]:
-            return {PLACEHOLDER_STYLE: message["date"], PLACEHOLDER_STYLE + 1: message["money"]}
+    def early(self, tmp_path: Path, money: int | None = None) -> EarlyRows | None:
+        """The child, making its rows with `money` as their money style (by default the
+        workbook's)."""
+        assumed = {"date": self.date, "money": self.money if money is None else money}
 
-        def make() -> Iterator[list[Any]]:
-            return self.lines(PLACEHOLDER_STYLE + 1)
+        def make() -> EarlyMade:
+            return assumed["date"], self.lines(assumed["money"]), assumed.__eq__
 
-        return EarlyRows.fork(make, 4, self.count, resolve, tmp_path, None)
+        return EarlyRows.fork(make, 4, self.count, tmp_path, None)
 
     def save(self, path: Path, early: EarlyRows | None = None) -> Path:
         streamed = self.streamed()
@@ -240,19 +243,49 @@ def sheet_xml(path: Path) -> bytes:
 
 @pytest.mark.usefixtures("forkable")
 @pytest.mark.filterwarnings(FORK_WARNING)
-def test_an_early_childs_rows_with_their_styles_swapped_in_are_the_rows_made_here(
-    tmp_path: Path,
+def test_an_early_childs_rows_are_the_rows_made_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     here = Sheet(3_000).save(tmp_path / "here.xlsx")
     sheet = Sheet(3_000)
+    forks = Forks(monkeypatch)
+    real = sheet.lines
+    made_here: list[int] = []
+
+    def lines(money: int, start: int = 0, stop: int | None = None) -> Iterator[list[Any]]:
+        for line in real(money, start, stop):
+            if os.getpid() == sheet.parent:
+                made_here.append(line[0])
+            yield line
+
+    monkeypatch.setattr(sheet, "lines", lines)
     early = sheet.early(tmp_path)
-    assert early is not None
+    assert early is not None and forks.pids
     forked = sheet.save(tmp_path / "early.xlsx", early)
     xml = sheet_xml(forked)
     assert xml == sheet_xml(here)
-    assert f's="{PLACEHOLDER_STYLE + 1}"&gt;'.encode() in xml  # the text, kept
-    assert f's="{PLACEHOLDER_STYLE}'.encode() not in xml.replace(b"&gt;", b"")
+    assert made_here == [], "every row came from the child"
+    assert b's="1"&gt; 1' in xml  # text that looks like a cell's XML, kept as text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["early.xlsx", "here.xlsx"]
+    assert forks.all_reaped()
+
+
+@pytest.mark.usefixtures("forkable")
+@pytest.mark.filterwarnings(FORK_WARNING)
+def test_an_early_child_whose_style_ids_the_workbook_does_not_give_has_its_rows_made_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It made its rows before the workbook had its styles: with other ids than the
+    workbook gives, its rows are not used, and this process makes them."""
+    here = Sheet(3_000).save(tmp_path / "here.xlsx")
+    sheet = Sheet(3_000)
+    forks = Forks(monkeypatch)
+    early = sheet.early(tmp_path, money=sheet.money + 1)
+    assert early is not None and forks.pids
+    made = sheet.save(tmp_path / "made.xlsx", early)
+    assert sheet_xml(made) == sheet_xml(here)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["here.xlsx", "made.xlsx"]
+    assert forks.all_reaped()
 
 
 @pytest.mark.usefixtures("forkable")
@@ -441,3 +474,29 @@ def test_an_early_report_with_a_skipped_row_and_earlier_orders_is_the_report_mad
     assert early == here
     assert orders_member(tmp_path / "early") == orders_member(tmp_path / "here")
     assert "already ordered in another batch" in str(early[0]["Orders"])
+
+
+def test_the_early_childs_currencies_are_those_the_reports_rows_name(tmp_path: Path) -> None:
+    """`style_currencies` (the child's, for its style ids) names the currencies of the
+    rows the report shows, cards' and payments', as the report's own facts do: not a
+    row the report leaves out (no longer in the sheet, never ordered)."""
+    ledger = ledger_of_odd_rows(tmp_path)
+    try:
+        db = ledger._db
+        db.execute("UPDATE rows SET cost_currency = 'CHF' WHERE source_row = 16")
+        db.execute("UPDATE rows SET currency = 'USD' WHERE source_row = 12")  # earlier order
+        db.execute(
+            "UPDATE rows SET in_sheet = 0, order_id = NULL, currency = 'NOK',"
+            " cost_currency = 'SEK' WHERE source_row = 17"
+        )
+        rows = BatchRows.from_ledger(ledger, "nightly", page=6)
+        lines = list(rows.for_lines())
+        facts = RowFacts()
+        for row in rows.for_sums():
+            facts.add(row)
+        found = ledger.style_currencies("nightly")
+    finally:
+        ledger.close()
+    named = {v[6] for v in lines if v[6]} | {v[8] for v in lines if v[8]}
+    assert found == named == facts.style_currencies
+    assert {"CHF", "USD"} <= found and not {"NOK", "SEK"} & found

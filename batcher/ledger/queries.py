@@ -161,6 +161,17 @@ class LedgerQueries(LedgerConnection):
             in_sheet += sheet
         return keys, in_sheet
 
+    def style_currencies(self, batch: str) -> set[str]:
+        """Every currency the rows a report shows name, as their card's or what paid for
+        it (`RowFacts.style_currencies` of them): the money styles their lines use."""
+        where = _REPORT_ROWS[: _REPORT_ROWS.index(" ORDER BY")]
+        found: set[str] = set()
+        for currency, paid_in in plain_rows(
+            self._db, f"SELECT DISTINCT currency, cost_currency{where}", (batch,)
+        ):
+            found.update(c for c in (currency, paid_in) if c)
+        return found
+
     def end_rows(self, batch: str, *, in_order: bool = True) -> list[tuple[Any, ...]]:
         """`END_COLUMNS` of the rows a report shows, in its order (`report_keys`'), or in
         none (`in_order` false: no sort of the whole rows): what the end of a run reads

@@ -16,7 +16,7 @@ take seconds, not minutes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
@@ -47,7 +47,7 @@ from batcher.reporting.report_model import ReportModel
 from batcher.reporting.row_source import BatchRows, explain_skips
 from batcher.reporting.summary_sheet import write_summary
 from batcher.reporting.xlsx_stream import (
-    PLACEHOLDER_STYLE,
+    EarlyMade,
     EarlyRows,
     IdleSample,
     StreamedSheet,
@@ -156,14 +156,16 @@ def write_workbook(path: Path, model: ReportModel, early: EarlyOrders | None = N
 
 def _write_workbook(path: Path, model: ReportModel, early: EarlyOrders | None = None) -> Path:
     workbook = Workbook()
+    # First, so the ids depend on the rows' currencies alone: an early child made its
+    # lines with the ids a workbook registering them first gives (`early_orders`).
+    styles = _register_styles(workbook, model)
     summary = workbook.active
     assert summary is not None
     summary.title = SUMMARY
     write_summary(summary, model)
-    styles = _register_styles(workbook, model)
     child = None
     if early is not None:
-        if early.fits(model):  # told now: it deflates its rows while the others are made
+        if early.fits(model):  # told the ids: its rows are made and deflated by now
             child = early.child.use({"date": styles.date, "money": styles.money})
         else:
             early.close()  # its rows are not the ones the sheet needs
@@ -182,17 +184,6 @@ def _write_workbook(path: Path, model: ReportModel, early: EarlyOrders | None = 
 
 
 # ----- The Orders sheet's rows, made while the report matches
-
-
-class _PlaceholderMoney(dict[str, int]):
-    """An early child's money style ids: each currency it meets gets a placeholder
-    (`PLACEHOLDER_STYLE` + n), resolved when the workbook has registered the real ones."""
-
-    def get(self, currency: str, default: Any = None) -> int:
-        found = dict.get(self, currency)
-        if found is None:
-            found = self[currency] = PLACEHOLDER_STYLE + 1 + len(self)
-        return found
 
 
 @dataclass
@@ -247,35 +238,51 @@ def early_orders(
     count = len(rows)
     mapped = set((info.get("sheet_columns") or {}).values())
     passthrough = [str(h) for h in info.get("sheet_headers") or [] if h not in mapped]
-    money = _PlaceholderMoney()
-    money[""] = PLACEHOLDER_STYLE + 1
-    styles = _Styles(PLACEHOLDER_STYLE, money)
 
-    def make() -> Iterator[list[Any]]:  # in the child
+    def make() -> EarlyMade:  # in the child
         ledger.reopen_in_child()
+        # The ids the report's workbook will give: it registers the same styles first.
+        styles = _registered(Workbook(), ledger.style_currencies(batch))
         context = LineContext({}, passthrough, "not checked", all_matched=True)
-        for values in _early_line_values(ledger, batch, rows.keys[:count]):
-            yield line_of(values, context, styles)
+        lines = (
+            line_of(values, context, styles)
+            for values in _early_line_values(ledger, batch, rows.keys[:count])
+        )
 
-    def resolve(message: Any) -> dict[int, int]:  # in the child
-        real = message["money"]
-        found = {PLACEHOLDER_STYLE: int(message["date"])}
-        for currency, placeholder in money.items():
-            found[placeholder] = int(real.get(currency, real[""]))
-        return found
+        def fits(real: Any) -> bool:  # every cell made has the style the workbook gives
+            money = real["money"]
+            return real["date"] == styles.date and all(
+                money.get(currency, money[""]) == styles.money_style(currency)
+                for currency in styles.formats
+            )
+
+        return styles.date, lines, fits
 
     columns = len(order_headers(passthrough))
-    child = EarlyRows.fork(make, columns, count, resolve, directory, idle_since)
+    child = EarlyRows.fork(make, columns, count, directory, idle_since)
     return None if child is None else EarlyOrders(child, rows, passthrough)
 
 
 def _register_styles(workbook: Workbook, model: ReportModel) -> _Styles:
-    currencies = set(model.facts.style_currencies)
-    currencies |= {line.currency for line in model.reconciliation.wallet_lines if line.currency}
-    currencies |= {o.order.currency for o in model.reconciliation.orphans if o.order.currency}
-    money = {c: register_style(workbook, money_format(c)) for c in sorted(currencies)}
+    listed = {line.currency for line in model.reconciliation.wallet_lines if line.currency}
+    listed |= {o.order.currency for o in model.reconciliation.orphans if o.order.currency}
+    return _registered(workbook, model.facts.style_currencies, listed)
+
+
+def _registered(
+    workbook: Workbook, in_rows: Collection[str], listed: Collection[str] = ()
+) -> _Styles:
+    """The streamed sheets' styles, registered in an order that depends only on their
+    currencies: the date; money in each currency the batch's rows name, sorted; money
+    in a currency the provider did not name; then money in the currencies only the
+    provider's listings name, sorted. On a new workbook (`_write_workbook` registers
+    them first) the ids are the same for the same currencies."""
+    date = register_style(workbook, DATETIME_FORMAT)
+    money = {c: register_style(workbook, money_format(c)) for c in sorted(in_rows)}
     money[""] = register_style(workbook, "#,##0.00")  # a currency the provider did not name
-    return _Styles(register_style(workbook, DATETIME_FORMAT), money)
+    for currency in sorted(set(listed) - set(in_rows)):
+        money[currency] = register_style(workbook, money_format(currency))
+    return _Styles(date, money)
 
 
 def _streamed(

@@ -617,20 +617,18 @@ class _ChildRows:
 _CHILD_OK = b"ok:"
 _CHILD_PART = "<QQQQ"
 
-#: Style ids of an early child's cells until this process knows the real ones
-#: (`EarlyRows`): no workbook has this many styles. A style is written ` s="ID">`, which
-#: no cell's text can hold (text cells escape `>`), and swapped for the real id before
-#: the rows are deflated.
-PLACEHOLDER_STYLE = 2_000_000_000
-#: XML an early child holds undeflated, waiting for the real style ids (then it waits)
-_EARLY_HELD = 256 << 20
 #: rows the child a report forks early can make while it matches: more would leave the
 #: child most of a large sheet to make alone (`save`'s own split serves those better)
 EARLY_MAX_ROWS = 200_000
 #: idle cores (on average, from the listing's end to the fork) an early child needs
 _IDLE_ENOUGH = 0.75
-#: the resolved style ids sent to an early child: a JSON object, at most this long
+#: the workbook's style ids sent to an early child: a JSON object, at most this long
 _EARLY_MESSAGE_MAX = 1 << 20
+
+#: What an early child's `make` gives, in the child: the date style id its rows are
+#: made with, the rows, and whether the workbook's style ids (`EarlyRows.use`'s
+#: message) give each cell it made the style it gave it.
+EarlyMade = tuple[int, Iterable[Sequence[Any]], Callable[[Any], bool]]
 
 
 class EarlyRows(_ChildRows):
@@ -638,12 +636,13 @@ class EarlyRows(_ChildRows):
     exists (a report forks it after the provider's listing, so the rows are made on
     the other core while this process matches them).
 
-    Until the workbook has its styles the child cannot know their ids: it writes
-    `PLACEHOLDER_STYLE` ids and holds the XML (up to `_EARLY_HELD`). `use` tells it
-    which sheet they are and the real ids (`resolve`, in the child, maps what is sent
-    to placeholder -> id); the child swaps them in, deflates, and reports its part as
-    the save-time child does (`_ChildRows.join`). `close` without `use` stops it:
-    whoever forked it found its rows would not be the ones the sheet needs."""
+    The child makes its rows with the style ids it expects the workbook to give
+    (`make`: a workbook registers the same styles first, so they get the same ids) and
+    deflates them as it goes, so its work is done while this process matches. `use`
+    tells it the workbook's real ids: where they give every cell it made the style it
+    gave it, it reports its part as the save-time child does (`_ChildRows.join`);
+    otherwise it fails, and the save makes its rows (`_joined`). `close` without `use`
+    stops it: whoever forked it found its rows would not be the ones the sheet needs."""
 
     def __init__(self, count: int, pid: int, pipe: int, file: IO[bytes], go: int) -> None:
         super().__init__(None, count, pid, pipe, file)  # type: ignore[arg-type]  # see `use`
@@ -652,10 +651,9 @@ class EarlyRows(_ChildRows):
     @classmethod
     def fork(
         cls,
-        make: Callable[[], Iterable[Sequence[Any]]],
+        make: Callable[[], EarlyMade],
         columns: int,
         count: int,
-        resolve: Callable[[Any], dict[int, int]],
         directory: Path,
         idle_since: IdleSample | None,
     ) -> EarlyRows | None:
@@ -678,14 +676,15 @@ class EarlyRows(_ChildRows):
         if pid == 0:  # the child: never returns
             os.close(read)
             os.close(go_write)
-            _early_main(file, write, go_read, make, columns, count, resolve)
+            _early_main(file, write, go_read, make, columns, count)
         os.close(write)
         os.close(go_read)
         return cls(count, pid, read, file, go_write)
 
     def use(self, message: Any) -> EarlyRows:
-        """The child's rows will be used: `message` resolves its styles. Its sheet
-        (`sheet`) is set before the save."""
+        """The child's rows will be used, if `message` (the workbook's style ids) gives
+        their cells the styles the child gave them. Its sheet (`sheet`) is set before
+        the save."""
         assert self._go is not None, "told once"
         data = _json_dumps(message).encode("utf-8")
         go, self._go = self._go, None
@@ -712,46 +711,31 @@ def _early_main(
     file: IO[bytes],
     pipe: int,
     go: int,
-    make: Callable[[], Iterable[Sequence[Any]]],
+    make: Callable[[], EarlyMade],
     columns: int,
     count: int,
-    resolve: Callable[[Any], dict[int, int]],
 ) -> NoReturn:
-    """An early child's whole life: the rows' XML, held; the real style ids; the rows
-    deflated with them; their part on the pipe; `os._exit`."""
+    """An early child's whole life: its rows made and deflated; the workbook's style
+    ids; its part on the pipe if they are the ones its rows have; `os._exit`."""
 
     def make_part() -> _Part:
-        rows = iter(make())
-        writer = _RowWriter(columns, PLACEHOLDER_STYLE)
-        held: list[bytes] = []
-        size = 0
-        while size < _EARLY_HELD and (block := list(islice(rows, _ROWS_PER_WRITE))):
-            held.append(writer.rows(block).encode("utf-8"))
-            size += len(held[-1])
+        date_style, made, fits = make()
+        rows = iter(made)
+        writer = _RowWriter(columns, date_style)
+        sink = _PartSink(file)
+        while block := list(islice(rows, _ROWS_PER_WRITE)):
+            sink.write(writer.rows(block).encode("utf-8"))
+        if writer.last_row != count + 1:
+            raise RuntimeError(f"{writer.last_row - 1} rows made, {count} expected")
+        part = sink.finish()
         message = b""
         while len(message) <= _EARLY_MESSAGE_MAX and (chunk := os.read(go, 1 << 16)):
             message += chunk
         if not message:  # told nothing: the rows are not needed
             os._exit(0)
-        swaps = [
-            (f's="{old}">'.encode(), f's="{new}">'.encode())
-            for old, new in resolve(json.loads(message)).items()
-        ]
-        sink = _PartSink(file)
-
-        def put(data: bytes) -> None:
-            for old, new in swaps:
-                data = data.replace(old, new)
-            sink.write(data)
-
-        for data in held:
-            put(data)
-        held.clear()
-        while block := list(islice(rows, _ROWS_PER_WRITE)):
-            put(writer.rows(block).encode("utf-8"))
-        if writer.last_row != count + 1:
-            raise RuntimeError(f"{writer.last_row - 1} rows made, {count} expected")
-        return sink.finish()
+        if not fits(json.loads(message)):
+            raise RuntimeError("the workbook gave other style ids than its rows were made with")
+        return part
 
     _child_life(pipe, make_part)
 
