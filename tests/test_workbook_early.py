@@ -432,6 +432,7 @@ def test_the_save_splits_the_sheet_with_the_most_work_by_its_rows_weight(
     assert xlsx_stream._split([orders, wallet]) == (orders, (10_000 + 1_000 + 4_000) // 2)
     # Orders made by an early child: half of the rest, counted in Wallet lines
     assert xlsx_stream._split([wallet]) == (wallet, int((4_000 + 1_000) / 2 / 0.4))
+    assert xlsx_stream._split([wallet], 200) == (wallet, int((4_000 + 200) / 2 / 0.4))
 
 
 def test_the_early_childs_read_is_the_lines_read_for_the_sheet(tmp_path: Path) -> None:
