@@ -61,11 +61,42 @@ class Log:
     def write(self, level: str, message: str, **fields: Any) -> None:
         line = self.format(level, message, fields)
         with self._lock:
-            self.last_write = time.monotonic()
-            if self.printer is not None:
-                self.printer(printable(line))
-            else:
-                echo(line, err=True)
+            self._emit(line)
+
+    # A signal handler runs in the main thread between any two of its steps, so also
+    # inside a write to stderr: inside `write`, holding the lock (not reentrant: waiting
+    # for it there never ends), and inside the stream's own write (a reentrant write
+    # raises). So a handler's line is written by a thread, or not at all.
+
+    def write_from_handler(self, level: str, message: str) -> None:
+        """A signal handler's line, written by a thread of its own as soon as no other
+        line is being written (the handler returns at once)."""
+        line = self.format(level, message, {})
+        threading.Thread(target=self._emit_locked, args=(line,), name="batcher-log-line").start()
+
+    def write_before_exit(self, level: str, message: str, *, wait: float = 1.0) -> None:
+        """A signal handler's last line before it ends the process: written by a thread
+        of its own, given up to `wait` seconds (the line being written may be the
+        handler's own thread's, which waits for the handler)."""
+        writer = threading.Thread(
+            target=self._emit_locked,
+            args=(self.format(level, message, {}),),
+            name="batcher-log-line",
+            daemon=True,
+        )
+        writer.start()
+        writer.join(wait)
+
+    def _emit_locked(self, line: str) -> None:
+        with self._lock:
+            self._emit(line)
+
+    def _emit(self, line: str) -> None:
+        self.last_write = time.monotonic()
+        if self.printer is not None:
+            self.printer(printable(line))
+        else:
+            echo(line, err=True)
 
     def format(self, level: str, message: str, fields: dict[str, Any]) -> str:
         if self.fmt == "json":

@@ -28,19 +28,24 @@ class StopSignals:
         self.prompting = False
 
     def handle(self, signum: int, frame: FrameType | None) -> None:
+        # It may run inside a log line of this thread: it logs through the handler's
+        # own ways (`Log.write_from_handler`), never `log.warning`, which would wait for
+        # that line's lock forever.
         name = signal.Signals(signum).name
         if self.prompting:
             raise KeyboardInterrupt  # click.confirm turns it into Abort: cancelled
         if self.stop.is_set():
-            self.log.error(
-                f"received {name} again: exiting now; the ledger is safe, rerun to continue"
+            self.log.write_before_exit(
+                "ERROR",
+                f"received {name} again: exiting now; the ledger is safe, rerun to continue",
             )
             os._exit(int(ExitCode.INCOMPLETE))  # immediate by request; see the module docstring
-        self.log.warning(
-            f"received {name}: sending no more orders; finishing the request in flight "
-            "(send it again to exit at once)"
-        )
         self.stop.set()
+        self.log.write_from_handler(
+            "WARN",
+            f"received {name}: sending no more orders; finishing the request in flight "
+            "(send it again to exit at once)",
+        )
 
 
 @contextmanager
