@@ -204,17 +204,29 @@ def stop_once_said(
                 heard.set()
         heard.set()  # end of stderr: the run exited without saying it
 
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    assert heard.wait(within), f"the run did not say {said!r} within {within:.0f} s"
-    assert proc.poll() is None, "the run was no longer waiting:\n" + "".join(lines)
-    proc.send_signal(sig)
-    signalled = time.monotonic()
-    if proc.stdout is not None:
-        proc.stdout.read()  # to its end, so a full pipe cannot hold the run
-    proc.wait(timeout=60)
-    reader.join(timeout=60)
-    took = time.monotonic() - signalled
+    def drain() -> None:  # stdout to its end, so a full pipe cannot hold the run
+        if proc.stdout is not None:
+            proc.stdout.read()
+
+    readers = [threading.Thread(target=work, daemon=True) for work in (read, drain)]
+    for reader in readers:
+        reader.start()
+    try:
+        assert heard.wait(within), f"the run did not say {said!r} within {within:.0f} s"
+        assert proc.poll() is None, "the run was no longer waiting:\n" + "".join(lines)
+        proc.send_signal(sig)
+        signalled = time.monotonic()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("no exit within 60 s of the signal:\n" + "".join(lines)) from None
+        took = time.monotonic() - signalled
+    finally:
+        if proc.poll() is None:
+            proc.kill()  # never left running after the test
+            proc.wait()
+    for reader in readers:
+        reader.join(timeout=60)
     stderr = "".join(lines)
     assert proc.returncode == 3, stderr
     assert "Traceback" not in stderr, stderr
