@@ -97,8 +97,10 @@ def test_async_run_settles_from_events_despite_drops_duplicates_and_a_listener_o
     requests = summary["requests"]
     # What a failure needs to be read: how long the listener was down, and how the
     # deliveries went (a poll is due when an event's attempts all fail for 120 s).
+    listened = [line for text in listener.outputs for line in text.splitlines() if line]
     seen = {"outage_seconds": round(outage, 1), "dropped": proxy.dropped,
-            "refused": proxy.refused, "deliveries": _attempts(deliveries), **requests}  # fmt: skip
+            "refused": proxy.refused, "deliveries": _attempts(deliveries), **requests,
+            "listener_lines": len(listened), "listener_last": listened[-6:]}  # fmt: skip
     assert requests["submits"] >= ROWS // 100
     assert requests["polls"] <= 0.05 * requests["submits"], seen
     assert requests["settled_by_event"] >= ROWS // 100 - requests["polls"]

@@ -82,7 +82,9 @@ def test_async_402_at_acceptance(
 def test_request_fails_when_the_wallet_was_drained_meanwhile(
     make_ugiftme_sandbox: Callable[..., SandboxHandle], api_for: Callable[..., Api]
 ) -> None:
-    sandbox = make_ugiftme_sandbox(async_delay_seconds=0.2)
+    # Processed 2 s after it was accepted: time enough to drain the wallet before, even
+    # on a loaded machine (at 0.2 s a CI-class run drained it after the order was made).
+    sandbox = make_ugiftme_sandbox(async_delay_seconds=2.0, rate_limit=100_000)  # polled 2 s
     api = api_for(sandbox)
     accepted = api.post("/orders", item())
     sandbox.control("POST", "/wallets/GBP/drain")
