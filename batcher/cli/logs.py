@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from typing import Any
 
@@ -66,7 +66,7 @@ class Log:
     # A signal handler runs in the main thread between any two of its steps, so also
     # inside a write to stderr: inside `write`, holding the lock (not reentrant: waiting
     # for it there never ends), and inside the stream's own write (a reentrant write
-    # raises). So a handler's line is written by a thread, or not at all.
+    # raises). So a handler's line is written by a thread, or only while no line is.
 
     def write_from_handler(self, level: str, message: str) -> None:
         """A signal handler's line, written by a thread of its own as soon as no other
@@ -74,15 +74,20 @@ class Log:
         line = self.format(level, message, {})
         threading.Thread(target=self._emit_locked, args=(line,), name="batcher-log-line").start()
 
-    def write_before_exit(self, level: str, message: str, *, wait: float = 1.0) -> None:
-        """A signal handler's last line before it ends the process: written by a thread
-        of its own, given up to `wait` seconds (the line being written may be the
-        handler's own thread's, which waits for the handler)."""
+    def write_before_exit(self, level: str, message: str, *, wait: float = 0.2) -> None:
+        """A signal handler's last line before it ends the process: written now when no
+        line is being written; else by a thread of its own, given up to `wait` seconds
+        (the line being written may be the handler's own thread's, which waits for it)."""
+        line = self.format(level, message, {})
+        if self._lock.acquire(blocking=False):
+            try:
+                with suppress(Exception):  # inside this thread's own stream write: lost
+                    self._emit(line)
+            finally:
+                self._lock.release()
+            return
         writer = threading.Thread(
-            target=self._emit_locked,
-            args=(self.format(level, message, {}),),
-            name="batcher-log-line",
-            daemon=True,
+            target=self._emit_locked, args=(line,), name="batcher-log-line", daemon=True
         )
         writer.start()
         writer.join(wait)

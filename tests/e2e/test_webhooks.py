@@ -78,7 +78,15 @@ def test_async_run_settles_from_events_despite_drops_duplicates_and_a_listener_o
             # Down for part of the run, tied to the run's progress rather than the
             # clock (a loaded machine starts the run late): after the first events,
             # until deliveries have failed against it; those are retried later.
-            assert _wait(lambda: _count(state, "accepted") >= 3, timeout=120)
+            if not _wait(lambda: _count(state, "accepted") >= 3, timeout=120):
+                listener.stop()  # for its log: two loaded clean-clone runs recorded nothing
+                raise AssertionError(
+                    f"fewer than 3 events recorded in 120 s: dropped {proxy.dropped}, "
+                    f"refused {proxy.refused}, forwarded {proxy.forwarded}; listener: "
+                    + " | ".join(
+                        line for text in listener.outputs for line in text.splitlines()[-8:]
+                    )
+                )
             down_at = time.monotonic()
             listener.stop()
             assert _wait(lambda: proxy.refused >= 2, timeout=60)
