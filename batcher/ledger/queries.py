@@ -164,10 +164,9 @@ class LedgerQueries(LedgerConnection):
     def style_currencies(self, batch: str) -> set[str]:
         """Every currency the rows a report shows name, as their card's or what paid for
         it (`RowFacts.style_currencies` of them): the money styles their lines use."""
-        where = _REPORT_ROWS[: _REPORT_ROWS.index(" ORDER BY")]
         found: set[str] = set()
         for currency, paid_in in plain_rows(
-            self._db, f"SELECT DISTINCT currency, cost_currency{where}", (batch,)
+            self._db, f"SELECT DISTINCT currency, cost_currency{_REPORT_ROWS_ANY_ORDER}", (batch,)
         ):
             found.update(c for c in (currency, paid_in) if c)
         return found
@@ -176,7 +175,7 @@ class LedgerQueries(LedgerConnection):
         """`END_COLUMNS` of the rows a report shows, in its order (`report_keys`'), or in
         none (`in_order` false: no sort of the whole rows): what the end of a run reads
         of each row when their static part was read early."""
-        rows = _REPORT_ROWS if in_order else _REPORT_ROWS[: _REPORT_ROWS.index(" ORDER BY")]
+        rows = _REPORT_ROWS if in_order else _REPORT_ROWS_ANY_ORDER
         return list(plain_rows(self._db, f"SELECT {END_COLUMNS}{rows}", (batch,)))
 
     def order_keys(self, batch: str) -> Iterator[tuple[str | None, str | None]]:
@@ -646,6 +645,8 @@ _REPORT_ROWS = (
     " OR (in_sheet = 0 AND order_id IS NOT NULL AND order_id != ''))"
     " ORDER BY in_sheet DESC, source_row, row_key"
 )
+#: the same rows in no order (no sort of the whole rows)
+_REPORT_ROWS_ANY_ORDER = _REPORT_ROWS[: _REPORT_ROWS.index(" ORDER BY")]
 
 
 def read_static_rows(

@@ -250,10 +250,9 @@ def early_orders(
         )
 
         def fits(real: Any) -> bool:  # every cell made has the style the workbook gives
-            money = real["money"]
-            return real["date"] == styles.date and all(
-                money.get(currency, money[""]) == styles.money_style(currency)
-                for currency in styles.formats
+            given = _Styles(real["date"], real["money"])
+            return given.date == styles.date and all(
+                given.money_style(c) == styles.money_style(c) for c in styles.formats
             )
 
         return styles.date, lines, fits
