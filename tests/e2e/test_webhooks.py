@@ -107,10 +107,13 @@ def test_async_run_settles_from_events_despite_drops_duplicates_and_a_listener_o
     # deliveries went (a poll is due when an event's attempts all fail for 120 s).
     listened = [line for text in listener.outputs for line in text.splitlines() if line]
     seen = {"outage_seconds": round(outage, 1), "dropped": proxy.dropped,
-            "refused": proxy.refused, "deliveries": _attempts(deliveries), **requests,
+            "refused": proxy.refused, "timed_out": proxy.timed_out,
+            "deliveries": _attempts(deliveries), "errors": _errors(deliveries), **requests,
             "listener_lines": len(listened), "listener_last": listened[-6:]}  # fmt: skip
+    # as text: pytest cuts a dict shown as a message down to one line
+    said = json.dumps(seen)
     assert requests["submits"] >= ROWS // 100
-    assert requests["polls"] <= 0.05 * requests["submits"], seen
+    assert requests["polls"] <= 0.05 * requests["submits"], said
     assert requests["settled_by_event"] >= ROWS // 100 - requests["polls"]
     # exactly once: one order per row at the provider, every row succeeded in the ledger
     assert orders == Counter({f"person{i}@example.com": 1 for i in range(ROWS)})
@@ -122,7 +125,7 @@ def test_async_run_settles_from_events_despite_drops_duplicates_and_a_listener_o
     duplicated = sum(
         a["duplicate"] for d in deliveries.get("deliveries", []) for a in d["attempts"]
     )
-    assert proxy.dropped > 0 and proxy.refused > 0 and duplicated > 0, seen
+    assert proxy.dropped > 0 and proxy.refused > 0 and duplicated > 0, said
     assert "orphans" in events.stdout, events.stderr
     print(json.dumps({**seen, "duplicated": duplicated, "repeats": repeats}))
 
@@ -230,6 +233,17 @@ def test_subscription_lifecycle_over_the_cli(tmp_path: Path) -> None:
         assert deleted.returncode == 0, deleted.stderr
         assert json.loads(batcher(["webhooks", "list", "--json"], env).stdout) == []
     assert all(secret not in text for text in listener.outputs)
+
+
+def _errors(deliveries: dict[str, Any]) -> dict[str, int]:
+    """The failed attempts by their answer: a status code, or the error's kind."""
+    tally: Counter[str] = Counter()
+    for delivery in deliveries.get("deliveries", []):
+        for attempt in delivery["attempts"]:
+            status = attempt["statusCode"]
+            if status is None or not 200 <= status < 300:
+                tally[str(status) if status else str(attempt["error"]).split(":")[0]] += 1
+    return dict(sorted(tally.items()))
 
 
 def _attempts(deliveries: dict[str, Any]) -> dict[str, int]:
