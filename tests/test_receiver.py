@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import sqlite3
+import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -169,6 +170,39 @@ def test_voucher_codes_are_cut_to_four_and_echoed_secrets_never_stored(
     assert API_KEY.encode() not in stored and SECRET.encode() not in stored
     payload = store.terminal_payloads(["65f1c0ffee0000000000beef"])["65f1c0ffee0000000000beef"]
     assert payload["result"]["orders"][0]["merchant"] == {"name": "Amazon", "voucherCode": "WXYZ"}
+
+
+def test_a_delivery_waiting_on_a_busy_ledger_is_answered_503_and_kept_on_its_retry(
+    store: WebhookEvents,
+) -> None:
+    """The write waits in a thread, not on the event loop: the delivery gets a 503 (the
+    provider retries), the health check still answers, and the write lands later."""
+    config = ReceiverConfig(
+        "ugiftme", (SecretStr(SECRET),), read_event, scrub=(SECRET,), ledger_wait_seconds=0.3
+    )
+    body = canonical_json(succeeded())
+    holder = sqlite3.connect(store.path, isolation_level=None)  # a run's write transaction
+    holder.execute("BEGIN IMMEDIATE")
+    with TestClient(create_receiver(config, store)) as client:
+        try:
+            answer = post(client, body, sign(body))
+            forged = post(client, body, sign(body, "whsec_" + "cd" * 24))
+            health = client.get("/healthz")
+            assert rows(store) == []  # nothing could be written while the lock was held
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        assert (answer.status_code, answer.json()["error"]) == (503, "ledger busy, retry")
+        assert forged.status_code == 401  # a refusal stands, recorded or not
+        assert health.status_code == 200
+        # the abandoned write lands once the lock is free; the provider's retry is a repeat
+        deadline = time.monotonic() + 30
+        while not rows(store) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        retried = post(client, body, sign(body))
+    assert (retried.status_code, retried.json()["duplicate"]) == (200, True)
+    accepted = [r for r in rows(store) if r["verdict"] == "accepted"]
+    assert len(accepted) == 1 and accepted[0]["deliveries"] == 2
 
 
 def test_verification_accepts_any_current_secret_during_rotation() -> None:

@@ -5,6 +5,13 @@ may stop retrying), 401 unsigned or wrongly signed, 413 oversized, 400 signed
 but not an event, 415 not JSON. Every refusal is recorded with its reason,
 never its body. A 5xx (the evidence could not be written) makes the provider
 retry later, which is what we want.
+
+The ledger is written from a worker thread, one write at a time, never on the
+event loop: a write can wait on the ledger's lock (a run's transaction holds
+it) for as long as the database's busy timeout, and on the loop that wait would
+stall every other delivery and the health check with it. A delivery whose write
+has not finished within `ledger_wait_seconds` is answered 503, so the provider
+retries it; the write may still land, and the retry is then kept as a repeat.
 """
 
 from __future__ import annotations
@@ -12,9 +19,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
+import anyio
+import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -30,6 +40,11 @@ log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "X-Webhook-Signature"
 EVENT_HEADER = "X-Webhook-Event"
 PATH = "/webhooks"
+#: Below the 5 s a sender commonly waits for an answer: a busy ledger gets the
+#: delivery retried, not timed out.
+LEDGER_WAIT_SECONDS = 3.0
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -40,6 +55,7 @@ class ReceiverConfig:
     #: strings that must never be stored (our API key, the secrets), blanked if echoed
     scrub: tuple[str, ...] = ()
     max_body_bytes: int = MAX_BODY_BYTES
+    ledger_wait_seconds: float = LEDGER_WAIT_SECONDS
 
 
 class _TooLarge(Exception):
@@ -65,9 +81,27 @@ def create_receiver(config: ReceiverConfig, events: WebhookEvents) -> Starlette:
     if not secrets:
         raise ValueError("the receiver needs at least one signing secret")
 
-    def refuse(status: int, reason: str, event: str | None) -> Response:
-        events.record_rejected(config.provider, reason, event)
-        log.warning("webhook refused (%s): %s", status, reason)
+    writes = anyio.CapacityLimiter(1)  # one connection: its writes take turns
+
+    async def written(write: Callable[[], _T]) -> tuple[_T] | None:
+        """The write's result in a 1-tuple, or None when the ledger did not take it in
+        time (the write goes on in its thread and may still land)."""
+        with anyio.move_on_after(config.ledger_wait_seconds):
+            return (await anyio.to_thread.run_sync(write, abandon_on_cancel=True, limiter=writes),)
+        return None
+
+    def busy(started: float) -> Response:
+        waited = time.perf_counter() - started
+        log.warning("ledger busy: event not recorded in %.1f s; answered 503 to retry", waited)
+        return JSONResponse({"ok": False, "error": "ledger busy, retry"}, status_code=503)
+
+    async def refuse(status: int, reason: str, event: str | None) -> Response:
+        # The refusal stands whether or not the ledger takes its record in time.
+        if await written(lambda: events.record_rejected(config.provider, reason, event)) is None:
+            reason_shown = f"{reason}; not recorded, the ledger is busy"
+        else:
+            reason_shown = reason
+        log.warning("webhook refused (%s): %s", status, reason_shown)
         return JSONResponse({"ok": False, "error": reason}, status_code=status)
 
     async def receive(request: Request) -> Response:
@@ -76,32 +110,37 @@ def create_receiver(config: ReceiverConfig, events: WebhookEvents) -> Starlette:
         try:
             body = await _body(request, config.max_body_bytes)
         except _TooLarge:
-            return refuse(413, "body too large", event_header)
+            return await refuse(413, "body too large", event_header)
         header = request.headers.get(SIGNATURE_HEADER)
         if not header:
-            return refuse(401, "unsigned", event_header)
+            return await refuse(401, "unsigned", event_header)
         if not verified(secrets, body, header):
-            return refuse(401, "bad signature", event_header)
+            return await refuse(401, "bad signature", event_header)
         content_type = request.headers.get("content-type", "application/json")
         if "json" not in content_type.lower():
-            return refuse(415, "not JSON", event_header)
+            return await refuse(415, "not JSON", event_header)
         try:
             evidence = config.read_event(body)
         except ValueError as exc:
-            return refuse(400, f"malformed: {exc}", event_header)
+            return await refuse(400, f"malformed: {exc}", event_header)
         payload = evidence.payload
         for secret in config.scrub:
             payload = payload.replace(secret, "***")
-        new = events.record(
-            config.provider,
-            hashlib.sha256(body).hexdigest(),
-            event=evidence.event,
-            request_id=evidence.request_id,
-            status=evidence.status,
-            terminal=evidence.terminal,
-            order_ids=evidence.order_ids,
-            payload=payload,
+        kept = await written(
+            lambda: events.record(
+                config.provider,
+                hashlib.sha256(body).hexdigest(),
+                event=evidence.event,
+                request_id=evidence.request_id,
+                status=evidence.status,
+                terminal=evidence.terminal,
+                order_ids=evidence.order_ids,
+                payload=payload,
+            )
         )
+        if kept is None:
+            return busy(started)
+        (new,) = kept
         log.info(
             "%s %s %s in %.1f ms",
             evidence.event,
