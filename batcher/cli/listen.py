@@ -62,4 +62,5 @@ def listen(
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:
+        app.state.ledger_writer.close()
         events.close()

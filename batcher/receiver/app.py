@@ -6,25 +6,26 @@ but not an event, 415 not JSON. Every refusal is recorded with its reason,
 never its body. A 5xx (the evidence could not be written) makes the provider
 retry later, which is what we want.
 
-The ledger is written from a worker thread, one write at a time, never on the
+The ledger is written by one worker thread, one write at a time, never on the
 event loop: a write can wait on the ledger's lock (a run's transaction holds
 it) for as long as the database's busy timeout, and on the loop that wait would
 stall every other delivery and the health check with it. A delivery whose write
 has not finished within `ledger_wait_seconds` is answered 503, so the provider
-retries it; the write may still land, and the retry is then kept as a repeat.
+retries it. A write still queued then is dropped; one already started may still
+land, and the retry is then kept as a repeat.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
-import anyio
-import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -76,19 +77,36 @@ async def _body(request: Request, limit: int) -> bytes:
     return b"".join(parts)
 
 
+class LedgerWriter:
+    """The one thread that makes the receiver's ledger writes, in turn (the evidence
+    has one connection), each waited for at most `wait_seconds`."""
+
+    def __init__(self, wait_seconds: float) -> None:
+        self.wait_seconds = wait_seconds
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="batcher-ledger-writer")
+
+    async def write(self, write: Callable[[], _T]) -> tuple[_T] | None:
+        """The write's result in a 1-tuple, or None when the ledger did not take it in
+        time: a queued write is then dropped, a started one goes on in its thread."""
+        job = self._thread.submit(write)
+        try:
+            # wait_for cancels the wrapped job on timeout, which drops it if still queued
+            return (await asyncio.wait_for(asyncio.wrap_future(job), self.wait_seconds),)
+        except TimeoutError:
+            return None
+
+    def close(self) -> None:
+        """Finish the write under way (its wait is bounded by the busy timeout)."""
+        self._thread.shutdown(wait=True, cancel_futures=True)
+
+
 def create_receiver(config: ReceiverConfig, events: WebhookEvents) -> Starlette:
     secrets: Sequence[SecretStr] = config.secrets
     if not secrets:
         raise ValueError("the receiver needs at least one signing secret")
 
-    writes = anyio.CapacityLimiter(1)  # one connection: its writes take turns
-
-    async def written(write: Callable[[], _T]) -> tuple[_T] | None:
-        """The write's result in a 1-tuple, or None when the ledger did not take it in
-        time (the write goes on in its thread and may still land)."""
-        with anyio.move_on_after(config.ledger_wait_seconds):
-            return (await anyio.to_thread.run_sync(write, abandon_on_cancel=True, limiter=writes),)
-        return None
+    writer = LedgerWriter(config.ledger_wait_seconds)
+    written = writer.write
 
     def busy(started: float) -> Response:
         waited = time.perf_counter() - started
@@ -153,9 +171,11 @@ def create_receiver(config: ReceiverConfig, events: WebhookEvents) -> Starlette:
     async def health(request: Request) -> Response:
         return JSONResponse({"ok": True})
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route(PATH, receive, methods=["POST"]),
             Route("/healthz", health, methods=["GET"]),
         ]
     )
+    app.state.ledger_writer = writer  # closed by whoever serves the app, before the ledger
+    return app
