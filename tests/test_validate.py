@@ -567,13 +567,18 @@ def test_valid_amount_and_cost_match_the_money_module(
 
 # Cells chosen to hit every shortcut: case and Unicode variants of one
 # reference, outer white space (ASCII and NBSP), spaces-only cells, blanks.
-_REFERENCES = ["R-1", "r-1", " R-1", "R-1\u00a0", "Café-2", "CAFÉ-2", "R-3", "1.2E+15", " ", ""]
+# Control characters: ASCII (among text the probes would otherwise pass), C1, bidi,
+# and white space that trimming removes or a message may hold.
+_REFERENCES = ["R-1", "r-1", " R-1", "R-1\u00a0", "Café-2", "CAFÉ-2", "R-3", "1.2E+15", " ", "",
+               "R-4\x1b", "R-\x856", "R\u202e-7", "R-8\t"]  # fmt: skip
 _EMAILS = [
     "a@example.com", " a@example.com ", "b@example.com", "   ", "", "not-an-email",
     # past the fast pattern: special-use domains, '--' (refused or not), Unicode, length
     "c@example.TEST", "d@ab--cd.com", "e@a--b.com", "ñ@example.com", "f" * 65 + "@example.com",
 ]  # fmt: skip
-_NAMES = ["Ann", " Ann ", "", "Bob", "N" * 201]
+_NAMES = ["Ann", " Ann ", "", "Bob", "N" * 201, "Ann\x07", "Ann\t", "A\u2066nn", "An\nn"]
+_CONTROLS = {*map(chr, range(0x20)), *map(chr, range(0x7F, 0xA0)), *"\u202a\u202b\u202c\u202d\u202e",
+             *"\u2066\u2067\u2068\u2069"}  # fmt: skip
 _ORDERS = [
     ("AMAZON_UK_STD", "25", "GBP", "GB"),
     ("AMAZON_UK_STD", "25.00", " gbp", "GB"),
@@ -641,6 +646,12 @@ def test_fast_paths_agree_with_plain_python(
         assert ("reference_mangled" in found) == (ref == "1.2E+15"), (number, ref)
         assert ("name_too_long" in found) == (len(_python_strip(name)) > 200), number
         assert ("bad_email" in found) == _refused(_python_strip(email)), (number, email)
+        controlled = [
+            field
+            for field, text in (("reference", ref), ("recipient_name", name))
+            if _CONTROLS & set(_python_strip(text))
+        ]
+        assert ("control_character" in found) == bool(controlled), (number, ref, name)
 
     # Every row ends in exactly one of valid and invalid.
     assert result.valid_count == result.valid.height

@@ -9,7 +9,7 @@ import polars as pl
 
 from batcher.core.fields import SOURCE_ROW
 from batcher.intake.result import ERROR_SCHEMA
-from batcher.intake.scans import ORDER_ID, RECIPIENT_FIELDS, RowFacts, Rows
+from batcher.intake.scans import CONTROL_CHARACTERS, ORDER_ID, RECIPIENT_FIELDS, RowFacts, Rows
 from batcher.intake.sheet import Sheet
 
 MESSAGE_MAX_CHARS = 500
@@ -96,10 +96,11 @@ def missing_recipient_errors(rows: Rows, sheet: Sheet, facts: RowFacts) -> list[
 
 
 def text_errors(rows: Rows, facts: RowFacts) -> list[pl.LazyFrame]:
-    """Over-long cells and references Excel turned into numbers.
+    """Over-long cells, references Excel turned into numbers, and control characters.
 
     Each check runs only when a cheap scan says it can find something: a cell
-    has no more characters than bytes, and a mangled reference contains an 'E'.
+    has no more characters than bytes, a mangled reference contains an 'E', and
+    the control characters were seen in the cells as read.
     """
     limits = (
         ("message", MESSAGE_MAX_CHARS, "message_too_long"),
@@ -135,7 +136,30 @@ def text_errors(rows: Rows, facts: RowFacts) -> list[pl.LazyFrame]:
                 hint="format the column as Text in Excel and enter the references again",
             )
         )
+    frames += [
+        error_rows(
+            rows.cells,
+            pl.col(name).str.contains(pattern),
+            field=name,
+            code="control_character",
+            message=pl.lit(
+                "holds a control or text-direction character (shown as \ufffd): it would"
+                " not read as typed at the provider or in the reports"
+            ),
+            hint=_CONTROL_HINTS[name],
+            value=shortened(pl.col(name).str.replace_all(pattern, "\ufffd")),
+        )
+        for name, pattern in CONTROL_CHARACTERS.items()
+        if facts.may_hold_control[name]
+    ]
     return frames
+
+
+_CONTROL_HINTS = {
+    "reference": "delete it (Excel's CLEAN() removes most); a reference is one line of text",
+    "recipient_name": "delete it (Excel's CLEAN() removes most); a name is one line of text",
+    "message": "delete it; line breaks and tabs are allowed",
+}
 
 
 def shortened(expr: pl.Expr, limit: int = 60) -> pl.Expr:

@@ -37,6 +37,27 @@ ORDER_FIELDS: tuple[str, ...] = (
 RECIPIENT_FIELDS: tuple[str, ...] = ("reference", "recipient_email", "recipient_name", "message")
 _CODE_FIELDS = ("currency", "country", "payment_currency")  # trimmed and upper-cased
 ORDER_ID = "order_id"
+# Characters recipient text may not hold: C0 controls, DEL and C1 controls (terminal
+# and printer commands, invisible or dropped in a workbook, so a cell would differ
+# from what was ordered) and bidi embeddings, overrides and isolates (they make text
+# read other than it is stored). A message may hold line breaks and tabs.
+_ASCII_CONTROLS = (*range(0x20), 0x7F)
+_CONTROL_POINTS = (
+    *_ASCII_CONTROLS,
+    *range(0x80, 0xA0),
+    *range(0x202A, 0x202F),
+    *range(0x2066, 0x206A),
+)
+_CONTROL_POINTS_BY_FIELD = {
+    "reference": _CONTROL_POINTS,
+    "recipient_name": _CONTROL_POINTS,
+    "message": tuple(p for p in _CONTROL_POINTS if chr(p) not in "\t\n\r"),
+}
+#: The regex class of each field's refused characters, for the rule that names the rows.
+CONTROL_CHARACTERS: dict[str, str] = {
+    name: "[" + "".join(f"\\x{{{p:X}}}" for p in points) + "]"
+    for name, points in _CONTROL_POINTS_BY_FIELD.items()
+}
 ORDER_ROWS = "order_rows"
 _T = TypeVar("_T")  # what the order checks handed to `scan_rows` return
 
@@ -275,6 +296,7 @@ class RowFacts:
     reference_has_e: bool  # some reference could be scientific notation
     references_may_repeat: bool  # some upper-cased references share a hash
     may_be_blank: dict[str, bool]  # a recipient field with a cell that is blank once trimmed
+    may_hold_control: dict[str, bool]  # a field with a cell holding a CONTROL_CHARACTERS one
 
 
 def _row_probes() -> list[pl.Expr]:
@@ -299,19 +321,34 @@ def _row_probes() -> list[pl.Expr]:
         ),
         _unusual_reference(pl.col("reference")).any().alias("_unusual"),
         _strictly_ascending(pl.col("reference")).alias("_ascending"),
+        # As read: trimming may yet remove one (a trailing tab), which the rule decides.
+        # Literals, not the regex class: a third cheaper. References need none: the
+        # `_unusual` probe looks for their ASCII controls, and any other is not ASCII.
+        *(
+            pl.col(name)
+            .str.contains_any(_CONTROL_LITERALS[name])
+            .any()
+            .alias(_CONTROL_PROBE + name)
+            for name in ("recipient_name", "message")
+        ),
     ]
 
 
-# Text that upper-casing or trimming could change, or that has an 'E': a
-# lower-case ASCII letter, ASCII white space anywhere, or any non-ASCII character
-# (Unicode case and white space). Cheaper to look for than with a regex.
-_FOLDABLE = [*string.ascii_lowercase, "E", " ", "\t", "\n", "\r", "\x0b", "\x0c"]
+_CONTROL_PROBE = "_control_"
+_CONTROL_LITERALS = {n: [chr(p) for p in points] for n, points in _CONTROL_POINTS_BY_FIELD.items()}
+
+
+# Text that upper-casing or trimming could change, that has an 'E', or that has a
+# control character: a lower-case ASCII letter, a space or an ASCII control (white
+# space among them) anywhere, or any non-ASCII character (Unicode case and white
+# space, other controls). Cheaper to look for than with a regex.
+_FOLDABLE = [*string.ascii_lowercase, "E", " ", *map(chr, _ASCII_CONTROLS)]
 
 
 def _unusual_reference(reference: pl.Expr) -> pl.Expr:
     """True where upper-casing or trimming could change the reference, where it is
     blank (a quoted empty CSV field is read as empty text, not as null), or where
-    it has an 'E'."""
+    it has an 'E' or may have a control character."""
     size = reference.str.len_bytes()
     return reference.str.contains_any(_FOLDABLE) | (size == 0) | (reference.str.len_chars() != size)
 
@@ -385,4 +422,9 @@ def _row_facts(frame: pl.DataFrame, found: Mapping[str, Any], *, unvouched: pl.S
         reference_has_e=has_e,
         references_may_repeat=repeat,
         may_be_blank=may_be_blank,
+        may_hold_control={
+            "reference": bool(found["_unusual"]),
+            "recipient_name": bool(found[_CONTROL_PROBE + "recipient_name"]),
+            "message": bool(found[_CONTROL_PROBE + "message"]),
+        },
     )

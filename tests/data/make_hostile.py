@@ -535,14 +535,35 @@ def _escape_in_email() -> bytes:
     return csv_text([HEADER, row(1), row(2, email="evil\x1b[2J@example.com")]).encode()
 
 
-@case("osc_in_name.csv", Expect(valid=2))
+@case("osc_in_name.csv", Expect(errors=((2, "Name", "control_character"),), valid=1))
 def _osc_in_name() -> bytes:
     return csv_text([HEADER, row(1, name="Ana\x1b]0;pwned\x07"), row(2)]).encode()
 
 
-@case("bidi_override_name.csv", Expect(valid=2))
+@case("bidi_override_name.csv", Expect(errors=((2, "Name", "control_character"),), valid=1))
 def _bidi_override_name() -> bytes:
     return csv_text([HEADER, row(1, name="Ana \u202egnp.exe"), row(2)]).encode()
+
+
+@case(
+    "controls_in_reference_and_message.csv",
+    Expect(
+        errors=((2, "Reference", "control_character"), (4, "Message", "control_character")),
+        valid=2,
+    ),
+)
+def _controls_in_reference_and_message() -> bytes:
+    # A C1 control in a reference and a BEL in a message are refused; a message's line
+    # break and tab, and a name's tab that trimming removes, are text.
+    return csv_text(
+        [
+            [*HEADER, "Message"],
+            [*row(1, reference="CTL\x9b31mX"), "Happy birthday"],
+            [*row(2, name="Person 2\t"), "Dear Ana,\r\nwith\tthanks"],
+            [*row(3), "Ding\x07"],
+            [*row(4), "Thanks!"],
+        ]
+    ).encode()
 
 
 @case("empty_file.csv", Expect(refused="is empty", hint="export the sheet again"))
