@@ -202,6 +202,20 @@ def test_no_process_to_fork_writes_it_all_here(
     assert len(values(path)["Orders"]) == 3_001
 
 
+def test_a_sheet_past_the_zip64_limit_is_written_here_with_zip64_sizes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a child (no fork: macOS, Windows) a sheet's XML past 2 GiB needs zip64
+    sizes from its first byte; the limit is lowered so that 3,000 rows pass it."""
+    monkeypatch.setattr(xlsx_stream, "_may_fork", lambda: False)
+    monkeypatch.setattr(zipfile, "ZIP64_LIMIT", 50_000)
+    path, _ = saved(tmp_path, "zip64.xlsx", 3_000)
+    with zipfile.ZipFile(path) as package:
+        orders = package.getinfo("xl/worksheets/sheet2.xml")
+    assert orders.file_size > 50_000  # it did pass the limit
+    assert len(values(path)["Orders"]) == 3_001
+
+
 @pytest.mark.usefixtures("forkable")
 def test_no_child_where_children_are_ignored_or_reaped_elsewhere(
     monkeypatch: pytest.MonkeyPatch,

@@ -801,12 +801,21 @@ def _part_name(workbook: Workbook, worksheet: Worksheet) -> str:
     return f"xl/worksheets/sheet{workbook.worksheets.index(worksheet) + 1}.xml"
 
 
+#: A generous bound on one row's XML (a row of long cells, much of it written as
+#: character references): the rows a sheet may hold before zip64 must be forced.
+_MAX_ROW_XML_BYTES = 32_768
+
+
 def _write_sheet(
     target: zipfile.ZipFile, name: str, frame: str, sheet: StreamedSheet, date_style: int
 ) -> None:
     head, tail = _frame(name, frame, sheet)
     writer = _RowWriter(sheet.columns, date_style)
-    with target.open(name, "w") as member, _Deflating(member) as out:
+    # Past 2 GiB a member needs zip64 sizes, and zipfile must be told before its first
+    # byte (else it fails at the end): forced where the rows could get there. A member
+    # joined from parts (`_join_member`) knows its sizes and gets them as needed.
+    zip64 = sheet.row_count * _MAX_ROW_XML_BYTES > zipfile.ZIP64_LIMIT
+    with target.open(name, "w", force_zip64=zip64) as member, _Deflating(member) as out:
         out.write(head.encode("utf-8"))
         _write_blocks(out, sheet.rows, writer)
         out.write(tail.encode("utf-8"))
