@@ -3,6 +3,7 @@ and one parser for events and polls."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -175,35 +176,81 @@ def test_voucher_codes_are_cut_to_four_and_echoed_secrets_never_stored(
 def test_a_delivery_waiting_on_a_busy_ledger_is_answered_503_and_kept_on_its_retry(
     store: WebhookEvents,
 ) -> None:
-    """The write waits in a thread, not on the event loop: the delivery gets a 503 (the
-    provider retries), the health check still answers, and the write lands later."""
+    """The write waits in a thread, not on the event loop: the health check answers
+    while a delivery waits, the delivery gets a 503 (the provider retries), and the
+    write lands once the ledger is free."""
     config = ReceiverConfig(
-        "ugiftme", (SecretStr(SECRET),), read_event, scrub=(SECRET,), ledger_wait_seconds=0.3
+        "ugiftme", (SecretStr(SECRET),), read_event, scrub=(SECRET,), ledger_wait_seconds=0.5
     )
+    app = create_receiver(config, store)
     body = canonical_json(succeeded())
+    headers = {"Content-Type": "application/json", "X-Webhook-Signature": sign(body)}
+    forged = {**headers, "X-Webhook-Signature": sign(body, "whsec_" + "cd" * 24)}
+
+    async def while_locked() -> tuple[httpx.Response, httpx.Response, bool]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://r") as client:
+            delivery = asyncio.create_task(client.post(PATH, content=body, headers=headers))
+            await asyncio.sleep(0.05)  # the delivery is waiting for the ledger now
+            health = await client.get("/healthz")
+            answered_first = not delivery.done()  # a blocked loop answers it only after
+            refusal = await client.post(PATH, content=body, headers=forged)
+            return await delivery, refusal, answered_first and health.status_code == 200
+
     holder = sqlite3.connect(store.path, isolation_level=None)  # a run's write transaction
     holder.execute("BEGIN IMMEDIATE")
-    with TestClient(create_receiver(config, store)) as client:
-        try:
-            answer = post(client, body, sign(body))
-            forged = post(client, body, sign(body, "whsec_" + "cd" * 24))
-            health = client.get("/healthz")
-            assert rows(store) == []  # nothing could be written while the lock was held
-        finally:
-            holder.execute("ROLLBACK")
-            holder.close()
-        assert (answer.status_code, answer.json()["error"]) == (503, "ledger busy, retry")
-        assert forged.status_code == 401  # a refusal stands, recorded or not
-        assert health.status_code == 200
-        # the abandoned write lands once the lock is free; the provider's retry is a repeat
-        deadline = time.monotonic() + 30
-        while not rows(store) and time.monotonic() < deadline:
-            time.sleep(0.02)
+    try:
+        answer, refusal, health_answered_first = asyncio.run(while_locked())
+        assert rows(store) == []  # nothing could be written while the lock was held
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert health_answered_first
+    assert (answer.status_code, answer.json()["error"]) == (503, "ledger busy, retry")
+    assert refusal.status_code == 401  # a refusal stands, recorded or not
+    # the abandoned write lands once the lock is free; the provider's retry is a repeat
+    deadline = time.monotonic() + 30
+    while not rows(store) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    with TestClient(app) as client:
         retried = post(client, body, sign(body))
     assert (retried.status_code, retried.json()["duplicate"]) == (200, True)
     # the refusal's record was still queued when its wait ended: dropped, not left to pile up
     [accepted] = rows(store)
     assert (accepted["verdict"], accepted["deliveries"]) == ("accepted", 2)
+
+
+def test_on_postgresql_a_delivery_waiting_for_a_runs_write_lock_is_answered_503(
+    pg_url: str,
+) -> None:
+    """The same on PostgreSQL, where a run's write transaction holds an advisory lock:
+    the psycopg connection is used from the writer thread, and the write lands later."""
+    import psycopg
+
+    from batcher.ledger.backend import LEDGER_WRITE_LOCK
+    from batcher.ledger.location import parse_ledger_url
+
+    events = WebhookEvents(parse_ledger_url(pg_url))
+    config = ReceiverConfig(
+        "ugiftme", (SecretStr(SECRET),), read_event, scrub=(SECRET,), ledger_wait_seconds=0.5
+    )
+    app = create_receiver(config, events)
+    body = canonical_json(succeeded())
+    try:
+        with psycopg.connect(pg_url, autocommit=True) as holder, TestClient(app) as client:
+            holder.execute("BEGIN")
+            holder.execute(f"SELECT pg_advisory_xact_lock({LEDGER_WRITE_LOCK})")
+            answer = post(client, body, sign(body))
+            holder.execute("ROLLBACK")
+        assert (answer.status_code, answer.json()["error"]) == (503, "ledger busy, retry")
+        deadline = time.monotonic() + 30
+        while not events.listing() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        [kept] = events.listing()
+        assert (kept.verdict, kept.request_id) == ("accepted", "65f1c0ffee0000000000beef")
+    finally:
+        app.state.ledger_writer.close()
+        events.close()
 
 
 def test_verification_accepts_any_current_secret_during_rotation() -> None:

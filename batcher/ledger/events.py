@@ -60,7 +60,13 @@ class WebhookEvents:
         self.path = location.path  # the SQLite file; None on PostgreSQL
         self._begin = write_begin(location.backend)
         if location.path is None:
-            self._db: Database = connect(location)
+            from batcher.ledger.postgres import PostgresDatabase  # psycopg loads only when used
+
+            # Keepalives: a silent network cut breaks a waiting write within about half a
+            # minute. lock_timeout: a write waits for the run's write lock no longer than
+            # SQLite's busy timeout lets it; the receiver's one writer thread is not held.
+            self._db: Database = PostgresDatabase(location, keepalives=True)
+            self._db.execute(f"SET lock_timeout = '{_BUSY_TIMEOUT_MS}ms'")
             self._require_schema()
             return
         try:

@@ -3,7 +3,7 @@
 Answers: 200 for a verified event (new or repeated: either way the provider
 may stop retrying), 401 unsigned or wrongly signed, 413 oversized, 400 signed
 but not an event, 415 not JSON. Every refusal is recorded with its reason,
-never its body. A 5xx (the evidence could not be written) makes the provider
+never its body, when the ledger takes it in time (below). A 5xx (the evidence could not be written) makes the provider
 retry later, which is what we want.
 
 The ledger is written by one worker thread, one write at a time, never on the
@@ -88,15 +88,16 @@ class LedgerWriter:
     async def write(self, write: Callable[[], _T]) -> tuple[_T] | None:
         """The write's result in a 1-tuple, or None when the ledger did not take it in
         time: a queued write is then dropped, a started one goes on in its thread."""
-        job = self._thread.submit(write)
-        try:
-            # wait_for cancels the wrapped job on timeout, which drops it if still queued
-            return (await asyncio.wait_for(asyncio.wrap_future(job), self.wait_seconds),)
-        except TimeoutError:
+        waiting = asyncio.wrap_future(self._thread.submit(write))
+        done, _ = await asyncio.wait({waiting}, timeout=self.wait_seconds)
+        if not done:
+            waiting.cancel()  # cancels the job too: dropped if still queued
             return None
+        return (waiting.result(),)
 
     def close(self) -> None:
-        """Finish the write under way (its wait is bounded by the busy timeout)."""
+        """Finish the write under way: its wait for the ledger's lock is bounded (30 s:
+        SQLite's busy timeout, PostgreSQL's lock_timeout); drop the queued ones."""
         self._thread.shutdown(wait=True, cancel_futures=True)
 
 

@@ -132,7 +132,10 @@ class LossyProxy:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                self._client = httpx.AsyncClient(timeout=5, trust_env=False)
+                # Idle connections are let go before uvicorn's 5 s keep-alive ends them,
+                # so a forward never goes out on a connection the listener is closing.
+                limits = httpx.Limits(keepalive_expiry=2)
+                self._client = httpx.AsyncClient(timeout=5, limits=limits, trust_env=False)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 if self._client is not None:
@@ -150,7 +153,11 @@ def serving(app: Any) -> Iterator[str]:
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
+    deadline = time.monotonic() + 20
     while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            raise RuntimeError("the proxy did not start (see its log above)")
         time.sleep(0.01)
     try:
         yield f"http://127.0.0.1:{port}"
