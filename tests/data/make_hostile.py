@@ -464,6 +464,14 @@ def _bzip2() -> bytes:
     return workbook_bytes([("Recipients", sheet)], method=zipfile.ZIP_BZIP2)
 
 
+# Excel writes a control character in a cell's text as _xHHHH_ (ESC is _x001B_);
+# the reader decodes it, so it is refused like one typed in a CSV.
+FILES["escaped_control_in_name.xlsx"] = (
+    lambda: simple_workbook([HEADER, row(1, name="Ana_x001B_[2J"), row(2)]),
+    Expect(errors=((2, "Name", "control_character"),), valid=1),
+)
+
+
 # Hidden rows and columns, formulas.
 _HIDDEN_ROWS = [HEADER, row(1), row(2), row(3)]
 FILES["hidden_row.xlsx"] = (
