@@ -22,6 +22,7 @@ from batcher.core.money import cost_after_discount, to_decimal
 from batcher.providers import ugiftme
 from batcher.providers.base import IncompleteResult, ItemResult, OrderItem
 from batcher.providers.wire import as_text
+from tests.examples import examples
 
 # ---------------------------------------------------------------------------
 # The reference: the plain implementation, as it was before the fast path.
@@ -268,7 +269,8 @@ def ref_cost_of(code: str, face: Decimal, currency: str) -> Decimal | None:
     return None if discount is None else cost_after_discount(face, discount, currency)
 
 
-@settings(max_examples=1500, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+# 500 here (it was 1,500, the slowest test in `make test`); a deeper run: tests/examples.py
+@settings(max_examples=examples(500), suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(data=st.data())
 def test_the_fast_mapping_equals_the_plain_one_for_any_result(data: st.DataObject) -> None:
     items = data.draw(items_of())
@@ -292,7 +294,7 @@ def test_the_fast_mapping_equals_the_plain_one_for_any_result(data: st.DataObjec
             assert str(mine.cost) == str(theirs.cost)
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(
     item=items_of().map(lambda items: items[0]),
     order=st.data(),

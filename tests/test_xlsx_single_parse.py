@@ -28,6 +28,7 @@ from batcher.intake.xlsx import (
     _workbook_sheets,
 )
 from batcher.intake.xlsx_limits import IntakeLimits
+from tests.examples import examples
 
 # Cells that openpyxl cannot write as they are wanted are written as a placeholder
 # formula and rewritten in the XML: ("raw", text) a numeric cell storing exactly
@@ -136,7 +137,7 @@ def _both_paths(data: bytes) -> tuple[pl.DataFrame, pl.DataFrame]:
     return _excel_cells(text, numbers), _excel_cells(text, float_view)
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(150))  # see tests/examples.py
 @given(st.lists(st.lists(cell, min_size=1, max_size=6), min_size=1, max_size=8))
 def test_one_parse_renders_every_cell_as_two_parses(rows: list[list[object]]) -> None:
     one_parse, two_parses = _both_paths(_workbook(rows))
