@@ -179,8 +179,10 @@ def test_a_delivery_waiting_on_a_busy_ledger_is_answered_503_and_kept_on_its_ret
     """The write waits in a thread, not on the event loop: the health check answers
     while a delivery waits, the delivery gets a 503 (the provider retries), and the
     write lands once the ledger is free."""
+    # 3 s: the health check must be answered while the delivery still waits, even on a
+    # loaded machine
     config = ReceiverConfig(
-        "ugiftme", (SecretStr(SECRET),), read_event, scrub=(SECRET,), ledger_wait_seconds=0.5
+        "ugiftme", (SecretStr(SECRET),), read_event, scrub=(SECRET,), ledger_wait_seconds=3.0
     )
     app = create_receiver(config, store)
     body = canonical_json(succeeded())

@@ -93,7 +93,9 @@ def test_lost_ledger_after_a_partial_run_orders_the_rest_once(tmp_path: Path) ->
         sheet = write_sheet(tmp_path / "partial.csv", rows)
         state, reports = tmp_path / "state", tmp_path / "r"
         env = cli_env(sandbox, state)
-        proc = start_batcher(args_for(sheet, reports), env)
+        # 1 request/s: the run takes ~25 s, so a loaded machine's pause between seeing
+        # 10 orders and the kill cannot let it finish (at 15/s it did, 1 time in 6)
+        proc = start_batcher(args_for(sheet, reports, "--max-rate", "1"), env)
         assert wait_for(lambda: len(sandbox_orders(sandbox)) >= 10, timeout=60)
         proc.kill()
         proc.communicate()

@@ -64,7 +64,7 @@ def test_different_payload_with_the_same_key_is_400(sync_api: Api) -> None:
 def test_concurrent_request_with_the_same_key_gets_409(
     make_ugiftme_sandbox: Callable[..., SandboxHandle], api_for: Callable[..., Api]
 ) -> None:
-    sandbox = make_ugiftme_sandbox(async_mode=False, fault_latency=1.0, latency_ms=400)
+    sandbox = make_ugiftme_sandbox(async_mode=False, fault_latency=1.0, latency_ms=2000)
     first_api, second_api = api_for(sandbox), api_for(sandbox)
     results: dict[str, Reply] = {}
 
@@ -73,7 +73,13 @@ def test_concurrent_request_with_the_same_key_gets_409(
 
     worker = threading.Thread(target=slow_first)
     worker.start()
-    time.sleep(0.15)  # the first request now holds the key, sleeping inside the window
+    # The second goes once the first holds the key, sleeping inside the window (a fixed
+    # 0.15 s sleep could lose the race either way on a loaded machine).
+    deadline = time.monotonic() + 10
+    while "busy" not in sandbox.app_state.idempotency.in_flight_keys():
+        assert time.monotonic() < deadline, "the first request never reached the sandbox"
+        time.sleep(0.01)
+    sandbox.control("PATCH", "/faults", json={"latency": 0})
     second = second_api.post("/orders", item(), key="busy")
     worker.join()
     assert second.status == 409
@@ -87,10 +93,13 @@ def test_concurrent_request_with_the_same_key_gets_409(
 def test_keys_expire_after_the_ttl(
     make_ugiftme_sandbox: Callable[..., SandboxHandle], api_for: Callable[..., Api]
 ) -> None:
-    sandbox = make_ugiftme_sandbox(async_mode=False, idempotency_ttl_seconds=0.3)
+    # A long TTL while the replay is checked (a loaded machine can take longer than a
+    # short one between two requests), then a short one: the current TTL applies.
+    sandbox = make_ugiftme_sandbox(async_mode=False, idempotency_ttl_seconds=3600)
     api = api_for(sandbox)
     first = api.post("/orders", item(), key="short")
     assert api.post("/orders", item(), key="short").raw == first.raw
+    sandbox.control("PATCH", "/config", json={"idempotencyTtlSeconds": 0.3})
     time.sleep(0.35)
     fresh = api.post("/orders", item(), key="short")
     assert fresh.status == 201 and fresh.body["_id"] != first.body["_id"]
