@@ -531,7 +531,9 @@ def test_every_item_rejected_is_still_a_completed_result(
 def test_a_429_under_a_tiny_rate_limit_is_waited_out(
     sandbox: SandboxHandle, provider: UGiftMeProvider
 ) -> None:
-    sandbox.control("PUT", "/rate-limit", {"limit": 1, "windowSeconds": 2})
+    # A window long enough that a pause on a loaded machine does not let it end
+    # before the other client's request arrives (then no 429 would come at all).
+    sandbox.control("PUT", "/rate-limit", {"limit": 1, "windowSeconds": 5})
     provider.account()  # this key's window is now used up
     # Another process with the same key knows nothing of that: it meets a 429.
     other = UGiftMeProvider(settings_for(sandbox), limiter=RateLimiter(2))
@@ -540,6 +542,12 @@ def test_a_429_under_a_tiny_rate_limit_is_waited_out(
     assert time.monotonic() - started >= 0.9  # waited as Retry-After said
     assert other.limiter.stats().throttled == 1
     assert sandbox.control("GET", "/stats")["tooManyRequestsTotal"] == 1
+    # On the sandbox's clock: the resend came no sooner than the 429's Retry-After.
+    log = sandbox.control("GET", "/stats")["log"]
+    assert [e["status"] for e in log] == [200, 429, 200]
+    refused, resent = log[1], log[2]
+    assert refused["retryAfter"] >= 1
+    assert resent["t"] - refused["t"] >= refused["retryAfter"]
     other.close()
 
 
@@ -597,7 +605,9 @@ def test_a_concurrent_resend_while_the_first_is_in_flight_is_unknown(
 ) -> None:
     sync_mode(sandbox)
     provider.catalog()
-    sandbox.control("PATCH", "/faults", {"latency": 1, "latencyMs": 1500})
+    # 5 s: room for the resend to arrive while the first still holds the key, on a
+    # loaded machine (well inside the client's 30 s read timeout).
+    sandbox.control("PATCH", "/faults", {"latency": 1, "latencyMs": 5000})
     items = order_items(("AMAZON_UK_STD", "10"))
     payload = provider.encode("b1-409", items)
     outcomes: dict[str, Any] = {}
@@ -607,10 +617,17 @@ def test_a_concurrent_resend_while_the_first_is_in_flight_is_unknown(
 
     thread = threading.Thread(target=first)
     thread.start()
-    time.sleep(0.3)
+    # The resend goes once the first holds the key (a fixed sleep could lose the race
+    # on a loaded machine); the first keeps the latency it already drew.
+    deadline = time.monotonic() + 10
+    while "b1-409" not in sandbox.app_state.idempotency.in_flight_keys():
+        assert time.monotonic() < deadline, "the first request never reached the sandbox"
+        time.sleep(0.01)
+    sandbox.control("PATCH", "/faults", {"latency": 0})
     with pytest.raises(OutcomeUnknown, match="409"):
         provider.submit("b1-409", payload, items)
-    thread.join(10)
+    thread.join(30)
+    assert not thread.is_alive()
     assert outcomes["first"].kind == "completed"
     assert sandbox.control("GET", "/orders")["total"] == 1
 

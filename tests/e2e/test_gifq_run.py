@@ -382,7 +382,9 @@ def test_orders_lost_ledger_creates_no_duplicates(tmp_path: Path) -> None:
         sheet = write_csv(tmp_path / "lost.csv", rows, ORDER_HEADER)
         state, reports = tmp_path / "state", tmp_path / "reports"
         env = gifq_env(sandbox, state)
-        proc = start_batcher(run_args(sandbox, sheet, reports), env)
+        # Capped at 2 requests/s, the 30 orders take 15 s or more: the kill after 8 of them
+        # lands mid-run even when a loaded machine is slow to notice them.
+        proc = start_batcher(run_args(sandbox, sheet, reports, "--max-rate", "2"), env)
         assert wait_for(lambda: len(sandbox_orders(sandbox)) >= 8, timeout=60)
         proc.send_signal(signal.SIGKILL)
         proc.wait()

@@ -82,7 +82,9 @@ def test_ctrl_c_at_the_prompt_cancels_at_once(tmp_path: Path) -> None:
         with terminal(command, tty_env(sandbox, tmp_path / "state")) as pane:
             assert wait_for(lambda: "send these orders?" in pane.text(), timeout=30), pane.text()
             pane.keys("C-c")
-            assert wait_for(lambda: "EXIT=" in pane.text(), timeout=3), pane.text()
+            # At once: waiting for nothing (no request timeout, no 60 s wait). The bound is
+            # loose only for a loaded machine, where a process can stall for seconds.
+            assert wait_for(lambda: "EXIT=" in pane.text(), timeout=15), pane.text()
             screen = pane.text()
         assert "EXIT=2" in screen, screen
         assert "cancelled at the confirmation prompt" in screen
