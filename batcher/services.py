@@ -30,7 +30,6 @@ from batcher.core.clock import utc_text
 from batcher.core.errors import ConfigError, UsageError
 from batcher.core.models import AccountInfo, Balance, Campaign, Product, WalletTransaction
 from batcher.core.names import check_batch_name
-from batcher.core.states import HELD_STATES, SETTLED_STATES, UNFINISHED_STATES
 from batcher.providers import connect
 from batcher.providers.base import Provider, ProviderOptions
 
@@ -388,38 +387,6 @@ def _ledger_place(ledger: Ledger) -> str:
     return str(ledger.path.parent) if ledger.path is not None else ledger.location.shown
 
 
-def batch_outcome(by_state: Mapping[str, int]) -> str:
-    """One word for a batch: done, held_rows (some held for a person), failed_rows (some
-    failed, none left) or unfinished."""
-    if any(by_state.get(s, 0) for s in UNFINISHED_STATES):
-        return "unfinished"
-    if any(by_state.get(s, 0) for s in HELD_STATES):
-        return "held_rows"
-    if by_state.get("failed", 0):
-        return "failed_rows"
-    return "done" if any(by_state.get(s, 0) for s in SETTLED_STATES) else "empty"
-
-
-def _batch_counts(ledger: Ledger, batch: str) -> dict[str, Any]:
-    from batcher.reporting.outputs import totals_by_currency
-
-    by_state = ledger.count_by_state(batch)
-    earlier = ledger.orders_not_in_sheet(batch)
-    in_sheet = by_state.get("succeeded", 0)
-    return {
-        "by_state": by_state,
-        "rows_total": sum(by_state.values()),
-        # every order the batch ever paid, earlier sheets of a reused name included
-        "totals_by_currency": totals_by_currency(ledger.rows(batch, in_sheet_only=False)),
-        "paid_orders": {
-            "in_sheet": in_sheet,
-            "earlier_sheets": earlier,
-            "total": in_sheet + earlier,
-        },
-        "outcome": batch_outcome(by_state),
-    }
-
-
 def batch_status(
     state_dir: Path, batch: str | None = None, location: LedgerLocation | None = None
 ) -> dict[str, Any]:
@@ -428,6 +395,8 @@ def batch_status(
     Each batch carries its row counts by state, the succeeded totals per currency,
     an outcome word, and its last run (ids, dates, exit code).
     """
+    from batcher.reporting.outputs import batch_counts
+
     if batch is not None:
         check_batch_name(batch)
     ledger = open_ledger(state_dir, location)
@@ -435,7 +404,7 @@ def batch_status(
         if batch is None:
             batches = ledger.batches()
             for listed in batches:
-                listed.update(_batch_counts(ledger, listed["batch"]))
+                listed.update(batch_counts(ledger, listed["batch"]))
                 runs = ledger.runs(listed["batch"], limit=1)
                 listed["last_run"] = runs[0] if runs else None
             return {"ledger": ledger.location.shown, "batches": batches}
@@ -445,7 +414,7 @@ def batch_status(
         return {
             "ledger": ledger.location.shown,
             "batch": info,
-            **_batch_counts(ledger, batch),
+            **batch_counts(ledger, batch),
             "runs": ledger.runs(batch),
         }
     finally:

@@ -55,6 +55,7 @@ from batcher.providers.base import Provider, ProviderOptions
 from batcher.reporting.early_rows import EARLY_ROWS, EarlyRows, combine, read_early
 from batcher.reporting.outputs import (
     RowsCsvDraft,
+    batch_counts,
     verdict_json,
     write_json,
     write_validation_csv,
@@ -209,6 +210,10 @@ def _run_connected(
         summary = _summary_without_run(
             batch, settings, account.account_id, result, started_at, ExitCode.USAGE
         )
+        earlier = _earlier_runs(options, batch)
+        if earlier:  # the ledger's figures, this sheet's beside them
+            invalid = len(result.invalid_rows)
+            summary |= {"sheet_rows": {"read": result.rows_read, "invalid": invalid}, **earlier}
         write_json(out_dir / "summary.json", summary)
         return BatchResult(ExitCode.USAGE, summary, out_dir, "validation failed; nothing was sent")
     options.state_dir.mkdir(parents=True, exist_ok=True)
@@ -789,6 +794,22 @@ def _run_figures(
         "recovery": stats.recovery,
         "stopped": stats.stopped,
     }
+
+
+def _earlier_runs(options: BatchOptions, batch: str) -> dict[str, Any]:
+    """For a batch earlier runs sent (an edited sheet that no longer validates), what
+    the ledger holds for it: summary.json replaces the last run's, and must not say
+    that its paid orders are pending. Nothing for a new batch; no ledger is created."""
+    location = options.ledger_location
+    if location.path is not None and not location.path.exists():
+        return {}
+    ledger = Ledger.open(options.state_dir, location)
+    try:
+        if ledger.batch_info(batch) is None:
+            return {}
+        return batch_counts(ledger, batch)
+    finally:
+        ledger.close()
 
 
 def _summary_without_run(

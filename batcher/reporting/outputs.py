@@ -10,7 +10,7 @@ import csv
 import json
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
 from itertools import repeat
 from operator import attrgetter
@@ -19,12 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 from batcher.core.files import atomic_write
 from batcher.core.money import money_str
+from batcher.core.states import HELD_STATES, SETTLED_STATES, UNFINISHED_STATES
 from batcher.reporting.cells import safe_cell, safe_texts
 
 if TYPE_CHECKING:  # types only: `batcher validate` loads neither the ledger nor reconciliation
     from batcher.intake.validate import ValidationResult
     from batcher.ledger.records import SettledRow
-    from batcher.ledger.store import RowRecord
+    from batcher.ledger.store import Ledger, RowRecord
     from batcher.reporting.verdicts import Reconciliation
 
 ROWS_CSV_COLUMNS = (
@@ -50,6 +51,38 @@ ROWS_CSV_COLUMNS = (
     "cost",
     "cost_currency",
 )
+
+
+def batch_outcome(by_state: Mapping[str, int]) -> str:
+    """One word for a batch: done, held_rows (some held for a person), failed_rows (some
+    failed, none left) or unfinished."""
+    if any(by_state.get(s, 0) for s in UNFINISHED_STATES):
+        return "unfinished"
+    if any(by_state.get(s, 0) for s in HELD_STATES):
+        return "held_rows"
+    if by_state.get("failed", 0):
+        return "failed_rows"
+    return "done" if any(by_state.get(s, 0) for s in SETTLED_STATES) else "empty"
+
+
+def batch_counts(ledger: Ledger, batch: str) -> dict[str, Any]:
+    """What the ledger holds for a batch: its rows by state, what it paid per currency
+    (earlier sheets of a reused name included), its paid orders and one outcome word."""
+    by_state = ledger.count_by_state(batch)
+    earlier = ledger.orders_not_in_sheet(batch)
+    in_sheet = by_state.get("succeeded", 0)
+    return {
+        "by_state": by_state,
+        "rows_total": sum(by_state.values()),
+        # every order the batch ever paid, earlier sheets of a reused name included
+        "totals_by_currency": totals_by_currency(ledger.rows(batch, in_sheet_only=False)),
+        "paid_orders": {
+            "in_sheet": in_sheet,
+            "earlier_sheets": earlier,
+            "total": in_sheet + earlier,
+        },
+        "outcome": batch_outcome(by_state),
+    }
 
 
 def totals_by_currency(rows: Iterable[RowRecord]) -> dict[str, dict[str, str | int]]:

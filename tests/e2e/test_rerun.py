@@ -119,3 +119,30 @@ def test_changed_succeeded_row_is_a_conflict_and_never_reordered(tmp_path: Path)
         assert [r["Reference"] if "Reference" in r else r["reference"] for r in conflicted] == [
             rows[3]["Reference"]
         ]
+
+
+def test_a_sheet_that_no_longer_validates_keeps_the_batchs_paid_orders_in_its_summary(
+    tmp_path: Path,
+) -> None:
+    """An edited sheet (or a rule added since: a name with a control character) fails
+    validation on a rerun. Nothing is sent, and summary.json, which replaces the last
+    run's, still says what the batch paid: the ledger's counts, the sheet's beside them."""
+    with running_sandbox("ugiftme", **FAST) as sandbox:
+        rows = make_rows(6)
+        sheet = write_sheet(tmp_path / "edited.csv", rows)
+        env = cli_env(sandbox, tmp_path / "state")
+        first = batcher(args_for(sheet, tmp_path / "r"), env)
+        assert first.returncode == 0, first.stderr
+        paid = read_summary(tmp_path / "r", "edited")["totals_by_currency"]
+        rows[2]["Name"] = "Ana\x1b]0;x\x07"
+        write_sheet(sheet, rows)
+        second = batcher(args_for(sheet, tmp_path / "r"), env)
+        assert second.returncode == ExitCode.USAGE, second.stderr
+        assert "control_character" in second.stdout + second.stderr
+        assert len(sandbox_orders(sandbox)) == 6  # nothing sent
+    summary = read_summary(tmp_path / "r", "edited")
+    assert summary["exit_code"] == ExitCode.USAGE
+    assert {k: v for k, v in summary["by_state"].items() if v} == {"succeeded": 6}
+    assert summary["totals_by_currency"] == paid
+    assert summary["paid_orders"]["total"] == 6 and summary["outcome"] == "done"
+    assert summary["sheet_rows"] == {"read": 6, "invalid": 1}
