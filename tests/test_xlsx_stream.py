@@ -5,12 +5,21 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batcher.reporting.xlsx_stream import Styled, _Deflating, _RowWriter
+from batcher.reporting.xlsx_stream import (
+    StreamedSheet,
+    Styled,
+    _Deflating,
+    _RowWriter,
+    prepare,
+    register_style,
+    save,
+)
 
 texts = st.one_of(
     st.text(max_size=12),
@@ -19,6 +28,8 @@ texts = st.one_of(
     # shortcut (a masked code, a currency sign), invisible ones and triggers do not
     st.text(alphabet="•£é=＝－＠\u200b\ufeff\u3000\x7f -a1&", max_size=6),
     st.from_regex(r"[A-Za-z0-9][A-Za-z0-9 .@-]{0,10}", fullmatch=True),
+    # what Excel reads as an escaped character (_x0041_ is A) unless its _ is escaped
+    st.from_regex(r"[a_]{0,2}_x[0-9A-Fa-fZ]{3,4}_?[a-z]{0,2}", fullmatch=True),
 )
 values = st.one_of(
     texts,
@@ -223,3 +234,25 @@ def test_the_writers_own_error_wins_and_the_thread_ends() -> None:
         out.write(b"<row/>")
         raise ValueError("bad row")
     assert not any(t.name == "xlsx-deflate" for t in threading.enumerate())
+
+
+def test_text_that_looks_escaped_reads_back_as_stored(tmp_path: Path) -> None:
+    """Excel (and calamine, batcher's own reader) decodes `_xHHHH_` in a cell's text: a
+    reference `A_x0041_` would read `AA`. Its `_` is written as `_x005F_`, so every
+    such text reads back exactly as it was stored, by the shortcut and the general path."""
+    import fastexcel
+    from openpyxl import Workbook
+
+    texts = ["_x001B_", "a_x0041_b", "x_x005F_y", "_x12", "_xZZZZ_", "A_x0041_ & <b>"]
+    book = Workbook()
+    sheet = book.active
+    assert sheet is not None
+    sheet.title = "S"
+    prepare(sheet, ["one", "two"], len(texts))
+    date_style = register_style(book, "yyyy-mm-dd")
+    rows = [[text, Decimal(1)] if n % 2 else [text, text] for n, text in enumerate(texts)]
+    path = tmp_path / "escaped.xlsx"
+    save(path, book, [StreamedSheet(sheet, rows, len(rows), 2)], date_style)
+    read = fastexcel.read_excel(path.read_bytes()).load_sheet("S").to_polars()
+    assert read["one"].to_list() == texts
+

@@ -65,6 +65,9 @@ _DIMENSION = re.compile(r'<dimension ref="[^"]*"\s*/>')
 _SHEET_DATA_END = "</sheetData>"
 #: characters XML cannot carry, or must escape
 _NEEDS_CARE = re.compile(r"[&<>\x00-\x08\x0b\x0c\x0e-\x1f]")
+#: an underscore that Excel would read as the start of an escaped character (`_x001B_`
+#: is ESC): written as `_x005F_`, Excel's escape for `_`, so the text reads as stored
+_ESCAPE_LIKE = re.compile(r"_(?=x[0-9A-Fa-f]{4}_)")
 #: first character -> whether text starting with it may take the plain shortcut
 _PLAIN_FIRST: dict[str, bool] = dict.fromkeys(string.ascii_letters + string.digits, True)
 
@@ -74,7 +77,7 @@ def _is_plain(text: str) -> bool:
 
     Printable (no control character, and no whitespace but the ASCII space: no other
     kind of space, no zero-width or invisible character), nothing XML must escape, no
-    space at the end, not too long, and a first character after which no formula can
+    `_x` (`_ESCAPE_LIKE`), no space at the end, not too long, and a first character after which no formula can
     start (`_plain_first`). Most cells are: names, emails, ids, states. Checked by
     `str` methods, not a regular expression: 2 million cells at 100k rows."""
     found = _PLAIN_FIRST.get(text[0])
@@ -87,6 +90,7 @@ def _is_plain(text: str) -> bool:
         and "&" not in text
         and "<" not in text
         and ">" not in text
+        and "_x" not in text
         and len(text) <= MAX_CELL_CHARS
     )
 
@@ -100,7 +104,7 @@ def _plain_but_for_markup(texts: Sequence[str], joined: str) -> bool:
     text after a `_MARK` (printable text holds none): a space before a mark, a first
     character after one that is not an ASCII letter or digit. Texts with such first
     characters (a masked voucher's `•`) are looked up one by one, as `_is_plain` does."""
-    if not joined.isprintable():
+    if not joined.isprintable() or "_x" in joined:
         return False
     marked = _MARK.join(texts)
     if _MARK_AFTER_SPACE in marked or texts[-1][-1] == " ":
@@ -1069,6 +1073,8 @@ def _text_cell(ref: str, value: str) -> str:
         text = text[: MAX_CELL_CHARS - 1] + "…"
     if _NEEDS_CARE.search(text):
         text = escape(ILLEGAL_CHARACTERS_RE.sub("", text))
+    if "_x" in text:
+        text = _ESCAPE_LIKE.sub("_x005F_", text)
     space = ' xml:space="preserve"' if text[:1].isspace() or text[-1:].isspace() else ""
     if not text.isascii():
         text.encode("utf-8")  # a lone surrogate cannot be written: raises, as it always did
