@@ -255,4 +255,3 @@ def test_text_that_looks_escaped_reads_back_as_stored(tmp_path: Path) -> None:
     save(path, book, [StreamedSheet(sheet, rows, len(rows), 2)], date_style)
     read = fastexcel.read_excel(path.read_bytes()).load_sheet("S").to_polars()
     assert read["one"].to_list() == texts
-
