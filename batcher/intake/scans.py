@@ -58,6 +58,9 @@ CONTROL_CHARACTERS: dict[str, str] = {
     name: "[" + "".join(f"\\x{{{p:X}}}" for p in points) + "]"
     for name, points in _CONTROL_POINTS_BY_FIELD.items()
 }
+#: The same characters as literals, for the probes (`contains_any`)
+_CONTROL_LITERALS = {n: [chr(p) for p in points] for n, points in _CONTROL_POINTS_BY_FIELD.items()}
+_CONTROL_PROBE = "_control_"
 ORDER_ROWS = "order_rows"
 _T = TypeVar("_T")  # what the order checks handed to `scan_rows` return
 
@@ -332,10 +335,6 @@ def _row_probes() -> list[pl.Expr]:
             for name in ("recipient_name", "message")
         ),
     ]
-
-
-_CONTROL_PROBE = "_control_"
-_CONTROL_LITERALS = {n: [chr(p) for p in points] for n, points in _CONTROL_POINTS_BY_FIELD.items()}
 
 
 # Text that upper-casing or trimming could change, that has an 'E', or that has a

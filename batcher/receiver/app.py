@@ -3,8 +3,8 @@
 Answers: 200 for a verified event (new or repeated: either way the provider
 may stop retrying), 401 unsigned or wrongly signed, 413 oversized, 400 signed
 but not an event, 415 not JSON. Every refusal is recorded with its reason,
-never its body, when the ledger takes it in time (below). A 5xx (the evidence could not be written) makes the provider
-retry later, which is what we want.
+never its body, when the ledger takes it in time (below). A 5xx (the evidence
+could not be written) makes the provider retry later, which is what we want.
 
 The ledger is written by one worker thread, one write at a time, never on the
 event loop: a write can wait on the ledger's lock (a run's transaction holds
@@ -107,7 +107,6 @@ def create_receiver(config: ReceiverConfig, events: WebhookEvents) -> Starlette:
         raise ValueError("the receiver needs at least one signing secret")
 
     writer = LedgerWriter(config.ledger_wait_seconds)
-    written = writer.write
 
     def busy(started: float) -> Response:
         waited = time.perf_counter() - started
@@ -116,7 +115,10 @@ def create_receiver(config: ReceiverConfig, events: WebhookEvents) -> Starlette:
 
     async def refuse(status: int, reason: str, event: str | None) -> Response:
         # The refusal stands whether or not the ledger takes its record in time.
-        if await written(lambda: events.record_rejected(config.provider, reason, event)) is None:
+        if (
+            await writer.write(lambda: events.record_rejected(config.provider, reason, event))
+            is None
+        ):
             reason_shown = f"{reason}; not recorded, the ledger is busy"
         else:
             reason_shown = reason
@@ -145,7 +147,7 @@ def create_receiver(config: ReceiverConfig, events: WebhookEvents) -> Starlette:
         payload = evidence.payload
         for secret in config.scrub:
             payload = payload.replace(secret, "***")
-        kept = await written(
+        kept = await writer.write(
             lambda: events.record(
                 config.provider,
                 hashlib.sha256(body).hexdigest(),
